@@ -1,0 +1,79 @@
+/* ops.h: the differentiable operations models are written with.
+ * Each op takes a context and tensors, returns a new tensor from the arena
+ * and, when grad is enabled and an input requires grad, records a tape node
+ * whose backward adds (+=) into the inputs' gradients. Any NULL input makes
+ * an op return NULL at once, so forward code may chain calls and test only
+ * the final result; the first failure's message is the one recorded.
+ * Backends: the CPU kernels of ops_cpu.h are the specification; a CUDA
+ * build dispatches to cuda/ when c->dev is LMK_DEV_CUDA.
+ * Shape letters: B batch, T time, C channels, H query heads, K key/value
+ * heads, D head dim, V vocabulary, N rows (any leading dims flattened).
+ * Owns: nothing beyond the arena memory it asks for. Needs: tensor, ops_cpu.
+ * Never: prints or exits. */
+#ifndef LMK_OPS_H
+#define LMK_OPS_H
+
+#include "tensor.h"
+
+/* ids (B,T) I32, w (V,C) -> (B,T,C). Out-of-range ids fail. */
+lmk_tensor *lmk_embedding(lmk_ctx *c, lmk_tensor *ids, lmk_tensor *w);
+
+/* x (...,I), w (O,I), b (O) or NULL -> (...,O): y = x wᵀ + b. */
+lmk_tensor *lmk_linear(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, lmk_tensor *b);
+
+/* x (...,C), w (C) or NULL: y = x / sqrt(mean(x²) + eps) * w. */
+lmk_tensor *lmk_rmsnorm(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, float eps);
+/* x (...,C), w (C) or NULL, b (C) or NULL: y = (x - mean) / sqrt(var + eps) * w + b. */
+lmk_tensor *lmk_layernorm(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, lmk_tensor *b, float eps);
+
+/* Rotary tables in the Hugging Face Llama convention: dimension i pairs with
+ * i + D/2 ("rotate_half"), inv_freq[i] = theta^(-2i/D), optionally rescaled
+ * as Llama 3's rope_scaling ("llama3": factor, low_freq_factor,
+ * high_freq_factor, original_max_position_embeddings), or "linear"
+ * (positions divided by factor). */
+typedef struct lmk_rope_scaling {
+	int type;            /* LMK_ROPE_NONE, LMK_ROPE_LINEAR, LMK_ROPE_LLAMA3 */
+	float factor, low_freq_factor, high_freq_factor;
+	int original_max_pos;
+} lmk_rope_scaling;
+enum { LMK_ROPE_NONE, LMK_ROPE_LINEAR, LMK_ROPE_LLAMA3 };
+typedef struct lmk_rope {
+	int head_dim;
+	float *inv_freq;     /* (D/2) */
+	float attn_factor;   /* multiplies cos and sin (1 for the types above) */
+} lmk_rope;
+int lmk_rope_init(lmk_rope *r, int head_dim, float theta, const lmk_rope_scaling *s);
+void lmk_rope_free(lmk_rope *r);
+/* x (B,T,H,D), pos (B,T) I32 positions -> (B,T,H,D) rotated. */
+lmk_tensor *lmk_rope_apply(lmk_ctx *c, lmk_tensor *x, const lmk_rope *r, lmk_tensor *pos);
+
+/* Causal scaled-dot-product attention with grouped-query heads:
+ * q (B,T,H,D), k and v (B,T,K,D) with H a multiple of K -> (B,T,H,D).
+ * Query head h reads key/value head h / (H/K). Query i sees key j when
+ * j <= i and, if seg (B,T) I32 is given, seg[j] == seg[i] (packed
+ * sequences); a query with seg < 0 (padding) sees nothing and outputs 0.
+ * scale multiplies the logits (1/sqrt(D) usually). */
+lmk_tensor *lmk_attention(lmk_ctx *c, lmk_tensor *q, lmk_tensor *k, lmk_tensor *v,
+			  lmk_tensor *seg, float scale);
+
+/* Elementwise. */
+lmk_tensor *lmk_silu(lmk_ctx *c, lmk_tensor *x);
+/* approx 0: exact erf form ("gelu"); 1: tanh form ("gelu_pytorch_tanh"). */
+lmk_tensor *lmk_gelu(lmk_ctx *c, lmk_tensor *x, int approx);
+/* silu(gate) * up, same shapes. */
+lmk_tensor *lmk_swiglu(lmk_ctx *c, lmk_tensor *gate, lmk_tensor *up);
+/* a + b and a * b, same shapes. */
+lmk_tensor *lmk_add(lmk_ctx *c, lmk_tensor *a, lmk_tensor *b);
+lmk_tensor *lmk_mul(lmk_ctx *c, lmk_tensor *a, lmk_tensor *b);
+/* s * x */
+lmk_tensor *lmk_scale(lmk_ctx *c, lmk_tensor *x, float s);
+
+/* Mean softmax cross-entropy over the rows whose target is not ignore:
+ * logits (N,V) or (B,T,V), targets (N) or (B,T) I32 -> 0-d loss.
+ * *count (may be NULL) receives the number of rows counted; a row with a
+ * target outside [0,V) that is not ignore fails. With no row counted the
+ * loss is 0 and its gradient 0. */
+lmk_tensor *lmk_cross_entropy(lmk_ctx *c, lmk_tensor *logits, lmk_tensor *targets,
+			      int ignore, int64_t *count);
+
+#endif
