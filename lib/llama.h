@@ -1,0 +1,128 @@
+/* llama.h: the Llama-family decoder (Llama 2/3, SmolLM2, Qwen2), configured by
+ * the keys of a Hugging Face config.json, written as forward code over the ops
+ * of ops.h (the tape gives its backward), with a KV cache for generation.
+ * All weights live in one lmk_params buffer, under their Hugging Face names
+ * ("model.layers.0.self_attn.q_proj.weight", ...).
+ * Shape letters: B batch, T time, C hidden, H heads, K kv heads, D head dim,
+ * F intermediate, V vocabulary, L layers.
+ * Owns: the model's weights and its KV caches. Needs: ops, tensor, jansson.
+ * Never: prints, exits, or reads files other than the config it is given. */
+#ifndef LMK_LLAMA_H
+#define LMK_LLAMA_H
+
+#include <stdint.h>
+
+#include "ops.h"
+#include "rng.h"
+#include "tensor.h"
+
+#define LMK_MAX_EOS 8
+
+typedef struct lmk_llama_config {
+	char model_type[32];         /* "llama", "qwen2", "smollm" are all "llama"-shaped */
+	int hidden_size;             /* C */
+	int intermediate_size;       /* F */
+	int num_hidden_layers;       /* L */
+	int num_attention_heads;     /* H */
+	int num_key_value_heads;     /* K */
+	int head_dim;                /* D (default C / H) */
+	int vocab_size;              /* V */
+	int max_position_embeddings;
+	float rms_norm_eps;
+	float rope_theta;
+	lmk_rope_scaling rope_scaling;
+	int tie_word_embeddings;
+	int attention_bias;          /* q, k, v (and o for llama) biases; qwen2: q, k, v only */
+	int mlp_bias;
+	float initializer_range;     /* std of the normal initialisation */
+	int bos_token_id;            /* -1 if none */
+	int eos_token_id[LMK_MAX_EOS];
+	int neos;
+} lmk_llama_config;
+
+/* A small default (used by lla-train when no shape is given). */
+void lmk_llama_config_default(lmk_llama_config *cfg);
+/* Parses config.json text; name is used in messages. Missing optional keys
+ * take Hugging Face's defaults; unknown hidden_act or rope_scaling types
+ * are refused. @return : 0 or LMK_EFORMAT */
+int lmk_llama_config_parse(lmk_llama_config *cfg, const char *json, size_t len, const char *name);
+int lmk_llama_config_load(lmk_llama_config *cfg, const char *path);
+/* Checks sizes are positive and consistent (H % K == 0, ...). */
+int lmk_llama_config_check(const lmk_llama_config *cfg, const char *name);
+/* Writes config.json as transformers writes it for LlamaForCausalLM
+ * (architectures, model_type "llama", torch_dtype), atomically. */
+int lmk_llama_config_save(const lmk_llama_config *cfg, const char *path, const char *torch_dtype);
+
+typedef struct lmk_llama_layer {
+	lmk_tensor *ln1;                   /* input_layernorm (C) */
+	lmk_tensor *wq, *wk, *wv, *wo;     /* (H*D,C) (K*D,C) (K*D,C) (C,H*D) */
+	lmk_tensor *bq, *bk, *bv, *bo;     /* NULL unless attention_bias */
+	lmk_tensor *ln2;                   /* post_attention_layernorm (C) */
+	lmk_tensor *wg, *wu, *wd;          /* gate (F,C), up (F,C), down (C,F) */
+	lmk_tensor *bg, *bu, *bd;          /* NULL unless mlp_bias */
+} lmk_llama_layer;
+
+typedef struct lmk_llama {
+	lmk_llama_config cfg;
+	lmk_params params;                 /* every weight, Hugging Face names */
+	lmk_tensor *wte;                   /* model.embed_tokens.weight (V,C) */
+	lmk_tensor *norm;                  /* model.norm.weight (C) */
+	lmk_tensor *lm_head;               /* lm_head.weight (V,C), == wte when tied */
+	lmk_llama_layer *layers;           /* (L) */
+	lmk_rope rope;
+} lmk_llama;
+
+/* Lays out the parameters for cfg (zeroed). trainable: allocate gradients.
+ * @return : 0 or a negative code */
+int lmk_llama_init(lmk_llama *m, const lmk_llama_config *cfg, int trainable);
+/* Initialisation as in common practice: every matrix normal(0, std) with
+ * std = initializer_range; the residual projections (o_proj, down_proj)
+ * scaled by 1/sqrt(2 L) (GPT-2); norms 1; biases 0. */
+void lmk_llama_init_weights(lmk_llama *m, uint64_t seed);
+void lmk_llama_free(lmk_llama *m);
+
+/* ids (B,T) I32; pos (B,T) I32 or NULL for 0..T-1; seg (B,T) I32 or NULL
+ * (see lmk_attention) -> final hidden states (B,T,C) after the last norm. */
+lmk_tensor *lmk_llama_hidden(lmk_ctx *c, lmk_llama *m, lmk_tensor *ids, lmk_tensor *pos,
+			     lmk_tensor *seg);
+/* The same -> logits (B,T,V). */
+lmk_tensor *lmk_llama_forward(lmk_ctx *c, lmk_llama *m, lmk_tensor *ids, lmk_tensor *pos,
+			      lmk_tensor *seg);
+
+/* Incremental decoding. The cache holds K and V of every layer for one
+ * sequence (batch 1) up to max_t positions. */
+typedef struct lmk_kvcache {
+	float *k, *v;                      /* (L, max_t, K, D) each */
+	int max_t, len;
+} lmk_kvcache;
+int lmk_kvcache_init(lmk_kvcache *kv, const lmk_llama *m, int max_t);
+void lmk_kvcache_free(lmk_kvcache *kv);
+/* Runs n new tokens at positions kv->len .. kv->len+n-1 (n >= 1), appends
+ * them to the cache, and writes the logits of the last one to logits (V).
+ * Without grad. @return : 0, or LMK_EINVAL when the cache would overflow */
+int lmk_llama_decode(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *ids, int n,
+		     float *logits);
+
+/* Sampling: temperature 0 is greedy (argmax, lowest id on ties); else
+ * softmax(logits / temperature) restricted to the top_k (0: all) most
+ * likely tokens and then to the smallest set whose mass reaches top_p
+ * (1: all), drawn with rng. */
+typedef struct lmk_sampler {
+	float temperature;
+	int top_k;
+	float top_p;
+	lmk_rng rng;
+} lmk_sampler;
+/* @return : the token; logits are modified (used as scratch). */
+int lmk_sample(lmk_sampler *s, float *logits, int V);
+
+/* Generates up to max_new tokens after prompt (n_prompt >= 1 tokens),
+ * stopping after an end-of-sequence token of the config or of eos (may be
+ * NULL). on_token, if given, is called with each new token and may return
+ * non-zero to stop. out receives the new tokens (max_new of room).
+ * @return : the number of new tokens, or a negative code */
+int lmk_llama_generate(lmk_ctx *c, lmk_llama *m, const int32_t *prompt, int n_prompt,
+		       int max_new, lmk_sampler *s, const int32_t *eos, int neos,
+		       int (*on_token)(void *arg, int32_t tok), void *arg, int32_t *out);
+
+#endif
