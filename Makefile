@@ -45,7 +45,7 @@ LIB_OBJ   = $(LIB_SRC:%.c=$(B)/%.o)
 CUDA_SRC  = $(wildcard cuda/*.cu)
 ifeq ($(CUDA),1)
 CUDA_OBJ  = $(CUDA_SRC:%.cu=$(B)/%.o)
-NVFLAGS   = -O3 -std=c++17 -arch=$(CUDA_ARCH) -Ilib -Icuda -DLMK_CUDA=1 -Xcompiler -Wall,-Wno-unused-parameter
+NVFLAGS   = -O3 -std=c++17 -arch=$(CUDA_ARCH) -Ilib -Icuda -DLMK_CUDA=1 -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter
 LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart_static -lcublasLt -lcublas -lnccl -ldl -lrt -lstdc++
 endif
 LIBA      = $(B)/liblmk.a
