@@ -1,0 +1,926 @@
+/* tsr.c: a small program for tensor frames (safetensors files and streams of
+ * them): describe them (info), join them (cat), cut one tensor out (get),
+ * summarise the numbers (stat) and compare two streams (diff).
+ * Every number is read through lib/frame.h and converted chunkwise to double,
+ * so tensors of any size cost a fixed few kilobytes beyond their mapping. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "dtype.h"
+#include "err.h"
+#include "frame.h"
+#include "prog.h"
+
+static const char usage[] =
+"usage: tsr COMMAND [OPTION...] [ARG...]\n"
+"Inspect, join, cut and compare tensor frames: safetensors files and streams\n"
+"of them, plain or gzip-compressed. FILE '-' or no FILE means standard input.\n"
+"\n"
+"Commands:\n"
+"  info [FILE...]      each frame's metadata and tensors (name, dtype, shape,\n"
+"                      bytes)\n"
+"  cat [FILE...]       concatenate the streams into one\n"
+"  get NAME [FILE]     the first tensor called NAME, as a frame of its own\n"
+"  stat [FILE...]      per tensor: count, min, max, mean, std, NaN and inf\n"
+"  diff A B            compare two streams tensor by tensor; exit 1 if they\n"
+"                      differ\n"
+"  help                this text\n"
+"\n"
+"Options:\n"
+"  -o, --output=FILE   write to FILE ('-', the default: standard output)\n"
+"  -z, --gzip          compress the frames written (cat, get)\n"
+"      --force         write binary frames even to a terminal (cat, get)\n"
+"      --json          one JSON object per frame per line (info, stat)\n"
+"      --frame=I       take the tensor from frame I, counting from 0 (get)\n"
+"      --rtol=R        relative tolerance (diff; default 1e-05, as numpy.allclose)\n"
+"      --atol=A        absolute tolerance (diff; default 1e-08, as numpy.allclose)\n"
+"  -q, --quiet         no warnings; diff prints nothing, only its exit status\n"
+"  -h, --help          this text\n"
+"      --version       the program's version\n"
+"\n"
+"Exit status: 0 success, 1 failure or (diff) a difference, 2 usage error.\n";
+
+enum { OPT_FRAME = PROG_OPT_FIRST_FREE, OPT_RTOL, OPT_ATOL, OPT_JSON };
+
+/* Bits of options given, to refuse those a command does not use. */
+enum {
+	F_OUTPUT = 1 << 0, F_GZIP = 1 << 1, F_FORCE = 1 << 2, F_JSON = 1 << 3,
+	F_FRAME = 1 << 4, F_RTOL = 1 << 5, F_ATOL = 1 << 6,
+};
+
+static const struct option longopts[] = {
+	{"output", required_argument, NULL, 'o'},
+	{"gzip", no_argument, NULL, 'z'},
+	{"force", no_argument, NULL, PROG_OPT_FORCE},
+	{"json", no_argument, NULL, OPT_JSON},
+	{"frame", required_argument, NULL, OPT_FRAME},
+	{"rtol", required_argument, NULL, OPT_RTOL},
+	{"atol", required_argument, NULL, OPT_ATOL},
+	{"quiet", no_argument, NULL, 'q'},
+	{"help", no_argument, NULL, 'h'},
+	{"version", no_argument, NULL, PROG_OPT_VERSION},
+	{NULL, 0, NULL, 0},
+};
+
+static const char *const flagname[] = {
+	"--output", "--gzip", "--force", "--json", "--frame", "--rtol", "--atol",
+};
+
+struct opts {
+	const char *out;
+	int gzip, force, json, quiet;
+	long frame;
+	double rtol, atol;
+	unsigned given;
+};
+
+/* ---- output, errors ---- */
+
+/* A binary output being written; removed if the program dies. */
+static lmk_writer *pending;
+
+/* prog_die_lib, but the temporary file of a half-written output goes first
+ * (abort may record messages of its own, so the message is kept aside). */
+static noreturn void die_lib(void)
+{
+	char msg[1024];
+
+	snprintf(msg, sizeof msg, "%s", lmk_errmsg());
+	if (pending) {
+		lmk_writer_abort(pending);
+		pending = NULL;
+	}
+	prog_die("%s", msg[0] ? msg : "unknown error");
+}
+
+/* How a path is named in reports: as the library's messages name it. */
+static const char *shown(const char *path)
+{
+	return strcmp(path, "-") == 0 ? "<stdin>" : path;
+}
+
+static FILE *text_open(const char *path)
+{
+	FILE *o;
+
+	if (strcmp(path, "-") == 0)
+		return stdout;
+	o = fopen(path, "w");
+	if (!o)
+		prog_die("cannot open '%s': %s", path, strerror(errno));
+	return o;
+}
+
+/* Standard output is checked at exit by prog.c; a file is checked here. */
+static void text_close(FILE *o, const char *path)
+{
+	if (o == stdout)
+		return;
+	if (ferror(o) | (fclose(o) != 0))
+		prog_die("cannot write '%s': %s", path, strerror(errno ? errno : EIO));
+}
+
+static lmk_writer *bin_open(const struct opts *o)
+{
+	lmk_writer *w;
+
+	if (lmk_writer_open(&w, o->out, o->gzip ? LMK_WRITE_GZIP : 0) < 0)
+		die_lib();
+	pending = w;
+	return w;
+}
+
+static void bin_close(lmk_writer *w)
+{
+	pending = NULL;
+	if (lmk_writer_close(w) < 0)
+		die_lib();
+}
+
+/* ---- input ---- */
+
+static lmk_reader *in_open(const char *path)
+{
+	lmk_reader *r;
+
+	/* Waiting for frames typed at a terminal helps nobody. */
+	if (strcmp(path, "-") == 0 && isatty(STDIN_FILENO))
+		prog_die("refusing to read binary frames from a terminal (name a FILE or use a pipe)");
+	if (lmk_reader_open(&r, path) < 0)
+		die_lib();
+	return r;
+}
+
+/* @return : 1 and a frame in *f (free it), or 0 at the end of the stream */
+static int in_next(lmk_reader *r, lmk_frame *f)
+{
+	int rc;
+
+	lmk_frame_init(f);
+	rc = lmk_reader_next(r, f);
+	if (rc < 0)
+		die_lib();
+	return rc;
+}
+
+/* ---- formatting ---- */
+
+/* Names and metadata come from the file: control characters are shown as
+ * \xNN so that a hostile header cannot drive the terminal. */
+static void put_text(FILE *o, const char *s)
+{
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c < 0x20 || c == 0x7f)
+			fprintf(o, "\\x%02x", c);
+		else
+			putc(c, o);
+	}
+}
+
+/* Columns the text takes, counting a UTF-8 sequence as one. */
+static int text_width(const char *s)
+{
+	int n = 0;
+
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c < 0x20 || c == 0x7f)
+			n += 4;
+		else if ((c & 0xc0) != 0x80)
+			n++;
+	}
+	return n;
+}
+
+static void put_padded(FILE *o, const char *s, int width)
+{
+	put_text(o, s);
+	for (int n = text_width(s); n < width; n++)
+		putc(' ', o);
+}
+
+/* "[2,3]", "[]" for a scalar. */
+static const char *shape_str(const lmk_ftensor *t, char *buf, size_t cap)
+{
+	size_t n = 0;
+
+	n += snprintf(buf + n, cap - n, "[");
+	for (int i = 0; i < t->ndim && n < cap; i++)
+		n += snprintf(buf + n, cap - n, "%s%lld", i ? "," : "", (long long)t->shape[i]);
+	if (n < cap)
+		snprintf(buf + n, cap - n, "]");
+	return buf;
+}
+
+#define SHAPE_MAX (LMK_FRAME_MAXDIM * 21 + 3)
+
+static json_t *jstr(const char *s)
+{
+	/* the library parsed the header with jansson, so names are UTF-8 */
+	json_t *j = json_string(s);
+	if (!j)
+		prog_die("a name or value is not valid UTF-8");
+	return j;
+}
+
+static json_t *jnum(double v)
+{
+	return isfinite(v) ? json_real(v) : json_null();
+}
+
+static void put_json(FILE *o, json_t *j)
+{
+	char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+
+	if (!s)
+		prog_die("out of memory");
+	fputs(s, o);
+	putc('\n', o);
+	free(s);
+	json_decref(j);
+}
+
+static json_t *json_frame_head(const char *file, long idx, const lmk_frame *f)
+{
+	json_t *j = json_object(), *meta = json_object();
+
+	json_object_set_new(j, "file", jstr(shown(file)));
+	json_object_set_new(j, "frame", json_integer(idx));
+	for (int i = 0; i < f->nmeta; i++)
+		json_object_set_new(meta, f->key[i], jstr(f->val[i]));
+	json_object_set_new(j, "metadata", meta);
+	return j;
+}
+
+/* ---- numbers ---- */
+
+#define CHUNK 4096
+
+/* Converts n (<= CHUNK) elements at p to double. Half and single floats go
+ * through lmk_dtype_to_f32; F64 and the integers are read by value, since
+ * float32 would round large integers and overflow large doubles. */
+static void to_double(lmk_dtype t, const unsigned char *p, size_t n, double *dst)
+{
+	float tmp[CHUNK];
+
+#define BYVALUE(type) do { \
+		for (size_t i = 0; i < n; i++) { \
+			type v; \
+			memcpy(&v, p + i * sizeof v, sizeof v); \
+			dst[i] = (double)v; \
+		} \
+	} while (0)
+	switch (t) {
+	case LMK_F64: BYVALUE(double); break;
+	case LMK_I64: BYVALUE(int64_t); break;
+	case LMK_I32: BYVALUE(int32_t); break;
+	case LMK_I16: BYVALUE(int16_t); break;
+	case LMK_I8: BYVALUE(int8_t); break;
+	case LMK_U8: case LMK_BOOL: BYVALUE(uint8_t); break;
+	case LMK_U16: BYVALUE(uint16_t); break;
+	case LMK_U32: BYVALUE(uint32_t); break;
+	default:
+		lmk_dtype_to_f32(t, p, tmp, n);
+		for (size_t i = 0; i < n; i++)
+			dst[i] = tmp[i];
+		break;
+	}
+#undef BYVALUE
+}
+
+static int is_int(lmk_dtype t)
+{
+	return t != LMK_F64 && t != LMK_F32 && t != LMK_F16 && t != LMK_BF16;
+}
+
+/* min, max, mean and std are over the finite elements (Welford, in double);
+ * NaN and inf are counted instead. */
+struct stats {
+	int64_t n, fin, nan, inf;
+	double min, max, mean, m2;
+	int64_t imin, imax;   /* integer dtypes: min and max exactly */
+};
+
+static void stats_of(const lmk_ftensor *t, struct stats *s)
+{
+	const unsigned char *p = t->data;
+	size_t sz = lmk_dtype_size(t->dtype);
+	double buf[CHUNK];
+
+	memset(s, 0, sizeof *s);
+	s->n = lmk_ftensor_numel(t);
+	s->min = INFINITY;
+	s->max = -INFINITY;
+	for (int64_t done = 0; done < s->n;) {
+		size_t n = s->n - done < CHUNK ? (size_t)(s->n - done) : CHUNK;
+		to_double(t->dtype, p + done * sz, n, buf);
+		for (size_t i = 0; i < n; i++) {
+			double x = buf[i], d;
+			if (isnan(x)) {
+				s->nan++;
+				continue;
+			}
+			if (isinf(x)) {
+				s->inf++;
+				continue;
+			}
+			s->fin++;
+			if (x < s->min)
+				s->min = x;
+			if (x > s->max)
+				s->max = x;
+			d = x - s->mean;
+			s->mean += d / (double)s->fin;
+			s->m2 += d * (x - s->mean);
+		}
+		done += n;
+	}
+	/* a double holds integers exactly only up to 2^53 */
+	if (t->dtype == LMK_I64 && s->fin > 0) {
+		s->imin = INT64_MAX;
+		s->imax = INT64_MIN;
+		for (int64_t i = 0; i < s->n; i++) {
+			int64_t v;
+			memcpy(&v, p + i * 8, 8);
+			s->imin = v < s->imin ? v : s->imin;
+			s->imax = v > s->imax ? v : s->imax;
+		}
+	} else if (is_int(t->dtype) && s->fin > 0) {
+		s->imin = (int64_t)s->min;   /* exact: at most 32 bits */
+		s->imax = (int64_t)s->max;
+	}
+}
+
+/* Comparison of two tensors of the same dtype and shape, as numpy.isclose:
+ * |a - b| <= atol + rtol * |b|, NaN equal to NaN, inf equal to the same inf. */
+struct cmp {
+	int64_t n, bad, nanmis;
+	double maxabs, maxrel;
+};
+
+static void compare(const lmk_ftensor *ta, const lmk_ftensor *tb, double rtol, double atol,
+		    struct cmp *c)
+{
+	const unsigned char *pa = ta->data, *pb = tb->data;
+	size_t sz = lmk_dtype_size(ta->dtype);
+	double a[CHUNK], b[CHUNK];
+
+	memset(c, 0, sizeof *c);
+	c->n = lmk_ftensor_numel(ta);
+	/* identical bytes are equal, and exactly so for integers past 2^53 */
+	if (ta->nbytes == tb->nbytes && memcmp(pa, pb, ta->nbytes) == 0)
+		return;
+	for (int64_t done = 0; done < c->n;) {
+		size_t n = c->n - done < CHUNK ? (size_t)(c->n - done) : CHUNK;
+		to_double(ta->dtype, pa + done * sz, n, a);
+		to_double(tb->dtype, pb + done * sz, n, b);
+		for (size_t i = 0; i < n; i++) {
+			double x = a[i], y = b[i], d, r;
+			if (isnan(x) || isnan(y)) {
+				if (!(isnan(x) && isnan(y))) {
+					c->nanmis++;
+					c->bad++;
+				}
+				continue;
+			}
+			if (x == y)
+				continue;
+			d = fabs(x - y);
+			r = (isinf(y) || y == 0) ? INFINITY : d / fabs(y);
+			if (d > c->maxabs)
+				c->maxabs = d;
+			if (r > c->maxrel)
+				c->maxrel = r;
+			if (isinf(x) || isinf(y) || d > atol + rtol * fabs(y))
+				c->bad++;
+		}
+		done += n;
+	}
+}
+
+/* ---- commands ---- */
+
+static void info_frame(FILE *o, const char *file, long idx, const lmk_frame *f)
+{
+	char shp[SHAPE_MAX], num[32];
+	int wn = 4, wd = 5, ws = 5, wb = 5;
+	size_t total = 0;
+
+	for (int i = 0; i < f->ntensors; i++) {
+		const lmk_ftensor *t = &f->t[i];
+		int n;
+		total += t->nbytes;
+		if ((n = text_width(t->name)) > wn)
+			wn = n;
+		if ((n = (int)strlen(lmk_dtype_name(t->dtype))) > wd)
+			wd = n;
+		if ((n = (int)strlen(shape_str(t, shp, sizeof shp))) > ws)
+			ws = n;
+		if ((n = snprintf(num, sizeof num, "%zu", t->nbytes)) > wb)
+			wb = n;
+	}
+	put_text(o, shown(file));
+	fprintf(o, ": frame %ld: %d tensor%s, %zu bytes\n", idx, f->ntensors,
+		f->ntensors == 1 ? "" : "s", total);
+	for (int i = 0; i < f->nmeta; i++) {
+		fputs("  ", o);
+		put_text(o, f->key[i]);
+		putc('=', o);
+		put_text(o, f->val[i]);
+		putc('\n', o);
+	}
+	if (f->ntensors == 0)
+		return;
+	fprintf(o, "  %-*s  %-*s  %-*s  %*s\n", wn, "NAME", wd, "DTYPE", ws, "SHAPE", wb, "BYTES");
+	for (int i = 0; i < f->ntensors; i++) {
+		const lmk_ftensor *t = &f->t[i];
+		fputs("  ", o);
+		put_padded(o, t->name, wn);
+		fprintf(o, "  %-*s  %-*s  %*zu\n", wd, lmk_dtype_name(t->dtype), ws,
+			shape_str(t, shp, sizeof shp), wb, t->nbytes);
+	}
+}
+
+static void info_frame_json(FILE *o, const char *file, long idx, const lmk_frame *f)
+{
+	json_t *j = json_frame_head(file, idx, f), *ts = json_array();
+
+	for (int i = 0; i < f->ntensors; i++) {
+		const lmk_ftensor *t = &f->t[i];
+		json_t *jt = json_object(), *sh = json_array();
+		for (int d = 0; d < t->ndim; d++)
+			json_array_append_new(sh, json_integer(t->shape[d]));
+		json_object_set_new(jt, "name", jstr(t->name));
+		json_object_set_new(jt, "dtype", json_string(lmk_dtype_name(t->dtype)));
+		json_object_set_new(jt, "shape", sh);
+		json_object_set_new(jt, "bytes", json_integer((json_int_t)t->nbytes));
+		json_array_append_new(ts, jt);
+	}
+	json_object_set_new(j, "tensors", ts);
+	put_json(o, j);
+}
+
+static void fmt_stat(char *buf, size_t cap, double v, int fin)
+{
+	if (!fin)
+		snprintf(buf, cap, "-");
+	else
+		snprintf(buf, cap, "%.6g", v);
+}
+
+static void fmt_int(char *buf, size_t cap, int64_t v, int fin)
+{
+	if (!fin)
+		snprintf(buf, cap, "-");
+	else
+		snprintf(buf, cap, "%lld", (long long)v);
+}
+
+#define NSTATCOL 9
+
+static void stat_frame(FILE *o, const char *file, long idx, const lmk_frame *f)
+{
+	static const char *const head[NSTATCOL] = {
+		"NAME", "DTYPE", "N", "MIN", "MAX", "MEAN", "STD", "NAN", "INF",
+	};
+	int w[NSTATCOL];
+	char (*cell)[NSTATCOL][32] = NULL;
+
+	if (f->ntensors > 0 && !(cell = calloc((size_t)f->ntensors, sizeof *cell)))
+		prog_die("out of memory");
+	for (int c = 0; c < NSTATCOL; c++)
+		w[c] = (int)strlen(head[c]);
+	for (int i = 0; i < f->ntensors; i++) {
+		const lmk_ftensor *t = &f->t[i];
+		struct stats s;
+		int in = is_int(t->dtype), fin;
+		stats_of(t, &s);
+		fin = s.fin > 0;
+		snprintf(cell[i][1], 32, "%s", lmk_dtype_name(t->dtype));
+		snprintf(cell[i][2], 32, "%lld", (long long)s.n);
+		if (in) {
+			fmt_int(cell[i][3], 32, s.imin, fin);
+			fmt_int(cell[i][4], 32, s.imax, fin);
+		} else {
+			fmt_stat(cell[i][3], 32, s.min, fin);
+			fmt_stat(cell[i][4], 32, s.max, fin);
+		}
+		fmt_stat(cell[i][5], 32, s.mean, fin);
+		fmt_stat(cell[i][6], 32, sqrt(s.m2 / (double)s.fin), fin);
+		snprintf(cell[i][7], 32, "%lld", (long long)s.nan);
+		snprintf(cell[i][8], 32, "%lld", (long long)s.inf);
+		if (text_width(t->name) > w[0])
+			w[0] = text_width(t->name);
+		for (int c = 1; c < NSTATCOL; c++)
+			if ((int)strlen(cell[i][c]) > w[c])
+				w[c] = (int)strlen(cell[i][c]);
+	}
+	put_text(o, shown(file));
+	fprintf(o, ": frame %ld: %d tensor%s\n", idx, f->ntensors, f->ntensors == 1 ? "" : "s");
+	if (f->ntensors > 0) {
+		fprintf(o, "  %-*s  %-*s", w[0], head[0], w[1], head[1]);
+		for (int c = 2; c < NSTATCOL; c++)
+			fprintf(o, "  %*s", w[c], head[c]);
+		putc('\n', o);
+	}
+	for (int i = 0; i < f->ntensors; i++) {
+		fputs("  ", o);
+		put_padded(o, f->t[i].name, w[0]);
+		fprintf(o, "  %-*s", w[1], cell[i][1]);
+		for (int c = 2; c < NSTATCOL; c++)
+			fprintf(o, "  %*s", w[c], cell[i][c]);
+		putc('\n', o);
+	}
+	free(cell);
+}
+
+static void stat_frame_json(FILE *o, const char *file, long idx, const lmk_frame *f)
+{
+	json_t *j = json_frame_head(file, idx, f), *ts = json_array();
+
+	for (int i = 0; i < f->ntensors; i++) {
+		const lmk_ftensor *t = &f->t[i];
+		json_t *jt = json_object();
+		struct stats s;
+		int fin;
+		stats_of(t, &s);
+		fin = s.fin > 0;
+		json_object_set_new(jt, "name", jstr(t->name));
+		json_object_set_new(jt, "dtype", json_string(lmk_dtype_name(t->dtype)));
+		json_object_set_new(jt, "n", json_integer(s.n));
+		if (!fin) {
+			json_object_set_new(jt, "min", json_null());
+			json_object_set_new(jt, "max", json_null());
+		} else if (is_int(t->dtype)) {
+			json_object_set_new(jt, "min", json_integer(s.imin));
+			json_object_set_new(jt, "max", json_integer(s.imax));
+		} else {
+			json_object_set_new(jt, "min", jnum(s.min));
+			json_object_set_new(jt, "max", jnum(s.max));
+		}
+		json_object_set_new(jt, "mean", fin ? jnum(s.mean) : json_null());
+		json_object_set_new(jt, "std", fin ? jnum(sqrt(s.m2 / (double)s.fin)) : json_null());
+		json_object_set_new(jt, "nan", json_integer(s.nan));
+		json_object_set_new(jt, "inf", json_integer(s.inf));
+		json_array_append_new(ts, jt);
+	}
+	json_object_set_new(j, "tensors", ts);
+	put_json(o, j);
+}
+
+typedef void (*frame_fn)(FILE *, const char *, long, const lmk_frame *);
+
+/* info and stat: the same walk over every frame of every file. */
+static int walk(int argc, char **argv, const struct opts *o, frame_fn human, frame_fn json)
+{
+	FILE *out = text_open(o->out);
+
+	for (int a = 0; a < argc; a++) {
+		lmk_reader *r = in_open(argv[a]);
+		lmk_frame f;
+		long idx = 0;
+		while (in_next(r, &f)) {
+			(o->json ? json : human)(out, argv[a], idx++, &f);
+			lmk_frame_free(&f);
+		}
+		lmk_frame_free(&f);
+		lmk_reader_close(r);
+		if (idx == 0)
+			prog_warn("%s: no frames", shown(argv[a]));
+	}
+	text_close(out, o->out);
+	return 0;
+}
+
+static int cmd_info(int argc, char **argv, const struct opts *o)
+{
+	return walk(argc, argv, o, info_frame, info_frame_json);
+}
+
+static int cmd_stat(int argc, char **argv, const struct opts *o)
+{
+	return walk(argc, argv, o, stat_frame, stat_frame_json);
+}
+
+static int cmd_cat(int argc, char **argv, const struct opts *o)
+{
+	lmk_writer *w;
+
+	prog_check_binary_out(o->out, o->force);
+	w = bin_open(o);
+	for (int a = 0; a < argc; a++) {
+		lmk_reader *r = in_open(argv[a]);
+		lmk_frame f;
+		while (in_next(r, &f)) {
+			if (lmk_writer_put(w, &f) < 0)
+				die_lib();
+			lmk_frame_free(&f);
+		}
+		lmk_frame_free(&f);
+		lmk_reader_close(r);
+	}
+	bin_close(w);
+	return 0;
+}
+
+static int cmd_get(int argc, char **argv, const struct opts *o)
+{
+	const char *name = argv[0], *file = argc > 1 ? argv[1] : "-";
+	const lmk_ftensor *t = NULL;
+	lmk_reader *r;
+	lmk_writer *w;
+	lmk_frame f, one;
+	long idx = 0;
+
+	prog_check_binary_out(o->out, o->force);
+	r = in_open(file);
+	for (;; idx++) {
+		if (!in_next(r, &f)) {
+			lmk_frame_free(&f);
+			if (o->given & F_FRAME)
+				prog_die("%s: no frame %ld (the stream has %ld frame%s)", shown(file),
+					 o->frame, idx, idx == 1 ? "" : "s");
+			prog_die("%s: no tensor '%s' in %ld frame%s", shown(file), name, idx,
+				 idx == 1 ? "" : "s");
+		}
+		if (!(o->given & F_FRAME) || idx == o->frame) {
+			t = lmk_frame_find(&f, name);
+			if (t)
+				break;
+			if (o->given & F_FRAME)
+				prog_die("%s: frame %ld: no tensor '%s'", shown(file), idx, name);
+		}
+		lmk_frame_free(&f);
+	}
+	/* The source frame's metadata says what the whole record was, which one
+	 * tensor cut out of it no longer is, so it is not copied. */
+	lmk_frame_init(&one);
+	if (lmk_frame_add(&one, t->name, t->dtype, t->ndim, t->shape, t->data) < 0)
+		die_lib();
+	w = bin_open(o);
+	if (lmk_writer_put(w, &one) < 0)
+		die_lib();
+	bin_close(w);
+	lmk_frame_free(&one);
+	lmk_frame_free(&f);
+	lmk_reader_close(r);
+	return 0;
+}
+
+struct diffsum {
+	long tensors, differ, frames_alone;
+};
+
+static void diff_line_start(FILE *o, long idx, const char *name)
+{
+	fprintf(o, "frame %ld '", idx);
+	put_text(o, name);
+	fputs("': ", o);
+}
+
+static void diff_frames(FILE *o, const char *fa, const char *fb, long idx, const lmk_frame *a,
+			const lmk_frame *b, const struct opts *op, struct diffsum *s)
+{
+	char sa[SHAPE_MAX], sb[SHAPE_MAX];
+	int quiet = op->quiet;
+
+	for (int i = 0; i < a->ntensors; i++) {
+		const lmk_ftensor *ta = &a->t[i], *tb = lmk_frame_find(b, ta->name);
+		struct cmp c;
+		int same_shape;
+
+		s->tensors++;
+		if (!tb) {
+			s->differ++;
+			if (!quiet) {
+				diff_line_start(o, idx, ta->name);
+				fputs("only in ", o);
+				put_text(o, shown(fa));
+				putc('\n', o);
+			}
+			continue;
+		}
+		same_shape = ta->ndim == tb->ndim &&
+			memcmp(ta->shape, tb->shape, ta->ndim * sizeof ta->shape[0]) == 0;
+		if (ta->dtype != tb->dtype || !same_shape) {
+			s->differ++;
+			if (!quiet) {
+				diff_line_start(o, idx, ta->name);
+				if (ta->dtype != tb->dtype)
+					fprintf(o, "dtype %s vs %s%s", lmk_dtype_name(ta->dtype),
+						lmk_dtype_name(tb->dtype), same_shape ? "" : ", ");
+				if (!same_shape)
+					fprintf(o, "shape %s vs %s", shape_str(ta, sa, sizeof sa),
+						shape_str(tb, sb, sizeof sb));
+				putc('\n', o);
+			}
+			continue;
+		}
+		compare(ta, tb, op->rtol, op->atol, &c);
+		if (c.bad)
+			s->differ++;
+		if (quiet)
+			continue;
+		diff_line_start(o, idx, ta->name);
+		fprintf(o, "max_abs %.6g, max_rel %.6g: ", c.maxabs, c.maxrel);
+		if (!c.bad) {
+			fputs("match\n", o);
+			continue;
+		}
+		fprintf(o, "%lld of %lld elements differ", (long long)c.bad, (long long)c.n);
+		if (c.nanmis)
+			fprintf(o, " (%lld NaN mismatch%s)", (long long)c.nanmis,
+				c.nanmis == 1 ? "" : "es");
+		putc('\n', o);
+	}
+	for (int i = 0; i < b->ntensors; i++) {
+		if (lmk_frame_find(a, b->t[i].name))
+			continue;
+		s->tensors++;
+		s->differ++;
+		if (!quiet) {
+			diff_line_start(o, idx, b->t[i].name);
+			fputs("only in ", o);
+			put_text(o, shown(fb));
+			putc('\n', o);
+		}
+	}
+}
+
+static int cmd_diff(int argc, char **argv, const struct opts *o)
+{
+	const char *fa = argv[0], *fb = argv[1];
+	struct diffsum s = {0, 0, 0};
+	lmk_reader *ra, *rb;
+	int enda = 0, endb = 0;
+	FILE *out;
+
+	if (strcmp(fa, "-") == 0 && strcmp(fb, "-") == 0)
+		prog_usage_error("diff reads at most one of A and B from standard input");
+	out = text_open(o->out);
+	ra = in_open(fa);
+	rb = in_open(fb);
+	for (long idx = 0;; idx++) {
+		lmk_frame a, b;
+		int ha = !enda && in_next(ra, &a), hb = !endb && in_next(rb, &b);
+		if (!ha && !enda)
+			lmk_frame_free(&a);
+		if (!hb && !endb)
+			lmk_frame_free(&b);
+		enda |= !ha;
+		endb |= !hb;
+		if (enda && endb)
+			break;
+		if (ha && hb) {
+			diff_frames(out, fa, fb, idx, &a, &b, o, &s);
+		} else {
+			const lmk_frame *f = ha ? &a : &b;
+			s.frames_alone++;
+			s.tensors += f->ntensors;
+			s.differ += f->ntensors;
+			if (!o->quiet) {
+				fprintf(out, "frame %ld: only in ", idx);
+				put_text(out, shown(ha ? fa : fb));
+				fprintf(out, " (%d tensor%s)\n", f->ntensors,
+					f->ntensors == 1 ? "" : "s");
+			}
+		}
+		if (ha)
+			lmk_frame_free(&a);
+		if (hb)
+			lmk_frame_free(&b);
+	}
+	lmk_reader_close(ra);
+	lmk_reader_close(rb);
+	if (!o->quiet) {
+		put_text(out, shown(fa));
+		fputs(" and ", out);
+		put_text(out, shown(fb));
+		if (s.differ || s.frames_alone) {
+			fprintf(out, " differ: %ld of %ld tensors", s.differ, s.tensors);
+			if (s.frames_alone)
+				fprintf(out, ", %ld frame%s only in one", s.frames_alone,
+					s.frames_alone == 1 ? "" : "s");
+		} else {
+			fprintf(out, " match: %ld tensor%s", s.tensors, s.tensors == 1 ? "" : "s");
+		}
+		fprintf(out, " (rtol %g, atol %g)\n", o->rtol, o->atol);
+	}
+	text_close(out, o->out);
+	return s.differ || s.frames_alone ? 1 : 0;
+}
+
+static int cmd_help(int argc, char **argv, const struct opts *o)
+{
+	prog_help();
+}
+
+static const struct command {
+	const char *name;
+	int (*run)(int argc, char **argv, const struct opts *o);
+	int minargs, maxargs;   /* operands; -1: any number */
+	unsigned allowed;
+} commands[] = {
+	{"info", cmd_info, 0, -1, F_OUTPUT | F_JSON},
+	{"cat", cmd_cat, 0, -1, F_OUTPUT | F_GZIP | F_FORCE},
+	{"get", cmd_get, 1, 2, F_OUTPUT | F_GZIP | F_FORCE | F_FRAME},
+	{"stat", cmd_stat, 0, -1, F_OUTPUT | F_JSON},
+	{"diff", cmd_diff, 2, 2, F_OUTPUT | F_RTOL | F_ATOL},
+	{"help", cmd_help, 0, -1, 0},
+};
+
+/* A getopt error, reported from the argument that caused it (cur: the
+ * element getopt was looking at, since optind moves differently for long
+ * options and for clusters of short ones). */
+static noreturn void bad_option(int c, const char *arg)
+{
+	if (strncmp(arg, "--", 2) == 0) {
+		int n = (int)strcspn(arg, "=");
+		if (c == ':')
+			prog_usage_error("option '%.*s' needs an argument", n, arg);
+		if (arg[n] == '=')
+			for (const struct option *lo = longopts; lo->name; lo++)
+				if ((int)strlen(lo->name) == n - 2 && !strncmp(lo->name, arg + 2, n - 2))
+					prog_usage_error("option '%.*s' takes no argument", n, arg);
+		prog_usage_error("unknown option '%.*s'", n, arg);
+	}
+	if (c == ':')
+		prog_usage_error("option '-%c' needs an argument", optopt);
+	prog_usage_error("unknown option '-%c'", optopt);
+}
+
+int main(int argc, char **argv)
+{
+	struct opts o = {.out = "-", .rtol = 1e-5, .atol = 1e-8};
+	char **pos, *dash[] = {"-"};
+	int npos = 0, c, cur;
+	const struct command *cmd = NULL;
+
+	prog_init("tsr", usage);
+	if (!(pos = calloc((size_t)argc + 1, sizeof *pos)))
+		prog_die("out of memory");
+	/* "-" first: operands come back in order as 1, so options may follow
+	 * the command and its files whatever POSIXLY_CORRECT says. */
+	for (;;) {
+		cur = optind;
+		c = getopt_long(argc, argv, "-:o:zqh", longopts, NULL);
+		if (c == -1)
+			break;
+		switch (c) {
+		case 1: pos[npos++] = optarg; break;
+		case 'o': o.out = optarg; o.given |= F_OUTPUT; break;
+		case 'z': o.gzip = 1; o.given |= F_GZIP; break;
+		case PROG_OPT_FORCE: o.force = 1; o.given |= F_FORCE; break;
+		case OPT_JSON: o.json = 1; o.given |= F_JSON; break;
+		case OPT_FRAME:
+			o.frame = prog_parse_long("--frame", optarg, 0, LONG_MAX);
+			o.given |= F_FRAME;
+			break;
+		case OPT_RTOL:
+			o.rtol = prog_parse_double("--rtol", optarg, 0, INFINITY);
+			o.given |= F_RTOL;
+			break;
+		case OPT_ATOL:
+			o.atol = prog_parse_double("--atol", optarg, 0, INFINITY);
+			o.given |= F_ATOL;
+			break;
+		case 'q': o.quiet = 1; prog_set_quiet(1); break;
+		case 'h': prog_help();
+		case PROG_OPT_VERSION: prog_version();
+		default: bad_option(c, argv[cur < argc ? cur : argc - 1]);
+		}
+	}
+	while (optind < argc)
+		pos[npos++] = argv[optind++];
+	if (npos == 0)
+		prog_usage_error("missing command");
+	for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+		if (strcmp(pos[0], commands[i].name) == 0)
+			cmd = &commands[i];
+	if (!cmd)
+		prog_usage_error("unknown command '%s'", pos[0]);
+	if (cmd->run == cmd_help)
+		prog_help();
+	for (int b = 0; b < 7; b++)
+		if ((o.given & (1u << b)) && !(cmd->allowed & (1u << b)))
+			prog_usage_error("option '%s' does not apply to '%s'", flagname[b], cmd->name);
+	npos--;
+	if (npos < cmd->minargs)
+		prog_usage_error("'%s' needs %s", cmd->name,
+				 cmd->minargs == 1 ? "a tensor NAME" : "two files, A and B");
+	if (cmd->maxargs >= 0 && npos > cmd->maxargs)
+		prog_usage_error("too many arguments for '%s'", cmd->name);
+	c = npos ? cmd->run(npos, pos + 1, &o) : cmd->run(1, dash, &o);
+	free(pos);
+	return c;
+}
