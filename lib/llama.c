@@ -1,0 +1,1019 @@
+/* llama.c: the Llama-family decoder (Llama 2/3, SmolLM2, Qwen2) as forward
+ * code over ops.h, its Hugging Face config.json, a KV cache for decoding and
+ * a sampler. The forward follows transformers' LlamaForCausalLM (eager
+ * attention, float32) step for step, so that logits and gradients agree with
+ * it to rounding (tests/test_llama.c checks against tests/fixtures).
+ * Shape letters: B batch, T time, C hidden, H heads, K kv heads, D head dim,
+ * F intermediate, V vocabulary, L layers, S cached positions. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "err.h"
+#include "llama.h"
+
+/* ---- configuration ---------------------------------------------------- */
+
+void lmk_llama_config_default(lmk_llama_config *cfg)
+{
+	/* The shape of llama2.c's stories15M: small enough to train on a CPU. */
+	memset(cfg, 0, sizeof *cfg);
+	strcpy(cfg->model_type, "llama");
+	cfg->hidden_size = 288;
+	cfg->intermediate_size = 768;
+	cfg->num_hidden_layers = 6;
+	cfg->num_attention_heads = 6;
+	cfg->num_key_value_heads = 6;
+	cfg->head_dim = 48;
+	cfg->vocab_size = 32000;
+	cfg->max_position_embeddings = 2048;
+	cfg->rms_norm_eps = 1e-5f;
+	cfg->rope_theta = 10000.0f;
+	cfg->rope_scaling.type = LMK_ROPE_NONE;
+	cfg->tie_word_embeddings = 1;
+	cfg->initializer_range = 0.02f;
+	cfg->bos_token_id = 1;
+	cfg->eos_token_id[0] = 2;
+	cfg->neos = 1;
+}
+
+static const char *json_kind(const json_t *v)
+{
+	switch (json_typeof(v)) {
+	case JSON_OBJECT: return "an object";
+	case JSON_ARRAY: return "a list";
+	case JSON_STRING: return "a string";
+	case JSON_INTEGER: return "an integer";
+	case JSON_REAL: return "a number";
+	case JSON_TRUE: case JSON_FALSE: return "a boolean";
+	case JSON_NULL: return "null";
+	}
+	return "?";
+}
+
+/* An integer key; absent or null gives def, or an error when required. */
+static int get_int(const json_t *o, const char *key, int *out, int def, int required,
+		   const char *name)
+{
+	const json_t *v = json_object_get(o, key);
+	if (!v || json_is_null(v)) {
+		if (required)
+			return lmk_err(LMK_EFORMAT, "%s: missing key '%s'", name, key);
+		*out = def;
+		return 0;
+	}
+	/* 1.0 is an integer in Python's eyes too (json writes ints as ints,
+	 * but hand-edited configs sometimes say 32.0). */
+	double d;
+	if (json_is_integer(v))
+		d = (double)json_integer_value(v);
+	else if (json_is_real(v) && floor(json_real_value(v)) == json_real_value(v))
+		d = json_real_value(v);
+	else
+		return lmk_err(LMK_EFORMAT, "%s: key '%s': expected an integer, found %s", name,
+			       key, json_kind(v));
+	if (d < INT_MIN || d > INT_MAX)
+		return lmk_err(LMK_EFORMAT, "%s: key '%s': %.0f is out of range", name, key, d);
+	*out = (int)d;
+	return 0;
+}
+
+static int get_float(const json_t *o, const char *key, float *out, float def, int required,
+		     const char *name)
+{
+	const json_t *v = json_object_get(o, key);
+	if (!v || json_is_null(v)) {
+		if (required)
+			return lmk_err(LMK_EFORMAT, "%s: missing key '%s'", name, key);
+		*out = def;
+		return 0;
+	}
+	if (!json_is_number(v))
+		return lmk_err(LMK_EFORMAT, "%s: key '%s': expected a number, found %s", name, key,
+			       json_kind(v));
+	*out = (float)json_number_value(v);
+	return 0;
+}
+
+static int get_bool(const json_t *o, const char *key, int *out, int def, const char *name)
+{
+	const json_t *v = json_object_get(o, key);
+	if (!v || json_is_null(v)) {
+		*out = def;
+		return 0;
+	}
+	if (!json_is_boolean(v))
+		return lmk_err(LMK_EFORMAT, "%s: key '%s': expected true or false, found %s", name,
+			       key, json_kind(v));
+	*out = json_is_true(v);
+	return 0;
+}
+
+/* A rope_scaling object (transformers 4) or rope_parameters (transformers 5,
+ * which also carries rope_theta). */
+static int parse_rope(const json_t *o, const char *key, lmk_llama_config *cfg, const char *name)
+{
+	const json_t *r = json_object_get(o, key);
+	lmk_rope_scaling *s = &cfg->rope_scaling;
+	char who[64];
+	int rc;
+
+	if (!r || json_is_null(r))
+		return 0;
+	if (!json_is_object(r))
+		return lmk_err(LMK_EFORMAT, "%s: key '%s': expected an object or null, found %s",
+			       name, key, json_kind(r));
+	snprintf(who, sizeof who, "%s", key);
+	if (json_object_get(r, "rope_theta") &&
+	    (rc = get_float(r, "rope_theta", &cfg->rope_theta, 0, 1, name)) < 0)
+		return rc;
+	const json_t *t = json_object_get(r, "rope_type");
+	if (!t || json_is_null(t))
+		t = json_object_get(r, "type");
+	if (!t || json_is_null(t)) {
+		if (strcmp(key, "rope_parameters") == 0) /* theta alone */
+			return 0;
+		return lmk_err(LMK_EFORMAT, "%s: %s has no 'rope_type' (or 'type')", name, who);
+	}
+	if (!json_is_string(t))
+		return lmk_err(LMK_EFORMAT, "%s: %s: rope_type: expected a string, found %s", name,
+			       who, json_kind(t));
+	const char *type = json_string_value(t);
+	char sub[96];
+	snprintf(sub, sizeof sub, "%s: %s", name, who);
+	memset(s, 0, sizeof *s);
+	if (strcmp(type, "default") == 0) {
+		s->type = LMK_ROPE_NONE;
+		return 0;
+	}
+	if (strcmp(type, "linear") == 0) {
+		s->type = LMK_ROPE_LINEAR;
+		return get_float(r, "factor", &s->factor, 0, 1, sub);
+	}
+	if (strcmp(type, "llama3") == 0) {
+		s->type = LMK_ROPE_LLAMA3;
+		if ((rc = get_float(r, "factor", &s->factor, 0, 1, sub)) < 0 ||
+		    (rc = get_float(r, "low_freq_factor", &s->low_freq_factor, 0, 1, sub)) < 0 ||
+		    (rc = get_float(r, "high_freq_factor", &s->high_freq_factor, 0, 1, sub)) < 0 ||
+		    (rc = get_int(r, "original_max_position_embeddings", &s->original_max_pos, 0,
+				  1, sub)) < 0)
+			return rc;
+		return 0;
+	}
+	return lmk_err(LMK_EFORMAT,
+		       "%s: %s: rope type '%s' is not supported (expected default, linear or "
+		       "llama3)", name, who, type);
+}
+
+static int parse_obj(lmk_llama_config *cfg, const json_t *o, const char *name)
+{
+	int rc, d;
+	const json_t *v;
+
+	memset(cfg, 0, sizeof *cfg);
+	v = json_object_get(o, "model_type");
+	if (v && !json_is_null(v)) {
+		if (!json_is_string(v))
+			return lmk_err(LMK_EFORMAT, "%s: key 'model_type': expected a string, found %s",
+				       name, json_kind(v));
+		const char *mt = json_string_value(v);
+		if (strcmp(mt, "llama") != 0 && strcmp(mt, "qwen2") != 0)
+			return lmk_err(LMK_EFORMAT,
+				       "%s: model_type '%s' is not supported (expected llama or qwen2)",
+				       name, mt);
+		snprintf(cfg->model_type, sizeof cfg->model_type, "%s", mt);
+	} else {
+		strcpy(cfg->model_type, "llama");
+	}
+	int qwen2 = strcmp(cfg->model_type, "qwen2") == 0;
+
+	if ((rc = get_int(o, "hidden_size", &cfg->hidden_size, 0, 1, name)) < 0 ||
+	    (rc = get_int(o, "intermediate_size", &cfg->intermediate_size, 0, 1, name)) < 0 ||
+	    (rc = get_int(o, "num_hidden_layers", &cfg->num_hidden_layers, 0, 1, name)) < 0 ||
+	    (rc = get_int(o, "num_attention_heads", &cfg->num_attention_heads, 0, 1, name)) < 0 ||
+	    (rc = get_int(o, "vocab_size", &cfg->vocab_size, 0, 1, name)) < 0)
+		return rc;
+	if ((rc = get_int(o, "num_key_value_heads", &cfg->num_key_value_heads,
+			  cfg->num_attention_heads, 0, name)) < 0)
+		return rc;
+	if ((rc = get_int(o, "head_dim", &d, -1, 0, name)) < 0)
+		return rc;
+	if (d == -1) {
+		if (cfg->num_attention_heads <= 0 ||
+		    cfg->hidden_size % cfg->num_attention_heads != 0)
+			return lmk_err(LMK_EFORMAT,
+				       "%s: hidden_size %d is not a multiple of num_attention_heads %d "
+				       "and no head_dim is given", name, cfg->hidden_size,
+				       cfg->num_attention_heads);
+		d = cfg->hidden_size / cfg->num_attention_heads;
+	}
+	cfg->head_dim = d;
+	if ((rc = get_int(o, "max_position_embeddings", &cfg->max_position_embeddings,
+			  qwen2 ? 32768 : 2048, 0, name)) < 0 ||
+	    (rc = get_float(o, "rms_norm_eps", &cfg->rms_norm_eps, 1e-6f, 0, name)) < 0 ||
+	    (rc = get_float(o, "rope_theta", &cfg->rope_theta, 10000.0f, 0, name)) < 0 ||
+	    (rc = get_float(o, "initializer_range", &cfg->initializer_range, 0.02f, 0, name)) < 0 ||
+	    (rc = get_bool(o, "tie_word_embeddings", &cfg->tie_word_embeddings, 0, name)) < 0 ||
+	    (rc = get_bool(o, "attention_bias", &cfg->attention_bias, 0, name)) < 0 ||
+	    (rc = get_bool(o, "mlp_bias", &cfg->mlp_bias, 0, name)) < 0)
+		return rc;
+	cfg->rope_scaling.type = LMK_ROPE_NONE;
+	if ((rc = parse_rope(o, "rope_scaling", cfg, name)) < 0 ||
+	    (rc = parse_rope(o, "rope_parameters", cfg, name)) < 0)
+		return rc;
+	if (qwen2) {
+		int sw;
+		if ((rc = get_bool(o, "use_sliding_window", &sw, 0, name)) < 0)
+			return rc;
+		if (sw)
+			return lmk_err(LMK_EFORMAT, "%s: use_sliding_window true is not supported",
+				       name);
+		cfg->attention_bias = 1; /* Qwen2 always has q, k, v biases */
+	}
+
+	v = json_object_get(o, "hidden_act");
+	if (v && !json_is_null(v)) {
+		if (!json_is_string(v))
+			return lmk_err(LMK_EFORMAT, "%s: key 'hidden_act': expected a string, found %s",
+				       name, json_kind(v));
+		if (strcmp(json_string_value(v), "silu") != 0)
+			return lmk_err(LMK_EFORMAT,
+				       "%s: hidden_act '%s' is not supported (expected silu)", name,
+				       json_string_value(v));
+	}
+
+	if ((rc = get_int(o, "bos_token_id", &cfg->bos_token_id, -1, 0, name)) < 0)
+		return rc;
+	v = json_object_get(o, "eos_token_id");
+	if (v && json_is_array(v)) {
+		size_t n = json_array_size(v);
+		if (n > LMK_MAX_EOS)
+			return lmk_err(LMK_EFORMAT, "%s: eos_token_id: expected at most %d ids, found %zu",
+				       name, LMK_MAX_EOS, n);
+		for (size_t i = 0; i < n; i++) {
+			const json_t *e = json_array_get(v, i);
+			if (!json_is_integer(e) || json_integer_value(e) < 0 ||
+			    json_integer_value(e) > INT_MAX)
+				return lmk_err(LMK_EFORMAT,
+					       "%s: eos_token_id[%zu]: expected a token id, found %s",
+					       name, i, json_kind(e));
+			cfg->eos_token_id[cfg->neos++] = (int)json_integer_value(e);
+		}
+	} else {
+		int e;
+		if ((rc = get_int(o, "eos_token_id", &e, -1, 0, name)) < 0)
+			return rc;
+		if (e >= 0)
+			cfg->eos_token_id[cfg->neos++] = e;
+	}
+	return lmk_llama_config_check(cfg, name);
+}
+
+int lmk_llama_config_parse(lmk_llama_config *cfg, const char *json, size_t len, const char *name)
+{
+	json_error_t je;
+	json_t *o = json_loadb(json, len, JSON_REJECT_DUPLICATES, &je);
+	if (!name)
+		name = "config.json";
+	if (!o)
+		return lmk_err(LMK_EFORMAT, "%s: line %d, column %d: %s", name, je.line, je.column,
+			       je.text);
+	if (!json_is_object(o)) {
+		int rc = lmk_err(LMK_EFORMAT, "%s: expected a JSON object, found %s", name,
+				 json_kind(o));
+		json_decref(o);
+		return rc;
+	}
+	int rc = parse_obj(cfg, o, name);
+	json_decref(o);
+	return rc;
+}
+
+int lmk_llama_config_load(lmk_llama_config *cfg, const char *path)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return lmk_err(LMK_EIO, "cannot open '%s': %s", path, strerror(errno));
+	size_t cap = 4096, n = 0, got;
+	char *buf = malloc(cap);
+	while (buf && (got = fread(buf + n, 1, cap - n, f)) > 0) {
+		n += got;
+		if (n == cap) {
+			if (cap >= (16u << 20)) {
+				free(buf);
+				fclose(f);
+				return lmk_err(LMK_EFORMAT, "%s: larger than 16 MiB, not a config", path);
+			}
+			char *nb = realloc(buf, cap * 2);
+			if (!nb) {
+				free(buf);
+				buf = NULL;
+				break;
+			}
+			buf = nb;
+			cap *= 2;
+		}
+	}
+	int bad = ferror(f);
+	fclose(f);
+	if (!buf)
+		return lmk_err(LMK_ENOMEM, "%s: cannot allocate", path);
+	if (bad) {
+		free(buf);
+		return lmk_err(LMK_EIO, "cannot read '%s'", path);
+	}
+	int rc = lmk_llama_config_parse(cfg, buf, n, path);
+	free(buf);
+	return rc;
+}
+
+int lmk_llama_config_check(const lmk_llama_config *cfg, const char *name)
+{
+	const int big = 1 << 20;
+	if (!name)
+		name = "config";
+	struct { const char *key; int v, max; } dims[] = {
+		{"hidden_size", cfg->hidden_size, big},
+		{"intermediate_size", cfg->intermediate_size, big},
+		{"num_hidden_layers", cfg->num_hidden_layers, 4096},
+		{"num_attention_heads", cfg->num_attention_heads, 4096},
+		{"num_key_value_heads", cfg->num_key_value_heads, 4096},
+		{"head_dim", cfg->head_dim, 4096},
+		{"vocab_size", cfg->vocab_size, 1 << 24},
+		{"max_position_embeddings", cfg->max_position_embeddings, INT_MAX},
+	};
+	for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++)
+		if (dims[i].v <= 0 || dims[i].v > dims[i].max)
+			return lmk_err(LMK_EFORMAT, "%s: %s: expected 1 to %d, found %d", name,
+				       dims[i].key, dims[i].max, dims[i].v);
+	if (cfg->num_attention_heads % cfg->num_key_value_heads != 0)
+		return lmk_err(LMK_EFORMAT,
+			       "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d",
+			       name, cfg->num_attention_heads, cfg->num_key_value_heads);
+	if (cfg->head_dim % 2 != 0)
+		return lmk_err(LMK_EFORMAT, "%s: head_dim: expected an even number, found %d", name,
+			       cfg->head_dim);
+	if ((int64_t)cfg->num_attention_heads * cfg->head_dim > big)
+		return lmk_err(LMK_EFORMAT, "%s: num_attention_heads * head_dim: expected at most %d, "
+			       "found %lld", name, big,
+			       (long long)cfg->num_attention_heads * cfg->head_dim);
+	if (!(cfg->rms_norm_eps > 0) || !isfinite(cfg->rms_norm_eps))
+		return lmk_err(LMK_EFORMAT, "%s: rms_norm_eps: expected a positive number, found %g",
+			       name, cfg->rms_norm_eps);
+	if (!(cfg->rope_theta > 0) || !isfinite(cfg->rope_theta))
+		return lmk_err(LMK_EFORMAT, "%s: rope_theta: expected a positive number, found %g",
+			       name, cfg->rope_theta);
+	if (!(cfg->initializer_range >= 0) || !isfinite(cfg->initializer_range))
+		return lmk_err(LMK_EFORMAT, "%s: initializer_range: expected >= 0, found %g", name,
+			       cfg->initializer_range);
+	const lmk_rope_scaling *s = &cfg->rope_scaling;
+	if (s->type != LMK_ROPE_NONE && s->type != LMK_ROPE_LINEAR && s->type != LMK_ROPE_LLAMA3)
+		return lmk_err(LMK_EFORMAT, "%s: unknown rope scaling type %d", name, s->type);
+	if (s->type != LMK_ROPE_NONE && (!(s->factor > 0) || !isfinite(s->factor)))
+		return lmk_err(LMK_EFORMAT, "%s: rope_scaling factor: expected > 0, found %g", name,
+			       s->factor);
+	if (s->type == LMK_ROPE_LLAMA3 &&
+	    (!(s->low_freq_factor > 0) || !(s->high_freq_factor > s->low_freq_factor) ||
+	     s->original_max_pos <= 0))
+		return lmk_err(LMK_EFORMAT,
+			       "%s: llama3 rope_scaling: expected 0 < low_freq_factor < "
+			       "high_freq_factor and original_max_position_embeddings > 0, found "
+			       "%g, %g, %d", name, s->low_freq_factor, s->high_freq_factor,
+			       s->original_max_pos);
+	if (cfg->neos < 0 || cfg->neos > LMK_MAX_EOS)
+		return lmk_err(LMK_EFORMAT, "%s: expected 0 to %d eos ids, found %d", name,
+			       LMK_MAX_EOS, cfg->neos);
+	if (strcmp(cfg->model_type, "llama") != 0 && strcmp(cfg->model_type, "qwen2") != 0)
+		return lmk_err(LMK_EFORMAT, "%s: model_type '%.32s' is not supported", name,
+			       cfg->model_type);
+	return 0;
+}
+
+/* The double whose shortest decimal form reads back as f, so that 1e-5f is
+ * written "1e-05" and not "9.99999975e-06". */
+static double tidy(float f)
+{
+	char buf[32];
+	for (int p = 1; p < 10; p++) {
+		snprintf(buf, sizeof buf, "%.*g", p, (double)f);
+		if (strtof(buf, NULL) == f)
+			return strtod(buf, NULL);
+	}
+	return f;
+}
+
+/* Writes len bytes to path through a temporary file beside it, fsynced and
+ * renamed, so a reader never sees half a file. */
+static int write_atomic(const char *path, const char *data, size_t len)
+{
+	size_t pl = strlen(path);
+	char *tmp = malloc(pl + 16);
+	if (!tmp)
+		return lmk_err(LMK_ENOMEM, "%s: cannot allocate", path);
+	memcpy(tmp, path, pl);
+	memcpy(tmp + pl, ".tmp.XXXXXX", 12);
+	int fd = mkstemp(tmp);
+	if (fd < 0) {
+		int rc = lmk_err(LMK_EIO, "cannot create '%s': %s", tmp, strerror(errno));
+		free(tmp);
+		return rc;
+	}
+	size_t off = 0;
+	while (off < len) {
+		ssize_t w = write(fd, data + off, len - off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			goto fail;
+		off += (size_t)w;
+	}
+	if (fchmod(fd, 0644) != 0 || fsync(fd) != 0)
+		goto fail;
+	if (close(fd) != 0) {
+		fd = -1;
+		goto fail;
+	}
+	fd = -1;
+	if (rename(tmp, path) != 0)
+		goto fail;
+	free(tmp);
+	return 0;
+fail:;
+	int rc = lmk_err(LMK_EIO, "cannot write '%s': %s", path, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	unlink(tmp);
+	free(tmp);
+	return rc;
+}
+
+int lmk_llama_config_save(const lmk_llama_config *cfg, const char *path, const char *torch_dtype)
+{
+	int rc = lmk_llama_config_check(cfg, path);
+	if (rc < 0)
+		return rc;
+	int qwen2 = strcmp(cfg->model_type, "qwen2") == 0;
+	json_t *o = json_object(), *rs;
+	if (!o)
+		return lmk_err(LMK_ENOMEM, "%s: cannot allocate", path);
+	json_object_set_new(o, "architectures",
+			    json_pack("[s]", qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM"));
+	json_object_set_new(o, "model_type", json_string(cfg->model_type));
+	json_object_set_new(o, "attention_bias", json_boolean(cfg->attention_bias));
+	json_object_set_new(o, "attention_dropout", json_real(0.0));
+	json_object_set_new(o, "bos_token_id",
+			    cfg->bos_token_id >= 0 ? json_integer(cfg->bos_token_id) : json_null());
+	if (cfg->neos == 0) {
+		json_object_set_new(o, "eos_token_id", json_null());
+	} else if (cfg->neos == 1) {
+		json_object_set_new(o, "eos_token_id", json_integer(cfg->eos_token_id[0]));
+	} else {
+		json_t *a = json_array();
+		for (int i = 0; i < cfg->neos; i++)
+			json_array_append_new(a, json_integer(cfg->eos_token_id[i]));
+		json_object_set_new(o, "eos_token_id", a);
+	}
+	json_object_set_new(o, "head_dim", json_integer(cfg->head_dim));
+	json_object_set_new(o, "hidden_act", json_string("silu"));
+	json_object_set_new(o, "hidden_size", json_integer(cfg->hidden_size));
+	json_object_set_new(o, "initializer_range", json_real(tidy(cfg->initializer_range)));
+	json_object_set_new(o, "intermediate_size", json_integer(cfg->intermediate_size));
+	json_object_set_new(o, "max_position_embeddings",
+			    json_integer(cfg->max_position_embeddings));
+	json_object_set_new(o, "mlp_bias", json_boolean(cfg->mlp_bias));
+	json_object_set_new(o, "num_attention_heads", json_integer(cfg->num_attention_heads));
+	json_object_set_new(o, "num_hidden_layers", json_integer(cfg->num_hidden_layers));
+	json_object_set_new(o, "num_key_value_heads", json_integer(cfg->num_key_value_heads));
+	json_object_set_new(o, "pretraining_tp", json_integer(1));
+	json_object_set_new(o, "rms_norm_eps", json_real(tidy(cfg->rms_norm_eps)));
+	const lmk_rope_scaling *s = &cfg->rope_scaling;
+	if (s->type == LMK_ROPE_LINEAR) {
+		rs = json_pack("{s:s, s:f}", "rope_type", "linear", "factor", tidy(s->factor));
+	} else if (s->type == LMK_ROPE_LLAMA3) {
+		rs = json_pack("{s:s, s:f, s:f, s:f, s:i}", "rope_type", "llama3", "factor",
+			       tidy(s->factor), "low_freq_factor", tidy(s->low_freq_factor),
+			       "high_freq_factor", tidy(s->high_freq_factor),
+			       "original_max_position_embeddings", s->original_max_pos);
+	} else {
+		rs = json_null();
+	}
+	/* The transformers 4 spelling (rope_theta and rope_scaling at the top),
+	 * which transformers 5 still reads. */
+	json_object_set_new(o, "rope_scaling", rs);
+	json_object_set_new(o, "rope_theta", json_real(tidy(cfg->rope_theta)));
+	json_object_set_new(o, "tie_word_embeddings", json_boolean(cfg->tie_word_embeddings));
+	json_object_set_new(o, "torch_dtype", json_string(torch_dtype ? torch_dtype : "float32"));
+	json_object_set_new(o, "use_cache", json_true());
+	json_object_set_new(o, "vocab_size", json_integer(cfg->vocab_size));
+	if (qwen2) {
+		json_object_set_new(o, "use_sliding_window", json_false());
+		json_object_set_new(o, "sliding_window", json_null());
+		json_object_set_new(o, "max_window_layers", json_integer(cfg->num_hidden_layers));
+	}
+	char *text = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(9));
+	json_decref(o);
+	if (!text)
+		return lmk_err(LMK_ENOMEM, "%s: cannot format the config", path);
+	size_t len = strlen(text);
+	char *buf = realloc(text, len + 2);
+	if (!buf) {
+		free(text);
+		return lmk_err(LMK_ENOMEM, "%s: cannot allocate", path);
+	}
+	buf[len++] = '\n';
+	buf[len] = 0;
+	rc = write_atomic(path, buf, len);
+	free(buf);
+	return rc;
+}
+
+/* ---- parameters ------------------------------------------------------- */
+
+enum { P_LN1, P_WQ, P_BQ, P_WK, P_BK, P_WV, P_BV, P_WO, P_BO, P_LN2,
+       P_WG, P_BG, P_WU, P_BU, P_WD, P_BD, P_NLAYER };
+
+static int add_param(lmk_params *p, const char *fmt, int layer, int64_t rows, int64_t cols)
+{
+	char name[128];
+	int64_t shape[2] = {rows, cols};
+	snprintf(name, sizeof name, fmt, layer);
+	return lmk_params_add(p, name, cols > 0 ? 2 : 1, shape);
+}
+
+int lmk_llama_init(lmk_llama *m, const lmk_llama_config *cfg, int trainable)
+{
+	int rc = lmk_llama_config_check(cfg, "llama");
+	memset(m, 0, sizeof *m);
+	if (rc < 0)
+		return rc;
+	m->cfg = *cfg;
+	const int64_t C = cfg->hidden_size, F = cfg->intermediate_size, V = cfg->vocab_size;
+	const int64_t HD = (int64_t)cfg->num_attention_heads * cfg->head_dim;
+	const int64_t KD = (int64_t)cfg->num_key_value_heads * cfg->head_dim;
+	const int L = cfg->num_hidden_layers, ab = cfg->attention_bias, mb = cfg->mlp_bias;
+	const int obias = ab && strcmp(cfg->model_type, "qwen2") != 0;
+	lmk_params *p = &m->params;
+	int *idx = malloc(sizeof(int) * (size_t)L * P_NLAYER);
+	int iwte, inorm, ihead = -1;
+
+	lmk_params_init(p, trainable);
+	if (!idx)
+		return lmk_err(LMK_ENOMEM, "llama: cannot allocate");
+	for (int i = 0; i < L * P_NLAYER; i++)
+		idx[i] = -1;
+	/* transformers' named_parameters() order, so that the flat buffer lines
+	 * up with a PyTorch model's parameters. */
+	if ((iwte = rc = add_param(p, "model.embed_tokens.weight", 0, V, C)) < 0)
+		goto fail;
+#define ADD(slot, fmt, r, c) \
+	do { if ((rc = idx[l * P_NLAYER + slot] = add_param(p, fmt, l, r, c)) < 0) goto fail; } while (0)
+	for (int l = 0; l < L; l++) {
+		ADD(P_WQ, "model.layers.%d.self_attn.q_proj.weight", HD, C);
+		if (ab)
+			ADD(P_BQ, "model.layers.%d.self_attn.q_proj.bias", HD, 0);
+		ADD(P_WK, "model.layers.%d.self_attn.k_proj.weight", KD, C);
+		if (ab)
+			ADD(P_BK, "model.layers.%d.self_attn.k_proj.bias", KD, 0);
+		ADD(P_WV, "model.layers.%d.self_attn.v_proj.weight", KD, C);
+		if (ab)
+			ADD(P_BV, "model.layers.%d.self_attn.v_proj.bias", KD, 0);
+		ADD(P_WO, "model.layers.%d.self_attn.o_proj.weight", C, HD);
+		if (obias)
+			ADD(P_BO, "model.layers.%d.self_attn.o_proj.bias", C, 0);
+		ADD(P_WG, "model.layers.%d.mlp.gate_proj.weight", F, C);
+		if (mb)
+			ADD(P_BG, "model.layers.%d.mlp.gate_proj.bias", F, 0);
+		ADD(P_WU, "model.layers.%d.mlp.up_proj.weight", F, C);
+		if (mb)
+			ADD(P_BU, "model.layers.%d.mlp.up_proj.bias", F, 0);
+		ADD(P_WD, "model.layers.%d.mlp.down_proj.weight", C, F);
+		if (mb)
+			ADD(P_BD, "model.layers.%d.mlp.down_proj.bias", C, 0);
+		ADD(P_LN1, "model.layers.%d.input_layernorm.weight", C, 0);
+		ADD(P_LN2, "model.layers.%d.post_attention_layernorm.weight", C, 0);
+	}
+#undef ADD
+	if ((inorm = rc = add_param(p, "model.norm.weight", 0, C, 0)) < 0)
+		goto fail;
+	if (!cfg->tie_word_embeddings && (ihead = rc = add_param(p, "lm_head.weight", 0, V, C)) < 0)
+		goto fail;
+	if ((rc = lmk_params_alloc(p)) < 0)
+		goto fail;
+	m->layers = calloc((size_t)L, sizeof *m->layers);
+	if (!m->layers) {
+		rc = lmk_err(LMK_ENOMEM, "llama: cannot allocate %d layers", L);
+		goto fail;
+	}
+	m->wte = &p->t[iwte];
+	m->norm = &p->t[inorm];
+	m->lm_head = ihead >= 0 ? &p->t[ihead] : m->wte;
+	for (int l = 0; l < L; l++) {
+		const int *ix = idx + l * P_NLAYER;
+		lmk_tensor **slot[P_NLAYER] = {
+			[P_LN1] = &m->layers[l].ln1, [P_WQ] = &m->layers[l].wq, [P_BQ] = &m->layers[l].bq,
+			[P_WK] = &m->layers[l].wk, [P_BK] = &m->layers[l].bk, [P_WV] = &m->layers[l].wv,
+			[P_BV] = &m->layers[l].bv, [P_WO] = &m->layers[l].wo, [P_BO] = &m->layers[l].bo,
+			[P_LN2] = &m->layers[l].ln2, [P_WG] = &m->layers[l].wg,
+			[P_BG] = &m->layers[l].bg, [P_WU] = &m->layers[l].wu, [P_BU] = &m->layers[l].bu,
+			[P_WD] = &m->layers[l].wd, [P_BD] = &m->layers[l].bd,
+		};
+		for (int s = 0; s < P_NLAYER; s++)
+			*slot[s] = ix[s] >= 0 ? &p->t[ix[s]] : NULL;
+	}
+	free(idx);
+	idx = NULL;
+	if ((rc = lmk_rope_init(&m->rope, cfg->head_dim, cfg->rope_theta, &cfg->rope_scaling)) < 0)
+		goto fail;
+	/* Norm weights start at 1, as in transformers, so a fresh model is sane
+	 * even before lmk_llama_init_weights. */
+	for (int i = 0; i < p->nt; i++)
+		if (p->t[i].ndim == 1 && strstr(p->t[i].name, "norm"))
+			for (int64_t j = 0; j < p->t[i].n; j++)
+				((float *)p->t[i].data)[j] = 1.0f;
+	return 0;
+fail:
+	free(idx);
+	lmk_llama_free(m);
+	return rc;
+}
+
+void lmk_llama_init_weights(lmk_llama *m, uint64_t seed)
+{
+	lmk_params *p = &m->params;
+	const float std = m->cfg.initializer_range;
+	const float resid = std / sqrtf(2.0f * (float)m->cfg.num_hidden_layers);
+	for (int i = 0; i < p->nt; i++) {
+		lmk_tensor *t = &p->t[i];
+		float *d = t->data;
+		const uint64_t off = p->offset[i];
+		if (t->ndim == 1) {
+			float val = strstr(t->name, "norm") ? 1.0f : 0.0f;
+			for (int64_t j = 0; j < t->n; j++)
+				d[j] = val;
+			continue;
+		}
+		float s = (strstr(t->name, "o_proj.weight") || strstr(t->name, "down_proj.weight"))
+				  ? resid : std;
+		/* The element's global offset indexes the stream: the same
+		 * weights whatever the number of threads. */
+		#pragma omp parallel for schedule(static) if (t->n > 65536)
+		for (int64_t j = 0; j < t->n; j++)
+			d[j] = s * lmk_philox_normal(seed, 0, off + (uint64_t)j);
+	}
+}
+
+void lmk_llama_free(lmk_llama *m)
+{
+	lmk_params_free(&m->params);
+	free(m->layers);
+	if (m->rope.inv_freq)
+		lmk_rope_free(&m->rope);
+	memset(m, 0, sizeof *m);
+}
+
+/* ---- forward ---------------------------------------------------------- */
+
+static lmk_tensor *positions(lmk_ctx *c, int64_t B, int64_t T, int start)
+{
+	int64_t shape[2] = {B, T};
+	if (c->dev != LMK_DEV_CPU) {
+		lmk_err(LMK_EUNSUP, "llama: default positions are made on the cpu; pass pos");
+		return NULL;
+	}
+	lmk_tensor *pos = lmk_tensor_new(c, LMK_I32, 2, shape, 0);
+	if (!pos)
+		return NULL;
+	int32_t *d = pos->data;
+	for (int64_t b = 0; b < B; b++)
+		for (int64_t t = 0; t < T; t++)
+			d[b * T + t] = start + (int32_t)t;
+	return pos;
+}
+
+/* q, k, v of layer l for x (B,T,C), with rope applied to q and k:
+ * q (B,T,H,D), k and v (B,T,K,D). */
+static void qkv(lmk_ctx *c, const lmk_llama *m, const lmk_llama_layer *ly, lmk_tensor *h,
+		lmk_tensor *pos, lmk_tensor **q, lmk_tensor **k, lmk_tensor **v)
+{
+	const lmk_llama_config *cfg = &m->cfg;
+	int64_t B = h ? h->shape[0] : 0, T = h ? h->shape[1] : 0;
+	int64_t qs[4] = {B, T, cfg->num_attention_heads, cfg->head_dim};
+	int64_t ks[4] = {B, T, cfg->num_key_value_heads, cfg->head_dim};
+	*q = lmk_rope_apply(c, lmk_reshape(c, lmk_linear(c, h, ly->wq, ly->bq), 4, qs), &m->rope, pos);
+	*k = lmk_rope_apply(c, lmk_reshape(c, lmk_linear(c, h, ly->wk, ly->bk), 4, ks), &m->rope, pos);
+	*v = lmk_reshape(c, lmk_linear(c, h, ly->wv, ly->bv), 4, ks);
+}
+
+/* The rest of a layer after attention: a (B,T,H,D) -> new residual (B,T,C). */
+static lmk_tensor *finish_layer(lmk_ctx *c, const lmk_llama *m, const lmk_llama_layer *ly,
+				lmk_tensor *x, lmk_tensor *a)
+{
+	int64_t B = x ? x->shape[0] : 0, T = x ? x->shape[1] : 0;
+	int64_t as[3] = {B, T, (int64_t)m->cfg.num_attention_heads * m->cfg.head_dim};
+	x = lmk_add(c, x, lmk_linear(c, lmk_reshape(c, a, 3, as), ly->wo, ly->bo));
+	lmk_tensor *h = lmk_rmsnorm(c, x, ly->ln2, m->cfg.rms_norm_eps);
+	lmk_tensor *g = lmk_swiglu(c, lmk_linear(c, h, ly->wg, ly->bg), lmk_linear(c, h, ly->wu, ly->bu));
+	return lmk_add(c, x, lmk_linear(c, g, ly->wd, ly->bd));
+}
+
+lmk_tensor *lmk_llama_hidden(lmk_ctx *c, lmk_llama *m, lmk_tensor *ids, lmk_tensor *pos,
+			     lmk_tensor *seg)
+{
+	if (!ids)
+		return NULL;
+	if (ids->ndim != 2 || ids->dtype != LMK_I32) {
+		lmk_err(LMK_EINVAL, "llama: ids: expected (B,T) I32, found %d dims of %s", ids->ndim,
+			lmk_dtype_name(ids->dtype));
+		return NULL;
+	}
+	const int64_t B = ids->shape[0], T = ids->shape[1];
+	if (!pos && !(pos = positions(c, B, T, 0)))
+		return NULL;
+	const float scale = 1.0f / sqrtf((float)m->cfg.head_dim);
+	lmk_tensor *x = lmk_embedding(c, ids, m->wte); /* (B,T,C) */
+	for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
+		const lmk_llama_layer *ly = &m->layers[l];
+		lmk_tensor *q, *k, *v;
+		qkv(c, m, ly, lmk_rmsnorm(c, x, ly->ln1, m->cfg.rms_norm_eps), pos, &q, &k, &v);
+		x = finish_layer(c, m, ly, x, lmk_attention(c, q, k, v, seg, scale));
+	}
+	return lmk_rmsnorm(c, x, m->norm, m->cfg.rms_norm_eps);
+}
+
+lmk_tensor *lmk_llama_forward(lmk_ctx *c, lmk_llama *m, lmk_tensor *ids, lmk_tensor *pos,
+			      lmk_tensor *seg)
+{
+	return lmk_linear(c, lmk_llama_hidden(c, m, ids, pos, seg), m->lm_head, NULL);
+}
+
+/* ---- decoding with a KV cache ----------------------------------------- */
+
+int lmk_kvcache_init(lmk_kvcache *kv, const lmk_llama *m, int max_t)
+{
+	memset(kv, 0, sizeof *kv);
+	if (max_t <= 0)
+		return lmk_err(LMK_EINVAL, "kvcache: expected max_t > 0, found %d", max_t);
+	size_t n = (size_t)m->cfg.num_hidden_layers * (size_t)max_t *
+		   (size_t)m->cfg.num_key_value_heads * (size_t)m->cfg.head_dim;
+	kv->k = malloc(n * sizeof(float));
+	kv->v = malloc(n * sizeof(float));
+	if (!kv->k || !kv->v) {
+		lmk_kvcache_free(kv);
+		return lmk_err(LMK_ENOMEM, "kvcache: cannot allocate 2 x %zu floats", n);
+	}
+	kv->max_t = max_t;
+	return 0;
+}
+
+void lmk_kvcache_free(lmk_kvcache *kv)
+{
+	free(kv->k);
+	free(kv->v);
+	memset(kv, 0, sizeof *kv);
+}
+
+/* Causal attention of n new queries at positions S0..S0+n-1 over the cache
+ * (which already holds them): the same arithmetic as the CPU attention
+ * kernel's forward, one row at a time. scratch is (nthreads, S0+n). */
+static void cache_attend(float *out /*(n,H,D)*/, const float *q /*(n,H,D)*/,
+			 const float *kc /*(S,K,D)*/, const float *vc /*(S,K,D)*/,
+			 float *scratch, int S0, int n, int H, int K, int D, float scale)
+{
+	const int group = H / K, S = S0 + n;
+	#pragma omp parallel for collapse(2) schedule(static)
+	for (int i = 0; i < n; i++) {
+		for (int h = 0; h < H; h++) {
+			float *att = scratch + (size_t)omp_get_thread_num() * (size_t)S;
+			const float *qi = q + ((size_t)i * H + h) * D;
+			const int kh = h / group, last = S0 + i;
+			float mx = -INFINITY;
+			for (int j = 0; j <= last; j++) {
+				const float *kj = kc + ((size_t)j * K + kh) * D;
+				float s = 0.0f;
+				for (int d = 0; d < D; d++)
+					s += qi[d] * kj[d];
+				s *= scale;
+				att[j] = s;
+				if (s > mx)
+					mx = s;
+			}
+			float sum = 0.0f;
+			for (int j = 0; j <= last; j++) {
+				att[j] = expf(att[j] - mx);
+				sum += att[j];
+			}
+			float inv = 1.0f / sum;
+			float *oi = out + ((size_t)i * H + h) * D;
+			for (int d = 0; d < D; d++)
+				oi[d] = 0.0f;
+			for (int j = 0; j <= last; j++) {
+				const float *vj = vc + ((size_t)j * K + kh) * D;
+				float w = att[j] * inv;
+				for (int d = 0; d < D; d++)
+					oi[d] += w * vj[d];
+			}
+		}
+	}
+}
+
+static int decode(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *ids, int n,
+		  float *logits)
+{
+	const lmk_llama_config *cfg = &m->cfg;
+	const int H = cfg->num_attention_heads, K = cfg->num_key_value_heads, D = cfg->head_dim;
+	const int64_t C = cfg->hidden_size;
+	const size_t kvrow = (size_t)K * D;
+	const float scale = 1.0f / sqrtf((float)D);
+	int64_t is[2] = {1, n}, as[4] = {1, n, H, D}, ls[2] = {1, C};
+
+	lmk_tensor *idt = lmk_tensor_wrap(c, LMK_I32, 2, is, (void *)ids);
+	lmk_tensor *pos = positions(c, 1, n, kv->len);
+	int nth = omp_get_max_threads();
+	float *scratch = lmk_arena_alloc(&c->arena, sizeof(float) * (size_t)nth *
+					 (size_t)(kv->len + n));
+	if (!idt || !pos || !scratch)
+		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+	lmk_tensor *x = lmk_embedding(c, idt, m->wte);
+	for (int l = 0; l < cfg->num_hidden_layers && x; l++) {
+		const lmk_llama_layer *ly = &m->layers[l];
+		lmk_tensor *q, *k, *v;
+		qkv(c, m, ly, lmk_rmsnorm(c, x, ly->ln1, cfg->rms_norm_eps), pos, &q, &k, &v);
+		lmk_tensor *a = lmk_tensor_new(c, LMK_F32, 4, as, 0);
+		if (!q || !k || !v || !a)
+			return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+		float *kc = kv->k + (size_t)l * kv->max_t * kvrow;
+		float *vc = kv->v + (size_t)l * kv->max_t * kvrow;
+		memcpy(kc + (size_t)kv->len * kvrow, k->data, (size_t)n * kvrow * sizeof(float));
+		memcpy(vc + (size_t)kv->len * kvrow, v->data, (size_t)n * kvrow * sizeof(float));
+		cache_attend(a->data, q->data, kc, vc, scratch, kv->len, n, H, K, D, scale);
+		x = finish_layer(c, m, ly, x, a);
+	}
+	if (!x)
+		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+	/* Only the last position's logits: (1,V) rather than (n,V). */
+	lmk_tensor *last = lmk_tensor_wrap(c, LMK_F32, 2, ls, (float *)x->data + (size_t)(n - 1) * C);
+	lmk_tensor *y = lmk_linear(c, lmk_rmsnorm(c, last, m->norm, cfg->rms_norm_eps), m->lm_head,
+				   NULL);
+	if (!y)
+		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+	memcpy(logits, y->data, sizeof(float) * (size_t)cfg->vocab_size);
+	kv->len += n;
+	return 0;
+}
+
+int lmk_llama_decode(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *ids, int n,
+		     float *logits)
+{
+	if (n < 1)
+		return lmk_err(LMK_EINVAL, "llama decode: expected at least 1 token, found %d", n);
+	if (n > kv->max_t - kv->len)
+		return lmk_err(LMK_EINVAL,
+			       "llama decode: %d new tokens overflow the cache (%d of %d used)", n,
+			       kv->len, kv->max_t);
+	if (c->dev != LMK_DEV_CPU)
+		return lmk_err(LMK_EUNSUP, "llama decode: only on the cpu");
+	int grad = c->grad_enabled;
+	c->grad_enabled = 0;
+	int rc = decode(c, m, kv, ids, n, logits);
+	c->grad_enabled = grad;
+	return rc;
+}
+
+/* ---- sampling and generation ------------------------------------------ */
+
+typedef struct { float v; int i; } cand;
+
+/* Larger logit first; the lower id first among equals (a total order, so
+ * qsort's result does not depend on its algorithm). */
+static int cand_cmp(const void *pa, const void *pb)
+{
+	const cand *a = pa, *b = pb;
+	if (a->v != b->v)
+		return a->v > b->v ? -1 : 1;
+	return (a->i > b->i) - (a->i < b->i);
+}
+
+int lmk_sample(lmk_sampler *s, float *logits, int V)
+{
+	if (V <= 0)
+		return lmk_err(LMK_EINVAL, "sample: expected V > 0, found %d", V);
+	if (!(s->temperature > 0)) {
+		int best = 0;
+		for (int i = 1; i < V; i++)
+			if (logits[i] > logits[best])
+				best = i;
+		return best;
+	}
+	int k = s->top_k > 0 && s->top_k < V ? s->top_k : V;
+	int narrow = k < V || s->top_p < 1.0f;
+	cand *cs = NULL;
+	if (narrow) {
+		cs = malloc(sizeof *cs * (size_t)V);
+		if (!cs)
+			return lmk_err(LMK_ENOMEM, "sample: cannot allocate %d candidates", V);
+		for (int i = 0; i < V; i++)
+			cs[i] = (cand){logits[i], i};
+		qsort(cs, (size_t)V, sizeof *cs, cand_cmp);
+	} else {
+		k = V;
+	}
+	/* softmax(logits / temperature) over the k candidates, unnormalised */
+	float mx = -INFINITY;
+	for (int j = 0; j < k; j++) {
+		float l = narrow ? cs[j].v : logits[j];
+		if (l > mx)
+			mx = l;
+	}
+	double sum = 0.0;
+	for (int j = 0; j < k; j++) {
+		float l = narrow ? cs[j].v : logits[j];
+		float p = expf((l - mx) / s->temperature);
+		if (narrow)
+			cs[j].v = p;
+		else
+			logits[j] = p;
+		sum += p;
+	}
+	if (s->top_p < 1.0f) {
+		/* the smallest prefix whose mass reaches top_p (at least one) */
+		double target = (double)s->top_p * sum, acc = 0.0;
+		int keep = 0;
+		while (keep < k) {
+			acc += cs[keep++].v;
+			if (acc >= target)
+				break;
+		}
+		k = keep;
+		sum = acc;
+	}
+	double r = (double)lmk_rng_uniform(&s->rng) * sum, acc = 0.0;
+	int tok = narrow ? cs[k - 1].i : k - 1;
+	for (int j = 0; j < k; j++) {
+		acc += narrow ? cs[j].v : logits[j];
+		if (r < acc) {
+			tok = narrow ? cs[j].i : j;
+			break;
+		}
+	}
+	free(cs);
+	return tok;
+}
+
+int lmk_llama_generate(lmk_ctx *c, lmk_llama *m, const int32_t *prompt, int n_prompt,
+		       int max_new, lmk_sampler *s, const int32_t *eos, int neos,
+		       int (*on_token)(void *arg, int32_t tok), void *arg, int32_t *out)
+{
+	if (n_prompt < 1 || max_new < 0)
+		return lmk_err(LMK_EINVAL, "generate: expected a prompt and max_new >= 0, found %d "
+			       "and %d", n_prompt, max_new);
+	if (max_new == 0)
+		return 0;
+	if (n_prompt > INT_MAX - max_new)
+		return lmk_err(LMK_EINVAL, "generate: prompt and max_new too long");
+	const int V = m->cfg.vocab_size;
+	lmk_kvcache kv;
+	int rc = lmk_kvcache_init(&kv, m, n_prompt + max_new);
+	if (rc < 0)
+		return rc;
+	float *logits = malloc(sizeof(float) * (size_t)V);
+	if (!logits) {
+		lmk_kvcache_free(&kv);
+		return lmk_err(LMK_ENOMEM, "generate: cannot allocate %d logits", V);
+	}
+	int n = 0;
+	lmk_ctx_reset(c);
+	rc = lmk_llama_decode(c, m, &kv, prompt, n_prompt, logits);
+	lmk_ctx_reset(c);
+	while (rc == 0) {
+		int tok = lmk_sample(s, logits, V);
+		if (tok < 0) {
+			rc = tok;
+			break;
+		}
+		out[n++] = tok;
+		int stop = 0;
+		for (int i = 0; i < m->cfg.neos; i++)
+			stop |= tok == m->cfg.eos_token_id[i];
+		for (int i = 0; eos && i < neos; i++)
+			stop |= tok == eos[i];
+		if (on_token && on_token(arg, tok))
+			stop = 1;
+		if (stop || n == max_new)
+			break;
+		int32_t t32 = tok;
+		rc = lmk_llama_decode(c, m, &kv, &t32, 1, logits);
+		lmk_ctx_reset(c);
+	}
+	free(logits);
+	lmk_kvcache_free(&kv);
+	return rc < 0 ? rc : n;
+}

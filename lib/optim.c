@@ -1,0 +1,185 @@
+/* optim.c: AdamW as torch.optim.AdamW computes it (single-tensor path, the
+ * same arithmetic in float32 and in the same order), gradient clipping as
+ * torch.nn.utils.clip_grad_norm_, and learning-rate schedules.
+ * Every loop is elementwise or a reduction in double, split into fixed
+ * chunks, so results do not depend on the number of threads. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "optim.h"
+
+void lmk_adamw_config_default(lmk_adamw_config *cfg)
+{
+	cfg->beta1 = 0.9f;
+	cfg->beta2 = 0.999f;
+	cfg->eps = 1e-8f;
+	cfg->weight_decay = 0.01f;
+}
+
+static float *zalloc(size_t n)
+{
+	size_t bytes = (n * sizeof(float) + 63) & ~(size_t)63;
+	void *p = NULL;
+	if (bytes == 0)
+		bytes = 64;
+	if (posix_memalign(&p, 64, bytes) != 0)
+		return NULL;
+	memset(p, 0, bytes);
+	return p;
+}
+
+int lmk_adamw_init(lmk_adamw *o, lmk_params *p, const lmk_adamw_config *cfg)
+{
+	memset(o, 0, sizeof *o);
+	if (!p || !p->data || !p->grad)
+		return lmk_err(LMK_EINVAL, "adamw: parameters are not allocated or not trainable");
+	if (!(cfg->beta1 >= 0 && cfg->beta1 < 1) || !(cfg->beta2 >= 0 && cfg->beta2 < 1) ||
+	    !(cfg->eps >= 0) || !(cfg->weight_decay >= 0))
+		return lmk_err(LMK_EINVAL,
+			       "adamw: expected 0 <= beta < 1, eps >= 0, weight_decay >= 0, found "
+			       "betas (%g, %g), eps %g, weight_decay %g",
+			       cfg->beta1, cfg->beta2, cfg->eps, cfg->weight_decay);
+	o->cfg = *cfg;
+	o->p = p;
+	o->m = zalloc(p->n);
+	o->v = zalloc(p->n);
+	o->decay = calloc(p->nt ? (size_t)p->nt : 1, 1);
+	if (!o->m || !o->v || !o->decay) {
+		lmk_adamw_free(o);
+		return lmk_err(LMK_ENOMEM, "adamw: cannot allocate moments for %zu parameters", p->n);
+	}
+	/* Norm weights and biases are 1-d; decaying them toward 0 only hurts. */
+	for (int i = 0; i < p->nt; i++)
+		o->decay[i] = p->t[i].ndim >= 2;
+	return 0;
+}
+
+void lmk_adamw_free(lmk_adamw *o)
+{
+	free(o->m);
+	free(o->v);
+	free(o->decay);
+	o->m = o->v = NULL;
+	o->decay = NULL;
+}
+
+/* One tensor's update, n elements from offset off. The scalars are
+ * computed in double and rounded to float once, as torch passes Python
+ * floats to its float32 kernels. */
+static void adamw_span(const lmk_adamw *o, size_t off, int64_t n, double lr, double wd,
+		       float step_size, float bc2_sqrt)
+{
+	const double b1 = o->cfg.beta1;
+	const float w1 = (float)(1.0 - b1), w2 = (float)(1.0 - (double)o->cfg.beta2);
+	const float b2 = o->cfg.beta2, eps = o->cfg.eps;
+	const float keep = (float)(1.0 - lr * wd), neg_step = -step_size;
+	const int small_w = 1.0 - b1 < 0.5;
+	float *p = o->p->data + off, *g = o->p->grad + off;
+	float *m = o->m + off, *v = o->v + off;
+
+	#pragma omp parallel for schedule(static) if (n > 65536)
+	for (int64_t i = 0; i < n; i++) {
+		float gi = g[i];
+		if (wd != 0.0)
+			p[i] *= keep;
+		/* exp_avg.lerp_(grad, 1 - beta1), in torch's two forms */
+		if (small_w)
+			m[i] = m[i] + w1 * (gi - m[i]);
+		else
+			m[i] = gi - (gi - m[i]) * (1.0f - w1);
+		/* exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2) */
+		v[i] = v[i] * b2 + w2 * (gi * gi);
+		float denom = sqrtf(v[i]) / bc2_sqrt + eps;
+		p[i] = p[i] + neg_step * (m[i] / denom);
+	}
+}
+
+void lmk_adamw_step(lmk_adamw *o, float lr)
+{
+	o->t++;
+	/* torch computes the corrections in Python floats (double), then
+	 * passes step_size and bias_correction2_sqrt to float32 kernels. */
+	double bc1 = 1.0 - pow((double)o->cfg.beta1, (double)o->t);
+	double bc2 = 1.0 - pow((double)o->cfg.beta2, (double)o->t);
+	float step_size = (float)((double)lr / bc1);
+	float bc2_sqrt = (float)sqrt(bc2);
+	for (int i = 0; i < o->p->nt; i++) {
+		double wd = o->decay[i] ? (double)o->cfg.weight_decay : 0.0;
+		adamw_span(o, o->p->offset[i], o->p->t[i].n, lr, wd, step_size, bc2_sqrt);
+	}
+}
+
+double lmk_clip_grad_norm(lmk_params *p, double max_norm)
+{
+	if (!p->grad || p->n == 0)
+		return 0.0;
+	const size_t n = p->n, chunk = 1 << 16;
+	const size_t nchunk = (n + chunk - 1) / chunk;
+	double total = 0.0;
+	/* Fixed chunks summed in order: the same bits for any thread count. */
+	double *part = malloc(nchunk * sizeof *part);
+	if (part) {
+		#pragma omp parallel for schedule(static)
+		for (size_t c = 0; c < nchunk; c++) {
+			size_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
+			double s = 0.0;
+			for (size_t i = lo; i < hi; i++)
+				s += (double)p->grad[i] * p->grad[i];
+			part[c] = s;
+		}
+		for (size_t c = 0; c < nchunk; c++)
+			total += part[c];
+		free(part);
+	} else {
+		for (size_t i = 0; i < n; i++)
+			total += (double)p->grad[i] * p->grad[i];
+	}
+	double norm = sqrt(total);
+	if (max_norm > 0) {
+		/* torch: clip_coef = max_norm / (total_norm + 1e-6), clamped to 1,
+		 * and multiplies in float32 */
+		double coef = max_norm / (norm + 1e-6);
+		if (coef < 1.0) {
+			float c = (float)coef;
+			#pragma omp parallel for schedule(static) if (n > 65536)
+			for (size_t i = 0; i < n; i++)
+				p->grad[i] *= c;
+		}
+	}
+	return norm;
+}
+
+float lmk_schedule_lr(const lmk_schedule *s, int64_t step)
+{
+	if (step < 0)
+		step = 0;
+	if (s->warmup > 0 && step < s->warmup)
+		return s->lr * (float)(step + 1) / (float)s->warmup;
+	if (s->kind == LMK_SCHED_CONSTANT)
+		return s->lr;
+	if (step >= s->total || s->total <= s->warmup)
+		return s->min_lr;
+	double progress = (double)(step - s->warmup) / (double)(s->total - s->warmup);
+	double range = (double)s->lr - s->min_lr;
+	if (s->kind == LMK_SCHED_COSINE)
+		return (float)(s->min_lr + 0.5 * range * (1.0 + cos(M_PI * progress)));
+	return (float)(s->lr - range * progress);
+}
+
+int lmk_schedule_parse(const char *name, lmk_sched_kind *kind)
+{
+	static const struct { const char *name; lmk_sched_kind kind; } tab[] = {
+		{"cosine", LMK_SCHED_COSINE},
+		{"linear", LMK_SCHED_LINEAR},
+		{"constant", LMK_SCHED_CONSTANT},
+	};
+	for (size_t i = 0; i < sizeof tab / sizeof tab[0]; i++)
+		if (name && strcmp(name, tab[i].name) == 0) {
+			*kind = tab[i].kind;
+			return 0;
+		}
+	return lmk_err(LMK_EINVAL, "unknown schedule '%s' (expected cosine, linear or constant)",
+		       name ? name : "");
+}
