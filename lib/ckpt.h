@@ -16,6 +16,11 @@ int lmk_ckpt_save(const char *dir, const lmk_llama *m, lmk_dtype dt);
 /* Reads dir's config and weights into a new model (lmk_llama_init with
  * trainable). Every tensor the model needs must be present with its shape;
  * unexpected tensors are refused (rotary inv_freq buffers are ignored).
+ * A tied model's checkpoint may also hold lm_head.weight (some writers keep
+ * both copies): it is accepted only if it equals model.embed_tokens.weight
+ * after conversion, and refused otherwise, since preferring either copy
+ * silently could hide a wrong config. F32, F16 and BF16 are read (widened to
+ * float32); model.safetensors wins over an index, as in transformers.
  * @return : 0 or a negative code naming the file and the tensor */
 int lmk_ckpt_load(const char *dir, lmk_llama *m, int trainable);
 

@@ -633,12 +633,6 @@ int lmk_llama_init(lmk_llama *m, const lmk_llama_config *cfg, int trainable)
 	idx = NULL;
 	if ((rc = lmk_rope_init(&m->rope, cfg->head_dim, cfg->rope_theta, &cfg->rope_scaling)) < 0)
 		goto fail;
-	/* Norm weights start at 1, as in transformers, so a fresh model is sane
-	 * even before lmk_llama_init_weights. */
-	for (int i = 0; i < p->nt; i++)
-		if (p->t[i].ndim == 1 && strstr(p->t[i].name, "norm"))
-			for (int64_t j = 0; j < p->t[i].n; j++)
-				((float *)p->t[i].data)[j] = 1.0f;
 	return 0;
 fail:
 	free(idx);

@@ -44,7 +44,10 @@ typedef struct lmk_llama_config {
 void lmk_llama_config_default(lmk_llama_config *cfg);
 /* Parses config.json text; name is used in messages. Missing optional keys
  * take Hugging Face's defaults; unknown hidden_act or rope_scaling types
- * are refused. @return : 0 or LMK_EFORMAT */
+ * are refused. Both spellings of rotary settings are read: transformers 4's
+ * rope_theta and rope_scaling ("rope_type" or "type": default, linear,
+ * llama3) and transformers 5's rope_parameters (which wins when both are
+ * present). Ends with lmk_llama_config_check. @return : 0 or LMK_EFORMAT */
 int lmk_llama_config_parse(lmk_llama_config *cfg, const char *json, size_t len, const char *name);
 int lmk_llama_config_load(lmk_llama_config *cfg, const char *path);
 /* Checks sizes are positive and consistent (H % K == 0, ...). */
@@ -85,7 +88,8 @@ void lmk_llama_free(lmk_llama *m);
  * (see lmk_attention) -> final hidden states (B,T,C) after the last norm. */
 lmk_tensor *lmk_llama_hidden(lmk_ctx *c, lmk_llama *m, lmk_tensor *ids, lmk_tensor *pos,
 			     lmk_tensor *seg);
-/* The same -> logits (B,T,V). */
+/* pos NULL makes positions 0..T-1 on the host, so on a CUDA context pass pos.
+ * The same -> logits (B,T,V). */
 lmk_tensor *lmk_llama_forward(lmk_ctx *c, lmk_llama *m, lmk_tensor *ids, lmk_tensor *pos,
 			      lmk_tensor *seg);
 
@@ -99,7 +103,9 @@ int lmk_kvcache_init(lmk_kvcache *kv, const lmk_llama *m, int max_t);
 void lmk_kvcache_free(lmk_kvcache *kv);
 /* Runs n new tokens at positions kv->len .. kv->len+n-1 (n >= 1), appends
  * them to the cache, and writes the logits of the last one to logits (V).
- * Without grad. @return : 0, or LMK_EINVAL when the cache would overflow */
+ * Without grad (no tape, whatever c->grad_enabled says). Scratch comes from
+ * c's arena: reset c between calls (lmk_llama_generate does). CPU only.
+ * @return : 0, LMK_EINVAL when the cache would overflow, LMK_EUNSUP on CUDA */
 int lmk_llama_decode(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *ids, int n,
 		     float *logits);
 
@@ -113,13 +119,18 @@ typedef struct lmk_sampler {
 	float top_p;
 	lmk_rng rng;
 } lmk_sampler;
-/* @return : the token; logits are modified (used as scratch). */
+/* Ties in top_k/top_p order go to the lower id; each sampled (not greedy)
+ * token takes one uniform from rng.
+ * @return : the token (logits are used as scratch), or LMK_EINVAL (V <= 0)
+ * or LMK_ENOMEM */
 int lmk_sample(lmk_sampler *s, float *logits, int V);
 
 /* Generates up to max_new tokens after prompt (n_prompt >= 1 tokens),
  * stopping after an end-of-sequence token of the config or of eos (may be
  * NULL). on_token, if given, is called with each new token and may return
- * non-zero to stop. out receives the new tokens (max_new of room).
+ * non-zero to stop. out receives the new tokens (max_new of room), the
+ * stopping token included. c is reset before and after every step, so give
+ * it a context that holds nothing the caller still needs.
  * @return : the number of new tokens, or a negative code */
 int lmk_llama_generate(lmk_ctx *c, lmk_llama *m, const int32_t *prompt, int n_prompt,
 		       int max_new, lmk_sampler *s, const int32_t *eos, int neos,

@@ -240,6 +240,12 @@ START_TEST(test_decode)
 	ck_assert_int_eq(c.grad_enabled, 1);
 	ck_assert_int_eq(c.ntape, 0);
 	ck_assert(relerr(got, want + (size_t)(T - 1) * V, V) < 1e-5);
+	/* a token outside the vocabulary fails and leaves the cache as it was */
+	lmk_ctx_reset(&c);
+	int32_t bad[2] = {1, V};
+	ck_assert_int_lt(lmk_llama_decode(&c, &m, &kv, bad, 2, got), 0);
+	ck_assert_ptr_null(strstr(lmk_errmsg(), "overflow"));
+	ck_assert_int_eq(kv.len, T);
 	lmk_kvcache_free(&kv);
 	printf("test_llama: %s: kv-cache decode vs full forward: max relative error %.2e\n",
 	       name, worst);
@@ -775,6 +781,8 @@ START_TEST(test_init_weights)
 	ck_assert_ptr_null(b.params.grad);
 	ck_assert_ptr_eq(a.lm_head, a.wte);
 	ck_assert_ptr_null(lmk_params_find(&a.params, "lm_head.weight"));
+	for (size_t i = 0; i < a.params.n; i++) /* laid out zeroed */
+		ck_assert(a.params.data[i] == 0.0f && a.params.grad[i] == 0.0f);
 	lmk_llama_init_weights(&a, 42);
 	lmk_llama_init_weights(&b, 42);
 	ck_assert_int_eq(memcmp(a.params.data, b.params.data, sizeof(float) * a.params.n), 0);
