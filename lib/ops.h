@@ -55,6 +55,11 @@ lmk_tensor *lmk_rope_apply(lmk_ctx *c, lmk_tensor *x, const lmk_rope *r, lmk_ten
  * scale multiplies the logits (1/sqrt(D) usually). */
 lmk_tensor *lmk_attention(lmk_ctx *c, lmk_tensor *q, lmk_tensor *k, lmk_tensor *v,
 			  lmk_tensor *seg, float scale);
+/* The same with causal 0 for bidirectional attention (encoders, vision
+ * transformers): query i sees every key j of its segment. lmk_attention is
+ * lmk_attention_ex(..., 1). seg may be NULL (one segment per batch row). */
+lmk_tensor *lmk_attention_ex(lmk_ctx *c, lmk_tensor *q, lmk_tensor *k, lmk_tensor *v,
+			     lmk_tensor *seg, float scale, int causal);
 
 /* Elementwise. */
 lmk_tensor *lmk_silu(lmk_ctx *c, lmk_tensor *x);
@@ -62,11 +67,19 @@ lmk_tensor *lmk_silu(lmk_ctx *c, lmk_tensor *x);
 lmk_tensor *lmk_gelu(lmk_ctx *c, lmk_tensor *x, int approx);
 /* silu(gate) * up, same shapes. */
 lmk_tensor *lmk_swiglu(lmk_ctx *c, lmk_tensor *gate, lmk_tensor *up);
-/* a + b and a * b, same shapes. */
+/* a + b and a * b, same shapes, or b's shape the trailing dimensions of a's
+ * (a (B,T,C) + b (T,C) or (C)): b is broadcast over a's leading dims. */
 lmk_tensor *lmk_add(lmk_ctx *c, lmk_tensor *a, lmk_tensor *b);
 lmk_tensor *lmk_mul(lmk_ctx *c, lmk_tensor *a, lmk_tensor *b);
 /* s * x */
 lmk_tensor *lmk_scale(lmk_ctx *c, lmk_tensor *x, float s);
+/* Inverted dropout: each element is zeroed with probability p (0 <= p <= 1)
+ * and the others multiplied by 1/(1-p). Element i is dropped when
+ * lmk_philox_uniform(c->seed, c->counter, i) < p; the op then advances
+ * c->counter by x->n, so a step is reproducible from (seed, counter) and the
+ * backward regenerates the mask instead of storing it. With p == 0 or grad
+ * disabled (evaluation) it returns x itself. */
+lmk_tensor *lmk_dropout(lmk_ctx *c, lmk_tensor *x, float p);
 
 /* Mean softmax cross-entropy over the rows whose target is not ignore:
  * logits (N,V) or (B,T,V), targets (N) or (B,T) I32 -> 0-d loss.

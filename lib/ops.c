@@ -1,0 +1,745 @@
+/* ops.c: the tensor-level ops of ops.h. Each checks its inputs, makes its
+ * output from the arena, runs the CPU kernel of ops_cpu.h and, when the
+ * output requires grad, records a tape node whose backward hands the
+ * kernel's backward the gradients of the inputs that require grad (NULL for
+ * the others). Shape letters as in ops.h. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "ops.h"
+#include "ops_cpu.h"
+
+/* "(2,3,4)" into buf, for messages. */
+static const char *shape_str(const lmk_tensor *t, char *buf, size_t size)
+{
+	size_t o = 0;
+	o += (size_t)snprintf(buf + o, size - o, "(");
+	for (int i = 0; i < t->ndim && o < size; i++)
+		o += (size_t)snprintf(buf + o, size - o, "%s%lld", i ? "," : "",
+				      (long long)t->shape[i]);
+	if (o < size)
+		snprintf(buf + o, size - o, ")");
+	return buf;
+}
+#define SHP(t) shape_str((t), (char[80]){0}, 80)
+
+static float *G(const lmk_tensor *t) { return t && t->requires_grad ? t->grad : NULL; }
+static float *F(const lmk_tensor *t) { return t ? t->data : NULL; }
+static const int32_t *I32(const lmk_tensor *t) { return t ? t->data : NULL; }
+
+/* Device and dtype of every input. names[i] names ts[i] in messages;
+ * NULL entries of ts are optional inputs left out. */
+static int check_inputs(lmk_ctx *c, const char *op, int n, lmk_tensor *const *ts,
+			const char *const *names, const lmk_dtype *dts)
+{
+	if (c->dev != LMK_DEV_CPU)
+		return lmk_err(LMK_EUNSUP, "%s: no cuda kernel yet", op);
+	for (int i = 0; i < n; i++) {
+		if (!ts[i])
+			continue;
+		if (ts[i]->dev != c->dev)
+			return lmk_err(LMK_EINVAL, "%s: %s is on another device than the context", op,
+				       names[i]);
+		if (ts[i]->dtype != dts[i])
+			return lmk_err(LMK_EINVAL, "%s: %s %s: expected %s, found %s", op, names[i],
+				       SHP(ts[i]), lmk_dtype_name(dts[i]),
+				       lmk_dtype_name(ts[i]->dtype));
+	}
+	return 0;
+}
+
+static int wants_grad(lmk_ctx *c, int n, lmk_tensor *const *ts)
+{
+	if (!c->grad_enabled)
+		return 0;
+	for (int i = 0; i < n; i++)
+		if (ts[i] && ts[i]->requires_grad)
+			return 1;
+	return 0;
+}
+
+/* Product of the first nd dims. */
+static int64_t lead(const lmk_tensor *t, int nd)
+{
+	int64_t n = 1;
+	for (int i = 0; i < nd; i++)
+		n *= t->shape[i];
+	return n;
+}
+
+static int same_shape(const lmk_tensor *a, const lmk_tensor *b)
+{
+	if (a->ndim != b->ndim)
+		return 0;
+	for (int i = 0; i < a->ndim; i++)
+		if (a->shape[i] != b->shape[i])
+			return 0;
+	return 1;
+}
+
+/* The output's node, or NULL (nothing to record, or an error recorded:
+ * *fail tells which). */
+static lmk_node *record(lmk_ctx *c, const char *op, lmk_tensor *out,
+			int (*bw)(lmk_ctx *, lmk_node *), int *fail)
+{
+	*fail = 0;
+	if (!out->requires_grad)
+		return NULL;
+	lmk_node *n = lmk_tape_push(c, op, out);
+	if (!n) {
+		*fail = 1;
+		return NULL;
+	}
+	n->backward = bw;
+	return n;
+}
+
+/* ------------------------------------------------------------ embedding */
+
+static int embedding_bw(lmk_ctx *c, lmk_node *n)
+{
+	lmk_cpu_embedding_backward(G(n->in[1]), n->out->grad, I32(n->in[0]), n->i[0], n->i[1]);
+	return 0;
+}
+
+lmk_tensor *lmk_embedding(lmk_ctx *c, lmk_tensor *ids, lmk_tensor *w)
+{
+	if (!ids || !w)
+		return NULL;
+	lmk_tensor *in[2] = {ids, w};
+	if (check_inputs(c, "embedding", 2, in, (const char *[]){"ids", "w"},
+			 (lmk_dtype[]){LMK_I32, LMK_F32}) < 0)
+		return NULL;
+	if (w->ndim != 2 || ids->ndim >= LMK_MAXDIM) {
+		lmk_err(LMK_EINVAL, "embedding: ids %s and w %s: expected w (V,C) and ids of at most %d dims",
+			SHP(ids), SHP(w), LMK_MAXDIM - 1);
+		return NULL;
+	}
+	int64_t V = w->shape[0], C = w->shape[1], N = ids->n;
+	const int32_t *id = ids->data;
+	for (int64_t i = 0; i < N; i++)
+		if (id[i] < 0 || id[i] >= V) {
+			lmk_err(LMK_EINVAL, "embedding: id %d at position %lld is outside [0,%lld)",
+				id[i], (long long)i, (long long)V);
+			return NULL;
+		}
+	int64_t shape[LMK_MAXDIM];
+	memcpy(shape, ids->shape, sizeof(int64_t) * (size_t)ids->ndim);
+	shape[ids->ndim] = C;
+	lmk_tensor *out = lmk_tensor_new(c, LMK_F32, ids->ndim + 1, shape, wants_grad(c, 2, in));
+	if (!out)
+		return NULL;
+	lmk_cpu_embedding_forward(out->data, id, w->data, N, C);
+	int fail;
+	lmk_node *n = record(c, "embedding", out, embedding_bw, &fail);
+	if (fail)
+		return NULL;
+	if (n) {
+		n->in[0] = ids;
+		n->in[1] = w;
+		n->i[0] = N;
+		n->i[1] = C;
+	}
+	return out;
+}
+
+/* --------------------------------------------------------------- linear */
+
+static int linear_bw(lmk_ctx *c, lmk_node *n)
+{
+	lmk_cpu_linear_backward(G(n->in[0]), G(n->in[1]), G(n->in[2]), n->out->grad, F(n->in[0]),
+				F(n->in[1]), n->i[0], n->i[1], n->i[2]);
+	return 0;
+}
+
+lmk_tensor *lmk_linear(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, lmk_tensor *b)
+{
+	if (!x || !w)
+		return NULL;
+	lmk_tensor *in[3] = {x, w, b};
+	if (check_inputs(c, "linear", 3, in, (const char *[]){"x", "w", "b"},
+			 (lmk_dtype[]){LMK_F32, LMK_F32, LMK_F32}) < 0)
+		return NULL;
+	if (x->ndim < 1 || w->ndim != 2 || x->shape[x->ndim - 1] != w->shape[1]) {
+		lmk_err(LMK_EINVAL, "linear: x %s and w %s: expected x (...,IC) and w (OC,IC)", SHP(x),
+			SHP(w));
+		return NULL;
+	}
+	int64_t IC = w->shape[1], OC = w->shape[0], N = lead(x, x->ndim - 1);
+	if (b && (b->ndim != 1 || b->shape[0] != OC)) {
+		lmk_err(LMK_EINVAL, "linear: w %s and b %s: expected b (%lld)", SHP(w), SHP(b),
+			(long long)OC);
+		return NULL;
+	}
+	if (N > INT32_MAX || IC > INT32_MAX || OC > INT32_MAX) {
+		lmk_err(LMK_EINVAL, "linear: x %s and w %s: dimensions beyond BLAS's int", SHP(x),
+			SHP(w));
+		return NULL;
+	}
+	int64_t shape[LMK_MAXDIM];
+	memcpy(shape, x->shape, sizeof shape);
+	shape[x->ndim - 1] = OC;
+	lmk_tensor *out = lmk_tensor_new(c, LMK_F32, x->ndim, shape, wants_grad(c, 3, in));
+	if (!out)
+		return NULL;
+	lmk_cpu_linear_forward(out->data, x->data, w->data, F(b), N, IC, OC);
+	int fail;
+	lmk_node *n = record(c, "linear", out, linear_bw, &fail);
+	if (fail)
+		return NULL;
+	if (n) {
+		n->in[0] = x;
+		n->in[1] = w;
+		n->in[2] = b;
+		n->i[0] = N;
+		n->i[1] = IC;
+		n->i[2] = OC;
+	}
+	return out;
+}
+
+/* ---------------------------------------------------------------- norms */
+
+/* x (...,C) with w and b (C) or NULL. */
+static int check_norm(const char *op, lmk_tensor *x, lmk_tensor *w, lmk_tensor *b, float eps)
+{
+	if (x->ndim < 1)
+		return lmk_err(LMK_EINVAL, "%s: x %s: expected at least 1 dimension", op, SHP(x));
+	int64_t C = x->shape[x->ndim - 1];
+	if (w && (w->ndim != 1 || w->shape[0] != C))
+		return lmk_err(LMK_EINVAL, "%s: x %s and w %s: expected w (%lld)", op, SHP(x),
+			       SHP(w), (long long)C);
+	if (b && (b->ndim != 1 || b->shape[0] != C))
+		return lmk_err(LMK_EINVAL, "%s: x %s and b %s: expected b (%lld)", op, SHP(x),
+			       SHP(b), (long long)C);
+	if (!(eps >= 0) || isinf(eps))
+		return lmk_err(LMK_EINVAL, "%s: expected eps >= 0, found %g", op, (double)eps);
+	return 0;
+}
+
+static int rmsnorm_bw(lmk_ctx *c, lmk_node *n)
+{
+	lmk_cpu_rmsnorm_backward(G(n->in[0]), G(n->in[1]), n->out->grad, F(n->in[0]),
+				 F(n->in[1]), n->saved, n->i[0], n->i[1]);
+	return 0;
+}
+
+lmk_tensor *lmk_rmsnorm(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, float eps)
+{
+	if (!x)
+		return NULL;
+	lmk_tensor *in[2] = {x, w};
+	if (check_inputs(c, "rmsnorm", 2, in, (const char *[]){"x", "w"},
+			 (lmk_dtype[]){LMK_F32, LMK_F32}) < 0 ||
+	    check_norm("rmsnorm", x, w, NULL, eps) < 0)
+		return NULL;
+	int64_t C = x->shape[x->ndim - 1], N = lead(x, x->ndim - 1);
+	lmk_tensor *out = lmk_tensor_new(c, LMK_F32, x->ndim, x->shape, wants_grad(c, 2, in));
+	float *rstd = lmk_arena_alloc(&c->arena, (size_t)N * sizeof(float));
+	if (!out || !rstd)
+		return NULL;
+	lmk_cpu_rmsnorm_forward(out->data, rstd, x->data, F(w), N, C, eps);
+	int fail;
+	lmk_node *n = record(c, "rmsnorm", out, rmsnorm_bw, &fail);
+	if (fail)
+		return NULL;
+	if (n) {
+		n->in[0] = x;
+		n->in[1] = w;
+		n->saved = rstd;
+		n->i[0] = N;
+		n->i[1] = C;
+		n->f[0] = eps;
+	}
+	return out;
+}
+
+static int layernorm_bw(lmk_ctx *c, lmk_node *n)
+{
+	const float *mean = n->saved, *rstd = mean + n->i[0];
+	lmk_cpu_layernorm_backward(G(n->in[0]), G(n->in[1]), G(n->in[2]), n->out->grad,
+				   F(n->in[0]), F(n->in[1]), mean, rstd, n->i[0], n->i[1]);
+	return 0;
+}
+
+lmk_tensor *lmk_layernorm(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, lmk_tensor *b, float eps)
+{
+	if (!x)
+		return NULL;
+	lmk_tensor *in[3] = {x, w, b};
+	if (check_inputs(c, "layernorm", 3, in, (const char *[]){"x", "w", "b"},
+			 (lmk_dtype[]){LMK_F32, LMK_F32, LMK_F32}) < 0 ||
+	    check_norm("layernorm", x, w, b, eps) < 0)
+		return NULL;
+	int64_t C = x->shape[x->ndim - 1], N = lead(x, x->ndim - 1);
+	lmk_tensor *out = lmk_tensor_new(c, LMK_F32, x->ndim, x->shape, wants_grad(c, 3, in));
+	float *stats = lmk_arena_alloc(&c->arena, 2 * (size_t)N * sizeof(float));
+	if (!out || !stats)
+		return NULL;
+	lmk_cpu_layernorm_forward(out->data, stats, stats + N, x->data, F(w), F(b), N, C, eps);
+	int fail;
+	lmk_node *n = record(c, "layernorm", out, layernorm_bw, &fail);
+	if (fail)
+		return NULL;
+	if (n) {
+		n->in[0] = x;
+		n->in[1] = w;
+		n->in[2] = b;
+		n->saved = stats;
+		n->i[0] = N;
+		n->i[1] = C;
+		n->f[0] = eps;
+	}
+	return out;
+}
+
+/* ----------------------------------------------------------------- rope */
+
+int lmk_rope_init(lmk_rope *r, int head_dim, float theta, const lmk_rope_scaling *s)
+{
+	memset(r, 0, sizeof *r);
+	if (head_dim <= 0 || head_dim % 2)
+		return lmk_err(LMK_EINVAL, "rope: expected a positive even head_dim, found %d",
+			       head_dim);
+	if (!(theta > 0) || isinf(theta))
+		return lmk_err(LMK_EINVAL, "rope: expected theta > 0, found %g", (double)theta);
+	int type = s ? s->type : LMK_ROPE_NONE;
+	if (type != LMK_ROPE_NONE && type != LMK_ROPE_LINEAR && type != LMK_ROPE_LLAMA3)
+		return lmk_err(LMK_EINVAL, "rope: unknown scaling type %d", type);
+	if (type != LMK_ROPE_NONE && !(s->factor > 0))
+		return lmk_err(LMK_EINVAL, "rope: expected a scaling factor > 0, found %g",
+			       (double)s->factor);
+	if (type == LMK_ROPE_LLAMA3 &&
+	    (!(s->low_freq_factor > 0) || !(s->high_freq_factor > s->low_freq_factor) ||
+	     s->original_max_pos <= 0))
+		return lmk_err(LMK_EINVAL,
+			       "rope: llama3 scaling: expected 0 < low_freq_factor (%g) < "
+			       "high_freq_factor (%g) and original_max_pos (%d) > 0",
+			       (double)s->low_freq_factor, (double)s->high_freq_factor,
+			       s->original_max_pos);
+	int half = head_dim / 2;
+	r->inv_freq = malloc((size_t)half * sizeof(float));
+	if (!r->inv_freq)
+		return lmk_err(LMK_ENOMEM, "rope: cannot allocate %d frequencies", half);
+	r->head_dim = head_dim;
+	r->attn_factor = 1.0f;
+	for (int i = 0; i < half; i++) {
+		/* as transformers' _compute_default_rope_parameters, in float32 */
+		float e = (float)(2 * i) / (float)head_dim;
+		float f = 1.0f / powf(theta, e);
+		if (type == LMK_ROPE_LINEAR) {
+			f /= s->factor;
+		} else if (type == LMK_ROPE_LLAMA3) {
+			/* _compute_llama3_parameters: long wavelengths are slowed by
+			 * factor, short ones kept, the band between interpolated */
+			float low_wl = (float)s->original_max_pos / s->low_freq_factor;
+			float high_wl = (float)s->original_max_pos / s->high_freq_factor;
+			float wl = 2.0f * (float)M_PI / f;
+			if (wl > low_wl) {
+				f = f / s->factor;
+			} else if (!(wl < high_wl)) {
+				float smooth = ((float)s->original_max_pos / wl - s->low_freq_factor) /
+					       (s->high_freq_factor - s->low_freq_factor);
+				f = (1.0f - smooth) * f / s->factor + smooth * f;
+			}
+		}
+		r->inv_freq[i] = f;
+	}
+	return 0;
+}
+
+void lmk_rope_free(lmk_rope *r)
+{
+	free(r->inv_freq);
+	memset(r, 0, sizeof *r);
+}
+
+static int rope_bw(lmk_ctx *c, lmk_node *n)
+{
+	lmk_cpu_rope_backward(G(n->in[0]), n->out->grad, I32(n->in[1]), n->saved, n->f[0],
+			      n->i[0], n->i[1], n->i[2]);
+	return 0;
+}
+
+lmk_tensor *lmk_rope_apply(lmk_ctx *c, lmk_tensor *x, const lmk_rope *r, lmk_tensor *pos)
+{
+	if (!x || !r || !pos)
+		return NULL;
+	lmk_tensor *in[2] = {x, pos};
+	if (check_inputs(c, "rope", 2, in, (const char *[]){"x", "pos"},
+			 (lmk_dtype[]){LMK_F32, LMK_I32}) < 0)
+		return NULL;
+	if (!r->inv_freq) {
+		lmk_err(LMK_EINVAL, "rope: the table is not initialised");
+		return NULL;
+	}
+	if (x->ndim != 4 || x->shape[3] != r->head_dim || pos->ndim != 2 ||
+	    pos->shape[0] != x->shape[0] || pos->shape[1] != x->shape[1]) {
+		lmk_err(LMK_EINVAL, "rope: x %s and pos %s: expected x (B,T,H,%d) and pos (B,T)",
+			SHP(x), SHP(pos), r->head_dim);
+		return NULL;
+	}
+	int64_t N = x->shape[0] * x->shape[1], H = x->shape[2], D = x->shape[3];
+	lmk_tensor *out = lmk_tensor_new(c, LMK_F32, 4, x->shape, wants_grad(c, 1, in));
+	if (!out)
+		return NULL;
+	lmk_cpu_rope_forward(out->data, x->data, pos->data, r->inv_freq, r->attn_factor, N, H, D);
+	int fail;
+	lmk_node *n = record(c, "rope", out, rope_bw, &fail);
+	if (fail)
+		return NULL;
+	if (n) {
+		/* the caller's table may be gone by the backward */
+		float *f = lmk_arena_alloc(&c->arena, (size_t)(D / 2) * sizeof(float));
+		if (!f)
+			return NULL;
+		memcpy(f, r->inv_freq, (size_t)(D / 2) * sizeof(float));
+		n->in[0] = x;
+		n->in[1] = pos;
+		n->saved = f;
+		n->i[0] = N;
+		n->i[1] = H;
+		n->i[2] = D;
+		n->f[0] = r->attn_factor;
+	}
+	return out;
+}
+
+/* ------------------------------------------------------------ attention */
+
+static int attention_bw(lmk_ctx *c, lmk_node *n)
+{
+	int64_t B = n->i[0], T = n->i[1], H = n->i[2], K = n->i[3], D = n->i[4];
+	float *delta = lmk_arena_alloc(&c->arena, (size_t)(B * H * T) * sizeof(float));
+	if (!delta)
+		return lmk_errcode();
+	lmk_cpu_attention_backward(G(n->in[0]), G(n->in[1]), G(n->in[2]), delta, n->out->grad,
+				   F(n->in[0]), F(n->in[1]), F(n->in[2]), n->out->data, n->saved,
+				   I32(n->in[3]), B, T, H, K, D, n->f[0], (int)n->i[5]);
+	return 0;
+}
+
+lmk_tensor *lmk_attention_ex(lmk_ctx *c, lmk_tensor *q, lmk_tensor *k, lmk_tensor *v,
+			     lmk_tensor *seg, float scale, int causal)
+{
+	if (!q || !k || !v)
+		return NULL;
+	lmk_tensor *in[4] = {q, k, v, seg};
+	if (check_inputs(c, "attention", 4, in, (const char *[]){"q", "k", "v", "seg"},
+			 (lmk_dtype[]){LMK_F32, LMK_F32, LMK_F32, LMK_I32}) < 0)
+		return NULL;
+	if (q->ndim != 4 || k->ndim != 4 || !same_shape(k, v) || k->shape[0] != q->shape[0] ||
+	    k->shape[1] != q->shape[1] || k->shape[3] != q->shape[3] || k->shape[2] < 1 ||
+	    q->shape[2] % k->shape[2]) {
+		lmk_err(LMK_EINVAL,
+			"attention: q %s, k %s, v %s: expected q (B,T,H,D), k and v (B,T,K,D), "
+			"H a multiple of K",
+			SHP(q), SHP(k), SHP(v));
+		return NULL;
+	}
+	int64_t B = q->shape[0], T = q->shape[1], H = q->shape[2], K = k->shape[2],
+		D = q->shape[3];
+	if (seg && (seg->ndim != 2 || seg->shape[0] != B || seg->shape[1] != T)) {
+		lmk_err(LMK_EINVAL, "attention: q %s and seg %s: expected seg (%lld,%lld)", SHP(q),
+			SHP(seg), (long long)B, (long long)T);
+		return NULL;
+	}
+	if (!isfinite(scale)) {
+		lmk_err(LMK_EINVAL, "attention: expected a finite scale, found %g", (double)scale);
+		return NULL;
+	}
+	lmk_tensor *out = lmk_tensor_new(c, LMK_F32, 4, q->shape, wants_grad(c, 3, in));
+	float *lse = lmk_arena_alloc(&c->arena, (size_t)(B * H * T) * sizeof(float));
+	if (!out || !lse)
+		return NULL;
+	lmk_cpu_attention_forward(out->data, lse, q->data, k->data, v->data, I32(seg), B, T, H, K,
+				  D, scale, causal != 0);
+	int fail;
+	lmk_node *n = record(c, "attention", out, attention_bw, &fail);
+	if (fail)
+		return NULL;
+	if (n) {
+		n->in[0] = q;
+		n->in[1] = k;
+		n->in[2] = v;
+		n->in[3] = seg;
+		n->saved = lse;
+		n->i[0] = B;
+		n->i[1] = T;
+		n->i[2] = H;
+		n->i[3] = K;
+		n->i[4] = D;
+		n->i[5] = causal != 0;
+		n->f[0] = scale;
+	}
+	return out;
+}
+
+lmk_tensor *lmk_attention(lmk_ctx *c, lmk_tensor *q, lmk_tensor *k, lmk_tensor *v,
+			  lmk_tensor *seg, float scale)
+{
+	return lmk_attention_ex(c, q, k, v, seg, scale, 1);
+}
+
+/* ---------------------------------------------------------- elementwise */
+
+/* One float input, output of its shape. */
+static lmk_tensor *unary(lmk_ctx *c, const char *op, lmk_tensor *x,
+			 int (*bw)(lmk_ctx *, lmk_node *), lmk_node **node)
+{
+	*node = NULL;
+	if (!x)
+		return NULL;
+	if (check_inputs(c, op, 1, &x, (const char *[]){"x"}, (lmk_dtype[]){LMK_F32}) < 0)
+		return NULL;
+	lmk_tensor *out = lmk_tensor_new(c, LMK_F32, x->ndim, x->shape, wants_grad(c, 1, &x));
+	if (!out)
+		return NULL;
+	int fail;
+	*node = record(c, op, out, bw, &fail);
+	if (fail)
+		return NULL;
+	if (*node) {
+		(*node)->in[0] = x;
+		(*node)->i[0] = x->n;
+	}
+	return out;
+}
+
+static int silu_bw(lmk_ctx *c, lmk_node *n)
+{
+	lmk_cpu_silu_backward(G(n->in[0]), n->out->grad, F(n->in[0]), n->i[0]);
+	return 0;
+}
+
+lmk_tensor *lmk_silu(lmk_ctx *c, lmk_tensor *x)
+{
+	lmk_node *n;
+	lmk_tensor *out = unary(c, "silu", x, silu_bw, &n);
+	if (out)
+		lmk_cpu_silu_forward(out->data, x->data, x->n);
+	return out;
+}
+
+static int gelu_bw(lmk_ctx *c, lmk_node *n)
+{
+	lmk_cpu_gelu_backward(G(n->in[0]), n->out->grad, F(n->in[0]), n->i[0], (int)n->i[1]);
+	return 0;
+}
+
+lmk_tensor *lmk_gelu(lmk_ctx *c, lmk_tensor *x, int approx)
+{
+	lmk_node *n;
+	lmk_tensor *out = unary(c, "gelu", x, gelu_bw, &n);
+	if (!out)
+		return NULL;
+	lmk_cpu_gelu_forward(out->data, x->data, x->n, approx != 0);
+	if (n)
+		n->i[1] = approx != 0;
+	return out;
+}
+
+static int scale_bw(lmk_ctx *c, lmk_node *n)
+{
+	lmk_cpu_scale_backward(G(n->in[0]), n->out->grad, n->f[0], n->i[0]);
+	return 0;
+}
+
+lmk_tensor *lmk_scale(lmk_ctx *c, lmk_tensor *x, float s)
+{
+	lmk_node *n;
+	lmk_tensor *out = unary(c, "scale", x, scale_bw, &n);
+	if (!out)
+		return NULL;
+	lmk_cpu_scale_forward(out->data, x->data, s, x->n);
+	if (n)
+		n->f[0] = s;
+	return out;
+}
+
+static int dropout_bw(lmk_ctx *c, lmk_node *n)
+{
+	lmk_cpu_dropout_backward(G(n->in[0]), n->out->grad, n->i[0], n->f[0], (uint64_t)n->i[1],
+				 (uint64_t)n->i[2]);
+	return 0;
+}
+
+lmk_tensor *lmk_dropout(lmk_ctx *c, lmk_tensor *x, float p)
+{
+	if (!x)
+		return NULL;
+	if (!(p >= 0 && p <= 1)) {
+		lmk_err(LMK_EINVAL, "dropout: expected 0 <= p <= 1, found %g", (double)p);
+		return NULL;
+	}
+	if (p == 0 || !c->grad_enabled)
+		return x;
+	lmk_node *n;
+	lmk_tensor *out = unary(c, "dropout", x, dropout_bw, &n);
+	if (!out)
+		return NULL;
+	lmk_cpu_dropout_forward(out->data, x->data, x->n, p, c->seed, c->counter);
+	if (n) {
+		n->i[1] = (int64_t)c->seed;
+		n->i[2] = (int64_t)c->counter;
+		n->f[0] = p;
+	}
+	c->counter += (uint64_t)x->n;
+	return out;
+}
+
+/* Two float inputs: same shapes, or (when bcast) b's shape the trailing dims
+ * of a's. Sets *N rows of *M = b->n elements. */
+static lmk_tensor *binary(lmk_ctx *c, const char *op, lmk_tensor *a, lmk_tensor *b, int bcast,
+			  int (*bw)(lmk_ctx *, lmk_node *), lmk_node **node, int64_t *N,
+			  int64_t *M)
+{
+	*node = NULL;
+	if (!a || !b)
+		return NULL;
+	lmk_tensor *in[2] = {a, b};
+	if (check_inputs(c, op, 2, in, (const char *[]){"a", "b"},
+			 (lmk_dtype[]){LMK_F32, LMK_F32}) < 0)
+		return NULL;
+	int ok = same_shape(a, b);
+	if (!ok && bcast && b->ndim <= a->ndim) {
+		ok = 1;
+		for (int i = 0; i < b->ndim; i++)
+			ok &= b->shape[i] == a->shape[a->ndim - b->ndim + i];
+	}
+	if (!ok) {
+		lmk_err(LMK_EINVAL, "%s: a %s and b %s: expected the same shapes%s", op, SHP(a),
+			SHP(b), bcast ? " or b's the trailing dims of a's" : "");
+		return NULL;
+	}
+	*M = b->n;
+	*N = b->n ? a->n / b->n : 0;
+	lmk_tensor *out = lmk_tensor_new(c, LMK_F32, a->ndim, a->shape, wants_grad(c, 2, in));
+	if (!out)
+		return NULL;
+	int fail;
+	*node = record(c, op, out, bw, &fail);
+	if (fail)
+		return NULL;
+	if (*node) {
+		(*node)->in[0] = a;
+		(*node)->in[1] = b;
+		(*node)->i[0] = *N;
+		(*node)->i[1] = *M;
+	}
+	return out;
+}
+
+static int swiglu_bw(lmk_ctx *c, lmk_node *n)
+{
+	lmk_cpu_swiglu_backward(G(n->in[0]), G(n->in[1]), n->out->grad, F(n->in[0]), F(n->in[1]),
+				n->i[1]);
+	return 0;
+}
+
+lmk_tensor *lmk_swiglu(lmk_ctx *c, lmk_tensor *gate, lmk_tensor *up)
+{
+	lmk_node *n;
+	int64_t N, M;
+	lmk_tensor *out = binary(c, "swiglu", gate, up, 0, swiglu_bw, &n, &N, &M);
+	if (out)
+		lmk_cpu_swiglu_forward(out->data, gate->data, up->data, M);
+	return out;
+}
+
+static int add_bw(lmk_ctx *c, lmk_node *n)
+{
+	lmk_cpu_add_backward(G(n->in[0]), G(n->in[1]), n->out->grad, n->i[0], n->i[1]);
+	return 0;
+}
+
+lmk_tensor *lmk_add(lmk_ctx *c, lmk_tensor *a, lmk_tensor *b)
+{
+	lmk_node *n;
+	int64_t N, M;
+	lmk_tensor *out = binary(c, "add", a, b, 1, add_bw, &n, &N, &M);
+	if (out)
+		lmk_cpu_add_forward(out->data, a->data, b->data, N, M);
+	return out;
+}
+
+static int mul_bw(lmk_ctx *c, lmk_node *n)
+{
+	lmk_cpu_mul_backward(G(n->in[0]), G(n->in[1]), n->out->grad, F(n->in[0]), F(n->in[1]),
+			     n->i[0], n->i[1]);
+	return 0;
+}
+
+lmk_tensor *lmk_mul(lmk_ctx *c, lmk_tensor *a, lmk_tensor *b)
+{
+	lmk_node *n;
+	int64_t N, M;
+	lmk_tensor *out = binary(c, "mul", a, b, 1, mul_bw, &n, &N, &M);
+	if (out)
+		lmk_cpu_mul_forward(out->data, a->data, b->data, N, M);
+	return out;
+}
+
+/* -------------------------------------------------------- cross-entropy */
+
+static int cross_entropy_bw(lmk_ctx *c, lmk_node *n)
+{
+	lmk_cpu_cross_entropy_backward(G(n->in[0]), n->out->grad, F(n->in[0]), n->saved,
+				       I32(n->in[1]), n->i[0], n->i[1], (int)n->i[2], n->i[3]);
+	return 0;
+}
+
+lmk_tensor *lmk_cross_entropy(lmk_ctx *c, lmk_tensor *logits, lmk_tensor *targets,
+			      int ignore, int64_t *count)
+{
+	if (!logits || !targets)
+		return NULL;
+	lmk_tensor *in[2] = {logits, targets};
+	if (check_inputs(c, "cross_entropy", 2, in, (const char *[]){"logits", "targets"},
+			 (lmk_dtype[]){LMK_F32, LMK_I32}) < 0)
+		return NULL;
+	int ok = logits->ndim >= 2 && targets->ndim == logits->ndim - 1;
+	for (int i = 0; ok && i < targets->ndim; i++)
+		ok = targets->shape[i] == logits->shape[i];
+	if (!ok) {
+		lmk_err(LMK_EINVAL,
+			"cross_entropy: logits %s and targets %s: expected logits (...,V) and "
+			"targets (...)",
+			SHP(logits), SHP(targets));
+		return NULL;
+	}
+	int64_t V = logits->shape[logits->ndim - 1], N = targets->n;
+	const int32_t *t = targets->data;
+	for (int64_t i = 0; i < N; i++)
+		if (t[i] != ignore && (t[i] < 0 || t[i] >= V)) {
+			lmk_err(LMK_EINVAL,
+				"cross_entropy: target %d at row %lld is outside [0,%lld) and not "
+				"the ignore index %d",
+				t[i], (long long)i, (long long)V, ignore);
+			return NULL;
+		}
+	lmk_tensor *out = lmk_tensor_new(c, LMK_F32, 0, NULL, wants_grad(c, 1, in));
+	float *lse = lmk_arena_alloc(&c->arena, (size_t)N * sizeof(float));
+	if (!out || !lse)
+		return NULL;
+	int64_t cnt = lmk_cpu_cross_entropy_forward(out->data, lse, logits->data, t, N, V, ignore);
+	if (count)
+		*count = cnt;
+	int fail;
+	lmk_node *n = record(c, "cross_entropy", out, cross_entropy_bw, &fail);
+	if (fail)
+		return NULL;
+	if (n) {
+		n->in[0] = logits;
+		n->in[1] = targets;
+		n->saved = lse;
+		n->i[0] = N;
+		n->i[1] = V;
+		n->i[2] = ignore;
+		n->i[3] = cnt;
+	}
+	return out;
+}

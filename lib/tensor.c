@@ -1,0 +1,478 @@
+/* tensor.c: the activation arena, the execution context, tensors of a step,
+ * the tape and its replay, and parameter sets in one allocation.
+ * Memory of a step comes from two arenas: `arena` (data, gradients, saved
+ * buffers; device memory on CUDA) and `meta` (descriptors, always host). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "tensor.h"
+
+#define ALIGN 64
+/* Under AddressSanitizer every allocation is followed by a poisoned red
+ * zone and everything not handed out is poisoned, so that a kernel writing
+ * past its tensor is caught although the arena is one big malloc. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define REDZONE ALIGN
+#define POISON(dev, p, n) ((dev) == LMK_DEV_CPU ? ASAN_POISON_MEMORY_REGION(p, n) : (void)0)
+#define UNPOISON(dev, p, n) ((dev) == LMK_DEV_CPU ? ASAN_UNPOISON_MEMORY_REGION(p, n) : (void)0)
+#else
+#define REDZONE 0
+#define POISON(dev, p, n) ((void)0)
+#define UNPOISON(dev, p, n) ((void)0)
+#endif
+#define CHUNK_DEFAULT ((size_t)64 << 20)
+#define META_CHUNK ((size_t)1 << 20)
+
+/* The header lives on the host even when mem is device memory. */
+struct lmk_chunk {
+	struct lmk_chunk *next;
+	char *mem;
+	size_t size, used;
+};
+
+static size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+static void *dev_alloc(lmk_device dev, size_t bytes)
+{
+	/* CPU only for now; a CUDA build will take cudaMalloc here. */
+	(void)dev;
+	return aligned_alloc(ALIGN, round_up(bytes, ALIGN));
+}
+
+static void dev_free(lmk_device dev, void *p)
+{
+	(void)dev;
+	free(p);
+}
+
+static struct lmk_chunk *chunk_new(lmk_arena *a, size_t size)
+{
+	struct lmk_chunk *ch = malloc(sizeof *ch);
+	if (!ch)
+		return NULL;
+	ch->mem = dev_alloc(a->dev, size);
+	if (!ch->mem) {
+		free(ch);
+		return NULL;
+	}
+	POISON(a->dev, ch->mem, size);
+	ch->next = NULL;
+	ch->size = size;
+	ch->used = 0;
+	a->reserved += size;
+	return ch;
+}
+
+static void chunks_free(lmk_arena *a, struct lmk_chunk *ch)
+{
+	while (ch) {
+		struct lmk_chunk *next = ch->next;
+		a->reserved -= ch->size;
+		UNPOISON(a->dev, ch->mem, ch->size);
+		dev_free(a->dev, ch->mem);
+		free(ch);
+		ch = next;
+	}
+}
+
+void *lmk_arena_alloc(lmk_arena *a, size_t bytes)
+{
+	/* A zero-byte request still gets its own address. */
+	if (bytes > SIZE_MAX - 2 * ALIGN) {
+		lmk_err(LMK_ENOMEM, "arena: cannot allocate %zu bytes", bytes);
+		return NULL;
+	}
+	size_t need = round_up(bytes ? bytes : 1, ALIGN) + REDZONE;
+	struct lmk_chunk *ch, **tail = &a->chunks;
+
+	/* First fit: chunks are few (one in the steady state). */
+	for (ch = a->chunks; ch; ch = ch->next) {
+		if (ch->size - ch->used >= need)
+			break;
+		tail = &ch->next;
+	}
+	if (!ch) {
+		size_t min = a->chunk ? a->chunk : CHUNK_DEFAULT;
+		ch = chunk_new(a, need > min ? need : min);
+		if (!ch) {
+			lmk_err(LMK_ENOMEM, "arena: cannot allocate a chunk of %zu bytes",
+				need > min ? need : min);
+			return NULL;
+		}
+		*tail = ch;
+	}
+	void *p = ch->mem + ch->used;
+	UNPOISON(a->dev, p, bytes);
+	ch->used += need;
+	a->used += need;
+	if (a->used > a->peak)
+		a->peak = a->used;
+	return p;
+}
+
+void lmk_arena_reset(lmk_arena *a)
+{
+	for (struct lmk_chunk *ch = a->chunks; ch; ch = ch->next) {
+		POISON(a->dev, ch->mem, ch->size);
+		ch->used = 0;
+	}
+	a->used = 0;
+	if (a->chunks && a->chunks->next) {
+		/* The peak is known now: one chunk of that size serves the same
+		 * sequence of requests, back to back. If it cannot be had, the
+		 * old chunks still do. */
+		size_t min = a->chunk ? a->chunk : CHUNK_DEFAULT;
+		struct lmk_chunk *one = chunk_new(a, a->peak > min ? a->peak : min);
+		if (one) {
+			chunks_free(a, a->chunks);
+			a->chunks = one;
+		}
+	}
+}
+
+void lmk_arena_free(lmk_arena *a)
+{
+	chunks_free(a, a->chunks);
+	a->chunks = NULL;
+	a->used = a->peak = a->reserved = 0;
+}
+
+int lmk_arena_nchunks(const lmk_arena *a)
+{
+	int n = 0;
+	for (const struct lmk_chunk *ch = a->chunks; ch; ch = ch->next)
+		n++;
+	return n;
+}
+
+int lmk_ctx_init(lmk_ctx *c, lmk_device dev)
+{
+	memset(c, 0, sizeof *c);
+	if (dev != LMK_DEV_CPU) {
+#if LMK_CUDA
+		return lmk_err(LMK_EUNSUP, "ctx: the cuda backend is not implemented yet");
+#else
+		return lmk_err(LMK_EUNSUP, "ctx: cuda requested in a cpu-only build");
+#endif
+	}
+	c->dev = dev;
+	c->grad_enabled = 1;
+	c->arena.dev = dev;
+	c->meta.dev = LMK_DEV_CPU;
+	c->meta.chunk = META_CHUNK;
+	return 0;
+}
+
+void lmk_ctx_free(lmk_ctx *c)
+{
+	lmk_arena_free(&c->arena);
+	lmk_arena_free(&c->meta);
+	free(c->tape);
+	c->tape = NULL;
+	c->ntape = c->tapecap = 0;
+}
+
+void lmk_ctx_reset(lmk_ctx *c)
+{
+	lmk_arena_reset(&c->arena);
+	lmk_arena_reset(&c->meta);
+	c->ntape = 0;
+}
+
+void lmk_tensor_setshape(lmk_tensor *t, int ndim, const int64_t *shape)
+{
+	t->ndim = ndim;
+	t->n = 1;
+	for (int i = 0; i < ndim; i++) {
+		t->shape[i] = shape[i];
+		t->n *= shape[i];
+	}
+	for (int i = ndim; i < LMK_MAXDIM; i++)
+		t->shape[i] = 0;
+}
+
+/* @return : 0, or LMK_EINVAL with a message naming who */
+static int check_shape(const char *who, int ndim, const int64_t *shape)
+{
+	if (ndim < 0 || ndim > LMK_MAXDIM)
+		return lmk_err(LMK_EINVAL, "%s: expected 0 to %d dimensions, found %d", who,
+			       LMK_MAXDIM, ndim);
+	int64_t n = 1;
+	for (int i = 0; i < ndim; i++) {
+		if (shape[i] < 0)
+			return lmk_err(LMK_EINVAL, "%s: dimension %d is negative (%lld)", who, i,
+				       (long long)shape[i]);
+		if (shape[i] && n > INT64_MAX / 16 / shape[i])
+			return lmk_err(LMK_EINVAL, "%s: shape too large", who);
+		n *= shape[i];
+	}
+	return 0;
+}
+
+static lmk_tensor *desc_new(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t *shape)
+{
+	if (check_shape("tensor", ndim, shape) < 0)
+		return NULL;
+	if ((int)dt < 0 || dt >= LMK_NDTYPE) {
+		lmk_err(LMK_EINVAL, "tensor: unknown dtype %d", (int)dt);
+		return NULL;
+	}
+	lmk_tensor *t = lmk_arena_alloc(&c->meta, sizeof *t);
+	if (!t)
+		return NULL;
+	memset(t, 0, sizeof *t);
+	t->dtype = dt;
+	t->dev = c->dev;
+	lmk_tensor_setshape(t, ndim, shape);
+	return t;
+}
+
+lmk_tensor *lmk_tensor_new(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t *shape,
+			   int requires_grad)
+{
+	lmk_tensor *t = desc_new(c, dt, ndim, shape);
+	if (!t)
+		return NULL;
+	size_t bytes = (size_t)t->n * lmk_dtype_size(dt);
+	t->data = lmk_arena_alloc(&c->arena, bytes);
+	if (!t->data)
+		return NULL;
+	if (requires_grad && c->grad_enabled) {
+		if (dt != LMK_F32 && dt != LMK_BF16 && dt != LMK_F16) {
+			lmk_err(LMK_EINVAL, "tensor: a %s tensor cannot have a gradient",
+				lmk_dtype_name(dt));
+			return NULL;
+		}
+		/* float32 gradients whatever the storage type */
+		t->grad = lmk_arena_alloc(&c->arena, (size_t)t->n * sizeof(float));
+		if (!t->grad)
+			return NULL;
+		memset(t->grad, 0, (size_t)t->n * sizeof(float));
+		t->requires_grad = 1;
+	}
+	return t;
+}
+
+lmk_tensor *lmk_tensor_wrap(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t *shape,
+			    void *data)
+{
+	lmk_tensor *t = desc_new(c, dt, ndim, shape);
+	if (t)
+		t->data = data;
+	return t;
+}
+
+lmk_tensor *lmk_reshape(lmk_ctx *c, lmk_tensor *x, int ndim, const int64_t *shape)
+{
+	if (!x)
+		return NULL;
+	if (ndim < 0 || ndim > LMK_MAXDIM) {
+		lmk_err(LMK_EINVAL, "reshape: expected 0 to %d dimensions, found %d", LMK_MAXDIM,
+			ndim);
+		return NULL;
+	}
+	int64_t s[LMK_MAXDIM], known = 1;
+	int infer = -1;
+	for (int i = 0; i < ndim; i++) {
+		s[i] = shape[i];
+		if (s[i] == -1 && infer < 0)
+			infer = i;
+		else if (s[i] < 0) {
+			lmk_err(LMK_EINVAL, "reshape: bad dimension %d (%lld)", i, (long long)s[i]);
+			return NULL;
+		} else
+			known *= s[i];
+	}
+	if (infer >= 0) {
+		if (known == 0 || x->n % known) {
+			lmk_err(LMK_EINVAL, "reshape: cannot infer dimension %d of %lld elements",
+				infer, (long long)x->n);
+			return NULL;
+		}
+		s[infer] = x->n / known;
+		known *= s[infer];
+	}
+	if (known != x->n) {
+		lmk_err(LMK_EINVAL, "reshape: %lld elements cannot take a shape of %lld",
+			(long long)x->n, (long long)known);
+		return NULL;
+	}
+	lmk_tensor *t = lmk_arena_alloc(&c->meta, sizeof *t);
+	if (!t)
+		return NULL;
+	*t = *x;
+	lmk_tensor_setshape(t, ndim, s);
+	return t;
+}
+
+lmk_node *lmk_tape_push(lmk_ctx *c, const char *op, lmk_tensor *out)
+{
+	if (c->ntape == c->tapecap) {
+		int cap = c->tapecap ? 2 * c->tapecap : 256;
+		lmk_node *t = realloc(c->tape, (size_t)cap * sizeof *t);
+		if (!t) {
+			lmk_err(LMK_ENOMEM, "tape: cannot grow to %d nodes", cap);
+			return NULL;
+		}
+		c->tape = t;
+		c->tapecap = cap;
+	}
+	lmk_node *n = &c->tape[c->ntape++];
+	memset(n, 0, sizeof *n);
+	n->op = op;
+	n->out = out;
+	return n;
+}
+
+static int replay(lmk_ctx *c)
+{
+	for (int i = c->ntape - 1; i >= 0; i--) {
+		lmk_node *n = &c->tape[i];
+		if (!n->backward)
+			continue;
+		int rc = n->backward(c, n);
+		if (rc < 0)
+			return lmk_err_wrap(rc, "backward of %s (node %d)", n->op, i);
+	}
+	return 0;
+}
+
+static int check_grad_target(const char *who, const lmk_tensor *t)
+{
+	if (!t)
+		return lmk_err(LMK_EINVAL, "%s: no tensor (an op before failed)", who);
+	if (!t->requires_grad || !t->grad)
+		return lmk_err(LMK_EINVAL,
+			       "%s: the tensor has no gradient (grad disabled, or no input "
+			       "requires grad)", who);
+	if (t->dev != LMK_DEV_CPU)
+		return lmk_err(LMK_EUNSUP, "%s: no cuda support yet", who);
+	return 0;
+}
+
+int lmk_backward(lmk_ctx *c, lmk_tensor *loss, float scale)
+{
+	int rc = check_grad_target("backward", loss);
+	if (rc < 0)
+		return rc;
+	if (loss->n != 1)
+		return lmk_err(LMK_EINVAL, "backward: expected a loss of 1 element, found %lld",
+			       (long long)loss->n);
+	((float *)loss->grad)[0] = scale;
+	return replay(c);
+}
+
+int lmk_backward_from(lmk_ctx *c, lmk_tensor *t, const float *dout)
+{
+	int rc = check_grad_target("backward", t);
+	if (rc < 0)
+		return rc;
+	float *g = t->grad;
+	for (int64_t i = 0; i < t->n; i++)
+		g[i] += dout[i];
+	return replay(c);
+}
+
+void lmk_params_init(lmk_params *p, int trainable)
+{
+	memset(p, 0, sizeof *p);
+	p->trainable = trainable;
+}
+
+int lmk_params_add(lmk_params *p, const char *name, int ndim, const int64_t *shape)
+{
+	if (!name)
+		return lmk_err(LMK_EINVAL, "params: a tensor needs a name");
+	if (p->data)
+		return lmk_err(LMK_EINVAL, "params: '%s' added after the layout was made", name);
+	char who[96];
+	snprintf(who, sizeof who, "params: '%.80s'", name);
+	int rc = check_shape(who, ndim, shape);
+	if (rc < 0)
+		return rc;
+	if (lmk_params_find(p, name))
+		return lmk_err(LMK_EINVAL, "params: '%s' registered twice", name);
+	if (p->nt == p->cap) {
+		int cap = p->cap ? 2 * p->cap : 64;
+		lmk_tensor *t = realloc(p->t, (size_t)cap * sizeof *t);
+		if (!t)
+			return lmk_err(LMK_ENOMEM, "params: cannot grow to %d tensors", cap);
+		p->t = t;
+		size_t *o = realloc(p->offset, (size_t)cap * sizeof *o);
+		if (!o)
+			return lmk_err(LMK_ENOMEM, "params: cannot grow to %d tensors", cap);
+		p->offset = o;
+		p->cap = cap;
+	}
+	char *copy = strdup(name);
+	if (!copy)
+		return lmk_err(LMK_ENOMEM, "params: cannot copy the name '%s'", name);
+	lmk_tensor *t = &p->t[p->nt];
+	memset(t, 0, sizeof *t);
+	t->dtype = LMK_F32;
+	t->dev = LMK_DEV_CPU;
+	t->name = copy;
+	t->requires_grad = p->trainable != 0;
+	lmk_tensor_setshape(t, ndim, shape);
+	p->offset[p->nt] = 0;
+	return p->nt++;
+}
+
+int lmk_params_alloc(lmk_params *p)
+{
+	if (p->data)
+		return lmk_err(LMK_EINVAL, "params: already laid out");
+	const size_t lane = ALIGN / sizeof(float);
+	size_t n = 0;
+	for (int i = 0; i < p->nt; i++) {
+		p->offset[i] = n;
+		n += round_up((size_t)p->t[i].n, lane);
+	}
+	size_t bytes = (n ? n : lane) * sizeof(float);
+	p->data = aligned_alloc(ALIGN, bytes);
+	if (p->trainable)
+		p->grad = aligned_alloc(ALIGN, bytes);
+	if (!p->data || (p->trainable && !p->grad)) {
+		free(p->data);
+		free(p->grad);
+		p->data = p->grad = NULL;
+		return lmk_err(LMK_ENOMEM, "params: cannot allocate %zu bytes", bytes);
+	}
+	memset(p->data, 0, bytes);
+	if (p->grad)
+		memset(p->grad, 0, bytes);
+	p->n = n;
+	for (int i = 0; i < p->nt; i++) {
+		p->t[i].data = p->data + p->offset[i];
+		p->t[i].grad = p->grad ? p->grad + p->offset[i] : NULL;
+	}
+	return 0;
+}
+
+void lmk_params_zero_grad(lmk_params *p)
+{
+	if (p->grad)
+		memset(p->grad, 0, p->n * sizeof(float));
+}
+
+lmk_tensor *lmk_params_find(lmk_params *p, const char *name)
+{
+	for (int i = 0; i < p->nt; i++)
+		if (!strcmp(p->t[i].name, name))
+			return &p->t[i];
+	return NULL;
+}
+
+void lmk_params_free(lmk_params *p)
+{
+	for (int i = 0; i < p->nt; i++)
+		free((char *)p->t[i].name);
+	free(p->t);
+	free(p->offset);
+	free(p->data);
+	free(p->grad);
+	memset(p, 0, sizeof *p);
+}
