@@ -740,7 +740,7 @@ static long in_fill(lmk_reader *r)
 		if (k < 0 && errno == EINTR)
 			continue;
 		if (k < 0)
-			return lmk_err(LMK_EIO, "%s: read failed: %s", r->name, strerror(errno));
+			return lmk_err(LMK_EIO, "%s: frame %d: read failed: %s", r->name, r->index, strerror(errno));
 		if (k == 0)
 			r->ieof = 1;
 		r->ilen += (size_t)k;
@@ -772,7 +772,7 @@ static long long raw_read(lmk_reader *r, unsigned char *dst, size_t n)
 			if (k < 0 && errno == EINTR)
 				continue;
 			if (k < 0)
-				return lmk_err(LMK_EIO, "%s: read failed: %s", r->name, strerror(errno));
+				return lmk_err(LMK_EIO, "%s: frame %d: read failed: %s", r->name, r->index, strerror(errno));
 			if (k == 0)
 				r->ieof = 1;
 			got += (size_t)k;
@@ -819,8 +819,8 @@ static long long gz_read(lmk_reader *r, unsigned char *dst, size_t n)
 		if ((k = gz_input(r)) < 0)
 			return k;
 		if (k == 0)
-			return lmk_err(LMK_EFORMAT, "%s: truncated gzip data: the stream ends inside member %d",
-				       r->name, r->members + 1);
+			return lmk_err(LMK_EFORMAT, "%s: frame %d: truncated gzip data: the input ends inside gzip member %d",
+				       r->name, r->index, r->members + 1);
 		size_t want = n - got > IOMAX ? IOMAX : n - got;
 		r->z.next_out = dst + got;
 		r->z.avail_out = (uInt)want;
@@ -829,8 +829,8 @@ static long long gz_read(lmk_reader *r, unsigned char *dst, size_t n)
 		if (zr == Z_STREAM_END)
 			r->zend = 1;
 		else if (zr == Z_NEED_DICT || zr == Z_DATA_ERROR)
-			return lmk_err(LMK_EFORMAT, "%s: gzip data is corrupt in member %d: %s", r->name,
-				       r->members + 1, r->z.msg ? r->z.msg : "bad data");
+			return lmk_err(LMK_EFORMAT, "%s: frame %d: gzip data is corrupt in member %d: %s",
+				       r->name, r->index, r->members + 1, r->z.msg ? r->z.msg : "bad data");
 		else if (zr == Z_MEM_ERROR)
 			return lmk_err(LMK_ENOMEM, "%s: out of memory inflating gzip data", r->name);
 		/* Z_OK, or Z_BUF_ERROR when no progress was possible: go on */

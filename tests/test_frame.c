@@ -921,6 +921,9 @@ START_TEST(test_truncated_length)
 	ck_assert_int_eq(lmk_frame_load(path("e.st"), &g), LMK_EFORMAT);
 	ck_assert_ptr_nonnull(strstr(lmk_errmsg(), "no frame"));
 	ck_assert_int_eq(lmk_frame_parse(NULL, 0, "x.st", &f), LMK_EFORMAT);
+	/* a directory: open works, read does not */
+	ck_assert_int_eq(lmk_frame_load(dir, &g), LMK_EIO);
+	ck_assert_msg(strstr(lmk_errmsg(), ": frame 0: read failed: Is a directory"), "%s", lmk_errmsg());
 	/* missing file */
 	ck_assert_int_eq(lmk_frame_load(path("none.st"), &g), LMK_EIO);
 	ck_assert_msg(strstr(lmk_errmsg(), "cannot open '") && strstr(lmk_errmsg(), "none.st': No such file"),
