@@ -56,9 +56,10 @@ BINS      = $(CMDS:%=$(B)/bin/%)
 TEST_SRC  = $(wildcard tests/test_*.c)
 TESTS     = $(TEST_SRC:tests/%.c=$(B)/tests/%)
 FUZZ_SRC  = $(wildcard fuzz/fuzz_*.c)
+BENCH_SRC = $(wildcard bench/*.c)
 MANS      = $(wildcard man/*.[0-9])
 
-.PHONY: all deps check check-unit check-cli check-interop check-man fuzz install clean
+.PHONY: all deps bench check check-unit check-cli check-interop check-man fuzz install clean
 all: $(BINS) $(LIBA)
 
 deps:
@@ -80,9 +81,15 @@ $(B)/bin/%: $(B)/cmd/%.o $(PROG_OBJ) $(LIBA)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
+$(B)/bench/%: $(B)/bench/%.o $(LIBA)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
 $(B)/tests/%: $(B)/tests/%.o $(LIBA)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) $^ $(CHECK_LIBS) $(LDLIBS) -o $@
+
+bench: $(BENCH_SRC:bench/%.c=$(B)/bench/%)
 
 # Unit suites, then programs from the shell, then Python interoperability,
 # then the man pages. Each test reads ../shared/data when it needs data.
