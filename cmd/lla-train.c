@@ -1,0 +1,671 @@
+/* lla-train.c: trains a Llama-family language model on a text file (one token
+ * per byte, lib/bytetok.h) or on token frames (lib/tokdata.h), from scratch or
+ * from a Hugging Face checkpoint, and writes checkpoints that transformers
+ * opens, with a training state beside them that lets --resume continue the
+ * run bit for bit.
+ * The loop itself (accumulation, clipping, schedule, AdamW, evaluation, the
+ * state file) is lib/train.h; this file is options, wiring and output. The
+ * token mixer is chosen by --mixer through the table `mixers`, so that later
+ * mixers add a row there, not another loop. Shape letters: B batch, T seq. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdnoreturn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "bytetok.h"
+#include "ckpt.h"
+#include "err.h"
+#include "llama.h"
+#include "metrics.h"
+#include "ops.h"
+#include "optim.h"
+#include "progress.h"
+#include "prog.h"
+#include "tokdata.h"
+#include "train.h"
+
+static const char usage[] =
+"usage: lla-train --data FILE [--out DIR] [OPTION...]\n"
+"       lla-train --resume --out DIR [OPTION...]\n"
+"Train a Llama-family language model on a text file (one token per byte) or\n"
+"on token frames, from scratch (--hidden ... or --config) or from a checkpoint\n"
+"(--init). --out DIR receives config.json and model.safetensors (as\n"
+"transformers reads them) and training_state.safetensors, which --resume\n"
+"continues from exactly.\n"
+"\n"
+"Data:\n"
+"      --data=FILE          text file, or token frames (.safetensors, a frame\n"
+"                           header, or gzip)\n"
+"      --val-frac=F         share of the tokens, at the end, kept for validation\n"
+"                           (default 0.1; 0: no validation)\n"
+"Model (from scratch; each overrides --config):\n"
+"      --config=FILE        a Hugging Face config.json to start from\n"
+"      --hidden=C           hidden size (default 128)\n"
+"      --layers=L           layers (default 4)\n"
+"      --heads=H            attention heads (default 4)\n"
+"      --kv-heads=K         key/value heads (default: --heads)\n"
+"      --intermediate=F     MLP size (default: 8/3 of --hidden, rounded up to\n"
+"                           a multiple of 32)\n"
+"      --vocab=V            vocabulary (default: the data's, 259 for text)\n"
+"      --mixer=NAME         token mixer (default attention, the only one built)\n"
+"      --init=DIR           start from the checkpoint in DIR instead\n"
+"Optimisation:\n"
+"      --steps=N            optimizer steps to reach (default 1000)\n"
+"      --batch=B            sequences per micro-batch (default 16)\n"
+"      --seq=T              tokens per sequence (default 128)\n"
+"      --accum=A            micro-batches per step (default 1)\n"
+"      --lr=LR              peak learning rate (default 0.001)\n"
+"      --min-lr=LR          final learning rate (default: --lr / 10)\n"
+"      --warmup=N           steps of linear warm-up (default 100)\n"
+"      --schedule=KIND      cosine, linear or constant (default cosine)\n"
+"      --decay-steps=N      steps the schedule decays over (default: --steps)\n"
+"      --weight-decay=W     AdamW weight decay of matrices (default 0.1)\n"
+"      --beta1=B1           AdamW beta1 (default 0.9)\n"
+"      --beta2=B2           AdamW beta2 (default 0.95)\n"
+"      --eps=E              AdamW epsilon (default 1e-08)\n"
+"      --grad-clip=G        clip the gradient's global norm to G (default 1;\n"
+"                           0: no clipping)\n"
+"      --seed=N             seed of the weights, the batches and the samples\n"
+"                           (default 1337)\n"
+"      --threads=N          CPU threads (default: all processors)\n"
+"Evaluation and output:\n"
+"      --eval-every=N       evaluate every N steps (default 100; 0: at the end)\n"
+"      --eval-batches=N     batches per evaluation (default 20)\n"
+"      --sample=N           at each evaluation, sample N tokens to stderr\n"
+"                           (default 0)\n"
+"      --temperature=X      sampling temperature (default 1; 0: greedy)\n"
+"      --out=DIR            checkpoint directory\n"
+"      --save-every=N       save every N steps (default 500; 0: at the end)\n"
+"      --resume             continue the run saved in --out DIR\n"
+"      --metrics=FILE       append JSON lines of metrics to FILE ('-': stdout)\n"
+"  -q, --quiet              no progress, evaluation lines, summary or warnings\n"
+"  -h, --help               this text\n"
+"      --version            the program's version\n"
+"\n"
+"Exit status: 0 success, 1 failure, 2 usage error, 130 or 143 stopped by\n"
+"SIGINT or SIGTERM (after saving).\n";
+
+enum {
+	O_DATA = PROG_OPT_FIRST_FREE, O_VAL_FRAC, O_CONFIG, O_HIDDEN, O_LAYERS, O_HEADS,
+	O_KV_HEADS, O_INTERMEDIATE, O_VOCAB, O_MIXER, O_INIT, O_STEPS, O_BATCH, O_SEQ,
+	O_ACCUM, O_LR, O_MIN_LR, O_WARMUP, O_SCHEDULE, O_DECAY_STEPS, O_WD, O_BETA1,
+	O_BETA2, O_EPS, O_CLIP, O_THREADS, O_EVAL_EVERY, O_EVAL_BATCHES, O_SAMPLE,
+	O_TEMPERATURE, O_OUT, O_SAVE_EVERY, O_RESUME, O_METRICS,
+};
+
+static const struct option longopts[] = {
+	{"data", required_argument, NULL, O_DATA},
+	{"val-frac", required_argument, NULL, O_VAL_FRAC},
+	{"config", required_argument, NULL, O_CONFIG},
+	{"hidden", required_argument, NULL, O_HIDDEN},
+	{"layers", required_argument, NULL, O_LAYERS},
+	{"heads", required_argument, NULL, O_HEADS},
+	{"kv-heads", required_argument, NULL, O_KV_HEADS},
+	{"intermediate", required_argument, NULL, O_INTERMEDIATE},
+	{"vocab", required_argument, NULL, O_VOCAB},
+	{"mixer", required_argument, NULL, O_MIXER},
+	{"init", required_argument, NULL, O_INIT},
+	{"steps", required_argument, NULL, O_STEPS},
+	{"batch", required_argument, NULL, O_BATCH},
+	{"seq", required_argument, NULL, O_SEQ},
+	{"accum", required_argument, NULL, O_ACCUM},
+	{"lr", required_argument, NULL, O_LR},
+	{"min-lr", required_argument, NULL, O_MIN_LR},
+	{"warmup", required_argument, NULL, O_WARMUP},
+	{"schedule", required_argument, NULL, O_SCHEDULE},
+	{"decay-steps", required_argument, NULL, O_DECAY_STEPS},
+	{"weight-decay", required_argument, NULL, O_WD},
+	{"beta1", required_argument, NULL, O_BETA1},
+	{"beta2", required_argument, NULL, O_BETA2},
+	{"eps", required_argument, NULL, O_EPS},
+	{"grad-clip", required_argument, NULL, O_CLIP},
+	{"seed", required_argument, NULL, PROG_OPT_SEED},
+	{"threads", required_argument, NULL, O_THREADS},
+	{"eval-every", required_argument, NULL, O_EVAL_EVERY},
+	{"eval-batches", required_argument, NULL, O_EVAL_BATCHES},
+	{"sample", required_argument, NULL, O_SAMPLE},
+	{"temperature", required_argument, NULL, O_TEMPERATURE},
+	{"out", required_argument, NULL, O_OUT},
+	{"save-every", required_argument, NULL, O_SAVE_EVERY},
+	{"resume", no_argument, NULL, O_RESUME},
+	{"metrics", required_argument, NULL, O_METRICS},
+	{"quiet", no_argument, NULL, 'q'},
+	{"help", no_argument, NULL, 'h'},
+	{"version", no_argument, NULL, PROG_OPT_VERSION},
+	{NULL, 0, NULL, 0},
+};
+
+/* Token mixers: the part of a block that mixes positions. A later mixer
+ * adds a row with its own model and loss; only softmax attention is built. */
+struct mixer {
+	const char *name;
+	int built;
+};
+static const struct mixer mixers[] = {
+	{"attention", 1},
+};
+
+struct opts {
+	lmk_train_config cfg;
+	const char *data, *config, *init, *out, *metrics, *mixer;
+	int hidden, layers, heads, kv_heads, intermediate, vocab; /* 0: not given */
+	int min_lr_given, threads_given;
+	int resume, sample, quiet;
+	float temperature;
+};
+
+static noreturn void bad_option(int c, const char *arg)
+{
+	if (strncmp(arg, "--", 2) == 0) {
+		int n = (int)strcspn(arg, "=");
+		if (c == ':')
+			prog_usage_error("option '%.*s' needs an argument", n, arg);
+		if (arg[n] == '=')
+			for (const struct option *lo = longopts; lo->name; lo++)
+				if ((int)strlen(lo->name) == n - 2 && !strncmp(lo->name, arg + 2, n - 2))
+					prog_usage_error("option '%.*s' takes no argument", n, arg);
+		prog_usage_error("unknown option '%.*s'", n, arg);
+	}
+	if (c == ':')
+		prog_usage_error("option '-%c' needs an argument", optopt);
+	prog_usage_error("unknown option '-%c'", optopt);
+}
+
+/* Parses argv onto o, whose cfg holds the defaults (or a resumed run's
+ * saved values). Called once, and again on the saved values with --resume. */
+static void parse(int argc, char **argv, struct opts *o)
+{
+	lmk_train_config *c = &o->cfg;
+	int ch;
+
+	optind = 0; /* GNU: start over, for the second pass */
+	opterr = 0;
+	for (;;) {
+		int cur = optind ? optind : 1;
+		const char *a;
+		if ((ch = getopt_long(argc, argv, ":qh", longopts, NULL)) == -1)
+			break;
+		a = optarg;
+		switch (ch) {
+		case O_DATA: o->data = a; break;
+		case O_VAL_FRAC:
+			c->val_frac = prog_parse_double("--val-frac", a, 0, 0.999999);
+			break;
+		case O_CONFIG: o->config = a; break;
+		case O_HIDDEN: o->hidden = (int)prog_parse_long("--hidden", a, 1, 1 << 16); break;
+		case O_LAYERS: o->layers = (int)prog_parse_long("--layers", a, 1, 1024); break;
+		case O_HEADS: o->heads = (int)prog_parse_long("--heads", a, 1, 1024); break;
+		case O_KV_HEADS: o->kv_heads = (int)prog_parse_long("--kv-heads", a, 1, 1024); break;
+		case O_INTERMEDIATE:
+			o->intermediate = (int)prog_parse_long("--intermediate", a, 1, 1 << 20);
+			break;
+		case O_VOCAB: o->vocab = (int)prog_parse_long("--vocab", a, 1, 1 << 24); break;
+		case O_MIXER: o->mixer = a; break;
+		case O_INIT: o->init = a; break;
+		case O_STEPS: c->steps = prog_parse_long("--steps", a, 0, 1L << 40); break;
+		case O_BATCH: c->batch = (int)prog_parse_long("--batch", a, 1, 1 << 16); break;
+		case O_SEQ: c->seq = (int)prog_parse_long("--seq", a, 1, 1 << 20); break;
+		case O_ACCUM: c->accum = (int)prog_parse_long("--accum", a, 1, 1 << 16); break;
+		case O_LR: c->lr = (float)prog_parse_double("--lr", a, 0, 10); break;
+		case O_MIN_LR:
+			c->min_lr = (float)prog_parse_double("--min-lr", a, 0, 10);
+			o->min_lr_given = 1;
+			break;
+		case O_WARMUP: c->warmup = prog_parse_long("--warmup", a, 0, 1L << 40); break;
+		case O_SCHEDULE:
+			if (lmk_schedule_parse(a, &c->schedule) < 0)
+				prog_usage_error("option '--schedule' needs cosine, linear or constant, not '%s'", a);
+			break;
+		case O_DECAY_STEPS: c->decay_steps = prog_parse_long("--decay-steps", a, 1, 1L << 40); break;
+		case O_WD: c->weight_decay = (float)prog_parse_double("--weight-decay", a, 0, 100); break;
+		case O_BETA1: c->beta1 = (float)prog_parse_double("--beta1", a, 0, 0.999999); break;
+		case O_BETA2: c->beta2 = (float)prog_parse_double("--beta2", a, 0, 0.999999999); break;
+		case O_EPS: c->eps = (float)prog_parse_double("--eps", a, 0, 1); break;
+		case O_CLIP: c->grad_clip = (float)prog_parse_double("--grad-clip", a, 0, 1e9); break;
+		case PROG_OPT_SEED: c->seed = prog_parse_seed(a); break;
+		case O_THREADS:
+			c->threads = (int)prog_parse_long("--threads", a, 1, 4096);
+			o->threads_given = 1;
+			break;
+		case O_EVAL_EVERY: c->eval_every = prog_parse_long("--eval-every", a, 0, 1L << 40); break;
+		case O_EVAL_BATCHES:
+			c->eval_batches = (int)prog_parse_long("--eval-batches", a, 1, 1 << 20);
+			break;
+		case O_SAMPLE: o->sample = (int)prog_parse_long("--sample", a, 0, 1 << 20); break;
+		case O_TEMPERATURE:
+			o->temperature = (float)prog_parse_double("--temperature", a, 0, 100);
+			break;
+		case O_OUT: o->out = a; break;
+		case O_SAVE_EVERY: c->save_every = prog_parse_long("--save-every", a, 0, 1L << 40); break;
+		case O_RESUME: o->resume = 1; break;
+		case O_METRICS: o->metrics = a; break;
+		case 'q': o->quiet = 1; break;
+		case 'h': prog_help();
+		case PROG_OPT_VERSION: prog_version();
+		default: bad_option(ch, argv[cur < argc ? cur : argc - 1]);
+		}
+	}
+	if (optind < argc)
+		prog_usage_error("unexpected argument '%s'", argv[optind]);
+}
+
+/* Usage errors that do not depend on any file. */
+static void check_usage(const struct opts *o)
+{
+	const char *shape = o->hidden ? "--hidden" : o->layers ? "--layers" : o->heads ? "--heads"
+			    : o->kv_heads ? "--kv-heads" : o->intermediate ? "--intermediate"
+			    : o->vocab ? "--vocab" : o->config ? "--config" : NULL;
+	const struct mixer *mx = NULL;
+
+	for (size_t i = 0; i < sizeof mixers / sizeof mixers[0]; i++)
+		if (strcmp(o->mixer, mixers[i].name) == 0)
+			mx = &mixers[i];
+	if (!mx)
+		prog_usage_error("option '--mixer': '%s' is not built yet (this version has only "
+				 "'attention')", o->mixer);
+	if (o->resume) {
+		if (!o->out)
+			prog_usage_error("--resume needs --out DIR, the run to continue");
+		if (shape)
+			prog_usage_error("option '%s' cannot be used with --resume (the model is the one "
+					 "saved in %s)", shape, o->out);
+		if (o->init)
+			prog_usage_error("option '--init' cannot be used with --resume");
+	} else {
+		if (!o->data)
+			prog_usage_error("no training data (--data FILE)");
+		if (o->init && shape)
+			prog_usage_error("option '%s' cannot be used with --init (the model is the one "
+					 "in %s)", shape, o->init);
+	}
+	if (o->heads && o->kv_heads && o->heads % o->kv_heads)
+		prog_usage_error("--heads %d is not a multiple of --kv-heads %d", o->heads, o->kv_heads);
+	if (o->hidden && o->heads && o->hidden % o->heads)
+		prog_usage_error("--hidden %d is not a multiple of --heads %d", o->hidden, o->heads);
+	if (o->cfg.decay_steps && o->cfg.decay_steps < o->cfg.warmup)
+		prog_usage_error("--decay-steps %" PRId64 " is shorter than --warmup %" PRId64,
+				 o->cfg.decay_steps, o->cfg.warmup);
+}
+
+static char *join(const char *dir, const char *name)
+{
+	size_t n = strlen(dir) + strlen(name) + 2;
+	char *p = malloc(n);
+	if (!p)
+		prog_die("out of memory");
+	snprintf(p, n, "%s/%s", dir, name);
+	return p;
+}
+
+/* A new model's configuration: --config or the library's defaults, then the
+ * shape options, then what the data says. */
+static void fresh_config(const struct opts *o, const lmk_tokdata *d, lmk_llama_config *mc)
+{
+	int from_file = o->config != NULL;
+
+	if (from_file) {
+		if (lmk_llama_config_load(mc, o->config) < 0)
+			prog_die_lib();
+	} else {
+		lmk_llama_config_default(mc);
+		mc->hidden_size = 128;
+		mc->num_hidden_layers = 4;
+		mc->num_attention_heads = 4;
+		mc->num_key_value_heads = 4;
+		mc->vocab_size = 0;
+		mc->bos_token_id = -1;
+		mc->neos = 0;
+		mc->max_position_embeddings = o->cfg.seq;
+	}
+	if (o->hidden)
+		mc->hidden_size = o->hidden;
+	if (o->layers)
+		mc->num_hidden_layers = o->layers;
+	if (o->heads) {
+		mc->num_attention_heads = o->heads;
+		if (!o->kv_heads)
+			mc->num_key_value_heads = o->heads;
+	}
+	if (o->kv_heads)
+		mc->num_key_value_heads = o->kv_heads;
+	if (!from_file || o->hidden || o->heads)
+		mc->head_dim = mc->hidden_size / mc->num_attention_heads;
+	if (o->intermediate)
+		mc->intermediate_size = o->intermediate;
+	else if (!from_file || o->hidden)
+		mc->intermediate_size = (8 * mc->hidden_size / 3 + 31) / 32 * 32;
+	if (o->vocab)
+		mc->vocab_size = o->vocab;
+	else if (!from_file)
+		mc->vocab_size = d->vocab;
+	if (mc->max_position_embeddings < o->cfg.seq)
+		mc->max_position_embeddings = o->cfg.seq;
+	if (!from_file && d->text) {
+		mc->bos_token_id = LMK_BYTETOK_BOS;
+		mc->eos_token_id[0] = LMK_BYTETOK_EOS;
+		mc->neos = 1;
+	}
+	if (lmk_llama_config_check(mc, o->config ? o->config : "model") < 0)
+		prog_die_lib();
+}
+
+static lmk_tensor *llama_loss(void *model, lmk_ctx *c, lmk_tensor *ids, lmk_tensor *targets,
+			      int64_t *count)
+{
+	lmk_tensor *logits = lmk_llama_forward(c, model, ids, NULL, NULL);
+	return lmk_cross_entropy(c, logits, targets, -1, count);
+}
+
+/* "1.23M" */
+static const char *human(char *buf, size_t n, double v)
+{
+	if (v >= 1e9)
+		snprintf(buf, n, "%.3gG", v / 1e9);
+	else if (v >= 1e6)
+		snprintf(buf, n, "%.3gM", v / 1e6);
+	else if (v >= 1e3)
+		snprintf(buf, n, "%.3gk", v / 1e3);
+	else
+		snprintf(buf, n, "%.3g", v);
+	return buf;
+}
+
+static const char *hms(char *buf, size_t n, double s)
+{
+	long t = (long)(s + 0.5);
+	if (t >= 3600)
+		snprintf(buf, n, "%ldh%02ldm%02lds", t / 3600, t / 60 % 60, t % 60);
+	else
+		snprintf(buf, n, "%ldm%02lds", t / 60, t % 60);
+	return buf;
+}
+
+/* Samples o->sample tokens after the first validation token and prints them
+ * decoded on stderr. The trainer's sampling generator advances, so the
+ * samples of a resumed run are those of an uninterrupted one. */
+static void print_sample(lmk_trainer *tr, lmk_llama *m, const struct opts *o)
+{
+	const lmk_tokdata *d = tr->data;
+	int32_t prompt = d->tok[d->ntrain < d->n ? d->ntrain : 0], *out;
+	lmk_sampler s = { .temperature = o->temperature, .top_k = 0, .top_p = 1, .rng = tr->sample_rng };
+	int n;
+
+	out = malloc((size_t)o->sample * sizeof *out);
+	if (!out)
+		prog_die("out of memory");
+	tr->ctx.grad_enabled = 0;
+	n = lmk_llama_generate(&tr->ctx, m, &prompt, 1, o->sample, &s, NULL, 0, NULL, NULL, out);
+	lmk_ctx_reset(&tr->ctx);
+	tr->ctx.grad_enabled = 1;
+	if (n < 0)
+		prog_die_lib();
+	tr->sample_rng = s.rng;
+	fprintf(stderr, "%s: sample at step %" PRId64 ":\n", prog_name(), tr->step);
+	if (d->text) {
+		size_t len = lmk_bytetok_decode(&prompt, 1, NULL, 0, 0) +
+			     lmk_bytetok_decode(out, (size_t)n, NULL, 0, 0) + 1;
+		char *text = malloc(len);
+		if (!text)
+			prog_die("out of memory");
+		size_t k = lmk_bytetok_decode(&prompt, 1, text, len, 0);
+		lmk_bytetok_decode(out, (size_t)n, text + k, len - k, 0);
+		fprintf(stderr, "%s\n", text);
+		free(text);
+	} else {
+		fprintf(stderr, "%d", prompt);
+		for (int i = 0; i < n; i++)
+			fprintf(stderr, " %d", out[i]);
+		fputc('\n', stderr);
+	}
+	free(out);
+}
+
+struct run {
+	struct opts *o;
+	lmk_trainer tr;
+	lmk_llama m;
+	const char *data_path;  /* as saved in the state */
+	char *state_path;
+	double t0;              /* when this process started training */
+};
+
+/* Writes the checkpoint, then the state: a state always has a complete
+ * model beside it, and holds its own copy of the weights, so a kill between
+ * the two leaves the previous state whole and consistent. */
+static void save(struct run *r)
+{
+	const char *extra[] = {
+		"program", "lla-train", "mixer", r->o->mixer, "data", r->data_path, NULL,
+	};
+	if (!r->o->out)
+		return;
+	if (lmk_ckpt_save(r->o->out, &r->m, LMK_F32) < 0)
+		prog_die_lib();
+	if (lmk_trainer_save(&r->tr, r->state_path, lmk_now() - r->t0, extra) < 0)
+		prog_die_lib();
+}
+
+int main(int argc, char **argv)
+{
+	struct opts o = {0};
+	struct run r = {0};
+	lmk_tokdata data;
+	lmk_frame st;
+	lmk_metrics mt;
+	lmk_progress pg;
+	lmk_train_stats ts;
+	char *abs_data = NULL, b1[32], b2[32], b3[32];
+	double sum_loss = 0, last_val = NAN, last_loss = NAN;
+	int64_t nsum = 0, nparams;
+	int has_val, sig;
+
+	prog_init("lla-train", usage);
+	lmk_train_config_default(&o.cfg);
+	o.mixer = "attention";
+	o.temperature = 1.0f;
+	parse(argc, argv, &o);
+	check_usage(&o);
+	if (!o.min_lr_given)
+		o.cfg.min_lr = o.cfg.lr / 10;
+	prog_set_quiet(o.quiet);
+	r.o = &o;
+	if (o.out)
+		r.state_path = join(o.out, LMK_TRAIN_STATE_FILE);
+
+	if (o.resume) {
+		/* The saved values become the defaults; options given override. */
+		struct opts again = {0};
+		const char *mx;
+		if (lmk_train_state_read(r.state_path, &st) < 0)
+			prog_die_lib();
+		again.mixer = o.mixer;
+		again.temperature = 1.0f;
+		if (lmk_train_state_config(&st, r.state_path, &again.cfg) < 0)
+			prog_die_lib();
+		parse(argc, argv, &again);
+		mx = lmk_frame_meta(&st, "mixer");
+		if (mx && strcmp(mx, again.mixer) != 0)
+			prog_die("%s: saved with --mixer %s, this run has %s", r.state_path, mx, again.mixer);
+		if (!again.data)
+			again.data = lmk_frame_meta(&st, "data");
+		if (!again.data)
+			prog_die("%s: no data path saved; give --data", r.state_path);
+		o = again;
+		if (o.threads_given && o.cfg.threads != (int)strtol(lmk_frame_meta(&st, "threads") ?
+								      lmk_frame_meta(&st, "threads") : "0", NULL, 10))
+			prog_warn("--threads %d differs from the saved run's: the losses may differ in "
+				  "the last bits from an uninterrupted run", o.cfg.threads);
+	} else if (o.out) {
+		struct stat sb;
+		if (stat(r.state_path, &sb) == 0)
+			prog_die("'%s' already holds a training run (%s); continue it with --resume or "
+				 "choose another --out", o.out, r.state_path);
+	}
+	o.cfg.threads = lmk_train_set_threads(o.cfg.threads);
+
+	/* Data. */
+	if (lmk_tokdata_load(&data, o.data) < 0)
+		prog_die_lib();
+	if (lmk_tokdata_split(&data, o.cfg.val_frac) < 0)
+		prog_die_lib();
+	has_val = o.cfg.val_frac > 0;
+	if (lmk_tokdata_check(&data, o.cfg.seq, has_val) < 0)
+		prog_die_lib();
+	abs_data = realpath(o.data, NULL);
+	r.data_path = abs_data ? abs_data : o.data;
+
+	/* Model. */
+	if (o.resume) {
+		lmk_llama_config mc;
+		char *cpath = join(o.out, "config.json");
+		if (lmk_llama_config_load(&mc, cpath) < 0 || lmk_llama_init(&r.m, &mc, 1) < 0)
+			prog_die_lib();
+		free(cpath);
+	} else if (o.init) {
+		if (lmk_ckpt_load(o.init, &r.m, 1) < 0)
+			prog_die_lib();
+	} else {
+		lmk_llama_config mc;
+		fresh_config(&o, &data, &mc);
+		if (lmk_llama_init(&r.m, &mc, 1) < 0)
+			prog_die_lib();
+		lmk_llama_init_weights(&r.m, lmk_train_subseed(o.cfg.seed, LMK_TRAIN_SEED_WEIGHTS));
+	}
+	if (data.vocab > r.m.cfg.vocab_size)
+		prog_die("%s: token ids go up to %d, beyond the model's vocabulary of %d%s", data.name,
+			 data.vocab - 1, r.m.cfg.vocab_size, o.resume || o.init ? "" : " (see --vocab)");
+	nparams = (int64_t)r.m.params.n;
+
+	if (lmk_trainer_init(&r.tr, &o.cfg, &r.m.params, &r.m, llama_loss, &data) < 0)
+		prog_die_lib();
+	if (o.resume) {
+		if (lmk_trainer_restore(&r.tr, &st, r.state_path) < 0)
+			prog_die_lib();
+		lmk_frame_free(&st);
+		if (r.tr.step >= o.cfg.steps) {
+			if (!o.quiet)
+				fprintf(stderr, "%s: %s is already at step %" PRId64 " of %" PRId64 "; nothing to do\n",
+					prog_name(), o.out, r.tr.step, o.cfg.steps);
+			lmk_trainer_free(&r.tr);
+			lmk_llama_free(&r.m);
+			lmk_tokdata_free(&data);
+			free(abs_data);
+			free(r.state_path);
+			return 0;
+		}
+	}
+	if (lmk_metrics_open(&mt, o.metrics) < 0)
+		prog_die_lib();
+	if (lmk_train_catch_signals() < 0)
+		prog_die_lib();
+
+	r.t0 = lmk_now();
+	if (has_val && r.tr.step == 0) {
+		if (lmk_trainer_eval(&r.tr, &last_val) < 0)
+			prog_die_lib();
+		lmk_metrics_begin(&mt);
+		lmk_metrics_int(&mt, "step", 0);
+		lmk_metrics_num(&mt, "val_loss", last_val);
+		lmk_metrics_num(&mt, "elapsed", r.tr.elapsed + lmk_now() - r.t0);
+		if (lmk_metrics_end(&mt) < 0)
+			prog_die_lib();
+		if (!o.quiet)
+			fprintf(stderr, "%s: step 0/%" PRId64 ": val loss %.4f, %s parameters\n", prog_name(),
+				o.cfg.steps, last_val, human(b1, sizeof b1, (double)nparams));
+		if (o.sample)
+			print_sample(&r.tr, &r.m, &o);
+	}
+
+	lmk_progress_init(&pg, "lla-train", "step", r.tr.step, o.cfg.steps, o.quiet ? 0 : -1);
+	while (r.tr.step < o.cfg.steps) {
+		double ts0 = lmk_now(), rate;
+		int eval, last;
+		char extra[64];
+
+		if (lmk_trainer_step(&r.tr, &ts) < 0) {
+			lmk_progress_end(&pg);
+			prog_die_lib();
+		}
+		rate = (double)o.cfg.batch * o.cfg.seq * o.cfg.accum / (lmk_now() - ts0);
+		last_loss = ts.loss;
+		sum_loss += ts.loss;
+		nsum++;
+		last = r.tr.step == o.cfg.steps;
+		eval = has_val && (last || (o.cfg.eval_every && r.tr.step % o.cfg.eval_every == 0));
+		if (eval && lmk_trainer_eval(&r.tr, &last_val) < 0)
+			prog_die_lib();
+
+		lmk_metrics_begin(&mt);
+		lmk_metrics_int(&mt, "step", r.tr.step);
+		lmk_metrics_num(&mt, "loss", ts.loss);
+		if (eval)
+			lmk_metrics_num(&mt, "val_loss", last_val);
+		lmk_metrics_num(&mt, "lr", ts.lr);
+		lmk_metrics_num(&mt, "grad_norm", ts.grad_norm);
+		lmk_metrics_num(&mt, "tokens_per_s", rate);
+		lmk_metrics_num(&mt, "elapsed", r.tr.elapsed + lmk_now() - r.t0);
+		if (lmk_metrics_end(&mt) < 0)
+			prog_die_lib();
+
+		snprintf(extra, sizeof extra, "loss %.4f", ts.loss);
+		lmk_progress_update(&pg, r.tr.step, extra);
+		if (eval || (!has_val && o.cfg.eval_every && r.tr.step % o.cfg.eval_every == 0)) {
+			lmk_progress_end(&pg);
+			if (!o.quiet) {
+				fprintf(stderr, "%s: step %" PRId64 "/%" PRId64 ": train loss %.4f", prog_name(),
+					r.tr.step, o.cfg.steps, sum_loss / (double)nsum);
+				if (eval)
+					fprintf(stderr, ", val loss %.4f", last_val);
+				fprintf(stderr, ", lr %.3g, %s tokens/s, %s\n", ts.lr,
+					human(b1, sizeof b1, rate),
+					hms(b2, sizeof b2, r.tr.elapsed + lmk_now() - r.t0));
+			}
+			sum_loss = 0;
+			nsum = 0;
+			if (o.sample && eval)
+				print_sample(&r.tr, &r.m, &o);
+		}
+		sig = lmk_train_signal();
+		if (last || sig || (o.cfg.save_every && r.tr.step % o.cfg.save_every == 0))
+			save(&r);
+		if (sig) {
+			lmk_progress_end(&pg);
+			if (o.out)
+				fprintf(stderr, "%s: stopped by signal %d after step %" PRId64 "; saved in %s "
+					"(continue with --resume)\n", prog_name(), sig, r.tr.step, o.out);
+			else
+				fprintf(stderr, "%s: stopped by signal %d after step %" PRId64 "; nothing saved "
+					"(no --out)\n", prog_name(), sig, r.tr.step);
+			lmk_metrics_close(&mt);
+			exit(128 + sig);
+		}
+	}
+	lmk_progress_end(&pg);
+	if (lmk_metrics_close(&mt) < 0)
+		prog_die_lib();
+	if (!o.quiet) {
+		double el = r.tr.elapsed + lmk_now() - r.t0;
+		fprintf(stderr, "%s: done: step %" PRId64 ", train loss %.4f", prog_name(), r.tr.step, last_loss);
+		if (has_val)
+			fprintf(stderr, ", val loss %.4f", last_val);
+		fprintf(stderr, ", %s parameters, %s tokens in %s", human(b1, sizeof b1, (double)nparams),
+			human(b2, sizeof b2, (double)r.tr.tokens), hms(b3, sizeof b3, el));
+		if (o.out)
+			fprintf(stderr, ", saved in %s", o.out);
+		fputc('\n', stderr);
+	}
+	lmk_trainer_free(&r.tr);
+	lmk_llama_free(&r.m);
+	lmk_tokdata_free(&data);
+	free(abs_data);
+	free(r.state_path);
+	return 0;
+}

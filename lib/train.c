@@ -1,0 +1,580 @@
+/* train.c: the shared training loop (see train.h). Shape letters: B windows
+ * of a micro-batch, T tokens a window predicts. */
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+
+#include "err.h"
+#include "train.h"
+
+/* OpenBLAS's own thread count (its pthreads build ignores OpenMP's). */
+void openblas_set_num_threads(int n);
+
+#define IGNORE_TARGET (-1)
+
+void lmk_train_config_default(lmk_train_config *c)
+{
+	memset(c, 0, sizeof *c);
+	c->batch = 16;
+	c->seq = 128;
+	c->accum = 1;
+	c->steps = 1000;
+	c->decay_steps = 0;
+	c->lr = 1e-3f;
+	c->min_lr = 1e-4f;
+	c->warmup = 100;
+	c->schedule = LMK_SCHED_COSINE;
+	c->weight_decay = 0.1f;
+	c->beta1 = 0.9f;
+	c->beta2 = 0.95f;
+	c->eps = 1e-8f;
+	c->grad_clip = 1.0f;
+	c->eval_every = 100;
+	c->eval_batches = 20;
+	c->save_every = 500;
+	c->seed = 1337;
+	c->val_frac = 0.1;
+	c->threads = 0;
+}
+
+int lmk_train_config_check(const lmk_train_config *c)
+{
+	if (c->batch < 1 || c->seq < 1 || c->accum < 1)
+		return lmk_err(LMK_EINVAL, "batch %d, seq %d, accum %d: expected each at least 1",
+			       c->batch, c->seq, c->accum);
+	if ((int64_t)c->batch * c->seq > INT32_MAX)
+		return lmk_err(LMK_EINVAL, "batch %d times seq %d is too large", c->batch, c->seq);
+	if (c->steps < 0 || c->decay_steps < 0 || c->warmup < 0 || c->eval_every < 0 ||
+	    c->save_every < 0 || c->eval_batches < 1)
+		return lmk_err(LMK_EINVAL, "negative step count or eval_batches below 1");
+	if (!(c->lr >= 0) || !(c->min_lr >= 0) || !isfinite(c->lr) || !isfinite(c->min_lr))
+		return lmk_err(LMK_EINVAL, "learning rates %g and %g: expected finite and >= 0",
+			       c->lr, c->min_lr);
+	if (!(c->beta1 >= 0 && c->beta1 < 1) || !(c->beta2 >= 0 && c->beta2 < 1))
+		return lmk_err(LMK_EINVAL, "betas (%g, %g): expected each in [0, 1)", c->beta1, c->beta2);
+	if (!(c->weight_decay >= 0) || !(c->eps >= 0) || !(c->grad_clip >= 0))
+		return lmk_err(LMK_EINVAL, "weight_decay, eps and grad_clip must be >= 0");
+	if (!(c->val_frac >= 0 && c->val_frac < 1))
+		return lmk_err(LMK_EINVAL, "val_frac %g: expected a number in [0, 1)", c->val_frac);
+	return 0;
+}
+
+uint64_t lmk_train_subseed(uint64_t seed, int stream)
+{
+	uint32_t o[4];
+	lmk_philox(seed, (1ull << 63) + (uint64_t)stream, o);
+	return (uint64_t)o[0] << 32 | o[1];
+}
+
+int lmk_train_set_threads(int n)
+{
+	if (n <= 0)
+		n = omp_get_num_procs();
+	omp_set_num_threads(n);
+	openblas_set_num_threads(n);
+	return n;
+}
+
+void lmk_trainer_free(lmk_trainer *tr)
+{
+	lmk_adamw_free(&tr->opt);
+	lmk_ctx_free(&tr->ctx);
+	free(tr->x);
+	free(tr->y);
+	memset(tr, 0, sizeof *tr);
+}
+
+int lmk_trainer_init(lmk_trainer *tr, const lmk_train_config *cfg, lmk_params *p, void *model,
+		     lmk_train_loss_fn loss, lmk_tokdata *data)
+{
+	lmk_adamw_config ac;
+	size_t bt;
+	int rc;
+
+	memset(tr, 0, sizeof *tr);
+	if ((rc = lmk_train_config_check(cfg)) < 0)
+		return rc;
+	tr->cfg = *cfg;
+	if (tr->cfg.decay_steps == 0)
+		tr->cfg.decay_steps = tr->cfg.steps;
+	tr->params = p;
+	tr->model = model;
+	tr->loss = loss;
+	tr->data = data;
+	ac.beta1 = cfg->beta1;
+	ac.beta2 = cfg->beta2;
+	ac.eps = cfg->eps;
+	ac.weight_decay = cfg->weight_decay;
+	if ((rc = lmk_adamw_init(&tr->opt, p, &ac)) < 0)
+		return rc;
+	tr->sched.kind = cfg->schedule;
+	tr->sched.lr = cfg->lr;
+	tr->sched.min_lr = cfg->min_lr;
+	tr->sched.warmup = cfg->warmup;
+	tr->sched.total = tr->cfg.decay_steps;
+	if ((rc = lmk_ctx_init(&tr->ctx, LMK_DEV_CPU)) < 0) {
+		lmk_adamw_free(&tr->opt);
+		return rc;
+	}
+	tr->ctx.seed = lmk_train_subseed(cfg->seed, LMK_TRAIN_SEED_CTX);
+	tr->ctx.counter = 0;
+	bt = (size_t)cfg->batch * (size_t)cfg->seq;
+	tr->x = malloc(bt * sizeof *tr->x);
+	tr->y = malloc(bt * sizeof *tr->y);
+	if (!tr->x || !tr->y) {
+		lmk_trainer_free(tr);
+		return lmk_err(LMK_ENOMEM, "out of memory for a batch of %zu tokens", bt);
+	}
+	lmk_tokdata_seed(data, lmk_train_subseed(cfg->seed, LMK_TRAIN_SEED_DATA));
+	lmk_rng_init(&tr->sample_rng, lmk_train_subseed(cfg->seed, LMK_TRAIN_SEED_SAMPLE));
+	return 0;
+}
+
+/* The loss of the batch in tr->x, tr->y; with grad, its backward too
+ * (scaled by scale). *count: targets counted. */
+static int micro_batch(lmk_trainer *tr, int grad, float scale, double *loss, int64_t *count)
+{
+	lmk_ctx *c = &tr->ctx;
+	const int64_t shape[2] = { tr->cfg.batch, tr->cfg.seq };
+	lmk_tensor *ids, *tg, *l;
+	float lv;
+	int rc;
+
+	lmk_ctx_reset(c);
+	c->grad_enabled = grad;
+	ids = lmk_tensor_wrap(c, LMK_I32, 2, shape, tr->x);
+	tg = lmk_tensor_wrap(c, LMK_I32, 2, shape, tr->y);
+	if (!ids || !tg)
+		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+	l = tr->loss(tr->model, c, ids, tg, count);
+	if (!l)
+		return lmk_errcode() < 0 ? lmk_errcode() : LMK_EINVAL;
+	lv = *(const float *)l->data;
+	*loss = lv;
+	if (!isfinite(lv))
+		return lmk_err(LMK_ENUM, "step %lld: the loss is %g; the run diverged (try a lower --lr)",
+			       (long long)tr->step + 1, lv);
+	if (grad && (rc = lmk_backward(c, l, scale)) < 0)
+		return rc;
+	return 0;
+}
+
+int lmk_trainer_step(lmk_trainer *tr, lmk_train_stats *st)
+{
+	const int A = tr->cfg.accum;
+	double sum = 0, l;
+	int64_t count;
+	int rc;
+
+	lmk_params_zero_grad(tr->params);
+	for (int a = 0; a < A; a++) {
+		if ((rc = lmk_tokdata_train_batch(tr->data, tr->cfg.batch, tr->cfg.seq, tr->x, tr->y)) < 0)
+			return rc;
+		if ((rc = micro_batch(tr, 1, 1.0f / (float)A, &l, &count)) < 0)
+			return rc;
+		sum += l;
+	}
+	lmk_ctx_reset(&tr->ctx);
+	st->loss = sum / A;
+	st->grad_norm = lmk_clip_grad_norm(tr->params, tr->cfg.grad_clip);
+	if (!isfinite(st->grad_norm))
+		return lmk_err(LMK_ENUM, "step %lld: the gradient norm is %g; the run diverged (try a lower --lr)",
+			       (long long)tr->step + 1, st->grad_norm);
+	st->lr = lmk_schedule_lr(&tr->sched, tr->step);
+	lmk_adamw_step(&tr->opt, st->lr);
+	tr->step++;
+	tr->tokens += (int64_t)A * tr->cfg.batch * tr->cfg.seq;
+	return 0;
+}
+
+int lmk_trainer_eval(lmk_trainer *tr, double *loss)
+{
+	const int B = tr->cfg.batch, T = tr->cfg.seq;
+	int64_t W = lmk_tokdata_val_windows(tr->data, T), nsel, count, total = 0;
+	double sum = 0, l;
+	int rc;
+
+	if (W == 0)
+		return lmk_err(LMK_EINVAL, "%s: no validation window of %d tokens", tr->data->name, T + 1);
+	nsel = (int64_t)tr->cfg.eval_batches * B;
+	if (nsel > W)
+		nsel = W;
+	for (int64_t first = 0; first < nsel; first += B) {
+		lmk_tokdata_val_batch(tr->data, B, T, nsel, first, IGNORE_TARGET, tr->x, tr->y);
+		rc = micro_batch(tr, 0, 1.0f, &l, &count);
+		if (rc < 0) {
+			lmk_ctx_reset(&tr->ctx);
+			tr->ctx.grad_enabled = 1;
+			return rc;
+		}
+		sum += l * (double)count;
+		total += count;
+	}
+	lmk_ctx_reset(&tr->ctx);
+	tr->ctx.grad_enabled = 1;
+	*loss = total ? sum / (double)total : 0;
+	return 0;
+}
+
+/* ---- the state file ---- */
+
+static int put_meta(lmk_frame *f, const char *key, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static int put_meta(lmk_frame *f, const char *key, const char *fmt, ...)
+{
+	char buf[64];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	return lmk_frame_set_meta(f, key, buf);
+}
+
+static const char *sched_name(lmk_sched_kind k)
+{
+	return k == LMK_SCHED_COSINE ? "cosine" : k == LMK_SCHED_LINEAR ? "linear" : "constant";
+}
+
+/* %.9g gives back the same float, %.17g the same double. */
+static int config_meta(lmk_frame *f, const lmk_train_config *c)
+{
+	int rc = 0;
+	rc |= put_meta(f, "batch", "%d", c->batch);
+	rc |= put_meta(f, "seq", "%d", c->seq);
+	rc |= put_meta(f, "accum", "%d", c->accum);
+	rc |= put_meta(f, "steps", "%" PRId64, c->steps);
+	rc |= put_meta(f, "decay_steps", "%" PRId64, c->decay_steps);
+	rc |= put_meta(f, "lr", "%.9g", c->lr);
+	rc |= put_meta(f, "min_lr", "%.9g", c->min_lr);
+	rc |= put_meta(f, "warmup", "%" PRId64, c->warmup);
+	rc |= lmk_frame_set_meta(f, "schedule", sched_name(c->schedule));
+	rc |= put_meta(f, "weight_decay", "%.9g", c->weight_decay);
+	rc |= put_meta(f, "beta1", "%.9g", c->beta1);
+	rc |= put_meta(f, "beta2", "%.9g", c->beta2);
+	rc |= put_meta(f, "eps", "%.9g", c->eps);
+	rc |= put_meta(f, "grad_clip", "%.9g", c->grad_clip);
+	rc |= put_meta(f, "eval_every", "%" PRId64, c->eval_every);
+	rc |= put_meta(f, "eval_batches", "%d", c->eval_batches);
+	rc |= put_meta(f, "save_every", "%" PRId64, c->save_every);
+	rc |= put_meta(f, "seed", "%" PRIu64, c->seed);
+	rc |= put_meta(f, "val_frac", "%.17g", c->val_frac);
+	rc |= put_meta(f, "threads", "%d", c->threads);
+	return rc ? LMK_ENOMEM : 0;
+}
+
+/* Adds each parameter tensor of p, with data base + offset, as prefix/NAME. */
+static int add_params(lmk_frame *f, const lmk_params *p, const float *base, const char *prefix)
+{
+	char name[512];
+	int rc;
+	for (int i = 0; i < p->nt; i++) {
+		const lmk_tensor *t = &p->t[i];
+		snprintf(name, sizeof name, "%s/%s", prefix, t->name);
+		if ((rc = lmk_frame_add(f, name, LMK_F32, t->ndim, t->shape, base + p->offset[i])) < 0)
+			return rc;
+	}
+	return 0;
+}
+
+int lmk_trainer_save(const lmk_trainer *tr, const char *path, double now_elapsed,
+		     const char *const *extra)
+{
+	lmk_frame f;
+	lmk_tokdata_pos pos;
+	int64_t step = tr->step, t = tr->opt.t, tokens = tr->tokens, rd[3], rc2[2], rs[2];
+	double elapsed = tr->elapsed + now_elapsed;
+	const int64_t three = 3, two = 2;
+	int rc;
+
+	lmk_tokdata_tell(tr->data, &pos);
+	rd[0] = (int64_t)pos.seed;
+	rd[1] = (int64_t)pos.words;
+	rd[2] = pos.windows;
+	rc2[0] = (int64_t)tr->ctx.seed;
+	rc2[1] = (int64_t)tr->ctx.counter;
+	rs[0] = (int64_t)tr->sample_rng.seed;
+	rs[1] = (int64_t)lmk_rng_tell(&tr->sample_rng);
+
+	lmk_frame_init(&f);
+	rc = lmk_frame_set_meta(&f, "kind", LMK_TRAIN_STATE_KIND);
+	if (!rc) rc = lmk_frame_set_meta(&f, "schema", LMK_TRAIN_STATE_SCHEMA);
+	if (!rc) rc = put_meta(&f, "step", "%" PRId64, step);
+	if (!rc) rc = config_meta(&f, &tr->cfg);
+	if (!rc) rc = put_meta(&f, "data_tokens", "%" PRId64, tr->data->n);
+	if (!rc) rc = put_meta(&f, "data_train_tokens", "%" PRId64, tr->data->ntrain);
+	if (!rc) rc = put_meta(&f, "data_vocab", "%d", tr->data->vocab);
+	if (!rc) rc = put_meta(&f, "data_hash", "%016" PRIx64, tr->data->hash);
+	for (int i = 0; !rc && extra && extra[i] && extra[i + 1]; i += 2)
+		rc = lmk_frame_set_meta(&f, extra[i], extra[i + 1]);
+	if (!rc) rc = lmk_frame_add(&f, "step", LMK_I64, 0, NULL, &step);
+	if (!rc) rc = lmk_frame_add(&f, "adamw.t", LMK_I64, 0, NULL, &t);
+	if (!rc) rc = lmk_frame_add(&f, "tokens", LMK_I64, 0, NULL, &tokens);
+	if (!rc) rc = lmk_frame_add(&f, "elapsed", LMK_F64, 0, NULL, &elapsed);
+	if (!rc) rc = lmk_frame_add(&f, "rng.data", LMK_I64, 1, &three, rd);
+	if (!rc) rc = lmk_frame_add(&f, "rng.ctx", LMK_I64, 1, &two, rc2);
+	if (!rc) rc = lmk_frame_add(&f, "rng.sample", LMK_I64, 1, &two, rs);
+	if (!rc) rc = add_params(&f, tr->params, tr->params->data, "param");
+	if (!rc) rc = add_params(&f, tr->params, tr->opt.m, "adamw.m");
+	if (!rc) rc = add_params(&f, tr->params, tr->opt.v, "adamw.v");
+	if (rc < 0) {
+		lmk_frame_free(&f);
+		return lmk_err_wrap(rc, "%s", path);
+	}
+	rc = lmk_frame_save(path, &f, 0);
+	lmk_frame_free(&f);
+	return rc;
+}
+
+int lmk_train_state_read(const char *path, lmk_frame *st)
+{
+	const char *kind, *schema;
+	int rc;
+
+	lmk_frame_init(st);
+	if ((rc = lmk_frame_load(path, st)) < 0)
+		return rc;
+	kind = lmk_frame_meta(st, "kind");
+	schema = lmk_frame_meta(st, "schema");
+	if (!kind || strcmp(kind, LMK_TRAIN_STATE_KIND) != 0) {
+		rc = lmk_err(LMK_EFORMAT, "%s: kind '%s', expected '%s'", path, kind ? kind : "(none)",
+			     LMK_TRAIN_STATE_KIND);
+	} else if (!schema || strcmp(schema, LMK_TRAIN_STATE_SCHEMA) != 0) {
+		rc = lmk_err(LMK_EUNSUP, "%s: schema '%s', this build reads schema %s", path,
+			     schema ? schema : "(none)", LMK_TRAIN_STATE_SCHEMA);
+	}
+	if (rc < 0)
+		lmk_frame_free(st);
+	return rc;
+}
+
+static int meta_i64(const lmk_frame *st, const char *path, const char *key, int64_t lo, int64_t hi,
+		    int64_t *out)
+{
+	const char *s = lmk_frame_meta(st, key);
+	char *end;
+	long long v;
+
+	if (!s)
+		return lmk_err(LMK_EFORMAT, "%s: metadata '%s' is missing", path, key);
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (errno || end == s || *end || v < lo || v > hi)
+		return lmk_err(LMK_EFORMAT, "%s: metadata '%s' is '%s', expected a whole number from %lld to %lld",
+			       path, key, s, (long long)lo, (long long)hi);
+	*out = v;
+	return 0;
+}
+
+static int meta_f64(const lmk_frame *st, const char *path, const char *key, double *out)
+{
+	const char *s = lmk_frame_meta(st, key);
+	char *end;
+
+	if (!s)
+		return lmk_err(LMK_EFORMAT, "%s: metadata '%s' is missing", path, key);
+	errno = 0;
+	*out = strtod(s, &end);
+	if (errno || end == s || *end || !isfinite(*out))
+		return lmk_err(LMK_EFORMAT, "%s: metadata '%s' is '%s', expected a number", path, key, s);
+	return 0;
+}
+
+int lmk_train_state_config(const lmk_frame *st, const char *path, lmk_train_config *c)
+{
+	int64_t v;
+	double d;
+	const char *s;
+	int rc;
+
+#define I(key, field, lo, hi) \
+	if ((rc = meta_i64(st, path, key, lo, hi, &v)) < 0) return rc; \
+	c->field = v;
+#define F(key, field) \
+	if ((rc = meta_f64(st, path, key, &d)) < 0) return rc; \
+	c->field = (float)d;
+	lmk_train_config_default(c);
+	I("batch", batch, 1, INT32_MAX)
+	I("seq", seq, 1, INT32_MAX)
+	I("accum", accum, 1, INT32_MAX)
+	I("steps", steps, 0, INT64_MAX)
+	I("decay_steps", decay_steps, 0, INT64_MAX)
+	F("lr", lr)
+	F("min_lr", min_lr)
+	I("warmup", warmup, 0, INT64_MAX)
+	F("weight_decay", weight_decay)
+	F("beta1", beta1)
+	F("beta2", beta2)
+	F("eps", eps)
+	F("grad_clip", grad_clip)
+	I("eval_every", eval_every, 0, INT64_MAX)
+	I("eval_batches", eval_batches, 1, INT32_MAX)
+	I("save_every", save_every, 0, INT64_MAX)
+	I("threads", threads, 0, 4096)
+#undef I
+#undef F
+	if ((rc = meta_f64(st, path, "val_frac", &c->val_frac)) < 0)
+		return rc;
+	s = lmk_frame_meta(st, "seed");
+	if (!s || sscanf(s, "%" SCNu64, &c->seed) != 1)
+		return lmk_err(LMK_EFORMAT, "%s: metadata 'seed' is missing or not a number", path);
+	s = lmk_frame_meta(st, "schedule");
+	if (!s || lmk_schedule_parse(s, &c->schedule) < 0)
+		return lmk_err(LMK_EFORMAT, "%s: metadata 'schedule' is '%s', expected cosine, linear or constant",
+			       path, s ? s : "(none)");
+	return 0;
+}
+
+/* The tensor name of st as dtype dt with n elements, or an error. */
+static int find(const lmk_frame *st, const char *path, const char *name, lmk_dtype dt, int64_t n,
+		const lmk_ftensor **out)
+{
+	const lmk_ftensor *t = lmk_frame_find(st, name);
+	if (!t)
+		return lmk_err(LMK_EFORMAT, "%s: no tensor '%s'", path, name);
+	if (t->dtype != dt || lmk_ftensor_numel(t) != n)
+		return lmk_err(LMK_EFORMAT, "%s: tensor '%s': expected %s with %lld elements, found %s with %lld",
+			       path, name, lmk_dtype_name(dt), (long long)n, lmk_dtype_name(t->dtype),
+			       (long long)lmk_ftensor_numel(t));
+	*out = t;
+	return 0;
+}
+
+static int get_params(const lmk_frame *st, const char *path, const lmk_params *p, float *base,
+		      const char *prefix)
+{
+	char name[512];
+	const lmk_ftensor *t;
+	int rc;
+
+	for (int i = 0; i < p->nt; i++) {
+		const lmk_tensor *pt = &p->t[i];
+		snprintf(name, sizeof name, "%s/%s", prefix, pt->name);
+		if ((rc = find(st, path, name, LMK_F32, pt->n, &t)) < 0)
+			return rc;
+		if (t->ndim != pt->ndim || memcmp(t->shape, pt->shape, (size_t)pt->ndim * sizeof *pt->shape))
+			return lmk_err(LMK_EFORMAT, "%s: tensor '%s' has another shape than the model's", path, name);
+		memcpy(base + p->offset[i], t->data, (size_t)pt->n * sizeof(float));
+	}
+	return 0;
+}
+
+static int match_i64(const lmk_frame *st, const char *path, const char *key, int64_t now, const char *what)
+{
+	int64_t v;
+	int rc;
+	if ((rc = meta_i64(st, path, key, INT64_MIN, INT64_MAX, &v)) < 0)
+		return rc;
+	if (v != now)
+		return lmk_err(LMK_EINVAL, "%s: saved with %s %lld, this run has %lld", path, what,
+			       (long long)v, (long long)now);
+	return 0;
+}
+
+int lmk_trainer_restore(lmk_trainer *tr, const lmk_frame *st, const char *path)
+{
+	lmk_train_config saved;
+	const lmk_ftensor *t;
+	const char *h;
+	char hash[24];
+	int64_t v[3], nparam = 0;
+	double e;
+	lmk_tokdata_pos pos;
+	int rc;
+
+	if ((rc = lmk_train_state_config(st, path, &saved)) < 0)
+		return rc;
+	if (saved.batch != tr->cfg.batch)
+		return lmk_err(LMK_EINVAL, "%s: saved with batch %d, this run has %d", path, saved.batch, tr->cfg.batch);
+	if (saved.seq != tr->cfg.seq)
+		return lmk_err(LMK_EINVAL, "%s: saved with seq %d, this run has %d", path, saved.seq, tr->cfg.seq);
+	if (saved.accum != tr->cfg.accum)
+		return lmk_err(LMK_EINVAL, "%s: saved with accum %d, this run has %d", path, saved.accum, tr->cfg.accum);
+	if (saved.seed != tr->cfg.seed)
+		return lmk_err(LMK_EINVAL, "%s: saved with seed %" PRIu64 ", this run has %" PRIu64, path,
+			       saved.seed, tr->cfg.seed);
+	if (saved.val_frac != tr->cfg.val_frac)
+		return lmk_err(LMK_EINVAL, "%s: saved with val_frac %.17g, this run has %.17g", path,
+			       saved.val_frac, tr->cfg.val_frac);
+	if ((rc = match_i64(st, path, "data_tokens", tr->data->n, "data of tokens")) < 0 ||
+	    (rc = match_i64(st, path, "data_train_tokens", tr->data->ntrain, "training tokens")) < 0)
+		return rc;
+	snprintf(hash, sizeof hash, "%016" PRIx64, tr->data->hash);
+	h = lmk_frame_meta(st, "data_hash");
+	if (!h || strcmp(h, hash) != 0)
+		return lmk_err(LMK_EINVAL, "%s: saved with data of hash %s, this run's data (%s) has %s", path,
+			       h ? h : "(none)", tr->data->name, hash);
+
+	/* Every parameter tensor present, and no other. */
+	for (int i = 0; i < st->ntensors; i++)
+		if (strncmp(st->t[i].name, "param/", 6) == 0)
+			nparam++;
+	if (nparam != tr->params->nt)
+		return lmk_err(LMK_EFORMAT, "%s: %lld parameter tensors, the model has %d", path,
+			       (long long)nparam, tr->params->nt);
+	if ((rc = get_params(st, path, tr->params, tr->params->data, "param")) < 0 ||
+	    (rc = get_params(st, path, tr->params, tr->opt.m, "adamw.m")) < 0 ||
+	    (rc = get_params(st, path, tr->params, tr->opt.v, "adamw.v")) < 0)
+		return rc;
+
+	if ((rc = find(st, path, "step", LMK_I64, 1, &t)) < 0)
+		return rc;
+	memcpy(&tr->step, t->data, 8);
+	if ((rc = find(st, path, "adamw.t", LMK_I64, 1, &t)) < 0)
+		return rc;
+	memcpy(&tr->opt.t, t->data, 8);
+	if ((rc = find(st, path, "tokens", LMK_I64, 1, &t)) < 0)
+		return rc;
+	memcpy(&tr->tokens, t->data, 8);
+	if ((rc = find(st, path, "elapsed", LMK_F64, 1, &t)) < 0)
+		return rc;
+	memcpy(&e, t->data, 8);
+	tr->elapsed = e;
+	if (tr->step < 0 || tr->opt.t < 0)
+		return lmk_err(LMK_EFORMAT, "%s: negative step", path);
+
+	if ((rc = find(st, path, "rng.data", LMK_I64, 3, &t)) < 0)
+		return rc;
+	memcpy(v, t->data, 24);
+	pos.seed = (uint64_t)v[0];
+	pos.words = (uint64_t)v[1];
+	pos.windows = v[2];
+	lmk_tokdata_seek(tr->data, &pos);
+	if ((rc = find(st, path, "rng.ctx", LMK_I64, 2, &t)) < 0)
+		return rc;
+	memcpy(v, t->data, 16);
+	tr->ctx.seed = (uint64_t)v[0];
+	tr->ctx.counter = (uint64_t)v[1];
+	if ((rc = find(st, path, "rng.sample", LMK_I64, 2, &t)) < 0)
+		return rc;
+	memcpy(v, t->data, 16);
+	lmk_rng_init(&tr->sample_rng, (uint64_t)v[0]);
+	lmk_rng_seek(&tr->sample_rng, (uint64_t)v[1]);
+	return 0;
+}
+
+/* ---- signals ---- */
+
+static volatile sig_atomic_t caught;
+
+static void on_signal(int sig) { caught = sig; }
+
+int lmk_train_catch_signals(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	/* the second signal finds the default action again and ends the run */
+	sa.sa_flags = SA_RESETHAND | SA_RESTART;
+	if (sigaction(SIGINT, &sa, NULL) < 0 || sigaction(SIGTERM, &sa, NULL) < 0)
+		return lmk_err(LMK_EIO, "cannot catch signals: %s", strerror(errno));
+	return 0;
+}
+
+int lmk_train_signal(void) { return caught; }

@@ -1,0 +1,146 @@
+/* train.h: the parts of a language-model training loop that training programs
+ * share: hyperparameters, one optimizer step (gradient accumulation over
+ * micro-batches, clipping by global norm, the learning-rate schedule, AdamW),
+ * evaluation on the validation windows, the training state file that makes a
+ * resumed run continue bit for bit, and the stop flag of SIGINT/SIGTERM.
+ * The model enters only through a loss callback over a parameter buffer, so
+ * other token mixers, adapters (a smaller trainable lmk_params) and devices
+ * (the context's) reuse the same loop.
+ * The state file is one frame (kind lmk-training-state, schema 1): tensors
+ * "param/NAME", "adamw.m/NAME", "adamw.v/NAME" (F32, each parameter's shape),
+ * "step", "adamw.t", "tokens" (I64, 0-d), "elapsed" (F64, 0-d), "rng.data"
+ * (I64 (3): seed, words drawn, windows drawn), "rng.ctx" (I64 (2): the
+ * context's seed and counter), "rng.sample" (I64 (2): seed, words drawn);
+ * metadata: every field of lmk_train_config under its name, the data's
+ * "data_tokens", "data_train_tokens", "data_vocab" and "data_hash" (16 hex
+ * digits), and any entries the program adds.
+ * Owns: the optimizer, the batch buffers, the execution context.
+ * Needs: tensor, ops, optim, tokdata, frame, rng, err, OpenMP, OpenBLAS.
+ * Never: prints or exits. */
+#ifndef LMK_TRAIN_H
+#define LMK_TRAIN_H
+
+#include <stdint.h>
+
+#include "frame.h"
+#include "optim.h"
+#include "rng.h"
+#include "tensor.h"
+#include "tokdata.h"
+
+#define LMK_TRAIN_STATE_KIND "lmk-training-state"
+#define LMK_TRAIN_STATE_SCHEMA "1"
+#define LMK_TRAIN_STATE_FILE "training_state.safetensors"
+
+typedef struct lmk_train_config {
+	int batch;           /* B: windows per micro-batch */
+	int seq;             /* T: tokens a window predicts */
+	int accum;           /* micro-batches per optimizer step */
+	int64_t steps;       /* optimizer steps to reach */
+	int64_t decay_steps; /* the schedule's total (0: steps) */
+	float lr, min_lr;    /* peak and final learning rate */
+	int64_t warmup;      /* steps of linear warm-up */
+	lmk_sched_kind schedule;
+	float weight_decay, beta1, beta2, eps;
+	float grad_clip;     /* max global norm; 0: no clipping */
+	int64_t eval_every;  /* steps between evaluations (0: only the last) */
+	int eval_batches;    /* batches of B validation windows per evaluation */
+	int64_t save_every;  /* steps between saves (0: only the last) */
+	uint64_t seed;
+	double val_frac;
+	int threads;         /* OpenMP and OpenBLAS threads */
+} lmk_train_config;
+
+/* The defaults lla-train documents: batch 16, seq 128, accum 1, steps 1000,
+ * lr 1e-3 and min_lr 1e-4 (lr/10, as nanoGPT), warmup 100, cosine,
+ * weight_decay 0.1, betas (0.9, 0.95), eps 1e-8, grad_clip 1, eval_every
+ * 100, eval_batches 20, save_every 500, seed 1337, val_frac 0.1, threads 0
+ * (the number of processors). */
+void lmk_train_config_default(lmk_train_config *cfg);
+/* Checks ranges. @return : 0 or LMK_EINVAL naming the field */
+int lmk_train_config_check(const lmk_train_config *cfg);
+
+/* The model as the loop sees it: the mean cross-entropy of predicting
+ * targets (B,T) I32 from ids (B,T) I32, ignoring targets equal to -1;
+ * *count receives the number of targets counted (as lmk_cross_entropy). */
+typedef lmk_tensor *(*lmk_train_loss_fn)(void *model, lmk_ctx *c, lmk_tensor *ids,
+					 lmk_tensor *targets, int64_t *count);
+
+typedef struct lmk_trainer {
+	lmk_train_config cfg;
+	lmk_params *params;  /* trainable, with gradients */
+	void *model;
+	lmk_train_loss_fn loss;
+	lmk_tokdata *data;
+	lmk_adamw opt;
+	lmk_schedule sched;
+	lmk_ctx ctx;
+	int32_t *x, *y;      /* (B,T) the current micro-batch */
+	lmk_rng sample_rng;  /* for programs that sample at evaluations */
+	int64_t step;        /* optimizer steps done */
+	int64_t tokens;      /* training tokens seen */
+	double elapsed;      /* seconds spent in earlier runs (a resumed run) */
+} lmk_trainer;
+
+typedef struct lmk_train_stats {
+	double loss;         /* mean over the step's micro-batches */
+	double grad_norm;    /* before clipping */
+	float lr;
+} lmk_train_stats;
+
+/* Derived seeds, so that each random stream of a run (weights, data,
+ * sampling) is independent yet fixed by the one --seed: words 0 and 1 of
+ * Philox block 2^63 + stream of stream seed. Streams: 0 weights, 1 data,
+ * 2 sampling, 3 the context (dropout). */
+enum { LMK_TRAIN_SEED_WEIGHTS, LMK_TRAIN_SEED_DATA, LMK_TRAIN_SEED_SAMPLE, LMK_TRAIN_SEED_CTX };
+uint64_t lmk_train_subseed(uint64_t seed, int stream);
+
+/* Sets the threads of OpenMP and of OpenBLAS (n <= 0: the number of
+ * processors). @return : the number set */
+int lmk_train_set_threads(int n);
+
+/* Sets up a run at step 0: the optimizer over p, the schedule, a CPU
+ * context, the batch buffers, data's window generator and the sampling
+ * generator seeded from cfg->seed. data must already be split.
+ * @return : 0 or a negative code */
+int lmk_trainer_init(lmk_trainer *tr, const lmk_train_config *cfg, lmk_params *p, void *model,
+		     lmk_train_loss_fn loss, lmk_tokdata *data);
+void lmk_trainer_free(lmk_trainer *tr);
+
+/* One optimizer step: zero the gradients, accum micro-batches of forward
+ * and backward (each loss scaled by 1/accum), clip, AdamW at the schedule's
+ * learning rate for this step. After the first step it allocates nothing.
+ * @return : 0, LMK_ENUM when the loss is not finite (the weights are then
+ * left untouched), or another negative code */
+int lmk_trainer_step(lmk_trainer *tr, lmk_train_stats *st);
+
+/* The mean loss over the evaluation set (eval_batches * batch windows, or
+ * all validation windows if fewer), without gradients.
+ * @return : 0, or LMK_EINVAL when there is no validation window */
+int lmk_trainer_eval(lmk_trainer *tr, double *loss);
+
+/* Writes the state file at path atomically. extra: NULL or pairs of
+ * metadata key and value, ending with NULL. now_elapsed: seconds of this
+ * run, added to tr->elapsed. @return : 0 or a negative code naming path */
+int lmk_trainer_save(const lmk_trainer *tr, const char *path, double now_elapsed,
+		     const char *const *extra);
+
+/* Reads a state file: checks its kind and schema.
+ * @return : 0 or a negative code naming path */
+int lmk_train_state_read(const char *path, lmk_frame *st);
+/* The configuration saved in a state file. @return : 0 or LMK_EFORMAT */
+int lmk_train_state_config(const lmk_frame *st, const char *path, lmk_train_config *cfg);
+/* Continues tr (just initialised) from a state: weights, moments, step,
+ * every generator. Refuses a state whose batch, seq, accum, seed or
+ * val_frac differ from tr->cfg, whose data differ from tr->data, or whose
+ * parameters differ in name or shape, each with a message saying which.
+ * @return : 0 or a negative code naming path */
+int lmk_trainer_restore(lmk_trainer *tr, const lmk_frame *st, const char *path);
+
+/* SIGINT and SIGTERM set a flag instead of ending the process; a second
+ * one ends it as usual. @return : 0 or LMK_EIO */
+int lmk_train_catch_signals(void);
+/* @return : the number of the signal caught, or 0 */
+int lmk_train_signal(void);
+
+#endif
