@@ -1,0 +1,191 @@
+#!/bin/sh
+# lla-train.sh: the lla-train program from the shell: usage errors, a missing
+# data file, a tiny run from scratch on text (the first 20 KB of
+# tinyshakespeare, or a text made here), its checkpoint and metrics, the
+# same losses run to run (OpenBLAS and OpenMP deterministic at a fixed thread
+# count), and resuming bit for bit: after a planned stop (--decay-steps), a
+# SIGINT and a SIGKILL, the losses equal those of an uninterrupted run.
+# Prints TAP-like "ok N - ..." lines; exit 0 pass, 1 fail, 77 skip.
+set -u
+TRAIN=${LMK_BIN:-build/bin}/lla-train
+[ -x "$TRAIN" ] || { echo "lla-train.sh: no program $TRAIN" >&2; exit 77; }
+case $TRAIN in /*) ;; *) TRAIN=$PWD/$TRAIN ;; esac
+SHAKESPEARE=${LMK_DATA:-../shared/data}/text/tinyshakespeare.txt
+case $SHAKESPEARE in /*) ;; *) SHAKESPEARE=$PWD/$SHAKESPEARE ;; esac
+T=$(mktemp -d "${TMPDIR:-/tmp}/lla-train-test.XXXXXX") || exit 1
+trap 'rm -rf "$T"' EXIT
+trap 'exit 1' HUP INT TERM
+cd "$T" || exit 1
+# Spinning OpenMP threads starve OpenBLAS's on a shared 2-core machine.
+OMP_WAIT_POLICY=passive
+export OMP_WAIT_POLICY
+
+n=0 failed=0 rc=0
+run() { "$@" >out 2>err; rc=$?; }
+check() {
+	n=$((n + 1))
+	if eval "$2"; then
+		echo "ok $n - $1"
+	else
+		echo "not ok $n - $1"
+		failed=1
+		echo "#   condition: $2"
+		echo "#   exit status: $rc"
+		sed -n '1,15s/^/#   stdout: /p' out
+		sed -n '1,15s/^/#   stderr: /p' err
+	fi
+}
+skip() { n=$((n + 1)); echo "ok $n - $1 # SKIP $2"; }
+rc_is() { [ "$rc" -eq "$1" ]; }
+err_empty() { [ ! -s err ]; }
+out_has() { grep -qF -e "$1" out; }
+err_has() { grep -qF -e "$1" err; }
+err_one_line() { [ "$(wc -l <err)" -eq 1 ] && grep -q '^lla-train: ' err && grep -qF -e "$1" err; }
+# "step loss" of each training line of a metrics file, each step once (a
+# step done twice with the same loss, as after a SIGKILL, counts once)
+losses() { sed -n 's/^{"step":\([0-9]*\),"loss":\([^,}]*\).*/\1 \2/p' "$1" | sort -n -u; }
+vals() { sed -n 's/^{"step":\([0-9]*\),.*"val_loss":\([^,}]*\).*/\1 \2/p' "$1" | sort -n -u; }
+# same_run A B: every step's loss and val loss in B equal those in A
+same_run() {
+	losses "$1" >l1; losses "$2" >l2; vals "$1" >v1; vals "$2" >v2
+	[ -s l1 ] && cmp -s l1 l2 && cmp -s v1 v2
+}
+# wait_lines FILE N PID: until FILE has N lines or PID is gone
+wait_lines() {
+	while kill -0 "$3" 2>/dev/null; do
+		[ -f "$1" ] && [ "$(wc -l <"$1")" -ge "$2" ] && return 0
+		sleep 0.05
+	done
+	return 1
+}
+json_ok() {
+	if command -v python3 >/dev/null 2>&1; then
+		python3 -c 'import json, sys
+for l in open(sys.argv[1]): json.loads(l)' "$1"
+	else
+		[ "$(grep -c '^{"step":[0-9]*,.*}$' "$1")" -eq "$(wc -l <"$1")" ]
+	fi
+}
+
+if [ -r "$SHAKESPEARE" ]; then
+	head -c 20000 "$SHAKESPEARE" >text.txt
+else
+	awk 'BEGIN { for (i = 0; i < 600; i++) printf "line %d: the quick brown fox jumps over the lazy dog\n", i * 7 % 101 }' >text.txt
+fi
+TINY="--data text.txt --hidden 32 --layers 2 --heads 2 --batch 4 --seq 32 --warmup 5 --eval-every 10 --eval-batches 4 --threads 2 --seed 7"
+
+# --- usage ---
+run "$TRAIN" -h
+check "-h: usage on stdout, exit 0" 'rc_is 0 && out_has "usage: lla-train" && out_has "--resume" && err_empty'
+run "$TRAIN" --version
+check "--version" 'rc_is 0 && out_has "lla-train (lmk)"'
+run "$TRAIN" --data text.txt --steps x
+check "bad number: exit 2" 'rc_is 2 && err_has "option '"'"'--steps'"'"' needs a whole number"'
+run "$TRAIN" --data text.txt --bogus
+check "unknown option: exit 2" 'rc_is 2 && err_has "unknown option '"'"'--bogus'"'"'"'
+run "$TRAIN" --data text.txt --steps
+check "missing argument: exit 2" 'rc_is 2 && err_has "needs an argument"'
+run "$TRAIN" --data text.txt --mixer mamba
+check "--mixer other than attention: not built yet, exit 2" 'rc_is 2 && err_has "'"'"'mamba'"'"' is not built yet"'
+run "$TRAIN" --data text.txt --schedule sawtooth
+check "bad schedule: exit 2" 'rc_is 2 && err_has "cosine, linear or constant"'
+run "$TRAIN" --steps 3
+check "no --data: exit 2" 'rc_is 2 && err_has "no training data"'
+run "$TRAIN" --resume
+check "--resume without --out: exit 2" 'rc_is 2 && err_has "--resume needs --out"'
+run "$TRAIN" --data text.txt --heads 3 --hidden 32
+check "hidden not a multiple of heads: exit 2" 'rc_is 2 && err_has "not a multiple of --heads"'
+run "$TRAIN" --data no-such-file.txt --steps 3
+check "missing data file: exit 1, one line naming it" 'rc_is 1 && err_one_line "no-such-file.txt"'
+printf 'too short' >short.txt
+run "$TRAIN" --data short.txt --steps 3 --seq 32
+check "data shorter than a window: exit 1, one line" 'rc_is 1 && err_one_line "short.txt: 9 training tokens"'
+run "$TRAIN" $TINY --vocab 100 --steps 1
+check "--vocab below the data's: exit 1" 'rc_is 1 && err_one_line "beyond the model'"'"'s vocabulary of 100"'
+
+# --- a tiny run from scratch ---
+run "$TRAIN" $TINY --steps 40 --out a --metrics a.jsonl --sample 16
+check "tiny run: exit 0" 'rc_is 0'
+check "tiny run: summary and evaluation lines on stderr" 'err_has "lla-train: done: step 40" && err_has "step 20/40: train loss" && err_has "val loss"'
+check "tiny run: samples on stderr" 'err_has "sample at step 40:"'
+check "tiny run: checkpoint and training state written" '[ -s a/config.json ] && [ -s a/model.safetensors ] && [ -s a/training_state.safetensors ] && ! ls a/.*tmp* >/dev/null 2>&1'
+check "tiny run: config has the shape asked for" 'grep -q "\"hidden_size\": 32" a/config.json && grep -q "\"vocab_size\": 259" a/config.json'
+check "metrics: 41 lines of JSON" '[ "$(wc -l <a.jsonl)" -eq 41 ] && json_ok a.jsonl'
+check "metrics: loss, val_loss, lr, grad_norm, tokens_per_s, elapsed" 'grep -q "^{\"step\":40,\"loss\":[0-9.e-]*,\"val_loss\":[0-9.e-]*,\"lr\":[0-9.e-]*,\"grad_norm\":[0-9.e-]*,\"tokens_per_s\":[0-9.e+-]*,\"elapsed\":[0-9.e-]*}$" a.jsonl'
+first=$(vals a.jsonl | head -1 | cut -d" " -f2) last=$(vals a.jsonl | tail -1 | cut -d" " -f2)
+check "the validation loss falls (ln 259 = 5.56 at first)" 'awk -v a="$first" -v b="$last" "BEGIN { exit !(a > 5.4 && a < 5.7 && b < a - 0.3) }"'
+run "$TRAIN" $TINY --steps 40 --out a
+check "a new run into a directory with a run: exit 1" 'rc_is 1 && err_one_line "already holds a training run"'
+run "$TRAIN" --resume --out a --steps 40
+check "resume at --steps: nothing to do, exit 0" 'rc_is 0 && err_has "already at step 40"'
+run "$TRAIN" $TINY --steps 40 --quiet --metrics q.jsonl
+check "--quiet: nothing on stderr, same losses run to run" 'rc_is 0 && err_empty && same_run a.jsonl q.jsonl'
+
+# --- resume: the uninterrupted reference, then three ways of stopping ---
+run "$TRAIN" $TINY --steps 120 --quiet --out ref --metrics ref.jsonl
+check "reference run of 120 steps" 'rc_is 0 && [ "$(losses ref.jsonl | wc -l)" -eq 120 ]'
+
+run "$TRAIN" $TINY --steps 60 --decay-steps 120 --quiet --out p --metrics p.jsonl
+check "planned stop at 60 of 120: exit 0" 'rc_is 0 && [ "$(losses p.jsonl | wc -l)" -eq 60 ]'
+run "$TRAIN" --resume --out p --steps 120 --quiet --metrics p.jsonl
+check "resumed to 120: every loss equals the reference's" 'rc_is 0 && same_run ref.jsonl p.jsonl'
+run "$TRAIN" --resume --out p --steps 130 --batch 8
+check "resume with another --batch: exit 1 naming it" 'rc_is 1 && err_one_line "saved with batch 4, this run has 8"'
+run "$TRAIN" --resume --out p --steps 130 --hidden 64
+check "resume with a model option: exit 2" 'rc_is 2 && err_has "cannot be used with --resume"'
+
+"$TRAIN" $TINY --steps 120 --quiet --out s --metrics s.jsonl --save-every 1000 >out 2>err &
+pid=$!
+if wait_lines s.jsonl 30 "$pid"; then
+	kill -INT "$pid"
+	wait "$pid"
+	rc=$?
+	check "SIGINT: saved and stopped, exit 130" 'rc_is 130 && err_has "stopped by signal 2" && err_has "saved in s" && [ -s s/training_state.safetensors ]'
+	run "$TRAIN" --resume --out s --quiet --metrics s.jsonl
+	check "resumed after SIGINT: every loss equals the reference's" 'rc_is 0 && same_run ref.jsonl s.jsonl'
+else
+	wait "$pid"
+	skip "SIGINT" "the run ended before the signal"
+fi
+
+"$TRAIN" $TINY --steps 120 --quiet --out k --metrics k.jsonl --save-every 10 >out 2>err &
+pid=$!
+if wait_lines k.jsonl 35 "$pid"; then
+	kill -KILL "$pid"
+	{ wait "$pid"; } 2>/dev/null
+	rc=$?
+	check "SIGKILL: killed, a training state in place" 'rc_is 137 && [ -s k/training_state.safetensors ]'
+	run "$TRAIN" --resume --out k --quiet --metrics k.jsonl
+	check "resumed after SIGKILL: every loss equals the reference's" 'rc_is 0 && same_run ref.jsonl k.jsonl'
+else
+	wait "$pid"
+	skip "SIGKILL" "the run ended before the signal"
+fi
+
+# --- token frames ---
+if command -v python3 >/dev/null 2>&1; then
+	python3 - <<'PY'
+import json, struct
+data = open("text.txt", "rb").read()
+def frame(ids, meta):
+    h = {"__metadata__": meta, "tokens": {"dtype": "U16", "shape": [len(ids)], "data_offsets": [0, 2 * len(ids)]}}
+    j = json.dumps(h).encode()
+    j += b" " * (-len(j) % 8)
+    return struct.pack("<Q", len(j)) + j + struct.pack("<%dH" % len(ids), *ids)
+half = len(data) // 2
+with open("tok.bin", "wb") as f:
+    f.write(frame(list(data[:half]), {"kind": "tokens", "vocab_size": "300"}))
+    f.write(frame(list(data[half:]), {"kind": "tokens", "vocab_size": "300"}))
+with open("img.safetensors", "wb") as f:
+    f.write(frame([1, 2, 3], {"kind": "image"}))
+PY
+	run "$TRAIN" $TINY --data tok.bin --steps 10 --out f --quiet --metrics f.jsonl
+	check "token frames (U16, two frames): trains, vocabulary from vocab_size" 'rc_is 0 && grep -q "\"vocab_size\": 300" f/config.json && [ "$(losses f.jsonl | wc -l)" -eq 10 ]'
+	run "$TRAIN" $TINY --data img.safetensors --steps 3
+	check "a frame of another kind: exit 1, one line" 'rc_is 1 && err_one_line "img.safetensors: frame 0: kind '"'"'image'"'"', expected '"'"'tokens'"'"'"'
+else
+	skip "token frames" "no python3 to write them"
+fi
+
+[ $failed -eq 0 ] || exit 1
+exit 0
