@@ -65,7 +65,14 @@ typedef struct lmk_gguf {
 	const unsigned char *map;
 	size_t size;
 	void *heap;          /* when the file was read, not mapped */
+	int mapped;          /* map came from mmap and close unmaps it */
+	uint64_t data_offset; /* start of the data section in the file */
 } lmk_gguf;
+
+/* Nested arrays (arrays of arrays) are parsed and skipped down to this
+ * depth; their kv has atype ARRAY, data at the first nested array's header
+ * and no parsed elements. */
+#define LMK_GGUF_MAX_DEPTH 8
 
 /* Maps path and parses it. @return : 0, or a negative code with a message
  * naming the file, the key or tensor, and what was wrong */
@@ -84,11 +91,29 @@ int lmk_gguf_get_f32(const lmk_gguf *g, const char *key, float *v);
 /* A malloc'ed NUL-terminated copy of a STRING value. */
 int lmk_gguf_get_str(const lmk_gguf *g, const char *key, char **v);
 
+/* Array elements. @return : the i-th string of a STRING array (NULL when kv
+ * is not one or i is out of range) */
+const lmk_gguf_str *lmk_gguf_arr_str(const lmk_gguf_kv *kv, uint64_t i);
+/* The i-th element of an array of integers (or BOOL) or of floats.
+ * @return : 0, or LMK_EFORMAT (wrong type, out of range, does not fit) */
+int lmk_gguf_arr_i64(const lmk_gguf_kv *kv, uint64_t i, int64_t *v);
+int lmk_gguf_arr_f32(const lmk_gguf_kv *kv, uint64_t i, float *v);
+/* @return : bytes of one scalar of value type t, 0 for STRING, ARRAY and
+ * unknown types */
+size_t lmk_gguf_vtype_size(int t);
+const char *lmk_gguf_vtype_name(int t);
+/* @return : the number of elements of t (1 for 0-d) */
+int64_t lmk_gguf_tensor_numel(const lmk_gguf_tensor *t);
+
 /* @return : elements per block and bytes per block of a tensor type, 0 if
- * the type is not supported */
+ * the type is unknown. Every ggml type that gguf-py knows has sizes, so that
+ * files with other quantizations still open; only the types listed at the
+ * top can be dequantized (lmk_ggml_can_dequantize). */
 int lmk_ggml_block_elems(int type);
 size_t lmk_ggml_block_bytes(int type);
 const char *lmk_ggml_type_name(int type);
+/* @return : 1 if lmk_ggml_dequantize handles type, else 0 */
+int lmk_ggml_can_dequantize(int type);
 /* Dequantizes n elements (a multiple of the block size) of type from src.
  * @return : 0, or LMK_EUNSUP for a type not listed above */
 int lmk_ggml_dequantize(int type, const void *src, float *dst, int64_t n);
