@@ -4,6 +4,8 @@
  * whose backward adds (+=) into the inputs' gradients. Any NULL input makes
  * an op return NULL at once, so forward code may chain calls and test only
  * the final result; the first failure's message is the one recorded.
+ * The tape keeps pointers to an op's inputs (and to memory they wrap), so
+ * these must stay valid until the step's backward has run.
  * Backends: the CPU kernels of ops_cpu.h are the specification; a CUDA
  * build dispatches to cuda/ when c->dev is LMK_DEV_CUDA.
  * Shape letters: B batch, T time, C channels, H query heads, K key/value

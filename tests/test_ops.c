@@ -1142,8 +1142,9 @@ END_TEST
 
 /* -------------------------------------------- threads and error paths */
 
-/* Runs a small graph of the ops with parallel paths (sizes above the
- * one-thread limit) and copies every gradient into g. */
+/* Runs a small graph of the ops with every parallel path taken (N*C above
+ * the one-thread limit of ops_cpu.c, several column blocks) and copies every
+ * gradient and the loss into g. */
 static void run_graph(int threads, float *g, int64_t *ng)
 {
 	lmk_ctx c;
@@ -1151,7 +1152,7 @@ static void run_graph(int threads, float *g, int64_t *ng)
 	omp_set_num_threads(threads);
 	ck_assert_int_eq(lmk_ctx_init(&c, LMK_DEV_CPU), 0);
 	lmk_rng_init(&rng, 23);
-	int64_t B = 2, T = 48, C = 160, H = 4, K = 2, D = 40, V = 301;
+	int64_t B = 2, T = 64, C = 160, H = 4, K = 2, D = 40, V = 301;
 	lmk_tensor *wte = lmk_tensor_new(&c, LMK_F32, 2, (int64_t[]){V, C}, 1);
 	lmk_tensor *wq = lmk_tensor_new(&c, LMK_F32, 2, (int64_t[]){H * D, C}, 1);
 	lmk_tensor *wk = lmk_tensor_new(&c, LMK_F32, 2, (int64_t[]){K * D, C}, 1);
@@ -1160,8 +1161,8 @@ static void run_graph(int threads, float *g, int64_t *ng)
 	lmk_tensor *ws[] = {wte, wq, wk, ln, lb};
 	for (int i = 0; i < 5; i++)
 		fill(ws[i], &rng, 0.5f);
-	int32_t ids[96], tg[96];
-	for (int i = 0; i < 96; i++) {
+	int32_t ids[128], tg[128];
+	for (int i = 0; i < 128; i++) {
 		ids[i] = (i * 37) % 50; /* repeats */
 		tg[i] = (i * 11) % (int)V;
 	}
