@@ -15,6 +15,7 @@
  * Shape letters: C hidden, H heads, K kv heads, D head dim, F intermediate,
  * V vocabulary, L layers. */
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,6 +72,78 @@ static int add_eos(lmk_llama_config *cfg, int id)
 			return 0;
 	if (cfg->neos < LMK_MAX_EOS)
 		cfg->eos_token_id[cfg->neos++] = id;
+	return 0;
+}
+
+/* llama.cpp stores Llama 3 rope scaling not as keys but as the tensor
+ * rope_freqs (D/2 factors that divide each rotary frequency), computed by
+ * its converter from factor, low_freq_factor, high_freq_factor and
+ * original_max_position_embeddings as transformers' llama3 rope does:
+ * 1 for wavelengths below orig/high, factor above orig/low, and
+ * 1 / ((1 - s) / factor + s) with s = (orig / wavelength - low) / (high -
+ * low) between. We recover the parameters (factor from the lowest
+ * frequency, low 1 and high 4 as in every Llama 3 release, orig from a
+ * factor in the smooth band, else llama.rope.scaling.original_context_length
+ * or 8192) and accept them only if they reproduce every factor. */
+static int llama3_from_factors(const lmk_gguf *g, const lmk_gguf_tensor *rf, lmk_llama_config *cfg)
+{
+	const int n = cfg->head_dim / 2;
+	const double low = 1, high = 4, pi = 3.14159265358979323846;
+	float f[512];
+	int rc;
+
+	if (n > 512 || lmk_gguf_tensor_numel(rf) != n || rf->ne[0] != n)
+		return lmk_err(LMK_EFORMAT, "%s: tensor 'rope_freqs.weight': expected ne [%d], found [%lld, %lld]",
+			       g->path, n, (long long)rf->ne[0], (long long)rf->ne[1]);
+	if ((rc = lmk_gguf_tensor_f32(rf, f)))
+		return lmk_err_wrap(rc, "%s", g->path);
+	int ones = 1;
+	for (int i = 0; i < n; i++)
+		ones &= f[i] == 1.0f;
+	if (ones)
+		return 0;
+	if (cfg->rope_scaling.type != LMK_ROPE_NONE)
+		return lmk_err(LMK_EUNSUP, "%s: tensor 'rope_freqs.weight': rope factors together with linear rope scaling are not supported",
+			       g->path);
+	double factor = f[n - 1], orig = -1;
+	if (!(factor > 1 && factor < 1e6))
+		return lmk_err(LMK_EUNSUP, "%s: tensor 'rope_freqs.weight': expected llama 3 rope factors, found %g for the lowest frequency",
+			       g->path, factor);
+	for (int i = 0; i < n && orig < 0; i++) {
+		double inv = pow(cfg->rope_theta, -2.0 * i / cfg->head_dim), wl = 2 * pi / inv;
+		if (fabs(f[i] - 1) > 1e-6 && fabs(f[i] - factor) > 1e-6 * factor) {
+			double smooth = (1 / (double)f[i] - 1 / factor) / (1 - 1 / factor);
+			orig = nearbyint(wl * (smooth * (high - low) + low));
+		}
+	}
+	if (orig < 0) {
+		int o;
+		if ((rc = get_int(g, "llama.rope.scaling.original_context_length", 1, 8192, &o)))
+			return rc;
+		orig = o;
+	}
+	if (!(orig >= 1 && orig <= INT_MAX))
+		return lmk_err(LMK_EUNSUP, "%s: tensor 'rope_freqs.weight': factors do not follow llama 3 rope scaling",
+			       g->path);
+	for (int i = 0; i < n; i++) {
+		double inv = pow(cfg->rope_theta, -2.0 * i / cfg->head_dim), wl = 2 * pi / inv, want;
+		if (wl < orig / high)
+			want = 1;
+		else if (wl > orig / low)
+			want = factor;
+		else {
+			double smooth = (orig / wl - low) / (high - low);
+			want = 1 / ((1 - smooth) / factor + smooth);
+		}
+		if (!(fabs(f[i] - want) <= 1e-4 * want))
+			return lmk_err(LMK_EUNSUP, "%s: tensor 'rope_freqs.weight': factor %d is %g where llama 3 rope scaling (factor %g, low 1, high 4, original context %.0f) gives %g",
+				       g->path, i, (double)f[i], factor, orig, want);
+	}
+	cfg->rope_scaling.type = LMK_ROPE_LLAMA3;
+	cfg->rope_scaling.factor = (float)factor;
+	cfg->rope_scaling.low_freq_factor = (float)low;
+	cfg->rope_scaling.high_freq_factor = (float)high;
+	cfg->rope_scaling.original_max_pos = (int)orig;
 	return 0;
 }
 
@@ -158,9 +231,9 @@ int lmk_gguf_llama_config(const lmk_gguf *g, lmk_llama_config *cfg)
 			cfg->rope_scaling.factor = f;
 		}
 	}
-	if (lmk_gguf_find_tensor(g, "rope_freqs.weight"))
-		return lmk_err(LMK_EUNSUP, "%s: tensor 'rope_freqs.weight': per-frequency rope factors (llama 3 rope scaling) are not supported",
-			       g->path);
+	const lmk_gguf_tensor *rf = lmk_gguf_find_tensor(g, "rope_freqs.weight");
+	if (rf && (rc = llama3_from_factors(g, rf, cfg)))
+		return rc;
 
 	/* vocabulary: the explicit key, the token list, or the embedding */
 	const lmk_gguf_kv *toks = lmk_gguf_find(g, "tokenizer.ggml.tokens");
@@ -298,6 +371,9 @@ int lmk_gguf_llama_load(const lmk_gguf *g, lmk_llama *m, int trainable)
 				goto fail;
 		}
 	}
+	const lmk_gguf_tensor *rf = lmk_gguf_find_tensor(g, "rope_freqs.weight");
+	if (rf)
+		used[rf - g->t] = 1; /* read by the config */
 	for (int i = 0; i < g->ntensors; i++)
 		if (!used[i]) {
 			rc = lmk_err(LMK_EFORMAT, "%s: tensor '%.100s': not part of a llama model of this config",

@@ -21,8 +21,10 @@
  * is no output.weight; attention_bias / mlp_bias when blk.0.attn_q.bias /
  * blk.0.ffn_gate.bias exist; bos from tokenizer.ggml.bos_token_id (else -1),
  * eos from tokenizer.ggml.eos_token_id plus eot_token_id and eom_token_id
- * when they differ. Llama 3 rope scaling stored as a rope_freqs tensor is
- * refused (LMK_EUNSUP).
+ * when they differ. Llama 3 rope scaling, which llama.cpp stores as the
+ * tensor rope_freqs.weight, becomes rope_scaling llama3 when its factors
+ * match that scheme with low_freq_factor 1 and high_freq_factor 4 (every
+ * Llama 3 release), else LMK_EUNSUP.
  * @return : 0, LMK_EUNSUP (another architecture or an unsupported feature)
  * or LMK_EFORMAT, with a message naming the file and the key */
 int lmk_gguf_llama_config(const lmk_gguf *g, lmk_llama_config *cfg);

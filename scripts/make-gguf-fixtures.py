@@ -31,6 +31,8 @@ Files written to OUTDIR:
                             tensors F16, 1-D ones F32.
   tiny-llama-tied.gguf      the same without output.weight and without
                             biases (tied embeddings).
+  llama3-rope.gguf          the tiny Llama's metadata and a rope_freqs.weight
+                            tensor for Llama 3 rope scaling (no weights).
   tiny-llama.safetensors    the Hugging Face tensors (names and (out, in)
                             layout) that both GGUF files must load back to,
                             rounded through f16 where the GGUF stores f16.
@@ -39,14 +41,15 @@ The script checks its own permutation against transformers' reverse one
 (LlamaTensorProcessor._reverse_permute_weights) when transformers is there.
 Seeds are fixed: running it again writes the same bytes.
 """
+import json
 import os
+import struct
 import sys
 
 import numpy as np
 import gguf
 from gguf import GGMLQuantizationType as QT
 from gguf.quants import dequantize, quantize
-from safetensors.numpy import save_file
 
 ROWS = 3
 QCOLS = 512
@@ -182,6 +185,22 @@ def permute(w, n_head):
             .swapaxes(1, 2).reshape(w.shape))
 
 
+def save_safetensors(path, tensors, metadata):
+    """safetensors.numpy.save_file orders __metadata__ differently from run
+    to run; this writes the same format with a stable header (keys sorted,
+    padded with spaces to a multiple of 8 as the reference does)."""
+    header, off, blobs = {"__metadata__": metadata}, 0, []
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name], dtype="<f4")
+        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [off, off + a.nbytes]}
+        off += a.nbytes
+        blobs.append(a.tobytes())
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-(8 + len(h)) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
 def write_tiny_llama(out, rng):
     hf = {}
 
@@ -213,8 +232,8 @@ def write_tiny_llama(out, rng):
     for k, v in hf.items():
         if v.ndim == 2:
             hf[k] = v.astype(np.float16).astype(np.float32)
-    save_file(hf, os.path.join(out, "tiny-llama.safetensors"),
-              metadata={"kind": "gguf-llama-fixture", "version": "1"})
+    save_safetensors(os.path.join(out, "tiny-llama.safetensors"), hf,
+                     {"kind": "gguf-llama-fixture", "version": "1"})
 
     names = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q",
              "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
@@ -280,6 +299,44 @@ def write_tiny_llama(out, rng):
             assert np.array_equal(x, hf[f"model.layers.{i}.self_attn.{src}.{kind}"]), t.name
 
 
+def write_llama3_rope(out):
+    """Metadata of the tiny Llama plus rope_freqs.weight as llama.cpp's
+    converter computes it for rope_scaling llama3 (factor 8, low_freq_factor
+    1, high_freq_factor 4, original_max_position_embeddings 64): with head
+    dim 8 and theta 10000 the four frequencies fall one in the high band,
+    one in the smooth band and two in the low band."""
+    import math
+    factor, low, high, orig = 8.0, 1.0, 4.0, 64
+    freqs = 1.0 / (10000.0 ** (np.arange(0, D, 2, dtype=np.float32) / D))
+    rf = []
+    for f in freqs:
+        wl = 2 * math.pi / f
+        if wl < orig / high:
+            rf.append(1.0)
+        elif wl > orig / low:
+            rf.append(factor)
+        else:
+            smooth = (orig / wl - low) / (high - low)
+            rf.append(1 / ((1 - smooth) / factor + smooth))
+    assert 1.0 < rf[1] < factor and rf[0] == 1.0 and rf[3] == factor, rf
+    w = gguf.GGUFWriter(os.path.join(out, "llama3-rope.gguf"), "llama")
+    w.add_block_count(L)
+    w.add_context_length(512)
+    w.add_embedding_length(C)
+    w.add_feed_forward_length(F)
+    w.add_head_count(H)
+    w.add_head_count_kv(K)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(V)
+    w.add_rope_dimension_count(D)
+    w.add_tensor("rope_freqs.weight", np.array(rf, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/gguf"
     os.makedirs(out, exist_ok=True)
@@ -287,6 +344,7 @@ def main():
     write_type_fixtures(out, rng)
     write_meta(out)
     write_tiny_llama(out, rng)
+    write_llama3_rope(out)
     total = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
     print(f"make-gguf-fixtures: wrote {len(os.listdir(out))} files, {total} bytes, to {out}")
 

@@ -809,6 +809,51 @@ START_TEST(test_llama_refused)
 }
 END_TEST
 
+START_TEST(test_llama3_rope)
+{
+	size_t len;
+	unsigned char *p = slurp(fixture("llama3-rope.gguf"), &len), *keep;
+	lmk_gguf g;
+	lmk_llama_config cfg;
+
+	ck_assert_msg(parse_exact(p, len, &g, &keep) == 0, "%s", lmk_errmsg());
+	ck_assert_msg(lmk_gguf_llama_config(&g, &cfg) == 0, "%s", lmk_errmsg());
+	ck_assert_int_eq(cfg.rope_scaling.type, LMK_ROPE_LLAMA3);
+	ck_assert(cfg.rope_scaling.factor == 8.0f);
+	ck_assert(cfg.rope_scaling.low_freq_factor == 1.0f);
+	ck_assert(cfg.rope_scaling.high_freq_factor == 4.0f);
+	ck_assert_int_eq(cfg.rope_scaling.original_max_pos, 64);
+	ck_assert_int_eq(cfg.max_position_embeddings, 512);
+	const lmk_gguf_tensor *t = lmk_gguf_find_tensor(&g, "rope_freqs.weight");
+	size_t at = (size_t)((const unsigned char *)t->data - g.map);
+	/* our llama3 rope gives the frequencies llama.cpp divides by the factors */
+	float rf[4];
+	lmk_rope r;
+	ck_assert_int_eq(lmk_gguf_tensor_f32(t, rf), 0);
+	ck_assert_int_eq(lmk_rope_init(&r, 8, 10000.0f, &cfg.rope_scaling), 0);
+	for (int i = 0; i < 4; i++) {
+		double want = pow(10000.0, -2.0 * i / 8) / rf[i];
+		ck_assert_msg(fabs(r.inv_freq[i] - want) <= 1e-6 * want, "inv_freq[%d] %g vs %g", i,
+			      (double)r.inv_freq[i], want);
+	}
+	lmk_rope_free(&r);
+	lmk_gguf_close(&g);
+	free(keep);
+
+	/* a factor off the llama 3 curve is refused, not approximated */
+	float f;
+	memcpy(&f, p + at + 4, 4);
+	f *= 1.01f;
+	memcpy(p + at + 4, &f, 4);
+	ck_assert_int_eq(parse_exact(p, len, &g, &keep), 0);
+	ck_assert_int_eq(lmk_gguf_llama_config(&g, &cfg), LMK_EUNSUP);
+	ck_assert_ptr_nonnull(strstr(lmk_errmsg(), "x.gguf: tensor 'rope_freqs.weight': factor 1 is"));
+	lmk_gguf_close(&g);
+	free(keep);
+	free(p);
+}
+END_TEST
+
 #define SMOL "models/smollm2-135m-instruct.gguf"
 
 START_TEST(test_smollm2)
@@ -897,6 +942,7 @@ int main(void)
 	tcase_set_timeout(tc, 300);
 	tcase_add_test(tc, test_llama_tiny);
 	tcase_add_test(tc, test_llama_refused);
+	tcase_add_test(tc, test_llama3_rope);
 	tcase_add_test(tc, test_smollm2);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
