@@ -29,6 +29,8 @@ int lmk_cuda_init(void **backend, int device);
 void lmk_cuda_free(void *backend);
 /* Waits for the context's stream. @return : 0 or LMK_EDEVICE */
 int lmk_cuda_sync(void *backend);
+/* @return : the context's stream (a cudaStream_t), for kernel launches */
+void *lmk_cuda_stream(void *backend);
 
 #ifdef __cplusplus
 }

@@ -87,3 +87,8 @@ extern "C" int lmk_cuda_sync(void *backend)
 	LMK_CK(cudaStreamSynchronize(b->stream));
 	return 0;
 }
+
+extern "C" void *lmk_cuda_stream(void *backend)
+{
+	return ((lmk_cuda_backend *)backend)->stream;
+}
