@@ -10,6 +10,7 @@
 #include <unistd.h>
 #include <fcntl.h>
 
+#include "err.h"
 #include "frame.h"
 
 #define CHECK(c) do { if (!(c)) __builtin_trap(); } while (0)
@@ -96,6 +97,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (lmk_frame_parse(data, size, "fuzz", &f) == 0) {
 		sink += touch(&f);
+		roundtrip(&f, 0);
+		/* a read frame grows like a built one */
+		int64_t shape[2] = {1, (int64_t)(size < 12 ? size : 12)};
+		int rc = lmk_frame_add_copy(&f, "fuzz.extra", LMK_U8, 2, shape, data);
+		CHECK(rc == 0 || (rc == LMK_EINVAL && lmk_frame_find(&f, "fuzz.extra")));
+		CHECK(lmk_frame_set_meta(&f, "fuzz.key", "v") == 0);
 		roundtrip(&f, 0);
 		lmk_frame_free(&f);
 	} else {

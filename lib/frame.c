@@ -612,6 +612,7 @@ static int parse_header(const char *file, int idx, const char *buf, size_t n,
 	}
 	free(f->t);
 	f->t = ts;
+	f->cap = nt > 0 ? nt : 1;
 out:
 	json_decref(root);
 	return rc;
