@@ -955,7 +955,7 @@ START_TEST(test_valid_variants)
 	ck_assert_int_eq(memcmp(lmk_frame_find(&f, "b")->data, b.p + b.n - 6, 4), 0);
 	/* a read frame can be added to and written again */
 	for (int i = 0; i < 9; i++) {
-		char name[8];
+		char name[16];
 		snprintf(name, sizeof name, "n%d", i);
 		ck_assert_int_eq(lmk_frame_add_copy(&f, name, LMK_I32, 0, NULL, &i), 0);
 		ck_assert_int_eq(lmk_frame_set_meta(&f, name, "v"), 0);
