@@ -73,7 +73,9 @@ int lmk_frame_keep(lmk_frame *dst, const lmk_frame *src);
  * number of concatenated members); a plain regular file of 1 MiB or more is
  * mapped (tensors then point into the mapping: truncating the file while a
  * frame is alive is undefined, as with any mapping). Tensors without data
- * point to a static empty buffer, never NULL. */
+ * point to a static empty buffer, never NULL. As in safetensors, fields of
+ * a tensor entry other than dtype, shape and data_offsets are ignored, and
+ * "__metadata__": null means no metadata. */
 typedef struct lmk_reader lmk_reader;
 /* path "-" reads standard input (messages call it "<stdin>").
  * @return : 0, or LMK_EIO with a message naming the path */
