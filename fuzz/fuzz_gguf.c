@@ -2,13 +2,14 @@
  * memory (lmk_gguf_parse); when it parses, every metadata value is read
  * through the getters, every byte a value or tensor points at is touched
  * (ASan checks it lies inside the input), every tensor of a type we can
- * dequantize is dequantized, and a Llama config is read from it; when that
+ * dequantize is dequantized (float32 and bf16), and a Llama config is read from it; when that
  * config describes a small model, the model is loaded too. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "dtype.h"
 #include "err.h"
 #include "gguf.h"
 #include "gguf_llama.h"
@@ -115,6 +116,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		for (int k = 0; k < 4; k++)
 			CHECK(y[n + k] == 12345.0f);
 		sink += touch(y, (size_t)n * sizeof *y);
+		uint16_t *h = malloc((size_t)(n + 1) * sizeof *h);
+		CHECK(h != NULL);
+		CHECK(lmk_gguf_tensor_bf16(t, h) == 0);
+		for (int64_t k = 0; k < n; k++)
+			CHECK(h[k] == lmk_f32_to_bf16(y[k]) || (isnan(y[k]) && t->type == LMK_GGML_BF16));
+		free(h);
 		free(y);
 	}
 

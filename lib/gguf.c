@@ -351,6 +351,45 @@ int lmk_gguf_tensor_f32(const lmk_gguf_tensor *t, float *dst)
 	return 0;
 }
 
+int lmk_gguf_tensor_bf16(const lmk_gguf_tensor *t, uint16_t *dst)
+{
+	if (!lmk_ggml_can_dequantize(t->type))
+		return lmk_err(LMK_EUNSUP, "tensor '%s': cannot dequantize ggml type %s (%d)",
+			       t->name, lmk_ggml_type_name(t->type), t->type);
+	int64_t numel = lmk_gguf_tensor_numel(t), row = t->ne[0];
+	if (numel == 0)
+		return 0;
+	if (t->type == LMK_GGML_BF16) {
+		memcpy(dst, t->data, t->nbytes);
+		return 0;
+	}
+	int64_t nrows = numel / row, be = types[t->type].elems;
+	size_t rowbytes = (size_t)(row / be) * (size_t)types[t->type].bytes;
+	const unsigned char *src = t->data;
+	dq_fn fn = types[t->type].fn;
+	int failed = 0;
+	/* one row of float32 at a time per thread, not the whole tensor */
+	#pragma omp parallel if (numel > (1 << 18)) reduction(|| : failed)
+	{
+		float *tmp = malloc((size_t)row * sizeof *tmp);
+		if (!tmp)
+			failed = 1;
+		#pragma omp for schedule(static)
+		for (int64_t r = 0; r < nrows; r++) {
+			if (!tmp)
+				continue;
+			fn(src + (size_t)r * rowbytes, tmp, row / be);
+			for (int64_t i = 0; i < row; i++)
+				dst[r * row + i] = lmk_f32_to_bf16(tmp[i]);
+		}
+		free(tmp);
+	}
+	if (failed)
+		return lmk_err(LMK_ENOMEM, "tensor '%s': out of memory for a row of %lld floats", t->name,
+			       (long long)row);
+	return 0;
+}
+
 /* ---- metadata value types ---- */
 
 static const struct { const char *name; size_t size; } vtypes[] = {

@@ -119,5 +119,8 @@ int lmk_ggml_can_dequantize(int type);
 int lmk_ggml_dequantize(int type, const void *src, float *dst, int64_t n);
 /* A whole tensor to float32 (dst has numel room). */
 int lmk_gguf_tensor_f32(const lmk_gguf_tensor *t, float *dst);
+/* The same rounded to bfloat16 (nearest even; a BF16 tensor is copied as
+ * is), for GPU weights. @return : 0, LMK_EUNSUP, or LMK_ENOMEM */
+int lmk_gguf_tensor_bf16(const lmk_gguf_tensor *t, uint16_t *dst);
 
 #endif

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "dtype.h"
 #include "err.h"
 #include "frame.h"
 #include "gguf.h"
@@ -113,6 +114,15 @@ START_TEST(test_dequantize_type)
 	ck_assert_msg(diff == 0, "%s: %lld of %lld values differ from gguf-py (max %lld ulp), first at %lld: %a vs %a",
 		      types[_i].name, (long long)diff, (long long)n, (long long)maxulp, (long long)first,
 		      first >= 0 ? (double)got[first] : 0.0, first >= 0 ? (double)want[first] : 0.0);
+
+	/* bfloat16 output is the float32 output rounded */
+	uint16_t *h = malloc((size_t)n * 2);
+	ck_assert_int_eq(lmk_gguf_tensor_bf16(t, h), 0);
+	int64_t hdiff = 0;
+	for (int64_t i = 0; i < n; i++)
+		hdiff += h[i] != lmk_f32_to_bf16(want[i]);
+	ck_assert_msg(hdiff == 0, "%s: %lld bf16 values differ", types[_i].name, (long long)hdiff);
+	free(h);
 
 	/* the row function on an unaligned copy, one block at a time */
 	int be = lmk_ggml_block_elems(t->type);
@@ -914,6 +924,9 @@ START_TEST(test_smollm2)
 	ck_assert_ptr_eq(m.lm_head, m.wte);
 	ck_assert_int_eq(m.wte->shape[0], 49152);
 	ck_assert_int_eq(m.wte->shape[1], 576);
+	printf("test_gguf: smollm2: %d tensors (%d Q4_1, %d Q8_0, %d F32) finite, loaded as a llama of %zu floats\n",
+	       g.ntensors, ntype[LMK_GGML_Q4_1], ntype[LMK_GGML_Q8_0], ntype[LMK_GGML_F32], m.params.n);
+	fflush(stdout);
 	lmk_llama_free(&m);
 	lmk_gguf_close(&g);
 }
