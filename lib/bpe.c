@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "bpe.h"
 #include "err.h"
@@ -94,8 +95,12 @@ typedef struct cslot {
 	uint32_t koff, klen, ioff, nids;
 	bool used;
 } cslot;
-#define CACHE_SLOTS (1u << 16)
+#define CACHE_MIN (1u << 12) /* slots at first; doubled up to CACHE_MAX */
+#define CACHE_MAX (1u << 16)
 #define CACHE_MAXKEY 128
+
+/* The largest vocabulary we take (real ones are below 2^18). */
+#define MAX_VOCAB (1 << 24)
 
 typedef struct heapent {
 	int32_t rank, pos, id;
@@ -143,7 +148,7 @@ struct lmk_bpe {
 	heapent *heap;
 	size_t heap_cap;
 	cslot *cache;
-	unsigned ncache;
+	unsigned ncache, cslots;
 	char *ck;
 	size_t ck_len, ck_cap;
 	int32_t *ci;
@@ -398,9 +403,9 @@ static int tok_set(lmk_bpe *t, int32_t id, const char *s, size_t n, bool bytelev
 
 static int vocab_alloc(lmk_bpe *t, int64_t n)
 {
-	if (n <= 0 || n > INT32_MAX / 2)
+	if (n <= 0 || n > MAX_VOCAB)
 		return lmk_err(LMK_EFORMAT, "%s: vocabulary of %lld tokens: expected 1 to %d",
-			       t->name, (long long)n, INT32_MAX / 2);
+			       t->name, (long long)n, MAX_VOCAB);
 	t->tok = calloc((size_t)n, sizeof *t->tok);
 	if (!t->tok)
 		return lmk_err(LMK_ENOMEM, "%s: out of memory for %lld tokens", t->name, (long long)n);
@@ -697,8 +702,7 @@ static lmk_bpe *bpe_new(const char *name)
 		return NULL;
 	t->name = strdup(name ? name : "tokenizer");
 	t->md = pcre2_match_data_create(1, NULL);
-	t->cache = calloc(CACHE_SLOTS, sizeof *t->cache);
-	if (!t->name || !t->md || !t->cache) {
+	if (!t->name || !t->md) {
 		lmk_bpe_free(t);
 		return NULL;
 	}
@@ -912,25 +916,52 @@ static heapent heap_pop(heapent *h, size_t *n)
 
 static void cache_clear(lmk_bpe *t)
 {
-	memset(t->cache, 0, CACHE_SLOTS * sizeof *t->cache);
+	memset(t->cache, 0, t->cslots * sizeof *t->cache);
 	t->ncache = 0;
 	t->ck_len = t->ci_len = 0;
 }
 
 static cslot *cache_slot(lmk_bpe *t, const uint8_t *w, size_t n, uint64_t h)
 {
-	for (uint32_t i = (uint32_t)h & (CACHE_SLOTS - 1);; i = (i + 1) & (CACHE_SLOTS - 1)) {
+	uint32_t mask = t->cslots - 1;
+	for (uint32_t i = (uint32_t)h & mask;; i = (i + 1) & mask) {
 		cslot *c = &t->cache[i];
 		if (!c->used || (c->h == h && c->klen == n && !memcmp(t->ck + c->koff, w, n)))
 			return c;
 	}
 }
 
+/* Doubles the slots while the cache is small, else empties it: the words of
+ * a text repeat, so a cache of recent ones is as good as a complete one. */
+static void cache_make_room(lmk_bpe *t)
+{
+	if (t->cslots < CACHE_MAX) {
+		cslot *old = t->cache, *c = calloc(2 * (size_t)t->cslots, sizeof *c);
+		if (c) {
+			uint32_t n = t->cslots, mask = 2 * n - 1;
+			for (uint32_t i = 0; i < n; i++) {
+				if (!old[i].used)
+					continue;
+				uint32_t j = (uint32_t)old[i].h & mask;
+				while (c[j].used)
+					j = (j + 1) & mask;
+				c[j] = old[i];
+			}
+			free(old);
+			t->cache = c;
+			t->cslots = 2 * n;
+			return;
+		}
+	}
+	cache_clear(t);
+}
+
 static void cache_put(lmk_bpe *t, const uint8_t *w, size_t n, uint64_t h, const int32_t *ids,
 		      size_t nids)
 {
-	if (t->ncache >= CACHE_SLOTS / 2 || t->ck_len + n > (64u << 20) ||
-	    t->ci_len + nids > (16u << 20))
+	if (t->ncache >= t->cslots / 2)
+		cache_make_room(t);
+	if (t->ck_len + n > (64u << 20) || t->ci_len + nids > (16u << 20))
 		cache_clear(t);
 	if (GROW(t->ck, t->ck_cap, t->ck_len + n) || GROW(t->ci, t->ci_cap, t->ci_len + nids)) {
 		lmk_err_clear(); /* a cache that cannot grow is only slower */
@@ -943,8 +974,10 @@ static void cache_put(lmk_bpe *t, const uint8_t *w, size_t n, uint64_t h, const 
 	c->klen = (uint32_t)n;
 	c->ioff = (uint32_t)t->ci_len;
 	c->nids = (uint32_t)nids;
-	memcpy(t->ck + t->ck_len, w, n);
-	memcpy(t->ci + t->ci_len, ids, nids * sizeof *ids);
+	if (n) /* never NULL with 0 bytes: memcpy does not allow it */
+		memcpy(t->ck + t->ck_len, w, n);
+	if (nids)
+		memcpy(t->ci + t->ci_len, ids, nids * sizeof *ids);
 	t->ck_len += n;
 	t->ci_len += nids;
 	t->ncache++;
@@ -954,10 +987,15 @@ static void cache_put(lmk_bpe *t, const uint8_t *w, size_t n, uint64_t h, const 
 static int bpe_word(lmk_bpe *t, const uint8_t *w, size_t n, ivec *o)
 {
 	uint64_t h = 0;
-	if (n <= CACHE_MAXKEY) {
+	if (!t->cache && (t->cache = calloc(CACHE_MIN, sizeof *t->cache)))
+		t->cslots = CACHE_MIN;
+	bool cached = t->cache && n <= CACHE_MAXKEY;
+	if (cached) {
 		h = hash_bytes(w, n);
 		cslot *c = cache_slot(t, w, n, h);
 		if (c->used) {
+			if (!c->nids)
+				return 0;
 			if (GROW(*o->v, *o->cap, o->n + c->nids))
 				return LMK_ENOMEM;
 			memcpy(*o->v + o->n, t->ci + c->ioff, c->nids * sizeof(int32_t));
@@ -1025,8 +1063,8 @@ static int bpe_word(lmk_bpe *t, const uint8_t *w, size_t n, ivec *o)
 		if (ivec_push(o, s[i].id))
 			return LMK_ENOMEM;
 done:
-	if (n <= CACHE_MAXKEY)
-		cache_put(t, w, n, h, *o->v + first, o->n - first);
+	if (cached)
+		cache_put(t, w, n, h, o->n > first ? *o->v + first : NULL, o->n - first);
 	return 0;
 }
 
@@ -1652,9 +1690,9 @@ static int json_load(lmk_bpe *t, const json_t *root, const json_t *config)
 	const json_t *v;
 	json_object_foreach((json_t *)vocab, key, v) {
 		if (!json_is_integer(v) || json_integer_value(v) < 0 ||
-		    json_integer_value(v) >= INT32_MAX / 2)
+		    json_integer_value(v) >= MAX_VOCAB)
 			return lmk_err(LMK_EFORMAT, "%s: vocab: token '%.40s': expected an id from 0 "
-				       "to %d", t->name, key, INT32_MAX / 2 - 1);
+				       "to %d", t->name, key, MAX_VOCAB - 1);
 		if (json_integer_value(v) > maxid)
 			maxid = json_integer_value(v);
 	}
@@ -1662,12 +1700,18 @@ static int json_load(lmk_bpe *t, const json_t *root, const json_t *config)
 	json_array_foreach(addl, i, v) {
 		const json_t *id = json_object_get(v, "id");
 		if (!json_is_integer(id) || json_integer_value(id) < 0 ||
-		    json_integer_value(id) >= INT32_MAX / 2 || !json_is_string(json_object_get(v, "content")))
+		    json_integer_value(id) >= MAX_VOCAB || !json_is_string(json_object_get(v, "content")))
 			return lmk_err(LMK_EFORMAT, "%s: added_tokens[%zu]: expected an id from 0 to "
-				       "%d and a content string", t->name, i, INT32_MAX / 2 - 1);
+				       "%d and a content string", t->name, i, MAX_VOCAB - 1);
 		if (json_integer_value(id) > maxid)
 			maxid = json_integer_value(id);
 	}
+	/* ids are dense in every real vocabulary: refuse a few entries with
+	 * huge ids, which would only cost memory */
+	size_t nent = json_object_size(vocab) + json_array_size(addl);
+	if (maxid >= 0 && (uint64_t)maxid > 4 * (uint64_t)nent + 65536)
+		return lmk_err(LMK_EFORMAT, "%s: vocab: id %lld for %zu tokens: expected ids below "
+			       "%zu", t->name, (long long)maxid, nent, 4 * nent + 65536);
 	if ((rc = vocab_alloc(t, maxid + 1)))
 		return rc;
 	json_object_foreach((json_t *)vocab, key, v) {
@@ -2004,6 +2048,18 @@ int lmk_bpe_load_gguf(lmk_bpe **out, const lmk_gguf *g)
 int lmk_bpe_load(lmk_bpe **out, const char *path)
 {
 	*out = NULL;
+	struct stat st;
+	if (!stat(path, &st) && S_ISDIR(st.st_mode)) {
+		size_t n = strlen(path);
+		char *p = malloc(n + sizeof "/tokenizer.json");
+		if (!p)
+			return lmk_err(LMK_ENOMEM, "%s: out of memory", path);
+		memcpy(p, path, n);
+		strcpy(p + n, "/tokenizer.json");
+		int rc = lmk_bpe_load_json(out, p);
+		free(p);
+		return rc;
+	}
 	char magic[4] = {0};
 	FILE *f = fopen(path, "rb");
 	if (!f)

@@ -58,25 +58,29 @@ int lmk_bpe_load_json(lmk_bpe **out, const char *path);
  * llama.cpp does). @return : 0, or LMK_EUNSUP for a "llama" (SentencePiece)
  * or other tokenizer model and for an unknown pre name, LMK_EFORMAT */
 int lmk_bpe_load_gguf(lmk_bpe **out, const struct lmk_gguf *g);
-/* Loads path as GGUF when it starts with the GGUF magic, else as a
- * tokenizer.json. @return : as the loaders above */
+/* Loads path as GGUF when it starts with the GGUF magic, as a
+ * tokenizer.json otherwise, and path/tokenizer.json when path is a folder.
+ * @return : as the loaders above */
 int lmk_bpe_load(lmk_bpe **out, const char *path);
 void lmk_bpe_free(lmk_bpe *t);
 
 const lmk_bpe_info *lmk_bpe_get_info(const lmk_bpe *t);
 
-/* Encodes len bytes of text (UTF-8; bytes that are not valid UTF-8 are
- * kept, each run of them split off and encoded as bytes) into token ids,
- * appended to *ids, a malloc'ed buffer of *cap ids that is grown as needed
- * (*ids may be NULL with *cap 0). flags: LMK_BPE_*.
- * @return : the number of ids written, or a negative code (LMK_ENOMEM,
- * LMK_EINVAL) */
+/* Encodes len bytes of text into token ids written from (*ids)[0] on; *ids
+ * is a malloc'ed buffer of *cap ids, grown as needed (NULL and 0 at first).
+ * Text is UTF-8; each run of bytes that is not valid UTF-8 is split off and
+ * encoded as bytes, so that decoding gives it back. A byte the vocabulary
+ * has no token for is dropped, as HF drops it (SmolLM2 has none for 21
+ * bytes that UTF-8 text hardly holds: 0xC0, 0xC1, 0xF5..0xFF, 0xF1, 0xF2
+ * and six control characters). flags: LMK_BPE_*.
+ * @return : the number of ids, or a negative code (LMK_ENOMEM, LMK_EINVAL) */
 int64_t lmk_bpe_encode(lmk_bpe *t, const void *text, size_t len, int flags,
 		       int32_t **ids, size_t *cap);
 
 /* Decodes n ids into out, writing at most cap bytes and a terminating NUL
- * when cap > 0 (snprintf-like). Tokens become their bytes, so any byte
- * string encoded comes back unchanged; special tokens become their text
+ * when cap > 0 (snprintf-like). Tokens become their bytes, so an encoded
+ * text comes back unchanged (unless the normalizer changed it, a prefix
+ * space was added, or a byte had no token); special tokens become their text
  * unless flags has LMK_BPE_SKIP_SPECIAL; an id outside the vocabulary, or a
  * hole in it, becomes U+FFFD.
  * @return : the number of bytes the whole text needs, NUL not counted */
