@@ -57,6 +57,8 @@ TEST_SRC  = $(wildcard tests/test_*.c)
 TESTS     = $(TEST_SRC:tests/%.c=$(B)/tests/%)
 FUZZ_SRC  = $(wildcard fuzz/fuzz_*.c)
 BENCH_SRC = $(wildcard bench/*.c)
+# GPU benchmarks written in CUDA (nvcc), built only when CUDA is.
+BENCH_CU  = $(if $(filter 1,$(CUDA)),$(wildcard bench/*.cu))
 MANS      = $(wildcard man/*.[0-9])
 
 .PHONY: all deps bench check check-unit check-cli check-interop check-man fuzz install clean
@@ -70,6 +72,10 @@ $(B)/%.o: %.c | deps
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
 $(B)/cuda/%.o: cuda/%.cu | deps
+	@mkdir -p $(@D)
+	$(NVCC) $(NVFLAGS) -MMD -MP -c $< -o $@
+
+$(B)/bench/%.o: bench/%.cu | deps
 	@mkdir -p $(@D)
 	$(NVCC) $(NVFLAGS) -MMD -MP -c $< -o $@
 
@@ -89,7 +95,7 @@ $(B)/tests/%: $(B)/tests/%.o $(LIBA)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) $^ $(CHECK_LIBS) $(LDLIBS) -o $@
 
-bench: $(BENCH_SRC:bench/%.c=$(B)/bench/%)
+bench: $(BENCH_SRC:bench/%.c=$(B)/bench/%) $(BENCH_CU:bench/%.cu=$(B)/bench/%)
 
 # Unit suites, then programs from the shell, then Python interoperability,
 # then the man pages. Each test reads ../shared/data when it needs data.

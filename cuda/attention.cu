@@ -1,0 +1,1353 @@
+/* attention.cu: scaled-dot-product attention kernels, the CUDA side of
+ * lmk_cpu_attention_forward/backward (lib/ops_cpu.c is the specification),
+ * and single-token decoding against a KV cache.
+ *
+ * Shape letters: B batch, T time, H query heads, K key/value heads (query
+ * head h reads kv head g = h/(H/K)), D head dim, Tk cached keys. q, out,
+ * dout, dq are (B,T,H,D); k, v, dk, dv (B,T,K,D); lse, delta (B,H,T).
+ *
+ * Two families of kernels:
+ * - "mma": BF16 with D 64 or 128, FlashAttention-2. The forward gives a
+ *   block BR query rows (16 per warp) and streams BC-key tiles of K and V
+ *   through shared memory (cp.async, two stages), S = Q Kᵀ and O += P V on
+ *   the tensor cores (mma.sync m16n8k16 bf16 -> fp32, operands by
+ *   ldmatrix from XOR-swizzled tiles), online softmax in fp32 registers in
+ *   the log2 domain. Causal blocks run heaviest first and stop at the
+ *   diagonal; masks are applied only to tiles that need them. The backward
+ *   is deterministic: a pre-pass for delta = rowsum(dout * out), a dq pass
+ *   laid out like the forward (S, dP = dO Vᵀ, dS, dQ += dS K), and a dk/dv
+ *   pass that gives a block BC keys and walks the query tiles of every
+ *   query head of its kv head (GQA summed inside the block, no atomics),
+ *   computing Sᵀ and dPᵀ directly so that a warp owns key rows.
+ * - "simple": any D <= 256, float32 or BF16 storage, fp32 on CUDA cores;
+ *   one warp per query (or key) row, 32 keys (queries) at a time, one per
+ *   lane. The float32 path, and BF16 for head dims without an mma kernel.
+ * Decoding splits the cache over blocks (groups of threads per key, 16-byte
+ * loads) and merges the parts by their logsumexp. */
+#include <cuda_bf16.h>
+#include <math.h>
+#include <stdint.h>
+
+/* err.h and dtype.h are C headers without extern "C" guards: include them
+ * here first, with C linkage, so that check.h's lmk_err links to lib/err.c. */
+extern "C" {
+#include "dtype.h"
+#include "err.h"
+}
+#include "attention.h"
+#include "check.h"
+#include "cuda.h"
+
+/* The context's stream: through the backend struct where cuda/backend.h
+ * shares it with the kernel files, else through the C accessor. */
+#if __has_include("backend.h")
+#include "backend.h"
+static cudaStream_t stream_of(void *be) { return ((lmk_cuda_backend *)be)->stream; }
+#define HAVE_BACKEND_H 1
+#else
+static cudaStream_t stream_of(void *be) { return (cudaStream_t)lmk_cuda_stream(be); }
+#define HAVE_BACKEND_H 0
+#endif
+
+typedef __nv_bfloat16 bf16;
+
+static constexpr unsigned FULL = 0xffffffffu;
+static constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
+
+/* ------------------------------------------------------------ helpers */
+
+static __device__ __forceinline__ float ldf(const float *p) { return *p; }
+static __device__ __forceinline__ float ldf(const bf16 *p) { return __bfloat162float(*p); }
+static __device__ __forceinline__ void stf(float *p, float x) { *p = x; }
+static __device__ __forceinline__ void stf(bf16 *p, float x) { *p = __float2bfloat16(x); }
+
+static __device__ __forceinline__ float warp_max(float x)
+{
+	for (int o = 16; o > 0; o >>= 1)
+		x = fmaxf(x, __shfl_xor_sync(FULL, x, o));
+	return x;
+}
+
+static __device__ __forceinline__ float warp_sum(float x)
+{
+	for (int o = 16; o > 0; o >>= 1)
+		x += __shfl_xor_sync(FULL, x, o);
+	return x;
+}
+
+static __device__ __forceinline__ uint32_t smem_u32(const void *p)
+{
+	return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+/* 16 bytes global -> shared, zero-filled when !valid (src is then not read
+ * but must still be a mapped address). */
+static __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool valid)
+{
+	int n = valid ? 16 : 0;
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n)
+		     : "memory");
+}
+
+static __device__ __forceinline__ void cp_async4(uint32_t dst, const void *src, bool valid)
+{
+	int n = valid ? 4 : 0;
+	asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(n)
+		     : "memory");
+}
+
+static __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+template <int N> static __device__ __forceinline__ void cp_wait()
+{
+	asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+static __device__ __forceinline__ void ldsm4(uint32_t (&r)[4], uint32_t addr)
+{
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(addr)
+		     : "memory");
+}
+
+static __device__ __forceinline__ void ldsm4t(uint32_t (&r)[4], uint32_t addr)
+{
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(addr)
+		     : "memory");
+}
+
+/* c (16x8 fp32) += a (16x16 bf16, row) b (16x8 bf16, col) */
+static __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+						uint32_t b1)
+{
+	asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+	    "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+	    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+	    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* Two floats as a bf16x2 register, lo in the low half (the lower column). */
+static __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
+{
+	__nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+	return *(uint32_t *)&v;
+}
+
+/* The accumulators of two adjacent n8 tiles (16 columns) as the A operand
+ * of the next product: the m16n8 C layout and the m16k16 A layout agree
+ * thread for thread. */
+static __device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&c0)[4],
+					      const float (&c1)[4])
+{
+	a[0] = pack_bf16(c0[0], c0[1]);
+	a[1] = pack_bf16(c0[2], c0[3]);
+	a[2] = pack_bf16(c1[0], c1[1]);
+	a[3] = pack_bf16(c1[2], c1[3]);
+}
+
+/* Element offset of (row, col) in a tile of D-wide bf16 rows, col a
+ * multiple of 8: the 16-byte chunk index is XORed with row % 8, so that
+ * the 8 rows an ldmatrix reads at one column land in 8 different bank
+ * groups (a row is 128 or 256 bytes, a multiple of the 32 banks). */
+template <int D> static __device__ __forceinline__ int swz(int row, int col)
+{
+	return row * D + ((((col >> 3) ^ (row & 7))) << 3);
+}
+
+/* Rows row0.. of a (T, ld) bf16 matrix into a ROWS x D swizzled tile; rows
+ * at or past T are zero-filled so that they add nothing (0 * NaN garbage
+ * would poison the products). */
+template <int D, int ROWS, int NT>
+static __device__ __forceinline__ void load_tile(bf16 *sm, const bf16 *g, int64_t ld, int row0,
+						 int T, int tid)
+{
+	constexpr int CPR = D / 8, N = ROWS * CPR;
+#pragma unroll
+	for (int it = 0; it < (N + NT - 1) / NT; it++) {
+		int c = tid + it * NT;
+		if (N % NT == 0 || c < N) {
+			int r = c / CPR, ch = c % CPR, gr = row0 + r;
+			bool ok = gr < T;
+			const bf16 *src = g + (int64_t)(ok ? gr : 0) * ld + ch * 8;
+			cp_async16(smem_u32(sm + swz<D>(r, ch * 8)), src, ok);
+		}
+	}
+}
+
+/* A operand (16 rows x 16 cols at row r0, col c0) from a swizzled tile. */
+template <int D>
+static __device__ __forceinline__ void ld_a(uint32_t (&a)[4], const bf16 *sm, int r0, int c0, int lane)
+{
+	ldsm4(a, smem_u32(sm + swz<D>(r0 + (lane & 15), c0 + ((lane >> 4) << 3))));
+}
+
+/* B operands of two n8 tiles for a k16 step when the tile is stored
+ * [n][k] (keys x d for S = Q Kᵀ): rows n0..n0+15, cols k0..k0+15.
+ * b[0],b[1] serve n-tile n0, b[2],b[3] n-tile n0+8. */
+template <int D>
+static __device__ __forceinline__ void ld_b_nk(uint32_t (&b)[4], const bf16 *sm, int n0, int k0, int lane)
+{
+	ldsm4(b, smem_u32(sm + swz<D>(n0 + (lane & 7) + ((lane >> 4) << 3), k0 + (((lane >> 3) & 1) << 3))));
+}
+
+/* The same when the tile is stored [k][n] (keys x d for O = P V): rows
+ * k0..k0+15, cols n0..n0+15, transposed by ldmatrix. */
+template <int D>
+static __device__ __forceinline__ void ld_b_kn(uint32_t (&b)[4], const bf16 *sm, int k0, int n0, int lane)
+{
+	ldsm4t(b, smem_u32(sm + swz<D>(k0 + (lane & 7) + (((lane >> 3) & 1) << 3), n0 + ((lane >> 4) << 3))));
+}
+
+/* ------------------------------------------------ mma forward (BF16) */
+
+template <int D> struct FwdCfg;
+template <> struct FwdCfg<64> {
+	static constexpr int BR = 128, BC = 64, NW = 8, MINB = 2;
+};
+template <> struct FwdCfg<128> {
+	static constexpr int BR = 128, BC = 64, NW = 8, MINB = 1;
+};
+
+template <int D>
+__global__ void __launch_bounds__(FwdCfg<D>::NW * 32, FwdCfg<D>::MINB)
+	fwd_mma(bf16 *__restrict__ out, float *__restrict__ lse, const bf16 *__restrict__ q,
+		const bf16 *__restrict__ k, const bf16 *__restrict__ v,
+		const int32_t *__restrict__ seg, int T, int H, int K, float scale_log2, int causal)
+{
+	constexpr int BR = FwdCfg<D>::BR, BC = FwdCfg<D>::BC, NT = FwdCfg<D>::NW * 32;
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	bf16 *sQ = (bf16 *)smem_raw;  /* BR x D */
+	bf16 *sK = sQ + BR * D;       /* 2 stages x BC x D */
+	bf16 *sV = sK + 2 * BC * D;   /* 2 stages x BC x D */
+
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const int qt = causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x; /* heavy tiles first */
+	const int h = blockIdx.y, b = blockIdx.z, g = h / (H / K), q0 = qt * BR;
+	const int64_t ldq = (int64_t)H * D, ldk = (int64_t)K * D;
+	const bf16 *qb = q + (int64_t)b * T * ldq + (int64_t)h * D;
+	const bf16 *kb = k + (int64_t)b * T * ldk + (int64_t)g * D;
+	const bf16 *vb = v + (int64_t)b * T * ldk + (int64_t)g * D;
+	const int32_t *sg = seg ? seg + (int64_t)b * T : nullptr;
+
+	const int kv_end = causal ? min(T, q0 + BR) : T;
+	const int ntiles = (kv_end + BC - 1) / BC;
+
+	load_tile<D, BR, NT>(sQ, qb, ldq, q0, T, tid);
+	load_tile<D, BC, NT>(sK, kb, ldk, 0, T, tid);
+	load_tile<D, BC, NT>(sV, vb, ldk, 0, T, tid);
+	cp_commit();
+
+	/* This thread's two rows of the warp's 16: lo and hi = lo + 8. */
+	const int r_lo = q0 + warp * 16 + (lane >> 2), r_hi = r_lo + 8;
+	const int seg_lo = sg && r_lo < T ? sg[r_lo] : -1, seg_hi = sg && r_hi < T ? sg[r_hi] : -1;
+	float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
+	float o[D / 8][4];
+#pragma unroll
+	for (int n = 0; n < D / 8; n++)
+		o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+
+	for (int t = 0; t < ntiles; t++) {
+		const int kv0 = t * BC;
+		if (t + 1 < ntiles) {
+			const int nb = (t + 1) & 1;
+			load_tile<D, BC, NT>(sK + nb * BC * D, kb, ldk, kv0 + BC, T, tid);
+			load_tile<D, BC, NT>(sV + nb * BC * D, vb, ldk, kv0 + BC, T, tid);
+		}
+		cp_commit();
+		cp_wait<1>();
+		__syncthreads();
+		const bf16 *cK = sK + (t & 1) * BC * D, *cV = sV + (t & 1) * BC * D;
+
+		float s[BC / 8][4];
+#pragma unroll
+		for (int n = 0; n < BC / 8; n++)
+			s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+		for (int kk = 0; kk < D / 16; kk++) {
+			uint32_t a[4];
+			ld_a<D>(a, sQ, warp * 16, kk * 16, lane);
+#pragma unroll
+			for (int np = 0; np < BC / 16; np++) {
+				uint32_t bb[4];
+				ld_b_nk<D>(bb, cK, np * 16, kk * 16, lane);
+				mma16816(s[2 * np], a, bb[0], bb[1]);
+				mma16816(s[2 * np + 1], a, bb[2], bb[3]);
+			}
+		}
+
+		const bool need_mask =
+			kv0 + BC > T || sg || (causal && kv0 + BC - 1 > q0 + warp * 16);
+#pragma unroll
+		for (int n = 0; n < BC / 8; n++) {
+#pragma unroll
+			for (int e = 0; e < 4; e++)
+				s[n][e] *= scale_log2;
+			if (need_mask) {
+				const int j = kv0 + n * 8 + ((lane & 3) << 1);
+#pragma unroll
+				for (int e = 0; e < 4; e++) {
+					const int jj = j + (e & 1), i = e < 2 ? r_lo : r_hi;
+					const int si = e < 2 ? seg_lo : seg_hi;
+					bool ok = jj < T && (!causal || jj <= i) &&
+						  (!sg || (si >= 0 && sg[jj] == si));
+					if (!ok)
+						s[n][e] = -INFINITY;
+				}
+			}
+		}
+
+		/* Online softmax: m the running max (log2 units), l the
+		 * running sum of this thread's columns, o rescaled by exp2(m_old
+		 * - m_new); a row with nothing visible yet keeps m = -inf and
+		 * uses 0 as its reference so that no inf - inf appears. */
+		float mx_lo = m_lo, mx_hi = m_hi;
+#pragma unroll
+		for (int n = 0; n < BC / 8; n++) {
+			mx_lo = fmaxf(mx_lo, fmaxf(s[n][0], s[n][1]));
+			mx_hi = fmaxf(mx_hi, fmaxf(s[n][2], s[n][3]));
+		}
+		mx_lo = fmaxf(mx_lo, __shfl_xor_sync(FULL, mx_lo, 1));
+		mx_lo = fmaxf(mx_lo, __shfl_xor_sync(FULL, mx_lo, 2));
+		mx_hi = fmaxf(mx_hi, __shfl_xor_sync(FULL, mx_hi, 1));
+		mx_hi = fmaxf(mx_hi, __shfl_xor_sync(FULL, mx_hi, 2));
+		const float mu_lo = mx_lo == -INFINITY ? 0.f : mx_lo;
+		const float mu_hi = mx_hi == -INFINITY ? 0.f : mx_hi;
+		const float c_lo = exp2f(m_lo - mu_lo), c_hi = exp2f(m_hi - mu_hi);
+		m_lo = mx_lo;
+		m_hi = mx_hi;
+		l_lo *= c_lo;
+		l_hi *= c_hi;
+#pragma unroll
+		for (int n = 0; n < D / 8; n++) {
+			o[n][0] *= c_lo;
+			o[n][1] *= c_lo;
+			o[n][2] *= c_hi;
+			o[n][3] *= c_hi;
+		}
+#pragma unroll
+		for (int n = 0; n < BC / 8; n++) {
+			s[n][0] = exp2f(s[n][0] - mu_lo);
+			s[n][1] = exp2f(s[n][1] - mu_lo);
+			s[n][2] = exp2f(s[n][2] - mu_hi);
+			s[n][3] = exp2f(s[n][3] - mu_hi);
+			l_lo += s[n][0] + s[n][1];
+			l_hi += s[n][2] + s[n][3];
+		}
+
+#pragma unroll
+		for (int kk = 0; kk < BC / 16; kk++) {
+			uint32_t a[4];
+			c_to_a(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+			for (int dp = 0; dp < D / 16; dp++) {
+				uint32_t bb[4];
+				ld_b_kn<D>(bb, cV, kk * 16, dp * 16, lane);
+				mma16816(o[2 * dp], a, bb[0], bb[1]);
+				mma16816(o[2 * dp + 1], a, bb[2], bb[3]);
+			}
+		}
+		__syncthreads(); /* the next iteration's loads overwrite this stage */
+	}
+	cp_wait<0>();
+
+	l_lo += __shfl_xor_sync(FULL, l_lo, 1);
+	l_lo += __shfl_xor_sync(FULL, l_lo, 2);
+	l_hi += __shfl_xor_sync(FULL, l_hi, 1);
+	l_hi += __shfl_xor_sync(FULL, l_hi, 2);
+	const float inv_lo = l_lo > 0.f ? 1.f / l_lo : 0.f, inv_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
+	bf16 *ob = out + (int64_t)b * T * ldq + (int64_t)h * D + ((lane & 3) << 1);
+#pragma unroll
+	for (int n = 0; n < D / 8; n++) {
+		if (r_lo < T)
+			*(__nv_bfloat162 *)(ob + r_lo * ldq + n * 8) =
+				__floats2bfloat162_rn(o[n][0] * inv_lo, o[n][1] * inv_lo);
+		if (r_hi < T)
+			*(__nv_bfloat162 *)(ob + r_hi * ldq + n * 8) =
+				__floats2bfloat162_rn(o[n][2] * inv_hi, o[n][3] * inv_hi);
+	}
+	if ((lane & 3) == 0) {
+		float *L = lse + ((int64_t)b * H + h) * T;
+		if (r_lo < T)
+			L[r_lo] = l_lo > 0.f ? (m_lo + log2f(l_lo)) * LN2 : -INFINITY;
+		if (r_hi < T)
+			L[r_hi] = l_hi > 0.f ? (m_hi + log2f(l_hi)) * LN2 : -INFINITY;
+	}
+}
+
+/* -------------------------------------------------- mma dq pass (BF16) */
+
+/* BC 32 at D 128 keeps S, dP and the dQ accumulators in 255 registers. */
+template <int D> struct DqCfg {
+	static constexpr int BR = 128, BC = D == 128 ? 32 : 64, NW = 8;
+};
+
+/* dq += scale Σ_j dS_ij k_j with dS = P ∘ (dO Vᵀ - delta), P = exp(S - lse):
+ * the forward's layout with dO next to Q and dQ in place of O. */
+template <int D>
+__global__ void __launch_bounds__(DqCfg<D>::NW * 32, 1)
+	dq_mma(bf16 *__restrict__ dq, const bf16 *__restrict__ dout, const bf16 *__restrict__ q,
+	       const bf16 *__restrict__ k, const bf16 *__restrict__ v,
+	       const float *__restrict__ lse, const float *__restrict__ delta,
+	       const int32_t *__restrict__ seg, int T, int H, int K, float scale,
+	       float scale_log2, int causal)
+{
+	constexpr int BR = DqCfg<D>::BR, BC = DqCfg<D>::BC, NT = DqCfg<D>::NW * 32;
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	bf16 *sQ = (bf16 *)smem_raw;  /* BR x D */
+	bf16 *sO = sQ + BR * D;       /* BR x D, dout */
+	bf16 *sK = sO + BR * D;       /* 2 x BC x D */
+	bf16 *sV = sK + 2 * BC * D;   /* 2 x BC x D */
+
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const int qt = causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+	const int h = blockIdx.y, b = blockIdx.z, g = h / (H / K), q0 = qt * BR;
+	const int64_t ldq = (int64_t)H * D, ldk = (int64_t)K * D;
+	const int64_t qoff = (int64_t)b * T * ldq + (int64_t)h * D;
+	const bf16 *kb = k + (int64_t)b * T * ldk + (int64_t)g * D;
+	const bf16 *vb = v + (int64_t)b * T * ldk + (int64_t)g * D;
+	const int32_t *sg = seg ? seg + (int64_t)b * T : nullptr;
+	const int kv_end = causal ? min(T, q0 + BR) : T;
+	const int ntiles = (kv_end + BC - 1) / BC;
+
+	load_tile<D, BR, NT>(sQ, q + qoff, ldq, q0, T, tid);
+	load_tile<D, BR, NT>(sO, dout + qoff, ldq, q0, T, tid);
+	load_tile<D, BC, NT>(sK, kb, ldk, 0, T, tid);
+	load_tile<D, BC, NT>(sV, vb, ldk, 0, T, tid);
+	cp_commit();
+
+	const int r_lo = q0 + warp * 16 + (lane >> 2), r_hi = r_lo + 8;
+	const int seg_lo = sg && r_lo < T ? sg[r_lo] : -1, seg_hi = sg && r_hi < T ? sg[r_hi] : -1;
+	const float *Lb = lse + ((int64_t)b * H + h) * T, *Db = delta + ((int64_t)b * H + h) * T;
+	/* lse in log2 units; +inf for a row that sees nothing (or past T) so
+	 * that exp2(s - L) is 0 on it, masked -inf logits included. */
+	float L_lo = r_lo < T ? Lb[r_lo] : -INFINITY, L_hi = r_hi < T ? Lb[r_hi] : -INFINITY;
+	L_lo = L_lo == -INFINITY ? INFINITY : L_lo * LOG2E;
+	L_hi = L_hi == -INFINITY ? INFINITY : L_hi * LOG2E;
+	const float d_lo = r_lo < T ? Db[r_lo] : 0.f, d_hi = r_hi < T ? Db[r_hi] : 0.f;
+
+	float acc[D / 8][4];
+#pragma unroll
+	for (int n = 0; n < D / 8; n++)
+		acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+
+	for (int t = 0; t < ntiles; t++) {
+		const int kv0 = t * BC;
+		if (t + 1 < ntiles) {
+			const int nb = (t + 1) & 1;
+			load_tile<D, BC, NT>(sK + nb * BC * D, kb, ldk, kv0 + BC, T, tid);
+			load_tile<D, BC, NT>(sV + nb * BC * D, vb, ldk, kv0 + BC, T, tid);
+		}
+		cp_commit();
+		cp_wait<1>();
+		__syncthreads();
+		const bf16 *cK = sK + (t & 1) * BC * D, *cV = sV + (t & 1) * BC * D;
+
+		float s[BC / 8][4], dp[BC / 8][4];
+#pragma unroll
+		for (int n = 0; n < BC / 8; n++)
+#pragma unroll
+			for (int e = 0; e < 4; e++)
+				s[n][e] = dp[n][e] = 0.f;
+#pragma unroll
+		for (int kk = 0; kk < D / 16; kk++) {
+			uint32_t a[4], ao[4];
+			ld_a<D>(a, sQ, warp * 16, kk * 16, lane);
+			ld_a<D>(ao, sO, warp * 16, kk * 16, lane);
+#pragma unroll
+			for (int np = 0; np < BC / 16; np++) {
+				uint32_t bb[4];
+				ld_b_nk<D>(bb, cK, np * 16, kk * 16, lane);
+				mma16816(s[2 * np], a, bb[0], bb[1]);
+				mma16816(s[2 * np + 1], a, bb[2], bb[3]);
+				ld_b_nk<D>(bb, cV, np * 16, kk * 16, lane);
+				mma16816(dp[2 * np], ao, bb[0], bb[1]);
+				mma16816(dp[2 * np + 1], ao, bb[2], bb[3]);
+			}
+		}
+
+		const bool need_mask =
+			kv0 + BC > T || sg || (causal && kv0 + BC - 1 > q0 + warp * 16);
+#pragma unroll
+		for (int n = 0; n < BC / 8; n++) {
+			const int j = kv0 + n * 8 + ((lane & 3) << 1);
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				float p = exp2f(s[n][e] * scale_log2 - (e < 2 ? L_lo : L_hi));
+				if (need_mask) {
+					const int jj = j + (e & 1), i = e < 2 ? r_lo : r_hi;
+					const int si = e < 2 ? seg_lo : seg_hi;
+					bool ok = jj < T && (!causal || jj <= i) &&
+						  (!sg || (si >= 0 && sg[jj] == si));
+					if (!ok)
+						p = 0.f;
+				}
+				s[n][e] = p * (dp[n][e] - (e < 2 ? d_lo : d_hi)); /* dS */
+			}
+		}
+
+#pragma unroll
+		for (int kk = 0; kk < BC / 16; kk++) {
+			uint32_t a[4];
+			c_to_a(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+			for (int dd = 0; dd < D / 16; dd++) {
+				uint32_t bb[4];
+				ld_b_kn<D>(bb, cK, kk * 16, dd * 16, lane);
+				mma16816(acc[2 * dd], a, bb[0], bb[1]);
+				mma16816(acc[2 * dd + 1], a, bb[2], bb[3]);
+			}
+		}
+		__syncthreads();
+	}
+	cp_wait<0>();
+
+	bf16 *gb = dq + qoff + ((lane & 3) << 1);
+#pragma unroll
+	for (int n = 0; n < D / 8; n++) {
+		if (r_lo < T) {
+			__nv_bfloat162 *p = (__nv_bfloat162 *)(gb + r_lo * ldq + n * 8);
+			float2 old = __bfloat1622float2(*p);
+			*p = __floats2bfloat162_rn(old.x + scale * acc[n][0], old.y + scale * acc[n][1]);
+		}
+		if (r_hi < T) {
+			__nv_bfloat162 *p = (__nv_bfloat162 *)(gb + r_hi * ldq + n * 8);
+			float2 old = __bfloat1622float2(*p);
+			*p = __floats2bfloat162_rn(old.x + scale * acc[n][2], old.y + scale * acc[n][3]);
+		}
+	}
+}
+
+/* ----------------------------------------------- mma dk/dv pass (BF16) */
+
+template <int D> struct DkvCfg;
+template <> struct DkvCfg<64> {
+	static constexpr int BC = 128, BR = 64, NW = 8;
+};
+template <> struct DkvCfg<128> {
+	static constexpr int BC = 128, BR = 32, NW = 8;
+};
+
+/* A block owns BC keys of kv head g, each warp 16 of them, and walks every
+ * query tile that can see them for each query head of g:
+ * Sᵀ = K Qᵀ, Pᵀ = exp(Sᵀ - lse), dV += Pᵀ dO, dPᵀ = V dOᵀ,
+ * dSᵀ = Pᵀ ∘ (dPᵀ - delta), dK += scale dSᵀ Q. */
+template <int D>
+__global__ void __launch_bounds__(DkvCfg<D>::NW * 32, 1)
+	dkdv_mma(bf16 *__restrict__ dk, bf16 *__restrict__ dv, const bf16 *__restrict__ dout,
+		 const bf16 *__restrict__ q, const bf16 *__restrict__ k,
+		 const bf16 *__restrict__ v, const float *__restrict__ lse,
+		 const float *__restrict__ delta, const int32_t *__restrict__ seg, int T, int H,
+		 int K, float scale, float scale_log2, int causal)
+{
+	constexpr int BC = DkvCfg<D>::BC, BR = DkvCfg<D>::BR, NT = DkvCfg<D>::NW * 32;
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	bf16 *sK = (bf16 *)smem_raw;  /* BC x D */
+	bf16 *sV = sK + BC * D;       /* BC x D */
+	bf16 *sQ = sV + BC * D;       /* 2 x BR x D */
+	bf16 *sO = sQ + 2 * BR * D;   /* 2 x BR x D, dout */
+	float *sL = (float *)(sO + 2 * BR * D); /* 2 x BR lse */
+	float *sD = sL + 2 * BR;                /* 2 x BR delta */
+
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const int g = blockIdx.y, b = blockIdx.z, rep = H / K, k0 = blockIdx.x * BC;
+	const int64_t ldq = (int64_t)H * D, ldk = (int64_t)K * D;
+	const int64_t koff = (int64_t)b * T * ldk + (int64_t)g * D;
+	const int32_t *sg = seg ? seg + (int64_t)b * T : nullptr;
+	const int qt0 = causal ? k0 / BR : 0, nqt = (T + BR - 1) / BR - qt0;
+	const int nit = rep * nqt;
+
+	/* Iteration it: query head g*rep + it/nqt, query tile qt0 + it%nqt. */
+	auto load_q = [&](int it, int stage) {
+		const int h = g * rep + it / nqt, q0 = (qt0 + it % nqt) * BR;
+		const int64_t qoff = (int64_t)b * T * ldq + (int64_t)h * D;
+		load_tile<D, BR, NT>(sQ + stage * BR * D, q + qoff, ldq, q0, T, tid);
+		load_tile<D, BR, NT>(sO + stage * BR * D, dout + qoff, ldq, q0, T, tid);
+		if (tid < 2 * BR) {
+			const int r = tid % BR, i = q0 + r;
+			const float *src = (tid < BR ? lse : delta) + ((int64_t)b * H + h) * T;
+			float *dst = (tid < BR ? sL : sD) + stage * BR + r;
+			cp_async4(smem_u32(dst), src + (i < T ? i : 0), i < T);
+		}
+	};
+
+	load_tile<D, BC, NT>(sK, k + koff, ldk, k0, T, tid);
+	load_tile<D, BC, NT>(sV, v + koff, ldk, k0, T, tid);
+	load_q(0, 0);
+	cp_commit();
+
+	const int j_lo = k0 + warp * 16 + (lane >> 2), j_hi = j_lo + 8;
+	const int seg_lo = sg && j_lo < T ? sg[j_lo] : -1, seg_hi = sg && j_hi < T ? sg[j_hi] : -1;
+	float ak[D / 8][4], av[D / 8][4];
+#pragma unroll
+	for (int n = 0; n < D / 8; n++)
+#pragma unroll
+		for (int e = 0; e < 4; e++)
+			ak[n][e] = av[n][e] = 0.f;
+
+	for (int it = 0; it < nit; it++) {
+		const int q0 = (qt0 + it % nqt) * BR, st = it & 1;
+		if (it + 1 < nit)
+			load_q(it + 1, st ^ 1);
+		cp_commit();
+		cp_wait<1>();
+		__syncthreads();
+		const bf16 *cQ = sQ + st * BR * D, *cO = sO + st * BR * D;
+		const float *cL = sL + st * BR, *cD = sD + st * BR;
+
+		float s[BR / 8][4], dp[BR / 8][4];
+#pragma unroll
+		for (int n = 0; n < BR / 8; n++)
+#pragma unroll
+			for (int e = 0; e < 4; e++)
+				s[n][e] = dp[n][e] = 0.f;
+#pragma unroll
+		for (int kk = 0; kk < D / 16; kk++) {
+			uint32_t a[4], av4[4];
+			ld_a<D>(a, sK, warp * 16, kk * 16, lane);
+			ld_a<D>(av4, sV, warp * 16, kk * 16, lane);
+#pragma unroll
+			for (int np = 0; np < BR / 16; np++) {
+				uint32_t bb[4];
+				ld_b_nk<D>(bb, cQ, np * 16, kk * 16, lane);
+				mma16816(s[2 * np], a, bb[0], bb[1]);
+				mma16816(s[2 * np + 1], a, bb[2], bb[3]);
+				ld_b_nk<D>(bb, cO, np * 16, kk * 16, lane);
+				mma16816(dp[2 * np], av4, bb[0], bb[1]);
+				mma16816(dp[2 * np + 1], av4, bb[2], bb[3]);
+			}
+		}
+
+		const bool need_mask = q0 + BR > T || k0 + warp * 16 + 16 > T || sg ||
+				       (causal && q0 < k0 + warp * 16 + 15);
+		/* s becomes Pᵀ, dp becomes dSᵀ; columns are queries. */
+#pragma unroll
+		for (int n = 0; n < BR / 8; n++) {
+			const int c = n * 8 + ((lane & 3) << 1);
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				const int ci = c + (e & 1);
+				float L = cL[ci];
+				L = L == -INFINITY ? INFINITY : L * LOG2E;
+				float p = exp2f(s[n][e] * scale_log2 - L);
+				if (need_mask) {
+					const int i = q0 + ci, j = e < 2 ? j_lo : j_hi;
+					const int sj = e < 2 ? seg_lo : seg_hi;
+					bool ok = i < T && j < T && (!causal || j <= i) &&
+						  (!sg || (sj >= 0 && sg[i] == sj));
+					if (!ok)
+						p = 0.f;
+				}
+				s[n][e] = p;
+				dp[n][e] = p * (dp[n][e] - cD[ci]);
+			}
+		}
+
+#pragma unroll
+		for (int kk = 0; kk < BR / 16; kk++) {
+			uint32_t ap[4], as[4];
+			c_to_a(ap, s[2 * kk], s[2 * kk + 1]);
+			c_to_a(as, dp[2 * kk], dp[2 * kk + 1]);
+#pragma unroll
+			for (int dd = 0; dd < D / 16; dd++) {
+				uint32_t bb[4];
+				ld_b_kn<D>(bb, cO, kk * 16, dd * 16, lane);
+				mma16816(av[2 * dd], ap, bb[0], bb[1]);
+				mma16816(av[2 * dd + 1], ap, bb[2], bb[3]);
+				ld_b_kn<D>(bb, cQ, kk * 16, dd * 16, lane);
+				mma16816(ak[2 * dd], as, bb[0], bb[1]);
+				mma16816(ak[2 * dd + 1], as, bb[2], bb[3]);
+			}
+		}
+		__syncthreads();
+	}
+	cp_wait<0>();
+
+	const int64_t c0 = koff + ((lane & 3) << 1);
+#pragma unroll
+	for (int n = 0; n < D / 8; n++) {
+#pragma unroll
+		for (int half = 0; half < 2; half++) {
+			const int j = half ? j_hi : j_lo;
+			if (j >= T)
+				continue;
+			const int64_t off = c0 + j * ldk + n * 8;
+			if (dk) {
+				__nv_bfloat162 *p = (__nv_bfloat162 *)(dk + off);
+				float2 old = __bfloat1622float2(*p);
+				*p = __floats2bfloat162_rn(old.x + scale * ak[n][2 * half],
+							   old.y + scale * ak[n][2 * half + 1]);
+			}
+			if (dv) {
+				__nv_bfloat162 *p = (__nv_bfloat162 *)(dv + off);
+				float2 old = __bfloat1622float2(*p);
+				*p = __floats2bfloat162_rn(old.x + av[n][2 * half],
+							   old.y + av[n][2 * half + 1]);
+			}
+		}
+	}
+}
+
+/* ------------------------------------------------ simple kernels (any D) */
+
+/* One warp per row; lane l holds elements d = l + 32 t of a D-vector, t <
+ * NT = ceil(D/32) <= 8. WPB warps per block. */
+#define WPB 4
+
+/* Block (x, h, b): its warps take consecutive queries i of head h, so that
+ * their key rows meet in L1. */
+template <typename Tin, int NT>
+__global__ void __launch_bounds__(WPB * 32)
+	fwd_simple(Tin *__restrict__ out, float *__restrict__ lse, const Tin *__restrict__ q,
+		   const Tin *__restrict__ k, const Tin *__restrict__ v,
+		   const int32_t *__restrict__ seg, int B, int T, int H, int K, int D, float scale,
+		   int causal)
+{
+	__shared__ float sq[WPB][NT * 32];
+	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	const int i = blockIdx.x * WPB + warp, h = blockIdx.y, b = blockIdx.z;
+	if (i >= T)
+		return;
+	const int g = h / (H / K);
+	const int64_t ldk = (int64_t)K * D, row = ((int64_t)b * T + i) * H + h;
+	const Tin *kb = k + (int64_t)b * T * ldk + (int64_t)g * D;
+	const Tin *vb = v + (int64_t)b * T * ldk + (int64_t)g * D;
+	const int32_t *sg = seg ? seg + (int64_t)b * T : nullptr;
+	float *qs = sq[warp];
+#pragma unroll
+	for (int t = 0; t < NT; t++) {
+		const int d = lane + 32 * t;
+		qs[d] = d < D ? ldf(q + row * D + d) : 0.f;
+	}
+	__syncwarp();
+
+	int jend = causal ? i + 1 : T;
+	const int si = sg ? sg[i] : 0;
+	if (sg && si < 0)
+		jend = 0;
+	float m = -INFINITY, l = 0.f, o[NT];
+#pragma unroll
+	for (int t = 0; t < NT; t++)
+		o[t] = 0.f;
+	for (int j0 = 0; j0 < jend; j0 += 32) {
+		const int j = j0 + lane;
+		const bool ok = j < jend && (!sg || sg[j] == si);
+		float s = -INFINITY;
+		if (ok) {
+			const Tin *kj = kb + j * ldk;
+			float acc = 0.f;
+			for (int d = 0; d < D; d++)
+				acc += qs[d] * ldf(kj + d);
+			s = scale * acc;
+		}
+		const float mn = fmaxf(m, warp_max(s));
+		if (mn == -INFINITY)
+			continue; /* nothing visible yet (uniform over the warp) */
+		const float corr = expf(m - mn), p = ok ? expf(s - mn) : 0.f;
+		l = l * corr + warp_sum(p);
+		m = mn;
+#pragma unroll
+		for (int t = 0; t < NT; t++)
+			o[t] *= corr;
+		const int nj = min(32, jend - j0);
+		for (int jj = 0; jj < nj; jj++) {
+			const float pj = __shfl_sync(FULL, p, jj);
+			if (pj == 0.f)
+				continue;
+			const Tin *vj = vb + (j0 + jj) * ldk;
+#pragma unroll
+			for (int t = 0; t < NT; t++) {
+				const int d = lane + 32 * t;
+				if (d < D)
+					o[t] += pj * ldf(vj + d);
+			}
+		}
+	}
+	const float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+	for (int t = 0; t < NT; t++) {
+		const int d = lane + 32 * t;
+		if (d < D)
+			stf(out + row * D + d, o[t] * inv);
+	}
+	if (lane == 0)
+		lse[((int64_t)b * H + h) * T + i] = l > 0.f ? m + logf(l) : -INFINITY;
+}
+
+/* delta[b,h,i] = dout_i · out_i, 0 for a row that sees nothing (as the CPU
+ * kernel leaves it). One warp per (b,i,h) row. */
+template <typename Tin>
+__global__ void __launch_bounds__(WPB * 32)
+	delta_kernel(float *__restrict__ delta, const Tin *__restrict__ dout,
+		     const Tin *__restrict__ out, const float *__restrict__ lse, int B, int T, int H,
+		     int D)
+{
+	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	const int i = blockIdx.x * WPB + warp, h = blockIdx.y, b = blockIdx.z;
+	if (i >= T)
+		return;
+	const int64_t row = ((int64_t)b * T + i) * H + h;
+	const int64_t at = ((int64_t)b * H + h) * T + i;
+	float s = 0.f;
+	for (int d = lane; d < D; d += 32)
+		s += ldf(dout + row * D + d) * ldf(out + row * D + d);
+	s = warp_sum(s);
+	if (lane == 0)
+		delta[at] = lse[at] == -INFINITY ? 0.f : s;
+}
+
+/* dq_i += scale Σ_j p_ij (dout_i·v_j - delta_i) k_j, a warp per query row. */
+template <typename Tin, int NT>
+__global__ void __launch_bounds__(WPB * 32)
+	dq_simple(Tin *__restrict__ dq, const Tin *__restrict__ dout, const Tin *__restrict__ q,
+		  const Tin *__restrict__ k, const Tin *__restrict__ v,
+		  const float *__restrict__ lse, const float *__restrict__ delta,
+		  const int32_t *__restrict__ seg, int B, int T, int H, int K, int D, float scale,
+		  int causal)
+{
+	__shared__ float sq[WPB][NT * 32], so[WPB][NT * 32];
+	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	const int i = blockIdx.x * WPB + warp, h = blockIdx.y, b = blockIdx.z;
+	if (i >= T)
+		return;
+	const int g = h / (H / K);
+	const int64_t ldk = (int64_t)K * D, row = ((int64_t)b * T + i) * H + h;
+	const int64_t at = ((int64_t)b * H + h) * T + i;
+	const float L = lse[at], di = delta[at];
+	if (L == -INFINITY)
+		return;
+	const Tin *kb = k + (int64_t)b * T * ldk + (int64_t)g * D;
+	const Tin *vb = v + (int64_t)b * T * ldk + (int64_t)g * D;
+	const int32_t *sg = seg ? seg + (int64_t)b * T : nullptr;
+	float *qs = sq[warp], *os = so[warp];
+#pragma unroll
+	for (int t = 0; t < NT; t++) {
+		const int d = lane + 32 * t;
+		qs[d] = d < D ? ldf(q + row * D + d) : 0.f;
+		os[d] = d < D ? ldf(dout + row * D + d) : 0.f;
+	}
+	__syncwarp();
+	const int jend = causal ? i + 1 : T;
+	const int si = sg ? sg[i] : 0;
+	float acc[NT];
+#pragma unroll
+	for (int t = 0; t < NT; t++)
+		acc[t] = 0.f;
+	for (int j0 = 0; j0 < jend; j0 += 32) {
+		const int j = j0 + lane;
+		float ds = 0.f;
+		if (j < jend && (!sg || sg[j] == si)) {
+			const Tin *kj = kb + j * ldk, *vj = vb + j * ldk;
+			float s = 0.f, dp = 0.f;
+			for (int d = 0; d < D; d++) {
+				s += qs[d] * ldf(kj + d);
+				dp += os[d] * ldf(vj + d);
+			}
+			ds = expf(scale * s - L) * (dp - di);
+		}
+		const int nj = min(32, jend - j0);
+		for (int jj = 0; jj < nj; jj++) {
+			const float dsj = __shfl_sync(FULL, ds, jj);
+			if (dsj == 0.f)
+				continue;
+			const Tin *kj = kb + (j0 + jj) * ldk;
+#pragma unroll
+			for (int t = 0; t < NT; t++) {
+				const int d = lane + 32 * t;
+				if (d < D)
+					acc[t] += dsj * ldf(kj + d);
+			}
+		}
+	}
+#pragma unroll
+	for (int t = 0; t < NT; t++) {
+		const int d = lane + 32 * t;
+		if (d < D)
+			stf(dq + row * D + d, ldf(dq + row * D + d) + scale * acc[t]);
+	}
+}
+
+/* dk_j += scale Σ_{h,i} ds_ij q_i, dv_j += Σ_{h,i} p_ij dout_i over the query
+ * heads h of kv head g: a warp per key row (b, j, g). */
+template <typename Tin, int NT>
+__global__ void __launch_bounds__(WPB * 32)
+	dkdv_simple(Tin *__restrict__ dk, Tin *__restrict__ dv, const Tin *__restrict__ dout,
+		    const Tin *__restrict__ q, const Tin *__restrict__ k,
+		    const Tin *__restrict__ v, const float *__restrict__ lse,
+		    const float *__restrict__ delta, const int32_t *__restrict__ seg, int B, int T,
+		    int H, int K, int D, float scale, int causal)
+{
+	__shared__ float sk[WPB][NT * 32], sv[WPB][NT * 32];
+	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	const int j = blockIdx.x * WPB + warp, g = blockIdx.y, b = blockIdx.z;
+	if (j >= T)
+		return;
+	const int rep = H / K;
+	const int64_t ldq = (int64_t)H * D, krow = (((int64_t)b * T + j) * K + g) * D;
+	const int32_t *sg = seg ? seg + (int64_t)b * T : nullptr;
+	const int sj = sg ? sg[j] : 0;
+	if (sg && sj < 0)
+		return; /* no query sees a padding key */
+	float *ks = sk[warp], *vs = sv[warp];
+#pragma unroll
+	for (int t = 0; t < NT; t++) {
+		const int d = lane + 32 * t;
+		ks[d] = d < D ? ldf(k + krow + d) : 0.f;
+		vs[d] = d < D ? ldf(v + krow + d) : 0.f;
+	}
+	__syncwarp();
+	float ak[NT], av[NT];
+#pragma unroll
+	for (int t = 0; t < NT; t++)
+		ak[t] = av[t] = 0.f;
+	for (int h = g * rep; h < (g + 1) * rep; h++) {
+		const Tin *qh = q + (int64_t)b * T * ldq + (int64_t)h * D;
+		const Tin *oh = dout + (int64_t)b * T * ldq + (int64_t)h * D;
+		const float *Lh = lse + ((int64_t)b * H + h) * T, *Dh = delta + ((int64_t)b * H + h) * T;
+		for (int i0 = causal ? j : 0; i0 < T; i0 += 32) {
+			const int i = i0 + lane;
+			float p = 0.f, ds = 0.f;
+			if (i < T && (!sg || sg[i] == sj) && Lh[i] != -INFINITY) {
+				const Tin *qi = qh + i * ldq, *oi = oh + i * ldq;
+				float s = 0.f, dp = 0.f;
+				for (int d = 0; d < D; d++) {
+					s += ldf(qi + d) * ks[d];
+					dp += ldf(oi + d) * vs[d];
+				}
+				p = expf(scale * s - Lh[i]);
+				ds = p * (dp - Dh[i]);
+			}
+			const int ni = min(32, T - i0);
+			for (int ii = 0; ii < ni; ii++) {
+				const float pi = __shfl_sync(FULL, p, ii), dsi = __shfl_sync(FULL, ds, ii);
+				if (pi == 0.f && dsi == 0.f)
+					continue;
+				const Tin *qi = qh + (i0 + ii) * ldq, *oi = oh + (i0 + ii) * ldq;
+#pragma unroll
+				for (int t = 0; t < NT; t++) {
+					const int d = lane + 32 * t;
+					if (d < D) {
+						av[t] += pi * ldf(oi + d);
+						ak[t] += dsi * ldf(qi + d);
+					}
+				}
+			}
+		}
+	}
+#pragma unroll
+	for (int t = 0; t < NT; t++) {
+		const int d = lane + 32 * t;
+		if (d >= D)
+			continue;
+		if (dk)
+			stf(dk + krow + d, ldf(dk + krow + d) + scale * ak[t]);
+		if (dv)
+			stf(dv + krow + d, ldf(dv + krow + d) + av[t]);
+	}
+}
+
+/* ------------------------------------------------------------- decode */
+
+/* A group of TPR threads per key, 8 elements of the head dim each (one
+ * 16-byte load for BF16 when VEC), 128/TPR keys in flight per block. Block
+ * (s, h) reduces keys [s*chunk, (s+1)*chunk) of the cache to (m, l, o) in
+ * log2 units; with one split it writes out directly. */
+#define DEC_THREADS 128
+
+template <typename Tin, bool VEC>
+static __device__ __forceinline__ void load8(float (&f)[8], const Tin *p, int n)
+{
+	if (VEC && n == 8) {
+		if constexpr (sizeof(Tin) == 2) {
+			uint4 u = *(const uint4 *)p;
+			const __nv_bfloat162 *h2 = (const __nv_bfloat162 *)&u;
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				float2 x = __bfloat1622float2(h2[e]);
+				f[2 * e] = x.x;
+				f[2 * e + 1] = x.y;
+			}
+		} else {
+			float4 a = *(const float4 *)p, c = *((const float4 *)p + 1);
+			f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w;
+			f[4] = c.x, f[5] = c.y, f[6] = c.z, f[7] = c.w;
+		}
+		return;
+	}
+#pragma unroll
+	for (int e = 0; e < 8; e++)
+		f[e] = e < n ? ldf(p + e) : 0.f;
+}
+
+template <typename Tin, bool VEC>
+__global__ void __launch_bounds__(DEC_THREADS)
+	decode_part(Tin *__restrict__ out, float *__restrict__ part /*(H,nsplit,D+2)*/,
+		    const Tin *__restrict__ q, const Tin *__restrict__ kc,
+		    const Tin *__restrict__ vc, int Tk, int H, int K, int D, float scale_log2,
+		    int chunk, int tpr)
+{
+	__shared__ float sm_m[DEC_THREADS], sm_l[DEC_THREADS], sm_o[DEC_THREADS * 8];
+	const int tid = threadIdx.x, s = blockIdx.x, h = blockIdx.y, nsplit = gridDim.x;
+	const int g = h / (H / K), G = DEC_THREADS / tpr, grp = tid / tpr, sub = tid % tpr;
+	const int d0 = sub * 8, nd = max(0, min(8, D - d0));
+	const int64_t ldk = (int64_t)K * D;
+	const int jb = s * chunk, je = min(Tk, jb + chunk);
+	float qf[8], o[8];
+	load8<Tin, VEC>(qf, q + (int64_t)h * D + d0, nd);
+#pragma unroll
+	for (int e = 0; e < 8; e++) {
+		qf[e] *= scale_log2;
+		o[e] = 0.f;
+	}
+	float m = -INFINITY, l = 0.f;
+	/* The trip count is the same for every group so that the shuffles
+	 * below always have the whole warp. */
+	for (int base = jb; base < je; base += G) {
+		const int j = base + grp;
+		const bool ok = j < je;
+		float kf[8], vf[8];
+		const int64_t off = (int64_t)(ok ? j : jb) * ldk + (int64_t)g * D + d0;
+		load8<Tin, VEC>(kf, kc + off, ok ? nd : 0);
+		load8<Tin, VEC>(vf, vc + off, ok ? nd : 0);
+		float x = 0.f;
+#pragma unroll
+		for (int e = 0; e < 8; e++)
+			x += qf[e] * kf[e];
+		for (int w = tpr >> 1; w > 0; w >>= 1)
+			x += __shfl_xor_sync(FULL, x, w);
+		if (ok) {
+			const float mn = fmaxf(m, x), c = exp2f(m - mn), p = exp2f(x - mn);
+			l = l * c + p;
+#pragma unroll
+			for (int e = 0; e < 8; e++)
+				o[e] = o[e] * c + p * vf[e];
+			m = mn;
+		}
+	}
+	if (sub == 0) {
+		sm_m[grp] = m;
+		sm_l[grp] = l;
+	}
+#pragma unroll
+	for (int e = 0; e < 8; e++)
+		if (e < nd)
+			sm_o[grp * D + d0 + e] = o[e];
+	__syncthreads();
+	float M = -INFINITY;
+	for (int x = 0; x < G; x++)
+		M = fmaxf(M, sm_m[x]);
+	const float Mu = M == -INFINITY ? 0.f : M;
+	float L = 0.f;
+	for (int x = 0; x < G; x++)
+		L += sm_l[x] * exp2f(sm_m[x] - Mu);
+	for (int d = tid; d < D; d += DEC_THREADS) {
+		float acc = 0.f;
+		for (int x = 0; x < G; x++)
+			acc += sm_o[x * D + d] * exp2f(sm_m[x] - Mu);
+		if (nsplit == 1)
+			stf(out + (int64_t)h * D + d, L > 0.f ? acc / L : 0.f);
+		else
+			part[((int64_t)h * nsplit + s) * (D + 2) + 2 + d] = acc;
+	}
+	if (nsplit > 1 && tid == 0) {
+		part[((int64_t)h * nsplit + s) * (D + 2)] = M;
+		part[((int64_t)h * nsplit + s) * (D + 2) + 1] = L;
+	}
+}
+
+template <typename Tin>
+__global__ void __launch_bounds__(DEC_THREADS)
+	decode_merge(Tin *__restrict__ out, const float *__restrict__ part, int nsplit, int D)
+{
+	const int h = blockIdx.x;
+	const float *ph = part + (int64_t)h * nsplit * (D + 2);
+	float M = -INFINITY;
+	for (int s = 0; s < nsplit; s++)
+		M = fmaxf(M, ph[s * (D + 2)]);
+	const float Mu = M == -INFINITY ? 0.f : M;
+	float L = 0.f;
+	for (int s = 0; s < nsplit; s++)
+		L += ph[s * (D + 2) + 1] * exp2f(ph[s * (D + 2)] - Mu);
+	for (int d = threadIdx.x; d < D; d += DEC_THREADS) {
+		float acc = 0.f;
+		for (int s = 0; s < nsplit; s++)
+			acc += ph[s * (D + 2) + 2 + d] * exp2f(ph[s * (D + 2)] - Mu);
+		stf(out + (int64_t)h * D + d, L > 0.f ? acc / L : 0.f);
+	}
+}
+
+/* --------------------------------------------------------------- host */
+
+static int check_shape(const char *fn, lmk_dtype dt, int64_t B, int64_t T, int64_t H, int64_t K,
+		       int64_t D)
+{
+	if (dt != LMK_F32 && dt != LMK_BF16)
+		return lmk_err(LMK_EINVAL, "%s: dtype %s: expected F32 or BF16", fn,
+			       lmk_dtype_name(dt));
+	if (B < 0 || T < 0 || H < 1 || K < 1 || D < 1 || H % K)
+		return lmk_err(LMK_EINVAL,
+			       "%s: B %lld, T %lld, H %lld, K %lld, D %lld: expected positive "
+			       "heads and dims, H a multiple of K",
+			       fn, (long long)B, (long long)T, (long long)H, (long long)K,
+			       (long long)D);
+	if (D > 256)
+		return lmk_err(LMK_EUNSUP, "%s: head dim %lld: expected at most 256", fn,
+			       (long long)D);
+	/* int indices inside the kernels; grids of at most 2^30 blocks */
+	if (T > INT32_MAX / 2 || B > 65535 || H > 65535 || B * H * T > ((int64_t)1 << 32))
+		return lmk_err(LMK_EUNSUP, "%s: B %lld, T %lld, H %lld: too large", fn,
+			       (long long)B, (long long)T, (long long)H);
+	return 0;
+}
+
+static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+/* The mma kernels need BF16, a specialised head dim and 16-byte rows. */
+static bool use_mma(lmk_dtype dt, int64_t D, const void *a, const void *b, const void *c,
+		    const void *d, const void *e)
+{
+	return dt == LMK_BF16 && (D == 64 || D == 128) && aligned16(a) && aligned16(b) &&
+	       aligned16(c) && aligned16(d) && (!e || aligned16(e));
+}
+
+template <typename K> static int set_smem(K kernel, size_t bytes)
+{
+	LMK_CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+				    (int)bytes));
+	return 0;
+}
+
+template <int D>
+static int fwd_mma_launch(cudaStream_t st, void *out, float *lse, const void *q, const void *k,
+			  const void *v, const int32_t *seg, int B, int T, int H, int K,
+			  float scale, int causal)
+{
+	using C = FwdCfg<D>;
+	const size_t smem = (size_t)(C::BR + 4 * C::BC) * D * sizeof(bf16);
+	int rc = set_smem(fwd_mma<D>, smem);
+	if (rc < 0)
+		return rc;
+	dim3 grid((T + C::BR - 1) / C::BR, H, B);
+	fwd_mma<D><<<grid, C::NW * 32, smem, st>>>((bf16 *)out, lse, (const bf16 *)q,
+						   (const bf16 *)k, (const bf16 *)v, seg, T, H, K,
+						   scale * LOG2E, causal);
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+template <typename Tin, int NT>
+static int fwd_simple_launch(cudaStream_t st, void *out, float *lse, const void *q,
+			     const void *k, const void *v, const int32_t *seg, int B, int T,
+			     int H, int K, int D, float scale, int causal)
+{
+	dim3 grid((T + WPB - 1) / WPB, H, B);
+	fwd_simple<Tin, NT><<<grid, WPB * 32, 0, st>>>(
+		(Tin *)out, lse, (const Tin *)q, (const Tin *)k, (const Tin *)v, seg, B, T, H, K,
+		D, scale, causal);
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+/* Calls F<Tin, NT> for NT = ceil(D/32), D <= 256. */
+#define SIMPLE_DISPATCH(F, Tin, D, ...)                                  \
+	switch ((int)(((D) + 31) / 32)) {                                  \
+	case 1: return F<Tin, 1>(__VA_ARGS__);                             \
+	case 2: return F<Tin, 2>(__VA_ARGS__);                             \
+	case 3: return F<Tin, 3>(__VA_ARGS__);                             \
+	case 4: return F<Tin, 4>(__VA_ARGS__);                             \
+	case 5: return F<Tin, 5>(__VA_ARGS__);                             \
+	case 6: return F<Tin, 6>(__VA_ARGS__);                             \
+	case 7: return F<Tin, 7>(__VA_ARGS__);                             \
+	default: return F<Tin, 8>(__VA_ARGS__);                            \
+	}
+
+extern "C" int lmk_cuda_attention_forward(void *be, lmk_dtype dt, void *out, float *lse,
+					  const void *q, const void *k, const void *v,
+					  const int32_t *seg, int64_t B, int64_t T, int64_t H,
+					  int64_t K, int64_t D, float scale, int causal)
+{
+	int rc = check_shape("attention forward", dt, B, T, H, K, D);
+	if (rc < 0 || B == 0 || T == 0)
+		return rc;
+	cudaStream_t st = stream_of(be);
+	causal = causal != 0;
+	if (use_mma(dt, D, out, q, k, v, nullptr)) {
+		if (D == 64)
+			return fwd_mma_launch<64>(st, out, lse, q, k, v, seg, (int)B, (int)T, (int)H,
+						  (int)K, scale, causal);
+		return fwd_mma_launch<128>(st, out, lse, q, k, v, seg, (int)B, (int)T, (int)H,
+					   (int)K, scale, causal);
+	}
+	if (dt == LMK_BF16) {
+		SIMPLE_DISPATCH(fwd_simple_launch, bf16, D, st, out, lse, q, k, v, seg, (int)B,
+				(int)T, (int)H, (int)K, (int)D, scale, causal)
+	}
+	SIMPLE_DISPATCH(fwd_simple_launch, float, D, st, out, lse, q, k, v, seg, (int)B, (int)T,
+			(int)H, (int)K, (int)D, scale, causal)
+}
+
+template <int D>
+static int bwd_mma_launch(cudaStream_t st, void *dq, void *dk, void *dv, const float *delta,
+			  const void *dout, const void *q, const void *k, const void *v,
+			  const float *lse, const int32_t *seg, int B, int T, int H, int K,
+			  float scale, int causal)
+{
+	int rc;
+	if (dq) {
+		using C = DqCfg<D>;
+		const size_t smem = (size_t)(2 * C::BR + 4 * C::BC) * D * sizeof(bf16);
+		if ((rc = set_smem(dq_mma<D>, smem)) < 0)
+			return rc;
+		dim3 grid((T + C::BR - 1) / C::BR, H, B);
+		dq_mma<D><<<grid, C::NW * 32, smem, st>>>(
+			(bf16 *)dq, (const bf16 *)dout, (const bf16 *)q, (const bf16 *)k,
+			(const bf16 *)v, lse, delta, seg, T, H, K, scale, scale * LOG2E, causal);
+		LMK_CK_LAUNCH();
+	}
+	if (dk || dv) {
+		using C = DkvCfg<D>;
+		const size_t smem =
+			(size_t)(2 * C::BC + 4 * C::BR) * D * sizeof(bf16) + 4 * C::BR * sizeof(float);
+		if ((rc = set_smem(dkdv_mma<D>, smem)) < 0)
+			return rc;
+		dim3 grid((T + C::BC - 1) / C::BC, K, B);
+		dkdv_mma<D><<<grid, C::NW * 32, smem, st>>>(
+			(bf16 *)dk, (bf16 *)dv, (const bf16 *)dout, (const bf16 *)q, (const bf16 *)k,
+			(const bf16 *)v, lse, delta, seg, T, H, K, scale, scale * LOG2E, causal);
+		LMK_CK_LAUNCH();
+	}
+	return 0;
+}
+
+template <typename Tin, int NT>
+static int bwd_simple_launch(cudaStream_t st, void *dq, void *dk, void *dv, const float *delta,
+			     const void *dout, const void *q, const void *k, const void *v,
+			     const float *lse, const int32_t *seg, int B, int T, int H, int K, int D,
+			     float scale, int causal)
+{
+	if (dq) {
+		dim3 grid((T + WPB - 1) / WPB, H, B);
+		dq_simple<Tin, NT><<<grid, WPB * 32, 0, st>>>(
+			(Tin *)dq, (const Tin *)dout, (const Tin *)q, (const Tin *)k,
+			(const Tin *)v, lse, delta, seg, B, T, H, K, D, scale, causal);
+		LMK_CK_LAUNCH();
+	}
+	if (dk || dv) {
+		dim3 grid((T + WPB - 1) / WPB, K, B);
+		dkdv_simple<Tin, NT><<<grid, WPB * 32, 0, st>>>(
+			(Tin *)dk, (Tin *)dv, (const Tin *)dout, (const Tin *)q, (const Tin *)k,
+			(const Tin *)v, lse, delta, seg, B, T, H, K, D, scale, causal);
+		LMK_CK_LAUNCH();
+	}
+	return 0;
+}
+
+extern "C" int lmk_cuda_attention_backward(void *be, lmk_dtype dt, void *dq, void *dk, void *dv,
+					   float *delta, const void *dout, const void *q,
+					   const void *k, const void *v, const void *out,
+					   const float *lse, const int32_t *seg, int64_t B,
+					   int64_t T, int64_t H, int64_t K, int64_t D, float scale,
+					   int causal)
+{
+	int rc = check_shape("attention backward", dt, B, T, H, K, D);
+	if (rc < 0 || B == 0 || T == 0)
+		return rc;
+	cudaStream_t st = stream_of(be);
+	causal = causal != 0;
+	const dim3 nb((unsigned)((T + WPB - 1) / WPB), (unsigned)H, (unsigned)B);
+	if (dt == LMK_BF16)
+		delta_kernel<bf16><<<nb, WPB * 32, 0, st>>>(delta, (const bf16 *)dout,
+							    (const bf16 *)out, lse, (int)B, (int)T,
+							    (int)H, (int)D);
+	else
+		delta_kernel<float><<<nb, WPB * 32, 0, st>>>(delta, (const float *)dout,
+							     (const float *)out, lse, (int)B,
+							     (int)T, (int)H, (int)D);
+	LMK_CK_LAUNCH();
+	if (!dq && !dk && !dv)
+		return 0;
+	if (use_mma(dt, D, dout, q, k, v, dq) && (!dk || aligned16(dk)) && (!dv || aligned16(dv))) {
+		if (D == 64)
+			return bwd_mma_launch<64>(st, dq, dk, dv, delta, dout, q, k, v, lse, seg,
+						  (int)B, (int)T, (int)H, (int)K, scale, causal);
+		return bwd_mma_launch<128>(st, dq, dk, dv, delta, dout, q, k, v, lse, seg, (int)B,
+					   (int)T, (int)H, (int)K, scale, causal);
+	}
+	if (dt == LMK_BF16) {
+		SIMPLE_DISPATCH(bwd_simple_launch, bf16, D, st, dq, dk, dv, delta, dout, q, k, v,
+				lse, seg, (int)B, (int)T, (int)H, (int)K, (int)D, scale, causal)
+	}
+	SIMPLE_DISPATCH(bwd_simple_launch, float, D, st, dq, dk, dv, delta, dout, q, k, v, lse,
+			seg, (int)B, (int)T, (int)H, (int)K, (int)D, scale, causal)
+}
+
+template <typename Tin, bool VEC>
+static int decode_launch(void *be, cudaStream_t st, void *out, const void *q, const void *kc,
+			 const void *vc, int Tk, int H, int K, int D, float scale)
+{
+	int dev = 0, sms = 132;
+	LMK_CK(cudaGetDevice(&dev));
+	LMK_CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+	int tpr = 1;
+	while (tpr * 8 < D)
+		tpr <<= 1;
+	/* Enough blocks for two waves, but at least 256 keys per block so
+	 * that the merge stays cheap. */
+	int nsplit = (2 * sms + H - 1) / H;
+	nsplit = max(1, min(nsplit, (Tk + 255) / 256));
+	const int chunk = (Tk + nsplit - 1) / nsplit;
+	nsplit = (Tk + chunk - 1) / chunk;
+	/* the parts: (m, l, o[D]) per (head, split) */
+	const size_t bytes = (size_t)H * nsplit * (D + 2) * sizeof(float);
+	float *part = nullptr;
+	if (nsplit > 1) {
+#if HAVE_BACKEND_H
+		part = (float *)lmk_cuda_scratch((lmk_cuda_backend *)be, bytes);
+		if (!part)
+			return lmk_errcode();
+#else
+		LMK_CK(cudaMallocAsync((void **)&part, bytes, st));
+#endif
+	}
+	dim3 grid(nsplit, H);
+	decode_part<Tin, VEC><<<grid, DEC_THREADS, 0, st>>>((Tin *)out, part, (const Tin *)q,
+							    (const Tin *)kc, (const Tin *)vc, Tk, H,
+							    K, D, scale * LOG2E, chunk, tpr);
+	cudaError_t e = cudaGetLastError();
+	if (e == cudaSuccess && nsplit > 1) {
+		decode_merge<Tin><<<H, DEC_THREADS, 0, st>>>((Tin *)out, part, nsplit, D);
+		e = cudaGetLastError();
+	}
+#if !HAVE_BACKEND_H
+	if (part)
+		LMK_CK(cudaFreeAsync(part, st));
+#endif
+	LMK_CK(e);
+	return 0;
+}
+
+extern "C" int lmk_cuda_attention_decode(void *be, lmk_dtype dt, void *out, const void *q,
+					 const void *kcache, const void *vcache, int64_t Tk,
+					 int64_t H, int64_t K, int64_t D, float scale)
+{
+	int rc = check_shape("attention decode", dt, 1, Tk, H, K, D);
+	if (rc < 0)
+		return rc;
+	cudaStream_t st = stream_of(be);
+	if (Tk == 0) {
+		LMK_CK(cudaMemsetAsync(out, 0, (size_t)(H * D) * lmk_dtype_size(dt), st));
+		return 0;
+	}
+	const bool vec = D % 8 == 0 && aligned16(q) && aligned16(kcache) && aligned16(vcache);
+	if (dt == LMK_BF16)
+		return vec ? decode_launch<bf16, true>(be, st, out, q, kcache, vcache, (int)Tk, (int)H,
+						       (int)K, (int)D, scale)
+			   : decode_launch<bf16, false>(be, st, out, q, kcache, vcache, (int)Tk,
+							(int)H, (int)K, (int)D, scale);
+	return vec ? decode_launch<float, true>(be, st, out, q, kcache, vcache, (int)Tk, (int)H, (int)K,
+						(int)D, scale)
+		   : decode_launch<float, false>(be, st, out, q, kcache, vcache, (int)Tk, (int)H,
+						 (int)K, (int)D, scale);
+}
