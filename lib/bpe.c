@@ -101,6 +101,8 @@ typedef struct cslot {
 
 /* The largest vocabulary we take (real ones are below 2^18). */
 #define MAX_VOCAB (1 << 24)
+/* The longest text one call encodes. */
+#define MAX_TEXT (1u << 30)
 
 typedef struct heapent {
 	int32_t rank, pos, id;
@@ -544,9 +546,10 @@ static bool word_char_before(lmk_bpe *t, const uint8_t *s, size_t pos)
 
 static bool word_char_after(lmk_bpe *t, const uint8_t *s, size_t n, size_t pos)
 {
-	if (pos >= n)
-		return false;
-	return pcre2_match(t->word_re, s + pos, n - pos, 0, PCRE2_ANCHORED, t->md, NULL) >= 0;
+	uint32_t cp;
+	int l = pos < n ? utf8_next(s + pos, n - pos, &cp) : 0;
+	/* one character as the subject: PCRE2 checks the UTF-8 of all of it */
+	return l && pcre2_match(t->word_re, s + pos, (size_t)l, 0, 0, t->md, NULL) >= 0;
 }
 
 /* White space (UTF-8) ending at s[pos] going left, down to lo. */
@@ -836,16 +839,31 @@ static ptrdiff_t nfc(lmk_bpe *t, const uint8_t *s, size_t n)
 		i += (size_t)l;
 	}
 	uint32_t *c = t->cps;
-	/* canonical order: a stable sort of each run of non-starters */
-	for (size_t i = 1; i < m; i++) {
-		int k = nfc_ccc(c[i]);
-		if (!k)
+	/* canonical order: a stable sort of each run of non-starters, by
+	 * counting (classes are bytes), so that long runs stay linear */
+	for (size_t a = 0; a < m;) {
+		if (!nfc_ccc(c[a])) {
+			a++;
 			continue;
-		for (size_t j = i; j > 0 && nfc_ccc(c[j - 1]) > k; j--) {
-			uint32_t x = c[j];
-			c[j] = c[j - 1];
-			c[j - 1] = x;
 		}
+		size_t b = a;
+		while (b < m && nfc_ccc(c[b]))
+			b++;
+		if (b - a > 1) {
+			if (GROW(t->cps, t->cps_cap, m + (b - a)))
+				return -1;
+			c = t->cps;
+			uint32_t *tmp = c + m;
+			size_t count[257] = {0};
+			for (size_t i = a; i < b; i++)
+				count[nfc_ccc(c[i]) + 1]++;
+			for (int k = 1; k < 257; k++)
+				count[k] += count[k - 1];
+			for (size_t i = a; i < b; i++)
+				tmp[count[nfc_ccc(c[i])]++] = c[i];
+			memcpy(c + a, tmp, (b - a) * sizeof *c);
+		}
+		a = b;
 	}
 	/* composition, as in UAX #15's sample code */
 	size_t out = m;
@@ -1325,6 +1343,9 @@ int64_t lmk_bpe_encode(lmk_bpe *t, const void *text, size_t len, int flags, int3
 {
 	if (!t || !ids || !cap || (!text && len))
 		return lmk_err(LMK_EINVAL, "bpe: encode: null argument");
+	if (len > MAX_TEXT) /* pieces are counted in 32 bits */
+		return lmk_err(LMK_EINVAL, "%s: text of %zu bytes: expected at most %u in one call",
+			       t->name, len, MAX_TEXT);
 	ivec o = {ids, cap, 0};
 	if (flags & LMK_BPE_BOS) {
 		if (t->info.bos < 0)

@@ -15,9 +15,14 @@ matched and not. Three pairs are compared:
   - our tokenizer.json loader on the file transformers makes from the GGUF
     (AutoTokenizer.from_pretrained(..., gguf_file=...)), whose conversion
     keeps only ByteLevel and so splits "a  1" differently from SmolLM2.
-Then decoding our ids gives back every text byte for byte, including text
-with bytes that are not UTF-8 (which HF cannot take, so only the round trip
-is checked there).
+plus 3000 random strings (fixed seed) of characters the patterns treat
+differently. Then Llama 3's (ignore_merges), Qwen2's (NFC), GPT-4o's
+pre-tokenizers and ByteLevel's add_prefix_space, each put in a
+tokenizer.json with SmolLM2's vocabulary, on the SQuAD contexts, the hard
+cases and the random strings. Decoding our ids gives back every text byte
+for byte, including text with bytes that are not UTF-8 (which HF cannot
+take, so only the round trip is checked there), except the 21 bytes that
+SmolLM2's vocabulary has no token for, which HF and we drop.
 
 Our side runs through $BUILD/tests/test_bpe (tests/test_bpe.c):
   test_bpe --encode FILE --records [--special] < NUL-separated texts
@@ -27,6 +32,7 @@ no model file, or test_bpe not built).
 """
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -93,6 +99,33 @@ HARD = [
 INVALID = [b"\xff", b"\xc3", b"a\xe2\x82b", b"\xc0\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80",
            b"ok \xff\xfe text", b"\xe6\x97", b"caf\xc3", b"\x80\x80\x80 x", b"<|im_end|>\xc3(",
            b"\xf0\x9f\x98 \xe2\x28\xa1", bytes(range(1, 256))]
+
+
+def split(pattern):
+    return {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False}
+
+
+BYTELEVEL_NO_RE = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                   "use_regex": False}
+LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+          r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
+         r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+GPT4O = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+         r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+"
+         r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}|"
+         r" ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# name, pre_tokenizer, other changes: Llama 3's, Qwen2's (with NFC) and
+# GPT-4o's tokenizer.json forms
+OTHER_PRE = [
+    ("llama3", {"type": "Sequence", "pretokenizers": [split(LLAMA3), BYTELEVEL_NO_RE]},
+     {"model": {"ignore_merges": True}}),
+    ("qwen2", {"type": "Sequence", "pretokenizers": [split(QWEN2), BYTELEVEL_NO_RE]},
+     {"top": {"normalizer": {"type": "NFC"}}}),
+    ("gpt-4o", {"type": "Sequence", "pretokenizers": [split(GPT4O), BYTELEVEL_NO_RE]}, {}),
+    ("prefix-space", {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                      "use_regex": True}, {}),
+]
 
 
 def bytes_to_unicode():
@@ -179,8 +212,16 @@ def main():
     shakespeare = open(os.path.join(data, "text", "tinyshakespeare.txt"), encoding="utf-8").read()
     squad = [p["context"] for p in json.load(open(os.path.join(data, "squad", "squad_val.json"),
                                                   encoding="utf-8"))]
+    # random strings (fixed seed) drawn from characters that the patterns
+    # treat differently, and for NFC combining marks, jamo and singletons
+    rnd = random.Random(1234)
+    pool = (" " * 8 + "\n" * 3 + "\t\r\u00a0\u3000\u2028\u0085\u180e" + "'" * 4 + "sStTdDmMlLvVreE"
+            + "abcxyzABC" + "0123456789" + "\u0661\u00bd" + ".,;!?-_/()[]{}<>|\"" + "\u00e9\u00c5\u212b"
+            + "\u0301\u0316\u0327\u0308\u05b0\u0e31\u1100\u1161\u11a8\uac00\u0958\uf900"
+            + "\u65e5\u672c\u0645\u05e9\U0001f44d\U0001f3fd\u200d\u017f")
+    randoms = ["".join(rnd.choice(pool) for _ in range(rnd.randrange(1, 40))) for _ in range(3000)]
     sets = [("tinyshakespeare", [shakespeare], (False,)), ("squad contexts", squad, (False,)),
-            ("hard cases", HARD, (True, False))]
+            ("hard cases", HARD, (True, False)), ("random strings", randoms, (True,))]
     total = bad_total = differ = 0
     for name, texts, specials in sets:
         enc = [t.encode("utf-8") for t in texts]
@@ -206,6 +247,27 @@ def main():
                         fail(f"{name}: {lost} of {len(enc)} texts do not decode to themselves")
             print(f"test_tokenizer: {name}, special tokens {'matched' if special else 'as text'}: "
                   f"{len(texts)} texts compared")
+    # the other pre-tokenizers on SmolLM2's vocabulary, against HF on the
+    # SQuAD contexts, the hard cases and the random strings
+    for name, pre, extra in OTHER_PRE:
+        e = json.loads(json.dumps(d))
+        e["pre_tokenizer"] = pre
+        e.update(extra.get("top", {}))
+        e["model"].update(extra.get("model", {}))
+        odir = os.path.join(tmp, name)
+        os.makedirs(odir)
+        opath = os.path.join(odir, "tokenizer.json")
+        json.dump(e, open(opath, "w", encoding="utf-8"), ensure_ascii=False)
+        ref = Tokenizer.from_file(opath)
+        for set_name, texts in (("squad", squad), ("hard cases", HARD), ("random", randoms)):
+            want = hf_ids(ref, texts, True)
+            got, _ = ours(opath, [t.encode("utf-8") for t in texts], True)
+            n, bad = compare(f"{name} on {set_name}", texts, want, got)
+            total += n
+            bad_total += bad
+        print(f"test_tokenizer: pre-tokenizer {name} on SmolLM2's vocabulary: "
+              f"{len(squad) + len(HARD) + len(randoms)} texts compared")
+
     # bytes that are not UTF-8: only our round trip
     for path in (model, smol_path):
         got, _ = ours(path, INVALID, True)
