@@ -705,7 +705,7 @@ __global__ void __launch_bounds__(WPB * 32)
 		   const int32_t *__restrict__ seg, int B, int T, int H, int K, int D, float scale,
 		   int causal)
 {
-	__shared__ float sq[WPB][NT * 32];
+	__shared__ float sq[WPB][NT * 32], sp[WPB][32];
 	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 	const int i = blockIdx.x * WPB + warp, h = blockIdx.y, b = blockIdx.z;
 	if (i >= T)
@@ -751,9 +751,14 @@ __global__ void __launch_bounds__(WPB * 32)
 #pragma unroll
 		for (int t = 0; t < NT; t++)
 			o[t] *= corr;
+		/* the weights through shared memory rather than shuffles, so
+		 * that the loop below may skip zeros without a divergent
+		 * shuffle (whose slow path costs stack) */
+		sp[warp][lane] = p;
+		__syncwarp();
 		const int nj = min(32, jend - j0);
 		for (int jj = 0; jj < nj; jj++) {
-			const float pj = __shfl_sync(FULL, p, jj);
+			const float pj = sp[warp][jj];
 			if (pj == 0.f)
 				continue;
 			const Tin *vj = vb + (j0 + jj) * ldk;
@@ -764,6 +769,7 @@ __global__ void __launch_bounds__(WPB * 32)
 					o[t] += pj * ldf(vj + d);
 			}
 		}
+		__syncwarp();
 	}
 	const float inv = l > 0.f ? 1.f / l : 0.f;
 #pragma unroll
@@ -807,7 +813,7 @@ __global__ void __launch_bounds__(WPB * 32)
 		  const int32_t *__restrict__ seg, int B, int T, int H, int K, int D, float scale,
 		  int causal)
 {
-	__shared__ float sq[WPB][NT * 32], so[WPB][NT * 32];
+	__shared__ float sq[WPB][NT * 32], so[WPB][NT * 32], sds[WPB][32];
 	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 	const int i = blockIdx.x * WPB + warp, h = blockIdx.y, b = blockIdx.z;
 	if (i >= T)
@@ -847,9 +853,11 @@ __global__ void __launch_bounds__(WPB * 32)
 			}
 			ds = expf(scale * s - L) * (dp - di);
 		}
+		sds[warp][lane] = ds;
+		__syncwarp();
 		const int nj = min(32, jend - j0);
 		for (int jj = 0; jj < nj; jj++) {
-			const float dsj = __shfl_sync(FULL, ds, jj);
+			const float dsj = sds[warp][jj];
 			if (dsj == 0.f)
 				continue;
 			const Tin *kj = kb + (j0 + jj) * ldk;
@@ -860,6 +868,7 @@ __global__ void __launch_bounds__(WPB * 32)
 					acc[t] += dsj * ldf(kj + d);
 			}
 		}
+		__syncwarp();
 	}
 #pragma unroll
 	for (int t = 0; t < NT; t++) {
@@ -879,7 +888,7 @@ __global__ void __launch_bounds__(WPB * 32)
 		    const float *__restrict__ delta, const int32_t *__restrict__ seg, int B, int T,
 		    int H, int K, int D, float scale, int causal)
 {
-	__shared__ float sk[WPB][NT * 32], sv[WPB][NT * 32];
+	__shared__ float sk[WPB][NT * 32], sv[WPB][NT * 32], sp[WPB][32], sds[WPB][32];
 	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 	const int j = blockIdx.x * WPB + warp, g = blockIdx.y, b = blockIdx.z;
 	if (j >= T)
@@ -919,9 +928,12 @@ __global__ void __launch_bounds__(WPB * 32)
 				p = expf(scale * s - Lh[i]);
 				ds = p * (dp - Dh[i]);
 			}
+			sp[warp][lane] = p;
+			sds[warp][lane] = ds;
+			__syncwarp();
 			const int ni = min(32, T - i0);
 			for (int ii = 0; ii < ni; ii++) {
-				const float pi = __shfl_sync(FULL, p, ii), dsi = __shfl_sync(FULL, ds, ii);
+				const float pi = sp[warp][ii], dsi = sds[warp][ii];
 				if (pi == 0.f && dsi == 0.f)
 					continue;
 				const Tin *qi = qh + (i0 + ii) * ldq, *oi = oh + (i0 + ii) * ldq;
@@ -934,6 +946,7 @@ __global__ void __launch_bounds__(WPB * 32)
 					}
 				}
 			}
+			__syncwarp();
 		}
 	}
 #pragma unroll
