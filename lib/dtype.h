@@ -7,6 +7,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum {
 	LMK_F64, LMK_F32, LMK_F16, LMK_BF16,
 	LMK_I64, LMK_I32, LMK_I16, LMK_I8,
@@ -33,5 +37,9 @@ void lmk_dtype_to_f32(lmk_dtype t, const void *src, float *dst, size_t n);
 /* Converts n float32 to type t (F32, F16, BF16 or F64 only).
  * @return : 0, or LMK_EINVAL for another type */
 int lmk_dtype_from_f32(lmk_dtype t, const float *src, void *dst, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

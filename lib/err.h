@@ -6,6 +6,10 @@
 
 #include <stdarg.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 enum {
 	LMK_OK = 0,
 	LMK_EIO = -1,      /* a read, write, open or rename failed */
@@ -35,5 +39,9 @@ const char *lmk_errmsg(void);
 /* @return : the calling thread's last code (0 if none) */
 int lmk_errcode(void);
 void lmk_err_clear(void);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

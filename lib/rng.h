@@ -8,6 +8,10 @@
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct lmk_rng {
 	uint64_t seed;
 	uint64_t counter;    /* blocks of 4 words drawn so far */
@@ -37,5 +41,9 @@ void lmk_rng_shuffle(lmk_rng *r, int *a, int n);
  * stream (seed, base), the same on the CPU and on the GPU. */
 float lmk_philox_uniform(uint64_t seed, uint64_t base, uint64_t i);
 float lmk_philox_normal(uint64_t seed, uint64_t base, uint64_t i);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
