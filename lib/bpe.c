@@ -111,6 +111,7 @@ typedef struct heapent {
 struct lmk_bpe {
 	lmk_bpe_info info;
 	char *name;
+	char *pre;           /* info.pre when it is ours to free */
 	tok *tok;
 	char *tb;            /* token bytes */
 	size_t tb_len, tb_cap;
@@ -746,8 +747,7 @@ void lmk_bpe_free(lmk_bpe *t)
 	free(t->ck);
 	free(t->ci);
 	free((char *)t->info.chat_template);
-	if (t->info.pre && strcmp(t->info.pre, "tokenizer.json"))
-		free((char *)t->info.pre);
+	free(t->pre);
 	free(t);
 }
 
@@ -1972,7 +1972,7 @@ static int gguf_load(lmk_bpe *t, const lmk_gguf *g)
 		if (!(pre = strdup("default")))
 			return lmk_err(LMK_ENOMEM, "%s: out of memory", t->name);
 	}
-	t->info.pre = pre;
+	t->info.pre = t->pre = pre;
 	const pre_def *pd = pre_lookup(pre);
 	if (!pd)
 		return lmk_err(LMK_EUNSUP, "%s: tokenizer.ggml.pre '%s' is not supported (known: gpt2, "
