@@ -463,7 +463,7 @@ int main(int argc, char **argv)
 	lmk_progress pg;
 	lmk_train_stats ts;
 	char *abs_data = NULL, b1[32], b2[32], b3[32];
-	double sum_loss = 0, last_val = NAN, last_loss = NAN;
+	double sum_loss = 0, last_val = NAN, last_loss = NAN, window_loss = NAN;
 	int64_t nsum = 0, nparams;
 	int has_val, sig;
 
@@ -628,6 +628,7 @@ int main(int argc, char **argv)
 					human(b1, sizeof b1, rate),
 					hms(b2, sizeof b2, r.tr.elapsed + lmk_now() - r.t0));
 			}
+			window_loss = sum_loss / (double)nsum;
 			sum_loss = 0;
 			nsum = 0;
 			if (o.sample && eval)
@@ -653,7 +654,11 @@ int main(int argc, char **argv)
 		prog_die_lib();
 	if (!o.quiet) {
 		double el = r.tr.elapsed + lmk_now() - r.t0;
-		fprintf(stderr, "%s: done: step %" PRId64 ", train loss %.4f", prog_name(), r.tr.step, last_loss);
+		/* the mean since the last report, steadier than one step's */
+		if (nsum)
+			window_loss = sum_loss / (double)nsum;
+		fprintf(stderr, "%s: done: step %" PRId64 ", train loss %.4f", prog_name(), r.tr.step,
+			isnan(window_loss) ? last_loss : window_loss);
 		if (has_val)
 			fprintf(stderr, ", val loss %.4f", last_val);
 		fprintf(stderr, ", %s parameters, %s tokens in %s", human(b1, sizeof b1, (double)nparams),
