@@ -61,11 +61,14 @@ BENCH_SRC = $(wildcard bench/*.c)
 BENCH_CU  = $(if $(filter 1,$(CUDA)),$(wildcard bench/*.cu))
 MANS      = $(wildcard man/*.[0-9])
 
-.PHONY: all deps bench check check-unit check-cli check-interop check-man fuzz install clean
+.PHONY: all demo deps bench check check-unit check-cli check-interop check-man fuzz install clean
 all: $(BINS) $(LIBA)
 
 deps:
 	@scripts/install-deps.sh
+
+demo: all
+	@BUILD=$(B) scripts/demo.sh
 
 $(B)/%.o: %.c | deps
 	@mkdir -p $(@D)
