@@ -9,8 +9,12 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <nccl.h>
+#include <stdarg.h>
 
+/* lib/err.h is a C header without extern "C" guards */
+extern "C" {
 #include "err.h"
+}
 
 static inline const char *lmk_ck_text(cudaError_t e) { return cudaGetErrorString(e); }
 static inline bool lmk_ck_ok(cudaError_t e) { return e == cudaSuccess; }

@@ -1,16 +1,14 @@
-/* device.cu: device selection and the per-context backend state. */
+/* device.cu: device selection, the per-context backend state, device memory
+ * and copies on the context's stream, and the error word of the kernels. */
 #include <stdio.h>
 #include <string.h>
 
+#include "backend.h"
 #include "check.h"
 #include "cuda.h"
 
-struct lmk_cuda_backend {
-	int device;
-	cudaStream_t stream;
-	cublasHandle_t blas;
-	cublasLtHandle_t blaslt;
-};
+/* cuBLASLt's own recommendation for Hopper is 32 MiB. */
+#define LT_WORKSPACE ((size_t)32 << 20)
 
 extern "C" int lmk_cuda_device_count(void)
 {
@@ -40,10 +38,18 @@ extern "C" int lmk_cuda_device_info(int device, lmk_cuda_info *info)
 static int backend_setup(lmk_cuda_backend *b, int device)
 {
 	LMK_CK(cudaSetDevice(device));
+	LMK_CK(cudaDeviceGetAttribute(&b->sm_count, cudaDevAttrMultiProcessorCount, device));
 	LMK_CK(cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
 	LMK_CK(cublasCreate(&b->blas));
 	LMK_CK(cublasSetStream(b->blas, b->stream));
+	/* fp32 mode means fp32: no TF32 behind the caller's back */
+	LMK_CK(cublasSetMathMode(b->blas, CUBLAS_DEFAULT_MATH));
 	LMK_CK(cublasLtCreate(&b->blaslt));
+	LMK_CK(cudaMalloc(&b->lt_ws, LT_WORKSPACE));
+	b->lt_ws_bytes = LT_WORKSPACE;
+	LMK_CK(cudaMalloc((void **)&b->flags, sizeof *b->flags));
+	LMK_CK(cudaMemsetAsync(b->flags, 0, sizeof *b->flags, b->stream));
+	LMK_CK(cudaStreamSynchronize(b->stream));
 	return 0;
 }
 
@@ -72,6 +78,11 @@ extern "C" void lmk_cuda_free(void *backend)
 	lmk_cuda_backend *b = (lmk_cuda_backend *)backend;
 	if (!b)
 		return;
+	if (b->stream)
+		cudaStreamSynchronize(b->stream);
+	cudaFree(b->scratch);
+	cudaFree(b->lt_ws);
+	cudaFree(b->flags);
 	if (b->blaslt)
 		cublasLtDestroy(b->blaslt);
 	if (b->blas)
@@ -81,14 +92,108 @@ extern "C" void lmk_cuda_free(void *backend)
 	free(b);
 }
 
+/* Reads and clears the error word; the stream has been waited for. */
+static int check_flags(lmk_cuda_backend *b)
+{
+	unsigned f = 0;
+	LMK_CK(cudaMemcpyAsync(&f, b->flags, sizeof f, cudaMemcpyDeviceToHost, b->stream));
+	LMK_CK(cudaStreamSynchronize(b->stream));
+	if (!f)
+		return 0;
+	LMK_CK(cudaMemsetAsync(b->flags, 0, sizeof *b->flags, b->stream));
+	LMK_CK(cudaStreamSynchronize(b->stream));
+	return lmk_err(LMK_EINVAL, "%s%s%s (found on the device; those rows were left empty)",
+		       f & LMK_CUDA_BAD_ID ? "embedding: an id was outside [0,V)" : "",
+		       (f & LMK_CUDA_BAD_ID) && (f & LMK_CUDA_BAD_TARGET) ? "; " : "",
+		       f & LMK_CUDA_BAD_TARGET
+			       ? "cross_entropy: a target was outside [0,V) and not the ignore index"
+			       : "");
+}
+
 extern "C" int lmk_cuda_sync(void *backend)
 {
 	lmk_cuda_backend *b = (lmk_cuda_backend *)backend;
 	LMK_CK(cudaStreamSynchronize(b->stream));
+	return check_flags(b);
+}
+
+extern "C" int lmk_cuda_mem_alloc(void **p, size_t bytes)
+{
+	*p = NULL;
+	cudaError_t e = cudaMalloc(p, bytes ? bytes : 1);
+	if (e != cudaSuccess) {
+		cudaGetLastError();
+		*p = NULL;
+		return lmk_err(LMK_ENOMEM, "cuda: cannot allocate %zu bytes of device memory: %s",
+			       bytes, cudaGetErrorString(e));
+	}
 	return 0;
 }
 
-extern "C" void *lmk_cuda_stream(void *backend)
+extern "C" void lmk_cuda_mem_free(void *p)
 {
-	return ((lmk_cuda_backend *)backend)->stream;
+	if (!p)
+		return;
+	cudaDeviceSynchronize();
+	cudaFree(p);
+}
+
+extern "C" int lmk_cuda_memset(void *backend, void *p, int byte, size_t bytes)
+{
+	lmk_cuda_backend *b = (lmk_cuda_backend *)backend;
+	if (bytes)
+		LMK_CK(cudaMemsetAsync(p, byte, bytes, b->stream));
+	return 0;
+}
+
+extern "C" int lmk_cuda_upload(void *backend, void *dst, const void *src, size_t bytes)
+{
+	lmk_cuda_backend *b = (lmk_cuda_backend *)backend;
+	if (bytes)
+		LMK_CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, b->stream));
+	return 0;
+}
+
+extern "C" int lmk_cuda_download(void *backend, void *dst, const void *src, size_t bytes)
+{
+	lmk_cuda_backend *b = (lmk_cuda_backend *)backend;
+	if (bytes)
+		LMK_CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, b->stream));
+	LMK_CK(cudaStreamSynchronize(b->stream));
+	return check_flags(b);
+}
+
+extern "C" int lmk_cuda_copy(void *backend, void *dst, const void *src, size_t bytes)
+{
+	lmk_cuda_backend *b = (lmk_cuda_backend *)backend;
+	if (bytes)
+		LMK_CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, b->stream));
+	return 0;
+}
+
+void *lmk_cuda_scratch(lmk_cuda_backend *b, size_t bytes)
+{
+	if (bytes <= b->scratch_bytes)
+		return b->scratch;
+	/* grow by half again, so a slowly growing need settles quickly */
+	size_t want = bytes + bytes / 2;
+	if (b->scratch) {
+		cudaError_t e = cudaStreamSynchronize(b->stream);
+		if (e != cudaSuccess) {
+			lmk_err(LMK_EDEVICE, "cuda scratch: %s", cudaGetErrorString(e));
+			return NULL;
+		}
+		cudaFree(b->scratch);
+		b->scratch = NULL;
+		b->scratch_bytes = 0;
+	}
+	void *p = NULL;
+	if (cudaMalloc(&p, want) != cudaSuccess) {
+		cudaGetLastError();
+		lmk_err(LMK_ENOMEM, "cuda scratch: cannot allocate %zu bytes", want);
+		return NULL;
+	}
+	b->scratch = p;
+	b->scratch_bytes = want;
+	return p;
 }

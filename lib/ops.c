@@ -1,8 +1,13 @@
 /* ops.c: the tensor-level ops of ops.h. Each checks its inputs, makes its
- * output from the arena, runs the CPU kernel of ops_cpu.h and, when the
- * output requires grad, records a tape node whose backward hands the
- * kernel's backward the gradients of the inputs that require grad (NULL for
- * the others). Shape letters as in ops.h. */
+ * output from the arena, runs the kernel of its context's device (the CPU
+ * kernel of ops_cpu.h, or on CUDA the launcher of cuda/ops_cuda.h with the
+ * same arguments) and, when the output requires grad, records a tape node
+ * whose backward hands the kernel's backward the gradients of the inputs
+ * that require grad (NULL for the others). Checks, outputs and nodes are
+ * shared by both devices; only the kernel call differs.
+ * On CUDA a float input is read in the context's compute dtype: its own
+ * data, or for a parameter in a BF16 context its bf16 copy (X below); its
+ * gradient carries its own dtype (GB below). Shape letters as in ops.h. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +16,45 @@
 #include "err.h"
 #include "ops.h"
 #include "ops_cpu.h"
+
+/* CUDA(call) is the launcher's return code in a CUDA build; in a CPU-only
+ * build the call is not even compiled (a CUDA context cannot exist there). */
+#if LMK_CUDA
+#include "../cuda/ops_cuda.h"
+#define CUDA(call) (call)
+#if defined(__has_include)
+#if __has_include("../cuda/attention.h")
+#include "../cuda/attention.h"
+#define HAVE_CUDA_ATTENTION 1
+#endif
+#endif
+#else
+#define CUDA(call) lmk_err(LMK_EUNSUP, "cuda in a cpu-only build")
+#endif
+
+static int on_cuda(const lmk_ctx *c) { return c->dev == LMK_DEV_CUDA; }
+
+#if LMK_CUDA
+/* What a kernel reads of float input t: t's data, or the bf16 copy of a
+ * float32 parameter in a BF16 context. */
+static const void *X(const lmk_ctx *c, const lmk_tensor *t)
+{
+	if (!t)
+		return NULL;
+	return t->dtype != c->dtype && t->lp ? t->lp : t->data;
+}
+
+/* t's gradient for a CUDA backward: none unless t requires grad. */
+static lmk_gbuf GB(const lmk_tensor *t)
+{
+	lmk_gbuf g = {NULL, LMK_F32};
+	if (t && t->requires_grad) {
+		g.p = t->grad;
+		g.dt = t->gdtype;
+	}
+	return g;
+}
+#endif
 
 /* "(2,3,4)" into buf, for messages. */
 static const char *shape_str(const lmk_tensor *t, char *buf, size_t size)
@@ -31,11 +75,16 @@ static float *F(const lmk_tensor *t) { return t ? t->data : NULL; }
 static const int32_t *I32(const lmk_tensor *t) { return t ? t->data : NULL; }
 
 /* Device and dtype of every input. names[i] names ts[i] in messages;
- * NULL entries of ts are optional inputs left out. */
+ * NULL entries of ts are optional inputs left out. An entry LMK_F32 of dts
+ * means a float input: one in the context's compute dtype (F32 on the
+ * CPU), or a float32 parameter with a bf16 copy in a BF16 context. */
 static int check_inputs(lmk_ctx *c, const char *op, int n, lmk_tensor *const *ts,
 			const char *const *names, const lmk_dtype *dts)
 {
-	if (c->dev != LMK_DEV_CPU)
+	/* A CUDA context that lmk_ctx_init_ex did not make (no backend: the
+	 * only kind a CPU-only build can have). The words are what
+	 * tests/test_ops.c expects. */
+	if (c->dev != LMK_DEV_CPU && !c->backend)
 		return lmk_err(LMK_EUNSUP, "%s: no cuda kernel yet", op);
 	for (int i = 0; i < n; i++) {
 		if (!ts[i])
@@ -43,10 +92,14 @@ static int check_inputs(lmk_ctx *c, const char *op, int n, lmk_tensor *const *ts
 		if (ts[i]->dev != c->dev)
 			return lmk_err(LMK_EINVAL, "%s: %s is on another device than the context", op,
 				       names[i]);
-		if (ts[i]->dtype != dts[i])
-			return lmk_err(LMK_EINVAL, "%s: %s %s: expected %s, found %s", op, names[i],
-				       SHP(ts[i]), lmk_dtype_name(dts[i]),
-				       lmk_dtype_name(ts[i]->dtype));
+		lmk_dtype want = dts[i] == LMK_F32 ? c->dtype : dts[i];
+		if (ts[i]->dtype == want || (dts[i] == LMK_F32 && ts[i]->lp))
+			continue;
+		return lmk_err(LMK_EINVAL, "%s: %s %s: expected %s, found %s%s", op, names[i],
+			       SHP(ts[i]), lmk_dtype_name(want), lmk_dtype_name(ts[i]->dtype),
+			       ts[i]->dtype == LMK_F32 && want == LMK_BF16
+				       ? " (a parameter needs lmk_params_to_device with this context)"
+				       : "");
 	}
 	return 0;
 }
@@ -101,6 +154,10 @@ static lmk_node *record(lmk_ctx *c, const char *op, lmk_tensor *out,
 
 static int embedding_bw(lmk_ctx *c, lmk_node *n)
 {
+	if (on_cuda(c))
+		return CUDA(lmk_cuda_embedding_backward(c->backend, c->dtype, GB(n->in[1]),
+							 n->out->grad, I32(n->in[0]), n->i[0],
+							 n->i[1], n->i[2]));
 	lmk_cpu_embedding_backward(G(n->in[1]), n->out->grad, I32(n->in[0]), n->i[0], n->i[1]);
 	return 0;
 }
@@ -120,7 +177,8 @@ lmk_tensor *lmk_embedding(lmk_ctx *c, lmk_tensor *ids, lmk_tensor *w)
 	}
 	int64_t V = w->shape[0], C = w->shape[1], N = ids->n;
 	const int32_t *id = ids->data;
-	for (int64_t i = 0; i < N; i++)
+	/* device ids are checked by the kernel, reported at the next sync */
+	for (int64_t i = 0; !on_cuda(c) && i < N; i++)
 		if (id[i] < 0 || id[i] >= V) {
 			lmk_err(LMK_EINVAL, "embedding: id %d at position %lld is outside [0,%lld)",
 				id[i], (long long)i, (long long)V);
@@ -129,10 +187,16 @@ lmk_tensor *lmk_embedding(lmk_ctx *c, lmk_tensor *ids, lmk_tensor *w)
 	int64_t shape[LMK_MAXDIM];
 	memcpy(shape, ids->shape, sizeof(int64_t) * (size_t)ids->ndim);
 	shape[ids->ndim] = C;
-	lmk_tensor *out = lmk_tensor_new(c, LMK_F32, ids->ndim + 1, shape, wants_grad(c, 2, in));
+	lmk_tensor *out = lmk_tensor_new(c, c->dtype, ids->ndim + 1, shape, wants_grad(c, 2, in));
 	if (!out)
 		return NULL;
-	lmk_cpu_embedding_forward(out->data, id, w->data, N, C);
+	if (on_cuda(c)) {
+		if (CUDA(lmk_cuda_embedding_forward(c->backend, c->dtype, out->data, id, X(c, w), N,
+						    C, V)) < 0)
+			return NULL;
+	} else {
+		lmk_cpu_embedding_forward(out->data, id, w->data, N, C);
+	}
 	int fail;
 	lmk_node *n = record(c, "embedding", out, embedding_bw, &fail);
 	if (fail)
@@ -142,6 +206,7 @@ lmk_tensor *lmk_embedding(lmk_ctx *c, lmk_tensor *ids, lmk_tensor *w)
 		n->in[1] = w;
 		n->i[0] = N;
 		n->i[1] = C;
+		n->i[2] = V;
 	}
 	return out;
 }
@@ -150,6 +215,10 @@ lmk_tensor *lmk_embedding(lmk_ctx *c, lmk_tensor *ids, lmk_tensor *w)
 
 static int linear_bw(lmk_ctx *c, lmk_node *n)
 {
+	if (on_cuda(c))
+		return CUDA(lmk_cuda_linear_backward(c->backend, c->dtype, GB(n->in[0]), GB(n->in[1]),
+						      GB(n->in[2]), n->out->grad, X(c, n->in[0]),
+						      X(c, n->in[1]), n->i[0], n->i[1], n->i[2]));
 	lmk_cpu_linear_backward(G(n->in[0]), G(n->in[1]), G(n->in[2]), n->out->grad, F(n->in[0]),
 				F(n->in[1]), n->i[0], n->i[1], n->i[2]);
 	return 0;
@@ -182,10 +251,16 @@ lmk_tensor *lmk_linear(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, lmk_tensor *b)
 	int64_t shape[LMK_MAXDIM];
 	memcpy(shape, x->shape, sizeof shape);
 	shape[x->ndim - 1] = OC;
-	lmk_tensor *out = lmk_tensor_new(c, LMK_F32, x->ndim, shape, wants_grad(c, 3, in));
+	lmk_tensor *out = lmk_tensor_new(c, c->dtype, x->ndim, shape, wants_grad(c, 3, in));
 	if (!out)
 		return NULL;
-	lmk_cpu_linear_forward(out->data, x->data, w->data, F(b), N, IC, OC);
+	if (on_cuda(c)) {
+		if (CUDA(lmk_cuda_linear_forward(c->backend, c->dtype, out->data, X(c, x), X(c, w),
+						 X(c, b), N, IC, OC)) < 0)
+			return NULL;
+	} else {
+		lmk_cpu_linear_forward(out->data, x->data, w->data, F(b), N, IC, OC);
+	}
 	int fail;
 	lmk_node *n = record(c, "linear", out, linear_bw, &fail);
 	if (fail)
@@ -222,6 +297,10 @@ static int check_norm(const char *op, lmk_tensor *x, lmk_tensor *w, lmk_tensor *
 
 static int rmsnorm_bw(lmk_ctx *c, lmk_node *n)
 {
+	if (on_cuda(c))
+		return CUDA(lmk_cuda_rmsnorm_backward(c->backend, c->dtype, GB(n->in[0]), GB(n->in[1]),
+						       n->out->grad, X(c, n->in[0]), X(c, n->in[1]),
+						       n->saved, n->i[0], n->i[1]));
 	lmk_cpu_rmsnorm_backward(G(n->in[0]), G(n->in[1]), n->out->grad, F(n->in[0]),
 				 F(n->in[1]), n->saved, n->i[0], n->i[1]);
 	return 0;
@@ -237,11 +316,17 @@ lmk_tensor *lmk_rmsnorm(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, float eps)
 	    check_norm("rmsnorm", x, w, NULL, eps) < 0)
 		return NULL;
 	int64_t C = x->shape[x->ndim - 1], N = lead(x, x->ndim - 1);
-	lmk_tensor *out = lmk_tensor_new(c, LMK_F32, x->ndim, x->shape, wants_grad(c, 2, in));
+	lmk_tensor *out = lmk_tensor_new(c, c->dtype, x->ndim, x->shape, wants_grad(c, 2, in));
 	float *rstd = lmk_arena_alloc(&c->arena, (size_t)N * sizeof(float));
 	if (!out || !rstd)
 		return NULL;
-	lmk_cpu_rmsnorm_forward(out->data, rstd, x->data, F(w), N, C, eps);
+	if (on_cuda(c)) {
+		if (CUDA(lmk_cuda_rmsnorm_forward(c->backend, c->dtype, out->data, rstd, X(c, x),
+						  X(c, w), N, C, eps)) < 0)
+			return NULL;
+	} else {
+		lmk_cpu_rmsnorm_forward(out->data, rstd, x->data, F(w), N, C, eps);
+	}
 	int fail;
 	lmk_node *n = record(c, "rmsnorm", out, rmsnorm_bw, &fail);
 	if (fail)
@@ -260,6 +345,11 @@ lmk_tensor *lmk_rmsnorm(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, float eps)
 static int layernorm_bw(lmk_ctx *c, lmk_node *n)
 {
 	const float *mean = n->saved, *rstd = mean + n->i[0];
+	if (on_cuda(c))
+		return CUDA(lmk_cuda_layernorm_backward(c->backend, c->dtype, GB(n->in[0]),
+							 GB(n->in[1]), GB(n->in[2]), n->out->grad,
+							 X(c, n->in[0]), X(c, n->in[1]), mean, rstd,
+							 n->i[0], n->i[1]));
 	lmk_cpu_layernorm_backward(G(n->in[0]), G(n->in[1]), G(n->in[2]), n->out->grad,
 				   F(n->in[0]), F(n->in[1]), mean, rstd, n->i[0], n->i[1]);
 	return 0;
@@ -275,11 +365,17 @@ lmk_tensor *lmk_layernorm(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, lmk_tensor *
 	    check_norm("layernorm", x, w, b, eps) < 0)
 		return NULL;
 	int64_t C = x->shape[x->ndim - 1], N = lead(x, x->ndim - 1);
-	lmk_tensor *out = lmk_tensor_new(c, LMK_F32, x->ndim, x->shape, wants_grad(c, 3, in));
+	lmk_tensor *out = lmk_tensor_new(c, c->dtype, x->ndim, x->shape, wants_grad(c, 3, in));
 	float *stats = lmk_arena_alloc(&c->arena, 2 * (size_t)N * sizeof(float));
 	if (!out || !stats)
 		return NULL;
-	lmk_cpu_layernorm_forward(out->data, stats, stats + N, x->data, F(w), F(b), N, C, eps);
+	if (on_cuda(c)) {
+		if (CUDA(lmk_cuda_layernorm_forward(c->backend, c->dtype, out->data, stats, stats + N,
+						    X(c, x), X(c, w), X(c, b), N, C, eps)) < 0)
+			return NULL;
+	} else {
+		lmk_cpu_layernorm_forward(out->data, stats, stats + N, x->data, F(w), F(b), N, C, eps);
+	}
 	int fail;
 	lmk_node *n = record(c, "layernorm", out, layernorm_bw, &fail);
 	if (fail)
@@ -359,6 +455,10 @@ void lmk_rope_free(lmk_rope *r)
 
 static int rope_bw(lmk_ctx *c, lmk_node *n)
 {
+	if (on_cuda(c))
+		return CUDA(lmk_cuda_rope_backward(c->backend, c->dtype, GB(n->in[0]), n->out->grad,
+						    I32(n->in[1]), n->saved, n->f[0], n->i[0],
+						    n->i[1], n->i[2]));
 	lmk_cpu_rope_backward(G(n->in[0]), n->out->grad, I32(n->in[1]), n->saved, n->f[0],
 			      n->i[0], n->i[1], n->i[2]);
 	return 0;
@@ -383,20 +483,37 @@ lmk_tensor *lmk_rope_apply(lmk_ctx *c, lmk_tensor *x, const lmk_rope *r, lmk_ten
 		return NULL;
 	}
 	int64_t N = x->shape[0] * x->shape[1], H = x->shape[2], D = x->shape[3];
-	lmk_tensor *out = lmk_tensor_new(c, LMK_F32, 4, x->shape, wants_grad(c, 1, in));
+	lmk_tensor *out = lmk_tensor_new(c, c->dtype, 4, x->shape, wants_grad(c, 1, in));
 	if (!out)
 		return NULL;
-	lmk_cpu_rope_forward(out->data, x->data, pos->data, r->inv_freq, r->attn_factor, N, H, D);
+	/* On CUDA the kernels read a device copy of the table (the host one is
+	 * the caller's); it also serves the backward. */
+	float *dev_freq = NULL;
+	if (on_cuda(c)) {
+		lmk_tensor *ft = lmk_tensor_upload(c, LMK_F32, 1, (int64_t[]){D / 2}, r->inv_freq);
+		if (!ft)
+			return NULL;
+		dev_freq = ft->data;
+		if (CUDA(lmk_cuda_rope_forward(c->backend, c->dtype, out->data, X(c, x), pos->data,
+					       dev_freq, r->attn_factor, N, H, D)) < 0)
+			return NULL;
+	} else {
+		lmk_cpu_rope_forward(out->data, x->data, pos->data, r->inv_freq, r->attn_factor, N, H,
+				     D);
+	}
 	int fail;
 	lmk_node *n = record(c, "rope", out, rope_bw, &fail);
 	if (fail)
 		return NULL;
 	if (n) {
 		/* the caller's table may be gone by the backward */
-		float *f = lmk_arena_alloc(&c->arena, (size_t)(D / 2) * sizeof(float));
-		if (!f)
-			return NULL;
-		memcpy(f, r->inv_freq, (size_t)(D / 2) * sizeof(float));
+		float *f = dev_freq;
+		if (!f) {
+			f = lmk_arena_alloc(&c->arena, (size_t)(D / 2) * sizeof(float));
+			if (!f)
+				return NULL;
+			memcpy(f, r->inv_freq, (size_t)(D / 2) * sizeof(float));
+		}
 		n->in[0] = x;
 		n->in[1] = pos;
 		n->saved = f;
@@ -416,6 +533,16 @@ static int attention_bw(lmk_ctx *c, lmk_node *n)
 	float *delta = lmk_arena_alloc(&c->arena, (size_t)(B * H * T) * sizeof(float));
 	if (!delta)
 		return lmk_errcode();
+	if (on_cuda(c)) {
+#if HAVE_CUDA_ATTENTION
+		return lmk_cuda_attention_backward(
+			c->backend, c->dtype, GB(n->in[0]).p, GB(n->in[1]).p, GB(n->in[2]).p, delta,
+			n->out->grad, X(c, n->in[0]), X(c, n->in[1]), X(c, n->in[2]), n->out->data,
+			n->saved, I32(n->in[3]), B, T, H, K, D, n->f[0], (int)n->i[5]);
+#else
+		return lmk_err(LMK_EUNSUP, "attention: no cuda kernel in this build");
+#endif
+	}
 	lmk_cpu_attention_backward(G(n->in[0]), G(n->in[1]), G(n->in[2]), delta, n->out->grad,
 				   F(n->in[0]), F(n->in[1]), F(n->in[2]), n->out->data, n->saved,
 				   I32(n->in[3]), B, T, H, K, D, n->f[0], (int)n->i[5]);
@@ -451,12 +578,32 @@ lmk_tensor *lmk_attention_ex(lmk_ctx *c, lmk_tensor *q, lmk_tensor *k, lmk_tenso
 		lmk_err(LMK_EINVAL, "attention: expected a finite scale, found %g", (double)scale);
 		return NULL;
 	}
-	lmk_tensor *out = lmk_tensor_new(c, LMK_F32, 4, q->shape, wants_grad(c, 3, in));
+	/* the CUDA kernels take gradients in the compute dtype only */
+	for (int i = 0; on_cuda(c) && i < 3; i++)
+		if (in[i]->requires_grad && in[i]->gdtype != c->dtype) {
+			lmk_err(LMK_EUNSUP, "attention: %s has a %s gradient in a %s context",
+				(const char *[]){"q", "k", "v"}[i], lmk_dtype_name(in[i]->gdtype),
+				lmk_dtype_name(c->dtype));
+			return NULL;
+		}
+	lmk_tensor *out = lmk_tensor_new(c, c->dtype, 4, q->shape, wants_grad(c, 3, in));
 	float *lse = lmk_arena_alloc(&c->arena, (size_t)(B * H * T) * sizeof(float));
 	if (!out || !lse)
 		return NULL;
-	lmk_cpu_attention_forward(out->data, lse, q->data, k->data, v->data, I32(seg), B, T, H, K,
-				  D, scale, causal != 0);
+	if (on_cuda(c)) {
+#if HAVE_CUDA_ATTENTION
+		if (lmk_cuda_attention_forward(c->backend, c->dtype, out->data, lse, X(c, q), X(c, k),
+					       X(c, v), I32(seg), B, T, H, K, D, scale,
+					       causal != 0) < 0)
+			return NULL;
+#else
+		lmk_err(LMK_EUNSUP, "attention: no cuda kernel in this build");
+		return NULL;
+#endif
+	} else {
+		lmk_cpu_attention_forward(out->data, lse, q->data, k->data, v->data, I32(seg), B, T, H,
+					  K, D, scale, causal != 0);
+	}
 	int fail;
 	lmk_node *n = record(c, "attention", out, attention_bw, &fail);
 	if (fail)
@@ -495,7 +642,7 @@ static lmk_tensor *unary(lmk_ctx *c, const char *op, lmk_tensor *x,
 		return NULL;
 	if (check_inputs(c, op, 1, &x, (const char *[]){"x"}, (lmk_dtype[]){LMK_F32}) < 0)
 		return NULL;
-	lmk_tensor *out = lmk_tensor_new(c, LMK_F32, x->ndim, x->shape, wants_grad(c, 1, &x));
+	lmk_tensor *out = lmk_tensor_new(c, c->dtype, x->ndim, x->shape, wants_grad(c, 1, &x));
 	if (!out)
 		return NULL;
 	int fail;
@@ -511,6 +658,9 @@ static lmk_tensor *unary(lmk_ctx *c, const char *op, lmk_tensor *x,
 
 static int silu_bw(lmk_ctx *c, lmk_node *n)
 {
+	if (on_cuda(c))
+		return CUDA(lmk_cuda_silu_backward(c->backend, c->dtype, GB(n->in[0]), n->out->grad,
+						    X(c, n->in[0]), n->i[0]));
 	lmk_cpu_silu_backward(G(n->in[0]), n->out->grad, F(n->in[0]), n->i[0]);
 	return 0;
 }
@@ -519,13 +669,21 @@ lmk_tensor *lmk_silu(lmk_ctx *c, lmk_tensor *x)
 {
 	lmk_node *n;
 	lmk_tensor *out = unary(c, "silu", x, silu_bw, &n);
-	if (out)
-		lmk_cpu_silu_forward(out->data, x->data, x->n);
+	if (!out)
+		return NULL;
+	if (on_cuda(c))
+		return CUDA(lmk_cuda_silu_forward(c->backend, c->dtype, out->data, X(c, x), x->n)) < 0
+			       ? NULL
+			       : out;
+	lmk_cpu_silu_forward(out->data, x->data, x->n);
 	return out;
 }
 
 static int gelu_bw(lmk_ctx *c, lmk_node *n)
 {
+	if (on_cuda(c))
+		return CUDA(lmk_cuda_gelu_backward(c->backend, c->dtype, GB(n->in[0]), n->out->grad,
+						    X(c, n->in[0]), n->i[0], (int)n->i[1]));
 	lmk_cpu_gelu_backward(G(n->in[0]), n->out->grad, F(n->in[0]), n->i[0], (int)n->i[1]);
 	return 0;
 }
@@ -536,7 +694,13 @@ lmk_tensor *lmk_gelu(lmk_ctx *c, lmk_tensor *x, int approx)
 	lmk_tensor *out = unary(c, "gelu", x, gelu_bw, &n);
 	if (!out)
 		return NULL;
-	lmk_cpu_gelu_forward(out->data, x->data, x->n, approx != 0);
+	if (on_cuda(c)) {
+		if (CUDA(lmk_cuda_gelu_forward(c->backend, c->dtype, out->data, X(c, x), x->n,
+					       approx != 0)) < 0)
+			return NULL;
+	} else {
+		lmk_cpu_gelu_forward(out->data, x->data, x->n, approx != 0);
+	}
 	if (n)
 		n->i[1] = approx != 0;
 	return out;
@@ -544,6 +708,9 @@ lmk_tensor *lmk_gelu(lmk_ctx *c, lmk_tensor *x, int approx)
 
 static int scale_bw(lmk_ctx *c, lmk_node *n)
 {
+	if (on_cuda(c))
+		return CUDA(lmk_cuda_scale_backward(c->backend, c->dtype, GB(n->in[0]), n->out->grad,
+						     n->f[0], n->i[0]));
 	lmk_cpu_scale_backward(G(n->in[0]), n->out->grad, n->f[0], n->i[0]);
 	return 0;
 }
@@ -554,7 +721,13 @@ lmk_tensor *lmk_scale(lmk_ctx *c, lmk_tensor *x, float s)
 	lmk_tensor *out = unary(c, "scale", x, scale_bw, &n);
 	if (!out)
 		return NULL;
-	lmk_cpu_scale_forward(out->data, x->data, s, x->n);
+	if (on_cuda(c)) {
+		if (CUDA(lmk_cuda_scale_forward(c->backend, c->dtype, out->data, X(c, x), s, x->n)) <
+		    0)
+			return NULL;
+	} else {
+		lmk_cpu_scale_forward(out->data, x->data, s, x->n);
+	}
 	if (n)
 		n->f[0] = s;
 	return out;
@@ -562,6 +735,10 @@ lmk_tensor *lmk_scale(lmk_ctx *c, lmk_tensor *x, float s)
 
 static int dropout_bw(lmk_ctx *c, lmk_node *n)
 {
+	if (on_cuda(c))
+		return CUDA(lmk_cuda_dropout_backward(c->backend, c->dtype, GB(n->in[0]), n->out->grad,
+						       n->i[0], n->f[0], (uint64_t)n->i[1],
+						       (uint64_t)n->i[2]));
 	lmk_cpu_dropout_backward(G(n->in[0]), n->out->grad, n->i[0], n->f[0], (uint64_t)n->i[1],
 				 (uint64_t)n->i[2]);
 	return 0;
@@ -581,7 +758,13 @@ lmk_tensor *lmk_dropout(lmk_ctx *c, lmk_tensor *x, float p)
 	lmk_tensor *out = unary(c, "dropout", x, dropout_bw, &n);
 	if (!out)
 		return NULL;
-	lmk_cpu_dropout_forward(out->data, x->data, x->n, p, c->seed, c->counter);
+	if (on_cuda(c)) {
+		if (CUDA(lmk_cuda_dropout_forward(c->backend, c->dtype, out->data, X(c, x), x->n, p,
+						  c->seed, c->counter)) < 0)
+			return NULL;
+	} else {
+		lmk_cpu_dropout_forward(out->data, x->data, x->n, p, c->seed, c->counter);
+	}
 	if (n) {
 		n->i[1] = (int64_t)c->seed;
 		n->i[2] = (int64_t)c->counter;
@@ -617,7 +800,7 @@ static lmk_tensor *binary(lmk_ctx *c, const char *op, lmk_tensor *a, lmk_tensor 
 	}
 	*M = b->n;
 	*N = b->n ? a->n / b->n : 0;
-	lmk_tensor *out = lmk_tensor_new(c, LMK_F32, a->ndim, a->shape, wants_grad(c, 2, in));
+	lmk_tensor *out = lmk_tensor_new(c, c->dtype, a->ndim, a->shape, wants_grad(c, 2, in));
 	if (!out)
 		return NULL;
 	int fail;
@@ -635,6 +818,10 @@ static lmk_tensor *binary(lmk_ctx *c, const char *op, lmk_tensor *a, lmk_tensor 
 
 static int swiglu_bw(lmk_ctx *c, lmk_node *n)
 {
+	if (on_cuda(c))
+		return CUDA(lmk_cuda_swiglu_backward(c->backend, c->dtype, GB(n->in[0]), GB(n->in[1]),
+						      n->out->grad, X(c, n->in[0]), X(c, n->in[1]),
+						      n->i[1]));
 	lmk_cpu_swiglu_backward(G(n->in[0]), G(n->in[1]), n->out->grad, F(n->in[0]), F(n->in[1]),
 				n->i[1]);
 	return 0;
@@ -645,13 +832,22 @@ lmk_tensor *lmk_swiglu(lmk_ctx *c, lmk_tensor *gate, lmk_tensor *up)
 	lmk_node *n;
 	int64_t N, M;
 	lmk_tensor *out = binary(c, "swiglu", gate, up, 0, swiglu_bw, &n, &N, &M);
-	if (out)
-		lmk_cpu_swiglu_forward(out->data, gate->data, up->data, M);
+	if (!out)
+		return NULL;
+	if (on_cuda(c))
+		return CUDA(lmk_cuda_swiglu_forward(c->backend, c->dtype, out->data, X(c, gate),
+						    X(c, up), M)) < 0
+			       ? NULL
+			       : out;
+	lmk_cpu_swiglu_forward(out->data, gate->data, up->data, M);
 	return out;
 }
 
 static int add_bw(lmk_ctx *c, lmk_node *n)
 {
+	if (on_cuda(c))
+		return CUDA(lmk_cuda_add_backward(c->backend, c->dtype, GB(n->in[0]), GB(n->in[1]),
+						   n->out->grad, n->i[0], n->i[1]));
 	lmk_cpu_add_backward(G(n->in[0]), G(n->in[1]), n->out->grad, n->i[0], n->i[1]);
 	return 0;
 }
@@ -661,13 +857,23 @@ lmk_tensor *lmk_add(lmk_ctx *c, lmk_tensor *a, lmk_tensor *b)
 	lmk_node *n;
 	int64_t N, M;
 	lmk_tensor *out = binary(c, "add", a, b, 1, add_bw, &n, &N, &M);
-	if (out)
-		lmk_cpu_add_forward(out->data, a->data, b->data, N, M);
+	if (!out)
+		return NULL;
+	if (on_cuda(c))
+		return CUDA(lmk_cuda_add_forward(c->backend, c->dtype, out->data, X(c, a), X(c, b), N,
+						 M)) < 0
+			       ? NULL
+			       : out;
+	lmk_cpu_add_forward(out->data, a->data, b->data, N, M);
 	return out;
 }
 
 static int mul_bw(lmk_ctx *c, lmk_node *n)
 {
+	if (on_cuda(c))
+		return CUDA(lmk_cuda_mul_backward(c->backend, c->dtype, GB(n->in[0]), GB(n->in[1]),
+						   n->out->grad, X(c, n->in[0]), X(c, n->in[1]),
+						   n->i[0], n->i[1]));
 	lmk_cpu_mul_backward(G(n->in[0]), G(n->in[1]), n->out->grad, F(n->in[0]), F(n->in[1]),
 			     n->i[0], n->i[1]);
 	return 0;
@@ -678,15 +884,43 @@ lmk_tensor *lmk_mul(lmk_ctx *c, lmk_tensor *a, lmk_tensor *b)
 	lmk_node *n;
 	int64_t N, M;
 	lmk_tensor *out = binary(c, "mul", a, b, 1, mul_bw, &n, &N, &M);
-	if (out)
-		lmk_cpu_mul_forward(out->data, a->data, b->data, N, M);
+	if (!out)
+		return NULL;
+	if (on_cuda(c))
+		return CUDA(lmk_cuda_mul_forward(c->backend, c->dtype, out->data, X(c, a), X(c, b), N,
+						 M)) < 0
+			       ? NULL
+			       : out;
+	lmk_cpu_mul_forward(out->data, a->data, b->data, N, M);
 	return out;
 }
 
 /* -------------------------------------------------------- cross-entropy */
 
+#if LMK_CUDA
+/* On CUDA the forward saves lse (N), the rows' losses (N) and the count of
+ * counted rows (an int64 on the device, since the host does not wait for
+ * it) in one block. */
+static size_t ce_saved_bytes(int64_t N)
+{
+	return ((size_t)(2 * N) * sizeof(float) + 7) / 8 * 8 + sizeof(int64_t);
+}
+
+static int64_t *ce_count(void *saved, int64_t N)
+{
+	return (int64_t *)((char *)saved + ((size_t)(2 * N) * sizeof(float) + 7) / 8 * 8);
+}
+#endif
+
 static int cross_entropy_bw(lmk_ctx *c, lmk_node *n)
 {
+#if LMK_CUDA
+	if (on_cuda(c))
+		return lmk_cuda_cross_entropy_backward(c->backend, c->dtype, GB(n->in[0]), n->out->grad,
+						       X(c, n->in[0]), n->saved, I32(n->in[1]),
+						       n->i[0], n->i[1], (int)n->i[2],
+						       ce_count(n->saved, n->i[0]));
+#endif
 	lmk_cpu_cross_entropy_backward(G(n->in[0]), n->out->grad, F(n->in[0]), n->saved,
 				       I32(n->in[1]), n->i[0], n->i[1], (int)n->i[2], n->i[3]);
 	return 0;
@@ -713,7 +947,8 @@ lmk_tensor *lmk_cross_entropy(lmk_ctx *c, lmk_tensor *logits, lmk_tensor *target
 	}
 	int64_t V = logits->shape[logits->ndim - 1], N = targets->n;
 	const int32_t *t = targets->data;
-	for (int64_t i = 0; i < N; i++)
+	/* device targets are checked by the kernel, reported at the next sync */
+	for (int64_t i = 0; !on_cuda(c) && i < N; i++)
 		if (t[i] != ignore && (t[i] < 0 || t[i] >= V)) {
 			lmk_err(LMK_EINVAL,
 				"cross_entropy: target %d at row %lld is outside [0,%lld) and not "
@@ -721,13 +956,34 @@ lmk_tensor *lmk_cross_entropy(lmk_ctx *c, lmk_tensor *logits, lmk_tensor *target
 				t[i], (long long)i, (long long)V, ignore);
 			return NULL;
 		}
+	/* the loss is float32 in every compute dtype */
 	lmk_tensor *out = lmk_tensor_new(c, LMK_F32, 0, NULL, wants_grad(c, 1, in));
-	float *lse = lmk_arena_alloc(&c->arena, (size_t)N * sizeof(float));
-	if (!out || !lse)
-		return NULL;
-	int64_t cnt = lmk_cpu_cross_entropy_forward(out->data, lse, logits->data, t, N, V, ignore);
-	if (count)
-		*count = cnt;
+	float *lse;
+	int64_t cnt = -1; /* on CUDA the count stays on the device */
+#if LMK_CUDA
+	if (on_cuda(c)) {
+		lse = lmk_arena_alloc(&c->arena, ce_saved_bytes(N));
+		if (!out || !lse)
+			return NULL;
+		int64_t *dcount = ce_count(lse, N);
+		if (lmk_cuda_cross_entropy_forward(c->backend, c->dtype, out->data, lse, dcount,
+						   lse + N, X(c, logits), t, N, V, ignore) < 0)
+			return NULL;
+		/* only a caller who asks for the count waits for it */
+		if (count && lmk_tensor_copy_to_host(c, &(lmk_tensor){.data = dcount, .dtype = LMK_I64,
+								      .dev = LMK_DEV_CUDA, .n = 1},
+						     count) < 0)
+			return NULL;
+	} else
+#endif
+	{
+		lse = lmk_arena_alloc(&c->arena, (size_t)N * sizeof(float));
+		if (!out || !lse)
+			return NULL;
+		cnt = lmk_cpu_cross_entropy_forward(out->data, lse, logits->data, t, N, V, ignore);
+		if (count)
+			*count = cnt;
+	}
 	int fail;
 	lmk_node *n = record(c, "cross_entropy", out, cross_entropy_bw, &fail);
 	if (fail)

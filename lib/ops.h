@@ -7,7 +7,13 @@
  * The tape keeps pointers to an op's inputs (and to memory they wrap), so
  * these must stay valid until the step's backward has run.
  * Backends: the CPU kernels of ops_cpu.h are the specification; a CUDA
- * build dispatches to cuda/ when c->dev is LMK_DEV_CUDA.
+ * build dispatches to cuda/ when c->dev is LMK_DEV_CUDA (docs/cuda.md).
+ * There, float inputs and outputs are in the context's compute dtype
+ * (c->dtype: F32, or BF16 with a parameter read through its bf16 copy);
+ * ids, positions, segments and targets are I32 tensors on the device
+ * (lmk_tensor_upload); every op only queues kernels on the context's stream
+ * and never waits, so ids or targets out of range are found by the kernels
+ * and reported by the next lmk_ctx_sync (or copy to the host).
  * Shape letters: B batch, T time, C channels, H query heads, K key/value
  * heads, D head dim, V vocabulary, N rows (any leading dims flattened).
  * Owns: nothing beyond the arena memory it asks for. Needs: tensor, ops_cpu.
@@ -87,7 +93,9 @@ lmk_tensor *lmk_dropout(lmk_ctx *c, lmk_tensor *x, float p);
  * logits (N,V) or (B,T,V), targets (N) or (B,T) I32 -> 0-d loss.
  * *count (may be NULL) receives the number of rows counted; a row with a
  * target outside [0,V) that is not ignore fails. With no row counted the
- * loss is 0 and its gradient 0. */
+ * loss is 0 and its gradient 0. The loss is float32 in any compute dtype;
+ * on CUDA a non-NULL count makes the op wait for the device (pass NULL in
+ * a training step, and read the loss once the step is queued). */
 lmk_tensor *lmk_cross_entropy(lmk_ctx *c, lmk_tensor *logits, lmk_tensor *targets,
 			      int ignore, int64_t *count);
 

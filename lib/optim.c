@@ -9,6 +9,10 @@
 
 #include "err.h"
 #include "optim.h"
+#if LMK_CUDA
+#include "../cuda/cuda.h"
+#include "../cuda/optim_cuda.h"
+#endif
 
 void lmk_adamw_config_default(lmk_adamw_config *cfg)
 {
@@ -30,6 +34,63 @@ static float *zalloc(size_t n)
 	return p;
 }
 
+/* Moments on the device, zeroed, and the table of spans the fused kernel
+ * looks each element's tensor up in. */
+static int adamw_init_device(lmk_adamw *o)
+{
+#if LMK_CUDA
+	const lmk_params *p = o->p;
+	size_t bytes = (p->n ? p->n : 16) * sizeof(float);
+	int nt = p->nt ? p->nt : 1;
+	lmk_cuda_span *tab = calloc((size_t)nt, sizeof *tab);
+	int rc = tab ? 0 : lmk_err(LMK_ENOMEM, "adamw: cannot allocate %d spans", nt);
+	for (int i = 0; rc == 0 && i < p->nt; i++) {
+		tab[i].off = p->offset[i];
+		tab[i].n = p->t[i].n;
+		tab[i].decay = o->decay[i];
+	}
+	if (rc == 0)
+		rc = lmk_cuda_mem_alloc((void **)&o->m, bytes);
+	if (rc == 0)
+		rc = lmk_cuda_mem_alloc((void **)&o->v, bytes);
+	if (rc == 0)
+		rc = lmk_cuda_mem_alloc(&o->spans, (size_t)nt * sizeof *tab);
+	if (rc == 0)
+		rc = lmk_cuda_memset(p->backend, o->m, 0, bytes);
+	if (rc == 0)
+		rc = lmk_cuda_memset(p->backend, o->v, 0, bytes);
+	if (rc == 0)
+		rc = lmk_cuda_upload(p->backend, o->spans, tab, (size_t)nt * sizeof *tab);
+	free(tab);
+	if (rc < 0)
+		lmk_adamw_free(o);
+	return rc;
+#else
+	(void)o;
+	return lmk_err(LMK_EUNSUP, "adamw: cuda parameters in a cpu-only build");
+#endif
+}
+
+/* The step on the device, with the scalars of adamw_span computed here the
+ * same way, so that the kernel repeats the CPU's float32 arithmetic. */
+static void adamw_step_device(lmk_adamw *o, float lr, float step_size, float bc2_sqrt)
+{
+#if LMK_CUDA
+	const lmk_params *p = o->p;
+	const double b1 = o->cfg.beta1, wd = o->cfg.weight_decay;
+	const float w1 = (float)(1.0 - b1), w2 = (float)(1.0 - (double)o->cfg.beta2);
+	const float keep = (float)(1.0 - (double)lr * wd);
+	lmk_cuda_adamw_step(p->backend, p->data, p->grad, o->m, o->v, p->lp, o->spans, p->nt, p->n,
+			    w1, 1.0f - w1, 1.0 - b1 < 0.5, w2, o->cfg.beta2, o->cfg.eps, wd != 0.0,
+			    keep, -step_size, bc2_sqrt);
+#else
+	(void)o;
+	(void)lr;
+	(void)step_size;
+	(void)bc2_sqrt;
+#endif
+}
+
 int lmk_adamw_init(lmk_adamw *o, lmk_params *p, const lmk_adamw_config *cfg)
 {
 	memset(o, 0, sizeof *o);
@@ -43,26 +104,70 @@ int lmk_adamw_init(lmk_adamw *o, lmk_params *p, const lmk_adamw_config *cfg)
 			       cfg->beta1, cfg->beta2, cfg->eps, cfg->weight_decay);
 	o->cfg = *cfg;
 	o->p = p;
-	o->m = zalloc(p->n);
-	o->v = zalloc(p->n);
+	o->dev = p->dev;
 	o->decay = calloc(p->nt ? (size_t)p->nt : 1, 1);
-	if (!o->m || !o->v || !o->decay) {
+	if (!o->decay) {
 		lmk_adamw_free(o);
 		return lmk_err(LMK_ENOMEM, "adamw: cannot allocate moments for %zu parameters", p->n);
 	}
 	/* Norm weights and biases are 1-d; decaying them toward 0 only hurts. */
 	for (int i = 0; i < p->nt; i++)
 		o->decay[i] = p->t[i].ndim >= 2;
+	if (p->dev == LMK_DEV_CUDA)
+		return adamw_init_device(o);
+	o->m = zalloc(p->n);
+	o->v = zalloc(p->n);
+	if (!o->m || !o->v) {
+		lmk_adamw_free(o);
+		return lmk_err(LMK_ENOMEM, "adamw: cannot allocate moments for %zu parameters", p->n);
+	}
 	return 0;
 }
 
 void lmk_adamw_free(lmk_adamw *o)
 {
+#if LMK_CUDA
+	if (o->dev == LMK_DEV_CUDA) {
+		lmk_cuda_mem_free(o->m);
+		lmk_cuda_mem_free(o->v);
+		lmk_cuda_mem_free(o->spans);
+		o->m = o->v = NULL;
+		o->spans = NULL;
+	}
+#endif
 	free(o->m);
 	free(o->v);
 	free(o->decay);
 	o->m = o->v = NULL;
 	o->decay = NULL;
+}
+
+int lmk_adamw_moments_to_host(const lmk_adamw *o, float *m, float *v)
+{
+	size_t bytes = o->p->n * sizeof(float);
+#if LMK_CUDA
+	if (o->dev == LMK_DEV_CUDA) {
+		int rc = lmk_cuda_download(o->p->backend, m, o->m, bytes);
+		return rc < 0 ? rc : lmk_cuda_download(o->p->backend, v, o->v, bytes);
+	}
+#endif
+	memcpy(m, o->m, bytes);
+	memcpy(v, o->v, bytes);
+	return 0;
+}
+
+int lmk_adamw_moments_from_host(lmk_adamw *o, const float *m, const float *v)
+{
+	size_t bytes = o->p->n * sizeof(float);
+#if LMK_CUDA
+	if (o->dev == LMK_DEV_CUDA) {
+		int rc = lmk_cuda_upload(o->p->backend, o->m, m, bytes);
+		return rc < 0 ? rc : lmk_cuda_upload(o->p->backend, o->v, v, bytes);
+	}
+#endif
+	memcpy(o->m, m, bytes);
+	memcpy(o->v, v, bytes);
+	return 0;
 }
 
 /* One tensor's update, n elements from offset off. The scalars are
@@ -105,6 +210,10 @@ void lmk_adamw_step(lmk_adamw *o, float lr)
 	double bc2 = 1.0 - pow((double)o->cfg.beta2, (double)o->t);
 	float step_size = (float)((double)lr / bc1);
 	float bc2_sqrt = (float)sqrt(bc2);
+	if (o->dev == LMK_DEV_CUDA) {
+		adamw_step_device(o, lr, step_size, bc2_sqrt);
+		return;
+	}
 	for (int i = 0; i < o->p->nt; i++) {
 		double wd = o->decay[i] ? (double)o->cfg.weight_decay : 0.0;
 		adamw_span(o, o->p->offset[i], o->p->t[i].n, lr, wd, step_size, bc2_sqrt);
@@ -115,6 +224,19 @@ double lmk_clip_grad_norm(lmk_params *p, double max_norm)
 {
 	if (!p->grad || p->n == 0)
 		return 0.0;
+#if LMK_CUDA
+	if (p->dev == LMK_DEV_CUDA) {
+		double norm;
+		if (lmk_cuda_grad_norm(p->backend, &norm, p->grad, p->n) < 0)
+			return NAN;
+		if (max_norm > 0) {
+			double coef = max_norm / (norm + 1e-6); /* as below */
+			if (coef < 1.0 && lmk_cuda_grad_scale(p->backend, p->grad, p->n, (float)coef) < 0)
+				return NAN;
+		}
+		return norm;
+	}
+#endif
 	const size_t n = p->n, chunk = 1 << 16;
 	const size_t nchunk = (n + chunk - 1) / chunk;
 	double total = 0.0;

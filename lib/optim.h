@@ -4,7 +4,11 @@
  * checkpoint of the optimizer is two writes. Decoupled weight decay
  * (Loshchilov & Hutter) applies to matrices only, never to 1-d tensors
  * (norm weights and biases).
- * Owns: the moment buffers. Needs: tensor. Never: prints or exits. */
+ * Parameters on CUDA (lmk_params_to_device) keep their moments on the device
+ * too, and one fused kernel updates the fp32 master weights, the moments and
+ * the bf16 copy (cuda/optim_cuda.h), with the CPU's arithmetic.
+ * Owns: the moment buffers. Needs: tensor, and in a CUDA build cuda/.
+ * Never: prints or exits. */
 #ifndef LMK_OPTIM_H
 #define LMK_OPTIM_H
 
@@ -22,18 +26,28 @@ typedef struct lmk_adamw {
 	float *m, *v;        /* same layout as p->data */
 	uint8_t *decay;      /* per tensor of p: 1 if weight decay applies */
 	int64_t t;           /* steps taken */
+	lmk_device dev;      /* where m and v live: p's device at init */
+	void *spans;         /* CUDA: the tensors' spans, on the device */
 } lmk_adamw;
 
 /* PyTorch's defaults: beta1 0.9, beta2 0.999, eps 1e-8, weight_decay 0.01. */
 void lmk_adamw_config_default(lmk_adamw_config *cfg);
 int lmk_adamw_init(lmk_adamw *o, lmk_params *p, const lmk_adamw_config *cfg);
-/* One step with learning rate lr, as torch.optim.AdamW computes it. */
+/* One step with learning rate lr, as torch.optim.AdamW computes it. On CUDA
+ * it is queued on the parameters' stream; a launch failure is recorded
+ * (lmk_errcode) and the next sync fails too. */
 void lmk_adamw_step(lmk_adamw *o, float lr);
 void lmk_adamw_free(lmk_adamw *o);
+/* The moments (p->n float32 each) to and from host memory, for
+ * checkpoints, on either device. @return : 0 or < 0 */
+int lmk_adamw_moments_to_host(const lmk_adamw *o, float *m, float *v);
+int lmk_adamw_moments_from_host(lmk_adamw *o, const float *m, const float *v);
 
 /* Global L2 norm of p's gradient (in double, before clipping); if max_norm
  * > 0 and the norm exceeds it, scales the gradient by max_norm / (norm +
- * 1e-6) as torch.nn.utils.clip_grad_norm_ does. @return : the norm */
+ * 1e-6) as torch.nn.utils.clip_grad_norm_ does. On CUDA a deterministic
+ * two-pass reduction, and the call waits for the norm.
+ * @return : the norm (NaN with an error recorded if the device failed) */
 double lmk_clip_grad_norm(lmk_params *p, double max_norm);
 
 typedef enum { LMK_SCHED_CONSTANT, LMK_SCHED_COSINE, LMK_SCHED_LINEAR } lmk_sched_kind;

@@ -1,13 +1,19 @@
 /* tensor.c: the activation arena, the execution context, tensors of a step,
  * the tape and its replay, and parameter sets in one allocation.
  * Memory of a step comes from two arenas: `arena` (data, gradients, saved
- * buffers; device memory on CUDA) and `meta` (descriptors, always host). */
+ * buffers; device memory on CUDA) and `meta` (descriptors, always host).
+ * On CUDA every fill and copy is queued on the context's stream, so that it
+ * is ordered with the kernels; only the copies to the host wait. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "err.h"
 #include "tensor.h"
+#if LMK_CUDA
+#include "../cuda/cuda.h"
+#include "../cuda/ops_cuda.h"
+#endif
 
 #define ALIGN 64
 /* Under AddressSanitizer every allocation is followed by a poisoned red
@@ -37,15 +43,68 @@ static size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
 static void *dev_alloc(lmk_device dev, size_t bytes)
 {
-	/* CPU only for now; a CUDA build will take cudaMalloc here. */
+#if LMK_CUDA
+	if (dev == LMK_DEV_CUDA) {
+		void *p; /* cudaMalloc aligns to 256 bytes */
+		return lmk_cuda_mem_alloc(&p, round_up(bytes, ALIGN)) < 0 ? NULL : p;
+	}
+#endif
 	(void)dev;
 	return aligned_alloc(ALIGN, round_up(bytes, ALIGN));
 }
 
 static void dev_free(lmk_device dev, void *p)
 {
+#if LMK_CUDA
+	if (dev == LMK_DEV_CUDA) {
+		lmk_cuda_mem_free(p); /* waits for the device first */
+		return;
+	}
+#endif
 	(void)dev;
 	free(p);
+}
+
+/* memset, queued on the stream of backend for device memory. */
+static int dev_memset(lmk_device dev, void *backend, void *p, int byte, size_t bytes)
+{
+#if LMK_CUDA
+	if (dev == LMK_DEV_CUDA)
+		return lmk_cuda_memset(backend, p, byte, bytes);
+#endif
+	(void)dev;
+	(void)backend;
+	if (bytes)
+		memset(p, byte, bytes);
+	return 0;
+}
+
+/* Host to memory of dev; host may be reused on return. */
+static int dev_upload(lmk_device dev, void *backend, void *dst, const void *host, size_t bytes)
+{
+#if LMK_CUDA
+	if (dev == LMK_DEV_CUDA)
+		return lmk_cuda_upload(backend, dst, host, bytes);
+#endif
+	(void)dev;
+	(void)backend;
+	if (bytes)
+		memcpy(dst, host, bytes);
+	return 0;
+}
+
+/* Memory of dev to host, waiting for it. */
+static int dev_download(lmk_device dev, void *backend, void *host, const void *src, size_t bytes)
+{
+#if LMK_CUDA
+	if (dev == LMK_DEV_CUDA)
+		return lmk_cuda_download(backend, host, src, bytes);
+#endif
+	(void)dev;
+	(void)backend;
+	if (bytes)
+		memcpy(host, src, bytes);
+	return 0;
 }
 
 static struct lmk_chunk *chunk_new(lmk_arena *a, size_t size)
@@ -110,6 +169,8 @@ void *lmk_arena_alloc(lmk_arena *a, size_t bytes)
 	a->used += need;
 	if (a->used > a->peak)
 		a->peak = a->used;
+	if (a->poison && dev_memset(a->dev, a->backend, p, 0xFF, bytes) < 0)
+		return NULL;
 	return p;
 }
 
@@ -150,17 +211,37 @@ int lmk_arena_nchunks(const lmk_arena *a)
 
 int lmk_ctx_init(lmk_ctx *c, lmk_device dev)
 {
+	return lmk_ctx_init_ex(c, dev, 0, LMK_F32);
+}
+
+int lmk_ctx_init_ex(lmk_ctx *c, lmk_device dev, int index, lmk_dtype dtype)
+{
 	memset(c, 0, sizeof *c);
-	if (dev != LMK_DEV_CPU) {
+	if (dev != LMK_DEV_CPU && dev != LMK_DEV_CUDA)
+		return lmk_err(LMK_EINVAL, "ctx: unknown device %d", (int)dev);
+	if ((int)dtype < 0 || dtype >= LMK_NDTYPE)
+		return lmk_err(LMK_EINVAL, "ctx: unknown dtype %d", (int)dtype);
+	if (dev == LMK_DEV_CUDA) {
 #if LMK_CUDA
-		return lmk_err(LMK_EUNSUP, "ctx: the cuda backend is not implemented yet");
+		if (dtype != LMK_F32 && dtype != LMK_BF16)
+			return lmk_err(LMK_EINVAL, "ctx: cuda computes in F32 or BF16, not %s",
+				       lmk_dtype_name(dtype));
+		int rc = lmk_cuda_init(&c->backend, index);
+		if (rc < 0)
+			return rc;
 #else
+		(void)index;
 		return lmk_err(LMK_EUNSUP, "ctx: cuda requested in a cpu-only build");
 #endif
+	} else if (dtype != LMK_F32) {
+		return lmk_err(LMK_EUNSUP, "ctx: the cpu computes in F32 only, not %s",
+			       lmk_dtype_name(dtype));
 	}
 	c->dev = dev;
+	c->dtype = dtype;
 	c->grad_enabled = 1;
 	c->arena.dev = dev;
+	c->arena.backend = c->backend;
 	c->meta.dev = LMK_DEV_CPU;
 	c->meta.chunk = META_CHUNK;
 	return 0;
@@ -173,6 +254,22 @@ void lmk_ctx_free(lmk_ctx *c)
 	free(c->tape);
 	c->tape = NULL;
 	c->ntape = c->tapecap = 0;
+#if LMK_CUDA
+	if (c->backend)
+		lmk_cuda_free(c->backend);
+#endif
+	c->backend = NULL;
+	c->arena.backend = NULL;
+}
+
+int lmk_ctx_sync(lmk_ctx *c)
+{
+#if LMK_CUDA
+	if (c->dev == LMK_DEV_CUDA)
+		return lmk_cuda_sync(c->backend);
+#endif
+	(void)c;
+	return 0;
 }
 
 void lmk_ctx_reset(lmk_ctx *c)
@@ -225,6 +322,7 @@ static lmk_tensor *desc_new(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t *s
 		return NULL;
 	memset(t, 0, sizeof *t);
 	t->dtype = dt;
+	t->gdtype = LMK_F32;
 	t->dev = c->dev;
 	lmk_tensor_setshape(t, ndim, shape);
 	return t;
@@ -246,11 +344,14 @@ lmk_tensor *lmk_tensor_new(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t *sh
 				lmk_dtype_name(dt));
 			return NULL;
 		}
-		/* float32 gradients whatever the storage type */
-		t->grad = lmk_arena_alloc(&c->arena, (size_t)t->n * sizeof(float));
-		if (!t->grad)
+		/* float32 gradients whatever the storage type on the CPU; on
+		 * CUDA the activation's own dtype (bf16 in a BF16 context) */
+		lmk_dtype gdt = c->dev == LMK_DEV_CUDA ? dt : LMK_F32;
+		size_t gbytes = (size_t)t->n * lmk_dtype_size(gdt);
+		t->grad = lmk_arena_alloc(&c->arena, gbytes);
+		if (!t->grad || dev_memset(c->dev, c->backend, t->grad, 0, gbytes) < 0)
 			return NULL;
-		memset(t->grad, 0, (size_t)t->n * sizeof(float));
+		t->gdtype = gdt;
 		t->requires_grad = 1;
 	}
 	return t;
@@ -263,6 +364,80 @@ lmk_tensor *lmk_tensor_wrap(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t *s
 	if (t)
 		t->data = data;
 	return t;
+}
+
+lmk_tensor *lmk_tensor_upload(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t *shape,
+			      const void *host)
+{
+	lmk_tensor *t = desc_new(c, dt, ndim, shape);
+	if (!t)
+		return NULL;
+	size_t bytes = (size_t)t->n * lmk_dtype_size(dt);
+	t->data = lmk_arena_alloc(&c->arena, bytes);
+	if (!t->data || dev_upload(t->dev, c->backend, t->data, host, bytes) < 0)
+		return NULL;
+	return t;
+}
+
+int lmk_tensor_copy_to_host(lmk_ctx *c, const lmk_tensor *t, void *host)
+{
+	return dev_download(t->dev, c->backend, host, t->data,
+			    (size_t)t->n * lmk_dtype_size(t->dtype));
+}
+
+int lmk_tensor_copy_from_host(lmk_ctx *c, lmk_tensor *t, const void *host)
+{
+	return dev_upload(t->dev, c->backend, t->data, host,
+			  (size_t)t->n * lmk_dtype_size(t->dtype));
+}
+
+int lmk_tensor_read_f32(lmk_ctx *c, const lmk_tensor *t, int grad, float *host)
+{
+	const void *src = grad ? t->grad : t->data;
+	lmk_dtype dt = grad ? t->gdtype : t->dtype;
+	size_t bytes = (size_t)t->n * lmk_dtype_size(dt);
+	if (!src)
+		return lmk_err(LMK_EINVAL, "tensor read: the tensor has no %s",
+			       grad ? "gradient" : "data");
+	if (t->dev == LMK_DEV_CPU || dt == LMK_F32) {
+		if (t->dev != LMK_DEV_CPU)
+			return dev_download(t->dev, c->backend, host, src, bytes);
+		lmk_dtype_to_f32(dt, src, host, (size_t)t->n);
+		return 0;
+	}
+	void *tmp = malloc(bytes ? bytes : 1);
+	if (!tmp)
+		return lmk_err(LMK_ENOMEM, "tensor read: cannot allocate %zu bytes", bytes);
+	int rc = dev_download(t->dev, c->backend, tmp, src, bytes);
+	if (rc == 0)
+		lmk_dtype_to_f32(dt, tmp, host, (size_t)t->n);
+	free(tmp);
+	return rc;
+}
+
+int lmk_tensor_write_f32(lmk_ctx *c, lmk_tensor *t, int grad, const float *host)
+{
+	void *dst = grad ? t->grad : t->data;
+	lmk_dtype dt = grad ? t->gdtype : t->dtype;
+	size_t bytes = (size_t)t->n * lmk_dtype_size(dt);
+	if (!dst)
+		return lmk_err(LMK_EINVAL, "tensor write: the tensor has no %s",
+			       grad ? "gradient" : "data");
+	if (dt != LMK_F32 && dt != LMK_BF16 && dt != LMK_F16 && dt != LMK_F64)
+		return lmk_err(LMK_EINVAL, "tensor write: cannot write floats into %s",
+			       lmk_dtype_name(dt));
+	if (t->dev == LMK_DEV_CPU)
+		return lmk_dtype_from_f32(dt, host, dst, (size_t)t->n);
+	if (dt == LMK_F32)
+		return dev_upload(t->dev, c->backend, dst, host, bytes);
+	void *tmp = malloc(bytes ? bytes : 1);
+	if (!tmp)
+		return lmk_err(LMK_ENOMEM, "tensor write: cannot allocate %zu bytes", bytes);
+	int rc = lmk_dtype_from_f32(dt, host, tmp, (size_t)t->n);
+	if (rc == 0)
+		rc = dev_upload(t->dev, c->backend, dst, tmp, bytes);
+	free(tmp);
+	return rc;
 }
 
 lmk_tensor *lmk_reshape(lmk_ctx *c, lmk_tensor *x, int ndim, const int64_t *shape)
@@ -348,8 +523,6 @@ static int check_grad_target(const char *who, const lmk_tensor *t)
 		return lmk_err(LMK_EINVAL,
 			       "%s: the tensor has no gradient (grad disabled, or no input "
 			       "requires grad)", who);
-	if (t->dev != LMK_DEV_CPU)
-		return lmk_err(LMK_EUNSUP, "%s: no cuda support yet", who);
 	return 0;
 }
 
@@ -361,7 +534,10 @@ int lmk_backward(lmk_ctx *c, lmk_tensor *loss, float scale)
 	if (loss->n != 1)
 		return lmk_err(LMK_EINVAL, "backward: expected a loss of 1 element, found %lld",
 			       (long long)loss->n);
-	((float *)loss->grad)[0] = scale;
+	if (loss->dev == LMK_DEV_CPU)
+		((float *)loss->grad)[0] = scale;
+	else if ((rc = lmk_tensor_write_f32(c, loss, 1, &scale)) < 0)
+		return rc;
 	return replay(c);
 }
 
@@ -370,6 +546,14 @@ int lmk_backward_from(lmk_ctx *c, lmk_tensor *t, const float *dout)
 	int rc = check_grad_target("backward", t);
 	if (rc < 0)
 		return rc;
+#if LMK_CUDA
+	if (t->dev == LMK_DEV_CUDA) {
+		lmk_gbuf g = {t->grad, t->gdtype};
+		if ((rc = lmk_cuda_accumulate(c->backend, g, dout, t->n)) < 0)
+			return rc;
+		return replay(c);
+	}
+#endif
 	float *g = t->grad;
 	for (int64_t i = 0; i < t->n; i++)
 		g[i] += dout[i];
@@ -413,6 +597,7 @@ int lmk_params_add(lmk_params *p, const char *name, int ndim, const int64_t *sha
 	lmk_tensor *t = &p->t[p->nt];
 	memset(t, 0, sizeof *t);
 	t->dtype = LMK_F32;
+	t->gdtype = LMK_F32;
 	t->dev = LMK_DEV_CPU;
 	t->name = copy;
 	t->requires_grad = p->trainable != 0;
@@ -455,7 +640,80 @@ int lmk_params_alloc(lmk_params *p)
 void lmk_params_zero_grad(lmk_params *p)
 {
 	if (p->grad)
-		memset(p->grad, 0, p->n * sizeof(float));
+		dev_memset(p->dev, p->backend, p->grad, 0, p->n * sizeof(float));
+}
+
+int lmk_params_to_device(lmk_params *p, lmk_ctx *c)
+{
+	if (c->dev == LMK_DEV_CPU)
+		return p->dev == LMK_DEV_CPU
+			       ? 0
+			       : lmk_err(LMK_EINVAL, "params: on the device, the context on the cpu");
+	if (!p->data)
+		return lmk_err(LMK_EINVAL, "params: not laid out (lmk_params_alloc)");
+	if (p->dev != LMK_DEV_CPU)
+		return lmk_err(LMK_EINVAL, "params: already on the device");
+#if LMK_CUDA
+	const size_t lane = ALIGN / sizeof(float), n = p->n ? p->n : lane;
+	float *d = NULL, *g = NULL;
+	void *lp = NULL;
+	int rc = lmk_cuda_mem_alloc((void **)&d, n * sizeof(float));
+	if (rc == 0 && p->grad)
+		rc = lmk_cuda_mem_alloc((void **)&g, n * sizeof(float));
+	if (rc == 0 && c->dtype == LMK_BF16)
+		rc = lmk_cuda_mem_alloc(&lp, n * sizeof(uint16_t));
+	if (rc == 0)
+		rc = lmk_cuda_upload(c->backend, d, p->data, n * sizeof(float));
+	if (rc == 0 && g)
+		rc = lmk_cuda_memset(c->backend, g, 0, n * sizeof(float));
+	if (rc == 0 && lp)
+		rc = lmk_cuda_convert(c->backend, lp, LMK_BF16, d, LMK_F32, (int64_t)n);
+	if (rc == 0)
+		rc = lmk_cuda_sync(c->backend);
+	if (rc < 0) {
+		lmk_cuda_mem_free(d);
+		lmk_cuda_mem_free(g);
+		lmk_cuda_mem_free(lp);
+		return lmk_err_wrap(rc, "params: to the device");
+	}
+	free(p->data);
+	free(p->grad);
+	p->data = d;
+	p->grad = g;
+	p->lp = lp;
+	p->dev = LMK_DEV_CUDA;
+	p->backend = c->backend;
+	for (int i = 0; i < p->nt; i++) {
+		lmk_tensor *t = &p->t[i];
+		t->data = d + p->offset[i];
+		t->grad = g ? g + p->offset[i] : NULL;
+		t->lp = lp ? (uint16_t *)lp + p->offset[i] : NULL;
+		t->dev = LMK_DEV_CUDA;
+	}
+	return 0;
+#else
+	return lmk_err(LMK_EUNSUP, "params: cuda in a cpu-only build");
+#endif
+}
+
+int lmk_params_copy_to_host(const lmk_params *p, int grad, float *host)
+{
+	const float *src = grad ? p->grad : p->data;
+	if (!src)
+		return lmk_err(LMK_EINVAL, "params: no %s to copy", grad ? "gradient" : "data");
+	return dev_download(p->dev, p->backend, host, src, p->n * sizeof(float));
+}
+
+int lmk_params_copy_from_host(lmk_params *p, const float *host)
+{
+	if (!p->data)
+		return lmk_err(LMK_EINVAL, "params: not laid out (lmk_params_alloc)");
+	int rc = dev_upload(p->dev, p->backend, p->data, host, p->n * sizeof(float));
+#if LMK_CUDA
+	if (rc == 0 && p->lp)
+		rc = lmk_cuda_convert(p->backend, p->lp, LMK_BF16, p->data, LMK_F32, (int64_t)p->n);
+#endif
+	return rc;
 }
 
 lmk_tensor *lmk_params_find(lmk_params *p, const char *name)
@@ -472,7 +730,13 @@ void lmk_params_free(lmk_params *p)
 		free((char *)p->t[i].name);
 	free(p->t);
 	free(p->offset);
-	free(p->data);
-	free(p->grad);
+	if (p->dev == LMK_DEV_CPU) {
+		free(p->data);
+		free(p->grad);
+	} else {
+		dev_free(p->dev, p->data);
+		dev_free(p->dev, p->grad);
+		dev_free(p->dev, p->lp);
+	}
 	memset(p, 0, sizeof *p);
 }

@@ -4,7 +4,12 @@
  * nodes in reverse. Activations and their gradients come from an arena that
  * lmk_ctx_reset empties, so after the first step a training step mallocs
  * nothing. Shapes are row-major, last dimension fastest.
- * Owns: tensors of a step, the arena, the tape. Needs: dtype, err.
+ * On CUDA (docs/cuda.md) the arena is device memory, everything runs on the
+ * context's one stream, and a context computes in a dtype: F32, or BF16 with
+ * activations and their gradients in bf16 while parameters keep float32
+ * master weights and gradients plus a bf16 copy that ops read.
+ * Owns: tensors of a step, the arena, the tape. Needs: dtype, err, and in a
+ * CUDA build cuda/cuda.h.
  * Never: prints, exits, or knows about any particular model. */
 #ifndef LMK_TENSOR_H
 #define LMK_TENSOR_H
@@ -29,6 +34,10 @@ typedef struct lmk_tensor {
 	int64_t n;           /* number of elements */
 	int requires_grad;   /* a trainable parameter, or computed from one */
 	const char *name;    /* parameters only; NULL for activations */
+	lmk_dtype gdtype;    /* of grad: F32, except on CUDA, where an
+			      * activation's gradient has the activation's dtype */
+	void *lp;            /* a parameter in a BF16 CUDA context: its bf16 copy
+			      * (what ops read; the optimizer refreshes it); else NULL */
 } lmk_tensor;
 
 /* Bump allocator in chunks of max(request, chunk) bytes; reset keeps the
@@ -40,6 +49,10 @@ typedef struct lmk_arena {
 	size_t used, peak, reserved; /* bytes handed out now, at most, and held */
 	lmk_device dev;
 	size_t chunk;        /* smallest chunk in bytes; 0 means 64 MiB */
+	void *backend;       /* CUDA: the context's backend, whose stream the
+			      * fills are ordered on */
+	int poison;          /* tests: fill every allocation with 0xFF bytes (NaN
+			      * in every float dtype) so unwritten memory shows */
 } lmk_arena;
 
 struct lmk_ctx;
@@ -65,11 +78,23 @@ typedef struct lmk_ctx {
 	void *backend;       /* device handles (cuBLAS, streams) when dev is CUDA */
 	lmk_arena meta;      /* host memory for tensor descriptors and saved
 			      * scalars: `arena` holds device memory on CUDA */
+	lmk_dtype dtype;     /* compute dtype: what ops make activations in
+			      * (F32; or BF16 on CUDA) */
 } lmk_ctx;
 
-/* Grad starts enabled; seed and counter start at 0.
- * @return : 0, or LMK_EUNSUP when dev is CUDA in a CPU-only build */
+/* Grad starts enabled; seed and counter start at 0; F32, and on CUDA
+ * device 0. @return : 0, or LMK_EUNSUP when dev is CUDA in a CPU-only
+ * build, or LMK_EDEVICE when there is no device */
 int lmk_ctx_init(lmk_ctx *c, lmk_device dev);
+/* The same on CUDA device `index` (ignored on the CPU), computing in dtype:
+ * LMK_F32 anywhere, LMK_BF16 on CUDA only.
+ * @return : 0, LMK_EINVAL (index, dtype), LMK_EUNSUP or LMK_EDEVICE */
+int lmk_ctx_init_ex(lmk_ctx *c, lmk_device dev, int index, lmk_dtype dtype);
+/* Waits until the context's queued work is done and reports what the
+ * device found on the way (embedding ids or cross-entropy targets out of
+ * range, which ops on CUDA cannot check without waiting). Nothing on the
+ * CPU. @return : 0, LMK_EINVAL or LMK_EDEVICE */
+int lmk_ctx_sync(lmk_ctx *c);
 void lmk_ctx_free(lmk_ctx *c);
 /* Forgets the tape and every tensor made since the last reset. */
 void lmk_ctx_reset(lmk_ctx *c);
@@ -87,13 +112,29 @@ int lmk_arena_nchunks(const lmk_arena *a);
  * @return : NULL on failure (message recorded) */
 lmk_tensor *lmk_tensor_new(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t *shape,
 			   int requires_grad);
-/* A tensor wrapping memory the caller owns (token ids, a batch). No grad. */
+/* A tensor wrapping memory the caller owns (token ids, a batch), on the
+ * context's device (device memory on CUDA: see lmk_tensor_upload). No grad. */
 lmk_tensor *lmk_tensor_wrap(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t *shape,
 			    void *data);
 /* A view of x with another shape of the same size, sharing data and grad.
  * One dimension may be -1: it is inferred from the others.
  * @return : NULL if x is NULL or the sizes differ */
 lmk_tensor *lmk_reshape(lmk_ctx *c, lmk_tensor *x, int ndim, const int64_t *shape);
+/* A new tensor of the arena holding a copy of n elements of type dt at
+ * host (token ids, positions, a batch): on CUDA the copy is queued on the
+ * stream and host may be reused on return. No grad.
+ * @return : NULL on failure (message recorded) */
+lmk_tensor *lmk_tensor_upload(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t *shape,
+			      const void *host);
+/* Raw copies of t's data (t->n elements of t->dtype) to and from host
+ * memory; to_host waits for the stream. @return : 0 or < 0 */
+int lmk_tensor_copy_to_host(lmk_ctx *c, const lmk_tensor *t, void *host);
+int lmk_tensor_copy_from_host(lmk_ctx *c, lmk_tensor *t, const void *host);
+/* t's data (grad 0) or gradient (grad 1) as t->n float32 values, converted
+ * from bf16/f16 as needed, on either device; read waits for the stream.
+ * @return : 0, LMK_EINVAL (no gradient, an integer dtype) or < 0 */
+int lmk_tensor_read_f32(lmk_ctx *c, const lmk_tensor *t, int grad, float *host);
+int lmk_tensor_write_f32(lmk_ctx *c, lmk_tensor *t, int grad, const float *host);
 /* Fills *shape-less* descriptors: sets n from ndim/shape. */
 void lmk_tensor_setshape(lmk_tensor *t, int ndim, const int64_t *shape);
 
@@ -105,8 +146,8 @@ lmk_node *lmk_tape_push(lmk_ctx *c, const char *op, lmk_tensor *out);
  * once per step (between resets): activation gradients are not re-zeroed.
  * @return : 0 or the first failing op's code */
 int lmk_backward(lmk_ctx *c, lmk_tensor *loss, float scale);
-/* The same from any tensor t of the tape: adds dout (t->n floats, on t's
- * device) into t->grad, then replays. For a gradient computed elsewhere
+/* The same from any tensor t of the tape: adds dout (t->n float32, on t's
+ * device) into t->grad (whatever its dtype), then replays. For a gradient computed elsewhere
  * (another program, a loss outside the tape) and for gradient checks.
  * @return : 0 or the first failing op's code */
 int lmk_backward_from(lmk_ctx *c, lmk_tensor *t, const float *dout);
@@ -125,6 +166,10 @@ typedef struct lmk_params {
 	size_t *offset;      /* element offset of each tensor */
 	int nt, cap;
 	int trainable;
+	lmk_device dev;      /* where data, grad and lp live */
+	void *lp;            /* CUDA in a BF16 context: bf16 copy of data (n) */
+	void *backend;       /* CUDA: the backend whose stream orders the
+			      * parameters' fills and the optimizer */
 } lmk_params;
 
 void lmk_params_init(lmk_params *p, int trainable);
@@ -134,7 +179,19 @@ int lmk_params_add(lmk_params *p, const char *name, int ndim, const int64_t *sha
 /* Allocates data (and grad when trainable), zeroed, 64-byte aligned, and
  * points every tensor into them. @return : 0 or LMK_ENOMEM */
 int lmk_params_alloc(lmk_params *p);
+/* On CUDA, queued on the stream of the context given to _to_device. */
 void lmk_params_zero_grad(lmk_params *p);
+/* Moves the parameters to c's device (no-op on a CPU context): data and
+ * grad become device buffers (the host ones are freed) and, when c
+ * computes in BF16, a bf16 copy lp is made that ops read. Initialise or
+ * load the weights before, or afterwards through lmk_params_copy_from_host.
+ * The parameters then use c's stream: free them before c.
+ * @return : 0, LMK_EINVAL (not allocated, already moved) or < 0 */
+int lmk_params_to_device(lmk_params *p, lmk_ctx *c);
+/* All n float32 of data (grad 0) or grad (grad 1) to host; waits. */
+int lmk_params_copy_to_host(const lmk_params *p, int grad, float *host);
+/* All n float32 of data from host (refreshing the bf16 copy). */
+int lmk_params_copy_from_host(lmk_params *p, const float *host);
 /* @return : the tensor called name, or NULL */
 lmk_tensor *lmk_params_find(lmk_params *p, const char *name);
 void lmk_params_free(lmk_params *p);

@@ -1,0 +1,171 @@
+/* cross_entropy.cu: fused softmax cross-entropy over N rows of V logits.
+ * The forward keeps one (max, sum) pair per thread over its strided share of
+ * the row (an online softmax), merges the pairs across the block, and saves
+ * only the row's logsumexp: the probabilities are never stored, for any V.
+ * A second, single-block kernel takes the mean over the counted rows in a
+ * fixed order. The backward recomputes each probability from lse and writes
+ * dlogits row by row. */
+#include <math.h>
+
+#include "common.cuh"
+
+#define THREADS 256
+
+/* (m, s) stands for s * exp(m): the sum of exp(x - m) over some x. */
+static __device__ __forceinline__ void lse_merge(float &m, float &s, float m2, float s2)
+{
+	float M = fmaxf(m, m2);
+	float a = m == -INFINITY ? 0.0f : s * expf(m - M);
+	float b = m2 == -INFINITY ? 0.0f : s2 * expf(m2 - M);
+	m = M;
+	s = a + b;
+}
+
+static __device__ __forceinline__ int counted(int32_t t, int ignore, int64_t V)
+{
+	return t != ignore && t >= 0 && t < V;
+}
+
+template <class T>
+__global__ void ce_rows(float *lse, float *rowloss, const T *logits, const int32_t *targets,
+			int64_t N, int64_t V, int ignore, unsigned *flags)
+{
+	__shared__ float shm[32], shs[32];
+	int lane = threadIdx.x % 32, wid = threadIdx.x / 32, nw = blockDim.x / 32;
+	for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+		int32_t t = targets[n];
+		if (!counted(t, ignore, V)) {
+			if (threadIdx.x == 0) {
+				if (t != ignore)
+					atomicOr(flags, (unsigned)LMK_CUDA_BAD_TARGET);
+				lse[n] = 0.0f; /* as the CPU kernel leaves an ignored row */
+				rowloss[n] = 0.0f;
+			}
+			continue;
+		}
+		const T *x = logits + n * V;
+		float m = -INFINITY, s = 0.0f;
+		for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+			float v = tof(x[j]);
+			if (v > m) {
+				s = (m == -INFINITY ? 0.0f : s * expf(m - v)) + 1.0f;
+				m = v;
+			} else if (m != -INFINITY) {
+				s += expf(v - m);
+			}
+		}
+		/* butterfly merge: every lane ends with the same bits */
+		for (int o = 16; o > 0; o >>= 1) {
+			float m2 = __shfl_xor_sync(0xffffffffu, m, o);
+			float s2 = __shfl_xor_sync(0xffffffffu, s, o);
+			lse_merge(m, s, m2, s2);
+		}
+		if (lane == 0) {
+			shm[wid] = m;
+			shs[wid] = s;
+		}
+		__syncthreads();
+		if (wid == 0) {
+			m = lane < nw ? shm[lane] : -INFINITY;
+			s = lane < nw ? shs[lane] : 0.0f;
+			for (int o = 16; o > 0; o >>= 1) {
+				float m2 = __shfl_xor_sync(0xffffffffu, m, o);
+				float s2 = __shfl_xor_sync(0xffffffffu, s, o);
+				lse_merge(m, s, m2, s2);
+			}
+			if (lane == 0) {
+				float L = m + logf(s);
+				lse[n] = L;
+				rowloss[n] = L - tof(x[t]);
+			}
+		}
+		__syncthreads(); /* shm is reused by the next row */
+	}
+}
+
+__global__ void ce_mean(float *loss, int64_t *count, const float *rowloss, const int32_t *targets,
+			int64_t N, int64_t V, int ignore)
+{
+	__shared__ double sh[32];
+	double sum = 0.0, cnt = 0.0;
+	for (int64_t n = threadIdx.x; n < N; n += blockDim.x)
+		if (counted(targets[n], ignore, V)) {
+			sum += (double)rowloss[n];
+			cnt += 1.0;
+		}
+	sum = block_sum_d(sum, sh);
+	cnt = block_sum_d(cnt, sh);
+	if (threadIdx.x == 0) {
+		*count = (int64_t)cnt;
+		loss[0] = cnt > 0 ? (float)(sum / cnt) : 0.0f;
+	}
+}
+
+template <class T>
+__global__ void ce_bwd(gacc dlogits, const float *dloss, const T *logits, const float *lse,
+		       const int32_t *targets, int64_t N, int64_t V, int ignore,
+		       const int64_t *count)
+{
+	int64_t cnt = *count;
+	if (cnt == 0)
+		return;
+	float f = dloss[0] / (float)cnt;
+	for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+		int32_t t = targets[n];
+		if (!counted(t, ignore, V))
+			continue;
+		const T *x = logits + n * V;
+		float L = lse[n];
+		for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+			float d = f * expf(tof(x[j]) - L);
+			int64_t i = n * V + j;
+			if (j != t) {
+				gadd(dlogits, i, d);
+			} else if (dlogits.f32) {
+				/* two roundings, as the CPU's += then -= */
+				float *q = (float *)dlogits.p;
+				q[i] = (q[i] + d) - f;
+			} else {
+				bf16 *q = (bf16 *)dlogits.p;
+				q[i] = __float2bfloat16_rn((__bfloat162float(q[i]) + d) - f);
+			}
+		}
+	}
+}
+
+static unsigned row_grid(int64_t N) { return (unsigned)(N < (1 << 30) ? (N < 1 ? 1 : N) : (1 << 30)); }
+
+extern "C" int lmk_cuda_cross_entropy_forward(void *be, lmk_dtype dt, float *loss, float *lse,
+					      int64_t *count, float *rowloss, const void *logits,
+					      const int32_t *targets, int64_t N, int64_t V,
+					      int ignore)
+{
+	lmk_cuda_backend *b = LMK_BE(be);
+	if (N > 0) {
+		LMK_DT_SWITCH(dt, "cross_entropy",
+			      ce_rows<T><<<row_grid(N), THREADS, 0, b->stream>>>(
+				      lse, rowloss, (const T *)logits, targets, N, V, ignore, b->flags));
+		LMK_CK_LAUNCH();
+	}
+	ce_mean<<<1, 1024, 0, b->stream>>>(loss, count, rowloss, targets, N, V, ignore);
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+extern "C" int lmk_cuda_cross_entropy_backward(void *be, lmk_dtype dt, lmk_gbuf dlogits,
+					       const float *dloss, const void *logits,
+					       const float *lse, const int32_t *targets, int64_t N,
+					       int64_t V, int ignore, const int64_t *count)
+{
+	lmk_cuda_backend *b = LMK_BE(be);
+	if (N == 0 || V == 0 || !dlogits.p)
+		return 0;
+	if (check_gbuf("cross_entropy", dt, dlogits) < 0)
+		return lmk_errcode();
+	LMK_DT_SWITCH(dt, "cross_entropy",
+		      ce_bwd<T><<<row_grid(N), THREADS, 0, b->stream>>>(
+			      to_gacc(dlogits), dloss, (const T *)logits, lse, targets, N, V, ignore,
+			      count));
+	LMK_CK_LAUNCH();
+	return 0;
+}

@@ -1,0 +1,440 @@
+/* elementwise.cu: silu, gelu (erf and tanh forms), swiglu, add and mul with
+ * a broadcast operand, scale, dropout (the CPU's Philox, bit for bit), and
+ * the helpers accumulate (grad += float32) and convert (F32 <-> BF16).
+ * One thread per element in a grid-stride loop; values are computed in
+ * float32 whatever the storage type. Shape letters: n elements, N rows of
+ * M elements for a broadcast operand of (M). */
+#include "common.cuh"
+
+#define THREADS 256
+
+#define GRID_STRIDE(i, n)                                                          \
+	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
+	     i += (int64_t)gridDim.x * blockDim.x)
+
+static __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* ----------------------------------------------------------------- silu */
+
+template <class T>
+__global__ void silu_fwd(T *out, const T *inp, int64_t n)
+{
+	GRID_STRIDE(i, n)
+	{
+		float x = tof(inp[i]);
+		out[i] = fromf<T>(x * sigmoidf_(x));
+	}
+}
+
+template <class T>
+__global__ void silu_bwd(gacc dinp, const T *dout, const T *inp, int64_t n)
+{
+	GRID_STRIDE(i, n)
+	{
+		float x = tof(inp[i]), s = sigmoidf_(x);
+		gadd(dinp, i, tof(dout[i]) * s * (1.0f + x * (1.0f - s)));
+	}
+}
+
+extern "C" int lmk_cuda_silu_forward(void *be, lmk_dtype dt, void *out, const void *inp, int64_t n)
+{
+	if (n == 0)
+		return 0;
+	LMK_DT_SWITCH(dt, "silu", silu_fwd<T><<<grid_for(n, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
+					  (T *)out, (const T *)inp, n));
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+extern "C" int lmk_cuda_silu_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, const void *dout,
+				      const void *inp, int64_t n)
+{
+	if (n == 0 || !dinp.p)
+		return 0;
+	if (check_gbuf("silu", dt, dinp) < 0)
+		return lmk_errcode();
+	LMK_DT_SWITCH(dt, "silu", silu_bwd<T><<<grid_for(n, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
+					  to_gacc(dinp), (const T *)dout, (const T *)inp, n));
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+/* ----------------------------------------------------------------- gelu */
+
+#define GELU_K 0.7978845608028654f   /* sqrt(2/pi) */
+#define GELU_C 0.044715f
+#define INV_SQRT2 0.7071067811865476f
+#define INV_SQRT_2PI 0.3989422804014327f
+
+template <class T>
+__global__ void gelu_fwd(T *out, const T *inp, int64_t n, int approx)
+{
+	GRID_STRIDE(i, n)
+	{
+		float x = tof(inp[i]), y;
+		if (approx)
+			y = 0.5f * x * (1.0f + tanhf(GELU_K * (x + GELU_C * x * x * x)));
+		else
+			y = 0.5f * x * (1.0f + erff(x * INV_SQRT2));
+		out[i] = fromf<T>(y);
+	}
+}
+
+template <class T>
+__global__ void gelu_bwd(gacc dinp, const T *dout, const T *inp, int64_t n, int approx)
+{
+	GRID_STRIDE(i, n)
+	{
+		float x = tof(inp[i]), d;
+		if (approx) {
+			float t = tanhf(GELU_K * (x + GELU_C * x * x * x));
+			d = 0.5f * (1.0f + t) +
+			    0.5f * x * (1.0f - t * t) * GELU_K * (1.0f + 3.0f * GELU_C * x * x);
+		} else {
+			d = 0.5f * (1.0f + erff(x * INV_SQRT2)) + x * INV_SQRT_2PI * expf(-0.5f * x * x);
+		}
+		gadd(dinp, i, tof(dout[i]) * d);
+	}
+}
+
+extern "C" int lmk_cuda_gelu_forward(void *be, lmk_dtype dt, void *out, const void *inp, int64_t n,
+				     int approx)
+{
+	if (n == 0)
+		return 0;
+	LMK_DT_SWITCH(dt, "gelu", gelu_fwd<T><<<grid_for(n, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
+					  (T *)out, (const T *)inp, n, approx));
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+extern "C" int lmk_cuda_gelu_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, const void *dout,
+				      const void *inp, int64_t n, int approx)
+{
+	if (n == 0 || !dinp.p)
+		return 0;
+	if (check_gbuf("gelu", dt, dinp) < 0)
+		return lmk_errcode();
+	LMK_DT_SWITCH(dt, "gelu", gelu_bwd<T><<<grid_for(n, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
+					  to_gacc(dinp), (const T *)dout, (const T *)inp, n, approx));
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+/* --------------------------------------------------------------- swiglu */
+
+template <class T>
+__global__ void swiglu_fwd(T *out, const T *gate, const T *up, int64_t n)
+{
+	GRID_STRIDE(i, n)
+	{
+		float g = tof(gate[i]);
+		out[i] = fromf<T>(g * sigmoidf_(g) * tof(up[i]));
+	}
+}
+
+template <class T>
+__global__ void swiglu_bwd(gacc dgate, gacc dup, const T *dout, const T *gate, const T *up,
+			   int64_t n)
+{
+	GRID_STRIDE(i, n)
+	{
+		float x = tof(gate[i]), s = sigmoidf_(x), g = tof(dout[i]);
+		if (dgate.p)
+			gadd(dgate, i, g * tof(up[i]) * s * (1.0f + x * (1.0f - s)));
+		if (dup.p)
+			gadd(dup, i, g * x * s);
+	}
+}
+
+extern "C" int lmk_cuda_swiglu_forward(void *be, lmk_dtype dt, void *out, const void *gate,
+				       const void *up, int64_t n)
+{
+	if (n == 0)
+		return 0;
+	LMK_DT_SWITCH(dt, "swiglu",
+		      swiglu_fwd<T><<<grid_for(n, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
+			      (T *)out, (const T *)gate, (const T *)up, n));
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+extern "C" int lmk_cuda_swiglu_backward(void *be, lmk_dtype dt, lmk_gbuf dgate, lmk_gbuf dup,
+					const void *dout, const void *gate, const void *up,
+					int64_t n)
+{
+	if (n == 0 || (!dgate.p && !dup.p))
+		return 0;
+	if (check_gbuf("swiglu", dt, dgate) < 0 || check_gbuf("swiglu", dt, dup) < 0)
+		return lmk_errcode();
+	LMK_DT_SWITCH(dt, "swiglu",
+		      swiglu_bwd<T><<<grid_for(n, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
+			      to_gacc(dgate), to_gacc(dup), (const T *)dout, (const T *)gate,
+			      (const T *)up, n));
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+/* -------------------------------------------------------------- add, mul */
+
+template <class T, int MUL>
+__global__ void binary_fwd(T *out, const T *a, const T *b, int64_t N, int64_t M)
+{
+	GRID_STRIDE(i, N * M)
+	{
+		float x = tof(a[i]), y = tof(b[M == N * M ? i : i % M]);
+		out[i] = fromf<T>(MUL ? x * y : x + y);
+	}
+}
+
+/* da += dout (add) or dout * b (mul); with N == 1 for add, db += dout too. */
+template <class T, int MUL>
+__global__ void binary_bwd_a(gacc da, gacc db_same, const T *dout, const T *b, int64_t N,
+			     int64_t M)
+{
+	GRID_STRIDE(i, N * M)
+	{
+		float g = tof(dout[i]);
+		if (da.p)
+			gadd(da, i, MUL ? g * tof(b[i % M]) : g);
+		if (db_same.p)
+			gadd(db_same, i, g);
+	}
+}
+
+template <int MUL>
+static int binary_forward(const char *who, void *be, lmk_dtype dt, void *out, const void *a,
+			  const void *b, int64_t N, int64_t M)
+{
+	if (N * M == 0)
+		return 0;
+	LMK_DT_SWITCH(dt, who,
+		      binary_fwd<T, MUL><<<grid_for(N * M, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
+			      (T *)out, (const T *)a, (const T *)b, N, M));
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+extern "C" int lmk_cuda_add_forward(void *be, lmk_dtype dt, void *out, const void *a, const void *b,
+				    int64_t N, int64_t M)
+{
+	return binary_forward<0>("add", be, dt, out, a, b, N, M);
+}
+
+extern "C" int lmk_cuda_mul_forward(void *be, lmk_dtype dt, void *out, const void *a, const void *b,
+				    int64_t N, int64_t M)
+{
+	return binary_forward<1>("mul", be, dt, out, a, b, N, M);
+}
+
+extern "C" int lmk_cuda_add_backward(void *be, lmk_dtype dt, lmk_gbuf da, lmk_gbuf db,
+				     const void *dout, int64_t N, int64_t M)
+{
+	lmk_cuda_backend *bk = LMK_BE(be);
+	if (N * M == 0)
+		return 0;
+	if (check_gbuf("add", dt, da) < 0 || check_gbuf("add", dt, db) < 0)
+		return lmk_errcode();
+	/* N == 1: b has a's shape and its gradient is elementwise too */
+	lmk_gbuf same = N == 1 ? db : lmk_gbuf{NULL, LMK_F32};
+	if (da.p || same.p)
+		LMK_DT_SWITCH(dt, "add",
+			      binary_bwd_a<T, 0><<<grid_for(N * M, THREADS), THREADS, 0, bk->stream>>>(
+				      to_gacc(da), to_gacc(same), (const T *)dout, (const T *)NULL, N,
+				      M));
+	LMK_CK_LAUNCH();
+	if (db.p && N != 1)
+		LMK_DT_SWITCH(dt, "add",
+			      return colsum<COLSUM_G, T>(bk, db, (const T *)dout, (const T *)NULL,
+							 NULL, NULL, N, M));
+	return 0;
+}
+
+extern "C" int lmk_cuda_mul_backward(void *be, lmk_dtype dt, lmk_gbuf da, lmk_gbuf db,
+				     const void *dout, const void *a, const void *b, int64_t N,
+				     int64_t M)
+{
+	lmk_cuda_backend *bk = LMK_BE(be);
+	if (N * M == 0)
+		return 0;
+	if (check_gbuf("mul", dt, da) < 0 || check_gbuf("mul", dt, db) < 0)
+		return lmk_errcode();
+	if (da.p)
+		LMK_DT_SWITCH(dt, "mul",
+			      binary_bwd_a<T, 1><<<grid_for(N * M, THREADS), THREADS, 0, bk->stream>>>(
+				      to_gacc(da), gacc{NULL, 1}, (const T *)dout, (const T *)b, N, M));
+	LMK_CK_LAUNCH();
+	if (db.p)
+		LMK_DT_SWITCH(dt, "mul",
+			      return colsum<COLSUM_GA, T>(bk, db, (const T *)dout, (const T *)a, NULL,
+							  NULL, N, M));
+	return 0;
+}
+
+/* ---------------------------------------------------------------- scale */
+
+template <class T>
+__global__ void scale_fwd(T *out, const T *inp, float s, int64_t n)
+{
+	GRID_STRIDE(i, n) out[i] = fromf<T>(s * tof(inp[i]));
+}
+
+template <class T>
+__global__ void scale_bwd(gacc dinp, const T *dout, float s, int64_t n)
+{
+	GRID_STRIDE(i, n) gadd(dinp, i, s * tof(dout[i]));
+}
+
+extern "C" int lmk_cuda_scale_forward(void *be, lmk_dtype dt, void *out, const void *inp, float s,
+				      int64_t n)
+{
+	if (n == 0)
+		return 0;
+	LMK_DT_SWITCH(dt, "scale", scale_fwd<T><<<grid_for(n, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
+					   (T *)out, (const T *)inp, s, n));
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+extern "C" int lmk_cuda_scale_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, const void *dout,
+				       float s, int64_t n)
+{
+	if (n == 0 || !dinp.p)
+		return 0;
+	if (check_gbuf("scale", dt, dinp) < 0)
+		return lmk_errcode();
+	LMK_DT_SWITCH(dt, "scale", scale_bwd<T><<<grid_for(n, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
+					   to_gacc(dinp), (const T *)dout, s, n));
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+/* -------------------------------------------------------------- dropout */
+
+/* lib/rng.c's lmk_philox, statement for statement. */
+static __device__ __forceinline__ void philox(uint64_t seed, uint64_t counter, uint32_t out[4])
+{
+	uint32_t c0 = (uint32_t)counter, c1 = (uint32_t)(counter >> 32), c2 = 0, c3 = 0;
+	uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+#pragma unroll
+	for (int r = 0; r < 10; r++) {
+		uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
+		uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n1 = (uint32_t)p1;
+		uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1, n3 = (uint32_t)p0;
+		c0 = n0;
+		c1 = n1;
+		c2 = n2;
+		c3 = n3;
+		k0 += 0x9E3779B9u;
+		k1 += 0xBB67AE85u;
+	}
+	out[0] = c0;
+	out[1] = c1;
+	out[2] = c2;
+	out[3] = c3;
+}
+
+/* Element i uses word i % 4 of block counter + i / 4, as lmk_philox_uniform:
+ * one thread per block of 4 elements. ACC: out += instead of out =. */
+template <class T, int ACC>
+__global__ void dropout_k(T *out, gacc gout, const T *inp, int64_t n, float p, float keep,
+			  uint64_t seed, uint64_t counter)
+{
+	int64_t nq = (n + 3) / 4;
+	GRID_STRIDE(q, nq)
+	{
+		uint32_t w[4];
+		philox(seed, counter + (uint64_t)q, w);
+#pragma unroll
+		for (int k = 0; k < 4; k++) {
+			int64_t i = 4 * q + k;
+			if (i >= n)
+				break;
+			float u = (float)(w[k] >> 8) * (1.0f / 16777216.0f);
+			float y = u < p ? 0.0f : tof(inp[i]) * keep;
+			if (ACC)
+				gadd(gout, i, y);
+			else
+				out[i] = fromf<T>(y);
+		}
+	}
+}
+
+static float keep_of(float p) { return p < 1.0f ? 1.0f / (1.0f - p) : 0.0f; }
+
+extern "C" int lmk_cuda_dropout_forward(void *be, lmk_dtype dt, void *out, const void *inp,
+					int64_t n, float p, uint64_t seed, uint64_t counter)
+{
+	if (n == 0)
+		return 0;
+	LMK_DT_SWITCH(dt, "dropout",
+		      dropout_k<T, 0><<<grid_for((n + 3) / 4, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
+			      (T *)out, gacc{NULL, 1}, (const T *)inp, n, p, keep_of(p), seed,
+			      counter));
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+extern "C" int lmk_cuda_dropout_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, const void *dout,
+					 int64_t n, float p, uint64_t seed, uint64_t counter)
+{
+	if (n == 0 || !dinp.p)
+		return 0;
+	if (check_gbuf("dropout", dt, dinp) < 0)
+		return lmk_errcode();
+	LMK_DT_SWITCH(dt, "dropout",
+		      dropout_k<T, 1><<<grid_for((n + 3) / 4, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
+			      (T *)NULL, to_gacc(dinp), (const T *)dout, n, p, keep_of(p), seed,
+			      counter));
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+/* ------------------------------------------------- accumulate, convert */
+
+__global__ void accumulate_k(gacc dst, const float *src, int64_t n)
+{
+	GRID_STRIDE(i, n) gadd(dst, i, src[i]);
+}
+
+extern "C" int lmk_cuda_accumulate(void *be, lmk_gbuf dst, const float *src, int64_t n)
+{
+	if (n == 0 || !dst.p)
+		return 0;
+	if (dst.dt != LMK_F32 && dst.dt != LMK_BF16)
+		return lmk_err(LMK_EUNSUP, "accumulate: no cuda kernel for a %s gradient",
+			       lmk_dtype_name(dst.dt));
+	accumulate_k<<<grid_for(n, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(to_gacc(dst), src, n);
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+template <class D, class S>
+__global__ void convert_k(D *dst, const S *src, int64_t n)
+{
+	GRID_STRIDE(i, n) dst[i] = fromf<D>(tof(src[i]));
+}
+
+extern "C" int lmk_cuda_convert(void *be, void *dst, lmk_dtype ddt, const void *src, lmk_dtype sdt,
+				int64_t n)
+{
+	cudaStream_t s = LMK_BE(be)->stream;
+	if (n == 0)
+		return 0;
+	if (ddt == sdt) {
+		LMK_CK(cudaMemcpyAsync(dst, src, (size_t)n * lmk_dtype_size(ddt),
+				       cudaMemcpyDeviceToDevice, s));
+		return 0;
+	}
+	if (ddt == LMK_BF16 && sdt == LMK_F32)
+		convert_k<bf16, float><<<grid_for(n, THREADS), THREADS, 0, s>>>((bf16 *)dst,
+										(const float *)src, n);
+	else if (ddt == LMK_F32 && sdt == LMK_BF16)
+		convert_k<float, bf16><<<grid_for(n, THREADS), THREADS, 0, s>>>((float *)dst,
+										(const bf16 *)src, n);
+	else
+		return lmk_err(LMK_EUNSUP, "convert: no cuda kernel from %s to %s",
+			       lmk_dtype_name(sdt), lmk_dtype_name(ddt));
+	LMK_CK_LAUNCH();
+	return 0;
+}

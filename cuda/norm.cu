@@ -1,0 +1,186 @@
+/* norm.cu: rmsnorm and layernorm, forward and backward, fused: one warp per
+ * row (N rows of C channels), statistics in float32 (the final 1/sqrt in
+ * double, as the CPU kernel computes it), the parameter gradients dw and db
+ * as deterministic column sums (per-chunk partials, then a second pass). */
+#include "common.cuh"
+
+#define ROWS_PER_BLOCK 4 /* warps per block, one row each */
+
+static unsigned row_blocks(int64_t N) { return (unsigned)((N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK); }
+
+/* -------------------------------------------------------------- rmsnorm */
+
+template <class T>
+__global__ void rmsnorm_fwd(T *out, float *rstd, const T *inp, const T *w, int64_t N, int64_t C,
+			    float eps)
+{
+	int64_t row = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+	int lane = threadIdx.x % 32;
+	if (row >= N)
+		return;
+	const T *x = inp + row * C;
+	T *y = out + row * C;
+	float ss = 0.0f;
+	for (int64_t i = lane; i < C; i += 32) {
+		float v = tof(x[i]);
+		ss += v * v;
+	}
+	ss = warp_sum(ss);
+	float r = (float)(1.0 / sqrt((double)ss / (double)C + (double)eps));
+	for (int64_t i = lane; i < C; i += 32)
+		y[i] = fromf<T>(tof(x[i]) * r * (w ? tof(w[i]) : 1.0f));
+	if (lane == 0)
+		rstd[row] = r;
+}
+
+/* dx = r (g w - x̂ mean(g w x̂)) with x̂ = x r */
+template <class T>
+__global__ void rmsnorm_bwd(gacc dinp, const T *dout, const T *inp, const T *w, const float *rstd,
+			    int64_t N, int64_t C)
+{
+	int64_t row = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+	int lane = threadIdx.x % 32;
+	if (row >= N)
+		return;
+	const T *x = inp + row * C, *g = dout + row * C;
+	float r = rstd[row], dot = 0.0f;
+	for (int64_t i = lane; i < C; i += 32)
+		dot += tof(g[i]) * (w ? tof(w[i]) : 1.0f) * tof(x[i]) * r;
+	float m = warp_sum(dot) / (float)C;
+	for (int64_t i = lane; i < C; i += 32)
+		gadd(dinp, row * C + i,
+		     r * (tof(g[i]) * (w ? tof(w[i]) : 1.0f) - tof(x[i]) * r * m));
+}
+
+extern "C" int lmk_cuda_rmsnorm_forward(void *be, lmk_dtype dt, void *out, float *rstd,
+					const void *inp, const void *w, int64_t N, int64_t C,
+					float eps)
+{
+	if (N == 0)
+		return 0;
+	LMK_DT_SWITCH(dt, "rmsnorm",
+		      rmsnorm_fwd<T><<<row_blocks(N), 32 * ROWS_PER_BLOCK, 0, LMK_BE(be)->stream>>>(
+			      (T *)out, rstd, (const T *)inp, (const T *)w, N, C, eps));
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+extern "C" int lmk_cuda_rmsnorm_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, lmk_gbuf dw,
+					 const void *dout, const void *inp, const void *w,
+					 const float *rstd, int64_t N, int64_t C)
+{
+	lmk_cuda_backend *b = LMK_BE(be);
+	if (N == 0 || C == 0)
+		return 0;
+	if (check_gbuf("rmsnorm", dt, dinp) < 0 || check_gbuf("rmsnorm", dt, dw) < 0)
+		return lmk_errcode();
+	if (dinp.p) {
+		LMK_DT_SWITCH(dt, "rmsnorm",
+			      rmsnorm_bwd<T><<<row_blocks(N), 32 * ROWS_PER_BLOCK, 0, b->stream>>>(
+				      to_gacc(dinp), (const T *)dout, (const T *)inp, (const T *)w,
+				      rstd, N, C));
+		LMK_CK_LAUNCH();
+	}
+	if (dw.p)
+		LMK_DT_SWITCH(dt, "rmsnorm",
+			      return colsum<COLSUM_RMS, T>(b, dw, (const T *)dout, (const T *)inp, rstd,
+							   NULL, N, C));
+	return 0;
+}
+
+/* ------------------------------------------------------------ layernorm */
+
+template <class T>
+__global__ void layernorm_fwd(T *out, float *mean, float *rstd, const T *inp, const T *w,
+			      const T *b, int64_t N, int64_t C, float eps)
+{
+	int64_t row = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+	int lane = threadIdx.x % 32;
+	if (row >= N)
+		return;
+	const T *x = inp + row * C;
+	T *y = out + row * C;
+	float s = 0.0f;
+	for (int64_t i = lane; i < C; i += 32)
+		s += tof(x[i]);
+	float m = C ? warp_sum(s) / (float)C : 0.0f;
+	/* two passes (x - mean)², as the CPU: no cancellation for large means */
+	float ss = 0.0f;
+	for (int64_t i = lane; i < C; i += 32) {
+		float d = tof(x[i]) - m;
+		ss += d * d;
+	}
+	ss = warp_sum(ss);
+	float r = (float)(1.0 / sqrt((C ? (double)ss / (double)C : 0.0) + (double)eps));
+	for (int64_t i = lane; i < C; i += 32)
+		y[i] = fromf<T>((tof(x[i]) - m) * r * (w ? tof(w[i]) : 1.0f) + (b ? tof(b[i]) : 0.0f));
+	if (lane == 0) {
+		mean[row] = m;
+		rstd[row] = r;
+	}
+}
+
+/* dx = r (g w - mean(g w) - x̂ mean(g w x̂)) */
+template <class T>
+__global__ void layernorm_bwd(gacc dinp, const T *dout, const T *inp, const T *w,
+			      const float *mean, const float *rstd, int64_t N, int64_t C)
+{
+	int64_t row = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+	int lane = threadIdx.x % 32;
+	if (row >= N)
+		return;
+	const T *x = inp + row * C, *g = dout + row * C;
+	float m = mean[row], r = rstd[row], s = 0.0f, sx = 0.0f;
+	for (int64_t i = lane; i < C; i += 32) {
+		float gw = tof(g[i]) * (w ? tof(w[i]) : 1.0f);
+		s += gw;
+		sx += gw * ((tof(x[i]) - m) * r);
+	}
+	float ms = warp_sum(s) / (float)C, msx = warp_sum(sx) / (float)C;
+	for (int64_t i = lane; i < C; i += 32)
+		gadd(dinp, row * C + i,
+		     r * (tof(g[i]) * (w ? tof(w[i]) : 1.0f) - ms - (tof(x[i]) - m) * r * msx));
+}
+
+extern "C" int lmk_cuda_layernorm_forward(void *be, lmk_dtype dt, void *out, float *mean,
+					  float *rstd, const void *inp, const void *w,
+					  const void *b, int64_t N, int64_t C, float eps)
+{
+	if (N == 0)
+		return 0;
+	LMK_DT_SWITCH(dt, "layernorm",
+		      layernorm_fwd<T><<<row_blocks(N), 32 * ROWS_PER_BLOCK, 0, LMK_BE(be)->stream>>>(
+			      (T *)out, mean, rstd, (const T *)inp, (const T *)w, (const T *)b, N, C,
+			      eps));
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+extern "C" int lmk_cuda_layernorm_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, lmk_gbuf dw,
+					   lmk_gbuf db, const void *dout, const void *inp,
+					   const void *w, const float *mean, const float *rstd,
+					   int64_t N, int64_t C)
+{
+	lmk_cuda_backend *bk = LMK_BE(be);
+	if (N == 0 || C == 0)
+		return 0;
+	if (check_gbuf("layernorm", dt, dinp) < 0 || check_gbuf("layernorm", dt, dw) < 0 ||
+	    check_gbuf("layernorm", dt, db) < 0)
+		return lmk_errcode();
+	int rc = 0;
+	LMK_DT_SWITCH(dt, "layernorm", {
+		if (dinp.p) {
+			layernorm_bwd<T><<<row_blocks(N), 32 * ROWS_PER_BLOCK, 0, bk->stream>>>(
+				to_gacc(dinp), (const T *)dout, (const T *)inp, (const T *)w, mean, rstd,
+				N, C);
+			LMK_CK_LAUNCH();
+		}
+		if (db.p && (rc = colsum<COLSUM_G, T>(bk, db, (const T *)dout, (const T *)NULL, NULL,
+						      NULL, N, C)) < 0)
+			return rc;
+		if (dw.p && (rc = colsum<COLSUM_LN, T>(bk, dw, (const T *)dout, (const T *)inp, mean,
+						       rstd, N, C)) < 0)
+			return rc;
+	});
+	return 0;
+}

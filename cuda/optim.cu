@@ -1,0 +1,126 @@
+/* optim.cu: fused AdamW over the whole parameter buffer (one launch: each
+ * element finds its tensor in the span table by binary search) and the
+ * global gradient norm (two passes in double, fixed order) with clipping.
+ * AdamW's arithmetic is lib/optim.c's, operation for operation, written
+ * with __fadd_rn/__fmul_rn/__fdiv_rn/__fsqrt_rn so that the compiler fuses
+ * nothing into FMAs: on the same inputs the GPU gives the CPU's bits. */
+#include "common.cuh"
+#include "optim_cuda.h"
+
+#define THREADS 256
+#define NORM_CHUNK 65536 /* elements per partial sum, as lib/optim.c */
+
+__global__ void adamw_k(float *p, const float *g, float *m, float *v, bf16 *lp,
+			const lmk_cuda_span *spans, int nt, int64_t n, float w1, float om1,
+			int small_w, float w2, float b2, float eps, int decay, float keep,
+			float neg_step, float bc2_sqrt)
+{
+	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+	     i += (int64_t)gridDim.x * blockDim.x) {
+		/* the last span starting at or before i */
+		int lo = 0, hi = nt - 1;
+		while (lo < hi) {
+			int mid = (lo + hi + 1) / 2;
+			if ((int64_t)spans[mid].off <= i)
+				lo = mid;
+			else
+				hi = mid - 1;
+		}
+		const lmk_cuda_span sp = spans[lo];
+		if (i < (int64_t)sp.off || i >= (int64_t)sp.off + sp.n)
+			continue; /* padding between tensors */
+		float gi = g[i], pi = p[i], mi = m[i], vi = v[i];
+		if (decay && sp.decay)
+			pi = __fmul_rn(pi, keep);
+		if (small_w)
+			mi = __fadd_rn(mi, __fmul_rn(w1, __fsub_rn(gi, mi)));
+		else
+			mi = __fsub_rn(gi, __fmul_rn(__fsub_rn(gi, mi), om1));
+		vi = __fadd_rn(__fmul_rn(vi, b2), __fmul_rn(w2, __fmul_rn(gi, gi)));
+		float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bc2_sqrt), eps);
+		pi = __fadd_rn(pi, __fmul_rn(neg_step, __fdiv_rn(mi, denom)));
+		p[i] = pi;
+		m[i] = mi;
+		v[i] = vi;
+		if (lp)
+			lp[i] = __float2bfloat16_rn(pi);
+	}
+}
+
+extern "C" int lmk_cuda_adamw_step(void *be, float *p, const float *g, float *m, float *v,
+				   void *lp, const lmk_cuda_span *spans, int nt, size_t n, float w1,
+				   float om1, int small_w, float w2, float b2, float eps, int decay,
+				   float keep, float neg_step, float bc2_sqrt)
+{
+	lmk_cuda_backend *b = LMK_BE(be);
+	if (n == 0 || nt == 0)
+		return 0;
+	adamw_k<<<grid_for((int64_t)n, THREADS), THREADS, 0, b->stream>>>(
+		p, g, m, v, (bf16 *)lp, spans, nt, (int64_t)n, w1, om1, small_w, w2, b2, eps, decay,
+		keep, neg_step, bc2_sqrt);
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+/* part[c] = sum of g² over chunk c, in double. */
+__global__ void sumsq_part(double *part, const float *g, int64_t n)
+{
+	__shared__ double sh[32];
+	int64_t lo = (int64_t)blockIdx.x * NORM_CHUNK;
+	int64_t hi = lo + NORM_CHUNK < n ? lo + NORM_CHUNK : n;
+	double s = 0.0;
+	for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x)
+		s += (double)g[i] * (double)g[i];
+	s = block_sum_d(s, sh);
+	if (threadIdx.x == 0)
+		part[blockIdx.x] = s;
+}
+
+__global__ void sumsq_finish(double *out, const double *part, int64_t nchunk)
+{
+	__shared__ double sh[32];
+	double s = 0.0;
+	for (int64_t c = threadIdx.x; c < nchunk; c += blockDim.x)
+		s += part[c];
+	s = block_sum_d(s, sh);
+	if (threadIdx.x == 0)
+		*out = sqrt(s);
+}
+
+extern "C" int lmk_cuda_grad_norm(void *be, double *norm, const float *g, size_t n)
+{
+	lmk_cuda_backend *b = LMK_BE(be);
+	*norm = 0.0;
+	if (n == 0)
+		return 0;
+	int64_t nchunk = ((int64_t)n + NORM_CHUNK - 1) / NORM_CHUNK;
+	double *part = (double *)lmk_cuda_scratch(b, (size_t)(nchunk + 1) * sizeof(double));
+	if (!part)
+		return lmk_errcode();
+	if (nchunk > INT32_MAX)
+		return lmk_err(LMK_EUNSUP, "grad norm: %zu elements is too many", n);
+	sumsq_part<<<(unsigned)nchunk, THREADS, 0, b->stream>>>(part + 1, g, (int64_t)n);
+	LMK_CK_LAUNCH();
+	sumsq_finish<<<1, 1024, 0, b->stream>>>(part, part + 1, nchunk);
+	LMK_CK_LAUNCH();
+	LMK_CK(cudaMemcpyAsync(norm, part, sizeof *norm, cudaMemcpyDeviceToHost, b->stream));
+	LMK_CK(cudaStreamSynchronize(b->stream));
+	return 0;
+}
+
+__global__ void scale_k(float *g, int64_t n, float c)
+{
+	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+	     i += (int64_t)gridDim.x * blockDim.x)
+		g[i] *= c;
+}
+
+extern "C" int lmk_cuda_grad_scale(void *be, float *g, size_t n, float c)
+{
+	lmk_cuda_backend *b = LMK_BE(be);
+	if (n == 0)
+		return 0;
+	scale_k<<<grid_for((int64_t)n, THREADS), THREADS, 0, b->stream>>>(g, (int64_t)n, c);
+	LMK_CK_LAUNCH();
+	return 0;
+}

@@ -1,0 +1,47 @@
+/* optim_cuda.h: the CUDA side of lib/optim.c: fused AdamW over the single
+ * parameter buffer (fp32 master weights and moments, refreshing the bf16
+ * copy that ops read), and the global gradient norm and clipping.
+ * Owns: nothing. Needs: the backend of cuda.h. Never: prints or exits.
+ * @return (every launcher) : 0, or LMK_EDEVICE with a message */
+#ifndef LMK_OPTIM_CUDA_H
+#define LMK_OPTIM_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* One tensor of the buffer: elements [off, off + n), with weight decay or
+ * not. A table of them, sorted by off, lives on the device. */
+typedef struct lmk_cuda_span {
+	uint64_t off;
+	int64_t n;
+	int32_t decay;
+	int32_t pad;
+} lmk_cuda_span;
+
+/* One AdamW step over every span, with the scalars lib/optim.c computes on
+ * the host (so that the arithmetic is the CPU's, operation for operation,
+ * in float32 with no fused multiply-adds): w1 = 1 - beta1, om1 = 1 - w1,
+ * w2 = 1 - beta2, keep = 1 - lr * weight_decay (applied where the span
+ * decays and weight_decay != 0), neg_step = -lr / bias_correction1. When lp
+ * is not NULL, lp[i] = bf16(p[i]) for every updated element. Elements
+ * between spans (padding) are left alone. */
+int lmk_cuda_adamw_step(void *be, float *p, const float *g, float *m, float *v,
+			void *lp /*bf16 (n) or NULL*/, const lmk_cuda_span *spans /*device (nt)*/,
+			int nt, size_t n, float w1, float om1, int small_w, float w2, float b2,
+			float eps, int decay, float keep, float neg_step, float bc2_sqrt);
+
+/* *norm = sqrt(sum of g[i]²) in double, in a fixed order (chunks of 65536
+ * elements, then the chunks' partial sums): the same bits on every run.
+ * Waits for the stream to hand the norm back. */
+int lmk_cuda_grad_norm(void *be, double *norm, const float *g, size_t n);
+/* g *= c */
+int lmk_cuda_grad_scale(void *be, float *g, size_t n, float c);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

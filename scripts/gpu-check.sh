@@ -1,0 +1,188 @@
+#!/bin/sh
+# gpu-check.sh: runs the GPU test binaries of a build on a machine with a
+# CUDA device, then again under compute-sanitizer (memcheck and racecheck,
+# on the small shapes), and prints a summary table. It builds nothing: build
+# here with `make BUILD=build-gpu CUDA=1 build-gpu/tests/test_cuda
+# build-gpu/tests/test_cuda_ops build-gpu/tests/test_cuda_attention` (or
+# plain check-unit) and carry the build folder to the GPU machine.
+#
+#   scripts/gpu-check.sh                 from the repository root
+#   scripts/gpu-check.sh --bundle        here, before carrying: copies the
+#       shared libraries the test binaries need beyond glibc, libstdc++ and
+#       CUDA's own (jansson, OpenBLAS, gfortran, ...) into $BUILD/tests/lib,
+#       which the check then puts on LD_LIBRARY_PATH: carrying
+#       $BUILD/tests is then enough
+#
+# Environment:
+#   BUILD       the build folder (default build-gpu)
+#   PHASES      which phases, in order (default "run memcheck racecheck")
+#   TESTS       which binaries (default: test_cuda test_cuda_ops
+#               test_cuda_attention, those that exist)
+#   TIMEOUT     seconds for one binary in the run phase (default 240)
+#   SAN_TIMEOUT seconds for one binary under the sanitizer (default 300)
+#   SAN_FLAGS   more compute-sanitizer options (say, a kernel filter)
+#   LMK_TEST_SEED  passed on: repeats a run's random inputs
+#   REQUIRE_GPU 1 (default): a test that skips (no device seen) fails the
+#               check; 0 lets it skip (to try the script without a GPU)
+#   OUT         if set, the logs go there (run.log, memcheck.log,
+#               racecheck.log, summary.txt), else to $BUILD/gpu-check
+# A call of the device tool runs at most 10 minutes: give each phase its own
+# call (PHASES=run, then PHASES=memcheck, then PHASES=racecheck), with $OUT
+# set so that the logs come back.
+# Exits 0 when every phase of every binary passed or skipped, 1 otherwise,
+# 2 when the build folder or the device is missing.
+set -u
+BUILD=${BUILD:-build-gpu}
+PHASES=${PHASES:-run memcheck racecheck}
+TIMEOUT=${TIMEOUT:-240}
+SAN_TIMEOUT=${SAN_TIMEOUT:-300}
+SAN_FLAGS=${SAN_FLAGS:-}
+REQUIRE_GPU=${REQUIRE_GPU:-1}
+LOGDIR=${OUT:-$BUILD/gpu-check}
+
+if [ "${1:-}" = --bundle ]; then
+	mkdir -p "$BUILD/tests/lib" || exit 2
+	for t in test_cuda test_cuda_ops test_cuda_attention; do
+		[ -x "$BUILD/tests/$t" ] || continue
+		ldd "$BUILD/tests/$t" | awk '/=> \//{print $3}'
+	done | sort -u | while read -r lib; do
+		case $(basename "$lib") in
+		libc.so* | libm.so* | libdl.so* | libpthread.so* | librt.so* | ld-linux* | \
+			libstdc++.so* | libgcc_s.so* | libcublas* | libcudart* | libnccl*) ;;
+		*) cp -L "$lib" "$BUILD/tests/lib/" && echo "gpu-check: bundled $lib" ;;
+		esac
+	done
+	du -sh "$BUILD/tests/lib"
+	exit 0
+fi
+[ -d "$BUILD/tests/lib" ] && export LD_LIBRARY_PATH="$PWD/$BUILD/tests/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+mkdir -p "$LOGDIR" || exit 2
+SUMMARY="$LOGDIR/summary.txt"
+: >"$SUMMARY"
+
+say() { echo "gpu-check: $*"; }
+
+if [ ! -d "$BUILD/tests" ]; then
+	say "no $BUILD/tests: build with make BUILD=$BUILD CUDA=1 and carry $BUILD"
+	exit 2
+fi
+if [ -z "${TESTS:-}" ]; then
+	TESTS=""
+	for t in test_cuda test_cuda_ops test_cuda_attention; do
+		[ -x "$BUILD/tests/$t" ] && TESTS="$TESTS $t"
+	done
+fi
+[ -n "$TESTS" ] || { say "no GPU test binary in $BUILD/tests"; exit 2; }
+
+say "device"
+if command -v nvidia-smi >/dev/null 2>&1; then
+	nvidia-smi -L
+	nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+else
+	say "nvidia-smi not found"
+fi
+
+# Binaries were linked elsewhere: name any shared library this machine lacks.
+missing=0
+for t in $TESTS; do
+	if ldd "$BUILD/tests/$t" 2>/dev/null | grep -q "not found"; then
+		say "$t: missing shared libraries:"
+		ldd "$BUILD/tests/$t" | grep "not found"
+		missing=1
+	fi
+done
+[ $missing -eq 0 ] || say "set LD_LIBRARY_PATH to a folder holding them, or link them statically"
+
+SAN=""
+for s in compute-sanitizer /usr/local/cuda/bin/compute-sanitizer \
+	/usr/local/cuda/compute-sanitizer/compute-sanitizer; do
+	if command -v "$s" >/dev/null 2>&1; then
+		SAN=$(command -v "$s")
+		break
+	fi
+done
+
+# The tests run without fork (a child forked after CUDA initialisation
+# cannot use the device); CK_FORK=no makes sure for any suite that does not
+# say so itself. fp32 means fp32: no TF32 behind the tests' back.
+export CK_FORK=no NVIDIA_TF32_OVERRIDE=0
+export LMK_DATA="${LMK_DATA:-$PWD/../shared/data}"
+
+fail=0
+# result PHASE TEST STATUS SECONDS
+result() {
+	printf '%-10s %-22s %-5s %5ss\n' "$1" "$2" "$3" "$4" >>"$SUMMARY"
+	say "$1 $2: $3 ($4 s)"
+	[ "$3" = FAIL ] && fail=1
+	return 0
+}
+
+# run_one PHASE TEST LOG: the binary, plain or under the sanitizer's tool,
+# its output appended to LOG; then its report lines on the terminal.
+run_one() {
+	phase=$1 t=$2 log=$3
+	bin="$BUILD/tests/$t"
+	small=${LMK_TEST_SMALL:-0}
+	case $phase in
+	run) lim=$TIMEOUT; set -- "$bin" ;;
+	*)
+		lim=$SAN_TIMEOUT
+		small=1
+		# --error-exitcode: a hazard or a bad access fails the run even
+		# when the test itself passed
+		# shellcheck disable=SC2086 # SAN_FLAGS is a list of options
+		set -- "$SAN" --tool "$phase" --error-exitcode 99 --print-limit 100 \
+			--target-processes all $SAN_FLAGS "$bin"
+		;;
+	esac
+	before=$(wc -c <"$log")
+	echo "==== $phase $t ($(date -u +%H:%M:%S)): $*" >>"$log"
+	start=$(date +%s)
+	LMK_TEST_SMALL=$small timeout "$lim" "$@" >>"$log" 2>&1
+	rc=$?
+	secs=$(($(date +%s) - start))
+	echo "==== exit $rc after $secs s" >>"$log"
+	case $rc in
+	0) st=PASS ;;
+	77)
+		st=SKIP
+		[ "$REQUIRE_GPU" = 1 ] && st=FAIL && echo "==== skipped on a GPU machine" >>"$log"
+		;;
+	124 | 137) st=FAIL; echo "==== timed out after $lim s" >>"$log" ;;
+	99) st=FAIL; echo "==== the sanitizer reported errors" >>"$log" ;;
+	*) st=FAIL ;;
+	esac
+	# failures, the tests' own report lines and the sanitizer's summary
+	tail -c +"$((before + 1))" "$log" |
+		grep -E "^test_|^gpu-check|[0-9]+%: Checks|:[FE]:|ERROR SUMMARY|RACECHECK SUMMARY|^====|Invalid|Race reported|skipped" |
+		head -n 200
+	result "$phase" "$t" "$st" "$secs"
+}
+
+for phase in $PHASES; do
+	log="$LOGDIR/$phase.log"
+	: >"$log"
+	if [ "$phase" != run ] && [ -z "$SAN" ]; then
+		say "compute-sanitizer not found: $phase skipped"
+		for t in $TESTS; do result "$phase" "$t" SKIP 0; done
+		continue
+	fi
+	for t in $TESTS; do
+		run_one "$phase" "$t" "$log"
+	done
+	# what comes back from $OUT is limited to 16 MiB a file
+	if [ "$(wc -c <"$log")" -gt 15000000 ]; then
+		tail -c 15000000 "$log" >"$log.tail" && mv "$log.tail" "$log"
+	fi
+done
+
+echo
+echo "gpu-check summary ($BUILD, logs in $LOGDIR):"
+printf '%-10s %-22s %-5s %6s\n' phase binary state time
+cat "$SUMMARY"
+if [ $fail -ne 0 ]; then
+	echo "gpu-check: FAILED"
+	exit 1
+fi
+echo "gpu-check: all passed (or skipped)"
+exit 0
