@@ -120,9 +120,9 @@ lmk_tensor *lmk_tensor_wrap(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t *s
  * One dimension may be -1: it is inferred from the others.
  * @return : NULL if x is NULL or the sizes differ */
 lmk_tensor *lmk_reshape(lmk_ctx *c, lmk_tensor *x, int ndim, const int64_t *shape);
-/* A new tensor of the arena holding a copy of n elements of type dt at
- * host (token ids, positions, a batch): on CUDA the copy is queued on the
- * stream and host may be reused on return. No grad.
+/* A new tensor of the arena holding a copy of the shape's elements of type
+ * dt at host (token ids, positions, a batch): on CUDA the copy is queued on
+ * the stream and host may be reused on return. No grad.
  * @return : NULL on failure (message recorded) */
 lmk_tensor *lmk_tensor_upload(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t *shape,
 			      const void *host);
@@ -131,8 +131,9 @@ lmk_tensor *lmk_tensor_upload(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t 
 int lmk_tensor_copy_to_host(lmk_ctx *c, const lmk_tensor *t, void *host);
 int lmk_tensor_copy_from_host(lmk_ctx *c, lmk_tensor *t, const void *host);
 /* t's data (grad 0) or gradient (grad 1) as t->n float32 values, converted
- * from bf16/f16 as needed, on either device; read waits for the stream.
- * @return : 0, LMK_EINVAL (no gradient, an integer dtype) or < 0 */
+ * from its dtype (integers by value), on either device; read waits for the
+ * stream. write takes float dtypes only.
+ * @return : 0, LMK_EINVAL (no gradient; write: an integer dtype) or < 0 */
 int lmk_tensor_read_f32(lmk_ctx *c, const lmk_tensor *t, int grad, float *host);
 int lmk_tensor_write_f32(lmk_ctx *c, lmk_tensor *t, int grad, const float *host);
 /* Fills *shape-less* descriptors: sets n from ndim/shape. */
@@ -147,8 +148,9 @@ lmk_node *lmk_tape_push(lmk_ctx *c, const char *op, lmk_tensor *out);
  * @return : 0 or the first failing op's code */
 int lmk_backward(lmk_ctx *c, lmk_tensor *loss, float scale);
 /* The same from any tensor t of the tape: adds dout (t->n float32, on t's
- * device) into t->grad (whatever its dtype), then replays. For a gradient computed elsewhere
- * (another program, a loss outside the tape) and for gradient checks.
+ * device) into t->grad (whatever its dtype), then replays. For a gradient
+ * computed elsewhere (another program, a loss outside the tape) and for
+ * gradient checks.
  * @return : 0 or the first failing op's code */
 int lmk_backward_from(lmk_ctx *c, lmk_tensor *t, const float *dout);
 
