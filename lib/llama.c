@@ -777,13 +777,17 @@ void lmk_kvcache_free(lmk_kvcache *kv)
 
 /* Causal attention of n new queries at positions S0..S0+n-1 over the cache
  * (which already holds them): the same arithmetic as the CPU attention
- * kernel's forward, one row at a time. scratch is (nthreads, S0+n). */
+ * kernel's forward, one row at a time. scratch is (nthreads, S0+n). On one
+ * thread unless the work is large (a long prompt): a decoded token's few
+ * hundred thousand multiply-adds take less time than a fork and a join,
+ * and far less when another program holds the other core. */
 static void cache_attend(float *out /*(n,H,D)*/, const float *q /*(n,H,D)*/,
 			 const float *kc /*(S,K,D)*/, const float *vc /*(S,K,D)*/,
 			 float *scratch, int S0, int n, int H, int K, int D, float scale)
 {
 	const int group = H / K, S = S0 + n;
-	#pragma omp parallel for collapse(2) schedule(static)
+	#pragma omp parallel for collapse(2) schedule(static) \
+		if ((int64_t)n * H * S * D > ((int64_t)1 << 22))
 	for (int i = 0; i < n; i++) {
 		for (int h = 0; h < H; h++) {
 			float *att = scratch + (size_t)omp_get_thread_num() * (size_t)S;
@@ -793,6 +797,7 @@ static void cache_attend(float *out /*(n,H,D)*/, const float *q /*(n,H,D)*/,
 			for (int j = 0; j <= last; j++) {
 				const float *kj = kc + ((size_t)j * K + kh) * D;
 				float s = 0.0f;
+				#pragma omp simd reduction(+ : s)
 				for (int d = 0; d < D; d++)
 					s += qi[d] * kj[d];
 				s *= scale;
@@ -812,6 +817,7 @@ static void cache_attend(float *out /*(n,H,D)*/, const float *q /*(n,H,D)*/,
 			for (int j = 0; j <= last; j++) {
 				const float *vj = vc + ((size_t)j * K + kh) * D;
 				float w = att[j] * inv;
+				#pragma omp simd
 				for (int d = 0; d < D; d++)
 					oi[d] += w * vj[d];
 			}

@@ -2,7 +2,14 @@
  * products. Shape letters as in ops_cpu.h. Sums over rows into parameter
  * gradients (dw, db) run over column blocks, each block summing its rows in
  * order, so results are the same for any number of threads. Row statistics
- * (means, variances, logsumexps) are accumulated in double. */
+ * (means, variances, logsumexps) are accumulated in double.
+ *
+ * Threads: one pool, OpenMP's. Every BLAS call runs on one thread, inside
+ * an OpenMP loop over blocks of its output whose bounds depend on the shape
+ * alone (so the result does not depend on the number of threads). OpenBLAS's
+ * own pool, run beside OpenMP's, made the two spin against each other for
+ * the same cores: on 2 cores a training step took 40% longer than on one
+ * thread, and decoding 30 times longer (docs/benchmarks.md). */
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
@@ -10,10 +17,123 @@
 #include "ops_cpu.h"
 #include "rng.h"
 
+/* Floating-point exceptions are never inspected here; without this GCC
+ * keeps the compares of float selects (x < a ? a : x) as branches, and the
+ * loops of vexpf below would not be vectorised. It changes no result. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
 /* Below this many elements an op runs on one thread: the fork costs more. */
 #define PAR_MIN 16384
 /* Columns per block of the column sums. */
 #define COLS 64
+/* Rows (or columns) per block of a matrix product, at most: a block packs
+ * the other operand once, so fewer rows spend more time copying (64 rows
+ * took 10% longer than 256 on one thread, bench_ops). */
+#define GEMM_BLK 256
+/* Below this many multiply-adds a matrix product runs on one thread. */
+#define GEMM_PAR_MIN 262144
+
+static int64_t max1(int64_t x) { return x > 1 ? x : 1; }
+
+/* e^x in float, written so that a loop over it vectorises (no calls, no
+ * branches), for the exponentials of softmax and sigmoid, where a call of
+ * expf per element cost more than the matrix products around it. Cephes'
+ * expf: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two so that n ln2 is
+ * exact), e^r by its degree-7 polynomial, 2^n from the exponent bits.
+ * Within 2 ulp of e^x (1.4 ulp measured over [-100, 90]); 0 below -86.5,
+ * where expf would give under 3e-38 (so e^-inf = 0); inf above 88.72. */
+static inline float vexpf(float x)
+{
+	float xc = x < -86.5f ? -86.5f : x;
+	xc = xc > 88.72f ? 88.72f : xc;
+	float t = xc * 1.44269504088896341f + 12582912.0f; /* 1.5 2^23: round to integer */
+	float n = t - 12582912.0f;
+	float r = xc - n * 0.693359375f;
+	r = r - n * -2.12194440e-4f;
+	float p = 1.9875691500e-4f;
+	p = p * r + 1.3981999507e-3f;
+	p = p * r + 8.3334519073e-3f;
+	p = p * r + 4.1665795894e-2f;
+	p = p * r + 1.6666665459e-1f;
+	p = p * r + 5.0000001201e-1f;
+	float y = p * r * r + r + 1.0f;
+	/* 2^(n-1) then 2: n reaches 128 at the top of the range */
+	union { int32_t i; float f; } two = {.i = ((int32_t)n + 126) << 23};
+	y = y * two.f * 2.0f;
+	y = x < -86.5f ? 0.0f : y;
+	return x > 88.72f ? INFINITY : y;
+}
+
+/* BLAS single-threaded: the parallelism is ours (see the top). A global
+ * setting of OpenBLAS, so it is checked before each parallel product, in
+ * case someone (lmk_train_set_threads) raised it since. */
+static void blas_one_thread(void)
+{
+	if (openblas_get_num_threads() != 1)
+		openblas_set_num_threads(1);
+}
+
+/* The number of blocks of at most GEMM_BLK that split n: at least two from
+ * 64 on, and even, so that two threads get the same share. Block b is
+ * [n b / nb, n (b+1) / nb). */
+static int64_t gemm_nblocks(int64_t n)
+{
+	int64_t nb = (n + GEMM_BLK - 1) / GEMM_BLK;
+	if (nb == 1 && n >= 64)
+		nb = 2;
+	return nb > 1 && nb % 2 ? nb + 1 : nb;
+}
+
+/* C = alpha op(A) op(B) + beta C, row-major, C (M,N), op(A) (M,Kd),
+ * op(B) (Kd,N): blocks of the longer side of C, one single-threaded BLAS
+ * call each. One row (M = 1, as in decoding) goes to gemv: gemm would
+ * copy all of B into its packed layout to use it once. */
+static void gemm(int ta, int tb, int64_t M, int64_t N, int64_t Kd, float alpha, const float *A,
+		 int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc)
+{
+	if (M == 0 || N == 0)
+		return;
+	int rows = M >= N;
+	int64_t n = rows ? M : N, nb = gemm_nblocks(n);
+	blas_one_thread();
+#pragma omp parallel for schedule(dynamic, 1) if (nb > 1 && M * N * Kd > GEMM_PAR_MIN)
+	for (int64_t b = 0; b < nb; b++) {
+		int64_t s = n * b / nb, e = n * (b + 1) / nb;
+		const float *a = A, *bb = B;
+		float *c;
+		if (rows) {
+			a = ta ? A + s : A + s * lda;
+			c = C + s * ldc;
+		} else {
+			bb = tb ? B + s * ldb : B + s;
+			c = C + s;
+		}
+		if (M == 1 && !rows) { /* c = op(B)ᵀ a */
+			cblas_sgemv(CblasRowMajor, tb ? CblasNoTrans : CblasTrans,
+				    (int)(tb ? e - s : Kd), (int)(tb ? Kd : e - s), alpha, bb,
+				    (int)max1(ldb), a, ta ? (int)max1(lda) : 1, beta, c, 1);
+			continue;
+		}
+		cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
+			    tb ? CblasTrans : CblasNoTrans, (int)(rows ? e - s : M),
+			    (int)(rows ? N : e - s), (int)Kd, alpha, a, (int)max1(lda), bb,
+			    (int)max1(ldb), beta, c, (int)max1(ldc));
+	}
+}
+
+/* One product on the calling thread, inside a parallel loop of our own. */
+static void gemm1(int ta, int tb, int64_t M, int64_t N, int64_t Kd, float alpha,
+		  const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+		  int64_t ldc)
+{
+	if (M == 0 || N == 0)
+		return;
+	cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+		    (int)M, (int)N, (int)Kd, alpha, A, (int)max1(lda), B, (int)max1(ldb), beta, C,
+		    (int)max1(ldc));
+}
 
 /* db[j] += sum over rows n of x[n,j] (x is (N,M)). */
 static void colsum_acc(float *db /*(M)*/, const float *x /*(N,M)*/, int64_t N, int64_t M)
@@ -79,8 +199,7 @@ void lmk_cpu_linear_forward(float *out, const float *inp, const float *w, const 
 			memset(out, 0, (size_t)(N * OC) * sizeof(float));
 		return;
 	}
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OC, (int)IC, 1.0f, inp,
-		    (int)IC, w, (int)IC, b ? 1.0f : 0.0f, out, (int)OC);
+	gemm(0, 1, N, OC, IC, 1.0f, inp, IC, w, IC, b ? 1.0f : 0.0f, out, OC);
 }
 
 void lmk_cpu_linear_backward(float *dinp, float *dw, float *db, const float *dout,
@@ -93,11 +212,9 @@ void lmk_cpu_linear_backward(float *dinp, float *dw, float *db, const float *dou
 	if (IC == 0)
 		return;
 	if (dinp) /* (N,IC) += (N,OC) (OC,IC) */
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)IC, (int)OC,
-			    1.0f, dout, (int)OC, w, (int)IC, 1.0f, dinp, (int)IC);
+		gemm(0, 0, N, IC, OC, 1.0f, dout, OC, w, IC, 1.0f, dinp, IC);
 	if (dw) /* (OC,IC) += (N,OC)ᵀ (N,IC) */
-		cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)OC, (int)IC, (int)N, 1.0f,
-			    dout, (int)OC, inp, (int)IC, 1.0f, dw, (int)IC);
+		gemm(1, 0, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
 }
 
 /* ------------------------------------------------------------- rmsnorm */
@@ -263,6 +380,14 @@ void lmk_cpu_rope_backward(float *dinp, const float *dout, const int32_t *pos,
 
 /* ----------------------------------------------------------- attention */
 
+/* Attention runs as matrix products over blocks of QB query rows and KB
+ * keys of one (batch row, head), as flash attention does: the scores of a
+ * block, S = scale Q Kᵀ (QB,KB), live on the thread's stack, never the
+ * whole (T,T). Causal blocks stop at the block's last query. The blocks
+ * depend on T alone, so the results do not depend on the thread count. */
+#define QB 64
+#define KB 128
+
 static float dotf(const float *a, const float *b, int64_t D)
 {
 	float s = 0;
@@ -279,48 +404,103 @@ static int sees(const int32_t *seg, int64_t i, int64_t j, int causal)
 	return !seg || (seg[i] >= 0 && seg[j] == seg[i]);
 }
 
+/* Sets s[jj] (key j0+jj, jj < nk) to -inf where query i does not see it;
+ * @return : the end of the keys it may see, causal (all of them before). */
+static int64_t mask_row(float *s, const int32_t *seg, int64_t i, int64_t j0, int64_t nk,
+			int causal)
+{
+	int64_t end = nk;
+	if (causal && i + 1 - j0 < nk)
+		end = i + 1 - j0 > 0 ? i + 1 - j0 : 0;
+	for (int64_t jj = end; jj < nk; jj++)
+		s[jj] = -INFINITY;
+	if (seg)
+		for (int64_t jj = 0; jj < end; jj++)
+			if (!sees(seg, i, j0 + jj, causal))
+				s[jj] = -INFINITY;
+	return end;
+}
+
+/* The largest of m and x[0..n), with eight running maxima, so that the
+ * loop vectorises (GCC 12 keeps an omp simd max reduction in memory). */
+static float rowmax(const float *x, int64_t n, float m)
+{
+	float m8[8] = {m, m, m, m, m, m, m, m};
+	int64_t j = 0;
+	for (; j + 8 <= n; j += 8)
+		for (int u = 0; u < 8; u++)
+			m8[u] = x[j + u] > m8[u] ? x[j + u] : m8[u];
+	for (; j < n; j++)
+		m = x[j] > m ? x[j] : m;
+	for (int u = 0; u < 8; u++)
+		m = m8[u] > m ? m8[u] : m;
+	return m;
+}
+
 void lmk_cpu_attention_forward(float *out, float *lse, const float *q, const float *k,
 			       const float *v, const int32_t *seg, int64_t B, int64_t T,
 			       int64_t H, int64_t K, int64_t D, float scale, int causal)
 {
-	int64_t rep = H / K;
-#pragma omp parallel for collapse(3) schedule(dynamic, 8) if (B * H * T * T * D > PAR_MIN)
+	int64_t rep = K ? H / K : 1, nq = (T + QB - 1) / QB;
+	blas_one_thread();
+#pragma omp parallel for collapse(3) schedule(dynamic, 1) if (B * H * T * T * D > PAR_MIN)
 	for (int64_t b = 0; b < B; b++)
 		for (int64_t h = 0; h < H; h++)
-			for (int64_t i = 0; i < T; i++) {
+			for (int64_t qb = 0; qb < nq; qb++) {
 				const int32_t *sg = seg ? seg + b * T : NULL;
-				const float *qi = q + ((b * T + i) * H + h) * D;
-				float *oi = out + ((b * T + i) * H + h) * D;
-				int64_t g = h / rep, jend = causal ? i + 1 : T;
-				/* online softmax: m the running max, l the sum of
-				 * exp(s - m), oi the sum of exp(s - m) v */
-				float m = -INFINITY, l = 0;
-				memset(oi, 0, (size_t)D * sizeof(float));
-				for (int64_t j = 0; j < jend; j++) {
-					if (!sees(sg, i, j, causal))
-						continue;
-					const float *kj = k + ((b * T + j) * K + g) * D;
-					const float *vj = v + ((b * T + j) * K + g) * D;
-					float s = scale * dotf(qi, kj, D);
-					if (s > m) {
-						float corr = expf(m - s);
-						l *= corr;
-						for (int64_t d = 0; d < D; d++)
-							oi[d] *= corr;
-						m = s;
-					}
-					float p = expf(s - m);
-					l += p;
-					for (int64_t d = 0; d < D; d++)
-						oi[d] += p * vj[d];
+				int64_t i0 = qb * QB, n = T - i0 < QB ? T - i0 : QB, g = h / rep;
+				int64_t jend = causal ? i0 + n : T;
+				const float *qi = q + ((b * T + i0) * H + h) * D;
+				const float *kb = k + (b * T * K + g) * D, *vb = v + (b * T * K + g) * D;
+				float *oi = out + ((b * T + i0) * H + h) * D;
+				/* online softmax over key blocks: m the running max of
+				 * each row, l the sum of exp(s - m), oi the sum of
+				 * exp(s - m) v */
+				float s[QB * KB], m[QB], l[QB];
+				for (int64_t r = 0; r < n; r++) {
+					m[r] = -INFINITY;
+					l[r] = 0;
+					memset(oi + r * H * D, 0, (size_t)D * sizeof(float));
 				}
-				float *L = lse + (b * H + h) * T + i;
-				if (l > 0) {
-					for (int64_t d = 0; d < D; d++)
-						oi[d] /= l;
-					*L = m + logf(l);
-				} else {
-					*L = -INFINITY;
+				for (int64_t j0 = 0; j0 < jend; j0 += KB) {
+					int64_t nk = jend - j0 < KB ? jend - j0 : KB;
+					gemm1(0, 1, n, nk, D, scale, qi, H * D, kb + j0 * K * D, K * D,
+					      0.0f, s, nk);
+					for (int64_t r = 0; r < n; r++) {
+						float *sr = s + r * nk, sum = 0;
+						int64_t end = mask_row(sr, sg, i0 + r, j0, nk, causal);
+						float mx = rowmax(sr, end, m[r]);
+						if (mx == -INFINITY) { /* nothing seen yet */
+							memset(sr, 0, (size_t)nk * sizeof(float));
+							continue;
+						}
+#pragma omp simd reduction(+ : sum)
+						for (int64_t jj = 0; jj < end; jj++) {
+							sr[jj] = vexpf(sr[jj] - mx);
+							sum += sr[jj];
+						}
+						memset(sr + end, 0, (size_t)(nk - end) * sizeof(float));
+						if (mx > m[r]) {
+							float corr = expf(m[r] - mx);
+							for (int64_t d = 0; d < D; d++)
+								oi[r * H * D + d] *= corr;
+							l[r] *= corr;
+							m[r] = mx;
+						}
+						l[r] += sum;
+					}
+					gemm1(0, 0, n, D, nk, 1.0f, s, nk, vb + j0 * K * D, K * D, 1.0f, oi,
+					      H * D);
+				}
+				for (int64_t r = 0; r < n; r++) {
+					float *L = lse + (b * H + h) * T + i0 + r;
+					if (l[r] > 0) {
+						for (int64_t d = 0; d < D; d++)
+							oi[r * H * D + d] /= l[r];
+						*L = m[r] + logf(l[r]);
+					} else {
+						*L = -INFINITY;
+					}
 				}
 			}
 }
@@ -330,81 +510,84 @@ void lmk_cpu_attention_backward(float *dq, float *dk, float *dv, float *delta,
 				const float *out, const float *lse, const int32_t *seg, int64_t B,
 				int64_t T, int64_t H, int64_t K, int64_t D, float scale, int causal)
 {
-	/* With p = exp(s - lse), dp = dout·v_j, delta_i = dout_i·out_i:
-	 * ds = p (dp - delta_i); dq_i += scale Σ_j ds k_j;
-	 * dk_j += scale Σ_{h,i} ds q_i; dv_j += Σ_{h,i} p dout_i.
-	 * Pass 1 owns the query rows, pass 2 the key rows, so no two threads
-	 * add into one row. */
-	int64_t rep = H / K;
+	/* With P = exp(S - lse), dP = dO Vᵀ, delta_i = dO_i·O_i:
+	 * dS = P∘(dP - delta); dQ += scale dS K; dK += scale dSᵀ Q; dV += Pᵀ dO.
+	 * One task per (batch row, key/value head) owns the rows of dk and dv
+	 * of that head and the rows of dq of its query heads, so no two
+	 * threads add into one row. */
+	int64_t rep = K ? H / K : 1, nq = (T + QB - 1) / QB;
 	int par = B * H * T * T * D > PAR_MIN;
-#pragma omp parallel for collapse(3) schedule(dynamic, 8) if (par)
-	for (int64_t b = 0; b < B; b++)
-		for (int64_t h = 0; h < H; h++)
-			for (int64_t i = 0; i < T; i++) {
-				const int32_t *sg = seg ? seg + b * T : NULL;
-				int64_t row = (b * T + i) * H + h, g = h / rep;
-				float L = lse[(b * H + h) * T + i];
-				float *di = delta + (b * H + h) * T + i;
-				if (L == -INFINITY) {
-					*di = 0;
-					continue;
-				}
-				const float *go = dout + row * D, *qi = q + row * D;
-				*di = dotf(go, out + row * D, D);
-				if (!dq)
-					continue;
-				float *dqi = dq + row * D;
-				int64_t jend = causal ? i + 1 : T;
-				for (int64_t j = 0; j < jend; j++) {
-					if (!sees(sg, i, j, causal))
-						continue;
-					const float *kj = k + ((b * T + j) * K + g) * D;
-					const float *vj = v + ((b * T + j) * K + g) * D;
-					float p = expf(scale * dotf(qi, kj, D) - L);
-					float ds = p * (dotf(go, vj, D) - *di);
-					for (int64_t d = 0; d < D; d++)
-						dqi[d] += scale * ds * kj[d];
-				}
-			}
-	if (!dk && !dv)
+#pragma omp parallel for schedule(static) if (par)
+	for (int64_t row = 0; row < B * T * H; row++) {
+		int64_t b = row / (T * H), i = row / H % T, h = row % H;
+		float L = lse[(b * H + h) * T + i];
+		delta[(b * H + h) * T + i] =
+			L == -INFINITY ? 0 : dotf(dout + row * D, out + row * D, D);
+	}
+	if (!dq && !dk && !dv)
 		return;
-#pragma omp parallel for collapse(3) schedule(dynamic, 8) if (par)
+	blas_one_thread();
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (par)
 	for (int64_t b = 0; b < B; b++)
-		for (int64_t g = 0; g < K; g++)
-			for (int64_t j = 0; j < T; j++) {
-				const int32_t *sg = seg ? seg + b * T : NULL;
-				int64_t row = (b * T + j) * K + g;
-				const float *kj = k + row * D, *vj = v + row * D;
-				for (int64_t h = g * rep; h < (g + 1) * rep; h++)
-					for (int64_t i = causal ? j : 0; i < T; i++) {
-						if (!sees(sg, i, j, causal))
-							continue;
-						float L = lse[(b * H + h) * T + i];
-						if (L == -INFINITY)
-							continue;
-						int64_t qrow = (b * T + i) * H + h;
-						const float *qi = q + qrow * D, *go = dout + qrow * D;
-						float p = expf(scale * dotf(qi, kj, D) - L);
-						if (dv)
-							for (int64_t d = 0; d < D; d++)
-								dv[row * D + d] += p * go[d];
-						if (dk) {
-							float di = delta[(b * H + h) * T + i];
-							float ds = p * (dotf(go, vj, D) - di);
-							for (int64_t d = 0; d < D; d++)
-								dk[row * D + d] += scale * ds * qi[d];
+		for (int64_t g = 0; g < K; g++) {
+			const int32_t *sg = seg ? seg + b * T : NULL;
+			const float *kb = k + (b * T * K + g) * D, *vb = v + (b * T * K + g) * D;
+			float p[QB * KB], ds[QB * KB];
+			for (int64_t h = g * rep; h < (g + 1) * rep; h++)
+				for (int64_t qb = 0; qb < nq; qb++) {
+					int64_t i0 = qb * QB, n = T - i0 < QB ? T - i0 : QB;
+					int64_t jend = causal ? i0 + n : T, off = ((b * T + i0) * H + h) * D;
+					const float *L = lse + (b * H + h) * T + i0;
+					const float *dl = delta + (b * H + h) * T + i0;
+					const float *qi = q + off, *go = dout + off;
+					for (int64_t j0 = 0; j0 < jend; j0 += KB) {
+						int64_t nk = jend - j0 < KB ? jend - j0 : KB;
+						int64_t koff = j0 * K * D;
+						gemm1(0, 1, n, nk, D, scale, qi, H * D, kb + koff, K * D,
+						      0.0f, p, nk);
+						for (int64_t r = 0; r < n; r++) {
+							float *pr = p + r * nk;
+							if (L[r] == -INFINITY) {
+								memset(pr, 0, (size_t)nk * sizeof(float));
+								continue;
+							}
+							int64_t end = mask_row(pr, sg, i0 + r, j0, nk, causal);
+#pragma omp simd
+							for (int64_t jj = 0; jj < end; jj++)
+								pr[jj] = vexpf(pr[jj] - L[r]);
+							memset(pr + end, 0, (size_t)(nk - end) * sizeof(float));
 						}
+						if (dv)
+							gemm1(1, 0, nk, D, n, 1.0f, p, nk, go, H * D, 1.0f,
+							      dv + (b * T + j0) * K * D + g * D, K * D);
+						if (!dq && !dk)
+							continue;
+						gemm1(0, 1, n, nk, D, 1.0f, go, H * D, vb + koff, K * D, 0.0f,
+						      ds, nk);
+						for (int64_t r = 0; r < n; r++) {
+							float *dr = ds + r * nk, *pr = p + r * nk;
+#pragma omp simd
+							for (int64_t jj = 0; jj < nk; jj++)
+								dr[jj] = pr[jj] * (dr[jj] - dl[r]);
+						}
+						if (dq)
+							gemm1(0, 0, n, D, nk, scale, ds, nk, kb + koff, K * D,
+							      1.0f, dq + off, H * D);
+						if (dk)
+							gemm1(1, 0, nk, D, n, scale, ds, nk, qi, H * D, 1.0f,
+							      dk + (b * T + j0) * K * D + g * D, K * D);
 					}
-			}
+				}
+		}
 }
 
 /* --------------------------------------------------------- elementwise */
 
-static float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+static inline float sigmoidf(float x) { return 1.0f / (1.0f + vexpf(-x)); }
 
 void lmk_cpu_silu_forward(float *out, const float *inp, int64_t n)
 {
-#pragma omp parallel for schedule(static) if (n > PAR_MIN)
+#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
 	for (int64_t i = 0; i < n; i++)
 		out[i] = inp[i] * sigmoidf(inp[i]);
 }
@@ -413,7 +596,7 @@ void lmk_cpu_silu_backward(float *dinp, const float *dout, const float *inp, int
 {
 	if (!dinp)
 		return;
-#pragma omp parallel for schedule(static) if (n > PAR_MIN)
+#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
 	for (int64_t i = 0; i < n; i++) {
 		float x = inp[i], s = sigmoidf(x);
 		dinp[i] += dout[i] * s * (1.0f + x * (1.0f - s));
@@ -458,7 +641,7 @@ void lmk_cpu_gelu_backward(float *dinp, const float *dout, const float *inp, int
 
 void lmk_cpu_swiglu_forward(float *out, const float *gate, const float *up, int64_t n)
 {
-#pragma omp parallel for schedule(static) if (n > PAR_MIN)
+#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
 	for (int64_t i = 0; i < n; i++)
 		out[i] = gate[i] * sigmoidf(gate[i]) * up[i];
 }
@@ -466,13 +649,18 @@ void lmk_cpu_swiglu_forward(float *out, const float *gate, const float *up, int6
 void lmk_cpu_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
 			     const float *up, int64_t n)
 {
-#pragma omp parallel for schedule(static) if (n > PAR_MIN)
-	for (int64_t i = 0; i < n; i++) {
-		float x = gate[i], s = sigmoidf(x);
-		if (dgate)
+	/* two loops, so that each vectorises */
+	if (dgate) {
+#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
+		for (int64_t i = 0; i < n; i++) {
+			float x = gate[i], s = sigmoidf(x);
 			dgate[i] += dout[i] * up[i] * s * (1.0f + x * (1.0f - s));
-		if (dup)
-			dup[i] += dout[i] * x * s;
+		}
+	}
+	if (dup) {
+#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
+		for (int64_t i = 0; i < n; i++)
+			dup[i] += dout[i] * gate[i] * sigmoidf(gate[i]);
 	}
 }
 
@@ -618,8 +806,9 @@ void lmk_cpu_cross_entropy_backward(float *dlogits, const float *dloss, const fl
 			continue;
 		const float *x = logits + n * V;
 		float *dx = dlogits + n * V;
+#pragma omp simd
 		for (int64_t j = 0; j < V; j++)
-			dx[j] += f * expf(x[j] - lse[n]);
+			dx[j] += f * vexpf(x[j] - lse[n]);
 		dx[targets[n]] -= f;
 	}
 }
