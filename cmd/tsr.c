@@ -1,6 +1,7 @@
 /* tsr.c: a small program for tensor frames (safetensors files and streams of
  * them): describe them (info), join them (cat), cut one tensor out (get),
- * summarise the numbers (stat) and compare two streams (diff).
+ * summarise the numbers (stat), compare two streams (diff), and turn a GGUF
+ * Llama model into a Hugging Face directory of frames (convert).
  * Every number is read through lib/frame.h and converted chunkwise to double,
  * so tensors of any size cost a fixed few kilobytes beyond their mapping. */
 #include <errno.h>
@@ -11,13 +12,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
 
+#include "ckpt.h"
 #include "dtype.h"
 #include "err.h"
 #include "frame.h"
+#include "gguf.h"
+#include "gguf_llama.h"
 #include "prog.h"
 
 static const char usage[] =
@@ -33,28 +38,35 @@ static const char usage[] =
 "  stat [FILE...]      per tensor: count, min, max, mean, std, NaN and inf\n"
 "  diff A B            compare two streams tensor by tensor; exit 1 if they\n"
 "                      differ\n"
+"  convert MODEL.gguf -o DIR\n"
+"                      a GGUF Llama model to a Hugging Face directory:\n"
+"                      config.json, model.safetensors (dequantized),\n"
+"                      generation_config.json and, for byte-level BPE of the\n"
+"                      gpt2 and smollm kinds, tokenizer.json\n"
 "  help                this text\n"
 "\n"
 "Options:\n"
-"  -o, --output=FILE   write to FILE ('-', the default: standard output)\n"
+"  -o, --output=FILE   write to FILE ('-', the default: standard output);\n"
+"                      convert: the directory to write\n"
 "  -z, --gzip          compress the frames written (cat, get)\n"
 "      --force         write binary frames even to a terminal (cat, get)\n"
 "      --json          one JSON object per frame per line (info, stat)\n"
 "      --frame=I       take the tensor from frame I, counting from 0 (get)\n"
 "      --rtol=R        relative tolerance (diff; default 1e-05, as numpy.allclose)\n"
 "      --atol=A        absolute tolerance (diff; default 1e-08, as numpy.allclose)\n"
+"      --dtype=T       weights written as f32 (the default), bf16 or f16 (convert)\n"
 "  -q, --quiet         no warnings; diff prints nothing, only its exit status\n"
 "  -h, --help          this text\n"
 "      --version       the program's version\n"
 "\n"
 "Exit status: 0 success, 1 failure or (diff) a difference, 2 usage error.\n";
 
-enum { OPT_FRAME = PROG_OPT_FIRST_FREE, OPT_RTOL, OPT_ATOL, OPT_JSON };
+enum { OPT_FRAME = PROG_OPT_FIRST_FREE, OPT_RTOL, OPT_ATOL, OPT_JSON, OPT_DTYPE };
 
 /* Bits of options given, to refuse those a command does not use. */
 enum {
 	F_OUTPUT = 1 << 0, F_GZIP = 1 << 1, F_FORCE = 1 << 2, F_JSON = 1 << 3,
-	F_FRAME = 1 << 4, F_RTOL = 1 << 5, F_ATOL = 1 << 6,
+	F_FRAME = 1 << 4, F_RTOL = 1 << 5, F_ATOL = 1 << 6, F_DTYPE = 1 << 7,
 };
 
 static const struct option longopts[] = {
@@ -65,6 +77,7 @@ static const struct option longopts[] = {
 	{"frame", required_argument, NULL, OPT_FRAME},
 	{"rtol", required_argument, NULL, OPT_RTOL},
 	{"atol", required_argument, NULL, OPT_ATOL},
+	{"dtype", required_argument, NULL, OPT_DTYPE},
 	{"quiet", no_argument, NULL, 'q'},
 	{"help", no_argument, NULL, 'h'},
 	{"version", no_argument, NULL, PROG_OPT_VERSION},
@@ -72,7 +85,7 @@ static const struct option longopts[] = {
 };
 
 static const char *const flagname[] = {
-	"--output", "--gzip", "--force", "--json", "--frame", "--rtol", "--atol",
+	"--output", "--gzip", "--force", "--json", "--frame", "--rtol", "--atol", "--dtype",
 };
 
 struct opts {
@@ -80,6 +93,7 @@ struct opts {
 	int gzip, force, json, quiet;
 	long frame;
 	double rtol, atol;
+	lmk_dtype dtype;
 	unsigned given;
 };
 
@@ -820,6 +834,266 @@ static int cmd_diff(int argc, char **argv, const struct opts *o)
 	return s.differ || s.frames_alone ? 1 : 0;
 }
 
+/* ---- convert ---- */
+
+/* Writes text to path through a temporary file beside it, renamed into
+ * place, as the library writes checkpoints. */
+static void write_text(const char *path, const char *text)
+{
+	size_t n = strlen(path) + 32;
+	char *tmp = malloc(n);
+	FILE *f;
+
+	if (!tmp)
+		prog_die("out of memory");
+	snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
+	if (!(f = fopen(tmp, "w")))
+		prog_die("cannot open '%s': %s", tmp, strerror(errno));
+	fputs(text, f);
+	if ((ferror(f) | (fclose(f) != 0)) || rename(tmp, path) != 0) {
+		int e = errno ? errno : EIO;
+		unlink(tmp);
+		prog_die("cannot write '%s': %s", path, strerror(e));
+	}
+	free(tmp);
+}
+
+static void write_json(const char *dir, const char *name, json_t *j)
+{
+	size_t n = strlen(dir) + strlen(name) + 2;
+	char *path = malloc(n), *s;
+
+	if (!path || !(s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9))))
+		prog_die("out of memory");
+	snprintf(path, n, "%s/%s", dir, name);
+	char *text = realloc(s, strlen(s) + 2);
+	if (!text)
+		prog_die("out of memory");
+	strcat(text, "\n");
+	write_text(path, text);
+	free(text);
+	free(path);
+	json_decref(j);
+}
+
+/* A string value, or NULL when absent. */
+static char *gguf_string(const lmk_gguf *g, const char *key)
+{
+	char *v = NULL;
+
+	if (lmk_gguf_get_str(g, key, &v) < 0) {
+		lmk_err_clear();
+		return NULL;
+	}
+	return v;
+}
+
+/* The i-th string of an array as JSON (GGUF strings are not NUL-terminated). */
+static json_t *gguf_jstr(const lmk_gguf *g, const lmk_gguf_kv *kv, uint64_t i)
+{
+	const lmk_gguf_str *s = lmk_gguf_arr_str(kv, i);
+	json_t *j = s ? json_stringn(s->s, s->len) : NULL;
+
+	if (!j)
+		prog_die("%s: %s[%llu]: expected a UTF-8 string", g->path, kv->key, (unsigned long long)i);
+	return j;
+}
+
+static const lmk_gguf_kv *gguf_strings(const lmk_gguf *g, const char *key)
+{
+	const lmk_gguf_kv *kv = lmk_gguf_find(g, key);
+
+	return kv && kv->type == LMK_GGUF_ARRAY && kv->atype == LMK_GGUF_STRING && kv->strs ? kv : NULL;
+}
+
+/* The spelling of token id, or JSON null. */
+static json_t *token_or_null(const lmk_gguf *g, const lmk_gguf_kv *toks, const char *key)
+{
+	int64_t id;
+
+	if (lmk_gguf_get_i64(g, key, &id) < 0 || id < 0 || (uint64_t)id >= toks->n) {
+		lmk_err_clear();
+		return json_null();
+	}
+	return gguf_jstr(g, toks, (uint64_t)id);
+}
+
+/* tokenizer.json and tokenizer_config.json from the tokenizer.ggml.* keys,
+ * for the byte-level BPE kinds whose pre-tokenizer the tokenizers library
+ * has as built-in steps: gpt2 (ByteLevel's own regex) and smollm (digits one
+ * by one, then the same); the others would need their regular expressions
+ * spelled out, which lib/bpe.c keeps to itself.
+ * @return : NULL when written, else why not (for a warning) */
+static const char *write_tokenizer(const lmk_gguf *g, const char *dir, int max_len)
+{
+	static char why[160];
+	char *model = gguf_string(g, "tokenizer.ggml.model"), *pre, *tmpl;
+	const lmk_gguf_kv *toks, *merges, *types;
+	json_t *vocab, *added, *mj, *bl, *pt, *root, *tc;
+	int digits;
+	int64_t v;
+
+	if (!model || strcmp(model, "gpt2")) {
+		snprintf(why, sizeof why, "tokenizer.ggml.model is %s%s%s, not byte-level BPE (gpt2)",
+			 model ? "'" : "", model ? model : "absent", model ? "'" : "");
+		free(model);
+		return why;
+	}
+	free(model);
+	pre = gguf_string(g, "tokenizer.ggml.pre");
+	if (!pre || !strcmp(pre, "default") || !strcmp(pre, "gpt2")) {
+		digits = 0;
+	} else if (!strcmp(pre, "smollm") || !strcmp(pre, "starcoder")) {
+		digits = 1;
+	} else {
+		snprintf(why, sizeof why, "the pre-tokenizer '%.60s' is not converted (gpt2 and smollm are)",
+			 pre);
+		free(pre);
+		return why;
+	}
+	free(pre);
+	if (lmk_gguf_get_i64(g, "tokenizer.ggml.add_bos_token", &v) == 0 && v)
+		return "add_bos_token (a post-processor adding bos) is not converted";
+	lmk_err_clear();
+	toks = gguf_strings(g, "tokenizer.ggml.tokens");
+	merges = gguf_strings(g, "tokenizer.ggml.merges");
+	types = lmk_gguf_find(g, "tokenizer.ggml.token_type");
+	if (!toks || !merges)
+		return "tokenizer.ggml.tokens or tokenizer.ggml.merges is missing";
+	if (types && (types->type != LMK_GGUF_ARRAY || types->n != toks->n))
+		return "tokenizer.ggml.token_type does not match tokenizer.ggml.tokens";
+
+	vocab = json_object();
+	added = json_array();
+	mj = json_array();
+	for (uint64_t i = 0; i < toks->n; i++) {
+		json_t *spell = gguf_jstr(g, toks, i);
+		int64_t type = 1;
+		if (types && lmk_gguf_arr_i64(types, i, &type) < 0)
+			prog_die_lib();
+		/* control tokens (3) are special; user-defined ones (4) are
+		 * added tokens matched in the text, normalized as HF's are */
+		if (type == 3 || type == 4)
+			json_array_append_new(added, json_pack("{s:I, s:O, s:b, s:b, s:b, s:b, s:b}",
+				"id", (json_int_t)i, "content", spell, "single_word", 0, "lstrip", 0,
+				"rstrip", 0, "normalized", type == 4, "special", type == 3));
+		json_object_set_new(vocab, json_string_value(spell), json_integer((json_int_t)i));
+		json_decref(spell);
+	}
+	for (uint64_t i = 0; i < merges->n; i++)
+		json_array_append_new(mj, gguf_jstr(g, merges, i));
+	bl = json_pack("{s:s, s:b, s:b, s:b}", "type", "ByteLevel", "add_prefix_space", 0,
+		       "trim_offsets", 1, "use_regex", 1);
+	pt = digits ? json_pack("{s:s, s:[{s:s, s:b}, o]}", "type", "Sequence", "pretokenizers",
+				"type", "Digits", "individual_digits", 1, bl)
+		    : bl;
+	root = json_pack("{s:s, s:n, s:n, s:o, s:n, s:o}", "version", "1.0", "truncation",
+			 "padding", "added_tokens", added, "normalizer", "pre_tokenizer", pt);
+	json_object_set_new(root, "post_processor",
+			    json_pack("{s:s, s:b, s:b, s:b}", "type", "ByteLevel", "add_prefix_space", 1,
+				      "trim_offsets", 0, "use_regex", 1));
+	json_object_set_new(root, "decoder",
+			    json_pack("{s:s, s:b, s:b, s:b}", "type", "ByteLevel", "add_prefix_space", 1,
+				      "trim_offsets", 1, "use_regex", 1));
+	json_object_set_new(root, "model",
+			    json_pack("{s:s, s:n, s:n, s:n, s:n, s:b, s:b, s:b, s:o, s:o}", "type", "BPE",
+				      "dropout", "unk_token", "continuing_subword_prefix",
+				      "end_of_word_suffix", "fuse_unk", 0, "byte_fallback", 0,
+				      "ignore_merges", 0, "vocab", vocab, "merges", mj));
+	if (!root || !json_object_get(root, "model"))
+		prog_die("out of memory");
+	write_json(dir, "tokenizer.json", root);
+
+	tc = json_pack("{s:b, s:b, s:o, s:o, s:o, s:o}", "add_bos_token", 0, "add_eos_token", 0,
+		       "bos_token", token_or_null(g, toks, "tokenizer.ggml.bos_token_id"),
+		       "eos_token", token_or_null(g, toks, "tokenizer.ggml.eos_token_id"),
+		       "unk_token", token_or_null(g, toks, "tokenizer.ggml.unknown_token_id"),
+		       "pad_token", token_or_null(g, toks, "tokenizer.ggml.padding_token_id"));
+	if (!tc)
+		prog_die("out of memory");
+	if ((tmpl = gguf_string(g, "tokenizer.chat_template"))) {
+		json_t *t = json_string(tmpl);
+		if (!t)
+			prog_die("%s: tokenizer.chat_template: expected a UTF-8 string", g->path);
+		json_object_set_new(tc, "chat_template", t);
+		free(tmpl);
+	}
+	json_object_set_new(tc, "clean_up_tokenization_spaces", json_false());
+	json_object_set_new(tc, "model_max_length", json_integer(max_len));
+	json_object_set_new(tc, "tokenizer_class", json_string("GPT2Tokenizer"));
+	write_json(dir, "tokenizer_config.json", tc);
+	return NULL;
+}
+
+/* generation_config.json: the special tokens, and sampling settings when
+ * the GGUF carries llama.cpp's general.sampling.* keys. */
+static void write_generation_config(const lmk_gguf *g, const lmk_llama_config *cfg, const char *dir)
+{
+	json_t *j = json_object();
+	int64_t v;
+	float f;
+	int sampling = 0;
+
+	json_object_set_new(j, "bos_token_id", cfg->bos_token_id >= 0 ? json_integer(cfg->bos_token_id)
+								       : json_null());
+	if (cfg->neos == 1) {
+		json_object_set_new(j, "eos_token_id", json_integer(cfg->eos_token_id[0]));
+	} else if (cfg->neos > 1) {
+		json_t *a = json_array();
+		for (int i = 0; i < cfg->neos; i++)
+			json_array_append_new(a, json_integer(cfg->eos_token_id[i]));
+		json_object_set_new(j, "eos_token_id", a);
+	}
+	if (lmk_gguf_get_i64(g, "tokenizer.ggml.padding_token_id", &v) == 0)
+		json_object_set_new(j, "pad_token_id", json_integer(v));
+	if (lmk_gguf_get_f32(g, "general.sampling.temp", &f) == 0 && isfinite(f)) {
+		json_object_set_new(j, "temperature", json_real(f));
+		sampling = 1;
+	}
+	if (lmk_gguf_get_f32(g, "general.sampling.top_p", &f) == 0 && isfinite(f)) {
+		json_object_set_new(j, "top_p", json_real(f));
+		sampling = 1;
+	}
+	if (lmk_gguf_get_i64(g, "general.sampling.top_k", &v) == 0) {
+		json_object_set_new(j, "top_k", json_integer(v));
+		sampling = 1;
+	}
+	lmk_err_clear();
+	if (sampling)
+		json_object_set_new(j, "do_sample", json_true());
+	write_json(dir, "generation_config.json", j);
+}
+
+static int cmd_convert(int argc, char **argv, const struct opts *o)
+{
+	const char *in = argv[0], *dir = o->out, *why;
+	lmk_gguf g;
+	lmk_llama m;
+	struct stat st;
+
+	if (!(o->given & F_OUTPUT) || strcmp(dir, "-") == 0)
+		prog_usage_error("'convert' needs -o DIR, the directory to write");
+	if (stat(in, &st) == 0 && S_ISDIR(st.st_mode))
+		prog_die("'%s' is a directory, not a GGUF file", in);
+	if (lmk_gguf_open(&g, in) < 0)
+		die_lib();
+	if (lmk_gguf_llama_load(&g, &m, 0) < 0)
+		die_lib();
+	if (lmk_ckpt_save(dir, &m, o->dtype) < 0)
+		die_lib();
+	write_generation_config(&g, &m.cfg, dir);
+	why = write_tokenizer(&g, dir, m.cfg.max_position_embeddings);
+	if (why)
+		prog_warn("%s: no tokenizer.json written: %s", in, why);
+	if (!o->quiet)
+		fprintf(stderr, "tsr: %s: wrote %s: a llama of %d layers, %.1fM parameters in %s%s\n", in,
+			dir, m.cfg.num_hidden_layers, (double)m.params.n / 1e6, lmk_dtype_name(o->dtype),
+			why ? "" : ", with its tokenizer");
+	lmk_llama_free(&m);
+	lmk_gguf_close(&g);
+	return 0;
+}
+
 static int cmd_help(int argc, char **argv, const struct opts *o)
 {
 	prog_help();
@@ -830,13 +1104,15 @@ static const struct command {
 	int (*run)(int argc, char **argv, const struct opts *o);
 	int minargs, maxargs;   /* operands; -1: any number */
 	unsigned allowed;
+	const char *need;       /* what too few operands lack */
 } commands[] = {
-	{"info", cmd_info, 0, -1, F_OUTPUT | F_JSON},
-	{"cat", cmd_cat, 0, -1, F_OUTPUT | F_GZIP | F_FORCE},
-	{"get", cmd_get, 1, 2, F_OUTPUT | F_GZIP | F_FORCE | F_FRAME},
-	{"stat", cmd_stat, 0, -1, F_OUTPUT | F_JSON},
-	{"diff", cmd_diff, 2, 2, F_OUTPUT | F_RTOL | F_ATOL},
-	{"help", cmd_help, 0, -1, 0},
+	{"info", cmd_info, 0, -1, F_OUTPUT | F_JSON, NULL},
+	{"cat", cmd_cat, 0, -1, F_OUTPUT | F_GZIP | F_FORCE, NULL},
+	{"get", cmd_get, 1, 2, F_OUTPUT | F_GZIP | F_FORCE | F_FRAME, "a tensor NAME"},
+	{"stat", cmd_stat, 0, -1, F_OUTPUT | F_JSON, NULL},
+	{"diff", cmd_diff, 2, 2, F_OUTPUT | F_RTOL | F_ATOL, "two files, A and B"},
+	{"convert", cmd_convert, 1, 1, F_OUTPUT | F_DTYPE, "a GGUF file"},
+	{"help", cmd_help, 0, -1, 0, NULL},
 };
 
 /* A getopt error, reported from the argument that caused it (cur: the
@@ -861,7 +1137,7 @@ static noreturn void bad_option(int c, const char *arg)
 
 int main(int argc, char **argv)
 {
-	struct opts o = {.out = "-", .rtol = 1e-5, .atol = 1e-8};
+	struct opts o = {.out = "-", .rtol = 1e-5, .atol = 1e-8, .dtype = LMK_F32};
 	char **pos, *dash[] = {"-"};
 	int npos = 0, c, cur;
 	const struct command *cmd = NULL;
@@ -894,6 +1170,17 @@ int main(int argc, char **argv)
 			o.atol = prog_parse_double("--atol", optarg, 0, INFINITY);
 			o.given |= F_ATOL;
 			break;
+		case OPT_DTYPE:
+			if (!strcmp(optarg, "f32"))
+				o.dtype = LMK_F32;
+			else if (!strcmp(optarg, "bf16"))
+				o.dtype = LMK_BF16;
+			else if (!strcmp(optarg, "f16"))
+				o.dtype = LMK_F16;
+			else
+				prog_usage_error("option '--dtype' needs f32, bf16 or f16, not '%s'", optarg);
+			o.given |= F_DTYPE;
+			break;
 		case 'q': o.quiet = 1; prog_set_quiet(1); break;
 		case 'h': prog_help();
 		case PROG_OPT_VERSION: prog_version();
@@ -911,13 +1198,12 @@ int main(int argc, char **argv)
 		prog_usage_error("unknown command '%s'", pos[0]);
 	if (cmd->run == cmd_help)
 		prog_help();
-	for (int b = 0; b < 7; b++)
+	for (int b = 0; b < (int)(sizeof flagname / sizeof flagname[0]); b++)
 		if ((o.given & (1u << b)) && !(cmd->allowed & (1u << b)))
 			prog_usage_error("option '%s' does not apply to '%s'", flagname[b], cmd->name);
 	npos--;
 	if (npos < cmd->minargs)
-		prog_usage_error("'%s' needs %s", cmd->name,
-				 cmd->minargs == 1 ? "a tensor NAME" : "two files, A and B");
+		prog_usage_error("'%s' needs %s", cmd->name, cmd->need);
 	if (cmd->maxargs >= 0 && npos > cmd->maxargs)
 		prog_usage_error("too many arguments for '%s'", cmd->name);
 	c = npos ? cmd->run(npos, pos + 1, &o) : cmd->run(1, dash, &o);

@@ -241,6 +241,41 @@ else
 	skip "cat to a terminal is refused" "no script(1) or no pseudo-terminal"
 fi
 
+# ---- convert: a GGUF model to a Hugging Face directory ----
+run "$TSR" convert x.gguf
+check "convert: -o DIR is needed" 'rc_is 2 && out_empty && err_has "'"'convert'"' needs -o DIR"'
+run "$TSR" convert -o d
+check "convert: a GGUF file is needed" 'rc_is 2 && out_empty && err_has "'"'convert'"' needs a GGUF file"'
+run "$TSR" convert --dtype f8 x.gguf -o d
+check "convert: an unknown --dtype" 'rc_is 2 && out_empty && err_has "f32, bf16 or f16, not '"'f8'"'"'
+run "$TSR" convert --json x.gguf -o d
+check "convert: an option of another command" 'rc_is 2 && err_has "does not apply to '"'convert'"'"'
+run "$TSR" info --dtype bf16 a.st
+check "--dtype belongs to convert" 'rc_is 2 && err_has "'"'--dtype'"' does not apply to '"'info'"'"'
+run "$TSR" convert nope.gguf -o d
+check "convert: a missing file, one line" 'rc_is 1 && out_empty && err_one_line nope.gguf && [ ! -e d ]'
+run "$TSR" convert a.st -o d
+check "convert: not a GGUF file, one line" 'rc_is 1 && out_empty && err_one_line a.st'
+FIX=${LMK_ROOT:-.}/tests/fixtures/gguf
+case $FIX in /*) ;; *) FIX=$OLDPWD/$FIX ;; esac
+if [ -r "$FIX/tiny-llama.gguf" ]; then
+	run "$TSR" convert "$FIX/tiny-llama.gguf" -o hf
+	check "convert: config, generation config and weights; a warning: no tokenizer" 'rc_is 0 && out_empty && [ -s hf/config.json ] && [ -s hf/generation_config.json ] && [ -s hf/model.safetensors ] && [ ! -e hf/tokenizer.json ] && err_has "warning: " && err_has "no tokenizer.json written: tokenizer.ggml.model is absent" && err_has "wrote hf: a llama of 2 layers"'
+	check "convert: the config says what the GGUF does" 'grep -q "\"hidden_size\": 32" hf/config.json && grep -q "\"num_key_value_heads\": 2" hf/config.json && grep -q "\"attention_bias\": true" hf/config.json && grep -q "\"tie_word_embeddings\": false" hf/config.json'
+	run "$TSR" diff hf/model.safetensors "$FIX/tiny-llama.safetensors"
+	check "convert: every tensor as transformers names and lays it out" 'rc_is 0 && out_has "match: " && ! out_has "only in"'
+	run "$TSR" convert -q --dtype f16 "$FIX/tiny-llama.gguf" -o hf16
+	check "convert --dtype f16 -q: quiet, F16 weights" 'rc_is 0 && err_empty && "$TSR" info hf16/model.safetensors | grep -q " F16 " && grep -q "\"torch_dtype\": \"float16\"" hf16/config.json'
+	# stat's rows of the matrices without the dtype, by name: the same numbers
+	# (the GGUF holds them in f16; its vectors are f32, rounded here)
+	stat_rows() { "$TSR" stat "$1" | awk 'NR > 2 && $1 ~ /_proj[.]weight|embed_tokens|lm_head/ { $2 = ""; print }' | sort; }
+	check "convert --dtype f16: the same matrices" '[ "$(stat_rows hf16/model.safetensors)" = "$(stat_rows "$FIX/tiny-llama.safetensors")" ] && [ -n "$(stat_rows hf16/model.safetensors)" ]'
+	run "$TSR" convert -q "$FIX/tiny-llama-tied.gguf" -o tied
+	check "convert: a tied model has no lm_head.weight" 'rc_is 0 && ! "$TSR" info tied/model.safetensors | grep -q lm_head && grep -q "\"tie_word_embeddings\": true" tied/config.json'
+else
+	skip "convert the tiny GGUF fixture" "$FIX/tiny-llama.gguf not found"
+fi
+
 # ---- help and version ----
 run "$TSR" --version
 check "--version" 'rc_is 0 && err_empty && grep -q "^tsr (lmk) [0-9]" out'
