@@ -253,13 +253,16 @@ static void make_cases(void)
 	for (size_t i = 0; i < sizeof nrm / sizeof nrm[0]; i++)
 		for (int v = 0; v < 2; v++) {
 			ocase *o = add_case("rmsnorm", op_rmsnorm);
-			o->f[0] = 1e-5f;
+			o->f[0] = nrm[i][1] == 1 ? 0.25f : 1e-5f;
 			o->amp = 2.0f;
 			set_in(o, 0, 2, nrm[i], 0, 0);
 			if (v == 0)
 				set_in(o, 1, 1, (int64_t[]){nrm[i][1]}, 1, 0);
 			o = add_case("layernorm", op_layernorm);
-			o->f[0] = 1e-5f;
+			/* with C = 1 the input gradient is pure cancellation,
+			 * amplified by rstd = 1/sqrt(eps): a large eps keeps it a
+			 * test of the kernel rather than of float32 (as test_ops) */
+			o->f[0] = nrm[i][1] == 1 ? 0.25f : 1e-5f;
 			o->amp = 2.0f;
 			set_in(o, 0, 2, nrm[i], 0, 0);
 			if (v == 0) {
