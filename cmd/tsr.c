@@ -1138,7 +1138,10 @@ static noreturn void bad_option(int c, const char *arg)
 int main(int argc, char **argv)
 {
 	struct opts o = {.out = "-", .rtol = 1e-5, .atol = 1e-8, .dtype = LMK_F32};
-	char **pos, *dash[] = {"-"};
+	/* static: still reachable when a usage error exits, so that the leak
+	 * checker of sanitizer builds does not count it */
+	static char **pos;
+	char *dash[] = {"-"};
 	int npos = 0, c, cur;
 	const struct command *cmd = NULL;
 
