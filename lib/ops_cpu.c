@@ -86,40 +86,71 @@ static int64_t gemm_nblocks(int64_t n)
 	return nb > 1 && nb % 2 ? nb + 1 : nb;
 }
 
-/* C = alpha op(A) op(B) + beta C, row-major, C (M,N), op(A) (M,Kd),
- * op(B) (Kd,N): blocks of the longer side of C, one single-threaded BLAS
- * call each. One row (M = 1, as in decoding) goes to gemv: gemm would
- * copy all of B into its packed layout to use it once. */
-static void gemm(int ta, int tb, int64_t M, int64_t N, int64_t Kd, float alpha, const float *A,
-		 int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc)
+/* A matrix product C = alpha op(A) op(B) + beta C, row-major: C (M,N),
+ * op(A) (M,Kd), op(B) (Kd,N). */
+typedef struct {
+	int ta, tb;
+	int64_t M, N, Kd;
+	float alpha;
+	const float *A;
+	int64_t lda;
+	const float *B;
+	int64_t ldb;
+	float beta;
+	float *C;
+	int64_t ldc;
+} gemm_op;
+
+/* Block b of nb of g's product: rows (or columns, when C is wider than
+ * tall) [n b / nb, n (b+1) / nb) of C, on the calling thread. One row
+ * (M = 1, as in decoding) goes to gemv: gemm would copy all of B into its
+ * packed layout to use it once. */
+static void gemm_block(const gemm_op *g, int64_t b, int64_t nb)
 {
-	if (M == 0 || N == 0)
+	int rows = g->M >= g->N;
+	int64_t n = rows ? g->M : g->N, s = n * b / nb, e = n * (b + 1) / nb;
+	const float *a = g->A, *bb = g->B;
+	float *c;
+	if (rows) {
+		a = g->ta ? g->A + s : g->A + s * g->lda;
+		c = g->C + s * g->ldc;
+	} else {
+		bb = g->tb ? g->B + s * g->ldb : g->B + s;
+		c = g->C + s;
+	}
+	int lda = (int)max1(g->lda), ldb = (int)max1(g->ldb);
+	if (g->M == 1 && !rows) { /* c = op(B)ᵀ a */
+		cblas_sgemv(CblasRowMajor, g->tb ? CblasNoTrans : CblasTrans,
+			    (int)(g->tb ? e - s : g->Kd), (int)(g->tb ? g->Kd : e - s), g->alpha, bb,
+			    ldb, a, g->ta ? lda : 1, g->beta, c, 1);
 		return;
-	int rows = M >= N;
-	int64_t n = rows ? M : N, nb = gemm_nblocks(n);
+	}
+	cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans,
+		    g->tb ? CblasTrans : CblasNoTrans, (int)(rows ? e - s : g->M),
+		    (int)(rows ? g->N : e - s), (int)g->Kd, g->alpha, a, lda, bb, ldb, g->beta, c,
+		    (int)max1(g->ldc));
+}
+
+/* Runs n independent products (no one's output is another's input) as
+ * blocks of the longer side of each C, all in one parallel loop, one
+ * single-threaded BLAS call per block: one fork and join for the two
+ * products of a linear layer's backward rather than two. */
+static void gemm_par(const gemm_op *g, int n)
+{
+	int64_t nb[2], total = 0, work = 0;
+	for (int i = 0; i < n; i++) {
+		nb[i] = g[i].M && g[i].N ? gemm_nblocks(g[i].M >= g[i].N ? g[i].M : g[i].N) : 0;
+		total += nb[i];
+		work += g[i].M * g[i].N * g[i].Kd;
+	}
 	blas_one_thread();
-#pragma omp parallel for schedule(dynamic, 1) if (nb > 1 && M * N * Kd > GEMM_PAR_MIN)
-	for (int64_t b = 0; b < nb; b++) {
-		int64_t s = n * b / nb, e = n * (b + 1) / nb;
-		const float *a = A, *bb = B;
-		float *c;
-		if (rows) {
-			a = ta ? A + s : A + s * lda;
-			c = C + s * ldc;
-		} else {
-			bb = tb ? B + s * ldb : B + s;
-			c = C + s;
-		}
-		if (M == 1 && !rows) { /* c = op(B)ᵀ a */
-			cblas_sgemv(CblasRowMajor, tb ? CblasNoTrans : CblasTrans,
-				    (int)(tb ? e - s : Kd), (int)(tb ? Kd : e - s), alpha, bb,
-				    (int)max1(ldb), a, ta ? (int)max1(lda) : 1, beta, c, 1);
-			continue;
-		}
-		cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
-			    tb ? CblasTrans : CblasNoTrans, (int)(rows ? e - s : M),
-			    (int)(rows ? N : e - s), (int)Kd, alpha, a, (int)max1(lda), bb,
-			    (int)max1(ldb), beta, c, (int)max1(ldc));
+#pragma omp parallel for schedule(dynamic, 1) if (total > 1 && work > GEMM_PAR_MIN)
+	for (int64_t t = 0; t < total; t++) {
+		int i = 0;
+		int64_t b = t;
+		while (b >= nb[i])
+			b -= nb[i++];
+		gemm_block(&g[i], b, nb[i]);
 	}
 }
 
@@ -199,7 +230,8 @@ void lmk_cpu_linear_forward(float *out, const float *inp, const float *w, const 
 			memset(out, 0, (size_t)(N * OC) * sizeof(float));
 		return;
 	}
-	gemm(0, 1, N, OC, IC, 1.0f, inp, IC, w, IC, b ? 1.0f : 0.0f, out, OC);
+	gemm_op g = {0, 1, N, OC, IC, 1.0f, inp, IC, w, IC, b ? 1.0f : 0.0f, out, OC};
+	gemm_par(&g, 1);
 }
 
 void lmk_cpu_linear_backward(float *dinp, float *dw, float *db, const float *dout,
@@ -211,10 +243,13 @@ void lmk_cpu_linear_backward(float *dinp, float *dw, float *db, const float *dou
 		colsum_acc(db, dout, N, OC);
 	if (IC == 0)
 		return;
+	gemm_op g[2];
+	int n = 0;
+	if (dw) /* (OC,IC) += (N,OC)ᵀ (N,IC); first: its blocks are the longer */
+		g[n++] = (gemm_op){1, 0, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC};
 	if (dinp) /* (N,IC) += (N,OC) (OC,IC) */
-		gemm(0, 0, N, IC, OC, 1.0f, dout, OC, w, IC, 1.0f, dinp, IC);
-	if (dw) /* (OC,IC) += (N,OC)ᵀ (N,IC) */
-		gemm(1, 0, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
+		g[n++] = (gemm_op){0, 0, N, IC, OC, 1.0f, dout, OC, w, IC, 1.0f, dinp, IC};
+	gemm_par(g, n);
 }
 
 /* ------------------------------------------------------------- rmsnorm */
@@ -239,33 +274,37 @@ void lmk_cpu_rmsnorm_forward(float *out, float *rstd, const float *inp, const fl
 void lmk_cpu_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp,
 			      const float *w, const float *rstd, int64_t N, int64_t C)
 {
-	/* y = x r w:  dx = r (g w - x̂ mean(g w x̂)) with x̂ = x r;  dw = Σ g x̂ */
-	if (dinp) {
-#pragma omp parallel for schedule(static) if (N * C > PAR_MIN)
-		for (int64_t n = 0; n < N; n++) {
-			const float *x = inp + n * C, *g = dout + n * C;
-			float *dx = dinp + n * C, r = rstd[n];
-			double dot = 0;
-			for (int64_t i = 0; i < C; i++)
-				dot += (double)g[i] * (w ? w[i] : 1.0f) * x[i] * r;
-			float m = (float)(dot / (double)C);
-			for (int64_t i = 0; i < C; i++)
-				dx[i] += r * (g[i] * (w ? w[i] : 1.0f) - x[i] * r * m);
-		}
-	}
-	if (dw) {
-		int64_t nb = (C + COLS - 1) / COLS;
-#pragma omp parallel for schedule(static) if (N * C > PAR_MIN && nb > 1)
-		for (int64_t blk = 0; blk < nb; blk++) {
-			int64_t j0 = blk * COLS, j1 = j0 + COLS < C ? j0 + COLS : C;
-			double acc[COLS] = {0};
+	/* y = x r w:  dx = r (g w - x̂ mean(g w x̂)) with x̂ = x r;  dw = Σ g x̂
+	 * (rows for dx, column blocks for dw, in one parallel region) */
+	int64_t nb = (C + COLS - 1) / COLS;
+#pragma omp parallel if (N * C > PAR_MIN)
+	{
+		if (dinp) {
+#pragma omp for schedule(static) nowait
 			for (int64_t n = 0; n < N; n++) {
 				const float *x = inp + n * C, *g = dout + n * C;
-				for (int64_t j = j0; j < j1; j++)
-					acc[j - j0] += (double)g[j] * (x[j] * rstd[n]);
+				float *dx = dinp + n * C, r = rstd[n];
+				double dot = 0;
+				for (int64_t i = 0; i < C; i++)
+					dot += (double)g[i] * (w ? w[i] : 1.0f) * x[i] * r;
+				float m = (float)(dot / (double)C);
+				for (int64_t i = 0; i < C; i++)
+					dx[i] += r * (g[i] * (w ? w[i] : 1.0f) - x[i] * r * m);
 			}
-			for (int64_t j = j0; j < j1; j++)
-				dw[j] += (float)acc[j - j0];
+		}
+		if (dw) {
+#pragma omp for schedule(static) nowait
+			for (int64_t blk = 0; blk < nb; blk++) {
+				int64_t j0 = blk * COLS, j1 = j0 + COLS < C ? j0 + COLS : C;
+				double acc[COLS] = {0};
+				for (int64_t n = 0; n < N; n++) {
+					const float *x = inp + n * C, *g = dout + n * C;
+					for (int64_t j = j0; j < j1; j++)
+						acc[j - j0] += (double)g[j] * (x[j] * rstd[n]);
+				}
+				for (int64_t j = j0; j < j1; j++)
+					dw[j] += (float)acc[j - j0];
+			}
 		}
 	}
 }
@@ -513,26 +552,25 @@ void lmk_cpu_attention_backward(float *dq, float *dk, float *dv, float *delta,
 	/* With P = exp(S - lse), dP = dO Vᵀ, delta_i = dO_i·O_i:
 	 * dS = P∘(dP - delta); dQ += scale dS K; dK += scale dSᵀ Q; dV += Pᵀ dO.
 	 * One task per (batch row, key/value head) owns the rows of dk and dv
-	 * of that head and the rows of dq of its query heads, so no two
-	 * threads add into one row. */
+	 * of that head and the rows of dq and delta of its query heads, so no
+	 * two threads add into one row. */
 	int64_t rep = K ? H / K : 1, nq = (T + QB - 1) / QB;
-	int par = B * H * T * T * D > PAR_MIN;
-#pragma omp parallel for schedule(static) if (par)
-	for (int64_t row = 0; row < B * T * H; row++) {
-		int64_t b = row / (T * H), i = row / H % T, h = row % H;
-		float L = lse[(b * H + h) * T + i];
-		delta[(b * H + h) * T + i] =
-			L == -INFINITY ? 0 : dotf(dout + row * D, out + row * D, D);
-	}
-	if (!dq && !dk && !dv)
-		return;
 	blas_one_thread();
-#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (par)
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (B * H * T * T * D > PAR_MIN)
 	for (int64_t b = 0; b < B; b++)
 		for (int64_t g = 0; g < K; g++) {
 			const int32_t *sg = seg ? seg + b * T : NULL;
 			const float *kb = k + (b * T * K + g) * D, *vb = v + (b * T * K + g) * D;
 			float p[QB * KB], ds[QB * KB];
+			for (int64_t h = g * rep; h < (g + 1) * rep; h++)
+				for (int64_t i = 0; i < T; i++) {
+					int64_t row = (b * T + i) * H + h;
+					float L = lse[(b * H + h) * T + i];
+					delta[(b * H + h) * T + i] =
+						L == -INFINITY ? 0 : dotf(dout + row * D, out + row * D, D);
+				}
+			if (!dq && !dk && !dv)
+				continue;
 			for (int64_t h = g * rep; h < (g + 1) * rep; h++)
 				for (int64_t qb = 0; qb < nq; qb++) {
 					int64_t i0 = qb * QB, n = T - i0 < QB ? T - i0 : QB;
@@ -649,18 +687,21 @@ void lmk_cpu_swiglu_forward(float *out, const float *gate, const float *up, int6
 void lmk_cpu_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
 			     const float *up, int64_t n)
 {
-	/* two loops, so that each vectorises */
-	if (dgate) {
-#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
-		for (int64_t i = 0; i < n; i++) {
-			float x = gate[i], s = sigmoidf(x);
-			dgate[i] += dout[i] * up[i] * s * (1.0f + x * (1.0f - s));
+	/* two loops, so that each vectorises, in one parallel region */
+#pragma omp parallel if (n > PAR_MIN)
+	{
+		if (dgate) {
+#pragma omp for simd schedule(static) nowait
+			for (int64_t i = 0; i < n; i++) {
+				float x = gate[i], s = sigmoidf(x);
+				dgate[i] += dout[i] * up[i] * s * (1.0f + x * (1.0f - s));
+			}
 		}
-	}
-	if (dup) {
-#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
-		for (int64_t i = 0; i < n; i++)
-			dup[i] += dout[i] * gate[i] * sigmoidf(gate[i]);
+		if (dup) {
+#pragma omp for simd schedule(static) nowait
+			for (int64_t i = 0; i < n; i++)
+				dup[i] += dout[i] * gate[i] * sigmoidf(gate[i]);
+		}
 	}
 }
 
@@ -673,18 +714,22 @@ void lmk_cpu_add_forward(float *out, const float *a, const float *b, int64_t N, 
 
 void lmk_cpu_add_backward(float *da, float *db, const float *dout, int64_t N, int64_t M)
 {
-	if (da) {
-#pragma omp parallel for schedule(static) if (N * M > PAR_MIN)
-		for (int64_t i = 0; i < N * M; i++)
-			da[i] += dout[i];
+	/* a residual add (N = 1) in one parallel region */
+#pragma omp parallel if (N * M > PAR_MIN)
+	{
+		if (da) {
+#pragma omp for simd schedule(static) nowait
+			for (int64_t i = 0; i < N * M; i++)
+				da[i] += dout[i];
+		}
+		if (db && N == 1) {
+#pragma omp for simd schedule(static) nowait
+			for (int64_t i = 0; i < M; i++)
+				db[i] += dout[i];
+		}
 	}
-	if (db && N == 1) {
-#pragma omp parallel for schedule(static) if (M > PAR_MIN)
-		for (int64_t i = 0; i < M; i++)
-			db[i] += dout[i];
-	} else if (db) {
+	if (db && N > 1)
 		colsum_acc(db, dout, N, M);
-	}
 }
 
 void lmk_cpu_mul_forward(float *out, const float *a, const float *b, int64_t N, int64_t M)
