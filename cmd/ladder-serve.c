@@ -258,13 +258,12 @@ static void load(lmk_serve *s, const struct opts *o, int reuse)
 			  s->m.cfg.max_position_embeddings);
 	if (!o->quiet)
 		fprintf(stderr, "%s: %s: %s model, %d layers, %.1fM parameters, %s chat template, "
-			"context %d, temperature %g, top_p %g, top_k %d (%s), loaded in %.1f s\n",
+			"context %d, temperature %g, top_p %g, top_k %d (%s%s), loaded in %.1f s\n",
 			prog_name(), o->model, lmk_serve_source_name(s->source), s->m.cfg.num_hidden_layers,
 			(double)s->m.params.n / 1e6, lmk_chat_kind_name(s->chat.kind), s->ctx_len,
 			s->temperature, s->top_p, s->top_k,
-			isnan(o->temperature) && isnan(o->top_p) && o->top_k < 0 ? s->defaults_from
-										   : "options",
-			lmk_now() - t0);
+			isnan(o->temperature) && isnan(o->top_p) && o->top_k < 0 ? "" : "options, else ",
+			s->defaults_from, lmk_now() - t0);
 }
 
 /* Request errors become answers; anything else (memory) ends the program. */
