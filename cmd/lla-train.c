@@ -1,6 +1,7 @@
 /* lla-train.c: trains a Llama-family language model on a text file (one token
  * per byte, lib/bytetok.h) or on token frames (lib/tokdata.h), from scratch or
- * from a Hugging Face checkpoint, and writes checkpoints that transformers
+ * from a Hugging Face checkpoint, on the CPU or on a CUDA GPU (--device; the
+ * same model code, docs/cuda.md), and writes checkpoints that transformers
  * opens, with a training state beside them that lets --resume continue the
  * run bit for bit.
  * The loop itself (accumulation, clipping, schedule, AdamW, evaluation, the
@@ -76,6 +77,10 @@ static const char usage[] =
 "      --seed=N             seed of the weights, the batches and the samples\n"
 "                           (default 1337)\n"
 "      --threads=N          CPU threads (default: all processors)\n"
+"Device:\n"
+"      --device=DEV         cpu, cuda or cuda:N (default cpu)\n"
+"      --dtype=DT           compute dtype: f32, or bf16 on cuda (default bf16\n"
+"                           on cuda, f32 on the cpu)\n"
 "Evaluation and output:\n"
 "      --eval-every=N       evaluate every N steps (default 100; 0: at the end)\n"
 "      --eval-batches=N     batches per evaluation (default 20)\n"
@@ -98,7 +103,7 @@ enum {
 	O_KV_HEADS, O_INTERMEDIATE, O_VOCAB, O_MIXER, O_INIT, O_STEPS, O_BATCH, O_SEQ,
 	O_ACCUM, O_LR, O_MIN_LR, O_WARMUP, O_SCHEDULE, O_DECAY_STEPS, O_WD, O_BETA1,
 	O_BETA2, O_EPS, O_CLIP, O_THREADS, O_EVAL_EVERY, O_EVAL_BATCHES, O_SAMPLE,
-	O_TEMPERATURE, O_OUT, O_SAVE_EVERY, O_RESUME, O_METRICS,
+	O_TEMPERATURE, O_OUT, O_SAVE_EVERY, O_RESUME, O_METRICS, O_DEVICE, O_DTYPE,
 };
 
 static const struct option longopts[] = {
@@ -129,6 +134,8 @@ static const struct option longopts[] = {
 	{"grad-clip", required_argument, NULL, O_CLIP},
 	{"seed", required_argument, NULL, PROG_OPT_SEED},
 	{"threads", required_argument, NULL, O_THREADS},
+	{"device", required_argument, NULL, O_DEVICE},
+	{"dtype", required_argument, NULL, O_DTYPE},
 	{"eval-every", required_argument, NULL, O_EVAL_EVERY},
 	{"eval-batches", required_argument, NULL, O_EVAL_BATCHES},
 	{"sample", required_argument, NULL, O_SAMPLE},
@@ -157,7 +164,7 @@ struct opts {
 	lmk_train_config cfg;
 	const char *data, *config, *init, *out, *metrics, *mixer;
 	int hidden, layers, heads, kv_heads, intermediate, vocab; /* 0: not given */
-	int min_lr_given, threads_given;
+	int min_lr_given, threads_given, dtype_given;
 	int resume, sample, quiet;
 	float temperature;
 };
@@ -235,6 +242,15 @@ static void parse(int argc, char **argv, struct opts *o)
 			c->threads = (int)prog_parse_long("--threads", a, 1, 4096);
 			o->threads_given = 1;
 			break;
+		case O_DEVICE:
+			if (lmk_train_parse_device(a, &c->device, &c->device_index) < 0)
+				prog_usage_error("option '--device' needs cpu, cuda or cuda:N, not '%s'", a);
+			break;
+		case O_DTYPE:
+			if (lmk_train_parse_dtype(a, &c->dtype) < 0)
+				prog_usage_error("option '--dtype' needs f32 or bf16, not '%s'", a);
+			o->dtype_given = 1;
+			break;
 		case O_EVAL_EVERY: c->eval_every = prog_parse_long("--eval-every", a, 0, 1L << 40); break;
 		case O_EVAL_BATCHES:
 			c->eval_batches = (int)prog_parse_long("--eval-batches", a, 1, 1 << 20);
@@ -294,6 +310,9 @@ static void check_usage(const struct opts *o)
 		prog_usage_error("--decay-steps %" PRId64 " is shorter than --warmup %" PRId64,
 				 o->cfg.decay_steps, o->cfg.warmup);
 }
+
+static const char *device_name(lmk_device d) { return d == LMK_DEV_CUDA ? "cuda" : "cpu"; }
+static const char *dtype_name(lmk_dtype t) { return t == LMK_BF16 ? "bf16" : "f32"; }
 
 static char *join(const char *dir, const char *name)
 {
@@ -388,23 +407,50 @@ static const char *hms(char *buf, size_t n, double s)
 	return buf;
 }
 
+/* The model with its weights in host memory, which lmk_ckpt_save and
+ * decoding read: m itself on the CPU; when m trains on a device, tmp made a
+ * copy of it for the moment (free it with lmk_llama_free), so the files and
+ * samples are those of the fp32 master weights, whatever the compute dtype. */
+static lmk_llama *on_host(lmk_llama *m, lmk_llama *tmp)
+{
+	if (m->params.dev == LMK_DEV_CPU)
+		return m;
+	if (lmk_llama_init(tmp, &m->cfg, 0) < 0 ||
+	    lmk_params_copy_to_host(&m->params, 0, tmp->params.data) < 0)
+		prog_die_lib();
+	return tmp;
+}
+
 /* Samples o->sample tokens after the first validation token and prints them
  * decoded on stderr. The trainer's sampling generator advances, so the
- * samples of a resumed run are those of an uninterrupted one. */
+ * samples of a resumed run are those of an uninterrupted one. Decoding runs
+ * on the CPU (lmk_llama_decode is CPU only): a model on a device is copied
+ * to the host for it, and decoded in a CPU context of its own. */
 static void print_sample(lmk_trainer *tr, lmk_llama *m, const struct opts *o)
 {
 	const lmk_tokdata *d = tr->data;
 	int32_t prompt = d->tok[d->ntrain < d->n ? d->ntrain : 0], *out;
 	lmk_sampler s = { .temperature = o->temperature, .top_k = 0, .top_p = 1, .rng = tr->sample_rng };
+	lmk_llama tmp, *hm = on_host(m, &tmp);
+	lmk_ctx cpu, *c = &tr->ctx;
 	int n;
 
 	out = malloc((size_t)o->sample * sizeof *out);
 	if (!out)
 		prog_die("out of memory");
-	tr->ctx.grad_enabled = 0;
-	n = lmk_llama_generate(&tr->ctx, m, &prompt, 1, o->sample, &s, NULL, 0, NULL, NULL, out);
-	lmk_ctx_reset(&tr->ctx);
-	tr->ctx.grad_enabled = 1;
+	if (c->dev != LMK_DEV_CPU) {
+		if (lmk_ctx_init(&cpu, LMK_DEV_CPU) < 0)
+			prog_die_lib();
+		c = &cpu;
+	}
+	c->grad_enabled = 0;
+	n = lmk_llama_generate(c, hm, &prompt, 1, o->sample, &s, NULL, 0, NULL, NULL, out);
+	lmk_ctx_reset(c);
+	c->grad_enabled = 1;
+	if (c == &cpu)
+		lmk_ctx_free(&cpu);
+	if (hm != m)
+		lmk_llama_free(hm);
 	if (n < 0)
 		prog_die_lib();
 	tr->sample_rng = s.rng;
@@ -445,10 +491,14 @@ static void save(struct run *r)
 	const char *extra[] = {
 		"program", "lla-train", "mixer", r->o->mixer, "data", r->data_path, NULL,
 	};
+	lmk_llama tmp, *hm;
 	if (!r->o->out)
 		return;
-	if (lmk_ckpt_save(r->o->out, &r->m, LMK_F32) < 0)
+	hm = on_host(&r->m, &tmp);
+	if (lmk_ckpt_save(r->o->out, hm, LMK_F32) < 0)
 		prog_die_lib();
+	if (hm != &r->m)
+		lmk_llama_free(hm);
 	if (lmk_trainer_save(&r->tr, r->state_path, lmk_now() - r->t0, extra) < 0)
 		prog_die_lib();
 }
@@ -484,13 +534,20 @@ int main(int argc, char **argv)
 		/* The saved values become the defaults; options given override. */
 		struct opts again = {0};
 		const char *mx;
+		lmk_device saved_dev;
+		lmk_dtype saved_dt;
 		if (lmk_train_state_read(r.state_path, &st) < 0)
 			prog_die_lib();
 		again.mixer = o.mixer;
 		again.temperature = 1.0f;
 		if (lmk_train_state_config(&st, r.state_path, &again.cfg) < 0)
 			prog_die_lib();
+		saved_dev = again.cfg.device;
+		saved_dt = again.cfg.dtype;
 		parse(argc, argv, &again);
+		/* another device without --dtype: that device's default */
+		if (again.cfg.device != saved_dev && !again.dtype_given)
+			again.cfg.dtype = lmk_train_default_dtype(again.cfg.device);
 		mx = lmk_frame_meta(&st, "mixer");
 		if (mx && strcmp(mx, again.mixer) != 0)
 			prog_die("%s: saved with --mixer %s, this run has %s", r.state_path, mx, again.mixer);
@@ -503,12 +560,27 @@ int main(int argc, char **argv)
 								      lmk_frame_meta(&st, "threads") : "0", NULL, 10))
 			prog_warn("--threads %d differs from the saved run's: the losses may differ in "
 				  "the last bits from an uninterrupted run", o.cfg.threads);
-	} else if (o.out) {
-		struct stat sb;
-		if (stat(r.state_path, &sb) == 0)
-			prog_die("'%s' already holds a training run (%s); continue it with --resume or "
-				 "choose another --out", o.out, r.state_path);
+		if (o.cfg.dtype == LMK_BF16 && o.cfg.device != LMK_DEV_CUDA)
+			prog_usage_error("--dtype bf16 needs --device cuda (the cpu trains in f32)");
+		if (o.cfg.device != saved_dev || o.cfg.dtype != saved_dt)
+			prog_warn("the run was saved on %s in %s and continues on %s in %s: the losses "
+				  "will differ from an uninterrupted run's", device_name(saved_dev),
+				  dtype_name(saved_dt), device_name(o.cfg.device), dtype_name(o.cfg.dtype));
+	} else {
+		if (!o.dtype_given)
+			o.cfg.dtype = lmk_train_default_dtype(o.cfg.device);
+		if (o.cfg.dtype == LMK_BF16 && o.cfg.device != LMK_DEV_CUDA)
+			prog_usage_error("--dtype bf16 needs --device cuda (the cpu trains in f32)");
+		if (o.out) {
+			struct stat sb;
+			if (stat(r.state_path, &sb) == 0)
+				prog_die("'%s' already holds a training run (%s); continue it with "
+					 "--resume or choose another --out", o.out, r.state_path);
+		}
 	}
+	/* before reading any data: a missing GPU is the first thing to say */
+	if (lmk_train_device_check(o.cfg.device, o.cfg.device_index) < 0)
+		prog_die_lib();
 	o.cfg.threads = lmk_train_set_threads(o.cfg.threads);
 
 	/* Data. */
@@ -554,8 +626,8 @@ int main(int argc, char **argv)
 			if (!o.quiet)
 				fprintf(stderr, "%s: %s is already at step %" PRId64 " of %" PRId64 "; nothing to do\n",
 					prog_name(), o.out, r.tr.step, o.cfg.steps);
+			lmk_llama_free(&r.m); /* parameters before the context */
 			lmk_trainer_free(&r.tr);
-			lmk_llama_free(&r.m);
 			lmk_tokdata_free(&data);
 			free(abs_data);
 			free(r.state_path);
@@ -578,8 +650,10 @@ int main(int argc, char **argv)
 		if (lmk_metrics_end(&mt) < 0)
 			prog_die_lib();
 		if (!o.quiet)
-			fprintf(stderr, "%s: step 0/%" PRId64 ": val loss %.4f, %s parameters\n", prog_name(),
-				o.cfg.steps, last_val, human(b1, sizeof b1, (double)nparams));
+			fprintf(stderr, "%s: step 0/%" PRId64 ": val loss %.4f, %s parameters%s%s\n",
+				prog_name(), o.cfg.steps, last_val, human(b1, sizeof b1, (double)nparams),
+				o.cfg.device == LMK_DEV_CPU ? "" : ", on cuda in ",
+				o.cfg.device == LMK_DEV_CPU ? "" : dtype_name(o.cfg.dtype));
 		if (o.sample)
 			print_sample(&r.tr, &r.m, &o);
 	}
@@ -667,8 +741,8 @@ int main(int argc, char **argv)
 			fprintf(stderr, ", saved in %s", o.out);
 		fputc('\n', stderr);
 	}
+	lmk_llama_free(&r.m); /* parameters before the context */
 	lmk_trainer_free(&r.tr);
-	lmk_llama_free(&r.m);
 	lmk_tokdata_free(&data);
 	free(abs_data);
 	free(r.state_path);

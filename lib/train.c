@@ -12,6 +12,10 @@
 #include "err.h"
 #include "train.h"
 
+#if LMK_CUDA
+#include "../cuda/cuda.h"
+#endif
+
 /* OpenBLAS's own thread count (its pthreads build ignores OpenMP's). */
 void openblas_set_num_threads(int n);
 
@@ -40,6 +44,9 @@ void lmk_train_config_default(lmk_train_config *c)
 	c->seed = 1337;
 	c->val_frac = 0.1;
 	c->threads = 0;
+	c->device = LMK_DEV_CPU;
+	c->device_index = 0;
+	c->dtype = LMK_F32;
 }
 
 int lmk_train_config_check(const lmk_train_config *c)
@@ -61,7 +68,71 @@ int lmk_train_config_check(const lmk_train_config *c)
 		return lmk_err(LMK_EINVAL, "weight_decay, eps and grad_clip must be >= 0");
 	if (!(c->val_frac >= 0 && c->val_frac < 1))
 		return lmk_err(LMK_EINVAL, "val_frac %g: expected a number in [0, 1)", c->val_frac);
+	if (c->device != LMK_DEV_CPU && c->device != LMK_DEV_CUDA)
+		return lmk_err(LMK_EINVAL, "device %d: expected the cpu or cuda", (int)c->device);
+	if (c->device_index < 0)
+		return lmk_err(LMK_EINVAL, "device index %d: expected >= 0", c->device_index);
+	if (c->dtype != LMK_F32 && !(c->dtype == LMK_BF16 && c->device == LMK_DEV_CUDA))
+		return lmk_err(LMK_EINVAL, "dtype %s: expected f32, or bf16 on cuda",
+			       lmk_dtype_name(c->dtype));
 	return 0;
+}
+
+int lmk_train_parse_device(const char *s, lmk_device *dev, int *index)
+{
+	char *end;
+	long i;
+
+	if (strcmp(s, "cpu") == 0) {
+		*dev = LMK_DEV_CPU;
+		*index = 0;
+		return 0;
+	}
+	if (strncmp(s, "cuda", 4) != 0 || (s[4] && s[4] != ':'))
+		return lmk_err(LMK_EINVAL, "device '%s': expected cpu, cuda or cuda:N", s);
+	i = 0;
+	if (s[4] == ':') {
+		errno = 0;
+		i = strtol(s + 5, &end, 10);
+		if (errno || end == s + 5 || *end || i < 0 || i > 1023)
+			return lmk_err(LMK_EINVAL, "device '%s': expected cuda:N with N from 0 to 1023", s);
+	}
+	*dev = LMK_DEV_CUDA;
+	*index = (int)i;
+	return 0;
+}
+
+int lmk_train_parse_dtype(const char *s, lmk_dtype *dt)
+{
+	if (strcmp(s, "f32") == 0)
+		*dt = LMK_F32;
+	else if (strcmp(s, "bf16") == 0)
+		*dt = LMK_BF16;
+	else
+		return lmk_err(LMK_EINVAL, "dtype '%s': expected f32 or bf16", s);
+	return 0;
+}
+
+lmk_dtype lmk_train_default_dtype(lmk_device dev)
+{
+	return dev == LMK_DEV_CUDA ? LMK_BF16 : LMK_F32;
+}
+
+int lmk_train_device_check(lmk_device dev, int index)
+{
+	if (dev == LMK_DEV_CPU)
+		return 0;
+#if LMK_CUDA
+	int n = lmk_cuda_device_count();
+	if (n == 0)
+		return lmk_err(LMK_EDEVICE, "cuda: no CUDA device on this machine");
+	if (index >= n)
+		return lmk_err(LMK_EDEVICE, "cuda: no device %d (this machine has %d)", index, n);
+	return 0;
+#else
+	(void)index;
+	return lmk_err(LMK_EUNSUP, "cuda: this build has no CUDA support (build with make CUDA=1)");
+#endif
 }
 
 uint64_t lmk_train_subseed(uint64_t seed, int stream)
@@ -106,21 +177,29 @@ int lmk_trainer_init(lmk_trainer *tr, const lmk_train_config *cfg, lmk_params *p
 	tr->model = model;
 	tr->loss = loss;
 	tr->data = data;
+	if (p->dev != LMK_DEV_CPU)
+		return lmk_err(LMK_EINVAL, "trainer: the parameters are on a device already; give "
+			       "them on the host");
+	if ((rc = lmk_ctx_init_ex(&tr->ctx, cfg->device, cfg->device_index, cfg->dtype)) < 0)
+		return rc;
+	/* Before the optimizer, so that its moments are made beside them. */
+	if ((rc = lmk_params_to_device(p, &tr->ctx)) < 0) {
+		lmk_ctx_free(&tr->ctx);
+		return rc;
+	}
 	ac.beta1 = cfg->beta1;
 	ac.beta2 = cfg->beta2;
 	ac.eps = cfg->eps;
 	ac.weight_decay = cfg->weight_decay;
-	if ((rc = lmk_adamw_init(&tr->opt, p, &ac)) < 0)
+	if ((rc = lmk_adamw_init(&tr->opt, p, &ac)) < 0) {
+		lmk_ctx_free(&tr->ctx);
 		return rc;
+	}
 	tr->sched.kind = cfg->schedule;
 	tr->sched.lr = cfg->lr;
 	tr->sched.min_lr = cfg->min_lr;
 	tr->sched.warmup = cfg->warmup;
 	tr->sched.total = tr->cfg.decay_steps;
-	if ((rc = lmk_ctx_init(&tr->ctx, LMK_DEV_CPU)) < 0) {
-		lmk_adamw_free(&tr->opt);
-		return rc;
-	}
 	tr->ctx.seed = lmk_train_subseed(cfg->seed, LMK_TRAIN_SEED_CTX);
 	tr->ctx.counter = 0;
 	bt = (size_t)cfg->batch * (size_t)cfg->seq;
@@ -136,7 +215,9 @@ int lmk_trainer_init(lmk_trainer *tr, const lmk_train_config *cfg, lmk_params *p
 }
 
 /* The loss of the batch in tr->x, tr->y; with grad, its backward too
- * (scaled by scale). *count: targets counted. */
+ * (scaled by scale). count: NULL, or receives the targets counted. The loss
+ * is read once the backward is queued: on a device that is the one wait of
+ * a micro-batch, and the weights are still untouched if it is not finite. */
 static int micro_batch(lmk_trainer *tr, int grad, float scale, double *loss, int64_t *count)
 {
 	lmk_ctx *c = &tr->ctx;
@@ -147,20 +228,27 @@ static int micro_batch(lmk_trainer *tr, int grad, float scale, double *loss, int
 
 	lmk_ctx_reset(c);
 	c->grad_enabled = grad;
-	ids = lmk_tensor_wrap(c, LMK_I32, 2, shape, tr->x);
-	tg = lmk_tensor_wrap(c, LMK_I32, 2, shape, tr->y);
+	if (c->dev == LMK_DEV_CPU) {
+		ids = lmk_tensor_wrap(c, LMK_I32, 2, shape, tr->x);
+		tg = lmk_tensor_wrap(c, LMK_I32, 2, shape, tr->y);
+	} else {
+		/* staged before the call returns: x and y may be refilled at once */
+		ids = lmk_tensor_upload(c, LMK_I32, 2, shape, tr->x);
+		tg = lmk_tensor_upload(c, LMK_I32, 2, shape, tr->y);
+	}
 	if (!ids || !tg)
 		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
 	l = tr->loss(tr->model, c, ids, tg, count);
 	if (!l)
 		return lmk_errcode() < 0 ? lmk_errcode() : LMK_EINVAL;
-	lv = *(const float *)l->data;
+	if (grad && (rc = lmk_backward(c, l, scale)) < 0)
+		return rc;
+	if ((rc = lmk_tensor_read_f32(c, l, 0, &lv)) < 0)
+		return rc;
 	*loss = lv;
 	if (!isfinite(lv))
 		return lmk_err(LMK_ENUM, "step %lld: the loss is %g; the run diverged (try a lower --lr)",
 			       (long long)tr->step + 1, lv);
-	if (grad && (rc = lmk_backward(c, l, scale)) < 0)
-		return rc;
 	return 0;
 }
 
@@ -168,14 +256,13 @@ int lmk_trainer_step(lmk_trainer *tr, lmk_train_stats *st)
 {
 	const int A = tr->cfg.accum;
 	double sum = 0, l;
-	int64_t count;
 	int rc;
 
 	lmk_params_zero_grad(tr->params);
 	for (int a = 0; a < A; a++) {
 		if ((rc = lmk_tokdata_train_batch(tr->data, tr->cfg.batch, tr->cfg.seq, tr->x, tr->y)) < 0)
 			return rc;
-		if ((rc = micro_batch(tr, 1, 1.0f / (float)A, &l, &count)) < 0)
+		if ((rc = micro_batch(tr, 1, 1.0f / (float)A, &l, NULL)) < 0)
 			return rc;
 		sum += l;
 	}
@@ -187,6 +274,10 @@ int lmk_trainer_step(lmk_trainer *tr, lmk_train_stats *st)
 			       (long long)tr->step + 1, st->grad_norm);
 	st->lr = lmk_schedule_lr(&tr->sched, tr->step);
 	lmk_adamw_step(&tr->opt, st->lr);
+	/* On a device the update is only queued: wait for it, so that the step
+	 * is over when this returns and a failed launch is this step's error. */
+	if (tr->ctx.dev != LMK_DEV_CPU && (rc = lmk_ctx_sync(&tr->ctx)) < 0)
+		return rc;
 	tr->step++;
 	tr->tokens += (int64_t)A * tr->cfg.batch * tr->cfg.seq;
 	return 0;
@@ -264,6 +355,8 @@ static int config_meta(lmk_frame *f, const lmk_train_config *c)
 	rc |= put_meta(f, "seed", "%" PRIu64, c->seed);
 	rc |= put_meta(f, "val_frac", "%.17g", c->val_frac);
 	rc |= put_meta(f, "threads", "%d", c->threads);
+	rc |= lmk_frame_set_meta(f, "device", c->device == LMK_DEV_CUDA ? "cuda" : "cpu");
+	rc |= lmk_frame_set_meta(f, "dtype", c->dtype == LMK_BF16 ? "bf16" : "f32");
 	return rc ? LMK_ENOMEM : 0;
 }
 
@@ -289,8 +382,27 @@ int lmk_trainer_save(const lmk_trainer *tr, const char *path, double now_elapsed
 	int64_t step = tr->step, t = tr->opt.t, tokens = tr->tokens, rd[3], rc2[2], rs[2];
 	double elapsed = tr->elapsed + now_elapsed;
 	const int64_t three = 3, two = 2;
+	const float *pd = tr->params->data, *pm = tr->opt.m, *pv = tr->opt.v;
+	float *host = NULL;
 	int rc;
 
+	if (tr->params->dev != LMK_DEV_CPU) {
+		/* weights, then the two moments, in the parameters' layout */
+		const size_t n = tr->params->n;
+		if (!(host = malloc(3 * n * sizeof(float) + 1)))
+			return lmk_err(LMK_ENOMEM, "%s: cannot allocate %zu bytes for a host copy", path,
+				       3 * n * sizeof(float));
+		rc = lmk_params_copy_to_host(tr->params, 0, host);
+		if (!rc)
+			rc = lmk_adamw_moments_to_host(&tr->opt, host + n, host + 2 * n);
+		if (rc < 0) {
+			free(host);
+			return lmk_err_wrap(rc, "%s", path);
+		}
+		pd = host;
+		pm = host + n;
+		pv = host + 2 * n;
+	}
 	lmk_tokdata_tell(tr->data, &pos);
 	rd[0] = (int64_t)pos.seed;
 	rd[1] = (int64_t)pos.words;
@@ -318,15 +430,17 @@ int lmk_trainer_save(const lmk_trainer *tr, const char *path, double now_elapsed
 	if (!rc) rc = lmk_frame_add(&f, "rng.data", LMK_I64, 1, &three, rd);
 	if (!rc) rc = lmk_frame_add(&f, "rng.ctx", LMK_I64, 1, &two, rc2);
 	if (!rc) rc = lmk_frame_add(&f, "rng.sample", LMK_I64, 1, &two, rs);
-	if (!rc) rc = add_params(&f, tr->params, tr->params->data, "param");
-	if (!rc) rc = add_params(&f, tr->params, tr->opt.m, "adamw.m");
-	if (!rc) rc = add_params(&f, tr->params, tr->opt.v, "adamw.v");
+	if (!rc) rc = add_params(&f, tr->params, pd, "param");
+	if (!rc) rc = add_params(&f, tr->params, pm, "adamw.m");
+	if (!rc) rc = add_params(&f, tr->params, pv, "adamw.v");
 	if (rc < 0) {
 		lmk_frame_free(&f);
+		free(host);
 		return lmk_err_wrap(rc, "%s", path);
 	}
 	rc = lmk_frame_save(path, &f, 0);
 	lmk_frame_free(&f);
+	free(host);
 	return rc;
 }
 
@@ -426,6 +540,15 @@ int lmk_train_state_config(const lmk_frame *st, const char *path, lmk_train_conf
 	if (!s || lmk_schedule_parse(s, &c->schedule) < 0)
 		return lmk_err(LMK_EFORMAT, "%s: metadata 'schedule' is '%s', expected cosine, linear or constant",
 			       path, s ? s : "(none)");
+	s = lmk_frame_meta(st, "device");
+	if (s && (strcmp(s, "cpu") != 0 && strcmp(s, "cuda") != 0))
+		return lmk_err(LMK_EFORMAT, "%s: metadata 'device' is '%s', expected cpu or cuda", path, s);
+	c->device = s && strcmp(s, "cuda") == 0 ? LMK_DEV_CUDA : LMK_DEV_CPU;
+	s = lmk_frame_meta(st, "dtype");
+	if (s && lmk_train_parse_dtype(s, &c->dtype) < 0)
+		return lmk_err(LMK_EFORMAT, "%s: metadata 'dtype' is '%s', expected f32 or bf16", path, s);
+	if (c->dtype == LMK_BF16 && c->device != LMK_DEV_CUDA)
+		return lmk_err(LMK_EFORMAT, "%s: metadata says dtype bf16 on the cpu", path);
 	return 0;
 }
 
@@ -484,6 +607,8 @@ int lmk_trainer_restore(lmk_trainer *tr, const lmk_frame *st, const char *path)
 	int64_t v[3], nparam = 0;
 	double e;
 	lmk_tokdata_pos pos;
+	const size_t n = tr->params->n;
+	float *pd = tr->params->data, *pm = tr->opt.m, *pv = tr->opt.v, *host = NULL;
 	int rc;
 
 	if ((rc = lmk_train_state_config(st, path, &saved)) < 0)
@@ -516,10 +641,32 @@ int lmk_trainer_restore(lmk_trainer *tr, const lmk_frame *st, const char *path)
 	if (nparam != tr->params->nt)
 		return lmk_err(LMK_EFORMAT, "%s: %lld parameter tensors, the model has %d", path,
 			       (long long)nparam, tr->params->nt);
-	if ((rc = get_params(st, path, tr->params, tr->params->data, "param")) < 0 ||
-	    (rc = get_params(st, path, tr->params, tr->opt.m, "adamw.m")) < 0 ||
-	    (rc = get_params(st, path, tr->params, tr->opt.v, "adamw.v")) < 0)
+	if (tr->params->dev != LMK_DEV_CPU) {
+		/* read on the host in the parameters' layout (its padding zero),
+		 * then uploaded whole */
+		if (!(host = calloc(3 * n + 1, sizeof(float))))
+			return lmk_err(LMK_ENOMEM, "%s: cannot allocate %zu bytes for a host copy", path,
+				       3 * n * sizeof(float));
+		pd = host;
+		pm = host + n;
+		pv = host + 2 * n;
+	}
+	if ((rc = get_params(st, path, tr->params, pd, "param")) < 0 ||
+	    (rc = get_params(st, path, tr->params, pm, "adamw.m")) < 0 ||
+	    (rc = get_params(st, path, tr->params, pv, "adamw.v")) < 0) {
+		free(host);
 		return rc;
+	}
+	if (host) {
+		rc = lmk_params_copy_from_host(tr->params, pd);
+		if (!rc)
+			rc = lmk_adamw_moments_from_host(&tr->opt, pm, pv);
+		if (!rc)
+			rc = lmk_ctx_sync(&tr->ctx);
+		free(host);
+		if (rc < 0)
+			return lmk_err_wrap(rc, "%s", path);
+	}
 
 	if ((rc = find(st, path, "step", LMK_I64, 1, &t)) < 0)
 		return rc;

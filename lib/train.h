@@ -6,16 +6,23 @@
  * The model enters only through a loss callback over a parameter buffer, so
  * other token mixers, adapters (a smaller trainable lmk_params) and devices
  * (the context's) reuse the same loop.
+ * On CUDA (cfg.device) the trainer's context is a device context: the
+ * parameters move to the device at lmk_trainer_init (fp32 master weights,
+ * and a bf16 copy in BF16), the optimizer's moments live there, batches are
+ * uploaded, and the state file goes through host copies, so that it holds
+ * the same tensors whichever device wrote it and either device resumes it.
  * The state file is one frame (kind lmk-training-state, schema 1): tensors
  * "param/NAME", "adamw.m/NAME", "adamw.v/NAME" (F32, each parameter's shape),
  * "step", "adamw.t", "tokens" (I64, 0-d), "elapsed" (F64, 0-d), "rng.data"
  * (I64 (3): seed, words drawn, windows drawn), "rng.ctx" (I64 (2): the
  * context's seed and counter), "rng.sample" (I64 (2): seed, words drawn);
- * metadata: every field of lmk_train_config under its name, the data's
- * "data_tokens", "data_train_tokens", "data_vocab" and "data_hash" (16 hex
- * digits), and any entries the program adds.
+ * metadata: every field of lmk_train_config under its name (device as
+ * "cpu" or "cuda", dtype as "f32" or "bf16"; device_index is not saved),
+ * the data's "data_tokens", "data_train_tokens", "data_vocab" and
+ * "data_hash" (16 hex digits), and any entries the program adds.
  * Owns: the optimizer, the batch buffers, the execution context.
- * Needs: tensor, ops, optim, tokdata, frame, rng, err, OpenMP, OpenBLAS.
+ * Needs: tensor, ops, optim, tokdata, frame, rng, err, OpenMP, OpenBLAS, and in
+ * a CUDA build cuda/cuda.h (to count devices).
  * Never: prints or exits. */
 #ifndef LMK_TRAIN_H
 #define LMK_TRAIN_H
@@ -49,20 +56,38 @@ typedef struct lmk_train_config {
 	uint64_t seed;
 	double val_frac;
 	int threads;         /* OpenMP and OpenBLAS threads */
+	lmk_device device;   /* where the model trains */
+	int device_index;    /* which CUDA device (0: the first) */
+	lmk_dtype dtype;     /* compute dtype: F32; or BF16 on CUDA */
 } lmk_train_config;
 
 /* The defaults lla-train documents: batch 16, seq 128, accum 1, steps 1000,
  * lr 1e-3 and min_lr 1e-4 (lr/10, as nanoGPT), warmup 100, cosine,
  * weight_decay 0.1, betas (0.9, 0.95), eps 1e-8, grad_clip 1, eval_every
  * 100, eval_batches 20, save_every 500, seed 1337, val_frac 0.1, threads 0
- * (the number of processors). */
+ * (the number of processors), the CPU in F32. */
 void lmk_train_config_default(lmk_train_config *cfg);
 /* Checks ranges. @return : 0 or LMK_EINVAL naming the field */
 int lmk_train_config_check(const lmk_train_config *cfg);
 
+/* Parses "cpu", "cuda" or "cuda:N" (index N, else 0).
+ * @return : 0 or LMK_EINVAL */
+int lmk_train_parse_device(const char *s, lmk_device *dev, int *index);
+/* Parses "f32" or "bf16". @return : 0 or LMK_EINVAL */
+int lmk_train_parse_dtype(const char *s, lmk_dtype *dt);
+/* The dtype a device trains in unless told: BF16 on CUDA, F32 on the CPU. */
+lmk_dtype lmk_train_default_dtype(lmk_device dev);
+/* Whether this build and this machine can train on dev, without starting
+ * anything: a CPU-only build or a machine without the CUDA device index is
+ * refused with a message that says which.
+ * @return : 0, LMK_EUNSUP (a CPU-only build) or LMK_EDEVICE (no device) */
+int lmk_train_device_check(lmk_device dev, int index);
+
 /* The model as the loop sees it: the mean cross-entropy of predicting
- * targets (B,T) I32 from ids (B,T) I32, ignoring targets equal to -1;
- * *count receives the number of targets counted (as lmk_cross_entropy). */
+ * targets (B,T) I32 from ids (B,T) I32, both on c's device, ignoring
+ * targets equal to -1; *count receives the number of targets counted (as
+ * lmk_cross_entropy). count is NULL in training steps (on CUDA a count
+ * makes the step wait for the device) and given at evaluations. */
 typedef lmk_tensor *(*lmk_train_loss_fn)(void *model, lmk_ctx *c, lmk_tensor *ids,
 					 lmk_tensor *targets, int64_t *count);
 
@@ -99,9 +124,12 @@ uint64_t lmk_train_subseed(uint64_t seed, int stream);
  * processors). @return : the number set */
 int lmk_train_set_threads(int n);
 
-/* Sets up a run at step 0: the optimizer over p, the schedule, a CPU
- * context, the batch buffers, data's window generator and the sampling
- * generator seeded from cfg->seed. data must already be split.
+/* Sets up a run at step 0: a context on cfg->device computing in
+ * cfg->dtype, p moved there (lmk_params_to_device: give p on the host, its
+ * weights initialised or loaded), the optimizer over p, the schedule, the
+ * batch buffers, data's window generator and the sampling generator seeded
+ * from cfg->seed. data must already be split. On a device p then uses the
+ * trainer's context: free p (the model) before lmk_trainer_free.
  * @return : 0 or a negative code */
 int lmk_trainer_init(lmk_trainer *tr, const lmk_train_config *cfg, lmk_params *p, void *model,
 		     lmk_train_loss_fn loss, lmk_tokdata *data);
@@ -110,6 +138,9 @@ void lmk_trainer_free(lmk_trainer *tr);
 /* One optimizer step: zero the gradients, accum micro-batches of forward
  * and backward (each loss scaled by 1/accum), clip, AdamW at the schedule's
  * learning rate for this step. After the first step it allocates nothing.
+ * On a device it returns once the step is done there (so that timing it
+ * measures the step), having waited once per micro-batch for its loss and
+ * once for the gradient norm.
  * @return : 0, LMK_ENUM when the loss is not finite (the weights are then
  * left untouched), or another negative code */
 int lmk_trainer_step(lmk_trainer *tr, lmk_train_stats *st);
@@ -121,19 +152,24 @@ int lmk_trainer_eval(lmk_trainer *tr, double *loss);
 
 /* Writes the state file at path atomically. extra: NULL or pairs of
  * metadata key and value, ending with NULL. now_elapsed: seconds of this
- * run, added to tr->elapsed. @return : 0 or a negative code naming path */
+ * run, added to tr->elapsed. On a device the weights and moments are
+ * copied to host memory first (3 float32 per parameter, freed on return).
+ * @return : 0 or a negative code naming path */
 int lmk_trainer_save(const lmk_trainer *tr, const char *path, double now_elapsed,
 		     const char *const *extra);
 
 /* Reads a state file: checks its kind and schema.
  * @return : 0 or a negative code naming path */
 int lmk_train_state_read(const char *path, lmk_frame *st);
-/* The configuration saved in a state file. @return : 0 or LMK_EFORMAT */
+/* The configuration saved in a state file (a state without "device" or
+ * "dtype", from before they were saved, was made on the CPU in F32).
+ * @return : 0 or LMK_EFORMAT */
 int lmk_train_state_config(const lmk_frame *st, const char *path, lmk_train_config *cfg);
 /* Continues tr (just initialised) from a state: weights, moments, step,
- * every generator. Refuses a state whose batch, seq, accum, seed or
- * val_frac differ from tr->cfg, whose data differ from tr->data, or whose
- * parameters differ in name or shape, each with a message saying which.
+ * every generator, on tr's device whichever device saved it. Refuses a
+ * state whose batch, seq, accum, seed or val_frac differ from tr->cfg, whose
+ * data differ from tr->data, or whose parameters differ in name or shape,
+ * each with a message saying which.
  * @return : 0 or a negative code naming path */
 int lmk_trainer_restore(lmk_trainer *tr, const lmk_frame *st, const char *path);
 

@@ -5,6 +5,9 @@
 # same losses run to run (OpenBLAS and OpenMP deterministic at a fixed thread
 # count), and resuming bit for bit: after a planned stop (--decay-steps), a
 # SIGINT and a SIGKILL, the losses equal those of an uninterrupted run.
+# --device cuda: in a CPU-only build or without a GPU, one line and exit 1;
+# with a GPU, a short run (scripts/gpu-train-check.sh compares it with the
+# CPU's losses).
 # Prints TAP-like "ok N - ..." lines; exit 0 pass, 1 fail, 77 skip.
 set -u
 TRAIN=${LMK_BIN:-build/bin}/lla-train
@@ -102,6 +105,18 @@ run "$TRAIN" --data short.txt --steps 3 --seq 32
 check "data shorter than a window: exit 1, one line" 'rc_is 1 && err_one_line "short.txt: 9 training tokens"'
 run "$TRAIN" $TINY --vocab 100 --steps 1
 check "--vocab below the data's: exit 1" 'rc_is 1 && err_one_line "beyond the model'"'"'s vocabulary of 100"'
+run "$TRAIN" --data text.txt --device gpu
+check "--device other than cpu or cuda: exit 2" 'rc_is 2 && err_has "option '"'"'--device'"'"' needs cpu, cuda or cuda:N, not '"'"'gpu'"'"'"'
+run "$TRAIN" --data text.txt --dtype f16
+check "--dtype other than f32 or bf16: exit 2" 'rc_is 2 && err_has "option '"'"'--dtype'"'"' needs f32 or bf16"'
+run "$TRAIN" --data text.txt --dtype bf16
+check "--dtype bf16 on the cpu: exit 2" 'rc_is 2 && err_has "--dtype bf16 needs --device cuda"'
+run "$TRAIN" $TINY --device cuda --steps 2 --eval-every 0 --quiet --metrics g.jsonl
+if [ "$rc" -eq 0 ]; then
+	check "--device cuda with a GPU: 2 steps" '[ "$(losses g.jsonl | wc -l)" -eq 2 ]'
+else
+	check "--device cuda without CUDA or a GPU: exit 1, one line" 'rc_is 1 && { err_one_line "cuda: this build has no CUDA support" || err_one_line "cuda: no CUDA device on this machine"; }'
+fi
 
 # --- a tiny run from scratch ---
 run "$TRAIN" $TINY --steps 40 --out a --metrics a.jsonl --sample 16
@@ -110,6 +125,7 @@ check "tiny run: summary and evaluation lines on stderr" 'err_has "lla-train: do
 check "tiny run: samples on stderr" 'err_has "sample at step 40:"'
 check "tiny run: checkpoint and training state written" '[ -s a/config.json ] && [ -s a/model.safetensors ] && [ -s a/training_state.safetensors ] && ! ls a/.*tmp* >/dev/null 2>&1'
 check "tiny run: config has the shape asked for" 'grep -q "\"hidden_size\": 32" a/config.json && grep -q "\"vocab_size\": 259" a/config.json'
+check "tiny run: the state says cpu, f32" 'head -c 4000 a/training_state.safetensors | grep -a -q "\"device\": *\"cpu\"" && head -c 4000 a/training_state.safetensors | grep -a -q "\"dtype\": *\"f32\""'
 check "metrics: 41 lines of JSON" '[ "$(wc -l <a.jsonl)" -eq 41 ] && json_ok a.jsonl'
 check "metrics: loss, val_loss, lr, grad_norm, tokens_per_s, elapsed" 'grep -q "^{\"step\":40,\"loss\":[0-9.e-]*,\"val_loss\":[0-9.e-]*,\"lr\":[0-9.e-]*,\"grad_norm\":[0-9.e-]*,\"tokens_per_s\":[0-9.e+-]*,\"elapsed\":[0-9.e-]*}$" a.jsonl'
 first=$(vals a.jsonl | head -1 | cut -d" " -f2) last=$(vals a.jsonl | tail -1 | cut -d" " -f2)
