@@ -24,8 +24,10 @@
 #       LD_LIBRARY_PATH when it exists
 #
 # Environment: BUILD (default build-gpu), STEPS (default 20), THREADS (CPU
-# threads, default 4), OUT (if set, the metrics, logs and table go there,
-# else to $BUILD/gpu-train-check).
+# threads, default 4), OUT (if set, the table of losses and the summary go
+# there, else to $BUILD/gpu-train-check), KEEP_RUNS=1 (each run's metrics
+# and stderr too, in runs/ beside them; a failed run's stderr is printed
+# anyway).
 # Exit 0 PASS, 1 FAIL, 2 no build or no device.
 set -u
 BUILD=${BUILD:-build-gpu}
@@ -81,7 +83,9 @@ train() {
 	shift
 	"$TRAIN" "$@" --metrics "$name.jsonl" 2>"$name.err"
 	rc=$?
-	cp "$name.err" "$name.jsonl" "$LOGDIR/" 2>/dev/null
+	if [ "${KEEP_RUNS:-0}" = 1 ]; then
+		mkdir -p "$LOGDIR/runs" && cp "$name.err" "$name.jsonl" "$LOGDIR/runs/" 2>/dev/null
+	fi
 	if [ $rc -ne 0 ]; then
 		say "$name: lla-train exited $rc:"
 		sed 's/^/    /' "$name.err"
