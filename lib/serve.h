@@ -7,8 +7,8 @@
  * comes, with timings; and computes plain logits for checks.
  * Owns: the model, the tokenizer, the chat template, the KV cache and a
  * compute context. Needs: gguf, gguf_llama, ckpt, llama, bpe, bytetok,
- * chat, rng, jansson. Never: prints or exits; one lmk_serve serves one
- * request at a time. */
+ * chat, rng, progress (the clock), jansson. Never: prints or exits; one
+ * lmk_serve serves one request at a time. */
 #ifndef LMK_SERVE_H
 #define LMK_SERVE_H
 
@@ -149,9 +149,10 @@ typedef int (*lmk_serve_piece_fn)(void *arg, const char *text, size_t len, int32
 
 /* Completes r: renders its messages with the chat template (or takes its
  * prompt), encodes, generates. on_piece may be NULL.
- * @return : 0 (res filled; free res->text), or LMK_EINVAL (a request that
- * cannot be served: a chat without a template, a prompt longer than the
- * cache, an empty prompt without a bos token) or another negative code */
+ * @return : 0 (res filled; free res->text); for a request that cannot be
+ * served, LMK_EUNSUP (a chat, and the model has no chat template that is
+ * known) or LMK_EINVAL (a prompt longer than the cache, an empty prompt
+ * and no bos token); or another negative code (LMK_ENOMEM) */
 int lmk_serve_complete(lmk_serve *s, const lmk_serve_request *r, lmk_serve_piece_fn on_piece,
 		       void *arg, lmk_serve_result *res);
 
