@@ -88,7 +88,7 @@ def main():
     def loss_fn(x, y):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             logits = model(input_ids=x).logits
-        return F.cross_entropy(logits.float().view(-1, V), y.view(-1))
+        return F.cross_entropy(logits.float().reshape(-1, V), y.reshape(-1))
 
     if a.mode == "compile":
         loss_fn = torch.compile(loss_fn, dynamic=False)
