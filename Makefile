@@ -102,7 +102,10 @@ bench: $(BENCH_SRC:bench/%.c=$(B)/bench/%) $(BENCH_CU:bench/%.cu=$(B)/bench/%)
 
 # Unit suites, then programs from the shell, then Python interoperability,
 # then the man pages. Each test reads ../shared/data when it needs data.
-check: check-unit check-cli check-interop check-man
+# The groups run one after the other (even under -j) so that their reports
+# do not interleave; each group's binaries are built in parallel first.
+check: $(TESTS) $(BINS)
+	@$(MAKE) --no-print-directory -j1 check-unit check-cli check-interop check-man
 
 check-unit: $(TESTS) $(BINS)
 	@scripts/run-tests.sh unit $(TESTS)
