@@ -21,4 +21,7 @@ OMP_WAIT_POLICY=passive "$bin" --data "$data" \
 echo "demo: validation loss by step (nats per byte):"
 sed -n 's/^{"step":\([0-9]*\),.*"val_loss":\([0-9.]*\).*/\1 \2/p' "$out/metrics.jsonl" |
 	awk '{ printf "  step %4d  %.3f\n", $1, $2 }'
-echo "demo: checkpoint in $out (config.json, model.safetensors)"
+echo "demo: the checkpoint served by ladder-serve (a JSON request on stdin, one answer line):"
+echo '{"prompt":"ROMEO:","max_tokens":60,"temperature":0.8,"seed":1}' |
+	"$root/${BUILD:-build}/bin/ladder-serve" -q -m "$out"
+echo "demo: checkpoint in $out (config.json, model.safetensors: transformers opens it)"
