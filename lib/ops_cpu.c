@@ -8,8 +8,8 @@
  * an OpenMP loop over blocks of its output whose bounds depend on the shape
  * alone (so the result does not depend on the number of threads). OpenBLAS's
  * own pool, run beside OpenMP's, made the two spin against each other for
- * the same cores: on 2 cores a training step took 40% longer than on one
- * thread, and decoding 30 times longer (docs/benchmarks.md). */
+ * the same cores: on 2 loaded cores a training step on two threads took 1.4
+ * times as long as on one, and decoding 37 times (docs/benchmarks.md). */
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
@@ -67,11 +67,13 @@ static inline float vexpf(float x)
 }
 
 /* BLAS single-threaded: the parallelism is ours (see the top). A global
- * setting of OpenBLAS, so it is checked before each parallel product, in
- * case someone (lmk_train_set_threads) raised it since. */
+ * setting of OpenBLAS's pthread build, so it is checked before each
+ * parallel product, in case someone (lmk_train_set_threads) raised it
+ * since. OpenBLAS's OpenMP build runs on one thread inside a parallel
+ * region by itself, and there the setting would be omp_set_num_threads. */
 static void blas_one_thread(void)
 {
-	if (openblas_get_num_threads() != 1)
+	if (openblas_get_parallel() == OPENBLAS_THREAD && openblas_get_num_threads() != 1)
 		openblas_set_num_threads(1);
 }
 
@@ -131,7 +133,7 @@ static void gemm_block(const gemm_op *g, int64_t b, int64_t nb)
 		    (int)max1(g->ldc));
 }
 
-/* Runs n independent products (no one's output is another's input) as
+/* Runs n <= 2 independent products (no one's output is another's input) as
  * blocks of the longer side of each C, all in one parallel loop, one
  * single-threaded BLAS call per block: one fork and join for the two
  * products of a linear layer's backward rather than two. */
