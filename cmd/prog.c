@@ -1,5 +1,6 @@
 /* prog.c: the shared program skeleton (see prog.h). */
 #include <errno.h>
+#include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -80,6 +81,23 @@ void prog_warn(const char *fmt, ...)
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
 	fputc('\n', stderr);
+}
+
+noreturn void prog_bad_option(const struct option *longopts, int c, const char *arg)
+{
+	if (strncmp(arg, "--", 2) == 0) {
+		int n = (int)strcspn(arg, "=");
+		if (c == ':')
+			prog_usage_error("option '%.*s' needs an argument", n, arg);
+		if (arg[n] == '=')
+			for (const struct option *lo = longopts; lo->name; lo++)
+				if ((int)strlen(lo->name) == n - 2 && !strncmp(lo->name, arg + 2, n - 2))
+					prog_usage_error("option '%.*s' takes no argument", n, arg);
+		prog_usage_error("unknown option '%.*s'", n, arg);
+	}
+	if (c == ':')
+		prog_usage_error("option '-%c' needs an argument", optopt);
+	prog_usage_error("unknown option '-%c'", optopt);
 }
 
 noreturn void prog_help(void)

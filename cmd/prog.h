@@ -29,6 +29,14 @@ void prog_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void prog_set_quiet(int quiet);
 int prog_quiet(void);
 
+/* A getopt_long error (c is ':' or '?', with opterr 0 and optstring
+ * starting with ':'), reported from arg, the element getopt was looking at
+ * (argv[optind] before the call: optind moves differently for long options
+ * and for clusters of short ones): unknown option, missing argument, or an
+ * argument given to an option that takes none. Exits 2. */
+struct option;
+noreturn void prog_bad_option(const struct option *longopts, int c, const char *arg);
+
 /* The whole usage text on stdout, exit 0. */
 noreturn void prog_help(void);
 /* "name (lmk) VERSION" on stdout, exit 0. */

@@ -1115,25 +1115,6 @@ static const struct command {
 	{"help", cmd_help, 0, -1, 0, NULL},
 };
 
-/* A getopt error, reported from the argument that caused it (cur: the
- * element getopt was looking at, since optind moves differently for long
- * options and for clusters of short ones). */
-static noreturn void bad_option(int c, const char *arg)
-{
-	if (strncmp(arg, "--", 2) == 0) {
-		int n = (int)strcspn(arg, "=");
-		if (c == ':')
-			prog_usage_error("option '%.*s' needs an argument", n, arg);
-		if (arg[n] == '=')
-			for (const struct option *lo = longopts; lo->name; lo++)
-				if ((int)strlen(lo->name) == n - 2 && !strncmp(lo->name, arg + 2, n - 2))
-					prog_usage_error("option '%.*s' takes no argument", n, arg);
-		prog_usage_error("unknown option '%.*s'", n, arg);
-	}
-	if (c == ':')
-		prog_usage_error("option '-%c' needs an argument", optopt);
-	prog_usage_error("unknown option '-%c'", optopt);
-}
 
 int main(int argc, char **argv)
 {
@@ -1187,7 +1168,7 @@ int main(int argc, char **argv)
 		case 'q': o.quiet = 1; prog_set_quiet(1); break;
 		case 'h': prog_help();
 		case PROG_OPT_VERSION: prog_version();
-		default: bad_option(c, argv[cur < argc ? cur : argc - 1]);
+		default: prog_bad_option(longopts, c, argv[cur < argc ? cur : argc - 1]);
 		}
 	}
 	while (optind < argc)
