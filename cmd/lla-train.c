@@ -4,6 +4,10 @@
  * same model code, docs/cuda.md), and writes checkpoints that transformers
  * opens, with a training state beside them that lets --resume continue the
  * run bit for bit.
+ * Data parallel over several GPUs (--gpus N here, or ranks started by
+ * torchrun, srun and the like, meeting at --rendezvous): one process per
+ * GPU, lib/dist.h for the ranks and the rendezvous, lib/train.h for the
+ * all-reduce; rank 0 alone saves, reports and samples.
  * The loop itself (accumulation, clipping, schedule, AdamW, evaluation, the
  * state file) is lib/train.h; this file is options, wiring and output. The
  * token mixer is chosen by --mixer through the table `mixers`, so that later
@@ -18,11 +22,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "bytetok.h"
 #include "ckpt.h"
+#include "dist.h"
 #include "err.h"
 #include "llama.h"
 #include "metrics.h"
@@ -81,6 +87,13 @@ static const char usage[] =
 "      --device=DEV         cpu, cuda or cuda:N (default cpu)\n"
 "      --dtype=DT           compute dtype: f32, or bf16 on cuda (default bf16\n"
 "                           on cuda, f32 on the cpu)\n"
+"Data parallel (one process per GPU; --batch is each GPU's):\n"
+"      --gpus=N             train on the first N GPUs of this machine, one\n"
+"                           process each\n"
+"      --rendezvous=ADDR    where ranks started by another launcher meet\n"
+"                           (file:PATH or tcp:HOST:PORT; default from\n"
+"                           MASTER_ADDR and MASTER_PORT); the rank from RANK,\n"
+"                           WORLD_SIZE, LOCAL_RANK or SLURM_PROCID, ...\n"
 "Evaluation and output:\n"
 "      --eval-every=N       evaluate every N steps (default 100; 0: at the end)\n"
 "      --eval-batches=N     batches per evaluation (default 20)\n"
@@ -103,7 +116,8 @@ enum {
 	O_KV_HEADS, O_INTERMEDIATE, O_VOCAB, O_MIXER, O_INIT, O_STEPS, O_BATCH, O_SEQ,
 	O_ACCUM, O_LR, O_MIN_LR, O_WARMUP, O_SCHEDULE, O_DECAY_STEPS, O_WD, O_BETA1,
 	O_BETA2, O_EPS, O_CLIP, O_THREADS, O_EVAL_EVERY, O_EVAL_BATCHES, O_SAMPLE,
-	O_TEMPERATURE, O_OUT, O_SAVE_EVERY, O_RESUME, O_METRICS, O_DEVICE, O_DTYPE,
+	O_TEMPERATURE, O_OUT, O_SAVE_EVERY, O_RESUME, O_METRICS, O_DEVICE, O_DTYPE, O_GPUS,
+	O_RENDEZVOUS,
 };
 
 static const struct option longopts[] = {
@@ -136,6 +150,8 @@ static const struct option longopts[] = {
 	{"threads", required_argument, NULL, O_THREADS},
 	{"device", required_argument, NULL, O_DEVICE},
 	{"dtype", required_argument, NULL, O_DTYPE},
+	{"gpus", required_argument, NULL, O_GPUS},
+	{"rendezvous", required_argument, NULL, O_RENDEZVOUS},
 	{"eval-every", required_argument, NULL, O_EVAL_EVERY},
 	{"eval-batches", required_argument, NULL, O_EVAL_BATCHES},
 	{"sample", required_argument, NULL, O_SAMPLE},
@@ -165,9 +181,25 @@ struct opts {
 	const char *data, *config, *init, *out, *metrics, *mixer;
 	int hidden, layers, heads, kv_heads, intermediate, vocab; /* 0: not given */
 	int min_lr_given, threads_given, dtype_given;
+	const char *device_arg; /* --device as given, or NULL */
 	int resume, sample, quiet;
 	float temperature;
+	int gpus;               /* --gpus, 0: not given */
+	const char *rendezvous;
+	int gpus_at[16], gpus_len[16], ngpus_at; /* where --gpus was in argv,
+						  * left out of the ranks' */
 };
+
+/* The ranks' failures end the whole program; a rank other than 0 says
+ * which it is. */
+static int rank_prefix = -1;
+
+static noreturn void die_lib(void)
+{
+	if (rank_prefix > 0)
+		lmk_err_wrap(lmk_errcode() ? lmk_errcode() : LMK_EINVAL, "rank %d", rank_prefix);
+	prog_die_lib();
+}
 
 static noreturn void bad_option(int c, const char *arg)
 {
@@ -245,7 +277,24 @@ static void parse(int argc, char **argv, struct opts *o)
 		case O_DEVICE:
 			if (lmk_train_parse_device(a, &c->device, &c->device_index) < 0)
 				prog_usage_error("option '--device' needs cpu, cuda or cuda:N, not '%s'", a);
+			o->device_arg = a;
 			break;
+		case O_GPUS:
+			o->gpus = (int)prog_parse_long("--gpus", a, 1, 1024);
+			if (o->ngpus_at == 16)
+				prog_usage_error("option '--gpus' given too often");
+			/* "--gpus=N" is one word of argv, "--gpus N" two */
+			o->gpus_at[o->ngpus_at] = cur;
+			o->gpus_len[o->ngpus_at++] = a >= argv[cur] && a <= argv[cur] + strlen(argv[cur]) ? 1 : 2;
+			break;
+		case O_RENDEZVOUS: {
+			lmk_dist d;
+			lmk_dist_init(&d);
+			if (lmk_dist_parse_rendezvous(&d, a) < 0)
+				prog_usage_error("option '--rendezvous' needs file:PATH or tcp:HOST:PORT, not '%s'", a);
+			o->rendezvous = a;
+			break;
+		}
 		case O_DTYPE:
 			if (lmk_train_parse_dtype(a, &c->dtype) < 0)
 				prog_usage_error("option '--dtype' needs f32 or bf16, not '%s'", a);
@@ -309,6 +358,15 @@ static void check_usage(const struct opts *o)
 	if (o->cfg.decay_steps && o->cfg.decay_steps < o->cfg.warmup)
 		prog_usage_error("--decay-steps %" PRId64 " is shorter than --warmup %" PRId64,
 				 o->cfg.decay_steps, o->cfg.warmup);
+	if (o->gpus && o->rendezvous)
+		prog_usage_error("--gpus starts its ranks and their rendezvous itself; --rendezvous is "
+				 "for ranks that another launcher starts");
+	if ((o->gpus || o->rendezvous) && o->device_arg && o->cfg.device == LMK_DEV_CPU)
+		prog_usage_error("--device cpu cannot be used with %s (data parallel trains on GPUs)",
+				 o->gpus ? "--gpus" : "--rendezvous");
+	if ((o->gpus || o->rendezvous) && o->device_arg && strchr(o->device_arg, ':'))
+		prog_usage_error("--device %s cannot be used with %s (each rank takes the GPU of its "
+				 "LOCAL_RANK)", o->device_arg, o->gpus ? "--gpus" : "--rendezvous");
 }
 
 static const char *device_name(lmk_device d) { return d == LMK_DEV_CUDA ? "cuda" : "cpu"; }
@@ -332,7 +390,7 @@ static void fresh_config(const struct opts *o, const lmk_tokdata *d, lmk_llama_c
 
 	if (from_file) {
 		if (lmk_llama_config_load(mc, o->config) < 0)
-			prog_die_lib();
+			die_lib();
 	} else {
 		lmk_llama_config_default(mc);
 		mc->hidden_size = 128;
@@ -373,7 +431,7 @@ static void fresh_config(const struct opts *o, const lmk_tokdata *d, lmk_llama_c
 		mc->neos = 1;
 	}
 	if (lmk_llama_config_check(mc, o->config ? o->config : "model") < 0)
-		prog_die_lib();
+		die_lib();
 }
 
 static lmk_tensor *llama_loss(void *model, lmk_ctx *c, lmk_tensor *ids, lmk_tensor *targets,
@@ -417,7 +475,7 @@ static lmk_llama *on_host(lmk_llama *m, lmk_llama *tmp)
 		return m;
 	if (lmk_llama_init(tmp, &m->cfg, 0) < 0 ||
 	    lmk_params_copy_to_host(&m->params, 0, tmp->params.data) < 0)
-		prog_die_lib();
+		die_lib();
 	return tmp;
 }
 
@@ -440,7 +498,7 @@ static void print_sample(lmk_trainer *tr, lmk_llama *m, const struct opts *o)
 		prog_die("out of memory");
 	if (c->dev != LMK_DEV_CPU) {
 		if (lmk_ctx_init(&cpu, LMK_DEV_CPU) < 0)
-			prog_die_lib();
+			die_lib();
 		c = &cpu;
 	}
 	c->grad_enabled = 0;
@@ -452,7 +510,7 @@ static void print_sample(lmk_trainer *tr, lmk_llama *m, const struct opts *o)
 	if (hm != m)
 		lmk_llama_free(hm);
 	if (n < 0)
-		prog_die_lib();
+		die_lib();
 	tr->sample_rng = s.rng;
 	fprintf(stderr, "%s: sample at step %" PRId64 ":\n", prog_name(), tr->step);
 	if (d->text) {
@@ -474,6 +532,133 @@ static void print_sample(lmk_trainer *tr, lmk_llama *m, const struct opts *o)
 	free(out);
 }
 
+/* Removes dir and the files in it (the rendezvous's). */
+static void remove_dir(const char *dir)
+{
+	DIR *dp = opendir(dir);
+	struct dirent *e;
+	if (dp) {
+		while ((e = readdir(dp)))
+			if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+				char *f = join(dir, e->d_name);
+				unlink(f);
+				free(f);
+			}
+		closedir(dp);
+	}
+	rmdir(dir);
+}
+
+/* --gpus N: runs this program N times, as ranks 0..N-1 of one group on
+ * GPUs 0..N-1, with the same options but --gpus, meeting at a rendezvous
+ * file in a private directory; exits as lmk_dist_launch says. */
+static noreturn void launch(int argc, char **argv, const struct opts *o)
+{
+	const char *tmp = getenv("TMPDIR");
+	char exe[4096], dir[4200], *rdzv, **av;
+	lmk_dist_exit ex;
+	ssize_t k;
+	int n = 0, ndev;
+
+#if !LMK_CUDA
+	prog_die("--gpus: this build has no CUDA support (data-parallel training needs CUDA and "
+		 "NCCL; build with make CUDA=1)");
+#endif
+	if (getenv("WORLD_SIZE") && *getenv("WORLD_SIZE"))
+		prog_die("--gpus starts its own ranks, but this process is one already (WORLD_SIZE is "
+			 "set): leave --gpus to the launcher, or unset WORLD_SIZE");
+	ndev = lmk_train_device_count();
+	if (ndev < o->gpus)
+		prog_die("--gpus %d: this machine has %s%d CUDA device%s", o->gpus, ndev ? "only " : "", ndev,
+			 ndev == 1 ? "" : "s");
+	if (!o->resume && o->out) {
+		struct stat sb;
+		char *sp = join(o->out, LMK_TRAIN_STATE_FILE);
+		if (stat(sp, &sb) == 0)
+			prog_die("'%s' already holds a training run (%s); continue it with --resume or "
+				 "choose another --out", o->out, sp);
+		free(sp);
+	}
+	if ((k = readlink("/proc/self/exe", exe, sizeof exe - 1)) > 0)
+		exe[k] = 0;
+	else
+		snprintf(exe, sizeof exe, "%s", argv[0]);
+	snprintf(dir, sizeof dir, "%s/lla-train.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+	if (!mkdtemp(dir))
+		prog_die("cannot make a directory for the rendezvous (%s): %s", dir, strerror(errno));
+	rdzv = malloc(strlen(dir) + 64);
+	av = calloc((size_t)argc + 2, sizeof *av);
+	if (!rdzv || !av)
+		prog_die("out of memory");
+	sprintf(rdzv, "--rendezvous=file:%s/rendezvous", dir);
+	for (int i = 0; i < argc; i++) {
+		int skip = 0;
+		for (int j = 0; j < o->ngpus_at; j++)
+			if (i >= o->gpus_at[j] && i < o->gpus_at[j] + o->gpus_len[j])
+				skip = 1;
+		if (!skip)
+			av[n++] = argv[i];
+	}
+	av[n++] = rdzv;
+	av[n] = NULL;
+	fflush(NULL);
+	if (lmk_dist_launch(exe, av, o->gpus, 10.0, &ex) < 0) {
+		remove_dir(dir);
+		die_lib();
+	}
+	remove_dir(dir);
+	/* a rank that exited said why; one killed could not */
+	if (ex.rank >= 0 && ex.signal)
+		fprintf(stderr, "%s: rank %d was killed by signal %d (%s)\n", prog_name(), ex.rank, ex.signal,
+			strsignal(ex.signal));
+	free(rdzv);
+	free(av);
+	exit(ex.status);
+}
+
+/* Whether this process is a rank of a data-parallel group (--rendezvous,
+ * or the environment of a launcher), and which: d filled. */
+static int dist_setup(const struct opts *o, lmk_dist *d)
+{
+	int rc;
+
+	lmk_dist_init(d);
+	if (o->rendezvous) {
+#if !LMK_CUDA
+		prog_die("--rendezvous: this build has no CUDA support (data-parallel training needs CUDA "
+			 "and NCCL; build with make CUDA=1)");
+#endif
+		if (lmk_dist_parse_rendezvous(d, o->rendezvous) < 0)
+			die_lib();
+	}
+	if ((rc = lmk_dist_from_env(d)) < 0)
+		die_lib();
+	if (rc == 0 && o->rendezvous)
+		prog_die("--rendezvous: no rank in the environment (set RANK and WORLD_SIZE, or run under "
+			 "srun; --gpus starts ranks on this machine)");
+	if (rc == 0)
+		return 0;
+#if !LMK_CUDA
+	prog_die("the environment makes this process rank %d of %d, but this build has no CUDA support "
+		 "(data-parallel training needs CUDA and NCCL; build with make CUDA=1)", d->rank, d->world);
+#endif
+	if (o->device_arg && o->cfg.device == LMK_DEV_CPU)
+		prog_die("the environment makes this process rank %d of %d (data parallel, on GPUs): "
+			 "--device cpu cannot be used", d->rank, d->world);
+	if (o->device_arg && strchr(o->device_arg, ':'))
+		prog_die("the environment makes this process rank %d of %d: --device %s cannot be used "
+			 "(each rank takes the GPU of its LOCAL_RANK)", d->rank, d->world, o->device_arg);
+	return 1;
+}
+
+/* A data-parallel rank trains on a GPU unless told (and is refused on the
+ * cpu by dist_setup). */
+static void dp_device(struct opts *o)
+{
+	if (!o->device_arg)
+		o->cfg.device = LMK_DEV_CUDA;
+}
+
 struct run {
 	struct opts *o;
 	lmk_trainer tr;
@@ -492,15 +677,15 @@ static void save(struct run *r)
 		"program", "lla-train", "mixer", r->o->mixer, "data", r->data_path, NULL,
 	};
 	lmk_llama tmp, *hm;
-	if (!r->o->out)
+	if (!r->o->out || lmk_trainer_rank(&r->tr) != 0)
 		return;
 	hm = on_host(&r->m, &tmp);
 	if (lmk_ckpt_save(r->o->out, hm, LMK_F32) < 0)
-		prog_die_lib();
+		die_lib();
 	if (hm != &r->m)
 		lmk_llama_free(hm);
 	if (lmk_trainer_save(&r->tr, r->state_path, lmk_now() - r->t0, extra) < 0)
-		prog_die_lib();
+		die_lib();
 }
 
 int main(int argc, char **argv)
@@ -515,7 +700,8 @@ int main(int argc, char **argv)
 	char *abs_data = NULL, b1[32], b2[32], b3[32];
 	double sum_loss = 0, last_val = NAN, last_loss = NAN, window_loss = NAN;
 	int64_t nsum = 0, nparams;
-	int has_val, sig;
+	int has_val, sig, dp, world = 1, rank0 = 1;
+	lmk_dist d;
 
 	prog_init("lla-train", usage);
 	lmk_train_config_default(&o.cfg);
@@ -523,9 +709,19 @@ int main(int argc, char **argv)
 	o.temperature = 1.0f;
 	parse(argc, argv, &o);
 	check_usage(&o);
+	if (o.gpus)
+		launch(argc, argv, &o);
 	if (!o.min_lr_given)
 		o.cfg.min_lr = o.cfg.lr / 10;
-	prog_set_quiet(o.quiet);
+	/* rank 0 of a group speaks for it: the others are quiet, write no
+	 * metrics, samples or checkpoints, and name themselves in errors */
+	if ((dp = dist_setup(&o, &d))) {
+		world = d.world;
+		rank0 = d.rank == 0;
+		if (world > 1 && !rank0)
+			rank_prefix = d.rank;
+	}
+	prog_set_quiet(o.quiet || !rank0);
 	r.o = &o;
 	if (o.out)
 		r.state_path = join(o.out, LMK_TRAIN_STATE_FILE);
@@ -537,14 +733,16 @@ int main(int argc, char **argv)
 		lmk_device saved_dev;
 		lmk_dtype saved_dt;
 		if (lmk_train_state_read(r.state_path, &st) < 0)
-			prog_die_lib();
+			die_lib();
 		again.mixer = o.mixer;
 		again.temperature = 1.0f;
 		if (lmk_train_state_config(&st, r.state_path, &again.cfg) < 0)
-			prog_die_lib();
+			die_lib();
 		saved_dev = again.cfg.device;
 		saved_dt = again.cfg.dtype;
 		parse(argc, argv, &again);
+		if (dp)
+			dp_device(&again);
 		/* another device without --dtype: that device's default */
 		if (again.cfg.device != saved_dev && !again.dtype_given)
 			again.cfg.dtype = lmk_train_default_dtype(again.cfg.device);
@@ -567,6 +765,8 @@ int main(int argc, char **argv)
 				  "will differ from an uninterrupted run's", device_name(saved_dev),
 				  dtype_name(saved_dt), device_name(o.cfg.device), dtype_name(o.cfg.dtype));
 	} else {
+		if (dp)
+			dp_device(&o);
 		if (!o.dtype_given)
 			o.cfg.dtype = lmk_train_default_dtype(o.cfg.device);
 		if (o.cfg.dtype == LMK_BF16 && o.cfg.device != LMK_DEV_CUDA)
@@ -578,19 +778,37 @@ int main(int argc, char **argv)
 					 "--resume or choose another --out", o.out, r.state_path);
 		}
 	}
+	if (!rank0) {
+		o.quiet = 1;
+		o.metrics = NULL;
+		o.sample = 0;
+	}
+	if (dp) {
+		/* the GPU of LOCAL_RANK; modulo the GPUs seen, for launchers
+		 * that show each rank only its own */
+		int nd = lmk_train_device_count();
+		const char *lw = getenv("LOCAL_WORLD_SIZE");
+		int local = lw && atoi(lw) > 0 ? atoi(lw) : world;
+		o.cfg.device_index = nd > 0 ? d.local_rank % nd : d.local_rank;
+		/* the processors shared among this machine's ranks */
+		if (!o.threads_given && local > 1) {
+			long np = sysconf(_SC_NPROCESSORS_ONLN);
+			o.cfg.threads = np > local ? (int)(np / local) : 1;
+		}
+	}
 	/* before reading any data: a missing GPU is the first thing to say */
 	if (lmk_train_device_check(o.cfg.device, o.cfg.device_index) < 0)
-		prog_die_lib();
+		die_lib();
 	o.cfg.threads = lmk_train_set_threads(o.cfg.threads);
 
 	/* Data. */
 	if (lmk_tokdata_load(&data, o.data) < 0)
-		prog_die_lib();
+		die_lib();
 	if (lmk_tokdata_split(&data, o.cfg.val_frac) < 0)
-		prog_die_lib();
+		die_lib();
 	has_val = o.cfg.val_frac > 0;
 	if (lmk_tokdata_check(&data, o.cfg.seq, has_val) < 0)
-		prog_die_lib();
+		die_lib();
 	abs_data = realpath(o.data, NULL);
 	r.data_path = abs_data ? abs_data : o.data;
 
@@ -599,16 +817,16 @@ int main(int argc, char **argv)
 		lmk_llama_config mc;
 		char *cpath = join(o.out, "config.json");
 		if (lmk_llama_config_load(&mc, cpath) < 0 || lmk_llama_init(&r.m, &mc, 1) < 0)
-			prog_die_lib();
+			die_lib();
 		free(cpath);
 	} else if (o.init) {
 		if (lmk_ckpt_load(o.init, &r.m, 1) < 0)
-			prog_die_lib();
+			die_lib();
 	} else {
 		lmk_llama_config mc;
 		fresh_config(&o, &data, &mc);
 		if (lmk_llama_init(&r.m, &mc, 1) < 0)
-			prog_die_lib();
+			die_lib();
 		lmk_llama_init_weights(&r.m, lmk_train_subseed(o.cfg.seed, LMK_TRAIN_SEED_WEIGHTS));
 	}
 	if (data.vocab > r.m.cfg.vocab_size)
@@ -616,11 +834,11 @@ int main(int argc, char **argv)
 			 data.vocab - 1, r.m.cfg.vocab_size, o.resume || o.init ? "" : " (see --vocab)");
 	nparams = (int64_t)r.m.params.n;
 
-	if (lmk_trainer_init(&r.tr, &o.cfg, &r.m.params, &r.m, llama_loss, &data) < 0)
-		prog_die_lib();
+	if (lmk_trainer_init_dist(&r.tr, &o.cfg, dp ? &d : NULL, &r.m.params, &r.m, llama_loss, &data) < 0)
+		die_lib();
 	if (o.resume) {
 		if (lmk_trainer_restore(&r.tr, &st, r.state_path) < 0)
-			prog_die_lib();
+			die_lib();
 		lmk_frame_free(&st);
 		if (r.tr.step >= o.cfg.steps) {
 			if (!o.quiet)
@@ -635,21 +853,26 @@ int main(int argc, char **argv)
 		}
 	}
 	if (lmk_metrics_open(&mt, o.metrics) < 0)
-		prog_die_lib();
+		die_lib();
 	if (lmk_train_catch_signals() < 0)
-		prog_die_lib();
+		die_lib();
 
 	r.t0 = lmk_now();
 	if (has_val && r.tr.step == 0) {
 		if (lmk_trainer_eval(&r.tr, &last_val) < 0)
-			prog_die_lib();
+			die_lib();
 		lmk_metrics_begin(&mt);
 		lmk_metrics_int(&mt, "step", 0);
 		lmk_metrics_num(&mt, "val_loss", last_val);
 		lmk_metrics_num(&mt, "elapsed", r.tr.elapsed + lmk_now() - r.t0);
 		if (lmk_metrics_end(&mt) < 0)
-			prog_die_lib();
-		if (!o.quiet)
+			die_lib();
+		if (!o.quiet && dp)
+			fprintf(stderr, "%s: step 0/%" PRId64 ": val loss %.4f, %s parameters, data parallel "
+				"on %d GPU%s in %s\n", prog_name(), o.cfg.steps, last_val,
+				human(b1, sizeof b1, (double)nparams), world, world == 1 ? "" : "s",
+				dtype_name(o.cfg.dtype));
+		else if (!o.quiet)
 			fprintf(stderr, "%s: step 0/%" PRId64 ": val loss %.4f, %s parameters%s%s\n",
 				prog_name(), o.cfg.steps, last_val, human(b1, sizeof b1, (double)nparams),
 				o.cfg.device == LMK_DEV_CPU ? "" : ", on cuda in ",
@@ -666,16 +889,17 @@ int main(int argc, char **argv)
 
 		if (lmk_trainer_step(&r.tr, &ts) < 0) {
 			lmk_progress_end(&pg);
-			prog_die_lib();
+			die_lib();
 		}
-		rate = (double)o.cfg.batch * o.cfg.seq * o.cfg.accum / (lmk_now() - ts0);
+		/* of the whole group */
+		rate = (double)world * o.cfg.batch * o.cfg.seq * o.cfg.accum / (lmk_now() - ts0);
 		last_loss = ts.loss;
 		sum_loss += ts.loss;
 		nsum++;
 		last = r.tr.step == o.cfg.steps;
 		eval = has_val && (last || (o.cfg.eval_every && r.tr.step % o.cfg.eval_every == 0));
 		if (eval && lmk_trainer_eval(&r.tr, &last_val) < 0)
-			prog_die_lib();
+			die_lib();
 
 		lmk_metrics_begin(&mt);
 		lmk_metrics_int(&mt, "step", r.tr.step);
@@ -687,7 +911,7 @@ int main(int argc, char **argv)
 		lmk_metrics_num(&mt, "tokens_per_s", rate);
 		lmk_metrics_num(&mt, "elapsed", r.tr.elapsed + lmk_now() - r.t0);
 		if (lmk_metrics_end(&mt) < 0)
-			prog_die_lib();
+			die_lib();
 
 		snprintf(extra, sizeof extra, "loss %.4f", ts.loss);
 		lmk_progress_update(&pg, r.tr.step, extra);
@@ -708,12 +932,15 @@ int main(int argc, char **argv)
 			if (o.sample && eval)
 				print_sample(&r.tr, &r.m, &o);
 		}
-		sig = lmk_train_signal();
+		/* in data parallel the ranks' agreement, so that all stop here */
+		sig = lmk_trainer_signal(&r.tr);
 		if (last || sig || (o.cfg.save_every && r.tr.step % o.cfg.save_every == 0))
 			save(&r);
 		if (sig) {
 			lmk_progress_end(&pg);
-			if (o.out)
+			if (!rank0)
+				;
+			else if (o.out)
 				fprintf(stderr, "%s: stopped by signal %d after step %" PRId64 "; saved in %s "
 					"(continue with --resume)\n", prog_name(), sig, r.tr.step, o.out);
 			else
@@ -725,7 +952,7 @@ int main(int argc, char **argv)
 	}
 	lmk_progress_end(&pg);
 	if (lmk_metrics_close(&mt) < 0)
-		prog_die_lib();
+		die_lib();
 	if (!o.quiet) {
 		double el = r.tr.elapsed + lmk_now() - r.t0;
 		/* the mean since the last report, steadier than one step's */

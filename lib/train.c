@@ -1,5 +1,6 @@
 /* train.c: the shared training loop (see train.h). Shape letters: B windows
- * of a micro-batch, T tokens a window predicts. */
+ * of a micro-batch, T tokens a window predicts, W ranks of a data-parallel
+ * group. */
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -14,7 +15,29 @@
 
 #if LMK_CUDA
 #include "../cuda/cuda.h"
+#include "../cuda/nccl_dp.h"
 #endif
+
+#define NCCL_ID_BYTES 128
+#if LMK_CUDA
+_Static_assert(NCCL_ID_BYTES == LMK_NCCL_ID_BYTES, "the NCCL id's size");
+#endif
+
+/* What a data-parallel rank adds to the trainer. */
+struct lmk_train_dp {
+	lmk_dist d;
+	int32_t *gx, *gy;    /* (W*B,T) the group's micro-batch; x, y: rows
+			      * rank*B .. rank*B+B-1 of it */
+	int nb;              /* gradient buckets (lmk_dist_buckets) */
+	int *first;          /* (nt) bucket k's first tensor */
+	int *bucket_of;      /* (nt) each tensor's bucket */
+	int *ready;          /* (nb) the tape node after whose backward the
+			      * bucket's gradients are complete */
+	int signal;          /* the signal the ranks agreed on */
+#if LMK_CUDA
+	lmk_nccl *comm;
+#endif
+};
 
 /* OpenBLAS's own thread count (its pthreads build ignores OpenMP's). */
 void openblas_set_num_threads(int n);
@@ -118,6 +141,15 @@ lmk_dtype lmk_train_default_dtype(lmk_device dev)
 	return dev == LMK_DEV_CUDA ? LMK_BF16 : LMK_F32;
 }
 
+int lmk_train_device_count(void)
+{
+#if LMK_CUDA
+	return lmk_cuda_device_count();
+#else
+	return 0;
+#endif
+}
+
 int lmk_train_device_check(lmk_device dev, int index)
 {
 	if (dev == LMK_DEV_CPU)
@@ -151,19 +183,269 @@ int lmk_train_set_threads(int n)
 	return n;
 }
 
+/* ---- data parallel: the parts that need NCCL ---- */
+
+static int dp_get_id(void *id)
+{
+#if LMK_CUDA
+	return lmk_nccl_get_id(id);
+#else
+	(void)id;
+	return lmk_err(LMK_EUNSUP, "data parallel: this build has no CUDA support (NCCL); build with "
+		       "make CUDA=1");
+#endif
+}
+
+static int dp_join(struct lmk_train_dp *dp, lmk_ctx *c, const void *id)
+{
+#if LMK_CUDA
+	return lmk_nccl_init(&dp->comm, c->backend, id, dp->d.rank, dp->d.world);
+#else
+	(void)dp, (void)c, (void)id;
+	return lmk_err(LMK_EUNSUP, "data parallel: this build has no CUDA support");
+#endif
+}
+
+/* Queues the mean over the ranks of buf[0..n) behind what is queued. */
+static int dp_reduce_async(struct lmk_train_dp *dp, float *buf, size_t n)
+{
+#if LMK_CUDA
+	return lmk_nccl_allreduce_avg_async(dp->comm, buf, n);
+#else
+	(void)dp, (void)buf, (void)n;
+	return lmk_err(LMK_EUNSUP, "data parallel: this build has no CUDA support");
+#endif
+}
+
+/* The context's stream waits for the all-reduces queued. */
+static int dp_wait(struct lmk_train_dp *dp)
+{
+#if LMK_CUDA
+	return lmk_nccl_wait(dp->comm);
+#else
+	(void)dp;
+	return lmk_err(LMK_EUNSUP, "data parallel: this build has no CUDA support");
+#endif
+}
+
+/* v := the sum (max) over the ranks, on every rank; waits. */
+static int dp_host(struct lmk_train_dp *dp, double *v, int n, int max)
+{
+#if LMK_CUDA
+	return lmk_nccl_allreduce_host(dp->comm, v, n, max ? LMK_NCCL_MAX : LMK_NCCL_SUM);
+#else
+	(void)dp, (void)v, (void)n, (void)max;
+	return lmk_err(LMK_EUNSUP, "data parallel: this build has no CUDA support");
+#endif
+}
+
+static void dp_free(struct lmk_train_dp *dp)
+{
+	if (!dp)
+		return;
+#if LMK_CUDA
+	lmk_nccl_free(dp->comm);
+#endif
+	free(dp->gx);
+	free(dp->gy);
+	free(dp->first);
+	free(dp->bucket_of);
+	free(dp->ready);
+	free(dp);
+}
+
+/* What every rank must share for their steps to be one run's: the options
+ * (not the device index or the threads, which are each rank's own), the
+ * data and the initial weights (p on the host). */
+static uint64_t run_fingerprint(const lmk_train_config *c, const lmk_tokdata *d, const lmk_params *p)
+{
+	char buf[512];
+	uint64_t h = LMK_DIST_HASH_INIT;
+	int k;
+
+	k = snprintf(buf, sizeof buf,
+		     "%d %d %d %lld %lld %.9g %.9g %lld %d %.9g %.9g %.9g %.9g %.9g %lld %d %lld %llu "
+		     "%.17g %d %d | %lld %lld %d %llx | %zu %d",
+		     c->batch, c->seq, c->accum, (long long)c->steps, (long long)c->decay_steps, c->lr,
+		     c->min_lr, (long long)c->warmup, (int)c->schedule, c->weight_decay, c->beta1, c->beta2,
+		     c->eps, c->grad_clip, (long long)c->eval_every, c->eval_batches,
+		     (long long)c->save_every, (unsigned long long)c->seed, c->val_frac, (int)c->device,
+		     (int)c->dtype, (long long)d->n, (long long)d->ntrain, d->vocab,
+		     (unsigned long long)d->hash, p->n, p->nt);
+	h = lmk_dist_hash(h, buf, (size_t)k < sizeof buf ? (size_t)k : sizeof buf);
+	for (int i = 0; i < p->nt; i++)
+		h = lmk_dist_hash(h, p->t[i].name, strlen(p->t[i].name));
+	/* the weights a word at a time: FNV's bytewise loop is slow for
+	 * hundreds of megabytes */
+	const uint32_t *w = (const uint32_t *)p->data;
+	for (size_t i = 0; i < p->n; i++)
+		h = (h ^ w[i]) * 0x100000001b3ull;
+	return h;
+}
+
+/* Checks, the rendezvous (on the host: a rank that does not come is found
+ * before any GPU work), and the group's batch buffers. id receives rank
+ * 0's NCCL id. */
+static int dp_begin(lmk_trainer *tr, const lmk_dist *dist, void *id)
+{
+	const lmk_train_config *c = &tr->cfg;
+	struct lmk_train_dp *dp;
+	size_t gbt;
+	int rc;
+
+#if !LMK_CUDA
+	return lmk_err(LMK_EUNSUP, "data parallel: this build has no CUDA support (NCCL); build with "
+		       "make CUDA=1");
+#endif
+	if (c->device != LMK_DEV_CUDA)
+		return lmk_err(LMK_EINVAL, "data parallel: every rank trains on a GPU (device cuda)");
+	if (dist->world < 1 || dist->rank < 0 || dist->rank >= dist->world)
+		return lmk_err(LMK_EINVAL, "data parallel: rank %d of %d", dist->rank, dist->world);
+	if ((int64_t)dist->world * c->batch * c->seq > INT32_MAX)
+		return lmk_err(LMK_EINVAL, "data parallel: %d ranks of batch %d times seq %d is too large",
+			       dist->world, c->batch, c->seq);
+	if (!(dp = calloc(1, sizeof *dp)))
+		return lmk_err(LMK_ENOMEM, "out of memory");
+	tr->dp = dp;
+	dp->d = *dist;
+	gbt = (size_t)dist->world * (size_t)c->batch * (size_t)c->seq;
+	dp->gx = malloc(gbt * sizeof *dp->gx);
+	dp->gy = malloc(gbt * sizeof *dp->gy);
+	if (!dp->gx || !dp->gy)
+		return lmk_err(LMK_ENOMEM, "out of memory for a batch of %zu tokens", gbt);
+	tr->x = dp->gx + (size_t)dist->rank * (size_t)c->batch * (size_t)c->seq;
+	tr->y = dp->gy + (size_t)dist->rank * (size_t)c->batch * (size_t)c->seq;
+	memset(id, 0, NCCL_ID_BYTES);
+	if (dist->rank == 0 && (rc = dp_get_id(id)) < 0)
+		return rc;
+	return lmk_dist_rendezvous(dist, id, NCCL_ID_BYTES,
+				   run_fingerprint(c, tr->data, tr->params));
+}
+
+/* The buckets over the parameters' layout (p->offset), from its end. */
+static int dp_buckets(struct lmk_train_dp *dp, const lmk_params *p)
+{
+	size_t maxe = dp->d.bucket_bytes / sizeof(float);
+	int nt = p->nt;
+
+	dp->first = malloc((size_t)(nt ? nt : 1) * sizeof *dp->first);
+	dp->bucket_of = malloc((size_t)(nt ? nt : 1) * sizeof *dp->bucket_of);
+	dp->ready = malloc((size_t)(nt ? nt : 1) * sizeof *dp->ready);
+	if (!dp->first || !dp->bucket_of || !dp->ready)
+		return lmk_err(LMK_ENOMEM, "out of memory");
+	dp->nb = lmk_dist_buckets(p->offset, nt, p->n, maxe, dp->first);
+	for (int k = 0; k < dp->nb; k++)
+		for (int i = dp->first[k]; i < (k ? dp->first[k - 1] : nt); i++)
+			dp->bucket_of[i] = k;
+	return 0;
+}
+
+/* Elements of bucket k: [*lo, *hi) of the parameters' buffer. */
+static void bucket_range(const struct lmk_train_dp *dp, const lmk_params *p, int k, size_t *lo, size_t *hi)
+{
+	*lo = p->offset[dp->first[k]];
+	*hi = k ? p->offset[dp->first[k - 1]] : p->n;
+}
+
+/* The tensor of p whose gradient holds g (a parameter or a view of one),
+ * or -1 for any other gradient. */
+static int param_of(const lmk_params *p, const void *g)
+{
+	uintptr_t a = (uintptr_t)g, base = (uintptr_t)p->grad;
+	size_t e;
+	int lo = 0, hi = p->nt - 1;
+
+	if (!g || !p->grad || a < base || a >= base + p->n * sizeof(float))
+		return -1;
+	e = (size_t)(a - base) / sizeof(float);
+	while (lo < hi) { /* the last tensor starting at or before e */
+		int mid = (lo + hi + 1) / 2;
+		if (p->offset[mid] <= e)
+			lo = mid;
+		else
+			hi = mid - 1;
+	}
+	return lo;
+}
+
+/* lmk_backward with the gradient all-reduce: the tape replayed in reverse
+ * as lib/tensor.c does (the same backward calls in the same order, so one
+ * rank computes the same bits), and after each node the buckets it
+ * completed queued for their all-reduce, in bucket order (the same on
+ * every rank, as NCCL needs). A parameter's gradient is complete once the
+ * first node of the tape that reads it has run its backward; a parameter
+ * no node reads is complete from the start. */
+static int dp_backward(lmk_trainer *tr, lmk_tensor *loss, float scale)
+{
+	struct lmk_train_dp *dp = tr->dp;
+	lmk_ctx *c = &tr->ctx;
+	const lmk_params *p = tr->params;
+	int rc, next = 0;
+	size_t lo, hi;
+
+	if (!loss || !loss->requires_grad || !loss->grad)
+		return lmk_err(LMK_EINVAL, "backward: the loss has no gradient");
+	if (loss->n != 1)
+		return lmk_err(LMK_EINVAL, "backward: expected a loss of 1 element, found %lld",
+			       (long long)loss->n);
+	for (int k = 0; k < dp->nb; k++)
+		dp->ready[k] = c->ntape;
+	for (int i = 0; i < c->ntape; i++) {
+		const lmk_node *n = &c->tape[i];
+		if (!n->backward)
+			continue;
+		for (int j = 0; j < LMK_NODE_MAXIN; j++) {
+			int t = n->in[j] ? param_of(p, n->in[j]->grad) : -1;
+			if (t >= 0 && dp->ready[dp->bucket_of[t]] > i)
+				dp->ready[dp->bucket_of[t]] = i;
+		}
+	}
+	if (loss->dev == LMK_DEV_CPU)
+		((float *)loss->grad)[0] = scale;
+	else if ((rc = lmk_tensor_write_f32(c, loss, 1, &scale)) < 0)
+		return rc;
+	for (int i = c->ntape; i >= 0; i--) {
+		if (i < c->ntape) {
+			lmk_node *n = &c->tape[i];
+			if (n->backward && (rc = n->backward(c, n)) < 0)
+				return lmk_err_wrap(rc, "backward of %s (node %d)", n->op, i);
+		}
+		for (; next < dp->nb && dp->ready[next] >= i; next++) {
+			bucket_range(dp, p, next, &lo, &hi);
+			if ((rc = dp_reduce_async(dp, p->grad + lo, hi - lo)) < 0)
+				return rc;
+		}
+	}
+	return 0;
+}
+
 void lmk_trainer_free(lmk_trainer *tr)
 {
 	lmk_adamw_free(&tr->opt);
+	if (tr->dp) {
+		dp_free(tr->dp); /* before the context, whose stream it follows */
+	} else {
+		free(tr->x);
+		free(tr->y);
+	}
 	lmk_ctx_free(&tr->ctx);
-	free(tr->x);
-	free(tr->y);
 	memset(tr, 0, sizeof *tr);
 }
+
+int lmk_trainer_rank(const lmk_trainer *tr) { return tr->dp ? tr->dp->d.rank : 0; }
+int lmk_trainer_world(const lmk_trainer *tr) { return tr->dp ? tr->dp->d.world : 1; }
 
 int lmk_trainer_init(lmk_trainer *tr, const lmk_train_config *cfg, lmk_params *p, void *model,
 		     lmk_train_loss_fn loss, lmk_tokdata *data)
 {
+	return lmk_trainer_init_dist(tr, cfg, NULL, p, model, loss, data);
+}
+
+int lmk_trainer_init_dist(lmk_trainer *tr, const lmk_train_config *cfg, const lmk_dist *dist,
+			  lmk_params *p, void *model, lmk_train_loss_fn loss, lmk_tokdata *data)
+{
 	lmk_adamw_config ac;
+	unsigned char id[NCCL_ID_BYTES];
 	size_t bt;
 	int rc;
 
@@ -180,21 +462,21 @@ int lmk_trainer_init(lmk_trainer *tr, const lmk_train_config *cfg, lmk_params *p
 	if (p->dev != LMK_DEV_CPU)
 		return lmk_err(LMK_EINVAL, "trainer: the parameters are on a device already; give "
 			       "them on the host");
+	if (dist && (rc = dp_begin(tr, dist, id)) < 0)
+		goto fail;
 	if ((rc = lmk_ctx_init_ex(&tr->ctx, cfg->device, cfg->device_index, cfg->dtype)) < 0)
-		return rc;
+		goto fail;
+	if (tr->dp && ((rc = dp_join(tr->dp, &tr->ctx, id)) < 0 || (rc = dp_buckets(tr->dp, p)) < 0))
+		goto fail;
 	/* Before the optimizer, so that its moments are made beside them. */
-	if ((rc = lmk_params_to_device(p, &tr->ctx)) < 0) {
-		lmk_ctx_free(&tr->ctx);
-		return rc;
-	}
+	if ((rc = lmk_params_to_device(p, &tr->ctx)) < 0)
+		goto fail;
 	ac.beta1 = cfg->beta1;
 	ac.beta2 = cfg->beta2;
 	ac.eps = cfg->eps;
 	ac.weight_decay = cfg->weight_decay;
-	if ((rc = lmk_adamw_init(&tr->opt, p, &ac)) < 0) {
-		lmk_ctx_free(&tr->ctx);
-		return rc;
-	}
+	if ((rc = lmk_adamw_init(&tr->opt, p, &ac)) < 0)
+		goto fail;
 	tr->sched.kind = cfg->schedule;
 	tr->sched.lr = cfg->lr;
 	tr->sched.min_lr = cfg->min_lr;
@@ -202,23 +484,33 @@ int lmk_trainer_init(lmk_trainer *tr, const lmk_train_config *cfg, lmk_params *p
 	tr->sched.total = tr->cfg.decay_steps;
 	tr->ctx.seed = lmk_train_subseed(cfg->seed, LMK_TRAIN_SEED_CTX);
 	tr->ctx.counter = 0;
-	bt = (size_t)cfg->batch * (size_t)cfg->seq;
-	tr->x = malloc(bt * sizeof *tr->x);
-	tr->y = malloc(bt * sizeof *tr->y);
-	if (!tr->x || !tr->y) {
-		lmk_trainer_free(tr);
-		return lmk_err(LMK_ENOMEM, "out of memory for a batch of %zu tokens", bt);
+	if (!tr->dp) {
+		bt = (size_t)cfg->batch * (size_t)cfg->seq;
+		tr->x = malloc(bt * sizeof *tr->x);
+		tr->y = malloc(bt * sizeof *tr->y);
+		if (!tr->x || !tr->y) {
+			rc = lmk_err(LMK_ENOMEM, "out of memory for a batch of %zu tokens", bt);
+			goto fail;
+		}
 	}
 	lmk_tokdata_seed(data, lmk_train_subseed(cfg->seed, LMK_TRAIN_SEED_DATA));
 	lmk_rng_init(&tr->sample_rng, lmk_train_subseed(cfg->seed, LMK_TRAIN_SEED_SAMPLE));
 	return 0;
+fail:
+	/* p may be on the device by now: the caller frees it as on success */
+	lmk_trainer_free(tr);
+	return rc;
 }
 
 /* The loss of the batch in tr->x, tr->y; with grad, its backward too
- * (scaled by scale). count: NULL, or receives the targets counted. The loss
- * is read once the backward is queued: on a device that is the one wait of
- * a micro-batch, and the weights are still untouched if it is not finite. */
-static int micro_batch(lmk_trainer *tr, int grad, float scale, double *loss, int64_t *count)
+ * (scaled by scale), which with reduce all-reduces the gradients as it
+ * goes (data parallel). count: NULL, or receives the targets counted. The
+ * loss is read once the backward is queued: on a device that is the one
+ * wait of a micro-batch, and the weights are still untouched if it is not
+ * finite. In data parallel a rank does not stop there on its own: the
+ * caller judges the mean over the ranks, which every rank sees. */
+static int micro_batch(lmk_trainer *tr, int grad, float scale, double *loss, int64_t *count,
+		       int reduce)
 {
 	lmk_ctx *c = &tr->ctx;
 	const int64_t shape[2] = { tr->cfg.batch, tr->cfg.seq };
@@ -241,12 +533,12 @@ static int micro_batch(lmk_trainer *tr, int grad, float scale, double *loss, int
 	l = tr->loss(tr->model, c, ids, tg, count);
 	if (!l)
 		return lmk_errcode() < 0 ? lmk_errcode() : LMK_EINVAL;
-	if (grad && (rc = lmk_backward(c, l, scale)) < 0)
+	if (grad && (rc = reduce ? dp_backward(tr, l, scale) : lmk_backward(c, l, scale)) < 0)
 		return rc;
 	if ((rc = lmk_tensor_read_f32(c, l, 0, &lv)) < 0)
 		return rc;
 	*loss = lv;
-	if (!isfinite(lv))
+	if (!tr->dp && !isfinite(lv))
 		return lmk_err(LMK_ENUM, "step %lld: the loss is %g; the run diverged (try a lower --lr)",
 			       (long long)tr->step + 1, lv);
 	return 0;
@@ -254,20 +546,39 @@ static int micro_batch(lmk_trainer *tr, int grad, float scale, double *loss, int
 
 int lmk_trainer_step(lmk_trainer *tr, lmk_train_stats *st)
 {
-	const int A = tr->cfg.accum;
+	const int A = tr->cfg.accum, W = lmk_trainer_world(tr);
+	struct lmk_train_dp *dp = tr->dp;
 	double sum = 0, l;
 	int rc;
 
 	lmk_params_zero_grad(tr->params);
 	for (int a = 0; a < A; a++) {
-		if ((rc = lmk_tokdata_train_batch(tr->data, tr->cfg.batch, tr->cfg.seq, tr->x, tr->y)) < 0)
+		/* data parallel: the group's windows, the same draw on every
+		 * rank; tr->x and tr->y are this rank's rows of them */
+		if (dp)
+			rc = lmk_tokdata_train_batch(tr->data, W * tr->cfg.batch, tr->cfg.seq, dp->gx, dp->gy);
+		else
+			rc = lmk_tokdata_train_batch(tr->data, tr->cfg.batch, tr->cfg.seq, tr->x, tr->y);
+		if (rc < 0)
 			return rc;
-		if ((rc = micro_batch(tr, 1, 1.0f / (float)A, &l, NULL)) < 0)
+		/* the gradients are averaged once, in the last micro-batch */
+		if ((rc = micro_batch(tr, 1, 1.0f / (float)A, &l, NULL, dp && a == A - 1)) < 0)
 			return rc;
 		sum += l;
 	}
 	lmk_ctx_reset(&tr->ctx);
 	st->loss = sum / A;
+	if (dp) {
+		double v = st->loss, sig = lmk_train_signal();
+		if ((rc = dp_wait(dp)) < 0 || (rc = dp_host(dp, &v, 1, 0)) < 0 ||
+		    (rc = dp_host(dp, &sig, 1, 1)) < 0)
+			return rc;
+		st->loss = v / W; /* with one rank: the same bits */
+		dp->signal = (int)sig;
+		if (!isfinite(st->loss))
+			return lmk_err(LMK_ENUM, "step %lld: the loss (the mean over %d ranks) is %g; the run "
+				       "diverged (try a lower --lr)", (long long)tr->step + 1, W, st->loss);
+	}
 	st->grad_norm = lmk_clip_grad_norm(tr->params, tr->cfg.grad_clip);
 	if (!isfinite(st->grad_norm))
 		return lmk_err(LMK_ENUM, "step %lld: the gradient norm is %g; the run diverged (try a lower --lr)",
@@ -279,25 +590,30 @@ int lmk_trainer_step(lmk_trainer *tr, lmk_train_stats *st)
 	if (tr->ctx.dev != LMK_DEV_CPU && (rc = lmk_ctx_sync(&tr->ctx)) < 0)
 		return rc;
 	tr->step++;
-	tr->tokens += (int64_t)A * tr->cfg.batch * tr->cfg.seq;
+	tr->tokens += (int64_t)W * A * tr->cfg.batch * tr->cfg.seq;
 	return 0;
 }
 
 int lmk_trainer_eval(lmk_trainer *tr, double *loss)
 {
 	const int B = tr->cfg.batch, T = tr->cfg.seq;
+	/* data parallel: batches of the group's G = W*B windows, rank r
+	 * taking rows r*B .. r*B+B-1 of each, as in training */
+	const int64_t G = (int64_t)lmk_trainer_world(tr) * B, mine = (int64_t)lmk_trainer_rank(tr) * B;
 	int64_t W = lmk_tokdata_val_windows(tr->data, T), nsel, count, total = 0;
 	double sum = 0, l;
 	int rc;
 
 	if (W == 0)
 		return lmk_err(LMK_EINVAL, "%s: no validation window of %d tokens", tr->data->name, T + 1);
-	nsel = (int64_t)tr->cfg.eval_batches * B;
+	nsel = (int64_t)tr->cfg.eval_batches * G;
 	if (nsel > W)
 		nsel = W;
-	for (int64_t first = 0; first < nsel; first += B) {
-		lmk_tokdata_val_batch(tr->data, B, T, nsel, first, IGNORE_TARGET, tr->x, tr->y);
-		rc = micro_batch(tr, 0, 1.0f, &l, &count);
+	for (int64_t first = 0; first < nsel; first += G) {
+		if (first + mine >= nsel)
+			break; /* the set ends before this rank's rows */
+		lmk_tokdata_val_batch(tr->data, B, T, nsel, first + mine, IGNORE_TARGET, tr->x, tr->y);
+		rc = micro_batch(tr, 0, 1.0f, &l, &count, 0);
 		if (rc < 0) {
 			lmk_ctx_reset(&tr->ctx);
 			tr->ctx.grad_enabled = 1;
@@ -308,6 +624,16 @@ int lmk_trainer_eval(lmk_trainer *tr, double *loss)
 	}
 	lmk_ctx_reset(&tr->ctx);
 	tr->ctx.grad_enabled = 1;
+	if (tr->dp) {
+		double v[2] = { sum, (double)total };
+		if ((rc = dp_host(tr->dp, v, 2, 0)) < 0)
+			return rc;
+		sum = v[0];
+		total = (int64_t)v[1];
+		if (!isfinite(sum))
+			return lmk_err(LMK_ENUM, "step %lld: the validation loss is %g; the run diverged (try "
+				       "a lower --lr)", (long long)tr->step, sum);
+	}
 	*loss = total ? sum / (double)total : 0;
 	return 0;
 }
@@ -386,6 +712,8 @@ int lmk_trainer_save(const lmk_trainer *tr, const char *path, double now_elapsed
 	float *host = NULL;
 	int rc;
 
+	if (lmk_trainer_rank(tr) != 0)
+		return 0;
 	if (tr->params->dev != LMK_DEV_CPU) {
 		/* weights, then the two moments, in the parameters' layout */
 		const size_t n = tr->params->n;
@@ -421,6 +749,7 @@ int lmk_trainer_save(const lmk_trainer *tr, const char *path, double now_elapsed
 	if (!rc) rc = put_meta(&f, "data_train_tokens", "%" PRId64, tr->data->ntrain);
 	if (!rc) rc = put_meta(&f, "data_vocab", "%d", tr->data->vocab);
 	if (!rc) rc = put_meta(&f, "data_hash", "%016" PRIx64, tr->data->hash);
+	if (!rc) rc = put_meta(&f, "world_size", "%d", lmk_trainer_world(tr));
 	for (int i = 0; !rc && extra && extra[i] && extra[i + 1]; i += 2)
 		rc = lmk_frame_set_meta(&f, extra[i], extra[i + 1]);
 	if (!rc) rc = lmk_frame_add(&f, "step", LMK_I64, 0, NULL, &step);
@@ -613,8 +942,18 @@ int lmk_trainer_restore(lmk_trainer *tr, const lmk_frame *st, const char *path)
 
 	if ((rc = lmk_train_state_config(st, path, &saved)) < 0)
 		return rc;
-	if (saved.batch != tr->cfg.batch)
+	/* windows per micro-batch: one rank's batch times the ranks */
+	if (!lmk_frame_meta(st, "world_size"))
+		v[0] = 1; /* saved before data parallel */
+	else if ((rc = meta_i64(st, path, "world_size", 1, 1 << 20, &v[0])) < 0)
+		return rc;
+	if (v[0] == 1 && !tr->dp && saved.batch != tr->cfg.batch)
 		return lmk_err(LMK_EINVAL, "%s: saved with batch %d, this run has %d", path, saved.batch, tr->cfg.batch);
+	if (v[0] * saved.batch != (int64_t)lmk_trainer_world(tr) * tr->cfg.batch)
+		return lmk_err(LMK_EINVAL, "%s: saved with %lld rank%s of batch %d (%lld windows a micro-batch), "
+			       "this run has %d of batch %d (%lld)", path, (long long)v[0], v[0] == 1 ? "" : "s",
+			       saved.batch, (long long)(v[0] * saved.batch), lmk_trainer_world(tr), tr->cfg.batch,
+			       (long long)lmk_trainer_world(tr) * tr->cfg.batch);
 	if (saved.seq != tr->cfg.seq)
 		return lmk_err(LMK_EINVAL, "%s: saved with seq %d, this run has %d", path, saved.seq, tr->cfg.seq);
 	if (saved.accum != tr->cfg.accum)
@@ -725,3 +1064,5 @@ int lmk_train_catch_signals(void)
 }
 
 int lmk_train_signal(void) { return caught; }
+
+int lmk_trainer_signal(const lmk_trainer *tr) { return tr->dp ? tr->dp->signal : caught; }

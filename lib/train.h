@@ -19,16 +19,30 @@
  * metadata: every field of lmk_train_config under its name (device as
  * "cpu" or "cuda", dtype as "f32" or "bf16"; device_index is not saved),
  * the data's "data_tokens", "data_train_tokens", "data_vocab" and
- * "data_hash" (16 hex digits), and any entries the program adds.
- * Owns: the optimizer, the batch buffers, the execution context.
- * Needs: tensor, ops, optim, tokdata, frame, rng, err, OpenMP, OpenBLAS, and in
- * a CUDA build cuda/cuda.h (to count devices).
+ * "data_hash" (16 hex digits), "world_size" (the ranks that trained it),
+ * and any entries the program adds.
+ * Data parallel (lmk_trainer_init_dist, one process per GPU, NCCL):
+ * every rank holds the same weights and optimizer (same seed, same
+ * updates); in each micro-batch the ranks draw together the world * B
+ * windows that one process with batch world * B would draw, in the same
+ * order, and rank r trains on rows r*B .. r*B+B-1 of them, so that N ranks
+ * of batch B follow one process of batch N*B (to the rounding of sums in
+ * another order; bit for bit with one rank). The last micro-batch of a step
+ * all-reduces (averages) the gradients in buckets while its backward runs;
+ * clipping and AdamW see the mean. The reported loss is the mean over the
+ * ranks, an evaluation shares its windows among them, and only rank 0
+ * writes the state file.
+ * Owns: the optimizer, the batch buffers, the execution context, and in data
+ * parallel the communicator.
+ * Needs: tensor, ops, optim, tokdata, frame, rng, dist, err, OpenMP, OpenBLAS,
+ * and in a CUDA build cuda/cuda.h (to count devices) and cuda/nccl_dp.h.
  * Never: prints or exits. */
 #ifndef LMK_TRAIN_H
 #define LMK_TRAIN_H
 
 #include <stdint.h>
 
+#include "dist.h"
 #include "frame.h"
 #include "optim.h"
 #include "rng.h"
@@ -77,6 +91,8 @@ int lmk_train_parse_device(const char *s, lmk_device *dev, int *index);
 int lmk_train_parse_dtype(const char *s, lmk_dtype *dt);
 /* The dtype a device trains in unless told: BF16 on CUDA, F32 on the CPU. */
 lmk_dtype lmk_train_default_dtype(lmk_device dev);
+/* The number of CUDA devices of this machine: 0 in a CPU-only build. */
+int lmk_train_device_count(void);
 /* Whether this build and this machine can train on dev, without starting
  * anything: a CPU-only build or a machine without the CUDA device index is
  * refused with a message that says which.
@@ -100,7 +116,9 @@ typedef struct lmk_trainer {
 	lmk_adamw opt;
 	lmk_schedule sched;
 	lmk_ctx ctx;
-	int32_t *x, *y;      /* (B,T) the current micro-batch */
+	int32_t *x, *y;      /* (B,T) the current micro-batch (of this rank) */
+	struct lmk_train_dp *dp; /* data parallel: ranks, communicator, buckets;
+				  * NULL in a process on its own */
 	lmk_rng sample_rng;  /* for programs that sample at evaluations */
 	int64_t step;        /* optimizer steps done */
 	int64_t tokens;      /* training tokens seen */
@@ -133,20 +151,41 @@ int lmk_train_set_threads(int n);
  * @return : 0 or a negative code */
 int lmk_trainer_init(lmk_trainer *tr, const lmk_train_config *cfg, lmk_params *p, void *model,
 		     lmk_train_loss_fn loss, lmk_tokdata *data);
+/* The same as rank dist->rank of a data-parallel group of dist->world
+ * processes (dist NULL: on its own), each on its own GPU (cfg->device CUDA,
+ * cfg->device_index its GPU). p's weights must be the same on every rank
+ * (the same seed or checkpoint): before anything goes to the device the
+ * ranks meet at dist's rendezvous, which fails unless every rank's
+ * fingerprint (the options of lmk_train_config but the device index and the
+ * threads, the data, the weights) is rank 0's; then rank 0's NCCL id makes
+ * the communicator. The gradient buckets are dist->bucket_bytes.
+ * @return : 0, LMK_EUNSUP (a CPU-only build), LMK_EINVAL (not on cuda),
+ * or what the rendezvous or NCCL returned */
+int lmk_trainer_init_dist(lmk_trainer *tr, const lmk_train_config *cfg, const lmk_dist *dist,
+			  lmk_params *p, void *model, lmk_train_loss_fn loss, lmk_tokdata *data);
 void lmk_trainer_free(lmk_trainer *tr);
+/* This process's rank and the number of ranks (0 and 1 on its own). */
+int lmk_trainer_rank(const lmk_trainer *tr);
+int lmk_trainer_world(const lmk_trainer *tr);
 
 /* One optimizer step: zero the gradients, accum micro-batches of forward
  * and backward (each loss scaled by 1/accum), clip, AdamW at the schedule's
  * learning rate for this step. After the first step it allocates nothing.
  * On a device it returns once the step is done there (so that timing it
  * measures the step), having waited once per micro-batch for its loss and
- * once for the gradient norm.
+ * once for the gradient norm. In data parallel every rank must call it:
+ * the gradients are averaged over the ranks before clipping, st->loss is
+ * the mean over the ranks, and the ranks agree on the signal caught
+ * (lmk_trainer_signal).
  * @return : 0, LMK_ENUM when the loss is not finite (the weights are then
- * left untouched), or another negative code */
+ * left untouched; on every rank alike), or another negative code */
 int lmk_trainer_step(lmk_trainer *tr, lmk_train_stats *st);
 
 /* The mean loss over the evaluation set (eval_batches * batch windows, or
- * all validation windows if fewer), without gradients.
+ * all validation windows if fewer), without gradients. In data parallel
+ * (every rank calls it) the set is that of one process of batch world *
+ * batch, its batches shared as the training windows are, and each rank
+ * gets the mean over the whole set.
  * @return : 0, or LMK_EINVAL when there is no validation window */
 int lmk_trainer_eval(lmk_trainer *tr, double *loss);
 
@@ -154,6 +193,8 @@ int lmk_trainer_eval(lmk_trainer *tr, double *loss);
  * metadata key and value, ending with NULL. now_elapsed: seconds of this
  * run, added to tr->elapsed. On a device the weights and moments are
  * copied to host memory first (3 float32 per parameter, freed on return).
+ * A data-parallel rank other than 0 writes nothing (every rank holds the
+ * same state).
  * @return : 0 or a negative code naming path */
 int lmk_trainer_save(const lmk_trainer *tr, const char *path, double now_elapsed,
 		     const char *const *extra);
@@ -166,10 +207,14 @@ int lmk_train_state_read(const char *path, lmk_frame *st);
  * @return : 0 or LMK_EFORMAT */
 int lmk_train_state_config(const lmk_frame *st, const char *path, lmk_train_config *cfg);
 /* Continues tr (just initialised) from a state: weights, moments, step,
- * every generator, on tr's device whichever device saved it. Refuses a
- * state whose batch, seq, accum, seed or val_frac differ from tr->cfg, whose
- * data differ from tr->data, or whose parameters differ in name or shape,
- * each with a message saying which.
+ * every generator, on tr's device whichever device saved it; in data
+ * parallel each rank reads the same state. Refuses a state whose windows
+ * per micro-batch (batch times its world_size, 1 if not saved), seq, accum,
+ * seed or val_frac differ from tr's, whose data differ from tr->data, or
+ * whose parameters differ in name or shape, each with a message saying
+ * which: a run may continue on another number of ranks with the batch
+ * that keeps the windows per micro-batch (the losses then differ in the
+ * last bits).
  * @return : 0 or a negative code naming path */
 int lmk_trainer_restore(lmk_trainer *tr, const lmk_frame *st, const char *path);
 
@@ -178,5 +223,10 @@ int lmk_trainer_restore(lmk_trainer *tr, const lmk_frame *st, const char *path);
 int lmk_train_catch_signals(void);
 /* @return : the number of the signal caught, or 0 */
 int lmk_train_signal(void);
+/* The signal tr should stop for: lmk_train_signal on its own; in data
+ * parallel the largest caught by any rank before the last step's
+ * all-reduce, the same on every rank, so that all of them stop after the
+ * same step. */
+int lmk_trainer_signal(const lmk_trainer *tr);
 
 #endif
