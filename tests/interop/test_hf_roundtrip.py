@@ -9,8 +9,10 @@ Trains a tiny model for 3 steps with $LMK_BIN/lla-train --out DIR, then
     {"format": "pt"}, the names and shapes transformers expects (no
     lm_head.weight when tied), and every tensor equal to the one transformers
     loaded.
-That our logits equal transformers' is checked by tests/test_llama.c on the
-fixtures. Exit 0 pass, 1 fail, 77 skip (no torch/transformers, or no lla-train).
+  - computes the logits of fixed ids with transformers and with our own
+    forward (ladder-serve --logits on the same directory), and requires them
+    equal within 1e-4 relative (float32 on both sides).
+Exit 0 pass, 1 fail, 77 skip (no torch/transformers, or no lla-train).
 """
 import json
 import os
@@ -117,6 +119,23 @@ def main():
         if logits.shape != (1, 12, c.vocab_size) or not torch.isfinite(logits).all():
             fail(f"logits: shape {tuple(logits.shape)}, finite "
                  f"{bool(torch.isfinite(logits).all())}")
+        serve = os.path.join(bindir, "ladder-serve")
+        if not os.access(serve, os.X_OK):
+            fail(f"{serve} is not built")
+        from safetensors.torch import save_file, load_file
+        ids_file = os.path.join(tmp, "ids.safetensors")
+        ours_file = os.path.join(tmp, "ours.safetensors")
+        save_file({"ids": ids.to(torch.int32)}, ids_file)
+        cmd = [serve, "-q", "-m", out, "--logits", ids_file, "-o", ours_file]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            fail(f"{' '.join(cmd)}: exit {r.returncode}: {r.stderr.strip()}")
+        ours = load_file(ours_file)["logits"].float().reshape(logits.shape)
+        rel = ((ours - logits).norm() / logits.norm()).item()
+        if not rel < 1e-4:
+            fail(f"logits: ours differ from transformers' by {rel:.2e} relative")
+        print(f"test_hf_roundtrip: logits of {ids.shape[1]} tokens: ours against "
+              f"transformers {rel:.1e} relative")
         print(f"test_hf_roundtrip: ok: {len(names)} tensors, transformers "
               f"{transformers.__version__}, tied {tied}")
 
