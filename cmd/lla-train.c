@@ -201,23 +201,6 @@ static noreturn void die_lib(void)
 	prog_die_lib();
 }
 
-static noreturn void bad_option(int c, const char *arg)
-{
-	if (strncmp(arg, "--", 2) == 0) {
-		int n = (int)strcspn(arg, "=");
-		if (c == ':')
-			prog_usage_error("option '%.*s' needs an argument", n, arg);
-		if (arg[n] == '=')
-			for (const struct option *lo = longopts; lo->name; lo++)
-				if ((int)strlen(lo->name) == n - 2 && !strncmp(lo->name, arg + 2, n - 2))
-					prog_usage_error("option '%.*s' takes no argument", n, arg);
-		prog_usage_error("unknown option '%.*s'", n, arg);
-	}
-	if (c == ':')
-		prog_usage_error("option '-%c' needs an argument", optopt);
-	prog_usage_error("unknown option '-%c'", optopt);
-}
-
 /* Parses argv onto o, whose cfg holds the defaults (or a resumed run's
  * saved values). Called once, and again on the saved values with --resume. */
 static void parse(int argc, char **argv, struct opts *o)
@@ -315,7 +298,7 @@ static void parse(int argc, char **argv, struct opts *o)
 		case 'q': o->quiet = 1; break;
 		case 'h': prog_help();
 		case PROG_OPT_VERSION: prog_version();
-		default: bad_option(ch, argv[cur < argc ? cur : argc - 1]);
+		default: prog_bad_option(longopts, ch, argv[cur < argc ? cur : argc - 1]);
 		}
 	}
 	if (optind < argc)
