@@ -88,8 +88,8 @@ void lmk_llama_free(lmk_llama *m);
  * (see lmk_attention) -> final hidden states (B,T,C) after the last norm. */
 lmk_tensor *lmk_llama_hidden(lmk_ctx *c, lmk_llama *m, lmk_tensor *ids, lmk_tensor *pos,
 			     lmk_tensor *seg);
-/* pos NULL makes positions 0..T-1 on the host, so on a CUDA context pass pos.
- * The same -> logits (B,T,V). */
+/* The same -> logits (B,T,V). With pos NULL the positions 0..T-1 are made
+ * on the host and uploaded when the context is on a device. */
 lmk_tensor *lmk_llama_forward(lmk_ctx *c, lmk_llama *m, lmk_tensor *ids, lmk_tensor *pos,
 			      lmk_tensor *seg);
 
