@@ -240,23 +240,23 @@ double lmk_clip_grad_norm(lmk_params *p, double max_norm)
 	const size_t n = p->n, chunk = 1 << 16;
 	const size_t nchunk = (n + chunk - 1) / chunk;
 	double total = 0.0;
-	/* Fixed chunks summed in order: the same bits for any thread count. */
-	double *part = malloc(nchunk * sizeof *part);
-	if (part) {
+	/* Fixed chunks summed in order: the same bits for any thread count.
+	 * The partial sums of up to GROUP chunks at a time live on the stack,
+	 * so that a training step allocates nothing here. */
+	enum { GROUP = 256 };
+	double part[GROUP];
+	for (size_t g = 0; g < nchunk; g += GROUP) {
+		size_t ng = nchunk - g < GROUP ? nchunk - g : GROUP;
 		#pragma omp parallel for schedule(static)
-		for (size_t c = 0; c < nchunk; c++) {
-			size_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
+		for (size_t c = 0; c < ng; c++) {
+			size_t lo = (g + c) * chunk, hi = lo + chunk < n ? lo + chunk : n;
 			double s = 0.0;
 			for (size_t i = lo; i < hi; i++)
 				s += (double)p->grad[i] * p->grad[i];
 			part[c] = s;
 		}
-		for (size_t c = 0; c < nchunk; c++)
+		for (size_t c = 0; c < ng; c++)
 			total += part[c];
-		free(part);
-	} else {
-		for (size_t i = 0; i < n; i++)
-			total += (double)p->grad[i] * p->grad[i];
 	}
 	double norm = sqrt(total);
 	if (max_norm > 0) {
