@@ -20,6 +20,10 @@
 
 #include "err.h"
 #include "llama.h"
+#if LMK_CUDA
+#include "../cuda/attention.h"
+#include "../cuda/cuda.h"
+#endif
 
 /* ---- configuration ---------------------------------------------------- */
 
@@ -769,14 +773,48 @@ int lmk_kvcache_init(lmk_kvcache *kv, const lmk_llama *m, int max_t)
 		lmk_kvcache_free(kv);
 		return lmk_err(LMK_ENOMEM, "kvcache: cannot allocate 2 x %zu floats", n);
 	}
+	kv->dtype = LMK_F32;
 	kv->max_t = max_t;
 	return 0;
+}
+
+int lmk_kvcache_init_ctx(lmk_kvcache *kv, const lmk_llama *m, int max_t, const lmk_ctx *c)
+{
+	if (c->dev == LMK_DEV_CPU)
+		return lmk_kvcache_init(kv, m, max_t);
+	memset(kv, 0, sizeof *kv);
+	if (max_t <= 0)
+		return lmk_err(LMK_EINVAL, "kvcache: expected max_t > 0, found %d", max_t);
+#if LMK_CUDA
+	size_t n = (size_t)m->cfg.num_hidden_layers * (size_t)max_t *
+		   (size_t)m->cfg.num_key_value_heads * (size_t)m->cfg.head_dim;
+	size_t bytes = n * lmk_dtype_size(c->dtype);
+	kv->dev = c->dev;
+	kv->dtype = c->dtype;
+	int rc = lmk_cuda_mem_alloc(&kv->dk, bytes);
+	if (rc == 0)
+		rc = lmk_cuda_mem_alloc(&kv->dv, bytes);
+	if (rc < 0) {
+		lmk_kvcache_free(kv);
+		return rc;
+	}
+	kv->max_t = max_t;
+	return 0;
+#else
+	return lmk_err(LMK_EUNSUP, "kvcache: cuda in a cpu-only build");
+#endif
 }
 
 void lmk_kvcache_free(lmk_kvcache *kv)
 {
 	free(kv->k);
 	free(kv->v);
+#if LMK_CUDA
+	if (kv->dk)
+		lmk_cuda_mem_free(kv->dk);
+	if (kv->dv)
+		lmk_cuda_mem_free(kv->dv);
+#endif
 	memset(kv, 0, sizeof *kv);
 }
 
@@ -875,6 +913,67 @@ static int decode(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *ids,
 	return 0;
 }
 
+#if LMK_CUDA
+/* decode on a device: the n new tokens through the ops at once, their k and
+ * v copied into the cache rows len..len+n-1 on the stream, then attention
+ * of query row i over the first len+i+1 rows (causal by construction). */
+static int decode_dev(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *ids, int n,
+		      float *logits)
+{
+	const lmk_llama_config *cfg = &m->cfg;
+	const int H = cfg->num_attention_heads, K = cfg->num_key_value_heads, D = cfg->head_dim;
+	const int64_t C = cfg->hidden_size;
+	const lmk_dtype dt = c->dtype;
+	const size_t es = lmk_dtype_size(dt);
+	const size_t kvrow = (size_t)K * D * es, qrow = (size_t)H * D * es;
+	const float scale = 1.0f / sqrtf((float)D);
+	int64_t is[2] = {1, n}, as[4] = {1, n, H, D}, ls[2] = {1, C};
+	int rc;
+
+	lmk_tensor *idt = lmk_tensor_upload(c, LMK_I32, 2, is, ids);
+	lmk_tensor *pos = positions(c, 1, n, kv->len);
+	if (!idt || !pos)
+		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+	lmk_tensor *x = lmk_embedding(c, idt, m->wte);
+	for (int l = 0; l < cfg->num_hidden_layers && x; l++) {
+		const lmk_llama_layer *ly = &m->layers[l];
+		lmk_tensor *q, *k, *v;
+		qkv(c, m, ly, lmk_rmsnorm(c, x, ly->ln1, cfg->rms_norm_eps), pos, &q, &k, &v);
+		lmk_tensor *a = lmk_tensor_new(c, dt, 4, as, 0);
+		if (!q || !k || !v || !a)
+			return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+		if (q->dtype != dt || k->dtype != dt || v->dtype != dt)
+			return lmk_err(LMK_EINVAL, "llama decode: expected q, k, v in %s, found %s",
+				       lmk_dtype_name(dt), lmk_dtype_name(q->dtype));
+		char *kc = (char *)kv->dk + (size_t)l * kv->max_t * kvrow;
+		char *vc = (char *)kv->dv + (size_t)l * kv->max_t * kvrow;
+		if ((rc = lmk_cuda_copy(c->backend, kc + (size_t)kv->len * kvrow, k->data,
+					(size_t)n * kvrow)) < 0 ||
+		    (rc = lmk_cuda_copy(c->backend, vc + (size_t)kv->len * kvrow, v->data,
+					(size_t)n * kvrow)) < 0)
+			return rc;
+		for (int i = 0; i < n; i++)
+			if ((rc = lmk_cuda_attention_decode(c->backend, dt, (char *)a->data + i * qrow,
+							    (const char *)q->data + i * qrow, kc, vc,
+							    kv->len + i + 1, H, K, D, scale)) < 0)
+				return rc;
+		x = finish_layer(c, m, ly, x, a);
+	}
+	if (!x)
+		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+	lmk_tensor *last = lmk_tensor_wrap(c, x->dtype, 2, ls,
+					   (char *)x->data + (size_t)(n - 1) * C * es);
+	lmk_tensor *y = lmk_linear(c, lmk_rmsnorm(c, last, m->norm, cfg->rms_norm_eps), m->lm_head,
+				   NULL);
+	if (!y)
+		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+	if ((rc = lmk_tensor_read_f32(c, y, 0, logits)) < 0)
+		return rc;
+	kv->len += n;
+	return 0;
+}
+#endif
+
 int lmk_llama_decode(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *ids, int n,
 		     float *logits)
 {
@@ -884,11 +983,22 @@ int lmk_llama_decode(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *i
 		return lmk_err(LMK_EINVAL,
 			       "llama decode: %d new tokens overflow the cache (%d of %d used)", n,
 			       kv->len, kv->max_t);
-	if (c->dev != LMK_DEV_CPU)
-		return lmk_err(LMK_EUNSUP, "llama decode: only on the cpu");
+	if (kv->dev != c->dev || (c->dev != LMK_DEV_CPU && kv->dtype != c->dtype))
+		return lmk_err(LMK_EINVAL, "llama decode: the cache is not where the context "
+			       "computes (%s %s, found %s %s)",
+			       c->dev == LMK_DEV_CPU ? "cpu" : "cuda", lmk_dtype_name(c->dtype),
+			       kv->dev == LMK_DEV_CPU ? "cpu" : "cuda", lmk_dtype_name(kv->dtype));
+	if (c->dev != LMK_DEV_CPU && m->params.dev != c->dev)
+		return lmk_err(LMK_EINVAL, "llama decode: the parameters are not on the context's "
+			       "device (lmk_params_to_device)");
 	int grad = c->grad_enabled;
 	c->grad_enabled = 0;
+#if LMK_CUDA
+	int rc = c->dev == LMK_DEV_CPU ? decode(c, m, kv, ids, n, logits)
+				       : decode_dev(c, m, kv, ids, n, logits);
+#else
 	int rc = decode(c, m, kv, ids, n, logits);
+#endif
 	c->grad_enabled = grad;
 	return rc;
 }
@@ -986,7 +1096,7 @@ int lmk_llama_generate(lmk_ctx *c, lmk_llama *m, const int32_t *prompt, int n_pr
 		return lmk_err(LMK_EINVAL, "generate: prompt and max_new too long");
 	const int V = m->cfg.vocab_size;
 	lmk_kvcache kv;
-	int rc = lmk_kvcache_init(&kv, m, n_prompt + max_new);
+	int rc = lmk_kvcache_init_ctx(&kv, m, n_prompt + max_new, c);
 	if (rc < 0)
 		return rc;
 	float *logits = malloc(sizeof(float) * (size_t)V);

@@ -96,16 +96,30 @@ lmk_tensor *lmk_llama_forward(lmk_ctx *c, lmk_llama *m, lmk_tensor *ids, lmk_ten
 /* Incremental decoding. The cache holds K and V of every layer for one
  * sequence (batch 1) up to max_t positions. */
 typedef struct lmk_kvcache {
-	float *k, *v;                      /* (L, max_t, K, D) each */
+	float *k, *v;                      /* CPU: (L, max_t, K, D) each */
+	void *dk, *dv;                     /* CUDA: (L, max_t, K, D) of dtype */
+	lmk_device dev;
+	lmk_dtype dtype;                   /* CUDA: the context's compute dtype */
 	int max_t, len;
 } lmk_kvcache;
+/* A host cache (float32). @return : 0, LMK_EINVAL or LMK_ENOMEM */
 int lmk_kvcache_init(lmk_kvcache *kv, const lmk_llama *m, int max_t);
+/* A cache where c computes: on the CPU as lmk_kvcache_init; on CUDA device
+ * memory in c's compute dtype, to be used only with contexts on the same
+ * device and dtype. */
+int lmk_kvcache_init_ctx(lmk_kvcache *kv, const lmk_llama *m, int max_t, const lmk_ctx *c);
 void lmk_kvcache_free(lmk_kvcache *kv);
 /* Runs n new tokens at positions kv->len .. kv->len+n-1 (n >= 1), appends
  * them to the cache, and writes the logits of the last one to logits (V).
  * Without grad (no tape, whatever c->grad_enabled says). Scratch comes from
- * c's arena: reset c between calls (lmk_llama_generate does). CPU only.
- * @return : 0, LMK_EINVAL when the cache would overflow, LMK_EUNSUP on CUDA */
+ * c's arena: reset c between calls (lmk_llama_generate does). On CUDA the
+ * parameters must be on c's device (lmk_params_to_device) and the cache made
+ * by lmk_kvcache_init_ctx with a context of the same device and dtype; the
+ * new tokens run through the ops together, and attention reads the cache one
+ * query row at a time (lmk_cuda_attention_decode); logits come back as
+ * float32 (the call waits for the stream).
+ * @return : 0, LMK_EINVAL when the cache would overflow or is not where c
+ * computes, or < 0 */
 int lmk_llama_decode(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *ids, int n,
 		     float *logits);
 

@@ -17,7 +17,7 @@
 #   BUILD       the build folder (default build-gpu)
 #   PHASES      which phases, in order (default "run memcheck racecheck")
 #   TESTS       which binaries (default: test_cuda test_cuda_ops
-#               test_cuda_attention, those that exist)
+#               test_cuda_attention test_cuda_decode, those that exist)
 #   TIMEOUT     seconds for one binary in the run phase (default 240)
 #   SAN_TIMEOUT seconds for one binary under the sanitizer (default 300)
 #   SAN_FLAGS   more compute-sanitizer options (say, a kernel filter)
@@ -42,7 +42,7 @@ LOGDIR=${OUT:-$BUILD/gpu-check}
 
 if [ "${1:-}" = --bundle ]; then
 	mkdir -p "$BUILD/tests/lib" || exit 2
-	for t in test_cuda test_cuda_ops test_cuda_attention; do
+	for t in test_cuda test_cuda_ops test_cuda_attention test_cuda_decode; do
 		[ -x "$BUILD/tests/$t" ] || continue
 		ldd "$BUILD/tests/$t" | awk '/=> \//{print $3}'
 	done | sort -u | while read -r lib; do
@@ -68,7 +68,7 @@ if [ ! -d "$BUILD/tests" ]; then
 fi
 if [ -z "${TESTS:-}" ]; then
 	TESTS=""
-	for t in test_cuda test_cuda_ops test_cuda_attention; do
+	for t in test_cuda test_cuda_ops test_cuda_attention test_cuda_decode; do
 		[ -x "$BUILD/tests/$t" ] && TESTS="$TESTS $t"
 	done
 fi

@@ -1,0 +1,293 @@
+/* test_cuda_decode.c: batch-1 decoding with the KV cache on the GPU
+ * (lmk_llama_decode on a CUDA context, lmk_kvcache_init_ctx) against the CPU
+ * decode of the same tiny random Llama (grouped-query attention).
+ *
+ * Teacher forcing: the CPU decodes 40 tokens greedily after a 5-token prompt
+ * (the prompt goes through as one multi-token call), and the GPU is fed the
+ * same prompt and the CPU's tokens, so every step's logits can be compared:
+ * by ||gpu - cpu|| / ||cpu||, at most 1e-4 in F32 (fp32 everywhere) and 1e-2
+ * in BF16, where the CPU model gets the bf16-rounded weights the GPU reads so
+ * that the error measured is that of the bf16 activations and cache. In F32
+ * the GPU's argmax must be the CPU's token except at a near tie (top two
+ * logits closer than 1e-3 of the largest magnitude), and lmk_llama_generate
+ * on the GPU must give the CPU's greedy tokens (up to such a tie) and hold
+ * the same arena after a second run (nothing grows per token).
+ *
+ * Exits 77 without a device or in a CPU-only build. Runs without fork: a
+ * child forked after CUDA is initialised cannot use the device. */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dtype.h"
+#include "err.h"
+#include "llama.h"
+#include "tensor.h"
+
+#if LMK_CUDA
+#include "../cuda/cuda.h"
+
+#define NP 5
+#define NGEN 40
+
+typedef struct dcase {
+	const char *name;
+	int C, F, L, H, K, D, V, bias, tied;
+} dcase;
+
+static const dcase cases[] = {
+	{"tiny-bias-d12", 48, 104, 2, 4, 2, 12, 259, 1, 1},
+	{"gqa4-d64", 128, 352, 3, 8, 2, 64, 517, 0, 0},
+	{"mha-d32", 96, 200, 2, 3, 3, 32, 1000, 0, 1},
+};
+#define NCASES ((int)(sizeof cases / sizeof cases[0]))
+
+static void config_of(const dcase *d, lmk_llama_config *cfg)
+{
+	lmk_llama_config_default(cfg);
+	cfg->hidden_size = d->C;
+	cfg->intermediate_size = d->F;
+	cfg->num_hidden_layers = d->L;
+	cfg->num_attention_heads = d->H;
+	cfg->num_key_value_heads = d->K;
+	cfg->head_dim = d->D;
+	cfg->vocab_size = d->V;
+	cfg->attention_bias = d->bias;
+	cfg->tie_word_embeddings = d->tied;
+	/* transformers' default: larger weights make the network chaotic
+	 * enough that bf16 rounding of the weights alone moves the logits
+	 * by 1e-2 (0.2), here by 2e-3 to 4e-3 */
+	cfg->initializer_range = 0.02f;
+	cfg->neos = 0;
+	cfg->bos_token_id = -1;
+}
+
+/* A model with the test's weights, rounded to bf16 when round_bf16. */
+static void make_model(lmk_llama *m, const dcase *d, int round_bf16)
+{
+	lmk_llama_config cfg;
+	config_of(d, &cfg);
+	ck_assert_msg(lmk_llama_init(m, &cfg, 0) == 0, "%s: %s", d->name, lmk_errmsg());
+	lmk_llama_init_weights(m, 4321);
+	if (round_bf16) {
+		uint16_t *b = malloc(m->params.n * sizeof *b);
+		ck_assert_ptr_nonnull(b);
+		lmk_dtype_from_f32(LMK_BF16, m->params.data, b, m->params.n);
+		lmk_dtype_to_f32(LMK_BF16, b, m->params.data, m->params.n);
+		free(b);
+	}
+}
+
+static int argmax(const float *x, int n)
+{
+	int b = 0;
+	for (int i = 1; i < n; i++)
+		if (x[i] > x[b])
+			b = i;
+	return b;
+}
+
+/* The top two logits are closer than 1e-3 of the largest magnitude. */
+static int near_tie(const float *x, int n)
+{
+	int b = argmax(x, n);
+	float second = -INFINITY, amax = 0;
+	for (int i = 0; i < n; i++) {
+		if (i != b && x[i] > second)
+			second = x[i];
+		amax = fmaxf(amax, fabsf(x[i]));
+	}
+	return x[b] - second < 1e-3f * amax;
+}
+
+static void prompt_of(int32_t *p, int V)
+{
+	for (int i = 0; i < NP; i++)
+		p[i] = (int32_t)((i * 97 + 11) % V);
+}
+
+/* Greedy decoding on ctx c: the prompt, then NGEN tokens. With forced, those
+ * tokens are fed instead of the argmax. logits (NGEN, V), toks (NGEN). */
+static void run_decode(lmk_ctx *c, lmk_llama *m, const int32_t *forced, float *logits,
+		       int32_t *toks, const char *what)
+{
+	const int V = m->cfg.vocab_size;
+	int32_t prompt[NP];
+	prompt_of(prompt, V);
+	lmk_kvcache kv;
+	ck_assert_msg(lmk_kvcache_init_ctx(&kv, m, NP + NGEN, c) == 0, "%s: %s", what, lmk_errmsg());
+	lmk_ctx_reset(c);
+	int rc = lmk_llama_decode(c, m, &kv, prompt, NP, logits);
+	ck_assert_msg(rc == 0, "%s: prompt: %s", what, lmk_errmsg());
+	for (int s = 0; s < NGEN; s++) {
+		toks[s] = argmax(logits + (size_t)s * V, V);
+		if (s == NGEN - 1)
+			break;
+		int32_t t = forced ? forced[s] : toks[s];
+		lmk_ctx_reset(c);
+		rc = lmk_llama_decode(c, m, &kv, &t, 1, logits + (size_t)(s + 1) * V);
+		ck_assert_msg(rc == 0, "%s: step %d: %s", what, s, lmk_errmsg());
+	}
+	ck_assert_int_eq(kv.len, NP + NGEN - 1);
+	lmk_ctx_reset(c);
+	lmk_kvcache_free(&kv);
+}
+
+static double rel_err(const float *a, const float *b, int n)
+{
+	double num = 0, den = 0;
+	for (int i = 0; i < n; i++) {
+		if (!isfinite(a[i]))
+			return INFINITY;
+		num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+		den += (double)b[i] * b[i];
+	}
+	return sqrt(num / (den > 0 ? den : 1));
+}
+
+static void check_dtype(const dcase *d, lmk_dtype dt)
+{
+	char what[96];
+	snprintf(what, sizeof what, "%s %s", d->name, lmk_dtype_name(dt));
+	const int V = d->V;
+	float *lc = malloc(sizeof(float) * (size_t)NGEN * V);
+	float *lg = malloc(sizeof(float) * (size_t)NGEN * V);
+	int32_t tc[NGEN], tg[NGEN];
+	ck_assert_ptr_nonnull(lc);
+	ck_assert_ptr_nonnull(lg);
+
+	lmk_llama mc, mg;
+	lmk_ctx cc, gc;
+	make_model(&mc, d, dt == LMK_BF16);
+	ck_assert_int_eq(lmk_ctx_init(&cc, LMK_DEV_CPU), 0);
+	run_decode(&cc, &mc, NULL, lc, tc, what);
+
+	make_model(&mg, d, 0);
+	ck_assert_int_eq(lmk_ctx_init_ex(&gc, LMK_DEV_CUDA, 0, dt), 0);
+	gc.arena.poison = 1;
+	ck_assert_msg(lmk_params_to_device(&mg.params, &gc) == 0, "%s: %s", what, lmk_errmsg());
+	run_decode(&gc, &mg, tc, lg, tg, what);
+
+	const double tol = dt == LMK_BF16 ? 1e-2 : 1e-4;
+	double worst = 0;
+	int wrong = 0, ties = 0;
+	for (int s = 0; s < NGEN; s++) {
+		double e = rel_err(lg + (size_t)s * V, lc + (size_t)s * V, V);
+		worst = fmax(worst, e);
+		ck_assert_msg(e <= tol, "%s: step %d: logits differ from the CPU's by %.3g (%.0e "
+			      "allowed)", what, s, e, tol);
+		if (tg[s] != tc[s]) {
+			if (near_tie(lc + (size_t)s * V, V))
+				ties++;
+			else
+				wrong++;
+		}
+	}
+	printf("test_cuda_decode: %-14s %s: %d steps, worst logits error %.2e, %d tokens differ "
+	       "(%d at near ties)\n", d->name, lmk_dtype_name(dt), NGEN, worst, wrong + ties, ties);
+	fflush(stdout);
+	if (dt == LMK_F32)
+		ck_assert_msg(wrong == 0, "%s: %d greedy tokens differ from the CPU's away from a tie",
+			      what, wrong);
+
+	if (dt == LMK_F32) {
+		/* lmk_llama_generate, unchanged, on the GPU */
+		int32_t prompt[NP], out[NGEN], out2[NGEN];
+		prompt_of(prompt, V);
+		lmk_sampler sm;
+		memset(&sm, 0, sizeof sm);
+		int n = lmk_llama_generate(&gc, &mg, prompt, NP, NGEN, &sm, NULL, 0, NULL, NULL, out);
+		ck_assert_msg(n == NGEN, "%s: generate: %d: %s", what, n, lmk_errmsg());
+		size_t reserved = gc.arena.reserved;
+		int nchunks = lmk_arena_nchunks(&gc.arena);
+		n = lmk_llama_generate(&gc, &mg, prompt, NP, NGEN, &sm, NULL, 0, NULL, NULL, out2);
+		ck_assert_msg(n == NGEN, "%s: generate again: %d: %s", what, n, lmk_errmsg());
+		ck_assert_msg(gc.arena.reserved == reserved && lmk_arena_nchunks(&gc.arena) == nchunks,
+			      "%s: the arena grew from %zu bytes in %d chunks to %zu in %d", what,
+			      reserved, nchunks, gc.arena.reserved, lmk_arena_nchunks(&gc.arena));
+		ck_assert_msg(memcmp(out, out2, sizeof out) == 0, "%s: two generations differ", what);
+		for (int s = 0; s < NGEN; s++) {
+			if (out[s] == tc[s])
+				continue;
+			ck_assert_msg(near_tie(lc + (size_t)s * V, V),
+				      "%s: generate: token %d is %d, the CPU's %d (no tie)", what, s,
+				      out[s], tc[s]);
+			break; /* after a tie the sequences may part */
+		}
+	}
+	ck_assert_msg(lmk_ctx_sync(&gc) == 0, "%s: %s", what, lmk_errmsg());
+	lmk_llama_free(&mg);
+	lmk_ctx_free(&gc);
+	lmk_llama_free(&mc);
+	lmk_ctx_free(&cc);
+	free(lc);
+	free(lg);
+}
+
+START_TEST(test_decode_f32) { check_dtype(&cases[_i], LMK_F32); }
+END_TEST
+
+START_TEST(test_decode_bf16) { check_dtype(&cases[_i], LMK_BF16); }
+END_TEST
+
+/* A cache that is not where the context computes is refused. */
+START_TEST(test_wrong_cache)
+{
+	lmk_llama m;
+	lmk_ctx gc;
+	lmk_kvcache kv;
+	float *logits = malloc(sizeof(float) * (size_t)cases[0].V);
+	int32_t t = 1;
+	make_model(&m, &cases[0], 0);
+	ck_assert_int_eq(lmk_ctx_init_ex(&gc, LMK_DEV_CUDA, 0, LMK_F32), 0);
+	ck_assert_int_eq(lmk_params_to_device(&m.params, &gc), 0);
+	ck_assert_int_eq(lmk_kvcache_init(&kv, &m, 8), 0);
+	ck_assert_int_eq(lmk_llama_decode(&gc, &m, &kv, &t, 1, logits), LMK_EINVAL);
+	lmk_kvcache_free(&kv);
+	lmk_ctx bc;
+	ck_assert_int_eq(lmk_ctx_init_ex(&bc, LMK_DEV_CUDA, 0, LMK_BF16), 0);
+	ck_assert_int_eq(lmk_kvcache_init_ctx(&kv, &m, 8, &bc), 0);
+	ck_assert_int_eq(lmk_llama_decode(&gc, &m, &kv, &t, 1, logits), LMK_EINVAL);
+	lmk_kvcache_free(&kv);
+	lmk_ctx_free(&bc);
+	/* overflow */
+	ck_assert_int_eq(lmk_kvcache_init_ctx(&kv, &m, 1, &gc), 0);
+	int32_t two[2] = {1, 2};
+	ck_assert_int_eq(lmk_llama_decode(&gc, &m, &kv, two, 2, logits), LMK_EINVAL);
+	lmk_kvcache_free(&kv);
+	lmk_llama_free(&m);
+	lmk_ctx_free(&gc);
+	free(logits);
+}
+END_TEST
+
+int main(void)
+{
+	if (lmk_cuda_device_count() == 0) {
+		printf("test_cuda_decode: skipped: no CUDA device on this machine\n");
+		return 77;
+	}
+	Suite *su = suite_create("cuda_decode");
+	TCase *tc = tcase_create("decode");
+	tcase_set_timeout(tc, 240);
+	tcase_add_loop_test(tc, test_decode_f32, 0, NCASES);
+	tcase_add_loop_test(tc, test_decode_bf16, 0, NCASES);
+	tcase_add_test(tc, test_wrong_cache);
+	suite_add_tcase(su, tc);
+	SRunner *sr = srunner_create(su);
+	/* CUDA is initialised in this process: a forked child cannot use it */
+	srunner_set_fork_status(sr, CK_NOFORK);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+#else
+int main(void)
+{
+	printf("test_cuda_decode: skipped: CPU-only build (CUDA=0)\n");
+	return 77;
+}
+#endif
