@@ -21,36 +21,14 @@ MODEL=$ROOT/models/smollm2-135m-instruct.gguf
 T=$(mktemp -d "${TMPDIR:-/tmp}/ladder-serve-test.XXXXXX") || exit 1
 trap 'rm -rf "$T"' EXIT
 trap 'exit 1' HUP INT TERM
+TAP=${LMK_ROOT:-$PWD}/tests/tap.sh   # the harness: run, check, skip, ...
 cd "$T" || exit 1
 # Spinning OpenMP threads starve OpenBLAS's on a shared 2-core machine.
 OMP_WAIT_POLICY=passive
 export OMP_WAIT_POLICY
 
-n=0 failed=0 rc=0
-run() { "$@" >out 2>err; rc=$?; }
-# runin INPUT CMD...: the same with INPUT (a string) on standard input
-runin() { i=$1; shift; printf '%s' "$i" | "$@" >out 2>err; rc=$?; }
-check() {
-	n=$((n + 1))
-	if eval "$2"; then
-		echo "ok $n - $1"
-	else
-		echo "not ok $n - $1"
-		failed=1
-		echo "#   condition: $2"
-		echo "#   exit status: $rc"
-		sed -n '1,15s/^/#   stdout: /p' out
-		sed -n '1,15s/^/#   stderr: /p' err
-	fi
-}
-skip() { n=$((n + 1)); echo "ok $n - $1 # SKIP $2"; }
-rc_is() { [ "$rc" -eq "$1" ]; }
-out_empty() { [ ! -s out ]; }
-err_empty() { [ ! -s err ]; }
-out_has() { grep -qF -e "$1" out; }
-err_has() { grep -qF -e "$1" err; }
-out_lines() { [ "$(wc -l <out)" -eq "$1" ]; }
-err_one_line() { [ "$(wc -l <err)" -eq 1 ] && grep -q '^ladder-serve: ' err && grep -qF -e "$1" err; }
+PROG=ladder-serve
+. "$TAP"
 # line N of out matches the extended regular expression RE
 line_is() { sed -n "$1p" out | grep -qE -e "$2"; }
 # FILE without the timings, which differ run to run

@@ -16,6 +16,7 @@ case $TRAIN in /*) ;; *) TRAIN=$PWD/$TRAIN ;; esac
 T=$(mktemp -d "${TMPDIR:-/tmp}/lla-train-dist-test.XXXXXX") || exit 1
 trap 'rm -rf "$T"' EXIT
 trap 'exit 1' HUP INT TERM
+TAP=${LMK_ROOT:-$PWD}/tests/tap.sh   # the harness: run, check, skip, ...
 cd "$T" || exit 1
 OMP_WAIT_POLICY=passive
 export OMP_WAIT_POLICY
@@ -25,26 +26,8 @@ export OMP_WAIT_POLICY
 unset RANK WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE MASTER_ADDR MASTER_PORT SLURM_PROCID SLURM_NTASKS \
 	SLURM_LOCALID TORCHELASTIC_USE_AGENT_STORE LMK_RENDEZVOUS_TIMEOUT
 
-n=0 failed=0 rc=0
-run() { "$@" >out 2>err; rc=$?; }
-check() {
-	n=$((n + 1))
-	if eval "$2"; then
-		echo "ok $n - $1"
-	else
-		echo "not ok $n - $1"
-		failed=1
-		echo "#   condition: $2"
-		echo "#   exit status: $rc"
-		sed -n '1,15s/^/#   stdout: /p' out
-		sed -n '1,15s/^/#   stderr: /p' err
-	fi
-}
-skip() { n=$((n + 1)); echo "ok $n - $1 # SKIP $2"; }
-rc_is() { [ "$rc" -eq "$1" ]; }
-out_has() { grep -qF -e "$1" out; }
-err_has() { grep -qF -e "$1" err; }
-err_one_line() { [ "$(wc -l <err)" -eq 1 ] && grep -q '^lla-train: ' err && grep -qF -e "$1" err; }
+PROG=lla-train
+. "$TAP"
 losses() { sed -n 's/^{"step":\([0-9]*\),"loss":\([^,}]*\).*/\1 \2/p' "$1" | sort -n -u; }
 
 awk 'BEGIN { for (i = 0; i < 600; i++) printf "line %d: the quick brown fox jumps over the lazy dog\n", i * 7 % 101 }' >text.txt

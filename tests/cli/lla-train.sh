@@ -18,32 +18,14 @@ case $SHAKESPEARE in /*) ;; *) SHAKESPEARE=$PWD/$SHAKESPEARE ;; esac
 T=$(mktemp -d "${TMPDIR:-/tmp}/lla-train-test.XXXXXX") || exit 1
 trap 'rm -rf "$T"' EXIT
 trap 'exit 1' HUP INT TERM
+TAP=${LMK_ROOT:-$PWD}/tests/tap.sh   # the harness: run, check, skip, ...
 cd "$T" || exit 1
 # Spinning OpenMP threads starve OpenBLAS's on a shared 2-core machine.
 OMP_WAIT_POLICY=passive
 export OMP_WAIT_POLICY
 
-n=0 failed=0 rc=0
-run() { "$@" >out 2>err; rc=$?; }
-check() {
-	n=$((n + 1))
-	if eval "$2"; then
-		echo "ok $n - $1"
-	else
-		echo "not ok $n - $1"
-		failed=1
-		echo "#   condition: $2"
-		echo "#   exit status: $rc"
-		sed -n '1,15s/^/#   stdout: /p' out
-		sed -n '1,15s/^/#   stderr: /p' err
-	fi
-}
-skip() { n=$((n + 1)); echo "ok $n - $1 # SKIP $2"; }
-rc_is() { [ "$rc" -eq "$1" ]; }
-err_empty() { [ ! -s err ]; }
-out_has() { grep -qF -e "$1" out; }
-err_has() { grep -qF -e "$1" err; }
-err_one_line() { [ "$(wc -l <err)" -eq 1 ] && grep -q '^lla-train: ' err && grep -qF -e "$1" err; }
+PROG=lla-train
+. "$TAP"
 # "step loss" of each training line of a metrics file, each step once (a
 # step done twice with the same loss, as after a SIGKILL, counts once)
 losses() { sed -n 's/^{"step":\([0-9]*\),"loss":\([^,}]*\).*/\1 \2/p' "$1" | sort -n -u; }

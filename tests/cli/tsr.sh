@@ -9,35 +9,14 @@ TSR=${LMK_BIN:-build/bin}/tsr
 T=$(mktemp -d "${TMPDIR:-/tmp}/tsr-test.XXXXXX") || exit 1
 trap 'rm -rf "$T"' EXIT
 trap 'exit 1' HUP INT TERM
+TAP=${LMK_ROOT:-$PWD}/tests/tap.sh   # the harness: run, check, skip, ...
 cd "$T" || exit 1
 
-n=0 failed=0 rc=0
+PROG=tsr
+. "$TAP"
 # run CMD...: stdout to out, stderr to err, the exit status in $rc
-run() { "$@" >out 2>err; rc=$?; }
 # check DESC CONDITION: CONDITION is shell code over $rc, out and err
-check() {
-	n=$((n + 1))
-	if eval "$2"; then
-		echo "ok $n - $1"
-	else
-		echo "not ok $n - $1"
-		failed=1
-		echo "#   condition: $2"
-		echo "#   exit status: $rc"
-		sed -n '1,15s/^/#   stdout: /p' out
-		sed -n '1,15s/^/#   stderr: /p' err
-	fi
-}
-skip() { n=$((n + 1)); echo "ok $n - $1 # SKIP $2"; }
-rc_is() { [ "$rc" -eq "$1" ]; }
-out_empty() { [ ! -s out ]; }
-err_empty() { [ ! -s err ]; }
-out_has() { grep -qF -e "$1" out; }
-err_has() { grep -qF -e "$1" err; }
-out_is() { printf '%s\n' "$1" | cmp -s - out; }
-err_is() { printf '%s\n' "$1" | cmp -s - err; }
 # one line on stderr, "tsr: ...", naming $1
-err_one_line() { [ "$(wc -l <err)" -eq 1 ] && grep -q '^tsr: ' err && grep -qF -e "$1" err; }
 # the fields after the name in stat's row for tensor $1
 row() { awk -v t="$1" '$1 == t { $1 = ""; sub(/^ /, ""); print }' out; }
 
