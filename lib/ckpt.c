@@ -19,49 +19,8 @@
 
 #include "ckpt.h"
 #include "err.h"
+#include "fileio.h"
 #include "frame.h"
-
-static char *join(const char *dir, const char *name)
-{
-	size_t a = strlen(dir), b = strlen(name);
-	char *p = malloc(a + b + 2);
-	if (!p) {
-		lmk_err(LMK_ENOMEM, "ckpt: cannot allocate a path");
-		return NULL;
-	}
-	memcpy(p, dir, a);
-	p[a] = '/';
-	memcpy(p + a + 1, name, b + 1);
-	return p;
-}
-
-/* mkdir -p */
-static int make_dirs(const char *dir)
-{
-	char *p = strdup(dir);
-	if (!p)
-		return lmk_err(LMK_ENOMEM, "ckpt: cannot allocate a path");
-	for (char *s = p + 1;; s++) {
-		if (*s != '/' && *s != 0)
-			continue;
-		char keep = *s;
-		*s = 0;
-		if (mkdir(p, 0777) != 0 && errno != EEXIST) {
-			int rc = lmk_err(LMK_EIO, "cannot create directory '%s': %s", p,
-					 strerror(errno));
-			free(p);
-			return rc;
-		}
-		if (keep == 0)
-			break;
-		*s = keep;
-	}
-	free(p);
-	struct stat st;
-	if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
-		return lmk_err(LMK_EIO, "'%s' is not a directory", dir);
-	return 0;
-}
 
 static const char *torch_dtype(lmk_dtype dt)
 {
@@ -73,10 +32,10 @@ int lmk_ckpt_save(const char *dir, const lmk_llama *m, lmk_dtype dt)
 	if (dt != LMK_F32 && dt != LMK_F16 && dt != LMK_BF16)
 		return lmk_err(LMK_EINVAL, "%s: cannot save weights as %s (expected F32, F16 or BF16)",
 			       dir, lmk_dtype_name(dt));
-	int rc = make_dirs(dir);
+	int rc = lmk_mkdirs(dir);
 	if (rc < 0)
 		return rc;
-	char *wpath = join(dir, "model.safetensors"), *cpath = join(dir, "config.json");
+	char *wpath = lmk_path_join(dir, "model.safetensors"), *cpath = lmk_path_join(dir, "config.json");
 	const lmk_params *p = &m->params;
 	size_t esz = lmk_dtype_size(dt);
 	void *conv = NULL;
@@ -244,7 +203,7 @@ static int load_index(loader *ld, const char *dir, const char *ipath)
 		if (json_object_get(done, file))
 			continue;
 		json_object_set_new(done, file, json_true());
-		char *path = join(dir, file);
+		char *path = lmk_path_join(dir, file);
 		if (!path) {
 			rc = LMK_ENOMEM;
 			break;
@@ -263,9 +222,9 @@ out:
 int lmk_ckpt_load(const char *dir, lmk_llama *m, int trainable)
 {
 	lmk_llama_config cfg;
-	char *cpath = join(dir, "config.json");
-	char *wpath = join(dir, "model.safetensors");
-	char *ipath = join(dir, "model.safetensors.index.json");
+	char *cpath = lmk_path_join(dir, "config.json");
+	char *wpath = lmk_path_join(dir, "model.safetensors");
+	char *ipath = lmk_path_join(dir, "model.safetensors.index.json");
 	loader ld = {.m = m};
 	int rc;
 

@@ -19,6 +19,7 @@
 #include <jansson.h>
 
 #include "err.h"
+#include "fileio.h"
 #include "llama.h"
 #if LMK_CUDA
 #include "../cuda/attention.h"
@@ -415,51 +416,6 @@ static double tidy(float f)
 	return f;
 }
 
-/* Writes len bytes to path through a temporary file beside it, fsynced and
- * renamed, so a reader never sees half a file. */
-static int write_atomic(const char *path, const char *data, size_t len)
-{
-	size_t pl = strlen(path);
-	char *tmp = malloc(pl + 16);
-	if (!tmp)
-		return lmk_err(LMK_ENOMEM, "%s: cannot allocate", path);
-	memcpy(tmp, path, pl);
-	memcpy(tmp + pl, ".tmp.XXXXXX", 12);
-	int fd = mkstemp(tmp);
-	if (fd < 0) {
-		int rc = lmk_err(LMK_EIO, "cannot create '%s': %s", tmp, strerror(errno));
-		free(tmp);
-		return rc;
-	}
-	size_t off = 0;
-	while (off < len) {
-		ssize_t w = write(fd, data + off, len - off);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			goto fail;
-		off += (size_t)w;
-	}
-	if (fchmod(fd, 0644) != 0 || fsync(fd) != 0)
-		goto fail;
-	if (close(fd) != 0) {
-		fd = -1;
-		goto fail;
-	}
-	fd = -1;
-	if (rename(tmp, path) != 0)
-		goto fail;
-	free(tmp);
-	return 0;
-fail:;
-	int rc = lmk_err(LMK_EIO, "cannot write '%s': %s", path, strerror(errno));
-	if (fd >= 0)
-		close(fd);
-	unlink(tmp);
-	free(tmp);
-	return rc;
-}
-
 int lmk_llama_config_save(const lmk_llama_config *cfg, const char *path, const char *torch_dtype)
 {
 	int rc = lmk_llama_config_check(cfg, path);
@@ -535,7 +491,7 @@ int lmk_llama_config_save(const lmk_llama_config *cfg, const char *path, const c
 	}
 	buf[len++] = '\n';
 	buf[len] = 0;
-	rc = write_atomic(path, buf, len);
+	rc = lmk_write_file_atomic(path, buf, len);
 	free(buf);
 	return rc;
 }
