@@ -21,6 +21,7 @@
 #include "err.h"
 #include "fileio.h"
 #include "llama.h"
+#include "lora.h"
 #if LMK_CUDA
 #include "../cuda/attention.h"
 #include "../cuda/cuda.h"
@@ -667,9 +668,12 @@ static void qkv(lmk_ctx *c, const lmk_llama *m, const lmk_llama_layer *ly, lmk_t
 	int64_t B = h ? h->shape[0] : 0, T = h ? h->shape[1] : 0;
 	int64_t qs[4] = {B, T, cfg->num_attention_heads, cfg->head_dim};
 	int64_t ks[4] = {B, T, cfg->num_key_value_heads, cfg->head_dim};
-	*q = lmk_rope_apply(c, lmk_reshape(c, lmk_linear(c, h, ly->wq, ly->bq), 4, qs), &m->rope, pos);
-	*k = lmk_rope_apply(c, lmk_reshape(c, lmk_linear(c, h, ly->wk, ly->bk), 4, ks), &m->rope, pos);
-	*v = lmk_reshape(c, lmk_linear(c, h, ly->wv, ly->bv), 4, ks);
+	const lmk_lora *a = m->lora;
+	*q = lmk_rope_apply(c, lmk_reshape(c, lmk_lora_linear(c, a, h, ly->wq, ly->bq), 4, qs),
+			    &m->rope, pos);
+	*k = lmk_rope_apply(c, lmk_reshape(c, lmk_lora_linear(c, a, h, ly->wk, ly->bk), 4, ks),
+			    &m->rope, pos);
+	*v = lmk_reshape(c, lmk_lora_linear(c, a, h, ly->wv, ly->bv), 4, ks);
 }
 
 /* The rest of a layer after attention: a (B,T,H,D) -> new residual (B,T,C). */
@@ -678,10 +682,12 @@ static lmk_tensor *finish_layer(lmk_ctx *c, const lmk_llama *m, const lmk_llama_
 {
 	int64_t B = x ? x->shape[0] : 0, T = x ? x->shape[1] : 0;
 	int64_t as[3] = {B, T, (int64_t)m->cfg.num_attention_heads * m->cfg.head_dim};
-	x = lmk_add(c, x, lmk_linear(c, lmk_reshape(c, a, 3, as), ly->wo, ly->bo));
+	const lmk_lora *ad = m->lora;
+	x = lmk_add(c, x, lmk_lora_linear(c, ad, lmk_reshape(c, a, 3, as), ly->wo, ly->bo));
 	lmk_tensor *h = lmk_rmsnorm(c, x, ly->ln2, m->cfg.rms_norm_eps);
-	lmk_tensor *g = lmk_swiglu(c, lmk_linear(c, h, ly->wg, ly->bg), lmk_linear(c, h, ly->wu, ly->bu));
-	return lmk_add(c, x, lmk_linear(c, g, ly->wd, ly->bd));
+	lmk_tensor *g = lmk_swiglu(c, lmk_lora_linear(c, ad, h, ly->wg, ly->bg),
+				   lmk_lora_linear(c, ad, h, ly->wu, ly->bu));
+	return lmk_add(c, x, lmk_lora_linear(c, ad, g, ly->wd, ly->bd));
 }
 
 lmk_tensor *lmk_llama_hidden(lmk_ctx *c, lmk_llama *m, lmk_tensor *ids, lmk_tensor *pos,

@@ -73,6 +73,10 @@ typedef struct lmk_llama {
 	lmk_tensor *lm_head;               /* lm_head.weight (V,C), == wte when tied */
 	lmk_llama_layer *layers;           /* (L) */
 	lmk_rope rope;
+	const struct lmk_lora *lora;       /* the adapter the forward applies
+					    * (lib/lora.h), or NULL; any number
+					    * of adapters may exist over one
+					    * model: set the one to use */
 } lmk_llama;
 
 /* Lays out the parameters for cfg (zeroed). trainable: allocate gradients.
