@@ -1,6 +1,7 @@
 /* seqops.cu: the kernels of lib/seqops.h: the causal depthwise convolution
  * (forward, dx, and dw/db as deterministic sums over rows), L2 norm of rows
- * (one warp per row), the gates' elementwise functions, and the column
+ * (one warp per row), the gates' elementwise functions, rows times scalars
+ * (ds as deterministic sums over row chunks), and the column
  * copies behind slice and concat. Values are computed in float32 whatever
  * the storage type T (float or bf16), in the CPU kernels' order where a
  * thread sums (the convolution's taps). Shape letters as in seqops.h. */
@@ -341,6 +342,109 @@ extern "C" int lmk_cuda_unary_backward(void *be, lmk_dtype dt, lmk_gbuf dx, cons
 	LMK_DT_SWITCH(dt, "unary",
 		      unary_bwd<T><<<grid_for(n, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
 			      to_gacc(dx), (const T *)dout, (const T *)x, n, kind, alpha));
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+/* --------------------------------------------------------- mul_rows */
+
+template <class T>
+__global__ void mul_rows_fwd(T *out /*(N,D)*/, const T *x /*(N,D)*/, const T *s /*(M)*/, int64_t N,
+			     int64_t D, int64_t M)
+{
+	GRID_STRIDE(e, N * D) out[e] = fromf<T>(tof(x[e]) * tof(s[(e / D) % M]));
+}
+
+template <class T>
+__global__ void mul_rows_bwd_dx(gacc dx /*(N,D)*/, const T *dout /*(N,D)*/, const T *s /*(M)*/,
+				int64_t N, int64_t D, int64_t M)
+{
+	GRID_STRIDE(e, N * D) gadd(dx, e, tof(dout[e]) * tof(s[(e / D) % M]));
+}
+
+/* part[chunk*M + m]: over the rows r = i*M + m of chunk blockIdx.y (i its
+ * row groups), the sum of dout[r].x[r]. */
+template <class T>
+__global__ void mul_rows_bwd_part(float *part /*(R,M)*/, const T *dout /*(N,D)*/,
+				  const T *x /*(N,D)*/, int64_t NG, int64_t D, int64_t M,
+				  int64_t groups_per)
+{
+	__shared__ float sh[CV_TY][CV_TX + 1];
+	int64_t m = (int64_t)blockIdx.x * CV_TX + threadIdx.x;
+	int64_t i0 = (int64_t)blockIdx.y * groups_per;
+	int64_t i1 = i0 + groups_per < NG ? i0 + groups_per : NG;
+	float acc = 0.0f;
+	if (m < M)
+		for (int64_t i = i0 + threadIdx.y; i < i1; i += CV_TY) {
+			int64_t r = i * M + m;
+			float dot = 0.0f;
+			for (int64_t d = 0; d < D; d++)
+				dot += tof(dout[r * D + d]) * tof(x[r * D + d]);
+			acc += dot;
+		}
+	sh[threadIdx.y][threadIdx.x] = acc;
+	__syncthreads();
+	if (threadIdx.y == 0 && m < M) {
+		float t = 0.0f;
+		for (int k = 0; k < CV_TY; k++)
+			t += sh[k][threadIdx.x];
+		part[(int64_t)blockIdx.y * M + m] = t;
+	}
+}
+
+__global__ void mul_rows_bwd_finish(gacc ds /*(M)*/, const float *part /*(R,M)*/, int64_t R,
+				    int64_t M)
+{
+	GRID_STRIDE(m, M)
+	{
+		float t = 0.0f;
+		for (int64_t k = 0; k < R; k++)
+			t += part[k * M + m];
+		gadd(ds, m, t);
+	}
+}
+
+extern "C" int lmk_cuda_mul_rows_forward(void *be, lmk_dtype dt, void *out, const void *x,
+					 const void *s, int64_t N, int64_t D, int64_t M)
+{
+	if (N * D == 0)
+		return 0;
+	LMK_DT_SWITCH(dt, "mul_rows",
+		      mul_rows_fwd<T><<<grid_for(N * D, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
+			      (T *)out, (const T *)x, (const T *)s, N, D, M));
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+extern "C" int lmk_cuda_mul_rows_backward(void *be, lmk_dtype dt, lmk_gbuf dx, lmk_gbuf ds,
+					  const void *dout, const void *x, const void *s, int64_t N,
+					  int64_t D, int64_t M)
+{
+	lmk_cuda_backend *bk = LMK_BE(be);
+	if (N * D == 0)
+		return 0;
+	if (check_gbuf("mul_rows", dt, dx) < 0 || check_gbuf("mul_rows", dt, ds) < 0)
+		return lmk_errcode();
+	if (dx.p) {
+		LMK_DT_SWITCH(dt, "mul_rows",
+			      mul_rows_bwd_dx<T><<<grid_for(N * D, THREADS), THREADS, 0, bk->stream>>>(
+				      to_gacc(dx), (const T *)dout, (const T *)s, N, D, M));
+		LMK_CK_LAUNCH();
+	}
+	if (!ds.p)
+		return 0;
+	/* N/M groups of M rows, chunked as a function of the groups alone */
+	int64_t NG = N / M, R = colsum_chunks(NG), per = (NG + R - 1) / R;
+	R = (NG + per - 1) / per;
+	float *part = (float *)lmk_cuda_scratch(bk, (size_t)(R * M) * sizeof(float));
+	if (!part)
+		return lmk_errcode();
+	dim3 grid((unsigned)((M + CV_TX - 1) / CV_TX), (unsigned)R);
+	LMK_DT_SWITCH(dt, "mul_rows",
+		      mul_rows_bwd_part<T><<<grid, dim3(CV_TX, CV_TY), 0, bk->stream>>>(
+			      part, (const T *)dout, (const T *)x, NG, D, M, per));
+	LMK_CK_LAUNCH();
+	mul_rows_bwd_finish<<<grid_for(M, THREADS), THREADS, 0, bk->stream>>>(to_gacc(ds), part, R, M);
 	LMK_CK_LAUNCH();
 	return 0;
 }

@@ -46,6 +46,13 @@ int lmk_cuda_unary_forward(void *be, lmk_dtype dt, void *out /*(n)*/, const void
 int lmk_cuda_unary_backward(void *be, lmk_dtype dt, lmk_gbuf dx /*(n)*/, const void *dout /*(n)*/,
 			    const void *x /*(n)*/, int64_t n, int kind, float alpha);
 
+/* ds sums over row chunks, then the chunks in order. */
+int lmk_cuda_mul_rows_forward(void *be, lmk_dtype dt, void *out /*(N,D)*/, const void *x /*(N,D)*/,
+			      const void *s /*(M)*/, int64_t N, int64_t D, int64_t M);
+int lmk_cuda_mul_rows_backward(void *be, lmk_dtype dt, lmk_gbuf dx /*(N,D)*/, lmk_gbuf ds /*(M)*/,
+			       const void *dout /*(N,D)*/, const void *x /*(N,D)*/,
+			       const void *s /*(M)*/, int64_t N, int64_t D, int64_t M);
+
 /* out and inp in dt (cols_copy); out an lmk_gbuf of dt or F32 (cols_add). */
 int lmk_cuda_cols_copy(void *be, lmk_dtype dt, void *out /*(N,ldo)*/, int64_t ldo, int64_t oo,
 		       const void *inp /*(N,ldi)*/, int64_t ldi, int64_t io, int64_t N, int64_t M);

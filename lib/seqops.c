@@ -230,6 +230,44 @@ void lmk_cpu_unary_backward(float *dx, const float *dout, const float *x, int64_
 		dx[i] += dout[i] * unary_d(kind, x[i], alpha);
 }
 
+void lmk_cpu_mul_rows_forward(float *out, const float *x, const float *s, int64_t N, int64_t D,
+			      int64_t M)
+{
+#pragma omp parallel for schedule(static) if (N * D > PAR_MIN)
+	for (int64_t r = 0; r < N; r++) {
+		float k = s[r % M];
+		for (int64_t d = 0; d < D; d++)
+			out[r * D + d] = x[r * D + d] * k;
+	}
+}
+
+void lmk_cpu_mul_rows_backward(float *dx, float *ds, const float *dout, const float *x,
+			       const float *s, int64_t N, int64_t D, int64_t M)
+{
+	if (dx) {
+#pragma omp parallel for schedule(static) if (N * D > PAR_MIN)
+		for (int64_t r = 0; r < N; r++) {
+			float k = s[r % M];
+			for (int64_t d = 0; d < D; d++)
+				dx[r * D + d] += dout[r * D + d] * k;
+		}
+	}
+	if (!ds)
+		return;
+	/* each m owns its sum, over its rows in order */
+#pragma omp parallel for schedule(static) if (N * D > PAR_MIN && M > 1)
+	for (int64_t m = 0; m < M; m++) {
+		float acc = 0.0f;
+		for (int64_t r = m; r < N; r += M) {
+			float dot = 0.0f;
+			for (int64_t d = 0; d < D; d++)
+				dot += dout[r * D + d] * x[r * D + d];
+			acc += dot;
+		}
+		ds[m] += acc;
+	}
+}
+
 void lmk_cpu_cols_copy(float *out, int64_t ldo, int64_t oo, const float *inp, int64_t ldi,
 		       int64_t io, int64_t N, int64_t M)
 {
@@ -435,6 +473,63 @@ lmk_tensor *lmk_exp(lmk_ctx *c, lmk_tensor *x)
 lmk_tensor *lmk_affine(lmk_ctx *c, lmk_tensor *x, float alpha, float beta)
 {
 	return unary(c, "affine", x, LMK_UNARY_AFFINE, alpha, beta);
+}
+
+/* ------------------------------------------------------------ mul_rows */
+
+static int mul_rows_bw(lmk_ctx *c, lmk_node *n)
+{
+	lmk_tensor *x = n->in[0], *s = n->in[1];
+	if (on_cuda(c))
+		return CUDA(lmk_cuda_mul_rows_backward(c->backend, c->dtype, GB(x), GB(s),
+							n->out->grad, X(c, x), X(c, s), n->i[0],
+							n->i[1], n->i[2]));
+	lmk_cpu_mul_rows_backward(G(x), G(s), n->out->grad, F(x), F(s), n->i[0], n->i[1], n->i[2]);
+	return 0;
+}
+
+lmk_tensor *lmk_mul_rows(lmk_ctx *c, lmk_tensor *x, lmk_tensor *s)
+{
+	if (!x || !s)
+		return NULL;
+	lmk_tensor *in[2] = {x, s};
+	if (lmk_op_check_inputs(c, "mul_rows", 2, in, (const char *[]){"x", "s"},
+				(lmk_dtype[]){LMK_F32, LMK_F32}) < 0)
+		return NULL;
+	int ok = x->ndim >= 1 && s->ndim <= x->ndim - 1;
+	for (int i = 0; ok && i < s->ndim; i++)
+		ok = s->shape[i] == x->shape[x->ndim - 1 - s->ndim + i];
+	if (!ok) {
+		lmk_err(LMK_EINVAL, "mul_rows: x %s and s %s: expected s's shape the trailing dims "
+				    "of x's without its last",
+			SHP(x), SHP(s));
+		return NULL;
+	}
+	int64_t D = x->shape[x->ndim - 1], N = lmk_op_lead(x, x->ndim - 1), M = s->n;
+	lmk_tensor *out = lmk_tensor_new(c, c->dtype, x->ndim, x->shape, lmk_op_wants_grad(c, 2, in));
+	if (!out)
+		return NULL;
+	if (M == 0 || N == 0) {
+		/* nothing to compute, and r mod 0 must not be taken */
+	} else if (on_cuda(c)) {
+		if (CUDA(lmk_cuda_mul_rows_forward(c->backend, c->dtype, out->data, X(c, x), X(c, s),
+						   N, D, M)) < 0)
+			return NULL;
+	} else {
+		lmk_cpu_mul_rows_forward(out->data, x->data, s->data, N, D, M);
+	}
+	int fail;
+	lmk_node *n = lmk_op_record(c, "mul_rows", out, mul_rows_bw, &fail);
+	if (fail)
+		return NULL;
+	if (n) {
+		n->in[0] = x;
+		n->in[1] = s;
+		n->i[0] = N;
+		n->i[1] = D;
+		n->i[2] = M ? M : 1;
+	}
+	return out;
 }
 
 /* ------------------------------------------------------ slice, concat */

@@ -46,6 +46,12 @@ lmk_tensor *lmk_logsigmoid(lmk_ctx *c, lmk_tensor *x);
 lmk_tensor *lmk_exp(lmk_ctx *c, lmk_tensor *x);
 lmk_tensor *lmk_affine(lmk_ctx *c, lmk_tensor *x, float alpha, float beta);
 
+/* x (...,D), s whose shape is x's without the last dim, or a trailing part
+ * of that (broadcast over the leading dims) -> (...,D): each row of x
+ * times its scalar, y[r,d] = x[r,d] s[r mod M] with M = s's elements. For
+ * Mamba-2's x * dt (x (B,T,H,P), dt (B,T,H)) and D * x (D (H)). */
+lmk_tensor *lmk_mul_rows(lmk_ctx *c, lmk_tensor *x, lmk_tensor *s);
+
 /* x (...,D) -> (...,len), a copy of x[..., start:start+len] (0 <= start,
  * 1 <= len, start + len <= D); the backward adds into those columns. */
 lmk_tensor *lmk_slice(lmk_ctx *c, lmk_tensor *x, int64_t start, int64_t len);
@@ -87,6 +93,13 @@ void lmk_cpu_unary_forward(float *out /*(n)*/, const float *x /*(n)*/, int64_t n
 			   float alpha, float beta);
 void lmk_cpu_unary_backward(float *dx /*(n)*/, const float *dout /*(n)*/, const float *x /*(n)*/,
 			    int64_t n, int kind, float alpha);
+
+/* Row r of x times s[r mod M]; ds[m] sums its rows r = m, m+M, .. in order. */
+void lmk_cpu_mul_rows_forward(float *out /*(N,D)*/, const float *x /*(N,D)*/,
+			      const float *s /*(M)*/, int64_t N, int64_t D, int64_t M);
+void lmk_cpu_mul_rows_backward(float *dx /*(N,D)*/, float *ds /*(M)*/, const float *dout /*(N,D)*/,
+			       const float *x /*(N,D)*/, const float *s /*(M)*/, int64_t N,
+			       int64_t D, int64_t M);
 
 /* A block of M columns of N rows between row-major matrices of row lengths
  * ldo and ldi, starting at columns oo and io: cols_copy assigns

@@ -119,6 +119,11 @@ static lmk_tensor *op_unary(lmk_ctx *c, lmk_tensor **x, const ocase *o)
 	}
 }
 
+static lmk_tensor *op_mul_rows(lmk_ctx *c, lmk_tensor **x, const ocase *o)
+{
+	return lmk_mul_rows(c, x[0], x[1]);
+}
+
 static lmk_tensor *op_slice(lmk_ctx *c, lmk_tensor **x, const ocase *o)
 {
 	return lmk_slice(c, x[0], o->p[0], o->p[1]);
@@ -184,6 +189,19 @@ static void make_cases(void)
 		o->amp = 30.0f;
 		set_in(o, 0, 2, (int64_t[]){33, 67}, 0, 0);
 	}
+	/* mul_rows: x (B,T,H,P) times s (B,T,H) (x * dt), or a parameter (H)
+	 * (D * x) */
+	static const int64_t mr[][4] = {{1, 1, 1, 1},  {1, 3, 5, 7},    {2, 7, 3, 33},
+					{3, 67, 8, 64}, {2, 257, 24, 64}, {4, 512, 24, 64}};
+	for (size_t i = 0; i < sizeof mr / sizeof mr[0]; i++)
+		for (int v = 0; v < 2; v++) {
+			ocase *o = add_case("mul_rows", op_mul_rows);
+			set_in(o, 0, 4, mr[i], 0, i == 2 && v == 1);
+			if (v)
+				set_in(o, 1, 1, (int64_t[]){mr[i][2]}, 1, 0);
+			else
+				set_in(o, 1, 3, mr[i], 0, 0);
+		}
 	/* slice: (N, D, start, len) */
 	static const int64_t sl[][4] = {{1, 1, 0, 1},     {3, 7, 2, 4},       {33, 67, 0, 67},
 					{67, 257, 256, 1}, {257, 2048, 1000, 33}, {1024, 3328, 1536, 1536}};
@@ -443,8 +461,8 @@ static int case_small(const ocase *o)
 }
 
 static const char *const op_names[] = {"conv1d_causal", "l2norm", "sigmoid", "softplus",
-				       "logsigmoid",    "exp",    "affine",  "slice",
-				       "concat"};
+				       "logsigmoid",    "exp",    "affine",  "mul_rows",
+				       "slice",         "concat"};
 #define NOPS ((int)(sizeof op_names / sizeof op_names[0]))
 
 START_TEST(test_op)

@@ -384,6 +384,47 @@ START_TEST(test_unary_extremes)
 }
 END_TEST
 
+/* ------------------------------------------------------------ mul_rows */
+
+static lmk_tensor *op_mul_rows(lmk_ctx *c, lmk_tensor **x, const gcase *g)
+{
+	return lmk_mul_rows(c, x[0], x[1]);
+}
+
+static void ref_mul_rows(const gcase *g, double **x, double *out)
+{
+	int64_t D = g->shape[0][g->ndim[0] - 1], N = numel(g, 0) / D, M = numel(g, 1);
+	for (int64_t r = 0; r < N; r++)
+		for (int64_t d = 0; d < D; d++)
+			out[r * D + d] = x[0][r * D + d] * x[1][r % M];
+}
+
+START_TEST(test_grad_mul_rows)
+{
+	gcase g = {.name = "mul_rows", .op = op_mul_rows, .ref = ref_mul_rows};
+	in_shape(&g, 0, 2, 1, 1, 0, 0);
+	in_shape(&g, 1, 1, 1, 0, 0, 0);
+	check_grad(&g, 600);
+	in_shape(&g, 0, 2, 3, 7, 0, 0);
+	in_shape(&g, 1, 1, 3, 0, 0, 0);
+	check_grad(&g, 601);
+	/* Mamba-2's x * dt and D * x, and a middle broadcast */
+	int64_t sd[3][3] = {{2, 5, 3}, {3, 0, 0}, {5, 3, 0}};
+	int nd[3] = {3, 1, 2};
+	for (int v = 0; v < 3; v++) {
+		in_shape(&g, 0, 4, 2, 5, 3, 4);
+		in_shape(&g, 1, nd[v], sd[v][0], sd[v][1], sd[v][2], 0);
+		g.frozen[0] = v == 2;
+		check_grad(&g, 602 + (uint64_t)v);
+	}
+	g.frozen[0] = 0;
+	in_shape(&g, 0, 4, 4, 33, 8, 16);
+	in_shape(&g, 1, 1, 8, 0, 0, 0);
+	check_grad(&g, 605);
+	report("mul_rows");
+}
+END_TEST
+
 /* ------------------------------------------------------- slice, concat */
 
 static lmk_tensor *op_slice(lmk_ctx *c, lmk_tensor **x, const gcase *g)
@@ -542,6 +583,10 @@ START_TEST(test_errors)
 	ck_assert_ptr_null(lmk_concat(&c, 0, (lmk_tensor *[]){x}));
 	ck_assert_ptr_null(lmk_concat(&c, 2, (lmk_tensor *[]){x, ids}));
 	ck_assert_str_eq(lmk_errmsg(), "concat: xs[1] (4): expected F32, found I32");
+	ck_assert_ptr_null(lmk_mul_rows(&c, x, lmk_tensor_new(&c, LMK_F32, 1, (int64_t[]){7}, 0)));
+	ck_assert_str_eq(lmk_errmsg(), "mul_rows: x (2,5,7) and s (7): expected s's shape the "
+				       "trailing dims of x's without its last");
+	ck_assert_ptr_nonnull(lmk_mul_rows(&c, x, lmk_tensor_new(&c, LMK_F32, 1, (int64_t[]){5}, 0)));
 	ck_assert_ptr_null(lmk_sigmoid(&c, ids));
 	ck_assert_str_eq(lmk_errmsg(), "sigmoid: x (4): expected F32, found I32");
 	ck_assert_ptr_null(lmk_l2norm(&c, x, -1));
@@ -574,6 +619,7 @@ int main(void)
 	tcase_add_test(tg, test_grad_conv);
 	tcase_add_test(tg, test_grad_l2norm);
 	tcase_add_test(tg, test_grad_unary);
+	tcase_add_test(tg, test_grad_mul_rows);
 	tcase_add_test(tg, test_grad_slice);
 	tcase_add_test(tg, test_grad_concat);
 	suite_add_tcase(s, tg);
