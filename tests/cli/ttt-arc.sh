@@ -1,0 +1,166 @@
+#!/bin/sh
+# ttt-arc.sh: the ttt-arc program from the shell: check, format and score on
+# the hand-made tasks of tests/fixtures/arc (a folder of two tasks, the same
+# as Kaggle's challenges and solutions, a submission solving one task and one
+# of the other's two test inputs, and a folder of bad files), then on the
+# ARC-AGI-1 evaluation set under $LMK_DATA when it is there.
+# Prints TAP-like "ok N - ..." lines; exit 0 pass, 1 fail, 77 skip.
+set -u
+ROOT=${LMK_ROOT:-$PWD}
+BIN=${LMK_BIN:-$ROOT/build/bin}/ttt-arc
+[ -x "$BIN" ] || { echo "ttt-arc.sh: no program $BIN" >&2; exit 77; }
+FX=$ROOT/tests/fixtures/arc
+DATA=${LMK_DATA:-$ROOT/../shared/data}/arc
+T=$(mktemp -d "${TMPDIR:-/tmp}/ttt-arc-test.XXXXXX") || exit 1
+trap 'rm -rf "$T"' EXIT
+trap 'exit 1' HUP INT TERM
+cd "$T" || exit 1
+
+PROG=ttt-arc
+. "$ROOT/tests/tap.sh"
+
+# ---- usage ----
+run "$BIN" -h
+check "-h: the usage on stdout" 'rc_is 0 && err_empty && out_has "usage: ttt-arc COMMAND" && out_has "  score SUBMISSION SOLUTIONS"'
+run "$BIN" help
+check "help: the same" 'rc_is 0 && out_has "usage: ttt-arc COMMAND"'
+run "$BIN" --version
+check "--version" 'rc_is 0 && out_has "ttt-arc (lmk) "'
+run "$BIN"
+check "no command: usage error" 'rc_is 2 && out_empty && err_has "ttt-arc: missing command"'
+run "$BIN" frobnicate
+check "unknown command: usage error" 'rc_is 2 && err_has "unknown command '\''frobnicate'\''"'
+run "$BIN" check
+check "check without TASKS: usage error" 'rc_is 2 && err_has "'\''check'\'' needs TASKS"'
+run "$BIN" score "$FX/submission.json"
+check "score with one operand: usage error" 'rc_is 2 && err_has "needs SUBMISSION and SOLUTIONS"'
+run "$BIN" format "$FX/tasks" "$FX/tasks"
+check "format with two operands: usage error" 'rc_is 2 && err_has "too many arguments for '\''format'\''"'
+run "$BIN" check --loo "$FX/tasks"
+check "an option the command does not take: usage error" 'rc_is 2 && err_has "option '\''--loo'\'' does not apply to '\''check'\''"'
+run "$BIN" format --augment=x "$FX/tasks"
+check "a bad number: usage error" 'rc_is 2 && err_has "option '\''--augment'\'' needs a whole number"'
+run "$BIN" format --bogus "$FX/tasks"
+check "an unknown option: usage error" 'rc_is 2 && err_has "unknown option '\''--bogus'\''"'
+
+# ---- check ----
+run "$BIN" check "$FX/tasks" "$FX/challenges.json" "$FX/solutions.json"
+check "check: good tasks in the three layouts" 'rc_is 0 && err_empty && out_is "$FX/tasks: 2 tasks, 0 bad
+$FX/challenges.json: 2 tasks, 0 bad
+$FX/solutions.json: 2 tasks, 0 bad"'
+run "$BIN" check -q "$FX/tasks"
+check "check -q: nothing to say" 'rc_is 0 && out_empty && err_empty'
+run "$BIN" check "$FX/bad/ragged.json"
+check "check: a ragged grid, one line naming file, task and place" \
+	'rc_is 1 && err_one_line "bad/ragged.json: task ragged: train[0].input row 1: expected 2 cells, found 1" && out_has "1 tasks, 1 bad"'
+run "$BIN" check "$FX/bad/colour.json"
+check "check: a colour out of range" 'rc_is 1 && err_one_line "cell 1: expected a colour 0..9, found 10"'
+run "$BIN" check "$FX/bad/syntax.json"
+check "check: not JSON" 'rc_is 1 && err_one_line "bad/syntax.json: line 2 column 26:"'
+run "$BIN" check "$FX/bad/top.json"
+check "check: not an object" 'rc_is 1 && err_one_line "bad/top.json: expected an object, found an array"'
+run "$BIN" check "$FX/bad"
+check "check: a folder of bad files, one line each" \
+	'rc_is 1 && [ "$(wc -l <err)" -eq "$(ls "$FX/bad" | wc -l)" ] && [ "$(grep -c "^ttt-arc: $FX/bad/" err)" -eq "$(wc -l <err)" ] && out_has "20 tasks, 20 bad"'
+run "$BIN" check nonexistent.json
+check "check: a missing file" 'rc_is 1 && err_one_line "cannot open '\''nonexistent.json'\''"'
+printf '{"good": {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[3]]}]}, "bad": {"train": [], "test": []}}' >mixed.json
+run "$BIN" check mixed.json "$FX/tasks"
+check "check: a combined file with one bad task, and a good folder" \
+	'rc_is 1 && err_one_line "mixed.json: task bad: '\''train'\'': expected 1 to 64 pairs, found 0" && out_is "mixed.json: 2 tasks, 1 bad
+$FX/tasks: 2 tasks, 0 bad"'
+runin '{"x": [[[1, 2]]]}' "$BIN" check -
+check "check: standard input" 'rc_is 0 && out_is "<stdin>: 1 tasks, 0 bad"'
+
+# ---- format ----
+run "$BIN" format --task=aa000001 "$FX/tasks"
+printf '# aa000001 test 0\nI\n10\n00\nO\n01\n00\nE\nI\n00\n20\nO\n00\n02\nE\nI\n30\n00\nO\n03\n00\nE\n' >want
+check "format: one task, exactly: header, prompt, target" 'rc_is 0 && err_empty && cmp -s want out'
+run "$BIN" format --task=aa000001 "$FX/challenges.json"
+check "format: challenges have no target" 'rc_is 0 && [ "$(tail -n 1 out)" = "O" ]'
+run "$BIN" format --task=aa000001 --solutions="$FX/solutions.json" "$FX/challenges.json"
+check "format --solutions: the target again" 'rc_is 0 && cmp -s want out'
+run "$BIN" format "$FX/tasks"
+check "format: every test input" 'rc_is 0 && [ "$(grep -c "^#" out)" -eq 3 ] && out_has "# bb000002 test 1"'
+run "$BIN" format --loo "$FX/tasks"
+check "format --loo: one text per demonstration" \
+	'rc_is 0 && [ "$(grep -c "^#" out)" -eq 5 ] && out_has "# aa000001/1 test 0" && out_has "# bb000002/2 test 0"'
+run "$BIN" format --loo --augment=4 --seed=7 -o a.txt "$FX/tasks"
+check "format --augment: 5 texts per leave-one-out task, to a file" \
+	'rc_is 0 && out_empty && [ "$(grep -c "^#" a.txt)" -eq 25 ] && grep -q "^# bb000002/0 test 0 [a-z0-9-]* colours [0-9]\{10\} order [0-9],[0-9]$" a.txt'
+run "$BIN" format --loo --augment=4 --seed=7 "$FX/tasks"
+check "format --augment: the same seed, the same text" 'rc_is 0 && cmp -s a.txt out'
+run "$BIN" format --loo --augment=4 --seed=8 "$FX/tasks"
+check "format --augment: another seed, another text" 'rc_is 0 && ! cmp -s a.txt out'
+run "$BIN" format --augment=20 --keep-zero --task=aa000001 "$FX/tasks"
+check "format --keep-zero: colour 0 stays" \
+	'rc_is 0 && [ "$(grep -c " colours 0" out)" -eq 20 ]'
+run "$BIN" format --json --task=bb000002 "$FX/tasks"
+if command -v jq >/dev/null 2>&1; then
+	check "format --json: one object per text" 'rc_is 0 && [ "$(wc -l <out)" -eq 2 ] &&
+		[ "$(jq -r ".target" out | head -5 | tr "\n" ,)" = "7,8,E,,9," ] && [ "$(jq -c ".transform" out | head -1)" = null ]'
+else
+	check "format --json: one object per text" 'rc_is 0 && [ "$(wc -l <out)" -eq 2 ] && out_has "\"target\":\"7\\n8\\nE\\n\""'
+fi
+printf '{"one": {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[3]]}]}}' >one.json
+run "$BIN" format --loo one.json
+check "format --loo: one demonstration is left out with a warning" \
+	'rc_is 0 && out_empty && err_one_line "task one: leave-one-out needs 2 demonstrations"'
+run "$BIN" format --task=nope "$FX/tasks"
+check "format: an unknown --task" 'rc_is 1 && err_one_line "no task '\''nope'\''"'
+run "$BIN" format "$FX/bad/real.json"
+check "format: a bad task file" 'rc_is 1 && err_one_line "task real: test[0].input row 0 cell 0: expected a colour 0..9, found 1.5"'
+run "$BIN" format "$FX/solutions.json"
+check "format: solutions alone are no tasks to show" 'rc_is 1 && err_one_line "has no demonstrations"'
+printf '{"aa000001": [[[1]]]}' >short.json
+run "$BIN" format --solutions=short.json "$FX/challenges.json"
+check "format: solutions that do not cover the tasks" 'rc_is 1 && err_one_line "short.json: task bb000002: no solution"'
+
+# ---- score ----
+run "$BIN" score "$FX/submission.json" "$FX/tasks"
+check "score: a JSON line per task, the summary on stderr" 'rc_is 0 && out_is "{\"task\":\"aa000001\",\"tests\":1,\"tests_solved\":1,\"solved\":true,\"missing\":false}
+{\"task\":\"bb000002\",\"tests\":2,\"tests_solved\":1,\"solved\":false,\"missing\":false}" &&
+	err_is "ttt-arc: 2 tasks, 1 solved (50.00%); 3 test inputs, 2 solved (66.67%); score 0.7500; 0 tasks missing"'
+cp out dir.out
+run "$BIN" score "$FX/submission.json" "$FX/solutions.json"
+check "score: against the solutions file, the same" 'rc_is 0 && cmp -s dir.out out'
+run "$BIN" score --solutions="$FX/solutions.json" "$FX/submission.json" "$FX/challenges.json"
+check "score: against challenges with --solutions, the same" 'rc_is 0 && cmp -s dir.out out'
+run "$BIN" score --json -o s.json "$FX/submission.json" "$FX/tasks"
+check "score --json: the summary as a last line" 'rc_is 0 && err_empty && out_empty &&
+	[ "$(tail -n 1 s.json)" = "{\"tasks\":2,\"tasks_solved\":1,\"tests\":3,\"tests_solved\":2,\"score\":0.75,\"missing\":0,\"extra\":0}" ]'
+run "$BIN" score -q "$FX/submission.json" "$FX/tasks"
+check "score -q: no summary" 'rc_is 0 && err_empty && out_lines 2'
+cat "$FX/submission.json" | { "$BIN" score - "$FX/tasks" >out 2>err; echo $? >status; }
+rc=$(cat status)
+check "score: the submission from standard input" 'rc_is 0 && cmp -s dir.out out'
+printf '{"bb000002": [{"attempt_1": [[7],[8]]}], "zz": [{"attempt_1": [[1]]}]}' >partial.json
+run "$BIN" score partial.json "$FX/tasks"
+check "score: missing tasks and inputs are wrong, unknown ones warned about" \
+	'rc_is 0 && out_has "{\"task\":\"aa000001\",\"tests\":1,\"tests_solved\":0,\"solved\":false,\"missing\":true}" &&
+	err_has "ttt-arc: warning: partial.json: 1 tasks that" && err_has "score 0.2500; 1 tasks missing"'
+run "$BIN" score "$FX/submission.json" "$FX/challenges.json"
+check "score: challenges without outputs" 'rc_is 1 && err_one_line "task aa000001: test[0]: no output to score against (give the outputs with --solutions)"'
+printf '{"aa000001": [{"attempt_1": [[1, 2], [3]]}]}' >badsub.json
+run "$BIN" score badsub.json "$FX/tasks"
+check "score: a bad submission" 'rc_is 1 && err_one_line "badsub.json: task aa000001: test[0].attempt_1 row 1: expected 2 cells, found 1"'
+printf '{"aa000001": [' >cut.json
+run "$BIN" score cut.json "$FX/tasks"
+check "score: a cut-off submission" 'rc_is 1 && err_one_line "cut.json: line 1 column"'
+run "$BIN" score "$FX/submission.json" "$FX/bad"
+check "score: bad SOLUTIONS" 'rc_is 1 && err_one_line "colour.json: task colour"'
+run "$BIN" score - -
+check "score: both from standard input is a usage error" 'rc_is 2'
+
+# ---- the real data ----
+if [ -d "$DATA/evaluation" ]; then
+	run "$BIN" check "$DATA/training" "$DATA/evaluation"
+	check "check: ARC-AGI-1 training and evaluation" 'rc_is 0 && err_empty && out_is "$DATA/training: 400 tasks, 0 bad
+$DATA/evaluation: 200 tasks, 0 bad"'
+	run "$BIN" format --loo --augment=2 "$DATA/evaluation"
+	check "format --loo --augment=2 of the evaluation set" 'rc_is 0 && err_empty && [ "$(grep -c "^#" out)" -eq $((676 * 3)) ]'
+else
+	skip "check: ARC-AGI-1 training and evaluation" "no $DATA"
+	skip "format --loo --augment=2 of the evaluation set" "no $DATA"
+fi
+exit $failed
