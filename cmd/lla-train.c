@@ -30,7 +30,9 @@
 #include "ckpt.h"
 #include "dist.h"
 #include "err.h"
+#include "galore.h"
 #include "llama.h"
+#include "lora.h"
 #include "metrics.h"
 #include "ops.h"
 #include "optim.h"
@@ -64,6 +66,13 @@ static const char usage[] =
 "      --vocab=V            vocabulary (default: the data's, 259 for text)\n"
 "      --mixer=NAME         token mixer (default attention, the only one built)\n"
 "      --init=DIR           start from the checkpoint in DIR instead\n"
+"      --adapter=SPEC       train a low-rank adapter over the frozen --init\n"
+"                           model instead of the whole model:\n"
+"                           lora:r=8,alpha=16,dropout=0,targets=q,v (the\n"
+"                           defaults), or onesided:r=8,proj=gaussian|rademacher\n"
+"                           (one factor a frozen random sketch); --out DIR\n"
+"                           then receives adapter_model.safetensors and\n"
+"                           adapter_config.json as PEFT writes them\n"
 "Optimisation:\n"
 "      --steps=N            optimizer steps to reach (default 1000)\n"
 "      --batch=B            sequences per micro-batch (default 16)\n"
@@ -78,6 +87,10 @@ static const char usage[] =
 "      --beta1=B1           AdamW beta1 (default 0.9)\n"
 "      --beta2=B2           AdamW beta2 (default 0.95)\n"
 "      --eps=E              AdamW epsilon (default 1e-08)\n"
+"      --optim=SPEC         adamw (default), or GaLore:\n"
+"                           galore:r=128,every=200,proj=svd,scale=0.25,\n"
+"                           targets=q,k,v,o,gate,up,down (the defaults;\n"
+"                           proj svd, rsvd, random or rademacher)\n"
 "      --grad-clip=G        clip the gradient's global norm to G (default 1;\n"
 "                           0: no clipping)\n"
 "      --seed=N             seed of the weights, the batches and the samples\n"
@@ -117,7 +130,7 @@ enum {
 	O_ACCUM, O_LR, O_MIN_LR, O_WARMUP, O_SCHEDULE, O_DECAY_STEPS, O_WD, O_BETA1,
 	O_BETA2, O_EPS, O_CLIP, O_THREADS, O_EVAL_EVERY, O_EVAL_BATCHES, O_SAMPLE,
 	O_TEMPERATURE, O_OUT, O_SAVE_EVERY, O_RESUME, O_METRICS, O_DEVICE, O_DTYPE, O_GPUS,
-	O_RENDEZVOUS,
+	O_RENDEZVOUS, O_ADAPTER, O_OPTIM,
 };
 
 static const struct option longopts[] = {
@@ -132,6 +145,8 @@ static const struct option longopts[] = {
 	{"vocab", required_argument, NULL, O_VOCAB},
 	{"mixer", required_argument, NULL, O_MIXER},
 	{"init", required_argument, NULL, O_INIT},
+	{"adapter", required_argument, NULL, O_ADAPTER},
+	{"optim", required_argument, NULL, O_OPTIM},
 	{"steps", required_argument, NULL, O_STEPS},
 	{"batch", required_argument, NULL, O_BATCH},
 	{"seq", required_argument, NULL, O_SEQ},
@@ -179,6 +194,8 @@ static const struct mixer mixers[] = {
 struct opts {
 	lmk_train_config cfg;
 	const char *data, *config, *init, *out, *metrics, *mixer;
+	const char *adapter;    /* --adapter as given, or NULL */
+	lmk_lora_config lora;
 	int hidden, layers, heads, kv_heads, intermediate, vocab; /* 0: not given */
 	int min_lr_given, threads_given, dtype_given;
 	const char *device_arg; /* --device as given, or NULL */
@@ -232,6 +249,21 @@ static void parse(int argc, char **argv, struct opts *o)
 		case O_VOCAB: o->vocab = (int)prog_parse_long("--vocab", a, 1, 1 << 24); break;
 		case O_MIXER: o->mixer = a; break;
 		case O_INIT: o->init = a; break;
+		case O_ADAPTER:
+			lmk_lora_config_default(&o->lora);
+			if (lmk_lora_config_parse(&o->lora, a) < 0)
+				prog_usage_error("option '--adapter': %s", lmk_errmsg());
+			o->adapter = a;
+			break;
+		case O_OPTIM: {
+			lmk_galore_config gc;
+			lmk_galore_config_default(&gc);
+			if (strlen(a) >= sizeof c->optim || lmk_galore_config_parse(&gc, a) < 0)
+				prog_usage_error("option '--optim': %s", lmk_errmsg());
+			/* kept in the defaults' spelling, which resume compares */
+			lmk_galore_config_str(&gc, c->optim, sizeof c->optim);
+			break;
+		}
 		case O_STEPS: c->steps = prog_parse_long("--steps", a, 0, 1L << 40); break;
 		case O_BATCH: c->batch = (int)prog_parse_long("--batch", a, 1, 1 << 16); break;
 		case O_SEQ: c->seq = (int)prog_parse_long("--seq", a, 1, 1 << 20); break;
@@ -334,6 +366,17 @@ static void check_usage(const struct opts *o)
 			prog_usage_error("option '%s' cannot be used with --init (the model is the one "
 					 "in %s)", shape, o->init);
 	}
+	if (o->adapter && !o->init && !o->resume)
+		prog_usage_error("--adapter needs --init DIR, the model to adapt");
+	if (o->adapter && strcmp(o->cfg.optim, "adamw") != 0)
+		prog_usage_error("--adapter trains with AdamW; GaLore (--optim) is for the whole model");
+	if (o->adapter && o->lora.onesided && lmk_proj_needs_grad(o->lora.proj))
+		prog_usage_error("--adapter onesided:proj=%s needs the gradients of the frozen model; "
+				 "lla-train makes sketches (proj=gaussian or rademacher), and --optim "
+				 "galore:proj=%s is the same training with SVD projectors",
+				 lmk_proj_name(o->lora.proj), lmk_proj_name(o->lora.proj));
+	if (o->adapter && o->sample && o->cfg.device != LMK_DEV_CPU)
+		prog_usage_error("--sample with --adapter is only on the cpu for now");
 	if (o->heads && o->kv_heads && o->heads % o->kv_heads)
 		prog_usage_error("--heads %d is not a multiple of --kv-heads %d", o->heads, o->kv_heads);
 	if (o->hidden && o->heads && o->hidden % o->heads)
@@ -646,6 +689,8 @@ struct run {
 	struct opts *o;
 	lmk_trainer tr;
 	lmk_llama m;
+	lmk_lora ad;            /* --adapter: trained over m (m.lora) */
+	char adapter_str[512];  /* its settings as saved in the state */
 	const char *data_path;  /* as saved in the state */
 	char *state_path;
 	double t0;              /* when this process started training */
@@ -657,11 +702,18 @@ struct run {
 static void save(struct run *r)
 {
 	const char *extra[] = {
-		"program", "lla-train", "mixer", r->o->mixer, "data", r->data_path, NULL,
+		"program", "lla-train", "mixer", r->o->mixer, "data", r->data_path,
+		r->o->adapter ? "adapter" : NULL, r->adapter_str, "init", r->o->init, NULL,
 	};
 	lmk_llama tmp, *hm;
 	if (!r->o->out || lmk_trainer_rank(&r->tr) != 0)
 		return;
+	if (r->o->adapter) {
+		if (lmk_lora_save(&r->ad, r->o->out, r->o->init) < 0 ||
+		    lmk_trainer_save(&r->tr, r->state_path, lmk_now() - r->t0, extra) < 0)
+			die_lib();
+		return;
+	}
 	hm = on_host(&r->m, &tmp);
 	if (lmk_ckpt_save(r->o->out, hm, LMK_F32) < 0)
 		die_lib();
@@ -669,6 +721,31 @@ static void save(struct run *r)
 		lmk_llama_free(hm);
 	if (lmk_trainer_save(&r->tr, r->state_path, lmk_now() - r->t0, extra) < 0)
 		die_lib();
+}
+
+/* What training holds, once the first step has shown the activations'
+ * peak: on stderr and as one metrics line. */
+static void report_memory(struct run *r, lmk_metrics *mt)
+{
+	lmk_train_memory mm;
+	char b[4][32];
+	const char *what = r->o->adapter ? r->adapter_str : r->o->cfg.optim;
+	lmk_trainer_memory(&r->tr, &mm);
+	lmk_metrics_begin(mt);
+	lmk_metrics_int(mt, "step", r->tr.step);
+	lmk_metrics_str(mt, "memory", what);
+	lmk_metrics_int(mt, "weights_bytes", (int64_t)mm.weights);
+	lmk_metrics_int(mt, "grads_bytes", (int64_t)mm.grads);
+	lmk_metrics_int(mt, "optimizer_bytes", (int64_t)mm.optimizer);
+	lmk_metrics_int(mt, "activations_bytes", (int64_t)mm.activations);
+	if (lmk_metrics_end(mt) < 0)
+		die_lib();
+	if (!r->o->quiet)
+		fprintf(stderr, "%s: memory (%s): weights %sB, gradients %sB, optimizer %sB, "
+			"activations %sB (peak of a step)\n", prog_name(), what,
+			human(b[0], sizeof b[0], (double)mm.weights), human(b[1], sizeof b[1], (double)mm.grads),
+			human(b[2], sizeof b[2], (double)mm.optimizer),
+			human(b[3], sizeof b[3], (double)mm.activations));
 }
 
 int main(int argc, char **argv)
@@ -683,7 +760,7 @@ int main(int argc, char **argv)
 	char *abs_data = NULL, b1[32], b2[32], b3[32];
 	double sum_loss = 0, last_val = NAN, last_loss = NAN, window_loss = NAN;
 	int64_t nsum = 0, nparams;
-	int has_val, sig, dp, world = 1, rank0 = 1;
+	int has_val, sig, dp, world = 1, rank0 = 1, reported = 0;
 	lmk_dist d;
 
 	prog_init("lla-train", usage);
@@ -734,6 +811,24 @@ int main(int argc, char **argv)
 			prog_die("%s: saved with --mixer %s, this run has %s", r.state_path, mx, again.mixer);
 		if (!again.data)
 			again.data = lmk_frame_meta(&st, "data");
+		const char *sa = lmk_frame_meta(&st, "adapter");
+		if (sa) {
+			/* the adapter and its base are the saved run's */
+			char *keep = strdup(sa), *ini = lmk_frame_meta(&st, "init") ? strdup(lmk_frame_meta(&st, "init")) : NULL;
+			if (!keep)
+				prog_die("out of memory");
+			if (again.adapter)
+				prog_usage_error("option '--adapter' cannot be used with --resume (the run's "
+						 "adapter is %s)", sa);
+			lmk_lora_config_default(&again.lora);
+			if (lmk_lora_config_parse(&again.lora, keep) < 0 || !ini)
+				prog_die("%s: metadata 'adapter' or 'init' is missing or bad", r.state_path);
+			again.adapter = keep;
+			again.init = ini;
+		} else if (again.adapter) {
+			prog_usage_error("option '--adapter' cannot be used with --resume (%s trained the "
+					 "whole model)", r.state_path);
+		}
 		if (!again.data)
 			prog_die("%s: no data path saved; give --data", r.state_path);
 		o = again;
@@ -796,7 +891,15 @@ int main(int argc, char **argv)
 	r.data_path = abs_data ? abs_data : o.data;
 
 	/* Model. */
-	if (o.resume) {
+	if (o.adapter) {
+		if (lmk_ckpt_load(o.init, &r.m, 0) < 0)
+			die_lib();
+		if (lmk_lora_init(&r.ad, &o.lora, &r.m.params,
+				  lmk_train_subseed(o.cfg.seed, LMK_TRAIN_SEED_WEIGHTS)) < 0)
+			die_lib();
+		r.m.lora = &r.ad;
+		lmk_lora_config_str(&o.lora, r.adapter_str, sizeof r.adapter_str);
+	} else if (o.resume) {
 		lmk_llama_config mc;
 		char *cpath = join(o.out, "config.json");
 		if (lmk_llama_config_load(&mc, cpath) < 0 || lmk_llama_init(&r.m, &mc, 1) < 0)
@@ -815,9 +918,14 @@ int main(int argc, char **argv)
 	if (data.vocab > r.m.cfg.vocab_size)
 		prog_die("%s: token ids go up to %d, beyond the model's vocabulary of %d%s", data.name,
 			 data.vocab - 1, r.m.cfg.vocab_size, o.resume || o.init ? "" : " (see --vocab)");
-	nparams = (int64_t)r.m.params.n;
+	nparams = (int64_t)(o.adapter ? r.ad.params.n : r.m.params.n);
 
-	if (lmk_trainer_init_dist(&r.tr, &o.cfg, dp ? &d : NULL, &r.m.params, &r.m, llama_loss, &data) < 0)
+	if (lmk_trainer_init_dist(&r.tr, &o.cfg, dp ? &d : NULL, o.adapter ? &r.ad.params : &r.m.params,
+				  &r.m, llama_loss, &data) < 0)
+		die_lib();
+	/* an adapter's frozen base (and projectors) go where it trains */
+	if (o.adapter && (lmk_trainer_attach(&r.tr, &r.m.params) < 0 ||
+			  (r.ad.frozen.nt && lmk_trainer_attach(&r.tr, &r.ad.frozen) < 0)))
 		die_lib();
 	if (o.resume) {
 		if (lmk_trainer_restore(&r.tr, &st, r.state_path) < 0)
@@ -827,7 +935,8 @@ int main(int argc, char **argv)
 			if (!o.quiet)
 				fprintf(stderr, "%s: %s is already at step %" PRId64 " of %" PRId64 "; nothing to do\n",
 					prog_name(), o.out, r.tr.step, o.cfg.steps);
-			lmk_llama_free(&r.m); /* parameters before the context */
+			lmk_lora_free(&r.ad); /* parameters before the context */
+			lmk_llama_free(&r.m);
 			lmk_trainer_free(&r.tr);
 			lmk_tokdata_free(&data);
 			free(abs_data);
@@ -873,6 +982,10 @@ int main(int argc, char **argv)
 		if (lmk_trainer_step(&r.tr, &ts) < 0) {
 			lmk_progress_end(&pg);
 			die_lib();
+		}
+		if (!reported) {
+			report_memory(&r, &mt);
+			reported = 1;
 		}
 		/* of the whole group */
 		rate = (double)world * o.cfg.batch * o.cfg.seq * o.cfg.accum / (lmk_now() - ts0);
@@ -951,7 +1064,8 @@ int main(int argc, char **argv)
 			fprintf(stderr, ", saved in %s", o.out);
 		fputc('\n', stderr);
 	}
-	lmk_llama_free(&r.m); /* parameters before the context */
+	lmk_lora_free(&r.ad); /* parameters before the context */
+	lmk_llama_free(&r.m);
 	lmk_trainer_free(&r.tr);
 	lmk_tokdata_free(&data);
 	free(abs_data);

@@ -594,3 +594,116 @@ int lmk_galore_step(lmk_galore *g, float lr)
 	}
 	return 0;
 }
+
+/* ---- state files ------------------------------------------------------- */
+
+/* n floats at src (on g's device) into the frame as name, copied. */
+static int put(const lmk_galore *g, lmk_frame *f, const char *name, const float *src, int ndim,
+	       const int64_t *shape, size_t n)
+{
+	const float *h = src;
+	float *tmp = NULL;
+#if LMK_CUDA
+	if (g->dev == LMK_DEV_CUDA) {
+		if (!(tmp = malloc((n ? n : 1) * sizeof *tmp)))
+			return lmk_err(LMK_ENOMEM, "galore: cannot allocate %zu floats", n);
+		int rc = lmk_cuda_download(g->backend, tmp, src, n * sizeof *tmp);
+		if (rc < 0) {
+			free(tmp);
+			return rc;
+		}
+		h = tmp;
+	}
+#endif
+	int rc = lmk_frame_add_copy(f, name, LMK_F32, ndim, shape, h);
+	free(tmp);
+	return rc;
+}
+
+int lmk_galore_to_frame(const lmk_galore *g, lmk_frame *f)
+{
+	char name[512];
+	int64_t t = g->t, r[2] = {(int64_t)g->rng.seed, (int64_t)lmk_rng_tell(&g->rng)};
+	const int64_t two = 2;
+	int rc = lmk_frame_add_copy(f, "galore.t", LMK_I64, 0, NULL, &t);
+	if (rc == 0)
+		rc = lmk_frame_add_copy(f, "galore.rng", LMK_I64, 1, &two, r);
+	for (int i = 0; rc == 0 && i < g->p->nt; i++) {
+		const lmk_galore_slot *s = &g->slots[i];
+		const char *pn = g->p->t[i].name;
+		int64_t nm = (int64_t)s->nm;
+		snprintf(name, sizeof name, "galore.m/%s", pn);
+		rc = put(g, f, name, s->m, 1, &nm, s->nm);
+		snprintf(name, sizeof name, "galore.v/%s", pn);
+		if (rc == 0)
+			rc = put(g, f, name, s->v, 1, &nm, s->nm);
+		if (rc < 0 || s->mode < 0)
+			continue;
+		int64_t sh[2] = {s->mode ? s->rows : s->r, s->mode ? s->r : s->cols};
+		snprintf(name, sizeof name, "galore.P/%s", pn);
+		rc = put(g, f, name, s->P, 2, sh, (size_t)(sh[0] * sh[1]));
+	}
+	return rc;
+}
+
+/* Tensor name of st: F32 (or I64 when i64) with n elements, into dst (on
+ * g's device). */
+static int get(lmk_galore *g, const lmk_frame *st, const char *path, const char *name, void *dst,
+	       size_t n, int i64)
+{
+	const lmk_ftensor *t = lmk_frame_find(st, name);
+	lmk_dtype dt = i64 ? LMK_I64 : LMK_F32;
+	if (!t)
+		return lmk_err(LMK_EFORMAT, "%s: no tensor '%s' (saved with another optimizer?)", path,
+			       name);
+	if (t->dtype != dt || (size_t)lmk_ftensor_numel(t) != n)
+		return lmk_err(LMK_EFORMAT, "%s: tensor '%s': expected %s with %zu elements", path, name,
+			       lmk_dtype_name(dt), n);
+#if LMK_CUDA
+	if (g->dev == LMK_DEV_CUDA && !i64) {
+		/* frame data may be unaligned: stage through an aligned copy */
+		float *tmp = malloc((n ? n : 1) * sizeof *tmp);
+		if (!tmp)
+			return lmk_err(LMK_ENOMEM, "galore: cannot allocate %zu floats", n);
+		memcpy(tmp, t->data, n * sizeof *tmp);
+		int rc = lmk_cuda_upload(g->backend, dst, tmp, n * sizeof *tmp);
+		free(tmp);
+		return rc;
+	}
+#endif
+	memcpy(dst, t->data, n * (i64 ? 8 : 4));
+	return 0;
+}
+
+int lmk_galore_from_frame(lmk_galore *g, const lmk_frame *st, const char *path)
+{
+	char name[512];
+	int64_t t, r[2];
+	int rc = get(g, st, path, "galore.t", &t, 1, 1);
+	if (rc == 0)
+		rc = get(g, st, path, "galore.rng", r, 2, 1);
+	if (rc < 0)
+		return rc;
+	if (t < 0 || r[1] < 0)
+		return lmk_err(LMK_EFORMAT, "%s: galore.t or galore.rng is negative", path);
+	for (int i = 0; rc == 0 && i < g->p->nt; i++) {
+		lmk_galore_slot *s = &g->slots[i];
+		const char *pn = g->p->t[i].name;
+		snprintf(name, sizeof name, "galore.m/%s", pn);
+		rc = get(g, st, path, name, s->m, s->nm, 0);
+		snprintf(name, sizeof name, "galore.v/%s", pn);
+		if (rc == 0)
+			rc = get(g, st, path, name, s->v, s->nm, 0);
+		if (rc < 0 || s->mode < 0)
+			continue;
+		snprintf(name, sizeof name, "galore.P/%s", pn);
+		rc = get(g, st, path, name, s->P,
+			 (size_t)s->r * (size_t)(s->mode ? s->rows : s->cols), 0);
+	}
+	if (rc < 0)
+		return rc;
+	g->t = t;
+	lmk_rng_init(&g->rng, (uint64_t)r[0]);
+	lmk_rng_seek(&g->rng, (uint64_t)r[1]);
+	return 0;
+}

@@ -24,6 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "frame.h"
 #include "optim.h"
 #include "rng.h"
 #include "tensor.h"
@@ -115,5 +116,12 @@ int lmk_galore_step(lmk_galore *g, float lr);
 /* Bytes of optimizer state: moments and projectors (and the plain
  * tensors' moments). */
 size_t lmk_galore_state_bytes(const lmk_galore *g);
+
+/* The optimizer's state into a frame (copied: "galore.t", "galore.rng",
+ * and per tensor of p "galore.m/NAME", "galore.v/NAME", for targets
+ * "galore.P/NAME"), and back from one made by the same settings over the
+ * same parameters. @return : 0 or a negative code naming path */
+int lmk_galore_to_frame(const lmk_galore *g, lmk_frame *f);
+int lmk_galore_from_frame(lmk_galore *g, const lmk_frame *st, const char *path);
 
 #endif

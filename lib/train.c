@@ -11,6 +11,7 @@
 #include <omp.h>
 
 #include "err.h"
+#include "galore.h"
 #include "train.h"
 
 #if LMK_CUDA
@@ -61,6 +62,7 @@ void lmk_train_config_default(lmk_train_config *c)
 	c->beta2 = 0.95f;
 	c->eps = 1e-8f;
 	c->grad_clip = 1.0f;
+	snprintf(c->optim, sizeof c->optim, "adamw");
 	c->eval_every = 100;
 	c->eval_batches = 20;
 	c->save_every = 500;
@@ -89,6 +91,10 @@ int lmk_train_config_check(const lmk_train_config *c)
 		return lmk_err(LMK_EINVAL, "betas (%g, %g): expected each in [0, 1)", c->beta1, c->beta2);
 	if (!(c->weight_decay >= 0) || !(c->eps >= 0) || !(c->grad_clip >= 0))
 		return lmk_err(LMK_EINVAL, "weight_decay, eps and grad_clip must be >= 0");
+	lmk_galore_config gc;
+	lmk_galore_config_default(&gc);
+	if (lmk_galore_config_parse(&gc, c->optim) < 0)
+		return lmk_errcode();
 	if (!(c->val_frac >= 0 && c->val_frac < 1))
 		return lmk_err(LMK_EINVAL, "val_frac %g: expected a number in [0, 1)", c->val_frac);
 	if (c->device != LMK_DEV_CPU && c->device != LMK_DEV_CUDA)
@@ -273,6 +279,7 @@ static uint64_t run_fingerprint(const lmk_train_config *c, const lmk_tokdata *d,
 		     (int)c->dtype, (long long)d->n, (long long)d->ntrain, d->vocab,
 		     (unsigned long long)d->hash, p->n, p->nt);
 	h = lmk_dist_hash(h, buf, (size_t)k < sizeof buf ? (size_t)k : sizeof buf);
+	h = lmk_dist_hash(h, c->optim, strlen(c->optim));
 	for (int i = 0; i < p->nt; i++)
 		h = lmk_dist_hash(h, p->t[i].name, strlen(p->t[i].name));
 	/* the weights a word at a time: FNV's bytewise loop is slow for
@@ -422,6 +429,11 @@ static int dp_backward(lmk_trainer *tr, lmk_tensor *loss, float scale)
 void lmk_trainer_free(lmk_trainer *tr)
 {
 	lmk_adamw_free(&tr->opt);
+	if (tr->galore) {
+		if (tr->galore->p)
+			lmk_galore_free(tr->galore);
+		free(tr->galore);
+	}
 	if (tr->dp) {
 		dp_free(tr->dp); /* before the context, whose stream it follows */
 	} else {
@@ -430,6 +442,33 @@ void lmk_trainer_free(lmk_trainer *tr)
 	}
 	lmk_ctx_free(&tr->ctx);
 	memset(tr, 0, sizeof *tr);
+}
+
+int lmk_trainer_attach(lmk_trainer *tr, lmk_params *p)
+{
+	if (tr->nattached == (int)(sizeof tr->attached / sizeof *tr->attached))
+		return lmk_err(LMK_EINVAL, "trainer: more than %d parameter sets attached",
+			       tr->nattached);
+	int rc = p->dev == tr->ctx.dev ? 0 : lmk_params_to_device(p, &tr->ctx);
+	if (rc == 0)
+		tr->attached[tr->nattached++] = p;
+	return rc;
+}
+
+static size_t weight_bytes(const lmk_params *p)
+{
+	return p->n * sizeof(float) + (p->lp ? p->n * 2 : 0);
+}
+
+void lmk_trainer_memory(const lmk_trainer *tr, lmk_train_memory *m)
+{
+	const lmk_params *p = tr->params;
+	m->weights = weight_bytes(p);
+	for (int i = 0; i < tr->nattached; i++)
+		m->weights += weight_bytes(tr->attached[i]);
+	m->grads = p->grad ? p->n * sizeof(float) : 0;
+	m->optimizer = tr->galore ? lmk_galore_state_bytes(tr->galore) : 2 * p->n * sizeof(float);
+	m->activations = tr->ctx.arena.peak;
 }
 
 int lmk_trainer_rank(const lmk_trainer *tr) { return tr->dp ? tr->dp->d.rank : 0; }
@@ -475,8 +514,21 @@ int lmk_trainer_init_dist(lmk_trainer *tr, const lmk_train_config *cfg, const lm
 	ac.beta2 = cfg->beta2;
 	ac.eps = cfg->eps;
 	ac.weight_decay = cfg->weight_decay;
-	if ((rc = lmk_adamw_init(&tr->opt, p, &ac)) < 0)
+	lmk_galore_config gc;
+	lmk_galore_config_default(&gc);
+	if ((rc = lmk_galore_config_parse(&gc, cfg->optim)) < 0)
 		goto fail;
+	if (gc.rank > 0) {
+		if (!(tr->galore = calloc(1, sizeof *tr->galore))) {
+			rc = lmk_err(LMK_ENOMEM, "trainer: cannot allocate the optimizer");
+			goto fail;
+		}
+		if ((rc = lmk_galore_init(tr->galore, p, &ac, &gc,
+					  lmk_train_subseed(cfg->seed, LMK_TRAIN_SEED_OPTIM))) < 0)
+			goto fail;
+	} else if ((rc = lmk_adamw_init(&tr->opt, p, &ac)) < 0) {
+		goto fail;
+	}
 	tr->sched.kind = cfg->schedule;
 	tr->sched.lr = cfg->lr;
 	tr->sched.min_lr = cfg->min_lr;
@@ -584,7 +636,10 @@ int lmk_trainer_step(lmk_trainer *tr, lmk_train_stats *st)
 		return lmk_err(LMK_ENUM, "step %lld: the gradient norm is %g; the run diverged (try a lower --lr)",
 			       (long long)tr->step + 1, st->grad_norm);
 	st->lr = lmk_schedule_lr(&tr->sched, tr->step);
-	lmk_adamw_step(&tr->opt, st->lr);
+	if (!tr->galore)
+		lmk_adamw_step(&tr->opt, st->lr);
+	else if ((rc = lmk_galore_step(tr->galore, st->lr)) < 0)
+		return rc;
 	/* On a device the update is only queued: wait for it, so that the step
 	 * is over when this returns and a failed launch is this step's error. */
 	if (tr->ctx.dev != LMK_DEV_CPU && (rc = lmk_ctx_sync(&tr->ctx)) < 0)
@@ -683,6 +738,7 @@ static int config_meta(lmk_frame *f, const lmk_train_config *c)
 	rc |= put_meta(f, "threads", "%d", c->threads);
 	rc |= lmk_frame_set_meta(f, "device", c->device == LMK_DEV_CUDA ? "cuda" : "cpu");
 	rc |= lmk_frame_set_meta(f, "dtype", c->dtype == LMK_BF16 ? "bf16" : "f32");
+	rc |= lmk_frame_set_meta(f, "optim", c->optim);
 	return rc ? LMK_ENOMEM : 0;
 }
 
@@ -705,7 +761,7 @@ int lmk_trainer_save(const lmk_trainer *tr, const char *path, double now_elapsed
 {
 	lmk_frame f;
 	lmk_tokdata_pos pos;
-	int64_t step = tr->step, t = tr->opt.t, tokens = tr->tokens, rd[3], rc2[2], rs[2];
+	int64_t step = tr->step, t = tr->galore ? tr->galore->t : tr->opt.t, tokens = tr->tokens, rd[3], rc2[2], rs[2];
 	double elapsed = tr->elapsed + now_elapsed;
 	const int64_t three = 3, two = 2;
 	const float *pd = tr->params->data, *pm = tr->opt.m, *pv = tr->opt.v;
@@ -721,7 +777,7 @@ int lmk_trainer_save(const lmk_trainer *tr, const char *path, double now_elapsed
 			return lmk_err(LMK_ENOMEM, "%s: cannot allocate %zu bytes for a host copy", path,
 				       3 * n * sizeof(float));
 		rc = lmk_params_copy_to_host(tr->params, 0, host);
-		if (!rc)
+		if (!rc && !tr->galore)
 			rc = lmk_adamw_moments_to_host(&tr->opt, host + n, host + 2 * n);
 		if (rc < 0) {
 			free(host);
@@ -760,8 +816,9 @@ int lmk_trainer_save(const lmk_trainer *tr, const char *path, double now_elapsed
 	if (!rc) rc = lmk_frame_add(&f, "rng.ctx", LMK_I64, 1, &two, rc2);
 	if (!rc) rc = lmk_frame_add(&f, "rng.sample", LMK_I64, 1, &two, rs);
 	if (!rc) rc = add_params(&f, tr->params, pd, "param");
-	if (!rc) rc = add_params(&f, tr->params, pm, "adamw.m");
-	if (!rc) rc = add_params(&f, tr->params, pv, "adamw.v");
+	if (!rc && !tr->galore) rc = add_params(&f, tr->params, pm, "adamw.m");
+	if (!rc && !tr->galore) rc = add_params(&f, tr->params, pv, "adamw.v");
+	if (!rc && tr->galore) rc = lmk_galore_to_frame(tr->galore, &f);
 	if (rc < 0) {
 		lmk_frame_free(&f);
 		free(host);
@@ -878,6 +935,15 @@ int lmk_train_state_config(const lmk_frame *st, const char *path, lmk_train_conf
 		return lmk_err(LMK_EFORMAT, "%s: metadata 'dtype' is '%s', expected f32 or bf16", path, s);
 	if (c->dtype == LMK_BF16 && c->device != LMK_DEV_CUDA)
 		return lmk_err(LMK_EFORMAT, "%s: metadata says dtype bf16 on the cpu", path);
+	s = lmk_frame_meta(st, "optim"); /* absent: saved before GaLore */
+	if (s) {
+		lmk_galore_config gc;
+		lmk_galore_config_default(&gc);
+		if (strlen(s) >= sizeof c->optim || lmk_galore_config_parse(&gc, s) < 0)
+			return lmk_err(LMK_EFORMAT, "%s: metadata 'optim' is '%s', expected adamw or "
+				       "galore:...", path, s);
+		snprintf(c->optim, sizeof c->optim, "%s", s);
+	}
 	return 0;
 }
 
@@ -954,6 +1020,9 @@ int lmk_trainer_restore(lmk_trainer *tr, const lmk_frame *st, const char *path)
 			       "this run has %d of batch %d (%lld)", path, (long long)v[0], v[0] == 1 ? "" : "s",
 			       saved.batch, (long long)(v[0] * saved.batch), lmk_trainer_world(tr), tr->cfg.batch,
 			       (long long)lmk_trainer_world(tr) * tr->cfg.batch);
+	if (strcmp(saved.optim, tr->cfg.optim) != 0)
+		return lmk_err(LMK_EINVAL, "%s: saved with optimizer %s, this run has %s", path,
+			       saved.optim, tr->cfg.optim);
 	if (saved.seq != tr->cfg.seq)
 		return lmk_err(LMK_EINVAL, "%s: saved with seq %d, this run has %d", path, saved.seq, tr->cfg.seq);
 	if (saved.accum != tr->cfg.accum)
@@ -991,14 +1060,15 @@ int lmk_trainer_restore(lmk_trainer *tr, const lmk_frame *st, const char *path)
 		pv = host + 2 * n;
 	}
 	if ((rc = get_params(st, path, tr->params, pd, "param")) < 0 ||
-	    (rc = get_params(st, path, tr->params, pm, "adamw.m")) < 0 ||
-	    (rc = get_params(st, path, tr->params, pv, "adamw.v")) < 0) {
+	    (!tr->galore && (rc = get_params(st, path, tr->params, pm, "adamw.m")) < 0) ||
+	    (!tr->galore && (rc = get_params(st, path, tr->params, pv, "adamw.v")) < 0) ||
+	    (tr->galore && (rc = lmk_galore_from_frame(tr->galore, st, path)) < 0)) {
 		free(host);
 		return rc;
 	}
 	if (host) {
 		rc = lmk_params_copy_from_host(tr->params, pd);
-		if (!rc)
+		if (!rc && !tr->galore)
 			rc = lmk_adamw_moments_from_host(&tr->opt, pm, pv);
 		if (!rc)
 			rc = lmk_ctx_sync(&tr->ctx);

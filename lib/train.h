@@ -13,7 +13,9 @@
  * the same tensors whichever device wrote it and either device resumes it.
  * The state file is one frame (kind lmk-training-state, schema 1): tensors
  * "param/NAME", "adamw.m/NAME", "adamw.v/NAME" (F32, each parameter's shape),
- * "step", "adamw.t", "tokens" (I64, 0-d), "elapsed" (F64, 0-d), "rng.data"
+ * (with GaLore, instead of adamw.m and adamw.v, the tensors of
+ * lmk_galore_to_frame), "step", "adamw.t", "tokens" (I64, 0-d), "elapsed"
+ * (F64, 0-d), "rng.data"
  * (I64 (3): seed, words drawn, windows drawn), "rng.ctx" (I64 (2): the
  * context's seed and counter), "rng.sample" (I64 (2): seed, words drawn);
  * metadata: every field of lmk_train_config under its name (device as
@@ -73,13 +75,15 @@ typedef struct lmk_train_config {
 	lmk_device device;   /* where the model trains */
 	int device_index;    /* which CUDA device (0: the first) */
 	lmk_dtype dtype;     /* compute dtype: F32; or BF16 on CUDA */
+	char optim[256];     /* "adamw", or GaLore's settings
+			      * ("galore:r=128,...", lib/galore.h) */
 } lmk_train_config;
 
 /* The defaults lla-train documents: batch 16, seq 128, accum 1, steps 1000,
  * lr 1e-3 and min_lr 1e-4 (lr/10, as nanoGPT), warmup 100, cosine,
  * weight_decay 0.1, betas (0.9, 0.95), eps 1e-8, grad_clip 1, eval_every
  * 100, eval_batches 20, save_every 500, seed 1337, val_frac 0.1, threads 0
- * (the number of processors), the CPU in F32. */
+ * (the number of processors), the CPU in F32, optim "adamw". */
 void lmk_train_config_default(lmk_train_config *cfg);
 /* Checks ranges. @return : 0 or LMK_EINVAL naming the field */
 int lmk_train_config_check(const lmk_train_config *cfg);
@@ -113,7 +117,8 @@ typedef struct lmk_trainer {
 	void *model;
 	lmk_train_loss_fn loss;
 	lmk_tokdata *data;
-	lmk_adamw opt;
+	lmk_adamw opt;       /* AdamW, unless galore */
+	struct lmk_galore *galore; /* cfg.optim is GaLore: it, and opt unused */
 	lmk_schedule sched;
 	lmk_ctx ctx;
 	int32_t *x, *y;      /* (B,T) the current micro-batch (of this rank) */
@@ -123,6 +128,8 @@ typedef struct lmk_trainer {
 	int64_t step;        /* optimizer steps done */
 	int64_t tokens;      /* training tokens seen */
 	double elapsed;      /* seconds spent in earlier runs (a resumed run) */
+	lmk_params *attached[8]; /* lmk_trainer_attach */
+	int nattached;
 } lmk_trainer;
 
 typedef struct lmk_train_stats {
@@ -134,13 +141,28 @@ typedef struct lmk_train_stats {
 /* Derived seeds, so that each random stream of a run (weights, data,
  * sampling) is independent yet fixed by the one --seed: words 0 and 1 of
  * Philox block 2^63 + stream of stream seed. Streams: 0 weights, 1 data,
- * 2 sampling, 3 the context (dropout). */
-enum { LMK_TRAIN_SEED_WEIGHTS, LMK_TRAIN_SEED_DATA, LMK_TRAIN_SEED_SAMPLE, LMK_TRAIN_SEED_CTX };
+ * 2 sampling, 3 the context (dropout), 4 the optimizer (GaLore's sketches). */
+enum { LMK_TRAIN_SEED_WEIGHTS, LMK_TRAIN_SEED_DATA, LMK_TRAIN_SEED_SAMPLE, LMK_TRAIN_SEED_CTX,
+       LMK_TRAIN_SEED_OPTIM };
 uint64_t lmk_train_subseed(uint64_t seed, int stream);
 
 /* Sets the threads of OpenMP and of OpenBLAS (n <= 0: the number of
  * processors). @return : the number set */
 int lmk_train_set_threads(int n);
+
+/* What the trainer holds, in bytes: weights (the trainable parameters and
+ * those attached, float32, plus their bf16 copies), gradients, optimizer
+ * state (moments, GaLore's projectors) and activations (the largest arena
+ * a step has used so far: call it after a step). */
+typedef struct lmk_train_memory {
+	size_t weights, grads, optimizer, activations;
+} lmk_train_memory;
+void lmk_trainer_memory(const lmk_trainer *tr, lmk_train_memory *m);
+/* Moves frozen parameters the model also reads (the base under an
+ * adapter, an adapter's projectors) to the trainer's device, and counts
+ * them in lmk_trainer_memory; at most 8. Free them before the trainer.
+ * @return : 0 or a negative code */
+int lmk_trainer_attach(lmk_trainer *tr, lmk_params *p);
 
 /* Sets up a run at step 0: a context on cfg->device computing in
  * cfg->dtype, p moved there (lmk_params_to_device: give p on the host, its
