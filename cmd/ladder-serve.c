@@ -21,6 +21,7 @@
 #include "frame.h"
 #include "progress.h"
 #include "prog.h"
+#include "lora.h"
 #include "serve.h"
 #include "train.h"
 
@@ -37,6 +38,9 @@ static const char usage[] =
 "\n"
 "Options:\n"
 "  -m, --model=MODEL      the model to serve\n"
+"      --adapter=DIR      apply the LoRA adapter in DIR (adapter_config.json and\n"
+"                         adapter_model.safetensors, as PEFT and lla-train\n"
+"                         --adapter write them)\n"
 "      --stream           answer with one JSON object per piece of text as it\n"
 "                         comes ({\"token\": ...}), then the whole answer\n"
 "      --strict           exit 1 at the first bad request instead of answering\n"
@@ -67,7 +71,7 @@ static const char usage[] =
 
 enum {
 	O_STREAM = PROG_OPT_FIRST_FREE, O_STRICT, O_PLAIN, O_CTX, O_MAX_TOKENS, O_TEMPERATURE,
-	O_TOP_P, O_TOP_K, O_THREADS, O_LOGITS,
+	O_TOP_P, O_TOP_K, O_THREADS, O_LOGITS, O_ADAPTER,
 };
 
 static const struct option longopts[] = {
@@ -83,6 +87,7 @@ static const struct option longopts[] = {
 	{"seed", required_argument, NULL, PROG_OPT_SEED},
 	{"threads", required_argument, NULL, O_THREADS},
 	{"logits", required_argument, NULL, O_LOGITS},
+	{"adapter", required_argument, NULL, O_ADAPTER},
 	{"output", required_argument, NULL, 'o'},
 	{"force", no_argument, NULL, PROG_OPT_FORCE},
 	{"quiet", no_argument, NULL, 'q'},
@@ -93,6 +98,7 @@ static const struct option longopts[] = {
 
 struct opts {
 	const char *model, *logits, *out;
+	const char *adapter;
 	int stream, strict, plain, ctx, max_tokens, top_k, threads, force, quiet;
 	double temperature, top_p;   /* NAN: not given */
 	uint64_t seed;
@@ -125,6 +131,7 @@ static void parse(int argc, char **argv, struct opts *o)
 		case PROG_OPT_SEED: o->seed = prog_parse_seed(optarg); break;
 		case O_THREADS: o->threads = (int)prog_parse_long("--threads", optarg, 1, 4096); break;
 		case O_LOGITS: o->logits = optarg; break;
+		case O_ADAPTER: o->adapter = optarg; break;
 		case 'o': o->out = optarg; break;
 		case PROG_OPT_FORCE: o->force = 1; break;
 		case 'q': o->quiet = 1; break;
@@ -520,6 +527,15 @@ int main(int argc, char **argv)
 	lmk_train_set_threads(o.threads);
 	interactive = !o.logits && isatty(STDIN_FILENO);
 	load(&s, &o, interactive);
+	lmk_lora ad = {0};
+	if (o.adapter) {
+		if (lmk_lora_load(&ad, o.adapter, &s.m.params) < 0)
+			prog_die_lib();
+		s.m.lora = &ad;
+		if (!o.quiet)
+			fprintf(stderr, "%s: adapter %s: rank %d over %d layers\n", prog_name(), o.adapter,
+				ad.cfg.r, ad.n);
+	}
 	if (o.logits)
 		logits_frames(&s, &o);
 	else if (interactive)
@@ -527,5 +543,6 @@ int main(int argc, char **argv)
 	else
 		serve_lines(&s, &o);
 	lmk_serve_free(&s);
+	lmk_lora_free(&ad);
 	return 0;
 }

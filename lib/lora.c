@@ -501,7 +501,12 @@ int lmk_lora_save(const lmk_lora *a, const char *dir, const char *base_name)
 		rc = lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
 		goto out;
 	}
+	char cfgstr[512];
+	lmk_lora_config_str(&a->cfg, cfgstr, sizeof cfgstr);
 	rc = lmk_frame_set_meta(&f, "format", "pt");
+	/* our settings (a one-sided adapter's side and projector) beside PEFT's */
+	if (rc == 0)
+		rc = lmk_frame_set_meta(&f, "lmk_adapter", cfgstr);
 	for (int i = 0; rc == 0 && i < a->n; i++) {
 		const lmk_lora_slot *s = &a->slots[i];
 		const lmk_tensor *t[2] = {s->a, s->b};
@@ -559,9 +564,6 @@ int lmk_lora_save(const lmk_lora *a, const char *dir, const char *base_name)
 	json_object_set_new(o, "task_type", json_string("CAUSAL_LM"));
 	json_object_set_new(o, "use_dora", json_false());
 	json_object_set_new(o, "use_rslora", a->cfg.rslora ? json_true() : json_false());
-	char cfgstr[512];
-	lmk_lora_config_str(&a->cfg, cfgstr, sizeof cfgstr);
-	json_object_set_new(o, "lmk_adapter", json_string(cfgstr));
 	char *text = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS);
 	json_decref(o);
 	if (!text) {
