@@ -1214,26 +1214,28 @@ int lmk_arc_vote_grids(const lmk_arc_grid *g, const int *cls, int n, lmk_arc_gri
 				break;
 		cl[i] = j < i ? cl[j] : nc++;
 	}
-	if (!(cnt = calloc((size_t)nc * (size_t)nu, sizeof *cnt))) {
+	/* within each class its 3 most frequent grids get a vote each; one row
+	 * of counts, reused, keeps memory linear in n */
+	if (!(cnt = calloc((size_t)nu, sizeof *cnt))) {
 		rc = lmk_err(LMK_ENOMEM, "arc: out of memory");
 		goto out;
 	}
-	for (int i = 0; i < n; i++)
-		cnt[cl[i] * nu + u[i]]++;
-	/* within each class: its 3 most frequent grids get a vote each */
 	for (int c = 0; c < nc; c++) {
-		int *row = cnt + c * nu;
+		memset(cnt, 0, (size_t)nu * sizeof *cnt);
+		for (int i = 0; i < n; i++)
+			if (cl[i] == c)
+				cnt[u[i]]++;
 		for (int pick = 0; pick < 3; pick++) {
 			int b = -1;
 			for (int j = 0; j < nu; j++) {
-				int kj[2] = {row[j], 0}, kb[2] = {b >= 0 ? row[b] : 0, 0};
-				if (row[j] > 0 && (b < 0 || better(kj, kb, j, b)))
+				int kj[2] = {cnt[j], 0}, kb[2] = {b >= 0 ? cnt[b] : 0, 0};
+				if (cnt[j] > 0 && (b < 0 || better(kj, kb, j, b)))
 					b = j;
 			}
 			if (b < 0)
 				break;
 			score[b]++;
-			row[b] = 0;
+			cnt[b] = 0;
 		}
 	}
 	for (int slot = 0; slot < 2 && slot < nu; slot++) {

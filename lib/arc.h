@@ -261,7 +261,10 @@ int lmk_arc_prompts(const lmk_arc_task *t, int k, const lmk_arc_tf *tfs, int ntf
  * back through tfs[i]; within each symmetry class the distinct grids are
  * counted and the 3 most frequent kept; across classes a grid scores the
  * number of classes that kept it, then its count over all answers; ties
- * go to the grid first seen. Unparsable answers do not vote.
+ * go to the grid first seen (the paper favours the identity: put it
+ * first, as lmk_arc_tf_plan does). Unparsable answers do not vote. The
+ * paper's row- and column-majority grids, added to classes with fewer than
+ * 3 distinct answers, are not made.
  * best[0] and best[1] get the two best distinct grids ("no grid" where
  * there are fewer). @return : the number of distinct grids found (0..) */
 int lmk_arc_vote(const char *const *texts, const lmk_arc_tf *tfs, int ntf, lmk_arc_grid best[2]);
