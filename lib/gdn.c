@@ -15,6 +15,7 @@
 /* the CUDA launchers, when this build has them */
 #if LMK_CUDA && defined(__has_include)
 #if __has_include("../cuda/gdn_cuda.h")
+#include "../cuda/cuda.h"
 #include "../cuda/gdn_cuda.h"
 #define HAVE_CUDA_GDN 1
 #endif
@@ -749,9 +750,16 @@ int lmk_gdn_state_init(lmk_gdn_state *s, lmk_ctx *c, int64_t B, int64_t H, int64
 	size_t bytes = sizeof(float) * (size_t)(B * H * s->nlev * Dk * Dv);
 	if (on_cuda(c)) {
 #if HAVE_CUDA_GDN
-		int r = lmk_cuda_gdn_state_alloc(c->backend, (void **)&s->S, bytes);
+		void *p = NULL;
+		int r = lmk_cuda_mem_alloc(&p, bytes);
 		if (r < 0)
 			return r;
+		s->S = p;
+		if ((r = lmk_cuda_memset(c->backend, p, 0, bytes)) < 0) {
+			lmk_cuda_mem_free(p);
+			s->S = NULL;
+			return r;
+		}
 #else
 		return lmk_err(LMK_EUNSUP, "gdn state: no cuda kernel in this build");
 #endif
@@ -771,7 +779,7 @@ int lmk_gdn_state_reset(lmk_gdn_state *s)
 		return 0;
 	if (s->dev == LMK_DEV_CUDA) {
 #if HAVE_CUDA_GDN
-		return lmk_cuda_gdn_state_zero(s->backend, s->S, bytes);
+		return lmk_cuda_memset(s->backend, s->S, 0, bytes);
 #else
 		return lmk_err(LMK_EUNSUP, "gdn state: no cuda kernel in this build");
 #endif
@@ -785,7 +793,7 @@ void lmk_gdn_state_free(lmk_gdn_state *s)
 	if (s->S) {
 		if (s->dev == LMK_DEV_CUDA) {
 #if HAVE_CUDA_GDN
-			lmk_cuda_gdn_state_free(s->S);
+			lmk_cuda_mem_free(s->S);
 #endif
 		} else {
 			free(s->S);
