@@ -1074,7 +1074,7 @@ static int example(struct ids *x, const lmk_arc_task *t, int k, const lmk_arc_ex
 			sb_str(&p, LMK_ARC_END);
 			if (p.fail)
 				break;
-			rc = ids_text(x, o, p.p, p.n, 1);
+			rc = ids_text(x, o, p.p, p.n, i > 0 || o->all_outputs > 1);
 		}
 		free(p.p);
 		if (p.fail)

@@ -212,9 +212,11 @@ typedef struct lmk_arc_example_opts {
 	void *arg;
 	int32_t bos, eos;   /* prepended / appended ids, -1 for none */
 	int max_len;        /* longer examples are dropped and counted */
-	int all_outputs;    /* loss on every output grid (the demonstrations'
-			     * too: the paper's "loss on all outputs"), not
-			     * only on the target */
+	int all_outputs;    /* 0: loss on the target only; 1: also on the
+			     * outputs of the demonstrations but the first
+			     * (the paper's loss on demonstrations: the first
+			     * has nothing before it to learn from); 2: on
+			     * every output */
 } lmk_arc_example_opts;
 
 /* ids (n) and mask (n): mask[i] 1 when id i is predicted with a loss (the
@@ -235,7 +237,8 @@ typedef struct lmk_arc_examples {
 /* Appends to *e (zeroed before the first call) one example per test pair
  * with an output of each of the ntasks tasks. Without all_outputs the
  * prompt is encoded whole, as prediction encodes it; with it the text is
- * encoded piece by piece, cut before and after each output.
+ * encoded piece by piece, cut before and after each output (the same ids
+ * for the byte tokenizer and for BPE that splits digits).
  * @return : the number appended, or a negative code (the encoder's, or
  * LMK_ENOMEM, LMK_EINVAL); e keeps what was appended before */
 int lmk_arc_examples_add(lmk_arc_examples *e, const lmk_arc_task *tasks, int ntasks,

@@ -533,9 +533,22 @@ START_TEST(test_examples)
 		int masked = 0;
 		for (int i = 0; i < x->n; i++)
 			masked += x->mask[i];
+		ck_assert_int_eq(masked, 6 + 4 + (int)strlen(q) + 1);
+		ck_assert_int_eq(x->mask[1 + 8], 0);   /* the first output's "1" */
+		ck_assert_int_eq(x->mask[1 + 16 + 7], 1);   /* the second's "4" */
+		ck_assert_int_eq(x->mask[1 + 16 + 6], 0);   /* the "\n" of "O\n" before it */
+	}
+	lmk_arc_examples_free(&e2);
+	o.all_outputs = 2;   /* the first output too */
+	ck_assert_int_eq(lmk_arc_examples_add(&e2, s.t, s.n, &o), 3);
+	{
+		const lmk_arc_example *x = &e2.ex[2];
+		int masked = 0;
+		for (int i = 0; i < x->n; i++)
+			masked += x->mask[i];
 		ck_assert_int_eq(masked, 8 + 6 + 4 + (int)strlen(q) + 1);
-		ck_assert_int_eq(x->mask[1 + 8], 1);   /* the first output's "1" */
-		ck_assert_int_eq(x->mask[1 + 7], 0);   /* the "\n" of "O\n" before it */
+		ck_assert_int_eq(x->mask[1 + 8], 1);
+		ck_assert_int_eq(x->mask[1 + 7], 0);
 	}
 	free(p);
 	free(q);
@@ -563,9 +576,21 @@ START_TEST(test_examples)
 }
 END_TEST
 
-/* SmolLM2's tokenizer, when the model is there: one token per digit, and
- * the prompt and target cut at the same place whether encoded apart or
- * together. */
+static int bpe_encode(void *arg, const char *text, size_t len, int32_t *out, int cap)
+{
+	int32_t *ids = NULL;
+	size_t c = 0;
+	int64_t n = lmk_bpe_encode(arg, text, len, 0, &ids, &c);
+	if (n >= 0 && n <= cap)
+		memcpy(out, ids, (size_t)n * sizeof *ids);
+	free(ids);
+	return (int)n;
+}
+
+/* SmolLM2's tokenizer, when the model is there: one token per digit, the
+ * prompt and target cut at the same place whether encoded apart or
+ * together, and examples with the loss on all outputs (encoded piece by
+ * piece) have the same ids as those encoded whole. */
 START_TEST(test_smollm2_tokens)
 {
 	char path[1024];
@@ -611,6 +636,17 @@ START_TEST(test_smollm2_tokens)
 			free(p);
 			free(q);
 		}
+	lmk_arc_examples e1 = {0}, e2 = {0};
+	lmk_arc_example_opts o = {bpe_encode, t, -1, -1, 0, 0};
+	ck_assert_int_eq(lmk_arc_examples_add(&e1, s.t, s.n, &o), 3);
+	o.all_outputs = 2;
+	ck_assert_int_eq(lmk_arc_examples_add(&e2, s.t, s.n, &o), 3);
+	for (int j = 0; j < 3; j++) {
+		ck_assert_int_eq(e1.ex[j].n, e2.ex[j].n);
+		ck_assert_mem_eq(e1.ex[j].ids, e2.ex[j].ids, (size_t)e1.ex[j].n * sizeof(int32_t));
+	}
+	lmk_arc_examples_free(&e1);
+	lmk_arc_examples_free(&e2);
 	free(a);
 	free(b);
 	lmk_arc_set_free(&s);
