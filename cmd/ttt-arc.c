@@ -136,16 +136,8 @@ static void put_json(FILE *o, json_t *j)
 /* TASKS, with the test outputs of --solutions filled in. */
 static void load_tasks(lmk_arc_set *s, const char *path, const struct opts *o)
 {
-	lmk_arc_set sol;
-
-	if (lmk_arc_load(s, path, NULL, NULL) < 0)
+	if (lmk_arc_load_solved(s, path, o->solutions) < 0)
 		prog_die_lib();
-	if (!o->solutions)
-		return;
-	if (lmk_arc_load(&sol, o->solutions, NULL, NULL) < 0 ||
-	    lmk_arc_set_solve(s, &sol, o->solutions) < 0)
-		prog_die_lib();
-	lmk_arc_set_free(&sol);
 }
 
 /* ---- check ---- */

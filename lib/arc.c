@@ -605,6 +605,22 @@ int lmk_arc_set_solve(lmk_arc_set *s, const lmk_arc_set *sol, const char *name)
 	return 0;
 }
 
+int lmk_arc_load_solved(lmk_arc_set *s, const char *path, const char *solutions)
+{
+	lmk_arc_set sol;
+	int rc = lmk_arc_load(s, path, NULL, NULL);
+
+	if (rc < 0 || !solutions)
+		return rc;
+	if ((rc = lmk_arc_load(&sol, solutions, NULL, NULL)) >= 0) {
+		rc = lmk_arc_set_solve(s, &sol, strcmp(solutions, "-") ? solutions : "<stdin>");
+		lmk_arc_set_free(&sol);
+	}
+	if (rc < 0)
+		lmk_arc_set_free(s);
+	return rc;
+}
+
 /* ---- text form ---- */
 
 size_t lmk_arc_grid_text(const lmk_arc_grid *g, char *buf)

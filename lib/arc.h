@@ -91,6 +91,11 @@ int lmk_arc_load_mem(lmk_arc_set *s, const char *name, const void *buf, size_t l
  * @return : 0, or LMK_EFORMAT naming the task (s is then unchanged) */
 int lmk_arc_set_solve(lmk_arc_set *s, const lmk_arc_set *sol, const char *name);
 
+/* lmk_arc_load of path (no bad callback), then, when solutions is not
+ * NULL, lmk_arc_set_solve with the tasks of that file: Kaggle's
+ * challenges with their solutions in one call. @return : 0 or as those */
+int lmk_arc_load_solved(lmk_arc_set *s, const char *path, const char *solutions);
+
 /* ---- text form ----
  * One character per cell, the digit of its colour; each row ends in "\n".
  * A pair is "I\n" input rows "O\n" output rows "E\n"; a prompt is the

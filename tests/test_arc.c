@@ -883,6 +883,12 @@ START_TEST(test_score)
 	score_against(&sol, &sub);
 	ck_assert_int_eq(lmk_arc_set_solve(&ch, &sol, "solutions.json"), 0);
 	score_against(&ch, &sub);
+	lmk_arc_set both;
+	ck_assert_int_eq(lmk_arc_load_solved(&both, fx("challenges.json"), fx("solutions.json")), 0);
+	score_against(&both, &sub);
+	lmk_arc_set_free(&both);
+	ck_assert_int_eq(lmk_arc_load_solved(&both, fx("challenges.json"), fx("nope.json")), LMK_EIO);
+	ck_assert_int_eq(both.n, 0);
 	for (int i = 0; i < 2; i++)
 		for (int k = 0; k < ch.t[i].ntest; k++)
 			ck_assert(lmk_arc_grid_eq(&ch.t[i].test[k].out, &dir.t[i].test[k].out));
