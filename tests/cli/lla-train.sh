@@ -108,7 +108,7 @@ check "tiny run: samples on stderr" 'err_has "sample at step 40:"'
 check "tiny run: checkpoint and training state written" '[ -s a/config.json ] && [ -s a/model.safetensors ] && [ -s a/training_state.safetensors ] && ! ls a/.*tmp* >/dev/null 2>&1'
 check "tiny run: config has the shape asked for" 'grep -q "\"hidden_size\": 32" a/config.json && grep -q "\"vocab_size\": 259" a/config.json'
 check "tiny run: the state says cpu, f32" 'head -c 4000 a/training_state.safetensors | grep -a -q "\"device\": *\"cpu\"" && head -c 4000 a/training_state.safetensors | grep -a -q "\"dtype\": *\"f32\""'
-check "metrics: 41 lines of JSON" '[ "$(wc -l <a.jsonl)" -eq 41 ] && json_ok a.jsonl'
+check "metrics: 42 lines of JSON (step 0, the memory line, 40 steps)" '[ "$(wc -l <a.jsonl)" -eq 42 ] && json_ok a.jsonl && grep -q "\"memory\":\"adamw\"" a.jsonl'
 check "metrics: loss, val_loss, lr, grad_norm, tokens_per_s, elapsed" 'grep -q "^{\"step\":40,\"loss\":[0-9.e-]*,\"val_loss\":[0-9.e-]*,\"lr\":[0-9.e-]*,\"grad_norm\":[0-9.e-]*,\"tokens_per_s\":[0-9.e+-]*,\"elapsed\":[0-9.e-]*}$" a.jsonl'
 first=$(vals a.jsonl | head -1 | cut -d" " -f2) last=$(vals a.jsonl | tail -1 | cut -d" " -f2)
 check "the validation loss falls (ln 259 = 5.56 at first)" 'awk -v a="$first" -v b="$last" "BEGIN { exit !(a > 5.4 && a < 5.7 && b < a - 0.3) }"'
@@ -159,6 +159,38 @@ else
 	wait "$pid"
 	skip "SIGKILL" "the run ended before the signal"
 fi
+
+
+# --- adapters and GaLore ---
+RUN="--data text.txt --batch 4 --seq 32 --warmup 5 --eval-every 10 --eval-batches 4 --threads 2 --seed 7"
+run "$TRAIN" $TINY --steps 4 --out base --quiet
+check "a base model for the adapters" 'rc_is 0 && [ -f base/model.safetensors ]'
+run "$TRAIN" $RUN --steps 3 --adapter lora:r=2
+check "--adapter without --init: exit 2" 'rc_is 2 && err_has "--adapter needs --init"'
+run "$TRAIN" $RUN --init base --steps 3 --adapter lora:r=2,rank=3
+check "--adapter with an unknown setting: exit 2" 'rc_is 2 && err_has "unknown setting '"'"'rank'"'"'"'
+run "$TRAIN" $RUN --init base --steps 3 --adapter lora:r=2 --optim galore:r=4
+check "--adapter with --optim galore: exit 2" 'rc_is 2 && err_has "GaLore (--optim) is for the whole model"'
+run "$TRAIN" $RUN --init base --steps 3 --adapter onesided:r=2,proj=svd
+check "one-sided svd adapter: exit 2, points to galore" 'rc_is 2 && err_has "--optim galore:proj=svd"'
+run "$TRAIN" $RUN --steps 3 --optim galore:r=4,every=x
+check "bad --optim: exit 2" 'rc_is 2 && err_has "every=x"'
+run "$TRAIN" $RUN --init base --steps 12 --adapter lora:r=4,alpha=8,targets=q,k,v,o,gate,up,down --out ad --metrics ad.jsonl
+check "LoRA adapter: PEFT files, memory line" 'rc_is 0 && [ -f ad/adapter_model.safetensors ] && grep -q "\"peft_type\": \"LORA\"" ad/adapter_config.json && err_has "memory (lora:r=4" && grep -q "\"optimizer_bytes\"" ad.jsonl && [ ! -f ad/model.safetensors ]'
+run "$TRAIN" $RUN --init base --steps 10 --decay-steps 12 --adapter lora:r=4,alpha=8,targets=q,k,v,o,gate,up,down --out ad2 --quiet --metrics ad2.jsonl
+run "$TRAIN" --resume --out ad2 --steps 12 --quiet --metrics ad2.jsonl
+check "LoRA adapter resumed: the same losses and adapter as one run" 'rc_is 0 && same_run ad.jsonl ad2.jsonl && cmp -s ad/adapter_model.safetensors ad2/adapter_model.safetensors'
+run "$TRAIN" --resume --out ad2 --steps 14 --adapter lora:r=8
+check "--adapter with --resume: exit 2" 'rc_is 2 && err_has "cannot be used with --resume"'
+run "$TRAIN" $RUN --init base --steps 6 --adapter onesided:r=4,proj=rademacher,targets=all --out os --quiet
+check "one-sided adapter: PEFT files" 'rc_is 0 && [ -f os/adapter_model.safetensors ]'
+run "$TRAIN" $RUN --init base --steps 12 --optim galore:r=4,every=5 --out g --metrics g.jsonl
+check "GaLore: trains, memory line smaller than AdamW's two copies" 'rc_is 0 && err_has "memory (galore:r=4,every=5,proj=svd" && [ -f g/model.safetensors ]'
+run "$TRAIN" $RUN --init base --steps 10 --decay-steps 12 --optim galore:r=4,every=5 --out g2 --quiet --metrics g2.jsonl
+run "$TRAIN" --resume --out g2 --steps 12 --quiet --metrics g2.jsonl
+check "GaLore resumed across a refresh: the same losses and weights" 'rc_is 0 && same_run g.jsonl g2.jsonl && cmp -s g/model.safetensors g2/model.safetensors'
+run "$TRAIN" --resume --out g2 --steps 14 --optim adamw
+check "another optimizer on --resume: exit 1" 'rc_is 1 && err_has "saved with optimizer galore"'
 
 # --- token frames ---
 if command -v python3 >/dev/null 2>&1; then
