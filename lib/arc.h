@@ -24,7 +24,7 @@
 /* Largest JSON file read (Kaggle's combined files are tens of MB). */
 #define LMK_ARC_MAXFILE ((size_t)256 << 20)
 
-/* A grid of colours 0..9, row-major: cell (r, c) is c[r * w + c]. A grid
+/* A grid of colours 0..9, row-major: cell (i, j) is c[i * w + j]. A grid
  * with h == 0 is "no grid" (an absent output, an unparsable prediction). */
 typedef struct lmk_arc_grid {
 	uint8_t h, w;

@@ -241,6 +241,13 @@ START_TEST(test_task_apply)
 		ck_assert_int_eq(a.test[1].out.h, 0);
 		lmk_arc_task_free(&a);
 	}
+	/* a deep copy is equal and apart */
+	ck_assert_int_eq(lmk_arc_task_copy(&a, &t), 0);
+	ck_assert_str_eq(a.id, t.id);
+	ck_assert(a.id != t.id && a.train != t.train);
+	ck_assert_mem_eq(a.train, t.train, 4 * sizeof *t.train);
+	ck_assert_mem_eq(a.test, t.test, 2 * sizeof *t.test);
+	lmk_arc_task_free(&a);
 	/* an order that is not a permutation of the pairs */
 	lmk_arc_tf_identity(&tf);
 	tf.norder = 4;
