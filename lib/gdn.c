@@ -149,11 +149,28 @@ static int head_recurrent(float *out /*(T) rows of stride H*Dv*/, const head *x,
 	return 0;
 }
 
+static void vadd(float *dst, const float *src, int64_t n, float s)
+{
+	if (dst)
+		for (int64_t i = 0; i < n; i++)
+			dst[i] += s * src[i];
+}
+
 /* ------------------------------------------------------------ chunked */
 
-/* Scratch of one head's chunked forward, for chunks of at most C. */
+/* One chunk's matrices, for chunks of at most C tokens. With n tokens from
+ * t0, g the in-chunk cumulative log decay, gamma_i = exp(g_i):
+ *   Tm = (I + M)^-1, M_ij = beta_i exp(g_i - g_j) k_i.k_j (j < i)
+ *   P_ij = exp(g_i - g_j) q_i.k_j (j <= i), A = P Tm diag(beta)
+ *   Wk = Tm diag(beta gamma) K, Wv = Tm diag(beta) V (pseudo-keys/values)
+ *   Qe_i = gamma_i q_i - sum_j P_ij Wk_j (what reads the entering state)
+ *   Kd_j = exp(g_n - g_j) k_j (what writes the leaving state)
+ * so that with S the entering state: o_i = scale (sum_s A_is v_s + Qe_iᵀ S)
+ * and the leaving state is gamma_n S - Kdᵀ Wk S + Kdᵀ Wv. */
 typedef struct chunk_ws {
-	float *g, *Tm, *P, *A, *Wk, *Wv, *Qe, *E, *tmp, *Sig, *Sc;
+	float *g, *Tm, *P, *A, *Wk, *Wv, *Qe, *Kd;
+	/* forward: E (Dk,Dk), tmp and Sc (Dk,Dv); levels of states */
+	float *E, *tmp, *Sc, *Sig;
 } chunk_ws;
 
 static float *ws_take(float **cur, int64_t n)
@@ -163,6 +180,104 @@ static float *ws_take(float **cur, int64_t n)
 	return r;
 }
 
+static int64_t ws_size(int64_t C, int64_t Dk, int64_t Dv)
+{
+	return C + 3 * C * C + 3 * C * Dk + C * Dv;
+}
+
+static void ws_init(chunk_ws *w, float **cur, int64_t C, int64_t Dk, int64_t Dv)
+{
+	w->g = ws_take(cur, C);
+	w->Tm = ws_take(cur, C * C);
+	w->P = ws_take(cur, C * C);
+	w->A = ws_take(cur, C * C);
+	w->Wk = ws_take(cur, C * Dk);
+	w->Wv = ws_take(cur, C * Dv);
+	w->Qe = ws_take(cur, C * Dk);
+	w->Kd = ws_take(cur, C * Dk);
+}
+
+static void chunk_prep(chunk_ws *w, const head *x, int64_t t0, int64_t n, int64_t C)
+{
+	int64_t Dk = x->Dk, Dv = x->Dv;
+	const float *q = x->q + t0 * x->sk, *k = x->k + t0 * x->sk, *v = x->v + t0 * x->sv;
+	const float *be = x->be + t0 * x->ss;
+	float acc = 0;
+	for (int64_t i = 0; i < n; i++) {
+		acc += x->la ? x->la[(t0 + i) * x->ss] : 0.0f;
+		w->g[i] = acc;
+	}
+	/* Tm by forward substitution, row by row */
+	for (int64_t i = 0; i < n; i++) {
+		float *Ti = w->Tm + i * C;
+		memset(Ti, 0, sizeof(float) * (size_t)C);
+		Ti[i] = 1.0f;
+		for (int64_t j = 0; j < i; j++) {
+			float kk = 0;
+			for (int64_t d = 0; d < Dk; d++)
+				kk += k[i * x->sk + d] * k[j * x->sk + d];
+			float m = be[i * x->ss] * expf(w->g[i] - w->g[j]) * kk;
+			const float *Tj = w->Tm + j * C;
+			for (int64_t s = 0; s <= j; s++)
+				Ti[s] -= m * Tj[s];
+		}
+	}
+	for (int64_t i = 0; i < n; i++)
+		for (int64_t j = 0; j <= i; j++) {
+			float qk = 0;
+			for (int64_t d = 0; d < Dk; d++)
+				qk += q[i * x->sk + d] * k[j * x->sk + d];
+			w->P[i * C + j] = expf(w->g[i] - w->g[j]) * qk;
+		}
+	for (int64_t i = 0; i < n; i++)
+		for (int64_t s = 0; s <= i; s++) {
+			float a = 0;
+			for (int64_t j = s; j <= i; j++)
+				a += w->P[i * C + j] * w->Tm[j * C + s];
+			w->A[i * C + s] = a * be[s * x->ss];
+		}
+	for (int64_t j = 0; j < n; j++) {
+		float *wk = w->Wk + j * Dk, *wv = w->Wv + j * Dv;
+		memset(wk, 0, sizeof(float) * (size_t)Dk);
+		memset(wv, 0, sizeof(float) * (size_t)Dv);
+		for (int64_t s = 0; s <= j; s++) {
+			float ts = w->Tm[j * C + s] * be[s * x->ss];
+			float tg = ts * expf(w->g[s]);
+			for (int64_t d = 0; d < Dk; d++)
+				wk[d] += tg * k[s * x->sk + d];
+			for (int64_t d = 0; d < Dv; d++)
+				wv[d] += ts * v[s * x->sv + d];
+		}
+	}
+	for (int64_t i = 0; i < n; i++) {
+		float *qe = w->Qe + i * Dk;
+		float gi = expf(w->g[i]);
+		for (int64_t d = 0; d < Dk; d++)
+			qe[d] = gi * q[i * x->sk + d];
+		for (int64_t j = 0; j <= i; j++) {
+			float pij = w->P[i * C + j];
+			for (int64_t d = 0; d < Dk; d++)
+				qe[d] -= pij * w->Wk[j * Dk + d];
+		}
+	}
+	float gn = w->g[n - 1];
+	for (int64_t j = 0; j < n; j++) {
+		float dj = expf(gn - w->g[j]);
+		for (int64_t d = 0; d < Dk; d++)
+			w->Kd[j * Dk + d] = dj * k[j * x->sk + d];
+	}
+}
+
+/* log2 of the (power of two) chunk of a log-linear head: the level offset
+ * of the chunk-level buckets. */
+static int log2_of(int64_t C)
+{
+	int lc = 0;
+	while (((int64_t)1 << (lc + 1)) <= C)
+		lc++;
+	return lc;
+}
+
 /* Chunks of C tokens; for log-linear C is a power of two (chunk-aligned
  * Fenwick buckets), except for the materialised form's single chunk. */
 static int head_chunked(float *out, const head *x, int64_t T, float scale, int64_t C)
@@ -170,87 +285,26 @@ static int head_chunked(float *out, const head *x, int64_t T, float scale, int64
 	int ll = x->ll;
 	int64_t Dk = x->Dk, Dv = x->Dv, DD = Dk * Dv;
 	int64_t nch = (T + C - 1) / C;
-	int lc = 0; /* log2 C: the level offset of chunk-level buckets */
-	while (((int64_t)1 << (lc + 1)) <= C)
-		lc++;
-	int nlevc = nlev_of(ll, nch);
-	int64_t need = C + 3 * C * C + C * Dk + C * Dv + C * Dk + Dk * Dk + DD +
-		       (int64_t)nlevc * DD + DD;
+	int lc = log2_of(C), nlevc = nlev_of(ll, nch);
+	int64_t need = ws_size(C, Dk, Dv) + Dk * Dk + 2 * DD + (int64_t)nlevc * DD;
 	float *mem = calloc((size_t)need, sizeof(float));
 	if (!mem)
 		return LMK_ENOMEM;
 	float *cur = mem;
 	chunk_ws w;
-	w.g = ws_take(&cur, C);
-	w.Tm = ws_take(&cur, C * C);
-	w.P = ws_take(&cur, C * C);
-	w.A = ws_take(&cur, C * C);
-	w.Wk = ws_take(&cur, C * Dk);
-	w.Wv = ws_take(&cur, C * Dv);
-	w.Qe = ws_take(&cur, C * Dk);
+	ws_init(&w, &cur, C, Dk, Dv);
 	w.E = ws_take(&cur, Dk * Dk);
 	w.tmp = ws_take(&cur, DD);
-	w.Sig = ws_take(&cur, (int64_t)nlevc * DD);
 	w.Sc = ws_take(&cur, DD);
+	w.Sig = ws_take(&cur, (int64_t)nlevc * DD);
 
 	for (int64_t ci = 0; ci < nch; ci++) {
 		int64_t t0 = ci * C, n = T - t0 < C ? T - t0 : C;
-		const float *q = x->q + t0 * x->sk, *k = x->k + t0 * x->sk, *v = x->v + t0 * x->sv;
-		const float *be = x->be + t0 * x->ss;
+		const float *v = x->v + t0 * x->sv;
 		float *o = out + t0 * x->sv;
 		if (ll && ci > 0)
 			merge_levels(w.Sig, ci, DD);
-		float acc = 0;
-		for (int64_t i = 0; i < n; i++) {
-			acc += x->la ? x->la[(t0 + i) * x->ss] : 0.0f;
-			w.g[i] = acc;
-		}
-		/* Tm = (I + M)^-1 by forward substitution, row by row:
-		 * M_ij = beta_i exp(g_i - g_j) k_i.k_j for j < i */
-		for (int64_t i = 0; i < n; i++) {
-			float *Ti = w.Tm + i * C;
-			memset(Ti, 0, sizeof(float) * (size_t)C);
-			Ti[i] = 1.0f;
-			for (int64_t j = 0; j < i; j++) {
-				float kk = 0;
-				for (int64_t d = 0; d < Dk; d++)
-					kk += k[i * x->sk + d] * k[j * x->sk + d];
-				float m = be[i * x->ss] * expf(w.g[i] - w.g[j]) * kk;
-				const float *Tj = w.Tm + j * C;
-				for (int64_t s = 0; s <= j; s++)
-					Ti[s] -= m * Tj[s];
-			}
-		}
-		/* P_ij = exp(g_i - g_j) q_i.k_j (j <= i); A = P Tm diag(beta) */
-		for (int64_t i = 0; i < n; i++)
-			for (int64_t j = 0; j <= i; j++) {
-				float qk = 0;
-				for (int64_t d = 0; d < Dk; d++)
-					qk += q[i * x->sk + d] * k[j * x->sk + d];
-				w.P[i * C + j] = expf(w.g[i] - w.g[j]) * qk;
-			}
-		for (int64_t i = 0; i < n; i++)
-			for (int64_t s = 0; s <= i; s++) {
-				float a = 0;
-				for (int64_t j = s; j <= i; j++)
-					a += w.P[i * C + j] * w.Tm[j * C + s];
-				w.A[i * C + s] = a * be[s * x->ss];
-			}
-		/* pseudo-keys Wk = Tm diag(beta gamma) K and pseudo-values
-		 * Wv = Tm diag(beta) V */
-		for (int64_t j = 0; j < n; j++) {
-			float *wk = w.Wk + j * Dk, *wv = w.Wv + j * Dv;
-			memset(wk, 0, sizeof(float) * (size_t)Dk);
-			memset(wv, 0, sizeof(float) * (size_t)Dv);
-			for (int64_t s = 0; s <= j; s++) {
-				float ts = w.Tm[j * C + s] * be[s * x->ss];
-				float tg = ts * expf(w.g[s]);
-				for (int64_t d = 0; d < Dk; d++)
-					wk[d] += tg * k[s * x->sk + d];
-				for (int64_t d = 0; d < Dv; d++)
-					wv[d] += ts * v[s * x->sv + d];
-			}
-		}
+		chunk_prep(&w, x, t0, n, C);
 		/* intra-chunk: each key's own level weight */
 		for (int64_t i = 0; i < n; i++) {
 			float *oi = o + i * x->sv;
@@ -264,57 +318,39 @@ static int head_chunked(float *out, const head *x, int64_t T, float scale, int64
 					oi[d] += a * v[s * x->sv + d];
 			}
 		}
-		/* inter-chunk: o_i += scale Sigmaᵀ Qe_i with
-		 * Qe_i = gamma_i q_i - sum_j P_ij Wk_j */
-		if (ci > 0) {
+		/* inter-chunk: o_i += scale w_iL Sigma_Lᵀ Qe_i */
+		for (int l = ll ? 1 : 0; ci > 0 && l < nlevc; l++) {
+			if (ll && !live(ci, l))
+				continue;
+			const float *Sg = w.Sig + l * DD;
 			for (int64_t i = 0; i < n; i++) {
-				float *qe = w.Qe + i * Dk;
-				float gi = expf(w.g[i]);
-				for (int64_t d = 0; d < Dk; d++)
-					qe[d] = gi * q[i * x->sk + d];
-				for (int64_t j = 0; j <= i; j++) {
-					float pij = w.P[i * C + j];
-					for (int64_t d = 0; d < Dk; d++)
-						qe[d] -= pij * w.Wk[j * Dk + d];
-				}
-			}
-			for (int l = ll ? 1 : 0; l < nlevc; l++) {
-				if (ll && !live(ci, l))
-					continue;
-				const float *Sg = w.Sig + l * DD;
-				for (int64_t i = 0; i < n; i++) {
-					float sw = scale;
-					if (ll)
-						sw *= x->lam[(t0 + i) * x->sl + lc + l];
-					float *oi = o + i * x->sv;
-					for (int64_t d = 0; d < Dk; d++) {
-						float c = sw * w.Qe[i * Dk + d];
-						for (int64_t e = 0; e < Dv; e++)
-							oi[e] += c * Sg[d * Dv + e];
-					}
+				float sw = scale;
+				if (ll)
+					sw *= x->lam[(t0 + i) * x->sl + lc + l];
+				float *oi = o + i * x->sv;
+				for (int64_t d = 0; d < Dk; d++) {
+					float c = sw * w.Qe[i * Dk + d];
+					for (int64_t e = 0; e < Dv; e++)
+						oi[e] += c * Sg[d * Dv + e];
 				}
 			}
 		}
 		if (ci == nch - 1)
 			break;
-		/* E = gamma_n I - sum_j exp(g_n - g_j) k_j Wk_jᵀ carries a state
-		 * through the chunk; Sc = sum_j exp(g_n - g_j) k_j Wv_jᵀ is the
-		 * chunk's own contribution */
-		float gn = w.g[n - 1];
+		/* E = gamma_n I - Kdᵀ Wk carries a state through the chunk;
+		 * Sc = Kdᵀ Wv is the chunk's own contribution */
 		memset(w.E, 0, sizeof(float) * (size_t)(Dk * Dk));
 		memset(w.Sc, 0, sizeof(float) * (size_t)DD);
 		for (int64_t d = 0; d < Dk; d++)
-			w.E[d * Dk + d] = expf(gn);
-		for (int64_t j = 0; j < n; j++) {
-			float dj = expf(gn - w.g[j]);
+			w.E[d * Dk + d] = expf(w.g[n - 1]);
+		for (int64_t j = 0; j < n; j++)
 			for (int64_t d = 0; d < Dk; d++) {
-				float kd = dj * k[j * x->sk + d];
+				float kd = w.Kd[j * Dk + d];
 				for (int64_t e = 0; e < Dk; e++)
 					w.E[d * Dk + e] -= kd * w.Wk[j * Dk + e];
 				for (int64_t e = 0; e < Dv; e++)
 					w.Sc[d * Dv + e] += kd * w.Wv[j * Dv + e];
 			}
-		}
 		for (int l = ll ? 1 : 0; l < nlevc; l++) {
 			if (ll && !live(ci, l))
 				continue;
@@ -335,22 +371,333 @@ static int head_chunked(float *out, const head *x, int64_t T, float scale, int64
 	return 0;
 }
 
-int lmk_cpu_gdn_forward(float *out, const float *q, const float *k, const float *v,
-			const float *loga, const float *beta, const float *lam, int64_t B,
-			int64_t T, int64_t H, int64_t Dk, int64_t Dv, int64_t NL, float scale,
-			int algo, int chunk)
+/* The chunked backward: the states entering each chunk (after the
+ * log-linear carry) from a forward pass, then the chunks in reverse, each
+ * taking the gradient of the states leaving it (dSig) to that of the states
+ * entering it, through the matrices of chunk_prep. g* as in hgrad. */
+static int head_chunked_bwd(float *gq, float *gk, float *gv, float *gla, float *gbe,
+			    float *glam, const float *dout, const head *x, int64_t T,
+			    float scale, int64_t C)
+{
+	int ll = x->ll;
+	int64_t Dk = x->Dk, Dv = x->Dv, DD = Dk * Dv;
+	int64_t nch = (T + C - 1) / C;
+	int lc = log2_of(C), nlevc = nlev_of(ll, nch);
+	int64_t SZ = (int64_t)nlevc * DD;
+	int64_t need = ws_size(C, Dk, Dv) + nch * SZ + SZ + 3 * C * C + 3 * C * Dk +
+		       2 * C * Dv + 3 * C;
+	float *mem = calloc((size_t)need, sizeof(float));
+	if (!mem)
+		return LMK_ENOMEM;
+	float *cur = mem;
+	chunk_ws w;
+	ws_init(&w, &cur, C, Dk, Dv);
+	float *ent = ws_take(&cur, nch * SZ);  /* states entering each chunk */
+	float *dSig = ws_take(&cur, SZ);       /* gradient of the states */
+	float *dP = ws_take(&cur, C * C), *dTm = ws_take(&cur, C * C), *PT = ws_take(&cur, C * C);
+	float *dWk = ws_take(&cur, C * Dk), *dKd = ws_take(&cur, C * Dk), *dQe = ws_take(&cur, C * Dk);
+	float *dWv = ws_take(&cur, C * Dv), *YZ = ws_take(&cur, C * Dv);
+	float *dg = ws_take(&cur, C), *dgam = ws_take(&cur, C), *tv = ws_take(&cur, C);
+
+	/* forward: the entering states (the forward of head_chunked without
+	 * outputs; E is applied as gamma_n S - Kdᵀ (Wk S) to need no Dk x Dk) */
+	float *S = dSig; /* the running states, before the backward needs dSig */
+	for (int64_t ci = 0; ci < nch; ci++) {
+		int64_t t0 = ci * C, n = T - t0 < C ? T - t0 : C;
+		if (ll && ci > 0)
+			merge_levels(S, ci, DD);
+		memcpy(ent + ci * SZ, S, sizeof(float) * (size_t)SZ);
+		if (ci == nch - 1)
+			break;
+		chunk_prep(&w, x, t0, n, C);
+		float gn = expf(w.g[n - 1]);
+		for (int l = ll ? 1 : 0; l < nlevc; l++) {
+			if (ll && !live(ci, l))
+				continue;
+			float *Sg = S + l * DD;
+			for (int64_t j = 0; j < n; j++) /* YZ = Wk Sg */
+				for (int64_t e = 0; e < Dv; e++) {
+					float s = 0;
+					for (int64_t d = 0; d < Dk; d++)
+						s += w.Wk[j * Dk + d] * Sg[d * Dv + e];
+					YZ[j * Dv + e] = s;
+				}
+			for (int64_t d = 0; d < Dk; d++)
+				for (int64_t e = 0; e < Dv; e++) {
+					float s = gn * Sg[d * Dv + e];
+					for (int64_t j = 0; j < n; j++)
+						s -= w.Kd[j * Dk + d] * YZ[j * Dv + e];
+					Sg[d * Dv + e] = s;
+				}
+		}
+		for (int64_t d = 0; d < Dk; d++)
+			for (int64_t e = 0; e < Dv; e++) {
+				float s = 0;
+				for (int64_t j = 0; j < n; j++)
+					s += w.Kd[j * Dk + d] * w.Wv[j * Dv + e];
+				S[d * Dv + e] = ll ? s : S[d * Dv + e] + s;
+			}
+	}
+	memset(dSig, 0, sizeof(float) * (size_t)SZ);
+
+	for (int64_t ci = nch - 1; ci >= 0; ci--) {
+		int64_t t0 = ci * C, n = T - t0 < C ? T - t0 : C;
+		const float *q = x->q + t0 * x->sk, *k = x->k + t0 * x->sk, *v = x->v + t0 * x->sv;
+		const float *be = x->be + t0 * x->ss;
+		const float *Sin = ent + ci * SZ;
+		chunk_prep(&w, x, t0, n, C);
+		memset(dP, 0, sizeof(float) * (size_t)(C * C));
+		memset(dTm, 0, sizeof(float) * (size_t)(C * C));
+		memset(dWk, 0, sizeof(float) * (size_t)(C * Dk));
+		memset(dKd, 0, sizeof(float) * (size_t)(C * Dk));
+		memset(dQe, 0, sizeof(float) * (size_t)(C * Dk));
+		memset(dWv, 0, sizeof(float) * (size_t)(C * Dv));
+		memset(dg, 0, sizeof(float) * (size_t)C);
+		memset(dgam, 0, sizeof(float) * (size_t)C);
+		float gn = expf(w.g[n - 1]);
+		/* the leaving states: own contribution Sc = Kdᵀ Wv (dSig_0, or the
+		 * single state), transitions gamma_n S - Kdᵀ Wk S */
+		if (ci < nch - 1) {
+			const float *dSc = dSig; /* level 0 either way */
+			for (int64_t j = 0; j < n; j++) {
+				for (int64_t d = 0; d < Dk; d++) {
+					float s = 0;
+					for (int64_t e = 0; e < Dv; e++)
+						s += w.Wv[j * Dv + e] * dSc[d * Dv + e];
+					dKd[j * Dk + d] += s;
+				}
+				for (int64_t e = 0; e < Dv; e++) {
+					float s = 0;
+					for (int64_t d = 0; d < Dk; d++)
+						s += w.Kd[j * Dk + d] * dSc[d * Dv + e];
+					dWv[j * Dv + e] += s;
+				}
+			}
+			for (int l = ll ? 1 : 0; l < nlevc; l++) {
+				if (ll && !live(ci, l))
+					continue;
+				const float *Sg = Sin + l * DD;
+				float *dS = dSig + l * DD;
+				float dot = 0;
+				for (int64_t i = 0; i < DD; i++)
+					dot += Sg[i] * dS[i];
+				dgam[n - 1] += dot;
+				for (int64_t j = 0; j < n; j++) /* YZ = Wk Sg: dKd -= YZ dSᵀ */
+					for (int64_t e = 0; e < Dv; e++) {
+						float s = 0;
+						for (int64_t d = 0; d < Dk; d++)
+							s += w.Wk[j * Dk + d] * Sg[d * Dv + e];
+						YZ[j * Dv + e] = s;
+					}
+				for (int64_t j = 0; j < n; j++)
+					for (int64_t d = 0; d < Dk; d++) {
+						float s = 0;
+						for (int64_t e = 0; e < Dv; e++)
+							s += YZ[j * Dv + e] * dS[d * Dv + e];
+						dKd[j * Dk + d] -= s;
+					}
+				for (int64_t j = 0; j < n; j++) /* YZ = Kd dS: dWk -= YZ Sgᵀ */
+					for (int64_t e = 0; e < Dv; e++) {
+						float s = 0;
+						for (int64_t d = 0; d < Dk; d++)
+							s += w.Kd[j * Dk + d] * dS[d * Dv + e];
+						YZ[j * Dv + e] = s;
+					}
+				for (int64_t j = 0; j < n; j++)
+					for (int64_t d = 0; d < Dk; d++) {
+						float s = 0;
+						for (int64_t e = 0; e < Dv; e++)
+							s += YZ[j * Dv + e] * Sg[d * Dv + e];
+						dWk[j * Dk + d] -= s;
+					}
+				/* dS (entering) = gamma_n dS - Wkᵀ (Kd dS) */
+				for (int64_t d = 0; d < Dk; d++)
+					for (int64_t e = 0; e < Dv; e++) {
+						float s = gn * dS[d * Dv + e];
+						for (int64_t j = 0; j < n; j++)
+							s -= w.Wk[j * Dk + d] * YZ[j * Dv + e];
+						dS[d * Dv + e] = s;
+					}
+			}
+		} else {
+			memset(dSig, 0, sizeof(float) * (size_t)SZ);
+		}
+		/* the outputs */
+		for (int64_t i = 0; i < n; i++) {
+			const float *doi = dout + (t0 + i) * x->sv;
+			const float *lam = ll ? x->lam + (t0 + i) * x->sl : NULL;
+			float *glm = glam && ll ? glam + (t0 + i) * x->sl : NULL;
+			/* intra: o_i = scale sum_s lam_i[l(i,s)] A_is v_s */
+			for (int64_t s = 0; s <= i; s++) {
+				float dov = 0;
+				for (int64_t e = 0; e < Dv; e++)
+					dov += doi[e] * v[s * x->sv + e];
+				dov *= scale;
+				float lw = ll ? lam[lmk_fenwick_level(t0 + i, t0 + s)] : 1.0f;
+				if (glm)
+					glm[lmk_fenwick_level(t0 + i, t0 + s)] += w.A[i * C + s] * dov;
+				tv[s] = lw * dov; /* dA_is */
+				if (gv)
+					vadd(gv + (t0 + s) * x->sv, doi, Dv, scale * lw * w.A[i * C + s]);
+			}
+			/* A_is = beta_s sum_j P_ij Tm_js */
+			for (int64_t s = 0; s <= i; s++) {
+				float pt = 0;
+				for (int64_t j = s; j <= i; j++) {
+					pt += w.P[i * C + j] * w.Tm[j * C + s];
+					dP[i * C + j] += tv[s] * be[s * x->ss] * w.Tm[j * C + s];
+					dTm[j * C + s] += w.P[i * C + j] * tv[s] * be[s * x->ss];
+				}
+				PT[i * C + s] = pt;
+				if (gbe)
+					gbe[(t0 + s) * x->ss] += tv[s] * pt;
+			}
+			/* inter: o_i += scale w_iL Qe_iᵀ Sigma_L */
+			for (int l = ll ? 1 : 0; ci > 0 && l < nlevc; l++) {
+				if (ll && !live(ci, l))
+					continue;
+				const float *Sg = Sin + l * DD;
+				float *dS = dSig + l * DD;
+				float wl = scale * (ll ? lam[lc + l] : 1.0f);
+				float dl = 0;
+				for (int64_t d = 0; d < Dk; d++) {
+					float s = 0;
+					for (int64_t e = 0; e < Dv; e++)
+						s += Sg[d * Dv + e] * doi[e];
+					dQe[i * Dk + d] += wl * s;
+					dl += w.Qe[i * Dk + d] * s;
+					float c = wl * w.Qe[i * Dk + d];
+					for (int64_t e = 0; e < Dv; e++)
+						dS[d * Dv + e] += c * doi[e];
+				}
+				if (glm)
+					glm[lc + l] += scale * dl;
+			}
+		}
+		/* Qe_i = gamma_i q_i - sum_j P_ij Wk_j */
+		for (int64_t i = 0; ci > 0 && i < n; i++) {
+			float gi = expf(w.g[i]), s = 0;
+			for (int64_t d = 0; d < Dk; d++)
+				s += q[i * x->sk + d] * dQe[i * Dk + d];
+			dgam[i] += s;
+			if (gq)
+				vadd(gq + (t0 + i) * x->sk, dQe + i * Dk, Dk, gi);
+			for (int64_t j = 0; j <= i; j++) {
+				float s2 = 0;
+				for (int64_t d = 0; d < Dk; d++) {
+					s2 += dQe[i * Dk + d] * w.Wk[j * Dk + d];
+					dWk[j * Dk + d] -= w.P[i * C + j] * dQe[i * Dk + d];
+				}
+				dP[i * C + j] -= s2;
+			}
+		}
+		/* Wv = Tm diag(beta) V, Wk = Tm diag(beta gamma) K: X = Tmᵀ dW */
+		for (int64_t s = 0; s < n; s++) {
+			float bs = be[s * x->ss], gs = expf(w.g[s]);
+			for (int64_t j = s; j < n; j++) {
+				float tjs = w.Tm[j * C + s], a1 = 0, a2 = 0;
+				for (int64_t e = 0; e < Dv; e++)
+					a1 += dWv[j * Dv + e] * v[s * x->sv + e];
+				for (int64_t d = 0; d < Dk; d++)
+					a2 += dWk[j * Dk + d] * k[s * x->sk + d];
+				dTm[j * C + s] += bs * a1 + bs * gs * a2;
+				if (gbe)
+					gbe[(t0 + s) * x->ss] += tjs * (a1 + gs * a2);
+				dgam[s] += tjs * bs * a2;
+				if (gv)
+					vadd(gv + (t0 + s) * x->sv, dWv + j * Dv, Dv, tjs * bs);
+				if (gk)
+					vadd(gk + (t0 + s) * x->sk, dWk + j * Dk, Dk, tjs * bs * gs);
+			}
+		}
+		/* dM = -Tmᵀ dTm Tmᵀ (strictly lower), PT reused as Tmᵀ dTm */
+		for (int64_t i = 0; i < n; i++)
+			for (int64_t b = 0; b < n; b++) {
+				float s = 0;
+				for (int64_t a = i > b ? i : b; a < n; a++)
+					s += w.Tm[a * C + i] * dTm[a * C + b];
+				PT[i * C + b] = s;
+			}
+		for (int64_t i = 0; i < n; i++)
+			for (int64_t j = 0; j < i; j++) {
+				float dm = 0;
+				for (int64_t b = 0; b <= j; b++)
+					dm -= PT[i * C + b] * w.Tm[j * C + b];
+				/* M_ij = beta_i exp(g_i - g_j) k_i.k_j */
+				float kk = 0, ex = expf(w.g[i] - w.g[j]);
+				for (int64_t d = 0; d < Dk; d++)
+					kk += k[i * x->sk + d] * k[j * x->sk + d];
+				float bi = be[i * x->ss], mij = bi * ex * kk;
+				if (gbe)
+					gbe[(t0 + i) * x->ss] += dm * ex * kk;
+				dg[i] += dm * mij;
+				dg[j] -= dm * mij;
+				if (gk) {
+					vadd(gk + (t0 + i) * x->sk, k + j * x->sk, Dk, dm * bi * ex);
+					vadd(gk + (t0 + j) * x->sk, k + i * x->sk, Dk, dm * bi * ex);
+				}
+			}
+		/* P_ij = exp(g_i - g_j) q_i.k_j */
+		for (int64_t i = 0; i < n; i++)
+			for (int64_t j = 0; j <= i; j++) {
+				float dp = dP[i * C + j], ex = expf(w.g[i] - w.g[j]);
+				dg[i] += dp * w.P[i * C + j];
+				dg[j] -= dp * w.P[i * C + j];
+				if (gq)
+					vadd(gq + (t0 + i) * x->sk, k + j * x->sk, Dk, dp * ex);
+				if (gk)
+					vadd(gk + (t0 + j) * x->sk, q + i * x->sk, Dk, dp * ex);
+			}
+		/* Kd_j = exp(g_n - g_j) k_j */
+		for (int64_t j = 0; j < n; j++) {
+			float s = 0, ex = expf(w.g[n - 1] - w.g[j]);
+			for (int64_t d = 0; d < Dk; d++)
+				s += dKd[j * Dk + d] * w.Kd[j * Dk + d];
+			dg[n - 1] += s;
+			dg[j] -= s;
+			if (gk)
+				vadd(gk + (t0 + j) * x->sk, dKd + j * Dk, Dk, ex);
+		}
+		/* gamma_i = exp(g_i); g_i = sum_{r<=i} loga_r */
+		float acc = 0;
+		for (int64_t i = n - 1; i >= 0; i--) {
+			acc += dg[i] + expf(w.g[i]) * dgam[i];
+			if (gla && x->la)
+				gla[(t0 + i) * x->ss] += acc;
+		}
+		if (ll && ci > 0) { /* the carry's backward */
+			int j = ctz64(ci);
+			for (int l = 0; l <= j; l++)
+				memcpy(dSig + l * DD, dSig + (int64_t)(j + 1) * DD,
+				       sizeof(float) * (size_t)DD);
+		}
+	}
+	free(mem);
+	return 0;
+}
+
+/* The chunk of the chunked forms: the whole sequence when materialised,
+ * a power of two for log-linear. */
+static int64_t chunk_of(int algo, int chunk, int64_t T, int ll)
 {
 	int64_t C = chunk > 0 ? chunk : 64;
 	if (algo == LMK_GDN_MATERIALIZED) {
 		C = T;
-	} else if (lam) {
+	} else if (ll) {
 		int64_t p = 1;
 		while (2 * p <= C)
 			p *= 2;
 		C = p;
 	}
-	if (C < 1)
-		C = 1;
+	return C < 1 ? 1 : C;
+}
+
+int lmk_cpu_gdn_forward(float *out, const float *q, const float *k, const float *v,
+			const float *loga, const float *beta, const float *lam, int64_t B,
+			int64_t T, int64_t H, int64_t Dk, int64_t Dv, int64_t NL, float scale,
+			int algo, int chunk)
+{
+	int64_t C = chunk_of(algo, chunk, T, lam != NULL);
 	int fail = 0;
 #pragma omp parallel for schedule(dynamic, 1)
 	for (int64_t bh = 0; bh < B * H; bh++) {
@@ -374,12 +721,6 @@ typedef struct hgrad {
 	float *q, *k, *v, *la, *be, *lam;
 } hgrad;
 
-static void vadd(float *dst, const float *src, int64_t n, float s)
-{
-	if (dst)
-		for (int64_t i = 0; i < n; i++)
-			dst[i] += s * src[i];
-}
 
 /* Backward of step t. Sold (nlev,Dk,Dv) is the state before the step; dS
  * (nlev,Dk,Dv) holds the gradient of the state after it and ends holding the
@@ -561,9 +902,9 @@ int lmk_cpu_gdn_backward(float *dq, float *dk, float *dv, float *dloga, float *d
 			 float *dlam, const float *dout, const float *q, const float *k,
 			 const float *v, const float *loga, const float *beta, const float *lam,
 			 int64_t B, int64_t T, int64_t H, int64_t Dk, int64_t Dv, int64_t NL,
-			 float scale, int chunk)
+			 float scale, int algo, int chunk)
 {
-	int64_t W = chunk > 0 ? chunk : 64;
+	int64_t W = chunk > 0 ? chunk : 64, C = chunk_of(algo, chunk, T, lam != NULL);
 	int fail = 0;
 #pragma omp parallel for schedule(dynamic, 1)
 	for (int64_t bh = 0; bh < B * H; bh++) {
@@ -572,7 +913,11 @@ int lmk_cpu_gdn_backward(float *dq, float *dk, float *dv, float *dloga, float *d
 		hgrad g = {dq ? dq + bt * Dk : NULL,     dk ? dk + bt * Dk : NULL,
 			   dv ? dv + bt * Dv : NULL,     dloga ? dloga + bt : NULL,
 			   dbeta ? dbeta + bt : NULL,    dlam && lam ? dlam + bt * NL : NULL};
-		if (head_backward(&g, dout + bt * Dv, &x, T, scale, W) < 0) {
+		int r = algo == LMK_GDN_RECURRENT
+				? head_backward(&g, dout + bt * Dv, &x, T, scale, W)
+				: head_chunked_bwd(g.q, g.k, g.v, g.la, g.be, g.lam, dout + bt * Dv,
+						   &x, T, scale, C);
+		if (r < 0) {
 #pragma omp atomic write
 			fail = 1;
 		}
@@ -587,7 +932,7 @@ static int on_cuda(const lmk_ctx *c) { return c->dev == LMK_DEV_CUDA; }
 static int gdn_bw(lmk_ctx *c, lmk_node *n)
 {
 	int64_t B = n->i[0], T = n->i[1], H = n->i[2], Dk = n->i[3], Dv = n->i[4], NL = n->i[5];
-	int chunk = (int)n->f[1];
+	int chunk = (int)n->f[1], algo = (int)n->f[2];
 	lmk_tensor **in = n->in;
 	if (on_cuda(c)) {
 #if HAVE_CUDA_GDN
@@ -606,7 +951,7 @@ static int gdn_bw(lmk_ctx *c, lmk_node *n)
 				    lmk_op_g(in[3]), lmk_op_g(in[4]), lmk_op_g(in[5]),
 				    n->out->grad, lmk_op_f(in[0]), lmk_op_f(in[1]),
 				    lmk_op_f(in[2]), lmk_op_f(in[3]), lmk_op_f(in[4]),
-				    lmk_op_f(in[5]), B, T, H, Dk, Dv, NL, n->f[0], chunk);
+				    lmk_op_f(in[5]), B, T, H, Dk, Dv, NL, n->f[0], algo, chunk);
 }
 
 static int is_shape(const lmk_tensor *t, int nd, int64_t a, int64_t b, int64_t c, int64_t d)
@@ -724,6 +1069,7 @@ lmk_tensor *lmk_gdn(lmk_ctx *c, lmk_tensor *q, lmk_tensor *k, lmk_tensor *v, lmk
 		n->i[5] = NL;
 		n->f[0] = scale;
 		n->f[1] = (float)chunk;
+		n->f[2] = (float)o->algo;
 	}
 	return out;
 }

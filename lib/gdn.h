@@ -43,9 +43,12 @@
  *    power of two, so that chunks are aligned with the Fenwick buckets;
  *  - materialised: the chunked form with one chunk of T tokens (T x T
  *    matrices: small T only).
- * The backward is the recurrent one run backwards over windows of C steps
- * from states checkpointed at window starts (recomputed, nothing is saved by
- * the forward), in float32 like everything on the CPU. */
+ * Backwards: recurrent (algo LMK_GDN_RECURRENT): the recurrence run
+ * backwards over windows of C steps from states checkpointed at window
+ * starts; chunked (any other algo): the chunks in reverse, each taking the
+ * gradient of its leaving states to its entering ones through the chunk's
+ * matrices (derived by hand, checked against the recurrent one and finite
+ * differences). Both recompute what they need: the forward saves nothing. */
 #ifndef LMK_GDN_H
 #define LMK_GDN_H
 
@@ -71,9 +74,10 @@ lmk_tensor *lmk_gdn(lmk_ctx *c, lmk_tensor *q, lmk_tensor *k, lmk_tensor *v, lmk
 		    lmk_tensor *beta, lmk_tensor *lam, const lmk_gdn_opts *o);
 
 /* The CPU kernels, float32, parallel over (b,h) and independent of the
- * thread count. algo and chunk as in lmk_gdn_opts (0: defaults); nl is NL
- * (0 when lam is NULL). The backward adds (+=) into the gradients that are
- * not NULL. @return : 0, or LMK_ENOMEM */
+ * thread count. algo and chunk as in lmk_gdn_opts (0: defaults); NL is 0
+ * when lam is NULL. The backward adds (+=) into the gradients that are not
+ * NULL; its algo picks the recurrent backward (LMK_GDN_RECURRENT, chunk its
+ * window) or the chunked one. @return : 0, or LMK_ENOMEM */
 int lmk_cpu_gdn_forward(float *out /*(B,T,H,Dv)*/, const float *q /*(B,T,H,Dk)*/,
 			const float *k /*(B,T,H,Dk)*/, const float *v /*(B,T,H,Dv)*/,
 			const float *loga /*(B,T,H) or NULL*/, const float *beta /*(B,T,H)*/,
@@ -85,7 +89,7 @@ int lmk_cpu_gdn_backward(float *dq /*(B,T,H,Dk)*/, float *dk /*(B,T,H,Dk)*/,
 			 const float *dout /*(B,T,H,Dv)*/, const float *q, const float *k,
 			 const float *v, const float *loga, const float *beta, const float *lam,
 			 int64_t B, int64_t T, int64_t H, int64_t Dk, int64_t Dv, int64_t NL,
-			 float scale, int chunk);
+			 float scale, int algo, int chunk);
 
 /* Decoding: the state after the tokens stepped so far, float32 whatever the
  * context's dtype, on the context's device: (B,H,nlev,Dk,Dv) with nlev 1, or

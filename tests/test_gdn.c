@@ -274,9 +274,14 @@ static const gradcase grad_cases[] = {
 static const char *const in_names[6] = {"q", "k", "v", "loga", "beta", "lam"};
 static double worst_grad_err;
 
+static const int grad_algos[3] = {LMK_GDN_RECURRENT, LMK_GDN_CHUNKED, LMK_GDN_MATERIALIZED};
+#define NGRAD ((int)(sizeof grad_cases / sizeof grad_cases[0]))
+
+/* _i: case _i / 3 with the algorithm _i % 3 (its backward follows it) */
 START_TEST(test_grad)
 {
-	const gradcase *gc = &grad_cases[_i];
+	const gradcase *gc = &grad_cases[_i / 3];
+	const int algo = grad_algos[_i % 3];
 	const gcfg *g = &gc->g;
 	ginputs x;
 	make_inputs(&x, g, 5000 + (uint64_t)_i);
@@ -308,7 +313,7 @@ START_TEST(test_grad)
 			memcpy(t[i]->grad, prior[i], sizeof(float) * (size_t)nin[i]);
 		}
 	}
-	lmk_gdn_opts o = {gc->chunk, LMK_GDN_RECURRENT, scale};
+	lmk_gdn_opts o = {gc->chunk, algo, scale};
 	lmk_tensor *out = lmk_gdn(&c, t[0], t[1], t[2], t[3], t[4], t[5], &o);
 	ck_assert_msg(out != NULL, "%s: %s", cfg_str(g), lmk_errmsg());
 	float *proj = malloc(sizeof(float) * (size_t)x.nv);
@@ -345,14 +350,14 @@ START_TEST(test_grad)
 		double e = rel_err(ga, gn, nin[i]);
 		if (e > worst_grad_err)
 			worst_grad_err = e;
-		ck_assert_msg(e < GRAD_TOL, "%s chunk %d: gradient of %s: error %.3g", cfg_str(g),
-			      gc->chunk, in_names[i], e);
+		ck_assert_msg(e < GRAD_TOL, "%s algo %d chunk %d: gradient of %s: error %.3g",
+			      cfg_str(g), algo, gc->chunk, in_names[i], e);
 		free(ga);
 		free(gn);
 	}
-	if (_i == (int)(sizeof grad_cases / sizeof grad_cases[0]) - 1)
-		printf("test_gdn: gradients: %d cases, worst error %.1e\n",
-		       (int)(sizeof grad_cases / sizeof grad_cases[0]), worst_grad_err);
+	if (_i == 3 * NGRAD - 1)
+		printf("test_gdn: gradients (recurrent, chunked, materialised) vs finite "
+		       "differences: %d cases, worst error %.1e\n", 3 * NGRAD, worst_grad_err);
 	for (int i = 0; i < 6; i++) {
 		free(xd[i]);
 		free(prior[i]);
@@ -364,43 +369,62 @@ START_TEST(test_grad)
 }
 END_TEST
 
-/* The backward is the same whatever the window (the chunk option). */
-START_TEST(test_grad_windows)
+/* The backwards agree whatever the form and window (chunk): recurrent with
+ * windows 64, 1, 7, T and more than T; chunked with chunks 1, 16, 64, odd
+ * (rounded down to a power of two for log-linear) and more than T. */
+START_TEST(test_grad_forms)
 {
-	gcfg g = {1, 150, 2, 16, 8, 9, 1, 1};
-	ginputs x;
-	make_inputs(&x, &g, 4242);
-	float *dout = malloc(sizeof(float) * (size_t)x.nv);
-	lmk_rng r;
-	lmk_rng_init(&r, 3);
-	for (int64_t i = 0; i < x.nv; i++)
-		dout[i] = unif(&r, -1, 1);
-	float *ref[6] = {0};
-	int64_t nin[6] = {x.nq, x.nq, x.nv, x.ns, x.ns, x.nl};
-	const int wins[] = {64, 1, 7, 150, 1000};
-	for (size_t w = 0; w < sizeof wins / sizeof wins[0]; w++) {
-		float *gr[6];
-		for (int i = 0; i < 6; i++)
-			gr[i] = calloc((size_t)nin[i], sizeof(float));
-		ck_assert_int_eq(lmk_cpu_gdn_backward(gr[0], gr[1], gr[2], gr[3], gr[4], gr[5], dout,
-						      x.q, x.k, x.v, x.la, x.be, x.lam, g.B, g.T,
-						      g.H, g.Dk, g.Dv, g.NL, 0.25f, wins[w]),
-				 0);
-		for (int i = 0; i < 6; i++) {
-			if (!ref[i]) {
-				ref[i] = gr[i];
-				continue;
+	static const struct { int algo, chunk; } forms[] = {
+		{LMK_GDN_RECURRENT, 64}, {LMK_GDN_RECURRENT, 1},   {LMK_GDN_RECURRENT, 7},
+		{LMK_GDN_RECURRENT, 150}, {LMK_GDN_RECURRENT, 1000}, {LMK_GDN_CHUNKED, 1},
+		{LMK_GDN_CHUNKED, 16},    {LMK_GDN_CHUNKED, 64},     {LMK_GDN_CHUNKED, 13},
+		{LMK_GDN_CHUNKED, 200},   {LMK_GDN_MATERIALIZED, 0},
+	};
+	double worst = 0;
+	for (int var = 0; var < 4; var++) {
+		gcfg g = {1, 150, 2, 16, 8, 9, var & 1, var >> 1};
+		if (var == 2)
+			g.T = 129, g.Dk = 5, g.Dv = 11;
+		ginputs x;
+		make_inputs(&x, &g, 4242 + (uint64_t)var);
+		float *dout = malloc(sizeof(float) * (size_t)x.nv);
+		lmk_rng r;
+		lmk_rng_init(&r, 3);
+		for (int64_t i = 0; i < x.nv; i++)
+			dout[i] = unif(&r, -1, 1);
+		float *ref[6] = {0};
+		int64_t nin[6] = {x.nq, x.nq, x.nv, x.ns, x.ns, x.nl};
+		for (size_t f = 0; f < sizeof forms / sizeof forms[0]; f++) {
+			float *gr[6];
+			for (int i = 0; i < 6; i++)
+				gr[i] = calloc((size_t)nin[i], sizeof(float));
+			ck_assert_int_eq(lmk_cpu_gdn_backward(gr[0], gr[1], gr[2], gr[3], gr[4], gr[5],
+							      dout, x.q, x.k, x.v,
+							      g.has_la ? x.la : NULL, x.be,
+							      g.has_lam ? x.lam : NULL, g.B, g.T, g.H,
+							      g.Dk, g.Dv, g.has_lam ? g.NL : 0, 0.25f,
+							      forms[f].algo, forms[f].chunk),
+					 0);
+			for (int i = 0; i < 6; i++) {
+				if (!ref[i]) {
+					ref[i] = gr[i];
+					continue;
+				}
+				double e = rel_err(gr[i], ref[i], nin[i]);
+				if ((i != 3 || g.has_la) && (i != 5 || g.has_lam) && e > worst)
+					worst = e;
+				ck_assert_msg(e < FORM_TOL, "%s: algo %d chunk %d: gradient of %s "
+					      "differs from the recurrent one by %.3g", cfg_str(&g),
+					      forms[f].algo, forms[f].chunk, in_names[i], e);
+				free(gr[i]);
 			}
-			double e = rel_err(gr[i], ref[i], nin[i]);
-			ck_assert_msg(e < 1e-5, "window %d: gradient of %s differs by %.3g", wins[w],
-				      in_names[i], e);
-			free(gr[i]);
 		}
+		for (int i = 0; i < 6; i++)
+			free(ref[i]);
+		free(dout);
+		free_inputs(&x);
 	}
-	for (int i = 0; i < 6; i++)
-		free(ref[i]);
-	free(dout);
-	free_inputs(&x);
+	printf("test_gdn: backwards of every form and window vs the recurrent one: %.1e\n", worst);
 }
 END_TEST
 
@@ -489,11 +513,11 @@ START_TEST(test_threads)
 		omp_set_num_threads(1);
 		forward_cpu(&g, &x, 0.3f, algo, 16, o1);
 		lmk_cpu_gdn_backward(NULL, g1, NULL, NULL, NULL, NULL, o1, x.q, x.k, x.v, x.la, x.be,
-				     x.lam, g.B, g.T, g.H, g.Dk, g.Dv, g.NL, 0.3f, 16);
+				     x.lam, g.B, g.T, g.H, g.Dk, g.Dv, g.NL, 0.3f, algo, 16);
 		omp_set_num_threads(3);
 		forward_cpu(&g, &x, 0.3f, algo, 16, o2);
 		lmk_cpu_gdn_backward(NULL, g2, NULL, NULL, NULL, NULL, o2, x.q, x.k, x.v, x.la, x.be,
-				     x.lam, g.B, g.T, g.H, g.Dk, g.Dv, g.NL, 0.3f, 16);
+				     x.lam, g.B, g.T, g.H, g.Dk, g.Dv, g.NL, 0.3f, algo, 16);
 		ck_assert_msg(memcmp(o1, o2, sizeof(float) * (size_t)x.nv) == 0, "algo %d: forward depends on the threads", algo);
 		ck_assert_msg(memcmp(g1, g2, sizeof(float) * (size_t)x.nq) == 0, "algo %d: backward depends on the threads", algo);
 	}
@@ -554,8 +578,8 @@ int main(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_loop_test(tc, test_forms, 0, (int)(sizeof form_T / sizeof form_T[0]));
 	tcase_add_test(tc, test_forms_large);
-	tcase_add_loop_test(tc, test_grad, 0, (int)(sizeof grad_cases / sizeof grad_cases[0]));
-	tcase_add_test(tc, test_grad_windows);
+	tcase_add_loop_test(tc, test_grad, 0, 3 * NGRAD);
+	tcase_add_test(tc, test_grad_forms);
 	tcase_add_test(tc, test_decode);
 	tcase_add_test(tc, test_threads);
 	tcase_add_test(tc, test_errors);
