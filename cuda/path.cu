@@ -1,19 +1,868 @@
-/* path.cu: PaTH attention on the GPU (cuda/path_cuda.h). Placeholder until
- * the kernels land: every launcher reports LMK_EUNSUP. */
-#include <stdint.h>
+/* path.cu: PaTH attention on the GPU (cuda/path_cuda.h), the blockwise
+ * algorithm of lib/path.c pass for pass, with the same names: prep_block,
+ * intra_block and flash_block for the forward; query_pass, key_pass and
+ * block_back for the backward (lib/path.c says what each computes and why
+ * the backward stores the levels of the query walk). One thread block per
+ * work item of the CPU loop (grid (blocks, heads, B)), 256 threads, every
+ * tile in float32 shared memory whatever the storage dtype, products by
+ * the block-cooperative smm below on the CUDA cores.
+ * Not yet tensor cores: every product here is (C x D)(D x C) or (C x C)(C x
+ * D) with C = 64 and would map onto mma.sync m16n8k16 as in attention.cu;
+ * this version is the correct baseline the faster one will be tested
+ * against (see bench/path_gpu.cu).
+ *
+ * Shape letters as in lib/path.h; C <= 64 the block, D <= 128, c <= C the
+ * rows of a block, NT threads. A thread owns the elements tid + e NT (e <
+ * C D / NT <= 32) of a (C, D) accumulator kept in registers. */
+/* LMK_PATH_EMU: the kernels compiled as host C++ with one thread per block
+ * (a checking harness that runs them without a GPU supplies what
+ * common.cuh would, NT 1 and MAXE C*D); the launchers are left out. */
+#ifndef LMK_PATH_EMU
+#include "common.cuh"
+#endif
 
 extern "C" {
-#include "dtype.h"
-#include "err.h"
 #include "path.h"
 }
 #include "path_cuda.h"
+
+#ifndef NT
+#define NT 256
+#define MAXE 32 /* C * D / NT for C = 64, D = 128 */
+#endif
+
+/* ------------------------------------------------------------ helpers */
+
+/* Cm (M,N ldc) = beta0 Cm + alpha op(A) op(B) over the block's threads;
+ * operands in shared or global memory, Cm aliasing neither. The caller
+ * synchronises before (operands written) and after (result read). */
+template <bool TA, bool TB>
+static __device__ void smm(float *Cm, int ldc, const float *A, int lda, const float *Bm, int ldb,
+			   int M, int N, int Kk, float alpha, float beta0)
+{
+	for (int idx = threadIdx.x; idx < M * N; idx += blockDim.x) {
+		const int i = idx / N, j = idx % N;
+		float s = 0.f;
+		for (int k = 0; k < Kk; k++)
+			s += (TA ? A[k * lda + i] : A[i * lda + k]) * (TB ? Bm[j * ldb + k] : Bm[k * ldb + j]);
+		Cm[i * ldc + j] = (beta0 == 0.f ? 0.f : beta0 * Cm[i * ldc + j]) + alpha * s;
+	}
+}
+
+/* rows (C,D) <- src rows 0..c-1 of stride ld, zeros below. */
+template <class E>
+static __device__ void load_rows(float *dst, const E *src, int64_t ld, int c, int C, int D)
+{
+	for (int idx = threadIdx.x; idx < C * D; idx += blockDim.x) {
+		const int r = idx / D, d = idx % D;
+		dst[idx] = r < c ? tof(src[r * ld + d]) : 0.f;
+	}
+}
+
+static __device__ void store_rows(float *dst, const float *src, int c, int D)
+{
+	for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x)
+		dst[idx] = src[idx];
+}
+
+static __device__ void zero(float *p, int n)
+{
+	for (int idx = threadIdx.x; idx < n; idx += blockDim.x)
+		p[idx] = 0.f;
+}
+
+static __device__ __forceinline__ float sdot(const float *a, const float *b, int n)
+{
+	float s = 0.f;
+	for (int i = 0; i < n; i++)
+		s += a[i] * b[i];
+	return s;
+}
+
+/* The workspace as the kernels see it (lmk_path_ws without the host-only
+ * members). */
+struct pws {
+	int B, T, H, K, D, C, N;
+	float *tm, *u, *z, *kt, *qt, *aloc, *g, *lse;
+	float *lv, *adj, *dqt, *daloc, *dkt, *du, *dwp, *dgr, *dgc, *delta;
+};
+
+static pws to_pws(const lmk_path_ws *s)
+{
+	pws p;
+	p.B = (int)s->B, p.T = (int)s->T, p.H = (int)s->H, p.K = (int)s->K, p.D = (int)s->D;
+	p.C = (int)s->C, p.N = (int)s->N;
+	p.tm = s->tm, p.u = s->u, p.z = s->z, p.kt = s->kt, p.qt = s->qt, p.aloc = s->aloc;
+	p.g = s->g, p.lse = s->lse, p.lv = s->lv, p.adj = s->adj, p.dqt = s->dqt;
+	p.daloc = s->daloc, p.dkt = s->dkt, p.du = s->du, p.dwp = s->dwp, p.dgr = s->dgr;
+	p.dgc = s->dgc, p.delta = s->delta;
+	return p;
+}
+
+static __device__ __forceinline__ int rows_of(const pws &s, int n)
+{
+	return min(s.C, s.T - n * s.C);
+}
+
+/* Offsets: (b,i,head) rows of a (B,T,NH,D) tensor; (b,head,t) of head-major
+ * workspace arrays; (b,head,block) of (.., N, C, C) ones; level pairs. */
+static __device__ __forceinline__ int64_t row(const pws &s, int b, int i, int hh, int NH)
+{
+	return (((int64_t)b * s.T + i) * NH + hh) * s.D;
+}
+static __device__ __forceinline__ int64_t hrow(const pws &s, int b, int hh, int NH, int t)
+{
+	return (((int64_t)b * NH + hh) * s.T + t) * s.D;
+}
+static __device__ __forceinline__ int64_t hblk(const pws &s, int b, int hh, int NH, int n)
+{
+	return (((int64_t)b * NH + hh) * s.N + n) * s.C * s.C;
+}
+static __device__ __forceinline__ int64_t lvat(const pws &s, int b, int h, int m, int n)
+{
+	const int64_t P = (int64_t)s.N * (s.N - 1) / 2;
+	return (((int64_t)b * s.H + h) * P + (int64_t)m * (m - 1) / 2 + n) * s.C * s.D;
+}
+static __device__ __forceinline__ float gdiff(const pws &s, int b, int h, int i, int j)
+{
+	if (!s.g)
+		return 0.f;
+	const float *G = s.g + ((int64_t)b * s.H + h) * s.T;
+	return G[i] - G[j];
+}
+
+/* ------------------------------------------------------------ forward */
+
+template <class E>
+__global__ void __launch_bounds__(NT) cumsum_kernel(float *g /*(B,H,T)*/, const E *logf /*(B,T,H)*/,
+						    int B, int T, int H)
+{
+	const int x = blockIdx.x * blockDim.x + threadIdx.x;
+	if (x >= B * H)
+		return;
+	const int b = x / H, h = x % H;
+	double a = 0;
+	for (int t = 0; t < T; t++) {
+		a += (double)tof(logf[((int64_t)b * T + t) * H + h]);
+		g[(int64_t)x * T + t] = (float)a;
+	}
+}
+
+/* smem: W, K (C,D); L, M, T (C,C); beta (C) */
+template <class E>
+__global__ void __launch_bounds__(NT) prep_kernel(pws s, const E *k, const E *w, const E *beta)
+{
+	extern __shared__ float sm[];
+	const int n = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
+	const int C = s.C, D = s.D, K = s.K, c = rows_of(s, n), j0 = n * C;
+	float *sW = sm, *sK = sW + C * D, *sL = sK + C * D, *sM = sL + C * C, *sT = sM + C * C;
+	float *sb = sT + C * C;
+	load_rows(sW, w + row(s, b, j0, g, K), (int64_t)K * D, c, C, D);
+	load_rows(sK, k + row(s, b, j0, g, K), (int64_t)K * D, c, C, D);
+	for (int r = threadIdx.x; r < C; r += blockDim.x)
+		sb[r] = r < c ? tof(beta[((int64_t)b * s.T + j0 + r) * K + g]) : 0.f;
+	__syncthreads();
+	for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x) {
+		const int r = idx / C, j = idx % C;
+		const bool lo = j < r && r < c;
+		sL[idx] = lo ? sb[r] * sdot(sW + r * D, sW + j * D, D) : 0.f;
+		sM[idx] = lo ? sb[r] * sdot(sW + r * D, sK + j * D, D) : 0.f;
+		sT[idx] = r == j && r < c ? 1.f : 0.f;
+	}
+	__syncthreads();
+	/* (I + L) T = I, one row at a time: row r needs the rows above */
+	for (int r = 1; r < c; r++) {
+		for (int j = threadIdx.x; j < r; j += blockDim.x) {
+			float a = 0.f;
+			for (int t = j; t < r; t++)
+				a += sL[r * C + t] * sT[t * C + j];
+			sT[r * C + j] = -a;
+		}
+		__syncthreads();
+	}
+	float *Tm = s.tm + hblk(s, b, g, K, n), *Z = s.z + hblk(s, b, g, K, n);
+	float *U = s.u + hrow(s, b, g, K, j0), *Kt = s.kt + hrow(s, b, g, K, j0);
+	for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x)
+		Tm[idx] = sT[idx];
+	for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
+		const int r = idx / D, d = idx % D;
+		float a = 0.f;
+		for (int j = 0; j <= r; j++)
+			a += sT[r * C + j] * sb[j] * sW[j * D + d];
+		U[idx] = a;
+	}
+	/* Z = T M, into sL (L is no longer needed) */
+	smm<false, false>(sL, C, sT, C, sM, C, C, C, C, 1.f, 0.f);
+	__syncthreads();
+	for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x)
+		Z[idx] = sL[idx];
+	for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
+		const int j = idx / D, d = idx % D;
+		float a = 0.f;
+		for (int r = 0; r < c; r++)
+			a += sL[r * C + j] * sW[r * D + d];
+		Kt[idx] = sK[j * D + d] - a;
+	}
+}
+
+/* smem: Q, W, K (C,D); X (C,C) */
+template <class E>
+__global__ void __launch_bounds__(NT) intra_kernel(pws s, const E *q, const E *k, const E *w)
+{
+	extern __shared__ float sm[];
+	const int m = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+	const int C = s.C, D = s.D, H = s.H, K = s.K, g = h / (H / K), c = rows_of(s, m), i0 = m * C;
+	float *sQ = sm, *sW = sQ + C * D, *sK = sW + C * D, *sX = sK + C * D;
+	load_rows(sQ, q + row(s, b, i0, h, H), (int64_t)H * D, c, C, D);
+	load_rows(sW, w + row(s, b, i0, g, K), (int64_t)K * D, c, C, D);
+	load_rows(sK, k + row(s, b, i0, g, K), (int64_t)K * D, c, C, D);
+	__syncthreads();
+	for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x) {
+		const int i = idx / C, j = idx % C;
+		sX[idx] = j <= i ? sdot(sQ + i * D, sW + j * D, D) : 0.f;
+	}
+	__syncthreads();
+	const float *U = s.u + hrow(s, b, g, K, i0), *Z = s.z + hblk(s, b, g, K, m);
+	float *Qt = s.qt + hrow(s, b, h, H, i0), *A = s.aloc + hblk(s, b, h, H, m);
+	for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
+		const int i = idx / D, d = idx % D;
+		float a = 0.f;
+		for (int r = 0; r <= i; r++)
+			a += sX[i * C + r] * U[r * D + d];
+		Qt[idx] = sQ[idx] - a;
+	}
+	for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x) {
+		const int i = idx / C, j = idx % C;
+		float a = 0.f;
+		if (i < c && j <= i) {
+			a = sdot(sQ + i * D, sK + j * D, D);
+			for (int r = j + 1; r <= i; r++)
+				a -= sX[i * C + r] * Z[r * C + j];
+		}
+		A[idx] = a;
+	}
+}
+
+/* S (c,C) of query block m against key block m (its own A): -inf past the
+ * diagonal and past the block. */
+static __device__ void diag_logits(const pws &s, float *S, int b, int h, int m, float scale)
+{
+	const int C = s.C, c = rows_of(s, m);
+	const float *A = s.aloc + hblk(s, b, h, s.H, m);
+	for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x) {
+		const int i = idx / C, j = idx % C;
+		S[idx] = i < c && j <= i ? scale * A[idx] + gdiff(s, b, h, m * C + i, m * C + j)
+					 : -INFINITY;
+	}
+}
+
+/* After S = scale lv K~ᵀ over (cm, cn): the forget-gate terms, -inf past
+ * the block. */
+static __device__ void fix_logits(const pws &s, float *S, int b, int h, int m, int n)
+{
+	const int C = s.C, cm = rows_of(s, m), cn = rows_of(s, n);
+	for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x) {
+		const int i = idx / C, j = idx % C;
+		if (i < cm && j < cn)
+			S[idx] += gdiff(s, b, h, m * C + i, n * C + j);
+		else
+			S[idx] = -INFINITY;
+	}
+}
+
+/* smem: Qt, tile (C,D); S, X (C,C); mx, l, cr (C) */
+template <class E>
+__global__ void __launch_bounds__(NT) flash_kernel(pws s, E *out, const E *v, const E *w,
+						   float scale)
+{
+	extern __shared__ float sm[];
+	const int m = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+	const int C = s.C, D = s.D, H = s.H, K = s.K, g = h / (H / K), cm = rows_of(s, m);
+	const int i0 = m * C;
+	float *sQ = sm, *sT = sQ + C * D, *sS = sT + C * D, *sX = sS + C * C, *mx = sX + C * C;
+	float *l = mx + C, *cr = l + C;
+	load_rows(sQ, s.qt + hrow(s, b, h, H, i0), D, cm, C, D);
+	for (int r = threadIdx.x; r < C; r += blockDim.x) {
+		mx[r] = -INFINITY;
+		l[r] = 0.f;
+	}
+	float o[MAXE];
+#pragma unroll
+	for (int e = 0; e < MAXE; e++)
+		o[e] = 0.f;
+	__syncthreads();
+	for (int n = m; n >= 0; n--) {
+		const int cn = rows_of(s, n), j0 = n * C;
+		if (n == m) {
+			diag_logits(s, sS, b, h, m, scale);
+		} else {
+			load_rows(sT, s.kt + hrow(s, b, g, K, j0), D, cn, C, D);
+			__syncthreads();
+			smm<false, true>(sS, C, sQ, D, sT, D, cm, cn, D, scale, 0.f);
+			__syncthreads();
+			fix_logits(s, sS, b, h, m, n);
+		}
+		__syncthreads();
+		for (int r = threadIdx.x; r < cm; r += blockDim.x) {
+			float bm = mx[r];
+			for (int j = 0; j < cn; j++)
+				bm = fmaxf(bm, sS[r * C + j]);
+			const float f = expf(mx[r] - bm); /* bm finite: the diagonal comes first */
+			float a = l[r] * f;
+			for (int j = 0; j < C; j++) {
+				const float p = j < cn ? expf(sS[r * C + j] - bm) : 0.f;
+				sS[r * C + j] = p;
+				a += p;
+			}
+			mx[r] = bm;
+			l[r] = a;
+			cr[r] = f;
+		}
+		load_rows(sT, v + row(s, b, j0, g, K), (int64_t)K * D, cn, C, D);
+		__syncthreads();
+#pragma unroll
+		for (int e = 0; e < MAXE; e++) {
+			const int idx = threadIdx.x + e * NT, i = idx / D, d = idx % D;
+			if (idx < cm * D) {
+				float a = o[e] * cr[i];
+				for (int j = 0; j < cn; j++)
+					a += sS[i * C + j] * sT[j * D + d];
+				o[e] = a;
+			}
+		}
+		__syncthreads();
+		if (n > 0 && n < m) {
+			load_rows(sT, w + row(s, b, j0, g, K), (int64_t)K * D, cn, C, D);
+			__syncthreads();
+			smm<false, true>(sX, C, sQ, D, sT, D, cm, cn, D, 1.f, 0.f);
+			__syncthreads();
+			load_rows(sT, s.u + hrow(s, b, g, K, j0), D, cn, C, D);
+			__syncthreads();
+			smm<false, false>(sQ, D, sX, C, sT, D, cm, D, cn, -1.f, 1.f);
+			__syncthreads();
+		}
+	}
+#pragma unroll
+	for (int e = 0; e < MAXE; e++) {
+		const int idx = threadIdx.x + e * NT, i = idx / D, d = idx % D;
+		if (idx < cm * D)
+			out[row(s, b, i0 + i, h, H) + d] = fromf<E>(o[e] / l[i]);
+	}
+	for (int r = threadIdx.x; r < cm; r += blockDim.x)
+		s.lse[((int64_t)b * H + h) * s.T + i0 + r] = mx[r] + logf(l[r]);
+}
+
+/* ------------------------------------------------------------ backward */
+
+template <class E>
+__global__ void __launch_bounds__(NT) delta_kernel(pws s, const E *dout, const E *out)
+{
+	const int64_t rowi = (int64_t)blockIdx.x * (NT / 32) + threadIdx.x / 32;
+	const int lane = threadIdx.x % 32;
+	if (rowi >= (int64_t)s.B * s.T * s.H)
+		return;
+	float a = 0.f;
+	for (int d = lane; d < s.D; d += 32)
+		a += tof(dout[rowi * s.D + d]) * tof(out[rowi * s.D + d]);
+	a = warp_sum(a);
+	/* rowi = (b T + i) H + h */
+	const int h = (int)(rowi % s.H), i = (int)((rowi / s.H) % s.T), b = (int)(rowi / s.H / s.T);
+	if (lane == 0)
+		s.delta[((int64_t)b * s.H + h) * s.T + i] = a;
+}
+
+/* P = exp(S - lse) into S and dS = P (dP - delta) into dP over (C,C);
+ * zero outside (cm, cn). lse and delta are the rows' (smem, C). */
+static __device__ void probs(float *S, float *dP, const float *L, const float *dl, int C, int cm,
+			     int cn)
+{
+	for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x) {
+		const int i = idx / C, j = idx % C;
+		float p = 0.f, ds = 0.f;
+		if (i < cm && j < cn) {
+			p = expf(S[idx] - L[i]);
+			ds = p * (dP[idx] - dl[i]);
+		}
+		S[idx] = p;
+		dP[idx] = ds;
+	}
+}
+
+/* smem: level, A, tile, dO (C,D); S, dP, X (C,C); lse, delta, dgr (C) */
+template <class E>
+__global__ void __launch_bounds__(NT) query_kernel(pws s, const E *dout, const E *v, const E *w,
+						   float scale)
+{
+	extern __shared__ float sm[];
+	const int m = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+	const int C = s.C, D = s.D, H = s.H, K = s.K, g = h / (H / K), cm = rows_of(s, m);
+	const int i0 = m * C;
+	float *dQt = s.dqt + hrow(s, b, h, H, i0);
+	float *dgr = s.dgr + ((int64_t)b * H + h) * s.T + i0;
+	if (m == 0) {
+		for (int idx = threadIdx.x; idx < cm * D; idx += blockDim.x)
+			dQt[idx] = 0.f;
+		for (int r = threadIdx.x; r < cm; r += blockDim.x)
+			dgr[r] = 0.f;
+		return;
+	}
+	float *sL = sm, *sA = sL + C * D, *sT = sA + C * D, *sO = sT + C * D, *sS = sO + C * D;
+	float *sP = sS + C * C, *sX = sP + C * C, *sl = sX + C * C, *sd = sl + C, *sg = sd + C;
+	load_rows(sL, s.qt + hrow(s, b, h, H, i0), D, cm, C, D);
+	__syncthreads();
+	store_rows(s.lv + lvat(s, b, h, m, m - 1), sL, cm, D);
+	for (int n = m - 1; n > 0; n--) {
+		const int cn = rows_of(s, n), j0 = n * C;
+		load_rows(sT, w + row(s, b, j0, g, K), (int64_t)K * D, cn, C, D);
+		__syncthreads();
+		smm<false, true>(sX, C, sL, D, sT, D, cm, cn, D, 1.f, 0.f);
+		__syncthreads();
+		load_rows(sT, s.u + hrow(s, b, g, K, j0), D, cn, C, D);
+		__syncthreads();
+		smm<false, false>(sL, D, sX, C, sT, D, cm, D, cn, -1.f, 1.f);
+		__syncthreads();
+		store_rows(s.lv + lvat(s, b, h, m, n - 1), sL, cm, D);
+	}
+	load_rows(sO, dout + row(s, b, i0, h, H), (int64_t)H * D, cm, C, D);
+	for (int r = threadIdx.x; r < C; r += blockDim.x) {
+		sl[r] = r < cm ? s.lse[((int64_t)b * H + h) * s.T + i0 + r] : 0.f;
+		sd[r] = r < cm ? s.delta[((int64_t)b * H + h) * s.T + i0 + r] : 0.f;
+		sg[r] = 0.f;
+	}
+	zero(sA, C * D);
+	__syncthreads();
+	for (int n = 0; n < m; n++) {
+		const int cn = rows_of(s, n), j0 = n * C;
+		if (n > 0) {
+			/* A, the adjoint of level n-1 = lv - (lv W_nᵀ) U_n, back
+			 * to level n: A - (A U_nᵀ) W_n */
+			store_rows(s.adj + lvat(s, b, h, m, n), sA, cm, D);
+			load_rows(sT, s.u + hrow(s, b, g, K, j0), D, cn, C, D);
+			__syncthreads();
+			smm<false, true>(sX, C, sA, D, sT, D, cm, cn, D, 1.f, 0.f);
+			__syncthreads();
+			load_rows(sT, w + row(s, b, j0, g, K), (int64_t)K * D, cn, C, D);
+			__syncthreads();
+			smm<false, false>(sA, D, sX, C, sT, D, cm, D, cn, -1.f, 1.f);
+			__syncthreads();
+		}
+		load_rows(sL, s.lv + lvat(s, b, h, m, n), D, cm, C, D);
+		load_rows(sT, v + row(s, b, j0, g, K), (int64_t)K * D, cn, C, D);
+		__syncthreads();
+		smm<false, true>(sP, C, sO, D, sT, D, cm, cn, D, 1.f, 0.f);
+		__syncthreads();
+		load_rows(sT, s.kt + hrow(s, b, g, K, j0), D, cn, C, D);
+		__syncthreads();
+		smm<false, true>(sS, C, sL, D, sT, D, cm, cn, D, scale, 0.f);
+		__syncthreads();
+		fix_logits(s, sS, b, h, m, n);
+		__syncthreads();
+		probs(sS, sP, sl, sd, C, cm, cn);
+		__syncthreads();
+		for (int r = threadIdx.x; r < cm; r += blockDim.x) {
+			float a = 0.f;
+			for (int j = 0; j < cn; j++)
+				a += sP[r * C + j];
+			sg[r] += a;
+		}
+		smm<false, false>(sA, D, sP, C, sT, D, cm, D, cn, scale, 1.f);
+		__syncthreads();
+	}
+	store_rows(dQt, sA, cm, D);
+	for (int r = threadIdx.x; r < cm; r += blockDim.x)
+		dgr[r] = sg[r];
+}
+
+/* smem: level, dO, adjoint, tile (C,D); S, dP, X, Y (C,C); lse, delta,
+ * dgc (C). Accumulators dK~, dU, dW, dV of key block n in registers. */
+template <class E>
+__global__ void __launch_bounds__(NT) key_kernel(pws s, gacc dv, const E *dout, const E *v,
+						 const E *w, float scale)
+{
+	extern __shared__ float sm[];
+	const int n = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
+	const int C = s.C, D = s.D, H = s.H, K = s.K, N = s.N, rep = H / K, cn = rows_of(s, n);
+	const int j0 = n * C;
+	float *sL = sm, *sO = sL + C * D, *sA = sO + C * D, *sT = sA + C * D, *sS = sT + C * D;
+	float *sP = sS + C * C, *sX = sP + C * C, *sY = sX + C * C, *sl = sY + C * C, *sd = sl + C;
+	float *sg = sd + C;
+	float akt[MAXE], au[MAXE], aw[MAXE], av[MAXE];
+#pragma unroll
+	for (int e = 0; e < MAXE; e++)
+		akt[e] = au[e] = aw[e] = av[e] = 0.f;
+	for (int h = g * rep; h < (g + 1) * rep; h++) {
+		for (int r = threadIdx.x; r < C; r += blockDim.x)
+			sg[r] = 0.f;
+		for (int m = n; m < N; m++) {
+			const int cm = rows_of(s, m), i0 = m * C;
+			__syncthreads();
+			load_rows(sO, dout + row(s, b, i0, h, H), (int64_t)H * D, cm, C, D);
+			for (int r = threadIdx.x; r < C; r += blockDim.x) {
+				sl[r] = r < cm ? s.lse[((int64_t)b * H + h) * s.T + i0 + r] : 0.f;
+				sd[r] = r < cm ? s.delta[((int64_t)b * H + h) * s.T + i0 + r] : 0.f;
+			}
+			if (m > n)
+				load_rows(sL, s.lv + lvat(s, b, h, m, n), D, cm, C, D);
+			load_rows(sT, v + row(s, b, j0, g, K), (int64_t)K * D, cn, C, D);
+			__syncthreads();
+			smm<false, true>(sP, C, sO, D, sT, D, cm, cn, D, 1.f, 0.f);
+			__syncthreads();
+			if (m == n) {
+				diag_logits(s, sS, b, h, m, scale);
+			} else {
+				load_rows(sT, s.kt + hrow(s, b, g, K, j0), D, cn, C, D);
+				__syncthreads();
+				smm<false, true>(sS, C, sL, D, sT, D, cm, cn, D, scale, 0.f);
+				__syncthreads();
+				fix_logits(s, sS, b, h, m, n);
+			}
+			__syncthreads();
+			probs(sS, sP, sl, sd, C, cm, cn);
+			__syncthreads();
+			for (int t = threadIdx.x; t < C; t += blockDim.x) {
+				float a = 0.f;
+				for (int i = 0; i < cm; i++)
+					a -= sP[i * C + t];
+				if (m == n)
+					for (int j = 0; j < cn; j++)
+						a += sP[t * C + j];
+				sg[t] += a;
+			}
+#pragma unroll
+			for (int e = 0; e < MAXE; e++) {
+				const int idx = threadIdx.x + e * NT, j = idx / D, d = idx % D;
+				if (idx < cn * D) {
+					float a = 0.f, bk = 0.f;
+					for (int i = 0; i < cm; i++) {
+						a += sS[i * C + j] * sO[i * D + d];
+						bk += sP[i * C + j] * sL[i * D + d];
+					}
+					av[e] += a;
+					if (m > n)
+						akt[e] += scale * bk;
+				}
+			}
+			if (m == n) {
+				float *dA = s.daloc + hblk(s, b, h, H, n);
+				for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x) {
+					const int i = idx / C, j = idx % C;
+					dA[idx] = j <= i ? scale * sP[idx] : 0.f;
+				}
+				continue;
+			}
+			if (n == 0)
+				continue;
+			/* level n-1 = lv - X U_n with X = lv W_nᵀ; A its adjoint */
+			__syncthreads();
+			load_rows(sT, w + row(s, b, j0, g, K), (int64_t)K * D, cn, C, D);
+			load_rows(sA, s.adj + lvat(s, b, h, m, n), D, cm, C, D);
+			__syncthreads();
+			smm<false, true>(sX, C, sL, D, sT, D, cm, cn, D, 1.f, 0.f);
+			__syncthreads();
+			load_rows(sT, s.u + hrow(s, b, g, K, j0), D, cn, C, D);
+			__syncthreads();
+			smm<false, true>(sY, C, sA, D, sT, D, cm, cn, D, 1.f, 0.f);
+			__syncthreads();
+#pragma unroll
+			for (int e = 0; e < MAXE; e++) {
+				const int idx = threadIdx.x + e * NT, j = idx / D, d = idx % D;
+				if (idx < cn * D) {
+					float a = 0.f, c2 = 0.f;
+					for (int i = 0; i < cm; i++) {
+						a += sX[i * C + j] * sA[i * D + d];
+						c2 += sY[i * C + j] * sL[i * D + d];
+					}
+					au[e] -= a;
+					aw[e] -= c2;
+				}
+			}
+		}
+		__syncthreads();
+		float *dgc = s.dgc + ((int64_t)b * H + h) * s.T + j0;
+		for (int t = threadIdx.x; t < cn; t += blockDim.x)
+			dgc[t] = sg[t];
+	}
+	float *dKt = s.dkt + hrow(s, b, g, K, j0), *dU = s.du + hrow(s, b, g, K, j0);
+	float *dW = s.dwp + hrow(s, b, g, K, j0);
+#pragma unroll
+	for (int e = 0; e < MAXE; e++) {
+		const int idx = threadIdx.x + e * NT, j = idx / D, d = idx % D;
+		if (idx < cn * D) {
+			dKt[idx] = akt[e];
+			dU[idx] = au[e];
+			dW[idx] = aw[e];
+			if (dv.p)
+				gadd(dv, row(s, b, j0 + j, g, K) + d, av[e]);
+		}
+	}
+}
+
+/* smem: W, K, Q, dQ (C,D); dZ, dT, X1, X2 (C,C); beta, dbeta (C). The
+ * workspace's dkt, du, dwp rows of this block are this block's alone: they
+ * become the accumulators of dK, dU, dW (dkt after its last read as dK~). */
+template <class E>
+__global__ void __launch_bounds__(NT) back_kernel(pws s, gacc dq, gacc dk, gacc dw, gacc dbeta,
+						  const E *q, const E *k, const E *w, const E *beta)
+{
+	extern __shared__ float sm[];
+	const int n = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
+	const int C = s.C, D = s.D, H = s.H, K = s.K, rep = H / K, c = rows_of(s, n), j0 = n * C;
+	float *sW = sm, *sK = sW + C * D, *sQ = sK + C * D, *sD = sQ + C * D, *sZd = sD + C * D;
+	float *sTd = sZd + C * C, *sX1 = sTd + C * C, *sX2 = sX1 + C * C, *sb = sX2 + C * C;
+	float *sdb = sb + C;
+	const float *Tm = s.tm + hblk(s, b, g, K, n), *Z = s.z + hblk(s, b, g, K, n);
+	const float *U = s.u + hrow(s, b, g, K, j0);
+	float *dKt = s.dkt + hrow(s, b, g, K, j0), *dU = s.du + hrow(s, b, g, K, j0);
+	float *dW = s.dwp + hrow(s, b, g, K, j0);
+	load_rows(sW, w + row(s, b, j0, g, K), (int64_t)K * D, c, C, D);
+	load_rows(sK, k + row(s, b, j0, g, K), (int64_t)K * D, c, C, D);
+	for (int r = threadIdx.x; r < C; r += blockDim.x) {
+		sb[r] = r < c ? tof(beta[((int64_t)b * s.T + j0 + r) * K + g]) : 0.f;
+		sdb[r] = 0.f;
+	}
+	zero(sZd, C * C);
+	zero(sX1, C * C);
+	zero(sX2, C * C);
+	__syncthreads();
+	/* K~ = K - Zᵀ W */
+	smm<false, true>(sZd, C, sW, D, dKt, D, c, c, D, -1.f, 0.f);
+	for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
+		const int r = idx / D, d = idx % D;
+		float a = 0.f;
+		for (int j = 0; j < c; j++)
+			a += Z[r * C + j] * dKt[j * D + d];
+		dW[idx] -= a;
+	}
+	__syncthreads();
+	for (int h = g * rep; h < (g + 1) * rep; h++) {
+		const float *dQt = s.dqt + hrow(s, b, h, H, j0), *dA = s.daloc + hblk(s, b, h, H, n);
+		load_rows(sQ, q + row(s, b, j0, h, H), (int64_t)H * D, c, C, D);
+		__syncthreads();
+		/* Xq = tril(Q Wᵀ); dXq = tril(-dQ~ Uᵀ - dA Zᵀ) */
+		for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
+			const int i = idx / c, j = idx % c;
+			float x = 0.f, dx = 0.f;
+			if (j <= i) {
+				x = sdot(sQ + i * D, sW + j * D, D);
+				for (int d = 0; d < D; d++)
+					dx -= dQt[i * D + d] * U[j * D + d];
+				for (int r = 0; r < c; r++)
+					dx -= dA[i * C + r] * Z[j * C + r];
+			}
+			sX1[i * C + j] = x;
+			sX2[i * C + j] = dx;
+		}
+		__syncthreads();
+		/* dQ = dQ~ + dA K + dXq W */
+		for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
+			const int i = idx / D, d = idx % D;
+			float a = dQt[idx];
+			for (int j = 0; j < c; j++)
+				a += dA[i * C + j] * sK[j * D + d] + sX2[i * C + j] * sW[j * D + d];
+			sD[idx] = a;
+		}
+		/* dK += dAᵀ Q, dU -= Xqᵀ dQ~, dW += dXqᵀ Q (rows of this block) */
+		for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
+			const int r = idx / D, d = idx % D;
+			float a = 0.f, bu = 0.f, cw = 0.f;
+			for (int i = 0; i < c; i++) {
+				a += dA[i * C + r] * sQ[i * D + d];
+				bu += sX1[i * C + r] * dQt[i * D + d];
+				cw += sX2[i * C + r] * sQ[i * D + d];
+			}
+			dU[idx] -= bu;
+			dW[idx] += cw;
+			dKt[idx] += a; /* dkt now accumulates dK */
+		}
+		/* dZ -= Xqᵀ dA */
+		for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
+			const int r = idx / c, j = idx % c;
+			float a = 0.f;
+			for (int i = 0; i < c; i++)
+				a += sX1[i * C + r] * dA[i * C + j];
+			sZd[r * C + j] -= a;
+		}
+		__syncthreads();
+		if (dq.p)
+			for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
+				const int i = idx / D, d = idx % D;
+				gadd(dq, row(s, b, j0 + i, h, H) + d, sD[idx]);
+			}
+		__syncthreads();
+	}
+	/* Mk = strictlower(diag(beta) W Kᵀ) into X1; dT = dZ Mkᵀ; dM = Tᵀ dZ */
+	for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x) {
+		const int r = idx / C, j = idx % C;
+		sX1[idx] = j < r && r < c ? sb[r] * sdot(sW + r * D, sK + j * D, D) : 0.f;
+	}
+	__syncthreads();
+	smm<false, true>(sTd, C, sZd, C, sX1, C, c, c, c, 1.f, 0.f);
+	smm<true, false>(sX2, C, Tm, C, sZd, C, c, c, c, 1.f, 0.f);
+	__syncthreads();
+	/* through Mk: dbeta_r, dW_r (row r), dK_j (row j) */
+	for (int r = threadIdx.x; r < c; r += blockDim.x) {
+		float a = 0.f;
+		for (int j = 0; j < r; j++)
+			a += sX2[r * C + j] * sdot(sW + r * D, sK + j * D, D);
+		sdb[r] += a;
+	}
+	for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
+		const int r = idx / D, d = idx % D;
+		float a = 0.f, bk = 0.f;
+		for (int j = 0; j < r; j++)
+			a += sX2[r * C + j] * sK[j * D + d];
+		for (int i = r + 1; i < c; i++)
+			bk += sb[i] * sX2[i * C + r] * sW[i * D + d];
+		dW[idx] += sb[r] * a;
+		dKt[idx] += bk;
+	}
+	__syncthreads();
+	/* U = T diag(beta) W: Tb = Tᵀ dU into Q's tile; dT += dU (diag(beta) W)ᵀ */
+	smm<true, false>(sQ, D, Tm, C, dU, D, c, D, c, 1.f, 0.f);
+	for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
+		const int r = idx / c, j = idx % c;
+		sTd[r * C + j] += sb[j] * sdot(dU + r * D, sW + j * D, D);
+	}
+	__syncthreads();
+	for (int r = threadIdx.x; r < c; r += blockDim.x)
+		sdb[r] += sdot(sQ + r * D, sW + r * D, D);
+	for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x)
+		dW[idx] += sb[idx / D] * sQ[idx];
+	/* T = (I + L)⁻¹: dL = -Tᵀ dT Tᵀ, L = strictlower(diag(beta) W Wᵀ) */
+	smm<true, false>(sX1, C, Tm, C, sTd, C, c, c, c, 1.f, 0.f);
+	__syncthreads();
+	smm<false, true>(sX2, C, sX1, C, Tm, C, c, c, c, -1.f, 0.f);
+	__syncthreads();
+	for (int r = threadIdx.x; r < c; r += blockDim.x) {
+		float a = 0.f;
+		for (int j = 0; j < r; j++)
+			a += sX2[r * C + j] * sdot(sW + r * D, sW + j * D, D);
+		sdb[r] += a;
+	}
+	for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
+		const int r = idx / D, d = idx % D;
+		float a = 0.f;
+		for (int j = 0; j < r; j++)
+			a += sb[r] * sX2[r * C + j] * sW[j * D + d];
+		for (int i = r + 1; i < c; i++)
+			a += sb[i] * sX2[i * C + r] * sW[i * D + d];
+		dW[idx] += a;
+	}
+	__syncthreads();
+	for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
+		const int r = idx / D, d = idx % D;
+		if (dk.p)
+			gadd(dk, row(s, b, j0 + r, g, K) + d, dKt[idx]);
+		if (dw.p)
+			gadd(dw, row(s, b, j0 + r, g, K) + d, dW[idx]);
+	}
+	if (dbeta.p)
+		for (int r = threadIdx.x; r < c; r += blockDim.x)
+			gadd(dbeta, ((int64_t)b * s.T + j0 + r) * K + g, sdb[r]);
+}
+
+__global__ void __launch_bounds__(NT) dlogf_kernel(pws s, gacc dlogf)
+{
+	const int x = blockIdx.x * blockDim.x + threadIdx.x;
+	if (x >= s.B * s.H)
+		return;
+	const int b = x / s.H, h = x % s.H;
+	const float *r = s.dgr + (int64_t)x * s.T, *c = s.dgc + (int64_t)x * s.T;
+	double a = 0;
+	for (int t = s.T - 1; t >= 1; t--) {
+		a += (double)r[t] + c[t];
+		gadd(dlogf, ((int64_t)b * s.T + t) * s.H + h, (float)a);
+	}
+}
+
+#ifndef LMK_PATH_EMU
+/* ------------------------------------------------------------ launchers */
+
+static int check(const char *who, lmk_dtype dt, const lmk_path_ws *s)
+{
+	if (dt != LMK_F32 && dt != LMK_BF16)
+		return lmk_err(LMK_EINVAL, "%s: dtype %s: expected F32 or BF16", who, lmk_dtype_name(dt));
+	if (s->C > 64 || s->D > 128 || s->C * s->D > MAXE * NT)
+		return lmk_err(LMK_EUNSUP, "%s: block %lld, head dim %lld: expected block <= 64, D <= 128",
+			       who, (long long)s->C, (long long)s->D);
+	if (s->T > INT32_MAX / 2 || s->B > 65535 || s->H > 65535 || s->N > INT32_MAX / 2)
+		return lmk_err(LMK_EUNSUP, "%s: B %lld, T %lld, H %lld: too large", who, (long long)s->B,
+			       (long long)s->T, (long long)s->H);
+	return 0;
+}
+
+template <typename F> static int set_smem(F kernel, size_t bytes)
+{
+	LMK_CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+	return 0;
+}
+
+#define LAUNCH(kern, grid, bytes, st, ...)                          \
+	do {                                                        \
+		int rc_ = set_smem(kern, bytes);                    \
+		if (rc_ < 0)                                        \
+			return rc_;                                 \
+		kern<<<grid, NT, bytes, st>>>(__VA_ARGS__);         \
+		LMK_CK_LAUNCH();                                    \
+	} while (0)
+
+template <class E>
+static int forward_t(cudaStream_t st, pws p, void *out, const void *q, const void *k,
+		     const void *v, const void *w, const void *beta, const void *logf, float scale)
+{
+	const size_t C = p.C, D = p.D, f = sizeof(float);
+	if (logf) {
+		cumsum_kernel<E><<<(p.B * p.H + NT - 1) / NT, NT, 0, st>>>(p.g, (const E *)logf, p.B,
+									p.T, p.H);
+		LMK_CK_LAUNCH();
+	}
+	LAUNCH(prep_kernel<E>, dim3(p.N, p.K, p.B), (2 * C * D + 3 * C * C + C) * f, st, p,
+	       (const E *)k, (const E *)w, (const E *)beta);
+	LAUNCH(intra_kernel<E>, dim3(p.N, p.H, p.B), (3 * C * D + C * C) * f, st, p, (const E *)q,
+	       (const E *)k, (const E *)w);
+	LAUNCH(flash_kernel<E>, dim3(p.N, p.H, p.B), (2 * C * D + 2 * C * C + 3 * C) * f, st, p,
+	       (E *)out, (const E *)v, (const E *)w, scale);
+	return 0;
+}
 
 extern "C" int lmk_cuda_path_forward(void *be, lmk_dtype dt, void *out, const void *q,
 				     const void *k, const void *v, const void *w, const void *beta,
 				     const void *logf, struct lmk_path_ws *ws, float scale)
 {
-	return lmk_err(LMK_EUNSUP, "path_attention: no cuda kernel yet");
+	int rc = check("path_attention forward", dt, ws);
+	if (rc < 0 || ws->B == 0 || ws->T == 0)
+		return rc;
+	cudaStream_t st = LMK_BE(be)->stream;
+	pws p = to_pws(ws);
+	if (dt == LMK_BF16)
+		return forward_t<bf16>(st, p, out, q, k, v, w, beta, logf, scale);
+	return forward_t<float>(st, p, out, q, k, v, w, beta, logf, scale);
+}
+
+template <class E>
+static int backward_t(cudaStream_t st, pws p, lmk_gbuf dq, lmk_gbuf dk, lmk_gbuf dv, lmk_gbuf dw,
+		      lmk_gbuf dbeta, lmk_gbuf dlogf, const void *dout, const void *out,
+		      const void *q, const void *k, const void *v, const void *w, const void *beta,
+		      const void *logf, float scale)
+{
+	const size_t C = p.C, D = p.D, f = sizeof(float);
+	const int64_t rows = (int64_t)p.B * p.T * p.H;
+	delta_kernel<E><<<(unsigned)((rows + NT / 32 - 1) / (NT / 32)), NT, 0, st>>>(
+		p, (const E *)dout, (const E *)out);
+	LMK_CK_LAUNCH();
+	LAUNCH(query_kernel<E>, dim3(p.N, p.H, p.B), (4 * C * D + 3 * C * C + 3 * C) * f, st, p,
+	       (const E *)dout, (const E *)v, (const E *)w, scale);
+	LAUNCH(key_kernel<E>, dim3(p.N, p.K, p.B), (4 * C * D + 4 * C * C + 3 * C) * f, st, p,
+	       to_gacc(dv), (const E *)dout, (const E *)v, (const E *)w, scale);
+	if (dq.p || dk.p || dw.p || dbeta.p)
+		LAUNCH(back_kernel<E>, dim3(p.N, p.K, p.B), (4 * C * D + 4 * C * C + 2 * C) * f, st,
+		       p, to_gacc(dq), to_gacc(dk), to_gacc(dw), to_gacc(dbeta), (const E *)q,
+		       (const E *)k, (const E *)w, (const E *)beta);
+	if (dlogf.p && logf) {
+		dlogf_kernel<<<(p.B * p.H + NT - 1) / NT, NT, 0, st>>>(p, to_gacc(dlogf));
+		LMK_CK_LAUNCH();
+	}
+	return 0;
 }
 
 extern "C" int lmk_cuda_path_backward(void *be, lmk_dtype dt, lmk_gbuf dq, lmk_gbuf dk,
@@ -23,22 +872,172 @@ extern "C" int lmk_cuda_path_backward(void *be, lmk_dtype dt, lmk_gbuf dq, lmk_g
 				      const void *beta, const void *logf, struct lmk_path_ws *ws,
 				      float scale)
 {
-	return lmk_err(LMK_EUNSUP, "path_attention: no cuda kernel yet");
+	int rc = check("path_attention backward", dt, ws);
+	if (rc < 0 || ws->B == 0 || ws->T == 0)
+		return rc;
+	const lmk_gbuf gs[6] = {dq, dk, dv, dw, dbeta, dlogf};
+	for (int i = 0; i < 6; i++)
+		if ((rc = check_gbuf("path_attention backward", dt, gs[i])) < 0)
+			return rc;
+	cudaStream_t st = LMK_BE(be)->stream;
+	pws p = to_pws(ws);
+	if (dt == LMK_BF16)
+		return backward_t<bf16>(st, p, dq, dk, dv, dw, dbeta, dlogf, dout, out, q, k, v, w,
+					beta, logf, scale);
+	return backward_t<float>(st, p, dq, dk, dv, dw, dbeta, dlogf, dout, out, q, k, v, w, beta,
+				 logf, scale);
 }
 
+#endif /* LMK_PATH_EMU */
+
+/* ------------------------------------------------------------ decoding */
+
+/* Block (g, b): each warp moves cached keys j by H_t (a warp sum per key),
+ * then row len gets k and v. */
+template <class E>
+__global__ void __launch_bounds__(NT) cache_update_kernel(E *kc, E *vc, const E *k, const E *v,
+							  const E *w, const E *beta, int cap, int len,
+							  int K, int D)
+{
+	const int g = blockIdx.x, b = blockIdx.y, lane = threadIdx.x % 32, wp = threadIdx.x / 32;
+	const E *wt = w + ((int64_t)b * K + g) * D;
+	const float bt = tof(beta[(int64_t)b * K + g]);
+	for (int j = wp; j < len; j += NT / 32) {
+		E *kj = kc + (((int64_t)b * cap + j) * K + g) * D;
+		float a = 0.f;
+		for (int d = lane; d < D; d += 32)
+			a += tof(wt[d]) * tof(kj[d]);
+		a = bt * warp_sum(a);
+		for (int d = lane; d < D; d += 32)
+			kj[d] = fromf<E>(tof(kj[d]) - a * tof(wt[d]));
+	}
+	const int64_t o = (((int64_t)b * cap + len) * K + g) * D;
+	for (int d = threadIdx.x; d < D; d += blockDim.x) {
+		kc[o + d] = k[((int64_t)b * K + g) * D + d];
+		vc[o + d] = v[((int64_t)b * K + g) * D + d];
+	}
+}
+
+template <class E>
+__global__ void __launch_bounds__(NT) bias_update_kernel(float *bias, const E *logf, int B, int cap,
+							 int len, int H)
+{
+	const int x = blockIdx.x * blockDim.x + threadIdx.x;
+	if (x >= B * H)
+		return;
+	const int b = x / H, h = x % H;
+	const float f = tof(logf[x]);
+	for (int j = 0; j < len; j++)
+		bias[((int64_t)b * cap + j) * H + h] += f;
+	bias[((int64_t)b * cap + len) * H + h] = 0.f;
+}
+
+#ifndef LMK_PATH_EMU
 extern "C" int lmk_cuda_path_cache_update(void *be, lmk_dtype dt, void *kc, void *vc,
 					  float *bias, const void *k, const void *v,
 					  const void *w, const void *beta, const void *logf,
 					  int64_t B, int64_t cap, int64_t len, int64_t H,
 					  int64_t K, int64_t D)
 {
-	return lmk_err(LMK_EUNSUP, "path_decode: no cuda kernel yet");
+	cudaStream_t st = LMK_BE(be)->stream;
+	if (cap > INT32_MAX || B > 65535 || K > 65535)
+		return lmk_err(LMK_EUNSUP, "path_decode: cache too large");
+	LMK_DT_SWITCH(dt, "path_decode", {
+		cache_update_kernel<T><<<dim3((unsigned)K, (unsigned)B), NT, 0, st>>>(
+			(T *)kc, (T *)vc, (const T *)k, (const T *)v, (const T *)w,
+			(const T *)beta, (int)cap, (int)len, (int)K, (int)D);
+		LMK_CK_LAUNCH();
+		if (bias && logf) {
+			bias_update_kernel<T><<<(unsigned)((B * H + NT - 1) / NT), NT, 0, st>>>(
+				bias, (const T *)logf, (int)B, (int)cap, (int)len, (int)H);
+			LMK_CK_LAUNCH();
+		}
+	});
+	return 0;
 }
 
+#endif
+
+/* Block (h, b): warp wp takes keys wp, wp + 8, ... with an online softmax
+ * (lane l holds elements l + 32 e of q and of its sum, D <= 128), then the
+ * warps' parts merge by their maxima, in warp order. */
+template <class E>
+__global__ void __launch_bounds__(NT) decode_kernel(E *out, const E *q, const E *kc, const E *vc,
+						    const float *bias, int cap, int len, int H, int K,
+						    int D, float scale)
+{
+	__shared__ float sm_m[NT / 32], sm_l[NT / 32], sm_o[NT / 32][128];
+	const int h = blockIdx.x, b = blockIdx.y, lane = threadIdx.x % 32, wp = threadIdx.x / 32;
+	const int g = h / (H / K);
+	float qv[4], acc[4] = {0.f, 0.f, 0.f, 0.f}, m = -INFINITY, l = 0.f;
+#pragma unroll
+	for (int e = 0; e < 4; e++) {
+		const int d = lane + 32 * e;
+		qv[e] = d < D ? tof(q[((int64_t)b * H + h) * D + d]) : 0.f;
+	}
+	for (int j = wp; j < len; j += NT / 32) {
+		const E *kj = kc + (((int64_t)b * cap + j) * K + g) * D;
+		const E *vj = vc + (((int64_t)b * cap + j) * K + g) * D;
+		float a = 0.f;
+#pragma unroll
+		for (int e = 0; e < 4; e++) {
+			const int d = lane + 32 * e;
+			if (d < D)
+				a += qv[e] * tof(kj[d]);
+		}
+		float sc = scale * warp_sum(a) + (bias ? bias[((int64_t)b * cap + j) * H + h] : 0.f);
+		const float mn = fmaxf(m, sc), f = expf(m - mn), p = expf(sc - mn);
+		l = l * f + p;
+#pragma unroll
+		for (int e = 0; e < 4; e++) {
+			const int d = lane + 32 * e;
+			acc[e] = acc[e] * f + (d < D ? p * tof(vj[d]) : 0.f);
+		}
+		m = mn;
+	}
+	if (lane == 0) {
+		sm_m[wp] = m;
+		sm_l[wp] = l;
+	}
+#pragma unroll
+	for (int e = 0; e < 4; e++)
+		if (lane + 32 * e < 128)
+			sm_o[wp][lane + 32 * e] = acc[e];
+	__syncthreads();
+	for (int d = threadIdx.x; d < D; d += blockDim.x) {
+		float M = -INFINITY;
+		for (int x = 0; x < NT / 32; x++)
+			M = fmaxf(M, sm_m[x]);
+		float L = 0.f, o = 0.f;
+		for (int x = 0; x < NT / 32; x++) {
+			if (sm_m[x] == -INFINITY)
+				continue;
+			const float f = expf(sm_m[x] - M);
+			L += sm_l[x] * f;
+			o += sm_o[x][d] * f;
+		}
+		out[((int64_t)b * H + h) * D + d] = fromf<E>(L > 0.f ? o / L : 0.f);
+	}
+}
+
+#ifndef LMK_PATH_EMU
 extern "C" int lmk_cuda_path_decode_attend(void *be, lmk_dtype dt, void *out, const void *q,
 					   const void *kc, const void *vc, const float *bias,
 					   int64_t B, int64_t cap, int64_t len, int64_t H,
 					   int64_t K, int64_t D, float scale)
 {
-	return lmk_err(LMK_EUNSUP, "path_decode: no cuda kernel yet");
+	if (D > 128)
+		return lmk_err(LMK_EUNSUP, "path_decode: head dim %lld: expected at most 128",
+			       (long long)D);
+	if (cap > INT32_MAX || B > 65535 || H > 65535)
+		return lmk_err(LMK_EUNSUP, "path_decode: cache too large");
+	cudaStream_t st = LMK_BE(be)->stream;
+	LMK_DT_SWITCH(dt, "path_decode", {
+		decode_kernel<T><<<dim3((unsigned)H, (unsigned)B), NT, 0, st>>>(
+			(T *)out, (const T *)q, (const T *)kc, (const T *)vc, bias, (int)cap,
+			(int)len, (int)H, (int)K, (int)D, scale);
+		LMK_CK_LAUNCH();
+	});
+	return 0;
 }
+#endif

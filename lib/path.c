@@ -891,9 +891,9 @@ lmk_tensor *lmk_path_attention(lmk_ctx *c, lmk_tensor *q, lmk_tensor *k, lmk_ten
 	if (algo == LMK_PATH_AUTO)
 		algo = LMK_PATH_BLOCKWISE;
 	if (on_cuda(c)) {
-		if (algo == LMK_PATH_NAIVE || C > 64 || D > 256) {
+		if (algo == LMK_PATH_NAIVE || C > 64 || D > 128) {
 			lmk_err(LMK_EUNSUP, "path_attention: algo %d, block %lld, head dim %lld: "
-				"cuda runs the blockwise algorithm with block <= 64, D <= 256",
+				"cuda runs the blockwise algorithm with block <= 64, D <= 128",
 				algo, (long long)C, (long long)D);
 			return NULL;
 		}

@@ -53,7 +53,7 @@ typedef struct lmk_path_opts {
  * a free input (no gradient through a normalisation the caller did).
  * Compute dtype: F32 on the CPU, F32 or BF16 on CUDA (float32 inside).
  * @return : NULL on failure (bad shapes, scale not finite, block < 1,
- * NAIVE on CUDA, D > 256 on CUDA), message recorded */
+ * NAIVE on CUDA, D > 128 on CUDA), message recorded */
 lmk_tensor *lmk_path_attention(lmk_ctx *c, lmk_tensor *q, lmk_tensor *k, lmk_tensor *v,
 			       lmk_tensor *w, lmk_tensor *beta, lmk_tensor *logf, float scale,
 			       const lmk_path_opts *o);
