@@ -1,13 +1,1047 @@
-/* ssd.cu: the scalar-decay linear mixers on the GPU (ssd_cuda.h). */
+/* ssd.cu: the scalar-decay linear mixers on the GPU (ssd_cuda.h), the
+ * chunked form of lib/ssd.c (the CPU kernels are the specification).
+ *
+ * Shape letters as in lib/ssd.h; per head bh = b*H + h; chunks n of C <= 64
+ * tokens; M = Dk*Dv, the size of one state. Cumulative log decays are kept
+ * in two parts so that long sequences keep their precision: acs (B,H,T),
+ * float, the sum of loga from the token's chunk start to the token, and
+ * E (B,H,N), double, the sum up to the end of each chunk; A_t - A_s is
+ * (E[n(t)-1] - E[n(s)-1]) + acs_t - acs_s with the first difference in
+ * double.
+ *
+ * States. U_n, the keys of chunk n at its end (sum exp(acs_end - acs_s) k vᵀ).
+ * - Without lam one running state: a scan over the chunks (one thread per
+ *   state element) turns U_n into the state before chunk n.
+ * - With lam (C = 2^c) chunk n reads, at chunk level j (token level c + j),
+ *   for each j with bit j-1 of n set, the whole aligned block of 2^(j-1)
+ *   chunks just below its own half: F[j-1][(n >> (j-1)) - 1]. These block
+ *   states are an up-sweep of U over a binary tree (about 2N states per
+ *   head), decayed to the block's end; the reader applies the decay from
+ *   there to each token.
+ * The backward mirrors this: the query side's state gradients (q dOᵀ weighted
+ * by scale, lam and decay) summed over the chunks that read a block (parts of
+ * at most PG chunks, then summed in order), a down-sweep of the tree (or the
+ * reverse scan), then per chunk the intra-chunk gradients and the keys' and
+ * values' share of the state gradient. The decay's gradient uses
+ * dL/dA_t = q_t.dq_t - k_t.dk_t (per head, before heads of a group are
+ * summed) and a suffix sum over t.
+ * Every sum runs in a fixed order: no atomics, the same bits on every run.
+ * Chunk kernels: 256 threads, 8 warps; a warp owns rows i = warp + 8r, a
+ * lane the columns lane + 32a; intra-chunk products on CUDA cores in fp32
+ * from shared memory (rows padded by one float against bank conflicts). */
+#include <vector>
+
 #include "common.cuh"
+#include "cuda.h"
 #include "ssd_cuda.h"
+
+#define NT 256    /* threads of the chunk kernels */
+#define CMAX 64   /* largest chunk */
+#define DMAX 128  /* largest head dim */
+#define RW (CMAX / 8)
+#define PG 16     /* chunks per partial sum of a block's query side */
+#define MAXLC 40
+
+struct geo {
+	int64_t B, T, H, G, Dk, Dv, NL, M;
+	int C, N, cbits, Lc, plain;
+	int64_t tot;          /* states per head (F, dF) */
+	int64_t off[MAXLC];   /* first state of each block level */
+	float scale;
+};
+
+static __device__ __forceinline__ int fen_level(int64_t t, int64_t s)
+{
+	unsigned long long x = (unsigned long long)(t ^ s);
+	return x ? 64 - __clzll((long long)x) : 0;
+}
+
+/* E[n-1], 0 before the first chunk */
+static __device__ __forceinline__ double em1(const double *E, int64_t n) { return n > 0 ? E[n - 1] : 0.0; }
+
+static __host__ __device__ __forceinline__ int64_t nblocks(const geo &g, int i)
+{
+	return ((int64_t)g.N + (1ll << i) - 1) >> i;
+}
+
+/* last chunk of block c at level i */
+static __device__ __forceinline__ int64_t bend(const geo &g, int i, int64_t c)
+{
+	int64_t e = (c + 1) << i;
+	return (e < g.N ? e : g.N) - 1;
+}
+
+/* ------------------------------------------------------------ decays */
+
+template <class T>
+__global__ void prep_chunk(float *acs /*(BH,T)*/, double *E /*(BH,N)*/, const T *loga /*(B,T,H)*/,
+			   geo g)
+{
+	int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+	if (i >= g.B * g.H * g.N)
+		return;
+	int64_t bh = i / g.N, n = i % g.N, b = bh / g.H, h = bh % g.H;
+	int64_t t0 = n * g.C, t1 = t0 + g.C < g.T ? t0 + g.C : g.T;
+	double a = 0;
+	for (int64_t t = t0; t < t1; t++) {
+		if (loga)
+			a += tof(loga[(b * g.T + t) * g.H + h]);
+		acs[bh * g.T + t] = (float)a;
+	}
+	E[bh * g.N + n] = a;
+}
+
+__global__ void prep_prefix(double *E /*(BH,N)*/, geo g)
+{
+	int64_t bh = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+	if (bh >= g.B * g.H)
+		return;
+	double s = 0;
+	for (int64_t n = 0; n < g.N; n++) {
+		s += E[bh * g.N + n];
+		E[bh * g.N + n] = s;
+	}
+}
+
+/* ------------------------------------------------- outer-product sums */
+
+/* out[slot] = sum over the tokens t of chunks [na, nb) of w_t x_t y_tᵀ.
+ * Keys (QRY false): x = k, y = v, one chunk per slot, w_t = exp(acs_end -
+ * acs_t). Queries (QRY true): x = q, y = dout, w_t = scale * lam_t[c + lvl]
+ * (1 when lvl < 0) * exp(A_t - A_{end of chunk na-1}). A thread owns the
+ * elements x = warp + 8bx, y = lane + 32a. */
+template <class T, bool QRY>
+__global__ void __launch_bounds__(NT) acc_kernel(float *out /*(BH,ostride,M)*/, const T *X /*(B,T,G,Dk)*/,
+						 const T *Y /*(B,T,H,Dv)*/, const float *acs,
+						 const double *E, const T *lam /*(B,T,H,NL)*/,
+						 const int4 *slots /*(nslots) or NULL*/,
+						 int64_t ostride, geo g)
+{
+	__shared__ float xs[32][DMAX];
+	__shared__ float ys[32][DMAX];
+	__shared__ float ws[32];
+	int si = blockIdx.x;
+	int64_t bh = blockIdx.y, b = bh / g.H, h = bh % g.H, grp = h / (g.H / g.G);
+	int na = si, nb = si + 1, lvl = -1;
+	if (slots) {
+		int4 s = slots[si];
+		na = s.x;
+		nb = s.y;
+		lvl = s.z;
+	}
+	int64_t ta = (int64_t)na * g.C, tb = (int64_t)nb * g.C < g.T ? (int64_t)nb * g.C : g.T;
+	const float *ac = acs + bh * g.T;
+	const double *Eb = E + bh * g.N;
+	int tid = threadIdx.x, lane = tid % 32, wp = tid / 32;
+	float acc[DMAX / 8][DMAX / 32];
+#pragma unroll
+	for (int bx = 0; bx < DMAX / 8; bx++)
+#pragma unroll
+		for (int a = 0; a < DMAX / 32; a++)
+			acc[bx][a] = 0.0f;
+	for (int64_t t0 = ta; t0 < tb; t0 += 32) {
+		int nt = tb - t0 < 32 ? (int)(tb - t0) : 32;
+		__syncthreads(); /* the previous tile is read */
+		if (tid < nt) {
+			int64_t t = t0 + tid;
+			float w;
+			if (QRY) {
+				w = g.scale * expf((float)(em1(Eb, t / g.C) - em1(Eb, na)) + ac[t]);
+				if (lvl >= 0)
+					w *= tof(lam[((b * g.T + t) * g.H + h) * g.NL + g.cbits + lvl]);
+			} else {
+				w = expf(ac[tb - 1] - ac[t]);
+			}
+			ws[tid] = w;
+		}
+		__syncthreads();
+		for (int idx = tid; idx < 32 * g.Dk; idx += NT) {
+			int r = idx / (int)g.Dk, x = idx % (int)g.Dk;
+			xs[r][x] = r < nt ? ws[r] * tof(X[((b * g.T + t0 + r) * g.G + grp) * g.Dk + x]) : 0.0f;
+		}
+		for (int idx = tid; idx < 32 * g.Dv; idx += NT) {
+			int r = idx / (int)g.Dv, y = idx % (int)g.Dv;
+			ys[r][y] = r < nt ? tof(Y[((b * g.T + t0 + r) * g.H + h) * g.Dv + y]) : 0.0f;
+		}
+		__syncthreads();
+		for (int r = 0; r < nt; r++) {
+			float yv[DMAX / 32];
+#pragma unroll
+			for (int a = 0; a < DMAX / 32; a++)
+				yv[a] = ys[r][lane + 32 * a];
+#pragma unroll
+			for (int bx = 0; bx < DMAX / 8; bx++) {
+				float xv = xs[r][wp + 8 * bx];
+#pragma unroll
+				for (int a = 0; a < DMAX / 32; a++)
+					acc[bx][a] += xv * yv[a];
+			}
+		}
+	}
+	float *o = out + (bh * ostride + si) * g.M;
+#pragma unroll
+	for (int bx = 0; bx < DMAX / 8; bx++)
+#pragma unroll
+		for (int a = 0; a < DMAX / 32; a++) {
+			int x = wp + 8 * bx, y = lane + 32 * a;
+			if (x < g.Dk && y < g.Dv)
+				o[x * g.Dv + y] = acc[bx][a];
+		}
+}
+
+/* ------------------------------------------------- state passes */
+
+/* One thread per state element of a head. Without lam, U_n (in F) becomes
+ * the state before chunk n; with lam, the up-sweep of the block states. */
+__global__ void fwd_states(float *F /*(BH,tot,M)*/, const double *E, geo g)
+{
+	int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+	if (i >= g.B * g.H * g.M)
+		return;
+	int64_t bh = i / g.M, e = i % g.M;
+	float *f = F + bh * g.tot * g.M + e;
+	const double *Eb = E + bh * g.N;
+	if (g.plain) {
+		float s = 0;
+		for (int64_t n = 0; n < g.N; n++) {
+			float u = f[n * g.M];
+			f[n * g.M] = s;
+			s = expf((float)(Eb[n] - em1(Eb, n))) * s + u;
+		}
+		return;
+	}
+	for (int j = 1; j < g.Lc; j++) {
+		int64_t nbj = nblocks(g, j), nbl = nblocks(g, j - 1);
+		for (int64_t c = 0; c < nbj; c++) {
+			int64_t c0 = 2 * c, c1 = 2 * c + 1;
+			float v = f[(g.off[j - 1] + c0) * g.M];
+			if (c1 < nbl)
+				v = expf((float)(Eb[bend(g, j - 1, c1)] - Eb[bend(g, j - 1, c0)])) * v +
+				    f[(g.off[j - 1] + c1) * g.M];
+			f[(g.off[j] + c) * g.M] = v;
+		}
+	}
+}
+
+/* The gradients of the states after each chunk, dU_n, into dF's first N
+ * states. Without lam dF holds the query sides R_n and is reverse-scanned in
+ * place; with lam the parts are summed into the block states they read,
+ * then the tree is walked down. */
+__global__ void bwd_states(float *dF /*(BH,tot,M)*/, const float *parts /*(BH,nslots,M)*/,
+			   const double *E, int64_t nslots, geo g)
+{
+	int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+	if (i >= g.B * g.H * g.M)
+		return;
+	int64_t bh = i / g.M, e = i % g.M;
+	float *d = dF + bh * g.tot * g.M + e;
+	const double *Eb = E + bh * g.N;
+	if (g.plain) {
+		float s = 0;
+		for (int64_t n = g.N - 1; n >= 0; n--) {
+			float r = d[n * g.M];
+			d[n * g.M] = s;
+			s = expf((float)(Eb[n] - em1(Eb, n))) * s + r;
+		}
+		return;
+	}
+	for (int64_t s = 0; s < g.tot; s++)
+		d[s * g.M] = 0.0f;
+	const float *p = parts + bh * nslots * g.M + e;
+	int64_t slot = 0;
+	for (int j = 1; j <= g.Lc; j++) {
+		int64_t span = 1ll << j, half = span >> 1;
+		for (int64_t c = 0; c * span < g.N; c++) {
+			int64_t ua = c * span + half, ub = (c + 1) * span < g.N ? (c + 1) * span : g.N;
+			if (ua >= g.N)
+				continue;
+			float acc = 0;
+			for (int64_t pa = ua; pa < ub; pa += PG)
+				acc += expf((float)(em1(Eb, pa) - em1(Eb, ua))) * p[(slot++) * g.M];
+			d[(g.off[j - 1] + 2 * c) * g.M] += acc;
+		}
+	}
+	for (int j = g.Lc - 1; j >= 1; j--) {
+		int64_t nbj = nblocks(g, j), nbl = nblocks(g, j - 1);
+		for (int64_t c = 0; c < nbj; c++) {
+			int64_t c0 = 2 * c, c1 = 2 * c + 1;
+			float dd = d[(g.off[j] + c) * g.M];
+			if (c1 < nbl) {
+				d[(g.off[j - 1] + c0) * g.M] +=
+					expf((float)(Eb[bend(g, j - 1, c1)] - Eb[bend(g, j - 1, c0)])) * dd;
+				d[(g.off[j - 1] + c1) * g.M] += dd;
+			} else {
+				d[(g.off[j - 1] + c0) * g.M] += dd;
+			}
+		}
+	}
+}
+
+/* The states chunk n reads: how many, and the r-th one's index in F, log
+ * decay from its end to the end of chunk n-1, and lam level (-1: none). */
+static __device__ __forceinline__ int nreads(const geo &g, int64_t n)
+{
+	if (g.N <= 1)
+		return 0;
+	return g.plain ? 1 : __popcll((unsigned long long)n);
+}
+
+static __device__ void read_state(const geo &g, const double *Eb, int64_t n, int r, int64_t *idx,
+				  float *dlog, int *lv)
+{
+	if (g.plain) {
+		*idx = n;
+		*dlog = 0.0f;
+		*lv = -1;
+		return;
+	}
+	int seen = 0;
+	for (int j = 1; j <= g.Lc; j++) {
+		if (!((n >> (j - 1)) & 1))
+			continue;
+		if (seen++ < r)
+			continue;
+		int64_t up = n >> (j - 1);
+		*idx = g.off[j - 1] + up - 1;
+		*dlog = (float)(em1(Eb, n) - Eb[(up << (j - 1)) - 1]);
+		*lv = g.cbits + j;
+		return;
+	}
+}
+
+/* ------------------------------------------------- chunk kernels */
+
+struct tiles {
+	float *Q, *K, *V, *O, *S, *Gm, *Mm, *Hs, *ac, *wr, *wn, *qd, *kd;
+	int DKP, DVP, DMP, CP;
+};
+
+static __host__ __device__ size_t tiles_floats(int C, int64_t Dk, int64_t Dv, int bwd)
+{
+	int64_t DKP = Dk + 1, DVP = Dv + 1, DMP = (Dk > Dv ? Dk : Dv) + 1, CP = C + 1;
+	size_t n = (size_t)(2 * C * DKP + C * DVP + C * CP + 32 * DMP + 2 * C);
+	if (bwd)
+		n += (size_t)(C * DVP + 2 * C * CP + 3 * C);
+	return n;
+}
+
+static __device__ tiles carve(float *sm, int C, int64_t Dk, int64_t Dv, int bwd)
+{
+	tiles s;
+	s.DKP = (int)Dk + 1;
+	s.DVP = (int)Dv + 1;
+	s.DMP = (int)(Dk > Dv ? Dk : Dv) + 1;
+	s.CP = C + 1;
+	float *p = sm;
+	s.Q = p, p += C * s.DKP;
+	s.K = p, p += C * s.DKP;
+	s.V = p, p += C * s.DVP;
+	s.S = p, p += C * s.CP;
+	s.Hs = p, p += 32 * s.DMP;
+	s.ac = p, p += C;
+	s.wr = p, p += C;
+	s.O = s.Gm = s.Mm = s.wn = s.qd = s.kd = NULL;
+	if (bwd) {
+		s.O = p, p += C * s.DVP;
+		s.Gm = p, p += C * s.CP;
+		s.Mm = p, p += C * s.CP;
+		s.wn = p, p += C;
+		s.qd = p, p += C;
+		s.kd = p, p += C;
+	}
+	return s;
+}
+
+/* The chunk's q, k, v (and dout) rows and acs into shared memory, zero past
+ * the sequence's end. */
+template <class T>
+static __device__ void load_chunk(const tiles &s, const geo &g, const T *q, const T *k,
+				  const T *v, const T *dout, const float *acs, int64_t b,
+				  int64_t h, int64_t t0, int len)
+{
+	int64_t grp = h / (g.H / g.G), bh = b * g.H + h;
+	int Dk = (int)g.Dk, Dv = (int)g.Dv;
+	for (int idx = threadIdx.x; idx < g.C * Dk; idx += NT) {
+		int i = idx / Dk, x = idx % Dk;
+		int64_t r = ((b * g.T + t0 + i) * g.G + grp) * g.Dk + x;
+		s.Q[i * s.DKP + x] = i < len ? tof(q[r]) : 0.0f;
+		s.K[i * s.DKP + x] = i < len ? tof(k[r]) : 0.0f;
+	}
+	for (int idx = threadIdx.x; idx < g.C * Dv; idx += NT) {
+		int i = idx / Dv, y = idx % Dv;
+		int64_t r = ((b * g.T + t0 + i) * g.H + h) * g.Dv + y;
+		s.V[i * s.DVP + y] = i < len ? tof(v[r]) : 0.0f;
+		if (dout)
+			s.O[i * s.DVP + y] = i < len ? tof(dout[r]) : 0.0f;
+	}
+	for (int i = threadIdx.x; i < g.C; i += NT)
+		s.ac[i] = i < len ? acs[bh * g.T + t0 + i] : 0.0f;
+}
+
+/* The weights of a read state for each row: wr with lam, wn without. */
+template <class T>
+static __device__ void read_weights(const tiles &s, const geo &g, const T *lam, int64_t b,
+				    int64_t h, int64_t t0, int len, float dlog, int lv, float *wn)
+{
+	for (int i = threadIdx.x; i < g.C; i += NT) {
+		float e = i < len ? g.scale * expf(dlog + s.ac[i]) : 0.0f;
+		if (wn)
+			wn[i] = e;
+		if (lv >= 0 && i < len)
+			e *= tof(lam[((b * g.T + t0 + i) * g.H + h) * g.NL + lv]);
+		s.wr[i] = e;
+	}
+}
+
+/* A tile of 32 rows (from x0) of the state St (Dk,Dv) into s.Hs. */
+static __device__ void load_state_tile(const tiles &s, const geo &g, const float *St, int x0)
+{
+	int Dv = (int)g.Dv;
+	for (int idx = threadIdx.x; idx < 32 * Dv; idx += NT) {
+		int xx = idx / Dv, y = idx % Dv;
+		s.Hs[xx * s.DMP + y] = x0 + xx < g.Dk ? St[(int64_t)(x0 + xx) * Dv + y] : 0.0f;
+	}
+}
+
+template <class T>
+__global__ void __launch_bounds__(NT) out_kernel(T *out /*(B,T,H,Dv)*/, const T *q, const T *k,
+						 const T *v, const T *lam, const float *acs,
+						 const double *E, const float *F /*(BH,tot,M) or NULL*/,
+						 geo g)
+{
+	extern __shared__ float sm[];
+	tiles s = carve(sm, g.C, g.Dk, g.Dv, 0);
+	int64_t n = blockIdx.x, bh = blockIdx.y, b = bh / g.H, h = bh % g.H, t0 = n * g.C;
+	int len = g.T - t0 < g.C ? (int)(g.T - t0) : g.C, C = g.C;
+	int tid = threadIdx.x, lane = tid % 32, wp = tid / 32;
+	load_chunk<T>(s, g, q, k, v, (const T *)NULL, acs, b, h, t0, len);
+	__syncthreads();
+	for (int idx = tid; idx < C * C; idx += NT) {
+		int i = idx / C, j = idx % C;
+		float val = 0.0f;
+		if (j <= i && i < len) {
+			float p = 0.0f;
+			for (int x = 0; x < g.Dk; x++)
+				p += s.Q[i * s.DKP + x] * s.K[j * s.DKP + x];
+			float w = g.scale * expf(s.ac[i] - s.ac[j]);
+			if (lam)
+				w *= tof(lam[((b * g.T + t0 + i) * g.H + h) * g.NL + fen_level(t0 + i, t0 + j)]);
+			val = w * p;
+		}
+		s.S[i * s.CP + j] = val;
+	}
+	__syncthreads();
+	float acc[RW][DMAX / 32];
+#pragma unroll
+	for (int r = 0; r < RW; r++)
+#pragma unroll
+		for (int a = 0; a < DMAX / 32; a++)
+			acc[r][a] = 0.0f;
+	for (int j = 0; j < len; j++)
+#pragma unroll
+		for (int r = 0; r < RW; r++) {
+			int i = wp + 8 * r;
+			if (i >= len || j > i)
+				continue;
+			float sv = s.S[i * s.CP + j];
+#pragma unroll
+			for (int a = 0; a < DMAX / 32; a++)
+				if (lane + 32 * a < g.Dv)
+					acc[r][a] += sv * s.V[j * s.DVP + lane + 32 * a];
+		}
+	const double *Eb = E + bh * g.N;
+	int nr = F ? nreads(g, n) : 0;
+	for (int rr = 0; rr < nr; rr++) {
+		int64_t sidx = 0;
+		float dlog = 0.0f;
+		int lv = -1;
+		read_state(g, Eb, n, rr, &sidx, &dlog, &lv);
+		const float *St = F + (bh * g.tot + sidx) * g.M;
+		__syncthreads(); /* wr and Hs of the previous state are read */
+		read_weights<T>(s, g, lam, b, h, t0, len, dlog, lv, NULL);
+		for (int x0 = 0; x0 < g.Dk; x0 += 32) {
+			__syncthreads();
+			load_state_tile(s, g, St, x0);
+			__syncthreads();
+			int nx = g.Dk - x0 < 32 ? (int)(g.Dk - x0) : 32;
+			for (int xx = 0; xx < nx; xx++)
+#pragma unroll
+				for (int r = 0; r < RW; r++) {
+					int i = wp + 8 * r;
+					if (i >= len)
+						continue;
+					float qv = s.Q[i * s.DKP + x0 + xx] * s.wr[i];
+#pragma unroll
+					for (int a = 0; a < DMAX / 32; a++)
+						if (lane + 32 * a < g.Dv)
+							acc[r][a] += qv * s.Hs[xx * s.DMP + lane + 32 * a];
+				}
+		}
+	}
+#pragma unroll
+	for (int r = 0; r < RW; r++) {
+		int i = wp + 8 * r;
+		if (i >= len)
+			continue;
+#pragma unroll
+		for (int a = 0; a < DMAX / 32; a++) {
+			int y = lane + 32 * a;
+			if (y < g.Dv)
+				out[((b * g.T + t0 + i) * g.H + h) * g.Dv + y] = fromf<T>(acc[r][a]);
+		}
+	}
+}
+
+/* Per chunk: dq, dk (per head, float32, written), dv and dlam (added), the
+ * decay's dL/dA per token and its chunk sum. */
+template <class T>
+__global__ void __launch_bounds__(NT) bwd_kernel(float *dqh /*(B,T,H,Dk)*/, float *dkh /*(B,T,H,Dk)*/,
+						 gacc dv, gacc dlam, float *dA /*(BH,T)*/,
+						 double *dAsum /*(BH,N)*/, const T *dout, const T *q,
+						 const T *k, const T *v, const T *lam, const float *acs,
+						 const double *E, const float *F, const float *dF, geo g)
+{
+	extern __shared__ float sm[];
+	tiles s = carve(sm, g.C, g.Dk, g.Dv, 1);
+	int64_t n = blockIdx.x, bh = blockIdx.y, b = bh / g.H, h = bh % g.H, t0 = n * g.C;
+	int len = g.T - t0 < g.C ? (int)(g.T - t0) : g.C, C = g.C;
+	int tid = threadIdx.x, lane = tid % 32, wp = tid / 32;
+	load_chunk<T>(s, g, q, k, v, dout, acs, b, h, t0, len);
+	__syncthreads();
+	for (int idx = tid; idx < C * C; idx += NT) {
+		int i = idx / C, j = idx % C;
+		float sv = 0.0f, gv = 0.0f, mv = 0.0f;
+		if (j <= i && i < len) {
+			float p = 0.0f, ds = 0.0f;
+			for (int x = 0; x < g.Dk; x++)
+				p += s.Q[i * s.DKP + x] * s.K[j * s.DKP + x];
+			for (int y = 0; y < g.Dv; y++)
+				ds += s.O[i * s.DVP + y] * s.V[j * s.DVP + y];
+			float e = g.scale * expf(s.ac[i] - s.ac[j]), w = e;
+			if (lam)
+				w *= tof(lam[((b * g.T + t0 + i) * g.H + h) * g.NL + fen_level(t0 + i, t0 + j)]);
+			sv = w * p;
+			gv = w * ds;
+			mv = e * p * ds;
+		}
+		s.S[i * s.CP + j] = sv;
+		s.Gm[i * s.CP + j] = gv;
+		s.Mm[i * s.CP + j] = mv;
+	}
+	__syncthreads();
+	/* lam's intra-chunk levels: 0..c with several chunks (the levels above
+	 * are the reads', added below), 0..6 within a single chunk */
+	if (dlam.p) {
+		int maxl = g.N > 1 ? g.cbits + 1 : 7;
+		for (int i = tid; i < len; i += NT) {
+			float lvs[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+			for (int j = 0; j <= i; j++) {
+				int l = fen_level(t0 + i, t0 + j);
+#pragma unroll
+				for (int u = 0; u < 8; u++)
+					if (u == l)
+						lvs[u] += s.Mm[i * s.CP + j];
+			}
+			for (int l = 0; l < maxl && l < g.NL; l++)
+				gadd(dlam, ((b * g.T + t0 + i) * g.H + h) * g.NL + l, lvs[l]);
+		}
+	}
+	const double *Eb = E + bh * g.N;
+	float acc[RW][DMAX / 32];
+
+	/* ---- dq: intra, then the reads (and lam's read levels) */
+#pragma unroll
+	for (int r = 0; r < RW; r++)
+#pragma unroll
+		for (int a = 0; a < DMAX / 32; a++)
+			acc[r][a] = 0.0f;
+	for (int j = 0; j < len; j++)
+#pragma unroll
+		for (int r = 0; r < RW; r++) {
+			int i = wp + 8 * r;
+			if (i >= len || j > i)
+				continue;
+			float gv = s.Gm[i * s.CP + j];
+#pragma unroll
+			for (int a = 0; a < DMAX / 32; a++)
+				if (lane + 32 * a < g.Dk)
+					acc[r][a] += gv * s.K[j * s.DKP + lane + 32 * a];
+		}
+	int nr = F ? nreads(g, n) : 0;
+	for (int rr = 0; rr < nr; rr++) {
+		int64_t sidx = 0;
+		float dlog = 0.0f;
+		int lv = -1;
+		read_state(g, Eb, n, rr, &sidx, &dlog, &lv);
+		const float *St = F + (bh * g.tot + sidx) * g.M;
+		__syncthreads();
+		read_weights<T>(s, g, lam, b, h, t0, len, dlog, lv, s.wn);
+		float dl[RW];
+#pragma unroll
+		for (int r = 0; r < RW; r++)
+			dl[r] = 0.0f;
+#pragma unroll
+		for (int a = 0; a < DMAX / 32; a++) {
+			if (32 * a >= g.Dk)
+				break;
+			__syncthreads();
+			load_state_tile(s, g, St, 32 * a);
+			__syncthreads();
+			int x = 32 * a + lane;
+#pragma unroll
+			for (int r = 0; r < RW; r++) {
+				int i = wp + 8 * r;
+				if (i >= len)
+					continue;
+				float tx = 0.0f;
+				for (int y = 0; y < g.Dv; y++)
+					tx += s.Hs[lane * s.DMP + y] * s.O[i * s.DVP + y];
+				if (x < g.Dk) {
+					acc[r][a] += s.wr[i] * tx;
+					dl[r] += s.Q[i * s.DKP + x] * tx;
+				}
+			}
+		}
+		if (dlam.p && lv >= 0)
+#pragma unroll
+			for (int r = 0; r < RW; r++) {
+				int i = wp + 8 * r;
+				float sum = warp_sum(dl[r]); /* every lane: i is uniform in the warp */
+				if (lane == 0 && i < len && lv < g.NL)
+					gadd(dlam, ((b * g.T + t0 + i) * g.H + h) * g.NL + lv, s.wn[i] * sum);
+			}
+	}
+#pragma unroll
+	for (int r = 0; r < RW; r++) {
+		int i = wp + 8 * r;
+		float d = 0.0f;
+#pragma unroll
+		for (int a = 0; a < DMAX / 32; a++) {
+			int x = lane + 32 * a;
+			if (x < g.Dk && i < len) {
+				d += s.Q[i * s.DKP + x] * acc[r][a];
+				dqh[((b * g.T + t0 + i) * g.H + h) * g.Dk + x] = acc[r][a];
+			}
+		}
+		d = warp_sum(d);
+		if (lane == 0 && i < C)
+			s.qd[i] = d;
+	}
+
+	/* ---- dk: intra, then the state gradient after this chunk, dU */
+	const float *dU = dF ? dF + (bh * g.tot + n) * g.M : NULL;
+	__syncthreads();
+	for (int i = tid; i < C; i += NT)
+		s.wr[i] = i < len ? expf(s.ac[len - 1] - s.ac[i]) : 0.0f;
+#pragma unroll
+	for (int r = 0; r < RW; r++)
+#pragma unroll
+		for (int a = 0; a < DMAX / 32; a++)
+			acc[r][a] = 0.0f;
+	for (int i = 0; i < len; i++)
+#pragma unroll
+		for (int r = 0; r < RW; r++) {
+			int j = wp + 8 * r;
+			if (j > i)
+				continue;
+			float gv = s.Gm[i * s.CP + j];
+#pragma unroll
+			for (int a = 0; a < DMAX / 32; a++)
+				if (lane + 32 * a < g.Dk)
+					acc[r][a] += gv * s.Q[i * s.DKP + lane + 32 * a];
+		}
+	if (dU) {
+#pragma unroll
+		for (int a = 0; a < DMAX / 32; a++) {
+			if (32 * a >= g.Dk)
+				break;
+			__syncthreads();
+			load_state_tile(s, g, dU, 32 * a);
+			__syncthreads();
+#pragma unroll
+			for (int r = 0; r < RW; r++) {
+				int j = wp + 8 * r;
+				if (j >= len)
+					continue;
+				float tx = 0.0f;
+				for (int y = 0; y < g.Dv; y++)
+					tx += s.Hs[lane * s.DMP + y] * s.V[j * s.DVP + y];
+				acc[r][a] += s.wr[j] * tx;
+			}
+		}
+	}
+#pragma unroll
+	for (int r = 0; r < RW; r++) {
+		int j = wp + 8 * r;
+		float d = 0.0f;
+#pragma unroll
+		for (int a = 0; a < DMAX / 32; a++) {
+			int x = lane + 32 * a;
+			if (x < g.Dk && j < len) {
+				d += s.K[j * s.DKP + x] * acc[r][a];
+				dkh[((b * g.T + t0 + j) * g.H + h) * g.Dk + x] = acc[r][a];
+			}
+		}
+		d = warp_sum(d);
+		if (lane == 0 && j < C)
+			s.kd[j] = d;
+	}
+
+	/* ---- dv: intra, then dU's share */
+#pragma unroll
+	for (int r = 0; r < RW; r++)
+#pragma unroll
+		for (int a = 0; a < DMAX / 32; a++)
+			acc[r][a] = 0.0f;
+	for (int i = 0; i < len; i++)
+#pragma unroll
+		for (int r = 0; r < RW; r++) {
+			int j = wp + 8 * r;
+			if (j > i)
+				continue;
+			float sv = s.S[i * s.CP + j];
+#pragma unroll
+			for (int a = 0; a < DMAX / 32; a++)
+				if (lane + 32 * a < g.Dv)
+					acc[r][a] += sv * s.O[i * s.DVP + lane + 32 * a];
+		}
+	if (dU) {
+		for (int x0 = 0; x0 < g.Dk; x0 += 32) {
+			__syncthreads();
+			load_state_tile(s, g, dU, x0);
+			__syncthreads();
+			int nx = g.Dk - x0 < 32 ? (int)(g.Dk - x0) : 32;
+			for (int xx = 0; xx < nx; xx++)
+#pragma unroll
+				for (int r = 0; r < RW; r++) {
+					int j = wp + 8 * r;
+					if (j >= len)
+						continue;
+					float kv = s.K[j * s.DKP + x0 + xx] * s.wr[j];
+#pragma unroll
+					for (int a = 0; a < DMAX / 32; a++)
+						if (lane + 32 * a < g.Dv)
+							acc[r][a] += kv * s.Hs[xx * s.DMP + lane + 32 * a];
+				}
+		}
+	}
+	if (dv.p)
+#pragma unroll
+		for (int r = 0; r < RW; r++) {
+			int j = wp + 8 * r;
+			if (j >= len)
+				continue;
+#pragma unroll
+			for (int a = 0; a < DMAX / 32; a++) {
+				int y = lane + 32 * a;
+				if (y < g.Dv)
+					gadd(dv, ((b * g.T + t0 + j) * g.H + h) * g.Dv + y, acc[r][a]);
+			}
+		}
+
+	/* ---- dL/dA per token and the chunk's sum, in token order */
+	__syncthreads();
+	if (dA) {
+		for (int i = tid; i < len; i += NT)
+			dA[bh * g.T + t0 + i] = s.qd[i] - s.kd[i];
+		if (tid == 0) {
+			double sum = 0;
+			for (int i = 0; i < len; i++)
+				sum += (double)(s.qd[i] - s.kd[i]);
+			dAsum[bh * g.N + n] = sum;
+		}
+	}
+}
+
+/* dloga_r += sum over t >= r of dL/dA_t: one thread per chunk. */
+__global__ void dloga_kernel(gacc dloga /*(B,T,H)*/, const float *dA, const double *dAsum, geo g)
+{
+	int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+	if (i >= g.B * g.H * g.N)
+		return;
+	int64_t bh = i / g.N, n = i % g.N, b = bh / g.H, h = bh % g.H;
+	double s = 0;
+	for (int64_t m = g.N - 1; m > n; m--)
+		s += dAsum[bh * g.N + m];
+	int64_t t0 = n * g.C, t1 = t0 + g.C < g.T ? t0 + g.C : g.T;
+	for (int64_t t = t1 - 1; t >= t0; t--) {
+		s += dA[bh * g.T + t];
+		gadd(dloga, (b * g.T + t) * g.H + h, (float)s);
+	}
+}
+
+/* dq[b,t,grp] += the heads of the group, in head order. */
+__global__ void heads_kernel(gacc dq, gacc dk, const float *dqh, const float *dkh, geo g)
+{
+	int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+	if (i >= g.B * g.T * g.G * g.Dk)
+		return;
+	int64_t x = i % g.Dk, bt = i / (g.G * g.Dk), grp = (i / g.Dk) % g.G, hpg = g.H / g.G;
+	float sq = 0, sk = 0;
+	for (int64_t u = 0; u < hpg; u++) {
+		int64_t r = (bt * g.H + grp * hpg + u) * g.Dk + x;
+		sq += dqh[r];
+		sk += dkh[r];
+	}
+	if (dq.p)
+		gadd(dq, i, sq);
+	if (dk.p)
+		gadd(dk, i, sk);
+}
+
+/* ------------------------------------------------- decoding */
+
+/* One block per head; a thread owns column y of every level's state, so
+ * no two threads touch one element. */
+template <class T>
+__global__ void step_kernel(T *out, float *S, const T *q, const T *k, const T *v, const T *loga,
+			    const T *lam, int64_t B, int64_t T_, int64_t t, int64_t pos, int64_t H,
+			    int64_t G, int64_t Dk, int64_t Dv, int64_t NL, float scale)
+{
+	int64_t bh = blockIdx.x, b = bh / H, h = bh % H, grp = h / (H / G);
+	int64_t NLs = NL ? NL : 1, M = Dk * Dv, bt = b * T_ + t;
+	float *Sb = S + bh * NLs * M;
+	const T *qr = q + (bt * G + grp) * Dk, *kr = k + (bt * G + grp) * Dk;
+	float a = loga ? expf(tof(loga[bt * H + h])) : 1.0f;
+	int jm = NL && pos > 0 ? __ffsll((long long)pos) - 1 : -1; /* levels 0..jm merge into jm+1 */
+	for (int64_t y = threadIdx.x; y < Dv; y += blockDim.x) {
+		float vy = tof(v[(bt * H + h) * Dv + y]), o = 0.0f;
+		for (int64_t x = 0; x < Dk; x++) {
+			if (jm >= 0) {
+				float m = Sb[(jm + 1) * M + x * Dv + y];
+				for (int l = 0; l <= jm; l++) {
+					m += Sb[l * M + x * Dv + y];
+					Sb[l * M + x * Dv + y] = 0.0f;
+				}
+				Sb[(jm + 1) * M + x * Dv + y] = m;
+			}
+			for (int64_t l = 0; l < NLs; l++)
+				Sb[l * M + x * Dv + y] *= a;
+			Sb[x * Dv + y] += tof(kr[x]) * vy;
+		}
+		for (int64_t l = 0; l < NLs; l++) {
+			float w = scale * (lam ? tof(lam[(bt * H + h) * NL + l]) : 1.0f), ol = 0.0f;
+			for (int64_t x = 0; x < Dk; x++)
+				ol += tof(qr[x]) * Sb[l * M + x * Dv + y];
+			o += w * ol;
+		}
+		out[(bt * H + h) * Dv + y] = fromf<T>(o);
+	}
+}
+
+/* ------------------------------------------------- launchers */
+
+static int eff_chunk(int chunk, int64_t T, int loglinear)
+{
+	if (chunk <= 0 || chunk > CMAX)
+		chunk = CMAX;
+	if (!loglinear || chunk >= T)
+		return chunk;
+	int p = 1;
+	while (2 * p <= chunk)
+		p *= 2;
+	return p;
+}
+
+static int fenwick_levels(int64_t n)
+{
+	int l = 1;
+	while (n > 1 && (1ll << (l - 1)) < n)
+		l++;
+	return l;
+}
+
+static int make_geo(geo *g, const char *who, lmk_dtype dt, int64_t B, int64_t T, int64_t H,
+		    int64_t G, int64_t Dk, int64_t Dv, int64_t NL, float scale, int chunk,
+		    int loglinear)
+{
+	memset(g, 0, sizeof *g);
+	if (dt != LMK_F32 && dt != LMK_BF16)
+		return lmk_err(LMK_EUNSUP, "%s: no cuda kernel for %s", who, lmk_dtype_name(dt));
+	if (Dk > DMAX || Dv > DMAX)
+		return lmk_err(LMK_EUNSUP, "%s: head dims Dk %lld, Dv %lld: the cuda kernels take at "
+			       "most %d", who, (long long)Dk, (long long)Dv, DMAX);
+	if (B * H > 65535)
+		return lmk_err(LMK_EUNSUP, "%s: B*H = %lld: the cuda kernels take at most 65535", who,
+			       (long long)(B * H));
+	g->B = B, g->T = T, g->H = H, g->G = G, g->Dk = Dk, g->Dv = Dv, g->NL = NL;
+	g->M = Dk * Dv;
+	g->scale = scale;
+	int64_t C = eff_chunk(chunk, T, loglinear);
+	if (C > T)
+		C = T;
+	g->C = (int)C;
+	g->N = (int)((T + C - 1) / C);
+	g->plain = !loglinear;
+	while ((1ll << (g->cbits + 1)) <= C)
+		g->cbits++;
+	if (g->plain) {
+		g->tot = g->N;
+	} else {
+		g->Lc = g->N > 1 ? fenwick_levels(g->N) - 1 : 0;
+		if (g->Lc >= MAXLC)
+			return lmk_err(LMK_EUNSUP, "%s: %lld tokens is too many", who, (long long)T);
+		int64_t o = 0;
+		for (int j = 0; j < g->Lc; j++) {
+			g->off[j] = o;
+			o += nblocks(*g, j);
+		}
+		g->tot = o > g->N ? o : g->N;
+	}
+	return 0;
+}
+
+/* Bump allocation inside one scratch region, 256-byte aligned. */
+static size_t al(size_t b) { return (b + 255) / 256 * 256; }
+
+template <class T>
+static int smem_set(void (*kernel)(T *, const T *, const T *, const T *, const T *,
+				   const float *, const double *, const float *, geo),
+		    size_t bytes)
+{
+	LMK_CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+	return 0;
+}
+
+template <class T>
+static int forward_t(lmk_cuda_backend *bk, const geo &g, T *out, const T *q, const T *k,
+		     const T *v, const T *loga, const T *lam)
+{
+	int64_t BH = g.B * g.H;
+	size_t b_acs = al((size_t)(BH * g.T) * 4), b_E = al((size_t)(BH * g.N) * 8);
+	size_t b_F = g.N > 1 ? al((size_t)(BH * g.tot * g.M) * 4) : 0;
+	char *p = (char *)lmk_cuda_scratch(bk, b_acs + b_E + b_F);
+	if (!p)
+		return lmk_errcode();
+	float *acs = (float *)p;
+	double *E = (double *)(p + b_acs);
+	float *F = g.N > 1 ? (float *)(p + b_acs + b_E) : NULL;
+	cudaStream_t st = bk->stream;
+	prep_chunk<T><<<grid_for(BH * g.N, 256), 256, 0, st>>>(acs, E, loga, g);
+	LMK_CK_LAUNCH();
+	prep_prefix<<<grid_for(BH, 128), 128, 0, st>>>(E, g);
+	LMK_CK_LAUNCH();
+	if (F) {
+		acc_kernel<T, false><<<dim3((unsigned)g.N, (unsigned)BH), NT, 0, st>>>(
+			F, k, v, acs, E, lam, NULL, g.tot, g);
+		LMK_CK_LAUNCH();
+		fwd_states<<<grid_for(BH * g.M, 256), 256, 0, st>>>(F, E, g);
+		LMK_CK_LAUNCH();
+	}
+	size_t sb = tiles_floats(g.C, g.Dk, g.Dv, 0) * sizeof(float);
+	if (smem_set<T>(out_kernel<T>, sb) < 0)
+		return lmk_errcode();
+	out_kernel<T><<<dim3((unsigned)g.N, (unsigned)BH), NT, sb, st>>>(out, q, k, v, lam, acs, E,
+									 F, g);
+	LMK_CK_LAUNCH();
+	return 0;
+}
 
 extern "C" int lmk_cuda_ssd_forward(void *be, lmk_dtype dt, void *out, const void *q,
 				    const void *k, const void *v, const void *loga,
 				    const void *lam, int64_t B, int64_t T, int64_t H, int64_t G,
 				    int64_t Dk, int64_t Dv, int64_t NL, float scale, int chunk)
 {
-	return lmk_err(LMK_EUNSUP, "ssd: no cuda kernel yet");
+	if (B * T * H == 0)
+		return 0;
+	geo g;
+	if (make_geo(&g, "ssd", dt, B, T, H, G, Dk, Dv, NL, scale, chunk, lam != NULL) < 0)
+		return lmk_errcode();
+	LMK_DT_SWITCH(dt, "ssd",
+		      return forward_t<T>(LMK_BE(be), g, (T *)out, (const T *)q, (const T *)k,
+					  (const T *)v, (const T *)loga, (const T *)lam));
+}
+
+template <class T>
+static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf dk, lmk_gbuf dv,
+		      lmk_gbuf dloga, lmk_gbuf dlam, const T *dout, const T *q, const T *k,
+		      const T *v, const T *loga, const T *lam)
+{
+	int64_t BH = g.B * g.H;
+	/* the blocks the query sides are summed into, in bwd_states' order */
+	std::vector<int4> slots;
+	if (!g.plain)
+		for (int j = 1; j <= g.Lc; j++) {
+			int64_t span = 1ll << j, half = span >> 1;
+			for (int64_t c = 0; c * span < g.N; c++) {
+				int64_t ua = c * span + half, ub = (c + 1) * span < g.N ? (c + 1) * span : g.N;
+				for (int64_t pa = ua; pa < ub; pa += PG)
+					slots.push_back(make_int4((int)pa, (int)(pa + PG < ub ? pa + PG : ub), j, 0));
+			}
+		}
+	int64_t ns = (int64_t)slots.size();
+	int states = g.N > 1;
+	size_t b_acs = al((size_t)(BH * g.T) * 4), b_E = al((size_t)(BH * g.N) * 8);
+	size_t b_F = states ? al((size_t)(BH * g.tot * g.M) * 4) : 0;
+	size_t b_parts = al((size_t)(BH * ns * g.M) * 4), b_slots = al((size_t)ns * sizeof(int4));
+	size_t b_dh = al((size_t)(BH * g.T * g.Dk) * 4), b_dA = al((size_t)(BH * g.T) * 4);
+	size_t b_dAs = al((size_t)(BH * g.N) * 8);
+	size_t total = b_acs + b_E + 2 * b_F + b_parts + b_slots + 2 * b_dh + b_dA + b_dAs;
+	char *p = (char *)lmk_cuda_scratch(bk, total);
+	if (!p)
+		return lmk_errcode();
+	float *acs = (float *)p;
+	p += b_acs;
+	double *E = (double *)p;
+	p += b_E;
+	float *F = states ? (float *)p : NULL;
+	p += b_F;
+	float *dF = states ? (float *)p : NULL;
+	p += b_F;
+	float *parts = (float *)p;
+	p += b_parts;
+	int4 *dslots = (int4 *)p;
+	p += b_slots;
+	float *dqh = (float *)p;
+	p += b_dh;
+	float *dkh = (float *)p;
+	p += b_dh;
+	float *dA = (float *)p;
+	p += b_dA;
+	double *dAsum = (double *)p;
+	cudaStream_t st = bk->stream;
+
+	prep_chunk<T><<<grid_for(BH * g.N, 256), 256, 0, st>>>(acs, E, loga, g);
+	LMK_CK_LAUNCH();
+	prep_prefix<<<grid_for(BH, 128), 128, 0, st>>>(E, g);
+	LMK_CK_LAUNCH();
+	if (states) {
+		acc_kernel<T, false><<<dim3((unsigned)g.N, (unsigned)BH), NT, 0, st>>>(
+			F, k, v, acs, E, lam, NULL, g.tot, g);
+		LMK_CK_LAUNCH();
+		fwd_states<<<grid_for(BH * g.M, 256), 256, 0, st>>>(F, E, g);
+		LMK_CK_LAUNCH();
+		if (g.plain) {
+			acc_kernel<T, true><<<dim3((unsigned)g.N, (unsigned)BH), NT, 0, st>>>(
+				dF, q, dout, acs, E, lam, NULL, g.tot, g);
+			LMK_CK_LAUNCH();
+		} else if (ns > 0) {
+			if (lmk_cuda_upload(bk, dslots, slots.data(), (size_t)ns * sizeof(int4)) < 0)
+				return lmk_errcode();
+			acc_kernel<T, true><<<dim3((unsigned)ns, (unsigned)BH), NT, 0, st>>>(
+				parts, q, dout, acs, E, lam, dslots, ns, g);
+			LMK_CK_LAUNCH();
+		}
+		bwd_states<<<grid_for(BH * g.M, 256), 256, 0, st>>>(dF, parts, E, ns, g);
+		LMK_CK_LAUNCH();
+	}
+	size_t sb = tiles_floats(g.C, g.Dk, g.Dv, 1) * sizeof(float);
+	LMK_CK(cudaFuncSetAttribute(bwd_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+				    (int)sb));
+	bwd_kernel<T><<<dim3((unsigned)g.N, (unsigned)BH), NT, sb, st>>>(
+		dqh, dkh, to_gacc(dv), to_gacc(dlam), dloga.p ? dA : NULL, dAsum, dout, q, k, v, lam,
+		acs, E, F, dF, g);
+	LMK_CK_LAUNCH();
+	if (dloga.p) {
+		dloga_kernel<<<grid_for(BH * g.N, 128), 128, 0, st>>>(to_gacc(dloga), dA, dAsum, g);
+		LMK_CK_LAUNCH();
+	}
+	if (dq.p || dk.p) {
+		heads_kernel<<<grid_for(g.B * g.T * g.G * g.Dk, 256), 256, 0, st>>>(
+			to_gacc(dq), to_gacc(dk), dqh, dkh, g);
+		LMK_CK_LAUNCH();
+	}
+	return 0;
 }
 
 extern "C" int lmk_cuda_ssd_backward(void *be, lmk_dtype dt, lmk_gbuf dq, lmk_gbuf dk,
@@ -17,14 +1051,42 @@ extern "C" int lmk_cuda_ssd_backward(void *be, lmk_dtype dt, lmk_gbuf dq, lmk_gb
 				     const void *out, int64_t B, int64_t T, int64_t H, int64_t G,
 				     int64_t Dk, int64_t Dv, int64_t NL, float scale, int chunk)
 {
-	return lmk_err(LMK_EUNSUP, "ssd: no cuda kernel yet");
+	if (B * T * H == 0)
+		return 0;
+	if (check_gbuf("ssd", dt, dq) < 0 || check_gbuf("ssd", dt, dk) < 0 ||
+	    check_gbuf("ssd", dt, dv) < 0 || check_gbuf("ssd", dt, dloga) < 0 ||
+	    check_gbuf("ssd", dt, dlam) < 0)
+		return lmk_errcode();
+	if (!dq.p && !dk.p && !dv.p && !dloga.p && !dlam.p)
+		return 0;
+	geo g;
+	if (make_geo(&g, "ssd", dt, B, T, H, G, Dk, Dv, NL, scale, chunk, lam != NULL) < 0)
+		return lmk_errcode();
+	if (!loga)
+		dloga.p = NULL;
+	LMK_DT_SWITCH(dt, "ssd",
+		      return backward_t<T>(LMK_BE(be), g, dq, dk, dv, dloga, dlam, (const T *)dout,
+					   (const T *)q, (const T *)k, (const T *)v,
+					   (const T *)loga, (const T *)lam));
 }
 
 extern "C" int lmk_cuda_ssd_step(void *be, lmk_dtype dt, void *out, float *S, const void *q,
 				 const void *k, const void *v, const void *loga,
-				 const void *lam, int64_t B, int64_t T, int64_t t, int64_t pos,
+				 const void *lam, int64_t B, int64_t Tn, int64_t t, int64_t pos,
 				 int64_t H, int64_t G, int64_t Dk, int64_t Dv, int64_t NL,
 				 float scale)
 {
-	return lmk_err(LMK_EUNSUP, "ssd: no cuda kernel yet");
+	if (B * H == 0)
+		return 0;
+	if (B * H > (1ll << 31) - 1)
+		return lmk_err(LMK_EUNSUP, "ssd_step: too many heads");
+	int threads = Dv >= 128 ? 128 : (int)((Dv + 31) / 32 * 32);
+	cudaStream_t st = LMK_BE(be)->stream;
+	LMK_DT_SWITCH(dt, "ssd_step",
+		      step_kernel<T><<<(unsigned)(B * H), threads, 0, st>>>(
+			      (T *)out, S, (const T *)q, (const T *)k, (const T *)v,
+			      (const T *)loga, (const T *)lam, B, Tn, t, pos, H, G, Dk, Dv, NL,
+			      scale));
+	LMK_CK_LAUNCH();
+	return 0;
 }
