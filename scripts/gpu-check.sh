@@ -16,8 +16,7 @@
 # Environment:
 #   BUILD       the build folder (default build-gpu)
 #   PHASES      which phases, in order (default "run memcheck racecheck")
-#   TESTS       which binaries (default: test_cuda test_cuda_ops
-#               test_cuda_attention test_cuda_decode, those that exist)
+#   TESTS       which binaries (default: every $BUILD/tests/test_cuda*)
 #   TIMEOUT     seconds for one binary in the run phase (default 240)
 #   SAN_TIMEOUT seconds for one binary under the sanitizer (default 300)
 #   SAN_FLAGS   more compute-sanitizer options (say, a kernel filter)
@@ -42,9 +41,9 @@ LOGDIR=${OUT:-$BUILD/gpu-check}
 
 if [ "${1:-}" = --bundle ]; then
 	mkdir -p "$BUILD/tests/lib" || exit 2
-	for t in test_cuda test_cuda_ops test_cuda_attention test_cuda_decode; do
-		[ -x "$BUILD/tests/$t" ] || continue
-		ldd "$BUILD/tests/$t" | awk '/=> \//{print $3}'
+	for t in "$BUILD"/tests/test_cuda*; do
+		[ -x "$t" ] || continue
+		ldd "$t" | awk '/=> \//{print $3}'
 	done | sort -u | while read -r lib; do
 		case $(basename "$lib") in
 		libc.so* | libm.so* | libdl.so* | libpthread.so* | librt.so* | ld-linux* | \
@@ -68,8 +67,8 @@ if [ ! -d "$BUILD/tests" ]; then
 fi
 if [ -z "${TESTS:-}" ]; then
 	TESTS=""
-	for t in test_cuda test_cuda_ops test_cuda_attention test_cuda_decode; do
-		[ -x "$BUILD/tests/$t" ] && TESTS="$TESTS $t"
+	for t in "$BUILD"/tests/test_cuda*; do
+		[ -x "$t" ] && TESTS="$TESTS ${t##*/}"
 	done
 fi
 [ -n "$TESTS" ] || { say "no GPU test binary in $BUILD/tests"; exit 2; }
