@@ -1,0 +1,461 @@
+/* test_arctrain.c: training on ARC's masked examples (lib/arctrain): the
+ * padded batch exactly; the loss counts only masked positions (against a
+ * hand computation from the logits, with zero gradient on the others, and
+ * unchanged by padding a shorter example beside a longer one); the
+ * parameters' gradients against central finite differences; a tiny model
+ * memorising one task on the CPU until greedy prediction with voting
+ * solves it; the state file continuing a run bit for bit; LoRA reset and
+ * read back from PEFT files; epochs made again are the same.
+ * Fixtures are under $LMK_ROOT (default ".")/tests/fixtures/arc. */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "arc.h"
+#include "arctrain.h"
+#include "bytetok.h"
+#include "err.h"
+#include "llama.h"
+#include "lora.h"
+#include "ops.h"
+#include "rng.h"
+
+static const char *root(void)
+{
+	const char *r = getenv("LMK_ROOT");
+	return r ? r : ".";
+}
+
+static void tiny_model(lmk_llama *m, int C, int L, uint64_t seed)
+{
+	lmk_llama_config cfg;
+	lmk_llama_config_default(&cfg);
+	cfg.hidden_size = C;
+	cfg.intermediate_size = 2 * C;
+	cfg.num_hidden_layers = L;
+	cfg.num_attention_heads = 2;
+	cfg.num_key_value_heads = 2;
+	cfg.head_dim = C / 2;
+	cfg.vocab_size = LMK_BYTETOK_VOCAB;
+	cfg.max_position_embeddings = 512;
+	cfg.bos_token_id = LMK_BYTETOK_BOS;
+	cfg.eos_token_id[0] = LMK_BYTETOK_EOS;
+	cfg.neos = 1;
+	cfg.tie_word_embeddings = 1;
+	ck_assert_int_eq(lmk_llama_init(m, &cfg, 1), 0);
+	lmk_llama_init_weights(m, seed);
+}
+
+static lmk_arc_example make_ex(int n, const int32_t *ids, const uint8_t *mask)
+{
+	lmk_arc_example e = {.n = n};
+	e.ids = (int32_t *)ids;
+	e.mask = (uint8_t *)mask;
+	return e;
+}
+
+START_TEST(test_batch)
+{
+	const int32_t a[4] = {256, 5, 6, 7}, b[6] = {256, 1, 2, 3, 4, 257};
+	const uint8_t ma[4] = {0, 0, 1, 1}, mb[6] = {0, 1, 0, 1, 1, 1};
+	lmk_arc_example ea = make_ex(4, a, ma), eb = make_ex(6, b, mb);
+	const lmk_arc_example *ex[2] = {&ea, &eb};
+	int32_t *ids = NULL, *tgt = NULL;
+	size_t cap = 0;
+	const int32_t want_ids[10] = {256, 5, 6, 7, 0, 256, 1, 2, 3, 4};
+	const int32_t want_tgt[10] = {-1, 6, 7, -1, -1, 1, -1, 3, 4, 257};
+
+	ck_assert_int_eq(lmk_arctrain_batch(ex, 2, &ids, &tgt, &cap), 5);
+	for (int i = 0; i < 10; i++) {
+		ck_assert_int_eq(ids[i], want_ids[i]);
+		ck_assert_int_eq(tgt[i], want_tgt[i]);
+	}
+	/* one example: T its length - 1, the buffers kept */
+	ck_assert_int_eq(lmk_arctrain_batch(ex, 1, &ids, &tgt, &cap), 3);
+	ck_assert_uint_eq(cap, 10);
+	lmk_arc_example one = make_ex(1, a, ma);
+	const lmk_arc_example *bad[1] = {&one};
+	ck_assert_int_eq(lmk_arctrain_batch(bad, 1, &ids, &tgt, &cap), LMK_EINVAL);
+	free(ids);
+	free(tgt);
+}
+END_TEST
+
+/* The loss of the masked targets only, from the logits by hand. */
+START_TEST(test_loss_mask)
+{
+	lmk_llama m;
+	lmk_ctx c;
+	lmk_rng r;
+	enum { NA = 7, NB = 12 };
+	int32_t a[NA], b[NB];
+	uint8_t ma[NA], mb[NB];
+	lmk_tensor *logits;
+	int64_t count;
+
+	tiny_model(&m, 16, 2, 3);
+	ck_assert_int_eq(lmk_ctx_init(&c, LMK_DEV_CPU), 0);
+	lmk_rng_init(&r, 9);
+	for (int i = 0; i < NA; i++) {
+		a[i] = (int32_t)lmk_rng_below(&r, 259);
+		ma[i] = i >= 4;
+	}
+	for (int i = 0; i < NB; i++) {
+		b[i] = (int32_t)lmk_rng_below(&r, 259);
+		mb[i] = i % 3 == 1;
+	}
+	lmk_arc_example ea = make_ex(NA, a, ma), eb = make_ex(NB, b, mb);
+	const lmk_arc_example *ex[2] = {&ea, &eb};
+	int32_t *ids = NULL, *tgt = NULL;
+	size_t cap = 0;
+	int T = lmk_arctrain_batch(ex, 2, &ids, &tgt, &cap);
+	ck_assert_int_eq(T, NB - 1);
+	lmk_tensor *l = lmk_arctrain_loss(&c, &m, ids, tgt, 2, T, &logits, &count);
+	ck_assert_ptr_nonnull(l);
+	ck_assert_int_eq(count, 3 + 4);
+	const int V = m.cfg.vocab_size;
+	const float *z = logits->data;
+	double sum = 0;
+	int counted = 0;
+	for (int bt = 0; bt < 2 * T; bt++) {
+		if (tgt[bt] < 0)
+			continue;
+		double mx = -INFINITY, se = 0;
+		for (int v = 0; v < V; v++)
+			mx = fmax(mx, z[(size_t)bt * V + v]);
+		for (int v = 0; v < V; v++)
+			se += exp(z[(size_t)bt * V + v] - mx);
+		sum += mx + log(se) - z[(size_t)bt * V + tgt[bt]];
+		counted++;
+	}
+	ck_assert_int_eq(counted, 7);
+	float loss = *(float *)l->data;
+	ck_assert_msg(fabs(loss - sum / counted) < 1e-5, "loss %g, by hand %g", loss, sum / counted);
+	/* rows without a target have no gradient */
+	ck_assert_int_eq(lmk_backward(&c, l, 1.0f), 0);
+	const float *g = logits->grad;
+	for (int bt = 0; bt < 2 * T; bt++) {
+		double s = 0;
+		for (int v = 0; v < V; v++)
+			s += fabs(g[(size_t)bt * V + v]);
+		if (tgt[bt] < 0)
+			ck_assert_msg(s == 0, "row %d without a target has gradient %g", bt, s);
+		else
+			ck_assert_msg(s > 0, "row %d with a target has no gradient", bt);
+	}
+	/* padding the short example changes nothing: the batch's loss is the
+	 * count-weighted mean of each alone */
+	double parts = 0;
+	for (int k = 0; k < 2; k++) {
+		int64_t ck;
+		lmk_ctx_reset(&c);
+		int Tk = lmk_arctrain_batch(&ex[k], 1, &ids, &tgt, &cap);
+		lmk_tensor *lk = lmk_arctrain_loss(&c, &m, ids, tgt, 1, Tk, NULL, &ck);
+		ck_assert_ptr_nonnull(lk);
+		parts += *(float *)lk->data * (double)ck;
+	}
+	ck_assert_msg(fabs(parts / 7 - loss) < 1e-5, "alone %g, padded together %g", parts / 7, loss);
+	free(ids);
+	free(tgt);
+	lmk_ctx_free(&c);
+	lmk_llama_free(&m);
+}
+END_TEST
+
+/* d loss / d w for a few weights of every kind against central differences. */
+START_TEST(test_gradient)
+{
+	lmk_llama m;
+	lmk_ctx c;
+	const int32_t a[9] = {256, 49, 48, 10, 79, 10, 48, 49, 10};
+	const uint8_t ma[9] = {0, 0, 0, 0, 0, 1, 1, 1, 1};
+	lmk_arc_example ea = make_ex(9, a, ma);
+	const lmk_arc_example *ex[1] = {&ea};
+	int32_t *ids = NULL, *tgt = NULL;
+	size_t cap = 0;
+	lmk_rng r;
+
+	tiny_model(&m, 8, 1, 5);
+	ck_assert_int_eq(lmk_ctx_init(&c, LMK_DEV_CPU), 0);
+	int T = lmk_arctrain_batch(ex, 1, &ids, &tgt, &cap);
+	lmk_params_zero_grad(&m.params);
+	lmk_tensor *l = lmk_arctrain_loss(&c, &m, ids, tgt, 1, T, NULL, NULL);
+	ck_assert_int_eq(lmk_backward(&c, l, 1.0f), 0);
+	lmk_ctx_reset(&c);
+	c.grad_enabled = 0;
+	lmk_rng_init(&r, 1);
+	int checked = 0;
+	for (int ti = 0; ti < m.params.nt; ti++) {
+		lmk_tensor *t = &m.params.t[ti];
+		for (int k = 0; k < 3; k++) {
+			int64_t j = (int64_t)lmk_rng_below(&r, (uint64_t)t->n);
+			float *w = (float *)t->data + j, w0 = *w, h = 1e-2f;
+			double an = ((float *)t->grad)[j];
+			*w = w0 + h;
+			double lp = *(float *)lmk_arctrain_loss(&c, &m, ids, tgt, 1, T, NULL, NULL)->data;
+			lmk_ctx_reset(&c);
+			*w = w0 - h;
+			double lm = *(float *)lmk_arctrain_loss(&c, &m, ids, tgt, 1, T, NULL, NULL)->data;
+			lmk_ctx_reset(&c);
+			*w = w0;
+			double fd = (lp - lm) / (2 * h);
+			ck_assert_msg(fabs(fd - an) <= 2e-3 + 2e-2 * fabs(fd), "%s[%lld]: backward %g, "
+				      "finite differences %g", t->name, (long long)j, an, fd);
+			checked++;
+		}
+	}
+	ck_assert_int_ge(checked, 9 * 3);
+	free(ids);
+	free(tgt);
+	lmk_ctx_free(&c);
+	lmk_llama_free(&m);
+}
+END_TEST
+
+static int load_fixture(lmk_arc_set *s)
+{
+	char path[1024];
+	snprintf(path, sizeof path, "%s/tests/fixtures/arc/tasks", root());
+	return lmk_arc_load(s, path, NULL, NULL);
+}
+
+/* A tiny model trained on one task until greedy prediction solves it. */
+START_TEST(test_memorise)
+{
+	lmk_arc_set s;
+	lmk_llama m;
+	lmk_ctx c;
+	lmk_arctok tok;
+	lmk_arc_examples e = {0};
+	lmk_arctrain tr;
+	lmk_arctrain_config cfg;
+	lmk_arctrain_stats st;
+
+	ck_assert_int_eq(load_fixture(&s), 0);
+	const lmk_arc_task *t = lmk_arc_set_find(&s, "aa000001");
+	ck_assert_ptr_nonnull(t);
+	tiny_model(&m, 32, 2, 7);
+	ck_assert_int_eq(lmk_ctx_init(&c, LMK_DEV_CPU), 0);
+	lmk_arctok_init(&tok, NULL);
+	lmk_arc_example_opts o = {.encode = lmk_arctok_encode, .arg = &tok, .bos = tok.bos,
+				  .eos = tok.eos, .max_len = 512};
+	ck_assert_int_eq(lmk_arc_examples_add(&e, t, 1, &o), 1);
+	lmk_arctrain_config_default(&cfg);
+	cfg.lr = 1e-2f;
+	cfg.total = 200;
+	cfg.warmup = 10;
+	cfg.batch = 1;
+	ck_assert_int_eq(lmk_arctrain_init(&tr, &cfg, &c, &m, &m.params), 0);
+	const lmk_arc_example *b[1] = {&e.ex[0]};
+	double first = 0;
+	for (int i = 0; i < cfg.total; i++) {
+		ck_assert_int_eq(lmk_arctrain_step(&tr, b, 1, &st), 0);
+		if (i == 0)
+			first = st.loss;
+	}
+	ck_assert_msg(st.loss < 0.05 * first, "loss %g after %d steps, from %g", st.loss,
+		      (int)cfg.total, first);
+	lmk_arc_tf tf;
+	lmk_arc_tf_identity(&tf);
+	lmk_arc_grid best[2];
+	lmk_arctrain_predictor p = {.c = &c, .m = &m, .tok = &tok, .max_len = 512};
+	ck_assert_int_ge(lmk_arc_predict_batch(t, 0, &tf, 1, lmk_arctrain_predict, &p, best), 1);
+	ck_assert_msg(lmk_arc_grid_eq(&best[0], &t->test[0].out), "the prediction is not the output");
+	ck_assert_int_gt(p.tokens, 0);
+	ck_assert_int_le(p.tokens, 7); /* "03\n00\nE" and no further */
+	/* a max_len shorter than the prompt: no answer, counted */
+	p.max_len = 8;
+	ck_assert_int_eq(lmk_arc_predict_batch(t, 0, &tf, 1, lmk_arctrain_predict, &p, best), 0);
+	ck_assert_int_eq(p.nlong, 1);
+	lmk_arctrain_free(&tr);
+	lmk_arc_examples_free(&e);
+	lmk_arctok_free(&tok);
+	lmk_ctx_free(&c);
+	lmk_llama_free(&m);
+	lmk_arc_set_free(&s);
+}
+END_TEST
+
+/* Saved after 3 steps and restored, a run takes the same 4th step. */
+START_TEST(test_state)
+{
+	lmk_arc_set s;
+	lmk_llama m1, m2;
+	lmk_ctx c;
+	lmk_arctok tok;
+	lmk_arc_examples e = {0};
+	lmk_arctrain t1, t2;
+	lmk_arctrain_config cfg;
+	lmk_arctrain_stats s1, s2;
+	lmk_frame st;
+	char path[] = "/tmp/arctrain-state-XXXXXX";
+	int fd = mkstemp(path);
+
+	ck_assert_int_ge(fd, 0);
+	close(fd);
+	ck_assert_int_eq(load_fixture(&s), 0);
+	lmk_arctok_init(&tok, NULL);
+	lmk_arc_example_opts o = {.encode = lmk_arctok_encode, .arg = &tok, .bos = tok.bos,
+				  .eos = tok.eos, .max_len = 512, .all_outputs = 1};
+	ck_assert_int_eq(lmk_arc_examples_add(&e, s.t, s.n, &o), 3);
+	ck_assert_int_eq(lmk_ctx_init(&c, LMK_DEV_CPU), 0);
+	tiny_model(&m1, 16, 1, 1);
+	tiny_model(&m2, 16, 1, 2);
+	lmk_arctrain_config_default(&cfg);
+	cfg.lr = 1e-3f;
+	cfg.total = 10;
+	ck_assert_int_eq(lmk_arctrain_init(&t1, &cfg, &c, &m1, &m1.params), 0);
+	ck_assert_int_eq(lmk_arctrain_init(&t2, &cfg, &c, &m2, &m2.params), 0);
+	const lmk_arc_example *b[2] = {&e.ex[0], &e.ex[2]};
+	for (int i = 0; i < 3; i++)
+		ck_assert_int_eq(lmk_arctrain_step(&t1, b, 2, &s1), 0);
+	const char *extra[] = {"epoch", "4", NULL};
+	ck_assert_int_eq(lmk_arctrain_save(&t1, path, extra), 0);
+	ck_assert_int_eq(lmk_arctrain_restore(&t2, path, &st), 0);
+	ck_assert_str_eq(lmk_frame_meta(&st, "epoch"), "4");
+	ck_assert_int_eq(t2.step, 3);
+	lmk_frame_free(&st);
+	ck_assert_int_eq(lmk_arctrain_step(&t1, b, 2, &s1), 0);
+	ck_assert_int_eq(lmk_arctrain_step(&t2, b, 2, &s2), 0);
+	ck_assert(s1.loss == s2.loss && s1.lr == s2.lr);
+	ck_assert(memcmp(m1.params.data, m2.params.data, m1.params.n * sizeof(float)) == 0);
+	/* another layout is refused */
+	lmk_llama m3;
+	lmk_arctrain t3;
+	tiny_model(&m3, 8, 1, 1);
+	ck_assert_int_eq(lmk_arctrain_init(&t3, &cfg, &c, &m3, &m3.params), 0);
+	ck_assert_int_eq(lmk_arctrain_restore(&t3, path, &st), LMK_EFORMAT);
+	ck_assert_ptr_nonnull(strstr(lmk_errmsg(), "tensor 'params'"));
+	lmk_frame_free(&st);
+	lmk_arctrain_free(&t3);
+	lmk_llama_free(&m3);
+	unlink(path);
+	lmk_arctrain_free(&t1);
+	lmk_arctrain_free(&t2);
+	lmk_llama_free(&m1);
+	lmk_llama_free(&m2);
+	lmk_ctx_free(&c);
+	lmk_arc_examples_free(&e);
+	lmk_arctok_free(&tok);
+	lmk_arc_set_free(&s);
+}
+END_TEST
+
+START_TEST(test_lora_reset_read)
+{
+	lmk_llama m;
+	lmk_lora a, b;
+	lmk_lora_config lc;
+	char dir[] = "/tmp/arctrain-lora-XXXXXX";
+
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	tiny_model(&m, 16, 2, 4);
+	lmk_lora_config_default(&lc);
+	lc.r = 4;
+	snprintf(lc.targets, sizeof lc.targets, "q,k,v,o,gate,up,down");
+	ck_assert_int_eq(lmk_lora_init(&a, &lc, &m.params, 11), 0);
+	ck_assert_int_eq(lmk_lora_init(&b, &lc, &m.params, 12), 0);
+	ck_assert_int_eq(lmk_arctrain_lora_reset(&a, 99), 0);
+	for (int i = 0; i < a.n; i++) {
+		const lmk_lora_slot *sl = &a.slots[i];
+		const float *A = sl->a->data, *B = sl->b->data, bound = 1.0f / sqrtf((float)sl->a->shape[1]);
+		for (int64_t j = 0; j < sl->b->n; j++)
+			ck_assert(B[j] == 0);
+		float mx = 0;
+		for (int64_t j = 0; j < sl->a->n; j++)
+			mx = fmaxf(mx, fabsf(A[j]));
+		ck_assert(mx > 0.5f * bound && mx <= bound);
+	}
+	/* B nonzero, saved, read into another adapter: the same values */
+	for (size_t j = 0; j < a.params.n; j++)
+		a.params.data[j] += 0.001f * (float)(j % 7);
+	ck_assert_int_eq(lmk_lora_save(&a, dir, NULL), 0);
+	ck_assert_int_eq(lmk_arctrain_lora_read(&b, dir), 0);
+	ck_assert(memcmp(a.params.data, b.params.data, a.params.n * sizeof(float)) == 0);
+	/* another rank is refused */
+	lmk_lora c2;
+	lc.r = 2;
+	ck_assert_int_eq(lmk_lora_init(&c2, &lc, &m.params, 1), 0);
+	ck_assert_int_eq(lmk_arctrain_lora_read(&c2, dir), LMK_EFORMAT);
+	ck_assert_ptr_nonnull(strstr(lmk_errmsg(), "expected r 2"));
+	lmk_lora_free(&c2);
+	char p[1100];
+	snprintf(p, sizeof p, "%s/adapter_model.safetensors", dir);
+	unlink(p);
+	snprintf(p, sizeof p, "%s/adapter_config.json", dir);
+	unlink(p);
+	rmdir(dir);
+	lmk_lora_free(&a);
+	lmk_lora_free(&b);
+	lmk_llama_free(&m);
+}
+END_TEST
+
+START_TEST(test_epoch)
+{
+	lmk_arc_set s;
+	lmk_arctok tok;
+	lmk_arc_examples e1 = {0}, e2 = {0}, e3 = {0};
+	lmk_arctrain_data d = {.loo = 5, .aug = 2, .flags = LMK_ARC_AUG_ALL, .seed = 3};
+	int perm[40], perm2[40];
+
+	ck_assert_int_eq(load_fixture(&s), 0);
+	lmk_arctok_init(&tok, NULL);
+	lmk_arc_example_opts o = {.encode = lmk_arctok_encode, .arg = &tok, .bos = tok.bos,
+				  .eos = tok.eos, .max_len = 4096};
+	/* per task: 5 leave-one-out, then (1 + 2) copies of each test pair */
+	ck_assert_int_eq(lmk_arctrain_epoch(&e1, s.t, s.n, &d, 0, &o), 5 + 3 * 1 + 5 + 3 * 2);
+	ck_assert_int_eq(lmk_arctrain_epoch(&e2, s.t, s.n, &d, 0, &o), e1.n);
+	ck_assert_int_eq(lmk_arctrain_epoch(&e3, s.t, s.n, &d, 1, &o), e1.n);
+	int same = 1, diff = 0;
+	for (int i = 0; i < e1.n; i++) {
+		same &= e1.ex[i].n == e2.ex[i].n &&
+			!memcmp(e1.ex[i].ids, e2.ex[i].ids, (size_t)e1.ex[i].n * sizeof(int32_t));
+		diff |= e1.ex[i].n != e3.ex[i].n ||
+			memcmp(e1.ex[i].ids, e3.ex[i].ids, (size_t)e1.ex[i].n * sizeof(int32_t));
+	}
+	ck_assert_msg(same, "an epoch made again differs");
+	ck_assert_msg(diff, "another epoch is the same");
+	d.aug = -1;
+	lmk_arc_examples_free(&e3);
+	ck_assert_int_eq(lmk_arctrain_epoch(&e3, s.t, s.n, &d, 0, &o), 10);
+	lmk_arctrain_order(perm, 40, 3, 0);
+	lmk_arctrain_order(perm2, 40, 3, 0);
+	ck_assert(memcmp(perm, perm2, sizeof perm) == 0);
+	int seen[40] = {0};
+	for (int i = 0; i < 40; i++)
+		seen[perm[i]]++;
+	for (int i = 0; i < 40; i++)
+		ck_assert_int_eq(seen[i], 1);
+	lmk_arctrain_order(perm2, 40, 3, 1);
+	ck_assert(memcmp(perm, perm2, sizeof perm) != 0);
+	lmk_arc_examples_free(&e1);
+	lmk_arc_examples_free(&e2);
+	lmk_arc_examples_free(&e3);
+	lmk_arctok_free(&tok);
+	lmk_arc_set_free(&s);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("arctrain");
+	TCase *tc = tcase_create("arctrain");
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, test_batch);
+	tcase_add_test(tc, test_loss_mask);
+	tcase_add_test(tc, test_gradient);
+	tcase_add_test(tc, test_memorise);
+	tcase_add_test(tc, test_state);
+	tcase_add_test(tc, test_lora_reset_read);
+	tcase_add_test(tc, test_epoch);
+	suite_add_tcase(s, tc);
+	SRunner *sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
