@@ -18,6 +18,8 @@
  * (a checking harness that runs them without a GPU supplies what
  * common.cuh would, NT 1 and MAXE C*D); the launchers are left out. */
 #ifndef LMK_PATH_EMU
+#include <mma.h>
+
 #include "common.cuh"
 #endif
 
@@ -152,7 +154,7 @@ __global__ void __launch_bounds__(NT) cumsum_kernel(float *g /*(B,H,T)*/, const 
 template <class E>
 __global__ void __launch_bounds__(NT) prep_kernel(pws s, const E *k, const E *w, const E *beta)
 {
-	extern __shared__ float sm[];
+	extern __shared__ __align__(128) float sm[];
 	const int n = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
 	const int C = s.C, D = s.D, K = s.K, c = rows_of(s, n), j0 = n * C;
 	float *sW = sm, *sK = sW + C * D, *sL = sK + C * D, *sM = sL + C * C, *sT = sM + C * C;
@@ -209,7 +211,7 @@ __global__ void __launch_bounds__(NT) prep_kernel(pws s, const E *k, const E *w,
 template <class E>
 __global__ void __launch_bounds__(NT) intra_kernel(pws s, const E *q, const E *k, const E *w)
 {
-	extern __shared__ float sm[];
+	extern __shared__ __align__(128) float sm[];
 	const int m = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
 	const int C = s.C, D = s.D, H = s.H, K = s.K, g = h / (H / K), c = rows_of(s, m), i0 = m * C;
 	float *sQ = sm, *sW = sQ + C * D, *sK = sW + C * D, *sX = sK + C * D;
@@ -270,26 +272,98 @@ static __device__ void fix_logits(const pws &s, float *S, int b, int h, int m, i
 	}
 }
 
-/* smem: Qt, tile (C,D); S, X (C,C); mx, l, cr (C) */
-template <class E>
+#ifndef LMK_PATH_EMU
+/* Tensor-core products (BF16 contexts, D a multiple of 16): op(A) (M,Kk)
+ * and op(B) (Kk,N), float32 in shared memory, are rounded to bf16 into the
+ * staging tiles sa (Mp,Kp) and sb (Kp,Np) (row-major, zero-padded to
+ * multiples of 16, so transposes cost nothing), then each warp takes 16x16
+ * tiles of the result with wmma m16n16k16 (fp32 accumulation) and writes
+ * them through its 16x16 float tile of st into Cm = beta0 Cm + alpha AB.
+ * Rounding the operands is what the BF16 mma kernels of attention.cu do;
+ * the walk's Q~ itself stays float32 between products, as in fla. */
+template <bool TA, bool TB>
+static __device__ void tmm(float *Cm, int ldc, const float *A, int lda, const float *Bm, int ldb,
+			   int M, int N, int Kk, float alpha, float beta0, bf16 *sa, bf16 *sb,
+			   float *st)
+{
+	using namespace nvcuda;
+	const int Mp = (M + 15) & ~15, Np = (N + 15) & ~15, Kp = (Kk + 15) & ~15;
+	for (int idx = threadIdx.x; idx < Mp * Kp; idx += blockDim.x) {
+		const int i = idx / Kp, k = idx % Kp;
+		sa[idx] = __float2bfloat16_rn(i < M && k < Kk ? (TA ? A[k * lda + i] : A[i * lda + k])
+							      : 0.f);
+	}
+	for (int idx = threadIdx.x; idx < Kp * Np; idx += blockDim.x) {
+		const int k = idx / Np, j = idx % Np;
+		sb[idx] = __float2bfloat16_rn(k < Kk && j < N ? (TB ? Bm[j * ldb + k] : Bm[k * ldb + j])
+							      : 0.f);
+	}
+	__syncthreads();
+	const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+	const int tn = Np / 16, nt = (Mp / 16) * tn;
+	float *t = st + warp * 256;
+	for (int tile = warp; tile < nt; tile += nw) {
+		const int ti = tile / tn, tj = tile % tn;
+		wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+		wmma::fill_fragment(acc, 0.f);
+		for (int kk = 0; kk < Kp; kk += 16) {
+			wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+			wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb;
+			wmma::load_matrix_sync(fa, sa + ti * 16 * Kp + kk, Kp);
+			wmma::load_matrix_sync(fb, sb + kk * Np + tj * 16, Np);
+			wmma::mma_sync(acc, fa, fb, acc);
+		}
+		wmma::store_matrix_sync(t, acc, 16, wmma::mem_row_major);
+		__syncwarp();
+		for (int e = lane; e < 256; e += 32) {
+			const int i = ti * 16 + e / 16, j = tj * 16 + e % 16;
+			if (i < M && j < N)
+				Cm[i * ldc + j] = (beta0 == 0.f ? 0.f : beta0 * Cm[i * ldc + j]) + alpha * t[e];
+		}
+		__syncwarp();
+	}
+}
+#endif
+
+/* The staging of tmm: 2 tiles of 64 x 128 bf16 and a 16x16 float tile per
+ * warp, in bytes. */
+#define TC_BYTES (2 * 64 * 128 * 2 + (NT / 32) * 256 * 4)
+
+/* Cm = beta0 Cm + alpha op(A) op(B), on the tensor cores when TC. */
+template <bool TC, bool TA, bool TB>
+static __device__ void mmul(float *Cm, int ldc, const float *A, int lda, const float *Bm, int ldb,
+			    int M, int N, int Kk, float alpha, float beta0, unsigned char *stage)
+{
+#ifndef LMK_PATH_EMU
+	if (TC) {
+		bf16 *sa = (bf16 *)stage, *sb = sa + 64 * 128;
+		tmm<TA, TB>(Cm, ldc, A, lda, Bm, ldb, M, N, Kk, alpha, beta0, sa, sb,
+			    (float *)(sb + 64 * 128));
+		return;
+	}
+#endif
+	smm<TA, TB>(Cm, ldc, A, lda, Bm, ldb, M, N, Kk, alpha, beta0);
+}
+
+/* smem: Qt, tile, O (C,D); S, X (C,C); mx, l, cr (C); then, with TC, the
+ * staging of tmm at a 128-byte boundary. */
+template <class E, bool TC>
 __global__ void __launch_bounds__(NT) flash_kernel(pws s, E *out, const E *v, const E *w,
 						   float scale)
 {
-	extern __shared__ float sm[];
+	extern __shared__ __align__(128) float sm[];
 	const int m = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
 	const int C = s.C, D = s.D, H = s.H, K = s.K, g = h / (H / K), cm = rows_of(s, m);
 	const int i0 = m * C;
-	float *sQ = sm, *sT = sQ + C * D, *sS = sT + C * D, *sX = sS + C * C, *mx = sX + C * C;
-	float *l = mx + C, *cr = l + C;
+	float *sQ = sm, *sT = sQ + C * D, *sO = sT + C * D, *sS = sO + C * D, *sX = sS + C * C;
+	float *mx = sX + C * C, *l = mx + C, *cr = l + C;
+	unsigned char *stage = (unsigned char *)(sm + ((3 * C * D + 2 * C * C + 3 * C + 31) & ~31));
 	load_rows(sQ, s.qt + hrow(s, b, h, H, i0), D, cm, C, D);
+	zero(sO, C * D);
 	for (int r = threadIdx.x; r < C; r += blockDim.x) {
 		mx[r] = -INFINITY;
 		l[r] = 0.f;
 	}
-	float o[MAXE];
-#pragma unroll
-	for (int e = 0; e < MAXE; e++)
-		o[e] = 0.f;
 	__syncthreads();
 	for (int n = m; n >= 0; n--) {
 		const int cn = rows_of(s, n), j0 = n * C;
@@ -298,7 +372,7 @@ __global__ void __launch_bounds__(NT) flash_kernel(pws s, E *out, const E *v, co
 		} else {
 			load_rows(sT, s.kt + hrow(s, b, g, K, j0), D, cn, C, D);
 			__syncthreads();
-			smm<false, true>(sS, C, sQ, D, sT, D, cm, cn, D, scale, 0.f);
+			mmul<TC, false, true>(sS, C, sQ, D, sT, D, cm, cn, D, scale, 0.f, stage);
 			__syncthreads();
 			fix_logits(s, sS, b, h, m, n);
 		}
@@ -320,34 +394,24 @@ __global__ void __launch_bounds__(NT) flash_kernel(pws s, E *out, const E *v, co
 		}
 		load_rows(sT, v + row(s, b, j0, g, K), (int64_t)K * D, cn, C, D);
 		__syncthreads();
-#pragma unroll
-		for (int e = 0; e < MAXE; e++) {
-			const int idx = threadIdx.x + e * NT, i = idx / D, d = idx % D;
-			if (idx < cm * D) {
-				float a = o[e] * cr[i];
-				for (int j = 0; j < cn; j++)
-					a += sS[i * C + j] * sT[j * D + d];
-				o[e] = a;
-			}
-		}
+		for (int idx = threadIdx.x; idx < cm * D; idx += blockDim.x)
+			sO[idx] *= cr[idx / D];
+		__syncthreads();
+		mmul<TC, false, false>(sO, D, sS, C, sT, D, cm, D, cn, 1.f, 1.f, stage);
 		__syncthreads();
 		if (n > 0 && n < m) {
 			load_rows(sT, w + row(s, b, j0, g, K), (int64_t)K * D, cn, C, D);
 			__syncthreads();
-			smm<false, true>(sX, C, sQ, D, sT, D, cm, cn, D, 1.f, 0.f);
+			mmul<TC, false, true>(sX, C, sQ, D, sT, D, cm, cn, D, 1.f, 0.f, stage);
 			__syncthreads();
 			load_rows(sT, s.u + hrow(s, b, g, K, j0), D, cn, C, D);
 			__syncthreads();
-			smm<false, false>(sQ, D, sX, C, sT, D, cm, D, cn, -1.f, 1.f);
+			mmul<TC, false, false>(sQ, D, sX, C, sT, D, cm, D, cn, -1.f, 1.f, stage);
 			__syncthreads();
 		}
 	}
-#pragma unroll
-	for (int e = 0; e < MAXE; e++) {
-		const int idx = threadIdx.x + e * NT, i = idx / D, d = idx % D;
-		if (idx < cm * D)
-			out[row(s, b, i0 + i, h, H) + d] = fromf<E>(o[e] / l[i]);
-	}
+	for (int idx = threadIdx.x; idx < cm * D; idx += blockDim.x)
+		out[row(s, b, i0 + idx / D, h, H) + idx % D] = fromf<E>(sO[idx] / l[idx / D]);
 	for (int r = threadIdx.x; r < cm; r += blockDim.x)
 		s.lse[((int64_t)b * H + h) * s.T + i0 + r] = mx[r] + logf(l[r]);
 }
@@ -393,7 +457,7 @@ template <class E>
 __global__ void __launch_bounds__(NT) query_kernel(pws s, const E *dout, const E *v, const E *w,
 						   float scale)
 {
-	extern __shared__ float sm[];
+	extern __shared__ __align__(128) float sm[];
 	const int m = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
 	const int C = s.C, D = s.D, H = s.H, K = s.K, g = h / (H / K), cm = rows_of(s, m);
 	const int i0 = m * C;
@@ -479,7 +543,7 @@ template <class E>
 __global__ void __launch_bounds__(NT) key_kernel(pws s, gacc dv, const E *dout, const E *v,
 						 const E *w, float scale)
 {
-	extern __shared__ float sm[];
+	extern __shared__ __align__(128) float sm[];
 	const int n = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
 	const int C = s.C, D = s.D, H = s.H, K = s.K, N = s.N, rep = H / K, cn = rows_of(s, n);
 	const int j0 = n * C;
@@ -604,7 +668,7 @@ template <class E>
 __global__ void __launch_bounds__(NT) back_kernel(pws s, gacc dq, gacc dk, gacc dw, gacc dbeta,
 						  const E *q, const E *k, const E *w, const E *beta)
 {
-	extern __shared__ float sm[];
+	extern __shared__ __align__(128) float sm[];
 	const int n = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
 	const int C = s.C, D = s.D, H = s.H, K = s.K, rep = H / K, c = rows_of(s, n), j0 = n * C;
 	float *sW = sm, *sK = sW + C * D, *sQ = sK + C * D, *sD = sQ + C * D, *sZd = sD + C * D;
@@ -807,7 +871,7 @@ template <typename F> static int set_smem(F kernel, size_t bytes)
 	} while (0)
 
 template <class E>
-static int forward_t(cudaStream_t st, pws p, void *out, const void *q, const void *k,
+static int forward_t(cudaStream_t st, pws p, bool tc, void *out, const void *q, const void *k,
 		     const void *v, const void *w, const void *beta, const void *logf, float scale)
 {
 	const size_t C = p.C, D = p.D, f = sizeof(float);
@@ -820,8 +884,14 @@ static int forward_t(cudaStream_t st, pws p, void *out, const void *q, const voi
 	       (const E *)k, (const E *)w, (const E *)beta);
 	LAUNCH(intra_kernel<E>, dim3(p.N, p.H, p.B), (3 * C * D + C * C) * f, st, p, (const E *)q,
 	       (const E *)k, (const E *)w);
-	LAUNCH(flash_kernel<E>, dim3(p.N, p.H, p.B), (2 * C * D + 2 * C * C + 3 * C) * f, st, p,
-	       (E *)out, (const E *)v, (const E *)w, scale);
+	const size_t fb = ((3 * C * D + 2 * C * C + 3 * C + 31) & ~(size_t)31) * f;
+	auto flash_tc = flash_kernel<E, true>, flash_f32 = flash_kernel<E, false>;
+	if (tc)
+		LAUNCH(flash_tc, dim3(p.N, p.H, p.B), fb + TC_BYTES, st, p, (E *)out, (const E *)v,
+		       (const E *)w, scale);
+	else
+		LAUNCH(flash_f32, dim3(p.N, p.H, p.B), fb, st, p, (E *)out, (const E *)v,
+		       (const E *)w, scale);
 	return 0;
 }
 
@@ -834,9 +904,11 @@ extern "C" int lmk_cuda_path_forward(void *be, lmk_dtype dt, void *out, const vo
 		return rc;
 	cudaStream_t st = LMK_BE(be)->stream;
 	pws p = to_pws(ws);
+	/* the tensor cores take bf16 operands: BF16 contexts only */
 	if (dt == LMK_BF16)
-		return forward_t<bf16>(st, p, out, q, k, v, w, beta, logf, scale);
-	return forward_t<float>(st, p, out, q, k, v, w, beta, logf, scale);
+		return forward_t<bf16>(st, p, ws->tc && p.D % 16 == 0, out, q, k, v, w, beta, logf,
+				       scale);
+	return forward_t<float>(st, p, false, out, q, k, v, w, beta, logf, scale);
 }
 
 template <class E>

@@ -883,8 +883,8 @@ lmk_tensor *lmk_path_attention(lmk_ctx *c, lmk_tensor *q, lmk_tensor *k, lmk_ten
 	}
 	int algo = o ? o->algo : LMK_PATH_AUTO;
 	int64_t C = o && o->block ? o->block : 64;
-	if (algo < LMK_PATH_AUTO || algo > LMK_PATH_BLOCKWISE || C < 1) {
-		lmk_err(LMK_EINVAL, "path_attention: algo %d, block %lld: expected algo 0..2 and a "
+	if (algo < LMK_PATH_AUTO || algo > LMK_PATH_BLOCKWISE_FP32 || C < 1) {
+		lmk_err(LMK_EINVAL, "path_attention: algo %d, block %lld: expected algo 0..3 and a "
 			"positive block", algo, (long long)C);
 		return NULL;
 	}
@@ -914,6 +914,7 @@ lmk_tensor *lmk_path_attention(lmk_ctx *c, lmk_tensor *q, lmk_tensor *k, lmk_ten
 		s = ws_new(c, B, T, H, K, D, C, logf != NULL);
 		if (!s)
 			return NULL;
+		s->tc = algo != LMK_PATH_BLOCKWISE_FP32;
 		if (on_cuda(c)) {
 #if LMK_CUDA
 			if (lmk_cuda_path_forward(c->backend, c->dtype, out->data, lmk_op_x(c, q),

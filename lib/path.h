@@ -38,14 +38,17 @@
 
 #include "tensor.h"
 
-enum { LMK_PATH_AUTO = 0, LMK_PATH_NAIVE = 1, LMK_PATH_BLOCKWISE = 2 };
+enum { LMK_PATH_AUTO = 0, LMK_PATH_NAIVE = 1, LMK_PATH_BLOCKWISE = 2, LMK_PATH_BLOCKWISE_FP32 = 3 };
 
 typedef struct lmk_path_opts {
 	int block; /* key/query block of the blockwise algorithm; 0: 64. On
 		    * CUDA at most 64 */
 	int algo;  /* LMK_PATH_AUTO (blockwise), LMK_PATH_NAIVE (CPU only: the
 		    * O(T² D) reference, one transform at a time),
-		    * LMK_PATH_BLOCKWISE */
+		    * LMK_PATH_BLOCKWISE (on CUDA in BF16 with D a multiple
+		    * of 16, the forward's products on the tensor cores),
+		    * LMK_PATH_BLOCKWISE_FP32 (every product in float32;
+		    * the same as BLOCKWISE on the CPU) */
 } lmk_path_opts;
 
 /* The attention above -> (B,T,H,D). o may be NULL (defaults). Gradients
@@ -102,6 +105,7 @@ typedef struct lmk_path_ws {
 	float *delta; /* (B,H,T) rowsum(dout * out) */
 	float *tmp;   /* per-thread scratch: nthr * lmk_path_cpu_tmp(C, D) */
 	int nthr;
+	int tc;       /* CUDA: tensor cores allowed (not BLOCKWISE_FP32) */
 } lmk_path_ws;
 
 int64_t lmk_path_cpu_tmp(int64_t C, int64_t D);

@@ -4,7 +4,9 @@
  * CPU's parallel rows.
  *
  * Shape table: T = 1, 7, 63, 64, 65, 130, 1000; D = 64 and 128 (and one
- * odd D); GQA and not; logf or none; blocks 64, 16 and 7; F32 and BF16.
+ * D = 40); GQA and not; logf or none; blocks 64, 16 and 7; F32, BF16 (the
+ * forward's products on the tensor cores) and BF16 with every product in
+ * float32 (LMK_PATH_BLOCKWISE_FP32), so a tensor-core fault shows apart.
  * Inputs random each run (the seed is printed; LMK_TEST_SEED repeats it),
  * w unit rows, beta in (0.05, 1.95), logf = log(f) with f in (0.5, 1). The
  * GPU context poisons every allocation (NaN where a kernel forgets to
@@ -100,8 +102,8 @@ static double compare(const float *gpu, const float *cpu, int64_t n)
 
 /* Forward and backward of one device; res[0] the output, res[1..6] the
  * gradients (including the priors). */
-static int run_dev(lmk_device dev, lmk_dtype dt, const pcase *p, float **x, const int64_t *n,
-		   float **prior, const float *dout, float **res)
+static int run_dev(lmk_device dev, lmk_dtype dt, int algo, const pcase *p, float **x,
+		   const int64_t *n, float **prior, const float *dout, float **res)
 {
 	lmk_ctx c;
 	ck_assert_int_eq(lmk_ctx_init_ex(&c, dev, 0, dt), 0);
@@ -122,7 +124,7 @@ static int run_dev(lmk_device dev, lmk_dtype dt, const pcase *p, float **x, cons
 		ck_assert_int_eq(lmk_tensor_write_f32(&c, t[i], 0, x[i]), 0);
 		ck_assert_int_eq(lmk_tensor_write_f32(&c, t[i], 1, prior[i]), 0);
 	}
-	lmk_path_opts o = {p->block, LMK_PATH_BLOCKWISE};
+	lmk_path_opts o = {p->block, algo};
 	lmk_tensor *y = lmk_path_attention(&c, t[0], t[1], t[2], t[3], t[4], t[5],
 					   1.0f / sqrtf((float)p->D), &o);
 	if (!y) {
@@ -150,7 +152,8 @@ static int run_dev(lmk_device dev, lmk_dtype dt, const pcase *p, float **x, cons
 	return 0;
 }
 
-static void run_case(int ci, lmk_dtype dt, double *worst)
+/* @return : 1 when the case failed (after printing its line) */
+static int run_case(int ci, lmk_dtype dt, int algo, double *worst)
 {
 	const pcase *p = &cases[ci];
 	const int bf = dt == LMK_BF16;
@@ -176,12 +179,14 @@ static void run_case(int ci, lmk_dtype dt, double *worst)
 		cpu[i] = calloc((size_t)m, sizeof(float));
 		gpu[i] = calloc((size_t)m, sizeof(float));
 	}
-	ck_assert_int_eq(run_dev(LMK_DEV_CPU, LMK_F32, p, x, n, prior, dout, cpu), 0);
-	int ok = run_dev(LMK_DEV_CUDA, dt, p, x, n, prior, dout, gpu) == 0;
+	ck_assert_int_eq(run_dev(LMK_DEV_CPU, LMK_F32, LMK_PATH_BLOCKWISE, p, x, n, prior, dout, cpu),
+			 0);
+	int ok = run_dev(LMK_DEV_CUDA, dt, algo, p, x, n, prior, dout, gpu) == 0;
 	double e[7] = {0};
 	char line[512];
-	int k = snprintf(line, sizeof line, "test_cuda_path: %s B%lld T%lld H%lld K%lld D%lld fox%d "
-			 "block%d:", lmk_dtype_name(dt), (long long)p->B, (long long)p->T,
+	int k = snprintf(line, sizeof line, "test_cuda_path: %s%s B%lld T%lld H%lld K%lld D%lld fox%d "
+			 "block%d:", lmk_dtype_name(dt), algo == LMK_PATH_BLOCKWISE_FP32 ? "/fp32" : "",
+			 (long long)p->B, (long long)p->T,
 			 (long long)p->H, (long long)p->K, (long long)p->D, p->fox, p->block);
 	int bad = !ok;
 	for (int i = 0; ok && i < 7; i++) {
@@ -208,20 +213,27 @@ static void run_case(int ci, lmk_dtype dt, double *worst)
 		free(prior[i]);
 	}
 	free(dout);
-	ck_assert_msg(!bad, "%s (seed %llu)", line, (unsigned long long)g_seed);
+	return bad;
 }
 
+/* _i: 0 F32, 1 BF16 (tensor cores in the forward where D % 16 == 0),
+ * 2 BF16 with every product in float32 (BLOCKWISE_FP32) */
 START_TEST(test_op)
 {
 	lmk_dtype dt = _i ? LMK_BF16 : LMK_F32;
+	int algo = _i == 2 ? LMK_PATH_BLOCKWISE_FP32 : LMK_PATH_BLOCKWISE;
 	double worst[7] = {0};
+	int bad = 0;
 	for (int ci = 0; ci < NCASES; ci++)
-		run_case(ci, dt, worst);
-	printf("test_cuda_path: %s worst:", lmk_dtype_name(dt));
+		bad += run_case(ci, dt, algo, worst);
+	printf("test_cuda_path: %s%s worst:", lmk_dtype_name(dt), _i == 2 ? "/fp32" : "");
 	for (int i = 0; i < 7; i++)
 		printf(" %s %.1e", names[i], worst[i]);
 	printf("\n");
 	fflush(stdout);
+	ck_assert_msg(!bad, "%s%s: %d of %d cases failed (their lines above; seed %llu)",
+		      lmk_dtype_name(dt), _i == 2 ? "/fp32" : "", bad, NCASES,
+		      (unsigned long long)g_seed);
 }
 END_TEST
 
@@ -243,8 +255,8 @@ START_TEST(test_deterministic)
 		a[i] = calloc((size_t)(i ? n[i - 1] : no), sizeof(float));
 		b[i] = calloc((size_t)(i ? n[i - 1] : no), sizeof(float));
 	}
-	ck_assert_int_eq(run_dev(LMK_DEV_CUDA, LMK_BF16, p, x, n, prior, dout, a), 0);
-	ck_assert_int_eq(run_dev(LMK_DEV_CUDA, LMK_BF16, p, x, n, prior, dout, b), 0);
+	ck_assert_int_eq(run_dev(LMK_DEV_CUDA, LMK_BF16, LMK_PATH_BLOCKWISE, p, x, n, prior, dout, a), 0);
+	ck_assert_int_eq(run_dev(LMK_DEV_CUDA, LMK_BF16, LMK_PATH_BLOCKWISE, p, x, n, prior, dout, b), 0);
 	for (int i = 0; i < 7; i++)
 		ck_assert_msg(memcmp(a[i], b[i], sizeof(float) * (size_t)(i ? n[i - 1] : no)) == 0,
 			      "%s differs between two identical runs", names[i]);
@@ -345,7 +357,7 @@ int main(void)
 	Suite *su = suite_create("cuda_path");
 	TCase *tc = tcase_create("path");
 	tcase_set_timeout(tc, 600);
-	tcase_add_loop_test(tc, test_op, 0, 2);
+	tcase_add_loop_test(tc, test_op, 0, 3);
 	tcase_add_test(tc, test_deterministic);
 	tcase_add_loop_test(tc, test_decode, 0, 4);
 	suite_add_tcase(su, tc);
