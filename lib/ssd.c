@@ -483,7 +483,9 @@ int lmk_cpu_ssd_backward(float *dq, float *dk, float *dv, float *dloga, float *d
 			return lmk_err(LMK_ENOMEM, "ssd: cannot allocate %lld floats",
 				       (long long)(2 * B * H * T * Dk));
 	}
-	size_t nf = cwork_floats(&ck, Dk, Dv) + (size_t)(T * (2 * Dk + Dv) + 2 * T);
+	/* the doubles of dA start at an even float offset */
+	size_t dA_at = (cwork_floats(&ck, Dk, Dv) + (size_t)(T * (2 * Dk + Dv)) + 1) / 2 * 2;
+	size_t nf = dA_at + (size_t)(2 * T);
 	int fail = 0;
 #pragma omp parallel
 	{
@@ -500,7 +502,7 @@ int lmk_cpu_ssd_backward(float *dq, float *dk, float *dv, float *dloga, float *d
 			dql = ws + cwork_floats(&ck, Dk, Dv);
 			dkl = dql + T * Dk;
 			dvl = dkl + T * Dk;
-			dA = (double *)(dvl + T * Dv);
+			dA = (double *)(ws + dA_at);
 		}
 #pragma omp for schedule(dynamic, 1)
 		for (int64_t bh = 0; bh < B * H; bh++) {
