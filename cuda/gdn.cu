@@ -42,6 +42,15 @@ static __device__ __forceinline__ bool glive(int64_t t, int l)
 
 static __device__ __forceinline__ int gctz(int64_t t) { return __ffsll((long long)t) - 1; }
 
+/* lmk_fenwick_level on the device */
+static __device__ __forceinline__ int lmk_fenwick_level_d(int64_t t, int64_t s)
+{
+	unsigned long long x = (unsigned long long)(t ^ s);
+	return x ? 64 - __clzll((long long)x) : 0;
+}
+
+#define GDN_RECURRENT 1 /* LMK_GDN_RECURRENT of lib/gdn.h */
+
 /* One step of the recurrence at position t for the thread's elements of S
  * (stride st between them): the carry of the binary counter (log-linear),
  * the transitions of the live levels, the new token's k vᵀ. kk (rpl*8) is
@@ -230,25 +239,6 @@ static int fwd_launch(lmk_cuda_backend *b, T *out, const T *q, const T *k, const
 							  (int)Dk, (int)Dv, NL, nlev, rpl, cpb,
 							  t0, scale);
 	LMK_CK_LAUNCH();
-	return 0;
-}
-
-extern "C" int lmk_cuda_gdn_forward(void *be, lmk_dtype dt, void *out, const void *q,
-				    const void *k, const void *v, const void *loga,
-				    const void *beta, const void *lam, int64_t B, int64_t Tn,
-				    int64_t H, int64_t Dk, int64_t Dv, int64_t NL, float scale,
-				    int chunk)
-{
-	if (check_dims("gdn", Dk, Dv) < 0)
-		return LMK_EUNSUP;
-	if (B * Tn * H == 0)
-		return 0;
-	int nlev = lam ? levels_of(Tn) : 1;
-	LMK_DT_SWITCH(dt, "gdn",
-		      return fwd_launch<T>(LMK_BE(be), (T *)out, (const T *)q, (const T *)k,
-					   (const T *)v, (const T *)loga, (const T *)beta,
-					   (const T *)lam, (float *)NULL, B, Tn, H, Dk, Dv, NL, nlev,
-					   0, scale));
 	return 0;
 }
 
@@ -510,12 +500,659 @@ gdn_bwd_kernel(gdn_grads gr, const T *dout /*(B,Tn,H,Dv)*/, const T *q /*(B,Tn,H
 	}
 }
 
+/* ============================================================ chunked */
+
+/* The chunked form of lib/gdn.c (chunk_prep, head_chunked,
+ * head_chunked_bwd) with chunks of GC tokens, in float32 on CUDA cores:
+ *  prep  (grid chunks x heads): per chunk g, Tm, P, A and the chunk record
+ *        wk = Tm diag(b gamma) K, wv = Tm diag(b) V, qe = diag(gamma) Q - P wk,
+ *        kd_j = exp(g_n - g_j) k_j, the intra-chunk output oi and gamma_n;
+ *  state (grid heads x column blocks): the states through the chunks in
+ *        order: o = oi + scale sum_L w_L qe S_L, then S_L = gamma_n S_L -
+ *        kdᵀ (wk S_L) (+ kdᵀ wv: the chunk's own part);
+ *  backward (plain only): the entering states (state with sin), the
+ *        leaving-state gradients in reverse (bstate), then every chunk's
+ *        local gradients at once (local), gathers only, so that each
+ *        gradient element is written by one thread. */
+#define GC 64
+
+static __host__ __device__ inline int64_t rec_size(int Dk, int Dv)
+{
+	return (int64_t)GC * (3 * Dk + 2 * Dv) + 4;
+}
+
+/* Loads a chunk (n tokens, token tok0 + i*H for row i) into shared memory
+ * and builds its matrices: Ks, Qs (GC, ldk) with zero rows past n, g (the
+ * in-chunk cumulative log decay, constant past n), gam = exp(g), bet (0
+ * past n), KKe_ij = exp(g_i - g_j) k_i.k_j (j < i), P_ij = exp(g_i - g_j)
+ * q_i.k_j (j <= i), Tm = (I + diag(bet) KKe)^-1 (column s by thread s: a
+ * column of a unit lower triangular inverse needs only its own entries). */
+template <class T>
+static __device__ void chunk_setup(float *Ks, float *Qs, float *g, float *gam, float *bet,
+				   float *KKe, float *P, float *Tm, const T *q, const T *k,
+				   const T *la, const T *be, int64_t tok0, int64_t H, int Dk, int n)
+{
+	const int tid = threadIdx.x, bd = blockDim.x, ldk = Dk + 1;
+	for (int e = tid; e < GC * Dk; e += bd) {
+		int i = e / Dk, d = e % Dk;
+		float kx = 0, qx = 0;
+		if (i < n) {
+			int64_t idx = (tok0 + (int64_t)i * H) * Dk + d;
+			kx = tof(k[idx]);
+			qx = tof(q[idx]);
+		}
+		Ks[i * ldk + d] = kx;
+		Qs[i * ldk + d] = qx;
+	}
+	for (int i = tid; i < GC; i += bd)
+		bet[i] = i < n ? tof(be[tok0 + (int64_t)i * H]) : 0.0f;
+	if (tid == 0) {
+		float acc = 0;
+		for (int i = 0; i < GC; i++) {
+			if (i < n && la)
+				acc += tof(la[tok0 + (int64_t)i * H]);
+			g[i] = acc;
+		}
+	}
+	__syncthreads();
+	for (int i = tid; i < GC; i += bd)
+		gam[i] = expf(g[i]);
+	for (int e = tid; e < GC * GC; e += bd) {
+		int i = e / GC, j = e % GC;
+		float kk = 0, qk = 0, ex = 0;
+		if (j <= i) {
+			for (int d = 0; d < Dk; d++) {
+				kk += Ks[i * ldk + d] * Ks[j * ldk + d];
+				qk += Qs[i * ldk + d] * Ks[j * ldk + d];
+			}
+			ex = expf(g[i] - g[j]);
+		}
+		KKe[e] = j < i ? ex * kk : 0.0f;
+		P[e] = j <= i ? ex * qk : 0.0f;
+	}
+	__syncthreads();
+	for (int s = tid; s < GC; s += bd)
+		for (int i = 0; i < GC; i++) {
+			float x = i == s ? 1.0f : 0.0f;
+			if (i > s) {
+				float acc = 0;
+				for (int j = s; j < i; j++)
+					acc += bet[i] * KKe[i * GC + j] * Tm[j * GC + s];
+				x = -acc;
+			}
+			Tm[i * GC + s] = x;
+		}
+	__syncthreads();
+}
+
+static size_t setup_floats(int Dk) { return (size_t)2 * GC * (Dk + 1) + 3 * GC + 3 * GC * GC; }
+
+/* grid (chunks, B*H), 256 threads: the chunk record (see above) at
+ * rec + (bh*nch + ci) * rec_size: wk (GC,Dk), wv (GC,Dv), qe (GC,Dk),
+ * kd (GC,Dk), oi (GC,Dv), gamma_n. */
+template <class T>
+__global__ void gdn_chunk_prep(float *rec, const T *q /*(B,Tn,H,Dk)*/, const T *k /*(B,Tn,H,Dk)*/,
+			       const T *v /*(B,Tn,H,Dv)*/, const T *la /*(B,Tn,H) or NULL*/,
+			       const T *be /*(B,Tn,H)*/, const T *lam /*(B,Tn,H,NL) or NULL*/,
+			       int64_t Tn, int64_t H, int Dk, int Dv, int64_t NL, int nch,
+			       float scale)
+{
+	extern __shared__ float sh[];
+	const int tid = threadIdx.x, bd = blockDim.x, ldk = Dk + 1, ci = blockIdx.x;
+	const int64_t bh = blockIdx.y, b = bh / H, h = bh % H, t0 = (int64_t)ci * GC;
+	const int n = Tn - t0 < GC ? (int)(Tn - t0) : GC;
+	const int64_t tok0 = (b * Tn + t0) * H + h;
+	float *Ks = sh, *Qs = Ks + GC * ldk, *g = Qs + GC * ldk, *gam = g + GC, *bet = gam + GC;
+	float *KKe = bet + GC, *P = KKe + GC * GC, *Tm = P + GC * GC;
+	chunk_setup<T>(Ks, Qs, g, gam, bet, KKe, P, Tm, q, k, la, be, tok0, H, Dk, n);
+	float *A = KKe; /* KKe is not read after Tm */
+	for (int e = tid; e < GC * GC; e += bd) {
+		int i = e / GC, s = e % GC;
+		float a = 0;
+		if (s <= i && i < n) {
+			for (int j = s; j <= i; j++)
+				a += P[i * GC + j] * Tm[j * GC + s];
+			a *= bet[s];
+			if (lam)
+				a *= tof(lam[(tok0 + (int64_t)i * H) * NL +
+					     lmk_fenwick_level_d(t0 + i, t0 + s)]);
+		}
+		A[e] = a;
+	}
+	__syncthreads();
+	float *R = rec + ((int64_t)bh * nch + ci) * rec_size(Dk, Dv);
+	float *wk = R, *wv = wk + GC * Dk, *qe = wv + GC * Dv, *kd = qe + GC * Dk, *oi = kd + GC * Dk;
+	const float gl = g[n - 1];
+	for (int e = tid; e < GC * Dk; e += bd) {
+		int j = e / Dk, d = e % Dk;
+		float s = 0;
+		for (int s2 = 0; s2 <= j; s2++)
+			s += Tm[j * GC + s2] * bet[s2] * gam[s2] * Ks[s2 * ldk + d];
+		wk[e] = s;
+		kd[e] = expf(gl - g[j]) * Ks[j * ldk + d];
+	}
+	for (int e = tid; e < GC * Dv; e += bd) {
+		int j = e / Dv, c = e % Dv;
+		float sv = 0, so = 0;
+		for (int s2 = 0; s2 <= j && s2 < n; s2++) {
+			float vv = tof(v[(tok0 + (int64_t)s2 * H) * Dv + c]);
+			sv += Tm[j * GC + s2] * bet[s2] * vv;
+			so += A[j * GC + s2] * vv;
+		}
+		wv[e] = sv;
+		oi[e] = scale * so;
+	}
+	if (tid == 0)
+		oi[GC * Dv] = expf(gl);
+	__syncthreads(); /* wk is read back */
+	for (int e = tid; e < GC * Dk; e += bd) {
+		int i = e / Dk, d = e % Dk;
+		float s = gam[i] * Qs[i * ldk + d];
+		for (int j = 0; j <= i; j++)
+			s -= P[i * GC + j] * wk[j * Dk + d];
+		qe[e] = s;
+	}
+}
+
+/* grid (B*H, column blocks of cb), 256 threads: the states through the
+ * chunks, (nlevc,Dk,cb) in shared memory. out (may be NULL) gets the
+ * outputs; sin (may be NULL; plain only) the state entering each chunk,
+ * (B*H, nch, Dk, Dv). Log-linear: level L >= 1 of chunk ci is weighted by
+ * lam[lc + L] (lc = log2 GC). */
+template <class T>
+__global__ void gdn_chunk_state(T *out /*(B,Tn,H,Dv)*/, float *sin, const float *rec,
+				const T *lam /*(B,Tn,H,NL) or NULL*/, int64_t Tn, int64_t H, int Dk,
+				int Dv, int64_t NL, int nch, int nlevc, int cb, float scale)
+{
+	extern __shared__ float sh[];
+	const int tid = threadIdx.x, bd = blockDim.x, ll = lam != NULL, lc = 6;
+	const int64_t bh = blockIdx.x, b = bh / H, h = bh % H;
+	const int c0 = blockIdx.y * cb;
+	const int64_t DC = (int64_t)Dk * cb;
+	float *Sg = sh, *qe = Sg + nlevc * DC, *wk = qe + GC * Dk, *kd = wk + GC * Dk;
+	float *wvs = kd + GC * Dk, *ois = wvs + GC * cb, *Y = ois + GC * cb, *lw = Y + GC * cb;
+	float *gnp = lw + GC * nlevc;
+	for (int64_t e = tid; e < nlevc * DC; e += bd)
+		Sg[e] = 0;
+	for (int ci = 0; ci < nch; ci++) {
+		const int64_t t0 = (int64_t)ci * GC, tok0 = (b * Tn + t0) * H + h;
+		const int n = Tn - t0 < GC ? (int)(Tn - t0) : GC;
+		const float *R = rec + ((int64_t)bh * nch + ci) * rec_size(Dk, Dv);
+		__syncthreads();
+		if (ll && ci > 0) {
+			int j = gctz(ci);
+			for (int64_t e = tid; e < DC; e += bd) {
+				float s = 0;
+				for (int l = 0; l <= j; l++) {
+					s += Sg[l * DC + e];
+					Sg[l * DC + e] = 0;
+				}
+				Sg[(j + 1) * DC + e] += s;
+			}
+		}
+		for (int e = tid; e < GC * Dk; e += bd) {
+			wk[e] = R[e];
+			qe[e] = R[GC * (Dk + Dv) + e];
+			kd[e] = R[GC * (2 * Dk + Dv) + e];
+		}
+		for (int e = tid; e < GC * cb; e += bd) {
+			int j = e / cb, c = c0 + e % cb;
+			wvs[e] = c < Dv ? R[GC * Dk + j * Dv + c] : 0.0f;
+			ois[e] = c < Dv ? R[GC * (3 * Dk + Dv) + j * Dv + c] : 0.0f;
+		}
+		if (ll)
+			for (int e = tid; e < GC * nlevc; e += bd) {
+				int i = e / nlevc, L = e % nlevc;
+				lw[e] = i < n && lc + L < NL
+						? tof(lam[(tok0 + (int64_t)i * H) * NL + lc + L])
+						: 0.0f;
+			}
+		if (tid == 0)
+			gnp[0] = R[GC * (3 * Dk + 2 * Dv)];
+		__syncthreads();
+		if (sin)
+			for (int64_t e = tid; e < DC; e += bd) {
+				int d = (int)(e / cb), c = c0 + (int)(e % cb);
+				if (c < Dv)
+					sin[((int64_t)bh * nch + ci) * Dk * Dv + (int64_t)d * Dv + c] = Sg[e];
+			}
+		if (out)
+			for (int e = tid; e < GC * cb; e += bd) {
+				int i = e / cb, cc = e % cb;
+				if (i >= n || c0 + cc >= Dv)
+					continue;
+				float o = ois[e];
+				for (int L = ll ? 1 : 0; L < (ll ? nlevc : 1); L++) {
+					if (ll && !glive(ci, L))
+						continue;
+					const float *S = Sg + L * DC;
+					float s = 0;
+					for (int d = 0; d < Dk; d++)
+						s += qe[i * Dk + d] * S[d * cb + cc];
+					o += scale * (ll ? lw[i * nlevc + L] : 1.0f) * s;
+				}
+				out[(tok0 + (int64_t)i * H) * Dv + c0 + cc] = fromf<T>(o);
+			}
+		if (ci == nch - 1)
+			break;
+		const float gn = gnp[0];
+		for (int L = ll ? 1 : 0; L < (ll ? nlevc : 1); L++) {
+			if (ll && !glive(ci, L))
+				continue;
+			float *S = Sg + L * DC;
+			__syncthreads(); /* S and Y are free */
+			for (int e = tid; e < GC * cb; e += bd) {
+				int j = e / cb, cc = e % cb;
+				float y = ll ? 0.0f : wvs[e];
+				for (int d = 0; d < Dk; d++)
+					y -= wk[j * Dk + d] * S[d * cb + cc];
+				Y[e] = y;
+			}
+			__syncthreads();
+			for (int64_t e = tid; e < DC; e += bd) {
+				int d = (int)(e / cb), cc = (int)(e % cb);
+				float s = gn * S[e];
+				for (int j = 0; j < GC; j++)
+					s += kd[j * Dk + d] * Y[j * cb + cc];
+				S[e] = s;
+			}
+		}
+		if (ll)
+			for (int64_t e = tid; e < DC; e += bd) {
+				int d = (int)(e / cb), cc = (int)(e % cb);
+				float s = 0;
+				for (int j = 0; j < GC; j++)
+					s += kd[j * Dk + d] * wvs[j * cb + cc];
+				Sg[e] = s;
+			}
+	}
+}
+
+static size_t state_floats(int Dk, int nlevc, int cb)
+{
+	return (size_t)nlevc * Dk * cb + 3 * GC * Dk + 3 * GC * cb + GC * nlevc + 4;
+}
+
+/* grid (B*H, column blocks of cb), 256 threads, plain only: the gradient
+ * of the state leaving each chunk, in reverse, into dsl (B*H, nch, Dk, Dv):
+ * entering = gamma_n leaving - wkᵀ (kd leaving) + scale qeᵀ dout. */
+template <class T>
+__global__ void gdn_chunk_bstate(float *dsl, const float *rec, const T *dout /*(B,Tn,H,Dv)*/,
+				 int64_t Tn, int64_t H, int Dk, int Dv, int nch, int cb, float scale)
+{
+	extern __shared__ float sh[];
+	const int tid = threadIdx.x, bd = blockDim.x;
+	const int64_t bh = blockIdx.x, b = bh / H, h = bh % H;
+	const int c0 = blockIdx.y * cb;
+	const int64_t DC = (int64_t)Dk * cb;
+	float *dS = sh, *qe = dS + DC, *wk = qe + GC * Dk, *kd = wk + GC * Dk, *dos = kd + GC * Dk;
+	float *Z = dos + GC * cb, *gnp = Z + GC * cb;
+	for (int64_t e = tid; e < DC; e += bd)
+		dS[e] = 0;
+	for (int ci = nch - 1; ci >= 0; ci--) {
+		const int64_t t0 = (int64_t)ci * GC, tok0 = (b * Tn + t0) * H + h;
+		const int n = Tn - t0 < GC ? (int)(Tn - t0) : GC;
+		const float *R = rec + ((int64_t)bh * nch + ci) * rec_size(Dk, Dv);
+		__syncthreads();
+		for (int64_t e = tid; e < DC; e += bd) {
+			int d = (int)(e / cb), c = c0 + (int)(e % cb);
+			if (c < Dv)
+				dsl[((int64_t)bh * nch + ci) * Dk * Dv + (int64_t)d * Dv + c] = dS[e];
+		}
+		if (ci == 0)
+			break;
+		for (int e = tid; e < GC * Dk; e += bd) {
+			wk[e] = R[e];
+			qe[e] = R[GC * (Dk + Dv) + e];
+			kd[e] = R[GC * (2 * Dk + Dv) + e];
+		}
+		for (int e = tid; e < GC * cb; e += bd) {
+			int i = e / cb, c = c0 + e % cb;
+			dos[e] = i < n && c < Dv ? scale * tof(dout[(tok0 + (int64_t)i * H) * Dv + c])
+						 : 0.0f;
+		}
+		if (tid == 0)
+			gnp[0] = R[GC * (3 * Dk + 2 * Dv)];
+		__syncthreads();
+		for (int e = tid; e < GC * cb; e += bd) {
+			int j = e / cb, cc = e % cb;
+			float z = 0;
+			for (int d = 0; d < Dk; d++)
+				z += kd[j * Dk + d] * dS[d * cb + cc];
+			Z[e] = z;
+		}
+		__syncthreads();
+		const float gn = gnp[0];
+		for (int64_t e = tid; e < DC; e += bd) {
+			int d = (int)(e / cb), cc = (int)(e % cb);
+			float s = gn * dS[e];
+			for (int j = 0; j < GC; j++)
+				s += qe[j * Dk + d] * dos[j * cb + cc] - wk[j * Dk + d] * Z[j * cb + cc];
+			dS[e] = s;
+		}
+	}
+}
+
+static size_t bstate_floats(int Dk, int cb) { return (size_t)Dk * cb + 3 * GC * Dk + 2 * GC * cb + 4; }
+
+/* grid (chunks, B*H), 256 threads, plain only: the gradients of the
+ * chunk's tokens given the entering state sin and the leaving-state
+ * gradient dsl, through the chunk's matrices (head_chunked_bwd of
+ * lib/gdn.c as gathers). loc holds the chunk's private (GC,Dv) U, Zd and
+ * (GC,Dk) dQe, dWk, dKd. */
+template <class T>
+__global__ void gdn_chunk_local(gdn_grads gr, float *loc, const float *rec, const float *sin,
+				const float *dsl, const T *dout /*(B,Tn,H,Dv)*/,
+				const T *q /*(B,Tn,H,Dk)*/, const T *k /*(B,Tn,H,Dk)*/,
+				const T *v /*(B,Tn,H,Dv)*/, const T *la /*(B,Tn,H) or NULL*/,
+				const T *be /*(B,Tn,H)*/, int64_t Tn, int64_t H, int Dk, int Dv,
+				int nch, float scale)
+{
+	extern __shared__ float sh[];
+	const int tid = threadIdx.x, bd = blockDim.x, ldk = Dk + 1, ci = blockIdx.x;
+	const int64_t bh = blockIdx.y, b = bh / H, h = bh % H, t0 = (int64_t)ci * GC;
+	const int n = Tn - t0 < GC ? (int)(Tn - t0) : GC;
+	const int64_t tok0 = (b * Tn + t0) * H + h;
+	float *Ks = sh, *Qs = Ks + GC * ldk, *g = Qs + GC * ldk, *gam = g + GC, *bet = gam + GC;
+	float *KKe = bet + GC, *P = KKe + GC * GC, *Tm = P + GC * GC;
+	float *PT = Tm + GC * GC, *dA = PT + GC * GC, *dP = dA + GC * GC, *dTm = dP + GC * GC;
+	float *ZV = dTm + GC * GC, *KW = ZV + GC * GC, *dbe = KW + GC * GC, *rowd = dbe + GC;
+	float *dg = rowd + GC, *red = dg + GC, *scal = red + 32;
+	chunk_setup<T>(Ks, Qs, g, gam, bet, KKe, P, Tm, q, k, la, be, tok0, H, Dk, n);
+	const float *R = rec + ((int64_t)bh * nch + ci) * rec_size(Dk, Dv);
+	const float *wk = R, *wv = R + GC * Dk;
+	const float *Sin = sin + ((int64_t)bh * nch + ci) * Dk * Dv;
+	const float *dSl = dsl + ((int64_t)bh * nch + ci) * Dk * Dv;
+	float *L0 = loc + ((int64_t)bh * nch + ci) * ((int64_t)GC * (3 * Dk + 2 * Dv));
+	float *U = L0, *Zd = U + GC * Dv, *dQe = Zd + GC * Dv, *dWk = dQe + GC * Dk,
+	      *dKd = dWk + GC * Dk;
+	const float gl = g[n - 1];
+#define DO(i, e) ((i) < n ? scale * tof(dout[(tok0 + (int64_t)(i) * H) * Dv + (e)]) : 0.0f)
+#define VV(i, e) ((i) < n ? tof(v[(tok0 + (int64_t)(i) * H) * Dv + (e)]) : 0.0f)
+	/* phase 2 */
+	for (int e = tid; e < GC * GC; e += bd) {
+		int i = e / GC, s = e % GC;
+		float pt = 0, da = 0;
+		if (s <= i && i < n) {
+			for (int j = s; j <= i; j++)
+				pt += P[i * GC + j] * Tm[j * GC + s];
+			for (int c = 0; c < Dv; c++)
+				da += DO(i, c) * VV(s, c);
+		}
+		PT[e] = pt;
+		dA[e] = da;
+	}
+	for (int e = tid; e < GC * Dv; e += bd) {
+		int j = e / Dv, c = e % Dv;
+		float u = wv[e], z = 0, ex = expf(gl - g[j]);
+		for (int d = 0; d < Dk; d++) {
+			u -= wk[j * Dk + d] * Sin[(int64_t)d * Dv + c];
+			z += ex * Ks[j * ldk + d] * dSl[(int64_t)d * Dv + c];
+		}
+		U[e] = u;
+		Zd[e] = z;
+	}
+	for (int e = tid; e < GC * Dk; e += bd) {
+		int i = e / Dk, d = e % Dk;
+		float s = 0;
+		for (int c = 0; c < Dv && i < n; c++)
+			s += DO(i, c) * Sin[(int64_t)d * Dv + c];
+		dQe[e] = s;
+	}
+	{
+		float part = 0;
+		for (int64_t e = tid; e < (int64_t)Dk * Dv; e += bd)
+			part += Sin[e] * dSl[e];
+		part = block_sum(part, red);
+		if (tid == 0)
+			scal[0] = part;
+	}
+	__syncthreads();
+	/* phase 3 */
+	for (int e = tid; e < GC * Dk; e += bd) {
+		int j = e / Dk, d = e % Dk;
+		float s1 = 0, s2 = 0;
+		for (int c = 0; c < Dv; c++) {
+			s1 += U[j * Dv + c] * dSl[(int64_t)d * Dv + c];
+			s2 -= Zd[j * Dv + c] * Sin[(int64_t)d * Dv + c];
+		}
+		for (int i = j; i < n; i++)
+			s2 -= P[i * GC + j] * dQe[i * Dk + d];
+		dKd[e] = s1;
+		dWk[e] = s2;
+	}
+	for (int e = tid; e < GC * Dv; e += bd) {
+		int s = e / Dv, c = e % Dv;
+		if (s >= n || !gr.v.p)
+			continue;
+		float acc = 0;
+		for (int i = s; i < n; i++)
+			acc += bet[s] * PT[i * GC + s] * DO(i, c);
+		for (int j = s; j < n; j++)
+			acc += bet[s] * Tm[j * GC + s] * Zd[j * Dv + c];
+		gadd(gr.v, (tok0 + (int64_t)s * H) * Dv + c, acc);
+	}
+	__syncthreads();
+	/* phase 4 */
+	for (int e = tid; e < GC * GC; e += bd) {
+		int i = e / GC, j = e % GC;
+		float dp = 0, dtm = 0, zv = 0, kw = 0;
+		if (j <= i) {
+			/* dP_ij and, with (j, s) = (i, j), dTm */
+			for (int s = 0; s <= j; s++)
+				dp += dA[i * GC + s] * bet[s] * Tm[j * GC + s];
+			for (int d = 0; d < Dk; d++)
+				dp -= dQe[i * Dk + d] * wk[j * Dk + d];
+			int jj = i, s = j;
+			float pa = 0;
+			for (int r = jj; r < n; r++)
+				pa += P[r * GC + jj] * dA[r * GC + s];
+			for (int c = 0; c < Dv; c++)
+				zv += Zd[jj * Dv + c] * VV(s, c);
+			for (int d = 0; d < Dk; d++)
+				kw += dWk[jj * Dk + d] * Ks[s * ldk + d];
+			dtm = bet[s] * (pa + zv + gam[s] * kw);
+		}
+		dP[e] = dp;
+		dTm[e] = dtm;
+		ZV[e] = zv;
+		KW[e] = kw;
+	}
+	for (int s = tid; s < GC; s += bd) {
+		float acc = 0;
+		for (int i = s; i < n; i++)
+			acc += dA[i * GC + s] * PT[i * GC + s];
+		dbe[s] = acc;
+		float r = 0, ex = expf(gl - g[s]);
+		for (int d = 0; d < Dk; d++)
+			r += dKd[s * Dk + d] * ex * Ks[s * ldk + d];
+		rowd[s] = r;
+	}
+	__syncthreads();
+	/* phase 5: Y = Tmᵀ dTm into dA */
+	for (int e = tid; e < GC * GC; e += bd) {
+		int i = e / GC, bb = e % GC;
+		float s = 0;
+		for (int a = i > bb ? i : bb; a < GC; a++)
+			s += Tm[a * GC + i] * dTm[a * GC + bb];
+		dA[e] = s;
+	}
+	__syncthreads();
+	/* phase 6: dM = -Y Tmᵀ (strictly lower) into dTm */
+	for (int e = tid; e < GC * GC; e += bd) {
+		int i = e / GC, j = e % GC;
+		float s = 0;
+		if (j < i)
+			for (int bb = 0; bb <= j; bb++)
+				s -= dA[i * GC + bb] * Tm[j * GC + bb];
+		dTm[e] = s;
+	}
+	__syncthreads();
+	float *dM = dTm;
+	/* phase 7: token gradients */
+	for (int e = tid; e < GC * Dk; e += bd) {
+		int s = e / Dk, d = e % Dk;
+		if (s >= n)
+			continue;
+		if (gr.q.p) {
+			float acc = gam[s] * dQe[e];
+			for (int j = 0; j <= s; j++)
+				acc += dP[s * GC + j] * expf(g[s] - g[j]) * Ks[j * ldk + d];
+			gadd(gr.q, (tok0 + (int64_t)s * H) * Dk + d, acc);
+		}
+		if (gr.k.p) {
+			float acc = 0;
+			for (int j = s; j < n; j++)
+				acc += bet[s] * gam[s] * Tm[j * GC + s] * dWk[j * Dk + d];
+			for (int j = 0; j < s; j++)
+				acc += dM[s * GC + j] * bet[s] * expf(g[s] - g[j]) * Ks[j * ldk + d];
+			for (int i = s + 1; i < n; i++)
+				acc += dM[i * GC + s] * bet[i] * expf(g[i] - g[s]) * Ks[i * ldk + d];
+			for (int i = s; i < n; i++)
+				acc += dP[i * GC + s] * expf(g[i] - g[s]) * Qs[i * ldk + d];
+			acc += expf(gl - g[s]) * dKd[e];
+			gadd(gr.k, (tok0 + (int64_t)s * H) * Dk + d, acc);
+		}
+	}
+	for (int s = tid; s < GC; s += bd) {
+		float db = dbe[s], dgam = 0, dgs = 0;
+		for (int j = s; j < n; j++) {
+			db += Tm[j * GC + s] * (ZV[j * GC + s] + gam[s] * KW[j * GC + s]);
+			dgam += bet[s] * Tm[j * GC + s] * KW[j * GC + s];
+		}
+		for (int d = 0; d < Dk; d++)
+			dgam += Qs[s * ldk + d] * dQe[s * Dk + d];
+		for (int j = 0; j < s; j++) {
+			db += dM[s * GC + j] * KKe[s * GC + j];
+			dgs += dM[s * GC + j] * bet[s] * KKe[s * GC + j] + dP[s * GC + j] * P[s * GC + j];
+		}
+		for (int i = s + 1; i < n; i++)
+			dgs -= dM[i * GC + s] * bet[i] * KKe[i * GC + s] + dP[i * GC + s] * P[i * GC + s];
+		if (s == n - 1) {
+			dgam += scal[0];
+			for (int j = 0; j < n; j++)
+				dgs += rowd[j];
+		}
+		dgs += -rowd[s] + gam[s] * dgam;
+		dg[s] = dgs;
+		if (s < n && gr.be.p)
+			gadd(gr.be, tok0 + (int64_t)s * H, db);
+	}
+	__syncthreads();
+	if (tid == 0 && gr.la.p && la) {
+		float acc = 0;
+		for (int i = n - 1; i >= 0; i--) {
+			acc += dg[i];
+			gadd(gr.la, tok0 + (int64_t)i * H, acc);
+		}
+	}
+#undef DO
+#undef VV
+}
+
+static size_t local_floats(int Dk) { return setup_floats(Dk) + 6 * GC * GC + 3 * GC + 32 + 4; }
+
+/* The chunked launches. */
+template <class T>
+static int chunk_fwd_launch(lmk_cuda_backend *b, T *out, const T *q, const T *k, const T *v,
+			    const T *la, const T *be, const T *lam, int64_t B, int64_t Tn,
+			    int64_t H, int64_t Dk, int64_t Dv, int64_t NL, float scale)
+{
+	int nch = (int)((Tn + GC - 1) / GC), nlevc = lam ? levels_of(nch) : 1;
+	int cb = lam ? 8 : 16;
+	size_t rbytes = sizeof(float) * (size_t)(B * H * nch) * (size_t)rec_size((int)Dk, (int)Dv);
+	float *rec = (float *)lmk_cuda_scratch(b, rbytes);
+	if (!rec)
+		return lmk_errcode();
+	size_t s1 = sizeof(float) * setup_floats((int)Dk);
+	size_t s2 = sizeof(float) * state_floats((int)Dk, nlevc, cb);
+	if (s2 > 220 * 1024)
+		return lmk_err(LMK_EUNSUP, "gdn: %d chunk levels do not fit in shared memory", nlevc);
+	LMK_CK(cudaFuncSetAttribute(gdn_chunk_prep<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+				    (int)s1));
+	LMK_CK(cudaFuncSetAttribute(gdn_chunk_state<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+				    (int)s2));
+	gdn_chunk_prep<T><<<dim3((unsigned)nch, (unsigned)(B * H)), 256, s1, b->stream>>>(
+		rec, q, k, v, la, be, lam, Tn, H, (int)Dk, (int)Dv, NL, nch, scale);
+	LMK_CK_LAUNCH();
+	gdn_chunk_state<T><<<dim3((unsigned)(B * H), (unsigned)((Dv + cb - 1) / cb)), 256, s2,
+			     b->stream>>>(out, (float *)NULL, rec, lam, Tn, H, (int)Dk, (int)Dv, NL,
+					  nch, nlevc, cb, scale);
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+template <class T>
+static int chunk_bwd_launch(lmk_cuda_backend *b, gdn_grads gr, const T *dout, const T *q,
+			    const T *k, const T *v, const T *la, const T *be, int64_t B,
+			    int64_t Tn, int64_t H, int64_t Dk, int64_t Dv, float scale)
+{
+	int nch = (int)((Tn + GC - 1) / GC), cb = 16;
+	int64_t nrec = B * H * nch * rec_size((int)Dk, (int)Dv), nst = B * H * nch * Dk * Dv;
+	int64_t nloc = B * H * nch * (int64_t)GC * (3 * Dk + 2 * Dv);
+	float *rec = (float *)lmk_cuda_scratch(b, sizeof(float) * (size_t)(nrec + 2 * nst + nloc));
+	if (!rec)
+		return lmk_errcode();
+	float *sin = rec + nrec, *dsl = sin + nst, *loc = dsl + nst;
+	size_t s1 = sizeof(float) * setup_floats((int)Dk);
+	size_t s2 = sizeof(float) * state_floats((int)Dk, 1, cb);
+	size_t s3 = sizeof(float) * bstate_floats((int)Dk, cb);
+	size_t s4 = sizeof(float) * local_floats((int)Dk);
+	LMK_CK(cudaFuncSetAttribute(gdn_chunk_prep<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+				    (int)s1));
+	LMK_CK(cudaFuncSetAttribute(gdn_chunk_state<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+				    (int)s2));
+	LMK_CK(cudaFuncSetAttribute(gdn_chunk_bstate<T>,
+				    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s3));
+	LMK_CK(cudaFuncSetAttribute(gdn_chunk_local<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+				    (int)s4));
+	dim3 gc((unsigned)nch, (unsigned)(B * H)), gs((unsigned)(B * H), (unsigned)((Dv + cb - 1) / cb));
+	gdn_chunk_prep<T><<<gc, 256, s1, b->stream>>>(rec, q, k, v, la, be, (const T *)NULL, Tn, H,
+						      (int)Dk, (int)Dv, 0, nch, scale);
+	LMK_CK_LAUNCH();
+	gdn_chunk_state<T><<<gs, 256, s2, b->stream>>>((T *)NULL, sin, rec, (const T *)NULL, Tn, H,
+						       (int)Dk, (int)Dv, 0, nch, 1, cb, scale);
+	LMK_CK_LAUNCH();
+	gdn_chunk_bstate<T><<<gs, 256, s3, b->stream>>>(dsl, rec, dout, Tn, H, (int)Dk, (int)Dv,
+							nch, cb, scale);
+	LMK_CK_LAUNCH();
+	gdn_chunk_local<T><<<gc, 256, s4, b->stream>>>(gr, loc, rec, sin, dsl, dout, q, k, v, la, be,
+						       Tn, H, (int)Dk, (int)Dv, nch, scale);
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+extern "C" int lmk_cuda_gdn_forward(void *be, lmk_dtype dt, void *out, const void *q,
+				    const void *k, const void *v, const void *loga,
+				    const void *beta, const void *lam, int64_t B, int64_t Tn,
+				    int64_t H, int64_t Dk, int64_t Dv, int64_t NL, float scale,
+				    int algo, int chunk)
+{
+	if (check_dims("gdn", Dk, Dv) < 0)
+		return LMK_EUNSUP;
+	if (B * Tn * H == 0)
+		return 0;
+	if (algo != GDN_RECURRENT)
+		LMK_DT_SWITCH(dt, "gdn",
+			      return chunk_fwd_launch<T>(LMK_BE(be), (T *)out, (const T *)q,
+							 (const T *)k, (const T *)v, (const T *)loga,
+							 (const T *)beta, (const T *)lam, B, Tn, H, Dk,
+							 Dv, NL, scale));
+	int nlev = lam ? levels_of(Tn) : 1;
+	LMK_DT_SWITCH(dt, "gdn",
+		      return fwd_launch<T>(LMK_BE(be), (T *)out, (const T *)q, (const T *)k,
+					   (const T *)v, (const T *)loga, (const T *)beta,
+					   (const T *)lam, (float *)NULL, B, Tn, H, Dk, Dv, NL, nlev,
+					   0, scale));
+	return 0;
+}
+
 extern "C" int lmk_cuda_gdn_backward(void *be, lmk_dtype dt, lmk_gbuf dq, lmk_gbuf dk,
 				     lmk_gbuf dv, lmk_gbuf dloga, lmk_gbuf dbeta, lmk_gbuf dlam,
 				     const void *dout, const void *q, const void *k, const void *v,
 				     const void *loga, const void *beta, const void *lam, int64_t B,
 				     int64_t Tn, int64_t H, int64_t Dk, int64_t Dv, int64_t NL,
-				     float scale, int chunk)
+				     float scale, int algo, int chunk)
 {
 	const lmk_gbuf gs[6] = {dq, dk, dv, dloga, dbeta, dlam};
 	for (int i = 0; i < 6; i++)
@@ -526,6 +1163,14 @@ extern "C" int lmk_cuda_gdn_backward(void *be, lmk_dtype dt, lmk_gbuf dq, lmk_gb
 	if (B * Tn * H == 0)
 		return 0;
 	lmk_cuda_backend *b = LMK_BE(be);
+	gdn_grads gr = {to_gacc(dq), to_gacc(dk), to_gacc(dv), to_gacc(dloga), to_gacc(dbeta),
+			to_gacc(dlam)};
+	/* the chunked backward is written for plain GDN only */
+	if (algo != GDN_RECURRENT && !lam)
+		LMK_DT_SWITCH(dt, "gdn",
+			      return chunk_bwd_launch<T>(b, gr, (const T *)dout, (const T *)q,
+							 (const T *)k, (const T *)v, (const T *)loga,
+							 (const T *)beta, B, Tn, H, Dk, Dv, scale));
 	int nlev = lam ? levels_of(Tn) : 1, rpl = rows_per_lane(Dk), dkp = rpl * GDN_G;
 	int cpb = (int)((Dv + 3) / 4 * 4), bd = cpb * GDN_G, nwarp = bd / 32;
 	/* windows of ~sqrt(T) steps: checkpoints plus one window is the least
@@ -540,8 +1185,6 @@ extern "C" int lmk_cuda_gdn_backward(void *be, lmk_dtype dt, lmk_gbuf dq, lmk_gb
 		return lmk_errcode();
 	size_t smem = sizeof(float) * (size_t)(2 * dkp + 2 * cpb + nlev + 2 +
 					       nwarp * (2 * dkp + 2 + nlev));
-	gdn_grads gr = {to_gacc(dq), to_gacc(dk), to_gacc(dv), to_gacc(dloga), to_gacc(dbeta),
-			to_gacc(dlam)};
 	LMK_DT_SWITCH(dt, "gdn", {
 		if (smem > 48 * 1024)
 			LMK_CK(cudaFuncSetAttribute(gdn_bwd_kernel<T>,

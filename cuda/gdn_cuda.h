@@ -8,13 +8,20 @@
  * Never: prints, exits, synchronizes the stream, allocates a step's memory.
  *
  * Shape letters as in gdn.h. Limits of these kernels: Dk <= 128, Dv <= 128.
- * The kernels run the recurrence with the state split by value column
- * (each column of S evolves on its own given k, beta, a): the forward and
- * the decoding step in blocks of 8 or 16 columns, the backward in one block
- * per head (the gradients of q, k, beta, loga and lam are sums over the
- * columns, reduced in a fixed order: deterministic, no atomics), from
- * states checkpointed every ~sqrt(T) steps in scratch
- * (2 sqrt(T) nlev Dk Dv float32 per head). chunk is accepted and ignored.
+ * Two sets of kernels, picked by algo (lmk_gdn_opts.algo):
+ *  - LMK_GDN_RECURRENT: the recurrence with the state split by value column
+ *    (each column of S evolves on its own given k, beta, a): the forward
+ *    and the decoding step in blocks of 8 or 16 columns, the backward in
+ *    one block per head (the gradients of q, k, beta, loga and lam are sums
+ *    over the columns, reduced in a fixed order), from states checkpointed
+ *    every ~sqrt(T) steps in scratch (2 sqrt(T) nlev Dk Dv float32 a head);
+ *  - any other algo: the chunked form of lib/gdn.c with chunks of 64 (the
+ *    chunk option is ignored), float32 on CUDA cores: per-chunk matrices
+ *    in parallel over chunks, then the states through the chunks. The
+ *    chunked backward is for plain GDN (lam NULL); log-linear takes the
+ *    recurrent backward. Scratch: about (3 Dk + 2 Dv) floats a token
+ *    forward, plus (3 Dk + 2 Dv) + 2 Dk Dv / 64 backward.
+ * Both are deterministic: no atomics, every sum in a fixed order.
  * @return (every launcher) : 0, LMK_EUNSUP (a head dim over 128, too many
  * levels, a gradient dtype) or LMK_EDEVICE / LMK_ENOMEM with a message */
 #ifndef LMK_CUDA_GDN_H
@@ -33,7 +40,7 @@ int lmk_cuda_gdn_forward(void *be, lmk_dtype dt, void *out /*(B,T,H,Dv)*/,
 			 const void *v /*(B,T,H,Dv)*/, const void *loga /*(B,T,H) or NULL*/,
 			 const void *beta /*(B,T,H)*/, const void *lam /*(B,T,H,NL) or NULL*/,
 			 int64_t B, int64_t T, int64_t H, int64_t Dk, int64_t Dv, int64_t NL,
-			 float scale, int chunk);
+			 float scale, int algo, int chunk);
 
 /* Adds (+=) into the gradients whose pointer is not NULL. */
 int lmk_cuda_gdn_backward(void *be, lmk_dtype dt, lmk_gbuf dq /*(B,T,H,Dk)*/,
@@ -42,7 +49,7 @@ int lmk_cuda_gdn_backward(void *be, lmk_dtype dt, lmk_gbuf dq /*(B,T,H,Dk)*/,
 			  lmk_gbuf dlam /*(B,T,H,NL)*/, const void *dout /*(B,T,H,Dv)*/,
 			  const void *q, const void *k, const void *v, const void *loga,
 			  const void *beta, const void *lam, int64_t B, int64_t T, int64_t H,
-			  int64_t Dk, int64_t Dv, int64_t NL, float scale, int chunk);
+			  int64_t Dk, int64_t Dv, int64_t NL, float scale, int algo, int chunk);
 
 /* One token at position t for every (b,h); S (float32, device) in and out. */
 int lmk_cuda_gdn_step(void *be, lmk_dtype dt, float *S /*(B,H,nlev,Dk,Dv)*/,

@@ -942,7 +942,7 @@ static int gdn_bw(lmk_ctx *c, lmk_node *n)
 					     lmk_op_x(c, in[0]), lmk_op_x(c, in[1]),
 					     lmk_op_x(c, in[2]), lmk_op_x(c, in[3]),
 					     lmk_op_x(c, in[4]), lmk_op_x(c, in[5]), B, T, H, Dk,
-					     Dv, NL, n->f[0], chunk);
+					     Dv, NL, n->f[0], algo, chunk);
 #else
 		return lmk_err(LMK_EUNSUP, "gdn: no cuda kernel in this build");
 #endif
@@ -1043,7 +1043,7 @@ lmk_tensor *lmk_gdn(lmk_ctx *c, lmk_tensor *q, lmk_tensor *k, lmk_tensor *v, lmk
 		if (lmk_cuda_gdn_forward(c->backend, c->dtype, out->data, lmk_op_x(c, q),
 					 lmk_op_x(c, k), lmk_op_x(c, v), lmk_op_x(c, loga),
 					 lmk_op_x(c, beta), lmk_op_x(c, lam), B, T, H, Dk, Dv, NL,
-					 scale, chunk) < 0)
+					 scale, o->algo, chunk) < 0)
 			return NULL;
 #else
 		lmk_err(LMK_EUNSUP, "gdn: no cuda kernel in this build");

@@ -10,7 +10,10 @@
  * the gradients of all six inputs, preloaded with random values so that a
  * backward that assigns instead of adding fails. The GPU context poisons
  * every allocation (NaN), so an output element never written shows. In
- * BF16 the CPU gets the same bf16-rounded inputs. Compared NaN first, then
+ * BF16 the CPU gets the same bf16-rounded inputs.
+ * Every case runs twice: the recurrent kernels (algo LMK_GDN_RECURRENT)
+ * and the chunked ones (LMK_GDN_CHUNKED; its backward is chunked for plain
+ * GDN, recurrent for log-linear). Compared NaN first, then
  * by ||gpu - cpu|| / ||cpu||: F32 1e-5 for the output and 1e-4 for the
  * gradients (sums over T of long products in another order), BF16 1e-2.
  * One line per case gives every error, so one run tells what is wrong.
@@ -92,12 +95,15 @@ static int64_t worst_at(const float *gpu, const float *cpu, int64_t n)
 	return w;
 }
 
+static int g_algo = LMK_GDN_RECURRENT; /* of the case running */
+
 static const char *shape_str(const gshape *s, lmk_dtype dt)
 {
 	static char buf[128];
-	snprintf(buf, sizeof buf, "B%lld T%lld H%lld Dk%lld Dv%lld%s%s %s", (long long)s->B,
-		 (long long)s->T, (long long)s->H, (long long)s->Dk, (long long)s->Dv,
-		 s->la ? " loga" : "", s->lam ? " lam" : "", lmk_dtype_name(dt));
+	snprintf(buf, sizeof buf, "%s B%lld T%lld H%lld Dk%lld Dv%lld%s%s %s",
+		 g_algo == LMK_GDN_RECURRENT ? "rec" : "chunk", (long long)s->B, (long long)s->T,
+		 (long long)s->H, (long long)s->Dk, (long long)s->Dv, s->la ? " loga" : "",
+		 s->lam ? " lam" : "", lmk_dtype_name(dt));
 	return buf;
 }
 
@@ -189,6 +195,7 @@ static void run_case(int si, lmk_dtype dt)
 	if (bf)
 		round_bf16(dout, nout);
 	lmk_gdn_opts opts = {0, LMK_GDN_RECURRENT, 0};
+	lmk_gdn_opts gopts = {0, g_algo, 0};
 
 	/* the CPU */
 	lmk_ctx cc;
@@ -225,7 +232,7 @@ static void run_case(int si, lmk_dtype dt)
 		ck_assert_int_eq(lmk_tensor_write_f32(&gc, xg[i], 0, h.x[i]), 0);
 		ck_assert_int_eq(lmk_tensor_write_f32(&gc, xg[i], 1, prior[i]), 0);
 	}
-	lmk_tensor *og = lmk_gdn(&gc, xg[0], xg[1], xg[2], xg[3], xg[4], xg[5], &opts);
+	lmk_tensor *og = lmk_gdn(&gc, xg[0], xg[1], xg[2], xg[3], xg[4], xg[5], &gopts);
 	ck_assert_msg(og != NULL, "%s: the GPU op failed: %s", shape_str(s, dt), lmk_errmsg());
 	ck_assert_int_eq(og->dtype, dt);
 	ck_assert_msg(lmk_tensor_read_f32(&gc, og, 0, ogpu) == 0, "%s: %s", shape_str(s, dt),
@@ -242,7 +249,7 @@ static void run_case(int si, lmk_dtype dt)
 	double eo = compare(ogpu, ocpu, nout, &where), eg[6] = {0};
 	int64_t wg[6] = {-1, -1, -1, -1, -1, -1};
 	char line[512];
-	int k = snprintf(line, sizeof line, "test_cuda_gdn: %-40s out %.1e", shape_str(s, dt), eo);
+	int k = snprintf(line, sizeof line, "test_cuda_gdn: %-46s out %.1e", shape_str(s, dt), eo);
 	for (int i = 0; i < 6; i++) {
 		if (!xg[i])
 			continue;
@@ -282,10 +289,19 @@ static void run_case(int si, lmk_dtype dt)
 	free_host(&h);
 }
 
-START_TEST(test_op_f32) { run_case(_i, LMK_F32); }
+/* _i: shape _i / 2, the recurrent (even) or chunked (odd) kernels */
+START_TEST(test_op_f32)
+{
+	g_algo = _i % 2 ? LMK_GDN_CHUNKED : LMK_GDN_RECURRENT;
+	run_case(_i / 2, LMK_F32);
+}
 END_TEST
 
-START_TEST(test_op_bf16) { run_case(_i, LMK_BF16); }
+START_TEST(test_op_bf16)
+{
+	g_algo = _i % 2 ? LMK_GDN_CHUNKED : LMK_GDN_RECURRENT;
+	run_case(_i / 2, LMK_BF16);
+}
 END_TEST
 
 /* Decoding on the GPU, token by token, against the CPU parallel op. */
@@ -297,6 +313,7 @@ static const gshape dshapes[] = {
 
 static void run_decode(int si, lmk_dtype dt)
 {
+	g_algo = LMK_GDN_RECURRENT;
 	const gshape *s = &dshapes[si];
 	const int bf = dt == LMK_BF16;
 	lmk_rng rng;
@@ -394,8 +411,8 @@ int main(void)
 	Suite *su = suite_create("cuda_gdn");
 	TCase *tc = tcase_create("gdn");
 	tcase_set_timeout(tc, 600);
-	tcase_add_loop_test(tc, test_op_f32, 0, NSHAPES);
-	tcase_add_loop_test(tc, test_op_bf16, 0, NSHAPES);
+	tcase_add_loop_test(tc, test_op_f32, 0, 2 * NSHAPES);
+	tcase_add_loop_test(tc, test_op_bf16, 0, 2 * NSHAPES);
 	tcase_add_loop_test(tc, test_decode_f32, 0, NDSHAPES);
 	tcase_add_loop_test(tc, test_decode_bf16, 0, NDSHAPES);
 	tcase_add_test(tc, test_unsupported);
