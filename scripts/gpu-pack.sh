@@ -1,0 +1,28 @@
+#!/bin/sh
+# gpu-pack.sh: packs what a GPU session needs from a CUDA build into one
+# compressed file, $BUILD/carry.tar.xz, small enough for the device tool's
+# carry limit (64 MiB): the test binaries, the programs, the benchmark
+# binaries, and the shared libraries they need beyond glibc, libstdc++ and
+# CUDA's own (scripts/gpu-check.sh --bundle). On the GPU machine:
+#   tar xJf build-gpu/carry.tar.xz && scripts/gpu-check.sh
+#
+#   BUILD=build-gpu scripts/gpu-pack.sh
+set -eu
+BUILD=${BUILD:-build-gpu}
+[ -d "$BUILD/tests" ] || { echo "gpu-pack: no $BUILD/tests (make BUILD=$BUILD CUDA=1 first)" >&2; exit 2; }
+BUILD=$BUILD scripts/gpu-check.sh --bundle >/dev/null
+for b in "$BUILD"/bin/* "$BUILD"/bench/*; do
+	[ -x "$b" ] && [ -f "$b" ] || continue
+	ldd "$b" 2>/dev/null | awk '/=> \//{print $3}'
+done | sort -u | while read -r lib; do
+	case $(basename "$lib") in
+	libc.so* | libm.so* | libdl.so* | libpthread.so* | librt.so* | ld-linux* | \
+		libstdc++.so* | libgcc_s.so* | libcublas* | libcudart* | libnccl*) ;;
+	*) [ -f "$BUILD/tests/lib/$(basename "$lib")" ] || cp -L "$lib" "$BUILD/tests/lib/" ;;
+	esac
+done
+list=$(cd . && ls -d "$BUILD"/tests/test_cuda* "$BUILD"/tests/lib "$BUILD"/bin/* \
+	$(ls "$BUILD"/bench/* 2>/dev/null | grep -v '\.[od]$' || true) 2>/dev/null | grep -v '\.[od]$')
+tar cJf "$BUILD/carry.tar.xz.tmp" $list
+mv "$BUILD/carry.tar.xz.tmp" "$BUILD/carry.tar.xz"
+ls -la "$BUILD/carry.tar.xz"
