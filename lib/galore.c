@@ -269,9 +269,20 @@ int lmk_galore_config_parse(lmk_galore_config *cfg, const char *spec)
 			cfg->scale = v;
 		} else if (!strcmp(key, "targets")) {
 			snprintf(cfg->targets, sizeof cfg->targets, "%s", val);
+		} else if (!strcmp(key, "layer_r")) {
+			char *slash = strrchr(val, '/');
+			long v = slash ? strtol(slash + 1, &end, 10) : 0;
+			if (!slash || slash == val || !slash[1] || *end || v < 1 || v > 65536 ||
+			    (size_t)(slash - val) >= sizeof cfg->layer_pat[0])
+				return lmk_err(LMK_EINVAL, "galore: layer_r=%s: expected PATTERN/RANK", val);
+			if (cfg->nlayer_r == 8)
+				return lmk_err(LMK_EINVAL, "galore: more than 8 layer_r settings");
+			snprintf(cfg->layer_pat[cfg->nlayer_r], sizeof cfg->layer_pat[0], "%.*s",
+				 (int)(slash - val), val);
+			cfg->layer_r[cfg->nlayer_r++] = (int)v;
 		} else {
 			return lmk_err(LMK_EINVAL, "galore: unknown setting '%s' (expected r, every, "
-				       "proj, scale, targets)", key);
+				       "proj, scale, targets, layer_r)", key);
 		}
 	}
 	return rc;
@@ -282,8 +293,16 @@ void lmk_galore_config_str(const lmk_galore_config *cfg, char *buf, size_t size)
 	if (cfg->rank <= 0)
 		snprintf(buf, size, "adamw");
 	else
-		snprintf(buf, size, "galore:r=%d,every=%d,proj=%s,scale=%g,targets=%s", cfg->rank,
-			 cfg->every, lmk_proj_name(cfg->proj), cfg->scale, cfg->targets);
+	{
+		int n = snprintf(buf, size, "galore:r=%d,every=%d,proj=%s,scale=%g", cfg->rank,
+				 cfg->every, lmk_proj_name(cfg->proj), cfg->scale);
+		for (int i = 0; i < cfg->nlayer_r && n > 0 && (size_t)n < size; i++)
+			n += snprintf(buf + n, size - (size_t)n, ",layer_r=%s/%d", cfg->layer_pat[i],
+				      cfg->layer_r[i]);
+		/* targets last: its value runs to the end */
+		if (n > 0 && (size_t)n < size)
+			snprintf(buf + n, size - (size_t)n, ",targets=%s", cfg->targets);
+	}
 }
 
 /* ---- the optimizer ---------------------------------------------------- */
@@ -374,7 +393,13 @@ int lmk_galore_init(lmk_galore *g, lmk_params *p, const lmk_adamw_config *acfg,
 		    lmk_module_match(cfg->targets, mod)) {
 			s->rows = t->shape[0];
 			s->cols = t->shape[1];
-			s->r = (int)(cfg->rank < s->rows ? cfg->rank : s->rows);
+			int want = cfg->rank;
+			for (int k = 0; k < cfg->nlayer_r; k++)
+				if (lmk_module_match(cfg->layer_pat[k], mod)) {
+					want = cfg->layer_r[k];
+					break;
+				}
+			s->r = (int)(want < s->rows ? want : s->rows);
 			if (s->r > s->cols)
 				s->r = (int)s->cols;
 			s->mode = lmk_galore_left(s->rows, s->cols);

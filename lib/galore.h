@@ -60,10 +60,17 @@ typedef struct lmk_galore_config {
 	float scale;         /* alpha (paper: 0.25) */
 	char targets[256];   /* as lmk_lora_config.targets (paper: attention
 			      * and MLP: q,k,v,o,gate,up,down) */
+	int nlayer_r;        /* per-layer ranks: the first pattern (a target
+			      * spelling, as targets) that matches a module
+			      * gives its rank instead of rank */
+	char layer_pat[8][64];
+	int layer_r[8];
 } lmk_galore_config;
 
 void lmk_galore_config_default(lmk_galore_config *cfg);
-/* Parses "galore:r=128,every=200,proj=svd,scale=0.25,targets=q,k,v,o,gate,up,down".
+/* Parses "galore:r=128,every=200,proj=svd,scale=0.25,targets=q,k,v,o,gate,up,down",
+ * with up to 8 per-layer ranks "layer_r=PATTERN/R" (e.g. layer_r=down/64,
+ * layer_r=model.layers.0.*\/256).
  * @return : 0 or LMK_EINVAL naming the item */
 int lmk_galore_config_parse(lmk_galore_config *cfg, const char *spec);
 void lmk_galore_config_str(const lmk_galore_config *cfg, char *buf, size_t size);

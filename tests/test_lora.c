@@ -120,6 +120,33 @@ START_TEST(test_parse)
 	ck_assert(g.scale == 0.25f && g.proj == LMK_PROJ_SVD);
 	ck_assert_int_eq(lmk_galore_config_parse(&g, "galore:r=64,every=50,proj=random,scale=1"), 0);
 	ck_assert(g.rank == 64 && g.every == 50 && g.proj == LMK_PROJ_GAUSSIAN && g.scale == 1.0f);
+	ck_assert_int_eq(lmk_galore_config_parse(&g, "galore:r=8,layer_r=down/4,layer_r=model.layers.0.*/2"), 0);
+	ck_assert_int_eq(g.nlayer_r, 2);
+	char buf[512];
+	lmk_galore_config_str(&g, buf, sizeof buf);
+	ck_assert_str_eq(buf, "galore:r=8,every=50,proj=gaussian,scale=1,layer_r=down/4,"
+			 "layer_r=model.layers.0.*/2,targets=q,k,v,o,gate,up,down");
+	lmk_galore_config g2;
+	lmk_galore_config_default(&g2);
+	ck_assert_int_eq(lmk_galore_config_parse(&g2, buf), 0);
+	ck_assert(g2.nlayer_r == 2 && g2.layer_r[1] == 2 && !strcmp(g2.layer_pat[1], "model.layers.0.*"));
+	{
+		lmk_llama m;
+		lmk_galore gg;
+		lmk_adamw_config ac;
+		lmk_adamw_config_default(&ac);
+		tiny(&m, 1, 1);
+		ck_assert_int_eq(lmk_galore_init(&gg, &m.params, &ac, &g2, 1), 0);
+		lmk_tensor *d1 = lmk_params_find(&m.params, "model.layers.1.mlp.down_proj.weight");
+		lmk_tensor *q0 = lmk_params_find(&m.params, "model.layers.0.self_attn.q_proj.weight");
+		lmk_tensor *q1 = lmk_params_find(&m.params, "model.layers.1.self_attn.q_proj.weight");
+		ck_assert_int_eq(gg.slots[d1 - m.params.t].r, 4);
+		ck_assert_int_eq(gg.slots[q0 - m.params.t].r, 2);
+		ck_assert_int_eq(gg.slots[q1 - m.params.t].r, 8);
+		lmk_galore_free(&gg);
+		lmk_llama_free(&m);
+	}
+	ck_assert_int_eq(lmk_galore_config_parse(&g, "galore:layer_r=down"), LMK_EINVAL);
 	ck_assert_int_eq(lmk_galore_config_parse(&g, "galore:r=0"), LMK_EINVAL);
 	ck_assert_int_eq(lmk_galore_config_parse(&g, "sgd"), LMK_EINVAL);
 	ck_assert_int_eq(lmk_galore_config_parse(&g, "adamw"), 0);
