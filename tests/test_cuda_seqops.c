@@ -14,6 +14,12 @@
  * the CPU gets the same bf16-rounded inputs. One line per case gives its
  * worst forward and gradient errors.
  *
+ * Then every token-mixer layer of mixer.h (a small layer, odd T) forward
+ * and backward on the GPU against the CPU, output and every gradient
+ * (parameters and input): 1e-4 in F32, 5e-2 in BF16 (a whole layer of
+ * bf16 roundings); a kind whose core op has no CUDA kernel yet is reported
+ * as skipped, not failed.
+ *
  * LMK_TEST_SMALL=1 keeps the shapes under 100k elements. Exits 77 without
  * a device or in a CPU-only build. Runs without fork: a child forked after
  * CUDA is initialised cannot use the device. */
@@ -26,6 +32,7 @@
 
 #include "dtype.h"
 #include "err.h"
+#include "mixer.h"
 #include "rng.h"
 #include "seqops.h"
 #include "tensor.h"
@@ -535,6 +542,138 @@ START_TEST(test_deterministic)
 }
 END_TEST
 
+/* ------------------------------------------------------------ the mixers */
+
+/* One layer's output and gradients (parameters, then x), flattened. */
+static int mixer_run(lmk_device dev, lmk_dtype dt, const lmk_mixer_config *cfg, const float *x,
+		     const float *dout, int64_t B, int64_t T, float *out, float *grads,
+		     size_t *ng)
+{
+	lmk_ctx c;
+	lmk_params p;
+	lmk_mixer m;
+	ck_assert_int_eq(lmk_ctx_init_ex(&c, dev, 0, dt), 0);
+	lmk_params_init(&p, 1);
+	ck_assert_int_eq(lmk_mixer_register(&m, cfg, &p, "mixer."), 0);
+	ck_assert_int_eq(lmk_params_alloc(&p), 0);
+	ck_assert_int_eq(lmk_mixer_bind(&m, &p), 0);
+	ck_assert_int_eq(lmk_mixer_init_weights(&m, 2024), 0);
+	/* nudge every value: D, norms and L are ones, biases zeros */
+	lmk_rng r;
+	lmk_rng_init(&r, 77);
+	for (size_t i = 0; i < p.n; i++)
+		p.data[i] += 0.05f * (2 * lmk_rng_uniform(&r) - 1);
+	ck_assert_int_eq(lmk_params_to_device(&p, &c), 0);
+	lmk_params_zero_grad(&p);
+	int64_t n = B * T * cfg->hidden;
+	lmk_tensor *xt = lmk_tensor_new(&c, dt, 3, (int64_t[]){B, T, cfg->hidden}, 1);
+	ck_assert_ptr_nonnull(xt);
+	ck_assert_int_eq(lmk_tensor_write_f32(&c, xt, 0, x), 0);
+	lmk_tensor *y = lmk_mixer_forward(&c, &m, xt);
+	if (!y) {
+		int code = lmk_errcode();
+		ck_assert_msg(code == LMK_EUNSUP, "%s on %s: %s", lmk_mixer_kind_name(cfg->kind),
+			      dev == LMK_DEV_CPU ? "the CPU" : "the GPU", lmk_errmsg());
+		lmk_params_free(&p);
+		lmk_ctx_free(&c);
+		return code;
+	}
+	ck_assert_int_eq(lmk_tensor_read_f32(&c, y, 0, out), 0);
+	const float *dsrc = dout;
+	lmk_tensor *dg = NULL;
+	if (dev == LMK_DEV_CUDA) {
+		dg = lmk_tensor_upload(&c, LMK_F32, 1, (int64_t[]){n}, dout);
+		ck_assert_ptr_nonnull(dg);
+		dsrc = dg->data;
+	}
+	ck_assert_msg(lmk_backward_from(&c, y, dsrc) == 0, "%s backward: %s",
+		      lmk_mixer_kind_name(cfg->kind), lmk_errmsg());
+	ck_assert_int_eq(lmk_ctx_sync(&c), 0);
+	ck_assert_int_eq(lmk_params_copy_to_host(&p, 1, grads), 0);
+	ck_assert_int_eq(lmk_tensor_read_f32(&c, xt, 1, grads + p.n), 0);
+	*ng = p.n + (size_t)n;
+	lmk_params_free(&p);
+	lmk_ctx_free(&c);
+	return 0;
+}
+
+START_TEST(test_mixers)
+{
+	for (int kind = 0; kind < LMK_MIXER_NKINDS; kind++) {
+		lmk_mixer_config cfg;
+		lmk_mixer_defaults(&cfg, kind, 96);
+		cfg.init_std = 0.1f;
+		if (lmk_mixer_check(&cfg) == LMK_EUNSUP) {
+			printf("test_cuda_seqops: mixer %-9s skipped: %s\n", lmk_mixer_kind_name(kind),
+			       lmk_errmsg());
+			continue;
+		}
+		if (kind == LMK_MIXER_MAMBA2 || kind == LMK_MIXER_LL_MAMBA2) {
+			cfg.heads = 6;
+			cfg.head_dim = 32;
+			cfg.state = 16;
+			cfg.groups = 2;
+		} else if (kind == LMK_MIXER_GDN || kind == LMK_MIXER_LL_GDN) {
+			cfg.heads = 3;
+			cfg.head_dim = 32;
+			cfg.head_dim_v = 48;
+		} else {
+			cfg.heads = 3;
+			cfg.head_dim = 32;
+			cfg.head_dim_v = 32;
+			cfg.groups = kind == LMK_MIXER_PATH_FOX ? 1 : 3;
+		}
+		int64_t B = 2, T = 67, n = B * T * cfg.hidden;
+		int64_t np = lmk_mixer_param_count(&cfg) + 16 * LMK_MIXER_MAXP; /* with padding */
+		float *x = malloc(sizeof(float) * (size_t)n), *d = malloc(sizeof(float) * (size_t)n);
+		float *oc = malloc(sizeof(float) * (size_t)n), *og = malloc(sizeof(float) * (size_t)n);
+		float *gc = malloc(sizeof(float) * (size_t)(np + n));
+		float *gg = malloc(sizeof(float) * (size_t)(np + n));
+		for (int bf = 0; bf < 2; bf++) {
+			lmk_dtype dt = bf ? LMK_BF16 : LMK_F32;
+			lmk_rng r;
+			lmk_rng_init(&r, g_seed + (uint64_t)kind);
+			for (int64_t i = 0; i < n; i++) {
+				x[i] = nonzero_uniform(&r, 1.0f);
+				d[i] = nonzero_uniform(&r, 1.0f);
+			}
+			if (bf) {
+				round_bf16(x, n);
+				round_bf16(d, n);
+			}
+			size_t nc, ngp;
+			ck_assert_int_eq(mixer_run(LMK_DEV_CPU, LMK_F32, &cfg, x, d, B, T, oc, gc, &nc),
+					 0);
+			int rc = mixer_run(LMK_DEV_CUDA, dt, &cfg, x, d, B, T, og, gg, &ngp);
+			if (rc == LMK_EUNSUP) {
+				printf("test_cuda_seqops: mixer %-9s %s skipped: %s\n",
+				       lmk_mixer_kind_name(kind), lmk_dtype_name(dt), lmk_errmsg());
+				break;
+			}
+			ck_assert_int_eq(nc, ngp);
+			double tol = bf ? 5e-2 : 1e-4;
+			int64_t where;
+			double ef = compare(og, oc, n, &where), eg = compare(gg, gc, (int64_t)nc, &where);
+			printf("test_cuda_seqops: mixer %-9s %s: forward %.1e, gradients %.1e "
+			       "(tolerance %g)\n",
+			       lmk_mixer_kind_name(kind), lmk_dtype_name(dt), ef, eg, tol);
+			fflush(stdout);
+			ck_assert_msg(ef <= tol && eg <= tol,
+				      "mixer %s %s: forward %.3g, gradients %.3g (tolerance %g, seed "
+				      "%llu)",
+				      lmk_mixer_kind_name(kind), lmk_dtype_name(dt), ef, eg, tol,
+				      (unsigned long long)g_seed);
+		}
+		free(x);
+		free(d);
+		free(oc);
+		free(og);
+		free(gc);
+		free(gg);
+	}
+}
+END_TEST
+
 int main(void)
 {
 	if (lmk_cuda_device_count() == 0) {
@@ -555,6 +694,7 @@ int main(void)
 	tcase_set_timeout(tc, 300);
 	tcase_add_loop_test(tc, test_op, 0, NOPS);
 	tcase_add_test(tc, test_deterministic);
+	tcase_add_test(tc, test_mixers);
 	suite_add_tcase(su, tc);
 	SRunner *sr = srunner_create(su);
 	srunner_set_fork_status(sr, CK_NOFORK);
