@@ -37,6 +37,7 @@
 #include "ops.h"
 #include "optim.h"
 #include "progress.h"
+#include "synth.h"
 #include "prog.h"
 #include "tokdata.h"
 #include "train.h"
@@ -53,6 +54,12 @@ static const char usage[] =
 "Data:\n"
 "      --data=FILE          text file, or token frames (.safetensors, a frame\n"
 "                           header, or gzip)\n"
+"      --task=SPEC          instead of --data, a synthetic task generated from\n"
+"                           the seed, of --seq tokens an example, scored by\n"
+"                           accuracy at each evaluation: mqar:kv=8,vocab=8192,\n"
+"                           power=0.01 (associative recall), flipflop:pw=0.1,\n"
+"                           pr=0.1, s5 or a5 (word problems); val=N held-out\n"
+"                           examples (default 512)\n"
 "      --val-frac=F         share of the tokens, at the end, kept for validation\n"
 "                           (default 0.1; 0: no validation)\n"
 "Model (from scratch; each overrides --config):\n"
@@ -130,11 +137,12 @@ enum {
 	O_ACCUM, O_LR, O_MIN_LR, O_WARMUP, O_SCHEDULE, O_DECAY_STEPS, O_WD, O_BETA1,
 	O_BETA2, O_EPS, O_CLIP, O_THREADS, O_EVAL_EVERY, O_EVAL_BATCHES, O_SAMPLE,
 	O_TEMPERATURE, O_OUT, O_SAVE_EVERY, O_RESUME, O_METRICS, O_DEVICE, O_DTYPE, O_GPUS,
-	O_RENDEZVOUS, O_ADAPTER, O_OPTIM,
+	O_RENDEZVOUS, O_ADAPTER, O_OPTIM, O_TASK,
 };
 
 static const struct option longopts[] = {
 	{"data", required_argument, NULL, O_DATA},
+	{"task", required_argument, NULL, O_TASK},
 	{"val-frac", required_argument, NULL, O_VAL_FRAC},
 	{"config", required_argument, NULL, O_CONFIG},
 	{"hidden", required_argument, NULL, O_HIDDEN},
@@ -195,6 +203,7 @@ struct opts {
 	lmk_train_config cfg;
 	const char *data, *config, *init, *out, *metrics, *mixer;
 	const char *adapter;    /* --adapter as given, or NULL */
+	const char *task;       /* --task as given, or NULL */
 	lmk_lora_config lora;
 	int hidden, layers, heads, kv_heads, intermediate, vocab; /* 0: not given */
 	int min_lr_given, threads_given, dtype_given;
@@ -235,6 +244,7 @@ static void parse(int argc, char **argv, struct opts *o)
 		a = optarg;
 		switch (ch) {
 		case O_DATA: o->data = a; break;
+		case O_TASK: o->task = a; break;
 		case O_VAL_FRAC:
 			c->val_frac = prog_parse_double("--val-frac", a, 0, 0.999999);
 			break;
@@ -360,8 +370,10 @@ static void check_usage(const struct opts *o)
 		if (o->init)
 			prog_usage_error("option '--init' cannot be used with --resume");
 	} else {
-		if (!o->data)
-			prog_usage_error("no training data (--data FILE)");
+		if (o->data && o->task)
+			prog_usage_error("--data and --task cannot be used together");
+		if (!o->data && !o->task)
+			prog_usage_error("no training data (--data FILE or --task SPEC)");
 		if (o->init && shape)
 			prog_usage_error("option '%s' cannot be used with --init (the model is the one "
 					 "in %s)", shape, o->init);
@@ -703,6 +715,7 @@ static void save(struct run *r)
 {
 	const char *extra[] = {
 		"program", "lla-train", "mixer", r->o->mixer, "data", r->data_path,
+		r->o->task ? "task" : "data", r->data_path,
 		r->o->adapter ? "adapter" : NULL, r->adapter_str, "init", r->o->init, NULL,
 	};
 	lmk_llama tmp, *hm;
@@ -721,6 +734,99 @@ static void save(struct run *r)
 		lmk_llama_free(hm);
 	if (lmk_trainer_save(&r->tr, r->state_path, lmk_now() - r->t0, extra) < 0)
 		die_lib();
+}
+
+/* --task: the generators of the training stream and the held-out set. */
+struct task {
+	lmk_synth train, val;
+	int64_t nval;
+};
+
+static int task_gen(void *arg, int val, int64_t first, int B, int T, int32_t *x, int32_t *y)
+{
+	struct task *tk = arg;
+	(void)T;
+	return lmk_synth_batch(val ? &tk->val : &tk->train, (uint64_t)first, B, x, y);
+}
+
+/* Parses --task SPEC into tk for sequences of T tokens; the held-out set
+ * draws from another seed than the training stream. */
+static void task_setup(struct task *tk, const char *spec, int T, uint64_t seed)
+{
+	char kind[32], key[32], val[64];
+	const char *rest;
+	int rc = lmk_spec_begin(spec, kind, sizeof kind, &rest);
+	int t = !strcmp(kind, "mqar") ? LMK_SYNTH_MQAR : !strcmp(kind, "flipflop") ? LMK_SYNTH_FLIPFLOP
+		: !strcmp(kind, "s5") || !strcmp(kind, "a5") ? LMK_SYNTH_WORD : -1;
+	if (rc < 0 || t < 0)
+		prog_usage_error("option '--task' needs mqar, flipflop, s5 or a5[:KEY=VALUE,...], not '%s'",
+				 spec);
+	lmk_synth_defaults(&tk->train, t);
+	tk->nval = 512;
+	if (!strcmp(kind, "a5"))
+		tk->train.group = LMK_SYNTH_A5;
+	while ((rc = lmk_spec_next(&rest, key, sizeof key, val, sizeof val)) > 0) {
+		if (!strcmp(key, "val"))
+			tk->nval = prog_parse_long("--task val", val, 1, 1 << 24);
+		else if (t == LMK_SYNTH_MQAR && !strcmp(key, "kv"))
+			tk->train.num_kv = prog_parse_long("--task kv", val, 1, 1 << 20);
+		else if (t == LMK_SYNTH_MQAR && !strcmp(key, "vocab"))
+			tk->train.vocab = prog_parse_long("--task vocab", val, 4, 1 << 24);
+		else if (t == LMK_SYNTH_MQAR && !strcmp(key, "power"))
+			tk->train.power_a = prog_parse_double("--task power", val, 1e-6, 1);
+		else if (t == LMK_SYNTH_FLIPFLOP && !strcmp(key, "pw"))
+			tk->train.p_write = prog_parse_double("--task pw", val, 0, 1);
+		else if (t == LMK_SYNTH_FLIPFLOP && !strcmp(key, "pr"))
+			tk->train.p_read = prog_parse_double("--task pr", val, 0, 1);
+		else
+			prog_usage_error("option '--task': %s has no setting '%s'", kind, key);
+	}
+	if (rc < 0)
+		prog_usage_error("option '--task': %s", lmk_errmsg());
+	tk->train.T = T;
+	tk->train.seed = seed;
+	tk->val = tk->train;
+	tk->val.seed = seed ^ 0x5eed0a11ull;
+	if (lmk_synth_check(&tk->train) < 0)
+		prog_usage_error("option '--task %s' with --seq %d: %s", spec, T, lmk_errmsg());
+}
+
+/* Accuracy of the model's argmax on the held-out examples. */
+static void task_accuracy(lmk_trainer *tr, lmk_llama *m, const struct task *tk, lmk_synth_acc *acc)
+{
+	const int B = 4, T = tr->cfg.seq, V = m->cfg.vocab_size;
+	int64_t sh[2] = {B, T};
+	int32_t *x = malloc(sizeof *x * (size_t)B * T), *y = malloc(sizeof *y * (size_t)B * T);
+	int32_t *pred = malloc(sizeof *pred * (size_t)B * T);
+	float *lg = malloc(sizeof *lg * (size_t)B * T * V);
+	lmk_ctx *c = &tr->ctx;
+	if (!x || !y || !pred || !lg)
+		prog_die("out of memory");
+	memset(acc, 0, sizeof *acc);
+	for (int64_t k = 0; k < tk->nval; k += B) {
+		int n = tk->nval - k < B ? (int)(tk->nval - k) : B;
+		if (lmk_synth_batch(&tk->val, (uint64_t)k, n, x, y) < 0)
+			die_lib();
+		for (int i = n * T; i < B * T; i++) {
+			x[i] = 0;
+			y[i] = -1;
+		}
+		lmk_ctx_reset(c);
+		c->grad_enabled = 0;
+		lmk_tensor *ids = c->dev == LMK_DEV_CPU ? lmk_tensor_wrap(c, LMK_I32, 2, sh, x)
+							: lmk_tensor_upload(c, LMK_I32, 2, sh, x);
+		lmk_tensor *l = lmk_llama_forward(c, m, ids, NULL, NULL);
+		if (!l || lmk_tensor_read_f32(c, l, 0, lg) < 0)
+			die_lib();
+		lmk_synth_argmax(pred, lg, (int64_t)B * T, V);
+		lmk_synth_score(acc, pred, y, n, T);
+	}
+	lmk_ctx_reset(c);
+	c->grad_enabled = 1;
+	free(x);
+	free(y);
+	free(pred);
+	free(lg);
 }
 
 /* What training holds, once the first step has shown the activations'
@@ -753,6 +859,8 @@ int main(int argc, char **argv)
 	struct opts o = {0};
 	struct run r = {0};
 	lmk_tokdata data;
+	struct task tk;
+	lmk_synth_acc acc;
 	lmk_frame st;
 	lmk_metrics mt;
 	lmk_progress pg;
@@ -809,7 +917,9 @@ int main(int argc, char **argv)
 		mx = lmk_frame_meta(&st, "mixer");
 		if (mx && strcmp(mx, again.mixer) != 0)
 			prog_die("%s: saved with --mixer %s, this run has %s", r.state_path, mx, again.mixer);
-		if (!again.data)
+		if (!again.data && !again.task && lmk_frame_meta(&st, "task"))
+			again.task = lmk_frame_meta(&st, "task");
+		if (!again.data && !again.task)
 			again.data = lmk_frame_meta(&st, "data");
 		const char *sa = lmk_frame_meta(&st, "adapter");
 		if (sa) {
@@ -829,7 +939,7 @@ int main(int argc, char **argv)
 			prog_usage_error("option '--adapter' cannot be used with --resume (%s trained the "
 					 "whole model)", r.state_path);
 		}
-		if (!again.data)
+		if (!again.data && !again.task)
 			prog_die("%s: no data path saved; give --data", r.state_path);
 		o = again;
 		if (o.threads_given && o.cfg.threads != (int)strtol(lmk_frame_meta(&st, "threads") ?
@@ -880,15 +990,28 @@ int main(int argc, char **argv)
 	o.cfg.threads = lmk_train_set_threads(o.cfg.threads);
 
 	/* Data. */
-	if (lmk_tokdata_load(&data, o.data) < 0)
-		die_lib();
-	if (lmk_tokdata_split(&data, o.cfg.val_frac) < 0)
-		die_lib();
-	has_val = o.cfg.val_frac > 0;
+	if (o.task) {
+		char key[96];
+		task_setup(&tk, o.task, o.cfg.seq, lmk_train_subseed(o.cfg.seed, LMK_TRAIN_SEED_DATA));
+		snprintf(key, sizeof key, "%d %lld", o.cfg.seq, (long long)tk.nval);
+		uint64_t h = lmk_dist_hash(lmk_dist_hash(LMK_DIST_HASH_INIT, o.task, strlen(o.task)), key,
+					   strlen(key));
+		if (lmk_tokdata_init_gen(&data, o.task, task_gen, &tk, o.cfg.seq, (int)tk.train.vocab,
+					 tk.nval, h) < 0)
+			die_lib();
+		has_val = 1;
+		r.data_path = o.task;
+	} else {
+		if (lmk_tokdata_load(&data, o.data) < 0)
+			die_lib();
+		if (lmk_tokdata_split(&data, o.cfg.val_frac) < 0)
+			die_lib();
+		has_val = o.cfg.val_frac > 0;
+		abs_data = realpath(o.data, NULL);
+		r.data_path = abs_data ? abs_data : o.data;
+	}
 	if (lmk_tokdata_check(&data, o.cfg.seq, has_val) < 0)
 		die_lib();
-	abs_data = realpath(o.data, NULL);
-	r.data_path = abs_data ? abs_data : o.data;
 
 	/* Model. */
 	if (o.adapter) {
@@ -953,9 +1076,15 @@ int main(int argc, char **argv)
 	if (has_val && r.tr.step == 0) {
 		if (lmk_trainer_eval(&r.tr, &last_val) < 0)
 			die_lib();
+		if (o.task)
+			task_accuracy(&r.tr, &r.m, &tk, &acc);
 		lmk_metrics_begin(&mt);
 		lmk_metrics_int(&mt, "step", 0);
 		lmk_metrics_num(&mt, "val_loss", last_val);
+		if (o.task) {
+			lmk_metrics_num(&mt, "val_acc", acc.count ? (double)acc.correct / acc.count : 0);
+			lmk_metrics_num(&mt, "val_seq_acc", acc.seqs ? (double)acc.seq_correct / acc.seqs : 0);
+		}
 		lmk_metrics_num(&mt, "elapsed", r.tr.elapsed + lmk_now() - r.t0);
 		if (lmk_metrics_end(&mt) < 0)
 			die_lib();
@@ -996,12 +1125,18 @@ int main(int argc, char **argv)
 		eval = has_val && (last || (o.cfg.eval_every && r.tr.step % o.cfg.eval_every == 0));
 		if (eval && lmk_trainer_eval(&r.tr, &last_val) < 0)
 			die_lib();
+		if (eval && o.task)
+			task_accuracy(&r.tr, &r.m, &tk, &acc);
 
 		lmk_metrics_begin(&mt);
 		lmk_metrics_int(&mt, "step", r.tr.step);
 		lmk_metrics_num(&mt, "loss", ts.loss);
 		if (eval)
 			lmk_metrics_num(&mt, "val_loss", last_val);
+		if (eval && o.task) {
+			lmk_metrics_num(&mt, "val_acc", acc.count ? (double)acc.correct / acc.count : 0);
+			lmk_metrics_num(&mt, "val_seq_acc", acc.seqs ? (double)acc.seq_correct / acc.seqs : 0);
+		}
 		lmk_metrics_num(&mt, "lr", ts.lr);
 		lmk_metrics_num(&mt, "grad_norm", ts.grad_norm);
 		lmk_metrics_num(&mt, "tokens_per_s", rate);
@@ -1018,6 +1153,10 @@ int main(int argc, char **argv)
 					r.tr.step, o.cfg.steps, sum_loss / (double)nsum);
 				if (eval)
 					fprintf(stderr, ", val loss %.4f", last_val);
+				if (eval && o.task)
+					fprintf(stderr, ", val acc %.4f (sequences %.4f)",
+						acc.count ? (double)acc.correct / acc.count : 0,
+						acc.seqs ? (double)acc.seq_correct / acc.seqs : 0);
 				fprintf(stderr, ", lr %.3g, %s tokens/s, %s\n", ts.lr,
 					human(b1, sizeof b1, rate),
 					hms(b2, sizeof b2, r.tr.elapsed + lmk_now() - r.t0));

@@ -285,11 +285,30 @@ int lmk_tokdata_load(lmk_tokdata *d, const char *path)
 	}
 }
 
+int lmk_tokdata_init_gen(lmk_tokdata *d, const char *name,
+			 int (*gen)(void *, int, int64_t, int, int, int32_t *, int32_t *),
+			 void *arg, int T, int vocab, int64_t nval, uint64_t hash)
+{
+	memset(d, 0, sizeof *d);
+	if (set_name(d, name) < 0)
+		return LMK_ENOMEM;
+	d->gen = gen;
+	d->gen_arg = arg;
+	d->gen_T = T;
+	d->vocab = vocab;
+	d->hash = hash;
+	d->ntrain = (int64_t)1 << 40;
+	d->n = d->ntrain + nval * (int64_t)T;
+	return 0;
+}
+
 int lmk_tokdata_split(lmk_tokdata *d, double val_frac)
 {
 	if (!(val_frac >= 0 && val_frac < 1))
 		return lmk_err(LMK_EINVAL, "%s: validation fraction %g, expected a number in [0, 1)",
 			       d->name, val_frac);
+	if (d->gen)
+		return 0; /* its validation set is its own */
 	d->ntrain = d->n - (int64_t)((double)d->n * val_frac);
 	return 0;
 }
@@ -306,6 +325,14 @@ int lmk_tokdata_check(const lmk_tokdata *d, int T, int need_val)
 
 	if (T < 1)
 		return lmk_err(LMK_EINVAL, "%s: window length %d, expected at least 1", d->name, T);
+	if (d->gen) {
+		if (T != d->gen_T)
+			return lmk_err(LMK_EINVAL, "%s: examples of %d tokens, the run's sequences have %d",
+				       d->name, d->gen_T, T);
+		if (need_val && d->n == d->ntrain)
+			return lmk_err(LMK_EINVAL, "%s: no validation examples", d->name);
+		return 0;
+	}
 	if (d->ntrain < (int64_t)T + 1)
 		return lmk_err(LMK_EINVAL,
 			       "%s: %lld training tokens, fewer than the %lld of one window (sequence length + 1)",
@@ -323,6 +350,12 @@ int lmk_tokdata_train_batch(lmk_tokdata *d, int B, int T, int32_t *x, int32_t *y
 
 	if ((rc = lmk_tokdata_check(d, T, 0)) < 0)
 		return rc;
+	if (d->gen) {
+		if ((rc = d->gen(d->gen_arg, 0, d->windows, B, T, x, y)) < 0)
+			return rc;
+		d->windows += B;
+		return 0;
+	}
 	for (int b = 0; b < B; b++) {
 		int64_t s = (int64_t)lmk_rng_below(&d->rng, (uint64_t)(d->ntrain - T));
 		memcpy(x + (size_t)b * T, d->tok + s, (size_t)T * sizeof *x);
@@ -335,6 +368,8 @@ int lmk_tokdata_train_batch(lmk_tokdata *d, int B, int T, int32_t *x, int32_t *y
 int64_t lmk_tokdata_val_windows(const lmk_tokdata *d, int T)
 {
 	int64_t nval = d->n - d->ntrain;
+	if (d->gen)
+		return T == d->gen_T ? nval / T : 0;
 	return T >= 1 && nval >= (int64_t)T + 1 ? (nval - 1) / T : 0;
 }
 
@@ -358,6 +393,18 @@ int lmk_tokdata_val_batch(const lmk_tokdata *d, int B, int T, int64_t nsel, int6
 		}
 		/* j*W/nsel without overflow for any realistic W */
 		int64_t w = (int64_t)((__int128)j * W / nsel), s = d->ntrain + w * T;
+		if (d->gen) {
+			/* a generator that fails leaves the row without targets */
+			if (d->gen(d->gen_arg, 1, w, 1, T, xb, yb) < 0)
+				for (int t = 0; t < T; t++)
+					yb[t] = ignore;
+			else
+				for (int t = 0; t < T; t++)
+					if (yb[t] < 0)
+						yb[t] = ignore;
+			rows++;
+			continue;
+		}
 		memcpy(xb, d->tok + s, (size_t)T * sizeof *xb);
 		memcpy(yb, d->tok + s + 1, (size_t)T * sizeof *yb);
 		rows++;

@@ -33,6 +33,11 @@ typedef struct lmk_tokdata {
 	uint64_t hash;       /* FNV-1a of the tokens, to recognise the same data */
 	lmk_rng rng;         /* draws training windows */
 	int64_t windows;     /* training windows drawn so far */
+	/* A generated set (lmk_tokdata_init_gen): examples of gen_T tokens
+	 * made on demand, no tok. */
+	int (*gen)(void *arg, int val, int64_t first, int B, int T, int32_t *x, int32_t *y);
+	void *gen_arg;
+	int gen_T;
 } lmk_tokdata;
 
 /* Where the training windows stand: enough to continue the same sequence. */
@@ -52,6 +57,21 @@ int lmk_tokdata_load(lmk_tokdata *d, const char *path);
 /* The same from len bytes of text in memory; name is used in messages. */
 int lmk_tokdata_load_text(lmk_tokdata *d, const char *name, const void *text, size_t len);
 void lmk_tokdata_free(lmk_tokdata *d);
+
+/* A generated data set (the synthetic tasks of lib/synth.h): training
+ * batch k (B examples, the next ones of an endless stream: training
+ * example i is drawn once, as the i-th) and validation examples (a fixed
+ * set of nval) come from gen(arg, val, first, B, T, x, y), which fills x
+ * and y (B,T) with examples first..first+B-1 of its stream (val 0) or of
+ * its validation set (val 1), y -1 where no loss is taken, and returns 0
+ * or a negative code. Every example has T tokens: the trainer's sequence
+ * length must be T. hash identifies the task's settings (in state files);
+ * n and ntrain count tokens as if the sets were stored (training: 2^40
+ * tokens). No split: the sets are separate already. @return : 0 or
+ * LMK_ENOMEM */
+int lmk_tokdata_init_gen(lmk_tokdata *d, const char *name,
+			 int (*gen)(void *, int, int64_t, int, int, int32_t *, int32_t *),
+			 void *arg, int T, int vocab, int64_t nval, uint64_t hash);
 
 /* Keeps the last floor(n * val_frac) tokens for validation.
  * @return : 0, or LMK_EINVAL when val_frac is not in [0, 1) */
