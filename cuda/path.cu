@@ -452,8 +452,9 @@ static __device__ void probs(float *S, float *dP, const float *L, const float *d
 	}
 }
 
-/* smem: level, A, tile, dO (C,D); S, dP, X (C,C); lse, delta, dgr (C) */
-template <class E>
+/* smem: level, A, tile, dO (C,D); S, dP, X (C,C); lse, delta, dgr (C);
+ * then, with TC, the staging of tmm at a 128-byte boundary. */
+template <class E, bool TC>
 __global__ void __launch_bounds__(NT) query_kernel(pws s, const E *dout, const E *v, const E *w,
 						   float scale)
 {
@@ -472,6 +473,7 @@ __global__ void __launch_bounds__(NT) query_kernel(pws s, const E *dout, const E
 	}
 	float *sL = sm, *sA = sL + C * D, *sT = sA + C * D, *sO = sT + C * D, *sS = sO + C * D;
 	float *sP = sS + C * C, *sX = sP + C * C, *sl = sX + C * C, *sd = sl + C, *sg = sd + C;
+	unsigned char *stage = (unsigned char *)(sm + ((4 * C * D + 3 * C * C + 3 * C + 31) & ~31));
 	load_rows(sL, s.qt + hrow(s, b, h, H, i0), D, cm, C, D);
 	__syncthreads();
 	store_rows(s.lv + lvat(s, b, h, m, m - 1), sL, cm, D);
@@ -479,11 +481,11 @@ __global__ void __launch_bounds__(NT) query_kernel(pws s, const E *dout, const E
 		const int cn = rows_of(s, n), j0 = n * C;
 		load_rows(sT, w + row(s, b, j0, g, K), (int64_t)K * D, cn, C, D);
 		__syncthreads();
-		smm<false, true>(sX, C, sL, D, sT, D, cm, cn, D, 1.f, 0.f);
+		mmul<TC, false, true>(sX, C, sL, D, sT, D, cm, cn, D, 1.f, 0.f, stage);
 		__syncthreads();
 		load_rows(sT, s.u + hrow(s, b, g, K, j0), D, cn, C, D);
 		__syncthreads();
-		smm<false, false>(sL, D, sX, C, sT, D, cm, D, cn, -1.f, 1.f);
+		mmul<TC, false, false>(sL, D, sX, C, sT, D, cm, D, cn, -1.f, 1.f, stage);
 		__syncthreads();
 		store_rows(s.lv + lvat(s, b, h, m, n - 1), sL, cm, D);
 	}
@@ -503,21 +505,21 @@ __global__ void __launch_bounds__(NT) query_kernel(pws s, const E *dout, const E
 			store_rows(s.adj + lvat(s, b, h, m, n), sA, cm, D);
 			load_rows(sT, s.u + hrow(s, b, g, K, j0), D, cn, C, D);
 			__syncthreads();
-			smm<false, true>(sX, C, sA, D, sT, D, cm, cn, D, 1.f, 0.f);
+			mmul<TC, false, true>(sX, C, sA, D, sT, D, cm, cn, D, 1.f, 0.f, stage);
 			__syncthreads();
 			load_rows(sT, w + row(s, b, j0, g, K), (int64_t)K * D, cn, C, D);
 			__syncthreads();
-			smm<false, false>(sA, D, sX, C, sT, D, cm, D, cn, -1.f, 1.f);
+			mmul<TC, false, false>(sA, D, sX, C, sT, D, cm, D, cn, -1.f, 1.f, stage);
 			__syncthreads();
 		}
 		load_rows(sL, s.lv + lvat(s, b, h, m, n), D, cm, C, D);
 		load_rows(sT, v + row(s, b, j0, g, K), (int64_t)K * D, cn, C, D);
 		__syncthreads();
-		smm<false, true>(sP, C, sO, D, sT, D, cm, cn, D, 1.f, 0.f);
+		mmul<TC, false, true>(sP, C, sO, D, sT, D, cm, cn, D, 1.f, 0.f, stage);
 		__syncthreads();
 		load_rows(sT, s.kt + hrow(s, b, g, K, j0), D, cn, C, D);
 		__syncthreads();
-		smm<false, true>(sS, C, sL, D, sT, D, cm, cn, D, scale, 0.f);
+		mmul<TC, false, true>(sS, C, sL, D, sT, D, cm, cn, D, scale, 0.f, stage);
 		__syncthreads();
 		fix_logits(s, sS, b, h, m, n);
 		__syncthreads();
@@ -529,7 +531,7 @@ __global__ void __launch_bounds__(NT) query_kernel(pws s, const E *dout, const E
 				a += sP[r * C + j];
 			sg[r] += a;
 		}
-		smm<false, false>(sA, D, sP, C, sT, D, cm, D, cn, scale, 1.f);
+		mmul<TC, false, false>(sA, D, sP, C, sT, D, cm, D, cn, scale, 1.f, stage);
 		__syncthreads();
 	}
 	store_rows(dQt, sA, cm, D);
@@ -912,7 +914,7 @@ extern "C" int lmk_cuda_path_forward(void *be, lmk_dtype dt, void *out, const vo
 }
 
 template <class E>
-static int backward_t(cudaStream_t st, pws p, lmk_gbuf dq, lmk_gbuf dk, lmk_gbuf dv, lmk_gbuf dw,
+static int backward_t(cudaStream_t st, pws p, bool tc, lmk_gbuf dq, lmk_gbuf dk, lmk_gbuf dv, lmk_gbuf dw,
 		      lmk_gbuf dbeta, lmk_gbuf dlogf, const void *dout, const void *out,
 		      const void *q, const void *k, const void *v, const void *w, const void *beta,
 		      const void *logf, float scale)
@@ -922,8 +924,14 @@ static int backward_t(cudaStream_t st, pws p, lmk_gbuf dq, lmk_gbuf dk, lmk_gbuf
 	delta_kernel<E><<<(unsigned)((rows + NT / 32 - 1) / (NT / 32)), NT, 0, st>>>(
 		p, (const E *)dout, (const E *)out);
 	LMK_CK_LAUNCH();
-	LAUNCH(query_kernel<E>, dim3(p.N, p.H, p.B), (4 * C * D + 3 * C * C + 3 * C) * f, st, p,
-	       (const E *)dout, (const E *)v, (const E *)w, scale);
+	const size_t qb = ((4 * C * D + 3 * C * C + 3 * C + 31) & ~(size_t)31) * f;
+	auto query_tc = query_kernel<E, true>, query_f32 = query_kernel<E, false>;
+	if (tc)
+		LAUNCH(query_tc, dim3(p.N, p.H, p.B), qb + TC_BYTES, st, p, (const E *)dout,
+		       (const E *)v, (const E *)w, scale);
+	else
+		LAUNCH(query_f32, dim3(p.N, p.H, p.B), qb, st, p, (const E *)dout, (const E *)v,
+		       (const E *)w, scale);
 	LAUNCH(key_kernel<E>, dim3(p.N, p.K, p.B), (4 * C * D + 4 * C * C + 3 * C) * f, st, p,
 	       to_gacc(dv), (const E *)dout, (const E *)v, (const E *)w, scale);
 	if (dq.p || dk.p || dw.p || dbeta.p)
@@ -953,11 +961,12 @@ extern "C" int lmk_cuda_path_backward(void *be, lmk_dtype dt, lmk_gbuf dq, lmk_g
 			return rc;
 	cudaStream_t st = LMK_BE(be)->stream;
 	pws p = to_pws(ws);
+	/* the query pass repeats the forward's walk, with the same products */
 	if (dt == LMK_BF16)
-		return backward_t<bf16>(st, p, dq, dk, dv, dw, dbeta, dlogf, dout, out, q, k, v, w,
-					beta, logf, scale);
-	return backward_t<float>(st, p, dq, dk, dv, dw, dbeta, dlogf, dout, out, q, k, v, w, beta,
-				 logf, scale);
+		return backward_t<bf16>(st, p, ws->tc && p.D % 16 == 0, dq, dk, dv, dw, dbeta, dlogf,
+					dout, out, q, k, v, w, beta, logf, scale);
+	return backward_t<float>(st, p, false, dq, dk, dv, dw, dbeta, dlogf, dout, out, q, k, v, w,
+				 beta, logf, scale);
 }
 
 #endif /* LMK_PATH_EMU */
@@ -1030,6 +1039,8 @@ extern "C" int lmk_cuda_path_cache_update(void *be, lmk_dtype dt, void *kc, void
 
 #endif
 
+#define DECODE_SMEM ((NT / 32) * (2 + 128) * sizeof(float))
+
 /* Block (h, b): warp wp takes keys wp, wp + 8, ... with an online softmax
  * (lane l holds elements l + 32 e of q and of its sum, D <= 128), then the
  * warps' parts merge by their maxima, in warp order. */
@@ -1038,7 +1049,8 @@ __global__ void __launch_bounds__(NT) decode_kernel(E *out, const E *q, const E 
 						    const float *bias, int cap, int len, int H, int K,
 						    int D, float scale)
 {
-	__shared__ float sm_m[NT / 32], sm_l[NT / 32], sm_o[NT / 32][128];
+	extern __shared__ __align__(128) float sm[]; /* DECODE_SMEM bytes */
+	float *sm_m = sm, *sm_l = sm_m + NT / 32, *sm_o = sm_l + NT / 32; /* sm_o (NT/32,128) */
 	const int h = blockIdx.x, b = blockIdx.y, lane = threadIdx.x % 32, wp = threadIdx.x / 32;
 	const int g = h / (H / K);
 	float qv[4], acc[4] = {0.f, 0.f, 0.f, 0.f}, m = -INFINITY, l = 0.f;
@@ -1074,7 +1086,7 @@ __global__ void __launch_bounds__(NT) decode_kernel(E *out, const E *q, const E 
 #pragma unroll
 	for (int e = 0; e < 4; e++)
 		if (lane + 32 * e < 128)
-			sm_o[wp][lane + 32 * e] = acc[e];
+			sm_o[wp * 128 + lane + 32 * e] = acc[e];
 	__syncthreads();
 	for (int d = threadIdx.x; d < D; d += blockDim.x) {
 		float M = -INFINITY;
@@ -1086,7 +1098,7 @@ __global__ void __launch_bounds__(NT) decode_kernel(E *out, const E *q, const E 
 				continue;
 			const float f = expf(sm_m[x] - M);
 			L += sm_l[x] * f;
-			o += sm_o[x][d] * f;
+			o += sm_o[x * 128 + d] * f;
 		}
 		out[((int64_t)b * H + h) * D + d] = fromf<E>(L > 0.f ? o / L : 0.f);
 	}
@@ -1105,7 +1117,7 @@ extern "C" int lmk_cuda_path_decode_attend(void *be, lmk_dtype dt, void *out, co
 		return lmk_err(LMK_EUNSUP, "path_decode: cache too large");
 	cudaStream_t st = LMK_BE(be)->stream;
 	LMK_DT_SWITCH(dt, "path_decode", {
-		decode_kernel<T><<<dim3((unsigned)H, (unsigned)B), NT, 0, st>>>(
+		decode_kernel<T><<<dim3((unsigned)H, (unsigned)B), NT, DECODE_SMEM, st>>>(
 			(T *)out, (const T *)q, (const T *)kc, (const T *)vc, bias, (int)cap,
 			(int)len, (int)H, (int)K, (int)D, scale);
 		LMK_CK_LAUNCH();
