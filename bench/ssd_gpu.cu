@@ -15,7 +15,8 @@
  * Prints one line per (D, T):
  *   ours D T B H attn_fwd attn_fwdbwd ssd_fwd ssd_fwdbwd ll_fwd ll_fwdbwd   (ms)
  * then checks that outputs are finite. Exit 0, 1 on a failure, 2 on a
- * usage error. Usage: ssd_gpu [--quick] [--reps N] [--tokens N] */
+ * usage error. Usage: ssd_gpu [--quick] [--simple] [--reps N] [--tokens N]
+ * (--simple: the linear mixers without tensor cores, fp32 CUDA-core kernels). */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
@@ -95,17 +96,19 @@ static int finite_tail(const __nv_bfloat16 *p, size_t n)
 
 int main(int argc, char **argv)
 {
-	int quick = 0, reps = 10;
+	int quick = 0, reps = 10, simple = 0;
 	int64_t tokens = 65536;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--quick"))
 			quick = 1;
+		else if (!strcmp(argv[i], "--simple"))
+			simple = 1;
 		else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
 			reps = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--tokens") && i + 1 < argc)
 			tokens = atoll(argv[++i]);
 		else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-			printf("usage: ssd_gpu [--quick] [--reps N] [--tokens N]\n");
+			printf("usage: ssd_gpu [--quick] [--simple] [--reps N] [--tokens N]\n");
 			return 0;
 		} else {
 			fprintf(stderr, "ssd_gpu: unknown option '%s'\n", argv[i]);
@@ -120,13 +123,15 @@ int main(int argc, char **argv)
 		fprintf(stderr, "ssd_gpu: no CUDA device\n");
 		return 1;
 	}
+	lmk_cuda_ssd_tensor_cores(!simple);
 	void *be = NULL;
 	LMK(lmk_cuda_init(&be, 0));
 	cudaStream_t st = ((lmk_cuda_backend *)be)->stream;
 	lmk_cuda_info info;
 	LMK(lmk_cuda_device_info(0, &info));
-	fprintf(stderr, "ssd_gpu: %s, %d SMs; bf16, B*T = %lld, H*D = 2048, chunk 64, median of %d\n",
-		info.name, info.sm_count, (long long)tokens, reps);
+	fprintf(stderr, "ssd_gpu: %s, %d SMs; bf16, B*T = %lld, H*D = 2048, chunk 64, %s, median "
+		"of %d\n", info.name, info.sm_count, (long long)tokens,
+		simple ? "CUDA cores" : "tensor cores", reps);
 
 	const int64_t width = 2048, maxT = quick ? 8192 : 65536;
 	const size_t n = (size_t)tokens * width;

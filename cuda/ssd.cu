@@ -29,6 +29,9 @@
  * Chunk kernels: 256 threads, 8 warps; a warp owns rows i = warp + 8r, a
  * lane the columns lane + 32a; intra-chunk products on CUDA cores in fp32
  * from shared memory (rows padded by one float against bank conflicts). */
+#include <mma.h>
+
+#include <type_traits>
 #include <vector>
 
 #include "common.cuh"
@@ -829,6 +832,408 @@ __global__ void step_kernel(T *out, float *S, const T *q, const T *k, const T *v
 	}
 }
 
+/* ------------------------------------------------- tensor cores (BF16) */
+
+/* The same chunk kernels for BF16 with Dk, Dv and C multiples of 16, their
+ * products on the tensor cores (WMMA m16n16k16, bf16 operands from shared
+ * memory, fp32 accumulators): q kᵀ, dO vᵀ, the masked scores times v and
+ * dO, and every product with a state. Scores, weighted rows and states are
+ * rounded to bf16 for the products (as the inputs already are); masks,
+ * decays, lam and every sum stay fp32. Rows are padded by 8 bf16 (4 fp32)
+ * against bank conflicts, each array starts on 128 bytes (WMMA wants 32). */
+namespace wm = nvcuda::wmma;
+typedef wm::row_major RM;
+typedef wm::col_major CM;
+
+/* Cm (M,N) (+)= A (M,K) B (K,N), all multiples of 16; A row-major with
+ * leading dim lda or (CM) stored transposed, as (K,M) rows; the same for B
+ * (CM: stored as (N,K) rows). Warps take 16x16 output tiles in turn. The
+ * caller syncs before (operands written) and after (Cm read). */
+template <class LA, class LB>
+static __device__ void wgemm(float *Cm, int ldc, const bf16 *A, int lda, const bf16 *B, int ldb,
+			     int M, int N, int K, bool acc)
+{
+	const bool arow = std::is_same<LA, RM>::value, brow = std::is_same<LB, RM>::value;
+	int tn = N / 16, nt = (M / 16) * tn;
+	for (int t = threadIdx.x / 32; t < nt; t += NT / 32) {
+		int i = t / tn, j = t % tn;
+		wm::fragment<wm::accumulator, 16, 16, 16, float> c;
+		float *cp = Cm + i * 16 * ldc + j * 16;
+		if (acc)
+			wm::load_matrix_sync(c, cp, ldc, wm::mem_row_major);
+		else
+			wm::fill_fragment(c, 0.0f);
+		for (int kk = 0; kk < K / 16; kk++) {
+			wm::fragment<wm::matrix_a, 16, 16, 16, bf16, LA> a;
+			wm::fragment<wm::matrix_b, 16, 16, 16, bf16, LB> b;
+			wm::load_matrix_sync(a, arow ? A + i * 16 * lda + kk * 16 : A + kk * 16 * lda + i * 16,
+					     lda);
+			wm::load_matrix_sync(b, brow ? B + kk * 16 * ldb + j * 16 : B + j * 16 * ldb + kk * 16,
+					     ldb);
+			wm::mma_sync(c, a, b, c);
+		}
+		wm::store_matrix_sync(cp, c, ldc, wm::mem_row_major);
+	}
+}
+
+/* Byte offsets of the shared arrays of the tensor-core kernels. */
+struct tco {
+	size_t Qb, Kb, Vb, Ob, Sb, Gb, R1, Hb, Wb, Af, ac, wr, wn, qd, kd, total;
+	int lk, lv, lc, fk, fv, fc;
+};
+
+static __host__ __device__ size_t bump(size_t *o, size_t bytes)
+{
+	size_t at = *o;
+	*o = (at + bytes + 127) / 128 * 128;
+	return at;
+}
+
+/* kind 0: out, 1: bwd, 2: acc (C is then the token tile) */
+static __host__ __device__ tco tc_layout(int C, int Dk, int Dv, int kind)
+{
+	tco L;
+	L.lk = Dk + 8, L.lv = Dv + 8, L.lc = C + 8, L.fk = Dk + 4, L.fv = Dv + 4, L.fc = C + 4;
+	int lm = L.lk > L.lv ? L.lk : L.lv, fm = L.fk > L.fv ? L.fk : L.fv;
+	size_t o = 0, b2 = 2, b4 = 4;
+	L.Qb = bump(&o, (size_t)C * L.lk * b2);
+	L.Kb = kind == 2 ? 0 : bump(&o, (size_t)C * L.lk * b2);
+	L.Vb = bump(&o, (size_t)C * L.lv * b2);
+	L.Ob = kind == 1 ? bump(&o, (size_t)C * L.lv * b2) : 0;
+	L.Sb = kind == 2 ? 0 : bump(&o, (size_t)C * L.lc * b2);
+	L.Gb = kind == 1 ? bump(&o, (size_t)C * L.lc * b2) : 0;
+	size_t r1 = (size_t)(kind == 1 ? 2 * C * L.fc : C * L.fc);
+	if (kind == 1 && (size_t)C * fm > r1)
+		r1 = (size_t)C * fm;
+	L.R1 = kind == 2 ? 0 : bump(&o, r1 * b4);
+	L.Hb = kind == 2 ? 0 : bump(&o, (size_t)Dk * L.lv * b2);
+	L.Wb = kind == 2 ? 0 : bump(&o, (size_t)C * lm * b2);
+	L.Af = bump(&o, (size_t)(kind == 2 ? Dk * L.fv : C * fm) * b4);
+	L.ac = bump(&o, (size_t)C * b4);
+	L.wr = bump(&o, (size_t)C * b4);
+	L.wn = bump(&o, (size_t)C * b4);
+	L.qd = bump(&o, (size_t)C * b4);
+	L.kd = bump(&o, (size_t)C * b4);
+	L.total = o;
+	return L;
+}
+
+#define SMB(type, off) ((type *)(tcsm + (off)))
+
+/* Rows of a chunk (bf16, zero past len) into Xb (C, ld). */
+static __device__ void tc_rows(bf16 *Xb, int ld, const bf16 *X, int64_t row0, int64_t rstride,
+			       int D, int C, int len)
+{
+	for (int idx = threadIdx.x; idx < C * D; idx += NT) {
+		int i = idx / D, x = idx % D;
+		Xb[i * ld + x] = i < len ? X[(row0 + i) * rstride + x] : __float2bfloat16_rn(0.0f);
+	}
+}
+
+/* A state (Dk,Dv) fp32 from global into Hb (Dk, ld) bf16. */
+static __device__ void tc_state(bf16 *Hb, int ld, const float *St, int Dk, int Dv)
+{
+	for (int idx = threadIdx.x; idx < Dk * Dv; idx += NT)
+		Hb[(idx / Dv) * ld + idx % Dv] = __float2bfloat16_rn(St[idx]);
+}
+
+/* Xw (C, ldw) = bf16(w_i * X_i) for X (C, ldx) bf16. */
+static __device__ void tc_scale_rows(bf16 *Xw, int ldw, const bf16 *X, int ldx, const float *w,
+				     int C, int D)
+{
+	for (int idx = threadIdx.x; idx < C * D; idx += NT) {
+		int i = idx / D, x = idx % D;
+		Xw[i * ldw + x] = __float2bfloat16_rn(w[i] * __bfloat162float(X[i * ldx + x]));
+	}
+}
+
+static __device__ void tc_read_weights(float *wr, float *wn, const float *ac, const geo &g,
+				       const bf16 *lam, int64_t b, int64_t h, int64_t t0, int len,
+				       float dlog, int lv)
+{
+	for (int i = threadIdx.x; i < g.C; i += NT) {
+		float e = i < len ? g.scale * expf(dlog + ac[i]) : 0.0f;
+		if (wn)
+			wn[i] = e;
+		if (lv >= 0 && i < len)
+			e *= __bfloat162float(lam[((b * g.T + t0 + i) * g.H + h) * g.NL + lv]);
+		wr[i] = e;
+	}
+}
+
+__global__ void __launch_bounds__(NT) tc_out_kernel(bf16 *out, const bf16 *q, const bf16 *k,
+						    const bf16 *v, const bf16 *lam,
+						    const float *acs, const double *E,
+						    const float *F, geo g)
+{
+	extern __shared__ __align__(128) unsigned char tcsm[];
+	int C = g.C, Dk = (int)g.Dk, Dv = (int)g.Dv;
+	tco L = tc_layout(C, Dk, Dv, 0);
+	bf16 *Qb = SMB(bf16, L.Qb), *Kb = SMB(bf16, L.Kb), *Vb = SMB(bf16, L.Vb), *Pb = SMB(bf16, L.Sb);
+	bf16 *Hb = SMB(bf16, L.Hb), *Xw = SMB(bf16, L.Wb);
+	float *Sf = SMB(float, L.R1), *Of = SMB(float, L.Af), *ac = SMB(float, L.ac), *wr = SMB(float, L.wr);
+	int64_t n = blockIdx.x, bh = blockIdx.y, b = bh / g.H, h = bh % g.H, t0 = n * g.C;
+	int64_t grp = h / (g.H / g.G);
+	int len = g.T - t0 < g.C ? (int)(g.T - t0) : g.C;
+	tc_rows(Qb, L.lk, q + grp * g.Dk, b * g.T + t0, g.G * g.Dk, Dk, C, len);
+	tc_rows(Kb, L.lk, k + grp * g.Dk, b * g.T + t0, g.G * g.Dk, Dk, C, len);
+	tc_rows(Vb, L.lv, v + h * g.Dv, b * g.T + t0, g.H * g.Dv, Dv, C, len);
+	for (int i = threadIdx.x; i < C; i += NT)
+		ac[i] = i < len ? acs[bh * g.T + t0 + i] : 0.0f;
+	__syncthreads();
+	wgemm<RM, CM>(Sf, L.fc, Qb, L.lk, Kb, L.lk, C, C, Dk, false);
+	__syncthreads();
+	for (int idx = threadIdx.x; idx < C * C; idx += NT) {
+		int i = idx / C, j = idx % C;
+		float val = 0.0f;
+		if (j <= i && i < len) {
+			val = g.scale * expf(ac[i] - ac[j]) * Sf[i * L.fc + j];
+			if (lam)
+				val *= __bfloat162float(
+					lam[((b * g.T + t0 + i) * g.H + h) * g.NL + fen_level(t0 + i, t0 + j)]);
+		}
+		Pb[i * L.lc + j] = __float2bfloat16_rn(val);
+	}
+	__syncthreads();
+	wgemm<RM, RM>(Of, L.fv, Pb, L.lc, Vb, L.lv, C, Dv, C, false);
+	const double *Eb = E + bh * g.N;
+	int nr = F ? nreads(g, n) : 0;
+	for (int rr = 0; rr < nr; rr++) {
+		int64_t sidx = 0;
+		float dlog = 0.0f;
+		int lv = -1;
+		read_state(g, Eb, n, rr, &sidx, &dlog, &lv);
+		__syncthreads(); /* Xw and Hb of the previous state are read */
+		tc_read_weights(wr, NULL, ac, g, lam, b, h, t0, len, dlog, lv);
+		tc_state(Hb, L.lv, F + (bh * g.tot + sidx) * g.M, Dk, Dv);
+		__syncthreads();
+		tc_scale_rows(Xw, L.lk, Qb, L.lk, wr, C, Dk);
+		__syncthreads();
+		wgemm<RM, RM>(Of, L.fv, Xw, L.lk, Hb, L.lv, C, Dv, Dk, true);
+	}
+	__syncthreads();
+	for (int idx = threadIdx.x; idx < len * Dv; idx += NT) {
+		int i = idx / Dv, y = idx % Dv;
+		out[((b * g.T + t0 + i) * g.H + h) * g.Dv + y] = __float2bfloat16_rn(Of[i * L.fv + y]);
+	}
+}
+
+/* acc_kernel on the tensor cores: tiles of 64 tokens, Xwᵀ Y accumulated in
+ * shared memory. */
+template <bool QRY>
+__global__ void __launch_bounds__(NT) tc_acc_kernel(float *out, const bf16 *X, const bf16 *Y,
+						    const float *acs, const double *E,
+						    const bf16 *lam, const int4 *slots,
+						    int64_t ostride, geo g)
+{
+	extern __shared__ __align__(128) unsigned char tcsm[];
+	const int TT = 64;
+	int Dk = (int)g.Dk, Dv = (int)g.Dv;
+	tco L = tc_layout(TT, Dk, Dv, 2);
+	bf16 *Xw = SMB(bf16, L.Qb), *Yb = SMB(bf16, L.Vb);
+	float *Of = SMB(float, L.Af), *ws = SMB(float, L.wr);
+	int si = blockIdx.x;
+	int64_t bh = blockIdx.y, b = bh / g.H, h = bh % g.H, grp = h / (g.H / g.G);
+	int na = si, nb = si + 1, lvl = -1;
+	if (slots) {
+		int4 s = slots[si];
+		na = s.x, nb = s.y, lvl = s.z;
+	}
+	int64_t ta = (int64_t)na * g.C, tb = (int64_t)nb * g.C < g.T ? (int64_t)nb * g.C : g.T;
+	const float *ac = acs + bh * g.T;
+	const double *Eb = E + bh * g.N;
+	bool first = true;
+	for (int64_t t0 = ta; t0 < tb; t0 += TT) {
+		int nt = tb - t0 < TT ? (int)(tb - t0) : TT;
+		__syncthreads();
+		for (int r = threadIdx.x; r < TT; r += NT) {
+			float w = 0.0f;
+			if (r < nt) {
+				int64_t t = t0 + r;
+				if (QRY) {
+					w = g.scale * expf((float)(em1(Eb, t / g.C) - em1(Eb, na)) + ac[t]);
+					if (lvl >= 0)
+						w *= __bfloat162float(
+							lam[((b * g.T + t) * g.H + h) * g.NL + g.cbits + lvl]);
+				} else {
+					w = expf(ac[tb - 1] - ac[t]);
+				}
+			}
+			ws[r] = w;
+		}
+		__syncthreads();
+		for (int idx = threadIdx.x; idx < TT * Dk; idx += NT) {
+			int r = idx / Dk, x = idx % Dk;
+			float xv = r < nt ? __bfloat162float(X[((b * g.T + t0 + r) * g.G + grp) * g.Dk + x]) : 0.0f;
+			Xw[r * L.lk + x] = __float2bfloat16_rn(ws[r] * xv);
+		}
+		tc_rows(Yb, L.lv, Y + h * g.Dv, b * g.T + t0, g.H * g.Dv, Dv, TT, nt);
+		__syncthreads();
+		wgemm<CM, RM>(Of, L.fv, Xw, L.lk, Yb, L.lv, Dk, Dv, TT, !first);
+		first = false;
+	}
+	__syncthreads();
+	float *o = out + (bh * ostride + si) * g.M;
+	for (int idx = threadIdx.x; idx < Dk * Dv; idx += NT)
+		o[idx] = first ? 0.0f : Of[(idx / Dv) * L.fv + idx % Dv];
+}
+
+__global__ void __launch_bounds__(NT) tc_bwd_kernel(float *dqh, float *dkh, gacc dv, gacc dlam,
+						    float *dA, double *dAsum, const bf16 *dout,
+						    const bf16 *q, const bf16 *k, const bf16 *v,
+						    const bf16 *lam, const float *acs,
+						    const double *E, const float *F, const float *dF,
+						    geo g)
+{
+	extern __shared__ __align__(128) unsigned char tcsm[];
+	int C = g.C, Dk = (int)g.Dk, Dv = (int)g.Dv;
+	tco L = tc_layout(C, Dk, Dv, 1);
+	bf16 *Qb = SMB(bf16, L.Qb), *Kb = SMB(bf16, L.Kb), *Vb = SMB(bf16, L.Vb), *Ob = SMB(bf16, L.Ob);
+	bf16 *Sb = SMB(bf16, L.Sb), *Gb = SMB(bf16, L.Gb), *Hb = SMB(bf16, L.Hb), *Wb = SMB(bf16, L.Wb);
+	float *Sf = SMB(float, L.R1), *Df = Sf + C * L.fc, *Xf = Sf, *Af = SMB(float, L.Af);
+	float *ac = SMB(float, L.ac), *wr = SMB(float, L.wr), *wn = SMB(float, L.wn);
+	float *qd = SMB(float, L.qd), *kd = SMB(float, L.kd);
+	int64_t n = blockIdx.x, bh = blockIdx.y, b = bh / g.H, h = bh % g.H, t0 = n * g.C;
+	int64_t grp = h / (g.H / g.G);
+	int len = g.T - t0 < g.C ? (int)(g.T - t0) : g.C;
+	int lane = threadIdx.x % 32, wp = threadIdx.x / 32;
+	tc_rows(Qb, L.lk, q + grp * g.Dk, b * g.T + t0, g.G * g.Dk, Dk, C, len);
+	tc_rows(Kb, L.lk, k + grp * g.Dk, b * g.T + t0, g.G * g.Dk, Dk, C, len);
+	tc_rows(Vb, L.lv, v + h * g.Dv, b * g.T + t0, g.H * g.Dv, Dv, C, len);
+	tc_rows(Ob, L.lv, dout + h * g.Dv, b * g.T + t0, g.H * g.Dv, Dv, C, len);
+	for (int i = threadIdx.x; i < C; i += NT)
+		ac[i] = i < len ? acs[bh * g.T + t0 + i] : 0.0f;
+	__syncthreads();
+	wgemm<RM, CM>(Sf, L.fc, Qb, L.lk, Kb, L.lk, C, C, Dk, false);
+	wgemm<RM, CM>(Df, L.fc, Ob, L.lv, Vb, L.lv, C, C, Dv, false);
+	__syncthreads();
+	for (int idx = threadIdx.x; idx < C * C; idx += NT) {
+		int i = idx / C, j = idx % C;
+		float sv = 0.0f, gv = 0.0f, mv = 0.0f;
+		if (j <= i && i < len) {
+			float p = Sf[i * L.fc + j], ds = Df[i * L.fc + j];
+			float e = g.scale * expf(ac[i] - ac[j]), w = e;
+			if (lam)
+				w *= __bfloat162float(
+					lam[((b * g.T + t0 + i) * g.H + h) * g.NL + fen_level(t0 + i, t0 + j)]);
+			sv = w * p;
+			gv = w * ds;
+			mv = e * p * ds;
+		}
+		Sb[i * L.lc + j] = __float2bfloat16_rn(sv);
+		Gb[i * L.lc + j] = __float2bfloat16_rn(gv);
+		Sf[i * L.fc + j] = mv; /* each element read and written by one thread */
+	}
+	__syncthreads();
+	if (dlam.p) {
+		int maxl = g.N > 1 ? g.cbits + 1 : 7;
+		for (int i = threadIdx.x; i < len; i += NT) {
+			float lvs[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+			for (int j = 0; j <= i; j++) {
+				int l = fen_level(t0 + i, t0 + j);
+#pragma unroll
+				for (int u = 0; u < 8; u++)
+					if (u == l)
+						lvs[u] += Sf[i * L.fc + j];
+			}
+			for (int l = 0; l < maxl && l < g.NL; l++)
+				gadd(dlam, ((b * g.T + t0 + i) * g.H + h) * g.NL + l, lvs[l]);
+		}
+	}
+	__syncthreads(); /* Sf is Xf from here */
+	const double *Eb = E + bh * g.N;
+
+	/* ---- dq */
+	wgemm<RM, RM>(Af, L.fk, Gb, L.lc, Kb, L.lk, C, Dk, C, false);
+	int nr = F ? nreads(g, n) : 0;
+	for (int rr = 0; rr < nr; rr++) {
+		int64_t sidx = 0;
+		float dlog = 0.0f;
+		int lv = -1;
+		read_state(g, Eb, n, rr, &sidx, &dlog, &lv);
+		__syncthreads();
+		tc_read_weights(wr, wn, ac, g, lam, b, h, t0, len, dlog, lv);
+		tc_state(Hb, L.lv, F + (bh * g.tot + sidx) * g.M, Dk, Dv);
+		__syncthreads();
+		wgemm<RM, CM>(Xf, L.fk, Ob, L.lv, Hb, L.lv, C, Dk, Dv, false);
+		__syncthreads();
+		for (int i = wp; i < C; i += NT / 32) {
+			float d = 0.0f;
+			for (int x = lane; x < Dk; x += 32) {
+				float xv = Xf[i * L.fk + x];
+				Af[i * L.fk + x] += wr[i] * xv;
+				d += __bfloat162float(Qb[i * L.lk + x]) * xv;
+			}
+			d = warp_sum(d);
+			if (dlam.p && lv >= 0 && lane == 0 && i < len && lv < g.NL)
+				gadd(dlam, ((b * g.T + t0 + i) * g.H + h) * g.NL + lv, wn[i] * d);
+		}
+	}
+	__syncthreads();
+	for (int i = wp; i < C; i += NT / 32) {
+		float d = 0.0f;
+		for (int x = lane; x < Dk; x += 32) {
+			float a = Af[i * L.fk + x];
+			d += __bfloat162float(Qb[i * L.lk + x]) * a;
+			if (i < len)
+				dqh[((b * g.T + t0 + i) * g.H + h) * g.Dk + x] = a;
+		}
+		d = warp_sum(d);
+		if (lane == 0)
+			qd[i] = d;
+	}
+
+	/* ---- dk, then dv: intra, and the state gradient after this chunk */
+	const float *dU = dF ? dF + (bh * g.tot + n) * g.M : NULL;
+	__syncthreads();
+	for (int i = threadIdx.x; i < C; i += NT)
+		wr[i] = i < len ? expf(ac[len - 1] - ac[i]) : 0.0f;
+	wgemm<CM, RM>(Af, L.fk, Gb, L.lc, Qb, L.lk, C, Dk, C, false);
+	if (dU) {
+		tc_state(Hb, L.lv, dU, Dk, Dv);
+		__syncthreads(); /* wr */
+		tc_scale_rows(Wb, L.lv, Vb, L.lv, wr, C, Dv);
+		__syncthreads();
+		wgemm<RM, CM>(Af, L.fk, Wb, L.lv, Hb, L.lv, C, Dk, Dv, true);
+	}
+	__syncthreads();
+	for (int j = wp; j < C; j += NT / 32) {
+		float d = 0.0f;
+		for (int x = lane; x < Dk; x += 32) {
+			float a = Af[j * L.fk + x];
+			d += __bfloat162float(Kb[j * L.lk + x]) * a;
+			if (j < len)
+				dkh[((b * g.T + t0 + j) * g.H + h) * g.Dk + x] = a;
+		}
+		d = warp_sum(d);
+		if (lane == 0)
+			kd[j] = d;
+	}
+	__syncthreads();
+	wgemm<CM, RM>(Af, L.fv, Sb, L.lc, Ob, L.lv, C, Dv, C, false);
+	if (dU) {
+		tc_scale_rows(Wb, L.lk, Kb, L.lk, wr, C, Dk);
+		__syncthreads();
+		wgemm<RM, RM>(Af, L.fv, Wb, L.lk, Hb, L.lv, C, Dv, Dk, true);
+	}
+	__syncthreads();
+	if (dv.p)
+		for (int idx = threadIdx.x; idx < len * Dv; idx += NT) {
+			int j = idx / Dv, y = idx % Dv;
+			gadd(dv, ((b * g.T + t0 + j) * g.H + h) * g.Dv + y, Af[j * L.fv + y]);
+		}
+	if (dA) {
+		for (int i = threadIdx.x; i < len; i += NT)
+			dA[bh * g.T + t0 + i] = qd[i] - kd[i];
+		if (threadIdx.x == 0) {
+			double sum = 0;
+			for (int i = 0; i < len; i++)
+				sum += (double)(qd[i] - kd[i]);
+			dAsum[bh * g.N + n] = sum;
+		}
+	}
+}
+
 /* ------------------------------------------------- launchers */
 
 static int eff_chunk(int chunk, int64_t T, int loglinear)
@@ -903,6 +1308,50 @@ static int smem_set(void (*kernel)(T *, const T *, const T *, const T *, const T
 	return 0;
 }
 
+static int g_tensor_cores = 1;
+
+extern "C" void lmk_cuda_ssd_tensor_cores(int on) { g_tensor_cores = on != 0; }
+
+/* Whether the tensor-core kernels take this shape: BF16, the tensor cores
+ * not switched off, dims and chunk multiples of 16, and the backward's
+ * shared memory within the device's limit. */
+template <class T>
+static int use_tc(const geo &g)
+{
+	if (!std::is_same<T, bf16>::value || !g_tensor_cores || g.Dk % 16 || g.Dv % 16 || g.C % 16)
+		return 0;
+	int dev = 0, optin = 0;
+	if (cudaGetDevice(&dev) != cudaSuccess ||
+	    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+		cudaGetLastError();
+		return 0;
+	}
+	return tc_layout(g.C, (int)g.Dk, (int)g.Dv, 1).total <= (size_t)optin;
+}
+
+/* acc_kernel or its tensor-core twin over nslots slots (per chunk when
+ * slots is NULL). */
+template <class T, bool QRY>
+static int launch_acc(cudaStream_t st, const geo &g, int tc, float *out, const T *X, const T *Y,
+		      const float *acs, const double *E, const T *lam, const int4 *slots,
+		      int64_t nslots, int64_t ostride)
+{
+	dim3 grid((unsigned)nslots, (unsigned)(g.B * g.H));
+	if constexpr (std::is_same<T, bf16>::value) {
+		if (tc) {
+			size_t sb = tc_layout(64, (int)g.Dk, (int)g.Dv, 2).total;
+			LMK_CK(cudaFuncSetAttribute(tc_acc_kernel<QRY>,
+						    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb));
+			tc_acc_kernel<QRY><<<grid, NT, sb, st>>>(out, X, Y, acs, E, lam, slots, ostride, g);
+			LMK_CK_LAUNCH();
+			return 0;
+		}
+	}
+	acc_kernel<T, QRY><<<grid, NT, 0, st>>>(out, X, Y, acs, E, lam, slots, ostride, g);
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
 template <class T>
 static int forward_t(lmk_cuda_backend *bk, const geo &g, T *out, const T *q, const T *k,
 		     const T *v, const T *loga, const T *lam)
@@ -921,12 +1370,23 @@ static int forward_t(lmk_cuda_backend *bk, const geo &g, T *out, const T *q, con
 	LMK_CK_LAUNCH();
 	prep_prefix<<<grid_for(BH, 128), 128, 0, st>>>(E, g);
 	LMK_CK_LAUNCH();
+	int tc = use_tc<T>(g);
 	if (F) {
-		acc_kernel<T, false><<<dim3((unsigned)g.N, (unsigned)BH), NT, 0, st>>>(
-			F, k, v, acs, E, lam, NULL, g.tot, g);
-		LMK_CK_LAUNCH();
+		if (launch_acc<T, false>(st, g, tc, F, k, v, acs, E, lam, NULL, g.N, g.tot) < 0)
+			return lmk_errcode();
 		fwd_states<<<grid_for(BH * g.M, 256), 256, 0, st>>>(F, E, g);
 		LMK_CK_LAUNCH();
+	}
+	if constexpr (std::is_same<T, bf16>::value) {
+		if (tc) {
+			size_t sb = tc_layout(g.C, (int)g.Dk, (int)g.Dv, 0).total;
+			LMK_CK(cudaFuncSetAttribute(tc_out_kernel,
+						    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb));
+			tc_out_kernel<<<dim3((unsigned)g.N, (unsigned)BH), NT, sb, st>>>(
+				out, q, k, v, lam, acs, E, F, g);
+			LMK_CK_LAUNCH();
+			return 0;
+		}
 	}
 	size_t sb = tiles_floats(g.C, g.Dk, g.Dv, 0) * sizeof(float);
 	if (smem_set<T>(out_kernel<T>, sb) < 0)
@@ -1005,33 +1465,45 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 	LMK_CK_LAUNCH();
 	prep_prefix<<<grid_for(BH, 128), 128, 0, st>>>(E, g);
 	LMK_CK_LAUNCH();
+	int tc = use_tc<T>(g);
 	if (states) {
-		acc_kernel<T, false><<<dim3((unsigned)g.N, (unsigned)BH), NT, 0, st>>>(
-			F, k, v, acs, E, lam, NULL, g.tot, g);
-		LMK_CK_LAUNCH();
+		if (launch_acc<T, false>(st, g, tc, F, k, v, acs, E, lam, NULL, g.N, g.tot) < 0)
+			return lmk_errcode();
 		fwd_states<<<grid_for(BH * g.M, 256), 256, 0, st>>>(F, E, g);
 		LMK_CK_LAUNCH();
 		if (g.plain) {
-			acc_kernel<T, true><<<dim3((unsigned)g.N, (unsigned)BH), NT, 0, st>>>(
-				dF, q, dout, acs, E, lam, NULL, g.tot, g);
-			LMK_CK_LAUNCH();
-		} else if (ns > 0) {
-			if (lmk_cuda_upload(bk, dslots, slots.data(), (size_t)ns * sizeof(int4)) < 0)
+			if (launch_acc<T, true>(st, g, tc, dF, q, dout, acs, E, lam, NULL, g.N, g.tot) < 0)
 				return lmk_errcode();
-			acc_kernel<T, true><<<dim3((unsigned)ns, (unsigned)BH), NT, 0, st>>>(
-				parts, q, dout, acs, E, lam, dslots, ns, g);
-			LMK_CK_LAUNCH();
+		} else if (ns > 0) {
+			if (lmk_cuda_upload(bk, dslots, slots.data(), (size_t)ns * sizeof(int4)) < 0 ||
+			    launch_acc<T, true>(st, g, tc, parts, q, dout, acs, E, lam, dslots, ns, ns) < 0)
+				return lmk_errcode();
 		}
 		bwd_states<<<grid_for(BH * g.M, 256), 256, 0, st>>>(dF, parts, E, ns, g);
 		LMK_CK_LAUNCH();
 	}
-	size_t sb = tiles_floats(g.C, g.Dk, g.Dv, 1) * sizeof(float);
-	LMK_CK(cudaFuncSetAttribute(bwd_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-				    (int)sb));
-	bwd_kernel<T><<<dim3((unsigned)g.N, (unsigned)BH), NT, sb, st>>>(
-		dqh, dkh, to_gacc(dv), to_gacc(dlam), dloga.p ? dA : NULL, dAsum, dout, q, k, v, lam,
-		acs, E, F, dF, g);
-	LMK_CK_LAUNCH();
+	int launched = 0;
+	if constexpr (std::is_same<T, bf16>::value) {
+		if (tc) {
+			size_t sb = tc_layout(g.C, (int)g.Dk, (int)g.Dv, 1).total;
+			LMK_CK(cudaFuncSetAttribute(tc_bwd_kernel,
+						    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb));
+			tc_bwd_kernel<<<dim3((unsigned)g.N, (unsigned)BH), NT, sb, st>>>(
+				dqh, dkh, to_gacc(dv), to_gacc(dlam), dloga.p ? dA : NULL, dAsum, dout, q,
+				k, v, lam, acs, E, F, dF, g);
+			LMK_CK_LAUNCH();
+			launched = 1;
+		}
+	}
+	if (!launched) {
+		size_t sb = tiles_floats(g.C, g.Dk, g.Dv, 1) * sizeof(float);
+		LMK_CK(cudaFuncSetAttribute(bwd_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+					    (int)sb));
+		bwd_kernel<T><<<dim3((unsigned)g.N, (unsigned)BH), NT, sb, st>>>(
+			dqh, dkh, to_gacc(dv), to_gacc(dlam), dloga.p ? dA : NULL, dAsum, dout, q, k, v,
+			lam, acs, E, F, dF, g);
+		LMK_CK_LAUNCH();
+	}
 	if (dloga.p) {
 		dloga_kernel<<<grid_for(BH * g.N, 128), 128, 0, st>>>(to_gacc(dloga), dA, dAsum, g);
 		LMK_CK_LAUNCH();

@@ -10,7 +10,9 @@
  * element a kernel forgets to write shows as NaN, input gradients preloaded
  * with random priors so that a backward that assigns instead of adding
  * fails. The output and every gradient are compared NaN and inf first, then
- * by ||gpu - cpu|| / ||cpu||: 1e-5 in F32, 1e-2 in BF16. Every case prints
+ * by ||gpu - cpu|| / ||cpu||: 1e-5 in F32, 1e-2 in BF16 (BF16 twice: on the
+ * tensor cores, where the shape allows, and with them switched off, so that
+ * a failure tells which kernel family it is in). Every case prints
  * one line with its worst errors (and where the worst element is), and the
  * suite fails at the end if any was over, so one run shows everything.
  * Exits 77 without a device or in a CPU-only build; runs without fork. */
@@ -30,6 +32,7 @@
 
 #if LMK_CUDA
 #include "../cuda/cuda.h"
+#include "../cuda/ssd_cuda.h"
 
 static uint64_t g_seed;
 
@@ -92,12 +95,13 @@ static double compare(const float *gpu, const float *cpu, int64_t n, int64_t *wh
 }
 
 static int nfail;
-static double worst_all[2];
+static double worst_all[3]; /* F32, BF16 on the tensor cores, BF16 on CUDA cores */
 
 /* One case in one dtype: returns the worst error over the output and the
  * gradients; prints one line. */
-static void run_case(int ci, lmk_dtype dt)
+static void run_case(int ci, lmk_dtype dt, int tc)
 {
+	lmk_cuda_ssd_tensor_cores(tc);
 	const scase *s = &cases[ci];
 	const int bf = dt == LMK_BF16;
 	int64_t NL = lmk_fenwick_levels(s->T) + 1; /* one level more than needed */
@@ -202,13 +206,14 @@ static void run_case(int ci, lmk_dtype dt)
 	if (msg[0])
 		worst = INFINITY;
 	int bad = !(worst <= tol_of(dt));
-	if (worst > worst_all[bf] || isinf(worst))
-		worst_all[bf] = worst;
+	int slot = bf ? (tc ? 1 : 2) : 0;
+	if (worst > worst_all[slot] || isinf(worst))
+		worst_all[slot] = worst;
 	char line[512];
 	int k = snprintf(line, sizeof line,
-			 "test_cuda_ssd: %s B %lld T %lld H %lld G %lld Dk %lld Dv %lld decay %d "
+			 "test_cuda_ssd: %s%s B %lld T %lld H %lld G %lld Dk %lld Dv %lld decay %d "
 			 "lam %d chunk %d:",
-			 lmk_dtype_name(dt), (long long)s->B, (long long)s->T, (long long)s->H,
+			 lmk_dtype_name(dt), bf ? (tc ? " tc" : " simple") : "", (long long)s->B, (long long)s->T, (long long)s->H,
 			 (long long)s->G, (long long)s->Dk, (long long)s->Dv, s->decay, s->loglin,
 			 s->chunk);
 	for (int i = 0; i < 6 && !msg[0]; i++)
@@ -237,12 +242,14 @@ START_TEST(test_vs_cpu)
 {
 	nfail = 0;
 	for (int ci = 0; ci < NCASES; ci++) {
-		run_case(ci, LMK_F32);
-		run_case(ci, LMK_BF16);
+		run_case(ci, LMK_F32, 1);
+		run_case(ci, LMK_BF16, 1);
+		run_case(ci, LMK_BF16, 0);
 	}
-	printf("test_cuda_ssd: %d cases x 2 dtypes: worst F32 %.1e (tolerance 1e-5), BF16 %.1e "
-	       "(1e-2); %d over\n",
-	       NCASES, worst_all[0], worst_all[1], nfail);
+	lmk_cuda_ssd_tensor_cores(1);
+	printf("test_cuda_ssd: %d cases: worst F32 %.1e (tolerance 1e-5), BF16 tensor cores %.1e, "
+	       "BF16 CUDA cores %.1e (1e-2); %d over\n",
+	       NCASES, worst_all[0], worst_all[1], worst_all[2], nfail);
 	fflush(stdout);
 	ck_assert_msg(nfail == 0, "%d cases over tolerance (seed %llu): see the lines above", nfail,
 		      (unsigned long long)g_seed);
