@@ -2,8 +2,10 @@
 # ttt-arc.sh: the ttt-arc program from the shell: check, format and score on
 # the hand-made tasks of tests/fixtures/arc (a folder of two tasks, the same
 # as Kaggle's challenges and solutions, a submission solving one task and one
-# of the other's two test inputs, and a folder of bad files), then on the
-# ARC-AGI-1 evaluation set under $LMK_DATA when it is there.
+# of the other's two test inputs, and a folder of bad files); pretrain, ttt
+# and predict with a tiny new model on the CPU (resumes, files, the
+# submission that score reads, errors); then the ARC-AGI-1 evaluation set
+# under $LMK_DATA when it is there.
 # Prints TAP-like "ok N - ..." lines; exit 0 pass, 1 fail, 77 skip.
 set -u
 ROOT=${LMK_ROOT:-$PWD}
@@ -151,6 +153,80 @@ run "$BIN" score "$FX/submission.json" "$FX/bad"
 check "score: bad SOLUTIONS" 'rc_is 1 && err_one_line "colour.json: task colour"'
 run "$BIN" score - -
 check "score: both from standard input is a usage error" 'rc_is 2'
+
+# ---- pretrain, ttt, predict: a tiny new model on the fixtures ----
+# Two threads and short examples keep each case to a few seconds.
+TINY="--hidden=32 --layers=2 --heads=2 --max-len=512 --threads=2"
+run "$BIN" pretrain --out=m "$FX/tasks" $TINY --steps=6 --batch=4 --save-every=3 --metrics=m.jsonl
+check "pretrain: a few steps write the model, its tokenizer and the state" 'rc_is 0 && out_empty &&
+	[ -s m/config.json ] && [ -s m/model.safetensors ] && [ -s m/ttt-arc-state.safetensors ] &&
+	grep -q "\"tokenizer\": \"byte\"" m/ttt-arc.json && [ "$(wc -l <m.jsonl)" -eq 6 ] &&
+	grep -q "^{\"step\":6,\"epoch\":0,\"loss\":[0-9.]*," m.jsonl && err_has "step 6/6: loss"'
+run "$BIN" pretrain --out=half "$FX/tasks" $TINY --steps=6 --batch=4 --time-limit=0.000001
+check "pretrain --time-limit: one step, saved, exit 75" 'rc_is 75 && err_has "stopped by --time-limit after step 1; continue with --resume" && [ -s half/model.safetensors ]'
+run "$BIN" pretrain --resume --out=half --threads=2
+check "pretrain --resume: continues to the saved --steps" 'rc_is 0 && err_has "step 1 of 6" && err_has "step 6/6"'
+check "pretrain --resume: the same model as a run in one go" 'cmp -s m/model.safetensors half/model.safetensors'
+run "$BIN" pretrain --resume --out=half
+check "pretrain --resume of a finished run: nothing to do" 'rc_is 0 && err_one_line "half is at step 6 of 6; nothing to do"'
+run "$BIN" pretrain --out=m "$FX/tasks" $TINY
+check "pretrain: an --out that holds a run" 'rc_is 1 && err_one_line "'\''m'\'' already holds a run"'
+run "$BIN" pretrain --out=x "$FX/bad/ragged.json" $TINY
+check "pretrain: bad TASKS" 'rc_is 1 && err_one_line "expected 2 cells, found 1"'
+run "$BIN" pretrain --out=x "$FX/tasks" --hidden=32 --heads=2 --max-len=16
+check "pretrain: every example too long" 'rc_is 1 && err_one_line "no example of 16 tokens or fewer"'
+run "$BIN" pretrain --out=x --init=nothing "$FX/tasks"
+check "pretrain --init: a missing model" 'rc_is 1 && err_one_line "'\''nothing'\'' is neither a folder nor a GGUF file"'
+run "$BIN" pretrain "$FX/tasks"
+check "pretrain without --out: usage error" 'rc_is 2 && err_has "'\''pretrain'\'' needs --out DIR"'
+run "$BIN" pretrain --out=x
+check "pretrain without TASKS: usage error" 'rc_is 2 && err_has "'\''pretrain'\'' needs TASKS"'
+run "$BIN" pretrain --out=m --resume "$FX/tasks"
+check "pretrain --resume with TASKS: usage error" 'rc_is 2 && err_has "takes no TASKS"'
+run "$BIN" pretrain --out=m --resume --hidden=64
+check "pretrain --resume with a shape: usage error" 'rc_is 2 && err_has "option '\''--hidden'\'' cannot be used with --resume"'
+run "$BIN" pretrain --out=x --adapter=lora:r=4 "$FX/tasks"
+check "pretrain --adapter without --init: usage error" 'rc_is 2 && err_has "--adapter needs --init MODEL"'
+run "$BIN" pretrain --out=x --loss=most "$FX/tasks"
+check "pretrain --loss: a bad value is a usage error" 'rc_is 2 && err_has "option '\''--loss'\'' needs target, outputs or all, not '\''most'\''"'
+run "$BIN" pretrain --out=x --dtype=bf16 "$FX/tasks"
+check "pretrain --dtype=bf16 on the cpu: usage error" 'rc_is 2 && err_has "--dtype bf16 needs --device cuda"'
+run "$BIN" pretrain --out=x --adapters=a "$FX/tasks"
+check "pretrain --adapters: usage error" 'rc_is 2 && err_has "option '\''--adapters'\'' does not apply to '\''pretrain'\''"'
+
+run "$BIN" ttt "$FX/tasks" --model=m --adapter-out=ad --cap=4 --adapter=lora:r=4,alpha=8,targets=q,v --max-len=512 --threads=2 --metrics=t.jsonl
+check "ttt --adapter-out: one PEFT adapter per task" 'rc_is 0 && out_empty &&
+	[ -s ad/aa000001/adapter_model.safetensors ] && [ -s ad/bb000002/adapter_config.json ] &&
+	grep -q "\"r\": 4" ad/aa000001/adapter_config.json && [ "$(wc -l <t.jsonl)" -eq 2 ] &&
+	err_has "task bb000002: 4 examples, 4 steps, loss" && err_has "trained 2 of 2 tasks"'
+run "$BIN" ttt "$FX/tasks" --model=m --adapter-out=ad --cap=4 --adapter=lora:r=4,alpha=8,targets=q,v --max-len=512 --threads=2 --resume
+check "ttt --resume: the tasks with adapters are kept" 'rc_is 0 && err_one_line "trained 0 of 2 tasks"'
+run "$BIN" predict "$FX/tasks" --model=m --adapters=ad -o sub.json --max-len=512 --threads=2
+check "predict --adapters: a submission" 'rc_is 0 && out_empty && err_has "predicted 2 of 2 tasks"'
+run "$BIN" score sub.json "$FX/tasks"
+check "predict: score reads the submission" 'rc_is 0 && out_lines 2 && out_has "{\"task\":\"bb000002\",\"tests\":2," && err_has "0 tasks missing"'
+run "$BIN" ttt "$FX/tasks" --model=m --predict -o ttt.json --cap=4 --adapter=lora:r=4,alpha=8,targets=q,v --max-len=512 --threads=2 -q
+check "ttt --predict: the same submission as ttt, then predict --adapters" 'rc_is 0 && err_empty && cmp -s sub.json ttt.json'
+run "$BIN" predict "$FX/tasks" --model=m -o - --max-len=512 --threads=2 --task=aa000001 --per-class=2
+check "predict -o -: standard output, one task" 'rc_is 0 && out_lines 1 && out_has "{\"aa000001\":[{\"attempt_1\":"'
+run "$BIN" predict "$FX/tasks" --model=m -o part.json --max-len=512 --threads=2 --time-limit=0.000001
+check "predict --time-limit: one task done, exit 75" 'rc_is 75 && err_has "predicted 1 of 2 tasks" && out_empty && grep -q aa000001 part.json && ! grep -q bb000002 part.json'
+run "$BIN" predict "$FX/tasks" --model=m -o part.json --max-len=512 --threads=2 --resume
+check "predict --resume: the rest" 'rc_is 0 && grep -q aa000001 part.json && grep -q bb000002 part.json'
+run "$BIN" predict "$FX/tasks" --model=nothing -o s.json
+check "predict: a missing model" 'rc_is 1 && err_one_line "'\''nothing'\'' is neither a folder nor a GGUF file"'
+run "$BIN" predict "$FX/tasks" --model=m -o s.json --device=cuda:7
+check "predict --device=cuda: refused with one line where there is none" 'rc_is 1 && err_one_line "ttt-arc: "'
+run "$BIN" predict "$FX/tasks" --model=m
+check "predict without -o: usage error" 'rc_is 2 && err_has "'\''predict'\'' needs -o SUBMISSION"'
+run "$BIN" predict "$FX/tasks" -o s.json
+check "predict without --model: usage error" 'rc_is 2 && err_has "'\''predict'\'' needs --model MODEL"'
+run "$BIN" ttt "$FX/tasks" --model=m
+check "ttt keeping nothing: usage error" 'rc_is 2 && err_has "needs --adapter-out DIR or --predict"'
+run "$BIN" ttt "$FX/tasks" --model=m --predict --epochs=0
+check "ttt --epochs=0: usage error" 'rc_is 2 && err_has "option '\''--epochs'\''"'
+run "$BIN" predict "$FX/tasks" --model=m -o s.json --epochs=2
+check "predict --epochs: usage error" 'rc_is 2 && err_has "option '\''--epochs'\'' does not apply to '\''predict'\''"'
 
 # ---- the real data ----
 if [ -d "$DATA/evaluation" ]; then
