@@ -9,7 +9,7 @@
  * Owns: nothing (scratch comes from the backend). Needs: cuda.h, backend.h.
  * Never: allocates memory of a step, checks shapes (lib/ssd.c does), prints,
  * synchronizes the stream.
- * @return (every launcher) : 0, LMK_EUNSUP (chunk > 64, Dk or Dv > 128, a
+ * @return (every launcher) : 0, LMK_EUNSUP (Dk or Dv > 128, B*H > 65535, a
  * dtype other than F32 and BF16) or LMK_EDEVICE, with a message */
 #ifndef LMK_CUDA_SSD_H
 #define LMK_CUDA_SSD_H
@@ -22,8 +22,8 @@
 extern "C" {
 #endif
 
-/* chunk is the requested chunk (rounded down to a power of two with lam and
- * more than one chunk, as on the CPU). */
+/* chunk is the requested chunk: at most 64 is used, rounded down to a power
+ * of two with lam and more than one chunk, as on the CPU. */
 int lmk_cuda_ssd_forward(void *be, lmk_dtype dt, void *out /*(B,T,H,Dv)*/,
 			 const void *q /*(B,T,G,Dk)*/, const void *k /*(B,T,G,Dk)*/,
 			 const void *v /*(B,T,H,Dv)*/, const void *loga /*(B,T,H) or NULL*/,

@@ -38,7 +38,8 @@ typedef struct lmk_ssd_opts {
 /* q, k (B,T,G,Dk), v (B,T,H,Dv), loga (B,T,H) log decays (<= 0, not
  * checked) or NULL (no decay), lam (B,T,H,NL) or NULL (not log-linear)
  * -> (B,T,H,Dv) in the context's compute dtype. Any subset of the inputs
- * may require grad. On CUDA: chunk <= 64, Dk and Dv <= 128 (else
+ * may require grad. On CUDA the chunk is at most 64 (a larger one runs as
+ * 64: the result does not depend on it), Dk and Dv at most 128 (else
  * LMK_EUNSUP). @return : NULL on failure (message recorded) */
 lmk_tensor *lmk_ssd(lmk_ctx *c, lmk_tensor *q, lmk_tensor *k, lmk_tensor *v, lmk_tensor *loga,
 		    lmk_tensor *lam, const lmk_ssd_opts *o);
