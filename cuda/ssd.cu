@@ -1296,6 +1296,15 @@ static int make_geo(geo *g, const char *who, lmk_dtype dt, int64_t B, int64_t T,
 	return 0;
 }
 
+/* One thread per element, no cap on the grid (the kernels above are not
+ * grid-stride loops, so common.cuh's capped grid_for would leave elements
+ * out on huge shapes). */
+static unsigned blocks_for(int64_t n, int threads)
+{
+	int64_t b = (n + threads - 1) / threads;
+	return (unsigned)(b < 1 ? 1 : b);
+}
+
 /* Bump allocation inside one scratch region, 256-byte aligned. */
 static size_t al(size_t b) { return (b + 255) / 256 * 256; }
 
@@ -1366,15 +1375,15 @@ static int forward_t(lmk_cuda_backend *bk, const geo &g, T *out, const T *q, con
 	double *E = (double *)(p + b_acs);
 	float *F = g.N > 1 ? (float *)(p + b_acs + b_E) : NULL;
 	cudaStream_t st = bk->stream;
-	prep_chunk<T><<<grid_for(BH * g.N, 256), 256, 0, st>>>(acs, E, loga, g);
+	prep_chunk<T><<<blocks_for(BH * g.N, 256), 256, 0, st>>>(acs, E, loga, g);
 	LMK_CK_LAUNCH();
-	prep_prefix<<<grid_for(BH, 128), 128, 0, st>>>(E, g);
+	prep_prefix<<<blocks_for(BH, 128), 128, 0, st>>>(E, g);
 	LMK_CK_LAUNCH();
 	int tc = use_tc<T>(g);
 	if (F) {
 		if (launch_acc<T, false>(st, g, tc, F, k, v, acs, E, lam, NULL, g.N, g.tot) < 0)
 			return lmk_errcode();
-		fwd_states<<<grid_for(BH * g.M, 256), 256, 0, st>>>(F, E, g);
+		fwd_states<<<blocks_for(BH * g.M, 256), 256, 0, st>>>(F, E, g);
 		LMK_CK_LAUNCH();
 	}
 	if constexpr (std::is_same<T, bf16>::value) {
@@ -1461,15 +1470,15 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 	double *dAsum = (double *)p;
 	cudaStream_t st = bk->stream;
 
-	prep_chunk<T><<<grid_for(BH * g.N, 256), 256, 0, st>>>(acs, E, loga, g);
+	prep_chunk<T><<<blocks_for(BH * g.N, 256), 256, 0, st>>>(acs, E, loga, g);
 	LMK_CK_LAUNCH();
-	prep_prefix<<<grid_for(BH, 128), 128, 0, st>>>(E, g);
+	prep_prefix<<<blocks_for(BH, 128), 128, 0, st>>>(E, g);
 	LMK_CK_LAUNCH();
 	int tc = use_tc<T>(g);
 	if (states) {
 		if (launch_acc<T, false>(st, g, tc, F, k, v, acs, E, lam, NULL, g.N, g.tot) < 0)
 			return lmk_errcode();
-		fwd_states<<<grid_for(BH * g.M, 256), 256, 0, st>>>(F, E, g);
+		fwd_states<<<blocks_for(BH * g.M, 256), 256, 0, st>>>(F, E, g);
 		LMK_CK_LAUNCH();
 		if (g.plain) {
 			if (launch_acc<T, true>(st, g, tc, dF, q, dout, acs, E, lam, NULL, g.N, g.tot) < 0)
@@ -1479,7 +1488,7 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 			    launch_acc<T, true>(st, g, tc, parts, q, dout, acs, E, lam, dslots, ns, ns) < 0)
 				return lmk_errcode();
 		}
-		bwd_states<<<grid_for(BH * g.M, 256), 256, 0, st>>>(dF, parts, E, ns, g);
+		bwd_states<<<blocks_for(BH * g.M, 256), 256, 0, st>>>(dF, parts, E, ns, g);
 		LMK_CK_LAUNCH();
 	}
 	int launched = 0;
@@ -1505,11 +1514,11 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 		LMK_CK_LAUNCH();
 	}
 	if (dloga.p) {
-		dloga_kernel<<<grid_for(BH * g.N, 128), 128, 0, st>>>(to_gacc(dloga), dA, dAsum, g);
+		dloga_kernel<<<blocks_for(BH * g.N, 128), 128, 0, st>>>(to_gacc(dloga), dA, dAsum, g);
 		LMK_CK_LAUNCH();
 	}
 	if (dq.p || dk.p) {
-		heads_kernel<<<grid_for(g.B * g.T * g.G * g.Dk, 256), 256, 0, st>>>(
+		heads_kernel<<<blocks_for(g.B * g.T * g.G * g.Dk, 256), 256, 0, st>>>(
 			to_gacc(dq), to_gacc(dk), dqh, dkh, g);
 		LMK_CK_LAUNCH();
 	}
