@@ -656,8 +656,8 @@ __global__ void gdn_chunk_prep(float *rec, const T *q /*(B,Tn,H,Dk)*/, const T *
 
 /* grid (B*H, column blocks of cb), 256 threads: the states through the
  * chunks, (nlevc,Dk,cb) in shared memory. out (may be NULL) gets the
- * outputs; sin (may be NULL; plain only) the state entering each chunk,
- * (B*H, nch, Dk, Dv). Log-linear: level L >= 1 of chunk ci is weighted by
+ * outputs; sin (may be NULL) the states entering each chunk (after the
+ * log-linear carry), (B*H, nch, nlevc, Dk, Dv). Log-linear: level L >= 1 of chunk ci is weighted by
  * lam[lc + L] (lc = log2 GC). */
 template <class T>
 __global__ void gdn_chunk_state(T *out /*(B,Tn,H,Dv)*/, float *sin, const float *rec,
@@ -711,10 +711,11 @@ __global__ void gdn_chunk_state(T *out /*(B,Tn,H,Dv)*/, float *sin, const float 
 			gnp[0] = R[GC * (3 * Dk + 2 * Dv)];
 		__syncthreads();
 		if (sin)
-			for (int64_t e = tid; e < DC; e += bd) {
-				int d = (int)(e / cb), c = c0 + (int)(e % cb);
+			for (int64_t e = tid; e < nlevc * DC; e += bd) {
+				int L = (int)(e / DC), d = (int)(e % DC / cb), c = c0 + (int)(e % cb);
 				if (c < Dv)
-					sin[((int64_t)bh * nch + ci) * Dk * Dv + (int64_t)d * Dv + c] = Sg[e];
+					sin[(((int64_t)bh * nch + ci) * nlevc + L) * Dk * Dv +
+					    (int64_t)d * Dv + c] = Sg[e];
 			}
 		if (out)
 			for (int e = tid; e < GC * cb; e += bd) {
@@ -773,31 +774,36 @@ static size_t state_floats(int Dk, int nlevc, int cb)
 	return (size_t)nlevc * Dk * cb + 3 * GC * Dk + 3 * GC * cb + GC * nlevc + 4;
 }
 
-/* grid (B*H, column blocks of cb), 256 threads, plain only: the gradient
- * of the state leaving each chunk, in reverse, into dsl (B*H, nch, Dk, Dv):
- * entering = gamma_n leaving - wkᵀ (kd leaving) + scale qeᵀ dout. */
+/* grid (B*H, column blocks of cb), 256 threads: the gradients of the states
+ * leaving each chunk, in reverse, into dsl (B*H, nch, nlevc, Dk, Dv). A
+ * transition level (the state of plain GDN; live levels >= 1 for
+ * log-linear) enters with gamma_n dS - wkᵀ (kd dS) + scale qeᵀ (w dout),
+ * w its lam weight (1 for plain); log-linear levels 0..j of the carry into
+ * chunk ci (j = ctz ci) take level j+1's gradient. */
 template <class T>
 __global__ void gdn_chunk_bstate(float *dsl, const float *rec, const T *dout /*(B,Tn,H,Dv)*/,
-				 int64_t Tn, int64_t H, int Dk, int Dv, int nch, int cb, float scale)
+				 const T *lam /*(B,Tn,H,NL) or NULL*/, int64_t Tn, int64_t H,
+				 int Dk, int Dv, int64_t NL, int nch, int nlevc, int cb, float scale)
 {
 	extern __shared__ float sh[];
-	const int tid = threadIdx.x, bd = blockDim.x;
+	const int tid = threadIdx.x, bd = blockDim.x, ll = lam != NULL, lc = 6;
 	const int64_t bh = blockIdx.x, b = bh / H, h = bh % H;
 	const int c0 = blockIdx.y * cb;
-	const int64_t DC = (int64_t)Dk * cb;
-	float *dS = sh, *qe = dS + DC, *wk = qe + GC * Dk, *kd = wk + GC * Dk, *dos = kd + GC * Dk;
-	float *Z = dos + GC * cb, *gnp = Z + GC * cb;
-	for (int64_t e = tid; e < DC; e += bd)
+	const int64_t DC = (int64_t)Dk * cb, DD = (int64_t)Dk * Dv;
+	float *dS = sh, *qe = dS + nlevc * DC, *wk = qe + GC * Dk, *kd = wk + GC * Dk;
+	float *dos = kd + GC * Dk, *Z = dos + GC * cb, *lw = Z + GC * cb, *gnp = lw + GC * nlevc;
+	for (int64_t e = tid; e < nlevc * DC; e += bd)
 		dS[e] = 0;
 	for (int ci = nch - 1; ci >= 0; ci--) {
 		const int64_t t0 = (int64_t)ci * GC, tok0 = (b * Tn + t0) * H + h;
 		const int n = Tn - t0 < GC ? (int)(Tn - t0) : GC;
 		const float *R = rec + ((int64_t)bh * nch + ci) * rec_size(Dk, Dv);
 		__syncthreads();
-		for (int64_t e = tid; e < DC; e += bd) {
-			int d = (int)(e / cb), c = c0 + (int)(e % cb);
+		for (int64_t e = tid; e < nlevc * DC; e += bd) {
+			int L = (int)(e / DC), d = (int)(e % DC / cb), c = c0 + (int)(e % cb);
 			if (c < Dv)
-				dsl[((int64_t)bh * nch + ci) * Dk * Dv + (int64_t)d * Dv + c] = dS[e];
+				dsl[(((int64_t)bh * nch + ci) * nlevc + L) * DD + (int64_t)d * Dv + c] =
+					dS[e];
 		}
 		if (ci == 0)
 			break;
@@ -811,48 +817,75 @@ __global__ void gdn_chunk_bstate(float *dsl, const float *rec, const T *dout /*(
 			dos[e] = i < n && c < Dv ? scale * tof(dout[(tok0 + (int64_t)i * H) * Dv + c])
 						 : 0.0f;
 		}
+		if (ll)
+			for (int e = tid; e < GC * nlevc; e += bd) {
+				int i = e / nlevc, L = e % nlevc;
+				lw[e] = i < n && lc + L < NL
+						? tof(lam[(tok0 + (int64_t)i * H) * NL + lc + L])
+						: 0.0f;
+			}
 		if (tid == 0)
 			gnp[0] = R[GC * (3 * Dk + 2 * Dv)];
-		__syncthreads();
-		for (int e = tid; e < GC * cb; e += bd) {
-			int j = e / cb, cc = e % cb;
-			float z = 0;
-			for (int d = 0; d < Dk; d++)
-				z += kd[j * Dk + d] * dS[d * cb + cc];
-			Z[e] = z;
+		for (int L = ll ? 1 : 0; L < (ll ? nlevc : 1); L++) {
+			if (ll && !glive(ci, L))
+				continue;
+			float *D = dS + L * DC;
+			__syncthreads(); /* loads done; Z free */
+			for (int e = tid; e < GC * cb; e += bd) {
+				int j = e / cb, cc = e % cb;
+				float z = 0;
+				for (int d = 0; d < Dk; d++)
+					z += kd[j * Dk + d] * D[d * cb + cc];
+				Z[e] = z;
+			}
+			__syncthreads();
+			for (int64_t e = tid; e < DC; e += bd) {
+				int d = (int)(e / cb), cc = (int)(e % cb);
+				float s = gnp[0] * D[e];
+				for (int j = 0; j < GC; j++)
+					s += qe[j * Dk + d] * (ll ? lw[j * nlevc + L] : 1.0f) * dos[j * cb + cc] -
+					     wk[j * Dk + d] * Z[j * cb + cc];
+				D[e] = s;
+			}
 		}
-		__syncthreads();
-		const float gn = gnp[0];
-		for (int64_t e = tid; e < DC; e += bd) {
-			int d = (int)(e / cb), cc = (int)(e % cb);
-			float s = gn * dS[e];
-			for (int j = 0; j < GC; j++)
-				s += qe[j * Dk + d] * dos[j * cb + cc] - wk[j * Dk + d] * Z[j * cb + cc];
-			dS[e] = s;
+		if (ll) {
+			int j = gctz(ci);
+			__syncthreads();
+			for (int64_t e = tid; e < DC; e += bd)
+				for (int l = 0; l <= j; l++)
+					dS[l * DC + e] = dS[(j + 1) * DC + e];
 		}
 	}
 }
 
-static size_t bstate_floats(int Dk, int cb) { return (size_t)Dk * cb + 3 * GC * Dk + 2 * GC * cb + 4; }
+static size_t bstate_floats(int Dk, int nlevc, int cb)
+{
+	return (size_t)nlevc * Dk * cb + 3 * GC * Dk + 2 * GC * cb + GC * nlevc + 4;
+}
 
-/* grid (chunks, B*H), 256 threads, plain only: the gradients of the
- * chunk's tokens given the entering state sin and the leaving-state
- * gradient dsl, through the chunk's matrices (head_chunked_bwd of
- * lib/gdn.c as gathers). loc holds the chunk's private (GC,Dv) U, Zd and
- * (GC,Dk) dQe, dWk, dKd. */
+/* grid (chunks, B*H), 256 threads: the gradients of the chunk's tokens
+ * given its entering states sin and leaving-state gradients dsl (both
+ * (B*H, nch, nlevc, Dk, Dv)), through the chunk's matrices
+ * (head_chunked_bwd of lib/gdn.c as gathers, so that each gradient element
+ * is written by one thread). Level 0 of dsl is the chunk's own part (wv);
+ * the transition levels are the state (plain) or the live levels >= 1.
+ * loc holds the chunk's private (GC,Dv) Y, Zd (= dWv), Z and (GC,Dk) dQe,
+ * dWk, dKd. */
 template <class T>
 __global__ void gdn_chunk_local(gdn_grads gr, float *loc, const float *rec, const float *sin,
 				const float *dsl, const T *dout /*(B,Tn,H,Dv)*/,
 				const T *q /*(B,Tn,H,Dk)*/, const T *k /*(B,Tn,H,Dk)*/,
 				const T *v /*(B,Tn,H,Dv)*/, const T *la /*(B,Tn,H) or NULL*/,
-				const T *be /*(B,Tn,H)*/, int64_t Tn, int64_t H, int Dk, int Dv,
-				int nch, float scale)
+				const T *be /*(B,Tn,H)*/, const T *lam /*(B,Tn,H,NL) or NULL*/,
+				int64_t Tn, int64_t H, int Dk, int Dv, int64_t NL, int nch, int nlevc,
+				float scale)
 {
 	extern __shared__ float sh[];
 	const int tid = threadIdx.x, bd = blockDim.x, ldk = Dk + 1, ci = blockIdx.x;
+	const int ll = lam != NULL, lc = 6;
 	const int64_t bh = blockIdx.y, b = bh / H, h = bh % H, t0 = (int64_t)ci * GC;
 	const int n = Tn - t0 < GC ? (int)(Tn - t0) : GC;
-	const int64_t tok0 = (b * Tn + t0) * H + h;
+	const int64_t tok0 = (b * Tn + t0) * H + h, DD = (int64_t)Dk * Dv;
 	float *Ks = sh, *Qs = Ks + GC * ldk, *g = Qs + GC * ldk, *gam = g + GC, *bet = gam + GC;
 	float *KKe = bet + GC, *P = KKe + GC * GC, *Tm = P + GC * GC;
 	float *PT = Tm + GC * GC, *dA = PT + GC * GC, *dP = dA + GC * GC, *dTm = dP + GC * GC;
@@ -860,16 +893,17 @@ __global__ void gdn_chunk_local(gdn_grads gr, float *loc, const float *rec, cons
 	float *dg = rowd + GC, *red = dg + GC, *scal = red + 32;
 	chunk_setup<T>(Ks, Qs, g, gam, bet, KKe, P, Tm, q, k, la, be, tok0, H, Dk, n);
 	const float *R = rec + ((int64_t)bh * nch + ci) * rec_size(Dk, Dv);
-	const float *wk = R, *wv = R + GC * Dk;
-	const float *Sin = sin + ((int64_t)bh * nch + ci) * Dk * Dv;
-	const float *dSl = dsl + ((int64_t)bh * nch + ci) * Dk * Dv;
-	float *L0 = loc + ((int64_t)bh * nch + ci) * ((int64_t)GC * (3 * Dk + 2 * Dv));
-	float *U = L0, *Zd = U + GC * Dv, *dQe = Zd + GC * Dv, *dWk = dQe + GC * Dk,
+	const float *wk = R, *wv = R + GC * Dk, *qe = R + GC * (Dk + Dv);
+	const float *Sin0 = sin + ((int64_t)bh * nch + ci) * nlevc * DD;
+	const float *dSl0 = dsl + ((int64_t)bh * nch + ci) * nlevc * DD;
+	float *L0 = loc + ((int64_t)bh * nch + ci) * ((int64_t)GC * (3 * Dk + 3 * Dv));
+	float *Y = L0, *Zd = Y + GC * Dv, *Z = Zd + GC * Dv, *dQe = Z + GC * Dv, *dWk = dQe + GC * Dk,
 	      *dKd = dWk + GC * Dk;
 	const float gl = g[n - 1];
 #define DO(i, e) ((i) < n ? scale * tof(dout[(tok0 + (int64_t)(i) * H) * Dv + (e)]) : 0.0f)
 #define VV(i, e) ((i) < n ? tof(v[(tok0 + (int64_t)(i) * H) * Dv + (e)]) : 0.0f)
-	/* phase 2 */
+#define LAM(i, l) tof(lam[(tok0 + (int64_t)(i) * H) * NL + (l)])
+	/* intra: PT = P Tm, dA = lam-weighted dout.v (raw in KW, for dlam) */
 	for (int e = tid; e < GC * GC; e += bd) {
 		int i = e / GC, s = e % GC;
 		float pt = 0, da = 0;
@@ -880,54 +914,102 @@ __global__ void gdn_chunk_local(gdn_grads gr, float *loc, const float *rec, cons
 				da += DO(i, c) * VV(s, c);
 		}
 		PT[e] = pt;
-		dA[e] = da;
+		KW[e] = da;
+		dA[e] = ll && s <= i && i < n ? da * LAM(i, lmk_fenwick_level_d(t0 + i, t0 + s)) : da;
 	}
+	/* the own part Sc = kdᵀ wv: dKd = wv dSl_0ᵀ, dWv = Zd = kd dSl_0 */
 	for (int e = tid; e < GC * Dv; e += bd) {
 		int j = e / Dv, c = e % Dv;
-		float u = wv[e], z = 0, ex = expf(gl - g[j]);
-		for (int d = 0; d < Dk; d++) {
-			u -= wk[j * Dk + d] * Sin[(int64_t)d * Dv + c];
-			z += ex * Ks[j * ldk + d] * dSl[(int64_t)d * Dv + c];
-		}
-		U[e] = u;
+		float z = 0, ex = expf(gl - g[j]);
+		for (int d = 0; d < Dk; d++)
+			z += ex * Ks[j * ldk + d] * dSl0[(int64_t)d * Dv + c];
 		Zd[e] = z;
 	}
 	for (int e = tid; e < GC * Dk; e += bd) {
-		int i = e / Dk, d = e % Dk;
+		int j = e / Dk, d = e % Dk;
 		float s = 0;
-		for (int c = 0; c < Dv && i < n; c++)
-			s += DO(i, c) * Sin[(int64_t)d * Dv + c];
-		dQe[e] = s;
+		for (int c = 0; c < Dv; c++)
+			s += wv[j * Dv + c] * dSl0[(int64_t)d * Dv + c];
+		dKd[e] = s;
+		dWk[e] = 0;
+		dQe[e] = 0;
 	}
-	{
-		float part = 0;
-		for (int64_t e = tid; e < (int64_t)Dk * Dv; e += bd)
-			part += Sin[e] * dSl[e];
-		part = block_sum(part, red);
-		if (tid == 0)
-			scal[0] = part;
-	}
+	if (tid == 0)
+		scal[0] = 0;
 	__syncthreads();
-	/* phase 3 */
+	/* the transition levels: S' = gamma_n S - kdᵀ (wk S), o += w qeᵀ S */
+	for (int L = ll ? 1 : 0; L < (ll ? nlevc : 1); L++) {
+		if (ll && !glive(ci, L))
+			continue;
+		const float *Sin = Sin0 + L * DD, *dSl = dSl0 + L * DD;
+		for (int e = tid; e < GC * Dv; e += bd) {
+			int j = e / Dv, c = e % Dv;
+			float y = 0, z = 0, ex = expf(gl - g[j]);
+			for (int d = 0; d < Dk; d++) {
+				y += wk[j * Dk + d] * Sin[(int64_t)d * Dv + c];
+				z += ex * Ks[j * ldk + d] * dSl[(int64_t)d * Dv + c];
+			}
+			Y[e] = y;
+			Z[e] = z;
+		}
+		float part = 0;
+		for (int64_t e = tid; e < DD; e += bd)
+			part += Sin[e] * dSl[e];
+		part = block_sum(part, red); /* synchronises: Y, Z are written */
+		if (tid == 0)
+			scal[0] += part;
+		for (int e = tid; e < GC * Dk; e += bd) {
+			int j = e / Dk, d = e % Dk;
+			float s1 = 0, s2 = 0, s3 = 0;
+			for (int c = 0; c < Dv; c++) {
+				s1 += Y[j * Dv + c] * dSl[(int64_t)d * Dv + c];
+				s2 += Z[j * Dv + c] * Sin[(int64_t)d * Dv + c];
+				s3 += DO(j, c) * Sin[(int64_t)d * Dv + c];
+			}
+			dKd[e] -= s1;
+			dWk[e] -= s2;
+			dQe[e] += (ll && j < n ? LAM(j, lc + L) : 1.0f) * s3;
+		}
+		if (ll && gr.lam.p)
+			for (int i = tid; i < n; i += bd) {
+				float s = 0;
+				for (int d = 0; d < Dk; d++) {
+					float x = 0;
+					for (int c = 0; c < Dv; c++)
+						x += Sin[(int64_t)d * Dv + c] * DO(i, c);
+					s += qe[i * Dk + d] * x;
+				}
+				gadd(gr.lam, (tok0 + (int64_t)i * H) * NL + lc + L, s);
+			}
+		__syncthreads();
+	}
+	/* qe = diag(gamma) Q - P wk; intra dlam; dv */
 	for (int e = tid; e < GC * Dk; e += bd) {
 		int j = e / Dk, d = e % Dk;
-		float s1 = 0, s2 = 0;
-		for (int c = 0; c < Dv; c++) {
-			s1 += U[j * Dv + c] * dSl[(int64_t)d * Dv + c];
-			s2 -= Zd[j * Dv + c] * Sin[(int64_t)d * Dv + c];
-		}
+		float s2 = 0;
 		for (int i = j; i < n; i++)
 			s2 -= P[i * GC + j] * dQe[i * Dk + d];
-		dKd[e] = s1;
-		dWk[e] = s2;
+		dWk[e] += s2;
 	}
+	if (ll && gr.lam.p)
+		for (int i = tid; i < n; i += bd) {
+			float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+			for (int s = 0; s <= i; s++)
+				acc[lmk_fenwick_level_d(t0 + i, t0 + s)] +=
+					bet[s] * PT[i * GC + s] * KW[i * GC + s];
+			for (int l = 0; l <= lc; l++)
+				if (l < NL && (l == 0 || (int64_t)1 << (l - 1) <= i))
+					gadd(gr.lam, (tok0 + (int64_t)i * H) * NL + l, acc[l]);
+		}
 	for (int e = tid; e < GC * Dv; e += bd) {
 		int s = e / Dv, c = e % Dv;
 		if (s >= n || !gr.v.p)
 			continue;
 		float acc = 0;
-		for (int i = s; i < n; i++)
-			acc += bet[s] * PT[i * GC + s] * DO(i, c);
+		for (int i = s; i < n; i++) {
+			float w = ll ? LAM(i, lmk_fenwick_level_d(t0 + i, t0 + s)) : 1.0f;
+			acc += w * bet[s] * PT[i * GC + s] * DO(i, c);
+		}
 		for (int j = s; j < n; j++)
 			acc += bet[s] * Tm[j * GC + s] * Zd[j * Dv + c];
 		gadd(gr.v, (tok0 + (int64_t)s * H) * Dv + c, acc);
@@ -1052,6 +1134,7 @@ __global__ void gdn_chunk_local(gdn_grads gr, float *loc, const float *rec, cons
 
 static size_t local_floats(int Dk) { return setup_floats(Dk) + 6 * GC * GC + 3 * GC + 32 + 4; }
 
+
 /* The chunked launches. */
 template <class T>
 static int chunk_fwd_launch(lmk_cuda_backend *b, T *out, const T *q, const T *k, const T *v,
@@ -1084,20 +1167,23 @@ static int chunk_fwd_launch(lmk_cuda_backend *b, T *out, const T *q, const T *k,
 
 template <class T>
 static int chunk_bwd_launch(lmk_cuda_backend *b, gdn_grads gr, const T *dout, const T *q,
-			    const T *k, const T *v, const T *la, const T *be, int64_t B,
-			    int64_t Tn, int64_t H, int64_t Dk, int64_t Dv, float scale)
+			    const T *k, const T *v, const T *la, const T *be, const T *lam,
+			    int64_t B, int64_t Tn, int64_t H, int64_t Dk, int64_t Dv, int64_t NL,
+			    float scale)
 {
-	int nch = (int)((Tn + GC - 1) / GC), cb = 16;
-	int64_t nrec = B * H * nch * rec_size((int)Dk, (int)Dv), nst = B * H * nch * Dk * Dv;
-	int64_t nloc = B * H * nch * (int64_t)GC * (3 * Dk + 2 * Dv);
+	int nch = (int)((Tn + GC - 1) / GC), nlevc = lam ? levels_of(nch) : 1, cb = lam ? 8 : 16;
+	int64_t nrec = B * H * nch * rec_size((int)Dk, (int)Dv), nst = B * H * nch * nlevc * Dk * Dv;
+	int64_t nloc = B * H * nch * (int64_t)GC * (3 * Dk + 3 * Dv);
 	float *rec = (float *)lmk_cuda_scratch(b, sizeof(float) * (size_t)(nrec + 2 * nst + nloc));
 	if (!rec)
 		return lmk_errcode();
 	float *sin = rec + nrec, *dsl = sin + nst, *loc = dsl + nst;
 	size_t s1 = sizeof(float) * setup_floats((int)Dk);
-	size_t s2 = sizeof(float) * state_floats((int)Dk, 1, cb);
-	size_t s3 = sizeof(float) * bstate_floats((int)Dk, cb);
+	size_t s2 = sizeof(float) * state_floats((int)Dk, nlevc, cb);
+	size_t s3 = sizeof(float) * bstate_floats((int)Dk, nlevc, cb);
 	size_t s4 = sizeof(float) * local_floats((int)Dk);
+	if (s2 > 220 * 1024 || s3 > 220 * 1024)
+		return lmk_err(LMK_EUNSUP, "gdn: %d chunk levels do not fit in shared memory", nlevc);
 	LMK_CK(cudaFuncSetAttribute(gdn_chunk_prep<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
 				    (int)s1));
 	LMK_CK(cudaFuncSetAttribute(gdn_chunk_state<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -1107,17 +1193,18 @@ static int chunk_bwd_launch(lmk_cuda_backend *b, gdn_grads gr, const T *dout, co
 	LMK_CK(cudaFuncSetAttribute(gdn_chunk_local<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
 				    (int)s4));
 	dim3 gc((unsigned)nch, (unsigned)(B * H)), gs((unsigned)(B * H), (unsigned)((Dv + cb - 1) / cb));
-	gdn_chunk_prep<T><<<gc, 256, s1, b->stream>>>(rec, q, k, v, la, be, (const T *)NULL, Tn, H,
-						      (int)Dk, (int)Dv, 0, nch, scale);
+	gdn_chunk_prep<T><<<gc, 256, s1, b->stream>>>(rec, q, k, v, la, be, lam, Tn, H, (int)Dk,
+						      (int)Dv, NL, nch, scale);
 	LMK_CK_LAUNCH();
-	gdn_chunk_state<T><<<gs, 256, s2, b->stream>>>((T *)NULL, sin, rec, (const T *)NULL, Tn, H,
-						       (int)Dk, (int)Dv, 0, nch, 1, cb, scale);
+	gdn_chunk_state<T><<<gs, 256, s2, b->stream>>>((T *)NULL, sin, rec, lam, Tn, H, (int)Dk,
+						       (int)Dv, NL, nch, nlevc, cb, scale);
 	LMK_CK_LAUNCH();
-	gdn_chunk_bstate<T><<<gs, 256, s3, b->stream>>>(dsl, rec, dout, Tn, H, (int)Dk, (int)Dv,
-							nch, cb, scale);
+	gdn_chunk_bstate<T><<<gs, 256, s3, b->stream>>>(dsl, rec, dout, lam, Tn, H, (int)Dk, (int)Dv,
+							NL, nch, nlevc, cb, scale);
 	LMK_CK_LAUNCH();
 	gdn_chunk_local<T><<<gc, 256, s4, b->stream>>>(gr, loc, rec, sin, dsl, dout, q, k, v, la, be,
-						       Tn, H, (int)Dk, (int)Dv, nch, scale);
+						       lam, Tn, H, (int)Dk, (int)Dv, NL, nch, nlevc,
+						       scale);
 	LMK_CK_LAUNCH();
 	return 0;
 }
@@ -1165,12 +1252,12 @@ extern "C" int lmk_cuda_gdn_backward(void *be, lmk_dtype dt, lmk_gbuf dq, lmk_gb
 	lmk_cuda_backend *b = LMK_BE(be);
 	gdn_grads gr = {to_gacc(dq), to_gacc(dk), to_gacc(dv), to_gacc(dloga), to_gacc(dbeta),
 			to_gacc(dlam)};
-	/* the chunked backward is written for plain GDN only */
-	if (algo != GDN_RECURRENT && !lam)
+	if (algo != GDN_RECURRENT)
 		LMK_DT_SWITCH(dt, "gdn",
 			      return chunk_bwd_launch<T>(b, gr, (const T *)dout, (const T *)q,
 							 (const T *)k, (const T *)v, (const T *)loga,
-							 (const T *)beta, B, Tn, H, Dk, Dv, scale));
+							 (const T *)beta, (const T *)lam, B, Tn, H, Dk,
+							 Dv, NL, scale));
 	int nlev = lam ? levels_of(Tn) : 1, rpl = rows_per_lane(Dk), dkp = rpl * GDN_G;
 	int cpb = (int)((Dv + 3) / 4 * 4), bd = cpb * GDN_G, nwarp = bd / 32;
 	/* windows of ~sqrt(T) steps: checkpoints plus one window is the least

@@ -17,10 +17,12 @@
  *    every ~sqrt(T) steps in scratch (2 sqrt(T) nlev Dk Dv float32 a head);
  *  - any other algo: the chunked form of lib/gdn.c with chunks of 64 (the
  *    chunk option is ignored), float32 on CUDA cores: per-chunk matrices
- *    in parallel over chunks, then the states through the chunks. The
- *    chunked backward is for plain GDN (lam NULL); log-linear takes the
- *    recurrent backward. Scratch: about (3 Dk + 2 Dv) floats a token
- *    forward, plus (3 Dk + 2 Dv) + 2 Dk Dv / 64 backward.
+ *    in parallel over chunks, then the (per-level) states through the
+ *    chunks; backward: the entering states and the leaving-state gradients
+ *    of every chunk (sequential passes over the chunks), then every
+ *    chunk's token gradients in parallel. Scratch: about (3 Dk + 2 Dv)
+ *    floats a token forward; backward (6 Dk + 5 Dv) + 2 nlevc Dk Dv / 64,
+ *    nlevc the chunk-level Fenwick levels (1 for plain GDN).
  * Both are deterministic: no atomics, every sum in a fixed order.
  * @return (every launcher) : 0, LMK_EUNSUP (a head dim over 128, too many
  * levels, a gradient dtype) or LMK_EDEVICE / LMK_ENOMEM with a message */
