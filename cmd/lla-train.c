@@ -71,7 +71,11 @@ static const char usage[] =
 "      --intermediate=F     MLP size (default: 8/3 of --hidden, rounded up to\n"
 "                           a multiple of 32)\n"
 "      --vocab=V            vocabulary (default: the data's, 259 for text)\n"
-"      --mixer=NAME         token mixer (default attention, the only one built)\n"
+"      --mixer=NAME         token mixer: attention (default; softmax with RoPE),\n"
+"                           linear, mamba2, gdn, ll-mamba2, ll-gdn, path or\n"
+"                           path-fox, with the papers' sizes at --hidden, or\n"
+"                           NAME:heads=H,head_dim=D,head_dim_v=DV,state=N,\n"
+"                           groups=G,conv=W,levels=L,w_rank=R,chunk=C\n"
 "      --init=DIR           start from the checkpoint in DIR instead\n"
 "      --adapter=SPEC       train a low-rank adapter over the frozen --init\n"
 "                           model instead of the whole model:\n"
@@ -189,15 +193,47 @@ static const struct option longopts[] = {
 	{NULL, 0, NULL, 0},
 };
 
-/* Token mixers: the part of a block that mixes positions. A later mixer
- * adds a row with its own model and loss; only softmax attention is built. */
-struct mixer {
-	const char *name;
-	int built;
-};
-static const struct mixer mixers[] = {
-	{"attention", 1},
-};
+/* --mixer NAME[:KEY=VALUE,...] onto mc (whose hidden size is set): the
+ * kind's defaults (lib/mixer.h), then the settings given. */
+static void mixer_config(const char *spec, lmk_llama_config *mc)
+{
+	char kind[32], key[32], val[32];
+	const char *rest;
+	int k;
+	if (lmk_spec_begin(spec, kind, sizeof kind, &rest) < 0)
+		prog_usage_error("option '--mixer': %s", lmk_errmsg());
+	if (!strcmp(kind, "attention")) {
+		if (*rest)
+			prog_usage_error("option '--mixer': attention takes no settings (use --heads ...)");
+		mc->mixer = 0;
+		return;
+	}
+	if ((k = lmk_mixer_kind_parse(kind)) < 0)
+		prog_usage_error("option '--mixer': '%s' is not a mixer (attention, linear, mamba2, gdn, "
+				 "ll-mamba2, ll-gdn, path, path-fox)", kind);
+	lmk_mixer_defaults(&mc->mix, k, mc->hidden_size);
+	mc->mixer = 1 + k;
+	static const char *const keys[] = {"heads", "head_dim", "head_dim_v", "state", "groups",
+					   "conv", "levels", "w_rank", "chunk"};
+	int64_t *dst[] = {&mc->mix.heads, &mc->mix.head_dim, &mc->mix.head_dim_v, &mc->mix.state,
+			  &mc->mix.groups, &mc->mix.conv, &mc->mix.levels, &mc->mix.w_rank, NULL};
+	int rc;
+	while ((rc = lmk_spec_next(&rest, key, sizeof key, val, sizeof val)) > 0) {
+		size_t i = 0;
+		while (i < sizeof keys / sizeof *keys && strcmp(keys[i], key))
+			i++;
+		if (i == sizeof keys / sizeof *keys)
+			prog_usage_error("option '--mixer': no setting '%s' (heads, head_dim, head_dim_v, "
+					 "state, groups, conv, levels, w_rank, chunk)", key);
+		long v = prog_parse_long("--mixer", val, 1, 1 << 20);
+		if (dst[i])
+			*dst[i] = v;
+		else
+			mc->mix.chunk = (int)v;
+	}
+	if (rc < 0)
+		prog_usage_error("option '--mixer': %s", lmk_errmsg());
+}
 
 struct opts {
 	lmk_train_config cfg;
@@ -206,7 +242,7 @@ struct opts {
 	const char *task;       /* --task as given, or NULL */
 	lmk_lora_config lora;
 	int hidden, layers, heads, kv_heads, intermediate, vocab; /* 0: not given */
-	int min_lr_given, threads_given, dtype_given;
+	int min_lr_given, threads_given, dtype_given, mixer_given;
 	const char *device_arg; /* --device as given, or NULL */
 	int resume, sample, quiet;
 	float temperature;
@@ -257,7 +293,7 @@ static void parse(int argc, char **argv, struct opts *o)
 			o->intermediate = (int)prog_parse_long("--intermediate", a, 1, 1 << 20);
 			break;
 		case O_VOCAB: o->vocab = (int)prog_parse_long("--vocab", a, 1, 1 << 24); break;
-		case O_MIXER: o->mixer = a; break;
+		case O_MIXER: o->mixer = a; o->mixer_given = 1; break;
 		case O_INIT: o->init = a; break;
 		case O_ADAPTER:
 			lmk_lora_config_default(&o->lora);
@@ -353,14 +389,9 @@ static void check_usage(const struct opts *o)
 	const char *shape = o->hidden ? "--hidden" : o->layers ? "--layers" : o->heads ? "--heads"
 			    : o->kv_heads ? "--kv-heads" : o->intermediate ? "--intermediate"
 			    : o->vocab ? "--vocab" : o->config ? "--config" : NULL;
-	const struct mixer *mx = NULL;
-
-	for (size_t i = 0; i < sizeof mixers / sizeof mixers[0]; i++)
-		if (strcmp(o->mixer, mixers[i].name) == 0)
-			mx = &mixers[i];
-	if (!mx)
-		prog_usage_error("option '--mixer': '%s' is not built yet (this version has only "
-				 "'attention')", o->mixer);
+	if (o->mixer_given && (o->init || o->resume))
+		prog_usage_error("option '--mixer' cannot be used with %s (the model's mixer is the "
+				 "one in its config.json)", o->init ? "--init" : "--resume");
 	if (o->resume) {
 		if (!o->out)
 			prog_usage_error("--resume needs --out DIR, the run to continue");
@@ -467,6 +498,18 @@ static void fresh_config(const struct opts *o, const lmk_tokdata *d, lmk_llama_c
 		mc->bos_token_id = LMK_BYTETOK_BOS;
 		mc->eos_token_id[0] = LMK_BYTETOK_EOS;
 		mc->neos = 1;
+	}
+	if (o->mixer_given) {
+		/* the mixer's sizes follow the hidden size unless given */
+		mixer_config(o->mixer, mc);
+		if (mc->mixer && mc->max_position_embeddings > 1 &&
+		    (mc->mixer - 1 == LMK_MIXER_LL_MAMBA2 || mc->mixer - 1 == LMK_MIXER_LL_GDN)) {
+			int64_t need = 1;
+			while ((1LL << (need - 1)) < o->cfg.seq)
+				need++;
+			if (mc->mix.levels < need)
+				mc->mix.levels = need;
+		}
 	}
 	if (lmk_llama_config_check(mc, o->config ? o->config : "model") < 0)
 		die_lib();
@@ -714,7 +757,8 @@ struct run {
 static void save(struct run *r)
 {
 	const char *extra[] = {
-		"program", "lla-train", "mixer", r->o->mixer, "data", r->data_path,
+		"program", "lla-train", "mixer",
+		r->m.cfg.mixer ? lmk_mixer_kind_name(r->m.cfg.mixer - 1) : "attention", "data", r->data_path,
 		r->o->task ? "task" : "data", r->data_path,
 		r->o->adapter ? "adapter" : NULL, r->adapter_str, "init", r->o->init, NULL,
 	};
@@ -915,10 +959,11 @@ int main(int argc, char **argv)
 		if (again.cfg.device != saved_dev && !again.dtype_given)
 			again.cfg.dtype = lmk_train_default_dtype(again.cfg.device);
 		mx = lmk_frame_meta(&st, "mixer");
-		if (mx && strcmp(mx, again.mixer) != 0)
-			prog_die("%s: saved with --mixer %s, this run has %s", r.state_path, mx, again.mixer);
-		if (!again.data && !again.task && lmk_frame_meta(&st, "task"))
-			again.task = lmk_frame_meta(&st, "task");
+		if (mx && !(again.mixer = strdup(mx))) /* --mixer is refused with --resume */
+			prog_die("out of memory");
+		if (!again.data && !again.task && lmk_frame_meta(&st, "task") &&
+		    !(again.task = strdup(lmk_frame_meta(&st, "task"))))
+			prog_die("out of memory"); /* kept: st is freed before the saves */
 		if (!again.data && !again.task)
 			again.data = lmk_frame_meta(&st, "data");
 		const char *sa = lmk_frame_meta(&st, "adapter");

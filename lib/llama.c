@@ -180,6 +180,41 @@ static int parse_rope(const json_t *o, const char *key, lmk_llama_config *cfg, c
 		       "llama3)", name, who, type);
 }
 
+/* The "lmk_mixer" object of a model_type lmk_mixer config: the kind's
+ * defaults at hidden_size, then the keys given. */
+static int parse_mixer(lmk_llama_config *cfg, const json_t *o, const char *name)
+{
+	const json_t *m = json_object_get(o, "lmk_mixer"), *k;
+	if (!json_is_object(m))
+		return lmk_err(LMK_EFORMAT, "%s: model_type lmk_mixer needs an object 'lmk_mixer'", name);
+	k = json_object_get(m, "kind");
+	int kind = json_is_string(k) ? lmk_mixer_kind_parse(json_string_value(k)) : LMK_EINVAL;
+	if (kind < 0)
+		return lmk_err(LMK_EFORMAT, "%s: lmk_mixer.kind: expected a mixer's name", name);
+	lmk_mixer_defaults(&cfg->mix, kind, cfg->hidden_size);
+	cfg->mixer = 1 + kind;
+	static const char *const keys[] = {"heads", "head_dim", "head_dim_v", "state", "groups",
+					   "conv", "levels", "w_rank", "chunk"};
+	int64_t *dst[] = {&cfg->mix.heads, &cfg->mix.head_dim, &cfg->mix.head_dim_v,
+			  &cfg->mix.state, &cfg->mix.groups, &cfg->mix.conv, &cfg->mix.levels,
+			  &cfg->mix.w_rank, NULL};
+	for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
+		const json_t *v = json_object_get(m, keys[i]);
+		if (!v || json_is_null(v))
+			continue;
+		if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > (1 << 24))
+			return lmk_err(LMK_EFORMAT, "%s: lmk_mixer.%s: expected a size", name, keys[i]);
+		if (dst[i])
+			*dst[i] = json_integer_value(v);
+		else
+			cfg->mix.chunk = (int)json_integer_value(v);
+	}
+	const json_t *e = json_object_get(m, "norm_eps");
+	if (e && json_is_number(e))
+		cfg->mix.norm_eps = (float)json_number_value(e);
+	return 0;
+}
+
 static int parse_obj(lmk_llama_config *cfg, const json_t *o, const char *name)
 {
 	int rc, d;
@@ -192,10 +227,10 @@ static int parse_obj(lmk_llama_config *cfg, const json_t *o, const char *name)
 			return lmk_err(LMK_EFORMAT, "%s: key 'model_type': expected a string, found %s",
 				       name, json_kind(v));
 		const char *mt = json_string_value(v);
-		if (strcmp(mt, "llama") != 0 && strcmp(mt, "qwen2") != 0)
+		if (strcmp(mt, "llama") != 0 && strcmp(mt, "qwen2") != 0 && strcmp(mt, "lmk_mixer") != 0)
 			return lmk_err(LMK_EFORMAT,
-				       "%s: model_type '%s' is not supported (expected llama or qwen2)",
-				       name, mt);
+				       "%s: model_type '%s' is not supported (expected llama, qwen2 "
+				       "or lmk_mixer)", name, mt);
 		snprintf(cfg->model_type, sizeof cfg->model_type, "%s", mt);
 	} else {
 		strcpy(cfg->model_type, "llama");
@@ -281,6 +316,12 @@ static int parse_obj(lmk_llama_config *cfg, const json_t *o, const char *name)
 		if (e >= 0)
 			cfg->eos_token_id[cfg->neos++] = e;
 	}
+	if (!strcmp(cfg->model_type, "lmk_mixer")) {
+		/* a Llama whose blocks mix with cfg->mixer; written back as lmk_mixer */
+		if ((rc = parse_mixer(cfg, o, name)) < 0)
+			return rc;
+		strcpy(cfg->model_type, "llama");
+	}
 	return lmk_llama_config_check(cfg, name);
 }
 
@@ -344,6 +385,15 @@ int lmk_llama_config_load(lmk_llama_config *cfg, const char *path)
 
 int lmk_llama_config_check(const lmk_llama_config *cfg, const char *name)
 {
+	if (cfg->mixer) {
+		if (cfg->mixer < 1 || cfg->mixer > LMK_MIXER_NKINDS)
+			return lmk_err(LMK_EINVAL, "%s: mixer %d is not a mixer", name, cfg->mixer);
+		if (cfg->mix.hidden != cfg->hidden_size)
+			return lmk_err(LMK_EINVAL, "%s: the mixer's hidden size %lld is not hidden_size %d",
+				       name, (long long)cfg->mix.hidden, cfg->hidden_size);
+		if (lmk_mixer_check(&cfg->mix) < 0)
+			return lmk_err_wrap(lmk_errcode(), "%s", name);
+	}
 	const int big = 1 << 20;
 	if (!name)
 		name = "config";
@@ -427,8 +477,21 @@ int lmk_llama_config_save(const lmk_llama_config *cfg, const char *path, const c
 	if (!o)
 		return lmk_err(LMK_ENOMEM, "%s: cannot allocate", path);
 	json_object_set_new(o, "architectures",
-			    json_pack("[s]", qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM"));
-	json_object_set_new(o, "model_type", json_string(cfg->model_type));
+			    json_pack("[s]", qwen2 ? "Qwen2ForCausalLM"
+					     : cfg->mixer ? "LmkMixerForCausalLM" : "LlamaForCausalLM"));
+	json_object_set_new(o, "model_type", json_string(cfg->mixer ? "lmk_mixer" : cfg->model_type));
+	if (cfg->mixer) {
+		const lmk_mixer_config *x = &cfg->mix;
+		json_object_set_new(o, "lmk_mixer",
+				    json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:i, s:f}",
+					      "kind", lmk_mixer_kind_name(cfg->mixer - 1),
+					      "heads", (json_int_t)x->heads, "head_dim", (json_int_t)x->head_dim,
+					      "head_dim_v", (json_int_t)x->head_dim_v,
+					      "state", (json_int_t)x->state, "groups", (json_int_t)x->groups,
+					      "conv", (json_int_t)x->conv, "levels", (json_int_t)x->levels,
+					      "w_rank", (json_int_t)x->w_rank, "chunk", x->chunk,
+					      "norm_eps", tidy(x->norm_eps)));
+	}
 	json_object_set_new(o, "attention_bias", json_boolean(cfg->attention_bias));
 	json_object_set_new(o, "attention_dropout", json_real(0.0));
 	json_object_set_new(o, "bos_token_id",
@@ -527,8 +590,13 @@ int lmk_llama_init(lmk_llama *m, const lmk_llama_config *cfg, int trainable)
 	int iwte, inorm, ihead = -1;
 
 	lmk_params_init(p, trainable);
-	if (!idx)
+	m->layers = calloc((size_t)L, sizeof *m->layers);
+	if (!idx || !m->layers) {
+		free(idx);
+		free(m->layers);
+		m->layers = NULL;
 		return lmk_err(LMK_ENOMEM, "llama: cannot allocate");
+	}
 	for (int i = 0; i < L * P_NLAYER; i++)
 		idx[i] = -1;
 	/* transformers' named_parameters() order, so that the flat buffer lines
@@ -538,6 +606,13 @@ int lmk_llama_init(lmk_llama *m, const lmk_llama_config *cfg, int trainable)
 #define ADD(slot, fmt, r, c) \
 	do { if ((rc = idx[l * P_NLAYER + slot] = add_param(p, fmt, l, r, c)) < 0) goto fail; } while (0)
 	for (int l = 0; l < L; l++) {
+		if (cfg->mixer) {
+			char prefix[64];
+			snprintf(prefix, sizeof prefix, "model.layers.%d.mixer.", l);
+			if ((rc = lmk_mixer_register(&m->layers[l].mix, &cfg->mix, p, prefix)) < 0)
+				goto fail;
+			goto mlp;
+		}
 		ADD(P_WQ, "model.layers.%d.self_attn.q_proj.weight", HD, C);
 		if (ab)
 			ADD(P_BQ, "model.layers.%d.self_attn.q_proj.bias", HD, 0);
@@ -550,6 +625,7 @@ int lmk_llama_init(lmk_llama *m, const lmk_llama_config *cfg, int trainable)
 		ADD(P_WO, "model.layers.%d.self_attn.o_proj.weight", C, HD);
 		if (obias)
 			ADD(P_BO, "model.layers.%d.self_attn.o_proj.bias", C, 0);
+	mlp:
 		ADD(P_WG, "model.layers.%d.mlp.gate_proj.weight", F, C);
 		if (mb)
 			ADD(P_BG, "model.layers.%d.mlp.gate_proj.bias", F, 0);
@@ -569,11 +645,9 @@ int lmk_llama_init(lmk_llama *m, const lmk_llama_config *cfg, int trainable)
 		goto fail;
 	if ((rc = lmk_params_alloc(p)) < 0)
 		goto fail;
-	m->layers = calloc((size_t)L, sizeof *m->layers);
-	if (!m->layers) {
-		rc = lmk_err(LMK_ENOMEM, "llama: cannot allocate %d layers", L);
-		goto fail;
-	}
+	for (int l = 0; cfg->mixer && l < L; l++)
+		if ((rc = lmk_mixer_bind(&m->layers[l].mix, p)) < 0)
+			goto fail;
 	m->wte = &p->t[iwte];
 	m->norm = &p->t[inorm];
 	m->lm_head = ihead >= 0 ? &p->t[ihead] : m->wte;
@@ -610,6 +684,8 @@ void lmk_llama_init_weights(lmk_llama *m, uint64_t seed)
 		lmk_tensor *t = &p->t[i];
 		float *d = t->data;
 		const uint64_t off = p->offset[i];
+		if (strstr(t->name, ".mixer."))
+			continue; /* below, as its paper does */
 		if (t->ndim == 1) {
 			float val = strstr(t->name, "norm") ? 1.0f : 0.0f;
 			for (int64_t j = 0; j < t->n; j++)
@@ -624,6 +700,8 @@ void lmk_llama_init_weights(lmk_llama *m, uint64_t seed)
 		for (int64_t j = 0; j < t->n; j++)
 			d[j] = s * lmk_philox_normal(seed, 0, off + (uint64_t)j);
 	}
+	for (int l = 0; m->cfg.mixer && l < m->cfg.num_hidden_layers; l++)
+		lmk_mixer_init_weights(&m->layers[l].mix, seed ^ (0x6d697865ull + (uint64_t)l * 0x9e3779b97f4a7c15ull));
 }
 
 void lmk_llama_free(lmk_llama *m)
@@ -676,18 +754,25 @@ static void qkv(lmk_ctx *c, const lmk_llama *m, const lmk_llama_layer *ly, lmk_t
 	*v = lmk_reshape(c, lmk_lora_linear(c, a, h, ly->wv, ly->bv), 4, ks);
 }
 
+/* The MLP half of a block: x (B,T,C) -> new residual (B,T,C). */
+static lmk_tensor *mlp_block(lmk_ctx *c, const lmk_llama *m, const lmk_llama_layer *ly,
+			     lmk_tensor *x)
+{
+	const lmk_lora *ad = m->lora;
+	lmk_tensor *h = lmk_rmsnorm(c, x, ly->ln2, m->cfg.rms_norm_eps);
+	lmk_tensor *g = lmk_swiglu(c, lmk_lora_linear(c, ad, h, ly->wg, ly->bg),
+				   lmk_lora_linear(c, ad, h, ly->wu, ly->bu));
+	return lmk_add(c, x, lmk_lora_linear(c, ad, g, ly->wd, ly->bd));
+}
+
 /* The rest of a layer after attention: a (B,T,H,D) -> new residual (B,T,C). */
 static lmk_tensor *finish_layer(lmk_ctx *c, const lmk_llama *m, const lmk_llama_layer *ly,
 				lmk_tensor *x, lmk_tensor *a)
 {
 	int64_t B = x ? x->shape[0] : 0, T = x ? x->shape[1] : 0;
 	int64_t as[3] = {B, T, (int64_t)m->cfg.num_attention_heads * m->cfg.head_dim};
-	const lmk_lora *ad = m->lora;
-	x = lmk_add(c, x, lmk_lora_linear(c, ad, lmk_reshape(c, a, 3, as), ly->wo, ly->bo));
-	lmk_tensor *h = lmk_rmsnorm(c, x, ly->ln2, m->cfg.rms_norm_eps);
-	lmk_tensor *g = lmk_swiglu(c, lmk_lora_linear(c, ad, h, ly->wg, ly->bg),
-				   lmk_lora_linear(c, ad, h, ly->wu, ly->bu));
-	return lmk_add(c, x, lmk_lora_linear(c, ad, g, ly->wd, ly->bd));
+	x = lmk_add(c, x, lmk_lora_linear(c, m->lora, lmk_reshape(c, a, 3, as), ly->wo, ly->bo));
+	return mlp_block(c, m, ly, x);
 }
 
 lmk_tensor *lmk_llama_hidden(lmk_ctx *c, lmk_llama *m, lmk_tensor *ids, lmk_tensor *pos,
@@ -701,6 +786,11 @@ lmk_tensor *lmk_llama_hidden(lmk_ctx *c, lmk_llama *m, lmk_tensor *ids, lmk_tens
 		return NULL;
 	}
 	const int64_t B = ids->shape[0], T = ids->shape[1];
+	if (m->cfg.mixer && seg) {
+		lmk_err(LMK_EUNSUP, "llama: packed sequences (seg) with the %s mixer: its states would "
+			"carry across them", lmk_mixer_kind_name(m->cfg.mixer - 1));
+		return NULL;
+	}
 	if (!pos && !(pos = positions(c, B, T, 0)))
 		return NULL;
 	const float scale = 1.0f / sqrtf((float)m->cfg.head_dim);
@@ -708,6 +798,11 @@ lmk_tensor *lmk_llama_hidden(lmk_ctx *c, lmk_llama *m, lmk_tensor *ids, lmk_tens
 	for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
 		const lmk_llama_layer *ly = &m->layers[l];
 		lmk_tensor *q, *k, *v;
+		if (m->cfg.mixer) {
+			lmk_tensor *h = lmk_rmsnorm(c, x, ly->ln1, m->cfg.rms_norm_eps);
+			x = mlp_block(c, m, ly, lmk_add(c, x, lmk_mixer_forward(c, &ly->mix, h)));
+			continue;
+		}
 		qkv(c, m, ly, lmk_rmsnorm(c, x, ly->ln1, m->cfg.rms_norm_eps), pos, &q, &k, &v);
 		x = finish_layer(c, m, ly, x, lmk_attention(c, q, k, v, seg, scale));
 	}
@@ -941,6 +1036,10 @@ int lmk_llama_decode(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *i
 {
 	if (n < 1)
 		return lmk_err(LMK_EINVAL, "llama decode: expected at least 1 token, found %d", n);
+	if (m->cfg.mixer)
+		return lmk_err(LMK_EUNSUP, "llama decode: decoding with the %s mixer is not built (only "
+			       "attention; the mixers' ops have their own decoding states)",
+			       lmk_mixer_kind_name(m->cfg.mixer - 1));
 	if (n > kv->max_t - kv->len)
 		return lmk_err(LMK_EINVAL,
 			       "llama decode: %d new tokens overflow the cache (%d of %d used)", n,

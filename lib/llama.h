@@ -12,6 +12,7 @@
 
 #include <stdint.h>
 
+#include "mixer.h"
 #include "ops.h"
 #include "rng.h"
 #include "tensor.h"
@@ -35,6 +36,11 @@ typedef struct lmk_llama_config {
 	int attention_bias;          /* q, k, v (and o for llama) biases; qwen2: q, k, v only */
 	int mlp_bias;
 	float initializer_range;     /* std of the normal initialisation */
+	int mixer;                   /* the blocks' token mixer: 0 softmax
+				      * attention with RoPE (the Llama); else
+				      * 1 + an lmk_mixer_kind (lib/mixer.h),
+				      * whose layer replaces self_attn */
+	lmk_mixer_config mix;        /* its settings when mixer != 0 */
 	int bos_token_id;            /* -1 if none */
 	int eos_token_id[LMK_MAX_EOS];
 	int neos;
@@ -42,7 +48,14 @@ typedef struct lmk_llama_config {
 
 /* A small default (used by lla-train when no shape is given). */
 void lmk_llama_config_default(lmk_llama_config *cfg);
-/* Parses config.json text; name is used in messages. Missing optional keys
+/* A model with a token mixer other than attention (lib/mixer.h) is this
+ * decoder with each block's self_attn replaced by the mixer's layer, its
+ * parameters "model.layers.L.mixer.NAME"; config.json then has model_type
+ * "lmk_mixer" and the mixer's settings under "lmk_mixer" (kind, heads,
+ * head_dim, head_dim_v, state, groups, conv, levels, w_rank, chunk,
+ * norm_eps), so transformers refuses it rather than misreading it.
+ * Decoding (lmk_llama_decode) is only built for attention.
+ * Parses config.json text; name is used in messages. Missing optional keys
  * take Hugging Face's defaults; unknown hidden_act or rope_scaling types
  * are refused. Both spellings of rotary settings are read: transformers 4's
  * rope_theta and rope_scaling ("rope_type" or "type": default, linear,
@@ -63,6 +76,8 @@ typedef struct lmk_llama_layer {
 	lmk_tensor *ln2;                   /* post_attention_layernorm (C) */
 	lmk_tensor *wg, *wu, *wd;          /* gate (F,C), up (F,C), down (C,F) */
 	lmk_tensor *bg, *bu, *bd;          /* NULL unless mlp_bias */
+	lmk_mixer mix;                     /* cfg.mixer != 0: the layer in place of
+					    * self_attn (wq..bo NULL) */
 } lmk_llama_layer;
 
 typedef struct lmk_llama {

@@ -71,7 +71,13 @@ check "unknown option: exit 2" 'rc_is 2 && err_has "unknown option '"'"'--bogus'
 run "$TRAIN" --data text.txt --steps
 check "missing argument: exit 2" 'rc_is 2 && err_has "needs an argument"'
 run "$TRAIN" --data text.txt --mixer mamba
-check "--mixer other than attention: not built yet, exit 2" 'rc_is 2 && err_has "'"'"'mamba'"'"' is not built yet"'
+check "--mixer that is not one: exit 2" 'rc_is 2 && err_has "'"'"'mamba'"'"' is not a mixer"'
+run "$TRAIN" --data text.txt --mixer gdn:heads=2,depth=3
+check "--mixer with an unknown setting: exit 2" 'rc_is 2 && err_has "no setting '"'"'depth'"'"'"'
+run "$TRAIN" --task mqar:kv=4 --data text.txt
+check "--task and --data: exit 2" 'rc_is 2 && err_has "cannot be used together"'
+run "$TRAIN" --task sorting
+check "--task that is not one: exit 2" 'rc_is 2 && err_has "mqar, flipflop, s5 or a5"'
 run "$TRAIN" --data text.txt --schedule sawtooth
 check "bad schedule: exit 2" 'rc_is 2 && err_has "cosine, linear or constant"'
 run "$TRAIN" --steps 3
@@ -191,6 +197,14 @@ run "$TRAIN" --resume --out g2 --steps 12 --quiet --metrics g2.jsonl
 check "GaLore resumed across a refresh: the same losses and weights" 'rc_is 0 && same_run g.jsonl g2.jsonl && cmp -s g/model.safetensors g2/model.safetensors'
 run "$TRAIN" --resume --out g2 --steps 14 --optim adamw
 check "another optimizer on --resume: exit 1" 'rc_is 1 && err_has "saved with optimizer galore"'
+
+# --- mixers and synthetic tasks ---
+for mx in linear ll-mamba2 ll-gdn path-fox; do
+	run "$TRAIN" --task mqar:kv=2,vocab=32,val=8 --seq 32 --hidden 32 --layers 1 --batch 4 --steps 3 --eval-every 3 --threads 2 --seed 7 --mixer $mx --out m-$mx --metrics m-$mx.jsonl --quiet
+	check "--mixer $mx on --task mqar: trains, accuracy in the metrics, config says lmk_mixer" 'rc_is 0 && grep -q "\"val_acc\"" m-'$mx'.jsonl && grep -q "\"model_type\": \"lmk_mixer\"" m-'$mx'/config.json'
+done
+run "$TRAIN" --resume --out m-ll-gdn --steps 5 --quiet --metrics m-ll-gdn.jsonl
+check "a mixer's run resumes" 'rc_is 0 && grep -q "^{\"step\":5," m-ll-gdn.jsonl'
 
 # --- token frames ---
 if command -v python3 >/dev/null 2>&1; then
