@@ -26,7 +26,7 @@
 enum {
 	R_IN_PROJ, R_CONV_W, R_CONV_B, R_DT_BIAS, R_A_LOG, R_L, R_D, R_NORM, R_OUT_PROJ,
 	R_Q, R_K, R_V, R_A_PROJ, R_B_PROJ, R_QCONV, R_KCONV, R_VCONV, R_DL, R_G_PROJ,
-	R_W0, R_W1, R_W, R_WCONV, R_BT_W, R_BT_B, R_F_W, R_F_B,
+	R_W0, R_W1, R_W, R_WCONV, R_BT_W, R_BT_B, R_F_W, R_F_B, R_GK_W, R_GK_B,
 };
 
 enum { I_LINEAR, I_CONV, I_ZERO, I_ONES, I_ALOG_MAMBA, I_ALOG_GDN, I_DT_BIAS };
@@ -201,6 +201,10 @@ static int describe(const lmk_mixer_config *cfg, pdesc *d)
 		ADD2("q_proj.weight", R_Q, I_LINEAR, kd, C);
 		ADD2("k_proj.weight", R_K, I_LINEAR, kd, C);
 		ADD2("v_proj.weight", R_V, I_LINEAR, vd, C);
+		if (cfg->decay) {
+			ADD2("gk_proj.weight", R_GK_W, I_LINEAR, H, C);
+			ADD1("gk_proj.bias", R_GK_B, I_ZERO, H);
+		}
 		ADD1("norm.weight", R_NORM, I_ONES, cfg->head_dim_v);
 		ADD2("o_proj.weight", R_OUT_PROJ, I_LINEAR, C, vd);
 	}
@@ -232,7 +236,7 @@ int64_t lmk_mixer_param_count(const lmk_mixer_config *cfg)
 		return H * D * C + 2 * kv * C + wp + kv * W + K * C + K + C * H * D + fox;
 	}
 	int64_t kd = H * cfg->head_dim, vd = H * cfg->head_dim_v;
-	return (2 * kd + vd) * C + cfg->head_dim_v + C * vd;
+	return (2 * kd + vd) * C + cfg->head_dim_v + C * vd + (cfg->decay ? H * C + H : 0);
 }
 
 int lmk_mixer_register(lmk_mixer *m, const lmk_mixer_config *cfg, lmk_params *p,
@@ -432,11 +436,18 @@ static lmk_tensor *fwd_linear(lmk_ctx *c, const lmk_mixer *m, lmk_tensor *x, int
 	lmk_tensor *q = shape4(c, lmk_linear(c, x, P(m, R_Q), NULL), B, T, H, Dk);
 	lmk_tensor *k = shape4(c, lmk_linear(c, x, P(m, R_K), NULL), B, T, H, Dk);
 	lmk_tensor *v = shape4(c, lmk_linear(c, x, P(m, R_V), NULL), B, T, H, Dv);
+	lmk_tensor *loga = NULL;
+	if (g->decay) {
+		/* SimpleGLA's gate_logit_normalizer: decays stay near 1 */
+		lmk_tensor *gk = lmk_linear(c, x, P(m, R_GK_W), P(m, R_GK_B));
+		if (!(loga = lmk_scale(c, lmk_logsigmoid(c, gk), 1.0f / 16)))
+			return NULL;
+	}
 	if (!q || !k || !v)
 		return NULL;
 	lmk_ssd_opts so = {.chunk = g->chunk, .algo = LMK_SSD_AUTO,
 			   .scale = 1.0f / sqrtf((float)Dk)};
-	lmk_tensor *o = lmk_rmsnorm(c, lmk_ssd(c, q, k, v, NULL, NULL, &so), P(m, R_NORM),
+	lmk_tensor *o = lmk_rmsnorm(c, lmk_ssd(c, q, k, v, loga, NULL, &so), P(m, R_NORM),
 				    g->norm_eps);
 	return lmk_linear(c, shape3(c, o, B, T, H * Dv), P(m, R_OUT_PROJ), NULL);
 }

@@ -39,7 +39,9 @@ typedef enum {
  * linear (fla's LinearAttention, identity feature map, output RMSNorm):
  *   q, k (B,T,H,Dk), v (B,T,H,Dv) projections; o = lmk_ssd(q, k, v) with
  *   scale 1/sqrt(Dk) and no decay; per-head RMSNorm(o) (norm.weight (Dv));
- *   o_proj.
+ *   o_proj. With decay set, a scalar data-dependent decay per head as
+ *   fla's SimpleGLA: loga = logsigmoid(gk_proj x + b) / 16 (gk_proj (H,C)
+ *   with a bias, after v_proj).
  * mamba2 (mamba_ssm's Mamba2; P = head_dim, d_inner = H*P):
  *   in_proj -> z (d_inner), xBC (d_inner + 2GN), dt (H); xBC = conv(xBC) +
  *   conv bias, SiLU; split into x (B,T,H,P), B, C (B,T,G,N); dt =
@@ -78,6 +80,7 @@ typedef struct lmk_mixer_config {
 	float norm_eps;      /* of the RMSNorms */
 	int chunk;           /* the core op's chunk / block; 0: its default */
 	float init_std;      /* linear weights ~ N(0, init_std) */
+	int decay;           /* linear: the SimpleGLA scalar decay (0: none) */
 } lmk_mixer_config;
 
 /* The papers' layer at hidden size C (C a multiple of 64 gives whole
@@ -99,7 +102,7 @@ int lmk_mixer_check(const lmk_mixer_config *cfg);
 /* The number of parameters of one layer (closed form; equals the sum of
  * the sizes lmk_mixer_register adds). With d = d_inner = H P, kd = H Dk,
  * vd = H Dv, cd = d + 2 G N, kv = K D:
- *   linear    (2 kd + vd) C + Dv + C vd
+ *   linear    (2 kd + vd) C + Dv + C vd, with decay + H C + H
  *   mamba2    (2d + 2GN + H) C + cd (W + 1) + 3H + d + C d
  *   ll-mamba2 mamba2 + H NL C + H NL
  *   gdn       (2 kd + 2 vd + 2H) C + 2H + (2 kd + vd) W + Dv + C vd

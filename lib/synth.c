@@ -38,6 +38,39 @@ void lmk_synth_defaults(lmk_synth *s, int task)
 	}
 }
 
+int lmk_synth_parse(lmk_synth *s, const char *name)
+{
+	static const struct {
+		const char *name;
+		int task, group;
+	} names[] = {{"mqar", LMK_SYNTH_MQAR, 0},
+		     {"flipflop", LMK_SYNTH_FLIPFLOP, 0},
+		     {"s5", LMK_SYNTH_WORD, LMK_SYNTH_S5},
+		     {"a5", LMK_SYNTH_WORD, LMK_SYNTH_A5}};
+	for (size_t i = 0; name && i < sizeof names / sizeof names[0]; i++)
+		if (!strcmp(name, names[i].name)) {
+			lmk_synth_defaults(s, names[i].task);
+			s->group = names[i].group;
+			return 0;
+		}
+	return lmk_err(LMK_EINVAL, "synth: unknown task '%s' (mqar, flipflop, s5, a5)",
+		       name ? name : "(null)");
+}
+
+const char *lmk_synth_name(const lmk_synth *s)
+{
+	switch (s->task) {
+	case LMK_SYNTH_MQAR:
+		return "mqar";
+	case LMK_SYNTH_FLIPFLOP:
+		return "flipflop";
+	case LMK_SYNTH_WORD:
+		return s->group == LMK_SYNTH_A5 ? "a5" : "s5";
+	default:
+		return "?";
+	}
+}
+
 int lmk_synth_check(const lmk_synth *s)
 {
 	if (s->T < 1)

@@ -68,6 +68,13 @@ typedef struct lmk_synth {
  * problems over S5, T 128. seed 0. */
 void lmk_synth_defaults(lmk_synth *s, int task);
 
+/* By name, for command lines: "mqar", "flipflop", "s5" or "a5" (word
+ * problems over that group), with the defaults above.
+ * @return : 0, or LMK_EINVAL naming the choices */
+int lmk_synth_parse(lmk_synth *s, const char *name);
+/* The name lmk_synth_parse takes for s's task (and group). */
+const char *lmk_synth_name(const lmk_synth *s);
+
 /* @return : 0, or LMK_EINVAL with a message naming the bad field */
 int lmk_synth_check(const lmk_synth *s);
 

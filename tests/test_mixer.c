@@ -321,25 +321,34 @@ static void ref_linear(layer *L, const float *xf, int64_t B, int64_t T, double *
 	double *o = malloc(sizeof(double) * (size_t)(BT * vd));
 	for (int64_t i = 0; i < BT * C; i++)
 		x[i] = xf[i];
+	double *gk = malloc(sizeof(double) * (size_t)(BT * H));
 	lin(q, x, pf(L, "q_proj.weight"), NULL, BT, C, kd);
 	lin(k, x, pf(L, "k_proj.weight"), NULL, BT, C, kd);
 	lin(v, x, pf(L, "v_proj.weight"), NULL, BT, C, vd);
+	if (g->decay) {
+		lin(gk, x, pf(L, "gk_proj.weight"), pf(L, "gk_proj.bias"), BT, C, H);
+		for (int64_t i = 0; i < BT * H; i++)
+			gk[i] = -log1p(exp(-gk[i])) / 16;
+	}
 	for (int64_t b = 0; b < B; b++)
 		for (int64_t t = 0; t < T; t++)
 			for (int64_t h = 0; h < H; h++)
 				for (int64_t e = 0; e < Dv; e++) {
 					double acc = 0;
 					for (int64_t s = 0; s <= t; s++) {
-						double qk = 0;
+						double qk = 0, dec = 0;
 						for (int64_t d = 0; d < Dk; d++)
 							qk += q[(b * T + t) * kd + h * Dk + d] *
 							      k[(b * T + s) * kd + h * Dk + d];
-						acc += qk * v[(b * T + s) * vd + h * Dv + e];
+						for (int64_t r = s + 1; g->decay && r <= t; r++)
+							dec += gk[(b * T + r) * H + h];
+						acc += exp(dec) * qk * v[(b * T + s) * vd + h * Dv + e];
 					}
 					o[(b * T + t) * vd + h * Dv + e] = acc / sqrt((double)Dk);
 				}
 	rmsnorm(o, BT * H, Dv, pf(L, "norm.weight"), g->norm_eps);
 	lin(out, o, pf(L, "o_proj.weight"), NULL, BT, vd, C);
+	free(gk);
 	free(x);
 	free(q);
 	free(k);
@@ -504,6 +513,7 @@ static void tiny(lmk_mixer_config *cfg, int kind, int variant)
 		cfg->heads = 2;
 		cfg->head_dim = 3;
 		cfg->head_dim_v = variant ? 5 : 4;
+		cfg->decay = variant; /* SimpleGLA's scalar decay */
 		break;
 	}
 	cfg->chunk = variant ? 2 : 0; /* several chunks, a ragged last one */

@@ -321,6 +321,16 @@ START_TEST(test_checks)
 	s.T = 2;
 	ck_assert_int_eq(lmk_synth_check(&s), LMK_EINVAL);
 
+	const char *names[4] = {"mqar", "flipflop", "s5", "a5"};
+	for (int i = 0; i < 4; i++) {
+		ck_assert_int_eq(lmk_synth_parse(&s, names[i]), 0);
+		ck_assert_int_eq(lmk_synth_check(&s), 0);
+		ck_assert_str_eq(lmk_synth_name(&s), names[i]);
+	}
+	ck_assert_int_eq(s.group, LMK_SYNTH_A5);
+	ck_assert_int_eq(lmk_synth_parse(&s, "s7"), LMK_EINVAL);
+	ck_assert_str_eq(lmk_errmsg(), "synth: unknown task 's7' (mqar, flipflop, s5, a5)");
+
 	lmk_synth_defaults(&s, LMK_SYNTH_WORD);
 	ck_assert_int_eq(lmk_synth_check(&s), 0);
 	s.group = 7;
