@@ -12,8 +12,7 @@
  * every allocation (NaN), so an output element never written shows. In
  * BF16 the CPU gets the same bf16-rounded inputs.
  * Every case runs twice: the recurrent kernels (algo LMK_GDN_RECURRENT)
- * and the chunked ones (LMK_GDN_CHUNKED; its backward is chunked for plain
- * GDN, recurrent for log-linear). Compared NaN first, then
+ * and the chunked ones (LMK_GDN_CHUNKED). Compared NaN first, then
  * by ||gpu - cpu|| / ||cpu||: F32 1e-5 for the output and 1e-4 for the
  * gradients (sums over T of long products in another order), BF16 1e-2.
  * One line per case gives every error, so one run tells what is wrong.
