@@ -335,7 +335,7 @@ static __device__ void mmul(float *Cm, int ldc, const float *A, int lda, const f
 			    int M, int N, int Kk, float alpha, float beta0, unsigned char *stage)
 {
 #ifndef LMK_PATH_EMU
-	if (TC) {
+	if constexpr (TC) {
 		bf16 *sa = (bf16 *)stage, *sb = sa + 64 * 128;
 		tmm<TA, TB>(Cm, ldc, A, lda, Bm, ldb, M, N, Kk, alpha, beta0, sa, sb,
 			    (float *)(sb + 64 * 128));
@@ -539,9 +539,78 @@ __global__ void __launch_bounds__(NT) query_kernel(pws s, const E *dout, const E
 		dgr[r] = sg[r];
 }
 
-/* smem: level, dO, adjoint, tile (C,D); S, dP, X, Y (C,C); lse, delta,
- * dgc (C). Accumulators dK~, dU, dW, dV of key block n in registers. */
-template <class E>
+#ifndef LMK_PATH_EMU
+typedef nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> facc;
+
+/* The key pass's accumulators on the tensor cores: f += alpha op(A)ᵀ Bm,
+ * A (cm, cn) with ld C, Bm (cm, D) with ld D, float32 in shared memory,
+ * staged as bf16 sa (Cp, Kp) = alpha Aᵀ and sb (Kp, D), zero-padded to
+ * multiples of 16; warp w owns the 16x16 tiles w + 8 e (e < 4) of the
+ * (Cp, D) result, the same tiles at every call of a block. */
+static __device__ void tacc(facc (&f)[4], const float *A, float alpha, const float *Bm, int cm,
+			    int cn, int C, int D, bf16 *sa, bf16 *sb)
+{
+	using namespace nvcuda;
+	const int Cp = (cn + 15) & ~15, Kp = (cm + 15) & ~15;
+	for (int idx = threadIdx.x; idx < Cp * Kp; idx += blockDim.x) {
+		const int j = idx / Kp, i = idx % Kp;
+		sa[idx] = __float2bfloat16_rn(j < cn && i < cm ? alpha * A[i * C + j] : 0.f);
+	}
+	for (int idx = threadIdx.x; idx < Kp * D; idx += blockDim.x)
+		sb[idx] = __float2bfloat16_rn(idx / D < cm ? Bm[idx] : 0.f);
+	__syncthreads();
+	const int warp = threadIdx.x / 32, td = D / 16, nt = (Cp / 16) * td;
+#pragma unroll
+	for (int e = 0; e < 4; e++) {
+		const int t = warp + 8 * e;
+		if (t < nt) {
+			const int tj = t / td, tc = t % td;
+			for (int kk = 0; kk < Kp; kk += 16) {
+				wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+				wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb;
+				wmma::load_matrix_sync(fa, sa + tj * 16 * Kp + kk, Kp);
+				wmma::load_matrix_sync(fb, sb + kk * D + tc * 16, D);
+				wmma::mma_sync(f[e], fa, fb, f[e]);
+			}
+		}
+	}
+	__syncthreads();
+}
+
+/* Each warp's tiles of f, rows < cn, through its 16x16 float tile st
+ * (st + warp * 256), to put(j, d, value). */
+template <class F>
+static __device__ void tacc_out(facc (&f)[4], int cn, int D, float *st, F put)
+{
+	using namespace nvcuda;
+	const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, td = D / 16;
+	const int nt = (((cn + 15) & ~15) / 16) * td;
+	float *t = st + warp * 256;
+#pragma unroll
+	for (int e = 0; e < 4; e++) {
+		const int tl = warp + 8 * e;
+		if (tl < nt) {
+			wmma::store_matrix_sync(t, f[e], 16, wmma::mem_row_major);
+			__syncwarp();
+			for (int x = lane; x < 256; x += 32) {
+				const int j = (tl / td) * 16 + x / 16, d = (tl % td) * 16 + x % 16;
+				if (j < cn)
+					put(j, d, t[x]);
+			}
+			__syncwarp();
+		}
+	}
+}
+#endif
+
+/* tacc stages (64, 64) and (64, 128) bf16 tiles, inside TC_BYTES. */
+
+/* smem: level, dO, adjoint, tile (C,D); S, dP (C,C), later X, Y; lse,
+ * delta, dgc (C); then, with TC, the staging of tmm and tacc at a 128-byte
+ * boundary.
+ * Accumulators dK~, dU, dW, dV of key block n in registers: per-thread
+ * elements, or with TC wmma fragments of the warps' tiles. */
+template <class E, bool TC>
 __global__ void __launch_bounds__(NT) key_kernel(pws s, gacc dv, const E *dout, const E *v,
 						 const E *w, float scale)
 {
@@ -550,12 +619,25 @@ __global__ void __launch_bounds__(NT) key_kernel(pws s, gacc dv, const E *dout, 
 	const int C = s.C, D = s.D, H = s.H, K = s.K, N = s.N, rep = H / K, cn = rows_of(s, n);
 	const int j0 = n * C;
 	float *sL = sm, *sO = sL + C * D, *sA = sO + C * D, *sT = sA + C * D, *sS = sT + C * D;
-	float *sP = sS + C * C, *sX = sP + C * C, *sY = sX + C * C, *sl = sY + C * C, *sd = sl + C;
-	float *sg = sd + C;
-	float akt[MAXE], au[MAXE], aw[MAXE], av[MAXE];
+	/* X and Y are made after P and dS are spent: they take their places */
+	float *sP = sS + C * C, *sX = sS, *sY = sP, *sl = sP + C * C, *sd = sl + C, *sg = sd + C;
+	unsigned char *stage = (unsigned char *)(sm + ((4 * C * D + 2 * C * C + 3 * C + 31) & ~31));
+	constexpr int NE = TC ? 1 : MAXE;
+	float akt[NE], au[NE], aw[NE], av[NE];
 #pragma unroll
-	for (int e = 0; e < MAXE; e++)
+	for (int e = 0; e < NE; e++)
 		akt[e] = au[e] = aw[e] = av[e] = 0.f;
+#ifndef LMK_PATH_EMU
+	bf16 *sa = (bf16 *)stage, *sb = sa + 64 * 64;
+	facc fkt[4], fu[4], fw[4], fv[4];
+	if constexpr (TC)
+		for (int e = 0; e < 4; e++) {
+			nvcuda::wmma::fill_fragment(fkt[e], 0.f);
+			nvcuda::wmma::fill_fragment(fu[e], 0.f);
+			nvcuda::wmma::fill_fragment(fw[e], 0.f);
+			nvcuda::wmma::fill_fragment(fv[e], 0.f);
+		}
+#endif
 	for (int h = g * rep; h < (g + 1) * rep; h++) {
 		for (int r = threadIdx.x; r < C; r += blockDim.x)
 			sg[r] = 0.f;
@@ -571,14 +653,14 @@ __global__ void __launch_bounds__(NT) key_kernel(pws s, gacc dv, const E *dout, 
 				load_rows(sL, s.lv + lvat(s, b, h, m, n), D, cm, C, D);
 			load_rows(sT, v + row(s, b, j0, g, K), (int64_t)K * D, cn, C, D);
 			__syncthreads();
-			smm<false, true>(sP, C, sO, D, sT, D, cm, cn, D, 1.f, 0.f);
+			mmul<TC, false, true>(sP, C, sO, D, sT, D, cm, cn, D, 1.f, 0.f, stage);
 			__syncthreads();
 			if (m == n) {
 				diag_logits(s, sS, b, h, m, scale);
 			} else {
 				load_rows(sT, s.kt + hrow(s, b, g, K, j0), D, cn, C, D);
 				__syncthreads();
-				smm<false, true>(sS, C, sL, D, sT, D, cm, cn, D, scale, 0.f);
+				mmul<TC, false, true>(sS, C, sL, D, sT, D, cm, cn, D, scale, 0.f, stage);
 				__syncthreads();
 				fix_logits(s, sS, b, h, m, n);
 			}
@@ -594,18 +676,26 @@ __global__ void __launch_bounds__(NT) key_kernel(pws s, gacc dv, const E *dout, 
 						a += sP[t * C + j];
 				sg[t] += a;
 			}
+			if constexpr (TC) {
+#ifndef LMK_PATH_EMU
+				tacc(fv, sS, 1.f, sO, cm, cn, C, D, sa, sb);
+				if (m > n)
+					tacc(fkt, sP, scale, sL, cm, cn, C, D, sa, sb);
+#endif
+			} else {
 #pragma unroll
-			for (int e = 0; e < MAXE; e++) {
-				const int idx = threadIdx.x + e * NT, j = idx / D, d = idx % D;
-				if (idx < cn * D) {
-					float a = 0.f, bk = 0.f;
-					for (int i = 0; i < cm; i++) {
-						a += sS[i * C + j] * sO[i * D + d];
-						bk += sP[i * C + j] * sL[i * D + d];
+				for (int e = 0; e < NE; e++) {
+					const int idx = threadIdx.x + e * NT, j = idx / D, d = idx % D;
+					if (idx < cn * D) {
+						float a = 0.f, bk = 0.f;
+						for (int i = 0; i < cm; i++) {
+							a += sS[i * C + j] * sO[i * D + d];
+							bk += sP[i * C + j] * sL[i * D + d];
+						}
+						av[e] += a;
+						if (m > n)
+							akt[e] += scale * bk;
 					}
-					av[e] += a;
-					if (m > n)
-						akt[e] += scale * bk;
 				}
 			}
 			if (m == n) {
@@ -623,23 +713,30 @@ __global__ void __launch_bounds__(NT) key_kernel(pws s, gacc dv, const E *dout, 
 			load_rows(sT, w + row(s, b, j0, g, K), (int64_t)K * D, cn, C, D);
 			load_rows(sA, s.adj + lvat(s, b, h, m, n), D, cm, C, D);
 			__syncthreads();
-			smm<false, true>(sX, C, sL, D, sT, D, cm, cn, D, 1.f, 0.f);
+			mmul<TC, false, true>(sX, C, sL, D, sT, D, cm, cn, D, 1.f, 0.f, stage);
 			__syncthreads();
 			load_rows(sT, s.u + hrow(s, b, g, K, j0), D, cn, C, D);
 			__syncthreads();
-			smm<false, true>(sY, C, sA, D, sT, D, cm, cn, D, 1.f, 0.f);
+			mmul<TC, false, true>(sY, C, sA, D, sT, D, cm, cn, D, 1.f, 0.f, stage);
 			__syncthreads();
+			if constexpr (TC) {
+#ifndef LMK_PATH_EMU
+				tacc(fu, sX, -1.f, sA, cm, cn, C, D, sa, sb);
+				tacc(fw, sY, -1.f, sL, cm, cn, C, D, sa, sb);
+#endif
+			} else {
 #pragma unroll
-			for (int e = 0; e < MAXE; e++) {
-				const int idx = threadIdx.x + e * NT, j = idx / D, d = idx % D;
-				if (idx < cn * D) {
-					float a = 0.f, c2 = 0.f;
-					for (int i = 0; i < cm; i++) {
-						a += sX[i * C + j] * sA[i * D + d];
-						c2 += sY[i * C + j] * sL[i * D + d];
+				for (int e = 0; e < NE; e++) {
+					const int idx = threadIdx.x + e * NT, j = idx / D, d = idx % D;
+					if (idx < cn * D) {
+						float a = 0.f, c2 = 0.f;
+						for (int i = 0; i < cm; i++) {
+							a += sX[i * C + j] * sA[i * D + d];
+							c2 += sY[i * C + j] * sL[i * D + d];
+						}
+						au[e] -= a;
+						aw[e] -= c2;
 					}
-					au[e] -= a;
-					aw[e] -= c2;
 				}
 			}
 		}
@@ -650,15 +747,28 @@ __global__ void __launch_bounds__(NT) key_kernel(pws s, gacc dv, const E *dout, 
 	}
 	float *dKt = s.dkt + hrow(s, b, g, K, j0), *dU = s.du + hrow(s, b, g, K, j0);
 	float *dW = s.dwp + hrow(s, b, g, K, j0);
+	if constexpr (TC) {
+#ifndef LMK_PATH_EMU
+		float *st = (float *)sa; /* the staging is free now: 8 tiles of 16x16 */
+		tacc_out(fkt, cn, D, st, [&](int j, int d, float x) { dKt[j * D + d] = x; });
+		tacc_out(fu, cn, D, st, [&](int j, int d, float x) { dU[j * D + d] = x; });
+		tacc_out(fw, cn, D, st, [&](int j, int d, float x) { dW[j * D + d] = x; });
+		if (dv.p)
+			tacc_out(fv, cn, D, st, [&](int j, int d, float x) {
+				gadd(dv, row(s, b, j0 + j, g, K) + d, x);
+			});
+#endif
+	} else {
 #pragma unroll
-	for (int e = 0; e < MAXE; e++) {
-		const int idx = threadIdx.x + e * NT, j = idx / D, d = idx % D;
-		if (idx < cn * D) {
-			dKt[idx] = akt[e];
-			dU[idx] = au[e];
-			dW[idx] = aw[e];
-			if (dv.p)
-				gadd(dv, row(s, b, j0 + j, g, K) + d, av[e]);
+		for (int e = 0; e < NE; e++) {
+			const int idx = threadIdx.x + e * NT, j = idx / D, d = idx % D;
+			if (idx < cn * D) {
+				dKt[idx] = akt[e];
+				dU[idx] = au[e];
+				dW[idx] = aw[e];
+				if (dv.p)
+					gadd(dv, row(s, b, j0 + j, g, K) + d, av[e]);
+			}
 		}
 	}
 }
@@ -932,8 +1042,14 @@ static int backward_t(cudaStream_t st, pws p, bool tc, lmk_gbuf dq, lmk_gbuf dk,
 	else
 		LAUNCH(query_f32, dim3(p.N, p.H, p.B), qb, st, p, (const E *)dout, (const E *)v,
 		       (const E *)w, scale);
-	LAUNCH(key_kernel<E>, dim3(p.N, p.K, p.B), (4 * C * D + 4 * C * C + 3 * C) * f, st, p,
-	       to_gacc(dv), (const E *)dout, (const E *)v, (const E *)w, scale);
+	const size_t kb = ((4 * C * D + 2 * C * C + 3 * C + 31) & ~(size_t)31) * f;
+	auto key_tc = key_kernel<E, true>, key_f32 = key_kernel<E, false>;
+	if (tc)
+		LAUNCH(key_tc, dim3(p.N, p.K, p.B), kb + TC_BYTES, st, p, to_gacc(dv),
+		       (const E *)dout, (const E *)v, (const E *)w, scale);
+	else
+		LAUNCH(key_f32, dim3(p.N, p.K, p.B), kb, st, p, to_gacc(dv), (const E *)dout,
+		       (const E *)v, (const E *)w, scale);
 	if (dq.p || dk.p || dw.p || dbeta.p)
 		LAUNCH(back_kernel<E>, dim3(p.N, p.K, p.B), (4 * C * D + 4 * C * C + 2 * C) * f, st,
 		       p, to_gacc(dq), to_gacc(dk), to_gacc(dw), to_gacc(dbeta), (const E *)q,
