@@ -654,6 +654,46 @@ __global__ void gdn_chunk_prep(float *rec, const T *q /*(B,Tn,H,Dk)*/, const T *
 	}
 }
 
+/* Register tiles of the state passes (bd = 256 threads, cb of 8 or 16
+ * columns, so that bd/cb divides GC): a thread owns column cc = tid % cb
+ * and the rows tid/cb + r*(bd/cb), so that each operand read from shared
+ * memory feeds 2 to 8 products instead of one. */
+
+/* acc[r] = sum_d A[i*Dk + d] X[d*cb + cc], i = tid/cb + r*(bd/cb) < GC:
+ * (GC,Dk) times (Dk,cb). */
+static __device__ __forceinline__ void tile_rows(float *acc /*[4]*/, const float *A,
+						 const float *X, int Dk, int cb)
+{
+	const int cc = threadIdx.x % cb, i0 = threadIdx.x / cb, RS = blockDim.x / cb;
+#pragma unroll
+	for (int r = 0; r < 4; r++)
+		acc[r] = 0;
+	for (int d = 0; d < Dk; d++) {
+		float x = X[d * cb + cc];
+#pragma unroll
+		for (int r = 0; r < 4; r++)
+			if (r * RS < GC)
+				acc[r] += A[(i0 + r * RS) * Dk + d] * x;
+	}
+}
+
+/* acc[r] += sgn sum_j Bm[j*Dk + d] Y[j*cb + cc], d = tid/cb + r*(bd/cb) <
+ * Dk: (GC,Dk)ᵀ times (GC,cb). */
+static __device__ __forceinline__ void tile_cols(float *acc /*[8]*/, const float *Bm,
+						 const float *Y, int Dk, int cb, float sgn)
+{
+	const int cc = threadIdx.x % cb, d0 = threadIdx.x / cb, DS = blockDim.x / cb;
+	for (int j = 0; j < GC; j++) {
+		float y = sgn * Y[j * cb + cc];
+#pragma unroll
+		for (int r = 0; r < 8; r++) {
+			int d = d0 + r * DS;
+			if (d < Dk)
+				acc[r] += Bm[j * Dk + d] * y;
+		}
+	}
+}
+
 /* grid (B*H, column blocks of cb), 256 threads: the states through the
  * chunks, (nlevc,Dk,cb) in shared memory. out (may be NULL) gets the
  * outputs; sin (may be NULL) the states entering each chunk (after the
@@ -717,55 +757,60 @@ __global__ void gdn_chunk_state(T *out /*(B,Tn,H,Dv)*/, float *sin, const float 
 					sin[(((int64_t)bh * nch + ci) * nlevc + L) * Dk * Dv +
 					    (int64_t)d * Dv + c] = Sg[e];
 			}
-		if (out)
-			for (int e = tid; e < GC * cb; e += bd) {
-				int i = e / cb, cc = e % cb;
-				if (i >= n || c0 + cc >= Dv)
+		const int cc = tid % cb, i0 = tid / cb, RS = bd / cb, d0 = tid / cb, DS = bd / cb;
+		if (out) {
+			float o[4], a[4];
+#pragma unroll
+			for (int r = 0; r < 4; r++)
+				o[r] = r * RS < GC ? ois[(i0 + r * RS) * cb + cc] : 0.0f;
+			for (int L = ll ? 1 : 0; L < (ll ? nlevc : 1); L++) {
+				if (ll && !glive(ci, L))
 					continue;
-				float o = ois[e];
-				for (int L = ll ? 1 : 0; L < (ll ? nlevc : 1); L++) {
-					if (ll && !glive(ci, L))
-						continue;
-					const float *S = Sg + L * DC;
-					float s = 0;
-					for (int d = 0; d < Dk; d++)
-						s += qe[i * Dk + d] * S[d * cb + cc];
-					o += scale * (ll ? lw[i * nlevc + L] : 1.0f) * s;
-				}
-				out[(tok0 + (int64_t)i * H) * Dv + c0 + cc] = fromf<T>(o);
+				tile_rows(a, qe, Sg + L * DC, Dk, cb);
+#pragma unroll
+				for (int r = 0; r < 4; r++)
+					if (r * RS < GC)
+						o[r] += scale * (ll ? lw[(i0 + r * RS) * nlevc + L] : 1.0f) * a[r];
 			}
+#pragma unroll
+			for (int r = 0; r < 4; r++) {
+				int i = i0 + r * RS;
+				if (r * RS < GC && i < n && c0 + cc < Dv)
+					out[(tok0 + (int64_t)i * H) * Dv + c0 + cc] = fromf<T>(o[r]);
+			}
+		}
 		if (ci == nch - 1)
 			break;
 		const float gn = gnp[0];
 		for (int L = ll ? 1 : 0; L < (ll ? nlevc : 1); L++) {
 			if (ll && !glive(ci, L))
 				continue;
-			float *S = Sg + L * DC;
+			float *S = Sg + L * DC, a[4], acc[8];
 			__syncthreads(); /* S and Y are free */
-			for (int e = tid; e < GC * cb; e += bd) {
-				int j = e / cb, cc = e % cb;
-				float y = ll ? 0.0f : wvs[e];
-				for (int d = 0; d < Dk; d++)
-					y -= wk[j * Dk + d] * S[d * cb + cc];
-				Y[e] = y;
-			}
+			tile_rows(a, wk, S, Dk, cb);
+#pragma unroll
+			for (int r = 0; r < 4; r++)
+				if (r * RS < GC)
+					Y[(i0 + r * RS) * cb + cc] =
+						(ll ? 0.0f : wvs[(i0 + r * RS) * cb + cc]) - a[r];
 			__syncthreads();
-			for (int64_t e = tid; e < DC; e += bd) {
-				int d = (int)(e / cb), cc = (int)(e % cb);
-				float s = gn * S[e];
-				for (int j = 0; j < GC; j++)
-					s += kd[j * Dk + d] * Y[j * cb + cc];
-				S[e] = s;
-			}
+#pragma unroll
+			for (int r = 0; r < 8; r++)
+				acc[r] = d0 + r * DS < Dk ? gn * S[(d0 + r * DS) * cb + cc] : 0.0f;
+			tile_cols(acc, kd, Y, Dk, cb, 1.0f);
+#pragma unroll
+			for (int r = 0; r < 8; r++)
+				if (d0 + r * DS < Dk)
+					S[(d0 + r * DS) * cb + cc] = acc[r];
 		}
-		if (ll)
-			for (int64_t e = tid; e < DC; e += bd) {
-				int d = (int)(e / cb), cc = (int)(e % cb);
-				float s = 0;
-				for (int j = 0; j < GC; j++)
-					s += kd[j * Dk + d] * wvs[j * cb + cc];
-				Sg[e] = s;
-			}
+		if (ll) {
+			float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+			tile_cols(acc, kd, wvs, Dk, cb, 1.0f);
+#pragma unroll
+			for (int r = 0; r < 8; r++)
+				if (d0 + r * DS < Dk)
+					Sg[(d0 + r * DS) * cb + cc] = acc[r];
+		}
 	}
 }
 
@@ -791,7 +836,9 @@ __global__ void gdn_chunk_bstate(float *dsl, const float *rec, const T *dout /*(
 	const int c0 = blockIdx.y * cb;
 	const int64_t DC = (int64_t)Dk * cb, DD = (int64_t)Dk * Dv;
 	float *dS = sh, *qe = dS + nlevc * DC, *wk = qe + GC * Dk, *kd = wk + GC * Dk;
-	float *dos = kd + GC * Dk, *Z = dos + GC * cb, *lw = Z + GC * cb, *gnp = lw + GC * nlevc;
+	float *dos = kd + GC * Dk, *Z = dos + GC * cb, *Wd = Z + GC * cb, *lw = Wd + GC * cb;
+	float *gnp = lw + GC * nlevc;
+	const int cc = tid % cb, i0 = tid / cb, RS = bd / cb, d0 = tid / cb, DS = bd / cb;
 	for (int64_t e = tid; e < nlevc * DC; e += bd)
 		dS[e] = 0;
 	for (int ci = nch - 1; ci >= 0; ci--) {
@@ -829,24 +876,26 @@ __global__ void gdn_chunk_bstate(float *dsl, const float *rec, const T *dout /*(
 		for (int L = ll ? 1 : 0; L < (ll ? nlevc : 1); L++) {
 			if (ll && !glive(ci, L))
 				continue;
-			float *D = dS + L * DC;
-			__syncthreads(); /* loads done; Z free */
-			for (int e = tid; e < GC * cb; e += bd) {
-				int j = e / cb, cc = e % cb;
-				float z = 0;
-				for (int d = 0; d < Dk; d++)
-					z += kd[j * Dk + d] * D[d * cb + cc];
-				Z[e] = z;
-			}
+			float *D = dS + L * DC, a[4], acc[8];
+			__syncthreads(); /* loads done; Z and Wd free */
+			tile_rows(a, kd, D, Dk, cb);
+#pragma unroll
+			for (int r = 0; r < 4; r++)
+				if (r * RS < GC) {
+					int j = i0 + r * RS;
+					Z[j * cb + cc] = a[r];
+					Wd[j * cb + cc] = (ll ? lw[j * nlevc + L] : 1.0f) * dos[j * cb + cc];
+				}
 			__syncthreads();
-			for (int64_t e = tid; e < DC; e += bd) {
-				int d = (int)(e / cb), cc = (int)(e % cb);
-				float s = gnp[0] * D[e];
-				for (int j = 0; j < GC; j++)
-					s += qe[j * Dk + d] * (ll ? lw[j * nlevc + L] : 1.0f) * dos[j * cb + cc] -
-					     wk[j * Dk + d] * Z[j * cb + cc];
-				D[e] = s;
-			}
+#pragma unroll
+			for (int r = 0; r < 8; r++)
+				acc[r] = d0 + r * DS < Dk ? gnp[0] * D[(d0 + r * DS) * cb + cc] : 0.0f;
+			tile_cols(acc, qe, Wd, Dk, cb, 1.0f);
+			tile_cols(acc, wk, Z, Dk, cb, -1.0f);
+#pragma unroll
+			for (int r = 0; r < 8; r++)
+				if (d0 + r * DS < Dk)
+					D[(d0 + r * DS) * cb + cc] = acc[r];
 		}
 		if (ll) {
 			int j = gctz(ci);
@@ -860,7 +909,7 @@ __global__ void gdn_chunk_bstate(float *dsl, const float *rec, const T *dout /*(
 
 static size_t bstate_floats(int Dk, int nlevc, int cb)
 {
-	return (size_t)nlevc * Dk * cb + 3 * GC * Dk + 2 * GC * cb + GC * nlevc + 4;
+	return (size_t)nlevc * Dk * cb + 3 * GC * Dk + 3 * GC * cb + GC * nlevc + 4;
 }
 
 /* grid (chunks, B*H), 256 threads: the gradients of the chunk's tokens
