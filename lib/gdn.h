@@ -67,9 +67,11 @@ typedef struct lmk_gdn_opts {
 /* q, k (B,T,H,Dk) (L2-normalised by the caller), v (B,T,H,Dv), loga (B,T,H)
  * log decays <= 0 or NULL (plain DeltaNet), beta (B,T,H) in (0,2), lam
  * (B,T,H,NL) with NL >= lmk_fenwick_levels(T) or NULL (not log-linear)
- * -> (B,T,H,Dv). Gradients to any of them. On CUDA the algorithm and chunk
- * of o do not change the result beyond rounding. @return : NULL on failure
- * (message recorded) */
+ * -> (B,T,H,Dv). Gradients to any of them. Every algorithm gives the same
+ * result up to rounding. On CUDA (cuda/gdn_cuda.h: Dk, Dv <= 128) algo
+ * LMK_GDN_RECURRENT runs the recurrent kernels and any other the chunked
+ * ones, whose chunk is always 64. @return : NULL on failure (message
+ * recorded) */
 lmk_tensor *lmk_gdn(lmk_ctx *c, lmk_tensor *q, lmk_tensor *k, lmk_tensor *v, lmk_tensor *loga,
 		    lmk_tensor *beta, lmk_tensor *lam, const lmk_gdn_opts *o);
 

@@ -382,6 +382,66 @@ END_TEST
 START_TEST(test_decode_bf16) { run_decode(_i, LMK_BF16); }
 END_TEST
 
+/* Two runs give the same bits (no atomics, fixed summation orders), for
+ * both kernel sets, plain and log-linear. */
+START_TEST(test_deterministic)
+{
+	const gshape s = {2, 300, 2, 64, 64, 1, 1};
+	for (int var = 0; var < 4; var++) {
+		lmk_gdn_opts o = {0, var % 2 ? LMK_GDN_CHUNKED : LMK_GDN_RECURRENT, 0};
+		int ll = var / 2;
+		lmk_rng rng;
+		lmk_rng_init(&rng, 99);
+		hin h;
+		make_host(&h, &s, &rng, 1);
+		int64_t nout = s.B * s.T * s.H * s.Dv;
+		float *dout = malloc(sizeof(float) * (size_t)nout);
+		for (int64_t i = 0; i < nout; i++)
+			dout[i] = unif(&rng, -1, 1);
+		float *res[2][7];
+		for (int run = 0; run < 2; run++) {
+			lmk_ctx gc;
+			ck_assert_int_eq(lmk_ctx_init_ex(&gc, LMK_DEV_CUDA, 0, LMK_BF16), 0);
+			lmk_tensor *x[6] = {0};
+			for (int i = 0; i < 6; i++) {
+				if (i == 5 && !ll)
+					continue;
+				x[i] = lmk_tensor_new(&gc, LMK_BF16, h.ndim[i], h.shape[i], 1);
+				ck_assert_ptr_nonnull(x[i]);
+				ck_assert_int_eq(lmk_tensor_write_f32(&gc, x[i], 0, h.x[i]), 0);
+			}
+			lmk_tensor *y = lmk_gdn(&gc, x[0], x[1], x[2], x[3], x[4], x[5], &o);
+			ck_assert_msg(y != NULL, "%s", lmk_errmsg());
+			lmk_tensor *dg = lmk_tensor_upload(&gc, LMK_F32, 1, (int64_t[]){nout}, dout);
+			ck_assert_int_eq(lmk_backward_from(&gc, y, dg->data), 0);
+			res[run][6] = malloc(sizeof(float) * (size_t)nout);
+			ck_assert_int_eq(lmk_tensor_read_f32(&gc, y, 0, res[run][6]), 0);
+			for (int i = 0; i < 6; i++) {
+				res[run][i] = NULL;
+				if (!x[i])
+					continue;
+				res[run][i] = malloc(sizeof(float) * (size_t)h.n[i]);
+				ck_assert_int_eq(lmk_tensor_read_f32(&gc, x[i], 1, res[run][i]), 0);
+			}
+			lmk_ctx_free(&gc);
+		}
+		ck_assert_msg(!memcmp(res[0][6], res[1][6], sizeof(float) * (size_t)nout),
+			      "algo %d ll %d: two forwards differ", o.algo, ll);
+		for (int i = 0; i < 6; i++)
+			if (res[0][i])
+				ck_assert_msg(!memcmp(res[0][i], res[1][i], sizeof(float) * (size_t)h.n[i]),
+					      "algo %d ll %d: two gradients of %s differ", o.algo, ll,
+					      in_names[i]);
+		for (int run = 0; run < 2; run++)
+			for (int i = 0; i < 7; i++)
+				free(res[run][i]);
+		free(dout);
+		free_host(&h);
+	}
+	printf("test_cuda_gdn: deterministic: both kernel sets, plain and log-linear\n");
+}
+END_TEST
+
 /* Head dims over the kernels' limit fail cleanly. */
 START_TEST(test_unsupported)
 {
@@ -414,6 +474,7 @@ int main(void)
 	tcase_add_loop_test(tc, test_op_bf16, 0, 2 * NSHAPES);
 	tcase_add_loop_test(tc, test_decode_f32, 0, NDSHAPES);
 	tcase_add_loop_test(tc, test_decode_bf16, 0, NDSHAPES);
+	tcase_add_test(tc, test_deterministic);
 	tcase_add_test(tc, test_unsupported);
 	suite_add_tcase(su, tc);
 	SRunner *sr = srunner_create(su);
