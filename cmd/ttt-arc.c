@@ -753,6 +753,8 @@ struct pretrain {
 	char adapter_str[512];
 	const char *tasks;      /* TASKS as saved */
 	int64_t epoch, pos;     /* where the data is: example pos of epoch */
+	lmk_frame saved;        /* --resume: the state, whose metadata the
+				 * options point into until the end */
 	double elapsed, t0;     /* seconds of earlier calls; this call's start */
 };
 
@@ -837,38 +839,32 @@ static void pretrain_save(struct pretrain *r)
 static void pretrain_resume_opts(struct pretrain *r, const char *path)
 {
 	struct opts *o = r->o;
-	lmk_frame f;
+	lmk_frame *f = &r->saved;
 	const char *v;
 
-	if (lmk_frame_load(path, &f) < 0)
+	if (lmk_frame_load(path, f) < 0)
 		prog_die_lib();
 	for (size_t i = 0; i < sizeof saved_opts / sizeof saved_opts[0]; i++) {
 		int b = option_bit(saved_opts[i]);
 		if (b >= 0 && (o->given & F(b)))
 			continue;
-		if (!(v = lmk_frame_meta(&f, option_of(saved_opts[i])->name)))
+		if (!(v = lmk_frame_meta(f, option_of(saved_opts[i])->name)))
 			prog_die("%s: no saved '%s'", path, option_of(saved_opts[i])->name);
 		if (saved_opts[i] == OPT_KEEP0)
 			o->keep0 = strcmp(v, "1") == 0;
 		else if (saved_opts[i] == OPT_SOLUTIONS)
-			o->solutions = *v ? strdup(v) : NULL;
+			o->solutions = *v ? v : NULL;
 		else
-			set_option(o, saved_opts[i], strdup(v));
+			set_option(o, saved_opts[i], v);
 	}
-	if (!(r->tasks = lmk_frame_meta(&f, "tasks")) || !(r->tasks = strdup(r->tasks)))
+	if (!(r->tasks = lmk_frame_meta(f, "tasks")))
 		prog_die("%s: no saved 'tasks'", path);
-	if ((v = lmk_frame_meta(&f, "init")) && !(o->init = strdup(v)))
-		prog_die("out of memory");
-	if ((v = lmk_frame_meta(&f, "adapter"))) {
-		if (!(o->adapter = strdup(v)))
-			prog_die("out of memory");
-		if (!o->init)
-			prog_die("%s: an adapter without 'init', its base", path);
-	}
-	r->epoch = strtoll(lmk_frame_meta(&f, "epoch") ? lmk_frame_meta(&f, "epoch") : "0", NULL, 10);
-	r->pos = strtoll(lmk_frame_meta(&f, "pos") ? lmk_frame_meta(&f, "pos") : "0", NULL, 10);
-	r->elapsed = strtod(lmk_frame_meta(&f, "elapsed") ? lmk_frame_meta(&f, "elapsed") : "0", NULL);
-	lmk_frame_free(&f);
+	o->init = lmk_frame_meta(f, "init");
+	if ((o->adapter = lmk_frame_meta(f, "adapter")) && !o->init)
+		prog_die("%s: an adapter without 'init', its base", path);
+	r->epoch = strtoll(lmk_frame_meta(f, "epoch") ? lmk_frame_meta(f, "epoch") : "0", NULL, 10);
+	r->pos = strtoll(lmk_frame_meta(f, "pos") ? lmk_frame_meta(f, "pos") : "0", NULL, 10);
+	r->elapsed = strtod(lmk_frame_meta(f, "elapsed") ? lmk_frame_meta(f, "elapsed") : "0", NULL);
 }
 
 /* The examples of epoch e in their order. */
@@ -1078,6 +1074,7 @@ done:
 	free_model(&r.md);
 	lmk_ctx_free(&r.c);
 	lmk_arc_set_free(&s);
+	lmk_frame_free(&r.saved);
 	free(state);
 	return 0;
 }
@@ -1666,7 +1663,8 @@ int main(int argc, char **argv)
 		prog_usage_error("the shape options make a new model; --init starts from %s", o.init);
 	if ((o.given & F(B_ADAPTER)) && !o.init && strcmp(cmd->name, "pretrain") == 0 && !o.resume)
 		prog_usage_error("--adapter needs --init MODEL, the model to adapt");
-	if (o.adapters && o.resume && strcmp(o.out, "-") == 0)
+	if (o.resume && strcmp(o.out, "-") == 0 &&
+	    (strcmp(cmd->name, "predict") == 0 || (o.predict && strcmp(cmd->name, "ttt") == 0)))
 		prog_usage_error("--resume needs -o FILE, the submission to continue");
 	c = cmd->run(npos, pos + 1, &o);
 	free(pos);

@@ -157,6 +157,7 @@ check "score: both from standard input is a usage error" 'rc_is 2'
 # ---- pretrain, ttt, predict: a tiny new model on the fixtures ----
 # Two threads and short examples keep each case to a few seconds.
 TINY="--hidden=32 --layers=2 --heads=2 --max-len=512 --threads=2"
+export OMP_WAIT_POLICY=passive
 run "$BIN" pretrain --out=m "$FX/tasks" $TINY --steps=6 --batch=4 --save-every=3 --metrics=m.jsonl
 check "pretrain: a few steps write the model, its tokenizer and the state" 'rc_is 0 && out_empty &&
 	[ -s m/config.json ] && [ -s m/model.safetensors ] && [ -s m/ttt-arc-state.safetensors ] &&
@@ -217,6 +218,8 @@ run "$BIN" predict "$FX/tasks" --model=nothing -o s.json
 check "predict: a missing model" 'rc_is 1 && err_one_line "'\''nothing'\'' is neither a folder nor a GGUF file"'
 run "$BIN" predict "$FX/tasks" --model=m -o s.json --device=cuda:7
 check "predict --device=cuda: refused with one line where there is none" 'rc_is 1 && err_one_line "ttt-arc: "'
+run "$BIN" predict "$FX/tasks" --model=m -o - --resume
+check "predict --resume to standard output: usage error" 'rc_is 2 && err_has "--resume needs -o FILE"'
 run "$BIN" predict "$FX/tasks" --model=m
 check "predict without -o: usage error" 'rc_is 2 && err_has "'\''predict'\'' needs -o SUBMISSION"'
 run "$BIN" predict "$FX/tasks" -o s.json
