@@ -4,19 +4,28 @@
  * block_back for the backward (lib/path.c says what each computes and why
  * the backward stores the levels of the query walk). One thread block per
  * work item of the CPU loop (grid (blocks, heads, B)), 256 threads, every
- * tile in float32 shared memory whatever the storage dtype, products by
- * the block-cooperative smm below on the CUDA cores.
- * Not yet tensor cores: every product here is (C x D)(D x C) or (C x C)(C x
- * D) with C = 64 and would map onto mma.sync m16n8k16 as in attention.cu;
- * this version is the correct baseline the faster one will be tested
- * against (see bench/path_gpu.cu).
+ * tile in float32 shared memory whatever the storage dtype.
+ * Products: in BF16 contexts with D a multiple of 16 (unless the op asked
+ * for LMK_PATH_BLOCKWISE_FP32) the (C x D)(D x C) and (C x C)(C x D)
+ * products of the O(T²) passes (flash, query, key) run on the tensor cores
+ * (wmma m16n16k16, bf16 operands rounded from the float32 tiles, fp32
+ * accumulation: tmm, and tacc for the key pass's accumulators kept as
+ * fragments); everything else, and every product in F32, is smm on the
+ * CUDA cores in float32 (no TF32, so F32 matches the CPU to 1e-5). The
+ * O(T) passes (prep, intra, block_back) stay on the CUDA cores.
+ * Not yet done (see bench/path_gpu.cu): mma.sync with ldmatrix and
+ * register-resident tiles as in attention.cu, cp.async double buffering,
+ * and a backward whose stored levels cost less than T² D / C floats per
+ * head (fla keeps its query copies per 512-token chunk instead of per block).
  *
  * Shape letters as in lib/path.h; C <= 64 the block, D <= 128, c <= C the
  * rows of a block, NT threads. A thread owns the elements tid + e NT (e <
  * C D / NT <= 32) of a (C, D) accumulator kept in registers. */
-/* LMK_PATH_EMU: the kernels compiled as host C++ with one thread per block
- * (a checking harness that runs them without a GPU supplies what
- * common.cuh would, NT 1 and MAXE C*D); the launchers are left out. */
+
+/* LMK_PATH_EMU: the kernels compiled as host C++ by a checking harness that
+ * runs them without a GPU (one OS thread per CUDA thread, __syncthreads as
+ * a barrier) and supplies what common.cuh would; the launchers and the
+ * tensor-core code are left out. */
 #ifndef LMK_PATH_EMU
 #include <mma.h>
 
@@ -1090,9 +1099,10 @@ extern "C" int lmk_cuda_path_backward(void *be, lmk_dtype dt, lmk_gbuf dq, lmk_g
 /* ------------------------------------------------------------ decoding */
 
 /* Block (g, b): each warp moves cached keys j by H_t (a warp sum per key),
- * then row len gets k and v. */
+ * then row len gets k and v. The keys are float32 in any dtype: each is
+ * rewritten at every step, and bf16 would round it that many times. */
 template <class E>
-__global__ void __launch_bounds__(NT) cache_update_kernel(E *kc, E *vc, const E *k, const E *v,
+__global__ void __launch_bounds__(NT) cache_update_kernel(float *kc, E *vc, const E *k, const E *v,
 							  const E *w, const E *beta, int cap, int len,
 							  int K, int D)
 {
@@ -1100,17 +1110,17 @@ __global__ void __launch_bounds__(NT) cache_update_kernel(E *kc, E *vc, const E 
 	const E *wt = w + ((int64_t)b * K + g) * D;
 	const float bt = tof(beta[(int64_t)b * K + g]);
 	for (int j = wp; j < len; j += NT / 32) {
-		E *kj = kc + (((int64_t)b * cap + j) * K + g) * D;
+		float *kj = kc + (((int64_t)b * cap + j) * K + g) * D;
 		float a = 0.f;
 		for (int d = lane; d < D; d += 32)
-			a += tof(wt[d]) * tof(kj[d]);
+			a += tof(wt[d]) * kj[d];
 		a = bt * warp_sum(a);
 		for (int d = lane; d < D; d += 32)
-			kj[d] = fromf<E>(tof(kj[d]) - a * tof(wt[d]));
+			kj[d] -= a * tof(wt[d]);
 	}
 	const int64_t o = (((int64_t)b * cap + len) * K + g) * D;
 	for (int d = threadIdx.x; d < D; d += blockDim.x) {
-		kc[o + d] = k[((int64_t)b * K + g) * D + d];
+		kc[o + d] = tof(k[((int64_t)b * K + g) * D + d]);
 		vc[o + d] = v[((int64_t)b * K + g) * D + d];
 	}
 }
@@ -1130,7 +1140,7 @@ __global__ void __launch_bounds__(NT) bias_update_kernel(float *bias, const E *l
 }
 
 #ifndef LMK_PATH_EMU
-extern "C" int lmk_cuda_path_cache_update(void *be, lmk_dtype dt, void *kc, void *vc,
+extern "C" int lmk_cuda_path_cache_update(void *be, lmk_dtype dt, float *kc, void *vc,
 					  float *bias, const void *k, const void *v,
 					  const void *w, const void *beta, const void *logf,
 					  int64_t B, int64_t cap, int64_t len, int64_t H,
@@ -1141,7 +1151,7 @@ extern "C" int lmk_cuda_path_cache_update(void *be, lmk_dtype dt, void *kc, void
 		return lmk_err(LMK_EUNSUP, "path_decode: cache too large");
 	LMK_DT_SWITCH(dt, "path_decode", {
 		cache_update_kernel<T><<<dim3((unsigned)K, (unsigned)B), NT, 0, st>>>(
-			(T *)kc, (T *)vc, (const T *)k, (const T *)v, (const T *)w,
+			(float *)kc, (T *)vc, (const T *)k, (const T *)v, (const T *)w,
 			(const T *)beta, (int)cap, (int)len, (int)K, (int)D);
 		LMK_CK_LAUNCH();
 		if (bias && logf) {
@@ -1161,7 +1171,7 @@ extern "C" int lmk_cuda_path_cache_update(void *be, lmk_dtype dt, void *kc, void
  * (lane l holds elements l + 32 e of q and of its sum, D <= 128), then the
  * warps' parts merge by their maxima, in warp order. */
 template <class E>
-__global__ void __launch_bounds__(NT) decode_kernel(E *out, const E *q, const E *kc, const E *vc,
+__global__ void __launch_bounds__(NT) decode_kernel(E *out, const E *q, const float *kc, const E *vc,
 						    const float *bias, int cap, int len, int H, int K,
 						    int D, float scale)
 {
@@ -1176,14 +1186,14 @@ __global__ void __launch_bounds__(NT) decode_kernel(E *out, const E *q, const E 
 		qv[e] = d < D ? tof(q[((int64_t)b * H + h) * D + d]) : 0.f;
 	}
 	for (int j = wp; j < len; j += NT / 32) {
-		const E *kj = kc + (((int64_t)b * cap + j) * K + g) * D;
+		const float *kj = kc + (((int64_t)b * cap + j) * K + g) * D;
 		const E *vj = vc + (((int64_t)b * cap + j) * K + g) * D;
 		float a = 0.f;
 #pragma unroll
 		for (int e = 0; e < 4; e++) {
 			const int d = lane + 32 * e;
 			if (d < D)
-				a += qv[e] * tof(kj[d]);
+				a += qv[e] * kj[d];
 		}
 		float sc = scale * warp_sum(a) + (bias ? bias[((int64_t)b * cap + j) * H + h] : 0.f);
 		const float mn = fmaxf(m, sc), f = expf(m - mn), p = expf(sc - mn);
@@ -1222,7 +1232,7 @@ __global__ void __launch_bounds__(NT) decode_kernel(E *out, const E *q, const E 
 
 #ifndef LMK_PATH_EMU
 extern "C" int lmk_cuda_path_decode_attend(void *be, lmk_dtype dt, void *out, const void *q,
-					   const void *kc, const void *vc, const float *bias,
+					   const float *kc, const void *vc, const float *bias,
 					   int64_t B, int64_t cap, int64_t len, int64_t H,
 					   int64_t K, int64_t D, float scale)
 {
@@ -1234,7 +1244,7 @@ extern "C" int lmk_cuda_path_decode_attend(void *be, lmk_dtype dt, void *out, co
 	cudaStream_t st = LMK_BE(be)->stream;
 	LMK_DT_SWITCH(dt, "path_decode", {
 		decode_kernel<T><<<dim3((unsigned)H, (unsigned)B), NT, DECODE_SMEM, st>>>(
-			(T *)out, (const T *)q, (const T *)kc, (const T *)vc, bias, (int)cap,
+			(T *)out, (const T *)q, (const float *)kc, (const T *)vc, bias, (int)cap,
 			(int)len, (int)H, (int)K, (int)D, scale);
 		LMK_CK_LAUNCH();
 	});

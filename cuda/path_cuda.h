@@ -35,16 +35,16 @@ int lmk_cuda_path_backward(void *be, lmk_dtype dt, lmk_gbuf dq, lmk_gbuf dk, lmk
 			   const void *q, const void *k, const void *v, const void *w,
 			   const void *beta, const void *logf, struct lmk_path_ws *ws, float scale);
 
-/* kc, vc (B,cap,K,D) in dt, bias (B,cap,H) float32 or NULL; k, v, w
- * (B,K,D), beta (B,K), logf (B,H) in dt. Moves the len cached keys by the
- * new transform and writes row len. */
-int lmk_cuda_path_cache_update(void *be, lmk_dtype dt, void *kc, void *vc, float *bias,
+/* kc (B,cap,K,D) float32, vc (B,cap,K,D) in dt, bias (B,cap,H) float32 or
+ * NULL; k, v, w (B,K,D), beta (B,K), logf (B,H) in dt. Moves the len cached
+ * keys by the new transform and writes row len. */
+int lmk_cuda_path_cache_update(void *be, lmk_dtype dt, float *kc, void *vc, float *bias,
 			       const void *k, const void *v, const void *w, const void *beta,
 			       const void *logf, int64_t B, int64_t cap, int64_t len, int64_t H,
 			       int64_t K, int64_t D);
 /* out, q (B,H,D): one query per head against the first len cached rows. */
 int lmk_cuda_path_decode_attend(void *be, lmk_dtype dt, void *out, const void *q,
-				const void *kc, const void *vc, const float *bias, int64_t B,
+				const float *kc, const void *vc, const float *bias, int64_t B,
 				int64_t cap, int64_t len, int64_t H, int64_t K, int64_t D,
 				float scale);
 

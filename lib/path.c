@@ -1022,11 +1022,12 @@ int lmk_path_cache_init(lmk_path_cache *pc, lmk_ctx *c, int64_t B, int64_t cap, 
 	pc->dt = c->dtype;
 	pc->B = B, pc->cap = cap, pc->H = H, pc->K = K, pc->D = D, pc->fox = fox != 0;
 	pc->backend = c->backend;
+	size_t kk = (size_t)(B * cap * K * D) * sizeof(float);
 	size_t kv = (size_t)(B * cap * K * D) * lmk_dtype_size(c->dtype);
 	size_t nb = pc->fox ? (size_t)(B * cap * H) * sizeof(float) : 0;
 	if (on_cuda(c)) {
 #if LMK_CUDA
-		if (lmk_cuda_mem_alloc(&pc->k, kv) < 0 || lmk_cuda_mem_alloc(&pc->v, kv) < 0 ||
+		if (lmk_cuda_mem_alloc((void **)&pc->k, kk) < 0 || lmk_cuda_mem_alloc(&pc->v, kv) < 0 ||
 		    (nb && lmk_cuda_mem_alloc((void **)&pc->bias, nb) < 0)) {
 			lmk_path_cache_free(pc);
 			return lmk_errcode();
@@ -1036,12 +1037,12 @@ int lmk_path_cache_init(lmk_path_cache *pc, lmk_ctx *c, int64_t B, int64_t cap, 
 		return lmk_err(LMK_EUNSUP, "path cache: cuda in a cpu-only build");
 #endif
 	}
-	pc->k = malloc(kv);
+	pc->k = malloc(kk);
 	pc->v = malloc(kv);
 	pc->bias = nb ? malloc(nb) : NULL;
 	if (!pc->k || !pc->v || (nb && !pc->bias)) {
 		lmk_path_cache_free(pc);
-		return lmk_err(LMK_ENOMEM, "path cache: cannot allocate %zu bytes", 2 * kv + nb);
+		return lmk_err(LMK_ENOMEM, "path cache: cannot allocate %zu bytes", kk + kv + nb);
 	}
 	return 0;
 }

@@ -121,14 +121,16 @@ void lmk_path_cpu_backward(lmk_path_ws *s, float *dq, float *dk, float *dv, floa
 /* ---- decoding ---- */
 
 /* Keys and values of up to cap tokens for B sequences, on the context's
- * device in its compute dtype; keys kept transformed as described above.
- * The logf running sums (FoX) are float32. */
+ * device; keys kept transformed as described above, in float32 (each is
+ * rewritten at every step: bf16 would round it that many times), values
+ * in the compute dtype. The logf running sums (FoX) are float32. */
 typedef struct lmk_path_cache {
 	lmk_device dev;
 	lmk_dtype dt;
 	int64_t B, cap, len, H, K, D;
 	int fox;        /* the cache keeps running logf sums */
-	void *k, *v;    /* (B,cap,K,D) */
+	float *k;       /* (B,cap,K,D) */
+	void *v;        /* (B,cap,K,D) */
 	float *bias;    /* (B,cap,H): sum of logf over (j, len-1], or NULL */
 	void *backend;  /* CUDA: the context's backend */
 } lmk_path_cache;

@@ -15,8 +15,10 @@
  * assigns instead of adding fails. In BF16 the CPU gets the same rounded
  * inputs. Errors are ||gpu - cpu|| / ||cpu||, NaN first: F32 forward 1e-5,
  * gradients 5e-5 (the backward's chains of products over many blocks add
- * rounding that the forward does not have); BF16 1e-2. Every case prints
- * its worst errors on one line, failures included, before the checks.
+ * rounding that the forward does not have); BF16 1e-2, but 2e-2 for dw,
+ * dbeta and dlogf, which collect the whole walk's bf16 products (fla's own
+ * test allows 0.015 and 0.02 there). Every case prints its worst errors on
+ * one line, failures included, before the checks.
  * Exits 77 without a device or in a CPU-only build; runs without fork. */
 #include <check.h>
 #include <math.h>
@@ -194,7 +196,7 @@ static int run_case(int ci, lmk_dtype dt, int algo, double *worst)
 			continue;
 		int64_t m = i == 0 ? no : n[i - 1];
 		e[i] = compare(gpu[i], cpu[i], m);
-		double tol = bf ? 1e-2 : i == 0 ? 1e-5 : 5e-5;
+		double tol = bf ? (i >= 4 ? 2e-2 : 1e-2) : i == 0 ? 1e-5 : 5e-5;
 		if (!(e[i] <= tol))
 			bad = 1;
 		if (e[i] > worst[i])
