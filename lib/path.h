@@ -46,7 +46,8 @@ typedef struct lmk_path_opts {
 	int algo;  /* LMK_PATH_AUTO (blockwise), LMK_PATH_NAIVE (CPU only: the
 		    * O(T² D) reference, one transform at a time),
 		    * LMK_PATH_BLOCKWISE (on CUDA in BF16 with D a multiple
-		    * of 16, the forward's products on the tensor cores),
+		    * of 16, the products of the O(T²) passes on the tensor
+		    * cores, bf16 operands, fp32 accumulation),
 		    * LMK_PATH_BLOCKWISE_FP32 (every product in float32;
 		    * the same as BLOCKWISE on the CPU) */
 } lmk_path_opts;
@@ -55,6 +56,10 @@ typedef struct lmk_path_opts {
  * reach q, k, v, w, beta and logf, whichever require grad; w is treated as
  * a free input (no gradient through a normalisation the caller did).
  * Compute dtype: F32 on the CPU, F32 or BF16 on CUDA (float32 inside).
+ * Memory (arena, float32): the forward keeps about 3 T D per head plus
+ * N C² per head (N = ceil(T/C)); the blockwise backward adds the query
+ * walk's levels and adjoints, N (N-1) C D floats per query head: 64 MiB at
+ * T = 4096, D = 128, C = 64, 1 GiB at T = 16K. */
  * @return : NULL on failure (bad shapes, scale not finite, block < 1,
  * NAIVE on CUDA, D > 128 on CUDA), message recorded */
 lmk_tensor *lmk_path_attention(lmk_ctx *c, lmk_tensor *q, lmk_tensor *k, lmk_tensor *v,
