@@ -634,10 +634,15 @@ static void free_model(struct model *md)
 
 /* The context where the model computes; the device is checked first, so
  * that a missing GPU is the first thing said. */
-static void device_setup(const struct opts *o, lmk_ctx *c)
+static void device_check(const struct opts *o)
 {
 	if (lmk_train_device_check(o->device, o->device_index) < 0)
 		prog_die_lib();
+}
+
+static void device_setup(const struct opts *o, lmk_ctx *c)
+{
+	device_check(o);
 	lmk_train_set_threads(o->threads);
 	if (lmk_ctx_init_ex(c, o->device, o->device_index, o->dtype) < 0)
 		prog_die_lib();
@@ -938,6 +943,7 @@ static int cmd_pretrain(int argc, char **argv, struct opts *o)
 		if (!(o->given & F(B_WD)))
 			o->wd = o->init ? 0 : 0.1;
 	}
+	device_check(o);
 	load_work(&s, r.tasks, o);
 
 	/* the model, on the host */
@@ -1351,6 +1357,7 @@ static int cmd_ttt(int argc, char **argv, struct opts *o)
 		prog_usage_error("'ttt' needs --adapter-out DIR or --predict (else nothing is kept)");
 	if ((o->given & F(B_OUTPUT)) && !o->predict)
 		prog_usage_error("option '-o' is for the submission of 'ttt --predict'");
+	device_check(o);
 	load_work(&s, argv[0], o);
 	if (!(done = calloc((size_t)s.n + 1, 1)))
 		prog_die("out of memory");
@@ -1431,6 +1438,7 @@ static int cmd_predict(int argc, char **argv, struct opts *o)
 		prog_usage_error("'predict' needs --model MODEL");
 	if (!(o->given & F(B_OUTPUT)))
 		prog_usage_error("'predict' needs -o SUBMISSION ('-': standard output)");
+	device_check(o);
 	load_work(&s, argv[0], o);
 	if (!(done = calloc((size_t)s.n + 1, 1)))
 		prog_die("out of memory");

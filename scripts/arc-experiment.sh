@@ -39,7 +39,14 @@
 #   ARC_MARGIN    seconds kept back from ARC_TIME for the last step or task
 #                 a stage starts before its limit (60)
 # Prints the table on stdout and keeps it in ARC_WORK/table.md; the
-# submissions, metrics and logs stay in ARC_WORK.
+# submissions and metrics stay in ARC_WORK.
+#
+# On a machine that keeps nothing once given back: after each call, bring
+# back ARC_WORK without model/ttt-arc-state.safetensors (the state of an
+# unfinished pretraining: three float32 copies of the weights); once
+# pretraining is done (ARC_WORK/model.done) the rest is small, and a fresh
+# machine continues from that copy. An unfinished pretraining needs its
+# state, so size it to finish within one call or keep the machine warm.
 set -eu
 WORK=${ARC_WORK:-build-arc/experiment}
 BIN=${ARC_BIN:-build/bin/ttt-arc}
@@ -129,7 +136,9 @@ subset "$ARC_DATA/evaluation" "$WORK/eval" "$N"
 # 1. pretraining
 lr=${ARC_LR:+--lr=$ARC_LR}
 limit
-if [ -f "$WORK/model/ttt-arc-state.safetensors" ]; then
+if [ -f "$WORK/model.done" ]; then
+	: # pretrained: the model files alone are enough from here on
+elif [ -f "$WORK/model/ttt-arc-state.safetensors" ]; then
 	stage "$BIN" pretrain --resume --out="$WORK/model" $dev $LIM --metrics="$WORK/pretrain.jsonl"
 elif [ "$BASE" = scratch ]; then
 	stage "$BIN" pretrain "$WORK/train" --out="$WORK/model" $dev $LIM \
@@ -140,6 +149,8 @@ else
 		--adapter="$ADAPTER" --steps="$STEPS" --batch="$BATCH" --cap="$CAP" --augment="$AUGMENT" \
 		$lr --metrics="$WORK/pretrain.jsonl"
 fi
+
+touch "$WORK/model.done"
 
 # 2. without test-time training; 3. with it (adapters used at once, not kept)
 pred="--per-class=$PER_CLASS --resume"

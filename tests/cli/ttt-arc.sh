@@ -216,8 +216,8 @@ run "$BIN" predict "$FX/tasks" --model=m -o part.json --max-len=512 --threads=2 
 check "predict --resume: the rest" 'rc_is 0 && grep -q aa000001 part.json && grep -q bb000002 part.json'
 run "$BIN" predict "$FX/tasks" --model=nothing -o s.json
 check "predict: a missing model" 'rc_is 1 && err_one_line "'\''nothing'\'' is neither a folder nor a GGUF file"'
-run "$BIN" predict "$FX/tasks" --model=m -o s.json --device=cuda:7
-check "predict --device=cuda: refused with one line where there is none" 'rc_is 1 && err_one_line "ttt-arc: "'
+run "$BIN" predict "$FX/tasks" --model=nothing -o s.json --device=cuda:7
+check "predict --device=cuda:7: refused first, with one line, where there is none" 'rc_is 1 && err_one_line "cuda"'
 run "$BIN" predict "$FX/tasks" --model=m -o - --resume
 check "predict --resume to standard output: usage error" 'rc_is 2 && err_has "--resume needs -o FILE"'
 run "$BIN" predict "$FX/tasks" --model=m
