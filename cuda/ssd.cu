@@ -878,7 +878,7 @@ static __device__ void wgemm(float *Cm, int ldc, const bf16 *A, int lda, const b
 
 /* Byte offsets of the shared arrays of the tensor-core kernels. */
 struct tco {
-	size_t Qb, Kb, Vb, Ob, Sb, Gb, R1, Hb, Wb, Af, ac, wr, wn, qd, kd, total;
+	size_t Qb, Kb, Vb, Ob, Sb, Gb, R1, Hb, Wb, Af, ac, wr, wn, qd, kd, da, qi, total;
 	int lk, lv, lc, fk, fv, fc;
 };
 
@@ -897,7 +897,7 @@ static __host__ __device__ tco tc_layout(int C, int Dk, int Dv, int kind)
 	int lm = L.lk > L.lv ? L.lk : L.lv, fm = L.fk > L.fv ? L.fk : L.fv;
 	size_t o = 0, b2 = 2, b4 = 4;
 	L.Qb = bump(&o, (size_t)C * L.lk * b2);
-	L.Kb = kind == 2 ? 0 : bump(&o, (size_t)C * L.lk * b2);
+	L.Kb = bump(&o, (size_t)C * L.lk * b2); /* acc: the low half of Xw */
 	L.Vb = bump(&o, (size_t)C * L.lv * b2);
 	L.Ob = kind == 1 ? bump(&o, (size_t)C * L.lv * b2) : 0;
 	L.Sb = kind == 2 ? 0 : bump(&o, (size_t)C * L.lc * b2);
@@ -914,6 +914,8 @@ static __host__ __device__ tco tc_layout(int C, int Dk, int Dv, int kind)
 	L.wn = bump(&o, (size_t)C * b4);
 	L.qd = bump(&o, (size_t)C * b4);
 	L.kd = bump(&o, (size_t)C * b4);
+	L.da = bump(&o, (size_t)C * b4);
+	L.qi = bump(&o, (size_t)C * b4);
 	L.total = o;
 	return L;
 }
@@ -930,11 +932,16 @@ static __device__ void tc_rows(bf16 *Xb, int ld, const bf16 *X, int64_t row0, in
 	}
 }
 
-/* A state (Dk,Dv) fp32 from global into Hb (Dk, ld) bf16. */
-static __device__ void tc_state(bf16 *Hb, int ld, const float *St, int Dk, int Dv)
+/* A state (Dk,Dv) fp32 from global into Hb (Dk, ld) bf16: its rounding,
+ * or (lo) what the rounding left out, so that two products, one with each,
+ * come within about 2^-16 of the fp32 product. */
+static __device__ void tc_state(bf16 *Hb, int ld, const float *St, int Dk, int Dv, int lo = 0)
 {
-	for (int idx = threadIdx.x; idx < Dk * Dv; idx += NT)
-		Hb[(idx / Dv) * ld + idx % Dv] = __float2bfloat16_rn(St[idx]);
+	for (int idx = threadIdx.x; idx < Dk * Dv; idx += NT) {
+		float x = St[idx];
+		bf16 hi = __float2bfloat16_rn(x);
+		Hb[(idx / Dv) * ld + idx % Dv] = lo ? __float2bfloat16_rn(x - __bfloat162float(hi)) : hi;
+	}
 }
 
 /* Xw (C, ldw) = bf16(w_i * X_i) for X (C, ldx) bf16. */
@@ -1030,7 +1037,7 @@ __global__ void __launch_bounds__(NT) tc_acc_kernel(float *out, const bf16 *X, c
 	const int TT = 64;
 	int Dk = (int)g.Dk, Dv = (int)g.Dv;
 	tco L = tc_layout(TT, Dk, Dv, 2);
-	bf16 *Xw = SMB(bf16, L.Qb), *Yb = SMB(bf16, L.Vb);
+	bf16 *Xw = SMB(bf16, L.Qb), *Xl = SMB(bf16, L.Kb), *Yb = SMB(bf16, L.Vb);
 	float *Of = SMB(float, L.Af), *ws = SMB(float, L.wr);
 	int si = blockIdx.x;
 	int64_t bh = blockIdx.y, b = bh / g.H, h = bh % g.H, grp = h / (g.H / g.G);
@@ -1065,11 +1072,17 @@ __global__ void __launch_bounds__(NT) tc_acc_kernel(float *out, const bf16 *X, c
 		for (int idx = threadIdx.x; idx < TT * Dk; idx += NT) {
 			int r = idx / Dk, x = idx % Dk;
 			float xv = r < nt ? __bfloat162float(X[((b * g.T + t0 + r) * g.G + grp) * g.Dk + x]) : 0.0f;
-			Xw[r * L.lk + x] = __float2bfloat16_rn(ws[r] * xv);
+			/* the weighted rows in two bf16 halves: the states feed the
+			 * decay's gradient, a difference of large terms */
+			float wx = ws[r] * xv;
+			bf16 hi = __float2bfloat16_rn(wx);
+			Xw[r * L.lk + x] = hi;
+			Xl[r * L.lk + x] = __float2bfloat16_rn(wx - __bfloat162float(hi));
 		}
 		tc_rows(Yb, L.lv, Y + h * g.Dv, b * g.T + t0, g.H * g.Dv, Dv, TT, nt);
 		__syncthreads();
 		wgemm<CM, RM>(Of, L.fv, Xw, L.lk, Yb, L.lv, Dk, Dv, TT, !first);
+		wgemm<CM, RM>(Of, L.fv, Xl, L.lk, Yb, L.lv, Dk, Dv, TT, true);
 		first = false;
 	}
 	__syncthreads();
@@ -1092,7 +1105,7 @@ __global__ void __launch_bounds__(NT) tc_bwd_kernel(float *dqh, float *dkh, gacc
 	bf16 *Sb = SMB(bf16, L.Sb), *Gb = SMB(bf16, L.Gb), *Hb = SMB(bf16, L.Hb), *Wb = SMB(bf16, L.Wb);
 	float *Sf = SMB(float, L.R1), *Df = Sf + C * L.fc, *Xf = Sf, *Af = SMB(float, L.Af);
 	float *ac = SMB(float, L.ac), *wr = SMB(float, L.wr), *wn = SMB(float, L.wn);
-	float *qd = SMB(float, L.qd), *kd = SMB(float, L.kd);
+	float *qd = SMB(float, L.qd), *kd = SMB(float, L.kd), *da = SMB(float, L.da), *qi = SMB(float, L.qi);
 	int64_t n = blockIdx.x, bh = blockIdx.y, b = bh / g.H, h = bh % g.H, t0 = n * g.C;
 	int64_t grp = h / (g.H / g.G);
 	int len = g.T - t0 < g.C ? (int)(g.T - t0) : g.C;
@@ -1109,7 +1122,7 @@ __global__ void __launch_bounds__(NT) tc_bwd_kernel(float *dqh, float *dkh, gacc
 	__syncthreads();
 	for (int idx = threadIdx.x; idx < C * C; idx += NT) {
 		int i = idx / C, j = idx % C;
-		float sv = 0.0f, gv = 0.0f, mv = 0.0f;
+		float sv = 0.0f, gv = 0.0f, mv = 0.0f, sds = 0.0f;
 		if (j <= i && i < len) {
 			float p = Sf[i * L.fc + j], ds = Df[i * L.fc + j];
 			float e = g.scale * expf(ac[i] - ac[j]), w = e;
@@ -1119,12 +1132,27 @@ __global__ void __launch_bounds__(NT) tc_bwd_kernel(float *dqh, float *dkh, gacc
 			sv = w * p;
 			gv = w * ds;
 			mv = e * p * ds;
+			sds = sv * ds;
 		}
 		Sb[i * L.lc + j] = __float2bfloat16_rn(sv);
 		Gb[i * L.lc + j] = __float2bfloat16_rn(gv);
-		Sf[i * L.fc + j] = mv; /* each element read and written by one thread */
+		/* each element read and written by one thread */
+		Sf[i * L.fc + j] = mv;
+		Df[i * L.fc + j] = sds;
 	}
 	__syncthreads();
+	/* dL/dA's intra-chunk part exactly in fp32, row sum minus column sum of
+	 * S * dS: q.dq - k.dk from the bf16-rounded products would cancel their
+	 * rounding into it */
+	for (int i = threadIdx.x; i < C; i += NT) {
+		float r = 0.0f;
+		for (int j = 0; j <= i; j++)
+			r += Df[i * L.fc + j];
+		for (int j = i; j < C; j++)
+			r -= Df[j * L.fc + i];
+		da[i] = r;
+		qi[i] = 0.0f;
+	}
 	if (dlam.p) {
 		int maxl = g.N > 1 ? g.cbits + 1 : 7;
 		for (int i = threadIdx.x; i < len; i += NT) {
@@ -1157,6 +1185,10 @@ __global__ void __launch_bounds__(NT) tc_bwd_kernel(float *dqh, float *dkh, gacc
 		__syncthreads();
 		wgemm<RM, CM>(Xf, L.fk, Ob, L.lv, Hb, L.lv, C, Dk, Dv, false);
 		__syncthreads();
+		tc_state(Hb, L.lv, F + (bh * g.tot + sidx) * g.M, Dk, Dv, 1);
+		__syncthreads();
+		wgemm<RM, CM>(Xf, L.fk, Ob, L.lv, Hb, L.lv, C, Dk, Dv, true);
+		__syncthreads();
 		for (int i = wp; i < C; i += NT / 32) {
 			float d = 0.0f;
 			for (int x = lane; x < Dk; x += 32) {
@@ -1165,6 +1197,8 @@ __global__ void __launch_bounds__(NT) tc_bwd_kernel(float *dqh, float *dkh, gacc
 				d += __bfloat162float(Qb[i * L.lk + x]) * xv;
 			}
 			d = warp_sum(d);
+			if (lane == 0)
+				qi[i] += wr[i] * d;
 			if (dlam.p && lv >= 0 && lane == 0 && i < len && lv < g.NL)
 				gadd(dlam, ((b * g.T + t0 + i) * g.H + h) * g.NL + lv, wn[i] * d);
 		}
@@ -1189,26 +1223,37 @@ __global__ void __launch_bounds__(NT) tc_bwd_kernel(float *dqh, float *dkh, gacc
 	for (int i = threadIdx.x; i < C; i += NT)
 		wr[i] = i < len ? expf(ac[len - 1] - ac[i]) : 0.0f;
 	wgemm<CM, RM>(Af, L.fk, Gb, L.lc, Qb, L.lk, C, Dk, C, false);
+	for (int i = threadIdx.x; i < C; i += NT)
+		kd[i] = 0.0f;
 	if (dU) {
+		/* Y = v dUᵀ with dU in two halves, then dk += ww Y and the
+		 * inter-chunk k.dk in fp32 */
 		tc_state(Hb, L.lv, dU, Dk, Dv);
-		__syncthreads(); /* wr */
-		tc_scale_rows(Wb, L.lv, Vb, L.lv, wr, C, Dv);
 		__syncthreads();
-		wgemm<RM, CM>(Af, L.fk, Wb, L.lv, Hb, L.lv, C, Dk, Dv, true);
+		wgemm<RM, CM>(Xf, L.fk, Vb, L.lv, Hb, L.lv, C, Dk, Dv, false);
+		__syncthreads();
+		tc_state(Hb, L.lv, dU, Dk, Dv, 1);
+		__syncthreads();
+		wgemm<RM, CM>(Xf, L.fk, Vb, L.lv, Hb, L.lv, C, Dk, Dv, true);
+		__syncthreads();
+		for (int j = wp; j < C; j += NT / 32) {
+			float d = 0.0f;
+			for (int x = lane; x < Dk; x += 32) {
+				float y = Xf[j * L.fk + x];
+				Af[j * L.fk + x] += wr[j] * y;
+				d += __bfloat162float(Kb[j * L.lk + x]) * y;
+			}
+			d = warp_sum(d);
+			if (lane == 0)
+				kd[j] = wr[j] * d;
+		}
+		tc_state(Hb, L.lv, dU, Dk, Dv); /* the high half again, for dv */
 	}
 	__syncthreads();
-	for (int j = wp; j < C; j += NT / 32) {
-		float d = 0.0f;
-		for (int x = lane; x < Dk; x += 32) {
-			float a = Af[j * L.fk + x];
-			d += __bfloat162float(Kb[j * L.lk + x]) * a;
+	for (int j = wp; j < C; j += NT / 32)
+		for (int x = lane; x < Dk; x += 32)
 			if (j < len)
-				dkh[((b * g.T + t0 + j) * g.H + h) * g.Dk + x] = a;
-		}
-		d = warp_sum(d);
-		if (lane == 0)
-			kd[j] = d;
-	}
+				dkh[((b * g.T + t0 + j) * g.H + h) * g.Dk + x] = Af[j * L.fk + x];
 	__syncthreads();
 	wgemm<CM, RM>(Af, L.fv, Sb, L.lc, Ob, L.lv, C, Dv, C, false);
 	if (dU) {
@@ -1224,11 +1269,11 @@ __global__ void __launch_bounds__(NT) tc_bwd_kernel(float *dqh, float *dkh, gacc
 		}
 	if (dA) {
 		for (int i = threadIdx.x; i < len; i += NT)
-			dA[bh * g.T + t0 + i] = qd[i] - kd[i];
+			dA[bh * g.T + t0 + i] = da[i] + qi[i] - kd[i];
 		if (threadIdx.x == 0) {
 			double sum = 0;
 			for (int i = 0; i < len; i++)
-				sum += (double)(qd[i] - kd[i]);
+				sum += (double)(da[i] + qi[i] - kd[i]);
 			dAsum[bh * g.N + n] = sum;
 		}
 	}
