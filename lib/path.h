@@ -58,8 +58,8 @@ typedef struct lmk_path_opts {
  * Compute dtype: F32 on the CPU, F32 or BF16 on CUDA (float32 inside).
  * Memory (arena, float32): the forward keeps about 3 T D per head plus
  * N C² per head (N = ceil(T/C)); the blockwise backward adds the query
- * walk's levels and adjoints, N (N-1) C D floats per query head: 64 MiB at
- * T = 4096, D = 128, C = 64, 1 GiB at T = 16K. */
+ * walk's levels and adjoints, N (N-1) C D floats per query head: 126 MiB
+ * at T = 4096, D = 128, C = 64, 2 GiB at T = 16K.
  * @return : NULL on failure (bad shapes, scale not finite, block < 1,
  * NAIVE on CUDA, D > 128 on CUDA), message recorded */
 lmk_tensor *lmk_path_attention(lmk_ctx *c, lmk_tensor *q, lmk_tensor *k, lmk_tensor *v,
