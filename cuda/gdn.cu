@@ -1120,6 +1120,27 @@ __global__ void gdn_chunk_local(gdn_grads gr, float *loc, const float *rec, cons
 	}
 	__syncthreads();
 	float *dM = dTm;
+	/* the per-token sums through M and P (dg partial, beta's share of M) */
+	for (int s = tid; s < GC; s += bd) {
+		float db = 0, dgs = 0;
+		for (int j = 0; j < s; j++) {
+			db += dM[s * GC + j] * KKe[s * GC + j];
+			dgs += dM[s * GC + j] * bet[s] * KKe[s * GC + j] + dP[s * GC + j] * P[s * GC + j];
+		}
+		for (int i = s + 1; i < n; i++)
+			dgs -= dM[i * GC + s] * bet[i] * KKe[i * GC + s] + dP[i * GC + s] * P[i * GC + s];
+		dbe[s] += db;
+		dg[s] = dgs;
+	}
+	__syncthreads();
+	/* fold the decays into dP and dM (what k and q see): one exp per pair */
+	for (int e = tid; e < GC * GC; e += bd) {
+		int i = e / GC, j = e % GC;
+		float ex = j <= i ? expf(g[i] - g[j]) : 0.0f;
+		dP[e] *= ex;
+		dM[e] *= bet[i] * ex;
+	}
+	__syncthreads();
 	/* phase 7: token gradients */
 	for (int e = tid; e < GC * Dk; e += bd) {
 		int s = e / Dk, d = e % Dk;
@@ -1128,7 +1149,7 @@ __global__ void gdn_chunk_local(gdn_grads gr, float *loc, const float *rec, cons
 		if (gr.q.p) {
 			float acc = gam[s] * dQe[e];
 			for (int j = 0; j <= s; j++)
-				acc += dP[s * GC + j] * expf(g[s] - g[j]) * Ks[j * ldk + d];
+				acc += dP[s * GC + j] * Ks[j * ldk + d];
 			gadd(gr.q, (tok0 + (int64_t)s * H) * Dk + d, acc);
 		}
 		if (gr.k.p) {
@@ -1136,29 +1157,23 @@ __global__ void gdn_chunk_local(gdn_grads gr, float *loc, const float *rec, cons
 			for (int j = s; j < n; j++)
 				acc += bet[s] * gam[s] * Tm[j * GC + s] * dWk[j * Dk + d];
 			for (int j = 0; j < s; j++)
-				acc += dM[s * GC + j] * bet[s] * expf(g[s] - g[j]) * Ks[j * ldk + d];
+				acc += dM[s * GC + j] * Ks[j * ldk + d];
 			for (int i = s + 1; i < n; i++)
-				acc += dM[i * GC + s] * bet[i] * expf(g[i] - g[s]) * Ks[i * ldk + d];
+				acc += dM[i * GC + s] * Ks[i * ldk + d];
 			for (int i = s; i < n; i++)
-				acc += dP[i * GC + s] * expf(g[i] - g[s]) * Qs[i * ldk + d];
+				acc += dP[i * GC + s] * Qs[i * ldk + d];
 			acc += expf(gl - g[s]) * dKd[e];
 			gadd(gr.k, (tok0 + (int64_t)s * H) * Dk + d, acc);
 		}
 	}
 	for (int s = tid; s < GC; s += bd) {
-		float db = dbe[s], dgam = 0, dgs = 0;
+		float db = dbe[s], dgam = 0, dgs = dg[s];
 		for (int j = s; j < n; j++) {
 			db += Tm[j * GC + s] * (ZV[j * GC + s] + gam[s] * KW[j * GC + s]);
 			dgam += bet[s] * Tm[j * GC + s] * KW[j * GC + s];
 		}
 		for (int d = 0; d < Dk; d++)
 			dgam += Qs[s * ldk + d] * dQe[s * Dk + d];
-		for (int j = 0; j < s; j++) {
-			db += dM[s * GC + j] * KKe[s * GC + j];
-			dgs += dM[s * GC + j] * bet[s] * KKe[s * GC + j] + dP[s * GC + j] * P[s * GC + j];
-		}
-		for (int i = s + 1; i < n; i++)
-			dgs -= dM[i * GC + s] * bet[i] * KKe[i * GC + s] + dP[i * GC + s] * P[i * GC + s];
 		if (s == n - 1) {
 			dgam += scal[0];
 			for (int j = 0; j < n; j++)
