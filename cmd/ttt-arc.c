@@ -1135,10 +1135,56 @@ struct session {
 	lmk_arc_sub sub;        /* tasks done, in order */
 	lmk_metrics mt;
 	int64_t shortened;      /* prompts that lost demonstrations */
+	double nll;             /* -log p of the known test outputs (nats) */
+	int64_t ntok;           /* ... over this many tokens */
 };
 
-/* Predictions for each test input of t into a new entry of r->sub. */
-static void predict_task(struct session *r, const lmk_arc_task *t)
+/* The loss of test output k of ft, when known, given its prompt (teacher
+ * forcing): added to *nll (nats) over *ntok tokens (the output, its end
+ * marker and eos). A measure that moves long before a small model solves
+ * a task, so that with and without test-time training can be told apart. */
+static void target_nll(struct session *r, const lmk_arc_task *ft, int k, double *nll,
+		       int64_t *ntok)
+{
+	lmk_arc_example_opts eo = example_opts(&r->md, r->o);
+	lmk_arc_examples ex = {0};
+	lmk_ctx *c = &r->c;
+	int32_t *ids = NULL, *tgt = NULL;
+	size_t cap = 0;
+	int64_t count;
+	float v;
+
+	if (!ft->test[k].out.h)
+		return;
+	eo.all_outputs = 0;
+	eo.max_len = 0;
+	if (lmk_arc_examples_add(&ex, ft, 1, &eo) < 0)
+		prog_die_lib();
+	for (int i = 0; i < ex.n; i++) {
+		if (ex.ex[i].test != k)
+			continue;
+		const lmk_arc_example *e = &ex.ex[i];
+		int T = lmk_arctrain_batch(&e, 1, &ids, &tgt, &cap);
+		if (T < 0)
+			prog_die_lib();
+		lmk_ctx_reset(c);
+		c->grad_enabled = 0;
+		lmk_tensor *l = lmk_arctrain_loss(c, &r->md.m, ids, tgt, 1, T, NULL, &count);
+		if (!l || lmk_tensor_read_f32(c, l, 0, &v) < 0)
+			prog_die("task %s: %s", ft->id, lmk_errmsg());
+		lmk_ctx_reset(c);
+		c->grad_enabled = 1;
+		*nll += (double)v * (double)count;
+		*ntok += count;
+	}
+	free(ids);
+	free(tgt);
+	lmk_arc_examples_free(&ex);
+}
+
+/* Predictions for each test input of t into a new entry of r->sub, and the
+ * loss of its known outputs. */
+static void predict_task(struct session *r, const lmk_arc_task *t, double *nll, int64_t *ntok)
 {
 	const struct opts *o = r->o;
 	int idx = lmk_arc_sub_add(&r->sub, t->id, t->ntest);
@@ -1161,9 +1207,21 @@ static void predict_task(struct session *r, const lmk_arc_task *t)
 			prog_die("task %s: %s", t->id, lmk_errmsg());
 		r->sub.t[idx].att[2 * k] = best[0];
 		r->sub.t[idx].att[2 * k + 1] = best[1];
+		target_nll(r, &ft, k, nll, ntok);
 		lmk_arc_task_free(&ft);
 	}
+	r->nll += *nll;
+	r->ntok += *ntok;
 	free(tfs);
+}
+
+/* The loss of the known outputs in a task's metrics line. */
+static void metrics_nll(lmk_metrics *mt, double nll, int64_t ntok)
+{
+	if (!ntok)
+		return;
+	lmk_metrics_num(mt, "target_nll", nll);
+	lmk_metrics_int(mt, "target_tokens", ntok);
 }
 
 /* The submission so far: with --resume the entries of an earlier call
@@ -1335,6 +1393,8 @@ static int finish(struct session *r, int has_sub, int done, int todo, int sig, i
 			fprintf(stderr, ", %" PRId64 " prompts without some demonstrations", r->shortened);
 		if (r->pred.nlong)
 			fprintf(stderr, ", %d prompts too long for --max-len", r->pred.nlong);
+		if (r->ntok)
+			fprintf(stderr, "; loss of the known outputs %.4f per token", r->nll / (double)r->ntok);
 		fputc('\n', stderr);
 		if (sig || stop)
 			fprintf(stderr, "%s: stopped by %s; continue with --resume\n", prog_name(),
@@ -1392,9 +1452,11 @@ static int cmd_ttt(int argc, char **argv, struct opts *o)
 		int n = ttt_task(&r, t, &first, &last, &steps, &dropped);
 		if (dir && n > 0 && lmk_lora_save(&r.ad, dir, o->model) < 0)
 			prog_die_lib();
+		double nll = 0;
+		int64_t ntok = 0;
 		if (o->predict) {
 			r.md.m.lora = n > 0 ? &r.ad : NULL;
-			predict_task(&r, t);
+			predict_task(&r, t, &nll, &ntok);
 			write_sub(&r);
 		}
 		r.md.m.lora = NULL;
@@ -1407,6 +1469,7 @@ static int cmd_ttt(int argc, char **argv, struct opts *o)
 		lmk_metrics_num(&r.mt, "first_loss", n ? first.loss : NAN);
 		lmk_metrics_num(&r.mt, "last_loss", n ? last.loss : NAN);
 		lmk_metrics_num(&r.mt, "seconds", lmk_now() - t1);
+		metrics_nll(&r.mt, nll, ntok);
 		if (lmk_metrics_end(&r.mt) < 0)
 			prog_die_lib();
 		if (!o->quiet && n > 0)
@@ -1469,13 +1532,16 @@ static int cmd_predict(int argc, char **argv, struct opts *o)
 		}
 		double t1 = lmk_now();
 		int64_t tok0 = r.pred.tokens;
-		predict_task(&r, t);
+		double nll = 0;
+		int64_t ntok = 0;
+		predict_task(&r, t, &nll, &ntok);
 		write_sub(&r);
 		ndone++;
 		lmk_metrics_begin(&r.mt);
 		lmk_metrics_str(&r.mt, "task", t->id);
 		lmk_metrics_int(&r.mt, "tokens", r.pred.tokens - tok0);
 		lmk_metrics_num(&r.mt, "seconds", lmk_now() - t1);
+		metrics_nll(&r.mt, nll, ntok);
 		if (lmk_metrics_end(&r.mt) < 0)
 			prog_die_lib();
 	}

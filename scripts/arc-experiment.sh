@@ -4,7 +4,8 @@
 # (their leave-one-out tasks and augmented copies, loss on outputs), then on
 # the first N evaluation tasks predict without test-time training and with
 # it (a fresh LoRA per task on its leave-one-out tasks), score both (pass@2,
-# ttt-arc score) and print one table.
+# ttt-arc score, and the loss of the known test outputs, which moves long
+# before a small model solves a task) and print one table.
 #
 #   scripts/arc-experiment.sh             run or continue every stage
 #   ARC_TIME=540 scripts/arc-experiment.sh
@@ -164,11 +165,24 @@ stage "$BIN" ttt "$WORK/eval" --model="$WORK/model" --predict -o "$WORK/ttt.json
 	--metrics="$WORK/ttt.jsonl"
 
 # 4. the table
-row() { # name submission
+# the loss of the known test outputs per token, over each task's last line
+nll() {
+	awk '{
+		t = $0; sub(/.*"task":"/, "", t); sub(/".*/, "", t)
+		if ($0 !~ /"target_tokens"/) next
+		v = $0; sub(/.*"target_nll":/, "", v); sub(/[,}].*/, "", v)
+		n = $0; sub(/.*"target_tokens":/, "", n); sub(/[,}].*/, "", n)
+		nll[t] = v; tok[t] = n
+	} END {
+		for (t in nll) { s += nll[t]; c += tok[t] }
+		if (c) printf "%.4f", s / c; else printf "-"
+	}' "$1"
+}
+row() { # name submission metrics
 	j=$("$BIN" score --json -q "$WORK/$2" "$WORK/eval" | tail -n 1)
 	num() { printf '%s' "$j" | sed -n "s/.*\"$1\":\([-0-9.e]*\).*/\1/p"; }
-	printf '| %s | %s | %s/%s | %s/%s | %s |\n' "$1" "$N" "$(num tasks_solved)" "$(num tasks)" \
-		"$(num tests_solved)" "$(num tests)" "$(num score)"
+	printf '| %s | %s | %s/%s | %s/%s | %s | %s |\n' "$1" "$N" "$(num tasks_solved)" \
+		"$(num tasks)" "$(num tests_solved)" "$(num tests)" "$(num score)" "$(nll "$WORK/$3")"
 }
 loss=$(grep '"loss"' "$WORK/pretrain.jsonl" 2>/dev/null | tail -n 1 |
 	sed -n 's/.*"loss":\([-0-9.e]*\).*/\1/p')
@@ -178,9 +192,13 @@ model=$BASE
 	echo "ARC-AGI-1 evaluation, the first $N tasks; $model, pretrained $STEPS steps on" \
 		"$TRAIN_TASKS training tasks (0: all), last loss ${loss:-?}; on $DEVICE"
 	echo
-	echo "| | tasks | tasks solved | test inputs solved | score (pass@2) |"
-	echo "|---|---|---|---|---|"
-	row "no TTT" base.json
-	row "TTT (cap $TTT_CAP, $TTT_EPOCHS epochs, lr $TTT_LR)" ttt.json
+	echo "| | tasks | tasks solved | test inputs solved | score (pass@2) | loss of the outputs |"
+	echo "|---|---|---|---|---|---|"
+	row "no TTT" base.json predict.jsonl
+	row "TTT (cap $TTT_CAP, $TTT_EPOCHS epochs, lr $TTT_LR)" ttt.json ttt.jsonl
+	echo
+	echo "The loss is that of the known test outputs given their prompts (nats per token," \
+		"the output, its end marker and eos), over every test input."
+
 } >"$WORK/table.md"
 cat "$WORK/table.md"
