@@ -412,6 +412,8 @@ static lmk_tensor *fwd_gdn(lmk_ctx *c, const lmk_mixer *m, lmk_tensor *x, int64_
 	lmk_tensor *k = lmk_l2norm(c, proj_conv(c, x, P(m, R_K), P(m, R_KCONV), B, T, H, Dk), 1e-6f);
 	lmk_tensor *v = proj_conv(c, x, P(m, R_V), P(m, R_VCONV), B, T, H, Dv);
 	lmk_tensor *beta = lmk_sigmoid(c, lmk_linear(c, x, P(m, R_B_PROJ), NULL));
+	if (g->neg_eig)
+		beta = lmk_affine(c, beta, 2.0f, 0.0f);
 	lmk_tensor *a = lmk_add(c, lmk_linear(c, x, P(m, R_A_PROJ), NULL), P(m, R_DT_BIAS));
 	lmk_tensor *loga = lmk_mul(c, lmk_softplus(c, a), neg_exp(c, P(m, R_A_LOG)));
 	lmk_tensor *lam = NULL;

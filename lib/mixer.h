@@ -54,7 +54,7 @@ typedef enum {
  * gdn (fla's GatedDeltaNet, Dv = head_dim_v): q, k, v projections, each
  *   through its own short conv (no bias) and SiLU; q, k L2-normalised per
  *   head (eps 1e-6 inside the root, as fla's l2norm); beta =
- *   sigmoid(b_proj x); loga = -exp(A_log) softplus(a_proj x + dt_bias);
+ *   sigmoid(b_proj x) (2 sigmoid with neg_eig: fla's allow_neg_eigval); loga = -exp(A_log) softplus(a_proj x + dt_bias);
  *   o = lmk_gdn(q, k, v, loga, beta) with scale 1/sqrt(Dk); o =
  *   RMSNorm(o) * silu(g_proj x) per head (o_norm.weight (Dv)); o_proj.
  * ll-gdn: a dl_proj (H*NL rows) and L (H,NL): lam = softplus(L * dl).
@@ -81,6 +81,8 @@ typedef struct lmk_mixer_config {
 	int chunk;           /* the core op's chunk / block; 0: its default */
 	float init_std;      /* linear weights ~ N(0, init_std) */
 	int decay;           /* linear: the SimpleGLA scalar decay (0: none) */
+	int neg_eig;         /* gdn, ll-gdn: beta in (0,2), transitions with
+			      * eigenvalues down to -1 (Grazzi et al. 2024) */
 } lmk_mixer_config;
 
 /* The papers' layer at hidden size C (C a multiple of 64 gives whole

@@ -255,7 +255,7 @@ static void ref_gdn(layer *L, const float *xf, int64_t B, int64_t T, double *out
 	for (int64_t n = 0; n < BT; n++)
 		for (int64_t h = 0; h < H; h++) {
 			a[n * H + h] = exp(-exp(alog[h]) * softplus(a[n * H + h] + dtb[h]));
-			bt[n * H + h] = sig(bt[n * H + h]);
+			bt[n * H + h] = (g->neg_eig ? 2 : 1) * sig(bt[n * H + h]);
 		}
 	double scale = 1 / sqrt((double)Dk);
 	for (int64_t b = 0; b < B; b++)
@@ -501,6 +501,7 @@ static void tiny(lmk_mixer_config *cfg, int kind, int variant)
 		cfg->head_dim = variant ? 4 : 3;
 		cfg->head_dim_v = 5;
 		cfg->conv = variant ? 4 : 3;
+		cfg->neg_eig = variant;
 		break;
 	case LMK_MIXER_PATH:
 	case LMK_MIXER_PATH_FOX:
