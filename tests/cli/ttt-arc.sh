@@ -202,8 +202,10 @@ check "ttt --adapter-out: one PEFT adapter per task" 'rc_is 0 && out_empty &&
 	err_has "task bb000002: 4 examples, 4 steps, loss" && err_has "trained 2 of 2 tasks"'
 run "$BIN" ttt "$FX/tasks" --model=m --adapter-out=ad --cap=4 --adapter=lora:r=4,alpha=8,targets=q,v --max-len=512 --threads=2 --resume
 check "ttt --resume: the tasks with adapters are kept" 'rc_is 0 && err_one_line "trained 0 of 2 tasks"'
-run "$BIN" predict "$FX/tasks" --model=m --adapters=ad -o sub.json --max-len=512 --threads=2
-check "predict --adapters: a submission" 'rc_is 0 && out_empty && err_has "predicted 2 of 2 tasks"'
+run "$BIN" predict "$FX/tasks" --model=m --adapters=ad -o sub.json --max-len=512 --threads=2 --metrics=p.jsonl
+check "predict --adapters: a submission, the loss of the known outputs" 'rc_is 0 && out_empty &&
+	err_has "predicted 2 of 2 tasks" && err_has "; loss of the known outputs " &&
+	grep -q "^{\"task\":\"aa000001\",\"tokens\":[0-9]*,\"seconds\":[0-9.e-]*,\"target_nll\":[0-9.]*,\"target_tokens\":9}\$" p.jsonl'
 run "$BIN" score sub.json "$FX/tasks"
 check "predict: score reads the submission" 'rc_is 0 && out_lines 2 && out_has "{\"task\":\"bb000002\",\"tests\":2," && err_has "0 tasks missing"'
 run "$BIN" ttt "$FX/tasks" --model=m --predict -o ttt.json --cap=4 --adapter=lora:r=4,alpha=8,targets=q,v --max-len=512 --threads=2 -q
