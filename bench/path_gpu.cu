@@ -9,8 +9,9 @@
  * Shapes: B*T = 16384 tokens (--quick: T up to 4K), T in {1K..16K}, model
  * width H*D = 1024, so H = 8 at D = 128 and 16 at D = 64, K = H; PaTH-FoX
  * with --fox. Memory: the backward stores the query walk's levels and
- * adjoints, 2 * B*H * N(N-1)/2 * C*D floats (N = T/64): about 17 GB at
- * T = 16K, D = 128; --max-t lowers the largest T.
+ * adjoints, 2 * B*H * N(N-1)/2 * C*D floats (N = T/64), in the backend's
+ * scratch (which grows to 1.5 times a request): about 17 GB at T = 16K,
+ * D = 128, 26 GB held; --max-t lowers the largest T.
  * FLOPs are not reported: PaTH's count depends on the algorithm (the walk
  * adds two products per block pair to attention's two).
  *

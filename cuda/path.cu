@@ -1085,7 +1085,15 @@ extern "C" int lmk_cuda_path_backward(void *be, lmk_dtype dt, lmk_gbuf dq, lmk_g
 		if ((rc = check_gbuf("path_attention backward", dt, gs[i])) < 0)
 			return rc;
 	cudaStream_t st = LMK_BE(be)->stream;
+	/* the levels (T² D / C floats per head) live only through this call:
+	 * the backend's scratch, which the next op's backward reuses */
+	const size_t bytes = sizeof(float) * (size_t)lmk_path_bwd_carve(ws, NULL);
+	float *base = (float *)lmk_cuda_scratch(LMK_BE(be), bytes);
+	if (!base)
+		return lmk_errcode();
+	lmk_path_bwd_carve(ws, base);
 	pws p = to_pws(ws);
+	lmk_path_bwd_carve(ws, NULL);
 	/* the query pass repeats the forward's walk, with the same products */
 	if (dt == LMK_BF16)
 		return backward_t<bf16>(st, p, ws->tc && p.D % 16 == 0, dq, dk, dv, dw, dbeta, dlogf,

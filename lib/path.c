@@ -778,24 +778,21 @@ static lmk_path_ws *ws_new(lmk_ctx *c, int64_t B, int64_t T, int64_t H, int64_t 
 	return s;
 }
 
-static int ws_backward(lmk_ctx *c, lmk_path_ws *s)
+/* The backward-only arrays, each at a multiple of 32 floats from base
+ * (NULL: all NULL, only counted). @return : the floats they take */
+int64_t lmk_path_bwd_carve(lmk_path_ws *s, float *base)
 {
 	int64_t B = s->B, T = s->T, H = s->H, K = s->K, D = s->D, C = s->C, N = s->N;
-	int64_t P = N * (N - 1) / 2;
-	s->lv = falloc(c, B * H * P * C * D);
-	s->adj = falloc(c, B * H * P * C * D);
-	s->dqt = falloc(c, B * H * T * D);
-	s->daloc = falloc(c, B * H * N * C * C);
-	s->dkt = falloc(c, B * K * T * D);
-	s->du = falloc(c, B * K * T * D);
-	s->dwp = falloc(c, B * K * T * D);
-	s->dgr = falloc(c, B * H * T);
-	s->dgc = falloc(c, B * H * T);
-	s->delta = falloc(c, B * H * T);
-	if (!s->lv || !s->adj || !s->dqt || !s->daloc || !s->dkt || !s->du || !s->dwp ||
-	    !s->dgr || !s->dgc || !s->delta)
-		return lmk_errcode();
-	return 0;
+	int64_t P = N * (N - 1) / 2, o = 0;
+	float **dst[10] = {&s->lv, &s->adj, &s->dqt, &s->daloc, &s->dkt,
+			   &s->du, &s->dwp, &s->dgr, &s->dgc, &s->delta};
+	int64_t len[10] = {B * H * P * C * D, B * H * P * C * D, B * H * T * D, B * H * N * C * C,
+			   B * K * T * D, B * K * T * D, B * K * T * D, B * H * T, B * H * T, B * H * T};
+	for (int i = 0; i < 10; i++) {
+		*dst[i] = base ? base + o : NULL;
+		o += (len[i] + 31) / 32 * 32;
+	}
+	return o;
 }
 
 enum { IN_Q, IN_K, IN_V, IN_W, IN_BETA, IN_LOGF };
@@ -818,9 +815,6 @@ static int path_bw(lmk_ctx *c, lmk_node *n)
 		return 0;
 	}
 	lmk_path_ws *s = n->saved;
-	int rc = ws_backward(c, s);
-	if (rc < 0)
-		return rc;
 	if (on_cuda(c)) {
 #if LMK_CUDA
 		return lmk_cuda_path_backward(c->backend, c->dtype, lmk_op_gb(in[0]), lmk_op_gb(in[1]),
@@ -833,10 +827,22 @@ static int path_bw(lmk_ctx *c, lmk_node *n)
 		return lmk_err(LMK_EUNSUP, "path_attention: cuda in a cpu-only build");
 #endif
 	}
+	/* the levels are the bulk (T² D / C per head) and live only through
+	 * this call: heap, not arena, so that a model's layers do not pile
+	 * theirs up in one step (on CUDA the launcher takes the backend's
+	 * scratch for the same reason) */
+	size_t bytes = sizeof(float) * (size_t)lmk_path_bwd_carve(s, NULL);
+	float *base = malloc(bytes);
+	if (!base)
+		return lmk_err(LMK_ENOMEM, "path_attention: backward: cannot allocate %zu bytes",
+			       bytes);
+	lmk_path_bwd_carve(s, base);
 	lmk_path_cpu_backward(s, lmk_op_g(in[0]), lmk_op_g(in[1]), lmk_op_g(in[2]),
 			      lmk_op_g(in[3]), lmk_op_g(in[4]), lmk_op_g(in[5]), out->grad,
 			      out->data, lmk_op_f(in[0]), lmk_op_f(in[1]), lmk_op_f(in[2]),
 			      lmk_op_f(in[3]), lmk_op_f(in[4]), lmk_op_f(in[5]), scale);
+	free(base);
+	lmk_path_bwd_carve(s, NULL);
 	return 0;
 }
 

@@ -56,10 +56,11 @@ typedef struct lmk_path_opts {
  * reach q, k, v, w, beta and logf, whichever require grad; w is treated as
  * a free input (no gradient through a normalisation the caller did).
  * Compute dtype: F32 on the CPU, F32 or BF16 on CUDA (float32 inside).
- * Memory (arena, float32): the forward keeps about 3 T D per head plus
- * N C² per head (N = ceil(T/C)); the blockwise backward adds the query
- * walk's levels and adjoints, N (N-1) C D floats per query head: 126 MiB
- * at T = 4096, D = 128, C = 64, 2 GiB at T = 16K.
+ * Memory (float32): the forward keeps about 3 T D per head plus N C² per
+ * head (N = ceil(T/C)) in the arena; the blockwise backward needs the
+ * query walk's levels and adjoints, N (N-1) C D floats per query head
+ * (126 MiB at T = 4096, D = 128, C = 64; 2 GiB at T = 16K), only during
+ * the call: heap on the CPU, the backend's scratch on CUDA.
  * @return : NULL on failure (bad shapes, scale not finite, block < 1,
  * NAIVE on CUDA, D > 128 on CUDA), message recorded */
 lmk_tensor *lmk_path_attention(lmk_ctx *c, lmk_tensor *q, lmk_tensor *k, lmk_tensor *v,
@@ -114,6 +115,10 @@ typedef struct lmk_path_ws {
 } lmk_path_ws;
 
 int64_t lmk_path_cpu_tmp(int64_t C, int64_t D);
+/* Points the backward-only members (lv .. delta) into base, each at a
+ * multiple of 32 floats (base NULL: sets them NULL, only counts).
+ * @return : the floats they take */
+int64_t lmk_path_bwd_carve(lmk_path_ws *s, float *base);
 
 void lmk_path_cpu_forward(lmk_path_ws *s, float *out /*(B,T,H,D)*/, const float *q,
 			  const float *k, const float *v, const float *w, const float *beta,
