@@ -26,9 +26,17 @@
  * dL/dA_t = q_t.dq_t - k_t.dk_t (per head, before heads of a group are
  * summed) and a suffix sum over t.
  * Every sum runs in a fixed order: no atomics, the same bits on every run.
- * Chunk kernels: 256 threads, 8 warps; a warp owns rows i = warp + 8r, a
- * lane the columns lane + 32a; intra-chunk products on CUDA cores in fp32
- * from shared memory (rows padded by one float against bank conflicts). */
+ * Two families of chunk kernels, 256 threads (8 warps) per chunk:
+ * - "simple": any dims <= 128 and chunk <= 64, F32 or BF16 storage, fp32
+ *   products on CUDA cores from shared memory (rows padded by one float
+ *   against bank conflicts); a warp owns rows i = warp + 8r, a lane the
+ *   columns lane + 32a. The F32 path, and BF16 for shapes the other lacks.
+ * - "tc": BF16 with Dk, Dv and the chunk multiples of 16, the products on
+ *   the tensor cores (WMMA); see the section's comment for where fp32 is
+ *   kept. lmk_cuda_ssd_tensor_cores(0) switches it off (tests, benchmarks).
+ * Both were checked, before any GPU run, by compiling this file for the CPU
+ * against a small emulation of the CUDA subset it uses (threads, barriers,
+ * warp sums, whole-tile WMMA) and comparing with lib/ssd.c. */
 #include <mma.h>
 
 #include <type_traits>

@@ -74,6 +74,15 @@ static float dotf(const float *a, const float *b, int64_t n)
 	return s;
 }
 
+/* in double where a difference of two dots is taken (the decay's gradient) */
+static double dotd(const float *a, const float *b, int64_t n)
+{
+	double s = 0;
+	for (int64_t i = 0; i < n; i++)
+		s += (double)a[i] * b[i];
+	return s;
+}
+
 /* One token of the recurrence on the states S (NLs,Dk,Dv) of a head that
  * has seen t tokens: binary-counter merge (log-linear), decay, the token's
  * key-value outer product, then the output o (Dv). lam (NLs) or NULL. */
@@ -521,8 +530,8 @@ int lmk_cpu_ssd_backward(float *dq, float *dk, float *dv, float *dloga, float *d
 			if (dloga) {
 				double acc = 0;
 				for (int64_t t = T - 1; t >= 0; t--) {
-					acc += (double)dotf(dout + base + t * so, out + base + t * so, Dv) -
-					       (double)dotf(hd.v + t * so, dvl + t * Dv, Dv);
+					acc += dotd(dout + base + t * so, out + base + t * so, Dv) -
+					       dotd(hd.v + t * so, dvl + t * Dv, Dv);
 					dA[t] = acc;
 				}
 				for (int64_t t = 0; t < T; t++)
