@@ -521,6 +521,46 @@ static __host__ __device__ inline int64_t rec_size(int Dk, int Dv)
 	return (int64_t)GC * (3 * Dk + 2 * Dv) + 4;
 }
 
+/* out(m, n) = sum_k A(m, k) B(k, n) for m < M, n < N, handed to st(m, n,
+ * value); 4 x 4 outputs a thread, so that each operand read feeds four
+ * products; k runs in order (deterministic). Threads of a warp take
+ * neighbouring column quads of the same rows: A's reads are broadcasts,
+ * B's consecutive. All threads of the block call it. */
+template <class FA, class FB, class FS>
+static __device__ __forceinline__ void gemm44(int M, int N, int K, FA A, FB B, FS st)
+{
+	const int tn = (N + 3) / 4, tiles = (M + 3) / 4 * tn;
+	for (int t = threadIdx.x; t < tiles; t += blockDim.x) {
+		const int m0 = t / tn * 4, n0 = t % tn * 4;
+		float acc[4][4];
+#pragma unroll
+		for (int r = 0; r < 4; r++)
+#pragma unroll
+			for (int c = 0; c < 4; c++)
+				acc[r][c] = 0;
+		for (int k = 0; k < K; k++) {
+			float a[4], b[4];
+#pragma unroll
+			for (int r = 0; r < 4; r++)
+				a[r] = m0 + r < M ? A(m0 + r, k) : 0.0f;
+#pragma unroll
+			for (int c = 0; c < 4; c++)
+				b[c] = n0 + c < N ? B(k, n0 + c) : 0.0f;
+#pragma unroll
+			for (int r = 0; r < 4; r++)
+#pragma unroll
+				for (int c = 0; c < 4; c++)
+					acc[r][c] += a[r] * b[c];
+		}
+#pragma unroll
+		for (int r = 0; r < 4; r++)
+#pragma unroll
+			for (int c = 0; c < 4; c++)
+				if (m0 + r < M && n0 + c < N)
+					st(m0 + r, n0 + c, acc[r][c]);
+	}
+}
+
 /* Loads a chunk (n tokens, token tok0 + i*H for row i) into shared memory
  * and builds its matrices: Ks, Qs (GC, ldk) with zero rows past n, g (the
  * in-chunk cumulative log decay, constant past n), gam = exp(g), bet (0
@@ -557,19 +597,13 @@ static __device__ void chunk_setup(float *Ks, float *Qs, float *g, float *gam, f
 	__syncthreads();
 	for (int i = tid; i < GC; i += bd)
 		gam[i] = expf(g[i]);
-	for (int e = tid; e < GC * GC; e += bd) {
-		int i = e / GC, j = e % GC;
-		float kk = 0, qk = 0, ex = 0;
-		if (j <= i) {
-			for (int d = 0; d < Dk; d++) {
-				kk += Ks[i * ldk + d] * Ks[j * ldk + d];
-				qk += Qs[i * ldk + d] * Ks[j * ldk + d];
-			}
-			ex = expf(g[i] - g[j]);
-		}
-		KKe[e] = j < i ? ex * kk : 0.0f;
-		P[e] = j <= i ? ex * qk : 0.0f;
-	}
+	auto kT = [&](int d, int j) { return Ks[j * ldk + d]; };
+	gemm44(
+		GC, GC, Dk, [&](int i, int d) { return Ks[i * ldk + d]; }, kT,
+		[&](int i, int j, float x) { KKe[i * GC + j] = j < i ? expf(g[i] - g[j]) * x : 0.0f; });
+	gemm44(
+		GC, GC, Dk, [&](int i, int d) { return Qs[i * ldk + d]; }, kT,
+		[&](int i, int j, float x) { P[i * GC + j] = j <= i ? expf(g[i] - g[j]) * x : 0.0f; });
 	__syncthreads();
 	for (int s = tid; s < GC; s += bd)
 		for (int i = 0; i < GC; i++) {
@@ -606,52 +640,44 @@ __global__ void gdn_chunk_prep(float *rec, const T *q /*(B,Tn,H,Dk)*/, const T *
 	float *KKe = bet + GC, *P = KKe + GC * GC, *Tm = P + GC * GC;
 	chunk_setup<T>(Ks, Qs, g, gam, bet, KKe, P, Tm, q, k, la, be, tok0, H, Dk, n);
 	float *A = KKe; /* KKe is not read after Tm */
-	for (int e = tid; e < GC * GC; e += bd) {
-		int i = e / GC, s = e % GC;
-		float a = 0;
-		if (s <= i && i < n) {
-			for (int j = s; j <= i; j++)
-				a += P[i * GC + j] * Tm[j * GC + s];
-			a *= bet[s];
-			if (lam)
+	gemm44(
+		GC, GC, GC, [&](int i, int j) { return P[i * GC + j]; },
+		[&](int j, int s2) { return Tm[j * GC + s2]; },
+		[&](int i, int s2, float x) {
+			float a = s2 <= i && i < n ? x * bet[s2] : 0.0f;
+			if (lam && s2 <= i && i < n)
 				a *= tof(lam[(tok0 + (int64_t)i * H) * NL +
-					     lmk_fenwick_level_d(t0 + i, t0 + s)]);
-		}
-		A[e] = a;
-	}
+					     lmk_fenwick_level_d(t0 + i, t0 + s2)]);
+			A[i * GC + s2] = a;
+		});
 	__syncthreads();
 	float *R = rec + ((int64_t)bh * nch + ci) * rec_size(Dk, Dv);
 	float *wk = R, *wv = wk + GC * Dk, *qe = wv + GC * Dv, *kd = qe + GC * Dk, *oi = kd + GC * Dk;
 	const float gl = g[n - 1];
+	auto tm = [&](int j, int s2) { return Tm[j * GC + s2]; };
+	gemm44(
+		GC, Dk, GC, tm, [&](int s2, int d) { return bet[s2] * gam[s2] * Ks[s2 * ldk + d]; },
+		[&](int j, int d, float x) { wk[j * Dk + d] = x; });
 	for (int e = tid; e < GC * Dk; e += bd) {
 		int j = e / Dk, d = e % Dk;
-		float s = 0;
-		for (int s2 = 0; s2 <= j; s2++)
-			s += Tm[j * GC + s2] * bet[s2] * gam[s2] * Ks[s2 * ldk + d];
-		wk[e] = s;
 		kd[e] = expf(gl - g[j]) * Ks[j * ldk + d];
 	}
-	for (int e = tid; e < GC * Dv; e += bd) {
-		int j = e / Dv, c = e % Dv;
-		float sv = 0, so = 0;
-		for (int s2 = 0; s2 <= j && s2 < n; s2++) {
-			float vv = tof(v[(tok0 + (int64_t)s2 * H) * Dv + c]);
-			sv += Tm[j * GC + s2] * bet[s2] * vv;
-			so += A[j * GC + s2] * vv;
-		}
-		wv[e] = sv;
-		oi[e] = scale * so;
-	}
+	auto vv = [&](int s2, int c) {
+		return s2 < n ? tof(v[(tok0 + (int64_t)s2 * H) * Dv + c]) : 0.0f;
+	};
+	gemm44(
+		GC, Dv, GC, [&](int j, int s2) { return Tm[j * GC + s2] * bet[s2]; }, vv,
+		[&](int j, int c, float x) { wv[j * Dv + c] = x; });
+	gemm44(
+		GC, Dv, GC, [&](int i, int s2) { return A[i * GC + s2]; }, vv,
+		[&](int i, int c, float x) { oi[i * Dv + c] = scale * x; });
 	if (tid == 0)
 		oi[GC * Dv] = expf(gl);
 	__syncthreads(); /* wk is read back */
-	for (int e = tid; e < GC * Dk; e += bd) {
-		int i = e / Dk, d = e % Dk;
-		float s = gam[i] * Qs[i * ldk + d];
-		for (int j = 0; j <= i; j++)
-			s -= P[i * GC + j] * wk[j * Dk + d];
-		qe[e] = s;
-	}
+	gemm44(
+		GC, Dk, GC, [&](int i, int j) { return P[i * GC + j]; },
+		[&](int j, int d) { return wk[j * Dk + d]; },
+		[&](int i, int d, float x) { qe[i * Dk + d] = gam[i] * Qs[i * ldk + d] - x; });
 }
 
 /* Register tiles of the state passes (bd = 256 threads, cb of 8 or 16
