@@ -5,7 +5,10 @@
  * parameters' gradients against central finite differences; a tiny model
  * memorising one task on the CPU until greedy prediction with voting
  * solves it; the state file continuing a run bit for bit; LoRA reset and
- * read back from PEFT files; epochs made again are the same.
+ * read back from PEFT files; epochs made again are the same. On a CUDA
+ * device (skipped without one): steps in F32 against the CPU's, a BF16
+ * step, a LoRA reset where the adapter lives, and a model memorising a
+ * task on the GPU until greedy prediction there solves it.
  * Fixtures are under $LMK_ROOT (default ".")/tests/fixtures/arc. */
 #include <check.h>
 #include <math.h>
@@ -22,6 +25,7 @@
 #include "lora.h"
 #include "ops.h"
 #include "rng.h"
+#include "train.h"
 
 static const char *root(void)
 {
@@ -440,6 +444,128 @@ START_TEST(test_epoch)
 }
 END_TEST
 
+/* The same steps on the CPU and on a CUDA device (F32: the same to
+ * rounding; BF16: close), LoRA reset on the device, and memorisation with
+ * greedy prediction on the device. */
+START_TEST(test_cuda)
+{
+	if (lmk_train_device_count() == 0) {
+		printf("test_arctrain: cuda cases skipped: no CUDA device (or a CPU-only build)\n");
+		return;
+	}
+	lmk_arc_set s;
+	lmk_arctok tok;
+	lmk_arc_examples e = {0};
+	lmk_llama mc, mg, mb;
+	lmk_ctx cc, cg, cb;
+	lmk_arctrain tc, tg, tb;
+	lmk_arctrain_config cfg;
+	lmk_arctrain_stats sc, sg, sb;
+
+	ck_assert_int_eq(load_fixture(&s), 0);
+	lmk_arctok_init(&tok, NULL);
+	lmk_arc_example_opts o = {.encode = lmk_arctok_encode, .arg = &tok, .bos = tok.bos,
+				  .eos = tok.eos, .max_len = 512, .all_outputs = 1};
+	ck_assert_int_eq(lmk_arc_examples_add(&e, s.t, s.n, &o), 3);
+	tiny_model(&mc, 64, 2, 21);
+	tiny_model(&mg, 64, 2, 21);
+	tiny_model(&mb, 64, 2, 21);
+	ck_assert_int_eq(lmk_ctx_init(&cc, LMK_DEV_CPU), 0);
+	ck_assert_int_eq(lmk_ctx_init_ex(&cg, LMK_DEV_CUDA, 0, LMK_F32), 0);
+	ck_assert_int_eq(lmk_ctx_init_ex(&cb, LMK_DEV_CUDA, 0, LMK_BF16), 0);
+	ck_assert_int_eq(lmk_params_to_device(&mg.params, &cg), 0);
+	ck_assert_int_eq(lmk_params_to_device(&mb.params, &cb), 0);
+	lmk_arctrain_config_default(&cfg);
+	cfg.lr = 1e-3f;
+	cfg.total = 10;
+	ck_assert_int_eq(lmk_arctrain_init(&tc, &cfg, &cc, &mc, &mc.params), 0);
+	ck_assert_int_eq(lmk_arctrain_init(&tg, &cfg, &cg, &mg, &mg.params), 0);
+	ck_assert_int_eq(lmk_arctrain_init(&tb, &cfg, &cb, &mb, &mb.params), 0);
+	const lmk_arc_example *b[2] = {&e.ex[0], &e.ex[2]};
+	for (int i = 0; i < 3; i++) {
+		ck_assert_int_eq(lmk_arctrain_step(&tc, b, 2, &sc), 0);
+		ck_assert_int_eq(lmk_arctrain_step(&tg, b, 2, &sg), 0);
+		ck_assert_int_eq(lmk_arctrain_step(&tb, b, 2, &sb), 0);
+		printf("test_arctrain: cuda step %d: loss cpu %.6f, cuda f32 %.6f, cuda bf16 %.6f\n", i,
+		       sc.loss, sg.loss, sb.loss);
+		ck_assert_msg(fabs(sg.loss - sc.loss) <= 1e-4 * fabs(sc.loss), "f32 step %d", i);
+		ck_assert_msg(fabs(sb.loss - sc.loss) <= 3e-2 * fabs(sc.loss), "bf16 step %d", i);
+	}
+	float *h = malloc(mc.params.n * sizeof *h);
+	ck_assert_int_eq(lmk_params_copy_to_host(&mg.params, 0, h), 0);
+	/* Adam moves a weight by about lr whatever its gradient's size, so a
+	 * gradient that is 0 up to rounding may move by lr on one side only:
+	 * the largest difference is bounded by a few lr, the mean is tiny */
+	double worst = 0, mean = 0;
+	for (size_t j = 0; j < mc.params.n; j++) {
+		worst = fmax(worst, fabs(h[j] - mc.params.data[j]));
+		mean += fabs(h[j] - mc.params.data[j]) / (double)mc.params.n;
+	}
+	printf("test_arctrain: cuda f32 weights after 3 steps: difference largest %.3g, mean %.3g\n",
+	       worst, mean);
+	ck_assert(worst <= 6 * cfg.lr && mean < 1e-5);
+	free(h);
+	lmk_arctrain_free(&tc);
+	lmk_arctrain_free(&tg);
+	lmk_arctrain_free(&tb);
+
+	/* a LoRA reset on the device is the one on the host */
+	lmk_llama ml;
+	lmk_lora ah, ad;
+	lmk_lora_config lc;
+	tiny_model(&ml, 64, 2, 3);
+	lmk_lora_config_default(&lc);
+	lc.r = 4;
+	snprintf(lc.targets, sizeof lc.targets, "q,k,v,o,gate,up,down");
+	ck_assert_int_eq(lmk_lora_init(&ah, &lc, &ml.params, 1), 0);
+	ck_assert_int_eq(lmk_lora_init(&ad, &lc, &ml.params, 2), 0);
+	ck_assert_int_eq(lmk_params_to_device(&ad.params, &cg), 0);
+	ck_assert_int_eq(lmk_arctrain_lora_reset(&ah, 77), 0);
+	ck_assert_int_eq(lmk_arctrain_lora_reset(&ad, 77), 0);
+	h = malloc(ah.params.n * sizeof *h);
+	ck_assert_int_eq(lmk_params_copy_to_host(&ad.params, 0, h), 0);
+	ck_assert(memcmp(h, ah.params.data, ah.params.n * sizeof *h) == 0);
+	free(h);
+	lmk_lora_free(&ad);
+	lmk_lora_free(&ah);
+	lmk_llama_free(&ml);
+
+	/* memorise one task on the device, then predict there (BF16) */
+	const lmk_arc_task *t = lmk_arc_set_find(&s, "aa000001");
+	lmk_arc_examples one = {0};
+	o.all_outputs = 0;
+	ck_assert_int_eq(lmk_arc_examples_add(&one, t, 1, &o), 1);
+	cfg.lr = 1e-2f;
+	cfg.total = 200;
+	cfg.warmup = 10;
+	cfg.batch = 1;
+	ck_assert_int_eq(lmk_arctrain_init(&tb, &cfg, &cb, &mb, &mb.params), 0);
+	const lmk_arc_example *b1[1] = {&one.ex[0]};
+	for (int i = 0; i < cfg.total; i++)
+		ck_assert_int_eq(lmk_arctrain_step(&tb, b1, 1, &sb), 0);
+	printf("test_arctrain: cuda bf16 memorisation: loss %.5f after %d steps\n", sb.loss,
+	       (int)cfg.total);
+	lmk_arc_tf tf;
+	lmk_arc_tf_identity(&tf);
+	lmk_arc_grid best[2];
+	lmk_arctrain_predictor p = {.c = &cb, .m = &mb, .tok = &tok, .max_len = 512};
+	ck_assert_int_ge(lmk_arc_predict_batch(t, 0, &tf, 1, lmk_arctrain_predict, &p, best), 1);
+	ck_assert_msg(lmk_arc_grid_eq(&best[0], &t->test[0].out), "the prediction is not the output");
+	lmk_arctrain_free(&tb);
+	lmk_arc_examples_free(&one);
+
+	lmk_llama_free(&mc);
+	lmk_llama_free(&mg); /* parameters before their contexts */
+	lmk_llama_free(&mb);
+	lmk_ctx_free(&cc);
+	lmk_ctx_free(&cg);
+	lmk_ctx_free(&cb);
+	lmk_arc_examples_free(&e);
+	lmk_arctok_free(&tok);
+	lmk_arc_set_free(&s);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("arctrain");
@@ -452,6 +578,7 @@ int main(void)
 	tcase_add_test(tc, test_state);
 	tcase_add_test(tc, test_lora_reset_read);
 	tcase_add_test(tc, test_epoch);
+	tcase_add_test(tc, test_cuda);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
