@@ -10,7 +10,8 @@
  * element a kernel forgets to write shows as NaN, input gradients preloaded
  * with random priors so that a backward that assigns instead of adding
  * fails. The output and every gradient are compared NaN and inf first, then
- * by ||gpu - cpu|| / ||cpu||: 1e-5 in F32, 1e-2 in BF16 (BF16 twice: on the
+ * by ||gpu - cpu|| / ||cpu||: 1e-5 in F32 (1e-4 for dloga: see tol_dloga),
+ * 1e-2 in BF16 (BF16 twice: on the
  * tensor cores, where the shape allows, and with them switched off, so that
  * a failure tells which kernel family it is in). Every case prints
  * one line with its worst errors (and where the worst element is), and the
@@ -37,6 +38,13 @@
 static uint64_t g_seed;
 
 static double tol_of(lmk_dtype dt) { return dt == LMK_BF16 ? 1e-2 : 1e-5; }
+
+/* The decay's gradient is a suffix sum of row sums minus column sums of
+ * S * dS, computed as q.dq - k.dk on the GPU and dO.o - v.dv on the CPU:
+ * large terms that cancel, so in F32 the two agree to a few 1e-6 at T in
+ * the thousands (6.7e-6 at T 4100, Dk = Dv = 128, in a CPU emulation of the
+ * kernels), not with the 1e-5 margin of everything else. */
+static double tol_dloga(lmk_dtype dt) { return dt == LMK_BF16 ? 1e-2 : 1e-4; }
 
 typedef struct scase {
 	int64_t B, T, H, G, Dk, Dv;
@@ -201,11 +209,13 @@ static void run_case(int ci, lmk_dtype dt, int tc)
 		}
 	}
 	double worst = 0;
-	for (int i = 0; i < 6; i++)
+	int bad = msg[0] != 0;
+	for (int i = 0; i < 6; i++) {
 		worst = fmax(worst, isnan(err[i]) ? INFINITY : err[i]);
+		bad |= !(err[i] <= (i == 4 ? tol_dloga(dt) : tol_of(dt)));
+	}
 	if (msg[0])
 		worst = INFINITY;
-	int bad = !(worst <= tol_of(dt));
 	int slot = bf ? (tc ? 1 : 2) : 0;
 	if (worst > worst_all[slot] || isinf(worst))
 		worst_all[slot] = worst;
@@ -222,7 +232,7 @@ static void run_case(int ci, lmk_dtype dt, int tc)
 	printf("%s%s%s%s\n", line, msg[0] ? " " : "", msg, bad ? "  <-- FAIL" : "");
 	if (bad && !msg[0])
 		for (int i = 0; i < 6; i++)
-			if (!(err[i] <= tol_of(dt)))
+			if (!(err[i] <= (i == 4 ? tol_dloga(dt) : tol_of(dt))))
 				printf("test_cuda_ssd:   %s: worst element %lld (seed %llu)\n", names[i],
 				       (long long)wh[i], (unsigned long long)g_seed);
 	fflush(stdout);
@@ -247,8 +257,8 @@ START_TEST(test_vs_cpu)
 		run_case(ci, LMK_BF16, 0);
 	}
 	lmk_cuda_ssd_tensor_cores(1);
-	printf("test_cuda_ssd: %d cases: worst F32 %.1e (tolerance 1e-5), BF16 tensor cores %.1e, "
-	       "BF16 CUDA cores %.1e (1e-2); %d over\n",
+	printf("test_cuda_ssd: %d cases: worst F32 %.1e (tolerance 1e-5, dloga 1e-4), BF16 tensor "
+	       "cores %.1e, BF16 CUDA cores %.1e (1e-2); %d over\n",
 	       NCASES, worst_all[0], worst_all[1], worst_all[2], nfail);
 	fflush(stdout);
 	ck_assert_msg(nfail == 0, "%d cases over tolerance (seed %llu): see the lines above", nfail,
