@@ -1,9 +1,10 @@
 /* seqops.h: the small ops that token-mixer layers (Mamba-2, Gated DeltaNet,
  * PaTH, linear attention) compose around their core op: the depthwise
  * causal "short convolution", L2 normalisation of rows, the gates'
- * elementwise functions (sigmoid, softplus, logsigmoid, exp, affine), and
- * slices and concatenations along the last dimension (one fused input
- * projection split into its parts).
+ * elementwise functions (sigmoid, softplus, logsigmoid, exp, affine), rows
+ * times per-row scalars (Mamba-2's x * dt and D * x), and slices and
+ * concatenations along the last dimension (one fused input projection
+ * split into its parts).
  * Owns: nothing beyond the arena memory it asks for. Needs: tensor, op,
  * and in a CUDA build cuda/seqops_cuda.h.
  * Never: prints, exits, or knows about any particular layer.
