@@ -978,34 +978,36 @@ __global__ void gdn_chunk_local(gdn_grads gr, float *loc, const float *rec, cons
 #define DO(i, e) ((i) < n ? scale * tof(dout[(tok0 + (int64_t)(i) * H) * Dv + (e)]) : 0.0f)
 #define VV(i, e) ((i) < n ? tof(v[(tok0 + (int64_t)(i) * H) * Dv + (e)]) : 0.0f)
 #define LAM(i, l) tof(lam[(tok0 + (int64_t)(i) * H) * NL + (l)])
-	/* intra: PT = P Tm, dA = lam-weighted dout.v (raw in KW, for dlam) */
-	for (int e = tid; e < GC * GC; e += bd) {
-		int i = e / GC, s = e % GC;
-		float pt = 0, da = 0;
-		if (s <= i && i < n) {
-			for (int j = s; j <= i; j++)
-				pt += P[i * GC + j] * Tm[j * GC + s];
-			for (int c = 0; c < Dv; c++)
-				da += DO(i, c) * VV(s, c);
-		}
-		PT[e] = pt;
-		KW[e] = da;
-		dA[e] = ll && s <= i && i < n ? da * LAM(i, lmk_fenwick_level_d(t0 + i, t0 + s)) : da;
-	}
+	/* intra: PT = P Tm; raw = dout vᵀ (in KW, for dlam); dA = lam-weighted raw */
+	auto DOf = [&](int i, int c) {
+		return i < n ? scale * tof(dout[(tok0 + (int64_t)i * H) * Dv + c]) : 0.0f;
+	};
+	auto VVf = [&](int i, int c) { return i < n ? tof(v[(tok0 + (int64_t)i * H) * Dv + c]) : 0.0f; };
+	auto LW = [&](int i, int s) {
+		return ll ? tof(lam[(tok0 + (int64_t)i * H) * NL + lmk_fenwick_level_d(t0 + i, t0 + s)])
+			  : 1.0f;
+	};
+	gemm44(
+		GC, GC, GC, [&](int i, int j) { return P[i * GC + j]; },
+		[&](int j, int s) { return Tm[j * GC + s]; },
+		[&](int i, int s, float x) { PT[i * GC + s] = s <= i && i < n ? x : 0.0f; });
+	gemm44(
+		GC, GC, Dv, DOf, [&](int c, int s) { return VVf(s, c); },
+		[&](int i, int s, float x) {
+			bool in = s <= i && i < n;
+			KW[i * GC + s] = in ? x : 0.0f;
+			dA[i * GC + s] = in ? x * LW(i, s) : 0.0f;
+		});
 	/* the own part Sc = kdᵀ wv: dKd = wv dSl_0ᵀ, dWv = Zd = kd dSl_0 */
-	for (int e = tid; e < GC * Dv; e += bd) {
-		int j = e / Dv, c = e % Dv;
-		float z = 0, ex = expf(gl - g[j]);
-		for (int d = 0; d < Dk; d++)
-			z += ex * Ks[j * ldk + d] * dSl0[(int64_t)d * Dv + c];
-		Zd[e] = z;
-	}
+	gemm44(
+		GC, Dv, Dk, [&](int j, int d) { return Ks[j * ldk + d]; },
+		[&](int d, int c) { return dSl0[(int64_t)d * Dv + c]; },
+		[&](int j, int c, float x) { Zd[j * Dv + c] = expf(gl - g[j]) * x; });
+	gemm44(
+		GC, Dk, Dv, [&](int j, int c) { return wv[j * Dv + c]; },
+		[&](int c, int d) { return dSl0[(int64_t)d * Dv + c]; },
+		[&](int j, int d, float x) { dKd[j * Dk + d] = x; });
 	for (int e = tid; e < GC * Dk; e += bd) {
-		int j = e / Dk, d = e % Dk;
-		float s = 0;
-		for (int c = 0; c < Dv; c++)
-			s += wv[j * Dv + c] * dSl0[(int64_t)d * Dv + c];
-		dKd[e] = s;
 		dWk[e] = 0;
 		dQe[e] = 0;
 	}
@@ -1017,55 +1019,52 @@ __global__ void gdn_chunk_local(gdn_grads gr, float *loc, const float *rec, cons
 		if (ll && !glive(ci, L))
 			continue;
 		const float *Sin = Sin0 + L * DD, *dSl = dSl0 + L * DD;
-		for (int e = tid; e < GC * Dv; e += bd) {
-			int j = e / Dv, c = e % Dv;
-			float y = 0, z = 0, ex = expf(gl - g[j]);
-			for (int d = 0; d < Dk; d++) {
-				y += wk[j * Dk + d] * Sin[(int64_t)d * Dv + c];
-				z += ex * Ks[j * ldk + d] * dSl[(int64_t)d * Dv + c];
-			}
-			Y[e] = y;
-			Z[e] = z;
-		}
+		auto SinT = [&](int c, int d) { return Sin[(int64_t)d * Dv + c]; };
+		gemm44(
+			GC, Dv, Dk, [&](int j, int d) { return wk[j * Dk + d]; },
+			[&](int d, int c) { return Sin[(int64_t)d * Dv + c]; },
+			[&](int j, int c, float x) { Y[j * Dv + c] = x; });
+		gemm44(
+			GC, Dv, Dk, [&](int j, int d) { return Ks[j * ldk + d]; },
+			[&](int d, int c) { return dSl[(int64_t)d * Dv + c]; },
+			[&](int j, int c, float x) { Z[j * Dv + c] = expf(gl - g[j]) * x; });
 		float part = 0;
 		for (int64_t e = tid; e < DD; e += bd)
 			part += Sin[e] * dSl[e];
 		part = block_sum(part, red); /* synchronises: Y, Z are written */
 		if (tid == 0)
 			scal[0] += part;
-		for (int e = tid; e < GC * Dk; e += bd) {
-			int j = e / Dk, d = e % Dk;
-			float s1 = 0, s2 = 0, s3 = 0;
-			for (int c = 0; c < Dv; c++) {
-				s1 += Y[j * Dv + c] * dSl[(int64_t)d * Dv + c];
-				s2 += Z[j * Dv + c] * Sin[(int64_t)d * Dv + c];
-				s3 += DO(j, c) * Sin[(int64_t)d * Dv + c];
-			}
-			dKd[e] -= s1;
-			dWk[e] -= s2;
-			dQe[e] += (ll && j < n ? LAM(j, lc + L) : 1.0f) * s3;
-		}
-		if (ll && gr.lam.p)
+		gemm44(
+			GC, Dk, Dv, [&](int j, int c) { return Y[j * Dv + c]; },
+			[&](int c, int d) { return dSl[(int64_t)d * Dv + c]; },
+			[&](int j, int d, float x) { dKd[j * Dk + d] -= x; });
+		gemm44(
+			GC, Dk, Dv, [&](int j, int c) { return Z[j * Dv + c]; }, SinT,
+			[&](int j, int d, float x) { dWk[j * Dk + d] -= x; });
+		gemm44(GC, Dk, Dv, DOf, SinT, [&](int i, int d, float x) {
+			dQe[i * Dk + d] += (ll && i < n ? LAM(i, lc + L) : 1.0f) * x;
+		});
+		if (ll && gr.lam.p) { /* dlam_i[lc+L] = (qe Sin)_i . dout_i, (qe Sin) in Y */
+			__syncthreads();
+			gemm44(
+				GC, Dv, Dk, [&](int i, int d) { return qe[i * Dk + d]; },
+				[&](int d, int c) { return Sin[(int64_t)d * Dv + c]; },
+				[&](int i, int c, float x) { Y[i * Dv + c] = x; });
+			__syncthreads();
 			for (int i = tid; i < n; i += bd) {
 				float s = 0;
-				for (int d = 0; d < Dk; d++) {
-					float x = 0;
-					for (int c = 0; c < Dv; c++)
-						x += Sin[(int64_t)d * Dv + c] * DO(i, c);
-					s += qe[i * Dk + d] * x;
-				}
+				for (int c = 0; c < Dv; c++)
+					s += Y[i * Dv + c] * DOf(i, c);
 				gadd(gr.lam, (tok0 + (int64_t)i * H) * NL + lc + L, s);
 			}
+		}
 		__syncthreads();
 	}
-	/* qe = diag(gamma) Q - P wk; intra dlam; dv */
-	for (int e = tid; e < GC * Dk; e += bd) {
-		int j = e / Dk, d = e % Dk;
-		float s2 = 0;
-		for (int i = j; i < n; i++)
-			s2 -= P[i * GC + j] * dQe[i * Dk + d];
-		dWk[e] += s2;
-	}
+	/* qe = diag(gamma) Q - P wk: dWk -= Pᵀ dQe; intra dlam; dv */
+	gemm44(
+		GC, Dk, GC, [&](int j, int i) { return P[i * GC + j]; },
+		[&](int i, int d) { return dQe[i * Dk + d]; },
+		[&](int j, int d, float x) { dWk[j * Dk + d] -= x; });
 	if (ll && gr.lam.p)
 		for (int i = tid; i < n; i += bd) {
 			float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -1076,45 +1075,44 @@ __global__ void gdn_chunk_local(gdn_grads gr, float *loc, const float *rec, cons
 				if (l < NL && (l == 0 || (int64_t)1 << (l - 1) <= i))
 					gadd(gr.lam, (tok0 + (int64_t)i * H) * NL + l, acc[l]);
 		}
-	for (int e = tid; e < GC * Dv; e += bd) {
-		int s = e / Dv, c = e % Dv;
-		if (s >= n || !gr.v.p)
-			continue;
-		float acc = 0;
-		for (int i = s; i < n; i++) {
-			float w = ll ? LAM(i, lmk_fenwick_level_d(t0 + i, t0 + s)) : 1.0f;
-			acc += w * bet[s] * PT[i * GC + s] * DO(i, c);
-		}
-		for (int j = s; j < n; j++)
-			acc += bet[s] * Tm[j * GC + s] * Zd[j * Dv + c];
-		gadd(gr.v, (tok0 + (int64_t)s * H) * Dv + c, acc);
+	/* ZV = lam-weighted beta PT (what dv reads) */
+	for (int e = tid; e < GC * GC; e += bd) {
+		int i = e / GC, s = e % GC;
+		ZV[e] = s <= i && i < n ? LW(i, s) * bet[s] * PT[e] : 0.0f;
 	}
 	__syncthreads();
-	/* phase 4 */
-	for (int e = tid; e < GC * GC; e += bd) {
-		int i = e / GC, j = e % GC;
-		float dp = 0, dtm = 0, zv = 0, kw = 0;
-		if (j <= i) {
-			/* dP_ij and, with (j, s) = (i, j), dTm */
-			for (int s = 0; s <= j; s++)
-				dp += dA[i * GC + s] * bet[s] * Tm[j * GC + s];
-			for (int d = 0; d < Dk; d++)
-				dp -= dQe[i * Dk + d] * wk[j * Dk + d];
-			int jj = i, s = j;
-			float pa = 0;
-			for (int r = jj; r < n; r++)
-				pa += P[r * GC + jj] * dA[r * GC + s];
-			for (int c = 0; c < Dv; c++)
-				zv += Zd[jj * Dv + c] * VV(s, c);
-			for (int d = 0; d < Dk; d++)
-				kw += dWk[jj * Dk + d] * Ks[s * ldk + d];
-			dtm = bet[s] * (pa + zv + gam[s] * kw);
-		}
-		dP[e] = dp;
-		dTm[e] = dtm;
-		ZV[e] = zv;
-		KW[e] = kw;
-	}
+	/* dv_s = sum_i ZV_is dout_i + beta_s sum_j Tm_js Zd_j */
+	if (gr.v.p)
+		gemm44(
+			GC, Dv, 2 * GC,
+			[&](int s, int kk) {
+				return kk < GC ? ZV[kk * GC + s] : bet[s] * Tm[(kk - GC) * GC + s];
+			},
+			[&](int kk, int c) { return kk < GC ? DOf(kk, c) : Zd[(kk - GC) * Dv + c]; },
+			[&](int s, int c, float x) {
+				if (s < n)
+					gadd(gr.v, (tok0 + (int64_t)s * H) * Dv + c, x);
+			});
+	__syncthreads();
+	/* dP = (dA diag(beta)) Tmᵀ - dQe wkᵀ (j <= i); ZV = Zd vᵀ, KW = dWk Ksᵀ
+	 * and PdA = Pᵀ dA (into dTm) for dTm */
+	gemm44(
+		GC, GC, GC + Dk,
+		[&](int i, int kk) { return kk < GC ? dA[i * GC + kk] * bet[kk] : dQe[i * Dk + kk - GC]; },
+		[&](int kk, int j) { return kk < GC ? Tm[j * GC + kk] : -wk[j * Dk + kk - GC]; },
+		[&](int i, int j, float x) { dP[i * GC + j] = j <= i ? x : 0.0f; });
+	gemm44(
+		GC, GC, Dv, [&](int j, int c) { return Zd[j * Dv + c]; },
+		[&](int c, int s) { return VVf(s, c); },
+		[&](int j, int s, float x) { ZV[j * GC + s] = x; });
+	gemm44(
+		GC, GC, Dk, [&](int j, int d) { return dWk[j * Dk + d]; },
+		[&](int d, int s) { return Ks[s * ldk + d]; },
+		[&](int j, int s, float x) { KW[j * GC + s] = x; });
+	gemm44(
+		GC, GC, GC, [&](int j, int r) { return P[r * GC + j]; },
+		[&](int r, int s) { return dA[r * GC + s]; },
+		[&](int j, int s, float x) { dTm[j * GC + s] = x; });
 	for (int s = tid; s < GC; s += bd) {
 		float acc = 0;
 		for (int i = s; i < n; i++)
@@ -1126,24 +1124,21 @@ __global__ void gdn_chunk_local(gdn_grads gr, float *loc, const float *rec, cons
 		rowd[s] = r;
 	}
 	__syncthreads();
-	/* phase 5: Y = Tmᵀ dTm into dA */
 	for (int e = tid; e < GC * GC; e += bd) {
-		int i = e / GC, bb = e % GC;
-		float s = 0;
-		for (int a = i > bb ? i : bb; a < GC; a++)
-			s += Tm[a * GC + i] * dTm[a * GC + bb];
-		dA[e] = s;
+		int j = e / GC, s = e % GC;
+		dTm[e] = s <= j ? bet[s] * (dTm[e] + ZV[e] + gam[s] * KW[e]) : 0.0f;
 	}
 	__syncthreads();
-	/* phase 6: dM = -Y Tmᵀ (strictly lower) into dTm */
-	for (int e = tid; e < GC * GC; e += bd) {
-		int i = e / GC, j = e % GC;
-		float s = 0;
-		if (j < i)
-			for (int bb = 0; bb <= j; bb++)
-				s -= dA[i * GC + bb] * Tm[j * GC + bb];
-		dTm[e] = s;
-	}
+	/* Y = Tmᵀ dTm into dA, then dM = -Y Tmᵀ (strictly lower) into dTm */
+	gemm44(
+		GC, GC, GC, [&](int i, int a) { return Tm[a * GC + i]; },
+		[&](int a, int bb) { return dTm[a * GC + bb]; },
+		[&](int i, int bb, float x) { dA[i * GC + bb] = x; });
+	__syncthreads();
+	gemm44(
+		GC, GC, GC, [&](int i, int bb) { return dA[i * GC + bb]; },
+		[&](int bb, int j) { return Tm[j * GC + bb]; },
+		[&](int i, int j, float x) { dTm[i * GC + j] = j < i ? -x : 0.0f; });
 	__syncthreads();
 	float *dM = dTm;
 	/* the per-token sums through M and P (dg partial, beta's share of M) */
