@@ -1162,31 +1162,41 @@ __global__ void gdn_chunk_local(gdn_grads gr, float *loc, const float *rec, cons
 		dM[e] *= bet[i] * ex;
 	}
 	__syncthreads();
-	/* phase 7: token gradients */
-	for (int e = tid; e < GC * Dk; e += bd) {
-		int s = e / Dk, d = e % Dk;
-		if (s >= n)
-			continue;
-		if (gr.q.p) {
-			float acc = gam[s] * dQe[e];
-			for (int j = 0; j <= s; j++)
-				acc += dP[s * GC + j] * Ks[j * ldk + d];
-			gadd(gr.q, (tok0 + (int64_t)s * H) * Dk + d, acc);
-		}
-		if (gr.k.p) {
-			float acc = 0;
-			for (int j = s; j < n; j++)
-				acc += bet[s] * gam[s] * Tm[j * GC + s] * dWk[j * Dk + d];
-			for (int j = 0; j < s; j++)
-				acc += dM[s * GC + j] * Ks[j * ldk + d];
-			for (int i = s + 1; i < n; i++)
-				acc += dM[i * GC + s] * Ks[i * ldk + d];
-			for (int i = s; i < n; i++)
-				acc += dP[i * GC + s] * Qs[i * ldk + d];
-			acc += expf(gl - g[s]) * dKd[e];
-			gadd(gr.k, (tok0 + (int64_t)s * H) * Dk + d, acc);
-		}
-	}
+	/* token gradients: dq = gamma dQe + dP K; dk = (beta gamma Tm)ᵀ dWk +
+	 * dM K + dMᵀ K + dPᵀ Q + exp(g_n - g) dKd (dP, dM with their decays) */
+	if (gr.q.p)
+		gemm44(
+			GC, Dk, GC, [&](int s, int j) { return dP[s * GC + j]; },
+			[&](int j, int d) { return Ks[j * ldk + d]; },
+			[&](int s, int d, float x) {
+				if (s < n)
+					gadd(gr.q, (tok0 + (int64_t)s * H) * Dk + d, gam[s] * dQe[s * Dk + d] + x);
+			});
+	if (gr.k.p)
+		gemm44(
+			GC, Dk, 4 * GC,
+			[&](int s, int kk) {
+				int r = kk % GC;
+				switch (kk / GC) {
+				case 0: return bet[s] * gam[s] * Tm[r * GC + s];
+				case 1: return dM[s * GC + r];
+				case 2: return dM[r * GC + s];
+				default: return dP[r * GC + s];
+				}
+			},
+			[&](int kk, int d) {
+				int r = kk % GC;
+				switch (kk / GC) {
+				case 0: return dWk[r * Dk + d];
+				case 3: return Qs[r * ldk + d];
+				default: return Ks[r * ldk + d];
+				}
+			},
+			[&](int s, int d, float x) {
+				if (s < n)
+					gadd(gr.k, (tok0 + (int64_t)s * H) * Dk + d,
+					     x + expf(gl - g[s]) * dKd[s * Dk + d]);
+			});
 	for (int s = tid; s < GC; s += bd) {
 		float db = dbe[s], dgam = 0, dgs = dg[s];
 		for (int j = s; j < n; j++) {
