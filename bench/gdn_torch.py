@@ -91,10 +91,12 @@ def main():
           f"median of {a.reps}", file=sys.stderr)
 
     def fla_fn(q, k, v, g, b, scale):
+        # (B,T,H,D): fla 0.6 refuses head_first (raising, not a TypeError);
+        # older versions take it and default to head first
         try:
-            o = chunk_gated_delta_rule(q, k, v, g, b, scale=scale, head_first=False)
-        except TypeError:  # versions without head_first take (B,T,H,D)
             o = chunk_gated_delta_rule(q, k, v, g, b, scale=scale)
+        except Exception:
+            o = chunk_gated_delta_rule(q, k, v, g, b, scale=scale, head_first=False)
         return o[0] if isinstance(o, tuple) else o
 
     impls = [("torch-chunked", lambda q, k, v, g, b, s: gdn_chunked_ref(q, k, v, g, b, s))]

@@ -83,8 +83,9 @@ def main():
             q = mk(B, T, H, D).requires_grad_()
             k = mk(B, T, H, D).requires_grad_()
             v = mk(B, T, H, D).requires_grad_()
-            w = F.normalize(mk(B, T, H, D).float(), dim=-1).bfloat16().requires_grad_()
-            beta = (0.1 + 1.8 * torch.rand(B, T, H, generator=g, device=dev)).bfloat16().requires_grad_()
+            # fla wants w and beta in float32 ("to preserve precision")
+            w = F.normalize(mk(B, T, H, D).float(), dim=-1).requires_grad_()
+            beta = (0.1 + 1.8 * torch.rand(B, T, H, generator=g, device=dev)).requires_grad_()
             gate = None
             if a.fox:
                 gate = (0.9 + 0.1 * torch.rand(B, T, H, generator=g, device=dev)).log().requires_grad_()

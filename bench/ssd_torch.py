@@ -72,6 +72,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="T up to 8K only")
     ap.add_argument("--reps", type=int, default=10, help="timed runs per shape (median)")
     ap.add_argument("--tokens", type=int, default=65536, help="B*T")
+    ap.add_argument("--no-naive", action="store_true",
+                    help="skip the PyTorch reference (slow): fla's kernels only")
     a = ap.parse_args()
     try:
         import torch
@@ -144,8 +146,11 @@ def main():
             lam = (torch.rand(B, T, H, NL, device=dev) + 0.2).to(torch.bfloat16).requires_grad_()
             scale = D ** -0.5
             cols = []
-            cols += timed(lambda: naive_chunked(torch, q, k, v, g, None, scale), [q, k, v, g])
-            cols += timed(lambda: naive_chunked(torch, q, k, v, g, lam, scale), [q, k, v, g, lam])
+            if a.no_naive:
+                cols += [None] * 4
+            else:
+                cols += timed(lambda: naive_chunked(torch, q, k, v, g, None, scale), [q, k, v, g])
+                cols += timed(lambda: naive_chunked(torch, q, k, v, g, lam, scale), [q, k, v, g, lam])
             if sgla is not None:
                 cols += timed(lambda: sgla(q, k, v, g=g, scale=scale), [q, k, v, g])
             else:
