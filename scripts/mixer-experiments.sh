@@ -47,7 +47,7 @@ run() {
 	name=$1
 	shift
 	m=$OUT/$what/$name.jsonl
-	if [ -s "$m.done" ]; then return 0; fi
+	if [ -s "$m.done" ] || [ -n "${REPORT_ONLY:-}" ]; then return 0; fi
 	rm -rf "$m" "$OUT/$what/$name"
 	echo "mixer-experiments: $what $name" >&2
 	if "$BIN" --device "$DEVICE" --metrics "$m" --quiet --seed 1 "$@" 2>"$OUT/$what/$name.err"; then
