@@ -29,6 +29,17 @@ int lmk_cuda_adam_direction(void *be, float *out, const float *x, float *m, floa
 int lmk_cuda_adam_apply(void *be, float *p, const float *dir, void *lp, size_t n, int decay,
 			float keep, float neg_step);
 
+/* GaLore's SVD projector on the device (cuda/svd.cu): out gets the first r
+ * left singular vectors of the row-major g (rows, cols) as (rows, r) when
+ * left (rows <= cols), else the first r right ones as (r, cols) (rows >=
+ * cols). cuSOLVER is loaded at the first call; without it the call fails
+ * with LMK_EUNSUP and the caller makes the projector on the host. Waits
+ * for the stream. */
+int lmk_cuda_svd_projector(void *be, float *out, const float *g, int rows, int cols, int r,
+			   int left);
+/* Whether cuSOLVER could be loaded. */
+int lmk_cuda_svd_available(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -485,9 +485,11 @@ static void adam_direction(float *out, const float *x, float *m, float *v, size_
 	}
 }
 
-/* A new projector for slot i from its current gradient. On a device the
- * gradient comes to the host and LAPACK makes P there (every T steps, so
- * the copy is amortised), then P goes back. */
+/* A new projector for slot i from its current gradient. On a device an
+ * SVD projector comes from cuSOLVER (cuda/svd.cu) when the library can be
+ * loaded; otherwise, and for rsvd, the gradient comes to the host and
+ * LAPACK makes P there (every T steps, so the copy is amortised), then P
+ * goes back. */
 static int refresh(lmk_galore *g, int i)
 {
 	lmk_galore_slot *s = &g->slots[i];
@@ -496,6 +498,16 @@ static int refresh(lmk_galore *g, int i)
 		return lmk_proj_make(s->P, s->mode, t->grad, s->rows, s->cols, s->r, g->cfg.proj,
 				     &g->rng);
 #if LMK_CUDA
+	if (g->cfg.proj == LMK_PROJ_SVD && g->svd_where != 1) {
+		/* cuSOLVER on the device when it can be loaded, else LAPACK here */
+		int rc = lmk_cuda_svd_projector(g->backend, s->P, t->grad, (int)s->rows, (int)s->cols,
+						s->r, s->mode);
+		if (rc != LMK_EUNSUP) {
+			g->svd_where = 2;
+			return rc;
+		}
+		g->svd_where = 1;
+	}
 	float *G = g->work, *P = g->work + t->n;
 	size_t np = (size_t)s->r * (size_t)(s->mode ? s->rows : s->cols);
 	int rc = 0;

@@ -17,7 +17,7 @@
  * Owns: the projectors and every moment (O*r or r*I per target, the
  * tensor's size for the others). Needs:
  * tensor, optim, rng, OpenBLAS/LAPACK, and in a CUDA build cuda/ (cuBLAS,
- * cuSOLVER). Never: prints or exits. */
+ * and cuSOLVER when it can be loaded: cuda/svd.cu). Never: prints or exits. */
 #ifndef LMK_GALORE_H
 #define LMK_GALORE_H
 
@@ -100,6 +100,8 @@ typedef struct lmk_galore {
 	float *dwork;        /* CUDA: device scratch */
 	size_t ndwork;
 	lmk_device dev;      /* where P, m, v live: p's at init */
+	int svd_where;       /* CUDA, proj svd: 0 not yet, 1 LAPACK on the host
+			      * (no cuSOLVER), 2 cuSOLVER on the device */
 	void *backend;       /* CUDA: p's backend */
 } lmk_galore;
 

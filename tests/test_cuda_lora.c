@@ -22,6 +22,7 @@
 #include "optim.h"
 
 #if LMK_CUDA
+#include "../cuda/blas_cuda.h"
 #include "../cuda/cuda.h"
 
 #define B_ 2
@@ -205,7 +206,9 @@ static void galore_run(int proj)
 	float *h = host_of(&m[1].params);
 	double e = relerr(h, m[0].params.data, m[0].params.n);
 	printf("test_cuda_lora: GaLore %s: 6 steps, losses %.5f -> %.5f (cpu %.5f -> %.5f), weights "
-	       "vs cpu %.2e\n", lmk_proj_name(proj), loss[1][0], loss[1][5], loss[0][0], loss[0][5], e);
+	       "vs cpu %.2e%s\n", lmk_proj_name(proj), loss[1][0], loss[1][5], loss[0][0], loss[0][5], e,
+	       g[1].svd_where == 2 ? " (projectors by cuSOLVER)"
+	       : g[1].svd_where == 1 ? " (projectors by LAPACK on the host)" : "");
 	if (proj == LMK_PROJ_GAUSSIAN)
 		ck_assert_msg(e < 1e-4, "GaLore weights after 6 steps: %.2e from the cpu's", e);
 	else
@@ -225,6 +228,72 @@ END_TEST
 START_TEST(test_galore_svd) { galore_run(LMK_PROJ_SVD); }
 END_TEST
 
+/* cuSOLVER's projector spans LAPACK's subspace: P P^T (left) or Q^T Q
+ * (right) equal to 1e-4, for a gradient with a clear gap after rank r. */
+START_TEST(test_svd_projector)
+{
+	if (!lmk_cuda_svd_available()) {
+		printf("test_cuda_lora: cuSOLVER not loadable here: SVD projectors are made on the "
+		       "host (skipped)\n");
+		return;
+	}
+	const int r = 5;
+	const int shapes[2][2] = {{48, 80}, {80, 48}};
+	lmk_ctx c;
+	ck_assert_int_eq(lmk_ctx_init_ex(&c, LMK_DEV_CUDA, 0, LMK_F32), 0);
+	for (int si = 0; si < 2; si++) {
+		const int R = shapes[si][0], C = shapes[si][1], left = R < C, n = left ? R : C;
+		float *G = malloc(sizeof(float) * R * C), *ph = malloc(sizeof(float) * n * r);
+		float *pd = malloc(sizeof(float) * n * r);
+		lmk_rng rng;
+		lmk_rng_init(&rng, 9 + (uint64_t)si);
+		for (int i = 0; i < R * C; i++)
+			G[i] = 0.01f * lmk_rng_normal(&rng);
+		for (int k = 0; k < r; k++) {
+			float u[128], v[128];
+			for (int i = 0; i < R; i++)
+				u[i] = lmk_rng_normal(&rng);
+			for (int j = 0; j < C; j++)
+				v[j] = lmk_rng_normal(&rng);
+			for (int i = 0; i < R; i++)
+				for (int j = 0; j < C; j++)
+					G[i * C + j] += (float)(r - k) * u[i] * v[j] / 10.0f;
+		}
+		ck_assert_int_eq(lmk_proj_make(ph, left, G, R, C, r, LMK_PROJ_SVD, &rng), 0);
+		void *dg, *dp;
+		ck_assert_int_eq(lmk_cuda_mem_alloc(&dg, sizeof(float) * R * C), 0);
+		ck_assert_int_eq(lmk_cuda_mem_alloc(&dp, sizeof(float) * n * r), 0);
+		ck_assert_int_eq(lmk_cuda_upload(c.backend, dg, G, sizeof(float) * R * C), 0);
+		ck_assert_msg(lmk_cuda_svd_projector(c.backend, dp, dg, R, C, r, left) == 0, "%s",
+			      lmk_errmsg());
+		ck_assert_int_eq(lmk_cuda_download(c.backend, pd, dp, sizeof(float) * n * r), 0);
+		double num = 0, den = 0;
+		for (int a = 0; a < n; a++)
+			for (int b = 0; b < n; b++) {
+				double h = 0, d = 0;
+				for (int k = 0; k < r; k++) {
+					h += left ? (double)ph[a * r + k] * ph[b * r + k]
+						  : (double)ph[k * n + a] * ph[k * n + b];
+					d += left ? (double)pd[a * r + k] * pd[b * r + k]
+						  : (double)pd[k * n + a] * pd[k * n + b];
+				}
+				num += (h - d) * (h - d);
+				den += h * h;
+			}
+		double e = sqrt(num / den);
+		printf("test_cuda_lora: cuSOLVER %s projector of %d x %d, rank %d: subspace vs LAPACK "
+		       "%.2e\n", left ? "left" : "right", R, C, r, e);
+		ck_assert_msg(e < 1e-4, "cuSOLVER's projector spans another subspace (%.2e)", e);
+		lmk_cuda_mem_free(dg);
+		lmk_cuda_mem_free(dp);
+		free(G);
+		free(ph);
+		free(pd);
+	}
+	lmk_ctx_free(&c);
+}
+END_TEST
+
 int main(void)
 {
 	if (lmk_cuda_device_count() == 0) {
@@ -238,6 +307,7 @@ int main(void)
 	tcase_add_test(tc, test_lora_bf16);
 	tcase_add_test(tc, test_galore_gaussian);
 	tcase_add_test(tc, test_galore_svd);
+	tcase_add_test(tc, test_svd_projector);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_set_fork_status(sr, CK_NOFORK);
