@@ -252,6 +252,26 @@ struct opts {
 						  * left out of the ranks' */
 };
 
+/* Copies of strings out of a state file, which is freed before they are
+ * last used; released at exit. */
+static char *kept[8];
+static int nkept;
+
+static void release_kept(void)
+{
+	while (nkept > 0)
+		free(kept[--nkept]);
+}
+
+static const char *keep(const char *s)
+{
+	if (nkept == (int)(sizeof kept / sizeof *kept) || !(kept[nkept] = strdup(s)))
+		prog_die("out of memory");
+	if (nkept == 0)
+		atexit(release_kept);
+	return kept[nkept++];
+}
+
 /* The ranks' failures end the whole program; a rank other than 0 says
  * which it is. */
 static int rank_prefix = -1;
@@ -959,26 +979,24 @@ int main(int argc, char **argv)
 		if (again.cfg.device != saved_dev && !again.dtype_given)
 			again.cfg.dtype = lmk_train_default_dtype(again.cfg.device);
 		mx = lmk_frame_meta(&st, "mixer");
-		if (mx && !(again.mixer = strdup(mx))) /* --mixer is refused with --resume */
-			prog_die("out of memory");
-		if (!again.data && !again.task && lmk_frame_meta(&st, "task") &&
-		    !(again.task = strdup(lmk_frame_meta(&st, "task"))))
-			prog_die("out of memory"); /* kept: st is freed before the saves */
+		if (mx) /* --mixer is refused with --resume */
+			again.mixer = keep(mx);
+		if (!again.data && !again.task && lmk_frame_meta(&st, "task"))
+			again.task = keep(lmk_frame_meta(&st, "task")); /* st is freed before the saves */
 		if (!again.data && !again.task)
 			again.data = lmk_frame_meta(&st, "data");
 		const char *sa = lmk_frame_meta(&st, "adapter");
 		if (sa) {
 			/* the adapter and its base are the saved run's */
-			char *keep = strdup(sa), *ini = lmk_frame_meta(&st, "init") ? strdup(lmk_frame_meta(&st, "init")) : NULL;
-			if (!keep)
-				prog_die("out of memory");
+			const char *ad = keep(sa);
+			const char *ini = lmk_frame_meta(&st, "init") ? keep(lmk_frame_meta(&st, "init")) : NULL;
 			if (again.adapter)
 				prog_usage_error("option '--adapter' cannot be used with --resume (the run's "
 						 "adapter is %s)", sa);
 			lmk_lora_config_default(&again.lora);
-			if (lmk_lora_config_parse(&again.lora, keep) < 0 || !ini)
+			if (lmk_lora_config_parse(&again.lora, ad) < 0 || !ini)
 				prog_die("%s: metadata 'adapter' or 'init' is missing or bad", r.state_path);
-			again.adapter = keep;
+			again.adapter = ad;
 			again.init = ini;
 		} else if (again.adapter) {
 			prog_usage_error("option '--adapter' cannot be used with --resume (%s trained the "

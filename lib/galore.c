@@ -330,7 +330,8 @@ static int module_of(const char *name, char *buf, size_t size)
 
 void lmk_galore_free(lmk_galore *g)
 {
-	for (int i = 0; g->slots && i < g->p->nt; i++) {
+	/* nslots, not p->nt: p may be freed already */
+	for (int i = 0; g->slots && i < g->nslots; i++) {
 		lmk_galore_slot *s = &g->slots[i];
 #if LMK_CUDA
 		if (g->dev == LMK_DEV_CUDA) {
@@ -382,6 +383,7 @@ int lmk_galore_init(lmk_galore *g, lmk_params *p, const lmk_adamw_config *acfg,
 	g->slots = calloc((size_t)(p->nt ? p->nt : 1), sizeof *g->slots);
 	if (!g->slots)
 		return lmk_err(LMK_ENOMEM, "galore: cannot allocate %d slots", p->nt);
+	g->nslots = p->nt;
 	size_t work = 0, dwork = (size_t)1 << 20;
 	int rc = 0;
 	for (int i = 0; i < p->nt && rc == 0; i++) {

@@ -91,6 +91,7 @@ typedef struct lmk_galore {
 	lmk_adamw_config acfg;
 	lmk_params *p;
 	lmk_galore_slot *slots; /* one per tensor of p */
+	int nslots;
 	int ntarget;
 	lmk_rng rng;         /* sketches and rsvd */
 	int64_t t;           /* steps taken */
