@@ -3,8 +3,9 @@
  * kernels'), forward and the six gradients, and the GPU decoder against the
  * CPU's parallel rows.
  *
- * Shape table: T = 1, 7, 63, 64, 65, 130, 1000; D = 64 and 128 (and one
- * D = 40); GQA and not; logf or none; blocks 64, 16 and 7; F32, BF16 (the
+ * Shape table: T = 1, 7, 63, 64, 65, 130, 192, 256, 1000; D = 64 and 128
+ * (and one D = 40); GQA and not; logf or none; blocks 64, 16 and 7; B*H
+ * up to 256; F32, BF16 (the
  * forward's products on the tensor cores) and BF16 with every product in
  * float32 (LMK_PATH_BLOCKWISE_FP32), so a tensor-core fault shows apart.
  * Inputs random each run (the seed is printed; LMK_TEST_SEED repeats it),
@@ -50,6 +51,12 @@ static const pcase cases[] = {
 	{1, 65, 4, 2, 64, 0, 64},   {1, 65, 2, 1, 128, 1, 64}, {1, 130, 2, 1, 64, 1, 16},
 	{1, 130, 2, 2, 64, 0, 7},   {2, 33, 3, 1, 40, 1, 64},  {1, 1000, 2, 1, 64, 1, 64},
 	{1, 1000, 2, 2, 128, 0, 64},
+	/* many heads, T a multiple of the block (every block full, walks
+	 * over several blocks): lla-train's path-fox layer at hidden 256,
+	 * batch 32, seq 256, and path_gpu's first shape (B16 H16) at
+	 * T 192; both stopped with an illegal address on an H200 from a
+	 * stale cuda/path.o, these cases run them in the suite */
+	{32, 256, 4, 4, 64, 1, 64}, {16, 192, 16, 16, 64, 0, 64}, {2, 192, 4, 2, 64, 1, 64},
 };
 #define NCASES ((int)(sizeof cases / sizeof cases[0]))
 
