@@ -75,7 +75,8 @@ static const char usage[] =
 "                           linear, mamba2, gdn, ll-mamba2, ll-gdn, path or\n"
 "                           path-fox, with the papers' sizes at --hidden, or\n"
 "                           NAME:heads=H,head_dim=D,head_dim_v=DV,state=N,\n"
-"                           groups=G,conv=W,levels=L,w_rank=R,chunk=C\n"
+"                           groups=G,conv=W,levels=L,w_rank=R,chunk=C,\n"
+"                           decay=0|1 (linear),neg_eig=0|1 (gdn)\n"
 "      --init=DIR           start from the checkpoint in DIR instead\n"
 "      --adapter=SPEC       train a low-rank adapter over the frozen --init\n"
 "                           model instead of the whole model:\n"
@@ -213,24 +214,10 @@ static void mixer_config(const char *spec, lmk_llama_config *mc)
 				 "ll-mamba2, ll-gdn, path, path-fox)", kind);
 	lmk_mixer_defaults(&mc->mix, k, mc->hidden_size);
 	mc->mixer = 1 + k;
-	static const char *const keys[] = {"heads", "head_dim", "head_dim_v", "state", "groups",
-					   "conv", "levels", "w_rank", "chunk"};
-	int64_t *dst[] = {&mc->mix.heads, &mc->mix.head_dim, &mc->mix.head_dim_v, &mc->mix.state,
-			  &mc->mix.groups, &mc->mix.conv, &mc->mix.levels, &mc->mix.w_rank, NULL};
 	int rc;
-	while ((rc = lmk_spec_next(&rest, key, sizeof key, val, sizeof val)) > 0) {
-		size_t i = 0;
-		while (i < sizeof keys / sizeof *keys && strcmp(keys[i], key))
-			i++;
-		if (i == sizeof keys / sizeof *keys)
-			prog_usage_error("option '--mixer': no setting '%s' (heads, head_dim, head_dim_v, "
-					 "state, groups, conv, levels, w_rank, chunk)", key);
-		long v = prog_parse_long("--mixer", val, 1, 1 << 20);
-		if (dst[i])
-			*dst[i] = v;
-		else
-			mc->mix.chunk = (int)v;
-	}
+	while ((rc = lmk_spec_next(&rest, key, sizeof key, val, sizeof val)) > 0)
+		if (lmk_mixer_config_set(&mc->mix, key, prog_parse_long("--mixer", val, 0, 1 << 20)) < 0)
+			prog_usage_error("option '--mixer': %s", lmk_errmsg());
 	if (rc < 0)
 		prog_usage_error("option '--mixer': %s", lmk_errmsg());
 }

@@ -317,17 +317,6 @@ static float *zalloc(size_t n)
 	return p;
 }
 
-/* The module name of a parameter: its name without ".weight". */
-static int module_of(const char *name, char *buf, size_t size)
-{
-	size_t n = strlen(name);
-	if (n < 8 || strcmp(name + n - 7, ".weight") || n - 7 >= size)
-		return 0;
-	memcpy(buf, name, n - 7);
-	buf[n - 7] = 0;
-	return 1;
-}
-
 void lmk_galore_free(lmk_galore *g)
 {
 	/* nslots, not p->nt: p may be freed already */
@@ -391,7 +380,7 @@ int lmk_galore_init(lmk_galore *g, lmk_params *p, const lmk_adamw_config *acfg,
 		lmk_galore_slot *s = &g->slots[i];
 		char mod[256];
 		s->mode = -1;
-		if (t->ndim == 2 && module_of(t->name, mod, sizeof mod) &&
+		if (t->ndim == 2 && lmk_module_of(t->name, mod, sizeof mod) &&
 		    lmk_module_match(cfg->targets, mod)) {
 			s->rows = t->shape[0];
 			s->cols = t->shape[1];

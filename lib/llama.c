@@ -193,21 +193,14 @@ static int parse_mixer(lmk_llama_config *cfg, const json_t *o, const char *name)
 		return lmk_err(LMK_EFORMAT, "%s: lmk_mixer.kind: expected a mixer's name", name);
 	lmk_mixer_defaults(&cfg->mix, kind, cfg->hidden_size);
 	cfg->mixer = 1 + kind;
-	static const char *const keys[] = {"heads", "head_dim", "head_dim_v", "state", "groups",
-					   "conv", "levels", "w_rank", "chunk"};
-	int64_t *dst[] = {&cfg->mix.heads, &cfg->mix.head_dim, &cfg->mix.head_dim_v,
-			  &cfg->mix.state, &cfg->mix.groups, &cfg->mix.conv, &cfg->mix.levels,
-			  &cfg->mix.w_rank, NULL};
-	for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
-		const json_t *v = json_object_get(m, keys[i]);
-		if (!v || json_is_null(v))
+	const char *key;
+	const json_t *v;
+	json_object_foreach((json_t *)m, key, v) {
+		if (!strcmp(key, "kind") || !strcmp(key, "norm_eps") || json_is_null(v))
 			continue;
-		if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > (1 << 24))
-			return lmk_err(LMK_EFORMAT, "%s: lmk_mixer.%s: expected a size", name, keys[i]);
-		if (dst[i])
-			*dst[i] = json_integer_value(v);
-		else
-			cfg->mix.chunk = (int)json_integer_value(v);
+		if (!json_is_integer(v) || lmk_mixer_config_set(&cfg->mix, key, json_integer_value(v)) < 0)
+			return lmk_err(LMK_EFORMAT, "%s: lmk_mixer.%s: expected one of the mixer's sizes",
+				       name, key);
 	}
 	const json_t *e = json_object_get(m, "norm_eps");
 	if (e && json_is_number(e))
@@ -491,6 +484,9 @@ int lmk_llama_config_save(const lmk_llama_config *cfg, const char *path, const c
 					      "conv", (json_int_t)x->conv, "levels", (json_int_t)x->levels,
 					      "w_rank", (json_int_t)x->w_rank, "chunk", x->chunk,
 					      "norm_eps", tidy(x->norm_eps)));
+		json_t *mo = json_object_get(o, "lmk_mixer");
+		json_object_set_new(mo, "decay", json_integer(x->decay));
+		json_object_set_new(mo, "neg_eig", json_integer(x->neg_eig));
 	}
 	json_object_set_new(o, "attention_bias", json_boolean(cfg->attention_bias));
 	json_object_set_new(o, "attention_dropout", json_real(0.0));

@@ -202,8 +202,7 @@ void lmk_lora_config_str(const lmk_lora_config *cfg, char *buf, size_t size)
 
 /* ---- making and dropping ---------------------------------------------- */
 
-/* MODULE of a parameter named MODULE.weight into buf. @return : 1 or 0 */
-static int module_of(const char *name, char *buf, size_t size)
+int lmk_module_of(const char *name, char *buf, size_t size)
 {
 	size_t n = strlen(name);
 	if (n < 8 || strcmp(name + n - 7, ".weight") || n - 7 >= size)
@@ -322,7 +321,7 @@ int lmk_lora_init(lmk_lora *a, const lmk_lora_config *cfg, lmk_params *base, uin
 	for (int i = 0; rc == 0 && i < base->nt; i++) {
 		char mod[300];
 		lmk_tensor *t = &base->t[i];
-		if (t->ndim != 2 || !module_of(t->name, mod, sizeof mod) ||
+		if (t->ndim != 2 || !lmk_module_of(t->name, mod, sizeof mod) ||
 		    !lmk_module_match(cfg->targets, mod))
 			continue;
 		/* the embedding and the head are not linear layers of a block */

@@ -73,6 +73,9 @@ typedef struct lmk_lora {
  * module's last component is NAME_proj), "all" (any module under
  * "model.layers."), or globs (fnmatch) over the whole module name. */
 int lmk_module_match(const char *targets, const char *module);
+/* MODULE of a parameter named MODULE.weight into buf (size bytes).
+ * @return : 1, or 0 when name is not a weight or buf is too small */
+int lmk_module_of(const char *name, char *buf, size_t size);
 
 /* Settings strings "kind:key=value,key=value": begin splits off the kind
  * (the whole string when there is no ':'), next yields each key and value

@@ -88,6 +88,32 @@ const char *lmk_mixer_kind_name(int kind)
 	return kind >= 0 && kind < LMK_MIXER_NKINDS ? kind_names[kind] : "?";
 }
 
+int lmk_mixer_config_set(lmk_mixer_config *cfg, const char *key, int64_t v)
+{
+	static const char *const keys[] = {"heads", "head_dim", "head_dim_v", "state", "groups",
+					   "conv", "levels", "w_rank", "chunk", "decay", "neg_eig"};
+	int64_t *dst[] = {&cfg->heads, &cfg->head_dim, &cfg->head_dim_v, &cfg->state,
+			  &cfg->groups, &cfg->conv, &cfg->levels, &cfg->w_rank};
+	size_t i = 0;
+	while (i < sizeof keys / sizeof *keys && strcmp(keys[i], key))
+		i++;
+	if (i == sizeof keys / sizeof *keys)
+		return lmk_err(LMK_EINVAL, "mixer: no setting '%s' (heads, head_dim, head_dim_v, state, "
+			       "groups, conv, levels, w_rank, chunk, decay, neg_eig)", key);
+	if (v < 0 || v > (1 << 24))
+		return lmk_err(LMK_EINVAL, "mixer: %s=%lld: expected 0 to %d", key, (long long)v,
+			       1 << 24);
+	if (i < sizeof dst / sizeof *dst)
+		*dst[i] = v;
+	else if (!strcmp(key, "chunk"))
+		cfg->chunk = (int)v;
+	else if (!strcmp(key, "decay"))
+		cfg->decay = v != 0;
+	else
+		cfg->neg_eig = v != 0;
+	return 0;
+}
+
 int lmk_mixer_check(const lmk_mixer_config *cfg)
 {
 	int k = cfg->kind;

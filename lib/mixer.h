@@ -97,6 +97,11 @@ void lmk_mixer_defaults(lmk_mixer_config *cfg, int kind, int64_t hidden);
 int lmk_mixer_kind_parse(const char *name);
 /* @return : the name, or "?" */
 const char *lmk_mixer_kind_name(int kind);
+/* Sets one setting by its name, as --mixer NAME:KEY=VALUE and config.json's
+ * "lmk_mixer" spell them: heads, head_dim, head_dim_v, state, groups, conv,
+ * levels, w_rank, chunk, decay, neg_eig. @return : 0, or LMK_EINVAL (an
+ * unknown key or a value out of range: message recorded) */
+int lmk_mixer_config_set(lmk_mixer_config *cfg, const char *key, int64_t value);
 /* @return : 0, LMK_EINVAL (a size out of range) or LMK_EUNSUP (PaTH in a
  * build without lib/path.h) */
 int lmk_mixer_check(const lmk_mixer_config *cfg);

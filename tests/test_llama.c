@@ -668,6 +668,13 @@ START_TEST(test_config_errors)
 	parse_fails("{" BASE ", \"model_type\": \"qwen2\", \"use_sliding_window\": true}",
 		    "use_sliding_window");
 	parse_fails("{" BASE ", \"hidden_size\": 64}", "duplicate");
+	parse_fails("{" BASE ", \"model_type\": \"lmk_mixer\"}", "needs an object 'lmk_mixer'");
+	parse_fails("{" BASE ", \"model_type\": \"lmk_mixer\", \"lmk_mixer\": {\"kind\": \"rwkv\"}}",
+		    "lmk_mixer.kind: expected a mixer's name");
+	parse_fails("{" BASE ", \"model_type\": \"lmk_mixer\", \"lmk_mixer\": {\"kind\": \"gdn\", "
+		    "\"depth\": 3}}", "lmk_mixer.depth: expected one of the mixer's sizes");
+	parse_fails("{" BASE ", \"model_type\": \"lmk_mixer\", \"lmk_mixer\": {\"kind\": \"gdn\", "
+		    "\"heads\": \"2\"}}", "lmk_mixer.heads: expected one of the mixer's sizes");
 
 	lmk_llama_config cfg;
 	ck_assert_int_eq(lmk_llama_config_load(&cfg, "/nonexistent/config.json"), LMK_EIO);

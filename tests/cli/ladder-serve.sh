@@ -84,6 +84,12 @@ else
 	check "lla-train makes a tiny checkpoint" 'rc_is 0 && [ -s ck/model.safetensors ]'
 	S="$SERVE -m ck --threads 2"
 
+	run $S -q --adapter nowhere
+	check "--adapter that is not there: exit 1, one line naming the file" 'rc_is 1 && err_one_line "nowhere/adapter_config.json"'
+	mkdir -p badad && echo '{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "use_dora": true}' >badad/adapter_config.json
+	run $S -q --adapter badad
+	check "--adapter asking for DoRA: exit 1, one line" 'rc_is 1 && err_one_line "\"use_dora\" is set: not supported"'
+
 	runin '{"prompt":"the quick","max_tokens":8,"temperature":0}
 ' $S
 	check "a prompt: one answer line, exit 0" 'rc_is 0 && out_lines 1 && line_is 1 "^{$ANSWER" && json_lines'

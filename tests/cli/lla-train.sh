@@ -203,6 +203,8 @@ for mx in linear ll-mamba2 ll-gdn path-fox; do
 	run "$TRAIN" --task mqar:kv=2,vocab=32,val=8 --seq 32 --hidden 32 --layers 1 --batch 4 --steps 3 --eval-every 3 --threads 2 --seed 7 --mixer $mx --out m-$mx --metrics m-$mx.jsonl --quiet
 	check "--mixer $mx on --task mqar: trains, accuracy in the metrics, config says lmk_mixer" 'rc_is 0 && grep -q "\"val_acc\"" m-'$mx'.jsonl && grep -q "\"model_type\": \"lmk_mixer\"" m-'$mx'/config.json'
 done
+run "$TRAIN" --task s5 --seq 16 --hidden 32 --layers 1 --batch 2 --steps 2 --threads 2 --mixer linear:decay=1 --out m-decay --quiet
+check "--mixer linear:decay=1: written to config.json" 'rc_is 0 && grep -q "\"decay\": 1" m-decay/config.json'
 run "$TRAIN" --task s5 --seq 16 --hidden 32 --layers 1 --batch 2 --steps 2 --mixer gdn --sample 4
 check "--sample with a mixer: exit 2 before training" 'rc_is 2 && err_has "only built for attention"'
 run "$TRAIN" --resume --out m-ll-gdn --steps 5 --quiet --metrics m-ll-gdn.jsonl
