@@ -727,8 +727,10 @@ int lmk_arc_parse_grid(const char *text, size_t len, lmk_arc_grid *g)
 		/* a row ends in "\n", "\r\n" or the end of the text */
 		if (j < len && text[j] == '\r' && j + 1 < len && text[j + 1] == '\n')
 			j++;
-		if (n == 0 || (j < len && text[j] != '\n'))
-			break;
+		if (n == 0)
+			break;          /* the end marker, or any line of no digits */
+		if (j < len && text[j] != '\n')
+			goto none;      /* digits, then something else: no row */
 		if (n > LMK_ARC_MAXSIDE || h == LMK_ARC_MAXSIDE || (w >= 0 && n != w))
 			goto none;
 		w = n;
@@ -744,6 +746,47 @@ int lmk_arc_parse_grid(const char *text, size_t len, lmk_arc_grid *g)
 	return 1;
 none:
 	memset(g, 0, sizeof *g);
+	return 0;
+}
+
+int lmk_arc_scan_byte(lmk_arc_scan *s, char ch)
+{
+	int digit = ch >= '0' && ch <= '9';
+
+	if (s->decided)
+		return 1;
+	if (s->cr) {                    /* "\r\n" ends the row, else none */
+		s->cr = 0;
+		if (ch != '\n')
+			return s->decided = 1;
+		goto newline;
+	}
+	if (s->col == 0) {              /* at a line's start */
+		if (s->rows == 0 && (ch == ' ' || ch == '\n' || ch == '\r' || ch == '\t'))
+			return 0;       /* leading whitespace */
+		if (!digit || s->rows == LMK_ARC_MAXSIDE)
+			return s->decided = 1; /* the end, or a 31st row */
+		s->col = 1;
+		return 0;
+	}
+	if (digit) {
+		s->col++;
+		if (s->col > LMK_ARC_MAXSIDE || (s->width > 0 && s->col > s->width))
+			return s->decided = 1;
+		return 0;
+	}
+	if (ch == '\r') {
+		s->cr = 1;
+		return 0;
+	}
+	if (ch != '\n')
+		return s->decided = 1;  /* digits, then something else */
+newline:
+	if (s->width > 0 && s->col != s->width)
+		return s->decided = 1;
+	s->width = s->col;
+	s->rows++;
+	s->col = 0;
 	return 0;
 }
 

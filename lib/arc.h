@@ -121,11 +121,25 @@ size_t lmk_arc_grid_text(const lmk_arc_grid *g, char *buf);
 int lmk_arc_format(const lmk_arc_task *t, int k, char **prompt, char **target);
 /* Reads a grid from a model's output text (len bytes, any content): leading
  * whitespace is skipped, then rows of digits each ended by "\n" (or "\r\n")
- * are read up to the first line that is not all digits (the end marker), or
- * the end of the text, where a last row without newline counts. The rows
- * must be 1..30 of the same width 1..30.
+ * are read up to the first line that does not begin with a digit (the end
+ * marker), or the end of the text, where a last row without newline counts.
+ * The rows must be 1..30 of the same width 1..30, and a line that begins
+ * with a digit must be a whole row ("34E" is no row and no end marker).
  * @return : 1 and the grid in *g, or 0 and "no grid" (g->h == 0) */
 int lmk_arc_parse_grid(const char *text, size_t len, lmk_arc_grid *g);
+/* Reads a model's answer as it is generated, byte by byte, to stop as soon
+ * as the rest cannot change what lmk_arc_parse_grid reads from it: at the
+ * end marker, or once it can no longer be a grid (a row wider than the
+ * first or than 30 cells, a shorter one, a 31st row, digits then some other
+ * byte). Starts zeroed. */
+typedef struct lmk_arc_scan {
+	int col, width, rows;   /* cells of the row being read, of the first */
+	int cr;                 /* a '\r' ended the row: '\n' must follow */
+	int decided;
+} lmk_arc_scan;
+/* @return : 1 when the bytes so far decide the grid (or its absence) of
+ * every text that begins with them, else 0 */
+int lmk_arc_scan_byte(lmk_arc_scan *s, char ch);
 
 /* ---- augmentations ----
  * The 8 symmetries of the square. Output cell (i, j) of a grid h x w comes

@@ -517,11 +517,13 @@ out:
 
 /* ---- prediction ---- */
 
-/* The answer grows in out; generation stops at a byte no grid row has. */
+/* The answer grows in out; generation stops once the text decides its
+ * grid (lmk_arc_scan_byte): what it would have added changes nothing. */
 struct answer {
 	const lmk_arctok *tok;
 	char *out;
 	size_t cap, len;
+	lmk_arc_scan scan;
 };
 
 static int on_token(void *arg, int32_t id)
@@ -531,13 +533,12 @@ static int on_token(void *arg, int32_t id)
 	size_t n = lmk_arctok_piece(a->tok, id, piece, sizeof piece);
 	int stop = 0;
 
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < n && !stop; i++) {
 		if (a->len + 1 < a->cap)
 			a->out[a->len++] = piece[i];
 		else
 			stop = 1;
-		if (!(piece[i] >= '0' && piece[i] <= '9') && piece[i] != '\n' && piece[i] != '\r')
-			stop = 1;
+		stop |= lmk_arc_scan_byte(&a->scan, piece[i]);
 	}
 	a->out[a->len] = 0;
 	return stop;

@@ -441,6 +441,9 @@ START_TEST(test_parse_malformed)
 		{"1 2\n3 4\n", 0, 0},       /* not our form */
 		{"12\n34\nx", 2, 2},
 		{"12x\n34\n", 0, 0},
+		{"12\n34x\n", 0, 0},         /* a line of digits then more */
+		{"12\n345E\n", 0, 0},
+		{"12\n3E\n", 0, 0},
 		{"5\n", 1, 1},
 		{"0000000000000000000000000000000\n", 0, 0}, /* 31 cells */
 		{"000000000000000000000000000000\n", 1, 30},
@@ -478,6 +481,62 @@ START_TEST(test_parse_malformed)
 			ck_assert_int_eq(g.h, 0);
 		}
 	}
+}
+END_TEST
+
+/* Scanning an answer byte by byte: wherever the scan says the grid is
+ * decided, the text up to there parses as the whole text does. */
+static int same_parse(const char *a, size_t na, const char *b, size_t nb)
+{
+	lmk_arc_grid ga, gb;
+	int oa = lmk_arc_parse_grid(a, na, &ga), ob = lmk_arc_parse_grid(b, nb, &gb);
+	return oa == ob && (!oa || lmk_arc_grid_eq(&ga, &gb));
+}
+
+START_TEST(test_scan)
+{
+	lmk_rng r;
+	lmk_rng_init(&r, 11);
+	char text[1200];
+	int decided = 0, grids = 0;
+
+	for (int rep = 0; rep < 20000; rep++) {
+		size_t n = 0;
+		int kind = rep % 4;
+		if (kind < 2) {         /* a grid, sometimes spoiled, then the end */
+			lmk_arc_grid g;
+			random_grid(&g, &r, 1 + (int)lmk_rng_below(&r, 30),
+				    1 + (int)lmk_rng_below(&r, 30), 10);
+			n = lmk_arc_grid_text(&g, text);
+			if (kind == 1 && n > 1) /* one byte changed */
+				text[lmk_rng_below(&r, n)] = "0\n\rE x"[lmk_rng_below(&r, 6)];
+			memcpy(text + n, "E\n99\n", 6);
+			n += 6;
+		} else {                /* junk of digits, newlines and more */
+			n = lmk_rng_below(&r, 200);
+			for (size_t i = 0; i < n; i++) {
+				uint32_t x = lmk_rng_u32(&r) % 24;
+				text[i] = x < 16 ? (char)('0' + x % 3) : x < 20 ? '\n'
+					: "\r E\t"[x - 20];
+			}
+		}
+		lmk_arc_scan s = {0};
+		for (size_t i = 0; i < n; i++)
+			if (lmk_arc_scan_byte(&s, text[i])) {
+				ck_assert_msg(same_parse(text, i + 1, text, n), "rep %d, at %zu", rep, i);
+				/* and every text that goes on from there */
+				char more[1300];
+				memcpy(more, text, i + 1);
+				memcpy(more + i + 1, "12\n34\n", 6);
+				ck_assert(same_parse(text, i + 1, more, i + 7));
+				decided++;
+				break;
+			}
+		lmk_arc_grid g;
+		grids += kind == 0 && lmk_arc_parse_grid(text, n, &g);
+	}
+	ck_assert_int_gt(decided, 10000);
+	ck_assert_int_eq(grids, 5000);
 }
 END_TEST
 
@@ -1169,6 +1228,7 @@ int main(void)
 	tcase_add_test(tc, test_format_exact);
 	tcase_add_test(tc, test_text_round_trip);
 	tcase_add_test(tc, test_parse_malformed);
+	tcase_add_test(tc, test_scan);
 	tcase_add_test(tc, test_examples);
 	tcase_add_test(tc, test_smollm2_tokens);
 	tcase_add_test(tc, test_vote_grids);
