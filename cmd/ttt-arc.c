@@ -1137,6 +1137,7 @@ struct session {
 	int64_t shortened;      /* prompts that lost demonstrations */
 	double nll;             /* -log p of the known test outputs (nats) */
 	int64_t ntok;           /* ... over this many tokens */
+	float *base;            /* the base's weights, to undo a merge */
 };
 
 /* The loss of test output k of ft, when known, given its prompt (teacher
@@ -1213,6 +1214,33 @@ static void predict_task(struct session *r, const lmk_arc_task *t, double *nll, 
 	r->nll += *nll;
 	r->ntok += *ntok;
 	free(tfs);
+}
+
+/* predict_task with adapter a (NULL: the model as it is). The adapter is
+ * merged into the weights first (W += s B A) and the base's weights put
+ * back after: the same model, without two more matrix products per
+ * adapted layer for each generated token. */
+static void predict_adapted(struct session *r, const lmk_arc_task *t, lmk_lora *a, double *nll,
+			    int64_t *ntok)
+{
+	lmk_params *p = &r->md.m.params;
+
+	r->md.m.lora = NULL;
+	if (!a) {
+		predict_task(r, t, nll, ntok);
+		return;
+	}
+	if (!r->base) {
+		if (!(r->base = malloc(p->n * sizeof *r->base)))
+			prog_die("out of memory (a copy of the weights)");
+		if (lmk_params_copy_to_host(p, 0, r->base) < 0)
+			prog_die_lib();
+	}
+	if (lmk_lora_merge(a, 0, 0) < 0)
+		prog_die_lib();
+	predict_task(r, t, nll, ntok);
+	if (lmk_params_copy_from_host(p, r->base) < 0)
+		prog_die_lib();
 }
 
 /* The loss of the known outputs in a task's metrics line. */
@@ -1301,6 +1329,7 @@ static void session_end(struct session *r)
 	if (lmk_metrics_close(&r->mt) < 0)
 		prog_die_lib();
 	lmk_arc_sub_free(&r->sub);
+	free(r->base);
 	if (r->has_adapter)
 		lmk_lora_free(&r->ad); /* parameters before the context */
 	free_model(&r->md);
@@ -1452,11 +1481,10 @@ static int cmd_ttt(int argc, char **argv, struct opts *o)
 		int n = ttt_task(&r, t, &first, &last, &steps, &dropped);
 		if (dir && n > 0 && lmk_lora_save(&r.ad, dir, o->model) < 0)
 			prog_die_lib();
-		double nll = 0;
-		int64_t ntok = 0;
+		double nll = 0, t2 = lmk_now();
+		int64_t ntok = 0, tok0 = r.pred.tokens;
 		if (o->predict) {
-			r.md.m.lora = n > 0 ? &r.ad : NULL;
-			predict_task(&r, t, &nll, &ntok);
+			predict_adapted(&r, t, n > 0 ? &r.ad : NULL, &nll, &ntok);
 			write_sub(&r);
 		}
 		r.md.m.lora = NULL;
@@ -1468,6 +1496,9 @@ static int cmd_ttt(int argc, char **argv, struct opts *o)
 		lmk_metrics_int(&r.mt, "steps", steps);
 		lmk_metrics_num(&r.mt, "first_loss", n ? first.loss : NAN);
 		lmk_metrics_num(&r.mt, "last_loss", n ? last.loss : NAN);
+		lmk_metrics_num(&r.mt, "train_seconds", t2 - t1);
+		if (o->predict)
+			lmk_metrics_int(&r.mt, "tokens", r.pred.tokens - tok0);
 		lmk_metrics_num(&r.mt, "seconds", lmk_now() - t1);
 		metrics_nll(&r.mt, nll, ntok);
 		if (lmk_metrics_end(&r.mt) < 0)
@@ -1518,13 +1549,13 @@ static int cmd_predict(int argc, char **argv, struct opts *o)
 		if ((sig = lmk_train_signal()) ||
 		    (stop = ndone && o->time_limit > 0 && lmk_now() - t0 >= o->time_limit))
 			break;
-		r.md.m.lora = NULL;
+		lmk_lora *ad = NULL;
 		if (o->adapters) {
 			char *d = join(o->adapters, t->id);
 			if (has_file(d, "adapter_model.safetensors")) {
 				if (lmk_arctrain_lora_read(&r.ad, d) < 0)
 					prog_die_lib();
-				r.md.m.lora = &r.ad;
+				ad = &r.ad;
 			} else {
 				prog_warn("task %s: no adapter in %s: the model as it is", t->id, d);
 			}
@@ -1534,7 +1565,7 @@ static int cmd_predict(int argc, char **argv, struct opts *o)
 		int64_t tok0 = r.pred.tokens;
 		double nll = 0;
 		int64_t ntok = 0;
-		predict_task(&r, t, &nll, &ntok);
+		predict_adapted(&r, t, ad, &nll, &ntok);
 		write_sub(&r);
 		ndone++;
 		lmk_metrics_begin(&r.mt);

@@ -283,6 +283,103 @@ START_TEST(test_memorise)
 }
 END_TEST
 
+/* A LoRA trained on one task over a frozen random model: predicting with
+ * the adapter, and with it merged into the weights (as ttt-arc predicts),
+ * gives the same answers and the same loss; the weights put back are the
+ * base's bit for bit. */
+START_TEST(test_lora_merged)
+{
+	lmk_arc_set s;
+	lmk_llama m;
+	lmk_ctx c;
+	lmk_arctok tok;
+	lmk_arc_examples e = {0};
+	lmk_arctrain tr;
+	lmk_arctrain_config cfg;
+	lmk_arctrain_stats st;
+	lmk_lora ad;
+	lmk_lora_config lc;
+
+	ck_assert_int_eq(load_fixture(&s), 0);
+	const lmk_arc_task *t = lmk_arc_set_find(&s, "aa000001");
+	ck_assert_ptr_nonnull(t);
+	tiny_model(&m, 32, 2, 5);
+	ck_assert_int_eq(lmk_ctx_init(&c, LMK_DEV_CPU), 0);
+	lmk_arctok_init(&tok, NULL);
+	lmk_lora_config_default(&lc);
+	ck_assert_int_eq(lmk_lora_config_parse(&lc, "lora:r=8,alpha=16,targets=all"), 0);
+	ck_assert_int_eq(lmk_lora_init(&ad, &lc, &m.params, 3), 0);
+	lmk_arc_example_opts o = {.encode = lmk_arctok_encode, .arg = &tok, .bos = tok.bos,
+				  .eos = tok.eos, .max_len = 512};
+	ck_assert_int_eq(lmk_arc_examples_add(&e, t, 1, &o), 1);
+	lmk_arctrain_config_default(&cfg);
+	cfg.lr = 1e-2f;
+	cfg.total = 150;
+	cfg.warmup = 10;
+	cfg.batch = 1;
+	m.lora = &ad;
+	ck_assert_int_eq(lmk_arctrain_init(&tr, &cfg, &c, &m, &ad.params), 0);
+	const lmk_arc_example *b[1] = {&e.ex[0]};
+	double first = 0;
+	for (int i = 0; i < cfg.total; i++) {
+		ck_assert_int_eq(lmk_arctrain_step(&tr, b, 1, &st), 0);
+		if (i == 0)
+			first = st.loss;
+	}
+	printf("test_arctrain: lora memorisation: loss %.4f -> %.4f\n", first, st.loss);
+
+	float *base = malloc(m.params.n * sizeof *base);
+	ck_assert_ptr_nonnull(base);
+	memcpy(base, m.params.data, m.params.n * sizeof *base);
+	lmk_arc_tf tf[2];
+	lmk_arc_tf_identity(&tf[0]);
+	lmk_arc_tf_identity(&tf[1]);
+	tf[1].dihedral = 4; /* transposed */
+	lmk_arc_grid with[2], merged[2];
+	int32_t *ids = NULL, *tgt = NULL;
+	size_t cap = 0;
+	int64_t count;
+	float loss[3];
+	int T = lmk_arctrain_batch(b, 1, &ids, &tgt, &cap);
+	ck_assert_int_gt(T, 0);
+	for (int pass = 0; pass < 3; pass++) { /* the base, with the adapter, merged */
+		m.lora = pass == 1 ? &ad : NULL;
+		if (pass == 2)
+			ck_assert_int_eq(lmk_lora_merge(&ad, 0, 0), 0);
+		lmk_arctrain_predictor p = {.c = &c, .m = &m, .tok = &tok, .max_len = 512};
+		if (pass)
+			ck_assert_int_ge(lmk_arc_predict_batch(t, 0, tf, 2, lmk_arctrain_predict,
+							       &p, pass == 2 ? merged : with), 1);
+		lmk_ctx_reset(&c);
+		c.grad_enabled = 0;
+		lmk_tensor *l = lmk_arctrain_loss(&c, &m, ids, tgt, 1, T, NULL, &count);
+		ck_assert_ptr_nonnull(l);
+		ck_assert_int_eq(lmk_tensor_read_f32(&c, l, 0, &loss[pass]), 0);
+		lmk_ctx_reset(&c);
+		c.grad_enabled = 1;
+	}
+	printf("test_arctrain: loss of the base %.7f, with the adapter %.7f, merged %.7f\n",
+	       loss[0], loss[1], loss[2]);
+	ck_assert_float_gt(loss[0] - loss[1], 0.1f);
+	ck_assert_float_eq_tol(loss[1], loss[2], 1e-5f * fabsf(loss[1]));
+	ck_assert(lmk_arc_grid_eq(&with[0], &merged[0]));
+	ck_assert(lmk_arc_grid_eq(&with[1], &merged[1]));
+	ck_assert(lmk_arc_grid_eq(&with[0], &t->test[0].out));
+	ck_assert_int_eq(lmk_params_copy_from_host(&m.params, base), 0);
+	ck_assert_int_eq(memcmp(m.params.data, base, m.params.n * sizeof *base), 0);
+	free(base);
+	free(ids);
+	free(tgt);
+	lmk_arctrain_free(&tr);
+	lmk_lora_free(&ad);
+	lmk_arc_examples_free(&e);
+	lmk_arctok_free(&tok);
+	lmk_ctx_free(&c);
+	lmk_llama_free(&m);
+	lmk_arc_set_free(&s);
+}
+END_TEST
+
 /* Saved after 3 steps and restored, a run takes the same 4th step. */
 START_TEST(test_state)
 {
@@ -577,6 +674,7 @@ int main(void)
 	tcase_add_test(tc, test_memorise);
 	tcase_add_test(tc, test_state);
 	tcase_add_test(tc, test_lora_reset_read);
+	tcase_add_test(tc, test_lora_merged);
 	tcase_add_test(tc, test_epoch);
 	tcase_add_test(tc, test_cuda);
 	suite_add_tcase(s, tc);
