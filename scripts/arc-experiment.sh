@@ -30,7 +30,9 @@
 #   ARC_TRAIN_TASKS  training tasks used, the first ones (0: all 400) (8)
 #   ARC_STEPS ARC_BATCH ARC_LR ARC_CAP ARC_AUGMENT   pretraining (200, 8,
 #                 ttt-arc's default lr, 4 leave-one-out tasks and 4 copies
-#                 per task and epoch)
+#                 per task and epoch); ARC_STEPS=auto:S times 30 steps
+#                 first (in ARC_WORK/probe) and takes as many steps as
+#                 fit in S seconds (kept in ARC_WORK/steps)
 #   ARC_MAX_LEN   tokens of an example, or of a prompt and its answer (2048)
 #   ARC_N         evaluation tasks, the first ones in order of id (2)
 #   ARC_TTT_CAP ARC_TTT_EPOCHS ARC_TTT_LR ARC_TTT_BATCH ARC_TTT_ADAPTER
@@ -136,19 +138,38 @@ subset "$ARC_DATA/evaluation" "$WORK/eval" "$N"
 
 # 1. pretraining
 lr=${ARC_LR:+--lr=$ARC_LR}
+model_opts="--hidden=$HIDDEN --layers=$LAYERS --heads=$HEADS"
+[ "$BASE" = scratch ] || model_opts="--init=$BASE --adapter=$ADAPTER"
+case $STEPS in
+auto:*)
+	if [ ! -f "$WORK/steps" ]; then
+		# the seconds of steps 10 to 30 of a trial run, warm-up excluded
+		rm -rf "$WORK/probe"
+		stage "$BIN" pretrain "$WORK/train" --out="$WORK/probe" $dev $model_opts --steps=30 \
+			--batch="$BATCH" --cap="$CAP" --augment="$AUGMENT" $lr -q \
+			--metrics="$WORK/probe.jsonl"
+		per=$(awk -F'"elapsed":' '/"step":10,/{split($2, a, /[,}]/); t0 = a[1]}
+			/"step":30,/{split($2, a, /[,}]/); t1 = a[1]}
+			END {if (t1 > t0) printf "%.6f", (t1 - t0) / 20}' "$WORK/probe.jsonl")
+		[ -n "$per" ] || { echo "arc-experiment: the probe measured nothing" >&2; exit 1; }
+		n=$(awk -v s="${STEPS#auto:}" -v p="$per" 'BEGIN {printf "%d", s / p}')
+		[ "$n" -ge 30 ] || n=30
+		echo "arc-experiment: $per s per step: $n steps in ${STEPS#auto:} s" >&2
+		echo "$n" >"$WORK/steps.tmp" && mv "$WORK/steps.tmp" "$WORK/steps"
+		rm -rf "$WORK/probe"
+	fi
+	STEPS=$(cat "$WORK/steps")
+	;;
+esac
 limit
 if [ -f "$WORK/model.done" ]; then
 	: # pretrained: the model files alone are enough from here on
 elif [ -f "$WORK/model/ttt-arc-state.safetensors" ]; then
 	stage "$BIN" pretrain --resume --out="$WORK/model" $dev $LIM --metrics="$WORK/pretrain.jsonl"
-elif [ "$BASE" = scratch ]; then
-	stage "$BIN" pretrain "$WORK/train" --out="$WORK/model" $dev $LIM \
-		--hidden="$HIDDEN" --layers="$LAYERS" --heads="$HEADS" --steps="$STEPS" --batch="$BATCH" \
-		--cap="$CAP" --augment="$AUGMENT" $lr --metrics="$WORK/pretrain.jsonl"
 else
-	stage "$BIN" pretrain "$WORK/train" --out="$WORK/model" $dev $LIM --init="$BASE" \
-		--adapter="$ADAPTER" --steps="$STEPS" --batch="$BATCH" --cap="$CAP" --augment="$AUGMENT" \
-		$lr --metrics="$WORK/pretrain.jsonl"
+	stage "$BIN" pretrain "$WORK/train" --out="$WORK/model" $dev $LIM $model_opts \
+		--steps="$STEPS" --batch="$BATCH" --cap="$CAP" --augment="$AUGMENT" $lr \
+		--metrics="$WORK/pretrain.jsonl"
 fi
 
 touch "$WORK/model.done"
@@ -178,11 +199,25 @@ nll() {
 		if (c) printf "%.4f", s / c; else printf "-"
 	}' "$1"
 }
+# seconds per task: mean of a field over each task's last line
+per_task() { # metrics field
+	awk -v f="\"$2\":" '{
+		t = $0; sub(/.*"task":"/, "", t); sub(/".*/, "", t)
+		i = index($0, f); if (!i) next
+		v = substr($0, i + length(f)); sub(/[,}].*/, "", v)
+		s[t] = v
+	} END {
+		for (t in s) { sum += s[t]; n++ }
+		if (n) printf "%.2f", sum / n; else printf "-"
+	}' "$1"
+}
 row() { # name submission metrics
 	j=$("$BIN" score --json -q "$WORK/$2" "$WORK/eval" | tail -n 1)
 	num() { printf '%s' "$j" | sed -n "s/.*\"$1\":\([-0-9.e]*\).*/\1/p"; }
-	printf '| %s | %s | %s/%s | %s/%s | %s | %s |\n' "$1" "$N" "$(num tasks_solved)" \
-		"$(num tasks)" "$(num tests_solved)" "$(num tests)" "$(num score)" "$(nll "$WORK/$3")"
+	tr=$(per_task "$WORK/$3" train_seconds)
+	printf '| %s | %s | %s/%s | %s/%s | %s | %s | %s | %s |\n' "$1" "$N" "$(num tasks_solved)" \
+		"$(num tasks)" "$(num tests_solved)" "$(num tests)" "$(num score)" "$(nll "$WORK/$3")" \
+		"$tr" "$(per_task "$WORK/$3" seconds)"
 }
 loss=$(grep '"loss"' "$WORK/pretrain.jsonl" 2>/dev/null | tail -n 1 |
 	sed -n 's/.*"loss":\([-0-9.e]*\).*/\1/p')
@@ -192,13 +227,15 @@ model=$BASE
 	echo "ARC-AGI-1 evaluation, the first $N tasks; $model, pretrained $STEPS steps on" \
 		"$TRAIN_TASKS training tasks (0: all), last loss ${loss:-?}; on $DEVICE"
 	echo
-	echo "| | tasks | tasks solved | test inputs solved | score (pass@2) | loss of the outputs |"
-	echo "|---|---|---|---|---|---|"
+	echo "| | tasks | tasks solved | test inputs solved | score (pass@2) | loss of the outputs |" \
+		"TTT s/task | all s/task |"
+	echo "|---|---|---|---|---|---|---|---|"
 	row "no TTT" base.json predict.jsonl
 	row "TTT (cap $TTT_CAP, $TTT_EPOCHS epochs, lr $TTT_LR)" ttt.json ttt.jsonl
 	echo
 	echo "The loss is that of the known test outputs given their prompts (nats per token," \
-		"the output, its end marker and eos), over every test input."
+		"the output, its end marker and eos), over every test input. Seconds per task:" \
+		"test-time training, and in all (training and prediction), means over the tasks."
 
 } >"$WORK/table.md"
 cat "$WORK/table.md"
