@@ -968,8 +968,10 @@ static int decode(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *ids,
 
 #if LMK_CUDA
 /* decode on a device: the n new tokens through the ops at once, their k and
- * v copied into the cache rows len..len+n-1 on the stream, then attention
- * of query row i over the first len+i+1 rows (causal by construction). */
+ * v copied into the cache rows len..len+n-1 on the stream, then attention:
+ * a prompt into the empty cache as one causal pass of the flash kernel over
+ * its own k and v (the rows it just wrote), else query row i over the first
+ * len+i+1 rows of the cache (causal by construction), a launch per row. */
 static int decode_dev(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *ids, int n,
 		      float *logits)
 {
@@ -1005,11 +1007,24 @@ static int decode_dev(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *
 		    (rc = lmk_cuda_copy(c->backend, vc + (size_t)kv->len * kvrow, v->data,
 					(size_t)n * kvrow)) < 0)
 			return rc;
-		for (int i = 0; i < n; i++)
-			if ((rc = lmk_cuda_attention_decode(c->backend, dt, (char *)a->data + i * qrow,
-							    (const char *)q->data + i * qrow, kc, vc,
-							    kv->len + i + 1, H, K, D, scale)) < 0)
+		if (kv->len == 0 && n > 1) {
+			int64_t lss[3] = {1, H, n};
+			lmk_tensor *lse = lmk_tensor_new(c, LMK_F32, 3, lss, 0);
+			if (!lse)
+				return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+			rc = lmk_cuda_attention_forward(c->backend, dt, a->data, lse->data, q->data,
+							k->data, v->data, NULL, 1, n, H, K, D, scale,
+							1);
+			if (rc < 0)
 				return rc;
+		} else {
+			for (int i = 0; i < n; i++)
+				if ((rc = lmk_cuda_attention_decode(
+					     c->backend, dt, (char *)a->data + i * qrow,
+					     (const char *)q->data + i * qrow, kc, vc, kv->len + i + 1, H,
+					     K, D, scale)) < 0)
+					return rc;
+		}
 		x = finish_layer(c, m, ly, x, a);
 	}
 	if (!x)

@@ -134,9 +134,10 @@ void lmk_kvcache_free(lmk_kvcache *kv);
  * c's arena: reset c between calls (lmk_llama_generate does). On CUDA the
  * parameters must be on c's device (lmk_params_to_device) and the cache made
  * by lmk_kvcache_init_ctx with a context of the same device and dtype; the
- * new tokens run through the ops together, and attention reads the cache one
- * query row at a time (lmk_cuda_attention_decode); logits come back as
- * float32 (the call waits for the stream).
+ * new tokens run through the ops together; attention is one causal flash
+ * pass for a prompt into the empty cache, else reads the cache one query
+ * row at a time (lmk_cuda_attention_decode); logits come back as float32
+ * (the call waits for the stream).
  * @return : 0, LMK_EINVAL when the cache would overflow or is not where c
  * computes, or < 0 */
 int lmk_llama_decode(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *ids, int n,

@@ -2,8 +2,9 @@
  * (lmk_llama_decode on a CUDA context, lmk_kvcache_init_ctx) against the CPU
  * decode of the same tiny random Llama (grouped-query attention).
  *
- * Teacher forcing: the CPU decodes 40 tokens greedily after a 5-token prompt
- * (the prompt goes through as one multi-token call), and the GPU is fed the
+ * Teacher forcing: the CPU decodes 40 tokens greedily after a 70-token
+ * prompt (which goes through as two multi-token calls, 67 tokens into the
+ * empty cache, then 3 more after them), and the GPU is fed the
  * same prompt and the CPU's tokens, so every step's logits can be compared:
  * by ||gpu - cpu|| / ||cpu||, at most 1e-4 in F32 (fp32 everywhere) and 1e-2
  * in BF16, where the CPU model gets the bf16-rounded weights the GPU reads so
@@ -29,7 +30,8 @@
 #if LMK_CUDA
 #include "../cuda/cuda.h"
 
-#define NP 5
+#define NP 70
+#define NP1 67 /* the first call of the prompt */
 #define NGEN 40
 
 typedef struct dcase {
@@ -119,8 +121,11 @@ static void run_decode(lmk_ctx *c, lmk_llama *m, const int32_t *forced, float *l
 	lmk_kvcache kv;
 	ck_assert_msg(lmk_kvcache_init_ctx(&kv, m, NP + NGEN, c) == 0, "%s: %s", what, lmk_errmsg());
 	lmk_ctx_reset(c);
-	int rc = lmk_llama_decode(c, m, &kv, prompt, NP, logits);
+	int rc = lmk_llama_decode(c, m, &kv, prompt, NP1, logits);
 	ck_assert_msg(rc == 0, "%s: prompt: %s", what, lmk_errmsg());
+	lmk_ctx_reset(c);
+	rc = lmk_llama_decode(c, m, &kv, prompt + NP1, NP - NP1, logits);
+	ck_assert_msg(rc == 0, "%s: prompt, the rest: %s", what, lmk_errmsg());
 	for (int s = 0; s < NGEN; s++) {
 		toks[s] = argmax(logits + (size_t)s * V, V);
 		if (s == NGEN - 1)
