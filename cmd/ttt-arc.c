@@ -460,6 +460,8 @@ static int cmd_score(int argc, char **argv, struct opts *o)
 		json_object_set_new(j, "tests_solved", json_integer(per[i].nsolved));
 		json_object_set_new(j, "solved", json_boolean(per[i].solved));
 		json_object_set_new(j, "missing", json_boolean(per[i].missing));
+		json_object_set_new(j, "tests_sized", json_integer(per[i].nsized));
+		json_object_set_new(j, "cells", json_real(per[i].cells));
 		put_json(out, j);
 	}
 	if (tot.extra)
@@ -473,13 +475,17 @@ static int cmd_score(int argc, char **argv, struct opts *o)
 		json_object_set_new(j, "score", json_real(tot.kaggle));
 		json_object_set_new(j, "missing", json_integer(tot.missing));
 		json_object_set_new(j, "extra", json_integer(tot.extra));
+		json_object_set_new(j, "tests_sized", json_integer(tot.tests_sized));
+		json_object_set_new(j, "cells", json_real(tot.cells));
 		put_json(out, j);
 	} else if (!o->quiet) {
 		fprintf(stderr, "%s: %d tasks, %d solved (%.2f%%); %d test inputs, %d solved "
-			"(%.2f%%); score %.4f; %d tasks missing\n", prog_name(), tot.tasks,
+			"(%.2f%%); score %.4f; %d tasks missing; %d test inputs of the right size, "
+			"%.2f%% of cells right\n", prog_name(), tot.tasks,
 			tot.tasks_solved, tot.tasks ? 100.0 * tot.tasks_solved / tot.tasks : 0.0,
 			tot.tests, tot.tests_solved,
-			tot.tests ? 100.0 * tot.tests_solved / tot.tests : 0.0, tot.kaggle, tot.missing);
+			tot.tests ? 100.0 * tot.tests_solved / tot.tests : 0.0, tot.kaggle, tot.missing,
+			tot.tests_sized, 100.0 * tot.cells);
 	}
 	text_close(out, o->out);
 	free(per);

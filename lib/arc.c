@@ -1649,10 +1649,30 @@ int lmk_arc_score_sub(const lmk_arc_set *truth, const lmk_arc_sub *sub, lmk_arc_
 			if (strcmp(sub->t[j].id, t->id) == 0)
 				e = &sub->t[j];
 		ts.missing = !e;
-		for (int k = 0; e && k < t->ntest && k < e->ntest; k++)
-			if (lmk_arc_grid_eq(&e->att[2 * k], &t->test[k].out) ||
-			    lmk_arc_grid_eq(&e->att[2 * k + 1], &t->test[k].out))
+		for (int k = 0; e && k < t->ntest && k < e->ntest; k++) {
+			const lmk_arc_grid *o = &t->test[k].out;
+			if (lmk_arc_grid_eq(&e->att[2 * k], o) ||
+			    lmk_arc_grid_eq(&e->att[2 * k + 1], o))
 				ts.nsolved++;
+			double best = -1;
+			for (int a = 0; a < 2; a++) {
+				const lmk_arc_grid *g = &e->att[2 * k + a];
+				if (g->h != o->h || g->w != o->w)
+					continue;
+				int right = 0;
+				for (int c = 0; c < o->h * o->w; c++)
+					right += g->c[c] == o->c[c];
+				if ((double)right / (o->h * o->w) > best)
+					best = (double)right / (o->h * o->w);
+			}
+			if (best >= 0) {
+				ts.nsized++;
+				ts.cells += best;
+			}
+		}
+		total->tests_sized += ts.nsized;
+		total->cells += ts.cells;
+		ts.cells /= ts.ntest;
 		ts.solved = ts.nsolved == ts.ntest;
 		if (per)
 			per[i] = ts;
@@ -1665,6 +1685,8 @@ int lmk_arc_score_sub(const lmk_arc_set *truth, const lmk_arc_sub *sub, lmk_arc_
 	}
 	if (total->tasks)
 		total->kaggle /= total->tasks;
+	if (total->tests)
+		total->cells /= total->tests;
 	for (int j = 0; j < sub->n; j++)
 		total->extra += !lmk_arc_set_find(truth, sub->t[j].id);
 	return 0;

@@ -334,6 +334,11 @@ typedef struct lmk_arc_task_score {
 	int ntest, nsolved;  /* test inputs, and those one attempt got right */
 	int solved;          /* every test input solved */
 	int missing;         /* the submission has no entry for the task */
+	/* partial credit, for models that solve little: the test inputs with
+	 * an attempt of the output's size, and the mean over test inputs of
+	 * the best share of cells right in such an attempt (0 without one) */
+	int nsized;
+	double cells;
 } lmk_arc_task_score;
 
 typedef struct lmk_arc_score {
@@ -343,6 +348,8 @@ typedef struct lmk_arc_score {
 			      * solved (the ARC Prize score) */
 	int missing;         /* tasks without an entry */
 	int extra;           /* submission entries for tasks not in truth */
+	int tests_sized;     /* partial credit as lmk_arc_task_score's, */
+	double cells;        /* the mean over every test input */
 } lmk_arc_score;
 
 /* pass@2 of sub against the test outputs of truth (tasks with outputs: a

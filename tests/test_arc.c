@@ -926,6 +926,26 @@ static void score_against(const lmk_arc_set *truth, const lmk_arc_sub *sub)
 	ck_assert_int_eq(tot.extra, 0);
 	ck_assert(per[0].solved && per[0].nsolved == 1 && per[0].ntest == 1);
 	ck_assert(!per[1].solved && per[1].nsolved == 1 && per[1].ntest == 2);
+	/* partial credit: bb000002's second attempt list has no grid of the
+	 * output's size */
+	ck_assert(per[0].nsized == 1 && per[1].nsized == 1 && tot.tests_sized == 2);
+	ck_assert_double_eq_tol(per[0].cells, 1.0, 1e-12);
+	ck_assert_double_eq_tol(per[1].cells, 0.5, 1e-12);
+	ck_assert_double_eq_tol(tot.cells, 2.0 / 3, 1e-12);
+
+	/* the best of two right-sized attempts: 3 of 4 cells, not 2 of 4 */
+	lmk_arc_sub part = {0};
+	ck_assert_int_eq(lmk_arc_sub_add(&part, truth->t[0].id, 1), 0);
+	lmk_arc_grid *a = part.t[0].att;
+	a[0] = a[1] = truth->t[0].test[0].out;
+	a[0].c[0] = (uint8_t)((a[0].c[0] + 1) % 10);
+	a[1].c[2] = (uint8_t)((a[1].c[2] + 1) % 10);
+	a[1].c[3] = (uint8_t)((a[1].c[3] + 1) % 10);
+	ck_assert_int_eq(lmk_arc_score_sub(truth, &part, per, &tot), 0);
+	ck_assert(per[0].nsolved == 0 && per[0].nsized == 1 && per[1].missing);
+	ck_assert_double_eq_tol(per[0].cells, 0.75, 1e-12);
+	ck_assert_double_eq_tol(tot.cells, 0.75 / 3, 1e-12);
+	lmk_arc_sub_free(&part);
 }
 
 START_TEST(test_score)

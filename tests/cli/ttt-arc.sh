@@ -120,9 +120,9 @@ check "format: solutions that do not cover the tasks" 'rc_is 1 && err_one_line "
 
 # ---- score ----
 run "$BIN" score "$FX/submission.json" "$FX/tasks"
-check "score: a JSON line per task, the summary on stderr" 'rc_is 0 && out_is "{\"task\":\"aa000001\",\"tests\":1,\"tests_solved\":1,\"solved\":true,\"missing\":false}
-{\"task\":\"bb000002\",\"tests\":2,\"tests_solved\":1,\"solved\":false,\"missing\":false}" &&
-	err_is "ttt-arc: 2 tasks, 1 solved (50.00%); 3 test inputs, 2 solved (66.67%); score 0.7500; 0 tasks missing"'
+check "score: a JSON line per task, the summary on stderr" 'rc_is 0 && out_is "{\"task\":\"aa000001\",\"tests\":1,\"tests_solved\":1,\"solved\":true,\"missing\":false,\"tests_sized\":1,\"cells\":1.0}
+{\"task\":\"bb000002\",\"tests\":2,\"tests_solved\":1,\"solved\":false,\"missing\":false,\"tests_sized\":1,\"cells\":0.5}" &&
+	err_is "ttt-arc: 2 tasks, 1 solved (50.00%); 3 test inputs, 2 solved (66.67%); score 0.7500; 0 tasks missing; 2 test inputs of the right size, 66.67% of cells right"'
 cp out dir.out
 run "$BIN" score "$FX/submission.json" "$FX/solutions.json"
 check "score: against the solutions file, the same" 'rc_is 0 && cmp -s dir.out out'
@@ -130,7 +130,7 @@ run "$BIN" score --solutions="$FX/solutions.json" "$FX/submission.json" "$FX/cha
 check "score: against challenges with --solutions, the same" 'rc_is 0 && cmp -s dir.out out'
 run "$BIN" score --json -o s.json "$FX/submission.json" "$FX/tasks"
 check "score --json: the summary as a last line" 'rc_is 0 && err_empty && out_empty &&
-	[ "$(tail -n 1 s.json)" = "{\"tasks\":2,\"tasks_solved\":1,\"tests\":3,\"tests_solved\":2,\"score\":0.75,\"missing\":0,\"extra\":0}" ]'
+	[ "$(tail -n 1 s.json)" = "{\"tasks\":2,\"tasks_solved\":1,\"tests\":3,\"tests_solved\":2,\"score\":0.75,\"missing\":0,\"extra\":0,\"tests_sized\":2,\"cells\":0.66666666666666663}" ]'
 run "$BIN" score -q "$FX/submission.json" "$FX/tasks"
 check "score -q: no summary" 'rc_is 0 && err_empty && out_lines 2'
 cat "$FX/submission.json" | { "$BIN" score - "$FX/tasks" >out 2>err; echo $? >status; }
@@ -139,7 +139,7 @@ check "score: the submission from standard input" 'rc_is 0 && cmp -s dir.out out
 printf '{"bb000002": [{"attempt_1": [[7],[8]]}], "zz": [{"attempt_1": [[1]]}]}' >partial.json
 run "$BIN" score partial.json "$FX/tasks"
 check "score: missing tasks and inputs are wrong, unknown ones warned about" \
-	'rc_is 0 && out_has "{\"task\":\"aa000001\",\"tests\":1,\"tests_solved\":0,\"solved\":false,\"missing\":true}" &&
+	'rc_is 0 && out_has "{\"task\":\"aa000001\",\"tests\":1,\"tests_solved\":0,\"solved\":false,\"missing\":true,\"tests_sized\":0,\"cells\":0.0}" &&
 	err_has "ttt-arc: warning: partial.json: 1 tasks that" && err_has "score 0.2500; 1 tasks missing"'
 run "$BIN" score "$FX/submission.json" "$FX/challenges.json"
 check "score: challenges without outputs" 'rc_is 1 && err_one_line "task aa000001: test[0]: no output to score against (give the outputs with --solutions)"'
