@@ -544,19 +544,38 @@ static int on_token(void *arg, int32_t id)
 	return stop;
 }
 
+/* The prompts are encoded and go into their own caches one by one, then
+ * decoded together, one token for every unfinished answer per step
+ * (lmk_llama_decode_batch): the same greedy answers as one at a time. */
 int lmk_arctrain_predict(void *arg, int n, const char *const *prompts, char *const *outs,
 			 size_t cap)
 {
 	lmk_arctrain_predictor *p = arg;
+	lmk_ctx *c = p->c;
+	lmk_llama *m = p->m;
 	/* the largest grid, its end marker and eos: no token is shorter than
 	 * a byte */
 	const int most = LMK_ARC_MAXSIDE * (LMK_ARC_MAXSIDE + 1) + 3;
-	int32_t *ids = NULL, *gen = NULL;
-	int rc = 0, saved = p->c->grad_enabled;
+	const int V = m->cfg.vocab_size;
+	struct row {
+		lmk_kvcache kv;
+		struct answer a;
+		int left, live;
+	} *rows = calloc((size_t)n, sizeof *rows);
+	float *logits = malloc((size_t)n * V * sizeof *logits);
+	float *step = malloc((size_t)n * V * sizeof *step);
+	int32_t *toks = malloc((size_t)n * sizeof *toks);
+	int *which = malloc((size_t)n * sizeof *which);
+	lmk_kvcache **kvs = malloc((size_t)n * sizeof *kvs);
+	int32_t *ids = NULL;
+	int rc = 0, saved = c->grad_enabled;
+	lmk_sampler s = {.temperature = 0, .top_k = 0, .top_p = 1};
 
-	if (!(gen = malloc((size_t)most * sizeof *gen)))
-		return lmk_err(LMK_ENOMEM, "predict: out of memory");
-	p->c->grad_enabled = 0;
+	if (!rows || !logits || !step || !toks || !which || !kvs) {
+		rc = lmk_err(LMK_ENOMEM, "predict: out of memory");
+		goto done;
+	}
+	c->grad_enabled = 0;
 	for (int i = 0; i < n && rc >= 0; i++) {
 		size_t len = strlen(prompts[i]);
 		int32_t *ni = realloc(ids, (len + 2) * sizeof *ids);
@@ -569,28 +588,73 @@ int lmk_arctrain_predict(void *arg, int n, const char *const *prompts, char *con
 		if (p->tok->bos >= 0)
 			ids[k++] = p->tok->bos;
 		/* BPE never gives more tokens than bytes: room for all */
-		int m = lmk_arctok_encode(p->tok, prompts[i], len, ids + k, (int)len);
-		if (m < 0) {
-			rc = m;
+		int nt = lmk_arctok_encode(p->tok, prompts[i], len, ids + k, (int)len);
+		if (nt < 0) {
+			rc = nt;
 			break;
 		}
-		k += m;
+		k += nt;
 		outs[i][0] = 0;
 		int max_new = p->max_len - k < most ? p->max_len - k : most;
 		if (max_new < 2) {
 			p->nlong++;
 			continue;
 		}
-		lmk_sampler s = {.temperature = 0, .top_k = 0, .top_p = 1};
-		struct answer a = {.tok = p->tok, .out = outs[i], .cap = cap};
-		int32_t eos = p->tok->eos;
-		rc = lmk_llama_generate(p->c, p->m, ids, k, max_new, &s, eos >= 0 ? &eos : NULL,
-					eos >= 0, on_token, &a, gen);
-		if (rc >= 0)
-			p->tokens += rc;
+		struct row *r = &rows[i];
+		if ((rc = lmk_kvcache_init_ctx(&r->kv, m, k + max_new, c)) < 0)
+			break;
+		r->live = 1;
+		r->left = max_new;
+		r->a = (struct answer){.tok = p->tok, .out = outs[i], .cap = cap};
+		lmk_ctx_reset(c);
+		rc = lmk_llama_decode(c, m, &r->kv, ids, k, logits + (size_t)i * V);
+		lmk_ctx_reset(c);
 	}
-	p->c->grad_enabled = saved;
+	while (rc >= 0) {
+		int nb = 0;
+		for (int i = 0; i < n; i++) {
+			struct row *r = &rows[i];
+			if (!r->live)
+				continue;
+			int tok = lmk_sample(&s, logits + (size_t)i * V, V);
+			if (tok < 0) {
+				rc = tok;
+				break;
+			}
+			p->tokens++;
+			r->left--;
+			int stop = tok == p->tok->eos;
+			for (int e = 0; e < m->cfg.neos; e++)
+				stop |= tok == m->cfg.eos_token_id[e];
+			stop |= on_token(&r->a, tok);
+			if (stop || r->left == 0) {
+				r->live = 0;
+				lmk_kvcache_free(&r->kv);
+				continue;
+			}
+			toks[nb] = tok;
+			which[nb] = i;
+			kvs[nb++] = &r->kv;
+		}
+		if (rc < 0 || nb == 0)
+			break;
+		lmk_ctx_reset(c);
+		rc = lmk_llama_decode_batch(c, m, kvs, toks, nb, step);
+		lmk_ctx_reset(c);
+		for (int j = 0; rc >= 0 && j < nb; j++)
+			memcpy(logits + (size_t)which[j] * V, step + (size_t)j * V, (size_t)V * sizeof *step);
+	}
+	c->grad_enabled = saved;
+done:
+	for (int i = 0; rows && i < n; i++)
+		if (rows[i].live)
+			lmk_kvcache_free(&rows[i].kv);
+	free(rows);
+	free(logits);
+	free(step);
+	free(toks);
+	free(which);
+	free(kvs);
 	free(ids);
-	free(gen);
 	return rc < 0 ? rc : 0;
 }

@@ -1042,6 +1042,97 @@ static int decode_dev(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *
 }
 #endif
 
+/* One new token for each of n sequences, each at its own position in its
+ * own cache: the ops run on (n,1) rows together; the cache rows are written
+ * and attended row by row. */
+static int decode_batch(lmk_ctx *c, lmk_llama *m, lmk_kvcache *const *kv, const int32_t *ids,
+			int n, float *logits)
+{
+	const lmk_llama_config *cfg = &m->cfg;
+	const int H = cfg->num_attention_heads, K = cfg->num_key_value_heads, D = cfg->head_dim;
+	const lmk_dtype dt = c->dev == LMK_DEV_CPU ? LMK_F32 : c->dtype;
+	const size_t es = lmk_dtype_size(dt);
+	const size_t kvrow = (size_t)K * D * es, qrow = (size_t)H * D * es;
+	const float scale = 1.0f / sqrtf((float)D);
+	int64_t is[2] = {n, 1}, as[4] = {n, 1, H, D};
+	int maxlen = 0, rc = 0;
+
+	int32_t *pd = lmk_arena_alloc(c->dev == LMK_DEV_CPU ? &c->arena : &c->meta,
+				      (size_t)n * sizeof *pd);
+	if (!pd)
+		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+	for (int i = 0; i < n; i++) {
+		pd[i] = kv[i]->len;
+		if (kv[i]->len + 1 > maxlen)
+			maxlen = kv[i]->len + 1;
+	}
+	lmk_tensor *idt = c->dev == LMK_DEV_CPU ? lmk_tensor_wrap(c, LMK_I32, 2, is, (void *)ids)
+						: lmk_tensor_upload(c, LMK_I32, 2, is, ids);
+	lmk_tensor *pos = c->dev == LMK_DEV_CPU ? lmk_tensor_wrap(c, LMK_I32, 2, is, pd)
+						: lmk_tensor_upload(c, LMK_I32, 2, is, pd);
+	float *scratch = c->dev == LMK_DEV_CPU
+				 ? lmk_arena_alloc(&c->arena, sizeof(float) * (size_t)omp_get_max_threads() *
+							      (size_t)maxlen)
+				 : NULL;
+	if (!idt || !pos || (c->dev == LMK_DEV_CPU && !scratch))
+		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+	lmk_tensor *x = lmk_embedding(c, idt, m->wte);
+	for (int l = 0; l < cfg->num_hidden_layers && x; l++) {
+		const lmk_llama_layer *ly = &m->layers[l];
+		lmk_tensor *q, *k, *v;
+		qkv(c, m, ly, lmk_rmsnorm(c, x, ly->ln1, cfg->rms_norm_eps), pos, &q, &k, &v);
+		lmk_tensor *a = lmk_tensor_new(c, dt, 4, as, 0);
+		if (!q || !k || !v || !a)
+			return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+		if (q->dtype != dt || k->dtype != dt || v->dtype != dt)
+			return lmk_err(LMK_EINVAL, "llama decode: expected q, k, v in %s, found %s",
+				       lmk_dtype_name(dt), lmk_dtype_name(q->dtype));
+		for (int i = 0; i < n; i++) {
+			const lmk_kvcache *kvi = kv[i];
+			const size_t at = (size_t)l * kvi->max_t + (size_t)kvi->len;
+			const char *ki = (const char *)k->data + i * kvrow;
+			const char *vi = (const char *)v->data + i * kvrow;
+			if (c->dev == LMK_DEV_CPU) {
+				float *kc = kvi->k + (size_t)l * kvi->max_t * (kvrow / es);
+				float *vc = kvi->v + (size_t)l * kvi->max_t * (kvrow / es);
+				memcpy((char *)kvi->k + at * kvrow, ki, kvrow);
+				memcpy((char *)kvi->v + at * kvrow, vi, kvrow);
+				cache_attend((float *)a->data + (size_t)i * H * D,
+					     (const float *)q->data + (size_t)i * H * D, kc, vc, scratch,
+					     kvi->len, 1, H, K, D, scale);
+				continue;
+			}
+#if LMK_CUDA
+			char *kc = (char *)kvi->dk + (size_t)l * kvi->max_t * kvrow;
+			char *vc = (char *)kvi->dv + (size_t)l * kvi->max_t * kvrow;
+			if ((rc = lmk_cuda_copy(c->backend, (char *)kvi->dk + at * kvrow, ki, kvrow)) < 0 ||
+			    (rc = lmk_cuda_copy(c->backend, (char *)kvi->dv + at * kvrow, vi, kvrow)) < 0 ||
+			    (rc = lmk_cuda_attention_decode(c->backend, dt, (char *)a->data + i * qrow,
+							    (const char *)q->data + i * qrow, kc, vc,
+							    kvi->len + 1, H, K, D, scale)) < 0)
+				return rc;
+#else
+			(void)qrow;
+			return lmk_err(LMK_EUNSUP, "llama decode: cuda in a cpu-only build");
+#endif
+		}
+		x = finish_layer(c, m, ly, x, a);
+	}
+	if (!x)
+		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+	int64_t ls[2] = {n, cfg->hidden_size};
+	lmk_tensor *y = lmk_linear(c, lmk_rmsnorm(c, lmk_reshape(c, x, 2, ls), m->norm,
+						  cfg->rms_norm_eps),
+				   m->lm_head, NULL);
+	if (!y)
+		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+	if ((rc = lmk_tensor_read_f32(c, y, 0, logits)) < 0)
+		return rc;
+	for (int i = 0; i < n; i++)
+		kv[i]->len++;
+	return 0;
+}
+
 int lmk_llama_decode(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *ids, int n,
 		     float *logits)
 {
@@ -1071,6 +1162,36 @@ int lmk_llama_decode(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *i
 #else
 	int rc = decode(c, m, kv, ids, n, logits);
 #endif
+	c->grad_enabled = grad;
+	return rc;
+}
+
+int lmk_llama_decode_batch(lmk_ctx *c, lmk_llama *m, lmk_kvcache *const *kv, const int32_t *ids,
+			   int n, float *logits)
+{
+	if (n < 1)
+		return lmk_err(LMK_EINVAL, "llama decode: expected at least 1 sequence, found %d", n);
+	if (m->cfg.mixer)
+		return lmk_err(LMK_EUNSUP, "llama decode: decoding with the %s mixer is not built (only "
+			       "attention)", lmk_mixer_kind_name(m->cfg.mixer - 1));
+	if (c->dev != LMK_DEV_CPU && m->params.dev != c->dev)
+		return lmk_err(LMK_EINVAL, "llama decode: the parameters are not on the context's "
+			       "device (lmk_params_to_device)");
+	for (int i = 0; i < n; i++) {
+		if (kv[i]->len >= kv[i]->max_t)
+			return lmk_err(LMK_EINVAL, "llama decode: sequence %d: its cache is full (%d)",
+				       i, kv[i]->max_t);
+		if (kv[i]->dev != c->dev || (c->dev != LMK_DEV_CPU && kv[i]->dtype != c->dtype))
+			return lmk_err(LMK_EINVAL, "llama decode: sequence %d: the cache is not where "
+				       "the context computes", i);
+		for (int j = 0; j < i; j++)
+			if (kv[j] == kv[i])
+				return lmk_err(LMK_EINVAL, "llama decode: sequences %d and %d share a "
+					       "cache", j, i);
+	}
+	int grad = c->grad_enabled;
+	c->grad_enabled = 0;
+	int rc = decode_batch(c, m, kv, ids, n, logits);
 	c->grad_enabled = grad;
 	return rc;
 }

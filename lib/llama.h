@@ -142,6 +142,16 @@ void lmk_kvcache_free(lmk_kvcache *kv);
  * computes, or < 0 */
 int lmk_llama_decode(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *ids, int n,
 		     float *logits);
+/* One new token for each of n sequences (ids[i] for the sequence of cache
+ * kv[i], at its position kv[i]->len), run through the ops together as n
+ * rows (one matrix product per layer and weight for all of them), and the
+ * logits of each in row i of logits (n, V). The caches are as for
+ * lmk_llama_decode, distinct, each with room for one more token; their
+ * lengths may differ. Each row's logits are those lmk_llama_decode gives it
+ * alone, up to the rounding of a product of n rows against one.
+ * @return : as lmk_llama_decode */
+int lmk_llama_decode_batch(lmk_ctx *c, lmk_llama *m, lmk_kvcache *const *kv, const int32_t *ids,
+			   int n, float *logits);
 
 /* Sampling: temperature 0 is greedy (argmax, lowest id on ties); else
  * softmax(logits / temperature) restricted to the top_k (0: all) most

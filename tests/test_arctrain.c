@@ -270,6 +270,33 @@ START_TEST(test_memorise)
 	ck_assert_msg(lmk_arc_grid_eq(&best[0], &t->test[0].out), "the prediction is not the output");
 	ck_assert_int_gt(p.tokens, 0);
 	ck_assert_int_le(p.tokens, 7); /* "03\n00\nE" and no further */
+	/* the prompts of every fixture task decoded together give the answers
+	 * they give one at a time */
+	char *prompts[16], *one[16], *all[16];
+	int np = 0;
+	for (int i = 0; i < s.n && np < 16; i++)
+		for (int k = 0; k < s.t[i].ntest && np < 16; k++, np++) {
+			ck_assert_int_eq(lmk_arc_format(&s.t[i], k, &prompts[np], NULL), 0);
+			one[np] = calloc(1024, 1);
+			all[np] = calloc(1024, 1);
+			ck_assert(one[np] && all[np]);
+		}
+	ck_assert_int_ge(np, 3);
+	int64_t t0 = p.tokens;
+	ck_assert_int_eq(lmk_arctrain_predict(&p, np, (const char *const *)prompts, all, 1024), 0);
+	int64_t t1 = p.tokens;
+	for (int i = 0; i < np; i++)
+		ck_assert_int_eq(lmk_arctrain_predict(&p, 1, (const char *const *)&prompts[i], &one[i],
+						      1024), 0);
+	ck_assert_int_eq(p.tokens - t1, t1 - t0);
+	for (int i = 0; i < np; i++) {
+		ck_assert_str_eq(all[i], one[i]);
+		free(prompts[i]);
+		free(one[i]);
+		free(all[i]);
+	}
+	printf("test_arctrain: %d prompts decoded together and one at a time: the same answers, "
+	       "%lld tokens\n", np, (long long)(t1 - t0));
 	/* a max_len shorter than the prompt: no answer, counted */
 	p.max_len = 8;
 	ck_assert_int_eq(lmk_arc_predict_batch(t, 0, &tf, 1, lmk_arctrain_predict, &p, best), 0);

@@ -237,6 +237,90 @@ END_TEST
 START_TEST(test_decode_bf16) { check_dtype(&cases[_i], LMK_BF16); }
 END_TEST
 
+/* Three sequences with prompts of 1, 9 and 66 tokens decoded together
+ * (lmk_llama_decode_batch), each at its own position, 12 teacher-forced
+ * steps: the GPU's logits of every row and step against the CPU's, within
+ * the same tolerances. */
+#define NB 3
+#define NBSTEP 12
+static void decode_rows(lmk_ctx *c, lmk_llama *m, float *logits /*(NBSTEP, NB, V)*/,
+			const char *what)
+{
+	static const int plen[NB] = {1, 9, 66};
+	const int V = m->cfg.vocab_size;
+	lmk_kvcache kv[NB], *kvp[NB];
+	int32_t p[66], tok[NB];
+	float *scratch = malloc(sizeof(float) * (size_t)V);
+	ck_assert_ptr_nonnull(scratch);
+	for (int b = 0; b < NB; b++) {
+		for (int i = 0; i < plen[b]; i++)
+			p[i] = (int32_t)((i * 31 + b * 7 + 3) % V);
+		ck_assert_msg(lmk_kvcache_init_ctx(&kv[b], m, plen[b] + NBSTEP, c) == 0, "%s: %s",
+			      what, lmk_errmsg());
+		lmk_ctx_reset(c);
+		ck_assert_msg(lmk_llama_decode(c, m, &kv[b], p, plen[b], scratch) == 0,
+			      "%s: prompt %d: %s", what, b, lmk_errmsg());
+		kvp[b] = &kv[b];
+	}
+	for (int s = 0; s < NBSTEP; s++) {
+		for (int b = 0; b < NB; b++)
+			tok[b] = (int32_t)((s * 13 + b * 5 + 1) % V);
+		lmk_ctx_reset(c);
+		ck_assert_msg(lmk_llama_decode_batch(c, m, kvp, tok, NB,
+						     logits + (size_t)s * NB * V) == 0,
+			      "%s: step %d: %s", what, s, lmk_errmsg());
+	}
+	for (int b = 0; b < NB; b++) {
+		ck_assert_int_eq(kv[b].len, plen[b] + NBSTEP);
+		lmk_kvcache_free(&kv[b]);
+	}
+	lmk_ctx_reset(c);
+	free(scratch);
+}
+
+static void check_batch(const dcase *d, lmk_dtype dt)
+{
+	char what[96];
+	snprintf(what, sizeof what, "%s %s batch", d->name, lmk_dtype_name(dt));
+	const size_t n = (size_t)NBSTEP * NB * d->V;
+	float *lc = malloc(sizeof(float) * n), *lg = malloc(sizeof(float) * n);
+	ck_assert(lc && lg);
+	lmk_llama mc, mg;
+	lmk_ctx cc, gc;
+	make_model(&mc, d, dt == LMK_BF16);
+	ck_assert_int_eq(lmk_ctx_init(&cc, LMK_DEV_CPU), 0);
+	decode_rows(&cc, &mc, lc, what);
+	make_model(&mg, d, 0);
+	ck_assert_int_eq(lmk_ctx_init_ex(&gc, LMK_DEV_CUDA, 0, dt), 0);
+	gc.arena.poison = 1;
+	ck_assert_int_eq(lmk_params_to_device(&mg.params, &gc), 0);
+	decode_rows(&gc, &mg, lg, what);
+	const double tol = dt == LMK_BF16 ? 1e-2 : 1e-4;
+	double worst = 0;
+	for (size_t r = 0; r < (size_t)NBSTEP * NB; r++) {
+		double e = rel_err(lg + r * d->V, lc + r * d->V, d->V);
+		ck_assert_msg(e <= tol, "%s: step %zu, row %zu: logits differ from the CPU's by %.3g",
+			      what, r / NB, r % NB, e);
+		worst = fmax(worst, e);
+	}
+	printf("test_cuda_decode: %-14s %s: %d rows x %d steps together, worst logits error "
+	       "%.2e\n", d->name, lmk_dtype_name(dt), NB, NBSTEP, worst);
+	fflush(stdout);
+	ck_assert_msg(lmk_ctx_sync(&gc) == 0, "%s: %s", what, lmk_errmsg());
+	lmk_llama_free(&mg);
+	lmk_ctx_free(&gc);
+	lmk_llama_free(&mc);
+	lmk_ctx_free(&cc);
+	free(lc);
+	free(lg);
+}
+
+START_TEST(test_batch_f32) { check_batch(&cases[_i], LMK_F32); }
+END_TEST
+
+START_TEST(test_batch_bf16) { check_batch(&cases[_i], LMK_BF16); }
+END_TEST
+
 /* A cache that is not where the context computes is refused. */
 START_TEST(test_wrong_cache)
 {
@@ -279,6 +363,8 @@ int main(void)
 	tcase_set_timeout(tc, 240);
 	tcase_add_loop_test(tc, test_decode_f32, 0, NCASES);
 	tcase_add_loop_test(tc, test_decode_bf16, 0, NCASES);
+	tcase_add_loop_test(tc, test_batch_f32, 0, NCASES);
+	tcase_add_loop_test(tc, test_batch_bf16, 0, NCASES);
 	tcase_add_test(tc, test_wrong_cache);
 	suite_add_tcase(su, tc);
 	SRunner *sr = srunner_create(su);

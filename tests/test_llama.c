@@ -259,6 +259,89 @@ START_TEST(test_decode)
 }
 END_TEST
 
+/* Decoding the rows of a batch together, each at its own position (their
+ * prompts of different lengths), gives each row's logits of the full
+ * forward; shared or full caches are refused. */
+START_TEST(test_decode_batch)
+{
+	const char *name = variants[_i];
+	lmk_llama m;
+	lmk_frame ex;
+	lmk_ctx c;
+	int64_t is[2];
+
+	load(fixture(name, NULL), &m, 0);
+	load_expected(name, &ex);
+	int32_t *ids = get_i32(&ex, "ids", is);
+	const int B = (int)is[0], T = (int)is[1], V = m.cfg.vocab_size;
+	ck_assert_int_ge(B, 2);
+	ck_assert_int_ge(T, B + 2);
+	ck_assert_int_eq(lmk_ctx_init(&c, LMK_DEV_CPU), 0);
+	lmk_tensor *full = lmk_llama_forward(&c, &m, lmk_tensor_wrap(&c, LMK_I32, 2, is, ids),
+					     NULL, NULL);
+	ck_assert_msg(full != NULL, "%s", lmk_errmsg());
+	float *want = malloc(sizeof(float) * (size_t)B * T * V);
+	float *got = malloc(sizeof(float) * (size_t)B * V);
+	lmk_kvcache *kv = calloc((size_t)B, sizeof *kv), **kvp = calloc((size_t)B, sizeof *kvp);
+	int32_t *tok = malloc(sizeof(int32_t) * (size_t)B);
+	ck_assert(want && got && kv && kvp && tok);
+	memcpy(want, full->data, sizeof(float) * (size_t)B * T * V);
+	lmk_ctx_reset(&c);
+
+	/* row b: a prompt of b + 1 tokens */
+	for (int b = 0; b < B; b++) {
+		ck_assert_int_eq(lmk_kvcache_init(&kv[b], &m, T), 0);
+		ck_assert_int_eq(lmk_llama_decode(&c, &m, &kv[b], ids + (size_t)b * T, b + 1, got), 0);
+		lmk_ctx_reset(&c);
+	}
+	double worst = 0;
+	for (int step = 0;; step++) {
+		int n = 0;
+		int row[64];
+		for (int b = 0; b < B && n < 64; b++)
+			if (kv[b].len < T) {
+				row[n] = b;
+				kvp[n] = &kv[b];
+				tok[n++] = ids[(size_t)b * T + kv[b].len];
+			}
+		if (n == 0)
+			break;
+		int rc = lmk_llama_decode_batch(&c, &m, kvp, tok, n, got);
+		ck_assert_msg(rc == 0, "%s: step %d: %s", name, step, lmk_errmsg());
+		lmk_ctx_reset(&c);
+		for (int j = 0; j < n; j++) {
+			int b = row[j], at = kv[b].len - 1;
+			double e = relerr(got + (size_t)j * V, want + ((size_t)b * T + at) * V, V);
+			ck_assert_msg(e < 1e-5, "%s: row %d, position %d: relative error %.3g", name, b,
+				      at, e);
+			if (e > worst)
+				worst = e;
+		}
+	}
+	/* full caches, and one cache twice */
+	kvp[0] = &kv[0];
+	ck_assert_int_eq(lmk_llama_decode_batch(&c, &m, kvp, tok, 1, got), LMK_EINVAL);
+	kv[0].len = 0;
+	kvp[1] = &kv[0];
+	ck_assert_int_eq(lmk_llama_decode_batch(&c, &m, kvp, tok, 2, got), LMK_EINVAL);
+	ck_assert_ptr_nonnull(strstr(lmk_errmsg(), "share a cache"));
+	ck_assert_int_eq(lmk_llama_decode_batch(&c, &m, kvp, tok, 0, got), LMK_EINVAL);
+	printf("test_llama: %s: %d rows decoded together: max relative error %.2e\n", name, B,
+	       worst);
+	for (int b = 0; b < B; b++)
+		lmk_kvcache_free(&kv[b]);
+	free(kv);
+	free(kvp);
+	free(tok);
+	free(want);
+	free(got);
+	free(ids);
+	lmk_ctx_free(&c);
+	lmk_frame_free(&ex);
+	lmk_llama_free(&m);
+}
+END_TEST
+
 /* Greedy generation equals the argmax of a full forward over the growing
  * sequence; eos and the callback stop it. */
 static int stop_after_two(void *arg, int32_t tok)
@@ -928,6 +1011,7 @@ int main(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_loop_test(tc, test_fixture, 0, 2);
 	tcase_add_loop_test(tc, test_decode, 0, 2);
+	tcase_add_loop_test(tc, test_decode_batch, 0, 2);
 	tcase_add_test(tc, test_generate);
 	suite_add_tcase(s, tc);
 
