@@ -114,6 +114,9 @@ static const char usage[] =
 "                      first ones (pretrain: per epoch, default 4; ttt:\n"
 "                      default 250, the paper's)\n"
 "      --batch=B       examples per step (pretrain 8, ttt 2)\n"
+"      --group=N       pretrain: batches of similar lengths, sorted within\n"
+"                      windows of N batches of the random order (default\n"
+"                      32; 0: random batches, padded to their longest)\n"
 "      --lr=LR         peak learning rate (pretrain: 1e-3 new, 5e-5\n"
 "                      with --init; ttt: 1e-4)\n"
 "      --min-lr=LR     final learning rate of the cosine (default 0)\n"
@@ -162,7 +165,7 @@ enum {
 	OPT_STEPS, OPT_EPOCHS, OPT_CAP, OPT_BATCH, OPT_LR, OPT_MIN_LR, OPT_WARMUP, OPT_WD,
 	OPT_CLIP, OPT_LOSS, OPT_MAX_LEN, OPT_RESUME, OPT_SAVE_EVERY, OPT_TIME_LIMIT, OPT_METRICS,
 	OPT_MODEL, OPT_ADAPTER_OUT, OPT_PREDICT, OPT_ADAPTERS, OPT_PER_CLASS, OPT_DEVICE,
-	OPT_DTYPE, OPT_THREADS,
+	OPT_DTYPE, OPT_THREADS, OPT_GROUP,
 };
 
 /* Bits of options given, to refuse those a command does not use; bit b
@@ -173,7 +176,7 @@ enum {
 	B_HIDDEN, B_LAYERS, B_HEADS, B_INTERMEDIATE, B_ADAPTER, B_STEPS, B_EPOCHS, B_CAP, B_BATCH,
 	B_LR, B_MIN_LR, B_WARMUP, B_WD, B_CLIP, B_LOSS, B_MAX_LEN, B_RESUME, B_SAVE_EVERY,
 	B_TIME_LIMIT, B_METRICS, B_MODEL, B_ADAPTER_OUT, B_PREDICT, B_ADAPTERS, B_PER_CLASS,
-	B_DEVICE, B_DTYPE, B_THREADS, B_COUNT,
+	B_DEVICE, B_DTYPE, B_THREADS, B_GROUP, B_COUNT,
 };
 
 static const char *const flagname[B_COUNT] = {
@@ -182,7 +185,7 @@ static const char *const flagname[B_COUNT] = {
 	"--steps", "--epochs", "--cap", "--batch", "--lr", "--min-lr", "--warmup",
 	"--weight-decay", "--grad-clip", "--loss", "--max-len", "--resume", "--save-every",
 	"--time-limit", "--metrics", "--model", "--adapter-out", "--predict", "--adapters",
-	"--per-class", "--device", "--dtype", "--threads",
+	"--per-class", "--device", "--dtype", "--threads", "--group",
 };
 
 static const struct option longopts[] = {
@@ -224,6 +227,7 @@ static const struct option longopts[] = {
 	{"device", required_argument, NULL, OPT_DEVICE},
 	{"dtype", required_argument, NULL, OPT_DTYPE},
 	{"threads", required_argument, NULL, OPT_THREADS},
+	{"group", required_argument, NULL, OPT_GROUP},
 	{"quiet", no_argument, NULL, 'q'},
 	{"help", no_argument, NULL, 'h'},
 	{"version", no_argument, NULL, PROG_OPT_VERSION},
@@ -250,7 +254,7 @@ struct opts {
 	const char *device_arg;
 	int hidden, layers, heads, intermediate;
 	int64_t steps, warmup, save_every;
-	int epochs, cap, batch, loss, max_len, per_class, threads, resume, predict;
+	int epochs, cap, batch, group, loss, max_len, per_class, threads, resume, predict;
 	double lr, min_lr, wd, clip, time_limit;
 	lmk_device device;
 	int device_index;
@@ -709,6 +713,7 @@ static void load_work(lmk_arc_set *s, const char *path, const struct opts *o)
 static const int saved_opts[] = {
 	OPT_STEPS, OPT_CAP, OPT_AUGMENT, OPT_BATCH, OPT_LR, OPT_MIN_LR, OPT_WARMUP, OPT_WD,
 	OPT_CLIP, OPT_LOSS, OPT_MAX_LEN, OPT_SAVE_EVERY, PROG_OPT_SEED, OPT_KEEP0, OPT_SOLUTIONS,
+	OPT_GROUP,
 };
 
 static void set_option(struct opts *o, int c, const char *a);
@@ -740,6 +745,7 @@ static void option_text(const struct opts *o, int code, char *buf, size_t n)
 	case OPT_CAP: snprintf(buf, n, "%d", o->cap); break;
 	case OPT_AUGMENT: snprintf(buf, n, "%ld", o->augment); break;
 	case OPT_BATCH: snprintf(buf, n, "%d", o->batch); break;
+	case OPT_GROUP: snprintf(buf, n, "%d", o->group); break;
 	case OPT_LR: snprintf(buf, n, "%.9g", o->lr); break;
 	case OPT_MIN_LR: snprintf(buf, n, "%.9g", o->min_lr); break;
 	case OPT_WARMUP: snprintf(buf, n, "%" PRId64, o->warmup); break;
@@ -859,7 +865,10 @@ static void pretrain_resume_opts(struct pretrain *r, const char *path)
 		int b = option_bit(saved_opts[i]);
 		if (b >= 0 && (o->given & F(b)))
 			continue;
-		if (!(v = lmk_frame_meta(f, option_of(saved_opts[i])->name)))
+		v = lmk_frame_meta(f, option_of(saved_opts[i])->name);
+		if (!v && saved_opts[i] == OPT_GROUP)
+			v = "0"; /* saved before --group: random batches */
+		if (!v)
 			prog_die("%s: no saved '%s'", path, option_of(saved_opts[i])->name);
 		if (saved_opts[i] == OPT_KEEP0)
 			o->keep0 = strcmp(v, "1") == 0;
@@ -904,7 +913,8 @@ static void make_epoch(struct pretrain *r, const lmk_arc_set *s, int64_t e, lmk_
 	free(*perm);
 	if (!(*perm = malloc((size_t)ex->n * sizeof **perm)))
 		prog_die("out of memory");
-	lmk_arctrain_order(*perm, ex->n, o->seed, e);
+	if (lmk_arctrain_order_grouped(*perm, ex, o->batch, o->group, o->seed, e) < 0)
+		prog_die_lib();
 }
 
 static int cmd_pretrain(int argc, char **argv, struct opts *o)
@@ -1048,6 +1058,7 @@ static int cmd_pretrain(int argc, char **argv, struct opts *o)
 		lmk_metrics_num(&mt, "grad_norm", ts.grad_norm);
 		lmk_metrics_int(&mt, "targets", ts.targets);
 		lmk_metrics_num(&mt, "tokens_per_s", (double)ts.tokens / (lmk_now() - t1));
+		lmk_metrics_num(&mt, "real_tokens_per_s", (double)ts.real / (lmk_now() - t1));
 		lmk_metrics_num(&mt, "elapsed", r.elapsed + lmk_now() - r.t0);
 		if (lmk_metrics_end(&mt) < 0)
 			prog_die_lib();
@@ -1617,7 +1628,7 @@ static const struct command {
 	 "SUBMISSION and SOLUTIONS"},
 	{"pretrain", cmd_pretrain, 0, 1,
 	 F_RUN | F_TRAIN | F(B_OUT) | F(B_INIT) | F(B_HIDDEN) | F(B_LAYERS) | F(B_HEADS) |
-	 F(B_INTERMEDIATE) | F(B_STEPS) | F(B_AUGMENT) | F(B_SAVE_EVERY), "TASKS"},
+	 F(B_INTERMEDIATE) | F(B_STEPS) | F(B_AUGMENT) | F(B_SAVE_EVERY) | F(B_GROUP), "TASKS"},
 	{"ttt", cmd_ttt, 1, 1, F_RUN | F_TRAIN | F_PRED | F(B_EPOCHS) | F(B_ADAPTER_OUT) |
 	 F(B_PREDICT), "TASKS"},
 	{"predict", cmd_predict, 1, 1, F_RUN | F_PRED | F(B_ADAPTERS), "TASKS"},
@@ -1656,6 +1667,7 @@ static void set_option(struct opts *o, int c, const char *a)
 	case OPT_EPOCHS: o->epochs = (int)prog_parse_long("--epochs", a, 1, 1000000); break;
 	case OPT_CAP: o->cap = (int)prog_parse_long("--cap", a, 0, 1000000); break;
 	case OPT_BATCH: o->batch = (int)prog_parse_long("--batch", a, 1, 1024); break;
+	case OPT_GROUP: o->group = (int)prog_parse_long("--group", a, 0, 1 << 20); break;
 	case OPT_LR: o->lr = prog_parse_double("--lr", a, 0, 10); break;
 	case OPT_MIN_LR: o->min_lr = prog_parse_double("--min-lr", a, 0, 10); break;
 	case OPT_WARMUP: o->warmup = prog_parse_long("--warmup", a, 0, 1L << 40); break;
@@ -1712,6 +1724,7 @@ int main(int argc, char **argv)
 	struct opts o = {
 		.out = "-", .steps = 1000, .epochs = 2, .clip = 1, .loss = LOSS_OUTPUTS,
 		.max_len = 8192, .save_every = 200, .per_class = 1, .hidden = 256, .layers = 4,
+		.group = 32,
 		.heads = 4, .device = LMK_DEV_CPU, .dtype = LMK_F32,
 	};
 	/* static: still reachable when a usage error exits, so that the leak

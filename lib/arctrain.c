@@ -212,6 +212,8 @@ int lmk_arctrain_step(lmk_arctrain *tr, const lmk_arc_example *const *ex, int n,
 	for (size_t i = 0; i < (size_t)n * T; i++)
 		st->targets += tr->tgt[i] >= 0;
 	st->tokens = (int64_t)n * T;
+	for (int b = 0; b < n; b++)
+		st->real += ex[b]->n - 1;
 	lmk_ctx_reset(c);
 	lmk_params_zero_grad(tr->p);
 	c->grad_enabled = 1;
@@ -400,6 +402,63 @@ void lmk_arctrain_order(int *perm, int n, uint64_t seed, int64_t epoch)
 		perm[i] = i;
 	lmk_rng_init(&r, subseed(seed, epoch, -1));
 	lmk_rng_shuffle(&r, perm, n);
+}
+
+/* Sorting a window by length, ties by position (qsort is not stable). */
+struct bylen {
+	int len, at, idx;
+};
+
+static int cmp_bylen(const void *a, const void *b)
+{
+	const struct bylen *x = a, *y = b;
+	if (x->len != y->len)
+		return x->len < y->len ? -1 : 1;
+	return x->at < y->at ? -1 : x->at > y->at;
+}
+
+int lmk_arctrain_order_grouped(int *perm, const lmk_arc_examples *ex, int batch, int group,
+			       uint64_t seed, int64_t epoch)
+{
+	const int n = ex->n;
+
+	lmk_arctrain_order(perm, n, seed, epoch);
+	if (group <= 0 || batch <= 1 || n <= batch)
+		return 0;
+	const int64_t w64 = (int64_t)group * batch;
+	const int w = w64 < n ? (int)w64 : n;
+	struct bylen *win = malloc((size_t)w * sizeof *win);
+	int *order = malloc(((size_t)w / batch + 1) * sizeof *order);
+	int *tmp = malloc((size_t)w * sizeof *tmp);
+	if (!win || !order || !tmp) {
+		free(win);
+		free(order);
+		free(tmp);
+		return lmk_err(LMK_ENOMEM, "arctrain: an order of %d examples", n);
+	}
+	lmk_rng r;
+	lmk_rng_init(&r, subseed(seed, epoch, -2));
+	for (int s0 = 0; s0 < n; s0 += w) {
+		const int m = n - s0 < w ? n - s0 : w, nb = (m + batch - 1) / batch;
+		for (int i = 0; i < m; i++)
+			win[i] = (struct bylen){ex->ex[perm[s0 + i]].n, i, perm[s0 + i]};
+		qsort(win, (size_t)m, sizeof *win, cmp_bylen);
+		/* whole batches in a random order; a short one (the window's
+		 * longest) stays last, where the epoch's short batch goes */
+		const int full = m / batch;
+		for (int b = 0; b < nb; b++)
+			order[b] = b;
+		lmk_rng_shuffle(&r, order, full);
+		int k = 0;
+		for (int b = 0; b < nb; b++)
+			for (int i = order[b] * batch; i < m && i < (order[b] + 1) * batch; i++)
+				tmp[k++] = win[i].idx;
+		memcpy(perm + s0, tmp, (size_t)m * sizeof *perm);
+	}
+	free(win);
+	free(order);
+	free(tmp);
+	return 0;
 }
 
 /* ---- adapters ---- */

@@ -99,6 +99,7 @@ typedef struct lmk_arctrain_stats {
 	float lr;
 	int64_t targets;     /* targets counted */
 	int64_t tokens;      /* B * T, the padding included */
+	int64_t real;        /* the examples' own tokens (no padding) */
 } lmk_arctrain_stats;
 
 /* A run at step 0 training p (trainable, already on c's device: moved by
@@ -145,6 +146,14 @@ int lmk_arctrain_epoch(lmk_arc_examples *e, const lmk_arc_task *t, int n,
 		       const lmk_arctrain_data *d, int64_t epoch, const lmk_arc_example_opts *o);
 /* perm (n) = a permutation of 0..n-1 drawn from (seed, epoch). */
 void lmk_arctrain_order(int *perm, int n, uint64_t seed, int64_t epoch);
+/* The same permutation with batches of similar lengths (less padding:
+ * a batch is as long as its longest example): the random order is cut
+ * into windows of group * batch examples, each window sorted by length and
+ * cut into batches, whole batches shuffled within it (from seed and
+ * epoch). group 0 (or batch 1) leaves the random order.
+ * @return : 0 or LMK_ENOMEM */
+int lmk_arctrain_order_grouped(int *perm, const lmk_arc_examples *ex, int batch, int group,
+			       uint64_t seed, int64_t epoch);
 
 /* ---- adapters on either device ---- */
 

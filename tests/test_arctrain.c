@@ -472,6 +472,68 @@ START_TEST(test_state)
 }
 END_TEST
 
+/* Batches of similar lengths: the same examples in each window of
+ * group * batch, a permutation in all, far less padding than the random
+ * order, the same order again from the same seed, and the random order
+ * with group 0. */
+static int64_t padded(const int *perm, const lmk_arc_examples *ex, int batch)
+{
+	int64_t p = 0;
+	for (int i = 0; i < ex->n; i += batch) {
+		int most = 0, k = 0;
+		for (; k < batch && i + k < ex->n; k++)
+			if (ex->ex[perm[i + k]].n > most)
+				most = ex->ex[perm[i + k]].n;
+		p += (int64_t)most * k;
+	}
+	return p;
+}
+
+START_TEST(test_order_grouped)
+{
+	enum { N = 1000, BATCH = 8, GROUP = 16 };
+	lmk_arc_examples ex = {0};
+	ex.n = N;
+	ex.ex = calloc(N, sizeof *ex.ex);
+	int *rnd = malloc(N * sizeof *rnd), *g = malloc(N * sizeof *g), *g2 = malloc(N * sizeof *g2);
+	ck_assert(ex.ex && rnd && g && g2);
+	lmk_rng r;
+	lmk_rng_init(&r, 5);
+	int64_t real = 0;
+	for (int i = 0; i < N; i++) {
+		ex.ex[i].n = 2 + (int)lmk_rng_below(&r, 3000);
+		real += ex.ex[i].n;
+	}
+	lmk_arctrain_order(rnd, N, 7, 3);
+	ck_assert_int_eq(lmk_arctrain_order_grouped(g, &ex, BATCH, GROUP, 7, 3), 0);
+	ck_assert_int_eq(lmk_arctrain_order_grouped(g2, &ex, BATCH, GROUP, 7, 3), 0);
+	ck_assert_int_eq(memcmp(g, g2, N * sizeof *g), 0);
+	for (int w = 0; w < N; w += BATCH * GROUP) {
+		int m = N - w < BATCH * GROUP ? N - w : BATCH * GROUP;
+		char seen[N] = {0};
+		for (int i = 0; i < m; i++)
+			seen[rnd[w + i]] = 1;
+		for (int i = 0; i < m; i++) {
+			ck_assert_msg(seen[g[w + i]] == 1, "window %d: example %d twice or foreign", w,
+				      g[w + i]);
+			seen[g[w + i]] = 2;
+		}
+	}
+	int64_t pr = padded(rnd, &ex, BATCH), pg = padded(g, &ex, BATCH);
+	printf("test_arctrain: batches by length: %.2f of the tokens computed are real, "
+	       "%.2f in random batches\n", (double)real / pg, (double)real / pr);
+	ck_assert_int_lt(pg, pr * 3 / 4);
+	ck_assert_int_eq(lmk_arctrain_order_grouped(g2, &ex, BATCH, 0, 7, 3), 0);
+	ck_assert_int_eq(memcmp(rnd, g2, N * sizeof *g), 0);
+	ck_assert_int_eq(lmk_arctrain_order_grouped(g2, &ex, BATCH, GROUP, 7, 4), 0);
+	ck_assert_int_ne(memcmp(g, g2, N * sizeof *g), 0);
+	free(ex.ex);
+	free(rnd);
+	free(g);
+	free(g2);
+}
+END_TEST
+
 START_TEST(test_lora_reset_read)
 {
 	lmk_llama m;
@@ -700,6 +762,7 @@ int main(void)
 	tcase_add_test(tc, test_gradient);
 	tcase_add_test(tc, test_memorise);
 	tcase_add_test(tc, test_state);
+	tcase_add_test(tc, test_order_grouped);
 	tcase_add_test(tc, test_lora_reset_read);
 	tcase_add_test(tc, test_lora_merged);
 	tcase_add_test(tc, test_epoch);
