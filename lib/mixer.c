@@ -3,6 +3,7 @@
  * the backward). Shape letters as in mixer.h. */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "err.h"
@@ -20,6 +21,10 @@
 #include "path.h"
 #define HAVE_PATH 1
 #endif
+#endif
+
+#if LMK_CUDA
+#include "../cuda/cuda.h"
 #endif
 
 /* What a parameter is: how it is initialised and where the forward uses it. */
@@ -394,15 +399,78 @@ static lmk_tensor *lambda(lmk_ctx *c, lmk_tensor *dl /*(B,T,H,NL)*/, lmk_tensor 
 	return lmk_softplus(c, lmk_mul(c, dl, L));
 }
 
-static lmk_tensor *fwd_mamba2(lmk_ctx *c, const lmk_mixer *m, lmk_tensor *x, int64_t B, int64_t T)
+/* ------------------------------------------------------------ decoding */
+
+/* Device-agnostic copies and buffers for the decoding state. */
+static int dcopy(lmk_ctx *c, void *dst, const void *src, size_t bytes)
+{
+	if (c->dev == LMK_DEV_CPU) {
+		memcpy(dst, src, bytes);
+		return 0;
+	}
+#if LMK_CUDA
+	return lmk_cuda_copy(c->backend, dst, src, bytes);
+#else
+	return lmk_err(LMK_EUNSUP, "mixer: cuda in a cpu-only build");
+#endif
+}
+
+/* A short convolution's input for one new token: the last W-1 inputs of
+ * each row are kept in conv[slot] (B, W-1, ch), zero at the start, so that
+ * the window (B, W, ch) = (kept, u) through lmk_conv1d_causal gives, in
+ * its last position, the parallel convolution's output at this token. */
+static lmk_tensor *conv_step(lmk_ctx *c, lmk_mixer_state *st, int slot, lmk_tensor *u,
+			     lmk_tensor *w, lmk_tensor *b)
+{
+	if (!u)
+		return NULL;
+	const int64_t B = u->shape[0], ch = u->shape[2], W = st->conv_w;
+	if (u->ndim != 3 || u->shape[1] != 1 || ch != st->conv_ch[slot] || B != st->B) {
+		lmk_err(LMK_EINVAL, "mixer step: conv input %s: expected (%lld,1,%lld)", LMK_SHP(u),
+			(long long)st->B, (long long)st->conv_ch[slot]);
+		return NULL;
+	}
+	const size_t es = lmk_dtype_size(u->dtype), row = (size_t)ch * es;
+	lmk_tensor *win = lmk_tensor_new(c, u->dtype, 3, (int64_t[]){B, W, ch}, 0);
+	lmk_tensor *out = lmk_tensor_new(c, u->dtype, 3, (int64_t[]){B, 1, ch}, 0);
+	if (!win || !out)
+		return NULL;
+	char *keep = st->conv[slot];
+	for (int64_t r = 0; r < B; r++) {
+		char *wr = (char *)win->data + (size_t)(r * W) * row;
+		if (dcopy(c, wr, keep + (size_t)(r * (W - 1)) * row, (size_t)(W - 1) * row) < 0 ||
+		    dcopy(c, wr + (size_t)(W - 1) * row, (char *)u->data + (size_t)r * row, row) < 0)
+			return NULL;
+	}
+	lmk_tensor *y = lmk_conv1d_causal(c, win, w, b, 1);
+	if (!y)
+		return NULL;
+	for (int64_t r = 0; r < B; r++) {
+		const char *wr = (const char *)win->data + (size_t)(r * W) * row;
+		if (dcopy(c, (char *)out->data + (size_t)r * row,
+			  (const char *)y->data + (size_t)(r * W + W - 1) * row, row) < 0 ||
+		    dcopy(c, keep + (size_t)(r * (W - 1)) * row, wr + row, (size_t)(W - 1) * row) < 0)
+			return NULL;
+	}
+	return out;
+}
+
+/* A conv of the forward: the whole sequence, or one token with a state. */
+static lmk_tensor *conv(lmk_ctx *c, lmk_mixer_state *st, int slot, lmk_tensor *u, lmk_tensor *w,
+			lmk_tensor *b)
+{
+	return st ? conv_step(c, st, slot, u, w, b) : lmk_conv1d_causal(c, u, w, b, 1);
+}
+
+static lmk_tensor *fwd_mamba2(lmk_ctx *c, const lmk_mixer *m, lmk_mixer_state *st, lmk_tensor *x,
+			      int64_t B, int64_t T)
 {
 	const lmk_mixer_config *g = &m->cfg;
 	int64_t H = g->heads, Pd = g->head_dim, di = H * Pd, G = g->groups, N = g->state;
 	int64_t GN = G * N, cd = di + 2 * GN, NL = g->levels;
 	lmk_tensor *zx = lmk_linear(c, x, P(m, R_IN_PROJ), NULL);
 	lmk_tensor *z = lmk_slice(c, zx, 0, di);
-	lmk_tensor *xbc = lmk_conv1d_causal(c, lmk_slice(c, zx, di, cd), P(m, R_CONV_W),
-					    P(m, R_CONV_B), 1);
+	lmk_tensor *xbc = conv(c, st, 0, lmk_slice(c, zx, di, cd), P(m, R_CONV_W), P(m, R_CONV_B));
 	lmk_tensor *dt = lmk_softplus(c, lmk_add(c, lmk_slice(c, zx, di + cd, H), P(m, R_DT_BIAS)));
 	lmk_tensor *xs = shape4(c, lmk_slice(c, xbc, 0, di), B, T, H, Pd);
 	lmk_tensor *kB = shape4(c, lmk_slice(c, xbc, di, GN), B, T, G, N);
@@ -417,26 +485,32 @@ static lmk_tensor *fwd_mamba2(lmk_ctx *c, const lmk_mixer *m, lmk_tensor *x, int
 	if (!zx || !z || !xs || !kB || !qC || !loga)
 		return NULL;
 	lmk_ssd_opts so = {.chunk = g->chunk, .algo = LMK_SSD_AUTO, .scale = 1.0f};
-	lmk_tensor *y = lmk_ssd(c, qC, kB, lmk_mul_rows(c, xs, dt), loga, lam, &so);
+	lmk_tensor *xdt = lmk_mul_rows(c, xs, dt);
+	lmk_tensor *y = st ? lmk_ssd_step(c, &st->ssd, qC, kB, xdt, loga, lam, &so)
+			   : lmk_ssd(c, qC, kB, xdt, loga, lam, &so);
 	y = shape3(c, lmk_add(c, y, lmk_mul_rows(c, xs, P(m, R_D))), B, T, di);
 	y = lmk_rmsnorm(c, lmk_mul(c, y, lmk_silu(c, z)), P(m, R_NORM), g->norm_eps);
 	return lmk_linear(c, y, P(m, R_OUT_PROJ), NULL);
 }
 
 /* q, k or v: projection, short conv, SiLU, as heads. */
-static lmk_tensor *proj_conv(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, lmk_tensor *cw, int64_t B,
-			     int64_t T, int64_t H, int64_t D)
+static lmk_tensor *proj_conv(lmk_ctx *c, lmk_mixer_state *st, int slot, lmk_tensor *x,
+			     lmk_tensor *w, lmk_tensor *cw, int64_t B, int64_t T, int64_t H,
+			     int64_t D)
 {
-	return shape4(c, lmk_conv1d_causal(c, lmk_linear(c, x, w, NULL), cw, NULL, 1), B, T, H, D);
+	return shape4(c, conv(c, st, slot, lmk_linear(c, x, w, NULL), cw, NULL), B, T, H, D);
 }
 
-static lmk_tensor *fwd_gdn(lmk_ctx *c, const lmk_mixer *m, lmk_tensor *x, int64_t B, int64_t T)
+static lmk_tensor *fwd_gdn(lmk_ctx *c, const lmk_mixer *m, lmk_mixer_state *st, lmk_tensor *x,
+			   int64_t B, int64_t T)
 {
 	const lmk_mixer_config *g = &m->cfg;
 	int64_t H = g->heads, Dk = g->head_dim, Dv = g->head_dim_v, NL = g->levels;
-	lmk_tensor *q = lmk_l2norm(c, proj_conv(c, x, P(m, R_Q), P(m, R_QCONV), B, T, H, Dk), 1e-6f);
-	lmk_tensor *k = lmk_l2norm(c, proj_conv(c, x, P(m, R_K), P(m, R_KCONV), B, T, H, Dk), 1e-6f);
-	lmk_tensor *v = proj_conv(c, x, P(m, R_V), P(m, R_VCONV), B, T, H, Dv);
+	lmk_tensor *q = lmk_l2norm(c, proj_conv(c, st, 0, x, P(m, R_Q), P(m, R_QCONV), B, T, H, Dk),
+				   1e-6f);
+	lmk_tensor *k = lmk_l2norm(c, proj_conv(c, st, 1, x, P(m, R_K), P(m, R_KCONV), B, T, H, Dk),
+				   1e-6f);
+	lmk_tensor *v = proj_conv(c, st, 2, x, P(m, R_V), P(m, R_VCONV), B, T, H, Dv);
 	lmk_tensor *beta = lmk_sigmoid(c, lmk_linear(c, x, P(m, R_B_PROJ), NULL));
 	if (g->neg_eig)
 		beta = lmk_affine(c, beta, 2.0f, 0.0f);
@@ -451,13 +525,15 @@ static lmk_tensor *fwd_gdn(lmk_ctx *c, const lmk_mixer *m, lmk_tensor *x, int64_
 	if (!q || !k || !v || !beta || !loga)
 		return NULL;
 	lmk_gdn_opts go = {.chunk = g->chunk, .algo = LMK_GDN_AUTO, .scale = 0.0f};
-	lmk_tensor *o = lmk_gdn(c, q, k, v, loga, beta, lam, &go);
+	lmk_tensor *o = st ? lmk_gdn_step(c, &st->gdn, q, k, v, loga, beta, lam, go.scale)
+			   : lmk_gdn(c, q, k, v, loga, beta, lam, &go);
 	lmk_tensor *gate = shape4(c, lmk_linear(c, x, P(m, R_G_PROJ), NULL), B, T, H, Dv);
 	o = lmk_mul(c, lmk_rmsnorm(c, o, P(m, R_NORM), g->norm_eps), lmk_silu(c, gate));
 	return lmk_linear(c, shape3(c, o, B, T, H * Dv), P(m, R_OUT_PROJ), NULL);
 }
 
-static lmk_tensor *fwd_linear(lmk_ctx *c, const lmk_mixer *m, lmk_tensor *x, int64_t B, int64_t T)
+static lmk_tensor *fwd_linear(lmk_ctx *c, const lmk_mixer *m, lmk_mixer_state *st, lmk_tensor *x,
+			      int64_t B, int64_t T)
 {
 	const lmk_mixer_config *g = &m->cfg;
 	int64_t H = g->heads, Dk = g->head_dim, Dv = g->head_dim_v;
@@ -475,13 +551,15 @@ static lmk_tensor *fwd_linear(lmk_ctx *c, const lmk_mixer *m, lmk_tensor *x, int
 		return NULL;
 	lmk_ssd_opts so = {.chunk = g->chunk, .algo = LMK_SSD_AUTO,
 			   .scale = 1.0f / sqrtf((float)Dk)};
-	lmk_tensor *o = lmk_rmsnorm(c, lmk_ssd(c, q, k, v, loga, NULL, &so), P(m, R_NORM),
-				    g->norm_eps);
+	lmk_tensor *o = st ? lmk_ssd_step(c, &st->ssd, q, k, v, loga, NULL, &so)
+			   : lmk_ssd(c, q, k, v, loga, NULL, &so);
+	o = lmk_rmsnorm(c, o, P(m, R_NORM), g->norm_eps);
 	return lmk_linear(c, shape3(c, o, B, T, H * Dv), P(m, R_OUT_PROJ), NULL);
 }
 
 #ifdef HAVE_PATH
-static lmk_tensor *fwd_path(lmk_ctx *c, const lmk_mixer *m, lmk_tensor *x, int64_t B, int64_t T)
+static lmk_tensor *fwd_path(lmk_ctx *c, const lmk_mixer *m, lmk_mixer_state *st, lmk_tensor *x,
+			    int64_t B, int64_t T)
 {
 	const lmk_mixer_config *g = &m->cfg;
 	int64_t H = g->heads, K = g->groups, D = g->head_dim;
@@ -490,8 +568,8 @@ static lmk_tensor *fwd_path(lmk_ctx *c, const lmk_mixer *m, lmk_tensor *x, int64
 	lmk_tensor *v = shape4(c, lmk_linear(c, x, P(m, R_V), NULL), B, T, K, D);
 	lmk_tensor *wl = K == H ? lmk_linear(c, lmk_linear(c, x, P(m, R_W0), NULL), P(m, R_W1), NULL)
 				: lmk_linear(c, x, P(m, R_W), NULL);
-	lmk_tensor *w = lmk_l2norm(
-		c, shape4(c, lmk_conv1d_causal(c, wl, P(m, R_WCONV), NULL, 1), B, T, K, D), 1e-6f);
+	lmk_tensor *w = lmk_l2norm(c, shape4(c, conv(c, st, 0, wl, P(m, R_WCONV), NULL), B, T, K, D),
+				   1e-6f);
 	lmk_tensor *beta = lmk_affine(c, lmk_sigmoid(c, lmk_linear(c, x, P(m, R_BT_W),
 								   P(m, R_BT_B))),
 				      2.0f, 0.0f);
@@ -502,12 +580,15 @@ static lmk_tensor *fwd_path(lmk_ctx *c, const lmk_mixer *m, lmk_tensor *x, int64
 	if (!q || !k || !v || !w || !beta)
 		return NULL;
 	lmk_path_opts po = {.block = g->chunk, .algo = LMK_PATH_AUTO};
-	lmk_tensor *o = lmk_path_attention(c, q, k, v, w, beta, logf, 1.0f / sqrtf((float)D), &po);
+	const float scale = 1.0f / sqrtf((float)D);
+	lmk_tensor *o = st ? lmk_path_decode(c, &st->path, q, k, v, w, beta, logf, scale)
+			   : lmk_path_attention(c, q, k, v, w, beta, logf, scale, &po);
 	return lmk_linear(c, shape3(c, o, B, T, H * D), P(m, R_OUT_PROJ), NULL);
 }
 #endif
 
-lmk_tensor *lmk_mixer_forward(lmk_ctx *c, const lmk_mixer *m, lmk_tensor *x)
+/* The forward (st NULL) or one decoding step (st, T = 1). */
+static lmk_tensor *run(lmk_ctx *c, const lmk_mixer *m, lmk_mixer_state *st, lmk_tensor *x)
 {
 	if (!x)
 		return NULL;
@@ -521,30 +602,136 @@ lmk_tensor *lmk_mixer_forward(lmk_ctx *c, const lmk_mixer *m, lmk_tensor *x)
 		return NULL;
 	}
 	const lmk_mixer_config *g = &m->cfg;
-	if (x->ndim != 3 || x->shape[2] != g->hidden) {
-		lmk_err(LMK_EINVAL, "mixer: %s: x %s: expected (B,T,%lld)", kind_names[g->kind],
-			LMK_SHP(x), (long long)g->hidden);
+	if (x->ndim != 3 || x->shape[2] != g->hidden || (st && x->shape[1] != 1)) {
+		lmk_err(LMK_EINVAL, "mixer: %s: x %s: expected (B,%s,%lld)", kind_names[g->kind],
+			LMK_SHP(x), st ? "1" : "T", (long long)g->hidden);
 		return NULL;
 	}
 	int64_t B = x->shape[0], T = x->shape[1];
-	if (is_ll(g->kind) && lmk_fenwick_levels(T) > g->levels) {
+	if (st && (st->kind != g->kind || st->B != B || st->dev != c->dev)) {
+		lmk_err(LMK_EINVAL, "mixer step: a state made for another layer, batch or device");
+		return NULL;
+	}
+	if (!st && is_ll(g->kind) && lmk_fenwick_levels(T) > g->levels) {
 		lmk_err(LMK_EINVAL, "mixer: %s: %lld tokens need %d levels, the layer has %lld",
 			kind_names[g->kind], (long long)T, lmk_fenwick_levels(T),
 			(long long)g->levels);
 		return NULL;
 	}
 	if (is_mamba(g->kind))
-		return fwd_mamba2(c, m, x, B, T);
+		return fwd_mamba2(c, m, st, x, B, T);
 	if (is_gdn(g->kind))
-		return fwd_gdn(c, m, x, B, T);
+		return fwd_gdn(c, m, st, x, B, T);
 #ifdef HAVE_PATH
 	if (is_path(g->kind))
-		return fwd_path(c, m, x, B, T);
+		return fwd_path(c, m, st, x, B, T);
 #else
 	if (is_path(g->kind)) {
 		lmk_err(LMK_EUNSUP, "mixer: %s: this build has no PaTH attention", kind_names[g->kind]);
 		return NULL;
 	}
 #endif
-	return fwd_linear(c, m, x, B, T);
+	return fwd_linear(c, m, st, x, B, T);
+}
+
+lmk_tensor *lmk_mixer_forward(lmk_ctx *c, const lmk_mixer *m, lmk_tensor *x)
+{
+	return run(c, m, NULL, x);
+}
+
+lmk_tensor *lmk_mixer_step(lmk_ctx *c, const lmk_mixer *m, lmk_mixer_state *st, lmk_tensor *x)
+{
+	int grad = c->grad_enabled;
+	c->grad_enabled = 0;
+	lmk_tensor *y = run(c, m, st, x);
+	c->grad_enabled = grad;
+	if (y)
+		st->t++;
+	return y;
+}
+
+int lmk_mixer_state_init(lmk_mixer_state *st, const lmk_mixer *m, lmk_ctx *c, int64_t B,
+			 int64_t max_t)
+{
+	const lmk_mixer_config *g = &m->cfg;
+	const lmk_dtype dt = c->dev == LMK_DEV_CPU ? LMK_F32 : c->dtype;
+	int rc = 0;
+
+	memset(st, 0, sizeof *st);
+	if (B < 1 || max_t < 1)
+		return lmk_err(LMK_EINVAL, "mixer state: B %lld, max_t %lld: expected positive",
+			       (long long)B, (long long)max_t);
+	if (is_ll(g->kind) && max_t > ((int64_t)1 << (g->levels - 1)))
+		return lmk_err(LMK_EINVAL, "mixer state: %s: %lld tokens need %d levels, the layer "
+			       "has %lld", kind_names[g->kind], (long long)max_t,
+			       lmk_fenwick_levels(max_t), (long long)g->levels);
+	st->kind = g->kind;
+	st->B = B;
+	st->dev = c->dev;
+	st->conv_w = g->conv;
+	if (is_mamba(g->kind)) {
+		st->nconv = 1;
+		st->conv_ch[0] = g->heads * g->head_dim + 2 * g->groups * g->state;
+		rc = lmk_ssd_state_init(&st->ssd, c, B, g->heads, g->state, g->head_dim,
+					is_ll(g->kind) ? g->levels : 0);
+	} else if (is_gdn(g->kind)) {
+		st->nconv = 3;
+		st->conv_ch[0] = st->conv_ch[1] = g->heads * g->head_dim;
+		st->conv_ch[2] = g->heads * g->head_dim_v;
+		rc = lmk_gdn_state_init(&st->gdn, c, B, g->heads, g->head_dim, g->head_dim_v,
+					is_ll(g->kind), max_t);
+	} else if (is_path(g->kind)) {
+#ifdef HAVE_PATH
+		st->nconv = 1;
+		st->conv_ch[0] = g->groups * g->head_dim;
+		rc = lmk_path_cache_init(&st->path, c, B, max_t, g->heads, g->groups, g->head_dim,
+					 g->kind == LMK_MIXER_PATH_FOX);
+#else
+		return lmk_err(LMK_EUNSUP, "mixer: %s: this build has no PaTH attention",
+			       kind_names[g->kind]);
+#endif
+	} else {
+		rc = lmk_ssd_state_init(&st->ssd, c, B, g->heads, g->head_dim, g->head_dim_v, 0);
+	}
+	st->core = rc == 0;
+	for (int i = 0; rc == 0 && i < st->nconv; i++) {
+		size_t bytes = (size_t)(B * (g->conv - 1) * st->conv_ch[i]) * lmk_dtype_size(dt);
+		if (c->dev == LMK_DEV_CPU) {
+			if (!(st->conv[i] = calloc(bytes ? bytes : 1, 1)))
+				rc = lmk_err(LMK_ENOMEM, "mixer state: %zu bytes", bytes);
+			continue;
+		}
+#if LMK_CUDA
+		if ((rc = lmk_cuda_mem_alloc(&st->conv[i], bytes ? bytes : 1)) == 0)
+			rc = lmk_cuda_memset(c->backend, st->conv[i], 0, bytes);
+#endif
+	}
+	if (rc < 0)
+		lmk_mixer_state_free(st);
+	return rc;
+}
+
+void lmk_mixer_state_free(lmk_mixer_state *st)
+{
+	for (int i = 0; i < st->nconv; i++) {
+		if (!st->conv[i])
+			continue;
+		if (st->dev == LMK_DEV_CPU)
+			free(st->conv[i]);
+#if LMK_CUDA
+		else
+			lmk_cuda_mem_free(st->conv[i]);
+#endif
+	}
+	if (st->core) {
+		if (is_gdn(st->kind))
+			lmk_gdn_state_free(&st->gdn);
+#ifdef HAVE_PATH
+		else if (is_path(st->kind))
+			lmk_path_cache_free(&st->path);
+#endif
+		else
+			lmk_ssd_state_free(&st->ssd);
+	}
+	memset(st, 0, sizeof *st);
 }

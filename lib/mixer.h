@@ -5,9 +5,9 @@
  * prefix, named as the Hugging Face / fla modules name them), their
  * initialisation as the papers do it, and the forward, written with ops only
  * so that the tape gives the backward.
- * Owns: nothing beyond the lmk_mixer struct (the parameters live in the
- * caller's lmk_params). Needs: ops, seqops, ssd, gdn, path (when lib/path.h
- * is there), rng.
+ * Owns: nothing beyond the lmk_mixer struct and a decoding state's buffers
+ * (the parameters live in the caller's lmk_params). Needs: ops, seqops,
+ * ssd, gdn, path, rng.
  * Never: prints, exits, allocates parameters itself, or knows about blocks,
  * residuals or the model around it.
  *
@@ -20,6 +20,9 @@
 
 #include <stdint.h>
 
+#include "gdn.h"
+#include "path.h"
+#include "ssd.h"
 #include "tensor.h"
 
 typedef enum {
@@ -154,5 +157,34 @@ int lmk_mixer_init_weights(lmk_mixer *m, uint64_t seed);
 /* x (B,T,C) -> (B,T,C) in c's compute dtype. Log-linear kinds need T <=
  * 2^(NL-1). @return : NULL on failure (message recorded) */
 lmk_tensor *lmk_mixer_forward(lmk_ctx *c, const lmk_mixer *m, lmk_tensor *x);
+
+/* ---- decoding: one token at a time, with the layer's state ----
+ * The short convolutions keep their last W-1 inputs; the core keeps its
+ * recurrent state: one (Dk, Dv) matrix per head (linear, mamba2, gdn: O(1)
+ * in the tokens), one per Fenwick level (ll-*: O(log T)), or PaTH's key
+ * cache, whose keys each new token's transform moves (O(T)). */
+typedef struct lmk_mixer_state {
+	int kind;
+	int64_t B, t;           /* rows; tokens stepped */
+	lmk_device dev;
+	int nconv;
+	int64_t conv_w, conv_ch[3];
+	void *conv[3];          /* (B, W-1, ch) in the compute dtype */
+	int core;               /* the core state below is made */
+	lmk_ssd_state ssd;      /* linear, mamba2, ll-mamba2 */
+	lmk_gdn_state gdn;      /* gdn, ll-gdn */
+	lmk_path_cache path;    /* path, path-fox */
+} lmk_mixer_state;
+
+/* A state at t = 0 for B rows on c's device, for up to max_t tokens (the
+ * log-linear kinds need max_t <= 2^(NL-1); PaTH's cache holds max_t).
+ * @return : 0, LMK_EINVAL, LMK_ENOMEM or LMK_EDEVICE */
+int lmk_mixer_state_init(lmk_mixer_state *st, const lmk_mixer *m, lmk_ctx *c, int64_t B,
+			 int64_t max_t);
+void lmk_mixer_state_free(lmk_mixer_state *st);
+/* One token for every row: x (B,1,C) -> (B,1,C), the forward's output at
+ * position st->t of the sequence so far (up to rounding), and the state
+ * moved on. Records nothing on the tape. @return : NULL on failure */
+lmk_tensor *lmk_mixer_step(lmk_ctx *c, const lmk_mixer *m, lmk_mixer_state *st, lmk_tensor *x);
 
 #endif

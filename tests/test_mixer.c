@@ -575,6 +575,85 @@ START_TEST(test_forward_reference)
 }
 END_TEST
 
+/* Decoding: the layer stepped one token at a time (lmk_mixer_step, its
+ * conv and core states) gives every position of the parallel forward, for
+ * every kind, both variants (several chunks in the forward), B 2, T 8 (the
+ * most 4 Fenwick levels hold); a second state, reset by freeing and making
+ * it again, gives the same again; a wrong batch or a (B,2,C) input is
+ * refused. */
+START_TEST(test_step)
+{
+	for (int kind = 0; kind < LMK_MIXER_NKINDS; kind++)
+		for (int v = 0; v < 2; v++) {
+			lmk_mixer_config cfg;
+			tiny(&cfg, kind, v);
+			layer L;
+			ck_assert_int_eq(make_layer(&L, &cfg, 60 + (uint64_t)kind), 0);
+			const int64_t B = 2, T = 8, C = cfg.hidden, n = B * T * C;
+			float *x = malloc(sizeof(float) * (size_t)n), *y = malloc(sizeof(float) * (size_t)n);
+			float *z = malloc(sizeof(float) * (size_t)n);
+			random_x(x, n, 17 + (uint64_t)v);
+			loss_of(&L, x, B, T, NULL, y);
+			lmk_ctx c;
+			ck_assert_int_eq(lmk_ctx_init(&c, LMK_DEV_CPU), 0);
+			lmk_mixer_state st;
+			for (int pass = 0; pass < 2; pass++) {
+				ck_assert_msg(lmk_mixer_state_init(&st, &L.m, &c, B, T) == 0, "%s",
+					      lmk_errmsg());
+				for (int64_t t = 0; t < T; t++) {
+					lmk_ctx_reset(&c);
+					lmk_tensor *xt = lmk_tensor_new(&c, LMK_F32, 3,
+									(int64_t[]){B, 1, C}, 0);
+					for (int64_t b = 0; b < B; b++)
+						memcpy((float *)xt->data + b * C, x + (b * T + t) * C,
+						       sizeof(float) * (size_t)C);
+					lmk_tensor *o = lmk_mixer_step(&c, &L.m, &st, xt);
+					ck_assert_msg(o != NULL, "%s t %lld: %s", lmk_mixer_kind_name(kind),
+						      (long long)t, lmk_errmsg());
+					ck_assert_int_eq(c.ntape, 0);
+					for (int64_t b = 0; b < B; b++)
+						memcpy(z + (b * T + t) * C, (float *)o->data + b * C,
+						       sizeof(float) * (size_t)C);
+				}
+				ck_assert_int_eq(st.t, T);
+				double e2 = 0, r2 = 0;
+				for (int64_t i = 0; i < n; i++) {
+					e2 += ((double)z[i] - y[i]) * ((double)z[i] - y[i]);
+					r2 += (double)y[i] * y[i];
+				}
+				double e = sqrt(e2 / r2);
+				if (pass == 0)
+					printf("test_mixer: %-9s variant %d: steps against the forward "
+					       "%.1e\n", lmk_mixer_kind_name(kind), v, e);
+				ck_assert_msg(e < 1e-5, "%s variant %d: steps differ from the forward by %g",
+					      lmk_mixer_kind_name(kind), v, e);
+				if (pass == 1) {
+					/* another batch, two tokens at once */
+					lmk_ctx_reset(&c);
+					lmk_tensor *x1 = lmk_tensor_new(&c, LMK_F32, 3,
+									(int64_t[]){1, 1, C}, 0);
+					lmk_tensor *x2 = lmk_tensor_new(&c, LMK_F32, 3,
+									(int64_t[]){B, 2, C}, 0);
+					memset(x1->data, 0, sizeof(float) * (size_t)C);
+					memset(x2->data, 0, sizeof(float) * (size_t)(2 * B * C));
+					ck_assert_ptr_null(lmk_mixer_step(&c, &L.m, &st, x1));
+					ck_assert_ptr_null(lmk_mixer_step(&c, &L.m, &st, x2));
+					ck_assert_int_eq(st.t, T);
+				}
+				lmk_mixer_state_free(&st);
+			}
+			/* log-linear: more tokens than the levels hold */
+			if (kind == LMK_MIXER_LL_MAMBA2 || kind == LMK_MIXER_LL_GDN)
+				ck_assert_int_eq(lmk_mixer_state_init(&st, &L.m, &c, B, 9), LMK_EINVAL);
+			lmk_ctx_free(&c);
+			free(x);
+			free(y);
+			free(z);
+			lmk_params_free(&L.p);
+		}
+}
+END_TEST
+
 /* Directional derivatives: tape against central differences. */
 START_TEST(test_gradients)
 {
@@ -928,6 +1007,7 @@ int main(void)
 	tcase_add_test(tc, test_param_counts);
 	tcase_add_test(tc, test_init);
 	tcase_add_test(tc, test_forward_reference);
+	tcase_add_test(tc, test_step);
 	tcase_add_test(tc, test_gradients);
 	tcase_add_test(tc, test_errors);
 	tcase_add_test(tc, test_train_flipflop);
