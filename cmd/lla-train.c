@@ -1091,9 +1091,6 @@ int main(int argc, char **argv)
 	if (data.vocab > r.m.cfg.vocab_size)
 		prog_die("%s: token ids go up to %d, beyond the model's vocabulary of %d%s", data.name,
 			 data.vocab - 1, r.m.cfg.vocab_size, o.resume || o.init ? "" : " (see --vocab)");
-	if (r.m.cfg.mixer && o.sample)
-		prog_usage_error("--sample decodes, which is only built for attention, not the %s mixer",
-				 lmk_mixer_kind_name(r.m.cfg.mixer - 1));
 	nparams = (int64_t)(o.adapter ? r.ad.params.n : r.m.params.n);
 
 	if (lmk_trainer_init_dist(&r.tr, &o.cfg, dp ? &d : NULL, o.adapter ? &r.ad.params : &r.m.params,

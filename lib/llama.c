@@ -813,11 +813,40 @@ lmk_tensor *lmk_llama_forward(lmk_ctx *c, lmk_llama *m, lmk_tensor *ids, lmk_ten
 
 /* ---- decoding with a KV cache ----------------------------------------- */
 
+/* A mixer model's cache: each layer's decoding state on c's device. */
+static int mixer_states(lmk_kvcache *kv, const lmk_llama *m, int max_t, lmk_ctx *c)
+{
+	const int L = m->cfg.num_hidden_layers;
+	int rc = 0;
+
+	if (!(kv->mix = calloc((size_t)L, sizeof *kv->mix)))
+		return lmk_err(LMK_ENOMEM, "kvcache: %d mixer states", L);
+	for (int l = 0; l < L && rc == 0; l++)
+		if ((rc = lmk_mixer_state_init(&kv->mix[l], &m->layers[l].mix, c, 1, max_t)) == 0)
+			kv->nmix++;
+	if (rc < 0) {
+		lmk_kvcache_free(kv);
+		return rc;
+	}
+	kv->dev = c->dev;
+	kv->dtype = c->dev == LMK_DEV_CPU ? LMK_F32 : c->dtype;
+	kv->max_t = max_t;
+	return 0;
+}
+
 int lmk_kvcache_init(lmk_kvcache *kv, const lmk_llama *m, int max_t)
 {
 	memset(kv, 0, sizeof *kv);
 	if (max_t <= 0)
 		return lmk_err(LMK_EINVAL, "kvcache: expected max_t > 0, found %d", max_t);
+	if (m->cfg.mixer) {
+		lmk_ctx host;
+		if (lmk_ctx_init(&host, LMK_DEV_CPU) < 0)
+			return lmk_errcode();
+		int rc = mixer_states(kv, m, max_t, &host);
+		lmk_ctx_free(&host);
+		return rc;
+	}
 	size_t n = (size_t)m->cfg.num_hidden_layers * (size_t)max_t *
 		   (size_t)m->cfg.num_key_value_heads * (size_t)m->cfg.head_dim;
 	kv->k = malloc(n * sizeof(float));
@@ -838,6 +867,8 @@ int lmk_kvcache_init_ctx(lmk_kvcache *kv, const lmk_llama *m, int max_t, const l
 	memset(kv, 0, sizeof *kv);
 	if (max_t <= 0)
 		return lmk_err(LMK_EINVAL, "kvcache: expected max_t > 0, found %d", max_t);
+	if (m->cfg.mixer) /* the states take c for its device and stream only */
+		return mixer_states(kv, m, max_t, (lmk_ctx *)c);
 #if LMK_CUDA
 	size_t n = (size_t)m->cfg.num_hidden_layers * (size_t)max_t *
 		   (size_t)m->cfg.num_key_value_heads * (size_t)m->cfg.head_dim;
@@ -860,6 +891,9 @@ int lmk_kvcache_init_ctx(lmk_kvcache *kv, const lmk_llama *m, int max_t, const l
 
 void lmk_kvcache_free(lmk_kvcache *kv)
 {
+	for (int l = 0; l < kv->nmix; l++)
+		lmk_mixer_state_free(&kv->mix[l]);
+	free(kv->mix);
 	free(kv->k);
 	free(kv->v);
 #if LMK_CUDA
@@ -1133,15 +1167,51 @@ static int decode_batch(lmk_ctx *c, lmk_llama *m, lmk_kvcache *const *kv, const 
 	return 0;
 }
 
+/* decode with a token mixer: the tokens one at a time through each
+ * layer's step (lmk_mixer_step), c reset between them. */
+static int decode_mixer(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *ids, int n,
+			float *logits)
+{
+	const lmk_llama_config *cfg = &m->cfg;
+	int64_t is[2] = {1, 1}, ls[2] = {1, cfg->hidden_size};
+	lmk_tensor *x = NULL;
+	int rc;
+
+	for (int i = 0; i < n; i++) {
+		if (i)
+			lmk_ctx_reset(c);
+		lmk_tensor *idt = c->dev == LMK_DEV_CPU
+					  ? lmk_tensor_wrap(c, LMK_I32, 2, is, (void *)(ids + i))
+					  : lmk_tensor_upload(c, LMK_I32, 2, is, ids + i);
+		x = idt ? lmk_embedding(c, idt, m->wte) : NULL;
+		for (int l = 0; l < cfg->num_hidden_layers && x; l++) {
+			const lmk_llama_layer *ly = &m->layers[l];
+			lmk_tensor *h = lmk_rmsnorm(c, x, ly->ln1, cfg->rms_norm_eps);
+			lmk_tensor *o = lmk_mixer_step(c, &ly->mix, &kv->mix[l], h);
+			x = o ? mlp_block(c, m, ly, lmk_add(c, x, o)) : NULL;
+		}
+		if (!x)
+			return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+	}
+	lmk_tensor *y = lmk_linear(c, lmk_rmsnorm(c, lmk_reshape(c, x, 2, ls), m->norm,
+						  cfg->rms_norm_eps),
+				   m->lm_head, NULL);
+	if (!y)
+		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+	if ((rc = lmk_tensor_read_f32(c, y, 0, logits)) < 0)
+		return rc;
+	kv->len += n;
+	return 0;
+}
+
 int lmk_llama_decode(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *ids, int n,
 		     float *logits)
 {
 	if (n < 1)
 		return lmk_err(LMK_EINVAL, "llama decode: expected at least 1 token, found %d", n);
-	if (m->cfg.mixer)
-		return lmk_err(LMK_EUNSUP, "llama decode: decoding with the %s mixer is not built (only "
-			       "attention; the mixers' ops have their own decoding states)",
-			       lmk_mixer_kind_name(m->cfg.mixer - 1));
+	if ((m->cfg.mixer != 0) != (kv->nmix != 0) ||
+	    (kv->nmix && kv->nmix != m->cfg.num_hidden_layers))
+		return lmk_err(LMK_EINVAL, "llama decode: the cache was made for another model");
 	if (n > kv->max_t - kv->len)
 		return lmk_err(LMK_EINVAL,
 			       "llama decode: %d new tokens overflow the cache (%d of %d used)", n,
@@ -1157,10 +1227,12 @@ int lmk_llama_decode(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *i
 	int grad = c->grad_enabled;
 	c->grad_enabled = 0;
 #if LMK_CUDA
-	int rc = c->dev == LMK_DEV_CPU ? decode(c, m, kv, ids, n, logits)
-				       : decode_dev(c, m, kv, ids, n, logits);
+	int rc = m->cfg.mixer ? decode_mixer(c, m, kv, ids, n, logits)
+		 : c->dev == LMK_DEV_CPU ? decode(c, m, kv, ids, n, logits)
+					 : decode_dev(c, m, kv, ids, n, logits);
 #else
-	int rc = decode(c, m, kv, ids, n, logits);
+	int rc = m->cfg.mixer ? decode_mixer(c, m, kv, ids, n, logits)
+			      : decode(c, m, kv, ids, n, logits);
 #endif
 	c->grad_enabled = grad;
 	return rc;
@@ -1172,8 +1244,9 @@ int lmk_llama_decode_batch(lmk_ctx *c, lmk_llama *m, lmk_kvcache *const *kv, con
 	if (n < 1)
 		return lmk_err(LMK_EINVAL, "llama decode: expected at least 1 sequence, found %d", n);
 	if (m->cfg.mixer)
-		return lmk_err(LMK_EUNSUP, "llama decode: decoding with the %s mixer is not built (only "
-			       "attention)", lmk_mixer_kind_name(m->cfg.mixer - 1));
+		return lmk_err(LMK_EUNSUP, "llama decode: several sequences at once with the %s "
+			       "mixer are not built (one at a time: lmk_llama_decode)",
+			       lmk_mixer_kind_name(m->cfg.mixer - 1));
 	if (c->dev != LMK_DEV_CPU && m->params.dev != c->dev)
 		return lmk_err(LMK_EINVAL, "llama decode: the parameters are not on the context's "
 			       "device (lmk_params_to_device)");

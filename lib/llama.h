@@ -113,10 +113,15 @@ lmk_tensor *lmk_llama_forward(lmk_ctx *c, lmk_llama *m, lmk_tensor *ids, lmk_ten
 			      lmk_tensor *seg);
 
 /* Incremental decoding. The cache holds K and V of every layer for one
- * sequence (batch 1) up to max_t positions. */
+ * sequence (batch 1) up to max_t positions; for a model with a token mixer
+ * (cfg.mixer), each layer's decoding state instead (lmk_mixer_state: O(1)
+ * or O(log T) in the tokens, PaTH's key cache O(T)). */
 typedef struct lmk_kvcache {
 	float *k, *v;                      /* CPU: (L, max_t, K, D) each */
 	void *dk, *dv;                     /* CUDA: (L, max_t, K, D) of dtype */
+	lmk_mixer_state *mix;              /* a mixer model: each layer's state
+					    * instead of keys and values */
+	int nmix;
 	lmk_device dev;
 	lmk_dtype dtype;                   /* CUDA: the context's compute dtype */
 	int max_t, len;
@@ -137,7 +142,10 @@ void lmk_kvcache_free(lmk_kvcache *kv);
  * new tokens run through the ops together; attention is one causal flash
  * pass for a prompt into the empty cache, else reads the cache one query
  * row at a time (lmk_cuda_attention_decode); logits come back as float32
- * (the call waits for the stream).
+ * (the call waits for the stream). With a mixer the n tokens step through
+ * the layers' states one at a time and c is reset between them (hold no
+ * tensor of c's arena across the call); a failure then leaves the cache
+ * unusable.
  * @return : 0, LMK_EINVAL when the cache would overflow or is not where c
  * computes, or < 0 */
 int lmk_llama_decode(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *ids, int n,

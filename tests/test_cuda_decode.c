@@ -14,6 +14,9 @@
  * on the GPU must give the CPU's greedy tokens (up to such a tie) and hold
  * the same arena after a second run (nothing grows per token).
  *
+ * Also: several sequences decoded together (lmk_llama_decode_batch), and
+ * models with each token mixer decoding through their layers' states.
+ *
  * Exits 77 without a device or in a CPU-only build. Runs without fork: a
  * child forked after CUDA is initialised cannot use the device. */
 #include <check.h>
@@ -321,6 +324,101 @@ END_TEST
 START_TEST(test_batch_bf16) { check_batch(&cases[_i], LMK_BF16); }
 END_TEST
 
+/* A model with each token mixer decodes on the GPU through the layers'
+ * states (lmk_mixer_step: the short convolutions' kept inputs, the core
+ * ops' steps) as on the CPU: a 5-token prompt, then 6 tokens one at a
+ * time, every step's logits within the tolerances above. */
+static void mixer_run(lmk_ctx *c, lmk_llama *m, float *logits /*(7,V)*/, const char *what)
+{
+	const int V = m->cfg.vocab_size;
+	int32_t ids[11];
+	lmk_kvcache kv;
+	for (int i = 0; i < 11; i++)
+		ids[i] = (int32_t)((i * 29 + 3) % V);
+	ck_assert_msg(lmk_kvcache_init_ctx(&kv, m, 11, c) == 0, "%s: %s", what, lmk_errmsg());
+	for (int s = 0, at = 0; s < 7; s++) {
+		int n = s == 0 ? 5 : 1;
+		lmk_ctx_reset(c);
+		ck_assert_msg(lmk_llama_decode(c, m, &kv, ids + at, n, logits + (size_t)s * V) == 0,
+			      "%s: step %d: %s", what, s, lmk_errmsg());
+		at += n;
+	}
+	lmk_ctx_reset(c);
+	lmk_kvcache_free(&kv);
+}
+
+static void check_mixer(int kind, lmk_dtype dt)
+{
+	char what[96];
+	snprintf(what, sizeof what, "%s blocks %s", lmk_mixer_kind_name(kind), lmk_dtype_name(dt));
+	lmk_llama_config cfg;
+	lmk_llama_config_default(&cfg);
+	cfg.hidden_size = 128;
+	cfg.intermediate_size = 160;
+	cfg.num_hidden_layers = 2;
+	cfg.num_attention_heads = 2;
+	cfg.num_key_value_heads = 2;
+	cfg.head_dim = 64;
+	cfg.vocab_size = 301;
+	cfg.neos = 0;
+	cfg.bos_token_id = -1;
+	cfg.mixer = 1 + kind;
+	lmk_mixer_defaults(&cfg.mix, kind, cfg.hidden_size);
+	cfg.mix.init_std = 0.05f;
+	if (kind == LMK_MIXER_GDN || kind == LMK_MIXER_LL_GDN) {
+		/* the shapes of the mixer experiments' GDN (docs/results.md) */
+		cfg.mix.heads = 2;
+		cfg.mix.head_dim = 64;
+		cfg.mix.head_dim_v = 128;
+	}
+	const int V = cfg.vocab_size;
+	float *lc = malloc(sizeof(float) * 7 * (size_t)V), *lg = malloc(sizeof(float) * 7 * (size_t)V);
+	ck_assert(lc && lg);
+	lmk_llama mc, mg;
+	lmk_ctx cc, gc;
+	ck_assert_int_eq(lmk_llama_init(&mc, &cfg, 0), 0);
+	lmk_llama_init_weights(&mc, 99);
+	if (dt == LMK_BF16) {
+		uint16_t *b = malloc(mc.params.n * sizeof *b);
+		ck_assert_ptr_nonnull(b);
+		lmk_dtype_from_f32(LMK_BF16, mc.params.data, b, mc.params.n);
+		lmk_dtype_to_f32(LMK_BF16, b, mc.params.data, mc.params.n);
+		free(b);
+	}
+	ck_assert_int_eq(lmk_ctx_init(&cc, LMK_DEV_CPU), 0);
+	mixer_run(&cc, &mc, lc, what);
+	ck_assert_int_eq(lmk_llama_init(&mg, &cfg, 0), 0);
+	lmk_llama_init_weights(&mg, 99);
+	ck_assert_int_eq(lmk_ctx_init_ex(&gc, LMK_DEV_CUDA, 0, dt), 0);
+	gc.arena.poison = 1;
+	ck_assert_int_eq(lmk_params_to_device(&mg.params, &gc), 0);
+	mixer_run(&gc, &mg, lg, what);
+	/* bf16: the activations, the conv windows and the core's inputs are
+	 * rounded at every step */
+	const double tol = dt == LMK_BF16 ? 3e-2 : 1e-4;
+	double worst = 0;
+	for (int s = 0; s < 7; s++) {
+		double e = rel_err(lg + (size_t)s * V, lc + (size_t)s * V, V);
+		ck_assert_msg(e <= tol, "%s: step %d: logits differ from the CPU's by %.3g", what, s, e);
+		worst = fmax(worst, e);
+	}
+	printf("test_cuda_decode: %-22s: 7 steps, worst logits error %.2e\n", what, worst);
+	fflush(stdout);
+	ck_assert_msg(lmk_ctx_sync(&gc) == 0, "%s: %s", what, lmk_errmsg());
+	lmk_llama_free(&mg);
+	lmk_ctx_free(&gc);
+	lmk_llama_free(&mc);
+	lmk_ctx_free(&cc);
+	free(lc);
+	free(lg);
+}
+
+START_TEST(test_mixer_f32) { check_mixer(_i, LMK_F32); }
+END_TEST
+
+START_TEST(test_mixer_bf16) { check_mixer(_i, LMK_BF16); }
+END_TEST
+
 /* A cache that is not where the context computes is refused. */
 START_TEST(test_wrong_cache)
 {
@@ -365,6 +463,8 @@ int main(void)
 	tcase_add_loop_test(tc, test_decode_bf16, 0, NCASES);
 	tcase_add_loop_test(tc, test_batch_f32, 0, NCASES);
 	tcase_add_loop_test(tc, test_batch_bf16, 0, NCASES);
+	tcase_add_loop_test(tc, test_mixer_f32, 0, LMK_MIXER_NKINDS);
+	tcase_add_loop_test(tc, test_mixer_bf16, 0, LMK_MIXER_NKINDS);
 	tcase_add_test(tc, test_wrong_cache);
 	suite_add_tcase(su, tc);
 	SRunner *sr = srunner_create(su);

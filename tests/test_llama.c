@@ -342,6 +342,101 @@ START_TEST(test_decode_batch)
 }
 END_TEST
 
+/* A model whose blocks mix with each token mixer decodes with the layers'
+ * states: a 3-token prompt, then one token at a time, every position's
+ * logits those of the full forward; generate gives the full forward's
+ * greedy tokens; a cache made for attention is refused. */
+START_TEST(test_decode_mixer)
+{
+	const int kind = _i, T = 12, V = 61;
+	lmk_llama_config cfg;
+	lmk_llama m;
+	lmk_ctx c;
+	lmk_kvcache kv;
+
+	lmk_llama_config_default(&cfg);
+	cfg.hidden_size = 64;
+	cfg.intermediate_size = 96;
+	cfg.num_hidden_layers = 2;
+	cfg.num_attention_heads = 2;
+	cfg.num_key_value_heads = 2;
+	cfg.head_dim = 32;
+	cfg.vocab_size = V;
+	cfg.neos = 0;
+	cfg.bos_token_id = -1;
+	cfg.tie_word_embeddings = 1;
+	cfg.mixer = 1 + kind;
+	lmk_mixer_defaults(&cfg.mix, kind, cfg.hidden_size);
+	cfg.mix.chunk = 4; /* several chunks in the forward, a ragged last one */
+	cfg.mix.init_std = 0.2f;
+	ck_assert_msg(lmk_llama_init(&m, &cfg, 0) == 0, "%s", lmk_errmsg());
+	lmk_llama_init_weights(&m, 77 + (uint64_t)kind);
+	ck_assert_int_eq(lmk_ctx_init(&c, LMK_DEV_CPU), 0);
+	int32_t ids[12];
+	for (int i = 0; i < T; i++)
+		ids[i] = (int32_t)((i * 37 + 5) % V);
+	int64_t one[2] = {1, T};
+	lmk_tensor *full = lmk_llama_forward(&c, &m, lmk_tensor_wrap(&c, LMK_I32, 2, one, ids), NULL,
+					     NULL);
+	ck_assert_msg(full != NULL, "%s", lmk_errmsg());
+	float *want = malloc(sizeof(float) * (size_t)T * V), *got = malloc(sizeof(float) * V);
+	memcpy(want, full->data, sizeof(float) * (size_t)T * V);
+	lmk_ctx_reset(&c);
+	ck_assert_int_eq(lmk_kvcache_init(&kv, &m, T), 0);
+	ck_assert_int_eq(kv.nmix, 2);
+	double worst = 0;
+	for (int at = 0; at < T;) {
+		int n = at == 0 ? 3 : 1;
+		lmk_ctx_reset(&c);
+		ck_assert_msg(lmk_llama_decode(&c, &m, &kv, ids + at, n, got) == 0, "%s: %s",
+			      lmk_mixer_kind_name(kind), lmk_errmsg());
+		at += n;
+		double e = relerr(got, want + (size_t)(at - 1) * V, V);
+		worst = e > worst ? e : worst;
+		ck_assert_msg(e < 1e-5, "%s: position %d: relative error %.3g",
+			      lmk_mixer_kind_name(kind), at - 1, e);
+	}
+	ck_assert_int_eq(lmk_llama_decode(&c, &m, &kv, ids, 1, got), LMK_EINVAL); /* full */
+	lmk_kvcache_free(&kv);
+	/* greedy generation: each token the argmax of the full forward over
+	 * the sequence so far */
+	int32_t out[6], seq[12];
+	memcpy(seq, ids, 4 * sizeof *seq);
+	lmk_sampler sm = {.temperature = 0, .top_k = 0, .top_p = 1};
+	ck_assert_int_eq(lmk_llama_generate(&c, &m, ids, 4, 6, &sm, NULL, 0, NULL, NULL, out), 6);
+	for (int s = 0; s < 6; s++) {
+		int64_t sh[2] = {1, 4 + s};
+		lmk_ctx_reset(&c);
+		lmk_tensor *f = lmk_llama_forward(&c, &m, lmk_tensor_wrap(&c, LMK_I32, 2, sh, seq),
+						  NULL, NULL);
+		ck_assert_ptr_nonnull(f);
+		const float *row = (const float *)f->data + (size_t)(3 + s) * V;
+		int best = 0;
+		for (int v = 1; v < V; v++)
+			if (row[v] > row[best])
+				best = v;
+		ck_assert_msg(out[s] == best, "%s: token %d: %d, the forward's argmax %d",
+			      lmk_mixer_kind_name(kind), s, out[s], best);
+		seq[4 + s] = out[s];
+	}
+	/* a cache for another model */
+	lmk_llama a;
+	cfg.mixer = 0;
+	ck_assert_int_eq(lmk_llama_init(&a, &cfg, 0), 0);
+	ck_assert_int_eq(lmk_kvcache_init(&kv, &a, 4), 0);
+	lmk_ctx_reset(&c);
+	ck_assert_int_eq(lmk_llama_decode(&c, &m, &kv, ids, 1, got), LMK_EINVAL);
+	lmk_kvcache_free(&kv);
+	lmk_llama_free(&a);
+	printf("test_llama: %s blocks: decoding with the layers' states against the forward: "
+	       "max relative error %.2e\n", lmk_mixer_kind_name(kind), worst);
+	free(want);
+	free(got);
+	lmk_ctx_free(&c);
+	lmk_llama_free(&m);
+}
+END_TEST
+
 /* Greedy generation equals the argmax of a full forward over the growing
  * sequence; eos and the callback stop it. */
 static int stop_after_two(void *arg, int32_t tok)
@@ -1012,6 +1107,7 @@ int main(void)
 	tcase_add_loop_test(tc, test_fixture, 0, 2);
 	tcase_add_loop_test(tc, test_decode, 0, 2);
 	tcase_add_loop_test(tc, test_decode_batch, 0, 2);
+	tcase_add_loop_test(tc, test_decode_mixer, 0, LMK_MIXER_NKINDS);
 	tcase_add_test(tc, test_generate);
 	suite_add_tcase(s, tc);
 

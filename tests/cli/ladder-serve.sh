@@ -122,6 +122,12 @@ else
 	runin '' $S -q
 	check "empty input: no output, exit 0" 'rc_is 0 && out_empty && err_empty'
 
+	run "$TRAIN" --data text.txt --hidden 32 --layers 2 --batch 4 --seq 32 --steps 10 \
+		--warmup 5 --eval-every 0 --threads 2 --seed 7 --mixer mamba2 --out ckm -q
+	runin '{"prompt":"the quick","max_tokens":8,"temperature":0}
+' $SERVE -m ckm --threads 2 -q
+	check "a Mamba-2 checkpoint: served through its layers' states" 'rc_is 0 && out_lines 1 && line_is 1 "^{$ANSWER" && out_has "\"tokens\":8,"'
+
 	runin '{"prompt":"the ","max_tokens":6,"temperature":0}
 ' $S -q --stream
 	check "--stream: pieces, then the answer" 'rc_is 0 && json_lines && [ "$(wc -l <out)" -ge 2 ] && grep -qE "^\{\"token\":\".*\",\"token_id\":[0-9]+\}$" out && line_is \$ "^{$ANSWER"'

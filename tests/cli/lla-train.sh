@@ -205,8 +205,10 @@ for mx in linear ll-mamba2 ll-gdn path-fox; do
 done
 run "$TRAIN" --task s5 --seq 16 --hidden 32 --layers 1 --batch 2 --steps 2 --threads 2 --mixer linear:decay=1 --out m-decay --quiet
 check "--mixer linear:decay=1: written to config.json" 'rc_is 0 && grep -q "\"decay\": 1" m-decay/config.json'
-run "$TRAIN" --task s5 --seq 16 --hidden 32 --layers 1 --batch 2 --steps 2 --mixer gdn --sample 4
-check "--sample with a mixer: exit 2 before training" 'rc_is 2 && err_has "only built for attention"'
+for mx in ll-mamba2 path-fox; do
+	run "$TRAIN" $TINY --steps 10 --mixer $mx --sample 8 --quiet
+	check "--sample with the $mx mixer: decoded with the layers' states" 'rc_is 0 && err_has "sample at step 10:"'
+done
 run "$TRAIN" --resume --out m-ll-gdn --steps 5 --quiet --metrics m-ll-gdn.jsonl
 check "a mixer's run resumes" 'rc_is 0 && grep -q "^{\"step\":5," m-ll-gdn.jsonl'
 
