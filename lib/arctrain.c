@@ -610,6 +610,8 @@ int lmk_arctrain_predict(void *arg, int n, const char *const *prompts, char *con
 			 size_t cap)
 {
 	lmk_arctrain_predictor *p = arg;
+	if (n <= 0)
+		return 0;
 	lmk_ctx *c = p->c;
 	lmk_llama *m = p->m;
 	/* the largest grid, its end marker and eos: no token is shorter than
