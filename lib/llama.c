@@ -955,6 +955,23 @@ static void cache_attend(float *out /*(n,H,D)*/, const float *q /*(n,H,D)*/,
 	}
 }
 
+/* Decoding's half of a layer before attention: q, k, v of x (with rope at
+ * pos) in dtype dt, and a, the attention output to fill, (shape as).
+ * @return : 0 or a negative code */
+static int decode_qkv(lmk_ctx *c, const lmk_llama *m, const lmk_llama_layer *ly, lmk_tensor *x,
+		      lmk_tensor *pos, lmk_dtype dt, const int64_t as[4], lmk_tensor **q,
+		      lmk_tensor **k, lmk_tensor **v, lmk_tensor **a)
+{
+	qkv(c, m, ly, lmk_rmsnorm(c, x, ly->ln1, m->cfg.rms_norm_eps), pos, q, k, v);
+	*a = lmk_tensor_new(c, dt, 4, as, 0);
+	if (!*q || !*k || !*v || !*a)
+		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+	if ((*q)->dtype != dt || (*k)->dtype != dt || (*v)->dtype != dt)
+		return lmk_err(LMK_EINVAL, "llama decode: expected q, k, v in %s, found %s",
+			       lmk_dtype_name(dt), lmk_dtype_name((*q)->dtype));
+	return 0;
+}
+
 static int decode(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *ids, int n,
 		  float *logits)
 {
@@ -975,11 +992,10 @@ static int decode(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *ids,
 	lmk_tensor *x = lmk_embedding(c, idt, m->wte);
 	for (int l = 0; l < cfg->num_hidden_layers && x; l++) {
 		const lmk_llama_layer *ly = &m->layers[l];
-		lmk_tensor *q, *k, *v;
-		qkv(c, m, ly, lmk_rmsnorm(c, x, ly->ln1, cfg->rms_norm_eps), pos, &q, &k, &v);
-		lmk_tensor *a = lmk_tensor_new(c, LMK_F32, 4, as, 0);
-		if (!q || !k || !v || !a)
-			return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+		lmk_tensor *q, *k, *v, *a;
+		int rc = decode_qkv(c, m, ly, x, pos, LMK_F32, as, &q, &k, &v, &a);
+		if (rc < 0)
+			return rc;
 		float *kc = kv->k + (size_t)l * kv->max_t * kvrow;
 		float *vc = kv->v + (size_t)l * kv->max_t * kvrow;
 		memcpy(kc + (size_t)kv->len * kvrow, k->data, (size_t)n * kvrow * sizeof(float));
@@ -1026,14 +1042,9 @@ static int decode_dev(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *
 	lmk_tensor *x = lmk_embedding(c, idt, m->wte);
 	for (int l = 0; l < cfg->num_hidden_layers && x; l++) {
 		const lmk_llama_layer *ly = &m->layers[l];
-		lmk_tensor *q, *k, *v;
-		qkv(c, m, ly, lmk_rmsnorm(c, x, ly->ln1, cfg->rms_norm_eps), pos, &q, &k, &v);
-		lmk_tensor *a = lmk_tensor_new(c, dt, 4, as, 0);
-		if (!q || !k || !v || !a)
-			return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
-		if (q->dtype != dt || k->dtype != dt || v->dtype != dt)
-			return lmk_err(LMK_EINVAL, "llama decode: expected q, k, v in %s, found %s",
-				       lmk_dtype_name(dt), lmk_dtype_name(q->dtype));
+		lmk_tensor *q, *k, *v, *a;
+		if ((rc = decode_qkv(c, m, ly, x, pos, dt, as, &q, &k, &v, &a)) < 0)
+			return rc;
 		char *kc = (char *)kv->dk + (size_t)l * kv->max_t * kvrow;
 		char *vc = (char *)kv->dv + (size_t)l * kv->max_t * kvrow;
 		if ((rc = lmk_cuda_copy(c->backend, kc + (size_t)kv->len * kvrow, k->data,
@@ -1113,14 +1124,9 @@ static int decode_batch(lmk_ctx *c, lmk_llama *m, lmk_kvcache *const *kv, const 
 	lmk_tensor *x = lmk_embedding(c, idt, m->wte);
 	for (int l = 0; l < cfg->num_hidden_layers && x; l++) {
 		const lmk_llama_layer *ly = &m->layers[l];
-		lmk_tensor *q, *k, *v;
-		qkv(c, m, ly, lmk_rmsnorm(c, x, ly->ln1, cfg->rms_norm_eps), pos, &q, &k, &v);
-		lmk_tensor *a = lmk_tensor_new(c, dt, 4, as, 0);
-		if (!q || !k || !v || !a)
-			return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
-		if (q->dtype != dt || k->dtype != dt || v->dtype != dt)
-			return lmk_err(LMK_EINVAL, "llama decode: expected q, k, v in %s, found %s",
-				       lmk_dtype_name(dt), lmk_dtype_name(q->dtype));
+		lmk_tensor *q, *k, *v, *a;
+		if ((rc = decode_qkv(c, m, ly, x, pos, dt, as, &q, &k, &v, &a)) < 0)
+			return rc;
 		for (int i = 0; i < n; i++) {
 			const lmk_kvcache *kvi = kv[i];
 			const size_t at = (size_t)l * kvi->max_t + (size_t)kvi->len;
