@@ -58,7 +58,8 @@ static const char usage[] =
 "                           the seed, of --seq tokens an example, scored by\n"
 "                           accuracy at each evaluation: mqar:kv=8,vocab=8192,\n"
 "                           power=0.01 (associative recall), flipflop:pw=0.1,\n"
-"                           pr=0.1, s5 or a5 (word problems); val=N held-out\n"
+"                           pr=0.1, s5 or a5 (word problems; s5:swaps=1, each\n"
+"                           element a transposition); val=N held-out\n"
 "                           examples (default 512)\n"
 "      --val-frac=F         share of the tokens, at the end, kept for validation\n"
 "                           (default 0.1; 0: no validation)\n"
@@ -829,6 +830,8 @@ static void task_setup(struct task *tk, const char *spec, int T, uint64_t seed)
 			tk->train.p_write = prog_parse_double("--task pw", val, 0, 1);
 		else if (t == LMK_SYNTH_FLIPFLOP && !strcmp(key, "pr"))
 			tk->train.p_read = prog_parse_double("--task pr", val, 0, 1);
+		else if (t == LMK_SYNTH_WORD && !strcmp(key, "swaps"))
+			tk->train.swaps = (int)prog_parse_long("--task swaps", val, 0, 1);
 		else
 			prog_usage_error("option '--task': %s has no setting '%s'", kind, key);
 	}
@@ -1134,6 +1137,7 @@ int main(int argc, char **argv)
 		if (o.task) {
 			lmk_metrics_num(&mt, "val_acc", acc.count ? (double)acc.correct / acc.count : 0);
 			lmk_metrics_num(&mt, "val_seq_acc", acc.seqs ? (double)acc.seq_correct / acc.seqs : 0);
+			lmk_metrics_num(&mt, "val_prefix", acc.seqs ? (double)acc.prefix / acc.seqs : 0);
 		}
 		lmk_metrics_num(&mt, "elapsed", r.tr.elapsed + lmk_now() - r.t0);
 		if (lmk_metrics_end(&mt) < 0)
@@ -1186,6 +1190,7 @@ int main(int argc, char **argv)
 		if (eval && o.task) {
 			lmk_metrics_num(&mt, "val_acc", acc.count ? (double)acc.correct / acc.count : 0);
 			lmk_metrics_num(&mt, "val_seq_acc", acc.seqs ? (double)acc.seq_correct / acc.seqs : 0);
+			lmk_metrics_num(&mt, "val_prefix", acc.seqs ? (double)acc.prefix / acc.seqs : 0);
 		}
 		lmk_metrics_num(&mt, "lr", ts.lr);
 		lmk_metrics_num(&mt, "grad_norm", ts.grad_norm);

@@ -111,6 +111,9 @@ int lmk_synth_check(const lmk_synth *s)
 				       (long long)s->vocab);
 		if (s->group != LMK_SYNTH_S5 && s->group != LMK_SYNTH_A5)
 			return lmk_err(LMK_EINVAL, "synth: word: unknown group %d", s->group);
+		if (s->swaps && s->group != LMK_SYNTH_S5)
+			return lmk_err(LMK_EINVAL, "synth: word: swaps are odd permutations: S5 only, "
+				       "not A5");
 		return 0;
 	default:
 		return lmk_err(LMK_EINVAL, "synth: unknown task %d", s->task);
@@ -261,10 +264,24 @@ static void word_one(const lmk_synth *s, lmk_rng *r, int32_t *x, int32_t *y)
 	int state[5] = {0, 1, 2, 3, 4}, g[5], next[5];
 	for (int64_t t = 0; t < s->T; t++) {
 		int id;
-		do {
-			id = (int)lmk_rng_below(r, 120);
-			lmk_synth_perm(id, g);
-		} while (s->group == LMK_SYNTH_A5 && !perm_even(g));
+		if (s->swaps) {
+			/* the k-th of the pairs i < j in lexicographic order */
+			int k = (int)lmk_rng_below(r, 10), i = 0;
+			while (k >= 4 - i) {
+				k -= 4 - i;
+				i++;
+			}
+			for (int e = 0; e < 5; e++)
+				g[e] = e;
+			g[i] = i + 1 + k;
+			g[i + 1 + k] = i;
+			id = lmk_synth_perm_id(g);
+		} else {
+			do {
+				id = (int)lmk_rng_below(r, 120);
+				lmk_synth_perm(id, g);
+			} while (s->group == LMK_SYNTH_A5 && !perm_even(g));
+		}
 		/* the earlier product first: (state·g)(i) = g(state(i)) */
 		for (int i = 0; i < 5; i++)
 			next[i] = g[state[i]];
@@ -318,12 +335,15 @@ int lmk_synth_batch(const lmk_synth *s, uint64_t first, int64_t B, int32_t *x, i
 void lmk_synth_score(lmk_synth_acc *a, const int32_t *pred, const int32_t *y, int64_t B, int64_t T)
 {
 	for (int64_t b = 0; b < B; b++) {
-		int64_t n = 0, ok = 0;
+		int64_t n = 0, ok = 0, wrong = 0;
 		for (int64_t t = 0; t < T; t++) {
 			if (y[b * T + t] < 0)
 				continue;
 			n++;
-			ok += pred[b * T + t] == y[b * T + t];
+			int right = pred[b * T + t] == y[b * T + t];
+			ok += right;
+			wrong |= !right;
+			a->prefix += !wrong;
 		}
 		a->count += n;
 		a->correct += ok;

@@ -61,6 +61,12 @@ typedef struct lmk_synth {
 	 * 0 the identity, so the vocabulary is 120 for both groups; the
 	 * product applies the earlier element first: (a·b)(i) = b(a(i)). */
 	int group;             /* LMK_SYNTH_S5 or LMK_SYNTH_A5 */
+	/* S5 only: x[t] a transposition (i j), uniform over the 10 of them,
+	 * instead of any element: the word problem over S5's generators, as
+	 * hard in theory (NC1-complete), and each step a single reflection,
+	 * which one Householder-like transform per token (PaTH, DeltaNet
+	 * with negative eigenvalues) can apply exactly. */
+	int swaps;
 } lmk_synth;
 
 /* The papers' settings for task: MQAR vocab 8192, T 256, 16 pairs, power_a
@@ -87,6 +93,9 @@ int lmk_synth_batch(const lmk_synth *s, uint64_t first, int64_t B, int32_t *x /*
 typedef struct lmk_synth_acc {
 	int64_t correct, count;     /* positions with a target, and right */
 	int64_t seq_correct, seqs;  /* sequences with a target, and all right */
+	int64_t prefix;             /* targets right before a sequence's first
+				     * error, summed over sequences: how far
+				     * a state is tracked */
 } lmk_synth_acc;
 
 /* Adds the positions of (B,T) where y >= 0 to a. */

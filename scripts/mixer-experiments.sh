@@ -16,7 +16,8 @@
 # (default cuda when this build has it and a GPU is there, else cpu),
 # MIXERS, HIDDEN, LAYERS, STEPS, BATCH, LR, and per experiment: MQAR_T
 # ("256 512"), MQAR_KV ("16 32 64"), MQAR_VOCAB (8192), LM_T (256),
-# STATE_T (64), STATE_TASKS ("s5 a5 flipflop").
+# STATE_T (64), STATE_TASKS ("s5 a5 flipflop"; also s5:swaps=1, S5 by
+# its transpositions).
 set -eu
 what=${1:?usage: mixer-experiments.sh mqar|lm|state [OUT]}
 OUT=${2:-${BUILD:-build}/mixer-experiments}
@@ -128,8 +129,12 @@ state)
 	STEPS=${STEPS:-2000} LR=${LR:-1e-3} T=${STATE_T:-64}
 	TASKS=${STATE_TASKS:-s5 a5 flipflop}
 	for task in $TASKS; do
+		case $task in
+		*:*) tspec="$task,val=256" ;;  # s5:swaps=1
+		*) tspec="$task:val=256" ;;
+		esac
 		for mx in $MIXERS; do
-			run "$mx.$task" --task "$task:val=256" --seq "$T" --hidden "$HIDDEN" \
+			run "$mx.$task" --task "$tspec" --seq "$T" --hidden "$HIDDEN" \
 				--layers "$LAYERS" --heads 2 --mixer "$(spec "$mx")" --batch "$BATCH" --steps "$STEPS" \
 				--lr "$LR" --warmup 100 --eval-every "$STEPS"
 		done
@@ -141,6 +146,10 @@ state)
 	echo "Whole sequences right:"
 	echo
 	report val_seq_acc "$MIXERS" "$TASKS"
+	echo
+	echo "Targets right before the first error, mean over sequences (of $T):"
+	echo
+	report val_prefix "$MIXERS" "$TASKS"
 	;;
 *)
 	echo "usage: mixer-experiments.sh mqar|lm|state [OUT]" >&2

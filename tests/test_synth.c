@@ -289,6 +289,45 @@ START_TEST(test_word)
 }
 END_TEST
 
+/* Over S5's transpositions: every x a swap, each of the 10 drawn, the
+ * targets the running product; refused for A5. */
+START_TEST(test_word_swaps)
+{
+	build_perms();
+	lmk_synth s;
+	lmk_synth_defaults(&s, LMK_SYNTH_WORD);
+	s.swaps = 1;
+	s.T = 33;
+	s.seed = 5;
+	int64_t B = 40, T = s.T;
+	int32_t *x, *y;
+	int hits[120] = {0}, kinds = 0;
+	make(&s, 0, B, &x, &y);
+	for (int64_t b = 0; b < B; b++) {
+		int st[5] = {0, 1, 2, 3, 4};
+		for (int64_t t = 0; t < T; t++) {
+			int32_t g = x[b * T + t];
+			int moved = 0;
+			for (int i = 0; i < 5; i++)
+				moved += perms[g][i] != i;
+			ck_assert_int_eq(moved, 2);
+			kinds += hits[g]++ == 0;
+			int nx[5];
+			for (int i = 0; i < 5; i++)
+				nx[i] = perms[g][st[i]];
+			memcpy(st, nx, sizeof st);
+			ck_assert_int_eq(y[b * T + t], find_perm(st));
+		}
+	}
+	ck_assert_int_eq(kinds, 10);
+	check_reproducible(s, 3);
+	free(x);
+	free(y);
+	s.group = LMK_SYNTH_A5;
+	ck_assert_int_eq(lmk_synth_check(&s), LMK_EINVAL);
+}
+END_TEST
+
 /* ------------------------------------------------------------- the rest */
 
 START_TEST(test_checks)
@@ -356,6 +395,7 @@ START_TEST(test_score_argmax)
 	ck_assert_int_eq(a.correct, 3);
 	ck_assert_int_eq(a.seqs, 2);
 	ck_assert_int_eq(a.seq_correct, 1);
+	ck_assert_int_eq(a.prefix, 2 + 1); /* p1: both targets; p2: the first */
 
 	const float l[3 * 4] = {0, 2, 2, 1, NAN, -1, 5, NAN, -3, -2, -2, -5};
 	int32_t pr[3];
@@ -376,6 +416,7 @@ int main(void)
 	tcase_add_test(tc, test_flipflop);
 	tcase_add_test(tc, test_perm_ids);
 	tcase_add_test(tc, test_word);
+	tcase_add_test(tc, test_word_swaps);
 	tcase_add_test(tc, test_checks);
 	tcase_add_test(tc, test_score_argmax);
 	suite_add_tcase(s, tc);
