@@ -14,7 +14,9 @@
 # (default build/mixer-experiments) is not repeated, so a sweep can be split
 # over calls of bounded length. Environment: BUILD (default build), DEVICE
 # (default cuda when this build has it and a GPU is there, else cpu),
-# MIXERS, HIDDEN, LAYERS, STEPS, BATCH, LR, and per experiment: MQAR_T
+# MIXERS (names, or specs with settings: path:heads=4,head_dim=16),
+# HIDDEN, LAYERS, HEADS (state: attention's, default 2), STEPS, BATCH, LR,
+# THREADS (lla-train --threads; default all), and per experiment: MQAR_T
 # ("256 512"), MQAR_KV ("16 32 64"), MQAR_VOCAB (8192), LM_T (256),
 # STATE_T (64), STATE_TASKS ("s5 a5 flipflop"; also s5:swaps=1, S5 by
 # its transpositions).
@@ -51,7 +53,8 @@ run() {
 	if [ -s "$m.done" ] || [ -n "${REPORT_ONLY:-}" ]; then return 0; fi
 	rm -rf "$m" "$OUT/$what/$name"
 	echo "mixer-experiments: $what $name" >&2
-	if "$BIN" --device "$DEVICE" --metrics "$m" --quiet --seed 1 "$@" 2>"$OUT/$what/$name.err"; then
+	if "$BIN" --device "$DEVICE" --metrics "$m" --quiet --seed 1 ${THREADS:+--threads "$THREADS"} "$@" \
+		2>"$OUT/$what/$name.err"; then
 		echo ok >"$m.done"
 	else
 		echo "mixer-experiments: $name failed: $(tail -1 "$OUT/$what/$name.err")" >&2
@@ -135,7 +138,8 @@ state)
 		esac
 		for mx in $MIXERS; do
 			run "$mx.$task" --task "$tspec" --seq "$T" --hidden "$HIDDEN" \
-				--layers "$LAYERS" --heads 2 --mixer "$(spec "$mx")" --batch "$BATCH" --steps "$STEPS" \
+				--layers "$LAYERS" --heads "${HEADS:-2}" --mixer "$(spec "$mx")" --batch "$BATCH" \
+				--steps "$STEPS" \
 				--lr "$LR" --warmup 100 --eval-every "$STEPS"
 		done
 	done
