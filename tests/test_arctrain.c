@@ -226,46 +226,78 @@ static int load_fixture(lmk_arc_set *s)
 	return lmk_arc_load(s, path, NULL, NULL);
 }
 
-/* A tiny model trained on one task until greedy prediction solves it. */
-START_TEST(test_memorise)
-{
+/* One fixture task (aa000001) as a training example for a tiny byte-level
+ * model on the CPU: what the memorisation tests share. */
+struct one_task {
 	lmk_arc_set s;
+	const lmk_arc_task *t;
 	lmk_llama m;
 	lmk_ctx c;
 	lmk_arctok tok;
-	lmk_arc_examples e = {0};
+	lmk_arc_examples e;
 	lmk_arctrain tr;
+};
+
+static void one_task_open(struct one_task *f, uint64_t seed)
+{
+	memset(f, 0, sizeof *f);
+	ck_assert_int_eq(load_fixture(&f->s), 0);
+	f->t = lmk_arc_set_find(&f->s, "aa000001");
+	ck_assert_ptr_nonnull(f->t);
+	tiny_model(&f->m, 32, 2, seed);
+	ck_assert_int_eq(lmk_ctx_init(&f->c, LMK_DEV_CPU), 0);
+	lmk_arctok_init(&f->tok, NULL);
+	lmk_arc_example_opts o = {.encode = lmk_arctok_encode, .arg = &f->tok, .bos = f->tok.bos,
+				  .eos = f->tok.eos, .max_len = 512};
+	ck_assert_int_eq(lmk_arc_examples_add(&f->e, f->t, 1, &o), 1);
+}
+
+/* steps of AdamW (lr 1e-2, warm-up 10, batch 1) on the example, training
+ * p; the first and last losses. */
+static void one_task_train(struct one_task *f, lmk_params *p, int steps, double *first,
+			   double *last)
+{
 	lmk_arctrain_config cfg;
 	lmk_arctrain_stats st;
-
-	ck_assert_int_eq(load_fixture(&s), 0);
-	const lmk_arc_task *t = lmk_arc_set_find(&s, "aa000001");
-	ck_assert_ptr_nonnull(t);
-	tiny_model(&m, 32, 2, 7);
-	ck_assert_int_eq(lmk_ctx_init(&c, LMK_DEV_CPU), 0);
-	lmk_arctok_init(&tok, NULL);
-	lmk_arc_example_opts o = {.encode = lmk_arctok_encode, .arg = &tok, .bos = tok.bos,
-				  .eos = tok.eos, .max_len = 512};
-	ck_assert_int_eq(lmk_arc_examples_add(&e, t, 1, &o), 1);
 	lmk_arctrain_config_default(&cfg);
 	cfg.lr = 1e-2f;
-	cfg.total = 200;
+	cfg.total = steps;
 	cfg.warmup = 10;
 	cfg.batch = 1;
-	ck_assert_int_eq(lmk_arctrain_init(&tr, &cfg, &c, &m, &m.params), 0);
-	const lmk_arc_example *b[1] = {&e.ex[0]};
-	double first = 0;
-	for (int i = 0; i < cfg.total; i++) {
-		ck_assert_int_eq(lmk_arctrain_step(&tr, b, 1, &st), 0);
+	ck_assert_int_eq(lmk_arctrain_init(&f->tr, &cfg, &f->c, &f->m, p), 0);
+	const lmk_arc_example *b[1] = {&f->e.ex[0]};
+	for (int i = 0; i < steps; i++) {
+		ck_assert_int_eq(lmk_arctrain_step(&f->tr, b, 1, &st), 0);
 		if (i == 0)
-			first = st.loss;
+			*first = st.loss;
 	}
-	ck_assert_msg(st.loss < 0.05 * first, "loss %g after %d steps, from %g", st.loss,
-		      (int)cfg.total, first);
+	*last = st.loss;
+}
+
+static void one_task_close(struct one_task *f)
+{
+	lmk_arctrain_free(&f->tr);
+	lmk_arc_examples_free(&f->e);
+	lmk_arctok_free(&f->tok);
+	lmk_ctx_free(&f->c);
+	lmk_llama_free(&f->m);
+	lmk_arc_set_free(&f->s);
+}
+
+/* A tiny model trained on one task until greedy prediction solves it. */
+START_TEST(test_memorise)
+{
+	struct one_task f;
+	double first, last;
+
+	one_task_open(&f, 7);
+	one_task_train(&f, &f.m.params, 200, &first, &last);
+	ck_assert_msg(last < 0.05 * first, "loss %g after %d steps, from %g", last, 200, first);
+	const lmk_arc_task *t = f.t;
 	lmk_arc_tf tf;
 	lmk_arc_tf_identity(&tf);
 	lmk_arc_grid best[2];
-	lmk_arctrain_predictor p = {.c = &c, .m = &m, .tok = &tok, .max_len = 512};
+	lmk_arctrain_predictor p = {.c = &f.c, .m = &f.m, .tok = &f.tok, .max_len = 512};
 	ck_assert_int_ge(lmk_arc_predict_batch(t, 0, &tf, 1, lmk_arctrain_predict, &p, best), 1);
 	ck_assert_msg(lmk_arc_grid_eq(&best[0], &t->test[0].out), "the prediction is not the output");
 	ck_assert_int_gt(p.tokens, 0);
@@ -274,9 +306,9 @@ START_TEST(test_memorise)
 	 * they give one at a time */
 	char *prompts[16], *one[16], *all[16];
 	int np = 0;
-	for (int i = 0; i < s.n && np < 16; i++)
-		for (int k = 0; k < s.t[i].ntest && np < 16; k++, np++) {
-			ck_assert_int_eq(lmk_arc_format(&s.t[i], k, &prompts[np], NULL), 0);
+	for (int i = 0; i < f.s.n && np < 16; i++)
+		for (int k = 0; k < f.s.t[i].ntest && np < 16; k++, np++) {
+			ck_assert_int_eq(lmk_arc_format(&f.s.t[i], k, &prompts[np], NULL), 0);
 			one[np] = calloc(1024, 1);
 			all[np] = calloc(1024, 1);
 			ck_assert(one[np] && all[np]);
@@ -301,12 +333,7 @@ START_TEST(test_memorise)
 	p.max_len = 8;
 	ck_assert_int_eq(lmk_arc_predict_batch(t, 0, &tf, 1, lmk_arctrain_predict, &p, best), 0);
 	ck_assert_int_eq(p.nlong, 1);
-	lmk_arctrain_free(&tr);
-	lmk_arc_examples_free(&e);
-	lmk_arctok_free(&tok);
-	lmk_ctx_free(&c);
-	lmk_llama_free(&m);
-	lmk_arc_set_free(&s);
+	one_task_close(&f);
 }
 END_TEST
 
@@ -316,48 +343,23 @@ END_TEST
  * base's bit for bit. */
 START_TEST(test_lora_merged)
 {
-	lmk_arc_set s;
-	lmk_llama m;
-	lmk_ctx c;
-	lmk_arctok tok;
-	lmk_arc_examples e = {0};
-	lmk_arctrain tr;
-	lmk_arctrain_config cfg;
-	lmk_arctrain_stats st;
+	struct one_task f;
 	lmk_lora ad;
 	lmk_lora_config lc;
+	double first, last;
 
-	ck_assert_int_eq(load_fixture(&s), 0);
-	const lmk_arc_task *t = lmk_arc_set_find(&s, "aa000001");
-	ck_assert_ptr_nonnull(t);
-	tiny_model(&m, 32, 2, 5);
-	ck_assert_int_eq(lmk_ctx_init(&c, LMK_DEV_CPU), 0);
-	lmk_arctok_init(&tok, NULL);
+	one_task_open(&f, 5);
+	lmk_llama *m = &f.m;
 	lmk_lora_config_default(&lc);
 	ck_assert_int_eq(lmk_lora_config_parse(&lc, "lora:r=8,alpha=16,targets=all"), 0);
-	ck_assert_int_eq(lmk_lora_init(&ad, &lc, &m.params, 3), 0);
-	lmk_arc_example_opts o = {.encode = lmk_arctok_encode, .arg = &tok, .bos = tok.bos,
-				  .eos = tok.eos, .max_len = 512};
-	ck_assert_int_eq(lmk_arc_examples_add(&e, t, 1, &o), 1);
-	lmk_arctrain_config_default(&cfg);
-	cfg.lr = 1e-2f;
-	cfg.total = 150;
-	cfg.warmup = 10;
-	cfg.batch = 1;
-	m.lora = &ad;
-	ck_assert_int_eq(lmk_arctrain_init(&tr, &cfg, &c, &m, &ad.params), 0);
-	const lmk_arc_example *b[1] = {&e.ex[0]};
-	double first = 0;
-	for (int i = 0; i < cfg.total; i++) {
-		ck_assert_int_eq(lmk_arctrain_step(&tr, b, 1, &st), 0);
-		if (i == 0)
-			first = st.loss;
-	}
-	printf("test_arctrain: lora memorisation: loss %.4f -> %.4f\n", first, st.loss);
+	ck_assert_int_eq(lmk_lora_init(&ad, &lc, &m->params, 3), 0);
+	m->lora = &ad;
+	one_task_train(&f, &ad.params, 150, &first, &last);
+	printf("test_arctrain: lora memorisation: loss %.4f -> %.4f\n", first, last);
 
-	float *base = malloc(m.params.n * sizeof *base);
+	float *base = malloc(m->params.n * sizeof *base);
 	ck_assert_ptr_nonnull(base);
-	memcpy(base, m.params.data, m.params.n * sizeof *base);
+	memcpy(base, m->params.data, m->params.n * sizeof *base);
 	lmk_arc_tf tf[2];
 	lmk_arc_tf_identity(&tf[0]);
 	lmk_arc_tf_identity(&tf[1]);
@@ -367,23 +369,24 @@ START_TEST(test_lora_merged)
 	size_t cap = 0;
 	int64_t count;
 	float loss[3];
+	const lmk_arc_example *b[1] = {&f.e.ex[0]};
 	int T = lmk_arctrain_batch(b, 1, &ids, &tgt, &cap);
 	ck_assert_int_gt(T, 0);
 	for (int pass = 0; pass < 3; pass++) { /* the base, with the adapter, merged */
-		m.lora = pass == 1 ? &ad : NULL;
+		m->lora = pass == 1 ? &ad : NULL;
 		if (pass == 2)
 			ck_assert_int_eq(lmk_lora_merge(&ad, 0, 0), 0);
-		lmk_arctrain_predictor p = {.c = &c, .m = &m, .tok = &tok, .max_len = 512};
+		lmk_arctrain_predictor p = {.c = &f.c, .m = m, .tok = &f.tok, .max_len = 512};
 		if (pass)
-			ck_assert_int_ge(lmk_arc_predict_batch(t, 0, tf, 2, lmk_arctrain_predict,
+			ck_assert_int_ge(lmk_arc_predict_batch(f.t, 0, tf, 2, lmk_arctrain_predict,
 							       &p, pass == 2 ? merged : with), 1);
-		lmk_ctx_reset(&c);
-		c.grad_enabled = 0;
-		lmk_tensor *l = lmk_arctrain_loss(&c, &m, ids, tgt, 1, T, NULL, &count);
+		lmk_ctx_reset(&f.c);
+		f.c.grad_enabled = 0;
+		lmk_tensor *l = lmk_arctrain_loss(&f.c, m, ids, tgt, 1, T, NULL, &count);
 		ck_assert_ptr_nonnull(l);
-		ck_assert_int_eq(lmk_tensor_read_f32(&c, l, 0, &loss[pass]), 0);
-		lmk_ctx_reset(&c);
-		c.grad_enabled = 1;
+		ck_assert_int_eq(lmk_tensor_read_f32(&f.c, l, 0, &loss[pass]), 0);
+		lmk_ctx_reset(&f.c);
+		f.c.grad_enabled = 1;
 	}
 	printf("test_arctrain: loss of the base %.7f, with the adapter %.7f, merged %.7f\n",
 	       loss[0], loss[1], loss[2]);
@@ -391,19 +394,14 @@ START_TEST(test_lora_merged)
 	ck_assert_float_eq_tol(loss[1], loss[2], 1e-5f * fabsf(loss[1]));
 	ck_assert(lmk_arc_grid_eq(&with[0], &merged[0]));
 	ck_assert(lmk_arc_grid_eq(&with[1], &merged[1]));
-	ck_assert(lmk_arc_grid_eq(&with[0], &t->test[0].out));
-	ck_assert_int_eq(lmk_params_copy_from_host(&m.params, base), 0);
-	ck_assert_int_eq(memcmp(m.params.data, base, m.params.n * sizeof *base), 0);
+	ck_assert(lmk_arc_grid_eq(&with[0], &f.t->test[0].out));
+	ck_assert_int_eq(lmk_params_copy_from_host(&m->params, base), 0);
+	ck_assert_int_eq(memcmp(m->params.data, base, m->params.n * sizeof *base), 0);
 	free(base);
 	free(ids);
 	free(tgt);
-	lmk_arctrain_free(&tr);
 	lmk_lora_free(&ad);
-	lmk_arc_examples_free(&e);
-	lmk_arctok_free(&tok);
-	lmk_ctx_free(&c);
-	lmk_llama_free(&m);
-	lmk_arc_set_free(&s);
+	one_task_close(&f);
 }
 END_TEST
 

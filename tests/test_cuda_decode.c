@@ -69,6 +69,17 @@ static void config_of(const dcase *d, lmk_llama_config *cfg)
 	cfg->bos_token_id = -1;
 }
 
+/* The weights of m rounded to bf16 (those the GPU reads in BF16), so that
+ * the CPU's error against it is that of the bf16 activations alone. */
+static void round_to_bf16(lmk_llama *m)
+{
+	uint16_t *b = malloc(m->params.n * sizeof *b);
+	ck_assert_ptr_nonnull(b);
+	lmk_dtype_from_f32(LMK_BF16, m->params.data, b, m->params.n);
+	lmk_dtype_to_f32(LMK_BF16, b, m->params.data, m->params.n);
+	free(b);
+}
+
 /* A model with the test's weights, rounded to bf16 when round_bf16. */
 static void make_model(lmk_llama *m, const dcase *d, int round_bf16)
 {
@@ -76,13 +87,16 @@ static void make_model(lmk_llama *m, const dcase *d, int round_bf16)
 	config_of(d, &cfg);
 	ck_assert_msg(lmk_llama_init(m, &cfg, 0) == 0, "%s: %s", d->name, lmk_errmsg());
 	lmk_llama_init_weights(m, 4321);
-	if (round_bf16) {
-		uint16_t *b = malloc(m->params.n * sizeof *b);
-		ck_assert_ptr_nonnull(b);
-		lmk_dtype_from_f32(LMK_BF16, m->params.data, b, m->params.n);
-		lmk_dtype_to_f32(LMK_BF16, b, m->params.data, m->params.n);
-		free(b);
-	}
+	if (round_bf16)
+		round_to_bf16(m);
+}
+
+/* A CUDA context of dtype dt with a poisoned arena, m's weights moved to it. */
+static void gpu_setup(lmk_ctx *gc, lmk_llama *m, lmk_dtype dt, const char *what)
+{
+	ck_assert_int_eq(lmk_ctx_init_ex(gc, LMK_DEV_CUDA, 0, dt), 0);
+	gc->arena.poison = 1;
+	ck_assert_msg(lmk_params_to_device(&m->params, gc) == 0, "%s: %s", what, lmk_errmsg());
 }
 
 static int argmax(const float *x, int n)
@@ -155,6 +169,21 @@ static double rel_err(const float *a, const float *b, int n)
 	return sqrt(num / (den > 0 ? den : 1));
 }
 
+/* Each of the rows (V logits) of lg against lc's within tol. @return : the
+ * largest error */
+static double check_rows(const float *lg, const float *lc, int rows, int V, double tol,
+			 const char *what)
+{
+	double worst = 0;
+	for (int r = 0; r < rows; r++) {
+		double e = rel_err(lg + (size_t)r * V, lc + (size_t)r * V, V);
+		ck_assert_msg(e <= tol, "%s: row %d: logits differ from the CPU's by %.3g (%.0e "
+			      "allowed)", what, r, e, tol);
+		worst = fmax(worst, e);
+	}
+	return worst;
+}
+
 static void check_dtype(const dcase *d, lmk_dtype dt)
 {
 	char what[96];
@@ -173,9 +202,7 @@ static void check_dtype(const dcase *d, lmk_dtype dt)
 	run_decode(&cc, &mc, NULL, lc, tc, what);
 
 	make_model(&mg, d, 0);
-	ck_assert_int_eq(lmk_ctx_init_ex(&gc, LMK_DEV_CUDA, 0, dt), 0);
-	gc.arena.poison = 1;
-	ck_assert_msg(lmk_params_to_device(&mg.params, &gc) == 0, "%s: %s", what, lmk_errmsg());
+	gpu_setup(&gc, &mg, dt, what);
 	run_decode(&gc, &mg, tc, lg, tg, what);
 
 	const double tol = dt == LMK_BF16 ? 1e-2 : 1e-4;
@@ -294,18 +321,10 @@ static void check_batch(const dcase *d, lmk_dtype dt)
 	ck_assert_int_eq(lmk_ctx_init(&cc, LMK_DEV_CPU), 0);
 	decode_rows(&cc, &mc, lc, what);
 	make_model(&mg, d, 0);
-	ck_assert_int_eq(lmk_ctx_init_ex(&gc, LMK_DEV_CUDA, 0, dt), 0);
-	gc.arena.poison = 1;
-	ck_assert_int_eq(lmk_params_to_device(&mg.params, &gc), 0);
+	gpu_setup(&gc, &mg, dt, what);
 	decode_rows(&gc, &mg, lg, what);
-	const double tol = dt == LMK_BF16 ? 1e-2 : 1e-4;
-	double worst = 0;
-	for (size_t r = 0; r < (size_t)NBSTEP * NB; r++) {
-		double e = rel_err(lg + r * d->V, lc + r * d->V, d->V);
-		ck_assert_msg(e <= tol, "%s: step %zu, row %zu: logits differ from the CPU's by %.3g",
-			      what, r / NB, r % NB, e);
-		worst = fmax(worst, e);
-	}
+	/* row r: step r / NB, sequence r % NB */
+	double worst = check_rows(lg, lc, NBSTEP * NB, d->V, dt == LMK_BF16 ? 1e-2 : 1e-4, what);
 	printf("test_cuda_decode: %-14s %s: %d rows x %d steps together, worst logits error "
 	       "%.2e\n", d->name, lmk_dtype_name(dt), NB, NBSTEP, worst);
 	fflush(stdout);
@@ -378,30 +397,17 @@ static void check_mixer(int kind, lmk_dtype dt)
 	lmk_ctx cc, gc;
 	ck_assert_int_eq(lmk_llama_init(&mc, &cfg, 0), 0);
 	lmk_llama_init_weights(&mc, 99);
-	if (dt == LMK_BF16) {
-		uint16_t *b = malloc(mc.params.n * sizeof *b);
-		ck_assert_ptr_nonnull(b);
-		lmk_dtype_from_f32(LMK_BF16, mc.params.data, b, mc.params.n);
-		lmk_dtype_to_f32(LMK_BF16, b, mc.params.data, mc.params.n);
-		free(b);
-	}
+	if (dt == LMK_BF16)
+		round_to_bf16(&mc);
 	ck_assert_int_eq(lmk_ctx_init(&cc, LMK_DEV_CPU), 0);
 	mixer_run(&cc, &mc, lc, what);
 	ck_assert_int_eq(lmk_llama_init(&mg, &cfg, 0), 0);
 	lmk_llama_init_weights(&mg, 99);
-	ck_assert_int_eq(lmk_ctx_init_ex(&gc, LMK_DEV_CUDA, 0, dt), 0);
-	gc.arena.poison = 1;
-	ck_assert_int_eq(lmk_params_to_device(&mg.params, &gc), 0);
+	gpu_setup(&gc, &mg, dt, what);
 	mixer_run(&gc, &mg, lg, what);
 	/* bf16: the activations, the conv windows and the core's inputs are
 	 * rounded at every step */
-	const double tol = dt == LMK_BF16 ? 3e-2 : 1e-4;
-	double worst = 0;
-	for (int s = 0; s < 7; s++) {
-		double e = rel_err(lg + (size_t)s * V, lc + (size_t)s * V, V);
-		ck_assert_msg(e <= tol, "%s: step %d: logits differ from the CPU's by %.3g", what, s, e);
-		worst = fmax(worst, e);
-	}
+	double worst = check_rows(lg, lc, 7, V, dt == LMK_BF16 ? 3e-2 : 1e-4, what);
 	printf("test_cuda_decode: %-22s: 7 steps, worst logits error %.2e\n", what, worst);
 	fflush(stdout);
 	ck_assert_msg(lmk_ctx_sync(&gc) == 0, "%s: %s", what, lmk_errmsg());
