@@ -209,6 +209,12 @@ for mx in ll-mamba2 path-fox; do
 	run "$TRAIN" $TINY --steps 10 --mixer $mx --sample 8 --quiet
 	check "--sample with the $mx mixer: decoded with the layers' states" 'rc_is 0 && err_has "sample at step 10:"'
 done
+run "$TRAIN" --task s5:swaps=1,val=8 --seq 16 --hidden 32 --layers 1 --batch 2 --steps 2 --eval-every 2 --threads 2 --metrics sw.jsonl --quiet
+check "--task s5:swaps=1: trains, val_prefix in the metrics" 'rc_is 0 && grep -q "\"val_prefix\"" sw.jsonl'
+run "$TRAIN" --task a5:swaps=1 --seq 16 --steps 1
+check "--task a5:swaps=1: usage error, swaps are S5's" 'rc_is 2 && err_has "swaps are odd permutations: S5 only"'
+run "$TRAIN" --task s5:swaps=2 --seq 16 --steps 1
+check "--task s5:swaps=2: usage error" 'rc_is 2 && err_has "option '\''--task swaps'\'' must be between 0 and 1"'
 run "$TRAIN" --resume --out m-ll-gdn --steps 5 --quiet --metrics m-ll-gdn.jsonl
 check "a mixer's run resumes" 'rc_is 0 && grep -q "^{\"step\":5," m-ll-gdn.jsonl'
 

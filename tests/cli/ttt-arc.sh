@@ -230,6 +230,10 @@ run "$BIN" ttt "$FX/tasks" --model=m
 check "ttt keeping nothing: usage error" 'rc_is 2 && err_has "needs --adapter-out DIR or --predict"'
 run "$BIN" ttt "$FX/tasks" --model=m --predict --epochs=0
 check "ttt --epochs=0: usage error" 'rc_is 2 && err_has "option '\''--epochs'\''"'
+run "$BIN" pretrain "$FX/tasks" --out=g --group=-1
+check "pretrain --group=-1: usage error naming the option" 'rc_is 2 && err_has "option '\''--group'\'' must be between 0 and"'
+run "$BIN" ttt "$FX/tasks" --model=m --predict -o g.json --group=4
+check "ttt --group: usage error (pretrain only)" 'rc_is 2 && err_has "option '\''--group'\'' does not apply to '\''ttt'\''"'
 run "$BIN" predict "$FX/tasks" --model=m -o s.json --epochs=2
 check "predict --epochs: usage error" 'rc_is 2 && err_has "option '\''--epochs'\'' does not apply to '\''predict'\''"'
 
