@@ -571,8 +571,9 @@ static lmk_llama *on_host(lmk_llama *m, lmk_llama *tmp)
 /* Samples o->sample tokens after the first validation token and prints them
  * decoded on stderr. The trainer's sampling generator advances, so the
  * samples of a resumed run are those of an uninterrupted one. Decoding runs
- * on the CPU (lmk_llama_decode is CPU only): a model on a device is copied
- * to the host for it, and decoded in a CPU context of its own. */
+ * on the CPU, from the float32 master weights whatever the training dtype:
+ * a model on a device is copied to the host for it, and decoded in a CPU
+ * context of its own. */
 static void print_sample(lmk_trainer *tr, lmk_llama *m, const struct opts *o)
 {
 	const lmk_tokdata *d = tr->data;
