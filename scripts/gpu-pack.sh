@@ -1,7 +1,7 @@
 #!/bin/sh
 # gpu-pack.sh: packs what a GPU session needs from a CUDA build into one
 # compressed file, $BUILD/carry.tar.xz, small enough for the device tool's
-# carry limit (64 MiB): the test binaries, the programs, the benchmark
+# carry limit (64 MiB): the GPU test binaries (and test_arctrain, if built), the programs, the benchmark
 # binaries, and the shared libraries they need beyond glibc, libstdc++ and
 # CUDA's own (scripts/gpu-check.sh --bundle). On the GPU machine:
 #   tar xJf build-gpu/carry.tar.xz && scripts/gpu-check.sh
@@ -21,7 +21,8 @@ done | sort -u | while read -r lib; do
 	*) [ -f "$BUILD/tests/lib/$(basename "$lib")" ] || cp -L "$lib" "$BUILD/tests/lib/" ;;
 	esac
 done
-list=$(cd . && ls -d "$BUILD"/tests/test_cuda* "$BUILD"/tests/lib "$BUILD"/bin/* \
+# test_arctrain: its CUDA case trains on the GPU (the rest of it is CPU)
+list=$(cd . && ls -d "$BUILD"/tests/test_cuda* "$BUILD"/tests/test_arctrain "$BUILD"/tests/lib "$BUILD"/bin/* \
 	$(ls "$BUILD"/bench/* 2>/dev/null | grep -v '\.[od]$' || true) 2>/dev/null | grep -v '\.[od]$')
 tar cJf "$BUILD/carry.tar.xz.tmp" $list
 mv "$BUILD/carry.tar.xz.tmp" "$BUILD/carry.tar.xz"
