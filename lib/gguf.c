@@ -511,7 +511,7 @@ static int rd_str(rd *r, lmk_gguf_str *s, const char *field)
 /* A name (key or tensor): non-empty, no NUL bytes; returns a C copy. */
 static int rd_name(rd *r, char **out, const char *field)
 {
-	lmk_gguf_str s;
+	lmk_gguf_str s = { 0 };
 	int rc = rd_str(r, &s, field);
 	if (rc)
 		return rc;
@@ -553,8 +553,8 @@ static int rd_array_head(rd *r, int depth, uint32_t *atype, uint64_t *n)
 /* Skips an array (header included) without keeping it: nested arrays. */
 static int skip_array(rd *r, int depth)
 {
-	uint32_t atype;
-	uint64_t n;
+	uint32_t atype = 0;
+	uint64_t n = 0;
 	int rc = rd_array_head(r, depth, &atype, &n);
 	if (rc)
 		return rc;

@@ -117,7 +117,7 @@ static int llama3_from_factors(const lmk_gguf *g, const lmk_gguf_tensor *rf, lmk
 		}
 	}
 	if (orig < 0) {
-		int o;
+		int o = 0;
 		if ((rc = get_int(g, "llama.rope.scaling.original_context_length", 1, 8192, &o)))
 			return rc;
 		orig = o;
@@ -164,7 +164,7 @@ int lmk_gguf_llama_config(const lmk_gguf *g, lmk_llama_config *cfg)
 	free(arch);
 	snprintf(cfg->model_type, sizeof cfg->model_type, "llama");
 
-	int experts;
+	int experts = 0;
 	if ((rc = get_int(g, "llama.expert_count", 0, 0, &experts)))
 		return rc;
 	if (experts > 0)

@@ -143,7 +143,7 @@ int lmk_lora_config_parse(lmk_lora_config *cfg, const char *spec)
 		return lmk_err(LMK_EINVAL, "adapter '%s': expected lora:KEY=VALUE,... or "
 			       "onesided:KEY=VALUE,...", spec);
 	while ((rc = lmk_spec_next(&rest, key, sizeof key, val, sizeof val)) > 0) {
-		double v;
+		double v = 0;
 		if (!strcmp(key, "r")) {
 			if ((rc = parse_num(key, val, 1, 65536, &v)) < 0)
 				return rc;
@@ -639,7 +639,7 @@ int lmk_lora_load(lmk_lora *a, const char *dir, lmk_params *base)
 		rc = lmk_err(LMK_EUNSUP, "%s: peft_type: expected \"LORA\"", cpath);
 		goto out;
 	}
-	double r, alpha, dropout;
+	double r = 0, alpha = 0, dropout = 0;
 	if ((rc = cfg_num(o, "r", 8, &r, cpath)) < 0 ||
 	    (rc = cfg_num(o, "lora_alpha", 8, &alpha, cpath)) < 0 ||
 	    (rc = cfg_num(o, "lora_dropout", 0, &dropout, cpath)) < 0 ||

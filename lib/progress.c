@@ -36,7 +36,7 @@ static void fmt_time(char *buf, size_t n, double s)
 void lmk_progress_update(lmk_progress *p, int64_t done, const char *extra)
 {
 	double now = lmk_now(), dt = now - p->t0, rate;
-	char eta[32] = "", el[32];
+	char eta[40] = "", el[32];
 
 	if (!p->enabled || (now - p->last < 0.1 && (p->total == 0 || done < p->total)))
 		return;
@@ -44,7 +44,7 @@ void lmk_progress_update(lmk_progress *p, int64_t done, const char *extra)
 	rate = dt > 0 ? (double)(done - p->done0) / dt : 0;
 	fmt_time(el, sizeof el, dt);
 	if (p->total > 0 && rate > 0) {
-		char t[24];
+		char t[32]; /* fmt_time needs up to 25 bytes */
 		fmt_time(t, sizeof t, (double)(p->total - done) / rate);
 		snprintf(eta, sizeof eta, " ETA %s", t);
 	}

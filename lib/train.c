@@ -600,7 +600,7 @@ int lmk_trainer_step(lmk_trainer *tr, lmk_train_stats *st)
 {
 	const int A = tr->cfg.accum, W = lmk_trainer_world(tr);
 	struct lmk_train_dp *dp = tr->dp;
-	double sum = 0, l;
+	double sum = 0, l = 0;
 	int rc;
 
 	lmk_params_zero_grad(tr->params);
@@ -656,7 +656,7 @@ int lmk_trainer_eval(lmk_trainer *tr, double *loss)
 	 * taking rows r*B .. r*B+B-1 of each, as in training */
 	const int64_t G = (int64_t)lmk_trainer_world(tr) * B, mine = (int64_t)lmk_trainer_rank(tr) * B;
 	int64_t W = lmk_tokdata_val_windows(tr->data, T), nsel, count, total = 0;
-	double sum = 0, l;
+	double sum = 0, l = 0;
 	int rc;
 
 	if (W == 0)
