@@ -308,7 +308,7 @@ int lmk_arctrain_restore(lmk_arctrain *tr, const char *path, lmk_frame *st)
 	const char *names[3] = {"params", "adamw.m", "adamw.v"};
 	const float *d[3];
 	const size_t n = tr->p->n;
-	int64_t step, t;
+	int64_t step = 0, t = 0; /* set by meta_i64; initialised for -O3's warnings */
 	int rc = lmk_frame_load(path, st);
 
 	if (rc < 0)

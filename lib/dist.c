@@ -120,7 +120,7 @@ static int env_long(const char *name, long lo, long hi, long *out)
 int lmk_dist_from_env(lmk_dist *d)
 {
 	const char *rk = "RANK", *ws = "WORLD_SIZE", *lr = "LOCAL_RANK", *t, *addr;
-	long world, rank, local, port, bucket;
+	long world = 0, rank = 0, local = 0, port = 0, bucket = 0;
 	int rc, slurm = 0;
 
 	if ((rc = env_long("LMK_BUCKET_BYTES", 4, 1L << 40, &bucket)) < 0)
