@@ -3,6 +3,7 @@
  * at a time, reading q, k, v, loga, beta, lam through strides, so heads run
  * in parallel with results independent of the thread count.
  * Shape letters as in gdn.h; the per-head state is (nlev,Dk,Dv). */
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,7 @@
 #include "fenwick.h"
 #include "gdn.h"
 #include "op.h"
+#include "ops_cpu.h"
 
 /* the CUDA launchers, when this build has them */
 #if LMK_CUDA && defined(__has_include)
@@ -158,6 +160,24 @@ static void vadd(float *dst, const float *src, int64_t n, float s)
 
 /* ------------------------------------------------------------ chunked */
 
+/* Cm (M,N; ldc) = alpha op(A) op(B) + beta Cm, row-major, by OpenBLAS on
+ * the calling thread (the heads are the parallelism; the entry points set
+ * BLAS to one thread before their parallel region). */
+static void mm(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+	       int64_t lda, const float *Bm, int64_t ldb, float beta, float *Cm, int64_t ldc)
+{
+	if (M <= 0 || N <= 0)
+		return;
+	if (K <= 0) {
+		for (int64_t i = 0; i < M; i++)
+			for (int64_t j = 0; j < N; j++)
+				Cm[i * ldc + j] = beta == 0.0f ? 0.0f : beta * Cm[i * ldc + j];
+		return;
+	}
+	cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+		    (int)M, (int)N, (int)K, alpha, A, (int)lda, Bm, (int)ldb, beta, Cm, (int)ldc);
+}
+
 /* One chunk's matrices, for chunks of at most C tokens. With n tokens from
  * t0, g the in-chunk cumulative log decay, gamma_i = exp(g_i):
  *   Tm = (I + M)^-1, M_ij = beta_i exp(g_i - g_j) k_i.k_j (j < i)
@@ -166,9 +186,12 @@ static void vadd(float *dst, const float *src, int64_t n, float s)
  *   Qe_i = gamma_i q_i - sum_j P_ij Wk_j (what reads the entering state)
  *   Kd_j = exp(g_n - g_j) k_j (what writes the leaving state)
  * so that with S the entering state: o_i = scale (sum_s A_is v_s + Qe_iᵀ S)
- * and the leaving state is gamma_n S - Kdᵀ Wk S + Kdᵀ Wv. */
+ * and the leaving state is gamma_n S - Kdᵀ Wk S + Kdᵀ Wv. The n x n
+ * matrices are lower triangular and zero beyond n (P, Tm, A), so that
+ * full products over them are the triangular sums. X (C,C) and Y (C,
+ * max(Dk,Dv)) are scratch. */
 typedef struct chunk_ws {
-	float *g, *Tm, *P, *A, *Wk, *Wv, *Qe, *Kd;
+	float *g, *gam, *Tm, *P, *A, *X, *Wk, *Wv, *Qe, *Kd, *Y;
 	/* forward: E (Dk,Dk), tmp and Sc (Dk,Dv); levels of states */
 	float *E, *tmp, *Sc, *Sig;
 } chunk_ws;
@@ -182,89 +205,74 @@ static float *ws_take(float **cur, int64_t n)
 
 static int64_t ws_size(int64_t C, int64_t Dk, int64_t Dv)
 {
-	return C + 3 * C * C + 3 * C * Dk + C * Dv;
+	return 2 * C + 4 * C * C + 3 * C * Dk + C * Dv + C * (Dk > Dv ? Dk : Dv);
 }
 
 static void ws_init(chunk_ws *w, float **cur, int64_t C, int64_t Dk, int64_t Dv)
 {
 	w->g = ws_take(cur, C);
+	w->gam = ws_take(cur, C);
 	w->Tm = ws_take(cur, C * C);
 	w->P = ws_take(cur, C * C);
 	w->A = ws_take(cur, C * C);
+	w->X = ws_take(cur, C * C);
 	w->Wk = ws_take(cur, C * Dk);
 	w->Wv = ws_take(cur, C * Dv);
 	w->Qe = ws_take(cur, C * Dk);
 	w->Kd = ws_take(cur, C * Dk);
+	w->Y = ws_take(cur, C * (Dk > Dv ? Dk : Dv));
 }
 
 static void chunk_prep(chunk_ws *w, const head *x, int64_t t0, int64_t n, int64_t C)
 {
-	int64_t Dk = x->Dk, Dv = x->Dv;
-	const float *q = x->q + t0 * x->sk, *k = x->k + t0 * x->sk, *v = x->v + t0 * x->sv;
-	const float *be = x->be + t0 * x->ss;
+	int64_t Dk = x->Dk, Dv = x->Dv, sk = x->sk, ss = x->ss;
+	const float *q = x->q + t0 * sk, *k = x->k + t0 * sk, *v = x->v + t0 * x->sv;
+	const float *be = x->be + t0 * ss;
 	float acc = 0;
 	for (int64_t i = 0; i < n; i++) {
-		acc += x->la ? x->la[(t0 + i) * x->ss] : 0.0f;
+		acc += x->la ? x->la[(t0 + i) * ss] : 0.0f;
 		w->g[i] = acc;
+		w->gam[i] = expf(acc);
 	}
-	/* Tm by forward substitution, row by row */
+	/* Tm by forward substitution, row by row, from X = K Kᵀ */
+	mm(0, 1, n, n, Dk, 1.0f, k, sk, k, sk, 0.0f, w->X, C);
 	for (int64_t i = 0; i < n; i++) {
-		float *Ti = w->Tm + i * C;
+		float *Ti = w->Tm + i * C, bi = be[i * ss];
 		memset(Ti, 0, sizeof(float) * (size_t)C);
 		Ti[i] = 1.0f;
 		for (int64_t j = 0; j < i; j++) {
-			float kk = 0;
-			for (int64_t d = 0; d < Dk; d++)
-				kk += k[i * x->sk + d] * k[j * x->sk + d];
-			float m = be[i * x->ss] * expf(w->g[i] - w->g[j]) * kk;
+			float m = bi * expf(w->g[i] - w->g[j]) * w->X[i * C + j];
 			const float *Tj = w->Tm + j * C;
 			for (int64_t s = 0; s <= j; s++)
 				Ti[s] -= m * Tj[s];
 		}
 	}
+	mm(0, 1, n, n, Dk, 1.0f, q, sk, k, sk, 0.0f, w->P, C);
 	for (int64_t i = 0; i < n; i++)
-		for (int64_t j = 0; j <= i; j++) {
-			float qk = 0;
-			for (int64_t d = 0; d < Dk; d++)
-				qk += q[i * x->sk + d] * k[j * x->sk + d];
-			w->P[i * C + j] = expf(w->g[i] - w->g[j]) * qk;
-		}
+		for (int64_t j = 0; j < n; j++)
+			w->P[i * C + j] = j <= i ? expf(w->g[i] - w->g[j]) * w->P[i * C + j] : 0.0f;
+	mm(0, 0, n, n, n, 1.0f, w->P, C, w->Tm, C, 0.0f, w->A, C);
 	for (int64_t i = 0; i < n; i++)
-		for (int64_t s = 0; s <= i; s++) {
-			float a = 0;
-			for (int64_t j = s; j <= i; j++)
-				a += w->P[i * C + j] * w->Tm[j * C + s];
-			w->A[i * C + s] = a * be[s * x->ss];
-		}
-	for (int64_t j = 0; j < n; j++) {
-		float *wk = w->Wk + j * Dk, *wv = w->Wv + j * Dv;
-		memset(wk, 0, sizeof(float) * (size_t)Dk);
-		memset(wv, 0, sizeof(float) * (size_t)Dv);
-		for (int64_t s = 0; s <= j; s++) {
-			float ts = w->Tm[j * C + s] * be[s * x->ss];
-			float tg = ts * expf(w->g[s]);
-			for (int64_t d = 0; d < Dk; d++)
-				wk[d] += tg * k[s * x->sk + d];
-			for (int64_t d = 0; d < Dv; d++)
-				wv[d] += ts * v[s * x->sv + d];
-		}
-	}
-	for (int64_t i = 0; i < n; i++) {
-		float *qe = w->Qe + i * Dk;
-		float gi = expf(w->g[i]);
+		for (int64_t s = 0; s < n; s++)
+			w->A[i * C + s] *= be[s * ss];
+	/* X = Tm diag(beta): Wv = X V; then X diag(gamma): Wk = X K */
+	for (int64_t j = 0; j < n; j++)
+		for (int64_t s = 0; s < n; s++)
+			w->X[j * C + s] = w->Tm[j * C + s] * be[s * ss];
+	mm(0, 0, n, Dv, n, 1.0f, w->X, C, v, x->sv, 0.0f, w->Wv, Dv);
+	for (int64_t j = 0; j < n; j++)
+		for (int64_t s = 0; s < n; s++)
+			w->X[j * C + s] *= w->gam[s];
+	mm(0, 0, n, Dk, n, 1.0f, w->X, C, k, sk, 0.0f, w->Wk, Dk);
+	for (int64_t i = 0; i < n; i++)
 		for (int64_t d = 0; d < Dk; d++)
-			qe[d] = gi * q[i * x->sk + d];
-		for (int64_t j = 0; j <= i; j++) {
-			float pij = w->P[i * C + j];
-			for (int64_t d = 0; d < Dk; d++)
-				qe[d] -= pij * w->Wk[j * Dk + d];
-		}
-	}
+			w->Qe[i * Dk + d] = w->gam[i] * q[i * sk + d];
+	mm(0, 0, n, Dk, n, -1.0f, w->P, C, w->Wk, Dk, 1.0f, w->Qe, Dk);
 	float gn = w->g[n - 1];
 	for (int64_t j = 0; j < n; j++) {
 		float dj = expf(gn - w->g[j]);
 		for (int64_t d = 0; d < Dk; d++)
-			w->Kd[j * Dk + d] = dj * k[j * x->sk + d];
+			w->Kd[j * Dk + d] = dj * k[j * sk + d];
 	}
 }
 
@@ -283,7 +291,7 @@ static int log2_of(int64_t C)
 static int head_chunked(float *out, const head *x, int64_t T, float scale, int64_t C)
 {
 	int ll = x->ll;
-	int64_t Dk = x->Dk, Dv = x->Dv, DD = Dk * Dv;
+	int64_t Dk = x->Dk, Dv = x->Dv, DD = Dk * Dv, sv = x->sv;
 	int64_t nch = (T + C - 1) / C;
 	int lc = log2_of(C), nlevc = nlev_of(ll, nch);
 	int64_t need = ws_size(C, Dk, Dv) + Dk * Dk + 2 * DD + (int64_t)nlevc * DD;
@@ -300,68 +308,51 @@ static int head_chunked(float *out, const head *x, int64_t T, float scale, int64
 
 	for (int64_t ci = 0; ci < nch; ci++) {
 		int64_t t0 = ci * C, n = T - t0 < C ? T - t0 : C;
-		const float *v = x->v + t0 * x->sv;
-		float *o = out + t0 * x->sv;
+		const float *v = x->v + t0 * sv;
+		float *o = out + t0 * sv;
 		if (ll && ci > 0)
 			merge_levels(w.Sig, ci, DD);
 		chunk_prep(&w, x, t0, n, C);
-		/* intra-chunk: each key's own level weight */
-		for (int64_t i = 0; i < n; i++) {
-			float *oi = o + i * x->sv;
-			const float *lam = ll ? x->lam + (t0 + i) * x->sl : NULL;
-			memset(oi, 0, sizeof(float) * (size_t)Dv);
-			for (int64_t s = 0; s <= i; s++) {
-				float a = scale * w.A[i * C + s];
-				if (ll)
-					a *= lam[lmk_fenwick_level(t0 + i, t0 + s)];
-				for (int64_t d = 0; d < Dv; d++)
-					oi[d] += a * v[s * x->sv + d];
+		/* intra-chunk: o = scale A V, each key at its level's weight */
+		const float *Aw = w.A;
+		if (ll) {
+			for (int64_t i = 0; i < n; i++) {
+				const float *lam = x->lam + (t0 + i) * x->sl;
+				for (int64_t s = 0; s < n; s++)
+					w.X[i * C + s] = s <= i ? w.A[i * C + s] *
+						lam[lmk_fenwick_level(t0 + i, t0 + s)] : 0.0f;
 			}
+			Aw = w.X;
 		}
-		/* inter-chunk: o_i += scale w_iL Sigma_Lᵀ Qe_i */
+		mm(0, 0, n, Dv, n, scale, Aw, C, v, sv, 0.0f, o, sv);
+		/* inter-chunk: o_i += scale w_iL Qe_iᵀ Sigma_L */
 		for (int l = ll ? 1 : 0; ci > 0 && l < nlevc; l++) {
 			if (ll && !live(ci, l))
 				continue;
-			const float *Sg = w.Sig + l * DD;
-			for (int64_t i = 0; i < n; i++) {
-				float sw = scale;
-				if (ll)
-					sw *= x->lam[(t0 + i) * x->sl + lc + l];
-				float *oi = o + i * x->sv;
-				for (int64_t d = 0; d < Dk; d++) {
-					float c = sw * w.Qe[i * Dk + d];
-					for (int64_t e = 0; e < Dv; e++)
-						oi[e] += c * Sg[d * Dv + e];
+			const float *Qw = w.Qe;
+			if (ll) {
+				for (int64_t i = 0; i < n; i++) {
+					float lw = x->lam[(t0 + i) * x->sl + lc + l];
+					for (int64_t d = 0; d < Dk; d++)
+						w.Y[i * Dk + d] = lw * w.Qe[i * Dk + d];
 				}
+				Qw = w.Y;
 			}
+			mm(0, 0, n, Dv, Dk, scale, Qw, Dk, w.Sig + l * DD, Dv, 1.0f, o, sv);
 		}
 		if (ci == nch - 1)
 			break;
 		/* E = gamma_n I - Kdᵀ Wk carries a state through the chunk;
 		 * Sc = Kdᵀ Wv is the chunk's own contribution */
-		memset(w.E, 0, sizeof(float) * (size_t)(Dk * Dk));
-		memset(w.Sc, 0, sizeof(float) * (size_t)DD);
+		mm(1, 0, Dk, Dk, n, -1.0f, w.Kd, Dk, w.Wk, Dk, 0.0f, w.E, Dk);
 		for (int64_t d = 0; d < Dk; d++)
-			w.E[d * Dk + d] = expf(w.g[n - 1]);
-		for (int64_t j = 0; j < n; j++)
-			for (int64_t d = 0; d < Dk; d++) {
-				float kd = w.Kd[j * Dk + d];
-				for (int64_t e = 0; e < Dk; e++)
-					w.E[d * Dk + e] -= kd * w.Wk[j * Dk + e];
-				for (int64_t e = 0; e < Dv; e++)
-					w.Sc[d * Dv + e] += kd * w.Wv[j * Dv + e];
-			}
+			w.E[d * Dk + d] += w.gam[n - 1];
+		mm(1, 0, Dk, Dv, n, 1.0f, w.Kd, Dk, w.Wv, Dv, 0.0f, w.Sc, Dv);
 		for (int l = ll ? 1 : 0; l < nlevc; l++) {
 			if (ll && !live(ci, l))
 				continue;
 			float *Sg = w.Sig + l * DD;
-			memset(w.tmp, 0, sizeof(float) * (size_t)DD);
-			for (int64_t d = 0; d < Dk; d++)
-				for (int64_t e = 0; e < Dk; e++) {
-					float c = w.E[d * Dk + e];
-					for (int64_t f = 0; f < Dv; f++)
-						w.tmp[d * Dv + f] += c * Sg[e * Dv + f];
-				}
+			mm(0, 0, Dk, Dv, Dk, 1.0f, w.E, Dk, Sg, Dv, 0.0f, w.tmp, Dv);
 			memcpy(Sg, w.tmp, sizeof(float) * (size_t)DD);
 		}
 		for (int64_t i = 0; i < DD; i++)
@@ -374,18 +365,20 @@ static int head_chunked(float *out, const head *x, int64_t T, float scale, int64
 /* The chunked backward: the states entering each chunk (after the
  * log-linear carry) from a forward pass, then the chunks in reverse, each
  * taking the gradient of the states leaving it (dSig) to that of the states
- * entering it, through the matrices of chunk_prep. g* as in hgrad. */
+ * entering it, through the matrices of chunk_prep: every product of the
+ * forward has its two products here (dX = dY Bᵀ, dB = Xᵀ dY), the rest is
+ * elementwise. g* as in hgrad. */
 static int head_chunked_bwd(float *gq, float *gk, float *gv, float *gla, float *gbe,
 			    float *glam, const float *dout, const head *x, int64_t T,
 			    float scale, int64_t C)
 {
 	int ll = x->ll;
-	int64_t Dk = x->Dk, Dv = x->Dv, DD = Dk * Dv;
+	int64_t Dk = x->Dk, Dv = x->Dv, DD = Dk * Dv, sk = x->sk, sv = x->sv, ss = x->ss;
 	int64_t nch = (T + C - 1) / C;
 	int lc = log2_of(C), nlevc = nlev_of(ll, nch);
 	int64_t SZ = (int64_t)nlevc * DD;
-	int64_t need = ws_size(C, Dk, Dv) + nch * SZ + SZ + 3 * C * C + 3 * C * Dk +
-		       2 * C * Dv + 3 * C;
+	int64_t need = ws_size(C, Dk, Dv) + nch * SZ + SZ + 5 * C * C + 3 * C * Dk +
+		       2 * C * Dv + 2 * C;
 	float *mem = calloc((size_t)need, sizeof(float));
 	if (!mem)
 		return LMK_ENOMEM;
@@ -395,9 +388,10 @@ static int head_chunked_bwd(float *gq, float *gk, float *gv, float *gla, float *
 	float *ent = ws_take(&cur, nch * SZ);  /* states entering each chunk */
 	float *dSig = ws_take(&cur, SZ);       /* gradient of the states */
 	float *dP = ws_take(&cur, C * C), *dTm = ws_take(&cur, C * C), *PT = ws_take(&cur, C * C);
+	float *dA = ws_take(&cur, C * C), *Z = ws_take(&cur, C * C);
 	float *dWk = ws_take(&cur, C * Dk), *dKd = ws_take(&cur, C * Dk), *dQe = ws_take(&cur, C * Dk);
 	float *dWv = ws_take(&cur, C * Dv), *YZ = ws_take(&cur, C * Dv);
-	float *dg = ws_take(&cur, C), *dgam = ws_take(&cur, C), *tv = ws_take(&cur, C);
+	float *dg = ws_take(&cur, C), *dgam = ws_take(&cur, C);
 
 	/* forward: the entering states (the forward of head_chunked without
 	 * outputs; E is applied as gamma_n S - Kdᵀ (Wk S) to need no Dk x Dk) */
@@ -410,40 +404,22 @@ static int head_chunked_bwd(float *gq, float *gk, float *gv, float *gla, float *
 		if (ci == nch - 1)
 			break;
 		chunk_prep(&w, x, t0, n, C);
-		float gn = expf(w.g[n - 1]);
+		float gn = w.gam[n - 1];
 		for (int l = ll ? 1 : 0; l < nlevc; l++) {
 			if (ll && !live(ci, l))
 				continue;
 			float *Sg = S + l * DD;
-			for (int64_t j = 0; j < n; j++) /* YZ = Wk Sg */
-				for (int64_t e = 0; e < Dv; e++) {
-					float s = 0;
-					for (int64_t d = 0; d < Dk; d++)
-						s += w.Wk[j * Dk + d] * Sg[d * Dv + e];
-					YZ[j * Dv + e] = s;
-				}
-			for (int64_t d = 0; d < Dk; d++)
-				for (int64_t e = 0; e < Dv; e++) {
-					float s = gn * Sg[d * Dv + e];
-					for (int64_t j = 0; j < n; j++)
-						s -= w.Kd[j * Dk + d] * YZ[j * Dv + e];
-					Sg[d * Dv + e] = s;
-				}
+			mm(0, 0, n, Dv, Dk, 1.0f, w.Wk, Dk, Sg, Dv, 0.0f, YZ, Dv);
+			mm(1, 0, Dk, Dv, n, -1.0f, w.Kd, Dk, YZ, Dv, gn, Sg, Dv);
 		}
-		for (int64_t d = 0; d < Dk; d++)
-			for (int64_t e = 0; e < Dv; e++) {
-				float s = 0;
-				for (int64_t j = 0; j < n; j++)
-					s += w.Kd[j * Dk + d] * w.Wv[j * Dv + e];
-				S[d * Dv + e] = ll ? s : S[d * Dv + e] + s;
-			}
+		mm(1, 0, Dk, Dv, n, 1.0f, w.Kd, Dk, w.Wv, Dv, ll ? 0.0f : 1.0f, S, Dv);
 	}
 	memset(dSig, 0, sizeof(float) * (size_t)SZ);
 
 	for (int64_t ci = nch - 1; ci >= 0; ci--) {
 		int64_t t0 = ci * C, n = T - t0 < C ? T - t0 : C;
-		const float *q = x->q + t0 * x->sk, *k = x->k + t0 * x->sk, *v = x->v + t0 * x->sv;
-		const float *be = x->be + t0 * x->ss;
+		const float *q = x->q + t0 * sk, *k = x->k + t0 * sk, *v = x->v + t0 * sv;
+		const float *be = x->be + t0 * ss, *dO = dout + t0 * sv;
 		const float *Sin = ent + ci * SZ;
 		chunk_prep(&w, x, t0, n, C);
 		memset(dP, 0, sizeof(float) * (size_t)(C * C));
@@ -454,25 +430,13 @@ static int head_chunked_bwd(float *gq, float *gk, float *gv, float *gla, float *
 		memset(dWv, 0, sizeof(float) * (size_t)(C * Dv));
 		memset(dg, 0, sizeof(float) * (size_t)C);
 		memset(dgam, 0, sizeof(float) * (size_t)C);
-		float gn = expf(w.g[n - 1]);
+		float gn = w.gam[n - 1];
 		/* the leaving states: own contribution Sc = Kdᵀ Wv (dSig_0, or the
 		 * single state), transitions gamma_n S - Kdᵀ Wk S */
 		if (ci < nch - 1) {
 			const float *dSc = dSig; /* level 0 either way */
-			for (int64_t j = 0; j < n; j++) {
-				for (int64_t d = 0; d < Dk; d++) {
-					float s = 0;
-					for (int64_t e = 0; e < Dv; e++)
-						s += w.Wv[j * Dv + e] * dSc[d * Dv + e];
-					dKd[j * Dk + d] += s;
-				}
-				for (int64_t e = 0; e < Dv; e++) {
-					float s = 0;
-					for (int64_t d = 0; d < Dk; d++)
-						s += w.Kd[j * Dk + d] * dSc[d * Dv + e];
-					dWv[j * Dv + e] += s;
-				}
-			}
+			mm(0, 1, n, Dk, Dv, 1.0f, w.Wv, Dv, dSc, Dv, 1.0f, dKd, Dk);
+			mm(0, 0, n, Dv, Dk, 1.0f, w.Kd, Dk, dSc, Dv, 1.0f, dWv, Dv);
 			for (int l = ll ? 1 : 0; l < nlevc; l++) {
 				if (ll && !live(ci, l))
 					continue;
@@ -482,172 +446,165 @@ static int head_chunked_bwd(float *gq, float *gk, float *gv, float *gla, float *
 				for (int64_t i = 0; i < DD; i++)
 					dot += Sg[i] * dS[i];
 				dgam[n - 1] += dot;
-				for (int64_t j = 0; j < n; j++) /* YZ = Wk Sg: dKd -= YZ dSᵀ */
-					for (int64_t e = 0; e < Dv; e++) {
-						float s = 0;
-						for (int64_t d = 0; d < Dk; d++)
-							s += w.Wk[j * Dk + d] * Sg[d * Dv + e];
-						YZ[j * Dv + e] = s;
-					}
-				for (int64_t j = 0; j < n; j++)
-					for (int64_t d = 0; d < Dk; d++) {
-						float s = 0;
-						for (int64_t e = 0; e < Dv; e++)
-							s += YZ[j * Dv + e] * dS[d * Dv + e];
-						dKd[j * Dk + d] -= s;
-					}
-				for (int64_t j = 0; j < n; j++) /* YZ = Kd dS: dWk -= YZ Sgᵀ */
-					for (int64_t e = 0; e < Dv; e++) {
-						float s = 0;
-						for (int64_t d = 0; d < Dk; d++)
-							s += w.Kd[j * Dk + d] * dS[d * Dv + e];
-						YZ[j * Dv + e] = s;
-					}
-				for (int64_t j = 0; j < n; j++)
-					for (int64_t d = 0; d < Dk; d++) {
-						float s = 0;
-						for (int64_t e = 0; e < Dv; e++)
-							s += YZ[j * Dv + e] * Sg[d * Dv + e];
-						dWk[j * Dk + d] -= s;
-					}
+				/* YZ = Wk Sg: dKd -= YZ dSᵀ; YZ = Kd dS: dWk -= YZ Sgᵀ */
+				mm(0, 0, n, Dv, Dk, 1.0f, w.Wk, Dk, Sg, Dv, 0.0f, YZ, Dv);
+				mm(0, 1, n, Dk, Dv, -1.0f, YZ, Dv, dS, Dv, 1.0f, dKd, Dk);
+				mm(0, 0, n, Dv, Dk, 1.0f, w.Kd, Dk, dS, Dv, 0.0f, YZ, Dv);
+				mm(0, 1, n, Dk, Dv, -1.0f, YZ, Dv, Sg, Dv, 1.0f, dWk, Dk);
 				/* dS (entering) = gamma_n dS - Wkᵀ (Kd dS) */
-				for (int64_t d = 0; d < Dk; d++)
-					for (int64_t e = 0; e < Dv; e++) {
-						float s = gn * dS[d * Dv + e];
-						for (int64_t j = 0; j < n; j++)
-							s -= w.Wk[j * Dk + d] * YZ[j * Dv + e];
-						dS[d * Dv + e] = s;
-					}
+				mm(1, 0, Dk, Dv, n, -1.0f, w.Wk, Dk, YZ, Dv, gn, dS, Dv);
 			}
 		} else {
 			memset(dSig, 0, sizeof(float) * (size_t)SZ);
 		}
-		/* the outputs */
+		/* intra: o_i = scale sum_s lam_i[l(i,s)] A_is v_s; dA (the
+		 * gradient of A) and Z = the weights o takes of each v */
+		mm(0, 1, n, n, Dv, scale, dO, sv, v, sv, 0.0f, dA, C);
 		for (int64_t i = 0; i < n; i++) {
-			const float *doi = dout + (t0 + i) * x->sv;
 			const float *lam = ll ? x->lam + (t0 + i) * x->sl : NULL;
 			float *glm = glam && ll ? glam + (t0 + i) * x->sl : NULL;
-			/* intra: o_i = scale sum_s lam_i[l(i,s)] A_is v_s */
-			for (int64_t s = 0; s <= i; s++) {
-				float dov = 0;
-				for (int64_t e = 0; e < Dv; e++)
-					dov += doi[e] * v[s * x->sv + e];
-				dov *= scale;
-				float lw = ll ? lam[lmk_fenwick_level(t0 + i, t0 + s)] : 1.0f;
-				if (glm)
-					glm[lmk_fenwick_level(t0 + i, t0 + s)] += w.A[i * C + s] * dov;
-				tv[s] = lw * dov; /* dA_is */
-				if (gv)
-					vadd(gv + (t0 + s) * x->sv, doi, Dv, scale * lw * w.A[i * C + s]);
-			}
-			/* A_is = beta_s sum_j P_ij Tm_js */
-			for (int64_t s = 0; s <= i; s++) {
-				float pt = 0;
-				for (int64_t j = s; j <= i; j++) {
-					pt += w.P[i * C + j] * w.Tm[j * C + s];
-					dP[i * C + j] += tv[s] * be[s * x->ss] * w.Tm[j * C + s];
-					dTm[j * C + s] += w.P[i * C + j] * tv[s] * be[s * x->ss];
-				}
-				PT[i * C + s] = pt;
-				if (gbe)
-					gbe[(t0 + s) * x->ss] += tv[s] * pt;
-			}
-			/* inter: o_i += scale w_iL Qe_iᵀ Sigma_L */
-			for (int l = ll ? 1 : 0; ci > 0 && l < nlevc; l++) {
-				if (ll && !live(ci, l))
+			for (int64_t s = 0; s < n; s++) {
+				if (s > i) {
+					dA[i * C + s] = Z[i * C + s] = 0.0f;
 					continue;
-				const float *Sg = Sin + l * DD;
-				float *dS = dSig + l * DD;
-				float wl = scale * (ll ? lam[lc + l] : 1.0f);
-				float dl = 0;
-				for (int64_t d = 0; d < Dk; d++) {
-					float s = 0;
-					for (int64_t e = 0; e < Dv; e++)
-						s += Sg[d * Dv + e] * doi[e];
-					dQe[i * Dk + d] += wl * s;
-					dl += w.Qe[i * Dk + d] * s;
-					float c = wl * w.Qe[i * Dk + d];
-					for (int64_t e = 0; e < Dv; e++)
-						dS[d * Dv + e] += c * doi[e];
 				}
-				if (glm)
-					glm[lc + l] += scale * dl;
+				float dov = dA[i * C + s], lw = 1.0f;
+				if (ll) {
+					int lv = lmk_fenwick_level(t0 + i, t0 + s);
+					lw = lam[lv];
+					if (glm)
+						glm[lv] += w.A[i * C + s] * dov;
+				}
+				dA[i * C + s] = lw * dov;
+				Z[i * C + s] = scale * lw * w.A[i * C + s];
 			}
+		}
+		if (gv)
+			mm(1, 0, n, Dv, n, 1.0f, Z, C, dO, sv, 1.0f, gv + t0 * sv, sv);
+		/* A = P Tm diag(beta): with DB = dA diag(beta) (in Z), dP += DB
+		 * Tmᵀ, dTm += Pᵀ DB, and d beta_s = sum_i dA_is (P Tm)_is */
+		if (gbe) {
+			mm(0, 0, n, n, n, 1.0f, w.P, C, w.Tm, C, 0.0f, PT, C);
+			for (int64_t s = 0; s < n; s++) {
+				float a = 0;
+				for (int64_t i = s; i < n; i++)
+					a += dA[i * C + s] * PT[i * C + s];
+				gbe[(t0 + s) * ss] += a;
+			}
+		}
+		for (int64_t i = 0; i < n; i++)
+			for (int64_t s = 0; s < n; s++)
+				Z[i * C + s] = dA[i * C + s] * be[s * ss];
+		mm(0, 1, n, n, n, 1.0f, Z, C, w.Tm, C, 1.0f, dP, C);
+		mm(1, 0, n, n, n, 1.0f, w.P, C, Z, C, 1.0f, dTm, C);
+		/* inter: o_i += scale w_iL Qe_iᵀ Sigma_L; Y = dO Sigmaᵀ, then the
+		 * weighted Qe for dSigma += Qwᵀ dO */
+		for (int l = ll ? 1 : 0; ci > 0 && l < nlevc; l++) {
+			if (ll && !live(ci, l))
+				continue;
+			const float *Sg = Sin + l * DD;
+			float *dS = dSig + l * DD;
+			mm(0, 1, n, Dk, Dv, 1.0f, dO, sv, Sg, Dv, 0.0f, w.Y, Dk);
+			for (int64_t i = 0; i < n; i++) {
+				float wl = scale * (ll ? x->lam[(t0 + i) * x->sl + lc + l] : 1.0f);
+				float dl = 0, *y = w.Y + i * Dk;
+				const float *qe = w.Qe + i * Dk;
+				for (int64_t d = 0; d < Dk; d++) {
+					dQe[i * Dk + d] += wl * y[d];
+					dl += qe[d] * y[d];
+					y[d] = wl * qe[d];
+				}
+				if (glam && ll)
+					glam[(t0 + i) * x->sl + lc + l] += scale * dl;
+			}
+			mm(1, 0, Dk, Dv, n, 1.0f, w.Y, Dk, dO, sv, 1.0f, dS, Dv);
 		}
 		/* Qe_i = gamma_i q_i - sum_j P_ij Wk_j */
-		for (int64_t i = 0; ci > 0 && i < n; i++) {
-			float gi = expf(w.g[i]), s = 0;
-			for (int64_t d = 0; d < Dk; d++)
-				s += q[i * x->sk + d] * dQe[i * Dk + d];
-			dgam[i] += s;
-			if (gq)
-				vadd(gq + (t0 + i) * x->sk, dQe + i * Dk, Dk, gi);
-			for (int64_t j = 0; j <= i; j++) {
-				float s2 = 0;
-				for (int64_t d = 0; d < Dk; d++) {
-					s2 += dQe[i * Dk + d] * w.Wk[j * Dk + d];
-					dWk[j * Dk + d] -= w.P[i * C + j] * dQe[i * Dk + d];
-				}
-				dP[i * C + j] -= s2;
-			}
-		}
-		/* Wv = Tm diag(beta) V, Wk = Tm diag(beta gamma) K: X = Tmᵀ dW */
-		for (int64_t s = 0; s < n; s++) {
-			float bs = be[s * x->ss], gs = expf(w.g[s]);
-			for (int64_t j = s; j < n; j++) {
-				float tjs = w.Tm[j * C + s], a1 = 0, a2 = 0;
-				for (int64_t e = 0; e < Dv; e++)
-					a1 += dWv[j * Dv + e] * v[s * x->sv + e];
-				for (int64_t d = 0; d < Dk; d++)
-					a2 += dWk[j * Dk + d] * k[s * x->sk + d];
-				dTm[j * C + s] += bs * a1 + bs * gs * a2;
-				if (gbe)
-					gbe[(t0 + s) * x->ss] += tjs * (a1 + gs * a2);
-				dgam[s] += tjs * bs * a2;
-				if (gv)
-					vadd(gv + (t0 + s) * x->sv, dWv + j * Dv, Dv, tjs * bs);
-				if (gk)
-					vadd(gk + (t0 + s) * x->sk, dWk + j * Dk, Dk, tjs * bs * gs);
-			}
-		}
-		/* dM = -Tmᵀ dTm Tmᵀ (strictly lower), PT reused as Tmᵀ dTm */
-		for (int64_t i = 0; i < n; i++)
-			for (int64_t b = 0; b < n; b++) {
+		if (ci > 0) {
+			for (int64_t i = 0; i < n; i++) {
 				float s = 0;
-				for (int64_t a = i > b ? i : b; a < n; a++)
-					s += w.Tm[a * C + i] * dTm[a * C + b];
-				PT[i * C + b] = s;
-			}
-		for (int64_t i = 0; i < n; i++)
-			for (int64_t j = 0; j < i; j++) {
-				float dm = 0;
-				for (int64_t b = 0; b <= j; b++)
-					dm -= PT[i * C + b] * w.Tm[j * C + b];
-				/* M_ij = beta_i exp(g_i - g_j) k_i.k_j */
-				float kk = 0, ex = expf(w.g[i] - w.g[j]);
 				for (int64_t d = 0; d < Dk; d++)
-					kk += k[i * x->sk + d] * k[j * x->sk + d];
-				float bi = be[i * x->ss], mij = bi * ex * kk;
+					s += q[i * sk + d] * dQe[i * Dk + d];
+				dgam[i] += s;
+				if (gq)
+					vadd(gq + (t0 + i) * sk, dQe + i * Dk, Dk, w.gam[i]);
+			}
+			mm(0, 1, n, n, Dk, -1.0f, dQe, Dk, w.Wk, Dk, 1.0f, dP, C);
+			mm(1, 0, n, Dk, n, -1.0f, w.P, C, dQe, Dk, 1.0f, dWk, Dk);
+		}
+		/* Wv = Tm diag(beta) V, Wk = Tm diag(beta gamma) K: a1 (in Z) =
+		 * dWv Vᵀ, a2 (in dA) = dWk Kᵀ */
+		mm(0, 1, n, n, Dv, 1.0f, dWv, Dv, v, sv, 0.0f, Z, C);
+		mm(0, 1, n, n, Dk, 1.0f, dWk, Dk, k, sk, 0.0f, dA, C);
+		for (int64_t s = 0; s < n; s++) {
+			float bs = be[s * ss], gs = w.gam[s], b2 = 0, g2 = 0;
+			for (int64_t j = s; j < n; j++) {
+				float tjs = w.Tm[j * C + s], a1 = Z[j * C + s], a2 = dA[j * C + s];
+				dTm[j * C + s] += bs * a1 + bs * gs * a2;
+				b2 += tjs * (a1 + gs * a2);
+				g2 += tjs * bs * a2;
+			}
+			if (gbe)
+				gbe[(t0 + s) * ss] += b2;
+			dgam[s] += g2;
+		}
+		if (gv || gk) {
+			for (int64_t j = 0; j < n; j++)
+				for (int64_t s = 0; s < n; s++)
+					Z[j * C + s] = w.Tm[j * C + s] * be[s * ss];
+			if (gv)
+				mm(1, 0, n, Dv, n, 1.0f, Z, C, dWv, Dv, 1.0f, gv + t0 * sv, sv);
+			if (gk) {
+				for (int64_t j = 0; j < n; j++)
+					for (int64_t s = 0; s < n; s++)
+						Z[j * C + s] *= w.gam[s];
+				mm(1, 0, n, Dk, n, 1.0f, Z, C, dWk, Dk, 1.0f, gk + t0 * sk, sk);
+			}
+		}
+		/* dM = -Tmᵀ dTm Tmᵀ (strictly lower), over dTm's lower triangle:
+		 * PT = Tmᵀ dTm, Z = dM */
+		for (int64_t j = 0; j < n; j++)
+			for (int64_t s = j + 1; s < n; s++)
+				dTm[j * C + s] = 0.0f;
+		mm(1, 0, n, n, n, 1.0f, w.Tm, C, dTm, C, 0.0f, PT, C);
+		mm(0, 1, n, n, n, -1.0f, PT, C, w.Tm, C, 0.0f, Z, C);
+		/* M_ij = beta_i exp(g_i - g_j) k_i.k_j: dA = K Kᵀ, then Z the
+		 * weights of dk_i += Z_ij k_j and dk_j += Z_ij k_i */
+		mm(0, 1, n, n, Dk, 1.0f, k, sk, k, sk, 0.0f, dA, C);
+		for (int64_t i = 0; i < n; i++)
+			for (int64_t j = 0; j < n; j++) {
+				if (j >= i) {
+					Z[i * C + j] = 0.0f;
+					continue;
+				}
+				float dm = Z[i * C + j], kk = dA[i * C + j];
+				float ex = expf(w.g[i] - w.g[j]), bi = be[i * ss], mij = bi * ex * kk;
 				if (gbe)
-					gbe[(t0 + i) * x->ss] += dm * ex * kk;
+					gbe[(t0 + i) * ss] += dm * ex * kk;
 				dg[i] += dm * mij;
 				dg[j] -= dm * mij;
-				if (gk) {
-					vadd(gk + (t0 + i) * x->sk, k + j * x->sk, Dk, dm * bi * ex);
-					vadd(gk + (t0 + j) * x->sk, k + i * x->sk, Dk, dm * bi * ex);
-				}
+				Z[i * C + j] = dm * bi * ex;
 			}
-		/* P_ij = exp(g_i - g_j) q_i.k_j */
+		if (gk) {
+			mm(0, 0, n, Dk, n, 1.0f, Z, C, k, sk, 1.0f, gk + t0 * sk, sk);
+			mm(1, 0, n, Dk, n, 1.0f, Z, C, k, sk, 1.0f, gk + t0 * sk, sk);
+		}
+		/* P_ij = exp(g_i - g_j) q_i.k_j: Z = dP exp(g_i - g_j), j <= i */
 		for (int64_t i = 0; i < n; i++)
-			for (int64_t j = 0; j <= i; j++) {
-				float dp = dP[i * C + j], ex = expf(w.g[i] - w.g[j]);
+			for (int64_t j = 0; j < n; j++) {
+				if (j > i) {
+					Z[i * C + j] = 0.0f;
+					continue;
+				}
+				float dp = dP[i * C + j];
 				dg[i] += dp * w.P[i * C + j];
 				dg[j] -= dp * w.P[i * C + j];
-				if (gq)
-					vadd(gq + (t0 + i) * x->sk, k + j * x->sk, Dk, dp * ex);
-				if (gk)
-					vadd(gk + (t0 + j) * x->sk, q + i * x->sk, Dk, dp * ex);
+				Z[i * C + j] = dp * expf(w.g[i] - w.g[j]);
 			}
+		if (gq)
+			mm(0, 0, n, Dk, n, 1.0f, Z, C, k, sk, 1.0f, gq + t0 * sk, sk);
+		if (gk)
+			mm(1, 0, n, Dk, n, 1.0f, Z, C, q, sk, 1.0f, gk + t0 * sk, sk);
 		/* Kd_j = exp(g_n - g_j) k_j */
 		for (int64_t j = 0; j < n; j++) {
 			float s = 0, ex = expf(w.g[n - 1] - w.g[j]);
@@ -656,14 +613,14 @@ static int head_chunked_bwd(float *gq, float *gk, float *gv, float *gla, float *
 			dg[n - 1] += s;
 			dg[j] -= s;
 			if (gk)
-				vadd(gk + (t0 + j) * x->sk, dKd + j * Dk, Dk, ex);
+				vadd(gk + (t0 + j) * sk, dKd + j * Dk, Dk, ex);
 		}
 		/* gamma_i = exp(g_i); g_i = sum_{r<=i} loga_r */
 		float acc = 0;
 		for (int64_t i = n - 1; i >= 0; i--) {
-			acc += dg[i] + expf(w.g[i]) * dgam[i];
+			acc += dg[i] + w.gam[i] * dgam[i];
 			if (gla && x->la)
-				gla[(t0 + i) * x->ss] += acc;
+				gla[(t0 + i) * ss] += acc;
 		}
 		if (ll && ci > 0) { /* the carry's backward */
 			int j = ctz64(ci);
@@ -699,6 +656,7 @@ int lmk_cpu_gdn_forward(float *out, const float *q, const float *k, const float 
 {
 	int64_t C = chunk_of(algo, chunk, T, lam != NULL);
 	int fail = 0;
+	lmk_cpu_blas_one_thread();
 #pragma omp parallel for schedule(dynamic, 1)
 	for (int64_t bh = 0; bh < B * H; bh++) {
 		int64_t b = bh / H, h = bh % H;
@@ -906,6 +864,7 @@ int lmk_cpu_gdn_backward(float *dq, float *dk, float *dv, float *dloga, float *d
 {
 	int64_t W = chunk > 0 ? chunk : 64, C = chunk_of(algo, chunk, T, lam != NULL);
 	int fail = 0;
+	lmk_cpu_blas_one_thread();
 #pragma omp parallel for schedule(dynamic, 1)
 	for (int64_t bh = 0; bh < B * H; bh++) {
 		int64_t b = bh / H, h = bh % H, bt = b * T * H + h;

@@ -71,7 +71,7 @@ static inline float vexpf(float x)
  * parallel product, in case someone (lmk_train_set_threads) raised it
  * since. OpenBLAS's OpenMP build runs on one thread inside a parallel
  * region by itself, and there the setting would be omp_set_num_threads. */
-static void blas_one_thread(void)
+void lmk_cpu_blas_one_thread(void)
 {
 	if (openblas_get_parallel() == OPENBLAS_THREAD && openblas_get_num_threads() != 1)
 		openblas_set_num_threads(1);
@@ -145,7 +145,7 @@ static void gemm_par(const gemm_op *g, int n)
 		total += nb[i];
 		work += g[i].M * g[i].N * g[i].Kd;
 	}
-	blas_one_thread();
+	lmk_cpu_blas_one_thread();
 #pragma omp parallel for schedule(dynamic, 1) if (total > 1 && work > GEMM_PAR_MIN)
 	for (int64_t t = 0; t < total; t++) {
 		int i = 0;
@@ -483,7 +483,7 @@ void lmk_cpu_attention_forward(float *out, float *lse, const float *q, const flo
 			       int64_t H, int64_t K, int64_t D, float scale, int causal)
 {
 	int64_t rep = K ? H / K : 1, nq = (T + QB - 1) / QB;
-	blas_one_thread();
+	lmk_cpu_blas_one_thread();
 #pragma omp parallel for collapse(3) schedule(dynamic, 1) if (B * H * T * T * D > PAR_MIN)
 	for (int64_t b = 0; b < B; b++)
 		for (int64_t h = 0; h < H; h++)
@@ -557,7 +557,7 @@ void lmk_cpu_attention_backward(float *dq, float *dk, float *dv, float *delta,
 	 * of that head and the rows of dq and delta of its query heads, so no
 	 * two threads add into one row. */
 	int64_t rep = K ? H / K : 1, nq = (T + QB - 1) / QB;
-	blas_one_thread();
+	lmk_cpu_blas_one_thread();
 #pragma omp parallel for collapse(2) schedule(dynamic, 1) if (B * H * T * T * D > PAR_MIN)
 	for (int64_t b = 0; b < B; b++)
 		for (int64_t g = 0; g < K; g++) {

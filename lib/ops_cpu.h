@@ -14,6 +14,11 @@
 
 #include <stdint.h>
 
+/* OpenBLAS on one thread: the kernels parallelise over rows or heads
+ * themselves and call it from inside their parallel regions; kernels of
+ * other files that do the same call this before their region. */
+void lmk_cpu_blas_one_thread(void);
+
 /* out[n] = w[ids[n]]; ids already checked to lie in [0,V). */
 void lmk_cpu_embedding_forward(float *out /*(N,C)*/, const int32_t *ids /*(N)*/,
 			       const float *w /*(V,C)*/, int64_t N, int64_t C);
