@@ -85,33 +85,14 @@ void lmk_cpu_conv1d_causal_backward(float *dx, float *dw, float *db, const float
 				    const float *x, const float *w, const float *b, int64_t B,
 				    int64_t T, int64_t C, int64_t W, int silu)
 {
-	int par = B * T * C * W * (silu ? W : 1) > PAR_MIN;
-	if (dx) {
-		/* x[s] feeds outputs t = s + W-1-i through tap i */
-#pragma omp parallel for schedule(static) if (par)
-		for (int64_t r = 0; r < B * T; r++) {
-			int64_t s = r % T;
-			const float *xb = x + (r - s) * C, *gb = dout + (r - s) * C;
-			for (int64_t c = 0; c < C; c++) {
-				float acc = 0.0f;
-				for (int64_t i = 0; i < W; i++) {
-					int64_t t = s + W - 1 - i;
-					if (t >= T)
-						continue;
-					float d = gb[t * C + c];
-					if (silu)
-						d *= conv_dact(conv_pre(xb, w, b, t, c, C, W), 1);
-					acc += w[c * W + i] * d;
-				}
-				dx[r * C + c] += acc;
-			}
-		}
-	}
-	if (!dw && !db)
+	if (!dx && !dw && !db)
 		return;
-	/* each thread owns a block of channels and sums its rows in order */
+	/* One pass over the rows, each thread owning a block of channels: the
+	 * gradient of the pre-activation d at (t, c), computed once, goes to
+	 * x[t - W+1+i] through tap i (dx, in the order of t) and to the taps
+	 * and the bias (summed in the order of the rows). */
 	int64_t nblk = (C + CONV_CB - 1) / CONV_CB;
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for schedule(static) if (B * T * C * W > PAR_MIN)
 	for (int64_t blk = 0; blk < nblk; blk++) {
 		int64_t c0 = blk * CONV_CB, c1 = c0 + CONV_CB < C ? c0 + CONV_CB : C;
 		float acc[CONV_CB][CONV_MAXW + 1];
@@ -119,6 +100,7 @@ void lmk_cpu_conv1d_causal_backward(float *dx, float *dw, float *db, const float
 		for (int64_t r = 0; r < B * T; r++) {
 			int64_t t = r % T;
 			const float *xb = x + (r - t) * C;
+			float *dxb = dx ? dx + (r - t) * C : NULL;
 			for (int64_t c = c0; c < c1; c++) {
 				float d = dout[r * C + c];
 				if (silu)
@@ -126,8 +108,11 @@ void lmk_cpu_conv1d_causal_backward(float *dx, float *dw, float *db, const float
 				float *a = acc[c - c0];
 				for (int64_t i = 0; i < W; i++) {
 					int64_t s = t - W + 1 + i;
-					if (s >= 0)
-						a[i] += d * xb[s * C + c];
+					if (s < 0)
+						continue;
+					a[i] += d * xb[s * C + c];
+					if (dxb)
+						dxb[s * C + c] += w[c * W + i] * d;
 				}
 				a[W] += d;
 			}
