@@ -3,7 +3,6 @@
  * at a time, reading q, k, v, loga, beta, lam through strides, so heads run
  * in parallel with results independent of the thread count.
  * Shape letters as in gdn.h; the per-head state is (nlev,Dk,Dv). */
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -160,23 +159,10 @@ static void vadd(float *dst, const float *src, int64_t n, float s)
 
 /* ------------------------------------------------------------ chunked */
 
-/* Cm (M,N; ldc) = alpha op(A) op(B) + beta Cm, row-major, by OpenBLAS on
- * the calling thread (the heads are the parallelism; the entry points set
- * BLAS to one thread before their parallel region). */
-static void mm(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
-	       int64_t lda, const float *Bm, int64_t ldb, float beta, float *Cm, int64_t ldc)
-{
-	if (M <= 0 || N <= 0)
-		return;
-	if (K <= 0) {
-		for (int64_t i = 0; i < M; i++)
-			for (int64_t j = 0; j < N; j++)
-				Cm[i * ldc + j] = beta == 0.0f ? 0.0f : beta * Cm[i * ldc + j];
-		return;
-	}
-	cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-		    (int)M, (int)N, (int)K, alpha, A, (int)lda, Bm, (int)ldb, beta, Cm, (int)ldc);
-}
+/* The chunk products: lmk_cpu_mm (one OpenBLAS product on the calling
+ * thread; the entry points set BLAS to one thread before their parallel
+ * region, the heads being the parallelism). */
+#define mm lmk_cpu_mm
 
 /* One chunk's matrices, for chunks of at most C tokens. With n tokens from
  * t0, g the in-chunk cumulative log decay, gamma_i = exp(g_i):

@@ -77,6 +77,21 @@ void lmk_cpu_blas_one_thread(void)
 		openblas_set_num_threads(1);
 }
 
+void lmk_cpu_mm(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+		int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc)
+{
+	if (M <= 0 || N <= 0)
+		return;
+	if (K <= 0) {
+		for (int64_t i = 0; i < M; i++)
+			for (int64_t j = 0; j < N; j++)
+				C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+		return;
+	}
+	cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+		    (int)M, (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+}
+
 /* The number of blocks of at most GEMM_BLK that split n: at least two from
  * 64 on, and even, so that two threads get the same share. Block b is
  * [n b / nb, n (b+1) / nb). */

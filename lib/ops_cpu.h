@@ -19,6 +19,12 @@
  * other files that do the same call this before their region. */
 void lmk_cpu_blas_one_thread(void);
 
+/* C (M,N; ldc) = alpha op(A) op(B) + beta C, row-major, op the transpose
+ * when ta / tb: one OpenBLAS product on the calling thread (for kernels
+ * that parallelise over heads and multiply small per-head matrices). */
+void lmk_cpu_mm(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+		int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
+
 /* out[n] = w[ids[n]]; ids already checked to lie in [0,V). */
 void lmk_cpu_embedding_forward(float *out /*(N,C)*/, const int32_t *ids /*(N)*/,
 			       const float *w /*(V,C)*/, int64_t N, int64_t C);

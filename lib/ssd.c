@@ -29,6 +29,7 @@
 #include "err.h"
 #include "fenwick.h"
 #include "op.h"
+#include "ops_cpu.h"
 #include "ssd.h"
 
 #if LMK_CUDA
@@ -183,12 +184,14 @@ typedef struct cwork {
 	float *Hs, *dH;      /* (nlev,Dk,Dv) */
 	float *U;            /* (Dk,Dv) */
 	float *y;            /* (Dk) */
+	float *Y;            /* (C, max(Dk,Dv)): rows scaled for a product */
 } cwork;
 
 static size_t cwork_floats(const chunking *ck, int64_t Dk, int64_t Dv)
 {
 	int64_t M = Dk * Dv, nl = ck->nlev > 0 ? ck->nlev : 1;
-	return (size_t)(2 * ck->C + 3 * ck->C * ck->C + 2 * nl * M + M + Dk + 16);
+	return (size_t)(2 * ck->C + 3 * ck->C * ck->C + 2 * nl * M + M + Dk + 16 +
+			ck->C * (Dk > Dv ? Dk : Dv));
 }
 
 static void cwork_carve(cwork *w, float *p, const chunking *ck, int64_t Dk, int64_t Dv)
@@ -209,6 +212,8 @@ static void cwork_carve(cwork *w, float *p, const chunking *ck, int64_t Dk, int6
 	w->U = p;
 	p += M;
 	w->y = p;
+	p += Dk + 16;
+	w->Y = p;
 }
 
 static void chunk_acs(const head *hd, int64_t t0, int64_t len, double *acs)
@@ -220,16 +225,16 @@ static void chunk_acs(const head *hd, int64_t t0, int64_t len, double *acs)
 	}
 }
 
-/* P and W of chunk [t0, t0+len): rows i, keys s <= i. */
+/* P and W of chunk [t0, t0+len): rows i, keys s <= i (P = Q Kᵀ in full). */
 static void chunk_scores(const head *hd, const chunking *ck, int64_t t0, int64_t len,
 			 const cwork *w)
 {
 	int64_t C = ck->C;
+	lmk_cpu_mm(0, 1, len, len, hd->Dk, 1.0f, hd->q + t0 * hd->sq, hd->sq, hd->k + t0 * hd->sq,
+		   hd->sq, 0.0f, w->P, C);
 	for (int64_t i = 0; i < len; i++) {
-		const float *qi = hd->q + (t0 + i) * hd->sq;
 		const float *li = hd->lam ? hd->lam + (t0 + i) * hd->sl : NULL;
 		for (int64_t s = 0; s <= i; s++) {
-			w->P[i * C + s] = dotf(qi, hd->k + (t0 + s) * hd->sq, hd->Dk);
 			float lw = li ? li[lmk_fenwick_level(t0 + i, t0 + s)] : 1.0f;
 			w->W[i * C + s] = hd->scale * (float)exp(w->acs[i] - w->acs[s]) * lw;
 		}
@@ -240,16 +245,13 @@ static void chunk_scores(const head *hd, const chunking *ck, int64_t t0, int64_t
 static void chunk_state(const head *hd, int64_t t0, int64_t len, const cwork *w)
 {
 	int64_t Dk = hd->Dk, Dv = hd->Dv;
-	memset(w->U, 0, sizeof(float) * (size_t)(Dk * Dv));
 	for (int64_t s = 0; s < len; s++) {
 		float e = (float)exp(w->acs[len - 1] - w->acs[s]);
-		const float *ks = hd->k + (t0 + s) * hd->sq, *vs = hd->v + (t0 + s) * hd->sv;
-		for (int64_t x = 0; x < Dk; x++) {
-			float kx = e * ks[x];
-			for (int64_t y = 0; y < Dv; y++)
-				w->U[x * Dv + y] += kx * vs[y];
-		}
+		const float *ks = hd->k + (t0 + s) * hd->sq;
+		for (int64_t x = 0; x < Dk; x++)
+			w->Y[s * Dk + x] = e * ks[x];
 	}
+	lmk_cpu_mm(1, 0, Dk, Dv, len, 1.0f, w->Y, Dk, hd->v + t0 * hd->sv, hd->sv, 0.0f, w->U, Dv);
 }
 
 /* The states after chunk n: decay over the chunk, the writes, the clears. */
@@ -279,30 +281,24 @@ static void chunked_forward(const head *hd, const chunking *ck, float *out, int6
 		int64_t t0 = n * C, len = hd->T - t0 < C ? hd->T - t0 : C;
 		chunk_acs(hd, t0, len, w->acs);
 		chunk_scores(hd, ck, t0, len, w);
-		for (int64_t i = 0; i < len; i++) {
-			float *o = out + (t0 + i) * so;
-			for (int64_t y = 0; y < Dv; y++)
-				o[y] = 0;
-			for (int64_t s = 0; s <= i; s++) {
-				float sc = w->W[i * C + s] * w->P[i * C + s];
-				const float *vs = hd->v + (t0 + s) * hd->sv;
-				for (int64_t y = 0; y < Dv; y++)
-					o[y] += sc * vs[y];
+		/* intra: o = (W P, lower) V; inter: o_i += f_i q_iᵀ H_l per level */
+		float *o = out + t0 * so;
+		for (int64_t i = 0; i < len; i++)
+			for (int64_t s = 0; s < len; s++)
+				w->dS[i * C + s] = s <= i ? w->W[i * C + s] * w->P[i * C + s] : 0.0f;
+		lmk_cpu_mm(0, 0, len, Dv, len, 1.0f, w->dS, C, hd->v + t0 * hd->sv, hd->sv, 0.0f, o,
+			   so);
+		for (int l = 0; l < ck->nlev; l++) {
+			if (!lv_read(ck, n, l))
+				continue;
+			for (int64_t i = 0; i < len; i++) {
+				const float *qi = hd->q + (t0 + i) * hd->sq;
+				const float *li = hd->lam ? hd->lam + (t0 + i) * hd->sl : NULL;
+				float f = hd->scale * (float)exp(w->acs[i]) * lv_lam(ck, li, l);
+				for (int64_t x = 0; x < Dk; x++)
+					w->Y[i * Dk + x] = f * qi[x];
 			}
-			const float *qi = hd->q + (t0 + i) * hd->sq;
-			const float *li = hd->lam ? hd->lam + (t0 + i) * hd->sl : NULL;
-			float e = hd->scale * (float)exp(w->acs[i]);
-			for (int l = 0; l < ck->nlev; l++) {
-				if (!lv_read(ck, n, l))
-					continue;
-				float f = e * lv_lam(ck, li, l);
-				const float *Hl = w->Hs + l * M;
-				for (int64_t x = 0; x < Dk; x++) {
-					float qx = f * qi[x];
-					for (int64_t y = 0; y < Dv; y++)
-						o[y] += qx * Hl[x * Dv + y];
-				}
-			}
+			lmk_cpu_mm(0, 0, len, Dv, Dk, 1.0f, w->Y, Dk, w->Hs + l * M, Dv, 1.0f, o, so);
 		}
 		chunk_state(hd, t0, len, w);
 		states_advance(hd, ck, n, len, w);
@@ -322,41 +318,45 @@ static void chunked_backward(const head *hd, const chunking *ck, const float *do
 		int64_t t0 = n * C, len = T - t0 < C ? T - t0 : C;
 		chunk_acs(hd, t0, len, w->acs);
 		chunk_scores(hd, ck, t0, len, w);
+		const float *Q = hd->q + t0 * hd->sq, *K = hd->k + t0 * hd->sq;
+		const float *V = hd->v + t0 * hd->sv, *dO = dout + t0 * so;
+		/* intra: dS = dO Vᵀ; then P holds W P (what o takes of each v)
+		 * and dS holds W dS (the gradient of the scores q.k) */
+		lmk_cpu_mm(0, 1, len, len, Dv, 1.0f, dO, so, V, hd->sv, 0.0f, w->dS, C);
 		for (int64_t i = 0; i < len; i++) {
-			const float *doi = dout + (t0 + i) * so;
-			const float *qi = hd->q + (t0 + i) * hd->sq;
-			const float *li = hd->lam ? hd->lam + (t0 + i) * hd->sl : NULL;
 			float *dli = dlam ? dlam + (t0 + i) * hd->sl : NULL;
-			float *dqi = dq + (t0 + i) * Dk;
-			for (int64_t s = 0; s <= i; s++) {
-				const float *vs = hd->v + (t0 + s) * hd->sv;
-				const float *ks = hd->k + (t0 + s) * hd->sq;
-				float P = w->P[i * C + s], W = w->W[i * C + s];
-				float dS = dotf(doi, vs, Dv);
-				float sc = W * P, gg = W * dS;
-				float *dvs = dv + (t0 + s) * Dv, *dks = dk + (t0 + s) * Dk;
-				for (int64_t y = 0; y < Dv; y++)
-					dvs[y] += sc * doi[y];
-				for (int64_t x = 0; x < Dk; x++) {
-					dqi[x] += gg * ks[x];
-					dks[x] += gg * qi[x];
+			for (int64_t s = 0; s < len; s++) {
+				if (s > i) {
+					w->P[i * C + s] = w->dS[i * C + s] = 0.0f;
+					continue;
 				}
+				float P = w->P[i * C + s], W = w->W[i * C + s], dS = w->dS[i * C + s];
 				if (dli)
 					dli[lmk_fenwick_level(t0 + i, t0 + s)] +=
 						hd->scale * (float)exp(w->acs[i] - w->acs[s]) * P * dS;
+				w->P[i * C + s] = W * P;
+				w->dS[i * C + s] = W * dS;
 			}
-			float e = hd->scale * (float)exp(w->acs[i]);
-			for (int l = 0; l < ck->nlev; l++) {
-				if (!lv_read(ck, n, l))
-					continue;
-				const float *Hl = w->Hs + l * M;
-				for (int64_t x = 0; x < Dk; x++)
-					w->y[x] = e * dotf(Hl + x * Dv, doi, Dv);
-				float f = lv_lam(ck, li, l);
-				for (int64_t x = 0; x < Dk; x++)
-					dqi[x] += f * w->y[x];
-				if (dli)
-					dli[ck->cbits + 1 + l] += dotf(qi, w->y, Dk);
+		}
+		lmk_cpu_mm(1, 0, len, Dv, len, 1.0f, w->P, C, dO, so, 1.0f, dv + t0 * Dv, Dv);
+		lmk_cpu_mm(0, 0, len, Dk, len, 1.0f, w->dS, C, K, hd->sq, 1.0f, dq + t0 * Dk, Dk);
+		lmk_cpu_mm(1, 0, len, Dk, len, 1.0f, w->dS, C, Q, hd->sq, 1.0f, dk + t0 * Dk, Dk);
+		/* the reads of the states: Y = dO H_lᵀ, y_i = e_i Y_i */
+		for (int l = 0; l < ck->nlev; l++) {
+			if (!lv_read(ck, n, l))
+				continue;
+			lmk_cpu_mm(0, 1, len, Dk, Dv, 1.0f, dO, so, w->Hs + l * M, Dv, 0.0f, w->Y, Dk);
+			for (int64_t i = 0; i < len; i++) {
+				const float *qi = Q + i * hd->sq;
+				const float *li = hd->lam ? hd->lam + (t0 + i) * hd->sl : NULL;
+				float *dqi = dq + (t0 + i) * Dk, *y = w->Y + i * Dk;
+				float e = hd->scale * (float)exp(w->acs[i]), f = lv_lam(ck, li, l);
+				for (int64_t x = 0; x < Dk; x++) {
+					y[x] *= e;
+					dqi[x] += f * y[x];
+				}
+				if (dlam)
+					dlam[(t0 + i) * hd->sl + ck->cbits + 1 + l] += dotf(qi, y, Dk);
 			}
 		}
 		chunk_state(hd, t0, len, w);
@@ -376,17 +376,21 @@ static void chunked_backward(const head *hd, const chunking *ck, const float *do
 				for (int64_t i = 0; i < M; i++)
 					w->U[i] += dHl[i];
 		}
+		/* U = sum_s e_s k_s v_sᵀ: dk_s += e_s dU v_s, dv_s += e_s dUᵀ k_s */
+		const float *K = hd->k + t0 * hd->sq, *V = hd->v + t0 * hd->sv;
+		lmk_cpu_mm(0, 1, len, Dk, Dv, 1.0f, V, hd->sv, w->U, Dv, 0.0f, w->Y, Dk);
 		for (int64_t s = 0; s < len; s++) {
 			float e = (float)exp(w->acs[len - 1] - w->acs[s]);
-			const float *ks = hd->k + (t0 + s) * hd->sq, *vs = hd->v + (t0 + s) * hd->sv;
-			float *dks = dk + (t0 + s) * Dk, *dvs = dv + (t0 + s) * Dv;
-			for (int64_t x = 0; x < Dk; x++) {
-				const float *Ux = w->U + x * Dv;
-				dks[x] += e * dotf(Ux, vs, Dv);
-				float kx = e * ks[x];
-				for (int64_t y = 0; y < Dv; y++)
-					dvs[y] += kx * Ux[y];
-			}
+			float *dks = dk + (t0 + s) * Dk;
+			for (int64_t x = 0; x < Dk; x++)
+				dks[x] += e * w->Y[s * Dk + x];
+		}
+		lmk_cpu_mm(0, 0, len, Dv, Dk, 1.0f, K, hd->sq, w->U, Dv, 0.0f, w->Y, Dv);
+		for (int64_t s = 0; s < len; s++) {
+			float e = (float)exp(w->acs[len - 1] - w->acs[s]);
+			float *dvs = dv + (t0 + s) * Dv;
+			for (int64_t y = 0; y < Dv; y++)
+				dvs[y] += e * w->Y[s * Dv + y];
 		}
 		float g = (float)exp(w->acs[len - 1]);
 		for (int l = 0; l < ck->nlev; l++) {
@@ -398,14 +402,11 @@ static void chunked_backward(const head *hd, const chunking *ck, const float *do
 			for (int64_t i = 0; i < len; i++) {
 				const float *qi = hd->q + (t0 + i) * hd->sq;
 				const float *li = hd->lam ? hd->lam + (t0 + i) * hd->sl : NULL;
-				const float *doi = dout + (t0 + i) * so;
 				float f = hd->scale * (float)exp(w->acs[i]) * lv_lam(ck, li, l);
-				for (int64_t x = 0; x < Dk; x++) {
-					float qx = f * qi[x];
-					for (int64_t y = 0; y < Dv; y++)
-						dHl[x * Dv + y] += qx * doi[y];
-				}
+				for (int64_t x = 0; x < Dk; x++)
+					w->Y[i * Dk + x] = f * qi[x];
 			}
+			lmk_cpu_mm(1, 0, Dk, Dv, len, 1.0f, w->Y, Dk, dout + t0 * so, so, 1.0f, dHl, Dv);
 		}
 	}
 }
@@ -446,6 +447,7 @@ int lmk_cpu_ssd_forward(float *out, const float *q, const float *k, const float 
 			    ? (size_t)((lam ? NL : 1) * Dk * Dv)
 			    : cwork_floats(&ck, Dk, Dv);
 	int fail = 0;
+	lmk_cpu_blas_one_thread();
 #pragma omp parallel
 	{
 		float *ws = malloc(sizeof(float) * nf);
@@ -496,6 +498,7 @@ int lmk_cpu_ssd_backward(float *dq, float *dk, float *dv, float *dloga, float *d
 	size_t dA_at = (cwork_floats(&ck, Dk, Dv) + (size_t)(T * (2 * Dk + Dv)) + 1) / 2 * 2;
 	size_t nf = dA_at + (size_t)(2 * T);
 	int fail = 0;
+	lmk_cpu_blas_one_thread();
 #pragma omp parallel
 	{
 		float *ws = malloc(sizeof(float) * nf);
