@@ -3,7 +3,8 @@
  * differentiable op, its CPU kernels (recurrent, chunked, materialised) and a
  * decoding state stepped one token at a time.
  * Owns: the decoding state's memory. Needs: tensor, op (checks, tape),
- * fenwick, and in a CUDA build cuda/gdn_cuda.h.
+ * fenwick, ops_cpu (lmk_cpu_mm: the chunk products through OpenBLAS), and
+ * in a CUDA build cuda/gdn_cuda.h.
  * Never: prints, exits, or normalises q and k (the caller does).
  *
  * Shape letters: B batch, T time, H heads, Dk key dim, Dv value dim, NL

@@ -3,7 +3,8 @@
  * of "Log-Linear Attention" (Guo et al. 2025), as one differentiable op, its
  * CPU kernels (recurrent, materialised, chunked) and a decoding state.
  * Owns: the decoding state's memory. Needs: tensor, op (checks, tape),
- * fenwick, and in a CUDA build cuda/ssd_cuda.h.
+ * fenwick, ops_cpu (lmk_cpu_mm: the chunk products through OpenBLAS), and
+ * in a CUDA build cuda/ssd_cuda.h.
  * Never: prints, exits, or knows which layer calls it.
  *
  * Shape letters: B batch, T time, H heads, G key groups (H a multiple of G;
