@@ -180,17 +180,16 @@ static float lv_lam(const chunking *ck, const float *lam_t, int li)
 /* Workspace of one thread. */
 typedef struct cwork {
 	double *acs;         /* (C) log decay from the chunk's start, inclusive */
-	float *P, *W, *dS;   /* (C,C) q.k, weight, dO.v */
+	float *P, *W, *dS;   /* (C,C) q.k, weight, dO.v; then the products of them */
 	float *Hs, *dH;      /* (nlev,Dk,Dv) */
 	float *U;            /* (Dk,Dv) */
-	float *y;            /* (Dk) */
 	float *Y;            /* (C, max(Dk,Dv)): rows scaled for a product */
 } cwork;
 
 static size_t cwork_floats(const chunking *ck, int64_t Dk, int64_t Dv)
 {
 	int64_t M = Dk * Dv, nl = ck->nlev > 0 ? ck->nlev : 1;
-	return (size_t)(2 * ck->C + 3 * ck->C * ck->C + 2 * nl * M + M + Dk + 16 +
+	return (size_t)(2 * ck->C + 3 * ck->C * ck->C + 2 * nl * M + M + 16 +
 			ck->C * (Dk > Dv ? Dk : Dv));
 }
 
@@ -211,8 +210,6 @@ static void cwork_carve(cwork *w, float *p, const chunking *ck, int64_t Dk, int6
 	p += nl * M;
 	w->U = p;
 	p += M;
-	w->y = p;
-	p += Dk + 16;
 	w->Y = p;
 }
 
