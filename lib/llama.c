@@ -771,6 +771,18 @@ static lmk_tensor *finish_layer(lmk_ctx *c, const lmk_llama *m, const lmk_llama_
 	return mlp_block(c, m, ly, x);
 }
 
+/* The decoders' last step: logits (rows,V) into host memory from the
+ * residual rows x (rows,C) (NULL: the error of what made it). */
+static int decode_logits(lmk_ctx *c, const lmk_llama *m, lmk_tensor *x, float *logits)
+{
+	lmk_tensor *y = x ? lmk_linear(c, lmk_rmsnorm(c, x, m->norm, m->cfg.rms_norm_eps),
+				       m->lm_head, NULL)
+			  : NULL;
+	if (!y)
+		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+	return lmk_tensor_read_f32(c, y, 0, logits);
+}
+
 lmk_tensor *lmk_llama_hidden(lmk_ctx *c, lmk_llama *m, lmk_tensor *ids, lmk_tensor *pos,
 			     lmk_tensor *seg)
 {
@@ -1007,11 +1019,9 @@ static int decode(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *ids,
 		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
 	/* Only the last position's logits: (1,V) rather than (n,V). */
 	lmk_tensor *last = lmk_tensor_wrap(c, LMK_F32, 2, ls, (float *)x->data + (size_t)(n - 1) * C);
-	lmk_tensor *y = lmk_linear(c, lmk_rmsnorm(c, last, m->norm, cfg->rms_norm_eps), m->lm_head,
-				   NULL);
-	if (!y)
-		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
-	memcpy(logits, y->data, sizeof(float) * (size_t)cfg->vocab_size);
+	int rc = decode_logits(c, m, last, logits);
+	if (rc < 0)
+		return rc;
 	kv->len += n;
 	return 0;
 }
@@ -1076,11 +1086,7 @@ static int decode_dev(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *
 		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
 	lmk_tensor *last = lmk_tensor_wrap(c, x->dtype, 2, ls,
 					   (char *)x->data + (size_t)(n - 1) * C * es);
-	lmk_tensor *y = lmk_linear(c, lmk_rmsnorm(c, last, m->norm, cfg->rms_norm_eps), m->lm_head,
-				   NULL);
-	if (!y)
-		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
-	if ((rc = lmk_tensor_read_f32(c, y, 0, logits)) < 0)
+	if ((rc = decode_logits(c, m, last, logits)) < 0)
 		return rc;
 	kv->len += n;
 	return 0;
@@ -1161,12 +1167,7 @@ static int decode_batch(lmk_ctx *c, lmk_llama *m, lmk_kvcache *const *kv, const 
 	if (!x)
 		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
 	int64_t ls[2] = {n, cfg->hidden_size};
-	lmk_tensor *y = lmk_linear(c, lmk_rmsnorm(c, lmk_reshape(c, x, 2, ls), m->norm,
-						  cfg->rms_norm_eps),
-				   m->lm_head, NULL);
-	if (!y)
-		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
-	if ((rc = lmk_tensor_read_f32(c, y, 0, logits)) < 0)
+	if ((rc = decode_logits(c, m, lmk_reshape(c, x, 2, ls), logits)) < 0)
 		return rc;
 	for (int i = 0; i < n; i++)
 		kv[i]->len++;
@@ -1199,12 +1200,7 @@ static int decode_mixer(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t
 		if (!x)
 			return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
 	}
-	lmk_tensor *y = lmk_linear(c, lmk_rmsnorm(c, lmk_reshape(c, x, 2, ls), m->norm,
-						  cfg->rms_norm_eps),
-				   m->lm_head, NULL);
-	if (!y)
-		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
-	if ((rc = lmk_tensor_read_f32(c, y, 0, logits)) < 0)
+	if ((rc = decode_logits(c, m, lmk_reshape(c, x, 2, ls), logits)) < 0)
 		return rc;
 	kv->len += n;
 	return 0;
