@@ -269,6 +269,21 @@ static void states_advance(const head *hd, const chunking *ck, int64_t n, int64_
 	}
 }
 
+/* Y (len,Dk) = the chunk's queries as they read level l's state: row i
+ * is scale exp(acs_i) lam_i(l) q_i. */
+static void read_rows(const head *hd, const chunking *ck, int64_t t0, int64_t len, int l,
+		      const cwork *w)
+{
+	int64_t Dk = hd->Dk;
+	for (int64_t i = 0; i < len; i++) {
+		const float *qi = hd->q + (t0 + i) * hd->sq;
+		const float *li = hd->lam ? hd->lam + (t0 + i) * hd->sl : NULL;
+		float f = hd->scale * (float)exp(w->acs[i]) * lv_lam(ck, li, l);
+		for (int64_t x = 0; x < Dk; x++)
+			w->Y[i * Dk + x] = f * qi[x];
+	}
+}
+
 static void chunked_forward(const head *hd, const chunking *ck, float *out, int64_t so,
 			    const cwork *w)
 {
@@ -288,13 +303,7 @@ static void chunked_forward(const head *hd, const chunking *ck, float *out, int6
 		for (int l = 0; l < ck->nlev; l++) {
 			if (!lv_read(ck, n, l))
 				continue;
-			for (int64_t i = 0; i < len; i++) {
-				const float *qi = hd->q + (t0 + i) * hd->sq;
-				const float *li = hd->lam ? hd->lam + (t0 + i) * hd->sl : NULL;
-				float f = hd->scale * (float)exp(w->acs[i]) * lv_lam(ck, li, l);
-				for (int64_t x = 0; x < Dk; x++)
-					w->Y[i * Dk + x] = f * qi[x];
-			}
+			read_rows(hd, ck, t0, len, l, w);
 			lmk_cpu_mm(0, 0, len, Dv, Dk, 1.0f, w->Y, Dk, w->Hs + l * M, Dv, 1.0f, o, so);
 		}
 		chunk_state(hd, t0, len, w);
@@ -396,13 +405,7 @@ static void chunked_backward(const head *hd, const chunking *ck, const float *do
 				dHl[i] *= g;
 			if (!lv_read(ck, n, l))
 				continue;
-			for (int64_t i = 0; i < len; i++) {
-				const float *qi = hd->q + (t0 + i) * hd->sq;
-				const float *li = hd->lam ? hd->lam + (t0 + i) * hd->sl : NULL;
-				float f = hd->scale * (float)exp(w->acs[i]) * lv_lam(ck, li, l);
-				for (int64_t x = 0; x < Dk; x++)
-					w->Y[i * Dk + x] = f * qi[x];
-			}
+			read_rows(hd, ck, t0, len, l, w);
 			lmk_cpu_mm(1, 0, Dk, Dv, len, 1.0f, w->Y, Dk, dout + t0 * so, so, 1.0f, dHl, Dv);
 		}
 	}
