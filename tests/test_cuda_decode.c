@@ -184,6 +184,20 @@ static double check_rows(const float *lg, const float *lc, int rows, int V, doub
 	return worst;
 }
 
+/* The end of a CPU-GPU comparison: the GPU's queue drained without an
+ * error, then both models, contexts and logits freed. */
+static void pair_free(lmk_llama *mc, lmk_ctx *cc, lmk_llama *mg, lmk_ctx *gc, float *lc,
+		      float *lg, const char *what)
+{
+	ck_assert_msg(lmk_ctx_sync(gc) == 0, "%s: %s", what, lmk_errmsg());
+	lmk_llama_free(mg);
+	lmk_ctx_free(gc);
+	lmk_llama_free(mc);
+	lmk_ctx_free(cc);
+	free(lc);
+	free(lg);
+}
+
 static void check_dtype(const dcase *d, lmk_dtype dt)
 {
 	char what[96];
@@ -252,13 +266,7 @@ static void check_dtype(const dcase *d, lmk_dtype dt)
 			break; /* after a tie the sequences may part */
 		}
 	}
-	ck_assert_msg(lmk_ctx_sync(&gc) == 0, "%s: %s", what, lmk_errmsg());
-	lmk_llama_free(&mg);
-	lmk_ctx_free(&gc);
-	lmk_llama_free(&mc);
-	lmk_ctx_free(&cc);
-	free(lc);
-	free(lg);
+	pair_free(&mc, &cc, &mg, &gc, lc, lg, what);
 }
 
 START_TEST(test_decode_f32) { check_dtype(&cases[_i], LMK_F32); }
@@ -328,13 +336,7 @@ static void check_batch(const dcase *d, lmk_dtype dt)
 	printf("test_cuda_decode: %-14s %s: %d rows x %d steps together, worst logits error "
 	       "%.2e\n", d->name, lmk_dtype_name(dt), NB, NBSTEP, worst);
 	fflush(stdout);
-	ck_assert_msg(lmk_ctx_sync(&gc) == 0, "%s: %s", what, lmk_errmsg());
-	lmk_llama_free(&mg);
-	lmk_ctx_free(&gc);
-	lmk_llama_free(&mc);
-	lmk_ctx_free(&cc);
-	free(lc);
-	free(lg);
+	pair_free(&mc, &cc, &mg, &gc, lc, lg, what);
 }
 
 START_TEST(test_batch_f32) { check_batch(&cases[_i], LMK_F32); }
@@ -410,13 +412,7 @@ static void check_mixer(int kind, lmk_dtype dt)
 	double worst = check_rows(lg, lc, 7, V, dt == LMK_BF16 ? 3e-2 : 1e-4, what);
 	printf("test_cuda_decode: %-22s: 7 steps, worst logits error %.2e\n", what, worst);
 	fflush(stdout);
-	ck_assert_msg(lmk_ctx_sync(&gc) == 0, "%s: %s", what, lmk_errmsg());
-	lmk_llama_free(&mg);
-	lmk_ctx_free(&gc);
-	lmk_llama_free(&mc);
-	lmk_ctx_free(&cc);
-	free(lc);
-	free(lg);
+	pair_free(&mc, &cc, &mg, &gc, lc, lg, what);
 }
 
 START_TEST(test_mixer_f32) { check_mixer(_i, LMK_F32); }
