@@ -43,6 +43,72 @@ static __device__ __forceinline__ void gadd(gacc g, int64_t i, float v)
 	}
 }
 
+/* ---- eight consecutive elements at once: one 16-byte access for bf16, two
+ * for float32. The caller checks vec8_ok (every pointer 16-byte aligned)
+ * and keeps the index a multiple of 8. Values and roundings are those of
+ * the one-element forms (tof, fromf, gadd), so a kernel gives the same bits
+ * either way. */
+static __device__ __forceinline__ void ld8(float *v, const float *p)
+{
+	float4 a = *(const float4 *)p, b = *(const float4 *)(p + 4);
+	v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+	v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+
+static __device__ __forceinline__ void ld8(float *v, const bf16 *p)
+{
+	uint4 u = *(const uint4 *)p;
+	const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
+	for (int k = 0; k < 4; k++) {
+		float2 f = __bfloat1622float2(h[k]);
+		v[2 * k] = f.x;
+		v[2 * k + 1] = f.y;
+	}
+}
+
+static __device__ __forceinline__ void st8(float *p, const float *v)
+{
+	*(float4 *)p = make_float4(v[0], v[1], v[2], v[3]);
+	*(float4 *)(p + 4) = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+static __device__ __forceinline__ void st8(bf16 *p, const float *v)
+{
+	uint4 u;
+	__nv_bfloat162 *h = (__nv_bfloat162 *)&u;
+	for (int k = 0; k < 4; k++)
+		h[k] = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
+	*(uint4 *)p = u;
+}
+
+/* g[i..i+7] += v */
+static __device__ __forceinline__ void gadd8(gacc g, int64_t i, const float *v)
+{
+	float c[8];
+	if (g.f32) {
+		float *q = (float *)g.p + i;
+		ld8(c, q);
+		for (int k = 0; k < 8; k++)
+			c[k] += v[k];
+		st8(q, c);
+	} else {
+		bf16 *q = (bf16 *)g.p + i;
+		ld8(c, q);
+		for (int k = 0; k < 8; k++)
+			c[k] += v[k];
+		st8(q, c);
+	}
+}
+
+static inline bool al16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+/* n elements in groups of 8, every pointer (NULL counts) 16-byte aligned */
+static inline bool vec8_ok(int64_t n, const void *a, const void *b = NULL, const void *c = NULL,
+			   const void *d = NULL, const void *e = NULL)
+{
+	return n % 8 == 0 && al16(a) && al16(b) && al16(c) && al16(d) && al16(e);
+}
+
 /* Butterfly sum: every lane ends with the same bits (a + b == b + a). */
 static __device__ __forceinline__ float warp_sum(float v)
 {

@@ -4,7 +4,8 @@
  * only the row's logsumexp: the probabilities are never stored, for any V.
  * A second, single-block kernel takes the mean over the counted rows in a
  * fixed order. The backward recomputes each probability from lse and writes
- * dlogits row by row. */
+ * dlogits row by row. Both read eight logits at a time (16-byte loads) when
+ * V is a multiple of 8. */
 #include <math.h>
 
 #include "common.cuh"
@@ -83,6 +84,70 @@ __global__ void ce_rows(float *lse, float *rowloss, const T *logits, const int32
 	}
 }
 
+/* ce_rows with eight logits a thread (16-byte loads): V a multiple of 8,
+ * logits aligned. A thread folds each group's maximum into its pair first,
+ * then the group's eight terms. */
+template <class T>
+__global__ void ce_rows8(float *lse, float *rowloss, const T *logits, const int32_t *targets,
+			 int64_t N, int64_t V, int ignore, unsigned *flags)
+{
+	__shared__ float shm[32], shs[32];
+	int lane = threadIdx.x % 32, wid = threadIdx.x / 32, nw = blockDim.x / 32;
+	for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+		int32_t t = targets[n];
+		if (!counted(t, ignore, V)) {
+			if (threadIdx.x == 0) {
+				if (t != ignore)
+					atomicOr(flags, (unsigned)LMK_CUDA_BAD_TARGET);
+				lse[n] = 0.0f;
+				rowloss[n] = 0.0f;
+			}
+			continue;
+		}
+		const T *x = logits + n * V;
+		float m = -INFINITY, s = 0.0f;
+		for (int64_t j = threadIdx.x; j < V / 8; j += blockDim.x) {
+			float v[8];
+			ld8(v, x + 8 * j);
+			float m8 = v[0];
+			for (int k = 1; k < 8; k++)
+				m8 = fmaxf(m8, v[k]);
+			if (m8 > m) {
+				s = m == -INFINITY ? 0.0f : s * expf(m - m8);
+				m = m8;
+			}
+			if (m != -INFINITY)
+				for (int k = 0; k < 8; k++)
+					s += expf(v[k] - m);
+		}
+		for (int o = 16; o > 0; o >>= 1) {
+			float m2 = __shfl_xor_sync(0xffffffffu, m, o);
+			float s2 = __shfl_xor_sync(0xffffffffu, s, o);
+			lse_merge(m, s, m2, s2);
+		}
+		if (lane == 0) {
+			shm[wid] = m;
+			shs[wid] = s;
+		}
+		__syncthreads();
+		if (wid == 0) {
+			m = lane < nw ? shm[lane] : -INFINITY;
+			s = lane < nw ? shs[lane] : 0.0f;
+			for (int o = 16; o > 0; o >>= 1) {
+				float m2 = __shfl_xor_sync(0xffffffffu, m, o);
+				float s2 = __shfl_xor_sync(0xffffffffu, s, o);
+				lse_merge(m, s, m2, s2);
+			}
+			if (lane == 0) {
+				float L = m + logf(s);
+				lse[n] = L;
+				rowloss[n] = L - tof(x[t]);
+			}
+		}
+		__syncthreads();
+	}
+}
+
 __global__ void ce_mean(float *loss, int64_t *count, const float *rowloss, const int32_t *targets,
 			int64_t N, int64_t V, int ignore)
 {
@@ -133,6 +198,49 @@ __global__ void ce_bwd(gacc dlogits, const float *dloss, const T *logits, const 
 	}
 }
 
+/* q[k] = (q[k] + d[k]) - (k == tk ? f : 0): the rounding of ce_bwd's two
+ * cases (x - 0 is x) */
+template <class G>
+static __device__ __forceinline__ void ce_put8(G *q, const float *d, int64_t tk, float f)
+{
+	float c[8];
+	ld8(c, q);
+	for (int k = 0; k < 8; k++)
+		c[k] = (c[k] + d[k]) - (k == tk ? f : 0.0f);
+	st8(q, c);
+}
+
+/* ce_bwd with eight logits a thread: V a multiple of 8, both buffers
+ * aligned. */
+template <class T>
+__global__ void ce_bwd8(gacc dlogits, const float *dloss, const T *logits, const float *lse,
+			const int32_t *targets, int64_t N, int64_t V, int ignore,
+			const int64_t *count)
+{
+	int64_t cnt = *count;
+	if (cnt == 0)
+		return;
+	float f = dloss[0] / (float)cnt;
+	for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+		int32_t t = targets[n];
+		if (!counted(t, ignore, V))
+			continue;
+		const T *x = logits + n * V;
+		float L = lse[n];
+		for (int64_t j = threadIdx.x; j < V / 8; j += blockDim.x) {
+			float d[8];
+			ld8(d, x + 8 * j);
+			for (int k = 0; k < 8; k++)
+				d[k] = f * expf(d[k] - L);
+			int64_t i = n * V + 8 * j;
+			if (dlogits.f32)
+				ce_put8((float *)dlogits.p + i, d, t - 8 * j, f);
+			else
+				ce_put8((bf16 *)dlogits.p + i, d, t - 8 * j, f);
+		}
+	}
+}
+
 static unsigned row_grid(int64_t N) { return (unsigned)(N < (1 << 30) ? (N < 1 ? 1 : N) : (1 << 30)); }
 
 extern "C" int lmk_cuda_cross_entropy_forward(void *be, lmk_dtype dt, float *loss, float *lse,
@@ -142,9 +250,16 @@ extern "C" int lmk_cuda_cross_entropy_forward(void *be, lmk_dtype dt, float *los
 {
 	lmk_cuda_backend *b = LMK_BE(be);
 	if (N > 0) {
-		LMK_DT_SWITCH(dt, "cross_entropy",
-			      ce_rows<T><<<row_grid(N), THREADS, 0, b->stream>>>(
-				      lse, rowloss, (const T *)logits, targets, N, V, ignore, b->flags));
+		if (vec8_ok(V, logits))
+			LMK_DT_SWITCH(dt, "cross_entropy",
+				      ce_rows8<T><<<row_grid(N), THREADS, 0, b->stream>>>(
+					      lse, rowloss, (const T *)logits, targets, N, V, ignore,
+					      b->flags));
+		else
+			LMK_DT_SWITCH(dt, "cross_entropy",
+				      ce_rows<T><<<row_grid(N), THREADS, 0, b->stream>>>(
+					      lse, rowloss, (const T *)logits, targets, N, V, ignore,
+					      b->flags));
 		LMK_CK_LAUNCH();
 	}
 	ce_mean<<<1, 1024, 0, b->stream>>>(loss, count, rowloss, targets, N, V, ignore);
@@ -162,10 +277,16 @@ extern "C" int lmk_cuda_cross_entropy_backward(void *be, lmk_dtype dt, lmk_gbuf 
 		return 0;
 	if (check_gbuf("cross_entropy", dt, dlogits) < 0)
 		return lmk_errcode();
-	LMK_DT_SWITCH(dt, "cross_entropy",
-		      ce_bwd<T><<<row_grid(N), THREADS, 0, b->stream>>>(
-			      to_gacc(dlogits), dloss, (const T *)logits, lse, targets, N, V, ignore,
-			      count));
+	if (vec8_ok(V, logits, dlogits.p))
+		LMK_DT_SWITCH(dt, "cross_entropy",
+			      ce_bwd8<T><<<row_grid(N), THREADS, 0, b->stream>>>(
+				      to_gacc(dlogits), dloss, (const T *)logits, lse, targets, N, V,
+				      ignore, count));
+	else
+		LMK_DT_SWITCH(dt, "cross_entropy",
+			      ce_bwd<T><<<row_grid(N), THREADS, 0, b->stream>>>(
+				      to_gacc(dlogits), dloss, (const T *)logits, lse, targets, N, V,
+				      ignore, count));
 	LMK_CK_LAUNCH();
 	return 0;
 }

@@ -1,7 +1,8 @@
 /* elementwise.cu: silu, gelu (erf and tanh forms), swiglu, add and mul with
  * a broadcast operand, scale, dropout (the CPU's Philox, bit for bit), and
  * the helpers accumulate (grad += float32) and convert (F32 <-> BF16).
- * One thread per element in a grid-stride loop; values are computed in
+ * One thread per element in a grid-stride loop, or eight (16-byte accesses)
+ * where the sizes and pointers allow (vec8_ok); values are computed in
  * float32 whatever the storage type. Shape letters: n elements, N rows of
  * M elements for a broadcast operand of (M). */
 #include "common.cuh"
@@ -133,6 +134,21 @@ __global__ void swiglu_fwd(T *out, const T *gate, const T *up, int64_t n)
 	}
 }
 
+/* The same, eight elements a thread (n8 groups; vec8_ok). */
+template <class T>
+__global__ void swiglu_fwd8(T *out, const T *gate, const T *up, int64_t n8)
+{
+	GRID_STRIDE(i, n8)
+	{
+		float g[8], u[8], y[8];
+		ld8(g, gate + 8 * i);
+		ld8(u, up + 8 * i);
+		for (int k = 0; k < 8; k++)
+			y[k] = g[k] * sigmoidf_(g[k]) * u[k];
+		st8(out + 8 * i, y);
+	}
+}
+
 template <class T>
 __global__ void swiglu_bwd(gacc dgate, gacc dup, const T *dout, const T *gate, const T *up,
 			   int64_t n)
@@ -147,14 +163,42 @@ __global__ void swiglu_bwd(gacc dgate, gacc dup, const T *dout, const T *gate, c
 	}
 }
 
+template <class T>
+__global__ void swiglu_bwd8(gacc dgate, gacc dup, const T *dout, const T *gate, const T *up,
+			    int64_t n8)
+{
+	GRID_STRIDE(i, n8)
+	{
+		float x[8], u[8], g[8], dg[8], du[8];
+		ld8(x, gate + 8 * i);
+		ld8(u, up + 8 * i);
+		ld8(g, dout + 8 * i);
+		for (int k = 0; k < 8; k++) {
+			float s = sigmoidf_(x[k]);
+			dg[k] = g[k] * u[k] * s * (1.0f + x[k] * (1.0f - s));
+			du[k] = g[k] * x[k] * s;
+		}
+		if (dgate.p)
+			gadd8(dgate, 8 * i, dg);
+		if (dup.p)
+			gadd8(dup, 8 * i, du);
+	}
+}
+
 extern "C" int lmk_cuda_swiglu_forward(void *be, lmk_dtype dt, void *out, const void *gate,
 				       const void *up, int64_t n)
 {
 	if (n == 0)
 		return 0;
-	LMK_DT_SWITCH(dt, "swiglu",
-		      swiglu_fwd<T><<<grid_for(n, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
-			      (T *)out, (const T *)gate, (const T *)up, n));
+	if (vec8_ok(n, out, gate, up))
+		LMK_DT_SWITCH(dt, "swiglu",
+			      swiglu_fwd8<T><<<grid_for(n / 8, THREADS), THREADS, 0,
+					       LMK_BE(be)->stream>>>((T *)out, (const T *)gate,
+								     (const T *)up, n / 8));
+	else
+		LMK_DT_SWITCH(dt, "swiglu",
+			      swiglu_fwd<T><<<grid_for(n, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
+				      (T *)out, (const T *)gate, (const T *)up, n));
 	LMK_CK_LAUNCH();
 	return 0;
 }
@@ -167,10 +211,17 @@ extern "C" int lmk_cuda_swiglu_backward(void *be, lmk_dtype dt, lmk_gbuf dgate, 
 		return 0;
 	if (check_gbuf("swiglu", dt, dgate) < 0 || check_gbuf("swiglu", dt, dup) < 0)
 		return lmk_errcode();
-	LMK_DT_SWITCH(dt, "swiglu",
-		      swiglu_bwd<T><<<grid_for(n, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
-			      to_gacc(dgate), to_gacc(dup), (const T *)dout, (const T *)gate,
-			      (const T *)up, n));
+	if (vec8_ok(n, dgate.p, dup.p, dout, gate, up))
+		LMK_DT_SWITCH(dt, "swiglu",
+			      swiglu_bwd8<T><<<grid_for(n / 8, THREADS), THREADS, 0,
+					       LMK_BE(be)->stream>>>(to_gacc(dgate), to_gacc(dup),
+								     (const T *)dout, (const T *)gate,
+								     (const T *)up, n / 8));
+	else
+		LMK_DT_SWITCH(dt, "swiglu",
+			      swiglu_bwd<T><<<grid_for(n, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
+				      to_gacc(dgate), to_gacc(dup), (const T *)dout, (const T *)gate,
+				      (const T *)up, n));
 	LMK_CK_LAUNCH();
 	return 0;
 }
@@ -202,15 +253,67 @@ __global__ void binary_bwd_a(gacc da, gacc db_same, const T *dout, const T *b, i
 	}
 }
 
+/* The same, eight elements a thread: N*M a multiple of 8 and b either a's
+ * shape or a row of M, a multiple of 8 (binary_vec). */
+template <class T, int MUL>
+__global__ void binary_fwd8(T *out, const T *a, const T *b, int64_t N, int64_t M)
+{
+	GRID_STRIDE(i, N * M / 8)
+	{
+		float x[8], y[8];
+		ld8(x, a + 8 * i);
+		ld8(y, b + (M == N * M ? 8 * i : 8 * i % M));
+		for (int k = 0; k < 8; k++)
+			x[k] = MUL ? x[k] * y[k] : x[k] + y[k];
+		st8(out + 8 * i, x);
+	}
+}
+
+template <class T, int MUL>
+__global__ void binary_bwd_a8(gacc da, gacc db_same, const T *dout, const T *b, int64_t N,
+			      int64_t M)
+{
+	GRID_STRIDE(i, N * M / 8)
+	{
+		float g[8], y[8];
+		ld8(g, dout + 8 * i);
+		if (da.p) {
+			if (MUL) {
+				ld8(y, b + 8 * i % M);
+				for (int k = 0; k < 8; k++)
+					y[k] *= g[k];
+				gadd8(da, 8 * i, y);
+			} else {
+				gadd8(da, 8 * i, g);
+			}
+		}
+		if (db_same.p)
+			gadd8(db_same, 8 * i, g);
+	}
+}
+
+static bool binary_vec(int64_t N, int64_t M, const void *a, const void *b, const void *c,
+		       const void *d)
+{
+	return vec8_ok(N * M, a, b, c, d) && (N == 1 || M % 8 == 0);
+}
+
 template <int MUL>
 static int binary_forward(const char *who, void *be, lmk_dtype dt, void *out, const void *a,
 			  const void *b, int64_t N, int64_t M)
 {
 	if (N * M == 0)
 		return 0;
-	LMK_DT_SWITCH(dt, who,
-		      binary_fwd<T, MUL><<<grid_for(N * M, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
-			      (T *)out, (const T *)a, (const T *)b, N, M));
+	if (binary_vec(N, M, out, a, b, NULL))
+		LMK_DT_SWITCH(dt, who,
+			      binary_fwd8<T, MUL><<<grid_for(N * M / 8, THREADS), THREADS, 0,
+						    LMK_BE(be)->stream>>>((T *)out, (const T *)a,
+									  (const T *)b, N, M));
+	else
+		LMK_DT_SWITCH(dt, who,
+			      binary_fwd<T, MUL><<<grid_for(N * M, THREADS), THREADS, 0,
+						   LMK_BE(be)->stream>>>((T *)out, (const T *)a,
+									 (const T *)b, N, M));
 	LMK_CK_LAUNCH();
 	return 0;
 }
@@ -237,7 +340,12 @@ extern "C" int lmk_cuda_add_backward(void *be, lmk_dtype dt, lmk_gbuf da, lmk_gb
 		return lmk_errcode();
 	/* N == 1: b has a's shape and its gradient is elementwise too */
 	lmk_gbuf same = N == 1 ? db : lmk_gbuf{NULL, LMK_F32};
-	if (da.p || same.p)
+	if ((da.p || same.p) && binary_vec(N, M, da.p, same.p, dout, NULL))
+		LMK_DT_SWITCH(dt, "add",
+			      binary_bwd_a8<T, 0><<<grid_for(N * M / 8, THREADS), THREADS, 0,
+						    bk->stream>>>(to_gacc(da), to_gacc(same),
+								  (const T *)dout, (const T *)NULL, N, M));
+	else if (da.p || same.p)
 		LMK_DT_SWITCH(dt, "add",
 			      binary_bwd_a<T, 0><<<grid_for(N * M, THREADS), THREADS, 0, bk->stream>>>(
 				      to_gacc(da), to_gacc(same), (const T *)dout, (const T *)NULL, N,
@@ -259,7 +367,12 @@ extern "C" int lmk_cuda_mul_backward(void *be, lmk_dtype dt, lmk_gbuf da, lmk_gb
 		return 0;
 	if (check_gbuf("mul", dt, da) < 0 || check_gbuf("mul", dt, db) < 0)
 		return lmk_errcode();
-	if (da.p)
+	if (da.p && binary_vec(N, M, da.p, dout, b, NULL))
+		LMK_DT_SWITCH(dt, "mul",
+			      binary_bwd_a8<T, 1><<<grid_for(N * M / 8, THREADS), THREADS, 0,
+						    bk->stream>>>(to_gacc(da), gacc{NULL, 1},
+								  (const T *)dout, (const T *)b, N, M));
+	else if (da.p)
 		LMK_DT_SWITCH(dt, "mul",
 			      binary_bwd_a<T, 1><<<grid_for(N * M, THREADS), THREADS, 0, bk->stream>>>(
 				      to_gacc(da), gacc{NULL, 1}, (const T *)dout, (const T *)b, N, M));

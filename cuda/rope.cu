@@ -1,6 +1,7 @@
 /* rope.cu: rotary embedding, rotate_half pairing (i, i + D/2), over N rows
  * of H heads of D dims; one thread per (row, head, pair). The backward is
- * the rotation by the opposite angle, added into dinp. */
+ * the rotation by the opposite angle, added into dinp. Eight pairs a thread
+ * (16-byte accesses) when D is a multiple of 16 and the rows are aligned. */
 #include "common.cuh"
 
 #define THREADS 256
@@ -30,6 +31,38 @@ __global__ void rope_k(T *out, gacc gout, const T *inp, const int32_t *pos, cons
 	}
 }
 
+/* The same, eight pairs a thread (i .. i+7 with their partners): D a
+ * multiple of 16 and aligned rows (rope_vec). */
+template <class T, int BACK>
+__global__ void rope8_k(T *out, gacc gout, const T *inp, const int32_t *pos, const float *inv_freq,
+			float attn_factor, int64_t N, int64_t H, int64_t D)
+{
+	int64_t half = D / 2, g8 = half / 8, total = N * H * g8;
+	for (int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; t < total;
+	     t += (int64_t)gridDim.x * blockDim.x) {
+		int64_t i = t % g8 * 8, nh = t / g8, n = nh / H;
+		float p = (float)pos[n], x0[8], x1[8], y0[8], y1[8];
+		const T *x = inp + nh * D;
+		ld8(x0, x + i);
+		ld8(x1, x + i + half);
+		for (int k = 0; k < 8; k++) {
+			float a = p * inv_freq[i + k];
+			float c = cosf(a) * attn_factor, s = (BACK ? -1.0f : 1.0f) * sinf(a) * attn_factor;
+			y0[k] = x0[k] * c - x1[k] * s;
+			y1[k] = x1[k] * c + x0[k] * s;
+		}
+		if (BACK) {
+			gadd8(gout, nh * D + i, y0);
+			gadd8(gout, nh * D + i + half, y1);
+		} else {
+			st8(out + nh * D + i, y0);
+			st8(out + nh * D + i + half, y1);
+		}
+	}
+}
+
+static bool rope_vec(int64_t D, const void *a, const void *b) { return D % 16 == 0 && al16(a) && al16(b); }
+
 extern "C" int lmk_cuda_rope_forward(void *be, lmk_dtype dt, void *out, const void *inp,
 				     const int32_t *pos, const float *inv_freq, float attn_factor,
 				     int64_t N, int64_t H, int64_t D)
@@ -37,10 +70,18 @@ extern "C" int lmk_cuda_rope_forward(void *be, lmk_dtype dt, void *out, const vo
 	int64_t total = N * H * (D / 2);
 	if (total == 0)
 		return 0;
-	LMK_DT_SWITCH(dt, "rope",
-		      rope_k<T, 0><<<grid_for(total, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
-			      (T *)out, gacc{NULL, 1}, (const T *)inp, pos, inv_freq, attn_factor, N,
-			      H, D));
+	if (rope_vec(D, out, inp))
+		LMK_DT_SWITCH(dt, "rope",
+			      rope8_k<T, 0><<<grid_for(total / 8, THREADS), THREADS, 0,
+					      LMK_BE(be)->stream>>>((T *)out, gacc{NULL, 1},
+								    (const T *)inp, pos, inv_freq,
+								    attn_factor, N, H, D));
+	else
+		LMK_DT_SWITCH(dt, "rope",
+			      rope_k<T, 0><<<grid_for(total, THREADS), THREADS, 0,
+					     LMK_BE(be)->stream>>>((T *)out, gacc{NULL, 1},
+								   (const T *)inp, pos, inv_freq,
+								   attn_factor, N, H, D));
 	LMK_CK_LAUNCH();
 	return 0;
 }
@@ -54,10 +95,18 @@ extern "C" int lmk_cuda_rope_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, con
 		return 0;
 	if (check_gbuf("rope", dt, dinp) < 0)
 		return lmk_errcode();
-	LMK_DT_SWITCH(dt, "rope",
-		      rope_k<T, 1><<<grid_for(total, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
-			      (T *)NULL, to_gacc(dinp), (const T *)dout, pos, inv_freq, attn_factor,
-			      N, H, D));
+	if (rope_vec(D, dinp.p, dout))
+		LMK_DT_SWITCH(dt, "rope",
+			      rope8_k<T, 1><<<grid_for(total / 8, THREADS), THREADS, 0,
+					      LMK_BE(be)->stream>>>((T *)NULL, to_gacc(dinp),
+								    (const T *)dout, pos, inv_freq,
+								    attn_factor, N, H, D));
+	else
+		LMK_DT_SWITCH(dt, "rope",
+			      rope_k<T, 1><<<grid_for(total, THREADS), THREADS, 0,
+					     LMK_BE(be)->stream>>>((T *)NULL, to_gacc(dinp),
+								   (const T *)dout, pos, inv_freq,
+								   attn_factor, N, H, D));
 	LMK_CK_LAUNCH();
 	return 0;
 }
