@@ -1230,6 +1230,542 @@ __global__ void gdn_chunk_local(gdn_grads gr, float *loc, const float *rec, cons
 static size_t local_floats(int Dk) { return setup_floats(Dk) + 6 * GC * GC + 3 * GC + 32 + 4; }
 
 
+/* ===================================================== tensor cores */
+
+/* The chunked forward of plain GDN in BF16 for Dk, Dv in {64, 128}, on the
+ * tensor cores (mma.sync m16n8k16, bf16 operands, fp32 accumulators; the
+ * helpers in the style of cuda/attention.cu), in the WY/UT form of fla's
+ * chunk_gated_delta_rule (same algebra as the record of gdn_chunk_prep:
+ * W = wk, U = wv):
+ *  prep (grid chunks x heads, all chunks at once): g the in-chunk
+ *        cumulative log decay, A = strictly lower diag(beta) (K Kᵀ ⊙
+ *        exp(g_i - g_j)), Tm = (I + A)^-1 by forward substitution in fp32
+ *        (a column a thread), then W = Tm diag(beta gamma) K and U = Tm
+ *        diag(beta) V, stored in bf16 with g (float32) in scratch;
+ *  walk (grid heads x blocks of BV value columns): the chunks in order with
+ *        the state S (Dk x BV) in fp32 registers (a bf16 copy in shared
+ *        memory as the operand of the next chunk): V' = U - W S, O = scale
+ *        (diag(gamma) Q S + (Q Kᵀ ⊙ exp(g_i - g_j), j <= i) V'), S =
+ *        gamma_n S + Kᵀ diag(exp(g_n - g_j)) V'.
+ * Rows past the sequence's end load as zeros and get g = g_{n-1} and beta
+ * = 0, so they add nothing and g_n is always g[63]. */
+#define TC_THREADS 128 /* four warps, 16 chunk rows each */
+
+static __device__ __forceinline__ uint32_t smem_u32(const void *p)
+{
+	return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+/* 16 bytes global -> shared, zero-filled when !valid (src must still be a
+ * mapped address). */
+static __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool valid)
+{
+	int n = valid ? 16 : 0;
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n)
+		     : "memory");
+}
+
+static __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+static __device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+static __device__ __forceinline__ void ldsm4(uint32_t (&r)[4], uint32_t addr)
+{
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(addr)
+		     : "memory");
+}
+
+static __device__ __forceinline__ void ldsm4t(uint32_t (&r)[4], uint32_t addr)
+{
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(addr)
+		     : "memory");
+}
+
+/* c (16x8 fp32) += a (16x16 bf16, row) b (16x8 bf16, col) */
+static __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+						uint32_t b1)
+{
+	asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+	    "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+	    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+	    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+static __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
+{
+	__nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+	return *(uint32_t *)&v;
+}
+
+/* Accumulators of two adjacent n8 tiles as the A operand of the next
+ * product (the m16n8 C and m16k16 A layouts agree thread for thread). */
+static __device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&c0)[4],
+					      const float (&c1)[4])
+{
+	a[0] = pack_bf16(c0[0], c0[1]);
+	a[1] = pack_bf16(c0[2], c0[3]);
+	a[2] = pack_bf16(c1[0], c1[1]);
+	a[3] = pack_bf16(c1[2], c1[3]);
+}
+
+/* Element offset of (row, col) in a tile of W-wide bf16 rows: the 16-byte
+ * chunk index is XORed with the row, so that the 8 rows an ldmatrix reads
+ * at one column fall in 8 different bank groups (rows of 64 bytes, W = 32:
+ * two rows share a 128-byte line, hence row/2). */
+template <int W> static __device__ __forceinline__ int swz(int row, int col)
+{
+	const int x = W >= 64 ? (row & 7) : ((row >> 1) & 3);
+	return row * W + ((((col >> 3) ^ x)) << 3) + (col & 7);
+}
+
+/* Rows row0.. (ROWS of them) of a (rows, ld) bf16 matrix, columns col0 ..
+ * col0 + W - 1, into a swizzled tile; rows at or past nrows load zeros. */
+template <int W, int ROWS>
+static __device__ __forceinline__ void load_tile(bf16 *sm, const bf16 *g, int64_t ld, int64_t row0,
+						 int64_t nrows, int tid)
+{
+	constexpr int CPR = W / 8, N = ROWS * CPR;
+#pragma unroll
+	for (int it = 0; it < (N + TC_THREADS - 1) / TC_THREADS; it++) {
+		int c = tid + it * TC_THREADS;
+		if (N % TC_THREADS == 0 || c < N) {
+			int r = c / CPR, ch = c % CPR;
+			bool ok = row0 + r < nrows;
+			const bf16 *src = g + (ok ? (row0 + r) * ld : 0) + ch * 8;
+			cp_async16(smem_u32(sm + swz<W>(r, ch * 8)), src, ok);
+		}
+	}
+}
+
+/* A operand (16 x 16 at r0, c0) of a tile stored [m][k]. */
+template <int W>
+static __device__ __forceinline__ void ld_a(uint32_t (&a)[4], const bf16 *sm, int r0, int c0, int lane)
+{
+	ldsm4(a, smem_u32(sm + swz<W>(r0 + (lane & 15), c0 + ((lane >> 4) << 3))));
+}
+
+/* A operand (16 x 16 at m0, k0) of a tile stored [k][m] (transposed by
+ * ldmatrix): Kᵀ from K stored token by token. */
+template <int W>
+static __device__ __forceinline__ void ld_a_t(uint32_t (&a)[4], const bf16 *sm, int m0, int k0, int lane)
+{
+	ldsm4t(a, smem_u32(sm + swz<W>(k0 + (lane & 7) + ((lane >> 4) << 3),
+				       m0 + (((lane >> 3) & 1) << 3))));
+}
+
+/* B operands of two n8 tiles (n0, n0 + 8) for a k16 step, tile stored
+ * [n][k]: b[0], b[1] for n0, b[2], b[3] for n0 + 8. */
+template <int W>
+static __device__ __forceinline__ void ld_b_nk(uint32_t (&b)[4], const bf16 *sm, int n0, int k0, int lane)
+{
+	ldsm4(b, smem_u32(sm + swz<W>(n0 + (lane & 7) + ((lane >> 4) << 3),
+				      k0 + (((lane >> 3) & 1) << 3))));
+}
+
+/* The same from a tile stored [k][n]. */
+template <int W>
+static __device__ __forceinline__ void ld_b_kn(uint32_t (&b)[4], const bf16 *sm, int k0, int n0, int lane)
+{
+	ldsm4t(b, smem_u32(sm + swz<W>(k0 + (lane & 7) + (((lane >> 3) & 1) << 3),
+				       n0 + ((lane >> 4) << 3))));
+}
+
+template <int DK, int DV> struct tc_prep_smem {
+	bf16 K[GC * DK], V[GC * DV], Tg[GC * GC], Tb[GC * GC];
+	float A[GC * (GC + 1)], g[GC], b[GC];
+};
+
+/* grid (chunks, B*H), TC_THREADS: W (B*H, nch*GC, DK), U (B*H, nch*GC, DV)
+ * in bf16 and G (B*H, nch*GC) float32 (see above). */
+template <int DK, int DV>
+__global__ void __launch_bounds__(TC_THREADS)
+gdn_tc_prep(bf16 *__restrict__ Wg, bf16 *__restrict__ Ug, float *__restrict__ Gg,
+	    const bf16 *__restrict__ k /*(B,Tn,H,DK)*/, const bf16 *__restrict__ v /*(B,Tn,H,DV)*/,
+	    const bf16 *__restrict__ la /*(B,Tn,H) or NULL*/, const bf16 *__restrict__ be /*(B,Tn,H)*/,
+	    int64_t Tn, int64_t H, int nch)
+{
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	tc_prep_smem<DK, DV> &s = *(tc_prep_smem<DK, DV> *)smem_raw;
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, ci = blockIdx.x;
+	const int64_t bh = blockIdx.y, b = bh / H, h = bh % H, t0 = (int64_t)ci * GC;
+	const int n = Tn - t0 < GC ? (int)(Tn - t0) : GC;
+	load_tile<DK, GC>(s.K, k + (b * Tn * H + h) * DK, H * DK, t0, Tn, tid);
+	load_tile<DV, GC>(s.V, v + (b * Tn * H + h) * DV, H * DV, t0, Tn, tid);
+	cp_commit();
+	if (tid < GC) {
+		int64_t idx = (b * Tn + t0 + tid) * H + h;
+		s.g[tid] = tid < n && la ? tof(la[idx]) : 0.0f;
+		s.b[tid] = tid < n ? tof(be[idx]) : 0.0f;
+	}
+	__syncthreads();
+	if (warp == 0) { /* inclusive prefix sum of the log decays */
+		float x0 = s.g[lane], x1 = s.g[lane + 32];
+#pragma unroll
+		for (int o = 1; o < 32; o <<= 1) {
+			float y0 = __shfl_up_sync(0xffffffffu, x0, o);
+			float y1 = __shfl_up_sync(0xffffffffu, x1, o);
+			if (lane >= o) {
+				x0 += y0;
+				x1 += y1;
+			}
+		}
+		x1 += __shfl_sync(0xffffffffu, x0, 31);
+		s.g[lane] = x0;
+		s.g[lane + 32] = x1;
+	}
+	cp_wait_all();
+	__syncthreads();
+	/* A: warp w the rows 16w.., the key tiles up to its diagonal */
+	{
+		float acc[GC / 8][4];
+#pragma unroll
+		for (int nt = 0; nt < GC / 8; nt++)
+			acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+#pragma unroll
+		for (int kk = 0; kk < DK / 16; kk++) {
+			uint32_t a[4];
+			ld_a<DK>(a, s.K, warp * 16, kk * 16, lane);
+#pragma unroll
+			for (int np = 0; np < GC / 16; np++)
+				if (np <= warp) {
+					uint32_t bb[4];
+					ld_b_nk<DK>(bb, s.K, np * 16, kk * 16, lane);
+					mma16816(acc[2 * np], a, bb[0], bb[1]);
+					mma16816(acc[2 * np + 1], a, bb[2], bb[3]);
+				}
+		}
+#pragma unroll
+		for (int nt = 0; nt < GC / 8; nt++)
+			if (nt < 2 * (warp + 1))
+#pragma unroll
+				for (int e = 0; e < 4; e++) {
+					int i = warp * 16 + (lane >> 2) + (e >> 1) * 8;
+					int j = nt * 8 + ((lane & 3) << 1) + (e & 1);
+					s.A[i * (GC + 1) + j] =
+						j < i ? s.b[i] * expf(s.g[i] - s.g[j]) * acc[nt][e] : 0.0f;
+				}
+	}
+	__syncthreads();
+	/* Tm = (I + A)^-1, column c by thread c, then scaled by beta (gamma) */
+	if (tid < GC) {
+		const int c = tid;
+		float t[GC];
+#pragma unroll
+		for (int i = 0; i < GC; i++) {
+			float acc = i == c ? 1.0f : 0.0f;
+#pragma unroll
+			for (int j = 0; j < i; j++)
+				acc -= s.A[i * (GC + 1) + j] * t[j];
+			t[i] = acc;
+		}
+		const float bc = s.b[c], bg = bc * expf(s.g[c]);
+#pragma unroll
+		for (int i = 0; i < GC; i++) {
+			s.Tb[swz<GC>(i, c)] = __float2bfloat16_rn(t[i] * bc);
+			s.Tg[swz<GC>(i, c)] = __float2bfloat16_rn(t[i] * bg);
+		}
+	}
+	__syncthreads();
+	/* W = Tg K, U = Tb V: Tm is lower triangular, warp w needs k tiles
+	 * up to its diagonal */
+	const int64_t row = (bh * nch + ci) * GC + warp * 16 + (lane >> 2);
+	const int col = (lane & 3) << 1;
+	{
+		float acc[DK / 8][4];
+#pragma unroll
+		for (int nt = 0; nt < DK / 8; nt++)
+			acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+#pragma unroll
+		for (int kk = 0; kk < GC / 16; kk++)
+			if (kk <= warp) {
+				uint32_t a[4];
+				ld_a<GC>(a, s.Tg, warp * 16, kk * 16, lane);
+#pragma unroll
+				for (int np = 0; np < DK / 16; np++) {
+					uint32_t bb[4];
+					ld_b_kn<DK>(bb, s.K, kk * 16, np * 16, lane);
+					mma16816(acc[2 * np], a, bb[0], bb[1]);
+					mma16816(acc[2 * np + 1], a, bb[2], bb[3]);
+				}
+			}
+#pragma unroll
+		for (int nt = 0; nt < DK / 8; nt++) {
+			*(uint32_t *)(Wg + row * DK + nt * 8 + col) = pack_bf16(acc[nt][0], acc[nt][1]);
+			*(uint32_t *)(Wg + (row + 8) * DK + nt * 8 + col) =
+				pack_bf16(acc[nt][2], acc[nt][3]);
+		}
+	}
+	{
+		float acc[DV / 8][4];
+#pragma unroll
+		for (int nt = 0; nt < DV / 8; nt++)
+			acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+#pragma unroll
+		for (int kk = 0; kk < GC / 16; kk++)
+			if (kk <= warp) {
+				uint32_t a[4];
+				ld_a<GC>(a, s.Tb, warp * 16, kk * 16, lane);
+#pragma unroll
+				for (int np = 0; np < DV / 16; np++) {
+					uint32_t bb[4];
+					ld_b_kn<DV>(bb, s.V, kk * 16, np * 16, lane);
+					mma16816(acc[2 * np], a, bb[0], bb[1]);
+					mma16816(acc[2 * np + 1], a, bb[2], bb[3]);
+				}
+			}
+#pragma unroll
+		for (int nt = 0; nt < DV / 8; nt++) {
+			*(uint32_t *)(Ug + row * DV + nt * 8 + col) = pack_bf16(acc[nt][0], acc[nt][1]);
+			*(uint32_t *)(Ug + (row + 8) * DV + nt * 8 + col) =
+				pack_bf16(acc[nt][2], acc[nt][3]);
+		}
+	}
+	if (tid < GC)
+		Gg[(bh * nch + ci) * GC + tid] = s.g[tid];
+}
+
+template <int DK, int BV> struct tc_walk_smem {
+	bf16 Q[GC * DK], K[GC * DK], W[GC * DK], U[GC * BV], S[DK * BV], Vn[GC * BV], Vd[GC * BV];
+	float g[GC];
+};
+
+/* grid (B*H, DV/BV), TC_THREADS: the walk through the chunks (see above).
+ * Warp w owns the chunk rows 16w.. for the row products and the state rows
+ * w*DK/4.. for the state update. */
+template <int DK, int DV, int BV>
+__global__ void __launch_bounds__(TC_THREADS)
+gdn_tc_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /*(B,Tn,H,DK)*/,
+	    const bf16 *__restrict__ k /*(B,Tn,H,DK)*/, const bf16 *__restrict__ Wg,
+	    const bf16 *__restrict__ Ug, const float *__restrict__ Gg, int64_t Tn, int64_t H,
+	    int nch, float scale)
+{
+	constexpr int SM = DK / 64; /* m16 tiles of state rows a warp */
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	tc_walk_smem<DK, BV> &s = *(tc_walk_smem<DK, BV> *)smem_raw;
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const int64_t bh = blockIdx.x, b = bh / H, h = bh % H;
+	const int c0 = blockIdx.y * BV, col = (lane & 3) << 1, r0 = warp * 16 + (lane >> 2);
+	const bf16 *qb = q + (b * Tn * H + h) * DK, *kb = k + (b * Tn * H + h) * DK;
+	float S[SM][BV / 8][4];
+#pragma unroll
+	for (int m = 0; m < SM; m++)
+#pragma unroll
+		for (int nt = 0; nt < BV / 8; nt++)
+			S[m][nt][0] = S[m][nt][1] = S[m][nt][2] = S[m][nt][3] = 0.0f;
+	for (int e = tid; e < DK * BV / 2; e += TC_THREADS)
+		((uint32_t *)s.S)[e] = 0;
+	for (int ci = 0; ci < nch; ci++) {
+		const int64_t t0 = (int64_t)ci * GC, crow = (bh * nch + ci) * GC;
+		__syncthreads(); /* the previous chunk is done with every tile */
+		load_tile<DK, GC>(s.Q, qb, H * DK, t0, Tn, tid);
+		load_tile<DK, GC>(s.K, kb, H * DK, t0, Tn, tid);
+		load_tile<DK, GC>(s.W, Wg + crow * DK, DK, 0, GC, tid);
+		load_tile<BV, GC>(s.U, Ug + crow * DV + c0, DV, 0, GC, tid);
+		if (tid < GC / 4)
+			cp_async16(smem_u32(s.g + tid * 4), Gg + crow + tid * 4, true);
+		cp_commit();
+		cp_wait_all();
+		__syncthreads();
+		/* ws = W S, qs = Q S (rows of the warp), p = Q Kᵀ (keys up to
+		 * the warp's diagonal) */
+		float ws[BV / 8][4], qs[BV / 8][4], p[GC / 8][4];
+#pragma unroll
+		for (int nt = 0; nt < BV / 8; nt++)
+			ws[nt][0] = ws[nt][1] = ws[nt][2] = ws[nt][3] = qs[nt][0] = qs[nt][1] =
+				qs[nt][2] = qs[nt][3] = 0.0f;
+#pragma unroll
+		for (int nt = 0; nt < GC / 8; nt++)
+			p[nt][0] = p[nt][1] = p[nt][2] = p[nt][3] = 0.0f;
+#pragma unroll
+		for (int kk = 0; kk < DK / 16; kk++) {
+			uint32_t aw[4], aq[4];
+			ld_a<DK>(aw, s.W, warp * 16, kk * 16, lane);
+			ld_a<DK>(aq, s.Q, warp * 16, kk * 16, lane);
+#pragma unroll
+			for (int np = 0; np < BV / 16; np++) {
+				uint32_t bb[4];
+				ld_b_kn<BV>(bb, s.S, kk * 16, np * 16, lane);
+				mma16816(ws[2 * np], aw, bb[0], bb[1]);
+				mma16816(ws[2 * np + 1], aw, bb[2], bb[3]);
+				mma16816(qs[2 * np], aq, bb[0], bb[1]);
+				mma16816(qs[2 * np + 1], aq, bb[2], bb[3]);
+			}
+#pragma unroll
+			for (int np = 0; np < GC / 16; np++)
+				if (np <= warp) {
+					uint32_t bb[4];
+					ld_b_nk<DK>(bb, s.K, np * 16, kk * 16, lane);
+					mma16816(p[2 * np], aq, bb[0], bb[1]);
+					mma16816(p[2 * np + 1], aq, bb[2], bb[3]);
+				}
+		}
+		const float gl = s.g[GC - 1], g_lo = s.g[r0], g_hi = s.g[r0 + 8];
+		/* V' = U - W S into Vn, and exp(g_n - g_j) V' into Vd */
+#pragma unroll
+		for (int nt = 0; nt < BV / 8; nt++) {
+			const int cc = nt * 8 + col;
+			__nv_bfloat162 u_lo = *(const __nv_bfloat162 *)(s.U + swz<BV>(r0, cc));
+			__nv_bfloat162 u_hi = *(const __nv_bfloat162 *)(s.U + swz<BV>(r0 + 8, cc));
+			float v0 = __low2float(u_lo) - ws[nt][0], v1 = __high2float(u_lo) - ws[nt][1];
+			float v2 = __low2float(u_hi) - ws[nt][2], v3 = __high2float(u_hi) - ws[nt][3];
+			const float e_lo = expf(gl - g_lo), e_hi = expf(gl - g_hi);
+			*(uint32_t *)(s.Vn + swz<BV>(r0, cc)) = pack_bf16(v0, v1);
+			*(uint32_t *)(s.Vn + swz<BV>(r0 + 8, cc)) = pack_bf16(v2, v3);
+			*(uint32_t *)(s.Vd + swz<BV>(r0, cc)) = pack_bf16(e_lo * v0, e_lo * v1);
+			*(uint32_t *)(s.Vd + swz<BV>(r0 + 8, cc)) = pack_bf16(e_hi * v2, e_hi * v3);
+		}
+		/* the causal decay mask of p */
+#pragma unroll
+		for (int nt = 0; nt < GC / 8; nt++)
+			if (nt < 2 * (warp + 1))
+#pragma unroll
+				for (int e = 0; e < 4; e++) {
+					int i = r0 + (e >> 1) * 8, j = nt * 8 + col + (e & 1);
+					p[nt][e] = j <= i ? expf(s.g[i] - s.g[j]) * p[nt][e] : 0.0f;
+				}
+		__syncthreads(); /* Vn, Vd complete; S read by every warp */
+		/* o = diag(gamma) Q S + p V' */
+		const float gm_lo = expf(g_lo), gm_hi = expf(g_hi);
+#pragma unroll
+		for (int nt = 0; nt < BV / 8; nt++) {
+			qs[nt][0] *= gm_lo;
+			qs[nt][1] *= gm_lo;
+			qs[nt][2] *= gm_hi;
+			qs[nt][3] *= gm_hi;
+		}
+#pragma unroll
+		for (int kk = 0; kk < GC / 16; kk++)
+			if (kk <= warp) {
+				uint32_t a[4];
+				c_to_a(a, p[2 * kk], p[2 * kk + 1]);
+#pragma unroll
+				for (int np = 0; np < BV / 16; np++) {
+					uint32_t bb[4];
+					ld_b_kn<BV>(bb, s.Vn, kk * 16, np * 16, lane);
+					mma16816(qs[2 * np], a, bb[0], bb[1]);
+					mma16816(qs[2 * np + 1], a, bb[2], bb[3]);
+				}
+			}
+		{
+			bf16 *ob = out + ((b * Tn + t0) * H + h) * DV + c0 + col;
+			const int64_t ldo = H * DV;
+#pragma unroll
+			for (int nt = 0; nt < BV / 8; nt++) {
+				if (t0 + r0 < Tn)
+					*(uint32_t *)(ob + r0 * ldo + nt * 8) =
+						pack_bf16(scale * qs[nt][0], scale * qs[nt][1]);
+				if (t0 + r0 + 8 < Tn)
+					*(uint32_t *)(ob + (r0 + 8) * ldo + nt * 8) =
+						pack_bf16(scale * qs[nt][2], scale * qs[nt][3]);
+			}
+		}
+		if (ci == nch - 1)
+			break;
+		/* S = gamma_n S + Kᵀ Vd, and its bf16 copy for the next chunk */
+		const float gn = expf(gl);
+#pragma unroll
+		for (int m = 0; m < SM; m++)
+#pragma unroll
+			for (int nt = 0; nt < BV / 8; nt++)
+#pragma unroll
+				for (int e = 0; e < 4; e++)
+					S[m][nt][e] *= gn;
+#pragma unroll
+		for (int kk = 0; kk < GC / 16; kk++)
+#pragma unroll
+			for (int m = 0; m < SM; m++) {
+				uint32_t a[4];
+				ld_a_t<DK>(a, s.K, (warp * SM + m) * 16, kk * 16, lane);
+#pragma unroll
+				for (int np = 0; np < BV / 16; np++) {
+					uint32_t bb[4];
+					ld_b_kn<BV>(bb, s.Vd, kk * 16, np * 16, lane);
+					mma16816(S[m][2 * np], a, bb[0], bb[1]);
+					mma16816(S[m][2 * np + 1], a, bb[2], bb[3]);
+				}
+			}
+#pragma unroll
+		for (int m = 0; m < SM; m++) {
+			const int d = (warp * SM + m) * 16 + (lane >> 2);
+#pragma unroll
+			for (int nt = 0; nt < BV / 8; nt++) {
+				*(uint32_t *)(s.S + swz<BV>(d, nt * 8 + col)) =
+					pack_bf16(S[m][nt][0], S[m][nt][1]);
+				*(uint32_t *)(s.S + swz<BV>(d + 8, nt * 8 + col)) =
+					pack_bf16(S[m][nt][2], S[m][nt][3]);
+			}
+		}
+	}
+}
+
+template <int DK, int DV, int BV>
+static int tc_walk_launch(lmk_cuda_backend *b, bf16 *out, const bf16 *q, const bf16 *k,
+			  const bf16 *W, const bf16 *U, const float *G, int64_t B, int64_t Tn,
+			  int64_t H, int nch, float scale)
+{
+	size_t sw = sizeof(tc_walk_smem<DK, BV>);
+	LMK_CK(cudaFuncSetAttribute(gdn_tc_walk<DK, DV, BV>,
+				    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sw));
+	gdn_tc_walk<DK, DV, BV><<<dim3((unsigned)(B * H), DV / BV), TC_THREADS, sw, b->stream>>>(
+		out, q, k, W, U, G, Tn, H, nch, scale);
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+/* The tensor-core forward (see above). Scratch: nch*GC (DK + DV) bf16 and
+ * nch*GC floats a head. The value blocks are 64 columns wide unless that
+ * leaves fewer than two blocks per SM (264 on an H200), then 32. */
+template <int DK, int DV>
+static int tc_fwd_launch(lmk_cuda_backend *b, bf16 *out, const bf16 *q, const bf16 *k,
+			 const bf16 *v, const bf16 *la, const bf16 *be, int64_t B, int64_t Tn,
+			 int64_t H, float scale)
+{
+	const int nch = (int)((Tn + GC - 1) / GC);
+	const int64_t rows = B * H * nch * GC;
+	size_t wb = (size_t)rows * DK * sizeof(bf16), ub = (size_t)rows * DV * sizeof(bf16);
+	wb = (wb + 255) / 256 * 256;
+	ub = (ub + 255) / 256 * 256;
+	unsigned char *scr =
+		(unsigned char *)lmk_cuda_scratch(b, wb + ub + (size_t)rows * sizeof(float));
+	if (!scr)
+		return lmk_errcode();
+	bf16 *W = (bf16 *)scr, *U = (bf16 *)(scr + wb);
+	float *G = (float *)(scr + wb + ub);
+	size_t sp = sizeof(tc_prep_smem<DK, DV>);
+	LMK_CK(cudaFuncSetAttribute(gdn_tc_prep<DK, DV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+				    (int)sp));
+	gdn_tc_prep<DK, DV><<<dim3((unsigned)nch, (unsigned)(B * H)), TC_THREADS, sp, b->stream>>>(
+		W, U, G, k, v, la, be, Tn, H, nch);
+	LMK_CK_LAUNCH();
+	if (B * H * (DV / 64) >= 264)
+		return tc_walk_launch<DK, DV, 64>(b, out, q, k, W, U, G, B, Tn, H, nch, scale);
+	return tc_walk_launch<DK, DV, 32>(b, out, q, k, W, U, G, B, Tn, H, nch, scale);
+}
+
+/* Whether the tensor-core forward takes a call, and runs it. @return : 1
+ * when it did not (the caller runs the general kernels), else 0 or < 0 */
+static int tc_forward(lmk_cuda_backend *b, lmk_dtype dt, void *out, const void *q, const void *k,
+		      const void *v, const void *la, const void *be, const void *lam, int64_t B,
+		      int64_t Tn, int64_t H, int64_t Dk, int64_t Dv, float scale)
+{
+	if (dt != LMK_BF16 || lam || (Dk != 64 && Dk != 128) || (Dv != 64 && Dv != 128))
+		return 1;
+	bf16 *o = (bf16 *)out;
+	const bf16 *Q = (const bf16 *)q, *K = (const bf16 *)k, *V = (const bf16 *)v;
+	const bf16 *LA = (const bf16 *)la, *BE = (const bf16 *)be;
+	if (Dk == 64 && Dv == 64)
+		return tc_fwd_launch<64, 64>(b, o, Q, K, V, LA, BE, B, Tn, H, scale);
+	if (Dk == 64)
+		return tc_fwd_launch<64, 128>(b, o, Q, K, V, LA, BE, B, Tn, H, scale);
+	if (Dv == 64)
+		return tc_fwd_launch<128, 64>(b, o, Q, K, V, LA, BE, B, Tn, H, scale);
+	return tc_fwd_launch<128, 128>(b, o, Q, K, V, LA, BE, B, Tn, H, scale);
+}
+
 /* The chunked launches. */
 template <class T>
 static int chunk_fwd_launch(lmk_cuda_backend *b, T *out, const T *q, const T *k, const T *v,
@@ -1314,12 +1850,17 @@ extern "C" int lmk_cuda_gdn_forward(void *be, lmk_dtype dt, void *out, const voi
 		return LMK_EUNSUP;
 	if (B * Tn * H == 0)
 		return 0;
-	if (algo != GDN_RECURRENT)
+	if (algo != GDN_RECURRENT) {
+		int rc = tc_forward(LMK_BE(be), dt, out, q, k, v, loga, beta, lam, B, Tn, H, Dk, Dv,
+				    scale);
+		if (rc <= 0)
+			return rc;
 		LMK_DT_SWITCH(dt, "gdn",
 			      return chunk_fwd_launch<T>(LMK_BE(be), (T *)out, (const T *)q,
 							 (const T *)k, (const T *)v, (const T *)loga,
 							 (const T *)beta, (const T *)lam, B, Tn, H, Dk,
 							 Dv, NL, scale));
+	}
 	int nlev = lam ? levels_of(Tn) : 1;
 	LMK_DT_SWITCH(dt, "gdn",
 		      return fwd_launch<T>(LMK_BE(be), (T *)out, (const T *)q, (const T *)k,
