@@ -9,6 +9,8 @@
  * elements (no synchronisation for the state) and a warp's accesses are
  * consecutive. Shape letters as in lib/gdn.h; the variant is the first one
  * (correctness over speed): no tensor cores yet. */
+#include <stdlib.h>
+
 #include "common.cuh"
 #include "gdn_cuda.h"
 
@@ -1314,11 +1316,11 @@ static __device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&c0
 
 /* Element offset of (row, col) in a tile of W-wide bf16 rows: the 16-byte
  * chunk index is XORed with the row, so that the 8 rows an ldmatrix reads
- * at one column fall in 8 different bank groups (rows of 64 bytes, W = 32:
- * two rows share a 128-byte line, hence row/2). */
+ * at one column fall in 8 different bank groups (W = 32 or 16: two or four
+ * rows share a 128-byte line, hence row/2 or row/4). */
 template <int W> static __device__ __forceinline__ int swz(int row, int col)
 {
-	const int x = W >= 64 ? (row & 7) : ((row >> 1) & 3);
+	const int x = W >= 64 ? (row & 7) : W == 32 ? ((row >> 1) & 3) : ((row >> 2) & 1);
 	return row * W + ((((col >> 3) ^ x)) << 3) + (col & 7);
 }
 
@@ -1529,13 +1531,32 @@ gdn_tc_prep(bf16 *__restrict__ Wg, bf16 *__restrict__ Ug, float *__restrict__ Gg
 }
 
 template <int DK, int BV> struct tc_walk_smem {
-	bf16 Q[GC * DK], K[GC * DK], W[GC * DK], U[GC * BV], S[DK * BV], Vn[GC * BV], Vd[GC * BV];
+	bf16 Q[GC * DK], K[2][GC * DK], W[GC * DK], U[GC * BV], S[DK * BV], Vn[GC * BV], Vd[GC * BV];
 	float g[GC];
 };
 
+/* The tiles of chunk ci of the walk: Q, W, U, g, and K into stage kb. */
+template <int DK, int DV, int BV>
+static __device__ __forceinline__ void walk_load(tc_walk_smem<DK, BV> &s, int kb, const bf16 *qb,
+						 const bf16 *kbase, const bf16 *Wg, const bf16 *Ug,
+						 const float *Gg, int64_t bh, int ci, int nch, int c0,
+						 int64_t Tn, int64_t H, int tid)
+{
+	const int64_t t0 = (int64_t)ci * GC, crow = (bh * nch + ci) * GC;
+	load_tile<DK, GC>(s.Q, qb, H * DK, t0, Tn, tid);
+	load_tile<DK, GC>(s.K[kb], kbase, H * DK, t0, Tn, tid);
+	load_tile<DK, GC>(s.W, Wg + crow * DK, DK, 0, GC, tid);
+	load_tile<BV, GC>(s.U, Ug + crow * DV + c0, DV, 0, GC, tid);
+	if (tid < GC / 4)
+		cp_async16(smem_u32(s.g + tid * 4), Gg + crow + tid * 4, true);
+	cp_commit();
+}
+
 /* grid (B*H, DV/BV), TC_THREADS: the walk through the chunks (see above).
  * Warp w owns the chunk rows 16w.. for the row products and the state rows
- * w*DK/4.. for the state update. */
+ * w*DK/4.. for the state update. Q, W, U and g are read only before the
+ * middle barrier, so the next chunk's load into them (and into the other
+ * K stage) overlaps the output and the state update. */
 template <int DK, int DV, int BV>
 __global__ void __launch_bounds__(TC_THREADS)
 gdn_tc_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /*(B,Tn,H,DK)*/,
@@ -1558,18 +1579,12 @@ gdn_tc_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /
 			S[m][nt][0] = S[m][nt][1] = S[m][nt][2] = S[m][nt][3] = 0.0f;
 	for (int e = tid; e < DK * BV / 2; e += TC_THREADS)
 		((uint32_t *)s.S)[e] = 0;
+	walk_load<DK, DV, BV>(s, 0, qb, kb, Wg, Ug, Gg, bh, 0, nch, c0, Tn, H, tid);
 	for (int ci = 0; ci < nch; ci++) {
-		const int64_t t0 = (int64_t)ci * GC, crow = (bh * nch + ci) * GC;
-		__syncthreads(); /* the previous chunk is done with every tile */
-		load_tile<DK, GC>(s.Q, qb, H * DK, t0, Tn, tid);
-		load_tile<DK, GC>(s.K, kb, H * DK, t0, Tn, tid);
-		load_tile<DK, GC>(s.W, Wg + crow * DK, DK, 0, GC, tid);
-		load_tile<BV, GC>(s.U, Ug + crow * DV + c0, DV, 0, GC, tid);
-		if (tid < GC / 4)
-			cp_async16(smem_u32(s.g + tid * 4), Gg + crow + tid * 4, true);
-		cp_commit();
+		const int64_t t0 = (int64_t)ci * GC;
+		const bf16 *sK = s.K[ci & 1];
 		cp_wait_all();
-		__syncthreads();
+		__syncthreads(); /* this chunk's tiles and the previous state landed */
 		/* ws = W S, qs = Q S (rows of the warp), p = Q Kᵀ (keys up to
 		 * the warp's diagonal) */
 		float ws[BV / 8][4], qs[BV / 8][4], p[GC / 8][4];
@@ -1598,7 +1613,7 @@ gdn_tc_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /
 			for (int np = 0; np < GC / 16; np++)
 				if (np <= warp) {
 					uint32_t bb[4];
-					ld_b_nk<DK>(bb, s.K, np * 16, kk * 16, lane);
+					ld_b_nk<DK>(bb, sK, np * 16, kk * 16, lane);
 					mma16816(p[2 * np], aq, bb[0], bb[1]);
 					mma16816(p[2 * np + 1], aq, bb[2], bb[3]);
 				}
@@ -1627,7 +1642,10 @@ gdn_tc_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /
 					int i = r0 + (e >> 1) * 8, j = nt * 8 + col + (e & 1);
 					p[nt][e] = j <= i ? expf(s.g[i] - s.g[j]) * p[nt][e] : 0.0f;
 				}
-		__syncthreads(); /* Vn, Vd complete; S read by every warp */
+		__syncthreads(); /* Vn, Vd complete; S, Q, W, U, g read by every warp */
+		if (ci + 1 < nch)
+			walk_load<DK, DV, BV>(s, (ci + 1) & 1, qb, kb, Wg, Ug, Gg, bh, ci + 1, nch, c0,
+					      Tn, H, tid);
 		/* o = diag(gamma) Q S + p V' */
 		const float gm_lo = expf(g_lo), gm_hi = expf(g_hi);
 #pragma unroll
@@ -1679,7 +1697,7 @@ gdn_tc_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /
 #pragma unroll
 			for (int m = 0; m < SM; m++) {
 				uint32_t a[4];
-				ld_a_t<DK>(a, s.K, (warp * SM + m) * 16, kk * 16, lane);
+				ld_a_t<DK>(a, sK, (warp * SM + m) * 16, kk * 16, lane);
 #pragma unroll
 				for (int np = 0; np < BV / 16; np++) {
 					uint32_t bb[4];
@@ -1717,8 +1735,8 @@ static int tc_walk_launch(lmk_cuda_backend *b, bf16 *out, const bf16 *q, const b
 }
 
 /* The tensor-core forward (see above). Scratch: nch*GC (DK + DV) bf16 and
- * nch*GC floats a head. The value blocks are 64 columns wide unless that
- * leaves fewer than two blocks per SM (264 on an H200), then 32. */
+ * nch*GC floats a head. The value blocks are the widest of 64, 32, 16
+ * columns that still give two blocks per SM (264 on an H200). */
 template <int DK, int DV>
 static int tc_fwd_launch(lmk_cuda_backend *b, bf16 *out, const bf16 *q, const bf16 *k,
 			 const bf16 *v, const bf16 *la, const bf16 *be, int64_t B, int64_t Tn,
@@ -1741,9 +1759,17 @@ static int tc_fwd_launch(lmk_cuda_backend *b, bf16 *out, const bf16 *q, const bf
 	gdn_tc_prep<DK, DV><<<dim3((unsigned)nch, (unsigned)(B * H)), TC_THREADS, sp, b->stream>>>(
 		W, U, G, k, v, la, be, Tn, H, nch);
 	LMK_CK_LAUNCH();
+	const char *ev = getenv("LMK_GDN_BV"); /* temporary: a tuning knob for the first runs */
+	const int bv = ev ? atoi(ev) : 0;
+	if (bv == 64 || bv == 32 || bv == 16)
+		return bv == 64 ? tc_walk_launch<DK, DV, 64>(b, out, q, k, W, U, G, B, Tn, H, nch, scale)
+		       : bv == 32 ? tc_walk_launch<DK, DV, 32>(b, out, q, k, W, U, G, B, Tn, H, nch, scale)
+				  : tc_walk_launch<DK, DV, 16>(b, out, q, k, W, U, G, B, Tn, H, nch, scale);
 	if (B * H * (DV / 64) >= 264)
 		return tc_walk_launch<DK, DV, 64>(b, out, q, k, W, U, G, B, Tn, H, nch, scale);
-	return tc_walk_launch<DK, DV, 32>(b, out, q, k, W, U, G, B, Tn, H, nch, scale);
+	if (B * H * (DV / 32) >= 264)
+		return tc_walk_launch<DK, DV, 32>(b, out, q, k, W, U, G, B, Tn, H, nch, scale);
+	return tc_walk_launch<DK, DV, 16>(b, out, q, k, W, U, G, B, Tn, H, nch, scale);
 }
 
 /* Whether the tensor-core forward takes a call, and runs it. @return : 1
