@@ -17,8 +17,8 @@
  * bench/gdn_torch.py's numbers):
  *   ours D T B H variant fwd_ms fwdbwd_ms fwd_Mtok/s fwdbwd_Mtok/s
  * and a check that the outputs are finite. Exit 0, or 1 on a failure.
- * --chunked: the plain chunked variant only.
- * Usage: gdn_gpu [--quick] [--all-rec] [--chunked] [--reps N] */
+ * --chunked: the plain chunked variant only; --T N: that T only.
+ * Usage: gdn_gpu [--quick] [--all-rec] [--chunked] [--T N] [--reps N] */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
@@ -88,6 +88,7 @@ static float median(std::vector<float> v)
 int main(int argc, char **argv)
 {
 	int quick = 0, allrec = 0, chunked = 0, reps = 10;
+	int64_t only_t = 0;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--quick")) {
 			quick = 1;
@@ -95,6 +96,8 @@ int main(int argc, char **argv)
 			allrec = 1;
 		} else if (!strcmp(argv[i], "--chunked")) {
 			chunked = 1;
+		} else if (!strcmp(argv[i], "--T") && i + 1 < argc) {
+			only_t = atoll(argv[++i]);
 		} else if (!strcmp(argv[i], "--reps") && i + 1 < argc) {
 			reps = atoi(argv[++i]);
 			if (reps < 1) {
@@ -102,7 +105,7 @@ int main(int argc, char **argv)
 				return 2;
 			}
 		} else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-			printf("usage: gdn_gpu [--quick] [--all-rec] [--chunked] [--reps N]\n");
+			printf("usage: gdn_gpu [--quick] [--all-rec] [--chunked] [--T N] [--reps N]\n");
 			return 0;
 		} else {
 			fprintf(stderr, "gdn_gpu: unknown option '%s'\n", argv[i]);
@@ -128,6 +131,8 @@ int main(int argc, char **argv)
 	for (int D = 64; D <= 128; D *= 2) {
 		int64_t H = width / D;
 		for (int64_t T = 2048; T <= (quick ? 8192 : 65536); T *= 2) {
+			if (only_t && T != only_t)
+				continue;
 			int64_t B = tokens / T, NL = lmk_fenwick_levels(T);
 			int64_t nq = B * T * H * D, ns = B * T * H;
 			std::vector<float> q(nq), k(nq), v(nq), la(ns), bt(ns), lam(ns * NL), dout(nq);
