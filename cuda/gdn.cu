@@ -1388,9 +1388,11 @@ static __device__ __forceinline__ void ld_b_kn(uint32_t (&b)[4], const bf16 *sm,
 				       n0 + ((lane >> 4) << 3))));
 }
 
+#define TC_LDA (GC + 4) /* row stride of A: 16-byte aligned rows */
+
 template <int DK, int DV> struct tc_prep_smem {
 	bf16 K[GC * DK], V[GC * DV], Tg[GC * GC], Tb[GC * GC];
-	float A[GC * (GC + 1)], g[GC], b[GC];
+	float A[GC * TC_LDA], g[GC], b[GC];
 };
 
 /* grid (chunks, B*H), TC_THREADS: W (B*H, nch*GC, DK), U (B*H, nch*GC, DV)
@@ -1460,24 +1462,35 @@ gdn_tc_prep(bf16 *__restrict__ Wg, bf16 *__restrict__ Ug, float *__restrict__ Gg
 				for (int e = 0; e < 4; e++) {
 					int i = warp * 16 + (lane >> 2) + (e >> 1) * 8;
 					int j = nt * 8 + ((lane & 3) << 1) + (e & 1);
-					s.A[i * (GC + 1) + j] =
+					s.A[i * TC_LDA + j] =
 						j < i ? s.b[i] * expf(s.g[i] - s.g[j]) * acc[nt][e] : 0.0f;
 				}
 	}
 	__syncthreads();
-	/* Tm = (I + A)^-1, column c by thread c, then scaled by beta (gamma) */
+	/* Tm = (I + A)^-1, column c by thread c, then scaled by beta (gamma):
+	 * four partial sums a row (float4 broadcasts of A), so that the chain
+	 * from t[i-1] to t[i] is one product and two additions */
 	if (tid < GC) {
 		const int c = tid;
 		float t[GC];
 #pragma unroll
 		for (int i = 0; i < GC; i++) {
-			float acc = i == c ? 1.0f : 0.0f;
+			float acc[4] = {i == c ? 1.0f : 0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-			for (int j = 0; j < i; j++)
-				acc -= s.A[i * (GC + 1) + j] * t[j];
-			t[i] = acc;
+			for (int j = 0; j + 4 <= i; j += 4) {
+				const float4 a = *(const float4 *)&s.A[i * TC_LDA + j];
+				acc[0] -= a.x * t[j];
+				acc[1] -= a.y * t[j + 1];
+				acc[2] -= a.z * t[j + 2];
+				acc[3] -= a.w * t[j + 3];
+			}
+#pragma unroll
+			for (int j = i & ~3; j < i; j++)
+				acc[j & 3] -= s.A[i * TC_LDA + j] * t[j];
+			t[i] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
 		}
 		if (Tg)
+#pragma unroll
 			for (int i = 0; i < GC; i++)
 				Tg[(bh * nch + ci) * GC * GC + i * GC + c] = __float2bfloat16_rn(t[i]);
 		const float bc = s.b[c], bg = bc * expf(s.g[c]);
