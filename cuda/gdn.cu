@@ -7,8 +7,10 @@
  * State layout of a block: element (l, row g+8i, column of thread tid) at
  * (l*rpl + i)*bd + tid (bd threads), so that each thread touches only its own
  * elements (no synchronisation for the state) and a warp's accesses are
- * consecutive. Shape letters as in lib/gdn.h; the variant is the first one
- * (correctness over speed): no tensor cores yet. */
+ * consecutive. Shape letters as in lib/gdn.h.
+ * The chunked kernels come in two sets: float32 on CUDA cores (any head
+ * dims, log-linear, float32), and for plain GDN in BF16 with Dk, Dv in
+ * {64, 128} the tensor-core kernels (section "tensor cores" below). */
 #include <stdlib.h>
 
 #include "common.cuh"
