@@ -11,8 +11,6 @@
  * The chunked kernels come in two sets: float32 on CUDA cores (any head
  * dims, log-linear, float32), and for plain GDN in BF16 with Dk, Dv in
  * {64, 128} the tensor-core kernels (section "tensor cores" below). */
-#include <stdlib.h>
-
 #include "common.cuh"
 #include "gdn_cuda.h"
 
@@ -1815,25 +1813,11 @@ static int tc_fwd_launch(lmk_cuda_backend *b, bf16 *out, const bf16 *q, const bf
 	gdn_tc_prep<DK, DV><<<dim3((unsigned)nch, (unsigned)(B * H)), TC_THREADS, sp, b->stream>>>(
 		W, U, G, (bf16 *)NULL, k, v, la, be, Tn, H, nch);
 	LMK_CK_LAUNCH();
-	const char *ev = getenv("LMK_GDN_BV"); /* temporary: a tuning knob for the first runs */
-	const int bv = ev ? atoi(ev) : 0;
-	if (bv == 64 || bv == 32 || bv == 16)
-		return bv == 64 ? tc_walk_launch<DK, DV, 64>(b, out, q, k, W, U, G, B, Tn, H, nch, scale)
-		       : bv == 32 ? tc_walk_launch<DK, DV, 32>(b, out, q, k, W, U, G, B, Tn, H, nch, scale)
-				  : tc_walk_launch<DK, DV, 16>(b, out, q, k, W, U, G, B, Tn, H, nch, scale);
 	if (B * H * (DV / 64) >= 264)
 		return tc_walk_launch<DK, DV, 64>(b, out, q, k, W, U, G, B, Tn, H, nch, scale);
 	if (B * H * (DV / 32) >= 264)
 		return tc_walk_launch<DK, DV, 32>(b, out, q, k, W, U, G, B, Tn, H, nch, scale);
 	return tc_walk_launch<DK, DV, 16>(b, out, q, k, W, U, G, B, Tn, H, nch, scale);
-}
-
-/* Temporary, for the first runs: LMK_GDN_TC (1 the forward, 2 the
- * backward; default both) switches the tensor-core kernels off. */
-static int tc_mask()
-{
-	const char *e = getenv("LMK_GDN_TC");
-	return e ? atoi(e) : 3;
 }
 
 /* Whether the tensor-core forward takes a call, and runs it. @return : 1
@@ -1842,8 +1826,7 @@ static int tc_forward(lmk_cuda_backend *b, lmk_dtype dt, void *out, const void *
 		      const void *v, const void *la, const void *be, const void *lam, int64_t B,
 		      int64_t Tn, int64_t H, int64_t Dk, int64_t Dv, float scale)
 {
-	if (dt != LMK_BF16 || lam || (Dk != 64 && Dk != 128) || (Dv != 64 && Dv != 128) ||
-	    !(tc_mask() & 1))
+	if (dt != LMK_BF16 || lam || (Dk != 64 && Dk != 128) || (Dv != 64 && Dv != 128))
 		return 1;
 	bf16 *o = (bf16 *)out;
 	const bf16 *Q = (const bf16 *)q, *K = (const bf16 *)k, *V = (const bf16 *)v;
@@ -2544,8 +2527,7 @@ static int tc_backward(lmk_cuda_backend *b, lmk_dtype dt, gdn_grads gr, const vo
 		       const void *lam, int64_t B, int64_t Tn, int64_t H, int64_t Dk, int64_t Dv,
 		       float scale)
 {
-	if (dt != LMK_BF16 || lam || (Dk != 64 && Dk != 128) || (Dv != 64 && Dv != 128) ||
-	    !(tc_mask() & 2))
+	if (dt != LMK_BF16 || lam || (Dk != 64 && Dk != 128) || (Dv != 64 && Dv != 128))
 		return 1;
 	const bf16 *DO = (const bf16 *)dout, *Q = (const bf16 *)q, *K = (const bf16 *)k;
 	const bf16 *V = (const bf16 *)v, *LA = (const bf16 *)la, *BE = (const bf16 *)be;
