@@ -5,10 +5,10 @@
  * For each shape of the table (T = 1, odd T, T around 64, a ragged last
  * chunk, odd head dims, 64 and 128, Dk != Dv, one realistic size; loga
  * and lam given or NULL) and each compute dtype (F32, BF16): random inputs
- * (q, k unit norm, loga in (-1.5,0), beta in (0.05,1.95), lam in (0,1.2); fresh each
- * run, the seed is printed, LMK_TEST_SEED repeats a run), the output and
- * the gradients of all six inputs, preloaded with random values so that a
- * backward that assigns instead of adding fails. The GPU context poisons
+ * (q, k unit norm, loga in (-1.5,0), beta in (0.05,1.95), lam in
+ * (0,1.2); fresh each run, the seed is printed, LMK_TEST_SEED repeats a
+ * run), the output and the gradients of all six inputs, preloaded with
+ * random values so that a backward that assigns instead of adding fails. The GPU context poisons
  * every allocation (NaN), so an output element never written shows. In
  * BF16 the CPU gets the same bf16-rounded inputs.
  * Every case runs twice: the recurrent kernels (algo LMK_GDN_RECURRENT)
