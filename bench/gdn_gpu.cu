@@ -17,7 +17,8 @@
  * bench/gdn_torch.py's numbers):
  *   ours D T B H variant fwd_ms fwdbwd_ms fwd_Mtok/s fwdbwd_Mtok/s
  * and a check that the outputs are finite. Exit 0, or 1 on a failure.
- * Usage: gdn_gpu [--quick] [--all-rec] [--reps N] */
+ * --chunked: the plain chunked variant only; --T N: that T only.
+ * Usage: gdn_gpu [--quick] [--all-rec] [--chunked] [--T N] [--reps N] */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
@@ -86,12 +87,17 @@ static float median(std::vector<float> v)
 
 int main(int argc, char **argv)
 {
-	int quick = 0, allrec = 0, reps = 10;
+	int quick = 0, allrec = 0, chunked = 0, reps = 10;
+	int64_t only_t = 0;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--quick")) {
 			quick = 1;
 		} else if (!strcmp(argv[i], "--all-rec")) {
 			allrec = 1;
+		} else if (!strcmp(argv[i], "--chunked")) {
+			chunked = 1;
+		} else if (!strcmp(argv[i], "--T") && i + 1 < argc) {
+			only_t = atoll(argv[++i]);
 		} else if (!strcmp(argv[i], "--reps") && i + 1 < argc) {
 			reps = atoi(argv[++i]);
 			if (reps < 1) {
@@ -99,7 +105,7 @@ int main(int argc, char **argv)
 				return 2;
 			}
 		} else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-			printf("usage: gdn_gpu [--quick] [--all-rec] [--reps N]\n");
+			printf("usage: gdn_gpu [--quick] [--all-rec] [--chunked] [--T N] [--reps N]\n");
 			return 0;
 		} else {
 			fprintf(stderr, "gdn_gpu: unknown option '%s'\n", argv[i]);
@@ -125,6 +131,8 @@ int main(int argc, char **argv)
 	for (int D = 64; D <= 128; D *= 2) {
 		int64_t H = width / D;
 		for (int64_t T = 2048; T <= (quick ? 8192 : 65536); T *= 2) {
+			if (only_t && T != only_t)
+				continue;
 			int64_t B = tokens / T, NL = lmk_fenwick_levels(T);
 			int64_t nq = B * T * H * D, ns = B * T * H;
 			std::vector<float> q(nq), k(nq), v(nq), la(ns), bt(ns), lam(ns * NL), dout(nq);
@@ -173,6 +181,8 @@ int main(int argc, char **argv)
 			for (int var = 0; var < 4; var++) {
 				int algo = var % 2 ? ALGO_RECURRENT : ALGO_CHUNKED, ll = var / 2;
 				if (algo == ALGO_RECURRENT && !allrec && T > 8192)
+					continue;
+				if (chunked && var != 0)
 					continue;
 				const char *name[4] = {"chunked", "recurrent", "ll-chunked", "ll-recurrent"};
 				lmk_gbuf g[6] = {{gq, LMK_BF16},  {gk, LMK_BF16},  {gv, LMK_BF16},

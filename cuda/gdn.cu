@@ -7,8 +7,10 @@
  * State layout of a block: element (l, row g+8i, column of thread tid) at
  * (l*rpl + i)*bd + tid (bd threads), so that each thread touches only its own
  * elements (no synchronisation for the state) and a warp's accesses are
- * consecutive. Shape letters as in lib/gdn.h; the variant is the first one
- * (correctness over speed): no tensor cores yet. */
+ * consecutive. Shape letters as in lib/gdn.h.
+ * The chunked kernels come in two sets: float32 on CUDA cores (any head
+ * dims, log-linear, float32), and for plain GDN in BF16 with Dk, Dv in
+ * {64, 128} the tensor-core kernels (section "tensor cores" below). */
 #include "common.cuh"
 #include "gdn_cuda.h"
 
@@ -1230,6 +1232,1314 @@ __global__ void gdn_chunk_local(gdn_grads gr, float *loc, const float *rec, cons
 static size_t local_floats(int Dk) { return setup_floats(Dk) + 6 * GC * GC + 3 * GC + 32 + 4; }
 
 
+/* ===================================================== tensor cores */
+
+/* The chunked forward of plain GDN in BF16 for Dk, Dv in {64, 128}, on the
+ * tensor cores (mma.sync m16n8k16, bf16 operands, fp32 accumulators; the
+ * helpers in the style of cuda/attention.cu), in the WY/UT form of fla's
+ * chunk_gated_delta_rule (same algebra as the record of gdn_chunk_prep:
+ * W = wk, U = wv):
+ *  prep (grid chunks x heads, all chunks at once): g the in-chunk
+ *        cumulative log decay, A = strictly lower diag(beta) (K Kᵀ ⊙
+ *        exp(g_i - g_j)), Tm = (I + A)^-1 by forward substitution in fp32
+ *        (a column a thread), then W = Tm diag(beta gamma) K and U = Tm
+ *        diag(beta) V, stored in bf16 with g (float32) in scratch;
+ *  walk (grid heads x blocks of BV value columns): the chunks in order with
+ *        the state S (Dk x BV) in fp32 registers (a bf16 copy in shared
+ *        memory as the operand of the next chunk): V' = U - W S, O = scale
+ *        (diag(gamma) Q S + (Q Kᵀ ⊙ exp(g_i - g_j), j <= i) V'), S =
+ *        gamma_n S + Kᵀ diag(exp(g_n - g_j)) V'.
+ * Rows past the sequence's end load as zeros and get g = g_{n-1} and beta
+ * = 0, so they add nothing and g_n is always g[63]. */
+#define TC_THREADS 128 /* four warps, 16 chunk rows each */
+
+static __device__ __forceinline__ uint32_t smem_u32(const void *p)
+{
+	return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+/* 16 bytes global -> shared, zero-filled when !valid (src must still be a
+ * mapped address). */
+static __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool valid)
+{
+	int n = valid ? 16 : 0;
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n)
+		     : "memory");
+}
+
+static __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+static __device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+static __device__ __forceinline__ void ldsm4(uint32_t (&r)[4], uint32_t addr)
+{
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(addr)
+		     : "memory");
+}
+
+static __device__ __forceinline__ void ldsm4t(uint32_t (&r)[4], uint32_t addr)
+{
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(addr)
+		     : "memory");
+}
+
+/* c (16x8 fp32) += a (16x16 bf16, row) b (16x8 bf16, col) */
+static __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+						uint32_t b1)
+{
+	asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+	    "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+	    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+	    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+static __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
+{
+	__nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+	return *(uint32_t *)&v;
+}
+
+/* Accumulators of two adjacent n8 tiles as the A operand of the next
+ * product (the m16n8 C and m16k16 A layouts agree thread for thread). */
+static __device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&c0)[4],
+					      const float (&c1)[4])
+{
+	a[0] = pack_bf16(c0[0], c0[1]);
+	a[1] = pack_bf16(c0[2], c0[3]);
+	a[2] = pack_bf16(c1[0], c1[1]);
+	a[3] = pack_bf16(c1[2], c1[3]);
+}
+
+/* Element offset of (row, col) in a tile of W-wide bf16 rows: the 16-byte
+ * chunk index is XORed with the row, so that the 8 rows an ldmatrix reads
+ * at one column fall in 8 different bank groups (W = 32 or 16: two or four
+ * rows share a 128-byte line, hence row/2 or row/4). */
+template <int W> static __device__ __forceinline__ int swz(int row, int col)
+{
+	const int x = W >= 64 ? (row & 7) : W == 32 ? ((row >> 1) & 3) : ((row >> 2) & 1);
+	return row * W + ((((col >> 3) ^ x)) << 3) + (col & 7);
+}
+
+/* Rows row0.. (ROWS of them) of a (rows, ld) bf16 matrix, columns col0 ..
+ * col0 + W - 1, into a swizzled tile; rows at or past nrows load zeros. */
+template <int W, int ROWS>
+static __device__ __forceinline__ void load_tile(bf16 *sm, const bf16 *g, int64_t ld, int64_t row0,
+						 int64_t nrows, int tid)
+{
+	constexpr int CPR = W / 8, N = ROWS * CPR;
+#pragma unroll
+	for (int it = 0; it < (N + TC_THREADS - 1) / TC_THREADS; it++) {
+		int c = tid + it * TC_THREADS;
+		if (N % TC_THREADS == 0 || c < N) {
+			int r = c / CPR, ch = c % CPR;
+			bool ok = row0 + r < nrows;
+			const bf16 *src = g + (ok ? (row0 + r) * ld : 0) + ch * 8;
+			cp_async16(smem_u32(sm + swz<W>(r, ch * 8)), src, ok);
+		}
+	}
+}
+
+/* A swizzled ROWS x W tile to a (rows, ld) bf16 matrix, 16 bytes a thread
+ * at a time. */
+template <int W, int ROWS>
+static __device__ __forceinline__ void store_tile(bf16 *g, int64_t ld, const bf16 *sm, int tid)
+{
+	constexpr int CPR = W / 8, N = ROWS * CPR;
+	for (int c = tid; c < N; c += TC_THREADS) {
+		int r = c / CPR, ch = c % CPR;
+		*(uint4 *)(g + r * ld + ch * 8) = *(const uint4 *)(sm + swz<W>(r, ch * 8));
+	}
+}
+
+/* A operand (16 x 16 at r0, c0) of a tile stored [m][k]. */
+template <int W>
+static __device__ __forceinline__ void ld_a(uint32_t (&a)[4], const bf16 *sm, int r0, int c0, int lane)
+{
+	ldsm4(a, smem_u32(sm + swz<W>(r0 + (lane & 15), c0 + ((lane >> 4) << 3))));
+}
+
+/* A operand (16 x 16 at m0, k0) of a tile stored [k][m] (transposed by
+ * ldmatrix): Kᵀ from K stored token by token. */
+template <int W>
+static __device__ __forceinline__ void ld_a_t(uint32_t (&a)[4], const bf16 *sm, int m0, int k0, int lane)
+{
+	ldsm4t(a, smem_u32(sm + swz<W>(k0 + (lane & 7) + ((lane >> 4) << 3),
+				       m0 + (((lane >> 3) & 1) << 3))));
+}
+
+/* B operands of two n8 tiles (n0, n0 + 8) for a k16 step, tile stored
+ * [n][k]: b[0], b[1] for n0, b[2], b[3] for n0 + 8. */
+template <int W>
+static __device__ __forceinline__ void ld_b_nk(uint32_t (&b)[4], const bf16 *sm, int n0, int k0, int lane)
+{
+	ldsm4(b, smem_u32(sm + swz<W>(n0 + (lane & 7) + ((lane >> 4) << 3),
+				      k0 + (((lane >> 3) & 1) << 3))));
+}
+
+/* The same from a tile stored [k][n]. */
+template <int W>
+static __device__ __forceinline__ void ld_b_kn(uint32_t (&b)[4], const bf16 *sm, int k0, int n0, int lane)
+{
+	ldsm4t(b, smem_u32(sm + swz<W>(k0 + (lane & 7) + (((lane >> 3) & 1) << 3),
+				       n0 + ((lane >> 4) << 3))));
+}
+
+#define TC_LDA (GC + 4) /* row stride of A: 16-byte aligned rows */
+
+template <int DK, int DV> struct tc_prep_smem {
+	bf16 K[GC * DK], V[GC * DV], Tg[GC * GC], Tb[GC * GC];
+	float A[GC * TC_LDA], g[GC], b[GC];
+};
+
+/* grid (chunks, B*H), TC_THREADS: W (B*H, nch*GC, DK), U (B*H, nch*GC, DV)
+ * in bf16 and G (B*H, nch*GC) float32 (see above); Tm (B*H, nch, GC, GC)
+ * in bf16 too when Tg is not NULL (the backward). */
+template <int DK, int DV>
+__global__ void __launch_bounds__(TC_THREADS)
+gdn_tc_prep(bf16 *__restrict__ Wg, bf16 *__restrict__ Ug, float *__restrict__ Gg,
+	    bf16 *__restrict__ Tg, const bf16 *__restrict__ k /*(B,Tn,H,DK)*/, const bf16 *__restrict__ v /*(B,Tn,H,DV)*/,
+	    const bf16 *__restrict__ la /*(B,Tn,H) or NULL*/, const bf16 *__restrict__ be /*(B,Tn,H)*/,
+	    int64_t Tn, int64_t H, int nch)
+{
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	tc_prep_smem<DK, DV> &s = *(tc_prep_smem<DK, DV> *)smem_raw;
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, ci = blockIdx.x;
+	const int64_t bh = blockIdx.y, b = bh / H, h = bh % H, t0 = (int64_t)ci * GC;
+	const int n = Tn - t0 < GC ? (int)(Tn - t0) : GC;
+	load_tile<DK, GC>(s.K, k + (b * Tn * H + h) * DK, H * DK, t0, Tn, tid);
+	load_tile<DV, GC>(s.V, v + (b * Tn * H + h) * DV, H * DV, t0, Tn, tid);
+	cp_commit();
+	if (tid < GC) {
+		int64_t idx = (b * Tn + t0 + tid) * H + h;
+		s.g[tid] = tid < n && la ? tof(la[idx]) : 0.0f;
+		s.b[tid] = tid < n ? tof(be[idx]) : 0.0f;
+	}
+	__syncthreads();
+	if (warp == 0) { /* inclusive prefix sum of the log decays */
+		float x0 = s.g[lane], x1 = s.g[lane + 32];
+#pragma unroll
+		for (int o = 1; o < 32; o <<= 1) {
+			float y0 = __shfl_up_sync(0xffffffffu, x0, o);
+			float y1 = __shfl_up_sync(0xffffffffu, x1, o);
+			if (lane >= o) {
+				x0 += y0;
+				x1 += y1;
+			}
+		}
+		x1 += __shfl_sync(0xffffffffu, x0, 31);
+		s.g[lane] = x0;
+		s.g[lane + 32] = x1;
+	}
+	cp_wait_all();
+	__syncthreads();
+	/* A: warp w the rows 16w.., the key tiles up to its diagonal */
+	{
+		float acc[GC / 8][4];
+#pragma unroll
+		for (int nt = 0; nt < GC / 8; nt++)
+			acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+#pragma unroll
+		for (int kk = 0; kk < DK / 16; kk++) {
+			uint32_t a[4];
+			ld_a<DK>(a, s.K, warp * 16, kk * 16, lane);
+#pragma unroll
+			for (int np = 0; np < GC / 16; np++)
+				if (np <= warp) {
+					uint32_t bb[4];
+					ld_b_nk<DK>(bb, s.K, np * 16, kk * 16, lane);
+					mma16816(acc[2 * np], a, bb[0], bb[1]);
+					mma16816(acc[2 * np + 1], a, bb[2], bb[3]);
+				}
+		}
+#pragma unroll
+		for (int nt = 0; nt < GC / 8; nt++)
+			if (nt < 2 * (warp + 1))
+#pragma unroll
+				for (int e = 0; e < 4; e++) {
+					int i = warp * 16 + (lane >> 2) + (e >> 1) * 8;
+					int j = nt * 8 + ((lane & 3) << 1) + (e & 1);
+					s.A[i * TC_LDA + j] =
+						j < i ? s.b[i] * expf(s.g[i] - s.g[j]) * acc[nt][e] : 0.0f;
+				}
+	}
+	__syncthreads();
+	/* Tm = (I + A)^-1, column c by thread c, then scaled by beta (gamma):
+	 * four partial sums a row (float4 broadcasts of A), so that the chain
+	 * from t[i-1] to t[i] is one product and two additions */
+	if (tid < GC) {
+		const int c = tid;
+		float t[GC];
+#pragma unroll
+		for (int i = 0; i < GC; i++) {
+			float acc[4] = {i == c ? 1.0f : 0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+			for (int j = 0; j + 4 <= i; j += 4) {
+				const float4 a = *(const float4 *)&s.A[i * TC_LDA + j];
+				acc[0] -= a.x * t[j];
+				acc[1] -= a.y * t[j + 1];
+				acc[2] -= a.z * t[j + 2];
+				acc[3] -= a.w * t[j + 3];
+			}
+#pragma unroll
+			for (int j = i & ~3; j < i; j++)
+				acc[j & 3] -= s.A[i * TC_LDA + j] * t[j];
+			t[i] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+		}
+		if (Tg)
+#pragma unroll
+			for (int i = 0; i < GC; i++)
+				Tg[(bh * nch + ci) * GC * GC + i * GC + c] = __float2bfloat16_rn(t[i]);
+		const float bc = s.b[c], bg = bc * expf(s.g[c]);
+#pragma unroll
+		for (int i = 0; i < GC; i++) {
+			s.Tb[swz<GC>(i, c)] = __float2bfloat16_rn(t[i] * bc);
+			s.Tg[swz<GC>(i, c)] = __float2bfloat16_rn(t[i] * bg);
+		}
+	}
+	__syncthreads();
+	/* W = Tg K, U = Tb V: Tm is lower triangular, warp w needs k tiles
+	 * up to its diagonal */
+	const int64_t row = (bh * nch + ci) * GC + warp * 16 + (lane >> 2);
+	const int col = (lane & 3) << 1;
+	{
+		float acc[DK / 8][4];
+#pragma unroll
+		for (int nt = 0; nt < DK / 8; nt++)
+			acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+#pragma unroll
+		for (int kk = 0; kk < GC / 16; kk++)
+			if (kk <= warp) {
+				uint32_t a[4];
+				ld_a<GC>(a, s.Tg, warp * 16, kk * 16, lane);
+#pragma unroll
+				for (int np = 0; np < DK / 16; np++) {
+					uint32_t bb[4];
+					ld_b_kn<DK>(bb, s.K, kk * 16, np * 16, lane);
+					mma16816(acc[2 * np], a, bb[0], bb[1]);
+					mma16816(acc[2 * np + 1], a, bb[2], bb[3]);
+				}
+			}
+#pragma unroll
+		for (int nt = 0; nt < DK / 8; nt++) {
+			*(uint32_t *)(Wg + row * DK + nt * 8 + col) = pack_bf16(acc[nt][0], acc[nt][1]);
+			*(uint32_t *)(Wg + (row + 8) * DK + nt * 8 + col) =
+				pack_bf16(acc[nt][2], acc[nt][3]);
+		}
+	}
+	{
+		float acc[DV / 8][4];
+#pragma unroll
+		for (int nt = 0; nt < DV / 8; nt++)
+			acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+#pragma unroll
+		for (int kk = 0; kk < GC / 16; kk++)
+			if (kk <= warp) {
+				uint32_t a[4];
+				ld_a<GC>(a, s.Tb, warp * 16, kk * 16, lane);
+#pragma unroll
+				for (int np = 0; np < DV / 16; np++) {
+					uint32_t bb[4];
+					ld_b_kn<DV>(bb, s.V, kk * 16, np * 16, lane);
+					mma16816(acc[2 * np], a, bb[0], bb[1]);
+					mma16816(acc[2 * np + 1], a, bb[2], bb[3]);
+				}
+			}
+#pragma unroll
+		for (int nt = 0; nt < DV / 8; nt++) {
+			*(uint32_t *)(Ug + row * DV + nt * 8 + col) = pack_bf16(acc[nt][0], acc[nt][1]);
+			*(uint32_t *)(Ug + (row + 8) * DV + nt * 8 + col) =
+				pack_bf16(acc[nt][2], acc[nt][3]);
+		}
+	}
+	if (tid < GC)
+		Gg[(bh * nch + ci) * GC + tid] = s.g[tid];
+}
+
+template <int DK, int BV> struct tc_walk_smem {
+	bf16 Q[GC * DK], K[2][GC * DK], W[GC * DK], U[GC * BV], S[DK * BV], Vn[GC * BV], Vd[GC * BV];
+	float g[GC];
+};
+
+/* The tiles of chunk ci of the walk: Q (unless SAVE), W, U, g, and K into
+ * stage kb. */
+template <int DK, int DV, int BV, bool SAVE>
+static __device__ __forceinline__ void walk_load(tc_walk_smem<DK, BV> &s, int kb, const bf16 *qb,
+						 const bf16 *kbase, const bf16 *Wg, const bf16 *Ug,
+						 const float *Gg, int64_t bh, int ci, int nch, int c0,
+						 int64_t Tn, int64_t H, int tid)
+{
+	const int64_t t0 = (int64_t)ci * GC, crow = (bh * nch + ci) * GC;
+	if (!SAVE)
+		load_tile<DK, GC>(s.Q, qb, H * DK, t0, Tn, tid);
+	load_tile<DK, GC>(s.K[kb], kbase, H * DK, t0, Tn, tid);
+	load_tile<DK, GC>(s.W, Wg + crow * DK, DK, 0, GC, tid);
+	load_tile<BV, GC>(s.U, Ug + crow * DV + c0, DV, 0, GC, tid);
+	if (tid < GC / 4)
+		cp_async16(smem_u32(s.g + tid * 4), Gg + crow + tid * 4, true);
+	cp_commit();
+}
+
+/* The output rows of the warp: o = scale (diag(gamma) qs + p Vn), qs = Q S
+ * and p the masked decayed Q Kᵀ in registers, Vn = V' in shared memory. */
+template <int DV, int BV>
+static __device__ __forceinline__ void walk_out(bf16 *out, float (&qs)[BV / 8][4],
+						float (&p)[GC / 8][4], const bf16 *Vn, float g_lo,
+						float g_hi, int64_t b, int64_t h, int64_t Tn,
+						int64_t H, int64_t t0, int c0, int r0, int warp,
+						int lane, float scale)
+{
+	const int col = (lane & 3) << 1;
+	const float gm_lo = expf(g_lo), gm_hi = expf(g_hi);
+#pragma unroll
+	for (int nt = 0; nt < BV / 8; nt++) {
+		qs[nt][0] *= gm_lo;
+		qs[nt][1] *= gm_lo;
+		qs[nt][2] *= gm_hi;
+		qs[nt][3] *= gm_hi;
+	}
+#pragma unroll
+	for (int kk = 0; kk < GC / 16; kk++)
+		if (kk <= warp) {
+			uint32_t a[4];
+			c_to_a(a, p[2 * kk], p[2 * kk + 1]);
+#pragma unroll
+			for (int np = 0; np < BV / 16; np++) {
+				uint32_t bb[4];
+				ld_b_kn<BV>(bb, Vn, kk * 16, np * 16, lane);
+				mma16816(qs[2 * np], a, bb[0], bb[1]);
+				mma16816(qs[2 * np + 1], a, bb[2], bb[3]);
+			}
+		}
+	bf16 *ob = out + ((b * Tn + t0) * H + h) * DV + c0 + col;
+	const int64_t ldo = H * DV;
+#pragma unroll
+	for (int nt = 0; nt < BV / 8; nt++) {
+		if (t0 + r0 < Tn)
+			*(uint32_t *)(ob + r0 * ldo + nt * 8) =
+				pack_bf16(scale * qs[nt][0], scale * qs[nt][1]);
+		if (t0 + r0 + 8 < Tn)
+			*(uint32_t *)(ob + (r0 + 8) * ldo + nt * 8) =
+				pack_bf16(scale * qs[nt][2], scale * qs[nt][3]);
+	}
+}
+
+/* grid (B*H, DV/BV), TC_THREADS: the walk through the chunks (see above).
+ * Warp w owns the chunk rows 16w.. for the row products and the state rows
+ * w*DK/4.. for the state update. Q, W, U and g are read only before the
+ * middle barrier, so the next chunk's load into them (and into the other
+ * K stage) overlaps the output and the state update. SAVE (for the
+ * backward): no output; the state entering each chunk (its bf16 copy, the
+ * one the products use) goes to Hs (B*H, nch, DK, DV) and V' to Vg
+ * (B*H, nch*GC, DV). */
+template <int DK, int DV, int BV, bool SAVE>
+__global__ void __launch_bounds__(TC_THREADS)
+gdn_tc_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /*(B,Tn,H,DK)*/,
+	    const bf16 *__restrict__ k /*(B,Tn,H,DK)*/, const bf16 *__restrict__ Wg,
+	    const bf16 *__restrict__ Ug, const float *__restrict__ Gg, bf16 *__restrict__ Hs,
+	    bf16 *__restrict__ Vg, int64_t Tn, int64_t H, int nch, float scale)
+{
+	constexpr int SM = DK / 64; /* m16 tiles of state rows a warp */
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	tc_walk_smem<DK, BV> &s = *(tc_walk_smem<DK, BV> *)smem_raw;
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const int64_t bh = blockIdx.x, b = bh / H, h = bh % H;
+	const int c0 = blockIdx.y * BV, col = (lane & 3) << 1, r0 = warp * 16 + (lane >> 2);
+	const bf16 *qb = q + (b * Tn * H + h) * DK, *kb = k + (b * Tn * H + h) * DK;
+	float S[SM][BV / 8][4];
+#pragma unroll
+	for (int m = 0; m < SM; m++)
+#pragma unroll
+		for (int nt = 0; nt < BV / 8; nt++)
+			S[m][nt][0] = S[m][nt][1] = S[m][nt][2] = S[m][nt][3] = 0.0f;
+	for (int e = tid; e < DK * BV / 2; e += TC_THREADS)
+		((uint32_t *)s.S)[e] = 0;
+	walk_load<DK, DV, BV, SAVE>(s, 0, qb, kb, Wg, Ug, Gg, bh, 0, nch, c0, Tn, H, tid);
+	for (int ci = 0; ci < nch; ci++) {
+		const int64_t t0 = (int64_t)ci * GC;
+		const bf16 *sK = s.K[ci & 1];
+		cp_wait_all();
+		__syncthreads(); /* this chunk's tiles and the previous state landed */
+		if (SAVE)
+			store_tile<BV, DK>(Hs + ((bh * nch + ci) * DK) * DV + c0, DV, s.S, tid);
+		/* ws = W S, qs = Q S (rows of the warp), p = Q Kᵀ (keys up to
+		 * the warp's diagonal) */
+		float ws[BV / 8][4], qs[BV / 8][4], p[GC / 8][4];
+#pragma unroll
+		for (int nt = 0; nt < BV / 8; nt++)
+			ws[nt][0] = ws[nt][1] = ws[nt][2] = ws[nt][3] = qs[nt][0] = qs[nt][1] =
+				qs[nt][2] = qs[nt][3] = 0.0f;
+#pragma unroll
+		for (int nt = 0; nt < GC / 8; nt++)
+			p[nt][0] = p[nt][1] = p[nt][2] = p[nt][3] = 0.0f;
+#pragma unroll
+		for (int kk = 0; kk < DK / 16; kk++) {
+			uint32_t aw[4], aq[4];
+			ld_a<DK>(aw, s.W, warp * 16, kk * 16, lane);
+			if (!SAVE)
+				ld_a<DK>(aq, s.Q, warp * 16, kk * 16, lane);
+#pragma unroll
+			for (int np = 0; np < BV / 16; np++) {
+				uint32_t bb[4];
+				ld_b_kn<BV>(bb, s.S, kk * 16, np * 16, lane);
+				mma16816(ws[2 * np], aw, bb[0], bb[1]);
+				mma16816(ws[2 * np + 1], aw, bb[2], bb[3]);
+				if (!SAVE) {
+					mma16816(qs[2 * np], aq, bb[0], bb[1]);
+					mma16816(qs[2 * np + 1], aq, bb[2], bb[3]);
+				}
+			}
+#pragma unroll
+			for (int np = 0; np < GC / 16; np++)
+				if (!SAVE && np <= warp) {
+					uint32_t bb[4];
+					ld_b_nk<DK>(bb, sK, np * 16, kk * 16, lane);
+					mma16816(p[2 * np], aq, bb[0], bb[1]);
+					mma16816(p[2 * np + 1], aq, bb[2], bb[3]);
+				}
+		}
+		const float gl = s.g[GC - 1], g_lo = s.g[r0], g_hi = s.g[r0 + 8];
+		/* V' = U - W S into Vn, and exp(g_n - g_j) V' into Vd */
+#pragma unroll
+		for (int nt = 0; nt < BV / 8; nt++) {
+			const int cc = nt * 8 + col;
+			__nv_bfloat162 u_lo = *(const __nv_bfloat162 *)(s.U + swz<BV>(r0, cc));
+			__nv_bfloat162 u_hi = *(const __nv_bfloat162 *)(s.U + swz<BV>(r0 + 8, cc));
+			float v0 = __low2float(u_lo) - ws[nt][0], v1 = __high2float(u_lo) - ws[nt][1];
+			float v2 = __low2float(u_hi) - ws[nt][2], v3 = __high2float(u_hi) - ws[nt][3];
+			const float e_lo = expf(gl - g_lo), e_hi = expf(gl - g_hi);
+			*(uint32_t *)(s.Vn + swz<BV>(r0, cc)) = pack_bf16(v0, v1);
+			*(uint32_t *)(s.Vn + swz<BV>(r0 + 8, cc)) = pack_bf16(v2, v3);
+			*(uint32_t *)(s.Vd + swz<BV>(r0, cc)) = pack_bf16(e_lo * v0, e_lo * v1);
+			*(uint32_t *)(s.Vd + swz<BV>(r0 + 8, cc)) = pack_bf16(e_hi * v2, e_hi * v3);
+		}
+		/* the causal decay mask of p */
+#pragma unroll
+		for (int nt = 0; nt < GC / 8; nt++)
+			if (!SAVE && nt < 2 * (warp + 1))
+#pragma unroll
+				for (int e = 0; e < 4; e++) {
+					int i = r0 + (e >> 1) * 8, j = nt * 8 + col + (e & 1);
+					p[nt][e] = j <= i ? expf(s.g[i] - s.g[j]) * p[nt][e] : 0.0f;
+				}
+		__syncthreads(); /* Vn, Vd complete; S, Q, W, U, g read by every warp */
+		if (ci + 1 < nch)
+			walk_load<DK, DV, BV, SAVE>(s, (ci + 1) & 1, qb, kb, Wg, Ug, Gg, bh, ci + 1,
+						    nch, c0, Tn, H, tid);
+		if (SAVE)
+			store_tile<BV, GC>(Vg + (bh * nch + ci) * GC * DV + c0, DV, s.Vn, tid);
+		else
+			walk_out<DV, BV>(out, qs, p, s.Vn, g_lo, g_hi, b, h, Tn, H, t0, c0, r0, warp,
+					 lane, scale);
+		if (ci == nch - 1)
+			break;
+		/* S = gamma_n S + Kᵀ Vd, and its bf16 copy for the next chunk */
+		const float gn = expf(gl);
+#pragma unroll
+		for (int m = 0; m < SM; m++)
+#pragma unroll
+			for (int nt = 0; nt < BV / 8; nt++)
+#pragma unroll
+				for (int e = 0; e < 4; e++)
+					S[m][nt][e] *= gn;
+#pragma unroll
+		for (int kk = 0; kk < GC / 16; kk++)
+#pragma unroll
+			for (int m = 0; m < SM; m++) {
+				uint32_t a[4];
+				ld_a_t<DK>(a, sK, (warp * SM + m) * 16, kk * 16, lane);
+#pragma unroll
+				for (int np = 0; np < BV / 16; np++) {
+					uint32_t bb[4];
+					ld_b_kn<BV>(bb, s.Vd, kk * 16, np * 16, lane);
+					mma16816(S[m][2 * np], a, bb[0], bb[1]);
+					mma16816(S[m][2 * np + 1], a, bb[2], bb[3]);
+				}
+			}
+#pragma unroll
+		for (int m = 0; m < SM; m++) {
+			const int d = (warp * SM + m) * 16 + (lane >> 2);
+#pragma unroll
+			for (int nt = 0; nt < BV / 8; nt++) {
+				*(uint32_t *)(s.S + swz<BV>(d, nt * 8 + col)) =
+					pack_bf16(S[m][nt][0], S[m][nt][1]);
+				*(uint32_t *)(s.S + swz<BV>(d + 8, nt * 8 + col)) =
+					pack_bf16(S[m][nt][2], S[m][nt][3]);
+			}
+		}
+	}
+}
+
+template <int DK, int DV, int BV>
+static int tc_walk_launch(lmk_cuda_backend *b, bf16 *out, const bf16 *q, const bf16 *k,
+			  const bf16 *W, const bf16 *U, const float *G, int64_t B, int64_t Tn,
+			  int64_t H, int nch, float scale)
+{
+	size_t sw = sizeof(tc_walk_smem<DK, BV>);
+	LMK_CK(cudaFuncSetAttribute(gdn_tc_walk<DK, DV, BV, false>,
+				    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sw));
+	gdn_tc_walk<DK, DV, BV, false><<<dim3((unsigned)(B * H), DV / BV), TC_THREADS, sw,
+					  b->stream>>>(out, q, k, W, U, G, (bf16 *)NULL, (bf16 *)NULL,
+						       Tn, H, nch, scale);
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+/* The tensor-core forward (see above). Scratch: nch*GC (DK + DV) bf16 and
+ * nch*GC floats a head. The value blocks are the widest of 64, 32, 16
+ * columns that still give two blocks per SM (264 on an H200). */
+template <int DK, int DV>
+static int tc_fwd_launch(lmk_cuda_backend *b, bf16 *out, const bf16 *q, const bf16 *k,
+			 const bf16 *v, const bf16 *la, const bf16 *be, int64_t B, int64_t Tn,
+			 int64_t H, float scale)
+{
+	const int nch = (int)((Tn + GC - 1) / GC);
+	const int64_t rows = B * H * nch * GC;
+	size_t wb = (size_t)rows * DK * sizeof(bf16), ub = (size_t)rows * DV * sizeof(bf16);
+	wb = (wb + 255) / 256 * 256;
+	ub = (ub + 255) / 256 * 256;
+	unsigned char *scr =
+		(unsigned char *)lmk_cuda_scratch(b, wb + ub + (size_t)rows * sizeof(float));
+	if (!scr)
+		return lmk_errcode();
+	bf16 *W = (bf16 *)scr, *U = (bf16 *)(scr + wb);
+	float *G = (float *)(scr + wb + ub);
+	size_t sp = sizeof(tc_prep_smem<DK, DV>);
+	LMK_CK(cudaFuncSetAttribute(gdn_tc_prep<DK, DV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+				    (int)sp));
+	gdn_tc_prep<DK, DV><<<dim3((unsigned)nch, (unsigned)(B * H)), TC_THREADS, sp, b->stream>>>(
+		W, U, G, (bf16 *)NULL, k, v, la, be, Tn, H, nch);
+	LMK_CK_LAUNCH();
+	if (B * H * (DV / 64) >= 264)
+		return tc_walk_launch<DK, DV, 64>(b, out, q, k, W, U, G, B, Tn, H, nch, scale);
+	if (B * H * (DV / 32) >= 264)
+		return tc_walk_launch<DK, DV, 32>(b, out, q, k, W, U, G, B, Tn, H, nch, scale);
+	return tc_walk_launch<DK, DV, 16>(b, out, q, k, W, U, G, B, Tn, H, nch, scale);
+}
+
+/* Whether the tensor-core forward takes a call, and runs it. @return : 1
+ * when it did not (the caller runs the general kernels), else 0 or < 0 */
+static int tc_forward(lmk_cuda_backend *b, lmk_dtype dt, void *out, const void *q, const void *k,
+		      const void *v, const void *la, const void *be, const void *lam, int64_t B,
+		      int64_t Tn, int64_t H, int64_t Dk, int64_t Dv, float scale)
+{
+	if (dt != LMK_BF16 || lam || (Dk != 64 && Dk != 128) || (Dv != 64 && Dv != 128))
+		return 1;
+	bf16 *o = (bf16 *)out;
+	const bf16 *Q = (const bf16 *)q, *K = (const bf16 *)k, *V = (const bf16 *)v;
+	const bf16 *LA = (const bf16 *)la, *BE = (const bf16 *)be;
+	if (Dk == 64 && Dv == 64)
+		return tc_fwd_launch<64, 64>(b, o, Q, K, V, LA, BE, B, Tn, H, scale);
+	if (Dk == 64)
+		return tc_fwd_launch<64, 128>(b, o, Q, K, V, LA, BE, B, Tn, H, scale);
+	if (Dv == 64)
+		return tc_fwd_launch<128, 64>(b, o, Q, K, V, LA, BE, B, Tn, H, scale);
+	return tc_fwd_launch<128, 128>(b, o, Q, K, V, LA, BE, B, Tn, H, scale);
+}
+
+/* ------------------------------------------- tensor-core backward */
+
+/* The backward of the tensor-core forward (plain GDN, BF16), derived by
+ * hand from the forward's algebra (and checked against finite differences
+ * in float64 before it was written):
+ *  prep and walk (SAVE): W, U, g, Tm, and per chunk its entering state S_c
+ *        and V' (all bf16 but g);
+ *  bwalk (grid heads x value blocks, chunks in reverse): the gradient dH
+ *        of the state leaving each chunk, dV' = (M ⊙ L)ᵀ dÕ + K̃ dH, then
+ *        dH <- gamma_n dH + Qᵀ diag(gamma) dÕ - Wᵀ dV' (dÕ = scale dO,
+ *        M_ij = exp(g_i - g_j) q_i.k_j, K̃_j = exp(g_n - g_j) k_j);
+ *  bgrad (grid chunks x heads): every token gradient of a chunk from S_c,
+ *        dH, V', dV' (see gdn_tc_bgrad). */
+
+template <int DK, int BV> struct tc_bwalk_smem {
+	bf16 Q[2][GC * DK], W[2][GC * DK], K[GC * DK], dO[GC * BV], DOg[GC * BV], DVn[GC * BV];
+	bf16 dH[DK * BV];
+	float g[GC];
+};
+
+/* The tiles of chunk ci of the reverse walk: Q and W into stage st, K, the
+ * value block of dO, g. */
+template <int DK, int DV, int BV>
+static __device__ __forceinline__ void bwalk_load(tc_bwalk_smem<DK, BV> &s, int st, const bf16 *qb,
+						  const bf16 *kb, const bf16 *db, const bf16 *Wg,
+						  const float *Gg, int64_t bh, int ci, int nch,
+						  int64_t Tn, int64_t H, int tid)
+{
+	const int64_t t0 = (int64_t)ci * GC, crow = (bh * nch + ci) * GC;
+	load_tile<DK, GC>(s.Q[st], qb, H * DK, t0, Tn, tid);
+	load_tile<DK, GC>(s.K, kb, H * DK, t0, Tn, tid);
+	load_tile<DK, GC>(s.W[st], Wg + crow * DK, DK, 0, GC, tid);
+	load_tile<BV, GC>(s.dO, db, H * DV, t0, Tn, tid);
+	if (tid < GC / 4)
+		cp_async16(smem_u32(s.g + tid * 4), Gg + crow + tid * 4, true);
+	cp_commit();
+}
+
+/* grid (B*H, DV/BV), TC_THREADS: dHs (B*H, nch, DK, DV) the gradient of the
+ * state leaving each chunk (bf16, zero for the last), dVg (B*H, nch*GC, DV)
+ * dV'. Warp w owns the chunk rows 16w.. in the first half, the state rows
+ * w*DK/4.. in the second; K, dO and g are read only in the first half,
+ * so the previous chunk's load overlaps the second (Q and W in two
+ * stages). */
+template <int DK, int DV, int BV>
+__global__ void __launch_bounds__(TC_THREADS)
+gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restrict__ dout,
+	     const bf16 *__restrict__ q, const bf16 *__restrict__ k, const bf16 *__restrict__ Wg,
+	     const float *__restrict__ Gg, int64_t Tn, int64_t H, int nch, float scale)
+{
+	constexpr int SM = DK / 64;
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	tc_bwalk_smem<DK, BV> &s = *(tc_bwalk_smem<DK, BV> *)smem_raw;
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const int64_t bh = blockIdx.x, b = bh / H, h = bh % H;
+	const int c0 = blockIdx.y * BV, col = (lane & 3) << 1, r0 = warp * 16 + (lane >> 2);
+	const bf16 *qb = q + (b * Tn * H + h) * DK, *kb = k + (b * Tn * H + h) * DK;
+	const bf16 *db = dout + (b * Tn * H + h) * DV + c0;
+	float D[SM][BV / 8][4];
+#pragma unroll
+	for (int m = 0; m < SM; m++)
+#pragma unroll
+		for (int nt = 0; nt < BV / 8; nt++)
+			D[m][nt][0] = D[m][nt][1] = D[m][nt][2] = D[m][nt][3] = 0.0f;
+	for (int e = tid; e < DK * BV / 2; e += TC_THREADS)
+		((uint32_t *)s.dH)[e] = 0;
+	bwalk_load<DK, DV, BV>(s, (nch - 1) & 1, qb, kb, db, Wg, Gg, bh, nch - 1, nch, Tn, H, tid);
+	for (int ci = nch - 1; ci >= 0; ci--) {
+		const int st = ci & 1;
+		const int64_t crow = (bh * nch + ci) * GC;
+		cp_wait_all();
+		__syncthreads(); /* this chunk's tiles and dH landed */
+		store_tile<BV, DK>(dHs + ((bh * nch + ci) * DK) * DV + c0, DV, s.dH, tid);
+		/* kd = K dH, mt = K Qᵀ (queries from the warp's diagonal on) */
+		float kd[BV / 8][4], mt[GC / 8][4], dv[BV / 8][4];
+#pragma unroll
+		for (int nt = 0; nt < BV / 8; nt++)
+			kd[nt][0] = kd[nt][1] = kd[nt][2] = kd[nt][3] = dv[nt][0] = dv[nt][1] =
+				dv[nt][2] = dv[nt][3] = 0.0f;
+#pragma unroll
+		for (int nt = 0; nt < GC / 8; nt++)
+			mt[nt][0] = mt[nt][1] = mt[nt][2] = mt[nt][3] = 0.0f;
+#pragma unroll
+		for (int kk = 0; kk < DK / 16; kk++) {
+			uint32_t a[4];
+			ld_a<DK>(a, s.K, warp * 16, kk * 16, lane);
+#pragma unroll
+			for (int np = 0; np < BV / 16; np++) {
+				uint32_t bb[4];
+				ld_b_kn<BV>(bb, s.dH, kk * 16, np * 16, lane);
+				mma16816(kd[2 * np], a, bb[0], bb[1]);
+				mma16816(kd[2 * np + 1], a, bb[2], bb[3]);
+			}
+#pragma unroll
+			for (int np = 0; np < GC / 16; np++)
+				if (np >= warp) {
+					uint32_t bb[4];
+					ld_b_nk<DK>(bb, s.Q[st], np * 16, kk * 16, lane);
+					mma16816(mt[2 * np], a, bb[0], bb[1]);
+					mma16816(mt[2 * np + 1], a, bb[2], bb[3]);
+				}
+		}
+		const float gl = s.g[GC - 1], g_lo = s.g[r0], g_hi = s.g[r0 + 8];
+		/* (M ⊙ L)ᵀ: row j (key), column i (query) >= j */
+#pragma unroll
+		for (int nt = 0; nt < GC / 8; nt++)
+			if (nt >= 2 * warp)
+#pragma unroll
+				for (int e = 0; e < 4; e++) {
+					int j = r0 + (e >> 1) * 8, i = nt * 8 + col + (e & 1);
+					mt[nt][e] = i >= j ? expf(s.g[i] - s.g[j]) * mt[nt][e] : 0.0f;
+				}
+#pragma unroll
+		for (int kk = 0; kk < GC / 16; kk++)
+			if (kk >= warp) {
+				uint32_t a[4];
+				c_to_a(a, mt[2 * kk], mt[2 * kk + 1]);
+#pragma unroll
+				for (int np = 0; np < BV / 16; np++) {
+					uint32_t bb[4];
+					ld_b_kn<BV>(bb, s.dO, kk * 16, np * 16, lane);
+					mma16816(dv[2 * np], a, bb[0], bb[1]);
+					mma16816(dv[2 * np + 1], a, bb[2], bb[3]);
+				}
+			}
+		/* dV' to scratch, -dV' and scale gamma dO to shared memory */
+		const float e_lo = expf(gl - g_lo), e_hi = expf(gl - g_hi);
+		const float sg_lo = scale * expf(g_lo), sg_hi = scale * expf(g_hi);
+		bf16 *dvr = dVg + (crow + r0) * DV + c0 + col;
+#pragma unroll
+		for (int nt = 0; nt < BV / 8; nt++) {
+			const int cc = nt * 8 + col;
+			float v0 = e_lo * kd[nt][0] + scale * dv[nt][0];
+			float v1 = e_lo * kd[nt][1] + scale * dv[nt][1];
+			float v2 = e_hi * kd[nt][2] + scale * dv[nt][2];
+			float v3 = e_hi * kd[nt][3] + scale * dv[nt][3];
+			*(uint32_t *)(dvr + nt * 8) = pack_bf16(v0, v1);
+			*(uint32_t *)(dvr + 8 * DV + nt * 8) = pack_bf16(v2, v3);
+			*(uint32_t *)(s.DVn + swz<BV>(r0, cc)) = pack_bf16(-v0, -v1);
+			*(uint32_t *)(s.DVn + swz<BV>(r0 + 8, cc)) = pack_bf16(-v2, -v3);
+			__nv_bfloat162 d_lo = *(const __nv_bfloat162 *)(s.dO + swz<BV>(r0, cc));
+			__nv_bfloat162 d_hi = *(const __nv_bfloat162 *)(s.dO + swz<BV>(r0 + 8, cc));
+			*(uint32_t *)(s.DOg + swz<BV>(r0, cc)) =
+				pack_bf16(sg_lo * __low2float(d_lo), sg_lo * __high2float(d_lo));
+			*(uint32_t *)(s.DOg + swz<BV>(r0 + 8, cc)) =
+				pack_bf16(sg_hi * __low2float(d_hi), sg_hi * __high2float(d_hi));
+		}
+		__syncthreads(); /* DVn, DOg complete; K, dO, g, dH read by every warp */
+		if (ci == 0)
+			break;
+		bwalk_load<DK, DV, BV>(s, st ^ 1, qb, kb, db, Wg, Gg, bh, ci - 1, nch, Tn, H, tid);
+		/* dH = gamma_n dH + Qᵀ DOg + Wᵀ DVn */
+		const float gn = expf(gl);
+#pragma unroll
+		for (int m = 0; m < SM; m++)
+#pragma unroll
+			for (int nt = 0; nt < BV / 8; nt++)
+#pragma unroll
+				for (int e = 0; e < 4; e++)
+					D[m][nt][e] *= gn;
+#pragma unroll
+		for (int kk = 0; kk < GC / 16; kk++)
+#pragma unroll
+			for (int m = 0; m < SM; m++) {
+				uint32_t aq[4], aw[4];
+				ld_a_t<DK>(aq, s.Q[st], (warp * SM + m) * 16, kk * 16, lane);
+				ld_a_t<DK>(aw, s.W[st], (warp * SM + m) * 16, kk * 16, lane);
+#pragma unroll
+				for (int np = 0; np < BV / 16; np++) {
+					uint32_t bb[4];
+					ld_b_kn<BV>(bb, s.DOg, kk * 16, np * 16, lane);
+					mma16816(D[m][2 * np], aq, bb[0], bb[1]);
+					mma16816(D[m][2 * np + 1], aq, bb[2], bb[3]);
+					ld_b_kn<BV>(bb, s.DVn, kk * 16, np * 16, lane);
+					mma16816(D[m][2 * np], aw, bb[0], bb[1]);
+					mma16816(D[m][2 * np + 1], aw, bb[2], bb[3]);
+				}
+			}
+#pragma unroll
+		for (int m = 0; m < SM; m++) {
+			const int d = (warp * SM + m) * 16 + (lane >> 2);
+#pragma unroll
+			for (int nt = 0; nt < BV / 8; nt++) {
+				*(uint32_t *)(s.dH + swz<BV>(d, nt * 8 + col)) =
+					pack_bf16(D[m][nt][0], D[m][nt][1]);
+				*(uint32_t *)(s.dH + swz<BV>(d + 8, nt * 8 + col)) =
+					pack_bf16(D[m][nt][2], D[m][nt][3]);
+			}
+		}
+	}
+}
+
+template <int DK, int DV> struct tc_bgrad_smem {
+	bf16 Q[GC * DK], K[GC * DK], V[GC * DV], dO[GC * DV], Vp[GC * DV], dVp[GC * DV];
+	bf16 S[DK * DV], dH[DK * DV], T[GC * GC], M1[GC * GC], M2[GC * GC], dW[GC * DK];
+	float g[GC], b[GC], row[GC], colw[4][GC], red[4];
+};
+
+/* Zeroed accumulators. */
+template <int N> static __device__ __forceinline__ void acc_zero(float (&a)[N][4])
+{
+#pragma unroll
+	for (int i = 0; i < N; i++)
+		a[i][0] = a[i][1] = a[i][2] = a[i][3] = 0.0f;
+}
+
+/* acc (16 rows x 16*NP) += A (16 x 16*KT, rows r0 of a [m][k] tile of width
+ * WA) B (from a [n][k] tile of width WB, n tiles up to np_end). */
+template <int WA, int WB, int KT, int NP>
+static __device__ __forceinline__ void mm_ank(float (&acc)[2 * NP][4], const bf16 *A, const bf16 *Bm,
+					      int r0, int np_end, int lane)
+{
+#pragma unroll
+	for (int kk = 0; kk < KT; kk++) {
+		uint32_t a[4];
+		ld_a<WA>(a, A, r0, kk * 16, lane);
+#pragma unroll
+		for (int np = 0; np < NP; np++)
+			if (np <= np_end) {
+				uint32_t bb[4];
+				ld_b_nk<WB>(bb, Bm, np * 16, kk * 16, lane);
+				mma16816(acc[2 * np], a, bb[0], bb[1]);
+				mma16816(acc[2 * np + 1], a, bb[2], bb[3]);
+			}
+	}
+}
+
+/* acc (16 rows m0.. x 16*NP) += Aᵀ B: A a [k][m] tile of width WA (rows
+ * k), B a [k][n] tile of width WB, over the k tiles kk_lo .. 3 (a chunk). */
+template <int WA, int WB, int NP>
+static __device__ __forceinline__ void mm_tkn(float (&acc)[2 * NP][4], const bf16 *A, const bf16 *Bm,
+					      int m0, int kk_lo, int lane)
+{
+#pragma unroll
+	for (int kk = 0; kk < GC / 16; kk++)
+		if (kk >= kk_lo) {
+			uint32_t a[4];
+			ld_a_t<WA>(a, A, m0, kk * 16, lane);
+#pragma unroll
+			for (int np = 0; np < NP; np++) {
+				uint32_t bb[4];
+				ld_b_kn<WB>(bb, Bm, kk * 16, np * 16, lane);
+				mma16816(acc[2 * np], a, bb[0], bb[1]);
+				mma16816(acc[2 * np + 1], a, bb[2], bb[3]);
+			}
+		}
+}
+
+/* acc (16 x 16*NP) += P B, P a 16 x 64 register tile (k tiles up to
+ * kk_end), B a [k][n] tile of width WB. */
+template <int WB, int NP>
+static __device__ __forceinline__ void mm_rkn(float (&acc)[2 * NP][4], const float (&P)[GC / 8][4],
+					      const bf16 *Bm, int kk_end, int lane)
+{
+#pragma unroll
+	for (int kk = 0; kk < GC / 16; kk++)
+		if (kk <= kk_end) {
+			uint32_t a[4];
+			c_to_a(a, P[2 * kk], P[2 * kk + 1]);
+#pragma unroll
+			for (int np = 0; np < NP; np++) {
+				uint32_t bb[4];
+				ld_b_kn<WB>(bb, Bm, kk * 16, np * 16, lane);
+				mma16816(acc[2 * np], a, bb[0], bb[1]);
+				mma16816(acc[2 * np + 1], a, bb[2], bb[3]);
+			}
+		}
+}
+
+/* A 16 x 64 register tile as bf16 rows r0.. of a [GC][GC] tile. */
+static __device__ __forceinline__ void put64(bf16 *sm, const float (&P)[GC / 8][4], int r0, int lane)
+{
+	const int col = (lane & 3) << 1, r = r0 + (lane >> 2);
+#pragma unroll
+	for (int nt = 0; nt < GC / 8; nt++) {
+		*(uint32_t *)(sm + swz<GC>(r, nt * 8 + col)) = pack_bf16(P[nt][0], P[nt][1]);
+		*(uint32_t *)(sm + swz<GC>(r + 8, nt * 8 + col)) = pack_bf16(P[nt][2], P[nt][3]);
+	}
+}
+
+/* Sum over the thread's columns of x(row) . y where y is a bf16 tile of
+ * width W read at the accumulator positions: the two rows' partial dots. */
+template <int W>
+static __device__ __forceinline__ void dot_rows(float &lo, float &hi, const float (&x)[W / 8][4],
+						const bf16 *y, int r, int lane)
+{
+	const int col = (lane & 3) << 1;
+#pragma unroll
+	for (int nt = 0; nt < W / 8; nt++) {
+		__nv_bfloat162 a = *(const __nv_bfloat162 *)(y + swz<W>(r, nt * 8 + col));
+		__nv_bfloat162 c = *(const __nv_bfloat162 *)(y + swz<W>(r + 8, nt * 8 + col));
+		lo += x[nt][0] * __low2float(a) + x[nt][1] * __high2float(a);
+		hi += x[nt][2] * __low2float(c) + x[nt][3] * __high2float(c);
+	}
+}
+
+/* Adds a 16 x W register tile (rows i0.. of the chunk) into a gradient
+ * (B,Tn,H,W), rows below n only. */
+template <int W>
+static __device__ __forceinline__ void put_grad(gacc g, const float (&x)[W / 8][4], int64_t tok0,
+						int64_t H, int r, int n, int lane)
+{
+	if (!g.p)
+		return;
+	const int col = (lane & 3) << 1;
+#pragma unroll
+	for (int nt = 0; nt < W / 8; nt++)
+#pragma unroll
+		for (int e = 0; e < 4; e++) {
+			int i = r + (e >> 1) * 8;
+			if (i < n)
+				gadd(g, (tok0 + (int64_t)i * H) * W + nt * 8 + col + (e & 1), x[nt][e]);
+		}
+}
+
+/* grid (chunks, B*H), TC_THREADS: the token gradients of one chunk (the
+ * derivation's notation: Ō = scale dO, E_ij = exp(g_i - g_j), L the causal
+ * mask, K̃ = diag(exp(g_n - g)) K; warp w owns the rows 16w..):
+ *   dQ = diag(gamma) Ō Sᵀ + (dM ⊙ E) K,       dM = (Ō V'ᵀ) ⊙ L
+ *   dK = (dM ⊙ E)ᵀ Q + diag(e^{g_n-g}) V' dHᵀ + Yb K + Ybᵀ K + diag(beta
+ *        gamma) Tmᵀ dW,                       dW = -dV' Sᵀ, dU = dV'
+ *   dT = (dW Kᵀ diag(gamma) + dU Vᵀ) diag(beta), dA = -Tmᵀ dT Tmᵀ (strictly
+ *        lower), Y = dA ⊙ E, Yb = diag(beta) Y
+ *   dV = diag(beta) Tmᵀ dU
+ *   dbeta_i = sum_j Y_ij k_i.k_j + gamma_i k_i.(Tmᵀ dW)_i + v_i.(Tmᵀ dU)_i
+ *   dg_i = q_i.(gamma_i Ō_i Sᵀ) + sum_j X_ij - sum_j X_ji + sum_j Z_ij -
+ *        sum_j Z_ji - k_i.(K̃ grad)_i + beta_i gamma_i k_i.(Tmᵀ dW)_i (+ at
+ *        the last token: the K̃ sums and gamma_n S.dH), X = dM ⊙ E ⊙ Q Kᵀ,
+ *        Z = Yb ⊙ K Kᵀ; dloga is dg summed from the chunk's end. */
+template <int DK, int DV>
+__global__ void __launch_bounds__(TC_THREADS)
+gdn_tc_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict__ q,
+	     const bf16 *__restrict__ k, const bf16 *__restrict__ v, const bf16 *__restrict__ la,
+	     const bf16 *__restrict__ be, const float *__restrict__ Gg, const bf16 *__restrict__ Tg,
+	     const bf16 *__restrict__ Hs, const bf16 *__restrict__ dHs, const bf16 *__restrict__ Vg,
+	     const bf16 *__restrict__ dVg, int64_t Tn, int64_t H, int nch, float scale)
+{
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	tc_bgrad_smem<DK, DV> &s = *(tc_bgrad_smem<DK, DV> *)smem_raw;
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, ci = blockIdx.x;
+	const int64_t bh = blockIdx.y, b = bh / H, h = bh % H, t0 = (int64_t)ci * GC;
+	const int n = Tn - t0 < GC ? (int)(Tn - t0) : GC;
+	const int64_t tok0 = (b * Tn + t0) * H + h, crow = (bh * nch + ci) * GC;
+	const int col = (lane & 3) << 1, i0 = warp * 16, r0 = i0 + (lane >> 2);
+	load_tile<DK, GC>(s.Q, q + (b * Tn * H + h) * DK, H * DK, t0, Tn, tid);
+	load_tile<DK, GC>(s.K, k + (b * Tn * H + h) * DK, H * DK, t0, Tn, tid);
+	load_tile<DV, GC>(s.V, v + (b * Tn * H + h) * DV, H * DV, t0, Tn, tid);
+	load_tile<DV, GC>(s.dO, dout + (b * Tn * H + h) * DV, H * DV, t0, Tn, tid);
+	load_tile<DV, GC>(s.Vp, Vg + crow * DV, DV, 0, GC, tid);
+	load_tile<DV, GC>(s.dVp, dVg + crow * DV, DV, 0, GC, tid);
+	load_tile<DV, DK>(s.S, Hs + (bh * nch + ci) * DK * DV, DV, 0, DK, tid);
+	load_tile<DV, DK>(s.dH, dHs + (bh * nch + ci) * DK * DV, DV, 0, DK, tid);
+	load_tile<GC, GC>(s.T, Tg + crow * GC, GC, 0, GC, tid);
+	cp_commit();
+	if (tid < GC) {
+		s.g[tid] = Gg[crow + tid];
+		s.b[tid] = tid < n ? tof(be[tok0 + (int64_t)tid * H]) : 0.0f;
+	}
+	cp_wait_all();
+	__syncthreads();
+	const float gl = s.g[GC - 1], g_lo = s.g[r0], g_hi = s.g[r0 + 8];
+	float rg_lo = 0, rg_hi = 0, rb_lo = 0, rb_hi = 0, dgn = 0;
+	float colp[GC / 8][2];
+#pragma unroll
+	for (int nt = 0; nt < GC / 8; nt++)
+		colp[nt][0] = colp[nt][1] = 0.0f;
+	/* dQ; X; dM ⊙ E into M1 */
+	{
+		float dq[DK / 8][4], dm[GC / 8][4], qk[GC / 8][4];
+		acc_zero(dq);
+		acc_zero(dm);
+		acc_zero(qk);
+		mm_ank<DV, DV, DV / 16, DK / 16>(dq, s.dO, s.S, i0, DK / 16, lane);
+		const float sg_lo = scale * expf(g_lo), sg_hi = scale * expf(g_hi);
+#pragma unroll
+		for (int nt = 0; nt < DK / 8; nt++) {
+			dq[nt][0] *= sg_lo;
+			dq[nt][1] *= sg_lo;
+			dq[nt][2] *= sg_hi;
+			dq[nt][3] *= sg_hi;
+		}
+		dot_rows<DK>(rg_lo, rg_hi, dq, s.Q, r0, lane);
+		mm_ank<DV, DV, DV / 16, GC / 16>(dm, s.dO, s.Vp, i0, warp, lane);
+		mm_ank<DK, DK, DK / 16, GC / 16>(qk, s.Q, s.K, i0, warp, lane);
+#pragma unroll
+		for (int nt = 0; nt < GC / 8; nt++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				int i = r0 + (e >> 1) * 8, j = nt * 8 + col + (e & 1);
+				float x = j <= i ? scale * expf(s.g[i] - s.g[j]) * dm[nt][e] : 0.0f;
+				dm[nt][e] = x;
+				float X = x * qk[nt][e];
+				if (e < 2)
+					rg_lo += X;
+				else
+					rg_hi += X;
+				colp[nt][e & 1] += X;
+			}
+		mm_rkn<DK, DK / 16>(dq, dm, s.K, warp, lane);
+		put_grad<DK>(gr.q, dq, tok0, H, r0, n, lane);
+		put64(s.M1, dm, i0, lane);
+	}
+	__syncthreads();
+	float dk[DK / 8][4];
+	acc_zero(dk);
+	/* dK from M and from K̃; dW into dW; dT into M2 */
+	{
+		float t[DK / 8][4];
+		mm_tkn<GC, DK, DK / 16>(dk, s.M1, s.Q, i0, warp, lane);
+		acc_zero(t);
+		mm_ank<DV, DV, DV / 16, DK / 16>(t, s.Vp, s.dH, i0, DK / 16, lane);
+		const float e_lo = expf(gl - g_lo), e_hi = expf(gl - g_hi);
+		float x_lo = 0, x_hi = 0;
+		dot_rows<DK>(x_lo, x_hi, t, s.K, r0, lane);
+		rg_lo -= e_lo * x_lo;
+		rg_hi -= e_hi * x_hi;
+		dgn += e_lo * x_lo + e_hi * x_hi;
+#pragma unroll
+		for (int nt = 0; nt < DK / 8; nt++) {
+			dk[nt][0] += e_lo * t[nt][0];
+			dk[nt][1] += e_lo * t[nt][1];
+			dk[nt][2] += e_hi * t[nt][2];
+			dk[nt][3] += e_hi * t[nt][3];
+		}
+		acc_zero(t);
+		mm_ank<DV, DV, DV / 16, DK / 16>(t, s.dVp, s.S, i0, DK / 16, lane);
+		float dt[GC / 8][4];
+		acc_zero(dt);
+#pragma unroll
+		for (int nt = 0; nt < DK / 8; nt++) {
+			t[nt][0] = -t[nt][0];
+			t[nt][1] = -t[nt][1];
+			t[nt][2] = -t[nt][2];
+			t[nt][3] = -t[nt][3];
+			*(uint32_t *)(s.dW + swz<DK>(r0, nt * 8 + col)) = pack_bf16(t[nt][0], t[nt][1]);
+			*(uint32_t *)(s.dW + swz<DK>(r0 + 8, nt * 8 + col)) =
+				pack_bf16(t[nt][2], t[nt][3]);
+		}
+		/* dT = (dW Kᵀ diag(gamma) + dU Vᵀ) diag(beta), the key tiles up to
+		 * the diagonal (the rest never reaches dA) */
+#pragma unroll
+		for (int kk = 0; kk < DK / 16; kk++) {
+			uint32_t a[4];
+			c_to_a(a, t[2 * kk], t[2 * kk + 1]);
+#pragma unroll
+			for (int np = 0; np < GC / 16; np++)
+				if (np <= warp) {
+					uint32_t bb[4];
+					ld_b_nk<DK>(bb, s.K, np * 16, kk * 16, lane);
+					mma16816(dt[2 * np], a, bb[0], bb[1]);
+					mma16816(dt[2 * np + 1], a, bb[2], bb[3]);
+				}
+		}
+#pragma unroll
+		for (int nt = 0; nt < GC / 8; nt++)
+#pragma unroll
+			for (int e = 0; e < 4; e++)
+				dt[nt][e] *= expf(s.g[nt * 8 + col + (e & 1)]);
+		mm_ank<DV, DV, DV / 16, GC / 16>(dt, s.dVp, s.V, i0, warp, lane);
+#pragma unroll
+		for (int nt = 0; nt < GC / 8; nt++)
+#pragma unroll
+			for (int e = 0; e < 4; e++)
+				dt[nt][e] *= s.b[nt * 8 + col + (e & 1)];
+		put64(s.M2, dt, i0, lane);
+		/* gamma_n sum S ⊙ dH */
+		float sd = 0;
+		for (int e = tid; e < DK * DV; e += TC_THREADS)
+			sd += __bfloat162float(s.S[e]) * __bfloat162float(s.dH[e]);
+		dgn += expf(gl) * sd;
+	}
+	__syncthreads();
+	/* dA = -Tmᵀ dT Tmᵀ, Y, Yb (into M1), Z, dK += Yb K */
+	{
+		float R[GC / 8][4], da[GC / 8][4];
+		acc_zero(R);
+		acc_zero(da);
+#pragma unroll
+		for (int kk = 0; kk < GC / 16; kk++)
+			if (kk >= warp) {
+				uint32_t a[4];
+				ld_a_t<GC>(a, s.T, i0, kk * 16, lane);
+#pragma unroll
+				for (int np = 0; np < GC / 16; np++)
+					if (np <= warp) {
+						uint32_t bb[4];
+						ld_b_kn<GC>(bb, s.M2, kk * 16, np * 16, lane);
+						mma16816(R[2 * np], a, bb[0], bb[1]);
+						mma16816(R[2 * np + 1], a, bb[2], bb[3]);
+					}
+			}
+#pragma unroll
+		for (int kk = 0; kk < GC / 16; kk++)
+			if (kk <= warp) {
+				uint32_t a[4];
+				c_to_a(a, R[2 * kk], R[2 * kk + 1]);
+#pragma unroll
+				for (int np = 0; np < GC / 16; np++)
+					if (np <= warp) {
+						uint32_t bb[4];
+						ld_b_nk<GC>(bb, s.T, np * 16, kk * 16, lane);
+						mma16816(da[2 * np], a, bb[0], bb[1]);
+						mma16816(da[2 * np + 1], a, bb[2], bb[3]);
+					}
+			}
+		acc_zero(R); /* now K Kᵀ */
+		mm_ank<DK, DK, DK / 16, GC / 16>(R, s.K, s.K, i0, warp, lane);
+#pragma unroll
+		for (int nt = 0; nt < GC / 8; nt++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				int i = r0 + (e >> 1) * 8, j = nt * 8 + col + (e & 1);
+				float y = j < i ? -expf(s.g[i] - s.g[j]) * da[nt][e] : 0.0f;
+				float yk = y * R[nt][e], yb = s.b[i] * y;
+				if (e < 2) {
+					rb_lo += yk;
+					rg_lo += s.b[i] * yk;
+				} else {
+					rb_hi += yk;
+					rg_hi += s.b[i] * yk;
+				}
+				colp[nt][e & 1] += s.b[i] * yk;
+				da[nt][e] = yb;
+			}
+		mm_rkn<DK, DK / 16>(dk, da, s.K, warp, lane);
+		put64(s.M1, da, i0, lane);
+	}
+	__syncthreads();
+	/* dK += Ybᵀ K + diag(beta gamma) Tmᵀ dW; dV = diag(beta) Tmᵀ dU */
+	mm_tkn<GC, DK, DK / 16>(dk, s.M1, s.K, i0, warp, lane);
+	{
+		float t[DK / 8][4];
+		acc_zero(t);
+		mm_tkn<GC, DK, DK / 16>(t, s.T, s.dW, i0, warp, lane);
+		float x_lo = 0, x_hi = 0;
+		dot_rows<DK>(x_lo, x_hi, t, s.K, r0, lane);
+		const float bg_lo = s.b[r0] * expf(g_lo), bg_hi = s.b[r0 + 8] * expf(g_hi);
+		rb_lo += expf(g_lo) * x_lo;
+		rb_hi += expf(g_hi) * x_hi;
+		rg_lo += bg_lo * x_lo;
+		rg_hi += bg_hi * x_hi;
+#pragma unroll
+		for (int nt = 0; nt < DK / 8; nt++) {
+			dk[nt][0] += bg_lo * t[nt][0];
+			dk[nt][1] += bg_lo * t[nt][1];
+			dk[nt][2] += bg_hi * t[nt][2];
+			dk[nt][3] += bg_hi * t[nt][3];
+		}
+		put_grad<DK>(gr.k, dk, tok0, H, r0, n, lane);
+	}
+	{
+		float t[DV / 8][4];
+		acc_zero(t);
+		mm_tkn<GC, DV, DV / 16>(t, s.T, s.dVp, i0, warp, lane);
+		dot_rows<DV>(rb_lo, rb_hi, t, s.V, r0, lane);
+		const float b_lo = s.b[r0], b_hi = s.b[r0 + 8];
+#pragma unroll
+		for (int nt = 0; nt < DV / 8; nt++) {
+			t[nt][0] *= b_lo;
+			t[nt][1] *= b_lo;
+			t[nt][2] *= b_hi;
+			t[nt][3] *= b_hi;
+		}
+		put_grad<DV>(gr.v, t, tok0, H, r0, n, lane);
+	}
+	/* the sums: rows over the quad, columns over the lanes of a column and
+	 * the warps, dgn over the block */
+#pragma unroll
+	for (int o = 1; o <= 2; o <<= 1) {
+		rg_lo += __shfl_xor_sync(0xffffffffu, rg_lo, o);
+		rg_hi += __shfl_xor_sync(0xffffffffu, rg_hi, o);
+		rb_lo += __shfl_xor_sync(0xffffffffu, rb_lo, o);
+		rb_hi += __shfl_xor_sync(0xffffffffu, rb_hi, o);
+	}
+#pragma unroll
+	for (int nt = 0; nt < GC / 8; nt++)
+#pragma unroll
+		for (int e = 0; e < 2; e++) {
+			float x = colp[nt][e];
+			x += __shfl_xor_sync(0xffffffffu, x, 4);
+			x += __shfl_xor_sync(0xffffffffu, x, 8);
+			x += __shfl_xor_sync(0xffffffffu, x, 16);
+			if (lane < 4)
+				s.colw[warp][nt * 8 + col + e] = x;
+		}
+	dgn = warp_sum(dgn);
+	if (lane == 0)
+		s.red[warp] = dgn;
+	if ((lane & 3) == 0) {
+		s.row[r0] = rg_lo;
+		s.row[r0 + 8] = rg_hi;
+		if (gr.be.p) {
+			if (r0 < n)
+				gadd(gr.be, tok0 + (int64_t)r0 * H, rb_lo);
+			if (r0 + 8 < n)
+				gadd(gr.be, tok0 + (int64_t)(r0 + 8) * H, rb_hi);
+		}
+	}
+	__syncthreads();
+	if (tid < GC) {
+		float x = s.row[tid] - s.colw[0][tid] - s.colw[1][tid] - s.colw[2][tid] - s.colw[3][tid];
+		if (tid == n - 1)
+			x += s.red[0] + s.red[1] + s.red[2] + s.red[3];
+		s.g[tid] = x;
+	}
+	__syncthreads();
+	if (tid == 0 && gr.la.p && la) {
+		float acc = 0;
+		for (int i = n - 1; i >= 0; i--) {
+			acc += s.g[i];
+			gadd(gr.la, tok0 + (int64_t)i * H, acc);
+		}
+	}
+}
+
+template <int DK, int DV, int BV>
+static int tc_bwd_walks(lmk_cuda_backend *b, bf16 *Hs, bf16 *Vg, bf16 *dHs, bf16 *dVg,
+			const bf16 *dout, const bf16 *q, const bf16 *k, const bf16 *W, const bf16 *U,
+			const float *G, int64_t B, int64_t Tn, int64_t H, int nch, float scale)
+{
+	size_t sw = sizeof(tc_walk_smem<DK, BV>), sb = sizeof(tc_bwalk_smem<DK, BV>);
+	LMK_CK(cudaFuncSetAttribute(gdn_tc_walk<DK, DV, BV, true>,
+				    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sw));
+	LMK_CK(cudaFuncSetAttribute(gdn_tc_bwalk<DK, DV, BV>,
+				    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb));
+	dim3 grid((unsigned)(B * H), DV / BV);
+	gdn_tc_walk<DK, DV, BV, true><<<grid, TC_THREADS, sw, b->stream>>>(
+		(bf16 *)NULL, q, k, W, U, G, Hs, Vg, Tn, H, nch, scale);
+	LMK_CK_LAUNCH();
+	gdn_tc_bwalk<DK, DV, BV><<<grid, TC_THREADS, sb, b->stream>>>(dHs, dVg, dout, q, k, W, G, Tn,
+								      H, nch, scale);
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+/* The tensor-core backward (see above). Scratch a head: nch*GC (DK + 3 DV
+ * + GC) bf16, nch*GC floats, 2 nch DK DV bf16. */
+template <int DK, int DV>
+static int tc_bwd_launch(lmk_cuda_backend *b, gdn_grads gr, const bf16 *dout, const bf16 *q,
+			 const bf16 *k, const bf16 *v, const bf16 *la, const bf16 *be, int64_t B,
+			 int64_t Tn, int64_t H, float scale)
+{
+	const int nch = (int)((Tn + GC - 1) / GC);
+	const int64_t rows = B * H * nch * GC;
+	size_t sz[9] = {(size_t)rows * DK, (size_t)rows * DV, (size_t)rows * 2, (size_t)rows * GC,
+			(size_t)B * H * nch * DK * DV, (size_t)B * H * nch * DK * DV,
+			(size_t)rows * DV, (size_t)rows * DV, 0};
+	size_t off[9] = {0}; /* bf16 elements; G takes 2 per float */
+	for (int i = 0; i < 8; i++)
+		off[i + 1] = off[i] + (sz[i] + 127) / 128 * 128;
+	bf16 *scr = (bf16 *)lmk_cuda_scratch(b, off[8] * sizeof(bf16));
+	if (!scr)
+		return lmk_errcode();
+	bf16 *W = scr + off[0], *U = scr + off[1], *Tg = scr + off[3], *Hs = scr + off[4];
+	bf16 *dHs = scr + off[5], *Vg = scr + off[6], *dVg = scr + off[7];
+	float *G = (float *)(scr + off[2]);
+	size_t sp = sizeof(tc_prep_smem<DK, DV>), sg = sizeof(tc_bgrad_smem<DK, DV>);
+	LMK_CK(cudaFuncSetAttribute(gdn_tc_prep<DK, DV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+				    (int)sp));
+	LMK_CK(cudaFuncSetAttribute(gdn_tc_bgrad<DK, DV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+				    (int)sg));
+	dim3 gc((unsigned)nch, (unsigned)(B * H));
+	gdn_tc_prep<DK, DV><<<gc, TC_THREADS, sp, b->stream>>>(W, U, G, Tg, k, v, la, be, Tn, H, nch);
+	LMK_CK_LAUNCH();
+	int rc = B * H * (DV / 64) >= 264
+			 ? tc_bwd_walks<DK, DV, 64>(b, Hs, Vg, dHs, dVg, dout, q, k, W, U, G, B, Tn, H,
+						    nch, scale)
+		 : B * H * (DV / 32) >= 264
+			 ? tc_bwd_walks<DK, DV, 32>(b, Hs, Vg, dHs, dVg, dout, q, k, W, U, G, B, Tn, H,
+						    nch, scale)
+			 : tc_bwd_walks<DK, DV, 16>(b, Hs, Vg, dHs, dVg, dout, q, k, W, U, G, B, Tn, H,
+						    nch, scale);
+	if (rc < 0)
+		return rc;
+	gdn_tc_bgrad<DK, DV><<<gc, TC_THREADS, sg, b->stream>>>(gr, dout, q, k, v, la, be, G, Tg, Hs,
+								 dHs, Vg, dVg, Tn, H, nch, scale);
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+/* Whether the tensor-core backward takes a call, and runs it. @return : 1
+ * when it did not, else 0 or < 0 */
+static int tc_backward(lmk_cuda_backend *b, lmk_dtype dt, gdn_grads gr, const void *dout,
+		       const void *q, const void *k, const void *v, const void *la, const void *be,
+		       const void *lam, int64_t B, int64_t Tn, int64_t H, int64_t Dk, int64_t Dv,
+		       float scale)
+{
+	if (dt != LMK_BF16 || lam || (Dk != 64 && Dk != 128) || (Dv != 64 && Dv != 128))
+		return 1;
+	const bf16 *DO = (const bf16 *)dout, *Q = (const bf16 *)q, *K = (const bf16 *)k;
+	const bf16 *V = (const bf16 *)v, *LA = (const bf16 *)la, *BE = (const bf16 *)be;
+	if (Dk == 64 && Dv == 64)
+		return tc_bwd_launch<64, 64>(b, gr, DO, Q, K, V, LA, BE, B, Tn, H, scale);
+	if (Dk == 64)
+		return tc_bwd_launch<64, 128>(b, gr, DO, Q, K, V, LA, BE, B, Tn, H, scale);
+	if (Dv == 64)
+		return tc_bwd_launch<128, 64>(b, gr, DO, Q, K, V, LA, BE, B, Tn, H, scale);
+	return tc_bwd_launch<128, 128>(b, gr, DO, Q, K, V, LA, BE, B, Tn, H, scale);
+}
+
 /* The chunked launches. */
 template <class T>
 static int chunk_fwd_launch(lmk_cuda_backend *b, T *out, const T *q, const T *k, const T *v,
@@ -1314,12 +2624,17 @@ extern "C" int lmk_cuda_gdn_forward(void *be, lmk_dtype dt, void *out, const voi
 		return LMK_EUNSUP;
 	if (B * Tn * H == 0)
 		return 0;
-	if (algo != GDN_RECURRENT)
+	if (algo != GDN_RECURRENT) {
+		int rc = tc_forward(LMK_BE(be), dt, out, q, k, v, loga, beta, lam, B, Tn, H, Dk, Dv,
+				    scale);
+		if (rc <= 0)
+			return rc;
 		LMK_DT_SWITCH(dt, "gdn",
 			      return chunk_fwd_launch<T>(LMK_BE(be), (T *)out, (const T *)q,
 							 (const T *)k, (const T *)v, (const T *)loga,
 							 (const T *)beta, (const T *)lam, B, Tn, H, Dk,
 							 Dv, NL, scale));
+	}
 	int nlev = lam ? levels_of(Tn) : 1;
 	LMK_DT_SWITCH(dt, "gdn",
 		      return fwd_launch<T>(LMK_BE(be), (T *)out, (const T *)q, (const T *)k,
@@ -1347,12 +2662,17 @@ extern "C" int lmk_cuda_gdn_backward(void *be, lmk_dtype dt, lmk_gbuf dq, lmk_gb
 	lmk_cuda_backend *b = LMK_BE(be);
 	gdn_grads gr = {to_gacc(dq), to_gacc(dk), to_gacc(dv), to_gacc(dloga), to_gacc(dbeta),
 			to_gacc(dlam)};
-	if (algo != GDN_RECURRENT)
+	if (algo != GDN_RECURRENT) {
+		int rc = tc_backward(b, dt, gr, dout, q, k, v, loga, beta, lam, B, Tn, H, Dk, Dv,
+				     scale);
+		if (rc <= 0)
+			return rc;
 		LMK_DT_SWITCH(dt, "gdn",
 			      return chunk_bwd_launch<T>(b, gr, (const T *)dout, (const T *)q,
 							 (const T *)k, (const T *)v, (const T *)loga,
 							 (const T *)beta, (const T *)lam, B, Tn, H, Dk,
 							 Dv, NL, scale));
+	}
 	int nlev = lam ? levels_of(Tn) : 1, rpl = rows_per_lane(Dk), dkp = rpl * GDN_G;
 	int cpb = (int)((Dv + 3) / 4 * 4), bd = cpb * GDN_G, nwarp = bd / 32;
 	/* windows of ~sqrt(T) steps: checkpoints plus one window is the least

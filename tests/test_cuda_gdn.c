@@ -3,12 +3,12 @@
  * kernel of lib/gdn.c, the specification.
  *
  * For each shape of the table (T = 1, odd T, T around 64, a ragged last
- * chunk, odd head dims, 64 and 128, one realistic size; loga and lam given
- * or NULL) and each compute dtype (F32, BF16): random inputs (q, k unit
- * norm, loga in (-1.5,0), beta in (0.05,1.95), lam in (0,1.2); fresh each
- * run, the seed is printed, LMK_TEST_SEED repeats a run), the output and
- * the gradients of all six inputs, preloaded with random values so that a
- * backward that assigns instead of adding fails. The GPU context poisons
+ * chunk, odd head dims, 64 and 128, Dk != Dv, one realistic size; loga
+ * and lam given or NULL) and each compute dtype (F32, BF16): random inputs
+ * (q, k unit norm, loga in (-1.5,0), beta in (0.05,1.95), lam in
+ * (0,1.2); fresh each run, the seed is printed, LMK_TEST_SEED repeats a
+ * run), the output and the gradients of all six inputs, preloaded with
+ * random values so that a backward that assigns instead of adding fails. The GPU context poisons
  * every allocation (NaN), so an output element never written shows. In
  * BF16 the CPU gets the same bf16-rounded inputs.
  * Every case runs twice: the recurrent kernels (algo LMK_GDN_RECURRENT)
@@ -49,6 +49,11 @@ static const gshape shapes[] = {
 	{2, 130, 2, 64, 64, 1, 1},   {1, 257, 1, 128, 128, 0, 0},  {2, 33, 3, 5, 7, 1, 1},
 	{1, 100, 2, 33, 67, 1, 0},   {3, 77, 1, 100, 9, 1, 1},     {1, 1000, 2, 64, 64, 1, 1},
 	{1, 1025, 1, 128, 128, 1, 0}, {2, 2048, 4, 128, 128, 1, 0}, {1, 2048, 2, 128, 128, 1, 1},
+	/* the BF16 tensor-core kernels: T < 64, Dk != Dv, and enough heads for
+	 * their 32- and 64-column value blocks (16 otherwise) */
+	{3, 20, 2, 64, 64, 1, 0},    {1, 1, 1, 128, 64, 0, 0},     {2, 100, 3, 64, 128, 1, 0},
+	{1, 200, 2, 128, 64, 1, 0},  {8, 70, 36, 64, 64, 1, 0},    {4, 130, 34, 128, 128, 1, 0},
+	{4, 70, 36, 64, 64, 1, 0},
 };
 #define NSHAPES ((int)(sizeof shapes / sizeof shapes[0]))
 
