@@ -159,25 +159,34 @@ __global__ void __launch_bounds__(NT) cumsum_kernel(float *g /*(B,H,T)*/, const 
 	}
 }
 
-/* smem: W, K (C,D); L, M, T (C,C); beta (C) */
+/* smem: W, K (C,D+1); L, M, T (C,C); beta (C). The rows of W and K are
+ * padded by one float: the dot products of L and M read rows j = the
+ * thread's column, which at a stride of D floats would all fall in one bank.
+ * With kt16 (the mma forward), K~, U and Z also go out in bf16 (kt16, u16
+ * laid out as kt, z16 as z), the operands of its tiles. */
 template <class E>
-__global__ void __launch_bounds__(NT) prep_kernel(pws s, const E *k, const E *w, const E *beta)
+__global__ void __launch_bounds__(NT) prep_kernel(pws s, const E *k, const E *w, const E *beta,
+						  bf16 *kt16, bf16 *u16, bf16 *z16)
 {
 	extern __shared__ __align__(128) float sm[];
 	const int n = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
-	const int C = s.C, D = s.D, K = s.K, c = rows_of(s, n), j0 = n * C;
-	float *sW = sm, *sK = sW + C * D, *sL = sK + C * D, *sM = sL + C * C, *sT = sM + C * C;
+	const int C = s.C, D = s.D, K = s.K, c = rows_of(s, n), j0 = n * C, LD = D + 1;
+	float *sW = sm, *sK = sW + C * LD, *sL = sK + C * LD, *sM = sL + C * C, *sT = sM + C * C;
 	float *sb = sT + C * C;
-	load_rows(sW, w + row(s, b, j0, g, K), (int64_t)K * D, c, C, D);
-	load_rows(sK, k + row(s, b, j0, g, K), (int64_t)K * D, c, C, D);
+	for (int idx = threadIdx.x; idx < C * D; idx += blockDim.x) {
+		const int r = idx / D, d = idx % D;
+		const int64_t o = row(s, b, j0 + r, g, K) + d;
+		sW[r * LD + d] = r < c ? tof(w[o]) : 0.f;
+		sK[r * LD + d] = r < c ? tof(k[o]) : 0.f;
+	}
 	for (int r = threadIdx.x; r < C; r += blockDim.x)
 		sb[r] = r < c ? tof(beta[((int64_t)b * s.T + j0 + r) * K + g]) : 0.f;
 	__syncthreads();
 	for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x) {
 		const int r = idx / C, j = idx % C;
 		const bool lo = j < r && r < c;
-		sL[idx] = lo ? sb[r] * sdot(sW + r * D, sW + j * D, D) : 0.f;
-		sM[idx] = lo ? sb[r] * sdot(sW + r * D, sK + j * D, D) : 0.f;
+		sL[idx] = lo ? sb[r] * sdot(sW + r * LD, sW + j * LD, D) : 0.f;
+		sM[idx] = lo ? sb[r] * sdot(sW + r * LD, sK + j * LD, D) : 0.f;
 		sT[idx] = r == j && r < c ? 1.f : 0.f;
 	}
 	__syncthreads();
@@ -199,20 +208,27 @@ __global__ void __launch_bounds__(NT) prep_kernel(pws s, const E *k, const E *w,
 		const int r = idx / D, d = idx % D;
 		float a = 0.f;
 		for (int j = 0; j <= r; j++)
-			a += sT[r * C + j] * sb[j] * sW[j * D + d];
+			a += sT[r * C + j] * sb[j] * sW[j * LD + d];
 		U[idx] = a;
+		if (kt16)
+			u16[hrow(s, b, g, K, j0) + idx] = __float2bfloat16_rn(a);
 	}
 	/* Z = T M, into sL (L is no longer needed) */
 	smm<false, false>(sL, C, sT, C, sM, C, C, C, C, 1.f, 0.f);
 	__syncthreads();
-	for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x)
+	for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x) {
 		Z[idx] = sL[idx];
+		if (kt16)
+			z16[hblk(s, b, g, K, n) + idx] = __float2bfloat16_rn(sL[idx]);
+	}
 	for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
 		const int j = idx / D, d = idx % D;
 		float a = 0.f;
 		for (int r = 0; r < c; r++)
-			a += sL[r * C + j] * sW[r * D + d];
-		Kt[idx] = sK[j * D + d] - a;
+			a += sL[r * C + j] * sW[r * LD + d];
+		Kt[idx] = sK[j * LD + d] - a;
+		if (kt16)
+			kt16[hrow(s, b, g, K, j0) + idx] = __float2bfloat16_rn(sK[j * LD + d] - a);
 	}
 }
 
@@ -424,6 +440,470 @@ __global__ void __launch_bounds__(NT) flash_kernel(pws s, E *out, const E *v, co
 	for (int r = threadIdx.x; r < cm; r += blockDim.x)
 		s.lse[((int64_t)b * H + h) * s.T + i0 + r] = mx[r] + logf(l[r]);
 }
+
+#ifndef LMK_PATH_EMU
+/* ------------------------------------------------ mma forward (BF16) */
+
+/* The forward of BF16 contexts with C = 64 and D = 64 or 128 in one kernel,
+ * FlashAttention-2 style (attention.cu's fwd_mma: mma.sync m16n8k16,
+ * ldmatrix from swizzled bf16 tiles, cp.async double buffering, the
+ * accumulators of one product the A operand of the next). A thread block
+ * takes NB = 2 query blocks (128 rows), each warp 16 rows of one of them,
+ * and keeps per warp in registers its rows of Q~ (float32, the level of the
+ * walk), of O, and the running max and sum. It does intra_kernel's work
+ * first, each warp for its rows (X = tril(Q Wᵀ), Q~ = Q - X U, A = Q Kᵀ -
+ * X Z, written to qt and aloc for the backward), starts the online softmax
+ * with the diagonal block's logits, then walks the key blocks n below:
+ *   S = scale Q~ K~_nᵀ, O += P V_n,   Q~ -= (Q~ W_nᵀ) U_n  (n > 0),
+ * the four products on the tensor cores (bf16 operands, Q~ and X rounded
+ * as tmm rounds them, fp32 accumulation). K~, U and Z come in bf16 from
+ * prep_kernel (kt16, u16, z16). A warp whose block is at or below n idles
+ * through that step (only the upper block meets the lower one). */
+
+static constexpr unsigned FULL = 0xffffffffu;
+static constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
+
+static __device__ __forceinline__ uint32_t smem_u32(const void *p)
+{
+	return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+/* 16 bytes global -> shared, zero-filled when !valid (src must still be a
+ * mapped address). */
+static __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool valid)
+{
+	int n = valid ? 16 : 0;
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n)
+		     : "memory");
+}
+
+static __device__ __forceinline__ void cp_commit()
+{
+	asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+template <int N> static __device__ __forceinline__ void cp_wait()
+{
+	asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+static __device__ __forceinline__ void ldsm4(uint32_t (&r)[4], uint32_t addr)
+{
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(addr)
+		     : "memory");
+}
+
+static __device__ __forceinline__ void ldsm4t(uint32_t (&r)[4], uint32_t addr)
+{
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(addr)
+		     : "memory");
+}
+
+/* c (16x8 fp32) += a (16x16 bf16, row) b (16x8 bf16, col) */
+static __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+						uint32_t b1)
+{
+	asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+	    "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+	    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+	    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+static __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
+{
+	__nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+	return *(uint32_t *)&v;
+}
+
+/* The accumulators of two adjacent n8 tiles times f as the A operand of
+ * the next product (the m16n8 C layout and the m16k16 A layout agree
+ * thread for thread). */
+static __device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&c0)[4],
+					      const float (&c1)[4], float f = 1.f)
+{
+	a[0] = pack_bf16(f * c0[0], f * c0[1]);
+	a[1] = pack_bf16(f * c0[2], f * c0[3]);
+	a[2] = pack_bf16(f * c1[0], f * c1[1]);
+	a[3] = pack_bf16(f * c1[2], f * c1[3]);
+}
+
+/* Element offset of (row, col) in a tile of W-wide bf16 rows, col a
+ * multiple of 8: the 16-byte chunk index XORed with row % 8, so the 8 rows
+ * an ldmatrix reads land in 8 different bank groups. */
+template <int W> static __device__ __forceinline__ int swz(int row, int col)
+{
+	return row * W + ((((col >> 3) ^ (row & 7))) << 3);
+}
+
+/* Rows row0..row0+ROWS-1 of a bf16 matrix (row r at g + r ld) into a
+ * swizzled ROWS x W tile; rows at or past lim zero-filled. */
+template <int W, int ROWS, int NTH>
+static __device__ __forceinline__ void load_tile(bf16 *sm, const bf16 *g, int64_t ld, int row0,
+						 int lim, int tid)
+{
+	constexpr int CPR = W / 8, N = ROWS * CPR;
+#pragma unroll
+	for (int it = 0; it < (N + NTH - 1) / NTH; it++) {
+		const int c = tid + it * NTH;
+		if (N % NTH == 0 || c < N) {
+			const int r = c / CPR, ch = c % CPR, gr = row0 + r;
+			const bool ok = gr < lim;
+			cp_async16(smem_u32(sm + swz<W>(r, ch * 8)), g + (int64_t)(ok ? gr : 0) * ld + ch * 8,
+				   ok);
+		}
+	}
+}
+
+/* A operand (16 x 16 at r0, c0) from a swizzled tile. */
+template <int W>
+static __device__ __forceinline__ void ld_a(uint32_t (&a)[4], const bf16 *sm, int r0, int c0,
+					    int lane)
+{
+	ldsm4(a, smem_u32(sm + swz<W>(r0 + (lane & 15), c0 + ((lane >> 4) << 3))));
+}
+
+/* B operands of two n8 tiles for a k16 step, tile stored [n][k] (S = Q Kᵀ):
+ * b[0], b[1] for n0, b[2], b[3] for n0 + 8. */
+template <int W>
+static __device__ __forceinline__ void ld_b_nk(uint32_t (&b)[4], const bf16 *sm, int n0, int k0,
+					       int lane)
+{
+	ldsm4(b, smem_u32(sm + swz<W>(n0 + (lane & 7) + ((lane >> 4) << 3),
+				       k0 + (((lane >> 3) & 1) << 3))));
+}
+
+/* The same for a tile stored [k][n] (O = P V), transposed by ldmatrix. */
+template <int W>
+static __device__ __forceinline__ void ld_b_kn(uint32_t (&b)[4], const bf16 *sm, int k0, int n0,
+					       int lane)
+{
+	ldsm4t(b, smem_u32(sm + swz<W>(k0 + (lane & 7) + (((lane >> 3) & 1) << 3),
+					n0 + ((lane >> 4) << 3))));
+}
+
+/* acc (16 x 8 NN tiles) += A (16 x 16 KK, swizzled rows r0.. of sa, or
+ * given fragments) times a [n][k] tile (rows 0..8 NN of sb). */
+template <int W, int NN>
+static __device__ __forceinline__ void mm_nk(float (&acc)[NN][4], const uint32_t (&a)[4],
+					     const bf16 *sb, int k0, int lane)
+{
+#pragma unroll
+	for (int np = 0; np < NN / 2; np++) {
+		uint32_t bb[4];
+		ld_b_nk<W>(bb, sb, np * 16, k0, lane);
+		mma16816(acc[2 * np], a, bb[0], bb[1]);
+		mma16816(acc[2 * np + 1], a, bb[2], bb[3]);
+	}
+}
+
+template <int W, int NN>
+static __device__ __forceinline__ void mm_kn(float (&acc)[NN][4], const uint32_t (&a)[4],
+					     const bf16 *sb, int k0, int lane)
+{
+#pragma unroll
+	for (int np = 0; np < NN / 2; np++) {
+		uint32_t bb[4];
+		ld_b_kn<W>(bb, sb, k0, np * 16, lane);
+		mma16816(acc[2 * np], a, bb[0], bb[1]);
+		mma16816(acc[2 * np + 1], a, bb[2], bb[3]);
+	}
+}
+
+/* The online softmax of one key block: s (16 x 64, this thread's pieces)
+ * already in log2 units, m, l the running max and this thread's part of
+ * the running sum of rows lo and hi, o rescaled; s becomes P. */
+template <int D>
+static __device__ __forceinline__ void softmax_step(float (&s)[8][4], float (&o)[D / 8][4],
+						    float &m_lo, float &m_hi, float &l_lo, float &l_hi)
+{
+	float mx_lo = m_lo, mx_hi = m_hi;
+#pragma unroll
+	for (int n = 0; n < 8; n++) {
+		mx_lo = fmaxf(mx_lo, fmaxf(s[n][0], s[n][1]));
+		mx_hi = fmaxf(mx_hi, fmaxf(s[n][2], s[n][3]));
+	}
+	mx_lo = fmaxf(mx_lo, __shfl_xor_sync(FULL, mx_lo, 1));
+	mx_lo = fmaxf(mx_lo, __shfl_xor_sync(FULL, mx_lo, 2));
+	mx_hi = fmaxf(mx_hi, __shfl_xor_sync(FULL, mx_hi, 1));
+	mx_hi = fmaxf(mx_hi, __shfl_xor_sync(FULL, mx_hi, 2));
+	/* finite: every row meets its diagonal first */
+	const float c_lo = exp2f(m_lo - mx_lo), c_hi = exp2f(m_hi - mx_hi);
+	m_lo = mx_lo;
+	m_hi = mx_hi;
+	l_lo *= c_lo;
+	l_hi *= c_hi;
+#pragma unroll
+	for (int n = 0; n < D / 8; n++) {
+		o[n][0] *= c_lo;
+		o[n][1] *= c_lo;
+		o[n][2] *= c_hi;
+		o[n][3] *= c_hi;
+	}
+#pragma unroll
+	for (int n = 0; n < 8; n++) {
+		s[n][0] = exp2f(s[n][0] - mx_lo);
+		s[n][1] = exp2f(s[n][1] - mx_lo);
+		s[n][2] = exp2f(s[n][2] - mx_hi);
+		s[n][3] = exp2f(s[n][3] - mx_hi);
+		l_lo += s[n][0] + s[n][1];
+		l_hi += s[n][2] + s[n][3];
+	}
+}
+
+template <int D> struct PfCfg {
+	static constexpr int NB = 2, NW = 4 * NB, NTH = NW * 32, MINB = 1;
+	/* bf16 elements: 2 stages of K~ (or K), V, W, U (64 x D each), the
+	 * queries (NB 64 x D), the Z of each block (64 x 64) */
+	static constexpr int STAGE = 4 * 64 * D;
+	static constexpr size_t SMEM = (size_t)(2 * STAGE + NB * 64 * D + NB * 64 * 64) * 2;
+};
+
+template <int D>
+__global__ void __launch_bounds__(PfCfg<D>::NTH, PfCfg<D>::MINB)
+	fwd_mma(pws s, bf16 *__restrict__ out, const bf16 *__restrict__ q,
+		const bf16 *__restrict__ k, const bf16 *__restrict__ v, const bf16 *__restrict__ w,
+		const bf16 *__restrict__ kt16, const bf16 *__restrict__ u16,
+		const bf16 *__restrict__ z16, float scale)
+{
+	using Cfg = PfCfg<D>;
+	constexpr int NB = Cfg::NB, NTH = Cfg::NTH, ST = Cfg::STAGE, C = 64;
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	bf16 *sStage = (bf16 *)smem_raw;     /* stage x: sStage + x ST: K~, V, W, U */
+	bf16 *sQ = sStage + 2 * ST;          /* NB 64 x D */
+	bf16 *sZ = sQ + NB * C * D;          /* NB x 64 x 64 */
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const int T = s.T, H = s.H, K = s.K, N = s.N;
+	const int m0 = (gridDim.x - 1 - blockIdx.x) * NB, h = blockIdx.y, b = blockIdx.z;
+	const int g = h / (H / K);
+	const int mtop = min(m0 + NB, N) - 1; /* the highest block of the tile */
+	const int64_t ldq = (int64_t)H * D, ldk = (int64_t)K * D;
+	const bf16 *qb = q + (int64_t)b * T * ldq + (int64_t)h * D;
+	const bf16 *kb = k + (int64_t)b * T * ldk + (int64_t)g * D;
+	const bf16 *vb = v + (int64_t)b * T * ldk + (int64_t)g * D;
+	const bf16 *wb = w + (int64_t)b * T * ldk + (int64_t)g * D;
+	const bf16 *ktb = kt16 + ((int64_t)b * K + g) * T * D;
+	const bf16 *ub = u16 + ((int64_t)b * K + g) * T * D;
+	const float scale2 = scale * LOG2E;
+
+	/* the diagonal blocks' tiles: block m0 + x into stage x */
+	load_tile<D, NB * C, NTH>(sQ, qb, ldq, m0 * C, T, tid);
+	for (int x = 0; x < NB && m0 + x < N; x++) {
+		const int j0 = (m0 + x) * C;
+		bf16 *st = sStage + x * ST;
+		load_tile<D, C, NTH>(st, kb, ldk, j0, T, tid);
+		load_tile<D, C, NTH>(st + C * D, vb, ldk, j0, T, tid);
+		load_tile<D, C, NTH>(st + 2 * C * D, wb, ldk, j0, T, tid);
+		load_tile<D, C, NTH>(st + 3 * C * D, ub, D, j0, T, tid);
+		load_tile<64, C, NTH>(sZ + x * C * C, z16 + (((int64_t)b * K + g) * N + m0 + x) * C * C,
+				      C, 0, C, tid);
+	}
+	cp_commit();
+
+	const int mw = m0 + warp / 4;               /* this warp's block */
+	const bool live = mw < N;
+	const int cm = live ? min(C, T - mw * C) : 0;
+	const int il_lo = (warp % 4) * 16 + (lane >> 2), il_hi = il_lo + 8; /* rows in the block */
+	const int i_lo = mw * C + il_lo, i_hi = mw * C + il_hi;
+	const int c2 = (lane & 3) << 1; /* this thread's first column of an n8 tile */
+	const float *G = s.g ? s.g + ((int64_t)b * H + h) * T : nullptr;
+	const float g_lo = G && il_lo < cm ? G[i_lo] : 0.f, g_hi = G && il_hi < cm ? G[i_hi] : 0.f;
+
+	float qt[D / 8][4], o[D / 8][4];
+	float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
+	cp_wait<0>();
+	__syncthreads();
+	if (live) {
+		const bf16 *tK = sStage + (warp / 4) * ST, *tV = tK + C * D, *tW = tV + C * D;
+		const bf16 *tU = tW + C * D, *tZ = sZ + (warp / 4) * C * C;
+		float x[8][4], a[8][4];
+#pragma unroll
+		for (int n = 0; n < 8; n++)
+#pragma unroll
+			for (int e = 0; e < 4; e++)
+				x[n][e] = a[n][e] = 0.f;
+#pragma unroll
+		for (int kk = 0; kk < D / 16; kk++) {
+			uint32_t af[4];
+			ld_a<D>(af, sQ, warp * 16, kk * 16, lane);
+			mm_nk<D, 8>(x, af, tW, kk * 16, lane);
+			mm_nk<D, 8>(a, af, tK, kk * 16, lane);
+		}
+		/* X = tril(Q Wᵀ), the diagonal kept */
+#pragma unroll
+		for (int n = 0; n < 8; n++)
+#pragma unroll
+			for (int e = 0; e < 4; e++)
+				if (n * 8 + c2 + (e & 1) > (e < 2 ? il_lo : il_hi))
+					x[n][e] = 0.f;
+		uint32_t xa[4][4]; /* -X as A operands */
+#pragma unroll
+		for (int kk = 0; kk < 4; kk++)
+			c_to_a(xa[kk], x[2 * kk], x[2 * kk + 1], -1.f);
+		/* A = Q Kᵀ - X Z, Q~ = Q - X U */
+#pragma unroll
+		for (int kk = 0; kk < 4; kk++)
+			mm_kn<64, 8>(a, xa[kk], tZ, kk * 16, lane);
+		const int tr = warp * 16 + (lane >> 2);
+#pragma unroll
+		for (int n = 0; n < D / 8; n++) {
+			const __nv_bfloat162 lo = *(const __nv_bfloat162 *)(sQ + swz<D>(tr, n * 8) + c2);
+			const __nv_bfloat162 hi = *(const __nv_bfloat162 *)(sQ + swz<D>(tr + 8, n * 8) + c2);
+			qt[n][0] = __low2float(lo);
+			qt[n][1] = __high2float(lo);
+			qt[n][2] = __low2float(hi);
+			qt[n][3] = __high2float(hi);
+		}
+#pragma unroll
+		for (int kk = 0; kk < 4; kk++)
+			mm_kn<D, D / 8>(qt, xa[kk], tU, kk * 16, lane);
+		/* for the backward: A (zero past the diagonal and the rows),
+		 * and Q~ */
+		float *A = s.aloc + hblk(s, b, h, H, mw);
+#pragma unroll
+		for (int n = 0; n < 8; n++) {
+			const int j = n * 8 + c2;
+			const bool ok_lo = il_lo < cm, ok_hi = il_hi < cm;
+			*(float2 *)(A + il_lo * C + j) = make_float2(ok_lo && j <= il_lo ? a[n][0] : 0.f,
+								     ok_lo && j + 1 <= il_lo ? a[n][1] : 0.f);
+			*(float2 *)(A + il_hi * C + j) = make_float2(ok_hi && j <= il_hi ? a[n][2] : 0.f,
+								     ok_hi && j + 1 <= il_hi ? a[n][3] : 0.f);
+		}
+		float *Qt = s.qt + hrow(s, b, h, H, mw * C);
+#pragma unroll
+		for (int n = 0; n < D / 8; n++) {
+			if (il_lo < cm)
+				*(float2 *)(Qt + il_lo * D + n * 8 + c2) = make_float2(qt[n][0], qt[n][1]);
+			if (il_hi < cm)
+				*(float2 *)(Qt + il_hi * D + n * 8 + c2) = make_float2(qt[n][2], qt[n][3]);
+		}
+		/* the diagonal block's logits start the softmax; rows past cm
+		 * (zero queries) see finite logits, never stored */
+#pragma unroll
+		for (int n = 0; n < 8; n++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				const int j = n * 8 + c2 + (e & 1), il = e < 2 ? il_lo : il_hi;
+				float sv = a[n][e] * scale2;
+				if (G && j < cm)
+					sv += ((e < 2 ? g_lo : g_hi) - G[mw * C + j]) * LOG2E;
+				a[n][e] = j <= il && j < cm ? sv : -INFINITY;
+			}
+#pragma unroll
+		for (int n = 0; n < D / 8; n++)
+			o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+		softmax_step<D>(a, o, m_lo, m_hi, l_lo, l_hi);
+#pragma unroll
+		for (int kk = 0; kk < 4; kk++) {
+			uint32_t pa[4];
+			c_to_a(pa, a[2 * kk], a[2 * kk + 1]);
+			mm_kn<D, D / 8>(o, pa, tV, kk * 16, lane);
+		}
+	}
+	__syncthreads(); /* the stages are the walk's now */
+
+	/* the walk: key blocks mtop - 1 down to 0 */
+	if (mtop > 0) {
+		const int j0 = (mtop - 1) * C;
+		load_tile<D, C, NTH>(sStage, ktb, D, j0, T, tid);
+		load_tile<D, C, NTH>(sStage + C * D, vb, ldk, j0, T, tid);
+		load_tile<D, C, NTH>(sStage + 2 * C * D, wb, ldk, j0, T, tid);
+		load_tile<D, C, NTH>(sStage + 3 * C * D, ub, D, j0, T, tid);
+	}
+	cp_commit();
+	for (int n = mtop - 1, it = 0; n >= 0; n--, it++) {
+		if (n > 0) {
+			const int j0 = (n - 1) * C;
+			bf16 *st = sStage + ((it + 1) & 1) * ST;
+			load_tile<D, C, NTH>(st, ktb, D, j0, T, tid);
+			load_tile<D, C, NTH>(st + C * D, vb, ldk, j0, T, tid);
+			load_tile<D, C, NTH>(st + 2 * C * D, wb, ldk, j0, T, tid);
+			load_tile<D, C, NTH>(st + 3 * C * D, ub, D, j0, T, tid);
+		}
+		cp_commit();
+		cp_wait<1>();
+		__syncthreads();
+		if (live && n < mw) {
+			const bf16 *cK = sStage + (it & 1) * ST, *cV = cK + C * D, *cW = cV + C * D;
+			const bf16 *cU = cW + C * D;
+			float sc[8][4];
+#pragma unroll
+			for (int nn = 0; nn < 8; nn++)
+				sc[nn][0] = sc[nn][1] = sc[nn][2] = sc[nn][3] = 0.f;
+#pragma unroll
+			for (int kk = 0; kk < D / 16; kk++) {
+				uint32_t af[4];
+				c_to_a(af, qt[2 * kk], qt[2 * kk + 1]);
+				mm_nk<D, 8>(sc, af, cK, kk * 16, lane);
+			}
+#pragma unroll
+			for (int nn = 0; nn < 8; nn++) {
+				const int j = n * C + nn * 8 + c2;
+				const float gj0 = G ? G[j] : 0.f, gj1 = G ? G[j + 1] : 0.f;
+				sc[nn][0] = sc[nn][0] * scale2 + (g_lo - gj0) * LOG2E;
+				sc[nn][1] = sc[nn][1] * scale2 + (g_lo - gj1) * LOG2E;
+				sc[nn][2] = sc[nn][2] * scale2 + (g_hi - gj0) * LOG2E;
+				sc[nn][3] = sc[nn][3] * scale2 + (g_hi - gj1) * LOG2E;
+			}
+			softmax_step<D>(sc, o, m_lo, m_hi, l_lo, l_hi);
+#pragma unroll
+			for (int kk = 0; kk < 4; kk++) {
+				uint32_t pa[4];
+				c_to_a(pa, sc[2 * kk], sc[2 * kk + 1]);
+				mm_kn<D, D / 8>(o, pa, cV, kk * 16, lane);
+			}
+			if (n > 0) {
+				/* Q~ -= (Q~ W_nᵀ) U_n */
+				float x[8][4];
+#pragma unroll
+				for (int nn = 0; nn < 8; nn++)
+					x[nn][0] = x[nn][1] = x[nn][2] = x[nn][3] = 0.f;
+#pragma unroll
+				for (int kk = 0; kk < D / 16; kk++) {
+					uint32_t af[4];
+					c_to_a(af, qt[2 * kk], qt[2 * kk + 1]);
+					mm_nk<D, 8>(x, af, cW, kk * 16, lane);
+				}
+#pragma unroll
+				for (int kk = 0; kk < 4; kk++) {
+					uint32_t xa[4];
+					c_to_a(xa, x[2 * kk], x[2 * kk + 1], -1.f);
+					mm_kn<D, D / 8>(qt, xa, cU, kk * 16, lane);
+				}
+			}
+		}
+		__syncthreads(); /* the next loads overwrite this stage */
+	}
+	cp_wait<0>();
+	if (!live)
+		return;
+	l_lo += __shfl_xor_sync(FULL, l_lo, 1);
+	l_lo += __shfl_xor_sync(FULL, l_lo, 2);
+	l_hi += __shfl_xor_sync(FULL, l_hi, 1);
+	l_hi += __shfl_xor_sync(FULL, l_hi, 2);
+	const float inv_lo = 1.f / l_lo, inv_hi = 1.f / l_hi;
+	bf16 *ob = out + (int64_t)b * T * ldq + (int64_t)h * D + c2;
+#pragma unroll
+	for (int n = 0; n < D / 8; n++) {
+		if (il_lo < cm)
+			*(__nv_bfloat162 *)(ob + i_lo * ldq + n * 8) =
+				__floats2bfloat162_rn(o[n][0] * inv_lo, o[n][1] * inv_lo);
+		if (il_hi < cm)
+			*(__nv_bfloat162 *)(ob + i_hi * ldq + n * 8) =
+				__floats2bfloat162_rn(o[n][2] * inv_hi, o[n][3] * inv_hi);
+	}
+	if ((lane & 3) == 0) {
+		float *L = s.lse + ((int64_t)b * H + h) * T;
+		if (il_lo < cm)
+			L[i_lo] = (m_lo + log2f(l_lo)) * LN2;
+		if (il_hi < cm)
+			L[i_hi] = (m_hi + log2f(l_hi)) * LN2;
+	}
+}
+#endif
 
 /* ------------------------------------------------------------ backward */
 
@@ -991,9 +1471,46 @@ template <typename F> static int set_smem(F kernel, size_t bytes)
 		LMK_CK_LAUNCH();                                    \
 	} while (0)
 
+/* The mma forward (fwd_mma) applies: BF16 with the tensor cores allowed,
+ * blocks of 64, D 64 or 128, 16-byte aligned rows. */
+static bool use_fwd_mma(const pws &p, bool tc, const void *out, const void *q, const void *k,
+			const void *v, const void *w)
+{
+	const void *ptr[5] = {out, q, k, v, w};
+	for (int i = 0; i < 5; i++)
+		if ((uintptr_t)ptr[i] & 15)
+			return false;
+	return tc && p.C == 64 && (p.D == 64 || p.D == 128);
+}
+
+template <int D>
+static int fwd_mma_launch(cudaStream_t st, void *be, pws p, void *out, const void *q, const void *k,
+			  const void *v, const void *w, const void *beta, float scale)
+{
+	const size_t C = p.C, f = sizeof(float);
+	/* K~, U (B,K,T,D) and Z (B,K,N,C,C) in bf16, for this call only */
+	const size_t nkt = (size_t)p.B * p.K * p.T * D, nz = (size_t)p.B * p.K * p.N * C * C;
+	bf16 *kt16 = (bf16 *)lmk_cuda_scratch(LMK_BE(be), (2 * nkt + nz) * sizeof(bf16));
+	if (!kt16)
+		return lmk_errcode();
+	bf16 *u16 = kt16 + nkt, *z16 = u16 + nkt;
+	LAUNCH(prep_kernel<bf16>, dim3(p.N, p.K, p.B), (2 * C * (D + 1) + 3 * C * C + C) * f, st, p,
+	       (const bf16 *)k, (const bf16 *)w, (const bf16 *)beta, kt16, u16, z16);
+	using Cfg = PfCfg<D>;
+	int rc = set_smem(fwd_mma<D>, Cfg::SMEM);
+	if (rc < 0)
+		return rc;
+	fwd_mma<D><<<dim3((p.N + Cfg::NB - 1) / Cfg::NB, p.H, p.B), Cfg::NTH, Cfg::SMEM, st>>>(
+		p, (bf16 *)out, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, (const bf16 *)w,
+		kt16, u16, z16, scale);
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
 template <class E>
-static int forward_t(cudaStream_t st, pws p, bool tc, void *out, const void *q, const void *k,
-		     const void *v, const void *w, const void *beta, const void *logf, float scale)
+static int forward_t(cudaStream_t st, void *be, pws p, bool tc, void *out, const void *q,
+		     const void *k, const void *v, const void *w, const void *beta, const void *logf,
+		     float scale)
 {
 	const size_t C = p.C, D = p.D, f = sizeof(float);
 	if (logf) {
@@ -1001,8 +1518,14 @@ static int forward_t(cudaStream_t st, pws p, bool tc, void *out, const void *q, 
 									p.T, p.H);
 		LMK_CK_LAUNCH();
 	}
-	LAUNCH(prep_kernel<E>, dim3(p.N, p.K, p.B), (2 * C * D + 3 * C * C + C) * f, st, p,
-	       (const E *)k, (const E *)w, (const E *)beta);
+	if constexpr (sizeof(E) == 2) {
+		if (use_fwd_mma(p, tc, out, q, k, v, w))
+			return p.D == 64 ? fwd_mma_launch<64>(st, be, p, out, q, k, v, w, beta, scale)
+					 : fwd_mma_launch<128>(st, be, p, out, q, k, v, w, beta, scale);
+	}
+	LAUNCH(prep_kernel<E>, dim3(p.N, p.K, p.B), (2 * C * (D + 1) + 3 * C * C + C) * f, st, p,
+	       (const E *)k, (const E *)w, (const E *)beta, (bf16 *)nullptr, (bf16 *)nullptr,
+	       (bf16 *)nullptr);
 	LAUNCH(intra_kernel<E>, dim3(p.N, p.H, p.B), (3 * C * D + C * C) * f, st, p, (const E *)q,
 	       (const E *)k, (const E *)w);
 	const size_t fb = ((3 * C * D + 2 * C * C + 3 * C + 31) & ~(size_t)31) * f;
@@ -1027,9 +1550,9 @@ extern "C" int lmk_cuda_path_forward(void *be, lmk_dtype dt, void *out, const vo
 	pws p = to_pws(ws);
 	/* the tensor cores take bf16 operands: BF16 contexts only */
 	if (dt == LMK_BF16)
-		return forward_t<bf16>(st, p, ws->tc && p.D % 16 == 0, out, q, k, v, w, beta, logf,
-				       scale);
-	return forward_t<float>(st, p, false, out, q, k, v, w, beta, logf, scale);
+		return forward_t<bf16>(st, be, p, ws->tc && p.D % 16 == 0, out, q, k, v, w, beta,
+				       logf, scale);
+	return forward_t<float>(st, be, p, false, out, q, k, v, w, beta, logf, scale);
 }
 
 template <class E>
