@@ -161,12 +161,9 @@ __global__ void __launch_bounds__(NT) cumsum_kernel(float *g /*(B,H,T)*/, const 
 
 /* smem: W, K (C,D+1); L, M, T (C,C); beta (C). The rows of W and K are
  * padded by one float: the dot products of L and M read rows j = the
- * thread's column, which at a stride of D floats would all fall in one bank.
- * With kt16 (the mma forward), K~, U and Z also go out in bf16 (kt16, u16
- * laid out as kt, z16 as z), the operands of its tiles. */
+ * thread's column, which at a stride of D floats would all fall in one bank. */
 template <class E>
-__global__ void __launch_bounds__(NT) prep_kernel(pws s, const E *k, const E *w, const E *beta,
-						  bf16 *kt16, bf16 *u16, bf16 *z16)
+__global__ void __launch_bounds__(NT) prep_kernel(pws s, const E *k, const E *w, const E *beta)
 {
 	extern __shared__ __align__(128) float sm[];
 	const int n = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
@@ -210,25 +207,18 @@ __global__ void __launch_bounds__(NT) prep_kernel(pws s, const E *k, const E *w,
 		for (int j = 0; j <= r; j++)
 			a += sT[r * C + j] * sb[j] * sW[j * LD + d];
 		U[idx] = a;
-		if (kt16)
-			u16[hrow(s, b, g, K, j0) + idx] = __float2bfloat16_rn(a);
 	}
 	/* Z = T M, into sL (L is no longer needed) */
 	smm<false, false>(sL, C, sT, C, sM, C, C, C, C, 1.f, 0.f);
 	__syncthreads();
-	for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x) {
+	for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x)
 		Z[idx] = sL[idx];
-		if (kt16)
-			z16[hblk(s, b, g, K, n) + idx] = __float2bfloat16_rn(sL[idx]);
-	}
 	for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
 		const int j = idx / D, d = idx % D;
 		float a = 0.f;
 		for (int r = 0; r < c; r++)
 			a += sL[r * C + j] * sW[r * LD + d];
 		Kt[idx] = sK[j * LD + d] - a;
-		if (kt16)
-			kt16[hrow(s, b, g, K, j0) + idx] = __float2bfloat16_rn(sK[j * LD + d] - a);
 	}
 }
 
@@ -652,6 +642,209 @@ static __device__ __forceinline__ void softmax_step(float (&s)[8][4], float (&o)
 		l_lo += s[n][0] + s[n][1];
 		l_hi += s[n][2] + s[n][3];
 	}
+}
+
+/* prep_kernel for fwd_mma (BF16, C = 64, D 64 or 128): the same outputs,
+ * plus K~, U, Z in bf16 (kt16, u16, z16), with the products on the tensor
+ * cores. 4 warps, warp w the rows 16w.. of every product. L = W Wᵀ and
+ * W Kᵀ take bf16 inputs, so their products are exact and only the float32
+ * sums differ from prep_kernel's; T = (I + L)⁻¹ is solved in float32 on
+ * the CUDA cores; the products with T, Z and W Kᵀ (float32 values) split
+ * each such operand x into bf16 parts hi + lo and sum hi y + lo y (and hi
+ * lo' for two split operands), which keeps about 16 bits of x. */
+static constexpr int PREP_NTH = 128, PLD = 72; /* float32 64 x 64 tiles, rows padded */
+
+static __device__ __forceinline__ void split2(uint32_t &hi, uint32_t &lo, float x, float y)
+{
+	const __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+	hi = *(const uint32_t *)&h;
+	lo = pack_bf16(x - __low2float(h), y - __high2float(h));
+}
+
+/* A fragment (16 x 16 at r0, k0) of a float32 matrix stored [m][k] (ld),
+ * or with TR stored [k][m], split. */
+template <bool TR>
+static __device__ __forceinline__ void frag_a32(uint32_t (&hi)[4], uint32_t (&lo)[4], const float *A,
+						int ld, int r0, int k0, int lane)
+{
+	const int r = r0 + (lane >> 2), c = k0 + ((lane & 3) << 1);
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		const int rr = r + (i & 1) * 8, cc = c + (i >> 1) * 8;
+		const float x = TR ? A[cc * ld + rr] : A[rr * ld + cc];
+		const float y = TR ? A[(cc + 1) * ld + rr] : A[rr * ld + cc + 1];
+		split2(hi[i], lo[i], x, y);
+	}
+}
+
+/* B fragment (k16 x n8 at k0, n0) of a float32 matrix stored [k][n], split. */
+static __device__ __forceinline__ void frag_b32(uint32_t (&hi)[2], uint32_t (&lo)[2], const float *B,
+						int ld, int k0, int n0, int lane)
+{
+	const int n = n0 + (lane >> 2), k = k0 + ((lane & 3) << 1);
+#pragma unroll
+	for (int i = 0; i < 2; i++)
+		split2(hi[i], lo[i], B[(k + 8 * i) * ld + n], B[(k + 8 * i + 1) * ld + n]);
+}
+
+/* smem: W, K (64 x D bf16, swizzled); L, S = strictlower(W Kᵀ), T (64 x
+ * PLD float32; Z later in L's place); beta (64). */
+template <int D>
+__global__ void __launch_bounds__(PREP_NTH) prep_mma(pws s, const bf16 *__restrict__ k,
+						     const bf16 *__restrict__ w,
+						     const bf16 *__restrict__ beta, bf16 *kt16,
+						     bf16 *u16, bf16 *z16)
+{
+	constexpr int C = 64;
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	bf16 *sW = (bf16 *)smem_raw, *sK = sW + C * D;
+	float *sL = (float *)(sK + C * D), *sS = sL + C * PLD, *sT = sS + C * PLD, *sb = sT + C * PLD;
+	const int n = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, K = s.K;
+	const int c = rows_of(s, n), j0 = n * C;
+	const int64_t ldk = (int64_t)K * D;
+	load_tile<D, C, PREP_NTH>(sW, w + row(s, b, j0, g, K), ldk, 0, c, tid);
+	load_tile<D, C, PREP_NTH>(sK, k + row(s, b, j0, g, K), ldk, 0, c, tid);
+	cp_commit();
+	for (int r = tid; r < C; r += PREP_NTH)
+		sb[r] = r < c ? tof(beta[((int64_t)b * s.T + j0 + r) * K + g]) : 0.f;
+	cp_wait<0>();
+	__syncthreads();
+	const int r0 = warp * 16, rlo = r0 + (lane >> 2), c2 = (lane & 3) << 1;
+	{
+		float l[8][4], m[8][4];
+#pragma unroll
+		for (int i = 0; i < 8; i++)
+#pragma unroll
+			for (int e = 0; e < 4; e++)
+				l[i][e] = m[i][e] = 0.f;
+#pragma unroll
+		for (int kk = 0; kk < D / 16; kk++) {
+			uint32_t af[4];
+			ld_a<D>(af, sW, r0, kk * 16, lane);
+			mm_nk<D, 8>(l, af, sW, kk * 16, lane);
+			mm_nk<D, 8>(m, af, sK, kk * 16, lane);
+		}
+#pragma unroll
+		for (int i = 0; i < 8; i++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				const int r = rlo + (e >> 1) * 8, j = i * 8 + c2 + (e & 1);
+				const bool lo = j < r && r < c;
+				sL[r * PLD + j] = lo ? sb[r] * l[i][e] : 0.f;
+				sS[r * PLD + j] = lo ? m[i][e] : 0.f;
+				sT[r * PLD + j] = r == j && r < c ? 1.f : 0.f;
+			}
+	}
+	__syncthreads();
+	/* (I + L) T = I, one row at a time: row r needs the rows above */
+	for (int r = 1; r < c; r++) {
+		for (int j = tid; j < r; j += PREP_NTH) {
+			float a = 0.f;
+			for (int t = j; t < r; t++)
+				a += sL[r * PLD + t] * sT[t * PLD + j];
+			sT[r * PLD + j] = -a;
+		}
+		__syncthreads();
+	}
+	/* Tm out; then T diag(beta) in place */
+	float *Tm = s.tm + hblk(s, b, g, K, n);
+	for (int idx = tid; idx < C * C; idx += PREP_NTH) {
+		const int r = idx / C, j = idx % C;
+		Tm[idx] = sT[r * PLD + j];
+	}
+	__syncthreads();
+	for (int idx = tid; idx < C * C; idx += PREP_NTH) {
+		const int r = idx / C, j = idx % C;
+		sT[r * PLD + j] *= sb[j];
+	}
+	__syncthreads();
+	/* U = T diag(beta) W and Z = T diag(beta) strictlower(W Kᵀ) = T M,
+	 * rows r0.. */
+	{
+		float u[D / 8][4], z[8][4];
+#pragma unroll
+		for (int i = 0; i < D / 8; i++)
+			u[i][0] = u[i][1] = u[i][2] = u[i][3] = 0.f;
+#pragma unroll
+		for (int i = 0; i < 8; i++)
+			z[i][0] = z[i][1] = z[i][2] = z[i][3] = 0.f;
+#pragma unroll
+		for (int kk = 0; kk < 4; kk++) {
+			uint32_t ah[4], al[4];
+			frag_a32<false>(ah, al, sT, PLD, r0, kk * 16, lane);
+			mm_kn<D, D / 8>(u, ah, sW, kk * 16, lane);
+			mm_kn<D, D / 8>(u, al, sW, kk * 16, lane);
+#pragma unroll
+			for (int i = 0; i < 8; i++) {
+				uint32_t bh[2], bl[2];
+				frag_b32(bh, bl, sS, PLD, kk * 16, i * 8, lane);
+				mma16816(z[i], ah, bh[0], bh[1]);
+				mma16816(z[i], ah, bl[0], bl[1]);
+				mma16816(z[i], al, bh[0], bh[1]);
+			}
+		}
+		float *U = s.u + hrow(s, b, g, K, j0), *Z = s.z + hblk(s, b, g, K, n);
+		bf16 *U16 = u16 + hrow(s, b, g, K, j0), *Z16 = z16 + hblk(s, b, g, K, n);
+#pragma unroll
+		for (int i = 0; i < D / 8; i++)
+#pragma unroll
+			for (int hf = 0; hf < 2; hf++) {
+				const int r = rlo + hf * 8, d = i * 8 + c2;
+				if (r < c) {
+					*(float2 *)(U + r * D + d) = make_float2(u[i][2 * hf], u[i][2 * hf + 1]);
+					*(__nv_bfloat162 *)(U16 + r * D + d) =
+						__floats2bfloat162_rn(u[i][2 * hf], u[i][2 * hf + 1]);
+				}
+			}
+#pragma unroll
+		for (int i = 0; i < 8; i++)
+#pragma unroll
+			for (int hf = 0; hf < 2; hf++) {
+				const int r = rlo + hf * 8, j = i * 8 + c2;
+				const float z0 = z[i][2 * hf], z1 = z[i][2 * hf + 1];
+				*(float2 *)(Z + r * C + j) = make_float2(z0, z1);
+				*(__nv_bfloat162 *)(Z16 + r * C + j) = __floats2bfloat162_rn(z0, z1);
+				sL[r * PLD + j] = z0;
+				sL[r * PLD + j + 1] = z1;
+			}
+	}
+	__syncthreads();
+	/* K~ = K - Zᵀ W, rows j = r0.. */
+	{
+		float a[D / 8][4];
+#pragma unroll
+		for (int i = 0; i < D / 8; i++)
+			a[i][0] = a[i][1] = a[i][2] = a[i][3] = 0.f;
+#pragma unroll
+		for (int kk = 0; kk < 4; kk++) {
+			uint32_t ah[4], al[4];
+			frag_a32<true>(ah, al, sL, PLD, r0, kk * 16, lane);
+			mm_kn<D, D / 8>(a, ah, sW, kk * 16, lane);
+			mm_kn<D, D / 8>(a, al, sW, kk * 16, lane);
+		}
+		float *Kt = s.kt + hrow(s, b, g, K, j0);
+		bf16 *Kt16 = kt16 + hrow(s, b, g, K, j0);
+#pragma unroll
+		for (int i = 0; i < D / 8; i++)
+#pragma unroll
+			for (int hf = 0; hf < 2; hf++) {
+				const int j = rlo + hf * 8, d = i * 8 + c2;
+				if (j < c) {
+					const __nv_bfloat162 kv =
+						*(const __nv_bfloat162 *)(sK + swz<D>(j, i * 8) + c2);
+					const float x0 = __low2float(kv) - a[i][2 * hf];
+					const float x1 = __high2float(kv) - a[i][2 * hf + 1];
+					*(float2 *)(Kt + j * D + d) = make_float2(x0, x1);
+					*(__nv_bfloat162 *)(Kt16 + j * D + d) = __floats2bfloat162_rn(x0, x1);
+				}
+			}
+	}
+}
+
+template <int D> static constexpr size_t prep_mma_smem()
+{
+	return (size_t)2 * 64 * D * 2 + (size_t)(3 * 64 * PLD + 64) * 4;
 }
 
 template <int D> struct PfCfg {
@@ -1487,17 +1680,21 @@ template <int D>
 static int fwd_mma_launch(cudaStream_t st, void *be, pws p, void *out, const void *q, const void *k,
 			  const void *v, const void *w, const void *beta, float scale)
 {
-	const size_t C = p.C, f = sizeof(float);
+	const size_t C = p.C;
 	/* K~, U (B,K,T,D) and Z (B,K,N,C,C) in bf16, for this call only */
 	const size_t nkt = (size_t)p.B * p.K * p.T * D, nz = (size_t)p.B * p.K * p.N * C * C;
 	bf16 *kt16 = (bf16 *)lmk_cuda_scratch(LMK_BE(be), (2 * nkt + nz) * sizeof(bf16));
 	if (!kt16)
 		return lmk_errcode();
 	bf16 *u16 = kt16 + nkt, *z16 = u16 + nkt;
-	LAUNCH(prep_kernel<bf16>, dim3(p.N, p.K, p.B), (2 * C * (D + 1) + 3 * C * C + C) * f, st, p,
-	       (const bf16 *)k, (const bf16 *)w, (const bf16 *)beta, kt16, u16, z16);
+	int rc = set_smem(prep_mma<D>, prep_mma_smem<D>());
+	if (rc < 0)
+		return rc;
+	prep_mma<D><<<dim3(p.N, p.K, p.B), PREP_NTH, prep_mma_smem<D>(), st>>>(
+		p, (const bf16 *)k, (const bf16 *)w, (const bf16 *)beta, kt16, u16, z16);
+	LMK_CK_LAUNCH();
 	using Cfg = PfCfg<D>;
-	int rc = set_smem(fwd_mma<D>, Cfg::SMEM);
+	rc = set_smem(fwd_mma<D>, Cfg::SMEM);
 	if (rc < 0)
 		return rc;
 	fwd_mma<D><<<dim3((p.N + Cfg::NB - 1) / Cfg::NB, p.H, p.B), Cfg::NTH, Cfg::SMEM, st>>>(
@@ -1524,8 +1721,7 @@ static int forward_t(cudaStream_t st, void *be, pws p, bool tc, void *out, const
 					 : fwd_mma_launch<128>(st, be, p, out, q, k, v, w, beta, scale);
 	}
 	LAUNCH(prep_kernel<E>, dim3(p.N, p.K, p.B), (2 * C * (D + 1) + 3 * C * C + C) * f, st, p,
-	       (const E *)k, (const E *)w, (const E *)beta, (bf16 *)nullptr, (bf16 *)nullptr,
-	       (bf16 *)nullptr);
+	       (const E *)k, (const E *)w, (const E *)beta);
 	LAUNCH(intra_kernel<E>, dim3(p.N, p.H, p.B), (3 * C * D + C * C) * f, st, p, (const E *)q,
 	       (const E *)k, (const E *)w);
 	const size_t fb = ((3 * C * D + 2 * C * C + 3 * C + 31) & ~(size_t)31) * f;
