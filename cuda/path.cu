@@ -1455,6 +1455,514 @@ __global__ void __launch_bounds__(NT) key_kernel(pws s, gacc dv, const E *dout, 
 	}
 }
 
+#ifndef LMK_PATH_EMU
+/* ------------------------------------------------ mma backward (BF16) */
+
+/* The backward's O(T²) passes for the same contexts as fwd_mma, in its
+ * style. The levels and adjoints of the query walk go to lv and adj in
+ * bf16 (row-major (C, D) per pair of blocks, all C rows, zeros past T, in
+ * the first half of each float32 slot): bf16 is what the products round
+ * them to anyway. K~ and U come in bf16 from the launcher (kt16, u16). */
+
+/* A fragment (16 x 16 at k0) of this thread's rows r, r + 8 of a bf16
+ * row-major matrix in global memory (ld elements per row); plain loads,
+ * not __ldg: the levels are written by the same kernel. */
+static __device__ __forceinline__ void ld_a_glob(uint32_t (&a)[4], const bf16 *base, int64_t ld,
+						 int r, int k0, int c2)
+{
+	const bf16 *p = base + r * ld + k0 + c2;
+	a[0] = *(const unsigned int *)p;
+	a[1] = *(const unsigned int *)(p + 8 * ld);
+	a[2] = *(const unsigned int *)(p + 8);
+	a[3] = *(const unsigned int *)(p + 8 * ld + 8);
+}
+
+/* This thread's rows r, r + 8 of x (16 x D, C layout) to a bf16 row-major
+ * (., D) matrix. */
+template <int D>
+static __device__ __forceinline__ void st_rows16(bf16 *dst, const float (&x)[D / 8][4], int r, int c2)
+{
+#pragma unroll
+	for (int n = 0; n < D / 8; n++) {
+		*(__nv_bfloat162 *)(dst + r * D + n * 8 + c2) = __floats2bfloat162_rn(x[n][0], x[n][1]);
+		*(__nv_bfloat162 *)(dst + (r + 8) * D + n * 8 + c2) =
+			__floats2bfloat162_rn(x[n][2], x[n][3]);
+	}
+}
+
+/* query_kernel's work: per warp, 16 rows of a query block m; down the walk
+ * storing the levels lv(m, n) (from the forward's Q~), then up it with the
+ * adjoint A of the level in registers, storing adj(m, n), to dQ~ and the
+ * rows' part of dg. Tiles as in fwd_mma (K~, V, W, U per stage). */
+template <int D>
+__global__ void __launch_bounds__(PfCfg<D>::NTH, 1)
+	bwd_q_mma(pws s, const bf16 *__restrict__ dout, const bf16 *__restrict__ v,
+		  const bf16 *__restrict__ w, const bf16 *__restrict__ kt16,
+		  const bf16 *__restrict__ u16, float scale)
+{
+	using Cfg = PfCfg<D>;
+	constexpr int NB = Cfg::NB, NTH = Cfg::NTH, ST = Cfg::STAGE, C = 64;
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	bf16 *sStage = (bf16 *)smem_raw; /* stage x: sStage + x ST: K~, V, W, U */
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const int T = s.T, H = s.H, K = s.K, N = s.N;
+	const int m0 = (gridDim.x - 1 - blockIdx.x) * NB, h = blockIdx.y, b = blockIdx.z;
+	const int g = h / (H / K);
+	const int mtop = min(m0 + NB, N) - 1;
+	const int64_t ldq = (int64_t)H * D, ldk = (int64_t)K * D;
+	const bf16 *dob = dout + (int64_t)b * T * ldq + (int64_t)h * D;
+	const bf16 *vb = v + (int64_t)b * T * ldk + (int64_t)g * D;
+	const bf16 *wb = w + (int64_t)b * T * ldk + (int64_t)g * D;
+	const bf16 *ktb = kt16 + ((int64_t)b * K + g) * T * D;
+	const bf16 *ub = u16 + ((int64_t)b * K + g) * T * D;
+	bf16 *lv16 = (bf16 *)s.lv, *adj16 = (bf16 *)s.adj;
+	const float scale2 = scale * LOG2E;
+
+	const int mw = m0 + warp / 4;
+	const bool live = mw < N;
+	const int cm = live ? min(C, T - mw * C) : 0;
+	const int il_lo = (warp % 4) * 16 + (lane >> 2), il_hi = il_lo + 8;
+	const int i_lo = mw * C + il_lo, i_hi = mw * C + il_hi;
+	const int c2 = (lane & 3) << 1;
+	const bool ok_lo = il_lo < cm, ok_hi = il_hi < cm;
+
+	/* down: the levels */
+	float x[D / 8][4];
+	if (live) {
+		const float *Qt = s.qt + hrow(s, b, h, H, mw * C);
+#pragma unroll
+		for (int n = 0; n < D / 8; n++) {
+			const float2 lo = ok_lo ? *(const float2 *)(Qt + il_lo * D + n * 8 + c2)
+						: make_float2(0.f, 0.f);
+			const float2 hi = ok_hi ? *(const float2 *)(Qt + il_hi * D + n * 8 + c2)
+						: make_float2(0.f, 0.f);
+			x[n][0] = lo.x, x[n][1] = lo.y, x[n][2] = hi.x, x[n][3] = hi.y;
+		}
+		if (mw > 0)
+			st_rows16<D>(lv16 + lvat(s, b, h, mw, mw - 1), x, il_lo, c2);
+	}
+	if (mtop > 1) {
+		load_tile<D, C, NTH>(sStage + 2 * C * D, wb, ldk, (mtop - 1) * C, T, tid);
+		load_tile<D, C, NTH>(sStage + 3 * C * D, ub, D, (mtop - 1) * C, T, tid);
+	}
+	cp_commit();
+	for (int n = mtop - 1, it = 0; n >= 1; n--, it++) {
+		if (n > 1) {
+			bf16 *st = sStage + ((it + 1) & 1) * ST;
+			load_tile<D, C, NTH>(st + 2 * C * D, wb, ldk, (n - 1) * C, T, tid);
+			load_tile<D, C, NTH>(st + 3 * C * D, ub, D, (n - 1) * C, T, tid);
+		}
+		cp_commit();
+		cp_wait<1>();
+		__syncthreads();
+		if (live && n < mw) {
+			const bf16 *cW = sStage + (it & 1) * ST + 2 * C * D, *cU = cW + C * D;
+			float xw[8][4];
+#pragma unroll
+			for (int nn = 0; nn < 8; nn++)
+				xw[nn][0] = xw[nn][1] = xw[nn][2] = xw[nn][3] = 0.f;
+#pragma unroll
+			for (int kk = 0; kk < D / 16; kk++) {
+				uint32_t af[4];
+				c_to_a(af, x[2 * kk], x[2 * kk + 1]);
+				mm_nk<D, 8>(xw, af, cW, kk * 16, lane);
+			}
+#pragma unroll
+			for (int kk = 0; kk < 4; kk++) {
+				uint32_t xa[4];
+				c_to_a(xa, xw[2 * kk], xw[2 * kk + 1], -1.f);
+				mm_kn<D, D / 8>(x, xa, cU, kk * 16, lane);
+			}
+			st_rows16<D>(lv16 + lvat(s, b, h, mw, n - 1), x, il_lo, c2);
+		}
+		__syncthreads();
+	}
+	cp_wait<0>();
+	__syncthreads(); /* the levels are written (each thread reads its own) */
+
+	/* up: x is now the adjoint A */
+#pragma unroll
+	for (int n = 0; n < D / 8; n++)
+		x[n][0] = x[n][1] = x[n][2] = x[n][3] = 0.f;
+	const float *G = s.g ? s.g + ((int64_t)b * H + h) * T : nullptr;
+	const float *Lse = s.lse + ((int64_t)b * H + h) * T, *Dl = s.delta + ((int64_t)b * H + h) * T;
+	const float g_lo = G && ok_lo ? G[i_lo] : 0.f, g_hi = G && ok_hi ? G[i_hi] : 0.f;
+	const float l_lo = ok_lo ? Lse[i_lo] * LOG2E : 0.f, l_hi = ok_hi ? Lse[i_hi] * LOG2E : 0.f;
+	const float d_lo = ok_lo ? Dl[i_lo] : 0.f, d_hi = ok_hi ? Dl[i_hi] : 0.f;
+	float gr_lo = 0.f, gr_hi = 0.f;
+	/* dO rows past T read the block's row 0 (their P is zero) */
+	const bf16 *dorow = dob + (int64_t)(live ? mw * C : 0) * ldq;
+	const int64_t dr_lo = (ok_lo ? il_lo : 0) * ldq, dr_hi = (ok_hi ? il_hi : 0) * ldq;
+	if (mtop > 0) {
+		load_tile<D, C, NTH>(sStage, ktb, D, 0, T, tid);
+		load_tile<D, C, NTH>(sStage + C * D, vb, ldk, 0, T, tid);
+	}
+	cp_commit();
+	for (int n = 0; n < mtop; n++) {
+		if (n + 1 < mtop) {
+			const int j0 = (n + 1) * C;
+			bf16 *st = sStage + ((n + 1) & 1) * ST;
+			load_tile<D, C, NTH>(st, ktb, D, j0, T, tid);
+			load_tile<D, C, NTH>(st + C * D, vb, ldk, j0, T, tid);
+			load_tile<D, C, NTH>(st + 2 * C * D, wb, ldk, j0, T, tid);
+			load_tile<D, C, NTH>(st + 3 * C * D, ub, D, j0, T, tid);
+		}
+		cp_commit();
+		cp_wait<1>();
+		__syncthreads();
+		if (live && n < mw) {
+			const bf16 *cK = sStage + (n & 1) * ST, *cV = cK + C * D, *cW = cV + C * D;
+			const bf16 *cU = cW + C * D;
+			if (n > 0) {
+				/* A, the adjoint of level n-1 = L - (L W_nᵀ) U_n, back
+				 * to level n: A - (A U_nᵀ) W_n */
+				st_rows16<D>(adj16 + lvat(s, b, h, mw, n), x, il_lo, c2);
+				float y[8][4];
+#pragma unroll
+				for (int nn = 0; nn < 8; nn++)
+					y[nn][0] = y[nn][1] = y[nn][2] = y[nn][3] = 0.f;
+#pragma unroll
+				for (int kk = 0; kk < D / 16; kk++) {
+					uint32_t af[4];
+					c_to_a(af, x[2 * kk], x[2 * kk + 1]);
+					mm_nk<D, 8>(y, af, cU, kk * 16, lane);
+				}
+#pragma unroll
+				for (int kk = 0; kk < 4; kk++) {
+					uint32_t ya[4];
+					c_to_a(ya, y[2 * kk], y[2 * kk + 1], -1.f);
+					mm_kn<D, D / 8>(x, ya, cW, kk * 16, lane);
+				}
+			}
+			float sc[8][4], dp[8][4];
+#pragma unroll
+			for (int nn = 0; nn < 8; nn++)
+#pragma unroll
+				for (int e = 0; e < 4; e++)
+					sc[nn][e] = dp[nn][e] = 0.f;
+			const bf16 *Lv = lv16 + lvat(s, b, h, mw, n);
+#pragma unroll
+			for (int kk = 0; kk < D / 16; kk++) {
+				uint32_t af[4];
+				ld_a_glob(af, Lv, D, il_lo, kk * 16, c2);
+				mm_nk<D, 8>(sc, af, cK, kk * 16, lane);
+				uint32_t of[4];
+				const bf16 *p = dorow + kk * 16 + c2;
+				of[0] = __ldg((const unsigned int *)(p + dr_lo));
+				of[1] = __ldg((const unsigned int *)(p + dr_hi));
+				of[2] = __ldg((const unsigned int *)(p + dr_lo + 8));
+				of[3] = __ldg((const unsigned int *)(p + dr_hi + 8));
+				mm_nk<D, 8>(dp, of, cV, kk * 16, lane);
+			}
+#pragma unroll
+			for (int nn = 0; nn < 8; nn++) {
+				const int j = n * C + nn * 8 + c2;
+				const float gj0 = G ? G[j] : 0.f, gj1 = G ? G[j + 1] : 0.f;
+				const float p0 = ok_lo ? exp2f(sc[nn][0] * scale2 + (g_lo - gj0) * LOG2E - l_lo) : 0.f;
+				const float p1 = ok_lo ? exp2f(sc[nn][1] * scale2 + (g_lo - gj1) * LOG2E - l_lo) : 0.f;
+				const float p2 = ok_hi ? exp2f(sc[nn][2] * scale2 + (g_hi - gj0) * LOG2E - l_hi) : 0.f;
+				const float p3 = ok_hi ? exp2f(sc[nn][3] * scale2 + (g_hi - gj1) * LOG2E - l_hi) : 0.f;
+				sc[nn][0] = p0 * (dp[nn][0] - d_lo);
+				sc[nn][1] = p1 * (dp[nn][1] - d_lo);
+				sc[nn][2] = p2 * (dp[nn][2] - d_hi);
+				sc[nn][3] = p3 * (dp[nn][3] - d_hi);
+				gr_lo += sc[nn][0] + sc[nn][1];
+				gr_hi += sc[nn][2] + sc[nn][3];
+			}
+			/* A += scale dS K~_n */
+#pragma unroll
+			for (int kk = 0; kk < 4; kk++) {
+				uint32_t da[4];
+				c_to_a(da, sc[2 * kk], sc[2 * kk + 1], scale);
+				mm_kn<D, D / 8>(x, da, cK, kk * 16, lane);
+			}
+		}
+		__syncthreads();
+	}
+	cp_wait<0>();
+	if (!live)
+		return;
+	float *dQt = s.dqt + hrow(s, b, h, H, mw * C);
+#pragma unroll
+	for (int n = 0; n < D / 8; n++) {
+		if (ok_lo)
+			*(float2 *)(dQt + il_lo * D + n * 8 + c2) = make_float2(x[n][0], x[n][1]);
+		if (ok_hi)
+			*(float2 *)(dQt + il_hi * D + n * 8 + c2) = make_float2(x[n][2], x[n][3]);
+	}
+	gr_lo += __shfl_xor_sync(FULL, gr_lo, 1);
+	gr_lo += __shfl_xor_sync(FULL, gr_lo, 2);
+	gr_hi += __shfl_xor_sync(FULL, gr_hi, 1);
+	gr_hi += __shfl_xor_sync(FULL, gr_hi, 2);
+	if ((lane & 3) == 0) {
+		float *dgr = s.dgr + ((int64_t)b * H + h) * T;
+		if (ok_lo)
+			dgr[i_lo] = gr_lo;
+		if (ok_hi)
+			dgr[i_hi] = gr_hi;
+	}
+}
+
+/* key_kernel's work for key block n of key head g, over the query heads of
+ * g and the query blocks m >= n, in two launches of two accumulators each
+ * (four would not fit the registers at D 128): MODE 0 dV and dK~ (and dg
+ * as key, and dA of the diagonal), MODE 1 dU and dW. Each warp owns 16 key
+ * rows j and works in the transposed orientation, Sᵀ = K~ Lᵀ, so that Pᵀ
+ * and dSᵀ are A operands of dV += Pᵀ dO, dK~ += scale dSᵀ L (MODE 0), and
+ * Xᵀ = W Lᵀ, Yᵀ = U Aᵀ those of dU -= Xᵀ A, dW -= Yᵀ L (MODE 1), with
+ * L = lv(m, n), A = adj(m, n). Tiles: the block's two (K~, V or W, U),
+ * then per (h, m) L and dO (or A) and, MODE 0, the rows' lse, delta, g. */
+template <int D> struct PkCfg {
+	static constexpr int NTH = 128;
+	static constexpr int STAGE = 2 * 64 * D + 3 * 64 * 2; /* bf16 elements */
+	static constexpr size_t SMEM = (size_t)(2 * 64 * D + 2 * STAGE) * 2 + 4 * 64 * 4;
+};
+
+template <int D, int MODE>
+__global__ void __launch_bounds__(128, 2)
+	bwd_k_mma(pws s, gacc dv, const bf16 *__restrict__ dout, const bf16 *__restrict__ v,
+		  const bf16 *__restrict__ w, const bf16 *__restrict__ kt16,
+		  const bf16 *__restrict__ u16, float scale)
+{
+	using Cfg = PkCfg<D>;
+	constexpr int NTH = Cfg::NTH, ST = Cfg::STAGE, C = 64;
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	bf16 *sA0 = (bf16 *)smem_raw, *sA1 = sA0 + C * D, *sStage = sA1 + C * D;
+	float *sred = (float *)(sStage + 2 * ST); /* (4 warps, 64) */
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const int T = s.T, H = s.H, K = s.K, N = s.N, rep = H / K;
+	const int n = blockIdx.x, g = blockIdx.y, b = blockIdx.z, j0 = n * C;
+	const int cn = min(C, T - j0);
+	const int64_t ldq = (int64_t)H * D, ldk = (int64_t)K * D;
+	const bf16 *lv16 = (const bf16 *)s.lv, *adj16 = (const bf16 *)s.adj;
+	const float scale2 = scale * LOG2E;
+	const int c2 = (lane & 3) << 1, jl_lo = warp * 16 + (lane >> 2), jl_hi = jl_lo + 8;
+
+	if (MODE == 0) {
+		load_tile<D, C, NTH>(sA0, kt16 + ((int64_t)b * K + g) * T * D, D, j0, T, tid);
+		load_tile<D, C, NTH>(sA1, v + (int64_t)b * T * ldk + (int64_t)g * D, ldk, j0, T, tid);
+	} else {
+		load_tile<D, C, NTH>(sA0, w + (int64_t)b * T * ldk + (int64_t)g * D, ldk, j0, T, tid);
+		load_tile<D, C, NTH>(sA1, u16 + ((int64_t)b * K + g) * T * D, D, j0, T, tid);
+	}
+	const int mst = MODE == 0 ? n : n + 1;
+	const int per = N - mst, items = MODE == 1 && n == 0 ? 0 : rep * per;
+	/* item t: head g rep + t / per, query block mst + t % per */
+	auto fetch = [&](int t) {
+		const int hh = g * rep + t / per, m = mst + t % per, i0 = m * C;
+		bf16 *st = sStage + (t & 1) * ST;
+		if (m > n)
+			load_tile<D, C, NTH>(st, lv16 + lvat(s, b, hh, m, n), D, 0, C, tid);
+		if (MODE == 0) {
+			load_tile<D, C, NTH>(st + C * D, dout + (int64_t)b * T * ldq + (int64_t)hh * D,
+					     ldq, i0, T, tid);
+			float *rows = (float *)(st + 2 * C * D); /* lse, delta, g */
+			if (tid < C) {
+				const int i = i0 + tid;
+				const int64_t o = ((int64_t)b * H + hh) * T + i;
+				rows[tid] = i < T ? s.lse[o] * LOG2E : 0.f;
+				rows[C + tid] = i < T ? s.delta[o] : 0.f;
+				rows[2 * C + tid] = i < T && s.g ? s.g[o] : 0.f;
+			}
+		} else {
+			load_tile<D, C, NTH>(st + C * D, adj16 + lvat(s, b, hh, m, n), D, 0, C, tid);
+		}
+	};
+	if (items > 0)
+		fetch(0);
+	cp_commit();
+
+	float a0[D / 8][4], a1[D / 8][4];
+#pragma unroll
+	for (int i = 0; i < D / 8; i++)
+#pragma unroll
+		for (int e = 0; e < 4; e++)
+			a0[i][e] = a1[i][e] = 0.f;
+	float gc_lo = 0.f, gc_hi = 0.f; /* MODE 0: dg of the rows as keys */
+	const float *G = nullptr;
+	float gj_lo = 0.f, gj_hi = 0.f;
+	for (int t = 0; t < items; t++) {
+		const int hh = g * rep + t / per, m = mst + t % per, i0 = m * C;
+		const int cm = min(C, T - i0);
+		if (t + 1 < items)
+			fetch(t + 1);
+		cp_commit();
+		cp_wait<1>();
+		__syncthreads();
+		const bf16 *cL = sStage + (t & 1) * ST, *cB = cL + C * D;
+		if (MODE == 0) {
+			const float *rows = (const float *)(cB + C * D);
+			if (m == n) {
+				G = s.g ? s.g + ((int64_t)b * H + hh) * T : nullptr;
+				gj_lo = G && jl_lo < cn ? G[j0 + jl_lo] : 0.f;
+				gj_hi = G && jl_hi < cn ? G[j0 + jl_hi] : 0.f;
+			}
+			float st_[8][4], dp[8][4];
+#pragma unroll
+			for (int i = 0; i < 8; i++)
+#pragma unroll
+				for (int e = 0; e < 4; e++)
+					st_[i][e] = dp[i][e] = 0.f;
+			if (m > n) {
+#pragma unroll
+				for (int kk = 0; kk < D / 16; kk++) {
+					uint32_t af[4];
+					ld_a<D>(af, sA0, warp * 16, kk * 16, lane);
+					mm_nk<D, 8>(st_, af, cL, kk * 16, lane);
+				}
+			} else {
+				const float *Al = s.aloc + hblk(s, b, hh, H, n);
+#pragma unroll
+				for (int i = 0; i < 8; i++)
+#pragma unroll
+					for (int e = 0; e < 4; e++) {
+						const int il = i * 8 + c2 + (e & 1), jl = e < 2 ? jl_lo : jl_hi;
+						st_[i][e] = jl <= il ? Al[il * C + jl] : 0.f;
+					}
+			}
+#pragma unroll
+			for (int kk = 0; kk < D / 16; kk++) {
+				uint32_t af[4];
+				ld_a<D>(af, sA1, warp * 16, kk * 16, lane);
+				mm_nk<D, 8>(dp, af, cB, kk * 16, lane);
+			}
+			float cs[8][2]; /* MODE 0 diagonal: column sums of dSᵀ */
+#pragma unroll
+			for (int i = 0; i < 8; i++) {
+				cs[i][0] = cs[i][1] = 0.f;
+#pragma unroll
+				for (int e = 0; e < 4; e++) {
+					const int il = i * 8 + c2 + (e & 1), jl = e < 2 ? jl_lo : jl_hi;
+					const bool ok = il < cm && jl < cn && (m > n || jl <= il);
+					const float p = ok ? exp2f(st_[i][e] * scale2 +
+								   (rows[2 * C + il] - (e < 2 ? gj_lo : gj_hi)) * LOG2E -
+								   rows[il])
+							   : 0.f;
+					const float ds = p * (dp[i][e] - rows[C + il]);
+					st_[i][e] = p;
+					dp[i][e] = ds;
+					if (e < 2)
+						gc_lo -= ds;
+					else
+						gc_hi -= ds;
+					cs[i][e & 1] += ds;
+				}
+			}
+			if (m == n) {
+				/* dA = scale dS (zero past the diagonal and the rows);
+				 * the rows' sums of dS, as queries, through sred */
+				float *dA = s.daloc + hblk(s, b, hh, H, n);
+#pragma unroll
+				for (int i = 0; i < 8; i++)
+#pragma unroll
+					for (int e = 0; e < 4; e++) {
+						const int il = i * 8 + c2 + (e & 1), jl = e < 2 ? jl_lo : jl_hi;
+						dA[il * C + jl] = scale * dp[i][e];
+					}
+#pragma unroll
+				for (int i = 0; i < 8; i++)
+#pragma unroll
+					for (int q = 0; q < 2; q++) {
+						float x = cs[i][q];
+						x += __shfl_xor_sync(FULL, x, 4);
+						x += __shfl_xor_sync(FULL, x, 8);
+						x += __shfl_xor_sync(FULL, x, 16);
+						if (lane < 4)
+							sred[warp * C + i * 8 + c2 + q] = x;
+					}
+			}
+#pragma unroll
+			for (int kk = 0; kk < 4; kk++) {
+				uint32_t pa[4];
+				c_to_a(pa, st_[2 * kk], st_[2 * kk + 1]);
+				mm_kn<D, D / 8>(a0, pa, cB, kk * 16, lane);
+			}
+			if (m > n) {
+#pragma unroll
+				for (int kk = 0; kk < 4; kk++) {
+					uint32_t da[4];
+					c_to_a(da, dp[2 * kk], dp[2 * kk + 1], scale);
+					mm_kn<D, D / 8>(a1, da, cL, kk * 16, lane);
+				}
+			}
+			if (m == N - 1) {
+				/* the head's last block: dg of the rows, as keys and
+				 * (the diagonal) as queries */
+				__syncthreads();
+				float x_lo = gc_lo, x_hi = gc_hi;
+				x_lo += __shfl_xor_sync(FULL, x_lo, 1);
+				x_lo += __shfl_xor_sync(FULL, x_lo, 2);
+				x_hi += __shfl_xor_sync(FULL, x_hi, 1);
+				x_hi += __shfl_xor_sync(FULL, x_hi, 2);
+				if ((lane & 3) == 0) {
+					float *dgc = s.dgc + ((int64_t)b * H + hh) * T + j0;
+					if (jl_lo < cn)
+						dgc[jl_lo] = x_lo + sred[jl_lo] + sred[C + jl_lo] +
+							     sred[2 * C + jl_lo] + sred[3 * C + jl_lo];
+					if (jl_hi < cn)
+						dgc[jl_hi] = x_hi + sred[jl_hi] + sred[C + jl_hi] +
+							     sred[2 * C + jl_hi] + sred[3 * C + jl_hi];
+				}
+				gc_lo = gc_hi = 0.f;
+			}
+		} else {
+			float xt[8][4], yt[8][4];
+#pragma unroll
+			for (int i = 0; i < 8; i++)
+#pragma unroll
+				for (int e = 0; e < 4; e++)
+					xt[i][e] = yt[i][e] = 0.f;
+#pragma unroll
+			for (int kk = 0; kk < D / 16; kk++) {
+				uint32_t af[4];
+				ld_a<D>(af, sA0, warp * 16, kk * 16, lane);
+				mm_nk<D, 8>(xt, af, cL, kk * 16, lane);
+				ld_a<D>(af, sA1, warp * 16, kk * 16, lane);
+				mm_nk<D, 8>(yt, af, cB, kk * 16, lane);
+			}
+#pragma unroll
+			for (int kk = 0; kk < 4; kk++) {
+				uint32_t xa[4], ya[4];
+				c_to_a(xa, xt[2 * kk], xt[2 * kk + 1], -1.f);
+				mm_kn<D, D / 8>(a0, xa, cB, kk * 16, lane);
+				c_to_a(ya, yt[2 * kk], yt[2 * kk + 1], -1.f);
+				mm_kn<D, D / 8>(a1, ya, cL, kk * 16, lane);
+			}
+		}
+		__syncthreads();
+	}
+	cp_wait<0>();
+	/* MODE 0: dV (added), dK~; MODE 1: dU, dW (assigned), rows < cn */
+	float *o0 = MODE == 0 ? nullptr : s.du + hrow(s, b, g, K, j0);
+	float *o1 = MODE == 0 ? s.dkt + hrow(s, b, g, K, j0) : s.dwp + hrow(s, b, g, K, j0);
+#pragma unroll
+	for (int i = 0; i < D / 8; i++)
+#pragma unroll
+		for (int hf = 0; hf < 2; hf++) {
+			const int jl = jl_lo + hf * 8, d = i * 8 + c2;
+			if (jl >= cn)
+				continue;
+			if (MODE == 0) {
+				if (dv.p) {
+					gadd(dv, row(s, b, j0 + jl, g, K) + d, a0[i][2 * hf]);
+					gadd(dv, row(s, b, j0 + jl, g, K) + d + 1, a0[i][2 * hf + 1]);
+				}
+			} else {
+				*(float2 *)(o0 + jl * D + d) = make_float2(a0[i][2 * hf], a0[i][2 * hf + 1]);
+			}
+			*(float2 *)(o1 + jl * D + d) = make_float2(a1[i][2 * hf], a1[i][2 * hf + 1]);
+		}
+}
+
+/* dst = bf16(src), n elements. */
+__global__ void to_bf16_kernel(bf16 *dst, const float *src, int64_t n)
+{
+	for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+	     i += (int64_t)gridDim.x * blockDim.x)
+		dst[i] = __float2bfloat16_rn(src[i]);
+}
+#endif
+
 /* smem: W, K, Q, dQ (C,D); dZ, dT, X1, X2 (C,C); beta, dbeta (C). The
  * workspace's dkt, du, dwp rows of this block are this block's alone: they
  * become the accumulators of dK, dU, dW (dkt after its last read as dK~). */
@@ -1751,8 +2259,41 @@ extern "C" int lmk_cuda_path_forward(void *be, lmk_dtype dt, void *out, const vo
 	return forward_t<float>(st, be, p, false, out, q, k, v, w, beta, logf, scale);
 }
 
+/* The O(T²) passes on mma.sync (bwd_q_mma, bwd_k_mma): K~ and U to bf16
+ * first (kt16, then u16, in the scratch after the workspace). */
+template <int D>
+static int bwd_mma_launch(cudaStream_t st, pws p, lmk_gbuf dv, const void *dout, const void *v,
+			  const void *w, bf16 *kt16, float scale)
+{
+	const int64_t nkt = (int64_t)p.B * p.K * p.T * D;
+	bf16 *u16 = kt16 + nkt;
+	to_bf16_kernel<<<grid_for(nkt, NT), NT, 0, st>>>(kt16, p.kt, nkt);
+	LMK_CK_LAUNCH();
+	to_bf16_kernel<<<grid_for(nkt, NT), NT, 0, st>>>(u16, p.u, nkt);
+	LMK_CK_LAUNCH();
+	using Cq = PfCfg<D>;
+	const size_t qsm = (size_t)2 * Cq::STAGE * sizeof(bf16); /* the stages only */
+	int rc = set_smem(bwd_q_mma<D>, qsm);
+	if (rc < 0)
+		return rc;
+	bwd_q_mma<D><<<dim3((p.N + Cq::NB - 1) / Cq::NB, p.H, p.B), Cq::NTH, qsm, st>>>(
+		p, (const bf16 *)dout, (const bf16 *)v, (const bf16 *)w, kt16, u16, scale);
+	LMK_CK_LAUNCH();
+	using Ck = PkCfg<D>;
+	if ((rc = set_smem(bwd_k_mma<D, 0>, Ck::SMEM)) < 0 ||
+	    (rc = set_smem(bwd_k_mma<D, 1>, Ck::SMEM)) < 0)
+		return rc;
+	bwd_k_mma<D, 0><<<dim3(p.N, p.K, p.B), Ck::NTH, Ck::SMEM, st>>>(
+		p, to_gacc(dv), (const bf16 *)dout, (const bf16 *)v, (const bf16 *)w, kt16, u16, scale);
+	LMK_CK_LAUNCH();
+	bwd_k_mma<D, 1><<<dim3(p.N, p.K, p.B), Ck::NTH, Ck::SMEM, st>>>(
+		p, to_gacc(dv), (const bf16 *)dout, (const bf16 *)v, (const bf16 *)w, kt16, u16, scale);
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
 template <class E>
-static int backward_t(cudaStream_t st, pws p, bool tc, lmk_gbuf dq, lmk_gbuf dk, lmk_gbuf dv, lmk_gbuf dw,
+static int backward_t(cudaStream_t st, pws p, bool tc, bool mma, bf16 *kt16, lmk_gbuf dq, lmk_gbuf dk, lmk_gbuf dv, lmk_gbuf dw,
 		      lmk_gbuf dbeta, lmk_gbuf dlogf, const void *dout, const void *out,
 		      const void *q, const void *k, const void *v, const void *w, const void *beta,
 		      const void *logf, float scale)
@@ -1762,22 +2303,34 @@ static int backward_t(cudaStream_t st, pws p, bool tc, lmk_gbuf dq, lmk_gbuf dk,
 	delta_kernel<E><<<(unsigned)((rows + NT / 32 - 1) / (NT / 32)), NT, 0, st>>>(
 		p, (const E *)dout, (const E *)out);
 	LMK_CK_LAUNCH();
-	const size_t qb = ((4 * C * D + 3 * C * C + 3 * C + 31) & ~(size_t)31) * f;
-	auto query_tc = query_kernel<E, true>, query_f32 = query_kernel<E, false>;
-	if (tc)
-		LAUNCH(query_tc, dim3(p.N, p.H, p.B), qb + TC_BYTES, st, p, (const E *)dout,
-		       (const E *)v, (const E *)w, scale);
-	else
-		LAUNCH(query_f32, dim3(p.N, p.H, p.B), qb, st, p, (const E *)dout, (const E *)v,
-		       (const E *)w, scale);
-	const size_t kb = ((4 * C * D + 2 * C * C + 3 * C + 31) & ~(size_t)31) * f;
-	auto key_tc = key_kernel<E, true>, key_f32 = key_kernel<E, false>;
-	if (tc)
-		LAUNCH(key_tc, dim3(p.N, p.K, p.B), kb + TC_BYTES, st, p, to_gacc(dv),
-		       (const E *)dout, (const E *)v, (const E *)w, scale);
-	else
-		LAUNCH(key_f32, dim3(p.N, p.K, p.B), kb, st, p, to_gacc(dv), (const E *)dout,
-		       (const E *)v, (const E *)w, scale);
+	bool done = false;
+	if constexpr (sizeof(E) == 2) {
+		if (mma) {
+			int rc = p.D == 64 ? bwd_mma_launch<64>(st, p, dv, dout, v, w, kt16, scale)
+					   : bwd_mma_launch<128>(st, p, dv, dout, v, w, kt16, scale);
+			if (rc < 0)
+				return rc;
+			done = true;
+		}
+	}
+	if (!done) {
+		const size_t qb = ((4 * C * D + 3 * C * C + 3 * C + 31) & ~(size_t)31) * f;
+		auto query_tc = query_kernel<E, true>, query_f32 = query_kernel<E, false>;
+		if (tc)
+			LAUNCH(query_tc, dim3(p.N, p.H, p.B), qb + TC_BYTES, st, p, (const E *)dout,
+			       (const E *)v, (const E *)w, scale);
+		else
+			LAUNCH(query_f32, dim3(p.N, p.H, p.B), qb, st, p, (const E *)dout,
+			       (const E *)v, (const E *)w, scale);
+		const size_t kb = ((4 * C * D + 2 * C * C + 3 * C + 31) & ~(size_t)31) * f;
+		auto key_tc = key_kernel<E, true>, key_f32 = key_kernel<E, false>;
+		if (tc)
+			LAUNCH(key_tc, dim3(p.N, p.K, p.B), kb + TC_BYTES, st, p, to_gacc(dv),
+			       (const E *)dout, (const E *)v, (const E *)w, scale);
+		else
+			LAUNCH(key_f32, dim3(p.N, p.K, p.B), kb, st, p, to_gacc(dv),
+			       (const E *)dout, (const E *)v, (const E *)w, scale);
+	}
 	if (dq.p || dk.p || dw.p || dbeta.p)
 		LAUNCH(back_kernel<E>, dim3(p.N, p.K, p.B), (4 * C * D + 4 * C * C + 2 * C) * f, st,
 		       p, to_gacc(dq), to_gacc(dk), to_gacc(dw), to_gacc(dbeta), (const E *)q,
@@ -1806,19 +2359,24 @@ extern "C" int lmk_cuda_path_backward(void *be, lmk_dtype dt, lmk_gbuf dq, lmk_g
 	cudaStream_t st = LMK_BE(be)->stream;
 	/* the levels (T² D / C floats per head) live only through this call:
 	 * the backend's scratch, which the next op's backward reuses */
-	const size_t bytes = sizeof(float) * (size_t)lmk_path_bwd_carve(ws, NULL);
-	float *base = (float *)lmk_cuda_scratch(LMK_BE(be), bytes);
+	pws p = to_pws(ws);
+	const bool tc = dt == LMK_BF16 && ws->tc && p.D % 16 == 0;
+	const bool mma = dt == LMK_BF16 && use_fwd_mma(p, tc, dout, v, v, v, w);
+	const size_t fl = (size_t)lmk_path_bwd_carve(ws, NULL);
+	const size_t b16 = mma ? 2 * (size_t)p.B * p.K * p.T * p.D * sizeof(bf16) : 0;
+	float *base = (float *)lmk_cuda_scratch(LMK_BE(be), sizeof(float) * fl + b16);
 	if (!base)
 		return lmk_errcode();
 	lmk_path_bwd_carve(ws, base);
-	pws p = to_pws(ws);
+	p = to_pws(ws);
 	lmk_path_bwd_carve(ws, NULL);
+	bf16 *kt16 = mma ? (bf16 *)(base + fl) : nullptr;
 	/* the query pass repeats the forward's walk, with the same products */
 	if (dt == LMK_BF16)
-		return backward_t<bf16>(st, p, ws->tc && p.D % 16 == 0, dq, dk, dv, dw, dbeta, dlogf,
-					dout, out, q, k, v, w, beta, logf, scale);
-	return backward_t<float>(st, p, false, dq, dk, dv, dw, dbeta, dlogf, dout, out, q, k, v, w,
-				 beta, logf, scale);
+		return backward_t<bf16>(st, p, tc, mma, kt16, dq, dk, dv, dw, dbeta, dlogf, dout, out,
+					q, k, v, w, beta, logf, scale);
+	return backward_t<float>(st, p, false, false, nullptr, dq, dk, dv, dw, dbeta, dlogf, dout,
+				 out, q, k, v, w, beta, logf, scale);
 }
 
 #endif /* LMK_PATH_EMU */
