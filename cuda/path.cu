@@ -1963,9 +1963,13 @@ __global__ void to_bf16_kernel(bf16 *dst, const float *src, int64_t n)
 }
 #endif
 
-/* smem: W, K, Q, dQ (C,D); dZ, dT, X1, X2 (C,C); beta, dbeta (C). The
- * workspace's dkt, du, dwp rows of this block are this block's alone: they
- * become the accumulators of dK, dU, dW (dkt after its last read as dK~). */
+/* smem: W, K, Q, dQ (C,D+1); dZ, dT, X1, X2 (C,C+1); beta, dbeta (C). The
+ * rows are padded by one float so that threads reading different rows at
+ * the same column (the dot products over rows) fall in different banks;
+ * what the loops would read across rows from global memory (U, dA, dK~,
+ * T) is staged in a free tile first. The workspace's dkt, du, dwp rows of
+ * this block are this block's alone: they become the accumulators of dK,
+ * dU, dW (dkt after its last read as dK~). */
 template <class E>
 __global__ void __launch_bounds__(NT) back_kernel(pws s, gacc dq, gacc dk, gacc dw, gacc dbeta,
 						  const E *q, const E *k, const E *w, const E *beta)
@@ -1973,50 +1977,72 @@ __global__ void __launch_bounds__(NT) back_kernel(pws s, gacc dq, gacc dk, gacc 
 	extern __shared__ __align__(128) float sm[];
 	const int n = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
 	const int C = s.C, D = s.D, H = s.H, K = s.K, rep = H / K, c = rows_of(s, n), j0 = n * C;
-	float *sW = sm, *sK = sW + C * D, *sQ = sK + C * D, *sD = sQ + C * D, *sZd = sD + C * D;
-	float *sTd = sZd + C * C, *sX1 = sTd + C * C, *sX2 = sX1 + C * C, *sb = sX2 + C * C;
+	const int LD = D + 1, CP = C + 1;
+	float *sW = sm, *sK = sW + C * LD, *sQ = sK + C * LD, *sD = sQ + C * LD, *sZd = sD + C * LD;
+	float *sTd = sZd + C * CP, *sX1 = sTd + C * CP, *sX2 = sX1 + C * CP, *sb = sX2 + C * CP;
 	float *sdb = sb + C;
 	const float *Tm = s.tm + hblk(s, b, g, K, n), *Z = s.z + hblk(s, b, g, K, n);
 	const float *U = s.u + hrow(s, b, g, K, j0);
 	float *dKt = s.dkt + hrow(s, b, g, K, j0), *dU = s.du + hrow(s, b, g, K, j0);
 	float *dW = s.dwp + hrow(s, b, g, K, j0);
-	load_rows(sW, w + row(s, b, j0, g, K), (int64_t)K * D, c, C, D);
-	load_rows(sK, k + row(s, b, j0, g, K), (int64_t)K * D, c, C, D);
+	for (int idx = threadIdx.x; idx < C * D; idx += blockDim.x) {
+		const int r = idx / D, d = idx % D;
+		const int64_t o = row(s, b, j0 + r, g, K) + d;
+		sW[r * LD + d] = r < c ? tof(w[o]) : 0.f;
+		sK[r * LD + d] = r < c ? tof(k[o]) : 0.f;
+		sD[r * LD + d] = r < c ? dKt[r * D + d] : 0.f;
+	}
 	for (int r = threadIdx.x; r < C; r += blockDim.x) {
 		sb[r] = r < c ? tof(beta[((int64_t)b * s.T + j0 + r) * K + g]) : 0.f;
 		sdb[r] = 0.f;
 	}
-	zero(sZd, C * C);
-	zero(sX1, C * C);
-	zero(sX2, C * C);
+	zero(sZd, C * CP);
+	zero(sX1, C * CP);
+	zero(sX2, C * CP);
 	__syncthreads();
-	/* K~ = K - Zᵀ W */
-	smm<false, true>(sZd, C, sW, D, dKt, D, c, c, D, -1.f, 0.f);
+	/* K~ = K - Zᵀ W (dK~ staged in sD) */
+	smm<false, true>(sZd, CP, sW, LD, sD, LD, c, c, D, -1.f, 0.f);
 	for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
 		const int r = idx / D, d = idx % D;
 		float a = 0.f;
 		for (int j = 0; j < c; j++)
-			a += Z[r * C + j] * dKt[j * D + d];
+			a += Z[r * C + j] * sD[j * LD + d];
 		dW[idx] -= a;
 	}
 	__syncthreads();
 	for (int h = g * rep; h < (g + 1) * rep; h++) {
 		const float *dQt = s.dqt + hrow(s, b, h, H, j0), *dA = s.daloc + hblk(s, b, h, H, n);
-		load_rows(sQ, q + row(s, b, j0, h, H), (int64_t)H * D, c, C, D);
+		/* Q; U into sD and dA into sTd until the loops below need them */
+		for (int idx = threadIdx.x; idx < C * D; idx += blockDim.x) {
+			const int r = idx / D, d = idx % D;
+			sQ[r * LD + d] = r < c ? tof(q[row(s, b, j0 + r, h, H) + d]) : 0.f;
+			sD[r * LD + d] = r < c ? U[r * D + d] : 0.f;
+		}
+		for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x)
+			sTd[(idx / C) * CP + idx % C] = dA[idx];
 		__syncthreads();
-		/* Xq = tril(Q Wᵀ); dXq = tril(-dQ~ Uᵀ - dA Zᵀ) */
+		/* Xq = tril(Q Wᵀ); dXq = tril(-dQ~ Uᵀ - dA Zᵀ), the second term
+		 * with the threads along i (Z's rows read as one) */
 		for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
 			const int i = idx / c, j = idx % c;
 			float x = 0.f, dx = 0.f;
 			if (j <= i) {
-				x = sdot(sQ + i * D, sW + j * D, D);
+				x = sdot(sQ + i * LD, sW + j * LD, D);
 				for (int d = 0; d < D; d++)
-					dx -= dQt[i * D + d] * U[j * D + d];
-				for (int r = 0; r < c; r++)
-					dx -= dA[i * C + r] * Z[j * C + r];
+					dx -= dQt[i * D + d] * sD[j * LD + d];
 			}
-			sX1[i * C + j] = x;
-			sX2[i * C + j] = dx;
+			sX1[i * CP + j] = x;
+			sX2[i * CP + j] = dx;
+		}
+		__syncthreads();
+		for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
+			const int j = idx / c, i = idx % c;
+			if (j <= i) {
+				float dx = 0.f;
+				for (int r = 0; r < c; r++)
+					dx -= sTd[i * CP + r] * Z[j * C + r];
+				sX2[i * CP + j] += dx;
+			}
 		}
 		__syncthreads();
 		/* dQ = dQ~ + dA K + dXq W */
@@ -2024,17 +2050,17 @@ __global__ void __launch_bounds__(NT) back_kernel(pws s, gacc dq, gacc dk, gacc 
 			const int i = idx / D, d = idx % D;
 			float a = dQt[idx];
 			for (int j = 0; j < c; j++)
-				a += dA[i * C + j] * sK[j * D + d] + sX2[i * C + j] * sW[j * D + d];
-			sD[idx] = a;
+				a += sTd[i * CP + j] * sK[j * LD + d] + sX2[i * CP + j] * sW[j * LD + d];
+			sD[i * LD + d] = a;
 		}
 		/* dK += dAᵀ Q, dU -= Xqᵀ dQ~, dW += dXqᵀ Q (rows of this block) */
 		for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
 			const int r = idx / D, d = idx % D;
 			float a = 0.f, bu = 0.f, cw = 0.f;
 			for (int i = 0; i < c; i++) {
-				a += dA[i * C + r] * sQ[i * D + d];
-				bu += sX1[i * C + r] * dQt[i * D + d];
-				cw += sX2[i * C + r] * sQ[i * D + d];
+				a += sTd[i * CP + r] * sQ[i * LD + d];
+				bu += sX1[i * CP + r] * dQt[i * D + d];
+				cw += sX2[i * CP + r] * sQ[i * LD + d];
 			}
 			dU[idx] -= bu;
 			dW[idx] += cw;
@@ -2045,73 +2071,88 @@ __global__ void __launch_bounds__(NT) back_kernel(pws s, gacc dq, gacc dk, gacc 
 			const int r = idx / c, j = idx % c;
 			float a = 0.f;
 			for (int i = 0; i < c; i++)
-				a += sX1[i * C + r] * dA[i * C + j];
-			sZd[r * C + j] -= a;
+				a += sX1[i * CP + r] * sTd[i * CP + j];
+			sZd[r * CP + j] -= a;
 		}
 		__syncthreads();
 		if (dq.p)
 			for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
 				const int i = idx / D, d = idx % D;
-				gadd(dq, row(s, b, j0 + i, h, H) + d, sD[idx]);
+				gadd(dq, row(s, b, j0 + i, h, H) + d, sD[i * LD + d]);
 			}
 		__syncthreads();
 	}
 	/* Mk = strictlower(diag(beta) W Kᵀ) into X1; dT = dZ Mkᵀ; dM = Tᵀ dZ */
 	for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x) {
 		const int r = idx / C, j = idx % C;
-		sX1[idx] = j < r && r < c ? sb[r] * sdot(sW + r * D, sK + j * D, D) : 0.f;
+		sX1[r * CP + j] = j < r && r < c ? sb[r] * sdot(sW + r * LD, sK + j * LD, D) : 0.f;
 	}
 	__syncthreads();
-	smm<false, true>(sTd, C, sZd, C, sX1, C, c, c, c, 1.f, 0.f);
-	smm<true, false>(sX2, C, Tm, C, sZd, C, c, c, c, 1.f, 0.f);
+	smm<false, true>(sTd, CP, sZd, CP, sX1, CP, c, c, c, 1.f, 0.f);
+	smm<true, false>(sX2, CP, Tm, C, sZd, CP, c, c, c, 1.f, 0.f);
 	__syncthreads();
-	/* through Mk: dbeta_r, dW_r (row r), dK_j (row j) */
+	/* through Mk: dbeta_r (with W Kᵀ, lower part, in dZ's tile), dW_r
+	 * (row r), dK_j (row j) */
+	for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x) {
+		const int r = idx / C, j = idx % C;
+		sZd[r * CP + j] = j < r && r < c ? sdot(sW + r * LD, sK + j * LD, D) : 0.f;
+	}
+	__syncthreads();
 	for (int r = threadIdx.x; r < c; r += blockDim.x) {
 		float a = 0.f;
 		for (int j = 0; j < r; j++)
-			a += sX2[r * C + j] * sdot(sW + r * D, sK + j * D, D);
+			a += sX2[r * CP + j] * sZd[r * CP + j];
 		sdb[r] += a;
 	}
 	for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
 		const int r = idx / D, d = idx % D;
 		float a = 0.f, bk = 0.f;
 		for (int j = 0; j < r; j++)
-			a += sX2[r * C + j] * sK[j * D + d];
+			a += sX2[r * CP + j] * sK[j * LD + d];
 		for (int i = r + 1; i < c; i++)
-			bk += sb[i] * sX2[i * C + r] * sW[i * D + d];
+			bk += sb[i] * sX2[i * CP + r] * sW[i * LD + d];
 		dW[idx] += sb[r] * a;
 		dKt[idx] += bk;
 	}
 	__syncthreads();
-	/* U = T diag(beta) W: Tb = Tᵀ dU into Q's tile; dT += dU (diag(beta) W)ᵀ */
-	smm<true, false>(sQ, D, Tm, C, dU, D, c, D, c, 1.f, 0.f);
+	/* U = T diag(beta) W: Tb = Tᵀ dU into Q's tile; dT += dU (diag(beta) W)ᵀ;
+	 * T into dZ's tile for the products below */
+	smm<true, false>(sQ, LD, Tm, C, dU, D, c, D, c, 1.f, 0.f);
 	for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
 		const int r = idx / c, j = idx % c;
-		sTd[r * C + j] += sb[j] * sdot(dU + r * D, sW + j * D, D);
+		sTd[r * CP + j] += sb[j] * sdot(dU + r * D, sW + j * LD, D);
 	}
+	for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x)
+		sZd[(idx / C) * CP + idx % C] = Tm[idx];
 	__syncthreads();
 	for (int r = threadIdx.x; r < c; r += blockDim.x)
-		sdb[r] += sdot(sQ + r * D, sW + r * D, D);
+		sdb[r] += sdot(sQ + r * LD, sW + r * LD, D);
 	for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x)
-		dW[idx] += sb[idx / D] * sQ[idx];
+		dW[idx] += sb[idx / D] * sQ[(idx / D) * LD + idx % D];
 	/* T = (I + L)⁻¹: dL = -Tᵀ dT Tᵀ, L = strictlower(diag(beta) W Wᵀ) */
-	smm<true, false>(sX1, C, Tm, C, sTd, C, c, c, c, 1.f, 0.f);
+	smm<true, false>(sX1, CP, sZd, CP, sTd, CP, c, c, c, 1.f, 0.f);
 	__syncthreads();
-	smm<false, true>(sX2, C, sX1, C, Tm, C, c, c, c, -1.f, 0.f);
+	smm<false, true>(sX2, CP, sX1, CP, sZd, CP, c, c, c, -1.f, 0.f);
+	__syncthreads();
+	/* W Wᵀ (lower part) into dT's tile */
+	for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x) {
+		const int r = idx / C, j = idx % C;
+		sTd[r * CP + j] = j < r && r < c ? sdot(sW + r * LD, sW + j * LD, D) : 0.f;
+	}
 	__syncthreads();
 	for (int r = threadIdx.x; r < c; r += blockDim.x) {
 		float a = 0.f;
 		for (int j = 0; j < r; j++)
-			a += sX2[r * C + j] * sdot(sW + r * D, sW + j * D, D);
+			a += sX2[r * CP + j] * sTd[r * CP + j];
 		sdb[r] += a;
 	}
 	for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
 		const int r = idx / D, d = idx % D;
 		float a = 0.f;
 		for (int j = 0; j < r; j++)
-			a += sb[r] * sX2[r * C + j] * sW[j * D + d];
+			a += sb[r] * sX2[r * CP + j] * sW[j * LD + d];
 		for (int i = r + 1; i < c; i++)
-			a += sb[i] * sX2[i * C + r] * sW[i * D + d];
+			a += sb[i] * sX2[i * CP + r] * sW[i * LD + d];
 		dW[idx] += a;
 	}
 	__syncthreads();
@@ -2332,7 +2373,8 @@ static int backward_t(cudaStream_t st, pws p, bool tc, bool mma, bf16 *kt16, lmk
 			       (const E *)dout, (const E *)v, (const E *)w, scale);
 	}
 	if (dq.p || dk.p || dw.p || dbeta.p)
-		LAUNCH(back_kernel<E>, dim3(p.N, p.K, p.B), (4 * C * D + 4 * C * C + 2 * C) * f, st,
+		LAUNCH(back_kernel<E>, dim3(p.N, p.K, p.B),
+		       (4 * C * (D + 1) + 4 * C * (C + 1) + 2 * C) * f, st,
 		       p, to_gacc(dq), to_gacc(dk), to_gacc(dw), to_gacc(dbeta), (const E *)q,
 		       (const E *)k, (const E *)w, (const E *)beta);
 	if (dlogf.p && logf) {
