@@ -847,6 +847,62 @@ template <int D> static constexpr size_t prep_mma_smem()
 	return (size_t)2 * 64 * D * 2 + (size_t)(3 * 64 * PLD + 64) * 4;
 }
 
+/* Cm (M,N ldc) = beta0 Cm + alpha op(A) op(B), as smm, on the tensor cores:
+ * each float32 operand split into bf16 hi + lo and the product summed as
+ * hi hi' + hi lo' + lo hi', which keeps about 16 bits of each operand (the
+ * O(T) back_kernel in BF16, whose operands are float32 sums). Operands in
+ * shared or global memory, Cm aliasing neither; warp w takes the 16 x 32
+ * tiles w, w + (warps), ... of the result. */
+template <bool TA, bool TB>
+static __device__ void smm3(float *Cm, int ldc, const float *A, int lda, const float *Bm, int ldb,
+			    int M, int N, int Kk, float alpha, float beta0)
+{
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+	const int tn = (N + 31) / 32, nt = (M + 15) / 16 * tn, g8 = lane >> 2, c2 = (lane & 3) << 1;
+	auto at = [&](int m, int k) {
+		return m < M && k < Kk ? (TA ? A[k * lda + m] : A[m * lda + k]) : 0.f;
+	};
+	auto bt = [&](int k, int n) {
+		return k < Kk && n < N ? (TB ? Bm[n * ldb + k] : Bm[k * ldb + n]) : 0.f;
+	};
+	for (int tile = warp; tile < nt; tile += nw) {
+		const int r0 = tile / tn * 16, n0 = tile % tn * 32;
+		float acc[4][4];
+#pragma unroll
+		for (int t = 0; t < 4; t++)
+			acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
+		for (int k0 = 0; k0 < Kk; k0 += 16) {
+			uint32_t ah[4], al[4];
+#pragma unroll
+			for (int i = 0; i < 4; i++) {
+				const int m = r0 + g8 + (i & 1) * 8, k = k0 + c2 + (i >> 1) * 8;
+				split2(ah[i], al[i], at(m, k), at(m, k + 1));
+			}
+#pragma unroll
+			for (int t = 0; t < 4; t++) {
+				const int n = n0 + t * 8 + g8;
+				uint32_t bh[2], bl[2];
+#pragma unroll
+				for (int i = 0; i < 2; i++) {
+					const int k = k0 + c2 + 8 * i;
+					split2(bh[i], bl[i], bt(k, n), bt(k + 1, n));
+				}
+				mma16816(acc[t], ah, bh[0], bh[1]);
+				mma16816(acc[t], ah, bl[0], bl[1]);
+				mma16816(acc[t], al, bh[0], bh[1]);
+			}
+		}
+#pragma unroll
+		for (int t = 0; t < 4; t++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				const int i = r0 + g8 + (e >> 1) * 8, j = n0 + t * 8 + c2 + (e & 1);
+				if (i < M && j < N)
+					Cm[i * ldc + j] = (beta0 == 0.f ? 0.f : beta0 * Cm[i * ldc + j]) +
+							  alpha * acc[t][e];
+			}
+	}
+}
 template <int D> struct PfCfg {
 	static constexpr int NB = 2, NW = 4 * NB, NTH = NW * 32, MINB = 1;
 	/* bf16 elements: 2 stages of K~ (or K), V, W, U (64 x D each), the
@@ -1963,14 +2019,28 @@ __global__ void to_bf16_kernel(bf16 *dst, const float *src, int64_t n)
 }
 #endif
 
-/* smem: W, K, Q, dQ (C,D+1); dZ, dT, X1, X2 (C,C+1); beta, dbeta (C). The
- * rows are padded by one float so that threads reading different rows at
- * the same column (the dot products over rows) fall in different banks;
- * what the loops would read across rows from global memory (U, dA, dK~,
- * T) is staged in a free tile first. The workspace's dkt, du, dwp rows of
- * this block are this block's alone: they become the accumulators of dK,
- * dU, dW (dkt after its last read as dK~). */
-template <class E>
+/* smm, or with TC smm3. */
+template <bool TC, bool TA, bool TB>
+static __device__ void bmm(float *Cm, int ldc, const float *A, int lda, const float *Bm, int ldb,
+			   int M, int N, int Kk, float alpha, float beta0)
+{
+#ifndef LMK_PATH_EMU
+	if constexpr (TC) {
+		smm3<TA, TB>(Cm, ldc, A, lda, Bm, ldb, M, N, Kk, alpha, beta0);
+		return;
+	}
+#endif
+	smm<TA, TB>(Cm, ldc, A, lda, Bm, ldb, M, N, Kk, alpha, beta0);
+}
+
+/* smem: W, K, Q, dQ (C,D+1); dZ, dT, X1, X2 (C,C+1); beta, dbeta (C). Rows
+ * padded by one float (threads reading different rows at one column fall in
+ * different banks); U, dA, dK~ and T staged in free tiles where a product
+ * reads them. The workspace's dkt, du, dwp rows of this block are this
+ * block's alone: they become the accumulators of dK, dU, dW (dkt after its
+ * last read as dK~). Every product is a bmm: with TC (BF16, where the
+ * forward used the tensor cores) on the tensor cores in split bf16. */
+template <class E, bool TC>
 __global__ void __launch_bounds__(NT) back_kernel(pws s, gacc dq, gacc dk, gacc dw, gacc dbeta,
 						  const E *q, const E *k, const E *w, const E *beta)
 {
@@ -1996,84 +2066,46 @@ __global__ void __launch_bounds__(NT) back_kernel(pws s, gacc dq, gacc dk, gacc 
 		sb[r] = r < c ? tof(beta[((int64_t)b * s.T + j0 + r) * K + g]) : 0.f;
 		sdb[r] = 0.f;
 	}
-	zero(sZd, C * CP);
-	zero(sX1, C * CP);
-	zero(sX2, C * CP);
 	__syncthreads();
-	/* K~ = K - Zᵀ W (dK~ staged in sD) */
-	smm<false, true>(sZd, CP, sW, LD, sD, LD, c, c, D, -1.f, 0.f);
-	for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
-		const int r = idx / D, d = idx % D;
-		float a = 0.f;
-		for (int j = 0; j < c; j++)
-			a += Z[r * C + j] * sD[j * LD + d];
-		dW[idx] -= a;
-	}
+	/* K~ = K - Zᵀ W (dK~ staged in sD): dZ = -W dK~ᵀ, dW -= Z dK~ */
+	bmm<TC, false, true>(sZd, CP, sW, LD, sD, LD, c, c, D, -1.f, 0.f);
+	bmm<TC, false, false>(dW, D, Z, C, sD, LD, c, D, c, -1.f, 1.f);
 	__syncthreads();
 	for (int h = g * rep; h < (g + 1) * rep; h++) {
 		const float *dQt = s.dqt + hrow(s, b, h, H, j0), *dA = s.daloc + hblk(s, b, h, H, n);
-		/* Q; U into sD and dA into sTd until the loops below need them */
-		for (int idx = threadIdx.x; idx < C * D; idx += blockDim.x) {
+		/* Q; U into sD and dA into sTd for the products below */
+		for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
 			const int r = idx / D, d = idx % D;
-			sQ[r * LD + d] = r < c ? tof(q[row(s, b, j0 + r, h, H) + d]) : 0.f;
-			sD[r * LD + d] = r < c ? U[r * D + d] : 0.f;
+			sQ[r * LD + d] = tof(q[row(s, b, j0 + r, h, H) + d]);
+			sD[r * LD + d] = U[idx];
 		}
 		for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x)
 			sTd[(idx / C) * CP + idx % C] = dA[idx];
 		__syncthreads();
-		/* Xq = tril(Q Wᵀ); dXq = tril(-dQ~ Uᵀ - dA Zᵀ), the second term
-		 * with the threads along i (Z's rows read as one) */
+		/* Xq = tril(Q Wᵀ); dXq = tril(-dQ~ Uᵀ - dA Zᵀ) */
+		bmm<TC, false, true>(sX1, CP, sQ, LD, sW, LD, c, c, D, 1.f, 0.f);
+		bmm<TC, false, true>(sX2, CP, dQt, D, sD, LD, c, c, D, -1.f, 0.f);
+		__syncthreads();
+		bmm<TC, false, true>(sX2, CP, sTd, CP, Z, C, c, c, c, -1.f, 1.f);
+		__syncthreads();
 		for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
 			const int i = idx / c, j = idx % c;
-			float x = 0.f, dx = 0.f;
-			if (j <= i) {
-				x = sdot(sQ + i * LD, sW + j * LD, D);
-				for (int d = 0; d < D; d++)
-					dx -= dQt[i * D + d] * sD[j * LD + d];
-			}
-			sX1[i * CP + j] = x;
-			sX2[i * CP + j] = dx;
+			if (j > i)
+				sX1[i * CP + j] = sX2[i * CP + j] = 0.f;
 		}
+		/* dQ = dQ~ + dA K + dXq W, into sD */
+		for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x)
+			sD[(idx / D) * LD + idx % D] = dQt[idx];
 		__syncthreads();
-		for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
-			const int j = idx / c, i = idx % c;
-			if (j <= i) {
-				float dx = 0.f;
-				for (int r = 0; r < c; r++)
-					dx -= sTd[i * CP + r] * Z[j * C + r];
-				sX2[i * CP + j] += dx;
-			}
-		}
+		bmm<TC, false, false>(sD, LD, sTd, CP, sK, LD, c, D, c, 1.f, 1.f);
 		__syncthreads();
-		/* dQ = dQ~ + dA K + dXq W */
-		for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
-			const int i = idx / D, d = idx % D;
-			float a = dQt[idx];
-			for (int j = 0; j < c; j++)
-				a += sTd[i * CP + j] * sK[j * LD + d] + sX2[i * CP + j] * sW[j * LD + d];
-			sD[i * LD + d] = a;
-		}
-		/* dK += dAᵀ Q, dU -= Xqᵀ dQ~, dW += dXqᵀ Q (rows of this block) */
-		for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
-			const int r = idx / D, d = idx % D;
-			float a = 0.f, bu = 0.f, cw = 0.f;
-			for (int i = 0; i < c; i++) {
-				a += sTd[i * CP + r] * sQ[i * LD + d];
-				bu += sX1[i * CP + r] * dQt[i * D + d];
-				cw += sX2[i * CP + r] * sQ[i * LD + d];
-			}
-			dU[idx] -= bu;
-			dW[idx] += cw;
-			dKt[idx] += a; /* dkt now accumulates dK */
-		}
-		/* dZ -= Xqᵀ dA */
-		for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
-			const int r = idx / c, j = idx % c;
-			float a = 0.f;
-			for (int i = 0; i < c; i++)
-				a += sX1[i * CP + r] * sTd[i * CP + j];
-			sZd[r * CP + j] -= a;
-		}
+		bmm<TC, false, false>(sD, LD, sX2, CP, sW, LD, c, D, c, 1.f, 1.f);
+		/* dK += dAᵀ Q, dU -= Xqᵀ dQ~, dW += dXqᵀ Q (rows of this block);
+		 * dZ -= Xqᵀ dA */
+		bmm<TC, true, false>(dKt, D, sTd, CP, sQ, LD, c, D, c, 1.f, 1.f);
+		bmm<TC, true, false>(dU, D, sX1, CP, dQt, D, c, D, c, -1.f, 1.f);
+		bmm<TC, true, false>(dW, D, sX2, CP, sQ, LD, c, D, c, 1.f, 1.f);
+		bmm<TC, true, false>(sZd, CP, sX1, CP, sTd, CP, c, c, c, -1.f, 1.f);
 		__syncthreads();
 		if (dq.p)
 			for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
@@ -2082,79 +2114,75 @@ __global__ void __launch_bounds__(NT) back_kernel(pws s, gacc dq, gacc dk, gacc 
 			}
 		__syncthreads();
 	}
-	/* Mk = strictlower(diag(beta) W Kᵀ) into X1; dT = dZ Mkᵀ; dM = Tᵀ dZ */
-	for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x) {
-		const int r = idx / C, j = idx % C;
-		sX1[r * CP + j] = j < r && r < c ? sb[r] * sdot(sW + r * LD, sK + j * LD, D) : 0.f;
+	/* M = strictlower(diag(beta) W Kᵀ), Z = T M: with X1 = strictlower(W
+	 * Kᵀ), dT = dZ Mᵀ = (dZ X1ᵀ) diag(beta), dM = Tᵀ dZ (X2) */
+	bmm<TC, false, true>(sX1, CP, sW, LD, sK, LD, c, c, D, 1.f, 0.f);
+	__syncthreads();
+	for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
+		const int r = idx / c, j = idx % c;
+		if (j >= r)
+			sX1[r * CP + j] = 0.f;
 	}
 	__syncthreads();
-	smm<false, true>(sTd, CP, sZd, CP, sX1, CP, c, c, c, 1.f, 0.f);
-	smm<true, false>(sX2, CP, Tm, C, sZd, CP, c, c, c, 1.f, 0.f);
+	bmm<TC, false, true>(sTd, CP, sZd, CP, sX1, CP, c, c, c, 1.f, 0.f);
+	bmm<TC, true, false>(sX2, CP, Tm, C, sZd, CP, c, c, c, 1.f, 0.f);
 	__syncthreads();
-	/* through Mk: dbeta_r (with W Kᵀ, lower part, in dZ's tile), dW_r
-	 * (row r), dK_j (row j) */
-	for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x) {
-		const int r = idx / C, j = idx % C;
-		sZd[r * CP + j] = j < r && r < c ? sdot(sW + r * LD, sK + j * LD, D) : 0.f;
+	/* through M: dbeta_r += (dM ∘ X1) row sums; E = diag(beta)
+	 * strictlower(dM) into dZ's tile: dW += E K, dK += Eᵀ W */
+	for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
+		const int r = idx / c, j = idx % c;
+		sTd[r * CP + j] *= sb[j];
+		sZd[r * CP + j] = j < r ? sb[r] * sX2[r * CP + j] : 0.f;
 	}
-	__syncthreads();
 	for (int r = threadIdx.x; r < c; r += blockDim.x) {
 		float a = 0.f;
 		for (int j = 0; j < r; j++)
-			a += sX2[r * CP + j] * sZd[r * CP + j];
+			a += sX2[r * CP + j] * sX1[r * CP + j];
 		sdb[r] += a;
 	}
-	for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
-		const int r = idx / D, d = idx % D;
-		float a = 0.f, bk = 0.f;
-		for (int j = 0; j < r; j++)
-			a += sX2[r * CP + j] * sK[j * LD + d];
-		for (int i = r + 1; i < c; i++)
-			bk += sb[i] * sX2[i * CP + r] * sW[i * LD + d];
-		dW[idx] += sb[r] * a;
-		dKt[idx] += bk;
-	}
 	__syncthreads();
-	/* U = T diag(beta) W: Tb = Tᵀ dU into Q's tile; dT += dU (diag(beta) W)ᵀ;
-	 * T into dZ's tile for the products below */
-	smm<true, false>(sQ, LD, Tm, C, dU, D, c, D, c, 1.f, 0.f);
+	bmm<TC, false, false>(dW, D, sZd, CP, sK, LD, c, D, c, 1.f, 1.f);
+	bmm<TC, true, false>(dKt, D, sZd, CP, sW, LD, c, D, c, 1.f, 1.f);
+	/* U = T diag(beta) W: Tb = Tᵀ dU into Q's tile; dT += (dU Wᵀ) diag(beta)
+	 * (dU Wᵀ into X2) */
+	bmm<TC, true, false>(sQ, LD, Tm, C, dU, D, c, D, c, 1.f, 0.f);
+	bmm<TC, false, true>(sX2, CP, dU, D, sW, LD, c, c, D, 1.f, 0.f);
+	__syncthreads();
 	for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
 		const int r = idx / c, j = idx % c;
-		sTd[r * CP + j] += sb[j] * sdot(dU + r * D, sW + j * LD, D);
+		sTd[r * CP + j] += sb[j] * sX2[r * CP + j];
 	}
-	for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x)
-		sZd[(idx / C) * CP + idx % C] = Tm[idx];
-	__syncthreads();
 	for (int r = threadIdx.x; r < c; r += blockDim.x)
 		sdb[r] += sdot(sQ + r * LD, sW + r * LD, D);
 	for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x)
 		dW[idx] += sb[idx / D] * sQ[(idx / D) * LD + idx % D];
-	/* T = (I + L)⁻¹: dL = -Tᵀ dT Tᵀ, L = strictlower(diag(beta) W Wᵀ) */
-	smm<true, false>(sX1, CP, sZd, CP, sTd, CP, c, c, c, 1.f, 0.f);
+	/* T in dZ's tile */
+	for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x)
+		sZd[(idx / C) * CP + idx % C] = Tm[idx];
 	__syncthreads();
-	smm<false, true>(sX2, CP, sX1, CP, sZd, CP, c, c, c, -1.f, 0.f);
+	/* T = (I + L)⁻¹: dL = -Tᵀ dT Tᵀ (X2), L = strictlower(diag(beta) W Wᵀ)
+	 * (W Wᵀ into dT's tile once dT is spent) */
+	bmm<TC, true, false>(sX1, CP, sZd, CP, sTd, CP, c, c, c, 1.f, 0.f);
 	__syncthreads();
-	/* W Wᵀ (lower part) into dT's tile */
-	for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x) {
-		const int r = idx / C, j = idx % C;
-		sTd[r * CP + j] = j < r && r < c ? sdot(sW + r * LD, sW + j * LD, D) : 0.f;
-	}
+	bmm<TC, false, true>(sX2, CP, sX1, CP, sZd, CP, c, c, c, -1.f, 0.f);
+	bmm<TC, false, true>(sTd, CP, sW, LD, sW, LD, c, c, D, 1.f, 0.f);
 	__syncthreads();
+	/* dbeta_r += (dL ∘ W Wᵀ) lower row sums; E = diag(beta)
+	 * strictlower(dL) into X1: dW += E W + Eᵀ W */
 	for (int r = threadIdx.x; r < c; r += blockDim.x) {
 		float a = 0.f;
 		for (int j = 0; j < r; j++)
 			a += sX2[r * CP + j] * sTd[r * CP + j];
 		sdb[r] += a;
 	}
-	for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
-		const int r = idx / D, d = idx % D;
-		float a = 0.f;
-		for (int j = 0; j < r; j++)
-			a += sb[r] * sX2[r * CP + j] * sW[j * LD + d];
-		for (int i = r + 1; i < c; i++)
-			a += sb[i] * sX2[i * CP + r] * sW[i * LD + d];
-		dW[idx] += a;
+	for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
+		const int r = idx / c, j = idx % c;
+		sX1[r * CP + j] = j < r ? sb[r] * sX2[r * CP + j] : 0.f;
 	}
+	__syncthreads();
+	bmm<TC, false, false>(dW, D, sX1, CP, sW, LD, c, D, c, 1.f, 1.f);
+	__syncthreads();
+	bmm<TC, true, false>(dW, D, sX1, CP, sW, LD, c, D, c, 1.f, 1.f);
 	__syncthreads();
 	for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
 		const int r = idx / D, d = idx % D;
@@ -2372,11 +2400,18 @@ static int backward_t(cudaStream_t st, pws p, bool tc, bool mma, bf16 *kt16, lmk
 			LAUNCH(key_f32, dim3(p.N, p.K, p.B), kb, st, p, to_gacc(dv),
 			       (const E *)dout, (const E *)v, (const E *)w, scale);
 	}
-	if (dq.p || dk.p || dw.p || dbeta.p)
-		LAUNCH(back_kernel<E>, dim3(p.N, p.K, p.B),
-		       (4 * C * (D + 1) + 4 * C * (C + 1) + 2 * C) * f, st,
-		       p, to_gacc(dq), to_gacc(dk), to_gacc(dw), to_gacc(dbeta), (const E *)q,
-		       (const E *)k, (const E *)w, (const E *)beta);
+	if (dq.p || dk.p || dw.p || dbeta.p) {
+		const size_t bb = (4 * C * (D + 1) + 4 * C * (C + 1) + 2 * C) * f;
+		auto back_tc = back_kernel<E, true>, back_f32 = back_kernel<E, false>;
+		if (tc)
+			LAUNCH(back_tc, dim3(p.N, p.K, p.B), bb, st, p, to_gacc(dq), to_gacc(dk),
+			       to_gacc(dw), to_gacc(dbeta), (const E *)q, (const E *)k, (const E *)w,
+			       (const E *)beta);
+		else
+			LAUNCH(back_f32, dim3(p.N, p.K, p.B), bb, st, p, to_gacc(dq), to_gacc(dk),
+			       to_gacc(dw), to_gacc(dbeta), (const E *)q, (const E *)k, (const E *)w,
+			       (const E *)beta);
+	}
 	if (dlogf.p && logf) {
 		dlogf_kernel<<<(p.B * p.H + NT - 1) / NT, NT, 0, st>>>(p, to_gacc(dlogf));
 		LMK_CK_LAUNCH();
