@@ -968,31 +968,40 @@ __global__ void __launch_bounds__(PfCfg<D>::NTH, PfCfg<D>::MINB)
 	if (live) {
 		const bf16 *tK = sStage + (warp / 4) * ST, *tV = tK + C * D, *tW = tV + C * D;
 		const bf16 *tU = tW + C * D, *tZ = sZ + (warp / 4) * C * C;
-		float x[8][4], a[8][4];
+		uint32_t xa[4][4]; /* -X as A operands */
+		{
+			float x[8][4];
+#pragma unroll
+			for (int n = 0; n < 8; n++)
+				x[n][0] = x[n][1] = x[n][2] = x[n][3] = 0.f;
+#pragma unroll
+			for (int kk = 0; kk < D / 16; kk++) {
+				uint32_t af[4];
+				ld_a<D>(af, sQ, warp * 16, kk * 16, lane);
+				mm_nk<D, 8>(x, af, tW, kk * 16, lane);
+			}
+			/* X = tril(Q Wᵀ), the diagonal kept */
+#pragma unroll
+			for (int n = 0; n < 8; n++)
+#pragma unroll
+				for (int e = 0; e < 4; e++)
+					if (n * 8 + c2 + (e & 1) > (e < 2 ? il_lo : il_hi))
+						x[n][e] = 0.f;
+#pragma unroll
+			for (int kk = 0; kk < 4; kk++)
+				c_to_a(xa[kk], x[2 * kk], x[2 * kk + 1], -1.f);
+		}
+		/* A = Q Kᵀ - X Z, Q~ = Q - X U */
+		float a[8][4];
 #pragma unroll
 		for (int n = 0; n < 8; n++)
-#pragma unroll
-			for (int e = 0; e < 4; e++)
-				x[n][e] = a[n][e] = 0.f;
+			a[n][0] = a[n][1] = a[n][2] = a[n][3] = 0.f;
 #pragma unroll
 		for (int kk = 0; kk < D / 16; kk++) {
 			uint32_t af[4];
 			ld_a<D>(af, sQ, warp * 16, kk * 16, lane);
-			mm_nk<D, 8>(x, af, tW, kk * 16, lane);
 			mm_nk<D, 8>(a, af, tK, kk * 16, lane);
 		}
-		/* X = tril(Q Wᵀ), the diagonal kept */
-#pragma unroll
-		for (int n = 0; n < 8; n++)
-#pragma unroll
-			for (int e = 0; e < 4; e++)
-				if (n * 8 + c2 + (e & 1) > (e < 2 ? il_lo : il_hi))
-					x[n][e] = 0.f;
-		uint32_t xa[4][4]; /* -X as A operands */
-#pragma unroll
-		for (int kk = 0; kk < 4; kk++)
-			c_to_a(xa[kk], x[2 * kk], x[2 * kk + 1], -1.f);
-		/* A = Q Kᵀ - X Z, Q~ = Q - X U */
 #pragma unroll
 		for (int kk = 0; kk < 4; kk++)
 			mm_kn<64, 8>(a, xa[kk], tZ, kk * 16, lane);
