@@ -1,22 +1,34 @@
 /* path.cu: PaTH attention on the GPU (cuda/path_cuda.h), the blockwise
- * algorithm of lib/path.c pass for pass, with the same names: prep_block,
- * intra_block and flash_block for the forward; query_pass, key_pass and
- * block_back for the backward (lib/path.c says what each computes and why
- * the backward stores the levels of the query walk). One thread block per
- * work item of the CPU loop (grid (blocks, heads, B)), 256 threads, every
- * tile in float32 shared memory whatever the storage dtype.
- * Products: in BF16 contexts with D a multiple of 16 (unless the op asked
- * for LMK_PATH_BLOCKWISE_FP32) the (C x D)(D x C) and (C x C)(C x D)
- * products of the O(T²) passes (flash, query, key) run on the tensor cores
- * (wmma m16n16k16, bf16 operands rounded from the float32 tiles, fp32
+ * algorithm of lib/path.c.
+ *
+ * The fast path (BF16 contexts with the tensor cores allowed, blocks of
+ * C = 64, D 64 or 128): FlashAttention-2-style kernels on mma.sync
+ * m16n8k16 (attention.cu's fwd_mma: ldmatrix from swizzled bf16 tiles,
+ * cp.async double buffering, each warp's rows in registers, one product's
+ * accumulators the A operand of the next). Forward: prep_mma (prep_block:
+ * the UT form of each key block, also K~, U, Z in bf16), then fwd_mma
+ * (intra_block and flash_block in one: Q~ and O of 16 query rows per warp
+ * in registers while it walks the key blocks down). Backward: bwd_q_mma
+ * (query_pass: the levels down, the adjoint up), bwd_k_mma (key_pass, in
+ * two launches of two accumulators each), back_kernel (block_back) as a
+ * sequence of split-bf16 products (smm3). The levels and adjoints that the
+ * backward stores go in bf16, half of their float32 slots.
+ *
+ * Everything else (F32, LMK_PATH_BLOCKWISE_FP32, other blocks and head
+ * dims) runs the general kernels, pass for pass with lib/path.c and with
+ * its names: prep_block, intra_block and flash_block for the forward;
+ * query_pass, key_pass and block_back for the backward. One thread block
+ * per work item of the CPU loop (grid (blocks, heads, B)), 256 threads,
+ * every tile in float32 shared memory whatever the storage dtype. In BF16
+ * with D a multiple of 16 (not BLOCKWISE_FP32) the (C x D)(D x C) and
+ * (C x C)(C x D) products of the O(T²) passes run on the tensor cores (wmma
+ * m16n16k16, bf16 operands rounded from the float32 tiles, fp32
  * accumulation: tmm, and tacc for the key pass's accumulators kept as
  * fragments); everything else, and every product in F32, is smm on the
- * CUDA cores in float32 (no TF32, so F32 matches the CPU to 1e-5). The
- * O(T) passes (prep, intra, block_back) stay on the CUDA cores.
- * Not yet done (see bench/path_gpu.cu): mma.sync with ldmatrix and
- * register-resident tiles as in attention.cu, cp.async double buffering,
- * and a backward whose stored levels cost less than T² D / C floats per
- * head (fla keeps its query copies per 512-token chunk instead of per block).
+ * CUDA cores in float32 (no TF32, so F32 matches the CPU to 1e-5).
+ * Not yet done: a backward whose stored levels cost less than T² D / C
+ * values per head (fla keeps its query copies per 512-token chunk instead
+ * of per block).
  *
  * Shape letters as in lib/path.h; C <= 64 the block, D <= 128, c <= C the
  * rows of a block, NT threads. A thread owns the elements tid + e NT (e <
