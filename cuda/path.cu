@@ -1541,18 +1541,9 @@ __global__ void __launch_bounds__(NT) key_kernel(pws s, gacc dv, const E *dout, 
  * the first half of each float32 slot): bf16 is what the products round
  * them to anyway. K~ and U come in bf16 from the launcher (kt16, u16). */
 
-/* A fragment (16 x 16 at k0) of this thread's rows r, r + 8 of a bf16
- * row-major matrix in global memory (ld elements per row); plain loads,
- * not __ldg: the levels are written by the same kernel. */
-static __device__ __forceinline__ void ld_a_glob(uint32_t (&a)[4], const bf16 *base, int64_t ld,
-						 int r, int k0, int c2)
-{
-	const bf16 *p = base + r * ld + k0 + c2;
-	a[0] = *(const unsigned int *)p;
-	a[1] = *(const unsigned int *)(p + 8 * ld);
-	a[2] = *(const unsigned int *)(p + 8);
-	a[3] = *(const unsigned int *)(p + 8 * ld + 8);
-}
+/* bwd_q_mma's stage: K~, V, W, U, and the levels of its two query blocks
+ * (bf16 elements). */
+template <int D> static constexpr int BQ_STAGE = 6 * 64 * D;
 
 /* This thread's rows r, r + 8 of x (16 x D, C layout) to a bf16 row-major
  * (., D) matrix. */
@@ -1578,9 +1569,9 @@ __global__ void __launch_bounds__(PfCfg<D>::NTH, 1)
 		  const bf16 *__restrict__ u16, float scale)
 {
 	using Cfg = PfCfg<D>;
-	constexpr int NB = Cfg::NB, NTH = Cfg::NTH, ST = Cfg::STAGE, C = 64;
+	constexpr int NB = Cfg::NB, NTH = Cfg::NTH, C = 64, ST = BQ_STAGE<D>;
 	extern __shared__ __align__(128) unsigned char smem_raw[];
-	bf16 *sStage = (bf16 *)smem_raw; /* stage x: sStage + x ST: K~, V, W, U */
+	bf16 *sStage = (bf16 *)smem_raw; /* stage x: sStage + x ST: K~, V, W, U, L of each block */
 	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 	const int T = s.T, H = s.H, K = s.K, N = s.N;
 	const int m0 = (gridDim.x - 1 - blockIdx.x) * NB, h = blockIdx.y, b = blockIdx.z;
@@ -1670,9 +1661,17 @@ __global__ void __launch_bounds__(PfCfg<D>::NTH, 1)
 	/* dO rows past T read the block's row 0 (their P is zero) */
 	const bf16 *dorow = dob + (int64_t)(live ? mw * C : 0) * ldq;
 	const int64_t dr_lo = (ok_lo ? il_lo : 0) * ldq, dr_hi = (ok_hi ? il_hi : 0) * ldq;
+	/* the levels of key block nn of the tile's query blocks */
+	auto load_levels = [&](bf16 *st, int nn) {
+		for (int xb = 0; xb < NB; xb++)
+			if (nn < m0 + xb && m0 + xb < N)
+				load_tile<D, C, NTH>(st + (4 + xb) * C * D,
+						     lv16 + lvat(s, b, h, m0 + xb, nn), D, 0, C, tid);
+	};
 	if (mtop > 0) {
 		load_tile<D, C, NTH>(sStage, ktb, D, 0, T, tid);
 		load_tile<D, C, NTH>(sStage + C * D, vb, ldk, 0, T, tid);
+		load_levels(sStage, 0);
 	}
 	cp_commit();
 	for (int n = 0; n < mtop; n++) {
@@ -1683,6 +1682,7 @@ __global__ void __launch_bounds__(PfCfg<D>::NTH, 1)
 			load_tile<D, C, NTH>(st + C * D, vb, ldk, j0, T, tid);
 			load_tile<D, C, NTH>(st + 2 * C * D, wb, ldk, j0, T, tid);
 			load_tile<D, C, NTH>(st + 3 * C * D, ub, D, j0, T, tid);
+			load_levels(st, n + 1);
 		}
 		cp_commit();
 		cp_wait<1>();
@@ -1717,11 +1717,11 @@ __global__ void __launch_bounds__(PfCfg<D>::NTH, 1)
 #pragma unroll
 				for (int e = 0; e < 4; e++)
 					sc[nn][e] = dp[nn][e] = 0.f;
-			const bf16 *Lv = lv16 + lvat(s, b, h, mw, n);
+			const bf16 *cL = cK + (4 + warp / 4) * C * D;
 #pragma unroll
 			for (int kk = 0; kk < D / 16; kk++) {
 				uint32_t af[4];
-				ld_a_glob(af, Lv, D, il_lo, kk * 16, c2);
+				ld_a<D>(af, cL, (warp % 4) * 16, kk * 16, lane);
 				mm_nk<D, 8>(sc, af, cK, kk * 16, lane);
 				uint32_t of[4];
 				const bf16 *p = dorow + kk * 16 + c2;
@@ -2362,7 +2362,7 @@ static int bwd_mma_launch(cudaStream_t st, pws p, lmk_gbuf dv, const void *dout,
 	to_bf16_kernel<<<grid_for(nkt, NT), NT, 0, st>>>(u16, p.u, nkt);
 	LMK_CK_LAUNCH();
 	using Cq = PfCfg<D>;
-	const size_t qsm = (size_t)2 * Cq::STAGE * sizeof(bf16); /* the stages only */
+	const size_t qsm = (size_t)2 * BQ_STAGE<D> * sizeof(bf16);
 	int rc = set_smem(bwd_q_mma<D>, qsm);
 	if (rc < 0)
 		return rc;
