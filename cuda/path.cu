@@ -864,8 +864,9 @@ template <int D> static constexpr size_t prep_mma_smem()
  * hi hi' + hi lo' + lo hi', which keeps about 16 bits of each operand (the
  * O(T) back_kernel in BF16, whose operands are float32 sums). Operands in
  * shared or global memory, Cm aliasing neither; warp w takes the 16 x 32
- * tiles w, w + (warps), ... of the result. */
-template <bool TA, bool TB>
+ * tiles w, w + (warps), ... of the result. AX, BX: A, B hold bf16 values
+ * (the inputs), whose lo parts are zero: their products are left out. */
+template <bool TA, bool TB, bool AX, bool BX>
 static __device__ void smm3(float *Cm, int ldc, const float *A, int lda, const float *Bm, int ldb,
 			    int M, int N, int Kk, float alpha, float beta0)
 {
@@ -900,8 +901,10 @@ static __device__ void smm3(float *Cm, int ldc, const float *A, int lda, const f
 					split2(bh[i], bl[i], bt(k, n), bt(k + 1, n));
 				}
 				mma16816(acc[t], ah, bh[0], bh[1]);
-				mma16816(acc[t], ah, bl[0], bl[1]);
-				mma16816(acc[t], al, bh[0], bh[1]);
+				if (!BX)
+					mma16816(acc[t], ah, bl[0], bl[1]);
+				if (!AX)
+					mma16816(acc[t], al, bh[0], bh[1]);
 			}
 		}
 #pragma unroll
@@ -2040,14 +2043,14 @@ __global__ void to_bf16_kernel(bf16 *dst, const float *src, int64_t n)
 }
 #endif
 
-/* smm, or with TC smm3. */
-template <bool TC, bool TA, bool TB>
+/* smm, or with TC smm3 (AX, BX as there). */
+template <bool TC, bool TA, bool TB, bool AX = false, bool BX = false>
 static __device__ void bmm(float *Cm, int ldc, const float *A, int lda, const float *Bm, int ldb,
 			   int M, int N, int Kk, float alpha, float beta0)
 {
 #ifndef LMK_PATH_EMU
 	if constexpr (TC) {
-		smm3<TA, TB>(Cm, ldc, A, lda, Bm, ldb, M, N, Kk, alpha, beta0);
+		smm3<TA, TB, AX, BX>(Cm, ldc, A, lda, Bm, ldb, M, N, Kk, alpha, beta0);
 		return;
 	}
 #endif
@@ -2089,7 +2092,7 @@ __global__ void __launch_bounds__(NT) back_kernel(pws s, gacc dq, gacc dk, gacc 
 	}
 	__syncthreads();
 	/* K~ = K - Zᵀ W (dK~ staged in sD): dZ = -W dK~ᵀ, dW -= Z dK~ */
-	bmm<TC, false, true>(sZd, CP, sW, LD, sD, LD, c, c, D, -1.f, 0.f);
+	bmm<TC, false, true, true, false>(sZd, CP, sW, LD, sD, LD, c, c, D, -1.f, 0.f);
 	bmm<TC, false, false>(dW, D, Z, C, sD, LD, c, D, c, -1.f, 1.f);
 	__syncthreads();
 	for (int h = g * rep; h < (g + 1) * rep; h++) {
@@ -2104,7 +2107,7 @@ __global__ void __launch_bounds__(NT) back_kernel(pws s, gacc dq, gacc dk, gacc 
 			sTd[(idx / C) * CP + idx % C] = dA[idx];
 		__syncthreads();
 		/* Xq = tril(Q Wᵀ); dXq = tril(-dQ~ Uᵀ - dA Zᵀ) */
-		bmm<TC, false, true>(sX1, CP, sQ, LD, sW, LD, c, c, D, 1.f, 0.f);
+		bmm<TC, false, true, true, true>(sX1, CP, sQ, LD, sW, LD, c, c, D, 1.f, 0.f);
 		bmm<TC, false, true>(sX2, CP, dQt, D, sD, LD, c, c, D, -1.f, 0.f);
 		__syncthreads();
 		bmm<TC, false, true>(sX2, CP, sTd, CP, Z, C, c, c, c, -1.f, 1.f);
@@ -2118,14 +2121,14 @@ __global__ void __launch_bounds__(NT) back_kernel(pws s, gacc dq, gacc dk, gacc 
 		for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x)
 			sD[(idx / D) * LD + idx % D] = dQt[idx];
 		__syncthreads();
-		bmm<TC, false, false>(sD, LD, sTd, CP, sK, LD, c, D, c, 1.f, 1.f);
+		bmm<TC, false, false, false, true>(sD, LD, sTd, CP, sK, LD, c, D, c, 1.f, 1.f);
 		__syncthreads();
-		bmm<TC, false, false>(sD, LD, sX2, CP, sW, LD, c, D, c, 1.f, 1.f);
+		bmm<TC, false, false, false, true>(sD, LD, sX2, CP, sW, LD, c, D, c, 1.f, 1.f);
 		/* dK += dAᵀ Q, dU -= Xqᵀ dQ~, dW += dXqᵀ Q (rows of this block);
 		 * dZ -= Xqᵀ dA */
-		bmm<TC, true, false>(dKt, D, sTd, CP, sQ, LD, c, D, c, 1.f, 1.f);
+		bmm<TC, true, false, false, true>(dKt, D, sTd, CP, sQ, LD, c, D, c, 1.f, 1.f);
 		bmm<TC, true, false>(dU, D, sX1, CP, dQt, D, c, D, c, -1.f, 1.f);
-		bmm<TC, true, false>(dW, D, sX2, CP, sQ, LD, c, D, c, 1.f, 1.f);
+		bmm<TC, true, false, false, true>(dW, D, sX2, CP, sQ, LD, c, D, c, 1.f, 1.f);
 		bmm<TC, true, false>(sZd, CP, sX1, CP, sTd, CP, c, c, c, -1.f, 1.f);
 		__syncthreads();
 		if (dq.p)
@@ -2137,7 +2140,7 @@ __global__ void __launch_bounds__(NT) back_kernel(pws s, gacc dq, gacc dk, gacc 
 	}
 	/* M = strictlower(diag(beta) W Kᵀ), Z = T M: with X1 = strictlower(W
 	 * Kᵀ), dT = dZ Mᵀ = (dZ X1ᵀ) diag(beta), dM = Tᵀ dZ (X2) */
-	bmm<TC, false, true>(sX1, CP, sW, LD, sK, LD, c, c, D, 1.f, 0.f);
+	bmm<TC, false, true, true, true>(sX1, CP, sW, LD, sK, LD, c, c, D, 1.f, 0.f);
 	__syncthreads();
 	for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
 		const int r = idx / c, j = idx % c;
@@ -2162,12 +2165,12 @@ __global__ void __launch_bounds__(NT) back_kernel(pws s, gacc dq, gacc dk, gacc 
 		sdb[r] += a;
 	}
 	__syncthreads();
-	bmm<TC, false, false>(dW, D, sZd, CP, sK, LD, c, D, c, 1.f, 1.f);
-	bmm<TC, true, false>(dKt, D, sZd, CP, sW, LD, c, D, c, 1.f, 1.f);
+	bmm<TC, false, false, false, true>(dW, D, sZd, CP, sK, LD, c, D, c, 1.f, 1.f);
+	bmm<TC, true, false, false, true>(dKt, D, sZd, CP, sW, LD, c, D, c, 1.f, 1.f);
 	/* U = T diag(beta) W: Tb = Tᵀ dU into Q's tile; dT += (dU Wᵀ) diag(beta)
 	 * (dU Wᵀ into X2) */
 	bmm<TC, true, false>(sQ, LD, Tm, C, dU, D, c, D, c, 1.f, 0.f);
-	bmm<TC, false, true>(sX2, CP, dU, D, sW, LD, c, c, D, 1.f, 0.f);
+	bmm<TC, false, true, false, true>(sX2, CP, dU, D, sW, LD, c, c, D, 1.f, 0.f);
 	__syncthreads();
 	for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
 		const int r = idx / c, j = idx % c;
@@ -2186,7 +2189,7 @@ __global__ void __launch_bounds__(NT) back_kernel(pws s, gacc dq, gacc dk, gacc 
 	bmm<TC, true, false>(sX1, CP, sZd, CP, sTd, CP, c, c, c, 1.f, 0.f);
 	__syncthreads();
 	bmm<TC, false, true>(sX2, CP, sX1, CP, sZd, CP, c, c, c, -1.f, 0.f);
-	bmm<TC, false, true>(sTd, CP, sW, LD, sW, LD, c, c, D, 1.f, 0.f);
+	bmm<TC, false, true, true, true>(sTd, CP, sW, LD, sW, LD, c, c, D, 1.f, 0.f);
 	__syncthreads();
 	/* dbeta_r += (dL ∘ W Wᵀ) lower row sums; E = diag(beta)
 	 * strictlower(dL) into X1: dW += E W + Eᵀ W */
@@ -2201,9 +2204,9 @@ __global__ void __launch_bounds__(NT) back_kernel(pws s, gacc dq, gacc dk, gacc 
 		sX1[r * CP + j] = j < r ? sb[r] * sX2[r * CP + j] : 0.f;
 	}
 	__syncthreads();
-	bmm<TC, false, false>(dW, D, sX1, CP, sW, LD, c, D, c, 1.f, 1.f);
+	bmm<TC, false, false, false, true>(dW, D, sX1, CP, sW, LD, c, D, c, 1.f, 1.f);
 	__syncthreads();
-	bmm<TC, true, false>(dW, D, sX1, CP, sW, LD, c, D, c, 1.f, 1.f);
+	bmm<TC, true, false, false, true>(dW, D, sX1, CP, sW, LD, c, D, c, 1.f, 1.f);
 	__syncthreads();
 	for (int idx = threadIdx.x; idx < c * D; idx += blockDim.x) {
 		const int r = idx / D, d = idx % D;
