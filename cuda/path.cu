@@ -156,18 +156,29 @@ static __device__ __forceinline__ float gdiff(const pws &s, int b, int h, int i,
 
 /* ------------------------------------------------------------ forward */
 
+/* One warp per (b, h): chunks of 32 steps, a scan in double within each
+ * (butterfly order, fixed) plus the carry of the chunks before. */
 template <class E>
 __global__ void __launch_bounds__(NT) cumsum_kernel(float *g /*(B,H,T)*/, const E *logf /*(B,T,H)*/,
 						    int B, int T, int H)
 {
-	const int x = blockIdx.x * blockDim.x + threadIdx.x;
+	const int x = blockIdx.x * (NT / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
 	if (x >= B * H)
 		return;
 	const int b = x / H, h = x % H;
-	double a = 0;
-	for (int t = 0; t < T; t++) {
-		a += (double)tof(logf[((int64_t)b * T + t) * H + h]);
-		g[(int64_t)x * T + t] = (float)a;
+	double carry = 0;
+	for (int t0 = 0; t0 < T; t0 += 32) {
+		const int t = t0 + lane;
+		double a = t < T ? (double)tof(logf[((int64_t)b * T + t) * H + h]) : 0;
+		for (int o = 1; o < 32; o <<= 1) {
+			const double u = __shfl_up_sync(0xffffffffu, a, o);
+			if (lane >= o)
+				a += u;
+		}
+		a += carry;
+		if (t < T)
+			g[(int64_t)x * T + t] = (float)a;
+		carry = __shfl_sync(0xffffffffu, a, 31);
 	}
 }
 
@@ -2220,17 +2231,29 @@ __global__ void __launch_bounds__(NT) back_kernel(pws s, gacc dq, gacc dk, gacc 
 			gadd(dbeta, ((int64_t)b * s.T + j0 + r) * K + g, sdb[r]);
 }
 
+/* dlogf_t += sum over t' >= t of dgr + dgc (t >= 1): one warp per (b, h),
+ * chunks of 32 from the end, as cumsum_kernel. */
 __global__ void __launch_bounds__(NT) dlogf_kernel(pws s, gacc dlogf)
 {
-	const int x = blockIdx.x * blockDim.x + threadIdx.x;
+	const int x = blockIdx.x * (NT / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
 	if (x >= s.B * s.H)
 		return;
 	const int b = x / s.H, h = x % s.H;
 	const float *r = s.dgr + (int64_t)x * s.T, *c = s.dgc + (int64_t)x * s.T;
-	double a = 0;
-	for (int t = s.T - 1; t >= 1; t--) {
-		a += (double)r[t] + c[t];
-		gadd(dlogf, ((int64_t)b * s.T + t) * s.H + h, (float)a);
+	double carry = 0;
+	for (int t0 = (s.T - 1) / 32 * 32; t0 >= 0; t0 -= 32) {
+		const int t = t0 + lane;
+		const bool ok = t >= 1 && t < s.T;
+		double a = ok ? (double)r[t] + c[t] : 0;
+		for (int o = 1; o < 32; o <<= 1) {
+			const double u = __shfl_down_sync(0xffffffffu, a, o);
+			if (lane + o < 32)
+				a += u;
+		}
+		a += carry;
+		if (ok)
+			gadd(dlogf, ((int64_t)b * s.T + t) * s.H + h, (float)a);
+		carry = __shfl_sync(0xffffffffu, a, 0);
 	}
 }
 
@@ -2312,8 +2335,8 @@ static int forward_t(cudaStream_t st, void *be, pws p, bool tc, void *out, const
 {
 	const size_t C = p.C, D = p.D, f = sizeof(float);
 	if (logf) {
-		cumsum_kernel<E><<<(p.B * p.H + NT - 1) / NT, NT, 0, st>>>(p.g, (const E *)logf, p.B,
-									p.T, p.H);
+		cumsum_kernel<E><<<(p.B * p.H + NT / 32 - 1) / (NT / 32), NT, 0, st>>>(
+			p.g, (const E *)logf, p.B, p.T, p.H);
 		LMK_CK_LAUNCH();
 	}
 	if constexpr (sizeof(E) == 2) {
@@ -2437,7 +2460,7 @@ static int backward_t(cudaStream_t st, pws p, bool tc, bool mma, bf16 *kt16, lmk
 			       (const E *)beta);
 	}
 	if (dlogf.p && logf) {
-		dlogf_kernel<<<(p.B * p.H + NT - 1) / NT, NT, 0, st>>>(p, to_gacc(dlogf));
+		dlogf_kernel<<<(p.B * p.H + NT / 32 - 1) / (NT / 32), NT, 0, st>>>(p, to_gacc(dlogf));
 		LMK_CK_LAUNCH();
 	}
 	return 0;
