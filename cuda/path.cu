@@ -711,7 +711,7 @@ static __device__ __forceinline__ void frag_b32(uint32_t (&hi)[2], uint32_t (&lo
 }
 
 /* smem: W, K (64 x D bf16, swizzled); L, S = strictlower(W Kᵀ), T (64 x
- * PLD float32; Z later in L's place); beta (64). */
+ * PLD float32; Z later in L's place); beta (64); 3 16 x 16 sums. */
 template <int D>
 __global__ void __launch_bounds__(PREP_NTH) prep_mma(pws s, const bf16 *__restrict__ k,
 						     const bf16 *__restrict__ w,
@@ -722,6 +722,7 @@ __global__ void __launch_bounds__(PREP_NTH) prep_mma(pws s, const bf16 *__restri
 	extern __shared__ __align__(128) unsigned char smem_raw[];
 	bf16 *sW = (bf16 *)smem_raw, *sK = sW + C * D;
 	float *sL = (float *)(sK + C * D), *sS = sL + C * PLD, *sT = sS + C * PLD, *sb = sT + C * PLD;
+	float *sMt = sb + C; /* (3, 16, 16) */
 	const int n = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
 	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, K = s.K;
 	const int c = rows_of(s, n), j0 = n * C;
@@ -760,21 +761,44 @@ __global__ void __launch_bounds__(PREP_NTH) prep_mma(pws s, const bf16 *__restri
 			}
 	}
 	__syncthreads();
-	/* (I + L) T = I, one row at a time: row r needs the rows above */
-	for (int r = 1; r < c; r++) {
-		for (int j = tid; j < r; j += PREP_NTH) {
+	/* (I + L) T = I by 16 x 16 blocks (rows past c: identity rows, their
+	 * 1 dropped below): the diagonal blocks T_ii = (I + L_ii)⁻¹ by forward
+	 * substitution, warp i, lane j its column (its own entries only: no
+	 * barrier); then block rows i = 1..3, T_ij = -T_ii sum_{k=j..i-1} L_ik
+	 * T_kj (the sums in sMt) */
+	if (lane < 16) {
+		const int o = warp * 16, j = o + lane;
+		for (int r = 0; r < 16; r++) {
 			float a = 0.f;
-			for (int t = j; t < r; t++)
-				a += sL[r * PLD + t] * sT[t * PLD + j];
-			sT[r * PLD + j] = -a;
+			for (int t = lane; t < r; t++)
+				a += sL[(o + r) * PLD + o + t] * sT[(o + t) * PLD + j];
+			sT[(o + r) * PLD + j] = r == lane ? 1.f : r > lane ? -a : 0.f;
+		}
+	}
+	__syncthreads();
+	for (int i = 1; i < 4; i++) {
+		for (int idx = tid; idx < i * 256; idx += PREP_NTH) {
+			const int j = idx / 256, r = i * 16 + idx % 256 / 16, cc = j * 16 + idx % 16;
+			float a = 0.f;
+			for (int t = j * 16; t < i * 16; t++)
+				a += sL[r * PLD + t] * sT[t * PLD + cc];
+			sMt[idx] = a;
+		}
+		__syncthreads();
+		for (int idx = tid; idx < i * 256; idx += PREP_NTH) {
+			const int j = idx / 256, r = i * 16 + idx % 256 / 16, col = idx % 16;
+			float a = 0.f;
+			for (int t = 0; t < 16; t++)
+				a += sT[r * PLD + i * 16 + t] * sMt[j * 256 + t * 16 + col];
+			sT[r * PLD + j * 16 + col] = -a;
 		}
 		__syncthreads();
 	}
-	/* Tm out; then T diag(beta) in place */
+	/* Tm out (zero rows past c); then T diag(beta) in place */
 	float *Tm = s.tm + hblk(s, b, g, K, n);
 	for (int idx = tid; idx < C * C; idx += PREP_NTH) {
 		const int r = idx / C, j = idx % C;
-		Tm[idx] = sT[r * PLD + j];
+		Tm[idx] = r < c ? sT[r * PLD + j] : 0.f;
 	}
 	__syncthreads();
 	for (int idx = tid; idx < C * C; idx += PREP_NTH) {
@@ -867,7 +891,7 @@ __global__ void __launch_bounds__(PREP_NTH) prep_mma(pws s, const bf16 *__restri
 
 template <int D> static constexpr size_t prep_mma_smem()
 {
-	return (size_t)2 * 64 * D * 2 + (size_t)(3 * 64 * PLD + 64) * 4;
+	return (size_t)2 * 64 * D * 2 + (size_t)(3 * 64 * PLD + 64 + 3 * 256) * 4;
 }
 
 /* Cm (M,N ldc) = beta0 Cm + alpha op(A) op(B), as smm, on the tensor cores:
