@@ -490,6 +490,13 @@ static __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src,
 		     : "memory");
 }
 
+static __device__ __forceinline__ void cp_async4(uint32_t dst, const void *src, bool valid)
+{
+	int n = valid ? 4 : 0;
+	asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(n)
+		     : "memory");
+}
+
 static __device__ __forceinline__ void cp_commit()
 {
 	asm volatile("cp.async.commit_group;\n" ::: "memory");
@@ -1696,9 +1703,8 @@ __global__ void __launch_bounds__(PfCfg<D>::NTH, 1)
 	const float l_lo = ok_lo ? Lse[i_lo] * LOG2E : 0.f, l_hi = ok_hi ? Lse[i_hi] * LOG2E : 0.f;
 	const float d_lo = ok_lo ? Dl[i_lo] : 0.f, d_hi = ok_hi ? Dl[i_hi] : 0.f;
 	float gr_lo = 0.f, gr_hi = 0.f;
-	/* dO rows past T read the block's row 0 (their P is zero) */
-	const bf16 *dorow = dob + (int64_t)(live ? mw * C : 0) * ldq;
-	const int64_t dr_lo = (ok_lo ? il_lo : 0) * ldq, dr_hi = (ok_hi ? il_hi : 0) * ldq;
+	bf16 *sdO = sStage + 2 * ST; /* the tile's dO rows, (NB 64, D) */
+	load_tile<D, NB * C, NTH>(sdO, dob, ldq, m0 * C, T, tid);
 	/* the levels of key block nn of the tile's query blocks */
 	auto load_levels = [&](bf16 *st, int nn) {
 		for (int xb = 0; xb < NB; xb++)
@@ -1762,11 +1768,7 @@ __global__ void __launch_bounds__(PfCfg<D>::NTH, 1)
 				ld_a<D>(af, cL, (warp % 4) * 16, kk * 16, lane);
 				mm_nk<D, 8>(sc, af, cK, kk * 16, lane);
 				uint32_t of[4];
-				const bf16 *p = dorow + kk * 16 + c2;
-				of[0] = __ldg((const unsigned int *)(p + dr_lo));
-				of[1] = __ldg((const unsigned int *)(p + dr_hi));
-				of[2] = __ldg((const unsigned int *)(p + dr_lo + 8));
-				of[3] = __ldg((const unsigned int *)(p + dr_hi + 8));
+				ld_a<D>(of, sdO, warp * 16, kk * 16, lane);
 				mm_nk<D, 8>(dp, of, cV, kk * 16, lane);
 			}
 #pragma unroll
@@ -1874,10 +1876,11 @@ __global__ void __launch_bounds__(128, 2)
 			float *rows = (float *)(st + 2 * C * D); /* lse, delta, g */
 			if (tid < C) {
 				const int i = i0 + tid;
-				const int64_t o = ((int64_t)b * H + hh) * T + i;
-				rows[tid] = i < T ? s.lse[o] * LOG2E : 0.f;
-				rows[C + tid] = i < T ? s.delta[o] : 0.f;
-				rows[2 * C + tid] = i < T && s.g ? s.g[o] : 0.f;
+				const int64_t o = ((int64_t)b * H + hh) * T + (i < T ? i : 0);
+				cp_async4(smem_u32(rows + tid), s.lse + o, i < T);
+				cp_async4(smem_u32(rows + C + tid), s.delta + o, i < T);
+				if (s.g)
+					cp_async4(smem_u32(rows + 2 * C + tid), s.g + o, i < T);
 			}
 		} else {
 			load_tile<D, C, NTH>(st + C * D, adj16 + lvat(s, b, hh, m, n), D, 0, C, tid);
@@ -1949,9 +1952,10 @@ __global__ void __launch_bounds__(128, 2)
 				for (int e = 0; e < 4; e++) {
 					const int il = i * 8 + c2 + (e & 1), jl = e < 2 ? jl_lo : jl_hi;
 					const bool ok = il < cm && jl < cn && (m > n || jl <= il);
+					const float gi = s.g ? rows[2 * C + il] : 0.f;
 					const float p = ok ? exp2f(st_[i][e] * scale2 +
-								   (rows[2 * C + il] - (e < 2 ? gj_lo : gj_hi)) * LOG2E -
-								   rows[il])
+								   (gi - (e < 2 ? gj_lo : gj_hi)) * LOG2E -
+								   rows[il] * LOG2E)
 							   : 0.f;
 					const float ds = p * (dp[i][e] - rows[C + il]);
 					st_[i][e] = p;
@@ -2412,7 +2416,7 @@ static int bwd_mma_launch(cudaStream_t st, pws p, lmk_gbuf dv, const void *dout,
 	to_bf16_kernel<<<grid_for(nkt, NT), NT, 0, st>>>(u16, p.u, nkt);
 	LMK_CK_LAUNCH();
 	using Cq = PfCfg<D>;
-	const size_t qsm = (size_t)2 * BQ_STAGE<D> * sizeof(bf16);
+	const size_t qsm = (size_t)(2 * BQ_STAGE<D> + Cq::NB * 64 * D) * sizeof(bf16);
 	int rc = set_smem(bwd_q_mma<D>, qsm);
 	if (rc < 0)
 		return rc;
