@@ -6,7 +6,8 @@
  *
  * q, k, v, w, beta, logf, out, dout are device pointers in dt (LMK_F32 or
  * LMK_BF16); every member of the workspace is float32 device memory
- * (lib/path.h says what each holds); gradients are lmk_gbuf (F32 or dt),
+ * (lib/path.h says what each holds; the mma backward keeps lv and adj in
+ * bf16, in the first half of their memory); gradients are lmk_gbuf (F32 or dt),
  * added into. Each pass writes disjoint outputs per thread block and sums
  * in a fixed order: results repeat bit for bit.
  * @return (every launcher) : 0, or LMK_EINVAL / LMK_EUNSUP / LMK_EDEVICE
