@@ -213,11 +213,21 @@ __global__ void fwd_states(float *F /*(BH,tot,M)*/, const double *E, geo g)
 	float *f = F + bh * g.tot * g.M + e;
 	const double *Eb = E + bh * g.N;
 	if (g.plain) {
+		/* eight loads in flight before their stores (the same sums) */
 		float s = 0;
-		for (int64_t n = 0; n < g.N; n++) {
-			float u = f[n * g.M];
-			f[n * g.M] = s;
-			s = expf((float)(Eb[n] - em1(Eb, n))) * s + u;
+		for (int64_t n0 = 0; n0 < g.N; n0 += 8) {
+			float u[8];
+#pragma unroll
+			for (int k = 0; k < 8; k++)
+				u[k] = n0 + k < g.N ? f[(n0 + k) * g.M] : 0.0f;
+#pragma unroll
+			for (int k = 0; k < 8; k++) {
+				int64_t n = n0 + k;
+				if (n < g.N) {
+					f[n * g.M] = s;
+					s = expf((float)(Eb[n] - em1(Eb, n))) * s + u[k];
+				}
+			}
 		}
 		return;
 	}
@@ -249,10 +259,19 @@ __global__ void bwd_states(float *dF /*(BH,tot,M)*/, const float *parts /*(BH,ns
 	const double *Eb = E + bh * g.N;
 	if (g.plain) {
 		float s = 0;
-		for (int64_t n = g.N - 1; n >= 0; n--) {
-			float r = d[n * g.M];
-			d[n * g.M] = s;
-			s = expf((float)(Eb[n] - em1(Eb, n))) * s + r;
+		for (int64_t n0 = g.N - 1; n0 >= 0; n0 -= 8) {
+			float r[8];
+#pragma unroll
+			for (int k = 0; k < 8; k++)
+				r[k] = n0 - k >= 0 ? d[(n0 - k) * g.M] : 0.0f;
+#pragma unroll
+			for (int k = 0; k < 8; k++) {
+				int64_t n = n0 - k;
+				if (n >= 0) {
+					d[n * g.M] = s;
+					s = expf((float)(Eb[n] - em1(Eb, n))) * s + r[k];
+				}
+			}
 		}
 		return;
 	}
@@ -781,23 +800,42 @@ __global__ void dloga_kernel(gacc dloga /*(B,T,H)*/, const float *dA, const doub
 	}
 }
 
-/* dq[b,t,grp] += the heads of the group, in head order. */
-__global__ void heads_kernel(gacc dq, gacc dk, const float *dqh, const float *dkh, geo g)
+/* dq[b,t,grp] += the heads of the group, in head order; w (1, or 8 where
+ * Dk and every pointer allow) consecutive elements a thread. */
+__global__ void heads_kernel(gacc dq, gacc dk, const float *dqh, const float *dkh, int w, geo g)
 {
-	int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+	int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * w;
 	if (i >= g.B * g.T * g.G * g.Dk)
 		return;
 	int64_t x = i % g.Dk, bt = i / (g.G * g.Dk), grp = (i / g.Dk) % g.G, hpg = g.H / g.G;
-	float sq = 0, sk = 0;
+	float sq[8] = {0, 0, 0, 0, 0, 0, 0, 0}, sk[8] = {0, 0, 0, 0, 0, 0, 0, 0};
 	for (int64_t u = 0; u < hpg; u++) {
 		int64_t r = (bt * g.H + grp * hpg + u) * g.Dk + x;
-		sq += dqh[r];
-		sk += dkh[r];
+		if (w == 8) {
+			float a[8], c[8];
+			ld8(a, dqh + r);
+			ld8(c, dkh + r);
+#pragma unroll
+			for (int e = 0; e < 8; e++) {
+				sq[e] += a[e];
+				sk[e] += c[e];
+			}
+		} else {
+			sq[0] += dqh[r];
+			sk[0] += dkh[r];
+		}
 	}
-	if (dq.p)
-		gadd(dq, i, sq);
-	if (dk.p)
-		gadd(dk, i, sk);
+	if (w == 8) {
+		if (dq.p)
+			gadd8(dq, i, sq);
+		if (dk.p)
+			gadd8(dk, i, sk);
+	} else {
+		if (dq.p)
+			gadd(dq, i, sq[0]);
+		if (dk.p)
+			gadd(dk, i, sk[0]);
+	}
 }
 
 /* ------------------------------------------------- decoding */
@@ -886,7 +924,7 @@ static __device__ void wgemm(float *Cm, int ldc, const bf16 *A, int lda, const b
 
 /* Byte offsets of the shared arrays of the tensor-core kernels. */
 struct tco {
-	size_t Qb, Kb, Vb, Ob, Sb, Gb, R1, Hb, Wb, Af, ac, wr, wn, qd, kd, da, qi, total;
+	size_t Qb, Kb, Vb, Ob, Sb, Gb, R1, Hb, Wb, Af, ac, wr, wn, qd, kd, da, qi, dl, lm, total;
 	int lk, lv, lc, fk, fv, fc;
 };
 
@@ -924,31 +962,122 @@ static __host__ __device__ tco tc_layout(int C, int Dk, int Dv, int kind)
 	L.kd = bump(&o, (size_t)C * b4);
 	L.da = bump(&o, (size_t)C * b4);
 	L.qi = bump(&o, (size_t)C * b4);
+	L.dl = bump(&o, (size_t)C * b4);
+	L.lm = bump(&o, (size_t)C * 8 * b4);
 	L.total = o;
 	return L;
 }
 
 #define SMB(type, off) ((type *)(tcsm + (off)))
 
-/* Rows of a chunk (bf16, zero past len) into Xb (C, ld). */
+static __device__ __forceinline__ uint32_t smem_u32(const void *p)
+{
+	return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+/* 16 bytes from global to shared memory, zeros when !valid (src must still
+ * be a mapped address) */
+static __device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid)
+{
+	int n = valid ? 16 : 0;
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+		     "r"(n)
+		     : "memory");
+}
+
+/* This thread's copies have landed; a barrier after it shows all of them. */
+static __device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+static __device__ __forceinline__ uint32_t pack_bf(bf16 lo, bf16 hi)
+{
+	return (uint32_t)__bfloat16_as_ushort(lo) | ((uint32_t)__bfloat16_as_ushort(hi) << 16);
+}
+
+/* Rows of a chunk (bf16, zero past len) into Xb (C, ld), 16 bytes a copy,
+ * in flight together (X, the row stride and D keep 16-byte alignment: the
+ * launcher checks the pointers). The caller ends them with cp_wait_all and
+ * a barrier. */
 static __device__ void tc_rows(bf16 *Xb, int ld, const bf16 *X, int64_t row0, int64_t rstride,
 			       int D, int C, int len)
 {
-	for (int idx = threadIdx.x; idx < C * D; idx += NT) {
-		int i = idx / D, x = idx % D;
-		Xb[i * ld + x] = i < len ? X[(row0 + i) * rstride + x] : __float2bfloat16_rn(0.0f);
+	int d8 = D / 8;
+	for (int idx = threadIdx.x; idx < C * d8; idx += NT) {
+		int i = idx / d8, x = idx % d8 * 8;
+		cp_async16(Xb + i * ld + x, X + (row0 + (i < len ? i : 0)) * rstride + x, i < len);
 	}
 }
 
 /* A state (Dk,Dv) fp32 from global into Hb (Dk, ld) bf16: its rounding,
  * or (lo) what the rounding left out, so that two products, one with each,
- * come within about 2^-16 of the fp32 product. */
+ * come within about 2^-16 of the fp32 product. Four 16-byte loads a
+ * thread in flight. */
 static __device__ void tc_state(bf16 *Hb, int ld, const float *St, int Dk, int Dv, int lo = 0)
 {
-	for (int idx = threadIdx.x; idx < Dk * Dv; idx += NT) {
-		float x = St[idx];
-		bf16 hi = __float2bfloat16_rn(x);
-		Hb[(idx / Dv) * ld + idx % Dv] = lo ? __float2bfloat16_rn(x - __bfloat162float(hi)) : hi;
+	int n4 = Dk * Dv / 4;
+	for (int i0 = threadIdx.x; i0 < n4; i0 += 4 * NT) {
+		float4 r[4];
+#pragma unroll
+		for (int u = 0; u < 4; u++)
+			r[u] = i0 + u * NT < n4 ? ((const float4 *)St)[i0 + u * NT] : make_float4(0, 0, 0, 0);
+#pragma unroll
+		for (int u = 0; u < 4; u++) {
+			int idx = 4 * (i0 + u * NT);
+			if (idx >= Dk * Dv)
+				break;
+			float x[4] = {r[u].x, r[u].y, r[u].z, r[u].w};
+			bf16 o[4];
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				bf16 hi = __float2bfloat16_rn(x[e]);
+				o[e] = lo ? __float2bfloat16_rn(x[e] - __bfloat162float(hi)) : hi;
+			}
+			*(uint2 *)(Hb + (idx / Dv) * ld + idx % Dv) = make_uint2(pack_bf(o[0], o[1]), pack_bf(o[2], o[3]));
+		}
+	}
+}
+
+/* lam of the chunk's rows at the levels inside a chunk into lm (C, 8): a
+ * pair of tokens of one chunk is at most 6 levels apart (C <= 64, chunks
+ * aligned to a power of two or a single chunk from 0). Zero past len and
+ * NL, or without lam. */
+static __device__ void tc_lam(float *lm, const geo &g, const bf16 *lam, int64_t b, int64_t h,
+			      int64_t t0, int len)
+{
+	for (int idx = threadIdx.x; idx < g.C * 8; idx += NT) {
+		int i = idx / 8, l = idx % 8;
+		lm[idx] = lam && i < len && l < g.NL
+				  ? __bfloat162float(lam[((b * g.T + t0 + i) * g.H + h) * g.NL + l])
+				  : 0.0f;
+	}
+}
+
+/* dst rows row0 + j (stride rs), j < len, += A (len, lda) fp32 over D
+ * columns: eight at a time, four loads a thread in flight, the roundings
+ * of gadd. */
+template <class G>
+static __device__ void tc_add_rows(G *dst, int64_t row0, int64_t rs, const float *A, int lda, int D,
+				   int len)
+{
+	int d8 = D / 8, n = len * d8;
+	for (int i0 = threadIdx.x; i0 < n; i0 += 4 * NT) {
+		float c[4][8];
+#pragma unroll
+		for (int u = 0; u < 4; u++) {
+			int idx = i0 + u * NT;
+			if (idx < n)
+				ld8(c[u], dst + (row0 + idx / d8) * rs + idx % d8 * 8);
+		}
+#pragma unroll
+		for (int u = 0; u < 4; u++) {
+			int idx = i0 + u * NT;
+			if (idx < n) {
+				int j = idx / d8, y = idx % d8 * 8;
+#pragma unroll
+				for (int e = 0; e < 8; e++)
+					c[u][e] += A[j * lda + y + e];
+				st8(dst + (row0 + j) * rs + y, c[u]);
+			}
+		}
 	}
 }
 
@@ -987,6 +1116,7 @@ __global__ void __launch_bounds__(NT) tc_out_kernel(bf16 *out, const bf16 *q, co
 	bf16 *Qb = SMB(bf16, L.Qb), *Kb = SMB(bf16, L.Kb), *Vb = SMB(bf16, L.Vb), *Pb = SMB(bf16, L.Sb);
 	bf16 *Hb = SMB(bf16, L.Hb), *Xw = SMB(bf16, L.Wb);
 	float *Sf = SMB(float, L.R1), *Of = SMB(float, L.Af), *ac = SMB(float, L.ac), *wr = SMB(float, L.wr);
+	float *lm = SMB(float, L.lm);
 	int64_t n = blockIdx.x, bh = blockIdx.y, b = bh / g.H, h = bh % g.H, t0 = n * g.C;
 	int64_t grp = h / (g.H / g.G);
 	int len = g.T - t0 < g.C ? (int)(g.T - t0) : g.C;
@@ -995,6 +1125,8 @@ __global__ void __launch_bounds__(NT) tc_out_kernel(bf16 *out, const bf16 *q, co
 	tc_rows(Vb, L.lv, v + h * g.Dv, b * g.T + t0, g.H * g.Dv, Dv, C, len);
 	for (int i = threadIdx.x; i < C; i += NT)
 		ac[i] = i < len ? acs[bh * g.T + t0 + i] : 0.0f;
+	tc_lam(lm, g, lam, b, h, t0, len);
+	cp_wait_all();
 	__syncthreads();
 	wgemm<RM, CM>(Sf, L.fc, Qb, L.lk, Kb, L.lk, C, C, Dk, false);
 	__syncthreads();
@@ -1004,8 +1136,7 @@ __global__ void __launch_bounds__(NT) tc_out_kernel(bf16 *out, const bf16 *q, co
 		if (j <= i && i < len) {
 			val = g.scale * expf(ac[i] - ac[j]) * Sf[i * L.fc + j];
 			if (lam)
-				val *= __bfloat162float(
-					lam[((b * g.T + t0 + i) * g.H + h) * g.NL + fen_level(t0 + i, t0 + j)]);
+				val *= lm[i * 8 + fen_level(t0 + i, t0 + j)];
 		}
 		Pb[i * L.lc + j] = __float2bfloat16_rn(val);
 	}
@@ -1027,9 +1158,9 @@ __global__ void __launch_bounds__(NT) tc_out_kernel(bf16 *out, const bf16 *q, co
 		wgemm<RM, RM>(Of, L.fv, Xw, L.lk, Hb, L.lv, C, Dv, Dk, true);
 	}
 	__syncthreads();
-	for (int idx = threadIdx.x; idx < len * Dv; idx += NT) {
-		int i = idx / Dv, y = idx % Dv;
-		out[((b * g.T + t0 + i) * g.H + h) * g.Dv + y] = __float2bfloat16_rn(Of[i * L.fv + y]);
+	for (int idx = threadIdx.x; idx < len * Dv / 8; idx += NT) {
+		int i = idx / (Dv / 8), y = idx % (Dv / 8) * 8;
+		st8(out + ((b * g.T + t0 + i) * g.H + h) * g.Dv + y, Of + i * L.fv + y);
 	}
 }
 
@@ -1077,17 +1208,47 @@ __global__ void __launch_bounds__(NT) tc_acc_kernel(float *out, const bf16 *X, c
 			ws[r] = w;
 		}
 		__syncthreads();
-		for (int idx = threadIdx.x; idx < TT * Dk; idx += NT) {
-			int r = idx / Dk, x = idx % Dk;
-			float xv = r < nt ? __bfloat162float(X[((b * g.T + t0 + r) * g.G + grp) * g.Dk + x]) : 0.0f;
-			/* the weighted rows in two bf16 halves: the states feed the
-			 * decay's gradient, a difference of large terms */
-			float wx = ws[r] * xv;
-			bf16 hi = __float2bfloat16_rn(wx);
-			Xw[r * L.lk + x] = hi;
-			Xl[r * L.lk + x] = __float2bfloat16_rn(wx - __bfloat162float(hi));
-		}
 		tc_rows(Yb, L.lv, Y + h * g.Dv, b * g.T + t0, g.H * g.Dv, Dv, TT, nt);
+		/* the weighted rows in two bf16 halves: the states feed the
+		 * decay's gradient, a difference of large terms. Eight
+		 * elements a load, four loads a thread in flight. */
+		int d8 = Dk / 8, nv = TT * d8;
+		for (int i0 = threadIdx.x; i0 < nv; i0 += 4 * NT) {
+			uint4 raw[4];
+#pragma unroll
+			for (int u = 0; u < 4; u++) {
+				int idx = i0 + u * NT, r = idx / d8;
+				raw[u] = make_uint4(0, 0, 0, 0);
+				if (idx < nv && r < nt)
+					raw[u] = *(const uint4 *)(X + ((b * g.T + t0 + r) * g.G + grp) * g.Dk +
+								  idx % d8 * 8);
+			}
+#pragma unroll
+			for (int u = 0; u < 4; u++) {
+				int idx = i0 + u * NT, r = idx / d8, x = idx % d8 * 8;
+				if (idx >= nv)
+					break;
+				const uint32_t *xr = (const uint32_t *)&raw[u];
+				uint32_t hw[4], lw[4];
+#pragma unroll
+				for (int e = 0; e < 4; e++) {
+					bf16 hi2[2], lo2[2];
+#pragma unroll
+					for (int f = 0; f < 2; f++) {
+						float xv = __bfloat162float(__ushort_as_bfloat16(
+							(unsigned short)(xr[e] >> (16 * f))));
+						float wx = ws[r] * xv;
+						hi2[f] = __float2bfloat16_rn(wx);
+						lo2[f] = __float2bfloat16_rn(wx - __bfloat162float(hi2[f]));
+					}
+					hw[e] = pack_bf(hi2[0], hi2[1]);
+					lw[e] = pack_bf(lo2[0], lo2[1]);
+				}
+				*(uint4 *)(Xw + r * L.lk + x) = make_uint4(hw[0], hw[1], hw[2], hw[3]);
+				*(uint4 *)(Xl + r * L.lk + x) = make_uint4(lw[0], lw[1], lw[2], lw[3]);
+			}
+		}
+		cp_wait_all();
 		__syncthreads();
 		wgemm<CM, RM>(Of, L.fv, Xw, L.lk, Yb, L.lv, Dk, Dv, TT, !first);
 		wgemm<CM, RM>(Of, L.fv, Xl, L.lk, Yb, L.lv, Dk, Dv, TT, true);
@@ -1099,8 +1260,8 @@ __global__ void __launch_bounds__(NT) tc_acc_kernel(float *out, const bf16 *X, c
 		o[idx] = first ? 0.0f : Of[(idx / Dv) * L.fv + idx % Dv];
 }
 
-__global__ void __launch_bounds__(NT) tc_bwd_kernel(float *dqh, float *dkh, gacc dv, gacc dlam,
-						    float *dA, double *dAsum, const bf16 *dout,
+__global__ void __launch_bounds__(NT) tc_bwd_kernel(float *dqh, float *dkh, gacc dv, int dv8,
+						    gacc dlam, float *dA, double *dAsum, const bf16 *dout,
 						    const bf16 *q, const bf16 *k, const bf16 *v,
 						    const bf16 *lam, const float *acs,
 						    const double *E, const float *F, const float *dF,
@@ -1114,6 +1275,7 @@ __global__ void __launch_bounds__(NT) tc_bwd_kernel(float *dqh, float *dkh, gacc
 	float *Sf = SMB(float, L.R1), *Df = Sf + C * L.fc, *Xf = Sf, *Af = SMB(float, L.Af);
 	float *ac = SMB(float, L.ac), *wr = SMB(float, L.wr), *wn = SMB(float, L.wn);
 	float *qd = SMB(float, L.qd), *kd = SMB(float, L.kd), *da = SMB(float, L.da), *qi = SMB(float, L.qi);
+	float *dl = SMB(float, L.dl), *lm = SMB(float, L.lm);
 	int64_t n = blockIdx.x, bh = blockIdx.y, b = bh / g.H, h = bh % g.H, t0 = n * g.C;
 	int64_t grp = h / (g.H / g.G);
 	int len = g.T - t0 < g.C ? (int)(g.T - t0) : g.C;
@@ -1124,6 +1286,8 @@ __global__ void __launch_bounds__(NT) tc_bwd_kernel(float *dqh, float *dkh, gacc
 	tc_rows(Ob, L.lv, dout + h * g.Dv, b * g.T + t0, g.H * g.Dv, Dv, C, len);
 	for (int i = threadIdx.x; i < C; i += NT)
 		ac[i] = i < len ? acs[bh * g.T + t0 + i] : 0.0f;
+	tc_lam(lm, g, lam, b, h, t0, len);
+	cp_wait_all();
 	__syncthreads();
 	wgemm<RM, CM>(Sf, L.fc, Qb, L.lk, Kb, L.lk, C, C, Dk, false);
 	wgemm<RM, CM>(Df, L.fc, Ob, L.lv, Vb, L.lv, C, C, Dv, false);
@@ -1135,8 +1299,7 @@ __global__ void __launch_bounds__(NT) tc_bwd_kernel(float *dqh, float *dkh, gacc
 			float p = Sf[i * L.fc + j], ds = Df[i * L.fc + j];
 			float e = g.scale * expf(ac[i] - ac[j]), w = e;
 			if (lam)
-				w *= __bfloat162float(
-					lam[((b * g.T + t0 + i) * g.H + h) * g.NL + fen_level(t0 + i, t0 + j)]);
+				w *= lm[i * 8 + fen_level(t0 + i, t0 + j)];
 			sv = w * p;
 			gv = w * ds;
 			mv = e * p * ds;
@@ -1162,7 +1325,10 @@ __global__ void __launch_bounds__(NT) tc_bwd_kernel(float *dqh, float *dkh, gacc
 		qi[i] = 0.0f;
 	}
 	if (dlam.p) {
+		/* per row and level into lm (lam's values are read), then added
+		 * by all threads */
 		int maxl = g.N > 1 ? g.cbits + 1 : 7;
+		maxl = maxl < g.NL ? maxl : (int)g.NL;
 		for (int i = threadIdx.x; i < len; i += NT) {
 			float lvs[8] = {0, 0, 0, 0, 0, 0, 0, 0};
 			for (int j = 0; j <= i; j++) {
@@ -1172,8 +1338,14 @@ __global__ void __launch_bounds__(NT) tc_bwd_kernel(float *dqh, float *dkh, gacc
 					if (u == l)
 						lvs[u] += Sf[i * L.fc + j];
 			}
-			for (int l = 0; l < maxl && l < g.NL; l++)
-				gadd(dlam, ((b * g.T + t0 + i) * g.H + h) * g.NL + l, lvs[l]);
+#pragma unroll
+			for (int u = 0; u < 8; u++)
+				lm[i * 8 + u] = lvs[u];
+		}
+		__syncthreads();
+		for (int idx = threadIdx.x; idx < len * maxl; idx += NT) {
+			int i = idx / maxl, l = idx % maxl;
+			gadd(dlam, ((b * g.T + t0 + i) * g.H + h) * g.NL + l, lm[i * 8 + l]);
 		}
 	}
 	__syncthreads(); /* Sf is Xf from here */
@@ -1205,10 +1377,15 @@ __global__ void __launch_bounds__(NT) tc_bwd_kernel(float *dqh, float *dkh, gacc
 				d += __bfloat162float(Qb[i * L.lk + x]) * xv;
 			}
 			d = warp_sum(d);
-			if (lane == 0)
+			if (lane == 0) {
 				qi[i] += wr[i] * d;
-			if (dlam.p && lv >= 0 && lane == 0 && i < len && lv < g.NL)
-				gadd(dlam, ((b * g.T + t0 + i) * g.H + h) * g.NL + lv, wn[i] * d);
+				dl[i] = wn[i] * d;
+			}
+		}
+		if (dlam.p && lv >= 0 && lv < g.NL) {
+			__syncthreads();
+			for (int i = threadIdx.x; i < len; i += NT)
+				gadd(dlam, ((b * g.T + t0 + i) * g.H + h) * g.NL + lv, dl[i]);
 		}
 	}
 	__syncthreads();
@@ -1270,7 +1447,11 @@ __global__ void __launch_bounds__(NT) tc_bwd_kernel(float *dqh, float *dkh, gacc
 		wgemm<RM, RM>(Af, L.fv, Wb, L.lk, Hb, L.lv, C, Dv, Dk, true);
 	}
 	__syncthreads();
-	if (dv.p)
+	if (dv.p && dv8 && dv.f32)
+		tc_add_rows((float *)dv.p + h * g.Dv, b * g.T + t0, g.H * g.Dv, Af, L.fv, Dv, len);
+	else if (dv.p && dv8)
+		tc_add_rows((bf16 *)dv.p + h * g.Dv, b * g.T + t0, g.H * g.Dv, Af, L.fv, Dv, len);
+	else if (dv.p)
 		for (int idx = threadIdx.x; idx < len * Dv; idx += NT) {
 			int j = idx / Dv, y = idx % Dv;
 			gadd(dv, ((b * g.T + t0 + j) * g.H + h) * g.Dv + y, Af[j * L.fv + y]);
@@ -1375,12 +1556,14 @@ static int g_tensor_cores = 1;
 extern "C" void lmk_cuda_ssd_tensor_cores(int on) { g_tensor_cores = on != 0; }
 
 /* Whether the tensor-core kernels take this shape: BF16, the tensor cores
- * not switched off, dims and chunk multiples of 16, and the backward's
- * shared memory within the device's limit. */
+ * not switched off, dims and chunk multiples of 16, the rows (a, b, c, d)
+ * they copy 16 bytes at a time aligned, and the backward's shared memory
+ * within the device's limit. */
 template <class T>
-static int use_tc(const geo &g)
+static int use_tc(const geo &g, const void *a, const void *b, const void *c, const void *d)
 {
-	if (!std::is_same<T, bf16>::value || !g_tensor_cores || g.Dk % 16 || g.Dv % 16 || g.C % 16)
+	if (!std::is_same<T, bf16>::value || !g_tensor_cores || g.Dk % 16 || g.Dv % 16 || g.C % 16 ||
+	    !vec8_ok(8, a, b, c, d))
 		return 0;
 	int dev = 0, optin = 0;
 	if (cudaGetDevice(&dev) != cudaSuccess ||
@@ -1432,7 +1615,7 @@ static int forward_t(lmk_cuda_backend *bk, const geo &g, T *out, const T *q, con
 	LMK_CK_LAUNCH();
 	prep_prefix<<<blocks_for(BH, 128), 128, 0, st>>>(E, g);
 	LMK_CK_LAUNCH();
-	int tc = use_tc<T>(g);
+	int tc = use_tc<T>(g, q, k, v, out);
 	if (F) {
 		if (launch_acc<T, false>(st, g, tc, F, k, v, acs, E, lam, NULL, g.N, g.tot) < 0)
 			return lmk_errcode();
@@ -1527,7 +1710,7 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 	LMK_CK_LAUNCH();
 	prep_prefix<<<blocks_for(BH, 128), 128, 0, st>>>(E, g);
 	LMK_CK_LAUNCH();
-	int tc = use_tc<T>(g);
+	int tc = use_tc<T>(g, q, k, v, dout);
 	if (states) {
 		if (launch_acc<T, false>(st, g, tc, F, k, v, acs, E, lam, NULL, g.N, g.tot) < 0)
 			return lmk_errcode();
@@ -1551,8 +1734,8 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 			LMK_CK(cudaFuncSetAttribute(tc_bwd_kernel,
 						    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb));
 			tc_bwd_kernel<<<dim3((unsigned)g.N, (unsigned)BH), NT, sb, st>>>(
-				dqh, dkh, to_gacc(dv), to_gacc(dlam), dloga.p ? dA : NULL, dAsum, dout, q,
-				k, v, lam, acs, E, F, dF, g);
+				dqh, dkh, to_gacc(dv), al16(dv.p), to_gacc(dlam), dloga.p ? dA : NULL, dAsum,
+				dout, q, k, v, lam, acs, E, F, dF, g);
 			LMK_CK_LAUNCH();
 			launched = 1;
 		}
@@ -1571,8 +1754,9 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 		LMK_CK_LAUNCH();
 	}
 	if (dq.p || dk.p) {
-		heads_kernel<<<blocks_for(g.B * g.T * g.G * g.Dk, 256), 256, 0, st>>>(
-			to_gacc(dq), to_gacc(dk), dqh, dkh, g);
+		int w = g.Dk % 8 == 0 && vec8_ok(8, dq.p, dk.p, dqh, dkh) ? 8 : 1;
+		heads_kernel<<<blocks_for(g.B * g.T * g.G * g.Dk / w, 256), 256, 0, st>>>(
+			to_gacc(dq), to_gacc(dk), dqh, dkh, w, g);
 		LMK_CK_LAUNCH();
 	}
 	return 0;
