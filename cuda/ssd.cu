@@ -935,26 +935,41 @@ static __host__ __device__ size_t bump(size_t *o, size_t bytes)
 	return at;
 }
 
-/* kind 0: out, 1: bwd, 2: acc (C is then the token tile) */
+/* kind 0: out, 1: bwd, 2: acc (C is then the token tile). Arrays whose
+ * lives do not overlap share a region (out: K then the states, the scores
+ * then q's weighted rows, q kᵀ then the output; bwd: dS then k's weighted
+ * rows, q kᵀ then Xf, dO vᵀ then the accumulators), so that more blocks
+ * fit on an SM. */
 static __host__ __device__ tco tc_layout(int C, int Dk, int Dv, int kind)
 {
 	tco L;
 	L.lk = Dk + 8, L.lv = Dv + 8, L.lc = C + 8, L.fk = Dk + 4, L.fv = Dv + 4, L.fc = C + 4;
 	int lm = L.lk > L.lv ? L.lk : L.lv, fm = L.fk > L.fv ? L.fk : L.fv;
 	size_t o = 0, b2 = 2, b4 = 4;
+	size_t cf = (size_t)C * (fm > L.fc ? fm : L.fc); /* a C-row fp32 tile of any width */
+	size_t kh = (size_t)C * L.lk > (size_t)Dk * L.lv ? (size_t)C * L.lk : (size_t)Dk * L.lv;
+	L.Ob = L.Gb = 0;
 	L.Qb = bump(&o, (size_t)C * L.lk * b2);
-	L.Kb = bump(&o, (size_t)C * L.lk * b2); /* acc: the low half of Xw */
-	L.Vb = bump(&o, (size_t)C * L.lv * b2);
-	L.Ob = kind == 1 ? bump(&o, (size_t)C * L.lv * b2) : 0;
-	L.Sb = kind == 2 ? 0 : bump(&o, (size_t)C * L.lc * b2);
-	L.Gb = kind == 1 ? bump(&o, (size_t)C * L.lc * b2) : 0;
-	size_t r1 = (size_t)(kind == 1 ? 2 * C * L.fc : C * L.fc);
-	if (kind == 1 && (size_t)C * fm > r1)
-		r1 = (size_t)C * fm;
-	L.R1 = kind == 2 ? 0 : bump(&o, r1 * b4);
-	L.Hb = kind == 2 ? 0 : bump(&o, (size_t)Dk * L.lv * b2);
-	L.Wb = kind == 2 ? 0 : bump(&o, (size_t)C * lm * b2);
-	L.Af = bump(&o, (size_t)(kind == 2 ? Dk * L.fv : C * fm) * b4);
+	if (kind == 2) {
+		L.Kb = bump(&o, (size_t)C * L.lk * b2); /* the low half of Xw */
+		L.Vb = bump(&o, (size_t)C * L.lv * b2);
+		L.Af = bump(&o, (size_t)Dk * L.fv * b4);
+		L.Sb = L.R1 = L.Hb = L.Wb = 0;
+	} else if (kind == 0) {
+		L.Kb = L.Hb = bump(&o, kh * b2);
+		L.Vb = bump(&o, (size_t)C * L.lv * b2);
+		L.Sb = L.Wb = bump(&o, (size_t)C * (L.lc > L.lk ? L.lc : L.lk) * b2);
+		L.R1 = L.Af = bump(&o, cf * b4);
+	} else {
+		L.Kb = bump(&o, (size_t)C * L.lk * b2);
+		L.Vb = bump(&o, (size_t)C * L.lv * b2);
+		L.Ob = bump(&o, (size_t)C * L.lv * b2);
+		L.Sb = bump(&o, (size_t)C * L.lc * b2);
+		L.Gb = L.Wb = bump(&o, (size_t)C * (L.lc > lm ? L.lc : lm) * b2);
+		L.R1 = bump(&o, cf * b4);
+		L.Af = bump(&o, cf * b4);
+		L.Hb = bump(&o, (size_t)Dk * L.lv * b2);
+	}
 	L.ac = bump(&o, (size_t)C * b4);
 	L.wr = bump(&o, (size_t)C * b4);
 	L.wn = bump(&o, (size_t)C * b4);
@@ -1272,7 +1287,7 @@ __global__ void __launch_bounds__(NT) tc_bwd_kernel(float *dqh, float *dkh, gacc
 	tco L = tc_layout(C, Dk, Dv, 1);
 	bf16 *Qb = SMB(bf16, L.Qb), *Kb = SMB(bf16, L.Kb), *Vb = SMB(bf16, L.Vb), *Ob = SMB(bf16, L.Ob);
 	bf16 *Sb = SMB(bf16, L.Sb), *Gb = SMB(bf16, L.Gb), *Hb = SMB(bf16, L.Hb), *Wb = SMB(bf16, L.Wb);
-	float *Sf = SMB(float, L.R1), *Df = Sf + C * L.fc, *Xf = Sf, *Af = SMB(float, L.Af);
+	float *Sf = SMB(float, L.R1), *Xf = Sf, *Af = SMB(float, L.Af), *Df = Af;
 	float *ac = SMB(float, L.ac), *wr = SMB(float, L.wr), *wn = SMB(float, L.wn);
 	float *qd = SMB(float, L.qd), *kd = SMB(float, L.kd), *da = SMB(float, L.da), *qi = SMB(float, L.qi);
 	float *dl = SMB(float, L.dl), *lm = SMB(float, L.lm);
