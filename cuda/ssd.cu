@@ -246,10 +246,11 @@ __global__ void fwd_states(float *F /*(BH,tot,M)*/, const double *E, geo g)
 
 /* The gradients of the states after each chunk, dU_n, into dF's first N
  * states. Without lam dF holds the query sides R_n and is reverse-scanned in
- * place; with lam the parts are summed into the block states they read,
- * then the tree is walked down. */
+ * place; with lam the parts are summed into the block states they read
+ * (first: the first slot of each state's parts, -1 for none), then the tree
+ * is walked down. */
 __global__ void bwd_states(float *dF /*(BH,tot,M)*/, const float *parts /*(BH,nslots,M)*/,
-			   const double *E, int64_t nslots, geo g)
+			   const int *first /*(tot)*/, const double *E, int64_t nslots, geo g)
 {
 	int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
 	if (i >= g.B * g.H * g.M)
@@ -275,35 +276,40 @@ __global__ void bwd_states(float *dF /*(BH,tot,M)*/, const float *parts /*(BH,ns
 		}
 		return;
 	}
-	for (int64_t s = 0; s < g.tot; s++)
-		d[s * g.M] = 0.0f;
+	/* Leaf by leaf, the values of its ancestors on a stack: level L's
+	 * block c (c even: it reads the upper half of its parent's span, level
+	 * L + 1's query sides, summed from its parts; plus what its parent
+	 * passes down, decayed across the sibling) changes only when bit L of
+	 * the leaf does, so each state is computed once and only the leaves
+	 * are stored. The sums and their order are the tree's. */
 	const float *p = parts + bh * nslots * g.M + e;
-	int64_t slot = 0;
-	for (int j = 1; j <= g.Lc; j++) {
-		int64_t span = 1ll << j, half = span >> 1;
-		for (int64_t c = 0; c * span < g.N; c++) {
-			int64_t ua = c * span + half, ub = (c + 1) * span < g.N ? (c + 1) * span : g.N;
-			if (ua >= g.N)
-				continue;
-			float acc = 0;
-			for (int64_t pa = ua; pa < ub; pa += PG)
-				acc += expf((float)(em1(Eb, pa) - em1(Eb, ua))) * p[(slot++) * g.M];
-			d[(g.off[j - 1] + 2 * c) * g.M] += acc;
-		}
-	}
-	for (int j = g.Lc - 1; j >= 1; j--) {
-		int64_t nbj = nblocks(g, j), nbl = nblocks(g, j - 1);
-		for (int64_t c = 0; c < nbj; c++) {
-			int64_t c0 = 2 * c, c1 = 2 * c + 1;
-			float dd = d[(g.off[j] + c) * g.M];
-			if (c1 < nbl) {
-				d[(g.off[j - 1] + c0) * g.M] +=
-					expf((float)(Eb[bend(g, j - 1, c1)] - Eb[bend(g, j - 1, c0)])) * dd;
-				d[(g.off[j - 1] + c1) * g.M] += dd;
-			} else {
-				d[(g.off[j - 1] + c0) * g.M] += dd;
+	float stk[MAXLC];
+	for (int64_t n = 0; n < g.N; n++) {
+		int top = g.Lc - 1;
+		if (n > 0 && __ffsll((long long)n) - 1 < top)
+			top = __ffsll((long long)n) - 1;
+		for (int L = top; L >= 0; L--) {
+			int64_t c = n >> L, nbl = nblocks(g, L);
+			float v = 0.0f;
+			int f = first[g.off[L] + c];
+			if (f >= 0) {
+				int64_t span = 2ll << L, ua = (c >> 1) * span + (span >> 1);
+				int64_t ub = ((c >> 1) + 1) * span < g.N ? ((c >> 1) + 1) * span : g.N;
+				float acc = 0;
+				for (int64_t pa = ua; pa < ub; pa += PG)
+					acc += expf((float)(em1(Eb, pa) - em1(Eb, ua))) * p[(f++) * g.M];
+				v += acc;
 			}
+			if (L + 1 < g.Lc) {
+				float dd = stk[L + 1];
+				if (!(c & 1) && c + 1 < nbl)
+					v += expf((float)(Eb[bend(g, L, c + 1)] - Eb[bend(g, L, c)])) * dd;
+				else
+					v += dd;
+			}
+			stk[L] = v;
 		}
+		d[n * g.M] = stk[0];
 	}
 }
 
@@ -1329,34 +1335,47 @@ __global__ void __launch_bounds__(NT) tc_bwd_kernel(float *dqh, float *dkh, gacc
 	__syncthreads();
 	/* dL/dA's intra-chunk part exactly in fp32, row sum minus column sum of
 	 * S * dS: q.dq - k.dk from the bf16-rounded products would cancel their
-	 * rounding into it */
-	for (int i = threadIdx.x; i < C; i += NT) {
+	 * rounding into it. Four threads a row (C <= NT / 4), each every fourth
+	 * column, then summed across the four lanes. */
+	int ri = threadIdx.x / 4, rq = threadIdx.x % 4;
+	{
 		float r = 0.0f;
-		for (int j = 0; j <= i; j++)
-			r += Df[i * L.fc + j];
-		for (int j = i; j < C; j++)
-			r -= Df[j * L.fc + i];
-		da[i] = r;
-		qi[i] = 0.0f;
+		if (ri < C) {
+			for (int j = rq; j <= ri; j += 4)
+				r += Df[ri * L.fc + j];
+			for (int j = ri + rq; j < C; j += 4)
+				r -= Df[j * L.fc + ri];
+		}
+		r += __shfl_xor_sync(0xffffffffu, r, 1);
+		r += __shfl_xor_sync(0xffffffffu, r, 2);
+		if (ri < C && rq == 0) {
+			da[ri] = r;
+			qi[ri] = 0.0f;
+		}
 	}
 	if (dlam.p) {
-		/* per row and level into lm (lam's values are read), then added
-		 * by all threads */
+		/* per row and level (four threads a row as above) into lm (lam's
+		 * values are read), then added by all threads */
 		int maxl = g.N > 1 ? g.cbits + 1 : 7;
 		maxl = maxl < g.NL ? maxl : (int)g.NL;
-		for (int i = threadIdx.x; i < len; i += NT) {
-			float lvs[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-			for (int j = 0; j <= i; j++) {
-				int l = fen_level(t0 + i, t0 + j);
+		float lvs[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+		if (ri < len)
+			for (int j = rq; j <= ri; j += 4) {
+				int l = fen_level(t0 + ri, t0 + j);
 #pragma unroll
 				for (int u = 0; u < 8; u++)
 					if (u == l)
-						lvs[u] += Sf[i * L.fc + j];
+						lvs[u] += Sf[ri * L.fc + j];
 			}
 #pragma unroll
-			for (int u = 0; u < 8; u++)
-				lm[i * 8 + u] = lvs[u];
+		for (int u = 0; u < 8; u++) {
+			lvs[u] += __shfl_xor_sync(0xffffffffu, lvs[u], 1);
+			lvs[u] += __shfl_xor_sync(0xffffffffu, lvs[u], 2);
 		}
+		if (ri < len && rq == 0)
+#pragma unroll
+			for (int u = 0; u < 8; u++)
+				lm[ri * 8 + u] = lvs[u];
 		__syncthreads();
 		for (int idx = threadIdx.x; idx < len * maxl; idx += NT) {
 			int i = idx / maxl, l = idx % maxl;
@@ -1678,25 +1697,32 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 		      const T *v, const T *loga, const T *lam)
 {
 	int64_t BH = g.B * g.H;
-	/* the blocks the query sides are summed into, in bwd_states' order */
+	/* the blocks the query sides are summed into, and the first slot of
+	 * each block state (level j - 1, block 2c) that reads them */
 	std::vector<int4> slots;
-	if (!g.plain)
+	std::vector<int> first;
+	if (!g.plain) {
+		first.assign((size_t)g.tot, -1);
 		for (int j = 1; j <= g.Lc; j++) {
 			int64_t span = 1ll << j, half = span >> 1;
 			for (int64_t c = 0; c * span < g.N; c++) {
 				int64_t ua = c * span + half, ub = (c + 1) * span < g.N ? (c + 1) * span : g.N;
+				if (ua < g.N)
+					first[(size_t)(g.off[j - 1] + 2 * c)] = (int)slots.size();
 				for (int64_t pa = ua; pa < ub; pa += PG)
 					slots.push_back(make_int4((int)pa, (int)(pa + PG < ub ? pa + PG : ub), j, 0));
 			}
 		}
+	}
 	int64_t ns = (int64_t)slots.size();
 	int states = g.N > 1;
 	size_t b_acs = al((size_t)(BH * g.T) * 4), b_E = al((size_t)(BH * g.N) * 8);
 	size_t b_F = states ? al((size_t)(BH * g.tot * g.M) * 4) : 0;
 	size_t b_parts = al((size_t)(BH * ns * g.M) * 4), b_slots = al((size_t)ns * sizeof(int4));
+	size_t b_first = al(first.size() * sizeof(int));
 	size_t b_dh = al((size_t)(BH * g.T * g.Dk) * 4), b_dA = al((size_t)(BH * g.T) * 4);
 	size_t b_dAs = al((size_t)(BH * g.N) * 8);
-	size_t total = b_acs + b_E + 2 * b_F + b_parts + b_slots + 2 * b_dh + b_dA + b_dAs;
+	size_t total = b_acs + b_E + 2 * b_F + b_parts + b_slots + b_first + 2 * b_dh + b_dA + b_dAs;
 	char *p = (char *)lmk_cuda_scratch(bk, total);
 	if (!p)
 		return lmk_errcode();
@@ -1712,6 +1738,8 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 	p += b_parts;
 	int4 *dslots = (int4 *)p;
 	p += b_slots;
+	int *dfirst = (int *)p;
+	p += b_first;
 	float *dqh = (float *)p;
 	p += b_dh;
 	float *dkh = (float *)p;
@@ -1736,10 +1764,11 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 				return lmk_errcode();
 		} else if (ns > 0) {
 			if (lmk_cuda_upload(bk, dslots, slots.data(), (size_t)ns * sizeof(int4)) < 0 ||
+			    lmk_cuda_upload(bk, dfirst, first.data(), first.size() * sizeof(int)) < 0 ||
 			    launch_acc<T, true>(st, g, tc, parts, q, dout, acs, E, lam, dslots, ns, ns) < 0)
 				return lmk_errcode();
 		}
-		bwd_states<<<blocks_for(BH * g.M, 256), 256, 0, st>>>(dF, parts, E, ns, g);
+		bwd_states<<<blocks_for(BH * g.M, 256), 256, 0, st>>>(dF, parts, dfirst, E, ns, g);
 		LMK_CK_LAUNCH();
 	}
 	int launched = 0;
