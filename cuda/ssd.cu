@@ -942,10 +942,9 @@ static __host__ __device__ size_t bump(size_t *o, size_t bytes)
 }
 
 /* kind 0: out, 1: bwd, 2: acc (C is then the token tile). Arrays whose
- * lives do not overlap share a region (out: K then the states, the scores
- * then q's weighted rows, q kᵀ then the output; bwd: dS then k's weighted
- * rows, q kᵀ then Xf, dO vᵀ then the accumulators), so that more blocks
- * fit on an SM. */
+ * lives do not overlap share a region (out: K then the states; bwd: dS
+ * then k's weighted rows, q kᵀ then Xf, dO vᵀ then the accumulators), so
+ * that more blocks fit on an SM. */
 static __host__ __device__ tco tc_layout(int C, int Dk, int Dv, int kind)
 {
 	tco L;
@@ -964,8 +963,7 @@ static __host__ __device__ tco tc_layout(int C, int Dk, int Dv, int kind)
 	} else if (kind == 0) {
 		L.Kb = L.Hb = bump(&o, kh * b2);
 		L.Vb = bump(&o, (size_t)C * L.lv * b2);
-		L.Sb = L.Wb = bump(&o, (size_t)C * (L.lc > L.lk ? L.lc : L.lk) * b2);
-		L.R1 = L.Af = bump(&o, cf * b4);
+		L.Sb = L.Wb = L.R1 = L.Af = 0;
 	} else {
 		L.Kb = bump(&o, (size_t)C * L.lk * b2);
 		L.Vb = bump(&o, (size_t)C * L.lv * b2);
@@ -1012,6 +1010,77 @@ static __device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wa
 static __device__ __forceinline__ uint32_t pack_bf(bf16 lo, bf16 hi)
 {
 	return (uint32_t)__bfloat16_as_ushort(lo) | ((uint32_t)__bfloat16_as_ushort(hi) << 16);
+}
+
+/* ---- mma.sync m16n8k16 (bf16 in, fp32 accumulators) on register fragments,
+ * operands from padded shared tiles by ldmatrix. Lane l: gq = l / 4,
+ * tq = l % 4; an accumulator tile c (16x8) holds (gq, 2tq..2tq+1) in c[0..1]
+ * and (gq + 8, 2tq..2tq+1) in c[2..3]. */
+static __device__ __forceinline__ void ldsm4(uint32_t (&r)[4], const bf16 *p)
+{
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(smem_u32(p))
+		     : "memory");
+}
+
+static __device__ __forceinline__ void ldsm4t(uint32_t (&r)[4], const bf16 *p)
+{
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(smem_u32(p))
+		     : "memory");
+}
+
+/* c (16x8) += a (16x16, row) b (16x8, col) */
+static __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+						uint32_t b1)
+{
+	asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+	    "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+	    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+	    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* two floats rounded to bf16, lo in the low half */
+static __device__ __forceinline__ uint32_t pack2f(float lo, float hi)
+{
+	__nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+	return *(uint32_t *)&v;
+}
+
+/* A fragment (rows 16, k 16) of the row-major tile X (ld) at (r0, k0). */
+static __device__ __forceinline__ void frag_a(uint32_t (&a)[4], const bf16 *X, int ld, int r0, int k0)
+{
+	int l = threadIdx.x % 32;
+	ldsm4(a, X + (r0 + l % 16) * ld + k0 + l / 16 * 8);
+}
+
+/* B fragments of two n8 tiles (n0, n0 + 8), k 16 from k0: from a tile
+ * stored as (n, k) rows (nk) or as (k, n) rows (kn, transposed by
+ * ldmatrix). b[0..1]: the first tile, b[2..3]: the second. */
+static __device__ __forceinline__ void frag_b_nk(uint32_t (&b)[4], const bf16 *X, int ld, int n0, int k0)
+{
+	int l = threadIdx.x % 32;
+	ldsm4(b, X + (n0 + l % 8 + l / 16 * 8) * ld + k0 + (l / 8) % 2 * 8);
+}
+
+static __device__ __forceinline__ void frag_b_kn(uint32_t (&b)[4], const bf16 *X, int ld, int n0, int k0)
+{
+	int l = threadIdx.x % 32;
+	ldsm4t(b, X + (k0 + l % 8 + (l / 8) % 2 * 8) * ld + n0 + l / 16 * 8);
+}
+
+/* the rows of an A fragment scaled (w0: rows gq, w1: rows gq + 8) and
+ * rounded again: bf16(w x), as a scaled copy of the tile would hold */
+static __device__ __forceinline__ void scale_a(uint32_t (&a)[4], float w0, float w1)
+{
+#pragma unroll
+	for (int e = 0; e < 4; e++) {
+		float w = e % 2 ? w1 : w0;
+		float lo = __uint_as_float(a[e] << 16), hi = __uint_as_float(a[e] & 0xffff0000u);
+		a[e] = pack2f(w * lo, w * hi);
+	}
 }
 
 /* Rows of a chunk (bf16, zero past len) into Xb (C, ld), 16 bytes a copy,
@@ -1126,21 +1195,29 @@ static __device__ void tc_read_weights(float *wr, float *wn, const float *ac, co
 	}
 }
 
-__global__ void __launch_bounds__(NT) tc_out_kernel(bf16 *out, const bf16 *q, const bf16 *k,
-						    const bf16 *v, const bf16 *lam,
-						    const float *acs, const double *E,
-						    const float *F, geo g)
+/* The output of a chunk on register fragments. Warp w owns the rows
+ * 16 (w % 4) .. + 15 and the 16-column groups w / 4, w / 4 + 2, ... of the
+ * output; the two warps of a row block both compute its scores (S = q kᵀ
+ * up to the diagonal block, masked and weighted in registers, then the
+ * bf16 A operand of P v). The reads add (wr q) H with wr applied to q's
+ * fragments. The output leaves through shared memory (V's tile) in 16-byte
+ * stores. */
+__global__ void __launch_bounds__(NT, 2) tc_out_kernel(bf16 *out, const bf16 *q, const bf16 *k,
+						       const bf16 *v, const bf16 *lam,
+						       const float *acs, const double *E,
+						       const float *F, geo g)
 {
 	extern __shared__ __align__(128) unsigned char tcsm[];
 	int C = g.C, Dk = (int)g.Dk, Dv = (int)g.Dv;
 	tco L = tc_layout(C, Dk, Dv, 0);
-	bf16 *Qb = SMB(bf16, L.Qb), *Kb = SMB(bf16, L.Kb), *Vb = SMB(bf16, L.Vb), *Pb = SMB(bf16, L.Sb);
-	bf16 *Hb = SMB(bf16, L.Hb), *Xw = SMB(bf16, L.Wb);
-	float *Sf = SMB(float, L.R1), *Of = SMB(float, L.Af), *ac = SMB(float, L.ac), *wr = SMB(float, L.wr);
-	float *lm = SMB(float, L.lm);
+	bf16 *Qb = SMB(bf16, L.Qb), *Kb = SMB(bf16, L.Kb), *Vb = SMB(bf16, L.Vb), *Hb = SMB(bf16, L.Hb);
+	float *ac = SMB(float, L.ac), *wr = SMB(float, L.wr), *lm = SMB(float, L.lm);
 	int64_t n = blockIdx.x, bh = blockIdx.y, b = bh / g.H, h = bh % g.H, t0 = n * g.C;
 	int64_t grp = h / (g.H / g.G);
 	int len = g.T - t0 < g.C ? (int)(g.T - t0) : g.C;
+	int lane = threadIdx.x % 32, wp = threadIdx.x / 32, rb = wp % 4, hf = wp / 4;
+	int gq = lane / 4, tq = lane % 4, r0 = 16 * rb, ng = Dv / 16;
+	bool act = r0 < C;
 	tc_rows(Qb, L.lk, q + grp * g.Dk, b * g.T + t0, g.G * g.Dk, Dk, C, len);
 	tc_rows(Kb, L.lk, k + grp * g.Dk, b * g.T + t0, g.G * g.Dk, Dk, C, len);
 	tc_rows(Vb, L.lv, v + h * g.Dv, b * g.T + t0, g.H * g.Dv, Dv, C, len);
@@ -1149,20 +1226,65 @@ __global__ void __launch_bounds__(NT) tc_out_kernel(bf16 *out, const bf16 *q, co
 	tc_lam(lm, g, lam, b, h, t0, len);
 	cp_wait_all();
 	__syncthreads();
-	wgemm<RM, CM>(Sf, L.fc, Qb, L.lk, Kb, L.lk, C, C, Dk, false);
-	__syncthreads();
-	for (int idx = threadIdx.x; idx < C * C; idx += NT) {
-		int i = idx / C, j = idx % C;
-		float val = 0.0f;
-		if (j <= i && i < len) {
-			val = g.scale * expf(ac[i] - ac[j]) * Sf[i * L.fc + j];
-			if (lam)
-				val *= lm[i * 8 + fen_level(t0 + i, t0 + j)];
+	float o[4][2][4];
+#pragma unroll
+	for (int u = 0; u < 4; u++)
+#pragma unroll
+		for (int e = 0; e < 8; e++)
+			o[u][e / 4][e % 4] = 0.0f;
+	if (act) {
+		float sc[4][2][4];
+#pragma unroll
+		for (int jg = 0; jg < 4; jg++)
+#pragma unroll
+			for (int e = 0; e < 8; e++)
+				sc[jg][e / 4][e % 4] = 0.0f;
+		for (int kk = 0; kk < Dk; kk += 16) {
+			uint32_t a[4];
+			frag_a(a, Qb, L.lk, r0, kk);
+#pragma unroll
+			for (int jg = 0; jg < 4; jg++) {
+				if (jg > rb)
+					break;
+				uint32_t bb[4];
+				frag_b_nk(bb, Kb, L.lk, 16 * jg, kk);
+				mma16816(sc[jg][0], a, bb[0], bb[1]);
+				mma16816(sc[jg][1], a, bb[2], bb[3]);
+			}
 		}
-		Pb[i * L.lc + j] = __float2bfloat16_rn(val);
+#pragma unroll
+		for (int jg = 0; jg < 4; jg++) {
+			if (jg > rb)
+				break;
+			uint32_t pa[4];
+#pragma unroll
+			for (int e = 0; e < 8; e++) {
+				int nn = e / 4, c = e % 4;
+				int i = r0 + gq + (c >= 2 ? 8 : 0), j = 16 * jg + 8 * nn + 2 * tq + (c & 1);
+				float val = 0.0f;
+				if (j <= i && i < len) {
+					val = g.scale * expf(ac[i] - ac[j]) * sc[jg][nn][c];
+					if (lam)
+						val *= lm[i * 8 + fen_level(t0 + i, t0 + j)];
+				}
+				sc[jg][nn][c] = val;
+			}
+			pa[0] = pack2f(sc[jg][0][0], sc[jg][0][1]);
+			pa[1] = pack2f(sc[jg][0][2], sc[jg][0][3]);
+			pa[2] = pack2f(sc[jg][1][0], sc[jg][1][1]);
+			pa[3] = pack2f(sc[jg][1][2], sc[jg][1][3]);
+#pragma unroll
+			for (int u = 0; u < 4; u++) {
+				int gi = hf + 2 * u;
+				if (gi >= ng)
+					break;
+				uint32_t bb[4];
+				frag_b_kn(bb, Vb, L.lv, 16 * gi, 16 * jg);
+				mma16816(o[u][0], pa, bb[0], bb[1]);
+				mma16816(o[u][1], pa, bb[2], bb[3]);
+			}
+		}
 	}
-	__syncthreads();
-	wgemm<RM, RM>(Of, L.fv, Pb, L.lc, Vb, L.lv, C, Dv, C, false);
 	const double *Eb = E + bh * g.N;
 	int nr = F ? nreads(g, n) : 0;
 	for (int rr = 0; rr < nr; rr++) {
@@ -1170,18 +1292,47 @@ __global__ void __launch_bounds__(NT) tc_out_kernel(bf16 *out, const bf16 *q, co
 		float dlog = 0.0f;
 		int lv = -1;
 		read_state(g, Eb, n, rr, &sidx, &dlog, &lv);
-		__syncthreads(); /* Xw and Hb of the previous state are read */
+		__syncthreads(); /* K (the first time), Hb and wr are read */
 		tc_read_weights(wr, NULL, ac, g, lam, b, h, t0, len, dlog, lv);
 		tc_state(Hb, L.lv, F + (bh * g.tot + sidx) * g.M, Dk, Dv);
 		__syncthreads();
-		tc_scale_rows(Xw, L.lk, Qb, L.lk, wr, C, Dk);
-		__syncthreads();
-		wgemm<RM, RM>(Of, L.fv, Xw, L.lk, Hb, L.lv, C, Dv, Dk, true);
+		if (!act)
+			continue;
+		float w0 = wr[r0 + gq], w1 = wr[r0 + gq + 8];
+		for (int kk = 0; kk < Dk; kk += 16) {
+			uint32_t a[4];
+			frag_a(a, Qb, L.lk, r0, kk);
+			scale_a(a, w0, w1);
+#pragma unroll
+			for (int u = 0; u < 4; u++) {
+				int gi = hf + 2 * u;
+				if (gi >= ng)
+					break;
+				uint32_t bb[4];
+				frag_b_kn(bb, Hb, L.lv, 16 * gi, kk);
+				mma16816(o[u][0], a, bb[0], bb[1]);
+				mma16816(o[u][1], a, bb[2], bb[3]);
+			}
+		}
 	}
+	__syncthreads(); /* V is read */
+	if (act)
+#pragma unroll
+		for (int u = 0; u < 4; u++) {
+			int gi = hf + 2 * u;
+			if (gi >= ng)
+				break;
+#pragma unroll
+			for (int nn = 0; nn < 2; nn++) {
+				int y = 16 * gi + 8 * nn + 2 * tq;
+				*(uint32_t *)(Vb + (r0 + gq) * L.lv + y) = pack2f(o[u][nn][0], o[u][nn][1]);
+				*(uint32_t *)(Vb + (r0 + gq + 8) * L.lv + y) = pack2f(o[u][nn][2], o[u][nn][3]);
+			}
+		}
 	__syncthreads();
 	for (int idx = threadIdx.x; idx < len * Dv / 8; idx += NT) {
 		int i = idx / (Dv / 8), y = idx % (Dv / 8) * 8;
-		st8(out + ((b * g.T + t0 + i) * g.H + h) * g.Dv + y, Of + i * L.fv + y);
+		*(uint4 *)(out + ((b * g.T + t0 + i) * g.H + h) * g.Dv + y) = *(const uint4 *)(Vb + i * L.lv + y);
 	}
 }
 
