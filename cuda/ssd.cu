@@ -930,8 +930,8 @@ static __device__ void wgemm(float *Cm, int ldc, const bf16 *A, int lda, const b
 
 /* Byte offsets of the shared arrays of the tensor-core kernels. */
 struct tco {
-	size_t Qb, Kb, Vb, Ob, Sb, Gb, R1, Hb, Wb, Af, ac, wr, wn, qd, kd, da, qi, dl, lm, total;
-	int lk, lv, lc, fk, fv, fc;
+	size_t Qb, Kb, Vb, Ob, Sb, Gb, R1, Hb, Af, ac, wr, wn, kd, da, qi, pt, lm, total;
+	int lk, lv, lc, fv, fc;
 };
 
 static __host__ __device__ size_t bump(size_t *o, size_t bytes)
@@ -941,47 +941,41 @@ static __host__ __device__ size_t bump(size_t *o, size_t bytes)
 	return at;
 }
 
-/* kind 0: out, 1: bwd, 2: acc (C is then the token tile). Arrays whose
- * lives do not overlap share a region (out: K then the states; bwd: dS
- * then k's weighted rows, q kᵀ then Xf, dO vᵀ then the accumulators), so
- * that more blocks fit on an SM. */
+static __host__ __device__ size_t zmax(size_t a, size_t b) { return a > b ? a : b; }
+
+/* kind 0: out, 1: bwd, 2: acc (C is then the token tile). out: K's tile
+ * then holds the states (Hb); bwd: R1 holds the fp32 scores, then the
+ * states, then dv's rows (Af). */
 static __host__ __device__ tco tc_layout(int C, int Dk, int Dv, int kind)
 {
 	tco L;
-	L.lk = Dk + 8, L.lv = Dv + 8, L.lc = C + 8, L.fk = Dk + 4, L.fv = Dv + 4, L.fc = C + 4;
-	int lm = L.lk > L.lv ? L.lk : L.lv, fm = L.fk > L.fv ? L.fk : L.fv;
+	L.lk = Dk + 8, L.lv = Dv + 8, L.lc = C + 8, L.fv = Dv + 4, L.fc = C + 4;
 	size_t o = 0, b2 = 2, b4 = 4;
-	size_t cf = (size_t)C * (fm > L.fc ? fm : L.fc); /* a C-row fp32 tile of any width */
-	size_t kh = (size_t)C * L.lk > (size_t)Dk * L.lv ? (size_t)C * L.lk : (size_t)Dk * L.lv;
-	L.Ob = L.Gb = 0;
+	L.Ob = L.Sb = L.Gb = L.R1 = L.Hb = L.Af = 0;
 	L.Qb = bump(&o, (size_t)C * L.lk * b2);
 	if (kind == 2) {
 		L.Kb = bump(&o, (size_t)C * L.lk * b2); /* the low half of Xw */
 		L.Vb = bump(&o, (size_t)C * L.lv * b2);
 		L.Af = bump(&o, (size_t)Dk * L.fv * b4);
-		L.Sb = L.R1 = L.Hb = L.Wb = 0;
 	} else if (kind == 0) {
-		L.Kb = L.Hb = bump(&o, kh * b2);
+		L.Kb = L.Hb = bump(&o, zmax((size_t)C * L.lk, (size_t)Dk * L.lv) * b2);
 		L.Vb = bump(&o, (size_t)C * L.lv * b2);
-		L.Sb = L.Wb = L.R1 = L.Af = 0;
 	} else {
 		L.Kb = bump(&o, (size_t)C * L.lk * b2);
 		L.Vb = bump(&o, (size_t)C * L.lv * b2);
 		L.Ob = bump(&o, (size_t)C * L.lv * b2);
 		L.Sb = bump(&o, (size_t)C * L.lc * b2);
-		L.Gb = L.Wb = bump(&o, (size_t)C * (L.lc > lm ? L.lc : lm) * b2);
-		L.R1 = bump(&o, cf * b4);
-		L.Af = bump(&o, cf * b4);
-		L.Hb = bump(&o, (size_t)Dk * L.lv * b2);
+		L.Gb = bump(&o, (size_t)C * L.lc * b2);
+		L.R1 = L.Hb = L.Af = bump(&o, zmax(zmax((size_t)2 * C * L.fc * b4, (size_t)Dk * L.lv * b2),
+						   (size_t)C * L.fv * b4));
 	}
 	L.ac = bump(&o, (size_t)C * b4);
 	L.wr = bump(&o, (size_t)C * b4);
 	L.wn = bump(&o, (size_t)C * b4);
-	L.qd = bump(&o, (size_t)C * b4);
 	L.kd = bump(&o, (size_t)C * b4);
 	L.da = bump(&o, (size_t)C * b4);
 	L.qi = bump(&o, (size_t)C * b4);
-	L.dl = bump(&o, (size_t)C * b4);
+	L.pt = bump(&o, (size_t)2 * C * b4);
 	L.lm = bump(&o, (size_t)C * 8 * b4);
 	L.total = o;
 	return L;
@@ -1168,16 +1162,6 @@ static __device__ void tc_add_rows(G *dst, int64_t row0, int64_t rs, const float
 				st8(dst + (row0 + j) * rs + y, c[u]);
 			}
 		}
-	}
-}
-
-/* Xw (C, ldw) = bf16(w_i * X_i) for X (C, ldx) bf16. */
-static __device__ void tc_scale_rows(bf16 *Xw, int ldw, const bf16 *X, int ldx, const float *w,
-				     int C, int D)
-{
-	for (int idx = threadIdx.x; idx < C * D; idx += NT) {
-		int i = idx / D, x = idx % D;
-		Xw[i * ldw + x] = __float2bfloat16_rn(w[i] * __bfloat162float(X[i * ldx + x]));
 	}
 }
 
@@ -1432,26 +1416,138 @@ __global__ void __launch_bounds__(NT) tc_acc_kernel(float *out, const bf16 *X, c
 		o[idx] = first ? 0.0f : Of[(idx / Dv) * L.fv + idx % Dv];
 }
 
-__global__ void __launch_bounds__(NT) tc_bwd_kernel(float *dqh, float *dkh, gacc dv, int dv8,
-						    gacc dlam, float *dA, double *dAsum, const bf16 *dout,
-						    const bf16 *q, const bf16 *k, const bf16 *v,
-						    const bf16 *lam, const float *acs,
-						    const double *E, const float *F, const float *dF,
-						    geo g)
+/* A warp's share of the row dots x_i . A_i (x bf16 rows in shared memory,
+ * A the warp's accumulators over its column groups) into pt (two halves of
+ * C: one per column half), for rows r0 + gq and r0 + gq + 8. */
+static __device__ __forceinline__ void row_dots(float *pt, const bf16 *X, int ld, const float (&A)[4][2][4],
+						int r0, int hf, int ng, int C)
+{
+	int lane = threadIdx.x % 32, gq = lane / 4, tq = lane % 4;
+	float d0 = 0.0f, d1 = 0.0f;
+#pragma unroll
+	for (int u = 0; u < 4; u++) {
+		int gi = hf + 2 * u;
+		if (gi >= ng)
+			break;
+#pragma unroll
+		for (int nn = 0; nn < 2; nn++) {
+			int x = 16 * gi + 8 * nn + 2 * tq;
+			float2 x0 = __bfloat1622float2(*(const __nv_bfloat162 *)(X + (r0 + gq) * ld + x));
+			float2 x1 = __bfloat1622float2(*(const __nv_bfloat162 *)(X + (r0 + gq + 8) * ld + x));
+			d0 += x0.x * A[u][nn][0] + x0.y * A[u][nn][1];
+			d1 += x1.x * A[u][nn][2] + x1.y * A[u][nn][3];
+		}
+	}
+	d0 += __shfl_xor_sync(0xffffffffu, d0, 1);
+	d0 += __shfl_xor_sync(0xffffffffu, d0, 2);
+	d1 += __shfl_xor_sync(0xffffffffu, d1, 1);
+	d1 += __shfl_xor_sync(0xffffffffu, d1, 2);
+	if (tq == 0) {
+		pt[hf * C + r0 + gq] = d0;
+		pt[hf * C + r0 + gq + 8] = d1;
+	}
+}
+
+/* A fragment (rows m 16, k 16) of the transpose of a tile stored as (k, m)
+ * rows, at (m0, k0). */
+static __device__ __forceinline__ void frag_a_t(uint32_t (&a)[4], const bf16 *X, int ld, int m0, int k0)
+{
+	int l = threadIdx.x % 32;
+	ldsm4t(a, X + (k0 + l % 8 + l / 16 * 8) * ld + m0 + (l / 8) % 2 * 8);
+}
+
+static __device__ __forceinline__ void zero_acc(float (&A)[4][2][4])
+{
+#pragma unroll
+	for (int u = 0; u < 4; u++)
+#pragma unroll
+		for (int e = 0; e < 8; e++)
+			A[u][e / 4][e % 4] = 0.0f;
+}
+
+/* acc (rows r0.., the warp's column groups) += X (rows, kd wide, a row-major
+ * tile) times the transpose of H (a (n, kd) tile: nk) or H itself ((kd, n):
+ * kn); X's rows scaled by (w0, w1) when scaled. */
+template <bool NK>
+static __device__ __forceinline__ void mma_rows(float (&A)[4][2][4], const bf16 *X, int ldx, const bf16 *Hm,
+						int ldh, int r0, int hf, int ng, int kd, bool scaled, float w0,
+						float w1)
+{
+	for (int kk = 0; kk < kd; kk += 16) {
+		uint32_t a[4];
+		frag_a(a, X, ldx, r0, kk);
+		if (scaled)
+			scale_a(a, w0, w1);
+#pragma unroll
+		for (int u = 0; u < 4; u++) {
+			int gi = hf + 2 * u;
+			if (gi >= ng)
+				break;
+			uint32_t bb[4];
+			if (NK)
+				frag_b_nk(bb, Hm, ldh, 16 * gi, kk);
+			else
+				frag_b_kn(bb, Hm, ldh, 16 * gi, kk);
+			mma16816(A[u][0], a, bb[0], bb[1]);
+			mma16816(A[u][1], a, bb[2], bb[3]);
+		}
+	}
+}
+
+/* acc rows r0 + gq (+ 8) of the warp's column groups, fp32, into global
+ * rows (row0 + i) * rs, i < len, two floats a store */
+static __device__ __forceinline__ void store_acc(float *dst, int64_t row0, int64_t rs,
+						 const float (&A)[4][2][4], int r0, int hf, int ng, int len)
+{
+	int lane = threadIdx.x % 32, gq = lane / 4, tq = lane % 4;
+#pragma unroll
+	for (int u = 0; u < 4; u++) {
+		int gi = hf + 2 * u;
+		if (gi >= ng)
+			break;
+#pragma unroll
+		for (int nn = 0; nn < 2; nn++)
+#pragma unroll
+			for (int hr = 0; hr < 2; hr++) {
+				int i = r0 + gq + 8 * hr, x = 16 * gi + 8 * nn + 2 * tq;
+				if (i < len)
+					*(float2 *)(dst + (row0 + i) * rs + x) =
+						make_float2(A[u][nn][2 * hr], A[u][nn][2 * hr + 1]);
+			}
+	}
+}
+
+/* The backward of a chunk on register fragments. Warp w owns the rows
+ * 16 (w % 4) .. + 15 of every product and the 16-column groups w / 4,
+ * w / 4 + 2, ... of dq, dk and dv; for the scores it takes the key blocks
+ * w / 4, w / 4 + 2 of its row block up to the diagonal. The masked scores
+ * (S, dS in bf16 for the products, S dS and e p ds in fp32 for dL/dA and
+ * dlam) go through shared memory, as the products read them transposed
+ * too; states are loaded to bf16 (hi, then lo where the decay's gradient
+ * needs fp32) into the region the fp32 scores used; row dots go through
+ * pt. */
+__global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, gacc dv, int dv8,
+						       gacc dlam, float *dA, double *dAsum,
+						       const bf16 *dout, const bf16 *q, const bf16 *k,
+						       const bf16 *v, const bf16 *lam, const float *acs,
+						       const double *E, const float *F, const float *dF,
+						       geo g)
 {
 	extern __shared__ __align__(128) unsigned char tcsm[];
 	int C = g.C, Dk = (int)g.Dk, Dv = (int)g.Dv;
 	tco L = tc_layout(C, Dk, Dv, 1);
 	bf16 *Qb = SMB(bf16, L.Qb), *Kb = SMB(bf16, L.Kb), *Vb = SMB(bf16, L.Vb), *Ob = SMB(bf16, L.Ob);
-	bf16 *Sb = SMB(bf16, L.Sb), *Gb = SMB(bf16, L.Gb), *Hb = SMB(bf16, L.Hb), *Wb = SMB(bf16, L.Wb);
-	float *Sf = SMB(float, L.R1), *Xf = Sf, *Af = SMB(float, L.Af), *Df = Af;
+	bf16 *Sb = SMB(bf16, L.Sb), *Gb = SMB(bf16, L.Gb), *Hb = SMB(bf16, L.Hb);
+	float *Sf = SMB(float, L.R1), *Df = Sf + C * L.fc, *Af = SMB(float, L.Af);
 	float *ac = SMB(float, L.ac), *wr = SMB(float, L.wr), *wn = SMB(float, L.wn);
-	float *qd = SMB(float, L.qd), *kd = SMB(float, L.kd), *da = SMB(float, L.da), *qi = SMB(float, L.qi);
-	float *dl = SMB(float, L.dl), *lm = SMB(float, L.lm);
+	float *kd = SMB(float, L.kd), *da = SMB(float, L.da), *qi = SMB(float, L.qi);
+	float *lm = SMB(float, L.lm), *pt = SMB(float, L.pt);
 	int64_t n = blockIdx.x, bh = blockIdx.y, b = bh / g.H, h = bh % g.H, t0 = n * g.C;
 	int64_t grp = h / (g.H / g.G);
 	int len = g.T - t0 < g.C ? (int)(g.T - t0) : g.C;
-	int lane = threadIdx.x % 32, wp = threadIdx.x / 32;
+	int lane = threadIdx.x % 32, wp = threadIdx.x / 32, rb = wp % 4, hf = wp / 4;
+	int gq = lane / 4, tq = lane % 4, r0 = 16 * rb, nc = C / 16, nk = Dk / 16, nv = Dv / 16;
+	bool act = r0 < C;
 	tc_rows(Qb, L.lk, q + grp * g.Dk, b * g.T + t0, g.G * g.Dk, Dk, C, len);
 	tc_rows(Kb, L.lk, k + grp * g.Dk, b * g.T + t0, g.G * g.Dk, Dk, C, len);
 	tc_rows(Vb, L.lv, v + h * g.Dv, b * g.T + t0, g.H * g.Dv, Dv, C, len);
@@ -1461,28 +1557,51 @@ __global__ void __launch_bounds__(NT) tc_bwd_kernel(float *dqh, float *dkh, gacc
 	tc_lam(lm, g, lam, b, h, t0, len);
 	cp_wait_all();
 	__syncthreads();
-	wgemm<RM, CM>(Sf, L.fc, Qb, L.lk, Kb, L.lk, C, C, Dk, false);
-	wgemm<RM, CM>(Df, L.fc, Ob, L.lv, Vb, L.lv, C, C, Dv, false);
-	__syncthreads();
-	for (int idx = threadIdx.x; idx < C * C; idx += NT) {
-		int i = idx / C, j = idx % C;
-		float sv = 0.0f, gv = 0.0f, mv = 0.0f, sds = 0.0f;
-		if (j <= i && i < len) {
-			float p = Sf[i * L.fc + j], ds = Df[i * L.fc + j];
-			float e = g.scale * expf(ac[i] - ac[j]), w = e;
-			if (lam)
-				w *= lm[i * 8 + fen_level(t0 + i, t0 + j)];
-			sv = w * p;
-			gv = w * ds;
-			mv = e * p * ds;
-			sds = sv * ds;
+
+	/* ---- scores: S = q kᵀ and dS' = dO vᵀ of the key blocks hf, hf + 2 */
+	if (act)
+		for (int jg = hf; jg <= rb; jg += 2) {
+			float sa[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}}, sd[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+			for (int kk = 0; kk < Dk; kk += 16) {
+				uint32_t a[4], bb[4];
+				frag_a(a, Qb, L.lk, r0, kk);
+				frag_b_nk(bb, Kb, L.lk, 16 * jg, kk);
+				mma16816(sa[0], a, bb[0], bb[1]);
+				mma16816(sa[1], a, bb[2], bb[3]);
+			}
+			for (int ky = 0; ky < Dv; ky += 16) {
+				uint32_t a[4], bb[4];
+				frag_a(a, Ob, L.lv, r0, ky);
+				frag_b_nk(bb, Vb, L.lv, 16 * jg, ky);
+				mma16816(sd[0], a, bb[0], bb[1]);
+				mma16816(sd[1], a, bb[2], bb[3]);
+			}
+#pragma unroll
+			for (int nn = 0; nn < 2; nn++)
+#pragma unroll
+				for (int hr = 0; hr < 2; hr++) {
+					int i = r0 + gq + 8 * hr, j = 16 * jg + 8 * nn + 2 * tq;
+					float sv[2] = {0, 0}, gv[2] = {0, 0}, mv[2] = {0, 0}, sds[2] = {0, 0};
+#pragma unroll
+					for (int e = 0; e < 2; e++) {
+						int jj = j + e;
+						if (jj <= i && i < len) {
+							float p = sa[nn][2 * hr + e], ds = sd[nn][2 * hr + e];
+							float ew = g.scale * expf(ac[i] - ac[jj]), w = ew;
+							if (lam)
+								w *= lm[i * 8 + fen_level(t0 + i, t0 + jj)];
+							sv[e] = w * p;
+							gv[e] = w * ds;
+							mv[e] = ew * p * ds;
+							sds[e] = sv[e] * ds;
+						}
+					}
+					*(uint32_t *)(Sb + i * L.lc + j) = pack2f(sv[0], sv[1]);
+					*(uint32_t *)(Gb + i * L.lc + j) = pack2f(gv[0], gv[1]);
+					*(float2 *)(Sf + i * L.fc + j) = make_float2(mv[0], mv[1]);
+					*(float2 *)(Df + i * L.fc + j) = make_float2(sds[0], sds[1]);
+				}
 		}
-		Sb[i * L.lc + j] = __float2bfloat16_rn(sv);
-		Gb[i * L.lc + j] = __float2bfloat16_rn(gv);
-		/* each element read and written by one thread */
-		Sf[i * L.fc + j] = mv;
-		Df[i * L.fc + j] = sds;
-	}
 	__syncthreads();
 	/* dL/dA's intra-chunk part exactly in fp32, row sum minus column sum of
 	 * S * dS: q.dq - k.dk from the bf16-rounded products would cancel their
@@ -1533,104 +1652,153 @@ __global__ void __launch_bounds__(NT) tc_bwd_kernel(float *dqh, float *dkh, gacc
 			gadd(dlam, ((b * g.T + t0 + i) * g.H + h) * g.NL + l, lm[i * 8 + l]);
 		}
 	}
-	__syncthreads(); /* Sf is Xf from here */
+	__syncthreads(); /* the fp32 scores' region holds states (Hb) from here */
 	const double *Eb = E + bh * g.N;
+	float acc[4][2][4], xa[4][2][4];
 
-	/* ---- dq */
-	wgemm<RM, RM>(Af, L.fk, Gb, L.lc, Kb, L.lk, C, Dk, C, false);
+	/* ---- dq: dS k, then per read (wr dO Hᵀ), H in two bf16 halves */
+	zero_acc(acc);
+	if (act)
+		for (int jg = 0; jg <= rb; jg++) {
+			uint32_t a[4];
+			frag_a(a, Gb, L.lc, r0, 16 * jg);
+#pragma unroll
+			for (int u = 0; u < 4; u++) {
+				int gi = hf + 2 * u;
+				if (gi >= nk)
+					break;
+				uint32_t bb[4];
+				frag_b_kn(bb, Kb, L.lk, 16 * gi, 16 * jg);
+				mma16816(acc[u][0], a, bb[0], bb[1]);
+				mma16816(acc[u][1], a, bb[2], bb[3]);
+			}
+		}
 	int nr = F ? nreads(g, n) : 0;
 	for (int rr = 0; rr < nr; rr++) {
 		int64_t sidx = 0;
 		float dlog = 0.0f;
 		int lv = -1;
 		read_state(g, Eb, n, rr, &sidx, &dlog, &lv);
-		__syncthreads();
-		tc_read_weights(wr, wn, ac, g, lam, b, h, t0, len, dlog, lv);
-		tc_state(Hb, L.lv, F + (bh * g.tot + sidx) * g.M, Dk, Dv);
-		__syncthreads();
-		wgemm<RM, CM>(Xf, L.fk, Ob, L.lv, Hb, L.lv, C, Dk, Dv, false);
-		__syncthreads();
-		tc_state(Hb, L.lv, F + (bh * g.tot + sidx) * g.M, Dk, Dv, 1);
-		__syncthreads();
-		wgemm<RM, CM>(Xf, L.fk, Ob, L.lv, Hb, L.lv, C, Dk, Dv, true);
-		__syncthreads();
-		for (int i = wp; i < C; i += NT / 32) {
-			float d = 0.0f;
-			for (int x = lane; x < Dk; x += 32) {
-				float xv = Xf[i * L.fk + x];
-				Af[i * L.fk + x] += wr[i] * xv;
-				d += __bfloat162float(Qb[i * L.lk + x]) * xv;
-			}
-			d = warp_sum(d);
-			if (lane == 0) {
-				qi[i] += wr[i] * d;
-				dl[i] = wn[i] * d;
-			}
-		}
-		if (dlam.p && lv >= 0 && lv < g.NL) {
+		zero_acc(xa);
+		for (int lo = 0; lo < 2; lo++) {
+			__syncthreads(); /* Hb, wr, pt are read */
+			if (!lo)
+				tc_read_weights(wr, wn, ac, g, lam, b, h, t0, len, dlog, lv);
+			tc_state(Hb, L.lv, F + (bh * g.tot + sidx) * g.M, Dk, Dv, lo);
 			__syncthreads();
-			for (int i = threadIdx.x; i < len; i += NT)
-				gadd(dlam, ((b * g.T + t0 + i) * g.H + h) * g.NL + lv, dl[i]);
+			if (act)
+				mma_rows<true>(xa, Ob, L.lv, Hb, L.lv, r0, hf, nk, Dv, false, 0.0f, 0.0f);
+		}
+		if (act) {
+			float w0 = wr[r0 + gq], w1 = wr[r0 + gq + 8];
+#pragma unroll
+			for (int u = 0; u < 4; u++)
+#pragma unroll
+				for (int e = 0; e < 8; e++)
+					acc[u][e / 4][e % 4] += (e % 4 < 2 ? w0 : w1) * xa[u][e / 4][e % 4];
+			row_dots(pt, Qb, L.lk, xa, r0, hf, nk, C);
+		}
+		__syncthreads();
+		for (int i = threadIdx.x; i < C; i += NT) {
+			float d = pt[i] + pt[C + i];
+			qi[i] += wr[i] * d;
+			if (dlam.p && lv >= 0 && lv < g.NL && i < len)
+				gadd(dlam, ((b * g.T + t0 + i) * g.H + h) * g.NL + lv, wn[i] * d);
 		}
 	}
-	__syncthreads();
-	for (int i = wp; i < C; i += NT / 32) {
-		float d = 0.0f;
-		for (int x = lane; x < Dk; x += 32) {
-			float a = Af[i * L.fk + x];
-			d += __bfloat162float(Qb[i * L.lk + x]) * a;
-			if (i < len)
-				dqh[((b * g.T + t0 + i) * g.H + h) * g.Dk + x] = a;
-		}
-		d = warp_sum(d);
-		if (lane == 0)
-			qd[i] = d;
-	}
+	if (act)
+		store_acc(dqh + h * g.Dk, b * g.T + t0, g.H * g.Dk, acc, r0, hf, nk, len);
 
-	/* ---- dk, then dv: intra, and the state gradient after this chunk */
+	/* ---- dk: dSᵀ q, then (ww v dUᵀ) with the state gradient after this
+	 * chunk in two halves */
 	const float *dU = dF ? dF + (bh * g.tot + n) * g.M : NULL;
-	__syncthreads();
-	for (int i = threadIdx.x; i < C; i += NT)
+	__syncthreads(); /* wr, pt are read */
+	for (int i = threadIdx.x; i < C; i += NT) {
 		wr[i] = i < len ? expf(ac[len - 1] - ac[i]) : 0.0f;
-	wgemm<CM, RM>(Af, L.fk, Gb, L.lc, Qb, L.lk, C, Dk, C, false);
-	for (int i = threadIdx.x; i < C; i += NT)
 		kd[i] = 0.0f;
-	if (dU) {
-		/* Y = v dUᵀ with dU in two halves, then dk += ww Y and the
-		 * inter-chunk k.dk in fp32 */
-		tc_state(Hb, L.lv, dU, Dk, Dv);
-		__syncthreads();
-		wgemm<RM, CM>(Xf, L.fk, Vb, L.lv, Hb, L.lv, C, Dk, Dv, false);
-		__syncthreads();
-		tc_state(Hb, L.lv, dU, Dk, Dv, 1);
-		__syncthreads();
-		wgemm<RM, CM>(Xf, L.fk, Vb, L.lv, Hb, L.lv, C, Dk, Dv, true);
-		__syncthreads();
-		for (int j = wp; j < C; j += NT / 32) {
-			float d = 0.0f;
-			for (int x = lane; x < Dk; x += 32) {
-				float y = Xf[j * L.fk + x];
-				Af[j * L.fk + x] += wr[j] * y;
-				d += __bfloat162float(Kb[j * L.lk + x]) * y;
+	}
+	zero_acc(acc);
+	if (act)
+		for (int ig = rb; ig < nc; ig++) {
+			uint32_t a[4];
+			frag_a_t(a, Gb, L.lc, r0, 16 * ig);
+#pragma unroll
+			for (int u = 0; u < 4; u++) {
+				int gi = hf + 2 * u;
+				if (gi >= nk)
+					break;
+				uint32_t bb[4];
+				frag_b_kn(bb, Qb, L.lk, 16 * gi, 16 * ig);
+				mma16816(acc[u][0], a, bb[0], bb[1]);
+				mma16816(acc[u][1], a, bb[2], bb[3]);
 			}
-			d = warp_sum(d);
-			if (lane == 0)
-				kd[j] = wr[j] * d;
 		}
-		tc_state(Hb, L.lv, dU, Dk, Dv); /* the high half again, for dv */
-	}
-	__syncthreads();
-	for (int j = wp; j < C; j += NT / 32)
-		for (int x = lane; x < Dk; x += 32)
-			if (j < len)
-				dkh[((b * g.T + t0 + j) * g.H + h) * g.Dk + x] = Af[j * L.fk + x];
-	__syncthreads();
-	wgemm<CM, RM>(Af, L.fv, Sb, L.lc, Ob, L.lv, C, Dv, C, false);
 	if (dU) {
-		tc_scale_rows(Wb, L.lk, Kb, L.lk, wr, C, Dk);
+		zero_acc(xa);
+		for (int lo = 0; lo < 2; lo++) {
+			__syncthreads();
+			tc_state(Hb, L.lv, dU, Dk, Dv, lo);
+			__syncthreads();
+			if (act)
+				mma_rows<true>(xa, Vb, L.lv, Hb, L.lv, r0, hf, nk, Dv, false, 0.0f, 0.0f);
+		}
+		if (act) {
+			float w0 = wr[r0 + gq], w1 = wr[r0 + gq + 8];
+#pragma unroll
+			for (int u = 0; u < 4; u++)
+#pragma unroll
+				for (int e = 0; e < 8; e++)
+					acc[u][e / 4][e % 4] += (e % 4 < 2 ? w0 : w1) * xa[u][e / 4][e % 4];
+			row_dots(pt, Kb, L.lk, xa, r0, hf, nk, C);
+		}
 		__syncthreads();
-		wgemm<RM, RM>(Af, L.fv, Wb, L.lk, Hb, L.lv, C, Dv, Dk, true);
+		for (int j = threadIdx.x; j < C; j += NT)
+			kd[j] = wr[j] * (pt[j] + pt[C + j]);
 	}
+	if (act)
+		store_acc(dkh + h * g.Dk, b * g.T + t0, g.H * g.Dk, acc, r0, hf, nk, len);
+
+	/* ---- dv: Sᵀ dO, then (ww k) dU with dU's high half */
+	if (dU) {
+		__syncthreads(); /* Hb is read */
+		tc_state(Hb, L.lv, dU, Dk, Dv);
+	}
+	__syncthreads();
+	zero_acc(acc);
+	if (act) {
+		for (int ig = rb; ig < nc; ig++) {
+			uint32_t a[4];
+			frag_a_t(a, Sb, L.lc, r0, 16 * ig);
+#pragma unroll
+			for (int u = 0; u < 4; u++) {
+				int gi = hf + 2 * u;
+				if (gi >= nv)
+					break;
+				uint32_t bb[4];
+				frag_b_kn(bb, Ob, L.lv, 16 * gi, 16 * ig);
+				mma16816(acc[u][0], a, bb[0], bb[1]);
+				mma16816(acc[u][1], a, bb[2], bb[3]);
+			}
+		}
+		if (dU)
+			mma_rows<false>(acc, Kb, L.lk, Hb, L.lv, r0, hf, nv, Dk, true, wr[r0 + gq],
+					wr[r0 + gq + 8]);
+	}
+	__syncthreads(); /* Hb is read: the region holds dv's rows (Af) */
+	if (act)
+#pragma unroll
+		for (int u = 0; u < 4; u++) {
+			int gi = hf + 2 * u;
+			if (gi >= nv)
+				break;
+#pragma unroll
+			for (int nn = 0; nn < 2; nn++)
+#pragma unroll
+				for (int hr = 0; hr < 2; hr++) {
+					int j = r0 + gq + 8 * hr, y = 16 * gi + 8 * nn + 2 * tq;
+					*(float2 *)(Af + j * L.fv + y) = make_float2(acc[u][nn][2 * hr], acc[u][nn][2 * hr + 1]);
+				}
+		}
 	__syncthreads();
 	if (dv.p && dv8 && dv.f32)
 		tc_add_rows((float *)dv.p + h * g.Dv, b * g.T + t0, g.H * g.Dv, Af, L.fv, Dv, len);
