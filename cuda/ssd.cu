@@ -32,13 +32,11 @@
  *   against bank conflicts); a warp owns rows i = warp + 8r, a lane the
  *   columns lane + 32a. The F32 path, and BF16 for shapes the other lacks.
  * - "tc": BF16 with Dk, Dv and the chunk multiples of 16, the products on
- *   the tensor cores (WMMA); see the section's comment for where fp32 is
+ *   the tensor cores (mma.sync); see the section's comment for where fp32 is
  *   kept. lmk_cuda_ssd_tensor_cores(0) switches it off (tests, benchmarks).
- * Both were checked, before any GPU run, by compiling this file for the CPU
- * against a small emulation of the CUDA subset it uses (threads, barriers,
- * warp sums, whole-tile WMMA) and comparing with lib/ssd.c. */
-#include <mma.h>
-
+ * The simple family was checked, before any GPU run, by compiling this file
+ * for the CPU against a small emulation of the CUDA subset it used and
+ * comparing with lib/ssd.c; test_cuda_ssd checks both on the GPU. */
 #include <type_traits>
 #include <vector>
 
@@ -887,46 +885,14 @@ __global__ void step_kernel(T *out, float *S, const T *q, const T *k, const T *v
 /* ------------------------------------------------- tensor cores (BF16) */
 
 /* The same chunk kernels for BF16 with Dk, Dv and C multiples of 16, their
- * products on the tensor cores (WMMA m16n16k16, bf16 operands from shared
- * memory, fp32 accumulators): q kᵀ, dO vᵀ, the masked scores times v and
- * dO, and every product with a state. Scores, weighted rows and states are
- * rounded to bf16 for the products (as the inputs already are); masks,
- * decays, lam and every sum stay fp32. Rows are padded by 8 bf16 (4 fp32)
- * against bank conflicts, each array starts on 128 bytes (WMMA wants 32). */
-namespace wm = nvcuda::wmma;
-typedef wm::row_major RM;
-typedef wm::col_major CM;
-
-/* Cm (M,N) (+)= A (M,K) B (K,N), all multiples of 16; A row-major with
- * leading dim lda or (CM) stored transposed, as (K,M) rows; the same for B
- * (CM: stored as (N,K) rows). Warps take 16x16 output tiles in turn. The
- * caller syncs before (operands written) and after (Cm read). */
-template <class LA, class LB>
-static __device__ void wgemm(float *Cm, int ldc, const bf16 *A, int lda, const bf16 *B, int ldb,
-			     int M, int N, int K, bool acc)
-{
-	const bool arow = std::is_same<LA, RM>::value, brow = std::is_same<LB, RM>::value;
-	int tn = N / 16, nt = (M / 16) * tn;
-	for (int t = threadIdx.x / 32; t < nt; t += NT / 32) {
-		int i = t / tn, j = t % tn;
-		wm::fragment<wm::accumulator, 16, 16, 16, float> c;
-		float *cp = Cm + i * 16 * ldc + j * 16;
-		if (acc)
-			wm::load_matrix_sync(c, cp, ldc, wm::mem_row_major);
-		else
-			wm::fill_fragment(c, 0.0f);
-		for (int kk = 0; kk < K / 16; kk++) {
-			wm::fragment<wm::matrix_a, 16, 16, 16, bf16, LA> a;
-			wm::fragment<wm::matrix_b, 16, 16, 16, bf16, LB> b;
-			wm::load_matrix_sync(a, arow ? A + i * 16 * lda + kk * 16 : A + kk * 16 * lda + i * 16,
-					     lda);
-			wm::load_matrix_sync(b, brow ? B + kk * 16 * ldb + j * 16 : B + j * 16 * ldb + kk * 16,
-					     ldb);
-			wm::mma_sync(c, a, b, c);
-		}
-		wm::store_matrix_sync(cp, c, ldc, wm::mem_row_major);
-	}
-}
+ * products on the tensor cores (mma.sync m16n8k16 on register fragments,
+ * bf16 operands loaded from shared memory by ldmatrix, fp32 accumulators
+ * in registers): q kᵀ, dO vᵀ, the masked scores times v and dO, and every
+ * product with a state. Scores, weighted rows and states are rounded to
+ * bf16 for the products (as the inputs already are); masks, decays, lam
+ * and every sum stay fp32. Tiles come in by cp.async, 16 bytes a copy.
+ * Rows are padded by 8 bf16 (4 fp32) against bank conflicts, each array
+ * starts on 128 bytes. */
 
 /* Byte offsets of the shared arrays of the tensor-core kernels. */
 struct tco {
@@ -1048,6 +1014,14 @@ static __device__ __forceinline__ void frag_a(uint32_t (&a)[4], const bf16 *X, i
 {
 	int l = threadIdx.x % 32;
 	ldsm4(a, X + (r0 + l % 16) * ld + k0 + l / 16 * 8);
+}
+
+/* A fragment (rows m 16, k 16) of the transpose of a tile stored as (k, m)
+ * rows, at (m0, k0). */
+static __device__ __forceinline__ void frag_a_t(uint32_t (&a)[4], const bf16 *X, int ld, int m0, int k0)
+{
+	int l = threadIdx.x % 32;
+	ldsm4t(a, X + (k0 + l % 8 + l / 16 * 8) * ld + m0 + (l / 8) % 2 * 8);
 }
 
 /* B fragments of two n8 tiles (n0, n0 + 8), k 16 from k0: from a tile
@@ -1321,9 +1295,10 @@ __global__ void __launch_bounds__(NT, 2) tc_out_kernel(bf16 *out, const bf16 *q,
 }
 
 /* acc_kernel on the tensor cores: tiles of 64 tokens, Xwᵀ Y accumulated in
- * shared memory. */
-template <bool QRY>
-__global__ void __launch_bounds__(NT) tc_acc_kernel(float *out, const bf16 *X, const bf16 *Y,
+ * registers: warp w owns the 16x16 output tiles t = w, w + 8, ... (row
+ * block t / (Dv / 16), column group t % (Dv / 16)), at most TW of them. */
+template <bool QRY, int TW>
+__global__ void __launch_bounds__(NT, 2) tc_acc_kernel(float *out, const bf16 *X, const bf16 *Y,
 						    const float *acs, const double *E,
 						    const bf16 *lam, const int4 *slots,
 						    int64_t ostride, geo g)
@@ -1333,7 +1308,15 @@ __global__ void __launch_bounds__(NT) tc_acc_kernel(float *out, const bf16 *X, c
 	int Dk = (int)g.Dk, Dv = (int)g.Dv;
 	tco L = tc_layout(TT, Dk, Dv, 2);
 	bf16 *Xw = SMB(bf16, L.Qb), *Xl = SMB(bf16, L.Kb), *Yb = SMB(bf16, L.Vb);
-	float *Of = SMB(float, L.Af), *ws = SMB(float, L.wr);
+	float *ws = SMB(float, L.wr);
+	int wp = threadIdx.x / 32, gq = threadIdx.x % 32 / 4, tq = threadIdx.x % 4;
+	int ng = Dv / 16, ntile = Dk / 16 * ng;
+	float acc[TW][2][4];
+#pragma unroll
+	for (int u = 0; u < TW; u++)
+#pragma unroll
+		for (int e = 0; e < 8; e++)
+			acc[u][e / 4][e % 4] = 0.0f;
 	int si = blockIdx.x;
 	int64_t bh = blockIdx.y, b = bh / g.H, h = bh % g.H, grp = h / (g.H / g.G);
 	int na = si, nb = si + 1, lvl = -1;
@@ -1344,7 +1327,6 @@ __global__ void __launch_bounds__(NT) tc_acc_kernel(float *out, const bf16 *X, c
 	int64_t ta = (int64_t)na * g.C, tb = (int64_t)nb * g.C < g.T ? (int64_t)nb * g.C : g.T;
 	const float *ac = acs + bh * g.T;
 	const double *Eb = E + bh * g.N;
-	bool first = true;
 	for (int64_t t0 = ta; t0 < tb; t0 += TT) {
 		int nt = tb - t0 < TT ? (int)(tb - t0) : TT;
 		__syncthreads();
@@ -1406,14 +1388,37 @@ __global__ void __launch_bounds__(NT) tc_acc_kernel(float *out, const bf16 *X, c
 		}
 		cp_wait_all();
 		__syncthreads();
-		wgemm<CM, RM>(Of, L.fv, Xw, L.lk, Yb, L.lv, Dk, Dv, TT, !first);
-		wgemm<CM, RM>(Of, L.fv, Xl, L.lk, Yb, L.lv, Dk, Dv, TT, true);
-		first = false;
+#pragma unroll
+		for (int u = 0; u < TW; u++) {
+			int t = wp + 8 * u, mb = t / ng, gi = t % ng;
+			if (t >= ntile)
+				break;
+			for (int kt = 0; kt < TT; kt += 16) {
+				uint32_t ah[4], al[4], bb[4];
+				frag_a_t(ah, Xw, L.lk, 16 * mb, kt);
+				frag_a_t(al, Xl, L.lk, 16 * mb, kt);
+				frag_b_kn(bb, Yb, L.lv, 16 * gi, kt);
+				mma16816(acc[u][0], ah, bb[0], bb[1]);
+				mma16816(acc[u][1], ah, bb[2], bb[3]);
+				mma16816(acc[u][0], al, bb[0], bb[1]);
+				mma16816(acc[u][1], al, bb[2], bb[3]);
+			}
+		}
 	}
-	__syncthreads();
 	float *o = out + (bh * ostride + si) * g.M;
-	for (int idx = threadIdx.x; idx < Dk * Dv; idx += NT)
-		o[idx] = first ? 0.0f : Of[(idx / Dv) * L.fv + idx % Dv];
+#pragma unroll
+	for (int u = 0; u < TW; u++) {
+		int t = wp + 8 * u, mb = t / ng, gi = t % ng;
+		if (t >= ntile)
+			break;
+#pragma unroll
+		for (int nn = 0; nn < 2; nn++)
+#pragma unroll
+			for (int hr = 0; hr < 2; hr++) {
+				int x = 16 * mb + gq + 8 * hr, y = 16 * gi + 8 * nn + 2 * tq;
+				*(float2 *)(o + x * Dv + y) = make_float2(acc[u][nn][2 * hr], acc[u][nn][2 * hr + 1]);
+			}
+	}
 }
 
 /* A warp's share of the row dots x_i . A_i (x bf16 rows in shared memory,
@@ -1446,14 +1451,6 @@ static __device__ __forceinline__ void row_dots(float *pt, const bf16 *X, int ld
 		pt[hf * C + r0 + gq] = d0;
 		pt[hf * C + r0 + gq + 8] = d1;
 	}
-}
-
-/* A fragment (rows m 16, k 16) of the transpose of a tile stored as (k, m)
- * rows, at (m0, k0). */
-static __device__ __forceinline__ void frag_a_t(uint32_t (&a)[4], const bf16 *X, int ld, int m0, int k0)
-{
-	int l = threadIdx.x % 32;
-	ldsm4t(a, X + (k0 + l % 8 + l / 16 * 8) * ld + m0 + (l / 8) % 2 * 8);
 }
 
 static __device__ __forceinline__ void zero_acc(float (&A)[4][2][4])
@@ -1937,10 +1934,11 @@ static int launch_acc(cudaStream_t st, const geo &g, int tc, float *out, const T
 	dim3 grid((unsigned)nslots, (unsigned)(g.B * g.H));
 	if constexpr (std::is_same<T, bf16>::value) {
 		if (tc) {
+			/* 16x16 output tiles per warp: two up to 64 x 64 */
 			size_t sb = tc_layout(64, (int)g.Dk, (int)g.Dv, 2).total;
-			LMK_CK(cudaFuncSetAttribute(tc_acc_kernel<QRY>,
-						    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb));
-			tc_acc_kernel<QRY><<<grid, NT, sb, st>>>(out, X, Y, acs, E, lam, slots, ostride, g);
+			auto kern = g.M <= 64 * 64 ? tc_acc_kernel<QRY, 2> : tc_acc_kernel<QRY, 8>;
+			LMK_CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb));
+			kern<<<grid, NT, sb, st>>>(out, X, Y, acs, E, lam, slots, ostride, g);
 			LMK_CK_LAUNCH();
 			return 0;
 		}
