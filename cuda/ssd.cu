@@ -922,7 +922,6 @@ static __host__ __device__ tco tc_layout(int C, int Dk, int Dv, int kind)
 	if (kind == 2) {
 		L.Kb = bump(&o, (size_t)C * L.lk * b2); /* the low half of Xw */
 		L.Vb = bump(&o, (size_t)C * L.lv * b2);
-		L.Af = bump(&o, (size_t)Dk * L.fv * b4);
 	} else if (kind == 0) {
 		L.Kb = L.Hb = bump(&o, zmax((size_t)C * L.lk, (size_t)Dk * L.lv) * b2);
 		L.Vb = bump(&o, (size_t)C * L.lv * b2);
