@@ -1513,6 +1513,64 @@ static __device__ __forceinline__ void store_acc(float *dst, int64_t row0, int64
 	}
 }
 
+static __device__ __forceinline__ float2 ld2(const float *p) { return *(const float2 *)p; }
+static __device__ __forceinline__ float2 ld2(const bf16 *p)
+{
+	return __bfloat1622float2(*(const __nv_bfloat162 *)p);
+}
+static __device__ __forceinline__ void st2(float *p, float a, float b) { *(float2 *)p = make_float2(a, b); }
+static __device__ __forceinline__ void st2(bf16 *p, float a, float b)
+{
+	*(__nv_bfloat162 *)p = __floats2bfloat162_rn(a, b);
+}
+
+/* As store_acc, but added into a gradient of either dtype (the roundings of
+ * gadd), a column group's four loads issued before its stores. */
+template <class G>
+static __device__ __forceinline__ void add_acc_t(G *dst, int64_t row0, int64_t rs,
+						 const float (&A)[4][2][4], int r0, int hf, int ng, int len)
+{
+	int lane = threadIdx.x % 32, gq = lane / 4, tq = lane % 4;
+#pragma unroll
+	for (int u = 0; u < 4; u++) {
+		int gi = hf + 2 * u;
+		if (gi >= ng)
+			break;
+		float2 c[2][2];
+#pragma unroll
+		for (int nn = 0; nn < 2; nn++)
+#pragma unroll
+			for (int hr = 0; hr < 2; hr++) {
+				int i = r0 + gq + 8 * hr, x = 16 * gi + 8 * nn + 2 * tq;
+				c[nn][hr] = i < len ? ld2(dst + (row0 + i) * rs + x) : make_float2(0, 0);
+			}
+#pragma unroll
+		for (int nn = 0; nn < 2; nn++)
+#pragma unroll
+			for (int hr = 0; hr < 2; hr++) {
+				int i = r0 + gq + 8 * hr, x = 16 * gi + 8 * nn + 2 * tq;
+				if (i < len)
+					st2(dst + (row0 + i) * rs + x, c[nn][hr].x + A[u][nn][2 * hr],
+					    c[nn][hr].y + A[u][nn][2 * hr + 1]);
+			}
+	}
+}
+
+/* A chunk's dq or dk: into the per-head rows dh when there is one, else
+ * (one head a group) added into the gradient gd (when wanted). */
+static __device__ __forceinline__ void put_grad(float *dh, gacc gd, const geo &g, int64_t b, int64_t h,
+						int64_t t0, const float (&A)[4][2][4], int r0, int hf,
+						int len)
+{
+	int nk = (int)g.Dk / 16;
+	if (dh)
+		store_acc(dh + h * g.Dk, b * g.T + t0, g.H * g.Dk, A, r0, hf, nk, len);
+	else if (gd.p && gd.f32)
+		add_acc_t((float *)gd.p + h * g.Dk, b * g.T + t0, g.H * g.Dk, A, r0, hf, nk, len);
+	else if (gd.p)
+		add_acc_t((bf16 *)gd.p + h * g.Dk, b * g.T + t0, g.H * g.Dk, A, r0, hf, nk, len);
+}
+
 /* The backward of a chunk on register fragments. Warp w owns the rows
  * 16 (w % 4) .. + 15 of every product and the 16-column groups w / 4,
  * w / 4 + 2, ... of dq, dk and dv; for the scores it takes the key blocks
@@ -1521,8 +1579,10 @@ static __device__ __forceinline__ void store_acc(float *dst, int64_t row0, int64
  * dlam) go through shared memory, as the products read them transposed
  * too; states are loaded to bf16 (hi, then lo where the decay's gradient
  * needs fp32) into the region the fp32 scores used; row dots go through
- * pt. */
-__global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, gacc dv, int dv8,
+ * pt. dq and dk go to dqh and dkh, or with those NULL (G = H) straight
+ * into their gradients. */
+__global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, gacc dq, gacc dk,
+						       gacc dv, int dv8,
 						       gacc dlam, float *dA, double *dAsum,
 						       const bf16 *dout, const bf16 *q, const bf16 *k,
 						       const bf16 *v, const bf16 *lam, const float *acs,
@@ -1703,7 +1763,7 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 		}
 	}
 	if (act)
-		store_acc(dqh + h * g.Dk, b * g.T + t0, g.H * g.Dk, acc, r0, hf, nk, len);
+		put_grad(dqh, dq, g, b, h, t0, acc, r0, hf, len);
 
 	/* ---- dk: dSᵀ q, then (ww v dUᵀ) with the state gradient after this
 	 * chunk in two halves */
@@ -1752,7 +1812,7 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 			kd[j] = wr[j] * (pt[j] + pt[C + j]);
 	}
 	if (act)
-		store_acc(dkh + h * g.Dk, b * g.T + t0, g.H * g.Dk, acc, r0, hf, nk, len);
+		put_grad(dkh, dk, g, b, h, t0, acc, r0, hf, len);
 
 	/* ---- dv: Sᵀ dO, then (ww k) dU with dU's high half */
 	if (dU) {
@@ -2087,17 +2147,21 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 		bwd_states<<<blocks_for(BH * g.M, 256), 256, 0, st>>>(dF, parts, dfirst, E, ns, g);
 		LMK_CK_LAUNCH();
 	}
-	int launched = 0;
+	int launched = 0, heads = dq.p || dk.p;
 	if constexpr (std::is_same<T, bf16>::value) {
 		if (tc) {
+			/* one head a group: dq and dk straight into their gradients */
+			int direct = g.G == g.H && vec8_ok(8, dq.p, dk.p);
 			size_t sb = tc_layout(g.C, (int)g.Dk, (int)g.Dv, 1).total;
 			LMK_CK(cudaFuncSetAttribute(tc_bwd_kernel,
 						    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb));
 			tc_bwd_kernel<<<dim3((unsigned)g.N, (unsigned)BH), NT, sb, st>>>(
-				dqh, dkh, to_gacc(dv), al16(dv.p), to_gacc(dlam), dloga.p ? dA : NULL, dAsum,
-				dout, q, k, v, lam, acs, E, F, dF, g);
+				direct ? NULL : dqh, direct ? NULL : dkh, to_gacc(dq), to_gacc(dk),
+				to_gacc(dv), al16(dv.p), to_gacc(dlam), dloga.p ? dA : NULL, dAsum, dout, q,
+				k, v, lam, acs, E, F, dF, g);
 			LMK_CK_LAUNCH();
 			launched = 1;
+			heads &= !direct;
 		}
 	}
 	if (!launched) {
@@ -2113,7 +2177,7 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 		dloga_kernel<<<blocks_for(BH * g.N, 128), 128, 0, st>>>(to_gacc(dloga), dA, dAsum, g);
 		LMK_CK_LAUNCH();
 	}
-	if (dq.p || dk.p) {
+	if (heads) {
 		int w = g.Dk % 8 == 0 && vec8_ok(8, dq.p, dk.p, dqh, dkh) ? 8 : 1;
 		heads_kernel<<<blocks_for(g.B * g.T * g.G * g.Dk / w, 256), 256, 0, st>>>(
 			to_gacc(dq), to_gacc(dk), dqh, dkh, w, g);
