@@ -2091,12 +2091,15 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 		}
 	}
 	int64_t ns = (int64_t)slots.size();
-	int states = g.N > 1;
+	int states = g.N > 1, tc = use_tc<T>(g, q, k, v, dout);
+	/* one head a group: the tensor cores add dq and dk straight into their
+	 * gradients, without per-head rows */
+	int direct = tc && g.G == g.H && vec8_ok(8, dq.p, dk.p);
 	size_t b_acs = al((size_t)(BH * g.T) * 4), b_E = al((size_t)(BH * g.N) * 8);
 	size_t b_F = states ? al((size_t)(BH * g.tot * g.M) * 4) : 0;
 	size_t b_parts = al((size_t)(BH * ns * g.M) * 4), b_slots = al((size_t)ns * sizeof(int4));
 	size_t b_first = al(first.size() * sizeof(int));
-	size_t b_dh = al((size_t)(BH * g.T * g.Dk) * 4), b_dA = al((size_t)(BH * g.T) * 4);
+	size_t b_dh = direct ? 0 : al((size_t)(BH * g.T * g.Dk) * 4), b_dA = al((size_t)(BH * g.T) * 4);
 	size_t b_dAs = al((size_t)(BH * g.N) * 8);
 	size_t total = b_acs + b_E + 2 * b_F + b_parts + b_slots + b_first + 2 * b_dh + b_dA + b_dAs;
 	char *p = (char *)lmk_cuda_scratch(bk, total);
@@ -2129,7 +2132,6 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 	LMK_CK_LAUNCH();
 	prep_prefix<<<blocks_for(BH, 128), 128, 0, st>>>(E, g);
 	LMK_CK_LAUNCH();
-	int tc = use_tc<T>(g, q, k, v, dout);
 	if (states) {
 		if (launch_acc<T, false>(st, g, tc, F, k, v, acs, E, lam, NULL, g.N, g.tot) < 0)
 			return lmk_errcode();
@@ -2147,11 +2149,9 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 		bwd_states<<<blocks_for(BH * g.M, 256), 256, 0, st>>>(dF, parts, dfirst, E, ns, g);
 		LMK_CK_LAUNCH();
 	}
-	int launched = 0, heads = dq.p || dk.p;
+	int launched = 0;
 	if constexpr (std::is_same<T, bf16>::value) {
 		if (tc) {
-			/* one head a group: dq and dk straight into their gradients */
-			int direct = g.G == g.H && vec8_ok(8, dq.p, dk.p);
 			size_t sb = tc_layout(g.C, (int)g.Dk, (int)g.Dv, 1).total;
 			LMK_CK(cudaFuncSetAttribute(tc_bwd_kernel,
 						    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb));
@@ -2161,7 +2161,6 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 				k, v, lam, acs, E, F, dF, g);
 			LMK_CK_LAUNCH();
 			launched = 1;
-			heads &= !direct;
 		}
 	}
 	if (!launched) {
@@ -2177,7 +2176,7 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 		dloga_kernel<<<blocks_for(BH * g.N, 128), 128, 0, st>>>(to_gacc(dloga), dA, dAsum, g);
 		LMK_CK_LAUNCH();
 	}
-	if (heads) {
+	if ((dq.p || dk.p) && !direct) {
 		int w = g.Dk % 8 == 0 && vec8_ok(8, dq.p, dk.p, dqh, dkh) ? 8 : 1;
 		heads_kernel<<<blocks_for(g.B * g.T * g.G * g.Dk / w, 256), 256, 0, st>>>(
 			to_gacc(dq), to_gacc(dk), dqh, dkh, w, g);
