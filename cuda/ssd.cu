@@ -49,6 +49,7 @@
 #define DMAX 128  /* largest head dim */
 #define RW (CMAX / 8)
 #define PG 16     /* chunks per partial sum of a block's query side */
+#define HX 64     /* state rows at a time in the tensor-core backward */
 #define MAXLC 40
 
 struct geo {
@@ -896,8 +897,8 @@ __global__ void step_kernel(T *out, float *S, const T *q, const T *k, const T *v
 
 /* Byte offsets of the shared arrays of the tensor-core kernels. */
 struct tco {
-	size_t Qb, Kb, Vb, Ob, Sb, Gb, R1, Hb, Af, ac, wr, wn, kd, da, qi, pt, lm, total;
-	int lk, lv, lc, fv, fc;
+	size_t Qb, Kb, Vb, Ob, Sb, Gb, Hb, Z, ac, wr, kd, da, qi, lm, total;
+	int lk, lv, lc;
 };
 
 static __host__ __device__ size_t bump(size_t *o, size_t bytes)
@@ -910,14 +911,15 @@ static __host__ __device__ size_t bump(size_t *o, size_t bytes)
 static __host__ __device__ size_t zmax(size_t a, size_t b) { return a > b ? a : b; }
 
 /* kind 0: out, 1: bwd, 2: acc (C is then the token tile). out: K's tile
- * then holds the states (Hb); bwd: R1 holds the fp32 scores, then the
- * states, then dv's rows (Af). */
+ * then holds the states (Hb); bwd: HX state rows in Hb, Z (20 C floats)
+ * for the block sums of the scores, then the reads' weights and row dots
+ * (2 C + 2 C). */
 static __host__ __device__ tco tc_layout(int C, int Dk, int Dv, int kind)
 {
 	tco L;
-	L.lk = Dk + 8, L.lv = Dv + 8, L.lc = C + 8, L.fv = Dv + 4, L.fc = C + 4;
+	L.lk = Dk + 8, L.lv = Dv + 8, L.lc = C + 8;
 	size_t o = 0, b2 = 2, b4 = 4;
-	L.Ob = L.Sb = L.Gb = L.R1 = L.Hb = L.Af = 0;
+	L.Ob = L.Sb = L.Gb = L.Hb = L.Z = 0;
 	L.Qb = bump(&o, (size_t)C * L.lk * b2);
 	if (kind == 2) {
 		L.Kb = bump(&o, (size_t)C * L.lk * b2); /* the low half of Xw */
@@ -931,17 +933,21 @@ static __host__ __device__ tco tc_layout(int C, int Dk, int Dv, int kind)
 		L.Ob = bump(&o, (size_t)C * L.lv * b2);
 		L.Sb = bump(&o, (size_t)C * L.lc * b2);
 		L.Gb = bump(&o, (size_t)C * L.lc * b2);
-		L.R1 = L.Hb = L.Af = bump(&o, zmax(zmax((size_t)2 * C * L.fc * b4, (size_t)Dk * L.lv * b2),
-						   (size_t)C * L.fv * b4));
+		L.Hb = bump(&o, (size_t)(Dk < HX ? Dk : HX) * L.lv * b2);
+		L.Z = bump(&o, (size_t)20 * C * b4);
 	}
-	L.ac = bump(&o, (size_t)C * b4);
-	L.wr = bump(&o, (size_t)C * b4);
-	L.wn = bump(&o, (size_t)C * b4);
-	L.kd = bump(&o, (size_t)C * b4);
-	L.da = bump(&o, (size_t)C * b4);
-	L.qi = bump(&o, (size_t)C * b4);
-	L.pt = bump(&o, (size_t)2 * C * b4);
-	L.lm = bump(&o, (size_t)C * 8 * b4);
+	L.ac = L.wr = L.kd = L.da = L.qi = L.lm = 0;
+	if (kind != 2)
+		L.ac = bump(&o, (size_t)C * b4);
+	if (kind != 1)
+		L.wr = bump(&o, (size_t)C * b4);
+	if (kind == 1) {
+		L.kd = bump(&o, (size_t)C * b4);
+		L.da = bump(&o, (size_t)C * b4);
+		L.qi = bump(&o, (size_t)C * b4);
+	}
+	if (kind != 2)
+		L.lm = bump(&o, (size_t)C * 8 * b4);
 	L.total = o;
 	return L;
 }
@@ -1105,36 +1111,6 @@ static __device__ void tc_lam(float *lm, const geo &g, const bf16 *lam, int64_t 
 		lm[idx] = lam && i < len && l < g.NL
 				  ? __bfloat162float(lam[((b * g.T + t0 + i) * g.H + h) * g.NL + l])
 				  : 0.0f;
-	}
-}
-
-/* dst rows row0 + j (stride rs), j < len, += A (len, lda) fp32 over D
- * columns: eight at a time, four loads a thread in flight, the roundings
- * of gadd. */
-template <class G>
-static __device__ void tc_add_rows(G *dst, int64_t row0, int64_t rs, const float *A, int lda, int D,
-				   int len)
-{
-	int d8 = D / 8, n = len * d8;
-	for (int i0 = threadIdx.x; i0 < n; i0 += 4 * NT) {
-		float c[4][8];
-#pragma unroll
-		for (int u = 0; u < 4; u++) {
-			int idx = i0 + u * NT;
-			if (idx < n)
-				ld8(c[u], dst + (row0 + idx / d8) * rs + idx % d8 * 8);
-		}
-#pragma unroll
-		for (int u = 0; u < 4; u++) {
-			int idx = i0 + u * NT;
-			if (idx < n) {
-				int j = idx / d8, y = idx % d8 * 8;
-#pragma unroll
-				for (int e = 0; e < 8; e++)
-					c[u][e] += A[j * lda + y + e];
-				st8(dst + (row0 + j) * rs + y, c[u]);
-			}
-		}
 	}
 }
 
@@ -1461,33 +1437,71 @@ static __device__ __forceinline__ void zero_acc(float (&A)[4][2][4])
 			A[u][e / 4][e % 4] = 0.0f;
 }
 
-/* acc (rows r0.., the warp's column groups) += X (rows, kd wide, a row-major
- * tile) times the transpose of H (a (n, kd) tile: nk) or H itself ((kd, n):
- * kn); X's rows scaled by (w0, w1) when scaled. */
-template <bool NK>
-static __device__ __forceinline__ void mma_rows(float (&A)[4][2][4], const bf16 *X, int ldx, const bf16 *Hm,
-						int ldh, int r0, int hf, int ng, int kd, bool scaled, float w0,
-						float w1)
+/* A (the warp's column groups gi in [g0, g1)) += X (rows r0.., kd wide)
+ * times the transpose of the state rows 16 g0 .. 16 g1 - 1, held in Hm as
+ * (x, kd) rows from x = 16 g0. */
+static __device__ __forceinline__ void mma_xht(float (&A)[4][2][4], const bf16 *X, int ldx, const bf16 *Hm,
+					       int ldh, int r0, int hf, int g0, int g1, int kd)
 {
 	for (int kk = 0; kk < kd; kk += 16) {
 		uint32_t a[4];
 		frag_a(a, X, ldx, r0, kk);
-		if (scaled)
-			scale_a(a, w0, w1);
+#pragma unroll
+		for (int u = 0; u < 4; u++) {
+			int gi = hf + 2 * u;
+			if (gi >= g1)
+				break;
+			if (gi < g0)
+				continue;
+			uint32_t bb[4];
+			frag_b_nk(bb, Hm, ldh, 16 * (gi - g0), kk);
+			mma16816(A[u][0], a, bb[0], bb[1]);
+			mma16816(A[u][1], a, bb[2], bb[3]);
+		}
+	}
+}
+
+/* A (the warp's column groups of ng) += (w X) (rows r0.., X's columns
+ * x0 .. x1 - 1, rows scaled by w0, w1) times the state rows x0 .. x1 - 1,
+ * held in Hm as (x, n) rows from x0. */
+static __device__ __forceinline__ void mma_xh(float (&A)[4][2][4], const bf16 *X, int ldx, const bf16 *Hm,
+					      int ldh, int r0, int hf, int ng, int x0, int x1, float w0,
+					      float w1)
+{
+	for (int kk = x0; kk < x1; kk += 16) {
+		uint32_t a[4];
+		frag_a(a, X, ldx, r0, kk);
+		scale_a(a, w0, w1);
 #pragma unroll
 		for (int u = 0; u < 4; u++) {
 			int gi = hf + 2 * u;
 			if (gi >= ng)
 				break;
 			uint32_t bb[4];
-			if (NK)
-				frag_b_nk(bb, Hm, ldh, 16 * gi, kk);
-			else
-				frag_b_kn(bb, Hm, ldh, 16 * gi, kk);
+			frag_b_kn(bb, Hm, ldh, 16 * gi, kk - x0);
 			mma16816(A[u][0], a, bb[0], bb[1]);
 			mma16816(A[u][1], a, bb[2], bb[3]);
 		}
 	}
+}
+
+/* xa = X (rows r0.., Dv wide) times the transpose of the fp32 state St
+ * (Dk, Dv), in its bf16 high and low halves (whose two products come
+ * within about 2^-16 of the fp32 one), HX rows of it at a time through Hb.
+ * Every thread calls it; it begins with a barrier (Hb's earlier readers). */
+static __device__ void xa_state(float (&xa)[4][2][4], const bf16 *X, int ldx, bf16 *Hb, int ldh,
+				const float *St, int Dk, int Dv, int r0, int hf, bool act)
+{
+	zero_acc(xa);
+	for (int lo = 0; lo < 2; lo++)
+		for (int x0 = 0; x0 < Dk; x0 += HX) {
+			int rows = Dk - x0 < HX ? Dk - x0 : HX;
+			__syncthreads();
+			tc_state(Hb, ldh, St + (int64_t)x0 * Dv, rows, Dv, lo);
+			__syncthreads();
+			if (act)
+				mma_xht(xa, X, ldx, Hb, ldh, r0, hf, x0 / 16, (x0 + rows) / 16, Dv);
+		}
 }
 
 /* acc rows r0 + gq (+ 8) of the warp's column groups, fp32, into global
@@ -1575,29 +1589,33 @@ static __device__ __forceinline__ void put_grad(float *dh, gacc gd, const geo &g
  * 16 (w % 4) .. + 15 of every product and the 16-column groups w / 4,
  * w / 4 + 2, ... of dq, dk and dv; for the scores it takes the key blocks
  * w / 4, w / 4 + 2 of its row block up to the diagonal. The masked scores
- * (S, dS in bf16 for the products, S dS and e p ds in fp32 for dL/dA and
- * dlam) go through shared memory, as the products read them transposed
- * too; states are loaded to bf16 (hi, then lo where the decay's gradient
- * needs fp32) into the region the fp32 scores used; row dots go through
- * pt. dq and dk go to dqh and dkh, or with those NULL (G = H) straight
- * into their gradients. */
+ * S and dS (bf16) go through shared memory, as the products read them
+ * transposed too; the sums of S * dS (dL/dA's intra-chunk part: row sums
+ * minus column sums) and of e p ds by lam level (dlam) are reduced in
+ * registers per block, then over the blocks in a fixed order. A pair of
+ * tokens of two different 16-row blocks is at level 4 + bit length of
+ * (block ^ block), the levels 0..4 are inside the diagonal blocks (chunks
+ * aligned to a power of two, or one chunk from 0). States come in HX rows
+ * at a time (hi, then lo where the decay's gradient needs fp32). dq and dk
+ * go to dqh and dkh, or with those NULL (G = H) straight into their
+ * gradients; dv is added from the registers. */
 __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, gacc dq, gacc dk,
-						       gacc dv, int dv8,
-						       gacc dlam, float *dA, double *dAsum,
-						       const bf16 *dout, const bf16 *q, const bf16 *k,
-						       const bf16 *v, const bf16 *lam, const float *acs,
-						       const double *E, const float *F, const float *dF,
-						       geo g)
+						       gacc dv, int dv8, gacc dlam, float *dA,
+						       double *dAsum, const bf16 *dout, const bf16 *q,
+						       const bf16 *k, const bf16 *v, const bf16 *lam,
+						       const float *acs, const double *E, const float *F,
+						       const float *dF, geo g)
 {
 	extern __shared__ __align__(128) unsigned char tcsm[];
 	int C = g.C, Dk = (int)g.Dk, Dv = (int)g.Dv;
 	tco L = tc_layout(C, Dk, Dv, 1);
 	bf16 *Qb = SMB(bf16, L.Qb), *Kb = SMB(bf16, L.Kb), *Vb = SMB(bf16, L.Vb), *Ob = SMB(bf16, L.Ob);
 	bf16 *Sb = SMB(bf16, L.Sb), *Gb = SMB(bf16, L.Gb), *Hb = SMB(bf16, L.Hb);
-	float *Sf = SMB(float, L.R1), *Df = Sf + C * L.fc, *Af = SMB(float, L.Af);
-	float *ac = SMB(float, L.ac), *wr = SMB(float, L.wr), *wn = SMB(float, L.wn);
-	float *kd = SMB(float, L.kd), *da = SMB(float, L.da), *qi = SMB(float, L.qi);
-	float *lm = SMB(float, L.lm), *pt = SMB(float, L.pt);
+	float *ac = SMB(float, L.ac), *kd = SMB(float, L.kd), *da = SMB(float, L.da), *qi = SMB(float, L.qi);
+	float *lm = SMB(float, L.lm), *Z = SMB(float, L.Z);
+	/* Z: the scores' block sums, then the reads' weights and row dots */
+	float *rowp = Z, *colp = Z + 4 * C, *lvp = Z + 8 * C, *dlv = Z + 12 * C;
+	float *pt = Z, *wr = Z + 2 * C, *wn = Z + 3 * C;
 	int64_t n = blockIdx.x, bh = blockIdx.y, b = bh / g.H, h = bh % g.H, t0 = n * g.C;
 	int64_t grp = h / (g.H / g.G);
 	int len = g.T - t0 < g.C ? (int)(g.T - t0) : g.C;
@@ -1632,87 +1650,112 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 				mma16816(sd[0], a, bb[0], bb[1]);
 				mma16816(sd[1], a, bb[2], bb[3]);
 			}
+			/* row and column sums of S * dS, e p ds by row (off the
+			 * diagonal: one level) or by row and level (on it) */
+			float rs[2] = {0, 0}, cs[2][2] = {{0, 0}, {0, 0}}, ms[2] = {0, 0};
+			float dg[2][5] = {{0, 0, 0, 0, 0}, {0, 0, 0, 0, 0}};
 #pragma unroll
 			for (int nn = 0; nn < 2; nn++)
 #pragma unroll
 				for (int hr = 0; hr < 2; hr++) {
 					int i = r0 + gq + 8 * hr, j = 16 * jg + 8 * nn + 2 * tq;
-					float sv[2] = {0, 0}, gv[2] = {0, 0}, mv[2] = {0, 0}, sds[2] = {0, 0};
+					float sv[2] = {0, 0}, gv[2] = {0, 0};
 #pragma unroll
 					for (int e = 0; e < 2; e++) {
 						int jj = j + e;
 						if (jj <= i && i < len) {
 							float p = sa[nn][2 * hr + e], ds = sd[nn][2 * hr + e];
 							float ew = g.scale * expf(ac[i] - ac[jj]), w = ew;
+							int l = fen_level(t0 + i, t0 + jj);
 							if (lam)
-								w *= lm[i * 8 + fen_level(t0 + i, t0 + jj)];
+								w *= lm[i * 8 + l];
 							sv[e] = w * p;
 							gv[e] = w * ds;
-							mv[e] = ew * p * ds;
-							sds[e] = sv[e] * ds;
+							float sds = sv[e] * ds, mv = ew * p * ds;
+							rs[hr] += sds;
+							cs[nn][e] += sds;
+							if (jg < rb)
+								ms[hr] += mv;
+							else
+#pragma unroll
+								for (int u = 0; u < 5; u++)
+									if (u == l)
+										dg[hr][u] += mv;
 						}
 					}
 					*(uint32_t *)(Sb + i * L.lc + j) = pack2f(sv[0], sv[1]);
 					*(uint32_t *)(Gb + i * L.lc + j) = pack2f(gv[0], gv[1]);
-					*(float2 *)(Sf + i * L.fc + j) = make_float2(mv[0], mv[1]);
-					*(float2 *)(Df + i * L.fc + j) = make_float2(sds[0], sds[1]);
 				}
-		}
-	__syncthreads();
-	/* dL/dA's intra-chunk part exactly in fp32, row sum minus column sum of
-	 * S * dS: q.dq - k.dk from the bf16-rounded products would cancel their
-	 * rounding into it. Four threads a row (C <= NT / 4), each every fourth
-	 * column, then summed across the four lanes. */
-	int ri = threadIdx.x / 4, rq = threadIdx.x % 4;
-	{
-		float r = 0.0f;
-		if (ri < C) {
-			for (int j = rq; j <= ri; j += 4)
-				r += Df[ri * L.fc + j];
-			for (int j = ri + rq; j < C; j += 4)
-				r -= Df[j * L.fc + ri];
-		}
-		r += __shfl_xor_sync(0xffffffffu, r, 1);
-		r += __shfl_xor_sync(0xffffffffu, r, 2);
-		if (ri < C && rq == 0) {
-			da[ri] = r;
-			qi[ri] = 0.0f;
-		}
-	}
-	if (dlam.p) {
-		/* per row and level (four threads a row as above) into lm (lam's
-		 * values are read), then added by all threads */
-		int maxl = g.N > 1 ? g.cbits + 1 : 7;
-		maxl = maxl < g.NL ? maxl : (int)g.NL;
-		float lvs[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-		if (ri < len)
-			for (int j = rq; j <= ri; j += 4) {
-				int l = fen_level(t0 + ri, t0 + j);
 #pragma unroll
-				for (int u = 0; u < 8; u++)
-					if (u == l)
-						lvs[u] += Sf[ri * L.fc + j];
+			for (int hr = 0; hr < 2; hr++) {
+				for (int o = 1; o <= 2; o <<= 1) {
+					rs[hr] += __shfl_xor_sync(0xffffffffu, rs[hr], o);
+					ms[hr] += __shfl_xor_sync(0xffffffffu, ms[hr], o);
+#pragma unroll
+					for (int u = 0; u < 5; u++)
+						dg[hr][u] += __shfl_xor_sync(0xffffffffu, dg[hr][u], o);
+				}
+#pragma unroll
+				for (int e = 0; e < 2; e++)
+					for (int o = 4; o <= 16; o <<= 1)
+						cs[hr][e] += __shfl_xor_sync(0xffffffffu, cs[hr][e], o);
 			}
 #pragma unroll
-		for (int u = 0; u < 8; u++) {
-			lvs[u] += __shfl_xor_sync(0xffffffffu, lvs[u], 1);
-			lvs[u] += __shfl_xor_sync(0xffffffffu, lvs[u], 2);
-		}
-		if (ri < len && rq == 0)
+			for (int hr = 0; hr < 2; hr++) {
+				int i = r0 + gq + 8 * hr;
+				if (tq == 0) {
+					rowp[jg * C + i] = rs[hr];
+					if (jg < rb)
+						lvp[jg * C + i] = ms[hr];
+					else
 #pragma unroll
-			for (int u = 0; u < 8; u++)
-				lm[ri * 8 + u] = lvs[u];
+						for (int u = 0; u < 5; u++)
+							dlv[i * 8 + u] = dg[hr][u];
+				}
+				if (gq == 0)
+#pragma unroll
+					for (int e = 0; e < 2; e++)
+						colp[rb * C + 16 * jg + 8 * hr + 2 * tq + e] = cs[hr][e];
+			}
+		}
+	__syncthreads();
+	/* dL/dA's intra-chunk part in fp32 (q.dq - k.dk from the bf16-rounded
+	 * products would cancel their rounding into it), and dlam's levels
+	 * 5, 6, over the blocks in order */
+	for (int i = threadIdx.x; i < C; i += NT) {
+		int ib = i / 16;
+		float r = 0.0f, l5 = 0.0f, l6 = 0.0f;
+		for (int jg = 0; jg <= ib; jg++)
+			r += rowp[jg * C + i];
+		for (int ig = ib; ig < nc; ig++)
+			r -= colp[ig * C + i];
+		da[i] = r;
+		qi[i] = 0.0f;
+		kd[i] = 0.0f;
+		for (int jg = 0; jg < ib; jg++) {
+			if ((ib ^ jg) == 1)
+				l5 += lvp[jg * C + i];
+			else
+				l6 += lvp[jg * C + i];
+		}
+		dlv[i * 8 + 5] = l5;
+		dlv[i * 8 + 6] = l6;
+	}
+	if (dlam.p) {
+		/* lam's intra-chunk levels: 0..c with several chunks (the levels
+		 * above are the reads', added below), 0..6 within a single chunk */
+		int maxl = g.N > 1 ? g.cbits + 1 : 7;
+		maxl = maxl < g.NL ? maxl : (int)g.NL;
 		__syncthreads();
 		for (int idx = threadIdx.x; idx < len * maxl; idx += NT) {
 			int i = idx / maxl, l = idx % maxl;
-			gadd(dlam, ((b * g.T + t0 + i) * g.H + h) * g.NL + l, lm[i * 8 + l]);
+			gadd(dlam, ((b * g.T + t0 + i) * g.H + h) * g.NL + l, dlv[i * 8 + l]);
 		}
 	}
-	__syncthreads(); /* the fp32 scores' region holds states (Hb) from here */
 	const double *Eb = E + bh * g.N;
 	float acc[4][2][4], xa[4][2][4];
 
-	/* ---- dq: dS k, then per read (wr dO Hᵀ), H in two bf16 halves */
+	/* ---- dq: dS k, then per read (wr dO Hᵀ) */
 	zero_acc(acc);
 	if (act)
 		for (int jg = 0; jg <= rb; jg++) {
@@ -1735,16 +1778,10 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 		float dlog = 0.0f;
 		int lv = -1;
 		read_state(g, Eb, n, rr, &sidx, &dlog, &lv);
-		zero_acc(xa);
-		for (int lo = 0; lo < 2; lo++) {
-			__syncthreads(); /* Hb, wr, pt are read */
-			if (!lo)
-				tc_read_weights(wr, wn, ac, g, lam, b, h, t0, len, dlog, lv);
-			tc_state(Hb, L.lv, F + (bh * g.tot + sidx) * g.M, Dk, Dv, lo);
-			__syncthreads();
-			if (act)
-				mma_rows<true>(xa, Ob, L.lv, Hb, L.lv, r0, hf, nk, Dv, false, 0.0f, 0.0f);
-		}
+		/* its barriers also end the last readers of Z */
+		xa_state(xa, Ob, L.lv, Hb, L.lv, F + (bh * g.tot + sidx) * g.M, Dk, Dv, r0, hf, act);
+		tc_read_weights(wr, wn, ac, g, lam, b, h, t0, len, dlog, lv);
+		__syncthreads();
 		if (act) {
 			float w0 = wr[r0 + gq], w1 = wr[r0 + gq + 8];
 #pragma unroll
@@ -1766,13 +1803,11 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 		put_grad(dqh, dq, g, b, h, t0, acc, r0, hf, len);
 
 	/* ---- dk: dSᵀ q, then (ww v dUᵀ) with the state gradient after this
-	 * chunk in two halves */
+	 * chunk */
 	const float *dU = dF ? dF + (bh * g.tot + n) * g.M : NULL;
-	__syncthreads(); /* wr, pt are read */
-	for (int i = threadIdx.x; i < C; i += NT) {
+	__syncthreads(); /* Z is read */
+	for (int i = threadIdx.x; i < C; i += NT)
 		wr[i] = i < len ? expf(ac[len - 1] - ac[i]) : 0.0f;
-		kd[i] = 0.0f;
-	}
 	zero_acc(acc);
 	if (act)
 		for (int ig = rb; ig < nc; ig++) {
@@ -1790,14 +1825,7 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 			}
 		}
 	if (dU) {
-		zero_acc(xa);
-		for (int lo = 0; lo < 2; lo++) {
-			__syncthreads();
-			tc_state(Hb, L.lv, dU, Dk, Dv, lo);
-			__syncthreads();
-			if (act)
-				mma_rows<true>(xa, Vb, L.lv, Hb, L.lv, r0, hf, nk, Dv, false, 0.0f, 0.0f);
-		}
+		xa_state(xa, Vb, L.lv, Hb, L.lv, dU, Dk, Dv, r0, hf, act);
 		if (act) {
 			float w0 = wr[r0 + gq], w1 = wr[r0 + gq + 8];
 #pragma unroll
@@ -1815,13 +1843,8 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 		put_grad(dkh, dk, g, b, h, t0, acc, r0, hf, len);
 
 	/* ---- dv: Sᵀ dO, then (ww k) dU with dU's high half */
-	if (dU) {
-		__syncthreads(); /* Hb is read */
-		tc_state(Hb, L.lv, dU, Dk, Dv);
-	}
-	__syncthreads();
 	zero_acc(acc);
-	if (act) {
+	if (act)
 		for (int ig = rb; ig < nc; ig++) {
 			uint32_t a[4];
 			frag_a_t(a, Sb, L.lc, r0, 16 * ig);
@@ -1836,36 +1859,37 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 				mma16816(acc[u][1], a, bb[2], bb[3]);
 			}
 		}
-		if (dU)
-			mma_rows<false>(acc, Kb, L.lk, Hb, L.lv, r0, hf, nv, Dk, true, wr[r0 + gq],
-					wr[r0 + gq + 8]);
-	}
-	__syncthreads(); /* Hb is read: the region holds dv's rows (Af) */
-	if (act)
+	if (dU)
+		for (int x0 = 0; x0 < Dk; x0 += HX) {
+			int rows = Dk - x0 < HX ? Dk - x0 : HX;
+			__syncthreads(); /* Hb is read; wr is written */
+			tc_state(Hb, L.lv, dU + (int64_t)x0 * Dv, rows, Dv);
+			__syncthreads();
+			if (act)
+				mma_xh(acc, Kb, L.lk, Hb, L.lv, r0, hf, nv, x0, x0 + rows, wr[r0 + gq],
+				       wr[r0 + gq + 8]);
+		}
+	if (act && dv.p) {
+		if (dv8 && dv.f32)
+			add_acc_t((float *)dv.p + h * g.Dv, b * g.T + t0, g.H * g.Dv, acc, r0, hf, nv, len);
+		else if (dv8)
+			add_acc_t((bf16 *)dv.p + h * g.Dv, b * g.T + t0, g.H * g.Dv, acc, r0, hf, nv, len);
+		else
 #pragma unroll
-		for (int u = 0; u < 4; u++) {
-			int gi = hf + 2 * u;
-			if (gi >= nv)
-				break;
+			for (int u = 0; u < 4; u++) {
+				int gi = hf + 2 * u;
+				if (gi >= nv)
+					break;
 #pragma unroll
-			for (int nn = 0; nn < 2; nn++)
-#pragma unroll
-				for (int hr = 0; hr < 2; hr++) {
-					int j = r0 + gq + 8 * hr, y = 16 * gi + 8 * nn + 2 * tq;
-					*(float2 *)(Af + j * L.fv + y) = make_float2(acc[u][nn][2 * hr], acc[u][nn][2 * hr + 1]);
+				for (int e = 0; e < 8; e++) {
+					int j = r0 + gq + (e % 4 >= 2 ? 8 : 0), y = 16 * gi + 8 * (e / 4) + 2 * tq + e % 2;
+					if (j < len)
+						gadd(dv, ((b * g.T + t0 + j) * g.H + h) * g.Dv + y, acc[u][e / 4][e % 4]);
 				}
-		}
-	__syncthreads();
-	if (dv.p && dv8 && dv.f32)
-		tc_add_rows((float *)dv.p + h * g.Dv, b * g.T + t0, g.H * g.Dv, Af, L.fv, Dv, len);
-	else if (dv.p && dv8)
-		tc_add_rows((bf16 *)dv.p + h * g.Dv, b * g.T + t0, g.H * g.Dv, Af, L.fv, Dv, len);
-	else if (dv.p)
-		for (int idx = threadIdx.x; idx < len * Dv; idx += NT) {
-			int j = idx / Dv, y = idx % Dv;
-			gadd(dv, ((b * g.T + t0 + j) * g.H + h) * g.Dv + y, Af[j * L.fv + y]);
-		}
+			}
+	}
 	if (dA) {
+		__syncthreads(); /* kd, qi and da of every row */
 		for (int i = threadIdx.x; i < len; i += NT)
 			dA[bh * g.T + t0 + i] = da[i] + qi[i] - kd[i];
 		if (threadIdx.x == 0) {
