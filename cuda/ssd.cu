@@ -1984,6 +1984,17 @@ static int smem_set(void (*kernel)(T *, const T *, const T *, const T *, const T
 	return 0;
 }
 
+/* Shared memory for a tensor-core kernel: its size, and the largest
+ * carveout, so that two (bwd at D 128) or more blocks fit an SM. */
+template <class K>
+static int tc_smem(K kernel, size_t bytes)
+{
+	LMK_CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+	LMK_CK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+				    cudaSharedmemCarveoutMaxShared));
+	return 0;
+}
+
 static int g_tensor_cores = 1;
 
 extern "C" void lmk_cuda_ssd_tensor_cores(int on) { g_tensor_cores = on != 0; }
@@ -2020,7 +2031,8 @@ static int launch_acc(cudaStream_t st, const geo &g, int tc, float *out, const T
 			/* 16x16 output tiles per warp: two up to 64 x 64 */
 			size_t sb = tc_layout(64, (int)g.Dk, (int)g.Dv, 2).total;
 			auto kern = g.M <= 64 * 64 ? tc_acc_kernel<QRY, 2> : tc_acc_kernel<QRY, 8>;
-			LMK_CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb));
+			if (tc_smem(kern, sb) < 0)
+				return lmk_errcode();
 			kern<<<grid, NT, sb, st>>>(out, X, Y, acs, E, lam, slots, ostride, g);
 			LMK_CK_LAUNCH();
 			return 0;
@@ -2059,8 +2071,8 @@ static int forward_t(lmk_cuda_backend *bk, const geo &g, T *out, const T *q, con
 	if constexpr (std::is_same<T, bf16>::value) {
 		if (tc) {
 			size_t sb = tc_layout(g.C, (int)g.Dk, (int)g.Dv, 0).total;
-			LMK_CK(cudaFuncSetAttribute(tc_out_kernel,
-						    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb));
+			if (tc_smem(tc_out_kernel, sb) < 0)
+				return lmk_errcode();
 			tc_out_kernel<<<dim3((unsigned)g.N, (unsigned)BH), NT, sb, st>>>(
 				out, q, k, v, lam, acs, E, F, g);
 			LMK_CK_LAUNCH();
@@ -2177,8 +2189,8 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 	if constexpr (std::is_same<T, bf16>::value) {
 		if (tc) {
 			size_t sb = tc_layout(g.C, (int)g.Dk, (int)g.Dv, 1).total;
-			LMK_CK(cudaFuncSetAttribute(tc_bwd_kernel,
-						    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb));
+			if (tc_smem(tc_bwd_kernel, sb) < 0)
+				return lmk_errcode();
 			tc_bwd_kernel<<<dim3((unsigned)g.N, (unsigned)BH), NT, sb, st>>>(
 				direct ? NULL : dqh, direct ? NULL : dkh, to_gacc(dq), to_gacc(dk),
 				to_gacc(dv), al16(dv.p), to_gacc(dlam), dloga.p ? dA : NULL, dAsum, dout, q,
