@@ -788,6 +788,29 @@ __global__ void __launch_bounds__(NT) bwd_kernel(float *dqh /*(B,T,H,Dk)*/, floa
 	}
 }
 
+/* A chunk's tokens t1 - 1 down to t0 of dloga (stride H) += s, the suffix
+ * sum continued over dA: eight tokens' loads in flight before their stores
+ * (the roundings of gadd). */
+template <class G>
+static __device__ void dloga_chunk(G *dl, int64_t H, const float *dA, int64_t t0, int64_t t1, double s)
+{
+	for (int64_t tb = t1 - 1; tb >= t0; tb -= 8) {
+		float a[8], c[8];
+#pragma unroll
+		for (int k = 0; k < 8; k++)
+			if (tb - k >= t0) {
+				a[k] = dA[tb - k];
+				c[k] = tof(dl[(tb - k) * H]);
+			}
+#pragma unroll
+		for (int k = 0; k < 8; k++)
+			if (tb - k >= t0) {
+				s += a[k];
+				dl[(tb - k) * H] = fromf<G>(c[k] + (float)s);
+			}
+	}
+}
+
 /* dloga_r += sum over t >= r of dL/dA_t: one thread per chunk. */
 __global__ void dloga_kernel(gacc dloga /*(B,T,H)*/, const float *dA, const double *dAsum, geo g)
 {
@@ -798,11 +821,11 @@ __global__ void dloga_kernel(gacc dloga /*(B,T,H)*/, const float *dA, const doub
 	double s = 0;
 	for (int64_t m = g.N - 1; m > n; m--)
 		s += dAsum[bh * g.N + m];
-	int64_t t0 = n * g.C, t1 = t0 + g.C < g.T ? t0 + g.C : g.T;
-	for (int64_t t = t1 - 1; t >= t0; t--) {
-		s += dA[bh * g.T + t];
-		gadd(dloga, (b * g.T + t) * g.H + h, (float)s);
-	}
+	int64_t t0 = n * g.C, t1 = t0 + g.C < g.T ? t0 + g.C : g.T, o = b * g.T * g.H + h;
+	if (dloga.f32)
+		dloga_chunk((float *)dloga.p + o, g.H, dA + bh * g.T, t0, t1, s);
+	else
+		dloga_chunk((bf16 *)dloga.p + o, g.H, dA + bh * g.T, t0, t1, s);
 }
 
 /* dq[b,t,grp] += the heads of the group, in head order; w (1, or 8 where
