@@ -15,8 +15,10 @@
  * Prints one line per (D, T):
  *   ours D T B H attn_fwd attn_fwdbwd ssd_fwd ssd_fwdbwd ll_fwd ll_fwdbwd   (ms)
  * then checks that outputs are finite. Exit 0, 1 on a failure, 2 on a
- * usage error. Usage: ssd_gpu [--quick] [--simple] [--reps N] [--tokens N]
- * (--simple: the linear mixers without tensor cores, fp32 CUDA-core kernels). */
+ * usage error. Usage: ssd_gpu [--quick] [--simple] [--no-attn] [--shape D T]
+ * [--reps N] [--tokens N] (--simple: the linear mixers without tensor cores,
+ * fp32 CUDA-core kernels; --no-attn: attention's columns left out, 0;
+ * --shape: that row alone; the last two for profilers). */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
@@ -96,19 +98,26 @@ static int finite_tail(const __nv_bfloat16 *p, size_t n)
 
 int main(int argc, char **argv)
 {
-	int quick = 0, reps = 10, simple = 0;
-	int64_t tokens = 65536;
+	int quick = 0, reps = 10, simple = 0, attn = 1, oD = 0;
+	int64_t tokens = 65536, oT = 0;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--quick"))
 			quick = 1;
 		else if (!strcmp(argv[i], "--simple"))
 			simple = 1;
+		else if (!strcmp(argv[i], "--no-attn"))
+			attn = 0;
+		else if (!strcmp(argv[i], "--shape") && i + 2 < argc) {
+			oD = atoi(argv[++i]);
+			oT = atoll(argv[++i]);
+		}
 		else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
 			reps = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--tokens") && i + 1 < argc)
 			tokens = atoll(argv[++i]);
 		else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-			printf("usage: ssd_gpu [--quick] [--simple] [--reps N] [--tokens N]\n");
+			printf("usage: ssd_gpu [--quick] [--simple] [--no-attn] [--shape D T] [--reps N] "
+			       "[--tokens N]\n");
 			return 0;
 		} else {
 			fprintf(stderr, "ssd_gpu: unknown option '%s'\n", argv[i]);
@@ -133,7 +142,7 @@ int main(int argc, char **argv)
 		"of %d\n", info.name, info.sm_count, (long long)tokens,
 		simple ? "CUDA cores" : "tensor cores", reps);
 
-	const int64_t width = 2048, maxT = quick ? 8192 : 65536;
+	const int64_t width = 2048, maxT = oT ? oT : quick ? 8192 : 65536;
 	const size_t n = (size_t)tokens * width;
 	const int64_t NLmax = lmk_fenwick_levels(maxT);
 	__nv_bfloat16 *q, *k, *v, *o, *dout, *dq, *dk, *dv, *la, *dla, *lam, *dlam;
@@ -185,7 +194,9 @@ int main(int argc, char **argv)
 	const int Ds[] = {64, 128};
 	for (int D : Ds) {
 		const int64_t H = width / D;
-		for (int64_t T = 2048; T <= maxT && T <= tokens; T *= 2) {
+		if (oD && D != oD)
+			continue;
+		for (int64_t T = oT ? oT : 2048; T <= maxT && T <= tokens; T *= 2) {
 			const int64_t B = tokens / T, NL = lmk_fenwick_levels(T);
 			const float as = 1.0f / sqrtf((float)D);
 			lmk_gbuf gq = {dq, LMK_BF16}, gk = {dk, LMK_BF16}, gv = {dv, LMK_BF16};
@@ -209,9 +220,11 @@ int main(int argc, char **argv)
 							  dout, q, k, v, la, ll ? lam : NULL, o, B, T, H,
 							  H, D, D, NL, as, 64));
 			};
-			float t[6];
-			t[0] = time_ms(attn_f);
-			t[1] = time_ms(attn_fb);
+			float t[6] = {0, 0, 0, 0, 0, 0};
+			if (attn) {
+				t[0] = time_ms(attn_f);
+				t[1] = time_ms(attn_fb);
+			}
 			t[2] = time_ms([&]() { ssd_f(0); });
 			t[3] = time_ms([&]() { ssd_fb(0); });
 			t[4] = time_ms([&]() { ssd_f(1); });

@@ -32,13 +32,11 @@
  *   against bank conflicts); a warp owns rows i = warp + 8r, a lane the
  *   columns lane + 32a. The F32 path, and BF16 for shapes the other lacks.
  * - "tc": BF16 with Dk, Dv and the chunk multiples of 16, the products on
- *   the tensor cores (WMMA); see the section's comment for where fp32 is
+ *   the tensor cores (mma.sync); see the section's comment for where fp32 is
  *   kept. lmk_cuda_ssd_tensor_cores(0) switches it off (tests, benchmarks).
- * Both were checked, before any GPU run, by compiling this file for the CPU
- * against a small emulation of the CUDA subset it uses (threads, barriers,
- * warp sums, whole-tile WMMA) and comparing with lib/ssd.c. */
-#include <mma.h>
-
+ * The simple family was checked, before any GPU run, by compiling this file
+ * for the CPU against a small emulation of the CUDA subset it used and
+ * comparing with lib/ssd.c; test_cuda_ssd checks both on the GPU. */
 #include <type_traits>
 #include <vector>
 
@@ -51,6 +49,7 @@
 #define DMAX 128  /* largest head dim */
 #define RW (CMAX / 8)
 #define PG 16     /* chunks per partial sum of a block's query side */
+#define HX 64     /* state rows at a time in the tensor-core backward */
 #define MAXLC 40
 
 struct geo {
@@ -213,11 +212,21 @@ __global__ void fwd_states(float *F /*(BH,tot,M)*/, const double *E, geo g)
 	float *f = F + bh * g.tot * g.M + e;
 	const double *Eb = E + bh * g.N;
 	if (g.plain) {
+		/* eight loads in flight before their stores (the same sums) */
 		float s = 0;
-		for (int64_t n = 0; n < g.N; n++) {
-			float u = f[n * g.M];
-			f[n * g.M] = s;
-			s = expf((float)(Eb[n] - em1(Eb, n))) * s + u;
+		for (int64_t n0 = 0; n0 < g.N; n0 += 8) {
+			float u[8];
+#pragma unroll
+			for (int k = 0; k < 8; k++)
+				u[k] = n0 + k < g.N ? f[(n0 + k) * g.M] : 0.0f;
+#pragma unroll
+			for (int k = 0; k < 8; k++) {
+				int64_t n = n0 + k;
+				if (n < g.N) {
+					f[n * g.M] = s;
+					s = expf((float)(Eb[n] - em1(Eb, n))) * s + u[k];
+				}
+			}
 		}
 		return;
 	}
@@ -236,10 +245,11 @@ __global__ void fwd_states(float *F /*(BH,tot,M)*/, const double *E, geo g)
 
 /* The gradients of the states after each chunk, dU_n, into dF's first N
  * states. Without lam dF holds the query sides R_n and is reverse-scanned in
- * place; with lam the parts are summed into the block states they read,
- * then the tree is walked down. */
+ * place; with lam the parts are summed into the block states they read
+ * (first: the first slot of each state's parts, -1 for none), then the tree
+ * is walked down. */
 __global__ void bwd_states(float *dF /*(BH,tot,M)*/, const float *parts /*(BH,nslots,M)*/,
-			   const double *E, int64_t nslots, geo g)
+			   const int *first /*(tot)*/, const double *E, int64_t nslots, geo g)
 {
 	int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
 	if (i >= g.B * g.H * g.M)
@@ -249,42 +259,56 @@ __global__ void bwd_states(float *dF /*(BH,tot,M)*/, const float *parts /*(BH,ns
 	const double *Eb = E + bh * g.N;
 	if (g.plain) {
 		float s = 0;
-		for (int64_t n = g.N - 1; n >= 0; n--) {
-			float r = d[n * g.M];
-			d[n * g.M] = s;
-			s = expf((float)(Eb[n] - em1(Eb, n))) * s + r;
+		for (int64_t n0 = g.N - 1; n0 >= 0; n0 -= 8) {
+			float r[8];
+#pragma unroll
+			for (int k = 0; k < 8; k++)
+				r[k] = n0 - k >= 0 ? d[(n0 - k) * g.M] : 0.0f;
+#pragma unroll
+			for (int k = 0; k < 8; k++) {
+				int64_t n = n0 - k;
+				if (n >= 0) {
+					d[n * g.M] = s;
+					s = expf((float)(Eb[n] - em1(Eb, n))) * s + r[k];
+				}
+			}
 		}
 		return;
 	}
-	for (int64_t s = 0; s < g.tot; s++)
-		d[s * g.M] = 0.0f;
+	/* Leaf by leaf, the values of its ancestors on a stack: level L's
+	 * block c (c even: it reads the upper half of its parent's span, level
+	 * L + 1's query sides, summed from its parts; plus what its parent
+	 * passes down, decayed across the sibling) changes only when bit L of
+	 * the leaf does, so each state is computed once and only the leaves
+	 * are stored. The sums and their order are the tree's. */
 	const float *p = parts + bh * nslots * g.M + e;
-	int64_t slot = 0;
-	for (int j = 1; j <= g.Lc; j++) {
-		int64_t span = 1ll << j, half = span >> 1;
-		for (int64_t c = 0; c * span < g.N; c++) {
-			int64_t ua = c * span + half, ub = (c + 1) * span < g.N ? (c + 1) * span : g.N;
-			if (ua >= g.N)
-				continue;
-			float acc = 0;
-			for (int64_t pa = ua; pa < ub; pa += PG)
-				acc += expf((float)(em1(Eb, pa) - em1(Eb, ua))) * p[(slot++) * g.M];
-			d[(g.off[j - 1] + 2 * c) * g.M] += acc;
-		}
-	}
-	for (int j = g.Lc - 1; j >= 1; j--) {
-		int64_t nbj = nblocks(g, j), nbl = nblocks(g, j - 1);
-		for (int64_t c = 0; c < nbj; c++) {
-			int64_t c0 = 2 * c, c1 = 2 * c + 1;
-			float dd = d[(g.off[j] + c) * g.M];
-			if (c1 < nbl) {
-				d[(g.off[j - 1] + c0) * g.M] +=
-					expf((float)(Eb[bend(g, j - 1, c1)] - Eb[bend(g, j - 1, c0)])) * dd;
-				d[(g.off[j - 1] + c1) * g.M] += dd;
-			} else {
-				d[(g.off[j - 1] + c0) * g.M] += dd;
+	float stk[MAXLC];
+	for (int64_t n = 0; n < g.N; n++) {
+		int top = g.Lc - 1;
+		if (n > 0 && __ffsll((long long)n) - 1 < top)
+			top = __ffsll((long long)n) - 1;
+		for (int L = top; L >= 0; L--) {
+			int64_t c = n >> L, nbl = nblocks(g, L);
+			float v = 0.0f;
+			int f = first[g.off[L] + c];
+			if (f >= 0) {
+				int64_t span = 2ll << L, ua = (c >> 1) * span + (span >> 1);
+				int64_t ub = ((c >> 1) + 1) * span < g.N ? ((c >> 1) + 1) * span : g.N;
+				float acc = 0;
+				for (int64_t pa = ua; pa < ub; pa += PG)
+					acc += expf((float)(em1(Eb, pa) - em1(Eb, ua))) * p[(f++) * g.M];
+				v += acc;
 			}
+			if (L + 1 < g.Lc) {
+				float dd = stk[L + 1];
+				if (!(c & 1) && c + 1 < nbl)
+					v += expf((float)(Eb[bend(g, L, c + 1)] - Eb[bend(g, L, c)])) * dd;
+				else
+					v += dd;
+			}
+			stk[L] = v;
 		}
+		d[n * g.M] = stk[0];
 	}
 }
 
@@ -764,6 +788,29 @@ __global__ void __launch_bounds__(NT) bwd_kernel(float *dqh /*(B,T,H,Dk)*/, floa
 	}
 }
 
+/* A chunk's tokens t1 - 1 down to t0 of dloga (stride H) += s, the suffix
+ * sum continued over dA: eight tokens' loads in flight before their stores
+ * (the roundings of gadd). */
+template <class G>
+static __device__ void dloga_chunk(G *dl, int64_t H, const float *dA, int64_t t0, int64_t t1, double s)
+{
+	for (int64_t tb = t1 - 1; tb >= t0; tb -= 8) {
+		float a[8], c[8];
+#pragma unroll
+		for (int k = 0; k < 8; k++)
+			if (tb - k >= t0) {
+				a[k] = dA[tb - k];
+				c[k] = tof(dl[(tb - k) * H]);
+			}
+#pragma unroll
+		for (int k = 0; k < 8; k++)
+			if (tb - k >= t0) {
+				s += a[k];
+				dl[(tb - k) * H] = fromf<G>(c[k] + (float)s);
+			}
+	}
+}
+
 /* dloga_r += sum over t >= r of dL/dA_t: one thread per chunk. */
 __global__ void dloga_kernel(gacc dloga /*(B,T,H)*/, const float *dA, const double *dAsum, geo g)
 {
@@ -774,30 +821,49 @@ __global__ void dloga_kernel(gacc dloga /*(B,T,H)*/, const float *dA, const doub
 	double s = 0;
 	for (int64_t m = g.N - 1; m > n; m--)
 		s += dAsum[bh * g.N + m];
-	int64_t t0 = n * g.C, t1 = t0 + g.C < g.T ? t0 + g.C : g.T;
-	for (int64_t t = t1 - 1; t >= t0; t--) {
-		s += dA[bh * g.T + t];
-		gadd(dloga, (b * g.T + t) * g.H + h, (float)s);
-	}
+	int64_t t0 = n * g.C, t1 = t0 + g.C < g.T ? t0 + g.C : g.T, o = b * g.T * g.H + h;
+	if (dloga.f32)
+		dloga_chunk((float *)dloga.p + o, g.H, dA + bh * g.T, t0, t1, s);
+	else
+		dloga_chunk((bf16 *)dloga.p + o, g.H, dA + bh * g.T, t0, t1, s);
 }
 
-/* dq[b,t,grp] += the heads of the group, in head order. */
-__global__ void heads_kernel(gacc dq, gacc dk, const float *dqh, const float *dkh, geo g)
+/* dq[b,t,grp] += the heads of the group, in head order; w (1, or 8 where
+ * Dk and every pointer allow) consecutive elements a thread. */
+__global__ void heads_kernel(gacc dq, gacc dk, const float *dqh, const float *dkh, int w, geo g)
 {
-	int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+	int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * w;
 	if (i >= g.B * g.T * g.G * g.Dk)
 		return;
 	int64_t x = i % g.Dk, bt = i / (g.G * g.Dk), grp = (i / g.Dk) % g.G, hpg = g.H / g.G;
-	float sq = 0, sk = 0;
+	float sq[8] = {0, 0, 0, 0, 0, 0, 0, 0}, sk[8] = {0, 0, 0, 0, 0, 0, 0, 0};
 	for (int64_t u = 0; u < hpg; u++) {
 		int64_t r = (bt * g.H + grp * hpg + u) * g.Dk + x;
-		sq += dqh[r];
-		sk += dkh[r];
+		if (w == 8) {
+			float a[8], c[8];
+			ld8(a, dqh + r);
+			ld8(c, dkh + r);
+#pragma unroll
+			for (int e = 0; e < 8; e++) {
+				sq[e] += a[e];
+				sk[e] += c[e];
+			}
+		} else {
+			sq[0] += dqh[r];
+			sk[0] += dkh[r];
+		}
 	}
-	if (dq.p)
-		gadd(dq, i, sq);
-	if (dk.p)
-		gadd(dk, i, sk);
+	if (w == 8) {
+		if (dq.p)
+			gadd8(dq, i, sq);
+		if (dk.p)
+			gadd8(dk, i, sk);
+	} else {
+		if (dq.p)
+			gadd(dq, i, sq[0]);
+		if (dk.p)
+			gadd(dk, i, sk[0]);
+	}
 }
 
 /* ------------------------------------------------- decoding */
@@ -843,51 +909,19 @@ __global__ void step_kernel(T *out, float *S, const T *q, const T *k, const T *v
 /* ------------------------------------------------- tensor cores (BF16) */
 
 /* The same chunk kernels for BF16 with Dk, Dv and C multiples of 16, their
- * products on the tensor cores (WMMA m16n16k16, bf16 operands from shared
- * memory, fp32 accumulators): q kᵀ, dO vᵀ, the masked scores times v and
- * dO, and every product with a state. Scores, weighted rows and states are
- * rounded to bf16 for the products (as the inputs already are); masks,
- * decays, lam and every sum stay fp32. Rows are padded by 8 bf16 (4 fp32)
- * against bank conflicts, each array starts on 128 bytes (WMMA wants 32). */
-namespace wm = nvcuda::wmma;
-typedef wm::row_major RM;
-typedef wm::col_major CM;
-
-/* Cm (M,N) (+)= A (M,K) B (K,N), all multiples of 16; A row-major with
- * leading dim lda or (CM) stored transposed, as (K,M) rows; the same for B
- * (CM: stored as (N,K) rows). Warps take 16x16 output tiles in turn. The
- * caller syncs before (operands written) and after (Cm read). */
-template <class LA, class LB>
-static __device__ void wgemm(float *Cm, int ldc, const bf16 *A, int lda, const bf16 *B, int ldb,
-			     int M, int N, int K, bool acc)
-{
-	const bool arow = std::is_same<LA, RM>::value, brow = std::is_same<LB, RM>::value;
-	int tn = N / 16, nt = (M / 16) * tn;
-	for (int t = threadIdx.x / 32; t < nt; t += NT / 32) {
-		int i = t / tn, j = t % tn;
-		wm::fragment<wm::accumulator, 16, 16, 16, float> c;
-		float *cp = Cm + i * 16 * ldc + j * 16;
-		if (acc)
-			wm::load_matrix_sync(c, cp, ldc, wm::mem_row_major);
-		else
-			wm::fill_fragment(c, 0.0f);
-		for (int kk = 0; kk < K / 16; kk++) {
-			wm::fragment<wm::matrix_a, 16, 16, 16, bf16, LA> a;
-			wm::fragment<wm::matrix_b, 16, 16, 16, bf16, LB> b;
-			wm::load_matrix_sync(a, arow ? A + i * 16 * lda + kk * 16 : A + kk * 16 * lda + i * 16,
-					     lda);
-			wm::load_matrix_sync(b, brow ? B + kk * 16 * ldb + j * 16 : B + j * 16 * ldb + kk * 16,
-					     ldb);
-			wm::mma_sync(c, a, b, c);
-		}
-		wm::store_matrix_sync(cp, c, ldc, wm::mem_row_major);
-	}
-}
+ * products on the tensor cores (mma.sync m16n8k16 on register fragments,
+ * bf16 operands loaded from shared memory by ldmatrix, fp32 accumulators
+ * in registers): q kᵀ, dO vᵀ, the masked scores times v and dO, and every
+ * product with a state. Scores, weighted rows and states are rounded to
+ * bf16 for the products (as the inputs already are); masks, decays, lam
+ * and every sum stay fp32. Tiles come in by cp.async, 16 bytes a copy.
+ * Rows are padded by 8 bf16 (4 fp32) against bank conflicts, each array
+ * starts on 128 bytes. */
 
 /* Byte offsets of the shared arrays of the tensor-core kernels. */
 struct tco {
-	size_t Qb, Kb, Vb, Ob, Sb, Gb, R1, Hb, Wb, Af, ac, wr, wn, qd, kd, da, qi, total;
-	int lk, lv, lc, fk, fv, fc;
+	size_t Qb, Kb, Vb, Ob, Sb, Gb, Hb, Z, ac, wr, kd, da, qi, lm, total;
+	int lk, lv, lc;
 };
 
 static __host__ __device__ size_t bump(size_t *o, size_t bytes)
@@ -897,68 +931,209 @@ static __host__ __device__ size_t bump(size_t *o, size_t bytes)
 	return at;
 }
 
-/* kind 0: out, 1: bwd, 2: acc (C is then the token tile) */
+static __host__ __device__ size_t zmax(size_t a, size_t b) { return a > b ? a : b; }
+
+/* kind 0: out, 1: bwd, 2: acc (C is then the token tile). out: K's tile
+ * then holds the states (Hb); bwd: HX state rows in Hb, Z (20 C floats)
+ * for the block sums of the scores, then the reads' weights and row dots
+ * (2 C + 2 C). */
 static __host__ __device__ tco tc_layout(int C, int Dk, int Dv, int kind)
 {
 	tco L;
-	L.lk = Dk + 8, L.lv = Dv + 8, L.lc = C + 8, L.fk = Dk + 4, L.fv = Dv + 4, L.fc = C + 4;
-	int lm = L.lk > L.lv ? L.lk : L.lv, fm = L.fk > L.fv ? L.fk : L.fv;
+	L.lk = Dk + 8, L.lv = Dv + 8, L.lc = C + 8;
 	size_t o = 0, b2 = 2, b4 = 4;
+	L.Ob = L.Sb = L.Gb = L.Hb = L.Z = 0;
 	L.Qb = bump(&o, (size_t)C * L.lk * b2);
-	L.Kb = bump(&o, (size_t)C * L.lk * b2); /* acc: the low half of Xw */
-	L.Vb = bump(&o, (size_t)C * L.lv * b2);
-	L.Ob = kind == 1 ? bump(&o, (size_t)C * L.lv * b2) : 0;
-	L.Sb = kind == 2 ? 0 : bump(&o, (size_t)C * L.lc * b2);
-	L.Gb = kind == 1 ? bump(&o, (size_t)C * L.lc * b2) : 0;
-	size_t r1 = (size_t)(kind == 1 ? 2 * C * L.fc : C * L.fc);
-	if (kind == 1 && (size_t)C * fm > r1)
-		r1 = (size_t)C * fm;
-	L.R1 = kind == 2 ? 0 : bump(&o, r1 * b4);
-	L.Hb = kind == 2 ? 0 : bump(&o, (size_t)Dk * L.lv * b2);
-	L.Wb = kind == 2 ? 0 : bump(&o, (size_t)C * lm * b2);
-	L.Af = bump(&o, (size_t)(kind == 2 ? Dk * L.fv : C * fm) * b4);
-	L.ac = bump(&o, (size_t)C * b4);
-	L.wr = bump(&o, (size_t)C * b4);
-	L.wn = bump(&o, (size_t)C * b4);
-	L.qd = bump(&o, (size_t)C * b4);
-	L.kd = bump(&o, (size_t)C * b4);
-	L.da = bump(&o, (size_t)C * b4);
-	L.qi = bump(&o, (size_t)C * b4);
+	if (kind == 2) {
+		L.Kb = bump(&o, (size_t)C * L.lk * b2); /* the low half of Xw */
+		L.Vb = bump(&o, (size_t)C * L.lv * b2);
+	} else if (kind == 0) {
+		L.Kb = L.Hb = bump(&o, zmax((size_t)C * L.lk, (size_t)Dk * L.lv) * b2);
+		L.Vb = bump(&o, (size_t)C * L.lv * b2);
+	} else {
+		L.Kb = bump(&o, (size_t)C * L.lk * b2);
+		L.Vb = bump(&o, (size_t)C * L.lv * b2);
+		L.Ob = bump(&o, (size_t)C * L.lv * b2);
+		L.Sb = bump(&o, (size_t)C * L.lc * b2);
+		L.Gb = bump(&o, (size_t)C * L.lc * b2);
+		L.Hb = bump(&o, (size_t)(Dk < HX ? Dk : HX) * L.lv * b2);
+		L.Z = bump(&o, (size_t)20 * C * b4);
+	}
+	L.ac = L.wr = L.kd = L.da = L.qi = L.lm = 0;
+	if (kind != 2)
+		L.ac = bump(&o, (size_t)C * b4);
+	if (kind != 1)
+		L.wr = bump(&o, (size_t)C * b4);
+	if (kind == 1) {
+		L.kd = bump(&o, (size_t)C * b4);
+		L.da = bump(&o, (size_t)C * b4);
+		L.qi = bump(&o, (size_t)C * b4);
+	}
+	if (kind != 2)
+		L.lm = bump(&o, (size_t)C * 8 * b4);
 	L.total = o;
 	return L;
 }
 
 #define SMB(type, off) ((type *)(tcsm + (off)))
 
-/* Rows of a chunk (bf16, zero past len) into Xb (C, ld). */
+static __device__ __forceinline__ uint32_t smem_u32(const void *p)
+{
+	return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+/* 16 bytes from global to shared memory, zeros when !valid (src must still
+ * be a mapped address) */
+static __device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid)
+{
+	int n = valid ? 16 : 0;
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+		     "r"(n)
+		     : "memory");
+}
+
+/* This thread's copies have landed; a barrier after it shows all of them. */
+static __device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+static __device__ __forceinline__ uint32_t pack_bf(bf16 lo, bf16 hi)
+{
+	return (uint32_t)__bfloat16_as_ushort(lo) | ((uint32_t)__bfloat16_as_ushort(hi) << 16);
+}
+
+/* ---- mma.sync m16n8k16 (bf16 in, fp32 accumulators) on register fragments,
+ * operands from padded shared tiles by ldmatrix. Lane l: gq = l / 4,
+ * tq = l % 4; an accumulator tile c (16x8) holds (gq, 2tq..2tq+1) in c[0..1]
+ * and (gq + 8, 2tq..2tq+1) in c[2..3]. */
+static __device__ __forceinline__ void ldsm4(uint32_t (&r)[4], const bf16 *p)
+{
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(smem_u32(p))
+		     : "memory");
+}
+
+static __device__ __forceinline__ void ldsm4t(uint32_t (&r)[4], const bf16 *p)
+{
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(smem_u32(p))
+		     : "memory");
+}
+
+/* c (16x8) += a (16x16, row) b (16x8, col) */
+static __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+						uint32_t b1)
+{
+	asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+	    "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+	    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+	    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* two floats rounded to bf16, lo in the low half */
+static __device__ __forceinline__ uint32_t pack2f(float lo, float hi)
+{
+	__nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+	return *(uint32_t *)&v;
+}
+
+/* A fragment (rows 16, k 16) of the row-major tile X (ld) at (r0, k0). */
+static __device__ __forceinline__ void frag_a(uint32_t (&a)[4], const bf16 *X, int ld, int r0, int k0)
+{
+	int l = threadIdx.x % 32;
+	ldsm4(a, X + (r0 + l % 16) * ld + k0 + l / 16 * 8);
+}
+
+/* A fragment (rows m 16, k 16) of the transpose of a tile stored as (k, m)
+ * rows, at (m0, k0). */
+static __device__ __forceinline__ void frag_a_t(uint32_t (&a)[4], const bf16 *X, int ld, int m0, int k0)
+{
+	int l = threadIdx.x % 32;
+	ldsm4t(a, X + (k0 + l % 8 + l / 16 * 8) * ld + m0 + (l / 8) % 2 * 8);
+}
+
+/* B fragments of two n8 tiles (n0, n0 + 8), k 16 from k0: from a tile
+ * stored as (n, k) rows (nk) or as (k, n) rows (kn, transposed by
+ * ldmatrix). b[0..1]: the first tile, b[2..3]: the second. */
+static __device__ __forceinline__ void frag_b_nk(uint32_t (&b)[4], const bf16 *X, int ld, int n0, int k0)
+{
+	int l = threadIdx.x % 32;
+	ldsm4(b, X + (n0 + l % 8 + l / 16 * 8) * ld + k0 + (l / 8) % 2 * 8);
+}
+
+static __device__ __forceinline__ void frag_b_kn(uint32_t (&b)[4], const bf16 *X, int ld, int n0, int k0)
+{
+	int l = threadIdx.x % 32;
+	ldsm4t(b, X + (k0 + l % 8 + (l / 8) % 2 * 8) * ld + n0 + l / 16 * 8);
+}
+
+/* the rows of an A fragment scaled (w0: rows gq, w1: rows gq + 8) and
+ * rounded again: bf16(w x), as a scaled copy of the tile would hold */
+static __device__ __forceinline__ void scale_a(uint32_t (&a)[4], float w0, float w1)
+{
+#pragma unroll
+	for (int e = 0; e < 4; e++) {
+		float w = e % 2 ? w1 : w0;
+		float lo = __uint_as_float(a[e] << 16), hi = __uint_as_float(a[e] & 0xffff0000u);
+		a[e] = pack2f(w * lo, w * hi);
+	}
+}
+
+/* Rows of a chunk (bf16, zero past len) into Xb (C, ld), 16 bytes a copy,
+ * in flight together (X, the row stride and D keep 16-byte alignment: the
+ * launcher checks the pointers). The caller ends them with cp_wait_all and
+ * a barrier. */
 static __device__ void tc_rows(bf16 *Xb, int ld, const bf16 *X, int64_t row0, int64_t rstride,
 			       int D, int C, int len)
 {
-	for (int idx = threadIdx.x; idx < C * D; idx += NT) {
-		int i = idx / D, x = idx % D;
-		Xb[i * ld + x] = i < len ? X[(row0 + i) * rstride + x] : __float2bfloat16_rn(0.0f);
+	int d8 = D / 8;
+	for (int idx = threadIdx.x; idx < C * d8; idx += NT) {
+		int i = idx / d8, x = idx % d8 * 8;
+		cp_async16(Xb + i * ld + x, X + (row0 + (i < len ? i : 0)) * rstride + x, i < len);
 	}
 }
 
 /* A state (Dk,Dv) fp32 from global into Hb (Dk, ld) bf16: its rounding,
  * or (lo) what the rounding left out, so that two products, one with each,
- * come within about 2^-16 of the fp32 product. */
+ * come within about 2^-16 of the fp32 product. Four 16-byte loads a
+ * thread in flight. */
 static __device__ void tc_state(bf16 *Hb, int ld, const float *St, int Dk, int Dv, int lo = 0)
 {
-	for (int idx = threadIdx.x; idx < Dk * Dv; idx += NT) {
-		float x = St[idx];
-		bf16 hi = __float2bfloat16_rn(x);
-		Hb[(idx / Dv) * ld + idx % Dv] = lo ? __float2bfloat16_rn(x - __bfloat162float(hi)) : hi;
+	int n4 = Dk * Dv / 4;
+	for (int i0 = threadIdx.x; i0 < n4; i0 += 4 * NT) {
+		float4 r[4];
+#pragma unroll
+		for (int u = 0; u < 4; u++)
+			r[u] = i0 + u * NT < n4 ? ((const float4 *)St)[i0 + u * NT] : make_float4(0, 0, 0, 0);
+#pragma unroll
+		for (int u = 0; u < 4; u++) {
+			int idx = 4 * (i0 + u * NT);
+			if (idx >= Dk * Dv)
+				break;
+			float x[4] = {r[u].x, r[u].y, r[u].z, r[u].w};
+			bf16 o[4];
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				bf16 hi = __float2bfloat16_rn(x[e]);
+				o[e] = lo ? __float2bfloat16_rn(x[e] - __bfloat162float(hi)) : hi;
+			}
+			*(uint2 *)(Hb + (idx / Dv) * ld + idx % Dv) = make_uint2(pack_bf(o[0], o[1]), pack_bf(o[2], o[3]));
+		}
 	}
 }
 
-/* Xw (C, ldw) = bf16(w_i * X_i) for X (C, ldx) bf16. */
-static __device__ void tc_scale_rows(bf16 *Xw, int ldw, const bf16 *X, int ldx, const float *w,
-				     int C, int D)
+/* lam of the chunk's rows at the levels inside a chunk into lm (C, 8): a
+ * pair of tokens of one chunk is at most 6 levels apart (C <= 64, chunks
+ * aligned to a power of two or a single chunk from 0). Zero past len and
+ * NL, or without lam. */
+static __device__ void tc_lam(float *lm, const geo &g, const bf16 *lam, int64_t b, int64_t h,
+			      int64_t t0, int len)
 {
-	for (int idx = threadIdx.x; idx < C * D; idx += NT) {
-		int i = idx / D, x = idx % D;
-		Xw[i * ldw + x] = __float2bfloat16_rn(w[i] * __bfloat162float(X[i * ldx + x]));
+	for (int idx = threadIdx.x; idx < g.C * 8; idx += NT) {
+		int i = idx / 8, l = idx % 8;
+		lm[idx] = lam && i < len && l < g.NL
+				  ? __bfloat162float(lam[((b * g.T + t0 + i) * g.H + h) * g.NL + l])
+				  : 0.0f;
 	}
 }
 
@@ -976,41 +1151,96 @@ static __device__ void tc_read_weights(float *wr, float *wn, const float *ac, co
 	}
 }
 
-__global__ void __launch_bounds__(NT) tc_out_kernel(bf16 *out, const bf16 *q, const bf16 *k,
-						    const bf16 *v, const bf16 *lam,
-						    const float *acs, const double *E,
-						    const float *F, geo g)
+/* The output of a chunk on register fragments. Warp w owns the rows
+ * 16 (w % 4) .. + 15 and the 16-column groups w / 4, w / 4 + 2, ... of the
+ * output; the two warps of a row block both compute its scores (S = q kᵀ
+ * up to the diagonal block, masked and weighted in registers, then the
+ * bf16 A operand of P v). The reads add (wr q) H with wr applied to q's
+ * fragments. The output leaves through shared memory (V's tile) in 16-byte
+ * stores. */
+__global__ void __launch_bounds__(NT, 2) tc_out_kernel(bf16 *out, const bf16 *q, const bf16 *k,
+						       const bf16 *v, const bf16 *lam,
+						       const float *acs, const double *E,
+						       const float *F, geo g)
 {
 	extern __shared__ __align__(128) unsigned char tcsm[];
 	int C = g.C, Dk = (int)g.Dk, Dv = (int)g.Dv;
 	tco L = tc_layout(C, Dk, Dv, 0);
-	bf16 *Qb = SMB(bf16, L.Qb), *Kb = SMB(bf16, L.Kb), *Vb = SMB(bf16, L.Vb), *Pb = SMB(bf16, L.Sb);
-	bf16 *Hb = SMB(bf16, L.Hb), *Xw = SMB(bf16, L.Wb);
-	float *Sf = SMB(float, L.R1), *Of = SMB(float, L.Af), *ac = SMB(float, L.ac), *wr = SMB(float, L.wr);
+	bf16 *Qb = SMB(bf16, L.Qb), *Kb = SMB(bf16, L.Kb), *Vb = SMB(bf16, L.Vb), *Hb = SMB(bf16, L.Hb);
+	float *ac = SMB(float, L.ac), *wr = SMB(float, L.wr), *lm = SMB(float, L.lm);
 	int64_t n = blockIdx.x, bh = blockIdx.y, b = bh / g.H, h = bh % g.H, t0 = n * g.C;
 	int64_t grp = h / (g.H / g.G);
 	int len = g.T - t0 < g.C ? (int)(g.T - t0) : g.C;
+	int lane = threadIdx.x % 32, wp = threadIdx.x / 32, rb = wp % 4, hf = wp / 4;
+	int gq = lane / 4, tq = lane % 4, r0 = 16 * rb, ng = Dv / 16;
+	bool act = r0 < C;
 	tc_rows(Qb, L.lk, q + grp * g.Dk, b * g.T + t0, g.G * g.Dk, Dk, C, len);
 	tc_rows(Kb, L.lk, k + grp * g.Dk, b * g.T + t0, g.G * g.Dk, Dk, C, len);
 	tc_rows(Vb, L.lv, v + h * g.Dv, b * g.T + t0, g.H * g.Dv, Dv, C, len);
 	for (int i = threadIdx.x; i < C; i += NT)
 		ac[i] = i < len ? acs[bh * g.T + t0 + i] : 0.0f;
+	tc_lam(lm, g, lam, b, h, t0, len);
+	cp_wait_all();
 	__syncthreads();
-	wgemm<RM, CM>(Sf, L.fc, Qb, L.lk, Kb, L.lk, C, C, Dk, false);
-	__syncthreads();
-	for (int idx = threadIdx.x; idx < C * C; idx += NT) {
-		int i = idx / C, j = idx % C;
-		float val = 0.0f;
-		if (j <= i && i < len) {
-			val = g.scale * expf(ac[i] - ac[j]) * Sf[i * L.fc + j];
-			if (lam)
-				val *= __bfloat162float(
-					lam[((b * g.T + t0 + i) * g.H + h) * g.NL + fen_level(t0 + i, t0 + j)]);
+	float o[4][2][4];
+#pragma unroll
+	for (int u = 0; u < 4; u++)
+#pragma unroll
+		for (int e = 0; e < 8; e++)
+			o[u][e / 4][e % 4] = 0.0f;
+	if (act) {
+		float sc[4][2][4];
+#pragma unroll
+		for (int jg = 0; jg < 4; jg++)
+#pragma unroll
+			for (int e = 0; e < 8; e++)
+				sc[jg][e / 4][e % 4] = 0.0f;
+		for (int kk = 0; kk < Dk; kk += 16) {
+			uint32_t a[4];
+			frag_a(a, Qb, L.lk, r0, kk);
+#pragma unroll
+			for (int jg = 0; jg < 4; jg++) {
+				if (jg > rb)
+					break;
+				uint32_t bb[4];
+				frag_b_nk(bb, Kb, L.lk, 16 * jg, kk);
+				mma16816(sc[jg][0], a, bb[0], bb[1]);
+				mma16816(sc[jg][1], a, bb[2], bb[3]);
+			}
 		}
-		Pb[i * L.lc + j] = __float2bfloat16_rn(val);
+#pragma unroll
+		for (int jg = 0; jg < 4; jg++) {
+			if (jg > rb)
+				break;
+			uint32_t pa[4];
+#pragma unroll
+			for (int e = 0; e < 8; e++) {
+				int nn = e / 4, c = e % 4;
+				int i = r0 + gq + (c >= 2 ? 8 : 0), j = 16 * jg + 8 * nn + 2 * tq + (c & 1);
+				float val = 0.0f;
+				if (j <= i && i < len) {
+					val = g.scale * expf(ac[i] - ac[j]) * sc[jg][nn][c];
+					if (lam)
+						val *= lm[i * 8 + fen_level(t0 + i, t0 + j)];
+				}
+				sc[jg][nn][c] = val;
+			}
+			pa[0] = pack2f(sc[jg][0][0], sc[jg][0][1]);
+			pa[1] = pack2f(sc[jg][0][2], sc[jg][0][3]);
+			pa[2] = pack2f(sc[jg][1][0], sc[jg][1][1]);
+			pa[3] = pack2f(sc[jg][1][2], sc[jg][1][3]);
+#pragma unroll
+			for (int u = 0; u < 4; u++) {
+				int gi = hf + 2 * u;
+				if (gi >= ng)
+					break;
+				uint32_t bb[4];
+				frag_b_kn(bb, Vb, L.lv, 16 * gi, 16 * jg);
+				mma16816(o[u][0], pa, bb[0], bb[1]);
+				mma16816(o[u][1], pa, bb[2], bb[3]);
+			}
+		}
 	}
-	__syncthreads();
-	wgemm<RM, RM>(Of, L.fv, Pb, L.lc, Vb, L.lv, C, Dv, C, false);
 	const double *Eb = E + bh * g.N;
 	int nr = F ? nreads(g, n) : 0;
 	for (int rr = 0; rr < nr; rr++) {
@@ -1018,25 +1248,55 @@ __global__ void __launch_bounds__(NT) tc_out_kernel(bf16 *out, const bf16 *q, co
 		float dlog = 0.0f;
 		int lv = -1;
 		read_state(g, Eb, n, rr, &sidx, &dlog, &lv);
-		__syncthreads(); /* Xw and Hb of the previous state are read */
+		__syncthreads(); /* K (the first time), Hb and wr are read */
 		tc_read_weights(wr, NULL, ac, g, lam, b, h, t0, len, dlog, lv);
 		tc_state(Hb, L.lv, F + (bh * g.tot + sidx) * g.M, Dk, Dv);
 		__syncthreads();
-		tc_scale_rows(Xw, L.lk, Qb, L.lk, wr, C, Dk);
-		__syncthreads();
-		wgemm<RM, RM>(Of, L.fv, Xw, L.lk, Hb, L.lv, C, Dv, Dk, true);
+		if (!act)
+			continue;
+		float w0 = wr[r0 + gq], w1 = wr[r0 + gq + 8];
+		for (int kk = 0; kk < Dk; kk += 16) {
+			uint32_t a[4];
+			frag_a(a, Qb, L.lk, r0, kk);
+			scale_a(a, w0, w1);
+#pragma unroll
+			for (int u = 0; u < 4; u++) {
+				int gi = hf + 2 * u;
+				if (gi >= ng)
+					break;
+				uint32_t bb[4];
+				frag_b_kn(bb, Hb, L.lv, 16 * gi, kk);
+				mma16816(o[u][0], a, bb[0], bb[1]);
+				mma16816(o[u][1], a, bb[2], bb[3]);
+			}
+		}
 	}
+	__syncthreads(); /* V is read */
+	if (act)
+#pragma unroll
+		for (int u = 0; u < 4; u++) {
+			int gi = hf + 2 * u;
+			if (gi >= ng)
+				break;
+#pragma unroll
+			for (int nn = 0; nn < 2; nn++) {
+				int y = 16 * gi + 8 * nn + 2 * tq;
+				*(uint32_t *)(Vb + (r0 + gq) * L.lv + y) = pack2f(o[u][nn][0], o[u][nn][1]);
+				*(uint32_t *)(Vb + (r0 + gq + 8) * L.lv + y) = pack2f(o[u][nn][2], o[u][nn][3]);
+			}
+		}
 	__syncthreads();
-	for (int idx = threadIdx.x; idx < len * Dv; idx += NT) {
-		int i = idx / Dv, y = idx % Dv;
-		out[((b * g.T + t0 + i) * g.H + h) * g.Dv + y] = __float2bfloat16_rn(Of[i * L.fv + y]);
+	for (int idx = threadIdx.x; idx < len * Dv / 8; idx += NT) {
+		int i = idx / (Dv / 8), y = idx % (Dv / 8) * 8;
+		*(uint4 *)(out + ((b * g.T + t0 + i) * g.H + h) * g.Dv + y) = *(const uint4 *)(Vb + i * L.lv + y);
 	}
 }
 
 /* acc_kernel on the tensor cores: tiles of 64 tokens, Xwᵀ Y accumulated in
- * shared memory. */
-template <bool QRY>
-__global__ void __launch_bounds__(NT) tc_acc_kernel(float *out, const bf16 *X, const bf16 *Y,
+ * registers: warp w owns the 16x16 output tiles t = w, w + 8, ... (row
+ * block t / (Dv / 16), column group t % (Dv / 16)), at most TW of them. */
+template <bool QRY, int TW>
+__global__ void __launch_bounds__(NT, 2) tc_acc_kernel(float *out, const bf16 *X, const bf16 *Y,
 						    const float *acs, const double *E,
 						    const bf16 *lam, const int4 *slots,
 						    int64_t ostride, geo g)
@@ -1046,7 +1306,15 @@ __global__ void __launch_bounds__(NT) tc_acc_kernel(float *out, const bf16 *X, c
 	int Dk = (int)g.Dk, Dv = (int)g.Dv;
 	tco L = tc_layout(TT, Dk, Dv, 2);
 	bf16 *Xw = SMB(bf16, L.Qb), *Xl = SMB(bf16, L.Kb), *Yb = SMB(bf16, L.Vb);
-	float *Of = SMB(float, L.Af), *ws = SMB(float, L.wr);
+	float *ws = SMB(float, L.wr);
+	int wp = threadIdx.x / 32, gq = threadIdx.x % 32 / 4, tq = threadIdx.x % 4;
+	int ng = Dv / 16, ntile = Dk / 16 * ng;
+	float acc[TW][2][4];
+#pragma unroll
+	for (int u = 0; u < TW; u++)
+#pragma unroll
+		for (int e = 0; e < 8; e++)
+			acc[u][e / 4][e % 4] = 0.0f;
 	int si = blockIdx.x;
 	int64_t bh = blockIdx.y, b = bh / g.H, h = bh % g.H, grp = h / (g.H / g.G);
 	int na = si, nb = si + 1, lvl = -1;
@@ -1057,7 +1325,6 @@ __global__ void __launch_bounds__(NT) tc_acc_kernel(float *out, const bf16 *X, c
 	int64_t ta = (int64_t)na * g.C, tb = (int64_t)nb * g.C < g.T ? (int64_t)nb * g.C : g.T;
 	const float *ac = acs + bh * g.T;
 	const double *Eb = E + bh * g.N;
-	bool first = true;
 	for (int64_t t0 = ta; t0 < tb; t0 += TT) {
 		int nt = tb - t0 < TT ? (int)(tb - t0) : TT;
 		__syncthreads();
@@ -1077,205 +1344,575 @@ __global__ void __launch_bounds__(NT) tc_acc_kernel(float *out, const bf16 *X, c
 			ws[r] = w;
 		}
 		__syncthreads();
-		for (int idx = threadIdx.x; idx < TT * Dk; idx += NT) {
-			int r = idx / Dk, x = idx % Dk;
-			float xv = r < nt ? __bfloat162float(X[((b * g.T + t0 + r) * g.G + grp) * g.Dk + x]) : 0.0f;
-			/* the weighted rows in two bf16 halves: the states feed the
-			 * decay's gradient, a difference of large terms */
-			float wx = ws[r] * xv;
-			bf16 hi = __float2bfloat16_rn(wx);
-			Xw[r * L.lk + x] = hi;
-			Xl[r * L.lk + x] = __float2bfloat16_rn(wx - __bfloat162float(hi));
-		}
 		tc_rows(Yb, L.lv, Y + h * g.Dv, b * g.T + t0, g.H * g.Dv, Dv, TT, nt);
+		/* the weighted rows in two bf16 halves: the states feed the
+		 * decay's gradient, a difference of large terms. Eight
+		 * elements a load, four loads a thread in flight. */
+		int d8 = Dk / 8, nv = TT * d8;
+		for (int i0 = threadIdx.x; i0 < nv; i0 += 4 * NT) {
+			uint4 raw[4];
+#pragma unroll
+			for (int u = 0; u < 4; u++) {
+				int idx = i0 + u * NT, r = idx / d8;
+				raw[u] = make_uint4(0, 0, 0, 0);
+				if (idx < nv && r < nt)
+					raw[u] = *(const uint4 *)(X + ((b * g.T + t0 + r) * g.G + grp) * g.Dk +
+								  idx % d8 * 8);
+			}
+#pragma unroll
+			for (int u = 0; u < 4; u++) {
+				int idx = i0 + u * NT, r = idx / d8, x = idx % d8 * 8;
+				if (idx >= nv)
+					break;
+				const uint32_t *xr = (const uint32_t *)&raw[u];
+				uint32_t hw[4], lw[4];
+#pragma unroll
+				for (int e = 0; e < 4; e++) {
+					bf16 hi2[2], lo2[2];
+#pragma unroll
+					for (int f = 0; f < 2; f++) {
+						float xv = __bfloat162float(__ushort_as_bfloat16(
+							(unsigned short)(xr[e] >> (16 * f))));
+						float wx = ws[r] * xv;
+						hi2[f] = __float2bfloat16_rn(wx);
+						lo2[f] = __float2bfloat16_rn(wx - __bfloat162float(hi2[f]));
+					}
+					hw[e] = pack_bf(hi2[0], hi2[1]);
+					lw[e] = pack_bf(lo2[0], lo2[1]);
+				}
+				*(uint4 *)(Xw + r * L.lk + x) = make_uint4(hw[0], hw[1], hw[2], hw[3]);
+				*(uint4 *)(Xl + r * L.lk + x) = make_uint4(lw[0], lw[1], lw[2], lw[3]);
+			}
+		}
+		cp_wait_all();
 		__syncthreads();
-		wgemm<CM, RM>(Of, L.fv, Xw, L.lk, Yb, L.lv, Dk, Dv, TT, !first);
-		wgemm<CM, RM>(Of, L.fv, Xl, L.lk, Yb, L.lv, Dk, Dv, TT, true);
-		first = false;
+#pragma unroll
+		for (int u = 0; u < TW; u++) {
+			int t = wp + 8 * u, mb = t / ng, gi = t % ng;
+			if (t >= ntile)
+				break;
+			for (int kt = 0; kt < TT; kt += 16) {
+				uint32_t ah[4], al[4], bb[4];
+				frag_a_t(ah, Xw, L.lk, 16 * mb, kt);
+				frag_a_t(al, Xl, L.lk, 16 * mb, kt);
+				frag_b_kn(bb, Yb, L.lv, 16 * gi, kt);
+				mma16816(acc[u][0], ah, bb[0], bb[1]);
+				mma16816(acc[u][1], ah, bb[2], bb[3]);
+				mma16816(acc[u][0], al, bb[0], bb[1]);
+				mma16816(acc[u][1], al, bb[2], bb[3]);
+			}
+		}
 	}
-	__syncthreads();
 	float *o = out + (bh * ostride + si) * g.M;
-	for (int idx = threadIdx.x; idx < Dk * Dv; idx += NT)
-		o[idx] = first ? 0.0f : Of[(idx / Dv) * L.fv + idx % Dv];
+#pragma unroll
+	for (int u = 0; u < TW; u++) {
+		int t = wp + 8 * u, mb = t / ng, gi = t % ng;
+		if (t >= ntile)
+			break;
+#pragma unroll
+		for (int nn = 0; nn < 2; nn++)
+#pragma unroll
+			for (int hr = 0; hr < 2; hr++) {
+				int x = 16 * mb + gq + 8 * hr, y = 16 * gi + 8 * nn + 2 * tq;
+				*(float2 *)(o + x * Dv + y) = make_float2(acc[u][nn][2 * hr], acc[u][nn][2 * hr + 1]);
+			}
+	}
 }
 
-__global__ void __launch_bounds__(NT) tc_bwd_kernel(float *dqh, float *dkh, gacc dv, gacc dlam,
-						    float *dA, double *dAsum, const bf16 *dout,
-						    const bf16 *q, const bf16 *k, const bf16 *v,
-						    const bf16 *lam, const float *acs,
-						    const double *E, const float *F, const float *dF,
-						    geo g)
+/* A warp's share of the row dots x_i . A_i (x bf16 rows in shared memory,
+ * A the warp's accumulators over its column groups) into pt (two halves of
+ * C: one per column half), for rows r0 + gq and r0 + gq + 8. */
+static __device__ __forceinline__ void row_dots(float *pt, const bf16 *X, int ld, const float (&A)[4][2][4],
+						int r0, int hf, int ng, int C)
+{
+	int lane = threadIdx.x % 32, gq = lane / 4, tq = lane % 4;
+	float d0 = 0.0f, d1 = 0.0f;
+#pragma unroll
+	for (int u = 0; u < 4; u++) {
+		int gi = hf + 2 * u;
+		if (gi >= ng)
+			break;
+#pragma unroll
+		for (int nn = 0; nn < 2; nn++) {
+			int x = 16 * gi + 8 * nn + 2 * tq;
+			float2 x0 = __bfloat1622float2(*(const __nv_bfloat162 *)(X + (r0 + gq) * ld + x));
+			float2 x1 = __bfloat1622float2(*(const __nv_bfloat162 *)(X + (r0 + gq + 8) * ld + x));
+			d0 += x0.x * A[u][nn][0] + x0.y * A[u][nn][1];
+			d1 += x1.x * A[u][nn][2] + x1.y * A[u][nn][3];
+		}
+	}
+	d0 += __shfl_xor_sync(0xffffffffu, d0, 1);
+	d0 += __shfl_xor_sync(0xffffffffu, d0, 2);
+	d1 += __shfl_xor_sync(0xffffffffu, d1, 1);
+	d1 += __shfl_xor_sync(0xffffffffu, d1, 2);
+	if (tq == 0) {
+		pt[hf * C + r0 + gq] = d0;
+		pt[hf * C + r0 + gq + 8] = d1;
+	}
+}
+
+static __device__ __forceinline__ void zero_acc(float (&A)[4][2][4])
+{
+#pragma unroll
+	for (int u = 0; u < 4; u++)
+#pragma unroll
+		for (int e = 0; e < 8; e++)
+			A[u][e / 4][e % 4] = 0.0f;
+}
+
+/* A (the warp's column groups gi in [g0, g1)) += X (rows r0.., kd wide)
+ * times the transpose of the state rows 16 g0 .. 16 g1 - 1, held in Hm as
+ * (x, kd) rows from x = 16 g0. */
+static __device__ __forceinline__ void mma_xht(float (&A)[4][2][4], const bf16 *X, int ldx, const bf16 *Hm,
+					       int ldh, int r0, int hf, int g0, int g1, int kd)
+{
+	for (int kk = 0; kk < kd; kk += 16) {
+		uint32_t a[4];
+		frag_a(a, X, ldx, r0, kk);
+#pragma unroll
+		for (int u = 0; u < 4; u++) {
+			int gi = hf + 2 * u;
+			if (gi >= g1)
+				break;
+			if (gi < g0)
+				continue;
+			uint32_t bb[4];
+			frag_b_nk(bb, Hm, ldh, 16 * (gi - g0), kk);
+			mma16816(A[u][0], a, bb[0], bb[1]);
+			mma16816(A[u][1], a, bb[2], bb[3]);
+		}
+	}
+}
+
+/* A (the warp's column groups of ng) += (w X) (rows r0.., X's columns
+ * x0 .. x1 - 1, rows scaled by w0, w1) times the state rows x0 .. x1 - 1,
+ * held in Hm as (x, n) rows from x0. */
+static __device__ __forceinline__ void mma_xh(float (&A)[4][2][4], const bf16 *X, int ldx, const bf16 *Hm,
+					      int ldh, int r0, int hf, int ng, int x0, int x1, float w0,
+					      float w1)
+{
+	for (int kk = x0; kk < x1; kk += 16) {
+		uint32_t a[4];
+		frag_a(a, X, ldx, r0, kk);
+		scale_a(a, w0, w1);
+#pragma unroll
+		for (int u = 0; u < 4; u++) {
+			int gi = hf + 2 * u;
+			if (gi >= ng)
+				break;
+			uint32_t bb[4];
+			frag_b_kn(bb, Hm, ldh, 16 * gi, kk - x0);
+			mma16816(A[u][0], a, bb[0], bb[1]);
+			mma16816(A[u][1], a, bb[2], bb[3]);
+		}
+	}
+}
+
+/* xa = X (rows r0.., Dv wide) times the transpose of the fp32 state St
+ * (Dk, Dv), in its bf16 high and low halves (whose two products come
+ * within about 2^-16 of the fp32 one), HX rows of it at a time through Hb.
+ * Every thread calls it; it begins with a barrier (Hb's earlier readers). */
+static __device__ void xa_state(float (&xa)[4][2][4], const bf16 *X, int ldx, bf16 *Hb, int ldh,
+				const float *St, int Dk, int Dv, int r0, int hf, bool act)
+{
+	zero_acc(xa);
+	for (int lo = 0; lo < 2; lo++)
+		for (int x0 = 0; x0 < Dk; x0 += HX) {
+			int rows = Dk - x0 < HX ? Dk - x0 : HX;
+			__syncthreads();
+			tc_state(Hb, ldh, St + (int64_t)x0 * Dv, rows, Dv, lo);
+			__syncthreads();
+			if (act)
+				mma_xht(xa, X, ldx, Hb, ldh, r0, hf, x0 / 16, (x0 + rows) / 16, Dv);
+		}
+}
+
+/* acc rows r0 + gq (+ 8) of the warp's column groups, fp32, into global
+ * rows (row0 + i) * rs, i < len, two floats a store */
+static __device__ __forceinline__ void store_acc(float *dst, int64_t row0, int64_t rs,
+						 const float (&A)[4][2][4], int r0, int hf, int ng, int len)
+{
+	int lane = threadIdx.x % 32, gq = lane / 4, tq = lane % 4;
+#pragma unroll
+	for (int u = 0; u < 4; u++) {
+		int gi = hf + 2 * u;
+		if (gi >= ng)
+			break;
+#pragma unroll
+		for (int nn = 0; nn < 2; nn++)
+#pragma unroll
+			for (int hr = 0; hr < 2; hr++) {
+				int i = r0 + gq + 8 * hr, x = 16 * gi + 8 * nn + 2 * tq;
+				if (i < len)
+					*(float2 *)(dst + (row0 + i) * rs + x) =
+						make_float2(A[u][nn][2 * hr], A[u][nn][2 * hr + 1]);
+			}
+	}
+}
+
+static __device__ __forceinline__ float2 ld2(const float *p) { return *(const float2 *)p; }
+static __device__ __forceinline__ float2 ld2(const bf16 *p)
+{
+	return __bfloat1622float2(*(const __nv_bfloat162 *)p);
+}
+static __device__ __forceinline__ void st2(float *p, float a, float b) { *(float2 *)p = make_float2(a, b); }
+static __device__ __forceinline__ void st2(bf16 *p, float a, float b)
+{
+	*(__nv_bfloat162 *)p = __floats2bfloat162_rn(a, b);
+}
+
+/* As store_acc, but added into a gradient of either dtype (the roundings of
+ * gadd), a column group's four loads issued before its stores. */
+template <class G>
+static __device__ __forceinline__ void add_acc_t(G *dst, int64_t row0, int64_t rs,
+						 const float (&A)[4][2][4], int r0, int hf, int ng, int len)
+{
+	int lane = threadIdx.x % 32, gq = lane / 4, tq = lane % 4;
+#pragma unroll
+	for (int u = 0; u < 4; u++) {
+		int gi = hf + 2 * u;
+		if (gi >= ng)
+			break;
+		float2 c[2][2];
+#pragma unroll
+		for (int nn = 0; nn < 2; nn++)
+#pragma unroll
+			for (int hr = 0; hr < 2; hr++) {
+				int i = r0 + gq + 8 * hr, x = 16 * gi + 8 * nn + 2 * tq;
+				c[nn][hr] = i < len ? ld2(dst + (row0 + i) * rs + x) : make_float2(0, 0);
+			}
+#pragma unroll
+		for (int nn = 0; nn < 2; nn++)
+#pragma unroll
+			for (int hr = 0; hr < 2; hr++) {
+				int i = r0 + gq + 8 * hr, x = 16 * gi + 8 * nn + 2 * tq;
+				if (i < len)
+					st2(dst + (row0 + i) * rs + x, c[nn][hr].x + A[u][nn][2 * hr],
+					    c[nn][hr].y + A[u][nn][2 * hr + 1]);
+			}
+	}
+}
+
+/* A chunk's dq or dk: into the per-head rows dh when there is one, else
+ * (one head a group) added into the gradient gd (when wanted). */
+static __device__ __forceinline__ void put_grad(float *dh, gacc gd, const geo &g, int64_t b, int64_t h,
+						int64_t t0, const float (&A)[4][2][4], int r0, int hf,
+						int len)
+{
+	int nk = (int)g.Dk / 16;
+	if (dh)
+		store_acc(dh + h * g.Dk, b * g.T + t0, g.H * g.Dk, A, r0, hf, nk, len);
+	else if (gd.p && gd.f32)
+		add_acc_t((float *)gd.p + h * g.Dk, b * g.T + t0, g.H * g.Dk, A, r0, hf, nk, len);
+	else if (gd.p)
+		add_acc_t((bf16 *)gd.p + h * g.Dk, b * g.T + t0, g.H * g.Dk, A, r0, hf, nk, len);
+}
+
+/* The backward of a chunk on register fragments. Warp w owns the rows
+ * 16 (w % 4) .. + 15 of every product and the 16-column groups w / 4,
+ * w / 4 + 2, ... of dq, dk and dv; for the scores it takes the key blocks
+ * w / 4, w / 4 + 2 of its row block up to the diagonal. The masked scores
+ * S and dS (bf16) go through shared memory, as the products read them
+ * transposed too; the sums of S * dS (dL/dA's intra-chunk part: row sums
+ * minus column sums) and of e p ds by lam level (dlam) are reduced in
+ * registers per block, then over the blocks in a fixed order. A pair of
+ * tokens of two different 16-row blocks is at level 4 + bit length of
+ * (block ^ block), the levels 0..4 are inside the diagonal blocks (chunks
+ * aligned to a power of two, or one chunk from 0). States come in HX rows
+ * at a time (hi, then lo where the decay's gradient needs fp32). dq and dk
+ * go to dqh and dkh, or with those NULL (G = H) straight into their
+ * gradients; dv is added from the registers. */
+__global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, gacc dq, gacc dk,
+						       gacc dv, int dv8, gacc dlam, float *dA,
+						       double *dAsum, const bf16 *dout, const bf16 *q,
+						       const bf16 *k, const bf16 *v, const bf16 *lam,
+						       const float *acs, const double *E, const float *F,
+						       const float *dF, geo g)
 {
 	extern __shared__ __align__(128) unsigned char tcsm[];
 	int C = g.C, Dk = (int)g.Dk, Dv = (int)g.Dv;
 	tco L = tc_layout(C, Dk, Dv, 1);
 	bf16 *Qb = SMB(bf16, L.Qb), *Kb = SMB(bf16, L.Kb), *Vb = SMB(bf16, L.Vb), *Ob = SMB(bf16, L.Ob);
-	bf16 *Sb = SMB(bf16, L.Sb), *Gb = SMB(bf16, L.Gb), *Hb = SMB(bf16, L.Hb), *Wb = SMB(bf16, L.Wb);
-	float *Sf = SMB(float, L.R1), *Df = Sf + C * L.fc, *Xf = Sf, *Af = SMB(float, L.Af);
-	float *ac = SMB(float, L.ac), *wr = SMB(float, L.wr), *wn = SMB(float, L.wn);
-	float *qd = SMB(float, L.qd), *kd = SMB(float, L.kd), *da = SMB(float, L.da), *qi = SMB(float, L.qi);
+	bf16 *Sb = SMB(bf16, L.Sb), *Gb = SMB(bf16, L.Gb), *Hb = SMB(bf16, L.Hb);
+	float *ac = SMB(float, L.ac), *kd = SMB(float, L.kd), *da = SMB(float, L.da), *qi = SMB(float, L.qi);
+	float *lm = SMB(float, L.lm), *Z = SMB(float, L.Z);
+	/* Z: the scores' block sums, then the reads' weights and row dots */
+	float *rowp = Z, *colp = Z + 4 * C, *lvp = Z + 8 * C, *dlv = Z + 12 * C;
+	float *pt = Z, *wr = Z + 2 * C, *wn = Z + 3 * C;
 	int64_t n = blockIdx.x, bh = blockIdx.y, b = bh / g.H, h = bh % g.H, t0 = n * g.C;
 	int64_t grp = h / (g.H / g.G);
 	int len = g.T - t0 < g.C ? (int)(g.T - t0) : g.C;
-	int lane = threadIdx.x % 32, wp = threadIdx.x / 32;
+	int lane = threadIdx.x % 32, wp = threadIdx.x / 32, rb = wp % 4, hf = wp / 4;
+	int gq = lane / 4, tq = lane % 4, r0 = 16 * rb, nc = C / 16, nk = Dk / 16, nv = Dv / 16;
+	bool act = r0 < C;
 	tc_rows(Qb, L.lk, q + grp * g.Dk, b * g.T + t0, g.G * g.Dk, Dk, C, len);
 	tc_rows(Kb, L.lk, k + grp * g.Dk, b * g.T + t0, g.G * g.Dk, Dk, C, len);
 	tc_rows(Vb, L.lv, v + h * g.Dv, b * g.T + t0, g.H * g.Dv, Dv, C, len);
 	tc_rows(Ob, L.lv, dout + h * g.Dv, b * g.T + t0, g.H * g.Dv, Dv, C, len);
 	for (int i = threadIdx.x; i < C; i += NT)
 		ac[i] = i < len ? acs[bh * g.T + t0 + i] : 0.0f;
+	tc_lam(lm, g, lam, b, h, t0, len);
+	cp_wait_all();
 	__syncthreads();
-	wgemm<RM, CM>(Sf, L.fc, Qb, L.lk, Kb, L.lk, C, C, Dk, false);
-	wgemm<RM, CM>(Df, L.fc, Ob, L.lv, Vb, L.lv, C, C, Dv, false);
-	__syncthreads();
-	for (int idx = threadIdx.x; idx < C * C; idx += NT) {
-		int i = idx / C, j = idx % C;
-		float sv = 0.0f, gv = 0.0f, mv = 0.0f, sds = 0.0f;
-		if (j <= i && i < len) {
-			float p = Sf[i * L.fc + j], ds = Df[i * L.fc + j];
-			float e = g.scale * expf(ac[i] - ac[j]), w = e;
-			if (lam)
-				w *= __bfloat162float(
-					lam[((b * g.T + t0 + i) * g.H + h) * g.NL + fen_level(t0 + i, t0 + j)]);
-			sv = w * p;
-			gv = w * ds;
-			mv = e * p * ds;
-			sds = sv * ds;
+
+	/* ---- scores: S = q kᵀ and dS' = dO vᵀ of the key blocks hf, hf + 2 */
+	if (act)
+		for (int jg = hf; jg <= rb; jg += 2) {
+			float sa[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}}, sd[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+			for (int kk = 0; kk < Dk; kk += 16) {
+				uint32_t a[4], bb[4];
+				frag_a(a, Qb, L.lk, r0, kk);
+				frag_b_nk(bb, Kb, L.lk, 16 * jg, kk);
+				mma16816(sa[0], a, bb[0], bb[1]);
+				mma16816(sa[1], a, bb[2], bb[3]);
+			}
+			for (int ky = 0; ky < Dv; ky += 16) {
+				uint32_t a[4], bb[4];
+				frag_a(a, Ob, L.lv, r0, ky);
+				frag_b_nk(bb, Vb, L.lv, 16 * jg, ky);
+				mma16816(sd[0], a, bb[0], bb[1]);
+				mma16816(sd[1], a, bb[2], bb[3]);
+			}
+			/* row and column sums of S * dS, e p ds by row (off the
+			 * diagonal: one level) or by row and level (on it) */
+			float rs[2] = {0, 0}, cs[2][2] = {{0, 0}, {0, 0}}, ms[2] = {0, 0};
+			float dg[2][5] = {{0, 0, 0, 0, 0}, {0, 0, 0, 0, 0}};
+#pragma unroll
+			for (int nn = 0; nn < 2; nn++)
+#pragma unroll
+				for (int hr = 0; hr < 2; hr++) {
+					int i = r0 + gq + 8 * hr, j = 16 * jg + 8 * nn + 2 * tq;
+					float sv[2] = {0, 0}, gv[2] = {0, 0};
+#pragma unroll
+					for (int e = 0; e < 2; e++) {
+						int jj = j + e;
+						if (jj <= i && i < len) {
+							float p = sa[nn][2 * hr + e], ds = sd[nn][2 * hr + e];
+							float ew = g.scale * expf(ac[i] - ac[jj]), w = ew;
+							int l = fen_level(t0 + i, t0 + jj);
+							if (lam)
+								w *= lm[i * 8 + l];
+							sv[e] = w * p;
+							gv[e] = w * ds;
+							float sds = sv[e] * ds, mv = ew * p * ds;
+							rs[hr] += sds;
+							cs[nn][e] += sds;
+							if (jg < rb)
+								ms[hr] += mv;
+							else
+#pragma unroll
+								for (int u = 0; u < 5; u++)
+									if (u == l)
+										dg[hr][u] += mv;
+						}
+					}
+					*(uint32_t *)(Sb + i * L.lc + j) = pack2f(sv[0], sv[1]);
+					*(uint32_t *)(Gb + i * L.lc + j) = pack2f(gv[0], gv[1]);
+				}
+#pragma unroll
+			for (int hr = 0; hr < 2; hr++) {
+				for (int o = 1; o <= 2; o <<= 1) {
+					rs[hr] += __shfl_xor_sync(0xffffffffu, rs[hr], o);
+					ms[hr] += __shfl_xor_sync(0xffffffffu, ms[hr], o);
+#pragma unroll
+					for (int u = 0; u < 5; u++)
+						dg[hr][u] += __shfl_xor_sync(0xffffffffu, dg[hr][u], o);
+				}
+#pragma unroll
+				for (int e = 0; e < 2; e++)
+					for (int o = 4; o <= 16; o <<= 1)
+						cs[hr][e] += __shfl_xor_sync(0xffffffffu, cs[hr][e], o);
+			}
+#pragma unroll
+			for (int hr = 0; hr < 2; hr++) {
+				int i = r0 + gq + 8 * hr;
+				if (tq == 0) {
+					rowp[jg * C + i] = rs[hr];
+					if (jg < rb)
+						lvp[jg * C + i] = ms[hr];
+					else
+#pragma unroll
+						for (int u = 0; u < 5; u++)
+							dlv[i * 8 + u] = dg[hr][u];
+				}
+				if (gq == 0)
+#pragma unroll
+					for (int e = 0; e < 2; e++)
+						colp[rb * C + 16 * jg + 8 * hr + 2 * tq + e] = cs[hr][e];
+			}
 		}
-		Sb[i * L.lc + j] = __float2bfloat16_rn(sv);
-		Gb[i * L.lc + j] = __float2bfloat16_rn(gv);
-		/* each element read and written by one thread */
-		Sf[i * L.fc + j] = mv;
-		Df[i * L.fc + j] = sds;
-	}
 	__syncthreads();
-	/* dL/dA's intra-chunk part exactly in fp32, row sum minus column sum of
-	 * S * dS: q.dq - k.dk from the bf16-rounded products would cancel their
-	 * rounding into it */
+	/* dL/dA's intra-chunk part in fp32 (q.dq - k.dk from the bf16-rounded
+	 * products would cancel their rounding into it), and dlam's levels
+	 * 5, 6, over the blocks in order */
 	for (int i = threadIdx.x; i < C; i += NT) {
-		float r = 0.0f;
-		for (int j = 0; j <= i; j++)
-			r += Df[i * L.fc + j];
-		for (int j = i; j < C; j++)
-			r -= Df[j * L.fc + i];
+		int ib = i / 16;
+		float r = 0.0f, l5 = 0.0f, l6 = 0.0f;
+		for (int jg = 0; jg <= ib; jg++)
+			r += rowp[jg * C + i];
+		for (int ig = ib; ig < nc; ig++)
+			r -= colp[ig * C + i];
 		da[i] = r;
 		qi[i] = 0.0f;
+		kd[i] = 0.0f;
+		for (int jg = 0; jg < ib; jg++) {
+			if ((ib ^ jg) == 1)
+				l5 += lvp[jg * C + i];
+			else
+				l6 += lvp[jg * C + i];
+		}
+		dlv[i * 8 + 5] = l5;
+		dlv[i * 8 + 6] = l6;
 	}
 	if (dlam.p) {
+		/* lam's intra-chunk levels: 0..c with several chunks (the levels
+		 * above are the reads', added below), 0..6 within a single chunk */
 		int maxl = g.N > 1 ? g.cbits + 1 : 7;
-		for (int i = threadIdx.x; i < len; i += NT) {
-			float lvs[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-			for (int j = 0; j <= i; j++) {
-				int l = fen_level(t0 + i, t0 + j);
-#pragma unroll
-				for (int u = 0; u < 8; u++)
-					if (u == l)
-						lvs[u] += Sf[i * L.fc + j];
-			}
-			for (int l = 0; l < maxl && l < g.NL; l++)
-				gadd(dlam, ((b * g.T + t0 + i) * g.H + h) * g.NL + l, lvs[l]);
+		maxl = maxl < g.NL ? maxl : (int)g.NL;
+		__syncthreads();
+		for (int idx = threadIdx.x; idx < len * maxl; idx += NT) {
+			int i = idx / maxl, l = idx % maxl;
+			gadd(dlam, ((b * g.T + t0 + i) * g.H + h) * g.NL + l, dlv[i * 8 + l]);
 		}
 	}
-	__syncthreads(); /* Sf is Xf from here */
 	const double *Eb = E + bh * g.N;
+	float acc[4][2][4], xa[4][2][4];
 
-	/* ---- dq */
-	wgemm<RM, RM>(Af, L.fk, Gb, L.lc, Kb, L.lk, C, Dk, C, false);
+	/* ---- dq: dS k, then per read (wr dO Hᵀ) */
+	zero_acc(acc);
+	if (act)
+		for (int jg = 0; jg <= rb; jg++) {
+			uint32_t a[4];
+			frag_a(a, Gb, L.lc, r0, 16 * jg);
+#pragma unroll
+			for (int u = 0; u < 4; u++) {
+				int gi = hf + 2 * u;
+				if (gi >= nk)
+					break;
+				uint32_t bb[4];
+				frag_b_kn(bb, Kb, L.lk, 16 * gi, 16 * jg);
+				mma16816(acc[u][0], a, bb[0], bb[1]);
+				mma16816(acc[u][1], a, bb[2], bb[3]);
+			}
+		}
 	int nr = F ? nreads(g, n) : 0;
 	for (int rr = 0; rr < nr; rr++) {
 		int64_t sidx = 0;
 		float dlog = 0.0f;
 		int lv = -1;
 		read_state(g, Eb, n, rr, &sidx, &dlog, &lv);
-		__syncthreads();
+		/* its barriers also end the last readers of Z */
+		xa_state(xa, Ob, L.lv, Hb, L.lv, F + (bh * g.tot + sidx) * g.M, Dk, Dv, r0, hf, act);
 		tc_read_weights(wr, wn, ac, g, lam, b, h, t0, len, dlog, lv);
-		tc_state(Hb, L.lv, F + (bh * g.tot + sidx) * g.M, Dk, Dv);
 		__syncthreads();
-		wgemm<RM, CM>(Xf, L.fk, Ob, L.lv, Hb, L.lv, C, Dk, Dv, false);
+		if (act) {
+			float w0 = wr[r0 + gq], w1 = wr[r0 + gq + 8];
+#pragma unroll
+			for (int u = 0; u < 4; u++)
+#pragma unroll
+				for (int e = 0; e < 8; e++)
+					acc[u][e / 4][e % 4] += (e % 4 < 2 ? w0 : w1) * xa[u][e / 4][e % 4];
+			row_dots(pt, Qb, L.lk, xa, r0, hf, nk, C);
+		}
 		__syncthreads();
-		tc_state(Hb, L.lv, F + (bh * g.tot + sidx) * g.M, Dk, Dv, 1);
-		__syncthreads();
-		wgemm<RM, CM>(Xf, L.fk, Ob, L.lv, Hb, L.lv, C, Dk, Dv, true);
-		__syncthreads();
-		for (int i = wp; i < C; i += NT / 32) {
-			float d = 0.0f;
-			for (int x = lane; x < Dk; x += 32) {
-				float xv = Xf[i * L.fk + x];
-				Af[i * L.fk + x] += wr[i] * xv;
-				d += __bfloat162float(Qb[i * L.lk + x]) * xv;
-			}
-			d = warp_sum(d);
-			if (lane == 0)
-				qi[i] += wr[i] * d;
-			if (dlam.p && lv >= 0 && lane == 0 && i < len && lv < g.NL)
+		for (int i = threadIdx.x; i < C; i += NT) {
+			float d = pt[i] + pt[C + i];
+			qi[i] += wr[i] * d;
+			if (dlam.p && lv >= 0 && lv < g.NL && i < len)
 				gadd(dlam, ((b * g.T + t0 + i) * g.H + h) * g.NL + lv, wn[i] * d);
 		}
 	}
-	__syncthreads();
-	for (int i = wp; i < C; i += NT / 32) {
-		float d = 0.0f;
-		for (int x = lane; x < Dk; x += 32) {
-			float a = Af[i * L.fk + x];
-			d += __bfloat162float(Qb[i * L.lk + x]) * a;
-			if (i < len)
-				dqh[((b * g.T + t0 + i) * g.H + h) * g.Dk + x] = a;
-		}
-		d = warp_sum(d);
-		if (lane == 0)
-			qd[i] = d;
-	}
+	if (act)
+		put_grad(dqh, dq, g, b, h, t0, acc, r0, hf, len);
 
-	/* ---- dk, then dv: intra, and the state gradient after this chunk */
+	/* ---- dk: dSᵀ q, then (ww v dUᵀ) with the state gradient after this
+	 * chunk */
 	const float *dU = dF ? dF + (bh * g.tot + n) * g.M : NULL;
-	__syncthreads();
+	__syncthreads(); /* Z is read */
 	for (int i = threadIdx.x; i < C; i += NT)
 		wr[i] = i < len ? expf(ac[len - 1] - ac[i]) : 0.0f;
-	wgemm<CM, RM>(Af, L.fk, Gb, L.lc, Qb, L.lk, C, Dk, C, false);
-	for (int i = threadIdx.x; i < C; i += NT)
-		kd[i] = 0.0f;
-	if (dU) {
-		/* Y = v dUᵀ with dU in two halves, then dk += ww Y and the
-		 * inter-chunk k.dk in fp32 */
-		tc_state(Hb, L.lv, dU, Dk, Dv);
-		__syncthreads();
-		wgemm<RM, CM>(Xf, L.fk, Vb, L.lv, Hb, L.lv, C, Dk, Dv, false);
-		__syncthreads();
-		tc_state(Hb, L.lv, dU, Dk, Dv, 1);
-		__syncthreads();
-		wgemm<RM, CM>(Xf, L.fk, Vb, L.lv, Hb, L.lv, C, Dk, Dv, true);
-		__syncthreads();
-		for (int j = wp; j < C; j += NT / 32) {
-			float d = 0.0f;
-			for (int x = lane; x < Dk; x += 32) {
-				float y = Xf[j * L.fk + x];
-				Af[j * L.fk + x] += wr[j] * y;
-				d += __bfloat162float(Kb[j * L.lk + x]) * y;
+	zero_acc(acc);
+	if (act)
+		for (int ig = rb; ig < nc; ig++) {
+			uint32_t a[4];
+			frag_a_t(a, Gb, L.lc, r0, 16 * ig);
+#pragma unroll
+			for (int u = 0; u < 4; u++) {
+				int gi = hf + 2 * u;
+				if (gi >= nk)
+					break;
+				uint32_t bb[4];
+				frag_b_kn(bb, Qb, L.lk, 16 * gi, 16 * ig);
+				mma16816(acc[u][0], a, bb[0], bb[1]);
+				mma16816(acc[u][1], a, bb[2], bb[3]);
 			}
-			d = warp_sum(d);
-			if (lane == 0)
-				kd[j] = wr[j] * d;
 		}
-		tc_state(Hb, L.lv, dU, Dk, Dv); /* the high half again, for dv */
-	}
-	__syncthreads();
-	for (int j = wp; j < C; j += NT / 32)
-		for (int x = lane; x < Dk; x += 32)
-			if (j < len)
-				dkh[((b * g.T + t0 + j) * g.H + h) * g.Dk + x] = Af[j * L.fk + x];
-	__syncthreads();
-	wgemm<CM, RM>(Af, L.fv, Sb, L.lc, Ob, L.lv, C, Dv, C, false);
 	if (dU) {
-		tc_scale_rows(Wb, L.lk, Kb, L.lk, wr, C, Dk);
-		__syncthreads();
-		wgemm<RM, RM>(Af, L.fv, Wb, L.lk, Hb, L.lv, C, Dv, Dk, true);
-	}
-	__syncthreads();
-	if (dv.p)
-		for (int idx = threadIdx.x; idx < len * Dv; idx += NT) {
-			int j = idx / Dv, y = idx % Dv;
-			gadd(dv, ((b * g.T + t0 + j) * g.H + h) * g.Dv + y, Af[j * L.fv + y]);
+		xa_state(xa, Vb, L.lv, Hb, L.lv, dU, Dk, Dv, r0, hf, act);
+		if (act) {
+			float w0 = wr[r0 + gq], w1 = wr[r0 + gq + 8];
+#pragma unroll
+			for (int u = 0; u < 4; u++)
+#pragma unroll
+				for (int e = 0; e < 8; e++)
+					acc[u][e / 4][e % 4] += (e % 4 < 2 ? w0 : w1) * xa[u][e / 4][e % 4];
+			row_dots(pt, Kb, L.lk, xa, r0, hf, nk, C);
 		}
+		__syncthreads();
+		for (int j = threadIdx.x; j < C; j += NT)
+			kd[j] = wr[j] * (pt[j] + pt[C + j]);
+	}
+	if (act)
+		put_grad(dkh, dk, g, b, h, t0, acc, r0, hf, len);
+
+	/* ---- dv: Sᵀ dO, then (ww k) dU with dU's high half */
+	zero_acc(acc);
+	if (act)
+		for (int ig = rb; ig < nc; ig++) {
+			uint32_t a[4];
+			frag_a_t(a, Sb, L.lc, r0, 16 * ig);
+#pragma unroll
+			for (int u = 0; u < 4; u++) {
+				int gi = hf + 2 * u;
+				if (gi >= nv)
+					break;
+				uint32_t bb[4];
+				frag_b_kn(bb, Ob, L.lv, 16 * gi, 16 * ig);
+				mma16816(acc[u][0], a, bb[0], bb[1]);
+				mma16816(acc[u][1], a, bb[2], bb[3]);
+			}
+		}
+	if (dU)
+		for (int x0 = 0; x0 < Dk; x0 += HX) {
+			int rows = Dk - x0 < HX ? Dk - x0 : HX;
+			__syncthreads(); /* Hb is read; wr is written */
+			tc_state(Hb, L.lv, dU + (int64_t)x0 * Dv, rows, Dv);
+			__syncthreads();
+			if (act)
+				mma_xh(acc, Kb, L.lk, Hb, L.lv, r0, hf, nv, x0, x0 + rows, wr[r0 + gq],
+				       wr[r0 + gq + 8]);
+		}
+	if (act && dv.p) {
+		if (dv8 && dv.f32)
+			add_acc_t((float *)dv.p + h * g.Dv, b * g.T + t0, g.H * g.Dv, acc, r0, hf, nv, len);
+		else if (dv8)
+			add_acc_t((bf16 *)dv.p + h * g.Dv, b * g.T + t0, g.H * g.Dv, acc, r0, hf, nv, len);
+		else
+#pragma unroll
+			for (int u = 0; u < 4; u++) {
+				int gi = hf + 2 * u;
+				if (gi >= nv)
+					break;
+#pragma unroll
+				for (int e = 0; e < 8; e++) {
+					int j = r0 + gq + (e % 4 >= 2 ? 8 : 0), y = 16 * gi + 8 * (e / 4) + 2 * tq + e % 2;
+					if (j < len)
+						gadd(dv, ((b * g.T + t0 + j) * g.H + h) * g.Dv + y, acc[u][e / 4][e % 4]);
+				}
+			}
+	}
 	if (dA) {
+		__syncthreads(); /* kd, qi and da of every row */
 		for (int i = threadIdx.x; i < len; i += NT)
 			dA[bh * g.T + t0 + i] = da[i] + qi[i] - kd[i];
 		if (threadIdx.x == 0) {
@@ -1370,17 +2007,30 @@ static int smem_set(void (*kernel)(T *, const T *, const T *, const T *, const T
 	return 0;
 }
 
+/* Shared memory for a tensor-core kernel: its size, and the largest
+ * carveout, so that two (bwd at D 128) or more blocks fit an SM. */
+template <class K>
+static int tc_smem(K kernel, size_t bytes)
+{
+	LMK_CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+	LMK_CK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+				    cudaSharedmemCarveoutMaxShared));
+	return 0;
+}
+
 static int g_tensor_cores = 1;
 
 extern "C" void lmk_cuda_ssd_tensor_cores(int on) { g_tensor_cores = on != 0; }
 
 /* Whether the tensor-core kernels take this shape: BF16, the tensor cores
- * not switched off, dims and chunk multiples of 16, and the backward's
- * shared memory within the device's limit. */
+ * not switched off, dims and chunk multiples of 16, the rows (a, b, c, d)
+ * they copy 16 bytes at a time aligned, and the backward's shared memory
+ * within the device's limit. */
 template <class T>
-static int use_tc(const geo &g)
+static int use_tc(const geo &g, const void *a, const void *b, const void *c, const void *d)
 {
-	if (!std::is_same<T, bf16>::value || !g_tensor_cores || g.Dk % 16 || g.Dv % 16 || g.C % 16)
+	if (!std::is_same<T, bf16>::value || !g_tensor_cores || g.Dk % 16 || g.Dv % 16 || g.C % 16 ||
+	    !vec8_ok(8, a, b, c, d))
 		return 0;
 	int dev = 0, optin = 0;
 	if (cudaGetDevice(&dev) != cudaSuccess ||
@@ -1401,10 +2051,12 @@ static int launch_acc(cudaStream_t st, const geo &g, int tc, float *out, const T
 	dim3 grid((unsigned)nslots, (unsigned)(g.B * g.H));
 	if constexpr (std::is_same<T, bf16>::value) {
 		if (tc) {
+			/* 16x16 output tiles per warp: two up to 64 x 64 */
 			size_t sb = tc_layout(64, (int)g.Dk, (int)g.Dv, 2).total;
-			LMK_CK(cudaFuncSetAttribute(tc_acc_kernel<QRY>,
-						    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb));
-			tc_acc_kernel<QRY><<<grid, NT, sb, st>>>(out, X, Y, acs, E, lam, slots, ostride, g);
+			auto kern = g.M <= 64 * 64 ? tc_acc_kernel<QRY, 2> : tc_acc_kernel<QRY, 8>;
+			if (tc_smem(kern, sb) < 0)
+				return lmk_errcode();
+			kern<<<grid, NT, sb, st>>>(out, X, Y, acs, E, lam, slots, ostride, g);
 			LMK_CK_LAUNCH();
 			return 0;
 		}
@@ -1432,7 +2084,7 @@ static int forward_t(lmk_cuda_backend *bk, const geo &g, T *out, const T *q, con
 	LMK_CK_LAUNCH();
 	prep_prefix<<<blocks_for(BH, 128), 128, 0, st>>>(E, g);
 	LMK_CK_LAUNCH();
-	int tc = use_tc<T>(g);
+	int tc = use_tc<T>(g, q, k, v, out);
 	if (F) {
 		if (launch_acc<T, false>(st, g, tc, F, k, v, acs, E, lam, NULL, g.N, g.tot) < 0)
 			return lmk_errcode();
@@ -1442,8 +2094,8 @@ static int forward_t(lmk_cuda_backend *bk, const geo &g, T *out, const T *q, con
 	if constexpr (std::is_same<T, bf16>::value) {
 		if (tc) {
 			size_t sb = tc_layout(g.C, (int)g.Dk, (int)g.Dv, 0).total;
-			LMK_CK(cudaFuncSetAttribute(tc_out_kernel,
-						    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb));
+			if (tc_smem(tc_out_kernel, sb) < 0)
+				return lmk_errcode();
 			tc_out_kernel<<<dim3((unsigned)g.N, (unsigned)BH), NT, sb, st>>>(
 				out, q, k, v, lam, acs, E, F, g);
 			LMK_CK_LAUNCH();
@@ -1480,25 +2132,35 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 		      const T *v, const T *loga, const T *lam)
 {
 	int64_t BH = g.B * g.H;
-	/* the blocks the query sides are summed into, in bwd_states' order */
+	/* the blocks the query sides are summed into, and the first slot of
+	 * each block state (level j - 1, block 2c) that reads them */
 	std::vector<int4> slots;
-	if (!g.plain)
+	std::vector<int> first;
+	if (!g.plain) {
+		first.assign((size_t)g.tot, -1);
 		for (int j = 1; j <= g.Lc; j++) {
 			int64_t span = 1ll << j, half = span >> 1;
 			for (int64_t c = 0; c * span < g.N; c++) {
 				int64_t ua = c * span + half, ub = (c + 1) * span < g.N ? (c + 1) * span : g.N;
+				if (ua < g.N)
+					first[(size_t)(g.off[j - 1] + 2 * c)] = (int)slots.size();
 				for (int64_t pa = ua; pa < ub; pa += PG)
 					slots.push_back(make_int4((int)pa, (int)(pa + PG < ub ? pa + PG : ub), j, 0));
 			}
 		}
+	}
 	int64_t ns = (int64_t)slots.size();
-	int states = g.N > 1;
+	int states = g.N > 1, tc = use_tc<T>(g, q, k, v, dout);
+	/* one head a group: the tensor cores add dq and dk straight into their
+	 * gradients, without per-head rows */
+	int direct = tc && g.G == g.H && vec8_ok(8, dq.p, dk.p);
 	size_t b_acs = al((size_t)(BH * g.T) * 4), b_E = al((size_t)(BH * g.N) * 8);
 	size_t b_F = states ? al((size_t)(BH * g.tot * g.M) * 4) : 0;
 	size_t b_parts = al((size_t)(BH * ns * g.M) * 4), b_slots = al((size_t)ns * sizeof(int4));
-	size_t b_dh = al((size_t)(BH * g.T * g.Dk) * 4), b_dA = al((size_t)(BH * g.T) * 4);
+	size_t b_first = al(first.size() * sizeof(int));
+	size_t b_dh = direct ? 0 : al((size_t)(BH * g.T * g.Dk) * 4), b_dA = al((size_t)(BH * g.T) * 4);
 	size_t b_dAs = al((size_t)(BH * g.N) * 8);
-	size_t total = b_acs + b_E + 2 * b_F + b_parts + b_slots + 2 * b_dh + b_dA + b_dAs;
+	size_t total = b_acs + b_E + 2 * b_F + b_parts + b_slots + b_first + 2 * b_dh + b_dA + b_dAs;
 	char *p = (char *)lmk_cuda_scratch(bk, total);
 	if (!p)
 		return lmk_errcode();
@@ -1514,6 +2176,8 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 	p += b_parts;
 	int4 *dslots = (int4 *)p;
 	p += b_slots;
+	int *dfirst = (int *)p;
+	p += b_first;
 	float *dqh = (float *)p;
 	p += b_dh;
 	float *dkh = (float *)p;
@@ -1527,7 +2191,6 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 	LMK_CK_LAUNCH();
 	prep_prefix<<<blocks_for(BH, 128), 128, 0, st>>>(E, g);
 	LMK_CK_LAUNCH();
-	int tc = use_tc<T>(g);
 	if (states) {
 		if (launch_acc<T, false>(st, g, tc, F, k, v, acs, E, lam, NULL, g.N, g.tot) < 0)
 			return lmk_errcode();
@@ -1538,20 +2201,22 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 				return lmk_errcode();
 		} else if (ns > 0) {
 			if (lmk_cuda_upload(bk, dslots, slots.data(), (size_t)ns * sizeof(int4)) < 0 ||
+			    lmk_cuda_upload(bk, dfirst, first.data(), first.size() * sizeof(int)) < 0 ||
 			    launch_acc<T, true>(st, g, tc, parts, q, dout, acs, E, lam, dslots, ns, ns) < 0)
 				return lmk_errcode();
 		}
-		bwd_states<<<blocks_for(BH * g.M, 256), 256, 0, st>>>(dF, parts, E, ns, g);
+		bwd_states<<<blocks_for(BH * g.M, 256), 256, 0, st>>>(dF, parts, dfirst, E, ns, g);
 		LMK_CK_LAUNCH();
 	}
 	int launched = 0;
 	if constexpr (std::is_same<T, bf16>::value) {
 		if (tc) {
 			size_t sb = tc_layout(g.C, (int)g.Dk, (int)g.Dv, 1).total;
-			LMK_CK(cudaFuncSetAttribute(tc_bwd_kernel,
-						    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb));
+			if (tc_smem(tc_bwd_kernel, sb) < 0)
+				return lmk_errcode();
 			tc_bwd_kernel<<<dim3((unsigned)g.N, (unsigned)BH), NT, sb, st>>>(
-				dqh, dkh, to_gacc(dv), to_gacc(dlam), dloga.p ? dA : NULL, dAsum, dout, q,
+				direct ? NULL : dqh, direct ? NULL : dkh, to_gacc(dq), to_gacc(dk),
+				to_gacc(dv), al16(dv.p), to_gacc(dlam), dloga.p ? dA : NULL, dAsum, dout, q,
 				k, v, lam, acs, E, F, dF, g);
 			LMK_CK_LAUNCH();
 			launched = 1;
@@ -1570,9 +2235,10 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 		dloga_kernel<<<blocks_for(BH * g.N, 128), 128, 0, st>>>(to_gacc(dloga), dA, dAsum, g);
 		LMK_CK_LAUNCH();
 	}
-	if (dq.p || dk.p) {
-		heads_kernel<<<blocks_for(g.B * g.T * g.G * g.Dk, 256), 256, 0, st>>>(
-			to_gacc(dq), to_gacc(dk), dqh, dkh, g);
+	if ((dq.p || dk.p) && !direct) {
+		int w = g.Dk % 8 == 0 && vec8_ok(8, dq.p, dk.p, dqh, dkh) ? 8 : 1;
+		heads_kernel<<<blocks_for(g.B * g.T * g.G * g.Dk / w, 256), 256, 0, st>>>(
+			to_gacc(dq), to_gacc(dk), dqh, dkh, w, g);
 		LMK_CK_LAUNCH();
 	}
 	return 0;
