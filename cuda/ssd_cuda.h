@@ -50,7 +50,7 @@ int lmk_cuda_ssd_step(void *be, lmk_dtype dt, void *out /*(B,T,H,Dv)*/,
 		      int64_t Dk, int64_t Dv, int64_t NL, float scale);
 
 /* BF16 with Dk, Dv and the chunk multiples of 16 runs the chunk products
- * on the tensor cores (WMMA, bf16 operands, fp32 accumulation) unless this
+ * on the tensor cores (mma.sync, bf16 operands, fp32 accumulation) unless this
  * turns them off (on 0) for the whole process: for tests and benchmarks
  * that compare the two kernel families. F32 always runs fp32 CUDA cores. */
 void lmk_cuda_ssd_tensor_cores(int on);
