@@ -8,9 +8,8 @@
  * FLOPs, FlashAttention's convention: the forward is two products of
  * 2*T*T*D each per (b, h), halved for causal: 4*B*H*T*T*D / 2; the backward
  * counts 2.5 times that (five products where the forward has two), so
- * forward+backward is 3.5 times the forward. Our backward does two more
- * products than that (S and dP are recomputed in the dq pass, which keeps
- * it free of atomics) but is credited with the same count.
+ * forward+backward is 3.5 times the forward (our backward does those
+ * five products too).
  *
  * Prints one line per shape (what bench/attention.sh joins with the torch
  * numbers):

@@ -1,8 +1,9 @@
 /* attention.h: scaled-dot-product attention on the GPU, the CUDA face of
  * lmk_cpu_attention_forward/backward (lib/ops_cpu.h) with the same arguments
  * and semantics, plus single-token decoding against a KV cache.
- * Owns: nothing (scratch for split decoding is taken from the stream's pool
- * and given back before returning). Needs: cuda.h (the context's stream).
+ * Owns: nothing (scratch for split decoding and the backward's dq sums is
+ * the context's, or taken from the stream's pool and given back before
+ * returning). Needs: cuda.h (the context's stream).
  * Never: prints, exits, synchronizes the stream.
  *
  * Shape letters: B batch, T time, H query heads, K key/value heads (H a
@@ -33,8 +34,10 @@ int lmk_cuda_attention_forward(void *be, lmk_dtype dt, void *out /*(B,T,H,D)*/,
 			       int64_t H, int64_t K, int64_t D, float scale, int causal);
 
 /* Adds (+=) the gradients into dq, dk, dv (each may be NULL: not wanted);
- * delta is scratch that ends holding rowsum(dout * out). Deterministic: no
- * float atomics, every sum in a fixed order. @return : as the forward */
+ * delta is scratch that ends holding rowsum(dout * out). The BF16 kernels
+ * of head dims 64 and 128 sum dq with float atomics (its low bits vary
+ * between runs); the others are deterministic. @return : as the forward,
+ * or LMK_ENOMEM when the dq sums' scratch cannot be had */
 int lmk_cuda_attention_backward(void *be, lmk_dtype dt, void *dq /*(B,T,H,D)*/,
 				void *dk /*(B,T,K,D)*/, void *dv /*(B,T,K,D)*/,
 				float *delta /*(B,H,T) scratch*/, const void *dout /*(B,T,H,D)*/,
