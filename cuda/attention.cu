@@ -258,6 +258,10 @@ __global__ void __launch_bounds__(FwdCfg<D>::NW * 32, FwdCfg<D>::MINB)
 #pragma unroll
 	for (int n = 0; n < D / 8; n++)
 		o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+	/* The warp's Q rows as A operands: kept in registers at D 128; at
+	 * D 64 (two blocks an SM, 128 registers) read again for each tile. */
+	constexpr bool QREG = D == 128;
+	uint32_t qa[D / 16][4];
 
 	for (int t = 0; t < ntiles; t++) {
 		const int kv0 = t * BC;
@@ -270,6 +274,11 @@ __global__ void __launch_bounds__(FwdCfg<D>::NW * 32, FwdCfg<D>::MINB)
 		cp_wait<1>();
 		__syncthreads();
 		const bf16 *cK = sK + (t & 1) * BC * D, *cV = sV + (t & 1) * BC * D;
+		if (!QREG || t == 0) {
+#pragma unroll
+			for (int kk = 0; kk < D / 16; kk++)
+				ld_a<D>(qa[kk], sQ, warp * 16, kk * 16, lane);
+		}
 
 		float s[BC / 8][4];
 #pragma unroll
@@ -277,14 +286,12 @@ __global__ void __launch_bounds__(FwdCfg<D>::NW * 32, FwdCfg<D>::MINB)
 			s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
 #pragma unroll
 		for (int kk = 0; kk < D / 16; kk++) {
-			uint32_t a[4];
-			ld_a<D>(a, sQ, warp * 16, kk * 16, lane);
 #pragma unroll
 			for (int np = 0; np < BC / 16; np++) {
 				uint32_t bb[4];
 				ld_b_nk<D>(bb, cK, np * 16, kk * 16, lane);
-				mma16816(s[2 * np], a, bb[0], bb[1]);
-				mma16816(s[2 * np + 1], a, bb[2], bb[3]);
+				mma16816(s[2 * np], qa[kk], bb[0], bb[1]);
+				mma16816(s[2 * np + 1], qa[kk], bb[2], bb[3]);
 			}
 		}
 
