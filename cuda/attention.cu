@@ -79,6 +79,15 @@ static __device__ __forceinline__ float warp_sum(float x)
 	return x;
 }
 
+/* 2^x by the special-function unit alone (exp2f adds a denormal fix-up);
+ * results below 2^-126 flush to 0, as 2^-inf does. */
+static __device__ __forceinline__ float ex2(float x)
+{
+	float y;
+	asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+	return y;
+}
+
 static __device__ __forceinline__ uint32_t smem_u32(const void *p)
 {
 	return (uint32_t)__cvta_generic_to_shared(p);
@@ -332,7 +341,7 @@ __global__ void __launch_bounds__(FwdCfg<D>::NW * 32, FwdCfg<D>::MINB)
 		mx_hi = fmaxf(mx_hi, __shfl_xor_sync(FULL, mx_hi, 2));
 		const float mu_lo = mx_lo == -INFINITY ? 0.f : mx_lo;
 		const float mu_hi = mx_hi == -INFINITY ? 0.f : mx_hi;
-		const float c_lo = exp2f(m_lo - mu_lo), c_hi = exp2f(m_hi - mu_hi);
+		const float c_lo = ex2(m_lo - mu_lo), c_hi = ex2(m_hi - mu_hi);
 		m_lo = mx_lo;
 		m_hi = mx_hi;
 		l_lo *= c_lo;
@@ -346,10 +355,10 @@ __global__ void __launch_bounds__(FwdCfg<D>::NW * 32, FwdCfg<D>::MINB)
 		}
 #pragma unroll
 		for (int n = 0; n < BC / 8; n++) {
-			s[n][0] = exp2f(s[n][0] - mu_lo);
-			s[n][1] = exp2f(s[n][1] - mu_lo);
-			s[n][2] = exp2f(s[n][2] - mu_hi);
-			s[n][3] = exp2f(s[n][3] - mu_hi);
+			s[n][0] = ex2(s[n][0] - mu_lo);
+			s[n][1] = ex2(s[n][1] - mu_lo);
+			s[n][2] = ex2(s[n][2] - mu_hi);
+			s[n][3] = ex2(s[n][3] - mu_hi);
 			l_lo += s[n][0] + s[n][1];
 			l_hi += s[n][2] + s[n][3];
 		}
@@ -466,6 +475,7 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, 1)
 #pragma unroll
 		for (int e = 0; e < 4; e++)
 			ak[n][e] = av[n][e] = 0.f;
+	uint32_t ka[D / 16][4], va[D / 16][4];
 
 	for (int it = 0; it < nit; it++) {
 		const int h = g * rep + it / nqt, q0 = (qt0 + it % nqt) * BR, st = it & 1;
@@ -485,18 +495,19 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, 1)
 				s[n][e] = dp[n][e] = 0.f;
 #pragma unroll
 		for (int kk = 0; kk < D / 16; kk++) {
-			uint32_t a[4], av4[4];
-			ld_a<D>(a, sK, warp * 16, kk * 16, lane);
-			ld_a<D>(av4, sV, warp * 16, kk * 16, lane);
+			if (it == 0) {
+				ld_a<D>(ka[kk], sK, warp * 16, kk * 16, lane);
+				ld_a<D>(va[kk], sV, warp * 16, kk * 16, lane);
+			}
 #pragma unroll
 			for (int np = 0; np < BR / 16; np++) {
 				uint32_t bb[4];
 				ld_b_nk<D>(bb, cQ, np * 16, kk * 16, lane);
-				mma16816(s[2 * np], a, bb[0], bb[1]);
-				mma16816(s[2 * np + 1], a, bb[2], bb[3]);
+				mma16816(s[2 * np], ka[kk], bb[0], bb[1]);
+				mma16816(s[2 * np + 1], ka[kk], bb[2], bb[3]);
 				ld_b_nk<D>(bb, cO, np * 16, kk * 16, lane);
-				mma16816(dp[2 * np], av4, bb[0], bb[1]);
-				mma16816(dp[2 * np + 1], av4, bb[2], bb[3]);
+				mma16816(dp[2 * np], va[kk], bb[0], bb[1]);
+				mma16816(dp[2 * np + 1], va[kk], bb[2], bb[3]);
 			}
 		}
 
@@ -511,7 +522,7 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, 1)
 				const int ci = c + (e & 1);
 				float L = cL[ci];
 				L = L == -INFINITY ? INFINITY : L * LOG2E;
-				float p = exp2f(s[n][e] * scale_log2 - L);
+				float p = ex2(s[n][e] * scale_log2 - L);
 				if (need_mask) {
 					const int i = q0 + ci, j = e < 2 ? j_lo : j_hi;
 					const int sj = e < 2 ? seg_lo : seg_hi;
@@ -747,6 +758,46 @@ __global__ void __launch_bounds__(WPB * 32)
 	s = warp_sum(s);
 	if (lane == 0)
 		delta[at] = lse[at] == -INFINITY ? 0.f : s;
+}
+
+/* The same for BF16 rows of D = 8 TPR elements (TPR a power of two up to
+ * 32, rows 16-byte aligned): a thread per 16 bytes, 32/TPR rows a warp. */
+template <int TPR>
+__global__ void __launch_bounds__(256)
+	delta_bf16(float *__restrict__ delta, const bf16 *__restrict__ dout,
+		   const bf16 *__restrict__ out, const float *__restrict__ lse, int64_t rows, int T,
+		   int H)
+{
+	const int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, r = t / TPR;
+	float s = 0.f;
+	if (r < rows) {
+		const uint4 a = ((const uint4 *)dout)[t], c = ((const uint4 *)out)[t];
+		const __nv_bfloat162 *x = (const __nv_bfloat162 *)&a, *y = (const __nv_bfloat162 *)&c;
+#pragma unroll
+		for (int e = 0; e < 4; e++) {
+			const float2 fx = __bfloat1622float2(x[e]), fy = __bfloat1622float2(y[e]);
+			s += fx.x * fy.x + fx.y * fy.y;
+		}
+	}
+#pragma unroll
+	for (int o = TPR / 2; o > 0; o >>= 1)
+		s += __shfl_xor_sync(FULL, s, o);
+	if (r < rows && t % TPR == 0) {
+		/* row r is (b, i, h) */
+		const int64_t bi = r / H, at = ((bi / T) * H + r % H) * T + bi % T;
+		delta[at] = lse[at] == -INFINITY ? 0.f : s;
+	}
+}
+
+template <int TPR>
+static int delta_bf16_launch(cudaStream_t st, float *delta, const void *dout, const void *out,
+			     const float *lse, int64_t rows, int T, int H)
+{
+	const int64_t n = rows * TPR;
+	delta_bf16<TPR><<<(unsigned)((n + 255) / 256), 256, 0, st>>>(
+		delta, (const bf16 *)dout, (const bf16 *)out, lse, rows, T, H);
+	LMK_CK_LAUNCH();
+	return 0;
 }
 
 /* dq_i += scale Σ_j p_ij (dout_i·v_j - delta_i) k_j, a warp per query row. */
@@ -1228,15 +1279,29 @@ extern "C" int lmk_cuda_attention_backward(void *be, lmk_dtype dt, void *dq, voi
 	cudaStream_t st = stream_of(be);
 	causal = causal != 0;
 	const dim3 nb((unsigned)((T + WPB - 1) / WPB), (unsigned)H, (unsigned)B);
-	if (dt == LMK_BF16)
-		delta_kernel<bf16><<<nb, WPB * 32, 0, st>>>(delta, (const bf16 *)dout,
-							    (const bf16 *)out, lse, (int)B, (int)T,
-							    (int)H, (int)D);
-	else
-		delta_kernel<float><<<nb, WPB * 32, 0, st>>>(delta, (const float *)dout,
-							     (const float *)out, lse, (int)B,
-							     (int)T, (int)H, (int)D);
-	LMK_CK_LAUNCH();
+	const int64_t rows = B * T * H;
+	if (dt == LMK_BF16 && D % 8 == 0 && 32 % (D / 8) == 0 && aligned16(dout) && aligned16(out)) {
+		switch ((int)D / 8) {
+		case 1: rc = delta_bf16_launch<1>(st, delta, dout, out, lse, rows, (int)T, (int)H); break;
+		case 2: rc = delta_bf16_launch<2>(st, delta, dout, out, lse, rows, (int)T, (int)H); break;
+		case 4: rc = delta_bf16_launch<4>(st, delta, dout, out, lse, rows, (int)T, (int)H); break;
+		case 8: rc = delta_bf16_launch<8>(st, delta, dout, out, lse, rows, (int)T, (int)H); break;
+		case 16: rc = delta_bf16_launch<16>(st, delta, dout, out, lse, rows, (int)T, (int)H); break;
+		default: rc = delta_bf16_launch<32>(st, delta, dout, out, lse, rows, (int)T, (int)H);
+		}
+		if (rc < 0)
+			return rc;
+	} else {
+		if (dt == LMK_BF16)
+			delta_kernel<bf16><<<nb, WPB * 32, 0, st>>>(delta, (const bf16 *)dout,
+								    (const bf16 *)out, lse, (int)B,
+								    (int)T, (int)H, (int)D);
+		else
+			delta_kernel<float><<<nb, WPB * 32, 0, st>>>(delta, (const float *)dout,
+								     (const float *)out, lse, (int)B,
+								     (int)T, (int)H, (int)D);
+		LMK_CK_LAUNCH();
+	}
 	if (!dq && !dk && !dv)
 		return 0;
 	if (use_mma(dt, D, dout, q, k, v, dq) && (!dk || aligned16(dk)) && (!dv || aligned16(dv))) {
