@@ -222,12 +222,17 @@ static __device__ __forceinline__ void ld_b_kn(uint32_t (&b)[4], const bf16 *sm,
 
 /* ------------------------------------------------ mma forward (BF16) */
 
+/* A warp owns MT m16 tiles of query rows (MT 2: every K and V operand read
+ * from shared memory serves two products); QREG keeps the warp's Q rows in
+ * registers as A operands rather than reading them again for each tile. */
 template <int D> struct FwdCfg;
 template <> struct FwdCfg<64> {
-	static constexpr int BR = 128, BC = 64, NW = 8, MINB = 2;
+	static constexpr int BR = 128, BC = 64, NW = 4, MT = 2, MINB = 2;
+	static constexpr bool QREG = false;
 };
 template <> struct FwdCfg<128> {
-	static constexpr int BR = 128, BC = 64, NW = 8, MINB = 1;
+	static constexpr int BR = 128, BC = 64, NW = 8, MT = 1, MINB = 1;
+	static constexpr bool QREG = true;
 };
 
 template <int D>
@@ -237,6 +242,8 @@ __global__ void __launch_bounds__(FwdCfg<D>::NW * 32, FwdCfg<D>::MINB)
 		const int32_t *__restrict__ seg, int T, int H, int K, float scale_log2, int causal)
 {
 	constexpr int BR = FwdCfg<D>::BR, BC = FwdCfg<D>::BC, NT = FwdCfg<D>::NW * 32;
+	constexpr int MT = FwdCfg<D>::MT;
+	constexpr bool QREG = FwdCfg<D>::QREG;
 	extern __shared__ __align__(128) unsigned char smem_raw[];
 	bf16 *sQ = (bf16 *)smem_raw;  /* BR x D */
 	bf16 *sK = sQ + BR * D;       /* 2 stages x BC x D */
@@ -259,18 +266,25 @@ __global__ void __launch_bounds__(FwdCfg<D>::NW * 32, FwdCfg<D>::MINB)
 	load_tile<D, BC, NT>(sV, vb, ldk, 0, T, tid);
 	cp_commit();
 
-	/* This thread's two rows of the warp's 16: lo and hi = lo + 8. */
-	const int r_lo = q0 + warp * 16 + (lane >> 2), r_hi = r_lo + 8;
-	const int seg_lo = sg && r_lo < T ? sg[r_lo] : -1, seg_hi = sg && r_hi < T ? sg[r_hi] : -1;
-	float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
-	float o[D / 8][4];
+	/* This thread's rows: r[mt][0] of m-tile mt and r[mt][1] = r[mt][0] + 8;
+	 * wr0 the warp's first row. */
+	const int wr0 = warp * 16 * MT;
+	int r[MT][2], sr[MT][2];
+	float m[MT][2], l[MT][2], o[MT][D / 8][4];
 #pragma unroll
-	for (int n = 0; n < D / 8; n++)
-		o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-	/* The warp's Q rows as A operands: kept in registers at D 128; at
-	 * D 64 (two blocks an SM, 128 registers) read again for each tile. */
-	constexpr bool QREG = D == 128;
-	uint32_t qa[D / 16][4];
+	for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+		for (int hf = 0; hf < 2; hf++) {
+			r[mt][hf] = q0 + wr0 + mt * 16 + (lane >> 2) + 8 * hf;
+			sr[mt][hf] = sg && r[mt][hf] < T ? sg[r[mt][hf]] : -1;
+			m[mt][hf] = -INFINITY;
+			l[mt][hf] = 0.f;
+#pragma unroll
+			for (int n = 0; n < D / 8; n++)
+				o[mt][n][2 * hf] = o[mt][n][2 * hf + 1] = 0.f;
+		}
+
+	uint32_t qa[QREG ? D / 16 : 1][MT][4];
 
 	for (int t = 0; t < ntiles; t++) {
 		const int kv0 = t * BC;
@@ -283,124 +297,135 @@ __global__ void __launch_bounds__(FwdCfg<D>::NW * 32, FwdCfg<D>::MINB)
 		cp_wait<1>();
 		__syncthreads();
 		const bf16 *cK = sK + (t & 1) * BC * D, *cV = sV + (t & 1) * BC * D;
-		if (!QREG || t == 0) {
+		if (QREG && t == 0) {
 #pragma unroll
-			for (int kk = 0; kk < D / 16; kk++)
-				ld_a<D>(qa[kk], sQ, warp * 16, kk * 16, lane);
+			for (int kk = 0; kk < (QREG ? D / 16 : 1); kk++)
+#pragma unroll
+				for (int mt = 0; mt < MT; mt++)
+					ld_a<D>(qa[kk][mt], sQ, wr0 + mt * 16, kk * 16, lane);
 		}
 
-		float s[BC / 8][4];
+		float s[MT][BC / 8][4];
 #pragma unroll
-		for (int n = 0; n < BC / 8; n++)
-			s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+		for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+			for (int n = 0; n < BC / 8; n++)
+				s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.f;
 #pragma unroll
 		for (int kk = 0; kk < D / 16; kk++) {
+			const int qk = QREG ? kk : 0;
+			if (!QREG) {
+#pragma unroll
+				for (int mt = 0; mt < MT; mt++)
+					ld_a<D>(qa[0][mt], sQ, wr0 + mt * 16, kk * 16, lane);
+			}
 #pragma unroll
 			for (int np = 0; np < BC / 16; np++) {
 				uint32_t bb[4];
 				ld_b_nk<D>(bb, cK, np * 16, kk * 16, lane);
-				mma16816(s[2 * np], qa[kk], bb[0], bb[1]);
-				mma16816(s[2 * np + 1], qa[kk], bb[2], bb[3]);
-			}
-		}
-
-		const bool need_mask =
-			kv0 + BC > T || sg || (causal && kv0 + BC - 1 > q0 + warp * 16);
 #pragma unroll
-		for (int n = 0; n < BC / 8; n++) {
-#pragma unroll
-			for (int e = 0; e < 4; e++)
-				s[n][e] *= scale_log2;
-			if (need_mask) {
-				const int j = kv0 + n * 8 + ((lane & 3) << 1);
-#pragma unroll
-				for (int e = 0; e < 4; e++) {
-					const int jj = j + (e & 1), i = e < 2 ? r_lo : r_hi;
-					const int si = e < 2 ? seg_lo : seg_hi;
-					bool ok = jj < T && (!causal || jj <= i) &&
-						  (!sg || (si >= 0 && sg[jj] == si));
-					if (!ok)
-						s[n][e] = -INFINITY;
+				for (int mt = 0; mt < MT; mt++) {
+					mma16816(s[mt][2 * np], qa[qk][mt], bb[0], bb[1]);
+					mma16816(s[mt][2 * np + 1], qa[qk][mt], bb[2], bb[3]);
 				}
 			}
 		}
 
-		/* Online softmax: m the running max (log2 units), l the
-		 * running sum of this thread's columns, o rescaled by exp2(m_old
-		 * - m_new); a row with nothing visible yet keeps m = -inf and
-		 * uses 0 as its reference so that no inf - inf appears. */
-		float mx_lo = m_lo, mx_hi = m_hi;
+		const bool need_mask = kv0 + BC > T || sg || (causal && kv0 + BC - 1 > q0 + wr0);
 #pragma unroll
-		for (int n = 0; n < BC / 8; n++) {
-			mx_lo = fmaxf(mx_lo, fmaxf(s[n][0], s[n][1]));
-			mx_hi = fmaxf(mx_hi, fmaxf(s[n][2], s[n][3]));
-		}
-		mx_lo = fmaxf(mx_lo, __shfl_xor_sync(FULL, mx_lo, 1));
-		mx_lo = fmaxf(mx_lo, __shfl_xor_sync(FULL, mx_lo, 2));
-		mx_hi = fmaxf(mx_hi, __shfl_xor_sync(FULL, mx_hi, 1));
-		mx_hi = fmaxf(mx_hi, __shfl_xor_sync(FULL, mx_hi, 2));
-		const float mu_lo = mx_lo == -INFINITY ? 0.f : mx_lo;
-		const float mu_hi = mx_hi == -INFINITY ? 0.f : mx_hi;
-		const float c_lo = ex2(m_lo - mu_lo), c_hi = ex2(m_hi - mu_hi);
-		m_lo = mx_lo;
-		m_hi = mx_hi;
-		l_lo *= c_lo;
-		l_hi *= c_hi;
+		for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
-		for (int n = 0; n < D / 8; n++) {
-			o[n][0] *= c_lo;
-			o[n][1] *= c_lo;
-			o[n][2] *= c_hi;
-			o[n][3] *= c_hi;
-		}
+			for (int n = 0; n < BC / 8; n++) {
 #pragma unroll
-		for (int n = 0; n < BC / 8; n++) {
-			s[n][0] = ex2(s[n][0] - mu_lo);
-			s[n][1] = ex2(s[n][1] - mu_lo);
-			s[n][2] = ex2(s[n][2] - mu_hi);
-			s[n][3] = ex2(s[n][3] - mu_hi);
-			l_lo += s[n][0] + s[n][1];
-			l_hi += s[n][2] + s[n][3];
+				for (int e = 0; e < 4; e++)
+					s[mt][n][e] *= scale_log2;
+				if (need_mask) {
+					const int j = kv0 + n * 8 + ((lane & 3) << 1);
+#pragma unroll
+					for (int e = 0; e < 4; e++) {
+						const int jj = j + (e & 1), i = r[mt][e >> 1];
+						const int si = sr[mt][e >> 1];
+						bool ok = jj < T && (!causal || jj <= i) &&
+							  (!sg || (si >= 0 && sg[jj] == si));
+						if (!ok)
+							s[mt][n][e] = -INFINITY;
+					}
+				}
+			}
+
+			/* Online softmax: m the running max (log2 units), l the
+			 * running sum of this thread's columns, o rescaled by
+			 * exp2(m_old - m_new); a row with nothing visible yet
+			 * keeps m = -inf and uses 0 as its reference so that no
+			 * inf - inf appears. */
+#pragma unroll
+			for (int hf = 0; hf < 2; hf++) {
+				float mx = m[mt][hf];
+#pragma unroll
+				for (int n = 0; n < BC / 8; n++)
+					mx = fmaxf(mx, fmaxf(s[mt][n][2 * hf], s[mt][n][2 * hf + 1]));
+				mx = fmaxf(mx, __shfl_xor_sync(FULL, mx, 1));
+				mx = fmaxf(mx, __shfl_xor_sync(FULL, mx, 2));
+				const float mu = mx == -INFINITY ? 0.f : mx;
+				const float c = ex2(m[mt][hf] - mu);
+				m[mt][hf] = mx;
+				float sum = 0.f;
+#pragma unroll
+				for (int n = 0; n < BC / 8; n++) {
+					s[mt][n][2 * hf] = ex2(s[mt][n][2 * hf] - mu);
+					s[mt][n][2 * hf + 1] = ex2(s[mt][n][2 * hf + 1] - mu);
+					sum += s[mt][n][2 * hf] + s[mt][n][2 * hf + 1];
+				}
+				l[mt][hf] = l[mt][hf] * c + sum;
+#pragma unroll
+				for (int n = 0; n < D / 8; n++) {
+					o[mt][n][2 * hf] *= c;
+					o[mt][n][2 * hf + 1] *= c;
+				}
+			}
 		}
 
 #pragma unroll
 		for (int kk = 0; kk < BC / 16; kk++) {
-			uint32_t a[4];
-			c_to_a(a, s[2 * kk], s[2 * kk + 1]);
+			uint32_t a[MT][4];
+#pragma unroll
+			for (int mt = 0; mt < MT; mt++)
+				c_to_a(a[mt], s[mt][2 * kk], s[mt][2 * kk + 1]);
 #pragma unroll
 			for (int dp = 0; dp < D / 16; dp++) {
 				uint32_t bb[4];
 				ld_b_kn<D>(bb, cV, kk * 16, dp * 16, lane);
-				mma16816(o[2 * dp], a, bb[0], bb[1]);
-				mma16816(o[2 * dp + 1], a, bb[2], bb[3]);
+#pragma unroll
+				for (int mt = 0; mt < MT; mt++) {
+					mma16816(o[mt][2 * dp], a[mt], bb[0], bb[1]);
+					mma16816(o[mt][2 * dp + 1], a[mt], bb[2], bb[3]);
+				}
 			}
 		}
 		__syncthreads(); /* the next iteration's loads overwrite this stage */
 	}
 	cp_wait<0>();
 
-	l_lo += __shfl_xor_sync(FULL, l_lo, 1);
-	l_lo += __shfl_xor_sync(FULL, l_lo, 2);
-	l_hi += __shfl_xor_sync(FULL, l_hi, 1);
-	l_hi += __shfl_xor_sync(FULL, l_hi, 2);
-	const float inv_lo = l_lo > 0.f ? 1.f / l_lo : 0.f, inv_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
 	bf16 *ob = out + (int64_t)b * T * ldq + (int64_t)h * D + ((lane & 3) << 1);
+	float *L = lse + ((int64_t)b * H + h) * T;
 #pragma unroll
-	for (int n = 0; n < D / 8; n++) {
-		if (r_lo < T)
-			*(__nv_bfloat162 *)(ob + r_lo * ldq + n * 8) =
-				__floats2bfloat162_rn(o[n][0] * inv_lo, o[n][1] * inv_lo);
-		if (r_hi < T)
-			*(__nv_bfloat162 *)(ob + r_hi * ldq + n * 8) =
-				__floats2bfloat162_rn(o[n][2] * inv_hi, o[n][3] * inv_hi);
-	}
-	if ((lane & 3) == 0) {
-		float *L = lse + ((int64_t)b * H + h) * T;
-		if (r_lo < T)
-			L[r_lo] = l_lo > 0.f ? (m_lo + log2f(l_lo)) * LN2 : -INFINITY;
-		if (r_hi < T)
-			L[r_hi] = l_hi > 0.f ? (m_hi + log2f(l_hi)) * LN2 : -INFINITY;
-	}
+	for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+		for (int hf = 0; hf < 2; hf++) {
+			float sum = l[mt][hf];
+			sum += __shfl_xor_sync(FULL, sum, 1);
+			sum += __shfl_xor_sync(FULL, sum, 2);
+			const float inv = sum > 0.f ? 1.f / sum : 0.f;
+			const int i = r[mt][hf];
+			if (i >= T)
+				continue;
+#pragma unroll
+			for (int n = 0; n < D / 8; n++)
+				*(__nv_bfloat162 *)(ob + i * ldq + n * 8) = __floats2bfloat162_rn(
+					o[mt][n][2 * hf] * inv, o[mt][n][2 * hf + 1] * inv);
+			if ((lane & 3) == 0)
+				L[i] = sum > 0.f ? (m[mt][hf] + log2f(sum)) * LN2 : -INFINITY;
+		}
 }
 
 /* ------------------------------------------------- mma backward (BF16) */
