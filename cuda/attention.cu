@@ -432,10 +432,10 @@ __global__ void __launch_bounds__(FwdCfg<D>::NW * 32, FwdCfg<D>::MINB)
 
 template <int D> struct BwdCfg;
 template <> struct BwdCfg<64> {
-	static constexpr int BC = 128, BR = 64, NW = 8;
+	static constexpr int BC = 128, BR = 64, NW = 8, MINB = 1;
 };
 template <> struct BwdCfg<128> {
-	static constexpr int BC = 128, BR = 32, NW = 8;
+	static constexpr int BC = 128, BR = 32, NW = 8, MINB = 1;
 };
 
 /* A block owns BC keys of kv head g, each warp 16 of them, and walks every
@@ -446,7 +446,7 @@ template <> struct BwdCfg<128> {
  * tile's dQ = dS K (16 query rows x D/WPM columns each) and add it into the
  * float32 buffer dqw (B,T,H,D) with atomics (dqw NULL: dq not wanted). */
 template <int D>
-__global__ void __launch_bounds__(BwdCfg<D>::NW * 32, 1)
+__global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 	bwd_mma(float *__restrict__ dqw, bf16 *__restrict__ dk, bf16 *__restrict__ dv,
 		const bf16 *__restrict__ dout, const bf16 *__restrict__ q,
 		const bf16 *__restrict__ k, const bf16 *__restrict__ v,
