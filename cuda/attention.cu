@@ -305,6 +305,13 @@ __global__ void __launch_bounds__(FwdCfg<D>::NW * 32, FwdCfg<D>::MINB)
 					ld_a<D>(qa[kk][mt], sQ, wr0 + mt * 16, kk * 16, lane);
 		}
 
+		/* A warp whose rows all precede the tile's first key (causal)
+		 * sees none of it: it only keeps the barriers. */
+		if (causal && kv0 > q0 + wr0 + 16 * MT - 1) {
+			__syncthreads();
+			continue;
+		}
+
 		float s[MT][BC / 8][4];
 #pragma unroll
 		for (int mt = 0; mt < MT; mt++)
@@ -512,52 +519,64 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 		const bf16 *cQ = sQ + st * BR * D, *cO = sO + st * BR * D;
 		const float *cL = sL + st * BR, *cD = sD + st * BR;
 
+		if (it == 0) {
+#pragma unroll
+			for (int kk = 0; kk < D / 16; kk++) {
+				ld_a<D>(ka[kk], sK, warp * 16, kk * 16, lane);
+				ld_a<D>(va[kk], sV, warp * 16, kk * 16, lane);
+			}
+		}
+		/* A warp whose keys all lie past T or (causal) after the
+		 * tile's last query has Pᵀ = dSᵀ = 0: it only writes its zeros
+		 * for dQ. */
+		const bool live = k0 + warp * 16 < T && !(causal && k0 + warp * 16 > q0 + BR - 1);
+
 		float s[BR / 8][4], dp[BR / 8][4];
 #pragma unroll
 		for (int n = 0; n < BR / 8; n++)
 #pragma unroll
 			for (int e = 0; e < 4; e++)
 				s[n][e] = dp[n][e] = 0.f;
+		if (live) {
 #pragma unroll
-		for (int kk = 0; kk < D / 16; kk++) {
-			if (it == 0) {
-				ld_a<D>(ka[kk], sK, warp * 16, kk * 16, lane);
-				ld_a<D>(va[kk], sV, warp * 16, kk * 16, lane);
-			}
+			for (int kk = 0; kk < D / 16; kk++) {
 #pragma unroll
-			for (int np = 0; np < BR / 16; np++) {
-				uint32_t bb[4];
-				ld_b_nk<D>(bb, cQ, np * 16, kk * 16, lane);
-				mma16816(s[2 * np], ka[kk], bb[0], bb[1]);
-				mma16816(s[2 * np + 1], ka[kk], bb[2], bb[3]);
-				ld_b_nk<D>(bb, cO, np * 16, kk * 16, lane);
-				mma16816(dp[2 * np], va[kk], bb[0], bb[1]);
-				mma16816(dp[2 * np + 1], va[kk], bb[2], bb[3]);
+				for (int np = 0; np < BR / 16; np++) {
+					uint32_t bb[4];
+					ld_b_nk<D>(bb, cQ, np * 16, kk * 16, lane);
+					mma16816(s[2 * np], ka[kk], bb[0], bb[1]);
+					mma16816(s[2 * np + 1], ka[kk], bb[2], bb[3]);
+					ld_b_nk<D>(bb, cO, np * 16, kk * 16, lane);
+					mma16816(dp[2 * np], va[kk], bb[0], bb[1]);
+					mma16816(dp[2 * np + 1], va[kk], bb[2], bb[3]);
+				}
 			}
 		}
 
 		const bool need_mask = q0 + BR > T || k0 + warp * 16 + 16 > T || sg ||
 				       (causal && q0 < k0 + warp * 16 + 15);
 		/* s becomes Pᵀ, dp becomes dSᵀ; columns are queries. */
+		if (live) {
 #pragma unroll
-		for (int n = 0; n < BR / 8; n++) {
-			const int c = n * 8 + ((lane & 3) << 1);
+			for (int n = 0; n < BR / 8; n++) {
+				const int c = n * 8 + ((lane & 3) << 1);
 #pragma unroll
-			for (int e = 0; e < 4; e++) {
-				const int ci = c + (e & 1);
-				float L = cL[ci];
-				L = L == -INFINITY ? INFINITY : L * LOG2E;
-				float p = ex2(s[n][e] * scale_log2 - L);
-				if (need_mask) {
-					const int i = q0 + ci, j = e < 2 ? j_lo : j_hi;
-					const int sj = e < 2 ? seg_lo : seg_hi;
-					bool ok = i < T && j < T && (!causal || j <= i) &&
-						  (!sg || (sj >= 0 && sg[i] == sj));
-					if (!ok)
-						p = 0.f;
+				for (int e = 0; e < 4; e++) {
+					const int ci = c + (e & 1);
+					float L = cL[ci];
+					L = L == -INFINITY ? INFINITY : L * LOG2E;
+					float p = ex2(s[n][e] * scale_log2 - L);
+					if (need_mask) {
+						const int i = q0 + ci, j = e < 2 ? j_lo : j_hi;
+						const int sj = e < 2 ? seg_lo : seg_hi;
+						bool ok = i < T && j < T && (!causal || j <= i) &&
+							  (!sg || (sj >= 0 && sg[i] == sj));
+						if (!ok)
+							p = 0.f;
+					}
+					s[n][e] = p;
+					dp[n][e] = p * (dp[n][e] - cD[ci]);
 				}
-				s[n][e] = p;
-				dp[n][e] = p * (dp[n][e] - cD[ci]);
 			}
 		}
 		if (dqw) {
@@ -570,20 +589,22 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 			}
 		}
 
+		if (live) {
 #pragma unroll
-		for (int kk = 0; kk < BR / 16; kk++) {
-			uint32_t ap[4], as[4];
-			c_to_a(ap, s[2 * kk], s[2 * kk + 1]);
-			c_to_a(as, dp[2 * kk], dp[2 * kk + 1]);
+			for (int kk = 0; kk < BR / 16; kk++) {
+				uint32_t ap[4], as[4];
+				c_to_a(ap, s[2 * kk], s[2 * kk + 1]);
+				c_to_a(as, dp[2 * kk], dp[2 * kk + 1]);
 #pragma unroll
-			for (int dd = 0; dd < D / 16; dd++) {
-				uint32_t bb[4];
-				ld_b_kn<D>(bb, cO, kk * 16, dd * 16, lane);
-				mma16816(av[2 * dd], ap, bb[0], bb[1]);
-				mma16816(av[2 * dd + 1], ap, bb[2], bb[3]);
-				ld_b_kn<D>(bb, cQ, kk * 16, dd * 16, lane);
-				mma16816(ak[2 * dd], as, bb[0], bb[1]);
-				mma16816(ak[2 * dd + 1], as, bb[2], bb[3]);
+				for (int dd = 0; dd < D / 16; dd++) {
+					uint32_t bb[4];
+					ld_b_kn<D>(bb, cO, kk * 16, dd * 16, lane);
+					mma16816(av[2 * dd], ap, bb[0], bb[1]);
+					mma16816(av[2 * dd + 1], ap, bb[2], bb[3]);
+					ld_b_kn<D>(bb, cQ, kk * 16, dd * 16, lane);
+					mma16816(ak[2 * dd], as, bb[0], bb[1]);
+					mma16816(ak[2 * dd + 1], as, bb[2], bb[3]);
+				}
 			}
 		}
 		/* every warp is done with this stage of Q and dout (the next
