@@ -288,14 +288,16 @@ __global__ void __launch_bounds__(FwdCfg<D>::NW * 32, FwdCfg<D>::MINB)
 
 	for (int t = 0; t < ntiles; t++) {
 		const int kv0 = t * BC;
+		/* One barrier a tile: past it, tile t has landed and every warp
+		 * is done with tile t - 1, whose stage the next loads take. */
+		cp_wait<0>();
+		__syncthreads();
 		if (t + 1 < ntiles) {
 			const int nb = (t + 1) & 1;
 			load_tile<D, BC, NT>(sK + nb * BC * D, kb, ldk, kv0 + BC, T, tid);
 			load_tile<D, BC, NT>(sV + nb * BC * D, vb, ldk, kv0 + BC, T, tid);
+			cp_commit();
 		}
-		cp_commit();
-		cp_wait<1>();
-		__syncthreads();
 		const bf16 *cK = sK + (t & 1) * BC * D, *cV = sV + (t & 1) * BC * D;
 		if (QREG && t == 0) {
 #pragma unroll
@@ -306,11 +308,9 @@ __global__ void __launch_bounds__(FwdCfg<D>::NW * 32, FwdCfg<D>::MINB)
 		}
 
 		/* A warp whose rows all precede the tile's first key (causal)
-		 * sees none of it: it only keeps the barriers. */
-		if (causal && kv0 > q0 + wr0 + 16 * MT - 1) {
-			__syncthreads();
+		 * sees none of it. */
+		if (causal && kv0 > q0 + wr0 + 16 * MT - 1)
 			continue;
-		}
 
 		float s[MT][BC / 8][4];
 #pragma unroll
@@ -409,9 +409,7 @@ __global__ void __launch_bounds__(FwdCfg<D>::NW * 32, FwdCfg<D>::MINB)
 				}
 			}
 		}
-		__syncthreads(); /* the next iteration's loads overwrite this stage */
 	}
-	cp_wait<0>();
 
 	bf16 *ob = out + (int64_t)b * T * ldq + (int64_t)h * D + ((lane & 3) << 1);
 	float *L = lse + ((int64_t)b * H + h) * T;
@@ -438,20 +436,25 @@ __global__ void __launch_bounds__(FwdCfg<D>::NW * 32, FwdCfg<D>::MINB)
 /* ------------------------------------------------- mma backward (BF16) */
 
 template <int D> struct BwdCfg;
+/* KVREG keeps the warp's K and V rows in registers as A operands rather
+ * than reading them again for each query tile. */
 template <> struct BwdCfg<64> {
 	static constexpr int BC = 128, BR = 64, NW = 8, MINB = 1;
+	static constexpr bool KVREG = true;
 };
 template <> struct BwdCfg<128> {
 	static constexpr int BC = 128, BR = 32, NW = 8, MINB = 1;
+	static constexpr bool KVREG = false;
 };
 
 /* A block owns BC keys of kv head g, each warp 16 of them, and walks every
  * query tile that can see them for each query head of g:
  * Sᵀ = K Qᵀ, Pᵀ = exp(Sᵀ - lse), dV += Pᵀ dO, dPᵀ = V dOᵀ,
  * dSᵀ = Pᵀ ∘ (dPᵀ - delta), dK += dSᵀ Q (GQA summed inside the block);
- * dSᵀ also goes to shared memory, from where the warps split the query
- * tile's dQ = dS K (16 query rows x D/WPM columns each) and add it into the
- * float32 buffer dqw (B,T,H,D) with atomics (dqw NULL: dq not wanted). */
+ * dSᵀ also goes to shared memory (two buffers), from where, one iteration
+ * later, the warps split the query tile's dQ = dS K (16 query rows x D/WPM
+ * columns each) and add it into the float32 buffer dqw (B,T,H,D) with
+ * atomics (dqw NULL: dq not wanted). One barrier an iteration. */
 template <int D>
 __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 	bwd_mma(float *__restrict__ dqw, bf16 *__restrict__ dk, bf16 *__restrict__ dv,
@@ -463,13 +466,14 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 {
 	constexpr int BC = BwdCfg<D>::BC, BR = BwdCfg<D>::BR, NW = BwdCfg<D>::NW, NT = NW * 32;
 	constexpr int WPM = NW / (BR / 16), NQ = D / WPM; /* dQ: warps per 16 rows, their columns */
+	constexpr bool KVREG = BwdCfg<D>::KVREG;
 	extern __shared__ __align__(128) unsigned char smem_raw[];
 	bf16 *sK = (bf16 *)smem_raw;  /* BC x D */
 	bf16 *sV = sK + BC * D;       /* BC x D */
 	bf16 *sQ = sV + BC * D;       /* 2 x BR x D */
 	bf16 *sO = sQ + 2 * BR * D;   /* 2 x BR x D, dout */
-	bf16 *sS = sO + 2 * BR * D;   /* BC x BR, dSᵀ */
-	float *sL = (float *)(sS + BC * BR); /* 2 x BR lse */
+	bf16 *sS = sO + 2 * BR * D;   /* 2 x BC x BR, dSᵀ */
+	float *sL = (float *)(sS + 2 * BC * BR); /* 2 x BR lse */
 	float *sD = sL + 2 * BR;             /* 2 x BR delta */
 
 	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -507,21 +511,64 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 #pragma unroll
 		for (int e = 0; e < 4; e++)
 			ak[n][e] = av[n][e] = 0.f;
-	uint32_t ka[D / 16][4], va[D / 16][4];
+	uint32_t ka[KVREG ? D / 16 : 1][4], va[KVREG ? D / 16 : 1][4];
+
+	/* dQ of query head h, rows q0.. from dSᵀ in buffer cS: this warp's
+	 * rows m0.., columns n0..; A = dS from the stored dSᵀ (ldmatrix
+	 * transposing), B = K as stored. */
+	auto dq_tile = [&](const bf16 *cS, int h, int q0) {
+		const int m0 = warp / WPM * 16, n0 = warp % WPM * NQ;
+		float acc[NQ / 8][4];
+#pragma unroll
+		for (int n = 0; n < NQ / 8; n++)
+			acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+#pragma unroll
+		for (int kk = 0; kk < BC / 16; kk++) {
+			uint32_t a[4];
+			ldsm4t(a, smem_u32(cS + swz<BR>(kk * 16 + (lane & 7) + ((lane >> 4) << 3),
+							m0 + (((lane >> 3) & 1) << 3))));
+#pragma unroll
+			for (int np = 0; np < NQ / 16; np++) {
+				uint32_t bb[4];
+				ld_b_kn<D>(bb, sK, kk * 16, n0 + np * 16, lane);
+				mma16816(acc[2 * np], a, bb[0], bb[1]);
+				mma16816(acc[2 * np + 1], a, bb[2], bb[3]);
+			}
+		}
+		const int i_lo = q0 + m0 + (lane >> 2), i_hi = i_lo + 8;
+		float *wb = dqw + (int64_t)b * T * ldq + (int64_t)h * D + n0 + ((lane & 3) << 1);
+#pragma unroll
+		for (int n = 0; n < NQ / 8; n++) {
+			if (i_lo < T)
+				atomicAdd((float2 *)(wb + i_lo * ldq + n * 8),
+					  make_float2(acc[n][0], acc[n][1]));
+			if (i_hi < T)
+				atomicAdd((float2 *)(wb + i_hi * ldq + n * 8),
+					  make_float2(acc[n][2], acc[n][3]));
+		}
+	};
 
 	for (int it = 0; it < nit; it++) {
 		const int h = g * rep + it / nqt, q0 = (qt0 + it % nqt) * BR, st = it & 1;
-		if (it + 1 < nit)
-			load_q(it + 1, st ^ 1);
-		cp_commit();
-		cp_wait<1>();
+		/* Past the barrier iteration it's tiles have landed and every
+		 * warp is done with iteration it - 1: with its stage of Q and
+		 * dout (the next loads take it) and its dSᵀ buffer written. */
+		cp_wait<0>();
 		__syncthreads();
+		if (it + 1 < nit) {
+			load_q(it + 1, st ^ 1);
+			cp_commit();
+		}
+		if (dqw && it > 0) {
+			const int pit = it - 1;
+			dq_tile(sS + (pit & 1) * BC * BR, g * rep + pit / nqt, (qt0 + pit % nqt) * BR);
+		}
 		const bf16 *cQ = sQ + st * BR * D, *cO = sO + st * BR * D;
 		const float *cL = sL + st * BR, *cD = sD + st * BR;
 
-		if (it == 0) {
+		if (KVREG && it == 0) {
 #pragma unroll
-			for (int kk = 0; kk < D / 16; kk++) {
+			for (int kk = 0; kk < (KVREG ? D / 16 : 1); kk++) {
 				ld_a<D>(ka[kk], sK, warp * 16, kk * 16, lane);
 				ld_a<D>(va[kk], sV, warp * 16, kk * 16, lane);
 			}
@@ -540,15 +587,20 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 		if (live) {
 #pragma unroll
 			for (int kk = 0; kk < D / 16; kk++) {
+				const int x = KVREG ? kk : 0;
+				if (!KVREG) {
+					ld_a<D>(ka[0], sK, warp * 16, kk * 16, lane);
+					ld_a<D>(va[0], sV, warp * 16, kk * 16, lane);
+				}
 #pragma unroll
 				for (int np = 0; np < BR / 16; np++) {
 					uint32_t bb[4];
 					ld_b_nk<D>(bb, cQ, np * 16, kk * 16, lane);
-					mma16816(s[2 * np], ka[kk], bb[0], bb[1]);
-					mma16816(s[2 * np + 1], ka[kk], bb[2], bb[3]);
+					mma16816(s[2 * np], ka[x], bb[0], bb[1]);
+					mma16816(s[2 * np + 1], ka[x], bb[2], bb[3]);
 					ld_b_nk<D>(bb, cO, np * 16, kk * 16, lane);
-					mma16816(dp[2 * np], va[kk], bb[0], bb[1]);
-					mma16816(dp[2 * np + 1], va[kk], bb[2], bb[3]);
+					mma16816(dp[2 * np], va[x], bb[0], bb[1]);
+					mma16816(dp[2 * np + 1], va[x], bb[2], bb[3]);
 				}
 			}
 		}
@@ -580,12 +632,13 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 			}
 		}
 		if (dqw) {
+			bf16 *cS = sS + st * BC * BR;
 			const int r = warp * 16 + (lane >> 2);
 #pragma unroll
 			for (int n = 0; n < BR / 8; n++) {
 				const int c = (lane & 3) << 1;
-				*(uint32_t *)(sS + swz<BR>(r, n * 8) + c) = pack_bf16(dp[n][0], dp[n][1]);
-				*(uint32_t *)(sS + swz<BR>(r + 8, n * 8) + c) = pack_bf16(dp[n][2], dp[n][3]);
+				*(uint32_t *)(cS + swz<BR>(r, n * 8) + c) = pack_bf16(dp[n][0], dp[n][1]);
+				*(uint32_t *)(cS + swz<BR>(r + 8, n * 8) + c) = pack_bf16(dp[n][2], dp[n][3]);
 			}
 		}
 
@@ -607,47 +660,13 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 				}
 			}
 		}
-		/* every warp is done with this stage of Q and dout (the next
-		 * iteration's loads overwrite it) and has written its dSᵀ */
-		__syncthreads();
-
-		if (dqw) {
-			/* dQ rows m0.., columns n0..: A = dS from the stored dSᵀ
-			 * (ldmatrix transposing), B = K as stored. The next
-			 * iteration writes sS only after its first barrier, which
-			 * every warp reaches after this. */
-			const int m0 = warp / WPM * 16, n0 = warp % WPM * NQ;
-			float acc[NQ / 8][4];
-#pragma unroll
-			for (int n = 0; n < NQ / 8; n++)
-				acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
-#pragma unroll
-			for (int kk = 0; kk < BC / 16; kk++) {
-				uint32_t a[4];
-				ldsm4t(a, smem_u32(sS + swz<BR>(kk * 16 + (lane & 7) + ((lane >> 4) << 3),
-								 m0 + (((lane >> 3) & 1) << 3))));
-#pragma unroll
-				for (int np = 0; np < NQ / 16; np++) {
-					uint32_t bb[4];
-					ld_b_kn<D>(bb, sK, kk * 16, n0 + np * 16, lane);
-					mma16816(acc[2 * np], a, bb[0], bb[1]);
-					mma16816(acc[2 * np + 1], a, bb[2], bb[3]);
-				}
-			}
-			const int i_lo = q0 + m0 + (lane >> 2), i_hi = i_lo + 8;
-			float *wb = dqw + (int64_t)b * T * ldq + (int64_t)h * D + n0 + ((lane & 3) << 1);
-#pragma unroll
-			for (int n = 0; n < NQ / 8; n++) {
-				if (i_lo < T)
-					atomicAdd((float2 *)(wb + i_lo * ldq + n * 8),
-						  make_float2(acc[n][0], acc[n][1]));
-				if (i_hi < T)
-					atomicAdd((float2 *)(wb + i_hi * ldq + n * 8),
-						  make_float2(acc[n][2], acc[n][3]));
-			}
-		}
 	}
-	cp_wait<0>();
+	/* the last iteration's dQ */
+	if (dqw && nit > 0) {
+		__syncthreads();
+		dq_tile(sS + ((nit - 1) & 1) * BC * BR, g * rep + (nit - 1) / nqt,
+			(qt0 + (nit - 1) % nqt) * BR);
+	}
 
 	const int64_t c0 = koff + ((lane & 3) << 1);
 #pragma unroll
@@ -1250,7 +1269,7 @@ static int bwd_mma_launch(void *be, cudaStream_t st, void *dq, void *dk, void *d
 			  int K, float scale, int causal)
 {
 	using C = BwdCfg<D>;
-	const size_t smem = (size_t)(2 * C::BC + 4 * C::BR + C::BC * C::BR / D) * D * sizeof(bf16) +
+	const size_t smem = (size_t)(2 * C::BC + 4 * C::BR + 2 * C::BC * C::BR / D) * D * sizeof(bf16) +
 			    4 * C::BR * sizeof(float);
 	int rc = set_smem(bwd_mma<D>, smem);
 	if (rc < 0)
