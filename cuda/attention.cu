@@ -341,12 +341,9 @@ __global__ void __launch_bounds__(FwdCfg<D>::NW * 32, FwdCfg<D>::MINB)
 		const bool need_mask = kv0 + BC > T || sg || (causal && kv0 + BC - 1 > q0 + wr0);
 #pragma unroll
 		for (int mt = 0; mt < MT; mt++) {
+			if (need_mask) {
 #pragma unroll
-			for (int n = 0; n < BC / 8; n++) {
-#pragma unroll
-				for (int e = 0; e < 4; e++)
-					s[mt][n][e] *= scale_log2;
-				if (need_mask) {
+				for (int n = 0; n < BC / 8; n++) {
 					const int j = kv0 + n * 8 + ((lane & 3) << 1);
 #pragma unroll
 					for (int e = 0; e < 4; e++) {
@@ -360,9 +357,10 @@ __global__ void __launch_bounds__(FwdCfg<D>::NW * 32, FwdCfg<D>::MINB)
 				}
 			}
 
-			/* Online softmax: m the running max (log2 units), l the
-			 * running sum of this thread's columns, o rescaled by
-			 * exp2(m_old - m_new); a row with nothing visible yet
+			/* Online softmax: m the running max of the unscaled
+			 * logits (scale > 0 keeps it the max), l the running sum
+			 * of this thread's columns, o rescaled by exp2((m_old -
+			 * m_new) scale log2 e); a row with nothing visible yet
 			 * keeps m = -inf and uses 0 as its reference so that no
 			 * inf - inf appears. */
 #pragma unroll
@@ -373,14 +371,15 @@ __global__ void __launch_bounds__(FwdCfg<D>::NW * 32, FwdCfg<D>::MINB)
 					mx = fmaxf(mx, fmaxf(s[mt][n][2 * hf], s[mt][n][2 * hf + 1]));
 				mx = fmaxf(mx, __shfl_xor_sync(FULL, mx, 1));
 				mx = fmaxf(mx, __shfl_xor_sync(FULL, mx, 2));
-				const float mu = mx == -INFINITY ? 0.f : mx;
-				const float c = ex2(m[mt][hf] - mu);
+				const float mu = mx == -INFINITY ? 0.f : mx * scale_log2;
+				const float c = ex2(m[mt][hf] * scale_log2 - mu);
 				m[mt][hf] = mx;
 				float sum = 0.f;
 #pragma unroll
 				for (int n = 0; n < BC / 8; n++) {
-					s[mt][n][2 * hf] = ex2(s[mt][n][2 * hf] - mu);
-					s[mt][n][2 * hf + 1] = ex2(s[mt][n][2 * hf + 1] - mu);
+					s[mt][n][2 * hf] = ex2(fmaf(s[mt][n][2 * hf], scale_log2, -mu));
+					s[mt][n][2 * hf + 1] =
+						ex2(fmaf(s[mt][n][2 * hf + 1], scale_log2, -mu));
 					sum += s[mt][n][2 * hf] + s[mt][n][2 * hf + 1];
 				}
 				l[mt][hf] = l[mt][hf] * c + sum;
@@ -429,7 +428,7 @@ __global__ void __launch_bounds__(FwdCfg<D>::NW * 32, FwdCfg<D>::MINB)
 				*(__nv_bfloat162 *)(ob + i * ldq + n * 8) = __floats2bfloat162_rn(
 					o[mt][n][2 * hf] * inv, o[mt][n][2 * hf + 1] * inv);
 			if ((lane & 3) == 0)
-				L[i] = sum > 0.f ? (m[mt][hf] + log2f(sum)) * LN2 : -INFINITY;
+				L[i] = sum > 0.f ? (m[mt][hf] * scale_log2 + log2f(sum)) * LN2 : -INFINITY;
 		}
 }
 
@@ -1247,7 +1246,8 @@ extern "C" int lmk_cuda_attention_forward(void *be, lmk_dtype dt, void *out, flo
 		return rc;
 	cudaStream_t st = stream_of(be);
 	causal = causal != 0;
-	if (use_mma(dt, D, out, q, k, v, nullptr)) {
+	/* the mma forward keeps its running max on the unscaled logits */
+	if (use_mma(dt, D, out, q, k, v, nullptr) && scale > 0.f) {
 		if (D == 64)
 			return fwd_mma_launch<64>(st, out, lse, q, k, v, seg, (int)B, (int)T, (int)H,
 						  (int)K, scale, causal);
