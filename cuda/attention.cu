@@ -489,18 +489,27 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 		const int64_t qoff = (int64_t)b * T * ldq + (int64_t)h * D;
 		load_tile<D, BR, NT>(sQ + stage * BR * D, q + qoff, ldq, q0, T, tid);
 		load_tile<D, BR, NT>(sO + stage * BR * D, dout + qoff, ldq, q0, T, tid);
-		if (tid < 2 * BR) {
-			const int r = tid % BR, i = q0 + r;
-			const float *src = (tid < BR ? lse : delta) + ((int64_t)b * H + h) * T;
-			float *dst = (tid < BR ? sL : sD) + stage * BR + r;
-			cp_async4(smem_u32(dst), src + (i < T ? i : 0), i < T);
+		if (tid < BR) {
+			const int i = q0 + tid;
+			const float *src = delta + ((int64_t)b * H + h) * T;
+			cp_async4(smem_u32(sD + stage * BR + tid), src + (i < T ? i : 0), i < T);
 		}
 	};
+	/* lse of iteration it's row q0 + r, as read from global memory (-inf
+	 * past T), and as staged: in log2 units, +inf for a row that sees
+	 * nothing so that exp2(s - L) is 0 on it */
+	auto lse_of = [&](int it, int r) {
+		const int h = g * rep + it / nqt, i = (qt0 + it % nqt) * BR + r;
+		return i < T ? lse[((int64_t)b * H + h) * T + i] : -INFINITY;
+	};
+	auto lse_staged = [](float L) { return L == -INFINITY ? INFINITY : L * LOG2E; };
 
 	load_tile<D, BC, NT>(sK, k + koff, ldk, k0, T, tid);
 	load_tile<D, BC, NT>(sV, v + koff, ldk, k0, T, tid);
 	load_q(0, 0);
 	cp_commit();
+	if (tid < BR)
+		sL[tid] = lse_staged(lse_of(0, tid));
 
 	const int j_lo = k0 + warp * 16 + (lane >> 2), j_hi = j_lo + 8;
 	const int seg_lo = sg && j_lo < T ? sg[j_lo] : -1, seg_hi = sg && j_hi < T ? sg[j_hi] : -1;
@@ -548,15 +557,19 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 	};
 
 	for (int it = 0; it < nit; it++) {
-		const int h = g * rep + it / nqt, q0 = (qt0 + it % nqt) * BR, st = it & 1;
+		const int q0 = (qt0 + it % nqt) * BR, st = it & 1;
 		/* Past the barrier iteration it's tiles have landed and every
 		 * warp is done with iteration it - 1: with its stage of Q and
 		 * dout (the next loads take it) and its dSᵀ buffer written. */
 		cp_wait<0>();
 		__syncthreads();
+		/* the next lse read now, staged at the end of the iteration */
+		float lnext = 0.f;
 		if (it + 1 < nit) {
 			load_q(it + 1, st ^ 1);
 			cp_commit();
+			if (tid < BR)
+				lnext = lse_of(it + 1, tid);
 		}
 		if (dqw && it > 0) {
 			const int pit = it - 1;
@@ -606,17 +619,22 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 
 		const bool need_mask = q0 + BR > T || k0 + warp * 16 + 16 > T || sg ||
 				       (causal && q0 < k0 + warp * 16 + 15);
-		/* s becomes Pᵀ, dp becomes dSᵀ; columns are queries. */
+		/* Pᵀ and dSᵀ, columns are queries, packed to bf16 pairs in the
+		 * C layout: pp[n][0] row lo, pp[n][1] row hi (0 for a warp that
+		 * is not live). */
+		uint32_t pp[BR / 8][2], ds[BR / 8][2];
+#pragma unroll
+		for (int n = 0; n < BR / 8; n++)
+			pp[n][0] = pp[n][1] = ds[n][0] = ds[n][1] = 0u;
 		if (live) {
 #pragma unroll
 			for (int n = 0; n < BR / 8; n++) {
 				const int c = n * 8 + ((lane & 3) << 1);
+				float pe[4], de[4];
 #pragma unroll
 				for (int e = 0; e < 4; e++) {
 					const int ci = c + (e & 1);
-					float L = cL[ci];
-					L = L == -INFINITY ? INFINITY : L * LOG2E;
-					float p = ex2(s[n][e] * scale_log2 - L);
+					float p = ex2(s[n][e] * scale_log2 - cL[ci]);
 					if (need_mask) {
 						const int i = q0 + ci, j = e < 2 ? j_lo : j_hi;
 						const int sj = e < 2 ? seg_lo : seg_hi;
@@ -625,28 +643,33 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 						if (!ok)
 							p = 0.f;
 					}
-					s[n][e] = p;
-					dp[n][e] = p * (dp[n][e] - cD[ci]);
+					pe[e] = p;
+					de[e] = p * (dp[n][e] - cD[ci]);
 				}
+				pp[n][0] = pack_bf16(pe[0], pe[1]);
+				pp[n][1] = pack_bf16(pe[2], pe[3]);
+				ds[n][0] = pack_bf16(de[0], de[1]);
+				ds[n][1] = pack_bf16(de[2], de[3]);
 			}
 		}
 		if (dqw) {
 			bf16 *cS = sS + st * BC * BR;
-			const int r = warp * 16 + (lane >> 2);
+			const int r = warp * 16 + (lane >> 2), c = (lane & 3) << 1;
 #pragma unroll
 			for (int n = 0; n < BR / 8; n++) {
-				const int c = (lane & 3) << 1;
-				*(uint32_t *)(cS + swz<BR>(r, n * 8) + c) = pack_bf16(dp[n][0], dp[n][1]);
-				*(uint32_t *)(cS + swz<BR>(r + 8, n * 8) + c) = pack_bf16(dp[n][2], dp[n][3]);
+				*(uint32_t *)(cS + swz<BR>(r, n * 8) + c) = ds[n][0];
+				*(uint32_t *)(cS + swz<BR>(r + 8, n * 8) + c) = ds[n][1];
 			}
 		}
 
 		if (live) {
 #pragma unroll
 			for (int kk = 0; kk < BR / 16; kk++) {
-				uint32_t ap[4], as[4];
-				c_to_a(ap, s[2 * kk], s[2 * kk + 1]);
-				c_to_a(as, dp[2 * kk], dp[2 * kk + 1]);
+				/* two n8 tiles of C as one k16 A operand */
+				const uint32_t ap[4] = {pp[2 * kk][0], pp[2 * kk][1], pp[2 * kk + 1][0],
+							pp[2 * kk + 1][1]};
+				const uint32_t as[4] = {ds[2 * kk][0], ds[2 * kk][1], ds[2 * kk + 1][0],
+							ds[2 * kk + 1][1]};
 #pragma unroll
 				for (int dd = 0; dd < D / 16; dd++) {
 					uint32_t bb[4];
@@ -659,6 +682,8 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 				}
 			}
 		}
+		if (it + 1 < nit && tid < BR)
+			sL[(st ^ 1) * BR + tid] = lse_staged(lnext);
 	}
 	/* the last iteration's dQ */
 	if (dqw && nit > 0) {
