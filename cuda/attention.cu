@@ -438,7 +438,7 @@ template <int D> struct BwdCfg;
 /* KVREG keeps the warp's K and V rows in registers as A operands rather
  * than reading them again for each query tile. */
 template <> struct BwdCfg<64> {
-	static constexpr int BC = 64, BR = 64, NW = 4, MINB = 2;
+	static constexpr int BC = 128, BR = 64, NW = 8, MINB = 1;
 	static constexpr bool KVREG = true;
 };
 template <> struct BwdCfg<128> {
