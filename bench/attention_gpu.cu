@@ -8,12 +8,16 @@
  * FLOPs, FlashAttention's convention: the forward is two products of
  * 2*T*T*D each per (b, h), halved for causal: 4*B*H*T*T*D / 2; the backward
  * counts 2.5 times that (five products where the forward has two), so
- * forward+backward is 3.5 times the forward (our backward does those
- * five products too).
+ * forward+backward is 3.5 times the forward. Our deterministic backward
+ * does two more products than that (S and dP are recomputed in the dq
+ * pass, which keeps it free of atomics) but is credited with the same
+ * count; the nondeterministic one does the five.
  *
- * Prints one line per shape (what bench/attention.sh joins with the torch
- * numbers):
+ * Prints two lines per shape, the default (deterministic) backward's, which
+ * bench/attention.sh joins with the torch numbers, and the nondeterministic
+ * one's (float atomics in dq):
  *   ours D T B H fwd_ms fwd_TFLOPs fwdbwd_ms fwdbwd_TFLOPs
+ *   atomic D T B H fwd_ms fwd_TFLOPs fwdbwd_ms fwdbwd_TFLOPs
  * and a check that the outputs are finite. Exit 0, or 1 on a failure.
  * --shape B T H K D times that one shape instead (K kv heads; e.g. a
  * training step's attention: --shape 32 1024 12 12 64).
@@ -178,47 +182,53 @@ int main(int argc, char **argv)
 							k, v, o, lse, NULL, B, T, H, K, D,
 							scale, 1));
 		};
-		std::vector<float> tf, tfb;
-		for (int w = 0; w < 3; w++) {
-			fwd();
-			bwd();
+		/* the default (deterministic) backward, then the nondeterministic
+		 * one (float atomics in dq) */
+		for (int mode = 0; mode < 2; mode++) {
+			lmk_cuda_attention_set_nondeterministic(be, mode);
+			std::vector<float> tf, tfb;
+			for (int w = 0; w < 3; w++) {
+				fwd();
+				bwd();
+			}
+			for (int r = 0; r < reps; r++) {
+				float ms;
+				CK(cudaEventRecord(e0, st));
+				fwd();
+				CK(cudaEventRecord(e1, st));
+				CK(cudaEventSynchronize(e1));
+				CK(cudaEventElapsedTime(&ms, e0, e1));
+				tf.push_back(ms);
+				CK(cudaEventRecord(e0, st));
+				fwd();
+				bwd();
+				CK(cudaEventRecord(e1, st));
+				CK(cudaEventSynchronize(e1));
+				CK(cudaEventElapsedTime(&ms, e0, e1));
+				tfb.push_back(ms);
+			}
+			/* the outputs must be finite (a broken kernel can be fast) */
+			std::vector<uint16_t> h(std::min<size_t>(4096, ne));
+			CK(cudaMemcpy(h.data(), o + ne - h.size(), h.size() * 2, cudaMemcpyDeviceToHost));
+			int finite = 1;
+			for (uint16_t x : h)
+				finite &= isfinite(lmk_bf16_to_f32(x)) != 0;
+			CK(cudaMemcpy(h.data(), dq, h.size() * 2, cudaMemcpyDeviceToHost));
+			for (uint16_t x : h)
+				finite &= isfinite(lmk_bf16_to_f32(x)) != 0;
+			if (!finite) {
+				fprintf(stderr, "attention_gpu: D=%lld T=%lld%s: non-finite output\n",
+					(long long)D, (long long)T, mode ? " atomic" : "");
+				bad = 1;
+			}
+			const double flops = 4.0 * B * H * T * T * D / 2;
+			const float mf = median(tf), mfb = median(tfb);
+			printf("%s %lld %lld %lld %lld %.3f %.1f %.3f %.1f\n", mode ? "atomic" : "ours",
+			       (long long)D, (long long)T, (long long)B, (long long)H, mf,
+			       flops / mf * 1e-9, mfb, 3.5 * flops / mfb * 1e-9);
+			fflush(stdout);
 		}
-		for (int r = 0; r < reps; r++) {
-			float ms;
-			CK(cudaEventRecord(e0, st));
-			fwd();
-			CK(cudaEventRecord(e1, st));
-			CK(cudaEventSynchronize(e1));
-			CK(cudaEventElapsedTime(&ms, e0, e1));
-			tf.push_back(ms);
-			CK(cudaEventRecord(e0, st));
-			fwd();
-			bwd();
-			CK(cudaEventRecord(e1, st));
-			CK(cudaEventSynchronize(e1));
-			CK(cudaEventElapsedTime(&ms, e0, e1));
-			tfb.push_back(ms);
-		}
-		/* the outputs must be finite (a broken kernel can be fast) */
-		std::vector<uint16_t> h(std::min<size_t>(4096, ne));
-		CK(cudaMemcpy(h.data(), o + ne - h.size(), h.size() * 2, cudaMemcpyDeviceToHost));
-		int finite = 1;
-		for (uint16_t x : h)
-			finite &= isfinite(lmk_bf16_to_f32(x)) != 0;
-		CK(cudaMemcpy(h.data(), dq, h.size() * 2, cudaMemcpyDeviceToHost));
-		for (uint16_t x : h)
-			finite &= isfinite(lmk_bf16_to_f32(x)) != 0;
-		if (!finite) {
-			fprintf(stderr, "attention_gpu: D=%lld T=%lld: non-finite output\n",
-				(long long)D, (long long)T);
-			bad = 1;
-		}
-		const double flops = 4.0 * B * H * T * T * D / 2;
-		const float mf = median(tf), mfb = median(tfb);
-		printf("ours %lld %lld %lld %lld %.3f %.1f %.3f %.1f\n", (long long)D, (long long)T,
-		       (long long)B, (long long)H, mf, flops / mf * 1e-9, mfb,
-		       3.5 * flops / mfb * 1e-9);
-		fflush(stdout);
+		lmk_cuda_attention_set_nondeterministic(be, 0);
 	}
 	for (auto b : bufs)
 		CK(cudaFree(*b));

@@ -14,13 +14,16 @@
  *   ldmatrix from XOR-swizzled tiles), online softmax in fp32 registers in
  *   the log2 domain. Causal blocks run heaviest first and stop at the
  *   diagonal; masks are applied only to tiles that need them. The backward
- *   is FlashAttention-2's: a pre-pass for delta = rowsum(dout * out), then
- *   one kernel that gives a block BC keys and walks the query tiles of
- *   every query head of its kv head (GQA summed inside the block),
- *   computing Sᵀ and dPᵀ directly so that a warp owns key rows and keeps
- *   dK, dV in registers; each tile's dQ = dS K goes into a float32 buffer
- *   with atomic adds (so the low bits of dq vary from run to run), rounded
- *   into dq by a last small kernel.
+ *   starts with a pre-pass for delta = rowsum(dout * out). By default it is
+ *   deterministic: a dq pass laid out like the forward (S, dP = dO Vᵀ, dS,
+ *   dQ += dS K), and a dk/dv pass that gives a block BC keys and walks the
+ *   query tiles of every query head of its kv head (GQA summed inside the
+ *   block, no atomics), computing Sᵀ and dPᵀ directly so that a warp owns
+ *   key rows. A context set nondeterministic takes FlashAttention-2's
+ *   single pass instead: the dk/dv pass also computes each query tile's
+ *   dQ = dS K (no S, dP recomputed) and adds it into a float32 buffer with
+ *   atomics (so the low bits of dq vary from run to run), rounded into dq
+ *   by a last small kernel.
  * - "simple": any D <= 256, float32 or BF16 storage, fp32 on CUDA cores;
  *   one warp per query (or key) row, 32 keys (queries) at a time, one per
  *   lane. The float32 path, and BF16 for head dims without an mma kernel.
@@ -47,9 +50,11 @@ extern "C" {
 #if __has_include("backend.h")
 #include "backend.h"
 static cudaStream_t stream_of(void *be) { return ((lmk_cuda_backend *)be)->stream; }
+static bool nondeterministic(void *be) { return ((lmk_cuda_backend *)be)->nondeterministic != 0; }
 #define HAVE_BACKEND_H 1
 #else
 static cudaStream_t stream_of(void *be) { return (cudaStream_t)lmk_cuda_stream(be); }
+static bool nondeterministic(void *be) { return false; }
 #define HAVE_BACKEND_H 0
 #endif
 
@@ -432,7 +437,320 @@ __global__ void __launch_bounds__(FwdCfg<D>::NW * 32, FwdCfg<D>::MINB)
 		}
 }
 
-/* ------------------------------------------------- mma backward (BF16) */
+/* -------------------------------------------------- mma dq pass (BF16) */
+
+/* BC 32 at D 128 keeps S, dP and the dQ accumulators in 255 registers. */
+template <int D> struct DqCfg {
+	static constexpr int BR = 128, BC = D == 128 ? 32 : 64, NW = 8;
+};
+
+/* dq += scale Σ_j dS_ij k_j with dS = P ∘ (dO Vᵀ - delta), P = exp(S - lse):
+ * the forward's layout with dO next to Q and dQ in place of O. */
+template <int D>
+__global__ void __launch_bounds__(DqCfg<D>::NW * 32, 1)
+	dq_mma(bf16 *__restrict__ dq, const bf16 *__restrict__ dout, const bf16 *__restrict__ q,
+	       const bf16 *__restrict__ k, const bf16 *__restrict__ v,
+	       const float *__restrict__ lse, const float *__restrict__ delta,
+	       const int32_t *__restrict__ seg, int T, int H, int K, float scale,
+	       float scale_log2, int causal)
+{
+	constexpr int BR = DqCfg<D>::BR, BC = DqCfg<D>::BC, NT = DqCfg<D>::NW * 32;
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	bf16 *sQ = (bf16 *)smem_raw;  /* BR x D */
+	bf16 *sO = sQ + BR * D;       /* BR x D, dout */
+	bf16 *sK = sO + BR * D;       /* 2 x BC x D */
+	bf16 *sV = sK + 2 * BC * D;   /* 2 x BC x D */
+
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const int qt = causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+	const int h = blockIdx.y, b = blockIdx.z, g = h / (H / K), q0 = qt * BR;
+	const int64_t ldq = (int64_t)H * D, ldk = (int64_t)K * D;
+	const int64_t qoff = (int64_t)b * T * ldq + (int64_t)h * D;
+	const bf16 *kb = k + (int64_t)b * T * ldk + (int64_t)g * D;
+	const bf16 *vb = v + (int64_t)b * T * ldk + (int64_t)g * D;
+	const int32_t *sg = seg ? seg + (int64_t)b * T : nullptr;
+	const int kv_end = causal ? min(T, q0 + BR) : T;
+	const int ntiles = (kv_end + BC - 1) / BC;
+
+	load_tile<D, BR, NT>(sQ, q + qoff, ldq, q0, T, tid);
+	load_tile<D, BR, NT>(sO, dout + qoff, ldq, q0, T, tid);
+	load_tile<D, BC, NT>(sK, kb, ldk, 0, T, tid);
+	load_tile<D, BC, NT>(sV, vb, ldk, 0, T, tid);
+	cp_commit();
+
+	const int r_lo = q0 + warp * 16 + (lane >> 2), r_hi = r_lo + 8;
+	const int seg_lo = sg && r_lo < T ? sg[r_lo] : -1, seg_hi = sg && r_hi < T ? sg[r_hi] : -1;
+	const float *Lb = lse + ((int64_t)b * H + h) * T, *Db = delta + ((int64_t)b * H + h) * T;
+	/* lse in log2 units; +inf for a row that sees nothing (or past T) so
+	 * that exp2(s - L) is 0 on it, masked -inf logits included. */
+	float L_lo = r_lo < T ? Lb[r_lo] : -INFINITY, L_hi = r_hi < T ? Lb[r_hi] : -INFINITY;
+	L_lo = L_lo == -INFINITY ? INFINITY : L_lo * LOG2E;
+	L_hi = L_hi == -INFINITY ? INFINITY : L_hi * LOG2E;
+	const float d_lo = r_lo < T ? Db[r_lo] : 0.f, d_hi = r_hi < T ? Db[r_hi] : 0.f;
+
+	float acc[D / 8][4];
+#pragma unroll
+	for (int n = 0; n < D / 8; n++)
+		acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+
+	for (int t = 0; t < ntiles; t++) {
+		const int kv0 = t * BC;
+		if (t + 1 < ntiles) {
+			const int nb = (t + 1) & 1;
+			load_tile<D, BC, NT>(sK + nb * BC * D, kb, ldk, kv0 + BC, T, tid);
+			load_tile<D, BC, NT>(sV + nb * BC * D, vb, ldk, kv0 + BC, T, tid);
+		}
+		cp_commit();
+		cp_wait<1>();
+		__syncthreads();
+		const bf16 *cK = sK + (t & 1) * BC * D, *cV = sV + (t & 1) * BC * D;
+
+		float s[BC / 8][4], dp[BC / 8][4];
+#pragma unroll
+		for (int n = 0; n < BC / 8; n++)
+#pragma unroll
+			for (int e = 0; e < 4; e++)
+				s[n][e] = dp[n][e] = 0.f;
+#pragma unroll
+		for (int kk = 0; kk < D / 16; kk++) {
+			uint32_t a[4], ao[4];
+			ld_a<D>(a, sQ, warp * 16, kk * 16, lane);
+			ld_a<D>(ao, sO, warp * 16, kk * 16, lane);
+#pragma unroll
+			for (int np = 0; np < BC / 16; np++) {
+				uint32_t bb[4];
+				ld_b_nk<D>(bb, cK, np * 16, kk * 16, lane);
+				mma16816(s[2 * np], a, bb[0], bb[1]);
+				mma16816(s[2 * np + 1], a, bb[2], bb[3]);
+				ld_b_nk<D>(bb, cV, np * 16, kk * 16, lane);
+				mma16816(dp[2 * np], ao, bb[0], bb[1]);
+				mma16816(dp[2 * np + 1], ao, bb[2], bb[3]);
+			}
+		}
+
+		const bool need_mask =
+			kv0 + BC > T || sg || (causal && kv0 + BC - 1 > q0 + warp * 16);
+#pragma unroll
+		for (int n = 0; n < BC / 8; n++) {
+			const int j = kv0 + n * 8 + ((lane & 3) << 1);
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				float p = exp2f(s[n][e] * scale_log2 - (e < 2 ? L_lo : L_hi));
+				if (need_mask) {
+					const int jj = j + (e & 1), i = e < 2 ? r_lo : r_hi;
+					const int si = e < 2 ? seg_lo : seg_hi;
+					bool ok = jj < T && (!causal || jj <= i) &&
+						  (!sg || (si >= 0 && sg[jj] == si));
+					if (!ok)
+						p = 0.f;
+				}
+				s[n][e] = p * (dp[n][e] - (e < 2 ? d_lo : d_hi)); /* dS */
+			}
+		}
+
+#pragma unroll
+		for (int kk = 0; kk < BC / 16; kk++) {
+			uint32_t a[4];
+			c_to_a(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+			for (int dd = 0; dd < D / 16; dd++) {
+				uint32_t bb[4];
+				ld_b_kn<D>(bb, cK, kk * 16, dd * 16, lane);
+				mma16816(acc[2 * dd], a, bb[0], bb[1]);
+				mma16816(acc[2 * dd + 1], a, bb[2], bb[3]);
+			}
+		}
+		__syncthreads();
+	}
+	cp_wait<0>();
+
+	bf16 *gb = dq + qoff + ((lane & 3) << 1);
+#pragma unroll
+	for (int n = 0; n < D / 8; n++) {
+		if (r_lo < T) {
+			__nv_bfloat162 *p = (__nv_bfloat162 *)(gb + r_lo * ldq + n * 8);
+			float2 old = __bfloat1622float2(*p);
+			*p = __floats2bfloat162_rn(old.x + scale * acc[n][0], old.y + scale * acc[n][1]);
+		}
+		if (r_hi < T) {
+			__nv_bfloat162 *p = (__nv_bfloat162 *)(gb + r_hi * ldq + n * 8);
+			float2 old = __bfloat1622float2(*p);
+			*p = __floats2bfloat162_rn(old.x + scale * acc[n][2], old.y + scale * acc[n][3]);
+		}
+	}
+}
+
+/* ----------------------------------------------- mma dk/dv pass (BF16) */
+
+template <int D> struct DkvCfg;
+template <> struct DkvCfg<64> {
+	static constexpr int BC = 128, BR = 64, NW = 8;
+};
+template <> struct DkvCfg<128> {
+	static constexpr int BC = 128, BR = 32, NW = 8;
+};
+
+/* A block owns BC keys of kv head g, each warp 16 of them, and walks every
+ * query tile that can see them for each query head of g:
+ * Sᵀ = K Qᵀ, Pᵀ = exp(Sᵀ - lse), dV += Pᵀ dO, dPᵀ = V dOᵀ,
+ * dSᵀ = Pᵀ ∘ (dPᵀ - delta), dK += scale dSᵀ Q. */
+template <int D>
+__global__ void __launch_bounds__(DkvCfg<D>::NW * 32, 1)
+	dkdv_mma(bf16 *__restrict__ dk, bf16 *__restrict__ dv, const bf16 *__restrict__ dout,
+		 const bf16 *__restrict__ q, const bf16 *__restrict__ k,
+		 const bf16 *__restrict__ v, const float *__restrict__ lse,
+		 const float *__restrict__ delta, const int32_t *__restrict__ seg, int T, int H,
+		 int K, float scale, float scale_log2, int causal)
+{
+	constexpr int BC = DkvCfg<D>::BC, BR = DkvCfg<D>::BR, NT = DkvCfg<D>::NW * 32;
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	bf16 *sK = (bf16 *)smem_raw;  /* BC x D */
+	bf16 *sV = sK + BC * D;       /* BC x D */
+	bf16 *sQ = sV + BC * D;       /* 2 x BR x D */
+	bf16 *sO = sQ + 2 * BR * D;   /* 2 x BR x D, dout */
+	float *sL = (float *)(sO + 2 * BR * D); /* 2 x BR lse */
+	float *sD = sL + 2 * BR;                /* 2 x BR delta */
+
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const int g = blockIdx.y, b = blockIdx.z, rep = H / K, k0 = blockIdx.x * BC;
+	const int64_t ldq = (int64_t)H * D, ldk = (int64_t)K * D;
+	const int64_t koff = (int64_t)b * T * ldk + (int64_t)g * D;
+	const int32_t *sg = seg ? seg + (int64_t)b * T : nullptr;
+	const int qt0 = causal ? k0 / BR : 0, nqt = (T + BR - 1) / BR - qt0;
+	const int nit = rep * nqt;
+
+	/* Iteration it: query head g*rep + it/nqt, query tile qt0 + it%nqt. */
+	auto load_q = [&](int it, int stage) {
+		const int h = g * rep + it / nqt, q0 = (qt0 + it % nqt) * BR;
+		const int64_t qoff = (int64_t)b * T * ldq + (int64_t)h * D;
+		load_tile<D, BR, NT>(sQ + stage * BR * D, q + qoff, ldq, q0, T, tid);
+		load_tile<D, BR, NT>(sO + stage * BR * D, dout + qoff, ldq, q0, T, tid);
+		if (tid < 2 * BR) {
+			const int r = tid % BR, i = q0 + r;
+			const float *src = (tid < BR ? lse : delta) + ((int64_t)b * H + h) * T;
+			float *dst = (tid < BR ? sL : sD) + stage * BR + r;
+			cp_async4(smem_u32(dst), src + (i < T ? i : 0), i < T);
+		}
+	};
+
+	load_tile<D, BC, NT>(sK, k + koff, ldk, k0, T, tid);
+	load_tile<D, BC, NT>(sV, v + koff, ldk, k0, T, tid);
+	load_q(0, 0);
+	cp_commit();
+
+	const int j_lo = k0 + warp * 16 + (lane >> 2), j_hi = j_lo + 8;
+	const int seg_lo = sg && j_lo < T ? sg[j_lo] : -1, seg_hi = sg && j_hi < T ? sg[j_hi] : -1;
+	float ak[D / 8][4], av[D / 8][4];
+#pragma unroll
+	for (int n = 0; n < D / 8; n++)
+#pragma unroll
+		for (int e = 0; e < 4; e++)
+			ak[n][e] = av[n][e] = 0.f;
+
+	for (int it = 0; it < nit; it++) {
+		const int q0 = (qt0 + it % nqt) * BR, st = it & 1;
+		if (it + 1 < nit)
+			load_q(it + 1, st ^ 1);
+		cp_commit();
+		cp_wait<1>();
+		__syncthreads();
+		const bf16 *cQ = sQ + st * BR * D, *cO = sO + st * BR * D;
+		const float *cL = sL + st * BR, *cD = sD + st * BR;
+
+		float s[BR / 8][4], dp[BR / 8][4];
+#pragma unroll
+		for (int n = 0; n < BR / 8; n++)
+#pragma unroll
+			for (int e = 0; e < 4; e++)
+				s[n][e] = dp[n][e] = 0.f;
+#pragma unroll
+		for (int kk = 0; kk < D / 16; kk++) {
+			uint32_t a[4], av4[4];
+			ld_a<D>(a, sK, warp * 16, kk * 16, lane);
+			ld_a<D>(av4, sV, warp * 16, kk * 16, lane);
+#pragma unroll
+			for (int np = 0; np < BR / 16; np++) {
+				uint32_t bb[4];
+				ld_b_nk<D>(bb, cQ, np * 16, kk * 16, lane);
+				mma16816(s[2 * np], a, bb[0], bb[1]);
+				mma16816(s[2 * np + 1], a, bb[2], bb[3]);
+				ld_b_nk<D>(bb, cO, np * 16, kk * 16, lane);
+				mma16816(dp[2 * np], av4, bb[0], bb[1]);
+				mma16816(dp[2 * np + 1], av4, bb[2], bb[3]);
+			}
+		}
+
+		const bool need_mask = q0 + BR > T || k0 + warp * 16 + 16 > T || sg ||
+				       (causal && q0 < k0 + warp * 16 + 15);
+		/* s becomes Pᵀ, dp becomes dSᵀ; columns are queries. */
+#pragma unroll
+		for (int n = 0; n < BR / 8; n++) {
+			const int c = n * 8 + ((lane & 3) << 1);
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				const int ci = c + (e & 1);
+				float L = cL[ci];
+				L = L == -INFINITY ? INFINITY : L * LOG2E;
+				float p = exp2f(s[n][e] * scale_log2 - L);
+				if (need_mask) {
+					const int i = q0 + ci, j = e < 2 ? j_lo : j_hi;
+					const int sj = e < 2 ? seg_lo : seg_hi;
+					bool ok = i < T && j < T && (!causal || j <= i) &&
+						  (!sg || (sj >= 0 && sg[i] == sj));
+					if (!ok)
+						p = 0.f;
+				}
+				s[n][e] = p;
+				dp[n][e] = p * (dp[n][e] - cD[ci]);
+			}
+		}
+
+#pragma unroll
+		for (int kk = 0; kk < BR / 16; kk++) {
+			uint32_t ap[4], as[4];
+			c_to_a(ap, s[2 * kk], s[2 * kk + 1]);
+			c_to_a(as, dp[2 * kk], dp[2 * kk + 1]);
+#pragma unroll
+			for (int dd = 0; dd < D / 16; dd++) {
+				uint32_t bb[4];
+				ld_b_kn<D>(bb, cO, kk * 16, dd * 16, lane);
+				mma16816(av[2 * dd], ap, bb[0], bb[1]);
+				mma16816(av[2 * dd + 1], ap, bb[2], bb[3]);
+				ld_b_kn<D>(bb, cQ, kk * 16, dd * 16, lane);
+				mma16816(ak[2 * dd], as, bb[0], bb[1]);
+				mma16816(ak[2 * dd + 1], as, bb[2], bb[3]);
+			}
+		}
+		__syncthreads();
+	}
+	cp_wait<0>();
+
+	const int64_t c0 = koff + ((lane & 3) << 1);
+#pragma unroll
+	for (int n = 0; n < D / 8; n++) {
+#pragma unroll
+		for (int half = 0; half < 2; half++) {
+			const int j = half ? j_hi : j_lo;
+			if (j >= T)
+				continue;
+			const int64_t off = c0 + j * ldk + n * 8;
+			if (dk) {
+				__nv_bfloat162 *p = (__nv_bfloat162 *)(dk + off);
+				float2 old = __bfloat1622float2(*p);
+				*p = __floats2bfloat162_rn(old.x + scale * ak[n][2 * half],
+							   old.y + scale * ak[n][2 * half + 1]);
+			}
+			if (dv) {
+				__nv_bfloat162 *p = (__nv_bfloat162 *)(dv + off);
+				float2 old = __bfloat1622float2(*p);
+				*p = __floats2bfloat162_rn(old.x + av[n][2 * half],
+							   old.y + av[n][2 * half + 1]);
+			}
+		}
+	}
+}
+
+/* ------------------------------- mma backward with atomic dq (BF16) */
 
 template <int D> struct BwdCfg;
 /* KVREG keeps the warp's K and V rows in registers as A operands rather
@@ -456,7 +774,7 @@ template <> struct BwdCfg<128> {
  * atomics (dqw NULL: dq not wanted). One barrier an iteration. */
 template <int D>
 __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
-	bwd_mma(float *__restrict__ dqw, bf16 *__restrict__ dk, bf16 *__restrict__ dv,
+	bwd_atomic_mma(float *__restrict__ dqw, bf16 *__restrict__ dk, bf16 *__restrict__ dv,
 		const bf16 *__restrict__ dout, const bf16 *__restrict__ q,
 		const bf16 *__restrict__ k, const bf16 *__restrict__ v,
 		const float *__restrict__ lse, const float *__restrict__ delta,
@@ -717,7 +1035,7 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 	}
 }
 
-/* dq += scale w, 8 elements a thread (w the float32 sums of bwd_mma). */
+/* dq += scale w, 8 elements a thread (w the float32 sums of bwd_atomic_mma). */
 __global__ void dq_add(bf16 *__restrict__ dq, const float *__restrict__ w, int64_t n8, float scale)
 {
 	for (int64_t x = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; x < n8;
@@ -1288,7 +1606,40 @@ extern "C" int lmk_cuda_attention_forward(void *be, lmk_dtype dt, void *out, flo
 }
 
 template <int D>
-static int bwd_mma_launch(void *be, cudaStream_t st, void *dq, void *dk, void *dv,
+static int bwd_mma_launch(cudaStream_t st, void *dq, void *dk, void *dv, const float *delta,
+			  const void *dout, const void *q, const void *k, const void *v,
+			  const float *lse, const int32_t *seg, int B, int T, int H, int K,
+			  float scale, int causal)
+{
+	int rc;
+	if (dq) {
+		using C = DqCfg<D>;
+		const size_t smem = (size_t)(2 * C::BR + 4 * C::BC) * D * sizeof(bf16);
+		if ((rc = set_smem(dq_mma<D>, smem)) < 0)
+			return rc;
+		dim3 grid((T + C::BR - 1) / C::BR, H, B);
+		dq_mma<D><<<grid, C::NW * 32, smem, st>>>(
+			(bf16 *)dq, (const bf16 *)dout, (const bf16 *)q, (const bf16 *)k,
+			(const bf16 *)v, lse, delta, seg, T, H, K, scale, scale * LOG2E, causal);
+		LMK_CK_LAUNCH();
+	}
+	if (dk || dv) {
+		using C = DkvCfg<D>;
+		const size_t smem =
+			(size_t)(2 * C::BC + 4 * C::BR) * D * sizeof(bf16) + 4 * C::BR * sizeof(float);
+		if ((rc = set_smem(dkdv_mma<D>, smem)) < 0)
+			return rc;
+		dim3 grid((T + C::BC - 1) / C::BC, K, B);
+		dkdv_mma<D><<<grid, C::NW * 32, smem, st>>>(
+			(bf16 *)dk, (bf16 *)dv, (const bf16 *)dout, (const bf16 *)q, (const bf16 *)k,
+			(const bf16 *)v, lse, delta, seg, T, H, K, scale, scale * LOG2E, causal);
+		LMK_CK_LAUNCH();
+	}
+	return 0;
+}
+
+template <int D>
+static int bwd_atomic_launch(void *be, cudaStream_t st, void *dq, void *dk, void *dv,
 			  const float *delta, const void *dout, const void *q, const void *k,
 			  const void *v, const float *lse, const int32_t *seg, int B, int T, int H,
 			  int K, float scale, int causal)
@@ -1296,7 +1647,7 @@ static int bwd_mma_launch(void *be, cudaStream_t st, void *dq, void *dk, void *d
 	using C = BwdCfg<D>;
 	const size_t smem = (size_t)(2 * C::BC + 4 * C::BR + 2 * C::BC * C::BR / D) * D * sizeof(bf16) +
 			    4 * C::BR * sizeof(float);
-	int rc = set_smem(bwd_mma<D>, smem);
+	int rc = set_smem(bwd_atomic_mma<D>, smem);
 	if (rc < 0)
 		return rc;
 	/* dq's float32 sums: (B,T,H,D) zeroed, the kernel adds, dq_add
@@ -1314,7 +1665,7 @@ static int bwd_mma_launch(void *be, cudaStream_t st, void *dq, void *dk, void *d
 		LMK_CK(cudaMemsetAsync(w, 0, (size_t)n * sizeof(float), st));
 	}
 	dim3 grid((T + C::BC - 1) / C::BC, K, B);
-	bwd_mma<D><<<grid, C::NW * 32, smem, st>>>(w, (bf16 *)dk, (bf16 *)dv, (const bf16 *)dout,
+	bwd_atomic_mma<D><<<grid, C::NW * 32, smem, st>>>(w, (bf16 *)dk, (bf16 *)dv, (const bf16 *)dout,
 						   (const bf16 *)q, (const bf16 *)k, (const bf16 *)v,
 						   lse, delta, seg, T, H, K, scale, scale * LOG2E,
 						   causal);
@@ -1395,11 +1746,20 @@ extern "C" int lmk_cuda_attention_backward(void *be, lmk_dtype dt, void *dq, voi
 	if (!dq && !dk && !dv)
 		return 0;
 	if (use_mma(dt, D, dout, q, k, v, dq) && (!dk || aligned16(dk)) && (!dv || aligned16(dv))) {
+		if (nondeterministic(be)) {
+			if (D == 64)
+				return bwd_atomic_launch<64>(be, st, dq, dk, dv, delta, dout, q, k, v,
+							     lse, seg, (int)B, (int)T, (int)H, (int)K,
+							     scale, causal);
+			return bwd_atomic_launch<128>(be, st, dq, dk, dv, delta, dout, q, k, v, lse,
+						      seg, (int)B, (int)T, (int)H, (int)K, scale,
+						      causal);
+		}
 		if (D == 64)
-			return bwd_mma_launch<64>(be, st, dq, dk, dv, delta, dout, q, k, v, lse,
-						  seg, (int)B, (int)T, (int)H, (int)K, scale, causal);
-		return bwd_mma_launch<128>(be, st, dq, dk, dv, delta, dout, q, k, v, lse, seg,
-					   (int)B, (int)T, (int)H, (int)K, scale, causal);
+			return bwd_mma_launch<64>(st, dq, dk, dv, delta, dout, q, k, v, lse, seg,
+						  (int)B, (int)T, (int)H, (int)K, scale, causal);
+		return bwd_mma_launch<128>(st, dq, dk, dv, delta, dout, q, k, v, lse, seg, (int)B,
+					   (int)T, (int)H, (int)K, scale, causal);
 	}
 	if (dt == LMK_BF16) {
 		SIMPLE_DISPATCH(bwd_simple_launch, bf16, D, st, dq, dk, dv, delta, dout, q, k, v,
@@ -1407,6 +1767,16 @@ extern "C" int lmk_cuda_attention_backward(void *be, lmk_dtype dt, void *dq, voi
 	}
 	SIMPLE_DISPATCH(bwd_simple_launch, float, D, st, dq, dk, dv, delta, dout, q, k, v, lse,
 			seg, (int)B, (int)T, (int)H, (int)K, (int)D, scale, causal)
+}
+
+extern "C" void lmk_cuda_attention_set_nondeterministic(void *be, int on)
+{
+#if HAVE_BACKEND_H
+	((lmk_cuda_backend *)be)->nondeterministic = on != 0;
+#else
+	(void)be;
+	(void)on;
+#endif
 }
 
 template <typename Tin, bool VEC>
