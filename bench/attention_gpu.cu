@@ -8,15 +8,20 @@
  * FLOPs, FlashAttention's convention: the forward is two products of
  * 2*T*T*D each per (b, h), halved for causal: 4*B*H*T*T*D / 2; the backward
  * counts 2.5 times that (five products where the forward has two), so
- * forward+backward is 3.5 times the forward. Our backward does two more
- * products than that (S and dP are recomputed in the dq pass, which keeps
- * it free of atomics) but is credited with the same count.
+ * forward+backward is 3.5 times the forward. Our deterministic backward
+ * does two more products than that (S and dP are recomputed in the dq
+ * pass, which keeps it free of atomics) but is credited with the same
+ * count; the nondeterministic one does the five.
  *
- * Prints one line per shape (what bench/attention.sh joins with the torch
- * numbers):
+ * Prints two lines per shape, the default (deterministic) backward's, which
+ * bench/attention.sh joins with the torch numbers, and the nondeterministic
+ * one's (float atomics in dq):
  *   ours D T B H fwd_ms fwd_TFLOPs fwdbwd_ms fwdbwd_TFLOPs
+ *   atomic D T B H fwd_ms fwd_TFLOPs fwdbwd_ms fwdbwd_TFLOPs
  * and a check that the outputs are finite. Exit 0, or 1 on a failure.
- * Usage: attention_gpu [--quick] [--reps N] */
+ * --shape B T H K D times that one shape instead (K kv heads; e.g. a
+ * training step's attention: --shape 32 1024 12 12 64).
+ * Usage: attention_gpu [--quick] [--reps N] [--shape B T H K D] */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
@@ -93,13 +98,26 @@ static float median(std::vector<float> v)
 int main(int argc, char **argv)
 {
 	int quick = 0, reps = 20;
+	struct shape {
+		int64_t B, T, H, K, D;
+	};
+	std::vector<shape> shapes;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--quick"))
 			quick = 1;
 		else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
 			reps = atoi(argv[++i]);
-		else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-			printf("usage: attention_gpu [--quick] [--reps N]\n");
+		else if (!strcmp(argv[i], "--shape") && i + 5 < argc) {
+			shape sh = {atoll(argv[i + 1]), atoll(argv[i + 2]), atoll(argv[i + 3]),
+				    atoll(argv[i + 4]), atoll(argv[i + 5])};
+			i += 5;
+			if (sh.B < 1 || sh.T < 1 || sh.H < 1 || sh.K < 1 || sh.D < 1 || sh.H % sh.K) {
+				fprintf(stderr, "attention_gpu: bad --shape\n");
+				return 2;
+			}
+			shapes.push_back(sh);
+		} else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+			printf("usage: attention_gpu [--quick] [--reps N] [--shape B T H K D]\n");
 			return 0;
 		} else {
 			fprintf(stderr, "attention_gpu: unknown option '%s'\n", argv[i]);
@@ -117,19 +135,27 @@ int main(int argc, char **argv)
 	cudaStream_t st = stream_of(be);
 	lmk_cuda_info info;
 	LMK(lmk_cuda_device_info(0, &info));
-	fprintf(stderr, "attention_gpu: %s, %d SMs; bf16, causal, B*T = 16384, H*D = 2048, "
-			"median of %d\n",
-		info.name, info.sm_count, reps);
+	fprintf(stderr, "attention_gpu: %s, %d SMs; bf16, causal, %s, median of %d\n", info.name,
+		info.sm_count, shapes.empty() ? "B*T = 16384, H*D = 2048" : "--shape", reps);
 
 	const int64_t tokens = 16384, width = 2048;
-	const size_t n = (size_t)tokens * width;
+	if (shapes.empty())
+		for (int64_t D = 64; D <= 128; D *= 2)
+			for (int64_t T = 1024; T <= (quick ? 4096 : 16384); T *= 2)
+				shapes.push_back({tokens / T, T, width / D, width / D, D});
+	/* buffers for the largest shape */
+	size_t n = 0, nl = 0;
+	for (const shape &sh : shapes) {
+		n = std::max(n, (size_t)(sh.B * sh.T * sh.H * sh.D));
+		nl = std::max(nl, (size_t)(sh.B * sh.H * sh.T));
+	}
 	__nv_bfloat16 *q, *k, *v, *o, *dout, *dq, *dk, *dv;
 	float *lse, *delta;
 	__nv_bfloat16 **bufs[] = {&q, &k, &v, &o, &dout, &dq, &dk, &dv};
 	for (auto b : bufs)
 		CK(cudaMalloc((void **)b, n * sizeof(__nv_bfloat16)));
-	CK(cudaMalloc((void **)&lse, (size_t)tokens * 32 * sizeof(float)));
-	CK(cudaMalloc((void **)&delta, (size_t)tokens * 32 * sizeof(float)));
+	CK(cudaMalloc((void **)&lse, nl * sizeof(float)));
+	CK(cudaMalloc((void **)&delta, nl * sizeof(float)));
 	fill(q, n, 1, 1.0f);
 	fill(k, n, 2, 1.0f);
 	fill(v, n, 3, 1.0f);
@@ -143,21 +169,23 @@ int main(int argc, char **argv)
 	CK(cudaEventCreate(&e0));
 	CK(cudaEventCreate(&e1));
 	int bad = 0;
-	const int Ds[] = {64, 128};
-	for (int D : Ds) {
-		const int64_t H = width / D, K = H;
-		for (int64_t T = 1024; T <= (quick ? 4096 : 16384); T *= 2) {
-			const int64_t B = tokens / T;
-			const float scale = 1.0f / sqrtf((float)D);
-			auto fwd = [&]() {
-				LMK(lmk_cuda_attention_forward(be, LMK_BF16, o, lse, q, k, v, NULL, B, T,
-							       H, K, D, scale, 1));
-			};
-			auto bwd = [&]() {
-				LMK(lmk_cuda_attention_backward(be, LMK_BF16, dq, dk, dv, delta, dout, q,
-								k, v, o, lse, NULL, B, T, H, K, D,
-								scale, 1));
-			};
+	for (const shape &sh : shapes) {
+		const int64_t B = sh.B, T = sh.T, H = sh.H, K = sh.K, D = sh.D;
+		const size_t ne = (size_t)(B * T * H * D);
+		const float scale = 1.0f / sqrtf((float)D);
+		auto fwd = [&]() {
+			LMK(lmk_cuda_attention_forward(be, LMK_BF16, o, lse, q, k, v, NULL, B, T,
+						       H, K, D, scale, 1));
+		};
+		auto bwd = [&]() {
+			LMK(lmk_cuda_attention_backward(be, LMK_BF16, dq, dk, dv, delta, dout, q,
+							k, v, o, lse, NULL, B, T, H, K, D,
+							scale, 1));
+		};
+		/* the default (deterministic) backward, then the nondeterministic
+		 * one (float atomics in dq) */
+		for (int mode = 0; mode < 2; mode++) {
+			lmk_cuda_attention_set_nondeterministic(be, mode);
 			std::vector<float> tf, tfb;
 			for (int w = 0; w < 3; w++) {
 				fwd();
@@ -180,8 +208,8 @@ int main(int argc, char **argv)
 				tfb.push_back(ms);
 			}
 			/* the outputs must be finite (a broken kernel can be fast) */
-			std::vector<uint16_t> h(4096);
-			CK(cudaMemcpy(h.data(), o + n - h.size(), h.size() * 2, cudaMemcpyDeviceToHost));
+			std::vector<uint16_t> h(std::min<size_t>(4096, ne));
+			CK(cudaMemcpy(h.data(), o + ne - h.size(), h.size() * 2, cudaMemcpyDeviceToHost));
 			int finite = 1;
 			for (uint16_t x : h)
 				finite &= isfinite(lmk_bf16_to_f32(x)) != 0;
@@ -189,17 +217,18 @@ int main(int argc, char **argv)
 			for (uint16_t x : h)
 				finite &= isfinite(lmk_bf16_to_f32(x)) != 0;
 			if (!finite) {
-				fprintf(stderr, "attention_gpu: D=%d T=%lld: non-finite output\n", D,
-					(long long)T);
+				fprintf(stderr, "attention_gpu: D=%lld T=%lld%s: non-finite output\n",
+					(long long)D, (long long)T, mode ? " atomic" : "");
 				bad = 1;
 			}
 			const double flops = 4.0 * B * H * T * T * D / 2;
 			const float mf = median(tf), mfb = median(tfb);
-			printf("ours %d %lld %lld %lld %.3f %.1f %.3f %.1f\n", D, (long long)T,
-			       (long long)B, (long long)H, mf, flops / mf * 1e-9, mfb,
-			       3.5 * flops / mfb * 1e-9);
+			printf("%s %lld %lld %lld %lld %.3f %.1f %.3f %.1f\n", mode ? "atomic" : "ours",
+			       (long long)D, (long long)T, (long long)B, (long long)H, mf,
+			       flops / mf * 1e-9, mfb, 3.5 * flops / mfb * 1e-9);
 			fflush(stdout);
 		}
+		lmk_cuda_attention_set_nondeterministic(be, 0);
 	}
 	for (auto b : bufs)
 		CK(cudaFree(*b));

@@ -14,11 +14,16 @@
  *   ldmatrix from XOR-swizzled tiles), online softmax in fp32 registers in
  *   the log2 domain. Causal blocks run heaviest first and stop at the
  *   diagonal; masks are applied only to tiles that need them. The backward
- *   is deterministic: a pre-pass for delta = rowsum(dout * out), a dq pass
- *   laid out like the forward (S, dP = dO Vᵀ, dS, dQ += dS K), and a dk/dv
- *   pass that gives a block BC keys and walks the query tiles of every
- *   query head of its kv head (GQA summed inside the block, no atomics),
- *   computing Sᵀ and dPᵀ directly so that a warp owns key rows.
+ *   starts with a pre-pass for delta = rowsum(dout * out). By default it is
+ *   deterministic: a dq pass laid out like the forward (S, dP = dO Vᵀ, dS,
+ *   dQ += dS K), and a dk/dv pass that gives a block BC keys and walks the
+ *   query tiles of every query head of its kv head (GQA summed inside the
+ *   block, no atomics), computing Sᵀ and dPᵀ directly so that a warp owns
+ *   key rows. A context set nondeterministic takes FlashAttention-2's
+ *   single pass instead: the dk/dv pass also computes each query tile's
+ *   dQ = dS K (no S, dP recomputed) and adds it into a float32 buffer with
+ *   atomics (so the low bits of dq vary from run to run), rounded into dq
+ *   by a last small kernel.
  * - "simple": any D <= 256, float32 or BF16 storage, fp32 on CUDA cores;
  *   one warp per query (or key) row, 32 keys (queries) at a time, one per
  *   lane. The float32 path, and BF16 for head dims without an mma kernel.
@@ -27,6 +32,8 @@
 #include <cuda_bf16.h>
 #include <math.h>
 #include <stdint.h>
+
+#include <algorithm>
 
 /* err.h and dtype.h are C headers without extern "C" guards: include them
  * here first, with C linkage, so that check.h's lmk_err links to lib/err.c. */
@@ -43,9 +50,11 @@ extern "C" {
 #if __has_include("backend.h")
 #include "backend.h"
 static cudaStream_t stream_of(void *be) { return ((lmk_cuda_backend *)be)->stream; }
+static bool nondeterministic(void *be) { return ((lmk_cuda_backend *)be)->nondeterministic != 0; }
 #define HAVE_BACKEND_H 1
 #else
 static cudaStream_t stream_of(void *be) { return (cudaStream_t)lmk_cuda_stream(be); }
+static bool nondeterministic(void *be) { return false; }
 #define HAVE_BACKEND_H 0
 #endif
 
@@ -73,6 +82,15 @@ static __device__ __forceinline__ float warp_sum(float x)
 	for (int o = 16; o > 0; o >>= 1)
 		x += __shfl_xor_sync(FULL, x, o);
 	return x;
+}
+
+/* 2^x by the special-function unit alone (exp2f adds a denormal fix-up);
+ * results below 2^-126 flush to 0, as 2^-inf does. */
+static __device__ __forceinline__ float ex2(float x)
+{
+	float y;
+	asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+	return y;
 }
 
 static __device__ __forceinline__ uint32_t smem_u32(const void *p)
@@ -148,13 +166,19 @@ static __device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&c0
 	a[3] = pack_bf16(c1[2], c1[3]);
 }
 
-/* Element offset of (row, col) in a tile of D-wide bf16 rows, col a
- * multiple of 8: the 16-byte chunk index is XORed with row % 8, so that
- * the 8 rows an ldmatrix reads at one column land in 8 different bank
- * groups (a row is 128 or 256 bytes, a multiple of the 32 banks). */
-template <int D> static __device__ __forceinline__ int swz(int row, int col)
+/* Element offset of (row, col) in a tile of W-wide bf16 rows, col a
+ * multiple of 8: the 16-byte chunk index is XORed with a function of the
+ * row, so that the 8 rows an ldmatrix reads at one column land in 8
+ * different bank groups. Rows of 128 bytes or more (a multiple of the 32
+ * banks) take row % 8; rows of 64 bytes (W 32: two rows span the banks)
+ * take (row / 2) % 4 over their 4 chunks. */
+template <int W> static __device__ __forceinline__ int swz(int row, int col)
 {
-	return row * D + ((((col >> 3) ^ (row & 7))) << 3);
+	static_assert(W == 32 || W % 64 == 0, "tile width");
+	if constexpr (W == 32)
+		return row * W + ((((col >> 3) ^ ((row >> 1) & 3))) << 3);
+	else
+		return row * W + ((((col >> 3) ^ (row & 7))) << 3);
 }
 
 /* Rows row0.. of a (T, ld) bf16 matrix into a ROWS x D swizzled tile; rows
@@ -203,12 +227,17 @@ static __device__ __forceinline__ void ld_b_kn(uint32_t (&b)[4], const bf16 *sm,
 
 /* ------------------------------------------------ mma forward (BF16) */
 
+/* A warp owns MT m16 tiles of query rows (MT 2: every K and V operand read
+ * from shared memory serves two products); QREG keeps the warp's Q rows in
+ * registers as A operands rather than reading them again for each tile. */
 template <int D> struct FwdCfg;
 template <> struct FwdCfg<64> {
-	static constexpr int BR = 128, BC = 64, NW = 8, MINB = 2;
+	static constexpr int BR = 128, BC = 64, NW = 4, MT = 2, MINB = 2;
+	static constexpr bool QREG = false;
 };
 template <> struct FwdCfg<128> {
-	static constexpr int BR = 128, BC = 64, NW = 8, MINB = 1;
+	static constexpr int BR = 128, BC = 64, NW = 8, MT = 1, MINB = 1;
+	static constexpr bool QREG = true;
 };
 
 template <int D>
@@ -218,6 +247,8 @@ __global__ void __launch_bounds__(FwdCfg<D>::NW * 32, FwdCfg<D>::MINB)
 		const int32_t *__restrict__ seg, int T, int H, int K, float scale_log2, int causal)
 {
 	constexpr int BR = FwdCfg<D>::BR, BC = FwdCfg<D>::BC, NT = FwdCfg<D>::NW * 32;
+	constexpr int MT = FwdCfg<D>::MT;
+	constexpr bool QREG = FwdCfg<D>::QREG;
 	extern __shared__ __align__(128) unsigned char smem_raw[];
 	bf16 *sQ = (bf16 *)smem_raw;  /* BR x D */
 	bf16 *sK = sQ + BR * D;       /* 2 stages x BC x D */
@@ -240,141 +271,170 @@ __global__ void __launch_bounds__(FwdCfg<D>::NW * 32, FwdCfg<D>::MINB)
 	load_tile<D, BC, NT>(sV, vb, ldk, 0, T, tid);
 	cp_commit();
 
-	/* This thread's two rows of the warp's 16: lo and hi = lo + 8. */
-	const int r_lo = q0 + warp * 16 + (lane >> 2), r_hi = r_lo + 8;
-	const int seg_lo = sg && r_lo < T ? sg[r_lo] : -1, seg_hi = sg && r_hi < T ? sg[r_hi] : -1;
-	float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
-	float o[D / 8][4];
+	/* This thread's rows: r[mt][0] of m-tile mt and r[mt][1] = r[mt][0] + 8;
+	 * wr0 the warp's first row. */
+	const int wr0 = warp * 16 * MT;
+	int r[MT][2], sr[MT][2];
+	float m[MT][2], l[MT][2], o[MT][D / 8][4];
 #pragma unroll
-	for (int n = 0; n < D / 8; n++)
-		o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+	for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+		for (int hf = 0; hf < 2; hf++) {
+			r[mt][hf] = q0 + wr0 + mt * 16 + (lane >> 2) + 8 * hf;
+			sr[mt][hf] = sg && r[mt][hf] < T ? sg[r[mt][hf]] : -1;
+			m[mt][hf] = -INFINITY;
+			l[mt][hf] = 0.f;
+#pragma unroll
+			for (int n = 0; n < D / 8; n++)
+				o[mt][n][2 * hf] = o[mt][n][2 * hf + 1] = 0.f;
+		}
+
+	uint32_t qa[QREG ? D / 16 : 1][MT][4];
 
 	for (int t = 0; t < ntiles; t++) {
 		const int kv0 = t * BC;
+		/* One barrier a tile: past it, tile t has landed and every warp
+		 * is done with tile t - 1, whose stage the next loads take. */
+		cp_wait<0>();
+		__syncthreads();
 		if (t + 1 < ntiles) {
 			const int nb = (t + 1) & 1;
 			load_tile<D, BC, NT>(sK + nb * BC * D, kb, ldk, kv0 + BC, T, tid);
 			load_tile<D, BC, NT>(sV + nb * BC * D, vb, ldk, kv0 + BC, T, tid);
+			cp_commit();
 		}
-		cp_commit();
-		cp_wait<1>();
-		__syncthreads();
 		const bf16 *cK = sK + (t & 1) * BC * D, *cV = sV + (t & 1) * BC * D;
-
-		float s[BC / 8][4];
+		if (QREG && t == 0) {
 #pragma unroll
-		for (int n = 0; n < BC / 8; n++)
-			s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+			for (int kk = 0; kk < (QREG ? D / 16 : 1); kk++)
+#pragma unroll
+				for (int mt = 0; mt < MT; mt++)
+					ld_a<D>(qa[kk][mt], sQ, wr0 + mt * 16, kk * 16, lane);
+		}
+
+		/* A warp whose rows all precede the tile's first key (causal)
+		 * sees none of it. */
+		if (causal && kv0 > q0 + wr0 + 16 * MT - 1)
+			continue;
+
+		float s[MT][BC / 8][4];
+#pragma unroll
+		for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+			for (int n = 0; n < BC / 8; n++)
+				s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.f;
 #pragma unroll
 		for (int kk = 0; kk < D / 16; kk++) {
-			uint32_t a[4];
-			ld_a<D>(a, sQ, warp * 16, kk * 16, lane);
+			const int qk = QREG ? kk : 0;
+			if (!QREG) {
+#pragma unroll
+				for (int mt = 0; mt < MT; mt++)
+					ld_a<D>(qa[0][mt], sQ, wr0 + mt * 16, kk * 16, lane);
+			}
 #pragma unroll
 			for (int np = 0; np < BC / 16; np++) {
 				uint32_t bb[4];
 				ld_b_nk<D>(bb, cK, np * 16, kk * 16, lane);
-				mma16816(s[2 * np], a, bb[0], bb[1]);
-				mma16816(s[2 * np + 1], a, bb[2], bb[3]);
-			}
-		}
-
-		const bool need_mask =
-			kv0 + BC > T || sg || (causal && kv0 + BC - 1 > q0 + warp * 16);
 #pragma unroll
-		for (int n = 0; n < BC / 8; n++) {
-#pragma unroll
-			for (int e = 0; e < 4; e++)
-				s[n][e] *= scale_log2;
-			if (need_mask) {
-				const int j = kv0 + n * 8 + ((lane & 3) << 1);
-#pragma unroll
-				for (int e = 0; e < 4; e++) {
-					const int jj = j + (e & 1), i = e < 2 ? r_lo : r_hi;
-					const int si = e < 2 ? seg_lo : seg_hi;
-					bool ok = jj < T && (!causal || jj <= i) &&
-						  (!sg || (si >= 0 && sg[jj] == si));
-					if (!ok)
-						s[n][e] = -INFINITY;
+				for (int mt = 0; mt < MT; mt++) {
+					mma16816(s[mt][2 * np], qa[qk][mt], bb[0], bb[1]);
+					mma16816(s[mt][2 * np + 1], qa[qk][mt], bb[2], bb[3]);
 				}
 			}
 		}
 
-		/* Online softmax: m the running max (log2 units), l the
-		 * running sum of this thread's columns, o rescaled by exp2(m_old
-		 * - m_new); a row with nothing visible yet keeps m = -inf and
-		 * uses 0 as its reference so that no inf - inf appears. */
-		float mx_lo = m_lo, mx_hi = m_hi;
+		const bool need_mask = kv0 + BC > T || sg || (causal && kv0 + BC - 1 > q0 + wr0);
 #pragma unroll
-		for (int n = 0; n < BC / 8; n++) {
-			mx_lo = fmaxf(mx_lo, fmaxf(s[n][0], s[n][1]));
-			mx_hi = fmaxf(mx_hi, fmaxf(s[n][2], s[n][3]));
-		}
-		mx_lo = fmaxf(mx_lo, __shfl_xor_sync(FULL, mx_lo, 1));
-		mx_lo = fmaxf(mx_lo, __shfl_xor_sync(FULL, mx_lo, 2));
-		mx_hi = fmaxf(mx_hi, __shfl_xor_sync(FULL, mx_hi, 1));
-		mx_hi = fmaxf(mx_hi, __shfl_xor_sync(FULL, mx_hi, 2));
-		const float mu_lo = mx_lo == -INFINITY ? 0.f : mx_lo;
-		const float mu_hi = mx_hi == -INFINITY ? 0.f : mx_hi;
-		const float c_lo = exp2f(m_lo - mu_lo), c_hi = exp2f(m_hi - mu_hi);
-		m_lo = mx_lo;
-		m_hi = mx_hi;
-		l_lo *= c_lo;
-		l_hi *= c_hi;
+		for (int mt = 0; mt < MT; mt++) {
+			if (need_mask) {
 #pragma unroll
-		for (int n = 0; n < D / 8; n++) {
-			o[n][0] *= c_lo;
-			o[n][1] *= c_lo;
-			o[n][2] *= c_hi;
-			o[n][3] *= c_hi;
-		}
+				for (int n = 0; n < BC / 8; n++) {
+					const int j = kv0 + n * 8 + ((lane & 3) << 1);
 #pragma unroll
-		for (int n = 0; n < BC / 8; n++) {
-			s[n][0] = exp2f(s[n][0] - mu_lo);
-			s[n][1] = exp2f(s[n][1] - mu_lo);
-			s[n][2] = exp2f(s[n][2] - mu_hi);
-			s[n][3] = exp2f(s[n][3] - mu_hi);
-			l_lo += s[n][0] + s[n][1];
-			l_hi += s[n][2] + s[n][3];
+					for (int e = 0; e < 4; e++) {
+						const int jj = j + (e & 1), i = r[mt][e >> 1];
+						const int si = sr[mt][e >> 1];
+						bool ok = jj < T && (!causal || jj <= i) &&
+							  (!sg || (si >= 0 && sg[jj] == si));
+						if (!ok)
+							s[mt][n][e] = -INFINITY;
+					}
+				}
+			}
+
+			/* Online softmax: m the running max of the unscaled
+			 * logits (scale > 0 keeps it the max), l the running sum
+			 * of this thread's columns, o rescaled by exp2((m_old -
+			 * m_new) scale log2 e); a row with nothing visible yet
+			 * keeps m = -inf and uses 0 as its reference so that no
+			 * inf - inf appears. */
+#pragma unroll
+			for (int hf = 0; hf < 2; hf++) {
+				float mx = m[mt][hf];
+#pragma unroll
+				for (int n = 0; n < BC / 8; n++)
+					mx = fmaxf(mx, fmaxf(s[mt][n][2 * hf], s[mt][n][2 * hf + 1]));
+				mx = fmaxf(mx, __shfl_xor_sync(FULL, mx, 1));
+				mx = fmaxf(mx, __shfl_xor_sync(FULL, mx, 2));
+				const float mu = mx == -INFINITY ? 0.f : mx * scale_log2;
+				const float c = ex2(m[mt][hf] * scale_log2 - mu);
+				m[mt][hf] = mx;
+				float sum = 0.f;
+#pragma unroll
+				for (int n = 0; n < BC / 8; n++) {
+					s[mt][n][2 * hf] = ex2(fmaf(s[mt][n][2 * hf], scale_log2, -mu));
+					s[mt][n][2 * hf + 1] =
+						ex2(fmaf(s[mt][n][2 * hf + 1], scale_log2, -mu));
+					sum += s[mt][n][2 * hf] + s[mt][n][2 * hf + 1];
+				}
+				l[mt][hf] = l[mt][hf] * c + sum;
+#pragma unroll
+				for (int n = 0; n < D / 8; n++) {
+					o[mt][n][2 * hf] *= c;
+					o[mt][n][2 * hf + 1] *= c;
+				}
+			}
 		}
 
 #pragma unroll
 		for (int kk = 0; kk < BC / 16; kk++) {
-			uint32_t a[4];
-			c_to_a(a, s[2 * kk], s[2 * kk + 1]);
+			uint32_t a[MT][4];
+#pragma unroll
+			for (int mt = 0; mt < MT; mt++)
+				c_to_a(a[mt], s[mt][2 * kk], s[mt][2 * kk + 1]);
 #pragma unroll
 			for (int dp = 0; dp < D / 16; dp++) {
 				uint32_t bb[4];
 				ld_b_kn<D>(bb, cV, kk * 16, dp * 16, lane);
-				mma16816(o[2 * dp], a, bb[0], bb[1]);
-				mma16816(o[2 * dp + 1], a, bb[2], bb[3]);
+#pragma unroll
+				for (int mt = 0; mt < MT; mt++) {
+					mma16816(o[mt][2 * dp], a[mt], bb[0], bb[1]);
+					mma16816(o[mt][2 * dp + 1], a[mt], bb[2], bb[3]);
+				}
 			}
 		}
-		__syncthreads(); /* the next iteration's loads overwrite this stage */
 	}
-	cp_wait<0>();
 
-	l_lo += __shfl_xor_sync(FULL, l_lo, 1);
-	l_lo += __shfl_xor_sync(FULL, l_lo, 2);
-	l_hi += __shfl_xor_sync(FULL, l_hi, 1);
-	l_hi += __shfl_xor_sync(FULL, l_hi, 2);
-	const float inv_lo = l_lo > 0.f ? 1.f / l_lo : 0.f, inv_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
 	bf16 *ob = out + (int64_t)b * T * ldq + (int64_t)h * D + ((lane & 3) << 1);
+	float *L = lse + ((int64_t)b * H + h) * T;
 #pragma unroll
-	for (int n = 0; n < D / 8; n++) {
-		if (r_lo < T)
-			*(__nv_bfloat162 *)(ob + r_lo * ldq + n * 8) =
-				__floats2bfloat162_rn(o[n][0] * inv_lo, o[n][1] * inv_lo);
-		if (r_hi < T)
-			*(__nv_bfloat162 *)(ob + r_hi * ldq + n * 8) =
-				__floats2bfloat162_rn(o[n][2] * inv_hi, o[n][3] * inv_hi);
-	}
-	if ((lane & 3) == 0) {
-		float *L = lse + ((int64_t)b * H + h) * T;
-		if (r_lo < T)
-			L[r_lo] = l_lo > 0.f ? (m_lo + log2f(l_lo)) * LN2 : -INFINITY;
-		if (r_hi < T)
-			L[r_hi] = l_hi > 0.f ? (m_hi + log2f(l_hi)) * LN2 : -INFINITY;
-	}
+	for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+		for (int hf = 0; hf < 2; hf++) {
+			float sum = l[mt][hf];
+			sum += __shfl_xor_sync(FULL, sum, 1);
+			sum += __shfl_xor_sync(FULL, sum, 2);
+			const float inv = sum > 0.f ? 1.f / sum : 0.f;
+			const int i = r[mt][hf];
+			if (i >= T)
+				continue;
+#pragma unroll
+			for (int n = 0; n < D / 8; n++)
+				*(__nv_bfloat162 *)(ob + i * ldq + n * 8) = __floats2bfloat162_rn(
+					o[mt][n][2 * hf] * inv, o[mt][n][2 * hf + 1] * inv);
+			if ((lane & 3) == 0)
+				L[i] = sum > 0.f ? (m[mt][hf] * scale_log2 + log2f(sum)) * LN2 : -INFINITY;
+		}
 }
 
 /* -------------------------------------------------- mma dq pass (BF16) */
@@ -690,6 +750,309 @@ __global__ void __launch_bounds__(DkvCfg<D>::NW * 32, 1)
 	}
 }
 
+/* ------------------------------- mma backward with atomic dq (BF16) */
+
+template <int D> struct BwdCfg;
+/* KVREG keeps the warp's K and V rows in registers as A operands rather
+ * than reading them again for each query tile. */
+template <> struct BwdCfg<64> {
+	static constexpr int BC = 128, BR = 64, NW = 8, MINB = 1;
+	static constexpr bool KVREG = true;
+};
+template <> struct BwdCfg<128> {
+	static constexpr int BC = 128, BR = 32, NW = 8, MINB = 1;
+	static constexpr bool KVREG = false;
+};
+
+/* A block owns BC keys of kv head g, each warp 16 of them, and walks every
+ * query tile that can see them for each query head of g:
+ * Sᵀ = K Qᵀ, Pᵀ = exp(Sᵀ - lse), dV += Pᵀ dO, dPᵀ = V dOᵀ,
+ * dSᵀ = Pᵀ ∘ (dPᵀ - delta), dK += dSᵀ Q (GQA summed inside the block);
+ * dSᵀ also goes to shared memory (two buffers), from where, one iteration
+ * later, the warps split the query tile's dQ = dS K (16 query rows x D/WPM
+ * columns each) and add it into the float32 buffer dqw (B,T,H,D) with
+ * atomics (dqw NULL: dq not wanted). One barrier an iteration. */
+template <int D>
+__global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
+	bwd_atomic_mma(float *__restrict__ dqw, bf16 *__restrict__ dk, bf16 *__restrict__ dv,
+		const bf16 *__restrict__ dout, const bf16 *__restrict__ q,
+		const bf16 *__restrict__ k, const bf16 *__restrict__ v,
+		const float *__restrict__ lse, const float *__restrict__ delta,
+		const int32_t *__restrict__ seg, int T, int H, int K, float scale,
+		float scale_log2, int causal)
+{
+	constexpr int BC = BwdCfg<D>::BC, BR = BwdCfg<D>::BR, NW = BwdCfg<D>::NW, NT = NW * 32;
+	constexpr int WPM = NW / (BR / 16), NQ = D / WPM; /* dQ: warps per 16 rows, their columns */
+	constexpr bool KVREG = BwdCfg<D>::KVREG;
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	bf16 *sK = (bf16 *)smem_raw;  /* BC x D */
+	bf16 *sV = sK + BC * D;       /* BC x D */
+	bf16 *sQ = sV + BC * D;       /* 2 x BR x D */
+	bf16 *sO = sQ + 2 * BR * D;   /* 2 x BR x D, dout */
+	bf16 *sS = sO + 2 * BR * D;   /* 2 x BC x BR, dSᵀ */
+	float *sL = (float *)(sS + 2 * BC * BR); /* 2 x BR lse */
+	float *sD = sL + 2 * BR;             /* 2 x BR delta */
+
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const int g = blockIdx.y, b = blockIdx.z, rep = H / K, k0 = blockIdx.x * BC;
+	const int64_t ldq = (int64_t)H * D, ldk = (int64_t)K * D;
+	const int64_t koff = (int64_t)b * T * ldk + (int64_t)g * D;
+	const int32_t *sg = seg ? seg + (int64_t)b * T : nullptr;
+	const int qt0 = causal ? k0 / BR : 0, nqt = (T + BR - 1) / BR - qt0;
+	const int nit = rep * nqt;
+
+	/* Iteration it: query head g*rep + it/nqt, query tile qt0 + it%nqt. */
+	auto load_q = [&](int it, int stage) {
+		const int h = g * rep + it / nqt, q0 = (qt0 + it % nqt) * BR;
+		const int64_t qoff = (int64_t)b * T * ldq + (int64_t)h * D;
+		load_tile<D, BR, NT>(sQ + stage * BR * D, q + qoff, ldq, q0, T, tid);
+		load_tile<D, BR, NT>(sO + stage * BR * D, dout + qoff, ldq, q0, T, tid);
+		if (tid < BR) {
+			const int i = q0 + tid;
+			const float *src = delta + ((int64_t)b * H + h) * T;
+			cp_async4(smem_u32(sD + stage * BR + tid), src + (i < T ? i : 0), i < T);
+		}
+	};
+	/* lse of iteration it's row q0 + r, as read from global memory (-inf
+	 * past T), and as staged: in log2 units, +inf for a row that sees
+	 * nothing so that exp2(s - L) is 0 on it */
+	auto lse_of = [&](int it, int r) {
+		const int h = g * rep + it / nqt, i = (qt0 + it % nqt) * BR + r;
+		return i < T ? lse[((int64_t)b * H + h) * T + i] : -INFINITY;
+	};
+	auto lse_staged = [](float L) { return L == -INFINITY ? INFINITY : L * LOG2E; };
+
+	load_tile<D, BC, NT>(sK, k + koff, ldk, k0, T, tid);
+	load_tile<D, BC, NT>(sV, v + koff, ldk, k0, T, tid);
+	load_q(0, 0);
+	cp_commit();
+	if (tid < BR)
+		sL[tid] = lse_staged(lse_of(0, tid));
+
+	const int j_lo = k0 + warp * 16 + (lane >> 2), j_hi = j_lo + 8;
+	const int seg_lo = sg && j_lo < T ? sg[j_lo] : -1, seg_hi = sg && j_hi < T ? sg[j_hi] : -1;
+	float ak[D / 8][4], av[D / 8][4];
+#pragma unroll
+	for (int n = 0; n < D / 8; n++)
+#pragma unroll
+		for (int e = 0; e < 4; e++)
+			ak[n][e] = av[n][e] = 0.f;
+	uint32_t ka[KVREG ? D / 16 : 1][4], va[KVREG ? D / 16 : 1][4];
+
+	/* dQ of query head h, rows q0.. from dSᵀ in buffer cS: this warp's
+	 * rows m0.., columns n0..; A = dS from the stored dSᵀ (ldmatrix
+	 * transposing), B = K as stored. */
+	auto dq_tile = [&](const bf16 *cS, int h, int q0) {
+		const int m0 = warp / WPM * 16, n0 = warp % WPM * NQ;
+		float acc[NQ / 8][4];
+#pragma unroll
+		for (int n = 0; n < NQ / 8; n++)
+			acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+#pragma unroll
+		for (int kk = 0; kk < BC / 16; kk++) {
+			uint32_t a[4];
+			ldsm4t(a, smem_u32(cS + swz<BR>(kk * 16 + (lane & 7) + ((lane >> 4) << 3),
+							m0 + (((lane >> 3) & 1) << 3))));
+#pragma unroll
+			for (int np = 0; np < NQ / 16; np++) {
+				uint32_t bb[4];
+				ld_b_kn<D>(bb, sK, kk * 16, n0 + np * 16, lane);
+				mma16816(acc[2 * np], a, bb[0], bb[1]);
+				mma16816(acc[2 * np + 1], a, bb[2], bb[3]);
+			}
+		}
+		const int i_lo = q0 + m0 + (lane >> 2), i_hi = i_lo + 8;
+		float *wb = dqw + (int64_t)b * T * ldq + (int64_t)h * D + n0 + ((lane & 3) << 1);
+#pragma unroll
+		for (int n = 0; n < NQ / 8; n++) {
+			if (i_lo < T)
+				atomicAdd((float2 *)(wb + i_lo * ldq + n * 8),
+					  make_float2(acc[n][0], acc[n][1]));
+			if (i_hi < T)
+				atomicAdd((float2 *)(wb + i_hi * ldq + n * 8),
+					  make_float2(acc[n][2], acc[n][3]));
+		}
+	};
+
+	for (int it = 0; it < nit; it++) {
+		const int q0 = (qt0 + it % nqt) * BR, st = it & 1;
+		/* Past the barrier iteration it's tiles have landed and every
+		 * warp is done with iteration it - 1: with its stage of Q and
+		 * dout (the next loads take it) and its dSᵀ buffer written. */
+		cp_wait<0>();
+		__syncthreads();
+		/* the next lse read now, staged at the end of the iteration */
+		float lnext = 0.f;
+		if (it + 1 < nit) {
+			load_q(it + 1, st ^ 1);
+			cp_commit();
+			if (tid < BR)
+				lnext = lse_of(it + 1, tid);
+		}
+		if (dqw && it > 0) {
+			const int pit = it - 1;
+			dq_tile(sS + (pit & 1) * BC * BR, g * rep + pit / nqt, (qt0 + pit % nqt) * BR);
+		}
+		const bf16 *cQ = sQ + st * BR * D, *cO = sO + st * BR * D;
+		const float *cL = sL + st * BR, *cD = sD + st * BR;
+
+		if (KVREG && it == 0) {
+#pragma unroll
+			for (int kk = 0; kk < (KVREG ? D / 16 : 1); kk++) {
+				ld_a<D>(ka[kk], sK, warp * 16, kk * 16, lane);
+				ld_a<D>(va[kk], sV, warp * 16, kk * 16, lane);
+			}
+		}
+		/* A warp whose keys all lie past T or (causal) after the
+		 * tile's last query has Pᵀ = dSᵀ = 0: it only writes its zeros
+		 * for dQ. */
+		const bool live = k0 + warp * 16 < T && !(causal && k0 + warp * 16 > q0 + BR - 1);
+
+		float s[BR / 8][4], dp[BR / 8][4];
+#pragma unroll
+		for (int n = 0; n < BR / 8; n++)
+#pragma unroll
+			for (int e = 0; e < 4; e++)
+				s[n][e] = dp[n][e] = 0.f;
+		if (live) {
+#pragma unroll
+			for (int kk = 0; kk < D / 16; kk++) {
+				const int x = KVREG ? kk : 0;
+				if (!KVREG) {
+					ld_a<D>(ka[0], sK, warp * 16, kk * 16, lane);
+					ld_a<D>(va[0], sV, warp * 16, kk * 16, lane);
+				}
+#pragma unroll
+				for (int np = 0; np < BR / 16; np++) {
+					uint32_t bb[4];
+					ld_b_nk<D>(bb, cQ, np * 16, kk * 16, lane);
+					mma16816(s[2 * np], ka[x], bb[0], bb[1]);
+					mma16816(s[2 * np + 1], ka[x], bb[2], bb[3]);
+					ld_b_nk<D>(bb, cO, np * 16, kk * 16, lane);
+					mma16816(dp[2 * np], va[x], bb[0], bb[1]);
+					mma16816(dp[2 * np + 1], va[x], bb[2], bb[3]);
+				}
+			}
+		}
+
+		const bool need_mask = q0 + BR > T || k0 + warp * 16 + 16 > T || sg ||
+				       (causal && q0 < k0 + warp * 16 + 15);
+		/* Pᵀ and dSᵀ, columns are queries, packed to bf16 pairs in the
+		 * C layout: pp[n][0] row lo, pp[n][1] row hi (0 for a warp that
+		 * is not live). */
+		uint32_t pp[BR / 8][2], ds[BR / 8][2];
+#pragma unroll
+		for (int n = 0; n < BR / 8; n++)
+			pp[n][0] = pp[n][1] = ds[n][0] = ds[n][1] = 0u;
+		if (live) {
+#pragma unroll
+			for (int n = 0; n < BR / 8; n++) {
+				const int c = n * 8 + ((lane & 3) << 1);
+				float pe[4], de[4];
+#pragma unroll
+				for (int e = 0; e < 4; e++) {
+					const int ci = c + (e & 1);
+					float p = ex2(s[n][e] * scale_log2 - cL[ci]);
+					if (need_mask) {
+						const int i = q0 + ci, j = e < 2 ? j_lo : j_hi;
+						const int sj = e < 2 ? seg_lo : seg_hi;
+						bool ok = i < T && j < T && (!causal || j <= i) &&
+							  (!sg || (sj >= 0 && sg[i] == sj));
+						if (!ok)
+							p = 0.f;
+					}
+					pe[e] = p;
+					de[e] = p * (dp[n][e] - cD[ci]);
+				}
+				pp[n][0] = pack_bf16(pe[0], pe[1]);
+				pp[n][1] = pack_bf16(pe[2], pe[3]);
+				ds[n][0] = pack_bf16(de[0], de[1]);
+				ds[n][1] = pack_bf16(de[2], de[3]);
+			}
+		}
+		if (dqw) {
+			bf16 *cS = sS + st * BC * BR;
+			const int r = warp * 16 + (lane >> 2), c = (lane & 3) << 1;
+#pragma unroll
+			for (int n = 0; n < BR / 8; n++) {
+				*(uint32_t *)(cS + swz<BR>(r, n * 8) + c) = ds[n][0];
+				*(uint32_t *)(cS + swz<BR>(r + 8, n * 8) + c) = ds[n][1];
+			}
+		}
+
+		if (live) {
+#pragma unroll
+			for (int kk = 0; kk < BR / 16; kk++) {
+				/* two n8 tiles of C as one k16 A operand */
+				const uint32_t ap[4] = {pp[2 * kk][0], pp[2 * kk][1], pp[2 * kk + 1][0],
+							pp[2 * kk + 1][1]};
+				const uint32_t as[4] = {ds[2 * kk][0], ds[2 * kk][1], ds[2 * kk + 1][0],
+							ds[2 * kk + 1][1]};
+#pragma unroll
+				for (int dd = 0; dd < D / 16; dd++) {
+					uint32_t bb[4];
+					ld_b_kn<D>(bb, cO, kk * 16, dd * 16, lane);
+					mma16816(av[2 * dd], ap, bb[0], bb[1]);
+					mma16816(av[2 * dd + 1], ap, bb[2], bb[3]);
+					ld_b_kn<D>(bb, cQ, kk * 16, dd * 16, lane);
+					mma16816(ak[2 * dd], as, bb[0], bb[1]);
+					mma16816(ak[2 * dd + 1], as, bb[2], bb[3]);
+				}
+			}
+		}
+		if (it + 1 < nit && tid < BR)
+			sL[(st ^ 1) * BR + tid] = lse_staged(lnext);
+	}
+	/* the last iteration's dQ */
+	if (dqw && nit > 0) {
+		__syncthreads();
+		dq_tile(sS + ((nit - 1) & 1) * BC * BR, g * rep + (nit - 1) / nqt,
+			(qt0 + (nit - 1) % nqt) * BR);
+	}
+
+	const int64_t c0 = koff + ((lane & 3) << 1);
+#pragma unroll
+	for (int n = 0; n < D / 8; n++) {
+#pragma unroll
+		for (int half = 0; half < 2; half++) {
+			const int j = half ? j_hi : j_lo;
+			if (j >= T)
+				continue;
+			const int64_t off = c0 + j * ldk + n * 8;
+			if (dk) {
+				__nv_bfloat162 *p = (__nv_bfloat162 *)(dk + off);
+				float2 old = __bfloat1622float2(*p);
+				*p = __floats2bfloat162_rn(old.x + scale * ak[n][2 * half],
+							   old.y + scale * ak[n][2 * half + 1]);
+			}
+			if (dv) {
+				__nv_bfloat162 *p = (__nv_bfloat162 *)(dv + off);
+				float2 old = __bfloat1622float2(*p);
+				*p = __floats2bfloat162_rn(old.x + av[n][2 * half],
+							   old.y + av[n][2 * half + 1]);
+			}
+		}
+	}
+}
+
+/* dq += scale w, 8 elements a thread (w the float32 sums of bwd_atomic_mma). */
+__global__ void dq_add(bf16 *__restrict__ dq, const float *__restrict__ w, int64_t n8, float scale)
+{
+	for (int64_t x = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; x < n8;
+	     x += (int64_t)gridDim.x * blockDim.x) {
+		const float4 lo = ((const float4 *)w)[2 * x], hi = ((const float4 *)w)[2 * x + 1];
+		uint4 u = ((const uint4 *)dq)[x];
+		__nv_bfloat162 *h2 = (__nv_bfloat162 *)&u;
+		const float f[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+#pragma unroll
+		for (int e = 0; e < 4; e++) {
+			float2 o = __bfloat1622float2(h2[e]);
+			h2[e] = __floats2bfloat162_rn(o.x + scale * f[2 * e], o.y + scale * f[2 * e + 1]);
+		}
+		((uint4 *)dq)[x] = u;
+	}
+}
+
 /* ------------------------------------------------ simple kernels (any D) */
 
 /* One warp per row; lane l holds elements d = l + 32 t of a D-vector, t <
@@ -802,6 +1165,46 @@ __global__ void __launch_bounds__(WPB * 32)
 	s = warp_sum(s);
 	if (lane == 0)
 		delta[at] = lse[at] == -INFINITY ? 0.f : s;
+}
+
+/* The same for BF16 rows of D = 8 TPR elements (TPR a power of two up to
+ * 32, rows 16-byte aligned): a thread per 16 bytes, 32/TPR rows a warp. */
+template <int TPR>
+__global__ void __launch_bounds__(256)
+	delta_bf16(float *__restrict__ delta, const bf16 *__restrict__ dout,
+		   const bf16 *__restrict__ out, const float *__restrict__ lse, int64_t rows, int T,
+		   int H)
+{
+	const int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, r = t / TPR;
+	float s = 0.f;
+	if (r < rows) {
+		const uint4 a = ((const uint4 *)dout)[t], c = ((const uint4 *)out)[t];
+		const __nv_bfloat162 *x = (const __nv_bfloat162 *)&a, *y = (const __nv_bfloat162 *)&c;
+#pragma unroll
+		for (int e = 0; e < 4; e++) {
+			const float2 fx = __bfloat1622float2(x[e]), fy = __bfloat1622float2(y[e]);
+			s += fx.x * fy.x + fx.y * fy.y;
+		}
+	}
+#pragma unroll
+	for (int o = TPR / 2; o > 0; o >>= 1)
+		s += __shfl_xor_sync(FULL, s, o);
+	if (r < rows && t % TPR == 0) {
+		/* row r is (b, i, h) */
+		const int64_t bi = r / H, at = ((bi / T) * H + r % H) * T + bi % T;
+		delta[at] = lse[at] == -INFINITY ? 0.f : s;
+	}
+}
+
+template <int TPR>
+static int delta_bf16_launch(cudaStream_t st, float *delta, const void *dout, const void *out,
+			     const float *lse, int64_t rows, int T, int H)
+{
+	const int64_t n = rows * TPR;
+	delta_bf16<TPR><<<(unsigned)((n + 255) / 256), 256, 0, st>>>(
+		delta, (const bf16 *)dout, (const bf16 *)out, lse, rows, T, H);
+	LMK_CK_LAUNCH();
+	return 0;
 }
 
 /* dq_i += scale Σ_j p_ij (dout_i·v_j - delta_i) k_j, a warp per query row. */
@@ -1186,7 +1589,8 @@ extern "C" int lmk_cuda_attention_forward(void *be, lmk_dtype dt, void *out, flo
 		return rc;
 	cudaStream_t st = stream_of(be);
 	causal = causal != 0;
-	if (use_mma(dt, D, out, q, k, v, nullptr)) {
+	/* the mma forward keeps its running max on the unscaled logits */
+	if (use_mma(dt, D, out, q, k, v, nullptr) && scale > 0.f) {
 		if (D == 64)
 			return fwd_mma_launch<64>(st, out, lse, q, k, v, seg, (int)B, (int)T, (int)H,
 						  (int)K, scale, causal);
@@ -1234,6 +1638,52 @@ static int bwd_mma_launch(cudaStream_t st, void *dq, void *dk, void *dv, const f
 	return 0;
 }
 
+template <int D>
+static int bwd_atomic_launch(void *be, cudaStream_t st, void *dq, void *dk, void *dv,
+			  const float *delta, const void *dout, const void *q, const void *k,
+			  const void *v, const float *lse, const int32_t *seg, int B, int T, int H,
+			  int K, float scale, int causal)
+{
+	using C = BwdCfg<D>;
+	const size_t smem = (size_t)(2 * C::BC + 4 * C::BR + 2 * C::BC * C::BR / D) * D * sizeof(bf16) +
+			    4 * C::BR * sizeof(float);
+	int rc = set_smem(bwd_atomic_mma<D>, smem);
+	if (rc < 0)
+		return rc;
+	/* dq's float32 sums: (B,T,H,D) zeroed, the kernel adds, dq_add
+	 * rounds them into dq */
+	const int64_t n = (int64_t)B * T * H * D;
+	float *w = nullptr;
+	if (dq) {
+#if HAVE_BACKEND_H
+		w = (float *)lmk_cuda_scratch((lmk_cuda_backend *)be, (size_t)n * sizeof(float));
+		if (!w)
+			return lmk_errcode();
+#else
+		LMK_CK(cudaMallocAsync((void **)&w, (size_t)n * sizeof(float), st));
+#endif
+		LMK_CK(cudaMemsetAsync(w, 0, (size_t)n * sizeof(float), st));
+	}
+	dim3 grid((T + C::BC - 1) / C::BC, K, B);
+	bwd_atomic_mma<D><<<grid, C::NW * 32, smem, st>>>(w, (bf16 *)dk, (bf16 *)dv, (const bf16 *)dout,
+						   (const bf16 *)q, (const bf16 *)k, (const bf16 *)v,
+						   lse, delta, seg, T, H, K, scale, scale * LOG2E,
+						   causal);
+	cudaError_t e = cudaGetLastError();
+	if (e == cudaSuccess && dq) {
+		const int64_t n8 = n / 8;
+		const int blocks = (int)std::min<int64_t>((n8 + 255) / 256, 8192);
+		dq_add<<<blocks, 256, 0, st>>>((bf16 *)dq, w, n8, scale);
+		e = cudaGetLastError();
+	}
+#if !HAVE_BACKEND_H
+	if (w)
+		LMK_CK(cudaFreeAsync(w, st));
+#endif
+	LMK_CK(e);
+	return 0;
+}
+
 template <typename Tin, int NT>
 static int bwd_simple_launch(cudaStream_t st, void *dq, void *dk, void *dv, const float *delta,
 			     const void *dout, const void *q, const void *k, const void *v,
@@ -1270,18 +1720,41 @@ extern "C" int lmk_cuda_attention_backward(void *be, lmk_dtype dt, void *dq, voi
 	cudaStream_t st = stream_of(be);
 	causal = causal != 0;
 	const dim3 nb((unsigned)((T + WPB - 1) / WPB), (unsigned)H, (unsigned)B);
-	if (dt == LMK_BF16)
-		delta_kernel<bf16><<<nb, WPB * 32, 0, st>>>(delta, (const bf16 *)dout,
-							    (const bf16 *)out, lse, (int)B, (int)T,
-							    (int)H, (int)D);
-	else
-		delta_kernel<float><<<nb, WPB * 32, 0, st>>>(delta, (const float *)dout,
-							     (const float *)out, lse, (int)B,
-							     (int)T, (int)H, (int)D);
-	LMK_CK_LAUNCH();
+	const int64_t rows = B * T * H;
+	if (dt == LMK_BF16 && D % 8 == 0 && 32 % (D / 8) == 0 && aligned16(dout) && aligned16(out)) {
+		switch ((int)D / 8) {
+		case 1: rc = delta_bf16_launch<1>(st, delta, dout, out, lse, rows, (int)T, (int)H); break;
+		case 2: rc = delta_bf16_launch<2>(st, delta, dout, out, lse, rows, (int)T, (int)H); break;
+		case 4: rc = delta_bf16_launch<4>(st, delta, dout, out, lse, rows, (int)T, (int)H); break;
+		case 8: rc = delta_bf16_launch<8>(st, delta, dout, out, lse, rows, (int)T, (int)H); break;
+		case 16: rc = delta_bf16_launch<16>(st, delta, dout, out, lse, rows, (int)T, (int)H); break;
+		default: rc = delta_bf16_launch<32>(st, delta, dout, out, lse, rows, (int)T, (int)H);
+		}
+		if (rc < 0)
+			return rc;
+	} else {
+		if (dt == LMK_BF16)
+			delta_kernel<bf16><<<nb, WPB * 32, 0, st>>>(delta, (const bf16 *)dout,
+								    (const bf16 *)out, lse, (int)B,
+								    (int)T, (int)H, (int)D);
+		else
+			delta_kernel<float><<<nb, WPB * 32, 0, st>>>(delta, (const float *)dout,
+								     (const float *)out, lse, (int)B,
+								     (int)T, (int)H, (int)D);
+		LMK_CK_LAUNCH();
+	}
 	if (!dq && !dk && !dv)
 		return 0;
 	if (use_mma(dt, D, dout, q, k, v, dq) && (!dk || aligned16(dk)) && (!dv || aligned16(dv))) {
+		if (nondeterministic(be)) {
+			if (D == 64)
+				return bwd_atomic_launch<64>(be, st, dq, dk, dv, delta, dout, q, k, v,
+							     lse, seg, (int)B, (int)T, (int)H, (int)K,
+							     scale, causal);
+			return bwd_atomic_launch<128>(be, st, dq, dk, dv, delta, dout, q, k, v, lse,
+						      seg, (int)B, (int)T, (int)H, (int)K, scale,
+						      causal);
+		}
 		if (D == 64)
 			return bwd_mma_launch<64>(st, dq, dk, dv, delta, dout, q, k, v, lse, seg,
 						  (int)B, (int)T, (int)H, (int)K, scale, causal);
@@ -1294,6 +1767,16 @@ extern "C" int lmk_cuda_attention_backward(void *be, lmk_dtype dt, void *dq, voi
 	}
 	SIMPLE_DISPATCH(bwd_simple_launch, float, D, st, dq, dk, dv, delta, dout, q, k, v, lse,
 			seg, (int)B, (int)T, (int)H, (int)K, (int)D, scale, causal)
+}
+
+extern "C" void lmk_cuda_attention_set_nondeterministic(void *be, int on)
+{
+#if HAVE_BACKEND_H
+	((lmk_cuda_backend *)be)->nondeterministic = on != 0;
+#else
+	(void)be;
+	(void)on;
+#endif
 }
 
 template <typename Tin, bool VEC>

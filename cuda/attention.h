@@ -1,8 +1,9 @@
 /* attention.h: scaled-dot-product attention on the GPU, the CUDA face of
  * lmk_cpu_attention_forward/backward (lib/ops_cpu.h) with the same arguments
  * and semantics, plus single-token decoding against a KV cache.
- * Owns: nothing (scratch for split decoding is taken from the stream's pool
- * and given back before returning). Needs: cuda.h (the context's stream).
+ * Owns: nothing (scratch for split decoding and the backward's dq sums is
+ * the context's, or taken from the stream's pool and given back before
+ * returning). Needs: cuda.h (the context's stream).
  * Never: prints, exits, synchronizes the stream.
  *
  * Shape letters: B batch, T time, H query heads, K key/value heads (H a
@@ -33,8 +34,12 @@ int lmk_cuda_attention_forward(void *be, lmk_dtype dt, void *out /*(B,T,H,D)*/,
 			       int64_t H, int64_t K, int64_t D, float scale, int causal);
 
 /* Adds (+=) the gradients into dq, dk, dv (each may be NULL: not wanted);
- * delta is scratch that ends holding rowsum(dout * out). Deterministic: no
- * float atomics, every sum in a fixed order. @return : as the forward */
+ * delta is scratch that ends holding rowsum(dout * out). Deterministic (no
+ * float atomics, every sum in a fixed order) unless the context was set
+ * nondeterministic, where the BF16 kernels of head dims 64 and 128 take a
+ * faster path that sums dq with float atomics (its low bits then vary
+ * between runs). @return : as the forward, or LMK_ENOMEM when that path's
+ * scratch cannot be had */
 int lmk_cuda_attention_backward(void *be, lmk_dtype dt, void *dq /*(B,T,H,D)*/,
 				void *dk /*(B,T,K,D)*/, void *dv /*(B,T,K,D)*/,
 				float *delta /*(B,H,T) scratch*/, const void *dout /*(B,T,H,D)*/,
@@ -43,6 +48,10 @@ int lmk_cuda_attention_backward(void *be, lmk_dtype dt, void *dq /*(B,T,H,D)*/,
 				const float *lse /*(B,H,T)*/, const int32_t *seg /*(B,T) or NULL*/,
 				int64_t B, int64_t T, int64_t H, int64_t K, int64_t D, float scale,
 				int causal);
+
+/* on != 0 lets the backward of this context sum with float atomics (see
+ * above); 0, the default, keeps it deterministic. */
+void lmk_cuda_attention_set_nondeterministic(void *be, int on);
 
 /* One new query per head against Tk cached keys, all of them visible (the
  * new token's own key is the cache's last row): the forward's last row of a

@@ -37,6 +37,7 @@ struct lmk_cuda_backend {
 	unsigned *flags;             /* device word of LMK_CUDA_BAD_* bits */
 	void *scratch;               /* device scratch of reductions, grown on demand */
 	size_t scratch_bytes;
+	int nondeterministic;        /* 1: kernels may sum with float atomics (faster attention backward) */
 	lmk_lt_entry lt_cache[LMK_LT_CACHE];
 	int lt_n, lt_next;
 };

@@ -9,7 +9,10 @@
  * that assigns instead of adding fails; some cases ask for only some of
  * them) and delta, given the same out and lse on both sides; decoding
  * against the causal forward's last row; long caches (split decoding)
- * against a float64 reference. Error = ||gpu - cpu|| / ||cpu|| (of the
+ * against a float64 reference. BF16 cases run twice: with the default
+ * (deterministic) backward and with the nondeterministic one (float atomics
+ * in dq); two default backward runs must give the same bits.
+ * Error = ||gpu - cpu|| / ||cpu|| (of the
  * gradient, for the accumulated outputs): F32 under 1e-5, BF16 under 1e-2
  * (lse 1e-4: it never passes through bf16); NaN never passes; a row that
  * sees nothing must give exactly 0 and lse -inf.
@@ -492,7 +495,11 @@ START_TEST(test_table)
 						/* every fifth case wants only some gradients */
 						if (idx % 5 == 4)
 							c.grads = idx % 2 ? 1 : 6;
-						bad += !run_case(&c, 1000 + (uint64_t)idx);
+						for (int nd = 0; nd <= di; nd++) {
+							lmk_cuda_attention_set_nondeterministic(be, nd);
+							bad += !run_case(&c, 1000 + (uint64_t)idx);
+						}
+						lmk_cuda_attention_set_nondeterministic(be, 0);
 					}
 	/* a realistic length, fewer combinations (the CPU reference is slow),
 	 * and the widest head dims of the simple kernels */
@@ -504,12 +511,75 @@ START_TEST(test_table)
 			for (size_t x = 0; x < sizeof more / sizeof more[0]; x++, idx++) {
 				acase c = {di ? LMK_BF16 : LMK_F32, 1, more[x].T, 4, 2, more[x].D,
 					   more[x].causal, more[x].seg, 7};
-				bad += !run_case(&c, 5000 + (uint64_t)idx);
+				for (int nd = 0; nd <= di; nd++) {
+					lmk_cuda_attention_set_nondeterministic(be, nd);
+					bad += !run_case(&c, 5000 + (uint64_t)idx);
+				}
+				lmk_cuda_attention_set_nondeterministic(be, 0);
 			}
 	}
 	summary();
 	ck_assert_msg(bad == 0, "%d of %d cases failed (the first %d are printed above)", bad,
 		      ncase[0] + ncase[1], MAXFAIL);
+}
+END_TEST
+
+/* Two default (deterministic) BF16 backward runs give the same bits, at a
+ * length of several key and query blocks, with grouped-query heads. */
+START_TEST(test_deterministic)
+{
+	static const int64_t Ds[] = {64, 128};
+	const int64_t B = 2, T = 333, H = 4, K = 2;
+	lmk_cuda_attention_set_nondeterministic(be, 0);
+	for (int x = 0; x < 2; x++) {
+		const int64_t D = Ds[x];
+		const size_t nq = (size_t)(B * T * H * D), nk = (size_t)(B * T * K * D),
+			     nl = (size_t)(B * H * T);
+		const float scale = 1.0f / sqrtf((float)D);
+		lmk_rng r;
+		lmk_rng_init(&r, 99 + (uint64_t)x);
+		float *q = rnd(&r, nq, 2.0f, LMK_BF16), *k = rnd(&r, nk, 1.0f, LMK_BF16);
+		float *v = rnd(&r, nk, 1.0f, LMK_BF16), *dout = rnd(&r, nq, 1.0f, LMK_BF16);
+		void *d_q = dev_up(LMK_BF16, q, nq), *d_k = dev_up(LMK_BF16, k, nk);
+		void *d_v = dev_up(LMK_BF16, v, nk), *d_do = dev_up(LMK_BF16, dout, nq);
+		void *d_o = dev_new(nq * 2, 0), *d_lse = dev_new(nl * 4, 0), *d_delta = dev_new(nl * 4, 0);
+		void *g[2][3];
+		const size_t gb[3] = {nq * 2, nk * 2, nk * 2};
+		for (int run = 0; run < 2; run++)
+			for (int w = 0; w < 3; w++)
+				g[run][w] = dev_new(gb[w], 0);
+		ck_assert(d_q && d_k && d_v && d_do && d_o && d_lse && d_delta);
+		ck_assert_int_eq(lmk_cuda_attention_forward(be, LMK_BF16, d_o, d_lse, d_q, d_k, d_v,
+							    NULL, B, T, H, K, D, scale, 1),
+				 0);
+		for (int run = 0; run < 2; run++) {
+			ck_assert(g[run][0] && g[run][1] && g[run][2]);
+			ck_assert_int_eq(lmk_cuda_attention_backward(be, LMK_BF16, g[run][0], g[run][1],
+								     g[run][2], d_delta, d_do, d_q,
+								     d_k, d_v, d_o, d_lse, NULL, B, T,
+								     H, K, D, scale, 1),
+					 0);
+		}
+		ck_assert_int_eq(lmk_cuda_sync(be), 0);
+		for (int w = 0; w < 3; w++) {
+			unsigned char *a = malloc(gb[w]), *c = malloc(gb[w]);
+			ck_assert(a && c);
+			ck_assert_int_eq(lmk_cuda_download(be, a, g[0][w], gb[w]), 0);
+			ck_assert_int_eq(lmk_cuda_download(be, c, g[1][w], gb[w]), 0);
+			ck_assert_msg(memcmp(a, c, gb[w]) == 0,
+				      "D=%lld: %s differs between two default backward runs",
+				      (long long)D, w == 0 ? "dq" : w == 1 ? "dk" : "dv");
+			free(a);
+			free(c);
+		}
+		for (int run = 0; run < 2; run++)
+			for (int w = 0; w < 3; w++)
+				lmk_cuda_mem_free(g[run][w]);
+		lmk_cuda_mem_free(d_q), lmk_cuda_mem_free(d_k), lmk_cuda_mem_free(d_v);
+		lmk_cuda_mem_free(d_do), lmk_cuda_mem_free(d_o), lmk_cuda_mem_free(d_lse);
+		lmk_cuda_mem_free(d_delta);
+		free(q), free(k), free(v), free(dout);
+	}
 }
 END_TEST
 
@@ -624,6 +694,7 @@ int main(void)
 	TCase *tc = tcase_create("attention");
 	tcase_add_test(tc, test_errors);
 	tcase_add_test(tc, test_table);
+	tcase_add_test(tc, test_deterministic);
 	tcase_add_test(tc, test_decode_long);
 	tcase_set_timeout(tc, 600);
 	suite_add_tcase(su, tc);
