@@ -24,7 +24,8 @@
 # the shared libraries are bundled there: scripts/gpu-train-check.sh
 # --bundle). Environment (defaults): BUILD (build-gpu), STEPS (30, ours and
 # eager), COMPILE_STEPS (20), WARMUP (5), BATCH (32), ACCUM (1), SEQ (1024),
-# PEAK (989e12), TORCH (1; 0 skips both torch runs), COMPILE (1; 0 skips
+# PEAK (989e12), OURS_FLAGS (more lla-train options, e.g.
+# --nondeterministic), TORCH (1; 0 skips both torch runs), COMPILE (1; 0 skips
 # torch.compile), OUT (if set, the metrics and logs go there). If ours fails
 # at BATCH it is run again at BATCH/2 with ACCUM*2 (the same tokens a step),
 # and the table says so; torch runs the batch ours ran.
@@ -45,6 +46,7 @@ PEAK=${PEAK:-989e12}
 TORCH=${TORCH:-1}
 COMPILE=${COMPILE:-1}
 OURS_TIMEOUT=${OURS_TIMEOUT:-120}
+OURS_FLAGS=${OURS_FLAGS:-}
 EAGER_TIMEOUT=${EAGER_TIMEOUT:-150}
 COMPILE_TIMEOUT=${COMPILE_TIMEOUT:-270}
 C=768 F=2048 L=12 H=12 V=32768
@@ -93,7 +95,7 @@ ours() {
 	timeout "$OURS_TIMEOUT" "$TRAIN" --data "$T/tokens.safetensors" --device cuda --dtype bf16 \
 		--hidden $C --intermediate $F --layers $L --heads $H --vocab $V --seq "$SEQ" \
 		--batch "$1" --accum "$2" --steps "$STEPS" --warmup 10 --lr 6e-4 --val-frac 0 \
-		--metrics "$T/ours.jsonl" >"$LOG/ours.log" 2>&1
+		--metrics "$T/ours.jsonl" $OURS_FLAGS >"$LOG/ours.log" 2>&1
 	rc=$?
 	cp "$T/ours.jsonl" "$LOG/" 2>/dev/null
 	[ $rc -eq 0 ] || { say "ours failed (exit $rc):"; tail -n 5 "$LOG/ours.log" >&2; }

@@ -113,6 +113,9 @@ static const char usage[] =
 "      --device=DEV         cpu, cuda or cuda:N (default cpu)\n"
 "      --dtype=DT           compute dtype: f32, or bf16 on cuda (default bf16\n"
 "                           on cuda, f32 on the cpu)\n"
+"      --nondeterministic   on cuda, a faster attention backward that sums with\n"
+"                           float atomics: runs are no longer the same bits\n"
+"                           from run to run (default: they are)\n"
 "Data parallel (one process per GPU; --batch is each GPU's):\n"
 "      --gpus=N             train on the first N GPUs of this machine, one\n"
 "                           process each\n"
@@ -142,7 +145,7 @@ enum {
 	O_KV_HEADS, O_INTERMEDIATE, O_VOCAB, O_MIXER, O_INIT, O_STEPS, O_BATCH, O_SEQ,
 	O_ACCUM, O_LR, O_MIN_LR, O_WARMUP, O_SCHEDULE, O_DECAY_STEPS, O_WD, O_BETA1,
 	O_BETA2, O_EPS, O_CLIP, O_THREADS, O_EVAL_EVERY, O_EVAL_BATCHES, O_SAMPLE,
-	O_TEMPERATURE, O_OUT, O_SAVE_EVERY, O_RESUME, O_METRICS, O_DEVICE, O_DTYPE, O_GPUS,
+	O_TEMPERATURE, O_OUT, O_SAVE_EVERY, O_RESUME, O_METRICS, O_DEVICE, O_DTYPE, O_NONDET, O_GPUS,
 	O_RENDEZVOUS, O_ADAPTER, O_OPTIM, O_TASK,
 };
 
@@ -179,6 +182,7 @@ static const struct option longopts[] = {
 	{"threads", required_argument, NULL, O_THREADS},
 	{"device", required_argument, NULL, O_DEVICE},
 	{"dtype", required_argument, NULL, O_DTYPE},
+	{"nondeterministic", no_argument, NULL, O_NONDET},
 	{"gpus", required_argument, NULL, O_GPUS},
 	{"rendezvous", required_argument, NULL, O_RENDEZVOUS},
 	{"eval-every", required_argument, NULL, O_EVAL_EVERY},
@@ -368,6 +372,9 @@ static void parse(int argc, char **argv, struct opts *o)
 			if (lmk_train_parse_dtype(a, &c->dtype) < 0)
 				prog_usage_error("option '--dtype' needs f32 or bf16, not '%s'", a);
 			o->dtype_given = 1;
+			break;
+		case O_NONDET:
+			c->nondeterministic = 1;
 			break;
 		case O_EVAL_EVERY: c->eval_every = prog_parse_long("--eval-every", a, 0, 1L << 40); break;
 		case O_EVAL_BATCHES:

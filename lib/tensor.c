@@ -13,6 +13,7 @@
 #if LMK_CUDA
 #include "../cuda/cuda.h"
 #include "../cuda/ops_cuda.h"
+#include "../cuda/attention.h"
 #endif
 
 #define ALIGN 64
@@ -245,6 +246,16 @@ int lmk_ctx_init_ex(lmk_ctx *c, lmk_device dev, int index, lmk_dtype dtype)
 	c->meta.dev = LMK_DEV_CPU;
 	c->meta.chunk = META_CHUNK;
 	return 0;
+}
+
+void lmk_ctx_set_nondeterministic(lmk_ctx *c, int on)
+{
+#if LMK_CUDA
+	if (c->dev == LMK_DEV_CUDA)
+		lmk_cuda_attention_set_nondeterministic(c->backend, on);
+#endif
+	(void)c;
+	(void)on;
 }
 
 void lmk_ctx_free(lmk_ctx *c)

@@ -96,6 +96,12 @@ int lmk_ctx_init_ex(lmk_ctx *c, lmk_device dev, int index, lmk_dtype dtype);
  * CPU. @return : 0, LMK_EINVAL or LMK_EDEVICE */
 int lmk_ctx_sync(lmk_ctx *c);
 void lmk_ctx_free(lmk_ctx *c);
+/* on != 0 lets this context's kernels trade run-to-run reproducibility for
+ * speed: on CUDA, attention's BF16 backward then sums dq with float atomics
+ * (the low bits of its gradients vary between identical runs). 0, the
+ * default, keeps every result the same bits on every run. Nothing changes
+ * on the CPU, which is deterministic either way. */
+void lmk_ctx_set_nondeterministic(lmk_ctx *c, int on);
 /* Forgets the tape and every tensor made since the last reset. */
 void lmk_ctx_reset(lmk_ctx *c);
 

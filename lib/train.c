@@ -505,6 +505,7 @@ int lmk_trainer_init_dist(lmk_trainer *tr, const lmk_train_config *cfg, const lm
 		goto fail;
 	if ((rc = lmk_ctx_init_ex(&tr->ctx, cfg->device, cfg->device_index, cfg->dtype)) < 0)
 		goto fail;
+	lmk_ctx_set_nondeterministic(&tr->ctx, cfg->nondeterministic);
 	if (tr->dp && ((rc = dp_join(tr->dp, &tr->ctx, id)) < 0 || (rc = dp_buckets(tr->dp, p)) < 0))
 		goto fail;
 	/* Before the optimizer, so that its moments are made beside them. */

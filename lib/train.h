@@ -75,6 +75,8 @@ typedef struct lmk_train_config {
 	lmk_device device;   /* where the model trains */
 	int device_index;    /* which CUDA device (0: the first) */
 	lmk_dtype dtype;     /* compute dtype: F32; or BF16 on CUDA */
+	int nondeterministic; /* lmk_ctx_set_nondeterministic: faster, not
+			       * reproducible bit for bit (default 0) */
 	char optim[256];     /* "adamw", or GaLore's settings
 			      * ("galore:r=128,...", lib/galore.h) */
 } lmk_train_config;
