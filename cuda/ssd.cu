@@ -43,6 +43,7 @@
 #include "common.cuh"
 #include "cuda.h"
 #include "ssd_cuda.h"
+#include "mma.cuh"
 
 #define NT 256    /* threads of the chunk kernels */
 #define CMAX 64   /* largest chunk */
@@ -977,11 +978,6 @@ static __host__ __device__ tco tc_layout(int C, int Dk, int Dv, int kind)
 
 #define SMB(type, off) ((type *)(tcsm + (off)))
 
-static __device__ __forceinline__ uint32_t smem_u32(const void *p)
-{
-	return (uint32_t)__cvta_generic_to_shared(p);
-}
-
 /* 16 bytes from global to shared memory, zeros when !valid (src must still
  * be a mapped address) */
 static __device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid)
@@ -1018,16 +1014,6 @@ static __device__ __forceinline__ void ldsm4t(uint32_t (&r)[4], const bf16 *p)
 		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
 		     : "r"(smem_u32(p))
 		     : "memory");
-}
-
-/* c (16x8) += a (16x16, row) b (16x8, col) */
-static __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-						uint32_t b1)
-{
-	asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
-	    "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-	    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-	    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 /* two floats rounded to bf16, lo in the low half */
