@@ -106,6 +106,10 @@ else
 	check "--device cuda without CUDA or a GPU: exit 1, one line" 'rc_is 1 && { err_one_line "cuda: this build has no CUDA support" || err_one_line "cuda: no CUDA device on this machine"; }'
 fi
 
+run "$TRAIN" $TINY --steps 3 --eval-every 0 --quiet --metrics d1.jsonl
+run "$TRAIN" $TINY --steps 3 --eval-every 0 --quiet --metrics d2.jsonl --nondeterministic
+check "--nondeterministic on the cpu: the same losses (the cpu is deterministic)" 'rc_is 0 && [ "$(losses d1.jsonl)" = "$(losses d2.jsonl)" ] && [ "$(losses d2.jsonl | wc -l)" -eq 3 ]'
+
 # --- a tiny run from scratch ---
 run "$TRAIN" $TINY --steps 40 --out a --metrics a.jsonl --sample 16
 check "tiny run: exit 0" 'rc_is 0'
