@@ -16,7 +16,9 @@
 # (default cuda when this build has it and a GPU is there, else cpu),
 # MIXERS (names, or specs with settings: path:heads=4,head_dim=16),
 # HIDDEN, LAYERS, HEADS (state: attention's, default 2), STEPS, BATCH, LR,
-# THREADS (lla-train --threads; default all), and per experiment: MQAR_T
+# THREADS (lla-train --threads; default all), SEED (--seed, default 1; any
+# other seed names the MQAR runs and columns with a -sSEED suffix, so runs
+# of several seeds share OUT), and per experiment: MQAR_T
 # ("256 512"), MQAR_KV ("16 32 64"), MQAR_VOCAB (8192), LM_T (256),
 # STATE_T (64), STATE_TASKS ("s5 a5 flipflop"; also s5:swaps=1, S5 by
 # its transpositions).
@@ -32,7 +34,7 @@ if [ -z "${DEVICE:-}" ]; then
 fi
 ALL="attention linear mamba2 gdn ll-mamba2 ll-gdn path path-fox"
 LINEARS="attention linear mamba2 gdn ll-mamba2 ll-gdn"
-HIDDEN=${HIDDEN:-128} LAYERS=${LAYERS:-2} BATCH=${BATCH:-64}
+HIDDEN=${HIDDEN:-128} LAYERS=${LAYERS:-2} BATCH=${BATCH:-64} SEED=${SEED:-1}
 mkdir -p "$OUT/$what"
 export OMP_WAIT_POLICY=passive
 
@@ -53,7 +55,7 @@ run() {
 	if [ -s "$m.done" ] || [ -n "${REPORT_ONLY:-}" ]; then return 0; fi
 	rm -rf "$m" "$OUT/$what/$name"
 	echo "mixer-experiments: $what $name" >&2
-	if "$BIN" --device "$DEVICE" --metrics "$m" --quiet --seed 1 ${THREADS:+--threads "$THREADS"} "$@" \
+	if "$BIN" --device "$DEVICE" --metrics "$m" --quiet --seed "$SEED" ${THREADS:+--threads "$THREADS"} "$@" \
 		2>"$OUT/$what/$name.err"; then
 		echo ok >"$m.done"
 	else
@@ -102,9 +104,11 @@ mqar)
 	for T in $MQAR_T; do
 		for kv in $MQAR_KV; do
 			[ $((4 * kv)) -le "$T" ] || continue
-			cols="$cols T$T-kv$kv"
+			col=T$T-kv$kv
+			[ "$SEED" = 1 ] || col=$col-s$SEED
+			cols="$cols $col"
 			for mx in $MIXERS; do
-				run "$mx.T$T-kv$kv" --task "mqar:kv=$kv,vocab=$V,val=256" --seq "$T" \
+				run "$mx.$col" --task "mqar:kv=$kv,vocab=$V,val=256" --seq "$T" \
 					--hidden "$HIDDEN" --layers "$LAYERS" --heads 2 --mixer "$(spec "$mx")" \
 					--batch "$BATCH" --steps "$STEPS" --lr "$LR" --warmup 100 \
 					--weight-decay 0.1 --eval-every "$STEPS"
