@@ -846,33 +846,54 @@ static __device__ void smm3(float *Cm, int ldc, const float *A, int lda, const f
 	auto bt = [&](int k, int n) {
 		return k < Kk && n < N ? (TB ? Bm[n * ldb + k] : Bm[k * ldb + n]) : 0.f;
 	};
-	for (int tile = warp; tile < nt; tile += nw) {
-		const int r0 = tile / tn * 16, n0 = tile % tn * 32;
-		float acc[4][4];
+	/* the operands of one k step, loaded one step ahead (several operands
+	 * and results are in global memory: one wait per step, not per load) */
+	auto fetch = [&](int r0, int n0, int k0, float (&ra)[8], float (&rb)[16]) {
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			const int m = r0 + g8 + (i & 1) * 8, k = k0 + c2 + (i >> 1) * 8;
+			ra[2 * i] = at(m, k);
+			ra[2 * i + 1] = at(m, k + 1);
+		}
 #pragma unroll
 		for (int t = 0; t < 4; t++)
-			acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
-		for (int k0 = 0; k0 < Kk; k0 += 16) {
-			uint32_t ah[4], al[4];
 #pragma unroll
-			for (int i = 0; i < 4; i++) {
-				const int m = r0 + g8 + (i & 1) * 8, k = k0 + c2 + (i >> 1) * 8;
-				split2(ah[i], al[i], at(m, k), at(m, k + 1));
+			for (int i = 0; i < 2; i++) {
+				const int n = n0 + t * 8 + g8, k = k0 + c2 + 8 * i;
+				rb[4 * t + 2 * i] = bt(k, n);
+				rb[4 * t + 2 * i + 1] = bt(k + 1, n);
 			}
+	};
+	for (int tile = warp; tile < nt; tile += nw) {
+		const int r0 = tile / tn * 16, n0 = tile % tn * 32;
+		float acc[4][4], old[4][4];
+#pragma unroll
+		for (int t = 0; t < 4; t++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				const int i = r0 + g8 + (e >> 1) * 8, j = n0 + t * 8 + c2 + (e & 1);
+				acc[t][e] = 0.f;
+				old[t][e] = beta0 != 0.f && i < M && j < N ? Cm[i * ldc + j] : 0.f;
+			}
+		float ra[8], rb[16];
+		fetch(r0, n0, 0, ra, rb);
+		for (int k0 = 0; k0 < Kk; k0 += 16) {
+			uint32_t ah[4], al[4], bh[8], bl[8];
+#pragma unroll
+			for (int i = 0; i < 4; i++)
+				split2(ah[i], al[i], ra[2 * i], ra[2 * i + 1]);
+#pragma unroll
+			for (int i = 0; i < 8; i++)
+				split2(bh[i], bl[i], rb[2 * i], rb[2 * i + 1]);
+			if (k0 + 16 < Kk)
+				fetch(r0, n0, k0 + 16, ra, rb);
 #pragma unroll
 			for (int t = 0; t < 4; t++) {
-				const int n = n0 + t * 8 + g8;
-				uint32_t bh[2], bl[2];
-#pragma unroll
-				for (int i = 0; i < 2; i++) {
-					const int k = k0 + c2 + 8 * i;
-					split2(bh[i], bl[i], bt(k, n), bt(k + 1, n));
-				}
-				mma16816(acc[t], ah, bh[0], bh[1]);
+				mma16816(acc[t], ah, bh[2 * t], bh[2 * t + 1]);
 				if (!BX)
-					mma16816(acc[t], ah, bl[0], bl[1]);
+					mma16816(acc[t], ah, bl[2 * t], bl[2 * t + 1]);
 				if (!AX)
-					mma16816(acc[t], al, bh[0], bh[1]);
+					mma16816(acc[t], al, bh[2 * t], bh[2 * t + 1]);
 			}
 		}
 #pragma unroll
@@ -881,8 +902,7 @@ static __device__ void smm3(float *Cm, int ldc, const float *A, int lda, const f
 			for (int e = 0; e < 4; e++) {
 				const int i = r0 + g8 + (e >> 1) * 8, j = n0 + t * 8 + c2 + (e & 1);
 				if (i < M && j < N)
-					Cm[i * ldc + j] = (beta0 == 0.f ? 0.f : beta0 * Cm[i * ldc + j]) +
-							  alpha * acc[t][e];
+					Cm[i * ldc + j] = beta0 * old[t][e] + alpha * acc[t][e];
 			}
 	}
 }
