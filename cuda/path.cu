@@ -462,7 +462,7 @@ __global__ void __launch_bounds__(NT) flash_kernel(pws s, E *out, const E *v, co
  * FlashAttention-2 style (attention.cu's fwd_mma: mma.sync m16n8k16,
  * ldmatrix from swizzled bf16 tiles, cp.async double buffering, the
  * accumulators of one product the A operand of the next). A thread block
- * takes NB = 2 query blocks (128 rows), each warp 16 rows of one of them,
+ * takes NB query blocks (PfCfg: 1 or 2), each warp 16 rows of one of them,
  * and keeps per warp in registers its rows of Q~ (float32, the level of the
  * walk), of O, and the running max and sum. It does intra_kernel's work
  * first, each warp for its rows (X = tril(Q Wᵀ), Q~ = Q - X U, A = Q Kᵀ -
@@ -906,8 +906,11 @@ static __device__ void smm3(float *Cm, int ldc, const float *A, int lda, const f
 			}
 	}
 }
+/* NB query blocks per thread block: 2 at D 128 (one block of 8 warps per
+ * SM: its tiles serve twice the rows), 1 at D 64 (two blocks of 4 warps per
+ * SM, so that one's diagonal block and loads overlap the other's walk). */
 template <int D> struct PfCfg {
-	static constexpr int NB = 2, NW = 4 * NB, NTH = NW * 32, MINB = 1;
+	static constexpr int NB = D == 64 ? 1 : 2, NW = 4 * NB, NTH = NW * 32, MINB = D == 64 ? 2 : 1;
 	/* bf16 elements: 2 stages of K~ (or K), V, W, U (64 x D each), the
 	 * queries (NB 64 x D), the Z of each block (64 x 64) */
 	static constexpr int STAGE = 4 * 64 * D;
@@ -1553,14 +1556,18 @@ static __device__ __forceinline__ void st_rows16(bf16 *dst, const float (&x)[D /
  * storing the levels lv(m, n) (from the forward's Q~), then up it with the
  * adjoint A of the level in registers, storing adj(m, n), to dQ~ and the
  * rows' part of dg. Tiles as in fwd_mma (K~, V, W, U per stage). */
+/* bwd_q_mma: two query blocks per thread block of 8 warps. */
+struct PqCfg {
+	static constexpr int NB = 2, NTH = 256;
+};
+
 template <int D>
-__global__ void __launch_bounds__(PfCfg<D>::NTH, 1)
+__global__ void __launch_bounds__(PqCfg::NTH, 1)
 	bwd_q_mma(pws s, const bf16 *__restrict__ dout, const bf16 *__restrict__ v,
 		  const bf16 *__restrict__ w, const bf16 *__restrict__ kt16,
 		  const bf16 *__restrict__ u16, float scale)
 {
-	using Cfg = PfCfg<D>;
-	constexpr int NB = Cfg::NB, NTH = Cfg::NTH, C = 64, ST = BQ_STAGE<D>;
+	constexpr int NB = PqCfg::NB, NTH = PqCfg::NTH, C = 64, ST = BQ_STAGE<D>;
 	extern __shared__ __align__(128) unsigned char smem_raw[];
 	bf16 *sStage = (bf16 *)smem_raw; /* stage x: sStage + x ST: K~, V, W, U, L of each block */
 	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -2361,7 +2368,7 @@ static int bwd_mma_launch(cudaStream_t st, pws p, lmk_gbuf dv, const void *dout,
 	LMK_CK_LAUNCH();
 	to_bf16_kernel<<<grid_for(nkt, NT), NT, 0, st>>>(u16, p.u, nkt);
 	LMK_CK_LAUNCH();
-	using Cq = PfCfg<D>;
+	using Cq = PqCfg;
 	const size_t qsm = (size_t)(2 * BQ_STAGE<D> + Cq::NB * 64 * D) * sizeof(bf16);
 	int rc = set_smem(bwd_q_mma<D>, qsm);
 	if (rc < 0)
