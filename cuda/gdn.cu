@@ -1762,17 +1762,519 @@ static int tc_fwd_launch(lmk_cuda_backend *b, bf16 *out, const bf16 *q, const bf
 	return tc_walk_launch<DK, DV, 16>(b, out, q, k, W, U, G, B, Tn, H, nch, scale);
 }
 
+/* ------------------------------------------ log-linear, tensor cores */
+
+/* The chunked forward of log-linear GDN in BF16 for Dk, Dv in {64, 128},
+ * the algebra of head_chunked (lib/gdn.c) on the tensor cores with chunks
+ * of 64 (aligned with the Fenwick buckets: the levels 0..6 of a query-key
+ * pair inside a chunk depend only on their offsets, a pair in different
+ * chunks has level 6 + the chunk-level of the two chunks):
+ *  prep (gdn_tc_prep, with Tm): g, W = Tm diag(beta gamma) K, U = Tm
+ *        diag(beta) V and Tm (bf16);
+ *  intra (grid chunks x heads): P = Q Kᵀ ⊙ exp(g_i - g_j) (j <= i), the
+ *        output inside the chunk O = scale ((P Tm diag(beta)) ⊙ Λ) V with
+ *        Λ_is = lam_i[level(i,s)] (to out, bf16), and Qe = diag(gamma) Q -
+ *        P W (bf16 in scratch), what reads the states entering the chunk;
+ *  walk (grid heads x blocks of BV value columns): the chunks in order with
+ *        the chunk-level states S_l (Dk x BV; level l >= 1 holds keys for
+ *        chunk ci when bit l-1 of ci is set): o_i += scale lam_i[6 + l]
+ *        Qe_i S_l for each live l, then the states leaving the chunk. Of
+ *        the binary counter's carry into the next chunk (levels 0..j merge
+ *        into j + 1, j = ctz(ci + 1)), levels 1..j are live here and are
+ *        summed before their (common, linear) transition, so that the
+ *        merged state is one plain GDN update: S_{j+1} = gamma_n Σ S_l +
+ *        Kᵀ diag(exp(g_n - g_r)) (U - W Σ S_l); every other live level
+ *        takes S_l = gamma_n S_l - Kᵀ diag(exp(g_n - g_r)) W S_l.
+ * The walk keeps each level's state in shared memory twice: float32 in
+ * the accumulator layout of the thread that updates it (the sums) and a
+ * bf16 copy (the operand of the row products). */
+
+/* grid (chunks, B*H), TC_THREADS: out rows of the chunk (the intra-chunk
+ * part, already scaled) and Qe (B*H, nch*GC, DK) bf16. Warp w the rows
+ * 16w.. */
+template <int DK, int DV> struct ll_intra_smem {
+	bf16 Q[GC * DK], K[GC * DK], W[GC * DK], V[GC * DV], Tm[GC * GC];
+	float g[GC], b[GC], lam[GC][8];
+};
+
+template <int DK, int DV>
+__global__ void __launch_bounds__(TC_THREADS)
+gdn_ll_intra(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, bf16 *__restrict__ Qeg,
+	     const bf16 *__restrict__ q /*(B,Tn,H,DK)*/, const bf16 *__restrict__ k,
+	     const bf16 *__restrict__ v /*(B,Tn,H,DV)*/, const bf16 *__restrict__ be /*(B,Tn,H)*/,
+	     const bf16 *__restrict__ lam /*(B,Tn,H,NL)*/, const bf16 *__restrict__ Wg,
+	     const float *__restrict__ Gg, const bf16 *__restrict__ Tg, int64_t Tn, int64_t H,
+	     int64_t NL, int nch, float scale)
+{
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	ll_intra_smem<DK, DV> &s = *(ll_intra_smem<DK, DV> *)smem_raw;
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, ci = blockIdx.x;
+	const int64_t bh = blockIdx.y, b = bh / H, h = bh % H, t0 = (int64_t)ci * GC;
+	const int64_t crow = (bh * nch + ci) * GC;
+	const int n = Tn - t0 < GC ? (int)(Tn - t0) : GC;
+	load_tile<DK, GC>(s.Q, q + (b * Tn * H + h) * DK, H * DK, t0, Tn, tid);
+	load_tile<DK, GC>(s.K, k + (b * Tn * H + h) * DK, H * DK, t0, Tn, tid);
+	load_tile<DV, GC>(s.V, v + (b * Tn * H + h) * DV, H * DV, t0, Tn, tid);
+	load_tile<DK, GC>(s.W, Wg + crow * DK, DK, 0, GC, tid);
+	load_tile<GC, GC>(s.Tm, Tg + crow * GC, GC, 0, GC, tid);
+	cp_commit();
+	if (tid < GC) {
+		int64_t idx = (b * Tn + t0 + tid) * H + h;
+		s.g[tid] = Gg[crow + tid];
+		s.b[tid] = tid < n ? tof(be[idx]) : 0.0f;
+#pragma unroll
+		for (int l = 0; l < 8; l++)
+			s.lam[tid][l] = tid < n && l < NL ? tof(lam[idx * NL + l]) : 0.0f;
+	}
+	cp_wait_all();
+	__syncthreads();
+	const int col = (lane & 3) << 1, r0 = warp * 16 + (lane >> 2);
+	/* p = Q Kᵀ with the causal decay mask (keys up to the warp's diagonal) */
+	float p[GC / 8][4];
+#pragma unroll
+	for (int nt = 0; nt < GC / 8; nt++)
+		p[nt][0] = p[nt][1] = p[nt][2] = p[nt][3] = 0.0f;
+#pragma unroll
+	for (int kk = 0; kk < DK / 16; kk++) {
+		uint32_t a[4];
+		ld_a<DK>(a, s.Q, warp * 16, kk * 16, lane);
+#pragma unroll
+		for (int np = 0; np < GC / 16; np++)
+			if (np <= warp) {
+				uint32_t bb[4];
+				ld_b_nk<DK>(bb, s.K, np * 16, kk * 16, lane);
+				mma16816(p[2 * np], a, bb[0], bb[1]);
+				mma16816(p[2 * np + 1], a, bb[2], bb[3]);
+			}
+	}
+#pragma unroll
+	for (int nt = 0; nt < GC / 8; nt++)
+		if (nt < 2 * (warp + 1))
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				int i = r0 + (e >> 1) * 8, j = nt * 8 + col + (e & 1);
+				p[nt][e] = j <= i ? expf(s.g[i] - s.g[j]) * p[nt][e] : 0.0f;
+			}
+	/* A = (p Tm) diag(beta) ⊙ Λ: (p Tm)_is needs s <= j <= i */
+	float a_[GC / 8][4];
+#pragma unroll
+	for (int nt = 0; nt < GC / 8; nt++)
+		a_[nt][0] = a_[nt][1] = a_[nt][2] = a_[nt][3] = 0.0f;
+#pragma unroll
+	for (int kk = 0; kk < GC / 16; kk++)
+		if (kk <= warp) {
+			uint32_t a[4];
+			c_to_a(a, p[2 * kk], p[2 * kk + 1]);
+#pragma unroll
+			for (int np = 0; np < GC / 16; np++)
+				if (np <= kk) {
+					uint32_t bb[4];
+					ld_b_kn<GC>(bb, s.Tm, kk * 16, np * 16, lane);
+					mma16816(a_[2 * np], a, bb[0], bb[1]);
+					mma16816(a_[2 * np + 1], a, bb[2], bb[3]);
+				}
+		}
+#pragma unroll
+	for (int nt = 0; nt < GC / 8; nt++)
+		if (nt < 2 * (warp + 1))
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				int i = r0 + (e >> 1) * 8, j = nt * 8 + col + (e & 1);
+				int lv = i == j ? 0 : 32 - __clz(i ^ j);
+				a_[nt][e] = j <= i ? s.b[j] * s.lam[i][lv] * a_[nt][e] : 0.0f;
+			}
+	/* O = A V */
+	{
+		float o[DV / 8][4];
+#pragma unroll
+		for (int nt = 0; nt < DV / 8; nt++)
+			o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
+#pragma unroll
+		for (int kk = 0; kk < GC / 16; kk++)
+			if (kk <= warp) {
+				uint32_t a[4];
+				c_to_a(a, a_[2 * kk], a_[2 * kk + 1]);
+#pragma unroll
+				for (int np = 0; np < DV / 16; np++) {
+					uint32_t bb[4];
+					ld_b_kn<DV>(bb, s.V, kk * 16, np * 16, lane);
+					mma16816(o[2 * np], a, bb[0], bb[1]);
+					mma16816(o[2 * np + 1], a, bb[2], bb[3]);
+				}
+			}
+		bf16 *ob = out + ((b * Tn + t0) * H + h) * DV + col;
+		const int64_t ldo = H * DV;
+#pragma unroll
+		for (int nt = 0; nt < DV / 8; nt++) {
+			if (r0 < n)
+				*(uint32_t *)(ob + r0 * ldo + nt * 8) =
+					pack_bf16(scale * o[nt][0], scale * o[nt][1]);
+			if (r0 + 8 < n)
+				*(uint32_t *)(ob + (r0 + 8) * ldo + nt * 8) =
+					pack_bf16(scale * o[nt][2], scale * o[nt][3]);
+		}
+	}
+	/* Qe = diag(gamma) Q - p W */
+	{
+		float x[DK / 8][4];
+#pragma unroll
+		for (int nt = 0; nt < DK / 8; nt++)
+			x[nt][0] = x[nt][1] = x[nt][2] = x[nt][3] = 0.0f;
+#pragma unroll
+		for (int kk = 0; kk < GC / 16; kk++)
+			if (kk <= warp) {
+				uint32_t a[4];
+				c_to_a(a, p[2 * kk], p[2 * kk + 1]);
+#pragma unroll
+				for (int np = 0; np < DK / 16; np++) {
+					uint32_t bb[4];
+					ld_b_kn<DK>(bb, s.W, kk * 16, np * 16, lane);
+					mma16816(x[2 * np], a, bb[0], bb[1]);
+					mma16816(x[2 * np + 1], a, bb[2], bb[3]);
+				}
+			}
+		const float gm_lo = expf(s.g[r0]), gm_hi = expf(s.g[r0 + 8]);
+		bf16 *qe = Qeg + (crow + r0) * DK + col;
+#pragma unroll
+		for (int nt = 0; nt < DK / 8; nt++) {
+			const int cc = nt * 8 + col;
+			__nv_bfloat162 q_lo = *(const __nv_bfloat162 *)(s.Q + swz<DK>(r0, cc));
+			__nv_bfloat162 q_hi = *(const __nv_bfloat162 *)(s.Q + swz<DK>(r0 + 8, cc));
+			*(uint32_t *)(qe + nt * 8) = pack_bf16(gm_lo * __low2float(q_lo) - x[nt][0],
+							       gm_lo * __high2float(q_lo) - x[nt][1]);
+			*(uint32_t *)(qe + 8 * DK + nt * 8) =
+				pack_bf16(gm_hi * __low2float(q_hi) - x[nt][2],
+					  gm_hi * __high2float(q_hi) - x[nt][3]);
+		}
+	}
+}
+
+#define LL_LW 16 /* chunk levels the walk takes: chunks < 2^15 */
+#define GC_LOG 6 /* log2(GC): the level offset of chunk-level buckets */
+
+template <int DK, int BV> struct ll_walk_smem {
+	bf16 Qe[GC * DK], W[GC * DK], K[2][GC * DK], U[GC * BV], X[2][GC * BV];
+	float g[GC], lam[GC][LL_LW];
+};
+
+/* The walk's smem: the tiles, then nsl level states (bf16 copies, then the
+ * float32 ones). */
+template <int DK, int BV> static size_t ll_walk_bytes(int nsl)
+{
+	size_t t = (sizeof(ll_walk_smem<DK, BV>) + 127) / 128 * 128;
+	return t + (size_t)nsl * DK * BV * (sizeof(bf16) + sizeof(float));
+}
+
+/* The tiles of chunk ci: Qe, W, U, g (cp.async) and K into stage kb, and
+ * the chunk-level weights lam_i[6 + l] (plain loads). */
+template <int DK, int DV, int BV>
+static __device__ __forceinline__ void ll_walk_load(ll_walk_smem<DK, BV> &s, int kb,
+						    const bf16 *kbase, const bf16 *Qeg,
+						    const bf16 *Wg, const bf16 *Ug, const float *Gg,
+						    const bf16 *lamb, int64_t bh, int ci, int nch,
+						    int nlevc, int c0, int64_t Tn, int64_t H,
+						    int64_t NL, int tid)
+{
+	const int64_t t0 = (int64_t)ci * GC, crow = (bh * nch + ci) * GC;
+	load_tile<DK, GC>(s.Qe, Qeg + crow * DK, DK, 0, GC, tid);
+	load_tile<DK, GC>(s.W, Wg + crow * DK, DK, 0, GC, tid);
+	load_tile<DK, GC>(s.K[kb], kbase, H * DK, t0, Tn, tid);
+	load_tile<BV, GC>(s.U, Ug + crow * DV + c0, DV, 0, GC, tid);
+	if (tid < GC / 4)
+		cp_async16(smem_u32(s.g + tid * 4), Gg + crow + tid * 4, true);
+	cp_commit();
+	if (tid < GC) {
+		const bool ok = t0 + tid < Tn;
+		const bf16 *lr = lamb + (ok ? (t0 + tid) * H * NL : 0);
+		for (int l = 1; l < nlevc; l++)
+			s.lam[tid][l] = ok && GC_LOG + l < NL ? tof(lr[GC_LOG + l]) : 0.0f;
+	}
+}
+
+/* The walk's state update: S (slot dst) = gamma_n Σ S (slots from..to-1,
+ * none when from == to) + Kᵀ X, X (GC x BV) bf16 in shared memory; the
+ * float32 states Sf in the thread's accumulator layout, the bf16 copies
+ * Sb swizzled (DK x BV a slot). */
+template <int DK, int BV>
+static __device__ __forceinline__ void ll_update(bf16 *Sb, float *Sf, int from, int to, int dst,
+						 const bf16 *X, const bf16 *sK, float gn, int warp,
+						 int lane, int tid)
+{
+	constexpr int SM = DK / 64, NT = BV / 8, SZ = DK * BV;
+	float acc[SM][NT][4];
+#pragma unroll
+	for (int m = 0; m < SM; m++)
+#pragma unroll
+		for (int nt = 0; nt < NT; nt++) {
+			float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+			for (int sl = from; sl < to; sl++) {
+				float4 x = ((const float4 *)(Sf + (size_t)sl * SZ))
+					[(m * NT + nt) * TC_THREADS + tid];
+				a.x += x.x;
+				a.y += x.y;
+				a.z += x.z;
+				a.w += x.w;
+			}
+			acc[m][nt][0] = gn * a.x;
+			acc[m][nt][1] = gn * a.y;
+			acc[m][nt][2] = gn * a.z;
+			acc[m][nt][3] = gn * a.w;
+		}
+#pragma unroll
+	for (int kk = 0; kk < GC / 16; kk++)
+#pragma unroll
+		for (int m = 0; m < SM; m++) {
+			uint32_t a[4];
+			ld_a_t<DK>(a, sK, (warp * SM + m) * 16, kk * 16, lane);
+#pragma unroll
+			for (int np = 0; np < BV / 16; np++) {
+				uint32_t bb[4];
+				ld_b_kn<BV>(bb, X, kk * 16, np * 16, lane);
+				mma16816(acc[m][2 * np], a, bb[0], bb[1]);
+				mma16816(acc[m][2 * np + 1], a, bb[2], bb[3]);
+			}
+		}
+	const int col = (lane & 3) << 1;
+	bf16 *sb = Sb + (size_t)dst * SZ;
+	float4 *sf = (float4 *)(Sf + (size_t)dst * SZ);
+#pragma unroll
+	for (int m = 0; m < SM; m++) {
+		const int d = (warp * SM + m) * 16 + (lane >> 2);
+#pragma unroll
+		for (int nt = 0; nt < NT; nt++) {
+			sf[(m * NT + nt) * TC_THREADS + tid] =
+				make_float4(acc[m][nt][0], acc[m][nt][1], acc[m][nt][2], acc[m][nt][3]);
+			*(uint32_t *)(sb + swz<BV>(d, nt * 8 + col)) =
+				pack_bf16(acc[m][nt][0], acc[m][nt][1]);
+			*(uint32_t *)(sb + swz<BV>(d + 8, nt * 8 + col)) =
+				pack_bf16(acc[m][nt][2], acc[m][nt][3]);
+		}
+	}
+}
+
+/* grid (B*H, DV/BV), TC_THREADS, nlevc >= 2 (two chunks or more): adds the
+ * states' part to out (see above). Warp w owns the chunk rows 16w.. of the
+ * row products and the state rows w*DK/4.. of the updates. */
+template <int DK, int DV, int BV>
+__global__ void __launch_bounds__(TC_THREADS)
+gdn_ll_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ k /*(B,Tn,H,DK)*/,
+	    const bf16 *__restrict__ lam /*(B,Tn,H,NL)*/, const bf16 *__restrict__ Qeg,
+	    const bf16 *__restrict__ Wg, const bf16 *__restrict__ Ug, const float *__restrict__ Gg,
+	    int64_t Tn, int64_t H, int64_t NL, int nch, int nlevc, float scale)
+{
+	constexpr int NT = BV / 8, SZ = DK * BV;
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	ll_walk_smem<DK, BV> &s = *(ll_walk_smem<DK, BV> *)smem_raw;
+	bf16 *Sb = (bf16 *)(smem_raw + (sizeof(ll_walk_smem<DK, BV>) + 127) / 128 * 128);
+	float *Sf = (float *)(Sb + (size_t)(nlevc - 1) * SZ);
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const int64_t bh = blockIdx.x, b = bh / H, h = bh % H;
+	const int c0 = blockIdx.y * BV, col = (lane & 3) << 1, r0 = warp * 16 + (lane >> 2);
+	const bf16 *kbase = k + (b * Tn * H + h) * DK, *lamb = lam + (b * Tn * H + h) * NL;
+	ll_walk_load<DK, DV, BV>(s, 0, kbase, Qeg, Wg, Ug, Gg, lamb, bh, 0, nch, nlevc, c0, Tn, H,
+				 NL, tid);
+	for (int ci = 0; ci < nch; ci++) {
+		const int64_t t0 = (int64_t)ci * GC;
+		const bf16 *sK = s.K[ci & 1];
+		const bool last = ci == nch - 1;
+		const int j = last ? 0 : __ffs(ci + 1) - 1; /* levels 1..j merge after */
+		cp_wait_all();
+		__syncthreads(); /* this chunk's tiles and the previous states landed */
+		const float gl = s.g[GC - 1], gn = expf(gl);
+		const float e_lo = expf(gl - s.g[r0]), e_hi = expf(gl - s.g[r0 + 8]);
+		float oacc[NT][4], xsum[NT][4];
+#pragma unroll
+		for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+			for (int e = 0; e < 4; e++)
+				oacc[nt][e] = xsum[nt][e] = 0.0f;
+		int par = 0;
+		for (int l = 1; l < nlevc; l++) {
+			if (!((ci >> (l - 1)) & 1))
+				continue;
+			const bf16 *Sl = Sb + (size_t)(l - 1) * SZ;
+			float xs[NT][4], ys[NT][4];
+#pragma unroll
+			for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+				for (int e = 0; e < 4; e++)
+					xs[nt][e] = ys[nt][e] = 0.0f;
+#pragma unroll
+			for (int kk = 0; kk < DK / 16; kk++) {
+				uint32_t aw[4], aq[4];
+				ld_a<DK>(aw, s.W, warp * 16, kk * 16, lane);
+				ld_a<DK>(aq, s.Qe, warp * 16, kk * 16, lane);
+#pragma unroll
+				for (int np = 0; np < BV / 16; np++) {
+					uint32_t bb[4];
+					ld_b_kn<BV>(bb, Sl, kk * 16, np * 16, lane);
+					mma16816(xs[2 * np], aw, bb[0], bb[1]);
+					mma16816(xs[2 * np + 1], aw, bb[2], bb[3]);
+					mma16816(ys[2 * np], aq, bb[0], bb[1]);
+					mma16816(ys[2 * np + 1], aq, bb[2], bb[3]);
+				}
+			}
+			const float w_lo = s.lam[r0][l], w_hi = s.lam[r0 + 8][l];
+#pragma unroll
+			for (int nt = 0; nt < NT; nt++) {
+				oacc[nt][0] += w_lo * ys[nt][0];
+				oacc[nt][1] += w_lo * ys[nt][1];
+				oacc[nt][2] += w_hi * ys[nt][2];
+				oacc[nt][3] += w_hi * ys[nt][3];
+			}
+			if (last)
+				continue;
+			if (l <= j) {
+#pragma unroll
+				for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+					for (int e = 0; e < 4; e++)
+						xsum[nt][e] += xs[nt][e];
+				continue;
+			}
+			/* a level that stays: S_l = gamma_n S_l - Kᵀ diag(e) W S_l */
+			bf16 *Xb = s.X[par];
+			par ^= 1;
+#pragma unroll
+			for (int nt = 0; nt < NT; nt++) {
+				const int cc = nt * 8 + col;
+				*(uint32_t *)(Xb + swz<BV>(r0, cc)) =
+					pack_bf16(-e_lo * xs[nt][0], -e_lo * xs[nt][1]);
+				*(uint32_t *)(Xb + swz<BV>(r0 + 8, cc)) =
+					pack_bf16(-e_hi * xs[nt][2], -e_hi * xs[nt][3]);
+			}
+			__syncthreads(); /* Xb complete; every warp done reading S_l */
+			ll_update<DK, BV>(Sb, Sf, l - 1, l, l - 1, Xb, sK, gn, warp, lane, tid);
+		}
+		if (ci > 0) {
+			bf16 *ob = out + ((b * Tn + t0) * H + h) * DV + c0 + col;
+			const int64_t ldo = H * DV;
+#pragma unroll
+			for (int nt = 0; nt < NT; nt++) {
+				if (t0 + r0 < Tn) {
+					uint32_t *p = (uint32_t *)(ob + r0 * ldo + nt * 8);
+					__nv_bfloat162 x = *(__nv_bfloat162 *)p;
+					*p = pack_bf16(__low2float(x) + scale * oacc[nt][0],
+						       __high2float(x) + scale * oacc[nt][1]);
+				}
+				if (t0 + r0 + 8 < Tn) {
+					uint32_t *p = (uint32_t *)(ob + (r0 + 8) * ldo + nt * 8);
+					__nv_bfloat162 x = *(__nv_bfloat162 *)p;
+					*p = pack_bf16(__low2float(x) + scale * oacc[nt][2],
+						       __high2float(x) + scale * oacc[nt][3]);
+				}
+			}
+		}
+		if (last)
+			break;
+		/* the merged level j + 1: gamma_n Σ S_l + Kᵀ diag(e) (U - W Σ S_l) */
+		bf16 *Xb = s.X[par];
+#pragma unroll
+		for (int nt = 0; nt < NT; nt++) {
+			const int cc = nt * 8 + col;
+			__nv_bfloat162 u_lo = *(const __nv_bfloat162 *)(s.U + swz<BV>(r0, cc));
+			__nv_bfloat162 u_hi = *(const __nv_bfloat162 *)(s.U + swz<BV>(r0 + 8, cc));
+			*(uint32_t *)(Xb + swz<BV>(r0, cc)) =
+				pack_bf16(e_lo * (__low2float(u_lo) - xsum[nt][0]),
+					  e_lo * (__high2float(u_lo) - xsum[nt][1]));
+			*(uint32_t *)(Xb + swz<BV>(r0 + 8, cc)) =
+				pack_bf16(e_hi * (__low2float(u_hi) - xsum[nt][2]),
+					  e_hi * (__high2float(u_hi) - xsum[nt][3]));
+		}
+		__syncthreads(); /* Xb complete; Qe, W, U, g and lam read by every warp */
+		ll_walk_load<DK, DV, BV>(s, (ci + 1) & 1, kbase, Qeg, Wg, Ug, Gg, lamb, bh, ci + 1,
+					 nch, nlevc, c0, Tn, H, NL, tid);
+		ll_update<DK, BV>(Sb, Sf, 0, j, j, Xb, sK, gn, warp, lane, tid);
+	}
+}
+
+template <int DK, int DV, int BV>
+static int ll_walk_launch(lmk_cuda_backend *b, bf16 *out, const bf16 *k, const bf16 *lam,
+			  const bf16 *Qe, const bf16 *W, const bf16 *U, const float *G, int64_t B,
+			  int64_t Tn, int64_t H, int64_t NL, int nch, int nlevc, float scale)
+{
+	size_t sw = ll_walk_bytes<DK, BV>(nlevc - 1);
+	LMK_CK(cudaFuncSetAttribute(gdn_ll_walk<DK, DV, BV>,
+				    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sw));
+	gdn_ll_walk<DK, DV, BV><<<dim3((unsigned)(B * H), DV / BV), TC_THREADS, sw, b->stream>>>(
+		out, k, lam, Qe, W, U, G, Tn, H, NL, nch, nlevc, scale);
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+#define LL_SMEM_MAX (220 * 1024)
+
+/* The log-linear tensor-core forward (see above). Scratch a head: nch*GC
+ * (2 DK + DV + GC) bf16 and nch*GC floats. The value blocks: the widest
+ * of 64, 32, 16 columns whose states fit in shared memory and that still
+ * give a block per SM (two when they fit twice). @return : 1 when the
+ * levels do not fit (the caller runs the general kernels), else 0 or < 0 */
+template <int DK, int DV>
+static int ll_fwd_launch(lmk_cuda_backend *b, bf16 *out, const bf16 *q, const bf16 *k,
+			 const bf16 *v, const bf16 *la, const bf16 *be, const bf16 *lam,
+			 int64_t B, int64_t Tn, int64_t H, int64_t NL, float scale)
+{
+	const int nch = (int)((Tn + GC - 1) / GC), nlevc = levels_of(nch);
+	if (nlevc > LL_LW || ll_walk_bytes<DK, 16>(nlevc - 1) > LL_SMEM_MAX)
+		return 1;
+	const int64_t rows = B * H * nch * GC;
+	size_t wb = (size_t)rows * DK * sizeof(bf16), ub = (size_t)rows * DV * sizeof(bf16);
+	size_t tb = (size_t)rows * GC * sizeof(bf16);
+	wb = (wb + 255) / 256 * 256;
+	ub = (ub + 255) / 256 * 256;
+	unsigned char *scr = (unsigned char *)lmk_cuda_scratch(
+		b, 2 * wb + ub + tb + (size_t)rows * sizeof(float));
+	if (!scr)
+		return lmk_errcode();
+	bf16 *W = (bf16 *)scr, *Qe = (bf16 *)(scr + wb), *U = (bf16 *)(scr + 2 * wb);
+	bf16 *Tm = (bf16 *)(scr + 2 * wb + ub);
+	float *G = (float *)(scr + 2 * wb + ub + tb);
+	size_t sp = sizeof(tc_prep_smem<DK, DV>), si = sizeof(ll_intra_smem<DK, DV>);
+	LMK_CK(cudaFuncSetAttribute(gdn_tc_prep<DK, DV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+				    (int)sp));
+	LMK_CK(cudaFuncSetAttribute(gdn_ll_intra<DK, DV>,
+				    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)si));
+	dim3 gc((unsigned)nch, (unsigned)(B * H));
+	gdn_tc_prep<DK, DV><<<gc, TC_THREADS, sp, b->stream>>>(W, U, G, Tm, k, v, la, be, Tn, H,
+								 nch);
+	LMK_CK_LAUNCH();
+	gdn_ll_intra<DK, DV><<<gc, TC_THREADS, si, b->stream>>>(out, Qe, q, k, v, be, lam, W, G, Tm,
+								  Tn, H, NL, nch, scale);
+	LMK_CK_LAUNCH();
+	if (nch == 1)
+		return 0;
+	const int64_t bh = B * H;
+	const size_t s64 = ll_walk_bytes<DK, 64>(nlevc - 1), s32 = ll_walk_bytes<DK, 32>(nlevc - 1);
+	if constexpr (DK == 64) /* at DK 128 the 64 columns spill */
+		if (s64 <= LL_SMEM_MAX && bh * (DV / 64) >= (s64 <= LL_SMEM_MAX / 2 ? 264 : 132))
+			return ll_walk_launch<DK, DV, 64>(b, out, k, lam, Qe, W, U, G, B, Tn, H, NL,
+							  nch, nlevc, scale);
+	if (s32 <= LL_SMEM_MAX && bh * (DV / 32) >= (s32 <= LL_SMEM_MAX / 2 ? 264 : 132))
+		return ll_walk_launch<DK, DV, 32>(b, out, k, lam, Qe, W, U, G, B, Tn, H, NL, nch,
+						  nlevc, scale);
+	return ll_walk_launch<DK, DV, 16>(b, out, k, lam, Qe, W, U, G, B, Tn, H, NL, nch, nlevc,
+					  scale);
+}
+
 /* Whether the tensor-core forward takes a call, and runs it. @return : 1
  * when it did not (the caller runs the general kernels), else 0 or < 0 */
 static int tc_forward(lmk_cuda_backend *b, lmk_dtype dt, void *out, const void *q, const void *k,
 		      const void *v, const void *la, const void *be, const void *lam, int64_t B,
-		      int64_t Tn, int64_t H, int64_t Dk, int64_t Dv, float scale)
+		      int64_t Tn, int64_t H, int64_t Dk, int64_t Dv, int64_t NL, float scale)
 {
-	if (dt != LMK_BF16 || lam || (Dk != 64 && Dk != 128) || (Dv != 64 && Dv != 128))
+	if (dt != LMK_BF16 || (Dk != 64 && Dk != 128) || (Dv != 64 && Dv != 128))
 		return 1;
 	bf16 *o = (bf16 *)out;
 	const bf16 *Q = (const bf16 *)q, *K = (const bf16 *)k, *V = (const bf16 *)v;
-	const bf16 *LA = (const bf16 *)la, *BE = (const bf16 *)be;
+	const bf16 *LA = (const bf16 *)la, *BE = (const bf16 *)be, *LM = (const bf16 *)lam;
+	if (lam && Dk == 64 && Dv == 64)
+		return ll_fwd_launch<64, 64>(b, o, Q, K, V, LA, BE, LM, B, Tn, H, NL, scale);
+	if (lam && Dk == 64)
+		return ll_fwd_launch<64, 128>(b, o, Q, K, V, LA, BE, LM, B, Tn, H, NL, scale);
+	if (lam && Dv == 64)
+		return ll_fwd_launch<128, 64>(b, o, Q, K, V, LA, BE, LM, B, Tn, H, NL, scale);
+	if (lam)
+		return ll_fwd_launch<128, 128>(b, o, Q, K, V, LA, BE, LM, B, Tn, H, NL, scale);
 	if (Dk == 64 && Dv == 64)
 		return tc_fwd_launch<64, 64>(b, o, Q, K, V, LA, BE, B, Tn, H, scale);
 	if (Dk == 64)
@@ -2568,7 +3070,7 @@ extern "C" int lmk_cuda_gdn_forward(void *be, lmk_dtype dt, void *out, const voi
 		return 0;
 	if (algo != GDN_RECURRENT) {
 		int rc = tc_forward(LMK_BE(be), dt, out, q, k, v, loga, beta, lam, B, Tn, H, Dk, Dv,
-				    scale);
+				    NL, scale);
 		if (rc <= 0)
 			return rc;
 		LMK_DT_SWITCH(dt, "gdn",

@@ -54,6 +54,10 @@ static const gshape shapes[] = {
 	{3, 20, 2, 64, 64, 1, 0},    {1, 1, 1, 128, 64, 0, 0},     {2, 100, 3, 64, 128, 1, 0},
 	{1, 200, 2, 128, 64, 1, 0},  {8, 70, 36, 64, 64, 1, 0},    {4, 130, 34, 128, 128, 1, 0},
 	{4, 70, 36, 64, 64, 1, 0},
+	/* log-linear on the tensor cores: T < 64, Dk != Dv, 32- and 64-column
+	 * value blocks, eight chunk levels with a ragged last chunk */
+	{3, 20, 2, 128, 128, 1, 1},  {2, 100, 3, 64, 128, 1, 1},   {1, 200, 2, 128, 64, 0, 1},
+	{8, 70, 36, 64, 64, 1, 1},   {4, 130, 34, 128, 128, 1, 1}, {1, 4100, 1, 64, 128, 1, 1},
 };
 #define NSHAPES ((int)(sizeof shapes / sizeof shapes[0]))
 
