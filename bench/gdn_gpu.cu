@@ -8,8 +8,8 @@
  * H*D = 2048, so H = 16 at D = 128 and H = 32 at D = 64, Dk = Dv = D;
  * q, k unit norm, loga in (-0.1, 0), beta in (0, 1), lam in (0, 1).
  * Variants: the chunked and the recurrent kernels (algo), plain GDN and
- * log-linear (lam; BF16 log-linear with Dk, Dv in {64, 128} runs the
- * tensor-core forward, its backward the CUDA-core chunked one).
+ * log-linear (lam; in BF16 with Dk, Dv in {64, 128} both run on the
+ * tensor cores).
  * The recurrent kernels are latency-bound (T sequential steps per head, a
  * second or more per call at 64K): they run at T <= 8K only, unless
  * --all-rec.

@@ -16,9 +16,11 @@
  * by ||gpu - cpu|| / ||cpu||: F32 1e-5 for the output and 1e-4 for the
  * gradients (sums over T of long products in another order), BF16 1e-2.
  * One line per case gives every error, so one run tells what is wrong.
- * Then decoding: lmk_gdn_step on the GPU token by token against the CPU
- * parallel output. Exits 77 without a device or in a CPU-only build; runs
- * without fork (a forked child cannot use CUDA). */
+ * A second table (tcase ll_tc) runs log-linear shapes of the BF16
+ * tensor-core kernels, chunked only. Then decoding: lmk_gdn_step on the
+ * GPU token by token against the CPU parallel output. Exits 77 without a
+ * device or in a CPU-only build; runs without fork (a forked child cannot
+ * use CUDA). */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -54,12 +56,19 @@ static const gshape shapes[] = {
 	{3, 20, 2, 64, 64, 1, 0},    {1, 1, 1, 128, 64, 0, 0},     {2, 100, 3, 64, 128, 1, 0},
 	{1, 200, 2, 128, 64, 1, 0},  {8, 70, 36, 64, 64, 1, 0},    {4, 130, 34, 128, 128, 1, 0},
 	{4, 70, 36, 64, 64, 1, 0},
-	/* log-linear on the tensor cores: T < 64, Dk != Dv, 32- and 64-column
-	 * value blocks, eight chunk levels with a ragged last chunk */
-	{3, 20, 2, 128, 128, 1, 1},  {2, 100, 3, 64, 128, 1, 1},   {1, 200, 2, 128, 64, 0, 1},
-	{8, 70, 36, 64, 64, 1, 1},   {4, 130, 34, 128, 128, 1, 1}, {1, 4100, 1, 64, 128, 1, 1},
 };
 #define NSHAPES ((int)(sizeof shapes / sizeof shapes[0]))
+
+/* Log-linear on the BF16 tensor-core kernels, chunked only (tcase ll_tc,
+ * so that CK_RUN_CASE=ll_tc runs them alone): T < 64, Dk != Dv, 32- and
+ * 64-column value blocks, eight chunk levels with a ragged last chunk (the
+ * table above has T = 1, 64, 65, 130, 1000, 2048). */
+static const gshape llshapes[] = {
+	{3, 20, 2, 128, 128, 1, 1}, {2, 100, 3, 64, 128, 1, 1},   {1, 200, 2, 128, 64, 0, 1},
+	{8, 70, 36, 64, 64, 1, 1},  {4, 130, 34, 128, 128, 1, 1}, {1, 4100, 1, 64, 128, 1, 1},
+	{1, 300, 2, 64, 64, 1, 1},  {2, 513, 1, 128, 128, 1, 1},
+};
+#define NLLSHAPES ((int)(sizeof llshapes / sizeof llshapes[0]))
 
 static const char *const in_names[6] = {"q", "k", "v", "loga", "beta", "lam"};
 
@@ -174,9 +183,9 @@ static void free_host(hin *h)
 static double tol_out(lmk_dtype dt) { return dt == LMK_BF16 ? 1e-2 : 1e-5; }
 static double tol_grad(lmk_dtype dt) { return dt == LMK_BF16 ? 1e-2 : 1e-4; }
 
-static void run_case(int si, lmk_dtype dt)
+/* One case: shape s, whose index si seeds its inputs, in dtype dt. */
+static void run_case(const gshape *s, int si, lmk_dtype dt)
 {
-	const gshape *s = &shapes[si];
 	const int bf = dt == LMK_BF16;
 	lmk_rng rng;
 	lmk_rng_init(&rng, g_seed * 1000003u + (uint64_t)si * 2 + (uint64_t)bf);
@@ -301,14 +310,21 @@ static void run_case(int si, lmk_dtype dt)
 START_TEST(test_op_f32)
 {
 	g_algo = _i % 2 ? LMK_GDN_CHUNKED : LMK_GDN_RECURRENT;
-	run_case(_i / 2, LMK_F32);
+	run_case(&shapes[_i / 2], _i / 2, LMK_F32);
 }
 END_TEST
 
 START_TEST(test_op_bf16)
 {
 	g_algo = _i % 2 ? LMK_GDN_CHUNKED : LMK_GDN_RECURRENT;
-	run_case(_i / 2, LMK_BF16);
+	run_case(&shapes[_i / 2], _i / 2, LMK_BF16);
+}
+END_TEST
+
+START_TEST(test_ll_tc)
+{
+	g_algo = LMK_GDN_CHUNKED;
+	run_case(&llshapes[_i], NSHAPES + _i, LMK_BF16);
 }
 END_TEST
 
@@ -486,6 +502,10 @@ int main(void)
 	tcase_add_test(tc, test_deterministic);
 	tcase_add_test(tc, test_unsupported);
 	suite_add_tcase(su, tc);
+	TCase *tl = tcase_create("ll_tc");
+	tcase_set_timeout(tl, 600);
+	tcase_add_loop_test(tl, test_ll_tc, 0, NLLSHAPES);
+	suite_add_tcase(su, tl);
 	SRunner *sr = srunner_create(su);
 	srunner_set_fork_status(sr, CK_NOFORK);
 	srunner_run_all(sr, CK_NORMAL);
