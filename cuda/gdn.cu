@@ -3423,12 +3423,12 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 	}
 	/* sweep 2: dK̃ = U D_gᵀ - Σ_l W S_l D_lᵀ, dU = K̃ D_g (into X2 for U),
 	 * gamma_n Σ_l S_l.D_l */
-	float dk[DK / 8][4];
-	acc_zero(dk);
 	if (!last) {
-		float u[DV / 8][4];
-		acc_zero(u);
+		float dk[DK / 8][4];
+		acc_zero(dk);
 		{
+			float u[DV / 8][4];
+			acc_zero(u);
 			__syncthreads();
 			load_tile<DV, DK>(sD, Dgs + (bh * nch + ci) * DK * DV, DV, 0, DK, tid);
 			cp_commit();
@@ -3437,6 +3437,14 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 			dg_in = true;
 			mm_ank<DV, DV, DV / 16, DK / 16>(dk, s.X2, sD, i0, DK / 16, lane);
 			mm_akn<DK, DV, DK / 16, DV / 16>(u, s.K, sD, i0, lane);
+			__syncthreads(); /* U read by every warp: X2 becomes dU */
+#pragma unroll
+			for (int nt = 0; nt < DV / 8; nt++) {
+				*(uint32_t *)(s.X2 + swz<DV>(r0, nt * 8 + col)) =
+					pack_bf16(e_lo * u[nt][0], e_lo * u[nt][1]);
+				*(uint32_t *)(s.X2 + swz<DV>(r0 + 8, nt * 8 + col)) =
+					pack_bf16(e_hi * u[nt][2], e_hi * u[nt][3]);
+			}
 		}
 		float sd = 0;
 		for (int l = 1; l < nlevc; l++) {
@@ -3451,14 +3459,6 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 				sd += __bfloat162float(sS[e]) * __bfloat162float(sD[e]);
 		}
 		dgn += expf(gl) * sd;
-		__syncthreads(); /* U read by every warp: X2 becomes dU */
-#pragma unroll
-		for (int nt = 0; nt < DV / 8; nt++) {
-			*(uint32_t *)(s.X2 + swz<DV>(r0, nt * 8 + col)) =
-				pack_bf16(e_lo * u[nt][0], e_lo * u[nt][1]);
-			*(uint32_t *)(s.X2 + swz<DV>(r0 + 8, nt * 8 + col)) =
-				pack_bf16(e_hi * u[nt][2], e_hi * u[nt][3]);
-		}
 		/* K̃ = diag(e) K: dk = e dK̃, dg_j -= e_j k_j.dK̃_j, dg_n += the sum */
 		float x_lo = 0, x_hi = 0;
 		dot_rows<DK>(x_lo, x_hi, dk, s.K, r0, lane);
@@ -3472,6 +3472,7 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 			dk[nt][2] *= e_hi;
 			dk[nt][3] *= e_hi;
 		}
+		put_grad<DK>(gr.k, dk, tok0, H, r0, n, lane);
 	} else {
 		__syncthreads(); /* U read by every warp: X2 becomes dU = 0 */
 		for (int e = tid; e < GC * DV / 2; e += TC_THREADS)
@@ -3505,12 +3506,17 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 				pack_bf16(dw[nt][2], dw[nt][3]);
 		}
 	}
-	float colp[GC / 8][2], colq[GC / 8][2]; /* column partials of dg, dbeta */
+	float colp[GC / 8][2]; /* column partials of dg */
 #pragma unroll
 	for (int nt = 0; nt < GC / 8; nt++)
-		colp[nt][0] = colp[nt][1] = colq[nt][0] = colq[nt][1] = 0.0f;
-	/* the intra-chunk part: P, A, dA, DB, dP, dq */
+		colp[nt][0] = colp[nt][1] = 0.0f;
+	/* the intra-chunk part: P, A, dA, DB, dP, dq; the column sums of dbeta
+	 * into colb */
 	{
+		float colq[GC / 8][2];
+#pragma unroll
+		for (int nt = 0; nt < GC / 8; nt++)
+			colq[nt][0] = colq[nt][1] = 0.0f;
 		float p[GC / 8][4], pt[GC / 8][4];
 		acc_zero(p);
 		acc_zero(pt);
@@ -3564,6 +3570,17 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 		put64(sDB, db, i0, lane);
 		put64(sP, p, i0, lane);
 #pragma unroll
+		for (int nt = 0; nt < GC / 8; nt++)
+#pragma unroll
+			for (int e = 0; e < 2; e++) {
+				float y = colq[nt][e];
+#pragma unroll
+				for (int o = 4; o < 32; o <<= 1)
+					y += __shfl_xor_sync(0xffffffffu, y, o);
+				if (lane < 4)
+					s.colb[warp][nt * 8 + col + e] = y;
+			}
+#pragma unroll
 		for (int l = 0; l < 7; l++) {
 			float x_lo = quad_sum(bins[0][l]), x_hi = quad_sum(bins[1][l]);
 			if ((lane & 3) == 0 && gr.lam.p && l < NL) {
@@ -3613,7 +3630,7 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 		put64(sZ, dp, i0, lane);
 	}
 	__syncthreads();
-	/* dW -= Pᵀ dQe (into sdW); dk += Zᵀ Q; dTm into M2 */
+	/* dW -= Pᵀ dQe (into sdW); dTm into M2; dk = Zᵀ Q */
 	{
 		float t[DK / 8][4];
 		acc_zero(t);
@@ -3630,7 +3647,6 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 			*(uint32_t *)(sdW + swz<DK>(r0, cc)) = pack_bf16(t[nt][0], t[nt][1]);
 			*(uint32_t *)(sdW + swz<DK>(r0 + 8, cc)) = pack_bf16(t[nt][2], t[nt][3]);
 		}
-		mm_tkn<GC, DK, DK / 16>(dk, sZ, s.Q, i0, warp, lane);
 		float dt[GC / 8][4];
 		acc_zero(dt);
 #pragma unroll
@@ -3660,6 +3676,9 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 		mm_tkn<GC, GC, GC / 16>(dt, sP, sDB, i0, warp, lane);
 		put64(sM2, dt, i0, lane);
 	}
+	float dk[DK / 8][4];
+	acc_zero(dk);
+	mm_tkn<GC, DK, DK / 16>(dk, sZ, s.Q, i0, warp, lane);
 	__syncthreads();
 	/* dMx = -Tmᵀ dTm Tmᵀ, Y = dMx ⊙ E, Yb (into Z), dk += Yb K */
 	{
@@ -3767,16 +3786,12 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 	for (int nt = 0; nt < GC / 8; nt++)
 #pragma unroll
 		for (int e = 0; e < 2; e++) {
-			float x = colp[nt][e], y = colq[nt][e];
+			float x = colp[nt][e];
 #pragma unroll
-			for (int o = 4; o < 32; o <<= 1) {
+			for (int o = 4; o < 32; o <<= 1)
 				x += __shfl_xor_sync(0xffffffffu, x, o);
-				y += __shfl_xor_sync(0xffffffffu, y, o);
-			}
-			if (lane < 4) {
+			if (lane < 4)
 				s.colw[warp][nt * 8 + col + e] = x;
-				s.colb[warp][nt * 8 + col + e] = y;
-			}
 		}
 	dgn = warp_sum(dgn);
 	if (lane == 0)

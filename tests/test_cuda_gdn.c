@@ -60,10 +60,12 @@ static const gshape shapes[] = {
 #define NSHAPES ((int)(sizeof shapes / sizeof shapes[0]))
 
 /* Log-linear on the BF16 tensor-core kernels, chunked only (tcase ll_tc,
- * so that CK_RUN_CASE=ll_tc runs them alone): T < 64, Dk != Dv, 32- and
- * 64-column value blocks, eight chunk levels with a ragged last chunk (the
- * table above has T = 1, 64, 65, 130, 1000, 2048). */
+ * so that CK_RUN_CASE=ll_tc runs them alone): one chunk (T = 1, 7, 64),
+ * two, Dk != Dv, 32- and 64-column value blocks, up to eight chunk levels
+ * with a ragged last chunk. */
 static const gshape llshapes[] = {
+	{1, 1, 1, 64, 128, 1, 1},   {2, 7, 3, 128, 64, 1, 1},     {1, 64, 1, 128, 64, 1, 1},
+	{1, 65, 2, 64, 128, 1, 1},  {1, 1000, 1, 128, 128, 1, 1},
 	{3, 20, 2, 128, 128, 1, 1}, {2, 100, 3, 64, 128, 1, 1},   {1, 200, 2, 128, 64, 0, 1},
 	{8, 70, 36, 64, 64, 1, 1},  {4, 130, 34, 128, 128, 1, 1}, {1, 4100, 1, 64, 128, 1, 1},
 	{1, 300, 2, 64, 64, 1, 1},  {2, 513, 1, 128, 128, 1, 1},
@@ -407,12 +409,12 @@ END_TEST
 START_TEST(test_decode_bf16) { run_decode(_i, LMK_BF16); }
 END_TEST
 
-/* Two runs give the same bits (no atomics, fixed summation orders), for
- * both kernel sets, plain and log-linear. */
-START_TEST(test_deterministic)
+/* Two runs of shape s give the same bits (no atomics, fixed summation
+ * orders), for the variants var0 .. var1 - 1 (var % 2: chunked, var / 2:
+ * log-linear). */
+static void check_deterministic(gshape s, int var0, int var1)
 {
-	const gshape s = {2, 300, 2, 64, 64, 1, 1};
-	for (int var = 0; var < 4; var++) {
+	for (int var = var0; var < var1; var++) {
 		lmk_gdn_opts o = {0, var % 2 ? LMK_GDN_CHUNKED : LMK_GDN_RECURRENT, 0};
 		int ll = var / 2;
 		lmk_rng rng;
@@ -463,7 +465,21 @@ START_TEST(test_deterministic)
 		free(dout);
 		free_host(&h);
 	}
+}
+
+/* Both kernel sets, plain and log-linear. */
+START_TEST(test_deterministic)
+{
+	check_deterministic((gshape){2, 300, 2, 64, 64, 1, 1}, 0, 4);
 	printf("test_cuda_gdn: deterministic: both kernel sets, plain and log-linear\n");
+}
+END_TEST
+
+/* Log-linear on the tensor cores with six chunk levels at head dims 128. */
+START_TEST(test_ll_deterministic)
+{
+	check_deterministic((gshape){2, 2100, 2, 128, 128, 1, 1}, 3, 4);
+	printf("test_cuda_gdn: deterministic: log-linear, tensor cores\n");
 }
 END_TEST
 
@@ -505,6 +521,7 @@ int main(void)
 	TCase *tl = tcase_create("ll_tc");
 	tcase_set_timeout(tl, 600);
 	tcase_add_loop_test(tl, test_ll_tc, 0, NLLSHAPES);
+	tcase_add_test(tl, test_ll_deterministic);
 	suite_add_tcase(su, tl);
 	SRunner *sr = srunner_create(su);
 	srunner_set_fork_status(sr, CK_NOFORK);
