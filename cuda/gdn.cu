@@ -2269,18 +2269,19 @@ static int ll_walk_launch(lmk_cuda_backend *b, bf16 *out, bf16 *Ss, const bf16 *
 	return 0;
 }
 
-/* The value block of the walks (BWD: the backward's): the widest of 64
- * (DK 64 only), 32, 16 columns whose states fit in shared memory and that
- * still give a block per SM (two when they fit twice). */
 template <int DK, int BV> static size_t ll_bwalk_bytes(int nsl);
 
+/* The value block of the walks (BWD: the backward's): the widest of 64
+ * (DK 64 only) and 32 columns whose shared memory still fits two blocks
+ * an SM and that gives two blocks per SM, else 16 (whose levels the
+ * launchers checked fit one block an SM). */
 template <int DK, int DV, bool BWD> static int ll_bv(int64_t BH, int nlevc)
 {
 	const size_t s64 = BWD ? ll_bwalk_bytes<DK, 64>(nlevc - 1) : ll_walk_bytes<DK, 64>(nlevc - 1);
 	const size_t s32 = BWD ? ll_bwalk_bytes<DK, 32>(nlevc - 1) : ll_walk_bytes<DK, 32>(nlevc - 1);
-	if (DK == 64 && s64 <= LL_SMEM_MAX && BH * (DV / 64) >= (s64 <= LL_SMEM_MAX / 2 ? 264 : 132))
+	if (DK == 64 && s64 <= LL_SMEM_MAX / 2 && BH * (DV / 64) >= 264)
 		return 64;
-	if (s32 <= LL_SMEM_MAX && BH * (DV / 32) >= (s32 <= LL_SMEM_MAX / 2 ? 264 : 132))
+	if (s32 <= LL_SMEM_MAX / 2 && BH * (DV / 32) >= 264)
 		return 32;
 	return 16;
 }
