@@ -2671,7 +2671,10 @@ static __device__ __forceinline__ void dot_rows(float &lo, float &hi, const floa
 }
 
 /* Adds a 16 x W register tile (rows i0.. of the chunk) into a gradient
- * (B,Tn,H,W), rows below n only. */
+ * (B,Tn,H,W), rows below n only, four n8 tiles at a time: their old values
+ * all loaded before the first store (element by element, gadd would wait
+ * a memory round trip for each), then each element gets gadd's float sum
+ * and rounding. */
 template <int W>
 static __device__ __forceinline__ void put_grad(gacc g, const float (&x)[W / 8][4], int64_t tok0,
 						int64_t H, int r, int n, int lane)
@@ -2679,14 +2682,77 @@ static __device__ __forceinline__ void put_grad(gacc g, const float (&x)[W / 8][
 	if (!g.p)
 		return;
 	const int col = (lane & 3) << 1;
+	const bool ok_lo = r < n, ok_hi = r + 8 < n;
+	const int64_t i_lo = ((tok0 + (int64_t)r * H) * W + col) / 2;
+	const int64_t i_hi = ((tok0 + (int64_t)(r + 8) * H) * W + col) / 2;
 #pragma unroll
-	for (int nt = 0; nt < W / 8; nt++)
+	for (int n0 = 0; n0 < W / 8; n0 += 4) {
+		if (g.f32) {
+			float2 *p = (float2 *)g.p, a[4], c[4];
 #pragma unroll
-		for (int e = 0; e < 4; e++) {
-			int i = r + (e >> 1) * 8;
-			if (i < n)
-				gadd(g, (tok0 + (int64_t)i * H) * W + nt * 8 + col + (e & 1), x[nt][e]);
+			for (int t = 0; t < 4; t++) {
+				if (ok_lo)
+					a[t] = p[i_lo + (n0 + t) * 4];
+				if (ok_hi)
+					c[t] = p[i_hi + (n0 + t) * 4];
+			}
+#pragma unroll
+			for (int t = 0; t < 4; t++) {
+				const float *y = x[n0 + t];
+				if (ok_lo)
+					p[i_lo + (n0 + t) * 4] = make_float2(a[t].x + y[0], a[t].y + y[1]);
+				if (ok_hi)
+					p[i_hi + (n0 + t) * 4] = make_float2(c[t].x + y[2], c[t].y + y[3]);
+			}
+		} else {
+			__nv_bfloat162 *p = (__nv_bfloat162 *)g.p, a[4], c[4];
+#pragma unroll
+			for (int t = 0; t < 4; t++) {
+				if (ok_lo)
+					a[t] = p[i_lo + (n0 + t) * 4];
+				if (ok_hi)
+					c[t] = p[i_hi + (n0 + t) * 4];
+			}
+#pragma unroll
+			for (int t = 0; t < 4; t++) {
+				const float *y = x[n0 + t];
+				if (ok_lo)
+					p[i_lo + (n0 + t) * 4] = __floats2bfloat162_rn(
+						__low2float(a[t]) + y[0], __high2float(a[t]) + y[1]);
+				if (ok_hi)
+					p[i_hi + (n0 + t) * 4] = __floats2bfloat162_rn(
+						__low2float(c[t]) + y[2], __high2float(c[t]) + y[3]);
+			}
 		}
+	}
+}
+
+/* A gradient's element, and its new value (the rounding of gadd). */
+static __device__ __forceinline__ float gget(gacc g, int64_t i)
+{
+	return g.f32 ? ((const float *)g.p)[i] : __bfloat162float(((const bf16 *)g.p)[i]);
+}
+
+static __device__ __forceinline__ void gset(gacc g, int64_t i, float v)
+{
+	if (g.f32)
+		((float *)g.p)[i] = v;
+	else
+		((bf16 *)g.p)[i] = __float2bfloat16_rn(v);
+}
+
+/* dloga of a chunk from dg (s_g, GC floats in shared memory): dloga_i =
+ * the sum of dg over i..n-1, each thread i < n its own sum, added from
+ * n - 1 down (the order, so the bits, of one running sum). */
+static __device__ __forceinline__ void put_dloga(gacc g, const float *s_g, int64_t tok0, int64_t H,
+						 int n, int tid)
+{
+	if (!g.p || tid >= n)
+		return;
+	float acc = 0;
+	for (int i = n - 1; i >= tid; i--)
+		acc += s_g[i];
+	gadd(g, tok0 + (int64_t)tid * H, acc);
 }
 
 /* grid (chunks, B*H), TC_THREADS: the token gradients of one chunk (the
@@ -2980,13 +3046,8 @@ gdn_tc_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 		s.g[tid] = x;
 	}
 	__syncthreads();
-	if (tid == 0 && gr.la.p && la) {
-		float acc = 0;
-		for (int i = n - 1; i >= 0; i--) {
-			acc += s.g[i];
-			gadd(gr.la, tok0 + (int64_t)i * H, acc);
-		}
-	}
+	if (la)
+		put_dloga(gr.la, s.g, tok0, H, n, tid);
 }
 
 template <int DK, int DV, int BV>
@@ -3263,9 +3324,10 @@ static __device__ __forceinline__ float quad_sum(float x)
 }
 
 /* The bgrad region that holds S_l and D_l during the level sweeps, then
- * the dW tile and five GC x GC tiles (bf16 elements). */
+ * the dW tile and four GC x GC tiles (bf16 elements): at DK = DV = 64
+ * the block fits twice an SM. */
 template <int DK, int DV> struct ll_sd {
-	static constexpr int A = 2 * DK * DV, B = GC * DK + 5 * GC * GC;
+	static constexpr int A = 2 * DK * DV, B = GC * DK + 4 * GC * GC;
 	static constexpr int N = A > B ? A : B;
 };
 
@@ -3334,7 +3396,7 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 	const int j = last ? 0 : __ffs(ci + 1) - 1;
 	bf16 *const sS = s.SD, *const sD = s.SD + DK * DV;
 	bf16 *const sdW = s.SD, *const sP = s.SD + GC * DK, *const sZ = sP + GC * GC;
-	bf16 *const sDB = sZ + GC * GC, *const sAL = sDB + GC * GC, *const sM2 = sAL + GC * GC;
+	bf16 *const sDB = sZ + GC * GC, *const sAL = sDB + GC * GC, *const sM2 = sDB;
 	load_tile<DK, GC>(s.Q, q + (b * Tn * H + h) * DK, H * DK, t0, Tn, tid);
 	load_tile<DK, GC>(s.K, k + (b * Tn * H + h) * DK, H * DK, t0, Tn, tid);
 	load_tile<DV, GC>(s.V, v + (b * Tn * H + h) * DV, H * DV, t0, Tn, tid);
@@ -3390,13 +3452,9 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 				dot_rows<DV>(x_lo, x_hi, y, s.dO, r0, lane);
 				x_lo = quad_sum(x_lo);
 				x_hi = quad_sum(x_hi);
-				if ((lane & 3) == 0 && gr.lam.p && GC_LOG + l < NL) {
-					if (r0 < n)
-						gadd(gr.lam, (tok0 + (int64_t)r0 * H) * NL + GC_LOG + l,
-						     scale * x_lo);
-					if (r0 + 8 < n)
-						gadd(gr.lam, (tok0 + (int64_t)(r0 + 8) * H) * NL + GC_LOG + l,
-						     scale * x_hi);
+				if ((lane & 3) == 0) { /* the weights read: lamc becomes dlam */
+					s.lamc[r0][l] = scale * x_lo;
+					s.lamc[r0 + 8][l] = scale * x_hi;
 				}
 			}
 		}
@@ -3584,11 +3642,9 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 #pragma unroll
 		for (int l = 0; l < 7; l++) {
 			float x_lo = quad_sum(bins[0][l]), x_hi = quad_sum(bins[1][l]);
-			if ((lane & 3) == 0 && gr.lam.p && l < NL) {
-				if (r0 < n)
-					gadd(gr.lam, (tok0 + (int64_t)r0 * H) * NL + l, x_lo);
-				if (r0 + 8 < n)
-					gadd(gr.lam, (tok0 + (int64_t)(r0 + 8) * H) * NL + l, x_hi);
+			if ((lane & 3) == 0) { /* the weights read: lam becomes dlam */
+				s.lam[r0][l] = x_lo;
+				s.lam[r0 + 8][l] = x_hi;
 			}
 		}
 		/* dP = DB Tmᵀ - dQe Wᵀ (keys up to the diagonal) */
@@ -3675,6 +3731,7 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 			for (int e = 0; e < 4; e++)
 				dt[nt][e] *= s.b[nt * 8 + col + (e & 1)];
 		mm_tkn<GC, GC, GC / 16>(dt, sP, sDB, i0, warp, lane);
+		__syncthreads(); /* DB read by every warp: it becomes M2 */
 		put64(sM2, dt, i0, lane);
 	}
 	float dk[DK / 8][4];
@@ -3818,12 +3875,23 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 				     s.colb[3][r0 + 8]);
 	}
 	__syncthreads();
-	if (tid == 0 && gr.la.p && la) {
-		float acc = 0;
-		for (int i = n - 1; i >= 0; i--) {
-			acc += s.g[i];
-			gadd(gr.la, tok0 + (int64_t)i * H, acc);
-		}
+	if (la)
+		put_dloga(gr.la, s.g, tok0, H, n, tid);
+	/* dlam of the row: levels 0..6 in lam, 6 + l (live l) in lamc; every
+	 * old value loaded before the first store */
+	if (gr.lam.p && tid < n) {
+		constexpr int NV = 7 + LL_LW - 1;
+		const int64_t base = (tok0 + (int64_t)tid * H) * NL;
+		float old[NV];
+#pragma unroll
+		for (int lv = 0; lv < NV; lv++)
+			if (lv < NL && (lv < 7 || ((ci >> (lv - 7)) & 1)))
+				old[lv] = gget(gr.lam, base + lv);
+#pragma unroll
+		for (int lv = 0; lv < NV; lv++)
+			if (lv < NL && (lv < 7 || ((ci >> (lv - 7)) & 1)))
+				gset(gr.lam, base + lv,
+				     old[lv] + (lv < 7 ? s.lam[tid][lv] : s.lamc[tid][lv - GC_LOG]));
 	}
 }
 
