@@ -2272,17 +2272,22 @@ static int ll_walk_launch(lmk_cuda_backend *b, bf16 *out, bf16 *Ss, const bf16 *
 template <int DK, int BV> static size_t ll_bwalk_bytes(int nsl);
 
 /* The value block of the walks (BWD: the backward's): the widest of 64
- * (DK 64 only) and 32 columns whose shared memory still fits two blocks
- * an SM and that gives two blocks per SM, else 16 (whose levels the
- * launchers checked fit one block an SM). */
+ * (DK 64 only) and 32 columns whose shared memory fits two blocks an SM
+ * and that gives two blocks per SM, else the widest that fits one and
+ * gives a block per SM, else 16 (whose levels the launchers checked fit
+ * one block an SM). */
 template <int DK, int DV, bool BWD> static int ll_bv(int64_t BH, int nlevc)
 {
 	const size_t s64 = BWD ? ll_bwalk_bytes<DK, 64>(nlevc - 1) : ll_walk_bytes<DK, 64>(nlevc - 1);
 	const size_t s32 = BWD ? ll_bwalk_bytes<DK, 32>(nlevc - 1) : ll_walk_bytes<DK, 32>(nlevc - 1);
-	if (DK == 64 && s64 <= LL_SMEM_MAX / 2 && BH * (DV / 64) >= 264)
-		return 64;
-	if (s32 <= LL_SMEM_MAX / 2 && BH * (DV / 32) >= 264)
-		return 32;
+	for (int per_sm = 2; per_sm >= 1; per_sm--) {
+		const size_t fit = LL_SMEM_MAX / per_sm;
+		const int64_t want = 132 * per_sm;
+		if (DK == 64 && s64 <= fit && BH * (DV / 64) >= want)
+			return 64;
+		if (s32 <= fit && BH * (DV / 32) >= want)
+			return 32;
+	}
 	return 16;
 }
 
