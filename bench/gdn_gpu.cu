@@ -8,7 +8,8 @@
  * H*D = 2048, so H = 16 at D = 128 and H = 32 at D = 64, Dk = Dv = D;
  * q, k unit norm, loga in (-0.1, 0), beta in (0, 1), lam in (0, 1).
  * Variants: the chunked and the recurrent kernels (algo), plain GDN and
- * log-linear (lam; its backward is always the recurrent one).
+ * log-linear (lam; in BF16 with Dk, Dv in {64, 128} both run on the
+ * tensor cores).
  * The recurrent kernels are latency-bound (T sequential steps per head, a
  * second or more per call at 64K): they run at T <= 8K only, unless
  * --all-rec.
@@ -17,8 +18,10 @@
  * bench/gdn_torch.py's numbers):
  *   ours D T B H variant fwd_ms fwdbwd_ms fwd_Mtok/s fwdbwd_Mtok/s
  * and a check that the outputs are finite. Exit 0, or 1 on a failure.
- * --chunked: the plain chunked variant only; --T N: that T only.
- * Usage: gdn_gpu [--quick] [--all-rec] [--chunked] [--T N] [--reps N] */
+ * --chunked: the plain chunked variant only; --ll: the log-linear chunked
+ * one only; --fwd: forwards only (fwdbwd printed as 0); --T N: that T only.
+ * Usage: gdn_gpu [--quick] [--all-rec] [--chunked] [--ll] [--fwd] [--T N]
+ *                [--reps N] */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
@@ -87,7 +90,7 @@ static float median(std::vector<float> v)
 
 int main(int argc, char **argv)
 {
-	int quick = 0, allrec = 0, chunked = 0, reps = 10;
+	int quick = 0, allrec = 0, chunked = 0, llonly = 0, fwdonly = 0, reps = 10;
 	int64_t only_t = 0;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--quick")) {
@@ -96,6 +99,10 @@ int main(int argc, char **argv)
 			allrec = 1;
 		} else if (!strcmp(argv[i], "--chunked")) {
 			chunked = 1;
+		} else if (!strcmp(argv[i], "--ll")) {
+			llonly = 1;
+		} else if (!strcmp(argv[i], "--fwd")) {
+			fwdonly = 1;
 		} else if (!strcmp(argv[i], "--T") && i + 1 < argc) {
 			only_t = atoll(argv[++i]);
 		} else if (!strcmp(argv[i], "--reps") && i + 1 < argc) {
@@ -105,7 +112,8 @@ int main(int argc, char **argv)
 				return 2;
 			}
 		} else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-			printf("usage: gdn_gpu [--quick] [--all-rec] [--chunked] [--T N] [--reps N]\n");
+			printf("usage: gdn_gpu [--quick] [--all-rec] [--chunked] [--ll] [--fwd] "
+			       "[--T N] [--reps N]\n");
 			return 0;
 		} else {
 			fprintf(stderr, "gdn_gpu: unknown option '%s'\n", argv[i]);
@@ -182,7 +190,7 @@ int main(int argc, char **argv)
 				int algo = var % 2 ? ALGO_RECURRENT : ALGO_CHUNKED, ll = var / 2;
 				if (algo == ALGO_RECURRENT && !allrec && T > 8192)
 					continue;
-				if (chunked && var != 0)
+				if ((chunked && var != 0) || (llonly && var != 2))
 					continue;
 				const char *name[4] = {"chunked", "recurrent", "ll-chunked", "ll-recurrent"};
 				lmk_gbuf g[6] = {{gq, LMK_BF16},  {gk, LMK_BF16},  {gv, LMK_BF16},
@@ -199,6 +207,10 @@ int main(int argc, char **argv)
 					CK(cudaEventElapsedTime(&ms, e0, e1));
 					if (r >= 0)
 						tf.push_back(ms);
+					if (fwdonly) {
+						tb.push_back(0.0f);
+						continue;
+					}
 					CK(cudaEventRecord(e0, st));
 					LMK(lmk_cuda_gdn_forward(be, LMK_BF16, out, dq_in, dk_in, dv_in, dla,
 								 dbt, ll ? dlam : NULL, B, T, H, D, D,

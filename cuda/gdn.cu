@@ -1762,17 +1762,614 @@ static int tc_fwd_launch(lmk_cuda_backend *b, bf16 *out, const bf16 *q, const bf
 	return tc_walk_launch<DK, DV, 16>(b, out, q, k, W, U, G, B, Tn, H, nch, scale);
 }
 
+/* ------------------------------------------ log-linear, tensor cores */
+
+/* The chunked forward of log-linear GDN in BF16 for Dk, Dv in {64, 128},
+ * the algebra of head_chunked (lib/gdn.c) on the tensor cores with chunks
+ * of 64 (aligned with the Fenwick buckets: the levels 0..6 of a query-key
+ * pair inside a chunk depend only on their offsets, a pair in different
+ * chunks has level 6 + the chunk-level of the two chunks):
+ *  prep (gdn_tc_prep, with Tm): g, W = Tm diag(beta gamma) K, U = Tm
+ *        diag(beta) V and Tm (bf16);
+ *  intra (grid chunks x heads): P = Q Kᵀ ⊙ exp(g_i - g_j) (j <= i), the
+ *        output inside the chunk O = scale ((P Tm diag(beta)) ⊙ Λ) V with
+ *        Λ_is = lam_i[level(i,s)] (to out, bf16), and Qe = diag(gamma) Q -
+ *        P W (bf16 in scratch), what reads the states entering the chunk;
+ *  walk (grid heads x blocks of BV value columns): the chunks in order with
+ *        the chunk-level states S_l (Dk x BV; level l >= 1 holds keys for
+ *        chunk ci when bit l-1 of ci is set): o_i += scale lam_i[6 + l]
+ *        Qe_i S_l for each live l, then the states leaving the chunk. Of
+ *        the binary counter's carry into the next chunk (levels 0..j merge
+ *        into j + 1, j = ctz(ci + 1)), levels 1..j are live here and are
+ *        summed before their (common, linear) transition, so that the
+ *        merged state is one plain GDN update: S_{j+1} = gamma_n Σ S_l +
+ *        Kᵀ diag(exp(g_n - g_r)) (U - W Σ S_l); every other live level
+ *        takes S_l = gamma_n S_l - Kᵀ diag(exp(g_n - g_r)) W S_l.
+ * The walk keeps each level's state in shared memory twice: float32 in
+ * the accumulator layout of the thread that updates it (the sums) and a
+ * bf16 copy (the operand of the row products). */
+
+/* grid (chunks, B*H), TC_THREADS: out rows of the chunk (the intra-chunk
+ * part, already scaled; none when out is NULL) and Qe (B*H, nch*GC, DK)
+ * bf16. Warp w the rows 16w.. */
+template <int DK, int DV> struct ll_intra_smem {
+	bf16 Q[GC * DK], K[GC * DK], W[GC * DK], V[GC * DV], Tm[GC * GC];
+	float g[GC], b[GC], lam[GC][8];
+};
+
+template <int DK, int DV>
+__global__ void __launch_bounds__(TC_THREADS)
+gdn_ll_intra(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, bf16 *__restrict__ Qeg,
+	     const bf16 *__restrict__ q /*(B,Tn,H,DK)*/, const bf16 *__restrict__ k,
+	     const bf16 *__restrict__ v /*(B,Tn,H,DV)*/, const bf16 *__restrict__ be /*(B,Tn,H)*/,
+	     const bf16 *__restrict__ lam /*(B,Tn,H,NL)*/, const bf16 *__restrict__ Wg,
+	     const float *__restrict__ Gg, const bf16 *__restrict__ Tg, int64_t Tn, int64_t H,
+	     int64_t NL, int nch, float scale)
+{
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	ll_intra_smem<DK, DV> &s = *(ll_intra_smem<DK, DV> *)smem_raw;
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, ci = blockIdx.x;
+	const int64_t bh = blockIdx.y, b = bh / H, h = bh % H, t0 = (int64_t)ci * GC;
+	const int64_t crow = (bh * nch + ci) * GC;
+	const int n = Tn - t0 < GC ? (int)(Tn - t0) : GC;
+	load_tile<DK, GC>(s.Q, q + (b * Tn * H + h) * DK, H * DK, t0, Tn, tid);
+	load_tile<DK, GC>(s.K, k + (b * Tn * H + h) * DK, H * DK, t0, Tn, tid);
+	load_tile<DV, GC>(s.V, v + (b * Tn * H + h) * DV, H * DV, t0, Tn, tid);
+	load_tile<DK, GC>(s.W, Wg + crow * DK, DK, 0, GC, tid);
+	load_tile<GC, GC>(s.Tm, Tg + crow * GC, GC, 0, GC, tid);
+	cp_commit();
+	if (tid < GC) {
+		int64_t idx = (b * Tn + t0 + tid) * H + h;
+		s.g[tid] = Gg[crow + tid];
+		s.b[tid] = tid < n ? tof(be[idx]) : 0.0f;
+#pragma unroll
+		for (int l = 0; l < 8; l++)
+			s.lam[tid][l] = tid < n && l < NL ? tof(lam[idx * NL + l]) : 0.0f;
+	}
+	cp_wait_all();
+	__syncthreads();
+	const int col = (lane & 3) << 1, r0 = warp * 16 + (lane >> 2);
+	/* p = Q Kᵀ with the causal decay mask (keys up to the warp's diagonal) */
+	float p[GC / 8][4];
+#pragma unroll
+	for (int nt = 0; nt < GC / 8; nt++)
+		p[nt][0] = p[nt][1] = p[nt][2] = p[nt][3] = 0.0f;
+#pragma unroll
+	for (int kk = 0; kk < DK / 16; kk++) {
+		uint32_t a[4];
+		ld_a<DK>(a, s.Q, warp * 16, kk * 16, lane);
+#pragma unroll
+		for (int np = 0; np < GC / 16; np++)
+			if (np <= warp) {
+				uint32_t bb[4];
+				ld_b_nk<DK>(bb, s.K, np * 16, kk * 16, lane);
+				mma16816(p[2 * np], a, bb[0], bb[1]);
+				mma16816(p[2 * np + 1], a, bb[2], bb[3]);
+			}
+	}
+#pragma unroll
+	for (int nt = 0; nt < GC / 8; nt++)
+		if (nt < 2 * (warp + 1))
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				int i = r0 + (e >> 1) * 8, j = nt * 8 + col + (e & 1);
+				p[nt][e] = j <= i ? expf(s.g[i] - s.g[j]) * p[nt][e] : 0.0f;
+			}
+	/* A = (p Tm) diag(beta) ⊙ Λ: (p Tm)_is needs s <= j <= i */
+	float a_[GC / 8][4];
+#pragma unroll
+	for (int nt = 0; nt < GC / 8; nt++)
+		a_[nt][0] = a_[nt][1] = a_[nt][2] = a_[nt][3] = 0.0f;
+#pragma unroll
+	for (int kk = 0; kk < GC / 16; kk++)
+		if (kk <= warp) {
+			uint32_t a[4];
+			c_to_a(a, p[2 * kk], p[2 * kk + 1]);
+#pragma unroll
+			for (int np = 0; np < GC / 16; np++)
+				if (np <= kk) {
+					uint32_t bb[4];
+					ld_b_kn<GC>(bb, s.Tm, kk * 16, np * 16, lane);
+					mma16816(a_[2 * np], a, bb[0], bb[1]);
+					mma16816(a_[2 * np + 1], a, bb[2], bb[3]);
+				}
+		}
+#pragma unroll
+	for (int nt = 0; nt < GC / 8; nt++)
+		if (nt < 2 * (warp + 1))
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				int i = r0 + (e >> 1) * 8, j = nt * 8 + col + (e & 1);
+				int lv = i == j ? 0 : 32 - __clz(i ^ j);
+				a_[nt][e] = j <= i ? s.b[j] * s.lam[i][lv] * a_[nt][e] : 0.0f;
+			}
+	/* O = A V (not for the backward, out NULL) */
+	if (out) {
+		float o[DV / 8][4];
+#pragma unroll
+		for (int nt = 0; nt < DV / 8; nt++)
+			o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
+#pragma unroll
+		for (int kk = 0; kk < GC / 16; kk++)
+			if (kk <= warp) {
+				uint32_t a[4];
+				c_to_a(a, a_[2 * kk], a_[2 * kk + 1]);
+#pragma unroll
+				for (int np = 0; np < DV / 16; np++) {
+					uint32_t bb[4];
+					ld_b_kn<DV>(bb, s.V, kk * 16, np * 16, lane);
+					mma16816(o[2 * np], a, bb[0], bb[1]);
+					mma16816(o[2 * np + 1], a, bb[2], bb[3]);
+				}
+			}
+		bf16 *ob = out + ((b * Tn + t0) * H + h) * DV + col;
+		const int64_t ldo = H * DV;
+#pragma unroll
+		for (int nt = 0; nt < DV / 8; nt++) {
+			if (r0 < n)
+				*(uint32_t *)(ob + r0 * ldo + nt * 8) =
+					pack_bf16(scale * o[nt][0], scale * o[nt][1]);
+			if (r0 + 8 < n)
+				*(uint32_t *)(ob + (r0 + 8) * ldo + nt * 8) =
+					pack_bf16(scale * o[nt][2], scale * o[nt][3]);
+		}
+	}
+	/* Qe = diag(gamma) Q - p W */
+	{
+		float x[DK / 8][4];
+#pragma unroll
+		for (int nt = 0; nt < DK / 8; nt++)
+			x[nt][0] = x[nt][1] = x[nt][2] = x[nt][3] = 0.0f;
+#pragma unroll
+		for (int kk = 0; kk < GC / 16; kk++)
+			if (kk <= warp) {
+				uint32_t a[4];
+				c_to_a(a, p[2 * kk], p[2 * kk + 1]);
+#pragma unroll
+				for (int np = 0; np < DK / 16; np++) {
+					uint32_t bb[4];
+					ld_b_kn<DK>(bb, s.W, kk * 16, np * 16, lane);
+					mma16816(x[2 * np], a, bb[0], bb[1]);
+					mma16816(x[2 * np + 1], a, bb[2], bb[3]);
+				}
+			}
+		const float gm_lo = expf(s.g[r0]), gm_hi = expf(s.g[r0 + 8]);
+		bf16 *qe = Qeg + (crow + r0) * DK + col;
+#pragma unroll
+		for (int nt = 0; nt < DK / 8; nt++) {
+			const int cc = nt * 8 + col;
+			__nv_bfloat162 q_lo = *(const __nv_bfloat162 *)(s.Q + swz<DK>(r0, cc));
+			__nv_bfloat162 q_hi = *(const __nv_bfloat162 *)(s.Q + swz<DK>(r0 + 8, cc));
+			*(uint32_t *)(qe + nt * 8) = pack_bf16(gm_lo * __low2float(q_lo) - x[nt][0],
+							       gm_lo * __high2float(q_lo) - x[nt][1]);
+			*(uint32_t *)(qe + 8 * DK + nt * 8) =
+				pack_bf16(gm_hi * __low2float(q_hi) - x[nt][2],
+					  gm_hi * __high2float(q_hi) - x[nt][3]);
+		}
+	}
+}
+
+#define LL_LW 16 /* chunk levels the walk takes: chunks < 2^15 */
+#define LL_SMEM_MAX (220 * 1024)
+#define GC_LOG 6 /* log2(GC): the level offset of chunk-level buckets */
+
+template <int DK, int BV> struct ll_walk_smem {
+	bf16 Qe[GC * DK], W[GC * DK], K[2][GC * DK], U[GC * BV], X[2][GC * BV];
+	float g[GC], lam[GC][LL_LW];
+};
+
+/* The walk's smem: the tiles, then nsl level states (bf16 copies, then the
+ * float32 ones). */
+template <int DK, int BV> static size_t ll_walk_bytes(int nsl)
+{
+	size_t t = (sizeof(ll_walk_smem<DK, BV>) + 127) / 128 * 128;
+	return t + (size_t)nsl * DK * BV * (sizeof(bf16) + sizeof(float));
+}
+
+/* The tiles of chunk ci: Qe, W, U, g (cp.async) and K into stage kb, and
+ * the chunk-level weights lam_i[6 + l] (plain loads). */
+template <int DK, int DV, int BV>
+static __device__ __forceinline__ void ll_walk_load(ll_walk_smem<DK, BV> &s, int kb,
+						    const bf16 *kbase, const bf16 *Qeg,
+						    const bf16 *Wg, const bf16 *Ug, const float *Gg,
+						    const bf16 *lamb, int64_t bh, int ci, int nch,
+						    int nlevc, int c0, int64_t Tn, int64_t H,
+						    int64_t NL, int tid)
+{
+	const int64_t t0 = (int64_t)ci * GC, crow = (bh * nch + ci) * GC;
+	load_tile<DK, GC>(s.Qe, Qeg + crow * DK, DK, 0, GC, tid);
+	load_tile<DK, GC>(s.W, Wg + crow * DK, DK, 0, GC, tid);
+	load_tile<DK, GC>(s.K[kb], kbase, H * DK, t0, Tn, tid);
+	load_tile<BV, GC>(s.U, Ug + crow * DV + c0, DV, 0, GC, tid);
+	if (tid < GC / 4)
+		cp_async16(smem_u32(s.g + tid * 4), Gg + crow + tid * 4, true);
+	cp_commit();
+	if (tid < GC) {
+		const bool ok = t0 + tid < Tn;
+		const bf16 *lr = lamb + (ok ? (t0 + tid) * H * NL : 0);
+		for (int l = 1; l < nlevc; l++)
+			s.lam[tid][l] = ok && GC_LOG + l < NL ? tof(lr[GC_LOG + l]) : 0.0f;
+	}
+}
+
+/* acc (the warp's state rows w*DK/4.., BV columns) += Aᵀ B, A a [GC][DK]
+ * tile, B a [GC][BV] tile: the walks' updates of a (DK x BV) state. */
+template <int DK, int BV>
+static __device__ __forceinline__ void ll_tmm(float (&acc)[DK / 64][BV / 8][4], const bf16 *A,
+					      const bf16 *Bm, int warp, int lane)
+{
+	constexpr int SM = DK / 64;
+#pragma unroll
+	for (int kk = 0; kk < GC / 16; kk++)
+#pragma unroll
+		for (int m = 0; m < SM; m++) {
+			uint32_t a[4];
+			ld_a_t<DK>(a, A, (warp * SM + m) * 16, kk * 16, lane);
+#pragma unroll
+			for (int np = 0; np < BV / 16; np++) {
+				uint32_t bb[4];
+				ld_b_kn<BV>(bb, Bm, kk * 16, np * 16, lane);
+				mma16816(acc[m][2 * np], a, bb[0], bb[1]);
+				mma16816(acc[m][2 * np + 1], a, bb[2], bb[3]);
+			}
+		}
+}
+
+/* acc = f Σ of the float32 states of slots from .. to-1 (0 when none): the
+ * walks keep each slot (DK x BV) in shared memory twice, float32 in the
+ * accumulator layout of the thread that updates it (Sf) and a swizzled
+ * bf16 copy (Sb), the operand of the row products. */
+template <int DK, int BV>
+static __device__ __forceinline__ void ll_load(float (&acc)[DK / 64][BV / 8][4], const float *Sf,
+					       int from, int to, float f, int tid)
+{
+	constexpr int SM = DK / 64, NT = BV / 8, SZ = DK * BV;
+#pragma unroll
+	for (int m = 0; m < SM; m++)
+#pragma unroll
+		for (int nt = 0; nt < NT; nt++) {
+			float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+			for (int sl = from; sl < to; sl++) {
+				float4 x = ((const float4 *)(Sf + (size_t)sl * SZ))
+					[(m * NT + nt) * TC_THREADS + tid];
+				a.x += x.x;
+				a.y += x.y;
+				a.z += x.z;
+				a.w += x.w;
+			}
+			acc[m][nt][0] = f * a.x;
+			acc[m][nt][1] = f * a.y;
+			acc[m][nt][2] = f * a.z;
+			acc[m][nt][3] = f * a.w;
+		}
+}
+
+/* acc into slot dst, both copies. */
+template <int DK, int BV>
+static __device__ __forceinline__ void ll_store(bf16 *Sb, float *Sf, int dst,
+						const float (&acc)[DK / 64][BV / 8][4], int warp,
+						int lane, int tid)
+{
+	constexpr int SM = DK / 64, NT = BV / 8, SZ = DK * BV;
+	const int col = (lane & 3) << 1;
+	bf16 *sb = Sb + (size_t)dst * SZ;
+	float4 *sf = (float4 *)(Sf + (size_t)dst * SZ);
+#pragma unroll
+	for (int m = 0; m < SM; m++) {
+		const int d = (warp * SM + m) * 16 + (lane >> 2);
+#pragma unroll
+		for (int nt = 0; nt < NT; nt++) {
+			sf[(m * NT + nt) * TC_THREADS + tid] =
+				make_float4(acc[m][nt][0], acc[m][nt][1], acc[m][nt][2], acc[m][nt][3]);
+			*(uint32_t *)(sb + swz<BV>(d, nt * 8 + col)) =
+				pack_bf16(acc[m][nt][0], acc[m][nt][1]);
+			*(uint32_t *)(sb + swz<BV>(d + 8, nt * 8 + col)) =
+				pack_bf16(acc[m][nt][2], acc[m][nt][3]);
+		}
+	}
+}
+
+/* The forward walk's update: S (slot dst) = gamma_n Σ S (slots from ..
+ * to-1) + Kᵀ X, X (GC x BV) bf16 in shared memory. */
+template <int DK, int BV>
+static __device__ __forceinline__ void ll_update(bf16 *Sb, float *Sf, int from, int to, int dst,
+						 const bf16 *X, const bf16 *sK, float gn, int warp,
+						 int lane, int tid)
+{
+	float acc[DK / 64][BV / 8][4];
+	ll_load<DK, BV>(acc, Sf, from, to, gn, tid);
+	ll_tmm<DK, BV>(acc, sK, X, warp, lane);
+	ll_store<DK, BV>(Sb, Sf, dst, acc, warp, lane, tid);
+}
+
+/* The number of live chunk levels (>= 1) of the chunks before c: the
+ * sum of the popcounts of 0 .. c-1, where the states the backward saves
+ * for chunk c start. */
+static __host__ __device__ __forceinline__ int64_t ll_first(int64_t c)
+{
+	int64_t s = 0;
+	for (int b = 0; ((int64_t)1 << b) < c; b++) {
+		const int64_t p = (int64_t)2 << b, r = c % p - p / 2;
+		s += c / p * (p / 2) + (r > 0 ? r : 0);
+	}
+	return s;
+}
+
+/* Where the saved state of level l (live) of chunk c is among its head's
+ * NS = ll_first(nch). */
+static __device__ __forceinline__ int64_t ll_slot(int c, int l)
+{
+	return ll_first(c) + __popc((unsigned)c & ((1u << (l - 1)) - 1u));
+}
+
+/* grid (B*H, DV/BV), TC_THREADS, nlevc >= 2 (two chunks or more): adds the
+ * states' part to out (see above). Warp w owns the chunk rows 16w.. of the
+ * row products and the state rows w*DK/4.. of the updates. SAVE (for the
+ * backward): no output; the bf16 state of every live level of every chunk
+ * to Ss (B*H, NS, DK, DV), at ll_slot. */
+template <int DK, int DV, int BV, bool SAVE>
+__global__ void __launch_bounds__(TC_THREADS)
+gdn_ll_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ k /*(B,Tn,H,DK)*/,
+	    const bf16 *__restrict__ lam /*(B,Tn,H,NL)*/, const bf16 *__restrict__ Qeg,
+	    const bf16 *__restrict__ Wg, const bf16 *__restrict__ Ug, const float *__restrict__ Gg,
+	    bf16 *__restrict__ Ss, int64_t Tn, int64_t H, int64_t NL, int nch, int nlevc,
+	    float scale)
+{
+	constexpr int NT = BV / 8, SZ = DK * BV;
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	ll_walk_smem<DK, BV> &s = *(ll_walk_smem<DK, BV> *)smem_raw;
+	bf16 *Sb = (bf16 *)(smem_raw + (sizeof(ll_walk_smem<DK, BV>) + 127) / 128 * 128);
+	float *Sf = (float *)(Sb + (size_t)(nlevc - 1) * SZ);
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const int64_t bh = blockIdx.x, b = bh / H, h = bh % H;
+	const int c0 = blockIdx.y * BV, col = (lane & 3) << 1, r0 = warp * 16 + (lane >> 2);
+	const bf16 *kbase = k + (b * Tn * H + h) * DK, *lamb = lam + (b * Tn * H + h) * NL;
+	ll_walk_load<DK, DV, BV>(s, 0, kbase, Qeg, Wg, Ug, Gg, lamb, bh, 0, nch, nlevc, c0, Tn, H,
+				 NL, tid);
+	for (int ci = 0; ci < nch; ci++) {
+		const int64_t t0 = (int64_t)ci * GC;
+		const bf16 *sK = s.K[ci & 1];
+		const bool last = ci == nch - 1;
+		const int j = last ? 0 : __ffs(ci + 1) - 1; /* levels 1..j merge after */
+		cp_wait_all();
+		__syncthreads(); /* this chunk's tiles and the previous states landed */
+		if (SAVE) {
+			const int64_t NS = ll_first(nch);
+			for (int l = 1; l < nlevc; l++)
+				if ((ci >> (l - 1)) & 1)
+					store_tile<BV, DK>(Ss + ((bh * NS + ll_slot(ci, l)) * DK) * DV + c0,
+							   DV, Sb + (size_t)(l - 1) * SZ, tid);
+			if (last)
+				break;
+		}
+		const float gl = s.g[GC - 1], gn = expf(gl);
+		const float e_lo = expf(gl - s.g[r0]), e_hi = expf(gl - s.g[r0 + 8]);
+		float oacc[NT][4], xsum[NT][4];
+#pragma unroll
+		for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+			for (int e = 0; e < 4; e++)
+				oacc[nt][e] = xsum[nt][e] = 0.0f;
+		int par = 0;
+		for (int l = 1; l < nlevc; l++) {
+			if (!((ci >> (l - 1)) & 1))
+				continue;
+			const bf16 *Sl = Sb + (size_t)(l - 1) * SZ;
+			float xs[NT][4], ys[NT][4];
+#pragma unroll
+			for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+				for (int e = 0; e < 4; e++)
+					xs[nt][e] = ys[nt][e] = 0.0f;
+#pragma unroll
+			for (int kk = 0; kk < DK / 16; kk++) {
+				uint32_t aw[4], aq[4];
+				ld_a<DK>(aw, s.W, warp * 16, kk * 16, lane);
+				if (!SAVE)
+					ld_a<DK>(aq, s.Qe, warp * 16, kk * 16, lane);
+#pragma unroll
+				for (int np = 0; np < BV / 16; np++) {
+					uint32_t bb[4];
+					ld_b_kn<BV>(bb, Sl, kk * 16, np * 16, lane);
+					mma16816(xs[2 * np], aw, bb[0], bb[1]);
+					mma16816(xs[2 * np + 1], aw, bb[2], bb[3]);
+					if (!SAVE) {
+						mma16816(ys[2 * np], aq, bb[0], bb[1]);
+						mma16816(ys[2 * np + 1], aq, bb[2], bb[3]);
+					}
+				}
+			}
+			const float w_lo = s.lam[r0][l], w_hi = s.lam[r0 + 8][l];
+#pragma unroll
+			for (int nt = 0; nt < NT; nt++) {
+				oacc[nt][0] += w_lo * ys[nt][0];
+				oacc[nt][1] += w_lo * ys[nt][1];
+				oacc[nt][2] += w_hi * ys[nt][2];
+				oacc[nt][3] += w_hi * ys[nt][3];
+			}
+			if (last)
+				continue;
+			if (l <= j) {
+#pragma unroll
+				for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+					for (int e = 0; e < 4; e++)
+						xsum[nt][e] += xs[nt][e];
+				continue;
+			}
+			/* a level that stays: S_l = gamma_n S_l - Kᵀ diag(e) W S_l */
+			bf16 *Xb = s.X[par];
+			par ^= 1;
+#pragma unroll
+			for (int nt = 0; nt < NT; nt++) {
+				const int cc = nt * 8 + col;
+				*(uint32_t *)(Xb + swz<BV>(r0, cc)) =
+					pack_bf16(-e_lo * xs[nt][0], -e_lo * xs[nt][1]);
+				*(uint32_t *)(Xb + swz<BV>(r0 + 8, cc)) =
+					pack_bf16(-e_hi * xs[nt][2], -e_hi * xs[nt][3]);
+			}
+			__syncthreads(); /* Xb complete; every warp done reading S_l */
+			ll_update<DK, BV>(Sb, Sf, l - 1, l, l - 1, Xb, sK, gn, warp, lane, tid);
+		}
+		if (!SAVE && ci > 0) {
+			bf16 *ob = out + ((b * Tn + t0) * H + h) * DV + c0 + col;
+			const int64_t ldo = H * DV;
+#pragma unroll
+			for (int nt = 0; nt < NT; nt++) {
+				if (t0 + r0 < Tn) {
+					uint32_t *p = (uint32_t *)(ob + r0 * ldo + nt * 8);
+					__nv_bfloat162 x = *(__nv_bfloat162 *)p;
+					*p = pack_bf16(__low2float(x) + scale * oacc[nt][0],
+						       __high2float(x) + scale * oacc[nt][1]);
+				}
+				if (t0 + r0 + 8 < Tn) {
+					uint32_t *p = (uint32_t *)(ob + (r0 + 8) * ldo + nt * 8);
+					__nv_bfloat162 x = *(__nv_bfloat162 *)p;
+					*p = pack_bf16(__low2float(x) + scale * oacc[nt][2],
+						       __high2float(x) + scale * oacc[nt][3]);
+				}
+			}
+		}
+		if (last)
+			break;
+		/* the merged level j + 1: gamma_n Σ S_l + Kᵀ diag(e) (U - W Σ S_l) */
+		bf16 *Xb = s.X[par];
+#pragma unroll
+		for (int nt = 0; nt < NT; nt++) {
+			const int cc = nt * 8 + col;
+			__nv_bfloat162 u_lo = *(const __nv_bfloat162 *)(s.U + swz<BV>(r0, cc));
+			__nv_bfloat162 u_hi = *(const __nv_bfloat162 *)(s.U + swz<BV>(r0 + 8, cc));
+			*(uint32_t *)(Xb + swz<BV>(r0, cc)) =
+				pack_bf16(e_lo * (__low2float(u_lo) - xsum[nt][0]),
+					  e_lo * (__high2float(u_lo) - xsum[nt][1]));
+			*(uint32_t *)(Xb + swz<BV>(r0 + 8, cc)) =
+				pack_bf16(e_hi * (__low2float(u_hi) - xsum[nt][2]),
+					  e_hi * (__high2float(u_hi) - xsum[nt][3]));
+		}
+		__syncthreads(); /* Xb complete; Qe, W, U, g and lam read by every warp */
+		ll_walk_load<DK, DV, BV>(s, (ci + 1) & 1, kbase, Qeg, Wg, Ug, Gg, lamb, bh, ci + 1,
+					 nch, nlevc, c0, Tn, H, NL, tid);
+		ll_update<DK, BV>(Sb, Sf, 0, j, j, Xb, sK, gn, warp, lane, tid);
+	}
+}
+
+template <int DK, int DV, int BV, bool SAVE>
+static int ll_walk_launch(lmk_cuda_backend *b, bf16 *out, bf16 *Ss, const bf16 *k,
+			  const bf16 *lam, const bf16 *Qe, const bf16 *W, const bf16 *U,
+			  const float *G, int64_t B, int64_t Tn, int64_t H, int64_t NL, int nch,
+			  int nlevc, float scale)
+{
+	size_t sw = ll_walk_bytes<DK, BV>(nlevc - 1);
+	LMK_CK(cudaFuncSetAttribute(gdn_ll_walk<DK, DV, BV, SAVE>,
+				    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sw));
+	gdn_ll_walk<DK, DV, BV, SAVE><<<dim3((unsigned)(B * H), DV / BV), TC_THREADS, sw,
+					b->stream>>>(out, k, lam, Qe, W, U, G, Ss, Tn, H, NL, nch,
+						     nlevc, scale);
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+template <int DK, int BV> static size_t ll_bwalk_bytes(int nsl);
+
+/* The value block of the walks (BWD: the backward's): the widest of 64
+ * (DK 64 only) and 32 columns whose shared memory fits two blocks an SM
+ * and that gives two blocks per SM, else the widest that fits one and
+ * gives a block per SM, else 16 (whose levels the launchers checked fit
+ * one block an SM). */
+template <int DK, int DV, bool BWD> static int ll_bv(int64_t BH, int nlevc)
+{
+	const size_t s64 = BWD ? ll_bwalk_bytes<DK, 64>(nlevc - 1) : ll_walk_bytes<DK, 64>(nlevc - 1);
+	const size_t s32 = BWD ? ll_bwalk_bytes<DK, 32>(nlevc - 1) : ll_walk_bytes<DK, 32>(nlevc - 1);
+	for (int per_sm = 2; per_sm >= 1; per_sm--) {
+		const size_t fit = LL_SMEM_MAX / per_sm;
+		const int64_t want = 132 * per_sm;
+		if (DK == 64 && s64 <= fit && BH * (DV / 64) >= want)
+			return 64;
+		if (s32 <= fit && BH * (DV / 32) >= want)
+			return 32;
+	}
+	return 16;
+}
+
+/* The walk at the value block ll_bv picks. */
+template <int DK, int DV, bool SAVE>
+static int ll_walk(lmk_cuda_backend *b, bf16 *out, bf16 *Ss, const bf16 *k, const bf16 *lam,
+		   const bf16 *Qe, const bf16 *W, const bf16 *U, const float *G, int64_t B,
+		   int64_t Tn, int64_t H, int64_t NL, int nch, int nlevc, float scale)
+{
+	const int bv = ll_bv<DK, DV, false>(B * H, nlevc);
+	if constexpr (DK == 64) /* at DK 128 the 64 columns spill */
+		if (bv == 64)
+			return ll_walk_launch<DK, DV, 64, SAVE>(b, out, Ss, k, lam, Qe, W, U, G, B,
+								Tn, H, NL, nch, nlevc, scale);
+	if (bv == 32)
+		return ll_walk_launch<DK, DV, 32, SAVE>(b, out, Ss, k, lam, Qe, W, U, G, B, Tn, H,
+							NL, nch, nlevc, scale);
+	return ll_walk_launch<DK, DV, 16, SAVE>(b, out, Ss, k, lam, Qe, W, U, G, B, Tn, H, NL,
+						nch, nlevc, scale);
+}
+
+
+/* The log-linear tensor-core forward (see above). Scratch a head: nch*GC
+ * (2 DK + DV + GC) bf16 and nch*GC floats. @return : 1 when the levels do
+ * not fit (the caller runs the general kernels), else 0 or < 0 */
+template <int DK, int DV>
+static int ll_fwd_launch(lmk_cuda_backend *b, bf16 *out, const bf16 *q, const bf16 *k,
+			 const bf16 *v, const bf16 *la, const bf16 *be, const bf16 *lam,
+			 int64_t B, int64_t Tn, int64_t H, int64_t NL, float scale)
+{
+	const int nch = (int)((Tn + GC - 1) / GC), nlevc = levels_of(nch);
+	if (nlevc > LL_LW || ll_walk_bytes<DK, 16>(nlevc - 1) > LL_SMEM_MAX)
+		return 1;
+	const int64_t rows = B * H * nch * GC;
+	size_t wb = (size_t)rows * DK * sizeof(bf16), ub = (size_t)rows * DV * sizeof(bf16);
+	size_t tb = (size_t)rows * GC * sizeof(bf16);
+	wb = (wb + 255) / 256 * 256;
+	ub = (ub + 255) / 256 * 256;
+	unsigned char *scr = (unsigned char *)lmk_cuda_scratch(
+		b, 2 * wb + ub + tb + (size_t)rows * sizeof(float));
+	if (!scr)
+		return lmk_errcode();
+	bf16 *W = (bf16 *)scr, *Qe = (bf16 *)(scr + wb), *U = (bf16 *)(scr + 2 * wb);
+	bf16 *Tm = (bf16 *)(scr + 2 * wb + ub);
+	float *G = (float *)(scr + 2 * wb + ub + tb);
+	size_t sp = sizeof(tc_prep_smem<DK, DV>), si = sizeof(ll_intra_smem<DK, DV>);
+	LMK_CK(cudaFuncSetAttribute(gdn_tc_prep<DK, DV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+				    (int)sp));
+	LMK_CK(cudaFuncSetAttribute(gdn_ll_intra<DK, DV>,
+				    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)si));
+	dim3 gc((unsigned)nch, (unsigned)(B * H));
+	gdn_tc_prep<DK, DV><<<gc, TC_THREADS, sp, b->stream>>>(W, U, G, Tm, k, v, la, be, Tn, H,
+								 nch);
+	LMK_CK_LAUNCH();
+	gdn_ll_intra<DK, DV><<<gc, TC_THREADS, si, b->stream>>>(out, Qe, q, k, v, be, lam, W, G, Tm,
+								  Tn, H, NL, nch, scale);
+	LMK_CK_LAUNCH();
+	if (nch == 1)
+		return 0;
+	return ll_walk<DK, DV, false>(b, out, (bf16 *)NULL, k, lam, Qe, W, U, G, B, Tn, H, NL, nch,
+				      nlevc, scale);
+}
+
 /* Whether the tensor-core forward takes a call, and runs it. @return : 1
  * when it did not (the caller runs the general kernels), else 0 or < 0 */
 static int tc_forward(lmk_cuda_backend *b, lmk_dtype dt, void *out, const void *q, const void *k,
 		      const void *v, const void *la, const void *be, const void *lam, int64_t B,
-		      int64_t Tn, int64_t H, int64_t Dk, int64_t Dv, float scale)
+		      int64_t Tn, int64_t H, int64_t Dk, int64_t Dv, int64_t NL, float scale)
 {
-	if (dt != LMK_BF16 || lam || (Dk != 64 && Dk != 128) || (Dv != 64 && Dv != 128))
+	if (dt != LMK_BF16 || (Dk != 64 && Dk != 128) || (Dv != 64 && Dv != 128))
 		return 1;
 	bf16 *o = (bf16 *)out;
 	const bf16 *Q = (const bf16 *)q, *K = (const bf16 *)k, *V = (const bf16 *)v;
-	const bf16 *LA = (const bf16 *)la, *BE = (const bf16 *)be;
+	const bf16 *LA = (const bf16 *)la, *BE = (const bf16 *)be, *LM = (const bf16 *)lam;
+	if (lam && Dk == 64 && Dv == 64)
+		return ll_fwd_launch<64, 64>(b, o, Q, K, V, LA, BE, LM, B, Tn, H, NL, scale);
+	if (lam && Dk == 64)
+		return ll_fwd_launch<64, 128>(b, o, Q, K, V, LA, BE, LM, B, Tn, H, NL, scale);
+	if (lam && Dv == 64)
+		return ll_fwd_launch<128, 64>(b, o, Q, K, V, LA, BE, LM, B, Tn, H, NL, scale);
+	if (lam)
+		return ll_fwd_launch<128, 128>(b, o, Q, K, V, LA, BE, LM, B, Tn, H, NL, scale);
 	if (Dk == 64 && Dv == 64)
 		return tc_fwd_launch<64, 64>(b, o, Q, K, V, LA, BE, B, Tn, H, scale);
 	if (Dk == 64)
@@ -2079,7 +2676,10 @@ static __device__ __forceinline__ void dot_rows(float &lo, float &hi, const floa
 }
 
 /* Adds a 16 x W register tile (rows i0.. of the chunk) into a gradient
- * (B,Tn,H,W), rows below n only. */
+ * (B,Tn,H,W), rows below n only, four n8 tiles at a time: their old values
+ * all loaded before the first store (element by element, gadd would wait
+ * a memory round trip for each), then each element gets gadd's float sum
+ * and rounding. */
 template <int W>
 static __device__ __forceinline__ void put_grad(gacc g, const float (&x)[W / 8][4], int64_t tok0,
 						int64_t H, int r, int n, int lane)
@@ -2087,14 +2687,77 @@ static __device__ __forceinline__ void put_grad(gacc g, const float (&x)[W / 8][
 	if (!g.p)
 		return;
 	const int col = (lane & 3) << 1;
+	const bool ok_lo = r < n, ok_hi = r + 8 < n;
+	const int64_t i_lo = ((tok0 + (int64_t)r * H) * W + col) / 2;
+	const int64_t i_hi = ((tok0 + (int64_t)(r + 8) * H) * W + col) / 2;
 #pragma unroll
-	for (int nt = 0; nt < W / 8; nt++)
+	for (int n0 = 0; n0 < W / 8; n0 += 4) {
+		if (g.f32) {
+			float2 *p = (float2 *)g.p, a[4], c[4];
 #pragma unroll
-		for (int e = 0; e < 4; e++) {
-			int i = r + (e >> 1) * 8;
-			if (i < n)
-				gadd(g, (tok0 + (int64_t)i * H) * W + nt * 8 + col + (e & 1), x[nt][e]);
+			for (int t = 0; t < 4; t++) {
+				if (ok_lo)
+					a[t] = p[i_lo + (n0 + t) * 4];
+				if (ok_hi)
+					c[t] = p[i_hi + (n0 + t) * 4];
+			}
+#pragma unroll
+			for (int t = 0; t < 4; t++) {
+				const float *y = x[n0 + t];
+				if (ok_lo)
+					p[i_lo + (n0 + t) * 4] = make_float2(a[t].x + y[0], a[t].y + y[1]);
+				if (ok_hi)
+					p[i_hi + (n0 + t) * 4] = make_float2(c[t].x + y[2], c[t].y + y[3]);
+			}
+		} else {
+			__nv_bfloat162 *p = (__nv_bfloat162 *)g.p, a[4], c[4];
+#pragma unroll
+			for (int t = 0; t < 4; t++) {
+				if (ok_lo)
+					a[t] = p[i_lo + (n0 + t) * 4];
+				if (ok_hi)
+					c[t] = p[i_hi + (n0 + t) * 4];
+			}
+#pragma unroll
+			for (int t = 0; t < 4; t++) {
+				const float *y = x[n0 + t];
+				if (ok_lo)
+					p[i_lo + (n0 + t) * 4] = __floats2bfloat162_rn(
+						__low2float(a[t]) + y[0], __high2float(a[t]) + y[1]);
+				if (ok_hi)
+					p[i_hi + (n0 + t) * 4] = __floats2bfloat162_rn(
+						__low2float(c[t]) + y[2], __high2float(c[t]) + y[3]);
+			}
 		}
+	}
+}
+
+/* A gradient's element, and its new value (the rounding of gadd). */
+static __device__ __forceinline__ float gget(gacc g, int64_t i)
+{
+	return g.f32 ? ((const float *)g.p)[i] : __bfloat162float(((const bf16 *)g.p)[i]);
+}
+
+static __device__ __forceinline__ void gset(gacc g, int64_t i, float v)
+{
+	if (g.f32)
+		((float *)g.p)[i] = v;
+	else
+		((bf16 *)g.p)[i] = __float2bfloat16_rn(v);
+}
+
+/* dloga of a chunk from dg (s_g, GC floats in shared memory): dloga_i =
+ * the sum of dg over i..n-1, each thread i < n its own sum, added from
+ * n - 1 down (the order, so the bits, of one running sum). */
+static __device__ __forceinline__ void put_dloga(gacc g, const float *s_g, int64_t tok0, int64_t H,
+						 int n, int tid)
+{
+	if (!g.p || tid >= n)
+		return;
+	float acc = 0;
+	for (int i = n - 1; i >= tid; i--)
+		acc += s_g[i];
+	gadd(g, tok0 + (int64_t)tid * H, acc);
 }
 
 /* grid (chunks, B*H), TC_THREADS: the token gradients of one chunk (the
@@ -2388,13 +3051,8 @@ gdn_tc_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 		s.g[tid] = x;
 	}
 	__syncthreads();
-	if (tid == 0 && gr.la.p && la) {
-		float acc = 0;
-		for (int i = n - 1; i >= 0; i--) {
-			acc += s.g[i];
-			gadd(gr.la, tok0 + (int64_t)i * H, acc);
-		}
-	}
+	if (la)
+		put_dloga(gr.la, s.g, tok0, H, n, tid);
 }
 
 template <int DK, int DV, int BV>
@@ -2464,15 +3122,885 @@ static int tc_bwd_launch(lmk_cuda_backend *b, gdn_grads gr, const bf16 *dout, co
 
 /* Whether the tensor-core backward takes a call, and runs it. @return : 1
  * when it did not, else 0 or < 0 */
+/* ---------------------------------- log-linear backward, tensor cores */
+
+/* The backward of the log-linear tensor-core forward, derived by hand from
+ * its algebra (and checked against finite differences in float64 on a
+ * model of these kernels before they were written). With dÕ = scale dO,
+ * K̃ = diag(exp(g_n - g)) K and, for each chunk, D_l the gradient of the
+ * state that level l's state becomes on leaving the chunk (a merging
+ * level's is that of the merged level j + 1, D_g):
+ *  prep, intra (Qe only) and the walk (SAVE): W, U, g, Tm, Qe and the
+ *        state of every live level of every chunk (bf16);
+ *  bwalk (grid heads x value blocks, chunks in reverse): the gradients of
+ *        the states entering each chunk, dS_l = gamma_n D_l - Wᵀ K̃ D_l +
+ *        Qeᵀ diag(lam_l) dÕ (the D_l saved: D_g per chunk, the others at
+ *        their slot);
+ *  bgrad (grid chunks x heads): every token gradient of a chunk, through
+ *        dQe = Σ_l diag(lam_l) dÕ S_lᵀ, dK̃ = U D_gᵀ - Σ_l W S_l D_lᵀ,
+ *        dW = -Σ_l K̃ D_l S_lᵀ - Pᵀ dQe, dU = K̃ D_g and the intra-chunk
+ *        dA = (dÕ Vᵀ) ⊙ Λ (see gdn_ll_bgrad). */
+
+template <int DK, int BV> struct ll_bwalk_smem {
+	bf16 Qe[GC * DK], W[GC * DK], K[GC * DK], dO[GC * BV], Lt[2][GC * BV], Zt[2][GC * BV];
+	float g[GC], lam[GC][LL_LW];
+};
+
+template <int DK, int BV> static size_t ll_bwalk_bytes(int nsl)
+{
+	size_t t = (sizeof(ll_bwalk_smem<DK, BV>) + 127) / 128 * 128;
+	return t + (size_t)nsl * DK * BV * (sizeof(bf16) + sizeof(float));
+}
+
+/* Z (rows of the warp) = -diag(e) K D as bf16, D a (DK x BV) bf16 state. */
+template <int DK, int BV>
+static __device__ __forceinline__ void ll_kd(bf16 *Z, const bf16 *sK, const bf16 *D, float e_lo,
+					     float e_hi, int warp, int lane)
+{
+	float z[BV / 8][4];
+	acc_zero(z);
+#pragma unroll
+	for (int kk = 0; kk < DK / 16; kk++) {
+		uint32_t a[4];
+		ld_a<DK>(a, sK, warp * 16, kk * 16, lane);
+#pragma unroll
+		for (int np = 0; np < BV / 16; np++) {
+			uint32_t bb[4];
+			ld_b_kn<BV>(bb, D, kk * 16, np * 16, lane);
+			mma16816(z[2 * np], a, bb[0], bb[1]);
+			mma16816(z[2 * np + 1], a, bb[2], bb[3]);
+		}
+	}
+	const int col = (lane & 3) << 1, r0 = warp * 16 + (lane >> 2);
+#pragma unroll
+	for (int nt = 0; nt < BV / 8; nt++) {
+		*(uint32_t *)(Z + swz<BV>(r0, nt * 8 + col)) = pack_bf16(-e_lo * z[nt][0], -e_lo * z[nt][1]);
+		*(uint32_t *)(Z + swz<BV>(r0 + 8, nt * 8 + col)) =
+			pack_bf16(-e_hi * z[nt][2], -e_hi * z[nt][3]);
+	}
+}
+
+/* grid (B*H, DV/BV), TC_THREADS, nch >= 2: the chunks in reverse with the
+ * gradients of the live levels' states in the walk's slots (see above);
+ * saves D_g of every chunk but the last to Dgs (B*H, nch, DK, DV) and the
+ * D_l of the levels that do not merge to Ds (B*H, NS, DK, DV) at ll_slot. */
+template <int DK, int DV, int BV>
+__global__ void __launch_bounds__(TC_THREADS)
+gdn_ll_bwalk(bf16 *__restrict__ Dgs, bf16 *__restrict__ Ds, const bf16 *__restrict__ dout,
+	     const bf16 *__restrict__ k, const bf16 *__restrict__ lam, const bf16 *__restrict__ Qeg,
+	     const bf16 *__restrict__ Wg, const float *__restrict__ Gg, int64_t Tn, int64_t H,
+	     int64_t NL, int nch, int nlevc, float scale)
+{
+	constexpr int SM = DK / 64, NT = BV / 8, SZ = DK * BV;
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	ll_bwalk_smem<DK, BV> &s = *(ll_bwalk_smem<DK, BV> *)smem_raw;
+	bf16 *Sb = (bf16 *)(smem_raw + (sizeof(ll_bwalk_smem<DK, BV>) + 127) / 128 * 128);
+	float *Sf = (float *)(Sb + (size_t)(nlevc - 1) * SZ);
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const int64_t bh = blockIdx.x, b = bh / H, h = bh % H, NS = ll_first(nch);
+	const int c0 = blockIdx.y * BV, col = (lane & 3) << 1, r0 = warp * 16 + (lane >> 2);
+	const bf16 *lamb = lam + (b * Tn * H + h) * NL;
+	for (int ci = nch - 1; ci >= 0; ci--) {
+		const int64_t t0 = (int64_t)ci * GC, crow = (bh * nch + ci) * GC;
+		const bool last = ci == nch - 1;
+		const int j = last ? 0 : __ffs(ci + 1) - 1; /* levels 1..j merged after */
+		__syncthreads(); /* the previous chunk's tiles read by every warp */
+		load_tile<DK, GC>(s.Qe, Qeg + crow * DK, DK, 0, GC, tid);
+		load_tile<DK, GC>(s.W, Wg + crow * DK, DK, 0, GC, tid);
+		load_tile<DK, GC>(s.K, k + (b * Tn * H + h) * DK, H * DK, t0, Tn, tid);
+		load_tile<BV, GC>(s.dO, dout + (b * Tn * H + h) * DV + c0, H * DV, t0, Tn, tid);
+		if (tid < GC / 4)
+			cp_async16(smem_u32(s.g + tid * 4), Gg + crow + tid * 4, true);
+		cp_commit();
+		if (tid < GC) {
+			const bool ok = t0 + tid < Tn;
+			const bf16 *lr = lamb + (ok ? (t0 + tid) * H * NL : 0);
+			for (int l = 1; l < nlevc; l++)
+				s.lam[tid][l] = ok && GC_LOG + l < NL ? tof(lr[GC_LOG + l]) : 0.0f;
+		}
+		cp_wait_all();
+		__syncthreads(); /* the tiles and the previous states landed */
+		if (!last) {
+			store_tile<BV, DK>(Dgs + ((bh * nch + ci) * DK) * DV + c0, DV, Sb + (size_t)j * SZ,
+					   tid);
+			for (int l = j + 2; l < nlevc; l++)
+				if ((ci >> (l - 1)) & 1)
+					store_tile<BV, DK>(Ds + ((bh * NS + ll_slot(ci, l)) * DK) * DV + c0,
+							   DV, Sb + (size_t)(l - 1) * SZ, tid);
+		}
+		const float gl = s.g[GC - 1], gn = expf(gl);
+		const float e_lo = expf(gl - s.g[r0]), e_hi = expf(gl - s.g[r0 + 8]);
+		/* the merging levels' common part gamma_n D_g - Wᵀ K̃ D_g */
+		float gsh[SM][NT][4];
+		if (!last && j > 0) {
+			ll_kd<DK, BV>(s.Zt[1], s.K, Sb + (size_t)j * SZ, e_lo, e_hi, warp, lane);
+			__syncthreads();
+			ll_load<DK, BV>(gsh, Sf, j, j + 1, gn, tid);
+			ll_tmm<DK, BV>(gsh, s.W, s.Zt[1], warp, lane);
+		}
+		int par = 0;
+		for (int l = 1; l < nlevc; l++) {
+			if (!((ci >> (l - 1)) & 1))
+				continue;
+			const bool stay = !last && l > j;
+			const float w_lo = scale * s.lam[r0][l], w_hi = scale * s.lam[r0 + 8][l];
+			bf16 *Lt = s.Lt[par], *Zt = s.Zt[par];
+			par ^= 1;
+#pragma unroll
+			for (int nt = 0; nt < NT; nt++) {
+				const int cc = nt * 8 + col;
+				__nv_bfloat162 d_lo = *(const __nv_bfloat162 *)(s.dO + swz<BV>(r0, cc));
+				__nv_bfloat162 d_hi = *(const __nv_bfloat162 *)(s.dO + swz<BV>(r0 + 8, cc));
+				*(uint32_t *)(Lt + swz<BV>(r0, cc)) =
+					pack_bf16(w_lo * __low2float(d_lo), w_lo * __high2float(d_lo));
+				*(uint32_t *)(Lt + swz<BV>(r0 + 8, cc)) =
+					pack_bf16(w_hi * __low2float(d_hi), w_hi * __high2float(d_hi));
+			}
+			if (stay)
+				ll_kd<DK, BV>(Zt, s.K, Sb + (size_t)(l - 1) * SZ, e_lo, e_hi, warp, lane);
+			__syncthreads(); /* Lt, Zt complete; every warp done reading D_l */
+			float acc[SM][NT][4];
+			if (stay) {
+				ll_load<DK, BV>(acc, Sf, l - 1, l, gn, tid);
+				ll_tmm<DK, BV>(acc, s.W, Zt, warp, lane);
+			} else if (!last) {
+#pragma unroll
+				for (int m = 0; m < SM; m++)
+#pragma unroll
+					for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+						for (int e = 0; e < 4; e++)
+							acc[m][nt][e] = gsh[m][nt][e];
+			} else {
+				ll_load<DK, BV>(acc, Sf, 0, 0, 0.0f, tid);
+			}
+			ll_tmm<DK, BV>(acc, s.Qe, Lt, warp, lane);
+			ll_store<DK, BV>(Sb, Sf, l - 1, acc, warp, lane, tid);
+		}
+	}
+}
+
+/* acc (16 rows x 16*NP) += A (rows r0 of a [m][k] tile of width WA, KT k
+ * tiles) B (a [k][n] tile of width WB). */
+template <int WA, int WB, int KT, int NP>
+static __device__ __forceinline__ void mm_akn(float (&acc)[2 * NP][4], const bf16 *A, const bf16 *Bm,
+					      int r0, int lane)
+{
+#pragma unroll
+	for (int kk = 0; kk < KT; kk++) {
+		uint32_t a[4];
+		ld_a<WA>(a, A, r0, kk * 16, lane);
+#pragma unroll
+		for (int np = 0; np < NP; np++) {
+			uint32_t bb[4];
+			ld_b_kn<WB>(bb, Bm, kk * 16, np * 16, lane);
+			mma16816(acc[2 * np], a, bb[0], bb[1]);
+			mma16816(acc[2 * np + 1], a, bb[2], bb[3]);
+		}
+	}
+}
+
+/* acc (16 x 16*NP) += f R Bᵀ, R a 16 x 16*KT register tile, B a [n][k]
+ * tile of width WB. */
+template <int WB, int KT, int NP>
+static __device__ __forceinline__ void mm_rnk(float (&acc)[2 * NP][4], const float (&R)[2 * KT][4],
+					      const bf16 *Bm, float f, int lane)
+{
+#pragma unroll
+	for (int kk = 0; kk < KT; kk++) {
+		uint32_t a[4];
+		c_to_a(a, R[2 * kk], R[2 * kk + 1], f);
+#pragma unroll
+		for (int np = 0; np < NP; np++) {
+			uint32_t bb[4];
+			ld_b_nk<WB>(bb, Bm, np * 16, kk * 16, lane);
+			mma16816(acc[2 * np], a, bb[0], bb[1]);
+			mma16816(acc[2 * np + 1], a, bb[2], bb[3]);
+		}
+	}
+}
+
+/* The sum of a row's value over the four lanes that hold it. */
+static __device__ __forceinline__ float quad_sum(float x)
+{
+	x += __shfl_xor_sync(0xffffffffu, x, 1);
+	x += __shfl_xor_sync(0xffffffffu, x, 2);
+	return x;
+}
+
+/* The bgrad region that holds S_l and D_l during the level sweeps, then
+ * the dW tile and four GC x GC tiles (bf16 elements): at DK = DV = 64
+ * the block fits twice an SM. */
+template <int DK, int DV> struct ll_sd {
+	static constexpr int A = 2 * DK * DV, B = GC * DK + 4 * GC * GC;
+	static constexpr int N = A > B ? A : B;
+};
+
+template <int DK, int DV> struct ll_bgrad_smem {
+	bf16 Q[GC * DK], K[GC * DK], V[GC * DV], dO[GC * DV], W[GC * DK], Tm[GC * GC];
+	bf16 X1[GC * DK], X2[GC * DV], SD[ll_sd<DK, DV>::N];
+	float g[GC], b[GC], lam[GC][8], lamc[GC][LL_LW], row[GC], colw[4][GC], colb[4][GC], red[4];
+};
+
+/* The state tiles of level l of chunk ci into SD: S (always), D (when
+ * wantd: D_g for a merging level, else its saved D_l) unless it is D_g
+ * and D already holds it. */
+template <int DK, int DV>
+static __device__ __forceinline__ void ll_sd_load(ll_bgrad_smem<DK, DV> &s, const bf16 *Ss,
+						  const bf16 *Dgs, const bf16 *Ds, int64_t bh,
+						  int64_t NS, int nch, int ci, int l, int j, bool wantd,
+						  bool &dg_in, int tid)
+{
+	__syncthreads(); /* the previous tiles read by every warp */
+	const int64_t sl = ll_slot(ci, l);
+	load_tile<DV, DK>(s.SD, Ss + (bh * NS + sl) * DK * DV, DV, 0, DK, tid);
+	if (wantd) {
+		if (l > j) {
+			load_tile<DV, DK>(s.SD + DK * DV, Ds + (bh * NS + sl) * DK * DV, DV, 0, DK, tid);
+			dg_in = false;
+		} else if (!dg_in) {
+			load_tile<DV, DK>(s.SD + DK * DV, Dgs + (bh * nch + ci) * DK * DV, DV, 0, DK,
+					  tid);
+			dg_in = true;
+		}
+	}
+	cp_commit();
+	cp_wait_all();
+	__syncthreads();
+}
+
+/* grid (chunks, B*H), TC_THREADS: the token gradients of one chunk (warp
+ * w owns the rows 16w..; the notation of the derivation above and of
+ * head_chunked_bwd in lib/gdn.c: P the masked decayed Q Kᵀ, A = P Tm
+ * diag(beta), Λ the intra-chunk level weights, E_ij = exp(g_i - g_j)):
+ *  level sweeps: dQe and dlam_{6+l} (rowdot(dÕ, Qe S_l)); dK̃ (and gamma_n
+ *        S.D); the state part of dW;
+ *  then dA = (dÕ Vᵀ) ⊙ Λ ⊙ L, dlam_lv += the sums of A ⊙ dÕ Vᵀ by
+ *        level, dV = (A ⊙ Λ)ᵀ dÕ + diag(beta) Tmᵀ dU, DB = dA diag(beta),
+ *        dP = DB Tmᵀ - dQe Wᵀ, dq = diag(gamma) dQe + (dP ⊙ E) K,
+ *        dW -= Pᵀ dQe, dTm = Pᵀ DB + (dW Kᵀ diag(gamma) + dU Vᵀ) diag(beta),
+ *        and from dTm on as gdn_tc_bgrad (dA there, dMx here). */
+template <int DK, int DV>
+__global__ void __launch_bounds__(TC_THREADS)
+gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict__ q,
+	     const bf16 *__restrict__ k, const bf16 *__restrict__ v, const bf16 *__restrict__ la,
+	     const bf16 *__restrict__ be, const bf16 *__restrict__ lam, const float *__restrict__ Gg,
+	     const bf16 *__restrict__ Tg, const bf16 *__restrict__ Wg, const bf16 *__restrict__ Ug,
+	     const bf16 *__restrict__ Qeg, const bf16 *__restrict__ Ss, const bf16 *__restrict__ Dgs,
+	     const bf16 *__restrict__ Ds, int64_t Tn, int64_t H, int64_t NL, int nch, int nlevc,
+	     float scale)
+{
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	ll_bgrad_smem<DK, DV> &s = *(ll_bgrad_smem<DK, DV> *)smem_raw;
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, ci = blockIdx.x;
+	const int64_t bh = blockIdx.y, b = bh / H, h = bh % H, t0 = (int64_t)ci * GC;
+	const int n = Tn - t0 < GC ? (int)(Tn - t0) : GC;
+	const int64_t tok0 = (b * Tn + t0) * H + h, crow = (bh * nch + ci) * GC, NS = ll_first(nch);
+	const int col = (lane & 3) << 1, i0 = warp * 16, r0 = i0 + (lane >> 2);
+	const bool last = ci == nch - 1;
+	const int j = last ? 0 : __ffs(ci + 1) - 1;
+	bf16 *const sS = s.SD, *const sD = s.SD + DK * DV;
+	bf16 *const sdW = s.SD, *const sP = s.SD + GC * DK, *const sZ = sP + GC * GC;
+	bf16 *const sDB = sZ + GC * GC, *const sAL = sDB + GC * GC, *const sM2 = sDB;
+	load_tile<DK, GC>(s.Q, q + (b * Tn * H + h) * DK, H * DK, t0, Tn, tid);
+	load_tile<DK, GC>(s.K, k + (b * Tn * H + h) * DK, H * DK, t0, Tn, tid);
+	load_tile<DV, GC>(s.V, v + (b * Tn * H + h) * DV, H * DV, t0, Tn, tid);
+	load_tile<DV, GC>(s.dO, dout + (b * Tn * H + h) * DV, H * DV, t0, Tn, tid);
+	load_tile<DK, GC>(s.W, Wg + crow * DK, DK, 0, GC, tid);
+	load_tile<GC, GC>(s.Tm, Tg + crow * GC, GC, 0, GC, tid);
+	load_tile<DK, GC>(s.X1, Qeg + crow * DK, DK, 0, GC, tid);
+	load_tile<DV, GC>(s.X2, Ug + crow * DV, DV, 0, GC, tid);
+	cp_commit();
+	if (tid < GC) {
+		s.g[tid] = Gg[crow + tid];
+		s.b[tid] = tid < n ? tof(be[tok0 + (int64_t)tid * H]) : 0.0f;
+		const bf16 *lr = lam + (tok0 + (int64_t)tid * H) * NL;
+#pragma unroll
+		for (int l = 0; l < 8; l++)
+			s.lam[tid][l] = tid < n && l < NL ? tof(lr[l]) : 0.0f;
+		for (int l = 1; l < nlevc; l++)
+			s.lamc[tid][l] = tid < n && GC_LOG + l < NL ? tof(lr[GC_LOG + l]) : 0.0f;
+	}
+	cp_wait_all();
+	__syncthreads();
+	const float gl = s.g[GC - 1], g_lo = s.g[r0], g_hi = s.g[r0 + 8];
+	const float e_lo = expf(gl - g_lo), e_hi = expf(gl - g_hi);
+	const float gm_lo = expf(g_lo), gm_hi = expf(g_hi);
+	float rg_lo = 0, rg_hi = 0, rb_lo = 0, rb_hi = 0, dgn = 0;
+	bool dg_in = false;
+	/* sweep 1: dQe = Σ_l diag(lam_l) dÕ S_lᵀ; dlam_{6+l} = rowdot(dÕ, Qe S_l) */
+	{
+		float dqe[DK / 8][4];
+		acc_zero(dqe);
+		for (int l = 1; l < nlevc; l++) {
+			if (!((ci >> (l - 1)) & 1))
+				continue;
+			ll_sd_load<DK, DV>(s, Ss, Dgs, Ds, bh, NS, nch, ci, l, j, false, dg_in, tid);
+			{
+				float t[DK / 8][4];
+				acc_zero(t);
+				mm_ank<DV, DV, DV / 16, DK / 16>(t, s.dO, sS, i0, DK / 16, lane);
+				const float w_lo = s.lamc[r0][l], w_hi = s.lamc[r0 + 8][l];
+#pragma unroll
+				for (int nt = 0; nt < DK / 8; nt++) {
+					dqe[nt][0] += w_lo * t[nt][0];
+					dqe[nt][1] += w_lo * t[nt][1];
+					dqe[nt][2] += w_hi * t[nt][2];
+					dqe[nt][3] += w_hi * t[nt][3];
+				}
+			}
+			{
+				float y[DV / 8][4];
+				acc_zero(y);
+				mm_akn<DK, DV, DK / 16, DV / 16>(y, s.X1, sS, i0, lane);
+				float x_lo = 0, x_hi = 0;
+				dot_rows<DV>(x_lo, x_hi, y, s.dO, r0, lane);
+				x_lo = quad_sum(x_lo);
+				x_hi = quad_sum(x_hi);
+				if ((lane & 3) == 0) { /* the weights read: lamc becomes dlam */
+					s.lamc[r0][l] = scale * x_lo;
+					s.lamc[r0 + 8][l] = scale * x_hi;
+				}
+			}
+		}
+		float x_lo = 0, x_hi = 0;
+#pragma unroll
+		for (int nt = 0; nt < DK / 8; nt++)
+#pragma unroll
+			for (int e = 0; e < 4; e++)
+				dqe[nt][e] *= scale;
+		dot_rows<DK>(x_lo, x_hi, dqe, s.Q, r0, lane);
+		rg_lo += gm_lo * x_lo;
+		rg_hi += gm_hi * x_hi;
+		__syncthreads(); /* Qe read by every warp: X1 becomes dQe */
+#pragma unroll
+		for (int nt = 0; nt < DK / 8; nt++) {
+			*(uint32_t *)(s.X1 + swz<DK>(r0, nt * 8 + col)) = pack_bf16(dqe[nt][0], dqe[nt][1]);
+			*(uint32_t *)(s.X1 + swz<DK>(r0 + 8, nt * 8 + col)) =
+				pack_bf16(dqe[nt][2], dqe[nt][3]);
+			dqe[nt][0] *= gm_lo;
+			dqe[nt][1] *= gm_lo;
+			dqe[nt][2] *= gm_hi;
+			dqe[nt][3] *= gm_hi;
+		}
+		put_grad<DK>(gr.q, dqe, tok0, H, r0, n, lane);
+	}
+	/* sweep 2: dK̃ = U D_gᵀ - Σ_l W S_l D_lᵀ, dU = K̃ D_g (into X2 for U),
+	 * gamma_n Σ_l S_l.D_l */
+	if (!last) {
+		float dk[DK / 8][4];
+		acc_zero(dk);
+		{
+			float u[DV / 8][4];
+			acc_zero(u);
+			__syncthreads();
+			load_tile<DV, DK>(sD, Dgs + (bh * nch + ci) * DK * DV, DV, 0, DK, tid);
+			cp_commit();
+			cp_wait_all();
+			__syncthreads();
+			dg_in = true;
+			mm_ank<DV, DV, DV / 16, DK / 16>(dk, s.X2, sD, i0, DK / 16, lane);
+			mm_akn<DK, DV, DK / 16, DV / 16>(u, s.K, sD, i0, lane);
+			__syncthreads(); /* U read by every warp: X2 becomes dU */
+#pragma unroll
+			for (int nt = 0; nt < DV / 8; nt++) {
+				*(uint32_t *)(s.X2 + swz<DV>(r0, nt * 8 + col)) =
+					pack_bf16(e_lo * u[nt][0], e_lo * u[nt][1]);
+				*(uint32_t *)(s.X2 + swz<DV>(r0 + 8, nt * 8 + col)) =
+					pack_bf16(e_hi * u[nt][2], e_hi * u[nt][3]);
+			}
+		}
+		float sd = 0;
+		for (int l = 1; l < nlevc; l++) {
+			if (!((ci >> (l - 1)) & 1))
+				continue;
+			ll_sd_load<DK, DV>(s, Ss, Dgs, Ds, bh, NS, nch, ci, l, j, true, dg_in, tid);
+			float x[DV / 8][4];
+			acc_zero(x);
+			mm_akn<DK, DV, DK / 16, DV / 16>(x, s.W, sS, i0, lane);
+			mm_rnk<DV, DV / 16, DK / 16>(dk, x, sD, -1.0f, lane);
+			for (int e = tid; e < DK * DV; e += TC_THREADS)
+				sd += __bfloat162float(sS[e]) * __bfloat162float(sD[e]);
+		}
+		dgn += expf(gl) * sd;
+		/* K̃ = diag(e) K: dk = e dK̃, dg_j -= e_j k_j.dK̃_j, dg_n += the sum */
+		float x_lo = 0, x_hi = 0;
+		dot_rows<DK>(x_lo, x_hi, dk, s.K, r0, lane);
+		rg_lo -= e_lo * x_lo;
+		rg_hi -= e_hi * x_hi;
+		dgn += e_lo * x_lo + e_hi * x_hi;
+#pragma unroll
+		for (int nt = 0; nt < DK / 8; nt++) {
+			dk[nt][0] *= e_lo;
+			dk[nt][1] *= e_lo;
+			dk[nt][2] *= e_hi;
+			dk[nt][3] *= e_hi;
+		}
+		put_grad<DK>(gr.k, dk, tok0, H, r0, n, lane);
+	} else {
+		__syncthreads(); /* U read by every warp: X2 becomes dU = 0 */
+		for (int e = tid; e < GC * DV / 2; e += TC_THREADS)
+			((uint32_t *)s.X2)[e] = 0;
+	}
+	/* sweep 3: the state part of dW, -Σ_l K̃ D_l S_lᵀ, into sdW */
+	{
+		float dw[DK / 8][4];
+		acc_zero(dw);
+		for (int l = 1; !last && l < nlevc; l++) {
+			if (!((ci >> (l - 1)) & 1))
+				continue;
+			ll_sd_load<DK, DV>(s, Ss, Dgs, Ds, bh, NS, nch, ci, l, j, true, dg_in, tid);
+			float z[DV / 8][4];
+			acc_zero(z);
+			mm_akn<DK, DV, DK / 16, DV / 16>(z, s.K, sD, i0, lane);
+#pragma unroll
+			for (int nt = 0; nt < DV / 8; nt++) {
+				z[nt][0] *= -e_lo;
+				z[nt][1] *= -e_lo;
+				z[nt][2] *= -e_hi;
+				z[nt][3] *= -e_hi;
+			}
+			mm_rnk<DV, DV / 16, DK / 16>(dw, z, sS, 1.0f, lane);
+		}
+		__syncthreads(); /* S, D read by every warp: SD becomes dW, P, ... */
+#pragma unroll
+		for (int nt = 0; nt < DK / 8; nt++) {
+			*(uint32_t *)(sdW + swz<DK>(r0, nt * 8 + col)) = pack_bf16(dw[nt][0], dw[nt][1]);
+			*(uint32_t *)(sdW + swz<DK>(r0 + 8, nt * 8 + col)) =
+				pack_bf16(dw[nt][2], dw[nt][3]);
+		}
+	}
+	float colp[GC / 8][2]; /* column partials of dg */
+#pragma unroll
+	for (int nt = 0; nt < GC / 8; nt++)
+		colp[nt][0] = colp[nt][1] = 0.0f;
+	/* the intra-chunk part: P, A, dA, DB, dP, dq; the column sums of dbeta
+	 * into colb */
+	{
+		float colq[GC / 8][2];
+#pragma unroll
+		for (int nt = 0; nt < GC / 8; nt++)
+			colq[nt][0] = colq[nt][1] = 0.0f;
+		float p[GC / 8][4], pt[GC / 8][4];
+		acc_zero(p);
+		acc_zero(pt);
+		mm_ank<DK, DK, DK / 16, GC / 16>(p, s.Q, s.K, i0, warp, lane);
+#pragma unroll
+		for (int nt = 0; nt < GC / 8; nt++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				int i = r0 + (e >> 1) * 8, jj = nt * 8 + col + (e & 1);
+				p[nt][e] = jj <= i ? expf(s.g[i] - s.g[jj]) * p[nt][e] : 0.0f;
+			}
+#pragma unroll
+		for (int kk = 0; kk < GC / 16; kk++)
+			if (kk <= warp) {
+				uint32_t a[4];
+				c_to_a(a, p[2 * kk], p[2 * kk + 1]);
+#pragma unroll
+				for (int np = 0; np < GC / 16; np++)
+					if (np <= kk) {
+						uint32_t bb[4];
+						ld_b_kn<GC>(bb, s.Tm, kk * 16, np * 16, lane);
+						mma16816(pt[2 * np], a, bb[0], bb[1]);
+						mma16816(pt[2 * np + 1], a, bb[2], bb[3]);
+					}
+			}
+		float db[GC / 8][4];
+		acc_zero(db);
+		mm_ank<DV, DV, DV / 16, GC / 16>(db, s.dO, s.V, i0, warp, lane);
+		float bins[2][8];
+#pragma unroll
+		for (int l = 0; l < 8; l++)
+			bins[0][l] = bins[1][l] = 0.0f;
+#pragma unroll
+		for (int nt = 0; nt < GC / 8; nt++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				int i = r0 + (e >> 1) * 8, jj = nt * 8 + col + (e & 1);
+				int lv = i == jj ? 0 : 32 - __clz(i ^ jj);
+				float dov = jj <= i ? scale * db[nt][e] : 0.0f;
+				float a = pt[nt][e] * s.b[jj], lw = s.lam[i][lv];
+#pragma unroll
+				for (int l = 0; l < 7; l++)
+					if (l == lv)
+						bins[e >> 1][l] += a * dov;
+				float da = dov * lw;
+				colq[nt][e & 1] += da * pt[nt][e];
+				db[nt][e] = da * s.b[jj];
+				pt[nt][e] = jj <= i ? a * lw : 0.0f; /* A ⊙ Λ */
+			}
+		put64(sAL, pt, i0, lane);
+		put64(sDB, db, i0, lane);
+		put64(sP, p, i0, lane);
+#pragma unroll
+		for (int nt = 0; nt < GC / 8; nt++)
+#pragma unroll
+			for (int e = 0; e < 2; e++) {
+				float y = colq[nt][e];
+#pragma unroll
+				for (int o = 4; o < 32; o <<= 1)
+					y += __shfl_xor_sync(0xffffffffu, y, o);
+				if (lane < 4)
+					s.colb[warp][nt * 8 + col + e] = y;
+			}
+#pragma unroll
+		for (int l = 0; l < 7; l++) {
+			float x_lo = quad_sum(bins[0][l]), x_hi = quad_sum(bins[1][l]);
+			if ((lane & 3) == 0) { /* the weights read: lam becomes dlam */
+				s.lam[r0][l] = x_lo;
+				s.lam[r0 + 8][l] = x_hi;
+			}
+		}
+		/* dP = DB Tmᵀ - dQe Wᵀ (keys up to the diagonal) */
+		float dp[GC / 8][4];
+		acc_zero(dp);
+#pragma unroll
+		for (int kk = 0; kk < GC / 16; kk++)
+			if (kk <= warp) {
+				uint32_t a[4];
+				c_to_a(a, db[2 * kk], db[2 * kk + 1]);
+#pragma unroll
+				for (int np = 0; np < GC / 16; np++)
+					if (np <= warp) {
+						uint32_t bb[4];
+						ld_b_nk<GC>(bb, s.Tm, np * 16, kk * 16, lane);
+						mma16816(dp[2 * np], a, bb[0], bb[1]);
+						mma16816(dp[2 * np + 1], a, bb[2], bb[3]);
+					}
+			}
+		acc_zero(db); /* now dQe Wᵀ */
+		mm_ank<DK, DK, DK / 16, GC / 16>(db, s.X1, s.W, i0, warp, lane);
+#pragma unroll
+		for (int nt = 0; nt < GC / 8; nt++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				int i = r0 + (e >> 1) * 8, jj = nt * 8 + col + (e & 1);
+				float d = dp[nt][e] - db[nt][e];
+				float X = jj <= i ? d * p[nt][e] : 0.0f;
+				if (e < 2)
+					rg_lo += X;
+				else
+					rg_hi += X;
+				colp[nt][e & 1] += X;
+				dp[nt][e] = jj <= i ? d * expf(s.g[i] - s.g[jj]) : 0.0f;
+			}
+		float dq[DK / 8][4];
+		acc_zero(dq);
+		mm_rkn<DK, DK / 16>(dq, dp, s.K, warp, lane);
+		put_grad<DK>(gr.q, dq, tok0, H, r0, n, lane);
+		put64(sZ, dp, i0, lane);
+	}
+	__syncthreads();
+	/* dW -= Pᵀ dQe (into sdW); dTm into M2; dk = Zᵀ Q */
+	{
+		float t[DK / 8][4];
+		acc_zero(t);
+		mm_tkn<GC, DK, DK / 16>(t, sP, s.X1, i0, warp, lane);
+#pragma unroll
+		for (int nt = 0; nt < DK / 8; nt++) {
+			const int cc = nt * 8 + col;
+			__nv_bfloat162 w_lo = *(const __nv_bfloat162 *)(sdW + swz<DK>(r0, cc));
+			__nv_bfloat162 w_hi = *(const __nv_bfloat162 *)(sdW + swz<DK>(r0 + 8, cc));
+			t[nt][0] = __low2float(w_lo) - t[nt][0];
+			t[nt][1] = __high2float(w_lo) - t[nt][1];
+			t[nt][2] = __low2float(w_hi) - t[nt][2];
+			t[nt][3] = __high2float(w_hi) - t[nt][3];
+			*(uint32_t *)(sdW + swz<DK>(r0, cc)) = pack_bf16(t[nt][0], t[nt][1]);
+			*(uint32_t *)(sdW + swz<DK>(r0 + 8, cc)) = pack_bf16(t[nt][2], t[nt][3]);
+		}
+		float dt[GC / 8][4];
+		acc_zero(dt);
+#pragma unroll
+		for (int kk = 0; kk < DK / 16; kk++) {
+			uint32_t a[4];
+			c_to_a(a, t[2 * kk], t[2 * kk + 1]);
+#pragma unroll
+			for (int np = 0; np < GC / 16; np++)
+				if (np <= warp) {
+					uint32_t bb[4];
+					ld_b_nk<DK>(bb, s.K, np * 16, kk * 16, lane);
+					mma16816(dt[2 * np], a, bb[0], bb[1]);
+					mma16816(dt[2 * np + 1], a, bb[2], bb[3]);
+				}
+		}
+#pragma unroll
+		for (int nt = 0; nt < GC / 8; nt++)
+#pragma unroll
+			for (int e = 0; e < 4; e++)
+				dt[nt][e] *= expf(s.g[nt * 8 + col + (e & 1)]);
+		mm_ank<DV, DV, DV / 16, GC / 16>(dt, s.X2, s.V, i0, warp, lane);
+#pragma unroll
+		for (int nt = 0; nt < GC / 8; nt++)
+#pragma unroll
+			for (int e = 0; e < 4; e++)
+				dt[nt][e] *= s.b[nt * 8 + col + (e & 1)];
+		mm_tkn<GC, GC, GC / 16>(dt, sP, sDB, i0, warp, lane);
+		__syncthreads(); /* DB read by every warp: it becomes M2 */
+		put64(sM2, dt, i0, lane);
+	}
+	float dk[DK / 8][4];
+	acc_zero(dk);
+	mm_tkn<GC, DK, DK / 16>(dk, sZ, s.Q, i0, warp, lane);
+	__syncthreads();
+	/* dMx = -Tmᵀ dTm Tmᵀ, Y = dMx ⊙ E, Yb (into Z), dk += Yb K */
+	{
+		float R[GC / 8][4], da[GC / 8][4];
+		acc_zero(R);
+		acc_zero(da);
+#pragma unroll
+		for (int kk = 0; kk < GC / 16; kk++)
+			if (kk >= warp) {
+				uint32_t a[4];
+				ld_a_t<GC>(a, s.Tm, i0, kk * 16, lane);
+#pragma unroll
+				for (int np = 0; np < GC / 16; np++)
+					if (np <= warp) {
+						uint32_t bb[4];
+						ld_b_kn<GC>(bb, sM2, kk * 16, np * 16, lane);
+						mma16816(R[2 * np], a, bb[0], bb[1]);
+						mma16816(R[2 * np + 1], a, bb[2], bb[3]);
+					}
+			}
+#pragma unroll
+		for (int kk = 0; kk < GC / 16; kk++)
+			if (kk <= warp) {
+				uint32_t a[4];
+				c_to_a(a, R[2 * kk], R[2 * kk + 1]);
+#pragma unroll
+				for (int np = 0; np < GC / 16; np++)
+					if (np <= warp) {
+						uint32_t bb[4];
+						ld_b_nk<GC>(bb, s.Tm, np * 16, kk * 16, lane);
+						mma16816(da[2 * np], a, bb[0], bb[1]);
+						mma16816(da[2 * np + 1], a, bb[2], bb[3]);
+					}
+			}
+		acc_zero(R); /* now K Kᵀ */
+		mm_ank<DK, DK, DK / 16, GC / 16>(R, s.K, s.K, i0, warp, lane);
+#pragma unroll
+		for (int nt = 0; nt < GC / 8; nt++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				int i = r0 + (e >> 1) * 8, jj = nt * 8 + col + (e & 1);
+				float y = jj < i ? -expf(s.g[i] - s.g[jj]) * da[nt][e] : 0.0f;
+				float yk = y * R[nt][e], yb = s.b[i] * y;
+				if (e < 2) {
+					rb_lo += yk;
+					rg_lo += s.b[i] * yk;
+				} else {
+					rb_hi += yk;
+					rg_hi += s.b[i] * yk;
+				}
+				colp[nt][e & 1] += s.b[i] * yk;
+				da[nt][e] = yb;
+			}
+		mm_rkn<DK, DK / 16>(dk, da, s.K, warp, lane);
+		put64(sZ, da, i0, lane);
+	}
+	__syncthreads();
+	/* dk += Ybᵀ K + diag(beta gamma) Tmᵀ dW; dV = diag(beta) Tmᵀ dU + (A ⊙
+	 * Λ)ᵀ dÕ */
+	mm_tkn<GC, DK, DK / 16>(dk, sZ, s.K, i0, warp, lane);
+	{
+		float t[DK / 8][4];
+		acc_zero(t);
+		mm_tkn<GC, DK, DK / 16>(t, s.Tm, sdW, i0, warp, lane);
+		float x_lo = 0, x_hi = 0;
+		dot_rows<DK>(x_lo, x_hi, t, s.K, r0, lane);
+		const float bg_lo = s.b[r0] * gm_lo, bg_hi = s.b[r0 + 8] * gm_hi;
+		rb_lo += gm_lo * x_lo;
+		rb_hi += gm_hi * x_hi;
+		rg_lo += bg_lo * x_lo;
+		rg_hi += bg_hi * x_hi;
+#pragma unroll
+		for (int nt = 0; nt < DK / 8; nt++) {
+			dk[nt][0] += bg_lo * t[nt][0];
+			dk[nt][1] += bg_lo * t[nt][1];
+			dk[nt][2] += bg_hi * t[nt][2];
+			dk[nt][3] += bg_hi * t[nt][3];
+		}
+		put_grad<DK>(gr.k, dk, tok0, H, r0, n, lane);
+	}
+	{
+		float t[DV / 8][4], o[DV / 8][4];
+		acc_zero(t);
+		acc_zero(o);
+		mm_tkn<GC, DV, DV / 16>(t, s.Tm, s.X2, i0, warp, lane);
+		dot_rows<DV>(rb_lo, rb_hi, t, s.V, r0, lane);
+		mm_tkn<GC, DV, DV / 16>(o, sAL, s.dO, i0, warp, lane);
+		const float b_lo = s.b[r0], b_hi = s.b[r0 + 8];
+#pragma unroll
+		for (int nt = 0; nt < DV / 8; nt++) {
+			t[nt][0] = b_lo * t[nt][0] + scale * o[nt][0];
+			t[nt][1] = b_lo * t[nt][1] + scale * o[nt][1];
+			t[nt][2] = b_hi * t[nt][2] + scale * o[nt][2];
+			t[nt][3] = b_hi * t[nt][3] + scale * o[nt][3];
+		}
+		put_grad<DV>(gr.v, t, tok0, H, r0, n, lane);
+	}
+	/* the sums: rows over the quad, columns over the lanes of a column and
+	 * the warps, dgn over the block */
+	rg_lo = quad_sum(rg_lo);
+	rg_hi = quad_sum(rg_hi);
+	rb_lo = quad_sum(rb_lo);
+	rb_hi = quad_sum(rb_hi);
+#pragma unroll
+	for (int nt = 0; nt < GC / 8; nt++)
+#pragma unroll
+		for (int e = 0; e < 2; e++) {
+			float x = colp[nt][e];
+#pragma unroll
+			for (int o = 4; o < 32; o <<= 1)
+				x += __shfl_xor_sync(0xffffffffu, x, o);
+			if (lane < 4)
+				s.colw[warp][nt * 8 + col + e] = x;
+		}
+	dgn = warp_sum(dgn);
+	if (lane == 0)
+		s.red[warp] = dgn;
+	if ((lane & 3) == 0) {
+		s.row[r0] = rg_lo;
+		s.row[r0 + 8] = rg_hi;
+	}
+	__syncthreads();
+	if (tid < GC) {
+		float x = s.row[tid] - s.colw[0][tid] - s.colw[1][tid] - s.colw[2][tid] - s.colw[3][tid];
+		if (tid == n - 1)
+			x += s.red[0] + s.red[1] + s.red[2] + s.red[3];
+		s.g[tid] = x;
+	}
+	if ((lane & 3) == 0 && gr.be.p) {
+		if (r0 < n)
+			gadd(gr.be, tok0 + (int64_t)r0 * H,
+			     rb_lo + s.colb[0][r0] + s.colb[1][r0] + s.colb[2][r0] + s.colb[3][r0]);
+		if (r0 + 8 < n)
+			gadd(gr.be, tok0 + (int64_t)(r0 + 8) * H,
+			     rb_hi + s.colb[0][r0 + 8] + s.colb[1][r0 + 8] + s.colb[2][r0 + 8] +
+				     s.colb[3][r0 + 8]);
+	}
+	__syncthreads();
+	if (la)
+		put_dloga(gr.la, s.g, tok0, H, n, tid);
+	/* dlam of the row: levels 0..6 in lam, 6 + l (live l) in lamc; every
+	 * old value loaded before the first store */
+	if (gr.lam.p && tid < n) {
+		constexpr int NV = 7 + LL_LW - 1;
+		const int64_t base = (tok0 + (int64_t)tid * H) * NL;
+		float old[NV];
+#pragma unroll
+		for (int lv = 0; lv < NV; lv++)
+			if (lv < NL && (lv < 7 || ((ci >> (lv - 7)) & 1)))
+				old[lv] = gget(gr.lam, base + lv);
+#pragma unroll
+		for (int lv = 0; lv < NV; lv++)
+			if (lv < NL && (lv < 7 || ((ci >> (lv - 7)) & 1)))
+				gset(gr.lam, base + lv,
+				     old[lv] + (lv < 7 ? s.lam[tid][lv] : s.lamc[tid][lv - GC_LOG]));
+	}
+}
+
+template <int DK, int DV, int BV>
+static int ll_bwalk_launch(lmk_cuda_backend *b, bf16 *Dgs, bf16 *Ds, const bf16 *dout,
+			   const bf16 *k, const bf16 *lam, const bf16 *Qe, const bf16 *W,
+			   const float *G, int64_t B, int64_t Tn, int64_t H, int64_t NL, int nch,
+			   int nlevc, float scale)
+{
+	size_t sw = ll_bwalk_bytes<DK, BV>(nlevc - 1);
+	LMK_CK(cudaFuncSetAttribute(gdn_ll_bwalk<DK, DV, BV>,
+				    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sw));
+	gdn_ll_bwalk<DK, DV, BV><<<dim3((unsigned)(B * H), DV / BV), TC_THREADS, sw, b->stream>>>(
+		Dgs, Ds, dout, k, lam, Qe, W, G, Tn, H, NL, nch, nlevc, scale);
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+/* The log-linear tensor-core backward (see above). Scratch a head: nch*GC
+ * (2 DK + DV + GC) bf16, nch*GC floats, and (2 NS + nch) DK DV bf16 for
+ * the saved states (NS = ll_first(nch), about nch log2(nch) / 2).
+ * @return : 1 when the levels do not fit (the caller runs the general
+ * kernels), else 0 or < 0 */
+template <int DK, int DV>
+static int ll_bwd_launch(lmk_cuda_backend *b, gdn_grads gr, const bf16 *dout, const bf16 *q,
+			 const bf16 *k, const bf16 *v, const bf16 *la, const bf16 *be,
+			 const bf16 *lam, int64_t B, int64_t Tn, int64_t H, int64_t NL, float scale)
+{
+	const int nch = (int)((Tn + GC - 1) / GC), nlevc = levels_of(nch);
+	if (nlevc > LL_LW || ll_walk_bytes<DK, 16>(nlevc - 1) > LL_SMEM_MAX ||
+	    ll_bwalk_bytes<DK, 16>(nlevc - 1) > LL_SMEM_MAX)
+		return 1;
+	const int64_t rows = B * H * nch * GC, NS = ll_first(nch), DD = (int64_t)DK * DV;
+	size_t sz[8] = {(size_t)rows * DK, (size_t)rows * DK, (size_t)rows * DV, (size_t)rows * GC,
+			(size_t)rows * 2, (size_t)(B * H * NS * DD), (size_t)(B * H * NS * DD),
+			(size_t)(B * H * nch * DD)};
+	size_t off[9] = {0}; /* bf16 elements; G takes 2 per float */
+	for (int i = 0; i < 8; i++)
+		off[i + 1] = off[i] + (sz[i] + 127) / 128 * 128;
+	bf16 *scr = (bf16 *)lmk_cuda_scratch(b, off[8] * sizeof(bf16));
+	if (!scr)
+		return lmk_errcode();
+	bf16 *W = scr + off[0], *Qe = scr + off[1], *U = scr + off[2], *Tm = scr + off[3];
+	float *G = (float *)(scr + off[4]);
+	bf16 *Ss = scr + off[5], *Ds = scr + off[6], *Dgs = scr + off[7];
+	size_t sp = sizeof(tc_prep_smem<DK, DV>), si = sizeof(ll_intra_smem<DK, DV>);
+	size_t sg = sizeof(ll_bgrad_smem<DK, DV>);
+	LMK_CK(cudaFuncSetAttribute(gdn_tc_prep<DK, DV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+				    (int)sp));
+	LMK_CK(cudaFuncSetAttribute(gdn_ll_intra<DK, DV>,
+				    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)si));
+	LMK_CK(cudaFuncSetAttribute(gdn_ll_bgrad<DK, DV>,
+				    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sg));
+	dim3 gc((unsigned)nch, (unsigned)(B * H));
+	gdn_tc_prep<DK, DV><<<gc, TC_THREADS, sp, b->stream>>>(W, U, G, Tm, k, v, la, be, Tn, H,
+								 nch);
+	LMK_CK_LAUNCH();
+	gdn_ll_intra<DK, DV><<<gc, TC_THREADS, si, b->stream>>>((bf16 *)NULL, Qe, q, k, v, be, lam,
+								  W, G, Tm, Tn, H, NL, nch, scale);
+	LMK_CK_LAUNCH();
+	if (nch > 1) {
+		int rc = ll_walk<DK, DV, true>(b, (bf16 *)NULL, Ss, k, lam, Qe, W, U, G, B, Tn, H, NL,
+					       nch, nlevc, scale);
+		if (rc < 0)
+			return rc;
+		const int bv = ll_bv<DK, DV, true>(B * H, nlevc);
+		if constexpr (DK == 64)
+			if (bv == 64)
+				rc = ll_bwalk_launch<DK, DV, 64>(b, Dgs, Ds, dout, k, lam, Qe, W, G, B,
+								 Tn, H, NL, nch, nlevc, scale);
+		if (bv == 32)
+			rc = ll_bwalk_launch<DK, DV, 32>(b, Dgs, Ds, dout, k, lam, Qe, W, G, B, Tn, H,
+							 NL, nch, nlevc, scale);
+		else if (bv == 16)
+			rc = ll_bwalk_launch<DK, DV, 16>(b, Dgs, Ds, dout, k, lam, Qe, W, G, B, Tn, H,
+							 NL, nch, nlevc, scale);
+		if (rc < 0)
+			return rc;
+	}
+	gdn_ll_bgrad<DK, DV><<<gc, TC_THREADS, sg, b->stream>>>(gr, dout, q, k, v, la, be, lam, G,
+								  Tm, W, U, Qe, Ss, Dgs, Ds, Tn, H,
+								  NL, nch, nlevc, scale);
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
 static int tc_backward(lmk_cuda_backend *b, lmk_dtype dt, gdn_grads gr, const void *dout,
 		       const void *q, const void *k, const void *v, const void *la, const void *be,
 		       const void *lam, int64_t B, int64_t Tn, int64_t H, int64_t Dk, int64_t Dv,
-		       float scale)
+		       int64_t NL, float scale)
 {
-	if (dt != LMK_BF16 || lam || (Dk != 64 && Dk != 128) || (Dv != 64 && Dv != 128))
+	if (dt != LMK_BF16 || (Dk != 64 && Dk != 128) || (Dv != 64 && Dv != 128))
 		return 1;
 	const bf16 *DO = (const bf16 *)dout, *Q = (const bf16 *)q, *K = (const bf16 *)k;
 	const bf16 *V = (const bf16 *)v, *LA = (const bf16 *)la, *BE = (const bf16 *)be;
+	const bf16 *LM = (const bf16 *)lam;
+	if (lam && Dk == 64 && Dv == 64)
+		return ll_bwd_launch<64, 64>(b, gr, DO, Q, K, V, LA, BE, LM, B, Tn, H, NL, scale);
+	if (lam && Dk == 64)
+		return ll_bwd_launch<64, 128>(b, gr, DO, Q, K, V, LA, BE, LM, B, Tn, H, NL, scale);
+	if (lam && Dv == 64)
+		return ll_bwd_launch<128, 64>(b, gr, DO, Q, K, V, LA, BE, LM, B, Tn, H, NL, scale);
+	if (lam)
+		return ll_bwd_launch<128, 128>(b, gr, DO, Q, K, V, LA, BE, LM, B, Tn, H, NL, scale);
 	if (Dk == 64 && Dv == 64)
 		return tc_bwd_launch<64, 64>(b, gr, DO, Q, K, V, LA, BE, B, Tn, H, scale);
 	if (Dk == 64)
@@ -2568,7 +4096,7 @@ extern "C" int lmk_cuda_gdn_forward(void *be, lmk_dtype dt, void *out, const voi
 		return 0;
 	if (algo != GDN_RECURRENT) {
 		int rc = tc_forward(LMK_BE(be), dt, out, q, k, v, loga, beta, lam, B, Tn, H, Dk, Dv,
-				    scale);
+				    NL, scale);
 		if (rc <= 0)
 			return rc;
 		LMK_DT_SWITCH(dt, "gdn",
@@ -2606,7 +4134,7 @@ extern "C" int lmk_cuda_gdn_backward(void *be, lmk_dtype dt, lmk_gbuf dq, lmk_gb
 			to_gacc(dlam)};
 	if (algo != GDN_RECURRENT) {
 		int rc = tc_backward(b, dt, gr, dout, q, k, v, loga, beta, lam, B, Tn, H, Dk, Dv,
-				     scale);
+				     NL, scale);
 		if (rc <= 0)
 			return rc;
 		LMK_DT_SWITCH(dt, "gdn",

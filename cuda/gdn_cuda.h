@@ -22,11 +22,15 @@
  *    of every chunk (sequential passes over the chunks), then every
  *    chunk's token gradients in parallel. Scratch: about (3 Dk + 2 Dv)
  *    floats a token forward; backward (6 Dk + 5 Dv) + 2 nlevc Dk Dv / 64,
- *    nlevc the chunk-level Fenwick levels (1 for plain GDN). Plain GDN in
- *    BF16 with Dk, Dv in {64, 128} runs the same algebra on the tensor
- *    cores (WY/UT form, bf16 operands, float32 sums and state); scratch
+ *    nlevc the chunk-level Fenwick levels (1 for plain GDN). In BF16 with
+ *    Dk, Dv in {64, 128} the same algebra runs on the tensor cores (WY/UT
+ *    form, bf16 operands, float32 sums and states): plain GDN with scratch
  *    about Dk + Dv bf16 a token forward, Dk + 3 Dv + 66 + Dk Dv / 32
- *    bf16 backward.
+ *    backward; log-linear GDN (up to 2^15 chunks) with the intra-chunk
+ *    levels as a mask on the chunk's attention matrix and one state per
+ *    chunk level in shared memory, scratch about 2 Dk + Dv + 66 bf16 a
+ *    token forward, plus Dk Dv (log2(T/64) + 1) / 64 backward (the saved
+ *    per-level states and their gradients).
  * Both are deterministic: no atomics, every sum in a fixed order.
  * @return (every launcher) : 0, LMK_EUNSUP (a head dim over 128, too many
  * levels, a gradient dtype) or LMK_EDEVICE / LMK_ENOMEM with a message */

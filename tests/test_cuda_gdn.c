@@ -16,9 +16,11 @@
  * by ||gpu - cpu|| / ||cpu||: F32 1e-5 for the output and 1e-4 for the
  * gradients (sums over T of long products in another order), BF16 1e-2.
  * One line per case gives every error, so one run tells what is wrong.
- * Then decoding: lmk_gdn_step on the GPU token by token against the CPU
- * parallel output. Exits 77 without a device or in a CPU-only build; runs
- * without fork (a forked child cannot use CUDA). */
+ * A second table (tcase ll_tc) runs log-linear shapes of the BF16
+ * tensor-core kernels, chunked only. Then decoding: lmk_gdn_step on the
+ * GPU token by token against the CPU parallel output. Exits 77 without a
+ * device or in a CPU-only build; runs without fork (a forked child cannot
+ * use CUDA). */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -56,6 +58,20 @@ static const gshape shapes[] = {
 	{4, 70, 36, 64, 64, 1, 0},
 };
 #define NSHAPES ((int)(sizeof shapes / sizeof shapes[0]))
+
+/* Log-linear on the BF16 tensor-core kernels, chunked only (tcase ll_tc,
+ * so that CK_RUN_CASE=ll_tc runs them alone): one chunk (T = 1, 7, 64),
+ * two, Dk != Dv, 32- and 64-column value blocks, up to eight chunk levels
+ * with a ragged last chunk. */
+static const gshape llshapes[] = {
+	{1, 1, 1, 64, 128, 1, 1},   {2, 7, 3, 128, 64, 1, 1},     {1, 64, 1, 128, 64, 1, 1},
+	{1, 65, 2, 64, 128, 1, 1},  {1, 1000, 1, 128, 128, 1, 1},
+	{3, 20, 2, 128, 128, 1, 1}, {2, 100, 3, 64, 128, 1, 1},   {1, 200, 2, 128, 64, 0, 1},
+	{8, 70, 36, 64, 64, 1, 1},  {4, 130, 34, 128, 128, 1, 1}, {1, 4100, 1, 64, 128, 1, 1},
+	{1, 300, 2, 64, 64, 1, 1},  {2, 513, 1, 128, 128, 1, 1},  {2, 200, 70, 64, 64, 1, 1},
+	{4, 100, 34, 128, 128, 1, 1},
+};
+#define NLLSHAPES ((int)(sizeof llshapes / sizeof llshapes[0]))
 
 static const char *const in_names[6] = {"q", "k", "v", "loga", "beta", "lam"};
 
@@ -170,9 +186,9 @@ static void free_host(hin *h)
 static double tol_out(lmk_dtype dt) { return dt == LMK_BF16 ? 1e-2 : 1e-5; }
 static double tol_grad(lmk_dtype dt) { return dt == LMK_BF16 ? 1e-2 : 1e-4; }
 
-static void run_case(int si, lmk_dtype dt)
+/* One case: shape s, whose index si seeds its inputs, in dtype dt. */
+static void run_case(const gshape *s, int si, lmk_dtype dt)
 {
-	const gshape *s = &shapes[si];
 	const int bf = dt == LMK_BF16;
 	lmk_rng rng;
 	lmk_rng_init(&rng, g_seed * 1000003u + (uint64_t)si * 2 + (uint64_t)bf);
@@ -297,14 +313,21 @@ static void run_case(int si, lmk_dtype dt)
 START_TEST(test_op_f32)
 {
 	g_algo = _i % 2 ? LMK_GDN_CHUNKED : LMK_GDN_RECURRENT;
-	run_case(_i / 2, LMK_F32);
+	run_case(&shapes[_i / 2], _i / 2, LMK_F32);
 }
 END_TEST
 
 START_TEST(test_op_bf16)
 {
 	g_algo = _i % 2 ? LMK_GDN_CHUNKED : LMK_GDN_RECURRENT;
-	run_case(_i / 2, LMK_BF16);
+	run_case(&shapes[_i / 2], _i / 2, LMK_BF16);
+}
+END_TEST
+
+START_TEST(test_ll_tc)
+{
+	g_algo = LMK_GDN_CHUNKED;
+	run_case(&llshapes[_i], NSHAPES + _i, LMK_BF16);
 }
 END_TEST
 
@@ -387,12 +410,12 @@ END_TEST
 START_TEST(test_decode_bf16) { run_decode(_i, LMK_BF16); }
 END_TEST
 
-/* Two runs give the same bits (no atomics, fixed summation orders), for
- * both kernel sets, plain and log-linear. */
-START_TEST(test_deterministic)
+/* Two runs of shape s give the same bits (no atomics, fixed summation
+ * orders), for the variants var0 .. var1 - 1 (var % 2: chunked, var / 2:
+ * log-linear). */
+static void check_deterministic(gshape s, int var0, int var1)
 {
-	const gshape s = {2, 300, 2, 64, 64, 1, 1};
-	for (int var = 0; var < 4; var++) {
+	for (int var = var0; var < var1; var++) {
 		lmk_gdn_opts o = {0, var % 2 ? LMK_GDN_CHUNKED : LMK_GDN_RECURRENT, 0};
 		int ll = var / 2;
 		lmk_rng rng;
@@ -443,7 +466,21 @@ START_TEST(test_deterministic)
 		free(dout);
 		free_host(&h);
 	}
+}
+
+/* Both kernel sets, plain and log-linear. */
+START_TEST(test_deterministic)
+{
+	check_deterministic((gshape){2, 300, 2, 64, 64, 1, 1}, 0, 4);
 	printf("test_cuda_gdn: deterministic: both kernel sets, plain and log-linear\n");
+}
+END_TEST
+
+/* Log-linear on the tensor cores with six chunk levels at head dims 128. */
+START_TEST(test_ll_deterministic)
+{
+	check_deterministic((gshape){2, 2100, 2, 128, 128, 1, 1}, 3, 4);
+	printf("test_cuda_gdn: deterministic: log-linear, tensor cores\n");
 }
 END_TEST
 
@@ -482,6 +519,11 @@ int main(void)
 	tcase_add_test(tc, test_deterministic);
 	tcase_add_test(tc, test_unsupported);
 	suite_add_tcase(su, tc);
+	TCase *tl = tcase_create("ll_tc");
+	tcase_set_timeout(tl, 600);
+	tcase_add_loop_test(tl, test_ll_tc, 0, NLLSHAPES);
+	tcase_add_test(tl, test_ll_deterministic);
+	suite_add_tcase(su, tl);
 	SRunner *sr = srunner_create(su);
 	srunner_set_fork_status(sr, CK_NOFORK);
 	srunner_run_all(sr, CK_NORMAL);
