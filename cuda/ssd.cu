@@ -934,8 +934,9 @@ static __host__ __device__ size_t bump(size_t *o, size_t bytes)
 
 static __host__ __device__ size_t zmax(size_t a, size_t b) { return a > b ? a : b; }
 
-/* kind 0: out, 1: bwd, 2: acc (C is then the token tile). out: K's tile
- * then holds the states (Hb); bwd: HX state rows in Hb, Z (20 C floats)
+/* kind 0: out, 1: bwd, 2: acc (C is then the token tile), 3: out with
+ * the plain form's bf16 state. out: K's tile then holds the states (Hb);
+ * out 3: the state has its own tile, loaded with the chunk's rows; bwd: HX state rows in Hb, Z (20 C floats)
  * for the block sums of the scores, then the reads' weights and row dots
  * (2 C + 2 C). */
 static __host__ __device__ tco tc_layout(int C, int Dk, int Dv, int kind)
@@ -951,6 +952,10 @@ static __host__ __device__ tco tc_layout(int C, int Dk, int Dv, int kind)
 	} else if (kind == 0) {
 		L.Kb = L.Hb = bump(&o, zmax((size_t)C * L.lk, (size_t)Dk * L.lv) * b2);
 		L.Vb = bump(&o, (size_t)C * L.lv * b2);
+	} else if (kind == 3) {
+		L.Kb = bump(&o, (size_t)C * L.lk * b2);
+		L.Vb = bump(&o, (size_t)C * L.lv * b2);
+		L.Hb = bump(&o, (size_t)Dk * L.lv * b2);
 	} else {
 		L.Kb = bump(&o, (size_t)C * L.lk * b2);
 		L.Vb = bump(&o, (size_t)C * L.lv * b2);
@@ -1137,21 +1142,25 @@ static __device__ void tc_read_weights(float *wr, float *wn, const float *ac, co
 	}
 }
 
-/* The output of a chunk on register fragments. Warp w owns the rows
+/* The output of a chunk on register fragments (FS: float, the fp32
+ * states F of either form, or bf16, the plain form's one state per chunk,
+ * copied to shared memory with the chunk's rows). Warp w owns the rows
  * 16 (w % 4) .. + 15 and the 16-column groups w / 4, w / 4 + 2, ... of the
  * output; the two warps of a row block both compute its scores (S = q kᵀ
  * up to the diagonal block, masked and weighted in registers, then the
  * bf16 A operand of P v). The reads add (wr q) H with wr applied to q's
  * fragments. The output leaves through shared memory (V's tile) in 16-byte
  * stores. */
+template <class FS>
 __global__ void __launch_bounds__(NT, 2) tc_out_kernel(bf16 *out, const bf16 *q, const bf16 *k,
 						       const bf16 *v, const bf16 *lam,
 						       const float *acs, const double *E,
-						       const float *F, geo g)
+						       const FS *F, geo g)
 {
 	extern __shared__ __align__(128) unsigned char tcsm[];
+	constexpr bool PB = std::is_same<FS, bf16>::value;
 	int C = g.C, Dk = (int)g.Dk, Dv = (int)g.Dv;
-	tco L = tc_layout(C, Dk, Dv, 0);
+	tco L = tc_layout(C, Dk, Dv, PB ? 3 : 0);
 	bf16 *Qb = SMB(bf16, L.Qb), *Kb = SMB(bf16, L.Kb), *Vb = SMB(bf16, L.Vb), *Hb = SMB(bf16, L.Hb);
 	float *ac = SMB(float, L.ac), *wr = SMB(float, L.wr), *lm = SMB(float, L.lm);
 	int64_t n = blockIdx.x, bh = blockIdx.y, b = bh / g.H, h = bh % g.H, t0 = n * g.C;
@@ -1163,6 +1172,8 @@ __global__ void __launch_bounds__(NT, 2) tc_out_kernel(bf16 *out, const bf16 *q,
 	tc_rows(Qb, L.lk, q + grp * g.Dk, b * g.T + t0, g.G * g.Dk, Dk, C, len);
 	tc_rows(Kb, L.lk, k + grp * g.Dk, b * g.T + t0, g.G * g.Dk, Dk, C, len);
 	tc_rows(Vb, L.lv, v + h * g.Dv, b * g.T + t0, g.H * g.Dv, Dv, C, len);
+	if (PB && F)
+		tc_rows(Hb, L.lv, (const bf16 *)F + (bh * g.tot + n) * g.M, 0, Dv, Dv, Dk, Dk);
 	for (int i = threadIdx.x; i < C; i += NT)
 		ac[i] = i < len ? acs[bh * g.T + t0 + i] : 0.0f;
 	tc_lam(lm, g, lam, b, h, t0, len);
@@ -1228,7 +1239,28 @@ __global__ void __launch_bounds__(NT, 2) tc_out_kernel(bf16 *out, const bf16 *q,
 		}
 	}
 	const double *Eb = E + bh * g.N;
-	int nr = F ? nreads(g, n) : 0;
+	if (PB && F && act) {
+		/* the state before the chunk, rows weighted scale exp(acs) */
+		int i0 = r0 + gq, i1 = r0 + gq + 8;
+		float w0 = i0 < len ? g.scale * expf(ac[i0]) : 0.0f;
+		float w1 = i1 < len ? g.scale * expf(ac[i1]) : 0.0f;
+		for (int kk = 0; kk < Dk; kk += 16) {
+			uint32_t a[4];
+			frag_a(a, Qb, L.lk, r0, kk);
+			scale_a(a, w0, w1);
+#pragma unroll
+			for (int u = 0; u < 4; u++) {
+				int gi = hf + 2 * u;
+				if (gi >= ng)
+					break;
+				uint32_t bb[4];
+				frag_b_kn(bb, Hb, L.lv, 16 * gi, kk);
+				mma16816(o[u][0], a, bb[0], bb[1]);
+				mma16816(o[u][1], a, bb[2], bb[3]);
+			}
+		}
+	}
+	int nr = F && !PB ? nreads(g, n) : 0;
 	for (int rr = 0; rr < nr; rr++) {
 		int64_t sidx = 0;
 		float dlog = 0.0f;
@@ -1236,7 +1268,7 @@ __global__ void __launch_bounds__(NT, 2) tc_out_kernel(bf16 *out, const bf16 *q,
 		read_state(g, Eb, n, rr, &sidx, &dlog, &lv);
 		__syncthreads(); /* K (the first time), Hb and wr are read */
 		tc_read_weights(wr, NULL, ac, g, lam, b, h, t0, len, dlog, lv);
-		tc_state(Hb, L.lv, F + (bh * g.tot + sidx) * g.M, Dk, Dv);
+		tc_state(Hb, L.lv, (const float *)F + (bh * g.tot + sidx) * g.M, Dk, Dv);
 		__syncthreads();
 		if (!act)
 			continue;
@@ -1910,6 +1942,132 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 	}
 }
 
+/* The states of the plain form (no lam) on the tensor cores, one pass over
+ * the chunks that keeps the running state in registers (instead of the
+ * per-chunk sums of tc_acc_kernel and a separate scan). A block owns a
+ * head bh and the state columns y0 .. y0 + BV - 1; warp w its rows
+ * 16w .. 16w + 15 (Dk / 16 warps). Chunk after chunk (the last first
+ * with REV) it stores St[n] = the running state, then runs
+ * St = exp(the chunk's log decay) St + (w X)ᵀ Y over the chunk's tokens:
+ * - forward: X = k, Y = v, w_t = exp(acs_last - acs_t): St[n] is the state
+ *   before chunk n (F);
+ * - REV: X = q, Y = dout, w_t = scale exp(acs_t): St[n] is the gradient of
+ *   the state after chunk n (dF), the query sides of the later chunks.
+ * With LO the weighted rows go in as bf16 high and low halves (within
+ * about 2^-16 of fp32: the backward's states feed the decay's gradient);
+ * without it (the forward's bf16 states) in one rounding. The chunks' tiles
+ * come in by cp.async, SCS - 1 chunks ahead. Sums in a fixed order. */
+#define SCS 4 /* pipeline stages of tc_scan_kernel */
+
+static __host__ __device__ size_t scan_stage_bytes(int C, int Dk, int BV)
+{
+	return ((size_t)C * (Dk + 8) * 2 + (size_t)C * (BV + 8) * 2 + (size_t)C * 4 + 127) / 128 * 128;
+}
+
+template <class S, bool REV, bool LO, int BV>
+__global__ void __launch_bounds__(256) tc_scan_kernel(S *St /*(BH,tot,M)*/, const bf16 *X, const bf16 *Y,
+						      const float *acs, geo g)
+{
+	extern __shared__ __align__(128) unsigned char tcsm[];
+	int C = g.C, Dk = (int)g.Dk, Dv = (int)g.Dv, lx = Dk + 8, ly = BV + 8;
+	size_t sb = scan_stage_bytes(C, Dk, BV);
+	int64_t bh = blockIdx.y, b = bh / g.H, h = bh % g.H, grp = h / (g.H / g.G);
+	int y0 = blockIdx.x * BV, nt = blockDim.x;
+	int lane = threadIdx.x % 32, wp = threadIdx.x / 32, gq = lane / 4, tq = lane % 4;
+	const bf16 *Xh = X + grp * g.Dk, *Yh = Y + h * g.Dv + y0;
+	int64_t xs = g.G * g.Dk, ys = g.H * g.Dv;
+	/* chunk it of the walk into stage it % SCS (an empty group past the end) */
+	auto fetch = [&](int it) {
+		if (it < g.N) {
+			int64_t n = REV ? g.N - 1 - it : it, t0 = n * C;
+			int len = g.T - t0 < C ? (int)(g.T - t0) : C;
+			unsigned char *base = tcsm + (size_t)(it % SCS) * sb;
+			bf16 *Xs = (bf16 *)base, *Ys = Xs + C * lx;
+			float *as = (float *)(Ys + C * ly);
+			int d8 = Dk / 8, v8 = BV / 8;
+			for (int idx = threadIdx.x; idx < C * d8; idx += nt) {
+				int i = idx / d8, x = idx % d8 * 8;
+				cp_async16(smem_u32(Xs + i * lx + x),
+					   Xh + (b * g.T + t0 + (i < len ? i : 0)) * xs + x, i < len);
+			}
+			for (int idx = threadIdx.x; idx < C * v8; idx += nt) {
+				int i = idx / v8, y = idx % v8 * 8;
+				cp_async16(smem_u32(Ys + i * ly + y),
+					   Yh + (b * g.T + t0 + (i < len ? i : 0)) * ys + y, i < len);
+			}
+			for (int i = threadIdx.x; i < C; i += nt)
+				cp_async4(smem_u32(as + i), acs + bh * g.T + t0 + (i < len ? i : 0), i < len);
+		}
+		cp_commit();
+	};
+	float acc[BV / 8][4];
+#pragma unroll
+	for (int j = 0; j < BV / 8; j++)
+#pragma unroll
+		for (int e = 0; e < 4; e++)
+			acc[j][e] = 0.0f;
+#pragma unroll
+	for (int s = 0; s < SCS - 1; s++)
+		fetch(s);
+	for (int it = 0; it < g.N; it++) {
+		int64_t n = REV ? g.N - 1 - it : it, t0 = n * C;
+		int len = g.T - t0 < C ? (int)(g.T - t0) : C;
+		/* the running state into St[n] */
+		S *o = St + (bh * g.tot + n) * g.M + (int64_t)(16 * wp + gq) * Dv + y0 + 2 * tq;
+#pragma unroll
+		for (int j = 0; j < BV / 8; j++) {
+			st2(o + 8 * j, acc[j][0], acc[j][1]);
+			st2(o + 8 * Dv + 8 * j, acc[j][2], acc[j][3]);
+		}
+		cp_wait<SCS - 2>();
+		__syncthreads(); /* chunk it landed; chunk it - 1's stage is free */
+		fetch(it + SCS - 1);
+		const unsigned char *base = tcsm + (size_t)(it % SCS) * sb;
+		const bf16 *Xs = (const bf16 *)base, *Ys = Xs + C * lx;
+		const float *as = (const float *)(Ys + C * ly);
+		float last = as[len - 1], dec = expf(last);
+#pragma unroll
+		for (int j = 0; j < BV / 8; j++)
+#pragma unroll
+			for (int e = 0; e < 4; e++)
+				acc[j][e] *= dec;
+		for (int kt = 0; kt < C; kt += 16) {
+			uint32_t a[4];
+			frag_a_t(a, Xs, lx, 16 * wp, kt);
+			/* token columns kt + 2tq (+1) in a[0..1], + 8 in a[2..3] */
+			float w[4];
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				int t = kt + 2 * tq + (e / 2) * 8 + e % 2;
+				w[e] = t < len ? (REV ? g.scale * expf(as[t]) : expf(last - as[t])) : 0.0f;
+			}
+			uint32_t ah[4], al[4];
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				float lo = __uint_as_float(a[e] << 16), hi = __uint_as_float(a[e] & 0xffff0000u);
+				float w0 = w[(e / 2) * 2], w1 = w[(e / 2) * 2 + 1];
+				float x0 = w0 * lo, x1 = w1 * hi;
+				__nv_bfloat162 r = __floats2bfloat162_rn(x0, x1);
+				ah[e] = *(uint32_t *)&r;
+				if (LO)
+					al[e] = pack2f(x0 - __low2float(r), x1 - __high2float(r));
+			}
+#pragma unroll
+			for (int j = 0; j < BV / 16; j++) {
+				uint32_t bb[4];
+				frag_b_kn(bb, Ys, ly, 16 * j, kt);
+				mma16816(acc[2 * j], ah, bb[0], bb[1]);
+				mma16816(acc[2 * j + 1], ah, bb[2], bb[3]);
+				if (LO) {
+					mma16816(acc[2 * j], al, bb[0], bb[1]);
+					mma16816(acc[2 * j + 1], al, bb[2], bb[3]);
+				}
+			}
+		}
+	}
+	cp_wait<0>();
+}
+
 /* ------------------------------------------------- launchers */
 
 static int eff_chunk(int chunk, int64_t T, int loglinear)
@@ -2052,13 +2210,37 @@ static int launch_acc(cudaStream_t st, const geo &g, int tc, float *out, const T
 	return 0;
 }
 
+/* tc_scan_kernel into St (bf16 without LO, fp32 with it): the widest
+ * column block (64, 32, 16) that still gives two blocks an SM. */
+template <class S, bool REV, bool LO>
+static int launch_scan(lmk_cuda_backend *bk, const geo &g, S *St, const bf16 *X, const bf16 *Y,
+		       const float *acs)
+{
+	int64_t BH = g.B * g.H;
+	int bv = 16;
+	if (g.Dv % 64 == 0 && BH * (g.Dv / 64) >= 2 * bk->sm_count)
+		bv = 64;
+	else if (g.Dv % 32 == 0 && BH * (g.Dv / 32) >= 2 * bk->sm_count)
+		bv = 32;
+	auto kern = bv == 64 ? tc_scan_kernel<S, REV, LO, 64>
+		    : bv == 32 ? tc_scan_kernel<S, REV, LO, 32> : tc_scan_kernel<S, REV, LO, 16>;
+	size_t sb = SCS * scan_stage_bytes(g.C, (int)g.Dk, bv);
+	if (tc_smem(kern, sb) < 0)
+		return lmk_errcode();
+	kern<<<dim3((unsigned)(g.Dv / bv), (unsigned)BH), (unsigned)(2 * g.Dk), sb, bk->stream>>>(
+		St, X, Y, acs, g);
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
 template <class T>
 static int forward_t(lmk_cuda_backend *bk, const geo &g, T *out, const T *q, const T *k,
 		     const T *v, const T *loga, const T *lam)
 {
 	int64_t BH = g.B * g.H;
+	int tc = use_tc<T>(g, q, k, v, out), pb = tc && g.plain; /* pb: bf16 states by tc_scan */
 	size_t b_acs = al((size_t)(BH * g.T) * 4), b_E = al((size_t)(BH * g.N) * 8);
-	size_t b_F = g.N > 1 ? al((size_t)(BH * g.tot * g.M) * 4) : 0;
+	size_t b_F = g.N > 1 ? al((size_t)(BH * g.tot * g.M) * (pb ? 2 : 4)) : 0;
 	char *p = (char *)lmk_cuda_scratch(bk, b_acs + b_E + b_F);
 	if (!p)
 		return lmk_errcode();
@@ -2070,7 +2252,20 @@ static int forward_t(lmk_cuda_backend *bk, const geo &g, T *out, const T *q, con
 	LMK_CK_LAUNCH();
 	prep_prefix<<<blocks_for(BH, 128), 128, 0, st>>>(E, g);
 	LMK_CK_LAUNCH();
-	int tc = use_tc<T>(g, q, k, v, out);
+	if constexpr (std::is_same<T, bf16>::value) {
+		if (pb) {
+			bf16 *Fb = (bf16 *)F;
+			if (F && launch_scan<bf16, false, false>(bk, g, Fb, k, v, acs) < 0)
+				return lmk_errcode();
+			size_t sb = tc_layout(g.C, (int)g.Dk, (int)g.Dv, 3).total;
+			if (tc_smem(tc_out_kernel<bf16>, sb) < 0)
+				return lmk_errcode();
+			tc_out_kernel<bf16><<<dim3((unsigned)g.N, (unsigned)BH), NT, sb, st>>>(
+				out, q, k, v, lam, acs, E, Fb, g);
+			LMK_CK_LAUNCH();
+			return 0;
+		}
+	}
 	if (F) {
 		if (launch_acc<T, false>(st, g, tc, F, k, v, acs, E, lam, NULL, g.N, g.tot) < 0)
 			return lmk_errcode();
@@ -2080,9 +2275,9 @@ static int forward_t(lmk_cuda_backend *bk, const geo &g, T *out, const T *q, con
 	if constexpr (std::is_same<T, bf16>::value) {
 		if (tc) {
 			size_t sb = tc_layout(g.C, (int)g.Dk, (int)g.Dv, 0).total;
-			if (tc_smem(tc_out_kernel, sb) < 0)
+			if (tc_smem(tc_out_kernel<float>, sb) < 0)
 				return lmk_errcode();
-			tc_out_kernel<<<dim3((unsigned)g.N, (unsigned)BH), NT, sb, st>>>(
+			tc_out_kernel<float><<<dim3((unsigned)g.N, (unsigned)BH), NT, sb, st>>>(
 				out, q, k, v, lam, acs, E, F, g);
 			LMK_CK_LAUNCH();
 			return 0;
@@ -2177,7 +2372,14 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 	LMK_CK_LAUNCH();
 	prep_prefix<<<blocks_for(BH, 128), 128, 0, st>>>(E, g);
 	LMK_CK_LAUNCH();
-	if (states) {
+	/* the plain form on the tensor cores: both scans in one pass each */
+	int scan = states && tc && g.plain;
+	if constexpr (std::is_same<T, bf16>::value) {
+		if (scan && (launch_scan<float, false, true>(bk, g, F, k, v, acs) < 0 ||
+			     launch_scan<float, true, true>(bk, g, dF, q, dout, acs) < 0))
+			return lmk_errcode();
+	}
+	if (states && !scan) {
 		if (launch_acc<T, false>(st, g, tc, F, k, v, acs, E, lam, NULL, g.N, g.tot) < 0)
 			return lmk_errcode();
 		fwd_states<<<blocks_for(BH * g.M, 256), 256, 0, st>>>(F, E, g);
