@@ -94,10 +94,18 @@ __global__ void prep_chunk(float *acs /*(BH,T)*/, double *E /*(BH,N)*/, const T 
 	int64_t bh = i / g.N, n = i % g.N, b = bh / g.H, h = bh % g.H;
 	int64_t t0 = n * g.C, t1 = t0 + g.C < g.T ? t0 + g.C : g.T;
 	double a = 0;
-	for (int64_t t = t0; t < t1; t++) {
-		if (loga)
-			a += tof(loga[(b * g.T + t) * g.H + h]);
-		acs[bh * g.T + t] = (float)a;
+	/* eight loads in flight before their sums */
+	for (int64_t tb = t0; tb < t1; tb += 8) {
+		float x[8];
+#pragma unroll
+		for (int u = 0; u < 8; u++)
+			x[u] = loga && tb + u < t1 ? tof(loga[(b * g.T + tb + u) * g.H + h]) : 0.0f;
+#pragma unroll
+		for (int u = 0; u < 8; u++)
+			if (tb + u < t1) {
+				a += x[u];
+				acs[bh * g.T + tb + u] = (float)a;
+			}
 	}
 	E[bh * g.N + n] = a;
 }
@@ -1956,7 +1964,12 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
  * With LO the weighted rows go in as bf16 high and low halves (within
  * about 2^-16 of fp32: the backward's states feed the decay's gradient);
  * without it (the forward's bf16 states) in one rounding. The chunks' tiles
- * come in by cp.async, SCS - 1 chunks ahead. Sums in a fixed order. */
+ * come in by cp.async, SCS - 1 chunks ahead.
+ * Few long heads split the walk into gridDim.z segments of seglen chunks,
+ * side by side, in two launches: the first (St NULL) runs each segment from
+ * a zero state and stores only its end, U[seg], and its summed log decay,
+ * Ud[seg]; the second starts segment s from U[0..s-1] folded in order and
+ * stores the states. Every sum in a fixed order. */
 #define SCS 4 /* pipeline stages of tc_scan_kernel */
 
 static __host__ __device__ size_t scan_stage_bytes(int C, int Dk, int BV)
@@ -1965,23 +1978,29 @@ static __host__ __device__ size_t scan_stage_bytes(int C, int Dk, int BV)
 }
 
 template <class S, bool REV, bool LO, int BV>
-__global__ void __launch_bounds__(256) tc_scan_kernel(S *St /*(BH,tot,M)*/, const bf16 *X, const bf16 *Y,
-						      const float *acs, geo g)
+__global__ void __launch_bounds__(256) tc_scan_kernel(S *St /*(BH,tot,M) or NULL*/,
+						      float *U /*(BH,nseg,M)*/, float *Ud /*(BH,nseg)*/,
+						      const bf16 *X, const bf16 *Y, const float *acs,
+						      int seglen, geo g)
 {
 	extern __shared__ __align__(128) unsigned char tcsm[];
 	int C = g.C, Dk = (int)g.Dk, Dv = (int)g.Dv, lx = Dk + 8, ly = BV + 8;
 	size_t sb = scan_stage_bytes(C, Dk, BV);
 	int64_t bh = blockIdx.y, b = bh / g.H, h = bh % g.H, grp = h / (g.H / g.G);
-	int y0 = blockIdx.x * BV, nt = blockDim.x;
+	int y0 = blockIdx.x * BV, nt = blockDim.x, nseg = gridDim.z, sg = blockIdx.z;
+	int it0 = sg * seglen, it1 = it0 + seglen < g.N ? it0 + seglen : g.N;
 	int lane = threadIdx.x % 32, wp = threadIdx.x / 32, gq = lane / 4, tq = lane % 4;
 	const bf16 *Xh = X + grp * g.Dk, *Yh = Y + h * g.Dv + y0;
 	int64_t xs = g.G * g.Dk, ys = g.H * g.Dv;
-	/* chunk it of the walk into stage it % SCS (an empty group past the end) */
+	/* the element (16 wp + gq + 8 hr, y0 + 8 j + 2 tq) of a state */
+	int64_t eo = (int64_t)(16 * wp + gq) * Dv + y0 + 2 * tq;
+	/* chunk it of the walk into stage (it - it0) % SCS (an empty group
+	 * past the segment) */
 	auto fetch = [&](int it) {
-		if (it < g.N) {
+		if (it < it1) {
 			int64_t n = REV ? g.N - 1 - it : it, t0 = n * C;
 			int len = g.T - t0 < C ? (int)(g.T - t0) : C;
-			unsigned char *base = tcsm + (size_t)(it % SCS) * sb;
+			unsigned char *base = tcsm + (size_t)((it - it0) % SCS) * sb;
 			bf16 *Xs = (bf16 *)base, *Ys = Xs + C * lx;
 			float *as = (float *)(Ys + C * ly);
 			int d8 = Dk / 8, v8 = BV / 8;
@@ -2000,32 +2019,49 @@ __global__ void __launch_bounds__(256) tc_scan_kernel(S *St /*(BH,tot,M)*/, cons
 		}
 		cp_commit();
 	};
+#pragma unroll
+	for (int s = 0; s < SCS - 1; s++)
+		fetch(it0 + s);
 	float acc[BV / 8][4];
 #pragma unroll
 	for (int j = 0; j < BV / 8; j++)
 #pragma unroll
 		for (int e = 0; e < 4; e++)
 			acc[j][e] = 0.0f;
+	if (St)
+		for (int s = 0; s < sg; s++) {
+			const float *u = U + (bh * nseg + s) * g.M + eo;
+			float d = expf(Ud[bh * nseg + s]);
 #pragma unroll
-	for (int s = 0; s < SCS - 1; s++)
-		fetch(s);
-	for (int it = 0; it < g.N; it++) {
+			for (int j = 0; j < BV / 8; j++) {
+				float2 u0 = ld2(u + 8 * j), u1 = ld2(u + 8 * Dv + 8 * j);
+				acc[j][0] = d * acc[j][0] + u0.x;
+				acc[j][1] = d * acc[j][1] + u0.y;
+				acc[j][2] = d * acc[j][2] + u1.x;
+				acc[j][3] = d * acc[j][3] + u1.y;
+			}
+		}
+	float dsum = 0.0f;
+	for (int it = it0; it < it1; it++) {
 		int64_t n = REV ? g.N - 1 - it : it, t0 = n * C;
 		int len = g.T - t0 < C ? (int)(g.T - t0) : C;
-		/* the running state into St[n] */
-		S *o = St + (bh * g.tot + n) * g.M + (int64_t)(16 * wp + gq) * Dv + y0 + 2 * tq;
+		if (St) {
+			/* the running state into St[n] */
+			S *o = St + (bh * g.tot + n) * g.M + eo;
 #pragma unroll
-		for (int j = 0; j < BV / 8; j++) {
-			st2(o + 8 * j, acc[j][0], acc[j][1]);
-			st2(o + 8 * Dv + 8 * j, acc[j][2], acc[j][3]);
+			for (int j = 0; j < BV / 8; j++) {
+				st2(o + 8 * j, acc[j][0], acc[j][1]);
+				st2(o + 8 * Dv + 8 * j, acc[j][2], acc[j][3]);
+			}
 		}
 		cp_wait<SCS - 2>();
 		__syncthreads(); /* chunk it landed; chunk it - 1's stage is free */
 		fetch(it + SCS - 1);
-		const unsigned char *base = tcsm + (size_t)(it % SCS) * sb;
+		const unsigned char *base = tcsm + (size_t)((it - it0) % SCS) * sb;
 		const bf16 *Xs = (const bf16 *)base, *Ys = Xs + C * lx;
 		const float *as = (const float *)(Ys + C * ly);
 		float last = as[len - 1], dec = expf(last);
+		dsum += last;
 #pragma unroll
 		for (int j = 0; j < BV / 8; j++)
 #pragma unroll
@@ -2066,6 +2102,43 @@ __global__ void __launch_bounds__(256) tc_scan_kernel(S *St /*(BH,tot,M)*/, cons
 		}
 	}
 	cp_wait<0>();
+	if (!St) {
+		float *u = U + (bh * nseg + sg) * g.M + eo;
+#pragma unroll
+		for (int j = 0; j < BV / 8; j++) {
+			st2(u + 8 * j, acc[j][0], acc[j][1]);
+			st2(u + 8 * Dv + 8 * j, acc[j][2], acc[j][3]);
+		}
+		if (blockIdx.x == 0 && threadIdx.x == 0)
+			Ud[bh * nseg + sg] = dsum;
+	}
+}
+
+/* How tc_scan_kernel splits a shape: column blocks of bv (the widest of
+ * 64, 32, 16 that divides Dv), and, where the heads' blocks leave SMs idle,
+ * the walk into nseg segments of seglen chunks (at least 4), so that about
+ * three blocks an SM run. */
+struct scan_split {
+	int bv, nseg, seglen;
+};
+
+static scan_split scan_split_of(const geo &g, int sm)
+{
+	scan_split p;
+	p.bv = g.Dv % 64 == 0 ? 64 : g.Dv % 32 == 0 ? 32 : 16;
+	int64_t base = g.B * g.H * (g.Dv / p.bv), want = (3 * (int64_t)sm + base - 1) / base;
+	int64_t most = g.N / 4 > 1 ? g.N / 4 : 1;
+	p.nseg = (int)(want < most ? want : most);
+	p.seglen = (g.N + p.nseg - 1) / p.nseg;
+	p.nseg = (g.N + p.seglen - 1) / p.seglen;
+	return p;
+}
+
+/* Bytes of the segments' ends and decays (none without segments). */
+static size_t scan_scratch(const geo &g, int sm)
+{
+	scan_split p = scan_split_of(g, sm);
+	return p.nseg > 1 ? (size_t)(g.B * g.H * p.nseg) * (size_t)(g.M + 1) * 4 : 0;
 }
 
 /* ------------------------------------------------- launchers */
@@ -2210,25 +2283,25 @@ static int launch_acc(cudaStream_t st, const geo &g, int tc, float *out, const T
 	return 0;
 }
 
-/* tc_scan_kernel into St (bf16 without LO, fp32 with it): the widest
- * column block (64, 32, 16) that still gives two blocks an SM. */
+/* tc_scan_kernel into St (bf16 without LO, fp32 with it), split as
+ * scan_split_of says; U: scan_scratch's bytes. */
 template <class S, bool REV, bool LO>
-static int launch_scan(lmk_cuda_backend *bk, const geo &g, S *St, const bf16 *X, const bf16 *Y,
-		       const float *acs)
+static int launch_scan(lmk_cuda_backend *bk, const geo &g, S *St, float *U, const bf16 *X,
+		       const bf16 *Y, const float *acs)
 {
-	int64_t BH = g.B * g.H;
-	int bv = 16;
-	if (g.Dv % 64 == 0 && BH * (g.Dv / 64) >= 2 * bk->sm_count)
-		bv = 64;
-	else if (g.Dv % 32 == 0 && BH * (g.Dv / 32) >= 2 * bk->sm_count)
-		bv = 32;
-	auto kern = bv == 64 ? tc_scan_kernel<S, REV, LO, 64>
-		    : bv == 32 ? tc_scan_kernel<S, REV, LO, 32> : tc_scan_kernel<S, REV, LO, 16>;
-	size_t sb = SCS * scan_stage_bytes(g.C, (int)g.Dk, bv);
+	scan_split p = scan_split_of(g, bk->sm_count);
+	auto kern = p.bv == 64 ? tc_scan_kernel<S, REV, LO, 64>
+		    : p.bv == 32 ? tc_scan_kernel<S, REV, LO, 32> : tc_scan_kernel<S, REV, LO, 16>;
+	size_t sb = SCS * scan_stage_bytes(g.C, (int)g.Dk, p.bv);
 	if (tc_smem(kern, sb) < 0)
 		return lmk_errcode();
-	kern<<<dim3((unsigned)(g.Dv / bv), (unsigned)BH), (unsigned)(2 * g.Dk), sb, bk->stream>>>(
-		St, X, Y, acs, g);
+	dim3 grid((unsigned)(g.Dv / p.bv), (unsigned)(g.B * g.H), (unsigned)p.nseg);
+	float *Ud = U ? U + g.B * g.H * p.nseg * g.M : NULL;
+	if (p.nseg > 1) {
+		kern<<<grid, (unsigned)(2 * g.Dk), sb, bk->stream>>>(NULL, U, Ud, X, Y, acs, p.seglen, g);
+		LMK_CK_LAUNCH();
+	}
+	kern<<<grid, (unsigned)(2 * g.Dk), sb, bk->stream>>>(St, U, Ud, X, Y, acs, p.seglen, g);
 	LMK_CK_LAUNCH();
 	return 0;
 }
@@ -2241,21 +2314,25 @@ static int forward_t(lmk_cuda_backend *bk, const geo &g, T *out, const T *q, con
 	int tc = use_tc<T>(g, q, k, v, out), pb = tc && g.plain; /* pb: bf16 states by tc_scan */
 	size_t b_acs = al((size_t)(BH * g.T) * 4), b_E = al((size_t)(BH * g.N) * 8);
 	size_t b_F = g.N > 1 ? al((size_t)(BH * g.tot * g.M) * (pb ? 2 : 4)) : 0;
-	char *p = (char *)lmk_cuda_scratch(bk, b_acs + b_E + b_F);
+	size_t b_U = pb && g.N > 1 ? al(scan_scratch(g, bk->sm_count)) : 0;
+	char *p = (char *)lmk_cuda_scratch(bk, b_acs + b_E + b_F + b_U);
 	if (!p)
 		return lmk_errcode();
 	float *acs = (float *)p;
 	double *E = (double *)(p + b_acs);
 	float *F = g.N > 1 ? (float *)(p + b_acs + b_E) : NULL;
+	float *U = b_U ? (float *)(p + b_acs + b_E + b_F) : NULL;
 	cudaStream_t st = bk->stream;
 	prep_chunk<T><<<blocks_for(BH * g.N, 256), 256, 0, st>>>(acs, E, loga, g);
 	LMK_CK_LAUNCH();
-	prep_prefix<<<blocks_for(BH, 128), 128, 0, st>>>(E, g);
-	LMK_CK_LAUNCH();
+	if (!pb) { /* the plain form on the tensor cores reads no E */
+		prep_prefix<<<blocks_for(BH, 128), 128, 0, st>>>(E, g);
+		LMK_CK_LAUNCH();
+	}
 	if constexpr (std::is_same<T, bf16>::value) {
 		if (pb) {
 			bf16 *Fb = (bf16 *)F;
-			if (F && launch_scan<bf16, false, false>(bk, g, Fb, k, v, acs) < 0)
+			if (F && launch_scan<bf16, false, false>(bk, g, Fb, U, k, v, acs) < 0)
 				return lmk_errcode();
 			size_t sb = tc_layout(g.C, (int)g.Dk, (int)g.Dv, 3).total;
 			if (tc_smem(tc_out_kernel<bf16>, sb) < 0)
@@ -2335,13 +2412,18 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 	/* one head a group: the tensor cores add dq and dk straight into their
 	 * gradients, without per-head rows */
 	int direct = tc && g.G == g.H && vec8_ok(8, dq.p, dk.p);
+	/* the plain form on the tensor cores: the states by tc_scan_kernel,
+	 * which (like the chunk kernels of that form) reads no E */
+	int pb = tc && g.plain, scan = pb && states;
 	size_t b_acs = al((size_t)(BH * g.T) * 4), b_E = al((size_t)(BH * g.N) * 8);
 	size_t b_F = states ? al((size_t)(BH * g.tot * g.M) * 4) : 0;
+	size_t b_U = scan ? al(scan_scratch(g, bk->sm_count)) : 0;
 	size_t b_parts = al((size_t)(BH * ns * g.M) * 4), b_slots = al((size_t)ns * sizeof(int4));
 	size_t b_first = al(first.size() * sizeof(int));
 	size_t b_dh = direct ? 0 : al((size_t)(BH * g.T * g.Dk) * 4), b_dA = al((size_t)(BH * g.T) * 4);
 	size_t b_dAs = al((size_t)(BH * g.N) * 8);
-	size_t total = b_acs + b_E + 2 * b_F + b_parts + b_slots + b_first + 2 * b_dh + b_dA + b_dAs;
+	size_t total = b_acs + b_E + 2 * b_F + b_U + b_parts + b_slots + b_first + 2 * b_dh + b_dA +
+		       b_dAs;
 	char *p = (char *)lmk_cuda_scratch(bk, total);
 	if (!p)
 		return lmk_errcode();
@@ -2353,6 +2435,8 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 	p += b_F;
 	float *dF = states ? (float *)p : NULL;
 	p += b_F;
+	float *U = b_U ? (float *)p : NULL;
+	p += b_U;
 	float *parts = (float *)p;
 	p += b_parts;
 	int4 *dslots = (int4 *)p;
@@ -2370,13 +2454,13 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 
 	prep_chunk<T><<<blocks_for(BH * g.N, 256), 256, 0, st>>>(acs, E, loga, g);
 	LMK_CK_LAUNCH();
-	prep_prefix<<<blocks_for(BH, 128), 128, 0, st>>>(E, g);
-	LMK_CK_LAUNCH();
-	/* the plain form on the tensor cores: both scans in one pass each */
-	int scan = states && tc && g.plain;
+	if (!pb) {
+		prep_prefix<<<blocks_for(BH, 128), 128, 0, st>>>(E, g);
+		LMK_CK_LAUNCH();
+	}
 	if constexpr (std::is_same<T, bf16>::value) {
-		if (scan && (launch_scan<float, false, true>(bk, g, F, k, v, acs) < 0 ||
-			     launch_scan<float, true, true>(bk, g, dF, q, dout, acs) < 0))
+		if (scan && (launch_scan<float, false, true>(bk, g, F, U, k, v, acs) < 0 ||
+			     launch_scan<float, true, true>(bk, g, dF, U, q, dout, acs) < 0))
 			return lmk_errcode();
 	}
 	if (states && !scan) {
