@@ -2114,6 +2114,198 @@ __global__ void __launch_bounds__(256) tc_scan_kernel(S *St /*(BH,tot,M) or NULL
 	}
 }
 
+/* The plain form's forward in one pass (BF16 on the tensor cores), for
+ * shapes with enough heads to fill the SMs: a block owns a head bh and the
+ * output and state columns y0 .. y0 + BV - 1, walks the chunks with the
+ * running state St (Dk, BV) in registers and, per chunk (tiles by
+ * cp.async, FST - 1 chunks ahead):
+ * 1. the masked, weighted scores S = scale exp(acs_i - acs_j) q_i.k_j
+ *    (j <= i) into shared memory as bf16, and St as bf16 (Hs);
+ * 2. out = S v + (scale exp(acs_i) q_i) St, straight to global memory;
+ * 3. St = exp(the chunk's log decay) St + (exp(acs_last - acs_t) k_t)ᵀ v_t.
+ * The same products and roundings as tc_scan_kernel (without LO) then
+ * tc_out_kernel, without the states in global memory. 16x16 tiles of each
+ * product go round the 8 warps: t = warp + 8u. */
+static __host__ __device__ size_t fused_stage_bytes(int C, int Dk, int BV)
+{
+	return ((size_t)C * (Dk + 8) * 4 + (size_t)C * (BV + 8) * 2 + (size_t)C * 4 + 127) / 128 * 128;
+}
+
+static __host__ __device__ size_t fused_bytes(int C, int Dk, int BV, int stages)
+{
+	return stages * fused_stage_bytes(C, Dk, BV) + (size_t)C * (C + 8) * 2 + (size_t)Dk * (BV + 8) * 2;
+}
+
+template <int BV>
+__global__ void __launch_bounds__(NT) tc_fused_kernel(bf16 *out, const bf16 *q, const bf16 *k,
+						      const bf16 *v, const float *acs, int stages, geo g)
+{
+	extern __shared__ __align__(128) unsigned char tcsm[];
+	constexpr int NG = BV / 16;                 /* column groups */
+	constexpr int SW = (8 * NG + 7) / 8;        /* state tiles a warp, Dk <= 128 */
+	constexpr int OW = (4 * NG + 7) / 8;        /* output tiles a warp, C <= 64 */
+	int C = g.C, Dk = (int)g.Dk, lx = Dk + 8, ly = BV + 8, lc = C + 8, nc = C / 16;
+	size_t sb = fused_stage_bytes(C, Dk, BV);
+	bf16 *Ss = (bf16 *)(tcsm + stages * sb), *Hs = Ss + C * lc;
+	int64_t bh = blockIdx.y, b = bh / g.H, h = bh % g.H, grp = h / (g.H / g.G);
+	int y0 = blockIdx.x * BV;
+	int lane = threadIdx.x % 32, wp = threadIdx.x / 32, gq = lane / 4, tq = lane % 4;
+	const bf16 *qh = q + grp * g.Dk, *kh = k + grp * g.Dk, *vh = v + h * g.Dv + y0;
+	int64_t xs = g.G * g.Dk, ys = g.H * g.Dv;
+	int nst = Dk / 16 * NG, nout = nc * NG, nsc = nc * (nc + 1) / 2;
+	auto fetch = [&](int it) {
+		if (it < g.N) {
+			int64_t t0 = (int64_t)it * C;
+			int len = g.T - t0 < C ? (int)(g.T - t0) : C;
+			unsigned char *base = tcsm + (size_t)(it % stages) * sb;
+			bf16 *Qs = (bf16 *)base, *Ks = Qs + C * lx, *Vs = Ks + C * lx;
+			float *as = (float *)(Vs + C * ly);
+			int d8 = Dk / 8, v8 = BV / 8;
+			for (int idx = threadIdx.x; idx < C * d8; idx += NT) {
+				int i = idx / d8, x = idx % d8 * 8;
+				int64_t r = (b * g.T + t0 + (i < len ? i : 0)) * xs + x;
+				cp_async16(smem_u32(Qs + i * lx + x), qh + r, i < len);
+				cp_async16(smem_u32(Ks + i * lx + x), kh + r, i < len);
+			}
+			for (int idx = threadIdx.x; idx < C * v8; idx += NT) {
+				int i = idx / v8, y = idx % v8 * 8;
+				cp_async16(smem_u32(Vs + i * ly + y),
+					   vh + (b * g.T + t0 + (i < len ? i : 0)) * ys + y, i < len);
+			}
+			for (int i = threadIdx.x; i < C; i += NT)
+				cp_async4(smem_u32(as + i), acs + bh * g.T + t0 + (i < len ? i : 0), i < len);
+		}
+		cp_commit();
+	};
+	for (int s = 0; s < stages - 1; s++)
+		fetch(s);
+	float st[SW][2][4];
+#pragma unroll
+	for (int u = 0; u < SW; u++)
+#pragma unroll
+		for (int e = 0; e < 8; e++)
+			st[u][e / 4][e % 4] = 0.0f;
+	for (int it = 0; it < g.N; it++) {
+		int64_t t0 = (int64_t)it * C;
+		int len = g.T - t0 < C ? (int)(g.T - t0) : C;
+		if (stages == 3)
+			cp_wait<1>();
+		else
+			cp_wait<0>();
+		__syncthreads(); /* chunk it landed; chunk it - 1's stage, Ss and Hs are free */
+		fetch(it + stages - 1);
+		const unsigned char *base = tcsm + (size_t)(it % stages) * sb;
+		const bf16 *Qs = (const bf16 *)base, *Ks = Qs + C * lx, *Vs = Ks + C * lx;
+		const float *as = (const float *)(Vs + C * ly);
+
+		/* 1. the scores of the blocks on and below the diagonal, St as bf16 */
+		for (int t = wp; t < nsc; t += 8) {
+			int ib = 0;
+			while ((ib + 1) * (ib + 2) / 2 <= t)
+				ib++;
+			int jb = t - ib * (ib + 1) / 2;
+			float sc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+			for (int kk = 0; kk < Dk; kk += 16) {
+				uint32_t a[4], bb[4];
+				frag_a(a, Qs, lx, 16 * ib, kk);
+				frag_b_nk(bb, Ks, lx, 16 * jb, kk);
+				mma16816(sc[0], a, bb[0], bb[1]);
+				mma16816(sc[1], a, bb[2], bb[3]);
+			}
+#pragma unroll
+			for (int nn = 0; nn < 2; nn++)
+#pragma unroll
+				for (int hr = 0; hr < 2; hr++) {
+					int i = 16 * ib + gq + 8 * hr, j = 16 * jb + 8 * nn + 2 * tq;
+					float v0 = j <= i && i < len ? g.scale * expf(as[i] - as[j]) * sc[nn][2 * hr] : 0.0f;
+					float v1 = j + 1 <= i && i < len
+							   ? g.scale * expf(as[i] - as[j + 1]) * sc[nn][2 * hr + 1]
+							   : 0.0f;
+					*(uint32_t *)(Ss + i * lc + j) = pack2f(v0, v1);
+				}
+		}
+#pragma unroll
+		for (int u = 0; u < SW; u++) {
+			int t = wp + 8 * u, mb = t / NG, gi = t % NG;
+			if (t >= nst)
+				break;
+#pragma unroll
+			for (int nn = 0; nn < 2; nn++) {
+				int x = 16 * mb + gq, y = 16 * gi + 8 * nn + 2 * tq;
+				*(uint32_t *)(Hs + x * ly + y) = pack2f(st[u][nn][0], st[u][nn][1]);
+				*(uint32_t *)(Hs + (x + 8) * ly + y) = pack2f(st[u][nn][2], st[u][nn][3]);
+			}
+		}
+		__syncthreads();
+
+		/* 2. the output tiles */
+#pragma unroll
+		for (int u = 0; u < OW; u++) {
+			int t = wp + 8 * u, rb = t / NG, gi = t % NG;
+			if (t >= nout)
+				break;
+			float o[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+			for (int jg = 0; jg <= rb; jg++) {
+				uint32_t a[4], bb[4];
+				frag_a(a, Ss, lc, 16 * rb, 16 * jg);
+				frag_b_kn(bb, Vs, ly, 16 * gi, 16 * jg);
+				mma16816(o[0], a, bb[0], bb[1]);
+				mma16816(o[1], a, bb[2], bb[3]);
+			}
+			int i0 = 16 * rb + gq, i1 = i0 + 8;
+			float w0 = i0 < len ? g.scale * expf(as[i0]) : 0.0f;
+			float w1 = i1 < len ? g.scale * expf(as[i1]) : 0.0f;
+			for (int kk = 0; kk < Dk; kk += 16) {
+				uint32_t a[4], bb[4];
+				frag_a(a, Qs, lx, 16 * rb, kk);
+				scale_a(a, w0, w1);
+				frag_b_kn(bb, Hs, ly, 16 * gi, kk);
+				mma16816(o[0], a, bb[0], bb[1]);
+				mma16816(o[1], a, bb[2], bb[3]);
+			}
+#pragma unroll
+			for (int nn = 0; nn < 2; nn++) {
+				int64_t y = h * g.Dv + y0 + 16 * gi + 8 * nn + 2 * tq;
+				if (i0 < len)
+					*(uint32_t *)(out + (b * g.T + t0 + i0) * ys + y) = pack2f(o[nn][0], o[nn][1]);
+				if (i1 < len)
+					*(uint32_t *)(out + (b * g.T + t0 + i1) * ys + y) = pack2f(o[nn][2], o[nn][3]);
+			}
+		}
+
+		/* 3. the state after the chunk */
+		float last = as[len - 1], dec = expf(last);
+#pragma unroll
+		for (int u = 0; u < SW; u++) {
+			int t = wp + 8 * u, mb = t / NG, gi = t % NG;
+			if (t >= nst)
+				break;
+#pragma unroll
+			for (int e = 0; e < 8; e++)
+				st[u][e / 4][e % 4] *= dec;
+			for (int kt = 0; kt < C; kt += 16) {
+				uint32_t a[4], bb[4];
+				frag_a_t(a, Ks, lx, 16 * mb, kt);
+				float w[4];
+#pragma unroll
+				for (int e = 0; e < 4; e++) {
+					int tt = kt + 2 * tq + (e / 2) * 8 + e % 2;
+					w[e] = tt < len ? expf(last - as[tt]) : 0.0f;
+				}
+#pragma unroll
+				for (int e = 0; e < 4; e++) {
+					float lo = __uint_as_float(a[e] << 16), hi = __uint_as_float(a[e] & 0xffff0000u);
+					a[e] = pack2f(w[(e / 2) * 2] * lo, w[(e / 2) * 2 + 1] * hi);
+				}
+				frag_b_kn(bb, Vs, ly, 16 * gi, kt);
+				mma16816(st[u][0], a, bb[0], bb[1]);
+				mma16816(st[u][1], a, bb[2], bb[3]);
+			}
+		}
+	}
+	cp_wait<0>();
+}
+
 /* How tc_scan_kernel splits a shape: column blocks of bv (the widest of
  * 64, 32, 16 that divides Dv), and, where the heads' blocks leave SMs idle,
  * the walk into nseg segments of seglen chunks (at least 4), so that about
@@ -2306,21 +2498,54 @@ static int launch_scan(lmk_cuda_backend *bk, const geo &g, S *St, float *U, cons
 	return 0;
 }
 
+/* Whether tc_fused_kernel takes a shape, and how: the widest column block
+ * bv (64, 32, 16 dividing Dv) whose shared memory (3 stages, else 2) lets
+ * two blocks share an SM, with at least one block an SM. */
+static int fused_plan(const geo &g, int sm, int *bv, int *stages)
+{
+	const size_t two = 113 * 1024; /* two blocks in an SM's 228 KB */
+	for (int c = 64; c >= 16; c /= 2) {
+		if (g.Dv % c || g.B * g.H * (g.Dv / c) < sm)
+			continue;
+		*bv = c;
+		*stages = fused_bytes(g.C, (int)g.Dk, c, 3) <= two ? 3 : 2;
+		if (fused_bytes(g.C, (int)g.Dk, c, *stages) <= two)
+			return 1;
+	}
+	return 0;
+}
+
+static int launch_fused(lmk_cuda_backend *bk, const geo &g, int bv, int stages, bf16 *out,
+			const bf16 *q, const bf16 *k, const bf16 *v, const float *acs)
+{
+	size_t sb = fused_bytes(g.C, (int)g.Dk, bv, stages);
+	auto kern = bv == 64 ? tc_fused_kernel<64> : bv == 32 ? tc_fused_kernel<32> : tc_fused_kernel<16>;
+	if (tc_smem(kern, sb) < 0)
+		return lmk_errcode();
+	kern<<<dim3((unsigned)(g.Dv / bv), (unsigned)(g.B * g.H)), NT, sb, bk->stream>>>(out, q, k, v,
+											 acs, stages, g);
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
 template <class T>
 static int forward_t(lmk_cuda_backend *bk, const geo &g, T *out, const T *q, const T *k,
 		     const T *v, const T *loga, const T *lam)
 {
 	int64_t BH = g.B * g.H;
-	int tc = use_tc<T>(g, q, k, v, out), pb = tc && g.plain; /* pb: bf16 states by tc_scan */
+	/* the plain form on the tensor cores (pb): in one pass (fused), or
+	 * bf16 states by tc_scan_kernel, then tc_out_kernel */
+	int tc = use_tc<T>(g, q, k, v, out), pb = tc && g.plain, bv = 0, stages = 0;
+	int fused = pb && fused_plan(g, bk->sm_count, &bv, &stages);
 	size_t b_acs = al((size_t)(BH * g.T) * 4), b_E = al((size_t)(BH * g.N) * 8);
-	size_t b_F = g.N > 1 ? al((size_t)(BH * g.tot * g.M) * (pb ? 2 : 4)) : 0;
-	size_t b_U = pb && g.N > 1 ? al(scan_scratch(g, bk->sm_count)) : 0;
+	size_t b_F = g.N > 1 && !fused ? al((size_t)(BH * g.tot * g.M) * (pb ? 2 : 4)) : 0;
+	size_t b_U = b_F && pb ? al(scan_scratch(g, bk->sm_count)) : 0;
 	char *p = (char *)lmk_cuda_scratch(bk, b_acs + b_E + b_F + b_U);
 	if (!p)
 		return lmk_errcode();
 	float *acs = (float *)p;
 	double *E = (double *)(p + b_acs);
-	float *F = g.N > 1 ? (float *)(p + b_acs + b_E) : NULL;
+	float *F = b_F ? (float *)(p + b_acs + b_E) : NULL;
 	float *U = b_U ? (float *)(p + b_acs + b_E + b_F) : NULL;
 	cudaStream_t st = bk->stream;
 	prep_chunk<T><<<blocks_for(BH * g.N, 256), 256, 0, st>>>(acs, E, loga, g);
@@ -2330,6 +2555,8 @@ static int forward_t(lmk_cuda_backend *bk, const geo &g, T *out, const T *q, con
 		LMK_CK_LAUNCH();
 	}
 	if constexpr (std::is_same<T, bf16>::value) {
+		if (fused)
+			return launch_fused(bk, g, bv, stages, out, q, k, v, acs);
 		if (pb) {
 			bf16 *Fb = (bf16 *)F;
 			if (F && launch_scan<bf16, false, false>(bk, g, Fb, U, k, v, acs) < 0)

@@ -60,13 +60,14 @@ static const scase cases[] = {
 	{1, 129, 2, 1, 32, 32, 0, 1, 48},  {1, 1000, 2, 1, 64, 64, 1, 1, 0},
 	{1, 300, 2, 1, 128, 64, 0, 1, 16}, {1, 777, 1, 1, 80, 128, 1, 0, 0},
 	{1, 4100, 2, 1, 128, 128, 1, 1, 64},
-	/* the plain form on the tensor cores (one-pass scans): short, one
-	 * past a chunk, long; many heads, so that the scans take their
-	 * wider column blocks (64 and 32 on 132 SMs) */
+	/* the plain form on the tensor cores: short, one past a chunk, long
+	 * (few heads: the states by tc_scan_kernel, in segments when long);
+	 * many heads (the forward in one pass, tc_fused_kernel, with column
+	 * blocks of 64, 32 and 16 on 132 SMs) */
 	{2, 50, 2, 1, 64, 64, 1, 0, 0},    {1, 65, 2, 2, 128, 128, 1, 0, 0},
 	{1, 1000, 2, 1, 64, 64, 1, 0, 0},  {1, 1000, 2, 2, 128, 128, 1, 0, 0},
 	{2, 130, 136, 8, 64, 64, 1, 0, 0}, {2, 100, 70, 70, 64, 64, 1, 0, 0},
-	{1, 200, 140, 4, 128, 128, 1, 0, 0},
+	{1, 200, 140, 4, 128, 128, 1, 0, 0}, {1, 150, 140, 140, 32, 48, 1, 0, 16},
 };
 #define NCASES ((int)(sizeof cases / sizeof cases[0]))
 
@@ -430,11 +431,12 @@ static void deterministic_case(const scase *sc)
 	fflush(stdout);
 }
 
-/* With lam, and without (the plain form's one-pass scans) at D 64 and 128. */
+/* With lam, and without: the plain form's scans at D 64 and 128, its
+ * one-pass forward (many heads). */
 START_TEST(test_deterministic)
 {
 	static const scase dc[] = {{2, 300, 4, 2, 64, 64, 1, 1, 0}, {2, 300, 4, 2, 64, 64, 1, 0, 0},
-				   {1, 1000, 8, 8, 128, 128, 1, 0, 0}};
+				   {1, 1000, 8, 8, 128, 128, 1, 0, 0}, {1, 300, 140, 140, 64, 64, 1, 0, 0}};
 	for (size_t ci = 0; ci < sizeof dc / sizeof *dc; ci++)
 		deterministic_case(&dc[ci]);
 }
