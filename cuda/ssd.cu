@@ -1121,6 +1121,21 @@ static __device__ void tc_state(bf16 *Hb, int ld, const float *St, int Dk, int D
 	}
 }
 
+/* The same from a state kept as its two bf16 halves (the rounding at St,
+ * what it left out at St + lo_off): 16-byte cp.async copies, waited for
+ * (the caller's barrier then shows all of them). */
+static __device__ void tc_state(bf16 *Hb, int ld, const bf16 *St, int Dk, int Dv, int lo,
+				int64_t lo_off)
+{
+	const bf16 *src = St + (lo ? lo_off : 0);
+	int d8 = Dv / 8;
+	for (int idx = threadIdx.x; idx < Dk * d8; idx += NT) {
+		int i = idx / d8, y = idx % d8 * 8;
+		cp_async16(Hb + i * ld + y, src + (int64_t)i * Dv + y, true);
+	}
+	cp_wait_all();
+}
+
 /* lam of the chunk's rows at the levels inside a chunk into lm (C, 8): a
  * pair of tokens of one chunk is at most 6 levels apart (C <= 64, chunks
  * aligned to a power of two or a single chunk from 0). Zero past len and
@@ -1534,19 +1549,25 @@ static __device__ __forceinline__ void mma_xh(float (&A)[4][2][4], const bf16 *X
 	}
 }
 
-/* xa = X (rows r0.., Dv wide) times the transpose of the fp32 state St
- * (Dk, Dv), in its bf16 high and low halves (whose two products come
- * within about 2^-16 of the fp32 one), HX rows of it at a time through Hb.
- * Every thread calls it; it begins with a barrier (Hb's earlier readers). */
+/* xa = X (rows r0.., Dv wide) times the transpose of the state St (Dk,
+ * Dv), in its bf16 high and low halves (whose two products come within
+ * about 2^-16 of the fp32 one; FS float: rounded here, bf16: the halves
+ * stored, the low one lo_off further), HX rows of it at a time through
+ * Hb. Every thread calls it; it begins with a barrier (Hb's earlier
+ * readers). */
+template <class FS>
 static __device__ void xa_state(float (&xa)[4][2][4], const bf16 *X, int ldx, bf16 *Hb, int ldh,
-				const float *St, int Dk, int Dv, int r0, int hf, bool act)
+				const FS *St, int64_t lo_off, int Dk, int Dv, int r0, int hf, bool act)
 {
 	zero_acc(xa);
 	for (int lo = 0; lo < 2; lo++)
 		for (int x0 = 0; x0 < Dk; x0 += HX) {
 			int rows = Dk - x0 < HX ? Dk - x0 : HX;
 			__syncthreads();
-			tc_state(Hb, ldh, St + (int64_t)x0 * Dv, rows, Dv, lo);
+			if constexpr (std::is_same<FS, bf16>::value)
+				tc_state(Hb, ldh, St + (int64_t)x0 * Dv, rows, Dv, lo, lo_off);
+			else
+				tc_state(Hb, ldh, St + (int64_t)x0 * Dv, rows, Dv, lo);
 			__syncthreads();
 			if (act)
 				mma_xht(xa, X, ldx, Hb, ldh, r0, hf, x0 / 16, (x0 + rows) / 16, Dv);
@@ -1645,15 +1666,17 @@ static __device__ __forceinline__ void put_grad(float *dh, gacc gd, const geo &g
  * tokens of two different 16-row blocks is at level 4 + bit length of
  * (block ^ block), the levels 0..4 are inside the diagonal blocks (chunks
  * aligned to a power of two, or one chunk from 0). States come in HX rows
- * at a time (hi, then lo where the decay's gradient needs fp32). dq and dk
+ * at a time (hi, then lo where the decay's gradient needs fp32), FS as in
+ * xa_state (bf16: the plain form's halves from tc_scan_kernel). dq and dk
  * go to dqh and dkh, or with those NULL (G = H) straight into their
  * gradients; dv is added from the registers. */
+template <class FS>
 __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, gacc dq, gacc dk,
 						       gacc dv, int dv8, gacc dlam, float *dA,
 						       double *dAsum, const bf16 *dout, const bf16 *q,
 						       const bf16 *k, const bf16 *v, const bf16 *lam,
-						       const float *acs, const double *E, const float *F,
-						       const float *dF, geo g)
+						       const float *acs, const double *E, const FS *F,
+						       const FS *dF, int64_t lo_off, geo g)
 {
 	extern __shared__ __align__(128) unsigned char tcsm[];
 	int C = g.C, Dk = (int)g.Dk, Dv = (int)g.Dv;
@@ -1828,7 +1851,7 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 		int lv = -1;
 		read_state(g, Eb, n, rr, &sidx, &dlog, &lv);
 		/* its barriers also end the last readers of Z */
-		xa_state(xa, Ob, L.lv, Hb, L.lv, F + (bh * g.tot + sidx) * g.M, Dk, Dv, r0, hf, act);
+		xa_state(xa, Ob, L.lv, Hb, L.lv, F + (bh * g.tot + sidx) * g.M, lo_off, Dk, Dv, r0, hf, act);
 		tc_read_weights(wr, wn, ac, g, lam, b, h, t0, len, dlog, lv);
 		__syncthreads();
 		if (act) {
@@ -1853,7 +1876,7 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 
 	/* ---- dk: dSᵀ q, then (ww v dUᵀ) with the state gradient after this
 	 * chunk */
-	const float *dU = dF ? dF + (bh * g.tot + n) * g.M : NULL;
+	const FS *dU = dF ? dF + (bh * g.tot + n) * g.M : NULL;
 	__syncthreads(); /* Z is read */
 	for (int i = threadIdx.x; i < C; i += NT)
 		wr[i] = i < len ? expf(ac[len - 1] - ac[i]) : 0.0f;
@@ -1874,7 +1897,7 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 			}
 		}
 	if (dU) {
-		xa_state(xa, Vb, L.lv, Hb, L.lv, dU, Dk, Dv, r0, hf, act);
+		xa_state(xa, Vb, L.lv, Hb, L.lv, dU, lo_off, Dk, Dv, r0, hf, act);
 		if (act) {
 			float w0 = wr[r0 + gq], w1 = wr[r0 + gq + 8];
 #pragma unroll
@@ -1912,7 +1935,10 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 		for (int x0 = 0; x0 < Dk; x0 += HX) {
 			int rows = Dk - x0 < HX ? Dk - x0 : HX;
 			__syncthreads(); /* Hb is read; wr is written */
-			tc_state(Hb, L.lv, dU + (int64_t)x0 * Dv, rows, Dv);
+			if constexpr (std::is_same<FS, bf16>::value)
+				tc_state(Hb, L.lv, dU + (int64_t)x0 * Dv, rows, Dv, 0, lo_off);
+			else
+				tc_state(Hb, L.lv, dU + (int64_t)x0 * Dv, rows, Dv);
 			__syncthreads();
 			if (act)
 				mma_xh(acc, Kb, L.lk, Hb, L.lv, r0, hf, nv, x0, x0 + rows, wr[r0 + gq],
@@ -1961,9 +1987,11 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
  *   before chunk n (F);
  * - REV: X = q, Y = dout, w_t = scale exp(acs_t): St[n] is the gradient of
  *   the state after chunk n (dF), the query sides of the later chunks.
- * With LO the weighted rows go in as bf16 high and low halves (within
- * about 2^-16 of fp32: the backward's states feed the decay's gradient);
- * without it (the forward's bf16 states) in one rounding. The chunks' tiles
+ * States are stored in bf16. With LO (the backward's states, which feed
+ * the decay's gradient) the weighted rows go in as bf16 high and low
+ * halves, and each state is stored as its rounding and, lo_off = B H tot M
+ * further, what the rounding left out: together within about 2^-16 of
+ * fp32. Without LO (the forward's) one rounding each. The chunks' tiles
  * come in by cp.async, SCS - 1 chunks ahead.
  * Few long heads split the walk into gridDim.z segments of seglen chunks,
  * side by side, in two launches: the first (St NULL) runs each segment from
@@ -1977,8 +2005,8 @@ static __host__ __device__ size_t scan_stage_bytes(int C, int Dk, int BV)
 	return ((size_t)C * (Dk + 8) * 2 + (size_t)C * (BV + 8) * 2 + (size_t)C * 4 + 127) / 128 * 128;
 }
 
-template <class S, bool REV, bool LO, int BV>
-__global__ void __launch_bounds__(256) tc_scan_kernel(S *St /*(BH,tot,M) or NULL*/,
+template <bool REV, bool LO, int BV>
+__global__ void __launch_bounds__(256) tc_scan_kernel(bf16 *St /*(BH,tot,M) (x2 with LO) or NULL*/,
 						      float *U /*(BH,nseg,M)*/, float *Ud /*(BH,nseg)*/,
 						      const bf16 *X, const bf16 *Y, const float *acs,
 						      int seglen, geo g)
@@ -2047,12 +2075,19 @@ __global__ void __launch_bounds__(256) tc_scan_kernel(S *St /*(BH,tot,M) or NULL
 		int len = g.T - t0 < C ? (int)(g.T - t0) : C;
 		if (St) {
 			/* the running state into St[n] */
-			S *o = St + (bh * g.tot + n) * g.M + eo;
+			bf16 *o = St + (bh * g.tot + n) * g.M + eo;
+			int64_t lo_off = g.B * g.H * g.tot * g.M;
 #pragma unroll
-			for (int j = 0; j < BV / 8; j++) {
-				st2(o + 8 * j, acc[j][0], acc[j][1]);
-				st2(o + 8 * Dv + 8 * j, acc[j][2], acc[j][3]);
-			}
+			for (int j = 0; j < BV / 8; j++)
+#pragma unroll
+				for (int hr = 0; hr < 2; hr++) {
+					float x0 = acc[j][2 * hr], x1 = acc[j][2 * hr + 1];
+					__nv_bfloat162 r = __floats2bfloat162_rn(x0, x1);
+					*(__nv_bfloat162 *)(o + 8 * hr * Dv + 8 * j) = r;
+					if (LO)
+						st2(o + lo_off + 8 * hr * Dv + 8 * j, x0 - __low2float(r),
+						    x1 - __high2float(r));
+				}
 		}
 		cp_wait<SCS - 2>();
 		__syncthreads(); /* chunk it landed; chunk it - 1's stage is free */
@@ -2475,15 +2510,15 @@ static int launch_acc(cudaStream_t st, const geo &g, int tc, float *out, const T
 	return 0;
 }
 
-/* tc_scan_kernel into St (bf16 without LO, fp32 with it), split as
+/* tc_scan_kernel into St (its two halves with LO), split as
  * scan_split_of says; U: scan_scratch's bytes. */
-template <class S, bool REV, bool LO>
-static int launch_scan(lmk_cuda_backend *bk, const geo &g, S *St, float *U, const bf16 *X,
+template <bool REV, bool LO>
+static int launch_scan(lmk_cuda_backend *bk, const geo &g, bf16 *St, float *U, const bf16 *X,
 		       const bf16 *Y, const float *acs)
 {
 	scan_split p = scan_split_of(g, bk->sm_count);
-	auto kern = p.bv == 64 ? tc_scan_kernel<S, REV, LO, 64>
-		    : p.bv == 32 ? tc_scan_kernel<S, REV, LO, 32> : tc_scan_kernel<S, REV, LO, 16>;
+	auto kern = p.bv == 64 ? tc_scan_kernel<REV, LO, 64>
+		    : p.bv == 32 ? tc_scan_kernel<REV, LO, 32> : tc_scan_kernel<REV, LO, 16>;
 	size_t sb = SCS * scan_stage_bytes(g.C, (int)g.Dk, p.bv);
 	if (tc_smem(kern, sb) < 0)
 		return lmk_errcode();
@@ -2559,7 +2594,7 @@ static int forward_t(lmk_cuda_backend *bk, const geo &g, T *out, const T *q, con
 			return launch_fused(bk, g, bv, stages, out, q, k, v, acs);
 		if (pb) {
 			bf16 *Fb = (bf16 *)F;
-			if (F && launch_scan<bf16, false, false>(bk, g, Fb, U, k, v, acs) < 0)
+			if (F && launch_scan<false, false>(bk, g, Fb, U, k, v, acs) < 0)
 				return lmk_errcode();
 			size_t sb = tc_layout(g.C, (int)g.Dk, (int)g.Dv, 3).total;
 			if (tc_smem(tc_out_kernel<bf16>, sb) < 0)
@@ -2686,8 +2721,8 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 		LMK_CK_LAUNCH();
 	}
 	if constexpr (std::is_same<T, bf16>::value) {
-		if (scan && (launch_scan<float, false, true>(bk, g, F, U, k, v, acs) < 0 ||
-			     launch_scan<float, true, true>(bk, g, dF, U, q, dout, acs) < 0))
+		if (scan && (launch_scan<false, true>(bk, g, (bf16 *)F, U, k, v, acs) < 0 ||
+			     launch_scan<true, true>(bk, g, (bf16 *)dF, U, q, dout, acs) < 0))
 			return lmk_errcode();
 	}
 	if (states && !scan) {
@@ -2710,13 +2745,22 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 	int launched = 0;
 	if constexpr (std::is_same<T, bf16>::value) {
 		if (tc) {
+			/* the plain form's states are bf16 halves (tc_scan_kernel) */
 			size_t sb = tc_layout(g.C, (int)g.Dk, (int)g.Dv, 1).total;
-			if (tc_smem(tc_bwd_kernel, sb) < 0)
+			if ((pb ? tc_smem(tc_bwd_kernel<bf16>, sb) : tc_smem(tc_bwd_kernel<float>, sb)) < 0)
 				return lmk_errcode();
-			tc_bwd_kernel<<<dim3((unsigned)g.N, (unsigned)BH), NT, sb, st>>>(
-				direct ? NULL : dqh, direct ? NULL : dkh, to_gacc(dq), to_gacc(dk),
-				to_gacc(dv), al16(dv.p), to_gacc(dlam), dloga.p ? dA : NULL, dAsum, dout, q,
-				k, v, lam, acs, E, F, dF, g);
+			dim3 grid((unsigned)g.N, (unsigned)BH);
+			float *dqp = direct ? NULL : dqh, *dkp = direct ? NULL : dkh;
+			if (pb)
+				tc_bwd_kernel<bf16><<<grid, NT, sb, st>>>(
+					dqp, dkp, to_gacc(dq), to_gacc(dk), to_gacc(dv), al16(dv.p),
+					to_gacc(dlam), dloga.p ? dA : NULL, dAsum, dout, q, k, v, lam, acs, E,
+					(const bf16 *)F, (const bf16 *)dF, BH * g.tot * g.M, g);
+			else
+				tc_bwd_kernel<float><<<grid, NT, sb, st>>>(
+					dqp, dkp, to_gacc(dq), to_gacc(dk), to_gacc(dv), al16(dv.p),
+					to_gacc(dlam), dloga.p ? dA : NULL, dAsum, dout, q, k, v, lam, acs, E, F,
+					dF, 0, g);
 			LMK_CK_LAUNCH();
 			launched = 1;
 		}
