@@ -11,7 +11,10 @@
  *
  * States. U_n, the keys of chunk n at its end (sum exp(acs_end - acs_s) k vᵀ).
  * - Without lam one running state: a scan over the chunks (one thread per
- *   state element) turns U_n into the state before chunk n.
+ *   state element) turns U_n into the state before chunk n. On the tensor
+ *   cores the plain form (no lam) runs it in one pass instead, the state in
+ *   registers (tc_scan_kernel, bf16 states), or, where the heads fill the
+ *   SMs, its forward as a single kernel with the output (tc_fused_kernel).
  * - With lam (C = 2^c) chunk n reads, at chunk level j (token level c + j),
  *   for each j with bit j-1 of n set, the whole aligned block of 2^(j-1)
  *   chunks just below its own half: F[j-1][(n >> (j-1)) - 1]. These block
@@ -21,8 +24,9 @@
  * The backward mirrors this: the query side's state gradients (q dOᵀ weighted
  * by scale, lam and decay) summed over the chunks that read a block (parts of
  * at most PG chunks, then summed in order), a down-sweep of the tree (or the
- * reverse scan), then per chunk the intra-chunk gradients and the keys' and
- * values' share of the state gradient. The decay's gradient uses
+ * reverse scan, or tc_scan_kernel's reverse pass), then per chunk the
+ * intra-chunk gradients and the keys' and values' share of the state
+ * gradient. The decay's gradient uses
  * dL/dA_t = q_t.dq_t - k_t.dk_t (per head, before heads of a group are
  * summed) and a suffix sum over t.
  * Every sum runs in a fixed order: no atomics, the same bits on every run.
