@@ -1171,7 +1171,9 @@ static __device__ void tc_read_weights(float *wr, float *wn, const float *ac, co
 
 /* The output of a chunk on register fragments (FS: float, the fp32
  * states F of either form, or bf16, the plain form's one state per chunk,
- * copied to shared memory with the chunk's rows). Warp w owns the rows
+ * copied to shared memory in a second cp.async group that lands while the
+ * scores run; its smaller tiles let three blocks share an SM at D 64).
+ * Warp w owns the rows
  * 16 (w % 4) .. + 15 and the 16-column groups w / 4, w / 4 + 2, ... of the
  * output; the two warps of a row block both compute its scores (S = q kᵀ
  * up to the diagonal block, masked and weighted in registers, then the
@@ -1179,10 +1181,9 @@ static __device__ void tc_read_weights(float *wr, float *wn, const float *ac, co
  * fragments. The output leaves through shared memory (V's tile) in 16-byte
  * stores. */
 template <class FS>
-__global__ void __launch_bounds__(NT, 2) tc_out_kernel(bf16 *out, const bf16 *q, const bf16 *k,
-						       const bf16 *v, const bf16 *lam,
-						       const float *acs, const double *E,
-						       const FS *F, geo g)
+__global__ void __launch_bounds__(NT, std::is_same<FS, bf16>::value ? 3 : 2)
+	tc_out_kernel(bf16 *out, const bf16 *q, const bf16 *k, const bf16 *v, const bf16 *lam,
+		      const float *acs, const double *E, const FS *F, geo g)
 {
 	extern __shared__ __align__(128) unsigned char tcsm[];
 	constexpr bool PB = std::is_same<FS, bf16>::value;
@@ -1199,12 +1200,15 @@ __global__ void __launch_bounds__(NT, 2) tc_out_kernel(bf16 *out, const bf16 *q,
 	tc_rows(Qb, L.lk, q + grp * g.Dk, b * g.T + t0, g.G * g.Dk, Dk, C, len);
 	tc_rows(Kb, L.lk, k + grp * g.Dk, b * g.T + t0, g.G * g.Dk, Dk, C, len);
 	tc_rows(Vb, L.lv, v + h * g.Dv, b * g.T + t0, g.H * g.Dv, Dv, C, len);
+	cp_commit();
+	/* PB: the state in a second group, landing while the scores run */
 	if (PB && F)
 		tc_rows(Hb, L.lv, (const bf16 *)F + (bh * g.tot + n) * g.M, 0, Dv, Dv, Dk, Dk);
+	cp_commit();
 	for (int i = threadIdx.x; i < C; i += NT)
 		ac[i] = i < len ? acs[bh * g.T + t0 + i] : 0.0f;
 	tc_lam(lm, g, lam, b, h, t0, len);
-	cp_wait_all();
+	cp_wait<1>();
 	__syncthreads();
 	float o[4][2][4];
 #pragma unroll
@@ -1266,6 +1270,10 @@ __global__ void __launch_bounds__(NT, 2) tc_out_kernel(bf16 *out, const bf16 *q,
 		}
 	}
 	const double *Eb = E + bh * g.N;
+	if (PB) {
+		cp_wait<0>();
+		__syncthreads();
+	}
 	if (PB && F && act) {
 		/* the state before the chunk, rows weighted scale exp(acs) */
 		int i0 = r0 + gq, i1 = r0 + gq + 8;
@@ -2154,188 +2162,238 @@ __global__ void __launch_bounds__(256) tc_scan_kernel(bf16 *St /*(BH,tot,M) (x2 
 }
 
 /* The plain form's forward in one pass (BF16 on the tensor cores), for
- * shapes with enough heads to fill the SMs: a block owns a head bh and the
- * output and state columns y0 .. y0 + BV - 1, walks the chunks with the
- * running state St (Dk, BV) in registers and, per chunk (tiles by
- * cp.async, FST - 1 chunks ahead):
+ * Dk = 64, chunks of 64 and enough heads to fill the SMs: a block owns a
+ * head bh and the output and state columns y0 .. y0 + BV - 1, walks the
+ * chunks with the running state St (64, BV) in registers and, per chunk
+ * (tiles by cp.async, FST - 1 chunks ahead):
  * 1. the masked, weighted scores S = scale exp(acs_i - acs_j) q_i.k_j
  *    (j <= i) into shared memory as bf16, and St as bf16 (Hs);
  * 2. out = S v + (scale exp(acs_i) q_i) St, straight to global memory;
  * 3. St = exp(the chunk's log decay) St + (exp(acs_last - acs_t) k_t)ᵀ v_t.
  * The same products and roundings as tc_scan_kernel (without LO) then
- * tc_out_kernel, without the states in global memory. 16x16 tiles of each
- * product go round the 8 warps: t = warp + 8u. */
-static __host__ __device__ size_t fused_stage_bytes(int C, int Dk, int BV)
+ * tc_out_kernel, without the states in global memory. Warp w works on the
+ * row block rb = w % 4 (of the scores and the output: key blocks and
+ * column groups hf = w / 4, hf + 2, ...; of the state: column groups hf,
+ * hf + 2, ...), so that its products share their A fragments and run as
+ * independent chains. */
+#define FST 3  /* pipeline stages of tc_fused_kernel */
+#define FC 64  /* its chunk and Dk */
+
+static __host__ __device__ size_t fused_stage_bytes(int BV)
 {
-	return ((size_t)C * (Dk + 8) * 4 + (size_t)C * (BV + 8) * 2 + (size_t)C * 4 + 127) / 128 * 128;
+	return ((size_t)FC * (FC + 8) * 4 + (size_t)FC * (BV + 8) * 2 + (size_t)FC * 4 + 127) / 128 * 128;
 }
 
-static __host__ __device__ size_t fused_bytes(int C, int Dk, int BV, int stages)
+static __host__ __device__ size_t fused_bytes(int BV)
 {
-	return stages * fused_stage_bytes(C, Dk, BV) + (size_t)C * (C + 8) * 2 + (size_t)Dk * (BV + 8) * 2;
+	return FST * fused_stage_bytes(BV) + (size_t)FC * (FC + 8) * 2 + (size_t)FC * (BV + 8) * 2;
 }
 
 template <int BV>
 __global__ void __launch_bounds__(NT) tc_fused_kernel(bf16 *out, const bf16 *q, const bf16 *k,
-						      const bf16 *v, const float *acs, int stages, geo g)
+						      const bf16 *v, const float *acs, geo g)
 {
 	extern __shared__ __align__(128) unsigned char tcsm[];
-	constexpr int NG = BV / 16;                 /* column groups */
-	constexpr int SW = (8 * NG + 7) / 8;        /* state tiles a warp, Dk <= 128 */
-	constexpr int OW = (4 * NG + 7) / 8;        /* output tiles a warp, C <= 64 */
-	int C = g.C, Dk = (int)g.Dk, lx = Dk + 8, ly = BV + 8, lc = C + 8, nc = C / 16;
-	size_t sb = fused_stage_bytes(C, Dk, BV);
-	bf16 *Ss = (bf16 *)(tcsm + stages * sb), *Hs = Ss + C * lc;
+	constexpr int NG = BV / 16, NU = (NG + 1) / 2, lx = FC + 8, ly = BV + 8, lc = FC + 8;
+	size_t sb = fused_stage_bytes(BV);
+	bf16 *Ss = (bf16 *)(tcsm + FST * sb), *Hs = Ss + FC * lc;
 	int64_t bh = blockIdx.y, b = bh / g.H, h = bh % g.H, grp = h / (g.H / g.G);
 	int y0 = blockIdx.x * BV;
 	int lane = threadIdx.x % 32, wp = threadIdx.x / 32, gq = lane / 4, tq = lane % 4;
-	const bf16 *qh = q + grp * g.Dk, *kh = k + grp * g.Dk, *vh = v + h * g.Dv + y0;
-	int64_t xs = g.G * g.Dk, ys = g.H * g.Dv;
-	int nst = Dk / 16 * NG, nout = nc * NG, nsc = nc * (nc + 1) / 2;
+	int rb = wp % 4, hf = wp / 4, r0 = 16 * rb;
+	const bf16 *qh = q + grp * FC, *kh = k + grp * FC, *vh = v + h * g.Dv + y0;
+	int64_t xs = g.G * FC, ys = g.H * g.Dv;
 	auto fetch = [&](int it) {
 		if (it < g.N) {
-			int64_t t0 = (int64_t)it * C;
-			int len = g.T - t0 < C ? (int)(g.T - t0) : C;
-			unsigned char *base = tcsm + (size_t)(it % stages) * sb;
-			bf16 *Qs = (bf16 *)base, *Ks = Qs + C * lx, *Vs = Ks + C * lx;
-			float *as = (float *)(Vs + C * ly);
-			int d8 = Dk / 8, v8 = BV / 8;
-			for (int idx = threadIdx.x; idx < C * d8; idx += NT) {
-				int i = idx / d8, x = idx % d8 * 8;
+			int64_t t0 = (int64_t)it * FC;
+			int len = g.T - t0 < FC ? (int)(g.T - t0) : FC;
+			unsigned char *base = tcsm + (size_t)(it % FST) * sb;
+			bf16 *Qs = (bf16 *)base, *Ks = Qs + FC * lx, *Vs = Ks + FC * lx;
+			float *as = (float *)(Vs + FC * ly);
+#pragma unroll
+			for (int idx = threadIdx.x; idx < FC * 8; idx += NT) {
+				int i = idx / 8, x = idx % 8 * 8;
 				int64_t r = (b * g.T + t0 + (i < len ? i : 0)) * xs + x;
 				cp_async16(smem_u32(Qs + i * lx + x), qh + r, i < len);
 				cp_async16(smem_u32(Ks + i * lx + x), kh + r, i < len);
 			}
-			for (int idx = threadIdx.x; idx < C * v8; idx += NT) {
-				int i = idx / v8, y = idx % v8 * 8;
+#pragma unroll
+			for (int idx = threadIdx.x; idx < FC * (BV / 8); idx += NT) {
+				int i = idx / (BV / 8), y = idx % (BV / 8) * 8;
 				cp_async16(smem_u32(Vs + i * ly + y),
 					   vh + (b * g.T + t0 + (i < len ? i : 0)) * ys + y, i < len);
 			}
-			for (int i = threadIdx.x; i < C; i += NT)
+			if (threadIdx.x < FC) {
+				int i = threadIdx.x;
 				cp_async4(smem_u32(as + i), acs + bh * g.T + t0 + (i < len ? i : 0), i < len);
+			}
 		}
 		cp_commit();
 	};
-	for (int s = 0; s < stages - 1; s++)
-		fetch(s);
-	float st[SW][2][4];
 #pragma unroll
-	for (int u = 0; u < SW; u++)
+	for (int s = 0; s < FST - 1; s++)
+		fetch(s);
+	float st[NU][2][4];
+#pragma unroll
+	for (int u = 0; u < NU; u++)
 #pragma unroll
 		for (int e = 0; e < 8; e++)
 			st[u][e / 4][e % 4] = 0.0f;
 	for (int it = 0; it < g.N; it++) {
-		int64_t t0 = (int64_t)it * C;
-		int len = g.T - t0 < C ? (int)(g.T - t0) : C;
-		if (stages == 3)
-			cp_wait<1>();
-		else
-			cp_wait<0>();
+		int64_t t0 = (int64_t)it * FC;
+		int len = g.T - t0 < FC ? (int)(g.T - t0) : FC;
+		cp_wait<FST - 2>();
 		__syncthreads(); /* chunk it landed; chunk it - 1's stage, Ss and Hs are free */
-		fetch(it + stages - 1);
-		const unsigned char *base = tcsm + (size_t)(it % stages) * sb;
-		const bf16 *Qs = (const bf16 *)base, *Ks = Qs + C * lx, *Vs = Ks + C * lx;
-		const float *as = (const float *)(Vs + C * ly);
+		fetch(it + FST - 1);
+		const unsigned char *base = tcsm + (size_t)(it % FST) * sb;
+		const bf16 *Qs = (const bf16 *)base, *Ks = Qs + FC * lx, *Vs = Ks + FC * lx;
+		const float *as = (const float *)(Vs + FC * ly);
 
-		/* 1. the scores of the blocks on and below the diagonal, St as bf16 */
-		for (int t = wp; t < nsc; t += 8) {
-			int ib = 0;
-			while ((ib + 1) * (ib + 2) / 2 <= t)
-				ib++;
-			int jb = t - ib * (ib + 1) / 2;
-			float sc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
-			for (int kk = 0; kk < Dk; kk += 16) {
-				uint32_t a[4], bb[4];
-				frag_a(a, Qs, lx, 16 * ib, kk);
-				frag_b_nk(bb, Ks, lx, 16 * jb, kk);
-				mma16816(sc[0], a, bb[0], bb[1]);
-				mma16816(sc[1], a, bb[2], bb[3]);
+		/* 1. the scores of the key blocks hf, hf + 2 up to the diagonal */
+		{
+			float sc[2][2][4];
+#pragma unroll
+			for (int u = 0; u < 2; u++)
+#pragma unroll
+				for (int e = 0; e < 8; e++)
+					sc[u][e / 4][e % 4] = 0.0f;
+#pragma unroll
+			for (int kk = 0; kk < FC; kk += 16) {
+				uint32_t a[4];
+				frag_a(a, Qs, lx, r0, kk);
+#pragma unroll
+				for (int u = 0; u < 2; u++) {
+					int jg = hf + 2 * u;
+					if (jg > rb)
+						break;
+					uint32_t bb[4];
+					frag_b_nk(bb, Ks, lx, 16 * jg, kk);
+					mma16816(sc[u][0], a, bb[0], bb[1]);
+					mma16816(sc[u][1], a, bb[2], bb[3]);
+				}
 			}
 #pragma unroll
-			for (int nn = 0; nn < 2; nn++)
+			for (int u = 0; u < 2; u++) {
+				int jg = hf + 2 * u;
+				if (jg > rb)
+					break;
 #pragma unroll
-				for (int hr = 0; hr < 2; hr++) {
-					int i = 16 * ib + gq + 8 * hr, j = 16 * jb + 8 * nn + 2 * tq;
-					float v0 = j <= i && i < len ? g.scale * expf(as[i] - as[j]) * sc[nn][2 * hr] : 0.0f;
-					float v1 = j + 1 <= i && i < len
-							   ? g.scale * expf(as[i] - as[j + 1]) * sc[nn][2 * hr + 1]
-							   : 0.0f;
-					*(uint32_t *)(Ss + i * lc + j) = pack2f(v0, v1);
-				}
+				for (int nn = 0; nn < 2; nn++)
+#pragma unroll
+					for (int hr = 0; hr < 2; hr++) {
+						int i = r0 + gq + 8 * hr, j = 16 * jg + 8 * nn + 2 * tq;
+						float ai = as[i];
+						float v0 = j <= i && i < len ? g.scale * expf(ai - as[j]) * sc[u][nn][2 * hr] : 0.0f;
+						float v1 = j + 1 <= i && i < len
+								   ? g.scale * expf(ai - as[j + 1]) * sc[u][nn][2 * hr + 1]
+								   : 0.0f;
+						*(uint32_t *)(Ss + i * lc + j) = pack2f(v0, v1);
+					}
+			}
 		}
+		/* St as bf16: rows 16 rb.., column groups hf + 2u */
 #pragma unroll
-		for (int u = 0; u < SW; u++) {
-			int t = wp + 8 * u, mb = t / NG, gi = t % NG;
-			if (t >= nst)
+		for (int u = 0; u < NU; u++) {
+			int gi = hf + 2 * u;
+			if (gi >= NG)
 				break;
 #pragma unroll
 			for (int nn = 0; nn < 2; nn++) {
-				int x = 16 * mb + gq, y = 16 * gi + 8 * nn + 2 * tq;
+				int x = r0 + gq, y = 16 * gi + 8 * nn + 2 * tq;
 				*(uint32_t *)(Hs + x * ly + y) = pack2f(st[u][nn][0], st[u][nn][1]);
 				*(uint32_t *)(Hs + (x + 8) * ly + y) = pack2f(st[u][nn][2], st[u][nn][3]);
 			}
 		}
 		__syncthreads();
 
-		/* 2. the output tiles */
+		/* 2. the output rows 16 rb.., column groups hf + 2u */
+		{
+			float o[NU][2][4];
 #pragma unroll
-		for (int u = 0; u < OW; u++) {
-			int t = wp + 8 * u, rb = t / NG, gi = t % NG;
-			if (t >= nout)
-				break;
-			float o[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
-			for (int jg = 0; jg <= rb; jg++) {
-				uint32_t a[4], bb[4];
-				frag_a(a, Ss, lc, 16 * rb, 16 * jg);
-				frag_b_kn(bb, Vs, ly, 16 * gi, 16 * jg);
-				mma16816(o[0], a, bb[0], bb[1]);
-				mma16816(o[1], a, bb[2], bb[3]);
+			for (int u = 0; u < NU; u++)
+#pragma unroll
+				for (int e = 0; e < 8; e++)
+					o[u][e / 4][e % 4] = 0.0f;
+#pragma unroll
+			for (int jg = 0; jg < 4; jg++) {
+				if (jg > rb)
+					break;
+				uint32_t a[4];
+				frag_a(a, Ss, lc, r0, 16 * jg);
+#pragma unroll
+				for (int u = 0; u < NU; u++) {
+					int gi = hf + 2 * u;
+					if (gi >= NG)
+						break;
+					uint32_t bb[4];
+					frag_b_kn(bb, Vs, ly, 16 * gi, 16 * jg);
+					mma16816(o[u][0], a, bb[0], bb[1]);
+					mma16816(o[u][1], a, bb[2], bb[3]);
+				}
 			}
-			int i0 = 16 * rb + gq, i1 = i0 + 8;
+			int i0 = r0 + gq, i1 = i0 + 8;
 			float w0 = i0 < len ? g.scale * expf(as[i0]) : 0.0f;
 			float w1 = i1 < len ? g.scale * expf(as[i1]) : 0.0f;
-			for (int kk = 0; kk < Dk; kk += 16) {
-				uint32_t a[4], bb[4];
-				frag_a(a, Qs, lx, 16 * rb, kk);
+#pragma unroll
+			for (int kk = 0; kk < FC; kk += 16) {
+				uint32_t a[4];
+				frag_a(a, Qs, lx, r0, kk);
 				scale_a(a, w0, w1);
-				frag_b_kn(bb, Hs, ly, 16 * gi, kk);
-				mma16816(o[0], a, bb[0], bb[1]);
-				mma16816(o[1], a, bb[2], bb[3]);
+#pragma unroll
+				for (int u = 0; u < NU; u++) {
+					int gi = hf + 2 * u;
+					if (gi >= NG)
+						break;
+					uint32_t bb[4];
+					frag_b_kn(bb, Hs, ly, 16 * gi, kk);
+					mma16816(o[u][0], a, bb[0], bb[1]);
+					mma16816(o[u][1], a, bb[2], bb[3]);
+				}
 			}
 #pragma unroll
-			for (int nn = 0; nn < 2; nn++) {
-				int64_t y = h * g.Dv + y0 + 16 * gi + 8 * nn + 2 * tq;
-				if (i0 < len)
-					*(uint32_t *)(out + (b * g.T + t0 + i0) * ys + y) = pack2f(o[nn][0], o[nn][1]);
-				if (i1 < len)
-					*(uint32_t *)(out + (b * g.T + t0 + i1) * ys + y) = pack2f(o[nn][2], o[nn][3]);
+			for (int u = 0; u < NU; u++) {
+				int gi = hf + 2 * u;
+				if (gi >= NG)
+					break;
+#pragma unroll
+				for (int nn = 0; nn < 2; nn++) {
+					int64_t y = h * g.Dv + y0 + 16 * gi + 8 * nn + 2 * tq;
+					if (i0 < len)
+						*(uint32_t *)(out + (b * g.T + t0 + i0) * ys + y) = pack2f(o[u][nn][0], o[u][nn][1]);
+					if (i1 < len)
+						*(uint32_t *)(out + (b * g.T + t0 + i1) * ys + y) = pack2f(o[u][nn][2], o[u][nn][3]);
+				}
 			}
 		}
 
-		/* 3. the state after the chunk */
+		/* 3. the state after the chunk: rows 16 rb.., column groups hf + 2u */
 		float last = as[len - 1], dec = expf(last);
 #pragma unroll
-		for (int u = 0; u < SW; u++) {
-			int t = wp + 8 * u, mb = t / NG, gi = t % NG;
-			if (t >= nst)
-				break;
+		for (int u = 0; u < NU; u++)
 #pragma unroll
 			for (int e = 0; e < 8; e++)
 				st[u][e / 4][e % 4] *= dec;
-			for (int kt = 0; kt < C; kt += 16) {
-				uint32_t a[4], bb[4];
-				frag_a_t(a, Ks, lx, 16 * mb, kt);
-				float w[4];
 #pragma unroll
-				for (int e = 0; e < 4; e++) {
-					int tt = kt + 2 * tq + (e / 2) * 8 + e % 2;
-					w[e] = tt < len ? expf(last - as[tt]) : 0.0f;
-				}
+		for (int kt = 0; kt < FC; kt += 16) {
+			uint32_t a[4];
+			frag_a_t(a, Ks, lx, r0, kt);
+			float w[4];
 #pragma unroll
-				for (int e = 0; e < 4; e++) {
-					float lo = __uint_as_float(a[e] << 16), hi = __uint_as_float(a[e] & 0xffff0000u);
-					a[e] = pack2f(w[(e / 2) * 2] * lo, w[(e / 2) * 2 + 1] * hi);
-				}
+			for (int e = 0; e < 4; e++) {
+				int tt = kt + 2 * tq + (e / 2) * 8 + e % 2;
+				w[e] = tt < len ? expf(last - as[tt]) : 0.0f;
+			}
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				float lo = __uint_as_float(a[e] << 16), hi = __uint_as_float(a[e] & 0xffff0000u);
+				a[e] = pack2f(w[(e / 2) * 2] * lo, w[(e / 2) * 2 + 1] * hi);
+			}
+#pragma unroll
+			for (int u = 0; u < NU; u++) {
+				int gi = hf + 2 * u;
+				if (gi >= NG)
+					break;
+				uint32_t bb[4];
 				frag_b_kn(bb, Vs, ly, 16 * gi, kt);
 				mma16816(st[u][0], a, bb[0], bb[1]);
 				mma16816(st[u][1], a, bb[2], bb[3]);
@@ -2347,8 +2405,9 @@ __global__ void __launch_bounds__(NT) tc_fused_kernel(bf16 *out, const bf16 *q, 
 
 /* How tc_scan_kernel splits a shape: column blocks of bv (the widest of
  * 64, 32, 16 that divides Dv), and, where the heads' blocks leave SMs idle,
- * the walk into nseg segments of seglen chunks (at least 4), so that about
- * three blocks an SM run. */
+ * the walk into nseg segments of seglen chunks (at least 4), as many as
+ * run at once (one wave: the blocks an SM holds, by its 228 KB of shared
+ * memory and 64K registers at 80 a thread). */
 struct scan_split {
 	int bv, nseg, seglen;
 };
@@ -2357,8 +2416,11 @@ static scan_split scan_split_of(const geo &g, int sm)
 {
 	scan_split p;
 	p.bv = g.Dv % 64 == 0 ? 64 : g.Dv % 32 == 0 ? 32 : 16;
-	int64_t base = g.B * g.H * (g.Dv / p.bv), want = (3 * (int64_t)sm + base - 1) / base;
+	int64_t by_smem = 228 * 1024 / (SCS * scan_stage_bytes(g.C, (int)g.Dk, p.bv) + 1024);
+	int64_t by_regs = 65536 / (80 * 2 * g.Dk), per_sm = by_smem < by_regs ? by_smem : by_regs;
+	int64_t base = g.B * g.H * (g.Dv / p.bv), want = per_sm * sm / base;
 	int64_t most = g.N / 4 > 1 ? g.N / 4 : 1;
+	want = want > 1 ? want : 1;
 	p.nseg = (int)(want < most ? want : most);
 	p.seglen = (g.N + p.nseg - 1) / p.nseg;
 	p.nseg = (g.N + p.seglen - 1) / p.seglen;
@@ -2537,32 +2599,30 @@ static int launch_scan(lmk_cuda_backend *bk, const geo &g, bf16 *St, float *U, c
 	return 0;
 }
 
-/* Whether tc_fused_kernel takes a shape, and how: the widest column block
- * bv (64, 32, 16 dividing Dv) whose shared memory (3 stages, else 2) lets
- * two blocks share an SM, with at least one block an SM. */
-static int fused_plan(const geo &g, int sm, int *bv, int *stages)
+/* Whether tc_fused_kernel takes a shape (Dk and the chunk 64, blocks
+ * enough for every SM), and its column block bv: the widest of 64, 32, 16
+ * that divides Dv and still gives every SM a block. */
+static int fused_plan(const geo &g, int sm, int *bv)
 {
-	const size_t two = 113 * 1024; /* two blocks in an SM's 228 KB */
-	for (int c = 64; c >= 16; c /= 2) {
-		if (g.Dv % c || g.B * g.H * (g.Dv / c) < sm)
-			continue;
-		*bv = c;
-		*stages = fused_bytes(g.C, (int)g.Dk, c, 3) <= two ? 3 : 2;
-		if (fused_bytes(g.C, (int)g.Dk, c, *stages) <= two)
+	if (g.Dk != FC || g.C != FC)
+		return 0;
+	for (int c = 64; c >= 16; c /= 2)
+		if (g.Dv % c == 0 && g.B * g.H * (g.Dv / c) >= sm) {
+			*bv = c;
 			return 1;
-	}
+		}
 	return 0;
 }
 
-static int launch_fused(lmk_cuda_backend *bk, const geo &g, int bv, int stages, bf16 *out,
-			const bf16 *q, const bf16 *k, const bf16 *v, const float *acs)
+static int launch_fused(lmk_cuda_backend *bk, const geo &g, int bv, bf16 *out, const bf16 *q,
+			const bf16 *k, const bf16 *v, const float *acs)
 {
-	size_t sb = fused_bytes(g.C, (int)g.Dk, bv, stages);
+	size_t sb = fused_bytes(bv);
 	auto kern = bv == 64 ? tc_fused_kernel<64> : bv == 32 ? tc_fused_kernel<32> : tc_fused_kernel<16>;
 	if (tc_smem(kern, sb) < 0)
 		return lmk_errcode();
 	kern<<<dim3((unsigned)(g.Dv / bv), (unsigned)(g.B * g.H)), NT, sb, bk->stream>>>(out, q, k, v,
-											 acs, stages, g);
+											 acs, g);
 	LMK_CK_LAUNCH();
 	return 0;
 }
@@ -2574,8 +2634,8 @@ static int forward_t(lmk_cuda_backend *bk, const geo &g, T *out, const T *q, con
 	int64_t BH = g.B * g.H;
 	/* the plain form on the tensor cores (pb): in one pass (fused), or
 	 * bf16 states by tc_scan_kernel, then tc_out_kernel */
-	int tc = use_tc<T>(g, q, k, v, out), pb = tc && g.plain, bv = 0, stages = 0;
-	int fused = pb && fused_plan(g, bk->sm_count, &bv, &stages);
+	int tc = use_tc<T>(g, q, k, v, out), pb = tc && g.plain, bv = 0;
+	int fused = pb && fused_plan(g, bk->sm_count, &bv);
 	size_t b_acs = al((size_t)(BH * g.T) * 4), b_E = al((size_t)(BH * g.N) * 8);
 	size_t b_F = g.N > 1 && !fused ? al((size_t)(BH * g.tot * g.M) * (pb ? 2 : 4)) : 0;
 	size_t b_U = b_F && pb ? al(scan_scratch(g, bk->sm_count)) : 0;
@@ -2595,7 +2655,7 @@ static int forward_t(lmk_cuda_backend *bk, const geo &g, T *out, const T *q, con
 	}
 	if constexpr (std::is_same<T, bf16>::value) {
 		if (fused)
-			return launch_fused(bk, g, bv, stages, out, q, k, v, acs);
+			return launch_fused(bk, g, bv, out, q, k, v, acs);
 		if (pb) {
 			bf16 *Fb = (bf16 *)F;
 			if (F && launch_scan<false, false>(bk, g, Fb, U, k, v, acs) < 0)

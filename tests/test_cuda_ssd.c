@@ -62,12 +62,15 @@ static const scase cases[] = {
 	{1, 4100, 2, 1, 128, 128, 1, 1, 64},
 	/* the plain form on the tensor cores: short, one past a chunk, long
 	 * (few heads: the states by tc_scan_kernel, in segments when long);
-	 * many heads (the forward in one pass, tc_fused_kernel, with column
-	 * blocks of 64, 32 and 16 on 132 SMs) */
-	{2, 50, 2, 1, 64, 64, 1, 0, 0},    {1, 65, 2, 2, 128, 128, 1, 0, 0},
-	{1, 1000, 2, 1, 64, 64, 1, 0, 0},  {1, 1000, 2, 2, 128, 128, 1, 0, 0},
-	{2, 130, 136, 8, 64, 64, 1, 0, 0}, {2, 100, 70, 70, 64, 64, 1, 0, 0},
-	{1, 200, 140, 4, 128, 128, 1, 0, 0}, {1, 150, 140, 140, 32, 48, 1, 0, 16},
+	 * many heads (Dk 64: the forward in one pass, tc_fused_kernel, with
+	 * column blocks of 64, 32 and 16 on 132 SMs; else tc_scan_kernel's
+	 * wider column blocks) */
+	{2, 50, 2, 1, 64, 64, 1, 0, 0},      {1, 65, 2, 2, 128, 128, 1, 0, 0},
+	{1, 1000, 2, 1, 64, 64, 1, 0, 0},    {1, 1000, 2, 2, 128, 128, 1, 0, 0},
+	{2, 130, 136, 8, 64, 64, 1, 0, 0},   {2, 100, 70, 70, 64, 64, 1, 0, 0},
+	{1, 130, 140, 70, 64, 32, 1, 0, 0},  {1, 100, 140, 140, 64, 48, 1, 0, 0},
+	{1, 70, 140, 140, 64, 128, 1, 0, 0}, {1, 200, 140, 4, 128, 128, 1, 0, 0},
+	{1, 150, 140, 140, 32, 48, 1, 0, 16},
 };
 #define NCASES ((int)(sizeof cases / sizeof cases[0]))
 
