@@ -947,13 +947,15 @@ static __host__ __device__ size_t bump(size_t *o, size_t bytes)
 static __host__ __device__ size_t zmax(size_t a, size_t b) { return a > b ? a : b; }
 
 /* kind 0: out, 1: bwd, 2: acc (C is then the token tile), 3: out with
- * the plain form's bf16 state. out: K's tile then holds the states (Hb);
- * out 3: the state has its own tile, loaded with the chunk's rows; bwd: HX state rows in Hb, Z (20 C floats)
- * for the block sums of the scores, then the reads' weights and row dots
- * (2 C + 2 C). */
+ * the plain form's bf16 state, 4: bwd with the plain form's four state
+ * halves. out: K's tile then holds the states (Hb); out 3: the state has
+ * its own tile; bwd: HX state rows in Hb (bwd 4: the four halves, Dk rows
+ * each), Z (20 C floats) for the block sums of the scores, then the
+ * reads' weights and row dots (2 C + 2 C). */
 static __host__ __device__ tco tc_layout(int C, int Dk, int Dv, int kind)
 {
 	tco L;
+	bool bwd = kind == 1 || kind == 4;
 	L.lk = Dk + 8, L.lv = Dv + 8, L.lc = C + 8;
 	size_t o = 0, b2 = 2, b4 = 4;
 	L.Ob = L.Sb = L.Gb = L.Hb = L.Z = 0;
@@ -974,15 +976,15 @@ static __host__ __device__ tco tc_layout(int C, int Dk, int Dv, int kind)
 		L.Ob = bump(&o, (size_t)C * L.lv * b2);
 		L.Sb = bump(&o, (size_t)C * L.lc * b2);
 		L.Gb = bump(&o, (size_t)C * L.lc * b2);
-		L.Hb = bump(&o, (size_t)(Dk < HX ? Dk : HX) * L.lv * b2);
+		L.Hb = bump(&o, (size_t)(kind == 4 ? 4 * Dk : Dk < HX ? Dk : HX) * L.lv * b2);
 		L.Z = bump(&o, (size_t)20 * C * b4);
 	}
 	L.ac = L.wr = L.kd = L.da = L.qi = L.lm = 0;
 	if (kind != 2)
 		L.ac = bump(&o, (size_t)C * b4);
-	if (kind != 1)
+	if (!bwd)
 		L.wr = bump(&o, (size_t)C * b4);
-	if (kind == 1) {
+	if (bwd) {
 		L.kd = bump(&o, (size_t)C * b4);
 		L.da = bump(&o, (size_t)C * b4);
 		L.qi = bump(&o, (size_t)C * b4);
@@ -1679,10 +1681,13 @@ static __device__ __forceinline__ void put_grad(float *dh, gacc gd, const geo &g
  * (block ^ block), the levels 0..4 are inside the diagonal blocks (chunks
  * aligned to a power of two, or one chunk from 0). States come in HX rows
  * at a time (hi, then lo where the decay's gradient needs fp32), FS as in
- * xa_state (bf16: the plain form's halves from tc_scan_kernel). dq and dk
+ * xa_state (bf16: the plain form's halves from tc_scan_kernel); with PRE
+ * (the plain form, Dk <= 64) the four halves of F[n] and dF[n] come in
+ * whole by cp.async with the chunk's rows, landing while the scores run,
+ * and the state products read them without further loads. dq and dk
  * go to dqh and dkh, or with those NULL (G = H) straight into their
  * gradients; dv is added from the registers. */
-template <class FS>
+template <class FS, bool PRE>
 __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, gacc dq, gacc dk,
 						       gacc dv, int dv8, gacc dlam, float *dA,
 						       double *dAsum, const bf16 *dout, const bf16 *q,
@@ -1692,7 +1697,7 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 {
 	extern __shared__ __align__(128) unsigned char tcsm[];
 	int C = g.C, Dk = (int)g.Dk, Dv = (int)g.Dv;
-	tco L = tc_layout(C, Dk, Dv, 1);
+	tco L = tc_layout(C, Dk, Dv, PRE ? 4 : 1);
 	bf16 *Qb = SMB(bf16, L.Qb), *Kb = SMB(bf16, L.Kb), *Vb = SMB(bf16, L.Vb), *Ob = SMB(bf16, L.Ob);
 	bf16 *Sb = SMB(bf16, L.Sb), *Gb = SMB(bf16, L.Gb), *Hb = SMB(bf16, L.Hb);
 	float *ac = SMB(float, L.ac), *kd = SMB(float, L.kd), *da = SMB(float, L.da), *qi = SMB(float, L.qi);
@@ -1710,10 +1715,25 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 	tc_rows(Kb, L.lk, k + grp * g.Dk, b * g.T + t0, g.G * g.Dk, Dk, C, len);
 	tc_rows(Vb, L.lv, v + h * g.Dv, b * g.T + t0, g.H * g.Dv, Dv, C, len);
 	tc_rows(Ob, L.lv, dout + h * g.Dv, b * g.T + t0, g.H * g.Dv, Dv, C, len);
+	cp_commit();
+	/* PRE: F[n] (the plain form reads its own chunk's state) and dF[n],
+	 * high and low halves, at Hb + j Dk ld, j = 0..3 */
+	const bf16 *pre[4] = {NULL, NULL, NULL, NULL};
+	if (PRE) {
+		int64_t at = (bh * g.tot + n) * g.M;
+		if (F)
+			pre[0] = (const bf16 *)F + at, pre[1] = pre[0] + lo_off;
+		if (dF)
+			pre[2] = (const bf16 *)dF + at, pre[3] = pre[2] + lo_off;
+		for (int j = 0; j < 4; j++)
+			if (pre[j])
+				tc_rows(Hb + j * Dk * L.lv, L.lv, pre[j], 0, Dv, Dv, Dk, Dk);
+	}
+	cp_commit();
 	for (int i = threadIdx.x; i < C; i += NT)
 		ac[i] = i < len ? acs[bh * g.T + t0 + i] : 0.0f;
 	tc_lam(lm, g, lam, b, h, t0, len);
-	cp_wait_all();
+	cp_wait<1>();
 	__syncthreads();
 
 	/* ---- scores: S = q kᵀ and dS' = dO vᵀ of the key blocks hf, hf + 2 */
@@ -1863,7 +1883,18 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 		int lv = -1;
 		read_state(g, Eb, n, rr, &sidx, &dlog, &lv);
 		/* its barriers also end the last readers of Z */
-		xa_state(xa, Ob, L.lv, Hb, L.lv, F + (bh * g.tot + sidx) * g.M, lo_off, Dk, Dv, r0, hf, act);
+		if (PRE) {
+			cp_wait<0>();
+			__syncthreads();
+			zero_acc(xa);
+			if (act) {
+				mma_xht(xa, Ob, L.lv, Hb, L.lv, r0, hf, 0, nk, Dv);
+				mma_xht(xa, Ob, L.lv, Hb + Dk * L.lv, L.lv, r0, hf, 0, nk, Dv);
+			}
+		} else {
+			xa_state(xa, Ob, L.lv, Hb, L.lv, F + (bh * g.tot + sidx) * g.M, lo_off, Dk, Dv,
+				 r0, hf, act);
+		}
 		tc_read_weights(wr, wn, ac, g, lam, b, h, t0, len, dlog, lv);
 		__syncthreads();
 		if (act) {
@@ -1909,7 +1940,17 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 			}
 		}
 	if (dU) {
-		xa_state(xa, Vb, L.lv, Hb, L.lv, dU, lo_off, Dk, Dv, r0, hf, act);
+		if (PRE) {
+			cp_wait<0>();
+			__syncthreads(); /* wr is written */
+			zero_acc(xa);
+			if (act) {
+				mma_xht(xa, Vb, L.lv, Hb + 2 * Dk * L.lv, L.lv, r0, hf, 0, nk, Dv);
+				mma_xht(xa, Vb, L.lv, Hb + 3 * Dk * L.lv, L.lv, r0, hf, 0, nk, Dv);
+			}
+		} else {
+			xa_state(xa, Vb, L.lv, Hb, L.lv, dU, lo_off, Dk, Dv, r0, hf, act);
+		}
 		if (act) {
 			float w0 = wr[r0 + gq], w1 = wr[r0 + gq + 8];
 #pragma unroll
@@ -1943,7 +1984,10 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 				mma16816(acc[u][1], a, bb[2], bb[3]);
 			}
 		}
-	if (dU)
+	if (dU && PRE && act)
+		mma_xh(acc, Kb, L.lk, Hb + 2 * Dk * L.lv, L.lv, r0, hf, nv, 0, Dk, wr[r0 + gq],
+		       wr[r0 + gq + 8]);
+	if (dU && !PRE)
 		for (int x0 = 0; x0 < Dk; x0 += HX) {
 			int rows = Dk - x0 < HX ? Dk - x0 : HX;
 			__syncthreads(); /* Hb is read; wr is written */
@@ -2710,6 +2754,24 @@ extern "C" int lmk_cuda_ssd_forward(void *be, lmk_dtype dt, void *out, const voi
 					  (const T *)v, (const T *)loga, (const T *)lam));
 }
 
+/* tc_bwd_kernel<FS, PRE> with its shared memory */
+template <class FS, bool PRE>
+static int launch_tc_bwd(cudaStream_t st, const geo &g, float *dqh, float *dkh, lmk_gbuf dq,
+			 lmk_gbuf dk, lmk_gbuf dv, lmk_gbuf dlam, float *dA, double *dAsum,
+			 const bf16 *dout, const bf16 *q, const bf16 *k, const bf16 *v,
+			 const bf16 *lam, const float *acs, const double *E, const FS *F,
+			 const FS *dF, int64_t lo_off)
+{
+	size_t sb = tc_layout(g.C, (int)g.Dk, (int)g.Dv, PRE ? 4 : 1).total;
+	if (tc_smem(tc_bwd_kernel<FS, PRE>, sb) < 0)
+		return lmk_errcode();
+	tc_bwd_kernel<FS, PRE><<<dim3((unsigned)g.N, (unsigned)(g.B * g.H)), NT, sb, st>>>(
+		dqh, dkh, to_gacc(dq), to_gacc(dk), to_gacc(dv), al16(dv.p), to_gacc(dlam), dA, dAsum,
+		dout, q, k, v, lam, acs, E, F, dF, lo_off, g);
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
 template <class T>
 static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf dk, lmk_gbuf dv,
 		      lmk_gbuf dloga, lmk_gbuf dlam, const T *dout, const T *q, const T *k,
@@ -2809,23 +2871,21 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 	int launched = 0;
 	if constexpr (std::is_same<T, bf16>::value) {
 		if (tc) {
-			/* the plain form's states are bf16 halves (tc_scan_kernel) */
-			size_t sb = tc_layout(g.C, (int)g.Dk, (int)g.Dv, 1).total;
-			if ((pb ? tc_smem(tc_bwd_kernel<bf16>, sb) : tc_smem(tc_bwd_kernel<float>, sb)) < 0)
-				return lmk_errcode();
-			dim3 grid((unsigned)g.N, (unsigned)BH);
+			/* the plain form's states are bf16 halves (tc_scan_kernel),
+			 * prefetched whole where two blocks still share an SM */
 			float *dqp = direct ? NULL : dqh, *dkp = direct ? NULL : dkh;
-			if (pb)
-				tc_bwd_kernel<bf16><<<grid, NT, sb, st>>>(
-					dqp, dkp, to_gacc(dq), to_gacc(dk), to_gacc(dv), al16(dv.p),
-					to_gacc(dlam), dloga.p ? dA : NULL, dAsum, dout, q, k, v, lam, acs, E,
-					(const bf16 *)F, (const bf16 *)dF, BH * g.tot * g.M, g);
-			else
-				tc_bwd_kernel<float><<<grid, NT, sb, st>>>(
-					dqp, dkp, to_gacc(dq), to_gacc(dk), to_gacc(dv), al16(dv.p),
-					to_gacc(dlam), dloga.p ? dA : NULL, dAsum, dout, q, k, v, lam, acs, E, F,
-					dF, 0, g);
-			LMK_CK_LAUNCH();
+			float *dAp = dloga.p ? dA : NULL;
+			const bf16 *Fb = (const bf16 *)F, *dFb = (const bf16 *)dF;
+			int64_t lo = BH * g.tot * g.M;
+			int pre = pb && tc_layout(g.C, (int)g.Dk, (int)g.Dv, 4).total <= 113 * 1024;
+			int r = pre ? launch_tc_bwd<bf16, true>(st, g, dqp, dkp, dq, dk, dv, dlam, dAp, dAsum,
+								dout, q, k, v, lam, acs, E, Fb, dFb, lo)
+				: pb ? launch_tc_bwd<bf16, false>(st, g, dqp, dkp, dq, dk, dv, dlam, dAp,
+								  dAsum, dout, q, k, v, lam, acs, E, Fb, dFb, lo)
+				     : launch_tc_bwd<float, false>(st, g, dqp, dkp, dq, dk, dv, dlam, dAp,
+								   dAsum, dout, q, k, v, lam, acs, E, F, dF, 0);
+			if (r < 0)
+				return r;
 			launched = 1;
 		}
 	}
