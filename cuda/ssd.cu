@@ -2048,17 +2048,24 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
  * halves, and each state is stored as its rounding and, lo_off = B H tot M
  * further, what the rounding left out: together within about 2^-16 of
  * fp32. Without LO (the forward's) one rounding each. The chunks' tiles
- * come in by cp.async, SCS - 1 chunks ahead.
+ * come in by cp.async, SCS - 1 chunks ahead; the states leave through a
+ * tile of the warp's own in shared memory, in 16-byte stores of whole rows.
  * Few long heads split the walk into gridDim.z segments of seglen chunks,
  * side by side, in two launches: the first (St NULL) runs each segment from
  * a zero state and stores only its end, U[seg], and its summed log decay,
  * Ud[seg]; the second starts segment s from U[0..s-1] folded in order and
  * stores the states. Every sum in a fixed order. */
-#define SCS 4 /* pipeline stages of tc_scan_kernel */
+#define SCS 3 /* pipeline stages of tc_scan_kernel */
 
 static __host__ __device__ size_t scan_stage_bytes(int C, int Dk, int BV)
 {
 	return ((size_t)C * (Dk + 8) * 2 + (size_t)C * (BV + 8) * 2 + (size_t)C * 4 + 127) / 128 * 128;
+}
+
+/* the stages and the warps' store tiles (16 rows of BV + 8) */
+static __host__ __device__ size_t scan_bytes(int C, int Dk, int BV)
+{
+	return SCS * scan_stage_bytes(C, Dk, BV) + (size_t)(Dk / 16) * 16 * (BV + 8) * 2;
 }
 
 template <bool REV, bool LO, int BV>
@@ -2078,6 +2085,7 @@ __global__ void __launch_bounds__(256) tc_scan_kernel(bf16 *St /*(BH,tot,M) (x2 
 	int64_t xs = g.G * g.Dk, ys = g.H * g.Dv;
 	/* the element (16 wp + gq + 8 hr, y0 + 8 j + 2 tq) of a state */
 	int64_t eo = (int64_t)(16 * wp + gq) * Dv + y0 + 2 * tq;
+	bf16 *stg = (bf16 *)(tcsm + SCS * sb) + wp * 16 * ly; /* the warp's store tile */
 	/* chunk it of the walk into stage (it - it0) % SCS (an empty group
 	 * past the segment) */
 	auto fetch = [&](int it) {
@@ -2130,20 +2138,32 @@ __global__ void __launch_bounds__(256) tc_scan_kernel(bf16 *St /*(BH,tot,M) (x2 
 		int64_t n = REV ? g.N - 1 - it : it, t0 = n * C;
 		int len = g.T - t0 < C ? (int)(g.T - t0) : C;
 		if (St) {
-			/* the running state into St[n] */
-			bf16 *o = St + (bh * g.tot + n) * g.M + eo;
+			/* the running state into St[n]: the warp's rows through its
+			 * tile, high half then (LO) low half */
+			bf16 *o = St + (bh * g.tot + n) * g.M + (int64_t)(16 * wp) * Dv + y0;
 			int64_t lo_off = g.B * g.H * g.tot * g.M;
 #pragma unroll
-			for (int j = 0; j < BV / 8; j++)
+			for (int half = 0; half < (LO ? 2 : 1); half++) {
 #pragma unroll
-				for (int hr = 0; hr < 2; hr++) {
-					float x0 = acc[j][2 * hr], x1 = acc[j][2 * hr + 1];
-					__nv_bfloat162 r = __floats2bfloat162_rn(x0, x1);
-					*(__nv_bfloat162 *)(o + 8 * hr * Dv + 8 * j) = r;
-					if (LO)
-						st2(o + lo_off + 8 * hr * Dv + 8 * j, x0 - __low2float(r),
-						    x1 - __high2float(r));
+				for (int j = 0; j < BV / 8; j++)
+#pragma unroll
+					for (int hr = 0; hr < 2; hr++) {
+						float x0 = acc[j][2 * hr], x1 = acc[j][2 * hr + 1];
+						__nv_bfloat162 r = __floats2bfloat162_rn(x0, x1);
+						if (half)
+							r = __floats2bfloat162_rn(x0 - __low2float(r),
+										  x1 - __high2float(r));
+						*(__nv_bfloat162 *)(stg + (gq + 8 * hr) * ly + 8 * j + 2 * tq) = r;
+					}
+				__syncwarp();
+#pragma unroll
+				for (int c = lane; c < 16 * (BV / 8); c += 32) {
+					int r = c / (BV / 8), y = c % (BV / 8) * 8;
+					*(uint4 *)(o + half * lo_off + (int64_t)r * Dv + y) =
+						*(const uint4 *)(stg + r * ly + y);
 				}
+				__syncwarp();
+			}
 		}
 		cp_wait<SCS - 2>();
 		__syncthreads(); /* chunk it landed; chunk it - 1's stage is free */
@@ -2460,7 +2480,7 @@ static scan_split scan_split_of(const geo &g, int sm)
 {
 	scan_split p;
 	p.bv = g.Dv % 64 == 0 ? 64 : g.Dv % 32 == 0 ? 32 : 16;
-	int64_t by_smem = 228 * 1024 / (SCS * scan_stage_bytes(g.C, (int)g.Dk, p.bv) + 1024);
+	int64_t by_smem = 228 * 1024 / (scan_bytes(g.C, (int)g.Dk, p.bv) + 1024);
 	int64_t by_regs = 65536 / (80 * 2 * g.Dk), per_sm = by_smem < by_regs ? by_smem : by_regs;
 	int64_t base = g.B * g.H * (g.Dv / p.bv), want = per_sm * sm / base;
 	int64_t most = g.N / 4 > 1 ? g.N / 4 : 1;
@@ -2629,7 +2649,7 @@ static int launch_scan(lmk_cuda_backend *bk, const geo &g, bf16 *St, float *U, c
 	scan_split p = scan_split_of(g, bk->sm_count);
 	auto kern = p.bv == 64 ? tc_scan_kernel<REV, LO, 64>
 		    : p.bv == 32 ? tc_scan_kernel<REV, LO, 32> : tc_scan_kernel<REV, LO, 16>;
-	size_t sb = SCS * scan_stage_bytes(g.C, (int)g.Dk, p.bv);
+	size_t sb = scan_bytes(g.C, (int)g.Dk, p.bv);
 	if (tc_smem(kern, sb) < 0)
 		return lmk_errcode();
 	dim3 grid((unsigned)(g.Dv / p.bv), (unsigned)(g.B * g.H), (unsigned)p.nseg);
