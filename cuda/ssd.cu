@@ -2467,192 +2467,6 @@ __global__ void __launch_bounds__(NT) tc_fused_kernel(bf16 *out, const bf16 *q, 
 	cp_wait<0>();
 }
 
-/* The plain form's output on the tensor cores, all chunks in parallel:
- * a persistent block takes the chunks (n, bh) = item i, i + grid, ... and
- * keeps the tiles of the next ones (q, k, v rows and the chunk's bf16
- * state from tc_scan_kernel) coming in by cp.async, OST stages, while it
- * computes. Per chunk: the masked, weighted scores S = scale exp(acs_i -
- * acs_j) q_i.k_j (j <= i) into shared memory as bf16, then out = S v +
- * (scale exp(acs_i) q_i) St, straight to global memory. Warp w: row block
- * rb = w % 4, key blocks and column groups hf = w / 4, hf + 2, ...; the
- * products and roundings of tc_out_kernel. */
-static __host__ __device__ size_t outp_stage_bytes(int C, int Dk, int Dv)
-{
-	return ((size_t)C * (Dk + 8) * 4 + (size_t)C * (Dv + 8) * 2 + (size_t)Dk * (Dv + 8) * 2 +
-		(size_t)C * 4 + 127) / 128 * 128;
-}
-
-static __host__ __device__ size_t outp_bytes(int C, int Dk, int Dv, int stages)
-{
-	return stages * outp_stage_bytes(C, Dk, Dv) + (size_t)C * (C + 8) * 2;
-}
-
-__global__ void __launch_bounds__(NT, 2) tc_outp_kernel(bf16 *out, const bf16 *q, const bf16 *k,
-						     const bf16 *v, const float *acs,
-						     const bf16 *F /*(BH,N,M) or NULL*/, int stages,
-						     geo g)
-{
-	extern __shared__ __align__(128) unsigned char tcsm[];
-	int C = g.C, Dk = (int)g.Dk, Dv = (int)g.Dv, lx = Dk + 8, ly = Dv + 8, lc = C + 8;
-	size_t sb = outp_stage_bytes(C, Dk, Dv);
-	bf16 *Ss = (bf16 *)(tcsm + stages * sb);
-	int lane = threadIdx.x % 32, wp = threadIdx.x / 32, gq = lane / 4, tq = lane % 4;
-	int rb = wp % 4, hf = wp / 4, r0 = 16 * rb, ng = Dv / 16;
-	bool act = r0 < C;
-	int64_t items = (int64_t)g.N * g.B * g.H, xs = g.G * g.Dk, ys = g.H * g.Dv;
-	/* the j-th chunk of this block into stage j % stages (an empty group
-	 * past the end) */
-	auto fetch = [&](int64_t j) {
-		int64_t i = blockIdx.x + j * gridDim.x;
-		if (i < items) {
-			int64_t bh = i / g.N, n = i % g.N, b = bh / g.H, h = bh % g.H, t0 = n * C;
-			int64_t grp = h / (g.H / g.G);
-			int len = g.T - t0 < C ? (int)(g.T - t0) : C;
-			unsigned char *base = tcsm + (size_t)(j % stages) * sb;
-			bf16 *Qs = (bf16 *)base, *Ks = Qs + C * lx, *Vs = Ks + C * lx, *Hs = Vs + C * ly;
-			float *as = (float *)(Hs + Dk * ly);
-			const bf16 *qh = q + grp * g.Dk, *kh = k + grp * g.Dk, *vh = v + h * g.Dv;
-			int d8 = Dk / 8, v8 = Dv / 8;
-			for (int idx = threadIdx.x; idx < C * d8; idx += NT) {
-				int r = idx / d8, x = idx % d8 * 8;
-				int64_t o = (b * g.T + t0 + (r < len ? r : 0)) * xs + x;
-				cp_async16(smem_u32(Qs + r * lx + x), qh + o, r < len);
-				cp_async16(smem_u32(Ks + r * lx + x), kh + o, r < len);
-			}
-			for (int idx = threadIdx.x; idx < C * v8; idx += NT) {
-				int r = idx / v8, y = idx % v8 * 8;
-				cp_async16(smem_u32(Vs + r * ly + y), vh + (b * g.T + t0 + (r < len ? r : 0)) * ys + y,
-					   r < len);
-			}
-			if (F)
-				for (int idx = threadIdx.x; idx < Dk * v8; idx += NT) {
-					int x = idx / v8, y = idx % v8 * 8;
-					cp_async16(smem_u32(Hs + x * ly + y), F + (bh * g.tot + n) * g.M + x * Dv + y,
-						   true);
-				}
-			for (int r = threadIdx.x; r < C; r += NT)
-				cp_async4(smem_u32(as + r), acs + bh * g.T + t0 + (r < len ? r : 0), r < len);
-		}
-		cp_commit();
-	};
-	for (int s = 0; s < stages - 1; s++)
-		fetch(s);
-	for (int64_t j = 0; blockIdx.x + j * gridDim.x < items; j++) {
-		int64_t i = blockIdx.x + j * gridDim.x;
-		int64_t bh = i / g.N, n = i % g.N, b = bh / g.H, h = bh % g.H, t0 = n * C;
-		int len = g.T - t0 < C ? (int)(g.T - t0) : C;
-		if (stages == 3)
-			cp_wait<1>();
-		else
-			cp_wait<0>();
-		__syncthreads(); /* chunk j landed; chunk j - 1's stage and Ss are free */
-		fetch(j + stages - 1);
-		const unsigned char *base = tcsm + (size_t)(j % stages) * sb;
-		const bf16 *Qs = (const bf16 *)base, *Ks = Qs + C * lx, *Vs = Ks + C * lx, *Hs = Vs + C * ly;
-		const float *as = (const float *)(Hs + Dk * ly);
-
-		/* the scores of the key blocks hf, hf + 2 up to the diagonal */
-		if (act) {
-			float sc[2][2][4];
-#pragma unroll
-			for (int u = 0; u < 2; u++)
-#pragma unroll
-				for (int e = 0; e < 8; e++)
-					sc[u][e / 4][e % 4] = 0.0f;
-#pragma unroll 4
-			for (int kk = 0; kk < Dk; kk += 16) {
-				uint32_t a[4];
-				frag_a(a, Qs, lx, r0, kk);
-#pragma unroll
-				for (int u = 0; u < 2; u++) {
-					int jg = hf + 2 * u;
-					if (jg > rb)
-						break;
-					uint32_t bb[4];
-					frag_b_nk(bb, Ks, lx, 16 * jg, kk);
-					mma16816(sc[u][0], a, bb[0], bb[1]);
-					mma16816(sc[u][1], a, bb[2], bb[3]);
-				}
-			}
-#pragma unroll
-			for (int u = 0; u < 2; u++) {
-				int jg = hf + 2 * u;
-				if (jg > rb)
-					break;
-#pragma unroll
-				for (int nn = 0; nn < 2; nn++)
-#pragma unroll
-					for (int hr = 0; hr < 2; hr++) {
-						int r = r0 + gq + 8 * hr, c = 16 * jg + 8 * nn + 2 * tq;
-						float ar = as[r];
-						float v0 = c <= r && r < len ? g.scale * expf(ar - as[c]) * sc[u][nn][2 * hr] : 0.0f;
-						float v1 = c + 1 <= r && r < len
-								   ? g.scale * expf(ar - as[c + 1]) * sc[u][nn][2 * hr + 1]
-								   : 0.0f;
-						*(uint32_t *)(Ss + r * lc + c) = pack2f(v0, v1);
-					}
-			}
-		}
-		__syncthreads();
-		if (!act)
-			continue;
-
-		/* out rows 16 rb.., column groups hf + 2u */
-		float o[4][2][4];
-		zero_acc(o);
-		for (int jg = 0; jg <= rb; jg++) {
-			uint32_t a[4];
-			frag_a(a, Ss, lc, r0, 16 * jg);
-#pragma unroll
-			for (int u = 0; u < 4; u++) {
-				int gi = hf + 2 * u;
-				if (gi >= ng)
-					break;
-				uint32_t bb[4];
-				frag_b_kn(bb, Vs, ly, 16 * gi, 16 * jg);
-				mma16816(o[u][0], a, bb[0], bb[1]);
-				mma16816(o[u][1], a, bb[2], bb[3]);
-			}
-		}
-		int i0 = r0 + gq, i1 = i0 + 8;
-		if (F) {
-			float w0 = i0 < len ? g.scale * expf(as[i0]) : 0.0f;
-			float w1 = i1 < len ? g.scale * expf(as[i1]) : 0.0f;
-#pragma unroll 4
-			for (int kk = 0; kk < Dk; kk += 16) {
-				uint32_t a[4];
-				frag_a(a, Qs, lx, r0, kk);
-				scale_a(a, w0, w1);
-#pragma unroll
-				for (int u = 0; u < 4; u++) {
-					int gi = hf + 2 * u;
-					if (gi >= ng)
-						break;
-					uint32_t bb[4];
-					frag_b_kn(bb, Hs, ly, 16 * gi, kk);
-					mma16816(o[u][0], a, bb[0], bb[1]);
-					mma16816(o[u][1], a, bb[2], bb[3]);
-				}
-			}
-		}
-#pragma unroll
-		for (int u = 0; u < 4; u++) {
-			int gi = hf + 2 * u;
-			if (gi >= ng)
-				break;
-#pragma unroll
-			for (int nn = 0; nn < 2; nn++) {
-				int64_t y = h * g.Dv + 16 * gi + 8 * nn + 2 * tq;
-				if (i0 < len)
-					*(uint32_t *)(out + (b * g.T + t0 + i0) * ys + y) = pack2f(o[u][nn][0], o[u][nn][1]);
-				if (i1 < len)
-					*(uint32_t *)(out + (b * g.T + t0 + i1) * ys + y) = pack2f(o[u][nn][2], o[u][nn][3]);
-			}
-		}
-	}
-	cp_wait<0>();
-}
-
 /* How tc_scan_kernel splits a shape: column blocks of bv (the widest of
  * 64, 32, 16 that divides Dv), and, where the heads' blocks leave SMs idle,
  * the walk into nseg segments of seglen chunks (at least 4), as many as
@@ -2851,17 +2665,12 @@ static int launch_scan(lmk_cuda_backend *bk, const geo &g, bf16 *St, float *U, c
 
 /* Whether tc_fused_kernel takes a shape (Dk and the chunk 64, blocks
  * enough for every SM), and its column block bv: the widest of 64, 32, 16
- * that divides Dv and still gives every SM a block. */
+ * that divides Dv (narrower blocks to fill the SMs would each recompute
+ * the scores: slower than tc_scan_kernel and tc_out_kernel). */
 static int fused_plan(const geo &g, int sm, int *bv)
 {
-	if (g.Dk != FC || g.C != FC)
-		return 0;
-	for (int c = 64; c >= 16; c /= 2)
-		if (g.Dv % c == 0 && g.B * g.H * (g.Dv / c) >= sm) {
-			*bv = c;
-			return 1;
-		}
-	return 0;
+	*bv = g.Dv % 64 == 0 ? 64 : g.Dv % 32 == 0 ? 32 : 16;
+	return g.Dk == FC && g.C == FC && g.B * g.H * (g.Dv / *bv) >= sm;
 }
 
 static int launch_fused(lmk_cuda_backend *bk, const geo &g, int bv, bf16 *out, const bf16 *q,
@@ -2873,24 +2682,6 @@ static int launch_fused(lmk_cuda_backend *bk, const geo &g, int bv, bf16 *out, c
 		return lmk_errcode();
 	kern<<<dim3((unsigned)(g.Dv / bv), (unsigned)(g.B * g.H)), NT, sb, bk->stream>>>(out, q, k, v,
 											 acs, g);
-	LMK_CK_LAUNCH();
-	return 0;
-}
-
-/* tc_outp_kernel: three stages where two blocks share an SM, else two; as
- * many blocks as run at once */
-static int launch_outp(lmk_cuda_backend *bk, const geo &g, bf16 *out, const bf16 *q, const bf16 *k,
-		       const bf16 *v, const float *acs, const bf16 *F)
-{
-	int C = g.C, Dk = (int)g.Dk, Dv = (int)g.Dv;
-	int stages = 2 * (outp_bytes(C, Dk, Dv, 3) + 1024) <= 228 * 1024 ? 3 : 2, per_sm = 0;
-	size_t sb = outp_bytes(C, Dk, Dv, stages);
-	if (tc_smem(tc_outp_kernel, sb) < 0)
-		return lmk_errcode();
-	LMK_CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, tc_outp_kernel, NT, sb));
-	int64_t items = (int64_t)g.N * g.B * g.H, grid = (int64_t)(per_sm > 0 ? per_sm : 1) * bk->sm_count;
-	grid = grid < items ? grid : items;
-	tc_outp_kernel<<<(unsigned)grid, NT, sb, bk->stream>>>(out, q, k, v, acs, F, stages, g);
 	LMK_CK_LAUNCH();
 	return 0;
 }
@@ -2928,7 +2719,13 @@ static int forward_t(lmk_cuda_backend *bk, const geo &g, T *out, const T *q, con
 			bf16 *Fb = (bf16 *)F;
 			if (F && launch_scan<false, false>(bk, g, Fb, U, k, v, acs) < 0)
 				return lmk_errcode();
-			return launch_outp(bk, g, out, q, k, v, acs, Fb);
+			size_t sb = tc_layout(g.C, (int)g.Dk, (int)g.Dv, 3).total;
+			if (tc_smem(tc_out_kernel<bf16>, sb) < 0)
+				return lmk_errcode();
+			tc_out_kernel<bf16><<<dim3((unsigned)g.N, (unsigned)BH), NT, sb, st>>>(
+				out, q, k, v, lam, acs, E, Fb, g);
+			LMK_CK_LAUNCH();
+			return 0;
 		}
 	}
 	if (F) {

@@ -71,8 +71,7 @@ static const scase cases[] = {
 	{1, 130, 140, 70, 64, 32, 1, 0, 0},  {1, 100, 140, 140, 64, 48, 1, 0, 0},
 	{1, 70, 140, 140, 64, 128, 1, 0, 0}, {1, 200, 140, 4, 128, 128, 1, 0, 0},
 	{1, 150, 140, 140, 32, 48, 1, 0, 16},
-	/* one chunk (no states); more chunks than the output kernel's blocks
-	 * (each takes several, its pipeline turning over) */
+	/* one chunk (no states); long with few heads (segments of the scans) */
 	{2, 64, 3, 3, 64, 64, 1, 0, 0},      {1, 32, 2, 1, 32, 64, 1, 0, 0},
 	{1, 8192, 4, 2, 64, 64, 1, 0, 0},    {1, 4200, 4, 4, 128, 128, 1, 0, 0},
 };
