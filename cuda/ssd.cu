@@ -14,8 +14,9 @@
  *   state element) turns U_n into the state before chunk n. On the tensor
  *   cores the plain form (no lam) runs it in one pass instead, the state in
  *   registers (tc_scan_kernel, bf16 states; few long heads in segments side
- *   by side), or, at Dk and chunk 64, its forward as a single kernel with
- *   the output (tc_fused_kernel), without states in global memory.
+ *   by side), or, at Dk and chunk 64 where the heads fill the SMs, its
+ *   forward as a single kernel with the output (tc_fused_kernel), without
+ *   states in global memory.
  * - With lam (C = 2^c) chunk n reads, at chunk level j (token level c + j),
  *   for each j with bit j-1 of n set, the whole aligned block of 2^(j-1)
  *   chunks just below its own half: F[j-1][(n >> (j-1)) - 1]. These block
