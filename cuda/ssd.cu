@@ -11,7 +11,12 @@
  *
  * States. U_n, the keys of chunk n at its end (sum exp(acs_end - acs_s) k vᵀ).
  * - Without lam one running state: a scan over the chunks (one thread per
- *   state element) turns U_n into the state before chunk n.
+ *   state element) turns U_n into the state before chunk n. On the tensor
+ *   cores the plain form (no lam) runs it in one pass instead, the state in
+ *   registers (tc_scan_kernel, bf16 states; few long heads in segments side
+ *   by side), or, at Dk and chunk 64 where the heads fill the SMs, its
+ *   forward as a single kernel with the output (tc_fused_kernel), without
+ *   states in global memory.
  * - With lam (C = 2^c) chunk n reads, at chunk level j (token level c + j),
  *   for each j with bit j-1 of n set, the whole aligned block of 2^(j-1)
  *   chunks just below its own half: F[j-1][(n >> (j-1)) - 1]. These block
@@ -21,8 +26,9 @@
  * The backward mirrors this: the query side's state gradients (q dOᵀ weighted
  * by scale, lam and decay) summed over the chunks that read a block (parts of
  * at most PG chunks, then summed in order), a down-sweep of the tree (or the
- * reverse scan), then per chunk the intra-chunk gradients and the keys' and
- * values' share of the state gradient. The decay's gradient uses
+ * reverse scan, or tc_scan_kernel's reverse pass), then per chunk the
+ * intra-chunk gradients and the keys' and values' share of the state
+ * gradient. The decay's gradient uses
  * dL/dA_t = q_t.dq_t - k_t.dk_t (per head, before heads of a group are
  * summed) and a suffix sum over t.
  * Every sum runs in a fixed order: no atomics, the same bits on every run.
@@ -94,10 +100,18 @@ __global__ void prep_chunk(float *acs /*(BH,T)*/, double *E /*(BH,N)*/, const T 
 	int64_t bh = i / g.N, n = i % g.N, b = bh / g.H, h = bh % g.H;
 	int64_t t0 = n * g.C, t1 = t0 + g.C < g.T ? t0 + g.C : g.T;
 	double a = 0;
-	for (int64_t t = t0; t < t1; t++) {
-		if (loga)
-			a += tof(loga[(b * g.T + t) * g.H + h]);
-		acs[bh * g.T + t] = (float)a;
+	/* eight loads in flight before their sums */
+	for (int64_t tb = t0; tb < t1; tb += 8) {
+		float x[8];
+#pragma unroll
+		for (int u = 0; u < 8; u++)
+			x[u] = loga && tb + u < t1 ? tof(loga[(b * g.T + tb + u) * g.H + h]) : 0.0f;
+#pragma unroll
+		for (int u = 0; u < 8; u++)
+			if (tb + u < t1) {
+				a += x[u];
+				acs[bh * g.T + tb + u] = (float)a;
+			}
 	}
 	E[bh * g.N + n] = a;
 }
@@ -934,13 +948,16 @@ static __host__ __device__ size_t bump(size_t *o, size_t bytes)
 
 static __host__ __device__ size_t zmax(size_t a, size_t b) { return a > b ? a : b; }
 
-/* kind 0: out, 1: bwd, 2: acc (C is then the token tile). out: K's tile
- * then holds the states (Hb); bwd: HX state rows in Hb, Z (20 C floats)
- * for the block sums of the scores, then the reads' weights and row dots
- * (2 C + 2 C). */
+/* kind 0: out, 1: bwd, 2: acc (C is then the token tile), 3: out with
+ * the plain form's bf16 state, 4: bwd with the plain form's four state
+ * halves. out: K's tile then holds the states (Hb); out 3: the state has
+ * its own tile; bwd: HX state rows in Hb (bwd 4: the four halves, Dk rows
+ * each), Z (20 C floats) for the block sums of the scores, then the
+ * reads' weights and row dots (2 C + 2 C). */
 static __host__ __device__ tco tc_layout(int C, int Dk, int Dv, int kind)
 {
 	tco L;
+	bool bwd = kind == 1 || kind == 4;
 	L.lk = Dk + 8, L.lv = Dv + 8, L.lc = C + 8;
 	size_t o = 0, b2 = 2, b4 = 4;
 	L.Ob = L.Sb = L.Gb = L.Hb = L.Z = 0;
@@ -951,21 +968,25 @@ static __host__ __device__ tco tc_layout(int C, int Dk, int Dv, int kind)
 	} else if (kind == 0) {
 		L.Kb = L.Hb = bump(&o, zmax((size_t)C * L.lk, (size_t)Dk * L.lv) * b2);
 		L.Vb = bump(&o, (size_t)C * L.lv * b2);
+	} else if (kind == 3) {
+		L.Kb = bump(&o, (size_t)C * L.lk * b2);
+		L.Vb = bump(&o, (size_t)C * L.lv * b2);
+		L.Hb = bump(&o, (size_t)Dk * L.lv * b2);
 	} else {
 		L.Kb = bump(&o, (size_t)C * L.lk * b2);
 		L.Vb = bump(&o, (size_t)C * L.lv * b2);
 		L.Ob = bump(&o, (size_t)C * L.lv * b2);
 		L.Sb = bump(&o, (size_t)C * L.lc * b2);
 		L.Gb = bump(&o, (size_t)C * L.lc * b2);
-		L.Hb = bump(&o, (size_t)(Dk < HX ? Dk : HX) * L.lv * b2);
+		L.Hb = bump(&o, (size_t)(kind == 4 ? 4 * Dk : Dk < HX ? Dk : HX) * L.lv * b2);
 		L.Z = bump(&o, (size_t)20 * C * b4);
 	}
 	L.ac = L.wr = L.kd = L.da = L.qi = L.lm = 0;
 	if (kind != 2)
 		L.ac = bump(&o, (size_t)C * b4);
-	if (kind != 1)
+	if (!bwd)
 		L.wr = bump(&o, (size_t)C * b4);
-	if (kind == 1) {
+	if (bwd) {
 		L.kd = bump(&o, (size_t)C * b4);
 		L.da = bump(&o, (size_t)C * b4);
 		L.qi = bump(&o, (size_t)C * b4);
@@ -1108,6 +1129,21 @@ static __device__ void tc_state(bf16 *Hb, int ld, const float *St, int Dk, int D
 	}
 }
 
+/* The same from a state kept as its two bf16 halves (the rounding at St,
+ * what it left out at St + lo_off): 16-byte cp.async copies, waited for
+ * (the caller's barrier then shows all of them). */
+static __device__ void tc_state(bf16 *Hb, int ld, const bf16 *St, int Dk, int Dv, int lo,
+				int64_t lo_off)
+{
+	const bf16 *src = St + (lo ? lo_off : 0);
+	int d8 = Dv / 8;
+	for (int idx = threadIdx.x; idx < Dk * d8; idx += NT) {
+		int i = idx / d8, y = idx % d8 * 8;
+		cp_async16(Hb + i * ld + y, src + (int64_t)i * Dv + y, true);
+	}
+	cp_wait_all();
+}
+
 /* lam of the chunk's rows at the levels inside a chunk into lm (C, 8): a
  * pair of tokens of one chunk is at most 6 levels apart (C <= 64, chunks
  * aligned to a power of two or a single chunk from 0). Zero past len and
@@ -1137,21 +1173,26 @@ static __device__ void tc_read_weights(float *wr, float *wn, const float *ac, co
 	}
 }
 
-/* The output of a chunk on register fragments. Warp w owns the rows
+/* The output of a chunk on register fragments (FS: float, the fp32
+ * states F of either form, or bf16, the plain form's one state per chunk,
+ * copied to shared memory in a second cp.async group that lands while the
+ * scores run; its smaller tiles let three blocks share an SM at D 64).
+ * Warp w owns the rows
  * 16 (w % 4) .. + 15 and the 16-column groups w / 4, w / 4 + 2, ... of the
  * output; the two warps of a row block both compute its scores (S = q kᵀ
  * up to the diagonal block, masked and weighted in registers, then the
  * bf16 A operand of P v). The reads add (wr q) H with wr applied to q's
  * fragments. The output leaves through shared memory (V's tile) in 16-byte
  * stores. */
-__global__ void __launch_bounds__(NT, 2) tc_out_kernel(bf16 *out, const bf16 *q, const bf16 *k,
-						       const bf16 *v, const bf16 *lam,
-						       const float *acs, const double *E,
-						       const float *F, geo g)
+template <class FS>
+__global__ void __launch_bounds__(NT, std::is_same<FS, bf16>::value ? 3 : 2)
+	tc_out_kernel(bf16 *out, const bf16 *q, const bf16 *k, const bf16 *v, const bf16 *lam,
+		      const float *acs, const double *E, const FS *F, geo g)
 {
 	extern __shared__ __align__(128) unsigned char tcsm[];
+	constexpr bool PB = std::is_same<FS, bf16>::value;
 	int C = g.C, Dk = (int)g.Dk, Dv = (int)g.Dv;
-	tco L = tc_layout(C, Dk, Dv, 0);
+	tco L = tc_layout(C, Dk, Dv, PB ? 3 : 0);
 	bf16 *Qb = SMB(bf16, L.Qb), *Kb = SMB(bf16, L.Kb), *Vb = SMB(bf16, L.Vb), *Hb = SMB(bf16, L.Hb);
 	float *ac = SMB(float, L.ac), *wr = SMB(float, L.wr), *lm = SMB(float, L.lm);
 	int64_t n = blockIdx.x, bh = blockIdx.y, b = bh / g.H, h = bh % g.H, t0 = n * g.C;
@@ -1163,10 +1204,15 @@ __global__ void __launch_bounds__(NT, 2) tc_out_kernel(bf16 *out, const bf16 *q,
 	tc_rows(Qb, L.lk, q + grp * g.Dk, b * g.T + t0, g.G * g.Dk, Dk, C, len);
 	tc_rows(Kb, L.lk, k + grp * g.Dk, b * g.T + t0, g.G * g.Dk, Dk, C, len);
 	tc_rows(Vb, L.lv, v + h * g.Dv, b * g.T + t0, g.H * g.Dv, Dv, C, len);
+	cp_commit();
+	/* PB: the state in a second group, landing while the scores run */
+	if (PB && F)
+		tc_rows(Hb, L.lv, (const bf16 *)F + (bh * g.tot + n) * g.M, 0, Dv, Dv, Dk, Dk);
+	cp_commit();
 	for (int i = threadIdx.x; i < C; i += NT)
 		ac[i] = i < len ? acs[bh * g.T + t0 + i] : 0.0f;
 	tc_lam(lm, g, lam, b, h, t0, len);
-	cp_wait_all();
+	cp_wait<1>();
 	__syncthreads();
 	float o[4][2][4];
 #pragma unroll
@@ -1228,7 +1274,32 @@ __global__ void __launch_bounds__(NT, 2) tc_out_kernel(bf16 *out, const bf16 *q,
 		}
 	}
 	const double *Eb = E + bh * g.N;
-	int nr = F ? nreads(g, n) : 0;
+	if (PB) {
+		cp_wait<0>();
+		__syncthreads();
+	}
+	if (PB && F && act) {
+		/* the state before the chunk, rows weighted scale exp(acs) */
+		int i0 = r0 + gq, i1 = r0 + gq + 8;
+		float w0 = i0 < len ? g.scale * expf(ac[i0]) : 0.0f;
+		float w1 = i1 < len ? g.scale * expf(ac[i1]) : 0.0f;
+		for (int kk = 0; kk < Dk; kk += 16) {
+			uint32_t a[4];
+			frag_a(a, Qb, L.lk, r0, kk);
+			scale_a(a, w0, w1);
+#pragma unroll
+			for (int u = 0; u < 4; u++) {
+				int gi = hf + 2 * u;
+				if (gi >= ng)
+					break;
+				uint32_t bb[4];
+				frag_b_kn(bb, Hb, L.lv, 16 * gi, kk);
+				mma16816(o[u][0], a, bb[0], bb[1]);
+				mma16816(o[u][1], a, bb[2], bb[3]);
+			}
+		}
+	}
+	int nr = F && !PB ? nreads(g, n) : 0;
 	for (int rr = 0; rr < nr; rr++) {
 		int64_t sidx = 0;
 		float dlog = 0.0f;
@@ -1236,7 +1307,7 @@ __global__ void __launch_bounds__(NT, 2) tc_out_kernel(bf16 *out, const bf16 *q,
 		read_state(g, Eb, n, rr, &sidx, &dlog, &lv);
 		__syncthreads(); /* K (the first time), Hb and wr are read */
 		tc_read_weights(wr, NULL, ac, g, lam, b, h, t0, len, dlog, lv);
-		tc_state(Hb, L.lv, F + (bh * g.tot + sidx) * g.M, Dk, Dv);
+		tc_state(Hb, L.lv, (const float *)F + (bh * g.tot + sidx) * g.M, Dk, Dv);
 		__syncthreads();
 		if (!act)
 			continue;
@@ -1494,19 +1565,25 @@ static __device__ __forceinline__ void mma_xh(float (&A)[4][2][4], const bf16 *X
 	}
 }
 
-/* xa = X (rows r0.., Dv wide) times the transpose of the fp32 state St
- * (Dk, Dv), in its bf16 high and low halves (whose two products come
- * within about 2^-16 of the fp32 one), HX rows of it at a time through Hb.
- * Every thread calls it; it begins with a barrier (Hb's earlier readers). */
+/* xa = X (rows r0.., Dv wide) times the transpose of the state St (Dk,
+ * Dv), in its bf16 high and low halves (whose two products come within
+ * about 2^-16 of the fp32 one; FS float: rounded here, bf16: the halves
+ * stored, the low one lo_off further), HX rows of it at a time through
+ * Hb. Every thread calls it; it begins with a barrier (Hb's earlier
+ * readers). */
+template <class FS>
 static __device__ void xa_state(float (&xa)[4][2][4], const bf16 *X, int ldx, bf16 *Hb, int ldh,
-				const float *St, int Dk, int Dv, int r0, int hf, bool act)
+				const FS *St, int64_t lo_off, int Dk, int Dv, int r0, int hf, bool act)
 {
 	zero_acc(xa);
 	for (int lo = 0; lo < 2; lo++)
 		for (int x0 = 0; x0 < Dk; x0 += HX) {
 			int rows = Dk - x0 < HX ? Dk - x0 : HX;
 			__syncthreads();
-			tc_state(Hb, ldh, St + (int64_t)x0 * Dv, rows, Dv, lo);
+			if constexpr (std::is_same<FS, bf16>::value)
+				tc_state(Hb, ldh, St + (int64_t)x0 * Dv, rows, Dv, lo, lo_off);
+			else
+				tc_state(Hb, ldh, St + (int64_t)x0 * Dv, rows, Dv, lo);
 			__syncthreads();
 			if (act)
 				mma_xht(xa, X, ldx, Hb, ldh, r0, hf, x0 / 16, (x0 + rows) / 16, Dv);
@@ -1605,19 +1682,24 @@ static __device__ __forceinline__ void put_grad(float *dh, gacc gd, const geo &g
  * tokens of two different 16-row blocks is at level 4 + bit length of
  * (block ^ block), the levels 0..4 are inside the diagonal blocks (chunks
  * aligned to a power of two, or one chunk from 0). States come in HX rows
- * at a time (hi, then lo where the decay's gradient needs fp32). dq and dk
+ * at a time (hi, then lo where the decay's gradient needs fp32), FS as in
+ * xa_state (bf16: the plain form's halves from tc_scan_kernel); with PRE
+ * (the plain form, Dk <= 64) the four halves of F[n] and dF[n] come in
+ * whole by cp.async with the chunk's rows, landing while the scores run,
+ * and the state products read them without further loads. dq and dk
  * go to dqh and dkh, or with those NULL (G = H) straight into their
  * gradients; dv is added from the registers. */
+template <class FS, bool PRE>
 __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, gacc dq, gacc dk,
 						       gacc dv, int dv8, gacc dlam, float *dA,
 						       double *dAsum, const bf16 *dout, const bf16 *q,
 						       const bf16 *k, const bf16 *v, const bf16 *lam,
-						       const float *acs, const double *E, const float *F,
-						       const float *dF, geo g)
+						       const float *acs, const double *E, const FS *F,
+						       const FS *dF, int64_t lo_off, geo g)
 {
 	extern __shared__ __align__(128) unsigned char tcsm[];
 	int C = g.C, Dk = (int)g.Dk, Dv = (int)g.Dv;
-	tco L = tc_layout(C, Dk, Dv, 1);
+	tco L = tc_layout(C, Dk, Dv, PRE ? 4 : 1);
 	bf16 *Qb = SMB(bf16, L.Qb), *Kb = SMB(bf16, L.Kb), *Vb = SMB(bf16, L.Vb), *Ob = SMB(bf16, L.Ob);
 	bf16 *Sb = SMB(bf16, L.Sb), *Gb = SMB(bf16, L.Gb), *Hb = SMB(bf16, L.Hb);
 	float *ac = SMB(float, L.ac), *kd = SMB(float, L.kd), *da = SMB(float, L.da), *qi = SMB(float, L.qi);
@@ -1635,10 +1717,25 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 	tc_rows(Kb, L.lk, k + grp * g.Dk, b * g.T + t0, g.G * g.Dk, Dk, C, len);
 	tc_rows(Vb, L.lv, v + h * g.Dv, b * g.T + t0, g.H * g.Dv, Dv, C, len);
 	tc_rows(Ob, L.lv, dout + h * g.Dv, b * g.T + t0, g.H * g.Dv, Dv, C, len);
+	cp_commit();
+	/* PRE: F[n] (the plain form reads its own chunk's state) and dF[n],
+	 * high and low halves, at Hb + j Dk ld, j = 0..3 */
+	const bf16 *pre[4] = {NULL, NULL, NULL, NULL};
+	if (PRE) {
+		int64_t at = (bh * g.tot + n) * g.M;
+		if (F)
+			pre[0] = (const bf16 *)F + at, pre[1] = pre[0] + lo_off;
+		if (dF)
+			pre[2] = (const bf16 *)dF + at, pre[3] = pre[2] + lo_off;
+		for (int j = 0; j < 4; j++)
+			if (pre[j])
+				tc_rows(Hb + j * Dk * L.lv, L.lv, pre[j], 0, Dv, Dv, Dk, Dk);
+	}
+	cp_commit();
 	for (int i = threadIdx.x; i < C; i += NT)
 		ac[i] = i < len ? acs[bh * g.T + t0 + i] : 0.0f;
 	tc_lam(lm, g, lam, b, h, t0, len);
-	cp_wait_all();
+	cp_wait<1>();
 	__syncthreads();
 
 	/* ---- scores: S = q kᵀ and dS' = dO vᵀ of the key blocks hf, hf + 2 */
@@ -1788,7 +1885,18 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 		int lv = -1;
 		read_state(g, Eb, n, rr, &sidx, &dlog, &lv);
 		/* its barriers also end the last readers of Z */
-		xa_state(xa, Ob, L.lv, Hb, L.lv, F + (bh * g.tot + sidx) * g.M, Dk, Dv, r0, hf, act);
+		if (PRE) {
+			cp_wait<0>();
+			__syncthreads();
+			zero_acc(xa);
+			if (act) {
+				mma_xht(xa, Ob, L.lv, Hb, L.lv, r0, hf, 0, nk, Dv);
+				mma_xht(xa, Ob, L.lv, Hb + Dk * L.lv, L.lv, r0, hf, 0, nk, Dv);
+			}
+		} else {
+			xa_state(xa, Ob, L.lv, Hb, L.lv, F + (bh * g.tot + sidx) * g.M, lo_off, Dk, Dv,
+				 r0, hf, act);
+		}
 		tc_read_weights(wr, wn, ac, g, lam, b, h, t0, len, dlog, lv);
 		__syncthreads();
 		if (act) {
@@ -1813,7 +1921,7 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 
 	/* ---- dk: dSᵀ q, then (ww v dUᵀ) with the state gradient after this
 	 * chunk */
-	const float *dU = dF ? dF + (bh * g.tot + n) * g.M : NULL;
+	const FS *dU = dF ? dF + (bh * g.tot + n) * g.M : NULL;
 	__syncthreads(); /* Z is read */
 	for (int i = threadIdx.x; i < C; i += NT)
 		wr[i] = i < len ? expf(ac[len - 1] - ac[i]) : 0.0f;
@@ -1834,7 +1942,17 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 			}
 		}
 	if (dU) {
-		xa_state(xa, Vb, L.lv, Hb, L.lv, dU, Dk, Dv, r0, hf, act);
+		if (PRE) {
+			cp_wait<0>();
+			__syncthreads(); /* wr is written */
+			zero_acc(xa);
+			if (act) {
+				mma_xht(xa, Vb, L.lv, Hb + 2 * Dk * L.lv, L.lv, r0, hf, 0, nk, Dv);
+				mma_xht(xa, Vb, L.lv, Hb + 3 * Dk * L.lv, L.lv, r0, hf, 0, nk, Dv);
+			}
+		} else {
+			xa_state(xa, Vb, L.lv, Hb, L.lv, dU, lo_off, Dk, Dv, r0, hf, act);
+		}
 		if (act) {
 			float w0 = wr[r0 + gq], w1 = wr[r0 + gq + 8];
 #pragma unroll
@@ -1868,11 +1986,17 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 				mma16816(acc[u][1], a, bb[2], bb[3]);
 			}
 		}
-	if (dU)
+	if (dU && PRE && act)
+		mma_xh(acc, Kb, L.lk, Hb + 2 * Dk * L.lv, L.lv, r0, hf, nv, 0, Dk, wr[r0 + gq],
+		       wr[r0 + gq + 8]);
+	if (dU && !PRE)
 		for (int x0 = 0; x0 < Dk; x0 += HX) {
 			int rows = Dk - x0 < HX ? Dk - x0 : HX;
 			__syncthreads(); /* Hb is read; wr is written */
-			tc_state(Hb, L.lv, dU + (int64_t)x0 * Dv, rows, Dv);
+			if constexpr (std::is_same<FS, bf16>::value)
+				tc_state(Hb, L.lv, dU + (int64_t)x0 * Dv, rows, Dv, 0, lo_off);
+			else
+				tc_state(Hb, L.lv, dU + (int64_t)x0 * Dv, rows, Dv);
 			__syncthreads();
 			if (act)
 				mma_xh(acc, Kb, L.lk, Hb, L.lv, r0, hf, nv, x0, x0 + rows, wr[r0 + gq],
@@ -1908,6 +2032,472 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 			dAsum[bh * g.N + n] = sum;
 		}
 	}
+}
+
+/* The states of the plain form (no lam) on the tensor cores, one pass over
+ * the chunks that keeps the running state in registers (instead of the
+ * per-chunk sums of tc_acc_kernel and a separate scan). A block owns a
+ * head bh and the state columns y0 .. y0 + BV - 1; warp w its rows
+ * 16w .. 16w + 15 (Dk / 16 warps). Chunk after chunk (the last first
+ * with REV) it stores St[n] = the running state, then runs
+ * St = exp(the chunk's log decay) St + (w X)ᵀ Y over the chunk's tokens:
+ * - forward: X = k, Y = v, w_t = exp(acs_last - acs_t): St[n] is the state
+ *   before chunk n (F);
+ * - REV: X = q, Y = dout, w_t = scale exp(acs_t): St[n] is the gradient of
+ *   the state after chunk n (dF), the query sides of the later chunks.
+ * States are stored in bf16. With LO (the backward's states, which feed
+ * the decay's gradient) the weighted rows go in as bf16 high and low
+ * halves, and each state is stored as its rounding and, lo_off = B H tot M
+ * further, what the rounding left out: together within about 2^-16 of
+ * fp32. Without LO (the forward's) one rounding each. The chunks' tiles
+ * come in by cp.async, SCS - 1 chunks ahead; the states leave through a
+ * tile of the warp's own in shared memory, in 16-byte stores of whole rows.
+ * Few long heads split the walk into gridDim.z segments of seglen chunks,
+ * side by side, in two launches: the first (St NULL) runs each segment from
+ * a zero state and stores only its end, U[seg], and its summed log decay,
+ * Ud[seg]; the second starts segment s from U[0..s-1] folded in order and
+ * stores the states. Every sum in a fixed order. */
+#define SCS 3 /* pipeline stages of tc_scan_kernel */
+
+static __host__ __device__ size_t scan_stage_bytes(int C, int Dk, int BV)
+{
+	return ((size_t)C * (Dk + 8) * 2 + (size_t)C * (BV + 8) * 2 + (size_t)C * 4 + 127) / 128 * 128;
+}
+
+/* the stages and the warps' store tiles (16 rows of BV + 8) */
+static __host__ __device__ size_t scan_bytes(int C, int Dk, int BV)
+{
+	return SCS * scan_stage_bytes(C, Dk, BV) + (size_t)(Dk / 16) * 16 * (BV + 8) * 2;
+}
+
+template <bool REV, bool LO, int BV>
+__global__ void __launch_bounds__(256) tc_scan_kernel(bf16 *St /*(BH,tot,M) (x2 with LO) or NULL*/,
+						      float *U /*(BH,nseg,M)*/, float *Ud /*(BH,nseg)*/,
+						      const bf16 *X, const bf16 *Y, const float *acs,
+						      int seglen, geo g)
+{
+	extern __shared__ __align__(128) unsigned char tcsm[];
+	int C = g.C, Dk = (int)g.Dk, Dv = (int)g.Dv, lx = Dk + 8, ly = BV + 8;
+	size_t sb = scan_stage_bytes(C, Dk, BV);
+	int64_t bh = blockIdx.y, b = bh / g.H, h = bh % g.H, grp = h / (g.H / g.G);
+	int y0 = blockIdx.x * BV, nt = blockDim.x, nseg = gridDim.z, sg = blockIdx.z;
+	int it0 = sg * seglen, it1 = it0 + seglen < g.N ? it0 + seglen : g.N;
+	int lane = threadIdx.x % 32, wp = threadIdx.x / 32, gq = lane / 4, tq = lane % 4;
+	const bf16 *Xh = X + grp * g.Dk, *Yh = Y + h * g.Dv + y0;
+	int64_t xs = g.G * g.Dk, ys = g.H * g.Dv;
+	/* the element (16 wp + gq + 8 hr, y0 + 8 j + 2 tq) of a state */
+	int64_t eo = (int64_t)(16 * wp + gq) * Dv + y0 + 2 * tq;
+	bf16 *stg = (bf16 *)(tcsm + SCS * sb) + wp * 16 * ly; /* the warp's store tile */
+	/* chunk it of the walk into stage (it - it0) % SCS (an empty group
+	 * past the segment) */
+	auto fetch = [&](int it) {
+		if (it < it1) {
+			int64_t n = REV ? g.N - 1 - it : it, t0 = n * C;
+			int len = g.T - t0 < C ? (int)(g.T - t0) : C;
+			unsigned char *base = tcsm + (size_t)((it - it0) % SCS) * sb;
+			bf16 *Xs = (bf16 *)base, *Ys = Xs + C * lx;
+			float *as = (float *)(Ys + C * ly);
+			int d8 = Dk / 8, v8 = BV / 8;
+			for (int idx = threadIdx.x; idx < C * d8; idx += nt) {
+				int i = idx / d8, x = idx % d8 * 8;
+				cp_async16(smem_u32(Xs + i * lx + x),
+					   Xh + (b * g.T + t0 + (i < len ? i : 0)) * xs + x, i < len);
+			}
+			for (int idx = threadIdx.x; idx < C * v8; idx += nt) {
+				int i = idx / v8, y = idx % v8 * 8;
+				cp_async16(smem_u32(Ys + i * ly + y),
+					   Yh + (b * g.T + t0 + (i < len ? i : 0)) * ys + y, i < len);
+			}
+			for (int i = threadIdx.x; i < C; i += nt)
+				cp_async4(smem_u32(as + i), acs + bh * g.T + t0 + (i < len ? i : 0), i < len);
+		}
+		cp_commit();
+	};
+#pragma unroll
+	for (int s = 0; s < SCS - 1; s++)
+		fetch(it0 + s);
+	float acc[BV / 8][4];
+#pragma unroll
+	for (int j = 0; j < BV / 8; j++)
+#pragma unroll
+		for (int e = 0; e < 4; e++)
+			acc[j][e] = 0.0f;
+	if (St)
+		for (int s = 0; s < sg; s++) {
+			const float *u = U + (bh * nseg + s) * g.M + eo;
+			float d = expf(Ud[bh * nseg + s]);
+#pragma unroll
+			for (int j = 0; j < BV / 8; j++) {
+				float2 u0 = ld2(u + 8 * j), u1 = ld2(u + 8 * Dv + 8 * j);
+				acc[j][0] = d * acc[j][0] + u0.x;
+				acc[j][1] = d * acc[j][1] + u0.y;
+				acc[j][2] = d * acc[j][2] + u1.x;
+				acc[j][3] = d * acc[j][3] + u1.y;
+			}
+		}
+	float dsum = 0.0f;
+	for (int it = it0; it < it1; it++) {
+		int64_t n = REV ? g.N - 1 - it : it, t0 = n * C;
+		int len = g.T - t0 < C ? (int)(g.T - t0) : C;
+		if (St) {
+			/* the running state into St[n]: the warp's rows through its
+			 * tile, high half then (LO) low half */
+			bf16 *o = St + (bh * g.tot + n) * g.M + (int64_t)(16 * wp) * Dv + y0;
+			int64_t lo_off = g.B * g.H * g.tot * g.M;
+#pragma unroll
+			for (int half = 0; half < (LO ? 2 : 1); half++) {
+#pragma unroll
+				for (int j = 0; j < BV / 8; j++)
+#pragma unroll
+					for (int hr = 0; hr < 2; hr++) {
+						float x0 = acc[j][2 * hr], x1 = acc[j][2 * hr + 1];
+						__nv_bfloat162 r = __floats2bfloat162_rn(x0, x1);
+						if (half)
+							r = __floats2bfloat162_rn(x0 - __low2float(r),
+										  x1 - __high2float(r));
+						*(__nv_bfloat162 *)(stg + (gq + 8 * hr) * ly + 8 * j + 2 * tq) = r;
+					}
+				__syncwarp();
+#pragma unroll
+				for (int c = lane; c < 16 * (BV / 8); c += 32) {
+					int r = c / (BV / 8), y = c % (BV / 8) * 8;
+					*(uint4 *)(o + half * lo_off + (int64_t)r * Dv + y) =
+						*(const uint4 *)(stg + r * ly + y);
+				}
+				__syncwarp();
+			}
+		}
+		cp_wait<SCS - 2>();
+		__syncthreads(); /* chunk it landed; chunk it - 1's stage is free */
+		fetch(it + SCS - 1);
+		const unsigned char *base = tcsm + (size_t)((it - it0) % SCS) * sb;
+		const bf16 *Xs = (const bf16 *)base, *Ys = Xs + C * lx;
+		const float *as = (const float *)(Ys + C * ly);
+		float last = as[len - 1], dec = expf(last);
+		dsum += last;
+#pragma unroll
+		for (int j = 0; j < BV / 8; j++)
+#pragma unroll
+			for (int e = 0; e < 4; e++)
+				acc[j][e] *= dec;
+		for (int kt = 0; kt < C; kt += 16) {
+			uint32_t a[4];
+			frag_a_t(a, Xs, lx, 16 * wp, kt);
+			/* token columns kt + 2tq (+1) in a[0..1], + 8 in a[2..3] */
+			float w[4];
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				int t = kt + 2 * tq + (e / 2) * 8 + e % 2;
+				w[e] = t < len ? (REV ? g.scale * expf(as[t]) : expf(last - as[t])) : 0.0f;
+			}
+			uint32_t ah[4], al[4];
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				float lo = __uint_as_float(a[e] << 16), hi = __uint_as_float(a[e] & 0xffff0000u);
+				float w0 = w[(e / 2) * 2], w1 = w[(e / 2) * 2 + 1];
+				float x0 = w0 * lo, x1 = w1 * hi;
+				__nv_bfloat162 r = __floats2bfloat162_rn(x0, x1);
+				ah[e] = *(uint32_t *)&r;
+				if (LO)
+					al[e] = pack2f(x0 - __low2float(r), x1 - __high2float(r));
+			}
+#pragma unroll
+			for (int j = 0; j < BV / 16; j++) {
+				uint32_t bb[4];
+				frag_b_kn(bb, Ys, ly, 16 * j, kt);
+				mma16816(acc[2 * j], ah, bb[0], bb[1]);
+				mma16816(acc[2 * j + 1], ah, bb[2], bb[3]);
+				if (LO) {
+					mma16816(acc[2 * j], al, bb[0], bb[1]);
+					mma16816(acc[2 * j + 1], al, bb[2], bb[3]);
+				}
+			}
+		}
+	}
+	cp_wait<0>();
+	if (!St) {
+		float *u = U + (bh * nseg + sg) * g.M + eo;
+#pragma unroll
+		for (int j = 0; j < BV / 8; j++) {
+			st2(u + 8 * j, acc[j][0], acc[j][1]);
+			st2(u + 8 * Dv + 8 * j, acc[j][2], acc[j][3]);
+		}
+		if (blockIdx.x == 0 && threadIdx.x == 0)
+			Ud[bh * nseg + sg] = dsum;
+	}
+}
+
+/* The plain form's forward in one pass (BF16 on the tensor cores), for
+ * Dk = 64, chunks of 64 and enough heads to fill the SMs: a block owns a
+ * head bh and the output and state columns y0 .. y0 + BV - 1, walks the
+ * chunks with the running state St (64, BV) in registers and, per chunk
+ * (tiles by cp.async, FST - 1 chunks ahead):
+ * 1. the masked, weighted scores S = scale exp(acs_i - acs_j) q_i.k_j
+ *    (j <= i) into shared memory as bf16, and St as bf16 (Hs);
+ * 2. out = S v + (scale exp(acs_i) q_i) St, straight to global memory;
+ * 3. St = exp(the chunk's log decay) St + (exp(acs_last - acs_t) k_t)ᵀ v_t.
+ * The same products and roundings as tc_scan_kernel (without LO) then
+ * tc_out_kernel, without the states in global memory. Warp w works on the
+ * row block rb = w % 4 (of the scores and the output: key blocks and
+ * column groups hf = w / 4, hf + 2, ...; of the state: column groups hf,
+ * hf + 2, ...), so that its products share their A fragments and run as
+ * independent chains. */
+#define FST 3  /* pipeline stages of tc_fused_kernel */
+#define FC 64  /* its chunk and Dk */
+
+static __host__ __device__ size_t fused_stage_bytes(int BV)
+{
+	return ((size_t)FC * (FC + 8) * 4 + (size_t)FC * (BV + 8) * 2 + (size_t)FC * 4 + 127) / 128 * 128;
+}
+
+static __host__ __device__ size_t fused_bytes(int BV)
+{
+	return FST * fused_stage_bytes(BV) + (size_t)FC * (FC + 8) * 2 + (size_t)FC * (BV + 8) * 2;
+}
+
+template <int BV>
+__global__ void __launch_bounds__(NT) tc_fused_kernel(bf16 *out, const bf16 *q, const bf16 *k,
+						      const bf16 *v, const float *acs, geo g)
+{
+	extern __shared__ __align__(128) unsigned char tcsm[];
+	constexpr int NG = BV / 16, NU = (NG + 1) / 2, lx = FC + 8, ly = BV + 8, lc = FC + 8;
+	size_t sb = fused_stage_bytes(BV);
+	bf16 *Ss = (bf16 *)(tcsm + FST * sb), *Hs = Ss + FC * lc;
+	int64_t bh = blockIdx.y, b = bh / g.H, h = bh % g.H, grp = h / (g.H / g.G);
+	int y0 = blockIdx.x * BV;
+	int lane = threadIdx.x % 32, wp = threadIdx.x / 32, gq = lane / 4, tq = lane % 4;
+	int rb = wp % 4, hf = wp / 4, r0 = 16 * rb;
+	const bf16 *qh = q + grp * FC, *kh = k + grp * FC, *vh = v + h * g.Dv + y0;
+	int64_t xs = g.G * FC, ys = g.H * g.Dv;
+	auto fetch = [&](int it) {
+		if (it < g.N) {
+			int64_t t0 = (int64_t)it * FC;
+			int len = g.T - t0 < FC ? (int)(g.T - t0) : FC;
+			unsigned char *base = tcsm + (size_t)(it % FST) * sb;
+			bf16 *Qs = (bf16 *)base, *Ks = Qs + FC * lx, *Vs = Ks + FC * lx;
+			float *as = (float *)(Vs + FC * ly);
+#pragma unroll
+			for (int idx = threadIdx.x; idx < FC * 8; idx += NT) {
+				int i = idx / 8, x = idx % 8 * 8;
+				int64_t r = (b * g.T + t0 + (i < len ? i : 0)) * xs + x;
+				cp_async16(smem_u32(Qs + i * lx + x), qh + r, i < len);
+				cp_async16(smem_u32(Ks + i * lx + x), kh + r, i < len);
+			}
+#pragma unroll
+			for (int idx = threadIdx.x; idx < FC * (BV / 8); idx += NT) {
+				int i = idx / (BV / 8), y = idx % (BV / 8) * 8;
+				cp_async16(smem_u32(Vs + i * ly + y),
+					   vh + (b * g.T + t0 + (i < len ? i : 0)) * ys + y, i < len);
+			}
+			if (threadIdx.x < FC) {
+				int i = threadIdx.x;
+				cp_async4(smem_u32(as + i), acs + bh * g.T + t0 + (i < len ? i : 0), i < len);
+			}
+		}
+		cp_commit();
+	};
+#pragma unroll
+	for (int s = 0; s < FST - 1; s++)
+		fetch(s);
+	float st[NU][2][4];
+#pragma unroll
+	for (int u = 0; u < NU; u++)
+#pragma unroll
+		for (int e = 0; e < 8; e++)
+			st[u][e / 4][e % 4] = 0.0f;
+	for (int it = 0; it < g.N; it++) {
+		int64_t t0 = (int64_t)it * FC;
+		int len = g.T - t0 < FC ? (int)(g.T - t0) : FC;
+		cp_wait<FST - 2>();
+		__syncthreads(); /* chunk it landed; chunk it - 1's stage, Ss and Hs are free */
+		fetch(it + FST - 1);
+		const unsigned char *base = tcsm + (size_t)(it % FST) * sb;
+		const bf16 *Qs = (const bf16 *)base, *Ks = Qs + FC * lx, *Vs = Ks + FC * lx;
+		const float *as = (const float *)(Vs + FC * ly);
+
+		/* 1. the scores of the key blocks hf, hf + 2 up to the diagonal */
+		{
+			float sc[2][2][4];
+#pragma unroll
+			for (int u = 0; u < 2; u++)
+#pragma unroll
+				for (int e = 0; e < 8; e++)
+					sc[u][e / 4][e % 4] = 0.0f;
+#pragma unroll
+			for (int kk = 0; kk < FC; kk += 16) {
+				uint32_t a[4];
+				frag_a(a, Qs, lx, r0, kk);
+#pragma unroll
+				for (int u = 0; u < 2; u++) {
+					int jg = hf + 2 * u;
+					if (jg > rb)
+						break;
+					uint32_t bb[4];
+					frag_b_nk(bb, Ks, lx, 16 * jg, kk);
+					mma16816(sc[u][0], a, bb[0], bb[1]);
+					mma16816(sc[u][1], a, bb[2], bb[3]);
+				}
+			}
+#pragma unroll
+			for (int u = 0; u < 2; u++) {
+				int jg = hf + 2 * u;
+				if (jg > rb)
+					break;
+#pragma unroll
+				for (int nn = 0; nn < 2; nn++)
+#pragma unroll
+					for (int hr = 0; hr < 2; hr++) {
+						int i = r0 + gq + 8 * hr, j = 16 * jg + 8 * nn + 2 * tq;
+						float ai = as[i];
+						float v0 = j <= i && i < len ? g.scale * expf(ai - as[j]) * sc[u][nn][2 * hr] : 0.0f;
+						float v1 = j + 1 <= i && i < len
+								   ? g.scale * expf(ai - as[j + 1]) * sc[u][nn][2 * hr + 1]
+								   : 0.0f;
+						*(uint32_t *)(Ss + i * lc + j) = pack2f(v0, v1);
+					}
+			}
+		}
+		/* St as bf16: rows 16 rb.., column groups hf + 2u */
+#pragma unroll
+		for (int u = 0; u < NU; u++) {
+			int gi = hf + 2 * u;
+			if (gi >= NG)
+				break;
+#pragma unroll
+			for (int nn = 0; nn < 2; nn++) {
+				int x = r0 + gq, y = 16 * gi + 8 * nn + 2 * tq;
+				*(uint32_t *)(Hs + x * ly + y) = pack2f(st[u][nn][0], st[u][nn][1]);
+				*(uint32_t *)(Hs + (x + 8) * ly + y) = pack2f(st[u][nn][2], st[u][nn][3]);
+			}
+		}
+		__syncthreads();
+
+		/* 2. the output rows 16 rb.., column groups hf + 2u */
+		{
+			float o[NU][2][4];
+#pragma unroll
+			for (int u = 0; u < NU; u++)
+#pragma unroll
+				for (int e = 0; e < 8; e++)
+					o[u][e / 4][e % 4] = 0.0f;
+#pragma unroll
+			for (int jg = 0; jg < 4; jg++) {
+				if (jg > rb)
+					break;
+				uint32_t a[4];
+				frag_a(a, Ss, lc, r0, 16 * jg);
+#pragma unroll
+				for (int u = 0; u < NU; u++) {
+					int gi = hf + 2 * u;
+					if (gi >= NG)
+						break;
+					uint32_t bb[4];
+					frag_b_kn(bb, Vs, ly, 16 * gi, 16 * jg);
+					mma16816(o[u][0], a, bb[0], bb[1]);
+					mma16816(o[u][1], a, bb[2], bb[3]);
+				}
+			}
+			int i0 = r0 + gq, i1 = i0 + 8;
+			float w0 = i0 < len ? g.scale * expf(as[i0]) : 0.0f;
+			float w1 = i1 < len ? g.scale * expf(as[i1]) : 0.0f;
+#pragma unroll
+			for (int kk = 0; kk < FC; kk += 16) {
+				uint32_t a[4];
+				frag_a(a, Qs, lx, r0, kk);
+				scale_a(a, w0, w1);
+#pragma unroll
+				for (int u = 0; u < NU; u++) {
+					int gi = hf + 2 * u;
+					if (gi >= NG)
+						break;
+					uint32_t bb[4];
+					frag_b_kn(bb, Hs, ly, 16 * gi, kk);
+					mma16816(o[u][0], a, bb[0], bb[1]);
+					mma16816(o[u][1], a, bb[2], bb[3]);
+				}
+			}
+#pragma unroll
+			for (int u = 0; u < NU; u++) {
+				int gi = hf + 2 * u;
+				if (gi >= NG)
+					break;
+#pragma unroll
+				for (int nn = 0; nn < 2; nn++) {
+					int64_t y = h * g.Dv + y0 + 16 * gi + 8 * nn + 2 * tq;
+					if (i0 < len)
+						*(uint32_t *)(out + (b * g.T + t0 + i0) * ys + y) = pack2f(o[u][nn][0], o[u][nn][1]);
+					if (i1 < len)
+						*(uint32_t *)(out + (b * g.T + t0 + i1) * ys + y) = pack2f(o[u][nn][2], o[u][nn][3]);
+				}
+			}
+		}
+
+		/* 3. the state after the chunk: rows 16 rb.., column groups hf + 2u */
+		float last = as[len - 1], dec = expf(last);
+#pragma unroll
+		for (int u = 0; u < NU; u++)
+#pragma unroll
+			for (int e = 0; e < 8; e++)
+				st[u][e / 4][e % 4] *= dec;
+#pragma unroll
+		for (int kt = 0; kt < FC; kt += 16) {
+			uint32_t a[4];
+			frag_a_t(a, Ks, lx, r0, kt);
+			float w[4];
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				int tt = kt + 2 * tq + (e / 2) * 8 + e % 2;
+				w[e] = tt < len ? expf(last - as[tt]) : 0.0f;
+			}
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				float lo = __uint_as_float(a[e] << 16), hi = __uint_as_float(a[e] & 0xffff0000u);
+				a[e] = pack2f(w[(e / 2) * 2] * lo, w[(e / 2) * 2 + 1] * hi);
+			}
+#pragma unroll
+			for (int u = 0; u < NU; u++) {
+				int gi = hf + 2 * u;
+				if (gi >= NG)
+					break;
+				uint32_t bb[4];
+				frag_b_kn(bb, Vs, ly, 16 * gi, kt);
+				mma16816(st[u][0], a, bb[0], bb[1]);
+				mma16816(st[u][1], a, bb[2], bb[3]);
+			}
+		}
+	}
+	cp_wait<0>();
+}
+
+/* How tc_scan_kernel splits a shape: column blocks of bv (the widest of
+ * 64, 32, 16 that divides Dv), and, where the heads' blocks leave SMs idle,
+ * the walk into nseg segments of seglen chunks (at least 4), as many as
+ * run at once (one wave: the blocks an SM holds, by its 228 KB of shared
+ * memory and 64K registers at 80 a thread). */
+struct scan_split {
+	int bv, nseg, seglen;
+};
+
+static scan_split scan_split_of(const geo &g, int sm)
+{
+	scan_split p;
+	p.bv = g.Dv % 64 == 0 ? 64 : g.Dv % 32 == 0 ? 32 : 16;
+	int64_t by_smem = 228 * 1024 / (scan_bytes(g.C, (int)g.Dk, p.bv) + 1024);
+	int64_t by_regs = 65536 / (80 * 2 * g.Dk), per_sm = by_smem < by_regs ? by_smem : by_regs;
+	int64_t base = g.B * g.H * (g.Dv / p.bv), want = per_sm * sm / base;
+	int64_t most = g.N / 4 > 1 ? g.N / 4 : 1;
+	want = want > 1 ? want : 1;
+	p.nseg = (int)(want < most ? want : most);
+	p.seglen = (g.N + p.nseg - 1) / p.nseg;
+	p.nseg = (g.N + p.seglen - 1) / p.seglen;
+	return p;
+}
+
+/* Bytes of the segments' ends and decays (none without segments). */
+static size_t scan_scratch(const geo &g, int sm)
+{
+	scan_split p = scan_split_of(g, sm);
+	return p.nseg > 1 ? (size_t)(g.B * g.H * p.nseg) * (size_t)(g.M + 1) * 4 : 0;
 }
 
 /* ------------------------------------------------- launchers */
@@ -2052,25 +2642,94 @@ static int launch_acc(cudaStream_t st, const geo &g, int tc, float *out, const T
 	return 0;
 }
 
+/* tc_scan_kernel into St (its two halves with LO), split as
+ * scan_split_of says; U: scan_scratch's bytes. */
+template <bool REV, bool LO>
+static int launch_scan(lmk_cuda_backend *bk, const geo &g, bf16 *St, float *U, const bf16 *X,
+		       const bf16 *Y, const float *acs)
+{
+	scan_split p = scan_split_of(g, bk->sm_count);
+	auto kern = p.bv == 64 ? tc_scan_kernel<REV, LO, 64>
+		    : p.bv == 32 ? tc_scan_kernel<REV, LO, 32> : tc_scan_kernel<REV, LO, 16>;
+	size_t sb = scan_bytes(g.C, (int)g.Dk, p.bv);
+	if (tc_smem(kern, sb) < 0)
+		return lmk_errcode();
+	dim3 grid((unsigned)(g.Dv / p.bv), (unsigned)(g.B * g.H), (unsigned)p.nseg);
+	float *Ud = U ? U + g.B * g.H * p.nseg * g.M : NULL;
+	if (p.nseg > 1) {
+		kern<<<grid, (unsigned)(2 * g.Dk), sb, bk->stream>>>(NULL, U, Ud, X, Y, acs, p.seglen, g);
+		LMK_CK_LAUNCH();
+	}
+	kern<<<grid, (unsigned)(2 * g.Dk), sb, bk->stream>>>(St, U, Ud, X, Y, acs, p.seglen, g);
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+/* Whether tc_fused_kernel takes a shape (Dk and the chunk 64, blocks
+ * enough for every SM), and its column block bv: the widest of 64, 32, 16
+ * that divides Dv (narrower blocks to fill the SMs would each recompute
+ * the scores: slower than tc_scan_kernel and tc_out_kernel). */
+static int fused_plan(const geo &g, int sm, int *bv)
+{
+	*bv = g.Dv % 64 == 0 ? 64 : g.Dv % 32 == 0 ? 32 : 16;
+	return g.Dk == FC && g.C == FC && g.B * g.H * (g.Dv / *bv) >= sm;
+}
+
+static int launch_fused(lmk_cuda_backend *bk, const geo &g, int bv, bf16 *out, const bf16 *q,
+			const bf16 *k, const bf16 *v, const float *acs)
+{
+	size_t sb = fused_bytes(bv);
+	auto kern = bv == 64 ? tc_fused_kernel<64> : bv == 32 ? tc_fused_kernel<32> : tc_fused_kernel<16>;
+	if (tc_smem(kern, sb) < 0)
+		return lmk_errcode();
+	kern<<<dim3((unsigned)(g.Dv / bv), (unsigned)(g.B * g.H)), NT, sb, bk->stream>>>(out, q, k, v,
+											 acs, g);
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
 template <class T>
 static int forward_t(lmk_cuda_backend *bk, const geo &g, T *out, const T *q, const T *k,
 		     const T *v, const T *loga, const T *lam)
 {
 	int64_t BH = g.B * g.H;
+	/* the plain form on the tensor cores (pb): in one pass (fused), or
+	 * bf16 states by tc_scan_kernel, then tc_out_kernel */
+	int tc = use_tc<T>(g, q, k, v, out), pb = tc && g.plain, bv = 0;
+	int fused = pb && fused_plan(g, bk->sm_count, &bv);
 	size_t b_acs = al((size_t)(BH * g.T) * 4), b_E = al((size_t)(BH * g.N) * 8);
-	size_t b_F = g.N > 1 ? al((size_t)(BH * g.tot * g.M) * 4) : 0;
-	char *p = (char *)lmk_cuda_scratch(bk, b_acs + b_E + b_F);
+	size_t b_F = g.N > 1 && !fused ? al((size_t)(BH * g.tot * g.M) * (pb ? 2 : 4)) : 0;
+	size_t b_U = b_F && pb ? al(scan_scratch(g, bk->sm_count)) : 0;
+	char *p = (char *)lmk_cuda_scratch(bk, b_acs + b_E + b_F + b_U);
 	if (!p)
 		return lmk_errcode();
 	float *acs = (float *)p;
 	double *E = (double *)(p + b_acs);
-	float *F = g.N > 1 ? (float *)(p + b_acs + b_E) : NULL;
+	float *F = b_F ? (float *)(p + b_acs + b_E) : NULL;
+	float *U = b_U ? (float *)(p + b_acs + b_E + b_F) : NULL;
 	cudaStream_t st = bk->stream;
 	prep_chunk<T><<<blocks_for(BH * g.N, 256), 256, 0, st>>>(acs, E, loga, g);
 	LMK_CK_LAUNCH();
-	prep_prefix<<<blocks_for(BH, 128), 128, 0, st>>>(E, g);
-	LMK_CK_LAUNCH();
-	int tc = use_tc<T>(g, q, k, v, out);
+	if (!pb) { /* the plain form on the tensor cores reads no E */
+		prep_prefix<<<blocks_for(BH, 128), 128, 0, st>>>(E, g);
+		LMK_CK_LAUNCH();
+	}
+	if constexpr (std::is_same<T, bf16>::value) {
+		if (fused)
+			return launch_fused(bk, g, bv, out, q, k, v, acs);
+		if (pb) {
+			bf16 *Fb = (bf16 *)F;
+			if (F && launch_scan<false, false>(bk, g, Fb, U, k, v, acs) < 0)
+				return lmk_errcode();
+			size_t sb = tc_layout(g.C, (int)g.Dk, (int)g.Dv, 3).total;
+			if (tc_smem(tc_out_kernel<bf16>, sb) < 0)
+				return lmk_errcode();
+			tc_out_kernel<bf16><<<dim3((unsigned)g.N, (unsigned)BH), NT, sb, st>>>(
+				out, q, k, v, lam, acs, E, Fb, g);
+			LMK_CK_LAUNCH();
+			return 0;
+		}
+	}
 	if (F) {
 		if (launch_acc<T, false>(st, g, tc, F, k, v, acs, E, lam, NULL, g.N, g.tot) < 0)
 			return lmk_errcode();
@@ -2080,9 +2739,9 @@ static int forward_t(lmk_cuda_backend *bk, const geo &g, T *out, const T *q, con
 	if constexpr (std::is_same<T, bf16>::value) {
 		if (tc) {
 			size_t sb = tc_layout(g.C, (int)g.Dk, (int)g.Dv, 0).total;
-			if (tc_smem(tc_out_kernel, sb) < 0)
+			if (tc_smem(tc_out_kernel<float>, sb) < 0)
 				return lmk_errcode();
-			tc_out_kernel<<<dim3((unsigned)g.N, (unsigned)BH), NT, sb, st>>>(
+			tc_out_kernel<float><<<dim3((unsigned)g.N, (unsigned)BH), NT, sb, st>>>(
 				out, q, k, v, lam, acs, E, F, g);
 			LMK_CK_LAUNCH();
 			return 0;
@@ -2110,6 +2769,24 @@ extern "C" int lmk_cuda_ssd_forward(void *be, lmk_dtype dt, void *out, const voi
 	LMK_DT_SWITCH(dt, "ssd",
 		      return forward_t<T>(LMK_BE(be), g, (T *)out, (const T *)q, (const T *)k,
 					  (const T *)v, (const T *)loga, (const T *)lam));
+}
+
+/* tc_bwd_kernel<FS, PRE> with its shared memory */
+template <class FS, bool PRE>
+static int launch_tc_bwd(cudaStream_t st, const geo &g, float *dqh, float *dkh, lmk_gbuf dq,
+			 lmk_gbuf dk, lmk_gbuf dv, lmk_gbuf dlam, float *dA, double *dAsum,
+			 const bf16 *dout, const bf16 *q, const bf16 *k, const bf16 *v,
+			 const bf16 *lam, const float *acs, const double *E, const FS *F,
+			 const FS *dF, int64_t lo_off)
+{
+	size_t sb = tc_layout(g.C, (int)g.Dk, (int)g.Dv, PRE ? 4 : 1).total;
+	if (tc_smem(tc_bwd_kernel<FS, PRE>, sb) < 0)
+		return lmk_errcode();
+	tc_bwd_kernel<FS, PRE><<<dim3((unsigned)g.N, (unsigned)(g.B * g.H)), NT, sb, st>>>(
+		dqh, dkh, to_gacc(dq), to_gacc(dk), to_gacc(dv), al16(dv.p), to_gacc(dlam), dA, dAsum,
+		dout, q, k, v, lam, acs, E, F, dF, lo_off, g);
+	LMK_CK_LAUNCH();
+	return 0;
 }
 
 template <class T>
@@ -2140,13 +2817,18 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 	/* one head a group: the tensor cores add dq and dk straight into their
 	 * gradients, without per-head rows */
 	int direct = tc && g.G == g.H && vec8_ok(8, dq.p, dk.p);
+	/* the plain form on the tensor cores: the states by tc_scan_kernel,
+	 * which (like the chunk kernels of that form) reads no E */
+	int pb = tc && g.plain, scan = pb && states;
 	size_t b_acs = al((size_t)(BH * g.T) * 4), b_E = al((size_t)(BH * g.N) * 8);
 	size_t b_F = states ? al((size_t)(BH * g.tot * g.M) * 4) : 0;
+	size_t b_U = scan ? al(scan_scratch(g, bk->sm_count)) : 0;
 	size_t b_parts = al((size_t)(BH * ns * g.M) * 4), b_slots = al((size_t)ns * sizeof(int4));
 	size_t b_first = al(first.size() * sizeof(int));
 	size_t b_dh = direct ? 0 : al((size_t)(BH * g.T * g.Dk) * 4), b_dA = al((size_t)(BH * g.T) * 4);
 	size_t b_dAs = al((size_t)(BH * g.N) * 8);
-	size_t total = b_acs + b_E + 2 * b_F + b_parts + b_slots + b_first + 2 * b_dh + b_dA + b_dAs;
+	size_t total = b_acs + b_E + 2 * b_F + b_U + b_parts + b_slots + b_first + 2 * b_dh + b_dA +
+		       b_dAs;
 	char *p = (char *)lmk_cuda_scratch(bk, total);
 	if (!p)
 		return lmk_errcode();
@@ -2158,6 +2840,8 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 	p += b_F;
 	float *dF = states ? (float *)p : NULL;
 	p += b_F;
+	float *U = b_U ? (float *)p : NULL;
+	p += b_U;
 	float *parts = (float *)p;
 	p += b_parts;
 	int4 *dslots = (int4 *)p;
@@ -2175,9 +2859,16 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 
 	prep_chunk<T><<<blocks_for(BH * g.N, 256), 256, 0, st>>>(acs, E, loga, g);
 	LMK_CK_LAUNCH();
-	prep_prefix<<<blocks_for(BH, 128), 128, 0, st>>>(E, g);
-	LMK_CK_LAUNCH();
-	if (states) {
+	if (!pb) {
+		prep_prefix<<<blocks_for(BH, 128), 128, 0, st>>>(E, g);
+		LMK_CK_LAUNCH();
+	}
+	if constexpr (std::is_same<T, bf16>::value) {
+		if (scan && (launch_scan<false, true>(bk, g, (bf16 *)F, U, k, v, acs) < 0 ||
+			     launch_scan<true, true>(bk, g, (bf16 *)dF, U, q, dout, acs) < 0))
+			return lmk_errcode();
+	}
+	if (states && !scan) {
 		if (launch_acc<T, false>(st, g, tc, F, k, v, acs, E, lam, NULL, g.N, g.tot) < 0)
 			return lmk_errcode();
 		fwd_states<<<blocks_for(BH * g.M, 256), 256, 0, st>>>(F, E, g);
@@ -2197,14 +2888,21 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 	int launched = 0;
 	if constexpr (std::is_same<T, bf16>::value) {
 		if (tc) {
-			size_t sb = tc_layout(g.C, (int)g.Dk, (int)g.Dv, 1).total;
-			if (tc_smem(tc_bwd_kernel, sb) < 0)
-				return lmk_errcode();
-			tc_bwd_kernel<<<dim3((unsigned)g.N, (unsigned)BH), NT, sb, st>>>(
-				direct ? NULL : dqh, direct ? NULL : dkh, to_gacc(dq), to_gacc(dk),
-				to_gacc(dv), al16(dv.p), to_gacc(dlam), dloga.p ? dA : NULL, dAsum, dout, q,
-				k, v, lam, acs, E, F, dF, g);
-			LMK_CK_LAUNCH();
+			/* the plain form's states are bf16 halves (tc_scan_kernel),
+			 * prefetched whole where two blocks still share an SM */
+			float *dqp = direct ? NULL : dqh, *dkp = direct ? NULL : dkh;
+			float *dAp = dloga.p ? dA : NULL;
+			const bf16 *Fb = (const bf16 *)F, *dFb = (const bf16 *)dF;
+			int64_t lo = BH * g.tot * g.M;
+			int pre = pb && tc_layout(g.C, (int)g.Dk, (int)g.Dv, 4).total <= 113 * 1024;
+			int r = pre ? launch_tc_bwd<bf16, true>(st, g, dqp, dkp, dq, dk, dv, dlam, dAp, dAsum,
+								dout, q, k, v, lam, acs, E, Fb, dFb, lo)
+				: pb ? launch_tc_bwd<bf16, false>(st, g, dqp, dkp, dq, dk, dv, dlam, dAp,
+								  dAsum, dout, q, k, v, lam, acs, E, Fb, dFb, lo)
+				     : launch_tc_bwd<float, false>(st, g, dqp, dkp, dq, dk, dv, dlam, dAp,
+								   dAsum, dout, q, k, v, lam, acs, E, F, dF, 0);
+			if (r < 0)
+				return r;
 			launched = 1;
 		}
 	}

@@ -60,6 +60,20 @@ static const scase cases[] = {
 	{1, 129, 2, 1, 32, 32, 0, 1, 48},  {1, 1000, 2, 1, 64, 64, 1, 1, 0},
 	{1, 300, 2, 1, 128, 64, 0, 1, 16}, {1, 777, 1, 1, 80, 128, 1, 0, 0},
 	{1, 4100, 2, 1, 128, 128, 1, 1, 64},
+	/* the plain form on the tensor cores: short, one past a chunk, long
+	 * (few heads: the states by tc_scan_kernel, in segments when long);
+	 * many heads (Dk 64: the forward in one pass, tc_fused_kernel, with
+	 * column blocks of 64, 32 and 16 on 132 SMs; else tc_scan_kernel's
+	 * wider column blocks) */
+	{2, 50, 2, 1, 64, 64, 1, 0, 0},      {1, 65, 2, 2, 128, 128, 1, 0, 0},
+	{1, 1000, 2, 1, 64, 64, 1, 0, 0},    {1, 1000, 2, 2, 128, 128, 1, 0, 0},
+	{2, 130, 136, 8, 64, 64, 1, 0, 0},   {2, 100, 70, 70, 64, 64, 1, 0, 0},
+	{1, 130, 140, 70, 64, 32, 1, 0, 0},  {1, 100, 140, 140, 64, 48, 1, 0, 0},
+	{1, 70, 140, 140, 64, 128, 1, 0, 0}, {1, 200, 140, 4, 128, 128, 1, 0, 0},
+	{1, 150, 140, 140, 32, 48, 1, 0, 16},
+	/* one chunk (no states); long with few heads (segments of the scans) */
+	{2, 64, 3, 3, 64, 64, 1, 0, 0},      {1, 32, 2, 1, 32, 64, 1, 0, 0},
+	{1, 8192, 4, 2, 64, 64, 1, 0, 0},    {1, 4200, 4, 4, 128, 128, 1, 0, 0},
 };
 #define NCASES ((int)(sizeof cases / sizeof cases[0]))
 
@@ -361,23 +375,25 @@ START_TEST(test_decode)
 }
 END_TEST
 
-/* Two identical backward runs give the same bits. */
-START_TEST(test_deterministic)
+/* Two identical runs of one case give the same bits, forward and
+ * backward. */
+static void deterministic_case(const scase *sc)
 {
-	scase s = {2, 300, 4, 2, 64, 64, 1, 1, 0};
+	scase s = *sc;
 	int64_t NL = lmk_fenwick_levels(s.T);
 	int64_t sh[5][4] = {{s.B, s.T, s.G, s.Dk}, {s.B, s.T, s.G, s.Dk}, {s.B, s.T, s.H, s.Dv},
 			    {s.B, s.T, s.H, 0}, {s.B, s.T, s.H, NL}};
 	int nd[5] = {4, 4, 4, 3, 4};
-	float *res[2][5];
-	int64_t nx[5];
+	float *res[2][6]; /* the inputs' gradients (lam's when present), the output */
+	int64_t nx[6];
+	int nin = s.loglin ? 5 : 4;
 	for (int run = 0; run < 2; run++) {
 		lmk_rng rng;
 		lmk_rng_init(&rng, g_seed + 5);
 		lmk_ctx gc;
 		ck_assert_int_eq(lmk_ctx_init_ex(&gc, LMK_DEV_CUDA, 0, LMK_BF16), 0);
-		lmk_tensor *x[5];
-		for (int i = 0; i < 5; i++) {
+		lmk_tensor *x[5] = {0};
+		for (int i = 0; i < nin; i++) {
 			nx[i] = 1;
 			for (int d = 0; d < nd[i]; d++)
 				nx[i] *= sh[i][d];
@@ -392,24 +408,43 @@ START_TEST(test_deterministic)
 		}
 		lmk_tensor *o = lmk_ssd(&gc, x[0], x[1], x[2], x[3], x[4], NULL);
 		ck_assert_msg(o != NULL, "%s", lmk_errmsg());
+		nx[5] = o->n;
+		res[run][5] = malloc(sizeof(float) * (size_t)o->n);
+		ck_assert_int_eq(lmk_tensor_read_f32(&gc, o, 0, res[run][5]), 0);
 		float *d = malloc(sizeof(float) * (size_t)o->n);
 		for (int64_t j = 0; j < o->n; j++)
 			d[j] = (float)sin((double)j);
 		lmk_tensor *dg = lmk_tensor_upload(&gc, LMK_F32, 1, (int64_t[]){o->n}, d);
 		ck_assert_int_eq(lmk_backward_from(&gc, o, dg->data), 0);
 		free(d);
-		for (int i = 0; i < 5; i++) {
+		for (int i = 0; i < nin; i++) {
 			res[run][i] = malloc(sizeof(float) * (size_t)nx[i]);
 			ck_assert_int_eq(lmk_tensor_read_f32(&gc, x[i], 1, res[run][i]), 0);
 		}
 		lmk_ctx_free(&gc);
 	}
-	for (int i = 0; i < 5; i++) {
+	for (int i = 0; i < 6; i++) {
+		if (i >= nin && i < 5)
+			continue;
 		ck_assert_msg(memcmp(res[0][i], res[1][i], sizeof(float) * (size_t)nx[i]) == 0,
-			      "gradient %d differs between two identical runs", i);
+			      "T %lld lam %d: %s %d differs between two identical runs", (long long)s.T,
+			      s.loglin, i == 5 ? "the output" : "gradient", i);
 		free(res[0][i]);
 		free(res[1][i]);
 	}
+	printf("test_cuda_ssd: deterministic: T %lld Dk %lld lam %d: the same bits\n", (long long)s.T,
+	       (long long)s.Dk, s.loglin);
+	fflush(stdout);
+}
+
+/* With lam, and without: the plain form's scans at D 64 and 128, its
+ * one-pass forward (many heads). */
+START_TEST(test_deterministic)
+{
+	static const scase dc[] = {{2, 300, 4, 2, 64, 64, 1, 1, 0}, {2, 300, 4, 2, 64, 64, 1, 0, 0},
+				   {1, 1000, 8, 8, 128, 128, 1, 0, 0}, {1, 300, 140, 140, 64, 64, 1, 0, 0}};
+	for (size_t ci = 0; ci < sizeof dc / sizeof *dc; ci++)
+		deterministic_case(&dc[ci]);
 }
 END_TEST
 
