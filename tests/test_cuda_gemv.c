@@ -1,0 +1,194 @@
+/* test_cuda_gemv.c: the linear op's forward for few rows on the GPU
+ * (cuda/gemv.cu, through lmk_cuda_linear_forward, which sends products of
+ * at most LMK_GEMV_MAX_ROWS rows there) against a double-precision
+ * reference of the same inputs.
+ *
+ * Rows 1..8 (and 9 and 16, cuBLASLt's side of the switch), input and output
+ * widths off every multiple of 8 and 32 as well as the decoders' own (576,
+ * 2048), with and without a bias, pointers 16-byte aligned and off by one
+ * element (the one-element path). Random inputs (fixed seed), in BF16 the
+ * reference gets the bf16-rounded values the GPU reads; the output is
+ * poisoned (0xFF: NaN) before the call and followed by sentinel bytes that
+ * must survive. Error ||gpu - ref|| / ||ref|| at most 1e-5 in F32 and 1e-2
+ * in BF16 (the output's rounding), NaN never passes; two runs give the
+ * same bits.
+ *
+ * Exits 77 without a device or in a CPU-only build. Runs without fork: a
+ * child forked after CUDA is initialised cannot use the device. */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dtype.h"
+#include "err.h"
+#include "rng.h"
+
+#if LMK_CUDA
+#include "../cuda/cuda.h"
+#include "../cuda/gemv_cuda.h"
+#include "../cuda/ops_cuda.h"
+
+#define GUARD 64 /* sentinel bytes after the output */
+
+static const int rows[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16};
+#define NROWS ((int)(sizeof rows / sizeof rows[0]))
+
+static const struct { int ic, oc; } dims[] = {
+	{1, 1}, {7, 5}, {8, 3}, {33, 17}, {64, 31}, {100, 257}, {576, 576},
+	{576, 192}, {1536, 576}, {2048, 1000}, {260, 2049},
+};
+#define NDIMS ((int)(sizeof dims / sizeof dims[0]))
+
+static void *g_be;
+
+/* n values of dtype dt at dev + off elements from host floats, which are
+ * rounded in place to what the device holds */
+static void put(void *dev, lmk_dtype dt, float *host, size_t n)
+{
+	const size_t es = lmk_dtype_size(dt);
+	void *tmp = malloc(n * es);
+	ck_assert_ptr_nonnull(tmp);
+	ck_assert_int_eq(lmk_dtype_from_f32(dt, host, tmp, n), 0);
+	lmk_dtype_to_f32(dt, tmp, host, n);
+	ck_assert_int_eq(lmk_cuda_upload(g_be, dev, tmp, n * es), 0);
+	free(tmp);
+}
+
+/* One product; off (0 or 1) shifts every pointer by that many elements.
+ * out_bits, if given, receives the raw output (for the determinism check). */
+static void check_one(lmk_dtype dt, int N, int IC, int OC, int bias, int off, void *out_bits)
+{
+	const size_t es = lmk_dtype_size(dt), ni = (size_t)N * IC, nw = (size_t)OC * IC,
+		     no = (size_t)N * OC;
+	float *x = malloc(ni * sizeof *x), *w = malloc(nw * sizeof *w), *b = malloc(OC * sizeof *b);
+	float *got = malloc(no * sizeof *got);
+	unsigned char *raw = malloc(no * es + GUARD);
+	ck_assert(x && w && b && got && raw);
+	lmk_rng r;
+	lmk_rng_init(&r, 1000u * (unsigned)N + 7u * (unsigned)IC + (unsigned)OC);
+	for (size_t i = 0; i < ni; i++)
+		x[i] = 2.0f * lmk_rng_uniform(&r) - 1.0f;
+	for (size_t i = 0; i < nw; i++)
+		w[i] = (2.0f * lmk_rng_uniform(&r) - 1.0f) / sqrtf((float)IC);
+	for (int i = 0; i < OC; i++)
+		b[i] = 2.0f * lmk_rng_uniform(&r) - 1.0f;
+
+	char *dx, *dw, *db, *dout;
+	ck_assert_int_eq(lmk_cuda_mem_alloc((void **)&dx, (ni + 1) * es), 0);
+	ck_assert_int_eq(lmk_cuda_mem_alloc((void **)&dw, (nw + 1) * es), 0);
+	ck_assert_int_eq(lmk_cuda_mem_alloc((void **)&db, (OC + 1) * es), 0);
+	ck_assert_int_eq(lmk_cuda_mem_alloc((void **)&dout, (no + 1) * es + GUARD), 0);
+	put(dx + off * es, dt, x, ni);
+	put(dw + off * es, dt, w, nw);
+	put(db + off * es, dt, b, (size_t)OC);
+	ck_assert_int_eq(lmk_cuda_memset(g_be, dout, 0xFF, (no + 1) * es + GUARD), 0);
+	int rc = lmk_cuda_linear_forward(g_be, dt, dout + off * es, dx + off * es, dw + off * es,
+					 bias ? db + off * es : NULL, N, IC, OC);
+	ck_assert_msg(rc == 0, "N %d IC %d OC %d: %s", N, IC, OC, lmk_errmsg());
+	ck_assert_int_eq(lmk_cuda_download(g_be, raw, dout + off * es, no * es + GUARD), 0);
+	for (int i = 0; i < GUARD; i++)
+		ck_assert_msg(raw[no * es + i] == 0xFF, "%s N %d IC %d OC %d: wrote past the output",
+			      lmk_dtype_name(dt), N, IC, OC);
+	lmk_dtype_to_f32(dt, raw, got, no);
+
+	double num = 0, den = 0;
+	for (int n = 0; n < N; n++)
+		for (int o = 0; o < OC; o++) {
+			double s = bias ? b[o] : 0.0;
+			for (int i = 0; i < IC; i++)
+				s += (double)x[(size_t)n * IC + i] * w[(size_t)o * IC + i];
+			double g = got[(size_t)n * OC + o];
+			ck_assert_msg(isfinite(g), "%s N %d IC %d OC %d: out[%d,%d] is %g",
+				      lmk_dtype_name(dt), N, IC, OC, n, o, g);
+			num += (g - s) * (g - s);
+			den += s * s;
+		}
+	double err = sqrt(num / (den > 0 ? den : 1)), tol = dt == LMK_BF16 ? 1e-2 : 1e-5;
+	ck_assert_msg(err <= tol, "%s N %d IC %d OC %d bias %d off %d: error %.3g (%.0e allowed)",
+		      lmk_dtype_name(dt), N, IC, OC, bias, off, err, tol);
+	if (out_bits)
+		memcpy(out_bits, raw, no * es);
+	lmk_cuda_mem_free(dx);
+	lmk_cuda_mem_free(dw);
+	lmk_cuda_mem_free(db);
+	lmk_cuda_mem_free(dout);
+	free(x);
+	free(w);
+	free(b);
+	free(got);
+	free(raw);
+}
+
+static void check_dims(lmk_dtype dt, int d)
+{
+	for (int i = 0; i < NROWS; i++)
+		for (int bias = 0; bias < 2; bias++)
+			for (int off = 0; off < 2; off++)
+				check_one(dt, rows[i], dims[d].ic, dims[d].oc, bias, off, NULL);
+}
+
+START_TEST(test_gemv_f32) { check_dims(LMK_F32, _i); }
+END_TEST
+
+START_TEST(test_gemv_bf16) { check_dims(LMK_BF16, _i); }
+END_TEST
+
+/* The same product twice: the same bits. */
+START_TEST(test_deterministic)
+{
+	const int N = 3, IC = 2048, OC = 1000;
+	uint16_t *a = malloc((size_t)N * OC * 2), *b = malloc((size_t)N * OC * 2);
+	ck_assert(a && b);
+	check_one(LMK_BF16, N, IC, OC, 1, 0, a);
+	check_one(LMK_BF16, N, IC, OC, 1, 0, b);
+	ck_assert(memcmp(a, b, (size_t)N * OC * 2) == 0);
+	free(a);
+	free(b);
+}
+END_TEST
+
+/* Row counts outside 1..LMK_GEMV_MAX_ROWS are refused by the kernel's entry. */
+START_TEST(test_refuses)
+{
+	ck_assert_int_eq(lmk_cuda_gemv(g_be, LMK_BF16, NULL, NULL, NULL, NULL, 0, 8, 8), LMK_EINVAL);
+	ck_assert_int_eq(lmk_cuda_gemv(g_be, LMK_BF16, NULL, NULL, NULL, NULL,
+				       LMK_GEMV_MAX_ROWS + 1, 8, 8), LMK_EINVAL);
+}
+END_TEST
+
+int main(void)
+{
+	if (lmk_cuda_device_count() == 0) {
+		printf("test_cuda_gemv: skipped: no CUDA device on this machine\n");
+		return 77;
+	}
+	if (lmk_cuda_init(&g_be, 0) < 0) {
+		printf("test_cuda_gemv: %s\n", lmk_errmsg());
+		return 1;
+	}
+	Suite *su = suite_create("cuda_gemv");
+	TCase *tc = tcase_create("gemv");
+	tcase_set_timeout(tc, 120);
+	tcase_add_loop_test(tc, test_gemv_f32, 0, NDIMS);
+	tcase_add_loop_test(tc, test_gemv_bf16, 0, NDIMS);
+	tcase_add_test(tc, test_deterministic);
+	tcase_add_test(tc, test_refuses);
+	suite_add_tcase(su, tc);
+	SRunner *sr = srunner_create(su);
+	/* CUDA is initialised in this process: a forked child cannot use it */
+	srunner_set_fork_status(sr, CK_NOFORK);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	lmk_cuda_free(g_be);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+#else
+int main(void)
+{
+	printf("test_cuda_gemv: skipped: CPU-only build (CUDA=0)\n");
+	return 77;
+}
+#endif
