@@ -25,6 +25,7 @@
 #if LMK_CUDA
 #include "../cuda/attention.h"
 #include "../cuda/cuda.h"
+#include "../cuda/decode_cuda.h"
 #endif
 
 /* ---- configuration ---------------------------------------------------- */
@@ -825,6 +826,40 @@ lmk_tensor *lmk_llama_forward(lmk_ctx *c, lmk_llama *m, lmk_tensor *ids, lmk_ten
 
 /* ---- decoding with a KV cache ----------------------------------------- */
 
+#if LMK_CUDA
+/* A cache's recorded one-token step (decode_graph below). */
+struct lmk_decode_graph {
+	const lmk_llama *m;              /* what it was recorded for */
+	const void *weights;             /* m->params.data */
+	const struct lmk_lora *lora;
+	void *backend;
+	lmk_dtype dtype;
+	lmk_ctx g;                       /* the step's context: c's backend, an
+					  * arena of its own that nothing else
+					  * touches while the graph lives */
+	void *exec;                      /* the graph, NULL until recorded */
+	int runs;                        /* steps run so far */
+	int nsplit;                      /* attention's parts (from max_t) */
+	int32_t *state;                  /* device: token, position, argmax */
+	float *freq;                     /* device: the rope table (D/2) */
+	int32_t *host;                   /* pinned: the same three words */
+	lmk_tensor logits;               /* the step's (1,V), in g's arena */
+};
+
+static void graph_free(struct lmk_decode_graph *dg)
+{
+	if (!dg)
+		return;
+	lmk_cuda_graph_free(dg->exec);
+	lmk_arena_free(&dg->g.arena);
+	lmk_arena_free(&dg->g.meta);
+	if (dg->state)
+		lmk_cuda_mem_free(dg->state);
+	lmk_cuda_host_free(dg->host);
+	free(dg);
+}
+#endif
+
 /* A mixer model's cache: each layer's decoding state on c's device. */
 static int mixer_states(lmk_kvcache *kv, const lmk_llama *m, int max_t, lmk_ctx *c)
 {
@@ -909,6 +944,7 @@ void lmk_kvcache_free(lmk_kvcache *kv)
 	free(kv->k);
 	free(kv->v);
 #if LMK_CUDA
+	graph_free(kv->graph);
 	if (kv->dk)
 		lmk_cuda_mem_free(kv->dk);
 	if (kv->dv)
@@ -1091,6 +1127,166 @@ static int decode_dev(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *
 	kv->len += n;
 	return 0;
 }
+
+/* LMK_DECODE_GRAPH=0 in the environment: no recorded steps. */
+static int graph_wanted(void)
+{
+	const char *e = getenv("LMK_DECODE_GRAPH");
+	return !(e && !strcmp(e, "0"));
+}
+
+/* A step's context over c's backend: its own arenas (4 MiB chunks: a step
+ * needs a few), no tape. */
+static void graph_ctx(lmk_ctx *g, const lmk_ctx *c)
+{
+	memset(g, 0, sizeof *g);
+	g->dev = c->dev;
+	g->dtype = c->dtype;
+	g->backend = c->backend;
+	g->seed = c->seed;
+	g->arena.dev = c->dev;
+	g->arena.backend = c->backend;
+	g->arena.poison = c->arena.poison;
+	g->arena.chunk = (size_t)4 << 20;
+	g->meta.dev = LMK_DEV_CPU;
+	g->meta.chunk = c->meta.chunk;
+}
+
+/* The recorded step of kv for (m, c), made if missing or made for others. */
+static int graph_get(lmk_ctx *c, const lmk_llama *m, lmk_kvcache *kv,
+		     struct lmk_decode_graph **out)
+{
+	struct lmk_decode_graph *dg = kv->graph;
+	if (dg && (dg->m != m || dg->weights != m->params.data || dg->lora != m->lora ||
+		   dg->backend != c->backend || dg->dtype != c->dtype)) {
+		graph_free(dg);
+		kv->graph = dg = NULL;
+	}
+	if (!dg) {
+		const int D = m->cfg.head_dim;
+		int rc;
+		if (!(dg = calloc(1, sizeof *dg)))
+			return lmk_err(LMK_ENOMEM, "llama decode: cannot allocate the step's state");
+		dg->m = m;
+		dg->weights = m->params.data;
+		dg->lora = m->lora;
+		dg->backend = c->backend;
+		dg->dtype = c->dtype;
+		graph_ctx(&dg->g, c);
+		dg->nsplit = lmk_cuda_decode_splits(c->backend, m->cfg.num_attention_heads, kv->max_t);
+		/* the state's three words padded to 16 bytes, then the table */
+		rc = lmk_cuda_mem_alloc((void **)&dg->state, 16 + sizeof(float) * (size_t)(D / 2));
+		if (rc == 0) {
+			dg->freq = (float *)(dg->state + 4);
+			rc = lmk_cuda_upload(c->backend, dg->freq, m->rope.inv_freq,
+					     sizeof(float) * (size_t)(D / 2));
+		}
+		if (rc == 0)
+			rc = lmk_cuda_host_alloc((void **)&dg->host, 4 * sizeof(int32_t));
+		if (rc < 0) {
+			graph_free(dg);
+			return rc;
+		}
+		kv->graph = dg;
+	}
+	*out = dg;
+	return 0;
+}
+
+/* The one-token step on dg's context, every position-dependent read from
+ * the state: the ops of decode_dev but for rope and the cache append
+ * (lmk_cuda_decode_rope_append) and attention (lmk_cuda_decode_attention),
+ * then the argmax of the logits into the state. No host copy, wait or
+ * allocation beyond the arena's first step: it can be recorded. */
+static int graph_step(struct lmk_decode_graph *dg, const lmk_llama *m, lmk_kvcache *kv)
+{
+	const lmk_llama_config *cfg = &m->cfg;
+	const int H = cfg->num_attention_heads, K = cfg->num_key_value_heads, D = cfg->head_dim;
+	const float scale = 1.0f / sqrtf((float)D);
+	lmk_ctx *g = &dg->g;
+	const lmk_dtype dt = g->dtype;
+	const size_t kvrow = (size_t)K * D * lmk_dtype_size(dt);
+	int64_t is[2] = {1, 1}, as[4] = {1, 1, H, D};
+	const size_t pbytes = lmk_cuda_decode_scratch(dg->nsplit, H, D);
+	int rc;
+
+	lmk_tensor *idt = lmk_tensor_wrap(g, LMK_I32, 2, is, dg->state);
+	lmk_tensor *x = idt ? lmk_embedding(g, idt, m->wte) : NULL;
+	for (int l = 0; l < cfg->num_hidden_layers && x; l++) {
+		const lmk_llama_layer *ly = &m->layers[l];
+		const lmk_lora *ad = m->lora;
+		lmk_tensor *h = lmk_rmsnorm(g, x, ly->ln1, cfg->rms_norm_eps);
+		lmk_tensor *q = lmk_lora_linear(g, ad, h, ly->wq, ly->bq);
+		lmk_tensor *k = lmk_lora_linear(g, ad, h, ly->wk, ly->bk);
+		lmk_tensor *v = lmk_lora_linear(g, ad, h, ly->wv, ly->bv);
+		lmk_tensor *a = lmk_tensor_new(g, dt, 4, as, 0);
+		float *part = pbytes ? lmk_arena_alloc(&g->arena, pbytes) : NULL;
+		if (!q || !k || !v || !a || (pbytes && !part))
+			return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+		char *kc = (char *)kv->dk + (size_t)l * kv->max_t * kvrow;
+		char *vc = (char *)kv->dv + (size_t)l * kv->max_t * kvrow;
+		if ((rc = lmk_cuda_decode_rope_append(g->backend, dt, q->data, k->data, v->data, kc,
+						      vc, dg->state, dg->freq, m->rope.attn_factor,
+						      H, K, D)) < 0 ||
+		    (rc = lmk_cuda_decode_attention(g->backend, dt, a->data, q->data, kc, vc,
+						    dg->state, H, K, D, scale, dg->nsplit, part)) < 0)
+			return rc;
+		x = finish_layer(g, m, ly, x, a);
+	}
+	lmk_tensor *y = x ? lmk_linear(g, lmk_rmsnorm(g, x, m->norm, cfg->rms_norm_eps),
+				       m->lm_head, NULL)
+			  : NULL;
+	if (!y)
+		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+	dg->logits = *y;
+	return lmk_cuda_decode_argmax(g->backend, dt, y->data, cfg->vocab_size, dg->state);
+}
+
+/* One token at position kv->len through kv's recorded step: the first
+ * call runs the step (sizing its arena), the second records and replays
+ * it, later ones replay it. Then logits (V float32, if given) and *next
+ * (the greedy token, if given) come back. */
+static int decode_graph(lmk_ctx *c, const lmk_llama *m, lmk_kvcache *kv, int32_t tok,
+			float *logits, int32_t *next)
+{
+	struct lmk_decode_graph *dg = NULL;
+	int rc = graph_get(c, m, kv, &dg);
+	if (rc < 0)
+		return rc;
+	dg->host[0] = tok;
+	dg->host[1] = kv->len;
+	if ((rc = lmk_cuda_upload(c->backend, dg->state, dg->host, 2 * sizeof(int32_t))) < 0)
+		return rc;
+	if (!dg->exec) {
+		/* nothing of the step may allocate while it is recorded: the
+		 * first run sized the arena, whose reset happens here */
+		lmk_ctx_reset(&dg->g);
+		if (dg->runs == 0) {
+			rc = graph_step(dg, m, kv);
+		} else if ((rc = lmk_cuda_capture_begin(c->backend)) == 0) {
+			rc = graph_step(dg, m, kv);
+			int rc2 = lmk_cuda_capture_end(c->backend, &dg->exec);
+			if (rc == 0)
+				rc = rc2;
+			if (rc == 0)
+				rc = lmk_cuda_graph_launch(c->backend, dg->exec);
+		}
+	} else {
+		rc = lmk_cuda_graph_launch(c->backend, dg->exec);
+	}
+	if (rc < 0)
+		return rc;
+	dg->runs++;
+	kv->len++;
+	if (logits && (rc = lmk_tensor_read_f32(&dg->g, &dg->logits, 0, logits)) < 0)
+		return rc;
+	if (next) {
+		if ((rc = lmk_cuda_fetch(c->backend, dg->host + 2, dg->state + 2, sizeof(int32_t))) < 0)
+			return rc;
+		*next = dg->host[2];
+	}
+	return 0;
+}
 #endif
 
 /* One new token for each of n sequences, each at its own position in its
@@ -1231,7 +1427,8 @@ int lmk_llama_decode(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *i
 #if LMK_CUDA
 	int rc = m->cfg.mixer ? decode_mixer(c, m, kv, ids, n, logits)
 		 : c->dev == LMK_DEV_CPU ? decode(c, m, kv, ids, n, logits)
-					 : decode_dev(c, m, kv, ids, n, logits);
+		 : n == 1 && graph_wanted() ? decode_graph(c, m, kv, ids[0], logits, NULL)
+					    : decode_dev(c, m, kv, ids, n, logits);
 #else
 	int rc = m->cfg.mixer ? decode_mixer(c, m, kv, ids, n, logits)
 			      : decode(c, m, kv, ids, n, logits);
@@ -1372,13 +1569,17 @@ int lmk_llama_generate(lmk_ctx *c, lmk_llama *m, const int32_t *prompt, int n_pr
 		lmk_kvcache_free(&kv);
 		return lmk_err(LMK_ENOMEM, "generate: cannot allocate %d logits", V);
 	}
-	int n = 0;
+	int n = 0, tok = -1;
+#if LMK_CUDA
+	/* greedy on the device: the recorded step's argmax, 4 bytes back */
+	const int dev_argmax = c->dev != LMK_DEV_CPU && !m->cfg.mixer && !(s->temperature > 0) &&
+			       graph_wanted();
+#endif
 	lmk_ctx_reset(c);
 	rc = lmk_llama_decode(c, m, &kv, prompt, n_prompt, logits);
 	lmk_ctx_reset(c);
 	while (rc == 0) {
-		int tok = lmk_sample(s, logits, V);
-		if (tok < 0) {
+		if (tok < 0 && (tok = lmk_sample(s, logits, V)) < 0) {
 			rc = tok;
 			break;
 		}
@@ -1393,6 +1594,14 @@ int lmk_llama_generate(lmk_ctx *c, lmk_llama *m, const int32_t *prompt, int n_pr
 		if (stop || n == max_new)
 			break;
 		int32_t t32 = tok;
+		tok = -1;
+#if LMK_CUDA
+		if (dev_argmax) {
+			rc = decode_graph(c, m, &kv, t32, NULL, &t32);
+			tok = t32;
+			continue;
+		}
+#endif
 		rc = lmk_llama_decode(c, m, &kv, &t32, 1, logits);
 		lmk_ctx_reset(c);
 	}
