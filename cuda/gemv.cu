@@ -10,31 +10,47 @@
  * weights are read once for all N rows. Where IC is not a multiple of 8 or
  * a pointer is not 16-byte aligned, the same with one element a lane at a
  * time. N is a template argument (1..LMK_GEMV_MAX_ROWS) so that the sums
- * stay in registers. */
+ * stay in registers.
+ *
+ * For a recorded decoding step (lib/llama.c), one launch can do more than
+ * the linear op (gemv_cuda.h): up to three products of the same input (q,
+ * k and v; the warps' columns run over the three in turn), a residual
+ * added to the rounded product as the add op adds it, or the gate and up
+ * products of a SwiGLU MLP with the activation applied (two sums a warp,
+ * each rounded as its own product would be, then swiglu as elementwise.cu
+ * computes it), so that the result has the bits of the separate ops. */
 #include "common.cuh"
 #include "gemv_cuda.h"
 
 #define GEMV_WARPS 8
+#define MAXPART 3
 
+template <class T>
+struct part {
+	T *out;
+	const T *w, *b, *res;
+	int oc;
+};
+
+template <class T>
+struct parts {
+	part<T> p[MAXPART];
+	int n;
+};
+
+/* 1 / (1 + e^-x), as elementwise.cu's swiglu */
+static __device__ __forceinline__ float sigmoid_(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* acc[r] += w[0..IC) . x[r, 0..IC), this lane's share */
 template <class T, int R, bool VEC>
-__global__ void __launch_bounds__(GEMV_WARPS * 32)
-	gemv_k(T *__restrict__ out, const T *__restrict__ x, const T *__restrict__ w,
-	       const T *__restrict__ b, int IC, int OC)
+static __device__ __forceinline__ void dot_rows(float (&acc)[R], const T *__restrict__ w,
+						const T *__restrict__ x, int IC, int lane)
 {
-	const int lane = threadIdx.x & 31;
-	const int64_t o = (int64_t)blockIdx.x * GEMV_WARPS + threadIdx.x / 32;
-	if (o >= OC)
-		return; /* the whole warp */
-	const T *wo = w + o * IC;
-	float acc[R];
-#pragma unroll
-	for (int r = 0; r < R; r++)
-		acc[r] = 0.f;
 	if (VEC) {
 #pragma unroll 4
 		for (int c = lane * 8; c < IC; c += 256) {
 			float wf[8];
-			ld8(wf, wo + c);
+			ld8(wf, w + c);
 #pragma unroll
 			for (int r = 0; r < R; r++) {
 				float xf[8];
@@ -46,63 +62,144 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 		}
 	} else {
 		for (int c = lane; c < IC; c += 32) {
-			const float wv = tof(wo[c]);
+			const float wv = tof(w[c]);
 #pragma unroll
 			for (int r = 0; r < R; r++)
 				acc[r] += wv * tof(x[(int64_t)r * IC + c]);
 		}
 	}
-	const float bias = b ? tof(b[o]) : 0.f;
+}
+
+/* GLU: a.p[0] is the gate (its out the result), a.p[1] the up product */
+template <class T, int R, bool VEC, bool GLU>
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+	gemv_k(const parts<T> a, const T *__restrict__ x, int IC)
+{
+	const int lane = threadIdx.x & 31;
+	int o = blockIdx.x * GEMV_WARPS + threadIdx.x / 32, s = 0;
+	if (!GLU)
+		while (s + 1 < a.n && o >= a.p[s].oc)
+			o -= a.p[s++].oc;
+	const part<T> P = s == 0 ? a.p[0] : s == 1 ? a.p[1] : a.p[2];
+	if (o >= P.oc)
+		return; /* the whole warp */
+	float acc[R], up[R];
+#pragma unroll
+	for (int r = 0; r < R; r++)
+		acc[r] = up[r] = 0.f;
+	dot_rows<T, R, VEC>(acc, P.w + (int64_t)o * IC, x, IC, lane);
+	if (GLU)
+		dot_rows<T, R, VEC>(up, a.p[1].w + (int64_t)o * IC, x, IC, lane);
+	const float bias = P.b ? tof(P.b[o]) : 0.f;
+	const float ubias = GLU && a.p[1].b ? tof(a.p[1].b[o]) : 0.f;
 #pragma unroll
 	for (int r = 0; r < R; r++) {
-		const float s = warp_sum(acc[r]);
-		if (lane == r)
-			out[(int64_t)r * OC + o] = fromf<T>(s + bias);
+		const float sum = warp_sum(acc[r]);
+		const float usum = GLU ? warp_sum(up[r]) : 0.f;
+		if (lane != r)
+			continue;
+		const int64_t i = (int64_t)r * P.oc + o;
+		float y = tof(fromf<T>(sum + bias));
+		if (GLU)
+			y = y * sigmoid_(y) * tof(fromf<T>(usum + ubias));
+		else if (P.res)
+			y = tof(P.res[i]) + y;
+		P.out[i] = fromf<T>(y);
 	}
 }
 
-template <class T, int R>
-static void launch(cudaStream_t st, bool vec, T *out, const T *x, const T *w, const T *b, int IC,
-		   int OC)
+template <class T, int R, bool GLU>
+static void launch(cudaStream_t st, bool vec, const parts<T> &a, const T *x, int IC, int64_t cols)
 {
-	const unsigned blocks = (unsigned)((OC + GEMV_WARPS - 1) / GEMV_WARPS);
+	const unsigned blocks = (unsigned)((cols + GEMV_WARPS - 1) / GEMV_WARPS);
 	if (vec)
-		gemv_k<T, R, true><<<blocks, GEMV_WARPS * 32, 0, st>>>(out, x, w, b, IC, OC);
+		gemv_k<T, R, true, GLU><<<blocks, GEMV_WARPS * 32, 0, st>>>(a, x, IC);
 	else
-		gemv_k<T, R, false><<<blocks, GEMV_WARPS * 32, 0, st>>>(out, x, w, b, IC, OC);
+		gemv_k<T, R, false, GLU><<<blocks, GEMV_WARPS * 32, 0, st>>>(a, x, IC);
 }
 
-template <class T>
-static void launch_rows(cudaStream_t st, int N, bool vec, T *out, const T *x, const T *w,
-			const T *b, int IC, int OC)
+template <class T, bool GLU>
+static void launch_rows(cudaStream_t st, int N, bool vec, const parts<T> &a, const T *x, int IC,
+			int64_t cols)
 {
 	switch (N) {
-	case 1: launch<T, 1>(st, vec, out, x, w, b, IC, OC); break;
-	case 2: launch<T, 2>(st, vec, out, x, w, b, IC, OC); break;
-	case 3: launch<T, 3>(st, vec, out, x, w, b, IC, OC); break;
-	case 4: launch<T, 4>(st, vec, out, x, w, b, IC, OC); break;
-	case 5: launch<T, 5>(st, vec, out, x, w, b, IC, OC); break;
-	case 6: launch<T, 6>(st, vec, out, x, w, b, IC, OC); break;
-	case 7: launch<T, 7>(st, vec, out, x, w, b, IC, OC); break;
-	default: launch<T, 8>(st, vec, out, x, w, b, IC, OC); break;
+	case 1: launch<T, 1, GLU>(st, vec, a, x, IC, cols); break;
+	case 2: launch<T, 2, GLU>(st, vec, a, x, IC, cols); break;
+	case 3: launch<T, 3, GLU>(st, vec, a, x, IC, cols); break;
+	case 4: launch<T, 4, GLU>(st, vec, a, x, IC, cols); break;
+	case 5: launch<T, 5, GLU>(st, vec, a, x, IC, cols); break;
+	case 6: launch<T, 6, GLU>(st, vec, a, x, IC, cols); break;
+	case 7: launch<T, 7, GLU>(st, vec, a, x, IC, cols); break;
+	default: launch<T, 8, GLU>(st, vec, a, x, IC, cols); break;
 	}
+}
+
+static int check(const char *who, int64_t N, int64_t IC, int n)
+{
+	if (N < 1 || N > LMK_GEMV_MAX_ROWS || IC < 1 || IC > INT32_MAX || n < 1 || n > MAXPART)
+		return lmk_err(LMK_EINVAL, "%s: N %lld, IC %lld, %d products: expected 1 <= N <= "
+			       "%d, IC >= 1, 1 to %d products", who, (long long)N, (long long)IC, n,
+			       LMK_GEMV_MAX_ROWS, MAXPART);
+	return 0;
+}
+
+/* Launches the products of outs (the GLU pair when glu). */
+template <class T>
+static int run(void *be, bool glu, const void *inp, int64_t N, int64_t IC,
+	       const lmk_gemv_out *outs, int n)
+{
+	parts<T> a = {};
+	int64_t cols = 0;
+	/* the bias and the residual are read one element at a time: their
+	 * alignment does not matter */
+	bool vec = vec8_ok(IC, inp);
+	for (int i = 0; i < n; i++) {
+		if (outs[i].oc < 0 || outs[i].oc > INT32_MAX)
+			return lmk_err(LMK_EINVAL, "gemv: %lld outputs", (long long)outs[i].oc);
+		a.p[i] = part<T>{(T *)outs[i].out, (const T *)outs[i].w, (const T *)outs[i].b,
+				 (const T *)outs[i].res, (int)outs[i].oc};
+		vec = vec && al16(outs[i].w);
+		cols += glu ? 0 : outs[i].oc;
+	}
+	a.n = n;
+	if (glu)
+		cols = outs[0].oc;
+	if (cols == 0)
+		return 0;
+	if (cols > (int64_t)INT32_MAX - GEMV_WARPS)
+		return lmk_err(LMK_EINVAL, "gemv: %lld outputs in all", (long long)cols);
+	cudaStream_t st = LMK_BE(be)->stream;
+	if (glu)
+		launch_rows<T, true>(st, (int)N, vec, a, (const T *)inp, (int)IC, cols);
+	else
+		launch_rows<T, false>(st, (int)N, vec, a, (const T *)inp, (int)IC, cols);
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+extern "C" int lmk_cuda_gemv_multi(void *be, lmk_dtype dt, const void *inp, int64_t N, int64_t IC,
+				   const lmk_gemv_out *outs, int n)
+{
+	if (check("gemv", N, IC, n) < 0)
+		return lmk_errcode();
+	LMK_DT_SWITCH(dt, "gemv", return run<T>(be, false, inp, N, IC, outs, n));
+	return 0;
 }
 
 extern "C" int lmk_cuda_gemv(void *be, lmk_dtype dt, void *out, const void *inp, const void *w,
 			     const void *b, int64_t N, int64_t IC, int64_t OC)
 {
-	if (N < 1 || N > LMK_GEMV_MAX_ROWS || IC < 1 || IC > INT32_MAX || OC > INT32_MAX)
-		return lmk_err(LMK_EINVAL, "gemv: N %lld, IC %lld, OC %lld: expected 1 <= N <= %d, "
-			       "IC >= 1", (long long)N, (long long)IC, (long long)OC,
-			       LMK_GEMV_MAX_ROWS);
-	if (OC <= 0)
-		return 0;
-	/* the bias is read one element at a time: its alignment does not matter */
-	const bool vec = vec8_ok(IC, inp, w);
-	cudaStream_t st = LMK_BE(be)->stream;
-	LMK_DT_SWITCH(dt, "gemv",
-		      launch_rows<T>(st, (int)N, vec, (T *)out, (const T *)inp, (const T *)w,
-				     (const T *)b, (int)IC, (int)OC));
-	LMK_CK_LAUNCH();
+	const lmk_gemv_out o = {out, w, b, NULL, OC};
+	return lmk_cuda_gemv_multi(be, dt, inp, N, IC, &o, 1);
+}
+
+extern "C" int lmk_cuda_gemv_swiglu(void *be, lmk_dtype dt, void *out, const void *inp,
+				    const void *wg, const void *bg, const void *wu, const void *bu,
+				    int64_t N, int64_t IC, int64_t OC)
+{
+	if (check("gemv swiglu", N, IC, 2) < 0)
+		return lmk_errcode();
+	const lmk_gemv_out o[2] = {{out, wg, bg, NULL, OC}, {NULL, wu, bu, NULL, OC}};
+	LMK_DT_SWITCH(dt, "gemv swiglu", return run<T>(be, true, inp, N, IC, o, 2));
 	return 0;
 }

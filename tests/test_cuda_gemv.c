@@ -11,7 +11,10 @@
  * poisoned (0xFF: NaN) before the call and followed by sentinel bytes that
  * must survive. Error ||gpu - ref|| / ||ref|| at most 1e-5 in F32 and 1e-2
  * in BF16 (the output's rounding), NaN never passes; two runs give the
- * same bits.
+ * same bits. The fused forms of a recorded decoding step: three products
+ * of one input in a launch, two of them with a residual added
+ * (lmk_cuda_gemv_multi), and the gate and up products with SwiGLU applied
+ * (lmk_cuda_gemv_swiglu), against the same reference.
  *
  * Exits 77 without a device or in a CPU-only build. Runs without fork: a
  * child forked after CUDA is initialised cannot use the device. */
@@ -135,6 +138,130 @@ END_TEST
 START_TEST(test_gemv_bf16) { check_dims(LMK_BF16, _i); }
 END_TEST
 
+/* n random values in [-scale, scale) on the device (rounded to dt, the
+ * rounded values in *host, malloc'd), at off elements into the buffer */
+static void *rand_dev(lmk_dtype dt, size_t n, float scale, lmk_rng *r, int off, float **host)
+{
+	float *h = malloc((n + 1) * sizeof *h);
+	char *d;
+	ck_assert_ptr_nonnull(h);
+	for (size_t i = 0; i < n; i++)
+		h[i] = scale * (2.0f * lmk_rng_uniform(r) - 1.0f);
+	ck_assert_int_eq(lmk_cuda_mem_alloc((void **)&d, (n + 1) * lmk_dtype_size(dt)), 0);
+	put(d + off * lmk_dtype_size(dt), dt, h, n);
+	*host = h;
+	return d + off * lmk_dtype_size(dt);
+}
+
+/* n outputs of dtype dt from the device, each finite, against ref */
+static void compare(lmk_dtype dt, const void *dout, const double *ref, size_t n, const char *what)
+{
+	const size_t es = lmk_dtype_size(dt);
+	void *raw = malloc(n * es);
+	float *got = malloc(n * sizeof *got);
+	ck_assert(raw && got);
+	ck_assert_int_eq(lmk_cuda_download(g_be, raw, dout, n * es), 0);
+	lmk_dtype_to_f32(dt, raw, got, n);
+	double num = 0, den = 0;
+	for (size_t i = 0; i < n; i++) {
+		ck_assert_msg(isfinite(got[i]), "%s: out[%zu] is %g", what, i, got[i]);
+		num += (got[i] - ref[i]) * (got[i] - ref[i]);
+		den += ref[i] * ref[i];
+	}
+	double err = sqrt(num / (den > 0 ? den : 1)), tol = dt == LMK_BF16 ? 1e-2 : 1e-5;
+	ck_assert_msg(err <= tol, "%s: error %.3g (%.0e allowed)", what, err, tol);
+	free(raw);
+	free(got);
+}
+
+/* x (N,IC) . w row o (OC,IC) in double */
+static double dot(const float *x, const float *w, int n, int o, int IC)
+{
+	double s = 0;
+	for (int i = 0; i < IC; i++)
+		s += (double)x[(size_t)n * IC + i] * w[(size_t)o * IC + i];
+	return s;
+}
+
+static void check_fused(lmk_dtype dt, int d)
+{
+	const int IC = dims[d].ic, OC = dims[d].oc;
+	const int oc[3] = {OC, OC + 3, 1};
+	for (int N = 1; N <= LMK_GEMV_MAX_ROWS; N++) {
+		for (int off = 0; off < 2; off++) {
+			char what[96];
+			snprintf(what, sizeof what, "%s N %d IC %d OC %d off %d", lmk_dtype_name(dt),
+				 N, IC, OC, off);
+			lmk_rng r;
+			lmk_rng_init(&r, 77u * (unsigned)N + (unsigned)IC + 13u * (unsigned)OC);
+			float *x, *w[3], *b0, *res[3] = {NULL, NULL, NULL}, *ign;
+			void *dx = rand_dev(dt, (size_t)N * IC, 1.0f, &r, off, &x);
+			lmk_gemv_out o[3];
+			for (int i = 0; i < 3; i++) {
+				o[i].w = rand_dev(dt, (size_t)oc[i] * IC, 1.0f / sqrtf((float)IC), &r,
+						  off, &w[i]);
+				o[i].b = i == 0 ? rand_dev(dt, (size_t)oc[i], 1.0f, &r, off, &b0) : NULL;
+				o[i].res = i > 0 ? rand_dev(dt, (size_t)N * oc[i], 1.0f, &r, off, &res[i])
+						 : NULL;
+				o[i].out = rand_dev(dt, (size_t)N * oc[i], 1.0f, &r, off, &ign);
+				free(ign);
+				o[i].oc = oc[i];
+			}
+			ck_assert_msg(lmk_cuda_gemv_multi(g_be, dt, dx, N, IC, o, 3) == 0, "%s: %s",
+				      what, lmk_errmsg());
+			for (int i = 0; i < 3; i++) {
+				double *ref = malloc(sizeof(double) * (size_t)N * oc[i]);
+				ck_assert_ptr_nonnull(ref);
+				for (int n = 0; n < N; n++)
+					for (int c = 0; c < oc[i]; c++)
+						ref[(size_t)n * oc[i] + c] =
+							dot(x, w[i], n, c, IC) + (i == 0 ? b0[c] : 0.0) +
+							(i > 0 ? res[i][(size_t)n * oc[i] + c] : 0.0);
+				char wi[128];
+				snprintf(wi, sizeof wi, "%s: multi, product %d", what, i);
+				compare(dt, o[i].out, ref, (size_t)N * oc[i], wi);
+				free(ref);
+			}
+			/* swiglu of products 0 (with its bias) and 1 over the first OC */
+			ck_assert_msg(lmk_cuda_gemv_swiglu(g_be, dt, o[1].out, dx, o[0].w, o[0].b,
+							   o[1].w, NULL, N, IC, OC) == 0,
+				      "%s: %s", what, lmk_errmsg());
+			double *ref = malloc(sizeof(double) * (size_t)N * OC);
+			ck_assert_ptr_nonnull(ref);
+			for (int n = 0; n < N; n++)
+				for (int c = 0; c < OC; c++) {
+					double g = dot(x, w[0], n, c, IC) + b0[c], u = dot(x, w[1], n, c, IC);
+					ref[(size_t)n * OC + c] = g / (1.0 + exp(-g)) * u;
+				}
+			char ws[128];
+			snprintf(ws, sizeof ws, "%s: swiglu", what);
+			/* its output has OC columns: o[1].out read as (N,OC) */
+			compare(dt, o[1].out, ref, (size_t)N * OC, ws);
+			free(ref);
+			const size_t es = lmk_dtype_size(dt);
+			lmk_cuda_mem_free((char *)dx - off * es);
+			free(x);
+			for (int i = 0; i < 3; i++) {
+				lmk_cuda_mem_free((char *)o[i].w - off * es);
+				lmk_cuda_mem_free((char *)o[i].out - off * es);
+				if (o[i].b)
+					lmk_cuda_mem_free((char *)o[i].b - off * es);
+				if (o[i].res)
+					lmk_cuda_mem_free((char *)o[i].res - off * es);
+				free(w[i]);
+				free(res[i]);
+			}
+			free(b0);
+		}
+	}
+}
+
+START_TEST(test_fused_f32) { check_fused(LMK_F32, _i); }
+END_TEST
+
+START_TEST(test_fused_bf16) { check_fused(LMK_BF16, _i); }
+END_TEST
+
 /* The same product twice: the same bits. */
 START_TEST(test_deterministic)
 {
@@ -173,6 +300,8 @@ int main(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_loop_test(tc, test_gemv_f32, 0, NDIMS);
 	tcase_add_loop_test(tc, test_gemv_bf16, 0, NDIMS);
+	tcase_add_loop_test(tc, test_fused_f32, 0, NDIMS);
+	tcase_add_loop_test(tc, test_fused_bf16, 0, NDIMS);
 	tcase_add_test(tc, test_deterministic);
 	tcase_add_test(tc, test_refuses);
 	suite_add_tcase(su, tc);
