@@ -278,8 +278,11 @@ __global__ void __launch_bounds__(ARG_THREADS) argmax_k(const T *__restrict__ x,
 				bi = i;
 			}
 		}
-		if (lane == 0)
+		if (lane == 0) {
 			state[2] = bi;
+			state[0] = bi;
+			state[1] += 1;
+		}
 	}
 }
 
@@ -352,10 +355,35 @@ extern "C" void lmk_cuda_host_free(void *p)
 		cudaFreeHost(p);
 }
 
-extern "C" int lmk_cuda_fetch(void *be, void *dst, const void *src, size_t bytes)
+extern "C" int lmk_cuda_fetch_async(void *be, void *dst, const void *src, size_t bytes)
 {
-	cudaStream_t st = LMK_BE(be)->stream;
-	LMK_CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, st));
-	LMK_CK(cudaStreamSynchronize(st));
+	LMK_CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, LMK_BE(be)->stream));
 	return 0;
+}
+
+extern "C" int lmk_cuda_event_new(void **ev)
+{
+	cudaEvent_t e;
+	*ev = NULL;
+	LMK_CK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+	*ev = e;
+	return 0;
+}
+
+extern "C" int lmk_cuda_event_record(void *be, void *ev)
+{
+	LMK_CK(cudaEventRecord((cudaEvent_t)ev, LMK_BE(be)->stream));
+	return 0;
+}
+
+extern "C" int lmk_cuda_event_wait(void *ev)
+{
+	LMK_CK(cudaEventSynchronize((cudaEvent_t)ev));
+	return 0;
+}
+
+extern "C" void lmk_cuda_event_free(void *ev)
+{
+	if (ev)
+		cudaEventDestroy((cudaEvent_t)ev);
 }

@@ -11,7 +11,7 @@
  * vocabulary. q, k, v, out, the cache and the logits are of dtype dt
  * (LMK_F32 or LMK_BF16); the cache is (S,K,D) for one layer.
  * Owns: nothing but the graphs and pinned buffers it hands out. Needs: the
- * backend's stream (cuda.h). Never: waits (except lmk_cuda_fetch), prints. */
+ * backend's stream (cuda.h). Never: waits (but lmk_cuda_event_wait), prints. */
 #ifndef LMK_DECODE_CUDA_H
 #define LMK_DECODE_CUDA_H
 
@@ -51,7 +51,8 @@ int lmk_cuda_decode_attention(void *be, lmk_dtype dt, void *out /*(H,D)*/, const
 			      float *part);
 
 /* state[2] = the index of the largest of the V logits, the lowest among
- * equals (lmk_sample's greedy choice). @return : 0 or LMK_EDEVICE */
+ * equals (lmk_sample's greedy choice); then the state moves on to the next
+ * step: state[0] = that token, state[1] += 1. @return : 0 or LMK_EDEVICE */
 int lmk_cuda_decode_argmax(void *be, lmk_dtype dt, const void *logits, int64_t V,
 			   int32_t *state);
 
@@ -68,9 +69,15 @@ void lmk_cuda_graph_free(void *graph);
  * @return : 0 or LMK_ENOMEM */
 int lmk_cuda_host_alloc(void **p, size_t bytes);
 void lmk_cuda_host_free(void *p);
-/* Device to host on the stream, then waits for it (without reading the
- * error word as lmk_cuda_download does). @return : 0 or LMK_EDEVICE */
-int lmk_cuda_fetch(void *be, void *dst, const void *src, size_t bytes);
+/* Device to host (pinned dst) on the stream, without waiting.
+ * @return : 0 or LMK_EDEVICE */
+int lmk_cuda_fetch_async(void *be, void *dst, const void *src, size_t bytes);
+/* Events: record marks the stream's work queued so far; wait blocks the
+ * host until that work is done. @return : 0 or LMK_EDEVICE */
+int lmk_cuda_event_new(void **ev);
+int lmk_cuda_event_record(void *be, void *ev);
+int lmk_cuda_event_wait(void *ev);
+void lmk_cuda_event_free(void *ev);
 
 #ifdef __cplusplus
 }

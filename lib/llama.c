@@ -844,7 +844,8 @@ struct lmk_decode_graph {
 	int nsplit;                      /* attention's parts (from max_t) */
 	int32_t *state;                  /* device: token, position, argmax */
 	float *freq;                     /* device: the rope table (D/2) */
-	int32_t *host;                   /* pinned: the same three words */
+	int32_t *host;                   /* pinned: token and position to upload,
+					  * two slots of tokens read back */
 	lmk_tensor logits;               /* the step's (1,V), in g's arena */
 };
 
@@ -1307,21 +1308,13 @@ static int graph_step(struct lmk_decode_graph *dg, const lmk_llama *m, lmk_kvcac
 	return lmk_cuda_decode_argmax(g->backend, dt, y->data, cfg->vocab_size, dg->state);
 }
 
-/* One token at position kv->len through kv's recorded step: the first
- * call runs the step (sizing its arena), the second records and replays
- * it, later ones replay it. Then logits (V float32, if given) and *next
- * (the greedy token, if given) come back. */
-static int decode_graph(lmk_ctx *c, const lmk_llama *m, lmk_kvcache *kv, int32_t tok,
-			float *logits, int32_t *next)
+/* Queues one step of dg on the state as the device holds it (the token
+ * and position the host uploaded, or those the previous step left): the
+ * first run of the step runs it (sizing its arena), the second records and
+ * replays it, later ones replay it. */
+static int graph_run(lmk_ctx *c, const lmk_llama *m, lmk_kvcache *kv, struct lmk_decode_graph *dg)
 {
-	struct lmk_decode_graph *dg = NULL;
-	int rc = graph_get(c, m, kv, &dg);
-	if (rc < 0)
-		return rc;
-	dg->host[0] = tok;
-	dg->host[1] = kv->len;
-	if ((rc = lmk_cuda_upload(c->backend, dg->state, dg->host, 2 * sizeof(int32_t))) < 0)
-		return rc;
+	int rc;
 	if (!dg->exec) {
 		/* nothing of the step may allocate while it is recorded: the
 		 * first run sized the arena, whose reset happens here */
@@ -1343,17 +1336,26 @@ static int decode_graph(lmk_ctx *c, const lmk_llama *m, lmk_kvcache *kv, int32_t
 		return rc;
 	dg->runs++;
 	kv->len++;
-	if (logits && (rc = lmk_tensor_read_f32(&dg->g, &dg->logits, 0, logits)) < 0)
-		return rc;
-	if (next) {
-		if ((rc = lmk_cuda_fetch(c->backend, dg->host + 2, dg->state + 2, sizeof(int32_t))) < 0)
-			return rc;
-		*next = dg->host[2];
-	}
 	return 0;
 }
-#endif
 
+/* One token at position kv->len through kv's recorded step, its logits
+ * (V float32) back. */
+static int decode_graph(lmk_ctx *c, const lmk_llama *m, lmk_kvcache *kv, int32_t tok,
+			float *logits)
+{
+	struct lmk_decode_graph *dg = NULL;
+	int rc = graph_get(c, m, kv, &dg);
+	if (rc < 0)
+		return rc;
+	dg->host[0] = tok;
+	dg->host[1] = kv->len;
+	if ((rc = lmk_cuda_upload(c->backend, dg->state, dg->host, 2 * sizeof(int32_t))) < 0 ||
+	    (rc = graph_run(c, m, kv, dg)) < 0)
+		return rc;
+	return lmk_tensor_read_f32(&dg->g, &dg->logits, 0, logits);
+}
+#endif
 /* One new token for each of n sequences, each at its own position in its
  * own cache: the ops run on (n,1) rows together; the cache rows are written
  * and attended row by row. */
@@ -1492,7 +1494,7 @@ int lmk_llama_decode(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *i
 #if LMK_CUDA
 	int rc = m->cfg.mixer ? decode_mixer(c, m, kv, ids, n, logits)
 		 : c->dev == LMK_DEV_CPU ? decode(c, m, kv, ids, n, logits)
-		 : n == 1 && graph_wanted() ? decode_graph(c, m, kv, ids[0], logits, NULL)
+		 : n == 1 && graph_wanted() ? decode_graph(c, m, kv, ids[0], logits)
 					    : decode_dev(c, m, kv, ids, n, logits);
 #else
 	int rc = m->cfg.mixer ? decode_mixer(c, m, kv, ids, n, logits)
@@ -1613,6 +1615,71 @@ int lmk_sample(lmk_sampler *s, float *logits, int V)
 	return tok;
 }
 
+/* Whether generation stops after tok (an end-of-sequence token of the
+ * config or of eos, or on_token says so). */
+static int gen_stop(const lmk_llama *m, int tok, const int32_t *eos, int neos,
+		    int (*on_token)(void *arg, int32_t tok), void *arg)
+{
+	int stop = 0;
+	for (int i = 0; i < m->cfg.neos; i++)
+		stop |= tok == m->cfg.eos_token_id[i];
+	for (int i = 0; eos && i < neos; i++)
+		stop |= tok == eos[i];
+	if (on_token && on_token(arg, tok))
+		stop = 1;
+	return stop;
+}
+
+#if LMK_CUDA
+/* Greedy generation after the prompt through kv's recorded step, first the
+ * prompt's token: each step leaves its argmax and the next position in the
+ * state, so steps follow one another on the device without the host; two
+ * are kept queued, each followed by a copy of its token into a pinned slot
+ * and an event, and the host reads token t while step t + 1 runs. A step
+ * queued past the end of sequence is wasted, never past max_new. */
+static int generate_dev(lmk_ctx *c, const lmk_llama *m, lmk_kvcache *kv, int32_t first,
+			int max_new, const int32_t *eos, int neos,
+			int (*on_token)(void *arg, int32_t tok), void *arg, int32_t *out, int *n)
+{
+	struct lmk_decode_graph *dg = NULL;
+	void *ev[2] = {NULL, NULL};
+	int rc = graph_get(c, m, kv, &dg);
+	if (rc == 0)
+		rc = lmk_cuda_event_new(&ev[0]);
+	if (rc == 0)
+		rc = lmk_cuda_event_new(&ev[1]);
+	if (rc == 0) {
+		dg->host[0] = first;
+		dg->host[1] = kv->len;
+		rc = lmk_cuda_upload(c->backend, dg->state, dg->host, 2 * sizeof(int32_t));
+	}
+	int32_t tok = first;
+	int queued = 1; /* step s computes token s; the next to queue */
+	for (int t = 0; rc == 0; t++) {
+		if (t > 0) {
+			if ((rc = lmk_cuda_event_wait(ev[t % 2])) < 0)
+				break;
+			tok = dg->host[2 + t % 2];
+		}
+		out[(*n)++] = tok;
+		if (gen_stop(m, tok, eos, neos, on_token, arg) || *n == max_new)
+			break;
+		while (rc == 0 && queued <= t + 2 && queued < max_new) {
+			if ((rc = graph_run(c, m, kv, dg)) == 0 &&
+			    (rc = lmk_cuda_fetch_async(c->backend, dg->host + 2 + queued % 2,
+						       dg->state + 2, sizeof(int32_t))) == 0)
+				rc = lmk_cuda_event_record(c->backend, ev[queued % 2]);
+			queued++;
+		}
+	}
+	/* steps still queued write into the cache and the pinned slots */
+	int rc2 = lmk_ctx_sync(c);
+	lmk_cuda_event_free(ev[0]);
+	lmk_cuda_event_free(ev[1]);
+	return rc < 0 ? rc : rc2;
+}
+#endif
+
 int lmk_llama_generate(lmk_ctx *c, lmk_llama *m, const int32_t *prompt, int n_prompt,
 		       int max_new, lmk_sampler *s, const int32_t *eos, int neos,
 		       int (*on_token)(void *arg, int32_t tok), void *arg, int32_t *out)
@@ -1634,39 +1701,33 @@ int lmk_llama_generate(lmk_ctx *c, lmk_llama *m, const int32_t *prompt, int n_pr
 		lmk_kvcache_free(&kv);
 		return lmk_err(LMK_ENOMEM, "generate: cannot allocate %d logits", V);
 	}
-	int n = 0, tok = -1;
-#if LMK_CUDA
-	/* greedy on the device: the recorded step's argmax, 4 bytes back */
-	const int dev_argmax = c->dev != LMK_DEV_CPU && !m->cfg.mixer && !(s->temperature > 0) &&
-			       graph_wanted();
-#endif
+	int n = 0;
 	lmk_ctx_reset(c);
 	rc = lmk_llama_decode(c, m, &kv, prompt, n_prompt, logits);
 	lmk_ctx_reset(c);
+#if LMK_CUDA
+	/* greedy on the device: the recorded step's argmax, 4 bytes back */
+	if (rc == 0 && c->dev != LMK_DEV_CPU && !m->cfg.mixer && !(s->temperature > 0) &&
+	    graph_wanted()) {
+		int first = lmk_sample(s, logits, V);
+		rc = first < 0 ? first
+			       : generate_dev(c, m, &kv, first, max_new, eos, neos, on_token, arg,
+					      out, &n);
+		free(logits);
+		lmk_kvcache_free(&kv);
+		return rc < 0 ? rc : n;
+	}
+#endif
 	while (rc == 0) {
-		if (tok < 0 && (tok = lmk_sample(s, logits, V)) < 0) {
+		int tok = lmk_sample(s, logits, V);
+		if (tok < 0) {
 			rc = tok;
 			break;
 		}
 		out[n++] = tok;
-		int stop = 0;
-		for (int i = 0; i < m->cfg.neos; i++)
-			stop |= tok == m->cfg.eos_token_id[i];
-		for (int i = 0; eos && i < neos; i++)
-			stop |= tok == eos[i];
-		if (on_token && on_token(arg, tok))
-			stop = 1;
-		if (stop || n == max_new)
+		if (gen_stop(m, tok, eos, neos, on_token, arg) || n == max_new)
 			break;
 		int32_t t32 = tok;
-		tok = -1;
-#if LMK_CUDA
-		if (dev_argmax) {
-			rc = decode_graph(c, m, &kv, t32, NULL, &t32);
-			tok = t32;
-			continue;
-		}
-#endif
 		rc = lmk_llama_decode(c, m, &kv, &t32, 1, logits);
 		lmk_ctx_reset(c);
 	}
