@@ -59,7 +59,8 @@ extern "C" int lmk_cuda_decode_rope_append(void *be, lmk_dtype dt, void *q, cons
  * online softmax in log2 units), with the length read from the state:
  * block (s, h) reduces rows [s*chunk, (s+1)*chunk) of the first Tk, chunk
  * = ceil(Tk / nsplit), to (m, l, o); with one part it writes out. */
-#define ATT_THREADS 128
+#define ATT_THREADS 512 /* 64 keys in flight at D 64: a short cache in one pass */
+#define MERGE_THREADS 128
 #define LOG2E_F 1.4426950408889634f
 
 template <class T, bool VEC>
@@ -153,7 +154,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
 
 /* out of head h from its nsplit parts; a part with no rows has l = 0 */
 template <class T>
-__global__ void __launch_bounds__(ATT_THREADS)
+__global__ void __launch_bounds__(MERGE_THREADS)
 	attn_merge_k(T *__restrict__ out, const float *__restrict__ part, int nsplit, int D)
 {
 	const int h = blockIdx.x;
@@ -165,7 +166,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
 	float L = 0.f;
 	for (int s = 0; s < nsplit; s++)
 		L += ph[s * (D + 2) + 1] * exp2f(ph[s * (D + 2)] - Mu);
-	for (int d = threadIdx.x; d < D; d += ATT_THREADS) {
+	for (int d = threadIdx.x; d < D; d += MERGE_THREADS) {
 		float acc = 0.f;
 		for (int s = 0; s < nsplit; s++)
 			acc += ph[s * (D + 2) + 2 + d] * exp2f(ph[s * (D + 2)] - Mu);
@@ -175,10 +176,10 @@ __global__ void __launch_bounds__(ATT_THREADS)
 
 extern "C" int lmk_cuda_decode_splits(void *be, int64_t H, int64_t S)
 {
-	/* two waves of blocks over the heads when the cache is full, at least
-	 * 128 rows a part */
+	/* one part (one launch, no merge) up to 1024 rows; longer caches in
+	 * parts of at least 1024 rows, up to two waves of blocks */
 	int64_t n = (2 * LMK_BE(be)->sm_count + H - 1) / H;
-	int64_t most = (S + 127) / 128;
+	int64_t most = (S + 1023) / 1024;
 	return (int)(n < most ? (n > 1 ? n : 1) : (most > 1 ? most : 1));
 }
 
@@ -204,7 +205,7 @@ static int attention(cudaStream_t st, T *out, const T *q, const T *kc, const T *
 								     D, scale * LOG2E_F, tpr);
 	LMK_CK_LAUNCH();
 	if (nsplit > 1) {
-		attn_merge_k<T><<<H, ATT_THREADS, 0, st>>>(out, part, nsplit, D);
+		attn_merge_k<T><<<H, MERGE_THREADS, 0, st>>>(out, part, nsplit, D);
 		LMK_CK_LAUNCH();
 	}
 	return 0;

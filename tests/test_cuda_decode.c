@@ -285,7 +285,7 @@ END_TEST
 /* The recorded step against the op-by-op one: a GP-token prompt, then
  * GSTEP one-token steps into a cache of exactly GP + GSTEP rows (filled by
  * the last), twice over the same cache from position 0. */
-#define GP 200
+#define GP 1000
 #define GSTEP 60
 
 static const dcase gcases[] = {
