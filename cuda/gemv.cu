@@ -18,7 +18,11 @@
  * added to the rounded product as the add op adds it, or the gate and up
  * products of a SwiGLU MLP with the activation applied (two sums a warp,
  * each rounded as its own product would be, then swiglu as elementwise.cu
- * computes it), so that the result has the bits of the separate ops. */
+ * computes it), and the rmsnorm of the input in front: each warp first
+ * sums the squares of its rows (the lanes' elements in norm.cu's order, so
+ * the same 1/rms), then rounds each normalised input as the norm's output
+ * would be before it multiplies; so that the result has the bits of the
+ * separate ops. */
 #include "common.cuh"
 #include "gemv_cuda.h"
 
@@ -36,42 +40,78 @@ template <class T>
 struct parts {
 	part<T> p[MAXPART];
 	int n;
+	const T *nw; /* NORM: the rmsnorm weight (IC) */
+	float eps;
 };
 
 /* 1 / (1 + e^-x), as elementwise.cu's swiglu */
 static __device__ __forceinline__ float sigmoid_(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-/* acc[r] += w[0..IC) . x[r, 0..IC), this lane's share */
-template <class T, int R, bool VEC>
+/* acc[r] += w[0..IC) . x[r, 0..IC), this lane's share; NORM: x[r, i]
+ * taken as the rmsnorm output, rounded to T: x[r, i] rs[r] nw[i] */
+template <class T, int R, bool VEC, bool NORM>
 static __device__ __forceinline__ void dot_rows(float (&acc)[R], const T *__restrict__ w,
-						const T *__restrict__ x, int IC, int lane)
+						const T *__restrict__ x, const float (&rs)[R],
+						const T *__restrict__ nw, int IC, int lane)
 {
 	if (VEC) {
 #pragma unroll 4
 		for (int c = lane * 8; c < IC; c += 256) {
-			float wf[8];
+			float wf[8], nf[8];
 			ld8(wf, w + c);
+			if (NORM)
+				ld8(nf, nw + c);
 #pragma unroll
 			for (int r = 0; r < R; r++) {
 				float xf[8];
 				ld8(xf, x + (int64_t)r * IC + c);
 #pragma unroll
 				for (int e = 0; e < 8; e++)
-					acc[r] += wf[e] * xf[e];
+					acc[r] += wf[e] * (NORM ? tof(fromf<T>(xf[e] * rs[r] * nf[e])) : xf[e]);
 			}
 		}
 	} else {
 		for (int c = lane; c < IC; c += 32) {
-			const float wv = tof(w[c]);
+			const float wv = tof(w[c]), nv = NORM ? tof(nw[c]) : 1.f;
 #pragma unroll
-			for (int r = 0; r < R; r++)
-				acc[r] += wv * tof(x[(int64_t)r * IC + c]);
+			for (int r = 0; r < R; r++) {
+				const float xv = tof(x[(int64_t)r * IC + c]);
+				acc[r] += wv * (NORM ? tof(fromf<T>(xv * rs[r] * nv)) : xv);
+			}
 		}
 	}
 }
 
+/* rs[r] = 1 / rms of row r, as norm.cu's rmsnorm computes it (its vector
+ * kernel's order when VEC, its one-element kernel's otherwise) */
+template <class T, int R, bool VEC>
+static __device__ __forceinline__ void row_rstd(float (&rs)[R], const T *__restrict__ x, int IC,
+						float eps, int lane)
+{
+#pragma unroll
+	for (int r = 0; r < R; r++) {
+		const T *xr = x + (int64_t)r * IC;
+		float ss = 0.f;
+		if (VEC) {
+			for (int c = lane * 8; c < IC; c += 256) {
+				float xf[8];
+				ld8(xf, xr + c);
+				for (int e = 0; e < 8; e++)
+					ss += xf[e] * xf[e];
+			}
+		} else {
+			for (int c = lane; c < IC; c += 32) {
+				const float v = tof(xr[c]);
+				ss += v * v;
+			}
+		}
+		ss = warp_sum(ss);
+		rs[r] = (float)(1.0 / sqrt((double)ss / (double)IC + (double)eps));
+	}
+}
+
 /* GLU: a.p[0] is the gate (its out the result), a.p[1] the up product */
-template <class T, int R, bool VEC, bool GLU>
+template <class T, int R, bool VEC, bool GLU, bool NORM>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 	gemv_k(const parts<T> a, const T *__restrict__ x, int IC)
 {
@@ -83,13 +123,15 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 	const part<T> P = s == 0 ? a.p[0] : s == 1 ? a.p[1] : a.p[2];
 	if (o >= P.oc)
 		return; /* the whole warp */
-	float acc[R], up[R];
+	float acc[R], up[R], rs[R];
 #pragma unroll
 	for (int r = 0; r < R; r++)
-		acc[r] = up[r] = 0.f;
-	dot_rows<T, R, VEC>(acc, P.w + (int64_t)o * IC, x, IC, lane);
+		acc[r] = up[r] = rs[r] = 0.f;
+	if (NORM)
+		row_rstd<T, R, VEC>(rs, x, IC, a.eps, lane);
+	dot_rows<T, R, VEC, NORM>(acc, P.w + (int64_t)o * IC, x, rs, a.nw, IC, lane);
 	if (GLU)
-		dot_rows<T, R, VEC>(up, a.p[1].w + (int64_t)o * IC, x, IC, lane);
+		dot_rows<T, R, VEC, NORM>(up, a.p[1].w + (int64_t)o * IC, x, rs, a.nw, IC, lane);
 	const float bias = P.b ? tof(P.b[o]) : 0.f;
 	const float ubias = GLU && a.p[1].b ? tof(a.p[1].b[o]) : 0.f;
 #pragma unroll
@@ -108,29 +150,29 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 	}
 }
 
-template <class T, int R, bool GLU>
+template <class T, int R, bool GLU, bool NORM>
 static void launch(cudaStream_t st, bool vec, const parts<T> &a, const T *x, int IC, int64_t cols)
 {
 	const unsigned blocks = (unsigned)((cols + GEMV_WARPS - 1) / GEMV_WARPS);
 	if (vec)
-		gemv_k<T, R, true, GLU><<<blocks, GEMV_WARPS * 32, 0, st>>>(a, x, IC);
+		gemv_k<T, R, true, GLU, NORM><<<blocks, GEMV_WARPS * 32, 0, st>>>(a, x, IC);
 	else
-		gemv_k<T, R, false, GLU><<<blocks, GEMV_WARPS * 32, 0, st>>>(a, x, IC);
+		gemv_k<T, R, false, GLU, NORM><<<blocks, GEMV_WARPS * 32, 0, st>>>(a, x, IC);
 }
 
-template <class T, bool GLU>
+template <class T, bool GLU, bool NORM>
 static void launch_rows(cudaStream_t st, int N, bool vec, const parts<T> &a, const T *x, int IC,
 			int64_t cols)
 {
 	switch (N) {
-	case 1: launch<T, 1, GLU>(st, vec, a, x, IC, cols); break;
-	case 2: launch<T, 2, GLU>(st, vec, a, x, IC, cols); break;
-	case 3: launch<T, 3, GLU>(st, vec, a, x, IC, cols); break;
-	case 4: launch<T, 4, GLU>(st, vec, a, x, IC, cols); break;
-	case 5: launch<T, 5, GLU>(st, vec, a, x, IC, cols); break;
-	case 6: launch<T, 6, GLU>(st, vec, a, x, IC, cols); break;
-	case 7: launch<T, 7, GLU>(st, vec, a, x, IC, cols); break;
-	default: launch<T, 8, GLU>(st, vec, a, x, IC, cols); break;
+	case 1: launch<T, 1, GLU, NORM>(st, vec, a, x, IC, cols); break;
+	case 2: launch<T, 2, GLU, NORM>(st, vec, a, x, IC, cols); break;
+	case 3: launch<T, 3, GLU, NORM>(st, vec, a, x, IC, cols); break;
+	case 4: launch<T, 4, GLU, NORM>(st, vec, a, x, IC, cols); break;
+	case 5: launch<T, 5, GLU, NORM>(st, vec, a, x, IC, cols); break;
+	case 6: launch<T, 6, GLU, NORM>(st, vec, a, x, IC, cols); break;
+	case 7: launch<T, 7, GLU, NORM>(st, vec, a, x, IC, cols); break;
+	default: launch<T, 8, GLU, NORM>(st, vec, a, x, IC, cols); break;
 	}
 }
 
@@ -143,16 +185,17 @@ static int check(const char *who, int64_t N, int64_t IC, int n)
 	return 0;
 }
 
-/* Launches the products of outs (the GLU pair when glu). */
+/* Launches the products of outs (the GLU pair when glu), of the rmsnorm
+ * of inp when norm is given. */
 template <class T>
-static int run(void *be, bool glu, const void *inp, int64_t N, int64_t IC,
-	       const lmk_gemv_out *outs, int n)
+static int run(void *be, bool glu, const void *inp, const void *norm, float eps, int64_t N,
+	       int64_t IC, const lmk_gemv_out *outs, int n)
 {
 	parts<T> a = {};
 	int64_t cols = 0;
 	/* the bias and the residual are read one element at a time: their
 	 * alignment does not matter */
-	bool vec = vec8_ok(IC, inp);
+	bool vec = vec8_ok(IC, inp, norm);
 	for (int i = 0; i < n; i++) {
 		if (outs[i].oc < 0 || outs[i].oc > INT32_MAX)
 			return lmk_err(LMK_EINVAL, "gemv: %lld outputs", (long long)outs[i].oc);
@@ -162,6 +205,8 @@ static int run(void *be, bool glu, const void *inp, int64_t N, int64_t IC,
 		cols += glu ? 0 : outs[i].oc;
 	}
 	a.n = n;
+	a.nw = (const T *)norm;
+	a.eps = eps;
 	if (glu)
 		cols = outs[0].oc;
 	if (cols == 0)
@@ -169,20 +214,26 @@ static int run(void *be, bool glu, const void *inp, int64_t N, int64_t IC,
 	if (cols > (int64_t)INT32_MAX - GEMV_WARPS)
 		return lmk_err(LMK_EINVAL, "gemv: %lld outputs in all", (long long)cols);
 	cudaStream_t st = LMK_BE(be)->stream;
-	if (glu)
-		launch_rows<T, true>(st, (int)N, vec, a, (const T *)inp, (int)IC, cols);
+	const T *x = (const T *)inp;
+	if (glu && norm)
+		launch_rows<T, true, true>(st, (int)N, vec, a, x, (int)IC, cols);
+	else if (glu)
+		launch_rows<T, true, false>(st, (int)N, vec, a, x, (int)IC, cols);
+	else if (norm)
+		launch_rows<T, false, true>(st, (int)N, vec, a, x, (int)IC, cols);
 	else
-		launch_rows<T, false>(st, (int)N, vec, a, (const T *)inp, (int)IC, cols);
+		launch_rows<T, false, false>(st, (int)N, vec, a, x, (int)IC, cols);
 	LMK_CK_LAUNCH();
 	return 0;
 }
 
-extern "C" int lmk_cuda_gemv_multi(void *be, lmk_dtype dt, const void *inp, int64_t N, int64_t IC,
-				   const lmk_gemv_out *outs, int n)
+extern "C" int lmk_cuda_gemv_multi(void *be, lmk_dtype dt, const void *inp, const void *norm,
+				   float eps, int64_t N, int64_t IC, const lmk_gemv_out *outs,
+				   int n)
 {
 	if (check("gemv", N, IC, n) < 0)
 		return lmk_errcode();
-	LMK_DT_SWITCH(dt, "gemv", return run<T>(be, false, inp, N, IC, outs, n));
+	LMK_DT_SWITCH(dt, "gemv", return run<T>(be, false, inp, norm, eps, N, IC, outs, n));
 	return 0;
 }
 
@@ -190,16 +241,16 @@ extern "C" int lmk_cuda_gemv(void *be, lmk_dtype dt, void *out, const void *inp,
 			     const void *b, int64_t N, int64_t IC, int64_t OC)
 {
 	const lmk_gemv_out o = {out, w, b, NULL, OC};
-	return lmk_cuda_gemv_multi(be, dt, inp, N, IC, &o, 1);
+	return lmk_cuda_gemv_multi(be, dt, inp, NULL, 0.f, N, IC, &o, 1);
 }
 
 extern "C" int lmk_cuda_gemv_swiglu(void *be, lmk_dtype dt, void *out, const void *inp,
-				    const void *wg, const void *bg, const void *wu, const void *bu,
-				    int64_t N, int64_t IC, int64_t OC)
+				    const void *norm, float eps, const void *wg, const void *bg,
+				    const void *wu, const void *bu, int64_t N, int64_t IC, int64_t OC)
 {
 	if (check("gemv swiglu", N, IC, 2) < 0)
 		return lmk_errcode();
 	const lmk_gemv_out o[2] = {{out, wg, bg, NULL, OC}, {NULL, wu, bu, NULL, OC}};
-	LMK_DT_SWITCH(dt, "gemv swiglu", return run<T>(be, true, inp, N, IC, o, 2));
+	LMK_DT_SWITCH(dt, "gemv swiglu", return run<T>(be, true, inp, norm, eps, N, IC, o, 2));
 	return 0;
 }

@@ -36,16 +36,18 @@ typedef struct lmk_gemv_out {
 	const void *w, *b, *res; /* w (oc,IC); b (oc) and res (N,oc) may be NULL */
 	int64_t oc;
 } lmk_gemv_out;
-/* n (1 to 3) products of the same inp in one launch (q, k and v; a product
- * with its residual). @return : as lmk_cuda_gemv */
-int lmk_cuda_gemv_multi(void *be, lmk_dtype dt, const void *inp, int64_t N, int64_t IC,
-			const lmk_gemv_out *outs, int n);
-/* out (N,OC) = swiglu(inp wgᵀ + bg, inp wuᵀ + bu), each product rounded to
- * dt before the activation, as lmk_swiglu of two lmk_linear gives it.
+/* n (1 to 3) products of the same input in one launch (q, k and v; a
+ * product with its residual). The input is inp (N,IC), or with norm (IC)
+ * given rmsnorm(inp, norm, eps) as lmk_rmsnorm gives it.
  * @return : as lmk_cuda_gemv */
-int lmk_cuda_gemv_swiglu(void *be, lmk_dtype dt, void *out, const void *inp, const void *wg,
-			 const void *bg, const void *wu, const void *bu, int64_t N, int64_t IC,
-			 int64_t OC);
+int lmk_cuda_gemv_multi(void *be, lmk_dtype dt, const void *inp, const void *norm, float eps,
+			int64_t N, int64_t IC, const lmk_gemv_out *outs, int n);
+/* out (N,OC) = swiglu(x wgᵀ + bg, x wuᵀ + bu), x the input as above, each
+ * product rounded to dt before the activation, as lmk_swiglu of two
+ * lmk_linear gives it. @return : as lmk_cuda_gemv */
+int lmk_cuda_gemv_swiglu(void *be, lmk_dtype dt, void *out, const void *inp, const void *norm,
+			 float eps, const void *wg, const void *bg, const void *wu, const void *bu,
+			 int64_t N, int64_t IC, int64_t OC);
 
 #ifdef __cplusplus
 }

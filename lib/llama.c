@@ -1203,15 +1203,17 @@ static lmk_tensor *row_new(lmk_ctx *g, int64_t n)
 	return lmk_tensor_new(g, g->dtype, 3, shape, 0);
 }
 
-/* q, k and v of h (1,1,C): one launch of the gemv kernel when no adapter
- * is set, else the ops (lmk_lora_linear). */
-static int step_qkv(lmk_ctx *g, const lmk_llama *m, const lmk_llama_layer *ly, lmk_tensor *h,
+/* q, k and v of the residual x (1,1,C) after the layer's input norm: one
+ * launch of the gemv kernel (the norm inside) when no adapter is set, else
+ * the ops (lmk_rmsnorm, lmk_lora_linear). */
+static int step_qkv(lmk_ctx *g, const lmk_llama *m, const lmk_llama_layer *ly, lmk_tensor *x,
 		    lmk_tensor **q, lmk_tensor **k, lmk_tensor **v)
 {
 	const lmk_llama_config *cfg = &m->cfg;
 	const int64_t HD = (int64_t)cfg->num_attention_heads * cfg->head_dim;
 	const int64_t KD = (int64_t)cfg->num_key_value_heads * cfg->head_dim;
 	if (m->lora) {
+		lmk_tensor *h = lmk_rmsnorm(g, x, ly->ln1, cfg->rms_norm_eps);
 		*q = lmk_lora_linear(g, m->lora, h, ly->wq, ly->bq);
 		*k = lmk_lora_linear(g, m->lora, h, ly->wk, ly->bk);
 		*v = lmk_lora_linear(g, m->lora, h, ly->wv, ly->bv);
@@ -1220,19 +1222,20 @@ static int step_qkv(lmk_ctx *g, const lmk_llama *m, const lmk_llama_layer *ly, l
 	*q = row_new(g, HD);
 	*k = row_new(g, KD);
 	*v = row_new(g, KD);
-	if (!h || !*q || !*k || !*v)
+	if (!*q || !*k || !*v)
 		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
 	const lmk_gemv_out o[3] = {
 		{(*q)->data, lmk_op_x(g, ly->wq), lmk_op_x(g, ly->bq), NULL, HD},
 		{(*k)->data, lmk_op_x(g, ly->wk), lmk_op_x(g, ly->bk), NULL, KD},
 		{(*v)->data, lmk_op_x(g, ly->wv), lmk_op_x(g, ly->bv), NULL, KD},
 	};
-	return lmk_cuda_gemv_multi(g->backend, g->dtype, h->data, 1, cfg->hidden_size, o, 3);
+	return lmk_cuda_gemv_multi(g->backend, g->dtype, x->data, lmk_op_x(g, ly->ln1),
+				   cfg->rms_norm_eps, 1, cfg->hidden_size, o, 3);
 }
 
 /* The rest of a layer after attention, as finish_layer: without an adapter
- * in three launches (o_proj with the residual add, the gate and up
- * products with SwiGLU, down_proj with the residual add) and a norm. */
+ * in three launches (o_proj with the residual add; the norm, the gate and
+ * up products and SwiGLU; down_proj with the residual add). */
 static lmk_tensor *step_finish(lmk_ctx *g, const lmk_llama *m, const lmk_llama_layer *ly,
 			       lmk_tensor *x, lmk_tensor *a)
 {
@@ -1241,29 +1244,42 @@ static lmk_tensor *step_finish(lmk_ctx *g, const lmk_llama *m, const lmk_llama_l
 	const int64_t HD = (int64_t)cfg->num_attention_heads * cfg->head_dim;
 	if (m->lora)
 		return finish_layer(g, m, ly, x, a);
-	lmk_tensor *x1 = row_new(g, C);
-	if (!x1)
+	lmk_tensor *x1 = row_new(g, C), *gu = row_new(g, F), *x2 = row_new(g, C);
+	if (!x1 || !gu || !x2)
 		return NULL;
 	const lmk_gemv_out o = {x1->data, lmk_op_x(g, ly->wo), lmk_op_x(g, ly->bo), x->data, C};
-	if (lmk_cuda_gemv_multi(g->backend, g->dtype, a->data, 1, HD, &o, 1) < 0)
-		return NULL;
-	lmk_tensor *h = lmk_rmsnorm(g, x1, ly->ln2, cfg->rms_norm_eps);
-	lmk_tensor *gu = row_new(g, F), *x2 = row_new(g, C);
-	if (!h || !gu || !x2 ||
-	    lmk_cuda_gemv_swiglu(g->backend, g->dtype, gu->data, h->data, lmk_op_x(g, ly->wg),
-				 lmk_op_x(g, ly->bg), lmk_op_x(g, ly->wu), lmk_op_x(g, ly->bu), 1,
-				 C, F) < 0)
-		return NULL;
 	const lmk_gemv_out d = {x2->data, lmk_op_x(g, ly->wd), lmk_op_x(g, ly->bd), x1->data, C};
-	return lmk_cuda_gemv_multi(g->backend, g->dtype, gu->data, 1, F, &d, 1) < 0 ? NULL : x2;
+	if (lmk_cuda_gemv_multi(g->backend, g->dtype, a->data, NULL, 0.0f, 1, HD, &o, 1) < 0 ||
+	    lmk_cuda_gemv_swiglu(g->backend, g->dtype, gu->data, x1->data, lmk_op_x(g, ly->ln2),
+				 cfg->rms_norm_eps, lmk_op_x(g, ly->wg), lmk_op_x(g, ly->bg),
+				 lmk_op_x(g, ly->wu), lmk_op_x(g, ly->bu), 1, C, F) < 0 ||
+	    lmk_cuda_gemv_multi(g->backend, g->dtype, gu->data, NULL, 0.0f, 1, F, &d, 1) < 0)
+		return NULL;
+	return x2;
+}
+
+/* The logits (1,V) of the residual x after the final norm, in one launch
+ * (an adapter never touches lm_head: decode_logits is plain ops too). */
+static lmk_tensor *step_logits(lmk_ctx *g, const lmk_llama *m, lmk_tensor *x)
+{
+	const lmk_llama_config *cfg = &m->cfg;
+	lmk_tensor *y = row_new(g, cfg->vocab_size);
+	if (!y)
+		return NULL;
+	const lmk_gemv_out o = {y->data, lmk_op_x(g, m->lm_head), NULL, NULL, cfg->vocab_size};
+	if (lmk_cuda_gemv_multi(g->backend, g->dtype, x->data, lmk_op_x(g, m->norm),
+				cfg->rms_norm_eps, 1, cfg->hidden_size, &o, 1) < 0)
+		return NULL;
+	return y;
 }
 
 /* The one-token step on dg's context, every position-dependent read from
  * the state: decode_dev's ops, but rope and the cache append in one kernel
  * (lmk_cuda_decode_rope_append), attention reading the length from the
- * state (lmk_cuda_decode_attention), and, without an adapter, the layer's
- * products fused as step_qkv and step_finish say (the bits of the ops);
- * then the argmax of the logits into the state. No host copy, wait or
+ * state (lmk_cuda_decode_attention), and, without an adapter, the norms and
+ * products fused as step_qkv, step_finish and step_logits say (the bits of
+ * the ops): 6 launches a layer instead of 15; then the argmax of the
+ * logits into the state. No host copy, wait or
  * allocation beyond the arena's first step: it can be recorded. */
 static int graph_step(struct lmk_decode_graph *dg, const lmk_llama *m, lmk_kvcache *kv)
 {
@@ -1282,8 +1298,7 @@ static int graph_step(struct lmk_decode_graph *dg, const lmk_llama *m, lmk_kvcac
 	for (int l = 0; l < cfg->num_hidden_layers && x; l++) {
 		const lmk_llama_layer *ly = &m->layers[l];
 		lmk_tensor *q, *k, *v;
-		if ((rc = step_qkv(g, m, ly, lmk_rmsnorm(g, x, ly->ln1, cfg->rms_norm_eps), &q, &k,
-				   &v)) < 0)
+		if ((rc = step_qkv(g, m, ly, x, &q, &k, &v)) < 0)
 			return rc;
 		lmk_tensor *a = lmk_tensor_new(g, dt, 4, as, 0);
 		float *part = pbytes ? lmk_arena_alloc(&g->arena, pbytes) : NULL;
@@ -1299,9 +1314,7 @@ static int graph_step(struct lmk_decode_graph *dg, const lmk_llama *m, lmk_kvcac
 			return rc;
 		x = step_finish(g, m, ly, x, a);
 	}
-	lmk_tensor *y = x ? lmk_linear(g, lmk_rmsnorm(g, x, m->norm, cfg->rms_norm_eps),
-				       m->lm_head, NULL)
-			  : NULL;
+	lmk_tensor *y = x ? step_logits(g, m, x) : NULL;
 	if (!y)
 		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
 	dg->logits = *y;

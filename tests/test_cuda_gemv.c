@@ -14,7 +14,8 @@
  * same bits. The fused forms of a recorded decoding step: three products
  * of one input in a launch, two of them with a residual added
  * (lmk_cuda_gemv_multi), and the gate and up products with SwiGLU applied
- * (lmk_cuda_gemv_swiglu), against the same reference.
+ * (lmk_cuda_gemv_swiglu), each with and without the rmsnorm of its input
+ * in front, against the same reference.
  *
  * Exits 77 without a device or in a CPU-only build. Runs without fork: a
  * child forked after CUDA is initialised cannot use the device. */
@@ -174,12 +175,28 @@ static void compare(lmk_dtype dt, const void *dout, const double *ref, size_t n,
 	free(got);
 }
 
-/* x (N,IC) . w row o (OC,IC) in double */
-static double dot(const float *x, const float *w, int n, int o, int IC)
+/* x (N,IC) after rmsnorm with weight nw (NULL: x itself), in double */
+static double *normed(const float *x, const float *nw, int N, int IC, float eps)
+{
+	double *h = malloc(sizeof(double) * (size_t)N * IC);
+	ck_assert_ptr_nonnull(h);
+	for (int n = 0; n < N; n++) {
+		double ss = 0;
+		for (int i = 0; i < IC; i++)
+			ss += (double)x[(size_t)n * IC + i] * x[(size_t)n * IC + i];
+		double r = nw ? 1.0 / sqrt(ss / IC + eps) : 1.0;
+		for (int i = 0; i < IC; i++)
+			h[(size_t)n * IC + i] = x[(size_t)n * IC + i] * r * (nw ? nw[i] : 1.0);
+	}
+	return h;
+}
+
+/* h (N,IC) . w row o (OC,IC) in double */
+static double dotd(const double *h, const float *w, int n, int o, int IC)
 {
 	double s = 0;
 	for (int i = 0; i < IC; i++)
-		s += (double)x[(size_t)n * IC + i] * w[(size_t)o * IC + i];
+		s += h[(size_t)n * IC + i] * w[(size_t)o * IC + i];
 	return s;
 }
 
@@ -187,15 +204,19 @@ static void check_fused(lmk_dtype dt, int d)
 {
 	const int IC = dims[d].ic, OC = dims[d].oc;
 	const int oc[3] = {OC, OC + 3, 1};
+	const float eps = 1e-5f;
 	for (int N = 1; N <= LMK_GEMV_MAX_ROWS; N++) {
-		for (int off = 0; off < 2; off++) {
+		for (int v = 0; v < 4; v++) {
+			const int off = v & 1, norm = v >> 1;
 			char what[96];
-			snprintf(what, sizeof what, "%s N %d IC %d OC %d off %d", lmk_dtype_name(dt),
-				 N, IC, OC, off);
+			snprintf(what, sizeof what, "%s N %d IC %d OC %d off %d norm %d",
+				 lmk_dtype_name(dt), N, IC, OC, off, norm);
 			lmk_rng r;
 			lmk_rng_init(&r, 77u * (unsigned)N + (unsigned)IC + 13u * (unsigned)OC);
-			float *x, *w[3], *b0, *res[3] = {NULL, NULL, NULL}, *ign;
+			float *x, *w[3], *b0, *res[3] = {NULL, NULL, NULL}, *ign, *nw = NULL;
 			void *dx = rand_dev(dt, (size_t)N * IC, 1.0f, &r, off, &x);
+			void *dn = norm ? rand_dev(dt, (size_t)IC, 1.0f, &r, off, &nw) : NULL;
+			double *h = normed(x, nw, N, IC, eps);
 			lmk_gemv_out o[3];
 			for (int i = 0; i < 3; i++) {
 				o[i].w = rand_dev(dt, (size_t)oc[i] * IC, 1.0f / sqrtf((float)IC), &r,
@@ -207,15 +228,15 @@ static void check_fused(lmk_dtype dt, int d)
 				free(ign);
 				o[i].oc = oc[i];
 			}
-			ck_assert_msg(lmk_cuda_gemv_multi(g_be, dt, dx, N, IC, o, 3) == 0, "%s: %s",
-				      what, lmk_errmsg());
+			ck_assert_msg(lmk_cuda_gemv_multi(g_be, dt, dx, dn, eps, N, IC, o, 3) == 0,
+				      "%s: %s", what, lmk_errmsg());
 			for (int i = 0; i < 3; i++) {
 				double *ref = malloc(sizeof(double) * (size_t)N * oc[i]);
 				ck_assert_ptr_nonnull(ref);
 				for (int n = 0; n < N; n++)
 					for (int c = 0; c < oc[i]; c++)
 						ref[(size_t)n * oc[i] + c] =
-							dot(x, w[i], n, c, IC) + (i == 0 ? b0[c] : 0.0) +
+							dotd(h, w[i], n, c, IC) + (i == 0 ? b0[c] : 0.0) +
 							(i > 0 ? res[i][(size_t)n * oc[i] + c] : 0.0);
 				char wi[128];
 				snprintf(wi, sizeof wi, "%s: multi, product %d", what, i);
@@ -223,14 +244,15 @@ static void check_fused(lmk_dtype dt, int d)
 				free(ref);
 			}
 			/* swiglu of products 0 (with its bias) and 1 over the first OC */
-			ck_assert_msg(lmk_cuda_gemv_swiglu(g_be, dt, o[1].out, dx, o[0].w, o[0].b,
-							   o[1].w, NULL, N, IC, OC) == 0,
+			ck_assert_msg(lmk_cuda_gemv_swiglu(g_be, dt, o[1].out, dx, dn, eps, o[0].w,
+							   o[0].b, o[1].w, NULL, N, IC, OC) == 0,
 				      "%s: %s", what, lmk_errmsg());
 			double *ref = malloc(sizeof(double) * (size_t)N * OC);
 			ck_assert_ptr_nonnull(ref);
 			for (int n = 0; n < N; n++)
 				for (int c = 0; c < OC; c++) {
-					double g = dot(x, w[0], n, c, IC) + b0[c], u = dot(x, w[1], n, c, IC);
+					double g = dotd(h, w[0], n, c, IC) + b0[c];
+					double u = dotd(h, w[1], n, c, IC);
 					ref[(size_t)n * OC + c] = g / (1.0 + exp(-g)) * u;
 				}
 			char ws[128];
@@ -240,7 +262,11 @@ static void check_fused(lmk_dtype dt, int d)
 			free(ref);
 			const size_t es = lmk_dtype_size(dt);
 			lmk_cuda_mem_free((char *)dx - off * es);
+			if (dn)
+				lmk_cuda_mem_free((char *)dn - off * es);
 			free(x);
+			free(nw);
+			free(h);
 			for (int i = 0; i < 3; i++) {
 				lmk_cuda_mem_free((char *)o[i].w - off * es);
 				lmk_cuda_mem_free((char *)o[i].out - off * es);
