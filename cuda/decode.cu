@@ -299,6 +299,29 @@ extern "C" int lmk_cuda_decode_argmax(void *be, lmk_dtype dt, const void *logits
 	return 0;
 }
 
+/* ------------------------------------------------------ logits as float */
+
+template <class T>
+__global__ void to_f32_k(float *__restrict__ out, const T *__restrict__ x, int64_t n)
+{
+	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+	     i += (int64_t)gridDim.x * blockDim.x)
+		out[i] = tof(x[i]);
+}
+
+extern "C" int lmk_cuda_decode_to_f32(void *be, lmk_dtype dt, float *out, const void *x, int64_t n)
+{
+	cudaStream_t st = LMK_BE(be)->stream;
+	if (dt == LMK_F32) {
+		LMK_CK(cudaMemcpyAsync(out, x, (size_t)n * sizeof(float), cudaMemcpyDeviceToDevice, st));
+		return 0;
+	}
+	LMK_DT_SWITCH(dt, "decode logits",
+		      to_f32_k<T><<<grid_for(n, 256), 256, 0, st>>>(out, (const T *)x, n));
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
 /* ------------------------------------------------- graphs, pinned memory */
 
 extern "C" int lmk_cuda_capture_begin(void *be)

@@ -11,7 +11,8 @@
  * vocabulary. q, k, v, out, the cache and the logits are of dtype dt
  * (LMK_F32 or LMK_BF16); the cache is (S,K,D) for one layer.
  * Owns: nothing but the graphs and pinned buffers it hands out. Needs: the
- * backend's stream (cuda.h). Never: waits (but lmk_cuda_event_wait), prints. */
+ * backend's stream (cuda.h). Never: waits (but lmk_cuda_event_wait),
+ * prints. */
 #ifndef LMK_DECODE_CUDA_H
 #define LMK_DECODE_CUDA_H
 
@@ -55,6 +56,10 @@ int lmk_cuda_decode_attention(void *be, lmk_dtype dt, void *out /*(H,D)*/, const
  * step: state[0] = that token, state[1] += 1. @return : 0 or LMK_EDEVICE */
 int lmk_cuda_decode_argmax(void *be, lmk_dtype dt, const void *logits, int64_t V,
 			   int32_t *state);
+
+/* out (n float32, device) = x (n of dt, device), queued on the stream.
+ * @return : 0 or LMK_EDEVICE */
+int lmk_cuda_decode_to_f32(void *be, lmk_dtype dt, float *out, const void *x, int64_t n);
 
 /* Recording the work queued on the backend's stream between begin and end
  * (nothing runs meanwhile) into an executable graph; end also closes a

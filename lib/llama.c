@@ -844,9 +844,10 @@ struct lmk_decode_graph {
 	int nsplit;                      /* attention's parts (from max_t) */
 	int32_t *state;                  /* device: token, position, argmax */
 	float *freq;                     /* device: the rope table (D/2) */
+	float *flogits;                  /* device: the logits as float32 (V) */
 	int32_t *host;                   /* pinned: token and position to upload,
 					  * two slots of tokens read back */
-	lmk_tensor logits;               /* the step's (1,V), in g's arena */
+	const void *logits;              /* the step's (V) of dtype, in g's arena */
 };
 
 static void graph_free(struct lmk_decode_graph *dg)
@@ -1177,10 +1178,14 @@ static int graph_get(lmk_ctx *c, const lmk_llama *m, lmk_kvcache *kv,
 		dg->dtype = c->dtype;
 		graph_ctx(&dg->g, c);
 		dg->nsplit = lmk_cuda_decode_splits(c->backend, m->cfg.num_attention_heads, kv->max_t);
-		/* the state's three words padded to 16 bytes, then the table */
-		rc = lmk_cuda_mem_alloc((void **)&dg->state, 16 + sizeof(float) * (size_t)(D / 2));
+		/* the state's three words padded to 16 bytes, the float32
+		 * logits, then the table */
+		const size_t V = (size_t)m->cfg.vocab_size;
+		rc = lmk_cuda_mem_alloc((void **)&dg->state,
+					16 + sizeof(float) * (V + (size_t)(D / 2)));
 		if (rc == 0) {
-			dg->freq = (float *)(dg->state + 4);
+			dg->flogits = (float *)(dg->state + 4);
+			dg->freq = dg->flogits + V;
 			rc = lmk_cuda_upload(c->backend, dg->freq, m->rope.inv_freq,
 					     sizeof(float) * (size_t)(D / 2));
 		}
@@ -1317,7 +1322,7 @@ static int graph_step(struct lmk_decode_graph *dg, const lmk_llama *m, lmk_kvcac
 	lmk_tensor *y = x ? step_logits(g, m, x) : NULL;
 	if (!y)
 		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
-	dg->logits = *y;
+	dg->logits = y->data;
 	return lmk_cuda_decode_argmax(g->backend, dt, y->data, cfg->vocab_size, dg->state);
 }
 
@@ -1353,7 +1358,8 @@ static int graph_run(lmk_ctx *c, const lmk_llama *m, lmk_kvcache *kv, struct lmk
 }
 
 /* One token at position kv->len through kv's recorded step, its logits
- * (V float32) back. */
+ * (V float32) back: converted on the device and copied straight into
+ * logits (a host conversion of V bf16 values costs as much as the step). */
 static int decode_graph(lmk_ctx *c, const lmk_llama *m, lmk_kvcache *kv, int32_t tok,
 			float *logits)
 {
@@ -1364,9 +1370,14 @@ static int decode_graph(lmk_ctx *c, const lmk_llama *m, lmk_kvcache *kv, int32_t
 	dg->host[0] = tok;
 	dg->host[1] = kv->len;
 	if ((rc = lmk_cuda_upload(c->backend, dg->state, dg->host, 2 * sizeof(int32_t))) < 0 ||
-	    (rc = graph_run(c, m, kv, dg)) < 0)
+	    (rc = graph_run(c, m, kv, dg)) < 0 ||
+	    (rc = lmk_cuda_decode_to_f32(c->backend, c->dtype, dg->flogits, dg->logits,
+					 m->cfg.vocab_size)) < 0)
 		return rc;
-	return lmk_tensor_read_f32(&dg->g, &dg->logits, 0, logits);
+	/* a download reads the error word too: a token outside the vocabulary
+	 * fails here, as in decode_dev */
+	return lmk_cuda_download(c->backend, logits, dg->flogits,
+				 sizeof(float) * (size_t)m->cfg.vocab_size);
 }
 #endif
 /* One new token for each of n sequences, each at its own position in its
