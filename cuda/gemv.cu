@@ -47,6 +47,30 @@ struct parts {
 /* 1 / (1 + e^-x), as elementwise.cu's swiglu */
 static __device__ __forceinline__ float sigmoid_(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+/* Eight elements as loaded (16 or 32 bytes), converted when used: the
+ * registers of the loads in flight hold raw bits, not floats. */
+template <class T>
+struct __align__(16) raw8 {
+	uint4 u[sizeof(T) / 2];
+};
+
+static __device__ __forceinline__ void cvt8(float *v, const raw8<bf16> &r)
+{
+	const __nv_bfloat162 *h = (const __nv_bfloat162 *)r.u;
+	for (int k = 0; k < 4; k++) {
+		const float2 f = __bfloat1622float2(h[k]);
+		v[2 * k] = f.x;
+		v[2 * k + 1] = f.y;
+	}
+}
+
+static __device__ __forceinline__ void cvt8(float *v, const raw8<float> &r)
+{
+	const float *f = (const float *)r.u;
+	for (int k = 0; k < 8; k++)
+		v[k] = f[k];
+}
+
 /* acc[r] += w[0..IC) . x[r, 0..IC), this lane's share; NORM: x[r, i]
  * taken as the rmsnorm output, rounded to T: x[r, i] rs[r] nw[i] */
 template <class T, int R, bool VEC, bool NORM>
@@ -55,19 +79,34 @@ static __device__ __forceinline__ void dot_rows(float (&acc)[R], const T *__rest
 						const T *__restrict__ nw, int IC, int lane)
 {
 	if (VEC) {
-#pragma unroll 4
-		for (int c = lane * 8; c < IC; c += 256) {
-			float wf[8], nf[8];
-			ld8(wf, w + c);
-			if (NORM)
-				ld8(nf, nw + c);
+		/* U weight loads in flight per lane before any is used (what
+		 * keeps the memory busy when a matrix has few rows per SM);
+		 * the sums still run over c in increasing order */
+		constexpr int U = R <= 2 ? 8 : 4;
+		for (int c0 = lane * 8; c0 < IC; c0 += 256 * U) {
+			raw8<T> wr[U];
 #pragma unroll
-			for (int r = 0; r < R; r++) {
-				float xf[8];
-				ld8(xf, x + (int64_t)r * IC + c);
+			for (int u = 0; u < U; u++)
+				if (c0 + 256 * u < IC)
+					wr[u] = *(const raw8<T> *)(w + c0 + 256 * u);
 #pragma unroll
-				for (int e = 0; e < 8; e++)
-					acc[r] += wf[e] * (NORM ? tof(fromf<T>(xf[e] * rs[r] * nf[e])) : xf[e]);
+			for (int u = 0; u < U; u++) {
+				const int c = c0 + 256 * u;
+				if (c >= IC)
+					break;
+				float wf[8], nf[8];
+				cvt8(wf, wr[u]);
+				if (NORM)
+					ld8(nf, nw + c);
+#pragma unroll
+				for (int r = 0; r < R; r++) {
+					float xf[8];
+					ld8(xf, x + (int64_t)r * IC + c);
+#pragma unroll
+					for (int e = 0; e < 8; e++)
+						acc[r] += wf[e] *
+							  (NORM ? tof(fromf<T>(xf[e] * rs[r] * nf[e])) : xf[e]);
+				}
 			}
 		}
 	} else {
