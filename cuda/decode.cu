@@ -238,8 +238,9 @@ static __device__ __forceinline__ bool beats(float v, int i, float bv, int bi)
 }
 
 /* One block: each thread its strided elements in increasing order (the
- * first of equals kept), then a tree over the warp and the warps. */
-template <class T>
+ * first of equals kept; eight at a time, 16-byte loads, when VEC), then a
+ * tree over the warp and the warps. */
+template <class T, bool VEC>
 __global__ void __launch_bounds__(ARG_THREADS) argmax_k(const T *__restrict__ x, int V,
 							 int32_t *state)
 {
@@ -247,11 +248,25 @@ __global__ void __launch_bounds__(ARG_THREADS) argmax_k(const T *__restrict__ x,
 	__shared__ int si[ARG_THREADS / 32];
 	float bv = -INFINITY;
 	int bi = INT_MAX;
-	for (int i = threadIdx.x; i < V; i += ARG_THREADS) {
-		const float v = tof(x[i]);
-		if (bi == INT_MAX || v > bv) {
-			bv = v;
-			bi = i;
+	if (VEC) {
+#pragma unroll 4
+		for (int i = 8 * threadIdx.x; i < V; i += 8 * ARG_THREADS) {
+			float f[8];
+			ld8(f, x + i);
+#pragma unroll
+			for (int e = 0; e < 8; e++)
+				if (bi == INT_MAX || f[e] > bv) {
+					bv = f[e];
+					bi = i + e;
+				}
+		}
+	} else {
+		for (int i = threadIdx.x; i < V; i += ARG_THREADS) {
+			const float v = tof(x[i]);
+			if (bi == INT_MAX || v > bv) {
+				bv = v;
+				bi = i;
+			}
 		}
 	}
 	for (int o = 16; o > 0; o >>= 1) {
@@ -292,9 +307,15 @@ extern "C" int lmk_cuda_decode_argmax(void *be, lmk_dtype dt, const void *logits
 {
 	if (V < 1 || V > INT_MAX)
 		return lmk_err(LMK_EINVAL, "decode argmax: V %lld", (long long)V);
-	LMK_DT_SWITCH(dt, "decode argmax",
-		      argmax_k<T><<<1, ARG_THREADS, 0, LMK_BE(be)->stream>>>((const T *)logits,
-									     (int)V, state));
+	cudaStream_t st = LMK_BE(be)->stream;
+	if (vec8_ok(V, logits))
+		LMK_DT_SWITCH(dt, "decode argmax",
+			      argmax_k<T, true><<<1, ARG_THREADS, 0, st>>>((const T *)logits, (int)V,
+									   state));
+	else
+		LMK_DT_SWITCH(dt, "decode argmax",
+			      argmax_k<T, false><<<1, ARG_THREADS, 0, st>>>((const T *)logits, (int)V,
+									    state));
 	LMK_CK_LAUNCH();
 	return 0;
 }
