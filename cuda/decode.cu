@@ -4,12 +4,58 @@
  * decode_cuda.h) instead of the host. Rotary embedding with the KV-cache
  * append, attention over the cache up to that position, the greedy argmax,
  * and the graph and pinned-memory calls lib/llama.c replays the step with.
+ * The kernels of the step are launched with pdl_launch (pdl.cuh), so each
+ * one's launch overlaps the end of the one before.
  * Shape letters: H query heads, K key/value heads, D head dim, S cache
- * rows, V vocabulary. */
+ * rows, V vocabulary, C hidden. */
 #include <limits.h>
 
 #include "common.cuh"
 #include "decode_cuda.h"
+#include "pdl.cuh"
+
+/* ------------------------------------------------------------ embedding */
+
+/* out (C) = w[state[0]], as embedding.cu's forward (an id outside [0,V)
+ * sets LMK_CUDA_BAD_ID and gives zeros); eight elements a thread when VEC */
+template <class T, bool VEC>
+__global__ void embed_k(T *__restrict__ out, const T *__restrict__ w,
+			const int32_t *__restrict__ state, int C, int V, unsigned *flags)
+{
+	pdl_trigger();
+	pdl_wait();
+	const int id = state[0];
+	const bool bad = id < 0 || id >= V;
+	if (bad && threadIdx.x == 0)
+		atomicOr(flags, (unsigned)LMK_CUDA_BAD_ID);
+	const T *row = w + (int64_t)(bad ? 0 : id) * C;
+	if (VEC) {
+		for (int c = 8 * threadIdx.x; c < C; c += 8 * blockDim.x) {
+			float f[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+			if (!bad)
+				ld8(f, row + c);
+			st8(out + c, f);
+		}
+	} else {
+		for (int c = threadIdx.x; c < C; c += blockDim.x)
+			out[c] = bad ? fromf<T>(0.0f) : row[c];
+	}
+}
+
+extern "C" int lmk_cuda_decode_embed(void *be, lmk_dtype dt, void *out, const void *w,
+				     const int32_t *state, int64_t C, int64_t V)
+{
+	lmk_cuda_backend *b = LMK_BE(be);
+	const bool vec = vec8_ok(C, out, w);
+	cudaError_t e = cudaSuccess;
+	LMK_DT_SWITCH(dt, "decode embedding",
+		      e = vec ? pdl_launch(embed_k<T, true>, 1, 256, 0, b->stream, (T *)out,
+					   (const T *)w, state, (int)C, (int)V, b->flags)
+			      : pdl_launch(embed_k<T, false>, 1, 256, 0, b->stream, (T *)out,
+					   (const T *)w, state, (int)C, (int)V, b->flags));
+	LMK_CK(e);
+	return 0;
+}
 
 /* ------------------------------------------------- rope and cache append */
 
@@ -20,6 +66,8 @@ template <class T>
 __global__ void rope_append_k(T *q, const T *k, const T *v, T *kc, T *vc, const int32_t *state,
 			      const float *inv_freq, float attn_factor, int H, int K, int D)
 {
+	pdl_trigger();
+	pdl_wait();
 	const int p = state[1], half = D / 2, npair = (H + K) * half, total = npair + K * D;
 	const int64_t row = (int64_t)p * K * D;
 	for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < total; t += gridDim.x * blockDim.x) {
@@ -44,11 +92,13 @@ extern "C" int lmk_cuda_decode_rope_append(void *be, lmk_dtype dt, void *q, cons
 					   float attn_factor, int64_t H, int64_t K, int64_t D)
 {
 	const int64_t total = (H + K) * (D / 2) + K * D;
+	cudaError_t e = cudaSuccess;
 	LMK_DT_SWITCH(dt, "decode rope",
-		      rope_append_k<T><<<grid_for(total, 256), 256, 0, LMK_BE(be)->stream>>>(
-			      (T *)q, (const T *)k, (const T *)v, (T *)kcache, (T *)vcache, state,
-			      inv_freq, attn_factor, (int)H, (int)K, (int)D));
-	LMK_CK_LAUNCH();
+		      e = pdl_launch(rope_append_k<T>, grid_for(total, 256), 256, 0,
+				     LMK_BE(be)->stream, (T *)q, (const T *)k, (const T *)v,
+				     (T *)kcache, (T *)vcache, state, inv_freq, attn_factor, (int)H,
+				     (int)K, (int)D));
+	LMK_CK(e);
 	return 0;
 }
 
@@ -75,6 +125,13 @@ static __device__ __forceinline__ void load_n(float (&f)[8], const T *p, int n)
 		f[e] = e < n ? tof(p[e]) : 0.f;
 }
 
+static __device__ __forceinline__ float warp_max(float v)
+{
+	for (int o = 16; o > 0; o >>= 1)
+		v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+	return v;
+}
+
 template <class T, bool VEC>
 __global__ void __launch_bounds__(ATT_THREADS)
 	attn_part_k(T *__restrict__ out, float *__restrict__ part /*(H,nsplit,D+2)*/,
@@ -82,8 +139,12 @@ __global__ void __launch_bounds__(ATT_THREADS)
 		    const int32_t *__restrict__ state, int H, int K, int D, float scale_log2, int tpr)
 {
 	/* G groups of D floats: G * D <= ATT_THREADS * 8 since tpr * 8 >= D */
-	__shared__ float sm_m[ATT_THREADS], sm_l[ATT_THREADS], sm_o[ATT_THREADS * 8];
-	const int tid = threadIdx.x, s = blockIdx.x, h = blockIdx.y, nsplit = gridDim.x;
+	__shared__ float sm_m[ATT_THREADS], sm_l[ATT_THREADS], sm_f[ATT_THREADS];
+	__shared__ float sm_o[ATT_THREADS * 8];
+	pdl_trigger();
+	pdl_wait();
+	const int tid = threadIdx.x, lane = tid % 32, s = blockIdx.x, h = blockIdx.y;
+	const int nsplit = gridDim.x;
 	const int g = h / (H / K), G = ATT_THREADS / tpr, grp = tid / tpr, sub = tid % tpr;
 	const int d0 = sub * 8, nd = max(0, min(8, D - d0));
 	const int64_t ldk = (int64_t)K * D;
@@ -129,18 +190,33 @@ __global__ void __launch_bounds__(ATT_THREADS)
 		if (e < nd)
 			sm_o[grp * D + d0 + e] = o[e];
 	__syncthreads();
+	/* the groups merged in parallel, each sum in a fixed order: M and L
+	 * by every warp over lane-strided groups, each group's factor once,
+	 * then P threads per output element over groups j, j + P, ... */
 	float M = -INFINITY;
-	for (int x = 0; x < G; x++)
+	for (int x = lane; x < G; x += 32)
 		M = fmaxf(M, sm_m[x]);
+	M = warp_max(M);
 	const float Mu = M == -INFINITY ? 0.f : M;
+	for (int x = tid; x < G; x += ATT_THREADS)
+		sm_f[x] = exp2f(sm_m[x] - Mu);
+	__syncthreads();
 	float L = 0.f;
-	for (int x = 0; x < G; x++)
-		L += sm_l[x] * exp2f(sm_m[x] - Mu);
+	for (int x = lane; x < G; x += 32)
+		L += sm_l[x] * sm_f[x];
+	L = warp_sum(L);
+	int P = 32;
+	while (P * D > ATT_THREADS)
+		P >>= 1;
+	const int d = tid / P, jx = tid % P;
+	float acc = 0.f;
+	if (d < D)
+		for (int x = jx; x < G; x += P)
+			acc += sm_o[x * D + d] * sm_f[x];
+	for (int w = P >> 1; w > 0; w >>= 1)
+		acc += __shfl_xor_sync(0xffffffffu, acc, w);
 	float *ph = part + ((int64_t)h * nsplit + s) * (D + 2);
-	for (int d = tid; d < D; d += ATT_THREADS) {
-		float acc = 0.f;
-		for (int x = 0; x < G; x++)
-			acc += sm_o[x * D + d] * exp2f(sm_m[x] - Mu);
+	if (d < D && jx == 0) {
 		if (nsplit == 1)
 			out[(int64_t)h * D + d] = fromf<T>(L > 0.f ? acc / L : 0.f);
 		else
@@ -157,6 +233,8 @@ template <class T>
 __global__ void __launch_bounds__(MERGE_THREADS)
 	attn_merge_k(T *__restrict__ out, const float *__restrict__ part, int nsplit, int D)
 {
+	pdl_trigger();
+	pdl_wait();
 	const int h = blockIdx.x;
 	const float *ph = part + (int64_t)h * nsplit * (D + 2);
 	float M = -INFINITY;
@@ -197,17 +275,13 @@ static int attention(cudaStream_t st, T *out, const T *q, const T *kc, const T *
 		tpr <<= 1;
 	const bool vec = D % 8 == 0 && al16(q) && al16(kc) && al16(vc);
 	const dim3 grid(nsplit, H);
-	if (vec)
-		attn_part_k<T, true><<<grid, ATT_THREADS, 0, st>>>(out, part, q, kc, vc, state, H, K,
-								    D, scale * LOG2E_F, tpr);
-	else
-		attn_part_k<T, false><<<grid, ATT_THREADS, 0, st>>>(out, part, q, kc, vc, state, H, K,
-								     D, scale * LOG2E_F, tpr);
-	LMK_CK_LAUNCH();
-	if (nsplit > 1) {
-		attn_merge_k<T><<<H, MERGE_THREADS, 0, st>>>(out, part, nsplit, D);
-		LMK_CK_LAUNCH();
-	}
+	LMK_CK(vec ? pdl_launch(attn_part_k<T, true>, grid, ATT_THREADS, 0, st, out, part, q, kc, vc,
+				state, H, K, D, scale * LOG2E_F, tpr)
+		   : pdl_launch(attn_part_k<T, false>, grid, ATT_THREADS, 0, st, out, part, q, kc,
+				vc, state, H, K, D, scale * LOG2E_F, tpr));
+	if (nsplit > 1)
+		LMK_CK(pdl_launch(attn_merge_k<T>, H, MERGE_THREADS, 0, st, out, (const float *)part,
+				  nsplit, D));
 	return 0;
 }
 
@@ -246,6 +320,8 @@ __global__ void __launch_bounds__(ARG_THREADS) argmax_k(const T *__restrict__ x,
 {
 	__shared__ float sv[ARG_THREADS / 32];
 	__shared__ int si[ARG_THREADS / 32];
+	pdl_trigger();
+	pdl_wait();
 	float bv = -INFINITY;
 	int bi = INT_MAX;
 	if (VEC) {
@@ -308,15 +384,14 @@ extern "C" int lmk_cuda_decode_argmax(void *be, lmk_dtype dt, const void *logits
 	if (V < 1 || V > INT_MAX)
 		return lmk_err(LMK_EINVAL, "decode argmax: V %lld", (long long)V);
 	cudaStream_t st = LMK_BE(be)->stream;
-	if (vec8_ok(V, logits))
-		LMK_DT_SWITCH(dt, "decode argmax",
-			      argmax_k<T, true><<<1, ARG_THREADS, 0, st>>>((const T *)logits, (int)V,
-									   state));
-	else
-		LMK_DT_SWITCH(dt, "decode argmax",
-			      argmax_k<T, false><<<1, ARG_THREADS, 0, st>>>((const T *)logits, (int)V,
-									    state));
-	LMK_CK_LAUNCH();
+	const bool vec = vec8_ok(V, logits);
+	cudaError_t e = cudaSuccess;
+	LMK_DT_SWITCH(dt, "decode argmax",
+		      e = vec ? pdl_launch(argmax_k<T, true>, 1, ARG_THREADS, 0, st, (const T *)logits,
+					   (int)V, state)
+			      : pdl_launch(argmax_k<T, false>, 1, ARG_THREADS, 0, st,
+					   (const T *)logits, (int)V, state));
+	LMK_CK(e);
 	return 0;
 }
 

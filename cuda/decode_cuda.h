@@ -25,6 +25,12 @@ extern "C" {
 
 #include "dtype.h" /* a C header without extern "C" guards of its own */
 
+/* out (C) = the row state[0] of w (V,C), as lmk_cuda_embedding_forward
+ * (an id outside [0,V) sets LMK_CUDA_BAD_ID, reported at the next sync,
+ * and gives zeros). @return : 0 or LMK_EDEVICE */
+int lmk_cuda_decode_embed(void *be, lmk_dtype dt, void *out, const void *w, const int32_t *state,
+			  int64_t C, int64_t V);
+
 /* Rotary embedding at position p = state[1], as lmk_cuda_rope_forward
  * (the same float32 angle and rounding): q rotated in place; k rotated and
  * written to row p of kcache; v copied to row p of vcache. inv_freq (D/2)

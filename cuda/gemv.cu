@@ -22,9 +22,12 @@
  * sums the squares of its rows (the lanes' elements in norm.cu's order, so
  * the same 1/rms), then rounds each normalised input as the norm's output
  * would be before it multiplies; so that the result has the bits of the
- * separate ops. */
+ * separate ops.
+ * Launches allow programmatic dependent launch (pdl.cuh): a kernel's first
+ * weight loads overlap the end of the kernel before it. */
 #include "common.cuh"
 #include "gemv_cuda.h"
+#include "pdl.cuh"
 
 #define GEMV_WARPS 8
 #define MAXPART 3
@@ -71,52 +74,84 @@ static __device__ __forceinline__ void cvt8(float *v, const raw8<float> &r)
 		v[k] = f[k];
 }
 
-/* acc[r] += w[0..IC) . x[r, 0..IC), this lane's share; NORM: x[r, i]
- * taken as the rmsnorm output, rounded to T: x[r, i] rs[r] nw[i] */
-template <class T, int R, bool VEC, bool NORM>
-static __device__ __forceinline__ void dot_rows(float (&acc)[R], const T *__restrict__ w,
-						const T *__restrict__ x, const float (&rs)[R],
-						const T *__restrict__ nw, int IC, int lane)
+/* U weight loads in flight per lane before any is used (what keeps the
+ * memory busy when a matrix has few rows per SM); the sums still run over
+ * the elements in increasing order. */
+template <int R>
+struct unroll {
+	static constexpr int U = R <= 2 ? 8 : 4;
+};
+
+/* The weights of one batch: w[c0 + 256 u .. + 8) for u < U, as loaded. */
+template <class T, int U>
+struct wbatch {
+	raw8<T> r[U];
+};
+
+template <class T, int U>
+static __device__ __forceinline__ void load_batch(wbatch<T, U> &b, const T *__restrict__ w, int c0,
+						  int IC)
 {
-	if (VEC) {
-		/* U weight loads in flight per lane before any is used (what
-		 * keeps the memory busy when a matrix has few rows per SM);
-		 * the sums still run over c in increasing order */
-		constexpr int U = R <= 2 ? 8 : 4;
-		for (int c0 = lane * 8; c0 < IC; c0 += 256 * U) {
-			raw8<T> wr[U];
 #pragma unroll
-			for (int u = 0; u < U; u++)
-				if (c0 + 256 * u < IC)
-					wr[u] = *(const raw8<T> *)(w + c0 + 256 * u);
+	for (int u = 0; u < U; u++)
+		if (c0 + 256 * u < IC)
+			b.r[u] = *(const raw8<T> *)(w + c0 + 256 * u);
+}
+
+/* acc[r] += the batch's weights . x[r, same elements]; NORM: x[r, i]
+ * taken as the rmsnorm output, rounded to T: x[r, i] rs[r] nw[i] */
+template <class T, int R, int U, bool NORM>
+static __device__ __forceinline__ void use_batch(float (&acc)[R], const wbatch<T, U> &b, int c0,
+						 const T *__restrict__ x, const float (&rs)[R],
+						 const T *__restrict__ nw, int IC)
+{
 #pragma unroll
-			for (int u = 0; u < U; u++) {
-				const int c = c0 + 256 * u;
-				if (c >= IC)
-					break;
-				float wf[8], nf[8];
-				cvt8(wf, wr[u]);
-				if (NORM)
-					ld8(nf, nw + c);
+	for (int u = 0; u < U; u++) {
+		const int c = c0 + 256 * u;
+		if (c >= IC)
+			break;
+		float wf[8], nf[8];
+		cvt8(wf, b.r[u]);
+		if (NORM)
+			ld8(nf, nw + c);
 #pragma unroll
-				for (int r = 0; r < R; r++) {
-					float xf[8];
-					ld8(xf, x + (int64_t)r * IC + c);
+		for (int r = 0; r < R; r++) {
+			float xf[8];
+			ld8(xf, x + (int64_t)r * IC + c);
 #pragma unroll
-					for (int e = 0; e < 8; e++)
-						acc[r] += wf[e] *
-							  (NORM ? tof(fromf<T>(xf[e] * rs[r] * nf[e])) : xf[e]);
-				}
-			}
+			for (int e = 0; e < 8; e++)
+				acc[r] += wf[e] * (NORM ? tof(fromf<T>(xf[e] * rs[r] * nf[e])) : xf[e]);
 		}
-	} else {
-		for (int c = lane; c < IC; c += 32) {
-			const float wv = tof(w[c]), nv = NORM ? tof(nw[c]) : 1.f;
+	}
+}
+
+/* acc[r] += w . x[r] over this lane's share from its batch at c0 on
+ * (16-byte loads: VEC kernels) */
+template <class T, int R, bool NORM>
+static __device__ __forceinline__ void dot_vec(float (&acc)[R], const T *__restrict__ w,
+					       const T *__restrict__ x, const float (&rs)[R],
+					       const T *__restrict__ nw, int IC, int c0)
+{
+	constexpr int U = unroll<R>::U;
+	for (; c0 < IC; c0 += 256 * U) {
+		wbatch<T, U> b;
+		load_batch<T, U>(b, w, c0, IC);
+		use_batch<T, R, U, NORM>(acc, b, c0, x, rs, nw, IC);
+	}
+}
+
+/* the same, one element a lane at a time (any alignment) */
+template <class T, int R, bool NORM>
+static __device__ __forceinline__ void dot_one(float (&acc)[R], const T *__restrict__ w,
+					       const T *__restrict__ x, const float (&rs)[R],
+					       const T *__restrict__ nw, int IC, int lane)
+{
+	for (int c = lane; c < IC; c += 32) {
+		const float wv = tof(w[c]), nv = NORM ? tof(nw[c]) : 1.f;
 #pragma unroll
-			for (int r = 0; r < R; r++) {
-				const float xv = tof(x[(int64_t)r * IC + c]);
-				acc[r] += wv * (NORM ? tof(fromf<T>(xv * rs[r] * nv)) : xv);
-			}
+		for (int r = 0; r < R; r++) {
+			const float xv = tof(x[(int64_t)r * IC + c]);
+			acc[r] += wv * (NORM ? tof(fromf<T>(xv * rs[r] * nv)) : xv);
 		}
 	}
 }
@@ -149,11 +184,15 @@ static __device__ __forceinline__ void row_rstd(float (&rs)[R], const T *__restr
 	}
 }
 
-/* GLU: a.p[0] is the gate (its out the result), a.p[1] the up product */
+/* GLU: a.p[0] is the gate (its out the result), a.p[1] the up product.
+ * Launched with pdl_launch: the first batch of weights (and the biases)
+ * is loaded before pdl_wait, under the previous kernel's tail. */
 template <class T, int R, bool VEC, bool GLU, bool NORM>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 	gemv_k(const parts<T> a, const T *__restrict__ x, int IC)
 {
+	constexpr int U = unroll<R>::U;
+	pdl_trigger();
 	const int lane = threadIdx.x & 31;
 	int o = blockIdx.x * GEMV_WARPS + threadIdx.x / 32, s = 0;
 	if (!GLU)
@@ -162,17 +201,35 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 	const part<T> P = s == 0 ? a.p[0] : s == 1 ? a.p[1] : a.p[2];
 	if (o >= P.oc)
 		return; /* the whole warp */
+	const T *wo = P.w + (int64_t)o * IC, *wu = GLU ? a.p[1].w + (int64_t)o * IC : NULL;
+	wbatch<T, U> b0, u0;
+	if (VEC) {
+		load_batch<T, U>(b0, wo, lane * 8, IC);
+		if (GLU)
+			load_batch<T, U>(u0, wu, lane * 8, IC);
+	}
+	const float bias = P.b ? tof(P.b[o]) : 0.f;
+	const float ubias = GLU && a.p[1].b ? tof(a.p[1].b[o]) : 0.f;
+	pdl_wait();
+
 	float acc[R], up[R], rs[R];
 #pragma unroll
 	for (int r = 0; r < R; r++)
 		acc[r] = up[r] = rs[r] = 0.f;
 	if (NORM)
 		row_rstd<T, R, VEC>(rs, x, IC, a.eps, lane);
-	dot_rows<T, R, VEC, NORM>(acc, P.w + (int64_t)o * IC, x, rs, a.nw, IC, lane);
-	if (GLU)
-		dot_rows<T, R, VEC, NORM>(up, a.p[1].w + (int64_t)o * IC, x, rs, a.nw, IC, lane);
-	const float bias = P.b ? tof(P.b[o]) : 0.f;
-	const float ubias = GLU && a.p[1].b ? tof(a.p[1].b[o]) : 0.f;
+	if (VEC) {
+		use_batch<T, R, U, NORM>(acc, b0, lane * 8, x, rs, a.nw, IC);
+		dot_vec<T, R, NORM>(acc, wo, x, rs, a.nw, IC, lane * 8 + 256 * U);
+		if (GLU) {
+			use_batch<T, R, U, NORM>(up, u0, lane * 8, x, rs, a.nw, IC);
+			dot_vec<T, R, NORM>(up, wu, x, rs, a.nw, IC, lane * 8 + 256 * U);
+		}
+	} else {
+		dot_one<T, R, NORM>(acc, wo, x, rs, a.nw, IC, lane);
+		if (GLU)
+			dot_one<T, R, NORM>(up, wu, x, rs, a.nw, IC, lane);
+	}
 #pragma unroll
 	for (int r = 0; r < R; r++) {
 		const float sum = warp_sum(acc[r]);
@@ -190,28 +247,29 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 }
 
 template <class T, int R, bool GLU, bool NORM>
-static void launch(cudaStream_t st, bool vec, const parts<T> &a, const T *x, int IC, int64_t cols)
+static cudaError_t launch(cudaStream_t st, bool vec, const parts<T> &a, const T *x, int IC,
+			  int64_t cols)
 {
 	const unsigned blocks = (unsigned)((cols + GEMV_WARPS - 1) / GEMV_WARPS);
 	if (vec)
-		gemv_k<T, R, true, GLU, NORM><<<blocks, GEMV_WARPS * 32, 0, st>>>(a, x, IC);
-	else
-		gemv_k<T, R, false, GLU, NORM><<<blocks, GEMV_WARPS * 32, 0, st>>>(a, x, IC);
+		return pdl_launch(gemv_k<T, R, true, GLU, NORM>, blocks, GEMV_WARPS * 32, 0, st, a,
+				  x, IC);
+	return pdl_launch(gemv_k<T, R, false, GLU, NORM>, blocks, GEMV_WARPS * 32, 0, st, a, x, IC);
 }
 
 template <class T, bool GLU, bool NORM>
-static void launch_rows(cudaStream_t st, int N, bool vec, const parts<T> &a, const T *x, int IC,
-			int64_t cols)
+static cudaError_t launch_rows(cudaStream_t st, int N, bool vec, const parts<T> &a, const T *x,
+			       int IC, int64_t cols)
 {
 	switch (N) {
-	case 1: launch<T, 1, GLU, NORM>(st, vec, a, x, IC, cols); break;
-	case 2: launch<T, 2, GLU, NORM>(st, vec, a, x, IC, cols); break;
-	case 3: launch<T, 3, GLU, NORM>(st, vec, a, x, IC, cols); break;
-	case 4: launch<T, 4, GLU, NORM>(st, vec, a, x, IC, cols); break;
-	case 5: launch<T, 5, GLU, NORM>(st, vec, a, x, IC, cols); break;
-	case 6: launch<T, 6, GLU, NORM>(st, vec, a, x, IC, cols); break;
-	case 7: launch<T, 7, GLU, NORM>(st, vec, a, x, IC, cols); break;
-	default: launch<T, 8, GLU, NORM>(st, vec, a, x, IC, cols); break;
+	case 1: return launch<T, 1, GLU, NORM>(st, vec, a, x, IC, cols);
+	case 2: return launch<T, 2, GLU, NORM>(st, vec, a, x, IC, cols);
+	case 3: return launch<T, 3, GLU, NORM>(st, vec, a, x, IC, cols);
+	case 4: return launch<T, 4, GLU, NORM>(st, vec, a, x, IC, cols);
+	case 5: return launch<T, 5, GLU, NORM>(st, vec, a, x, IC, cols);
+	case 6: return launch<T, 6, GLU, NORM>(st, vec, a, x, IC, cols);
+	case 7: return launch<T, 7, GLU, NORM>(st, vec, a, x, IC, cols);
+	default: return launch<T, 8, GLU, NORM>(st, vec, a, x, IC, cols);
 	}
 }
 
@@ -254,15 +312,16 @@ static int run(void *be, bool glu, const void *inp, const void *norm, float eps,
 		return lmk_err(LMK_EINVAL, "gemv: %lld outputs in all", (long long)cols);
 	cudaStream_t st = LMK_BE(be)->stream;
 	const T *x = (const T *)inp;
+	cudaError_t e;
 	if (glu && norm)
-		launch_rows<T, true, true>(st, (int)N, vec, a, x, (int)IC, cols);
+		e = launch_rows<T, true, true>(st, (int)N, vec, a, x, (int)IC, cols);
 	else if (glu)
-		launch_rows<T, true, false>(st, (int)N, vec, a, x, (int)IC, cols);
+		e = launch_rows<T, true, false>(st, (int)N, vec, a, x, (int)IC, cols);
 	else if (norm)
-		launch_rows<T, false, true>(st, (int)N, vec, a, x, (int)IC, cols);
+		e = launch_rows<T, false, true>(st, (int)N, vec, a, x, (int)IC, cols);
 	else
-		launch_rows<T, false, false>(st, (int)N, vec, a, x, (int)IC, cols);
-	LMK_CK_LAUNCH();
+		e = launch_rows<T, false, false>(st, (int)N, vec, a, x, (int)IC, cols);
+	LMK_CK(e);
 	return 0;
 }
 

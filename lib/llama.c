@@ -1279,7 +1279,8 @@ static lmk_tensor *step_logits(lmk_ctx *g, const lmk_llama *m, lmk_tensor *x)
 }
 
 /* The one-token step on dg's context, every position-dependent read from
- * the state: decode_dev's ops, but rope and the cache append in one kernel
+ * the state: decode_dev's ops, but the embedding (lmk_cuda_decode_embed),
+ * rope and the cache append in one kernel
  * (lmk_cuda_decode_rope_append), attention reading the length from the
  * state (lmk_cuda_decode_attention), and, without an adapter, the norms and
  * products fused as step_qkv, step_finish and step_logits say (the bits of
@@ -1294,12 +1295,16 @@ static int graph_step(struct lmk_decode_graph *dg, const lmk_llama *m, lmk_kvcac
 	lmk_ctx *g = &dg->g;
 	const lmk_dtype dt = g->dtype;
 	const size_t kvrow = (size_t)K * D * lmk_dtype_size(dt);
-	int64_t is[2] = {1, 1}, as[4] = {1, 1, H, D};
+	int64_t as[4] = {1, 1, H, D};
 	const size_t pbytes = lmk_cuda_decode_scratch(dg->nsplit, H, D);
 	int rc;
 
-	lmk_tensor *idt = lmk_tensor_wrap(g, LMK_I32, 2, is, dg->state);
-	lmk_tensor *x = idt ? lmk_embedding(g, idt, m->wte) : NULL;
+	lmk_tensor *x = row_new(g, cfg->hidden_size);
+	if (!x)
+		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+	if ((rc = lmk_cuda_decode_embed(g->backend, dt, x->data, lmk_op_x(g, m->wte), dg->state,
+					cfg->hidden_size, cfg->vocab_size)) < 0)
+		return rc;
 	for (int l = 0; l < cfg->num_hidden_layers && x; l++) {
 		const lmk_llama_layer *ly = &m->layers[l];
 		lmk_tensor *q, *k, *v;
