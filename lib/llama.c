@@ -1208,34 +1208,36 @@ static lmk_tensor *row_new(lmk_ctx *g, int64_t n)
 	return lmk_tensor_new(g, g->dtype, 3, shape, 0);
 }
 
-/* q, k and v of the residual x (1,1,C) after the layer's input norm: one
- * launch of the gemv kernel (the norm inside) when no adapter is set, else
- * the ops (lmk_rmsnorm, lmk_lora_linear). */
-static int step_qkv(lmk_ctx *g, const lmk_llama *m, const lmk_llama_layer *ly, lmk_tensor *x,
-		    lmk_tensor **q, lmk_tensor **k, lmk_tensor **v)
+/* q (1,1,H*D) of the residual x (1,1,C) after the layer's input norm,
+ * with rope at the state's position, k (with rope) and v written to that
+ * row of the layer's caches kc and vc: one launch of the gemv kernel (the
+ * norm inside) when no adapter is set, else the ops (lmk_rmsnorm,
+ * lmk_lora_linear) and lmk_cuda_decode_rope_append. */
+static lmk_tensor *step_qkv(lmk_ctx *g, const lmk_llama *m, const lmk_llama_layer *ly,
+			    struct lmk_decode_graph *dg, lmk_tensor *x, void *kc, void *vc)
 {
 	const lmk_llama_config *cfg = &m->cfg;
-	const int64_t HD = (int64_t)cfg->num_attention_heads * cfg->head_dim;
-	const int64_t KD = (int64_t)cfg->num_key_value_heads * cfg->head_dim;
+	const int H = cfg->num_attention_heads, K = cfg->num_key_value_heads, D = cfg->head_dim;
 	if (m->lora) {
 		lmk_tensor *h = lmk_rmsnorm(g, x, ly->ln1, cfg->rms_norm_eps);
-		*q = lmk_lora_linear(g, m->lora, h, ly->wq, ly->bq);
-		*k = lmk_lora_linear(g, m->lora, h, ly->wk, ly->bk);
-		*v = lmk_lora_linear(g, m->lora, h, ly->wv, ly->bv);
-		return *q && *k && *v ? 0 : lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+		lmk_tensor *q = lmk_lora_linear(g, m->lora, h, ly->wq, ly->bq);
+		lmk_tensor *k = lmk_lora_linear(g, m->lora, h, ly->wk, ly->bk);
+		lmk_tensor *v = lmk_lora_linear(g, m->lora, h, ly->wv, ly->bv);
+		if (!q || !k || !v ||
+		    lmk_cuda_decode_rope_append(g->backend, g->dtype, q->data, k->data, v->data, kc, vc,
+						dg->state, dg->freq, m->rope.attn_factor, H, K, D) < 0)
+			return NULL;
+		return q;
 	}
-	*q = row_new(g, HD);
-	*k = row_new(g, KD);
-	*v = row_new(g, KD);
-	if (!*q || !*k || !*v)
-		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
-	const lmk_gemv_out o[3] = {
-		{(*q)->data, lmk_op_x(g, ly->wq), lmk_op_x(g, ly->bq), NULL, HD},
-		{(*k)->data, lmk_op_x(g, ly->wk), lmk_op_x(g, ly->bk), NULL, KD},
-		{(*v)->data, lmk_op_x(g, ly->wv), lmk_op_x(g, ly->bv), NULL, KD},
-	};
-	return lmk_cuda_gemv_multi(g->backend, g->dtype, x->data, lmk_op_x(g, ly->ln1),
-				   cfg->rms_norm_eps, 1, cfg->hidden_size, o, 3);
+	lmk_tensor *q = row_new(g, (int64_t)H * D);
+	if (!q || lmk_cuda_gemv_qkv_rope(g->backend, g->dtype, q->data, kc, vc, x->data,
+					 lmk_op_x(g, ly->ln1), cfg->rms_norm_eps,
+					 lmk_op_x(g, ly->wq), lmk_op_x(g, ly->bq),
+					 lmk_op_x(g, ly->wk), lmk_op_x(g, ly->bk),
+					 lmk_op_x(g, ly->wv), lmk_op_x(g, ly->bv), cfg->hidden_size,
+					 H, K, D, dg->state, dg->freq, m->rope.attn_factor) < 0)
+		return NULL;
+	return q;
 }
 
 /* The rest of a layer after attention, as finish_layer: without an adapter
@@ -1280,12 +1282,12 @@ static lmk_tensor *step_logits(lmk_ctx *g, const lmk_llama *m, lmk_tensor *x)
 
 /* The one-token step on dg's context, every position-dependent read from
  * the state: decode_dev's ops, but the embedding (lmk_cuda_decode_embed),
- * rope and the cache append in one kernel
- * (lmk_cuda_decode_rope_append), attention reading the length from the
- * state (lmk_cuda_decode_attention), and, without an adapter, the norms and
- * products fused as step_qkv, step_finish and step_logits say (the bits of
- * the ops): 6 launches a layer instead of 15; then the argmax of the
- * logits into the state. No host copy, wait or
+ * rope and the cache append (lmk_cuda_decode_rope_append), attention
+ * reading the length from the state (lmk_cuda_decode_attention), and,
+ * without an adapter, the norms, products, rope and the residual adds
+ * fused as step_qkv, step_finish and step_logits say (the bits of the
+ * ops): 5 launches a layer instead of 15; then the argmax of the logits
+ * into the state. No host copy, wait or
  * allocation beyond the arena's first step: it can be recorded. */
 static int graph_step(struct lmk_decode_graph *dg, const lmk_llama *m, lmk_kvcache *kv)
 {
@@ -1307,19 +1309,14 @@ static int graph_step(struct lmk_decode_graph *dg, const lmk_llama *m, lmk_kvcac
 		return rc;
 	for (int l = 0; l < cfg->num_hidden_layers && x; l++) {
 		const lmk_llama_layer *ly = &m->layers[l];
-		lmk_tensor *q, *k, *v;
-		if ((rc = step_qkv(g, m, ly, x, &q, &k, &v)) < 0)
-			return rc;
-		lmk_tensor *a = lmk_tensor_new(g, dt, 4, as, 0);
-		float *part = pbytes ? lmk_arena_alloc(&g->arena, pbytes) : NULL;
-		if (!a || (pbytes && !part))
-			return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
 		char *kc = (char *)kv->dk + (size_t)l * kv->max_t * kvrow;
 		char *vc = (char *)kv->dv + (size_t)l * kv->max_t * kvrow;
-		if ((rc = lmk_cuda_decode_rope_append(g->backend, dt, q->data, k->data, v->data, kc,
-						      vc, dg->state, dg->freq, m->rope.attn_factor,
-						      H, K, D)) < 0 ||
-		    (rc = lmk_cuda_decode_attention(g->backend, dt, a->data, q->data, kc, vc,
+		lmk_tensor *q = step_qkv(g, m, ly, dg, x, kc, vc);
+		lmk_tensor *a = q ? lmk_tensor_new(g, dt, 4, as, 0) : NULL;
+		float *part = pbytes && a ? lmk_arena_alloc(&g->arena, pbytes) : NULL;
+		if (!a || (pbytes && !part))
+			return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+		if ((rc = lmk_cuda_decode_attention(g->backend, dt, a->data, q->data, kc, vc,
 						    dg->state, H, K, D, scale, dg->nsplit, part)) < 0)
 			return rc;
 		x = step_finish(g, m, ly, x, a);
