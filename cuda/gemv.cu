@@ -74,13 +74,10 @@ static __device__ __forceinline__ void cvt8(float *v, const raw8<float> &r)
 		v[k] = f[k];
 }
 
-/* U weight loads in flight per lane before any is used (what keeps the
- * memory busy when a matrix has few rows per SM); the sums still run over
- * the elements in increasing order. */
-template <int R>
-struct unroll {
-	static constexpr int U = R <= 2 ? 8 : 4;
-};
+/* The first weight loads of a lane (w[c], c = lane*8 + 256 u for u <
+ * PREFETCH) are issued before the kernel waits for the one before it
+ * (pdl.cuh); the rest run in dot_vec's loop. */
+#define PREFETCH 2
 
 /* The weights of one batch: w[c0 + 256 u .. + 8) for u < U, as loaded. */
 template <class T, int U>
@@ -98,8 +95,27 @@ static __device__ __forceinline__ void load_batch(wbatch<T, U> &b, const T *__re
 			b.r[u] = *(const raw8<T> *)(w + c0 + 256 * u);
 }
 
-/* acc[r] += the batch's weights . x[r, same elements]; NORM: x[r, i]
- * taken as the rmsnorm output, rounded to T: x[r, i] rs[r] nw[i] */
+/* acc[r] += the weights wf (8 at c) . x[r, c..c+8); NORM: x[r, i] taken as
+ * the rmsnorm output, rounded to T: x[r, i] rs[r] nw[i] */
+template <class T, int R, bool NORM>
+static __device__ __forceinline__ void use8(float (&acc)[R], const float *wf, int c,
+					    const T *__restrict__ x, const float (&rs)[R],
+					    const T *__restrict__ nw, int IC)
+{
+	float nf[8];
+	if (NORM)
+		ld8(nf, nw + c);
+#pragma unroll
+	for (int r = 0; r < R; r++) {
+		float xf[8];
+		ld8(xf, x + (int64_t)r * IC + c);
+#pragma unroll
+		for (int e = 0; e < 8; e++)
+			acc[r] += wf[e] * (NORM ? tof(fromf<T>(xf[e] * rs[r] * nf[e])) : xf[e]);
+	}
+}
+
+/* acc[r] += the batch's weights . x[r, same elements] */
 template <class T, int R, int U, bool NORM>
 static __device__ __forceinline__ void use_batch(float (&acc)[R], const wbatch<T, U> &b, int c0,
 						 const T *__restrict__ x, const float (&rs)[R],
@@ -110,33 +126,26 @@ static __device__ __forceinline__ void use_batch(float (&acc)[R], const wbatch<T
 		const int c = c0 + 256 * u;
 		if (c >= IC)
 			break;
-		float wf[8], nf[8];
+		float wf[8];
 		cvt8(wf, b.r[u]);
-		if (NORM)
-			ld8(nf, nw + c);
-#pragma unroll
-		for (int r = 0; r < R; r++) {
-			float xf[8];
-			ld8(xf, x + (int64_t)r * IC + c);
-#pragma unroll
-			for (int e = 0; e < 8; e++)
-				acc[r] += wf[e] * (NORM ? tof(fromf<T>(xf[e] * rs[r] * nf[e])) : xf[e]);
-		}
+		use8<T, R, NORM>(acc, wf, c, x, rs, nw, IC);
 	}
 }
 
-/* acc[r] += w . x[r] over this lane's share from its batch at c0 on
- * (16-byte loads: VEC kernels) */
+/* acc[r] += w . x[r] over this lane's share from c0 on, in increasing
+ * order (16-byte loads: VEC kernels). A plain loop unrolled by four: the
+ * loads of several iterations in flight without holding registers for
+ * more (an explicit batch of eight cost a third of the bandwidth). */
 template <class T, int R, bool NORM>
 static __device__ __forceinline__ void dot_vec(float (&acc)[R], const T *__restrict__ w,
 					       const T *__restrict__ x, const float (&rs)[R],
 					       const T *__restrict__ nw, int IC, int c0)
 {
-	constexpr int U = unroll<R>::U;
-	for (; c0 < IC; c0 += 256 * U) {
-		wbatch<T, U> b;
-		load_batch<T, U>(b, w, c0, IC);
-		use_batch<T, R, U, NORM>(acc, b, c0, x, rs, nw, IC);
+#pragma unroll 4
+	for (int c = c0; c < IC; c += 256) {
+		float wf[8];
+		ld8(wf, w + c);
+		use8<T, R, NORM>(acc, wf, c, x, rs, nw, IC);
 	}
 }
 
@@ -191,7 +200,7 @@ template <class T, int R, bool VEC, bool GLU, bool NORM>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 	gemv_k(const parts<T> a, const T *__restrict__ x, int IC)
 {
-	constexpr int U = unroll<R>::U;
+	constexpr int U = PREFETCH;
 	pdl_trigger();
 	const int lane = threadIdx.x & 31;
 	int o = blockIdx.x * GEMV_WARPS + threadIdx.x / 32, s = 0;
@@ -265,7 +274,7 @@ template <class T, bool VEC>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 	qkv_rope_k(const qkv_args<T> a, const T *__restrict__ x, int IC)
 {
-	constexpr int U = unroll<1>::U;
+	constexpr int U = PREFETCH;
 	pdl_trigger();
 	const int lane = threadIdx.x & 31, u = blockIdx.x * GEMV_WARPS + threadIdx.x / 32;
 	const int half = a.D / 2, nq = a.H * half, nk = a.K * half;

@@ -9,7 +9,7 @@
  * element (the one-element path). Random inputs (fixed seed), in BF16 the
  * reference gets the bf16-rounded values the GPU reads; the output is
  * poisoned (0xFF: NaN) before the call and followed by sentinel bytes that
- * must survive. Error ||gpu - ref|| / ||ref|| at most 1e-5 in F32 and 1e-2
+ * must survive (the buffers are pieces of one allocation). Error ||gpu - ref|| / ||ref|| at most 1e-5 in F32 and 1e-2
  * in BF16 (the output's rounding), NaN never passes; two runs give the
  * same bits. The fused forms of a recorded decoding step: three products
  * of one input in a launch, two of them with a residual added
@@ -47,6 +47,21 @@ static const struct { int ic, oc; } dims[] = {
 
 static void *g_be;
 
+/* Device memory of a check: one buffer handed out in 256-byte aligned
+ * pieces, emptied at the start of each check (a cudaMalloc and cudaFree
+ * per buffer made the suite slow) */
+#define POOL_BYTES ((size_t)256 << 20)
+static char *g_pool;
+static size_t g_pool_used;
+
+static void *pool_alloc(size_t bytes)
+{
+	size_t at = (g_pool_used + 255) & ~(size_t)255;
+	ck_assert_msg(at + bytes <= POOL_BYTES, "test pool: %zu bytes more than it holds", bytes);
+	g_pool_used = at + bytes;
+	return g_pool + at;
+}
+
 /* n values of dtype dt at dev + off elements from host floats, which are
  * rounded in place to what the device holds */
 static void put(void *dev, lmk_dtype dt, float *host, size_t n)
@@ -79,11 +94,9 @@ static void check_one(lmk_dtype dt, int N, int IC, int OC, int bias, int off, vo
 	for (int i = 0; i < OC; i++)
 		b[i] = 2.0f * lmk_rng_uniform(&r) - 1.0f;
 
-	char *dx, *dw, *db, *dout;
-	ck_assert_int_eq(lmk_cuda_mem_alloc((void **)&dx, (ni + 1) * es), 0);
-	ck_assert_int_eq(lmk_cuda_mem_alloc((void **)&dw, (nw + 1) * es), 0);
-	ck_assert_int_eq(lmk_cuda_mem_alloc((void **)&db, (OC + 1) * es), 0);
-	ck_assert_int_eq(lmk_cuda_mem_alloc((void **)&dout, (no + 1) * es + GUARD), 0);
+	g_pool_used = 0;
+	char *dx = pool_alloc((ni + 1) * es), *dw = pool_alloc((nw + 1) * es);
+	char *db = pool_alloc((OC + 1) * es), *dout = pool_alloc((no + 1) * es + GUARD);
 	put(dx + off * es, dt, x, ni);
 	put(dw + off * es, dt, w, nw);
 	put(db + off * es, dt, b, (size_t)OC);
@@ -114,10 +127,6 @@ static void check_one(lmk_dtype dt, int N, int IC, int OC, int bias, int off, vo
 		      lmk_dtype_name(dt), N, IC, OC, bias, off, err, tol);
 	if (out_bits)
 		memcpy(out_bits, raw, no * es);
-	lmk_cuda_mem_free(dx);
-	lmk_cuda_mem_free(dw);
-	lmk_cuda_mem_free(db);
-	lmk_cuda_mem_free(dout);
 	free(x);
 	free(w);
 	free(b);
@@ -144,11 +153,10 @@ END_TEST
 static void *rand_dev(lmk_dtype dt, size_t n, float scale, lmk_rng *r, int off, float **host)
 {
 	float *h = malloc((n + 1) * sizeof *h);
-	char *d;
 	ck_assert_ptr_nonnull(h);
 	for (size_t i = 0; i < n; i++)
 		h[i] = scale * (2.0f * lmk_rng_uniform(r) - 1.0f);
-	ck_assert_int_eq(lmk_cuda_mem_alloc((void **)&d, (n + 1) * lmk_dtype_size(dt)), 0);
+	char *d = pool_alloc((n + 1) * lmk_dtype_size(dt));
 	put(d + off * lmk_dtype_size(dt), dt, h, n);
 	*host = h;
 	return d + off * lmk_dtype_size(dt);
@@ -213,6 +221,7 @@ static void check_fused(lmk_dtype dt, int d)
 				 lmk_dtype_name(dt), N, IC, OC, off, norm);
 			lmk_rng r;
 			lmk_rng_init(&r, 77u * (unsigned)N + (unsigned)IC + 13u * (unsigned)OC);
+			g_pool_used = 0;
 			float *x, *w[3], *b0, *res[3] = {NULL, NULL, NULL}, *ign, *nw = NULL;
 			void *dx = rand_dev(dt, (size_t)N * IC, 1.0f, &r, off, &x);
 			void *dn = norm ? rand_dev(dt, (size_t)IC, 1.0f, &r, off, &nw) : NULL;
@@ -260,20 +269,10 @@ static void check_fused(lmk_dtype dt, int d)
 			/* its output has OC columns: o[1].out read as (N,OC) */
 			compare(dt, o[1].out, ref, (size_t)N * OC, ws);
 			free(ref);
-			const size_t es = lmk_dtype_size(dt);
-			lmk_cuda_mem_free((char *)dx - off * es);
-			if (dn)
-				lmk_cuda_mem_free((char *)dn - off * es);
 			free(x);
 			free(nw);
 			free(h);
 			for (int i = 0; i < 3; i++) {
-				lmk_cuda_mem_free((char *)o[i].w - off * es);
-				lmk_cuda_mem_free((char *)o[i].out - off * es);
-				if (o[i].b)
-					lmk_cuda_mem_free((char *)o[i].b - off * es);
-				if (o[i].res)
-					lmk_cuda_mem_free((char *)o[i].res - off * es);
 				free(w[i]);
 				free(res[i]);
 			}
@@ -317,7 +316,7 @@ int main(void)
 		printf("test_cuda_gemv: skipped: no CUDA device on this machine\n");
 		return 77;
 	}
-	if (lmk_cuda_init(&g_be, 0) < 0) {
+	if (lmk_cuda_init(&g_be, 0) < 0 || lmk_cuda_mem_alloc((void **)&g_pool, POOL_BYTES) < 0) {
 		printf("test_cuda_gemv: %s\n", lmk_errmsg());
 		return 1;
 	}
@@ -337,6 +336,7 @@ int main(void)
 	srunner_run_all(sr, CK_NORMAL);
 	int failed = srunner_ntests_failed(sr);
 	srunner_free(sr);
+	lmk_cuda_mem_free(g_pool);
 	lmk_cuda_free(g_be);
 	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }
