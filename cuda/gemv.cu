@@ -255,85 +255,6 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 	}
 }
 
-/* The q, k, v products of a decoding step with rope and the cache append
- * (lmk_cuda_gemv_qkv_rope): one row, the input's rmsnorm in front. */
-template <class T>
-struct qkv_args {
-	const T *wq, *bq, *wk, *bk, *wv, *bv, *nw;
-	T *q, *kc, *vc;              /* q (H,D); the layer's caches (S,K,D) */
-	const int32_t *state;        /* [1]: the position, the cache row */
-	const float *freq;           /* (D/2) */
-	float attn, eps;
-	int H, K, D;
-};
-
-/* A warp per rotation pair of q or k (the outputs i and i + D/2 of a head,
- * two sums, each rounded as the product's output, then rotated as rope.cu
- * does and rounded again), or per element of v. */
-template <class T, bool VEC>
-__global__ void __launch_bounds__(GEMV_WARPS * 32)
-	qkv_rope_k(const qkv_args<T> a, const T *__restrict__ x, int IC)
-{
-	constexpr int U = PREFETCH;
-	pdl_trigger();
-	const int lane = threadIdx.x & 31, u = blockIdx.x * GEMV_WARPS + threadIdx.x / 32;
-	const int half = a.D / 2, nq = a.H * half, nk = a.K * half;
-	int kind, head = 0, i = 0, o1;
-	const T *w, *b;
-	if (u < nq) {
-		kind = 0, head = u / half, i = u % half, o1 = head * a.D + i, w = a.wq, b = a.bq;
-	} else if (u < nq + nk) {
-		kind = 1, head = (u - nq) / half, i = (u - nq) % half, o1 = head * a.D + i;
-		w = a.wk, b = a.bk;
-	} else if (u < nq + nk + a.K * a.D) {
-		kind = 2, o1 = u - nq - nk, w = a.wv, b = a.bv;
-	} else {
-		return; /* the whole warp */
-	}
-	const bool pair = kind < 2;
-	const int o2 = o1 + half;
-	const T *w1 = w + (int64_t)o1 * IC, *w2 = w + (int64_t)o2 * IC;
-	wbatch<T, U> b1, b2;
-	if (VEC) {
-		load_batch<T, U>(b1, w1, lane * 8, IC);
-		if (pair)
-			load_batch<T, U>(b2, w2, lane * 8, IC);
-	}
-	const float bias1 = b ? tof(b[o1]) : 0.f, bias2 = b && pair ? tof(b[o2]) : 0.f;
-	pdl_wait();
-
-	float rs[1], acc1[1] = {0.f}, acc2[1] = {0.f};
-	row_rstd<T, 1, VEC>(rs, x, IC, a.eps, lane);
-	if (VEC) {
-		use_batch<T, 1, U, true>(acc1, b1, lane * 8, x, rs, a.nw, IC);
-		dot_vec<T, 1, true>(acc1, w1, x, rs, a.nw, IC, lane * 8 + 256 * U);
-		if (pair) {
-			use_batch<T, 1, U, true>(acc2, b2, lane * 8, x, rs, a.nw, IC);
-			dot_vec<T, 1, true>(acc2, w2, x, rs, a.nw, IC, lane * 8 + 256 * U);
-		}
-	} else {
-		dot_one<T, 1, true>(acc1, w1, x, rs, a.nw, IC, lane);
-		if (pair)
-			dot_one<T, 1, true>(acc2, w2, x, rs, a.nw, IC, lane);
-	}
-	const float s1 = warp_sum(acc1[0]), s2 = pair ? warp_sum(acc2[0]) : 0.f;
-	if (lane != 0)
-		return;
-	const int p = a.state[1];
-	const int64_t row = (int64_t)p * a.K * a.D;
-	const float y1 = tof(fromf<T>(s1 + bias1));
-	if (!pair) {
-		a.vc[row + o1] = fromf<T>(y1);
-		return;
-	}
-	const float y2 = tof(fromf<T>(s2 + bias2));
-	const float ang = (float)p * a.freq[i];
-	const float c = cosf(ang) * a.attn, sn = sinf(ang) * a.attn;
-	T *out = kind == 0 ? a.q + head * a.D : a.kc + row + head * a.D;
-	out[i] = fromf<T>(y1 * c - y2 * sn);
-	out[i + half] = fromf<T>(y2 * c + y1 * sn);
-}
-
 template <class T, int R, bool GLU, bool NORM>
 static cudaError_t launch(cudaStream_t st, bool vec, const parts<T> &a, const T *x, int IC,
 			  int64_t cols)
@@ -438,35 +359,5 @@ extern "C" int lmk_cuda_gemv_swiglu(void *be, lmk_dtype dt, void *out, const voi
 		return lmk_errcode();
 	const lmk_gemv_out o[2] = {{out, wg, bg, NULL, OC}, {NULL, wu, bu, NULL, OC}};
 	LMK_DT_SWITCH(dt, "gemv swiglu", return run<T>(be, true, inp, norm, eps, N, IC, o, 2));
-	return 0;
-}
-
-extern "C" int lmk_cuda_gemv_qkv_rope(void *be, lmk_dtype dt, void *q, void *kcache, void *vcache,
-				      const void *inp, const void *norm, float eps, const void *wq,
-				      const void *bq, const void *wk, const void *bk, const void *wv,
-				      const void *bv, int64_t IC, int64_t H, int64_t K, int64_t D,
-				      const int32_t *state, const float *inv_freq, float attn_factor)
-{
-	if (IC < 1 || IC > INT32_MAX || H < 1 || K < 1 || D < 2 || D % 2 || !norm ||
-	    (H + K) * D > INT32_MAX / 2)
-		return lmk_err(LMK_EINVAL, "gemv qkv rope: IC %lld, H %lld, K %lld, D %lld: expected "
-			       "positive sizes, D even, and a norm", (long long)IC, (long long)H,
-			       (long long)K, (long long)D);
-	const int64_t warps = (H + K) * (D / 2) + K * D;
-	const unsigned blocks = (unsigned)((warps + GEMV_WARPS - 1) / GEMV_WARPS);
-	const bool vec = vec8_ok(IC, inp, norm, wq, wk, wv);
-	cudaStream_t st = LMK_BE(be)->stream;
-	cudaError_t e = cudaSuccess;
-	LMK_DT_SWITCH(dt, "gemv qkv rope", {
-		const qkv_args<T> a = {(const T *)wq, (const T *)bq, (const T *)wk, (const T *)bk,
-				       (const T *)wv, (const T *)bv, (const T *)norm, (T *)q,
-				       (T *)kcache, (T *)vcache, state, inv_freq, attn_factor, eps,
-				       (int)H, (int)K, (int)D};
-		e = vec ? pdl_launch(qkv_rope_k<T, true>, blocks, GEMV_WARPS * 32, 0, st, a,
-				     (const T *)inp, (int)IC)
-			: pdl_launch(qkv_rope_k<T, false>, blocks, GEMV_WARPS * 32, 0, st, a,
-				     (const T *)inp, (int)IC);
-	});
-	LMK_CK(e);
 	return 0;
 }

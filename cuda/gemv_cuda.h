@@ -49,20 +49,6 @@ int lmk_cuda_gemv_swiglu(void *be, lmk_dtype dt, void *out, const void *inp, con
 			 float eps, const void *wg, const void *bg, const void *wu, const void *bu,
 			 int64_t N, int64_t IC, int64_t OC);
 
-/* A decoding step's q, k and v of one row in one launch, the input
- * rmsnorm(inp, norm, eps) (norm required), with rope at position p =
- * state[1] and the cache append: q (H,D) = rope(x wqᵀ + bq), row p of
- * kcache (S,K,D) = rope(x wkᵀ + bk), row p of vcache = x wvᵀ + bv; each
- * product rounded to dt, then rotated as lmk_cuda_rope_forward (inv_freq
- * (D/2) device memory, attn_factor), so the bits of lmk_linear, lmk_rope
- * and lmk_cuda_decode_rope_append (cuda/decode_cuda.h) in turn.
- * @return : as lmk_cuda_gemv */
-int lmk_cuda_gemv_qkv_rope(void *be, lmk_dtype dt, void *q, void *kcache, void *vcache,
-			   const void *inp, const void *norm, float eps, const void *wq,
-			   const void *bq, const void *wk, const void *bk, const void *wv,
-			   const void *bv, int64_t IC, int64_t H, int64_t K, int64_t D,
-			   const int32_t *state, const float *inv_freq, float attn_factor);
-
 #ifdef __cplusplus
 }
 #endif

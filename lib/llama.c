@@ -833,7 +833,6 @@ lmk_tensor *lmk_llama_forward(lmk_ctx *c, lmk_llama *m, lmk_tensor *ids, lmk_ten
 struct lmk_decode_graph {
 	const lmk_llama *m;              /* what it was recorded for */
 	const void *weights;             /* m->params.data */
-	const struct lmk_lora *lora;
 	void *backend;
 	lmk_dtype dtype;
 	lmk_ctx g;                       /* the step's context: c's backend, an
@@ -1132,11 +1131,12 @@ static int decode_dev(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *
 	return 0;
 }
 
-/* LMK_DECODE_GRAPH=0 in the environment: no recorded steps. */
-static int graph_wanted(void)
+/* Whether one-token steps of m run recorded: attention, no adapter (its
+ * products stay the ops'), and not LMK_DECODE_GRAPH=0 in the environment. */
+static int graph_ok(const lmk_llama *m)
 {
 	const char *e = getenv("LMK_DECODE_GRAPH");
-	return !(e && !strcmp(e, "0"));
+	return !m->cfg.mixer && !m->lora && !(e && !strcmp(e, "0"));
 }
 
 /* A step's context over c's backend: its own arenas (4 MiB chunks: a step
@@ -1161,8 +1161,8 @@ static int graph_get(lmk_ctx *c, const lmk_llama *m, lmk_kvcache *kv,
 		     struct lmk_decode_graph **out)
 {
 	struct lmk_decode_graph *dg = kv->graph;
-	if (dg && (dg->m != m || dg->weights != m->params.data || dg->lora != m->lora ||
-		   dg->backend != c->backend || dg->dtype != c->dtype)) {
+	if (dg && (dg->m != m || dg->weights != m->params.data || dg->backend != c->backend ||
+		   dg->dtype != c->dtype)) {
 		graph_free(dg);
 		kv->graph = dg = NULL;
 	}
@@ -1173,7 +1173,6 @@ static int graph_get(lmk_ctx *c, const lmk_llama *m, lmk_kvcache *kv,
 			return lmk_err(LMK_ENOMEM, "llama decode: cannot allocate the step's state");
 		dg->m = m;
 		dg->weights = m->params.data;
-		dg->lora = m->lora;
 		dg->backend = c->backend;
 		dg->dtype = c->dtype;
 		graph_ctx(&dg->g, c);
@@ -1208,49 +1207,38 @@ static lmk_tensor *row_new(lmk_ctx *g, int64_t n)
 	return lmk_tensor_new(g, g->dtype, 3, shape, 0);
 }
 
-/* q (1,1,H*D) of the residual x (1,1,C) after the layer's input norm,
- * with rope at the state's position, k (with rope) and v written to that
- * row of the layer's caches kc and vc: one launch of the gemv kernel (the
- * norm inside) when no adapter is set, else the ops (lmk_rmsnorm,
- * lmk_lora_linear) and lmk_cuda_decode_rope_append. */
-static lmk_tensor *step_qkv(lmk_ctx *g, const lmk_llama *m, const lmk_llama_layer *ly,
-			    struct lmk_decode_graph *dg, lmk_tensor *x, void *kc, void *vc)
+/* q, k and v (1,1,H*D) (1,1,K*D) (1,1,K*D) of the residual x (1,1,C)
+ * after the layer's input norm, in one launch of the gemv kernel (the norm
+ * inside). */
+static int step_qkv(lmk_ctx *g, const lmk_llama *m, const lmk_llama_layer *ly, lmk_tensor *x,
+		    lmk_tensor **q, lmk_tensor **k, lmk_tensor **v)
 {
 	const lmk_llama_config *cfg = &m->cfg;
-	const int H = cfg->num_attention_heads, K = cfg->num_key_value_heads, D = cfg->head_dim;
-	if (m->lora) {
-		lmk_tensor *h = lmk_rmsnorm(g, x, ly->ln1, cfg->rms_norm_eps);
-		lmk_tensor *q = lmk_lora_linear(g, m->lora, h, ly->wq, ly->bq);
-		lmk_tensor *k = lmk_lora_linear(g, m->lora, h, ly->wk, ly->bk);
-		lmk_tensor *v = lmk_lora_linear(g, m->lora, h, ly->wv, ly->bv);
-		if (!q || !k || !v ||
-		    lmk_cuda_decode_rope_append(g->backend, g->dtype, q->data, k->data, v->data, kc, vc,
-						dg->state, dg->freq, m->rope.attn_factor, H, K, D) < 0)
-			return NULL;
-		return q;
-	}
-	lmk_tensor *q = row_new(g, (int64_t)H * D);
-	if (!q || lmk_cuda_gemv_qkv_rope(g->backend, g->dtype, q->data, kc, vc, x->data,
-					 lmk_op_x(g, ly->ln1), cfg->rms_norm_eps,
-					 lmk_op_x(g, ly->wq), lmk_op_x(g, ly->bq),
-					 lmk_op_x(g, ly->wk), lmk_op_x(g, ly->bk),
-					 lmk_op_x(g, ly->wv), lmk_op_x(g, ly->bv), cfg->hidden_size,
-					 H, K, D, dg->state, dg->freq, m->rope.attn_factor) < 0)
-		return NULL;
-	return q;
+	const int64_t HD = (int64_t)cfg->num_attention_heads * cfg->head_dim;
+	const int64_t KD = (int64_t)cfg->num_key_value_heads * cfg->head_dim;
+	*q = row_new(g, HD);
+	*k = row_new(g, KD);
+	*v = row_new(g, KD);
+	if (!*q || !*k || !*v)
+		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+	const lmk_gemv_out o[3] = {
+		{(*q)->data, lmk_op_x(g, ly->wq), lmk_op_x(g, ly->bq), NULL, HD},
+		{(*k)->data, lmk_op_x(g, ly->wk), lmk_op_x(g, ly->bk), NULL, KD},
+		{(*v)->data, lmk_op_x(g, ly->wv), lmk_op_x(g, ly->bv), NULL, KD},
+	};
+	return lmk_cuda_gemv_multi(g->backend, g->dtype, x->data, lmk_op_x(g, ly->ln1),
+				   cfg->rms_norm_eps, 1, cfg->hidden_size, o, 3);
 }
 
-/* The rest of a layer after attention, as finish_layer: without an adapter
- * in three launches (o_proj with the residual add; the norm, the gate and
- * up products and SwiGLU; down_proj with the residual add). */
+/* The rest of a layer after attention, as finish_layer, in three launches
+ * (o_proj with the residual add; the norm, the gate and up products and
+ * SwiGLU; down_proj with the residual add). */
 static lmk_tensor *step_finish(lmk_ctx *g, const lmk_llama *m, const lmk_llama_layer *ly,
 			       lmk_tensor *x, lmk_tensor *a)
 {
 	const lmk_llama_config *cfg = &m->cfg;
 	const int64_t C = cfg->hidden_size, F = cfg->intermediate_size;
 	const int64_t HD = (int64_t)cfg->num_attention_heads * cfg->head_dim;
-	if (m->lora)
-		return finish_layer(g, m, ly, x, a);
 	lmk_tensor *x1 = row_new(g, C), *gu = row_new(g, F), *x2 = row_new(g, C);
 	if (!x1 || !gu || !x2)
 		return NULL;
@@ -1265,8 +1253,7 @@ static lmk_tensor *step_finish(lmk_ctx *g, const lmk_llama *m, const lmk_llama_l
 	return x2;
 }
 
-/* The logits (1,V) of the residual x after the final norm, in one launch
- * (an adapter never touches lm_head: decode_logits is plain ops too). */
+/* The logits (1,V) of the residual x after the final norm, in one launch. */
 static lmk_tensor *step_logits(lmk_ctx *g, const lmk_llama *m, lmk_tensor *x)
 {
 	const lmk_llama_config *cfg = &m->cfg;
@@ -1283,11 +1270,11 @@ static lmk_tensor *step_logits(lmk_ctx *g, const lmk_llama *m, lmk_tensor *x)
 /* The one-token step on dg's context, every position-dependent read from
  * the state: decode_dev's ops, but the embedding (lmk_cuda_decode_embed),
  * rope and the cache append (lmk_cuda_decode_rope_append), attention
- * reading the length from the state (lmk_cuda_decode_attention), and,
- * without an adapter, the norms, products, rope and the residual adds
- * fused as step_qkv, step_finish and step_logits say (the bits of the
- * ops): 5 launches a layer instead of 15; then the argmax of the logits
- * into the state. No host copy, wait or
+ * reading the length from the state (lmk_cuda_decode_attention), and the
+ * norms, products and residual adds fused as step_qkv, step_finish and
+ * step_logits say (the bits of the ops): 6 launches a layer instead of
+ * 15; then the argmax of the logits into the state. Only for a model
+ * without an adapter (m->lora NULL: graph_ok). No host copy, wait or
  * allocation beyond the arena's first step: it can be recorded. */
 static int graph_step(struct lmk_decode_graph *dg, const lmk_llama *m, lmk_kvcache *kv)
 {
@@ -1309,14 +1296,19 @@ static int graph_step(struct lmk_decode_graph *dg, const lmk_llama *m, lmk_kvcac
 		return rc;
 	for (int l = 0; l < cfg->num_hidden_layers && x; l++) {
 		const lmk_llama_layer *ly = &m->layers[l];
-		char *kc = (char *)kv->dk + (size_t)l * kv->max_t * kvrow;
-		char *vc = (char *)kv->dv + (size_t)l * kv->max_t * kvrow;
-		lmk_tensor *q = step_qkv(g, m, ly, dg, x, kc, vc);
-		lmk_tensor *a = q ? lmk_tensor_new(g, dt, 4, as, 0) : NULL;
-		float *part = pbytes && a ? lmk_arena_alloc(&g->arena, pbytes) : NULL;
+		lmk_tensor *q, *k, *v;
+		if ((rc = step_qkv(g, m, ly, x, &q, &k, &v)) < 0)
+			return rc;
+		lmk_tensor *a = lmk_tensor_new(g, dt, 4, as, 0);
+		float *part = pbytes ? lmk_arena_alloc(&g->arena, pbytes) : NULL;
 		if (!a || (pbytes && !part))
 			return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
-		if ((rc = lmk_cuda_decode_attention(g->backend, dt, a->data, q->data, kc, vc,
+		char *kc = (char *)kv->dk + (size_t)l * kv->max_t * kvrow;
+		char *vc = (char *)kv->dv + (size_t)l * kv->max_t * kvrow;
+		if ((rc = lmk_cuda_decode_rope_append(g->backend, dt, q->data, k->data, v->data, kc,
+						      vc, dg->state, dg->freq, m->rope.attn_factor,
+						      H, K, D)) < 0 ||
+		    (rc = lmk_cuda_decode_attention(g->backend, dt, a->data, q->data, kc, vc,
 						    dg->state, H, K, D, scale, dg->nsplit, part)) < 0)
 			return rc;
 		x = step_finish(g, m, ly, x, a);
@@ -1520,7 +1512,7 @@ int lmk_llama_decode(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *i
 #if LMK_CUDA
 	int rc = m->cfg.mixer ? decode_mixer(c, m, kv, ids, n, logits)
 		 : c->dev == LMK_DEV_CPU ? decode(c, m, kv, ids, n, logits)
-		 : n == 1 && graph_wanted() ? decode_graph(c, m, kv, ids[0], logits)
+		 : n == 1 && graph_ok(m) ? decode_graph(c, m, kv, ids[0], logits)
 					    : decode_dev(c, m, kv, ids, n, logits);
 #else
 	int rc = m->cfg.mixer ? decode_mixer(c, m, kv, ids, n, logits)
@@ -1733,8 +1725,7 @@ int lmk_llama_generate(lmk_ctx *c, lmk_llama *m, const int32_t *prompt, int n_pr
 	lmk_ctx_reset(c);
 #if LMK_CUDA
 	/* greedy on the device: the recorded step's argmax, 4 bytes back */
-	if (rc == 0 && c->dev != LMK_DEV_CPU && !m->cfg.mixer && !(s->temperature > 0) &&
-	    graph_wanted()) {
+	if (rc == 0 && c->dev != LMK_DEV_CPU && !(s->temperature > 0) && graph_ok(m)) {
 		int first = lmk_sample(s, logits, V);
 		rc = first < 0 ? first
 			       : generate_dev(c, m, &kv, first, max_new, eos, neos, on_token, arg,

@@ -150,11 +150,12 @@ void lmk_kvcache_free(lmk_kvcache *kv);
  * once, the second records it as a CUDA graph, and from then on each call
  * uploads the token and position (8 bytes) and replays the graph, the
  * step's memory coming from an arena of the cache's own (c's is not used),
- * the same ops and the same kernels but rope, the cache's append and
- * attention, which read the position from the device. The graph belongs to
- * the cache and to (m, c's backend and dtype, m->lora): another of those
- * makes a new one. Environment LMK_DECODE_GRAPH=0 turns it off (every step
- * then runs op by op, as a prompt does). With a mixer the n tokens step through
+ * the same arithmetic as the ops (fused kernels, the position read from
+ * the device). Not with an adapter set (m->lora): those steps run op by
+ * op. The graph belongs to the cache and to (m, c's backend and dtype):
+ * another of those makes a new one. Environment LMK_DECODE_GRAPH=0 turns
+ * it off (every step then runs op by op, as a prompt does). With a mixer
+ * the n tokens step through
  * the layers' states one at a time and c is reset between them (hold no
  * tensor of c's arena across the call); a failure then leaves the cache
  * unusable.

@@ -19,7 +19,7 @@
  * checked against the same steps op by op (LMK_DECODE_GRAPH=0) with a
  * cache long enough for attention to split, up to a full cache, replayed
  * twice (the same bits), and greedy lmk_llama_generate (the argmax on the
- * device) against the op-by-op tokens; also with a LoRA adapter set.
+ * device) against the op-by-op tokens.
  *
  * Also: several sequences decoded together (lmk_llama_decode_batch), and
  * models with each token mixer decoding through their layers' states.
@@ -35,7 +35,6 @@
 #include "dtype.h"
 #include "err.h"
 #include "llama.h"
-#include "lora.h"
 #include "tensor.h"
 
 #if LMK_CUDA
@@ -396,49 +395,6 @@ static void check_graph(const dcase *d, lmk_dtype dt)
 	free(lg);
 }
 
-/* The recorded step with a LoRA adapter set (on q, v, o and down, B not
- * zero): the ops' path inside the step, against op by op. */
-static void check_graph_lora(lmk_dtype dt)
-{
-	const dcase *d = &gcases[0];
-	char what[96];
-	snprintf(what, sizeof what, "%s %s graph lora", d->name, lmk_dtype_name(dt));
-	const int V = d->V;
-	const size_t n = (size_t)(GSTEP + 1) * V;
-	float *lo = malloc(sizeof(float) * n), *lg = malloc(sizeof(float) * n);
-	int32_t to[GSTEP], tg[GSTEP];
-	ck_assert(lo && lg);
-	lmk_llama m;
-	lmk_ctx gc;
-	lmk_lora a;
-	lmk_lora_config lc;
-	make_model(&m, d, 0);
-	lmk_lora_config_default(&lc);
-	snprintf(lc.targets, sizeof lc.targets, "q,v,o,down");
-	ck_assert_msg(lmk_lora_init(&a, &lc, &m.params, 5) == 0, "%s: %s", what, lmk_errmsg());
-	for (size_t i = 0; i < a.params.n; i++)
-		a.params.data[i] = 0.05f * (float)((int)(i * 7919 % 23) - 11) / 11.0f;
-	gpu_setup(&gc, &m, dt, what);
-	ck_assert_msg(lmk_params_to_device(&a.params, &gc) == 0, "%s: %s", what, lmk_errmsg());
-	m.lora = &a;
-	graph_run(&gc, &m, 0, NULL, lo, to, what);
-	graph_run(&gc, &m, 1, to, lg, tg, what);
-	double worst = check_rows(lg, lo, GSTEP + 1, V, dt == LMK_BF16 ? 1e-2 : 1e-5, what);
-	printf("test_cuda_decode: %-14s %s: graph with an adapter against op by op, worst logits "
-	       "error %.2e\n", d->name, lmk_dtype_name(dt), worst);
-	fflush(stdout);
-	ck_assert_msg(lmk_ctx_sync(&gc) == 0, "%s: %s", what, lmk_errmsg());
-	m.lora = NULL;
-	lmk_lora_free(&a);
-	lmk_llama_free(&m);
-	lmk_ctx_free(&gc);
-	free(lo);
-	free(lg);
-}
-
-START_TEST(test_graph_lora) { check_graph_lora(_i ? LMK_BF16 : LMK_F32); }
-END_TEST
-
 START_TEST(test_graph_f32) { check_graph(&gcases[_i], LMK_F32); }
 END_TEST
 
@@ -635,7 +591,6 @@ int main(void)
 	tcase_add_loop_test(tc, test_decode_bf16, 0, NCASES);
 	tcase_add_loop_test(tc, test_graph_f32, 0, NGCASES);
 	tcase_add_loop_test(tc, test_graph_bf16, 0, NGCASES);
-	tcase_add_loop_test(tc, test_graph_lora, 0, 2);
 	tcase_add_loop_test(tc, test_batch_f32, 0, NCASES);
 	tcase_add_loop_test(tc, test_batch_bf16, 0, NCASES);
 	tcase_add_loop_test(tc, test_mixer_f32, 0, LMK_MIXER_NKINDS);
