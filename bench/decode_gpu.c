@@ -13,7 +13,12 @@
  *   decode    after the prompt, the --gen - 1 one-token steps alone (each
  *             waits for its logits on the host and takes their argmax):
  *             ms per token;
- * the best rep of each. Weight bytes per token: every parameter once in
+ * the best rep of each. Both run one-token steps as lmk_llama_decode does
+ * by default: a recorded CUDA graph replayed each token (generate takes the
+ * greedy token from the device's argmax; decode reads the logits back).
+ * --ops also times both with LMK_DECODE_GRAPH=0 (every step op by op, the
+ * path before the graph) and prints them on an "ops" line.
+ * Weight bytes per token: every parameter once in
  * bf16 (the tied embedding once, as the lm_head's matrix; the embedding
  * lookup reads one row). Copy bandwidth: cudaMemcpyAsync of 1 GiB device
  * to device, best of 5, counting bytes read and written (2 GiB).
@@ -21,8 +26,9 @@
  * Prints lines
  *   copy_bw GBPS
  *   ours SHAPE params_M weight_MB gen_tok_s decode_ms_per_tok decode_tok_s bw_share
+ *   ops SHAPE gen_tok_s decode_ms_per_tok decode_tok_s          (--ops)
  * usage: decode_gpu [--shape smollm|llama1b|all] [--prompt N] [--gen N]
- *        [--reps R] [--device I] */
+ *        [--reps R] [--device I] [--ops] */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -111,7 +117,54 @@ static int argmax(const float *x, int n)
 	return b;
 }
 
-static void run_shape(lmk_ctx *c, const char *name, int np, int ngen, int reps, double bw)
+/* Best generate tokens/s and best decode seconds per token over reps. */
+static void measure(lmk_ctx *c, lmk_llama *m, const int32_t *prompt, int np, int ngen, int reps,
+		    int32_t *out, float *logits, double *gen_best, double *dec_best)
+{
+	const int V = m->cfg.vocab_size;
+	lmk_sampler s;
+	memset(&s, 0, sizeof s);
+	/* warm-up: the arena, cuBLASLt's choices, the attention scratch */
+	if (lmk_llama_generate(c, m, prompt, np, ngen < 32 ? ngen : 32, &s, NULL, 0, NULL, NULL,
+			       out) < 0)
+		die("warm-up");
+	*gen_best = 0;
+	for (int r = 0; r < reps; r++) {
+		double a = now();
+		int n = lmk_llama_generate(c, m, prompt, np, ngen, &s, NULL, 0, NULL, NULL, out);
+		double t = now() - a;
+		if (n != ngen)
+			die("generate");
+		if (n / t > *gen_best)
+			*gen_best = n / t;
+	}
+
+	lmk_kvcache kv;
+	if (lmk_kvcache_init_ctx(&kv, m, np + ngen, c) < 0)
+		die("kv cache");
+	*dec_best = 1e30;
+	for (int r = 0; r < reps; r++) {
+		kv.len = 0;
+		lmk_ctx_reset(c);
+		if (lmk_llama_decode(c, m, &kv, prompt, np, logits) < 0)
+			die("decode prompt");
+		double a = now();
+		for (int i = 0; i < ngen - 1; i++) {
+			int32_t tok = argmax(logits, V);
+			lmk_ctx_reset(c);
+			if (lmk_llama_decode(c, m, &kv, &tok, 1, logits) < 0)
+				die("decode");
+		}
+		double t = (now() - a) / (ngen - 1);
+		if (t < *dec_best)
+			*dec_best = t;
+	}
+	lmk_ctx_reset(c);
+	lmk_kvcache_free(&kv);
+}
+
+static void run_shape(lmk_ctx *c, const char *name, int np, int ngen, int reps, double bw,
+		      int ops)
 {
 	lmk_llama_config cfg;
 	lmk_llama m;
@@ -138,50 +191,19 @@ static void run_shape(lmk_ctx *c, const char *name, int np, int ngen, int reps, 
 	}
 	for (int i = 0; i < np; i++)
 		prompt[i] = (int32_t)((i * 7919 + 13) % V);
-	lmk_sampler s;
-	memset(&s, 0, sizeof s);
-
-	/* warm-up: the arena, cuBLASLt's choices, the attention scratch */
-	if (lmk_llama_generate(c, &m, prompt, np, ngen < 32 ? ngen : 32, &s, NULL, 0, NULL, NULL,
-			       out) < 0)
-		die("warm-up");
-	double gen_best = 0;
-	for (int r = 0; r < reps; r++) {
-		double a = now();
-		int n = lmk_llama_generate(c, &m, prompt, np, ngen, &s, NULL, 0, NULL, NULL, out);
-		double t = now() - a;
-		if (n != ngen)
-			die("generate");
-		if (n / t > gen_best)
-			gen_best = n / t;
+	double gen_best, dec_best, gen_ops = 0, dec_ops = 0;
+	if (ops) {
+		setenv("LMK_DECODE_GRAPH", "0", 1);
+		measure(c, &m, prompt, np, ngen, reps, out, logits, &gen_ops, &dec_ops);
+		unsetenv("LMK_DECODE_GRAPH");
 	}
-
-	lmk_kvcache kv;
-	if (lmk_kvcache_init_ctx(&kv, &m, np + ngen, c) < 0)
-		die("kv cache");
-	double dec_best = 1e30;
-	for (int r = 0; r < reps; r++) {
-		kv.len = 0;
-		lmk_ctx_reset(c);
-		if (lmk_llama_decode(c, &m, &kv, prompt, np, logits) < 0)
-			die("decode prompt");
-		double a = now();
-		for (int i = 0; i < ngen - 1; i++) {
-			int32_t tok = argmax(logits, V);
-			lmk_ctx_reset(c);
-			if (lmk_llama_decode(c, &m, &kv, &tok, 1, logits) < 0)
-				die("decode");
-		}
-		double t = (now() - a) / (ngen - 1);
-		if (t < dec_best)
-			dec_best = t;
-	}
-	lmk_ctx_reset(c);
-	lmk_kvcache_free(&kv);
+	measure(c, &m, prompt, np, ngen, reps, out, logits, &gen_best, &dec_best);
 	fprintf(stderr, "decode_gpu: %s: %.1fM parameters, set up in %.1f s, first tokens %d %d %d\n",
 		name, nparam / 1e6, setup, out[0], out[1], out[2]);
 	printf("ours %s %.1f %.1f %.1f %.3f %.1f %.3f\n", name, nparam / 1e6, wbytes / 1e6, gen_best,
 	       dec_best * 1e3, 1.0 / dec_best, wbytes / dec_best / bw);
+	if (ops)
+		printf("ops %s %.1f %.3f %.1f\n", name, gen_ops, dec_ops * 1e3, 1.0 / dec_ops);
 	fflush(stdout);
 	free(prompt);
 	free(out);
@@ -192,11 +214,12 @@ static void run_shape(lmk_ctx *c, const char *name, int np, int ngen, int reps, 
 int main(int argc, char **argv)
 {
 	const char *shape = "all";
-	int np = 16, ngen = 256, reps = 3, dev = 0;
+	int np = 16, ngen = 256, reps = 3, dev = 0, ops = 0;
 	static const struct option opts[] = {
 		{"shape", required_argument, 0, 's'}, {"prompt", required_argument, 0, 'p'},
 		{"gen", required_argument, 0, 'g'},   {"reps", required_argument, 0, 'r'},
-		{"device", required_argument, 0, 'd'}, {"help", no_argument, 0, 'h'},
+		{"device", required_argument, 0, 'd'}, {"ops", no_argument, 0, 'o'},
+		{"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0},
 	};
 	int o;
@@ -207,9 +230,10 @@ int main(int argc, char **argv)
 		case 'g': ngen = atoi(optarg); break;
 		case 'r': reps = atoi(optarg); break;
 		case 'd': dev = atoi(optarg); break;
+		case 'o': ops = 1; break;
 		case 'h':
 			printf("usage: decode_gpu [--shape smollm|llama1b|all] [--prompt N] [--gen N] "
-			       "[--reps R] [--device I]\n");
+			       "[--reps R] [--device I] [--ops]\n");
 			return 0;
 		default: return 2;
 		}
@@ -232,9 +256,9 @@ int main(int argc, char **argv)
 	printf("copy_bw %.1f\n", bw / 1e9);
 	fflush(stdout);
 	if (!strcmp(shape, "all") || !strcmp(shape, "smollm"))
-		run_shape(&c, "smollm", np, ngen, reps, bw);
+		run_shape(&c, "smollm", np, ngen, reps, bw, ops);
 	if (!strcmp(shape, "all") || !strcmp(shape, "llama1b"))
-		run_shape(&c, "llama1b", np, ngen, reps, bw);
+		run_shape(&c, "llama1b", np, ngen, reps, bw, ops);
 	lmk_ctx_free(&c);
 	return 0;
 }

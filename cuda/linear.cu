@@ -10,10 +10,13 @@
  * float32 with bf16 A/B is one of cuBLASLt's supported type sets). Where the
  * heuristic offers no algorithm (unusual sizes or alignments) the product
  * falls back to cublasGemmEx with the same types, and the bias to a kernel.
- * db is a deterministic column sum (common.cuh). */
+ * db is a deterministic column sum (common.cuh). A forward of at most
+ * LMK_GEMV_MAX_ROWS rows (decoding) goes to gemv.cu instead: a cuBLASLt
+ * call costs more than streaming such a product's weights takes. */
 #include <string.h>
 
 #include "common.cuh"
+#include "gemv_cuda.h"
 
 static cudaDataType_t cuda_type(lmk_dtype dt) { return dt == LMK_BF16 ? CUDA_R_16BF : CUDA_R_32F; }
 
@@ -170,6 +173,8 @@ extern "C" int lmk_cuda_linear_forward(void *be, lmk_dtype dt, void *out, const 
 		LMK_CK_LAUNCH();
 		return 0;
 	}
+	if (N <= LMK_GEMV_MAX_ROWS)
+		return lmk_cuda_gemv(be, dt, out, inp, w, b, N, IC, OC);
 	int m = (int)OC, n = (int)N, k = (int)IC;
 	if (b) {
 		/* Try the epilogue; where cuBLASLt has no algorithm for it, fill

@@ -25,6 +25,9 @@
 #if LMK_CUDA
 #include "../cuda/attention.h"
 #include "../cuda/cuda.h"
+#include "../cuda/decode_cuda.h"
+#include "../cuda/gemv_cuda.h"
+#include "op.h"
 #endif
 
 /* ---- configuration ---------------------------------------------------- */
@@ -825,6 +828,41 @@ lmk_tensor *lmk_llama_forward(lmk_ctx *c, lmk_llama *m, lmk_tensor *ids, lmk_ten
 
 /* ---- decoding with a KV cache ----------------------------------------- */
 
+#if LMK_CUDA
+/* A cache's recorded one-token step (decode_graph below). */
+struct lmk_decode_graph {
+	const lmk_llama *m;              /* what it was recorded for */
+	const void *weights;             /* m->params.data */
+	void *backend;
+	lmk_dtype dtype;
+	lmk_ctx g;                       /* the step's context: c's backend, an
+					  * arena of its own that nothing else
+					  * touches while the graph lives */
+	void *exec;                      /* the graph, NULL until recorded */
+	int runs;                        /* steps run so far */
+	int nsplit;                      /* attention's parts (from max_t) */
+	int32_t *state;                  /* device: token, position, argmax */
+	float *freq;                     /* device: the rope table (D/2) */
+	float *flogits;                  /* device: the logits as float32 (V) */
+	int32_t *host;                   /* pinned: token and position to upload,
+					  * two slots of tokens read back */
+	const void *logits;              /* the step's (V) of dtype, in g's arena */
+};
+
+static void graph_free(struct lmk_decode_graph *dg)
+{
+	if (!dg)
+		return;
+	lmk_cuda_graph_free(dg->exec);
+	lmk_arena_free(&dg->g.arena);
+	lmk_arena_free(&dg->g.meta);
+	if (dg->state)
+		lmk_cuda_mem_free(dg->state);
+	lmk_cuda_host_free(dg->host);
+	free(dg);
+}
+#endif
+
 /* A mixer model's cache: each layer's decoding state on c's device. */
 static int mixer_states(lmk_kvcache *kv, const lmk_llama *m, int max_t, lmk_ctx *c)
 {
@@ -909,6 +947,7 @@ void lmk_kvcache_free(lmk_kvcache *kv)
 	free(kv->k);
 	free(kv->v);
 #if LMK_CUDA
+	graph_free(kv->graph);
 	if (kv->dk)
 		lmk_cuda_mem_free(kv->dk);
 	if (kv->dv)
@@ -1091,8 +1130,250 @@ static int decode_dev(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *
 	kv->len += n;
 	return 0;
 }
-#endif
 
+/* Whether one-token steps of m run recorded: attention, no adapter (its
+ * products stay the ops'), and not LMK_DECODE_GRAPH=0 in the environment. */
+static int graph_ok(const lmk_llama *m)
+{
+	const char *e = getenv("LMK_DECODE_GRAPH");
+	return !m->cfg.mixer && !m->lora && !(e && !strcmp(e, "0"));
+}
+
+/* A step's context over c's backend: its own arenas (4 MiB chunks: a step
+ * needs a few), no tape. */
+static void graph_ctx(lmk_ctx *g, const lmk_ctx *c)
+{
+	memset(g, 0, sizeof *g);
+	g->dev = c->dev;
+	g->dtype = c->dtype;
+	g->backend = c->backend;
+	g->seed = c->seed;
+	g->arena.dev = c->dev;
+	g->arena.backend = c->backend;
+	g->arena.poison = c->arena.poison;
+	g->arena.chunk = (size_t)4 << 20;
+	g->meta.dev = LMK_DEV_CPU;
+	g->meta.chunk = c->meta.chunk;
+}
+
+/* The recorded step of kv for (m, c), made if missing or made for others. */
+static int graph_get(lmk_ctx *c, const lmk_llama *m, lmk_kvcache *kv,
+		     struct lmk_decode_graph **out)
+{
+	struct lmk_decode_graph *dg = kv->graph;
+	if (dg && (dg->m != m || dg->weights != m->params.data || dg->backend != c->backend ||
+		   dg->dtype != c->dtype)) {
+		graph_free(dg);
+		kv->graph = dg = NULL;
+	}
+	if (!dg) {
+		const int D = m->cfg.head_dim;
+		int rc;
+		if (!(dg = calloc(1, sizeof *dg)))
+			return lmk_err(LMK_ENOMEM, "llama decode: cannot allocate the step's state");
+		dg->m = m;
+		dg->weights = m->params.data;
+		dg->backend = c->backend;
+		dg->dtype = c->dtype;
+		graph_ctx(&dg->g, c);
+		dg->nsplit = lmk_cuda_decode_splits(c->backend, m->cfg.num_attention_heads, kv->max_t);
+		/* the state's three words padded to 16 bytes, the float32
+		 * logits, then the table */
+		const size_t V = (size_t)m->cfg.vocab_size;
+		rc = lmk_cuda_mem_alloc((void **)&dg->state,
+					16 + sizeof(float) * (V + (size_t)(D / 2)));
+		if (rc == 0) {
+			dg->flogits = (float *)(dg->state + 4);
+			dg->freq = dg->flogits + V;
+			rc = lmk_cuda_upload(c->backend, dg->freq, m->rope.inv_freq,
+					     sizeof(float) * (size_t)(D / 2));
+		}
+		if (rc == 0)
+			rc = lmk_cuda_host_alloc((void **)&dg->host, 4 * sizeof(int32_t));
+		if (rc < 0) {
+			graph_free(dg);
+			return rc;
+		}
+		kv->graph = dg;
+	}
+	*out = dg;
+	return 0;
+}
+
+/* A new (1,1,n) activation of g. */
+static lmk_tensor *row_new(lmk_ctx *g, int64_t n)
+{
+	int64_t shape[3] = {1, 1, n};
+	return lmk_tensor_new(g, g->dtype, 3, shape, 0);
+}
+
+/* q, k and v (1,1,H*D) (1,1,K*D) (1,1,K*D) of the residual x (1,1,C)
+ * after the layer's input norm, in one launch of the gemv kernel (the norm
+ * inside). */
+static int step_qkv(lmk_ctx *g, const lmk_llama *m, const lmk_llama_layer *ly, lmk_tensor *x,
+		    lmk_tensor **q, lmk_tensor **k, lmk_tensor **v)
+{
+	const lmk_llama_config *cfg = &m->cfg;
+	const int64_t HD = (int64_t)cfg->num_attention_heads * cfg->head_dim;
+	const int64_t KD = (int64_t)cfg->num_key_value_heads * cfg->head_dim;
+	*q = row_new(g, HD);
+	*k = row_new(g, KD);
+	*v = row_new(g, KD);
+	if (!*q || !*k || !*v)
+		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+	const lmk_gemv_out o[3] = {
+		{(*q)->data, lmk_op_x(g, ly->wq), lmk_op_x(g, ly->bq), NULL, HD},
+		{(*k)->data, lmk_op_x(g, ly->wk), lmk_op_x(g, ly->bk), NULL, KD},
+		{(*v)->data, lmk_op_x(g, ly->wv), lmk_op_x(g, ly->bv), NULL, KD},
+	};
+	return lmk_cuda_gemv_multi(g->backend, g->dtype, x->data, lmk_op_x(g, ly->ln1),
+				   cfg->rms_norm_eps, 1, cfg->hidden_size, o, 3);
+}
+
+/* The rest of a layer after attention, as finish_layer, in three launches
+ * (o_proj with the residual add; the norm, the gate and up products and
+ * SwiGLU; down_proj with the residual add). */
+static lmk_tensor *step_finish(lmk_ctx *g, const lmk_llama *m, const lmk_llama_layer *ly,
+			       lmk_tensor *x, lmk_tensor *a)
+{
+	const lmk_llama_config *cfg = &m->cfg;
+	const int64_t C = cfg->hidden_size, F = cfg->intermediate_size;
+	const int64_t HD = (int64_t)cfg->num_attention_heads * cfg->head_dim;
+	lmk_tensor *x1 = row_new(g, C), *gu = row_new(g, F), *x2 = row_new(g, C);
+	if (!x1 || !gu || !x2)
+		return NULL;
+	const lmk_gemv_out o = {x1->data, lmk_op_x(g, ly->wo), lmk_op_x(g, ly->bo), x->data, C};
+	const lmk_gemv_out d = {x2->data, lmk_op_x(g, ly->wd), lmk_op_x(g, ly->bd), x1->data, C};
+	if (lmk_cuda_gemv_multi(g->backend, g->dtype, a->data, NULL, 0.0f, 1, HD, &o, 1) < 0 ||
+	    lmk_cuda_gemv_swiglu(g->backend, g->dtype, gu->data, x1->data, lmk_op_x(g, ly->ln2),
+				 cfg->rms_norm_eps, lmk_op_x(g, ly->wg), lmk_op_x(g, ly->bg),
+				 lmk_op_x(g, ly->wu), lmk_op_x(g, ly->bu), 1, C, F) < 0 ||
+	    lmk_cuda_gemv_multi(g->backend, g->dtype, gu->data, NULL, 0.0f, 1, F, &d, 1) < 0)
+		return NULL;
+	return x2;
+}
+
+/* The logits (1,V) of the residual x after the final norm, in one launch. */
+static lmk_tensor *step_logits(lmk_ctx *g, const lmk_llama *m, lmk_tensor *x)
+{
+	const lmk_llama_config *cfg = &m->cfg;
+	lmk_tensor *y = row_new(g, cfg->vocab_size);
+	if (!y)
+		return NULL;
+	const lmk_gemv_out o = {y->data, lmk_op_x(g, m->lm_head), NULL, NULL, cfg->vocab_size};
+	if (lmk_cuda_gemv_multi(g->backend, g->dtype, x->data, lmk_op_x(g, m->norm),
+				cfg->rms_norm_eps, 1, cfg->hidden_size, &o, 1) < 0)
+		return NULL;
+	return y;
+}
+
+/* The one-token step on dg's context, every position-dependent read from
+ * the state: decode_dev's ops, but the embedding (lmk_cuda_decode_embed),
+ * rope and the cache append (lmk_cuda_decode_rope_append), attention
+ * reading the length from the state (lmk_cuda_decode_attention), and the
+ * norms, products and residual adds fused as step_qkv, step_finish and
+ * step_logits say (the bits of the ops): 6 launches a layer instead of
+ * 15; then the argmax of the logits into the state. Only for a model
+ * without an adapter (m->lora NULL: graph_ok). No host copy, wait or
+ * allocation beyond the arena's first step: it can be recorded. */
+static int graph_step(struct lmk_decode_graph *dg, const lmk_llama *m, lmk_kvcache *kv)
+{
+	const lmk_llama_config *cfg = &m->cfg;
+	const int H = cfg->num_attention_heads, K = cfg->num_key_value_heads, D = cfg->head_dim;
+	const float scale = 1.0f / sqrtf((float)D);
+	lmk_ctx *g = &dg->g;
+	const lmk_dtype dt = g->dtype;
+	const size_t kvrow = (size_t)K * D * lmk_dtype_size(dt);
+	int64_t as[4] = {1, 1, H, D};
+	const size_t pbytes = lmk_cuda_decode_scratch(dg->nsplit, H, D);
+	int rc;
+
+	lmk_tensor *x = row_new(g, cfg->hidden_size);
+	if (!x)
+		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+	if ((rc = lmk_cuda_decode_embed(g->backend, dt, x->data, lmk_op_x(g, m->wte), dg->state,
+					cfg->hidden_size, cfg->vocab_size)) < 0)
+		return rc;
+	for (int l = 0; l < cfg->num_hidden_layers && x; l++) {
+		const lmk_llama_layer *ly = &m->layers[l];
+		lmk_tensor *q, *k, *v;
+		if ((rc = step_qkv(g, m, ly, x, &q, &k, &v)) < 0)
+			return rc;
+		lmk_tensor *a = lmk_tensor_new(g, dt, 4, as, 0);
+		float *part = pbytes ? lmk_arena_alloc(&g->arena, pbytes) : NULL;
+		if (!a || (pbytes && !part))
+			return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+		char *kc = (char *)kv->dk + (size_t)l * kv->max_t * kvrow;
+		char *vc = (char *)kv->dv + (size_t)l * kv->max_t * kvrow;
+		if ((rc = lmk_cuda_decode_rope_append(g->backend, dt, q->data, k->data, v->data, kc,
+						      vc, dg->state, dg->freq, m->rope.attn_factor,
+						      H, K, D)) < 0 ||
+		    (rc = lmk_cuda_decode_attention(g->backend, dt, a->data, q->data, kc, vc,
+						    dg->state, H, K, D, scale, dg->nsplit, part)) < 0)
+			return rc;
+		x = step_finish(g, m, ly, x, a);
+	}
+	lmk_tensor *y = x ? step_logits(g, m, x) : NULL;
+	if (!y)
+		return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+	dg->logits = y->data;
+	return lmk_cuda_decode_argmax(g->backend, dt, y->data, cfg->vocab_size, dg->state);
+}
+
+/* Queues one step of dg on the state as the device holds it (the token
+ * and position the host uploaded, or those the previous step left): the
+ * first run of the step runs it (sizing its arena), the second records and
+ * replays it, later ones replay it. */
+static int graph_run(lmk_ctx *c, const lmk_llama *m, lmk_kvcache *kv, struct lmk_decode_graph *dg)
+{
+	int rc;
+	if (!dg->exec) {
+		/* nothing of the step may allocate while it is recorded: the
+		 * first run sized the arena, whose reset happens here */
+		lmk_ctx_reset(&dg->g);
+		if (dg->runs == 0) {
+			rc = graph_step(dg, m, kv);
+		} else if ((rc = lmk_cuda_capture_begin(c->backend)) == 0) {
+			rc = graph_step(dg, m, kv);
+			int rc2 = lmk_cuda_capture_end(c->backend, &dg->exec);
+			if (rc == 0)
+				rc = rc2;
+			if (rc == 0)
+				rc = lmk_cuda_graph_launch(c->backend, dg->exec);
+		}
+	} else {
+		rc = lmk_cuda_graph_launch(c->backend, dg->exec);
+	}
+	if (rc < 0)
+		return rc;
+	dg->runs++;
+	kv->len++;
+	return 0;
+}
+
+/* One token at position kv->len through kv's recorded step, its logits
+ * (V float32) back: converted on the device and copied straight into
+ * logits (a host conversion of V bf16 values costs as much as the step). */
+static int decode_graph(lmk_ctx *c, const lmk_llama *m, lmk_kvcache *kv, int32_t tok,
+			float *logits)
+{
+	struct lmk_decode_graph *dg = NULL;
+	int rc = graph_get(c, m, kv, &dg);
+	if (rc < 0)
+		return rc;
+	dg->host[0] = tok;
+	dg->host[1] = kv->len;
+	if ((rc = lmk_cuda_upload(c->backend, dg->state, dg->host, 2 * sizeof(int32_t))) < 0 ||
+	    (rc = graph_run(c, m, kv, dg)) < 0 ||
+	    (rc = lmk_cuda_decode_to_f32(c->backend, c->dtype, dg->flogits, dg->logits,
+					 m->cfg.vocab_size)) < 0)
+		return rc;
+	/* a download reads the error word too: a token outside the vocabulary
+	 * fails here, as in decode_dev */
+	return lmk_cuda_download(c->backend, logits, dg->flogits,
+				 sizeof(float) * (size_t)m->cfg.vocab_size);
+}
+#endif
 /* One new token for each of n sequences, each at its own position in its
  * own cache: the ops run on (n,1) rows together; the cache rows are written
  * and attended row by row. */
@@ -1231,7 +1512,8 @@ int lmk_llama_decode(lmk_ctx *c, lmk_llama *m, lmk_kvcache *kv, const int32_t *i
 #if LMK_CUDA
 	int rc = m->cfg.mixer ? decode_mixer(c, m, kv, ids, n, logits)
 		 : c->dev == LMK_DEV_CPU ? decode(c, m, kv, ids, n, logits)
-					 : decode_dev(c, m, kv, ids, n, logits);
+		 : n == 1 && graph_ok(m) ? decode_graph(c, m, kv, ids[0], logits)
+					    : decode_dev(c, m, kv, ids, n, logits);
 #else
 	int rc = m->cfg.mixer ? decode_mixer(c, m, kv, ids, n, logits)
 			      : decode(c, m, kv, ids, n, logits);
@@ -1351,6 +1633,71 @@ int lmk_sample(lmk_sampler *s, float *logits, int V)
 	return tok;
 }
 
+/* Whether generation stops after tok (an end-of-sequence token of the
+ * config or of eos, or on_token says so). */
+static int gen_stop(const lmk_llama *m, int tok, const int32_t *eos, int neos,
+		    int (*on_token)(void *arg, int32_t tok), void *arg)
+{
+	int stop = 0;
+	for (int i = 0; i < m->cfg.neos; i++)
+		stop |= tok == m->cfg.eos_token_id[i];
+	for (int i = 0; eos && i < neos; i++)
+		stop |= tok == eos[i];
+	if (on_token && on_token(arg, tok))
+		stop = 1;
+	return stop;
+}
+
+#if LMK_CUDA
+/* Greedy generation after the prompt through kv's recorded step, first the
+ * prompt's token: each step leaves its argmax and the next position in the
+ * state, so steps follow one another on the device without the host; two
+ * are kept queued, each followed by a copy of its token into a pinned slot
+ * and an event, and the host reads token t while step t + 1 runs. A step
+ * queued past the end of sequence is wasted, never past max_new. */
+static int generate_dev(lmk_ctx *c, const lmk_llama *m, lmk_kvcache *kv, int32_t first,
+			int max_new, const int32_t *eos, int neos,
+			int (*on_token)(void *arg, int32_t tok), void *arg, int32_t *out, int *n)
+{
+	struct lmk_decode_graph *dg = NULL;
+	void *ev[2] = {NULL, NULL};
+	int rc = graph_get(c, m, kv, &dg);
+	if (rc == 0)
+		rc = lmk_cuda_event_new(&ev[0]);
+	if (rc == 0)
+		rc = lmk_cuda_event_new(&ev[1]);
+	if (rc == 0) {
+		dg->host[0] = first;
+		dg->host[1] = kv->len;
+		rc = lmk_cuda_upload(c->backend, dg->state, dg->host, 2 * sizeof(int32_t));
+	}
+	int32_t tok = first;
+	int queued = 1; /* step s computes token s; the next to queue */
+	for (int t = 0; rc == 0; t++) {
+		if (t > 0) {
+			if ((rc = lmk_cuda_event_wait(ev[t % 2])) < 0)
+				break;
+			tok = dg->host[2 + t % 2];
+		}
+		out[(*n)++] = tok;
+		if (gen_stop(m, tok, eos, neos, on_token, arg) || *n == max_new)
+			break;
+		while (rc == 0 && queued <= t + 2 && queued < max_new) {
+			if ((rc = graph_run(c, m, kv, dg)) == 0 &&
+			    (rc = lmk_cuda_fetch_async(c->backend, dg->host + 2 + queued % 2,
+						       dg->state + 2, sizeof(int32_t))) == 0)
+				rc = lmk_cuda_event_record(c->backend, ev[queued % 2]);
+			queued++;
+		}
+	}
+	/* steps still queued write into the cache and the pinned slots */
+	int rc2 = lmk_ctx_sync(c);
+	lmk_cuda_event_free(ev[0]);
+	lmk_cuda_event_free(ev[1]);
+	return rc < 0 ? rc : rc2;
+}
+#endif
+
 int lmk_llama_generate(lmk_ctx *c, lmk_llama *m, const int32_t *prompt, int n_prompt,
 		       int max_new, lmk_sampler *s, const int32_t *eos, int neos,
 		       int (*on_token)(void *arg, int32_t tok), void *arg, int32_t *out)
@@ -1376,6 +1723,18 @@ int lmk_llama_generate(lmk_ctx *c, lmk_llama *m, const int32_t *prompt, int n_pr
 	lmk_ctx_reset(c);
 	rc = lmk_llama_decode(c, m, &kv, prompt, n_prompt, logits);
 	lmk_ctx_reset(c);
+#if LMK_CUDA
+	/* greedy on the device: the recorded step's argmax, 4 bytes back */
+	if (rc == 0 && c->dev != LMK_DEV_CPU && !(s->temperature > 0) && graph_ok(m)) {
+		int first = lmk_sample(s, logits, V);
+		rc = first < 0 ? first
+			       : generate_dev(c, m, &kv, first, max_new, eos, neos, on_token, arg,
+					      out, &n);
+		free(logits);
+		lmk_kvcache_free(&kv);
+		return rc < 0 ? rc : n;
+	}
+#endif
 	while (rc == 0) {
 		int tok = lmk_sample(s, logits, V);
 		if (tok < 0) {
@@ -1383,14 +1742,7 @@ int lmk_llama_generate(lmk_ctx *c, lmk_llama *m, const int32_t *prompt, int n_pr
 			break;
 		}
 		out[n++] = tok;
-		int stop = 0;
-		for (int i = 0; i < m->cfg.neos; i++)
-			stop |= tok == m->cfg.eos_token_id[i];
-		for (int i = 0; eos && i < neos; i++)
-			stop |= tok == eos[i];
-		if (on_token && on_token(arg, tok))
-			stop = 1;
-		if (stop || n == max_new)
+		if (gen_stop(m, tok, eos, neos, on_token, arg) || n == max_new)
 			break;
 		int32_t t32 = tok;
 		rc = lmk_llama_decode(c, m, &kv, &t32, 1, logits);

@@ -125,6 +125,9 @@ typedef struct lmk_kvcache {
 	lmk_device dev;
 	lmk_dtype dtype;                   /* CUDA: the context's compute dtype */
 	int max_t, len;
+	struct lmk_decode_graph *graph;    /* CUDA: the recorded one-token step
+					    * (lmk_llama_decode), made on first
+					    * use, freed with the cache */
 } lmk_kvcache;
 /* A host cache (float32). @return : 0, LMK_EINVAL or LMK_ENOMEM */
 int lmk_kvcache_init(lmk_kvcache *kv, const lmk_llama *m, int max_t);
@@ -142,7 +145,17 @@ void lmk_kvcache_free(lmk_kvcache *kv);
  * new tokens run through the ops together; attention is one causal flash
  * pass for a prompt into the empty cache, else reads the cache one query
  * row at a time (lmk_cuda_attention_decode); logits come back as float32
- * (the call waits for the stream). With a mixer the n tokens step through
+ * (the call waits for the stream). One token (n == 1) with attention on
+ * CUDA runs as a recorded step instead: the first such call runs the step
+ * once, the second records it as a CUDA graph, and from then on each call
+ * uploads the token and position (8 bytes) and replays the graph, the
+ * step's memory coming from an arena of the cache's own (c's is not used),
+ * the same arithmetic as the ops (fused kernels, the position read from
+ * the device). Not with an adapter set (m->lora): those steps run op by
+ * op. The graph belongs to the cache and to (m, c's backend and dtype):
+ * another of those makes a new one. Environment LMK_DECODE_GRAPH=0 turns
+ * it off (every step then runs op by op, as a prompt does). With a mixer
+ * the n tokens step through
  * the layers' states one at a time and c is reset between them (hold no
  * tensor of c's arena across the call); a failure then leaves the cache
  * unusable.
@@ -182,7 +195,10 @@ int lmk_sample(lmk_sampler *s, float *logits, int V);
  * NULL). on_token, if given, is called with each new token and may return
  * non-zero to stop. out receives the new tokens (max_new of room), the
  * stopping token included. c is reset before and after every step, so give
- * it a context that holds nothing the caller still needs.
+ * it a context that holds nothing the caller still needs. On CUDA with
+ * attention, greedy decoding (temperature 0) takes the argmax on the device
+ * and reads back only the token (4 bytes) per step, with the recorded step
+ * of lmk_llama_decode.
  * @return : the number of new tokens, or a negative code */
 int lmk_llama_generate(lmk_ctx *c, lmk_llama *m, const int32_t *prompt, int n_prompt,
 		       int max_new, lmk_sampler *s, const int32_t *eos, int neos,

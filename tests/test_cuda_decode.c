@@ -14,6 +14,13 @@
  * on the GPU must give the CPU's greedy tokens (up to such a tie) and hold
  * the same arena after a second run (nothing grows per token).
  *
+ * One-token steps run as a recorded CUDA graph (lmk_llama_decode's
+ * default on a device), so the above checks that path; the graph is also
+ * checked against the same steps op by op (LMK_DECODE_GRAPH=0) with a
+ * cache long enough for attention to split, up to a full cache, replayed
+ * twice (the same bits), and greedy lmk_llama_generate (the argmax on the
+ * device) against the op-by-op tokens.
+ *
  * Also: several sequences decoded together (lmk_llama_decode_batch), and
  * models with each token mixer decoding through their layers' states.
  *
@@ -275,6 +282,125 @@ END_TEST
 START_TEST(test_decode_bf16) { check_dtype(&cases[_i], LMK_BF16); }
 END_TEST
 
+/* The recorded step against the op-by-op one: a GP-token prompt, then
+ * GSTEP one-token steps into a cache of exactly GP + GSTEP rows (filled by
+ * the last), twice over the same cache from position 0. */
+#define GP 1000
+#define GSTEP 60
+
+static const dcase gcases[] = {
+	{"gqa4-d64", 128, 352, 3, 8, 2, 64, 517, 0, 0},
+	{"mha-d32", 96, 200, 2, 3, 3, 32, 1000, 0, 1},
+	{"h5k1-bias-d16", 80, 144, 2, 5, 1, 16, 333, 1, 0},
+};
+#define NGCASES ((int)(sizeof gcases / sizeof gcases[0]))
+
+static void gprompt_of(int32_t *p, int V)
+{
+	for (int i = 0; i < GP; i++)
+		p[i] = (int32_t)((i * 53 + 7) % V);
+}
+
+/* logits (GSTEP + 1, V): the prompt's, then each step's; toks (GSTEP): the
+ * argmax of each row before the last; forced: the tokens fed instead. */
+static void graph_run(lmk_ctx *c, lmk_llama *m, int graph, const int32_t *forced, float *logits,
+		      int32_t *toks, const char *what)
+{
+	const int V = m->cfg.vocab_size;
+	const size_t n = (size_t)(GSTEP + 1) * V;
+	int32_t prompt[GP];
+	float *again = malloc(sizeof(float) * n);
+	ck_assert_ptr_nonnull(again);
+	gprompt_of(prompt, V);
+	if (graph)
+		unsetenv("LMK_DECODE_GRAPH");
+	else
+		setenv("LMK_DECODE_GRAPH", "0", 1);
+	lmk_kvcache kv;
+	ck_assert_msg(lmk_kvcache_init_ctx(&kv, m, GP + GSTEP, c) == 0, "%s: %s", what, lmk_errmsg());
+	for (int rep = 0; rep < 2; rep++) {
+		float *lg = rep ? again : logits;
+		kv.len = 0;
+		lmk_ctx_reset(c);
+		ck_assert_msg(lmk_llama_decode(c, m, &kv, prompt, GP, lg) == 0, "%s: prompt: %s",
+			      what, lmk_errmsg());
+		for (int s = 0; s < GSTEP; s++) {
+			toks[s] = argmax(lg + (size_t)s * V, V);
+			int32_t t = forced ? forced[s] : toks[s];
+			lmk_ctx_reset(c);
+			ck_assert_msg(lmk_llama_decode(c, m, &kv, &t, 1, lg + (size_t)(s + 1) * V) == 0,
+				      "%s: step %d: %s", what, s, lmk_errmsg());
+		}
+		ck_assert_int_eq(kv.len, kv.max_t);
+	}
+	ck_assert_msg(memcmp(logits, again, sizeof(float) * n) == 0,
+		      "%s: a second pass over the cache gave other logits", what);
+	lmk_ctx_reset(c);
+	lmk_kvcache_free(&kv);
+	unsetenv("LMK_DECODE_GRAPH");
+	free(again);
+}
+
+static void check_graph(const dcase *d, lmk_dtype dt)
+{
+	char what[96];
+	snprintf(what, sizeof what, "%s %s graph", d->name, lmk_dtype_name(dt));
+	const int V = d->V;
+	const size_t n = (size_t)(GSTEP + 1) * V;
+	float *lo = malloc(sizeof(float) * n), *lg = malloc(sizeof(float) * n);
+	int32_t to[GSTEP], tg[GSTEP];
+	ck_assert(lo && lg);
+	lmk_llama m;
+	lmk_ctx gc;
+	make_model(&m, d, 0);
+	gpu_setup(&gc, &m, dt, what);
+	graph_run(&gc, &m, 0, NULL, lo, to, what);
+	graph_run(&gc, &m, 1, to, lg, tg, what);
+	/* the two differ only in how attention splits the cache; in BF16 that
+	 * moves a logit by a rounding of the attention output, so a token may
+	 * change away from the near ties of F32 too (counted, as above) */
+	double worst = check_rows(lg, lo, GSTEP + 1, V, dt == LMK_BF16 ? 1e-2 : 1e-5, what);
+	int ties = 0;
+	for (int s = 0; s < GSTEP; s++)
+		if (tg[s] != to[s]) {
+			ck_assert_msg(dt == LMK_BF16 || near_tie(lo + (size_t)s * V, V),
+				      "%s: step %d: token %d, op by op %d (no tie)", what, s, tg[s],
+				      to[s]);
+			ties++;
+		}
+
+	/* greedy generation with the device's argmax: the op-by-op tokens up
+	 * to the first near tie */
+	int32_t prompt[GP], out[GSTEP + 1];
+	gprompt_of(prompt, V);
+	lmk_sampler sm;
+	memset(&sm, 0, sizeof sm);
+	int got = lmk_llama_generate(&gc, &m, prompt, GP, GSTEP + 1, &sm, NULL, 0, NULL, NULL, out);
+	ck_assert_msg(got == GSTEP + 1, "%s: generate: %d: %s", what, got, lmk_errmsg());
+	int same = 0;
+	while (same < GSTEP && out[same] == to[same])
+		same++;
+	if (same < GSTEP)
+		ck_assert_msg(dt == LMK_BF16 || near_tie(lo + (size_t)same * V, V),
+			      "%s: generate: token %d is %d, op by op %d (no tie)", what, same,
+			      out[same], to[same]);
+	printf("test_cuda_decode: %-14s %s: graph against op by op, %d steps, worst logits "
+	       "error %.2e, %d tokens differ; generate agrees for %d tokens\n",
+	       d->name, lmk_dtype_name(dt), GSTEP, worst, ties, same);
+	fflush(stdout);
+	ck_assert_msg(lmk_ctx_sync(&gc) == 0, "%s: %s", what, lmk_errmsg());
+	lmk_llama_free(&m);
+	lmk_ctx_free(&gc);
+	free(lo);
+	free(lg);
+}
+
+START_TEST(test_graph_f32) { check_graph(&gcases[_i], LMK_F32); }
+END_TEST
+
+START_TEST(test_graph_bf16) { check_graph(&gcases[_i], LMK_BF16); }
+END_TEST
+
 /* Three sequences with prompts of 1, 9 and 66 tokens decoded together
  * (lmk_llama_decode_batch), each at its own position, 12 teacher-forced
  * steps: the GPU's logits of every row and step against the CPU's, within
@@ -463,6 +589,8 @@ int main(void)
 	tcase_set_timeout(tc, 240);
 	tcase_add_loop_test(tc, test_decode_f32, 0, NCASES);
 	tcase_add_loop_test(tc, test_decode_bf16, 0, NCASES);
+	tcase_add_loop_test(tc, test_graph_f32, 0, NGCASES);
+	tcase_add_loop_test(tc, test_graph_bf16, 0, NGCASES);
 	tcase_add_loop_test(tc, test_batch_f32, 0, NCASES);
 	tcase_add_loop_test(tc, test_batch_bf16, 0, NCASES);
 	tcase_add_loop_test(tc, test_mixer_f32, 0, LMK_MIXER_NKINDS);
