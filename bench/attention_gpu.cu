@@ -8,14 +8,13 @@
  * FLOPs, FlashAttention's convention: the forward is two products of
  * 2*T*T*D each per (b, h), halved for causal: 4*B*H*T*T*D / 2; the backward
  * counts 2.5 times that (five products where the forward has two), so
- * forward+backward is 3.5 times the forward. Our deterministic backward
- * does two more products than that (S and dP are recomputed in the dq
- * pass, which keeps it free of atomics) but is credited with the same
- * count; the nondeterministic one does the five.
+ * forward+backward is 3.5 times the forward. Both of our backward modes
+ * do the five products in one pass; they differ in how dq's parts from the
+ * key blocks are summed.
  *
- * Prints two lines per shape, the default (deterministic) backward's, which
- * bench/attention.sh joins with the torch numbers, and the nondeterministic
- * one's (float atomics in dq):
+ * Prints two lines per shape, the default (deterministic: dq summed in a
+ * fixed order) backward's, which bench/attention.sh joins with the torch
+ * numbers, and the nondeterministic one's (float atomics in dq):
  *   ours D T B H fwd_ms fwd_TFLOPs fwdbwd_ms fwdbwd_TFLOPs
  *   atomic D T B H fwd_ms fwd_TFLOPs fwdbwd_ms fwdbwd_TFLOPs
  * and a check that the outputs are finite. Exit 0, or 1 on a failure.

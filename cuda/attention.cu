@@ -14,16 +14,17 @@
  *   ldmatrix from XOR-swizzled tiles), online softmax in fp32 registers in
  *   the log2 domain. Causal blocks run heaviest first and stop at the
  *   diagonal; masks are applied only to tiles that need them. The backward
- *   starts with a pre-pass for delta = rowsum(dout * out). By default it is
- *   deterministic: a dq pass laid out like the forward (S, dP = dO Vᵀ, dS,
- *   dQ += dS K), and a dk/dv pass that gives a block BC keys and walks the
- *   query tiles of every query head of its kv head (GQA summed inside the
- *   block, no atomics), computing Sᵀ and dPᵀ directly so that a warp owns
- *   key rows. A context set nondeterministic takes FlashAttention-2's
- *   single pass instead: the dk/dv pass also computes each query tile's
- *   dQ = dS K (no S, dP recomputed) and adds it into a float32 buffer with
- *   atomics (so the low bits of dq vary from run to run), rounded into dq
- *   by a last small kernel.
+ *   starts with a pre-pass for delta = rowsum(dout * out), then one fused
+ *   pass (FlashAttention-2's) that gives a block BC keys and walks the
+ *   query tiles of every query head of its kv head (dK, dV and GQA summed
+ *   inside the block), computing Sᵀ and dPᵀ directly so that a warp owns
+ *   key rows, and each query tile's part of dQ = dS K. The parts of the
+ *   key blocks are summed in float32 through global memory: by default in
+ *   a fixed order (FlashAttention-3's deterministic mode: each block waits
+ *   for a per-tile counter to show that the parts before its own are in,
+ *   so the bits never vary), the last block adding the sum into dq; in a
+ *   context set nondeterministic with float atomics, rounded into dq by a
+ *   last small kernel.
  * - "simple": any D <= 256, float32 or BF16 storage, fp32 on CUDA cores;
  *   one warp per query (or key) row, 32 keys (queries) at a time, one per
  *   lane. The float32 path, and BF16 for head dims without an mma kernel.
@@ -365,353 +366,90 @@ __global__ void __launch_bounds__(FwdCfg<D>::NW * 32, FwdCfg<D>::MINB)
 		}
 }
 
-/* -------------------------------------------------- mma dq pass (BF16) */
-
-/* BC 32 at D 128 keeps S, dP and the dQ accumulators in 255 registers. */
-template <int D> struct DqCfg {
-	static constexpr int BR = 128, BC = D == 128 ? 32 : 64, NW = 8;
-};
-
-/* dq += scale Σ_j dS_ij k_j with dS = P ∘ (dO Vᵀ - delta), P = exp(S - lse):
- * the forward's layout with dO next to Q and dQ in place of O. */
-template <int D>
-__global__ void __launch_bounds__(DqCfg<D>::NW * 32, 1)
-	dq_mma(bf16 *__restrict__ dq, const bf16 *__restrict__ dout, const bf16 *__restrict__ q,
-	       const bf16 *__restrict__ k, const bf16 *__restrict__ v,
-	       const float *__restrict__ lse, const float *__restrict__ delta,
-	       const int32_t *__restrict__ seg, int T, int H, int K, float scale,
-	       float scale_log2, int causal)
-{
-	constexpr int BR = DqCfg<D>::BR, BC = DqCfg<D>::BC, NT = DqCfg<D>::NW * 32;
-	extern __shared__ __align__(128) unsigned char smem_raw[];
-	bf16 *sQ = (bf16 *)smem_raw;  /* BR x D */
-	bf16 *sO = sQ + BR * D;       /* BR x D, dout */
-	bf16 *sK = sO + BR * D;       /* 2 x BC x D */
-	bf16 *sV = sK + 2 * BC * D;   /* 2 x BC x D */
-
-	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-	const int qt = causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
-	const int h = blockIdx.y, b = blockIdx.z, g = h / (H / K), q0 = qt * BR;
-	const int64_t ldq = (int64_t)H * D, ldk = (int64_t)K * D;
-	const int64_t qoff = (int64_t)b * T * ldq + (int64_t)h * D;
-	const bf16 *kb = k + (int64_t)b * T * ldk + (int64_t)g * D;
-	const bf16 *vb = v + (int64_t)b * T * ldk + (int64_t)g * D;
-	const int32_t *sg = seg ? seg + (int64_t)b * T : nullptr;
-	const int kv_end = causal ? min(T, q0 + BR) : T;
-	const int ntiles = (kv_end + BC - 1) / BC;
-
-	load_tile<D, BR, NT>(sQ, q + qoff, ldq, q0, T, tid);
-	load_tile<D, BR, NT>(sO, dout + qoff, ldq, q0, T, tid);
-	load_tile<D, BC, NT>(sK, kb, ldk, 0, T, tid);
-	load_tile<D, BC, NT>(sV, vb, ldk, 0, T, tid);
-	cp_commit();
-
-	const int r_lo = q0 + warp * 16 + (lane >> 2), r_hi = r_lo + 8;
-	const int seg_lo = sg && r_lo < T ? sg[r_lo] : -1, seg_hi = sg && r_hi < T ? sg[r_hi] : -1;
-	const float *Lb = lse + ((int64_t)b * H + h) * T, *Db = delta + ((int64_t)b * H + h) * T;
-	/* lse in log2 units; +inf for a row that sees nothing (or past T) so
-	 * that exp2(s - L) is 0 on it, masked -inf logits included. */
-	float L_lo = r_lo < T ? Lb[r_lo] : -INFINITY, L_hi = r_hi < T ? Lb[r_hi] : -INFINITY;
-	L_lo = L_lo == -INFINITY ? INFINITY : L_lo * LOG2E;
-	L_hi = L_hi == -INFINITY ? INFINITY : L_hi * LOG2E;
-	const float d_lo = r_lo < T ? Db[r_lo] : 0.f, d_hi = r_hi < T ? Db[r_hi] : 0.f;
-
-	float acc[D / 8][4];
-#pragma unroll
-	for (int n = 0; n < D / 8; n++)
-		acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
-
-	for (int t = 0; t < ntiles; t++) {
-		const int kv0 = t * BC;
-		if (t + 1 < ntiles) {
-			const int nb = (t + 1) & 1;
-			load_tile<D, BC, NT>(sK + nb * BC * D, kb, ldk, kv0 + BC, T, tid);
-			load_tile<D, BC, NT>(sV + nb * BC * D, vb, ldk, kv0 + BC, T, tid);
-		}
-		cp_commit();
-		cp_wait<1>();
-		__syncthreads();
-		const bf16 *cK = sK + (t & 1) * BC * D, *cV = sV + (t & 1) * BC * D;
-
-		float s[BC / 8][4], dp[BC / 8][4];
-#pragma unroll
-		for (int n = 0; n < BC / 8; n++)
-#pragma unroll
-			for (int e = 0; e < 4; e++)
-				s[n][e] = dp[n][e] = 0.f;
-#pragma unroll
-		for (int kk = 0; kk < D / 16; kk++) {
-			uint32_t a[4], ao[4];
-			ld_a<D>(a, sQ, warp * 16, kk * 16, lane);
-			ld_a<D>(ao, sO, warp * 16, kk * 16, lane);
-#pragma unroll
-			for (int np = 0; np < BC / 16; np++) {
-				uint32_t bb[4];
-				ld_b_nk<D>(bb, cK, np * 16, kk * 16, lane);
-				mma16816(s[2 * np], a, bb[0], bb[1]);
-				mma16816(s[2 * np + 1], a, bb[2], bb[3]);
-				ld_b_nk<D>(bb, cV, np * 16, kk * 16, lane);
-				mma16816(dp[2 * np], ao, bb[0], bb[1]);
-				mma16816(dp[2 * np + 1], ao, bb[2], bb[3]);
-			}
-		}
-
-		const bool need_mask =
-			kv0 + BC > T || sg || (causal && kv0 + BC - 1 > q0 + warp * 16);
-#pragma unroll
-		for (int n = 0; n < BC / 8; n++) {
-			const int j = kv0 + n * 8 + ((lane & 3) << 1);
-#pragma unroll
-			for (int e = 0; e < 4; e++) {
-				float p = exp2f(s[n][e] * scale_log2 - (e < 2 ? L_lo : L_hi));
-				if (need_mask) {
-					const int jj = j + (e & 1), i = e < 2 ? r_lo : r_hi;
-					const int si = e < 2 ? seg_lo : seg_hi;
-					bool ok = jj < T && (!causal || jj <= i) &&
-						  (!sg || (si >= 0 && sg[jj] == si));
-					if (!ok)
-						p = 0.f;
-				}
-				s[n][e] = p * (dp[n][e] - (e < 2 ? d_lo : d_hi)); /* dS */
-			}
-		}
-
-#pragma unroll
-		for (int kk = 0; kk < BC / 16; kk++) {
-			uint32_t a[4];
-			c_to_a(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-			for (int dd = 0; dd < D / 16; dd++) {
-				uint32_t bb[4];
-				ld_b_kn<D>(bb, cK, kk * 16, dd * 16, lane);
-				mma16816(acc[2 * dd], a, bb[0], bb[1]);
-				mma16816(acc[2 * dd + 1], a, bb[2], bb[3]);
-			}
-		}
-		__syncthreads();
-	}
-	cp_wait<0>();
-
-	bf16 *gb = dq + qoff + ((lane & 3) << 1);
-#pragma unroll
-	for (int n = 0; n < D / 8; n++) {
-		if (r_lo < T) {
-			__nv_bfloat162 *p = (__nv_bfloat162 *)(gb + r_lo * ldq + n * 8);
-			float2 old = __bfloat1622float2(*p);
-			*p = __floats2bfloat162_rn(old.x + scale * acc[n][0], old.y + scale * acc[n][1]);
-		}
-		if (r_hi < T) {
-			__nv_bfloat162 *p = (__nv_bfloat162 *)(gb + r_hi * ldq + n * 8);
-			float2 old = __bfloat1622float2(*p);
-			*p = __floats2bfloat162_rn(old.x + scale * acc[n][2], old.y + scale * acc[n][3]);
-		}
-	}
-}
-
-/* ----------------------------------------------- mma dk/dv pass (BF16) */
-
-template <int D> struct DkvCfg;
-template <> struct DkvCfg<64> {
-	static constexpr int BC = 128, BR = 64, NW = 8;
-};
-template <> struct DkvCfg<128> {
-	static constexpr int BC = 128, BR = 32, NW = 8;
-};
-
-/* A block owns BC keys of kv head g, each warp 16 of them, and walks every
- * query tile that can see them for each query head of g:
- * Sᵀ = K Qᵀ, Pᵀ = exp(Sᵀ - lse), dV += Pᵀ dO, dPᵀ = V dOᵀ,
- * dSᵀ = Pᵀ ∘ (dPᵀ - delta), dK += scale dSᵀ Q. */
-template <int D>
-__global__ void __launch_bounds__(DkvCfg<D>::NW * 32, 1)
-	dkdv_mma(bf16 *__restrict__ dk, bf16 *__restrict__ dv, const bf16 *__restrict__ dout,
-		 const bf16 *__restrict__ q, const bf16 *__restrict__ k,
-		 const bf16 *__restrict__ v, const float *__restrict__ lse,
-		 const float *__restrict__ delta, const int32_t *__restrict__ seg, int T, int H,
-		 int K, float scale, float scale_log2, int causal)
-{
-	constexpr int BC = DkvCfg<D>::BC, BR = DkvCfg<D>::BR, NT = DkvCfg<D>::NW * 32;
-	extern __shared__ __align__(128) unsigned char smem_raw[];
-	bf16 *sK = (bf16 *)smem_raw;  /* BC x D */
-	bf16 *sV = sK + BC * D;       /* BC x D */
-	bf16 *sQ = sV + BC * D;       /* 2 x BR x D */
-	bf16 *sO = sQ + 2 * BR * D;   /* 2 x BR x D, dout */
-	float *sL = (float *)(sO + 2 * BR * D); /* 2 x BR lse */
-	float *sD = sL + 2 * BR;                /* 2 x BR delta */
-
-	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-	const int g = blockIdx.y, b = blockIdx.z, rep = H / K, k0 = blockIdx.x * BC;
-	const int64_t ldq = (int64_t)H * D, ldk = (int64_t)K * D;
-	const int64_t koff = (int64_t)b * T * ldk + (int64_t)g * D;
-	const int32_t *sg = seg ? seg + (int64_t)b * T : nullptr;
-	const int qt0 = causal ? k0 / BR : 0, nqt = (T + BR - 1) / BR - qt0;
-	const int nit = rep * nqt;
-
-	/* Iteration it: query head g*rep + it/nqt, query tile qt0 + it%nqt. */
-	auto load_q = [&](int it, int stage) {
-		const int h = g * rep + it / nqt, q0 = (qt0 + it % nqt) * BR;
-		const int64_t qoff = (int64_t)b * T * ldq + (int64_t)h * D;
-		load_tile<D, BR, NT>(sQ + stage * BR * D, q + qoff, ldq, q0, T, tid);
-		load_tile<D, BR, NT>(sO + stage * BR * D, dout + qoff, ldq, q0, T, tid);
-		if (tid < 2 * BR) {
-			const int r = tid % BR, i = q0 + r;
-			const float *src = (tid < BR ? lse : delta) + ((int64_t)b * H + h) * T;
-			float *dst = (tid < BR ? sL : sD) + stage * BR + r;
-			cp_async4(smem_u32(dst), src + (i < T ? i : 0), i < T);
-		}
-	};
-
-	load_tile<D, BC, NT>(sK, k + koff, ldk, k0, T, tid);
-	load_tile<D, BC, NT>(sV, v + koff, ldk, k0, T, tid);
-	load_q(0, 0);
-	cp_commit();
-
-	const int j_lo = k0 + warp * 16 + (lane >> 2), j_hi = j_lo + 8;
-	const int seg_lo = sg && j_lo < T ? sg[j_lo] : -1, seg_hi = sg && j_hi < T ? sg[j_hi] : -1;
-	float ak[D / 8][4], av[D / 8][4];
-#pragma unroll
-	for (int n = 0; n < D / 8; n++)
-#pragma unroll
-		for (int e = 0; e < 4; e++)
-			ak[n][e] = av[n][e] = 0.f;
-
-	for (int it = 0; it < nit; it++) {
-		const int q0 = (qt0 + it % nqt) * BR, st = it & 1;
-		if (it + 1 < nit)
-			load_q(it + 1, st ^ 1);
-		cp_commit();
-		cp_wait<1>();
-		__syncthreads();
-		const bf16 *cQ = sQ + st * BR * D, *cO = sO + st * BR * D;
-		const float *cL = sL + st * BR, *cD = sD + st * BR;
-
-		float s[BR / 8][4], dp[BR / 8][4];
-#pragma unroll
-		for (int n = 0; n < BR / 8; n++)
-#pragma unroll
-			for (int e = 0; e < 4; e++)
-				s[n][e] = dp[n][e] = 0.f;
-#pragma unroll
-		for (int kk = 0; kk < D / 16; kk++) {
-			uint32_t a[4], av4[4];
-			ld_a<D>(a, sK, warp * 16, kk * 16, lane);
-			ld_a<D>(av4, sV, warp * 16, kk * 16, lane);
-#pragma unroll
-			for (int np = 0; np < BR / 16; np++) {
-				uint32_t bb[4];
-				ld_b_nk<D>(bb, cQ, np * 16, kk * 16, lane);
-				mma16816(s[2 * np], a, bb[0], bb[1]);
-				mma16816(s[2 * np + 1], a, bb[2], bb[3]);
-				ld_b_nk<D>(bb, cO, np * 16, kk * 16, lane);
-				mma16816(dp[2 * np], av4, bb[0], bb[1]);
-				mma16816(dp[2 * np + 1], av4, bb[2], bb[3]);
-			}
-		}
-
-		const bool need_mask = q0 + BR > T || k0 + warp * 16 + 16 > T || sg ||
-				       (causal && q0 < k0 + warp * 16 + 15);
-		/* s becomes Pᵀ, dp becomes dSᵀ; columns are queries. */
-#pragma unroll
-		for (int n = 0; n < BR / 8; n++) {
-			const int c = n * 8 + ((lane & 3) << 1);
-#pragma unroll
-			for (int e = 0; e < 4; e++) {
-				const int ci = c + (e & 1);
-				float L = cL[ci];
-				L = L == -INFINITY ? INFINITY : L * LOG2E;
-				float p = exp2f(s[n][e] * scale_log2 - L);
-				if (need_mask) {
-					const int i = q0 + ci, j = e < 2 ? j_lo : j_hi;
-					const int sj = e < 2 ? seg_lo : seg_hi;
-					bool ok = i < T && j < T && (!causal || j <= i) &&
-						  (!sg || (sj >= 0 && sg[i] == sj));
-					if (!ok)
-						p = 0.f;
-				}
-				s[n][e] = p;
-				dp[n][e] = p * (dp[n][e] - cD[ci]);
-			}
-		}
-
-#pragma unroll
-		for (int kk = 0; kk < BR / 16; kk++) {
-			uint32_t ap[4], as[4];
-			c_to_a(ap, s[2 * kk], s[2 * kk + 1]);
-			c_to_a(as, dp[2 * kk], dp[2 * kk + 1]);
-#pragma unroll
-			for (int dd = 0; dd < D / 16; dd++) {
-				uint32_t bb[4];
-				ld_b_kn<D>(bb, cO, kk * 16, dd * 16, lane);
-				mma16816(av[2 * dd], ap, bb[0], bb[1]);
-				mma16816(av[2 * dd + 1], ap, bb[2], bb[3]);
-				ld_b_kn<D>(bb, cQ, kk * 16, dd * 16, lane);
-				mma16816(ak[2 * dd], as, bb[0], bb[1]);
-				mma16816(ak[2 * dd + 1], as, bb[2], bb[3]);
-			}
-		}
-		__syncthreads();
-	}
-	cp_wait<0>();
-
-	const int64_t c0 = koff + ((lane & 3) << 1);
-#pragma unroll
-	for (int n = 0; n < D / 8; n++) {
-#pragma unroll
-		for (int half = 0; half < 2; half++) {
-			const int j = half ? j_hi : j_lo;
-			if (j >= T)
-				continue;
-			const int64_t off = c0 + j * ldk + n * 8;
-			if (dk) {
-				__nv_bfloat162 *p = (__nv_bfloat162 *)(dk + off);
-				float2 old = __bfloat1622float2(*p);
-				*p = __floats2bfloat162_rn(old.x + scale * ak[n][2 * half],
-							   old.y + scale * ak[n][2 * half + 1]);
-			}
-			if (dv) {
-				__nv_bfloat162 *p = (__nv_bfloat162 *)(dv + off);
-				float2 old = __bfloat1622float2(*p);
-				*p = __floats2bfloat162_rn(old.x + av[n][2 * half],
-							   old.y + av[n][2 * half + 1]);
-			}
-		}
-	}
-}
-
-/* ------------------------------- mma backward with atomic dq (BF16) */
+/* ------------------------------------------ mma fused backward (BF16) */
 
 template <int D> struct BwdCfg;
 /* KVREG keeps the warp's K and V rows in registers as A operands rather
- * than reading them again for each query tile. */
+ * than reading them again for each query tile. PF (prefetch): the ordered
+ * dQ sum reads its counter and loads the sum so far an iteration ahead
+ * (see bwd_fused_mma); without it, right before adding, where the other
+ * block on the SM (MINB 2) covers the latencies. D 64 runs two blocks of
+ * 64 keys an SM rather than one of 128 keys: with the atomics 5-7% faster
+ * on the H200, and the latencies of the ordered sum hide behind the other
+ * block. */
 template <> struct BwdCfg<64> {
-	static constexpr int BC = 128, BR = 64, NW = 8, MINB = 1;
-	static constexpr bool KVREG = true;
+	static constexpr int BC = 64, BR = 64, NW = 4, MINB = 2;
+	static constexpr bool KVREG = true, PF = false;
 };
 template <> struct BwdCfg<128> {
 	static constexpr int BC = 128, BR = 32, NW = 8, MINB = 1;
-	static constexpr bool KVREG = false;
+	static constexpr bool KVREG = false, PF = true;
 };
 
-/* A block owns BC keys of kv head g, each warp 16 of them, and walks every
- * query tile that can see them for each query head of g:
+/* The counters of the ordered dQ sums, as CUTLASS's semaphores use them:
+ * a relaxed read that sees the count, then a fence, acquires the parts it
+ * counts; a fence, then a relaxed add, releases this thread's stores and
+ * those ordered before it (by __syncwarp). One fence can do both. */
+static __device__ __forceinline__ int ld_relaxed(const int *p)
+{
+	int v;
+	asm volatile("ld.relaxed.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(p));
+	return v;
+}
+
+static __device__ __forceinline__ void fence_acq_rel()
+{
+	asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
+}
+
+static __device__ __forceinline__ void red_relaxed(int *p)
+{
+	asm volatile("red.relaxed.gpu.global.add.s32 [%0], 1;\n" ::"l"(p) : "memory");
+}
+
+/* A block owns BC keys of kv head g (key block j), each warp 16 of them,
+ * and walks every query tile that can see them for each query head of g:
  * Sᵀ = K Qᵀ, Pᵀ = exp(Sᵀ - lse), dV += Pᵀ dO, dPᵀ = V dOᵀ,
  * dSᵀ = Pᵀ ∘ (dPᵀ - delta), dK += dSᵀ Q (GQA summed inside the block);
  * dSᵀ also goes to shared memory (two buffers), from where, one iteration
- * later, the warps split the query tile's dQ = dS K (16 query rows x D/WPM
- * columns each) and add it into the float32 buffer dqw (B,T,H,D) with
- * atomics (dqw NULL: dq not wanted). One barrier an iteration. */
-template <int D>
+ * later, the warps split the query tile's part of dQ = dS K (16 query rows
+ * x NQ = D/WPM columns each). One barrier an iteration.
+ * The dQ parts of the key blocks are summed across blocks (dqw NULL: dq not
+ * wanted), in one of two ways:
+ * - DET false (nondeterministic): float atomics into the float32 buffer
+ *   dqw (B,T,H,D), which dq_add then rounds into dq;
+ * - DET true (the default), FlashAttention-3's deterministic mode: an
+ *   ordered sum through dqw, in the order the key blocks reach the query
+ *   tile (descending key block: see tile_of). The first block stores its
+ *   part; each next one waits for its counter (b,h,i,warp) in sem to reach
+ *   the number of parts before its own, adds its part to theirs and raises
+ *   the counter; the last adds the sum times scale into dq. A warp covers
+ *   the same piece of the tile in every block, so the counters are per
+ *   warp. With PF their latencies stay off the critical path as far as
+ *   they can: a warp reads its counter before the iteration's dV and dK
+ *   products, and at the end of the iteration one fence (lane 0's) both
+ *   releases the part it stored at the start (the count is raised only
+ *   then) and acquires the sum so far, whose loads then hide behind the
+ *   barrier and the dQ product. Without PF a warp waits, acquires, loads,
+ *   adds, stores and releases in one go, and the other block on the SM
+ *   runs meanwhile. Blocks take their (key block, kv head, batch) from a
+ *   ticket, sem[0], in the order of start, descending key block first
+ *   (ticket x + blocks (g + K b) is key block blocks - 1 - x): a block only
+ *   waits for blocks with lower tickets, which have started (and hold their
+ *   SM) before it, so the waits cannot deadlock, whatever order the
+ *   hardware starts blocks in. */
+template <int D, bool DET>
 __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
-	bwd_atomic_mma(float *__restrict__ dqw, bf16 *__restrict__ dk, bf16 *__restrict__ dv,
-		const bf16 *__restrict__ dout, const bf16 *__restrict__ q,
-		const bf16 *__restrict__ k, const bf16 *__restrict__ v,
-		const float *__restrict__ lse, const float *__restrict__ delta,
-		const int32_t *__restrict__ seg, int T, int H, int K, float scale,
-		float scale_log2, int causal)
+	bwd_fused_mma(float *__restrict__ dqw, bf16 *__restrict__ dq, int *__restrict__ sem,
+		      bf16 *__restrict__ dk, bf16 *__restrict__ dv, const bf16 *__restrict__ dout,
+		      const bf16 *__restrict__ q, const bf16 *__restrict__ k,
+		      const bf16 *__restrict__ v, const float *__restrict__ lse,
+		      const float *__restrict__ delta, const int32_t *__restrict__ seg, int T,
+		      int H, int K, float scale, float scale_log2, int causal, int rot)
 {
 	constexpr int BC = BwdCfg<D>::BC, BR = BwdCfg<D>::BR, NW = BwdCfg<D>::NW, NT = NW * 32;
 	constexpr int WPM = NW / (BR / 16), NQ = D / WPM; /* dQ: warps per 16 rows, their columns */
-	constexpr bool KVREG = BwdCfg<D>::KVREG;
+	constexpr bool KVREG = BwdCfg<D>::KVREG, PF = BwdCfg<D>::PF;
 	extern __shared__ __align__(128) unsigned char smem_raw[];
 	bf16 *sK = (bf16 *)smem_raw;  /* BC x D */
 	bf16 *sV = sK + BC * D;       /* BC x D */
@@ -722,16 +460,39 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 	float *sD = sL + 2 * BR;             /* 2 x BR delta */
 
 	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-	const int g = blockIdx.y, b = blockIdx.z, rep = H / K, k0 = blockIdx.x * BC;
+	int bx = blockIdx.x, by = blockIdx.y, bz = blockIdx.z;
+	if (DET && dqw) {
+		__shared__ int ticket;
+		if (tid == 0)
+			ticket = atomicAdd(sem, 1);
+		__syncthreads();
+		bx = ticket % gridDim.x;
+		by = ticket / gridDim.x % K;
+		bz = ticket / gridDim.x / K;
+	}
+	const int nkb = gridDim.x, jb = DET ? nkb - 1 - bx : bx;
+	const int g = by, b = bz, rep = H / K, k0 = jb * BC;
 	const int64_t ldq = (int64_t)H * D, ldk = (int64_t)K * D;
 	const int64_t koff = (int64_t)b * T * ldk + (int64_t)g * D;
 	const int32_t *sg = seg ? seg + (int64_t)b * T : nullptr;
-	const int qt0 = causal ? k0 / BR : 0, nqt = (T + BR - 1) / BR - qt0;
+	/* The walk over the query tiles: causal, from the key block's diagonal
+	 * tile qt0 to the last; not causal, over all tiles, from tile 0, or
+	 * with rot from tile qt0, wrapping around to tile 0 after the last.
+	 * Causal or rotated, each key block reaches a tile at least an
+	 * iteration after the one before it in the order of the tile's dQ sum
+	 * (see tile_of), so that the ordered sum seldom waits; from tile 0,
+	 * each waits for the one before it, and the last for all. */
+	const int nqa = (T + BR - 1) / BR, qt0 = causal || rot ? k0 / BR : 0;
+	const int nqt = causal ? nqa - qt0 : nqa;
 	const int nit = rep * nqt;
+	auto qtile = [&](int it) {
+		const int t = qt0 + it % nqt;
+		return t < nqa ? t : t - nqa;
+	};
 
-	/* Iteration it: query head g*rep + it/nqt, query tile qt0 + it%nqt. */
+	/* Iteration it: query head g*rep + it/nqt, query tile qtile(it). */
 	auto load_q = [&](int it, int stage) {
-		const int h = g * rep + it / nqt, q0 = (qt0 + it % nqt) * BR;
+		const int h = g * rep + it / nqt, q0 = qtile(it) * BR;
 		const int64_t qoff = (int64_t)b * T * ldq + (int64_t)h * D;
 		load_tile<D, BR, NT>(sQ + stage * BR * D, q + qoff, ldq, q0, T, tid);
 		load_tile<D, BR, NT>(sO + stage * BR * D, dout + qoff, ldq, q0, T, tid);
@@ -745,7 +506,7 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 	 * past T), and as staged: in log2 units, +inf for a row that sees
 	 * nothing so that exp2(s - L) is 0 on it */
 	auto lse_of = [&](int it, int r) {
-		const int h = g * rep + it / nqt, i = (qt0 + it % nqt) * BR + r;
+		const int h = g * rep + it / nqt, i = qtile(it) * BR + r;
 		return i < T ? lse[((int64_t)b * H + h) * T + i] : -INFINITY;
 	};
 	auto lse_staged = [](float L) { return L == -INFINITY ? INFINITY : L * LOG2E; };
@@ -767,12 +528,17 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 			ak[n][e] = av[n][e] = 0.f;
 	uint32_t ka[KVREG ? D / 16 : 1][4], va[KVREG ? D / 16 : 1][4];
 
-	/* dQ of query head h, rows q0.. from dSᵀ in buffer cS: this warp's
-	 * rows m0.., columns n0..; A = dS from the stored dSᵀ (ldmatrix
-	 * transposing), B = K as stored. */
-	auto dq_tile = [&](const bf16 *cS, int h, int q0) {
-		const int m0 = warp / WPM * 16, n0 = warp % WPM * NQ;
-		float acc[NQ / 8][4];
+	/* This warp's piece of a dQ tile: rows m0.. (this thread's rows
+	 * m0 + lane/4 and 8 more), columns n0.. */
+	const int m0 = warp / WPM * 16, n0 = warp % WPM * NQ;
+	/* DET: the sum of the earlier parts (0 for the first block of a tile)
+	 * and, for key block 0, dq's old values, fetched by dq_fetch */
+	float wsum[NQ / 8][4];
+	uint32_t dold[NQ / 8][2];
+
+	/* The part of query head h, rows q0.. from dSᵀ in buffer cS: A = dS
+	 * from the stored dSᵀ (ldmatrix transposing), B = K as stored. */
+	auto dq_part = [&](float (&acc)[NQ / 8][4], const bf16 *cS) {
 #pragma unroll
 		for (int n = 0; n < NQ / 8; n++)
 			acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
@@ -789,21 +555,127 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 				mma16816(acc[2 * np + 1], a, bb[2], bb[3]);
 			}
 		}
-		const int i_lo = q0 + m0 + (lane >> 2), i_hi = i_lo + 8;
-		float *wb = dqw + (int64_t)b * T * ldq + (int64_t)h * D + n0 + ((lane & 3) << 1);
-#pragma unroll
-		for (int n = 0; n < NQ / 8; n++) {
-			if (i_lo < T)
-				atomicAdd((float2 *)(wb + i_lo * ldq + n * 8),
-					  make_float2(acc[n][0], acc[n][1]));
-			if (i_hi < T)
-				atomicAdd((float2 *)(wb + i_hi * ldq + n * 8),
-					  make_float2(acc[n][2], acc[n][3]));
+	};
+	/* Iteration it's query head h, this thread's first row i0, and (DET)
+	 * the tile's sum, whose order is the order in which the key blocks
+	 * reach query tile qi: causal, jr (the block whose diagonal tile it
+	 * is) down to 0; not causal, nkb - 1 down to 0, or with rot jr down to
+	 * 0 then nkb - 1 down to jr + 1. This block comes at position pos of
+	 * nc; cnt is the counter of this warp's piece. */
+	auto tile_of = [&](int it, int &h, int &i0, int &pos, int &nc, int *&cnt) {
+		const int qi = qtile(it), jr = causal || rot ? qi / (BC / BR) : nkb - 1;
+		h = g * rep + it / nqt;
+		i0 = qi * BR + m0 + (lane >> 2);
+		nc = causal ? jr + 1 : nkb;
+		pos = jr >= jb ? jr - jb : jr - jb + nkb;
+		cnt = sem + 1 + (((int64_t)b * H + h) * nqa + qi) * NW + warp;
+	};
+	/* DET: the iteration whose counter this warp's last stored part still
+	 * has to raise (-1: none), and lane 0's early read of the counter of
+	 * iteration it's tile (when the block is not the tile's first) */
+	int rel = -1, seen = 0;
+	auto counter = [&](int it) {
+		int h, i0, pos, nc;
+		int *cnt;
+		tile_of(it, h, i0, pos, nc, cnt);
+		return cnt;
+	};
+	auto dq_poll = [&](int it) {
+		int h, i0, pos, nc;
+		int *cnt;
+		tile_of(it, h, i0, pos, nc, cnt);
+		if (lane == 0 && pos > 0)
+			seen = ld_relaxed(cnt);
+	};
+	/* raise the pending count: every lane's stores, then lane 0's fence */
+	auto dq_release = [&]() {
+		__syncwarp();
+		if (lane == 0 && rel >= 0) {
+			fence_acq_rel();
+			red_relaxed(counter(rel));
 		}
+		rel = -1;
+	};
+	/* DET, at the end of iteration it: release the pending count, wait for
+	 * the parts before this block's in iteration it's tile, and load their
+	 * sum (and, in the last block, dq's old values). A warp that has to
+	 * wait releases first, so that no block waits while holding a part. */
+	auto dq_fetch = [&](int it) {
+		int h, i0, pos, nc;
+		int *cnt;
+		tile_of(it, h, i0, pos, nc, cnt);
+		const int64_t off = (int64_t)b * T * ldq + (int64_t)h * D + n0 + ((lane & 3) << 1);
+		__syncwarp();
+		if (lane == 0) {
+			if (pos > 0 && seen < pos) {
+				if (rel >= 0) {
+					fence_acq_rel();
+					red_relaxed(counter(rel));
+					rel = -1;
+				}
+				while ((seen = ld_relaxed(cnt)) < pos)
+					;
+			}
+			if (pos > 0 || rel >= 0)
+				fence_acq_rel();
+			if (rel >= 0)
+				red_relaxed(counter(rel));
+		}
+		rel = -1;
+		__syncwarp();
+#pragma unroll
+		for (int hf = 0; hf < 2; hf++) {
+			const int i = i0 + 8 * hf;
+#pragma unroll
+			for (int n = 0; n < NQ / 8; n++) {
+				float2 w = make_float2(0.f, 0.f);
+				if (pos > 0 && i < T)
+					w = __ldcg((const float2 *)(dqw + off + i * ldq + n * 8));
+				wsum[n][2 * hf] = w.x;
+				wsum[n][2 * hf + 1] = w.y;
+				dold[n][hf] = pos == nc - 1 && i < T ?
+						      *(const uint32_t *)(dq + off + i * ldq + n * 8) : 0u;
+			}
+		}
+	};
+	/* iteration it's part acc: into dqw with atomics, or (DET) added to
+	 * the fetched sum and passed on, or into dq by the last block */
+	auto dq_out = [&](int it, const float (&acc)[NQ / 8][4]) {
+		int h, i0, pos, nc;
+		int *cnt;
+		tile_of(it, h, i0, pos, nc, cnt);
+		const int64_t off = (int64_t)b * T * ldq + (int64_t)h * D + n0 + ((lane & 3) << 1);
+#pragma unroll
+		for (int hf = 0; hf < 2; hf++) {
+			const int i = i0 + 8 * hf;
+			if (i >= T)
+				continue;
+#pragma unroll
+			for (int n = 0; n < NQ / 8; n++) {
+				float2 x = make_float2(acc[n][2 * hf], acc[n][2 * hf + 1]);
+				float2 *w = (float2 *)(dqw + off + i * ldq + n * 8);
+				if (!DET) {
+					atomicAdd(w, x);
+					continue;
+				}
+				x.x += wsum[n][2 * hf];
+				x.y += wsum[n][2 * hf + 1];
+				if (pos < nc - 1) {
+					__stcg(w, x);
+				} else {
+					__nv_bfloat162 o = *(const __nv_bfloat162 *)&dold[n][hf];
+					float2 of = __bfloat1622float2(o);
+					*(__nv_bfloat162 *)(dq + off + i * ldq + n * 8) =
+						__floats2bfloat162_rn(of.x + scale * x.x, of.y + scale * x.y);
+				}
+			}
+		}
+		if (DET && pos < nc - 1)
+			rel = it;
 	};
 
 	for (int it = 0; it < nit; it++) {
-		const int q0 = (qt0 + it % nqt) * BR, st = it & 1;
+		const int q0 = qtile(it) * BR, st = it & 1;
 		/* Past the barrier iteration it's tiles have landed and every
 		 * warp is done with iteration it - 1: with its stage of Q and
 		 * dout (the next loads take it) and its dSᵀ buffer written. */
@@ -818,8 +690,15 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 				lnext = lse_of(it + 1, tid);
 		}
 		if (dqw && it > 0) {
-			const int pit = it - 1;
-			dq_tile(sS + (pit & 1) * BC * BR, g * rep + pit / nqt, (qt0 + pit % nqt) * BR);
+			float acc[NQ / 8][4];
+			dq_part(acc, sS + ((it - 1) & 1) * BC * BR);
+			if (DET && !PF) {
+				dq_poll(it - 1);
+				dq_fetch(it - 1);
+			}
+			dq_out(it - 1, acc);
+			if (DET && !PF)
+				dq_release();
 		}
 		const bf16 *cQ = sQ + st * BR * D, *cO = sO + st * BR * D;
 		const float *cL = sL + st * BR, *cD = sD + st * BR;
@@ -908,6 +787,8 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 			}
 		}
 
+		if (DET && PF && dqw)
+			dq_poll(it);
 		if (live) {
 #pragma unroll
 			for (int kk = 0; kk < BR / 16; kk++) {
@@ -928,14 +809,23 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 				}
 			}
 		}
+		if (DET && PF && dqw)
+			dq_fetch(it);
 		if (it + 1 < nit && tid < BR)
 			sL[(st ^ 1) * BR + tid] = lse_staged(lnext);
 	}
 	/* the last iteration's dQ */
 	if (dqw && nit > 0) {
 		__syncthreads();
-		dq_tile(sS + ((nit - 1) & 1) * BC * BR, g * rep + (nit - 1) / nqt,
-			(qt0 + (nit - 1) % nqt) * BR);
+		float acc[NQ / 8][4];
+		dq_part(acc, sS + ((nit - 1) & 1) * BC * BR);
+		if (DET && !PF) {
+			dq_poll(nit - 1);
+			dq_fetch(nit - 1);
+		}
+		dq_out(nit - 1, acc);
+		if (DET)
+			dq_release();
 	}
 
 	const int64_t c0 = koff + ((lane & 3) << 1);
@@ -963,7 +853,8 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 	}
 }
 
-/* dq += scale w, 8 elements a thread (w the float32 sums of bwd_atomic_mma). */
+/* dq += scale w, 8 elements a thread (w the float32 sums of bwd_fused_mma's
+ * atomics). */
 __global__ void dq_add(bf16 *__restrict__ dq, const float *__restrict__ w, int64_t n8, float scale)
 {
 	for (int64_t x = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; x < n8;
@@ -1533,72 +1424,63 @@ extern "C" int lmk_cuda_attention_forward(void *be, lmk_dtype dt, void *out, flo
 			(int)H, (int)K, (int)D, scale, causal)
 }
 
+/* The fused backward; det picks the ordered dQ sum over the atomic one. */
 template <int D>
-static int bwd_mma_launch(cudaStream_t st, void *dq, void *dk, void *dv, const float *delta,
-			  const void *dout, const void *q, const void *k, const void *v,
-			  const float *lse, const int32_t *seg, int B, int T, int H, int K,
-			  float scale, int causal)
-{
-	int rc;
-	if (dq) {
-		using C = DqCfg<D>;
-		const size_t smem = (size_t)(2 * C::BR + 4 * C::BC) * D * sizeof(bf16);
-		if ((rc = set_smem(dq_mma<D>, smem)) < 0)
-			return rc;
-		dim3 grid((T + C::BR - 1) / C::BR, H, B);
-		dq_mma<D><<<grid, C::NW * 32, smem, st>>>(
-			(bf16 *)dq, (const bf16 *)dout, (const bf16 *)q, (const bf16 *)k,
-			(const bf16 *)v, lse, delta, seg, T, H, K, scale, scale * LOG2E, causal);
-		LMK_CK_LAUNCH();
-	}
-	if (dk || dv) {
-		using C = DkvCfg<D>;
-		const size_t smem =
-			(size_t)(2 * C::BC + 4 * C::BR) * D * sizeof(bf16) + 4 * C::BR * sizeof(float);
-		if ((rc = set_smem(dkdv_mma<D>, smem)) < 0)
-			return rc;
-		dim3 grid((T + C::BC - 1) / C::BC, K, B);
-		dkdv_mma<D><<<grid, C::NW * 32, smem, st>>>(
-			(bf16 *)dk, (bf16 *)dv, (const bf16 *)dout, (const bf16 *)q, (const bf16 *)k,
-			(const bf16 *)v, lse, delta, seg, T, H, K, scale, scale * LOG2E, causal);
-		LMK_CK_LAUNCH();
-	}
-	return 0;
-}
-
-template <int D>
-static int bwd_atomic_launch(void *be, cudaStream_t st, void *dq, void *dk, void *dv,
-			  const float *delta, const void *dout, const void *q, const void *k,
-			  const void *v, const float *lse, const int32_t *seg, int B, int T, int H,
-			  int K, float scale, int causal)
+static int bwd_fused_launch(void *be, cudaStream_t st, bool det, void *dq, void *dk, void *dv,
+			    const float *delta, const void *dout, const void *q, const void *k,
+			    const void *v, const float *lse, const int32_t *seg, int B, int T,
+			    int H, int K, float scale, int causal)
 {
 	using C = BwdCfg<D>;
 	const size_t smem = (size_t)(2 * C::BC + 4 * C::BR + 2 * C::BC * C::BR / D) * D * sizeof(bf16) +
 			    4 * C::BR * sizeof(float);
-	int rc = set_smem(bwd_atomic_mma<D>, smem);
+	int rc = det ? set_smem(bwd_fused_mma<D, true>, smem) : set_smem(bwd_fused_mma<D, false>, smem);
 	if (rc < 0)
 		return rc;
-	/* dq's float32 sums: (B,T,H,D) zeroed, the kernel adds, dq_add
-	 * rounds them into dq */
+	/* dq's float32 sums (B,T,H,D): zeroed for the atomics, which dq_add
+	 * then rounds into dq; for the ordered sum, followed by the ticket and
+	 * the counters (B,H,query tiles,warps), zeroed */
 	const int64_t n = (int64_t)B * T * H * D;
+	const int64_t nsem = det ? 1 + (int64_t)B * H * ((T + C::BR - 1) / C::BR) * C::NW : 0;
+	const size_t bytes = (size_t)(n + nsem) * sizeof(float);
 	float *w = nullptr;
+	int *sem = nullptr;
 	if (dq) {
 #if HAVE_BACKEND_H
-		w = (float *)lmk_cuda_scratch((lmk_cuda_backend *)be, (size_t)n * sizeof(float));
+		w = (float *)lmk_cuda_scratch((lmk_cuda_backend *)be, bytes);
 		if (!w)
 			return lmk_errcode();
 #else
-		LMK_CK(cudaMallocAsync((void **)&w, (size_t)n * sizeof(float), st));
+		LMK_CK(cudaMallocAsync((void **)&w, bytes, st));
 #endif
-		LMK_CK(cudaMemsetAsync(w, 0, (size_t)n * sizeof(float), st));
+		sem = (int *)(w + n);
+		if (det)
+			LMK_CK(cudaMemsetAsync(sem, 0, (size_t)nsem * sizeof(int), st));
+		else
+			LMK_CK(cudaMemsetAsync(w, 0, (size_t)n * sizeof(float), st));
 	}
 	dim3 grid((T + C::BC - 1) / C::BC, K, B);
-	bwd_atomic_mma<D><<<grid, C::NW * 32, smem, st>>>(w, (bf16 *)dk, (bf16 *)dv, (const bf16 *)dout,
-						   (const bf16 *)q, (const bf16 *)k, (const bf16 *)v,
-						   lse, delta, seg, T, H, K, scale, scale * LOG2E,
-						   causal);
+	/* Not causal, the ordered sum's rotated walk makes a key block wait
+	 * for the one after it in the order of start at the wrap: it cannot
+	 * deadlock when all key blocks of a head fit on the device at once
+	 * (with half of it to spare for other streams' kernels). */
+#if HAVE_BACKEND_H
+	const int rot = !causal && 2 * (int)grid.x <= ((lmk_cuda_backend *)be)->sm_count;
+#else
+	const int rot = 0;
+#endif
+	if (det)
+		bwd_fused_mma<D, true><<<grid, C::NW * 32, smem, st>>>(
+			w, (bf16 *)dq, sem, (bf16 *)dk, (bf16 *)dv, (const bf16 *)dout,
+			(const bf16 *)q, (const bf16 *)k, (const bf16 *)v, lse, delta, seg, T, H, K,
+			scale, scale * LOG2E, causal, rot);
+	else
+		bwd_fused_mma<D, false><<<grid, C::NW * 32, smem, st>>>(
+			w, nullptr, nullptr, (bf16 *)dk, (bf16 *)dv, (const bf16 *)dout,
+			(const bf16 *)q, (const bf16 *)k, (const bf16 *)v, lse, delta, seg, T, H, K,
+			scale, scale * LOG2E, causal, rot);
 	cudaError_t e = cudaGetLastError();
-	if (e == cudaSuccess && dq) {
+	if (e == cudaSuccess && dq && !det) {
 		const int64_t n8 = n / 8;
 		const int blocks = (int)std::min<int64_t>((n8 + 255) / 256, 8192);
 		dq_add<<<blocks, 256, 0, st>>>((bf16 *)dq, w, n8, scale);
@@ -1674,20 +1556,12 @@ extern "C" int lmk_cuda_attention_backward(void *be, lmk_dtype dt, void *dq, voi
 	if (!dq && !dk && !dv)
 		return 0;
 	if (use_mma(dt, D, dout, q, k, v, dq) && (!dk || aligned16(dk)) && (!dv || aligned16(dv))) {
-		if (nondeterministic(be)) {
-			if (D == 64)
-				return bwd_atomic_launch<64>(be, st, dq, dk, dv, delta, dout, q, k, v,
-							     lse, seg, (int)B, (int)T, (int)H, (int)K,
-							     scale, causal);
-			return bwd_atomic_launch<128>(be, st, dq, dk, dv, delta, dout, q, k, v, lse,
-						      seg, (int)B, (int)T, (int)H, (int)K, scale,
-						      causal);
-		}
+		const bool det = !nondeterministic(be);
 		if (D == 64)
-			return bwd_mma_launch<64>(st, dq, dk, dv, delta, dout, q, k, v, lse, seg,
-						  (int)B, (int)T, (int)H, (int)K, scale, causal);
-		return bwd_mma_launch<128>(st, dq, dk, dv, delta, dout, q, k, v, lse, seg, (int)B,
-					   (int)T, (int)H, (int)K, scale, causal);
+			return bwd_fused_launch<64>(be, st, det, dq, dk, dv, delta, dout, q, k, v, lse,
+						    seg, (int)B, (int)T, (int)H, (int)K, scale, causal);
+		return bwd_fused_launch<128>(be, st, det, dq, dk, dv, delta, dout, q, k, v, lse, seg,
+					     (int)B, (int)T, (int)H, (int)K, scale, causal);
 	}
 	if (dt == LMK_BF16) {
 		SIMPLE_DISPATCH(bwd_simple_launch, bf16, D, st, dq, dk, dv, delta, dout, q, k, v,

@@ -36,10 +36,10 @@ int lmk_cuda_attention_forward(void *be, lmk_dtype dt, void *out /*(B,T,H,D)*/,
 /* Adds (+=) the gradients into dq, dk, dv (each may be NULL: not wanted);
  * delta is scratch that ends holding rowsum(dout * out). Deterministic (no
  * float atomics, every sum in a fixed order) unless the context was set
- * nondeterministic, where the BF16 kernels of head dims 64 and 128 take a
- * faster path that sums dq with float atomics (its low bits then vary
- * between runs). @return : as the forward, or LMK_ENOMEM when that path's
- * scratch cannot be had */
+ * nondeterministic, where the BF16 kernels of head dims 64 and 128 sum dq
+ * with float atomics instead of in order (its low bits then vary between
+ * runs). @return : as the forward, or LMK_ENOMEM when the dq sums' scratch
+ * cannot be had */
 int lmk_cuda_attention_backward(void *be, lmk_dtype dt, void *dq /*(B,T,H,D)*/,
 				void *dk /*(B,T,K,D)*/, void *dv /*(B,T,K,D)*/,
 				float *delta /*(B,H,T) scratch*/, const void *dout /*(B,T,H,D)*/,

@@ -524,15 +524,25 @@ START_TEST(test_table)
 }
 END_TEST
 
-/* Two default (deterministic) BF16 backward runs give the same bits, at a
- * length of several key and query blocks, with grouped-query heads. */
+/* Two default (deterministic) BF16 backward runs give the same bits, at
+ * lengths of several key and query blocks (ragged ones among them), with
+ * and without grouped-query heads, causal or not, and grids of more blocks
+ * than the device holds at once (the ordered dq sums wait across blocks);
+ * and they agree (bf16 tolerance) with the nondeterministic backward, the
+ * check of the lengths too long for the CPU reference (T 17000: more key
+ * blocks than half the device's SMs, where the walk of a non-causal
+ * deterministic backward does not rotate). */
 START_TEST(test_deterministic)
 {
-	static const int64_t Ds[] = {64, 128};
-	const int64_t B = 2, T = 333, H = 4, K = 2;
+	static const struct { int64_t B, T, H, K, D; int causal; } sh[] = {
+		{2, 333, 4, 2, 64, 1},   {2, 333, 4, 2, 128, 1}, {1, 1000, 6, 1, 64, 1},
+		{1, 777, 4, 4, 128, 0},  {3, 130, 8, 2, 64, 0},  {2, 200, 2, 1, 128, 1},
+		{4, 1024, 16, 8, 64, 1}, {2, 2000, 8, 8, 128, 0}, {1, 17000, 2, 1, 64, 0},
+		{1, 17000, 2, 2, 128, 0}};
 	lmk_cuda_attention_set_nondeterministic(be, 0);
-	for (int x = 0; x < 2; x++) {
-		const int64_t D = Ds[x];
+	for (size_t x = 0; x < (small ? 2 : sizeof sh / sizeof sh[0]); x++) {
+		const int64_t B = sh[x].B, T = sh[x].T, H = sh[x].H, K = sh[x].K, D = sh[x].D;
+		const int causal = sh[x].causal;
 		const size_t nq = (size_t)(B * T * H * D), nk = (size_t)(B * T * K * D),
 			     nl = (size_t)(B * H * T);
 		const float scale = 1.0f / sqrtf((float)D);
@@ -543,23 +553,25 @@ START_TEST(test_deterministic)
 		void *d_q = dev_up(LMK_BF16, q, nq), *d_k = dev_up(LMK_BF16, k, nk);
 		void *d_v = dev_up(LMK_BF16, v, nk), *d_do = dev_up(LMK_BF16, dout, nq);
 		void *d_o = dev_new(nq * 2, 0), *d_lse = dev_new(nl * 4, 0), *d_delta = dev_new(nl * 4, 0);
-		void *g[2][3];
+		void *g[3][3];
 		const size_t gb[3] = {nq * 2, nk * 2, nk * 2};
-		for (int run = 0; run < 2; run++)
+		for (int run = 0; run < 3; run++)
 			for (int w = 0; w < 3; w++)
 				g[run][w] = dev_new(gb[w], 0);
 		ck_assert(d_q && d_k && d_v && d_do && d_o && d_lse && d_delta);
 		ck_assert_int_eq(lmk_cuda_attention_forward(be, LMK_BF16, d_o, d_lse, d_q, d_k, d_v,
-							    NULL, B, T, H, K, D, scale, 1),
+							    NULL, B, T, H, K, D, scale, causal),
 				 0);
-		for (int run = 0; run < 2; run++) {
+		for (int run = 0; run < 3; run++) {
 			ck_assert(g[run][0] && g[run][1] && g[run][2]);
+			lmk_cuda_attention_set_nondeterministic(be, run == 2);
 			ck_assert_int_eq(lmk_cuda_attention_backward(be, LMK_BF16, g[run][0], g[run][1],
 								     g[run][2], d_delta, d_do, d_q,
 								     d_k, d_v, d_o, d_lse, NULL, B, T,
-								     H, K, D, scale, 1),
+								     H, K, D, scale, causal),
 					 0);
 		}
+		lmk_cuda_attention_set_nondeterministic(be, 0);
 		ck_assert_int_eq(lmk_cuda_sync(be), 0);
 		for (int w = 0; w < 3; w++) {
 			unsigned char *a = malloc(gb[w]), *c = malloc(gb[w]);
@@ -567,12 +579,33 @@ START_TEST(test_deterministic)
 			ck_assert_int_eq(lmk_cuda_download(be, a, g[0][w], gb[w]), 0);
 			ck_assert_int_eq(lmk_cuda_download(be, c, g[1][w], gb[w]), 0);
 			ck_assert_msg(memcmp(a, c, gb[w]) == 0,
-				      "D=%lld: %s differs between two default backward runs",
-				      (long long)D, w == 0 ? "dq" : w == 1 ? "dk" : "dv");
+				      "B=%lld T=%lld H=%lld K=%lld D=%lld causal=%d: %s differs "
+				      "between two default backward runs",
+				      (long long)B, (long long)T, (long long)H, (long long)K,
+				      (long long)D, causal, w == 0 ? "dq" : w == 1 ? "dk" : "dv");
 			free(a);
 			free(c);
+			/* ||det - nondet|| / ||nondet|| */
+			const size_t n = gb[w] / 2;
+			float *x = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float));
+			ck_assert(x && y);
+			ck_assert_int_eq(dev_down(LMK_BF16, x, g[0][w], n), 0);
+			ck_assert_int_eq(dev_down(LMK_BF16, y, g[2][w], n), 0);
+			double num = 0, den = 0;
+			for (size_t i = 0; i < n; i++) {
+				num += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
+				den += (double)y[i] * y[i];
+			}
+			ck_assert_msg(sqrt(num) <= 1e-2 * sqrt(den) && den > 0,
+				      "B=%lld T=%lld H=%lld K=%lld D=%lld causal=%d: %s of the "
+				      "deterministic and nondeterministic backward differ by %.2e",
+				      (long long)B, (long long)T, (long long)H, (long long)K,
+				      (long long)D, causal, w == 0 ? "dq" : w == 1 ? "dk" : "dv",
+				      den > 0 ? sqrt(num / den) : INFINITY);
+			free(x);
+			free(y);
 		}
-		for (int run = 0; run < 2; run++)
+		for (int run = 0; run < 3; run++)
 			for (int w = 0; w < 3; w++)
 				lmk_cuda_mem_free(g[run][w]);
 		lmk_cuda_mem_free(d_q), lmk_cuda_mem_free(d_k), lmk_cuda_mem_free(d_v);
