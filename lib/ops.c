@@ -85,7 +85,7 @@ lmk_tensor *lmk_embedding(lmk_ctx *c, lmk_tensor *ids, lmk_tensor *w)
 	int64_t shape[LMK_MAXDIM];
 	memcpy(shape, ids->shape, sizeof(int64_t) * (size_t)ids->ndim);
 	shape[ids->ndim] = C;
-	lmk_tensor *out = lmk_tensor_new(c, c->dtype, ids->ndim + 1, shape, wants_grad(c, 2, in));
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, ids->ndim + 1, shape, wants_grad(c, 2, in));
 	if (!out)
 		return NULL;
 	if (on_cuda(c)) {
@@ -149,7 +149,7 @@ lmk_tensor *lmk_linear(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, lmk_tensor *b)
 	int64_t shape[LMK_MAXDIM];
 	memcpy(shape, x->shape, sizeof shape);
 	shape[x->ndim - 1] = OC;
-	lmk_tensor *out = lmk_tensor_new(c, c->dtype, x->ndim, shape, wants_grad(c, 3, in));
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, x->ndim, shape, wants_grad(c, 3, in));
 	if (!out)
 		return NULL;
 	if (on_cuda(c)) {
@@ -214,7 +214,7 @@ lmk_tensor *lmk_rmsnorm(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, float eps)
 	    check_norm("rmsnorm", x, w, NULL, eps) < 0)
 		return NULL;
 	int64_t C = x->shape[x->ndim - 1], N = lead(x, x->ndim - 1);
-	lmk_tensor *out = lmk_tensor_new(c, c->dtype, x->ndim, x->shape, wants_grad(c, 2, in));
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, x->ndim, x->shape, wants_grad(c, 2, in));
 	float *rstd = lmk_arena_alloc(&c->arena, (size_t)N * sizeof(float));
 	if (!out || !rstd)
 		return NULL;
@@ -263,7 +263,7 @@ lmk_tensor *lmk_layernorm(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, lmk_tensor *
 	    check_norm("layernorm", x, w, b, eps) < 0)
 		return NULL;
 	int64_t C = x->shape[x->ndim - 1], N = lead(x, x->ndim - 1);
-	lmk_tensor *out = lmk_tensor_new(c, c->dtype, x->ndim, x->shape, wants_grad(c, 3, in));
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, x->ndim, x->shape, wants_grad(c, 3, in));
 	float *stats = lmk_arena_alloc(&c->arena, 2 * (size_t)N * sizeof(float));
 	if (!out || !stats)
 		return NULL;
@@ -381,7 +381,7 @@ lmk_tensor *lmk_rope_apply(lmk_ctx *c, lmk_tensor *x, const lmk_rope *r, lmk_ten
 		return NULL;
 	}
 	int64_t N = x->shape[0] * x->shape[1], H = x->shape[2], D = x->shape[3];
-	lmk_tensor *out = lmk_tensor_new(c, c->dtype, 4, x->shape, wants_grad(c, 1, in));
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, 4, x->shape, wants_grad(c, 1, in));
 	if (!out)
 		return NULL;
 	/* On CUDA the kernels read a device copy of the table (the host one is
@@ -484,7 +484,7 @@ lmk_tensor *lmk_attention_ex(lmk_ctx *c, lmk_tensor *q, lmk_tensor *k, lmk_tenso
 				lmk_dtype_name(c->dtype));
 			return NULL;
 		}
-	lmk_tensor *out = lmk_tensor_new(c, c->dtype, 4, q->shape, wants_grad(c, 3, in));
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, 4, q->shape, wants_grad(c, 3, in));
 	float *lse = lmk_arena_alloc(&c->arena, (size_t)(B * H * T) * sizeof(float));
 	if (!out || !lse)
 		return NULL;
@@ -540,7 +540,7 @@ static lmk_tensor *unary(lmk_ctx *c, const char *op, lmk_tensor *x,
 		return NULL;
 	if (check_inputs(c, op, 1, &x, (const char *[]){"x"}, (lmk_dtype[]){LMK_F32}) < 0)
 		return NULL;
-	lmk_tensor *out = lmk_tensor_new(c, c->dtype, x->ndim, x->shape, wants_grad(c, 1, &x));
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, x->ndim, x->shape, wants_grad(c, 1, &x));
 	if (!out)
 		return NULL;
 	int fail;
@@ -698,7 +698,7 @@ static lmk_tensor *binary(lmk_ctx *c, const char *op, lmk_tensor *a, lmk_tensor 
 	}
 	*M = b->n;
 	*N = b->n ? a->n / b->n : 0;
-	lmk_tensor *out = lmk_tensor_new(c, c->dtype, a->ndim, a->shape, wants_grad(c, 2, in));
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, a->ndim, a->shape, wants_grad(c, 2, in));
 	if (!out)
 		return NULL;
 	int fail;
@@ -855,7 +855,7 @@ lmk_tensor *lmk_cross_entropy(lmk_ctx *c, lmk_tensor *logits, lmk_tensor *target
 			return NULL;
 		}
 	/* the loss is float32 in every compute dtype */
-	lmk_tensor *out = lmk_tensor_new(c, LMK_F32, 0, NULL, wants_grad(c, 1, in));
+	lmk_tensor *out = lmk_tensor_new_out(c, LMK_F32, 0, NULL, wants_grad(c, 1, in));
 	float *lse;
 	int64_t cnt = -1; /* on CUDA the count stays on the device */
 #if LMK_CUDA
