@@ -7,7 +7,10 @@
  * shared by both devices; only the kernel call differs.
  * On CUDA a float input is read in the context's compute dtype: its own
  * data, or for a parameter in a BF16 context its bf16 copy (X below); its
- * gradient carries its own dtype (GB below). Shape letters as in ops.h. */
+ * gradient carries its own dtype (GB below). A node's `writes` names the
+ * inputs whose gradients its kernel can assign rather than add into; the
+ * replay then passes the kernel n->assign (tensor.h). Shape letters as in
+ * ops.h. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -116,9 +119,10 @@ static int linear_bw(lmk_ctx *c, lmk_node *n)
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_linear_backward(c->backend, c->dtype, GB(n->in[0]), GB(n->in[1]),
 						      GB(n->in[2]), n->out->grad, X(c, n->in[0]),
-						      X(c, n->in[1]), n->i[0], n->i[1], n->i[2]));
+						      X(c, n->in[1]), n->i[0], n->i[1], n->i[2],
+						      n->assign));
 	lmk_cpu_linear_backward(G(n->in[0]), G(n->in[1]), G(n->in[2]), n->out->grad, F(n->in[0]),
-				F(n->in[1]), n->i[0], n->i[1], n->i[2]);
+				F(n->in[1]), n->i[0], n->i[1], n->i[2], n->assign);
 	return 0;
 }
 
@@ -170,6 +174,8 @@ lmk_tensor *lmk_linear(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, lmk_tensor *b)
 		n->i[0] = N;
 		n->i[1] = IC;
 		n->i[2] = OC;
+		/* dx and dw by beta = 0 (nothing to write when N or OC is 0) */
+		n->writes = N && OC ? 3 : 0;
 	}
 	return out;
 }
@@ -198,9 +204,9 @@ static int rmsnorm_bw(lmk_ctx *c, lmk_node *n)
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_rmsnorm_backward(c->backend, c->dtype, GB(n->in[0]), GB(n->in[1]),
 						       n->out->grad, X(c, n->in[0]), X(c, n->in[1]),
-						       n->saved, n->i[0], n->i[1]));
+						       n->saved, n->i[0], n->i[1], n->assign));
 	lmk_cpu_rmsnorm_backward(G(n->in[0]), G(n->in[1]), n->out->grad, F(n->in[0]),
-				 F(n->in[1]), n->saved, n->i[0], n->i[1]);
+				 F(n->in[1]), n->saved, n->i[0], n->i[1], n->assign);
 	return 0;
 }
 
@@ -236,6 +242,7 @@ lmk_tensor *lmk_rmsnorm(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, float eps)
 		n->i[0] = N;
 		n->i[1] = C;
 		n->f[0] = eps;
+		n->writes = 1;
 	}
 	return out;
 }
@@ -247,9 +254,10 @@ static int layernorm_bw(lmk_ctx *c, lmk_node *n)
 		return CUDA(lmk_cuda_layernorm_backward(c->backend, c->dtype, GB(n->in[0]),
 							 GB(n->in[1]), GB(n->in[2]), n->out->grad,
 							 X(c, n->in[0]), X(c, n->in[1]), mean, rstd,
-							 n->i[0], n->i[1]));
+							 n->i[0], n->i[1], n->assign));
 	lmk_cpu_layernorm_backward(G(n->in[0]), G(n->in[1]), G(n->in[2]), n->out->grad,
-				   F(n->in[0]), F(n->in[1]), mean, rstd, n->i[0], n->i[1]);
+				   F(n->in[0]), F(n->in[1]), mean, rstd, n->i[0], n->i[1],
+				   n->assign);
 	return 0;
 }
 
@@ -286,6 +294,7 @@ lmk_tensor *lmk_layernorm(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, lmk_tensor *
 		n->i[0] = N;
 		n->i[1] = C;
 		n->f[0] = eps;
+		n->writes = 1;
 	}
 	return out;
 }
@@ -356,9 +365,9 @@ static int rope_bw(lmk_ctx *c, lmk_node *n)
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_rope_backward(c->backend, c->dtype, GB(n->in[0]), n->out->grad,
 						    I32(n->in[1]), n->saved, n->f[0], n->i[0],
-						    n->i[1], n->i[2]));
+						    n->i[1], n->i[2], n->assign));
 	lmk_cpu_rope_backward(G(n->in[0]), n->out->grad, I32(n->in[1]), n->saved, n->f[0],
-			      n->i[0], n->i[1], n->i[2]);
+			      n->i[0], n->i[1], n->i[2], n->assign);
 	return 0;
 }
 
@@ -419,6 +428,7 @@ lmk_tensor *lmk_rope_apply(lmk_ctx *c, lmk_tensor *x, const lmk_rope *r, lmk_ten
 		n->i[1] = H;
 		n->i[2] = D;
 		n->f[0] = r->attn_factor;
+		n->writes = 1;
 	}
 	return out;
 }
@@ -550,6 +560,7 @@ static lmk_tensor *unary(lmk_ctx *c, const char *op, lmk_tensor *x,
 	if (*node) {
 		(*node)->in[0] = x;
 		(*node)->i[0] = x->n;
+		(*node)->writes = 1; /* every unary backward can assign dx */
 	}
 	return out;
 }
@@ -558,8 +569,8 @@ static int silu_bw(lmk_ctx *c, lmk_node *n)
 {
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_silu_backward(c->backend, c->dtype, GB(n->in[0]), n->out->grad,
-						    X(c, n->in[0]), n->i[0]));
-	lmk_cpu_silu_backward(G(n->in[0]), n->out->grad, F(n->in[0]), n->i[0]);
+						    X(c, n->in[0]), n->i[0], n->assign));
+	lmk_cpu_silu_backward(G(n->in[0]), n->out->grad, F(n->in[0]), n->i[0], n->assign);
 	return 0;
 }
 
@@ -581,8 +592,10 @@ static int gelu_bw(lmk_ctx *c, lmk_node *n)
 {
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_gelu_backward(c->backend, c->dtype, GB(n->in[0]), n->out->grad,
-						    X(c, n->in[0]), n->i[0], (int)n->i[1]));
-	lmk_cpu_gelu_backward(G(n->in[0]), n->out->grad, F(n->in[0]), n->i[0], (int)n->i[1]);
+						    X(c, n->in[0]), n->i[0], (int)n->i[1],
+						    n->assign));
+	lmk_cpu_gelu_backward(G(n->in[0]), n->out->grad, F(n->in[0]), n->i[0], (int)n->i[1],
+			      n->assign);
 	return 0;
 }
 
@@ -608,8 +621,8 @@ static int scale_bw(lmk_ctx *c, lmk_node *n)
 {
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_scale_backward(c->backend, c->dtype, GB(n->in[0]), n->out->grad,
-						     n->f[0], n->i[0]));
-	lmk_cpu_scale_backward(G(n->in[0]), n->out->grad, n->f[0], n->i[0]);
+						     n->f[0], n->i[0], n->assign));
+	lmk_cpu_scale_backward(G(n->in[0]), n->out->grad, n->f[0], n->i[0], n->assign);
 	return 0;
 }
 
@@ -636,9 +649,9 @@ static int dropout_bw(lmk_ctx *c, lmk_node *n)
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_dropout_backward(c->backend, c->dtype, GB(n->in[0]), n->out->grad,
 						       n->i[0], n->f[0], (uint64_t)n->i[1],
-						       (uint64_t)n->i[2]));
+						       (uint64_t)n->i[2], n->assign));
 	lmk_cpu_dropout_backward(G(n->in[0]), n->out->grad, n->i[0], n->f[0], (uint64_t)n->i[1],
-				 (uint64_t)n->i[2]);
+				 (uint64_t)n->i[2], n->assign);
 	return 0;
 }
 
@@ -719,9 +732,9 @@ static int swiglu_bw(lmk_ctx *c, lmk_node *n)
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_swiglu_backward(c->backend, c->dtype, GB(n->in[0]), GB(n->in[1]),
 						      n->out->grad, X(c, n->in[0]), X(c, n->in[1]),
-						      n->i[1]));
+						      n->i[1], n->assign));
 	lmk_cpu_swiglu_backward(G(n->in[0]), G(n->in[1]), n->out->grad, F(n->in[0]), F(n->in[1]),
-				n->i[1]);
+				n->i[1], n->assign);
 	return 0;
 }
 
@@ -732,6 +745,8 @@ lmk_tensor *lmk_swiglu(lmk_ctx *c, lmk_tensor *gate, lmk_tensor *up)
 	lmk_tensor *out = binary(c, "swiglu", gate, up, 0, swiglu_bw, &n, &N, &M);
 	if (!out)
 		return NULL;
+	if (n)
+		n->writes = 3;
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_swiglu_forward(c->backend, c->dtype, out->data, X(c, gate),
 						    X(c, up), M)) < 0
@@ -745,8 +760,8 @@ static int add_bw(lmk_ctx *c, lmk_node *n)
 {
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_add_backward(c->backend, c->dtype, GB(n->in[0]), GB(n->in[1]),
-						   n->out->grad, n->i[0], n->i[1]));
-	lmk_cpu_add_backward(G(n->in[0]), G(n->in[1]), n->out->grad, n->i[0], n->i[1]);
+						   n->out->grad, n->i[0], n->i[1], n->assign));
+	lmk_cpu_add_backward(G(n->in[0]), G(n->in[1]), n->out->grad, n->i[0], n->i[1], n->assign);
 	return 0;
 }
 
@@ -757,6 +772,8 @@ lmk_tensor *lmk_add(lmk_ctx *c, lmk_tensor *a, lmk_tensor *b)
 	lmk_tensor *out = binary(c, "add", a, b, 1, add_bw, &n, &N, &M);
 	if (!out)
 		return NULL;
+	if (n) /* a broadcast b's gradient is a sum over rows, added */
+		n->writes = N == 1 ? 3 : 1;
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_add_forward(c->backend, c->dtype, out->data, X(c, a), X(c, b), N,
 						 M)) < 0
@@ -771,9 +788,9 @@ static int mul_bw(lmk_ctx *c, lmk_node *n)
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_mul_backward(c->backend, c->dtype, GB(n->in[0]), GB(n->in[1]),
 						   n->out->grad, X(c, n->in[0]), X(c, n->in[1]),
-						   n->i[0], n->i[1]));
+						   n->i[0], n->i[1], n->assign));
 	lmk_cpu_mul_backward(G(n->in[0]), G(n->in[1]), n->out->grad, F(n->in[0]), F(n->in[1]),
-			     n->i[0], n->i[1]);
+			     n->i[0], n->i[1], n->assign);
 	return 0;
 }
 
@@ -784,6 +801,8 @@ lmk_tensor *lmk_mul(lmk_ctx *c, lmk_tensor *a, lmk_tensor *b)
 	lmk_tensor *out = binary(c, "mul", a, b, 1, mul_bw, &n, &N, &M);
 	if (!out)
 		return NULL;
+	if (n) /* b's gradient is a sum over rows, added */
+		n->writes = 1;
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_mul_forward(c->backend, c->dtype, out->data, X(c, a), X(c, b), N,
 						 M)) < 0
@@ -817,10 +836,11 @@ static int cross_entropy_bw(lmk_ctx *c, lmk_node *n)
 		return lmk_cuda_cross_entropy_backward(c->backend, c->dtype, GB(n->in[0]), n->out->grad,
 						       X(c, n->in[0]), n->saved, I32(n->in[1]),
 						       n->i[0], n->i[1], (int)n->i[2],
-						       ce_count(n->saved, n->i[0]));
+						       ce_count(n->saved, n->i[0]), n->assign);
 #endif
 	lmk_cpu_cross_entropy_backward(G(n->in[0]), n->out->grad, F(n->in[0]), n->saved,
-				       I32(n->in[1]), n->i[0], n->i[1], (int)n->i[2], n->i[3]);
+				       I32(n->in[1]), n->i[0], n->i[1], (int)n->i[2], n->i[3],
+				       n->assign);
 	return 0;
 }
 
@@ -894,6 +914,7 @@ lmk_tensor *lmk_cross_entropy(lmk_ctx *c, lmk_tensor *logits, lmk_tensor *target
 		n->i[1] = V;
 		n->i[2] = ignore;
 		n->i[3] = cnt;
+		n->writes = 1;
 	}
 	return out;
 }
