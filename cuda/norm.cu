@@ -214,14 +214,17 @@ __global__ void layernorm_bwd(gacc dinp, bool set, const T *dout, const T *inp, 
 	const T *x = inp + row * C, *g = dout + row * C;
 	float m = mean[row], r = rstd[row], s = 0.0f, sx = 0.0f;
 	for (int64_t i = lane; i < C; i += 32) {
-		float gw = tof(g[i]) * (w ? tof(w[i]) : 1.0f);
+		float gw = __fmul_rn(tof(g[i]), w ? tof(w[i]) : 1.0f);
 		s += gw;
 		sx += gw * ((tof(x[i]) - m) * r);
 	}
 	float ms = warp_sum(s) / (float)C, msx = warp_sum(sx) / (float)C;
+	/* g w rounded, as in s and on the CPU: an fma would keep the product's
+	 * rounding error, times r (1/sqrt(eps) at C 1, where dx is 0) */
 	for (int64_t i = lane; i < C; i += 32)
 		gput(dinp, set, row * C + i,
-		     r * (tof(g[i]) * (w ? tof(w[i]) : 1.0f) - ms - (tof(x[i]) - m) * r * msx));
+		     r * (__fmul_rn(tof(g[i]), w ? tof(w[i]) : 1.0f) - ms -
+			  (tof(x[i]) - m) * r * msx));
 }
 
 extern "C" int lmk_cuda_layernorm_forward(void *be, lmk_dtype dt, void *out, float *mean,
