@@ -89,7 +89,7 @@ static void linear(lmk_rng *r, const char *name, int64_t N, int64_t IC, int64_t 
 	snprintf(buf, sizeof buf, "linear %s fwd", name);
 	line(buf, f, s);
 	total += s;
-	TIME(s, lmk_cpu_linear_backward(dx, dw, NULL, y, x, w, N, IC, OC));
+	TIME(s, lmk_cpu_linear_backward(dx, dw, NULL, y, x, w, N, IC, OC, 0));
 	snprintf(buf, sizeof buf, "linear %s bwd", name);
 	line(buf, 2 * f, s);
 	total += s;
@@ -151,7 +151,7 @@ int main(int argc, char **argv)
 		TIME(s, lmk_cpu_swiglu_forward(c, a, bb, n));
 		line("swiglu fwd (N,F)", 0, s);
 		total += s;
-		TIME(s, lmk_cpu_swiglu_backward(da, db, c, a, bb, n));
+		TIME(s, lmk_cpu_swiglu_backward(da, db, c, a, bb, n, 0));
 		line("swiglu bwd (N,F)", 0, s);
 		total += s;
 	}

@@ -100,6 +100,29 @@ static __device__ __forceinline__ void gadd8(gacc g, int64_t i, const float *v)
 	}
 }
 
+/* g[i] = v when set, else g[i] += v: set for a gradient the tape left
+ * unwritten (a backward's assign bit, tensor.h), which is never read. The
+ * same roundings as gadd (0 + v is v). */
+static __device__ __forceinline__ void gput(gacc g, bool set, int64_t i, float v)
+{
+	if (!set)
+		gadd(g, i, v);
+	else if (g.f32)
+		((float *)g.p)[i] = v;
+	else
+		((bf16 *)g.p)[i] = __float2bfloat16_rn(v);
+}
+
+static __device__ __forceinline__ void gput8(gacc g, bool set, int64_t i, const float *v)
+{
+	if (!set)
+		gadd8(g, i, v);
+	else if (g.f32)
+		st8((float *)g.p + i, v);
+	else
+		st8((bf16 *)g.p + i, v);
+}
+
 static inline bool al16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 /* n elements in groups of 8, every pointer (NULL counts) 16-byte aligned */

@@ -3,8 +3,9 @@
  * the row (an online softmax), merges the pairs across the block, and saves
  * only the row's logsumexp: the probabilities are never stored, for any V.
  * A second, single-block kernel takes the mean over the counted rows in a
- * fixed order. The backward recomputes each probability from lse and writes
- * dlogits row by row. Both read eight logits at a time (16-byte loads) when
+ * fixed order. The backward recomputes each probability from lse and adds
+ * it into dlogits row by row, or writes dlogits whole (zeros in the rows not
+ * counted) when the tape left it unwritten (set). Both read eight logits at a time (16-byte loads) when
  * V is a multiple of 8. */
 #include <math.h>
 
@@ -166,45 +167,59 @@ __global__ void ce_mean(float *loss, int64_t *count, const float *rowloss, const
 	}
 }
 
+/* A row that adds nothing: left alone, or zeroed when set. */
+template <class G>
+static __device__ __forceinline__ void ce_zero_row(G *q, int64_t V)
+{
+	for (int64_t j = threadIdx.x; j < V; j += blockDim.x)
+		q[j] = fromf<G>(0.0f);
+}
+
 template <class T>
-__global__ void ce_bwd(gacc dlogits, const float *dloss, const T *logits, const float *lse,
-		       const int32_t *targets, int64_t N, int64_t V, int ignore,
+__global__ void ce_bwd(gacc dlogits, bool set, const float *dloss, const T *logits,
+		       const float *lse, const int32_t *targets, int64_t N, int64_t V, int ignore,
 		       const int64_t *count)
 {
 	int64_t cnt = *count;
-	if (cnt == 0)
+	if (cnt == 0 && !set)
 		return;
-	float f = dloss[0] / (float)cnt;
+	float f = cnt ? dloss[0] / (float)cnt : 0.0f;
 	for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
 		int32_t t = targets[n];
-		if (!counted(t, ignore, V))
+		if (!counted(t, ignore, V) || cnt == 0) {
+			if (set && dlogits.f32)
+				ce_zero_row((float *)dlogits.p + n * V, V);
+			else if (set)
+				ce_zero_row((bf16 *)dlogits.p + n * V, V);
 			continue;
+		}
 		const T *x = logits + n * V;
 		float L = lse[n];
 		for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
 			float d = f * expf(tof(x[j]) - L);
 			int64_t i = n * V + j;
 			if (j != t) {
-				gadd(dlogits, i, d);
+				gput(dlogits, set, i, d);
 			} else if (dlogits.f32) {
 				/* two roundings, as the CPU's += then -= */
 				float *q = (float *)dlogits.p;
-				q[i] = (q[i] + d) - f;
+				q[i] = ((set ? 0.0f : q[i]) + d) - f;
 			} else {
 				bf16 *q = (bf16 *)dlogits.p;
-				q[i] = __float2bfloat16_rn((__bfloat162float(q[i]) + d) - f);
+				q[i] = __float2bfloat16_rn(((set ? 0.0f : __bfloat162float(q[i])) + d) - f);
 			}
 		}
 	}
 }
 
-/* q[k] = (q[k] + d[k]) - (k == tk ? f : 0): the rounding of ce_bwd's two
- * cases (x - 0 is x) */
+/* q[k] = (q[k] + d[k]) - (k == tk ? f : 0), q read as 0 when set: the
+ * rounding of ce_bwd's two cases (x - 0 is x) */
 template <class G>
-static __device__ __forceinline__ void ce_put8(G *q, const float *d, int64_t tk, float f)
+static __device__ __forceinline__ void ce_put8(G *q, bool set, const float *d, int64_t tk, float f)
 {
-	float c[8];
-	ld8(c, q);
+	float c[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+	if (!set)
+		ld8(c, q);
 	for (int k = 0; k < 8; k++)
 		c[k] = (c[k] + d[k]) - (k == tk ? f : 0.0f);
 	st8(q, c);
@@ -213,18 +228,23 @@ static __device__ __forceinline__ void ce_put8(G *q, const float *d, int64_t tk,
 /* ce_bwd with eight logits a thread: V a multiple of 8, both buffers
  * aligned. */
 template <class T>
-__global__ void ce_bwd8(gacc dlogits, const float *dloss, const T *logits, const float *lse,
-			const int32_t *targets, int64_t N, int64_t V, int ignore,
+__global__ void ce_bwd8(gacc dlogits, bool set, const float *dloss, const T *logits,
+			const float *lse, const int32_t *targets, int64_t N, int64_t V, int ignore,
 			const int64_t *count)
 {
 	int64_t cnt = *count;
-	if (cnt == 0)
+	if (cnt == 0 && !set)
 		return;
-	float f = dloss[0] / (float)cnt;
+	float f = cnt ? dloss[0] / (float)cnt : 0.0f;
 	for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
 		int32_t t = targets[n];
-		if (!counted(t, ignore, V))
+		if (!counted(t, ignore, V) || cnt == 0) {
+			if (set && dlogits.f32)
+				ce_zero_row((float *)dlogits.p + n * V, V);
+			else if (set)
+				ce_zero_row((bf16 *)dlogits.p + n * V, V);
 			continue;
+		}
 		const T *x = logits + n * V;
 		float L = lse[n];
 		for (int64_t j = threadIdx.x; j < V / 8; j += blockDim.x) {
@@ -234,9 +254,9 @@ __global__ void ce_bwd8(gacc dlogits, const float *dloss, const T *logits, const
 				d[k] = f * expf(d[k] - L);
 			int64_t i = n * V + 8 * j;
 			if (dlogits.f32)
-				ce_put8((float *)dlogits.p + i, d, t - 8 * j, f);
+				ce_put8((float *)dlogits.p + i, set, d, t - 8 * j, f);
 			else
-				ce_put8((bf16 *)dlogits.p + i, d, t - 8 * j, f);
+				ce_put8((bf16 *)dlogits.p + i, set, d, t - 8 * j, f);
 		}
 	}
 }
@@ -270,7 +290,7 @@ extern "C" int lmk_cuda_cross_entropy_forward(void *be, lmk_dtype dt, float *los
 extern "C" int lmk_cuda_cross_entropy_backward(void *be, lmk_dtype dt, lmk_gbuf dlogits,
 					       const float *dloss, const void *logits,
 					       const float *lse, const int32_t *targets, int64_t N,
-					       int64_t V, int ignore, const int64_t *count)
+					       int64_t V, int ignore, const int64_t *count, int assign)
 {
 	lmk_cuda_backend *b = LMK_BE(be);
 	if (N == 0 || V == 0 || !dlogits.p)
@@ -280,13 +300,13 @@ extern "C" int lmk_cuda_cross_entropy_backward(void *be, lmk_dtype dt, lmk_gbuf 
 	if (vec8_ok(V, logits, dlogits.p))
 		LMK_DT_SWITCH(dt, "cross_entropy",
 			      ce_bwd8<T><<<row_grid(N), THREADS, 0, b->stream>>>(
-				      to_gacc(dlogits), dloss, (const T *)logits, lse, targets, N, V,
-				      ignore, count));
+				      to_gacc(dlogits), assign & 1, dloss, (const T *)logits, lse,
+				      targets, N, V, ignore, count));
 	else
 		LMK_DT_SWITCH(dt, "cross_entropy",
 			      ce_bwd<T><<<row_grid(N), THREADS, 0, b->stream>>>(
-				      to_gacc(dlogits), dloss, (const T *)logits, lse, targets, N, V,
-				      ignore, count));
+				      to_gacc(dlogits), assign & 1, dloss, (const T *)logits, lse,
+				      targets, N, V, ignore, count));
 	LMK_CK_LAUNCH();
 	return 0;
 }

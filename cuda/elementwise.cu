@@ -1,6 +1,8 @@
 /* elementwise.cu: silu, gelu (erf and tanh forms), swiglu, add and mul with
  * a broadcast operand, scale, dropout (the CPU's Philox, bit for bit), and
  * the helpers accumulate (grad += float32) and convert (F32 <-> BF16).
+ * A backward adds into its gradients, or assigns those its launcher's
+ * assign bits name (gput: gradients the tape left unwritten).
  * One thread per element in a grid-stride loop, or eight (16-byte accesses)
  * where the sizes and pointers allow (vec8_ok); values are computed in
  * float32 whatever the storage type. Shape letters: n elements, N rows of
@@ -28,12 +30,12 @@ __global__ void silu_fwd(T *out, const T *inp, int64_t n)
 }
 
 template <class T>
-__global__ void silu_bwd(gacc dinp, const T *dout, const T *inp, int64_t n)
+__global__ void silu_bwd(gacc dinp, bool set, const T *dout, const T *inp, int64_t n)
 {
 	GRID_STRIDE(i, n)
 	{
 		float x = tof(inp[i]), s = sigmoidf_(x);
-		gadd(dinp, i, tof(dout[i]) * s * (1.0f + x * (1.0f - s)));
+		gput(dinp, set, i, tof(dout[i]) * s * (1.0f + x * (1.0f - s)));
 	}
 }
 
@@ -48,14 +50,14 @@ extern "C" int lmk_cuda_silu_forward(void *be, lmk_dtype dt, void *out, const vo
 }
 
 extern "C" int lmk_cuda_silu_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, const void *dout,
-				      const void *inp, int64_t n)
+				      const void *inp, int64_t n, int assign)
 {
 	if (n == 0 || !dinp.p)
 		return 0;
 	if (check_gbuf("silu", dt, dinp) < 0)
 		return lmk_errcode();
 	LMK_DT_SWITCH(dt, "silu", silu_bwd<T><<<grid_for(n, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
-					  to_gacc(dinp), (const T *)dout, (const T *)inp, n));
+					  to_gacc(dinp), assign & 1, (const T *)dout, (const T *)inp, n));
 	LMK_CK_LAUNCH();
 	return 0;
 }
@@ -82,7 +84,7 @@ __global__ void gelu_fwd(T *out, const T *inp, int64_t n, int approx)
 }
 
 template <class T>
-__global__ void gelu_bwd(gacc dinp, const T *dout, const T *inp, int64_t n, int approx)
+__global__ void gelu_bwd(gacc dinp, bool set, const T *dout, const T *inp, int64_t n, int approx)
 {
 	GRID_STRIDE(i, n)
 	{
@@ -94,7 +96,7 @@ __global__ void gelu_bwd(gacc dinp, const T *dout, const T *inp, int64_t n, int 
 		} else {
 			d = 0.5f * (1.0f + erff(x * INV_SQRT2)) + x * INV_SQRT_2PI * expf(-0.5f * x * x);
 		}
-		gadd(dinp, i, tof(dout[i]) * d);
+		gput(dinp, set, i, tof(dout[i]) * d);
 	}
 }
 
@@ -110,14 +112,15 @@ extern "C" int lmk_cuda_gelu_forward(void *be, lmk_dtype dt, void *out, const vo
 }
 
 extern "C" int lmk_cuda_gelu_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, const void *dout,
-				      const void *inp, int64_t n, int approx)
+				      const void *inp, int64_t n, int approx, int assign)
 {
 	if (n == 0 || !dinp.p)
 		return 0;
 	if (check_gbuf("gelu", dt, dinp) < 0)
 		return lmk_errcode();
 	LMK_DT_SWITCH(dt, "gelu", gelu_bwd<T><<<grid_for(n, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
-					  to_gacc(dinp), (const T *)dout, (const T *)inp, n, approx));
+					  to_gacc(dinp), assign & 1, (const T *)dout, (const T *)inp, n,
+					  approx));
 	LMK_CK_LAUNCH();
 	return 0;
 }
@@ -150,22 +153,22 @@ __global__ void swiglu_fwd8(T *out, const T *gate, const T *up, int64_t n8)
 }
 
 template <class T>
-__global__ void swiglu_bwd(gacc dgate, gacc dup, const T *dout, const T *gate, const T *up,
-			   int64_t n)
+__global__ void swiglu_bwd(gacc dgate, bool sg, gacc dup, bool su, const T *dout, const T *gate,
+			   const T *up, int64_t n)
 {
 	GRID_STRIDE(i, n)
 	{
 		float x = tof(gate[i]), s = sigmoidf_(x), g = tof(dout[i]);
 		if (dgate.p)
-			gadd(dgate, i, g * tof(up[i]) * s * (1.0f + x * (1.0f - s)));
+			gput(dgate, sg, i, g * tof(up[i]) * s * (1.0f + x * (1.0f - s)));
 		if (dup.p)
-			gadd(dup, i, g * x * s);
+			gput(dup, su, i, g * x * s);
 	}
 }
 
 template <class T>
-__global__ void swiglu_bwd8(gacc dgate, gacc dup, const T *dout, const T *gate, const T *up,
-			    int64_t n8)
+__global__ void swiglu_bwd8(gacc dgate, bool sg, gacc dup, bool su, const T *dout, const T *gate,
+			    const T *up, int64_t n8)
 {
 	GRID_STRIDE(i, n8)
 	{
@@ -179,9 +182,9 @@ __global__ void swiglu_bwd8(gacc dgate, gacc dup, const T *dout, const T *gate, 
 			du[k] = g[k] * x[k] * s;
 		}
 		if (dgate.p)
-			gadd8(dgate, 8 * i, dg);
+			gput8(dgate, sg, 8 * i, dg);
 		if (dup.p)
-			gadd8(dup, 8 * i, du);
+			gput8(dup, su, 8 * i, du);
 	}
 }
 
@@ -205,7 +208,7 @@ extern "C" int lmk_cuda_swiglu_forward(void *be, lmk_dtype dt, void *out, const 
 
 extern "C" int lmk_cuda_swiglu_backward(void *be, lmk_dtype dt, lmk_gbuf dgate, lmk_gbuf dup,
 					const void *dout, const void *gate, const void *up,
-					int64_t n)
+					int64_t n, int assign)
 {
 	if (n == 0 || (!dgate.p && !dup.p))
 		return 0;
@@ -214,14 +217,15 @@ extern "C" int lmk_cuda_swiglu_backward(void *be, lmk_dtype dt, lmk_gbuf dgate, 
 	if (vec8_ok(n, dgate.p, dup.p, dout, gate, up))
 		LMK_DT_SWITCH(dt, "swiglu",
 			      swiglu_bwd8<T><<<grid_for(n / 8, THREADS), THREADS, 0,
-					       LMK_BE(be)->stream>>>(to_gacc(dgate), to_gacc(dup),
+					       LMK_BE(be)->stream>>>(to_gacc(dgate), assign & 1,
+								     to_gacc(dup), assign & 2,
 								     (const T *)dout, (const T *)gate,
 								     (const T *)up, n / 8));
 	else
 		LMK_DT_SWITCH(dt, "swiglu",
 			      swiglu_bwd<T><<<grid_for(n, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
-				      to_gacc(dgate), to_gacc(dup), (const T *)dout, (const T *)gate,
-				      (const T *)up, n));
+				      to_gacc(dgate), assign & 1, to_gacc(dup), assign & 2,
+				      (const T *)dout, (const T *)gate, (const T *)up, n));
 	LMK_CK_LAUNCH();
 	return 0;
 }
@@ -238,18 +242,19 @@ __global__ void binary_fwd(T *out, const T *a, const T *b, int64_t N, int64_t M)
 	}
 }
 
-/* da += dout (add) or dout * b (mul); with N == 1 for add, db += dout too. */
+/* da += dout (add) or dout * b (mul); with N == 1 for add, db += dout too
+ * (sa, sb: assign instead). */
 template <class T, int MUL>
-__global__ void binary_bwd_a(gacc da, gacc db_same, const T *dout, const T *b, int64_t N,
-			     int64_t M)
+__global__ void binary_bwd_a(gacc da, bool sa, gacc db_same, bool sb, const T *dout, const T *b,
+			     int64_t N, int64_t M)
 {
 	GRID_STRIDE(i, N * M)
 	{
 		float g = tof(dout[i]);
 		if (da.p)
-			gadd(da, i, MUL ? g * tof(b[i % M]) : g);
+			gput(da, sa, i, MUL ? g * tof(b[i % M]) : g);
 		if (db_same.p)
-			gadd(db_same, i, g);
+			gput(db_same, sb, i, g);
 	}
 }
 
@@ -270,8 +275,8 @@ __global__ void binary_fwd8(T *out, const T *a, const T *b, int64_t N, int64_t M
 }
 
 template <class T, int MUL>
-__global__ void binary_bwd_a8(gacc da, gacc db_same, const T *dout, const T *b, int64_t N,
-			      int64_t M)
+__global__ void binary_bwd_a8(gacc da, bool sa, gacc db_same, bool sb, const T *dout, const T *b,
+			      int64_t N, int64_t M)
 {
 	GRID_STRIDE(i, N * M / 8)
 	{
@@ -282,13 +287,13 @@ __global__ void binary_bwd_a8(gacc da, gacc db_same, const T *dout, const T *b, 
 				ld8(y, b + 8 * i % M);
 				for (int k = 0; k < 8; k++)
 					y[k] *= g[k];
-				gadd8(da, 8 * i, y);
+				gput8(da, sa, 8 * i, y);
 			} else {
-				gadd8(da, 8 * i, g);
+				gput8(da, sa, 8 * i, g);
 			}
 		}
 		if (db_same.p)
-			gadd8(db_same, 8 * i, g);
+			gput8(db_same, sb, 8 * i, g);
 	}
 }
 
@@ -331,7 +336,7 @@ extern "C" int lmk_cuda_mul_forward(void *be, lmk_dtype dt, void *out, const voi
 }
 
 extern "C" int lmk_cuda_add_backward(void *be, lmk_dtype dt, lmk_gbuf da, lmk_gbuf db,
-				     const void *dout, int64_t N, int64_t M)
+				     const void *dout, int64_t N, int64_t M, int assign)
 {
 	lmk_cuda_backend *bk = LMK_BE(be);
 	if (N * M == 0)
@@ -343,13 +348,14 @@ extern "C" int lmk_cuda_add_backward(void *be, lmk_dtype dt, lmk_gbuf da, lmk_gb
 	if ((da.p || same.p) && binary_vec(N, M, da.p, same.p, dout, NULL))
 		LMK_DT_SWITCH(dt, "add",
 			      binary_bwd_a8<T, 0><<<grid_for(N * M / 8, THREADS), THREADS, 0,
-						    bk->stream>>>(to_gacc(da), to_gacc(same),
+						    bk->stream>>>(to_gacc(da), assign & 1,
+								  to_gacc(same), assign & 2,
 								  (const T *)dout, (const T *)NULL, N, M));
 	else if (da.p || same.p)
 		LMK_DT_SWITCH(dt, "add",
 			      binary_bwd_a<T, 0><<<grid_for(N * M, THREADS), THREADS, 0, bk->stream>>>(
-				      to_gacc(da), to_gacc(same), (const T *)dout, (const T *)NULL, N,
-				      M));
+				      to_gacc(da), assign & 1, to_gacc(same), assign & 2,
+				      (const T *)dout, (const T *)NULL, N, M));
 	LMK_CK_LAUNCH();
 	if (db.p && N != 1)
 		LMK_DT_SWITCH(dt, "add",
@@ -360,7 +366,7 @@ extern "C" int lmk_cuda_add_backward(void *be, lmk_dtype dt, lmk_gbuf da, lmk_gb
 
 extern "C" int lmk_cuda_mul_backward(void *be, lmk_dtype dt, lmk_gbuf da, lmk_gbuf db,
 				     const void *dout, const void *a, const void *b, int64_t N,
-				     int64_t M)
+				     int64_t M, int assign)
 {
 	lmk_cuda_backend *bk = LMK_BE(be);
 	if (N * M == 0)
@@ -370,12 +376,14 @@ extern "C" int lmk_cuda_mul_backward(void *be, lmk_dtype dt, lmk_gbuf da, lmk_gb
 	if (da.p && binary_vec(N, M, da.p, dout, b, NULL))
 		LMK_DT_SWITCH(dt, "mul",
 			      binary_bwd_a8<T, 1><<<grid_for(N * M / 8, THREADS), THREADS, 0,
-						    bk->stream>>>(to_gacc(da), gacc{NULL, 1},
+						    bk->stream>>>(to_gacc(da), assign & 1,
+								  gacc{NULL, 1}, false,
 								  (const T *)dout, (const T *)b, N, M));
 	else if (da.p)
 		LMK_DT_SWITCH(dt, "mul",
 			      binary_bwd_a<T, 1><<<grid_for(N * M, THREADS), THREADS, 0, bk->stream>>>(
-				      to_gacc(da), gacc{NULL, 1}, (const T *)dout, (const T *)b, N, M));
+				      to_gacc(da), assign & 1, gacc{NULL, 1}, false, (const T *)dout,
+				      (const T *)b, N, M));
 	LMK_CK_LAUNCH();
 	if (db.p)
 		LMK_DT_SWITCH(dt, "mul",
@@ -393,9 +401,9 @@ __global__ void scale_fwd(T *out, const T *inp, float s, int64_t n)
 }
 
 template <class T>
-__global__ void scale_bwd(gacc dinp, const T *dout, float s, int64_t n)
+__global__ void scale_bwd(gacc dinp, bool set, const T *dout, float s, int64_t n)
 {
-	GRID_STRIDE(i, n) gadd(dinp, i, s * tof(dout[i]));
+	GRID_STRIDE(i, n) gput(dinp, set, i, s * tof(dout[i]));
 }
 
 extern "C" int lmk_cuda_scale_forward(void *be, lmk_dtype dt, void *out, const void *inp, float s,
@@ -410,14 +418,14 @@ extern "C" int lmk_cuda_scale_forward(void *be, lmk_dtype dt, void *out, const v
 }
 
 extern "C" int lmk_cuda_scale_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, const void *dout,
-				       float s, int64_t n)
+				       float s, int64_t n, int assign)
 {
 	if (n == 0 || !dinp.p)
 		return 0;
 	if (check_gbuf("scale", dt, dinp) < 0)
 		return lmk_errcode();
 	LMK_DT_SWITCH(dt, "scale", scale_bwd<T><<<grid_for(n, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
-					   to_gacc(dinp), (const T *)dout, s, n));
+					   to_gacc(dinp), assign & 1, (const T *)dout, s, n));
 	LMK_CK_LAUNCH();
 	return 0;
 }
@@ -448,10 +456,11 @@ static __device__ __forceinline__ void philox(uint64_t seed, uint64_t counter, u
 }
 
 /* Element i uses word i % 4 of block counter + i / 4, as lmk_philox_uniform:
- * one thread per block of 4 elements. ACC: out += instead of out =. */
+ * one thread per block of 4 elements. ACC: into the gradient gout (gput)
+ * instead of out =. */
 template <class T, int ACC>
-__global__ void dropout_k(T *out, gacc gout, const T *inp, int64_t n, float p, float keep,
-			  uint64_t seed, uint64_t counter)
+__global__ void dropout_k(T *out, gacc gout, bool set, const T *inp, int64_t n, float p,
+			  float keep, uint64_t seed, uint64_t counter)
 {
 	int64_t nq = (n + 3) / 4;
 	GRID_STRIDE(q, nq)
@@ -466,7 +475,7 @@ __global__ void dropout_k(T *out, gacc gout, const T *inp, int64_t n, float p, f
 			float u = (float)(w[k] >> 8) * (1.0f / 16777216.0f);
 			float y = u < p ? 0.0f : tof(inp[i]) * keep;
 			if (ACC)
-				gadd(gout, i, y);
+				gput(gout, set, i, y);
 			else
 				out[i] = fromf<T>(y);
 		}
@@ -482,14 +491,15 @@ extern "C" int lmk_cuda_dropout_forward(void *be, lmk_dtype dt, void *out, const
 		return 0;
 	LMK_DT_SWITCH(dt, "dropout",
 		      dropout_k<T, 0><<<grid_for((n + 3) / 4, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
-			      (T *)out, gacc{NULL, 1}, (const T *)inp, n, p, keep_of(p), seed,
-			      counter));
+			      (T *)out, gacc{NULL, 1}, false, (const T *)inp, n, p, keep_of(p),
+			      seed, counter));
 	LMK_CK_LAUNCH();
 	return 0;
 }
 
 extern "C" int lmk_cuda_dropout_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, const void *dout,
-					 int64_t n, float p, uint64_t seed, uint64_t counter)
+					 int64_t n, float p, uint64_t seed, uint64_t counter,
+					 int assign)
 {
 	if (n == 0 || !dinp.p)
 		return 0;
@@ -497,8 +507,8 @@ extern "C" int lmk_cuda_dropout_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, 
 		return lmk_errcode();
 	LMK_DT_SWITCH(dt, "dropout",
 		      dropout_k<T, 1><<<grid_for((n + 3) / 4, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
-			      (T *)NULL, to_gacc(dinp), (const T *)dout, n, p, keep_of(p), seed,
-			      counter));
+			      (T *)NULL, to_gacc(dinp), assign & 1, (const T *)dout, n, p,
+			      keep_of(p), seed, counter));
 	LMK_CK_LAUNCH();
 	return 0;
 }

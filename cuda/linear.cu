@@ -7,7 +7,9 @@
  *   dinp     dinp (IC x N) += w (IC x OC) * dout (OC x N)
  *   dw       dw   (IC x OC) += inp (IC x N) * op_T(dout (OC x N))
  * dw (and db) accumulate into the parameter's fp32 gradient (beta = 1, C/D
- * float32 with bf16 A/B is one of cuBLASLt's supported type sets). Where the
+ * float32 with bf16 A/B is one of cuBLASLt's supported type sets); a
+ * gradient the tape left unwritten (an assign bit: an activation's dinp) is
+ * written with beta = 0 instead, so that it is neither zeroed nor read. Where the
  * heuristic offers no algorithm (unusual sizes or alignments) the product
  * falls back to cublasGemmEx with the same types, and the bias to a kernel.
  * db is a deterministic column sum (common.cuh). A forward of at most
@@ -193,7 +195,8 @@ extern "C" int lmk_cuda_linear_forward(void *be, lmk_dtype dt, void *out, const 
 
 extern "C" int lmk_cuda_linear_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, lmk_gbuf dw,
 					lmk_gbuf db, const void *dout, const void *inp,
-					const void *w, int64_t N, int64_t IC, int64_t OC)
+					const void *w, int64_t N, int64_t IC, int64_t OC,
+					int assign)
 {
 	lmk_cuda_backend *bk = LMK_BE(be);
 	int rc;
@@ -213,10 +216,10 @@ extern "C" int lmk_cuda_linear_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, l
 	if (IC == 0)
 		return 0;
 	if (dinp.p && (rc = matmul(bk, dt, dinp.dt, 0, 0, (int)IC, (int)N, (int)OC, w, (int)IC, dout,
-				   (int)OC, dinp.p, (int)IC, 1.0f, NULL)) < 0)
+				   (int)OC, dinp.p, (int)IC, assign & 1 ? 0.0f : 1.0f, NULL)) < 0)
 		return rc;
 	if (dw.p && (rc = matmul(bk, dt, dw.dt, 0, 1, (int)IC, (int)OC, (int)N, inp, (int)IC, dout,
-				 (int)OC, dw.p, (int)IC, 1.0f, NULL)) < 0)
+				 (int)OC, dw.p, (int)IC, assign & 2 ? 0.0f : 1.0f, NULL)) < 0)
 		return rc;
 	return 0;
 }

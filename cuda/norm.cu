@@ -70,8 +70,8 @@ __global__ void rmsnorm_fwd8(T *out, float *rstd, const T *inp, const T *w, int6
 
 /* dx = r (g w - x̂ mean(g w x̂)) with x̂ = x r */
 template <class T>
-__global__ void rmsnorm_bwd(gacc dinp, const T *dout, const T *inp, const T *w, const float *rstd,
-			    int64_t N, int64_t C)
+__global__ void rmsnorm_bwd(gacc dinp, bool set, const T *dout, const T *inp, const T *w,
+			    const float *rstd, int64_t N, int64_t C)
 {
 	int64_t row = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
 	int lane = threadIdx.x % 32;
@@ -83,15 +83,15 @@ __global__ void rmsnorm_bwd(gacc dinp, const T *dout, const T *inp, const T *w, 
 		dot += tof(g[i]) * (w ? tof(w[i]) : 1.0f) * tof(x[i]) * r;
 	float m = warp_sum(dot) / (float)C;
 	for (int64_t i = lane; i < C; i += 32)
-		gadd(dinp, row * C + i,
+		gput(dinp, set, row * C + i,
 		     r * (tof(g[i]) * (w ? tof(w[i]) : 1.0f) - tof(x[i]) * r * m));
 }
 
 /* The same, eight channels a lane (16-byte loads): C a multiple of 8 and
  * every row aligned (vec8_ok). */
 template <class T>
-__global__ void rmsnorm_bwd8(gacc dinp, const T *dout, const T *inp, const T *w, const float *rstd,
-			     int64_t N, int64_t C)
+__global__ void rmsnorm_bwd8(gacc dinp, bool set, const T *dout, const T *inp, const T *w,
+			     const float *rstd, int64_t N, int64_t C)
 {
 	int64_t row = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
 	int lane = threadIdx.x % 32;
@@ -117,7 +117,7 @@ __global__ void rmsnorm_bwd8(gacc dinp, const T *dout, const T *inp, const T *w,
 			ld8(wv, w + i);
 		for (int k = 0; k < 8; k++)
 			gv[k] = r * (gv[k] * wv[k] - xv[k] * r * m);
-		gadd8(dinp, row * C + i, gv);
+		gput8(dinp, set, row * C + i, gv);
 	}
 }
 
@@ -143,7 +143,7 @@ extern "C" int lmk_cuda_rmsnorm_forward(void *be, lmk_dtype dt, void *out, float
 
 extern "C" int lmk_cuda_rmsnorm_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, lmk_gbuf dw,
 					 const void *dout, const void *inp, const void *w,
-					 const float *rstd, int64_t N, int64_t C)
+					 const float *rstd, int64_t N, int64_t C, int assign)
 {
 	lmk_cuda_backend *b = LMK_BE(be);
 	if (N == 0 || C == 0)
@@ -153,14 +153,14 @@ extern "C" int lmk_cuda_rmsnorm_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, 
 	if (dinp.p && vec8_ok(C, dinp.p, dout, inp, w)) {
 		LMK_DT_SWITCH(dt, "rmsnorm",
 			      rmsnorm_bwd8<T><<<row_blocks(N), 32 * ROWS_PER_BLOCK, 0, b->stream>>>(
-				      to_gacc(dinp), (const T *)dout, (const T *)inp, (const T *)w,
-				      rstd, N, C));
+				      to_gacc(dinp), assign & 1, (const T *)dout, (const T *)inp,
+				      (const T *)w, rstd, N, C));
 		LMK_CK_LAUNCH();
 	} else if (dinp.p) {
 		LMK_DT_SWITCH(dt, "rmsnorm",
 			      rmsnorm_bwd<T><<<row_blocks(N), 32 * ROWS_PER_BLOCK, 0, b->stream>>>(
-				      to_gacc(dinp), (const T *)dout, (const T *)inp, (const T *)w,
-				      rstd, N, C));
+				      to_gacc(dinp), assign & 1, (const T *)dout, (const T *)inp,
+				      (const T *)w, rstd, N, C));
 		LMK_CK_LAUNCH();
 	}
 	if (dw.p)
@@ -204,7 +204,7 @@ __global__ void layernorm_fwd(T *out, float *mean, float *rstd, const T *inp, co
 
 /* dx = r (g w - mean(g w) - x̂ mean(g w x̂)) */
 template <class T>
-__global__ void layernorm_bwd(gacc dinp, const T *dout, const T *inp, const T *w,
+__global__ void layernorm_bwd(gacc dinp, bool set, const T *dout, const T *inp, const T *w,
 			      const float *mean, const float *rstd, int64_t N, int64_t C)
 {
 	int64_t row = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
@@ -214,14 +214,17 @@ __global__ void layernorm_bwd(gacc dinp, const T *dout, const T *inp, const T *w
 	const T *x = inp + row * C, *g = dout + row * C;
 	float m = mean[row], r = rstd[row], s = 0.0f, sx = 0.0f;
 	for (int64_t i = lane; i < C; i += 32) {
-		float gw = tof(g[i]) * (w ? tof(w[i]) : 1.0f);
+		float gw = __fmul_rn(tof(g[i]), w ? tof(w[i]) : 1.0f);
 		s += gw;
 		sx += gw * ((tof(x[i]) - m) * r);
 	}
 	float ms = warp_sum(s) / (float)C, msx = warp_sum(sx) / (float)C;
+	/* g w rounded, as in s and on the CPU: an fma would keep the product's
+	 * rounding error, times r (1/sqrt(eps) at C 1, where dx is 0) */
 	for (int64_t i = lane; i < C; i += 32)
-		gadd(dinp, row * C + i,
-		     r * (tof(g[i]) * (w ? tof(w[i]) : 1.0f) - ms - (tof(x[i]) - m) * r * msx));
+		gput(dinp, set, row * C + i,
+		     r * (__fmul_rn(tof(g[i]), w ? tof(w[i]) : 1.0f) - ms -
+			  (tof(x[i]) - m) * r * msx));
 }
 
 extern "C" int lmk_cuda_layernorm_forward(void *be, lmk_dtype dt, void *out, float *mean,
@@ -241,7 +244,7 @@ extern "C" int lmk_cuda_layernorm_forward(void *be, lmk_dtype dt, void *out, flo
 extern "C" int lmk_cuda_layernorm_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, lmk_gbuf dw,
 					   lmk_gbuf db, const void *dout, const void *inp,
 					   const void *w, const float *mean, const float *rstd,
-					   int64_t N, int64_t C)
+					   int64_t N, int64_t C, int assign)
 {
 	lmk_cuda_backend *bk = LMK_BE(be);
 	if (N == 0 || C == 0)
@@ -253,8 +256,8 @@ extern "C" int lmk_cuda_layernorm_backward(void *be, lmk_dtype dt, lmk_gbuf dinp
 	LMK_DT_SWITCH(dt, "layernorm", {
 		if (dinp.p) {
 			layernorm_bwd<T><<<row_blocks(N), 32 * ROWS_PER_BLOCK, 0, bk->stream>>>(
-				to_gacc(dinp), (const T *)dout, (const T *)inp, (const T *)w, mean, rstd,
-				N, C);
+				to_gacc(dinp), assign & 1, (const T *)dout, (const T *)inp,
+				(const T *)w, mean, rstd, N, C);
 			LMK_CK_LAUNCH();
 		}
 		if (db.p && (rc = colsum<COLSUM_G, T>(bk, db, (const T *)dout, (const T *)NULL, NULL,

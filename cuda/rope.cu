@@ -1,15 +1,15 @@
 /* rope.cu: rotary embedding, rotate_half pairing (i, i + D/2), over N rows
  * of H heads of D dims; one thread per (row, head, pair). The backward is
- * the rotation by the opposite angle, added into dinp. Eight pairs a thread
+ * the rotation by the opposite angle, added into dinp (or assigned: gput). Eight pairs a thread
  * (16-byte accesses) when D is a multiple of 16 and the rows are aligned. */
 #include "common.cuh"
 
 #define THREADS 256
 
-/* sign +1: forward (out =), -1: backward (gout +=). */
+/* sign +1: forward (out =), -1: backward (gout += or, set, =). */
 template <class T, int BACK>
-__global__ void rope_k(T *out, gacc gout, const T *inp, const int32_t *pos, const float *inv_freq,
-		       float attn_factor, int64_t N, int64_t H, int64_t D)
+__global__ void rope_k(T *out, gacc gout, bool set, const T *inp, const int32_t *pos,
+		       const float *inv_freq, float attn_factor, int64_t N, int64_t H, int64_t D)
 {
 	int64_t half = D / 2, total = N * H * half;
 	for (int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; t < total;
@@ -22,8 +22,8 @@ __global__ void rope_k(T *out, gacc gout, const T *inp, const int32_t *pos, cons
 		float x0 = tof(x[i]), x1 = tof(x[i + half]);
 		float y0 = x0 * c - x1 * s, y1 = x1 * c + x0 * s;
 		if (BACK) {
-			gadd(gout, nh * D + i, y0);
-			gadd(gout, nh * D + i + half, y1);
+			gput(gout, set, nh * D + i, y0);
+			gput(gout, set, nh * D + i + half, y1);
 		} else {
 			out[nh * D + i] = fromf<T>(y0);
 			out[nh * D + i + half] = fromf<T>(y1);
@@ -34,8 +34,8 @@ __global__ void rope_k(T *out, gacc gout, const T *inp, const int32_t *pos, cons
 /* The same, eight pairs a thread (i .. i+7 with their partners): D a
  * multiple of 16 and aligned rows (rope_vec). */
 template <class T, int BACK>
-__global__ void rope8_k(T *out, gacc gout, const T *inp, const int32_t *pos, const float *inv_freq,
-			float attn_factor, int64_t N, int64_t H, int64_t D)
+__global__ void rope8_k(T *out, gacc gout, bool set, const T *inp, const int32_t *pos,
+			const float *inv_freq, float attn_factor, int64_t N, int64_t H, int64_t D)
 {
 	int64_t half = D / 2, g8 = half / 8, total = N * H * g8;
 	for (int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; t < total;
@@ -52,8 +52,8 @@ __global__ void rope8_k(T *out, gacc gout, const T *inp, const int32_t *pos, con
 			y1[k] = x1[k] * c + x0[k] * s;
 		}
 		if (BACK) {
-			gadd8(gout, nh * D + i, y0);
-			gadd8(gout, nh * D + i + half, y1);
+			gput8(gout, set, nh * D + i, y0);
+			gput8(gout, set, nh * D + i + half, y1);
 		} else {
 			st8(out + nh * D + i, y0);
 			st8(out + nh * D + i + half, y1);
@@ -73,13 +73,13 @@ extern "C" int lmk_cuda_rope_forward(void *be, lmk_dtype dt, void *out, const vo
 	if (rope_vec(D, out, inp))
 		LMK_DT_SWITCH(dt, "rope",
 			      rope8_k<T, 0><<<grid_for(total / 8, THREADS), THREADS, 0,
-					      LMK_BE(be)->stream>>>((T *)out, gacc{NULL, 1},
+					      LMK_BE(be)->stream>>>((T *)out, gacc{NULL, 1}, false,
 								    (const T *)inp, pos, inv_freq,
 								    attn_factor, N, H, D));
 	else
 		LMK_DT_SWITCH(dt, "rope",
 			      rope_k<T, 0><<<grid_for(total, THREADS), THREADS, 0,
-					     LMK_BE(be)->stream>>>((T *)out, gacc{NULL, 1},
+					     LMK_BE(be)->stream>>>((T *)out, gacc{NULL, 1}, false,
 								   (const T *)inp, pos, inv_freq,
 								   attn_factor, N, H, D));
 	LMK_CK_LAUNCH();
@@ -88,7 +88,7 @@ extern "C" int lmk_cuda_rope_forward(void *be, lmk_dtype dt, void *out, const vo
 
 extern "C" int lmk_cuda_rope_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, const void *dout,
 				      const int32_t *pos, const float *inv_freq, float attn_factor,
-				      int64_t N, int64_t H, int64_t D)
+				      int64_t N, int64_t H, int64_t D, int assign)
 {
 	int64_t total = N * H * (D / 2);
 	if (total == 0 || !dinp.p)
@@ -99,14 +99,14 @@ extern "C" int lmk_cuda_rope_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, con
 		LMK_DT_SWITCH(dt, "rope",
 			      rope8_k<T, 1><<<grid_for(total / 8, THREADS), THREADS, 0,
 					      LMK_BE(be)->stream>>>((T *)NULL, to_gacc(dinp),
-								    (const T *)dout, pos, inv_freq,
-								    attn_factor, N, H, D));
+								    assign & 1, (const T *)dout, pos,
+								    inv_freq, attn_factor, N, H, D));
 	else
 		LMK_DT_SWITCH(dt, "rope",
 			      rope_k<T, 1><<<grid_for(total, THREADS), THREADS, 0,
 					     LMK_BE(be)->stream>>>((T *)NULL, to_gacc(dinp),
-								   (const T *)dout, pos, inv_freq,
-								   attn_factor, N, H, D));
+								   assign & 1, (const T *)dout, pos,
+								   inv_freq, attn_factor, N, H, D));
 	LMK_CK_LAUNCH();
 	return 0;
 }

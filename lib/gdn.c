@@ -979,8 +979,8 @@ lmk_tensor *lmk_gdn(lmk_ctx *c, lmk_tensor *q, lmk_tensor *k, lmk_tensor *v, lmk
 				lmk_dtype_name(in[i]->gdtype), lmk_dtype_name(c->dtype));
 			return NULL;
 		}
-	lmk_tensor *out = lmk_tensor_new(c, c->dtype, 4, (int64_t[]){B, T, H, Dv},
-					 lmk_op_wants_grad(c, 6, in));
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, 4, (int64_t[]){B, T, H, Dv},
+					     lmk_op_wants_grad(c, 6, in));
 	if (!out)
 		return NULL;
 	if (on_cuda(c)) {

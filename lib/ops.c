@@ -7,7 +7,10 @@
  * shared by both devices; only the kernel call differs.
  * On CUDA a float input is read in the context's compute dtype: its own
  * data, or for a parameter in a BF16 context its bf16 copy (X below); its
- * gradient carries its own dtype (GB below). Shape letters as in ops.h. */
+ * gradient carries its own dtype (GB below). A node's `writes` names the
+ * inputs whose gradients its kernel can assign rather than add into; the
+ * replay then passes the kernel n->assign (tensor.h). Shape letters as in
+ * ops.h. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,7 +88,7 @@ lmk_tensor *lmk_embedding(lmk_ctx *c, lmk_tensor *ids, lmk_tensor *w)
 	int64_t shape[LMK_MAXDIM];
 	memcpy(shape, ids->shape, sizeof(int64_t) * (size_t)ids->ndim);
 	shape[ids->ndim] = C;
-	lmk_tensor *out = lmk_tensor_new(c, c->dtype, ids->ndim + 1, shape, wants_grad(c, 2, in));
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, ids->ndim + 1, shape, wants_grad(c, 2, in));
 	if (!out)
 		return NULL;
 	if (on_cuda(c)) {
@@ -116,9 +119,10 @@ static int linear_bw(lmk_ctx *c, lmk_node *n)
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_linear_backward(c->backend, c->dtype, GB(n->in[0]), GB(n->in[1]),
 						      GB(n->in[2]), n->out->grad, X(c, n->in[0]),
-						      X(c, n->in[1]), n->i[0], n->i[1], n->i[2]));
+						      X(c, n->in[1]), n->i[0], n->i[1], n->i[2],
+						      n->assign));
 	lmk_cpu_linear_backward(G(n->in[0]), G(n->in[1]), G(n->in[2]), n->out->grad, F(n->in[0]),
-				F(n->in[1]), n->i[0], n->i[1], n->i[2]);
+				F(n->in[1]), n->i[0], n->i[1], n->i[2], n->assign);
 	return 0;
 }
 
@@ -149,7 +153,7 @@ lmk_tensor *lmk_linear(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, lmk_tensor *b)
 	int64_t shape[LMK_MAXDIM];
 	memcpy(shape, x->shape, sizeof shape);
 	shape[x->ndim - 1] = OC;
-	lmk_tensor *out = lmk_tensor_new(c, c->dtype, x->ndim, shape, wants_grad(c, 3, in));
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, x->ndim, shape, wants_grad(c, 3, in));
 	if (!out)
 		return NULL;
 	if (on_cuda(c)) {
@@ -170,6 +174,8 @@ lmk_tensor *lmk_linear(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, lmk_tensor *b)
 		n->i[0] = N;
 		n->i[1] = IC;
 		n->i[2] = OC;
+		/* dx and dw by beta = 0 (nothing to write when N or OC is 0) */
+		n->writes = N && OC ? 3 : 0;
 	}
 	return out;
 }
@@ -198,9 +204,9 @@ static int rmsnorm_bw(lmk_ctx *c, lmk_node *n)
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_rmsnorm_backward(c->backend, c->dtype, GB(n->in[0]), GB(n->in[1]),
 						       n->out->grad, X(c, n->in[0]), X(c, n->in[1]),
-						       n->saved, n->i[0], n->i[1]));
+						       n->saved, n->i[0], n->i[1], n->assign));
 	lmk_cpu_rmsnorm_backward(G(n->in[0]), G(n->in[1]), n->out->grad, F(n->in[0]),
-				 F(n->in[1]), n->saved, n->i[0], n->i[1]);
+				 F(n->in[1]), n->saved, n->i[0], n->i[1], n->assign);
 	return 0;
 }
 
@@ -214,7 +220,7 @@ lmk_tensor *lmk_rmsnorm(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, float eps)
 	    check_norm("rmsnorm", x, w, NULL, eps) < 0)
 		return NULL;
 	int64_t C = x->shape[x->ndim - 1], N = lead(x, x->ndim - 1);
-	lmk_tensor *out = lmk_tensor_new(c, c->dtype, x->ndim, x->shape, wants_grad(c, 2, in));
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, x->ndim, x->shape, wants_grad(c, 2, in));
 	float *rstd = lmk_arena_alloc(&c->arena, (size_t)N * sizeof(float));
 	if (!out || !rstd)
 		return NULL;
@@ -236,6 +242,7 @@ lmk_tensor *lmk_rmsnorm(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, float eps)
 		n->i[0] = N;
 		n->i[1] = C;
 		n->f[0] = eps;
+		n->writes = 1;
 	}
 	return out;
 }
@@ -247,9 +254,10 @@ static int layernorm_bw(lmk_ctx *c, lmk_node *n)
 		return CUDA(lmk_cuda_layernorm_backward(c->backend, c->dtype, GB(n->in[0]),
 							 GB(n->in[1]), GB(n->in[2]), n->out->grad,
 							 X(c, n->in[0]), X(c, n->in[1]), mean, rstd,
-							 n->i[0], n->i[1]));
+							 n->i[0], n->i[1], n->assign));
 	lmk_cpu_layernorm_backward(G(n->in[0]), G(n->in[1]), G(n->in[2]), n->out->grad,
-				   F(n->in[0]), F(n->in[1]), mean, rstd, n->i[0], n->i[1]);
+				   F(n->in[0]), F(n->in[1]), mean, rstd, n->i[0], n->i[1],
+				   n->assign);
 	return 0;
 }
 
@@ -263,7 +271,7 @@ lmk_tensor *lmk_layernorm(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, lmk_tensor *
 	    check_norm("layernorm", x, w, b, eps) < 0)
 		return NULL;
 	int64_t C = x->shape[x->ndim - 1], N = lead(x, x->ndim - 1);
-	lmk_tensor *out = lmk_tensor_new(c, c->dtype, x->ndim, x->shape, wants_grad(c, 3, in));
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, x->ndim, x->shape, wants_grad(c, 3, in));
 	float *stats = lmk_arena_alloc(&c->arena, 2 * (size_t)N * sizeof(float));
 	if (!out || !stats)
 		return NULL;
@@ -286,6 +294,7 @@ lmk_tensor *lmk_layernorm(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, lmk_tensor *
 		n->i[0] = N;
 		n->i[1] = C;
 		n->f[0] = eps;
+		n->writes = 1;
 	}
 	return out;
 }
@@ -356,9 +365,9 @@ static int rope_bw(lmk_ctx *c, lmk_node *n)
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_rope_backward(c->backend, c->dtype, GB(n->in[0]), n->out->grad,
 						    I32(n->in[1]), n->saved, n->f[0], n->i[0],
-						    n->i[1], n->i[2]));
+						    n->i[1], n->i[2], n->assign));
 	lmk_cpu_rope_backward(G(n->in[0]), n->out->grad, I32(n->in[1]), n->saved, n->f[0],
-			      n->i[0], n->i[1], n->i[2]);
+			      n->i[0], n->i[1], n->i[2], n->assign);
 	return 0;
 }
 
@@ -381,7 +390,7 @@ lmk_tensor *lmk_rope_apply(lmk_ctx *c, lmk_tensor *x, const lmk_rope *r, lmk_ten
 		return NULL;
 	}
 	int64_t N = x->shape[0] * x->shape[1], H = x->shape[2], D = x->shape[3];
-	lmk_tensor *out = lmk_tensor_new(c, c->dtype, 4, x->shape, wants_grad(c, 1, in));
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, 4, x->shape, wants_grad(c, 1, in));
 	if (!out)
 		return NULL;
 	/* On CUDA the kernels read a device copy of the table (the host one is
@@ -419,6 +428,7 @@ lmk_tensor *lmk_rope_apply(lmk_ctx *c, lmk_tensor *x, const lmk_rope *r, lmk_ten
 		n->i[1] = H;
 		n->i[2] = D;
 		n->f[0] = r->attn_factor;
+		n->writes = 1;
 	}
 	return out;
 }
@@ -484,7 +494,7 @@ lmk_tensor *lmk_attention_ex(lmk_ctx *c, lmk_tensor *q, lmk_tensor *k, lmk_tenso
 				lmk_dtype_name(c->dtype));
 			return NULL;
 		}
-	lmk_tensor *out = lmk_tensor_new(c, c->dtype, 4, q->shape, wants_grad(c, 3, in));
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, 4, q->shape, wants_grad(c, 3, in));
 	float *lse = lmk_arena_alloc(&c->arena, (size_t)(B * H * T) * sizeof(float));
 	if (!out || !lse)
 		return NULL;
@@ -540,7 +550,7 @@ static lmk_tensor *unary(lmk_ctx *c, const char *op, lmk_tensor *x,
 		return NULL;
 	if (check_inputs(c, op, 1, &x, (const char *[]){"x"}, (lmk_dtype[]){LMK_F32}) < 0)
 		return NULL;
-	lmk_tensor *out = lmk_tensor_new(c, c->dtype, x->ndim, x->shape, wants_grad(c, 1, &x));
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, x->ndim, x->shape, wants_grad(c, 1, &x));
 	if (!out)
 		return NULL;
 	int fail;
@@ -550,6 +560,7 @@ static lmk_tensor *unary(lmk_ctx *c, const char *op, lmk_tensor *x,
 	if (*node) {
 		(*node)->in[0] = x;
 		(*node)->i[0] = x->n;
+		(*node)->writes = 1; /* every unary backward can assign dx */
 	}
 	return out;
 }
@@ -558,8 +569,8 @@ static int silu_bw(lmk_ctx *c, lmk_node *n)
 {
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_silu_backward(c->backend, c->dtype, GB(n->in[0]), n->out->grad,
-						    X(c, n->in[0]), n->i[0]));
-	lmk_cpu_silu_backward(G(n->in[0]), n->out->grad, F(n->in[0]), n->i[0]);
+						    X(c, n->in[0]), n->i[0], n->assign));
+	lmk_cpu_silu_backward(G(n->in[0]), n->out->grad, F(n->in[0]), n->i[0], n->assign);
 	return 0;
 }
 
@@ -581,8 +592,10 @@ static int gelu_bw(lmk_ctx *c, lmk_node *n)
 {
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_gelu_backward(c->backend, c->dtype, GB(n->in[0]), n->out->grad,
-						    X(c, n->in[0]), n->i[0], (int)n->i[1]));
-	lmk_cpu_gelu_backward(G(n->in[0]), n->out->grad, F(n->in[0]), n->i[0], (int)n->i[1]);
+						    X(c, n->in[0]), n->i[0], (int)n->i[1],
+						    n->assign));
+	lmk_cpu_gelu_backward(G(n->in[0]), n->out->grad, F(n->in[0]), n->i[0], (int)n->i[1],
+			      n->assign);
 	return 0;
 }
 
@@ -608,8 +621,8 @@ static int scale_bw(lmk_ctx *c, lmk_node *n)
 {
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_scale_backward(c->backend, c->dtype, GB(n->in[0]), n->out->grad,
-						     n->f[0], n->i[0]));
-	lmk_cpu_scale_backward(G(n->in[0]), n->out->grad, n->f[0], n->i[0]);
+						     n->f[0], n->i[0], n->assign));
+	lmk_cpu_scale_backward(G(n->in[0]), n->out->grad, n->f[0], n->i[0], n->assign);
 	return 0;
 }
 
@@ -636,9 +649,9 @@ static int dropout_bw(lmk_ctx *c, lmk_node *n)
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_dropout_backward(c->backend, c->dtype, GB(n->in[0]), n->out->grad,
 						       n->i[0], n->f[0], (uint64_t)n->i[1],
-						       (uint64_t)n->i[2]));
+						       (uint64_t)n->i[2], n->assign));
 	lmk_cpu_dropout_backward(G(n->in[0]), n->out->grad, n->i[0], n->f[0], (uint64_t)n->i[1],
-				 (uint64_t)n->i[2]);
+				 (uint64_t)n->i[2], n->assign);
 	return 0;
 }
 
@@ -698,7 +711,7 @@ static lmk_tensor *binary(lmk_ctx *c, const char *op, lmk_tensor *a, lmk_tensor 
 	}
 	*M = b->n;
 	*N = b->n ? a->n / b->n : 0;
-	lmk_tensor *out = lmk_tensor_new(c, c->dtype, a->ndim, a->shape, wants_grad(c, 2, in));
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, a->ndim, a->shape, wants_grad(c, 2, in));
 	if (!out)
 		return NULL;
 	int fail;
@@ -719,9 +732,9 @@ static int swiglu_bw(lmk_ctx *c, lmk_node *n)
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_swiglu_backward(c->backend, c->dtype, GB(n->in[0]), GB(n->in[1]),
 						      n->out->grad, X(c, n->in[0]), X(c, n->in[1]),
-						      n->i[1]));
+						      n->i[1], n->assign));
 	lmk_cpu_swiglu_backward(G(n->in[0]), G(n->in[1]), n->out->grad, F(n->in[0]), F(n->in[1]),
-				n->i[1]);
+				n->i[1], n->assign);
 	return 0;
 }
 
@@ -732,6 +745,8 @@ lmk_tensor *lmk_swiglu(lmk_ctx *c, lmk_tensor *gate, lmk_tensor *up)
 	lmk_tensor *out = binary(c, "swiglu", gate, up, 0, swiglu_bw, &n, &N, &M);
 	if (!out)
 		return NULL;
+	if (n)
+		n->writes = 3;
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_swiglu_forward(c->backend, c->dtype, out->data, X(c, gate),
 						    X(c, up), M)) < 0
@@ -745,8 +760,8 @@ static int add_bw(lmk_ctx *c, lmk_node *n)
 {
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_add_backward(c->backend, c->dtype, GB(n->in[0]), GB(n->in[1]),
-						   n->out->grad, n->i[0], n->i[1]));
-	lmk_cpu_add_backward(G(n->in[0]), G(n->in[1]), n->out->grad, n->i[0], n->i[1]);
+						   n->out->grad, n->i[0], n->i[1], n->assign));
+	lmk_cpu_add_backward(G(n->in[0]), G(n->in[1]), n->out->grad, n->i[0], n->i[1], n->assign);
 	return 0;
 }
 
@@ -757,6 +772,8 @@ lmk_tensor *lmk_add(lmk_ctx *c, lmk_tensor *a, lmk_tensor *b)
 	lmk_tensor *out = binary(c, "add", a, b, 1, add_bw, &n, &N, &M);
 	if (!out)
 		return NULL;
+	if (n) /* a broadcast b's gradient is a sum over rows, added */
+		n->writes = N == 1 ? 3 : 1;
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_add_forward(c->backend, c->dtype, out->data, X(c, a), X(c, b), N,
 						 M)) < 0
@@ -771,9 +788,9 @@ static int mul_bw(lmk_ctx *c, lmk_node *n)
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_mul_backward(c->backend, c->dtype, GB(n->in[0]), GB(n->in[1]),
 						   n->out->grad, X(c, n->in[0]), X(c, n->in[1]),
-						   n->i[0], n->i[1]));
+						   n->i[0], n->i[1], n->assign));
 	lmk_cpu_mul_backward(G(n->in[0]), G(n->in[1]), n->out->grad, F(n->in[0]), F(n->in[1]),
-			     n->i[0], n->i[1]);
+			     n->i[0], n->i[1], n->assign);
 	return 0;
 }
 
@@ -784,6 +801,8 @@ lmk_tensor *lmk_mul(lmk_ctx *c, lmk_tensor *a, lmk_tensor *b)
 	lmk_tensor *out = binary(c, "mul", a, b, 1, mul_bw, &n, &N, &M);
 	if (!out)
 		return NULL;
+	if (n) /* b's gradient is a sum over rows, added */
+		n->writes = 1;
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_mul_forward(c->backend, c->dtype, out->data, X(c, a), X(c, b), N,
 						 M)) < 0
@@ -817,10 +836,11 @@ static int cross_entropy_bw(lmk_ctx *c, lmk_node *n)
 		return lmk_cuda_cross_entropy_backward(c->backend, c->dtype, GB(n->in[0]), n->out->grad,
 						       X(c, n->in[0]), n->saved, I32(n->in[1]),
 						       n->i[0], n->i[1], (int)n->i[2],
-						       ce_count(n->saved, n->i[0]));
+						       ce_count(n->saved, n->i[0]), n->assign);
 #endif
 	lmk_cpu_cross_entropy_backward(G(n->in[0]), n->out->grad, F(n->in[0]), n->saved,
-				       I32(n->in[1]), n->i[0], n->i[1], (int)n->i[2], n->i[3]);
+				       I32(n->in[1]), n->i[0], n->i[1], (int)n->i[2], n->i[3],
+				       n->assign);
 	return 0;
 }
 
@@ -855,7 +875,7 @@ lmk_tensor *lmk_cross_entropy(lmk_ctx *c, lmk_tensor *logits, lmk_tensor *target
 			return NULL;
 		}
 	/* the loss is float32 in every compute dtype */
-	lmk_tensor *out = lmk_tensor_new(c, LMK_F32, 0, NULL, wants_grad(c, 1, in));
+	lmk_tensor *out = lmk_tensor_new_out(c, LMK_F32, 0, NULL, wants_grad(c, 1, in));
 	float *lse;
 	int64_t cnt = -1; /* on CUDA the count stays on the device */
 #if LMK_CUDA
@@ -894,6 +914,7 @@ lmk_tensor *lmk_cross_entropy(lmk_ctx *c, lmk_tensor *logits, lmk_tensor *target
 		n->i[1] = V;
 		n->i[2] = ignore;
 		n->i[3] = cnt;
+		n->writes = 1;
 	}
 	return out;
 }

@@ -1,7 +1,8 @@
 /* ops.h: the differentiable operations models are written with.
  * Each op takes a context and tensors, returns a new tensor from the arena
  * and, when grad is enabled and an input requires grad, records a tape node
- * whose backward adds (+=) into the inputs' gradients. Any NULL input makes
+ * whose backward adds (+=) into the inputs' gradients (or, where it can,
+ * writes those the tape has left unwritten: tensor.h). Any NULL input makes
  * an op return NULL at once, so forward code may chain calls and test only
  * the final result; the first failure's message is the one recorded.
  * The tape keeps pointers to an op's inputs (and to memory they wrap), so

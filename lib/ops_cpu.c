@@ -252,7 +252,8 @@ void lmk_cpu_linear_forward(float *out, const float *inp, const float *w, const 
 }
 
 void lmk_cpu_linear_backward(float *dinp, float *dw, float *db, const float *dout,
-			     const float *inp, const float *w, int64_t N, int64_t IC, int64_t OC)
+			     const float *inp, const float *w, int64_t N, int64_t IC, int64_t OC,
+			     int assign)
 {
 	if (N == 0 || OC == 0)
 		return;
@@ -262,10 +263,13 @@ void lmk_cpu_linear_backward(float *dinp, float *dw, float *db, const float *dou
 		return;
 	gemm_op g[2];
 	int n = 0;
+	/* beta 0 assigns (BLAS never reads C then) */
 	if (dw) /* (OC,IC) += (N,OC)ᵀ (N,IC); first: its blocks are the longer */
-		g[n++] = (gemm_op){1, 0, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC};
+		g[n++] = (gemm_op){1, 0, OC, IC, N, 1.0f, dout, OC, inp, IC, assign & 2 ? 0.0f : 1.0f,
+				   dw, IC};
 	if (dinp) /* (N,IC) += (N,OC) (OC,IC) */
-		g[n++] = (gemm_op){0, 0, N, IC, OC, 1.0f, dout, OC, w, IC, 1.0f, dinp, IC};
+		g[n++] = (gemm_op){0, 0, N, IC, OC, 1.0f, dout, OC, w, IC, assign & 1 ? 0.0f : 1.0f,
+				   dinp, IC};
 	gemm_par(g, n);
 }
 
@@ -289,11 +293,12 @@ void lmk_cpu_rmsnorm_forward(float *out, float *rstd, const float *inp, const fl
 }
 
 void lmk_cpu_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp,
-			      const float *w, const float *rstd, int64_t N, int64_t C)
+			      const float *w, const float *rstd, int64_t N, int64_t C, int assign)
 {
 	/* y = x r w:  dx = r (g w - x̂ mean(g w x̂)) with x̂ = x r;  dw = Σ g x̂
 	 * (rows for dx, column blocks for dw, in one parallel region) */
 	int64_t nb = (C + COLS - 1) / COLS;
+	int set = assign & 1;
 #pragma omp parallel if (N * C > PAR_MIN)
 	{
 		if (dinp) {
@@ -306,7 +311,8 @@ void lmk_cpu_rmsnorm_backward(float *dinp, float *dw, const float *dout, const f
 					dot += (double)g[i] * (w ? w[i] : 1.0f) * x[i] * r;
 				float m = (float)(dot / (double)C);
 				for (int64_t i = 0; i < C; i++)
-					dx[i] += r * (g[i] * (w ? w[i] : 1.0f) - x[i] * r * m);
+					dx[i] = (set ? 0.0f : dx[i]) +
+						r * (g[i] * (w ? w[i] : 1.0f) - x[i] * r * m);
 			}
 		}
 		if (dw) {
@@ -351,9 +357,10 @@ void lmk_cpu_layernorm_forward(float *out, float *mean, float *rstd, const float
 
 void lmk_cpu_layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
 				const float *inp, const float *w, const float *mean,
-				const float *rstd, int64_t N, int64_t C)
+				const float *rstd, int64_t N, int64_t C, int assign)
 {
 	/* dx = r (gw - mean(gw) - x̂ mean(gw x̂));  dw = Σ g x̂;  db = Σ g */
+	int set = assign & 1;
 	if (dinp) {
 #pragma omp parallel for schedule(static) if (N * C > PAR_MIN)
 		for (int64_t n = 0; n < N; n++) {
@@ -367,7 +374,8 @@ void lmk_cpu_layernorm_backward(float *dinp, float *dw, float *db, const float *
 			}
 			float ms = (float)(s / (double)C), msx = (float)(sx / (double)C);
 			for (int64_t i = 0; i < C; i++)
-				dx[i] += r * (g[i] * (w ? w[i] : 1.0f) - ms - (x[i] - m) * r * msx);
+				dx[i] = (set ? 0.0f : dx[i]) +
+					r * (g[i] * (w ? w[i] : 1.0f) - ms - (x[i] - m) * r * msx);
 		}
 	}
 	if (db)
@@ -428,10 +436,11 @@ void lmk_cpu_rope_forward(float *out, const float *inp, const int32_t *pos,
 }
 
 void lmk_cpu_rope_backward(float *dinp, const float *dout, const int32_t *pos,
-			   const float *inv_freq, float attn_factor, int64_t N, int64_t H, int64_t D)
+			   const float *inv_freq, float attn_factor, int64_t N, int64_t H, int64_t D,
+			   int assign)
 {
 	if (dinp)
-		rope_rotate(dinp, dout, pos, inv_freq, attn_factor, N, H, D, -1.0f, 1);
+		rope_rotate(dinp, dout, pos, inv_freq, attn_factor, N, H, D, -1.0f, !(assign & 1));
 }
 
 /* ----------------------------------------------------------- attention */
@@ -647,14 +656,16 @@ void lmk_cpu_silu_forward(float *out, const float *inp, int64_t n)
 		out[i] = inp[i] * sigmoidf(inp[i]);
 }
 
-void lmk_cpu_silu_backward(float *dinp, const float *dout, const float *inp, int64_t n)
+void lmk_cpu_silu_backward(float *dinp, const float *dout, const float *inp, int64_t n,
+			   int assign)
 {
 	if (!dinp)
 		return;
+	int set = assign & 1;
 #pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
 	for (int64_t i = 0; i < n; i++) {
 		float x = inp[i], s = sigmoidf(x);
-		dinp[i] += dout[i] * s * (1.0f + x * (1.0f - s));
+		dinp[i] = (set ? 0.0f : dinp[i]) + dout[i] * s * (1.0f + x * (1.0f - s));
 	}
 }
 
@@ -676,8 +687,9 @@ void lmk_cpu_gelu_forward(float *out, const float *inp, int64_t n, int approx)
 }
 
 void lmk_cpu_gelu_backward(float *dinp, const float *dout, const float *inp, int64_t n,
-			   int approx)
+			   int approx, int assign)
 {
+	int set = assign & 1;
 	if (!dinp)
 		return;
 #pragma omp parallel for schedule(static) if (n > PAR_MIN)
@@ -690,7 +702,7 @@ void lmk_cpu_gelu_backward(float *dinp, const float *dout, const float *inp, int
 		} else {
 			d = 0.5f * (1.0f + erff(x * INV_SQRT2)) + x * INV_SQRT_2PI * expf(-0.5f * x * x);
 		}
-		dinp[i] += dout[i] * d;
+		dinp[i] = (set ? 0.0f : dinp[i]) + dout[i] * d;
 	}
 }
 
@@ -702,8 +714,9 @@ void lmk_cpu_swiglu_forward(float *out, const float *gate, const float *up, int6
 }
 
 void lmk_cpu_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
-			     const float *up, int64_t n)
+			     const float *up, int64_t n, int assign)
 {
+	int sg = assign & 1, su = assign & 2;
 	/* two loops, so that each vectorises, in one parallel region */
 #pragma omp parallel if (n > PAR_MIN)
 	{
@@ -711,13 +724,14 @@ void lmk_cpu_swiglu_backward(float *dgate, float *dup, const float *dout, const 
 #pragma omp for simd schedule(static) nowait
 			for (int64_t i = 0; i < n; i++) {
 				float x = gate[i], s = sigmoidf(x);
-				dgate[i] += dout[i] * up[i] * s * (1.0f + x * (1.0f - s));
+				dgate[i] = (sg ? 0.0f : dgate[i]) +
+					   dout[i] * up[i] * s * (1.0f + x * (1.0f - s));
 			}
 		}
 		if (dup) {
 #pragma omp for simd schedule(static) nowait
 			for (int64_t i = 0; i < n; i++)
-				dup[i] += dout[i] * gate[i] * sigmoidf(gate[i]);
+				dup[i] = (su ? 0.0f : dup[i]) + dout[i] * gate[i] * sigmoidf(gate[i]);
 		}
 	}
 }
@@ -729,20 +743,22 @@ void lmk_cpu_add_forward(float *out, const float *a, const float *b, int64_t N, 
 		out[i] = a[i] + b[i % M];
 }
 
-void lmk_cpu_add_backward(float *da, float *db, const float *dout, int64_t N, int64_t M)
+void lmk_cpu_add_backward(float *da, float *db, const float *dout, int64_t N, int64_t M,
+			  int assign)
 {
+	int sa = assign & 1, sb = assign & 2; /* sb with N == 1 only */
 	/* a residual add (N = 1) in one parallel region */
 #pragma omp parallel if (N * M > PAR_MIN)
 	{
 		if (da) {
 #pragma omp for simd schedule(static) nowait
 			for (int64_t i = 0; i < N * M; i++)
-				da[i] += dout[i];
+				da[i] = (sa ? 0.0f : da[i]) + dout[i];
 		}
 		if (db && N == 1) {
 #pragma omp for simd schedule(static) nowait
 			for (int64_t i = 0; i < M; i++)
-				db[i] += dout[i];
+				db[i] = (sb ? 0.0f : db[i]) + dout[i];
 		}
 	}
 	if (db && N > 1)
@@ -757,12 +773,13 @@ void lmk_cpu_mul_forward(float *out, const float *a, const float *b, int64_t N, 
 }
 
 void lmk_cpu_mul_backward(float *da, float *db, const float *dout, const float *a,
-			  const float *b, int64_t N, int64_t M)
+			  const float *b, int64_t N, int64_t M, int assign)
 {
+	int sa = assign & 1;
 	if (da) {
 #pragma omp parallel for schedule(static) if (N * M > PAR_MIN)
 		for (int64_t i = 0; i < N * M; i++)
-			da[i] += dout[i] * b[i % M];
+			da[i] = (sa ? 0.0f : da[i]) + dout[i] * b[i % M];
 	}
 	if (!db)
 		return;
@@ -786,13 +803,14 @@ void lmk_cpu_scale_forward(float *out, const float *inp, float s, int64_t n)
 		out[i] = s * inp[i];
 }
 
-void lmk_cpu_scale_backward(float *dinp, const float *dout, float s, int64_t n)
+void lmk_cpu_scale_backward(float *dinp, const float *dout, float s, int64_t n, int assign)
 {
+	int set = assign & 1;
 	if (!dinp)
 		return;
 #pragma omp parallel for schedule(static) if (n > PAR_MIN)
 	for (int64_t i = 0; i < n; i++)
-		dinp[i] += s * dout[i];
+		dinp[i] = (set ? 0.0f : dinp[i]) + s * dout[i];
 }
 
 static void dropout_apply(float *out, const float *inp, int64_t n, float p, uint64_t seed,
@@ -816,10 +834,10 @@ void lmk_cpu_dropout_forward(float *out, const float *inp, int64_t n, float p, u
 }
 
 void lmk_cpu_dropout_backward(float *dinp, const float *dout, int64_t n, float p,
-			      uint64_t seed, uint64_t counter)
+			      uint64_t seed, uint64_t counter, int assign)
 {
 	if (dinp)
-		dropout_apply(dinp, dout, n, p, seed, counter, 1);
+		dropout_apply(dinp, dout, n, p, seed, counter, !(assign & 1));
 }
 
 /* ------------------------------------------------------- cross-entropy */
@@ -857,20 +875,24 @@ int64_t lmk_cpu_cross_entropy_forward(float *loss, float *lse, const float *logi
 
 void lmk_cpu_cross_entropy_backward(float *dlogits, const float *dloss, const float *logits,
 				    const float *lse, const int32_t *targets, int64_t N, int64_t V,
-				    int ignore, int64_t count)
+				    int ignore, int64_t count, int assign)
 {
-	if (!dlogits || count == 0)
+	int set = assign & 1;
+	if (!dlogits || (count == 0 && !set))
 		return;
-	float f = dloss[0] / (float)count;
+	float f = count ? dloss[0] / (float)count : 0.0f;
 #pragma omp parallel for schedule(static) if (N * V > PAR_MIN)
 	for (int64_t n = 0; n < N; n++) {
-		if (targets[n] == ignore)
-			continue;
-		const float *x = logits + n * V;
 		float *dx = dlogits + n * V;
+		if (targets[n] == ignore || count == 0) {
+			if (set) /* a row that adds nothing */
+				memset(dx, 0, (size_t)V * sizeof(float));
+			continue;
+		}
+		const float *x = logits + n * V;
 #pragma omp simd
 		for (int64_t j = 0; j < V; j++)
-			dx[j] += f * vexpf(x[j] - lse[n]);
+			dx[j] = (set ? 0.0f : dx[j]) + f * vexpf(x[j] - lse[n]);
 		dx[targets[n]] -= f;
 	}
 }

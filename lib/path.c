@@ -906,7 +906,8 @@ lmk_tensor *lmk_path_attention(lmk_ctx *c, lmk_tensor *q, lmk_tensor *k, lmk_ten
 	}
 	if (C > T && T > 0)
 		C = T;
-	lmk_tensor *out = lmk_tensor_new(c, c->dtype, 4, q->shape, lmk_op_wants_grad(c, 6, in));
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, 4, q->shape,
+					     lmk_op_wants_grad(c, 6, in));
 	if (!out)
 		return NULL;
 	lmk_path_ws *s = NULL;

@@ -308,7 +308,7 @@ lmk_tensor *lmk_conv1d_causal(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, lmk_tens
 	}
 	int64_t B = x->shape[0], T = x->shape[1], C = x->shape[2], W = w->shape[1];
 	silu = silu != 0;
-	lmk_tensor *out = lmk_tensor_new(c, c->dtype, 3, x->shape, lmk_op_wants_grad(c, 3, in));
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, 3, x->shape, lmk_op_wants_grad(c, 3, in));
 	if (!out)
 		return NULL;
 	if (on_cuda(c)) {
@@ -363,7 +363,7 @@ lmk_tensor *lmk_l2norm(lmk_ctx *c, lmk_tensor *x, float eps)
 		return NULL;
 	}
 	int64_t D = x->shape[x->ndim - 1], N = lmk_op_lead(x, x->ndim - 1);
-	lmk_tensor *out = lmk_tensor_new(c, c->dtype, x->ndim, x->shape, lmk_op_wants_grad(c, 1, &x));
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, x->ndim, x->shape, lmk_op_wants_grad(c, 1, &x));
 	float *rstd = lmk_arena_alloc(&c->arena, (size_t)(N ? N : 1) * sizeof(float));
 	if (!out || !rstd)
 		return NULL;
@@ -412,7 +412,7 @@ static lmk_tensor *unary(lmk_ctx *c, const char *op, lmk_tensor *x, int kind, fl
 			(double)alpha, (double)beta);
 		return NULL;
 	}
-	lmk_tensor *out = lmk_tensor_new(c, c->dtype, x->ndim, x->shape, lmk_op_wants_grad(c, 1, &x));
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, x->ndim, x->shape, lmk_op_wants_grad(c, 1, &x));
 	if (!out)
 		return NULL;
 	if (on_cuda(c)) {
@@ -491,7 +491,7 @@ lmk_tensor *lmk_mul_rows(lmk_ctx *c, lmk_tensor *x, lmk_tensor *s)
 		return NULL;
 	}
 	int64_t D = x->shape[x->ndim - 1], N = lmk_op_lead(x, x->ndim - 1), M = s->n;
-	lmk_tensor *out = lmk_tensor_new(c, c->dtype, x->ndim, x->shape, lmk_op_wants_grad(c, 2, in));
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, x->ndim, x->shape, lmk_op_wants_grad(c, 2, in));
 	if (!out)
 		return NULL;
 	if (M == 0 || N == 0) {
@@ -519,12 +519,16 @@ lmk_tensor *lmk_mul_rows(lmk_ctx *c, lmk_tensor *x, lmk_tensor *s)
 
 /* ------------------------------------------------------ slice, concat */
 
-/* dst (N,ldo) columns [oo, oo+M) += src (N,ldi) columns [io, io+M). */
+/* dst (N,ldo) columns [oo, oo+M) += src (N,ldi) columns [io, io+M). dst
+ * may be an input beyond the node's in[] (concat keeps them in saved). */
 static int cols_add(lmk_ctx *c, lmk_tensor *dst, int64_t ldo, int64_t oo, const void *src,
 		    int64_t ldi, int64_t io, int64_t N, int64_t M)
 {
 	if (!dst->requires_grad)
 		return 0;
+	int rc = lmk_grad_zero(c, dst);
+	if (rc < 0)
+		return rc;
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_cols_add(c->backend, c->dtype, GB(dst), ldo, oo, src, ldi, io, N,
 					      M));
@@ -567,7 +571,7 @@ lmk_tensor *lmk_slice(lmk_ctx *c, lmk_tensor *x, int64_t start, int64_t len)
 	int64_t N = lmk_op_lead(x, x->ndim - 1), shape[LMK_MAXDIM];
 	memcpy(shape, x->shape, sizeof shape);
 	shape[x->ndim - 1] = len;
-	lmk_tensor *out = lmk_tensor_new(c, c->dtype, x->ndim, shape, lmk_op_wants_grad(c, 1, &x));
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, x->ndim, shape, lmk_op_wants_grad(c, 1, &x));
 	if (!out || cols_copy(c, out->data, len, 0, x, D, start, N, len) < 0)
 		return NULL;
 	int fail;
@@ -632,7 +636,7 @@ lmk_tensor *lmk_concat(lmk_ctx *c, int n, lmk_tensor **xs)
 	int want = 0;
 	for (int k = 0; k < n; k++)
 		want |= lmk_op_wants_grad(c, 1, &xs[k]);
-	lmk_tensor *out = lmk_tensor_new(c, c->dtype, nd, shape, want);
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, nd, shape, want);
 	if (!out)
 		return NULL;
 	int64_t off = 0;

@@ -684,8 +684,8 @@ lmk_tensor *lmk_ssd(lmk_ctx *c, lmk_tensor *q, lmk_tensor *k, lmk_tensor *v, lmk
 			LMK_SHP(lam), lmk_fenwick_levels(d.T), (long long)d.T);
 		return NULL;
 	}
-	lmk_tensor *out = lmk_tensor_new(c, c->dtype, 4, (int64_t[]){d.B, d.T, d.H, d.Dv},
-					 lmk_op_wants_grad(c, 5, in));
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, 4, (int64_t[]){d.B, d.T, d.H, d.Dv},
+					     lmk_op_wants_grad(c, 5, in));
 	if (!out)
 		return NULL;
 	int rc;

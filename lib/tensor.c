@@ -290,6 +290,9 @@ void lmk_ctx_reset(lmk_ctx *c)
 	c->ntape = 0;
 }
 
+/* The tensor that holds t's gradient state: t, or the base of a view. */
+static lmk_tensor *owner(const lmk_tensor *t) { return t->base ? t->base : (lmk_tensor *)t; }
+
 void lmk_tensor_setshape(lmk_tensor *t, int ndim, const int64_t *shape)
 {
 	t->ndim = ndim;
@@ -339,8 +342,9 @@ static lmk_tensor *desc_new(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t *s
 	return t;
 }
 
-lmk_tensor *lmk_tensor_new(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t *shape,
-			   int requires_grad)
+/* A tensor whose gradient (if any) is zeroed (zero) or left unwritten. */
+static lmk_tensor *tensor_new(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t *shape,
+			      int requires_grad, int zero)
 {
 	lmk_tensor *t = desc_new(c, dt, ndim, shape);
 	if (!t)
@@ -360,12 +364,25 @@ lmk_tensor *lmk_tensor_new(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t *sh
 		lmk_dtype gdt = c->dev == LMK_DEV_CUDA ? dt : LMK_F32;
 		size_t gbytes = (size_t)t->n * lmk_dtype_size(gdt);
 		t->grad = lmk_arena_alloc(&c->arena, gbytes);
-		if (!t->grad || dev_memset(c->dev, c->backend, t->grad, 0, gbytes) < 0)
+		if (!t->grad || (zero && dev_memset(c->dev, c->backend, t->grad, 0, gbytes) < 0))
 			return NULL;
 		t->gdtype = gdt;
 		t->requires_grad = 1;
+		t->gunwritten = !zero;
 	}
 	return t;
+}
+
+lmk_tensor *lmk_tensor_new(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t *shape,
+			   int requires_grad)
+{
+	return tensor_new(c, dt, ndim, shape, requires_grad, 1);
+}
+
+lmk_tensor *lmk_tensor_new_out(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t *shape,
+			       int requires_grad)
+{
+	return tensor_new(c, dt, ndim, shape, requires_grad, 0);
 }
 
 lmk_tensor *lmk_tensor_wrap(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t *shape,
@@ -410,6 +427,10 @@ int lmk_tensor_read_f32(lmk_ctx *c, const lmk_tensor *t, int grad, float *host)
 	if (!src)
 		return lmk_err(LMK_EINVAL, "tensor read: the tensor has no %s",
 			       grad ? "gradient" : "data");
+	if (grad && owner(t)->gunwritten) {
+		memset(host, 0, (size_t)t->n * sizeof(float));
+		return 0;
+	}
 	if (t->dev == LMK_DEV_CPU || dt == LMK_F32) {
 		if (t->dev != LMK_DEV_CPU)
 			return dev_download(t->dev, c->backend, host, src, bytes);
@@ -437,6 +458,8 @@ int lmk_tensor_write_f32(lmk_ctx *c, lmk_tensor *t, int grad, const float *host)
 	if (dt != LMK_F32 && dt != LMK_BF16 && dt != LMK_F16 && dt != LMK_F64)
 		return lmk_err(LMK_EINVAL, "tensor write: cannot write floats into %s",
 			       lmk_dtype_name(dt));
+	if (grad)
+		owner(t)->gunwritten = 0;
 	if (t->dev == LMK_DEV_CPU)
 		return lmk_dtype_from_f32(dt, host, dst, (size_t)t->n);
 	if (dt == LMK_F32)
@@ -491,6 +514,8 @@ lmk_tensor *lmk_reshape(lmk_ctx *c, lmk_tensor *x, int ndim, const int64_t *shap
 		return NULL;
 	*t = *x;
 	lmk_tensor_setshape(t, ndim, s);
+	t->base = owner(x);
+	t->gunwritten = 0;
 	return t;
 }
 
@@ -513,15 +538,61 @@ lmk_node *lmk_tape_push(lmk_ctx *c, const char *op, lmk_tensor *out)
 	return n;
 }
 
+int lmk_grad_zero(lmk_ctx *c, lmk_tensor *t)
+{
+	lmk_tensor *o = t ? owner(t) : NULL;
+	if (!o || !o->grad || !o->gunwritten)
+		return 0;
+	o->gunwritten = 0;
+	return dev_memset(o->dev, c->backend, o->grad, 0, (size_t)o->n * lmk_dtype_size(o->gdtype));
+}
+
+/* Whether in[j] of n has a gradient a backward writes. */
+static int wants(const lmk_node *n, int j)
+{
+	return n->in[j] && n->in[j]->requires_grad && n->in[j]->grad;
+}
+
+int lmk_node_backward(lmk_ctx *c, lmk_node *n)
+{
+	int rc;
+	if (!n->backward || (n->out && owner(n->out)->gunwritten))
+		return 0;
+	n->assign = 0;
+	for (int j = 0; j < LMK_NODE_MAXIN; j++) {
+		if (!wants(n, j) || !owner(n->in[j])->gunwritten)
+			continue;
+		/* two inputs sharing a gradient (x * x) both add into it */
+		int shared = 0;
+		for (int k = 0; k < LMK_NODE_MAXIN; k++)
+			shared |= k != j && wants(n, k) && owner(n->in[k]) == owner(n->in[j]);
+		if ((n->writes >> j & 1) && !shared) {
+			n->assign |= 1 << j;
+			owner(n->in[j])->gunwritten = 0;
+		} else if ((rc = lmk_grad_zero(c, n->in[j])) < 0) {
+			return rc;
+		}
+	}
+	return n->backward(c, n);
+}
+
+/* The tape in reverse, then zeros into the gradients it left unwritten, so
+ * that every gradient of the tape can be read afterwards. */
 static int replay(lmk_ctx *c)
 {
+	int rc;
 	for (int i = c->ntape - 1; i >= 0; i--) {
 		lmk_node *n = &c->tape[i];
-		if (!n->backward)
-			continue;
-		int rc = n->backward(c, n);
-		if (rc < 0)
+		if ((rc = lmk_node_backward(c, n)) < 0)
 			return lmk_err_wrap(rc, "backward of %s (node %d)", n->op, i);
+	}
+	for (int i = 0; i < c->ntape; i++) {
+		lmk_node *n = &c->tape[i];
+		if ((rc = lmk_grad_zero(c, n->out)) < 0)
+			return rc;
+		for (int j = 0; j < LMK_NODE_MAXIN; j++)
+			if ((rc = lmk_grad_zero(c, n->in[j])) < 0)
+				return rc;
 	}
 	return 0;
 }
@@ -545,9 +616,7 @@ int lmk_backward(lmk_ctx *c, lmk_tensor *loss, float scale)
 	if (loss->n != 1)
 		return lmk_err(LMK_EINVAL, "backward: expected a loss of 1 element, found %lld",
 			       (long long)loss->n);
-	if (loss->dev == LMK_DEV_CPU)
-		((float *)loss->grad)[0] = scale;
-	else if ((rc = lmk_tensor_write_f32(c, loss, 1, &scale)) < 0)
+	if ((rc = lmk_tensor_write_f32(c, loss, 1, &scale)) < 0)
 		return rc;
 	return replay(c);
 }
@@ -555,7 +624,7 @@ int lmk_backward(lmk_ctx *c, lmk_tensor *loss, float scale)
 int lmk_backward_from(lmk_ctx *c, lmk_tensor *t, const float *dout)
 {
 	int rc = check_grad_target("backward", t);
-	if (rc < 0)
+	if (rc < 0 || (rc = lmk_grad_zero(c, t)) < 0)
 		return rc;
 #if LMK_CUDA
 	if (t->dev == LMK_DEV_CUDA) {

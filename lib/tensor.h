@@ -38,6 +38,11 @@ typedef struct lmk_tensor {
 			      * activation's gradient has the activation's dtype */
 	void *lp;            /* a parameter in a BF16 CUDA context: its bf16 copy
 			      * (what ops read; the optimizer refreshes it); else NULL */
+	int gunwritten;      /* an op's output (lmk_tensor_new_out) whose gradient
+			      * no backward has written yet: logically zero, its
+			      * memory undefined. Always 0 on a view (see base) */
+	struct lmk_tensor *base; /* a view (lmk_reshape): the tensor whose data,
+			      * gradient and gunwritten it shares; else NULL */
 } lmk_tensor;
 
 /* Bump allocator in chunks of max(request, chunk) bytes; reset keeps the
@@ -57,7 +62,8 @@ typedef struct lmk_arena {
 
 struct lmk_ctx;
 typedef struct lmk_node {
-	/* Adds this op's input gradients given out->grad. @return : 0 or < 0 */
+	/* Adds this op's input gradients given out->grad (or assigns those
+	 * that assign names). @return : 0 or < 0 */
 	int (*backward)(struct lmk_ctx *c, struct lmk_node *n);
 	const char *op;
 	lmk_tensor *out;
@@ -65,6 +71,11 @@ typedef struct lmk_node {
 	void *saved;         /* arena memory kept by the forward for the backward */
 	int64_t i[6];
 	float f[4];
+	int writes;          /* set by the op: bit j when its backward can assign
+			      * (=) in[j]'s gradient instead of adding into it */
+	int assign;          /* set by lmk_node_backward before the backward: bit j
+			      * (of writes) when in[j]'s gradient was unwritten, so
+			      * that the backward must assign every element of it */
 } lmk_node;
 
 typedef struct lmk_ctx {
@@ -114,10 +125,17 @@ int lmk_arena_nchunks(const lmk_arena *a);
 
 /* A new activation from the arena, contents undefined. When grad is
  * enabled and requires_grad is set, a zeroed gradient is allocated with it
- * (so every backward can accumulate with +=).
+ * (an input the caller may fill, and that backwards add into).
  * @return : NULL on failure (message recorded) */
 lmk_tensor *lmk_tensor_new(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t *shape,
 			   int requires_grad);
+/* The same for an op's output: its gradient is allocated but not zeroed. It
+ * starts unwritten (gunwritten), which means zero: the first backward that
+ * reaches it writes every element (lmk_node_backward), and no memset is
+ * paid for a gradient that is assigned anyway. For ops (op.h).
+ * @return : NULL on failure (message recorded) */
+lmk_tensor *lmk_tensor_new_out(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t *shape,
+			       int requires_grad);
 /* A tensor wrapping memory the caller owns (token ids, a batch), on the
  * context's device (device memory on CUDA: see lmk_tensor_upload). No grad. */
 lmk_tensor *lmk_tensor_wrap(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t *shape,
@@ -138,7 +156,8 @@ int lmk_tensor_copy_to_host(lmk_ctx *c, const lmk_tensor *t, void *host);
 int lmk_tensor_copy_from_host(lmk_ctx *c, lmk_tensor *t, const void *host);
 /* t's data (grad 0) or gradient (grad 1) as t->n float32 values, converted
  * from its dtype (integers by value), on either device; read waits for the
- * stream. write takes float dtypes only.
+ * stream (an unwritten gradient reads as zeros; writing one writes it).
+ * write takes float dtypes only.
  * @return : 0, LMK_EINVAL (no gradient; write: an integer dtype) or < 0 */
 int lmk_tensor_read_f32(lmk_ctx *c, const lmk_tensor *t, int grad, float *host);
 int lmk_tensor_write_f32(lmk_ctx *c, lmk_tensor *t, int grad, const float *host);
@@ -148,9 +167,25 @@ void lmk_tensor_setshape(lmk_tensor *t, int ndim, const int64_t *shape);
 /* Appends a node; the op fills it. @return : NULL on failure */
 lmk_node *lmk_tape_push(lmk_ctx *c, const char *op, lmk_tensor *out);
 
+/* Zeroes t's gradient if it is unwritten (then it is written): for code
+ * that adds into a gradient outside a node's own inputs.
+ * @return : 0 or < 0 (nothing to do for NULL, or a tensor without one) */
+int lmk_grad_zero(lmk_ctx *c, lmk_tensor *t);
+/* Runs n's backward as the replay does. A node whose output's gradient was
+ * never written is skipped: a backward is linear in that gradient, so it
+ * would add zeros. Otherwise every unwritten gradient of its inputs is
+ * zeroed first, except those the backward can assign (n->writes; not when
+ * two inputs share a gradient), which it is told to assign (n->assign);
+ * all of them are written afterwards.
+ * @return : 0 or the backward's code */
+int lmk_node_backward(lmk_ctx *c, lmk_node *n);
+
 /* Sets loss->grad to scale (loss must be a 0-d or 1-element tensor) and
- * replays the tape in reverse, accumulating into every gradient. Call it
- * once per step (between resets): activation gradients are not re-zeroed.
+ * replays the tape in reverse (lmk_node_backward), adding into the
+ * gradients of parameters and inputs (lmk_tensor_new) and writing those of
+ * the ops' outputs. Afterwards every gradient of the tape holds its value
+ * (the ones no backward reached are zeroed). Call it once per step (between
+ * resets): gradients are not re-zeroed.
  * @return : 0 or the first failing op's code */
 int lmk_backward(lmk_ctx *c, lmk_tensor *loss, float scale);
 /* The same from any tensor t of the tape: adds dout (t->n float32, on t's

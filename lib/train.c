@@ -407,14 +407,12 @@ static int dp_backward(lmk_trainer *tr, lmk_tensor *loss, float scale)
 				dp->ready[dp->bucket_of[t]] = i;
 		}
 	}
-	if (loss->dev == LMK_DEV_CPU)
-		((float *)loss->grad)[0] = scale;
-	else if ((rc = lmk_tensor_write_f32(c, loss, 1, &scale)) < 0)
+	if ((rc = lmk_tensor_write_f32(c, loss, 1, &scale)) < 0)
 		return rc;
 	for (int i = c->ntape; i >= 0; i--) {
 		if (i < c->ntape) {
 			lmk_node *n = &c->tape[i];
-			if (n->backward && (rc = n->backward(c, n)) < 0)
+			if ((rc = lmk_node_backward(c, n)) < 0)
 				return lmk_err_wrap(rc, "backward of %s (node %d)", n->op, i);
 		}
 		for (; next < dp->nb && dp->ready[next] >= i; next++) {

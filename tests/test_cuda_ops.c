@@ -11,7 +11,10 @@
  * output element a kernel forgets to write reads as NaN, and allocates each
  * buffer separately (cudaMalloc), so that compute-sanitizer sees the end of
  * every buffer. Input gradients start from random values, so a backward
- * that assigns instead of adding fails. Outputs and gradients are compared
+ * that assigns instead of adding fails. Each case runs twice more with the
+ * op reading copies of its activation inputs made by an op (lmk_scale by
+ * 1), whose gradients the tape leaves unwritten, so that the backward
+ * assigns them (tensor.h) where it can. Outputs and gradients are compared
  * NaN and inf first, then by the normalised error ||gpu - cpu|| / ||cpu||:
  * 1e-5 in F32 (fp32 everywhere, no TF32), 1e-2 in BF16. In BF16 the CPU
  * gets the same bf16-rounded inputs, so the error measured is the GPU's.
@@ -44,6 +47,7 @@
 
 static uint64_t g_seed;
 static int g_small;
+static int g_chain; /* the case's op reads copies made by lmk_scale */
 
 static double tol_of(lmk_dtype dt) { return dt == LMK_BF16 ? 1e-2 : 1e-5; }
 
@@ -404,8 +408,10 @@ static const char *case_str(const ocase *o, lmk_dtype dt)
 		k += snprintf(buf + k, sizeof buf - (size_t)k, ")%s", o->frozen[i] ? "frozen" : "");
 	}
 	if (o->nint)
-		snprintf(buf + k, sizeof buf - (size_t)k, " ints(%lld)",
-			 (long long)numel(o->indim[0], o->ishape[0]));
+		k += snprintf(buf + k, sizeof buf - (size_t)k, " ints(%lld)",
+			      (long long)numel(o->indim[0], o->ishape[0]));
+	if (g_chain)
+		snprintf(buf + k, sizeof buf - (size_t)k, " on op outputs");
 	return buf;
 }
 
@@ -469,9 +475,20 @@ static void check_close(const char *what, const ocase *o, lmk_dtype dt, const fl
 	}
 }
 
-static void run_case(int ci, lmk_dtype dt)
+/* The op's inputs: x, or with g_chain copies of the activations among them
+ * made by an op. */
+static void op_inputs(lmk_ctx *c, const ocase *o, lmk_tensor **x, lmk_tensor **in)
+{
+	for (int k = 0; k < o->nin; k++) {
+		in[k] = g_chain && !o->param[k] && !o->frozen[k] ? lmk_scale(c, x[k], 1.0f) : x[k];
+		ck_assert_ptr_nonnull(in[k]);
+	}
+}
+
+static void run_case(int ci, lmk_dtype dt, int chain)
 {
 	const ocase *o = &cases[ci];
+	g_chain = chain;
 	const int bf = dt == LMK_BF16;
 	lmk_rng rng;
 	lmk_rng_init(&rng, g_seed * 1000003u + (uint64_t)ci * 2 + (uint64_t)bf);
@@ -504,7 +521,7 @@ static void run_case(int ci, lmk_dtype dt)
 
 	/* ---- the CPU */
 	lmk_ctx cc;
-	lmk_tensor *xc[MAXIN] = {0}, *ixc[MAXI] = {0};
+	lmk_tensor *xc[MAXIN] = {0}, *ixc[MAXI] = {0}, *in[MAXIN] = {0};
 	ck_assert_int_eq(lmk_ctx_init(&cc, LMK_DEV_CPU), 0);
 	for (int k = 0; k < o->nin; k++) {
 		xc[k] = lmk_tensor_new(&cc, LMK_F32, o->ndim[k], o->shape[k], !o->frozen[k]);
@@ -514,7 +531,8 @@ static void run_case(int ci, lmk_dtype dt)
 	for (int j = 0; j < o->nint; j++)
 		ixc[j] = lmk_tensor_wrap(&cc, LMK_I32, o->indim[j], o->ishape[j], ih[j]);
 	int64_t cnt_cpu = -1, cnt_gpu = -2;
-	lmk_tensor *oc = o->fn(&cc, xc, ixc, o, &cnt_cpu);
+	op_inputs(&cc, o, xc, in);
+	lmk_tensor *oc = o->fn(&cc, in, ixc, o, &cnt_cpu);
 	ck_assert_msg(oc != NULL, "%s: the CPU op failed: %s", case_str(o, dt), lmk_errmsg());
 	int64_t nout = oc->n;
 	float *dout = malloc(sizeof(float) * (size_t)(nout ? nout : 1));
@@ -559,7 +577,8 @@ static void run_case(int ci, lmk_dtype dt)
 		ixg[j] = lmk_tensor_upload(&gc, LMK_I32, o->indim[j], o->ishape[j], ih[j]);
 		ck_assert_ptr_nonnull(ixg[j]);
 	}
-	lmk_tensor *og = o->fn(&gc, xg, ixg, o, &cnt_gpu);
+	op_inputs(&gc, o, xg, in);
+	lmk_tensor *og = o->fn(&gc, in, ixg, o, &cnt_gpu);
 	ck_assert_msg(og != NULL, "%s: the GPU op failed: %s", case_str(o, dt), lmk_errmsg());
 	ck_assert_int_eq(og->dtype, o->f32_out ? LMK_F32 : dt);
 	ck_assert_int_eq(og->n, nout);
@@ -594,7 +613,7 @@ static void run_case(int ci, lmk_dtype dt)
 		snprintf(what, sizeof what, "gradient of input %d", k);
 		check_close(what, o, dt, ggpu[k], gcpu[k], nx[k], &worst_grad[bf]);
 	}
-	nrun[bf]++;
+	nrun[bf] += !chain; /* shapes, not runs */
 
 	for (int k = 0; k < o->nin; k++)
 		if (o->param[k])
@@ -635,8 +654,10 @@ START_TEST(test_op)
 	for (int ci = 0; ci < ncases; ci++) {
 		if (strcmp(cases[ci].op, name) || (g_small && !case_small(&cases[ci])))
 			continue;
-		run_case(ci, LMK_F32);
-		run_case(ci, LMK_BF16);
+		for (int chain = 0; chain < 2; chain++) {
+			run_case(ci, LMK_F32, chain);
+			run_case(ci, LMK_BF16, chain);
+		}
 	}
 	printf("test_cuda_ops: %-13s F32 %2d shapes: forward %.1e, gradients %.1e | BF16 %2d shapes: "
 	       "forward %.1e, gradients %.1e\n",

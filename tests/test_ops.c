@@ -4,7 +4,11 @@
  * gradient comes from the tape (lmk_backward_from with dout = r, into input
  * gradients preloaded with random values, so that a backward that assigns
  * instead of adding fails), the numerical one from central differences of a
- * float64 reference forward written here, independently of the kernels. Relative error of each
+ * float64 reference forward written here, independently of the kernels.
+ * Each case runs twice: on the inputs themselves, and on copies made by an
+ * op (lmk_scale by 1), whose gradients the tape leaves unwritten, so that
+ * the backward assigns them (tensor.h) where it can; the arena is filled
+ * with NaN, so an element it forgets to write shows. Relative error of each
  * input's gradient vector (||g_a - g_n|| / ||g_n||) must stay under 1e-4;
  * the float forward must match the reference within 1e-5.
  * Then forward values checked by hand, equivalences (GQA and MHA, packed
@@ -89,8 +93,9 @@ static double ref_loss(const gcase *g, double **xd, double *outd, const double *
 	return L;
 }
 
-/* The gradient check of one case; see the top of the file. */
-static void check_grad(const gcase *g, uint64_t seed)
+/* The gradient check of one case, the op reading the inputs (chain 0) or
+ * copies of them made by an op (chain 1); see the top of the file. */
+static void check_grad_via(const gcase *g, uint64_t seed, int chain)
 {
 	lmk_ctx c;
 	lmk_rng rng;
@@ -99,6 +104,7 @@ static void check_grad(const gcase *g, uint64_t seed)
 	float amp = g->amp ? g->amp : 1.0f;
 
 	ck_assert_int_eq(lmk_ctx_init(&c, LMK_DEV_CPU), 0);
+	c.arena.poison = 1; /* NaN wherever a backward forgets to write */
 	lmk_rng_init(&rng, seed);
 	for (int k = 0; k < g->nin; k++) {
 		x[k] = lmk_tensor_new(&c, LMK_F32, g->ndim[k], g->shape[k], !g->frozen[k]);
@@ -110,7 +116,12 @@ static void check_grad(const gcase *g, uint64_t seed)
 			xd[k][i] = xf[i];
 		}
 	}
-	lmk_tensor *out = g->op(&c, x, g);
+	lmk_tensor *in[MAXIN];
+	for (int k = 0; k < g->nin; k++) {
+		in[k] = chain && !g->frozen[k] ? lmk_scale(&c, x[k], 1.0f) : x[k];
+		ck_assert_ptr_nonnull(in[k]);
+	}
+	lmk_tensor *out = g->op(&c, in, g);
 	ck_assert_msg(out != NULL, "%s: op failed: %s", g->name, lmk_errmsg());
 	int64_t n = out->n;
 	double *outd = malloc(sizeof(double) * (size_t)(n ? n : 1));
@@ -183,13 +194,19 @@ static void check_grad(const gcase *g, uint64_t seed)
 				      g->name, k, shape_of(x[k]), err);
 		}
 	}
-	ncases++;
 	for (int k = 0; k < g->nin; k++)
 		free(xd[k]);
 	free(outd);
 	free(rd);
 	free(rf);
 	lmk_ctx_free(&c);
+}
+
+static void check_grad(const gcase *g, uint64_t seed)
+{
+	check_grad_via(g, seed, 0);
+	check_grad_via(g, seed, 1);
+	ncases++;
 }
 
 /* Sets input k's shape. */

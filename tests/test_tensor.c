@@ -263,6 +263,42 @@ START_TEST(test_backward_dag)
 }
 END_TEST
 
+/* An op's output starts with an unwritten gradient (zero, NaN in this
+ * poisoned arena), which a view shares: the first backward reaching it
+ * writes it, a node whose output gradient nobody wrote is skipped, and
+ * after the backward every gradient reads as its value. */
+START_TEST(test_unwritten_grad)
+{
+	lmk_ctx c;
+	ck_assert_int_eq(lmk_ctx_init(&c, LMK_DEV_CPU), 0);
+	c.arena.poison = 1;
+	lmk_tensor *x = lmk_tensor_new(&c, LMK_F32, 1, (int64_t[]){4}, 1);
+	for (int i = 0; i < 4; i++)
+		((float *)x->data)[i] = (float)i + 1;
+	ck_assert_int_eq(x->gunwritten, 0); /* an input: zeroed */
+	lmk_tensor *y = lmk_scale(&c, x, 2);
+	ck_assert_int_eq(y->gunwritten, 1);
+	float g[4];
+	ck_assert_int_eq(lmk_tensor_read_f32(&c, y, 1, g), 0);
+	for (int i = 0; i < 4; i++)
+		ck_assert(g[i] == 0);
+	lmk_tensor *v = lmk_reshape(&c, y, 2, (int64_t[]){2, 2});
+	ck_assert_ptr_eq(v->base, y);
+	lmk_tensor *a = lmk_scale(&c, v, 3);
+	lmk_tensor *b = lmk_scale(&c, y, 5); /* no gradient reaches it */
+	ck_assert_ptr_nonnull(b);
+	float ones[4] = {1, 1, 1, 1};
+	ck_assert_int_eq(lmk_backward_from(&c, a, ones), 0);
+	ck_assert_int_eq(y->gunwritten, 0);
+	for (int i = 0; i < 4; i++) {
+		ck_assert(((float *)x->grad)[i] == 6);
+		ck_assert(((float *)y->grad)[i] == 3);
+		ck_assert(((float *)b->grad)[i] == 0);
+	}
+	lmk_ctx_free(&c);
+}
+END_TEST
+
 /* A parameter used twice (tied embedding and output weights) through
  * lmk_backward from a loss: the gradient is the sum of both uses; scale
  * multiplies everything. */
@@ -410,6 +446,7 @@ int main(void)
 	tcase_add_test(tc, test_reshape);
 	tcase_add_test(tc, test_params);
 	tcase_add_test(tc, test_backward_dag);
+	tcase_add_test(tc, test_unwritten_grad);
 	tcase_add_test(tc, test_backward_params);
 	tcase_add_test(tc, test_backward_errors);
 	tcase_add_test(tc, test_tape_growth);
