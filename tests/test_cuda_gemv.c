@@ -15,7 +15,8 @@
  * of one input in a launch, two of them with a residual added
  * (lmk_cuda_gemv_multi), and the gate and up products with SwiGLU applied
  * (lmk_cuda_gemv_swiglu), each with and without the rmsnorm of its input
- * in front, against the same reference.
+ * in front, against the same reference with the roundings of the separate
+ * ops (the normalised input, each product before its residual or SwiGLU).
  *
  * Exits 77 without a device or in a CPU-only build. Runs without fork: a
  * child forked after CUDA is initialised cannot use the device. */
@@ -183,8 +184,23 @@ static void compare(lmk_dtype dt, const void *dout, const double *ref, size_t n,
 	free(got);
 }
 
-/* x (N,IC) after rmsnorm with weight nw (NULL: x itself), in double */
-static double *normed(const float *x, const float *nw, int N, int IC, float eps)
+/* v rounded to dt, as the device rounds an op's output (the fused forms
+ * round where the separate ops would: the normalised input, each product
+ * before a residual or the activation) */
+static double rnd(lmk_dtype dt, double v)
+{
+	float f = (float)v, r;
+	uint16_t b;
+	if (dt != LMK_BF16)
+		return v;
+	ck_assert_int_eq(lmk_dtype_from_f32(dt, &f, &b, 1), 0);
+	lmk_dtype_to_f32(dt, &b, &r, 1);
+	return r;
+}
+
+/* x (N,IC) after rmsnorm with weight nw (NULL: x itself), in double, each
+ * normalised element rounded to dt */
+static double *normed(lmk_dtype dt, const float *x, const float *nw, int N, int IC, float eps)
 {
 	double *h = malloc(sizeof(double) * (size_t)N * IC);
 	ck_assert_ptr_nonnull(h);
@@ -194,7 +210,8 @@ static double *normed(const float *x, const float *nw, int N, int IC, float eps)
 			ss += (double)x[(size_t)n * IC + i] * x[(size_t)n * IC + i];
 		double r = nw ? 1.0 / sqrt(ss / IC + eps) : 1.0;
 		for (int i = 0; i < IC; i++)
-			h[(size_t)n * IC + i] = x[(size_t)n * IC + i] * r * (nw ? nw[i] : 1.0);
+			h[(size_t)n * IC + i] =
+				nw ? rnd(dt, x[(size_t)n * IC + i] * r * nw[i]) : x[(size_t)n * IC + i];
 	}
 	return h;
 }
@@ -225,7 +242,7 @@ static void check_fused(lmk_dtype dt, int d)
 			float *x, *w[3], *b0, *res[3] = {NULL, NULL, NULL}, *ign, *nw = NULL;
 			void *dx = rand_dev(dt, (size_t)N * IC, 1.0f, &r, off, &x);
 			void *dn = norm ? rand_dev(dt, (size_t)IC, 1.0f, &r, off, &nw) : NULL;
-			double *h = normed(x, nw, N, IC, eps);
+			double *h = normed(dt, x, nw, N, IC, eps);
 			lmk_gemv_out o[3];
 			for (int i = 0; i < 3; i++) {
 				o[i].w = rand_dev(dt, (size_t)oc[i] * IC, 1.0f / sqrtf((float)IC), &r,
@@ -245,8 +262,9 @@ static void check_fused(lmk_dtype dt, int d)
 				for (int n = 0; n < N; n++)
 					for (int c = 0; c < oc[i]; c++)
 						ref[(size_t)n * oc[i] + c] =
-							dotd(h, w[i], n, c, IC) + (i == 0 ? b0[c] : 0.0) +
-							(i > 0 ? res[i][(size_t)n * oc[i] + c] : 0.0);
+							i == 0 ? dotd(h, w[i], n, c, IC) + b0[c]
+							       : rnd(dt, dotd(h, w[i], n, c, IC)) +
+									 res[i][(size_t)n * oc[i] + c];
 				char wi[128];
 				snprintf(wi, sizeof wi, "%s: multi, product %d", what, i);
 				compare(dt, o[i].out, ref, (size_t)N * oc[i], wi);
@@ -260,8 +278,8 @@ static void check_fused(lmk_dtype dt, int d)
 			ck_assert_ptr_nonnull(ref);
 			for (int n = 0; n < N; n++)
 				for (int c = 0; c < OC; c++) {
-					double g = dotd(h, w[0], n, c, IC) + b0[c];
-					double u = dotd(h, w[1], n, c, IC);
+					double g = rnd(dt, dotd(h, w[0], n, c, IC) + b0[c]);
+					double u = rnd(dt, dotd(h, w[1], n, c, IC));
 					ref[(size_t)n * OC + c] = g / (1.0 + exp(-g)) * u;
 				}
 			char ws[128];
