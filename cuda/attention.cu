@@ -45,6 +45,7 @@ extern "C" {
 #include "attention.h"
 #include "check.h"
 #include "cuda.h"
+#include "decode_scan.cuh"
 #include "mma.cuh"
 
 /* The context's stream: through the backend struct where cuda/backend.h
@@ -1185,36 +1186,10 @@ __global__ void __launch_bounds__(WPB * 32)
 
 /* ------------------------------------------------------------- decode */
 
-/* A group of TPR threads per key, 8 elements of the head dim each (one
- * 16-byte load for BF16 when VEC), 128/TPR keys in flight per block. Block
- * (s, h) reduces keys [s*chunk, (s+1)*chunk) of the cache to (m, l, o) in
- * log2 units; with one split it writes out directly. */
+/* Block (s, h) reduces keys [s*chunk, (s+1)*chunk) of the cache to (m, l, o)
+ * in log2 units by the key scan of decode_scan.cuh (DEC_THREADS / tpr keys
+ * in flight); with one split it writes out directly. */
 #define DEC_THREADS 128
-
-template <typename Tin, bool VEC>
-static __device__ __forceinline__ void load8(float (&f)[8], const Tin *p, int n)
-{
-	if (VEC && n == 8) {
-		if constexpr (sizeof(Tin) == 2) {
-			uint4 u = *(const uint4 *)p;
-			const __nv_bfloat162 *h2 = (const __nv_bfloat162 *)&u;
-#pragma unroll
-			for (int e = 0; e < 4; e++) {
-				float2 x = __bfloat1622float2(h2[e]);
-				f[2 * e] = x.x;
-				f[2 * e + 1] = x.y;
-			}
-		} else {
-			float4 a = *(const float4 *)p, c = *((const float4 *)p + 1);
-			f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w;
-			f[4] = c.x, f[5] = c.y, f[6] = c.z, f[7] = c.w;
-		}
-		return;
-	}
-#pragma unroll
-	for (int e = 0; e < 8; e++)
-		f[e] = e < n ? ldf(p + e) : 0.f;
-}
 
 template <typename Tin, bool VEC>
 __global__ void __launch_bounds__(DEC_THREADS)
@@ -1226,49 +1201,9 @@ __global__ void __launch_bounds__(DEC_THREADS)
 	__shared__ float sm_m[DEC_THREADS], sm_l[DEC_THREADS], sm_o[DEC_THREADS * 8];
 	const int tid = threadIdx.x, s = blockIdx.x, h = blockIdx.y, nsplit = gridDim.x;
 	const int g = h / (H / K), G = DEC_THREADS / tpr, grp = tid / tpr, sub = tid % tpr;
-	const int d0 = sub * 8, nd = max(0, min(8, D - d0));
-	const int64_t ldk = (int64_t)K * D;
 	const int jb = s * chunk, je = min(Tk, jb + chunk);
-	float qf[8], o[8];
-	load8<Tin, VEC>(qf, q + (int64_t)h * D + d0, nd);
-#pragma unroll
-	for (int e = 0; e < 8; e++) {
-		qf[e] *= scale_log2;
-		o[e] = 0.f;
-	}
-	float m = -INFINITY, l = 0.f;
-	/* The trip count is the same for every group so that the shuffles
-	 * below always have the whole warp. */
-	for (int base = jb; base < je; base += G) {
-		const int j = base + grp;
-		const bool ok = j < je;
-		float kf[8], vf[8];
-		const int64_t off = (int64_t)(ok ? j : jb) * ldk + (int64_t)g * D + d0;
-		load8<Tin, VEC>(kf, kc + off, ok ? nd : 0);
-		load8<Tin, VEC>(vf, vc + off, ok ? nd : 0);
-		float x = 0.f;
-#pragma unroll
-		for (int e = 0; e < 8; e++)
-			x += qf[e] * kf[e];
-		for (int w = tpr >> 1; w > 0; w >>= 1)
-			x += __shfl_xor_sync(FULL, x, w);
-		if (ok) {
-			const float mn = fmaxf(m, x), c = exp2f(m - mn), p = exp2f(x - mn);
-			l = l * c + p;
-#pragma unroll
-			for (int e = 0; e < 8; e++)
-				o[e] = o[e] * c + p * vf[e];
-			m = mn;
-		}
-	}
-	if (sub == 0) {
-		sm_m[grp] = m;
-		sm_l[grp] = l;
-	}
-#pragma unroll
-	for (int e = 0; e < 8; e++)
-		if (e < nd)
-			sm_o[grp * D + d0 + e] = o[e];
+	dec_scan<Tin, VEC>(sm_m, sm_l, sm_o, q, kc, vc, h, g, K, D, scale_log2, jb, je, G, grp,
+			   sub, tpr);
 	__syncthreads();
 	float M = -INFINITY;
 	for (int x = 0; x < G; x++)

@@ -28,6 +28,44 @@ static __device__ __forceinline__ int counted(int32_t t, int ignore, int64_t V)
 	return t != ignore && t >= 0 && t < V;
 }
 
+/* The end of a row of ce_rows and ce_rows8: each thread's (m, s) merged
+ * over the block (a butterfly in each warp, every lane ending with the
+ * same bits, then the warps' pairs in warp 0), lse and the row's loss
+ * (xt points to the target's logit) written; shm and shs (32 each) are
+ * free again on return. lane, wid, nw: the thread's lane and warp, the
+ * block's warps. */
+template <class T>
+static __device__ __forceinline__ void row_finish(float *lse, float *rowloss, int64_t n, float m,
+						  float s, const T *xt, float *shm, float *shs, int lane,
+						  int wid, int nw)
+{
+	for (int o = 16; o > 0; o >>= 1) {
+		float m2 = __shfl_xor_sync(0xffffffffu, m, o);
+		float s2 = __shfl_xor_sync(0xffffffffu, s, o);
+		lse_merge(m, s, m2, s2);
+	}
+	if (lane == 0) {
+		shm[wid] = m;
+		shs[wid] = s;
+	}
+	__syncthreads();
+	if (wid == 0) {
+		m = lane < nw ? shm[lane] : -INFINITY;
+		s = lane < nw ? shs[lane] : 0.0f;
+		for (int o = 16; o > 0; o >>= 1) {
+			float m2 = __shfl_xor_sync(0xffffffffu, m, o);
+			float s2 = __shfl_xor_sync(0xffffffffu, s, o);
+			lse_merge(m, s, m2, s2);
+		}
+		if (lane == 0) {
+			float L = m + logf(s);
+			lse[n] = L;
+			rowloss[n] = L - tof(*xt);
+		}
+	}
+	__syncthreads(); /* shm is reused by the next row */
+}
+
 template <class T>
 __global__ void ce_rows(float *lse, float *rowloss, const T *logits, const int32_t *targets,
 			int64_t N, int64_t V, int ignore, unsigned *flags)
@@ -56,32 +94,7 @@ __global__ void ce_rows(float *lse, float *rowloss, const T *logits, const int32
 				s += expf(v - m);
 			}
 		}
-		/* butterfly merge: every lane ends with the same bits */
-		for (int o = 16; o > 0; o >>= 1) {
-			float m2 = __shfl_xor_sync(0xffffffffu, m, o);
-			float s2 = __shfl_xor_sync(0xffffffffu, s, o);
-			lse_merge(m, s, m2, s2);
-		}
-		if (lane == 0) {
-			shm[wid] = m;
-			shs[wid] = s;
-		}
-		__syncthreads();
-		if (wid == 0) {
-			m = lane < nw ? shm[lane] : -INFINITY;
-			s = lane < nw ? shs[lane] : 0.0f;
-			for (int o = 16; o > 0; o >>= 1) {
-				float m2 = __shfl_xor_sync(0xffffffffu, m, o);
-				float s2 = __shfl_xor_sync(0xffffffffu, s, o);
-				lse_merge(m, s, m2, s2);
-			}
-			if (lane == 0) {
-				float L = m + logf(s);
-				lse[n] = L;
-				rowloss[n] = L - tof(x[t]);
-			}
-		}
-		__syncthreads(); /* shm is reused by the next row */
+		row_finish(lse, rowloss, n, m, s, x + t, shm, shs, lane, wid, nw);
 	}
 }
 
@@ -121,31 +134,7 @@ __global__ void ce_rows8(float *lse, float *rowloss, const T *logits, const int3
 				for (int k = 0; k < 8; k++)
 					s += expf(v[k] - m);
 		}
-		for (int o = 16; o > 0; o >>= 1) {
-			float m2 = __shfl_xor_sync(0xffffffffu, m, o);
-			float s2 = __shfl_xor_sync(0xffffffffu, s, o);
-			lse_merge(m, s, m2, s2);
-		}
-		if (lane == 0) {
-			shm[wid] = m;
-			shs[wid] = s;
-		}
-		__syncthreads();
-		if (wid == 0) {
-			m = lane < nw ? shm[lane] : -INFINITY;
-			s = lane < nw ? shs[lane] : 0.0f;
-			for (int o = 16; o > 0; o >>= 1) {
-				float m2 = __shfl_xor_sync(0xffffffffu, m, o);
-				float s2 = __shfl_xor_sync(0xffffffffu, s, o);
-				lse_merge(m, s, m2, s2);
-			}
-			if (lane == 0) {
-				float L = m + logf(s);
-				lse[n] = L;
-				rowloss[n] = L - tof(x[t]);
-			}
-		}
-		__syncthreads();
+		row_finish(lse, rowloss, n, m, s, x + t, shm, shs, lane, wid, nw);
 	}
 }
 

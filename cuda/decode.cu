@@ -12,6 +12,7 @@
 
 #include "common.cuh"
 #include "decode_cuda.h"
+#include "decode_scan.cuh"
 #include "pdl.cuh"
 
 /* ------------------------------------------------------------ embedding */
@@ -104,26 +105,14 @@ extern "C" int lmk_cuda_decode_rope_append(void *be, lmk_dtype dt, void *q, cons
 
 /* ------------------------------------------------------------ attention */
 
-/* The algorithm of attention.cu's decode kernels (a group of tpr threads
- * per key, eight elements of the head dim each, 128/tpr keys in flight,
- * online softmax in log2 units), with the length read from the state:
+/* The key scan of attention.cu's decode kernels (decode_scan.cuh: a group
+ * of tpr threads per key, eight elements of the head dim each, online
+ * softmax in log2 units), with the length read from the state:
  * block (s, h) reduces rows [s*chunk, (s+1)*chunk) of the first Tk, chunk
  * = ceil(Tk / nsplit), to (m, l, o); with one part it writes out. */
 #define ATT_THREADS 512 /* 64 keys in flight at D 64: a short cache in one pass */
 #define MERGE_THREADS 128
 #define LOG2E_F 1.4426950408889634f
-
-template <class T, bool VEC>
-static __device__ __forceinline__ void load_n(float (&f)[8], const T *p, int n)
-{
-	if (VEC && n == 8) {
-		ld8(f, p);
-		return;
-	}
-#pragma unroll
-	for (int e = 0; e < 8; e++)
-		f[e] = e < n ? tof(p[e]) : 0.f;
-}
 
 static __device__ __forceinline__ float warp_max(float v)
 {
@@ -146,49 +135,10 @@ __global__ void __launch_bounds__(ATT_THREADS)
 	const int tid = threadIdx.x, lane = tid % 32, s = blockIdx.x, h = blockIdx.y;
 	const int nsplit = gridDim.x;
 	const int g = h / (H / K), G = ATT_THREADS / tpr, grp = tid / tpr, sub = tid % tpr;
-	const int d0 = sub * 8, nd = max(0, min(8, D - d0));
-	const int64_t ldk = (int64_t)K * D;
 	const int Tk = state[1] + 1, chunk = (Tk + nsplit - 1) / nsplit;
 	const int jb = s * chunk, je = min(Tk, jb + chunk);
-	float qf[8], o[8];
-	load_n<T, VEC>(qf, q + (int64_t)h * D + d0, nd);
-#pragma unroll
-	for (int e = 0; e < 8; e++) {
-		qf[e] *= scale_log2;
-		o[e] = 0.f;
-	}
-	float m = -INFINITY, l = 0.f;
-	/* the same trip count for every group: the shuffles have the whole warp */
-	for (int base = jb; base < je; base += G) {
-		const int j = base + grp;
-		const bool ok = j < je;
-		float kf[8], vf[8];
-		const int64_t off = (int64_t)(ok ? j : jb) * ldk + (int64_t)g * D + d0;
-		load_n<T, VEC>(kf, kc + off, ok ? nd : 0);
-		load_n<T, VEC>(vf, vc + off, ok ? nd : 0);
-		float x = 0.f;
-#pragma unroll
-		for (int e = 0; e < 8; e++)
-			x += qf[e] * kf[e];
-		for (int w = tpr >> 1; w > 0; w >>= 1)
-			x += __shfl_xor_sync(0xffffffffu, x, w);
-		if (ok) {
-			const float mn = fmaxf(m, x), c = exp2f(m - mn), p = exp2f(x - mn);
-			l = l * c + p;
-#pragma unroll
-			for (int e = 0; e < 8; e++)
-				o[e] = o[e] * c + p * vf[e];
-			m = mn;
-		}
-	}
-	if (sub == 0) {
-		sm_m[grp] = m;
-		sm_l[grp] = l;
-	}
-#pragma unroll
-	for (int e = 0; e < 8; e++)
-		if (e < nd)
-			sm_o[grp * D + d0 + e] = o[e];
+	dec_scan<T, VEC>(sm_m, sm_l, sm_o, q, kc, vc, h, g, K, D, scale_log2, jb, je, G, grp, sub,
+			 tpr);
 	__syncthreads();
 	/* the groups merged in parallel, each sum in a fixed order: M and L
 	 * by every warp over lane-strided groups, each group's factor once,
