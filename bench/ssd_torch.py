@@ -5,7 +5,7 @@ our scalar-decay linear mixers (cuda/ssd.cu).
 BF16 inputs on the GPU, (B,T,H,D) like ours, chunk 64, forward and
 forward+backward (autograd; grads cleared outside the timed region), timed
 with CUDA events: warm-up, then the median of --reps runs.
-Shapes: B*T = 65536 tokens (--tokens), T in {2K..64K} (--quick: up to 8K),
+Shapes: B*T = 65536 tokens (--tokens), T in {2K..64K} (--quick: up to 8K; --t a list),
 H*D = 2048 (H = 16 at D = 128, H = 32 at D = 64).
 Columns (ms; '-' when a variant fails or is not importable):
   naive ssd / naive ll: a chunked PyTorch reference written here (intra-chunk
@@ -70,11 +70,24 @@ def naive_chunked(torch, q, k, v, g, lam, scale, C=64):
 def main():
     ap = argparse.ArgumentParser(description="torch baselines for bench/ssd_gpu.cu")
     ap.add_argument("--quick", action="store_true", help="T up to 8K only")
+    ap.add_argument("--t", default=None,
+                    help="comma-separated sequence lengths (default 2K, 4K, .. 64K): Triton "
+                         "autotunes at each new shape, so fewer rows save minutes")
+    ap.add_argument("--d", default="64,128", help="comma-separated head dims (64, 128)")
     ap.add_argument("--reps", type=int, default=10, help="timed runs per shape (median)")
     ap.add_argument("--tokens", type=int, default=65536, help="B*T")
     ap.add_argument("--no-naive", action="store_true",
                     help="skip the PyTorch reference (slow): fla's kernels only")
     a = ap.parse_args()
+    try:
+        a.t = [int(x) for x in a.t.split(",")] if a.t else None
+        a.d = [int(x) for x in a.d.split(",")]
+    except ValueError:
+        print("ssd_torch: --t, --d: expected comma-separated integers", file=sys.stderr)
+        return 2
+    if any(d not in (64, 128) for d in a.d) or any(t < 64 for t in a.t or []):
+        print("ssd_torch: --d takes 64 and 128, --t lengths of at least 64", file=sys.stderr)
+        return 2
     try:
         import torch
     except ImportError as e:
@@ -133,10 +146,10 @@ def main():
     fmt = "{:>4} {:>6} {:>4} {:>3} | " + " | ".join(["{:>9} {:>9}"] * 4)
     print(fmt.format("D", "T", "B", "H", "naive ssd", "f+b", "naive ll", "f+b", "fla sgla", "f+b",
                      "fla ll", "f+b") + "   (ms)")
-    for D in (64, 128):
+    Ts = a.t or [2048 << i for i in range(3 if a.quick else 6)]
+    for D in a.d:
         H = width // D
-        T = 2048
-        while T <= (8192 if a.quick else 65536) and T <= tokens:
+        for T in (t for t in Ts if t <= tokens):
             B = tokens // T
             NL = fen_levels(T)
             torch.manual_seed(0)
@@ -164,7 +177,6 @@ def main():
             del q, k, v, g, lam
             douts.clear()
             torch.cuda.empty_cache()
-            T *= 2
     return 0
 
 
