@@ -8,7 +8,7 @@ chunks in a Python loop; autograd for the backward), both BF16 on the GPU,
 q, k, v (B,T,H,D), g = log decay (B,T,H), beta (B,T,H). Timed with CUDA
 events: warm-up, then the median of --reps runs; forward, and
 forward+backward (grads cleared outside the timed region).
-Shapes: B*T = 65536 tokens, T in {2K..64K} (--quick: up to 8K), H*D = 2048
+Shapes: B*T = 65536 tokens, T in {2K..64K} (--quick: up to 8K; --t a list), H*D = 2048
 (H = 16 at D = 128, H = 32 at D = 64). The PyTorch reference is skipped
 above --ref-max-t (default 16K: its Python loop over chunks is slow).
 Prints one line per shape and implementation:
