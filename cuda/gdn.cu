@@ -1501,27 +1501,35 @@ gdn_tc_prep(bf16 *__restrict__ Wg, bf16 *__restrict__ Ug, float *__restrict__ Gg
 		Gg[(bh * nch + ci) * GC + tid] = s.g[tid];
 }
 
-template <int DK, int BV> struct tc_walk_smem {
-	bf16 Q[GC * DK], K[2][GC * DK], W[GC * DK], U[GC * BV], S[DK * BV], Vn[GC * BV], Vd[GC * BV];
-	float g[GC];
+/* The walk's shared memory: NS stages of the per-chunk tiles (Q only
+ * without SAVE; NS = 1: one, and two of K), the state's bf16 copy and V'
+ * plain and decayed. */
+template <int DK, int BV, int NS, bool SAVE> struct tc_walk_smem {
+	bf16 Q[SAVE ? 1 : NS][GC * DK], K[NS == 1 ? 2 : NS][GC * DK], W[NS][GC * DK];
+	bf16 U[NS][GC * BV];
+	bf16 S[DK * BV], Vn[GC * BV], Vd[GC * BV];
+	float g[NS][GC];
 };
 
-/* The tiles of chunk ci of the walk: Q (unless SAVE), W, U, g, and K into
- * stage kb. */
-template <int DK, int DV, int BV, bool SAVE>
-static __device__ __forceinline__ void walk_load(tc_walk_smem<DK, BV> &s, int kb, const bf16 *qb,
-						 const bf16 *kbase, const bf16 *Wg, const bf16 *Ug,
-						 const float *Gg, int64_t bh, int ci, int nch, int c0,
-						 int64_t Tn, int64_t H, int tid)
+/* The tiles of chunk ci of the walk: Q (unless SAVE), W, U and g into
+ * stage st, K into stage kst; past the last chunk an empty group, so that
+ * every iteration commits one. */
+template <int DK, int DV, int BV, int NS, bool SAVE>
+static __device__ __forceinline__ void walk_load(tc_walk_smem<DK, BV, NS, SAVE> &s, int st,
+						 int kst, const bf16 *qb, const bf16 *kbase, const bf16 *Wg,
+						 const bf16 *Ug, const float *Gg, int64_t bh, int ci,
+						 int nch, int c0, int64_t Tn, int64_t H, int tid)
 {
-	const int64_t t0 = (int64_t)ci * GC, crow = (bh * nch + ci) * GC;
-	if (!SAVE)
-		load_tile<DK, GC>(s.Q, qb, H * DK, t0, Tn, tid);
-	load_tile<DK, GC>(s.K[kb], kbase, H * DK, t0, Tn, tid);
-	load_tile<DK, GC>(s.W, Wg + crow * DK, DK, 0, GC, tid);
-	load_tile<BV, GC>(s.U, Ug + crow * DV + c0, DV, 0, GC, tid);
-	if (tid < GC / 4)
-		cp_async16(smem_u32(s.g + tid * 4), Gg + crow + tid * 4, true);
+	if (ci < nch) {
+		const int64_t t0 = (int64_t)ci * GC, crow = (bh * nch + ci) * GC;
+		if (!SAVE)
+			load_tile<DK, GC>(s.Q[st], qb, H * DK, t0, Tn, tid);
+		load_tile<DK, GC>(s.K[kst], kbase, H * DK, t0, Tn, tid);
+		load_tile<DK, GC>(s.W[st], Wg + crow * DK, DK, 0, GC, tid);
+		load_tile<BV, GC>(s.U[st], Ug + crow * DV + c0, DV, 0, GC, tid);
+		if (tid < GC / 4)
+			cp_async16(smem_u32(s.g[st] + tid * 4), Gg + crow + tid * 4, true);
+	}
 	cp_commit();
 }
 
@@ -1571,13 +1579,17 @@ static __device__ __forceinline__ void walk_out(bf16 *out, float (&qs)[BV / 8][4
 
 /* grid (B*H, DV/BV), TC_THREADS: the walk through the chunks (see above).
  * Warp w owns the chunk rows 16w.. for the row products and the state rows
- * w*DK/4.. for the state update. Q, W, U and g are read only before the
- * middle barrier, so the next chunk's load into them (and into the other
- * K stage) overlaps the output and the state update. SAVE (for the
+ * w*DK/4.. for the state update. The tiles of a chunk are loaded NS - 1
+ * chunks ahead into a ring of NS stages (the stage a load overwrites was
+ * last read before the barrier that starts the chunk), so that a walk of
+ * few blocks does not wait on memory; NS = 1 (the least shared memory,
+ * for grids of several waves): Q, W, U and g are read only before the
+ * middle barrier, and the next chunk's load into them (and into the
+ * other K stage) follows it. SAVE (for the
  * backward): no output; the state entering each chunk (its bf16 copy, the
  * one the products use) goes to Hs (B*H, nch, DK, DV) and V' to Vg
  * (B*H, nch*GC, DV). */
-template <int DK, int DV, int BV, bool SAVE>
+template <int DK, int DV, int BV, int NS, bool SAVE>
 __global__ void __launch_bounds__(TC_THREADS)
 gdn_tc_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /*(B,Tn,H,DK)*/,
 	    const bf16 *__restrict__ k /*(B,Tn,H,DK)*/, const bf16 *__restrict__ Wg,
@@ -1586,7 +1598,7 @@ gdn_tc_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /
 {
 	constexpr int SM = DK / 64; /* m16 tiles of state rows a warp */
 	extern __shared__ __align__(128) unsigned char smem_raw[];
-	tc_walk_smem<DK, BV> &s = *(tc_walk_smem<DK, BV> *)smem_raw;
+	tc_walk_smem<DK, BV, NS, SAVE> &s = *(tc_walk_smem<DK, BV, NS, SAVE> *)smem_raw;
 	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 	const int64_t bh = blockIdx.x, b = bh / H, h = bh % H;
 	const int c0 = blockIdx.y * BV, col = (lane & 3) << 1, r0 = warp * 16 + (lane >> 2);
@@ -1599,12 +1611,22 @@ gdn_tc_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /
 			S[m][nt][0] = S[m][nt][1] = S[m][nt][2] = S[m][nt][3] = 0.0f;
 	for (int e = tid; e < DK * BV / 2; e += TC_THREADS)
 		((uint32_t *)s.S)[e] = 0;
-	walk_load<DK, DV, BV, SAVE>(s, 0, qb, kb, Wg, Ug, Gg, bh, 0, nch, c0, Tn, H, tid);
+	constexpr int AHEAD = NS == 1 ? 1 : NS - 1; /* chunks loaded ahead */
+	for (int c = 0; c < AHEAD; c++)
+		walk_load<DK, DV, BV, NS, SAVE>(s, c, c, qb, kb, Wg, Ug, Gg, bh, c, nch, c0, Tn, H,
+						tid);
 	for (int ci = 0; ci < nch; ci++) {
 		const int64_t t0 = (int64_t)ci * GC;
-		const bf16 *sK = s.K[ci & 1];
-		cp_wait_all();
-		__syncthreads(); /* this chunk's tiles and the previous state landed */
+		const int st = ci % NS, kst = NS == 1 ? ci & 1 : st;
+		const bf16 *sK = s.K[kst], *sQ = s.Q[SAVE ? 0 : st], *sW = s.W[st], *sU = s.U[st];
+		const float *sg = s.g[st];
+		cp_wait<AHEAD - 1>();
+		__syncthreads(); /* this chunk's tiles and the previous state landed,
+				    the previous chunk's stage is free */
+		if (NS > 1)
+			walk_load<DK, DV, BV, NS, SAVE>(s, (ci + AHEAD) % NS, (ci + AHEAD) % NS, qb,
+							kb, Wg, Ug, Gg, bh, ci + AHEAD, nch, c0, Tn,
+							H, tid);
 		if (SAVE)
 			store_tile<BV, DK>(Hs + ((bh * nch + ci) * DK) * DV + c0, DV, s.S, tid);
 		/* ws = W S, qs = Q S (rows of the warp), p = Q Kᵀ (keys up to
@@ -1620,9 +1642,9 @@ gdn_tc_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /
 #pragma unroll
 		for (int kk = 0; kk < DK / 16; kk++) {
 			uint32_t aw[4], aq[4];
-			ld_a<DK>(aw, s.W, warp * 16, kk * 16, lane);
+			ld_a<DK>(aw, sW, warp * 16, kk * 16, lane);
 			if (!SAVE)
-				ld_a<DK>(aq, s.Q, warp * 16, kk * 16, lane);
+				ld_a<DK>(aq, sQ, warp * 16, kk * 16, lane);
 #pragma unroll
 			for (int np = 0; np < BV / 16; np++) {
 				uint32_t bb[4];
@@ -1643,13 +1665,13 @@ gdn_tc_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /
 					mma16816(p[2 * np + 1], aq, bb[2], bb[3]);
 				}
 		}
-		const float gl = s.g[GC - 1], g_lo = s.g[r0], g_hi = s.g[r0 + 8];
+		const float gl = sg[GC - 1], g_lo = sg[r0], g_hi = sg[r0 + 8];
 		/* V' = U - W S into Vn, and exp(g_n - g_j) V' into Vd */
 #pragma unroll
 		for (int nt = 0; nt < BV / 8; nt++) {
 			const int cc = nt * 8 + col;
-			__nv_bfloat162 u_lo = *(const __nv_bfloat162 *)(s.U + swz<BV>(r0, cc));
-			__nv_bfloat162 u_hi = *(const __nv_bfloat162 *)(s.U + swz<BV>(r0 + 8, cc));
+			__nv_bfloat162 u_lo = *(const __nv_bfloat162 *)(sU + swz<BV>(r0, cc));
+			__nv_bfloat162 u_hi = *(const __nv_bfloat162 *)(sU + swz<BV>(r0 + 8, cc));
 			float v0 = __low2float(u_lo) - ws[nt][0], v1 = __high2float(u_lo) - ws[nt][1];
 			float v2 = __low2float(u_hi) - ws[nt][2], v3 = __high2float(u_hi) - ws[nt][3];
 			const float e_lo = expf(gl - g_lo), e_hi = expf(gl - g_hi);
@@ -1665,12 +1687,12 @@ gdn_tc_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /
 #pragma unroll
 				for (int e = 0; e < 4; e++) {
 					int i = r0 + (e >> 1) * 8, j = nt * 8 + col + (e & 1);
-					p[nt][e] = j <= i ? expf(s.g[i] - s.g[j]) * p[nt][e] : 0.0f;
+					p[nt][e] = j <= i ? expf(sg[i] - sg[j]) * p[nt][e] : 0.0f;
 				}
 		__syncthreads(); /* Vn, Vd complete; S, Q, W, U, g read by every warp */
-		if (ci + 1 < nch)
-			walk_load<DK, DV, BV, SAVE>(s, (ci + 1) & 1, qb, kb, Wg, Ug, Gg, bh, ci + 1,
-						    nch, c0, Tn, H, tid);
+		if (NS == 1)
+			walk_load<DK, DV, BV, NS, SAVE>(s, 0, (ci + 1) & 1, qb, kb, Wg, Ug, Gg, bh,
+							ci + 1, nch, c0, Tn, H, tid);
 		if (SAVE)
 			store_tile<BV, GC>(Vg + (bh * nch + ci) * GC * DV + c0, DV, s.Vn, tid);
 		else
@@ -1715,24 +1737,66 @@ gdn_tc_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /
 	}
 }
 
-template <int DK, int DV, int BV>
-static int tc_walk_launch(lmk_cuda_backend *b, bf16 *out, const bf16 *q, const bf16 *k,
-			  const bf16 *W, const bf16 *U, const float *G, int64_t B, int64_t Tn,
-			  int64_t H, int nch, float scale)
+/* Launches the walk with BV value columns and NS stages when its blocks
+ * fit in one wave on the 132 SMs of an H200 (or when must), setting its
+ * shared memory. @return : 1 when it did not fit, else 0 or < 0 */
+template <int DK, int DV, int BV, int NS>
+static int tc_walk_try(lmk_cuda_backend *b, bool must, bf16 *out, const bf16 *q, const bf16 *k,
+		       const bf16 *W, const bf16 *U, const float *G, int64_t B, int64_t Tn,
+		       int64_t H, int nch, float scale)
 {
-	size_t sw = sizeof(tc_walk_smem<DK, BV>);
-	LMK_CK(cudaFuncSetAttribute(gdn_tc_walk<DK, DV, BV, false>,
+	const size_t sw = sizeof(tc_walk_smem<DK, BV, NS, false>);
+	const int64_t blocks = B * H * (DV / BV);
+	int per_sm = 0;
+	LMK_CK(cudaFuncSetAttribute(gdn_tc_walk<DK, DV, BV, NS, false>,
 				    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sw));
-	gdn_tc_walk<DK, DV, BV, false><<<dim3((unsigned)(B * H), DV / BV), TC_THREADS, sw,
-					  b->stream>>>(out, q, k, W, U, G, (bf16 *)NULL, (bf16 *)NULL,
-						       Tn, H, nch, scale);
+	LMK_CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+		&per_sm, gdn_tc_walk<DK, DV, BV, NS, false>, TC_THREADS, sw));
+	if (!must && blocks > 132 * (int64_t)per_sm)
+		return 1;
+	gdn_tc_walk<DK, DV, BV, NS, false><<<dim3((unsigned)(B * H), DV / BV), TC_THREADS, sw,
+					      b->stream>>>(out, q, k, W, U, G, (bf16 *)NULL,
+							   (bf16 *)NULL, Tn, H, nch, scale);
 	LMK_CK_LAUNCH();
 	return 0;
 }
 
+/* The walk's shape: the widest value blocks that still give 256 blocks or
+ * more (two an SM; blocks of 16 columns at most when the heads are few),
+ * with the deepest ring of stages that keeps them in one wave (a walk is
+ * serial over the chunks: a second wave doubles its time), else NS = 1. */
+template <int DK, int DV>
+static int tc_walk_launch(lmk_cuda_backend *b, bf16 *out, const bf16 *q, const bf16 *k,
+			  const bf16 *W, const bf16 *U, const float *G, int64_t B, int64_t Tn,
+			  int64_t H, int nch, float scale)
+{
+#define WALK_TRY(BV, NS, MUST)                                                                     \
+	do {                                                                                       \
+		int rc_ = tc_walk_try<DK, DV, BV, NS>(b, MUST, out, q, k, W, U, G, B, Tn, H, nch,  \
+						      scale);                                      \
+		if (rc_ <= 0)                                                                      \
+			return rc_;                                                                \
+	} while (0)
+	if (B * H * (DV / 64) >= 256) {
+		WALK_TRY(64, 3, false);
+		WALK_TRY(64, 2, false);
+		WALK_TRY(64, 1, true);
+	}
+	if (B * H * (DV / 32) >= 256) {
+		WALK_TRY(32, 3, false);
+		WALK_TRY(32, 2, false);
+		WALK_TRY(32, 1, true);
+	}
+	WALK_TRY(16, 4, false);
+	WALK_TRY(16, 3, false);
+	WALK_TRY(16, 2, false);
+	WALK_TRY(16, 1, true);
+#undef WALK_TRY
+	return 0;
+}
+
 /* The tensor-core forward (see above). Scratch: nch*GC (DK + DV) bf16 and
- * nch*GC floats a head. The value blocks are the widest of 64, 32, 16
- * columns that still give two blocks per SM (264 on an H200). */
+ * nch*GC floats a head. */
 template <int DK, int DV>
 static int tc_fwd_launch(lmk_cuda_backend *b, bf16 *out, const bf16 *q, const bf16 *k,
 			 const bf16 *v, const bf16 *la, const bf16 *be, int64_t B, int64_t Tn,
@@ -1755,11 +1819,7 @@ static int tc_fwd_launch(lmk_cuda_backend *b, bf16 *out, const bf16 *q, const bf
 	gdn_tc_prep<DK, DV><<<dim3((unsigned)nch, (unsigned)(B * H)), TC_THREADS, sp, b->stream>>>(
 		W, U, G, (bf16 *)NULL, k, v, la, be, Tn, H, nch);
 	LMK_CK_LAUNCH();
-	if (B * H * (DV / 64) >= 264)
-		return tc_walk_launch<DK, DV, 64>(b, out, q, k, W, U, G, B, Tn, H, nch, scale);
-	if (B * H * (DV / 32) >= 264)
-		return tc_walk_launch<DK, DV, 32>(b, out, q, k, W, U, G, B, Tn, H, nch, scale);
-	return tc_walk_launch<DK, DV, 16>(b, out, q, k, W, U, G, B, Tn, H, nch, scale);
+	return tc_walk_launch<DK, DV>(b, out, q, k, W, U, G, B, Tn, H, nch, scale);
 }
 
 /* ------------------------------------------ log-linear, tensor cores */
@@ -3060,13 +3120,13 @@ static int tc_bwd_walks(lmk_cuda_backend *b, bf16 *Hs, bf16 *Vg, bf16 *dHs, bf16
 			const bf16 *dout, const bf16 *q, const bf16 *k, const bf16 *W, const bf16 *U,
 			const float *G, int64_t B, int64_t Tn, int64_t H, int nch, float scale)
 {
-	size_t sw = sizeof(tc_walk_smem<DK, BV>), sb = sizeof(tc_bwalk_smem<DK, BV>);
-	LMK_CK(cudaFuncSetAttribute(gdn_tc_walk<DK, DV, BV, true>,
+	size_t sw = sizeof(tc_walk_smem<DK, BV, 1, true>), sb = sizeof(tc_bwalk_smem<DK, BV>);
+	LMK_CK(cudaFuncSetAttribute(gdn_tc_walk<DK, DV, BV, 1, true>,
 				    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sw));
 	LMK_CK(cudaFuncSetAttribute(gdn_tc_bwalk<DK, DV, BV>,
 				    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb));
 	dim3 grid((unsigned)(B * H), DV / BV);
-	gdn_tc_walk<DK, DV, BV, true><<<grid, TC_THREADS, sw, b->stream>>>(
+	gdn_tc_walk<DK, DV, BV, 1, true><<<grid, TC_THREADS, sw, b->stream>>>(
 		(bf16 *)NULL, q, k, W, U, G, Hs, Vg, Tn, H, nch, scale);
 	LMK_CK_LAUNCH();
 	gdn_tc_bwalk<DK, DV, BV><<<grid, TC_THREADS, sb, b->stream>>>(dHs, dVg, dout, q, k, W, G, Tn,
