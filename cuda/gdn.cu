@@ -1409,37 +1409,74 @@ gdn_tc_prep(bf16 *__restrict__ Wg, bf16 *__restrict__ Ug, float *__restrict__ Gg
 				}
 	}
 	__syncthreads();
-	/* Tm = (I + A)^-1, column c by thread c, then scaled by beta (gamma):
-	 * four partial sums a row (float4 broadcasts of A), so that the chain
-	 * from t[i-1] to t[i] is one product and two additions */
-	if (tid < GC) {
-		const int c = tid;
-		float t[GC];
+	/* Tm = (I + A)^-1 in fp32 by blocks of 16, in place of A: the
+	 * diagonal blocks by forward substitution (a column a thread), then
+	 * block row by block row Tm_ij = -Tm_ii X_ij, X_ij = Σ_{k=j}^{i-1}
+	 * A_ik Tm_kj (X in the unused upper block j, i; A's block row i is
+	 * read for the last time by X), four columns a thread */
+	{
+		const int d = 16 * ((tid >> 4) & 3), c = tid & 15;
+		float t[16];
+		if (tid < GC)
 #pragma unroll
-		for (int i = 0; i < GC; i++) {
-			float acc[4] = {i == c ? 1.0f : 0.0f, 0.0f, 0.0f, 0.0f};
+			for (int i = 0; i < 16; i++) {
+				float acc = i == c ? 1.0f : 0.0f;
 #pragma unroll
-			for (int j = 0; j + 4 <= i; j += 4) {
-				const float4 a = *(const float4 *)&s.A[i * TC_LDA + j];
-				acc[0] -= a.x * t[j];
-				acc[1] -= a.y * t[j + 1];
-				acc[2] -= a.z * t[j + 2];
-				acc[3] -= a.w * t[j + 3];
+				for (int j = 0; j < i; j++)
+					acc -= s.A[(d + i) * TC_LDA + d + j] * t[j];
+				t[i] = acc;
 			}
+		__syncthreads(); /* the diagonal blocks read */
+		if (tid < GC)
 #pragma unroll
-			for (int j = i & ~3; j < i; j++)
-				acc[j & 3] -= s.A[i * TC_LDA + j] * t[j];
-			t[i] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+			for (int i = 0; i < 16; i++)
+				s.A[(d + i) * TC_LDA + d + c] = t[i];
+		__syncthreads();
+	}
+#pragma unroll 1
+	for (int bi = 1; bi < GC / 16; bi++) {
+		for (int e = tid; e < bi * 64; e += TC_THREADS) {
+			const int bj = e >> 6, r = (e >> 2) & 15, c = (e & 3) * 4;
+			const float *ar = s.A + (16 * bi + r) * TC_LDA;
+			float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+			for (int m = 16 * bj; m < 16 * bi; m++) {
+				const float am = ar[m];
+				const float4 t = *(const float4 *)&s.A[m * TC_LDA + 16 * bj + c];
+				x.x += am * t.x;
+				x.y += am * t.y;
+				x.z += am * t.z;
+				x.w += am * t.w;
+			}
+			*(float4 *)&s.A[(16 * bj + r) * TC_LDA + 16 * bi + c] = x;
 		}
-		if (Tg)
-#pragma unroll
-			for (int i = 0; i < GC; i++)
-				Tg[(bh * nch + ci) * GC * GC + i * GC + c] = __float2bfloat16_rn(t[i]);
+		__syncthreads();
+		for (int e = tid; e < bi * 64; e += TC_THREADS) {
+			const int bj = e >> 6, r = (e >> 2) & 15, c = (e & 3) * 4;
+			const float *tr = s.A + (16 * bi + r) * TC_LDA + 16 * bi;
+			float4 y = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+			for (int m = 0; m <= r; m++) {
+				const float tm = tr[m];
+				const float4 x = *(const float4 *)&s.A[(16 * bj + m) * TC_LDA + 16 * bi + c];
+				y.x -= tm * x.x;
+				y.y -= tm * x.y;
+				y.z -= tm * x.z;
+				y.w -= tm * x.w;
+			}
+			*(float4 *)&s.A[(16 * bi + r) * TC_LDA + 16 * bj + c] = y;
+		}
+		__syncthreads();
+	}
+	/* then scaled by beta (gamma) into the bf16 operands, zeros above the
+	 * diagonal */
+	{
+		const int c = tid & (GC - 1);
 		const float bc = s.b[c], bg = bc * expf(s.g[c]);
-#pragma unroll
-		for (int i = 0; i < GC; i++) {
-			s.Tb[swz<GC>(i, c)] = __float2bfloat16_rn(t[i] * bc);
-			s.Tg[swz<GC>(i, c)] = __float2bfloat16_rn(t[i] * bg);
+		for (int i = tid >> 6; i < GC; i += TC_THREADS / GC) {
+			const float t = c <= i ? s.A[i * TC_LDA + c] : 0.0f;
+			if (Tg)
+				Tg[(bh * nch + ci) * GC * GC + i * GC + c] = __float2bfloat16_rn(t);
+			s.Tb[swz<GC>(i, c)] = __float2bfloat16_rn(t * bc);
+			s.Tg[swz<GC>(i, c)] = __float2bfloat16_rn(t * bg);
 		}
 	}
 	__syncthreads();
