@@ -3425,12 +3425,14 @@ static __device__ __forceinline__ float quad_sum(float x)
 	return x;
 }
 
-/* The bgrad region that holds S_l and D_l during the level sweeps, then
+/* The bgrad region that holds S_l and D_l during the level sweeps (NB
+ * buffers of both: two where they fit in the space of what follows), then
  * the dW tile and four GC x GC tiles (bf16 elements): at DK = DV = 64
  * the block fits twice an SM. */
 template <int DK, int DV> struct ll_sd {
 	static constexpr int A = 2 * DK * DV, B = GC * DK + 4 * GC * GC;
-	static constexpr int N = A > B ? A : B;
+	static constexpr int NB = 2 * A <= B ? 2 : 1;
+	static constexpr int N = NB * A > B ? NB * A : B;
 };
 
 template <int DK, int DV> struct ll_bgrad_smem {
@@ -3439,31 +3441,53 @@ template <int DK, int DV> struct ll_bgrad_smem {
 	float g[GC], b[GC], lam[GC][8], lamc[GC][LL_LW], row[GC], colw[4][GC], colb[4][GC], red[4];
 };
 
-/* The state tiles of level l of chunk ci into SD: S (always), D (when
- * wantd: D_g for a merging level, else its saved D_l) unless it is D_g
- * and D already holds it. */
+/* The level tiles of bgrad in the order its sweeps read them, item it:
+ * S_l for each live level l (the set bits of ci, l - 1), then, unless the
+ * chunk is the last, D_g alone, then S_l and D (D_g for a merging level,
+ * l <= j, else its saved D_l) for each live level, twice (sweeps 2 and 3).
+ * Item it loads into buffer it % NB of SD (S, then D). */
 template <int DK, int DV>
-static __device__ __forceinline__ void ll_sd_load(ll_bgrad_smem<DK, DV> &s, const bf16 *Ss,
-						  const bf16 *Dgs, const bf16 *Ds, int64_t bh,
-						  int64_t NS, int nch, int ci, int l, int j, bool wantd,
-						  bool &dg_in, int tid)
+static __device__ __forceinline__ void ll_sd_issue(ll_bgrad_smem<DK, DV> &s, const bf16 *Ss,
+						   const bf16 *Dgs, const bf16 *Ds, int64_t bh,
+						   int64_t NS, int nch, int ci, int j, int nlive,
+						   int it, int tid)
 {
-	__syncthreads(); /* the previous tiles read by every warp */
-	const int64_t sl = ll_slot(ci, l);
-	load_tile<DV, DK>(s.SD, Ss + (bh * NS + sl) * DK * DV, DV, 0, DK, tid);
-	if (wantd) {
-		if (l > j) {
-			load_tile<DV, DK>(s.SD + DK * DV, Ds + (bh * NS + sl) * DK * DV, DV, 0, DK, tid);
-			dg_in = false;
-		} else if (!dg_in) {
-			load_tile<DV, DK>(s.SD + DK * DV, Dgs + (bh * nch + ci) * DK * DV, DV, 0, DK,
+	bf16 *S = s.SD + (it % ll_sd<DK, DV>::NB) * 2 * DK * DV, *D = S + DK * DV;
+	const bf16 *dg = Dgs + (bh * nch + ci) * DK * DV;
+	if (it == nlive) {
+		load_tile<DV, DK>(D, dg, DV, 0, DK, tid);
+	} else {
+		int m = ci;
+		for (int t = it < nlive ? it : (it - nlive - 1) % nlive; t > 0; t--)
+			m &= m - 1;
+		const int l = __ffs(m);
+		const int64_t sl = ll_slot(ci, l);
+		load_tile<DV, DK>(S, Ss + (bh * NS + sl) * DK * DV, DV, 0, DK, tid);
+		if (it > nlive)
+			load_tile<DV, DK>(D, l > j ? Ds + (bh * NS + sl) * DK * DV : dg, DV, 0, DK,
 					  tid);
-			dg_in = true;
-		}
 	}
 	cp_commit();
-	cp_wait_all();
-	__syncthreads();
+}
+
+/* Item it of ni ready in its buffer, returned (with two buffers, item it
+ * was issued before and item it + 1 starts loading now). */
+template <int DK, int DV>
+static __device__ __forceinline__ bf16 *ll_sd_next(ll_bgrad_smem<DK, DV> &s, const bf16 *Ss,
+						   const bf16 *Dgs, const bf16 *Ds, int64_t bh,
+						   int64_t NS, int nch, int ci, int j, int nlive,
+						   int it, int ni, int tid)
+{
+	constexpr int NB = ll_sd<DK, DV>::NB;
+	if (NB == 1) {
+		__syncthreads(); /* the previous tiles read by every warp */
+		ll_sd_issue<DK, DV>(s, Ss, Dgs, Ds, bh, NS, nch, ci, j, nlive, it, tid);
+	}
+	cp_wait<0>();
+	__syncthreads(); /* item it landed; item it - 1 read by every warp */
+	if (NB == 2 && it + 1 < ni)
+		ll_sd_issue<DK, DV>(s, Ss, Dgs, Ds, bh, NS, nch, ci, j, nlive, it + 1, tid);
+	return s.SD + (it % NB) * 2 * DK * DV;
 }
 
 /* grid (chunks, B*H), TC_THREADS: the token gradients of one chunk (warp
@@ -3496,7 +3520,8 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 	const int col = (lane & 3) << 1, i0 = warp * 16, r0 = i0 + (lane >> 2);
 	const bool last = ci == nch - 1;
 	const int j = last ? 0 : __ffs(ci + 1) - 1;
-	bf16 *const sS = s.SD, *const sD = s.SD + DK * DV;
+	const int nlive = __popc(ci), ni = nlive + (last ? 0 : 1 + 2 * nlive);
+	int it = 0; /* the next item of level tiles (ll_sd_issue) */
 	bf16 *const sdW = s.SD, *const sP = s.SD + GC * DK, *const sZ = sP + GC * GC;
 	bf16 *const sDB = sZ + GC * GC, *const sAL = sDB + GC * GC, *const sM2 = sDB;
 	load_tile<DK, GC>(s.Q, q + (b * Tn * H + h) * DK, H * DK, t0, Tn, tid);
@@ -3508,6 +3533,8 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 	load_tile<DK, GC>(s.X1, Qeg + crow * DK, DK, 0, GC, tid);
 	load_tile<DV, GC>(s.X2, Ug + crow * DV, DV, 0, GC, tid);
 	cp_commit();
+	if (ll_sd<DK, DV>::NB == 2 && ni > 0)
+		ll_sd_issue<DK, DV>(s, Ss, Dgs, Ds, bh, NS, nch, ci, j, nlive, 0, tid);
 	if (tid < GC) {
 		s.g[tid] = Gg[crow + tid];
 		s.b[tid] = tid < n ? tof(be[tok0 + (int64_t)tid * H]) : 0.0f;
@@ -3524,7 +3551,6 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 	const float e_lo = expf(gl - g_lo), e_hi = expf(gl - g_hi);
 	const float gm_lo = expf(g_lo), gm_hi = expf(g_hi);
 	float rg_lo = 0, rg_hi = 0, rb_lo = 0, rb_hi = 0, dgn = 0;
-	bool dg_in = false;
 	/* sweep 1: dQe = Σ_l diag(lam_l) dÕ S_lᵀ; dlam_{6+l} = rowdot(dÕ, Qe S_l) */
 	{
 		float dqe[DK / 8][4];
@@ -3532,7 +3558,8 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 		for (int l = 1; l < nlevc; l++) {
 			if (!((ci >> (l - 1)) & 1))
 				continue;
-			ll_sd_load<DK, DV>(s, Ss, Dgs, Ds, bh, NS, nch, ci, l, j, false, dg_in, tid);
+			const bf16 *sS = ll_sd_next<DK, DV>(s, Ss, Dgs, Ds, bh, NS, nch, ci, j, nlive,
+							    it++, ni, tid);
 			{
 				float t[DK / 8][4];
 				acc_zero(t);
@@ -3590,12 +3617,9 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 		{
 			float u[DV / 8][4];
 			acc_zero(u);
-			__syncthreads();
-			load_tile<DV, DK>(sD, Dgs + (bh * nch + ci) * DK * DV, DV, 0, DK, tid);
-			cp_commit();
-			cp_wait_all();
-			__syncthreads();
-			dg_in = true;
+			const bf16 *sD = ll_sd_next<DK, DV>(s, Ss, Dgs, Ds, bh, NS, nch, ci, j, nlive,
+							    it++, ni, tid) +
+					 DK * DV;
 			mm_ank<DV, DV, DV / 16, DK / 16>(dk, s.X2, sD, i0, DK / 16, lane);
 			mm_akn<DK, DV, DK / 16, DV / 16>(u, s.K, sD, i0, lane);
 			__syncthreads(); /* U read by every warp: X2 becomes dU */
@@ -3611,7 +3635,9 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 		for (int l = 1; l < nlevc; l++) {
 			if (!((ci >> (l - 1)) & 1))
 				continue;
-			ll_sd_load<DK, DV>(s, Ss, Dgs, Ds, bh, NS, nch, ci, l, j, true, dg_in, tid);
+			const bf16 *sS = ll_sd_next<DK, DV>(s, Ss, Dgs, Ds, bh, NS, nch, ci, j, nlive,
+							    it++, ni, tid),
+				   *sD = sS + DK * DV;
 			float x[DV / 8][4];
 			acc_zero(x);
 			mm_akn<DK, DV, DK / 16, DV / 16>(x, s.W, sS, i0, lane);
@@ -3646,7 +3672,9 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 		for (int l = 1; !last && l < nlevc; l++) {
 			if (!((ci >> (l - 1)) & 1))
 				continue;
-			ll_sd_load<DK, DV>(s, Ss, Dgs, Ds, bh, NS, nch, ci, l, j, true, dg_in, tid);
+			const bf16 *sS = ll_sd_next<DK, DV>(s, Ss, Dgs, Ds, bh, NS, nch, ci, j, nlive,
+							    it++, ni, tid),
+				   *sD = sS + DK * DV;
 			float z[DV / 8][4];
 			acc_zero(z);
 			mm_akn<DK, DV, DK / 16, DV / 16>(z, s.K, sD, i0, lane);
