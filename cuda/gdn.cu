@@ -1774,60 +1774,93 @@ gdn_tc_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /
 	}
 }
 
-/* Launches the walk with BV value columns and NS stages when its blocks
+template <int DK, int BV, int NS> struct tc_bwalk_smem;
+template <int DK, int DV, int BV, int NS>
+__global__ void gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg,
+			     const bf16 *__restrict__ dout, const bf16 *__restrict__ q,
+			     const bf16 *__restrict__ k, const bf16 *__restrict__ Wg,
+			     const float *__restrict__ Gg, int64_t Tn, int64_t H, int nch,
+			     float scale);
+
+/* What the walks take: the forward walk (WALK_FWD: out), the walk that
+ * saves the states and V' for the backward (WALK_SAVE: Hs, Vg) and the
+ * reverse walk (WALK_BWD: dHs, dVg from dout). */
+enum { WALK_FWD, WALK_SAVE, WALK_BWD };
+struct tc_walk_args {
+	bf16 *out, *Hs, *Vg, *dHs, *dVg;
+	const bf16 *q, *k, *W, *U, *dout;
+	const float *G;
+	int64_t B, Tn, H;
+	int nch;
+	float scale;
+};
+
+/* Launches walk KIND with BV value columns and NS stages when its blocks
  * fit in one wave on the 132 SMs of an H200 (or when must), setting its
  * shared memory. @return : 1 when it did not fit, else 0 or < 0 */
-template <int DK, int DV, int BV, int NS>
-static int tc_walk_try(lmk_cuda_backend *b, bool must, bf16 *out, const bf16 *q, const bf16 *k,
-		       const bf16 *W, const bf16 *U, const float *G, int64_t B, int64_t Tn,
-		       int64_t H, int nch, float scale)
+template <int KIND, int DK, int DV, int BV, int NS>
+static int tc_walk_try(lmk_cuda_backend *b, bool must, const tc_walk_args &a)
 {
-	const size_t sw = sizeof(tc_walk_smem<DK, BV, NS, false>);
-	const int64_t blocks = B * H * (DV / BV);
+	constexpr bool SAVE = KIND == WALK_SAVE;
+	const void *fn;
+	size_t sw;
+	if constexpr (KIND == WALK_BWD) {
+		fn = (const void *)gdn_tc_bwalk<DK, DV, BV, NS>;
+		sw = sizeof(tc_bwalk_smem<DK, BV, NS>);
+	} else {
+		fn = (const void *)gdn_tc_walk<DK, DV, BV, NS, SAVE>;
+		sw = sizeof(tc_walk_smem<DK, BV, NS, SAVE>);
+	}
+	const int64_t blocks = a.B * a.H * (DV / BV);
 	int per_sm = 0;
-	LMK_CK(cudaFuncSetAttribute(gdn_tc_walk<DK, DV, BV, NS, false>,
-				    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sw));
-	LMK_CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-		&per_sm, gdn_tc_walk<DK, DV, BV, NS, false>, TC_THREADS, sw));
+	LMK_CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sw));
+	LMK_CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, TC_THREADS, sw));
 	if (!must && blocks > 132 * (int64_t)per_sm)
 		return 1;
-	gdn_tc_walk<DK, DV, BV, NS, false><<<dim3((unsigned)(B * H), DV / BV), TC_THREADS, sw,
-					      b->stream>>>(out, q, k, W, U, G, (bf16 *)NULL,
-							   (bf16 *)NULL, Tn, H, nch, scale);
+	const dim3 grid((unsigned)(a.B * a.H), DV / BV);
+	if constexpr (KIND == WALK_BWD)
+		gdn_tc_bwalk<DK, DV, BV, NS><<<grid, TC_THREADS, sw, b->stream>>>(
+			a.dHs, a.dVg, a.dout, a.q, a.k, a.W, a.G, a.Tn, a.H, a.nch, a.scale);
+	else
+		gdn_tc_walk<DK, DV, BV, NS, SAVE><<<grid, TC_THREADS, sw, b->stream>>>(
+			a.out, a.q, a.k, a.W, a.U, a.G, a.Hs, a.Vg, a.Tn, a.H, a.nch, a.scale);
 	LMK_CK_LAUNCH();
 	return 0;
 }
 
-/* The walk's shape: the widest value blocks that still give 256 blocks or
+/* A walk's shape: the widest value blocks that still give 256 blocks or
  * more (two an SM; blocks of 16 columns at most when the heads are few),
  * with the deepest ring of stages that keeps them in one wave (a walk is
- * serial over the chunks: a second wave doubles its time), else NS = 1. */
-template <int DK, int DV>
-static int tc_walk_launch(lmk_cuda_backend *b, bf16 *out, const bf16 *q, const bf16 *k,
-			  const bf16 *W, const bf16 *U, const float *G, int64_t B, int64_t Tn,
-			  int64_t H, int nch, float scale)
+ * serial over the chunks: a second wave doubles its time), else the
+ * fewest (NS = 1 only for the forward walks). */
+template <int KIND, int DK, int DV>
+static int tc_walk_launch(lmk_cuda_backend *b, const tc_walk_args &a)
 {
+	constexpr int NS0 = KIND == WALK_BWD ? 2 : 1;
 #define WALK_TRY(BV, NS, MUST)                                                                     \
 	do {                                                                                       \
-		int rc_ = tc_walk_try<DK, DV, BV, NS>(b, MUST, out, q, k, W, U, G, B, Tn, H, nch,  \
-						      scale);                                      \
+		int rc_ = tc_walk_try<KIND, DK, DV, BV, NS>(b, MUST, a);                            \
 		if (rc_ <= 0)                                                                      \
 			return rc_;                                                                \
 	} while (0)
-	if (B * H * (DV / 64) >= 256) {
+	const int64_t BH = a.B * a.H;
+	if (BH * (DV / 64) >= 256) {
 		WALK_TRY(64, 3, false);
-		WALK_TRY(64, 2, false);
-		WALK_TRY(64, 1, true);
+		if (NS0 == 1)
+			WALK_TRY(64, 2, false);
+		WALK_TRY(64, NS0, true);
 	}
-	if (B * H * (DV / 32) >= 256) {
+	if (BH * (DV / 32) >= 256) {
 		WALK_TRY(32, 3, false);
-		WALK_TRY(32, 2, false);
-		WALK_TRY(32, 1, true);
+		if (NS0 == 1)
+			WALK_TRY(32, 2, false);
+		WALK_TRY(32, NS0, true);
 	}
 	WALK_TRY(16, 4, false);
 	WALK_TRY(16, 3, false);
-	WALK_TRY(16, 2, false);
-	WALK_TRY(16, 1, true);
+	if (NS0 == 1)
+		WALK_TRY(16, 2, false);
+	WALK_TRY(16, NS0, true);
 #undef WALK_TRY
 	return 0;
 }
@@ -1856,7 +1889,8 @@ static int tc_fwd_launch(lmk_cuda_backend *b, bf16 *out, const bf16 *q, const bf
 	gdn_tc_prep<DK, DV><<<dim3((unsigned)nch, (unsigned)(B * H)), TC_THREADS, sp, b->stream>>>(
 		W, U, G, (bf16 *)NULL, k, v, la, be, Tn, H, nch);
 	LMK_CK_LAUNCH();
-	return tc_walk_launch<DK, DV>(b, out, q, k, W, U, G, B, Tn, H, nch, scale);
+	tc_walk_args a = {out, NULL, NULL, NULL, NULL, q, k, W, U, NULL, G, B, Tn, H, nch, scale};
+	return tc_walk_launch<WALK_FWD, DK, DV>(b, a);
 }
 
 /* ------------------------------------------ log-linear, tensor cores */
@@ -2517,37 +2551,39 @@ static int tc_forward(lmk_cuda_backend *b, lmk_dtype dt, void *out, const void *
  *  bgrad (grid chunks x heads): every token gradient of a chunk from S_c,
  *        dH, V', dV' (see gdn_tc_bgrad). */
 
-template <int DK, int BV> struct tc_bwalk_smem {
-	bf16 Q[2][GC * DK], W[2][GC * DK], K[GC * DK], dO[GC * BV], DOg[GC * BV], DVn[GC * BV];
-	bf16 dH[DK * BV];
-	float g[GC];
+template <int DK, int BV, int NS> struct tc_bwalk_smem {
+	bf16 Q[NS][GC * DK], W[NS][GC * DK], K[NS][GC * DK], dO[NS][GC * BV];
+	bf16 DOg[GC * BV], DVn[GC * BV], dH[DK * BV];
+	float g[NS][GC];
 };
 
-/* The tiles of chunk ci of the reverse walk: Q and W into stage st, K, the
- * value block of dO, g. */
-template <int DK, int DV, int BV>
-static __device__ __forceinline__ void bwalk_load(tc_bwalk_smem<DK, BV> &s, int st, const bf16 *qb,
-						  const bf16 *kb, const bf16 *db, const bf16 *Wg,
-						  const float *Gg, int64_t bh, int ci, int nch,
-						  int64_t Tn, int64_t H, int tid)
+/* The tiles of chunk ci of the reverse walk into stage st: Q, W, K, the
+ * value block of dO, g; before the first chunk an empty group, so that
+ * every iteration commits one. */
+template <int DK, int DV, int BV, int NS>
+static __device__ __forceinline__ void bwalk_load(tc_bwalk_smem<DK, BV, NS> &s, int st,
+						  const bf16 *qb, const bf16 *kb, const bf16 *db,
+						  const bf16 *Wg, const float *Gg, int64_t bh, int ci,
+						  int nch, int64_t Tn, int64_t H, int tid)
 {
-	const int64_t t0 = (int64_t)ci * GC, crow = (bh * nch + ci) * GC;
-	load_tile<DK, GC>(s.Q[st], qb, H * DK, t0, Tn, tid);
-	load_tile<DK, GC>(s.K, kb, H * DK, t0, Tn, tid);
-	load_tile<DK, GC>(s.W[st], Wg + crow * DK, DK, 0, GC, tid);
-	load_tile<BV, GC>(s.dO, db, H * DV, t0, Tn, tid);
-	if (tid < GC / 4)
-		cp_async16(smem_u32(s.g + tid * 4), Gg + crow + tid * 4, true);
+	if (ci >= 0) {
+		const int64_t t0 = (int64_t)ci * GC, crow = (bh * nch + ci) * GC;
+		load_tile<DK, GC>(s.Q[st], qb, H * DK, t0, Tn, tid);
+		load_tile<DK, GC>(s.K[st], kb, H * DK, t0, Tn, tid);
+		load_tile<DK, GC>(s.W[st], Wg + crow * DK, DK, 0, GC, tid);
+		load_tile<BV, GC>(s.dO[st], db, H * DV, t0, Tn, tid);
+		if (tid < GC / 4)
+			cp_async16(smem_u32(s.g[st] + tid * 4), Gg + crow + tid * 4, true);
+	}
 	cp_commit();
 }
 
 /* grid (B*H, DV/BV), TC_THREADS: dHs (B*H, nch, DK, DV) the gradient of the
  * state leaving each chunk (bf16, zero for the last), dVg (B*H, nch*GC, DV)
  * dV'. Warp w owns the chunk rows 16w.. in the first half, the state rows
- * w*DK/4.. in the second; K, dO and g are read only in the first half,
- * so the previous chunk's load overlaps the second (Q and W in two
- * stages). */
-template <int DK, int DV, int BV>
+ * w*DK/4.. in the second. The tiles of a chunk are loaded NS - 1 chunks
+ * ahead into a ring of NS stages (as gdn_tc_walk). */
+template <int DK, int DV, int BV, int NS>
 __global__ void __launch_bounds__(TC_THREADS)
 gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restrict__ dout,
 	     const bf16 *__restrict__ q, const bf16 *__restrict__ k, const bf16 *__restrict__ Wg,
@@ -2555,7 +2591,7 @@ gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restr
 {
 	constexpr int SM = DK / 64;
 	extern __shared__ __align__(128) unsigned char smem_raw[];
-	tc_bwalk_smem<DK, BV> &s = *(tc_bwalk_smem<DK, BV> *)smem_raw;
+	tc_bwalk_smem<DK, BV, NS> &s = *(tc_bwalk_smem<DK, BV, NS> *)smem_raw;
 	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 	const int64_t bh = blockIdx.x, b = bh / H, h = bh % H;
 	const int c0 = blockIdx.y * BV, col = (lane & 3) << 1, r0 = warp * 16 + (lane >> 2);
@@ -2569,12 +2605,18 @@ gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restr
 			D[m][nt][0] = D[m][nt][1] = D[m][nt][2] = D[m][nt][3] = 0.0f;
 	for (int e = tid; e < DK * BV / 2; e += TC_THREADS)
 		((uint32_t *)s.dH)[e] = 0;
-	bwalk_load<DK, DV, BV>(s, (nch - 1) & 1, qb, kb, db, Wg, Gg, bh, nch - 1, nch, Tn, H, tid);
+	for (int c = 0; c < NS - 1; c++)
+		bwalk_load<DK, DV, BV, NS>(s, c, qb, kb, db, Wg, Gg, bh, nch - 1 - c, nch, Tn, H, tid);
 	for (int ci = nch - 1; ci >= 0; ci--) {
-		const int st = ci & 1;
+		const int st = (nch - 1 - ci) % NS;
 		const int64_t crow = (bh * nch + ci) * GC;
-		cp_wait_all();
-		__syncthreads(); /* this chunk's tiles and dH landed */
+		const bf16 *sQ = s.Q[st], *sW = s.W[st], *sK = s.K[st], *sdO = s.dO[st];
+		const float *sg = s.g[st];
+		cp_wait<NS - 2>();
+		__syncthreads(); /* this chunk's tiles and dH landed, the previous
+				    chunk's stage free */
+		bwalk_load<DK, DV, BV, NS>(s, (st + NS - 1) % NS, qb, kb, db, Wg, Gg, bh,
+					   ci - (NS - 1), nch, Tn, H, tid);
 		store_tile<BV, DK>(dHs + ((bh * nch + ci) * DK) * DV + c0, DV, s.dH, tid);
 		/* kd = K dH, mt = K Qᵀ (queries from the warp's diagonal on) */
 		float kd[BV / 8][4], mt[GC / 8][4], dv[BV / 8][4];
@@ -2588,7 +2630,7 @@ gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restr
 #pragma unroll
 		for (int kk = 0; kk < DK / 16; kk++) {
 			uint32_t a[4];
-			ld_a<DK>(a, s.K, warp * 16, kk * 16, lane);
+			ld_a<DK>(a, sK, warp * 16, kk * 16, lane);
 #pragma unroll
 			for (int np = 0; np < BV / 16; np++) {
 				uint32_t bb[4];
@@ -2600,12 +2642,12 @@ gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restr
 			for (int np = 0; np < GC / 16; np++)
 				if (np >= warp) {
 					uint32_t bb[4];
-					ld_b_nk<DK>(bb, s.Q[st], np * 16, kk * 16, lane);
+					ld_b_nk<DK>(bb, sQ, np * 16, kk * 16, lane);
 					mma16816(mt[2 * np], a, bb[0], bb[1]);
 					mma16816(mt[2 * np + 1], a, bb[2], bb[3]);
 				}
 		}
-		const float gl = s.g[GC - 1], g_lo = s.g[r0], g_hi = s.g[r0 + 8];
+		const float gl = sg[GC - 1], g_lo = sg[r0], g_hi = sg[r0 + 8];
 		/* (M ⊙ L)ᵀ: row j (key), column i (query) >= j */
 #pragma unroll
 		for (int nt = 0; nt < GC / 8; nt++)
@@ -2613,7 +2655,7 @@ gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restr
 #pragma unroll
 				for (int e = 0; e < 4; e++) {
 					int j = r0 + (e >> 1) * 8, i = nt * 8 + col + (e & 1);
-					mt[nt][e] = i >= j ? expf(s.g[i] - s.g[j]) * mt[nt][e] : 0.0f;
+					mt[nt][e] = i >= j ? expf(sg[i] - sg[j]) * mt[nt][e] : 0.0f;
 				}
 #pragma unroll
 		for (int kk = 0; kk < GC / 16; kk++)
@@ -2623,7 +2665,7 @@ gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restr
 #pragma unroll
 				for (int np = 0; np < BV / 16; np++) {
 					uint32_t bb[4];
-					ld_b_kn<BV>(bb, s.dO, kk * 16, np * 16, lane);
+					ld_b_kn<BV>(bb, sdO, kk * 16, np * 16, lane);
 					mma16816(dv[2 * np], a, bb[0], bb[1]);
 					mma16816(dv[2 * np + 1], a, bb[2], bb[3]);
 				}
@@ -2643,17 +2685,16 @@ gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restr
 			*(uint32_t *)(dvr + 8 * DV + nt * 8) = pack_bf16(v2, v3);
 			*(uint32_t *)(s.DVn + swz<BV>(r0, cc)) = pack_bf16(-v0, -v1);
 			*(uint32_t *)(s.DVn + swz<BV>(r0 + 8, cc)) = pack_bf16(-v2, -v3);
-			__nv_bfloat162 d_lo = *(const __nv_bfloat162 *)(s.dO + swz<BV>(r0, cc));
-			__nv_bfloat162 d_hi = *(const __nv_bfloat162 *)(s.dO + swz<BV>(r0 + 8, cc));
+			__nv_bfloat162 d_lo = *(const __nv_bfloat162 *)(sdO + swz<BV>(r0, cc));
+			__nv_bfloat162 d_hi = *(const __nv_bfloat162 *)(sdO + swz<BV>(r0 + 8, cc));
 			*(uint32_t *)(s.DOg + swz<BV>(r0, cc)) =
 				pack_bf16(sg_lo * __low2float(d_lo), sg_lo * __high2float(d_lo));
 			*(uint32_t *)(s.DOg + swz<BV>(r0 + 8, cc)) =
 				pack_bf16(sg_hi * __low2float(d_hi), sg_hi * __high2float(d_hi));
 		}
-		__syncthreads(); /* DVn, DOg complete; K, dO, g, dH read by every warp */
+		__syncthreads(); /* DVn, DOg complete; dH read by every warp */
 		if (ci == 0)
 			break;
-		bwalk_load<DK, DV, BV>(s, st ^ 1, qb, kb, db, Wg, Gg, bh, ci - 1, nch, Tn, H, tid);
 		/* dH = gamma_n dH + Qᵀ DOg + Wᵀ DVn */
 		const float gn = expf(gl);
 #pragma unroll
@@ -2668,8 +2709,8 @@ gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restr
 #pragma unroll
 			for (int m = 0; m < SM; m++) {
 				uint32_t aq[4], aw[4];
-				ld_a_t<DK>(aq, s.Q[st], (warp * SM + m) * 16, kk * 16, lane);
-				ld_a_t<DK>(aw, s.W[st], (warp * SM + m) * 16, kk * 16, lane);
+				ld_a_t<DK>(aq, sQ, (warp * SM + m) * 16, kk * 16, lane);
+				ld_a_t<DK>(aw, sW, (warp * SM + m) * 16, kk * 16, lane);
 #pragma unroll
 				for (int np = 0; np < BV / 16; np++) {
 					uint32_t bb[4];
@@ -3179,26 +3220,6 @@ gdn_tc_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 		put_dloga(gr.la, s.g, tok0, H, n, tid);
 }
 
-template <int DK, int DV, int BV>
-static int tc_bwd_walks(lmk_cuda_backend *b, bf16 *Hs, bf16 *Vg, bf16 *dHs, bf16 *dVg,
-			const bf16 *dout, const bf16 *q, const bf16 *k, const bf16 *W, const bf16 *U,
-			const float *G, int64_t B, int64_t Tn, int64_t H, int nch, float scale)
-{
-	size_t sw = sizeof(tc_walk_smem<DK, BV, 1, true>), sb = sizeof(tc_bwalk_smem<DK, BV>);
-	LMK_CK(cudaFuncSetAttribute(gdn_tc_walk<DK, DV, BV, 1, true>,
-				    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sw));
-	LMK_CK(cudaFuncSetAttribute(gdn_tc_bwalk<DK, DV, BV>,
-				    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb));
-	dim3 grid((unsigned)(B * H), DV / BV);
-	gdn_tc_walk<DK, DV, BV, 1, true><<<grid, TC_THREADS, sw, b->stream>>>(
-		(bf16 *)NULL, q, k, W, U, G, Hs, Vg, Tn, H, nch, scale);
-	LMK_CK_LAUNCH();
-	gdn_tc_bwalk<DK, DV, BV><<<grid, TC_THREADS, sb, b->stream>>>(dHs, dVg, dout, q, k, W, G, Tn,
-								      H, nch, scale);
-	LMK_CK_LAUNCH();
-	return 0;
-}
-
 /* The tensor-core backward (see above). Scratch a head: nch*GC (DK + 3 DV
  * + GC) bf16, nch*GC floats, 2 nch DK DV bf16. */
 template <int DK, int DV>
@@ -3228,14 +3249,11 @@ static int tc_bwd_launch(lmk_cuda_backend *b, gdn_grads gr, const bf16 *dout, co
 	dim3 gc((unsigned)nch, (unsigned)(B * H));
 	gdn_tc_prep<DK, DV><<<gc, TC_THREADS, sp, b->stream>>>(W, U, G, Tg, k, v, la, be, Tn, H, nch);
 	LMK_CK_LAUNCH();
-	int rc = B * H * (DV / 64) >= 264
-			 ? tc_bwd_walks<DK, DV, 64>(b, Hs, Vg, dHs, dVg, dout, q, k, W, U, G, B, Tn, H,
-						    nch, scale)
-		 : B * H * (DV / 32) >= 264
-			 ? tc_bwd_walks<DK, DV, 32>(b, Hs, Vg, dHs, dVg, dout, q, k, W, U, G, B, Tn, H,
-						    nch, scale)
-			 : tc_bwd_walks<DK, DV, 16>(b, Hs, Vg, dHs, dVg, dout, q, k, W, U, G, B, Tn, H,
-						    nch, scale);
+	tc_walk_args a = {NULL, Hs, Vg, dHs, dVg, q, k, W, U, dout, G, B, Tn, H, nch, scale};
+	int rc = tc_walk_launch<WALK_SAVE, DK, DV>(b, a);
+	if (rc < 0)
+		return rc;
+	rc = tc_walk_launch<WALK_BWD, DK, DV>(b, a);
 	if (rc < 0)
 		return rc;
 	gdn_tc_bgrad<DK, DV><<<gc, TC_THREADS, sg, b->stream>>>(gr, dout, q, k, v, la, be, G, Tg, Hs,
