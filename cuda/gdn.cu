@@ -11,6 +11,8 @@
  * The chunked kernels come in two sets: float32 on CUDA cores (any head
  * dims, log-linear, float32), and for plain GDN in BF16 with Dk, Dv in
  * {64, 128} the tensor-core kernels (section "tensor cores" below). */
+#include <stdlib.h>
+
 #include "common.cuh"
 #include "gdn_cuda.h"
 #include "mma.cuh"
@@ -1330,6 +1332,14 @@ static __device__ __forceinline__ void ld_b_kn(uint32_t (&b)[4], const bf16 *sm,
 				       n0 + ((lane >> 4) << 3))));
 }
 
+/* Zeroed accumulators. */
+template <int N> static __device__ __forceinline__ void acc_zero(float (&a)[N][4])
+{
+#pragma unroll
+	for (int i = 0; i < N; i++)
+		a[i][0] = a[i][1] = a[i][2] = a[i][3] = 0.0f;
+}
+
 #define TC_LDA (GC + 4) /* row stride of A: 16-byte aligned rows */
 
 template <int DK, int DV> struct tc_prep_smem {
@@ -1865,8 +1875,89 @@ static int tc_walk_launch(lmk_cuda_backend *b, const tc_walk_args &a)
 	return 0;
 }
 
+template <int DK, int DV> struct tc_out_smem {
+	bf16 Q[GC * DK], K[GC * DK], S[DK * DV], Vn[GC * DV];
+	float g[GC];
+};
+
+/* grid (chunks, B*H), TC_THREADS: the output of the split forward, every
+ * chunk at once, from the state entering it (Hs) and V' (Vg) the SAVE walk
+ * wrote: o = scale (diag(gamma) Q S + (Q Kᵀ ⊙ exp(g_i - g_j), j <= i) V'),
+ * the products of the fused walk on the same bf16 operands. Warp w the
+ * rows 16w... */
+template <int DK, int DV>
+__global__ void __launch_bounds__(TC_THREADS)
+gdn_tc_out(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /*(B,Tn,H,DK)*/,
+	   const bf16 *__restrict__ k /*(B,Tn,H,DK)*/, const bf16 *__restrict__ Hs,
+	   const bf16 *__restrict__ Vg, const float *__restrict__ Gg, int64_t Tn, int64_t H,
+	   int nch, float scale)
+{
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	tc_out_smem<DK, DV> &s = *(tc_out_smem<DK, DV> *)smem_raw;
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, ci = blockIdx.x;
+	const int64_t bh = blockIdx.y, b = bh / H, h = bh % H, t0 = (int64_t)ci * GC;
+	const int64_t crow = (bh * nch + ci) * GC;
+	const int col = (lane & 3) << 1, r0 = warp * 16 + (lane >> 2);
+	load_tile<DK, GC>(s.Q, q + (b * Tn * H + h) * DK, H * DK, t0, Tn, tid);
+	load_tile<DK, GC>(s.K, k + (b * Tn * H + h) * DK, H * DK, t0, Tn, tid);
+	load_tile<DV, DK>(s.S, Hs + (bh * nch + ci) * DK * DV, DV, 0, DK, tid);
+	load_tile<DV, GC>(s.Vn, Vg + crow * DV, DV, 0, GC, tid);
+	if (tid < GC / 4)
+		cp_async16(smem_u32(s.g + tid * 4), Gg + crow + tid * 4, true);
+	cp_commit();
+	cp_wait_all();
+	__syncthreads();
+	float qs[DV / 8][4], p[GC / 8][4];
+	acc_zero(qs);
+	acc_zero(p);
+#pragma unroll
+	for (int kk = 0; kk < DK / 16; kk++) {
+		uint32_t aq[4];
+		ld_a<DK>(aq, s.Q, warp * 16, kk * 16, lane);
+#pragma unroll
+		for (int np = 0; np < DV / 16; np++) {
+			uint32_t bb[4];
+			ld_b_kn<DV>(bb, s.S, kk * 16, np * 16, lane);
+			mma16816(qs[2 * np], aq, bb[0], bb[1]);
+			mma16816(qs[2 * np + 1], aq, bb[2], bb[3]);
+		}
+#pragma unroll
+		for (int np = 0; np < GC / 16; np++)
+			if (np <= warp) {
+				uint32_t bb[4];
+				ld_b_nk<DK>(bb, s.K, np * 16, kk * 16, lane);
+				mma16816(p[2 * np], aq, bb[0], bb[1]);
+				mma16816(p[2 * np + 1], aq, bb[2], bb[3]);
+			}
+	}
+#pragma unroll
+	for (int nt = 0; nt < GC / 8; nt++)
+		if (nt < 2 * (warp + 1))
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				int i = r0 + (e >> 1) * 8, j = nt * 8 + col + (e & 1);
+				p[nt][e] = j <= i ? expf(s.g[i] - s.g[j]) * p[nt][e] : 0.0f;
+			}
+	walk_out<DV, DV>(out, qs, p, s.Vn, s.g[r0], s.g[r0 + 8], b, h, Tn, H, t0, 0, r0, warp,
+			 lane, scale);
+}
+
+/* Whether the forward splits its walk, for a walk of vb blocks of 16
+ * value columns (LMK_GDN_SPLIT=0/1 forces it, for the measurements). */
+static bool gdn_split_fwd(int64_t vb)
+{
+	const char *e = getenv("LMK_GDN_SPLIT");
+	if (e && *e)
+		return *e == '1';
+	return vb <= 2 * 132;
+}
+
 /* The tensor-core forward (see above). Scratch: nch*GC (DK + DV) bf16 and
- * nch*GC floats a head. */
+ * nch*GC floats a head. Long sequences of few heads (a walk of few blocks,
+ * latency bound) split the walk as fla does: the SAVE walk (only V' and
+ * the states, the least work a chunk on the serial path), then the
+ * outputs of every chunk at once (gdn_tc_out); scratch nch (DK + GC) DV
+ * bf16 a head more. */
 template <int DK, int DV>
 static int tc_fwd_launch(lmk_cuda_backend *b, bf16 *out, const bf16 *q, const bf16 *k,
 			 const bf16 *v, const bf16 *la, const bf16 *be, int64_t B, int64_t Tn,
@@ -1874,23 +1965,40 @@ static int tc_fwd_launch(lmk_cuda_backend *b, bf16 *out, const bf16 *q, const bf
 {
 	const int nch = (int)((Tn + GC - 1) / GC);
 	const int64_t rows = B * H * nch * GC;
+	const bool split = gdn_split_fwd(B * H * (DV / 16));
 	size_t wb = (size_t)rows * DK * sizeof(bf16), ub = (size_t)rows * DV * sizeof(bf16);
+	size_t gb = (size_t)rows * sizeof(float), hb = split ? (size_t)B * H * nch * DK * DV * 2 : 0;
 	wb = (wb + 255) / 256 * 256;
 	ub = (ub + 255) / 256 * 256;
-	unsigned char *scr =
-		(unsigned char *)lmk_cuda_scratch(b, wb + ub + (size_t)rows * sizeof(float));
+	gb = (gb + 255) / 256 * 256;
+	unsigned char *scr = (unsigned char *)lmk_cuda_scratch(b, wb + 2 * ub + gb + hb);
 	if (!scr)
 		return lmk_errcode();
 	bf16 *W = (bf16 *)scr, *U = (bf16 *)(scr + wb);
 	float *G = (float *)(scr + wb + ub);
+	bf16 *Vg = (bf16 *)(scr + wb + ub + gb), *Hs = (bf16 *)(scr + wb + 2 * ub + gb);
 	size_t sp = sizeof(tc_prep_smem<DK, DV>);
 	LMK_CK(cudaFuncSetAttribute(gdn_tc_prep<DK, DV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
 				    (int)sp));
 	gdn_tc_prep<DK, DV><<<dim3((unsigned)nch, (unsigned)(B * H)), TC_THREADS, sp, b->stream>>>(
 		W, U, G, (bf16 *)NULL, k, v, la, be, Tn, H, nch);
 	LMK_CK_LAUNCH();
-	tc_walk_args a = {out, NULL, NULL, NULL, NULL, q, k, W, U, NULL, G, B, Tn, H, nch, scale};
-	return tc_walk_launch<WALK_FWD, DK, DV>(b, a);
+	if (!split) {
+		tc_walk_args a = {out, NULL, NULL, NULL, NULL, q,  k,     W,
+				  U,   NULL, G,    B,    Tn,   H, nch, scale};
+		return tc_walk_launch<WALK_FWD, DK, DV>(b, a);
+	}
+	tc_walk_args a = {NULL, Hs, Vg, NULL, NULL, q, k, W, U, NULL, G, B, Tn, H, nch, scale};
+	int rc = tc_walk_launch<WALK_SAVE, DK, DV>(b, a);
+	if (rc < 0)
+		return rc;
+	size_t so = sizeof(tc_out_smem<DK, DV>);
+	LMK_CK(cudaFuncSetAttribute(gdn_tc_out<DK, DV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+				    (int)so));
+	gdn_tc_out<DK, DV><<<dim3((unsigned)nch, (unsigned)(B * H)), TC_THREADS, so, b->stream>>>(
+		out, q, k, Hs, Vg, G, Tn, H, nch, scale);
+	LMK_CK_LAUNCH();
+	return 0;
 }
 
 /* ------------------------------------------ log-linear, tensor cores */
@@ -2741,14 +2849,6 @@ template <int DK, int DV> struct tc_bgrad_smem {
 	bf16 S[DK * DV], dH[DK * DV], T[GC * GC], M1[GC * GC], M2[GC * GC], dW[GC * DK];
 	float g[GC], b[GC], row[GC], colw[4][GC], red[4];
 };
-
-/* Zeroed accumulators. */
-template <int N> static __device__ __forceinline__ void acc_zero(float (&a)[N][4])
-{
-#pragma unroll
-	for (int i = 0; i < N; i++)
-		a[i][0] = a[i][1] = a[i][2] = a[i][3] = 0.0f;
-}
 
 /* acc (16 rows x 16*NP) += A (16 x 16*KT, rows r0 of a [m][k] tile of width
  * WA) B (from a [n][k] tile of width WB, n tiles up to np_end). */
