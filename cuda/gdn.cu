@@ -2940,6 +2940,23 @@ static __device__ __forceinline__ void dot_rows(float &lo, float &hi, const floa
 	}
 }
 
+/* Asks L2 for the rows (< n) of a chunk of a gradient (B,Tn,H,W) that
+ * the block adds into later (put_grad), so that their read waits on L2,
+ * not memory. */
+template <int W>
+static __device__ __forceinline__ void grad_prefetch(gacc g, int64_t tok0, int64_t H, int n,
+						     int tid)
+{
+	if (!g.p)
+		return;
+	const int esz = g.f32 ? 4 : 2, lines = W * esz / 128;
+	for (int e = tid; e < n * lines; e += TC_THREADS) {
+		const char *p = (const char *)g.p + (tok0 + (int64_t)(e / lines) * H) * W * esz +
+				(e % lines) * 128;
+		asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+	}
+}
+
 /* Adds a 16 x W register tile (rows i0.. of the chunk) into a gradient
  * (B,Tn,H,W), rows below n only, four n8 tiles at a time: their old values
  * all loaded before the first store (element by element, gadd would wait
@@ -3064,6 +3081,9 @@ gdn_tc_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 	load_tile<DV, DK>(s.dH, dHs + (bh * nch + ci) * DK * DV, DV, 0, DK, tid);
 	load_tile<GC, GC>(s.T, Tg + crow * GC, GC, 0, GC, tid);
 	cp_commit();
+	grad_prefetch<DK>(gr.q, tok0, H, n, tid);
+	grad_prefetch<DK>(gr.k, tok0, H, n, tid);
+	grad_prefetch<DV>(gr.v, tok0, H, n, tid);
 	if (tid < GC) {
 		s.g[tid] = Gg[crow + tid];
 		s.b[tid] = tid < n ? tof(be[tok0 + (int64_t)tid * H]) : 0.0f;
@@ -3680,6 +3700,9 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 	cp_commit();
 	if (ll_sd<DK, DV>::NB == 2 && ni > 0)
 		ll_sd_issue<DK, DV>(s, Ss, Dgs, Ds, bh, NS, nch, ci, j, nlive, 0, tid);
+	grad_prefetch<DK>(gr.q, tok0, H, n, tid);
+	grad_prefetch<DK>(gr.k, tok0, H, n, tid);
+	grad_prefetch<DV>(gr.v, tok0, H, n, tid);
 	if (tid < GC) {
 		s.g[tid] = Gg[crow + tid];
 		s.b[tid] = tid < n ? tof(be[tok0 + (int64_t)tid * H]) : 0.0f;
