@@ -1342,8 +1342,10 @@ template <int N> static __device__ __forceinline__ void acc_zero(float (&a)[N][4
 
 #define TC_LDA (GC + 4) /* row stride of A: 16-byte aligned rows */
 
+/* A (float32, then Tm in place) and, once it is read, the bf16 Tg and Tb
+ * in its space: at DK = DV = 64 six blocks an SM. */
 template <int DK, int DV> struct tc_prep_smem {
-	bf16 K[GC * DK], V[GC * DV], Tg[GC * GC], Tb[GC * GC];
+	bf16 K[GC * DK], V[GC * DV];
 	float A[GC * TC_LDA], g[GC], b[GC];
 };
 
@@ -1477,16 +1479,26 @@ gdn_tc_prep(bf16 *__restrict__ Wg, bf16 *__restrict__ Ug, float *__restrict__ Gg
 		__syncthreads();
 	}
 	/* then scaled by beta (gamma) into the bf16 operands, zeros above the
-	 * diagonal */
+	 * diagonal, in the space of A */
+	bf16 *const sTg = (bf16 *)s.A, *const sTb = sTg + GC * GC;
 	{
+		constexpr int RS = TC_THREADS / GC; /* row step */
 		const int c = tid & (GC - 1);
 		const float bc = s.b[c], bg = bc * expf(s.g[c]);
-		for (int i = tid >> 6; i < GC; i += TC_THREADS / GC) {
-			const float t = c <= i ? s.A[i * TC_LDA + c] : 0.0f;
+		float t[GC / RS];
+#pragma unroll
+		for (int n = 0; n < GC / RS; n++) {
+			const int i = tid / GC + RS * n;
+			t[n] = c <= i ? s.A[i * TC_LDA + c] : 0.0f;
+		}
+		__syncthreads(); /* A read by every thread */
+#pragma unroll
+		for (int n = 0; n < GC / RS; n++) {
+			const int i = tid / GC + RS * n;
 			if (Tg)
-				Tg[(bh * nch + ci) * GC * GC + i * GC + c] = __float2bfloat16_rn(t);
-			s.Tb[swz<GC>(i, c)] = __float2bfloat16_rn(t * bc);
-			s.Tg[swz<GC>(i, c)] = __float2bfloat16_rn(t * bg);
+				Tg[(bh * nch + ci) * GC * GC + i * GC + c] = __float2bfloat16_rn(t[n]);
+			sTb[swz<GC>(i, c)] = __float2bfloat16_rn(t[n] * bc);
+			sTg[swz<GC>(i, c)] = __float2bfloat16_rn(t[n] * bg);
 		}
 	}
 	__syncthreads();
@@ -1503,7 +1515,7 @@ gdn_tc_prep(bf16 *__restrict__ Wg, bf16 *__restrict__ Ug, float *__restrict__ Gg
 		for (int kk = 0; kk < GC / 16; kk++)
 			if (kk <= warp) {
 				uint32_t a[4];
-				ld_a<GC>(a, s.Tg, warp * 16, kk * 16, lane);
+				ld_a<GC>(a, sTg, warp * 16, kk * 16, lane);
 #pragma unroll
 				for (int np = 0; np < DK / 16; np++) {
 					uint32_t bb[4];
@@ -1528,7 +1540,7 @@ gdn_tc_prep(bf16 *__restrict__ Wg, bf16 *__restrict__ Ug, float *__restrict__ Gg
 		for (int kk = 0; kk < GC / 16; kk++)
 			if (kk <= warp) {
 				uint32_t a[4];
-				ld_a<GC>(a, s.Tb, warp * 16, kk * 16, lane);
+				ld_a<GC>(a, sTb, warp * 16, kk * 16, lane);
 #pragma unroll
 				for (int np = 0; np < DV / 16; np++) {
 					uint32_t bb[4];
