@@ -2204,11 +2204,9 @@ gdn_ll_intra(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, bf16 *__restrict__ Qeg,
 #define LL_SMEM_MAX (220 * 1024)
 #define GC_LOG 6 /* log2(GC): the level offset of chunk-level buckets */
 
-/* Two stages of a chunk's tiles (the next chunk's load in flight during
- * this one), and two X tiles. */
 template <int DK, int BV> struct ll_walk_smem {
-	bf16 Qe[2][GC * DK], W[2][GC * DK], K[2][GC * DK], U[2][GC * BV], X[2][GC * BV];
-	float g[2][GC], lam[2][GC][LL_LW];
+	bf16 Qe[GC * DK], W[GC * DK], K[2][GC * DK], U[GC * BV], X[2][GC * BV];
+	float g[GC], lam[GC][LL_LW];
 };
 
 /* The walk's smem: the tiles, then nsl level states (bf16 copies, then the
@@ -2219,38 +2217,30 @@ template <int DK, int BV> static size_t ll_walk_bytes(int nsl)
 	return t + (size_t)nsl * DK * BV * (sizeof(bf16) + sizeof(float));
 }
 
-/* The tiles of chunk ci into stage st: Qe (unless SAVE), W, K, U, g
- * (cp.async, one group). */
-template <int DK, int DV, int BV, bool SAVE>
-static __device__ __forceinline__ void ll_walk_load(ll_walk_smem<DK, BV> &s, int st,
+/* The tiles of chunk ci: Qe, W, U, g (cp.async) and K into stage kb, and
+ * the chunk-level weights lam_i[6 + l] (plain loads). */
+template <int DK, int DV, int BV>
+static __device__ __forceinline__ void ll_walk_load(ll_walk_smem<DK, BV> &s, int kb,
 						    const bf16 *kbase, const bf16 *Qeg,
 						    const bf16 *Wg, const bf16 *Ug, const float *Gg,
-						    int64_t bh, int ci, int nch, int c0, int64_t Tn,
-						    int64_t H, int tid)
+						    const bf16 *lamb, int64_t bh, int ci, int nch,
+						    int nlevc, int c0, int64_t Tn, int64_t H,
+						    int64_t NL, int tid)
 {
 	const int64_t t0 = (int64_t)ci * GC, crow = (bh * nch + ci) * GC;
-	if (!SAVE)
-		load_tile<DK, GC>(s.Qe[st], Qeg + crow * DK, DK, 0, GC, tid);
-	load_tile<DK, GC>(s.W[st], Wg + crow * DK, DK, 0, GC, tid);
-	load_tile<DK, GC>(s.K[st], kbase, H * DK, t0, Tn, tid);
-	load_tile<BV, GC>(s.U[st], Ug + crow * DV + c0, DV, 0, GC, tid);
+	load_tile<DK, GC>(s.Qe, Qeg + crow * DK, DK, 0, GC, tid);
+	load_tile<DK, GC>(s.W, Wg + crow * DK, DK, 0, GC, tid);
+	load_tile<DK, GC>(s.K[kb], kbase, H * DK, t0, Tn, tid);
+	load_tile<BV, GC>(s.U, Ug + crow * DV + c0, DV, 0, GC, tid);
 	if (tid < GC / 4)
-		cp_async16(smem_u32(s.g[st] + tid * 4), Gg + crow + tid * 4, true);
+		cp_async16(smem_u32(s.g + tid * 4), Gg + crow + tid * 4, true);
 	cp_commit();
-}
-
-/* The chunk-level weights lam_i[6 + l] of row tid (< GC) of chunk ci into
- * registers (plain loads: stored to shared memory later, when they have
- * landed). */
-static __device__ __forceinline__ void ll_lam_fetch(float (&r)[LL_LW], const bf16 *lamb, int ci,
-						    int nlevc, int64_t Tn, int64_t H, int64_t NL,
-						    int tid)
-{
-	const int64_t t = (int64_t)ci * GC + tid;
-	const bf16 *lr = lamb + (t < Tn ? t * H * NL : 0);
-#pragma unroll
-	for (int l = 1; l < LL_LW; l++)
-		r[l] = l < nlevc && t < Tn && GC_LOG + l < NL ? tof(lr[GC_LOG + l]) : 0.0f;
+	if (tid < GC) {
+		const bool ok = t0 + tid < Tn;
+		const bf16 *lr = lamb + (ok ? (t0 + tid) * H * NL : 0);
+		for (int l = 1; l < nlevc; l++)
+			s.lam[tid][l] = ok && GC_LOG + l < NL ? tof(lr[GC_LOG + l]) : 0.0f;
+	}
 }
 
 /* acc (the warp's state rows w*DK/4.., BV columns) += Aᵀ B, A a [GC][DK]
@@ -2385,30 +2375,15 @@ gdn_ll_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ k /
 	const int64_t bh = blockIdx.x, b = bh / H, h = bh % H;
 	const int c0 = blockIdx.y * BV, col = (lane & 3) << 1, r0 = warp * 16 + (lane >> 2);
 	const bf16 *kbase = k + (b * Tn * H + h) * DK, *lamb = lam + (b * Tn * H + h) * NL;
-	float lreg[LL_LW]; /* the next chunk's weights (rows tid < GC) */
-	ll_walk_load<DK, DV, BV, SAVE>(s, 0, kbase, Qeg, Wg, Ug, Gg, bh, 0, nch, c0, Tn, H, tid);
-	if (tid < GC) {
-		ll_lam_fetch(lreg, lamb, 0, nlevc, Tn, H, NL, tid);
-#pragma unroll
-		for (int l = 1; l < LL_LW; l++)
-			s.lam[0][tid][l] = lreg[l];
-	}
+	ll_walk_load<DK, DV, BV>(s, 0, kbase, Qeg, Wg, Ug, Gg, lamb, bh, 0, nch, nlevc, c0, Tn, H,
+				 NL, tid);
 	for (int ci = 0; ci < nch; ci++) {
 		const int64_t t0 = (int64_t)ci * GC;
-		const int st = ci & 1;
-		const bf16 *sK = s.K[st], *sQe = s.Qe[st], *sW = s.W[st], *sU = s.U[st];
-		const float *sg = s.g[st];
+		const bf16 *sK = s.K[ci & 1];
 		const bool last = ci == nch - 1;
 		const int j = last ? 0 : __ffs(ci + 1) - 1; /* levels 1..j merge after */
 		cp_wait_all();
-		__syncthreads(); /* this chunk's tiles and the previous states landed, the
-				    other stage free */
-		if (!last) {
-			ll_walk_load<DK, DV, BV, SAVE>(s, st ^ 1, kbase, Qeg, Wg, Ug, Gg, bh, ci + 1,
-						       nch, c0, Tn, H, tid);
-			if (tid < GC)
-				ll_lam_fetch(lreg, lamb, ci + 1, nlevc, Tn, H, NL, tid);
-		}
+		__syncthreads(); /* this chunk's tiles and the previous states landed */
 		if (SAVE) {
 			const int64_t NS = ll_first(nch);
 			for (int l = 1; l < nlevc; l++)
@@ -2418,8 +2393,8 @@ gdn_ll_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ k /
 			if (last)
 				break;
 		}
-		const float gl = sg[GC - 1], gn = expf(gl);
-		const float e_lo = expf(gl - sg[r0]), e_hi = expf(gl - sg[r0 + 8]);
+		const float gl = s.g[GC - 1], gn = expf(gl);
+		const float e_lo = expf(gl - s.g[r0]), e_hi = expf(gl - s.g[r0 + 8]);
 		float oacc[NT][4], xsum[NT][4];
 #pragma unroll
 		for (int nt = 0; nt < NT; nt++)
@@ -2440,9 +2415,9 @@ gdn_ll_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ k /
 #pragma unroll
 			for (int kk = 0; kk < DK / 16; kk++) {
 				uint32_t aw[4], aq[4];
-				ld_a<DK>(aw, sW, warp * 16, kk * 16, lane);
+				ld_a<DK>(aw, s.W, warp * 16, kk * 16, lane);
 				if (!SAVE)
-					ld_a<DK>(aq, sQe, warp * 16, kk * 16, lane);
+					ld_a<DK>(aq, s.Qe, warp * 16, kk * 16, lane);
 #pragma unroll
 				for (int np = 0; np < BV / 16; np++) {
 					uint32_t bb[4];
@@ -2455,7 +2430,7 @@ gdn_ll_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ k /
 					}
 				}
 			}
-			const float w_lo = s.lam[st][r0][l], w_hi = s.lam[st][r0 + 8][l];
+			const float w_lo = s.lam[r0][l], w_hi = s.lam[r0 + 8][l];
 #pragma unroll
 			for (int nt = 0; nt < NT; nt++) {
 				oacc[nt][0] += w_lo * ys[nt][0];
@@ -2508,17 +2483,13 @@ gdn_ll_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ k /
 		}
 		if (last)
 			break;
-		if (tid < GC) /* the next chunk's weights, landed by now */
-#pragma unroll
-			for (int l = 1; l < LL_LW; l++)
-				s.lam[st ^ 1][tid][l] = lreg[l];
 		/* the merged level j + 1: gamma_n Σ S_l + Kᵀ diag(e) (U - W Σ S_l) */
 		bf16 *Xb = s.X[par];
 #pragma unroll
 		for (int nt = 0; nt < NT; nt++) {
 			const int cc = nt * 8 + col;
-			__nv_bfloat162 u_lo = *(const __nv_bfloat162 *)(sU + swz<BV>(r0, cc));
-			__nv_bfloat162 u_hi = *(const __nv_bfloat162 *)(sU + swz<BV>(r0 + 8, cc));
+			__nv_bfloat162 u_lo = *(const __nv_bfloat162 *)(s.U + swz<BV>(r0, cc));
+			__nv_bfloat162 u_hi = *(const __nv_bfloat162 *)(s.U + swz<BV>(r0 + 8, cc));
 			*(uint32_t *)(Xb + swz<BV>(r0, cc)) =
 				pack_bf16(e_lo * (__low2float(u_lo) - xsum[nt][0]),
 					  e_lo * (__high2float(u_lo) - xsum[nt][1]));
@@ -2526,7 +2497,9 @@ gdn_ll_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ k /
 				pack_bf16(e_hi * (__low2float(u_hi) - xsum[nt][2]),
 					  e_hi * (__high2float(u_hi) - xsum[nt][3]));
 		}
-		__syncthreads(); /* Xb complete */
+		__syncthreads(); /* Xb complete; Qe, W, U, g and lam read by every warp */
+		ll_walk_load<DK, DV, BV>(s, (ci + 1) & 1, kbase, Qeg, Wg, Ug, Gg, lamb, bh, ci + 1,
+					 nch, nlevc, c0, Tn, H, NL, tid);
 		ll_update<DK, BV>(Sb, Sf, 0, j, j, Xb, sK, gn, warp, lane, tid);
 	}
 }
