@@ -11,8 +11,6 @@
  * The chunked kernels come in two sets: float32 on CUDA cores (any head
  * dims, log-linear, float32), and for plain GDN in BF16 with Dk, Dv in
  * {64, 128} the tensor-core kernels (section "tensor cores" below). */
-#include <stdlib.h>
-
 #include "common.cuh"
 #include "gdn_cuda.h"
 #include "mma.cuh"
@@ -1797,7 +1795,7 @@ gdn_tc_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /
 }
 
 template <int DK, int BV, int NS> struct tc_bwalk_smem;
-template <int DK, int DV, int BV, int NS>
+template <int DK, int DV, int BV, int NS, bool SPLIT>
 __global__ void gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg,
 			     const bf16 *__restrict__ dout, const bf16 *__restrict__ q,
 			     const bf16 *__restrict__ k, const bf16 *__restrict__ Wg,
@@ -1806,8 +1804,9 @@ __global__ void gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg,
 
 /* What the walks take: the forward walk (WALK_FWD: out), the walk that
  * saves the states and V' for the backward (WALK_SAVE: Hs, Vg) and the
- * reverse walk (WALK_BWD: dHs, dVg from dout). */
-enum { WALK_FWD, WALK_SAVE, WALK_BWD };
+ * reverse walk (WALK_BWD: dHs, dVg from dout; WALK_BSPLIT: the part of
+ * dVg inside the chunks already there, gdn_tc_bintra). */
+enum { WALK_FWD, WALK_SAVE, WALK_BWD, WALK_BSPLIT };
 struct tc_walk_args {
 	bf16 *out, *Hs, *Vg, *dHs, *dVg;
 	const bf16 *q, *k, *W, *U, *dout;
@@ -1823,11 +1822,11 @@ struct tc_walk_args {
 template <int KIND, int DK, int DV, int BV, int NS>
 static int tc_walk_try(lmk_cuda_backend *b, bool must, const tc_walk_args &a)
 {
-	constexpr bool SAVE = KIND == WALK_SAVE;
+	constexpr bool SAVE = KIND == WALK_SAVE, BWD = KIND >= WALK_BWD;
 	const void *fn;
 	size_t sw;
-	if constexpr (KIND == WALK_BWD) {
-		fn = (const void *)gdn_tc_bwalk<DK, DV, BV, NS>;
+	if constexpr (BWD) {
+		fn = (const void *)gdn_tc_bwalk<DK, DV, BV, NS, KIND == WALK_BSPLIT>;
 		sw = sizeof(tc_bwalk_smem<DK, BV, NS>);
 	} else {
 		fn = (const void *)gdn_tc_walk<DK, DV, BV, NS, SAVE>;
@@ -1840,8 +1839,8 @@ static int tc_walk_try(lmk_cuda_backend *b, bool must, const tc_walk_args &a)
 	if (!must && blocks > 132 * (int64_t)per_sm)
 		return 1;
 	const dim3 grid((unsigned)(a.B * a.H), DV / BV);
-	if constexpr (KIND == WALK_BWD)
-		gdn_tc_bwalk<DK, DV, BV, NS><<<grid, TC_THREADS, sw, b->stream>>>(
+	if constexpr (BWD)
+		gdn_tc_bwalk<DK, DV, BV, NS, KIND == WALK_BSPLIT><<<grid, TC_THREADS, sw, b->stream>>>(
 			a.dHs, a.dVg, a.dout, a.q, a.k, a.W, a.G, a.Tn, a.H, a.nch, a.scale);
 	else
 		gdn_tc_walk<DK, DV, BV, NS, SAVE><<<grid, TC_THREADS, sw, b->stream>>>(
@@ -1858,7 +1857,7 @@ static int tc_walk_try(lmk_cuda_backend *b, bool must, const tc_walk_args &a)
 template <int KIND, int DK, int DV>
 static int tc_walk_launch(lmk_cuda_backend *b, const tc_walk_args &a)
 {
-	constexpr int NS0 = KIND == WALK_BWD ? 2 : 1;
+	constexpr int NS0 = KIND >= WALK_BWD ? 2 : 1;
 #define WALK_TRY(BV, NS, MUST)                                                                     \
 	do {                                                                                       \
 		int rc_ = tc_walk_try<KIND, DK, DV, BV, NS>(b, MUST, a);                            \
@@ -1954,15 +1953,11 @@ gdn_tc_out(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /*
 			 lane, scale);
 }
 
-/* Whether the forward splits its walk, for a walk of vb blocks of 16
- * value columns (LMK_GDN_SPLIT=0/1 forces it, for the measurements). */
-static bool gdn_split_fwd(int64_t vb)
-{
-	const char *e = getenv("LMK_GDN_SPLIT");
-	if (e && *e)
-		return *e == '1';
-	return vb <= 2 * 132;
-}
+/* Whether the plain walks split (see tc_fwd_launch), for a walk of vb
+ * blocks of 16 value columns: when they would be at most four an SM (16K
+ * tokens a head and more at B*T = 64K; on the H200 the fused walk is
+ * faster below, the split one from there). */
+static bool gdn_split(int64_t vb) { return vb <= 4 * 132; }
 
 /* The tensor-core forward (see above). Scratch: nch*GC (DK + DV) bf16 and
  * nch*GC floats a head. Long sequences of few heads (a walk of few blocks,
@@ -1977,7 +1972,7 @@ static int tc_fwd_launch(lmk_cuda_backend *b, bf16 *out, const bf16 *q, const bf
 {
 	const int nch = (int)((Tn + GC - 1) / GC);
 	const int64_t rows = B * H * nch * GC;
-	const bool split = gdn_split_fwd(B * H * (DV / 16));
+	const bool split = gdn_split(B * H * (DV / 16));
 	size_t wb = (size_t)rows * DK * sizeof(bf16), ub = (size_t)rows * DV * sizeof(bf16);
 	size_t gb = (size_t)rows * sizeof(float), hb = split ? (size_t)B * H * nch * DK * DV * 2 : 0;
 	wb = (wb + 255) / 256 * 256;
@@ -2645,22 +2640,26 @@ static int tc_forward(lmk_cuda_backend *b, lmk_dtype dt, void *out, const void *
  *        dH, V', dV' (see gdn_tc_bgrad). */
 
 template <int DK, int BV, int NS> struct tc_bwalk_smem {
-	bf16 Q[NS][GC * DK], W[NS][GC * DK], K[NS][GC * DK], dO[NS][GC * BV];
+	bf16 Q[NS][GC * DK], W[NS][GC * DK], K[NS][GC * DK], dO[NS][GC * BV], Dv[NS][GC * BV];
 	bf16 DOg[GC * BV], DVn[GC * BV], dH[DK * BV];
 	float g[NS][GC];
 };
 
 /* The tiles of chunk ci of the reverse walk into stage st: Q, W, K, the
- * value block of dO, g; before the first chunk an empty group, so that
- * every iteration commits one. */
-template <int DK, int DV, int BV, int NS>
+ * value block of dO (and with SPLIT of the intra-chunk dV' in dvb), g;
+ * before the first chunk an empty group, so that every iteration commits
+ * one. */
+template <int DK, int DV, int BV, int NS, bool SPLIT>
 static __device__ __forceinline__ void bwalk_load(tc_bwalk_smem<DK, BV, NS> &s, int st,
 						  const bf16 *qb, const bf16 *kb, const bf16 *db,
-						  const bf16 *Wg, const float *Gg, int64_t bh, int ci,
-						  int nch, int64_t Tn, int64_t H, int tid)
+						  const bf16 *dvb, const bf16 *Wg, const float *Gg,
+						  int64_t bh, int ci, int nch, int64_t Tn, int64_t H,
+						  int tid)
 {
 	if (ci >= 0) {
 		const int64_t t0 = (int64_t)ci * GC, crow = (bh * nch + ci) * GC;
+		if (SPLIT)
+			load_tile<BV, GC>(s.Dv[st], dvb + crow * DV, DV, 0, GC, tid);
 		load_tile<DK, GC>(s.Q[st], qb, H * DK, t0, Tn, tid);
 		load_tile<DK, GC>(s.K[st], kb, H * DK, t0, Tn, tid);
 		load_tile<DK, GC>(s.W[st], Wg + crow * DK, DK, 0, GC, tid);
@@ -2675,8 +2674,10 @@ static __device__ __forceinline__ void bwalk_load(tc_bwalk_smem<DK, BV, NS> &s, 
  * state leaving each chunk (bf16, zero for the last), dVg (B*H, nch*GC, DV)
  * dV'. Warp w owns the chunk rows 16w.. in the first half, the state rows
  * w*DK/4.. in the second. The tiles of a chunk are loaded NS - 1 chunks
- * ahead into a ring of NS stages (as gdn_tc_walk). */
-template <int DK, int DV, int BV, int NS>
+ * ahead into a ring of NS stages (as gdn_tc_walk). SPLIT: dVg holds the
+ * intra-chunk part of dV', scale (M ⊙ L)ᵀ dO (gdn_tc_bintra), and the walk
+ * adds K̃ dH, the serial part, to it. */
+template <int DK, int DV, int BV, int NS, bool SPLIT>
 __global__ void __launch_bounds__(TC_THREADS)
 gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restrict__ dout,
 	     const bf16 *__restrict__ q, const bf16 *__restrict__ k, const bf16 *__restrict__ Wg,
@@ -2689,7 +2690,7 @@ gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restr
 	const int64_t bh = blockIdx.x, b = bh / H, h = bh % H;
 	const int c0 = blockIdx.y * BV, col = (lane & 3) << 1, r0 = warp * 16 + (lane >> 2);
 	const bf16 *qb = q + (b * Tn * H + h) * DK, *kb = k + (b * Tn * H + h) * DK;
-	const bf16 *db = dout + (b * Tn * H + h) * DV + c0;
+	const bf16 *db = dout + (b * Tn * H + h) * DV + c0, *dvb = dVg + c0;
 	float D[SM][BV / 8][4];
 #pragma unroll
 	for (int m = 0; m < SM; m++)
@@ -2699,7 +2700,8 @@ gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restr
 	for (int e = tid; e < DK * BV / 2; e += TC_THREADS)
 		((uint32_t *)s.dH)[e] = 0;
 	for (int c = 0; c < NS - 1; c++)
-		bwalk_load<DK, DV, BV, NS>(s, c, qb, kb, db, Wg, Gg, bh, nch - 1 - c, nch, Tn, H, tid);
+		bwalk_load<DK, DV, BV, NS, SPLIT>(s, c, qb, kb, db, dvb, Wg, Gg, bh, nch - 1 - c, nch,
+						  Tn, H, tid);
 	for (int ci = nch - 1; ci >= 0; ci--) {
 		const int st = (nch - 1 - ci) % NS;
 		const int64_t crow = (bh * nch + ci) * GC;
@@ -2708,8 +2710,8 @@ gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restr
 		cp_wait<NS - 2>();
 		__syncthreads(); /* this chunk's tiles and dH landed, the previous
 				    chunk's stage free */
-		bwalk_load<DK, DV, BV, NS>(s, (st + NS - 1) % NS, qb, kb, db, Wg, Gg, bh,
-					   ci - (NS - 1), nch, Tn, H, tid);
+		bwalk_load<DK, DV, BV, NS, SPLIT>(s, (st + NS - 1) % NS, qb, kb, db, dvb, Wg, Gg, bh,
+						  ci - (NS - 1), nch, Tn, H, tid);
 		store_tile<BV, DK>(dHs + ((bh * nch + ci) * DK) * DV + c0, DV, s.dH, tid);
 		/* kd = K dH, mt = K Qᵀ (queries from the warp's diagonal on) */
 		float kd[BV / 8][4], mt[GC / 8][4], dv[BV / 8][4];
@@ -2733,7 +2735,7 @@ gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restr
 			}
 #pragma unroll
 			for (int np = 0; np < GC / 16; np++)
-				if (np >= warp) {
+				if (!SPLIT && np >= warp) {
 					uint32_t bb[4];
 					ld_b_nk<DK>(bb, sQ, np * 16, kk * 16, lane);
 					mma16816(mt[2 * np], a, bb[0], bb[1]);
@@ -2744,7 +2746,7 @@ gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restr
 		/* (M ⊙ L)ᵀ: row j (key), column i (query) >= j */
 #pragma unroll
 		for (int nt = 0; nt < GC / 8; nt++)
-			if (nt >= 2 * warp)
+			if (!SPLIT && nt >= 2 * warp)
 #pragma unroll
 				for (int e = 0; e < 4; e++) {
 					int j = r0 + (e >> 1) * 8, i = nt * 8 + col + (e & 1);
@@ -2752,7 +2754,7 @@ gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restr
 				}
 #pragma unroll
 		for (int kk = 0; kk < GC / 16; kk++)
-			if (kk >= warp) {
+			if (!SPLIT && kk >= warp) {
 				uint32_t a[4];
 				c_to_a(a, mt[2 * kk], mt[2 * kk + 1]);
 #pragma unroll
@@ -2770,10 +2772,24 @@ gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restr
 #pragma unroll
 		for (int nt = 0; nt < BV / 8; nt++) {
 			const int cc = nt * 8 + col;
-			float v0 = e_lo * kd[nt][0] + scale * dv[nt][0];
-			float v1 = e_lo * kd[nt][1] + scale * dv[nt][1];
-			float v2 = e_hi * kd[nt][2] + scale * dv[nt][2];
-			float v3 = e_hi * kd[nt][3] + scale * dv[nt][3];
+			if (SPLIT) {
+				__nv_bfloat162 i_lo = *(const __nv_bfloat162 *)(s.Dv[st] + swz<BV>(r0, cc));
+				__nv_bfloat162 i_hi =
+					*(const __nv_bfloat162 *)(s.Dv[st] + swz<BV>(r0 + 8, cc));
+				dv[nt][0] = __low2float(i_lo);
+				dv[nt][1] = __high2float(i_lo);
+				dv[nt][2] = __low2float(i_hi);
+				dv[nt][3] = __high2float(i_hi);
+			} else {
+				dv[nt][0] *= scale;
+				dv[nt][1] *= scale;
+				dv[nt][2] *= scale;
+				dv[nt][3] *= scale;
+			}
+			float v0 = e_lo * kd[nt][0] + dv[nt][0];
+			float v1 = e_lo * kd[nt][1] + dv[nt][1];
+			float v2 = e_hi * kd[nt][2] + dv[nt][2];
+			float v3 = e_hi * kd[nt][3] + dv[nt][3];
 			*(uint32_t *)(dvr + nt * 8) = pack_bf16(v0, v1);
 			*(uint32_t *)(dvr + 8 * DV + nt * 8) = pack_bf16(v2, v3);
 			*(uint32_t *)(s.DVn + swz<BV>(r0, cc)) = pack_bf16(-v0, -v1);
@@ -2826,6 +2842,81 @@ gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restr
 					pack_bf16(D[m][nt][2], D[m][nt][3]);
 			}
 		}
+	}
+}
+
+template <int DK, int DV> struct tc_bintra_smem {
+	bf16 Q[GC * DK], K[GC * DK], dO[GC * DV];
+	float g[GC];
+};
+
+/* grid (chunks, B*H), TC_THREADS: the part of dV' inside each chunk, every
+ * chunk at once, scale (M ⊙ L)ᵀ dO into dVg (B*H, nch*GC, DV) bf16, for
+ * the split reverse walk (long sequences of few heads, as the forward).
+ * Warp w the key rows 16w... */
+template <int DK, int DV>
+__global__ void __launch_bounds__(TC_THREADS)
+gdn_tc_bintra(bf16 *__restrict__ dVg, const bf16 *__restrict__ dout /*(B,Tn,H,DV)*/,
+	      const bf16 *__restrict__ q /*(B,Tn,H,DK)*/, const bf16 *__restrict__ k,
+	      const float *__restrict__ Gg, int64_t Tn, int64_t H, int nch, float scale)
+{
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	tc_bintra_smem<DK, DV> &s = *(tc_bintra_smem<DK, DV> *)smem_raw;
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, ci = blockIdx.x;
+	const int64_t bh = blockIdx.y, b = bh / H, h = bh % H, t0 = (int64_t)ci * GC;
+	const int64_t crow = (bh * nch + ci) * GC;
+	const int col = (lane & 3) << 1, r0 = warp * 16 + (lane >> 2);
+	load_tile<DK, GC>(s.Q, q + (b * Tn * H + h) * DK, H * DK, t0, Tn, tid);
+	load_tile<DK, GC>(s.K, k + (b * Tn * H + h) * DK, H * DK, t0, Tn, tid);
+	load_tile<DV, GC>(s.dO, dout + (b * Tn * H + h) * DV, H * DV, t0, Tn, tid);
+	if (tid < GC / 4)
+		cp_async16(smem_u32(s.g + tid * 4), Gg + crow + tid * 4, true);
+	cp_commit();
+	cp_wait_all();
+	__syncthreads();
+	/* mt = K Qᵀ (queries from the warp's diagonal on), masked and decayed */
+	float mt[GC / 8][4], dv[DV / 8][4];
+	acc_zero(mt);
+	acc_zero(dv);
+#pragma unroll
+	for (int kk = 0; kk < DK / 16; kk++) {
+		uint32_t a[4];
+		ld_a<DK>(a, s.K, warp * 16, kk * 16, lane);
+#pragma unroll
+		for (int np = 0; np < GC / 16; np++)
+			if (np >= warp) {
+				uint32_t bb[4];
+				ld_b_nk<DK>(bb, s.Q, np * 16, kk * 16, lane);
+				mma16816(mt[2 * np], a, bb[0], bb[1]);
+				mma16816(mt[2 * np + 1], a, bb[2], bb[3]);
+			}
+	}
+#pragma unroll
+	for (int nt = 0; nt < GC / 8; nt++)
+		if (nt >= 2 * warp)
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				int j = r0 + (e >> 1) * 8, i = nt * 8 + col + (e & 1);
+				mt[nt][e] = i >= j ? expf(s.g[i] - s.g[j]) * mt[nt][e] : 0.0f;
+			}
+#pragma unroll
+	for (int kk = 0; kk < GC / 16; kk++)
+		if (kk >= warp) {
+			uint32_t a[4];
+			c_to_a(a, mt[2 * kk], mt[2 * kk + 1]);
+#pragma unroll
+			for (int np = 0; np < DV / 16; np++) {
+				uint32_t bb[4];
+				ld_b_kn<DV>(bb, s.dO, kk * 16, np * 16, lane);
+				mma16816(dv[2 * np], a, bb[0], bb[1]);
+				mma16816(dv[2 * np + 1], a, bb[2], bb[3]);
+			}
+		}
+	bf16 *dvr = dVg + (crow + r0) * DV + col;
+#pragma unroll
+	for (int nt = 0; nt < DV / 8; nt++) {
+		*(uint32_t *)(dvr + nt * 8) = pack_bf16(scale * dv[nt][0], scale * dv[nt][1]);
+		*(uint32_t *)(dvr + 8 * DV + nt * 8) = pack_bf16(scale * dv[nt][2], scale * dv[nt][3]);
 	}
 }
 
@@ -3354,11 +3445,20 @@ static int tc_bwd_launch(lmk_cuda_backend *b, gdn_grads gr, const bf16 *dout, co
 	dim3 gc((unsigned)nch, (unsigned)(B * H));
 	gdn_tc_prep<DK, DV><<<gc, TC_THREADS, sp, b->stream>>>(W, U, G, Tg, k, v, la, be, Tn, H, nch);
 	LMK_CK_LAUNCH();
+	const bool split = gdn_split(B * H * (DV / 16));
+	if (split) {
+		size_t si = sizeof(tc_bintra_smem<DK, DV>);
+		LMK_CK(cudaFuncSetAttribute(gdn_tc_bintra<DK, DV>,
+					    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)si));
+		gdn_tc_bintra<DK, DV><<<gc, TC_THREADS, si, b->stream>>>(dVg, dout, q, k, G, Tn, H,
+									  nch, scale);
+		LMK_CK_LAUNCH();
+	}
 	tc_walk_args a = {NULL, Hs, Vg, dHs, dVg, q, k, W, U, dout, G, B, Tn, H, nch, scale};
 	int rc = tc_walk_launch<WALK_SAVE, DK, DV>(b, a);
 	if (rc < 0)
 		return rc;
-	rc = tc_walk_launch<WALK_BWD, DK, DV>(b, a);
+	rc = split ? tc_walk_launch<WALK_BSPLIT, DK, DV>(b, a) : tc_walk_launch<WALK_BWD, DK, DV>(b, a);
 	if (rc < 0)
 		return rc;
 	gdn_tc_bgrad<DK, DV><<<gc, TC_THREADS, sg, b->stream>>>(gr, dout, q, k, v, la, be, G, Tg, Hs,
