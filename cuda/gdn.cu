@@ -1423,7 +1423,8 @@ gdn_tc_prep(bf16 *__restrict__ Wg, bf16 *__restrict__ Ug, float *__restrict__ Gg
 	 * diagonal blocks by forward substitution (a column a thread), then
 	 * block row by block row Tm_ij = -Tm_ii X_ij, X_ij = Σ_{k=j}^{i-1}
 	 * A_ik Tm_kj (X in the unused upper block j, i; A's block row i is
-	 * read for the last time by X), four columns a thread */
+	 * read for the last time by X), rows r and r + 8 of four columns a
+	 * thread */
 	{
 		const int d = 16 * ((tid >> 4) & 3), c = tid & 15;
 		float t[16];
@@ -1445,34 +1446,44 @@ gdn_tc_prep(bf16 *__restrict__ Wg, bf16 *__restrict__ Ug, float *__restrict__ Gg
 	}
 #pragma unroll 1
 	for (int bi = 1; bi < GC / 16; bi++) {
-		for (int e = tid; e < bi * 64; e += TC_THREADS) {
-			const int bj = e >> 6, r = (e >> 2) & 15, c = (e & 3) * 4;
+		for (int e = tid; e < bi * 32; e += TC_THREADS) {
+			const int bj = e >> 5, r = (e >> 2) & 7, c = (e & 3) * 4;
 			const float *ar = s.A + (16 * bi + r) * TC_LDA;
-			float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+			float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f), z = x;
 			for (int m = 16 * bj; m < 16 * bi; m++) {
-				const float am = ar[m];
+				const float a0 = ar[m], a1 = ar[8 * TC_LDA + m];
 				const float4 t = *(const float4 *)&s.A[m * TC_LDA + 16 * bj + c];
-				x.x += am * t.x;
-				x.y += am * t.y;
-				x.z += am * t.z;
-				x.w += am * t.w;
+				x.x += a0 * t.x;
+				x.y += a0 * t.y;
+				x.z += a0 * t.z;
+				x.w += a0 * t.w;
+				z.x += a1 * t.x;
+				z.y += a1 * t.y;
+				z.z += a1 * t.z;
+				z.w += a1 * t.w;
 			}
 			*(float4 *)&s.A[(16 * bj + r) * TC_LDA + 16 * bi + c] = x;
+			*(float4 *)&s.A[(16 * bj + r + 8) * TC_LDA + 16 * bi + c] = z;
 		}
 		__syncthreads();
-		for (int e = tid; e < bi * 64; e += TC_THREADS) {
-			const int bj = e >> 6, r = (e >> 2) & 15, c = (e & 3) * 4;
+		for (int e = tid; e < bi * 32; e += TC_THREADS) {
+			const int bj = e >> 5, r = (e >> 2) & 7, c = (e & 3) * 4;
 			const float *tr = s.A + (16 * bi + r) * TC_LDA + 16 * bi;
-			float4 y = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-			for (int m = 0; m <= r; m++) {
-				const float tm = tr[m];
+			float4 y = make_float4(0.0f, 0.0f, 0.0f, 0.0f), w = y;
+			for (int m = 0; m <= r + 8; m++) { /* Tm_ii: zeros above the diagonal */
+				const float t0 = tr[m], t1 = tr[8 * TC_LDA + m];
 				const float4 x = *(const float4 *)&s.A[(16 * bj + m) * TC_LDA + 16 * bi + c];
-				y.x -= tm * x.x;
-				y.y -= tm * x.y;
-				y.z -= tm * x.z;
-				y.w -= tm * x.w;
+				y.x -= t0 * x.x;
+				y.y -= t0 * x.y;
+				y.z -= t0 * x.z;
+				y.w -= t0 * x.w;
+				w.x -= t1 * x.x;
+				w.y -= t1 * x.y;
+				w.z -= t1 * x.z;
+				w.w -= t1 * x.w;
 			}
 			*(float4 *)&s.A[(16 * bi + r) * TC_LDA + 16 * bj + c] = y;
+			*(float4 *)&s.A[(16 * bi + r + 8) * TC_LDA + 16 * bj + c] = w;
 		}
 		__syncthreads();
 	}
