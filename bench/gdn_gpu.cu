@@ -6,7 +6,8 @@
  * Shapes, as fla's benchmarks of chunk_gated_delta_rule: B*T = 65536
  * tokens, T in {2K, 4K, 8K, 16K, 32K, 64K} (--quick: up to 8K), width
  * H*D = 2048, so H = 16 at D = 128 and H = 32 at D = 64, Dk = Dv = D;
- * q, k unit norm, loga in (-0.1, 0), beta in (0, 1), lam in (0, 1).
+ * q, k unit norm, loga in (-0.1, 0), beta in (0, 1), lam in (0, 1), made
+ * on the device (a hash of the index, no host time).
  * Variants: the chunked and the recurrent kernels (algo), plain GDN and
  * log-linear (lam; in BF16 with Dk, Dv in {64, 128} both run on the
  * tensor cores).
@@ -62,23 +63,60 @@ extern "C" {
 
 enum { ALGO_RECURRENT = 1, ALGO_CHUNKED = 3 }; /* LMK_GDN_* of lib/gdn.h */
 
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-static float unif(float lo, float hi)
+/* Uniform in [lo, hi) from a hash (splitmix64) of the seed and the index:
+ * the inputs are made on the device, so that a shape costs no host time. */
+static __device__ float unif(uint64_t seed, int64_t i, float lo, float hi)
 {
-	rng_state ^= rng_state << 13;
-	rng_state ^= rng_state >> 7;
-	rng_state ^= rng_state << 17;
-	return lo + (hi - lo) * (float)((rng_state >> 40) * (1.0 / 16777216.0));
+	uint64_t z = seed + (uint64_t)i * 0x9E3779B97F4A7C15ull;
+	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+	z ^= z >> 31;
+	return lo + (hi - lo) * (float)((z >> 40) * (1.0 / 16777216.0));
 }
 
-static __nv_bfloat16 *upload_bf16(const std::vector<float> &x)
+__global__ void fill_unif(__nv_bfloat16 *x, int64_t n, float lo, float hi, uint64_t seed)
 {
-	std::vector<__nv_bfloat16> h(x.size());
-	for (size_t i = 0; i < x.size(); i++)
-		h[i] = __float2bfloat16_rn(x[i]);
+	for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+	     i += (int64_t)gridDim.x * blockDim.x)
+		x[i] = __float2bfloat16_rn(unif(seed, i, lo, hi));
+}
+
+/* Rows of D (<= 128) uniform in (-1, 1), then of unit norm: a warp a row. */
+__global__ void fill_unit_rows(__nv_bfloat16 *x, int64_t rows, int D, uint64_t seed)
+{
+	const int lane = threadIdx.x & 31;
+	for (int64_t r = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) / 32; r < rows;
+	     r += (int64_t)gridDim.x * blockDim.x / 32) {
+		float e[4], a = 0.0f;
+		for (int j = 0; j < 4; j++) {
+			int d = lane + 32 * j;
+			e[j] = d < D ? unif(seed, r * D + d, -1.0f, 1.0f) : 0.0f;
+			a += e[j] * e[j];
+		}
+		for (int o = 16; o > 0; o >>= 1)
+			a += __shfl_xor_sync(0xffffffffu, a, o);
+		const float inv = rsqrtf(a);
+		for (int j = 0; j < 4; j++)
+			if (lane + 32 * j < D)
+				x[r * D + lane + 32 * j] = __float2bfloat16_rn(e[j] * inv);
+	}
+}
+
+static __nv_bfloat16 *make_unif(int64_t n, float lo, float hi, uint64_t seed)
+{
 	__nv_bfloat16 *d;
-	CK(cudaMalloc(&d, h.size() * sizeof h[0]));
-	CK(cudaMemcpy(d, h.data(), h.size() * sizeof h[0], cudaMemcpyHostToDevice));
+	CK(cudaMalloc(&d, n * sizeof *d));
+	fill_unif<<<1024, 256>>>(d, n, lo, hi, seed);
+	CK(cudaGetLastError());
+	return d;
+}
+
+static __nv_bfloat16 *make_unit_rows(int64_t rows, int D, uint64_t seed)
+{
+	__nv_bfloat16 *d;
+	CK(cudaMalloc(&d, rows * D * sizeof *d));
+	fill_unit_rows<<<1024, 256>>>(d, rows, D, seed);
+	CK(cudaGetLastError());
 	return d;
 }
 
@@ -143,34 +181,13 @@ int main(int argc, char **argv)
 				continue;
 			int64_t B = tokens / T, NL = lmk_fenwick_levels(T);
 			int64_t nq = B * T * H * D, ns = B * T * H;
-			std::vector<float> q(nq), k(nq), v(nq), la(ns), bt(ns), lam(ns * NL), dout(nq);
-			for (int64_t i = 0; i < nq; i += D) {
-				double a = 0, c = 0;
-				for (int d = 0; d < D; d++) {
-					q[i + d] = unif(-1, 1);
-					k[i + d] = unif(-1, 1);
-					a += q[i + d] * q[i + d];
-					c += k[i + d] * k[i + d];
-				}
-				for (int d = 0; d < D; d++) {
-					q[i + d] = (float)(q[i + d] / sqrt(a));
-					k[i + d] = (float)(k[i + d] / sqrt(c));
-				}
-			}
-			for (int64_t i = 0; i < nq; i++) {
-				v[i] = unif(-1, 1);
-				dout[i] = unif(-1, 1);
-			}
-			for (int64_t i = 0; i < ns; i++) {
-				la[i] = unif(-0.1f, 0.0f);
-				bt[i] = unif(0.0f, 1.0f);
-			}
-			for (auto &x : lam)
-				x = unif(0.0f, 1.0f);
-			__nv_bfloat16 *dq_in = upload_bf16(q), *dk_in = upload_bf16(k),
-				      *dv_in = upload_bf16(v), *dla = upload_bf16(la),
-				      *dbt = upload_bf16(bt), *dlam = upload_bf16(lam),
-				      *ddo = upload_bf16(dout), *out, *gq, *gk, *gv, *gla, *gbt, *glam;
+			__nv_bfloat16 *dq_in = make_unit_rows(ns, D, 1), *dk_in = make_unit_rows(ns, D, 2),
+				      *dv_in = make_unif(nq, -1.0f, 1.0f, 3),
+				      *dla = make_unif(ns, -0.1f, 0.0f, 4),
+				      *dbt = make_unif(ns, 0.0f, 1.0f, 5),
+				      *dlam = make_unif(ns * NL, 0.0f, 1.0f, 6),
+				      *ddo = make_unif(nq, -1.0f, 1.0f, 7), *out, *gq, *gk, *gv, *gla,
+				      *gbt, *glam;
 			CK(cudaMalloc(&out, nq * 2));
 			CK(cudaMalloc(&gq, nq * 2));
 			CK(cudaMalloc(&gk, nq * 2));

@@ -1330,10 +1330,20 @@ static __device__ __forceinline__ void ld_b_kn(uint32_t (&b)[4], const bf16 *sm,
 				       n0 + ((lane >> 4) << 3))));
 }
 
+/* Zeroed accumulators. */
+template <int N> static __device__ __forceinline__ void acc_zero(float (&a)[N][4])
+{
+#pragma unroll
+	for (int i = 0; i < N; i++)
+		a[i][0] = a[i][1] = a[i][2] = a[i][3] = 0.0f;
+}
+
 #define TC_LDA (GC + 4) /* row stride of A: 16-byte aligned rows */
 
+/* A (float32, then Tm in place) and, once it is read, the bf16 Tg and Tb
+ * in its space: at DK = DV = 64 six blocks an SM. */
 template <int DK, int DV> struct tc_prep_smem {
-	bf16 K[GC * DK], V[GC * DV], Tg[GC * GC], Tb[GC * GC];
+	bf16 K[GC * DK], V[GC * DV];
 	float A[GC * TC_LDA], g[GC], b[GC];
 };
 
@@ -1409,37 +1419,95 @@ gdn_tc_prep(bf16 *__restrict__ Wg, bf16 *__restrict__ Ug, float *__restrict__ Gg
 				}
 	}
 	__syncthreads();
-	/* Tm = (I + A)^-1, column c by thread c, then scaled by beta (gamma):
-	 * four partial sums a row (float4 broadcasts of A), so that the chain
-	 * from t[i-1] to t[i] is one product and two additions */
-	if (tid < GC) {
-		const int c = tid;
-		float t[GC];
+	/* Tm = (I + A)^-1 in fp32 by blocks of 16, in place of A: the
+	 * diagonal blocks by forward substitution (a column a thread), then
+	 * block row by block row Tm_ij = -Tm_ii X_ij, X_ij = Σ_{k=j}^{i-1}
+	 * A_ik Tm_kj (X in the unused upper block j, i; A's block row i is
+	 * read for the last time by X), rows r and r + 8 of four columns a
+	 * thread */
+	{
+		const int d = 16 * ((tid >> 4) & 3), c = tid & 15;
+		float t[16];
+		if (tid < GC)
 #pragma unroll
-		for (int i = 0; i < GC; i++) {
-			float acc[4] = {i == c ? 1.0f : 0.0f, 0.0f, 0.0f, 0.0f};
+			for (int i = 0; i < 16; i++) {
+				float acc = i == c ? 1.0f : 0.0f;
 #pragma unroll
-			for (int j = 0; j + 4 <= i; j += 4) {
-				const float4 a = *(const float4 *)&s.A[i * TC_LDA + j];
-				acc[0] -= a.x * t[j];
-				acc[1] -= a.y * t[j + 1];
-				acc[2] -= a.z * t[j + 2];
-				acc[3] -= a.w * t[j + 3];
+				for (int j = 0; j < i; j++)
+					acc -= s.A[(d + i) * TC_LDA + d + j] * t[j];
+				t[i] = acc;
 			}
+		__syncthreads(); /* the diagonal blocks read */
+		if (tid < GC)
 #pragma unroll
-			for (int j = i & ~3; j < i; j++)
-				acc[j & 3] -= s.A[i * TC_LDA + j] * t[j];
-			t[i] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+			for (int i = 0; i < 16; i++)
+				s.A[(d + i) * TC_LDA + d + c] = t[i];
+		__syncthreads();
+	}
+#pragma unroll 1
+	for (int bi = 1; bi < GC / 16; bi++) {
+		for (int e = tid; e < bi * 32; e += TC_THREADS) {
+			const int bj = e >> 5, r = (e >> 2) & 7, c = (e & 3) * 4;
+			const float *ar = s.A + (16 * bi + r) * TC_LDA;
+			float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f), z = x;
+			for (int m = 16 * bj; m < 16 * bi; m++) {
+				const float a0 = ar[m], a1 = ar[8 * TC_LDA + m];
+				const float4 t = *(const float4 *)&s.A[m * TC_LDA + 16 * bj + c];
+				x.x += a0 * t.x;
+				x.y += a0 * t.y;
+				x.z += a0 * t.z;
+				x.w += a0 * t.w;
+				z.x += a1 * t.x;
+				z.y += a1 * t.y;
+				z.z += a1 * t.z;
+				z.w += a1 * t.w;
+			}
+			*(float4 *)&s.A[(16 * bj + r) * TC_LDA + 16 * bi + c] = x;
+			*(float4 *)&s.A[(16 * bj + r + 8) * TC_LDA + 16 * bi + c] = z;
 		}
-		if (Tg)
-#pragma unroll
-			for (int i = 0; i < GC; i++)
-				Tg[(bh * nch + ci) * GC * GC + i * GC + c] = __float2bfloat16_rn(t[i]);
+		__syncthreads();
+		for (int e = tid; e < bi * 32; e += TC_THREADS) {
+			const int bj = e >> 5, r = (e >> 2) & 7, c = (e & 3) * 4;
+			const float *tr = s.A + (16 * bi + r) * TC_LDA + 16 * bi;
+			float4 y = make_float4(0.0f, 0.0f, 0.0f, 0.0f), w = y;
+			for (int m = 0; m <= r + 8; m++) { /* Tm_ii: zeros above the diagonal */
+				const float t0 = tr[m], t1 = tr[8 * TC_LDA + m];
+				const float4 x = *(const float4 *)&s.A[(16 * bj + m) * TC_LDA + 16 * bi + c];
+				y.x -= t0 * x.x;
+				y.y -= t0 * x.y;
+				y.z -= t0 * x.z;
+				y.w -= t0 * x.w;
+				w.x -= t1 * x.x;
+				w.y -= t1 * x.y;
+				w.z -= t1 * x.z;
+				w.w -= t1 * x.w;
+			}
+			*(float4 *)&s.A[(16 * bi + r) * TC_LDA + 16 * bj + c] = y;
+			*(float4 *)&s.A[(16 * bi + r + 8) * TC_LDA + 16 * bj + c] = w;
+		}
+		__syncthreads();
+	}
+	/* then scaled by beta (gamma) into the bf16 operands, zeros above the
+	 * diagonal, in the space of A */
+	bf16 *const sTg = (bf16 *)s.A, *const sTb = sTg + GC * GC;
+	{
+		constexpr int RS = TC_THREADS / GC; /* row step */
+		const int c = tid & (GC - 1);
 		const float bc = s.b[c], bg = bc * expf(s.g[c]);
+		float t[GC / RS];
 #pragma unroll
-		for (int i = 0; i < GC; i++) {
-			s.Tb[swz<GC>(i, c)] = __float2bfloat16_rn(t[i] * bc);
-			s.Tg[swz<GC>(i, c)] = __float2bfloat16_rn(t[i] * bg);
+		for (int n = 0; n < GC / RS; n++) {
+			const int i = tid / GC + RS * n;
+			t[n] = c <= i ? s.A[i * TC_LDA + c] : 0.0f;
+		}
+		__syncthreads(); /* A read by every thread */
+#pragma unroll
+		for (int n = 0; n < GC / RS; n++) {
+			const int i = tid / GC + RS * n;
+			if (Tg)
+				Tg[(bh * nch + ci) * GC * GC + i * GC + c] = __float2bfloat16_rn(t[n]);
+			sTb[swz<GC>(i, c)] = __float2bfloat16_rn(t[n] * bc);
+			sTg[swz<GC>(i, c)] = __float2bfloat16_rn(t[n] * bg);
 		}
 	}
 	__syncthreads();
@@ -1456,7 +1524,7 @@ gdn_tc_prep(bf16 *__restrict__ Wg, bf16 *__restrict__ Ug, float *__restrict__ Gg
 		for (int kk = 0; kk < GC / 16; kk++)
 			if (kk <= warp) {
 				uint32_t a[4];
-				ld_a<GC>(a, s.Tg, warp * 16, kk * 16, lane);
+				ld_a<GC>(a, sTg, warp * 16, kk * 16, lane);
 #pragma unroll
 				for (int np = 0; np < DK / 16; np++) {
 					uint32_t bb[4];
@@ -1481,7 +1549,7 @@ gdn_tc_prep(bf16 *__restrict__ Wg, bf16 *__restrict__ Ug, float *__restrict__ Gg
 		for (int kk = 0; kk < GC / 16; kk++)
 			if (kk <= warp) {
 				uint32_t a[4];
-				ld_a<GC>(a, s.Tb, warp * 16, kk * 16, lane);
+				ld_a<GC>(a, sTb, warp * 16, kk * 16, lane);
 #pragma unroll
 				for (int np = 0; np < DV / 16; np++) {
 					uint32_t bb[4];
@@ -1501,27 +1569,35 @@ gdn_tc_prep(bf16 *__restrict__ Wg, bf16 *__restrict__ Ug, float *__restrict__ Gg
 		Gg[(bh * nch + ci) * GC + tid] = s.g[tid];
 }
 
-template <int DK, int BV> struct tc_walk_smem {
-	bf16 Q[GC * DK], K[2][GC * DK], W[GC * DK], U[GC * BV], S[DK * BV], Vn[GC * BV], Vd[GC * BV];
-	float g[GC];
+/* The walk's shared memory: NS stages of the per-chunk tiles (Q only
+ * without SAVE; NS = 1: one, and two of K), the state's bf16 copy and V'
+ * plain and decayed. */
+template <int DK, int BV, int NS, bool SAVE> struct tc_walk_smem {
+	bf16 Q[SAVE ? 1 : NS][GC * DK], K[NS == 1 ? 2 : NS][GC * DK], W[NS][GC * DK];
+	bf16 U[NS][GC * BV];
+	bf16 S[DK * BV], Vn[GC * BV], Vd[GC * BV];
+	float g[NS][GC];
 };
 
-/* The tiles of chunk ci of the walk: Q (unless SAVE), W, U, g, and K into
- * stage kb. */
-template <int DK, int DV, int BV, bool SAVE>
-static __device__ __forceinline__ void walk_load(tc_walk_smem<DK, BV> &s, int kb, const bf16 *qb,
-						 const bf16 *kbase, const bf16 *Wg, const bf16 *Ug,
-						 const float *Gg, int64_t bh, int ci, int nch, int c0,
-						 int64_t Tn, int64_t H, int tid)
+/* The tiles of chunk ci of the walk: Q (unless SAVE), W, U and g into
+ * stage st, K into stage kst; past the last chunk an empty group, so that
+ * every iteration commits one. */
+template <int DK, int DV, int BV, int NS, bool SAVE>
+static __device__ __forceinline__ void walk_load(tc_walk_smem<DK, BV, NS, SAVE> &s, int st,
+						 int kst, const bf16 *qb, const bf16 *kbase, const bf16 *Wg,
+						 const bf16 *Ug, const float *Gg, int64_t bh, int ci,
+						 int nch, int c0, int64_t Tn, int64_t H, int tid)
 {
-	const int64_t t0 = (int64_t)ci * GC, crow = (bh * nch + ci) * GC;
-	if (!SAVE)
-		load_tile<DK, GC>(s.Q, qb, H * DK, t0, Tn, tid);
-	load_tile<DK, GC>(s.K[kb], kbase, H * DK, t0, Tn, tid);
-	load_tile<DK, GC>(s.W, Wg + crow * DK, DK, 0, GC, tid);
-	load_tile<BV, GC>(s.U, Ug + crow * DV + c0, DV, 0, GC, tid);
-	if (tid < GC / 4)
-		cp_async16(smem_u32(s.g + tid * 4), Gg + crow + tid * 4, true);
+	if (ci < nch) {
+		const int64_t t0 = (int64_t)ci * GC, crow = (bh * nch + ci) * GC;
+		if (!SAVE)
+			load_tile<DK, GC>(s.Q[st], qb, H * DK, t0, Tn, tid);
+		load_tile<DK, GC>(s.K[kst], kbase, H * DK, t0, Tn, tid);
+		load_tile<DK, GC>(s.W[st], Wg + crow * DK, DK, 0, GC, tid);
+		load_tile<BV, GC>(s.U[st], Ug + crow * DV + c0, DV, 0, GC, tid);
+		if (tid < GC / 4)
+			cp_async16(smem_u32(s.g[st] + tid * 4), Gg + crow + tid * 4, true);
+	}
 	cp_commit();
 }
 
@@ -1571,13 +1647,17 @@ static __device__ __forceinline__ void walk_out(bf16 *out, float (&qs)[BV / 8][4
 
 /* grid (B*H, DV/BV), TC_THREADS: the walk through the chunks (see above).
  * Warp w owns the chunk rows 16w.. for the row products and the state rows
- * w*DK/4.. for the state update. Q, W, U and g are read only before the
- * middle barrier, so the next chunk's load into them (and into the other
- * K stage) overlaps the output and the state update. SAVE (for the
+ * w*DK/4.. for the state update. The tiles of a chunk are loaded NS - 1
+ * chunks ahead into a ring of NS stages (the stage a load overwrites was
+ * last read before the barrier that starts the chunk), so that a walk of
+ * few blocks does not wait on memory; NS = 1 (the least shared memory,
+ * for grids of several waves): Q, W, U and g are read only before the
+ * middle barrier, and the next chunk's load into them (and into the
+ * other K stage) follows it. SAVE (for the
  * backward): no output; the state entering each chunk (its bf16 copy, the
  * one the products use) goes to Hs (B*H, nch, DK, DV) and V' to Vg
  * (B*H, nch*GC, DV). */
-template <int DK, int DV, int BV, bool SAVE>
+template <int DK, int DV, int BV, int NS, bool SAVE>
 __global__ void __launch_bounds__(TC_THREADS)
 gdn_tc_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /*(B,Tn,H,DK)*/,
 	    const bf16 *__restrict__ k /*(B,Tn,H,DK)*/, const bf16 *__restrict__ Wg,
@@ -1586,7 +1666,7 @@ gdn_tc_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /
 {
 	constexpr int SM = DK / 64; /* m16 tiles of state rows a warp */
 	extern __shared__ __align__(128) unsigned char smem_raw[];
-	tc_walk_smem<DK, BV> &s = *(tc_walk_smem<DK, BV> *)smem_raw;
+	tc_walk_smem<DK, BV, NS, SAVE> &s = *(tc_walk_smem<DK, BV, NS, SAVE> *)smem_raw;
 	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 	const int64_t bh = blockIdx.x, b = bh / H, h = bh % H;
 	const int c0 = blockIdx.y * BV, col = (lane & 3) << 1, r0 = warp * 16 + (lane >> 2);
@@ -1599,12 +1679,22 @@ gdn_tc_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /
 			S[m][nt][0] = S[m][nt][1] = S[m][nt][2] = S[m][nt][3] = 0.0f;
 	for (int e = tid; e < DK * BV / 2; e += TC_THREADS)
 		((uint32_t *)s.S)[e] = 0;
-	walk_load<DK, DV, BV, SAVE>(s, 0, qb, kb, Wg, Ug, Gg, bh, 0, nch, c0, Tn, H, tid);
+	constexpr int AHEAD = NS == 1 ? 1 : NS - 1; /* chunks loaded ahead */
+	for (int c = 0; c < AHEAD; c++)
+		walk_load<DK, DV, BV, NS, SAVE>(s, c, c, qb, kb, Wg, Ug, Gg, bh, c, nch, c0, Tn, H,
+						tid);
 	for (int ci = 0; ci < nch; ci++) {
 		const int64_t t0 = (int64_t)ci * GC;
-		const bf16 *sK = s.K[ci & 1];
-		cp_wait_all();
-		__syncthreads(); /* this chunk's tiles and the previous state landed */
+		const int st = ci % NS, kst = NS == 1 ? ci & 1 : st;
+		const bf16 *sK = s.K[kst], *sQ = s.Q[SAVE ? 0 : st], *sW = s.W[st], *sU = s.U[st];
+		const float *sg = s.g[st];
+		cp_wait<AHEAD - 1>();
+		__syncthreads(); /* this chunk's tiles and the previous state landed,
+				    the previous chunk's stage is free */
+		if (NS > 1)
+			walk_load<DK, DV, BV, NS, SAVE>(s, (ci + AHEAD) % NS, (ci + AHEAD) % NS, qb,
+							kb, Wg, Ug, Gg, bh, ci + AHEAD, nch, c0, Tn,
+							H, tid);
 		if (SAVE)
 			store_tile<BV, DK>(Hs + ((bh * nch + ci) * DK) * DV + c0, DV, s.S, tid);
 		/* ws = W S, qs = Q S (rows of the warp), p = Q Kᵀ (keys up to
@@ -1620,9 +1710,9 @@ gdn_tc_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /
 #pragma unroll
 		for (int kk = 0; kk < DK / 16; kk++) {
 			uint32_t aw[4], aq[4];
-			ld_a<DK>(aw, s.W, warp * 16, kk * 16, lane);
+			ld_a<DK>(aw, sW, warp * 16, kk * 16, lane);
 			if (!SAVE)
-				ld_a<DK>(aq, s.Q, warp * 16, kk * 16, lane);
+				ld_a<DK>(aq, sQ, warp * 16, kk * 16, lane);
 #pragma unroll
 			for (int np = 0; np < BV / 16; np++) {
 				uint32_t bb[4];
@@ -1643,13 +1733,13 @@ gdn_tc_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /
 					mma16816(p[2 * np + 1], aq, bb[2], bb[3]);
 				}
 		}
-		const float gl = s.g[GC - 1], g_lo = s.g[r0], g_hi = s.g[r0 + 8];
+		const float gl = sg[GC - 1], g_lo = sg[r0], g_hi = sg[r0 + 8];
 		/* V' = U - W S into Vn, and exp(g_n - g_j) V' into Vd */
 #pragma unroll
 		for (int nt = 0; nt < BV / 8; nt++) {
 			const int cc = nt * 8 + col;
-			__nv_bfloat162 u_lo = *(const __nv_bfloat162 *)(s.U + swz<BV>(r0, cc));
-			__nv_bfloat162 u_hi = *(const __nv_bfloat162 *)(s.U + swz<BV>(r0 + 8, cc));
+			__nv_bfloat162 u_lo = *(const __nv_bfloat162 *)(sU + swz<BV>(r0, cc));
+			__nv_bfloat162 u_hi = *(const __nv_bfloat162 *)(sU + swz<BV>(r0 + 8, cc));
 			float v0 = __low2float(u_lo) - ws[nt][0], v1 = __high2float(u_lo) - ws[nt][1];
 			float v2 = __low2float(u_hi) - ws[nt][2], v3 = __high2float(u_hi) - ws[nt][3];
 			const float e_lo = expf(gl - g_lo), e_hi = expf(gl - g_hi);
@@ -1665,12 +1755,12 @@ gdn_tc_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /
 #pragma unroll
 				for (int e = 0; e < 4; e++) {
 					int i = r0 + (e >> 1) * 8, j = nt * 8 + col + (e & 1);
-					p[nt][e] = j <= i ? expf(s.g[i] - s.g[j]) * p[nt][e] : 0.0f;
+					p[nt][e] = j <= i ? expf(sg[i] - sg[j]) * p[nt][e] : 0.0f;
 				}
 		__syncthreads(); /* Vn, Vd complete; S, Q, W, U, g read by every warp */
-		if (ci + 1 < nch)
-			walk_load<DK, DV, BV, SAVE>(s, (ci + 1) & 1, qb, kb, Wg, Ug, Gg, bh, ci + 1,
-						    nch, c0, Tn, H, tid);
+		if (NS == 1)
+			walk_load<DK, DV, BV, NS, SAVE>(s, 0, (ci + 1) & 1, qb, kb, Wg, Ug, Gg, bh,
+							ci + 1, nch, c0, Tn, H, tid);
 		if (SAVE)
 			store_tile<BV, GC>(Vg + (bh * nch + ci) * GC * DV + c0, DV, s.Vn, tid);
 		else
@@ -1715,24 +1805,177 @@ gdn_tc_walk(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /
 	}
 }
 
-template <int DK, int DV, int BV>
-static int tc_walk_launch(lmk_cuda_backend *b, bf16 *out, const bf16 *q, const bf16 *k,
-			  const bf16 *W, const bf16 *U, const float *G, int64_t B, int64_t Tn,
-			  int64_t H, int nch, float scale)
+template <int DK, int BV, int NS> struct tc_bwalk_smem;
+template <int DK, int DV, int BV, int NS, bool SPLIT>
+__global__ void gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg,
+			     const bf16 *__restrict__ dout, const bf16 *__restrict__ q,
+			     const bf16 *__restrict__ k, const bf16 *__restrict__ Wg,
+			     const float *__restrict__ Gg, int64_t Tn, int64_t H, int nch,
+			     float scale);
+
+/* What the walks take: the forward walk (WALK_FWD: out), the walk that
+ * saves the states and V' for the backward (WALK_SAVE: Hs, Vg) and the
+ * reverse walk (WALK_BWD: dHs, dVg from dout; WALK_BSPLIT: the part of
+ * dVg inside the chunks already there, gdn_tc_bintra). */
+enum { WALK_FWD, WALK_SAVE, WALK_BWD, WALK_BSPLIT };
+struct tc_walk_args {
+	bf16 *out, *Hs, *Vg, *dHs, *dVg;
+	const bf16 *q, *k, *W, *U, *dout;
+	const float *G;
+	int64_t B, Tn, H;
+	int nch;
+	float scale;
+};
+
+/* Launches walk KIND with BV value columns and NS stages when its blocks
+ * fit in one wave on the 132 SMs of an H200 (or when must), setting its
+ * shared memory. @return : 1 when it did not fit, else 0 or < 0 */
+template <int KIND, int DK, int DV, int BV, int NS>
+static int tc_walk_try(lmk_cuda_backend *b, bool must, const tc_walk_args &a)
 {
-	size_t sw = sizeof(tc_walk_smem<DK, BV>);
-	LMK_CK(cudaFuncSetAttribute(gdn_tc_walk<DK, DV, BV, false>,
-				    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sw));
-	gdn_tc_walk<DK, DV, BV, false><<<dim3((unsigned)(B * H), DV / BV), TC_THREADS, sw,
-					  b->stream>>>(out, q, k, W, U, G, (bf16 *)NULL, (bf16 *)NULL,
-						       Tn, H, nch, scale);
+	constexpr bool SAVE = KIND == WALK_SAVE, BWD = KIND >= WALK_BWD;
+	const void *fn;
+	size_t sw;
+	if constexpr (BWD) {
+		fn = (const void *)gdn_tc_bwalk<DK, DV, BV, NS, KIND == WALK_BSPLIT>;
+		sw = sizeof(tc_bwalk_smem<DK, BV, NS>);
+	} else {
+		fn = (const void *)gdn_tc_walk<DK, DV, BV, NS, SAVE>;
+		sw = sizeof(tc_walk_smem<DK, BV, NS, SAVE>);
+	}
+	const int64_t blocks = a.B * a.H * (DV / BV);
+	int per_sm = 0;
+	LMK_CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sw));
+	LMK_CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, TC_THREADS, sw));
+	if (!must && blocks > 132 * (int64_t)per_sm)
+		return 1;
+	const dim3 grid((unsigned)(a.B * a.H), DV / BV);
+	if constexpr (BWD)
+		gdn_tc_bwalk<DK, DV, BV, NS, KIND == WALK_BSPLIT><<<grid, TC_THREADS, sw, b->stream>>>(
+			a.dHs, a.dVg, a.dout, a.q, a.k, a.W, a.G, a.Tn, a.H, a.nch, a.scale);
+	else
+		gdn_tc_walk<DK, DV, BV, NS, SAVE><<<grid, TC_THREADS, sw, b->stream>>>(
+			a.out, a.q, a.k, a.W, a.U, a.G, a.Hs, a.Vg, a.Tn, a.H, a.nch, a.scale);
 	LMK_CK_LAUNCH();
 	return 0;
 }
 
+/* A walk's shape: the widest value blocks that still give 256 blocks or
+ * more (two an SM; blocks of 16 columns at most when the heads are few),
+ * with the deepest ring of stages that keeps them in one wave (a walk is
+ * serial over the chunks: a second wave doubles its time), else the
+ * fewest (NS = 1 only for the forward walks). */
+template <int KIND, int DK, int DV>
+static int tc_walk_launch(lmk_cuda_backend *b, const tc_walk_args &a)
+{
+	constexpr int NS0 = KIND >= WALK_BWD ? 2 : 1;
+#define WALK_TRY(BV, NS, MUST)                                                                     \
+	do {                                                                                       \
+		int rc_ = tc_walk_try<KIND, DK, DV, BV, NS>(b, MUST, a);                            \
+		if (rc_ <= 0)                                                                      \
+			return rc_;                                                                \
+	} while (0)
+	const int64_t BH = a.B * a.H;
+	if (BH * (DV / 64) >= 256) {
+		WALK_TRY(64, 3, false);
+		if (NS0 == 1)
+			WALK_TRY(64, 2, false);
+		WALK_TRY(64, NS0, true);
+	}
+	if (BH * (DV / 32) >= 256) {
+		WALK_TRY(32, 3, false);
+		if (NS0 == 1)
+			WALK_TRY(32, 2, false);
+		WALK_TRY(32, NS0, true);
+	}
+	WALK_TRY(16, 4, false);
+	WALK_TRY(16, 3, false);
+	if (NS0 == 1)
+		WALK_TRY(16, 2, false);
+	WALK_TRY(16, NS0, true);
+#undef WALK_TRY
+	return 0;
+}
+
+template <int DK, int DV> struct tc_out_smem {
+	bf16 Q[GC * DK], K[GC * DK], S[DK * DV], Vn[GC * DV];
+	float g[GC];
+};
+
+/* grid (chunks, B*H), TC_THREADS: the output of the split forward, every
+ * chunk at once, from the state entering it (Hs) and V' (Vg) the SAVE walk
+ * wrote: o = scale (diag(gamma) Q S + (Q Kᵀ ⊙ exp(g_i - g_j), j <= i) V'),
+ * the products of the fused walk on the same bf16 operands. Warp w the
+ * rows 16w... */
+template <int DK, int DV>
+__global__ void __launch_bounds__(TC_THREADS)
+gdn_tc_out(bf16 *__restrict__ out /*(B,Tn,H,DV)*/, const bf16 *__restrict__ q /*(B,Tn,H,DK)*/,
+	   const bf16 *__restrict__ k /*(B,Tn,H,DK)*/, const bf16 *__restrict__ Hs,
+	   const bf16 *__restrict__ Vg, const float *__restrict__ Gg, int64_t Tn, int64_t H,
+	   int nch, float scale)
+{
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	tc_out_smem<DK, DV> &s = *(tc_out_smem<DK, DV> *)smem_raw;
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, ci = blockIdx.x;
+	const int64_t bh = blockIdx.y, b = bh / H, h = bh % H, t0 = (int64_t)ci * GC;
+	const int64_t crow = (bh * nch + ci) * GC;
+	const int col = (lane & 3) << 1, r0 = warp * 16 + (lane >> 2);
+	load_tile<DK, GC>(s.Q, q + (b * Tn * H + h) * DK, H * DK, t0, Tn, tid);
+	load_tile<DK, GC>(s.K, k + (b * Tn * H + h) * DK, H * DK, t0, Tn, tid);
+	load_tile<DV, DK>(s.S, Hs + (bh * nch + ci) * DK * DV, DV, 0, DK, tid);
+	load_tile<DV, GC>(s.Vn, Vg + crow * DV, DV, 0, GC, tid);
+	if (tid < GC / 4)
+		cp_async16(smem_u32(s.g + tid * 4), Gg + crow + tid * 4, true);
+	cp_commit();
+	cp_wait_all();
+	__syncthreads();
+	float qs[DV / 8][4], p[GC / 8][4];
+	acc_zero(qs);
+	acc_zero(p);
+#pragma unroll
+	for (int kk = 0; kk < DK / 16; kk++) {
+		uint32_t aq[4];
+		ld_a<DK>(aq, s.Q, warp * 16, kk * 16, lane);
+#pragma unroll
+		for (int np = 0; np < DV / 16; np++) {
+			uint32_t bb[4];
+			ld_b_kn<DV>(bb, s.S, kk * 16, np * 16, lane);
+			mma16816(qs[2 * np], aq, bb[0], bb[1]);
+			mma16816(qs[2 * np + 1], aq, bb[2], bb[3]);
+		}
+#pragma unroll
+		for (int np = 0; np < GC / 16; np++)
+			if (np <= warp) {
+				uint32_t bb[4];
+				ld_b_nk<DK>(bb, s.K, np * 16, kk * 16, lane);
+				mma16816(p[2 * np], aq, bb[0], bb[1]);
+				mma16816(p[2 * np + 1], aq, bb[2], bb[3]);
+			}
+	}
+#pragma unroll
+	for (int nt = 0; nt < GC / 8; nt++)
+		if (nt < 2 * (warp + 1))
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				int i = r0 + (e >> 1) * 8, j = nt * 8 + col + (e & 1);
+				p[nt][e] = j <= i ? expf(s.g[i] - s.g[j]) * p[nt][e] : 0.0f;
+			}
+	walk_out<DV, DV>(out, qs, p, s.Vn, s.g[r0], s.g[r0 + 8], b, h, Tn, H, t0, 0, r0, warp,
+			 lane, scale);
+}
+
+/* Whether the plain walks split (see tc_fwd_launch), for a walk of vb
+ * blocks of 16 value columns: when they would be at most four an SM (16K
+ * tokens a head and more at B*T = 64K; on the H200 the fused walk is
+ * faster below, the split one from there). */
+static bool gdn_split(int64_t vb) { return vb <= 4 * 132; }
+
 /* The tensor-core forward (see above). Scratch: nch*GC (DK + DV) bf16 and
- * nch*GC floats a head. The value blocks are the widest of 64, 32, 16
- * columns that still give two blocks per SM (264 on an H200). */
+ * nch*GC floats a head. Long sequences of few heads (a walk of few blocks,
+ * latency bound) split the walk as fla does: the SAVE walk (only V' and
+ * the states, the least work a chunk on the serial path), then the
+ * outputs of every chunk at once (gdn_tc_out); scratch nch (DK + GC) DV
+ * bf16 a head more. */
 template <int DK, int DV>
 static int tc_fwd_launch(lmk_cuda_backend *b, bf16 *out, const bf16 *q, const bf16 *k,
 			 const bf16 *v, const bf16 *la, const bf16 *be, int64_t B, int64_t Tn,
@@ -1740,26 +1983,40 @@ static int tc_fwd_launch(lmk_cuda_backend *b, bf16 *out, const bf16 *q, const bf
 {
 	const int nch = (int)((Tn + GC - 1) / GC);
 	const int64_t rows = B * H * nch * GC;
+	const bool split = gdn_split(B * H * (DV / 16));
 	size_t wb = (size_t)rows * DK * sizeof(bf16), ub = (size_t)rows * DV * sizeof(bf16);
+	size_t gb = (size_t)rows * sizeof(float), hb = split ? (size_t)B * H * nch * DK * DV * 2 : 0;
 	wb = (wb + 255) / 256 * 256;
 	ub = (ub + 255) / 256 * 256;
-	unsigned char *scr =
-		(unsigned char *)lmk_cuda_scratch(b, wb + ub + (size_t)rows * sizeof(float));
+	gb = (gb + 255) / 256 * 256;
+	unsigned char *scr = (unsigned char *)lmk_cuda_scratch(b, wb + 2 * ub + gb + hb);
 	if (!scr)
 		return lmk_errcode();
 	bf16 *W = (bf16 *)scr, *U = (bf16 *)(scr + wb);
 	float *G = (float *)(scr + wb + ub);
+	bf16 *Vg = (bf16 *)(scr + wb + ub + gb), *Hs = (bf16 *)(scr + wb + 2 * ub + gb);
 	size_t sp = sizeof(tc_prep_smem<DK, DV>);
 	LMK_CK(cudaFuncSetAttribute(gdn_tc_prep<DK, DV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
 				    (int)sp));
 	gdn_tc_prep<DK, DV><<<dim3((unsigned)nch, (unsigned)(B * H)), TC_THREADS, sp, b->stream>>>(
 		W, U, G, (bf16 *)NULL, k, v, la, be, Tn, H, nch);
 	LMK_CK_LAUNCH();
-	if (B * H * (DV / 64) >= 264)
-		return tc_walk_launch<DK, DV, 64>(b, out, q, k, W, U, G, B, Tn, H, nch, scale);
-	if (B * H * (DV / 32) >= 264)
-		return tc_walk_launch<DK, DV, 32>(b, out, q, k, W, U, G, B, Tn, H, nch, scale);
-	return tc_walk_launch<DK, DV, 16>(b, out, q, k, W, U, G, B, Tn, H, nch, scale);
+	if (!split) {
+		tc_walk_args a = {out, NULL, NULL, NULL, NULL, q,  k,     W,
+				  U,   NULL, G,    B,    Tn,   H, nch, scale};
+		return tc_walk_launch<WALK_FWD, DK, DV>(b, a);
+	}
+	tc_walk_args a = {NULL, Hs, Vg, NULL, NULL, q, k, W, U, NULL, G, B, Tn, H, nch, scale};
+	int rc = tc_walk_launch<WALK_SAVE, DK, DV>(b, a);
+	if (rc < 0)
+		return rc;
+	size_t so = sizeof(tc_out_smem<DK, DV>);
+	LMK_CK(cudaFuncSetAttribute(gdn_tc_out<DK, DV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+				    (int)so));
+	gdn_tc_out<DK, DV><<<dim3((unsigned)nch, (unsigned)(B * H)), TC_THREADS, so, b->stream>>>(
+		out, q, k, Hs, Vg, G, Tn, H, nch, scale);
+	LMK_CK_LAUNCH();
+	return 0;
 }
 
 /* ------------------------------------------ log-linear, tensor cores */
@@ -2393,37 +2650,45 @@ static int tc_forward(lmk_cuda_backend *b, lmk_dtype dt, void *out, const void *
  *  bgrad (grid chunks x heads): every token gradient of a chunk from S_c,
  *        dH, V', dV' (see gdn_tc_bgrad). */
 
-template <int DK, int BV> struct tc_bwalk_smem {
-	bf16 Q[2][GC * DK], W[2][GC * DK], K[GC * DK], dO[GC * BV], DOg[GC * BV], DVn[GC * BV];
-	bf16 dH[DK * BV];
-	float g[GC];
+template <int DK, int BV, int NS> struct tc_bwalk_smem {
+	bf16 Q[NS][GC * DK], W[NS][GC * DK], K[NS][GC * DK], dO[NS][GC * BV], Dv[NS][GC * BV];
+	bf16 DOg[GC * BV], DVn[GC * BV], dH[DK * BV];
+	float g[NS][GC];
 };
 
-/* The tiles of chunk ci of the reverse walk: Q and W into stage st, K, the
- * value block of dO, g. */
-template <int DK, int DV, int BV>
-static __device__ __forceinline__ void bwalk_load(tc_bwalk_smem<DK, BV> &s, int st, const bf16 *qb,
-						  const bf16 *kb, const bf16 *db, const bf16 *Wg,
-						  const float *Gg, int64_t bh, int ci, int nch,
-						  int64_t Tn, int64_t H, int tid)
+/* The tiles of chunk ci of the reverse walk into stage st: Q, W, K, the
+ * value block of dO (and with SPLIT of the intra-chunk dV' in dvb), g;
+ * before the first chunk an empty group, so that every iteration commits
+ * one. */
+template <int DK, int DV, int BV, int NS, bool SPLIT>
+static __device__ __forceinline__ void bwalk_load(tc_bwalk_smem<DK, BV, NS> &s, int st,
+						  const bf16 *qb, const bf16 *kb, const bf16 *db,
+						  const bf16 *dvb, const bf16 *Wg, const float *Gg,
+						  int64_t bh, int ci, int nch, int64_t Tn, int64_t H,
+						  int tid)
 {
-	const int64_t t0 = (int64_t)ci * GC, crow = (bh * nch + ci) * GC;
-	load_tile<DK, GC>(s.Q[st], qb, H * DK, t0, Tn, tid);
-	load_tile<DK, GC>(s.K, kb, H * DK, t0, Tn, tid);
-	load_tile<DK, GC>(s.W[st], Wg + crow * DK, DK, 0, GC, tid);
-	load_tile<BV, GC>(s.dO, db, H * DV, t0, Tn, tid);
-	if (tid < GC / 4)
-		cp_async16(smem_u32(s.g + tid * 4), Gg + crow + tid * 4, true);
+	if (ci >= 0) {
+		const int64_t t0 = (int64_t)ci * GC, crow = (bh * nch + ci) * GC;
+		if (SPLIT)
+			load_tile<BV, GC>(s.Dv[st], dvb + crow * DV, DV, 0, GC, tid);
+		load_tile<DK, GC>(s.Q[st], qb, H * DK, t0, Tn, tid);
+		load_tile<DK, GC>(s.K[st], kb, H * DK, t0, Tn, tid);
+		load_tile<DK, GC>(s.W[st], Wg + crow * DK, DK, 0, GC, tid);
+		load_tile<BV, GC>(s.dO[st], db, H * DV, t0, Tn, tid);
+		if (tid < GC / 4)
+			cp_async16(smem_u32(s.g[st] + tid * 4), Gg + crow + tid * 4, true);
+	}
 	cp_commit();
 }
 
 /* grid (B*H, DV/BV), TC_THREADS: dHs (B*H, nch, DK, DV) the gradient of the
  * state leaving each chunk (bf16, zero for the last), dVg (B*H, nch*GC, DV)
  * dV'. Warp w owns the chunk rows 16w.. in the first half, the state rows
- * w*DK/4.. in the second; K, dO and g are read only in the first half,
- * so the previous chunk's load overlaps the second (Q and W in two
- * stages). */
-template <int DK, int DV, int BV>
+ * w*DK/4.. in the second. The tiles of a chunk are loaded NS - 1 chunks
+ * ahead into a ring of NS stages (as gdn_tc_walk). SPLIT: dVg holds the
+ * intra-chunk part of dV', scale (M ⊙ L)ᵀ dO (gdn_tc_bintra), and the walk
+ * adds K̃ dH, the serial part, to it. */
+template <int DK, int DV, int BV, int NS, bool SPLIT>
 __global__ void __launch_bounds__(TC_THREADS)
 gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restrict__ dout,
 	     const bf16 *__restrict__ q, const bf16 *__restrict__ k, const bf16 *__restrict__ Wg,
@@ -2431,12 +2696,12 @@ gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restr
 {
 	constexpr int SM = DK / 64;
 	extern __shared__ __align__(128) unsigned char smem_raw[];
-	tc_bwalk_smem<DK, BV> &s = *(tc_bwalk_smem<DK, BV> *)smem_raw;
+	tc_bwalk_smem<DK, BV, NS> &s = *(tc_bwalk_smem<DK, BV, NS> *)smem_raw;
 	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 	const int64_t bh = blockIdx.x, b = bh / H, h = bh % H;
 	const int c0 = blockIdx.y * BV, col = (lane & 3) << 1, r0 = warp * 16 + (lane >> 2);
 	const bf16 *qb = q + (b * Tn * H + h) * DK, *kb = k + (b * Tn * H + h) * DK;
-	const bf16 *db = dout + (b * Tn * H + h) * DV + c0;
+	const bf16 *db = dout + (b * Tn * H + h) * DV + c0, *dvb = dVg + c0;
 	float D[SM][BV / 8][4];
 #pragma unroll
 	for (int m = 0; m < SM; m++)
@@ -2445,12 +2710,19 @@ gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restr
 			D[m][nt][0] = D[m][nt][1] = D[m][nt][2] = D[m][nt][3] = 0.0f;
 	for (int e = tid; e < DK * BV / 2; e += TC_THREADS)
 		((uint32_t *)s.dH)[e] = 0;
-	bwalk_load<DK, DV, BV>(s, (nch - 1) & 1, qb, kb, db, Wg, Gg, bh, nch - 1, nch, Tn, H, tid);
+	for (int c = 0; c < NS - 1; c++)
+		bwalk_load<DK, DV, BV, NS, SPLIT>(s, c, qb, kb, db, dvb, Wg, Gg, bh, nch - 1 - c, nch,
+						  Tn, H, tid);
 	for (int ci = nch - 1; ci >= 0; ci--) {
-		const int st = ci & 1;
+		const int st = (nch - 1 - ci) % NS;
 		const int64_t crow = (bh * nch + ci) * GC;
-		cp_wait_all();
-		__syncthreads(); /* this chunk's tiles and dH landed */
+		const bf16 *sQ = s.Q[st], *sW = s.W[st], *sK = s.K[st], *sdO = s.dO[st];
+		const float *sg = s.g[st];
+		cp_wait<NS - 2>();
+		__syncthreads(); /* this chunk's tiles and dH landed, the previous
+				    chunk's stage free */
+		bwalk_load<DK, DV, BV, NS, SPLIT>(s, (st + NS - 1) % NS, qb, kb, db, dvb, Wg, Gg, bh,
+						  ci - (NS - 1), nch, Tn, H, tid);
 		store_tile<BV, DK>(dHs + ((bh * nch + ci) * DK) * DV + c0, DV, s.dH, tid);
 		/* kd = K dH, mt = K Qᵀ (queries from the warp's diagonal on) */
 		float kd[BV / 8][4], mt[GC / 8][4], dv[BV / 8][4];
@@ -2464,7 +2736,7 @@ gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restr
 #pragma unroll
 		for (int kk = 0; kk < DK / 16; kk++) {
 			uint32_t a[4];
-			ld_a<DK>(a, s.K, warp * 16, kk * 16, lane);
+			ld_a<DK>(a, sK, warp * 16, kk * 16, lane);
 #pragma unroll
 			for (int np = 0; np < BV / 16; np++) {
 				uint32_t bb[4];
@@ -2474,32 +2746,32 @@ gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restr
 			}
 #pragma unroll
 			for (int np = 0; np < GC / 16; np++)
-				if (np >= warp) {
+				if (!SPLIT && np >= warp) {
 					uint32_t bb[4];
-					ld_b_nk<DK>(bb, s.Q[st], np * 16, kk * 16, lane);
+					ld_b_nk<DK>(bb, sQ, np * 16, kk * 16, lane);
 					mma16816(mt[2 * np], a, bb[0], bb[1]);
 					mma16816(mt[2 * np + 1], a, bb[2], bb[3]);
 				}
 		}
-		const float gl = s.g[GC - 1], g_lo = s.g[r0], g_hi = s.g[r0 + 8];
+		const float gl = sg[GC - 1], g_lo = sg[r0], g_hi = sg[r0 + 8];
 		/* (M ⊙ L)ᵀ: row j (key), column i (query) >= j */
 #pragma unroll
 		for (int nt = 0; nt < GC / 8; nt++)
-			if (nt >= 2 * warp)
+			if (!SPLIT && nt >= 2 * warp)
 #pragma unroll
 				for (int e = 0; e < 4; e++) {
 					int j = r0 + (e >> 1) * 8, i = nt * 8 + col + (e & 1);
-					mt[nt][e] = i >= j ? expf(s.g[i] - s.g[j]) * mt[nt][e] : 0.0f;
+					mt[nt][e] = i >= j ? expf(sg[i] - sg[j]) * mt[nt][e] : 0.0f;
 				}
 #pragma unroll
 		for (int kk = 0; kk < GC / 16; kk++)
-			if (kk >= warp) {
+			if (!SPLIT && kk >= warp) {
 				uint32_t a[4];
 				c_to_a(a, mt[2 * kk], mt[2 * kk + 1]);
 #pragma unroll
 				for (int np = 0; np < BV / 16; np++) {
 					uint32_t bb[4];
-					ld_b_kn<BV>(bb, s.dO, kk * 16, np * 16, lane);
+					ld_b_kn<BV>(bb, sdO, kk * 16, np * 16, lane);
 					mma16816(dv[2 * np], a, bb[0], bb[1]);
 					mma16816(dv[2 * np + 1], a, bb[2], bb[3]);
 				}
@@ -2511,25 +2783,38 @@ gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restr
 #pragma unroll
 		for (int nt = 0; nt < BV / 8; nt++) {
 			const int cc = nt * 8 + col;
-			float v0 = e_lo * kd[nt][0] + scale * dv[nt][0];
-			float v1 = e_lo * kd[nt][1] + scale * dv[nt][1];
-			float v2 = e_hi * kd[nt][2] + scale * dv[nt][2];
-			float v3 = e_hi * kd[nt][3] + scale * dv[nt][3];
+			if (SPLIT) {
+				__nv_bfloat162 i_lo = *(const __nv_bfloat162 *)(s.Dv[st] + swz<BV>(r0, cc));
+				__nv_bfloat162 i_hi =
+					*(const __nv_bfloat162 *)(s.Dv[st] + swz<BV>(r0 + 8, cc));
+				dv[nt][0] = __low2float(i_lo);
+				dv[nt][1] = __high2float(i_lo);
+				dv[nt][2] = __low2float(i_hi);
+				dv[nt][3] = __high2float(i_hi);
+			} else {
+				dv[nt][0] *= scale;
+				dv[nt][1] *= scale;
+				dv[nt][2] *= scale;
+				dv[nt][3] *= scale;
+			}
+			float v0 = e_lo * kd[nt][0] + dv[nt][0];
+			float v1 = e_lo * kd[nt][1] + dv[nt][1];
+			float v2 = e_hi * kd[nt][2] + dv[nt][2];
+			float v3 = e_hi * kd[nt][3] + dv[nt][3];
 			*(uint32_t *)(dvr + nt * 8) = pack_bf16(v0, v1);
 			*(uint32_t *)(dvr + 8 * DV + nt * 8) = pack_bf16(v2, v3);
 			*(uint32_t *)(s.DVn + swz<BV>(r0, cc)) = pack_bf16(-v0, -v1);
 			*(uint32_t *)(s.DVn + swz<BV>(r0 + 8, cc)) = pack_bf16(-v2, -v3);
-			__nv_bfloat162 d_lo = *(const __nv_bfloat162 *)(s.dO + swz<BV>(r0, cc));
-			__nv_bfloat162 d_hi = *(const __nv_bfloat162 *)(s.dO + swz<BV>(r0 + 8, cc));
+			__nv_bfloat162 d_lo = *(const __nv_bfloat162 *)(sdO + swz<BV>(r0, cc));
+			__nv_bfloat162 d_hi = *(const __nv_bfloat162 *)(sdO + swz<BV>(r0 + 8, cc));
 			*(uint32_t *)(s.DOg + swz<BV>(r0, cc)) =
 				pack_bf16(sg_lo * __low2float(d_lo), sg_lo * __high2float(d_lo));
 			*(uint32_t *)(s.DOg + swz<BV>(r0 + 8, cc)) =
 				pack_bf16(sg_hi * __low2float(d_hi), sg_hi * __high2float(d_hi));
 		}
-		__syncthreads(); /* DVn, DOg complete; K, dO, g, dH read by every warp */
+		__syncthreads(); /* DVn, DOg complete; dH read by every warp */
 		if (ci == 0)
 			break;
-		bwalk_load<DK, DV, BV>(s, st ^ 1, qb, kb, db, Wg, Gg, bh, ci - 1, nch, Tn, H, tid);
 		/* dH = gamma_n dH + Qᵀ DOg + Wᵀ DVn */
 		const float gn = expf(gl);
 #pragma unroll
@@ -2544,8 +2829,8 @@ gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restr
 #pragma unroll
 			for (int m = 0; m < SM; m++) {
 				uint32_t aq[4], aw[4];
-				ld_a_t<DK>(aq, s.Q[st], (warp * SM + m) * 16, kk * 16, lane);
-				ld_a_t<DK>(aw, s.W[st], (warp * SM + m) * 16, kk * 16, lane);
+				ld_a_t<DK>(aq, sQ, (warp * SM + m) * 16, kk * 16, lane);
+				ld_a_t<DK>(aw, sW, (warp * SM + m) * 16, kk * 16, lane);
 #pragma unroll
 				for (int np = 0; np < BV / 16; np++) {
 					uint32_t bb[4];
@@ -2571,19 +2856,86 @@ gdn_tc_bwalk(bf16 *__restrict__ dHs, bf16 *__restrict__ dVg, const bf16 *__restr
 	}
 }
 
+template <int DK, int DV> struct tc_bintra_smem {
+	bf16 Q[GC * DK], K[GC * DK], dO[GC * DV];
+	float g[GC];
+};
+
+/* grid (chunks, B*H), TC_THREADS: the part of dV' inside each chunk, every
+ * chunk at once, scale (M ⊙ L)ᵀ dO into dVg (B*H, nch*GC, DV) bf16, for
+ * the split reverse walk (long sequences of few heads, as the forward).
+ * Warp w the key rows 16w... */
+template <int DK, int DV>
+__global__ void __launch_bounds__(TC_THREADS)
+gdn_tc_bintra(bf16 *__restrict__ dVg, const bf16 *__restrict__ dout /*(B,Tn,H,DV)*/,
+	      const bf16 *__restrict__ q /*(B,Tn,H,DK)*/, const bf16 *__restrict__ k,
+	      const float *__restrict__ Gg, int64_t Tn, int64_t H, int nch, float scale)
+{
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	tc_bintra_smem<DK, DV> &s = *(tc_bintra_smem<DK, DV> *)smem_raw;
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, ci = blockIdx.x;
+	const int64_t bh = blockIdx.y, b = bh / H, h = bh % H, t0 = (int64_t)ci * GC;
+	const int64_t crow = (bh * nch + ci) * GC;
+	const int col = (lane & 3) << 1, r0 = warp * 16 + (lane >> 2);
+	load_tile<DK, GC>(s.Q, q + (b * Tn * H + h) * DK, H * DK, t0, Tn, tid);
+	load_tile<DK, GC>(s.K, k + (b * Tn * H + h) * DK, H * DK, t0, Tn, tid);
+	load_tile<DV, GC>(s.dO, dout + (b * Tn * H + h) * DV, H * DV, t0, Tn, tid);
+	if (tid < GC / 4)
+		cp_async16(smem_u32(s.g + tid * 4), Gg + crow + tid * 4, true);
+	cp_commit();
+	cp_wait_all();
+	__syncthreads();
+	/* mt = K Qᵀ (queries from the warp's diagonal on), masked and decayed */
+	float mt[GC / 8][4], dv[DV / 8][4];
+	acc_zero(mt);
+	acc_zero(dv);
+#pragma unroll
+	for (int kk = 0; kk < DK / 16; kk++) {
+		uint32_t a[4];
+		ld_a<DK>(a, s.K, warp * 16, kk * 16, lane);
+#pragma unroll
+		for (int np = 0; np < GC / 16; np++)
+			if (np >= warp) {
+				uint32_t bb[4];
+				ld_b_nk<DK>(bb, s.Q, np * 16, kk * 16, lane);
+				mma16816(mt[2 * np], a, bb[0], bb[1]);
+				mma16816(mt[2 * np + 1], a, bb[2], bb[3]);
+			}
+	}
+#pragma unroll
+	for (int nt = 0; nt < GC / 8; nt++)
+		if (nt >= 2 * warp)
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				int j = r0 + (e >> 1) * 8, i = nt * 8 + col + (e & 1);
+				mt[nt][e] = i >= j ? expf(s.g[i] - s.g[j]) * mt[nt][e] : 0.0f;
+			}
+#pragma unroll
+	for (int kk = 0; kk < GC / 16; kk++)
+		if (kk >= warp) {
+			uint32_t a[4];
+			c_to_a(a, mt[2 * kk], mt[2 * kk + 1]);
+#pragma unroll
+			for (int np = 0; np < DV / 16; np++) {
+				uint32_t bb[4];
+				ld_b_kn<DV>(bb, s.dO, kk * 16, np * 16, lane);
+				mma16816(dv[2 * np], a, bb[0], bb[1]);
+				mma16816(dv[2 * np + 1], a, bb[2], bb[3]);
+			}
+		}
+	bf16 *dvr = dVg + (crow + r0) * DV + col;
+#pragma unroll
+	for (int nt = 0; nt < DV / 8; nt++) {
+		*(uint32_t *)(dvr + nt * 8) = pack_bf16(scale * dv[nt][0], scale * dv[nt][1]);
+		*(uint32_t *)(dvr + 8 * DV + nt * 8) = pack_bf16(scale * dv[nt][2], scale * dv[nt][3]);
+	}
+}
+
 template <int DK, int DV> struct tc_bgrad_smem {
 	bf16 Q[GC * DK], K[GC * DK], V[GC * DV], dO[GC * DV], Vp[GC * DV], dVp[GC * DV];
 	bf16 S[DK * DV], dH[DK * DV], T[GC * GC], M1[GC * GC], M2[GC * GC], dW[GC * DK];
 	float g[GC], b[GC], row[GC], colw[4][GC], red[4];
 };
-
-/* Zeroed accumulators. */
-template <int N> static __device__ __forceinline__ void acc_zero(float (&a)[N][4])
-{
-#pragma unroll
-	for (int i = 0; i < N; i++)
-		a[i][0] = a[i][1] = a[i][2] = a[i][3] = 0.0f;
-}
 
 /* acc (16 rows x 16*NP) += A (16 x 16*KT, rows r0 of a [m][k] tile of width
  * WA) B (from a [n][k] tile of width WB, n tiles up to np_end). */
@@ -2672,6 +3024,23 @@ static __device__ __forceinline__ void dot_rows(float &lo, float &hi, const floa
 		__nv_bfloat162 c = *(const __nv_bfloat162 *)(y + swz<W>(r + 8, nt * 8 + col));
 		lo += x[nt][0] * __low2float(a) + x[nt][1] * __high2float(a);
 		hi += x[nt][2] * __low2float(c) + x[nt][3] * __high2float(c);
+	}
+}
+
+/* Asks L2 for the rows (< n) of a chunk of a gradient (B,Tn,H,W) that
+ * the block adds into later (put_grad), so that their read waits on L2,
+ * not memory. */
+template <int W>
+static __device__ __forceinline__ void grad_prefetch(gacc g, int64_t tok0, int64_t H, int n,
+						     int tid)
+{
+	if (!g.p)
+		return;
+	const int esz = g.f32 ? 4 : 2, lines = W * esz / 128;
+	for (int e = tid; e < n * lines; e += TC_THREADS) {
+		const char *p = (const char *)g.p + (tok0 + (int64_t)(e / lines) * H) * W * esz +
+				(e % lines) * 128;
+		asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
 	}
 }
 
@@ -2799,6 +3168,9 @@ gdn_tc_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 	load_tile<DV, DK>(s.dH, dHs + (bh * nch + ci) * DK * DV, DV, 0, DK, tid);
 	load_tile<GC, GC>(s.T, Tg + crow * GC, GC, 0, GC, tid);
 	cp_commit();
+	grad_prefetch<DK>(gr.q, tok0, H, n, tid);
+	grad_prefetch<DK>(gr.k, tok0, H, n, tid);
+	grad_prefetch<DV>(gr.v, tok0, H, n, tid);
 	if (tid < GC) {
 		s.g[tid] = Gg[crow + tid];
 		s.b[tid] = tid < n ? tof(be[tok0 + (int64_t)tid * H]) : 0.0f;
@@ -3055,26 +3427,6 @@ gdn_tc_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 		put_dloga(gr.la, s.g, tok0, H, n, tid);
 }
 
-template <int DK, int DV, int BV>
-static int tc_bwd_walks(lmk_cuda_backend *b, bf16 *Hs, bf16 *Vg, bf16 *dHs, bf16 *dVg,
-			const bf16 *dout, const bf16 *q, const bf16 *k, const bf16 *W, const bf16 *U,
-			const float *G, int64_t B, int64_t Tn, int64_t H, int nch, float scale)
-{
-	size_t sw = sizeof(tc_walk_smem<DK, BV>), sb = sizeof(tc_bwalk_smem<DK, BV>);
-	LMK_CK(cudaFuncSetAttribute(gdn_tc_walk<DK, DV, BV, true>,
-				    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sw));
-	LMK_CK(cudaFuncSetAttribute(gdn_tc_bwalk<DK, DV, BV>,
-				    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb));
-	dim3 grid((unsigned)(B * H), DV / BV);
-	gdn_tc_walk<DK, DV, BV, true><<<grid, TC_THREADS, sw, b->stream>>>(
-		(bf16 *)NULL, q, k, W, U, G, Hs, Vg, Tn, H, nch, scale);
-	LMK_CK_LAUNCH();
-	gdn_tc_bwalk<DK, DV, BV><<<grid, TC_THREADS, sb, b->stream>>>(dHs, dVg, dout, q, k, W, G, Tn,
-								      H, nch, scale);
-	LMK_CK_LAUNCH();
-	return 0;
-}
-
 /* The tensor-core backward (see above). Scratch a head: nch*GC (DK + 3 DV
  * + GC) bf16, nch*GC floats, 2 nch DK DV bf16. */
 template <int DK, int DV>
@@ -3104,14 +3456,20 @@ static int tc_bwd_launch(lmk_cuda_backend *b, gdn_grads gr, const bf16 *dout, co
 	dim3 gc((unsigned)nch, (unsigned)(B * H));
 	gdn_tc_prep<DK, DV><<<gc, TC_THREADS, sp, b->stream>>>(W, U, G, Tg, k, v, la, be, Tn, H, nch);
 	LMK_CK_LAUNCH();
-	int rc = B * H * (DV / 64) >= 264
-			 ? tc_bwd_walks<DK, DV, 64>(b, Hs, Vg, dHs, dVg, dout, q, k, W, U, G, B, Tn, H,
-						    nch, scale)
-		 : B * H * (DV / 32) >= 264
-			 ? tc_bwd_walks<DK, DV, 32>(b, Hs, Vg, dHs, dVg, dout, q, k, W, U, G, B, Tn, H,
-						    nch, scale)
-			 : tc_bwd_walks<DK, DV, 16>(b, Hs, Vg, dHs, dVg, dout, q, k, W, U, G, B, Tn, H,
-						    nch, scale);
+	const bool split = gdn_split(B * H * (DV / 16));
+	if (split) {
+		size_t si = sizeof(tc_bintra_smem<DK, DV>);
+		LMK_CK(cudaFuncSetAttribute(gdn_tc_bintra<DK, DV>,
+					    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)si));
+		gdn_tc_bintra<DK, DV><<<gc, TC_THREADS, si, b->stream>>>(dVg, dout, q, k, G, Tn, H,
+									  nch, scale);
+		LMK_CK_LAUNCH();
+	}
+	tc_walk_args a = {NULL, Hs, Vg, dHs, dVg, q, k, W, U, dout, G, B, Tn, H, nch, scale};
+	int rc = tc_walk_launch<WALK_SAVE, DK, DV>(b, a);
+	if (rc < 0)
+		return rc;
+	rc = split ? tc_walk_launch<WALK_BSPLIT, DK, DV>(b, a) : tc_walk_launch<WALK_BWD, DK, DV>(b, a);
 	if (rc < 0)
 		return rc;
 	gdn_tc_bgrad<DK, DV><<<gc, TC_THREADS, sg, b->stream>>>(gr, dout, q, k, v, la, be, G, Tg, Hs,
@@ -3328,12 +3686,14 @@ static __device__ __forceinline__ float quad_sum(float x)
 	return x;
 }
 
-/* The bgrad region that holds S_l and D_l during the level sweeps, then
+/* The bgrad region that holds S_l and D_l during the level sweeps (NB
+ * buffers of both: two where they fit in the space of what follows), then
  * the dW tile and four GC x GC tiles (bf16 elements): at DK = DV = 64
  * the block fits twice an SM. */
 template <int DK, int DV> struct ll_sd {
 	static constexpr int A = 2 * DK * DV, B = GC * DK + 4 * GC * GC;
-	static constexpr int N = A > B ? A : B;
+	static constexpr int NB = 2 * A <= B ? 2 : 1;
+	static constexpr int N = NB * A > B ? NB * A : B;
 };
 
 template <int DK, int DV> struct ll_bgrad_smem {
@@ -3342,31 +3702,53 @@ template <int DK, int DV> struct ll_bgrad_smem {
 	float g[GC], b[GC], lam[GC][8], lamc[GC][LL_LW], row[GC], colw[4][GC], colb[4][GC], red[4];
 };
 
-/* The state tiles of level l of chunk ci into SD: S (always), D (when
- * wantd: D_g for a merging level, else its saved D_l) unless it is D_g
- * and D already holds it. */
+/* The level tiles of bgrad in the order its sweeps read them, item it:
+ * S_l for each live level l (the set bits of ci, l - 1), then, unless the
+ * chunk is the last, D_g alone, then S_l and D (D_g for a merging level,
+ * l <= j, else its saved D_l) for each live level, twice (sweeps 2 and 3).
+ * Item it loads into buffer it % NB of SD (S, then D). */
 template <int DK, int DV>
-static __device__ __forceinline__ void ll_sd_load(ll_bgrad_smem<DK, DV> &s, const bf16 *Ss,
-						  const bf16 *Dgs, const bf16 *Ds, int64_t bh,
-						  int64_t NS, int nch, int ci, int l, int j, bool wantd,
-						  bool &dg_in, int tid)
+static __device__ __forceinline__ void ll_sd_issue(ll_bgrad_smem<DK, DV> &s, const bf16 *Ss,
+						   const bf16 *Dgs, const bf16 *Ds, int64_t bh,
+						   int64_t NS, int nch, int ci, int j, int nlive,
+						   int it, int tid)
 {
-	__syncthreads(); /* the previous tiles read by every warp */
-	const int64_t sl = ll_slot(ci, l);
-	load_tile<DV, DK>(s.SD, Ss + (bh * NS + sl) * DK * DV, DV, 0, DK, tid);
-	if (wantd) {
-		if (l > j) {
-			load_tile<DV, DK>(s.SD + DK * DV, Ds + (bh * NS + sl) * DK * DV, DV, 0, DK, tid);
-			dg_in = false;
-		} else if (!dg_in) {
-			load_tile<DV, DK>(s.SD + DK * DV, Dgs + (bh * nch + ci) * DK * DV, DV, 0, DK,
+	bf16 *S = s.SD + (it % ll_sd<DK, DV>::NB) * 2 * DK * DV, *D = S + DK * DV;
+	const bf16 *dg = Dgs + (bh * nch + ci) * DK * DV;
+	if (it == nlive) {
+		load_tile<DV, DK>(D, dg, DV, 0, DK, tid);
+	} else {
+		int m = ci;
+		for (int t = it < nlive ? it : (it - nlive - 1) % nlive; t > 0; t--)
+			m &= m - 1;
+		const int l = __ffs(m);
+		const int64_t sl = ll_slot(ci, l);
+		load_tile<DV, DK>(S, Ss + (bh * NS + sl) * DK * DV, DV, 0, DK, tid);
+		if (it > nlive)
+			load_tile<DV, DK>(D, l > j ? Ds + (bh * NS + sl) * DK * DV : dg, DV, 0, DK,
 					  tid);
-			dg_in = true;
-		}
 	}
 	cp_commit();
-	cp_wait_all();
-	__syncthreads();
+}
+
+/* Item it of ni ready in its buffer, returned (with two buffers, item it
+ * was issued before and item it + 1 starts loading now). */
+template <int DK, int DV>
+static __device__ __forceinline__ bf16 *ll_sd_next(ll_bgrad_smem<DK, DV> &s, const bf16 *Ss,
+						   const bf16 *Dgs, const bf16 *Ds, int64_t bh,
+						   int64_t NS, int nch, int ci, int j, int nlive,
+						   int it, int ni, int tid)
+{
+	constexpr int NB = ll_sd<DK, DV>::NB;
+	if (NB == 1) {
+		__syncthreads(); /* the previous tiles read by every warp */
+		ll_sd_issue<DK, DV>(s, Ss, Dgs, Ds, bh, NS, nch, ci, j, nlive, it, tid);
+	}
+	cp_wait<0>();
+	__syncthreads(); /* item it landed; item it - 1 read by every warp */
+	if (NB == 2 && it + 1 < ni)
+		ll_sd_issue<DK, DV>(s, Ss, Dgs, Ds, bh, NS, nch, ci, j, nlive, it + 1, tid);
+	return s.SD + (it % NB) * 2 * DK * DV;
 }
 
 /* grid (chunks, B*H), TC_THREADS: the token gradients of one chunk (warp
@@ -3399,7 +3781,8 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 	const int col = (lane & 3) << 1, i0 = warp * 16, r0 = i0 + (lane >> 2);
 	const bool last = ci == nch - 1;
 	const int j = last ? 0 : __ffs(ci + 1) - 1;
-	bf16 *const sS = s.SD, *const sD = s.SD + DK * DV;
+	const int nlive = __popc(ci), ni = nlive + (last ? 0 : 1 + 2 * nlive);
+	int it = 0; /* the next item of level tiles (ll_sd_issue) */
 	bf16 *const sdW = s.SD, *const sP = s.SD + GC * DK, *const sZ = sP + GC * GC;
 	bf16 *const sDB = sZ + GC * GC, *const sAL = sDB + GC * GC, *const sM2 = sDB;
 	load_tile<DK, GC>(s.Q, q + (b * Tn * H + h) * DK, H * DK, t0, Tn, tid);
@@ -3411,6 +3794,11 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 	load_tile<DK, GC>(s.X1, Qeg + crow * DK, DK, 0, GC, tid);
 	load_tile<DV, GC>(s.X2, Ug + crow * DV, DV, 0, GC, tid);
 	cp_commit();
+	if (ll_sd<DK, DV>::NB == 2 && ni > 0)
+		ll_sd_issue<DK, DV>(s, Ss, Dgs, Ds, bh, NS, nch, ci, j, nlive, 0, tid);
+	grad_prefetch<DK>(gr.q, tok0, H, n, tid);
+	grad_prefetch<DK>(gr.k, tok0, H, n, tid);
+	grad_prefetch<DV>(gr.v, tok0, H, n, tid);
 	if (tid < GC) {
 		s.g[tid] = Gg[crow + tid];
 		s.b[tid] = tid < n ? tof(be[tok0 + (int64_t)tid * H]) : 0.0f;
@@ -3427,7 +3815,6 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 	const float e_lo = expf(gl - g_lo), e_hi = expf(gl - g_hi);
 	const float gm_lo = expf(g_lo), gm_hi = expf(g_hi);
 	float rg_lo = 0, rg_hi = 0, rb_lo = 0, rb_hi = 0, dgn = 0;
-	bool dg_in = false;
 	/* sweep 1: dQe = Σ_l diag(lam_l) dÕ S_lᵀ; dlam_{6+l} = rowdot(dÕ, Qe S_l) */
 	{
 		float dqe[DK / 8][4];
@@ -3435,7 +3822,8 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 		for (int l = 1; l < nlevc; l++) {
 			if (!((ci >> (l - 1)) & 1))
 				continue;
-			ll_sd_load<DK, DV>(s, Ss, Dgs, Ds, bh, NS, nch, ci, l, j, false, dg_in, tid);
+			const bf16 *sS = ll_sd_next<DK, DV>(s, Ss, Dgs, Ds, bh, NS, nch, ci, j, nlive,
+							    it++, ni, tid);
 			{
 				float t[DK / 8][4];
 				acc_zero(t);
@@ -3493,12 +3881,9 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 		{
 			float u[DV / 8][4];
 			acc_zero(u);
-			__syncthreads();
-			load_tile<DV, DK>(sD, Dgs + (bh * nch + ci) * DK * DV, DV, 0, DK, tid);
-			cp_commit();
-			cp_wait_all();
-			__syncthreads();
-			dg_in = true;
+			const bf16 *sD = ll_sd_next<DK, DV>(s, Ss, Dgs, Ds, bh, NS, nch, ci, j, nlive,
+							    it++, ni, tid) +
+					 DK * DV;
 			mm_ank<DV, DV, DV / 16, DK / 16>(dk, s.X2, sD, i0, DK / 16, lane);
 			mm_akn<DK, DV, DK / 16, DV / 16>(u, s.K, sD, i0, lane);
 			__syncthreads(); /* U read by every warp: X2 becomes dU */
@@ -3514,7 +3899,9 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 		for (int l = 1; l < nlevc; l++) {
 			if (!((ci >> (l - 1)) & 1))
 				continue;
-			ll_sd_load<DK, DV>(s, Ss, Dgs, Ds, bh, NS, nch, ci, l, j, true, dg_in, tid);
+			const bf16 *sS = ll_sd_next<DK, DV>(s, Ss, Dgs, Ds, bh, NS, nch, ci, j, nlive,
+							    it++, ni, tid),
+				   *sD = sS + DK * DV;
 			float x[DV / 8][4];
 			acc_zero(x);
 			mm_akn<DK, DV, DK / 16, DV / 16>(x, s.W, sS, i0, lane);
@@ -3549,7 +3936,9 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 		for (int l = 1; !last && l < nlevc; l++) {
 			if (!((ci >> (l - 1)) & 1))
 				continue;
-			ll_sd_load<DK, DV>(s, Ss, Dgs, Ds, bh, NS, nch, ci, l, j, true, dg_in, tid);
+			const bf16 *sS = ll_sd_next<DK, DV>(s, Ss, Dgs, Ds, bh, NS, nch, ci, j, nlive,
+							    it++, ni, tid),
+				   *sD = sS + DK * DV;
 			float z[DV / 8][4];
 			acc_zero(z);
 			mm_akn<DK, DV, DK / 16, DV / 16>(z, s.K, sD, i0, lane);
