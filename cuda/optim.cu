@@ -11,7 +11,7 @@
 #define NORM_CHUNK 65536 /* elements per partial sum, as lib/optim.c */
 
 __global__ void adamw_k(float *p, const float *g, float *m, float *v, bf16 *lp,
-			const lmk_cuda_span *spans, int nt, int64_t n, float w1, float om1,
+			const lmk_cuda_span *spans, int nt, int64_t n, float gscale, float w1, float om1,
 			int small_w, float w2, float b2, float eps, int decay, float keep,
 			float neg_step, float bc2_sqrt)
 {
@@ -29,7 +29,7 @@ __global__ void adamw_k(float *p, const float *g, float *m, float *v, bf16 *lp,
 		const lmk_cuda_span sp = spans[lo];
 		if (i < (int64_t)sp.off || i >= (int64_t)sp.off + sp.n)
 			continue; /* padding between tensors */
-		float gi = g[i], pi = p[i], mi = m[i], vi = v[i];
+		float gi = __fmul_rn(g[i], gscale), pi = p[i], mi = m[i], vi = v[i];
 		if (decay && sp.decay)
 			pi = __fmul_rn(pi, keep);
 		if (small_w)
@@ -48,15 +48,15 @@ __global__ void adamw_k(float *p, const float *g, float *m, float *v, bf16 *lp,
 }
 
 extern "C" int lmk_cuda_adamw_step(void *be, float *p, const float *g, float *m, float *v,
-				   void *lp, const lmk_cuda_span *spans, int nt, size_t n, float w1,
-				   float om1, int small_w, float w2, float b2, float eps, int decay,
+				   void *lp, const lmk_cuda_span *spans, int nt, size_t n, float gscale,
+				   float w1, float om1, int small_w, float w2, float b2, float eps, int decay,
 				   float keep, float neg_step, float bc2_sqrt)
 {
 	lmk_cuda_backend *b = LMK_BE(be);
 	if (n == 0 || nt == 0)
 		return 0;
 	adamw_k<<<grid_for((int64_t)n, THREADS), THREADS, 0, b->stream>>>(
-		p, g, m, v, (bf16 *)lp, spans, nt, (int64_t)n, w1, om1, small_w, w2, b2, eps, decay,
+		p, g, m, v, (bf16 *)lp, spans, nt, (int64_t)n, gscale, w1, om1, small_w, w2, b2, eps, decay,
 		keep, neg_step, bc2_sqrt);
 	LMK_CK_LAUNCH();
 	return 0;

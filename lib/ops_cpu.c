@@ -273,6 +273,13 @@ void lmk_cpu_linear_backward(float *dinp, float *dw, float *db, const float *dou
 	gemm_par(g, n);
 }
 
+void lmk_cpu_linear_add_forward(float *out, const float *inp, const float *w, const float *b,
+				const float *r, int64_t N, int64_t IC, int64_t OC)
+{
+	lmk_cpu_linear_forward(out, inp, w, b, N, IC, OC);
+	lmk_cpu_add_forward(out, r, out, 1, N * OC);
+}
+
 /* ------------------------------------------------------------- rmsnorm */
 
 void lmk_cpu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w,

@@ -516,6 +516,8 @@ lmk_tensor *lmk_reshape(lmk_ctx *c, lmk_tensor *x, int ndim, const int64_t *shap
 	lmk_tensor_setshape(t, ndim, s);
 	t->base = owner(x);
 	t->gunwritten = 0;
+	t->viewed = 0;
+	t->base->viewed = 1;
 	return t;
 }
 
@@ -553,12 +555,22 @@ static int wants(const lmk_node *n, int j)
 	return n->in[j] && n->in[j]->requires_grad && n->in[j]->grad;
 }
 
+/* Whether in[j] of n may take over out's gradient memory: its gradient
+ * is out's (passes), and only the two descriptors hold the pointers. */
+static int can_pass(const lmk_node *n, int j)
+{
+	const lmk_tensor *t = n->in[j], *o = n->out;
+	return (n->passes >> j & 1) && !n->passed && o && !o->base && o->grad && !t->base &&
+	       !t->viewed && t->n == o->n && t->gdtype == o->gdtype && t->dev == o->dev;
+}
+
 int lmk_node_backward(lmk_ctx *c, lmk_node *n)
 {
 	int rc;
 	if (!n->backward || (n->out && owner(n->out)->gunwritten))
 		return 0;
 	n->assign = 0;
+	n->passed = 0;
 	for (int j = 0; j < LMK_NODE_MAXIN; j++) {
 		if (!wants(n, j) || !owner(n->in[j])->gunwritten)
 			continue;
@@ -566,7 +578,13 @@ int lmk_node_backward(lmk_ctx *c, lmk_node *n)
 		int shared = 0;
 		for (int k = 0; k < LMK_NODE_MAXIN; k++)
 			shared |= k != j && wants(n, k) && owner(n->in[k]) == owner(n->in[j]);
-		if ((n->writes >> j & 1) && !shared) {
+		if (!shared && can_pass(n, j)) {
+			/* its gradient is out's, which no one reads after this
+			 * backward: the same memory, no copy */
+			n->in[j]->grad = n->out->grad;
+			n->in[j]->gunwritten = 0;
+			n->passed |= 1 << j;
+		} else if ((n->writes >> j & 1) && !shared) {
 			n->assign |= 1 << j;
 			owner(n->in[j])->gunwritten = 0;
 		} else if ((rc = lmk_grad_zero(c, n->in[j])) < 0) {

@@ -630,13 +630,17 @@ int lmk_trainer_step(lmk_trainer *tr, lmk_train_stats *st)
 			return lmk_err(LMK_ENUM, "step %lld: the loss (the mean over %d ranks) is %g; the run "
 				       "diverged (try a lower --lr)", (long long)tr->step + 1, W, st->loss);
 	}
-	st->grad_norm = lmk_clip_grad_norm(tr->params, tr->cfg.grad_clip);
+	/* AdamW applies the clipping factor as it reads the gradient; GaLore
+	 * reads the gradient itself, so clip it first */
+	float coef = 1.0f;
+	st->grad_norm = tr->galore ? lmk_clip_grad_norm(tr->params, tr->cfg.grad_clip)
+				   : lmk_grad_norm(tr->params, tr->cfg.grad_clip, &coef);
 	if (!isfinite(st->grad_norm))
 		return lmk_err(LMK_ENUM, "step %lld: the gradient norm is %g; the run diverged (try a lower --lr)",
 			       (long long)tr->step + 1, st->grad_norm);
 	st->lr = lmk_schedule_lr(&tr->sched, tr->step);
 	if (!tr->galore)
-		lmk_adamw_step(&tr->opt, st->lr);
+		lmk_adamw_step_scaled(&tr->opt, st->lr, coef);
 	else if ((rc = lmk_galore_step(tr->galore, st->lr)) < 0)
 		return rc;
 	/* On a device the update is only queued: wait for it, so that the step
