@@ -556,12 +556,14 @@ static int wants(const lmk_node *n, int j)
 }
 
 /* Whether in[j] of n may take over out's gradient memory: its gradient
- * is out's (passes), and only the two descriptors hold the pointers. */
+ * is out's (passes), only the two descriptors hold the pointers, and it is
+ * an activation (a parameter's gradient lives in its set's buffer). */
 static int can_pass(const lmk_node *n, int j)
 {
 	const lmk_tensor *t = n->in[j], *o = n->out;
 	return (n->passes >> j & 1) && !n->passed && o && !o->base && o->grad && !t->base &&
-	       !t->viewed && t->n == o->n && t->gdtype == o->gdtype && t->dev == o->dev;
+	       !t->viewed && !t->name && t->n == o->n && t->gdtype == o->gdtype &&
+	       t->dev == o->dev;
 }
 
 int lmk_node_backward(lmk_ctx *c, lmk_node *n)
@@ -739,6 +741,26 @@ void lmk_params_zero_grad(lmk_params *p)
 {
 	if (p->grad)
 		dev_memset(p->dev, p->backend, p->grad, 0, p->n * sizeof(float));
+}
+
+void lmk_params_grad_unwritten(lmk_params *p)
+{
+	for (int i = 0; p->grad && i < p->nt; i++)
+		p->t[i].gunwritten = 1;
+}
+
+int lmk_params_grad_settle(lmk_params *p)
+{
+	int rc;
+	for (int i = 0; p->grad && i < p->nt; i++) {
+		lmk_tensor *t = &p->t[i];
+		if (!t->gunwritten)
+			continue;
+		t->gunwritten = 0;
+		if ((rc = dev_memset(p->dev, p->backend, t->grad, 0, (size_t)t->n * sizeof(float))) < 0)
+			return rc;
+	}
+	return 0;
 }
 
 int lmk_params_to_device(lmk_params *p, lmk_ctx *c)

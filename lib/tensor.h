@@ -185,8 +185,8 @@ int lmk_grad_zero(lmk_ctx *c, lmk_tensor *t);
  * zeroed first, except those the backward can assign (n->writes; not when
  * two inputs share a gradient), which it is told to assign (n->assign);
  * all of them are written afterwards. One input whose gradient is out's
- * (n->passes), unwritten, neither a view nor viewed, of out's size and
- * dtype, takes over out's gradient memory instead (n->passed; no copy): the
+ * (n->passes), unwritten, an activation neither a view nor viewed, of out's
+ * size and dtype, takes over out's gradient memory instead (n->passed; no copy): the
  * residual stream's gradient is then one buffer, as in llm.c. From then on
  * out's gradient memory is that input's, so after the step it reads as the
  * input's gradient (a tape's op outputs are intermediate values).
@@ -238,6 +238,14 @@ int lmk_params_add(lmk_params *p, const char *name, int ndim, const int64_t *sha
 int lmk_params_alloc(lmk_params *p);
 /* On CUDA, queued on the stream of the context given to _to_device. */
 void lmk_params_zero_grad(lmk_params *p);
+/* Instead of zeroing: marks every gradient unwritten (gunwritten), so that
+ * the first backward reaching it assigns it (a product's dw with beta 0)
+ * and no pass over the whole buffer is paid; the padding between tensors,
+ * which nothing writes, stays zero. After the backwards, _settle zeroes
+ * those still unwritten (parameters no node read), so that the whole
+ * buffer holds the gradient again. @return (settle) : 0 or < 0 */
+void lmk_params_grad_unwritten(lmk_params *p);
+int lmk_params_grad_settle(lmk_params *p);
 /* Moves the parameters to c's device (no-op on a CPU context): data and
  * grad become device buffers (the host ones are freed) and, when c
  * computes in BF16, a bf16 copy lp is made that ops read. Initialise or

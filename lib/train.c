@@ -602,7 +602,14 @@ int lmk_trainer_step(lmk_trainer *tr, lmk_train_stats *st)
 	double sum = 0, l = 0;
 	int rc;
 
-	lmk_params_zero_grad(tr->params);
+	/* The gradients start unwritten and the first backward to reach each
+	 * assigns it, instead of a pass zeroing them all; data parallel
+	 * all-reduces buckets as they complete, before any settling, so it
+	 * zeroes them. */
+	if (dp)
+		lmk_params_zero_grad(tr->params);
+	else
+		lmk_params_grad_unwritten(tr->params);
 	for (int a = 0; a < A; a++) {
 		/* data parallel: the group's windows, the same draw on every
 		 * rank; tr->x and tr->y are this rank's rows of them */
@@ -617,6 +624,8 @@ int lmk_trainer_step(lmk_trainer *tr, lmk_train_stats *st)
 			return rc;
 		sum += l;
 	}
+	if (!dp && (rc = lmk_params_grad_settle(tr->params)) < 0)
+		return rc;
 	lmk_ctx_reset(&tr->ctx);
 	st->loss = sum / A;
 	if (dp) {
