@@ -185,9 +185,10 @@ __global__ void rmsnorm_bwd8_dw(gacc dinp, bool set, float *part /*(R,C)*/, cons
 	}
 }
 
-/* dw[j] += the R parts of column j in order: thread (x, y) of a block of
- * 32 columns sums parts y, y + 8, ..., then row 0 adds the eight. */
-__global__ void rmsnorm_dw_finish(gacc dw, const float *part, int64_t R, int64_t C)
+/* dw[j] += the R parts of column j in order (or =, set): thread (x, y) of
+ * a block of 32 columns sums parts y, y + 8, ..., then row 0 adds the
+ * eight. */
+__global__ void rmsnorm_dw_finish(gacc dw, bool set, const float *part, int64_t R, int64_t C)
 {
 	__shared__ float sh[8][33];
 	int64_t j = (int64_t)blockIdx.x * 32 + threadIdx.x;
@@ -201,7 +202,7 @@ __global__ void rmsnorm_dw_finish(gacc dw, const float *part, int64_t R, int64_t
 		float t = 0.0f;
 		for (int y = 0; y < 8; y++)
 			t += sh[y][threadIdx.x];
-		gadd(dw, j, t);
+		gput(dw, set, j, t);
 	}
 }
 
@@ -246,7 +247,7 @@ extern "C" int lmk_cuda_rmsnorm_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, 
 				      (const T *)inp, (const T *)w, rstd, N, C));
 		LMK_CK_LAUNCH();
 		rmsnorm_dw_finish<<<(unsigned)((C + 31) / 32), dim3(32, 8), 0, b->stream>>>(
-			to_gacc(dw), part, R, C);
+			to_gacc(dw), assign & 2, part, R, C);
 		LMK_CK_LAUNCH();
 		return 0;
 	}
@@ -263,6 +264,8 @@ extern "C" int lmk_cuda_rmsnorm_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, 
 				      (const T *)w, rstd, N, C));
 		LMK_CK_LAUNCH();
 	}
+	if (dw.p && (assign & 2))
+		LMK_CK(cudaMemsetAsync(dw.p, 0, (size_t)C * lmk_dtype_size(dw.dt), b->stream));
 	if (dw.p)
 		LMK_DT_SWITCH(dt, "rmsnorm",
 			      return colsum<COLSUM_RMS, T>(b, dw, (const T *)dout, (const T *)inp, rstd,

@@ -318,7 +318,8 @@ lmk_tensor *lmk_rmsnorm(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, float eps)
 		n->i[0] = N;
 		n->i[1] = C;
 		n->f[0] = eps;
-		n->writes = 1;
+		/* dx, and dw (nothing to write in it when N is 0) */
+		n->writes = N ? 3 : 1;
 	}
 	return out;
 }

@@ -305,7 +305,7 @@ void lmk_cpu_rmsnorm_backward(float *dinp, float *dw, const float *dout, const f
 	/* y = x r w:  dx = r (g w - x̂ mean(g w x̂)) with x̂ = x r;  dw = Σ g x̂
 	 * (rows for dx, column blocks for dw, in one parallel region) */
 	int64_t nb = (C + COLS - 1) / COLS;
-	int set = assign & 1;
+	int set = assign & 1, setw = assign & 2;
 #pragma omp parallel if (N * C > PAR_MIN)
 	{
 		if (dinp) {
@@ -333,7 +333,7 @@ void lmk_cpu_rmsnorm_backward(float *dinp, float *dw, const float *dout, const f
 						acc[j - j0] += (double)g[j] * (x[j] * rstd[n]);
 				}
 				for (int64_t j = j0; j < j1; j++)
-					dw[j] += (float)acc[j - j0];
+					dw[j] = (setw ? 0.0f : dw[j]) + (float)acc[j - j0];
 			}
 		}
 	}

@@ -51,7 +51,7 @@ void lmk_cpu_linear_add_forward(float *out /*(N,OC)*/, const float *inp /*(N,IC)
 				const float *r /*(N,OC)*/, int64_t N, int64_t IC, int64_t OC);
 
 /* out = inp * rstd * w, rstd = 1/sqrt(mean(inp²) + eps) saved per row;
- * assign: dinp (bit 0), and so for layernorm. */
+ * assign: dinp (bit 0), and so for layernorm; rmsnorm's dw too (bit 1). */
 void lmk_cpu_rmsnorm_forward(float *out /*(N,C)*/, float *rstd /*(N)*/,
 			     const float *inp /*(N,C)*/, const float *w /*(C) or NULL*/,
 			     int64_t N, int64_t C, float eps);
