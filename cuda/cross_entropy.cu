@@ -5,8 +5,11 @@
  * A second, single-block kernel takes the mean over the counted rows in a
  * fixed order. The backward recomputes each probability from lse and adds
  * it into dlogits row by row, or writes dlogits whole (zeros in the rows not
- * counted) when the tape left it unwritten (set). Both read eight logits at a time (16-byte loads) when
- * V is a multiple of 8. */
+ * counted) when the tape left it unwritten (set). Both read eight logits at
+ * a time (16-byte loads) when V is a multiple of 8. In a training step the
+ * forward writes the gradient itself while each row is at hand
+ * (ce_rows_grad8: the count first, then one pass over the logits instead
+ * of two), and the backward only checks that the loss's gradient is 1. */
 #include <math.h>
 
 #include "common.cuh"
@@ -401,15 +404,18 @@ extern "C" int lmk_cuda_cross_entropy_backward(void *be, lmk_dtype dt, lmk_gbuf 
 		return 0;
 	if (check_gbuf("cross_entropy", dt, dlogits) < 0)
 		return lmk_errcode();
+	/* with the forward's gradient in place most launches only read dloss:
+	 * fewer blocks (the kernels stride over the rows either way) */
+	unsigned grid = pre && (assign & 1) && N > 2048 ? 2048 : row_grid(N);
 	if (vec8_ok(V, logits, dlogits.p))
 		LMK_DT_SWITCH(dt, "cross_entropy",
-			      ce_bwd8<T><<<row_grid(N), THREADS, 0, b->stream>>>(
+			      ce_bwd8<T><<<grid, THREADS, 0, b->stream>>>(
 				      to_gacc(dlogits), assign & 1, pre && (assign & 1), dloss,
 				      (const T *)logits, lse,
 				      targets, N, V, ignore, count));
 	else
 		LMK_DT_SWITCH(dt, "cross_entropy",
-			      ce_bwd<T><<<row_grid(N), THREADS, 0, b->stream>>>(
+			      ce_bwd<T><<<grid, THREADS, 0, b->stream>>>(
 				      to_gacc(dlogits), assign & 1, pre && (assign & 1), dloss,
 				      (const T *)logits, lse,
 				      targets, N, V, ignore, count));

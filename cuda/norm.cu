@@ -186,21 +186,21 @@ __global__ void rmsnorm_bwd8_dw(gacc dinp, bool set, float *part /*(R,C)*/, cons
 }
 
 /* dw[j] += the R parts of column j in order (or =, set): thread (x, y) of
- * a block of 32 columns sums parts y, y + 8, ..., then row 0 adds the
- * eight. */
+ * a block of 32 columns sums parts y, y + 32, ... (few loads a thread, in
+ * flight together), then row 0 adds the 32 sums in order. */
 __global__ void rmsnorm_dw_finish(gacc dw, bool set, const float *part, int64_t R, int64_t C)
 {
-	__shared__ float sh[8][33];
+	__shared__ float sh[32][33];
 	int64_t j = (int64_t)blockIdx.x * 32 + threadIdx.x;
 	float s = 0.0f;
 	if (j < C)
-		for (int64_t c = threadIdx.y; c < R; c += 8)
+		for (int64_t c = threadIdx.y; c < R; c += 32)
 			s += part[c * C + j];
 	sh[threadIdx.y][threadIdx.x] = s;
 	__syncthreads();
 	if (threadIdx.y == 0 && j < C) {
 		float t = 0.0f;
-		for (int y = 0; y < 8; y++)
+		for (int y = 0; y < 32; y++)
 			t += sh[y][threadIdx.x];
 		gput(dw, set, j, t);
 	}
@@ -246,7 +246,7 @@ extern "C" int lmk_cuda_rmsnorm_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, 
 				      to_gacc(dinp), assign & 1, part, (const T *)dout,
 				      (const T *)inp, (const T *)w, rstd, N, C));
 		LMK_CK_LAUNCH();
-		rmsnorm_dw_finish<<<(unsigned)((C + 31) / 32), dim3(32, 8), 0, b->stream>>>(
+		rmsnorm_dw_finish<<<(unsigned)((C + 31) / 32), dim3(32, 32), 0, b->stream>>>(
 			to_gacc(dw), assign & 2, part, R, C);
 		LMK_CK_LAUNCH();
 		return 0;
