@@ -471,13 +471,24 @@ lmk_tensor *lmk_rope_apply(lmk_ctx *c, lmk_tensor *x, const lmk_rope *r, lmk_ten
 	if (!out)
 		return NULL;
 	/* On CUDA the kernels read a device copy of the table (the host one is
-	 * the caller's); it also serves the backward. */
+	 * the caller's); it also serves the backward, and the next layers of
+	 * the step (the tables do not change once made). */
 	float *dev_freq = NULL;
 	if (on_cuda(c)) {
-		lmk_tensor *ft = lmk_tensor_upload(c, LMK_F32, 1, (int64_t[]){D / 2}, r->inv_freq);
-		if (!ft)
-			return NULL;
-		dev_freq = ft->data;
+		size_t bytes = (size_t)(D / 2) * sizeof(float);
+		if (!c->rope_host || c->rope_n != D / 2 ||
+		    memcmp(c->rope_host, r->inv_freq, bytes)) {
+			lmk_tensor *ft = lmk_tensor_upload(c, LMK_F32, 1, (int64_t[]){D / 2},
+							   r->inv_freq);
+			float *h = lmk_arena_alloc(&c->meta, bytes);
+			if (!ft || !h)
+				return NULL;
+			memcpy(h, r->inv_freq, bytes);
+			c->rope_host = h;
+			c->rope_dev = ft->data;
+			c->rope_n = D / 2;
+		}
+		dev_freq = c->rope_dev;
 		if (CUDA(lmk_cuda_rope_forward(c->backend, c->dtype, out->data, X(c, x), pos->data,
 					       dev_freq, r->attn_factor, N, H, D)) < 0)
 			return NULL;

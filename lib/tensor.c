@@ -288,6 +288,9 @@ void lmk_ctx_reset(lmk_ctx *c)
 	lmk_arena_reset(&c->arena);
 	lmk_arena_reset(&c->meta);
 	c->ntape = 0;
+	c->rope_host = NULL;
+	c->rope_dev = NULL;
+	c->rope_n = 0;
 }
 
 /* The tensor that holds t's gradient state: t, or the base of a view. */

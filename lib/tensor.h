@@ -99,6 +99,12 @@ typedef struct lmk_ctx {
 			      * scalars: `arena` holds device memory on CUDA */
 	lmk_dtype dtype;     /* compute dtype: what ops make activations in
 			      * (F32; or BF16 on CUDA) */
+	float *rope_host;    /* CUDA: the rope table last uploaded in this step
+			      * (lmk_rope_apply; a copy in meta) and the arena
+			      * memory holding it, so that one upload serves
+			      * every layer; reset forgets them */
+	float *rope_dev;
+	int64_t rope_n;
 } lmk_ctx;
 
 /* Grad starts enabled; seed and counter start at 0; F32, and on CUDA
