@@ -5,8 +5,11 @@
  * A second, single-block kernel takes the mean over the counted rows in a
  * fixed order. The backward recomputes each probability from lse and adds
  * it into dlogits row by row, or writes dlogits whole (zeros in the rows not
- * counted) when the tape left it unwritten (set). Both read eight logits at a time (16-byte loads) when
- * V is a multiple of 8. */
+ * counted) when the tape left it unwritten (set). Both read eight logits at
+ * a time (16-byte loads) when V is a multiple of 8. In a training step the
+ * forward writes the gradient itself while each row is at hand
+ * (ce_rows_grad8: the count first, then one pass over the logits instead
+ * of two), and the backward only checks that the loss's gradient is 1. */
 #include <math.h>
 
 #include "common.cuh"
@@ -165,10 +168,12 @@ static __device__ __forceinline__ void ce_zero_row(G *q, int64_t V)
 }
 
 template <class T>
-__global__ void ce_bwd(gacc dlogits, bool set, const float *dloss, const T *logits,
+__global__ void ce_bwd(gacc dlogits, bool set, bool pre, const float *dloss, const T *logits,
 		       const float *lse, const int32_t *targets, int64_t N, int64_t V, int ignore,
 		       const int64_t *count)
 {
+	if (pre && dloss[0] == 1.0f)
+		return;
 	int64_t cnt = *count;
 	if (cnt == 0 && !set)
 		return;
@@ -217,10 +222,12 @@ static __device__ __forceinline__ void ce_put8(G *q, bool set, const float *d, i
 /* ce_bwd with eight logits a thread: V a multiple of 8, both buffers
  * aligned. */
 template <class T>
-__global__ void ce_bwd8(gacc dlogits, bool set, const float *dloss, const T *logits,
+__global__ void ce_bwd8(gacc dlogits, bool set, bool pre, const float *dloss, const T *logits,
 			const float *lse, const int32_t *targets, int64_t N, int64_t V, int ignore,
 			const int64_t *count)
 {
+	if (pre && dloss[0] == 1.0f)
+		return;
 	int64_t cnt = *count;
 	if (cnt == 0 && !set)
 		return;
@@ -250,15 +257,125 @@ __global__ void ce_bwd8(gacc dlogits, bool set, const float *dloss, const T *log
 	}
 }
 
+/* *count = the rows counted, before ce_rows_grad8 needs it. */
+__global__ void ce_count(int64_t *count, const int32_t *targets, int64_t N, int64_t V, int ignore)
+{
+	__shared__ double sh[32];
+	double cnt = 0.0;
+	for (int64_t n = threadIdx.x; n < N; n += blockDim.x)
+		cnt += counted(targets[n], ignore, V);
+	cnt = block_sum_d(cnt, sh);
+	if (threadIdx.x == 0)
+		*count = (int64_t)cnt;
+}
+
+/* ce_rows8 that also writes the gradient of the mean loss (dloss 1) into
+ * dlogits, as ce_bwd8 would assign it, while the row is at hand: each
+ * thread keeps its logits of the row in shared memory (SM: V of them fit)
+ * or reads them again (the first pass brought them into the caches), so
+ * the backward need not read the logits again. Each thread reads back only
+ * what it stored: no barrier between the passes beyond row_finish's. */
+template <class T, bool SM>
+__global__ void ce_rows_grad8(float *lse, float *rowloss, T *dlogits, const T *logits,
+			      const int32_t *targets, int64_t N, int64_t V, int ignore,
+			      const int64_t *count, unsigned *flags)
+{
+	extern __shared__ uint4 row_sh[];
+	__shared__ float shm[32], shs[32];
+	T *rs = (T *)row_sh;
+	int lane = threadIdx.x % 32, wid = threadIdx.x / 32, nw = blockDim.x / 32;
+	int64_t cnt = *count;
+	float f = cnt ? 1.0f / (float)cnt : 0.0f;
+	for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+		int32_t t = targets[n];
+		T *q = dlogits + n * V;
+		if (!counted(t, ignore, V)) {
+			if (threadIdx.x == 0) {
+				if (t != ignore)
+					atomicOr(flags, (unsigned)LMK_CUDA_BAD_TARGET);
+				lse[n] = 0.0f;
+				rowloss[n] = 0.0f;
+			}
+			ce_zero_row(q, V);
+			continue;
+		}
+		const T *x = logits + n * V;
+		float m = -INFINITY, s = 0.0f;
+		for (int64_t j = threadIdx.x; j < V / 8; j += blockDim.x) {
+			float v[8];
+			ld8(v, x + 8 * j);
+			if (SM)
+				st8(rs + 8 * j, v);
+			float m8 = v[0];
+			for (int k = 1; k < 8; k++)
+				m8 = fmaxf(m8, v[k]);
+			if (m8 > m) {
+				s = m == -INFINITY ? 0.0f : s * expf(m - m8);
+				m = m8;
+			}
+			if (m != -INFINITY)
+				for (int k = 0; k < 8; k++)
+					s += expf(v[k] - m);
+		}
+		row_finish(lse, rowloss, n, m, s, x + t, shm, shs, lane, wid, nw);
+		float L = lse[n]; /* written by thread 0 before row_finish's barrier */
+		for (int64_t j = threadIdx.x; j < V / 8; j += blockDim.x) {
+			float d[8];
+			ld8(d, SM ? rs + 8 * j : x + 8 * j);
+			for (int k = 0; k < 8; k++)
+				d[k] = f * expf(d[k] - L);
+			ce_put8(q + 8 * j, true, d, t - 8 * j, f);
+		}
+	}
+}
+
+#define CE_GRAD_THREADS 512
+#define CE_ROW_SMEM (64 << 10) /* a row kept in shared memory up to this size */
+
 static unsigned row_grid(int64_t N) { return (unsigned)(N < (1 << 30) ? (N < 1 ? 1 : N) : (1 << 30)); }
+
+/* With dlogits, the gradient too, where ce_rows_grad8 applies. */
+static int ce_forward_grad(lmk_cuda_backend *b, lmk_dtype dt, float *lse, int64_t *count,
+			   float *rowloss, void *dlogits, const void *logits,
+			   const int32_t *targets, int64_t N, int64_t V, int ignore)
+{
+	ce_count<<<1, 1024, 0, b->stream>>>(count, targets, N, V, ignore);
+	LMK_CK_LAUNCH();
+	size_t row = (size_t)V * lmk_dtype_size(dt);
+	unsigned grid = (unsigned)(N < 65536 ? N : 65536);
+	if (row <= CE_ROW_SMEM) {
+		LMK_DT_SWITCH(dt, "cross_entropy", {
+			LMK_CK(cudaFuncSetAttribute(ce_rows_grad8<T, true>,
+						    cudaFuncAttributeMaxDynamicSharedMemorySize,
+						    CE_ROW_SMEM));
+			ce_rows_grad8<T, true><<<grid, CE_GRAD_THREADS, row, b->stream>>>(
+				lse, rowloss, (T *)dlogits, (const T *)logits, targets, N, V, ignore,
+				count, b->flags);
+		});
+	} else {
+		LMK_DT_SWITCH(dt, "cross_entropy",
+			      ce_rows_grad8<T, false><<<grid, CE_GRAD_THREADS, 0, b->stream>>>(
+				      lse, rowloss, (T *)dlogits, (const T *)logits, targets, N, V,
+				      ignore, count, b->flags));
+	}
+	LMK_CK_LAUNCH();
+	return 0;
+}
 
 extern "C" int lmk_cuda_cross_entropy_forward(void *be, lmk_dtype dt, float *loss, float *lse,
 					      int64_t *count, float *rowloss, const void *logits,
 					      const int32_t *targets, int64_t N, int64_t V,
-					      int ignore)
+					      int ignore, void *dlogits)
 {
 	lmk_cuda_backend *b = LMK_BE(be);
-	if (N > 0) {
+	int wrote = 0;
+	if (N > 0 && dlogits && vec8_ok(V, logits, dlogits)) {
+		int rc = ce_forward_grad(b, dt, lse, count, rowloss, dlogits, logits, targets, N, V,
+					 ignore);
+		if (rc < 0)
+			return rc;
+		wrote = 1;
+	} else if (N > 0) {
 		if (vec8_ok(V, logits))
 			LMK_DT_SWITCH(dt, "cross_entropy",
 				      ce_rows8<T><<<row_grid(N), THREADS, 0, b->stream>>>(
@@ -273,28 +390,34 @@ extern "C" int lmk_cuda_cross_entropy_forward(void *be, lmk_dtype dt, float *los
 	}
 	ce_mean<<<1, 1024, 0, b->stream>>>(loss, count, rowloss, targets, N, V, ignore);
 	LMK_CK_LAUNCH();
-	return 0;
+	return wrote;
 }
 
 extern "C" int lmk_cuda_cross_entropy_backward(void *be, lmk_dtype dt, lmk_gbuf dlogits,
 					       const float *dloss, const void *logits,
 					       const float *lse, const int32_t *targets, int64_t N,
-					       int64_t V, int ignore, const int64_t *count, int assign)
+					       int64_t V, int ignore, const int64_t *count, int assign,
+					       int pre)
 {
 	lmk_cuda_backend *b = LMK_BE(be);
 	if (N == 0 || V == 0 || !dlogits.p)
 		return 0;
 	if (check_gbuf("cross_entropy", dt, dlogits) < 0)
 		return lmk_errcode();
+	/* with the forward's gradient in place most launches only read dloss:
+	 * fewer blocks (the kernels stride over the rows either way) */
+	unsigned grid = pre && (assign & 1) && N > 2048 ? 2048 : row_grid(N);
 	if (vec8_ok(V, logits, dlogits.p))
 		LMK_DT_SWITCH(dt, "cross_entropy",
-			      ce_bwd8<T><<<row_grid(N), THREADS, 0, b->stream>>>(
-				      to_gacc(dlogits), assign & 1, dloss, (const T *)logits, lse,
+			      ce_bwd8<T><<<grid, THREADS, 0, b->stream>>>(
+				      to_gacc(dlogits), assign & 1, pre && (assign & 1), dloss,
+				      (const T *)logits, lse,
 				      targets, N, V, ignore, count));
 	else
 		LMK_DT_SWITCH(dt, "cross_entropy",
-			      ce_bwd<T><<<row_grid(N), THREADS, 0, b->stream>>>(
-				      to_gacc(dlogits), assign & 1, dloss, (const T *)logits, lse,
+			      ce_bwd<T><<<grid, THREADS, 0, b->stream>>>(
+				      to_gacc(dlogits), assign & 1, pre && (assign & 1), dloss,
+				      (const T *)logits, lse,
 				      targets, N, V, ignore, count));
 	LMK_CK_LAUNCH();
 	return 0;

@@ -44,12 +44,13 @@ static int align_of(const void *p)
 
 #define NO_EPILOGUE 1
 
-/* D (m x n, ldd) = op(A) op(B) + beta D, + bias (m) when bias is given.
- * A, B in abt; D in ddt; column-major. @return : 0, NO_EPILOGUE when a bias
- * was given and no cuBLASLt algorithm takes it (nothing was done), or < 0 */
+/* D (m x n, ldd) = op(A) op(B) + beta C, + bias (m) when bias is given; C
+ * is D itself when NULL, else a matrix of D's type and layout. A, B in abt;
+ * D in ddt; column-major. @return : 0, NO_EPILOGUE when a bias or a C was
+ * given and no cuBLASLt algorithm takes it (nothing was done), or < 0 */
 static int matmul(lmk_cuda_backend *b, lmk_dtype abt, lmk_dtype ddt, int ta, int tb, int m, int n,
 		  int k, const void *A, int lda, const void *B, int ldb, void *D, int ldd,
-		  float beta, const void *bias)
+		  float beta, const void *bias, const void *C = NULL)
 {
 	const float alpha = 1.0f;
 	int rc = 0;
@@ -58,12 +59,14 @@ static int matmul(lmk_cuda_backend *b, lmk_dtype abt, lmk_dtype ddt, int ta, int
 	cublasLtMatmulPreference_t pref = NULL;
 	cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
 	cudaDataType_t at = cuda_type(abt), dtt = cuda_type(ddt);
-	int epi = bias ? 1 : 0;
+	int epi = (bias ? 1 : 0) | (C ? 2 : 0);
 	int align = align_of(A);
 	if (align_of(B) < align)
 		align = align_of(B);
 	if (align_of(D) < align)
 		align = align_of(D);
+	if (C && align_of(C) < align)
+		align = align_of(C);
 	lmk_lt_key key = lmk_lt_key{m, n, k, lda, ldb, ldd, ta, tb, (int)abt, (int)ddt, epi, align};
 	lmk_lt_entry *hit = NULL;
 	for (int i = 0; i < b->lt_n; i++)
@@ -118,15 +121,17 @@ static int matmul(lmk_cuda_backend *b, lmk_dtype abt, lmk_dtype ddt, int ta, int
 		}
 	}
 	if (hit->ok == 1) {
-		if (cublasLtMatmul(b->blaslt, op, &alpha, A, la, B, lb, &beta, D, ld, D, ld, &hit->algo,
-				   b->lt_ws, b->lt_ws_bytes, b->stream) == CUBLAS_STATUS_SUCCESS)
+		if (cublasLtMatmul(b->blaslt, op, &alpha, A, la, B, lb, &beta, C ? C : D, ld, D, ld,
+				   &hit->algo, b->lt_ws, b->lt_ws_bytes,
+				   b->stream) == CUBLAS_STATUS_SUCCESS)
 			goto done;
 		/* an algorithm the heuristic offered but that refuses to run: the
 		 * fallback below, from now on, for this key */
 		hit->ok = 0;
 	}
-	/* cublasGemmEx has no epilogue: the caller adds the bias */
-	if (bias) {
+	/* cublasGemmEx has no epilogue and C is D: the caller adds the bias or
+	 * the separate C */
+	if (bias || C) {
 		rc = NO_EPILOGUE;
 		goto done;
 	}
@@ -191,6 +196,30 @@ extern "C" int lmk_cuda_linear_forward(void *be, lmk_dtype dt, void *out, const 
 		return matmul(bk, dt, dt, 1, 0, m, n, k, w, k, inp, k, out, m, 1.0f, NULL);
 	}
 	return matmul(bk, dt, dt, 1, 0, m, n, k, w, k, inp, k, out, m, 0.0f, NULL);
+}
+
+extern "C" int lmk_cuda_linear_add_forward(void *be, lmk_dtype dt, void *out, const void *inp,
+					   const void *w, const void *b, const void *r, int64_t N,
+					   int64_t IC, int64_t OC)
+{
+	lmk_cuda_backend *bk = LMK_BE(be);
+	if (N == 0 || OC == 0)
+		return 0;
+	if (dt != LMK_F32 && dt != LMK_BF16)
+		return lmk_err(LMK_EUNSUP, "linear_add: no cuda kernel for %s", lmk_dtype_name(dt));
+	if (IC > 0 && N <= LMK_GEMV_MAX_ROWS) {
+		lmk_gemv_out o = {out, w, b, r, OC};
+		return lmk_cuda_gemv_multi(be, dt, inp, NULL, 0.f, N, IC, &o, 1);
+	}
+	if (IC > 0) {
+		int rc = matmul(bk, dt, dt, 1, 0, (int)OC, (int)N, (int)IC, w, (int)IC, inp, (int)IC,
+				out, (int)OC, 1.0f, b, r);
+		if (rc != NO_EPILOGUE)
+			return rc;
+	}
+	/* no algorithm takes C apart from D (or an empty product): the two ops */
+	int rc = lmk_cuda_linear_forward(be, dt, out, inp, w, b, N, IC, OC);
+	return rc < 0 ? rc : lmk_cuda_add_forward(be, dt, out, r, out, 1, N * OC);
 }
 
 extern "C" int lmk_cuda_linear_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, lmk_gbuf dw,

@@ -1,7 +1,8 @@
 /* norm.cu: rmsnorm and layernorm, forward and backward, fused: one warp per
  * row (N rows of C channels), statistics in float32 (the final 1/sqrt in
  * double, as the CPU kernel computes it), the parameter gradients dw and db
- * as deterministic column sums (per-chunk partials, then a second pass). */
+ * as deterministic column sums (per-chunk partials, then a second pass);
+ * rmsnorm's dw summed by its backward kernel itself where C allows. */
 #include "common.cuh"
 
 #define ROWS_PER_BLOCK 4 /* warps per block, one row each */
@@ -121,6 +122,90 @@ __global__ void rmsnorm_bwd8(gacc dinp, bool set, const T *dout, const T *inp, c
 	}
 }
 
+/* rmsnorm_bwd8 with dw summed on the way, instead of a column sum that
+ * reads dout and inp again: block b takes the DW_ROWS rows from b*DW_ROWS
+ * (warp k every DW_WARPS-th of them), each warp adds its rows' terms
+ * g x̂ into accumulators of its own in shared memory, and the block writes
+ * their sum, in warp order, as part[b]; rmsnorm_dw_finish adds the blocks'
+ * parts in block order. The chunks depend on N alone: the same bits on
+ * every run and device. A lane's eight channels of group q (of 256) live
+ * at acc[((q*8 + k)*32 + lane)]: consecutive lanes, consecutive words. */
+#define DW_ROWS 32
+#define DW_WARPS 8
+#define DW_MAX_C 1536 /* DW_WARPS warps of C floats in 48 KiB */
+
+static __host__ __device__ int64_t dw_groups(int64_t C) { return (C + 255) / 256; }
+
+template <class T>
+__global__ void rmsnorm_bwd8_dw(gacc dinp, bool set, float *part /*(R,C)*/, const T *dout,
+				const T *inp, const T *w, const float *rstd, int64_t N, int64_t C)
+{
+	extern __shared__ float acc_all[];
+	int lane = threadIdx.x % 32, wid = threadIdx.x / 32;
+	const int64_t G = dw_groups(C);
+	float *acc = acc_all + wid * G * 256;
+	for (int64_t q = 0; q < G * 8; q++)
+		acc[q * 32 + lane] = 0.0f;
+	int64_t r0 = (int64_t)blockIdx.x * DW_ROWS, r1 = r0 + DW_ROWS < N ? r0 + DW_ROWS : N;
+	for (int64_t row = r0 + wid; row < r1; row += DW_WARPS) {
+		const T *x = inp + row * C, *g = dout + row * C;
+		float r = rstd[row], dot = 0.0f, xv[8], gv[8], wv[8];
+		for (int k = 0; k < 8; k++)
+			wv[k] = 1.0f;
+		for (int64_t i = 8 * lane, q = 0; i < C; i += 8 * 32, q++) {
+			ld8(xv, x + i);
+			ld8(gv, g + i);
+			if (w)
+				ld8(wv, w + i);
+			for (int k = 0; k < 8; k++) {
+				dot += gv[k] * wv[k] * xv[k] * r;
+				acc[(q * 8 + k) * 32 + lane] += gv[k] * (xv[k] * r);
+			}
+		}
+		if (!dinp.p)
+			continue;
+		float m = warp_sum(dot) / (float)C;
+		for (int64_t i = 8 * lane; i < C; i += 8 * 32) {
+			ld8(xv, x + i);
+			ld8(gv, g + i);
+			if (w)
+				ld8(wv, w + i);
+			for (int k = 0; k < 8; k++)
+				gv[k] = r * (gv[k] * wv[k] - xv[k] * r * m);
+			gput8(dinp, set, row * C + i, gv);
+		}
+	}
+	__syncthreads();
+	for (int64_t j = threadIdx.x; j < C; j += blockDim.x) {
+		int64_t q = j / 256, l = j % 256 / 8, k = j % 8, at = (q * 8 + k) * 32 + l;
+		float s = 0.0f;
+		for (int v = 0; v < DW_WARPS; v++)
+			s += acc_all[v * G * 256 + at];
+		part[(int64_t)blockIdx.x * C + j] = s;
+	}
+}
+
+/* dw[j] += the R parts of column j in order (or =, set): thread (x, y) of
+ * a block of 32 columns sums parts y, y + 32, ... (few loads a thread, in
+ * flight together), then row 0 adds the 32 sums in order. */
+__global__ void rmsnorm_dw_finish(gacc dw, bool set, const float *part, int64_t R, int64_t C)
+{
+	__shared__ float sh[32][33];
+	int64_t j = (int64_t)blockIdx.x * 32 + threadIdx.x;
+	float s = 0.0f;
+	if (j < C)
+		for (int64_t c = threadIdx.y; c < R; c += 32)
+			s += part[c * C + j];
+	sh[threadIdx.y][threadIdx.x] = s;
+	__syncthreads();
+	if (threadIdx.y == 0 && j < C) {
+		float t = 0.0f;
+		for (int y = 0; y < 32; y++)
+			t += sh[y][threadIdx.x];
+		gput(dw, set, j, t);
+	}
+}
+
 extern "C" int lmk_cuda_rmsnorm_forward(void *be, lmk_dtype dt, void *out, float *rstd,
 					const void *inp, const void *w, int64_t N, int64_t C,
 					float eps)
@@ -150,6 +235,22 @@ extern "C" int lmk_cuda_rmsnorm_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, 
 		return 0;
 	if (check_gbuf("rmsnorm", dt, dinp) < 0 || check_gbuf("rmsnorm", dt, dw) < 0)
 		return lmk_errcode();
+	if (dw.p && C <= DW_MAX_C && vec8_ok(C, dinp.p, dout, inp, w)) {
+		int64_t R = (N + DW_ROWS - 1) / DW_ROWS;
+		float *part = (float *)lmk_cuda_scratch(b, (size_t)(R * C) * sizeof(float));
+		if (!part)
+			return lmk_errcode();
+		size_t shm = (size_t)(DW_WARPS * dw_groups(C) * 256) * sizeof(float);
+		LMK_DT_SWITCH(dt, "rmsnorm",
+			      rmsnorm_bwd8_dw<T><<<(unsigned)R, 32 * DW_WARPS, shm, b->stream>>>(
+				      to_gacc(dinp), assign & 1, part, (const T *)dout,
+				      (const T *)inp, (const T *)w, rstd, N, C));
+		LMK_CK_LAUNCH();
+		rmsnorm_dw_finish<<<(unsigned)((C + 31) / 32), dim3(32, 32), 0, b->stream>>>(
+			to_gacc(dw), assign & 2, part, R, C);
+		LMK_CK_LAUNCH();
+		return 0;
+	}
 	if (dinp.p && vec8_ok(C, dinp.p, dout, inp, w)) {
 		LMK_DT_SWITCH(dt, "rmsnorm",
 			      rmsnorm_bwd8<T><<<row_blocks(N), 32 * ROWS_PER_BLOCK, 0, b->stream>>>(
@@ -163,6 +264,8 @@ extern "C" int lmk_cuda_rmsnorm_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, 
 				      (const T *)w, rstd, N, C));
 		LMK_CK_LAUNCH();
 	}
+	if (dw.p && (assign & 2))
+		LMK_CK(cudaMemsetAsync(dw.p, 0, (size_t)C * lmk_dtype_size(dw.dt), b->stream));
 	if (dw.p)
 		LMK_DT_SWITCH(dt, "rmsnorm",
 			      return colsum<COLSUM_RMS, T>(b, dw, (const T *)dout, (const T *)inp, rstd,

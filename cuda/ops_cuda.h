@@ -58,6 +58,14 @@ int lmk_cuda_linear_backward(void *be, lmk_dtype dt, lmk_gbuf dinp /*(N,IC)*/,
 			     const void *dout /*(N,OC)*/, const void *inp /*(N,IC)*/,
 			     const void *w /*(OC,IC)*/, int64_t N, int64_t IC, int64_t OC,
 			     int assign);
+/* out = r + (inp wᵀ + b): cuBLASLt with beta = 1 onto r (C = r, D = out),
+ * rounded once; a forward of at most LMK_GEMV_MAX_ROWS rows rounds the
+ * product first, as gemv.cu's fused residual does. No backward of its own:
+ * the linear one's, and r's gradient is dout (lmk_cuda_add_backward). */
+int lmk_cuda_linear_add_forward(void *be, lmk_dtype dt, void *out /*(N,OC)*/,
+				const void *inp /*(N,IC)*/, const void *w /*(OC,IC)*/,
+				const void *b /*(OC) or NULL*/, const void *r /*(N,OC)*/, int64_t N,
+				int64_t IC, int64_t OC);
 
 int lmk_cuda_rmsnorm_forward(void *be, lmk_dtype dt, void *out /*(N,C)*/, float *rstd /*(N)*/,
 			     const void *inp /*(N,C)*/, const void *w /*(C) or NULL*/, int64_t N,
@@ -121,16 +129,24 @@ int lmk_cuda_dropout_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, const void 
  * device; rowloss is (N) float scratch. Targets outside [0,V) that are not
  * ignore set LMK_CUDA_BAD_TARGET and count as ignored. The backward reads
  * dloss[0] and count from the device and adds into dlogits row by row (or
- * assigns it, zeros in the rows not counted). */
+ * assigns it, zeros in the rows not counted).
+ * A training step's forward may be given dlogits (NULL: none), the logits'
+ * unwritten gradient in dt: it then assigns there, while each row is at
+ * hand, the gradient the backward would assign for dloss 1 (the mean
+ * loss's own), so that the backward need not read the logits again, and
+ * returns 1; it returns 0 where it did not (V not a multiple of 8, pointers
+ * not 16-byte aligned). The backward is then told pre: with assign set and
+ * dloss[0] == 1 it has nothing to do (it checks on the device); otherwise
+ * it runs as without. */
 int lmk_cuda_cross_entropy_forward(void *be, lmk_dtype dt, float *loss /*(1)*/, float *lse /*(N)*/,
 				   int64_t *count /*(1)*/, float *rowloss /*(N) scratch*/,
 				   const void *logits /*(N,V)*/, const int32_t *targets /*(N)*/,
-				   int64_t N, int64_t V, int ignore);
+				   int64_t N, int64_t V, int ignore, void *dlogits /*(N,V) or NULL*/);
 int lmk_cuda_cross_entropy_backward(void *be, lmk_dtype dt, lmk_gbuf dlogits /*(N,V)*/,
 				    const float *dloss /*(1)*/, const void *logits /*(N,V)*/,
 				    const float *lse /*(N)*/, const int32_t *targets /*(N)*/,
 				    int64_t N, int64_t V, int ignore, const int64_t *count /*(1)*/,
-				    int assign);
+				    int assign, int pre);
 
 /* dst += src (a gradient from elsewhere, float32 on the device). */
 int lmk_cuda_accumulate(void *be, lmk_gbuf dst, const float *src, int64_t n);

@@ -1,6 +1,7 @@
 /* optim.cu: fused AdamW over the whole parameter buffer (one launch: each
- * element finds its tensor in the span table by binary search) and the
- * global gradient norm (two passes in double, fixed order) with clipping.
+ * group of four elements finds its tensor in the span table by binary
+ * search) and the global gradient norm (two passes in double, fixed order)
+ * with clipping.
  * AdamW's arithmetic is lib/optim.c's, operation for operation, written
  * with __fadd_rn/__fmul_rn/__fdiv_rn/__fsqrt_rn so that the compiler fuses
  * nothing into FMAs: on the same inputs the GPU gives the CPU's bits. */
@@ -10,35 +11,51 @@
 #define THREADS 256
 #define NORM_CHUNK 65536 /* elements per partial sum, as lib/optim.c */
 
+/* The last span starting at or before i. */
+static __device__ __forceinline__ lmk_cuda_span span_of(const lmk_cuda_span *spans, int nt,
+							int64_t i)
+{
+	int lo = 0, hi = nt - 1;
+	while (lo < hi) {
+		int mid = (lo + hi + 1) / 2;
+		if ((int64_t)spans[mid].off <= i)
+			lo = mid;
+		else
+			hi = mid - 1;
+	}
+	return spans[lo];
+}
+
+/* One element's update (g already times gscale); *p, *m, *v in and out. */
+static __device__ __forceinline__ void adamw_one(float &pi, float &mi, float &vi, float gi,
+						 bool dec, float w1, float om1, int small_w,
+						 float w2, float b2, float eps, float keep,
+						 float neg_step, float bc2_sqrt)
+{
+	if (dec)
+		pi = __fmul_rn(pi, keep);
+	if (small_w)
+		mi = __fadd_rn(mi, __fmul_rn(w1, __fsub_rn(gi, mi)));
+	else
+		mi = __fsub_rn(gi, __fmul_rn(__fsub_rn(gi, mi), om1));
+	vi = __fadd_rn(__fmul_rn(vi, b2), __fmul_rn(w2, __fmul_rn(gi, gi)));
+	float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bc2_sqrt), eps);
+	pi = __fadd_rn(pi, __fmul_rn(neg_step, __fdiv_rn(mi, denom)));
+}
+
 __global__ void adamw_k(float *p, const float *g, float *m, float *v, bf16 *lp,
-			const lmk_cuda_span *spans, int nt, int64_t n, float w1, float om1,
+			const lmk_cuda_span *spans, int nt, int64_t n, float gscale, float w1, float om1,
 			int small_w, float w2, float b2, float eps, int decay, float keep,
 			float neg_step, float bc2_sqrt)
 {
 	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
 	     i += (int64_t)gridDim.x * blockDim.x) {
-		/* the last span starting at or before i */
-		int lo = 0, hi = nt - 1;
-		while (lo < hi) {
-			int mid = (lo + hi + 1) / 2;
-			if ((int64_t)spans[mid].off <= i)
-				lo = mid;
-			else
-				hi = mid - 1;
-		}
-		const lmk_cuda_span sp = spans[lo];
+		const lmk_cuda_span sp = span_of(spans, nt, i);
 		if (i < (int64_t)sp.off || i >= (int64_t)sp.off + sp.n)
 			continue; /* padding between tensors */
-		float gi = g[i], pi = p[i], mi = m[i], vi = v[i];
-		if (decay && sp.decay)
-			pi = __fmul_rn(pi, keep);
-		if (small_w)
-			mi = __fadd_rn(mi, __fmul_rn(w1, __fsub_rn(gi, mi)));
-		else
-			mi = __fsub_rn(gi, __fmul_rn(__fsub_rn(gi, mi), om1));
-		vi = __fadd_rn(__fmul_rn(vi, b2), __fmul_rn(w2, __fmul_rn(gi, gi)));
-		float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bc2_sqrt), eps);
-		pi = __fadd_rn(pi, __fmul_rn(neg_step, __fdiv_rn(mi, denom)));
+		float pi = p[i], mi = m[i], vi = v[i];
+		adamw_one(pi, mi, vi, __fmul_rn(g[i], gscale), decay && sp.decay, w1, om1, small_w,
+			  w2, b2, eps, keep, neg_step, bc2_sqrt);
 		p[i] = pi;
 		m[i] = mi;
 		v[i] = vi;
@@ -47,17 +64,63 @@ __global__ void adamw_k(float *p, const float *g, float *m, float *v, bf16 *lp,
 	}
 }
 
+/* The same, four elements a thread with 16-byte accesses (n a multiple of
+ * 4, the buffers aligned: adamw4_ok): a group of four never straddles two
+ * tensors, which start at multiples of 16 elements (lmk_params), so one
+ * search serves it; elements past its tensor's end are padding. */
+__global__ void adamw4_k(float *p, const float *g, float *m, float *v, bf16 *lp,
+			 const lmk_cuda_span *spans, int nt, int64_t n4, float gscale, float w1,
+			 float om1, int small_w, float w2, float b2, float eps, int decay, float keep,
+			 float neg_step, float bc2_sqrt)
+{
+	for (int64_t q = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; q < n4;
+	     q += (int64_t)gridDim.x * blockDim.x) {
+		const int64_t i = 4 * q;
+		const lmk_cuda_span sp = span_of(spans, nt, i);
+		const int64_t end = (int64_t)sp.off + sp.n;
+		if (i < (int64_t)sp.off || i >= end)
+			continue;
+		float4 P = *(float4 *)(p + i), G = *(const float4 *)(g + i);
+		float4 M = *(float4 *)(m + i), V = *(float4 *)(v + i);
+		float *pp = &P.x, *gg = &G.x, *mm = &M.x, *vv = &V.x;
+		for (int k = 0; k < 4; k++)
+			if (i + k < end)
+				adamw_one(pp[k], mm[k], vv[k], __fmul_rn(gg[k], gscale),
+					  decay && sp.decay, w1, om1, small_w, w2, b2, eps, keep,
+					  neg_step, bc2_sqrt);
+		*(float4 *)(p + i) = P;
+		*(float4 *)(m + i) = M;
+		*(float4 *)(v + i) = V;
+		if (lp) {
+			__nv_bfloat162 h[2] = {__floats2bfloat162_rn(P.x, P.y),
+					       __floats2bfloat162_rn(P.z, P.w)};
+			*(uint2 *)(lp + i) = *(uint2 *)h;
+		}
+	}
+}
+
+static bool adamw4_ok(size_t n, const void *p, const void *g, const void *m, const void *v,
+		      const void *lp)
+{
+	return n % 4 == 0 && al16(p) && al16(g) && al16(m) && al16(v) && ((uintptr_t)lp & 7) == 0;
+}
+
 extern "C" int lmk_cuda_adamw_step(void *be, float *p, const float *g, float *m, float *v,
-				   void *lp, const lmk_cuda_span *spans, int nt, size_t n, float w1,
-				   float om1, int small_w, float w2, float b2, float eps, int decay,
+				   void *lp, const lmk_cuda_span *spans, int nt, size_t n, float gscale,
+				   float w1, float om1, int small_w, float w2, float b2, float eps, int decay,
 				   float keep, float neg_step, float bc2_sqrt)
 {
 	lmk_cuda_backend *b = LMK_BE(be);
 	if (n == 0 || nt == 0)
 		return 0;
-	adamw_k<<<grid_for((int64_t)n, THREADS), THREADS, 0, b->stream>>>(
-		p, g, m, v, (bf16 *)lp, spans, nt, (int64_t)n, w1, om1, small_w, w2, b2, eps, decay,
-		keep, neg_step, bc2_sqrt);
+	if (adamw4_ok(n, p, g, m, v, lp))
+		adamw4_k<<<grid_for((int64_t)n / 4, THREADS), THREADS, 0, b->stream>>>(
+			p, g, m, v, (bf16 *)lp, spans, nt, (int64_t)n / 4, gscale, w1, om1, small_w, w2,
+			b2, eps, decay, keep, neg_step, bc2_sqrt);
+	else
+		adamw_k<<<grid_for((int64_t)n, THREADS), THREADS, 0, b->stream>>>(
+			p, g, m, v, (bf16 *)lp, spans, nt, (int64_t)n, gscale, w1, om1, small_w, w2, b2,
+			eps, decay, keep, neg_step, bc2_sqrt);
 	LMK_CK_LAUNCH();
 	return 0;
 }

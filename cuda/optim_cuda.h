@@ -22,8 +22,9 @@ typedef struct lmk_cuda_span {
 	int32_t pad;
 } lmk_cuda_span;
 
-/* One AdamW step over every span, with the scalars lib/optim.c computes on
- * the host (so that the arithmetic is the CPU's, operation for operation,
+/* One AdamW step over every span on the gradient g * gscale (rounded to
+ * float32, as a clipping pass would leave it; g itself is not written),
+ * with the scalars lib/optim.c computes on the host (so that the arithmetic is the CPU's, operation for operation,
  * in float32 with no fused multiply-adds): w1 = 1 - beta1, om1 = 1 - w1,
  * w2 = 1 - beta2, keep = 1 - lr * weight_decay (applied where the span
  * decays and weight_decay != 0), neg_step = -lr / bias_correction1. When lp
@@ -31,7 +32,8 @@ typedef struct lmk_cuda_span {
  * between spans (padding) are left alone. */
 int lmk_cuda_adamw_step(void *be, float *p, const float *g, float *m, float *v,
 			void *lp /*bf16 (n) or NULL*/, const lmk_cuda_span *spans /*device (nt)*/,
-			int nt, size_t n, float w1, float om1, int small_w, float w2, float b2,
+			int nt, size_t n, float gscale, float w1, float om1, int small_w, float w2,
+			float b2,
 			float eps, int decay, float keep, float neg_step, float bc2_sqrt);
 
 /* *norm = sqrt(sum of g[i]²) in double, in a fixed order (chunks of 65536

@@ -32,34 +32,41 @@ __global__ void rope_k(T *out, gacc gout, bool set, const T *inp, const int32_t 
 }
 
 /* The same, eight pairs a thread (i .. i+7 with their partners): D a
- * multiple of 16 and aligned rows (rope_vec). */
-template <class T, int BACK>
+ * multiple of 16 and aligned rows (rope_vec). The index arithmetic in I:
+ * int where N*H*D fits (64-bit divisions cost more than the rotation), and
+ * sine and cosine from one sincosf (the bits of sinf and cosf). */
+template <class T, int BACK, class I>
 __global__ void rope8_k(T *out, gacc gout, bool set, const T *inp, const int32_t *pos,
-			const float *inv_freq, float attn_factor, int64_t N, int64_t H, int64_t D)
+			const float *inv_freq, float attn_factor, int64_t N_, int64_t H_, int64_t D_)
 {
-	int64_t half = D / 2, g8 = half / 8, total = N * H * g8;
-	for (int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; t < total;
-	     t += (int64_t)gridDim.x * blockDim.x) {
-		int64_t i = t % g8 * 8, nh = t / g8, n = nh / H;
+	const I H = (I)H_, D = (I)D_, half = D / 2, g8 = half / 8, total = (I)N_ * H * g8;
+	for (I t = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; t < total;
+	     t += (I)gridDim.x * (I)blockDim.x) {
+		I i = t % g8 * 8, nh = t / g8, n = nh / H;
 		float p = (float)pos[n], x0[8], x1[8], y0[8], y1[8];
-		const T *x = inp + nh * D;
+		const T *x = inp + (int64_t)nh * D;
 		ld8(x0, x + i);
 		ld8(x1, x + i + half);
 		for (int k = 0; k < 8; k++) {
-			float a = p * inv_freq[i + k];
-			float c = cosf(a) * attn_factor, s = (BACK ? -1.0f : 1.0f) * sinf(a) * attn_factor;
+			float a = p * inv_freq[i + k], sn, cs;
+			sincosf(a, &sn, &cs);
+			float c = cs * attn_factor, s = (BACK ? -1.0f : 1.0f) * sn * attn_factor;
 			y0[k] = x0[k] * c - x1[k] * s;
 			y1[k] = x1[k] * c + x0[k] * s;
 		}
+		int64_t at = (int64_t)nh * D + i;
 		if (BACK) {
-			gput8(gout, set, nh * D + i, y0);
-			gput8(gout, set, nh * D + i + half, y1);
+			gput8(gout, set, at, y0);
+			gput8(gout, set, at + half, y1);
 		} else {
-			st8(out + nh * D + i, y0);
-			st8(out + nh * D + i + half, y1);
+			st8(out + at, y0);
+			st8(out + at + half, y1);
 		}
 	}
 }
+
+/* rope8_k's index type */
+static bool rope_small(int64_t N, int64_t H, int64_t D) { return N * H * D < INT32_MAX; }
 
 static bool rope_vec(int64_t D, const void *a, const void *b) { return D % 16 == 0 && al16(a) && al16(b); }
 
@@ -70,12 +77,18 @@ extern "C" int lmk_cuda_rope_forward(void *be, lmk_dtype dt, void *out, const vo
 	int64_t total = N * H * (D / 2);
 	if (total == 0)
 		return 0;
-	if (rope_vec(D, out, inp))
+	if (rope_vec(D, out, inp) && rope_small(N, H, D))
 		LMK_DT_SWITCH(dt, "rope",
-			      rope8_k<T, 0><<<grid_for(total / 8, THREADS), THREADS, 0,
-					      LMK_BE(be)->stream>>>((T *)out, gacc{NULL, 1}, false,
-								    (const T *)inp, pos, inv_freq,
-								    attn_factor, N, H, D));
+			      rope8_k<T, 0, int><<<grid_for(total / 8, THREADS), THREADS, 0,
+						   LMK_BE(be)->stream>>>((T *)out, gacc{NULL, 1}, false,
+									 (const T *)inp, pos, inv_freq,
+									 attn_factor, N, H, D));
+	else if (rope_vec(D, out, inp))
+		LMK_DT_SWITCH(dt, "rope",
+			      rope8_k<T, 0, int64_t><<<grid_for(total / 8, THREADS), THREADS, 0,
+						       LMK_BE(be)->stream>>>(
+				      (T *)out, gacc{NULL, 1}, false, (const T *)inp, pos, inv_freq,
+				      attn_factor, N, H, D));
 	else
 		LMK_DT_SWITCH(dt, "rope",
 			      rope_k<T, 0><<<grid_for(total, THREADS), THREADS, 0,
@@ -95,12 +108,18 @@ extern "C" int lmk_cuda_rope_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, con
 		return 0;
 	if (check_gbuf("rope", dt, dinp) < 0)
 		return lmk_errcode();
-	if (rope_vec(D, dinp.p, dout))
+	if (rope_vec(D, dinp.p, dout) && rope_small(N, H, D))
 		LMK_DT_SWITCH(dt, "rope",
-			      rope8_k<T, 1><<<grid_for(total / 8, THREADS), THREADS, 0,
-					      LMK_BE(be)->stream>>>((T *)NULL, to_gacc(dinp),
-								    assign & 1, (const T *)dout, pos,
-								    inv_freq, attn_factor, N, H, D));
+			      rope8_k<T, 1, int><<<grid_for(total / 8, THREADS), THREADS, 0,
+						   LMK_BE(be)->stream>>>((T *)NULL, to_gacc(dinp),
+									 assign & 1, (const T *)dout, pos,
+									 inv_freq, attn_factor, N, H, D));
+	else if (rope_vec(D, dinp.p, dout))
+		LMK_DT_SWITCH(dt, "rope",
+			      rope8_k<T, 1, int64_t><<<grid_for(total / 8, THREADS), THREADS, 0,
+						       LMK_BE(be)->stream>>>(
+				      (T *)NULL, to_gacc(dinp), assign & 1, (const T *)dout, pos,
+				      inv_freq, attn_factor, N, H, D));
 	else
 		LMK_DT_SWITCH(dt, "rope",
 			      rope_k<T, 1><<<grid_for(total, THREADS), THREADS, 0,

@@ -753,6 +753,17 @@ static void qkv(lmk_ctx *c, const lmk_llama *m, const lmk_llama_layer *ly, lmk_t
 	*v = lmk_reshape(c, lmk_lora_linear(c, a, h, ly->wv, ly->bv), 4, ks);
 }
 
+/* The residual r plus the product of a with w (and b): the add fused into
+ * the product, or with an adapter on w the two ops (the adapter's own add
+ * comes first, as before). */
+static lmk_tensor *residual(lmk_ctx *c, const lmk_llama *m, lmk_tensor *r, lmk_tensor *a,
+			    lmk_tensor *w, lmk_tensor *b)
+{
+	if (lmk_lora_find(m->lora, w))
+		return lmk_add(c, r, lmk_lora_linear(c, m->lora, a, w, b));
+	return lmk_linear_add(c, a, w, b, r);
+}
+
 /* The MLP half of a block: x (B,T,C) -> new residual (B,T,C). */
 static lmk_tensor *mlp_block(lmk_ctx *c, const lmk_llama *m, const lmk_llama_layer *ly,
 			     lmk_tensor *x)
@@ -761,7 +772,7 @@ static lmk_tensor *mlp_block(lmk_ctx *c, const lmk_llama *m, const lmk_llama_lay
 	lmk_tensor *h = lmk_rmsnorm(c, x, ly->ln2, m->cfg.rms_norm_eps);
 	lmk_tensor *g = lmk_swiglu(c, lmk_lora_linear(c, ad, h, ly->wg, ly->bg),
 				   lmk_lora_linear(c, ad, h, ly->wu, ly->bu));
-	return lmk_add(c, x, lmk_lora_linear(c, ad, g, ly->wd, ly->bd));
+	return residual(c, m, x, g, ly->wd, ly->bd);
 }
 
 /* The rest of a layer after attention: a (B,T,H,D) -> new residual (B,T,C). */
@@ -770,7 +781,7 @@ static lmk_tensor *finish_layer(lmk_ctx *c, const lmk_llama *m, const lmk_llama_
 {
 	int64_t B = x ? x->shape[0] : 0, T = x ? x->shape[1] : 0;
 	int64_t as[3] = {B, T, (int64_t)m->cfg.num_attention_heads * m->cfg.head_dim};
-	x = lmk_add(c, x, lmk_lora_linear(c, m->lora, lmk_reshape(c, a, 3, as), ly->wo, ly->bo));
+	x = residual(c, m, x, lmk_reshape(c, a, 3, as), ly->wo, ly->bo);
 	return mlp_block(c, m, ly, x);
 }
 

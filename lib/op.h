@@ -33,6 +33,11 @@ int lmk_op_wants_grad(lmk_ctx *c, int n, lmk_tensor *const *ts);
  * error recorded, which *fail tells. */
 lmk_node *lmk_op_record(lmk_ctx *c, const char *op, lmk_tensor *out,
 			int (*bw)(lmk_ctx *, lmk_node *), int *fail);
+/* The tensor that holds t's gradient state (gunwritten): t, or a view's base. */
+static inline lmk_tensor *lmk_op_owner(const lmk_tensor *t)
+{
+	return t->base ? t->base : (lmk_tensor *)t;
+}
 /* Product of the first nd dims. */
 int64_t lmk_op_lead(const lmk_tensor *t, int nd);
 int lmk_op_same_shape(const lmk_tensor *a, const lmk_tensor *b);

@@ -51,6 +51,13 @@ static int on_cuda(const lmk_ctx *c) { return c->dev == LMK_DEV_CUDA; }
 #define same_shape lmk_op_same_shape
 #define record lmk_op_record
 
+/* n's input j, or NULL when its gradient took over out's memory and holds
+ * its value already (tensor.h: passes): the backward leaves it alone. */
+static lmk_tensor *unpassed(const lmk_node *n, int j)
+{
+	return n->passed >> j & 1 ? NULL : n->in[j];
+}
+
 /* ------------------------------------------------------------ embedding */
 
 static int embedding_bw(lmk_ctx *c, lmk_node *n)
@@ -114,6 +121,25 @@ lmk_tensor *lmk_embedding(lmk_ctx *c, lmk_tensor *ids, lmk_tensor *w)
 
 /* --------------------------------------------------------------- linear */
 
+/* The linear op's checks; sets *N, *IC, *OC. @return : 0 or < 0 */
+static int check_linear(const char *op, lmk_tensor *x, lmk_tensor *w, lmk_tensor *b, int64_t *N,
+			int64_t *IC, int64_t *OC)
+{
+	if (x->ndim < 1 || w->ndim != 2 || x->shape[x->ndim - 1] != w->shape[1])
+		return lmk_err(LMK_EINVAL, "%s: x %s and w %s: expected x (...,IC) and w (OC,IC)", op,
+			       SHP(x), SHP(w));
+	*IC = w->shape[1];
+	*OC = w->shape[0];
+	*N = lead(x, x->ndim - 1);
+	if (b && (b->ndim != 1 || b->shape[0] != *OC))
+		return lmk_err(LMK_EINVAL, "%s: w %s and b %s: expected b (%lld)", op, SHP(w), SHP(b),
+			       (long long)*OC);
+	if (*N > INT32_MAX || *IC > INT32_MAX || *OC > INT32_MAX)
+		return lmk_err(LMK_EINVAL, "%s: x %s and w %s: dimensions beyond BLAS's int", op,
+			       SHP(x), SHP(w));
+	return 0;
+}
+
 static int linear_bw(lmk_ctx *c, lmk_node *n)
 {
 	if (on_cuda(c))
@@ -131,25 +157,11 @@ lmk_tensor *lmk_linear(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, lmk_tensor *b)
 	if (!x || !w)
 		return NULL;
 	lmk_tensor *in[3] = {x, w, b};
+	int64_t N, IC, OC;
 	if (check_inputs(c, "linear", 3, in, (const char *[]){"x", "w", "b"},
-			 (lmk_dtype[]){LMK_F32, LMK_F32, LMK_F32}) < 0)
+			 (lmk_dtype[]){LMK_F32, LMK_F32, LMK_F32}) < 0 ||
+	    check_linear("linear", x, w, b, &N, &IC, &OC) < 0)
 		return NULL;
-	if (x->ndim < 1 || w->ndim != 2 || x->shape[x->ndim - 1] != w->shape[1]) {
-		lmk_err(LMK_EINVAL, "linear: x %s and w %s: expected x (...,IC) and w (OC,IC)", SHP(x),
-			SHP(w));
-		return NULL;
-	}
-	int64_t IC = w->shape[1], OC = w->shape[0], N = lead(x, x->ndim - 1);
-	if (b && (b->ndim != 1 || b->shape[0] != OC)) {
-		lmk_err(LMK_EINVAL, "linear: w %s and b %s: expected b (%lld)", SHP(w), SHP(b),
-			(long long)OC);
-		return NULL;
-	}
-	if (N > INT32_MAX || IC > INT32_MAX || OC > INT32_MAX) {
-		lmk_err(LMK_EINVAL, "linear: x %s and w %s: dimensions beyond BLAS's int", SHP(x),
-			SHP(w));
-		return NULL;
-	}
 	int64_t shape[LMK_MAXDIM];
 	memcpy(shape, x->shape, sizeof shape);
 	shape[x->ndim - 1] = OC;
@@ -176,6 +188,70 @@ lmk_tensor *lmk_linear(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, lmk_tensor *b)
 		n->i[2] = OC;
 		/* dx and dw by beta = 0 (nothing to write when N or OC is 0) */
 		n->writes = N && OC ? 3 : 0;
+	}
+	return out;
+}
+
+/* in[0..3] = x, w, b, r. The residual's gradient is dout: passed on (no
+ * copy) or, when the replay cannot, added or assigned. */
+static int linear_add_bw(lmk_ctx *c, lmk_node *n)
+{
+	int rc = linear_bw(c, n);
+	lmk_tensor *r = unpassed(n, 3);
+	if (rc < 0 || !r || !r->requires_grad)
+		return rc;
+	int64_t m = n->i[0] * n->i[2];
+	if (on_cuda(c))
+		return CUDA(lmk_cuda_add_backward(c->backend, c->dtype, GB(r), GB(NULL), n->out->grad,
+						   1, m, n->assign >> 3 & 1));
+	lmk_cpu_add_backward(G(r), NULL, n->out->grad, 1, m, n->assign >> 3 & 1);
+	return 0;
+}
+
+lmk_tensor *lmk_linear_add(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, lmk_tensor *b,
+			   lmk_tensor *r)
+{
+	if (!x || !w || !r)
+		return NULL;
+	lmk_tensor *in[4] = {x, w, b, r};
+	int64_t N, IC, OC;
+	if (check_inputs(c, "linear_add", 4, in, (const char *[]){"x", "w", "b", "r"},
+			 (lmk_dtype[]){LMK_F32, LMK_F32, LMK_F32, LMK_F32}) < 0 ||
+	    check_linear("linear_add", x, w, b, &N, &IC, &OC) < 0)
+		return NULL;
+	int ok = r->ndim == x->ndim && r->shape[r->ndim - 1] == OC;
+	for (int i = 0; ok && i < x->ndim - 1; i++)
+		ok = r->shape[i] == x->shape[i];
+	if (!ok) {
+		lmk_err(LMK_EINVAL, "linear_add: x %s, w %s and r %s: expected r (...,%lld) as x's "
+			"product", SHP(x), SHP(w), SHP(r), (long long)OC);
+		return NULL;
+	}
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, r->ndim, r->shape, wants_grad(c, 4, in));
+	if (!out)
+		return NULL;
+	if (on_cuda(c)) {
+		if (CUDA(lmk_cuda_linear_add_forward(c->backend, c->dtype, out->data, X(c, x),
+						     X(c, w), X(c, b), X(c, r), N, IC, OC)) < 0)
+			return NULL;
+	} else {
+		lmk_cpu_linear_add_forward(out->data, x->data, w->data, F(b), r->data, N, IC, OC);
+	}
+	int fail;
+	lmk_node *n = record(c, "linear_add", out, linear_add_bw, &fail);
+	if (fail)
+		return NULL;
+	if (n) {
+		n->in[0] = x;
+		n->in[1] = w;
+		n->in[2] = b;
+		n->in[3] = r;
+		n->i[0] = N;
+		n->i[1] = IC;
+		n->i[2] = OC;
+		/* dx and dw by beta = 0; dr = dout */
+		n->writes = N && OC ? 3 | 8 : 0;
+		n->passes = 8;
 	}
 	return out;
 }
@@ -242,7 +318,8 @@ lmk_tensor *lmk_rmsnorm(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, float eps)
 		n->i[0] = N;
 		n->i[1] = C;
 		n->f[0] = eps;
-		n->writes = 1;
+		/* dx, and dw (nothing to write in it when N is 0) */
+		n->writes = N ? 3 : 1;
 	}
 	return out;
 }
@@ -394,13 +471,24 @@ lmk_tensor *lmk_rope_apply(lmk_ctx *c, lmk_tensor *x, const lmk_rope *r, lmk_ten
 	if (!out)
 		return NULL;
 	/* On CUDA the kernels read a device copy of the table (the host one is
-	 * the caller's); it also serves the backward. */
+	 * the caller's); it also serves the backward, and the next layers of
+	 * the step (the tables do not change once made). */
 	float *dev_freq = NULL;
 	if (on_cuda(c)) {
-		lmk_tensor *ft = lmk_tensor_upload(c, LMK_F32, 1, (int64_t[]){D / 2}, r->inv_freq);
-		if (!ft)
-			return NULL;
-		dev_freq = ft->data;
+		size_t bytes = (size_t)(D / 2) * sizeof(float);
+		if (!c->rope_host || c->rope_n != D / 2 ||
+		    memcmp(c->rope_host, r->inv_freq, bytes)) {
+			lmk_tensor *ft = lmk_tensor_upload(c, LMK_F32, 1, (int64_t[]){D / 2},
+							   r->inv_freq);
+			float *h = lmk_arena_alloc(&c->meta, bytes);
+			if (!ft || !h)
+				return NULL;
+			memcpy(h, r->inv_freq, bytes);
+			c->rope_host = h;
+			c->rope_dev = ft->data;
+			c->rope_n = D / 2;
+		}
+		dev_freq = c->rope_dev;
 		if (CUDA(lmk_cuda_rope_forward(c->backend, c->dtype, out->data, X(c, x), pos->data,
 					       dev_freq, r->attn_factor, N, H, D)) < 0)
 			return NULL;
@@ -758,10 +846,11 @@ lmk_tensor *lmk_swiglu(lmk_ctx *c, lmk_tensor *gate, lmk_tensor *up)
 
 static int add_bw(lmk_ctx *c, lmk_node *n)
 {
+	lmk_tensor *a = unpassed(n, 0), *b = unpassed(n, 1);
 	if (on_cuda(c))
-		return CUDA(lmk_cuda_add_backward(c->backend, c->dtype, GB(n->in[0]), GB(n->in[1]),
-						   n->out->grad, n->i[0], n->i[1], n->assign));
-	lmk_cpu_add_backward(G(n->in[0]), G(n->in[1]), n->out->grad, n->i[0], n->i[1], n->assign);
+		return CUDA(lmk_cuda_add_backward(c->backend, c->dtype, GB(a), GB(b), n->out->grad,
+						   n->i[0], n->i[1], n->assign));
+	lmk_cpu_add_backward(G(a), G(b), n->out->grad, n->i[0], n->i[1], n->assign);
 	return 0;
 }
 
@@ -772,8 +861,10 @@ lmk_tensor *lmk_add(lmk_ctx *c, lmk_tensor *a, lmk_tensor *b)
 	lmk_tensor *out = binary(c, "add", a, b, 1, add_bw, &n, &N, &M);
 	if (!out)
 		return NULL;
-	if (n) /* a broadcast b's gradient is a sum over rows, added */
+	if (n) { /* a broadcast b's gradient is a sum over rows, added */
 		n->writes = N == 1 ? 3 : 1;
+		n->passes = n->writes; /* da = dout, and db = dout when N is 1 */
+	}
 	if (on_cuda(c))
 		return CUDA(lmk_cuda_add_forward(c->backend, c->dtype, out->data, X(c, a), X(c, b), N,
 						 M)) < 0
@@ -836,7 +927,8 @@ static int cross_entropy_bw(lmk_ctx *c, lmk_node *n)
 		return lmk_cuda_cross_entropy_backward(c->backend, c->dtype, GB(n->in[0]), n->out->grad,
 						       X(c, n->in[0]), n->saved, I32(n->in[1]),
 						       n->i[0], n->i[1], (int)n->i[2],
-						       ce_count(n->saved, n->i[0]), n->assign);
+						       ce_count(n->saved, n->i[0]), n->assign,
+						       (int)n->i[4]);
 #endif
 	lmk_cpu_cross_entropy_backward(G(n->in[0]), n->out->grad, F(n->in[0]), n->saved,
 				       I32(n->in[1]), n->i[0], n->i[1], (int)n->i[2], n->i[3],
@@ -878,14 +970,23 @@ lmk_tensor *lmk_cross_entropy(lmk_ctx *c, lmk_tensor *logits, lmk_tensor *target
 	lmk_tensor *out = lmk_tensor_new_out(c, LMK_F32, 0, NULL, wants_grad(c, 1, in));
 	float *lse;
 	int64_t cnt = -1; /* on CUDA the count stays on the device */
+	int pre = 0;      /* on CUDA: the forward wrote the logits' gradient */
 #if LMK_CUDA
 	if (on_cuda(c)) {
 		lse = lmk_arena_alloc(&c->arena, ce_saved_bytes(N));
 		if (!out || !lse)
 			return NULL;
 		int64_t *dcount = ce_count(lse, N);
-		if (lmk_cuda_cross_entropy_forward(c->backend, c->dtype, out->data, lse, dcount,
-						   lse + N, X(c, logits), t, N, V, ignore) < 0)
+		/* training: the gradient while the logits are read, into memory
+		 * the tape holds unwritten (nothing else writes it until the
+		 * replay, which tells the backward whether it still is) */
+		void *dl = out->requires_grad && logits->grad && lmk_op_owner(logits)->gunwritten &&
+					   logits->gdtype == c->dtype
+				   ? logits->grad
+				   : NULL;
+		pre = lmk_cuda_cross_entropy_forward(c->backend, c->dtype, out->data, lse, dcount,
+						     lse + N, X(c, logits), t, N, V, ignore, dl);
+		if (pre < 0)
 			return NULL;
 		/* only a caller who asks for the count waits for it */
 		if (count && lmk_tensor_copy_to_host(c, &(lmk_tensor){.data = dcount, .dtype = LMK_I64,
@@ -914,6 +1015,7 @@ lmk_tensor *lmk_cross_entropy(lmk_ctx *c, lmk_tensor *logits, lmk_tensor *target
 		n->i[1] = V;
 		n->i[2] = ignore;
 		n->i[3] = cnt;
+		n->i[4] = pre;
 		n->writes = 1;
 	}
 	return out;

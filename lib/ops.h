@@ -30,6 +30,14 @@ lmk_tensor *lmk_embedding(lmk_ctx *c, lmk_tensor *ids, lmk_tensor *w);
 /* x (...,I), w (O,I), b (O) or NULL -> (...,O): y = x wᵀ + b. */
 lmk_tensor *lmk_linear(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, lmk_tensor *b);
 
+/* x (...,I), w (O,I), b (O) or NULL, r (...,O) -> (...,O): y = r + (x wᵀ + b),
+ * a residual add fused into the product (on CUDA the product accumulates
+ * onto r: one rounding instead of two). r's gradient is y's: the tape
+ * hands y's gradient memory on to r where it can (tensor.h), so the
+ * backward copies nothing. */
+lmk_tensor *lmk_linear_add(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, lmk_tensor *b,
+			   lmk_tensor *r);
+
 /* x (...,C), w (C) or NULL: y = x / sqrt(mean(x²) + eps) * w. */
 lmk_tensor *lmk_rmsnorm(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, float eps);
 /* x (...,C), w (C) or NULL, b (C) or NULL: y = (x - mean) / sqrt(var + eps) * w + b. */

@@ -273,6 +273,13 @@ void lmk_cpu_linear_backward(float *dinp, float *dw, float *db, const float *dou
 	gemm_par(g, n);
 }
 
+void lmk_cpu_linear_add_forward(float *out, const float *inp, const float *w, const float *b,
+				const float *r, int64_t N, int64_t IC, int64_t OC)
+{
+	lmk_cpu_linear_forward(out, inp, w, b, N, IC, OC);
+	lmk_cpu_add_forward(out, r, out, 1, N * OC);
+}
+
 /* ------------------------------------------------------------- rmsnorm */
 
 void lmk_cpu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w,
@@ -298,7 +305,7 @@ void lmk_cpu_rmsnorm_backward(float *dinp, float *dw, const float *dout, const f
 	/* y = x r w:  dx = r (g w - x̂ mean(g w x̂)) with x̂ = x r;  dw = Σ g x̂
 	 * (rows for dx, column blocks for dw, in one parallel region) */
 	int64_t nb = (C + COLS - 1) / COLS;
-	int set = assign & 1;
+	int set = assign & 1, setw = assign & 2;
 #pragma omp parallel if (N * C > PAR_MIN)
 	{
 		if (dinp) {
@@ -326,7 +333,7 @@ void lmk_cpu_rmsnorm_backward(float *dinp, float *dw, const float *dout, const f
 						acc[j - j0] += (double)g[j] * (x[j] * rstd[n]);
 				}
 				for (int64_t j = j0; j < j1; j++)
-					dw[j] += (float)acc[j - j0];
+					dw[j] = (setw ? 0.0f : dw[j]) + (float)acc[j - j0];
 			}
 		}
 	}

@@ -43,9 +43,15 @@ void lmk_cpu_linear_backward(float *dinp /*(N,IC)*/, float *dw /*(OC,IC)*/, floa
 			     const float *dout /*(N,OC)*/, const float *inp /*(N,IC)*/,
 			     const float *w /*(OC,IC)*/, int64_t N, int64_t IC, int64_t OC,
 			     int assign);
+/* out = r + (inp wᵀ + b): the product rounded, then the residual added, the
+ * bits of lmk_cpu_linear_forward then lmk_cpu_add_forward. The backward is
+ * the linear one's, and r's gradient is dout. */
+void lmk_cpu_linear_add_forward(float *out /*(N,OC)*/, const float *inp /*(N,IC)*/,
+				const float *w /*(OC,IC)*/, const float *b /*(OC) or NULL*/,
+				const float *r /*(N,OC)*/, int64_t N, int64_t IC, int64_t OC);
 
 /* out = inp * rstd * w, rstd = 1/sqrt(mean(inp²) + eps) saved per row;
- * assign: dinp (bit 0), and so for layernorm. */
+ * assign: dinp (bit 0), and so for layernorm; rmsnorm's dw too (bit 1). */
 void lmk_cpu_rmsnorm_forward(float *out /*(N,C)*/, float *rstd /*(N)*/,
 			     const float *inp /*(N,C)*/, const float *w /*(C) or NULL*/,
 			     int64_t N, int64_t C, float eps);

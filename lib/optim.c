@@ -73,7 +73,8 @@ static int adamw_init_device(lmk_adamw *o)
 
 /* The step on the device, with the scalars of adamw_span computed here the
  * same way, so that the kernel repeats the CPU's float32 arithmetic. */
-static void adamw_step_device(lmk_adamw *o, float lr, float step_size, float bc2_sqrt)
+static void adamw_step_device(lmk_adamw *o, float lr, float gscale, float step_size,
+			      float bc2_sqrt)
 {
 #if LMK_CUDA
 	const lmk_params *p = o->p;
@@ -81,11 +82,12 @@ static void adamw_step_device(lmk_adamw *o, float lr, float step_size, float bc2
 	const float w1 = (float)(1.0 - b1), w2 = (float)(1.0 - (double)o->cfg.beta2);
 	const float keep = (float)(1.0 - (double)lr * wd);
 	lmk_cuda_adamw_step(p->backend, p->data, p->grad, o->m, o->v, p->lp, o->spans, p->nt, p->n,
-			    w1, 1.0f - w1, 1.0 - b1 < 0.5, w2, o->cfg.beta2, o->cfg.eps, wd != 0.0,
-			    keep, -step_size, bc2_sqrt);
+			    gscale, w1, 1.0f - w1, 1.0 - b1 < 0.5, w2, o->cfg.beta2, o->cfg.eps,
+			    wd != 0.0, keep, -step_size, bc2_sqrt);
 #else
 	(void)o;
 	(void)lr;
+	(void)gscale;
 	(void)step_size;
 	(void)bc2_sqrt;
 #endif
@@ -201,8 +203,25 @@ static void adamw_span(const lmk_adamw *o, size_t off, int64_t n, double lr, dou
 	}
 }
 
+/* g *= c over p's whole gradient (the CPU's clipping pass) */
+static void grad_scale_host(lmk_params *p, float c)
+{
+	const size_t n = p->n;
+	#pragma omp parallel for schedule(static) if (n > 65536)
+	for (size_t i = 0; i < n; i++)
+		p->grad[i] *= c;
+}
+
 void lmk_adamw_step(lmk_adamw *o, float lr)
 {
+	lmk_adamw_step_scaled(o, lr, 1.0f);
+}
+
+void lmk_adamw_step_scaled(lmk_adamw *o, float lr, float gscale)
+{
+	/* the CPU scales first (the bits of clipping, then a step) */
+	if (o->dev != LMK_DEV_CUDA && gscale != 1.0f)
+		grad_scale_host(o->p, gscale);
 	o->t++;
 	/* torch computes the corrections in Python floats (double), then
 	 * passes step_size and bias_correction2_sqrt to float32 kernels. */
@@ -211,7 +230,7 @@ void lmk_adamw_step(lmk_adamw *o, float lr)
 	float step_size = (float)((double)lr / bc1);
 	float bc2_sqrt = (float)sqrt(bc2);
 	if (o->dev == LMK_DEV_CUDA) {
-		adamw_step_device(o, lr, step_size, bc2_sqrt);
+		adamw_step_device(o, lr, gscale, step_size, bc2_sqrt);
 		return;
 	}
 	for (int i = 0; i < o->p->nt; i++) {
@@ -222,19 +241,25 @@ void lmk_adamw_step(lmk_adamw *o, float lr)
 
 double lmk_clip_grad_norm(lmk_params *p, double max_norm)
 {
-	if (!p->grad || p->n == 0)
-		return 0.0;
+	float c;
+	double norm = lmk_grad_norm(p, max_norm, &c);
+	if (c == 1.0f || isnan(norm))
+		return norm;
+#if LMK_CUDA
+	if (p->dev == LMK_DEV_CUDA)
+		return lmk_cuda_grad_scale(p->backend, p->grad, p->n, c) < 0 ? NAN : norm;
+#endif
+	grad_scale_host(p, c);
+	return norm;
+}
+
+/* sqrt of the sum of g² over p's gradient, in double and a fixed order */
+static double norm_of(lmk_params *p)
+{
 #if LMK_CUDA
 	if (p->dev == LMK_DEV_CUDA) {
 		double norm;
-		if (lmk_cuda_grad_norm(p->backend, &norm, p->grad, p->n) < 0)
-			return NAN;
-		if (max_norm > 0) {
-			double coef = max_norm / (norm + 1e-6); /* as below */
-			if (coef < 1.0 && lmk_cuda_grad_scale(p->backend, p->grad, p->n, (float)coef) < 0)
-				return NAN;
-		}
-		return norm;
+		return lmk_cuda_grad_norm(p->backend, &norm, p->grad, p->n) < 0 ? NAN : norm;
 	}
 #endif
 	const size_t n = p->n, chunk = 1 << 16;
@@ -258,17 +283,21 @@ double lmk_clip_grad_norm(lmk_params *p, double max_norm)
 		for (size_t c = 0; c < ng; c++)
 			total += part[c];
 	}
-	double norm = sqrt(total);
+	return sqrt(total);
+}
+
+double lmk_grad_norm(lmk_params *p, double max_norm, float *coef)
+{
+	*coef = 1.0f;
+	if (!p->grad || p->n == 0)
+		return 0.0;
+	double norm = norm_of(p);
 	if (max_norm > 0) {
 		/* torch: clip_coef = max_norm / (total_norm + 1e-6), clamped to 1,
 		 * and multiplies in float32 */
-		double coef = max_norm / (norm + 1e-6);
-		if (coef < 1.0) {
-			float c = (float)coef;
-			#pragma omp parallel for schedule(static) if (n > 65536)
-			for (size_t i = 0; i < n; i++)
-				p->grad[i] *= c;
-		}
+		double c = max_norm / (norm + 1e-6);
+		if (c < 1.0)
+			*coef = (float)c;
 	}
 	return norm;
 }

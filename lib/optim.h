@@ -37,6 +37,11 @@ int lmk_adamw_init(lmk_adamw *o, lmk_params *p, const lmk_adamw_config *cfg);
  * it is queued on the parameters' stream; a launch failure is recorded
  * (lmk_errcode) and the next sync fails too. */
 void lmk_adamw_step(lmk_adamw *o, float lr);
+/* The same on the gradient times gscale (lmk_grad_norm's coef), the bits
+ * of scaling it first (lmk_clip_grad_norm) then stepping, without a pass of
+ * its own on CUDA; the gradient itself is left unscaled there (on the CPU
+ * it is scaled in place, as by clipping). */
+void lmk_adamw_step_scaled(lmk_adamw *o, float lr, float gscale);
 void lmk_adamw_free(lmk_adamw *o);
 /* The moments (p->n float32 each) to and from host memory, for
  * checkpoints, on either device. @return : 0 or < 0 */
@@ -49,6 +54,9 @@ int lmk_adamw_moments_from_host(lmk_adamw *o, const float *m, const float *v);
  * two-pass reduction, and the call waits for the norm.
  * @return : the norm (NaN with an error recorded if the device failed) */
 double lmk_clip_grad_norm(lmk_params *p, double max_norm);
+/* The norm alone, and in *coef the factor clipping would scale the
+ * gradient by (1 when it would not), for lmk_adamw_step_scaled. */
+double lmk_grad_norm(lmk_params *p, double max_norm, float *coef);
 
 typedef enum { LMK_SCHED_CONSTANT, LMK_SCHED_COSINE, LMK_SCHED_LINEAR } lmk_sched_kind;
 typedef struct lmk_schedule {

@@ -288,6 +288,9 @@ void lmk_ctx_reset(lmk_ctx *c)
 	lmk_arena_reset(&c->arena);
 	lmk_arena_reset(&c->meta);
 	c->ntape = 0;
+	c->rope_host = NULL;
+	c->rope_dev = NULL;
+	c->rope_n = 0;
 }
 
 /* The tensor that holds t's gradient state: t, or the base of a view. */
@@ -516,6 +519,8 @@ lmk_tensor *lmk_reshape(lmk_ctx *c, lmk_tensor *x, int ndim, const int64_t *shap
 	lmk_tensor_setshape(t, ndim, s);
 	t->base = owner(x);
 	t->gunwritten = 0;
+	t->viewed = 0;
+	t->base->viewed = 1;
 	return t;
 }
 
@@ -553,12 +558,24 @@ static int wants(const lmk_node *n, int j)
 	return n->in[j] && n->in[j]->requires_grad && n->in[j]->grad;
 }
 
+/* Whether in[j] of n may take over out's gradient memory: its gradient
+ * is out's (passes), only the two descriptors hold the pointers, and it is
+ * an activation (a parameter's gradient lives in its set's buffer). */
+static int can_pass(const lmk_node *n, int j)
+{
+	const lmk_tensor *t = n->in[j], *o = n->out;
+	return (n->passes >> j & 1) && !n->passed && o && !o->base && o->grad && !t->base &&
+	       !t->viewed && !t->name && t->n == o->n && t->gdtype == o->gdtype &&
+	       t->dev == o->dev;
+}
+
 int lmk_node_backward(lmk_ctx *c, lmk_node *n)
 {
 	int rc;
 	if (!n->backward || (n->out && owner(n->out)->gunwritten))
 		return 0;
 	n->assign = 0;
+	n->passed = 0;
 	for (int j = 0; j < LMK_NODE_MAXIN; j++) {
 		if (!wants(n, j) || !owner(n->in[j])->gunwritten)
 			continue;
@@ -566,7 +583,13 @@ int lmk_node_backward(lmk_ctx *c, lmk_node *n)
 		int shared = 0;
 		for (int k = 0; k < LMK_NODE_MAXIN; k++)
 			shared |= k != j && wants(n, k) && owner(n->in[k]) == owner(n->in[j]);
-		if ((n->writes >> j & 1) && !shared) {
+		if (!shared && can_pass(n, j)) {
+			/* its gradient is out's, which no one reads after this
+			 * backward: the same memory, no copy */
+			n->in[j]->grad = n->out->grad;
+			n->in[j]->gunwritten = 0;
+			n->passed |= 1 << j;
+		} else if ((n->writes >> j & 1) && !shared) {
 			n->assign |= 1 << j;
 			owner(n->in[j])->gunwritten = 0;
 		} else if ((rc = lmk_grad_zero(c, n->in[j])) < 0) {
@@ -721,6 +744,26 @@ void lmk_params_zero_grad(lmk_params *p)
 {
 	if (p->grad)
 		dev_memset(p->dev, p->backend, p->grad, 0, p->n * sizeof(float));
+}
+
+void lmk_params_grad_unwritten(lmk_params *p)
+{
+	for (int i = 0; p->grad && i < p->nt; i++)
+		p->t[i].gunwritten = 1;
+}
+
+int lmk_params_grad_settle(lmk_params *p)
+{
+	int rc;
+	for (int i = 0; p->grad && i < p->nt; i++) {
+		lmk_tensor *t = &p->t[i];
+		if (!t->gunwritten)
+			continue;
+		t->gunwritten = 0;
+		if ((rc = dev_memset(p->dev, p->backend, t->grad, 0, (size_t)t->n * sizeof(float))) < 0)
+			return rc;
+	}
+	return 0;
 }
 
 int lmk_params_to_device(lmk_params *p, lmk_ctx *c)

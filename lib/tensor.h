@@ -43,6 +43,8 @@ typedef struct lmk_tensor {
 			      * memory undefined. Always 0 on a view (see base) */
 	struct lmk_tensor *base; /* a view (lmk_reshape): the tensor whose data,
 			      * gradient and gunwritten it shares; else NULL */
+	int viewed;          /* views of it exist (they hold copies of its grad
+			      * pointer), so its gradient memory stays put */
 } lmk_tensor;
 
 /* Bump allocator in chunks of max(request, chunk) bytes; reset keeps the
@@ -76,6 +78,12 @@ typedef struct lmk_node {
 	int assign;          /* set by lmk_node_backward before the backward: bit j
 			      * (of writes) when in[j]'s gradient was unwritten, so
 			      * that the backward must assign every element of it */
+	int passes;          /* set by the op: bit j when in[j]'s gradient is out's
+			      * gradient itself (a residual add), so that an
+			      * unwritten one may take over out's memory */
+	int passed;          /* set by lmk_node_backward: bit j when in[j]'s
+			      * gradient took over out's memory and already holds
+			      * its value: the backward leaves in[j] alone */
 } lmk_node;
 
 typedef struct lmk_ctx {
@@ -91,6 +99,12 @@ typedef struct lmk_ctx {
 			      * scalars: `arena` holds device memory on CUDA */
 	lmk_dtype dtype;     /* compute dtype: what ops make activations in
 			      * (F32; or BF16 on CUDA) */
+	float *rope_host;    /* CUDA: the rope table last uploaded in this step
+			      * (lmk_rope_apply; a copy in meta) and the arena
+			      * memory holding it, so that one upload serves
+			      * every layer; reset forgets them */
+	float *rope_dev;
+	int64_t rope_n;
 } lmk_ctx;
 
 /* Grad starts enabled; seed and counter start at 0; F32, and on CUDA
@@ -176,7 +190,12 @@ int lmk_grad_zero(lmk_ctx *c, lmk_tensor *t);
  * would add zeros. Otherwise every unwritten gradient of its inputs is
  * zeroed first, except those the backward can assign (n->writes; not when
  * two inputs share a gradient), which it is told to assign (n->assign);
- * all of them are written afterwards.
+ * all of them are written afterwards. One input whose gradient is out's
+ * (n->passes), unwritten, an activation neither a view nor viewed, of out's
+ * size and dtype, takes over out's gradient memory instead (n->passed; no copy): the
+ * residual stream's gradient is then one buffer, as in llm.c. From then on
+ * out's gradient memory is that input's, so after the step it reads as the
+ * input's gradient (a tape's op outputs are intermediate values).
  * @return : 0 or the backward's code */
 int lmk_node_backward(lmk_ctx *c, lmk_node *n);
 
@@ -184,7 +203,8 @@ int lmk_node_backward(lmk_ctx *c, lmk_node *n);
  * replays the tape in reverse (lmk_node_backward), adding into the
  * gradients of parameters and inputs (lmk_tensor_new) and writing those of
  * the ops' outputs. Afterwards every gradient of the tape holds its value
- * (the ones no backward reached are zeroed). Call it once per step (between
+ * (the ones no backward reached are zeroed), except an output whose memory
+ * an input took over (lmk_node_backward). Call it once per step (between
  * resets): gradients are not re-zeroed.
  * @return : 0 or the first failing op's code */
 int lmk_backward(lmk_ctx *c, lmk_tensor *loss, float scale);
@@ -224,6 +244,14 @@ int lmk_params_add(lmk_params *p, const char *name, int ndim, const int64_t *sha
 int lmk_params_alloc(lmk_params *p);
 /* On CUDA, queued on the stream of the context given to _to_device. */
 void lmk_params_zero_grad(lmk_params *p);
+/* Instead of zeroing: marks every gradient unwritten (gunwritten), so that
+ * the first backward reaching it assigns it (a product's dw with beta 0)
+ * and no pass over the whole buffer is paid; the padding between tensors,
+ * which nothing writes, stays zero. After the backwards, _settle zeroes
+ * those still unwritten (parameters no node read), so that the whole
+ * buffer holds the gradient again. @return (settle) : 0 or < 0 */
+void lmk_params_grad_unwritten(lmk_params *p);
+int lmk_params_grad_settle(lmk_params *p);
 /* Moves the parameters to c's device (no-op on a CPU context): data and
  * grad become device buffers (the host ones are freed) and, when c
  * computes in BF16, a bf16 copy lp is made that ops read. Initialise or

@@ -602,7 +602,14 @@ int lmk_trainer_step(lmk_trainer *tr, lmk_train_stats *st)
 	double sum = 0, l = 0;
 	int rc;
 
-	lmk_params_zero_grad(tr->params);
+	/* The gradients start unwritten and the first backward to reach each
+	 * assigns it, instead of a pass zeroing them all; data parallel
+	 * all-reduces buckets as they complete, before any settling, so it
+	 * zeroes them. */
+	if (dp)
+		lmk_params_zero_grad(tr->params);
+	else
+		lmk_params_grad_unwritten(tr->params);
 	for (int a = 0; a < A; a++) {
 		/* data parallel: the group's windows, the same draw on every
 		 * rank; tr->x and tr->y are this rank's rows of them */
@@ -617,6 +624,8 @@ int lmk_trainer_step(lmk_trainer *tr, lmk_train_stats *st)
 			return rc;
 		sum += l;
 	}
+	if (!dp && (rc = lmk_params_grad_settle(tr->params)) < 0)
+		return rc;
 	lmk_ctx_reset(&tr->ctx);
 	st->loss = sum / A;
 	if (dp) {
@@ -630,13 +639,17 @@ int lmk_trainer_step(lmk_trainer *tr, lmk_train_stats *st)
 			return lmk_err(LMK_ENUM, "step %lld: the loss (the mean over %d ranks) is %g; the run "
 				       "diverged (try a lower --lr)", (long long)tr->step + 1, W, st->loss);
 	}
-	st->grad_norm = lmk_clip_grad_norm(tr->params, tr->cfg.grad_clip);
+	/* AdamW applies the clipping factor as it reads the gradient; GaLore
+	 * reads the gradient itself, so clip it first */
+	float coef = 1.0f;
+	st->grad_norm = tr->galore ? lmk_clip_grad_norm(tr->params, tr->cfg.grad_clip)
+				   : lmk_grad_norm(tr->params, tr->cfg.grad_clip, &coef);
 	if (!isfinite(st->grad_norm))
 		return lmk_err(LMK_ENUM, "step %lld: the gradient norm is %g; the run diverged (try a lower --lr)",
 			       (long long)tr->step + 1, st->grad_norm);
 	st->lr = lmk_schedule_lr(&tr->sched, tr->step);
 	if (!tr->galore)
-		lmk_adamw_step(&tr->opt, st->lr);
+		lmk_adamw_step_scaled(&tr->opt, st->lr, coef);
 	else if ((rc = lmk_galore_step(tr->galore, st->lr)) < 0)
 		return rc;
 	/* On a device the update is only queued: wait for it, so that the step

@@ -301,6 +301,46 @@ START_TEST(test_grad_linear)
 }
 END_TEST
 
+/* linear_add: x, w, r and the bias (when given) as inputs 0 to 3 */
+static lmk_tensor *op_linear_add(lmk_ctx *c, lmk_tensor **x, const gcase *g)
+{
+	return lmk_linear_add(c, x[0], x[1], g->nin > 3 ? x[3] : NULL, x[2]);
+}
+
+static void ref_linear_add(const gcase *g, double **x, double *out)
+{
+	int64_t IC = g->shape[1][1], OC = g->shape[1][0], N = g->p[0];
+	for (int64_t n = 0; n < N; n++)
+		for (int64_t o = 0; o < OC; o++) {
+			double s = g->nin > 3 ? x[3][o] : 0;
+			for (int64_t i = 0; i < IC; i++)
+				s += x[0][n * IC + i] * x[1][o * IC + i];
+			out[n * OC + o] = x[2][n * OC + o] + s;
+		}
+}
+
+START_TEST(test_grad_linear_add)
+{
+	static const struct { int64_t B, T, IC, OC; int bias, frozen_r; } tab[] = {
+		{1, 1, 1, 1, 1, 0}, {1, 3, 5, 7, 0, 0}, {2, 7, 67, 33, 1, 0},
+		{3, 5, 8, 3, 1, 1}, /* r without grad */
+		{2, 8, 96, 256, 0, 0},
+	};
+	for (size_t t = 0; t < sizeof tab / sizeof *tab; t++) {
+		gcase g = {.name = "linear_add", .op = op_linear_add, .ref = ref_linear_add,
+			   .p = {tab[t].B * tab[t].T}};
+		in_shape(&g, 0, 3, tab[t].B, tab[t].T, tab[t].IC, 0);
+		in_shape(&g, 1, 2, tab[t].OC, tab[t].IC, 0, 0);
+		in_shape(&g, 2, 3, tab[t].B, tab[t].T, tab[t].OC, 0);
+		if (tab[t].bias)
+			in_shape(&g, 3, 1, tab[t].OC, 0, 0, 0);
+		g.frozen[2] = tab[t].frozen_r;
+		check_grad(&g, 250 + t);
+	}
+	report("linear_add");
+}
+END_TEST
+
 /* ------------------------------------------------------------------ norms */
 
 static lmk_tensor *op_rmsnorm(lmk_ctx *c, lmk_tensor **x, const gcase *g)
@@ -1283,6 +1323,7 @@ int main(void)
 	tcase_set_timeout(tg, 120);
 	tcase_add_test(tg, test_grad_embedding);
 	tcase_add_test(tg, test_grad_linear);
+	tcase_add_test(tg, test_grad_linear_add);
 	tcase_add_test(tg, test_grad_rmsnorm);
 	tcase_add_test(tg, test_grad_layernorm);
 	tcase_add_test(tg, test_grad_rope);

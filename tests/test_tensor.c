@@ -299,6 +299,38 @@ START_TEST(test_unwritten_grad)
 }
 END_TEST
 
+/* A residual chain r1 = x1 + y, r2 = r1 + y: the adds' first inputs take
+ * over their outputs' gradient memory (one buffer, as llm.c's residual
+ * gradient), unless viewed, and every gradient is right. */
+START_TEST(test_passed_grad)
+{
+	for (int viewed = 0; viewed < 2; viewed++) {
+		lmk_ctx c;
+		ck_assert_int_eq(lmk_ctx_init(&c, LMK_DEV_CPU), 0);
+		c.arena.poison = 1;
+		lmk_tensor *x = lmk_tensor_new(&c, LMK_F32, 1, (int64_t[]){4}, 1);
+		for (int i = 0; i < 4; i++)
+			((float *)x->data)[i] = (float)i + 1;
+		lmk_tensor *x1 = lmk_scale(&c, x, 2), *y = lmk_scale(&c, x, 3);
+		if (viewed)
+			ck_assert_ptr_nonnull(lmk_reshape(&c, x1, 2, (int64_t[]){2, 2}));
+		void *x1g = x1->grad;
+		lmk_tensor *r1 = lmk_add(&c, x1, y), *r2 = lmk_add(&c, r1, y);
+		lmk_tensor *out = lmk_scale(&c, r2, 0.5f);
+		float ones[4] = {1, 1, 1, 1};
+		ck_assert_int_eq(lmk_backward_from(&c, out, ones), 0);
+		ck_assert_ptr_eq(r1->grad, r2->grad); /* r1's memory is r2's */
+		ck_assert_ptr_eq(x1->grad, viewed ? x1g : r2->grad);
+		for (int i = 0; i < 4; i++) {
+			ck_assert(((float *)x1->grad)[i] == 0.5f);
+			ck_assert(((float *)y->grad)[i] == 1.0f);
+			ck_assert(((float *)x->grad)[i] == 4.0f); /* 2 * 0.5 + 3 * 1 */
+		}
+		lmk_ctx_free(&c);
+	}
+}
+END_TEST
+
 /* A parameter used twice (tied embedding and output weights) through
  * lmk_backward from a loss: the gradient is the sum of both uses; scale
  * multiplies everything. */
@@ -447,6 +479,7 @@ int main(void)
 	tcase_add_test(tc, test_params);
 	tcase_add_test(tc, test_backward_dag);
 	tcase_add_test(tc, test_unwritten_grad);
+	tcase_add_test(tc, test_passed_grad);
 	tcase_add_test(tc, test_backward_params);
 	tcase_add_test(tc, test_backward_errors);
 	tcase_add_test(tc, test_tape_growth);
