@@ -16,11 +16,12 @@
  *   diagonal; masks are applied only to tiles that need them. The backward
  *   starts with a pre-pass for delta = rowsum(dout * out), then one fused
  *   pass (FlashAttention-2's) that gives a block BC keys and walks the
- *   query tiles of every query head of its kv head (dK, dV and GQA summed
- *   inside the block), computing Sᵀ and dPᵀ directly so that a warp owns
- *   key rows, and each query tile's part of dQ = dS K. The parts of the
- *   key blocks are summed in float32 through global memory: by default in
- *   a fixed order (FlashAttention-3's deterministic mode: each block waits
+ *   query tiles of every query head of its kv head, each in sub-tiles of
+ *   32 queries (dK, dV and GQA summed inside the block), computing Sᵀ and
+ *   dPᵀ directly so that a warp owns key rows, and each query tile's part
+ *   of dQ = dS K. The parts of the key blocks are summed in float32
+ *   through global memory: by default in a fixed order
+ *   (FlashAttention-3's deterministic mode: each block waits
  *   for a per-tile counter to show that the parts before its own are in,
  *   so the bits never vary), the last block adding the sum into dq; in a
  *   context set nondeterministic with float atomics, rounded into dq by a
@@ -370,31 +371,34 @@ __global__ void __launch_bounds__(FwdCfg<D>::NW * 32, FwdCfg<D>::MINB)
 /* ------------------------------------------ mma fused backward (BF16) */
 
 template <int D> struct BwdCfg;
-/* KVREG keeps the warp's K and V rows in registers as A operands rather
- * than reading them again for each query tile. PF (prefetch): the ordered
- * dQ sum reads its counter and loads the sum so far an iteration ahead
- * (see bwd_fused_mma); without it, right before adding, where the other
- * block on the SM (MINB 2) covers the latencies. D 64 runs two blocks of
- * 64 keys an SM rather than one of 128 keys: with the atomics 5-7% faster
- * on the H200, and the latencies of the ordered sum hide behind the other
- * block. */
+/* A block owns BC keys (16 a warp) and walks query tiles of BR rows, each
+ * in sub-tiles of BRS queries: the scores of one sub-tile are live in
+ * registers at a time, while the barrier, the tile loads and the dQ part
+ * (and its ordered sum) come once a tile. KVREG keeps the warp's K and V
+ * rows in registers as A operands rather than reading them again for each
+ * query tile. One block of 8 warps an SM (255 registers a thread). On the
+ * H200 (causal, T 1K-16K, with the ordered dQ sum below) forward+backward
+ * runs 15-25% faster at D 64 than with two blocks of 4 warps on 64 x 64
+ * tiles, and 21-28% faster at D 128 than with 32-query tiles. */
 template <> struct BwdCfg<64> {
-	static constexpr int BC = 64, BR = 64, NW = 4, MINB = 2;
-	static constexpr bool KVREG = true, PF = false;
+	static constexpr int BC = 128, BR = 128, BRS = 32, NW = 8, MINB = 1;
+	static constexpr bool KVREG = true;
 };
 template <> struct BwdCfg<128> {
-	static constexpr int BC = 128, BR = 32, NW = 8, MINB = 1;
-	static constexpr bool KVREG = false, PF = true;
+	static constexpr int BC = 128, BR = 64, BRS = 32, NW = 8, MINB = 1;
+	static constexpr bool KVREG = false;
 };
 
 /* The counters of the ordered dQ sums, as CUTLASS's semaphores use them:
- * a relaxed read that sees the count, then a fence, acquires the parts it
- * counts; a fence, then a relaxed add, releases this thread's stores and
- * those ordered before it (by __syncwarp). One fence can do both. */
-static __device__ __forceinline__ int ld_relaxed(const int *p)
+ * an acquiring read that sees the count acquires the parts it counts for
+ * this thread and those ordered after it (by __syncwarp); a fence, then a
+ * relaxed add, releases this thread's stores and those ordered before it.
+ * (On sm_90 the acquiring read is a load and an L1 invalidation, while the
+ * fence is a full memory barrier.) */
+static __device__ __forceinline__ int ld_acquire(const int *p)
 {
 	int v;
-	asm volatile("ld.relaxed.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(p));
+	asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
 	return v;
 }
 
@@ -426,15 +430,14 @@ static __device__ __forceinline__ void red_relaxed(int *p)
  *   the number of parts before its own, adds its part to theirs and raises
  *   the counter; the last adds the sum times scale into dq. A warp covers
  *   the same piece of the tile in every block, so the counters are per
- *   warp. With PF their latencies stay off the critical path as far as
- *   they can: a warp reads its counter before the iteration's dV and dK
- *   products, and at the end of the iteration one fence (lane 0's) both
- *   releases the part it stored at the start (the count is raised only
- *   then) and acquires the sum so far, whose loads then hide behind the
- *   barrier and the dQ product. Without PF a warp waits, acquires, loads,
- *   adds, stores and releases in one go, and the other block on the SM
- *   runs meanwhile. Blocks take their (key block, kv head, batch) from a
- *   ticket, sem[0], in the order of start, descending key block first
+ *   warp. A warp reads its counter in the middle of the iteration before
+ *   it needs it (before the last sub-tile's dV and dK products), so that
+ *   when the part is due the count is usually in and only the load of the
+ *   sum so far remains; it raises the count of the part it stored (a
+ *   fence, then the counter's add) after the first sub-tile's products,
+ *   once the stores have left, so that the fence seldom waits.
+ *   Blocks take their (key block, kv head, batch) from a ticket, sem[0],
+ *   in the order of start, descending key block first
  *   (ticket x + blocks (g + K b) is key block blocks - 1 - x): a block only
  *   waits for blocks with lower tickets, which have started (and hold their
  *   SM) before it, so the waits cannot deadlock, whatever order the
@@ -450,7 +453,8 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 {
 	constexpr int BC = BwdCfg<D>::BC, BR = BwdCfg<D>::BR, NW = BwdCfg<D>::NW, NT = NW * 32;
 	constexpr int WPM = NW / (BR / 16), NQ = D / WPM; /* dQ: warps per 16 rows, their columns */
-	constexpr bool KVREG = BwdCfg<D>::KVREG, PF = BwdCfg<D>::PF;
+	constexpr int BRS = BwdCfg<D>::BRS;
+	constexpr bool KVREG = BwdCfg<D>::KVREG;
 	extern __shared__ __align__(128) unsigned char smem_raw[];
 	bf16 *sK = (bf16 *)smem_raw;  /* BC x D */
 	bf16 *sV = sK + BC * D;       /* BC x D */
@@ -571,58 +575,31 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 		pos = jr >= jb ? jr - jb : jr - jb + nkb;
 		cnt = sem + 1 + (((int64_t)b * H + h) * nqa + qi) * NW + warp;
 	};
-	/* DET: the iteration whose counter this warp's last stored part still
-	 * has to raise (-1: none), and lane 0's early read of the counter of
-	 * iteration it's tile (when the block is not the tile's first) */
-	int rel = -1, seen = 0;
-	auto counter = [&](int it) {
-		int h, i0, pos, nc;
-		int *cnt;
-		tile_of(it, h, i0, pos, nc, cnt);
-		return cnt;
-	};
+	/* DET: lane 0's early read of the counter of iteration it's tile (when
+	 * the block is not the tile's first) */
+	int seen = 0;
+	/* DET: the iteration whose part this warp stored last and has still to
+	 * count (-1: none) */
+	int rel = -1;
 	auto dq_poll = [&](int it) {
 		int h, i0, pos, nc;
 		int *cnt;
 		tile_of(it, h, i0, pos, nc, cnt);
 		if (lane == 0 && pos > 0)
-			seen = ld_relaxed(cnt);
+			seen = ld_acquire(cnt);
 	};
-	/* raise the pending count: every lane's stores, then lane 0's fence */
-	auto dq_release = [&]() {
-		__syncwarp();
-		if (lane == 0 && rel >= 0) {
-			fence_acq_rel();
-			red_relaxed(counter(rel));
-		}
-		rel = -1;
-	};
-	/* DET, at the end of iteration it: release the pending count, wait for
-	 * the parts before this block's in iteration it's tile, and load their
-	 * sum (and, in the last block, dq's old values). A warp that has to
-	 * wait releases first, so that no block waits while holding a part. */
+	/* DET, when iteration it's part is due: wait for the parts before this
+	 * block's in iteration it's tile and load their sum (and, in the last
+	 * block, dq's old values). */
 	auto dq_fetch = [&](int it) {
 		int h, i0, pos, nc;
 		int *cnt;
 		tile_of(it, h, i0, pos, nc, cnt);
 		const int64_t off = (int64_t)b * T * ldq + (int64_t)h * D + n0 + ((lane & 3) << 1);
-		__syncwarp();
-		if (lane == 0) {
-			if (pos > 0 && seen < pos) {
-				if (rel >= 0) {
-					fence_acq_rel();
-					red_relaxed(counter(rel));
-					rel = -1;
-				}
-				while ((seen = ld_relaxed(cnt)) < pos)
-					;
-			}
-			if (pos > 0 || rel >= 0)
-				fence_acq_rel();
-			if (rel >= 0)
-				red_relaxed(counter(rel));
+		if (lane == 0 && pos > 0) {
+			while (seen < pos)
+				seen = ld_acquire(cnt);
 		}
-		rel = -1;
 		__syncwarp();
 #pragma unroll
 		for (int hf = 0; hf < 2; hf++) {
@@ -674,6 +651,19 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 		if (DET && pos < nc - 1)
 			rel = it;
 	};
+	/* DET: raise the count of the part stored last (rel): every lane's
+	 * stores, then lane 0's fence */
+	auto dq_release = [&]() {
+		__syncwarp();
+		if (lane == 0 && rel >= 0) {
+			int h, i0, pos, nc;
+			int *cnt;
+			tile_of(rel, h, i0, pos, nc, cnt);
+			fence_acq_rel();
+			red_relaxed(cnt);
+		}
+		rel = -1;
+	};
 
 	for (int it = 0; it < nit; it++) {
 		const int q0 = qtile(it) * BR, st = it & 1;
@@ -693,13 +683,9 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 		if (dqw && it > 0) {
 			float acc[NQ / 8][4];
 			dq_part(acc, sS + ((it - 1) & 1) * BC * BR);
-			if (DET && !PF) {
-				dq_poll(it - 1);
+			if (DET)
 				dq_fetch(it - 1);
-			}
 			dq_out(it - 1, acc);
-			if (DET && !PF)
-				dq_release();
 		}
 		const bf16 *cQ = sQ + st * BR * D, *cO = sO + st * BR * D;
 		const float *cL = sL + st * BR, *cD = sD + st * BR;
@@ -711,107 +697,122 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 				ld_a<D>(va[kk], sV, warp * 16, kk * 16, lane);
 			}
 		}
-		/* A warp whose keys all lie past T or (causal) after the
-		 * tile's last query has Pᵀ = dSᵀ = 0: it only writes its zeros
-		 * for dQ. */
-		const bool live = k0 + warp * 16 < T && !(causal && k0 + warp * 16 > q0 + BR - 1);
+		/* The query tile in sub-tiles of BRS queries: Sᵀ, dPᵀ, then Pᵀ, dSᵀ and
+		 * their dV, dK products. */
+#pragma unroll 1
+		for (int hq = 0; hq < BR / BRS; hq++) {
+			const int c0 = hq * BRS, qs = q0 + c0;
+			/* A warp whose keys all lie past T or (causal) after the sub-tile's
+			 * last query has Pᵀ = dSᵀ = 0: it only writes its zeros for dQ. */
+			const bool live = k0 + warp * 16 < T && !(causal && k0 + warp * 16 > qs + BRS - 1);
 
-		float s[BR / 8][4], dp[BR / 8][4];
+			float s[BRS / 8][4], dp[BRS / 8][4];
 #pragma unroll
-		for (int n = 0; n < BR / 8; n++)
+			for (int n = 0; n < BRS / 8; n++)
 #pragma unroll
-			for (int e = 0; e < 4; e++)
-				s[n][e] = dp[n][e] = 0.f;
-		if (live) {
+				for (int e = 0; e < 4; e++)
+					s[n][e] = dp[n][e] = 0.f;
+			if (live) {
 #pragma unroll
-			for (int kk = 0; kk < D / 16; kk++) {
-				const int x = KVREG ? kk : 0;
-				if (!KVREG) {
-					ld_a<D>(ka[0], sK, warp * 16, kk * 16, lane);
-					ld_a<D>(va[0], sV, warp * 16, kk * 16, lane);
-				}
-#pragma unroll
-				for (int np = 0; np < BR / 16; np++) {
-					uint32_t bb[4];
-					ld_b_nk<D>(bb, cQ, np * 16, kk * 16, lane);
-					mma16816(s[2 * np], ka[x], bb[0], bb[1]);
-					mma16816(s[2 * np + 1], ka[x], bb[2], bb[3]);
-					ld_b_nk<D>(bb, cO, np * 16, kk * 16, lane);
-					mma16816(dp[2 * np], va[x], bb[0], bb[1]);
-					mma16816(dp[2 * np + 1], va[x], bb[2], bb[3]);
-				}
-			}
-		}
-
-		const bool need_mask = q0 + BR > T || k0 + warp * 16 + 16 > T || sg ||
-				       (causal && q0 < k0 + warp * 16 + 15);
-		/* Pᵀ and dSᵀ, columns are queries, packed to bf16 pairs in the
-		 * C layout: pp[n][0] row lo, pp[n][1] row hi (0 for a warp that
-		 * is not live). */
-		uint32_t pp[BR / 8][2], ds[BR / 8][2];
-#pragma unroll
-		for (int n = 0; n < BR / 8; n++)
-			pp[n][0] = pp[n][1] = ds[n][0] = ds[n][1] = 0u;
-		if (live) {
-#pragma unroll
-			for (int n = 0; n < BR / 8; n++) {
-				const int c = n * 8 + ((lane & 3) << 1);
-				float pe[4], de[4];
-#pragma unroll
-				for (int e = 0; e < 4; e++) {
-					const int ci = c + (e & 1);
-					float p = ex2(s[n][e] * scale_log2 - cL[ci]);
-					if (need_mask) {
-						const int i = q0 + ci, j = e < 2 ? j_lo : j_hi;
-						const int sj = e < 2 ? seg_lo : seg_hi;
-						bool ok = i < T && j < T && (!causal || j <= i) &&
-							  (!sg || (sj >= 0 && sg[i] == sj));
-						if (!ok)
-							p = 0.f;
+				for (int kk = 0; kk < D / 16; kk++) {
+					const int x = KVREG ? kk : 0;
+					if (!KVREG) {
+						ld_a<D>(ka[0], sK, warp * 16, kk * 16, lane);
+						ld_a<D>(va[0], sV, warp * 16, kk * 16, lane);
 					}
-					pe[e] = p;
-					de[e] = p * (dp[n][e] - cD[ci]);
-				}
-				pp[n][0] = pack_bf16(pe[0], pe[1]);
-				pp[n][1] = pack_bf16(pe[2], pe[3]);
-				ds[n][0] = pack_bf16(de[0], de[1]);
-				ds[n][1] = pack_bf16(de[2], de[3]);
-			}
-		}
-		if (dqw) {
-			bf16 *cS = sS + st * BC * BR;
-			const int r = warp * 16 + (lane >> 2), c = (lane & 3) << 1;
 #pragma unroll
-			for (int n = 0; n < BR / 8; n++) {
-				*(uint32_t *)(cS + swz<BR>(r, n * 8) + c) = ds[n][0];
-				*(uint32_t *)(cS + swz<BR>(r + 8, n * 8) + c) = ds[n][1];
+					for (int np = 0; np < BRS / 16; np++) {
+						uint32_t bb[4];
+						ld_b_nk<D>(bb, cQ, c0 + np * 16, kk * 16, lane);
+						mma16816(s[2 * np], ka[x], bb[0], bb[1]);
+						mma16816(s[2 * np + 1], ka[x], bb[2], bb[3]);
+						ld_b_nk<D>(bb, cO, c0 + np * 16, kk * 16, lane);
+						mma16816(dp[2 * np], va[x], bb[0], bb[1]);
+						mma16816(dp[2 * np + 1], va[x], bb[2], bb[3]);
+					}
+				}
 			}
-		}
 
-		if (DET && PF && dqw)
-			dq_poll(it);
-		if (live) {
+			const bool need_mask = qs + BRS > T || k0 + warp * 16 + 16 > T || sg ||
+					       (causal && qs < k0 + warp * 16 + 15);
+			/* Pᵀ and dSᵀ, columns are queries, packed to bf16 pairs in the C
+			 * layout: pp[n][0] row lo, pp[n][1] row hi (0 for a warp that is not
+			 * live). */
+			uint32_t pp[BRS / 8][2], ds[BRS / 8][2];
 #pragma unroll
-			for (int kk = 0; kk < BR / 16; kk++) {
-				/* two n8 tiles of C as one k16 A operand */
-				const uint32_t ap[4] = {pp[2 * kk][0], pp[2 * kk][1], pp[2 * kk + 1][0],
-							pp[2 * kk + 1][1]};
-				const uint32_t as[4] = {ds[2 * kk][0], ds[2 * kk][1], ds[2 * kk + 1][0],
-							ds[2 * kk + 1][1]};
+			for (int n = 0; n < BRS / 8; n++)
+				pp[n][0] = pp[n][1] = ds[n][0] = ds[n][1] = 0u;
+			if (live) {
+				/* Pᵀ into s; the masks in a loop of their own, so that the
+				 * tiles without them run straight through */
 #pragma unroll
-				for (int dd = 0; dd < D / 16; dd++) {
-					uint32_t bb[4];
-					ld_b_kn<D>(bb, cO, kk * 16, dd * 16, lane);
-					mma16816(av[2 * dd], ap, bb[0], bb[1]);
-					mma16816(av[2 * dd + 1], ap, bb[2], bb[3]);
-					ld_b_kn<D>(bb, cQ, kk * 16, dd * 16, lane);
-					mma16816(ak[2 * dd], as, bb[0], bb[1]);
-					mma16816(ak[2 * dd + 1], as, bb[2], bb[3]);
+				for (int n = 0; n < BRS / 8; n++)
+#pragma unroll
+					for (int e = 0; e < 4; e++)
+						s[n][e] = ex2(s[n][e] * scale_log2 -
+							      cL[c0 + n * 8 + ((lane & 3) << 1) + (e & 1)]);
+				if (need_mask) {
+#pragma unroll
+					for (int n = 0; n < BRS / 8; n++)
+#pragma unroll
+						for (int e = 0; e < 4; e++) {
+							const int i = qs + n * 8 + ((lane & 3) << 1) + (e & 1);
+							const int j = e < 2 ? j_lo : j_hi;
+							const int sj = e < 2 ? seg_lo : seg_hi;
+							bool ok = i < T && j < T && (!causal || j <= i) &&
+								  (!sg || (sj >= 0 && sg[i] == sj));
+							if (!ok)
+								s[n][e] = 0.f;
+						}
+				}
+#pragma unroll
+				for (int n = 0; n < BRS / 8; n++) {
+					const int c = c0 + n * 8 + ((lane & 3) << 1);
+					float de[4];
+#pragma unroll
+					for (int e = 0; e < 4; e++)
+						de[e] = s[n][e] * (dp[n][e] - cD[c + (e & 1)]);
+					pp[n][0] = pack_bf16(s[n][0], s[n][1]);
+					pp[n][1] = pack_bf16(s[n][2], s[n][3]);
+					ds[n][0] = pack_bf16(de[0], de[1]);
+					ds[n][1] = pack_bf16(de[2], de[3]);
+				}
+			}
+			if (dqw) {
+				bf16 *cS = sS + st * BC * BR;
+				const int r = warp * 16 + (lane >> 2), c = (lane & 3) << 1;
+#pragma unroll
+				for (int n = 0; n < BRS / 8; n++) {
+					*(uint32_t *)(cS + swz<BR>(r, c0 + n * 8) + c) = ds[n][0];
+					*(uint32_t *)(cS + swz<BR>(r + 8, c0 + n * 8) + c) = ds[n][1];
+				}
+			}
+
+			if (DET && dqw && hq == BR / BRS - 1)
+				dq_poll(it);
+			if (DET && dqw && hq == 0)
+				dq_release();
+			if (live) {
+#pragma unroll
+				for (int kk = 0; kk < BRS / 16; kk++) {
+					/* two n8 tiles of C as one k16 A operand */
+					const uint32_t ap[4] = {pp[2 * kk][0], pp[2 * kk][1], pp[2 * kk + 1][0],
+								pp[2 * kk + 1][1]};
+					const uint32_t as[4] = {ds[2 * kk][0], ds[2 * kk][1], ds[2 * kk + 1][0],
+								ds[2 * kk + 1][1]};
+#pragma unroll
+					for (int dd = 0; dd < D / 16; dd++) {
+						uint32_t bb[4];
+						ld_b_kn<D>(bb, cO, c0 + kk * 16, dd * 16, lane);
+						mma16816(av[2 * dd], ap, bb[0], bb[1]);
+						mma16816(av[2 * dd + 1], ap, bb[2], bb[3]);
+						ld_b_kn<D>(bb, cQ, c0 + kk * 16, dd * 16, lane);
+						mma16816(ak[2 * dd], as, bb[0], bb[1]);
+						mma16816(ak[2 * dd + 1], as, bb[2], bb[3]);
+					}
 				}
 			}
 		}
-		if (DET && PF && dqw)
-			dq_fetch(it);
 		if (it + 1 < nit && tid < BR)
 			sL[(st ^ 1) * BR + tid] = lse_staged(lnext);
 	}
@@ -820,10 +821,8 @@ __global__ void __launch_bounds__(BwdCfg<D>::NW * 32, BwdCfg<D>::MINB)
 		__syncthreads();
 		float acc[NQ / 8][4];
 		dq_part(acc, sS + ((nit - 1) & 1) * BC * BR);
-		if (DET && !PF) {
-			dq_poll(nit - 1);
+		if (DET)
 			dq_fetch(nit - 1);
-		}
 		dq_out(nit - 1, acc);
 		if (DET)
 			dq_release();
