@@ -90,30 +90,40 @@ static __device__ __forceinline__ int64_t bend(const geo &g, int i, int64_t c)
 
 /* ------------------------------------------------------------ decays */
 
+/* A block per chunk (b, n), 64 heads at a time: the chunk's loga comes in
+ * by coalesced loads (a token's heads side by side), a thread per head sums
+ * it in token order in double, and acs leaves by coalesced stores (a
+ * head's tokens side by side). */
 template <class T>
 __global__ void prep_chunk(float *acs /*(BH,T)*/, double *E /*(BH,N)*/, const T *loga /*(B,T,H)*/,
 			   geo g)
 {
-	int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-	if (i >= g.B * g.H * g.N)
-		return;
-	int64_t bh = i / g.N, n = i % g.N, b = bh / g.H, h = bh % g.H;
-	int64_t t0 = n * g.C, t1 = t0 + g.C < g.T ? t0 + g.C : g.T;
-	double a = 0;
-	/* eight loads in flight before their sums */
-	for (int64_t tb = t0; tb < t1; tb += 8) {
-		float x[8];
-#pragma unroll
-		for (int u = 0; u < 8; u++)
-			x[u] = loga && tb + u < t1 ? tof(loga[(b * g.T + tb + u) * g.H + h]) : 0.0f;
-#pragma unroll
-		for (int u = 0; u < 8; u++)
-			if (tb + u < t1) {
-				a += x[u];
-				acs[bh * g.T + tb + u] = (float)a;
+	__shared__ float x[CMAX][65];
+	int64_t b = blockIdx.x / g.N, n = blockIdx.x % g.N, t0 = n * g.C;
+	int len = g.T - t0 < g.C ? (int)(g.T - t0) : g.C;
+	for (int64_t h0 = 0; h0 < g.H; h0 += 64) {
+		int nh = g.H - h0 < 64 ? (int)(g.H - h0) : 64;
+		__syncthreads(); /* the last group's acs is stored */
+		for (int idx = threadIdx.x; idx < len * 64; idx += blockDim.x) {
+			int t = idx / 64, hh = idx % 64;
+			x[t][hh] = loga && hh < nh ? tof(loga[(b * g.T + t0 + t) * g.H + h0 + hh]) : 0.0f;
+		}
+		__syncthreads();
+		if (threadIdx.x < nh) {
+			int hh = threadIdx.x;
+			double a = 0;
+			for (int t = 0; t < len; t++) {
+				a += x[t][hh];
+				x[t][hh] = (float)a;
 			}
+			E[(b * g.H + h0 + hh) * g.N + n] = a;
+		}
+		__syncthreads();
+		for (int idx = threadIdx.x; idx < nh * len; idx += blockDim.x) {
+			int hh = idx / len, t = idx % len;
+			acs[(b * g.H + h0 + hh) * g.T + t0 + t] = x[t][hh];
+		}
 	}
-	E[bh * g.N + n] = a;
 }
 
 __global__ void prep_prefix(double *E /*(BH,N)*/, geo g)
@@ -948,12 +958,11 @@ static __host__ __device__ size_t bump(size_t *o, size_t bytes)
 
 static __host__ __device__ size_t zmax(size_t a, size_t b) { return a > b ? a : b; }
 
-/* kind 0: out, 1: bwd, 2: acc (C is then the token tile), 3: out with
- * the plain form's bf16 state, 4: bwd with the plain form's four state
- * halves. out: K's tile then holds the states (Hb); out 3: the state has
- * its own tile; bwd: HX state rows in Hb (bwd 4: the four halves, Dk rows
- * each), Z (20 C floats) for the block sums of the scores, then the
- * reads' weights and row dots (2 C + 2 C). */
+/* kind 0: out, 1: bwd, 2: acc (C is then the token tile), 4: bwd with the
+ * plain form's four state halves. out: K's tile then holds the states
+ * (Hb); bwd: HX state rows in Hb (bwd 4: the four halves, Dk rows each),
+ * Z (20 C floats) for the block sums of the scores, then the reads'
+ * weights and row dots (2 C + 2 C). */
 static __host__ __device__ tco tc_layout(int C, int Dk, int Dv, int kind)
 {
 	tco L;
@@ -968,10 +977,6 @@ static __host__ __device__ tco tc_layout(int C, int Dk, int Dv, int kind)
 	} else if (kind == 0) {
 		L.Kb = L.Hb = bump(&o, zmax((size_t)C * L.lk, (size_t)Dk * L.lv) * b2);
 		L.Vb = bump(&o, (size_t)C * L.lv * b2);
-	} else if (kind == 3) {
-		L.Kb = bump(&o, (size_t)C * L.lk * b2);
-		L.Vb = bump(&o, (size_t)C * L.lv * b2);
-		L.Hb = bump(&o, (size_t)Dk * L.lv * b2);
 	} else {
 		L.Kb = bump(&o, (size_t)C * L.lk * b2);
 		L.Vb = bump(&o, (size_t)C * L.lv * b2);
@@ -1088,16 +1093,19 @@ static __device__ __forceinline__ void scale_a(uint32_t (&a)[4], float w0, float
 
 /* Rows of a chunk (bf16, zero past len) into Xb (C, ld), 16 bytes a copy,
  * in flight together (X, the row stride and D keep 16-byte alignment: the
- * launcher checks the pointers). The caller ends them with cp_wait_all and
- * a barrier. */
+ * launcher checks the pointers). A thread keeps one column x and steps
+ * over the rows, NT / (D / 8) at a time (no division a copy). The caller
+ * ends them with cp_wait_all and a barrier. */
 static __device__ void tc_rows(bf16 *Xb, int ld, const bf16 *X, int64_t row0, int64_t rstride,
 			       int D, int C, int len)
 {
-	int d8 = D / 8;
-	for (int idx = threadIdx.x; idx < C * d8; idx += NT) {
-		int i = idx / d8, x = idx % d8 * 8;
-		cp_async16(Xb + i * ld + x, X + (row0 + (i < len ? i : 0)) * rstride + x, i < len);
-	}
+	int d8 = D / 8, rp = NT / d8, i = threadIdx.x / d8, x = threadIdx.x % d8 * 8;
+	if (i >= rp)
+		return;
+	const bf16 *src = X + (row0 + i) * rstride + x, *first = X + row0 * rstride + x;
+	int64_t step = (int64_t)rp * rstride;
+	for (; i < C; i += rp, src += step)
+		cp_async16(Xb + i * ld + x, i < len ? src : first, i < len);
 }
 
 /* A state (Dk,Dv) fp32 from global into Hb (Dk, ld) bf16: its rounding,
@@ -1135,12 +1143,7 @@ static __device__ void tc_state(bf16 *Hb, int ld, const float *St, int Dk, int D
 static __device__ void tc_state(bf16 *Hb, int ld, const bf16 *St, int Dk, int Dv, int lo,
 				int64_t lo_off)
 {
-	const bf16 *src = St + (lo ? lo_off : 0);
-	int d8 = Dv / 8;
-	for (int idx = threadIdx.x; idx < Dk * d8; idx += NT) {
-		int i = idx / d8, y = idx % d8 * 8;
-		cp_async16(Hb + i * ld + y, src + (int64_t)i * Dv + y, true);
-	}
+	tc_rows(Hb, ld, St + (lo ? lo_off : 0), 0, Dv, Dv, Dk, Dk);
 	cp_wait_all();
 }
 
@@ -1175,8 +1178,8 @@ static __device__ void tc_read_weights(float *wr, float *wn, const float *ac, co
 
 /* The output of a chunk on register fragments (FS: float, the fp32
  * states F of either form, or bf16, the plain form's one state per chunk,
- * copied to shared memory in a second cp.async group that lands while the
- * scores run; its smaller tiles let three blocks share an SM at D 64).
+ * copied by cp.async into K's tile once the scores are done, landing while
+ * P v runs: the smaller tiles let three blocks share an SM at D 128).
  * Warp w owns the rows
  * 16 (w % 4) .. + 15 and the 16-column groups w / 4, w / 4 + 2, ... of the
  * output; the two warps of a row block both compute its scores (S = q kᵀ
@@ -1192,7 +1195,7 @@ __global__ void __launch_bounds__(NT, std::is_same<FS, bf16>::value ? 3 : 2)
 	extern __shared__ __align__(128) unsigned char tcsm[];
 	constexpr bool PB = std::is_same<FS, bf16>::value;
 	int C = g.C, Dk = (int)g.Dk, Dv = (int)g.Dv;
-	tco L = tc_layout(C, Dk, Dv, PB ? 3 : 0);
+	tco L = tc_layout(C, Dk, Dv, 0);
 	bf16 *Qb = SMB(bf16, L.Qb), *Kb = SMB(bf16, L.Kb), *Vb = SMB(bf16, L.Vb), *Hb = SMB(bf16, L.Hb);
 	float *ac = SMB(float, L.ac), *wr = SMB(float, L.wr), *lm = SMB(float, L.lm);
 	int64_t n = blockIdx.x, bh = blockIdx.y, b = bh / g.H, h = bh % g.H, t0 = n * g.C;
@@ -1205,14 +1208,10 @@ __global__ void __launch_bounds__(NT, std::is_same<FS, bf16>::value ? 3 : 2)
 	tc_rows(Kb, L.lk, k + grp * g.Dk, b * g.T + t0, g.G * g.Dk, Dk, C, len);
 	tc_rows(Vb, L.lv, v + h * g.Dv, b * g.T + t0, g.H * g.Dv, Dv, C, len);
 	cp_commit();
-	/* PB: the state in a second group, landing while the scores run */
-	if (PB && F)
-		tc_rows(Hb, L.lv, (const bf16 *)F + (bh * g.tot + n) * g.M, 0, Dv, Dv, Dk, Dk);
-	cp_commit();
 	for (int i = threadIdx.x; i < C; i += NT)
 		ac[i] = i < len ? acs[bh * g.T + t0 + i] : 0.0f;
 	tc_lam(lm, g, lam, b, h, t0, len);
-	cp_wait<1>();
+	cp_wait<0>();
 	__syncthreads();
 	float o[4][2][4];
 #pragma unroll
@@ -1220,13 +1219,13 @@ __global__ void __launch_bounds__(NT, std::is_same<FS, bf16>::value ? 3 : 2)
 #pragma unroll
 		for (int e = 0; e < 8; e++)
 			o[u][e / 4][e % 4] = 0.0f;
-	if (act) {
-		float sc[4][2][4];
+	float sc[4][2][4];
 #pragma unroll
-		for (int jg = 0; jg < 4; jg++)
+	for (int jg = 0; jg < 4; jg++)
 #pragma unroll
-			for (int e = 0; e < 8; e++)
-				sc[jg][e / 4][e % 4] = 0.0f;
+		for (int e = 0; e < 8; e++)
+			sc[jg][e / 4][e % 4] = 0.0f;
+	if (act)
 		for (int kk = 0; kk < Dk; kk += 16) {
 			uint32_t a[4];
 			frag_a(a, Qb, L.lk, r0, kk);
@@ -1240,6 +1239,14 @@ __global__ void __launch_bounds__(NT, std::is_same<FS, bf16>::value ? 3 : 2)
 				mma16816(sc[jg][1], a, bb[2], bb[3]);
 			}
 		}
+	if (PB) {
+		/* the state into K's tile, landing during P v */
+		__syncthreads(); /* K is read */
+		if (F)
+			tc_rows(Hb, L.lv, (const bf16 *)F + (bh * g.tot + n) * g.M, 0, Dv, Dv, Dk, Dk);
+		cp_commit();
+	}
+	if (act) {
 #pragma unroll
 		for (int jg = 0; jg < 4; jg++) {
 			if (jg > rb)
@@ -1251,7 +1258,7 @@ __global__ void __launch_bounds__(NT, std::is_same<FS, bf16>::value ? 3 : 2)
 				int i = r0 + gq + (c >= 2 ? 8 : 0), j = 16 * jg + 8 * nn + 2 * tq + (c & 1);
 				float val = 0.0f;
 				if (j <= i && i < len) {
-					val = g.scale * expf(ac[i] - ac[j]) * sc[jg][nn][c];
+					val = g.scale * __expf(ac[i] - ac[j]) * sc[jg][nn][c];
 					if (lam)
 						val *= lm[i * 8 + fen_level(t0 + i, t0 + j)];
 				}
@@ -1625,34 +1632,45 @@ static __device__ __forceinline__ void st2(bf16 *p, float a, float b)
 }
 
 /* As store_acc, but added into a gradient of either dtype (the roundings of
- * gadd), a column group's four loads issued before its stores. */
+ * gadd): the loads of UB column groups (bf16: two, every group at Dk 64)
+ * issued before their stores, one round trip to memory for them. */
 template <class G>
 static __device__ __forceinline__ void add_acc_t(G *dst, int64_t row0, int64_t rs,
 						 const float (&A)[4][2][4], int r0, int hf, int ng, int len)
 {
+	using G2 = typename std::conditional<std::is_same<G, float>::value, float2, __nv_bfloat162>::type;
+	constexpr int UB = std::is_same<G, float>::value ? 1 : 2;
 	int lane = threadIdx.x % 32, gq = lane / 4, tq = lane % 4;
 #pragma unroll
-	for (int u = 0; u < 4; u++) {
-		int gi = hf + 2 * u;
-		if (gi >= ng)
-			break;
-		float2 c[2][2];
+	for (int ub = 0; ub < 4; ub += UB) {
+		G2 c[UB][2][2];
 #pragma unroll
-		for (int nn = 0; nn < 2; nn++)
+		for (int du = 0; du < UB; du++) {
+			int gi = hf + 2 * (ub + du);
 #pragma unroll
-			for (int hr = 0; hr < 2; hr++) {
-				int i = r0 + gq + 8 * hr, x = 16 * gi + 8 * nn + 2 * tq;
-				c[nn][hr] = i < len ? ld2(dst + (row0 + i) * rs + x) : make_float2(0, 0);
-			}
+			for (int nn = 0; nn < 2; nn++)
 #pragma unroll
-		for (int nn = 0; nn < 2; nn++)
+				for (int hr = 0; hr < 2; hr++) {
+					int i = r0 + gq + 8 * hr, x = 16 * gi + 8 * nn + 2 * tq;
+					if (gi < ng && i < len)
+						c[du][nn][hr] = *(const G2 *)(dst + (row0 + i) * rs + x);
+				}
+		}
 #pragma unroll
-			for (int hr = 0; hr < 2; hr++) {
-				int i = r0 + gq + 8 * hr, x = 16 * gi + 8 * nn + 2 * tq;
-				if (i < len)
-					st2(dst + (row0 + i) * rs + x, c[nn][hr].x + A[u][nn][2 * hr],
-					    c[nn][hr].y + A[u][nn][2 * hr + 1]);
-			}
+		for (int du = 0; du < UB; du++) {
+			int u = ub + du, gi = hf + 2 * u;
+#pragma unroll
+			for (int nn = 0; nn < 2; nn++)
+#pragma unroll
+				for (int hr = 0; hr < 2; hr++) {
+					int i = r0 + gq + 8 * hr, x = 16 * gi + 8 * nn + 2 * tq;
+					if (gi < ng && i < len) {
+						float2 o = ld2((const G *)&c[du][nn][hr]);
+						st2(dst + (row0 + i) * rs + x, o.x + A[u][nn][2 * hr],
+						    o.y + A[u][nn][2 * hr + 1]);
+					}
+				}
+		}
 	}
 }
 
@@ -1738,7 +1756,9 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 	cp_wait<1>();
 	__syncthreads();
 
-	/* ---- scores: S = q kᵀ and dS' = dO vᵀ of the key blocks hf, hf + 2 */
+	/* ---- scores: S = q kᵀ and dS' = dO vᵀ of the key blocks hf, hf + 2;
+	 * wl: the sums by lam level for dlam, only when it is wanted */
+	bool wl = dlam.p != NULL;
 	if (act)
 		for (int jg = hf; jg <= rb; jg += 2) {
 			float sa[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}}, sd[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
@@ -1771,7 +1791,7 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 						int jj = j + e;
 						if (jj <= i && i < len) {
 							float p = sa[nn][2 * hr + e], ds = sd[nn][2 * hr + e];
-							float ew = g.scale * expf(ac[i] - ac[jj]), w = ew;
+							float ew = g.scale * __expf(ac[i] - ac[jj]), w = ew;
 							int l = fen_level(t0 + i, t0 + jj);
 							if (lam)
 								w *= lm[i * 8 + l];
@@ -1780,6 +1800,8 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 							float sds = sv[e] * ds, mv = ew * p * ds;
 							rs[hr] += sds;
 							cs[nn][e] += sds;
+							if (!wl)
+								continue;
 							if (jg < rb)
 								ms[hr] += mv;
 							else
@@ -1796,6 +1818,8 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 			for (int hr = 0; hr < 2; hr++) {
 				for (int o = 1; o <= 2; o <<= 1) {
 					rs[hr] += __shfl_xor_sync(0xffffffffu, rs[hr], o);
+					if (!wl)
+						continue;
 					ms[hr] += __shfl_xor_sync(0xffffffffu, ms[hr], o);
 #pragma unroll
 					for (int u = 0; u < 5; u++)
@@ -1811,9 +1835,9 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 				int i = r0 + gq + 8 * hr;
 				if (tq == 0) {
 					rowp[jg * C + i] = rs[hr];
-					if (jg < rb)
+					if (wl && jg < rb)
 						lvp[jg * C + i] = ms[hr];
-					else
+					else if (wl)
 #pragma unroll
 						for (int u = 0; u < 5; u++)
 							dlv[i * 8 + u] = dg[hr][u];
@@ -1838,6 +1862,8 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
 		da[i] = r;
 		qi[i] = 0.0f;
 		kd[i] = 0.0f;
+		if (!wl)
+			continue;
 		for (int jg = 0; jg < ib; jg++) {
 			if ((ib ^ jg) == 1)
 				l5 += lvp[jg * C + i];
@@ -2053,11 +2079,12 @@ __global__ void __launch_bounds__(NT, 2) tc_bwd_kernel(float *dqh, float *dkh, g
  * come in by cp.async, SCS - 1 chunks ahead; the states leave through a
  * tile of the warp's own in shared memory, in 16-byte stores of whole rows.
  * Few long heads split the walk into gridDim.z segments of seglen chunks,
- * side by side, in two launches: the first (St NULL) runs each segment from
- * a zero state and stores only its end, U[seg], and its summed log decay,
- * Ud[seg]; the second starts segment s from U[0..s-1] folded in order and
- * stores the states. Every sum in a fixed order. */
-#define SCS 3 /* pipeline stages of tc_scan_kernel */
+ * side by side, in two launches: the first (St NULL, first_pass) runs n1
+ * parts of the chunks before the last segment, f parts a segment, each
+ * from a zero state, and stores only its end, U[part], and its summed log
+ * decay, Ud[part]; the second starts segment s from U[0 .. s f - 1] folded
+ * in order and stores the states. SCS stages: two where that lets more
+ * blocks share an SM. Every sum in a fixed order. */
 
 static __host__ __device__ size_t scan_stage_bytes(int C, int Dk, int BV)
 {
@@ -2065,16 +2092,16 @@ static __host__ __device__ size_t scan_stage_bytes(int C, int Dk, int BV)
 }
 
 /* the stages and the warps' store tiles (16 rows of BV + 8) */
-static __host__ __device__ size_t scan_bytes(int C, int Dk, int BV)
+static __host__ __device__ size_t scan_bytes(int C, int Dk, int BV, int SS)
 {
-	return SCS * scan_stage_bytes(C, Dk, BV) + (size_t)(Dk / 16) * 16 * (BV + 8) * 2;
+	return SS * scan_stage_bytes(C, Dk, BV) + (size_t)(Dk / 16) * 16 * (BV + 8) * 2;
 }
 
-template <bool REV, bool LO, int BV>
-__global__ void __launch_bounds__(256) tc_scan_kernel(bf16 *St /*(BH,tot,M) (x2 with LO) or NULL*/,
+template <bool REV, bool LO, int BV, int SCS>
+__global__ void __launch_bounds__(256, LO ? 2 : 3) tc_scan_kernel(bf16 *St /*(BH,tot,M) (x2 with LO) or NULL*/,
 						      float *U /*(BH,nseg,M)*/, float *Ud /*(BH,nseg)*/,
 						      const bf16 *X, const bf16 *Y, const float *acs,
-						      int seglen, geo g)
+						      int seglen, int f, int n1, geo g)
 {
 	extern __shared__ __align__(128) unsigned char tcsm[];
 	int C = g.C, Dk = (int)g.Dk, Dv = (int)g.Dv, lx = Dk + 8, ly = BV + 8;
@@ -2088,6 +2115,9 @@ __global__ void __launch_bounds__(256) tc_scan_kernel(bf16 *St /*(BH,tot,M) (x2 
 	/* the element (16 wp + gq + 8 hr, y0 + 8 j + 2 tq) of a state */
 	int64_t eo = (int64_t)(16 * wp + gq) * Dv + y0 + 2 * tq;
 	bf16 *stg = (bf16 *)(tcsm + SCS * sb) + wp * 16 * ly; /* the warp's store tile */
+	int xp = nt / (Dk / 8), xr = threadIdx.x / (Dk / 8), xc = threadIdx.x % (Dk / 8) * 8;
+	if (xr >= xp)
+		xr = C; /* no copies for the threads past whole rows */
 	/* chunk it of the walk into stage (it - it0) % SCS (an empty group
 	 * past the segment) */
 	auto fetch = [&](int it) {
@@ -2097,12 +2127,11 @@ __global__ void __launch_bounds__(256) tc_scan_kernel(bf16 *St /*(BH,tot,M) (x2 
 			unsigned char *base = tcsm + (size_t)((it - it0) % SCS) * sb;
 			bf16 *Xs = (bf16 *)base, *Ys = Xs + C * lx;
 			float *as = (float *)(Ys + C * ly);
-			int d8 = Dk / 8, v8 = BV / 8;
-			for (int idx = threadIdx.x; idx < C * d8; idx += nt) {
-				int i = idx / d8, x = idx % d8 * 8;
-				cp_async16(smem_u32(Xs + i * lx + x),
-					   Xh + (b * g.T + t0 + (i < len ? i : 0)) * xs + x, i < len);
-			}
+			int v8 = BV / 8;
+			/* X: a thread keeps one column, the rows nt / (Dk / 8) apart */
+			const bf16 *first = Xh + (b * g.T + t0) * xs + xc;
+			for (int i = xr; i < C; i += xp)
+				cp_async16(smem_u32(Xs + i * lx + xc), i < len ? first + i * xs : first, i < len);
 			for (int idx = threadIdx.x; idx < C * v8; idx += nt) {
 				int i = idx / v8, y = idx % v8 * 8;
 				cp_async16(smem_u32(Ys + i * ly + y),
@@ -2123,9 +2152,9 @@ __global__ void __launch_bounds__(256) tc_scan_kernel(bf16 *St /*(BH,tot,M) (x2 
 		for (int e = 0; e < 4; e++)
 			acc[j][e] = 0.0f;
 	if (St)
-		for (int s = 0; s < sg; s++) {
-			const float *u = U + (bh * nseg + s) * g.M + eo;
-			float d = expf(Ud[bh * nseg + s]);
+		for (int s = 0; s < sg * f; s++) {
+			const float *u = U + (bh * n1 + s) * g.M + eo;
+			float d = expf(Ud[bh * n1 + s]);
 #pragma unroll
 			for (int j = 0; j < BV / 8; j++) {
 				float2 u0 = ld2(u + 8 * j), u1 = ld2(u + 8 * Dv + 8 * j);
@@ -2180,6 +2209,14 @@ __global__ void __launch_bounds__(256) tc_scan_kernel(bf16 *St /*(BH,tot,M) (x2 
 #pragma unroll
 			for (int e = 0; e < 4; e++)
 				acc[j][e] *= dec;
+		/* the tokens' weights, lane l: tokens l and l + 32, shuffled to
+		 * the lanes that scale them */
+		float wl[2];
+#pragma unroll
+		for (int hh = 0; hh < 2; hh++) {
+			int t = lane + 32 * hh;
+			wl[hh] = t < len ? (REV ? g.scale * expf(as[t]) : expf(last - as[t])) : 0.0f;
+		}
 		for (int kt = 0; kt < C; kt += 16) {
 			uint32_t a[4];
 			frag_a_t(a, Xs, lx, 16 * wp, kt);
@@ -2188,7 +2225,7 @@ __global__ void __launch_bounds__(256) tc_scan_kernel(bf16 *St /*(BH,tot,M) (x2 
 #pragma unroll
 			for (int e = 0; e < 4; e++) {
 				int t = kt + 2 * tq + (e / 2) * 8 + e % 2;
-				w[e] = t < len ? (REV ? g.scale * expf(as[t]) : expf(last - as[t])) : 0.0f;
+				w[e] = __shfl_sync(0xffffffffu, kt < 32 ? wl[0] : wl[1], t % 32);
 			}
 			uint32_t ah[4], al[4];
 #pragma unroll
@@ -2228,20 +2265,24 @@ __global__ void __launch_bounds__(256) tc_scan_kernel(bf16 *St /*(BH,tot,M) (x2 
 }
 
 /* The plain form's forward in one pass (BF16 on the tensor cores), for
- * Dk = 64, chunks of 64 and enough heads to fill the SMs: a block owns a
- * head bh and the output and state columns y0 .. y0 + BV - 1, walks the
- * chunks with the running state St (64, BV) in registers and, per chunk
- * (tiles by cp.async, FST - 1 chunks ahead):
+ * Dk = 64 and chunks of 64: a block owns a head bh and the output and state
+ * columns y0 .. y0 + BV - 1, walks the chunks with the running state St
+ * (64, BV) in registers and, per chunk (tiles by cp.async, FST - 1 chunks
+ * ahead):
  * 1. the masked, weighted scores S = scale exp(acs_i - acs_j) q_i.k_j
  *    (j <= i) into shared memory as bf16, and St as bf16 (Hs);
- * 2. out = S v + (scale exp(acs_i) q_i) St, straight to global memory;
+ * 2. out = S v + scale exp(acs_i) (q_i St), straight to global memory;
  * 3. St = exp(the chunk's log decay) St + (exp(acs_last - acs_t) k_t)ᵀ v_t.
- * The same products and roundings as tc_scan_kernel (without LO) then
- * tc_out_kernel, without the states in global memory. Warp w works on the
+ * The products of tc_scan_kernel (without LO) then tc_out_kernel, without
+ * the states in global memory, but q St weighted after the product (fp32,
+ * not a bf16 copy of the weighted rows). Warp w works on the
  * row block rb = w % 4 (of the scores and the output: key blocks and
  * column groups hf = w / 4, hf + 2, ...; of the state: column groups hf,
  * hf + 2, ...), so that its products share their A fragments and run as
- * independent chains. */
+ * independent chains. Few long heads split the walk into gridDim.z
+ * segments of seglen chunks side by side: segment s starts from the ends
+ * U, Ud of the first s f parts of seglen / f chunks (tc_scan_kernel's
+ * first launch, n1 parts a head) folded in order. */
 #define FST 3  /* pipeline stages of tc_fused_kernel */
 #define FC 64  /* its chunk and Dk */
 
@@ -2256,24 +2297,27 @@ static __host__ __device__ size_t fused_bytes(int BV)
 }
 
 template <int BV>
-__global__ void __launch_bounds__(NT) tc_fused_kernel(bf16 *out, const bf16 *q, const bf16 *k,
-						      const bf16 *v, const float *acs, geo g)
+__global__ void __launch_bounds__(NT, 2)
+	tc_fused_kernel(bf16 *out, const bf16 *q, const bf16 *k, const bf16 *v, const float *acs,
+			const float *U /*(BH,n1,M)*/, const float *Ud /*(BH,n1)*/, int seglen, int f, int n1,
+			geo g)
 {
 	extern __shared__ __align__(128) unsigned char tcsm[];
 	constexpr int NG = BV / 16, NU = (NG + 1) / 2, lx = FC + 8, ly = BV + 8, lc = FC + 8;
 	size_t sb = fused_stage_bytes(BV);
 	bf16 *Ss = (bf16 *)(tcsm + FST * sb), *Hs = Ss + FC * lc;
 	int64_t bh = blockIdx.y, b = bh / g.H, h = bh % g.H, grp = h / (g.H / g.G);
-	int y0 = blockIdx.x * BV;
+	int y0 = blockIdx.x * BV, sg = blockIdx.z;
+	int it0 = sg * seglen, it1 = it0 + seglen < g.N ? it0 + seglen : g.N;
 	int lane = threadIdx.x % 32, wp = threadIdx.x / 32, gq = lane / 4, tq = lane % 4;
 	int rb = wp % 4, hf = wp / 4, r0 = 16 * rb;
 	const bf16 *qh = q + grp * FC, *kh = k + grp * FC, *vh = v + h * g.Dv + y0;
 	int64_t xs = g.G * FC, ys = g.H * g.Dv;
 	auto fetch = [&](int it) {
-		if (it < g.N) {
+		if (it < it1) {
 			int64_t t0 = (int64_t)it * FC;
 			int len = g.T - t0 < FC ? (int)(g.T - t0) : FC;
-			unsigned char *base = tcsm + (size_t)(it % FST) * sb;
+			unsigned char *base = tcsm + (size_t)((it - it0) % FST) * sb;
 			bf16 *Qs = (bf16 *)base, *Ks = Qs + FC * lx, *Vs = Ks + FC * lx;
 			float *as = (float *)(Vs + FC * ly);
 #pragma unroll
@@ -2298,20 +2342,41 @@ __global__ void __launch_bounds__(NT) tc_fused_kernel(bf16 *out, const bf16 *q, 
 	};
 #pragma unroll
 	for (int s = 0; s < FST - 1; s++)
-		fetch(s);
+		fetch(it0 + s);
 	float st[NU][2][4];
 #pragma unroll
 	for (int u = 0; u < NU; u++)
 #pragma unroll
 		for (int e = 0; e < 8; e++)
 			st[u][e / 4][e % 4] = 0.0f;
-	for (int it = 0; it < g.N; it++) {
+	/* the state before the segment (the first pass's parts before it
+	 * folded in order): rows 16 rb.., column groups hf + 2u */
+#pragma unroll 1
+	for (int s = 0; s < sg * f; s++) {
+		const float *us = U + (bh * n1 + s) * g.M + (int64_t)(r0 + gq) * g.Dv + y0 + 2 * tq;
+		float d = expf(Ud[bh * n1 + s]);
+#pragma unroll
+		for (int u = 0; u < NU; u++) {
+			int gi = hf + 2 * u;
+			if (gi >= NG)
+				break;
+#pragma unroll
+			for (int nn = 0; nn < 2; nn++) {
+				float2 a0 = ld2(us + 16 * gi + 8 * nn), a1 = ld2(us + 8 * g.Dv + 16 * gi + 8 * nn);
+				st[u][nn][0] = d * st[u][nn][0] + a0.x;
+				st[u][nn][1] = d * st[u][nn][1] + a0.y;
+				st[u][nn][2] = d * st[u][nn][2] + a1.x;
+				st[u][nn][3] = d * st[u][nn][3] + a1.y;
+			}
+		}
+	}
+	for (int it = it0; it < it1; it++) {
 		int64_t t0 = (int64_t)it * FC;
 		int len = g.T - t0 < FC ? (int)(g.T - t0) : FC;
 		cp_wait<FST - 2>();
 		__syncthreads(); /* chunk it landed; chunk it - 1's stage, Ss and Hs are free */
 		fetch(it + FST - 1);
-		const unsigned char *base = tcsm + (size_t)(it % FST) * sb;
+		const unsigned char *base = tcsm + (size_t)((it - it0) % FST) * sb;
 		const bf16 *Qs = (const bf16 *)base, *Ks = Qs + FC * lx, *Vs = Ks + FC * lx;
 		const float *as = (const float *)(Vs + FC * ly);
 
@@ -2349,9 +2414,9 @@ __global__ void __launch_bounds__(NT) tc_fused_kernel(bf16 *out, const bf16 *q, 
 					for (int hr = 0; hr < 2; hr++) {
 						int i = r0 + gq + 8 * hr, j = 16 * jg + 8 * nn + 2 * tq;
 						float ai = as[i];
-						float v0 = j <= i && i < len ? g.scale * expf(ai - as[j]) * sc[u][nn][2 * hr] : 0.0f;
+						float v0 = j <= i && i < len ? g.scale * __expf(ai - as[j]) * sc[u][nn][2 * hr] : 0.0f;
 						float v1 = j + 1 <= i && i < len
-								   ? g.scale * expf(ai - as[j + 1]) * sc[u][nn][2 * hr + 1]
+								   ? g.scale * __expf(ai - as[j + 1]) * sc[u][nn][2 * hr + 1]
 								   : 0.0f;
 						*(uint32_t *)(Ss + i * lc + j) = pack2f(v0, v1);
 					}
@@ -2372,7 +2437,8 @@ __global__ void __launch_bounds__(NT) tc_fused_kernel(bf16 *out, const bf16 *q, 
 		}
 		__syncthreads();
 
-		/* 2. the output rows 16 rb.., column groups hf + 2u */
+		/* 2. the output rows 16 rb.., column groups hf + 2u: q St, its
+		 * rows scaled by scale exp(acs), then S v */
 		{
 			float o[NU][2][4];
 #pragma unroll
@@ -2380,6 +2446,29 @@ __global__ void __launch_bounds__(NT) tc_fused_kernel(bf16 *out, const bf16 *q, 
 #pragma unroll
 				for (int e = 0; e < 8; e++)
 					o[u][e / 4][e % 4] = 0.0f;
+			int i0 = r0 + gq, i1 = i0 + 8;
+			float w0 = i0 < len ? g.scale * expf(as[i0]) : 0.0f;
+			float w1 = i1 < len ? g.scale * expf(as[i1]) : 0.0f;
+#pragma unroll
+			for (int kk = 0; kk < FC; kk += 16) {
+				uint32_t a[4];
+				frag_a(a, Qs, lx, r0, kk);
+#pragma unroll
+				for (int u = 0; u < NU; u++) {
+					int gi = hf + 2 * u;
+					if (gi >= NG)
+						break;
+					uint32_t bb[4];
+					frag_b_kn(bb, Hs, ly, 16 * gi, kk);
+					mma16816(o[u][0], a, bb[0], bb[1]);
+					mma16816(o[u][1], a, bb[2], bb[3]);
+				}
+			}
+#pragma unroll
+			for (int u = 0; u < NU; u++)
+#pragma unroll
+				for (int e = 0; e < 8; e++)
+					o[u][e / 4][e % 4] *= e % 4 < 2 ? w0 : w1;
 #pragma unroll
 			for (int jg = 0; jg < 4; jg++) {
 				if (jg > rb)
@@ -2393,25 +2482,6 @@ __global__ void __launch_bounds__(NT) tc_fused_kernel(bf16 *out, const bf16 *q, 
 						break;
 					uint32_t bb[4];
 					frag_b_kn(bb, Vs, ly, 16 * gi, 16 * jg);
-					mma16816(o[u][0], a, bb[0], bb[1]);
-					mma16816(o[u][1], a, bb[2], bb[3]);
-				}
-			}
-			int i0 = r0 + gq, i1 = i0 + 8;
-			float w0 = i0 < len ? g.scale * expf(as[i0]) : 0.0f;
-			float w1 = i1 < len ? g.scale * expf(as[i1]) : 0.0f;
-#pragma unroll
-			for (int kk = 0; kk < FC; kk += 16) {
-				uint32_t a[4];
-				frag_a(a, Qs, lx, r0, kk);
-				scale_a(a, w0, w1);
-#pragma unroll
-				for (int u = 0; u < NU; u++) {
-					int gi = hf + 2 * u;
-					if (gi >= NG)
-						break;
-					uint32_t bb[4];
-					frag_b_kn(bb, Hs, ly, 16 * gi, kk);
 					mma16816(o[u][0], a, bb[0], bb[1]);
 					mma16816(o[u][1], a, bb[2], bb[3]);
 				}
@@ -2439,6 +2509,12 @@ __global__ void __launch_bounds__(NT) tc_fused_kernel(bf16 *out, const bf16 *q, 
 #pragma unroll
 			for (int e = 0; e < 8; e++)
 				st[u][e / 4][e % 4] *= dec;
+		float wl[2]; /* lane l: the weights of tokens l and l + 32 */
+#pragma unroll
+		for (int hh = 0; hh < 2; hh++) {
+			int tt = lane + 32 * hh;
+			wl[hh] = tt < len ? expf(last - as[tt]) : 0.0f;
+		}
 #pragma unroll
 		for (int kt = 0; kt < FC; kt += 16) {
 			uint32_t a[4];
@@ -2447,7 +2523,7 @@ __global__ void __launch_bounds__(NT) tc_fused_kernel(bf16 *out, const bf16 *q, 
 #pragma unroll
 			for (int e = 0; e < 4; e++) {
 				int tt = kt + 2 * tq + (e / 2) * 8 + e % 2;
-				w[e] = tt < len ? expf(last - as[tt]) : 0.0f;
+				w[e] = __shfl_sync(0xffffffffu, kt < 32 ? wl[0] : wl[1], tt % 32);
 			}
 #pragma unroll
 			for (int e = 0; e < 4; e++) {
@@ -2473,31 +2549,78 @@ __global__ void __launch_bounds__(NT) tc_fused_kernel(bf16 *out, const bf16 *q, 
  * 64, 32, 16 that divides Dv), and, where the heads' blocks leave SMs idle,
  * the walk into nseg segments of seglen chunks (at least 4), as many as
  * run at once (one wave: the blocks an SM holds, by its 228 KB of shared
- * memory and 64K registers at 80 a thread). */
+ * memory and 64K registers); ss stages. */
 struct scan_split {
-	int bv, nseg, seglen;
+	int bv, nseg, seglen, ss;
+	int f, n1, len1; /* the first pass: n1 parts of len1 chunks, f a segment */
 };
 
-static scan_split scan_split_of(const geo &g, int sm)
+/* The first pass of a walk in nseg segments of seglen chunks: over the
+ * chunks before the last segment (its end is never read), in parts of
+ * seglen / f chunks; seglen becomes f times the parts' length. f is the
+ * one of 1 .. 64 with the fewest steps: the waves of part blocks (base a
+ * part, per_sm an SM) times their chunks, plus the reads of the parts' ends
+ * before a segment, one after the other, about 0.85 of a chunk's step each
+ * (H200, D 128 at 32K and 64K tokens a head). */
+static void first_pass(scan_split *p, int N, int64_t base, int64_t per_sm, int sm)
+{
+	p->f = 1;
+	p->n1 = 0;
+	p->len1 = p->seglen;
+	if (p->nseg < 2)
+		return;
+	int64_t slots = per_sm * sm, best = -1;
+	int seglen = p->seglen, bestf = 1;
+	for (int fx = 1; fx <= 64 && fx <= seglen; fx++) {
+		int len1 = (seglen + fx - 1) / fx, f = (seglen + len1 - 1) / len1;
+		int nseg = (N + f * len1 - 1) / (f * len1);
+		int64_t n1 = (int64_t)(nseg - 1) * f, waves = (n1 * base + slots - 1) / slots;
+		int64_t cost = 20 * waves * len1 + 17 * n1;
+		if (best < 0 || cost < best)
+			best = cost, bestf = fx;
+	}
+	p->len1 = (seglen + bestf - 1) / bestf;
+	p->f = (seglen + p->len1 - 1) / p->len1;
+	p->seglen = p->f * p->len1;
+	p->nseg = (N + p->seglen - 1) / p->seglen;
+	p->n1 = (p->nseg - 1) * p->f;
+}
+
+/* tc_scan_kernel's blocks an SM (its shared memory, and its registers:
+ * at most 128 a thread with LO, 80 without) */
+static int64_t scan_per_sm(const geo &g, const scan_split &p, bool lo)
+{
+	int64_t by_smem = 228 * 1024 / (scan_bytes(g.C, (int)g.Dk, p.bv, p.ss) + 1024);
+	int64_t by_regs = 65536 / ((lo ? 128 : 80) * 2 * g.Dk);
+	return by_smem < by_regs ? by_smem : by_regs;
+}
+
+static scan_split scan_split_of(const geo &g, int sm, bool lo)
 {
 	scan_split p;
 	p.bv = g.Dv % 64 == 0 ? 64 : g.Dv % 32 == 0 ? 32 : 16;
-	int64_t by_smem = 228 * 1024 / (scan_bytes(g.C, (int)g.Dk, p.bv) + 1024);
-	int64_t by_regs = 65536 / (80 * 2 * g.Dk), per_sm = by_smem < by_regs ? by_smem : by_regs;
+	/* two stages where that lets more blocks share an SM */
+	p.ss = 3;
+	int64_t per3 = scan_per_sm(g, p, lo);
+	p.ss = 2;
+	if (scan_per_sm(g, p, lo) <= per3)
+		p.ss = 3;
+	int64_t per_sm = scan_per_sm(g, p, lo);
 	int64_t base = g.B * g.H * (g.Dv / p.bv), want = per_sm * sm / base;
 	int64_t most = g.N / 4 > 1 ? g.N / 4 : 1;
 	want = want > 1 ? want : 1;
 	p.nseg = (int)(want < most ? want : most);
 	p.seglen = (g.N + p.nseg - 1) / p.nseg;
 	p.nseg = (g.N + p.seglen - 1) / p.seglen;
+	first_pass(&p, g.N, base, per_sm, sm);
 	return p;
 }
 
 /* Bytes of the segments' ends and decays (none without segments). */
-static size_t scan_scratch(const geo &g, int sm)
+static size_t scan_scratch(const geo &g, int sm, bool lo)
 {
-	scan_split p = scan_split_of(g, sm);
-	return p.nseg > 1 ? (size_t)(g.B * g.H * p.nseg) * (size_t)(g.M + 1) * 4 : 0;
+	scan_split p = scan_split_of(g, sm, lo);
+	return p.n1 > 0 ? (size_t)(g.B * g.H * p.n1) * (size_t)(g.M + 1) * 4 : 0;
 }
 
 /* ------------------------------------------------- launchers */
@@ -2642,48 +2765,108 @@ static int launch_acc(cudaStream_t st, const geo &g, int tc, float *out, const T
 	return 0;
 }
 
-/* tc_scan_kernel into St (its two halves with LO), split as
- * scan_split_of says; U: scan_scratch's bytes. */
+/* tc_scan_kernel into St (its two halves with LO) split as p says (U:
+ * the first pass's ends, scan_scratch's bytes), or with St NULL only the
+ * first pass. */
+template <bool REV, bool LO>
+static int run_scan(lmk_cuda_backend *bk, const geo &g, scan_split p, bf16 *St, float *U,
+		    const bf16 *X, const bf16 *Y, const float *acs)
+{
+	auto kern = p.ss == 2 ? (p.bv == 64   ? tc_scan_kernel<REV, LO, 64, 2>
+				 : p.bv == 32 ? tc_scan_kernel<REV, LO, 32, 2>
+					      : tc_scan_kernel<REV, LO, 16, 2>)
+			      : (p.bv == 64   ? tc_scan_kernel<REV, LO, 64, 3>
+				 : p.bv == 32 ? tc_scan_kernel<REV, LO, 32, 3>
+					      : tc_scan_kernel<REV, LO, 16, 3>);
+	size_t sb = scan_bytes(g.C, (int)g.Dk, p.bv, p.ss);
+	if (tc_smem(kern, sb) < 0)
+		return lmk_errcode();
+	float *Ud = p.n1 > 0 ? U + g.B * g.H * p.n1 * g.M : NULL;
+	if (p.n1 > 0) {
+		dim3 grid((unsigned)(g.Dv / p.bv), (unsigned)(g.B * g.H), (unsigned)p.n1);
+		kern<<<grid, (unsigned)(2 * g.Dk), sb, bk->stream>>>(NULL, U, Ud, X, Y, acs, p.len1, 1,
+								    p.n1, g);
+		LMK_CK_LAUNCH();
+	}
+	if (St) {
+		dim3 grid((unsigned)(g.Dv / p.bv), (unsigned)(g.B * g.H), (unsigned)p.nseg);
+		kern<<<grid, (unsigned)(2 * g.Dk), sb, bk->stream>>>(St, U, Ud, X, Y, acs, p.seglen, p.f,
+								    p.n1, g);
+		LMK_CK_LAUNCH();
+	}
+	return 0;
+}
+
 template <bool REV, bool LO>
 static int launch_scan(lmk_cuda_backend *bk, const geo &g, bf16 *St, float *U, const bf16 *X,
 		       const bf16 *Y, const float *acs)
 {
-	scan_split p = scan_split_of(g, bk->sm_count);
-	auto kern = p.bv == 64 ? tc_scan_kernel<REV, LO, 64>
-		    : p.bv == 32 ? tc_scan_kernel<REV, LO, 32> : tc_scan_kernel<REV, LO, 16>;
-	size_t sb = scan_bytes(g.C, (int)g.Dk, p.bv);
-	if (tc_smem(kern, sb) < 0)
-		return lmk_errcode();
-	dim3 grid((unsigned)(g.Dv / p.bv), (unsigned)(g.B * g.H), (unsigned)p.nseg);
-	float *Ud = U ? U + g.B * g.H * p.nseg * g.M : NULL;
-	if (p.nseg > 1) {
-		kern<<<grid, (unsigned)(2 * g.Dk), sb, bk->stream>>>(NULL, U, Ud, X, Y, acs, p.seglen, g);
-		LMK_CK_LAUNCH();
-	}
-	kern<<<grid, (unsigned)(2 * g.Dk), sb, bk->stream>>>(St, U, Ud, X, Y, acs, p.seglen, g);
-	LMK_CK_LAUNCH();
-	return 0;
+	return run_scan<REV, LO>(bk, g, scan_split_of(g, bk->sm_count, LO), St, U, X, Y, acs);
 }
 
-/* Whether tc_fused_kernel takes a shape (Dk and the chunk 64, blocks
- * enough for every SM), and its column block bv: the widest of 64, 32, 16
- * that divides Dv (narrower blocks to fill the SMs would each recompute
- * the scores: slower than tc_scan_kernel and tc_out_kernel). */
-static int fused_plan(const geo &g, int sm, int *bv)
-{
-	*bv = g.Dv % 64 == 0 ? 64 : g.Dv % 32 == 0 ? 32 : 16;
-	return g.Dk == FC && g.C == FC && g.B * g.H * (g.Dv / *bv) >= sm;
-}
+/* How tc_fused_kernel runs a shape (Dk and the chunk 64): its column block
+ * bv, the widest of 64, 32, 16 that divides Dv (narrower blocks to fill the
+ * SMs would each recompute the scores), and where the heads' blocks leave
+ * SMs idle, the walk in nseg segments of seglen chunks (at least 4), as
+ * many as run at once. The starts of segments 1 .. nseg - 1 come from
+ * tc_scan_kernel's first launch (first_pass: n1 parts, f a segment). */
+struct fused_split {
+	int bv, nseg, seglen, f, n1;
+	scan_split p1;
+};
 
-static int launch_fused(lmk_cuda_backend *bk, const geo &g, int bv, bf16 *out, const bf16 *q,
-			const bf16 *k, const bf16 *v, const float *acs)
+static int fused_plan(const geo &g, int sm, fused_split *f)
 {
+	f->bv = g.Dv % 64 == 0 ? 64 : g.Dv % 32 == 0 ? 32 : 16;
+	f->nseg = 1;
+	f->seglen = g.N;
+	f->f = 1;
+	f->n1 = 0;
+	if (g.Dk != FC || g.C != FC)
+		return 0;
+	int per_sm = 0, bv = f->bv;
 	size_t sb = fused_bytes(bv);
 	auto kern = bv == 64 ? tc_fused_kernel<64> : bv == 32 ? tc_fused_kernel<32> : tc_fused_kernel<16>;
 	if (tc_smem(kern, sb) < 0)
 		return lmk_errcode();
-	kern<<<dim3((unsigned)(g.Dv / bv), (unsigned)(g.B * g.H)), NT, sb, bk->stream>>>(out, q, k, v,
-											 acs, g);
+	LMK_CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, NT, sb));
+	int64_t base = g.B * g.H * (g.Dv / bv), want = (int64_t)(per_sm > 0 ? per_sm : 1) * sm / base;
+	int64_t most = g.N / 4 > 1 ? g.N / 4 : 1;
+	want = want > 1 ? want : 1;
+	f->nseg = (int)(want < most ? want : most);
+	f->seglen = (g.N + f->nseg - 1) / f->nseg;
+	f->nseg = (g.N + f->seglen - 1) / f->seglen;
+	f->p1 = scan_split_of(g, sm, false);
+	f->p1.nseg = f->nseg;
+	f->p1.seglen = f->seglen;
+	first_pass(&f->p1, g.N, g.B * g.H * (g.Dv / f->p1.bv), scan_per_sm(g, f->p1, false), sm);
+	f->nseg = f->p1.nseg;
+	f->seglen = f->p1.seglen;
+	f->f = f->p1.f;
+	f->n1 = f->p1.n1;
+	return 1;
+}
+
+/* Bytes of the first pass's ends and decays (none without segments). */
+static size_t fused_scratch(const geo &g, const fused_split &f)
+{
+	return f.n1 > 0 ? (size_t)(g.B * g.H * f.n1) * (size_t)(g.M + 1) * 4 : 0;
+}
+
+/* The first pass (tc_scan_kernel's first launch), then tc_fused_kernel. */
+static int launch_fused(lmk_cuda_backend *bk, const geo &g, const fused_split &f, float *U,
+			bf16 *out, const bf16 *q, const bf16 *k, const bf16 *v, const float *acs)
+{
+	const float *Ud = f.n1 > 0 ? U + g.B * g.H * f.n1 * g.M : NULL;
+	if (f.n1 > 0 && run_scan<false, false>(bk, g, f.p1, NULL, U, k, v, acs) < 0)
+		return lmk_errcode();
+	int bv = f.bv;
+	size_t sb = fused_bytes(bv);
+	auto kern = bv == 64 ? tc_fused_kernel<64> : bv == 32 ? tc_fused_kernel<32> : tc_fused_kernel<16>;
+	if (tc_smem(kern, sb) < 0)
+		return lmk_errcode();
+	kern<<<dim3((unsigned)(g.Dv / bv), (unsigned)(g.B * g.H), (unsigned)f.nseg), NT, sb,
+	       bk->stream>>>(out, q, k, v, acs, U, Ud, f.seglen, f.f, f.n1, g);
 	LMK_CK_LAUNCH();
 	return 0;
 }
@@ -2695,11 +2878,13 @@ static int forward_t(lmk_cuda_backend *bk, const geo &g, T *out, const T *q, con
 	int64_t BH = g.B * g.H;
 	/* the plain form on the tensor cores (pb): in one pass (fused), or
 	 * bf16 states by tc_scan_kernel, then tc_out_kernel */
-	int tc = use_tc<T>(g, q, k, v, out), pb = tc && g.plain, bv = 0;
-	int fused = pb && fused_plan(g, bk->sm_count, &bv);
+	int tc = use_tc<T>(g, q, k, v, out), pb = tc && g.plain, fused = 0;
+	fused_split fs = {};
+	if (pb && (fused = fused_plan(g, bk->sm_count, &fs)) < 0)
+		return lmk_errcode();
 	size_t b_acs = al((size_t)(BH * g.T) * 4), b_E = al((size_t)(BH * g.N) * 8);
 	size_t b_F = g.N > 1 && !fused ? al((size_t)(BH * g.tot * g.M) * (pb ? 2 : 4)) : 0;
-	size_t b_U = b_F && pb ? al(scan_scratch(g, bk->sm_count)) : 0;
+	size_t b_U = fused ? al(fused_scratch(g, fs)) : b_F && pb ? al(scan_scratch(g, bk->sm_count, false)) : 0;
 	char *p = (char *)lmk_cuda_scratch(bk, b_acs + b_E + b_F + b_U);
 	if (!p)
 		return lmk_errcode();
@@ -2708,7 +2893,7 @@ static int forward_t(lmk_cuda_backend *bk, const geo &g, T *out, const T *q, con
 	float *F = b_F ? (float *)(p + b_acs + b_E) : NULL;
 	float *U = b_U ? (float *)(p + b_acs + b_E + b_F) : NULL;
 	cudaStream_t st = bk->stream;
-	prep_chunk<T><<<blocks_for(BH * g.N, 256), 256, 0, st>>>(acs, E, loga, g);
+	prep_chunk<T><<<(unsigned)(g.B * g.N), 256, 0, st>>>(acs, E, loga, g);
 	LMK_CK_LAUNCH();
 	if (!pb) { /* the plain form on the tensor cores reads no E */
 		prep_prefix<<<blocks_for(BH, 128), 128, 0, st>>>(E, g);
@@ -2716,12 +2901,12 @@ static int forward_t(lmk_cuda_backend *bk, const geo &g, T *out, const T *q, con
 	}
 	if constexpr (std::is_same<T, bf16>::value) {
 		if (fused)
-			return launch_fused(bk, g, bv, out, q, k, v, acs);
+			return launch_fused(bk, g, fs, U, out, q, k, v, acs);
 		if (pb) {
 			bf16 *Fb = (bf16 *)F;
 			if (F && launch_scan<false, false>(bk, g, Fb, U, k, v, acs) < 0)
 				return lmk_errcode();
-			size_t sb = tc_layout(g.C, (int)g.Dk, (int)g.Dv, 3).total;
+			size_t sb = tc_layout(g.C, (int)g.Dk, (int)g.Dv, 0).total;
 			if (tc_smem(tc_out_kernel<bf16>, sb) < 0)
 				return lmk_errcode();
 			tc_out_kernel<bf16><<<dim3((unsigned)g.N, (unsigned)BH), NT, sb, st>>>(
@@ -2822,7 +3007,7 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 	int pb = tc && g.plain, scan = pb && states;
 	size_t b_acs = al((size_t)(BH * g.T) * 4), b_E = al((size_t)(BH * g.N) * 8);
 	size_t b_F = states ? al((size_t)(BH * g.tot * g.M) * 4) : 0;
-	size_t b_U = scan ? al(scan_scratch(g, bk->sm_count)) : 0;
+	size_t b_U = scan ? al(scan_scratch(g, bk->sm_count, true)) : 0;
 	size_t b_parts = al((size_t)(BH * ns * g.M) * 4), b_slots = al((size_t)ns * sizeof(int4));
 	size_t b_first = al(first.size() * sizeof(int));
 	size_t b_dh = direct ? 0 : al((size_t)(BH * g.T * g.Dk) * 4), b_dA = al((size_t)(BH * g.T) * 4);
@@ -2857,7 +3042,7 @@ static int backward_t(lmk_cuda_backend *bk, const geo &g, lmk_gbuf dq, lmk_gbuf 
 	double *dAsum = (double *)p;
 	cudaStream_t st = bk->stream;
 
-	prep_chunk<T><<<blocks_for(BH * g.N, 256), 256, 0, st>>>(acs, E, loga, g);
+	prep_chunk<T><<<(unsigned)(g.B * g.N), 256, 0, st>>>(acs, E, loga, g);
 	LMK_CK_LAUNCH();
 	if (!pb) {
 		prep_prefix<<<blocks_for(BH, 128), 128, 0, st>>>(E, g);

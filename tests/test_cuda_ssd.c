@@ -74,6 +74,10 @@ static const scase cases[] = {
 	/* one chunk (no states); long with few heads (segments of the scans) */
 	{2, 64, 3, 3, 64, 64, 1, 0, 0},      {1, 32, 2, 1, 32, 64, 1, 0, 0},
 	{1, 8192, 4, 2, 64, 64, 1, 0, 0},    {1, 4200, 4, 4, 128, 128, 1, 0, 0},
+	/* few heads at Dk 64: tc_fused_kernel in segments (a ragged last
+	 * chunk, column blocks of 32, no decay) */
+	{1, 4100, 3, 3, 64, 64, 1, 0, 0},    {1, 2000, 2, 1, 64, 32, 1, 0, 0},
+	{1, 1500, 2, 1, 64, 64, 0, 0, 0},
 };
 #define NCASES ((int)(sizeof cases / sizeof cases[0]))
 
@@ -438,11 +442,12 @@ static void deterministic_case(const scase *sc)
 }
 
 /* With lam, and without: the plain form's scans at D 64 and 128, its
- * one-pass forward (many heads). */
+ * one-pass forward (many heads; few long ones: in segments). */
 START_TEST(test_deterministic)
 {
 	static const scase dc[] = {{2, 300, 4, 2, 64, 64, 1, 1, 0}, {2, 300, 4, 2, 64, 64, 1, 0, 0},
-				   {1, 1000, 8, 8, 128, 128, 1, 0, 0}, {1, 300, 140, 140, 64, 64, 1, 0, 0}};
+				   {1, 1000, 8, 8, 128, 128, 1, 0, 0}, {1, 300, 140, 140, 64, 64, 1, 0, 0},
+				   {1, 2000, 2, 2, 64, 64, 1, 0, 0}};
 	for (size_t ci = 0; ci < sizeof dc / sizeof *dc; ci++)
 		deterministic_case(&dc[ci]);
 }
