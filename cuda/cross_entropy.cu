@@ -26,6 +26,22 @@ static __device__ __forceinline__ void lse_merge(float &m, float &s, float m2, f
 	s = a + b;
 }
 
+/* Eight more logits into the running (m, s): the max first, so that s is
+ * rescaled once per eight. */
+static __device__ __forceinline__ void lse_add8(float &m, float &s, const float (&v)[8])
+{
+	float m8 = v[0];
+	for (int k = 1; k < 8; k++)
+		m8 = fmaxf(m8, v[k]);
+	if (m8 > m) {
+		s = m == -INFINITY ? 0.0f : s * expf(m - m8);
+		m = m8;
+	}
+	if (m != -INFINITY)
+		for (int k = 0; k < 8; k++)
+			s += expf(v[k] - m);
+}
+
 static __device__ __forceinline__ int counted(int32_t t, int ignore, int64_t V)
 {
 	return t != ignore && t >= 0 && t < V;
@@ -126,16 +142,7 @@ __global__ void ce_rows8(float *lse, float *rowloss, const T *logits, const int3
 		for (int64_t j = threadIdx.x; j < V / 8; j += blockDim.x) {
 			float v[8];
 			ld8(v, x + 8 * j);
-			float m8 = v[0];
-			for (int k = 1; k < 8; k++)
-				m8 = fmaxf(m8, v[k]);
-			if (m8 > m) {
-				s = m == -INFINITY ? 0.0f : s * expf(m - m8);
-				m = m8;
-			}
-			if (m != -INFINITY)
-				for (int k = 0; k < 8; k++)
-					s += expf(v[k] - m);
+			lse_add8(m, s, v);
 		}
 		row_finish(lse, rowloss, n, m, s, x + t, shm, shs, lane, wid, nw);
 	}
@@ -306,16 +313,7 @@ __global__ void ce_rows_grad8(float *lse, float *rowloss, T *dlogits, const T *l
 			ld8(v, x + 8 * j);
 			if (SM)
 				st8(rs + 8 * j, v);
-			float m8 = v[0];
-			for (int k = 1; k < 8; k++)
-				m8 = fmaxf(m8, v[k]);
-			if (m8 > m) {
-				s = m == -INFINITY ? 0.0f : s * expf(m - m8);
-				m = m8;
-			}
-			if (m != -INFINITY)
-				for (int k = 0; k < 8; k++)
-					s += expf(v[k] - m);
+			lse_add8(m, s, v);
 		}
 		row_finish(lse, rowloss, n, m, s, x + t, shm, shs, lane, wid, nw);
 		float L = lse[n]; /* written by thread 0 before row_finish's barrier */

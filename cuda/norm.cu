@@ -88,6 +88,27 @@ __global__ void rmsnorm_bwd(gacc dinp, bool set, const T *dout, const T *inp, co
 		     r * (tof(g[i]) * (w ? tof(w[i]) : 1.0f) - tof(x[i]) * r * m));
 }
 
+/* A row's dx once m = mean(g w x̂) is known, eight channels a lane:
+ * r (g w - x̂ r m), as rmsnorm_bwd's second loop. */
+template <class T>
+static __device__ __forceinline__ void rms_dx8(gacc dinp, bool set, int64_t row, const T *x,
+					       const T *g, const T *w, float r, float m, int64_t C,
+					       int lane)
+{
+	float xv[8], gv[8], wv[8];
+	for (int k = 0; k < 8; k++)
+		wv[k] = 1.0f;
+	for (int64_t i = 8 * lane; i < C; i += 8 * 32) {
+		ld8(xv, x + i);
+		ld8(gv, g + i);
+		if (w)
+			ld8(wv, w + i);
+		for (int k = 0; k < 8; k++)
+			gv[k] = r * (gv[k] * wv[k] - xv[k] * r * m);
+		gput8(dinp, set, row * C + i, gv);
+	}
+}
+
 /* The same, eight channels a lane (16-byte loads): C a multiple of 8 and
  * every row aligned (vec8_ok). */
 template <class T>
@@ -110,16 +131,7 @@ __global__ void rmsnorm_bwd8(gacc dinp, bool set, const T *dout, const T *inp, c
 		for (int k = 0; k < 8; k++)
 			dot += gv[k] * wv[k] * xv[k] * r;
 	}
-	float m = warp_sum(dot) / (float)C;
-	for (int64_t i = 8 * lane; i < C; i += 8 * 32) {
-		ld8(xv, x + i);
-		ld8(gv, g + i);
-		if (w)
-			ld8(wv, w + i);
-		for (int k = 0; k < 8; k++)
-			gv[k] = r * (gv[k] * wv[k] - xv[k] * r * m);
-		gput8(dinp, set, row * C + i, gv);
-	}
+	rms_dx8(dinp, set, row, x, g, w, r, warp_sum(dot) / (float)C, C, lane);
 }
 
 /* rmsnorm_bwd8 with dw summed on the way, instead of a column sum that
@@ -164,16 +176,7 @@ __global__ void rmsnorm_bwd8_dw(gacc dinp, bool set, float *part /*(R,C)*/, cons
 		}
 		if (!dinp.p)
 			continue;
-		float m = warp_sum(dot) / (float)C;
-		for (int64_t i = 8 * lane; i < C; i += 8 * 32) {
-			ld8(xv, x + i);
-			ld8(gv, g + i);
-			if (w)
-				ld8(wv, w + i);
-			for (int k = 0; k < 8; k++)
-				gv[k] = r * (gv[k] * wv[k] - xv[k] * r * m);
-			gput8(dinp, set, row * C + i, gv);
-		}
+		rms_dx8(dinp, set, row, x, g, w, r, warp_sum(dot) / (float)C, C, lane);
 	}
 	__syncthreads();
 	for (int64_t j = threadIdx.x; j < C; j += blockDim.x) {
