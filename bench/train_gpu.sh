@@ -26,7 +26,10 @@
 # eager), COMPILE_STEPS (20), WARMUP (5), BATCH (32), ACCUM (1), SEQ (1024),
 # PEAK (989e12), OURS_FLAGS (more lla-train options, e.g.
 # --nondeterministic), TORCH (1; 0 skips both torch runs), COMPILE (1; 0 skips
-# torch.compile), OUT (if set, the metrics and logs go there). If ours fails
+# torch.compile), PROFILE (0; 1 adds ncu's per-launch times of one of ours's
+# steps, summed by bench/ncu_step.py, against the measured step: the time
+# outside kernels; about a minute more), OUT (if set, the metrics and logs
+# go there). If ours fails
 # at BATCH it is run again at BATCH/2 with ACCUM*2 (the same tokens a step),
 # and the table says so; torch runs the batch ours ran.
 # Time: ours about a minute, eager about a minute, compile a few minutes;
@@ -44,6 +47,7 @@ ACCUM=${ACCUM:-1}
 SEQ=${SEQ:-1024}
 PEAK=${PEAK:-989e12}
 TORCH=${TORCH:-1}
+PROFILE=${PROFILE:-0}
 COMPILE=${COMPILE:-1}
 OURS_TIMEOUT=${OURS_TIMEOUT:-120}
 OURS_FLAGS=${OURS_FLAGS:-}
@@ -117,6 +121,25 @@ ours_tps=$(sed -n 's/^{"step":\([0-9]*\),"loss".*"tokens_per_s":\([^,}]*\).*/\1 
 	awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
 ours_loss=$(sed -n 's/^{"step":\([0-9]*\),"loss":\([^,}]*\).*/\2/p' "$T/ours.jsonl" | sed -n '1p;$p' | tr '\n' ' ')
 grep -q "parameters" "$LOG/ours.log" && say "ours: $(grep -o '[0-9.]*[kMG]* parameters' "$LOG/ours.log" | tail -1)"
+
+# ncu, one launch at a time, over steps 3-5 of ours (about 600 launches a
+# step at the default shape), summed for the last whole step in them
+if [ "$PROFILE" = 1 ]; then
+	if command -v ncu >/dev/null 2>&1 && [ "$ours_tps" != "-" ]; then
+		say "ours under ncu"
+		timeout "$OURS_TIMEOUT" ncu --csv --metrics gpu__time_duration.sum --launch-skip 1500 \
+			--launch-count 1600 "$TRAIN" --data "$T/tokens.safetensors" --device cuda --dtype bf16 \
+			--hidden $C --intermediate $F --layers $L --heads $H --vocab $V --seq "$SEQ" \
+			--batch "$B" --accum "$A" --steps 6 --warmup 10 --lr 6e-4 --val-frac 0 $OURS_FLAGS \
+			>"$LOG/ncu.csv" 2>"$LOG/ncu.log" &&
+			python3 bench/ncu_step.py "$LOG/ncu.csv" \
+				--step-ms "$(awk -v t="$ours_tps" -v n=$((B * A * SEQ)) 'BEGIN { print n / t * 1000 }')" \
+				>"$LOG/profile.txt" && head -n 25 "$LOG/profile.txt" ||
+			say "the profile failed (see $LOG/ncu.log)"
+	else
+		say "PROFILE=1: no ncu here, or ours did not run"
+	fi
+fi
 
 # torch MODE STEPS LIMIT: one line "torch MODE tps ms params first last warm_s B T A" or nothing
 torch_run() {
