@@ -1231,20 +1231,8 @@ __global__ void __launch_bounds__(DEC_THREADS)
 	decode_merge(Tin *__restrict__ out, const float *__restrict__ part, int nsplit, int D)
 {
 	const int h = blockIdx.x;
-	const float *ph = part + (int64_t)h * nsplit * (D + 2);
-	float M = -INFINITY;
-	for (int s = 0; s < nsplit; s++)
-		M = fmaxf(M, ph[s * (D + 2)]);
-	const float Mu = M == -INFINITY ? 0.f : M;
-	float L = 0.f;
-	for (int s = 0; s < nsplit; s++)
-		L += ph[s * (D + 2) + 1] * exp2f(ph[s * (D + 2)] - Mu);
-	for (int d = threadIdx.x; d < D; d += DEC_THREADS) {
-		float acc = 0.f;
-		for (int s = 0; s < nsplit; s++)
-			acc += ph[s * (D + 2) + 2 + d] * exp2f(ph[s * (D + 2)] - Mu);
-		stf(out + (int64_t)h * D + d, L > 0.f ? acc / L : 0.f);
-	}
+	dec_merge<DEC_THREADS>(part + (int64_t)h * nsplit * (D + 2), nsplit, D,
+			       [&](int d, float v) { stf(out + (int64_t)h * D + d, v); });
 }
 
 /* --------------------------------------------------------------- host */

@@ -186,20 +186,8 @@ __global__ void __launch_bounds__(MERGE_THREADS)
 	pdl_trigger();
 	pdl_wait();
 	const int h = blockIdx.x;
-	const float *ph = part + (int64_t)h * nsplit * (D + 2);
-	float M = -INFINITY;
-	for (int s = 0; s < nsplit; s++)
-		M = fmaxf(M, ph[s * (D + 2)]);
-	const float Mu = M == -INFINITY ? 0.f : M;
-	float L = 0.f;
-	for (int s = 0; s < nsplit; s++)
-		L += ph[s * (D + 2) + 1] * exp2f(ph[s * (D + 2)] - Mu);
-	for (int d = threadIdx.x; d < D; d += MERGE_THREADS) {
-		float acc = 0.f;
-		for (int s = 0; s < nsplit; s++)
-			acc += ph[s * (D + 2) + 2 + d] * exp2f(ph[s * (D + 2)] - Mu);
-		out[(int64_t)h * D + d] = fromf<T>(L > 0.f ? acc / L : 0.f);
-	}
+	dec_merge<MERGE_THREADS>(part + (int64_t)h * nsplit * (D + 2), nsplit, D,
+				 [&](int d, float v) { out[(int64_t)h * D + d] = fromf<T>(v); });
 }
 
 extern "C" int lmk_cuda_decode_splits(void *be, int64_t H, int64_t S)

@@ -4,7 +4,8 @@
  * of tpr threads per key, eight elements of the head dim each (one 16-byte
  * load for BF16 when VEC), G groups in flight; each group runs an online
  * softmax in log2 units over its keys of [jb, je) and leaves its running
- * max, sum and D outputs in shared memory for the caller's merge. */
+ * max, sum and D outputs in shared memory for the caller's merge. With the
+ * keys split across blocks, dec_merge then joins the blocks' parts. */
 #pragma once
 
 #include <cuda_bf16.h>
@@ -93,4 +94,25 @@ static __device__ __forceinline__ void dec_scan(float *sm_m, float *sm_l, float 
 	for (int e = 0; e < 8; e++)
 		if (e < nd)
 			sm_o[grp * D + d0 + e] = o[e];
+}
+
+/* One head's nsplit parts (m, l and D outputs each, m in log2 units; a
+ * part with no keys has l = 0) merged into its D outputs: put(d, value)
+ * for d from threadIdx.x in steps of NT, the block's threads. */
+template <int NT, class Put>
+static __device__ __forceinline__ void dec_merge(const float *ph, int nsplit, int D, Put put)
+{
+	float M = -INFINITY;
+	for (int s = 0; s < nsplit; s++)
+		M = fmaxf(M, ph[s * (D + 2)]);
+	const float Mu = M == -INFINITY ? 0.f : M;
+	float L = 0.f;
+	for (int s = 0; s < nsplit; s++)
+		L += ph[s * (D + 2) + 1] * exp2f(ph[s * (D + 2)] - Mu);
+	for (int d = threadIdx.x; d < D; d += NT) {
+		float acc = 0.f;
+		for (int s = 0; s < nsplit; s++)
+			acc += ph[s * (D + 2) + 2 + d] * exp2f(ph[s * (D + 2)] - Mu);
+		put(d, L > 0.f ? acc / L : 0.f);
+	}
 }
