@@ -18,6 +18,8 @@ import argparse
 import statistics
 import sys
 
+import mixer_rows
+
 
 def gdn_chunked_ref(q, k, v, g, beta, scale, C=64):
     """o_t = scale S_tᵀ q_t, S_t = a_t (I - b_t k_t k_tᵀ) S_{t-1} + b_t k_t v_tᵀ,
@@ -65,24 +67,15 @@ def gdn_chunked_ref(q, k, v, g, beta, scale, C=64):
 
 def main():
     ap = argparse.ArgumentParser(description="fla and PyTorch baselines for bench/gdn_gpu.cu")
-    ap.add_argument("--quick", action="store_true", help="T up to 8K only")
-    ap.add_argument("--t", default=None,
-                    help="comma-separated sequence lengths (default 2K, 4K, .. 64K): Triton "
-                         "autotunes at each new shape, so fewer rows save minutes")
-    ap.add_argument("--d", default="64,128", help="comma-separated head dims (64, 128)")
+    mixer_rows.add_options(ap)
     ap.add_argument("--reps", type=int, default=10, help="timed runs per shape (median)")
     ap.add_argument("--ref-max-t", type=int, default=16384,
                     help="longest T for the PyTorch reference")
     a = ap.parse_args()
-    try:
-        a.t = [int(x) for x in a.t.split(",")] if a.t else None
-        a.d = [int(x) for x in a.d.split(",")]
-    except ValueError:
-        print("gdn_torch: --t, --d: expected comma-separated integers", file=sys.stderr)
+    shape = mixer_rows.rows(a, "gdn_torch")
+    if shape is None:
         return 2
-    if any(d not in (64, 128) for d in a.d) or any(t < 64 for t in a.t or []):
-        print("gdn_torch: --d takes 64 and 128, --t lengths of at least 64", file=sys.stderr)
-        return 2
+    Ds, Ts = shape
     if a.reps < 1:
         print("gdn_torch: --reps: expected a count >= 1", file=sys.stderr)
         return 2
@@ -118,8 +111,7 @@ def main():
     tokens, width = 65536, 2048
     no_bwd = set()
     e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    Ts = a.t or [2048 << i for i in range(3 if a.quick else 6)]
-    for D in a.d:
+    for D in Ds:
         H = width // D
         for T in Ts:
             B = tokens // T

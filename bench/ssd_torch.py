@@ -20,6 +20,8 @@ import math
 import statistics
 import sys
 
+import mixer_rows
+
 
 def fen_level(t, s):
     x = t ^ s
@@ -69,25 +71,16 @@ def naive_chunked(torch, q, k, v, g, lam, scale, C=64):
 
 def main():
     ap = argparse.ArgumentParser(description="torch baselines for bench/ssd_gpu.cu")
-    ap.add_argument("--quick", action="store_true", help="T up to 8K only")
-    ap.add_argument("--t", default=None,
-                    help="comma-separated sequence lengths (default 2K, 4K, .. 64K): Triton "
-                         "autotunes at each new shape, so fewer rows save minutes")
-    ap.add_argument("--d", default="64,128", help="comma-separated head dims (64, 128)")
+    mixer_rows.add_options(ap)
     ap.add_argument("--reps", type=int, default=10, help="timed runs per shape (median)")
     ap.add_argument("--tokens", type=int, default=65536, help="B*T")
     ap.add_argument("--no-naive", action="store_true",
                     help="skip the PyTorch reference (slow): fla's kernels only")
     a = ap.parse_args()
-    try:
-        a.t = [int(x) for x in a.t.split(",")] if a.t else None
-        a.d = [int(x) for x in a.d.split(",")]
-    except ValueError:
-        print("ssd_torch: --t, --d: expected comma-separated integers", file=sys.stderr)
+    shape = mixer_rows.rows(a, "ssd_torch")
+    if shape is None:
         return 2
-    if any(d not in (64, 128) for d in a.d) or any(t < 64 for t in a.t or []):
-        print("ssd_torch: --d takes 64 and 128, --t lengths of at least 64", file=sys.stderr)
-        return 2
+    Ds, Ts = shape
     try:
         import torch
     except ImportError as e:
@@ -146,8 +139,7 @@ def main():
     fmt = "{:>4} {:>6} {:>4} {:>3} | " + " | ".join(["{:>9} {:>9}"] * 4)
     print(fmt.format("D", "T", "B", "H", "naive ssd", "f+b", "naive ll", "f+b", "fla sgla", "f+b",
                      "fla ll", "f+b") + "   (ms)")
-    Ts = a.t or [2048 << i for i in range(3 if a.quick else 6)]
-    for D in a.d:
+    for D in Ds:
         H = width // D
         for T in (t for t in Ts if t <= tokens):
             B = tokens // T
