@@ -1285,6 +1285,16 @@ START_TEST(test_errors)
 	ck_assert_ptr_null(lmk_dropout(&c, NULL, 0.1f));
 	ck_assert_ptr_null(lmk_rope_apply(&c, NULL, NULL, NULL));
 
+	/* linear_add: r must have the product's shape (4,5) */
+	lmk_tensor *w57 = lmk_tensor_new(&c, LMK_F32, 2, (int64_t[]){5, 7}, 1);
+	ck_assert_ptr_null(lmk_linear_add(&c, x, w57, NULL, x));
+	ck_assert_int_eq(lmk_errcode(), LMK_EINVAL);
+	ck_assert_str_eq(lmk_errmsg(), "linear_add: x (4,7), w (5,7) and r (4,7): expected r "
+				       "(...,5) as x's product");
+	ck_assert_ptr_null(lmk_linear_add(&c, x, w, NULL, x));
+	ck_assert_ptr_nonnull(strstr(lmk_errmsg(), "linear_add: x (4,7) and w (5,6)"));
+	ck_assert_ptr_null(lmk_linear_add(&c, x, w57, NULL, NULL));
+
 	ck_assert_ptr_null(lmk_add(&c, x, w));
 	ck_assert_str_eq(lmk_errmsg(), "add: a (4,7) and b (5,6): expected the same shapes or "
 				       "b's the trailing dims of a's");
