@@ -122,12 +122,14 @@ ours_tps=$(sed -n 's/^{"step":\([0-9]*\),"loss".*"tokens_per_s":\([^,}]*\).*/\1 
 ours_loss=$(sed -n 's/^{"step":\([0-9]*\),"loss":\([^,}]*\).*/\2/p' "$T/ours.jsonl" | sed -n '1p;$p' | tr '\n' ' ')
 grep -q "parameters" "$LOG/ours.log" && say "ours: $(grep -o '[0-9.]*[kMG]* parameters' "$LOG/ours.log" | tail -1)"
 
-# ncu, one launch at a time, over steps 3-5 of ours (about 600 launches a
+# ncu, one launch at a time (at the clocks the GPU runs at: ncu locks them
+# to the base clock by default, which made the kernels sum to more than the
+# measured step), over steps 3-5 of ours (about 600 launches a
 # step at the default shape), summed for the last whole step in them
 if [ "$PROFILE" = 1 ]; then
 	if command -v ncu >/dev/null 2>&1 && [ "$ours_tps" != "-" ]; then
 		say "ours under ncu"
-		timeout "$OURS_TIMEOUT" ncu --csv --metrics gpu__time_duration.sum --launch-skip 1500 \
+		timeout "$OURS_TIMEOUT" ncu --csv --clock-control none --metrics gpu__time_duration.sum --launch-skip 1500 \
 			--launch-count 1600 "$TRAIN" --data "$T/tokens.safetensors" --device cuda --dtype bf16 \
 			--hidden $C --intermediate $F --layers $L --heads $H --vocab $V --seq "$SEQ" \
 			--batch "$B" --accum "$A" --steps 6 --warmup 10 --lr 6e-4 --val-frac 0 $OURS_FLAGS \
