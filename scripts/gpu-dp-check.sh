@@ -23,7 +23,9 @@
 #     checkpoint (rank 0), and leaves no rendezvous directory behind.
 # With 2 GPUs or more (else SKIP rows): --gpus 2 --batch 2 against one
 # process of --batch 4, in f32 (every loss within 1e-4, relative) and bf16
-# (1e-2, and the loss falls), as N ranks of batch B follow one of N*B.
+# (1e-2, and the loss falls), as N ranks of batch B follow one of N*B; and
+# the same two ranks as two processes of an outside launcher (RANK=0 and 1,
+# WORLD_SIZE=2, MASTER_ADDR/MASTER_PORT): --gpus 2's metrics bit for bit.
 # PERF=1 (the default) adds a 110M-parameter Llama (bench/train_gpu.sh's:
 # C 768, L 12, V 32768, T 1024, B 32) for 20 steps with and without
 # --gpus 1: median tokens/s after step 5 of each (INFO, not judged) and
@@ -208,12 +210,23 @@ if [ "$NGPU" -ge 2 ]; then
 			ok=PASS || ok=FAIL
 		result "--gpus 2 --batch 2 vs --batch 4, $dt ($tol)" $ok "largest relative difference $m"
 	done
+	# the same two ranks started by an outside launcher (one process
+	# each, torchrun's variables, a TCP rendezvous): --gpus 2's bits
+	port=$(free_port)
+	train x0 RANK=0 WORLD_SIZE=2 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT="$port" -- \
+		$OPTS --batch 2 --steps "$STEPS" --dtype bf16 &
+	p0=$!
+	train x1 RANK=1 WORLD_SIZE=2 LOCAL_RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT="$port" -- \
+		$OPTS --batch 2 --steps "$STEPS" --dtype bf16
+	wait $p0 || fail=1
+	bits "RANK=0,1 WORLD_SIZE=2 (tcp), bf16: as --gpus 2, bit for bit" n2bf16 x0
 	first=$(losses n2bf16.jsonl | head -1 | cut -d' ' -f2) last=$(losses n2bf16.jsonl | tail -1 | cut -d' ' -f2)
 	awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a - 0.1) }' && ok=PASS || ok=FAIL
 	result "--gpus 2 bf16: the loss falls" $ok "from $first to $last"
 else
 	result "--gpus 2 --batch 2 vs --batch 4, f32 (1e-4)" SKIP "one GPU"
 	result "--gpus 2 --batch 2 vs --batch 4, bf16 (1e-2)" SKIP "one GPU"
+	result "RANK=0,1 WORLD_SIZE=2 (tcp), bf16: as --gpus 2, bit for bit" SKIP "one GPU"
 fi
 
 # --- 110M: speed with one rank, and the same losses ---
