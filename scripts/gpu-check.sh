@@ -128,15 +128,10 @@ run_one() {
 		lim=$SAN_TIMEOUT
 		small=1
 		# --error-exitcode: a hazard or a bad access fails the run even
-		# when the test itself passed. racecheck skips cuBLAS's own
-		# kernels (nvjet_*): on the H200 it reports hazards inside
-		# cuBLAS 13.0's small-tile kernels (test_cuda_gemv's shapes),
-		# which are not ours to mend
-		ex=
-		[ "$phase" = racecheck ] && ex="--kernel-name-exclude kns=nvjet"
-		# shellcheck disable=SC2086 # SAN_FLAGS and ex are lists of options
+		# when the test itself passed
+		# shellcheck disable=SC2086 # SAN_FLAGS is a list of options
 		set -- "$SAN" --tool "$phase" --error-exitcode 99 --print-limit 100 \
-			--target-processes all $ex $SAN_FLAGS "$bin"
+			--target-processes all $SAN_FLAGS "$bin"
 		;;
 	esac
 	before=$(wc -c <"$log")
@@ -153,7 +148,22 @@ run_one() {
 		[ "$REQUIRE_GPU" = 1 ] && st=FAIL && echo "==== skipped on a GPU machine" >>"$log"
 		;;
 	124 | 137) st=FAIL; echo "==== timed out after $lim s" >>"$log" ;;
-	99) st=FAIL; echo "==== the sanitizer reported errors" >>"$log" ;;
+	99)
+		st=FAIL
+		# On the H200 racecheck reports hazards inside cuBLAS 13.0's
+		# own small-tile kernels (nvjet_*, test_cuda_gemv's shapes),
+		# which are not ours to mend: a run whose every hazard is in
+		# them passes, and says so. (Leaving them out with
+		# --kernel-name-exclude made the sanitizer itself fail.)
+		races=$(tail -c +"$((before + 1))" "$log" | grep -E "Race reported| and (Read|Write) access at")
+		if [ "$phase" = racecheck ] && [ -n "$races" ] && ! echo "$races" | grep -qv nvjet &&
+			tail -c +"$((before + 1))" "$log" | grep -q "Checks:.*Failures: 0, Errors: 0"; then
+			st=PASS
+			echo "==== racecheck: hazards only inside cuBLAS's nvjet kernels" >>"$log"
+		else
+			echo "==== the sanitizer reported errors" >>"$log"
+		fi
+		;;
 	*) st=FAIL ;;
 	esac
 	# failures, the tests' own report lines and the sanitizer's summary
