@@ -5,6 +5,9 @@
  *    with the graph (recorded at step 2, an evaluation between steps 4 and
  *    5): the same losses, norms and learning rates, and the same weights
  *    and moments, bit for bit; in BF16 and F32, with 1 and 2 micro-batches.
+ *  - Losses that cannot be replayed (dropout's random numbers; a count read
+ *    on the host, which waits): the graph is given up with a note, and the
+ *    steps run eagerly with the same bits.
  *  - Ids beyond the model's vocabulary in step 4: the step fails with the
  *    message of the device's error word, the weights and the moments stay
  *    those of step 3 and the step count does not move, with the graph as
@@ -29,6 +32,25 @@
 static lmk_tensor *loss_fn(void *model, lmk_ctx *c, lmk_tensor *ids, lmk_tensor *tg, int64_t *count)
 {
 	return lmk_cross_entropy(c, lmk_llama_forward(c, model, ids, NULL, NULL), tg, -1, count);
+}
+
+/* Two losses a step cannot be replayed with: one drawing random numbers
+ * (dropout advances the context's counter, which a replay would not), one
+ * reading the device on the host (the count, which waits: the recording
+ * fails). */
+static lmk_tensor *loss_dropout(void *model, lmk_ctx *c, lmk_tensor *ids, lmk_tensor *tg,
+				int64_t *count)
+{
+	lmk_tensor *h = lmk_dropout(c, lmk_llama_forward(c, model, ids, NULL, NULL), 0.1f);
+	return lmk_cross_entropy(c, h, tg, -1, count);
+}
+
+static lmk_tensor *loss_count(void *model, lmk_ctx *c, lmk_tensor *ids, lmk_tensor *tg,
+			      int64_t *count)
+{
+	int64_t n;
+	return lmk_cross_entropy(c, lmk_llama_forward(c, model, ids, NULL, NULL), tg, -1,
+				 count ? count : &n);
 }
 
 static void text(lmk_tokdata *d)
@@ -83,7 +105,10 @@ struct run {
 	int64_t t;
 };
 
-static void train(struct run *r, lmk_dtype dt, int accum, int graph)
+/* STEPS steps (an evaluation after the 4th) with loss fn; the graph, if
+ * asked for, is used unless fallback (then it must have given up). */
+static void train(struct run *r, lmk_dtype dt, int accum, int graph, lmk_train_loss_fn fn,
+		  int fallback)
 {
 	lmk_tokdata d;
 	lmk_llama m;
@@ -93,14 +118,19 @@ static void train(struct run *r, lmk_dtype dt, int accum, int graph)
 	text(&d);
 	tiny(&m, 256);
 	config(&c, dt, accum, graph);
-	ck_assert_msg(lmk_trainer_init(&tr, &c, &m.params, &m, loss_fn, &d) == 0, "%s", lmk_errmsg());
+	ck_assert_msg(lmk_trainer_init(&tr, &c, &m.params, &m, fn, &d) == 0, "%s", lmk_errmsg());
 	for (int s = 0; s < STEPS; s++) {
 		ck_assert_msg(lmk_trainer_step(&tr, &r->st[s]) == 0, "step %d: %s", s + 1, lmk_errmsg());
 		if (s == 3)
 			ck_assert_int_eq(lmk_trainer_eval(&tr, &r->val), 0);
 	}
-	ck_assert_msg(tr.graph_note[0] == 0, "%s", tr.graph_note);
-	ck_assert_int_eq(tr.cfg.cuda_graph, graph);
+	if (graph && fallback) {
+		ck_assert_ptr_nonnull(strstr(tr.graph_note, "cuda graph: "));
+		ck_assert_int_eq(tr.cfg.cuda_graph, 0);
+	} else {
+		ck_assert_msg(tr.graph_note[0] == 0, "%s", tr.graph_note);
+		ck_assert_int_eq(tr.cfg.cuda_graph, graph);
+	}
 	r->n = m.params.n;
 	r->w = malloc(r->n * sizeof(float));
 	r->m = malloc(r->n * sizeof(float));
@@ -121,11 +151,11 @@ static void run_free(struct run *r)
 	free(r->v);
 }
 
-static void same_runs(lmk_dtype dt, int accum)
+static void same_runs(lmk_dtype dt, int accum, lmk_train_loss_fn fn, int fallback)
 {
 	struct run e, g;
-	train(&e, dt, accum, 0);
-	train(&g, dt, accum, 1);
+	train(&e, dt, accum, 0, fn, 0);
+	train(&g, dt, accum, 1, fn, fallback);
 	for (int s = 0; s < STEPS; s++) {
 		ck_assert_msg(memcmp(&e.st[s].loss, &g.st[s].loss, sizeof(double)) == 0,
 			      "step %d: loss %.17g eager, %.17g graph", s + 1, e.st[s].loss, g.st[s].loss);
@@ -147,13 +177,18 @@ static void same_runs(lmk_dtype dt, int accum)
 	run_free(&g);
 }
 
-START_TEST(test_graph_bf16) { same_runs(LMK_BF16, 1); }
+START_TEST(test_graph_bf16) { same_runs(LMK_BF16, 1, loss_fn, 0); }
 END_TEST
-START_TEST(test_graph_bf16_accum) { same_runs(LMK_BF16, 2); }
+START_TEST(test_graph_bf16_accum) { same_runs(LMK_BF16, 2, loss_fn, 0); }
 END_TEST
-START_TEST(test_graph_f32) { same_runs(LMK_F32, 1); }
+START_TEST(test_graph_f32) { same_runs(LMK_F32, 1, loss_fn, 0); }
 END_TEST
-START_TEST(test_graph_f32_accum) { same_runs(LMK_F32, 2); }
+START_TEST(test_graph_f32_accum) { same_runs(LMK_F32, 2, loss_fn, 0); }
+END_TEST
+/* the step runs eagerly instead, with the same bits */
+START_TEST(test_graph_fallback_dropout) { same_runs(LMK_BF16, 2, loss_dropout, 1); }
+END_TEST
+START_TEST(test_graph_fallback_wait) { same_runs(LMK_BF16, 1, loss_count, 1); }
 END_TEST
 
 /* A stream of examples of ids below 90, but from example 9 on (the 4th
@@ -236,6 +271,8 @@ int main(void)
 	tcase_add_test(tc, test_graph_bf16_accum);
 	tcase_add_test(tc, test_graph_f32);
 	tcase_add_test(tc, test_graph_f32_accum);
+	tcase_add_test(tc, test_graph_fallback_dropout);
+	tcase_add_test(tc, test_graph_fallback_wait);
 	tcase_add_test(tc, test_bad_ids_eager);
 	tcase_add_test(tc, test_bad_ids_graph);
 	suite_add_tcase(s, tc);
