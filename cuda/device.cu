@@ -189,7 +189,7 @@ extern "C" int lmk_cuda_fill_positions(void *backend, void *out, long long rows,
 	const int64_t blocks = (n + 255) / 256;
 	positions_k<<<(unsigned)(blocks < 4096 ? blocks : 4096), 256, 0, b->stream>>>(
 		(int32_t *)out, n, (int64_t)T, start);
-	LMK_CK(cudaGetLastError());
+	LMK_CK_LAUNCH();
 	return 0;
 }
 
