@@ -116,6 +116,9 @@ static const char usage[] =
 "      --nondeterministic   on cuda, a faster attention backward that sums with\n"
 "                           float atomics: runs are no longer the same bits\n"
 "                           from run to run (default: they are)\n"
+"      --no-cuda-graph      on one GPU, queue every step's kernels anew instead of\n"
+"                           replaying the second step's as a CUDA graph (the\n"
+"                           same results, slower)\n"
 "Data parallel (one process per GPU; --batch is each GPU's):\n"
 "      --gpus=N             train on the first N GPUs of this machine, one\n"
 "                           process each\n"
@@ -145,7 +148,7 @@ enum {
 	O_KV_HEADS, O_INTERMEDIATE, O_VOCAB, O_MIXER, O_INIT, O_STEPS, O_BATCH, O_SEQ,
 	O_ACCUM, O_LR, O_MIN_LR, O_WARMUP, O_SCHEDULE, O_DECAY_STEPS, O_WD, O_BETA1,
 	O_BETA2, O_EPS, O_CLIP, O_THREADS, O_EVAL_EVERY, O_EVAL_BATCHES, O_SAMPLE,
-	O_TEMPERATURE, O_OUT, O_SAVE_EVERY, O_RESUME, O_METRICS, O_DEVICE, O_DTYPE, O_NONDET, O_GPUS,
+	O_TEMPERATURE, O_OUT, O_SAVE_EVERY, O_RESUME, O_METRICS, O_DEVICE, O_DTYPE, O_NONDET, O_NO_GRAPH, O_GPUS,
 	O_RENDEZVOUS, O_ADAPTER, O_OPTIM, O_TASK,
 };
 
@@ -183,6 +186,7 @@ static const struct option longopts[] = {
 	{"device", required_argument, NULL, O_DEVICE},
 	{"dtype", required_argument, NULL, O_DTYPE},
 	{"nondeterministic", no_argument, NULL, O_NONDET},
+	{"no-cuda-graph", no_argument, NULL, O_NO_GRAPH},
 	{"gpus", required_argument, NULL, O_GPUS},
 	{"rendezvous", required_argument, NULL, O_RENDEZVOUS},
 	{"eval-every", required_argument, NULL, O_EVAL_EVERY},
@@ -375,6 +379,9 @@ static void parse(int argc, char **argv, struct opts *o)
 			break;
 		case O_NONDET:
 			c->nondeterministic = 1;
+			break;
+		case O_NO_GRAPH:
+			c->cuda_graph = 0;
 			break;
 		case O_EVAL_EVERY: c->eval_every = prog_parse_long("--eval-every", a, 0, 1L << 40); break;
 		case O_EVAL_BATCHES:
@@ -930,7 +937,7 @@ int main(int argc, char **argv)
 	char *abs_data = NULL, b1[32], b2[32], b3[32];
 	double sum_loss = 0, last_val = NAN, last_loss = NAN, window_loss = NAN;
 	int64_t nsum = 0, nparams;
-	int has_val, sig, dp, world = 1, rank0 = 1, reported = 0;
+	int has_val, sig, dp, world = 1, rank0 = 1, reported = 0, graph_noted = 0;
 	lmk_dist d;
 
 	prog_init("lla-train", usage);
@@ -1177,6 +1184,11 @@ int main(int argc, char **argv)
 		if (!reported) {
 			report_memory(&r, &mt);
 			reported = 1;
+		}
+		if (r.tr.graph_note[0] && !graph_noted && !o.quiet) {
+			lmk_progress_end(&pg);
+			fprintf(stderr, "%s: %s\n", prog_name(), r.tr.graph_note);
+			graph_noted = 1;
 		}
 		/* of the whole group */
 		rate = (double)world * o.cfg.batch * o.cfg.seq * o.cfg.accum / (lmk_now() - ts0);

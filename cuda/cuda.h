@@ -51,6 +51,14 @@ int lmk_cuda_upload(void *backend, void *dst, const void *src, size_t bytes);
 int lmk_cuda_download(void *backend, void *dst, const void *src, size_t bytes);
 /* Device to device on the stream. */
 int lmk_cuda_copy(void *backend, void *dst, const void *src, size_t bytes);
+/* out[r*T + t] = start + t for r < rows, t < T (int32, device): a batch's
+ * positions, made on the stream instead of uploaded. @return : 0 or
+ * LMK_EDEVICE */
+int lmk_cuda_fill_positions(void *backend, void *out, long long rows, long long T, int start);
+/* The address of the backend's scratch of reductions (NULL before the
+ * first use), and in *bytes its size: a step recorded as a CUDA graph
+ * holds on to it, and is stale once the scratch has grown. */
+void *lmk_cuda_scratch_at(void *backend, size_t *bytes);
 
 #ifdef __cplusplus
 }

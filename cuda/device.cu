@@ -1,5 +1,6 @@
 /* device.cu: device selection, the per-context backend state, device memory
  * and copies on the context's stream, and the error word of the kernels. */
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -169,6 +170,34 @@ extern "C" int lmk_cuda_copy(void *backend, void *dst, const void *src, size_t b
 	if (bytes)
 		LMK_CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, b->stream));
 	return 0;
+}
+
+__global__ void positions_k(int32_t *out, int64_t n, int64_t T, int start)
+{
+	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+	     i += (int64_t)gridDim.x * blockDim.x)
+		out[i] = start + (int32_t)(i % T);
+}
+
+extern "C" int lmk_cuda_fill_positions(void *backend, void *out, long long rows, long long T,
+				       int start)
+{
+	lmk_cuda_backend *b = (lmk_cuda_backend *)backend;
+	const int64_t n = (int64_t)rows * T;
+	if (n <= 0)
+		return 0;
+	const int64_t blocks = (n + 255) / 256;
+	positions_k<<<(unsigned)(blocks < 4096 ? blocks : 4096), 256, 0, b->stream>>>(
+		(int32_t *)out, n, (int64_t)T, start);
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+extern "C" void *lmk_cuda_scratch_at(void *backend, size_t *bytes)
+{
+	lmk_cuda_backend *b = (lmk_cuda_backend *)backend;
+	*bytes = b->scratch_bytes;
+	return b->scratch;
 }
 
 void *lmk_cuda_scratch(lmk_cuda_backend *b, size_t bytes)

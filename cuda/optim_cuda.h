@@ -36,10 +36,40 @@ int lmk_cuda_adamw_step(void *be, float *p, const float *g, float *m, float *v,
 			float b2,
 			float eps, int decay, float keep, float neg_step, float bc2_sqrt);
 
+/* The per-step numbers of a step that never waits (lib/train.c), in device
+ * memory: the host's scalars of this step (written into pinned memory and
+ * copied in on the stream, so that a step replayed as a CUDA graph reads
+ * the values of its own launch), then what lmk_cuda_grad_norm_dev leaves
+ * for the update and for the host to read once the step is over. */
+typedef struct lmk_cuda_adamw_dev {
+	float keep, neg_step, bc2_sqrt; /* as lmk_cuda_adamw_step's, from lr and t */
+	float gscale;                   /* the clipping factor (1: no clipping) */
+	int32_t skip;                   /* nonzero: the update changes nothing */
+	int32_t pad;
+	double norm;                    /* the gradient's global norm */
+} lmk_cuda_adamw_dev;
+
+/* lmk_cuda_adamw_step with keep, neg_step, bc2_sqrt and gscale read from s
+ * (device memory) when the kernel runs; nothing at all is written when
+ * s->skip is set. The same bits as lmk_cuda_adamw_step on the same values. */
+int lmk_cuda_adamw_step_dev(void *be, float *p, const float *g, float *m, float *v, void *lp,
+			    const lmk_cuda_span *spans, int nt, size_t n,
+			    const lmk_cuda_adamw_dev *s /*device*/, float w1, float om1, int small_w,
+			    float w2, float b2, float eps, int decay);
+
 /* *norm = sqrt(sum of g[i]²) in double, in a fixed order (chunks of 65536
  * elements, then the chunks' partial sums): the same bits on every run.
  * Waits for the stream to hand the norm back. */
 int lmk_cuda_grad_norm(void *be, double *norm, const float *g, size_t n);
+/* The same norm into s->norm without waiting, and with it s->gscale, the
+ * factor lib/optim.c's lmk_grad_norm computes on the host from max_norm
+ * (the same double arithmetic: max_norm / (norm + 1e-6) when below 1 and
+ * max_norm > 0, else 1), and s->skip: set when the norm or one of loss[0..
+ * nloss) (device float32) is not finite, or a kernel has flagged a bad id
+ * or target since the last sync (lmk_cuda_sync), as the host would stop
+ * there before updating. */
+int lmk_cuda_grad_norm_dev(void *be, lmk_cuda_adamw_dev *s /*device*/, const float *g, size_t n,
+			   double max_norm, const float *loss /*device (nloss)*/, int nloss);
 /* g *= c */
 int lmk_cuda_grad_scale(void *be, float *g, size_t n, float c);
 

@@ -715,25 +715,23 @@ void lmk_llama_free(lmk_llama *m)
 /* ---- forward ---------------------------------------------------------- */
 
 /* Positions start..start+T-1 of each row, (B,T) I32 on c's device. On a
- * device they are written in the context's host arena and uploaded (the
- * copy is staged before the upload returns, and the arena lives until the
- * next reset anyway). */
+ * device a kernel writes them (nothing is uploaded, so that a training step
+ * replayed as a CUDA graph makes them too). */
 static lmk_tensor *positions(lmk_ctx *c, int64_t B, int64_t T, int start)
 {
 	int64_t shape[2] = {B, T};
-	lmk_tensor *pos = NULL;
-	int32_t *d;
-	if (c->dev == LMK_DEV_CPU) {
-		if (!(pos = lmk_tensor_new(c, LMK_I32, 2, shape, 0)))
-			return NULL;
-		d = pos->data;
-	} else if (!(d = lmk_arena_alloc(&c->meta, (size_t)(B * T) * sizeof *d))) {
+	lmk_tensor *pos = lmk_tensor_new(c, LMK_I32, 2, shape, 0);
+	if (!pos)
 		return NULL;
-	}
+#if LMK_CUDA
+	if (c->dev == LMK_DEV_CUDA)
+		return lmk_cuda_fill_positions(c->backend, pos->data, B, T, start) < 0 ? NULL : pos;
+#endif
+	int32_t *d = pos->data;
 	for (int64_t b = 0; b < B; b++)
 		for (int64_t t = 0; t < T; t++)
 			d[b * T + t] = start + (int32_t)t;
-	return pos ? pos : lmk_tensor_upload(c, LMK_I32, 2, shape, d);
+	return pos;
 }
 
 /* q, k, v of layer l for x (B,T,C), with rope applied to q and k:

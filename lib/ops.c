@@ -472,14 +472,16 @@ lmk_tensor *lmk_rope_apply(lmk_ctx *c, lmk_tensor *x, const lmk_rope *r, lmk_ten
 		return NULL;
 	/* On CUDA the kernels read a device copy of the table (the host one is
 	 * the caller's); it also serves the backward, and the next layers of
-	 * the step (the tables do not change once made). */
+	 * the step (the tables do not change once made). It is copied from the
+	 * one the context keeps, not uploaded, so that a step recorded as a
+	 * CUDA graph can replay it. */
 	float *dev_freq = NULL;
 	if (on_cuda(c)) {
 		size_t bytes = (size_t)(D / 2) * sizeof(float);
 		if (!c->rope_host || c->rope_n != D / 2 ||
 		    memcmp(c->rope_host, r->inv_freq, bytes)) {
-			lmk_tensor *ft = lmk_tensor_upload(c, LMK_F32, 1, (int64_t[]){D / 2},
-							   r->inv_freq);
+			lmk_tensor *ft = lmk_tensor_upload_const(c, LMK_F32, 1, (int64_t[]){D / 2},
+								 r->inv_freq);
 			float *h = lmk_arena_alloc(&c->meta, bytes);
 			if (!ft || !h)
 				return NULL;

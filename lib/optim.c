@@ -4,6 +4,7 @@
  * Every loop is elementwise or a reduction in double, split into fixed
  * chunks, so results do not depend on the number of threads. */
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -217,18 +218,25 @@ void lmk_adamw_step(lmk_adamw *o, float lr)
 	lmk_adamw_step_scaled(o, lr, 1.0f);
 }
 
+/* Counts a step and gives its scalars: torch computes the corrections in
+ * Python floats (double), then passes step_size and
+ * bias_correction2_sqrt to float32 kernels. */
+static void step_scalars(lmk_adamw *o, float lr, float *step_size, float *bc2_sqrt)
+{
+	o->t++;
+	double bc1 = 1.0 - pow((double)o->cfg.beta1, (double)o->t);
+	double bc2 = 1.0 - pow((double)o->cfg.beta2, (double)o->t);
+	*step_size = (float)((double)lr / bc1);
+	*bc2_sqrt = (float)sqrt(bc2);
+}
+
 void lmk_adamw_step_scaled(lmk_adamw *o, float lr, float gscale)
 {
+	float step_size, bc2_sqrt;
 	/* the CPU scales first (the bits of clipping, then a step) */
 	if (o->dev != LMK_DEV_CUDA && gscale != 1.0f)
 		grad_scale_host(o->p, gscale);
-	o->t++;
-	/* torch computes the corrections in Python floats (double), then
-	 * passes step_size and bias_correction2_sqrt to float32 kernels. */
-	double bc1 = 1.0 - pow((double)o->cfg.beta1, (double)o->t);
-	double bc2 = 1.0 - pow((double)o->cfg.beta2, (double)o->t);
-	float step_size = (float)((double)lr / bc1);
-	float bc2_sqrt = (float)sqrt(bc2);
+	step_scalars(o, lr, &step_size, &bc2_sqrt);
 	if (o->dev == LMK_DEV_CUDA) {
 		adamw_step_device(o, lr, gscale, step_size, bc2_sqrt);
 		return;
@@ -237,6 +245,70 @@ void lmk_adamw_step_scaled(lmk_adamw *o, float lr, float gscale)
 		double wd = o->decay[i] ? (double)o->cfg.weight_decay : 0.0;
 		adamw_span(o, o->p->offset[i], o->p->t[i].n, lr, wd, step_size, bc2_sqrt);
 	}
+}
+
+#if LMK_CUDA
+_Static_assert(sizeof(lmk_cuda_adamw_dev) <= LMK_ADAMW_DEV_BYTES, "lmk_adamw_dev's size");
+#endif
+
+void lmk_adamw_stage(lmk_adamw *o, float lr, void *h)
+{
+	float step_size, bc2_sqrt;
+	step_scalars(o, lr, &step_size, &bc2_sqrt);
+#if LMK_CUDA
+	/* adamw_step_device's scalars, the same way */
+	lmk_cuda_adamw_dev *s = h;
+	s->keep = (float)(1.0 - (double)lr * (double)o->cfg.weight_decay);
+	s->neg_step = -step_size;
+	s->bc2_sqrt = bc2_sqrt;
+#else
+	(void)h;
+#endif
+}
+
+int lmk_adamw_queue(lmk_adamw *o, void *d, const void *h)
+{
+	if (o->dev != LMK_DEV_CUDA)
+		return lmk_err(LMK_EINVAL, "adamw: a step from device memory needs cuda parameters");
+#if LMK_CUDA
+	const lmk_params *p = o->p;
+	const double b1 = o->cfg.beta1, wd = o->cfg.weight_decay;
+	const float w1 = (float)(1.0 - b1), w2 = (float)(1.0 - (double)o->cfg.beta2);
+	int rc = lmk_cuda_upload(p->backend, d, h, offsetof(lmk_cuda_adamw_dev, gscale));
+	if (rc < 0)
+		return rc;
+	return lmk_cuda_adamw_step_dev(p->backend, p->data, p->grad, o->m, o->v, p->lp, o->spans, p->nt,
+				       p->n, d, w1, 1.0f - w1, 1.0 - b1 < 0.5, w2, o->cfg.beta2,
+				       o->cfg.eps, wd != 0.0);
+#else
+	(void)d, (void)h;
+	return 0;
+#endif
+}
+
+int lmk_grad_norm_dev(lmk_params *p, double max_norm, void *d, const float *loss, int nloss)
+{
+	if (p->dev != LMK_DEV_CUDA || !p->grad)
+		return lmk_err(LMK_EINVAL, "grad norm: expected trainable cuda parameters");
+#if LMK_CUDA
+	return lmk_cuda_grad_norm_dev(p->backend, d, p->grad, p->n, max_norm, loss, nloss);
+#else
+	(void)max_norm, (void)d, (void)loss, (void)nloss;
+	return 0;
+#endif
+}
+
+void lmk_adamw_dev_read(const void *h, double *norm, int *skip)
+{
+#if LMK_CUDA
+	const lmk_cuda_adamw_dev *s = h;
+	*norm = s->norm;
+	*skip = s->skip != 0;
+#else
+	(void)h;
+	*norm = NAN;
+	*skip = 1;
+#endif
 }
 
 double lmk_clip_grad_norm(lmk_params *p, double max_norm)

@@ -42,6 +42,19 @@ void lmk_adamw_step(lmk_adamw *o, float lr);
  * its own on CUDA; the gradient itself is left unscaled there (on the CPU
  * it is scaled in place, as by clipping). */
 void lmk_adamw_step_scaled(lmk_adamw *o, float lr, float gscale);
+/* A step on CUDA parameters that never waits for the device (lib/train.c),
+ * so that it can be recorded as a CUDA graph and replayed: d is device
+ * memory and h pinned host memory, LMK_ADAMW_DEV_BYTES each.
+ * lmk_grad_norm_dev (below) leaves the norm, the clipping factor and a
+ * skip flag in d; lmk_adamw_stage counts the step (t) and writes its
+ * scalars for lr into h; lmk_adamw_queue queues their copy from h into d
+ * (a replay copies what h holds at its launch) and the update, which
+ * reads them and the factor from d and changes nothing when the skip flag
+ * is set. Together the bits of lmk_grad_norm then lmk_adamw_step_scaled.
+ * @return (queue) : 0 or < 0 */
+#define LMK_ADAMW_DEV_BYTES 32
+void lmk_adamw_stage(lmk_adamw *o, float lr, void *h);
+int lmk_adamw_queue(lmk_adamw *o, void *d, const void *h);
 void lmk_adamw_free(lmk_adamw *o);
 /* The moments (p->n float32 each) to and from host memory, for
  * checkpoints, on either device. @return : 0 or < 0 */
@@ -57,6 +70,13 @@ double lmk_clip_grad_norm(lmk_params *p, double max_norm);
 /* The norm alone, and in *coef the factor clipping would scale the
  * gradient by (1 when it would not), for lmk_adamw_step_scaled. */
 double lmk_grad_norm(lmk_params *p, double max_norm, float *coef);
+/* lmk_grad_norm for CUDA parameters, queued without waiting: the norm
+ * and the factor go to d (lmk_adamw_queue's), with the skip flag set when
+ * the norm or one of loss[0..nloss) (float32 on the device) is not finite
+ * or a kernel flagged a bad id or target since the last sync. Read d once
+ * it is in host memory with lmk_adamw_dev_read. @return : 0 or < 0 */
+int lmk_grad_norm_dev(lmk_params *p, double max_norm, void *d, const float *loss, int nloss);
+void lmk_adamw_dev_read(const void *h, double *norm, int *skip);
 
 typedef enum { LMK_SCHED_CONSTANT, LMK_SCHED_COSINE, LMK_SCHED_LINEAR } lmk_sched_kind;
 typedef struct lmk_schedule {

@@ -210,6 +210,17 @@ int lmk_arena_nchunks(const lmk_arena *a)
 	return n;
 }
 
+const void *lmk_arena_base(const lmk_arena *a)
+{
+	return a->chunks ? a->chunks->mem : NULL;
+}
+
+/* A table the context keeps on its device (lmk_tensor_upload_const). */
+struct lmk_ctx_const {
+	void *host, *dev;
+	size_t bytes;
+};
+
 int lmk_ctx_init(lmk_ctx *c, lmk_device dev)
 {
 	return lmk_ctx_init_ex(c, dev, 0, LMK_F32);
@@ -260,6 +271,13 @@ void lmk_ctx_set_nondeterministic(lmk_ctx *c, int on)
 
 void lmk_ctx_free(lmk_ctx *c)
 {
+	for (int i = 0; i < c->nconsts; i++) {
+		dev_free(c->dev, c->consts[i].dev);
+		free(c->consts[i].host);
+	}
+	free(c->consts);
+	c->consts = NULL;
+	c->nconsts = 0;
 	lmk_arena_free(&c->arena);
 	lmk_arena_free(&c->meta);
 	free(c->tape);
@@ -291,6 +309,35 @@ void lmk_ctx_reset(lmk_ctx *c)
 	c->rope_host = NULL;
 	c->rope_dev = NULL;
 	c->rope_n = 0;
+}
+
+/* The context's device copy of the bytes at host, made at the first call
+ * with those bytes. @return : NULL on failure (message recorded) */
+static const void *ctx_const(lmk_ctx *c, const void *host, size_t bytes)
+{
+	struct lmk_ctx_const *k;
+	for (int i = 0; i < c->nconsts; i++)
+		if (c->consts[i].bytes == bytes && !memcmp(c->consts[i].host, host, bytes))
+			return c->consts[i].dev;
+	if (!(k = realloc(c->consts, (size_t)(c->nconsts + 1) * sizeof *k))) {
+		lmk_err(LMK_ENOMEM, "ctx: cannot keep %d tables", c->nconsts + 1);
+		return NULL;
+	}
+	c->consts = k;
+	k += c->nconsts;
+	k->bytes = bytes;
+	k->host = malloc(bytes ? bytes : 1);
+	k->dev = k->host ? dev_alloc(c->dev, bytes ? bytes : 1) : NULL;
+	if (!k->dev || dev_upload(c->dev, c->backend, k->dev, host, bytes) < 0) {
+		if (k->dev)
+			dev_free(c->dev, k->dev);
+		free(k->host);
+		lmk_err(LMK_ENOMEM, "ctx: cannot copy a table of %zu bytes to the device", bytes);
+		return NULL;
+	}
+	memcpy(k->host, host, bytes);
+	c->nconsts++;
+	return k->dev;
 }
 
 /* The tensor that holds t's gradient state: t, or the base of a view. */
@@ -407,6 +454,26 @@ lmk_tensor *lmk_tensor_upload(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t 
 	t->data = lmk_arena_alloc(&c->arena, bytes);
 	if (!t->data || dev_upload(t->dev, c->backend, t->data, host, bytes) < 0)
 		return NULL;
+	return t;
+}
+
+lmk_tensor *lmk_tensor_upload_const(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t *shape,
+				    const void *host)
+{
+	if (c->dev == LMK_DEV_CPU)
+		return lmk_tensor_upload(c, dt, ndim, shape, host);
+	lmk_tensor *t = desc_new(c, dt, ndim, shape);
+	if (!t)
+		return NULL;
+	size_t bytes = (size_t)t->n * lmk_dtype_size(dt);
+	const void *src = ctx_const(c, host, bytes);
+	t->data = src ? lmk_arena_alloc(&c->arena, bytes) : NULL;
+	if (!t->data)
+		return NULL;
+#if LMK_CUDA
+	if (lmk_cuda_copy(c->backend, t->data, src, bytes) < 0)
+		return NULL;
+#endif
 	return t;
 }
 
@@ -641,6 +708,27 @@ int lmk_backward(lmk_ctx *c, lmk_tensor *loss, float scale)
 			       (long long)loss->n);
 	if ((rc = lmk_tensor_write_f32(c, loss, 1, &scale)) < 0)
 		return rc;
+	return replay(c);
+}
+
+int lmk_backward_dev(lmk_ctx *c, lmk_tensor *loss, const float *scale)
+{
+	int rc = check_grad_target("backward", loss);
+	if (rc < 0)
+		return rc;
+	if (loss->n != 1)
+		return lmk_err(LMK_EINVAL, "backward: expected a loss of 1 element, found %lld",
+			       (long long)loss->n);
+	if (c->dev == LMK_DEV_CPU)
+		return lmk_backward(c, loss, *scale);
+	if (loss->gdtype != LMK_F32)
+		return lmk_err(LMK_EINVAL, "backward: a %s loss, expected f32",
+			       lmk_dtype_name(loss->gdtype));
+	owner(loss)->gunwritten = 0;
+#if LMK_CUDA
+	if ((rc = lmk_cuda_copy(c->backend, loss->grad, scale, sizeof(float))) < 0)
+		return rc;
+#endif
 	return replay(c);
 }
 

@@ -105,6 +105,10 @@ typedef struct lmk_ctx {
 			      * every layer; reset forgets them */
 	float *rope_dev;
 	int64_t rope_n;
+	struct lmk_ctx_const *consts; /* CUDA: device copies of host tables
+			      * (lmk_tensor_upload_const), kept until
+			      * lmk_ctx_free */
+	int nconsts;
 } lmk_ctx;
 
 /* Grad starts enabled; seed and counter start at 0; F32, and on CUDA
@@ -136,6 +140,9 @@ void lmk_arena_reset(lmk_arena *a);
 void lmk_arena_free(lmk_arena *a);
 /* @return : the number of chunks held (1 in the steady state) */
 int lmk_arena_nchunks(const lmk_arena *a);
+/* @return : the memory of the first chunk (the only one in the steady
+ * state), or NULL: with reserved, what a recorded step's addresses hold */
+const void *lmk_arena_base(const lmk_arena *a);
 
 /* A new activation from the arena, contents undefined. When grad is
  * enabled and requires_grad is set, a zeroed gradient is allocated with it
@@ -164,6 +171,14 @@ lmk_tensor *lmk_reshape(lmk_ctx *c, lmk_tensor *x, int ndim, const int64_t *shap
  * @return : NULL on failure (message recorded) */
 lmk_tensor *lmk_tensor_upload(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t *shape,
 			      const void *host);
+/* The same for a table that stays the same from step to step (rope's
+ * frequencies): the context keeps a device copy of each such table, made
+ * at its first use, and the new tensor is filled from it on the stream
+ * (device to device), so that a step uploads nothing it uploaded before,
+ * which a step replayed as a CUDA graph could not do. On the CPU the same
+ * as lmk_tensor_upload. @return : NULL on failure (message recorded) */
+lmk_tensor *lmk_tensor_upload_const(lmk_ctx *c, lmk_dtype dt, int ndim, const int64_t *shape,
+				    const void *host);
 /* Raw copies of t's data (t->n elements of t->dtype) to and from host
  * memory; to_host waits for the stream. @return : 0 or < 0 */
 int lmk_tensor_copy_to_host(lmk_ctx *c, const lmk_tensor *t, void *host);
@@ -208,6 +223,11 @@ int lmk_node_backward(lmk_ctx *c, lmk_node *n);
  * resets): gradients are not re-zeroed.
  * @return : 0 or the first failing op's code */
 int lmk_backward(lmk_ctx *c, lmk_tensor *loss, float scale);
+/* The same with the scale read from memory of the context's device (one
+ * float32, copied on the stream), so that queueing the backward involves no
+ * host value: a step recorded as a CUDA graph replays it. The bits of
+ * lmk_backward with that scale. */
+int lmk_backward_dev(lmk_ctx *c, lmk_tensor *loss, const float *scale);
 /* The same from any tensor t of the tape: adds dout (t->n float32, on t's
  * device) into t->grad (whatever its dtype), then replays. For a gradient
  * computed elsewhere (another program, a loss outside the tape) and for

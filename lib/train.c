@@ -16,6 +16,7 @@
 
 #if LMK_CUDA
 #include "../cuda/cuda.h"
+#include "../cuda/decode_cuda.h"
 #include "../cuda/nccl_dp.h"
 #endif
 
@@ -38,6 +39,23 @@ struct lmk_train_dp {
 #if LMK_CUDA
 	lmk_nccl *comm;
 #endif
+};
+
+/* What a step on one GPU with AdamW adds (step_device): the step queues
+ * everything and waits once, at its end, for one small download; after a
+ * first step run eagerly it is recorded as a CUDA graph and replayed. */
+struct lmk_train_dev {
+	int32_t *x, *y;      /* (A,B,T) pinned: the step's micro-batches;
+			      * tr->x, tr->y are the first */
+	char *d;             /* device: lmk_cuda_adamw_dev (LMK_ADAMW_DEV_BYTES),
+			      * the A losses (float32), the backward's seed 1/A */
+	void *hin, *hout;    /* pinned: the scalars staged for the update; the
+			      * first part of d, copied back at the step's end */
+	void *graph;         /* the recorded step, or NULL */
+	int warm;            /* a step has run: its launches are fixed */
+	const void *base;    /* the graph's arena chunk and scratch */
+	size_t reserved, scratch_bytes;
+	void *scratch;
 };
 
 /* OpenBLAS's own thread count (its pthreads build ignores OpenMP's). */
@@ -72,6 +90,7 @@ void lmk_train_config_default(lmk_train_config *c)
 	c->device = LMK_DEV_CPU;
 	c->device_index = 0;
 	c->dtype = LMK_F32;
+	c->cuda_graph = 1;
 }
 
 int lmk_train_config_check(const lmk_train_config *c)
@@ -424,8 +443,27 @@ static int dp_backward(lmk_trainer *tr, lmk_tensor *loss, float scale)
 	return 0;
 }
 
+static void dev_free(struct lmk_train_dev *dv)
+{
+	if (!dv)
+		return;
+#if LMK_CUDA
+	lmk_cuda_graph_free(dv->graph);
+	lmk_cuda_host_free(dv->x);
+	lmk_cuda_host_free(dv->y);
+	lmk_cuda_host_free(dv->hin);
+	lmk_cuda_host_free(dv->hout);
+	lmk_cuda_mem_free(dv->d);
+#endif
+	free(dv);
+}
+
 void lmk_trainer_free(lmk_trainer *tr)
 {
+	if (tr->dev) {
+		dev_free(tr->dev); /* before the context, whose stream it used */
+		tr->x = tr->y = NULL;
+	}
 	lmk_adamw_free(&tr->opt);
 	if (tr->galore) {
 		if (tr->galore->p)
@@ -471,6 +509,36 @@ void lmk_trainer_memory(const lmk_trainer *tr, lmk_train_memory *m)
 
 int lmk_trainer_rank(const lmk_trainer *tr) { return tr->dp ? tr->dp->d.rank : 0; }
 int lmk_trainer_world(const lmk_trainer *tr) { return tr->dp ? tr->dp->d.world : 1; }
+
+/* The pinned batches and the step's device numbers of step_device. */
+static int dev_init(lmk_trainer *tr)
+{
+#if LMK_CUDA
+	const int A = tr->cfg.accum;
+	const size_t bt = (size_t)tr->cfg.batch * (size_t)tr->cfg.seq * (size_t)A;
+	const float seed = 1.0f / (float)A;
+	struct lmk_train_dev *dv = calloc(1, sizeof *dv);
+	int rc;
+
+	if (!dv)
+		return lmk_err(LMK_ENOMEM, "trainer: out of memory");
+	tr->dev = dv;
+	if ((rc = lmk_cuda_host_alloc((void **)&dv->x, bt * sizeof *dv->x)) < 0 ||
+	    (rc = lmk_cuda_host_alloc((void **)&dv->y, bt * sizeof *dv->y)) < 0 ||
+	    (rc = lmk_cuda_host_alloc(&dv->hin, LMK_ADAMW_DEV_BYTES)) < 0 ||
+	    (rc = lmk_cuda_host_alloc(&dv->hout, LMK_ADAMW_DEV_BYTES + (size_t)A * sizeof(float))) < 0 ||
+	    (rc = lmk_cuda_mem_alloc((void **)&dv->d, LMK_ADAMW_DEV_BYTES + (size_t)(A + 1) * sizeof(float))) < 0 ||
+	    (rc = lmk_cuda_upload(tr->ctx.backend, dv->d + LMK_ADAMW_DEV_BYTES + (size_t)A * sizeof(float),
+				  &seed, sizeof seed)) < 0)
+		return rc;
+	tr->x = dv->x;
+	tr->y = dv->y;
+	return 0;
+#else
+	(void)tr;
+	return lmk_err(LMK_EUNSUP, "trainer: cuda in a cpu-only build");
+#endif
+}
 
 int lmk_trainer_init(lmk_trainer *tr, const lmk_train_config *cfg, lmk_params *p, void *model,
 		     lmk_train_loss_fn loss, lmk_tokdata *data)
@@ -535,8 +603,11 @@ int lmk_trainer_init_dist(lmk_trainer *tr, const lmk_train_config *cfg, const lm
 	tr->sched.total = tr->cfg.decay_steps;
 	tr->ctx.seed = lmk_train_subseed(cfg->seed, LMK_TRAIN_SEED_CTX);
 	tr->ctx.counter = 0;
-	if (!tr->dp) {
-		bt = (size_t)cfg->batch * (size_t)cfg->seq;
+	bt = (size_t)cfg->batch * (size_t)cfg->seq;
+	if (!tr->dp && !tr->galore && cfg->device == LMK_DEV_CUDA) {
+		if ((rc = dev_init(tr)) < 0)
+			goto fail;
+	} else if (!tr->dp) {
 		tr->x = malloc(bt * sizeof *tr->x);
 		tr->y = malloc(bt * sizeof *tr->y);
 		if (!tr->x || !tr->y) {
@@ -595,7 +666,9 @@ static int micro_batch(lmk_trainer *tr, int grad, float scale, double *loss, int
 	return 0;
 }
 
-int lmk_trainer_step(lmk_trainer *tr, lmk_train_stats *st)
+/* The step on the host's terms: the CPU, data parallel and GaLore, each
+ * waiting where it reads a number. */
+static int step_host(lmk_trainer *tr, lmk_train_stats *st)
 {
 	const int A = tr->cfg.accum, W = lmk_trainer_world(tr);
 	struct lmk_train_dp *dp = tr->dp;
@@ -659,6 +732,174 @@ int lmk_trainer_step(lmk_trainer *tr, lmk_train_stats *st)
 	tr->step++;
 	tr->tokens += (int64_t)W * A * tr->cfg.batch * tr->cfg.seq;
 	return 0;
+}
+
+#if LMK_CUDA
+/* Queues one whole step on the micro-batches staged in tr->dev at
+ * learning rate lr: micro_batch's work and the update of step_host, the
+ * same kernels in the same order, with every number that step_host reads
+ * on the host left in device memory instead: each loss copied into d, the
+ * backward's seed read from d, the norm, the clipping factor and the skip
+ * flag computed into d, the step's scalars copied in from the pinned hin. */
+static int queue_step(lmk_trainer *tr, float lr)
+{
+	struct lmk_train_dev *dv = tr->dev;
+	lmk_ctx *c = &tr->ctx;
+	const int A = tr->cfg.accum;
+	const int64_t shape[2] = { tr->cfg.batch, tr->cfg.seq };
+	const size_t bt = (size_t)tr->cfg.batch * (size_t)tr->cfg.seq;
+	float *loss = (float *)(dv->d + LMK_ADAMW_DEV_BYTES), *seed = loss + A;
+	int rc;
+
+	lmk_params_grad_unwritten(tr->params);
+	for (int a = 0; a < A; a++) {
+		lmk_tensor *ids, *tg, *l;
+		lmk_ctx_reset(c);
+		c->grad_enabled = 1;
+		ids = lmk_tensor_upload(c, LMK_I32, 2, shape, dv->x + a * bt);
+		tg = lmk_tensor_upload(c, LMK_I32, 2, shape, dv->y + a * bt);
+		if (!ids || !tg)
+			return lmk_errcode() < 0 ? lmk_errcode() : LMK_ENOMEM;
+		if (!(l = tr->loss(tr->model, c, ids, tg, NULL)))
+			return lmk_errcode() < 0 ? lmk_errcode() : LMK_EINVAL;
+		if (l->dtype != LMK_F32 || l->n != 1)
+			return lmk_err(LMK_EINVAL, "trainer: the loss is %s with %lld elements, expected one "
+				       "f32", lmk_dtype_name(l->dtype), (long long)l->n);
+		if ((rc = lmk_backward_dev(c, l, seed)) < 0 ||
+		    (rc = lmk_cuda_copy(c->backend, loss + a, l->data, sizeof *loss)) < 0)
+			return rc;
+	}
+	if ((rc = lmk_params_grad_settle(tr->params)) < 0)
+		return rc;
+	lmk_ctx_reset(c);
+	if ((rc = lmk_grad_norm_dev(tr->params, tr->cfg.grad_clip, dv->d, loss, A)) < 0)
+		return rc;
+	lmk_adamw_stage(&tr->opt, lr, dv->hin);
+	return lmk_adamw_queue(&tr->opt, dv->d, dv->hin);
+}
+
+/* Whether the graph's addresses still hold: the arena one chunk at the
+ * same place and the scratch not grown since (an evaluation may have
+ * needed more of either). */
+static int graph_fresh(const lmk_trainer *tr)
+{
+	const struct lmk_train_dev *dv = tr->dev;
+	size_t sb;
+	void *sp = lmk_cuda_scratch_at(tr->ctx.backend, &sb);
+	return lmk_arena_nchunks(&tr->ctx.arena) == 1 && lmk_arena_base(&tr->ctx.arena) == dv->base &&
+	       tr->ctx.arena.reserved == dv->reserved && sp == dv->scratch && sb == dv->scratch_bytes;
+}
+
+/* queue_step recorded as a graph (nothing runs meanwhile), then its first
+ * replay. A step that cannot be recorded (a capture error: some op waits,
+ * uploads from pageable memory or allocates device memory), or whose
+ * recording would not replay the same (it drew random numbers, grew the
+ * arena or the scratch), runs eagerly instead, from then on, with the
+ * reason in tr->graph_note. */
+static int record_step(lmk_trainer *tr, float lr)
+{
+	struct lmk_train_dev *dv = tr->dev;
+	lmk_ctx *c = &tr->ctx;
+	const int64_t t = tr->opt.t;
+	const uint64_t counter = c->counter;
+	const void *base = lmk_arena_base(&c->arena);
+	const size_t reserved = c->arena.reserved;
+	void *graph = NULL;
+	int rc;
+
+	dv->scratch = lmk_cuda_scratch_at(c->backend, &dv->scratch_bytes);
+	dv->base = base;
+	dv->reserved = reserved;
+	rc = lmk_cuda_capture_begin(c->backend);
+	if (rc == 0) {
+		rc = queue_step(tr, lr);
+		int rc2 = lmk_cuda_capture_end(c->backend, &graph);
+		if (rc == 0)
+			rc = rc2;
+	}
+	if (rc == 0 && c->counter == counter && graph_fresh(tr)) {
+		dv->graph = graph;
+		return lmk_cuda_graph_launch(c->backend, graph);
+	}
+	snprintf(tr->graph_note, sizeof tr->graph_note, "cuda graph: %s; the steps run eagerly",
+		 rc < 0 ? lmk_errmsg() : "the step draws random numbers or allocates");
+	lmk_err_clear();
+	lmk_cuda_graph_free(graph);
+	tr->cfg.cuda_graph = 0;
+	tr->opt.t = t;
+	c->counter = counter;
+	lmk_ctx_reset(c);
+	return queue_step(tr, lr);
+}
+
+/* One AdamW step on one GPU that waits for the device once, at its end,
+ * for the losses, the norm and the skip flag in one download (the update
+ * itself skipped on the device when step_host would have stopped before
+ * it, so that the weights stay untouched as there). The micro-batches are
+ * drawn first, in their order, into pinned memory. */
+static int step_device(lmk_trainer *tr, lmk_train_stats *st)
+{
+	struct lmk_train_dev *dv = tr->dev;
+	lmk_ctx *c = &tr->ctx;
+	const int A = tr->cfg.accum;
+	const size_t bt = (size_t)tr->cfg.batch * (size_t)tr->cfg.seq;
+	const float *loss = (const float *)((const char *)dv->hout + LMK_ADAMW_DEV_BYTES);
+	double sum = 0;
+	int rc, skip;
+
+	for (int a = 0; a < A; a++)
+		if ((rc = lmk_tokdata_train_batch(tr->data, tr->cfg.batch, tr->cfg.seq, dv->x + a * bt,
+						  dv->y + a * bt)) < 0)
+			return rc;
+	st->lr = lmk_schedule_lr(&tr->sched, tr->step);
+	if (dv->graph && !graph_fresh(tr)) {
+		lmk_cuda_graph_free(dv->graph);
+		dv->graph = NULL;
+	}
+	if (dv->graph) {
+		lmk_adamw_stage(&tr->opt, st->lr, dv->hin);
+		rc = lmk_cuda_graph_launch(c->backend, dv->graph);
+	} else if (tr->cfg.cuda_graph && dv->warm) {
+		rc = record_step(tr, st->lr);
+	} else {
+		rc = queue_step(tr, st->lr);
+	}
+	if (rc == 0)
+		rc = lmk_cuda_fetch_async(c->backend, dv->hout, dv->d,
+					  LMK_ADAMW_DEV_BYTES + (size_t)A * sizeof(float));
+	if (rc < 0)
+		return rc;
+	/* the one wait; it reports the ids and targets found bad first */
+	rc = lmk_ctx_sync(c);
+	lmk_adamw_dev_read(dv->hout, &st->grad_norm, &skip);
+	if (skip)
+		tr->opt.t--; /* the update changed nothing */
+	if (rc < 0)
+		return rc;
+	dv->warm = 1;
+	for (int a = 0; a < A; a++) {
+		if (!isfinite(loss[a]))
+			return lmk_err(LMK_ENUM, "step %lld: the loss is %g; the run diverged (try a lower --lr)",
+				       (long long)tr->step + 1, loss[a]);
+		sum += loss[a];
+	}
+	st->loss = sum / A;
+	if (!isfinite(st->grad_norm))
+		return lmk_err(LMK_ENUM, "step %lld: the gradient norm is %g; the run diverged (try a lower --lr)",
+			       (long long)tr->step + 1, st->grad_norm);
+	tr->step++;
+	tr->tokens += (int64_t)A * tr->cfg.batch * tr->cfg.seq;
+	return 0;
+}
+#endif
+
+int lmk_trainer_step(lmk_trainer *tr, lmk_train_stats *st)
+{
+#if LMK_CUDA
+	if (tr->dev)
+		return step_device(tr, st);
+#endif
+	return step_host(tr, st);
 }
 
 int lmk_trainer_eval(lmk_trainer *tr, double *loss)

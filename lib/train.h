@@ -79,13 +79,16 @@ typedef struct lmk_train_config {
 			       * reproducible bit for bit (default 0) */
 	char optim[256];     /* "adamw", or GaLore's settings
 			      * ("galore:r=128,...", lib/galore.h) */
+	int cuda_graph;      /* on one GPU with AdamW: replay the step as a
+			      * CUDA graph from the second step on (default 1;
+			      * the same bits as without) */
 } lmk_train_config;
 
 /* The defaults lla-train documents: batch 16, seq 128, accum 1, steps 1000,
  * lr 1e-3 and min_lr 1e-4 (lr/10, as nanoGPT), warmup 100, cosine,
  * weight_decay 0.1, betas (0.9, 0.95), eps 1e-8, grad_clip 1, eval_every
  * 100, eval_batches 20, save_every 500, seed 1337, val_frac 0.1, threads 0
- * (the number of processors), the CPU in F32, optim "adamw". */
+ * (the number of processors), the CPU in F32, optim "adamw", cuda_graph 1. */
 void lmk_train_config_default(lmk_train_config *cfg);
 /* Checks ranges. @return : 0 or LMK_EINVAL naming the field */
 int lmk_train_config_check(const lmk_train_config *cfg);
@@ -132,6 +135,11 @@ typedef struct lmk_trainer {
 	double elapsed;      /* seconds spent in earlier runs (a resumed run) */
 	lmk_params *attached[8]; /* lmk_trainer_attach */
 	int nattached;
+	struct lmk_train_dev *dev; /* one GPU with AdamW: the step that waits
+				    * once (pinned batches, the step's numbers
+				    * on the device, the graph); else NULL */
+	char graph_note[256]; /* why the step could not be replayed as a CUDA
+			       * graph (cfg.cuda_graph then 0), or "" */
 } lmk_trainer;
 
 typedef struct lmk_train_stats {
@@ -196,13 +204,21 @@ int lmk_trainer_world(const lmk_trainer *tr);
  * and backward (each loss scaled by 1/accum), clip, AdamW at the schedule's
  * learning rate for this step. After the first step it allocates nothing.
  * On a device it returns once the step is done there (so that timing it
- * measures the step), having waited once per micro-batch for its loss and
- * once for the gradient norm. In data parallel every rank must call it:
+ * measures the step). On one GPU with AdamW the step queues everything
+ * (the micro-batches drawn first into pinned memory; the losses, the
+ * gradient norm, the clipping factor and the update's scalars kept in
+ * device memory) and waits once, at its end, for one small download of
+ * the losses and the norm; from the second step on, with cfg.cuda_graph,
+ * it is recorded once as a CUDA graph and replayed (recorded again when an
+ * evaluation moved the arena or the scratch), the same bits as eagerly.
+ * Elsewhere (the CPU, data parallel, GaLore) it waits once per micro-batch
+ * for its loss and once for the gradient norm. In data parallel every rank must call it:
  * the gradients are averaged over the ranks before clipping, st->loss is
  * the mean over the ranks, and the ranks agree on the signal caught
  * (lmk_trainer_signal).
- * @return : 0, LMK_ENUM when the loss is not finite (the weights are then
- * left untouched; on every rank alike), or another negative code */
+ * @return : 0, LMK_ENUM when the loss or the gradient norm is not finite
+ * (the weights are then left untouched; on every rank alike), or another
+ * negative code */
 int lmk_trainer_step(lmk_trainer *tr, lmk_train_stats *st);
 
 /* The mean loss over the evaluation set (eval_batches * batch windows, or
