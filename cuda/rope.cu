@@ -1,7 +1,9 @@
 /* rope.cu: rotary embedding, rotate_half pairing (i, i + D/2), over N rows
  * of H heads of D dims; one thread per (row, head, pair). The backward is
- * the rotation by the opposite angle, added into dinp (or assigned: gput). Eight pairs a thread
- * (16-byte accesses) when D is a multiple of 16 and the rows are aligned. */
+ * the rotation by the opposite angle, added into dinp (or assigned: gput).
+ * Eight pairs a thread in every head of a row (16-byte accesses, the
+ * angles computed once a row) when D is a multiple of 16 and the rows are
+ * aligned. */
 #include "common.cuh"
 
 #define THREADS 256
@@ -31,36 +33,56 @@ __global__ void rope_k(T *out, gacc gout, bool set, const T *inp, const int32_t 
 	}
 }
 
-/* The same, eight pairs a thread (i .. i+7 with their partners): D a
- * multiple of 16 and aligned rows (rope_vec). The index arithmetic in I:
- * int where N*H*D fits (64-bit divisions cost more than the rotation), and
- * sine and cosine from one sincosf (the bits of sinf and cosf). */
+/* The same, eight pairs a thread (i .. i+7 with their partners) in every
+ * head of a row: D a multiple of 16 and aligned rows (rope_vec). The
+ * angles depend on the row's position and i alone, so a thread computes
+ * its eight sines and cosines once for the H heads (one sincosf each: the
+ * bits of sinf and cosf), then rotates the heads RH at a time with their
+ * loads issued together. The index arithmetic in I: int where N*H*D fits
+ * (64-bit divisions cost more than the rotation). */
+#define RH 4
+
 template <class T, int BACK, class I>
 __global__ void rope8_k(T *out, gacc gout, bool set, const T *inp, const int32_t *pos,
 			const float *inv_freq, float attn_factor, int64_t N_, int64_t H_, int64_t D_)
 {
-	const I H = (I)H_, D = (I)D_, half = D / 2, g8 = half / 8, total = (I)N_ * H * g8;
+	const I H = (I)H_, D = (I)D_, half = D / 2, g8 = half / 8, total = (I)N_ * g8;
 	for (I t = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; t < total;
 	     t += (I)gridDim.x * (I)blockDim.x) {
-		I i = t % g8 * 8, nh = t / g8, n = nh / H;
-		float p = (float)pos[n], x0[8], x1[8], y0[8], y1[8];
-		const T *x = inp + (int64_t)nh * D;
-		ld8(x0, x + i);
-		ld8(x1, x + i + half);
+		I i = t % g8 * 8, n = t / g8;
+		float p = (float)pos[n], c[8], s[8];
 		for (int k = 0; k < 8; k++) {
 			float a = p * inv_freq[i + k], sn, cs;
 			sincosf(a, &sn, &cs);
-			float c = cs * attn_factor, s = (BACK ? -1.0f : 1.0f) * sn * attn_factor;
-			y0[k] = x0[k] * c - x1[k] * s;
-			y1[k] = x1[k] * c + x0[k] * s;
+			c[k] = cs * attn_factor;
+			s[k] = (BACK ? -1.0f : 1.0f) * sn * attn_factor;
 		}
-		int64_t at = (int64_t)nh * D + i;
-		if (BACK) {
-			gput8(gout, set, at, y0);
-			gput8(gout, set, at + half, y1);
-		} else {
-			st8(out + at, y0);
-			st8(out + at + half, y1);
+		for (I h0 = 0; h0 < H; h0 += RH) {
+			float x0[RH][8], x1[RH][8];
+#pragma unroll
+			for (int r = 0; r < RH; r++)
+				if (h0 + r < H) {
+					const T *x = inp + ((int64_t)n * H + h0 + r) * D;
+					ld8(x0[r], x + i);
+					ld8(x1[r], x + i + half);
+				}
+#pragma unroll
+			for (int r = 0; r < RH; r++)
+				if (h0 + r < H) {
+					float y0[8], y1[8];
+					for (int k = 0; k < 8; k++) {
+						y0[k] = x0[r][k] * c[k] - x1[r][k] * s[k];
+						y1[k] = x1[r][k] * c[k] + x0[r][k] * s[k];
+					}
+					int64_t at = ((int64_t)n * H + h0 + r) * D + i;
+					if (BACK) {
+						gput8(gout, set, at, y0);
+						gput8(gout, set, at + half, y1);
+					} else {
+						st8(out + at, y0);
+						st8(out + at + half, y1);
+					}
+				}
 		}
 	}
 }
@@ -79,13 +101,13 @@ extern "C" int lmk_cuda_rope_forward(void *be, lmk_dtype dt, void *out, const vo
 		return 0;
 	if (rope_vec(D, out, inp) && rope_small(N, H, D))
 		LMK_DT_SWITCH(dt, "rope",
-			      rope8_k<T, 0, int><<<grid_for(total / 8, THREADS), THREADS, 0,
+			      rope8_k<T, 0, int><<<grid_for(N * (D / 16), THREADS), THREADS, 0,
 						   LMK_BE(be)->stream>>>((T *)out, gacc{NULL, 1}, false,
 									 (const T *)inp, pos, inv_freq,
 									 attn_factor, N, H, D));
 	else if (rope_vec(D, out, inp))
 		LMK_DT_SWITCH(dt, "rope",
-			      rope8_k<T, 0, int64_t><<<grid_for(total / 8, THREADS), THREADS, 0,
+			      rope8_k<T, 0, int64_t><<<grid_for(N * (D / 16), THREADS), THREADS, 0,
 						       LMK_BE(be)->stream>>>(
 				      (T *)out, gacc{NULL, 1}, false, (const T *)inp, pos, inv_freq,
 				      attn_factor, N, H, D));
@@ -110,13 +132,13 @@ extern "C" int lmk_cuda_rope_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, con
 		return lmk_errcode();
 	if (rope_vec(D, dinp.p, dout) && rope_small(N, H, D))
 		LMK_DT_SWITCH(dt, "rope",
-			      rope8_k<T, 1, int><<<grid_for(total / 8, THREADS), THREADS, 0,
+			      rope8_k<T, 1, int><<<grid_for(N * (D / 16), THREADS), THREADS, 0,
 						   LMK_BE(be)->stream>>>((T *)NULL, to_gacc(dinp),
 									 assign & 1, (const T *)dout, pos,
 									 inv_freq, attn_factor, N, H, D));
 	else if (rope_vec(D, dinp.p, dout))
 		LMK_DT_SWITCH(dt, "rope",
-			      rope8_k<T, 1, int64_t><<<grid_for(total / 8, THREADS), THREADS, 0,
+			      rope8_k<T, 1, int64_t><<<grid_for(N * (D / 16), THREADS), THREADS, 0,
 						       LMK_BE(be)->stream>>>(
 				      (T *)NULL, to_gacc(dinp), assign & 1, (const T *)dout, pos,
 				      inv_freq, attn_factor, N, H, D));
