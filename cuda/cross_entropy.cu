@@ -52,11 +52,12 @@ static __device__ __forceinline__ int counted(int32_t t, int ignore, int64_t V)
  * same bits, then the warps' pairs in warp 0), lse and the row's loss
  * (xt points to the target's logit) written; shm and shs (32 each) are
  * free again on return. lane, wid, nw: the thread's lane and warp, the
- * block's warps. */
+ * block's warps. Returns lse to every thread through shl (shared) where
+ * shl is not NULL. */
 template <class T>
-static __device__ __forceinline__ void row_finish(float *lse, float *rowloss, int64_t n, float m,
-						  float s, const T *xt, float *shm, float *shs, int lane,
-						  int wid, int nw)
+static __device__ __forceinline__ float row_finish(float *lse, float *rowloss, int64_t n, float m,
+						   float s, const T *xt, float *shm, float *shs,
+						   int lane, int wid, int nw, float *shl = NULL)
 {
 	for (int o = 16; o > 0; o >>= 1) {
 		float m2 = __shfl_xor_sync(0xffffffffu, m, o);
@@ -80,9 +81,13 @@ static __device__ __forceinline__ void row_finish(float *lse, float *rowloss, in
 			float L = m + logf(s);
 			lse[n] = L;
 			rowloss[n] = L - tof(*xt);
+			if (shl)
+				*shl = L;
 		}
 	}
 	__syncthreads(); /* shm is reused by the next row */
+	/* shl is written again only after the next row's first barrier */
+	return shl ? *shl : 0.0f;
 }
 
 template <class T>
@@ -355,7 +360,7 @@ __global__ void __launch_bounds__(512, 2)
 			  const int32_t *targets, int64_t N, int64_t V, int ignore,
 			  const int64_t *count, unsigned *flags)
 {
-	__shared__ float shm[32], shs[32];
+	__shared__ float shm[32], shs[32], shl;
 	int lane = threadIdx.x % 32, wid = threadIdx.x / 32, nw = blockDim.x / 32;
 	int64_t cnt = *count;
 	float f = cnt ? 1.0f / (float)cnt : 0.0f;
@@ -391,8 +396,8 @@ __global__ void __launch_bounds__(512, 2)
 				lse_add8(m, s, v);
 			}
 		}
-		row_finish(lse, rowloss, n, m, s, logits + n * V + t, shm, shs, lane, wid, nw);
-		float L = lse[n]; /* written by thread 0 before row_finish's barrier */
+		float L = row_finish(lse, rowloss, n, m, s, logits + n * V + t, shm, shs, lane, wid,
+				     nw, &shl);
 #pragma unroll
 		for (int g = 0; g < CE_REG_G; g++) {
 			int j = (int)threadIdx.x + g * (int)blockDim.x;
