@@ -11,8 +11,10 @@
  *                  gradient accumulates): 4 N C 2 (the dw parts: small)
  *   rope_fwd/bwd   q read, written (bwd: the gradient assigned), 2 N H D 2
  * Each line ends with a hash of the op's outputs (a sum of their 32-bit
- * words times odd position keys, modulo 2^64): two builds whose kernels
- * give the same bits print the same hashes. Inputs are fixed (a hash of
+ * words times odd position keys, modulo 2^64; the backwards' also after a
+ * call in their other modes: rmsnorm's dx assigned without w, rope's dx
+ * added into): two builds whose kernels give the same bits print the same
+ * hashes. Inputs are fixed (a hash of
  * the index), so the hashes depend on the kernels alone.
  * Usage: bw_gpu [--reps R] [--only NAME]   Exit 0, 1 on a failure. */
 #include <cuda_bf16.h>
@@ -234,6 +236,11 @@ int main(int argc, char **argv)
 					     rstd, N, C, 2));
 		hash_add(st, &h, dx, act);
 		hash_add(st, &h, dw, (size_t)C * 4);
+		/* and the other modes, untimed: dx assigned, dw added, no w */
+		OK(lmk_cuda_rmsnorm_backward(be, dt, lmk_gbuf{dx, dt}, lmk_gbuf{dw, LMK_F32}, dy, x,
+					     NULL, rstd, N, C, 1));
+		hash_add(st, &h, dx, act);
+		hash_add(st, &h, dw, (size_t)C * 4);
 		line("rmsnorm_bwd", us, 4.0 * (double)act, h);
 	}
 	if (want("rope")) {
@@ -259,6 +266,9 @@ int main(int argc, char **argv)
 						  1));
 		});
 		h = 0;
+		hash_add(st, &h, dx, act);
+		/* and added into, untimed */
+		OK(lmk_cuda_rope_backward(be, dt, lmk_gbuf{dx, dt}, dy, dpos, dinv, 1.0f, N, H, D, 0));
 		hash_add(st, &h, dx, act);
 		line("rope_bwd", us, 2.0 * (double)act, h);
 		CK(cudaFree(dpos));
