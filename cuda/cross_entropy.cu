@@ -339,21 +339,10 @@ __global__ void ce_rows_grad8(float *lse, float *rowloss, T *dlogits, const T *l
  * two blocks of 512 threads share an SM, and no store to shared memory
  * stands between a load and its use. The groups, their order in each
  * thread and the merges are ce_rows_grad8's at CE_GRAD_THREADS: the same
- * bits. (bench/ce_gpu.cu: 2x the shared-memory kernel's speed at V 32768.)
+ * bits.
  * The gradient (0 + d) - f at the target, d elsewhere, as ce_put8 writes
  * it: d = f exp(x - L) is never negative, so 0 + d is d. */
 #define CE_REG_G 8
-
-/* ld8's values from the raw words: a bf16 is the high half of its float
- * (one shift or mask an element) */
-static __device__ __forceinline__ void unpack8(float *v, uint4 u)
-{
-	const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-	for (int k = 0; k < 4; k++) {
-		v[2 * k] = __uint_as_float(w[k] << 16);
-		v[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
-	}
-}
 
 __global__ void __launch_bounds__(512, 2)
 	ce_rows_grad8_reg(float *lse, float *rowloss, bf16 *dlogits, const bf16 *logits,
@@ -379,12 +368,12 @@ __global__ void __launch_bounds__(512, 2)
 			continue;
 		}
 		const uint4 *x = (const uint4 *)(logits + n * V);
-		uint4 u[CE_REG_G];
+		packed8<bf16> u[CE_REG_G];
 #pragma unroll
 		for (int g = 0; g < CE_REG_G; g++) {
 			int j = (int)threadIdx.x + g * (int)blockDim.x;
 			if (j < V8)
-				u[g] = __ldcs(x + j); /* read once: evict first */
+				u[g].u[0] = __ldcs(x + j); /* read once: evict first */
 		}
 		float m = -INFINITY, s = 0.0f;
 #pragma unroll

@@ -69,39 +69,6 @@ __global__ void rmsnorm_fwd8(T *out, float *rstd, const T *inp, const T *w, int6
 		rstd[row] = r;
 }
 
-/* Eight channels as loaded: the raw words (four registers in bf16),
- * unpacked where used, so that a row's loads are all issued before the
- * first use with few registers. Unpacked, the values of ld8. */
-template <class T> struct raw8 {
-	uint4 u[sizeof(T) / 2];
-};
-
-template <class T> static __device__ __forceinline__ void rload(raw8<T> &r, const T *p)
-{
-	for (int k = 0; k < (int)(sizeof(T) / 2); k++)
-		r.u[k] = ((const uint4 *)p)[k];
-}
-
-static __device__ __forceinline__ void runpack(float *v, const raw8<float> &r)
-{
-	for (int k = 0; k < 2; k++) {
-		v[4 * k] = __uint_as_float(r.u[k].x);
-		v[4 * k + 1] = __uint_as_float(r.u[k].y);
-		v[4 * k + 2] = __uint_as_float(r.u[k].z);
-		v[4 * k + 3] = __uint_as_float(r.u[k].w);
-	}
-}
-
-/* a bf16 is the high half of its float */
-static __device__ __forceinline__ void runpack(float *v, const raw8<bf16> &r)
-{
-	const uint32_t w[4] = {r.u[0].x, r.u[0].y, r.u[0].z, r.u[0].w};
-	for (int k = 0; k < 4; k++) {
-		v[2 * k] = __uint_as_float(w[k] << 16);
-		v[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
-	}
-}
-
 /* rmsnorm_fwd8 with the row in registers, G groups of 256 channels
  * (C <= 256 G): x and w loaded at once, x not read again. The same sums
  * in the same order: the same bits. */
@@ -115,14 +82,14 @@ __global__ void rmsnorm_fwd8r(T *out, float *rstd, const T *inp, const T *w, int
 		return;
 	const T *x = inp + row * C;
 	T *y = out + row * C;
-	raw8<T> xr[G], wr[G];
+	packed8<T> xr[G], wr[G];
 #pragma unroll
 	for (int q = 0; q < G; q++) {
 		int64_t i = 8 * lane + 256 * q;
 		if (i < C) {
-			rload(xr[q], x + i);
+			ld_packed8(xr[q], x + i);
 			if (w)
-				rload(wr[q], w + i);
+				ld_packed8(wr[q], w + i);
 		}
 	}
 	float ss = 0.0f;
@@ -130,7 +97,7 @@ __global__ void rmsnorm_fwd8r(T *out, float *rstd, const T *inp, const T *w, int
 	for (int q = 0; q < G; q++)
 		if (8 * lane + 256 * q < C) {
 			float xv[8];
-			runpack(xv, xr[q]);
+			unpack8(xv, xr[q]);
 			for (int k = 0; k < 8; k++)
 				ss += xv[k] * xv[k];
 		}
@@ -141,9 +108,9 @@ __global__ void rmsnorm_fwd8r(T *out, float *rstd, const T *inp, const T *w, int
 		int64_t i = 8 * lane + 256 * q;
 		if (i < C) {
 			float xv[8], wv[8];
-			runpack(xv, xr[q]);
+			unpack8(xv, xr[q]);
 			if (w)
-				runpack(wv, wr[q]);
+				unpack8(wv, wr[q]);
 			else
 				for (int k = 0; k < 8; k++)
 					wv[k] = 1.0f;
@@ -248,28 +215,28 @@ __global__ void __launch_bounds__(32 * DW_WARPS)
 	extern __shared__ float acc_all[];
 	int lane = threadIdx.x % 32, wid = threadIdx.x / 32;
 	float acc[G][8];
-	raw8<T> wr[G];
+	packed8<T> wr[G];
 #pragma unroll
 	for (int q = 0; q < G; q++) {
 		for (int k = 0; k < 8; k++)
 			acc[q][k] = 0.0f;
 		if (w && 8 * lane + 256 * q < C)
-			rload(wr[q], w + 8 * lane + 256 * q);
+			ld_packed8(wr[q], w + 8 * lane + 256 * q);
 	}
 	int64_t r0 = (int64_t)blockIdx.x * DW_ROWS, r1 = r0 + DW_ROWS < N ? r0 + DW_ROWS : N;
 	for (int64_t row = r0 + wid; row < r1; row += DW_WARPS) {
 		const T *x = inp + row * C, *g = dout + row * C;
 		DT *d = dinp + row * C;
-		raw8<T> xr[G], gr[G];
-		raw8<DT> dr[G];
+		packed8<T> xr[G], gr[G];
+		packed8<DT> dr[G];
 #pragma unroll
 		for (int q = 0; q < G; q++) {
 			int64_t i = 8 * lane + 256 * q;
 			if (i < C) {
-				rload(xr[q], x + i);
-				rload(gr[q], g + i);
+				ld_packed8(xr[q], x + i);
+				ld_packed8(gr[q], g + i);
 				if (dinp && !set)
-					rload(dr[q], d + i);
+					ld_packed8(dr[q], d + i);
 			}
 		}
 		float r = rstd[row], dot = 0.0f;
@@ -277,10 +244,10 @@ __global__ void __launch_bounds__(32 * DW_WARPS)
 		for (int q = 0; q < G; q++)
 			if (8 * lane + 256 * q < C) {
 				float xv[8], gv[8], wv[8];
-				runpack(xv, xr[q]);
-				runpack(gv, gr[q]);
+				unpack8(xv, xr[q]);
+				unpack8(gv, gr[q]);
 				if (w)
-					runpack(wv, wr[q]);
+					unpack8(wv, wr[q]);
 				else
 					for (int k = 0; k < 8; k++)
 						wv[k] = 1.0f;
@@ -298,17 +265,17 @@ __global__ void __launch_bounds__(32 * DW_WARPS)
 			int64_t i = 8 * lane + 256 * q;
 			if (i < C) {
 				float xv[8], gv[8], wv[8], c[8];
-				runpack(xv, xr[q]);
-				runpack(gv, gr[q]);
+				unpack8(xv, xr[q]);
+				unpack8(gv, gr[q]);
 				if (w)
-					runpack(wv, wr[q]);
+					unpack8(wv, wr[q]);
 				else
 					for (int k = 0; k < 8; k++)
 						wv[k] = 1.0f;
 				for (int k = 0; k < 8; k++)
 					gv[k] = r * (gv[k] * wv[k] - xv[k] * r * m);
 				if (!set) {
-					runpack(c, dr[q]);
+					unpack8(c, dr[q]);
 					for (int k = 0; k < 8; k++)
 						gv[k] = c[k] + gv[k];
 				}

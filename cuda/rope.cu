@@ -58,21 +58,25 @@ __global__ void rope8_k(T *out, gacc gout, bool set, const T *inp, const int32_t
 			s[k] = (BACK ? -1.0f : 1.0f) * sn * attn_factor;
 		}
 		for (I h0 = 0; h0 < H; h0 += RH) {
-			float x0[RH][8], x1[RH][8];
+			/* past the last head, loads of the last again (no branch
+			 * between the loads, so that they are issued together) */
+			packed8<T> a[RH], b[RH];
+#pragma unroll
+			for (int r = 0; r < RH; r++) {
+				I h = h0 + r < H ? h0 + r : H - 1;
+				const T *x = inp + ((int64_t)n * H + h) * D;
+				ld_packed8(a[r], x + i);
+				ld_packed8(b[r], x + i + half);
+			}
 #pragma unroll
 			for (int r = 0; r < RH; r++)
 				if (h0 + r < H) {
-					const T *x = inp + ((int64_t)n * H + h0 + r) * D;
-					ld8(x0[r], x + i);
-					ld8(x1[r], x + i + half);
-				}
-#pragma unroll
-			for (int r = 0; r < RH; r++)
-				if (h0 + r < H) {
-					float y0[8], y1[8];
+					float x0[8], x1[8], y0[8], y1[8];
+					unpack8(x0, a[r]);
+					unpack8(x1, b[r]);
 					for (int k = 0; k < 8; k++) {
-						y0[k] = x0[r][k] * c[k] - x1[r][k] * s[k];
-						y1[k] = x1[r][k] * c[k] + x0[r][k] * s[k];
+						y0[k] = x0[k] * c[k] - x1[k] * s[k];
+						y1[k] = x1[k] * c[k] + x0[k] * s[k];
 					}
 					int64_t at = ((int64_t)n * H + h0 + r) * D + i;
 					if (BACK) {
