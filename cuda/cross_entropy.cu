@@ -9,7 +9,8 @@
  * a time (16-byte loads) when V is a multiple of 8. In a training step the
  * forward writes the gradient itself while each row is at hand
  * (ce_rows_grad8: the count first, then one pass over the logits instead
- * of two), and the backward only checks that the loss's gradient is 1. */
+ * of two; in BF16 up to V 32768 ce_rows_grad8_reg, the row in registers),
+ * and the backward only checks that the loss's gradient is 1. */
 #include <math.h>
 
 #include "common.cuh"
