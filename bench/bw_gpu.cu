@@ -2,7 +2,8 @@
  * a time through its launcher (ops_cuda.h), at the 110M Llama's shapes
  * (bench/train_gpu.sh): N = B T = 32768 rows, C 768, H 12 heads of D 64,
  * V 32768, BF16. CUDA events on the backend's stream around --reps calls
- * after a warm-up; the time is a call's (the median of the reps).
+ * in a row (as a training step queues them: no launch latency between),
+ * after a warm-up; the time is a call's, the median of 5 such runs.
  * Bytes are what the op must move at least, so GB/s is against the
  * H200's ~4.3 TB/s that a copy reaches:
  *   cross_entropy  the logits read and their gradient written, 2 N V 2
@@ -115,7 +116,8 @@ static void *dalloc(size_t bytes)
 static int reps = 20;
 static const char *only = "";
 
-/* The median time of one call of what, in microseconds. */
+/* The time of one call of what in microseconds: the median of 5 runs of
+ * reps calls. */
 template <class F> static double time_us(cudaStream_t st, F what)
 {
 	cudaEvent_t e0, e1;
@@ -123,14 +125,15 @@ template <class F> static double time_us(cudaStream_t st, F what)
 	CK(cudaEventCreate(&e1));
 	what();
 	std::vector<float> t;
-	for (int r = 0; r < reps; r++) {
+	for (int r = 0; r < 5; r++) {
 		CK(cudaEventRecord(e0, st));
-		what();
+		for (int k = 0; k < reps; k++)
+			what();
 		CK(cudaEventRecord(e1, st));
 		CK(cudaEventSynchronize(e1));
 		float ms;
 		CK(cudaEventElapsedTime(&ms, e0, e1));
-		t.push_back(ms);
+		t.push_back(ms / (float)reps);
 	}
 	CK(cudaEventDestroy(e0));
 	CK(cudaEventDestroy(e1));
@@ -172,8 +175,8 @@ int main(int argc, char **argv)
 	const int64_t B = 32, T = 1024, N = B * T, C = 768, H = 12, D = 64, V = 32768;
 	const lmk_dtype dt = LMK_BF16;
 	g_h = (unsigned long long *)dalloc(sizeof *g_h);
-	printf("bw_gpu: N %lld C %lld H %lld D %lld V %lld bf16, median of %d\n", (long long)N,
-	       (long long)C, (long long)H, (long long)D, (long long)V, reps);
+	printf("bw_gpu: N %lld C %lld H %lld D %lld V %lld bf16, %d calls in a row, median of 5\n",
+	       (long long)N, (long long)C, (long long)H, (long long)D, (long long)V, reps);
 
 	if (want("cross_entropy")) {
 		__nv_bfloat16 *x = (__nv_bfloat16 *)dalloc((size_t)(N * V) * 2);
