@@ -159,11 +159,24 @@ __global__ void ce_mean(float *loss, int64_t *count, const float *rowloss, const
 {
 	__shared__ double sh[32];
 	double sum = 0.0, cnt = 0.0;
-	for (int64_t n = threadIdx.x; n < N; n += blockDim.x)
-		if (counted(targets[n], ignore, V)) {
-			sum += (double)rowloss[n];
-			cnt += 1.0;
+	/* a thread's rows n, n + blockDim.x, ... in order, eight loads of
+	 * each array in flight (rowloss is written for every row) */
+	for (int64_t n0 = threadIdx.x; n0 < N; n0 += 8 * (int64_t)blockDim.x) {
+		int32_t t[8];
+		float l[8];
+#pragma unroll
+		for (int k = 0; k < 8; k++) {
+			int64_t n = n0 + k * (int64_t)blockDim.x;
+			t[k] = n < N ? targets[n] : ignore;
+			l[k] = n < N ? rowloss[n] : 0.0f;
 		}
+#pragma unroll
+		for (int k = 0; k < 8; k++)
+			if (counted(t[k], ignore, V)) {
+				sum += (double)l[k];
+				cnt += 1.0;
+			}
+	}
 	sum = block_sum_d(sum, sh);
 	cnt = block_sum_d(cnt, sh);
 	if (threadIdx.x == 0) {
@@ -275,8 +288,17 @@ __global__ void ce_count(int64_t *count, const int32_t *targets, int64_t N, int6
 {
 	__shared__ double sh[32];
 	double cnt = 0.0;
-	for (int64_t n = threadIdx.x; n < N; n += blockDim.x)
-		cnt += counted(targets[n], ignore, V);
+	for (int64_t n0 = threadIdx.x; n0 < N; n0 += 8 * (int64_t)blockDim.x) {
+		int32_t t[8]; /* eight loads in flight */
+#pragma unroll
+		for (int k = 0; k < 8; k++) {
+			int64_t n = n0 + k * (int64_t)blockDim.x;
+			t[k] = n < N ? targets[n] : ignore;
+		}
+#pragma unroll
+		for (int k = 0; k < 8; k++)
+			cnt += counted(t[k], ignore, V);
+	}
 	cnt = block_sum_d(cnt, sh);
 	if (threadIdx.x == 0)
 		*count = (int64_t)cnt;
