@@ -353,7 +353,7 @@ extern "C" int lmk_cuda_rmsnorm_forward(void *be, lmk_dtype dt, void *out, float
 {
 	if (N == 0)
 		return 0;
-	if (C <= DW_MAX_C && vec8_ok(C, out, inp, w))
+	if (C > 0 && C <= DW_MAX_C && vec8_ok(C, out, inp, w))
 		LMK_DT_SWITCH(dt, "rmsnorm", {
 			typedef void (*fn)(T *, float *, const T *, const T *, int64_t, int64_t, float);
 			static const fn k[DW_MAX_G] = {rmsnorm_fwd8r<T, 1>, rmsnorm_fwd8r<T, 2>,
