@@ -226,7 +226,7 @@ __global__ void __launch_bounds__(32 * DW_WARPS)
 	int64_t r0 = (int64_t)blockIdx.x * DW_ROWS, r1 = r0 + DW_ROWS < N ? r0 + DW_ROWS : N;
 	for (int64_t row = r0 + wid; row < r1; row += DW_WARPS) {
 		const T *x = inp + row * C, *g = dout + row * C;
-		DT *d = dinp + row * C;
+		DT *d = dinp ? dinp + row * C : NULL;
 		packed8<T> xr[G], gr[G];
 		packed8<DT> dr[G];
 #pragma unroll
