@@ -199,7 +199,9 @@ __global__ void rmsnorm_bwd8(gacc dinp, bool set, const T *dout, const T *inp, c
  * for dx: one wait a row, x and g read once. dx is in DT (the compute
  * dtype or float32). At the block's end a lane's eight channels of group
  * q go to acc[((q*8 + k)*32 + lane)] of its warp: consecutive lanes,
- * consecutive words. */
+ * consecutive words. On the H200 at 32768 x 768 with dx added into
+ * (bench/bw_gpu.cu, with rmsnorm_dw_finish): 61.5 us, 72.7 with the rows
+ * loaded group by group and the sums in shared memory. */
 #define DW_ROWS 32
 #define DW_WARPS 8
 #define DW_MAX_G 6

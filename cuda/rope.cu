@@ -39,7 +39,10 @@ __global__ void rope_k(T *out, gacc gout, bool set, const T *inp, const int32_t 
  * its eight sines and cosines once for its RH heads (one sincosf each: the
  * bits of sinf and cosf), then loads the heads' pairs together (raw words,
  * no branch between the loads) and rotates them. The index arithmetic in
- * I: int where N*H*D fits (64-bit divisions cost more than the rotation). */
+ * I: int where N*H*D fits (64-bit divisions cost more than the rotation).
+ * On the H200 at the 110M model's q (32768 x 12 x 64, bench/bw_gpu.cu):
+ * 30.2 us forward, 31.9 backward, 32.9 and 32.7 with a thread a head
+ * (eight sincosf for 16 elements); all twelve heads a thread: 31.9, 32.0. */
 #define RH 4
 
 /* rope8_k's threads: one a (row, RH heads, eight pairs) */
