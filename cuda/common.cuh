@@ -81,6 +81,40 @@ static __device__ __forceinline__ void st8(bf16 *p, const float *v)
 	*(uint4 *)p = u;
 }
 
+/* Eight elements as loaded: the raw words (four registers in bf16, eight
+ * in float32), unpacked where used, so that a kernel can issue all of a
+ * row's loads before the first use with few registers. ld_packed8 needs
+ * p 16-byte aligned (as ld8); unpacked, the values of ld8. */
+template <class T> struct packed8 {
+	uint4 u[sizeof(T) / 2];
+};
+
+template <class T> static __device__ __forceinline__ void ld_packed8(packed8<T> &r, const T *p)
+{
+	for (int k = 0; k < (int)(sizeof(T) / 2); k++)
+		r.u[k] = ((const uint4 *)p)[k];
+}
+
+static __device__ __forceinline__ void unpack8(float *v, const packed8<float> &r)
+{
+	for (int k = 0; k < 2; k++) {
+		v[4 * k] = __uint_as_float(r.u[k].x);
+		v[4 * k + 1] = __uint_as_float(r.u[k].y);
+		v[4 * k + 2] = __uint_as_float(r.u[k].z);
+		v[4 * k + 3] = __uint_as_float(r.u[k].w);
+	}
+}
+
+/* a bf16 is the high half of its float */
+static __device__ __forceinline__ void unpack8(float *v, const packed8<bf16> &r)
+{
+	const uint32_t w[4] = {r.u[0].x, r.u[0].y, r.u[0].z, r.u[0].w};
+	for (int k = 0; k < 4; k++) {
+		v[2 * k] = __uint_as_float(w[k] << 16);
+		v[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+	}
+}
+
 /* g[i..i+7] += v */
 static __device__ __forceinline__ void gadd8(gacc g, int64_t i, const float *v)
 {

@@ -9,7 +9,8 @@
  * a time (16-byte loads) when V is a multiple of 8. In a training step the
  * forward writes the gradient itself while each row is at hand
  * (ce_rows_grad8: the count first, then one pass over the logits instead
- * of two), and the backward only checks that the loss's gradient is 1. */
+ * of two; in BF16 up to V 32768 ce_rows_grad8_reg, the row in registers),
+ * and the backward only checks that the loss's gradient is 1. */
 #include <math.h>
 
 #include "common.cuh"
@@ -52,11 +53,12 @@ static __device__ __forceinline__ int counted(int32_t t, int ignore, int64_t V)
  * same bits, then the warps' pairs in warp 0), lse and the row's loss
  * (xt points to the target's logit) written; shm and shs (32 each) are
  * free again on return. lane, wid, nw: the thread's lane and warp, the
- * block's warps. */
+ * block's warps. Returns lse to every thread through shl (shared) where
+ * shl is not NULL. */
 template <class T>
-static __device__ __forceinline__ void row_finish(float *lse, float *rowloss, int64_t n, float m,
-						  float s, const T *xt, float *shm, float *shs, int lane,
-						  int wid, int nw)
+static __device__ __forceinline__ float row_finish(float *lse, float *rowloss, int64_t n, float m,
+						   float s, const T *xt, float *shm, float *shs,
+						   int lane, int wid, int nw, float *shl = NULL)
 {
 	for (int o = 16; o > 0; o >>= 1) {
 		float m2 = __shfl_xor_sync(0xffffffffu, m, o);
@@ -80,9 +82,13 @@ static __device__ __forceinline__ void row_finish(float *lse, float *rowloss, in
 			float L = m + logf(s);
 			lse[n] = L;
 			rowloss[n] = L - tof(*xt);
+			if (shl)
+				*shl = L;
 		}
 	}
 	__syncthreads(); /* shm is reused by the next row */
+	/* shl is written again only after the next row's first barrier */
+	return shl ? *shl : 0.0f;
 }
 
 template <class T>
@@ -153,11 +159,24 @@ __global__ void ce_mean(float *loss, int64_t *count, const float *rowloss, const
 {
 	__shared__ double sh[32];
 	double sum = 0.0, cnt = 0.0;
-	for (int64_t n = threadIdx.x; n < N; n += blockDim.x)
-		if (counted(targets[n], ignore, V)) {
-			sum += (double)rowloss[n];
-			cnt += 1.0;
+	/* a thread's rows n, n + blockDim.x, ... in order, eight loads of
+	 * each array in flight (rowloss is written for every row) */
+	for (int64_t n0 = threadIdx.x; n0 < N; n0 += 8 * (int64_t)blockDim.x) {
+		int32_t t[8];
+		float l[8];
+#pragma unroll
+		for (int k = 0; k < 8; k++) {
+			int64_t n = n0 + k * (int64_t)blockDim.x;
+			t[k] = n < N ? targets[n] : ignore;
+			l[k] = n < N ? rowloss[n] : 0.0f;
 		}
+#pragma unroll
+		for (int k = 0; k < 8; k++)
+			if (counted(t[k], ignore, V)) {
+				sum += (double)l[k];
+				cnt += 1.0;
+			}
+	}
 	sum = block_sum_d(sum, sh);
 	cnt = block_sum_d(cnt, sh);
 	if (threadIdx.x == 0) {
@@ -269,8 +288,17 @@ __global__ void ce_count(int64_t *count, const int32_t *targets, int64_t N, int6
 {
 	__shared__ double sh[32];
 	double cnt = 0.0;
-	for (int64_t n = threadIdx.x; n < N; n += blockDim.x)
-		cnt += counted(targets[n], ignore, V);
+	for (int64_t n0 = threadIdx.x; n0 < N; n0 += 8 * (int64_t)blockDim.x) {
+		int32_t t[8]; /* eight loads in flight */
+#pragma unroll
+		for (int k = 0; k < 8; k++) {
+			int64_t n = n0 + k * (int64_t)blockDim.x;
+			t[k] = n < N ? targets[n] : ignore;
+		}
+#pragma unroll
+		for (int k = 0; k < 8; k++)
+			cnt += counted(t[k], ignore, V);
+	}
 	cnt = block_sum_d(cnt, sh);
 	if (threadIdx.x == 0)
 		*count = (int64_t)cnt;
@@ -327,6 +355,83 @@ __global__ void ce_rows_grad8(float *lse, float *rowloss, T *dlogits, const T *l
 	}
 }
 
+/* ce_rows_grad8 for BF16 with the row in registers instead of shared
+ * memory: each thread's (at most) CE_REG_G groups of eight logits are
+ * loaded together, all in flight before the first is used, and kept as
+ * raw bf16 (four registers a group) for the gradient. No shared row lets
+ * two blocks of 512 threads share an SM, and no store to shared memory
+ * stands between a load and its use. The groups, their order in each
+ * thread and the merges are ce_rows_grad8's at CE_GRAD_THREADS: the same
+ * bits. On the H200 at N = V = 32768 (bench/bw_gpu.cu, with ce_count and
+ * ce_mean): 1471 us, ce_rows_grad8 1727; three blocks an SM with the row
+ * in shared memory, or read again from L2, two groups in flight: 1481 and
+ * 1526 us. The kernel is bound by its instructions (ncu: issue slots 75%
+ * busy, DRAM 2.9 TB/s): two expf a logit.
+ * The gradient (0 + d) - f at the target, d elsewhere, as ce_put8 writes
+ * it: d = f exp(x - L) is never negative, so 0 + d is d. */
+#define CE_REG_G 8
+
+__global__ void __launch_bounds__(512, 2)
+	ce_rows_grad8_reg(float *lse, float *rowloss, bf16 *dlogits, const bf16 *logits,
+			  const int32_t *targets, int64_t N, int64_t V, int ignore,
+			  const int64_t *count, unsigned *flags)
+{
+	__shared__ float shm[32], shs[32], shl;
+	int lane = threadIdx.x % 32, wid = threadIdx.x / 32, nw = blockDim.x / 32;
+	int64_t cnt = *count;
+	float f = cnt ? 1.0f / (float)cnt : 0.0f;
+	int V8 = (int)(V / 8);
+	for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+		int32_t t = targets[n];
+		bf16 *q = dlogits + n * V;
+		if (!counted(t, ignore, V)) {
+			if (threadIdx.x == 0) {
+				if (t != ignore)
+					atomicOr(flags, (unsigned)LMK_CUDA_BAD_TARGET);
+				lse[n] = 0.0f;
+				rowloss[n] = 0.0f;
+			}
+			ce_zero_row(q, V);
+			continue;
+		}
+		const uint4 *x = (const uint4 *)(logits + n * V);
+		packed8<bf16> u[CE_REG_G];
+#pragma unroll
+		for (int g = 0; g < CE_REG_G; g++) {
+			int j = (int)threadIdx.x + g * (int)blockDim.x;
+			if (j < V8)
+				u[g].u[0] = __ldcs(x + j); /* read once: evict first */
+		}
+		float m = -INFINITY, s = 0.0f;
+#pragma unroll
+		for (int g = 0; g < CE_REG_G; g++) {
+			int j = (int)threadIdx.x + g * (int)blockDim.x;
+			if (j < V8) {
+				float v[8];
+				unpack8(v, u[g]);
+				lse_add8(m, s, v);
+			}
+		}
+		float L = row_finish(lse, rowloss, n, m, s, logits + n * V + t, shm, shs, lane, wid,
+				     nw, &shl);
+#pragma unroll
+		for (int g = 0; g < CE_REG_G; g++) {
+			int j = (int)threadIdx.x + g * (int)blockDim.x;
+			if (j < V8) {
+				float d[8];
+				unpack8(d, u[g]);
+				for (int k = 0; k < 8; k++)
+					d[k] = f * expf(d[k] - L);
+				int tk = t - 8 * j;
+				if (tk >= 0 && tk < 8)
+					for (int k = 0; k < 8; k++)
+						d[k] = k == tk ? d[k] - f : d[k];
+				st8(q + 8 * j, d);
+			}
+		}
+	}
+}
+
 #define CE_GRAD_THREADS 512
 #define CE_ROW_SMEM (64 << 10) /* a row kept in shared memory up to this size */
 
@@ -341,7 +446,11 @@ static int ce_forward_grad(lmk_cuda_backend *b, lmk_dtype dt, float *lse, int64_
 	LMK_CK_LAUNCH();
 	size_t row = (size_t)V * lmk_dtype_size(dt);
 	unsigned grid = (unsigned)(N < 65536 ? N : 65536);
-	if (row <= CE_ROW_SMEM) {
+	if (dt == LMK_BF16 && V <= (int64_t)CE_REG_G * 8 * CE_GRAD_THREADS) {
+		ce_rows_grad8_reg<<<grid, CE_GRAD_THREADS, 0, b->stream>>>(
+			lse, rowloss, (bf16 *)dlogits, (const bf16 *)logits, targets, N, V, ignore,
+			count, b->flags);
+	} else if (row <= CE_ROW_SMEM) {
 		LMK_DT_SWITCH(dt, "cross_entropy", {
 			LMK_CK(cudaFuncSetAttribute(ce_rows_grad8<T, true>,
 						    cudaFuncAttributeMaxDynamicSharedMemorySize,

@@ -279,10 +279,13 @@ static void make_cases(void)
 		set_in(o, 2, 3, (int64_t[]){2, 33, 40}, 0, 0);
 		set_in(o, 3, 1, (int64_t[]){40}, 1, 0);
 	}
-	/* norms: (N, C), weights or none */
-	static const int64_t nrm[][2] = {{1, 1},      {3, 7},     {7, 33},      {33, 67},
-					 {67, 257},   {257, 768}, {1024, 2048}, {3, 4099},
-					 {1, 8},      {67, 64},   {100, 1536},  {33, 1544}};
+	/* norms: (N, C), weights or none (rmsnorm's rows in registers: C up
+	 * to 1536 a multiple of 8, 1 to 6 groups of 256 channels, the last
+	 * one full or not) */
+	static const int64_t nrm[][2] = {{1, 1},     {3, 7},      {7, 33},      {33, 67},
+					 {67, 257},  {257, 768},  {1024, 2048}, {3, 4099},
+					 {1, 8},     {67, 64},    {100, 1536},  {33, 1544},
+					 {45, 520},  {70, 1032}};
 	for (size_t i = 0; i < sizeof nrm / sizeof nrm[0]; i++)
 		for (int v = 0; v < 2; v++) {
 			ocase *o = add_case("rmsnorm", op_rmsnorm);
