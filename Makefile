@@ -78,6 +78,12 @@ $(B)/cuda/%.o: cuda/%.cu | deps
 	@mkdir -p $(@D)
 	$(NVCC) $(NVFLAGS) -MMD -MP -c $< -o $@
 
+# wgmma needs the sm_90a target (in the -gencode form: with CUDA 13.0 the
+# -arch=sm_90a shorthand also runs a plain sm_90 pass that rejects it).
+$(B)/cuda/attention_wg.o: cuda/attention_wg.cu | deps
+	@mkdir -p $(@D)
+	$(NVCC) $(filter-out -arch=%,$(NVFLAGS)) -gencode=arch=compute_90a,code=sm_90a -MMD -MP -c $< -o $@
+
 $(B)/bench/%.o: bench/%.cu | deps
 	@mkdir -p $(@D)
 	$(NVCC) $(NVFLAGS) -MMD -MP -c $< -o $@

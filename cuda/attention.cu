@@ -25,7 +25,9 @@
  *   for a per-tile counter to show that the parts before its own are in,
  *   so the bits never vary), the last block adding the sum into dq; in a
  *   context set nondeterministic with float atomics, rounded into dq by a
- *   last small kernel.
+ *   last small kernel. The forward and the deterministic backward run
+ *   instead on Hopper's warpgroup MMA where the device takes sm_90a code
+ *   (attention_wg.cu: the same algorithms, walks and dq sums).
  * - "simple": any D <= 256, float32 or BF16 storage, fp32 on CUDA cores;
  *   one warp per query (or key) row, 32 keys (queries) at a time, one per
  *   lane. The float32 path, and BF16 for head dims without an mma kernel.
@@ -44,6 +46,7 @@ extern "C" {
 #include "err.h"
 }
 #include "attention.h"
+#include "attention_wg.h"
 #include "check.h"
 #include "cuda.h"
 #include "decode_scan.cuh"
@@ -1332,6 +1335,10 @@ extern "C" int lmk_cuda_attention_forward(void *be, lmk_dtype dt, void *out, flo
 	causal = causal != 0;
 	/* the mma forward keeps its running max on the unscaled logits */
 	if (use_mma(dt, D, out, q, k, v, nullptr) && scale > 0.f) {
+		if (attention_wg_usable())
+			return attention_wg_forward(st, (bf16 *)out, lse, (const bf16 *)q,
+						    (const bf16 *)k, (const bf16 *)v, seg, (int)B,
+						    (int)T, (int)H, (int)K, (int)D, scale, causal);
 		if (D == 64)
 			return fwd_mma_launch<64>(st, out, lse, q, k, v, seg, (int)B, (int)T, (int)H,
 						  (int)K, scale, causal);
@@ -1354,16 +1361,22 @@ static int bwd_fused_launch(void *be, cudaStream_t st, bool det, void *dq, void 
 			    int H, int K, float scale, int causal)
 {
 	using C = BwdCfg<D>;
+	/* the ordered sum on Hopper: attention_wg.cu's wgmma kernel (its
+	 * blocks the same keys, its query tiles ATTN_WG_BR rows) */
+	static_assert(ATTN_WG_BC == C::BC && ATTN_WG_NW == C::NW, "wg blocks");
+	const bool wg = det && attention_wg_usable();
+	const int br = wg ? ATTN_WG_BR : C::BR;
 	const size_t smem = (size_t)(2 * C::BC + 4 * C::BR + 2 * C::BC * C::BR / D) * D * sizeof(bf16) +
 			    4 * C::BR * sizeof(float);
-	int rc = det ? set_smem(bwd_fused_mma<D, true>, smem) : set_smem(bwd_fused_mma<D, false>, smem);
+	int rc = wg ? 0 : det ? set_smem(bwd_fused_mma<D, true>, smem) :
+			       set_smem(bwd_fused_mma<D, false>, smem);
 	if (rc < 0)
 		return rc;
 	/* dq's float32 sums (B,T,H,D): zeroed for the atomics, which dq_add
 	 * then rounds into dq; for the ordered sum, followed by the ticket and
 	 * the counters (B,H,query tiles,warps), zeroed */
 	const int64_t n = (int64_t)B * T * H * D;
-	const int64_t nsem = det ? 1 + (int64_t)B * H * ((T + C::BR - 1) / C::BR) * C::NW : 0;
+	const int64_t nsem = det ? 1 + (int64_t)B * H * ((T + br - 1) / br) * C::NW : 0;
 	const size_t bytes = (size_t)(n + nsem) * sizeof(float);
 	float *w = nullptr;
 	int *sem = nullptr;
@@ -1391,6 +1404,17 @@ static int bwd_fused_launch(void *be, cudaStream_t st, bool det, void *dq, void 
 #else
 	const int rot = 0;
 #endif
+	if (wg) {
+		rc = attention_wg_backward(st, w, (bf16 *)dq, sem, (bf16 *)dk, (bf16 *)dv,
+					   (const bf16 *)dout, (const bf16 *)q, (const bf16 *)k,
+					   (const bf16 *)v, lse, delta, seg, B, T, H, K, D, scale,
+					   causal, rot);
+#if !HAVE_BACKEND_H
+		if (w)
+			LMK_CK(cudaFreeAsync(w, st));
+#endif
+		return rc;
+	}
 	if (det)
 		bwd_fused_mma<D, true><<<grid, C::NW * 32, smem, st>>>(
 			w, (bf16 *)dq, sem, (bf16 *)dk, (bf16 *)dv, (const bf16 *)dout,

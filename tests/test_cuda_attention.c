@@ -531,14 +531,15 @@ END_TEST
  * and they agree (bf16 tolerance) with the nondeterministic backward, the
  * check of the lengths too long for the CPU reference (T 17000: more key
  * blocks than half the device's SMs, where the walk of a non-causal
- * deterministic backward does not rotate). */
+ * deterministic backward does not rotate) and of the 110M model's
+ * training shape (B 32, T 1024, 12 heads of 64: thousands of blocks). */
 START_TEST(test_deterministic)
 {
 	static const struct { int64_t B, T, H, K, D; int causal; } sh[] = {
 		{2, 333, 4, 2, 64, 1},   {2, 333, 4, 2, 128, 1}, {1, 1000, 6, 1, 64, 1},
 		{1, 777, 4, 4, 128, 0},  {3, 130, 8, 2, 64, 0},  {2, 200, 2, 1, 128, 1},
 		{4, 1024, 16, 8, 64, 1}, {2, 2000, 8, 8, 128, 0}, {1, 17000, 2, 1, 64, 0},
-		{1, 17000, 2, 2, 128, 0}};
+		{1, 17000, 2, 2, 128, 0}, {32, 1024, 12, 12, 64, 1}};
 	lmk_cuda_attention_set_nondeterministic(be, 0);
 	for (size_t x = 0; x < (small ? 2 : sizeof sh / sizeof sh[0]); x++) {
 		const int64_t B = sh[x].B, T = sh[x].T, H = sh[x].H, K = sh[x].K, D = sh[x].D;
