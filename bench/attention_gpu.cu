@@ -179,7 +179,7 @@ int main(int argc, char **argv)
 		auto bwd = [&]() {
 			LMK(lmk_cuda_attention_backward(be, LMK_BF16, dq, dk, dv, delta, dout, q,
 							k, v, o, lse, NULL, B, T, H, K, D,
-							scale, 1));
+							scale, 1, 0));
 		};
 		/* the default (deterministic) backward, then the nondeterministic
 		 * one (float atomics in dq) */

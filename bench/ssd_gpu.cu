@@ -208,7 +208,7 @@ int main(int argc, char **argv)
 			auto attn_fb = [&]() {
 				attn_f();
 				LMK(lmk_cuda_attention_backward(be, LMK_BF16, dq, dk, dv, delta, dout, q, k,
-								v, o, lse, NULL, B, T, H, H, D, as, 1));
+								v, o, lse, NULL, B, T, H, H, D, as, 1, 0));
 			};
 			auto ssd_f = [&](int ll) {
 				LMK(lmk_cuda_ssd_forward(be, LMK_BF16, o, q, k, v, la, ll ? lam : NULL, B, T,

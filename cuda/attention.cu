@@ -1355,16 +1355,15 @@ extern "C" int lmk_cuda_attention_forward(void *be, lmk_dtype dt, void *out, flo
 
 /* The fused backward; det picks the ordered dQ sum over the atomic one. */
 template <int D>
-static int bwd_fused_launch(void *be, cudaStream_t st, bool det, void *dq, void *dk, void *dv,
-			    const float *delta, const void *dout, const void *q, const void *k,
-			    const void *v, const float *lse, const int32_t *seg, int B, int T,
-			    int H, int K, float scale, int causal)
+static int bwd_fused_launch(void *be, cudaStream_t st, bool det, bool wg, void *dq, void *dk,
+			    void *dv, const float *delta, const void *dout, const void *q,
+			    const void *k, const void *v, const float *lse, const int32_t *seg,
+			    int B, int T, int H, int K, float scale, int causal, int assign)
 {
 	using C = BwdCfg<D>;
-	/* the ordered sum on Hopper: attention_wg.cu's wgmma kernel (its
+	/* wg: the ordered sum on Hopper, attention_wg.cu's wgmma kernel (its
 	 * blocks the same keys, its query tiles ATTN_WG_BR rows) */
 	static_assert(ATTN_WG_BC == C::BC && ATTN_WG_NW == C::NW, "wg blocks");
-	const bool wg = det && attention_wg_usable();
 	const int br = wg ? ATTN_WG_BR : C::BR;
 	const size_t smem = (size_t)(2 * C::BC + 4 * C::BR + 2 * C::BC * C::BR / D) * D * sizeof(bf16) +
 			    4 * C::BR * sizeof(float);
@@ -1408,7 +1407,7 @@ static int bwd_fused_launch(void *be, cudaStream_t st, bool det, void *dq, void 
 		rc = attention_wg_backward(st, w, (bf16 *)dq, sem, (bf16 *)dk, (bf16 *)dv,
 					   (const bf16 *)dout, (const bf16 *)q, (const bf16 *)k,
 					   (const bf16 *)v, lse, delta, seg, B, T, H, K, D, scale,
-					   causal, rot);
+					   causal, rot, assign);
 #if !HAVE_BACKEND_H
 		if (w)
 			LMK_CK(cudaFreeAsync(w, st));
@@ -1468,7 +1467,7 @@ extern "C" int lmk_cuda_attention_backward(void *be, lmk_dtype dt, void *dq, voi
 					   const void *k, const void *v, const void *out,
 					   const float *lse, const int32_t *seg, int64_t B,
 					   int64_t T, int64_t H, int64_t K, int64_t D, float scale,
-					   int causal)
+					   int causal, int assign)
 {
 	int rc = check_shape("attention backward", dt, B, T, H, K, D);
 	if (rc < 0 || B == 0 || T == 0)
@@ -1501,13 +1500,27 @@ extern "C" int lmk_cuda_attention_backward(void *be, lmk_dtype dt, void *dq, voi
 	}
 	if (!dq && !dk && !dv)
 		return 0;
-	if (use_mma(dt, D, dout, q, k, v, dq) && (!dk || aligned16(dk)) && (!dv || aligned16(dv))) {
-		const bool det = !nondeterministic(be);
+	const bool mma = use_mma(dt, D, dout, q, k, v, dq) && (!dk || aligned16(dk)) &&
+			 (!dv || aligned16(dv));
+	const bool det = !nondeterministic(be), wg = mma && det && attention_wg_usable();
+	/* The wgmma kernel assigns the gradients assign names; the others
+	 * add, so those are zeroed first. */
+	if (!wg) {
+		const size_t es = dt == LMK_BF16 ? 2 : 4;
+		void *g[3] = {dq, dk, dv};
+		const int64_t ng[3] = {B * T * H * D, B * T * K * D, B * T * K * D};
+		for (int i = 0; i < 3; i++)
+			if (assign >> i & 1 && g[i])
+				LMK_CK(cudaMemsetAsync(g[i], 0, (size_t)ng[i] * es, st));
+	}
+	if (mma) {
 		if (D == 64)
-			return bwd_fused_launch<64>(be, st, det, dq, dk, dv, delta, dout, q, k, v, lse,
-						    seg, (int)B, (int)T, (int)H, (int)K, scale, causal);
-		return bwd_fused_launch<128>(be, st, det, dq, dk, dv, delta, dout, q, k, v, lse, seg,
-					     (int)B, (int)T, (int)H, (int)K, scale, causal);
+			return bwd_fused_launch<64>(be, st, det, wg, dq, dk, dv, delta, dout, q, k, v,
+						    lse, seg, (int)B, (int)T, (int)H, (int)K, scale,
+						    causal, assign);
+		return bwd_fused_launch<128>(be, st, det, wg, dq, dk, dv, delta, dout, q, k, v, lse,
+					     seg, (int)B, (int)T, (int)H, (int)K, scale, causal,
+					     assign);
 	}
 	if (dt == LMK_BF16) {
 		SIMPLE_DISPATCH(bwd_simple_launch, bf16, D, st, dq, dk, dv, delta, dout, q, k, v,

@@ -33,8 +33,10 @@ int lmk_cuda_attention_forward(void *be, lmk_dtype dt, void *out /*(B,T,H,D)*/,
 			       const int32_t *seg /*(B,T) or NULL*/, int64_t B, int64_t T,
 			       int64_t H, int64_t K, int64_t D, float scale, int causal);
 
-/* Adds (+=) the gradients into dq, dk, dv (each may be NULL: not wanted);
- * delta is scratch that ends holding rowsum(dout * out). Deterministic (no
+/* Adds (+=) the gradients into dq, dk, dv (each may be NULL: not wanted),
+ * or assigns (=) those that assign names (bit 0 dq, bit 1 dk, bit 2 dv:
+ * gradients not yet written, whose old contents are not read); delta is
+ * scratch that ends holding rowsum(dout * out). Deterministic (no
  * float atomics, every sum in a fixed order) unless the context was set
  * nondeterministic, where the BF16 kernels of head dims 64 and 128 sum dq
  * with float atomics instead of in order (its low bits then vary between
@@ -47,7 +49,7 @@ int lmk_cuda_attention_backward(void *be, lmk_dtype dt, void *dq /*(B,T,H,D)*/,
 				const void *v /*(B,T,K,D)*/, const void *out /*(B,T,H,D)*/,
 				const float *lse /*(B,H,T)*/, const int32_t *seg /*(B,T) or NULL*/,
 				int64_t B, int64_t T, int64_t H, int64_t K, int64_t D, float scale,
-				int causal);
+				int causal, int assign);
 
 /* on != 0 lets the backward of this context sum with float atomics (see
  * above); 0, the default, keeps it deterministic. */

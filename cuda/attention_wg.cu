@@ -286,7 +286,7 @@ __global__ void __launch_bounds__(256, 1)
 		 const bf16 *__restrict__ q, const bf16 *__restrict__ k, const bf16 *__restrict__ v,
 		 const float *__restrict__ lse, const float *__restrict__ delta,
 		 const int32_t *__restrict__ seg, int T, int H, int K, float scale, float scale_log2,
-		 int causal, int rot)
+		 int causal, int rot, int assign)
 {
 	using SM = Smem<D>;
 	constexpr int BC = ATTN_WG_BC, BR = ATTN_WG_BR, NW = ATTN_WG_NW, NQ = D / 2, PN = D / 64;
@@ -353,9 +353,9 @@ __global__ void __launch_bounds__(256, 1)
 	if constexpr (D == 64) {
 		/* dk's and dv's old values now, so that the sums at the end do
 		 * not wait for them */
-		if (dk)
+		if (dk && !(assign & 2))
 			load_rows<BC>(base + SM::DK, dk + koff, ldk, k0, T, tid);
-		if (dv)
+		if (dv && !(assign & 4))
 			load_rows<BC>(base + SM::DV, dv + koff, ldk, k0, T, tid);
 	}
 	cp_commit();
@@ -441,7 +441,8 @@ __global__ void __launch_bounds__(256, 1)
 						w = __ldcg((const float2 *)(dqw + o));
 					wsum[n][2 * hf] = w.x;
 					wsum[n][2 * hf + 1] = w.y;
-					dold[n][hf] = pos == nc - 1 && i < T ? *(const uint32_t *)(dq + o) : 0u;
+					dold[n][hf] = pos == nc - 1 && i < T && !(assign & 1) ?
+							      *(const uint32_t *)(dq + o) : 0u;
 				}
 			}
 		} else if (pos > 0) {
@@ -488,7 +489,7 @@ __global__ void __launch_bounds__(256, 1)
 					if constexpr (D == 64)
 						u = dold[n][hf];
 					else
-						u = *(const uint32_t *)(dq + o);
+						u = assign & 1 ? 0u : *(const uint32_t *)(dq + o);
 					const float2 f = __bfloat1622float2(*(const __nv_bfloat162 *)&u);
 					*(__nv_bfloat162 *)(dq + o) =
 						__floats2bfloat162_rn(f.x + scale * x.x, f.y + scale * x.y);
@@ -788,8 +789,9 @@ __global__ void __launch_bounds__(256, 1)
 	keep(pp);
 	keep(ds);
 
-	/* dk += scale dK, dv += dV (D 64: the old values from shared memory,
-	 * landed before the first iteration's barrier) */
+	/* dk += scale dK, dv += dV, or = where assign says (D 64: the old
+	 * values from shared memory, landed before the first iteration's
+	 * barrier) */
 	const int64_t c0 = koff + t2;
 #pragma unroll
 	for (int n = 0; n < D / 8; n++) {
@@ -804,7 +806,8 @@ __global__ void __launch_bounds__(256, 1)
 				const __nv_bfloat162 *po = D == 64 ?
 					(const __nv_bfloat162 *)(sm + SM::DK + so) :
 					(const __nv_bfloat162 *)(dk + off);
-				const float2 old = __bfloat1622float2(*po);
+				const float2 old = assign & 2 ? make_float2(0.f, 0.f) :
+								__bfloat1622float2(*po);
 				*(__nv_bfloat162 *)(dk + off) = __floats2bfloat162_rn(
 					old.x + scale * ak[n][2 * half], old.y + scale * ak[n][2 * half + 1]);
 			}
@@ -812,7 +815,8 @@ __global__ void __launch_bounds__(256, 1)
 				const __nv_bfloat162 *po = D == 64 ?
 					(const __nv_bfloat162 *)(sm + SM::DV + so) :
 					(const __nv_bfloat162 *)(dv + off);
-				const float2 old = __bfloat1622float2(*po);
+				const float2 old = assign & 4 ? make_float2(0.f, 0.f) :
+								__bfloat1622float2(*po);
 				*(__nv_bfloat162 *)(dv + off) = __floats2bfloat162_rn(
 					old.x + av[n][2 * half], old.y + av[n][2 * half + 1]);
 			}
@@ -1016,14 +1020,14 @@ template <int D>
 static int launch(cudaStream_t st, float *dqw, bf16 *dq, int *sem, bf16 *dk, bf16 *dv,
 		  const bf16 *dout, const bf16 *q, const bf16 *k, const bf16 *v, const float *lse,
 		  const float *delta, const int32_t *seg, int B, int T, int H, int K, float scale,
-		  int causal, int rot)
+		  int causal, int rot, int assign)
 {
 	const size_t smem = Smem<D>::BYTES + 1024; /* and the alignment to 1024 */
 	LMK_CK(cudaFuncSetAttribute(bwd_wg<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
 				    (int)smem));
 	dim3 grid((T + ATTN_WG_BC - 1) / ATTN_WG_BC, K, B);
 	bwd_wg<D><<<grid, 256, smem, st>>>(dqw, dq, sem, dk, dv, dout, q, k, v, lse, delta, seg, T,
-					   H, K, scale, scale * LOG2E, causal, rot);
+					   H, K, scale, scale * LOG2E, causal, rot, assign);
 	LMK_CK_LAUNCH();
 	return 0;
 }
@@ -1031,13 +1035,13 @@ static int launch(cudaStream_t st, float *dqw, bf16 *dq, int *sem, bf16 *dk, bf1
 int attention_wg_backward(cudaStream_t st, float *dqw, bf16 *dq, int *sem, bf16 *dk, bf16 *dv,
 			  const bf16 *dout, const bf16 *q, const bf16 *k, const bf16 *v,
 			  const float *lse, const float *delta, const int32_t *seg, int B, int T,
-			  int H, int K, int D, float scale, int causal, int rot)
+			  int H, int K, int D, float scale, int causal, int rot, int assign)
 {
 	if (D == 64)
 		return launch<64>(st, dqw, dq, sem, dk, dv, dout, q, k, v, lse, delta, seg, B, T, H,
-				  K, scale, causal, rot);
+				  K, scale, causal, rot, assign);
 	return launch<128>(st, dqw, dq, sem, dk, dv, dout, q, k, v, lse, delta, seg, B, T, H, K,
-			   scale, causal, rot);
+			   scale, causal, rot, assign);
 }
 
 template <int D>

@@ -24,7 +24,8 @@ bool attention_wg_usable();
 
 /* The fused deterministic backward of attention.cu's bwd_fused_mma<D,
  * true> on wgmma, D 64 or 128: adds into dk, dv (each may be NULL) and,
- * with dqw, into dq. dqw (B,T,H,D) float32 scratch and sem (1 +
+ * with dqw, into dq, or assigns those that assign names (bit 0 dq, 1 dk,
+ * 2 dv). dqw (B,T,H,D) float32 scratch and sem (1 +
  * B*H*ceil(T/ATTN_WG_BR)*ATTN_WG_NW ints, zeroed) as there; rot as there.
  * q, dout, dq (B,T,H,D), k, v, dk, dv (B,T,K,D), lse and delta (B,H,T),
  * seg (B,T) or NULL.
@@ -33,7 +34,7 @@ int attention_wg_backward(cudaStream_t st, float *dqw, __nv_bfloat16 *dq, int *s
 			  __nv_bfloat16 *dk, __nv_bfloat16 *dv, const __nv_bfloat16 *dout,
 			  const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
 			  const float *lse, const float *delta, const int32_t *seg, int B, int T,
-			  int H, int K, int D, float scale, int causal, int rot);
+			  int H, int K, int D, float scale, int causal, int rot, int assign);
 
 /* The forward of attention.cu's fwd_mma<D> on wgmma, D 64 or 128 (scale
  * > 0): out = softmax(scale q kᵀ + mask) v and lse as lmk_cuda_attention_

@@ -536,7 +536,7 @@ static int attention_bw(lmk_ctx *c, lmk_node *n)
 		return lmk_cuda_attention_backward(
 			c->backend, c->dtype, GB(n->in[0]).p, GB(n->in[1]).p, GB(n->in[2]).p, delta,
 			n->out->grad, X(c, n->in[0]), X(c, n->in[1]), X(c, n->in[2]), n->out->data,
-			n->saved, I32(n->in[3]), B, T, H, K, D, n->f[0], (int)n->i[5]);
+			n->saved, I32(n->in[3]), B, T, H, K, D, n->f[0], (int)n->i[5], n->assign);
 #else
 		return lmk_err(LMK_EUNSUP, "attention: no cuda kernel in this build");
 #endif
@@ -619,6 +619,8 @@ lmk_tensor *lmk_attention_ex(lmk_ctx *c, lmk_tensor *q, lmk_tensor *k, lmk_tenso
 		n->i[4] = D;
 		n->i[5] = causal != 0;
 		n->f[0] = scale;
+		/* the CUDA backward can assign dq, dk, dv (the CPU one adds) */
+		n->writes = on_cuda(c) ? 7 : 0;
 	}
 	return out;
 }
