@@ -60,7 +60,7 @@ static int g_small; /* LMK_TEST_SMALL */
  * the general kernels (odd dims) and on the tensor cores at each (Dk, Dv)
  * of {64, 128}, T 1, la absent, and the three many-head shapes (near the
  * fewest heads that select the fused walk with 64- and 32-column value
- * blocks: B*H 256 at Dv 64, 128 and 128 at Dv 128, cuda/gdn.cu). */
+ * blocks, cuda/gdn.cu: B*H 256 and 133 at Dv 64, 128 for 64 at Dv 128). */
 static const gshape shapes[] = {
 	{1, 1, 1, 64, 64, 1, 1, 0},
 	{2, 7, 3, 64, 64, 1, 1, S_F32 | S_BFREC},
