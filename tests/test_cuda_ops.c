@@ -21,9 +21,9 @@
  *
  * LMK_TEST_SMALL=1 (for compute-sanitizer runs) keeps the shapes under 100k
  * elements and trains a one-layer model for 2 steps (each check, 2 runs for
- * determinism), instead of two layers for 20 (and 3). Exits 77 without a device or in
- * a CPU-only build. Runs without fork: a child forked after CUDA is
- * initialised cannot use the device. */
+ * determinism), instead of two layers for 20 (and 3). Exits 77 without a
+ * device or in a CPU-only build. Runs without fork: a child forked after
+ * CUDA is initialised cannot use the device. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>

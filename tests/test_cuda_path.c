@@ -22,7 +22,8 @@
  * one line, failures included, before the checks.
  * LMK_TEST_SMALL=1 (for compute-sanitizer) keeps six shapes (each kernel
  * family: see the table), decodes 9 tokens instead of 37 and skips the
- * determinism checks. Exits 77 without a device or in a CPU-only build; runs without fork. */
+ * determinism checks.
+ * Exits 77 without a device or in a CPU-only build; runs without fork. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>

@@ -22,9 +22,9 @@
  * as skipped, not failed.
  *
  * LMK_TEST_SMALL=1 (for compute-sanitizer) keeps the shapes under 100k
- * elements and runs the mixers at batch 1 instead of 2 (T still 67). Exits 77 without
- * a device or in a CPU-only build. Runs without fork: a child forked after
- * CUDA is initialised cannot use the device. */
+ * elements and runs the mixers at batch 1 instead of 2 (T still 67).
+ * Exits 77 without a device or in a CPU-only build. Runs without fork: a
+ * child forked after CUDA is initialised cannot use the device. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
