@@ -20,8 +20,8 @@
  * tensor-core kernels, chunked only. Then decoding: lmk_gdn_step on the
  * GPU token by token against the CPU parallel output.
  * LMK_TEST_SMALL=1 (for compute-sanitizer) keeps one shape for each kernel
- * family and layout (the shapes' small field: see the table) and one
- * decoding per dtype, and skips the two determinism checks. Exits 77
+ * family and layout (the shapes' small field: see the table) and the
+ * smallest decoding in each dtype, and skips the two determinism checks. Exits 77
  * without a device or in a CPU-only build; runs without fork (a forked
  * child cannot use CUDA). */
 #include <check.h>
@@ -55,8 +55,10 @@ enum { S_F32REC = 1, S_F32CH = 2, S_BFREC = 4, S_BFCH = 8, S_F32 = 3 };
 static int g_small; /* LMK_TEST_SMALL */
 
 /* Under LMK_TEST_SMALL: F32 recurrent and chunked at T 7 (one chunk, log-
- * linear), T 65 at 128 (a ragged second chunk, log-linear) and T 100 at
- * Dk 33, Dv 67 (plain, two chunks); BF16 recurrent once; BF16 chunked on
+ * linear) and T 100 at Dk 33, Dv 67 (plain, a ragged second chunk), F32
+ * chunked at T 77, Dk 100, Dv 9 (log-linear, a ragged second chunk); BF16
+ * recurrent once (racecheck's cost grows with T Dk Dv and the levels: the
+ * recurrent kernels keep the states in shared memory); BF16 chunked on
  * the general kernels (odd dims) and on the tensor cores at each (Dk, Dv)
  * of {64, 128}, T 1, la absent, and the three many-head shapes (near the
  * fewest heads that select the fused walk with 64- and 32-column value
@@ -66,13 +68,13 @@ static const gshape shapes[] = {
 	{2, 7, 3, 64, 64, 1, 1, S_F32 | S_BFREC},
 	{1, 63, 2, 128, 128, 1, 0, 0},
 	{1, 64, 1, 64, 64, 0, 1, 0},
-	{1, 65, 2, 128, 128, 1, 1, S_F32},
+	{1, 65, 2, 128, 128, 1, 1, 0},
 	{2, 130, 2, 64, 64, 1, 0, S_BFCH},
 	{2, 130, 2, 64, 64, 1, 1, 0},
 	{1, 257, 1, 128, 128, 0, 0, S_BFCH},
 	{2, 33, 3, 5, 7, 1, 1, S_BFCH},
 	{1, 100, 2, 33, 67, 1, 0, S_F32},
-	{3, 77, 1, 100, 9, 1, 1, 0},
+	{3, 77, 1, 100, 9, 1, 1, S_F32CH},
 	{1, 1000, 2, 64, 64, 1, 1, 0},
 	{1, 1025, 1, 128, 128, 1, 0, 0},
 	{2, 2048, 4, 128, 128, 1, 0, 0},
@@ -384,8 +386,8 @@ END_TEST
 
 /* Decoding on the GPU, token by token, against the CPU parallel op. */
 static const gshape dshapes[] = {
-	{2, 37, 2, 64, 64, 1, 0, 0},      {2, 37, 2, 64, 64, 1, 1, S_F32REC},
-	{1, 70, 3, 128, 128, 0, 1, 0},    {3, 20, 1, 5, 7, 1, 1, S_BFREC},
+	{2, 37, 2, 64, 64, 1, 0, 0},      {2, 37, 2, 64, 64, 1, 1, 0},
+	{1, 70, 3, 128, 128, 0, 1, 0},    {3, 20, 1, 5, 7, 1, 1, S_F32REC | S_BFREC},
 	{1, 45, 2, 128, 128, 1, 0, 0},
 };
 #define NDSHAPES ((int)(sizeof dshapes / sizeof dshapes[0]))
