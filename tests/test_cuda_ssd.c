@@ -18,7 +18,8 @@
  * suite fails at the end if any was over, so one run shows everything.
  * LMK_TEST_SMALL=1 (for compute-sanitizer) keeps 16 shapes, one for each
  * kernel family and layout (see the table; the long and many-head ones on
- * the tensor cores only), and skips the determinism check. Exits 77 without a device or in a CPU-only build; runs without fork. */
+ * the tensor cores only), and skips the determinism check.
+ * Exits 77 without a device or in a CPU-only build; runs without fork. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
