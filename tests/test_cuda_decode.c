@@ -24,6 +24,12 @@
  * Also: several sequences decoded together (lmk_llama_decode_batch), and
  * models with each token mixer decoding through their layers' states.
  *
+ * LMK_TEST_SMALL=1 (for compute-sanitizer) keeps every path and mixer with
+ * fewer steps: 8 tokens instead of 40, 10 graph steps after a 1016-token
+ * prompt (the cache still split) instead of 60 after 1000, for one model
+ * in each dtype (the prompts' attention is most of the time), 4 batched
+ * steps instead of 12.
+ *
  * Exits 77 without a device or in a CPU-only build. Runs without fork: a
  * child forked after CUDA is initialised cannot use the device. */
 #include <check.h>
@@ -42,7 +48,9 @@
 
 #define NP 70
 #define NP1 67 /* the first call of the prompt */
-#define NGEN 40
+#define NGEN 40 /* LMK_TEST_SMALL: 8 (g_ngen) */
+
+static int g_ngen = NGEN;
 
 typedef struct dcase {
 	const char *name;
@@ -134,8 +142,9 @@ static void prompt_of(int32_t *p, int V)
 		p[i] = (int32_t)((i * 97 + 11) % V);
 }
 
-/* Greedy decoding on ctx c: the prompt, then NGEN tokens. With forced, those
- * tokens are fed instead of the argmax. logits (NGEN, V), toks (NGEN). */
+/* Greedy decoding on ctx c: the prompt, then g_ngen tokens. With forced,
+ * those tokens are fed instead of the argmax. logits (g_ngen, V), toks
+ * (g_ngen). */
 static void run_decode(lmk_ctx *c, lmk_llama *m, const int32_t *forced, float *logits,
 		       int32_t *toks, const char *what)
 {
@@ -143,23 +152,23 @@ static void run_decode(lmk_ctx *c, lmk_llama *m, const int32_t *forced, float *l
 	int32_t prompt[NP];
 	prompt_of(prompt, V);
 	lmk_kvcache kv;
-	ck_assert_msg(lmk_kvcache_init_ctx(&kv, m, NP + NGEN, c) == 0, "%s: %s", what, lmk_errmsg());
+	ck_assert_msg(lmk_kvcache_init_ctx(&kv, m, NP + g_ngen, c) == 0, "%s: %s", what, lmk_errmsg());
 	lmk_ctx_reset(c);
 	int rc = lmk_llama_decode(c, m, &kv, prompt, NP1, logits);
 	ck_assert_msg(rc == 0, "%s: prompt: %s", what, lmk_errmsg());
 	lmk_ctx_reset(c);
 	rc = lmk_llama_decode(c, m, &kv, prompt + NP1, NP - NP1, logits);
 	ck_assert_msg(rc == 0, "%s: prompt, the rest: %s", what, lmk_errmsg());
-	for (int s = 0; s < NGEN; s++) {
+	for (int s = 0; s < g_ngen; s++) {
 		toks[s] = argmax(logits + (size_t)s * V, V);
-		if (s == NGEN - 1)
+		if (s == g_ngen - 1)
 			break;
 		int32_t t = forced ? forced[s] : toks[s];
 		lmk_ctx_reset(c);
 		rc = lmk_llama_decode(c, m, &kv, &t, 1, logits + (size_t)(s + 1) * V);
 		ck_assert_msg(rc == 0, "%s: step %d: %s", what, s, lmk_errmsg());
 	}
-	ck_assert_int_eq(kv.len, NP + NGEN - 1);
+	ck_assert_int_eq(kv.len, NP + g_ngen - 1);
 	lmk_ctx_reset(c);
 	lmk_kvcache_free(&kv);
 }
@@ -210,8 +219,8 @@ static void check_dtype(const dcase *d, lmk_dtype dt)
 	char what[96];
 	snprintf(what, sizeof what, "%s %s", d->name, lmk_dtype_name(dt));
 	const int V = d->V;
-	float *lc = malloc(sizeof(float) * (size_t)NGEN * V);
-	float *lg = malloc(sizeof(float) * (size_t)NGEN * V);
+	float *lc = malloc(sizeof(float) * (size_t)g_ngen * V);
+	float *lg = malloc(sizeof(float) * (size_t)g_ngen * V);
 	int32_t tc[NGEN], tg[NGEN];
 	ck_assert_ptr_nonnull(lc);
 	ck_assert_ptr_nonnull(lg);
@@ -229,7 +238,7 @@ static void check_dtype(const dcase *d, lmk_dtype dt)
 	const double tol = dt == LMK_BF16 ? 1e-2 : 1e-4;
 	double worst = 0;
 	int wrong = 0, ties = 0;
-	for (int s = 0; s < NGEN; s++) {
+	for (int s = 0; s < g_ngen; s++) {
 		double e = rel_err(lg + (size_t)s * V, lc + (size_t)s * V, V);
 		worst = fmax(worst, e);
 		ck_assert_msg(e <= tol, "%s: step %d: logits differ from the CPU's by %.3g (%.0e "
@@ -242,7 +251,7 @@ static void check_dtype(const dcase *d, lmk_dtype dt)
 		}
 	}
 	printf("test_cuda_decode: %-14s %s: %d steps, worst logits error %.2e, %d tokens differ "
-	       "(%d at near ties)\n", d->name, lmk_dtype_name(dt), NGEN, worst, wrong + ties, ties);
+	       "(%d at near ties)\n", d->name, lmk_dtype_name(dt), g_ngen, worst, wrong + ties, ties);
 	fflush(stdout);
 	if (dt == LMK_F32)
 		ck_assert_msg(wrong == 0, "%s: %d greedy tokens differ from the CPU's away from a tie",
@@ -254,17 +263,18 @@ static void check_dtype(const dcase *d, lmk_dtype dt)
 		prompt_of(prompt, V);
 		lmk_sampler sm;
 		memset(&sm, 0, sizeof sm);
-		int n = lmk_llama_generate(&gc, &mg, prompt, NP, NGEN, &sm, NULL, 0, NULL, NULL, out);
-		ck_assert_msg(n == NGEN, "%s: generate: %d: %s", what, n, lmk_errmsg());
+		int n = lmk_llama_generate(&gc, &mg, prompt, NP, g_ngen, &sm, NULL, 0, NULL, NULL, out);
+		ck_assert_msg(n == g_ngen, "%s: generate: %d: %s", what, n, lmk_errmsg());
 		size_t reserved = gc.arena.reserved;
 		int nchunks = lmk_arena_nchunks(&gc.arena);
-		n = lmk_llama_generate(&gc, &mg, prompt, NP, NGEN, &sm, NULL, 0, NULL, NULL, out2);
-		ck_assert_msg(n == NGEN, "%s: generate again: %d: %s", what, n, lmk_errmsg());
+		n = lmk_llama_generate(&gc, &mg, prompt, NP, g_ngen, &sm, NULL, 0, NULL, NULL, out2);
+		ck_assert_msg(n == g_ngen, "%s: generate again: %d: %s", what, n, lmk_errmsg());
 		ck_assert_msg(gc.arena.reserved == reserved && lmk_arena_nchunks(&gc.arena) == nchunks,
 			      "%s: the arena grew from %zu bytes in %d chunks to %zu in %d", what,
 			      reserved, nchunks, gc.arena.reserved, lmk_arena_nchunks(&gc.arena));
-		ck_assert_msg(memcmp(out, out2, sizeof out) == 0, "%s: two generations differ", what);
-		for (int s = 0; s < NGEN; s++) {
+		ck_assert_msg(memcmp(out, out2, sizeof(int32_t) * (size_t)g_ngen) == 0,
+			      "%s: two generations differ", what);
+		for (int s = 0; s < g_ngen; s++) {
 			if (out[s] == tc[s])
 				continue;
 			ck_assert_msg(near_tie(lc + (size_t)s * V, V),
@@ -282,11 +292,15 @@ END_TEST
 START_TEST(test_decode_bf16) { check_dtype(&cases[_i], LMK_BF16); }
 END_TEST
 
-/* The recorded step against the op-by-op one: a GP-token prompt, then
- * GSTEP one-token steps into a cache of exactly GP + GSTEP rows (filled by
- * the last), twice over the same cache from position 0. */
-#define GP 1000
+/* The recorded step against the op-by-op one: a g_gp-token prompt, then
+ * g_gstep one-token steps into a cache of exactly g_gp + g_gstep rows
+ * (filled by the last), twice over the same cache from position 0. The
+ * recorded attention splits a cache of more than 1024 rows
+ * (lmk_cuda_decode_splits), hence 1016 + 10 under LMK_TEST_SMALL. */
 #define GSTEP 60
+
+static int g_gp = 1000, g_gstep = GSTEP;
+static int g_graph_all = 1; /* LMK_TEST_SMALL: one model a dtype */
 
 static const dcase gcases[] = {
 	{"gqa4-d64", 128, 352, 3, 8, 2, 64, 517, 0, 0},
@@ -297,34 +311,34 @@ static const dcase gcases[] = {
 
 static void gprompt_of(int32_t *p, int V)
 {
-	for (int i = 0; i < GP; i++)
+	for (int i = 0; i < g_gp; i++)
 		p[i] = (int32_t)((i * 53 + 7) % V);
 }
 
-/* logits (GSTEP + 1, V): the prompt's, then each step's; toks (GSTEP): the
- * argmax of each row before the last; forced: the tokens fed instead. */
+/* logits (g_gstep + 1, V): the prompt's, then each step's; toks (g_gstep):
+ * the argmax of each row before the last; forced: the tokens fed instead. */
 static void graph_run(lmk_ctx *c, lmk_llama *m, int graph, const int32_t *forced, float *logits,
 		      int32_t *toks, const char *what)
 {
 	const int V = m->cfg.vocab_size;
-	const size_t n = (size_t)(GSTEP + 1) * V;
-	int32_t prompt[GP];
+	const size_t n = (size_t)(g_gstep + 1) * V;
+	int32_t *prompt = malloc(sizeof(int32_t) * (size_t)g_gp);
 	float *again = malloc(sizeof(float) * n);
-	ck_assert_ptr_nonnull(again);
+	ck_assert(prompt && again);
 	gprompt_of(prompt, V);
 	if (graph)
 		unsetenv("LMK_DECODE_GRAPH");
 	else
 		setenv("LMK_DECODE_GRAPH", "0", 1);
 	lmk_kvcache kv;
-	ck_assert_msg(lmk_kvcache_init_ctx(&kv, m, GP + GSTEP, c) == 0, "%s: %s", what, lmk_errmsg());
+	ck_assert_msg(lmk_kvcache_init_ctx(&kv, m, g_gp + g_gstep, c) == 0, "%s: %s", what, lmk_errmsg());
 	for (int rep = 0; rep < 2; rep++) {
 		float *lg = rep ? again : logits;
 		kv.len = 0;
 		lmk_ctx_reset(c);
-		ck_assert_msg(lmk_llama_decode(c, m, &kv, prompt, GP, lg) == 0, "%s: prompt: %s",
+		ck_assert_msg(lmk_llama_decode(c, m, &kv, prompt, g_gp, lg) == 0, "%s: prompt: %s",
 			      what, lmk_errmsg());
-		for (int s = 0; s < GSTEP; s++) {
+		for (int s = 0; s < g_gstep; s++) {
 			toks[s] = argmax(lg + (size_t)s * V, V);
 			int32_t t = forced ? forced[s] : toks[s];
 			lmk_ctx_reset(c);
@@ -338,6 +352,7 @@ static void graph_run(lmk_ctx *c, lmk_llama *m, int graph, const int32_t *forced
 	lmk_ctx_reset(c);
 	lmk_kvcache_free(&kv);
 	unsetenv("LMK_DECODE_GRAPH");
+	free(prompt);
 	free(again);
 }
 
@@ -346,7 +361,7 @@ static void check_graph(const dcase *d, lmk_dtype dt)
 	char what[96];
 	snprintf(what, sizeof what, "%s %s graph", d->name, lmk_dtype_name(dt));
 	const int V = d->V;
-	const size_t n = (size_t)(GSTEP + 1) * V;
+	const size_t n = (size_t)(g_gstep + 1) * V;
 	float *lo = malloc(sizeof(float) * n), *lg = malloc(sizeof(float) * n);
 	int32_t to[GSTEP], tg[GSTEP];
 	ck_assert(lo && lg);
@@ -359,9 +374,9 @@ static void check_graph(const dcase *d, lmk_dtype dt)
 	/* the two differ only in how attention splits the cache; in BF16 that
 	 * moves a logit by a rounding of the attention output, so a token may
 	 * change away from the near ties of F32 too (counted, as above) */
-	double worst = check_rows(lg, lo, GSTEP + 1, V, dt == LMK_BF16 ? 1e-2 : 1e-5, what);
+	double worst = check_rows(lg, lo, g_gstep + 1, V, dt == LMK_BF16 ? 1e-2 : 1e-5, what);
 	int ties = 0;
-	for (int s = 0; s < GSTEP; s++)
+	for (int s = 0; s < g_gstep; s++)
 		if (tg[s] != to[s]) {
 			ck_assert_msg(dt == LMK_BF16 || near_tie(lo + (size_t)s * V, V),
 				      "%s: step %d: token %d, op by op %d (no tie)", what, s, tg[s],
@@ -371,22 +386,25 @@ static void check_graph(const dcase *d, lmk_dtype dt)
 
 	/* greedy generation with the device's argmax: the op-by-op tokens up
 	 * to the first near tie */
-	int32_t prompt[GP], out[GSTEP + 1];
+	int32_t *prompt = malloc(sizeof(int32_t) * (size_t)g_gp), out[GSTEP + 1];
+	ck_assert_ptr_nonnull(prompt);
 	gprompt_of(prompt, V);
 	lmk_sampler sm;
 	memset(&sm, 0, sizeof sm);
-	int got = lmk_llama_generate(&gc, &m, prompt, GP, GSTEP + 1, &sm, NULL, 0, NULL, NULL, out);
-	ck_assert_msg(got == GSTEP + 1, "%s: generate: %d: %s", what, got, lmk_errmsg());
+	int got = lmk_llama_generate(&gc, &m, prompt, g_gp, g_gstep + 1, &sm, NULL, 0, NULL, NULL,
+				     out);
+	ck_assert_msg(got == g_gstep + 1, "%s: generate: %d: %s", what, got, lmk_errmsg());
+	free(prompt);
 	int same = 0;
-	while (same < GSTEP && out[same] == to[same])
+	while (same < g_gstep && out[same] == to[same])
 		same++;
-	if (same < GSTEP)
+	if (same < g_gstep)
 		ck_assert_msg(dt == LMK_BF16 || near_tie(lo + (size_t)same * V, V),
 			      "%s: generate: token %d is %d, op by op %d (no tie)", what, same,
 			      out[same], to[same]);
 	printf("test_cuda_decode: %-14s %s: graph against op by op, %d steps, worst logits "
 	       "error %.2e, %d tokens differ; generate agrees for %d tokens\n",
-	       d->name, lmk_dtype_name(dt), GSTEP, worst, ties, same);
+	       d->name, lmk_dtype_name(dt), g_gstep, worst, ties, same);
 	fflush(stdout);
 	ck_assert_msg(lmk_ctx_sync(&gc) == 0, "%s: %s", what, lmk_errmsg());
 	lmk_llama_free(&m);
@@ -395,10 +413,18 @@ static void check_graph(const dcase *d, lmk_dtype dt)
 	free(lg);
 }
 
-START_TEST(test_graph_f32) { check_graph(&gcases[_i], LMK_F32); }
+START_TEST(test_graph_f32)
+{
+	if (g_graph_all || _i == 0)
+		check_graph(&gcases[_i], LMK_F32);
+}
 END_TEST
 
-START_TEST(test_graph_bf16) { check_graph(&gcases[_i], LMK_BF16); }
+START_TEST(test_graph_bf16)
+{
+	if (g_graph_all || _i == 2)
+		check_graph(&gcases[_i], LMK_BF16);
+}
 END_TEST
 
 /* Three sequences with prompts of 1, 9 and 66 tokens decoded together
@@ -406,8 +432,8 @@ END_TEST
  * steps: the GPU's logits of every row and step against the CPU's, within
  * the same tolerances. */
 #define NB 3
-#define NBSTEP 12
-static void decode_rows(lmk_ctx *c, lmk_llama *m, float *logits /*(NBSTEP, NB, V)*/,
+static int g_nbstep = 12; /* LMK_TEST_SMALL: 4 */
+static void decode_rows(lmk_ctx *c, lmk_llama *m, float *logits /*(g_nbstep, NB, V)*/,
 			const char *what)
 {
 	static const int plen[NB] = {1, 9, 66};
@@ -419,14 +445,14 @@ static void decode_rows(lmk_ctx *c, lmk_llama *m, float *logits /*(NBSTEP, NB, V
 	for (int b = 0; b < NB; b++) {
 		for (int i = 0; i < plen[b]; i++)
 			p[i] = (int32_t)((i * 31 + b * 7 + 3) % V);
-		ck_assert_msg(lmk_kvcache_init_ctx(&kv[b], m, plen[b] + NBSTEP, c) == 0, "%s: %s",
+		ck_assert_msg(lmk_kvcache_init_ctx(&kv[b], m, plen[b] + g_nbstep, c) == 0, "%s: %s",
 			      what, lmk_errmsg());
 		lmk_ctx_reset(c);
 		ck_assert_msg(lmk_llama_decode(c, m, &kv[b], p, plen[b], scratch) == 0,
 			      "%s: prompt %d: %s", what, b, lmk_errmsg());
 		kvp[b] = &kv[b];
 	}
-	for (int s = 0; s < NBSTEP; s++) {
+	for (int s = 0; s < g_nbstep; s++) {
 		for (int b = 0; b < NB; b++)
 			tok[b] = (int32_t)((s * 13 + b * 5 + 1) % V);
 		lmk_ctx_reset(c);
@@ -435,7 +461,7 @@ static void decode_rows(lmk_ctx *c, lmk_llama *m, float *logits /*(NBSTEP, NB, V
 			      "%s: step %d: %s", what, s, lmk_errmsg());
 	}
 	for (int b = 0; b < NB; b++) {
-		ck_assert_int_eq(kv[b].len, plen[b] + NBSTEP);
+		ck_assert_int_eq(kv[b].len, plen[b] + g_nbstep);
 		lmk_kvcache_free(&kv[b]);
 	}
 	lmk_ctx_reset(c);
@@ -446,7 +472,7 @@ static void check_batch(const dcase *d, lmk_dtype dt)
 {
 	char what[96];
 	snprintf(what, sizeof what, "%s %s batch", d->name, lmk_dtype_name(dt));
-	const size_t n = (size_t)NBSTEP * NB * d->V;
+	const size_t n = (size_t)g_nbstep * NB * d->V;
 	float *lc = malloc(sizeof(float) * n), *lg = malloc(sizeof(float) * n);
 	ck_assert(lc && lg);
 	lmk_llama mc, mg;
@@ -458,9 +484,9 @@ static void check_batch(const dcase *d, lmk_dtype dt)
 	gpu_setup(&gc, &mg, dt, what);
 	decode_rows(&gc, &mg, lg, what);
 	/* row r: step r / NB, sequence r % NB */
-	double worst = check_rows(lg, lc, NBSTEP * NB, d->V, dt == LMK_BF16 ? 1e-2 : 1e-4, what);
+	double worst = check_rows(lg, lc, g_nbstep * NB, d->V, dt == LMK_BF16 ? 1e-2 : 1e-4, what);
 	printf("test_cuda_decode: %-14s %s: %d rows x %d steps together, worst logits error "
-	       "%.2e\n", d->name, lmk_dtype_name(dt), NB, NBSTEP, worst);
+	       "%.2e\n", d->name, lmk_dtype_name(dt), NB, g_nbstep, worst);
 	fflush(stdout);
 	pair_free(&mc, &cc, &mg, &gc, lc, lg, what);
 }
@@ -583,6 +609,18 @@ int main(void)
 	if (lmk_cuda_device_count() == 0) {
 		printf("test_cuda_decode: skipped: no CUDA device on this machine\n");
 		return 77;
+	}
+	const char *s = getenv("LMK_TEST_SMALL");
+	if (s && *s && strcmp(s, "0") != 0) {
+		g_ngen = 8;
+		g_gp = 1016;
+		g_gstep = 10;
+		g_graph_all = 0;
+		g_nbstep = 4;
+		printf("test_cuda_decode: LMK_TEST_SMALL: %d tokens generated, %d + %d for the "
+		       "graph (%s F32, %s BF16, the others skipped), %d batched steps\n", g_ngen,
+		       g_gp, g_gstep, gcases[0].name, gcases[2].name, g_nbstep);
+		fflush(stdout);
 	}
 	Suite *su = suite_create("cuda_decode");
 	TCase *tc = tcase_create("decode");

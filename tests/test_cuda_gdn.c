@@ -18,9 +18,12 @@
  * One line per case gives every error, so one run tells what is wrong.
  * A second table (tcase ll_tc) runs log-linear shapes of the BF16
  * tensor-core kernels, chunked only. Then decoding: lmk_gdn_step on the
- * GPU token by token against the CPU parallel output. Exits 77 without a
- * device or in a CPU-only build; runs without fork (a forked child cannot
- * use CUDA). */
+ * GPU token by token against the CPU parallel output.
+ * LMK_TEST_SMALL=1 (for compute-sanitizer) keeps one shape for each kernel
+ * family and layout (the shapes' small field: see the table) and the
+ * smallest decoding in each dtype, and skips the two determinism checks. Exits 77
+ * without a device or in a CPU-only build; runs without fork (a forked
+ * child cannot use CUDA). */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -43,33 +46,65 @@ static uint64_t g_seed;
 typedef struct gshape {
 	int64_t B, T, H, Dk, Dv;
 	int la, lam;
+	int small; /* the runs kept under LMK_TEST_SMALL (bits below), 0: none */
 } gshape;
 
+/* Runs of a shape: F32 or BF16, recurrent or chunked kernels (decode
+ * shapes: F32 or BF16; log-linear shapes: any bit). */
+enum { S_F32REC = 1, S_F32CH = 2, S_BFREC = 4, S_BFCH = 8, S_F32 = 3 };
+static int g_small; /* LMK_TEST_SMALL */
+
+/* Under LMK_TEST_SMALL: F32 recurrent and chunked at T 7 (one chunk, log-
+ * linear) and T 100 at Dk 33, Dv 67 (plain, a ragged second chunk), F32
+ * chunked at T 77, Dk 100, Dv 9 (log-linear, a ragged second chunk); BF16
+ * recurrent once (racecheck's cost grows with T Dk Dv and the levels: the
+ * recurrent kernels keep the states in shared memory); BF16 chunked on
+ * the general kernels (odd dims) and on the tensor cores at each (Dk, Dv)
+ * of {64, 128}, T 1, la absent, and the three many-head shapes (near the
+ * fewest heads that select the fused walk with 64- and 32-column value
+ * blocks, cuda/gdn.cu: B*H 256 and 133 at Dv 64, 128 for 64 at Dv 128). */
 static const gshape shapes[] = {
-	{1, 1, 1, 64, 64, 1, 1},     {2, 7, 3, 64, 64, 1, 1},      {1, 63, 2, 128, 128, 1, 0},
-	{1, 64, 1, 64, 64, 0, 1},    {1, 65, 2, 128, 128, 1, 1},   {2, 130, 2, 64, 64, 1, 0},
-	{2, 130, 2, 64, 64, 1, 1},   {1, 257, 1, 128, 128, 0, 0},  {2, 33, 3, 5, 7, 1, 1},
-	{1, 100, 2, 33, 67, 1, 0},   {3, 77, 1, 100, 9, 1, 1},     {1, 1000, 2, 64, 64, 1, 1},
-	{1, 1025, 1, 128, 128, 1, 0}, {2, 2048, 4, 128, 128, 1, 0}, {1, 2048, 2, 128, 128, 1, 1},
+	{1, 1, 1, 64, 64, 1, 1, 0},
+	{2, 7, 3, 64, 64, 1, 1, S_F32 | S_BFREC},
+	{1, 63, 2, 128, 128, 1, 0, 0},
+	{1, 64, 1, 64, 64, 0, 1, 0},
+	{1, 65, 2, 128, 128, 1, 1, 0},
+	{2, 130, 2, 64, 64, 1, 0, S_BFCH},
+	{2, 130, 2, 64, 64, 1, 1, 0},
+	{1, 257, 1, 128, 128, 0, 0, S_BFCH},
+	{2, 33, 3, 5, 7, 1, 1, S_BFCH},
+	{1, 100, 2, 33, 67, 1, 0, S_F32},
+	{3, 77, 1, 100, 9, 1, 1, S_F32CH},
+	{1, 1000, 2, 64, 64, 1, 1, 0},
+	{1, 1025, 1, 128, 128, 1, 0, 0},
+	{2, 2048, 4, 128, 128, 1, 0, 0},
+	{1, 2048, 2, 128, 128, 1, 1, 0},
 	/* the BF16 tensor-core kernels: T < 64, Dk != Dv, and enough heads for
 	 * their 32- and 64-column value blocks (16 otherwise) */
-	{3, 20, 2, 64, 64, 1, 0},    {1, 1, 1, 128, 64, 0, 0},     {2, 100, 3, 64, 128, 1, 0},
-	{1, 200, 2, 128, 64, 1, 0},  {8, 70, 36, 64, 64, 1, 0},    {4, 130, 34, 128, 128, 1, 0},
-	{4, 70, 36, 64, 64, 1, 0},
+	{3, 20, 2, 64, 64, 1, 0, 0},
+	{1, 1, 1, 128, 64, 0, 0, S_BFCH},
+	{2, 100, 3, 64, 128, 1, 0, S_BFCH},
+	{1, 200, 2, 128, 64, 1, 0, S_BFCH},
+	{8, 70, 36, 64, 64, 1, 0, S_BFCH},
+	{4, 130, 34, 128, 128, 1, 0, S_BFCH},
+	{4, 70, 36, 64, 64, 1, 0, S_BFCH},
 };
 #define NSHAPES ((int)(sizeof shapes / sizeof shapes[0]))
 
 /* Log-linear on the BF16 tensor-core kernels, chunked only (tcase ll_tc,
  * so that CK_RUN_CASE=ll_tc runs them alone): one chunk (T = 1, 7, 64),
  * two, Dk != Dv, 32- and 64-column value blocks, up to eight chunk levels
- * with a ragged last chunk. */
+ * with a ragged last chunk. Under LMK_TEST_SMALL: one chunk, two, four
+ * without la, five, and the 64- and 32-column value blocks. */
 static const gshape llshapes[] = {
-	{1, 1, 1, 64, 128, 1, 1},   {2, 7, 3, 128, 64, 1, 1},     {1, 64, 1, 128, 64, 1, 1},
-	{1, 65, 2, 64, 128, 1, 1},  {1, 1000, 1, 128, 128, 1, 1},
-	{3, 20, 2, 128, 128, 1, 1}, {2, 100, 3, 64, 128, 1, 1},   {1, 200, 2, 128, 64, 0, 1},
-	{8, 70, 36, 64, 64, 1, 1},  {4, 130, 34, 128, 128, 1, 1}, {1, 4100, 1, 64, 128, 1, 1},
-	{1, 300, 2, 64, 64, 1, 1},  {2, 513, 1, 128, 128, 1, 1},  {2, 200, 70, 64, 64, 1, 1},
-	{4, 100, 34, 128, 128, 1, 1},
+	{1, 1, 1, 64, 128, 1, 1, 1},   {2, 7, 3, 128, 64, 1, 1, 0},
+	{1, 64, 1, 128, 64, 1, 1, 0},  {1, 65, 2, 64, 128, 1, 1, 1},
+	{1, 1000, 1, 128, 128, 1, 1, 0},
+	{3, 20, 2, 128, 128, 1, 1, 0}, {2, 100, 3, 64, 128, 1, 1, 0},
+	{1, 200, 2, 128, 64, 0, 1, 1}, {8, 70, 36, 64, 64, 1, 1, 1},
+	{4, 130, 34, 128, 128, 1, 1, 0}, {1, 4100, 1, 64, 128, 1, 1, 0},
+	{1, 300, 2, 64, 64, 1, 1, 1},  {2, 513, 1, 128, 128, 1, 1, 0},
+	{2, 200, 70, 64, 64, 1, 1, 0}, {4, 100, 34, 128, 128, 1, 1, 1},
 };
 #define NLLSHAPES ((int)(sizeof llshapes / sizeof llshapes[0]))
 
@@ -324,6 +359,8 @@ static void run_case(const gshape *s, int si, lmk_dtype dt)
 /* _i: shape _i / 2, the recurrent (even) or chunked (odd) kernels */
 START_TEST(test_op_f32)
 {
+	if (g_small && !(shapes[_i / 2].small & (_i % 2 ? S_F32CH : S_F32REC)))
+		return;
 	g_algo = _i % 2 ? LMK_GDN_CHUNKED : LMK_GDN_RECURRENT;
 	run_case(&shapes[_i / 2], _i / 2, LMK_F32);
 }
@@ -331,6 +368,8 @@ END_TEST
 
 START_TEST(test_op_bf16)
 {
+	if (g_small && !(shapes[_i / 2].small & (_i % 2 ? S_BFCH : S_BFREC)))
+		return;
 	g_algo = _i % 2 ? LMK_GDN_CHUNKED : LMK_GDN_RECURRENT;
 	run_case(&shapes[_i / 2], _i / 2, LMK_BF16);
 }
@@ -338,6 +377,8 @@ END_TEST
 
 START_TEST(test_ll_tc)
 {
+	if (g_small && !llshapes[_i].small)
+		return;
 	g_algo = LMK_GDN_CHUNKED;
 	run_case(&llshapes[_i], NSHAPES + _i, LMK_BF16);
 }
@@ -345,8 +386,9 @@ END_TEST
 
 /* Decoding on the GPU, token by token, against the CPU parallel op. */
 static const gshape dshapes[] = {
-	{2, 37, 2, 64, 64, 1, 0}, {2, 37, 2, 64, 64, 1, 1}, {1, 70, 3, 128, 128, 0, 1},
-	{3, 20, 1, 5, 7, 1, 1},   {1, 45, 2, 128, 128, 1, 0},
+	{2, 37, 2, 64, 64, 1, 0, 0},      {2, 37, 2, 64, 64, 1, 1, 0},
+	{1, 70, 3, 128, 128, 0, 1, 0},    {3, 20, 1, 5, 7, 1, 1, S_F32REC | S_BFREC},
+	{1, 45, 2, 128, 128, 1, 0, 0},
 };
 #define NDSHAPES ((int)(sizeof dshapes / sizeof dshapes[0]))
 
@@ -416,10 +458,20 @@ static void run_decode(int si, lmk_dtype dt)
 	free_host(&h);
 }
 
-START_TEST(test_decode_f32) { run_decode(_i, LMK_F32); }
+START_TEST(test_decode_f32)
+{
+	if (g_small && !(dshapes[_i].small & S_F32REC))
+		return;
+	run_decode(_i, LMK_F32);
+}
 END_TEST
 
-START_TEST(test_decode_bf16) { run_decode(_i, LMK_BF16); }
+START_TEST(test_decode_bf16)
+{
+	if (g_small && !(dshapes[_i].small & S_BFREC))
+		return;
+	run_decode(_i, LMK_BF16);
+}
 END_TEST
 
 /* Two runs of shape s give the same bits (no atomics, fixed summation
@@ -483,7 +535,11 @@ static void check_deterministic(gshape s, int var0, int var1)
 /* Both kernel sets, plain and log-linear. */
 START_TEST(test_deterministic)
 {
-	check_deterministic((gshape){2, 300, 2, 64, 64, 1, 1}, 0, 4);
+	if (g_small) {
+		printf("test_cuda_gdn: deterministic: skipped under LMK_TEST_SMALL\n");
+		return;
+	}
+	check_deterministic((gshape){2, 300, 2, 64, 64, 1, 1, 0}, 0, 4);
 	printf("test_cuda_gdn: deterministic: both kernel sets, plain and log-linear\n");
 }
 END_TEST
@@ -491,7 +547,11 @@ END_TEST
 /* Log-linear on the tensor cores with six chunk levels at head dims 128. */
 START_TEST(test_ll_deterministic)
 {
-	check_deterministic((gshape){2, 2100, 2, 128, 128, 1, 1}, 3, 4);
+	if (g_small) {
+		printf("test_cuda_gdn: deterministic log-linear: skipped under LMK_TEST_SMALL\n");
+		return;
+	}
+	check_deterministic((gshape){2, 2100, 2, 128, 128, 1, 1, 0}, 3, 4);
 	printf("test_cuda_gdn: deterministic: log-linear, tensor cores\n");
 }
 END_TEST
@@ -520,6 +580,22 @@ int main(void)
 	g_seed = s && *s ? strtoull(s, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
 	printf("test_cuda_gdn: seed %llu (LMK_TEST_SEED=%llu repeats this run)\n",
 	       (unsigned long long)g_seed, (unsigned long long)g_seed);
+	s = getenv("LMK_TEST_SMALL");
+	g_small = s && *s && strcmp(s, "0") != 0;
+	if (g_small) {
+		int n[3] = {0, 0, 0};
+		for (int i = 0; i < NSHAPES; i++)
+			for (int b = 0; b < 4; b++)
+				n[0] += shapes[i].small >> b & 1;
+		for (int i = 0; i < NLLSHAPES; i++)
+			n[1] += llshapes[i].small != 0;
+		for (int i = 0; i < NDSHAPES; i++)
+			for (int b = 0; b < 4; b++)
+				n[2] += dshapes[i].small >> b & 1;
+		printf("test_cuda_gdn: LMK_TEST_SMALL: %d of %d runs, %d of %d log-linear shapes, "
+		       "%d of %d decodings, the others skipped\n", n[0], 4 * NSHAPES, n[1],
+		       NLLSHAPES, n[2], 2 * NDSHAPES);
+	}
 	fflush(stdout);
 	Suite *su = suite_create("cuda_gdn");
 	TCase *tc = tcase_create("gdn");

@@ -7,6 +7,8 @@
  *    refreshed every 3 steps (the same draws on both sides), on the device
  *    and on the CPU: the same weights to 1e-4; with SVD projectors (made on
  *    the host from the device's gradients) the loss goes down.
+ * LMK_TEST_SMALL=1 (for compute-sanitizer): 4 steps instead of 6 (the
+ * projectors still refreshed once), a model of one layer instead of two.
  * Exits 77 without a device or in a CPU-only build. */
 #include <check.h>
 #include <math.h>
@@ -28,6 +30,10 @@
 #define B_ 2
 #define T_ 9
 #define V_ 37
+#define STEPS 6
+
+static int g_steps = STEPS; /* LMK_TEST_SMALL: 4 */
+static int g_layers = 2;     /* LMK_TEST_SMALL: 1 */
 
 static void tiny(lmk_llama *m, int trainable)
 {
@@ -35,7 +41,7 @@ static void tiny(lmk_llama *m, int trainable)
 	lmk_llama_config_default(&cfg);
 	cfg.hidden_size = 48;
 	cfg.intermediate_size = 80;
-	cfg.num_hidden_layers = 2;
+	cfg.num_hidden_layers = g_layers;
 	cfg.num_attention_heads = 4;
 	cfg.num_key_value_heads = 2;
 	cfg.head_dim = 12;
@@ -99,7 +105,7 @@ static void lora_run(lmk_dtype dt)
 	lmk_lora_config lc;
 	lmk_adamw_config ac;
 	int32_t x[B_ * T_], y[B_ * T_];
-	double loss[2][6];
+	double loss[2][STEPS];
 
 	lmk_lora_config_default(&lc);
 	ck_assert_int_eq(lmk_lora_config_parse(&lc, "lora:r=4,alpha=8,targets=q,k,v,o,gate,up,down"), 0);
@@ -121,7 +127,7 @@ static void lora_run(lmk_dtype dt)
 		}
 		ck_assert_int_eq(lmk_adamw_init(&o[d], &a[d].params, &ac), 0);
 	}
-	for (int k = 0; k < 6; k++) {
+	for (int k = 0; k < g_steps; k++) {
 		batch(x, y, 100 + (uint64_t)k);
 		for (int d = 0; d < 2; d++) {
 			lmk_params_zero_grad(&a[d].params);
@@ -132,14 +138,16 @@ static void lora_run(lmk_dtype dt)
 	}
 	float *h = host_of(&a[1].params);
 	double e = relerr(h, a[0].params.data, a[0].params.n);
-	printf("test_cuda_lora: LoRA %s: 6 steps, losses %.5f -> %.5f (cpu %.5f -> %.5f), factors "
-	       "vs cpu %.2e\n", lmk_dtype_name(dt), loss[1][0], loss[1][5], loss[0][0], loss[0][5], e);
+	const int last = g_steps - 1;
+	printf("test_cuda_lora: LoRA %s: %d steps, losses %.5f -> %.5f (cpu %.5f -> %.5f), factors "
+	       "vs cpu %.2e\n", lmk_dtype_name(dt), g_steps, loss[1][0], loss[1][last], loss[0][0],
+	       loss[0][last], e);
 	if (dt == LMK_F32) {
-		for (int k = 0; k < 6; k++)
+		for (int k = 0; k < g_steps; k++)
 			ck_assert_msg(fabs(loss[1][k] - loss[0][k]) <= 1e-4 * fabs(loss[0][k]),
 				      "step %d: loss %.7f on the gpu, %.7f on the cpu", k, loss[1][k],
 				      loss[0][k]);
-		ck_assert_msg(e < 1e-4, "LoRA factors after 6 steps: %.2e from the cpu's", e);
+		ck_assert_msg(e < 1e-4, "LoRA factors after %d steps: %.2e from the cpu's", g_steps, e);
 		/* merging on each side */
 		ck_assert_int_eq(lmk_lora_merge(&a[0], 1, 3), 0);
 		ck_assert_msg(lmk_lora_merge(&a[1], 1, 3) == 0, "%s", lmk_errmsg());
@@ -149,8 +157,8 @@ static void lora_run(lmk_dtype dt)
 		ck_assert_msg(eb < 1e-5, "merged base: %.2e from the cpu's", eb);
 		free(hb);
 	} else {
-		ck_assert_msg(loss[1][5] < loss[1][0], "BF16 LoRA: the loss went from %g to %g",
-			      loss[1][0], loss[1][5]);
+		ck_assert_msg(loss[1][last] < loss[1][0], "BF16 LoRA: the loss went from %g to %g",
+			      loss[1][0], loss[1][last]);
 	}
 	free(h);
 	for (int d = 1; d >= 0; d--) {
@@ -175,7 +183,7 @@ static void galore_run(int proj)
 	lmk_galore_config gc;
 	lmk_adamw_config ac;
 	int32_t x[B_ * T_], y[B_ * T_];
-	double loss[2][6];
+	double loss[2][STEPS];
 
 	lmk_galore_config_default(&gc);
 	gc.rank = 8;
@@ -194,7 +202,7 @@ static void galore_run(int proj)
 		ck_assert_msg(lmk_galore_init(&g[d], &m[d].params, &ac, &gc, 21) == 0, "%s",
 			      lmk_errmsg());
 	}
-	for (int k = 0; k < 6; k++) {
+	for (int k = 0; k < g_steps; k++) {
 		batch(x, y, 200 + (uint64_t)k);
 		for (int d = 0; d < 2; d++) {
 			lmk_params_zero_grad(&m[d].params);
@@ -205,15 +213,18 @@ static void galore_run(int proj)
 	}
 	float *h = host_of(&m[1].params);
 	double e = relerr(h, m[0].params.data, m[0].params.n);
-	printf("test_cuda_lora: GaLore %s: 6 steps, losses %.5f -> %.5f (cpu %.5f -> %.5f), weights "
-	       "vs cpu %.2e%s\n", lmk_proj_name(proj), loss[1][0], loss[1][5], loss[0][0], loss[0][5], e,
+	const int last = g_steps - 1;
+	printf("test_cuda_lora: GaLore %s: %d steps, losses %.5f -> %.5f (cpu %.5f -> %.5f), weights "
+	       "vs cpu %.2e%s\n", lmk_proj_name(proj), g_steps, loss[1][0], loss[1][last], loss[0][0],
+	       loss[0][last], e,
 	       g[1].svd_where == 2 ? " (projectors by cuSOLVER)"
 	       : g[1].svd_where == 1 ? " (projectors by LAPACK on the host)" : "");
 	if (proj == LMK_PROJ_GAUSSIAN)
-		ck_assert_msg(e < 1e-4, "GaLore weights after 6 steps: %.2e from the cpu's", e);
+		ck_assert_msg(e < 1e-4, "GaLore weights after %d steps: %.2e from the cpu's", g_steps,
+			      e);
 	else
-		ck_assert_msg(loss[1][5] < loss[1][0], "GaLore svd: the loss went from %g to %g",
-			      loss[1][0], loss[1][5]);
+		ck_assert_msg(loss[1][last] < loss[1][0], "GaLore svd: the loss went from %g to %g",
+			      loss[1][0], loss[1][last]);
 	free(h);
 	for (int d = 1; d >= 0; d--) {
 		lmk_galore_free(&g[d]);
@@ -299,6 +310,14 @@ int main(void)
 	if (lmk_cuda_device_count() == 0) {
 		printf("test_cuda_lora: skipped: no CUDA device on this machine\n");
 		return 77;
+	}
+	const char *sm = getenv("LMK_TEST_SMALL");
+	if (sm && *sm && strcmp(sm, "0") != 0) {
+		g_steps = 4;
+		g_layers = 1;
+		printf("test_cuda_lora: LMK_TEST_SMALL: %d steps instead of %d, one layer\n", g_steps,
+		       STEPS);
+		fflush(stdout);
 	}
 	Suite *s = suite_create("cuda_lora");
 	TCase *tc = tcase_create("core");

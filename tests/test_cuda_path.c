@@ -20,6 +20,9 @@
  * dbeta and dlogf, which collect the whole walk's bf16 products (fla's own
  * test allows 0.015 and 0.02 there). Every case prints its worst errors on
  * one line, failures included, before the checks.
+ * LMK_TEST_SMALL=1 (for compute-sanitizer) keeps six shapes (each kernel
+ * family: see the table), decodes 9 tokens instead of 37 and skips the
+ * determinism checks.
  * Exits 77 without a device or in a CPU-only build; runs without fork. */
 #include <check.h>
 #include <math.h>
@@ -40,23 +43,32 @@
 static uint64_t g_seed;
 static const char *const names[7] = {"out", "dq", "dk", "dv", "dw", "dbeta", "dlogf"};
 
+static int g_small; /* LMK_TEST_SMALL */
+
 typedef struct pcase {
 	int64_t B, T, H, K, D;
 	int fox, block;
+	int small; /* kept under LMK_TEST_SMALL */
 } pcase;
 
+/* Under LMK_TEST_SMALL: T 1 at D 128 (GQA), T 65 (a ragged second block)
+ * at D 64 without logf and at D 128 with it (the mma kernels in BF16),
+ * blocks 16 (wmma in BF16) and 7, and D 40 (the general kernels). */
 static const pcase cases[] = {
-	{1, 1, 1, 1, 64, 0, 64},    {1, 1, 4, 2, 128, 1, 64},  {2, 7, 4, 2, 64, 1, 64},
-	{1, 7, 2, 2, 128, 0, 64},   {1, 63, 4, 1, 64, 1, 64},  {2, 64, 2, 2, 128, 1, 64},
-	{1, 65, 4, 2, 64, 0, 64},   {1, 65, 2, 1, 128, 1, 64}, {1, 130, 2, 1, 64, 1, 16},
-	{1, 130, 2, 2, 64, 0, 7},   {2, 33, 3, 1, 40, 1, 64},  {1, 1000, 2, 1, 64, 1, 64},
-	{1, 1000, 2, 2, 128, 0, 64},
+	{1, 1, 1, 1, 64, 0, 64, 0},    {1, 1, 4, 2, 128, 1, 64, 1},
+	{2, 7, 4, 2, 64, 1, 64, 0},    {1, 7, 2, 2, 128, 0, 64, 0},
+	{1, 63, 4, 1, 64, 1, 64, 0},   {2, 64, 2, 2, 128, 1, 64, 0},
+	{1, 65, 4, 2, 64, 0, 64, 1},   {1, 65, 2, 1, 128, 1, 64, 1},
+	{1, 130, 2, 1, 64, 1, 16, 1},  {1, 130, 2, 2, 64, 0, 7, 1},
+	{2, 33, 3, 1, 40, 1, 64, 1},   {1, 1000, 2, 1, 64, 1, 64, 0},
+	{1, 1000, 2, 2, 128, 0, 64, 0},
 	/* many heads, T a multiple of the block (every block full, walks
 	 * over several blocks): lla-train's path-fox layer at hidden 256,
 	 * batch 32, seq 256, and path_gpu's first shape (B16 H16) at
 	 * T 192; both stopped with an illegal address on an H200 from a
 	 * stale cuda/path.o, these cases run them in the suite */
-	{32, 256, 4, 4, 64, 1, 64}, {16, 192, 16, 16, 64, 0, 64}, {2, 192, 4, 2, 64, 1, 64},
+	{32, 256, 4, 4, 64, 1, 64, 0}, {16, 192, 16, 16, 64, 0, 64, 0},
+	{2, 192, 4, 2, 64, 1, 64, 0},
 };
 #define NCASES ((int)(sizeof cases / sizeof cases[0]))
 
@@ -234,7 +246,8 @@ START_TEST(test_op)
 	double worst[7] = {0};
 	int bad = 0;
 	for (int ci = 0; ci < NCASES; ci++)
-		bad += run_case(ci, dt, algo, worst);
+		if (!g_small || cases[ci].small)
+			bad += run_case(ci, dt, algo, worst);
 	printf("test_cuda_path: %s%s worst:", lmk_dtype_name(dt), _i == 2 ? "/fp32" : "");
 	for (int i = 0; i < 7; i++)
 		printf(" %s %.1e", names[i], worst[i]);
@@ -250,6 +263,10 @@ END_TEST
  * mma kernels (BF16, block 64, D 64, FoX). */
 START_TEST(test_deterministic)
 {
+	if (g_small) {
+		printf("test_cuda_path: deterministic %d: skipped under LMK_TEST_SMALL\n", _i);
+		return;
+	}
 	const pcase *p = &cases[_i ? 11 : 8];
 	lmk_rng r;
 	lmk_rng_init(&r, g_seed);
@@ -287,7 +304,7 @@ START_TEST(test_decode)
 {
 	lmk_dtype dt = _i / 2 ? LMK_BF16 : LMK_F32;
 	int fox = _i % 2;
-	pcase p = {2, 37, 4, 2, 64, fox, 64};
+	pcase p = {2, g_small ? 9 : 37, 4, 2, 64, fox, 64, 1}; /* T only a length */
 	int64_t B = p.B, T = p.T, H = p.H, K = p.K, D = p.D;
 	lmk_rng r;
 	lmk_rng_init(&r, g_seed + 77 + (uint64_t)_i);
@@ -363,6 +380,15 @@ int main(void)
 	g_seed = s && *s ? strtoull(s, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
 	printf("test_cuda_path: seed %llu (LMK_TEST_SEED=%llu repeats this run)\n",
 	       (unsigned long long)g_seed, (unsigned long long)g_seed);
+	s = getenv("LMK_TEST_SMALL");
+	g_small = s && *s && strcmp(s, "0") != 0;
+	if (g_small) {
+		int n = 0;
+		for (int i = 0; i < NCASES; i++)
+			n += cases[i].small;
+		printf("test_cuda_path: LMK_TEST_SMALL: %d of %d shapes, decoding 9 tokens, the "
+		       "others skipped\n", n, NCASES);
+	}
 	fflush(stdout);
 	Suite *su = suite_create("cuda_path");
 	TCase *tc = tcase_create("path");

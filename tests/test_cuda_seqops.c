@@ -21,9 +21,10 @@
  * F32, 0.2 in BF16 (sums that cancel); a kind whose core op has no CUDA kernel yet is reported
  * as skipped, not failed.
  *
- * LMK_TEST_SMALL=1 keeps the shapes under 100k elements. Exits 77 without
- * a device or in a CPU-only build. Runs without fork: a child forked after
- * CUDA is initialised cannot use the device. */
+ * LMK_TEST_SMALL=1 (for compute-sanitizer) keeps the shapes under 100k
+ * elements and runs the mixers at batch 1 instead of 2 (T still 67).
+ * Exits 77 without a device or in a CPU-only build. Runs without fork: a
+ * child forked after CUDA is initialised cannot use the device. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -624,7 +625,7 @@ START_TEST(test_mixers)
 			cfg.head_dim_v = 32;
 			cfg.groups = kind == LMK_MIXER_PATH_FOX ? 1 : 3;
 		}
-		int64_t B = 2, T = 67, n = B * T * cfg.hidden;
+		int64_t B = g_small ? 1 : 2, T = 67, n = B * T * cfg.hidden;
 		int64_t np = lmk_mixer_param_count(&cfg) + 16 * LMK_MIXER_MAXP; /* with padding */
 		float *x = malloc(sizeof(float) * (size_t)n), *d = malloc(sizeof(float) * (size_t)n);
 		float *oc = malloc(sizeof(float) * (size_t)n), *og = malloc(sizeof(float) * (size_t)n);
@@ -710,10 +711,12 @@ int main(void)
 	}
 	const char *s = getenv("LMK_TEST_SEED");
 	g_seed = s && *s ? strtoull(s, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
-	g_small = getenv("LMK_TEST_SMALL") && atoi(getenv("LMK_TEST_SMALL")) > 0;
+	s = getenv("LMK_TEST_SMALL");
+	g_small = s && *s && strcmp(s, "0") != 0;
 	printf("test_cuda_seqops: seed %llu (LMK_TEST_SEED=%llu repeats this run)%s\n",
 	       (unsigned long long)g_seed, (unsigned long long)g_seed,
-	       g_small ? ", small shapes only" : "");
+	       g_small ? ", small shapes only (LMK_TEST_SMALL: the larger ones skipped, the "
+			 "mixers at batch 1)" : "");
 	fflush(stdout);
 	make_cases();
 

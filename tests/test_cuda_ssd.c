@@ -16,6 +16,9 @@
  * a failure tells which kernel family it is in). Every case prints
  * one line with its worst errors (and where the worst element is), and the
  * suite fails at the end if any was over, so one run shows everything.
+ * LMK_TEST_SMALL=1 (for compute-sanitizer) keeps 16 shapes, one for each
+ * kernel family and layout (see the table; the long and many-head ones on
+ * the tensor cores only), and skips the determinism check.
  * Exits 77 without a device or in a CPU-only build; runs without fork. */
 #include <check.h>
 #include <math.h>
@@ -46,38 +49,53 @@ static double tol_of(lmk_dtype dt) { return dt == LMK_BF16 ? 1e-2 : 1e-5; }
  * kernels), not with the 1e-5 margin of everything else. */
 static double tol_dloga(lmk_dtype dt) { return dt == LMK_BF16 ? 1e-2 : 1e-4; }
 
+static int g_small; /* LMK_TEST_SMALL */
+
 typedef struct scase {
 	int64_t B, T, H, G, Dk, Dv;
 	int decay, loglin, chunk;
+	int small; /* the runs kept under LMK_TEST_SMALL (bits below), 0: none */
 } scase;
 
+/* A case's runs: F32, BF16 on the tensor cores, BF16 on the CUDA cores. */
+enum { S_F32 = 1, S_TC = 2, S_SIMPLE = 4, S_ALL = 7 };
+
+/* Under LMK_TEST_SMALL: the log-linear form at T 1, 7, 65 (G < H), 130
+ * at 128, chunks 32 and 48; the simple kernels (chunk 17); the plain form
+ * on the tensor cores: one chunk (Dk 64 and 32), tc_fused_kernel's column
+ * blocks of 64, 32 and 16 and Dv 128 (Dk 64), tc_scan_kernel at 128 and at
+ * chunk 16 without decay, and each walk in segments (T 1000, few heads).
+ * The many-head shapes select the same kernels as few heads below eight
+ * chunks (cuda/ssd.cu: segments need N / 4 > 1), so two are enough. The
+ * long and many-head shapes run only on the tensor cores, the kernels they
+ * are there for. */
 static const scase cases[] = {
-	{1, 1, 1, 1, 64, 64, 1, 1, 0},     {2, 7, 2, 1, 64, 64, 1, 1, 0},
-	{1, 63, 2, 2, 64, 64, 1, 1, 0},    {1, 64, 2, 1, 64, 64, 1, 1, 0},
-	{1, 65, 4, 2, 64, 64, 1, 1, 0},    {2, 130, 3, 3, 128, 128, 1, 1, 0},
-	{1, 257, 2, 1, 64, 32, 1, 0, 0},   {1, 200, 2, 2, 48, 80, 0, 0, 16},
-	{1, 333, 2, 1, 16, 16, 1, 1, 32},  {2, 97, 4, 1, 96, 64, 1, 0, 17},
-	{1, 129, 2, 1, 32, 32, 0, 1, 48},  {1, 1000, 2, 1, 64, 64, 1, 1, 0},
-	{1, 300, 2, 1, 128, 64, 0, 1, 16}, {1, 777, 1, 1, 80, 128, 1, 0, 0},
-	{1, 4100, 2, 1, 128, 128, 1, 1, 64},
+	{1, 1, 1, 1, 64, 64, 1, 1, 0, S_ALL},     {2, 7, 2, 1, 64, 64, 1, 1, 0, S_ALL},
+	{1, 63, 2, 2, 64, 64, 1, 1, 0, 0},        {1, 64, 2, 1, 64, 64, 1, 1, 0, 0},
+	{1, 65, 4, 2, 64, 64, 1, 1, 0, S_ALL},    {2, 130, 3, 3, 128, 128, 1, 1, 0, S_ALL},
+	{1, 257, 2, 1, 64, 32, 1, 0, 0, S_ALL},   {1, 200, 2, 2, 48, 80, 0, 0, 16, S_ALL},
+	{1, 333, 2, 1, 16, 16, 1, 1, 32, S_ALL},  {2, 97, 4, 1, 96, 64, 1, 0, 17, S_ALL},
+	{1, 129, 2, 1, 32, 32, 0, 1, 48, S_ALL},  {1, 1000, 2, 1, 64, 64, 1, 1, 0, 0},
+	{1, 300, 2, 1, 128, 64, 0, 1, 16, 0},     {1, 777, 1, 1, 80, 128, 1, 0, 0, 0},
+	{1, 4100, 2, 1, 128, 128, 1, 1, 64, 0},
 	/* the plain form on the tensor cores: short, one past a chunk, long
 	 * (few heads: the states by tc_scan_kernel, in segments when long);
 	 * many heads (Dk 64: the forward in one pass, tc_fused_kernel, with
 	 * column blocks of 64, 32 and 16 on 132 SMs; else tc_scan_kernel's
 	 * wider column blocks) */
-	{2, 50, 2, 1, 64, 64, 1, 0, 0},      {1, 65, 2, 2, 128, 128, 1, 0, 0},
-	{1, 1000, 2, 1, 64, 64, 1, 0, 0},    {1, 1000, 2, 2, 128, 128, 1, 0, 0},
-	{2, 130, 136, 8, 64, 64, 1, 0, 0},   {2, 100, 70, 70, 64, 64, 1, 0, 0},
-	{1, 130, 140, 70, 64, 32, 1, 0, 0},  {1, 100, 140, 140, 64, 48, 1, 0, 0},
-	{1, 70, 140, 140, 64, 128, 1, 0, 0}, {1, 200, 140, 4, 128, 128, 1, 0, 0},
-	{1, 150, 140, 140, 32, 48, 1, 0, 16},
+	{2, 50, 2, 1, 64, 64, 1, 0, 0, S_ALL},    {1, 65, 2, 2, 128, 128, 1, 0, 0, S_ALL},
+	{1, 1000, 2, 1, 64, 64, 1, 0, 0, S_TC},   {1, 1000, 2, 2, 128, 128, 1, 0, 0, S_TC},
+	{2, 130, 136, 8, 64, 64, 1, 0, 0, 0},     {2, 100, 70, 70, 64, 64, 1, 0, 0, 0},
+	{1, 130, 140, 70, 64, 32, 1, 0, 0, 0},    {1, 100, 140, 140, 64, 48, 1, 0, 0, S_TC},
+	{1, 70, 140, 140, 64, 128, 1, 0, 0, S_TC},{1, 200, 140, 4, 128, 128, 1, 0, 0, 0},
+	{1, 150, 140, 140, 32, 48, 1, 0, 16, 0},
 	/* one chunk (no states); long with few heads (segments of the scans) */
-	{2, 64, 3, 3, 64, 64, 1, 0, 0},      {1, 32, 2, 1, 32, 64, 1, 0, 0},
-	{1, 8192, 4, 2, 64, 64, 1, 0, 0},    {1, 4200, 4, 4, 128, 128, 1, 0, 0},
+	{2, 64, 3, 3, 64, 64, 1, 0, 0, 0},        {1, 32, 2, 1, 32, 64, 1, 0, 0, S_ALL},
+	{1, 8192, 4, 2, 64, 64, 1, 0, 0, 0},      {1, 4200, 4, 4, 128, 128, 1, 0, 0, 0},
 	/* few heads at Dk 64: tc_fused_kernel in segments (a ragged last
 	 * chunk, column blocks of 32, no decay) */
-	{1, 4100, 3, 3, 64, 64, 1, 0, 0},    {1, 2000, 2, 1, 64, 32, 1, 0, 0},
-	{1, 1500, 2, 1, 64, 64, 0, 0, 0},
+	{1, 4100, 3, 3, 64, 64, 1, 0, 0, 0},      {1, 2000, 2, 1, 64, 32, 1, 0, 0, 0},
+	{1, 1500, 2, 1, 64, 64, 0, 0, 0, 0},
 };
 #define NCASES ((int)(sizeof cases / sizeof cases[0]))
 
@@ -269,15 +287,23 @@ static void run_case(int ci, lmk_dtype dt, int tc)
 START_TEST(test_vs_cpu)
 {
 	nfail = 0;
+	int nrun = 0;
 	for (int ci = 0; ci < NCASES; ci++) {
-		run_case(ci, LMK_F32, 1);
-		run_case(ci, LMK_BF16, 1);
-		run_case(ci, LMK_BF16, 0);
+		const int keep = g_small ? cases[ci].small : S_ALL;
+		if (!keep)
+			continue;
+		nrun++;
+		if (keep & S_F32)
+			run_case(ci, LMK_F32, 1);
+		if (keep & S_TC)
+			run_case(ci, LMK_BF16, 1);
+		if (keep & S_SIMPLE)
+			run_case(ci, LMK_BF16, 0);
 	}
 	lmk_cuda_ssd_tensor_cores(1);
 	printf("test_cuda_ssd: %d cases: worst F32 %.1e (tolerance 1e-5, dloga 1e-4), BF16 tensor "
 	       "cores %.1e, BF16 CUDA cores %.1e (1e-2); %d over\n",
-	       NCASES, worst_all[0], worst_all[1], worst_all[2], nfail);
+	       nrun, worst_all[0], worst_all[1], worst_all[2], nfail);
 	fflush(stdout);
 	ck_assert_msg(nfail == 0, "%d cases over tolerance (seed %llu): see the lines above", nfail,
 		      (unsigned long long)g_seed);
@@ -288,8 +314,8 @@ END_TEST
 START_TEST(test_decode)
 {
 	static const scase dc[] = {
-		{2, 70, 4, 2, 64, 64, 1, 1, 0}, {1, 33, 2, 1, 128, 96, 1, 0, 0},
-		{2, 40, 2, 2, 32, 48, 0, 0, 0},
+		{2, 70, 4, 2, 64, 64, 1, 1, 0, S_ALL}, {1, 33, 2, 1, 128, 96, 1, 0, 0, S_ALL},
+		{2, 40, 2, 2, 32, 48, 0, 0, 0, S_ALL},
 	};
 	int bad = 0;
 	for (size_t ci = 0; ci < sizeof dc / sizeof *dc; ci++)
@@ -445,9 +471,14 @@ static void deterministic_case(const scase *sc)
  * one-pass forward (many heads; few long ones: in segments). */
 START_TEST(test_deterministic)
 {
-	static const scase dc[] = {{2, 300, 4, 2, 64, 64, 1, 1, 0}, {2, 300, 4, 2, 64, 64, 1, 0, 0},
-				   {1, 1000, 8, 8, 128, 128, 1, 0, 0}, {1, 300, 140, 140, 64, 64, 1, 0, 0},
-				   {1, 2000, 2, 2, 64, 64, 1, 0, 0}};
+	static const scase dc[] = {
+		{2, 300, 4, 2, 64, 64, 1, 1, 0, 0},    {2, 300, 4, 2, 64, 64, 1, 0, 0, 0},
+		{1, 1000, 8, 8, 128, 128, 1, 0, 0, 0}, {1, 300, 140, 140, 64, 64, 1, 0, 0, 0},
+		{1, 2000, 2, 2, 64, 64, 1, 0, 0, 0}};
+	if (g_small) {
+		printf("test_cuda_ssd: deterministic: skipped under LMK_TEST_SMALL\n");
+		return;
+	}
 	for (size_t ci = 0; ci < sizeof dc / sizeof *dc; ci++)
 		deterministic_case(&dc[ci]);
 }
@@ -476,6 +507,15 @@ int main(void)
 	g_seed = s && *s ? strtoull(s, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
 	printf("test_cuda_ssd: seed %llu (LMK_TEST_SEED=%llu repeats this run)\n",
 	       (unsigned long long)g_seed, (unsigned long long)g_seed);
+	s = getenv("LMK_TEST_SMALL");
+	g_small = s && *s && strcmp(s, "0") != 0;
+	if (g_small) {
+		int n = 0;
+		for (int i = 0; i < NCASES; i++)
+			n += cases[i].small != 0;
+		printf("test_cuda_ssd: LMK_TEST_SMALL: %d of %d shapes, the others skipped\n", n,
+		       NCASES);
+	}
 	fflush(stdout);
 	Suite *su = suite_create("cuda_ssd");
 	TCase *tc = tcase_create("ssd");
