@@ -363,6 +363,7 @@ extern "C" int lmk_cuda_capture_begin(void *be)
 	/* thread-local: another thread's unrelated CUDA calls neither break
 	 * the capture nor are refused */
 	LMK_CK(cudaStreamBeginCapture(LMK_BE(be)->stream, cudaStreamCaptureModeThreadLocal));
+	lmk_cuda_set_recording(1);
 	return 0;
 }
 
@@ -371,6 +372,7 @@ extern "C" int lmk_cuda_capture_end(void *be, void **graph)
 	cudaGraph_t g = NULL;
 	cudaGraphExec_t x = NULL;
 	*graph = NULL;
+	lmk_cuda_set_recording(0);
 	cudaError_t e = cudaStreamEndCapture(LMK_BE(be)->stream, &g);
 	if (e == cudaSuccess)
 		e = cudaGraphInstantiate(&x, g, 0);

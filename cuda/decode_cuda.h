@@ -76,6 +76,15 @@ int lmk_cuda_capture_end(void *be, void **graph);
 int lmk_cuda_graph_launch(void *be, void *graph);
 void lmk_cuda_graph_free(void *graph);
 
+/* Whether this thread is recording its stream (set by capture_begin,
+ * cleared by capture_end). Meanwhile what would wait for the device or
+ * allocate device memory (lmk_cuda_sync, lmk_cuda_download,
+ * lmk_cuda_mem_alloc, growing the scratch) fails with LMK_EUNSUP and a
+ * message of its own instead of calling CUDA, which would break the
+ * recording with an API error: the recording then ends cleanly, and its
+ * caller runs the work eagerly. */
+void lmk_cuda_set_recording(int on);
+
 /* Page-locked host memory (copies from and to it need no staging).
  * @return : 0 or LMK_ENOMEM */
 int lmk_cuda_host_alloc(void **p, size_t bytes);

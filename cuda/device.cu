@@ -7,6 +7,7 @@
 #include "backend.h"
 #include "check.h"
 #include "cuda.h"
+#include "decode_cuda.h"
 
 /* cuBLASLt's own recommendation for Hopper is 32 MiB. */
 #define LT_WORKSPACE ((size_t)32 << 20)
@@ -111,9 +112,21 @@ static int check_flags(lmk_cuda_backend *b)
 			       : "");
 }
 
+/* this thread records its stream into a graph (decode_cuda.h) */
+static thread_local int recording;
+
+extern "C" void lmk_cuda_set_recording(int on) { recording = on; }
+
+static int refused(const char *what)
+{
+	return lmk_err(LMK_EUNSUP, "cuda: %s while the stream is recorded as a graph", what);
+}
+
 extern "C" int lmk_cuda_sync(void *backend)
 {
 	lmk_cuda_backend *b = (lmk_cuda_backend *)backend;
+	if (recording)
+		return refused("cannot wait for the device");
 	LMK_CK(cudaStreamSynchronize(b->stream));
 	return check_flags(b);
 }
@@ -121,6 +134,8 @@ extern "C" int lmk_cuda_sync(void *backend)
 extern "C" int lmk_cuda_mem_alloc(void **p, size_t bytes)
 {
 	*p = NULL;
+	if (recording)
+		return refused("cannot allocate device memory");
 	cudaError_t e = cudaMalloc(p, bytes ? bytes : 1);
 	if (e != cudaSuccess) {
 		cudaGetLastError();
@@ -158,6 +173,8 @@ extern "C" int lmk_cuda_upload(void *backend, void *dst, const void *src, size_t
 extern "C" int lmk_cuda_download(void *backend, void *dst, const void *src, size_t bytes)
 {
 	lmk_cuda_backend *b = (lmk_cuda_backend *)backend;
+	if (recording)
+		return refused("cannot copy to the host");
 	if (bytes)
 		LMK_CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, b->stream));
 	LMK_CK(cudaStreamSynchronize(b->stream));
@@ -204,6 +221,10 @@ void *lmk_cuda_scratch(lmk_cuda_backend *b, size_t bytes)
 {
 	if (bytes <= b->scratch_bytes)
 		return b->scratch;
+	if (recording) {
+		refused("cannot grow the scratch buffer");
+		return NULL;
+	}
 	/* grow by half again, so a slowly growing need settles quickly */
 	size_t want = bytes + bytes / 2;
 	if (b->scratch) {
