@@ -4033,6 +4033,9 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 				if (lane < 4)
 					s.colb[warp][nt * 8 + col + e] = y;
 			}
+		/* every lane of the warp has read its rows' lam (the quad's
+		 * shuffles below converge them, but order no memory) */
+		__syncwarp();
 #pragma unroll
 		for (int l = 0; l < 7; l++) {
 			float x_lo = quad_sum(bins[0][l]), x_hi = quad_sum(bins[1][l]);
