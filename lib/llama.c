@@ -1347,8 +1347,14 @@ static int graph_run(lmk_ctx *c, const lmk_llama *m, lmk_kvcache *kv, struct lmk
 			int rc2 = lmk_cuda_capture_end(c->backend, &dg->exec);
 			if (rc == 0)
 				rc = rc2;
-			if (rc == 0)
+			if (rc == 0) {
 				rc = lmk_cuda_graph_launch(c->backend, dg->exec);
+			} else {
+				/* a step that failed while recorded ends its
+				 * recording cleanly: keep none of it */
+				lmk_cuda_graph_free(dg->exec);
+				dg->exec = NULL;
+			}
 		}
 	} else {
 		rc = lmk_cuda_graph_launch(c->backend, dg->exec);
