@@ -46,6 +46,7 @@ extern "C" {
 #include "err.h"
 }
 #include "attention.h"
+#include "attention_sync.cuh"
 #include "attention_wg.h"
 #include "check.h"
 #include "cuda.h"
@@ -89,15 +90,6 @@ static __device__ __forceinline__ float warp_sum(float x)
 	for (int o = 16; o > 0; o >>= 1)
 		x += __shfl_xor_sync(FULL, x, o);
 	return x;
-}
-
-/* 2^x by the special-function unit alone (exp2f adds a denormal fix-up);
- * results below 2^-126 flush to 0, as 2^-inf does. */
-static __device__ __forceinline__ float ex2(float x)
-{
-	float y;
-	asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-	return y;
 }
 
 /* Element offset of (row, col) in a tile of W-wide bf16 rows, col a
@@ -391,29 +383,6 @@ template <> struct BwdCfg<128> {
 	static constexpr int BC = 128, BR = 64, BRS = 32, NW = 8, MINB = 1;
 	static constexpr bool KVREG = false;
 };
-
-/* The counters of the ordered dQ sums, as CUTLASS's semaphores use them:
- * an acquiring read that sees the count acquires the parts it counts for
- * this thread and those ordered after it (by __syncwarp); a fence, then a
- * relaxed add, releases this thread's stores and those ordered before it.
- * (On sm_90 the acquiring read is a load and an L1 invalidation, while the
- * fence is a full memory barrier.) */
-static __device__ __forceinline__ int ld_acquire(const int *p)
-{
-	int v;
-	asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-	return v;
-}
-
-static __device__ __forceinline__ void fence_acq_rel()
-{
-	asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
-}
-
-static __device__ __forceinline__ void red_relaxed(int *p)
-{
-	asm volatile("red.relaxed.gpu.global.add.s32 [%0], 1;\n" ::"l"(p) : "memory");
-}
 
 /* A block owns BC keys of kv head g (key block j), each warp 16 of them,
  * and walks every query tile that can see them for each query head of g:

@@ -38,6 +38,7 @@ extern "C" {
 #include "dtype.h"
 #include "err.h"
 }
+#include "attention_sync.cuh"
 #include "attention_wg.h"
 #include "check.h"
 #include "mma.cuh"
@@ -200,34 +201,7 @@ static __device__ __forceinline__ void wg_ss128(float (&d)[16][4], uint64_t da, 
 			     : "l"(da), "l"(db), "r"(0));
 }
 
-
 /* ------------------------------------------------------------ helpers */
-
-/* 2^x by the special-function unit alone (as attention.cu's ex2). */
-static __device__ __forceinline__ float ex2(float x)
-{
-	float y;
-	asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-	return y;
-}
-
-/* The counters of the ordered dq sums (as attention.cu's). */
-static __device__ __forceinline__ int ld_acquire(const int *p)
-{
-	int v;
-	asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-	return v;
-}
-
-static __device__ __forceinline__ void fence_acq_rel()
-{
-	asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
-}
-
-static __device__ __forceinline__ void red_relaxed(int *p)
-{
-	asm volatile("red.relaxed.gpu.global.add.s32 [%0], 1;\n" ::"l"(p) : "memory");
-}
 
 /* Byte offset of 16-byte chunk ch of row r in a tile of 128-byte rows,
  * 128B-swizzled. */

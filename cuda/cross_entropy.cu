@@ -48,6 +48,23 @@ static __device__ __forceinline__ int counted(int32_t t, int ignore, int64_t V)
 	return t != ignore && t >= 0 && t < V;
 }
 
+/* Whether row n counts; one that does not (its target the ignore index,
+ * or out of range: flagged on the device) gets lse and loss 0, as the CPU
+ * kernel leaves an ignored row. */
+static __device__ __forceinline__ bool ce_row_counts(int64_t n, int32_t t, int64_t V, int ignore,
+						  float *lse, float *rowloss, unsigned *flags)
+{
+	if (counted(t, ignore, V))
+		return true;
+	if (threadIdx.x == 0) {
+		if (t != ignore)
+			atomicOr(flags, (unsigned)LMK_CUDA_BAD_TARGET);
+		lse[n] = 0.0f;
+		rowloss[n] = 0.0f;
+	}
+	return false;
+}
+
 /* The end of a row of ce_rows and ce_rows8: each thread's (m, s) merged
  * over the block (a butterfly in each warp, every lane ending with the
  * same bits, then the warps' pairs in warp 0), lse and the row's loss
@@ -99,15 +116,8 @@ __global__ void ce_rows(float *lse, float *rowloss, const T *logits, const int32
 	int lane = threadIdx.x % 32, wid = threadIdx.x / 32, nw = blockDim.x / 32;
 	for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
 		int32_t t = targets[n];
-		if (!counted(t, ignore, V)) {
-			if (threadIdx.x == 0) {
-				if (t != ignore)
-					atomicOr(flags, (unsigned)LMK_CUDA_BAD_TARGET);
-				lse[n] = 0.0f; /* as the CPU kernel leaves an ignored row */
-				rowloss[n] = 0.0f;
-			}
+		if (!ce_row_counts(n, t, V, ignore, lse, rowloss, flags))
 			continue;
-		}
 		const T *x = logits + n * V;
 		float m = -INFINITY, s = 0.0f;
 		for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
@@ -134,15 +144,8 @@ __global__ void ce_rows8(float *lse, float *rowloss, const T *logits, const int3
 	int lane = threadIdx.x % 32, wid = threadIdx.x / 32, nw = blockDim.x / 32;
 	for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
 		int32_t t = targets[n];
-		if (!counted(t, ignore, V)) {
-			if (threadIdx.x == 0) {
-				if (t != ignore)
-					atomicOr(flags, (unsigned)LMK_CUDA_BAD_TARGET);
-				lse[n] = 0.0f;
-				rowloss[n] = 0.0f;
-			}
+		if (!ce_row_counts(n, t, V, ignore, lse, rowloss, flags))
 			continue;
-		}
 		const T *x = logits + n * V;
 		float m = -INFINITY, s = 0.0f;
 		for (int64_t j = threadIdx.x; j < V / 8; j += blockDim.x) {
@@ -324,13 +327,7 @@ __global__ void ce_rows_grad8(float *lse, float *rowloss, T *dlogits, const T *l
 	for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
 		int32_t t = targets[n];
 		T *q = dlogits + n * V;
-		if (!counted(t, ignore, V)) {
-			if (threadIdx.x == 0) {
-				if (t != ignore)
-					atomicOr(flags, (unsigned)LMK_CUDA_BAD_TARGET);
-				lse[n] = 0.0f;
-				rowloss[n] = 0.0f;
-			}
+		if (!ce_row_counts(n, t, V, ignore, lse, rowloss, flags)) {
 			ce_zero_row(q, V);
 			continue;
 		}
@@ -384,13 +381,7 @@ __global__ void __launch_bounds__(512, 2)
 	for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
 		int32_t t = targets[n];
 		bf16 *q = dlogits + n * V;
-		if (!counted(t, ignore, V)) {
-			if (threadIdx.x == 0) {
-				if (t != ignore)
-					atomicOr(flags, (unsigned)LMK_CUDA_BAD_TARGET);
-				lse[n] = 0.0f;
-				rowloss[n] = 0.0f;
-			}
+		if (!ce_row_counts(n, t, V, ignore, lse, rowloss, flags)) {
 			ce_zero_row(q, V);
 			continue;
 		}
