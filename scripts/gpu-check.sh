@@ -1,12 +1,20 @@
 #!/bin/sh
 # gpu-check.sh: runs the GPU test binaries of a build on a machine with a
 # CUDA device, then again under compute-sanitizer (memcheck and racecheck,
-# on the small shapes), and prints a summary table. It builds nothing: build
-# here with `make BUILD=build-gpu CUDA=1 build-gpu/tests/test_cuda
-# build-gpu/tests/test_cuda_ops build-gpu/tests/test_cuda_attention` (or
-# plain check-unit) and carry the build folder to the GPU machine.
+# on the small shapes), and on request the other GPU checks and the
+# benchmarks, and prints a summary table. It builds nothing: build here
+# with `make BUILD=build-gpu CUDA=1 all bench` and the test binaries
+# (`make BUILD=build-gpu CUDA=1 build-gpu/tests/test_cuda_ops ...`), pack
+# them (`BUILD=build-gpu scripts/gpu-pack.sh`) and carry that to the GPU
+# machine.
 #
 #   scripts/gpu-check.sh                 from the repository root
+#   PHASES="run step train dp bench" JOBS=16 scripts/gpu-check.sh
+#       the tests side by side, then the other checks and the benchmarks
+#   PHASES="memcheck racecheck" JOBS=22 SAN_GPU=1 scripts/gpu-check.sh
+#       the sanitizer runs all at once on GPU 1 (beside the line above,
+#       with another OUT, on a machine of two GPUs: what the eighth session
+#       ran in one call)
 #   scripts/gpu-check.sh --bundle        here, before carrying: copies the
 #       shared libraries the test binaries need beyond glibc, libstdc++ and
 #       CUDA's own (jansson, OpenBLAS, gfortran, ...) into $BUILD/tests/lib,
@@ -15,8 +23,15 @@
 #
 # Environment:
 #   BUILD       the build folder (default build-gpu)
-#   PHASES      which phases, in order (default "run memcheck racecheck")
+#   PHASES      which phases, in order (default "run memcheck racecheck"):
+#               run, memcheck, racecheck: each test binary; step:
+#               tests/gpu-step-same.sh; train: scripts/gpu-train-check.sh;
+#               dp: scripts/gpu-dp-check.sh (PERF=0); bench:
+#               bench/train_gpu.sh and bench/attention.sh --reps 5 (their
+#               tables in bench.log; they fail only when ours fails)
 #   TESTS       which binaries (default: every $BUILD/tests/test_cuda*)
+#   JOBS        how many binaries of a phase run at once (default 1)
+#   SAN_GPU     if set, CUDA_VISIBLE_DEVICES for the sanitizer phases
 #   TIMEOUT     seconds for one binary in the run phase (default 240)
 #   SAN_TIMEOUT seconds for one binary under the sanitizer (default 300)
 #   SAN_FLAGS   more compute-sanitizer options (say, a kernel filter)
@@ -25,9 +40,12 @@
 #               check; 0 lets it skip (to try the script without a GPU)
 #   OUT         if set, the logs go there (run.log, memcheck.log,
 #               racecheck.log, summary.txt), else to $BUILD/gpu-check
-# A call of the device tool runs at most 10 minutes: give each phase its own
-# call (PHASES=run, then PHASES=memcheck, then PHASES=racecheck), with $OUT
-# set so that the logs come back.
+# A call of the device tool runs at most 10 minutes: with JOBS at 1, give
+# each phase its own call (PHASES=run, then PHASES=memcheck, then
+# PHASES=racecheck), with $OUT set so that the logs come back. On the H200
+# with LMK_TEST_SMALL and everything at once, memcheck of every binary took
+# under 290 s and racecheck of most under 360 s; racecheck of decode, path
+# and train longer (eighth session).
 # Exits 0 when every phase of every binary passed or skipped, 1 otherwise,
 # 2 when the build folder or the device is missing.
 set -u
@@ -37,6 +55,8 @@ TIMEOUT=${TIMEOUT:-240}
 SAN_TIMEOUT=${SAN_TIMEOUT:-300}
 SAN_FLAGS=${SAN_FLAGS:-}
 REQUIRE_GPU=${REQUIRE_GPU:-1}
+JOBS=${JOBS:-1}
+SAN_GPU=${SAN_GPU:-}
 LOGDIR=${OUT:-$BUILD/gpu-check}
 
 if [ "${1:-}" = --bundle ]; then
@@ -132,6 +152,7 @@ run_one() {
 		# shellcheck disable=SC2086 # SAN_FLAGS is a list of options
 		set -- "$SAN" --tool "$phase" --error-exitcode 99 --print-limit 100 \
 			--target-processes all $SAN_FLAGS "$bin"
+		[ -n "$SAN_GPU" ] && set -- env CUDA_VISIBLE_DEVICES="$SAN_GPU" "$@"
 		;;
 	esac
 	before=$(wc -c <"$log")
@@ -173,22 +194,71 @@ run_one() {
 	result "$phase" "$t" "$st" "$secs"
 }
 
+# script PHASE NAME CMD...: one of the other checks; exit 0 PASS, 2 (no
+# build or no device) SKIP where REQUIRE_GPU is 0, else FAIL
+script() {
+	phase=$1 name=$2 log="$LOGDIR/$1.log"
+	shift 2
+	echo "==== $phase $name ($(date -u +%H:%M:%S)): $*" >>"$log"
+	start=$(date +%s)
+	"$@" >>"$log" 2>&1
+	rc=$?
+	secs=$(($(date +%s) - start))
+	echo "==== exit $rc after $secs s" >>"$log"
+	st=FAIL
+	[ $rc -eq 0 ] && st=PASS
+	[ $rc -eq 2 ] && [ "$REQUIRE_GPU" = 0 ] && st=SKIP
+	result "$phase" "$name" $st "$secs"
+}
+
 for phase in $PHASES; do
 	log="$LOGDIR/$phase.log"
 	: >"$log"
+	case $phase in
+	run | memcheck | racecheck) ;;
+	step) script step gpu-step-same env BUILD="$BUILD" tests/gpu-step-same.sh; continue ;;
+	train) script train gpu-train-check env BUILD="$BUILD" OUT="$LOGDIR/train-check" scripts/gpu-train-check.sh; continue ;;
+	dp) script dp gpu-dp-check env BUILD="$BUILD" PERF=0 OUT="$LOGDIR/dp-check" scripts/gpu-dp-check.sh; continue ;;
+	bench)
+		script bench train_gpu env BUILD="$BUILD" OUT="$LOGDIR/train-gpu" bench/train_gpu.sh
+		script bench attention env BUILD="$BUILD" bench/attention.sh --reps 5
+		continue
+		;;
+	*) say "unknown phase $phase"; result "$phase" - FAIL 0; continue ;;
+	esac
 	if [ "$phase" != run ] && [ -z "$SAN" ]; then
 		say "compute-sanitizer not found: $phase skipped"
 		for t in $TESTS; do result "$phase" "$t" SKIP 0; done
 		continue
 	fi
-	for t in $TESTS; do
-		run_one "$phase" "$t" "$log"
-	done
+	if [ "$JOBS" -le 1 ]; then
+		for t in $TESTS; do
+			run_one "$phase" "$t" "$log"
+		done
+	else
+		# JOBS at a time, each into a log of its own, joined in order
+		# after; their verdicts come back through the summary file
+		n=0
+		for t in $TESTS; do
+			: >"$log.$t"
+			run_one "$phase" "$t" "$log.$t" &
+			n=$((n + 1))
+			if [ $n -ge "$JOBS" ]; then
+				wait
+				n=0
+			fi
+		done
+		wait
+		for t in $TESTS; do
+			cat "$log.$t" >>"$log" && rm -f "$log.$t"
+		done
+	fi
 	# what comes back from $OUT is limited to 16 MiB a file
 	if [ "$(wc -c <"$log")" -gt 15000000 ]; then
 		tail -c 15000000 "$log" >"$log.tail" && mv "$log.tail" "$log"
 	fi
 done
+grep -q " FAIL " "$SUMMARY" && fail=1
 
 echo
 echo "gpu-check summary ($BUILD, logs in $LOGDIR):"
