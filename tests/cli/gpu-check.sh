@@ -1,0 +1,48 @@
+#!/bin/sh
+# gpu-check.sh: scripts/gpu-check.sh's own logic, which needs no GPU, on a
+# build folder of stand-in test binaries (shell scripts: one passes, one
+# skips with exit 77, one fails): the run phase one binary at a time and
+# JOBS at once (the same verdicts, the logs joined in order and no part
+# left behind), REQUIRE_GPU (a skip fails the check unless it is 0), and an
+# unknown phase failing the check.
+# Prints TAP-like "ok N - ..." lines; exit 0 pass, 1 fail, 77 skip.
+set -u
+ROOT=${LMK_ROOT:-$PWD}
+G=$ROOT/scripts/gpu-check.sh
+[ -f "$G" ] || { echo "gpu-check.sh: no $G" >&2; exit 77; }
+T=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check-test.XXXXXX") || exit 1
+trap 'rm -rf "$T"' EXIT
+trap 'exit 1' HUP INT TERM
+TAP=$ROOT/tests/tap.sh
+cd "$T" || exit 1
+. "$TAP"
+
+mkdir -p b/tests
+printf '#!/bin/sh\necho "100%%: Checks: 1, Failures: 0, Errors: 0"\n' >b/tests/test_cuda_a
+printf '#!/bin/sh\necho "test_cuda_b: skipped: no CUDA device on this machine"\nexit 77\n' >b/tests/test_cuda_b
+printf '#!/bin/sh\necho "0%%: Checks: 1, Failures: 1, Errors: 0"\nexit 1\n' >b/tests/test_cuda_c
+chmod +x b/tests/test_cuda_a b/tests/test_cuda_b b/tests/test_cuda_c
+# the binaries a log ran, in its order
+order() { sed -n 's/^==== run \(test_cuda_[a-z]*\) .*/\1/p' "$1" | tr '\n' ' '; }
+
+PROG=gpu-check
+run env BUILD=b REQUIRE_GPU=0 PHASES=run TESTS="test_cuda_a test_cuda_b" OUT=o1 sh "$G"
+check "a pass and a skip (REQUIRE_GPU=0) pass the check" \
+	'rc_is 0 && out_has "gpu-check: all passed (or skipped)" &&
+	 grep -q "^run  *test_cuda_a  *PASS" o1/summary.txt && grep -q "^run  *test_cuda_b  *SKIP" o1/summary.txt'
+run env BUILD=b REQUIRE_GPU=1 PHASES=run TESTS=test_cuda_b OUT=o2 sh "$G"
+check "REQUIRE_GPU=1: a skip fails the check" 'rc_is 1 && out_has "gpu-check: FAILED"'
+run env BUILD=b REQUIRE_GPU=0 PHASES=run OUT=o3 sh "$G"
+check "one at a time: the failing binary fails the check" \
+	'rc_is 1 && grep -q "^run  *test_cuda_c  *FAIL" o3/summary.txt'
+run env BUILD=b REQUIRE_GPU=0 PHASES=run JOBS=3 OUT=o4 sh "$G"
+check "JOBS=3: the same verdicts" \
+	'rc_is 1 && [ "$(sort o3/summary.txt | sed "s/ *[0-9]*s$//")" = "$(sort o4/summary.txt | sed "s/ *[0-9]*s$//")" ]'
+check "JOBS=3: the logs joined in their order, no part left" \
+	'[ "$(order o4/run.log)" = "$(order o3/run.log)" ] && [ "$(order o4/run.log)" = "test_cuda_a test_cuda_b test_cuda_c " ] &&
+	 [ "$(ls o4)" = "$(printf "run.log\nsummary.txt")" ]'
+run env BUILD=b REQUIRE_GPU=0 PHASES="run bogus" TESTS=test_cuda_a OUT=o5 sh "$G"
+check "an unknown phase fails the check" 'rc_is 1 && grep -q "^bogus .*FAIL" o5/summary.txt'
+run env BUILD=nowhere PHASES=run OUT=o6 sh "$G"
+check "no build folder: exit 2" 'rc_is 2'
+exit $failed
