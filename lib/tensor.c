@@ -698,7 +698,8 @@ static int check_grad_target(const char *who, const lmk_tensor *t)
 	return 0;
 }
 
-int lmk_backward(lmk_ctx *c, lmk_tensor *loss, float scale)
+/* What lmk_backward and lmk_backward_dev ask of the loss. */
+static int check_loss(const lmk_tensor *loss)
 {
 	int rc = check_grad_target("backward", loss);
 	if (rc < 0)
@@ -706,19 +707,22 @@ int lmk_backward(lmk_ctx *c, lmk_tensor *loss, float scale)
 	if (loss->n != 1)
 		return lmk_err(LMK_EINVAL, "backward: expected a loss of 1 element, found %lld",
 			       (long long)loss->n);
-	if ((rc = lmk_tensor_write_f32(c, loss, 1, &scale)) < 0)
+	return 0;
+}
+
+int lmk_backward(lmk_ctx *c, lmk_tensor *loss, float scale)
+{
+	int rc = check_loss(loss);
+	if (rc < 0 || (rc = lmk_tensor_write_f32(c, loss, 1, &scale)) < 0)
 		return rc;
 	return replay(c);
 }
 
 int lmk_backward_dev(lmk_ctx *c, lmk_tensor *loss, const float *scale)
 {
-	int rc = check_grad_target("backward", loss);
+	int rc = check_loss(loss);
 	if (rc < 0)
 		return rc;
-	if (loss->n != 1)
-		return lmk_err(LMK_EINVAL, "backward: expected a loss of 1 element, found %lld",
-			       (long long)loss->n);
 	if (c->dev == LMK_DEV_CPU)
 		return lmk_backward(c, loss, *scale);
 	if (loss->gdtype != LMK_F32)
