@@ -151,18 +151,31 @@ static bool want(const char *name) { return strstr(name, only) != NULL; }
 
 int main(int argc, char **argv)
 {
+	static const char *const names[] = { "cross_entropy", "rmsnorm_fwd", "rmsnorm_bwd",
+					     "rope_fwd", "rope_bwd" };
 	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--reps") && i + 1 < argc)
-			reps = atoi(argv[++i]);
-		else if (!strcmp(argv[i], "--only") && i + 1 < argc)
+		if (!strcmp(argv[i], "--reps") && i + 1 < argc) {
+			char *end;
+			long r = strtol(argv[++i], &end, 10);
+			if (*end || end == argv[i] || r < 1 || r > 100000) {
+				fprintf(stderr, "bw_gpu: --reps '%s': expected a count from 1 to 100000\n",
+					argv[i]);
+				return 2;
+			}
+			reps = (int)r;
+		} else if (!strcmp(argv[i], "--only") && i + 1 < argc) {
 			only = argv[++i];
-		else {
+		} else {
 			fprintf(stderr, "usage: bw_gpu [--reps R] [--only NAME]\n");
 			return 2;
 		}
 	}
-	if (reps < 1) {
-		fprintf(stderr, "bw_gpu: --reps must be at least 1\n");
+	int known = 0;
+	for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
+		known += want(names[k]);
+	if (!known) {
+		fprintf(stderr, "bw_gpu: --only '%s' names none of cross_entropy, rmsnorm_fwd, "
+			"rmsnorm_bwd, rope_fwd, rope_bwd\n", only);
 		return 2;
 	}
 	if (lmk_cuda_device_count() == 0) {
