@@ -57,6 +57,9 @@ SAN_FLAGS=${SAN_FLAGS:-}
 REQUIRE_GPU=${REQUIRE_GPU:-1}
 JOBS=${JOBS:-1}
 SAN_GPU=${SAN_GPU:-}
+case $JOBS in
+'' | *[!0-9]* | 0) echo "gpu-check: JOBS '$JOBS': expected a count of at least 1" >&2; exit 2 ;;
+esac
 LOGDIR=${OUT:-$BUILD/gpu-check}
 
 if [ "${1:-}" = --bundle ]; then

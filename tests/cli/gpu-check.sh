@@ -3,8 +3,8 @@
 # build folder of stand-in test binaries (shell scripts: one passes, one
 # skips with exit 77, one fails): the run phase one binary at a time and
 # JOBS at once (the same verdicts, the logs joined in order and no part
-# left behind), REQUIRE_GPU (a skip fails the check unless it is 0), and an
-# unknown phase failing the check.
+# left behind), REQUIRE_GPU (a skip fails the check unless it is 0), an
+# unknown phase failing the check, and a JOBS that is not a count.
 # Prints TAP-like "ok N - ..." lines; exit 0 pass, 1 fail, 77 skip.
 set -u
 ROOT=${LMK_ROOT:-$PWD}
@@ -45,4 +45,8 @@ run env BUILD=b REQUIRE_GPU=0 PHASES="run bogus" TESTS=test_cuda_a OUT=o5 sh "$G
 check "an unknown phase fails the check" 'rc_is 1 && grep -q "^bogus .*FAIL" o5/summary.txt'
 run env BUILD=nowhere PHASES=run OUT=o6 sh "$G"
 check "no build folder: exit 2" 'rc_is 2'
+for j in 0 x 2x; do
+	run env BUILD=b JOBS=$j OUT=o7 sh "$G"
+	check "JOBS=$j: one line, exit 2" 'rc_is 2 && out_empty && err_one_line "expected a count of at least 1"'
+done
 exit $failed
