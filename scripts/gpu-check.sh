@@ -29,7 +29,11 @@
 #               dp: scripts/gpu-dp-check.sh (PERF=0); bench:
 #               bench/train_gpu.sh and bench/attention.sh --reps 5 (their
 #               tables in bench.log; they fail only when ours fails)
-#   TESTS       which binaries (default: every $BUILD/tests/test_cuda*)
+#   TESTS       which binaries (default: every $BUILD/tests/test_cuda*);
+#               NAME:CASE runs only that Check case of it (CK_RUN_CASE)
+#   SAN_SPLIT   binaries whose cases the sanitizer phases run as jobs of
+#               their own, NAME=CASE,CASE... (default: the three slowest
+#               under racecheck, test_cuda_decode, _path and _train; "" for none)
 #   JOBS        how many binaries of a phase run at once (default 1)
 #   SAN_GPU     if set, CUDA_VISIBLE_DEVICES for the sanitizer phases
 #   TIMEOUT     seconds for one binary in the run phase (default 240)
@@ -95,6 +99,20 @@ if [ -z "${TESTS:-}" ]; then
 	done
 fi
 [ -n "$TESTS" ] || { say "no GPU test binary in $BUILD/tests"; exit 2; }
+SAN_SPLIT=${SAN_SPLIT-"test_cuda_decode=decode,graph,batch,mixer
+test_cuda_path=op_f32,op_bf16,op_bf16_fp32,deterministic,decode
+test_cuda_train=bf16,bf16_accum,f32,f32_accum,fallback_dropout,fallback_wait,bad_ids_eager,bad_ids_graph"}
+# split_tests: $TESTS with each binary named in SAN_SPLIT replaced by its cases
+split_tests() {
+	for t in $TESTS; do
+		cases=$(echo "$SAN_SPLIT" | sed -n "s/^$t=//p" | tr , ' ')
+		if [ -n "$cases" ]; then
+			for c in $cases; do printf '%s:%s ' "$t" "$c"; done
+		else
+			printf '%s ' "$t"
+		fi
+	done
+}
 
 say "device"
 if command -v nvidia-smi >/dev/null 2>&1; then
@@ -107,6 +125,7 @@ fi
 # Binaries were linked elsewhere: name any shared library this machine lacks.
 missing=0
 for t in $TESTS; do
+	t=${t%%:*}
 	if ldd "$BUILD/tests/$t" 2>/dev/null | grep -q "not found"; then
 		say "$t: missing shared libraries:"
 		ldd "$BUILD/tests/$t" | grep "not found"
@@ -133,7 +152,7 @@ export LMK_DATA="${LMK_DATA:-$PWD/../shared/data}"
 fail=0
 # result PHASE TEST STATUS SECONDS
 result() {
-	printf '%-10s %-22s %-5s %5ss\n' "$1" "$2" "$3" "$4" >>"$SUMMARY"
+	printf '%-10s %-34s %-5s %5ss\n' "$1" "$2" "$3" "$4" >>"$SUMMARY"
 	say "$1 $2: $3 ($4 s)"
 	[ "$3" = FAIL ] && fail=1
 	return 0
@@ -143,7 +162,9 @@ result() {
 # its output appended to LOG; then its report lines on the terminal.
 run_one() {
 	phase=$1 t=$2 log=$3
-	bin="$BUILD/tests/$t"
+	bin="$BUILD/tests/${t%%:*}"
+	tcase=
+	case $t in *:*) tcase=${t#*:} ;; esac
 	small=${LMK_TEST_SMALL:-0}
 	case $phase in
 	run) lim=$TIMEOUT; set -- "$bin" ;;
@@ -161,7 +182,11 @@ run_one() {
 	before=$(wc -c <"$log")
 	echo "==== $phase $t ($(date -u +%H:%M:%S)): $*" >>"$log"
 	start=$(date +%s)
-	LMK_TEST_SMALL=$small timeout "$lim" "$@" >>"$log" 2>&1
+	if [ -n "$tcase" ]; then
+		CK_RUN_CASE=$tcase LMK_TEST_SMALL=$small timeout "$lim" "$@" >>"$log" 2>&1
+	else
+		LMK_TEST_SMALL=$small timeout "$lim" "$@" >>"$log" 2>&1
+	fi
 	rc=$?
 	secs=$(($(date +%s) - start))
 	echo "==== exit $rc after $secs s" >>"$log"
@@ -234,15 +259,17 @@ for phase in $PHASES; do
 		for t in $TESTS; do result "$phase" "$t" SKIP 0; done
 		continue
 	fi
+	list=$TESTS
+	[ "$phase" != run ] && list=$(split_tests)
 	if [ "$JOBS" -le 1 ]; then
-		for t in $TESTS; do
+		for t in $list; do
 			run_one "$phase" "$t" "$log"
 		done
 	else
 		# JOBS at a time, each into a log of its own, joined in order
 		# after; their verdicts come back through the summary file
 		n=0
-		for t in $TESTS; do
+		for t in $list; do
 			: >"$log.$t"
 			run_one "$phase" "$t" "$log.$t" &
 			n=$((n + 1))
@@ -252,7 +279,7 @@ for phase in $PHASES; do
 			fi
 		done
 		wait
-		for t in $TESTS; do
+		for t in $list; do
 			cat "$log.$t" >>"$log" && rm -f "$log.$t"
 		done
 	fi
@@ -265,7 +292,7 @@ grep -q " FAIL " "$SUMMARY" && fail=1
 
 echo
 echo "gpu-check summary ($BUILD, logs in $LOGDIR):"
-printf '%-10s %-22s %-5s %6s\n' phase binary state time
+printf '%-10s %-34s %-5s %6s\n' phase binary state time
 cat "$SUMMARY"
 if [ $fail -ne 0 ]; then
 	echo "gpu-check: FAILED"

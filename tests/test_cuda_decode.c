@@ -623,18 +623,26 @@ int main(void)
 		fflush(stdout);
 	}
 	Suite *su = suite_create("cuda_decode");
+	/* cases of their own, so that compute-sanitizer can run them side by
+	 * side (CK_RUN_CASE=graph ...) */
 	TCase *tc = tcase_create("decode");
-	tcase_set_timeout(tc, 240);
 	tcase_add_loop_test(tc, test_decode_f32, 0, NCASES);
 	tcase_add_loop_test(tc, test_decode_bf16, 0, NCASES);
-	tcase_add_loop_test(tc, test_graph_f32, 0, NGCASES);
-	tcase_add_loop_test(tc, test_graph_bf16, 0, NGCASES);
-	tcase_add_loop_test(tc, test_batch_f32, 0, NCASES);
-	tcase_add_loop_test(tc, test_batch_bf16, 0, NCASES);
-	tcase_add_loop_test(tc, test_mixer_f32, 0, LMK_MIXER_NKINDS);
-	tcase_add_loop_test(tc, test_mixer_bf16, 0, LMK_MIXER_NKINDS);
-	tcase_add_test(tc, test_wrong_cache);
-	suite_add_tcase(su, tc);
+	TCase *tg = tcase_create("graph");
+	tcase_add_loop_test(tg, test_graph_f32, 0, NGCASES);
+	tcase_add_loop_test(tg, test_graph_bf16, 0, NGCASES);
+	TCase *tb = tcase_create("batch");
+	tcase_add_loop_test(tb, test_batch_f32, 0, NCASES);
+	tcase_add_loop_test(tb, test_batch_bf16, 0, NCASES);
+	TCase *tm = tcase_create("mixer");
+	tcase_add_loop_test(tm, test_mixer_f32, 0, LMK_MIXER_NKINDS);
+	tcase_add_loop_test(tm, test_mixer_bf16, 0, LMK_MIXER_NKINDS);
+	tcase_add_test(tm, test_wrong_cache);
+	TCase *all[] = {tc, tg, tb, tm};
+	for (int i = 0; i < 4; i++) {
+		tcase_set_timeout(all[i], 240);
+		suite_add_tcase(su, all[i]);
+	}
 	SRunner *sr = srunner_create(su);
 	/* CUDA is initialised in this process: a forked child cannot use it */
 	srunner_set_fork_status(sr, CK_NOFORK);

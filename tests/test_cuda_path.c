@@ -391,12 +391,23 @@ int main(void)
 	}
 	fflush(stdout);
 	Suite *su = suite_create("cuda_path");
-	TCase *tc = tcase_create("path");
-	tcase_set_timeout(tc, 600);
-	tcase_add_loop_test(tc, test_op, 0, 3);
-	tcase_add_loop_test(tc, test_deterministic, 0, 2);
-	tcase_add_loop_test(tc, test_decode, 0, 4);
-	suite_add_tcase(su, tc);
+	/* cases of their own, so that compute-sanitizer can run them side by
+	 * side (CK_RUN_CASE=op_bf16 ...) */
+	TCase *to = tcase_create("op_f32");
+	tcase_add_loop_test(to, test_op, 0, 1);
+	TCase *tob = tcase_create("op_bf16");
+	tcase_add_loop_test(tob, test_op, 1, 2);
+	TCase *tof = tcase_create("op_bf16_fp32");
+	tcase_add_loop_test(tof, test_op, 2, 3);
+	TCase *tdt = tcase_create("deterministic");
+	tcase_add_loop_test(tdt, test_deterministic, 0, 2);
+	TCase *tdc = tcase_create("decode");
+	tcase_add_loop_test(tdc, test_decode, 0, 4);
+	TCase *all[] = {to, tob, tof, tdt, tdc};
+	for (int i = 0; i < 5; i++) {
+		tcase_set_timeout(all[i], 600);
+		suite_add_tcase(su, all[i]);
+	}
 	SRunner *sr = srunner_create(su);
 	srunner_set_fork_status(sr, CK_NOFORK);
 	srunner_run_all(sr, CK_NORMAL);

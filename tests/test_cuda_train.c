@@ -265,17 +265,27 @@ int main(void)
 		return 77;
 	}
 	Suite *s = suite_create("cuda_train");
-	TCase *tc = tcase_create("step");
-	tcase_set_timeout(tc, 120);
-	tcase_add_test(tc, test_graph_bf16);
-	tcase_add_test(tc, test_graph_bf16_accum);
-	tcase_add_test(tc, test_graph_f32);
-	tcase_add_test(tc, test_graph_f32_accum);
-	tcase_add_test(tc, test_graph_fallback_dropout);
-	tcase_add_test(tc, test_graph_fallback_wait);
-	tcase_add_test(tc, test_bad_ids_eager);
-	tcase_add_test(tc, test_bad_ids_graph);
-	suite_add_tcase(s, tc);
+	/* a case of its own for each pair of runs, so that compute-sanitizer
+	 * can run them side by side (CK_RUN_CASE=bf16 ...) */
+	const struct {
+		const char *name;
+		const TTest *test;
+	} cases[] = {
+		{"bf16", test_graph_bf16},
+		{"bf16_accum", test_graph_bf16_accum},
+		{"f32", test_graph_f32},
+		{"f32_accum", test_graph_f32_accum},
+		{"fallback_dropout", test_graph_fallback_dropout},
+		{"fallback_wait", test_graph_fallback_wait},
+		{"bad_ids_eager", test_bad_ids_eager},
+		{"bad_ids_graph", test_bad_ids_graph},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		TCase *tc = tcase_create(cases[i].name);
+		tcase_set_timeout(tc, 120);
+		tcase_add_test(tc, cases[i].test);
+		suite_add_tcase(s, tc);
+	}
 	SRunner *sr = srunner_create(s);
 	/* CUDA is initialised in this process: a forked child cannot use it */
 	srunner_set_fork_status(sr, CK_NOFORK);

@@ -1,9 +1,9 @@
 #!/bin/sh
 # gpu-check.sh: scripts/gpu-check.sh's own logic, which needs no GPU, on a
-# build folder of stand-in test binaries (shell scripts: one passes, one
+# build folder of stand-in test binaries (shell scripts: two pass, one
 # skips with exit 77, one fails): the run phase one binary at a time and
 # JOBS at once (the same verdicts, the logs joined in order and no part
-# left behind), REQUIRE_GPU (a skip fails the check unless it is 0), an
+# left behind), NAME:CASE (one Check case: CK_RUN_CASE), REQUIRE_GPU (a skip fails the check unless it is 0), an
 # unknown phase failing the check, and a JOBS that is not a count.
 # Prints TAP-like "ok N - ..." lines; exit 0 pass, 1 fail, 77 skip.
 set -u
@@ -21,7 +21,8 @@ mkdir -p b/tests
 printf '#!/bin/sh\necho "100%%: Checks: 1, Failures: 0, Errors: 0"\n' >b/tests/test_cuda_a
 printf '#!/bin/sh\necho "test_cuda_b: skipped: no CUDA device on this machine"\nexit 77\n' >b/tests/test_cuda_b
 printf '#!/bin/sh\necho "0%%: Checks: 1, Failures: 1, Errors: 0"\nexit 1\n' >b/tests/test_cuda_c
-chmod +x b/tests/test_cuda_a b/tests/test_cuda_b b/tests/test_cuda_c
+printf '#!/bin/sh\necho "test_cuda_d: case ${CK_RUN_CASE:-all}"\n' >b/tests/test_cuda_d
+chmod +x b/tests/test_cuda_a b/tests/test_cuda_b b/tests/test_cuda_c b/tests/test_cuda_d
 # the binaries a log ran, in its order
 order() { sed -n 's/^==== run \(test_cuda_[a-z]*\) .*/\1/p' "$1" | tr '\n' ' '; }
 
@@ -39,10 +40,14 @@ run env BUILD=b REQUIRE_GPU=0 PHASES=run JOBS=3 OUT=o4 sh "$G"
 check "JOBS=3: the same verdicts" \
 	'rc_is 1 && [ "$(sort o3/summary.txt | sed "s/ *[0-9]*s$//")" = "$(sort o4/summary.txt | sed "s/ *[0-9]*s$//")" ]'
 check "JOBS=3: the logs joined in their order, no part left" \
-	'[ "$(order o4/run.log)" = "$(order o3/run.log)" ] && [ "$(order o4/run.log)" = "test_cuda_a test_cuda_b test_cuda_c " ] &&
+	'[ "$(order o4/run.log)" = "$(order o3/run.log)" ] && [ "$(order o4/run.log)" = "test_cuda_a test_cuda_b test_cuda_c test_cuda_d " ] &&
 	 [ "$(ls o4)" = "$(printf "run.log\nsummary.txt")" ]'
 run env BUILD=b REQUIRE_GPU=0 PHASES="run bogus" TESTS=test_cuda_a OUT=o5 sh "$G"
 check "an unknown phase fails the check" 'rc_is 1 && grep -q "^bogus .*FAIL" o5/summary.txt'
+run env BUILD=b REQUIRE_GPU=0 PHASES=run TESTS="test_cuda_d:x test_cuda_d" OUT=o8 sh "$G"
+check "NAME:CASE runs that case alone, NAME all of them" \
+	'rc_is 0 && grep -q "^test_cuda_d: case x" o8/run.log && grep -q "^test_cuda_d: case all" o8/run.log &&
+	 grep -q "^run  *test_cuda_d:x  *PASS" o8/summary.txt'
 run env BUILD=nowhere PHASES=run OUT=o6 sh "$G"
 check "no build folder: exit 2" 'rc_is 2'
 for j in 0 x 2x; do
