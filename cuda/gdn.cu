@@ -3845,6 +3845,9 @@ gdn_ll_bgrad(gdn_grads gr, const bf16 *__restrict__ dout, const bf16 *__restrict
 				dot_rows<DV>(x_lo, x_hi, y, s.dO, r0, lane);
 				x_lo = quad_sum(x_lo);
 				x_hi = quad_sum(x_hi);
+				/* every lane of the quad has read its rows' lamc (the
+				 * shuffles converge them, but order no memory) */
+				__syncwarp();
 				if ((lane & 3) == 0) { /* the weights read: lamc becomes dlam */
 					s.lamc[r0][l] = scale * x_lo;
 					s.lamc[r0 + 8][l] = scale * x_hi;

@@ -2,7 +2,7 @@
  * step_device), which queues everything and waits once, and the same step
  * replayed as a CUDA graph.
  *  - A tiny Llama on text, 7 steps eagerly (cfg.cuda_graph 0) and 7 steps
- *    with the graph (recorded at step 2, an evaluation between steps 4 and
+ *    (5 and 5 under LMK_TEST_SMALL) with the graph (recorded at step 2, an evaluation between steps 4 and
  *    5): the same losses, norms and learning rates, and the same weights
  *    and moments, bit for bit; in BF16 and F32, with 1 and 2 micro-batches.
  *  - Losses that cannot be replayed (dropout's random numbers; a count read
@@ -28,6 +28,9 @@
 #include "../cuda/cuda.h"
 
 #define STEPS 7
+/* LMK_TEST_SMALL (for compute-sanitizer): 5 steps, still the graph
+ * recorded at step 2 and replayed after the evaluation */
+static int g_steps = STEPS;
 
 static lmk_tensor *loss_fn(void *model, lmk_ctx *c, lmk_tensor *ids, lmk_tensor *tg, int64_t *count)
 {
@@ -87,7 +90,7 @@ static void config(lmk_train_config *c, lmk_dtype dt, int accum, int graph)
 	c->batch = 3;
 	c->seq = 32;
 	c->accum = accum;
-	c->steps = STEPS;
+	c->steps = g_steps;
 	c->warmup = 2;
 	c->eval_batches = 2;
 	c->device = LMK_DEV_CUDA;
@@ -105,7 +108,7 @@ struct run {
 	int64_t t;
 };
 
-/* STEPS steps (an evaluation after the 4th) with loss fn; the graph, if
+/* g_steps steps (an evaluation after the 4th) with loss fn; the graph, if
  * asked for, is used unless fallback (then it must have given up). */
 static void train(struct run *r, lmk_dtype dt, int accum, int graph, lmk_train_loss_fn fn,
 		  int fallback)
@@ -119,7 +122,7 @@ static void train(struct run *r, lmk_dtype dt, int accum, int graph, lmk_train_l
 	tiny(&m, 256);
 	config(&c, dt, accum, graph);
 	ck_assert_msg(lmk_trainer_init(&tr, &c, &m.params, &m, fn, &d) == 0, "%s", lmk_errmsg());
-	for (int s = 0; s < STEPS; s++) {
+	for (int s = 0; s < g_steps; s++) {
 		ck_assert_msg(lmk_trainer_step(&tr, &r->st[s]) == 0, "step %d: %s", s + 1, lmk_errmsg());
 		if (s == 3)
 			ck_assert_int_eq(lmk_trainer_eval(&tr, &r->val), 0);
@@ -138,7 +141,7 @@ static void train(struct run *r, lmk_dtype dt, int accum, int graph, lmk_train_l
 	ck_assert_int_eq(lmk_params_copy_to_host(&m.params, 0, r->w), 0);
 	ck_assert_int_eq(lmk_adamw_moments_to_host(&tr.opt, r->m, r->v), 0);
 	r->t = tr.opt.t;
-	ck_assert_int_eq(tr.step, STEPS);
+	ck_assert_int_eq(tr.step, g_steps);
 	lmk_llama_free(&m);
 	lmk_trainer_free(&tr);
 	lmk_tokdata_free(&d);
@@ -156,7 +159,7 @@ static void same_runs(lmk_dtype dt, int accum, lmk_train_loss_fn fn, int fallbac
 	struct run e, g;
 	train(&e, dt, accum, 0, fn, 0);
 	train(&g, dt, accum, 1, fn, fallback);
-	for (int s = 0; s < STEPS; s++) {
+	for (int s = 0; s < g_steps; s++) {
 		ck_assert_msg(memcmp(&e.st[s].loss, &g.st[s].loss, sizeof(double)) == 0,
 			      "step %d: loss %.17g eager, %.17g graph", s + 1, e.st[s].loss, g.st[s].loss);
 		ck_assert_msg(memcmp(&e.st[s].grad_norm, &g.st[s].grad_norm, sizeof(double)) == 0,
@@ -165,10 +168,10 @@ static void same_runs(lmk_dtype dt, int accum, lmk_train_loss_fn fn, int fallbac
 		ck_assert(e.st[s].lr == g.st[s].lr);
 		ck_assert(isfinite(e.st[s].loss) && e.st[s].grad_norm > 0);
 	}
-	ck_assert(e.st[STEPS - 1].loss < e.st[0].loss);
+	ck_assert(e.st[g_steps - 1].loss < e.st[0].loss);
 	ck_assert(memcmp(&e.val, &g.val, sizeof e.val) == 0);
-	ck_assert_int_eq(e.t, STEPS);
-	ck_assert_int_eq(g.t, STEPS);
+	ck_assert_int_eq(e.t, g_steps);
+	ck_assert_int_eq(g.t, g_steps);
 	ck_assert(e.n == g.n);
 	ck_assert_msg(memcmp(e.w, g.w, e.n * sizeof(float)) == 0, "the weights differ");
 	ck_assert_msg(memcmp(e.m, g.m, e.n * sizeof(float)) == 0, "the first moments differ");
@@ -263,6 +266,12 @@ int main(void)
 	if (lmk_cuda_device_count() == 0) {
 		printf("test_cuda_train: skipped: no CUDA device on this machine\n");
 		return 77;
+	}
+	const char *small = getenv("LMK_TEST_SMALL");
+	if (small && *small && strcmp(small, "0") != 0) {
+		g_steps = 5;
+		printf("test_cuda_train: LMK_TEST_SMALL: %d steps a run\n", g_steps);
+		fflush(stdout);
 	}
 	Suite *s = suite_create("cuda_train");
 	/* a case of its own for each pair of runs, so that compute-sanitizer
