@@ -46,10 +46,11 @@
 #               racecheck.log, summary.txt), else to $BUILD/gpu-check
 # A call of the device tool runs at most 10 minutes: with JOBS at 1, give
 # each phase its own call (PHASES=run, then PHASES=memcheck, then
-# PHASES=racecheck), with $OUT set so that the logs come back. On the H200
-# with LMK_TEST_SMALL and everything at once, memcheck of every binary took
-# under 290 s and racecheck of most under 360 s; racecheck of decode, path
-# and train longer (eighth session).
+# PHASES=racecheck), with $OUT set so that the logs come back. On two
+# H200s (ninth session), 25 racecheck jobs on one GPU beside 25 memcheck
+# jobs and the plain runs on the other: memcheck all within 140 s,
+# racecheck all but three within 520 s (ssd and train's two-micro-batch
+# cases, then of 7 steps: alone on a GPU, with 5, 130-147 s each).
 # Exits 0 when every phase of every binary passed or skipped, 1 otherwise,
 # 2 when the build folder or the device is missing.
 set -u
