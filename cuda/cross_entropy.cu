@@ -65,14 +65,35 @@ static __device__ __forceinline__ bool ce_row_counts(int64_t n, int32_t t, int64
 	return false;
 }
 
+/* 2^x by the special-function unit (ex2.approx: a relative error near
+ * 2^-22, 0 for -inf, results below 2^-126 flushed to 0): one instruction
+ * where expf takes about eight. */
+static __device__ __forceinline__ float ex2(float x)
+{
+	float y;
+	asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+	return y;
+}
+
+/* lse_merge with (m, s) standing for s * 2^m */
+static __device__ __forceinline__ void lse_merge2(float &m, float &s, float m2, float s2)
+{
+	float M = fmaxf(m, m2);
+	float a = m == -INFINITY ? 0.0f : s * ex2(m - M);
+	float b = m2 == -INFINITY ? 0.0f : s2 * ex2(m2 - M);
+	m = M;
+	s = a + b;
+}
+
 /* The end of a row of ce_rows and ce_rows8: each thread's (m, s) merged
  * over the block (a butterfly in each warp, every lane ending with the
  * same bits, then the warps' pairs in warp 0), lse and the row's loss
  * (xt points to the target's logit) written; shm and shs (32 each) are
  * free again on return. lane, wid, nw: the thread's lane and warp, the
  * block's warps. Returns lse to every thread through shl (shared) where
- * shl is not NULL. */
-template <class T>
+ * shl is not NULL. B2: the pairs in base 2 (lse_merge2, m a logit times
+ * log2 e), and the lse returned in base 2 too (lse / ln 2). */
+template <bool B2 = false, class T>
 static __device__ __forceinline__ float row_finish(float *lse, float *rowloss, int64_t n, float m,
 						   float s, const T *xt, float *shm, float *shs,
 						   int lane, int wid, int nw, float *shl = NULL)
@@ -80,7 +101,10 @@ static __device__ __forceinline__ float row_finish(float *lse, float *rowloss, i
 	for (int o = 16; o > 0; o >>= 1) {
 		float m2 = __shfl_xor_sync(0xffffffffu, m, o);
 		float s2 = __shfl_xor_sync(0xffffffffu, s, o);
-		lse_merge(m, s, m2, s2);
+		if (B2)
+			lse_merge2(m, s, m2, s2);
+		else
+			lse_merge(m, s, m2, s2);
 	}
 	if (lane == 0) {
 		shm[wid] = m;
@@ -93,14 +117,18 @@ static __device__ __forceinline__ float row_finish(float *lse, float *rowloss, i
 		for (int o = 16; o > 0; o >>= 1) {
 			float m2 = __shfl_xor_sync(0xffffffffu, m, o);
 			float s2 = __shfl_xor_sync(0xffffffffu, s, o);
-			lse_merge(m, s, m2, s2);
+			if (B2)
+				lse_merge2(m, s, m2, s2);
+			else
+				lse_merge(m, s, m2, s2);
 		}
 		if (lane == 0) {
-			float L = m + logf(s);
+			float L2 = B2 ? m + log2f(s) : 0.0f;
+			float L = B2 ? L2 * 0.693147180559945309f : m + logf(s);
 			lse[n] = L;
 			rowloss[n] = L - tof(*xt);
 			if (shl)
-				*shl = L;
+				*shl = B2 ? L2 : L;
 		}
 	}
 	__syncthreads(); /* shm is reused by the next row */
@@ -357,16 +385,36 @@ __global__ void ce_rows_grad8(float *lse, float *rowloss, T *dlogits, const T *l
  * loaded together, all in flight before the first is used, and kept as
  * raw bf16 (four registers a group) for the gradient. No shared row lets
  * two blocks of 512 threads share an SM, and no store to shared memory
- * stands between a load and its use. The groups, their order in each
- * thread and the merges are ce_rows_grad8's at CE_GRAD_THREADS: the same
- * bits. On the H200 at N = V = 32768 (bench/bw_gpu.cu, with ce_count and
- * ce_mean): 1471 us, ce_rows_grad8 1727; three blocks an SM with the row
- * in shared memory, or read again from L2, two groups in flight: 1481 and
- * 1526 us. The kernel is bound by its instructions (ncu: issue slots 75%
- * busy, DRAM 2.9 TB/s): two expf a logit.
- * The gradient (0 + d) - f at the target, d elsewhere, as ce_put8 writes
- * it: d = f exp(x - L) is never negative, so 0 + d is d. */
+ * stands between a load and its use.
+ * The arithmetic is in base 2, each exponential one fma and one ex2: a
+ * thread's maximum x0 of its logits (on the bf16 pairs: exact), m = x0
+ * log2 e and s = sum of 2^(x log2 e - m); the pairs (m, s) merged over
+ * the block as ce_rows_grad8's, lse2 = m + log2 s, lse = lse2 ln 2; the
+ * gradient f e^(x - lse) = 2^(x log2 e - (lse2 + log2 count)), d - f at
+ * the target. Two exponentials a logit still: keeping the first's terms
+ * for the gradient would take 64 more registers a thread where two blocks
+ * of 512 threads leave 64 in all (or 128 KiB of shared memory a row); it
+ * was expf's eight instructions each (range reduction, the unit's ex2,
+ * scaling) that bound the kernel, not the unit: two ex2 a logit are 0.5 ms
+ * of it at N = V = 32768, the memory's time 0.93 ms. The results differ
+ * from ce_rows8's and ce_bwd8's (expf) by a few units in the last place
+ * of a float (the gradient is then rounded to bf16: about one element in
+ * 10^4 one bf16 unit apart), and are the same bits from run to run (every
+ * sum in a fixed order). On the H200 at N = V = 32768 (bench/bw_gpu.cu,
+ * with ce_count and ce_mean): 1122 us (3.8 TB/s), with expf 1466 (ncu:
+ * issue slots 75% busy, DRAM 2.9 TB/s); one block an SM streaming its rows
+ * through shared memory (cp.async, two rows ahead) with the first
+ * exponentials kept in registers for the gradient (one a logit, 128
+ * registers a thread): 1344 us. */
 #define CE_REG_G 8
+#define CE_LOG2E 1.44269504088896341f
+
+static __device__ __forceinline__ __nv_bfloat162 as_bf162(uint32_t w)
+{
+	__nv_bfloat162 h;
+	memcpy(&h, &w, sizeof h);
+	return h;
+}
 
 __global__ void __launch_bounds__(512, 2)
 	ce_rows_grad8_reg(float *lse, float *rowloss, bf16 *dlogits, const bf16 *logits,
@@ -377,12 +425,14 @@ __global__ void __launch_bounds__(512, 2)
 	int lane = threadIdx.x % 32, wid = threadIdx.x / 32, nw = blockDim.x / 32;
 	int64_t cnt = *count;
 	float f = cnt ? 1.0f / (float)cnt : 0.0f;
+	float lf = log2f((float)cnt); /* f = 2^-lf where a row counts */
 	int V8 = (int)(V / 8);
 	for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
 		int32_t t = targets[n];
-		bf16 *q = dlogits + n * V;
+		uint4 *q = (uint4 *)(dlogits + n * V);
 		if (!ce_row_counts(n, t, V, ignore, lse, rowloss, flags)) {
-			ce_zero_row(q, V);
+			for (int j = threadIdx.x; j < V8; j += blockDim.x)
+				q[j] = make_uint4(0, 0, 0, 0);
 			continue;
 		}
 		const uint4 *x = (const uint4 *)(logits + n * V);
@@ -393,18 +443,33 @@ __global__ void __launch_bounds__(512, 2)
 			if (j < V8)
 				u[g].u[0] = __ldcs(x + j); /* read once: evict first */
 		}
-		float m = -INFINITY, s = 0.0f;
+		__nv_bfloat162 x0 = as_bf162(0xff80ff80u); /* -inf, -inf */
 #pragma unroll
 		for (int g = 0; g < CE_REG_G; g++) {
 			int j = (int)threadIdx.x + g * (int)blockDim.x;
 			if (j < V8) {
-				float v[8];
-				unpack8(v, u[g]);
-				lse_add8(m, s, v);
+				x0 = __hmax2(x0, as_bf162(u[g].u[0].x));
+				x0 = __hmax2(x0, as_bf162(u[g].u[0].y));
+				x0 = __hmax2(x0, as_bf162(u[g].u[0].z));
+				x0 = __hmax2(x0, as_bf162(u[g].u[0].w));
 			}
 		}
-		float L = row_finish(lse, rowloss, n, m, s, logits + n * V + t, shm, shs, lane, wid,
-				     nw, &shl);
+		float m = fmaxf(__low2float(x0), __high2float(x0)) * CE_LOG2E, s = 0.0f;
+		if (m != -INFINITY) {
+#pragma unroll
+			for (int g = 0; g < CE_REG_G; g++) {
+				int j = (int)threadIdx.x + g * (int)blockDim.x;
+				if (j < V8) {
+					float v[8];
+					unpack8(v, u[g]);
+					for (int k = 0; k < 8; k++)
+						s += ex2(fmaf(v[k], CE_LOG2E, -m));
+				}
+			}
+		}
+		float K = row_finish<true>(lse, rowloss, n, m, s, logits + n * V + t, shm, shs,
+					   lane, wid, nw, &shl) +
+			  lf;
 #pragma unroll
 		for (int g = 0; g < CE_REG_G; g++) {
 			int j = (int)threadIdx.x + g * (int)blockDim.x;
@@ -412,12 +477,12 @@ __global__ void __launch_bounds__(512, 2)
 				float d[8];
 				unpack8(d, u[g]);
 				for (int k = 0; k < 8; k++)
-					d[k] = f * expf(d[k] - L);
+					d[k] = ex2(fmaf(d[k], CE_LOG2E, -K));
 				int tk = t - 8 * j;
 				if (tk >= 0 && tk < 8)
 					for (int k = 0; k < 8; k++)
 						d[k] = k == tk ? d[k] - f : d[k];
-				st8(q + 8 * j, d);
+				st8((bf16 *)(q + j), d);
 			}
 		}
 	}

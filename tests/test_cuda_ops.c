@@ -378,12 +378,14 @@ static void make_cases(void)
 	/* cross-entropy: (N, V), a fifth of the targets ignored; the loss's
 	 * gradient random, or 1 (p[0]: a training step's, whose logits'
 	 * gradient the chained runs' forward writes: 16384 logits a row fit
-	 * in shared memory in F32, 32768 in BF16, 50264 in neither) */
+	 * in shared memory in F32, 32768 in BF16, 50264 in neither; 4104: 513
+	 * groups of eight, one thread two; 600 rows: blocks of several rows) */
 	static const int64_t ce[][3] = {{1, 1, 0},      {3, 7, 0},       {7, 33, 0},
 					{33, 67, 0},    {67, 257, 0},    {257, 2048, 0},
 					{64, 32000, 0}, {33, 50257, 0},  {3, 8, 1},
 					{33, 64, 1},    {257, 2048, 1},  {40, 16384, 1},
-					{40, 32768, 1}, {17, 50264, 1},  {5, 7, 1}};
+					{40, 32768, 1}, {17, 50264, 1},  {5, 7, 1},
+					{9, 4104, 1},   {600, 2056, 1}};
 	for (size_t i = 0; i < sizeof ce / sizeof ce[0]; i++) {
 		ocase *o = add_case("cross_entropy", op_cross_entropy);
 		o->amp = 4.0f;
@@ -1046,9 +1048,13 @@ int main(void)
 	make_cases();
 
 	Suite *su = suite_create("cuda_ops");
+	/* cross-entropy (the last op) a case of its own: CK_RUN_CASE=cross_entropy */
 	TCase *tc = tcase_create("ops");
-	tcase_add_loop_test(tc, test_op, 0, NOPS);
+	tcase_add_loop_test(tc, test_op, 0, NOPS - 1);
 	suite_add_tcase(su, tc);
+	TCase *tce = tcase_create("cross_entropy");
+	tcase_add_loop_test(tce, test_op, NOPS - 1, NOPS);
+	suite_add_tcase(su, tce);
 	TCase *to = tcase_create("optim");
 	tcase_add_test(to, test_adamw);
 	tcase_add_test(to, test_grad_norm);
