@@ -988,17 +988,17 @@ lmk_tensor *lmk_swiglu_cat(lmk_ctx *c, lmk_tensor *gu)
 	}
 	int64_t shape[LMK_MAXDIM];
 	memcpy(shape, gu->shape, sizeof shape);
-	int64_t F = shape[gu->ndim - 1] / 2, N = lead(gu, gu->ndim - 1);
-	shape[gu->ndim - 1] = F;
+	int64_t half = shape[gu->ndim - 1] / 2, N = lead(gu, gu->ndim - 1);
+	shape[gu->ndim - 1] = half;
 	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, gu->ndim, shape, wants_grad(c, 1, &gu));
 	if (!out)
 		return NULL;
 	if (on_cuda(c)) {
 		if (CUDA(lmk_cuda_swiglu_cat_forward(c->backend, c->dtype, out->data, X(c, gu), N,
-						     F)) < 0)
+						     half)) < 0)
 			return NULL;
 	} else {
-		lmk_cpu_swiglu_cat_forward(out->data, gu->data, N, F);
+		lmk_cpu_swiglu_cat_forward(out->data, gu->data, N, half);
 	}
 	int fail;
 	lmk_node *n = record(c, "swiglu_cat", out, swiglu_cat_bw, &fail);
@@ -1007,7 +1007,7 @@ lmk_tensor *lmk_swiglu_cat(lmk_ctx *c, lmk_tensor *gu)
 	if (n) {
 		n->in[0] = gu;
 		n->i[0] = N;
-		n->i[1] = F;
+		n->i[1] = half;
 		n->writes = 1; /* both halves of dgu */
 	}
 	return out;
