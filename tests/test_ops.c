@@ -8,7 +8,10 @@
  * Each case runs twice: on the inputs themselves, and on copies made by an
  * op (lmk_scale by 1), whose gradients the tape leaves unwritten, so that
  * the backward assigns them (tensor.h) where it can; the arena is filled
- * with NaN, so an element it forgets to write shows. Relative error of each
+ * with NaN, so an element it forgets to write shows. linear_cat's weights
+ * are consecutive parameters (its op cannot read copies): its second and
+ * third runs leave some and then all of their gradients unwritten, holding
+ * NaN, which the backward must assign. Relative error of each
  * input's gradient vector (||g_a - g_n|| / ||g_n||) must stay under 1e-4;
  * the float forward must match the reference within 1e-5.
  * Then forward values checked by hand, equivalences (GQA and MHA, packed
