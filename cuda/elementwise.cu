@@ -132,38 +132,60 @@ extern "C" int lmk_cuda_gelu_backward(void *be, lmk_dtype dt, lmk_gbuf dinp, con
 
 /* --------------------------------------------------------------- swiglu */
 
-template <class T>
-__global__ void swiglu_fwd(T *out, const T *gate, const T *up, int64_t n)
+/* Over N rows of F elements: out (N,F), gate and up (and dgate and dup)
+ * with row stride ld, so that one kernel serves separate tensors (one row
+ * of n: N 1, F = ld = n) and the two halves of one product's output
+ * (swiglu_cat: up = gate + F, ld = 2F). Columns in a grid-stride loop along
+ * x, rows along y: no division per element. */
+#define ROWS_Y(r, N) for (int64_t r = blockIdx.y; r < (N); r += gridDim.y)
+#define COLS_X(j, n)                                                                \
+	for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < (n); \
+	     j += (int64_t)gridDim.x * blockDim.x)
+
+static inline dim3 grid_rows(int64_t N, int64_t cols)
 {
-	GRID_STRIDE(i, n)
+	return dim3(grid_for(cols, THREADS), (unsigned)(N < 65535 ? (N < 1 ? 1 : N) : 65535));
+}
+
+template <class T>
+__global__ void swiglu_fwd(T *out, const T *gate, const T *up, int64_t ld, int64_t N, int64_t F)
+{
+	ROWS_Y(r, N)
+	COLS_X(j, F)
 	{
-		float g = tof(gate[i]);
-		out[i] = fromf<T>(g * sigmoidf_(g) * tof(up[i]));
+		float g = tof(gate[r * ld + j]);
+		out[r * F + j] = fromf<T>(g * sigmoidf_(g) * tof(up[r * ld + j]));
 	}
 }
 
-/* The same, eight elements a thread (n8 groups; vec8_ok). */
+/* The same, eight elements a thread (F8 groups a row; vec8_ok of F, ld
+ * and every pointer). */
 template <class T>
-__global__ void swiglu_fwd8(T *out, const T *gate, const T *up, int64_t n8)
+__global__ void swiglu_fwd8(T *out, const T *gate, const T *up, int64_t ld, int64_t N,
+			    int64_t F8)
 {
-	GRID_STRIDE(i, n8)
+	ROWS_Y(r, N)
+	COLS_X(j, F8)
 	{
 		float g[8], u[8], y[8];
-		ld8(g, gate + 8 * i);
-		ld8(u, up + 8 * i);
+		ld8(g, gate + r * ld + 8 * j);
+		ld8(u, up + r * ld + 8 * j);
 		for (int k = 0; k < 8; k++)
 			y[k] = g[k] * sigmoidf_(g[k]) * u[k];
-		st8(out + 8 * i, y);
+		st8(out + r * 8 * F8 + 8 * j, y);
 	}
 }
 
+/* dgate and dup (row stride ld, as gate and up) */
 template <class T>
 __global__ void swiglu_bwd(gacc dgate, bool sg, gacc dup, bool su, const T *dout, const T *gate,
-			   const T *up, int64_t n)
+			   const T *up, int64_t ld, int64_t N, int64_t F)
 {
-	GRID_STRIDE(i, n)
+	ROWS_Y(r, N)
+	COLS_X(j, F)
 	{
-		float x = tof(gate[i]), s = sigmoidf_(x), g = tof(dout[i]);
+		int64_t i = r * ld + j;
+		float x = tof(gate[i]), s = sigmoidf_(x), g = tof(dout[r * F + j]);
 		if (dgate.p)
 			gput(dgate, sg, i, g * tof(up[i]) * s * (1.0f + x * (1.0f - s)));
 		if (dup.p)
@@ -173,66 +195,101 @@ __global__ void swiglu_bwd(gacc dgate, bool sg, gacc dup, bool su, const T *dout
 
 template <class T>
 __global__ void swiglu_bwd8(gacc dgate, bool sg, gacc dup, bool su, const T *dout, const T *gate,
-			    const T *up, int64_t n8)
+			    const T *up, int64_t ld, int64_t N, int64_t F8)
 {
-	GRID_STRIDE(i, n8)
+	ROWS_Y(r, N)
+	COLS_X(j, F8)
 	{
+		int64_t i = r * ld + 8 * j;
 		float x[8], u[8], g[8], dg[8], du[8];
-		ld8(x, gate + 8 * i);
-		ld8(u, up + 8 * i);
-		ld8(g, dout + 8 * i);
+		ld8(x, gate + i);
+		ld8(u, up + i);
+		ld8(g, dout + r * 8 * F8 + 8 * j);
 		for (int k = 0; k < 8; k++) {
 			float s = sigmoidf_(x[k]);
 			dg[k] = g[k] * u[k] * s * (1.0f + x[k] * (1.0f - s));
 			du[k] = g[k] * x[k] * s;
 		}
 		if (dgate.p)
-			gput8(dgate, sg, 8 * i, dg);
+			gput8(dgate, sg, i, dg);
 		if (dup.p)
-			gput8(dup, su, 8 * i, du);
+			gput8(dup, su, i, du);
 	}
+}
+
+/* The launches of both forms: N rows of F, inputs with row stride ld. */
+static int swiglu_fwd_rows(void *be, lmk_dtype dt, void *out, const void *gate, const void *up,
+			   int64_t ld, int64_t N, int64_t F)
+{
+	cudaStream_t st = LMK_BE(be)->stream;
+	if (N == 0 || F == 0)
+		return 0;
+	if (vec8_ok(F, out, gate, up) && ld % 8 == 0)
+		LMK_DT_SWITCH(dt, "swiglu",
+			      swiglu_fwd8<T><<<grid_rows(N, F / 8), THREADS, 0, st>>>(
+				      (T *)out, (const T *)gate, (const T *)up, ld, N, F / 8));
+	else
+		LMK_DT_SWITCH(dt, "swiglu",
+			      swiglu_fwd<T><<<grid_rows(N, F), THREADS, 0, st>>>(
+				      (T *)out, (const T *)gate, (const T *)up, ld, N, F));
+	LMK_CK_LAUNCH();
+	return 0;
+}
+
+static int swiglu_bwd_rows(void *be, lmk_dtype dt, lmk_gbuf dgate, lmk_gbuf dup, const void *dout,
+			   const void *gate, const void *up, int64_t ld, int64_t N, int64_t F,
+			   int assign)
+{
+	cudaStream_t st = LMK_BE(be)->stream;
+	if (N == 0 || F == 0 || (!dgate.p && !dup.p))
+		return 0;
+	if (check_gbuf("swiglu", dt, dgate) < 0 || check_gbuf("swiglu", dt, dup) < 0)
+		return lmk_errcode();
+	if (vec8_ok(F, dgate.p, dup.p, dout, gate, up) && ld % 8 == 0)
+		LMK_DT_SWITCH(dt, "swiglu",
+			      swiglu_bwd8<T><<<grid_rows(N, F / 8), THREADS, 0, st>>>(
+				      to_gacc(dgate), assign & 1, to_gacc(dup), assign & 2,
+				      (const T *)dout, (const T *)gate, (const T *)up, ld, N, F / 8));
+	else
+		LMK_DT_SWITCH(dt, "swiglu",
+			      swiglu_bwd<T><<<grid_rows(N, F), THREADS, 0, st>>>(
+				      to_gacc(dgate), assign & 1, to_gacc(dup), assign & 2,
+				      (const T *)dout, (const T *)gate, (const T *)up, ld, N, F));
+	LMK_CK_LAUNCH();
+	return 0;
 }
 
 extern "C" int lmk_cuda_swiglu_forward(void *be, lmk_dtype dt, void *out, const void *gate,
 				       const void *up, int64_t n)
 {
-	if (n == 0)
-		return 0;
-	if (vec8_ok(n, out, gate, up))
-		LMK_DT_SWITCH(dt, "swiglu",
-			      swiglu_fwd8<T><<<grid_for(n / 8, THREADS), THREADS, 0,
-					       LMK_BE(be)->stream>>>((T *)out, (const T *)gate,
-								     (const T *)up, n / 8));
-	else
-		LMK_DT_SWITCH(dt, "swiglu",
-			      swiglu_fwd<T><<<grid_for(n, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
-				      (T *)out, (const T *)gate, (const T *)up, n));
-	LMK_CK_LAUNCH();
-	return 0;
+	return swiglu_fwd_rows(be, dt, out, gate, up, n, 1, n);
 }
 
 extern "C" int lmk_cuda_swiglu_backward(void *be, lmk_dtype dt, lmk_gbuf dgate, lmk_gbuf dup,
 					const void *dout, const void *gate, const void *up,
 					int64_t n, int assign)
 {
-	if (n == 0 || (!dgate.p && !dup.p))
-		return 0;
-	if (check_gbuf("swiglu", dt, dgate) < 0 || check_gbuf("swiglu", dt, dup) < 0)
-		return lmk_errcode();
-	if (vec8_ok(n, dgate.p, dup.p, dout, gate, up))
-		LMK_DT_SWITCH(dt, "swiglu",
-			      swiglu_bwd8<T><<<grid_for(n / 8, THREADS), THREADS, 0,
-					       LMK_BE(be)->stream>>>(to_gacc(dgate), assign & 1,
-								     to_gacc(dup), assign & 2,
-								     (const T *)dout, (const T *)gate,
-								     (const T *)up, n / 8));
-	else
-		LMK_DT_SWITCH(dt, "swiglu",
-			      swiglu_bwd<T><<<grid_for(n, THREADS), THREADS, 0, LMK_BE(be)->stream>>>(
-				      to_gacc(dgate), assign & 1, to_gacc(dup), assign & 2,
-				      (const T *)dout, (const T *)gate, (const T *)up, n));
-	LMK_CK_LAUNCH();
-	return 0;
+	return swiglu_bwd_rows(be, dt, dgate, dup, dout, gate, up, n, 1, n, assign);
+}
+
+extern "C" int lmk_cuda_swiglu_cat_forward(void *be, lmk_dtype dt, void *out, const void *gu,
+					   int64_t N, int64_t F)
+{
+	const char *up = (const char *)gu + (size_t)F * lmk_dtype_size(dt);
+	return swiglu_fwd_rows(be, dt, out, gu, up, 2 * F, N, F);
+}
+
+extern "C" int lmk_cuda_swiglu_cat_backward(void *be, lmk_dtype dt, lmk_gbuf dgu,
+					    const void *dout, const void *gu, int64_t N,
+					    int64_t F, int assign)
+{
+	const char *up = (const char *)gu + (size_t)F * lmk_dtype_size(dt);
+	lmk_gbuf dup = dgu;
+	if (dgu.p)
+		dup.p = (char *)dgu.p + (size_t)F * lmk_dtype_size(dgu.dt);
+	/* both halves are dgu's: its assign bit is theirs */
+	return swiglu_bwd_rows(be, dt, dgu, dup, dout, gu, up, 2 * F, N, F,
+			       assign & 1 ? 3 : 0);
 }
 
 /* -------------------------------------------------------------- add, mul */

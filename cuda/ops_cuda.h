@@ -106,6 +106,11 @@ int lmk_cuda_swiglu_forward(void *be, lmk_dtype dt, void *out, const void *gate,
 int lmk_cuda_swiglu_backward(void *be, lmk_dtype dt, lmk_gbuf dgate, lmk_gbuf dup,
 			     const void *dout, const void *gate, const void *up, int64_t n,
 			     int assign);
+/* gu (N,2F): gate then up in each row (lmk_cpu_swiglu_cat_forward) -> out (N,F) */
+int lmk_cuda_swiglu_cat_forward(void *be, lmk_dtype dt, void *out, const void *gu, int64_t N,
+				int64_t F);
+int lmk_cuda_swiglu_cat_backward(void *be, lmk_dtype dt, lmk_gbuf dgu, const void *dout,
+				 const void *gu, int64_t N, int64_t F, int assign);
 int lmk_cuda_add_forward(void *be, lmk_dtype dt, void *out, const void *a, const void *b,
 			 int64_t N, int64_t M);
 int lmk_cuda_add_backward(void *be, lmk_dtype dt, lmk_gbuf da, lmk_gbuf db, const void *dout,

@@ -768,8 +768,16 @@ static lmk_tensor *mlp_block(lmk_ctx *c, const lmk_llama *m, const lmk_llama_lay
 {
 	const lmk_lora *ad = m->lora;
 	lmk_tensor *h = lmk_rmsnorm(c, x, ly->ln2, m->cfg.rms_norm_eps);
-	lmk_tensor *g = lmk_swiglu(c, lmk_lora_linear(c, ad, h, ly->wg, ly->bg),
-				   lmk_lora_linear(c, ad, h, ly->wu, ly->bu));
+	lmk_tensor *wgu[2] = {ly->wg, ly->wu}, *g;
+	/* gate and up as one product against the stacked [wg; wu] (adjacent
+	 * in the parameters, transformers' order) when neither has a bias or
+	 * an adapter */
+	if (!ly->bg && !ly->bu && !lmk_lora_find(ad, ly->wg) && !lmk_lora_find(ad, ly->wu) &&
+	    lmk_linear_cat_ok(2, wgu))
+		g = lmk_swiglu_cat(c, lmk_linear_cat(c, h, 2, wgu));
+	else
+		g = lmk_swiglu(c, lmk_lora_linear(c, ad, h, ly->wg, ly->bg),
+			       lmk_lora_linear(c, ad, h, ly->wu, ly->bu));
 	return residual(c, m, x, g, ly->wd, ly->bd);
 }
 

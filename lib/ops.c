@@ -256,6 +256,122 @@ lmk_tensor *lmk_linear_add(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, lmk_tensor 
 	return out;
 }
 
+/* ----------------------------------------------------------- linear_cat */
+
+int lmk_linear_cat_ok(int n, lmk_tensor *const *w)
+{
+	if (n < 1 || n > LMK_NODE_MAXIN - 1)
+		return 0;
+	for (int j = 0; j < n; j++) {
+		const lmk_tensor *a = j ? w[j - 1] : NULL, *b = w[j];
+		if (!b || b->ndim != 2 || b->base || b->shape[1] != w[0]->shape[1] ||
+		    b->dtype != w[0]->dtype || b->gdtype != w[0]->gdtype || b->dev != w[0]->dev ||
+		    b->requires_grad != w[0]->requires_grad || !b->grad != !w[0]->grad ||
+		    !b->lp != !w[0]->lp)
+			return 0;
+		if (!a)
+			continue;
+		/* each block starts where the one before ends */
+		if ((const char *)b->data !=
+			    (const char *)a->data + (size_t)a->n * lmk_dtype_size(a->dtype) ||
+		    (b->grad && (const char *)b->grad != (const char *)a->grad +
+							       (size_t)a->n * lmk_dtype_size(a->gdtype)) ||
+		    (b->lp && (const char *)b->lp != (const char *)a->lp + (size_t)a->n * 2))
+			return 0;
+	}
+	return 1;
+}
+
+/* in[0] = x, in[1..nw] = the weights, read as one (OC,IC) matrix at in[1]. */
+static int linear_cat_bw(lmk_ctx *c, lmk_node *n)
+{
+	int nw = (int)n->i[3], wbits = ((1 << nw) - 1) << 1, set = n->assign & wbits, rc;
+	/* One product writes the weights' gradients, by beta 0 when the tape
+	 * left all of them unwritten; when it left only some, those are
+	 * zeroed first and the product adds into all. */
+	if (set && set != wbits)
+		for (int j = 1; j <= nw; j++)
+			if (set >> j & 1) {
+				n->in[j]->gunwritten = 1;
+				if ((rc = lmk_grad_zero(c, n->in[j])) < 0)
+					return rc;
+			}
+	int assign = (n->assign & 1) | (set && set == wbits ? 2 : 0);
+	if (on_cuda(c))
+		return CUDA(lmk_cuda_linear_backward(c->backend, c->dtype, GB(n->in[0]), GB(n->in[1]),
+						      GB(NULL), n->out->grad, X(c, n->in[0]),
+						      X(c, n->in[1]), n->i[0], n->i[1], n->i[2],
+						      assign));
+	lmk_cpu_linear_backward(G(n->in[0]), G(n->in[1]), NULL, n->out->grad, F(n->in[0]),
+				F(n->in[1]), n->i[0], n->i[1], n->i[2], assign);
+	return 0;
+}
+
+lmk_tensor *lmk_linear_cat(lmk_ctx *c, lmk_tensor *x, int nw, lmk_tensor *const *w)
+{
+	if (!x || nw < 1 || nw > LMK_NODE_MAXIN - 1) {
+		if (x)
+			lmk_err(LMK_EINVAL, "linear_cat: %d weights: expected 1 to %d", nw,
+				LMK_NODE_MAXIN - 1);
+		return NULL;
+	}
+	lmk_tensor *in[LMK_NODE_MAXIN] = {x};
+	const char *names[LMK_NODE_MAXIN] = {"x"};
+	lmk_dtype dts[LMK_NODE_MAXIN] = {LMK_F32};
+	for (int j = 0; j < nw; j++) {
+		if (!w[j])
+			return NULL;
+		in[1 + j] = w[j];
+		names[1 + j] = "w";
+		dts[1 + j] = LMK_F32;
+	}
+	if (check_inputs(c, "linear_cat", 1 + nw, in, names, dts) < 0)
+		return NULL;
+	if (!lmk_linear_cat_ok(nw, w)) {
+		lmk_err(LMK_EINVAL, "linear_cat: w %s and %d more: expected 2-d weights of the same "
+			"columns and dtype, one after another in memory", SHP(w[0]), nw - 1);
+		return NULL;
+	}
+	int64_t N, IC, OC = 0;
+	for (int j = 0; j < nw; j++)
+		OC += w[j]->shape[0];
+	/* the stacked weights as one (OC,IC) matrix, for check_linear */
+	lmk_tensor ws = *w[0];
+	ws.shape[0] = OC;
+	ws.n = OC * ws.shape[1];
+	if (check_linear("linear_cat", x, &ws, NULL, &N, &IC, &OC) < 0)
+		return NULL;
+	int64_t shape[LMK_MAXDIM];
+	memcpy(shape, x->shape, sizeof shape);
+	shape[x->ndim - 1] = OC;
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, x->ndim, shape,
+					     wants_grad(c, 1 + nw, in));
+	if (!out)
+		return NULL;
+	if (on_cuda(c)) {
+		if (CUDA(lmk_cuda_linear_forward(c->backend, c->dtype, out->data, X(c, x),
+						 X(c, w[0]), NULL, N, IC, OC)) < 0)
+			return NULL;
+	} else {
+		lmk_cpu_linear_forward(out->data, x->data, w[0]->data, NULL, N, IC, OC);
+	}
+	int fail;
+	lmk_node *n = record(c, "linear_cat", out, linear_cat_bw, &fail);
+	if (fail)
+		return NULL;
+	if (n) {
+		for (int j = 0; j <= nw; j++)
+			n->in[j] = in[j];
+		n->i[0] = N;
+		n->i[1] = IC;
+		n->i[2] = OC;
+		n->i[3] = nw;
+		/* dx and the weights' gradients by beta = 0 */
+		n->writes = N && OC ? (1 << (1 + nw)) - 1 : 0;
+	}
+	return out;
+}
+
 /* ---------------------------------------------------------------- norms */
 
 /* x (...,C) with w and b (C) or NULL. */
@@ -845,6 +961,55 @@ lmk_tensor *lmk_swiglu(lmk_ctx *c, lmk_tensor *gate, lmk_tensor *up)
 			       ? NULL
 			       : out;
 	lmk_cpu_swiglu_forward(out->data, gate->data, up->data, M);
+	return out;
+}
+
+static int swiglu_cat_bw(lmk_ctx *c, lmk_node *n)
+{
+	if (on_cuda(c))
+		return CUDA(lmk_cuda_swiglu_cat_backward(c->backend, c->dtype, GB(n->in[0]),
+							  n->out->grad, X(c, n->in[0]), n->i[0],
+							  n->i[1], n->assign));
+	lmk_cpu_swiglu_cat_backward(G(n->in[0]), n->out->grad, F(n->in[0]), n->i[0], n->i[1],
+				    n->assign);
+	return 0;
+}
+
+lmk_tensor *lmk_swiglu_cat(lmk_ctx *c, lmk_tensor *gu)
+{
+	if (!gu)
+		return NULL;
+	if (check_inputs(c, "swiglu_cat", 1, &gu, (const char *[]){"gu"},
+			 (lmk_dtype[]){LMK_F32}) < 0)
+		return NULL;
+	if (gu->ndim < 1 || gu->shape[gu->ndim - 1] % 2) {
+		lmk_err(LMK_EINVAL, "swiglu_cat: gu %s: expected (...,2F)", SHP(gu));
+		return NULL;
+	}
+	int64_t shape[LMK_MAXDIM];
+	memcpy(shape, gu->shape, sizeof shape);
+	int64_t half = shape[gu->ndim - 1] / 2, N = lead(gu, gu->ndim - 1);
+	shape[gu->ndim - 1] = half;
+	lmk_tensor *out = lmk_tensor_new_out(c, c->dtype, gu->ndim, shape, wants_grad(c, 1, &gu));
+	if (!out)
+		return NULL;
+	if (on_cuda(c)) {
+		if (CUDA(lmk_cuda_swiglu_cat_forward(c->backend, c->dtype, out->data, X(c, gu), N,
+						     half)) < 0)
+			return NULL;
+	} else {
+		lmk_cpu_swiglu_cat_forward(out->data, gu->data, N, half);
+	}
+	int fail;
+	lmk_node *n = record(c, "swiglu_cat", out, swiglu_cat_bw, &fail);
+	if (fail)
+		return NULL;
+	if (n) {
+		n->in[0] = gu;
+		n->i[0] = N;
+		n->i[1] = half;
+		n->writes = 1; /* both halves of dgu */
+	}
 	return out;
 }
 

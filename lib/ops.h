@@ -38,6 +38,19 @@ lmk_tensor *lmk_linear(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, lmk_tensor *b);
 lmk_tensor *lmk_linear_add(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, lmk_tensor *b,
 			   lmk_tensor *r);
 
+/* x (...,I) and nw weights w[j] (O_j,I), 1 <= nw <= 5, that lie one after
+ * another in memory (lmk_linear_cat_ok) -> (...,O) with O = Σ O_j: y =
+ * x [w_0; ...; w_{nw-1}]ᵀ, each row the nw products of lmk_linear (no bias)
+ * side by side. One product against the stacked matrix forward, one for
+ * x's gradient and one for the weights' (a model's gate and up, or q, k
+ * and v, in one wider product each: better use of the device). */
+lmk_tensor *lmk_linear_cat(lmk_ctx *c, lmk_tensor *x, int nw, lmk_tensor *const *w);
+/* Whether w[0..nw-1] may be lmk_linear_cat's weights: 2-d with the same
+ * columns, dtype, device and requires_grad, each one's data (and gradient
+ * and bf16 copy, where they exist) starting where the one before ends, as
+ * consecutive parameters of one lmk_params whose sizes keep its alignment. */
+int lmk_linear_cat_ok(int nw, lmk_tensor *const *w);
+
 /* x (...,C), w (C) or NULL: y = x / sqrt(mean(x²) + eps) * w. */
 lmk_tensor *lmk_rmsnorm(lmk_ctx *c, lmk_tensor *x, lmk_tensor *w, float eps);
 /* x (...,C), w (C) or NULL, b (C) or NULL: y = (x - mean) / sqrt(var + eps) * w + b. */
@@ -84,6 +97,9 @@ lmk_tensor *lmk_silu(lmk_ctx *c, lmk_tensor *x);
 lmk_tensor *lmk_gelu(lmk_ctx *c, lmk_tensor *x, int approx);
 /* silu(gate) * up, same shapes. */
 lmk_tensor *lmk_swiglu(lmk_ctx *c, lmk_tensor *gate, lmk_tensor *up);
+/* gu (...,2F), gate then up in each row (lmk_linear_cat of wg and wu) ->
+ * (...,F): silu(gate) * up, the elements of lmk_swiglu. */
+lmk_tensor *lmk_swiglu_cat(lmk_ctx *c, lmk_tensor *gu);
 /* a + b and a * b, same shapes, or b's shape the trailing dimensions of a's
  * (a (B,T,C) + b (T,C) or (C)): b is broadcast over a's leading dims. */
 lmk_tensor *lmk_add(lmk_ctx *c, lmk_tensor *a, lmk_tensor *b);

@@ -748,6 +748,37 @@ void lmk_cpu_swiglu_backward(float *dgate, float *dup, const float *dout, const 
 	}
 }
 
+void lmk_cpu_swiglu_cat_forward(float *out, const float *gu, int64_t N, int64_t F)
+{
+#pragma omp parallel for schedule(static) if (N * F > PAR_MIN)
+	for (int64_t r = 0; r < N; r++) {
+		const float *gate = gu + r * 2 * F, *up = gate + F;
+		float *y = out + r * F;
+#pragma omp simd
+		for (int64_t j = 0; j < F; j++)
+			y[j] = gate[j] * sigmoidf(gate[j]) * up[j];
+	}
+}
+
+void lmk_cpu_swiglu_cat_backward(float *dgu, const float *dout, const float *gu, int64_t N,
+				 int64_t F, int assign)
+{
+	int set = assign & 1;
+#pragma omp parallel for schedule(static) if (N * F > PAR_MIN)
+	for (int64_t r = 0; r < N; r++) {
+		const float *gate = gu + r * 2 * F, *up = gate + F, *g = dout + r * F;
+		float *dgate = dgu + r * 2 * F, *dup = dgate + F;
+#pragma omp simd
+		for (int64_t j = 0; j < F; j++) {
+			float x = gate[j], s = sigmoidf(x);
+			dgate[j] = (set ? 0.0f : dgate[j]) + g[j] * up[j] * s * (1.0f + x * (1.0f - s));
+		}
+#pragma omp simd
+		for (int64_t j = 0; j < F; j++)
+			dup[j] = (set ? 0.0f : dup[j]) + g[j] * gate[j] * sigmoidf(gate[j]);
+	}
+}
+
 void lmk_cpu_add_forward(float *out, const float *a, const float *b, int64_t N, int64_t M)
 {
 #pragma omp parallel for schedule(static) if (N * M > PAR_MIN)

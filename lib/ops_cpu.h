@@ -113,6 +113,14 @@ void lmk_cpu_gelu_backward(float *dinp, const float *dout, const float *inp, int
 void lmk_cpu_swiglu_forward(float *out, const float *gate, const float *up, int64_t n);
 void lmk_cpu_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
 			     const float *up, int64_t n, int assign);
+/* The same over rows of gu that hold gate then up side by side (the output
+ * of one product against the stacked [wg; wu]): out[r,j] = silu(gu[r,j]) *
+ * gu[r,F+j], each element as lmk_cpu_swiglu_forward computes it. The
+ * backward writes dgu's two halves (assign bit 0: assigns both). */
+void lmk_cpu_swiglu_cat_forward(float *out /*(N,F)*/, const float *gu /*(N,2F)*/, int64_t N,
+				int64_t F);
+void lmk_cpu_swiglu_cat_backward(float *dgu /*(N,2F)*/, const float *dout /*(N,F)*/,
+				 const float *gu /*(N,2F)*/, int64_t N, int64_t F, int assign);
 /* out = a + b and a * b with b broadcast over rows (N = 1: same shapes). */
 void lmk_cpu_add_forward(float *out /*(N,M)*/, const float *a /*(N,M)*/, const float *b /*(M)*/,
 			 int64_t N, int64_t M);

@@ -18,6 +18,9 @@
  * NaN and inf first, then by the normalised error ||gpu - cpu|| / ||cpu||:
  * 1e-5 in F32 (fp32 everywhere, no TF32), 1e-2 in BF16. In BF16 the CPU
  * gets the same bf16-rounded inputs, so the error measured is the GPU's.
+ * lmk_linear_cat, whose weights must be adjacent parameters, has a table
+ * of its own (run_linear_cat); it and swiglu_cat make the Check case
+ * "fused"; cross-entropy is the case "cross_entropy", the other ops "ops".
  *
  * LMK_TEST_SMALL=1 (for compute-sanitizer runs) keeps the shapes under 100k
  * elements and trains a one-layer model for 2 steps (each check, 2 runs for
@@ -196,6 +199,12 @@ static lmk_tensor *op_swiglu(lmk_ctx *c, lmk_tensor **x, lmk_tensor **ix, const 
 	return lmk_swiglu(c, x[0], x[1]);
 }
 
+static lmk_tensor *op_swiglu_cat(lmk_ctx *c, lmk_tensor **x, lmk_tensor **ix, const ocase *o,
+				 int64_t *cnt)
+{
+	return lmk_swiglu_cat(c, x[0]);
+}
+
 static lmk_tensor *op_add(lmk_ctx *c, lmk_tensor **x, lmk_tensor **ix, const ocase *o,
 			  int64_t *cnt)
 {
@@ -349,6 +358,9 @@ static void make_cases(void)
 		o->amp = 4.0f;
 		set_in(o, 0, 2, sh, 0, 0);
 		set_in(o, 1, 2, sh, 0, 0);
+		o = add_case("swiglu_cat", op_swiglu_cat);
+		o->amp = 4.0f;
+		set_in(o, 0, 2, (int64_t[]){sh[0], 2 * sh[1]}, 0, 0);
 		o = add_case("scale", op_scale);
 		o->f[0] = -1.75f;
 		set_in(o, 0, 2, sh, 0, 0);
@@ -706,7 +718,8 @@ static int case_small(const ocase *o)
 static const char *const op_names[] = {"embedding", "linear",  "linear_add", "rmsnorm",
 				       "layernorm", "rope",    "attention",  "silu",
 				       "gelu",      "swiglu",  "add",        "mul",
-				       "scale",     "dropout", "cross_entropy"};
+				       "scale",     "dropout", "cross_entropy",
+				       "swiglu_cat"}; /* the last: case "fused" */
 #define NOPS ((int)(sizeof op_names / sizeof op_names[0]))
 
 START_TEST(test_op)
@@ -725,6 +738,157 @@ START_TEST(test_op)
 	printf("test_cuda_ops: %-13s F32 %2d shapes: forward %.1e, gradients %.1e | BF16 %2d shapes: "
 	       "forward %.1e, gradients %.1e\n",
 	       name, nrun[0], worst_fwd[0], worst_grad[0], nrun[1], worst_fwd[1], worst_grad[1]);
+	fflush(stdout);
+}
+END_TEST
+
+/* ------------------------------------------------------------ linear_cat */
+
+/* lmk_linear_cat needs its weights adjacent: each case's weights are the
+ * consecutive parameters of one set on each device. Variants: the weights'
+ * gradients hold priors (the product adds), all unwritten (it assigns), or
+ * the first only unwritten (zeroed, then it adds). x's gradient holds a
+ * prior. Shapes (N, IC, O_j) with IC a multiple of 16 (adjacent layouts):
+ * odd sizes, a gemv.cu forward (N <= LMK_GEMV_MAX_ROWS), q k v of a
+ * grouped-query model and the 110M model's gate and up. */
+static void run_linear_cat(int64_t N, int64_t IC, const int64_t *O, int nw, lmk_dtype dt,
+			   int variant)
+{
+	const int bf = dt == LMK_BF16;
+	lmk_rng rng;
+	lmk_rng_init(&rng, g_seed * 7919u + (uint64_t)(N * 31 + IC * 7 + nw) * 6 +
+				   (uint64_t)variant * 2 + (uint64_t)bf);
+	ocase o = {.op = "linear_cat", .nin = 1 + nw};
+	o.ndim[0] = 2;
+	o.shape[0][0] = N;
+	o.shape[0][1] = IC;
+	int64_t OC = 0, nwt = 0;
+	for (int j = 0; j < nw; j++) {
+		o.param[1 + j] = 1;
+		o.ndim[1 + j] = 2;
+		o.shape[1 + j][0] = O[j];
+		o.shape[1 + j][1] = IC;
+		OC += O[j];
+	}
+	nwt = OC * IC;
+	float *xh = malloc(sizeof(float) * (size_t)(N * IC));
+	float *wh = malloc(sizeof(float) * (size_t)nwt);
+	float *xprior = malloc(sizeof(float) * (size_t)(N * IC));
+	float *wprior = malloc(sizeof(float) * (size_t)nwt);
+	float *dout = malloc(sizeof(float) * (size_t)(N * OC));
+	for (int64_t i = 0; i < N * IC; i++) {
+		xh[i] = nonzero_uniform(&rng, 1.0f);
+		xprior[i] = nonzero_uniform(&rng, PRIOR_SCALE);
+	}
+	for (int64_t i = 0; i < nwt; i++) {
+		wh[i] = nonzero_uniform(&rng, 1.0f);
+		wprior[i] = nonzero_uniform(&rng, PRIOR_SCALE);
+	}
+	for (int64_t i = 0; i < N * OC; i++)
+		dout[i] = nonzero_uniform(&rng, 1.0f);
+	if (bf) {
+		round_bf16(xh, N * IC);
+		round_bf16(wh, nwt);
+		round_bf16(xprior, N * IC);
+		round_bf16(dout, N * OC);
+	}
+	float *res[2][3]; /* device: output, x's gradient, the weights' */
+	for (int d = 0; d < 2; d++) {
+		lmk_ctx c;
+		lmk_params ps;
+		if (d)
+			ck_assert_int_eq(lmk_ctx_init_ex(&c, LMK_DEV_CUDA, 0, dt), 0);
+		else
+			ck_assert_int_eq(lmk_ctx_init(&c, LMK_DEV_CPU), 0);
+		c.arena.poison = 1;
+		lmk_params_init(&ps, 1);
+		for (int j = 0; j < nw; j++) {
+			char name[8];
+			snprintf(name, sizeof name, "w%d", j);
+			ck_assert_int_eq(lmk_params_add(&ps, name, 2, o.shape[1 + j]), j);
+		}
+		ck_assert_int_eq(lmk_params_alloc(&ps), 0);
+		ck_assert_uint_eq(ps.n, (size_t)nwt);
+		memcpy(ps.data, wh, sizeof(float) * (size_t)nwt);
+		memcpy(ps.grad, wprior, sizeof(float) * (size_t)nwt);
+		if (d)
+			ck_assert_int_eq(lmk_params_to_device(&ps, &c), 0);
+		for (int j = 0; j < nw && variant; j++)
+			ps.t[j].gunwritten = variant == 1 || j == 0;
+		if (d) { /* lmk_params_to_device zeroed the gradients: the priors,
+			  * NaN in those unwritten (a product that adds shows) */
+			float *gp = malloc(sizeof(float) * (size_t)nwt);
+			memcpy(gp, wprior, sizeof(float) * (size_t)nwt);
+			for (int j = 0; j < nw; j++)
+				for (int64_t i = 0; ps.t[j].gunwritten && i < ps.t[j].n; i++)
+					gp[ps.offset[j] + (size_t)i] = NAN;
+			ck_assert_int_eq(lmk_cuda_upload(c.backend, ps.grad, gp,
+							 sizeof(float) * (size_t)nwt), 0);
+			ck_assert_int_eq(lmk_cuda_sync(c.backend), 0);
+			free(gp);
+		}
+		lmk_tensor *w[4], *x = lmk_tensor_new(&c, d ? dt : LMK_F32, 2, o.shape[0], 1);
+		ck_assert_ptr_nonnull(x);
+		for (int j = 0; j < nw; j++)
+			w[j] = &ps.t[j];
+		ck_assert(lmk_linear_cat_ok(nw, w));
+		ck_assert_int_eq(lmk_tensor_write_f32(&c, x, 0, xh), 0);
+		ck_assert_int_eq(lmk_tensor_write_f32(&c, x, 1, xprior), 0);
+		lmk_tensor *y = lmk_linear_cat(&c, x, nw, w);
+		ck_assert_msg(y != NULL, "%s: %s", case_str(&o, dt), lmk_errmsg());
+		ck_assert_int_eq(y->n, N * OC);
+		lmk_tensor *dg = lmk_tensor_upload(&c, LMK_F32, 1, (int64_t[]){N * OC}, dout);
+		ck_assert_ptr_nonnull(dg);
+		res[d][0] = malloc(sizeof(float) * (size_t)(N * OC));
+		res[d][1] = malloc(sizeof(float) * (size_t)(N * IC));
+		res[d][2] = malloc(sizeof(float) * (size_t)nwt);
+		ck_assert_int_eq(lmk_tensor_read_f32(&c, y, 0, res[d][0]), 0);
+		ck_assert_msg(lmk_backward_from(&c, y, dg->data) == 0, "%s: backward: %s",
+			      case_str(&o, dt), lmk_errmsg());
+		ck_assert_int_eq(lmk_ctx_sync(&c), 0);
+		ck_assert_int_eq(lmk_tensor_read_f32(&c, x, 1, res[d][1]), 0);
+		ck_assert_int_eq(lmk_params_copy_to_host(&ps, 1, res[d][2]), 0);
+		for (int j = 0; j < nw; j++)
+			ck_assert_int_eq(ps.t[j].gunwritten, 0);
+		lmk_params_free(&ps);
+		lmk_ctx_free(&c);
+	}
+	check_close("forward", &o, dt, res[1][0], res[0][0], N * OC, 0, &worst_fwd[bf]);
+	check_close("gradient of x", &o, dt, res[1][1], res[0][1], N * IC, PRIOR_SCALE,
+		    &worst_grad[bf]);
+	check_close("gradient of the weights", &o, dt, res[1][2], res[0][2], nwt, PRIOR_SCALE,
+		    &worst_grad[bf]);
+	for (int d = 0; d < 2; d++)
+		for (int k = 0; k < 3; k++)
+			free(res[d][k]);
+	free(xh);
+	free(wh);
+	free(xprior);
+	free(wprior);
+	free(dout);
+}
+
+START_TEST(test_linear_cat)
+{
+	static const struct { int64_t N, IC, O[3]; int nw; } tab[] = {
+		{1, 16, {1}, 1},          {3, 16, {5, 3}, 2},           {7, 64, {32, 16}, 2},
+		{33, 32, {7, 1, 9}, 3},   {67, 48, {33, 67}, 2},        {257, 768, {768, 256, 256}, 3},
+		{2048, 768, {2048, 2048}, 2},
+	};
+	worst_fwd[0] = worst_fwd[1] = worst_grad[0] = worst_grad[1] = 0;
+	int n = 0;
+	for (size_t t = 0; t < sizeof tab / sizeof tab[0]; t++) {
+		if (g_small && tab[t].N * tab[t].IC > 100000)
+			continue;
+		n++;
+		for (int variant = 0; variant < 3; variant++) {
+			run_linear_cat(tab[t].N, tab[t].IC, tab[t].O, tab[t].nw, LMK_F32, variant);
+			run_linear_cat(tab[t].N, tab[t].IC, tab[t].O, tab[t].nw, LMK_BF16, variant);
+		}
+	}
+	printf("test_cuda_ops: %-13s F32 %2d shapes: forward %.1e, gradients %.1e | BF16 %2d shapes: "
+	       "forward %.1e, gradients %.1e\n",
+	       "linear_cat", n, worst_fwd[0], worst_grad[0], n, worst_fwd[1], worst_grad[1]);
 	fflush(stdout);
 }
 END_TEST
@@ -1048,13 +1212,20 @@ int main(void)
 	make_cases();
 
 	Suite *su = suite_create("cuda_ops");
-	/* cross-entropy (the last op) a case of its own: CK_RUN_CASE=cross_entropy */
+	/* cross-entropy and swiglu_cat (the last two ops) cases of their own:
+	 * CK_RUN_CASE=cross_entropy, and "fused" with linear_cat (the ops that
+	 * fuse a Llama's gate and up products), so that a device run can name
+	 * them alone */
 	TCase *tc = tcase_create("ops");
-	tcase_add_loop_test(tc, test_op, 0, NOPS - 1);
+	tcase_add_loop_test(tc, test_op, 0, NOPS - 2);
 	suite_add_tcase(su, tc);
 	TCase *tce = tcase_create("cross_entropy");
-	tcase_add_loop_test(tce, test_op, NOPS - 1, NOPS);
+	tcase_add_loop_test(tce, test_op, NOPS - 2, NOPS - 1);
 	suite_add_tcase(su, tce);
+	TCase *tf = tcase_create("fused");
+	tcase_add_loop_test(tf, test_op, NOPS - 1, NOPS);
+	tcase_add_test(tf, test_linear_cat);
+	suite_add_tcase(su, tf);
 	TCase *to = tcase_create("optim");
 	tcase_add_test(to, test_adamw);
 	tcase_add_test(to, test_grad_norm);

@@ -8,7 +8,10 @@
  * Each case runs twice: on the inputs themselves, and on copies made by an
  * op (lmk_scale by 1), whose gradients the tape leaves unwritten, so that
  * the backward assigns them (tensor.h) where it can; the arena is filled
- * with NaN, so an element it forgets to write shows. Relative error of each
+ * with NaN, so an element it forgets to write shows. linear_cat's weights
+ * are consecutive parameters (its op cannot read copies): its second and
+ * third runs leave some and then all of their gradients unwritten, holding
+ * NaN, which the backward must assign. Relative error of each
  * input's gradient vector (||g_a - g_n|| / ||g_n||) must stay under 1e-4;
  * the float forward must match the reference within 1e-5.
  * Then forward values checked by hand, equivalences (GQA and MHA, packed
@@ -50,6 +53,8 @@ struct gcase {
 	int64_t p[8];                    /* op parameters */
 	float f[4];
 	const lmk_rope *rope;
+	int adjacent;                    /* inputs 1.. are consecutive parameters
+					  * of one lmk_params (linear_cat) */
 };
 
 static double worst_grad, worst_fwd;  /* over the shapes of one op */
@@ -93,12 +98,22 @@ static double ref_loss(const gcase *g, double **xd, double *outd, const double *
 	return L;
 }
 
+/* Whether chain leaves input k's gradient unwritten: for adjacent
+ * parameters, which cannot be copies made by an op, chain 1 marks the odd
+ * ones (some of the weights of one product: mixed), chain 2 all. */
+static int param_unwritten(const gcase *g, int chain, int k)
+{
+	return g->adjacent && k && !g->frozen[k] && (chain == 2 || (chain == 1 && k % 2));
+}
+
 /* The gradient check of one case, the op reading the inputs (chain 0) or
- * copies of them made by an op (chain 1); see the top of the file. */
+ * copies of them made by an op (chain 1, 2: see param_unwritten); see the
+ * top of the file. */
 static void check_grad_via(const gcase *g, uint64_t seed, int chain)
 {
 	lmk_ctx c;
 	lmk_rng rng;
+	lmk_params ps;
 	lmk_tensor *x[MAXIN];
 	double *xd[MAXIN];
 	float amp = g->amp ? g->amp : 1.0f;
@@ -106,8 +121,19 @@ static void check_grad_via(const gcase *g, uint64_t seed, int chain)
 	ck_assert_int_eq(lmk_ctx_init(&c, LMK_DEV_CPU), 0);
 	c.arena.poison = 1; /* NaN wherever a backward forgets to write */
 	lmk_rng_init(&rng, seed);
+	if (g->adjacent) {
+		lmk_params_init(&ps, !g->frozen[1]);
+		for (int k = 1; k < g->nin; k++) {
+			char name[16];
+			snprintf(name, sizeof name, "w%d", k);
+			ck_assert_int_eq(lmk_params_add(&ps, name, g->ndim[k], g->shape[k]), k - 1);
+		}
+		ck_assert_int_eq(lmk_params_alloc(&ps), 0);
+	}
 	for (int k = 0; k < g->nin; k++) {
-		x[k] = lmk_tensor_new(&c, LMK_F32, g->ndim[k], g->shape[k], !g->frozen[k]);
+		x[k] = g->adjacent && k ? &ps.t[k - 1]
+					: lmk_tensor_new(&c, LMK_F32, g->ndim[k], g->shape[k],
+							 !g->frozen[k]);
 		ck_assert_ptr_nonnull(x[k]);
 		xd[k] = malloc(sizeof(double) * (size_t)(x[k]->n ? x[k]->n : 1));
 		float *xf = x[k]->data;
@@ -118,7 +144,8 @@ static void check_grad_via(const gcase *g, uint64_t seed, int chain)
 	}
 	lmk_tensor *in[MAXIN];
 	for (int k = 0; k < g->nin; k++) {
-		in[k] = chain && !g->frozen[k] ? lmk_scale(&c, x[k], 1.0f) : x[k];
+		in[k] = chain && !g->frozen[k] && !(g->adjacent && k) ? lmk_scale(&c, x[k], 1.0f)
+								      : x[k];
 		ck_assert_ptr_nonnull(in[k]);
 	}
 	lmk_tensor *out = g->op(&c, in, g);
@@ -155,6 +182,13 @@ static void check_grad_via(const gcase *g, uint64_t seed, int chain)
 		prior[k] = malloc(sizeof(float) * (size_t)(x[k]->n ? x[k]->n : 1));
 		for (int64_t i = 0; i < x[k]->n; i++)
 			((float *)x[k]->grad)[i] = prior[k][i] = nonzero_uniform(&rng, 0.01f);
+		if (param_unwritten(g, chain, k)) { /* NaN unless assigned */
+			x[k]->gunwritten = 1;
+			for (int64_t i = 0; i < x[k]->n; i++) {
+				((float *)x[k]->grad)[i] = NAN;
+				prior[k][i] = 0;
+			}
+		}
 	}
 	ck_assert_msg(lmk_backward_from(&c, out, rf) == 0, "%s: backward: %s", g->name,
 		      lmk_errmsg());
@@ -199,6 +233,8 @@ static void check_grad_via(const gcase *g, uint64_t seed, int chain)
 	free(outd);
 	free(rd);
 	free(rf);
+	if (g->adjacent)
+		lmk_params_free(&ps);
 	lmk_ctx_free(&c);
 }
 
@@ -206,6 +242,8 @@ static void check_grad(const gcase *g, uint64_t seed)
 {
 	check_grad_via(g, seed, 0);
 	check_grad_via(g, seed, 1);
+	if (g->adjacent)
+		check_grad_via(g, seed, 2);
 	ncases++;
 }
 
@@ -338,6 +376,51 @@ START_TEST(test_grad_linear_add)
 		check_grad(&g, 250 + t);
 	}
 	report("linear_add");
+}
+END_TEST
+
+/* linear_cat: x, then the weights, adjacent parameters */
+static lmk_tensor *op_linear_cat(lmk_ctx *c, lmk_tensor **x, const gcase *g)
+{
+	return lmk_linear_cat(c, x[0], g->nin - 1, x + 1);
+}
+
+static void ref_linear_cat(const gcase *g, double **x, double *out)
+{
+	int64_t IC = g->shape[1][1], N = g->p[0], OC = 0;
+	for (int k = 1; k < g->nin; k++)
+		OC += g->shape[k][0];
+	for (int64_t n = 0; n < N; n++)
+		for (int k = 1, o0 = 0; k < g->nin; o0 += (int)g->shape[k][0], k++)
+			for (int64_t o = 0; o < g->shape[k][0]; o++) {
+				double s = 0;
+				for (int64_t i = 0; i < IC; i++)
+					s += x[0][n * IC + i] * x[k][o * IC + i];
+				out[n * OC + o0 + o] = s;
+			}
+}
+
+START_TEST(test_grad_linear_cat)
+{
+	/* IC a multiple of 16 keeps every weight lmk_params-aligned, so adjacent */
+	static const struct { int64_t B, T, IC, O[3]; int frozen_x, frozen_w; } tab[] = {
+		{1, 1, 16, {1, 0, 0}, 0, 0},  {1, 3, 16, {5, 3, 0}, 0, 0},
+		{2, 7, 32, {7, 1, 9}, 0, 0},  {3, 5, 16, {2, 4, 0}, 1, 0}, /* x without grad */
+		{2, 3, 48, {5, 6, 0}, 0, 1},  /* frozen weights, as under LoRA */
+		{2, 8, 256, {96, 96, 0}, 0, 0},
+	};
+	for (size_t t = 0; t < sizeof tab / sizeof *tab; t++) {
+		gcase g = {.name = "linear_cat", .op = op_linear_cat, .ref = ref_linear_cat,
+			   .p = {tab[t].B * tab[t].T}, .adjacent = 1};
+		in_shape(&g, 0, 3, tab[t].B, tab[t].T, tab[t].IC, 0);
+		for (int k = 0; k < 3 && tab[t].O[k]; k++) {
+			in_shape(&g, 1 + k, 2, tab[t].O[k], tab[t].IC, 0, 0);
+			g.frozen[1 + k] = tab[t].frozen_w;
+		}
+		g.frozen[0] = tab[t].frozen_x;
+		check_grad(&g, 270 + t);
+	}
+	report("linear_cat");
 }
 END_TEST
 
@@ -626,6 +709,21 @@ static void ref_swiglu(const gcase *g, double **x, double *out)
 		out[i] = silu_d(x[0][i]) * x[1][i];
 }
 
+/* swiglu_cat: one input (...,2F), p[0] = output elements, p[1] = F */
+static lmk_tensor *op_swiglu_cat(lmk_ctx *c, lmk_tensor **x, const gcase *g)
+{
+	return lmk_swiglu_cat(c, x[0]);
+}
+
+static void ref_swiglu_cat(const gcase *g, double **x, double *out)
+{
+	int64_t F = g->p[1];
+	for (int64_t i = 0; i < g->p[0]; i++) {
+		int64_t r = i / F, j = i % F;
+		out[i] = silu_d(x[0][r * 2 * F + j]) * x[0][r * 2 * F + F + j];
+	}
+}
+
 static lmk_tensor *op_scale(lmk_ctx *c, lmk_tensor **x, const gcase *g)
 {
 	return lmk_scale(c, x[0], g->f[0]);
@@ -686,6 +784,13 @@ START_TEST(test_grad_elementwise)
 		check_grad(&gs, 720 + t);
 		gs.frozen[1] = 1;
 		check_grad(&gs, 725 + t);
+		/* swiglu_cat: the shape's last dim is F, the input's 2F */
+		gcase gt = {.name = "swiglu_cat", .op = op_swiglu_cat, .ref = ref_swiglu_cat,
+			    .amp = 3};
+		ew_case(&gt, t, 1);
+		gt.p[1] = gt.shape[0][gt.ndim[0] - 1];
+		gt.shape[0][gt.ndim[0] - 1] *= 2;
+		check_grad(&gt, 740 + t);
 		gcase gc = {.name = "scale", .op = op_scale, .ref = ref_scale, .f = {-0.7f}};
 		ew_case(&gc, t, 1);
 		check_grad(&gc, 730 + t);
@@ -1299,6 +1404,18 @@ START_TEST(test_errors)
 	ck_assert_str_eq(lmk_errmsg(), "add: a (4,7) and b (5,6): expected the same shapes or "
 				       "b's the trailing dims of a's");
 	ck_assert_ptr_null(lmk_swiglu(&c, x, lmk_tensor_new(&c, LMK_F32, 1, (int64_t[]){7}, 0)));
+	ck_assert_ptr_null(lmk_swiglu_cat(&c, x));
+	ck_assert_str_eq(lmk_errmsg(), "swiglu_cat: gu (4,7): expected (...,2F)");
+	/* linear_cat: weights that are not one block of memory */
+	lmk_tensor *w2[2] = {w57, lmk_tensor_new(&c, LMK_F32, 2, (int64_t[]){5, 7}, 1)};
+	ck_assert(!lmk_linear_cat_ok(2, w2));
+	ck_assert(lmk_linear_cat_ok(1, w2));
+	ck_assert_ptr_null(lmk_linear_cat(&c, x, 2, w2));
+	ck_assert_str_eq(lmk_errmsg(), "linear_cat: w (5,7) and 1 more: expected 2-d weights of "
+				       "the same columns and dtype, one after another in memory");
+	ck_assert_ptr_null(lmk_linear_cat(&c, x, 0, w2));
+	ck_assert_str_eq(lmk_errmsg(), "linear_cat: 0 weights: expected 1 to 5");
+	ck_assert_ptr_nonnull(lmk_linear_cat(&c, x, 1, w2));
 	ck_assert_ptr_null(lmk_rmsnorm(&c, x, w, 1e-5f));
 	ck_assert_ptr_nonnull(strstr(lmk_errmsg(), "rmsnorm: x (4,7) and w (5,6)"));
 	ck_assert_ptr_null(lmk_rmsnorm(&c, x, NULL, -1));
@@ -1334,6 +1451,7 @@ int main(void)
 	tcase_add_test(tg, test_grad_embedding);
 	tcase_add_test(tg, test_grad_linear);
 	tcase_add_test(tg, test_grad_linear_add);
+	tcase_add_test(tg, test_grad_linear_cat);
 	tcase_add_test(tg, test_grad_rmsnorm);
 	tcase_add_test(tg, test_grad_layernorm);
 	tcase_add_test(tg, test_grad_rope);
