@@ -379,8 +379,9 @@ __global__ void __launch_bounds__(256, 1)
 		pos = jr >= jb ? jr - jb : jr - jb + nkb;
 		cnt = sem + 1 + (((int64_t)b * H + t.h) * nqa + t.qi) * NW + warp;
 	};
-	/* lane 0's last read of a counter; the tile whose part this warp
-	 * stored last and has still to count (relv: there is one) */
+	/* lane 0's last read of a counter (relaxed: acquired by the fence
+	 * when the part is due); the tile whose part this warp stored last
+	 * and has still to count (relv: there is one) */
 	int seen = 0;
 	Tile relt = {0, 0};
 	bool relv = false;
@@ -389,7 +390,7 @@ __global__ void __launch_bounds__(256, 1)
 		int *cnt;
 		tile_of(t, i0, pos, nc, cnt);
 		if (lane == 0 && pos > 0)
-			seen = ld_acquire(cnt);
+			seen = ld_relaxed(cnt);
 	};
 	/* when iteration it's part is due: wait for the parts before this
 	 * block's, then fetch their sum */
@@ -400,7 +401,8 @@ __global__ void __launch_bounds__(256, 1)
 		const int64_t off = (int64_t)b * T * ldq + (int64_t)t.h * D + n0;
 		if (lane == 0 && pos > 0) {
 			while (seen < pos)
-				seen = ld_acquire(cnt);
+				seen = ld_relaxed(cnt);
+			fence_acquire();
 		}
 		__syncwarp();
 		if constexpr (D == 64) {
@@ -483,7 +485,7 @@ __global__ void __launch_bounds__(256, 1)
 			int i0, pos, nc;
 			int *cnt;
 			tile_of(relt, i0, pos, nc, cnt);
-			fence_acq_rel();
+			fence_release();
 			red_relaxed(cnt);
 		}
 		relv = false;
@@ -652,8 +654,11 @@ __global__ void __launch_bounds__(256, 1)
 		cp_wait<0>();
 		fence_async_smem();
 		__syncthreads();
-		/* lse of the next tile now, staged at the end of the iteration */
-		const float lnext = tid < BR && it + 1 < nit ? lse_raw(tn, tid) : 0.f;
+		/* lse of the next tile, staged at the end of the iteration: read
+		 * now at D 128; at D 64 past the dq sum's fences, which wait for
+		 * every load in flight */
+		const bool lnx = tid < BR && it + 1 < nit;
+		float lnext = D == 128 && lnx ? lse_raw(tn, tid) : 0.f;
 		const uint32_t so = st * BR * 128 * PN;
 		const uint64_t cQ = dmove(dQk, so), cO = dmove(dOk, so);
 		const uint64_t cQn = dmove(dQn, so), cOn = dmove(dOn, so);
@@ -672,6 +677,8 @@ __global__ void __launch_bounds__(256, 1)
 					dq_fetch(tp);
 				dq_poll(tc);
 			}
+			if (lnx)
+				lnext = lse_raw(tn, tid);
 			if (it + 1 < nit)
 				load_q(tn, (it + 1) % NST);
 			cp_commit();
