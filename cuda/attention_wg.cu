@@ -639,7 +639,15 @@ __global__ void __launch_bounds__(256, 1)
 	 * so that the tensor cores have it to do while the exponentials are
 	 * computed, and the dV and dK products are waited for only with the
 	 * next iteration's Sᵀ, so that the barrier does not drain the tensor
-	 * cores; Pᵀ and dSᵀ (their A operands) live until then. At D 128
+	 * cores; Pᵀ and dSᵀ (their A operands) live until then. The ordered
+	 * sum's fences come where the tensor cores have work queued: the
+	 * count of the part stored in the last iteration is raised past the
+	 * products' issue (its memory barrier waits for those stores), and
+	 * the counter of the tile whose part is due in the next iteration is
+	 * read past the dV product's issue, half an iteration after the block
+	 * before this one in the tile's order (two iterations ahead on the
+	 * walk) has likely raised it, so that the next iteration's fetch
+	 * seldom reads it again. At D 128
 	 * (registers allow no more) the dQ part goes after dK, once Sᵀ and
 	 * dPᵀ are dead, and the iteration waits for all its products. */
 	uint32_t pp[BR / 8][2], ds[BR / 8][2];
@@ -666,16 +674,14 @@ __global__ void __launch_bounds__(256, 1)
 		float s[BR / 8][4], dp[BR / 8][4];
 		if constexpr (D == 64) {
 			float acc[NQ / 8][4];
-			if (dqw)
-				dq_release();
 			wg_fence();
 			if (dqw && it > 0)
 				dq_issue(acc, sb ^ 1);
 			sdp_issue(s, dp, cQ, cO);
 			if (dqw) {
+				dq_release();
 				if (it > 0)
 					dq_fetch(tp);
-				dq_poll(tc);
 			}
 			if (lnx)
 				lnext = lse_raw(tn, tid);
@@ -696,6 +702,8 @@ __global__ void __launch_bounds__(256, 1)
 			dv_issue(pp, cOn);
 			if (dqw && it > 0)
 				dq_out(tp, acc);
+			if (dqw)
+				dq_poll(tc);
 			wg_wait<1>();
 			keep(dp);
 			ds_of(s, dp, ds, cD);
