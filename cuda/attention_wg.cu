@@ -322,8 +322,9 @@ __global__ void __launch_bounds__(256, 1)
 	load_rows<BC, PN>(base + SM::K, k + koff, ldk, k0, T, tid);
 	load_rows<BC, PN>(base + SM::V, v + koff, ldk, k0, T, tid);
 	load_q(tile_at(0), 0);
-	if (tid < BR)
-		sL[tid] = lse_staged(lse_raw(tile_at(0), tid));
+	/* (the loads of the prologue are all in flight before anything
+	 * waits for one: lse here, staged at the end) */
+	const float l0 = tid < BR ? lse_raw(tile_at(0), tid) : 0.f;
 	if constexpr (D == 64) {
 		/* dk's and dv's old values now, so that the sums at the end do
 		 * not wait for them */
@@ -334,19 +335,30 @@ __global__ void __launch_bounds__(256, 1)
 	}
 	cp_commit();
 	if constexpr (D == 64) {
-		/* Kᵀ: element (d, key j) in panel j/64, row d, column j%64 */
-		for (int c = tid; c < BC * 8; c += 256) {
-			const int j = c >> 3, ch = c & 7;
-			uint4 x = make_uint4(0u, 0u, 0u, 0u);
+		/* Kᵀ: element (d, key j) in panel j/64, row d, column j%64. A
+		 * warp's lanes take 32 keys of one 8-column chunk, so that their
+		 * stores fall in distinct banks (two lanes a word). */
+		constexpr int NL = BC * 8 / 256;
+		uint4 x[NL];
+#pragma unroll
+		for (int l = 0; l < NL; l++) {
+			const int c = tid + l * 256, j = c % BC, ch = c / BC;
+			x[l] = make_uint4(0u, 0u, 0u, 0u);
 			if (k0 + j < T)
-				x = *(const uint4 *)(k + koff + (int64_t)(k0 + j) * ldk + ch * 8);
-			const bf16 *e = (const bf16 *)&x;
+				x[l] = *(const uint4 *)(k + koff + (int64_t)(k0 + j) * ldk + ch * 8);
+		}
+#pragma unroll
+		for (int l = 0; l < NL; l++) {
+			const int c = tid + l * 256, j = c % BC, ch = c / BC;
+			const bf16 *e = (const bf16 *)&x[l];
 			unsigned char *p = sm + SM::KT + (j >> 6) * 8192 + (j & 7) * 2;
 #pragma unroll
 			for (int u = 0; u < 8; u++)
 				*(bf16 *)(p + sw128(ch * 8 + u, (j & 63) >> 3)) = e[u];
 		}
 	}
+	if (tid < BR)
+		sL[tid] = lse_staged(l0);
 
 	/* this thread's keys (rows of Sᵀ, dK, dV): j_lo and j_hi = j_lo + 8;
 	 * the warpgroup's first key kw0 */
