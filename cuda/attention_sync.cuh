@@ -39,10 +39,11 @@ static __device__ __forceinline__ void red_relaxed(int *p)
 /* The same protocol in halves, so that no read waits where its count is
  * not yet needed: a relaxed read of a counter (on sm_90 a load, with no
  * L1 invalidation that waits for it), and later, once a read has seen the
- * count, fence_acquire (the L1 invalidation alone), which acquires what
- * that read saw; fence_release (the memory barrier alone, without the
- * acquiring half of fence_acq_rel, whose invalidation waits for every
- * load in flight) before red_relaxed releases. sm_90 and later. */
+ * count, fence_acquire, which acquires what that read saw (the L1
+ * invalidation alone, which waits for every load in flight); before
+ * red_relaxed, fence_release releases (the memory barrier alone, which
+ * waits for every store in flight, without fence_acq_rel's invalidation).
+ * sm_90 and later. */
 static __device__ __forceinline__ int ld_relaxed(const int *p)
 {
 	int v;
