@@ -674,11 +674,9 @@ __global__ void __launch_bounds__(256, 1)
 		cp_wait<0>();
 		fence_async_smem();
 		__syncthreads();
-		/* lse of the next tile, staged at the end of the iteration: read
-		 * now at D 128; at D 64 past the dq sum's fences, which wait for
-		 * every load in flight */
+		/* lse of the next tile into its stage (lnx: this thread's) */
 		const bool lnx = tid < BR && it + 1 < nit;
-		float lnext = D == 128 && lnx ? lse_raw(tn, tid) : 0.f;
+		float *const sLn = sL + ((it + 1) % NST) * BR;
 		const uint32_t so = st * BR * 128 * PN;
 		const uint64_t cQ = dmove(dQk, so), cO = dmove(dOk, so);
 		const uint64_t cQn = dmove(dQn, so), cOn = dmove(dOn, so);
@@ -695,8 +693,10 @@ __global__ void __launch_bounds__(256, 1)
 				if (it > 0)
 					dq_fetch(tp);
 			}
-			if (lnx)
-				lnext = lse_raw(tn, tid);
+			/* (read past the dq sum's fences, which wait for every
+			 * load in flight, and staged before the counter's read,
+			 * for which nothing is to wait in this iteration) */
+			const float lnext = lnx ? lse_raw(tn, tid) : 0.f;
 			if (it + 1 < nit)
 				load_q(tn, (it + 1) % NST);
 			cp_commit();
@@ -714,6 +714,8 @@ __global__ void __launch_bounds__(256, 1)
 			dv_issue(pp, cOn);
 			if (dqw && it > 0)
 				dq_out(tp, acc);
+			if (lnx)
+				sLn[tid] = lse_staged(lnext);
 			if (dqw)
 				dq_poll(tc);
 			wg_wait<1>();
@@ -724,6 +726,7 @@ __global__ void __launch_bounds__(256, 1)
 			if (dqw)
 				ds_store(ds, sb);
 		} else {
+			const float lnext = lnx ? lse_raw(tn, tid) : 0.f;
 			wg_fence();
 			sdp_issue(s, dp, cQ, cO);
 			if (dqw)
@@ -761,9 +764,9 @@ __global__ void __launch_bounds__(256, 1)
 			keep(ak);
 			keep(pp);
 			keep(ds);
+			if (lnx)
+				sLn[tid] = lse_staged(lnext);
 		}
-		if (tid < BR && it + 1 < nit)
-			sL[((it + 1) % NST) * BR + tid] = lse_staged(lnext);
 		tp = tc;
 		tc = tn;
 	}
