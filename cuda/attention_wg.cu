@@ -654,12 +654,12 @@ __global__ void __launch_bounds__(256, 1)
 	 * cores; Pᵀ and dSᵀ (their A operands) live until then. The ordered
 	 * sum's fences come where the tensor cores have work queued: the
 	 * count of the part stored in the last iteration is raised past the
-	 * products' issue (its memory barrier waits for those stores), and
-	 * the counter of the tile whose part is due in the next iteration is
-	 * read past the dV product's issue, half an iteration after the block
-	 * before this one in the tile's order (two iterations ahead on the
-	 * walk) has likely raised it, so that the next iteration's fetch
-	 * seldom reads it again. At D 128
+	 * products' issue (its memory barrier waits for those stores); then
+	 * the part due now is fetched, and the counter of the tile whose part
+	 * is due in the next iteration read (relaxed: nothing waits for it
+	 * before the next iteration; the block before this one in the tile's
+	 * order, two iterations ahead on the walk and started no later, has
+	 * raised it at the same point of its iteration). At D 128
 	 * (registers allow no more) the dQ part goes after dK, once Sᵀ and
 	 * dPᵀ are dead, and the iteration waits for all its products. */
 	uint32_t pp[BR / 8][2], ds[BR / 8][2];
@@ -692,10 +692,10 @@ __global__ void __launch_bounds__(256, 1)
 				dq_release();
 				if (it > 0)
 					dq_fetch(tp);
+				dq_poll(tc);
 			}
 			/* (read past the dq sum's fences, which wait for every
-			 * load in flight, and staged before the counter's read,
-			 * for which nothing is to wait in this iteration) */
+			 * load in flight) */
 			const float lnext = lnx ? lse_raw(tn, tid) : 0.f;
 			if (it + 1 < nit)
 				load_q(tn, (it + 1) % NST);
@@ -716,8 +716,6 @@ __global__ void __launch_bounds__(256, 1)
 				dq_out(tp, acc);
 			if (lnx)
 				sLn[tid] = lse_staged(lnext);
-			if (dqw)
-				dq_poll(tc);
 			wg_wait<1>();
 			keep(dp);
 			ds_of(s, dp, ds, cD);
