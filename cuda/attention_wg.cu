@@ -298,6 +298,15 @@ __global__ void __launch_bounds__(256, 1)
 		const int t = qt0 + it % nqt;
 		return Tile{g * rep + it / nqt, t < nqa ? t : t - nqa};
 	};
+	/* the tile after t on the walk (tile_at(it + 1) from tile_at(it),
+	 * without the divisions): causal, the next head's qt0 after the last
+	 * tile; else tile 0 after the last, and the next head at qt0 */
+	auto tile_next = [&](Tile t) {
+		int qi = t.qi + 1;
+		if (qi == nqa)
+			qi = causal ? qt0 : 0;
+		return Tile{qi == qt0 ? t.h + 1 : t.h, qi};
+	};
 	/* Q, dout and delta of tile t into stage stage */
 	auto load_q = [&](Tile t, int stage) {
 		const int q0 = t.qi * BR;
@@ -452,27 +461,36 @@ __global__ void __launch_bounds__(256, 1)
 		int *cnt;
 		tile_of(t, i0, pos, nc, cnt);
 		const int64_t off = (int64_t)b * T * ldq + (int64_t)t.h * D + n0 + t2;
+		/* the sum of row half hf, column group n */
+		auto sum = [&](int hf, int n) {
+			float2 w;
+			if constexpr (D == 64) {
+				w = make_float2(wsum[n][2 * hf], wsum[n][2 * hf + 1]);
+			} else {
+				const int r = (lane >> 2) + 8 * hf, c = n * 8 + t2;
+				w = pos > 0 ? *(const float2 *)(sm + (wp - base) + wchunk(r, c >> 2) +
+								(c & 3) * 4) :
+					      make_float2(0.f, 0.f);
+			}
+			return make_float2(acc[n][2 * hf] + w.x, acc[n][2 * hf + 1] + w.y);
+		};
+		/* (the test of the block's place outside the loops over the
+		 * columns, which the compiler does not hoist) */
 #pragma unroll
 		for (int hf = 0; hf < 2; hf++) {
 			const int i = i0 + 8 * hf;
 			if (i >= T)
 				continue;
+			const int64_t oi = off + i * ldq;
+			if (pos < nc - 1) {
 #pragma unroll
-			for (int n = 0; n < NQ / 8; n++) {
-				float2 w;
-				if constexpr (D == 64) {
-					w = make_float2(wsum[n][2 * hf], wsum[n][2 * hf + 1]);
-				} else {
-					const int r = (lane >> 2) + 8 * hf, c = n * 8 + t2;
-					w = pos > 0 ? *(const float2 *)(sm + (wp - base) + wchunk(r, c >> 2) +
-									(c & 3) * 4) :
-						      make_float2(0.f, 0.f);
-				}
-				const float2 x = make_float2(acc[n][2 * hf] + w.x, acc[n][2 * hf + 1] + w.y);
-				const int64_t o = off + i * ldq + n * 8;
-				if (pos < nc - 1) {
-					__stcg((float2 *)(dqw + o), x);
-				} else {
+				for (int n = 0; n < NQ / 8; n++)
+					__stcg((float2 *)(dqw + oi + n * 8), sum(hf, n));
+			} else {
+#pragma unroll
+				for (int n = 0; n < NQ / 8; n++) {
+					const float2 x = sum(hf, n);
+					const int64_t o = oi + n * 8;
 					uint32_t u;
 					if constexpr (D == 64)
 						u = dold[n][hf];
@@ -666,7 +684,7 @@ __global__ void __launch_bounds__(256, 1)
 	/* the tiles of iterations it - 1, it and it + 1 */
 	Tile tp = {0, 0}, tc = tile_at(0);
 	for (int it = 0; it < nit; it++) {
-		const Tile tn = it + 1 < nit ? tile_at(it + 1) : tc;
+		const Tile tn = it + 1 < nit ? tile_next(tc) : tc;
 		const int q0 = tc.qi * BR, st = it % NST, sb = it & 1;
 		/* Past the barrier iteration it's tiles have landed (and Kᵀ is
 		 * written), iteration it - 1's dSᵀ is in, and every warp is done
