@@ -36,4 +36,29 @@ static __device__ __forceinline__ void red_relaxed(int *p)
 	asm volatile("red.relaxed.gpu.global.add.s32 [%0], 1;\n" ::"l"(p) : "memory");
 }
 
+/* The same protocol in halves, so that no read waits where its count is
+ * not yet needed: a relaxed read of a counter (on sm_90 a load, with no
+ * L1 invalidation that waits for it), and later, once a read has seen the
+ * count, fence_acquire, which acquires what that read saw (the L1
+ * invalidation alone, which waits for every load in flight); before
+ * red_relaxed, fence_release releases (the memory barrier alone, which
+ * waits for every store in flight, without fence_acq_rel's invalidation).
+ * sm_90 and later. */
+static __device__ __forceinline__ int ld_relaxed(const int *p)
+{
+	int v;
+	asm volatile("ld.relaxed.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+	return v;
+}
+
+static __device__ __forceinline__ void fence_acquire()
+{
+	asm volatile("fence.acquire.gpu;\n" ::: "memory");
+}
+
+static __device__ __forceinline__ void fence_release()
+{
+	asm volatile("fence.release.gpu;\n" ::: "memory");
+}
+
 #endif

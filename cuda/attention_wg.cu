@@ -298,6 +298,15 @@ __global__ void __launch_bounds__(256, 1)
 		const int t = qt0 + it % nqt;
 		return Tile{g * rep + it / nqt, t < nqa ? t : t - nqa};
 	};
+	/* the tile after t on the walk (tile_at(it + 1) from tile_at(it),
+	 * without the divisions): causal, the next head's qt0 after the last
+	 * tile; else tile 0 after the last, and the next head at qt0 */
+	auto tile_next = [&](Tile t) {
+		int qi = t.qi + 1;
+		if (qi == nqa)
+			qi = causal ? qt0 : 0;
+		return Tile{qi == qt0 ? t.h + 1 : t.h, qi};
+	};
 	/* Q, dout and delta of tile t into stage stage */
 	auto load_q = [&](Tile t, int stage) {
 		const int q0 = t.qi * BR;
@@ -322,8 +331,9 @@ __global__ void __launch_bounds__(256, 1)
 	load_rows<BC, PN>(base + SM::K, k + koff, ldk, k0, T, tid);
 	load_rows<BC, PN>(base + SM::V, v + koff, ldk, k0, T, tid);
 	load_q(tile_at(0), 0);
-	if (tid < BR)
-		sL[tid] = lse_staged(lse_raw(tile_at(0), tid));
+	/* (the loads of the prologue are all in flight before anything
+	 * waits for one: lse here, staged at the end) */
+	const float l0 = tid < BR ? lse_raw(tile_at(0), tid) : 0.f;
 	if constexpr (D == 64) {
 		/* dk's and dv's old values now, so that the sums at the end do
 		 * not wait for them */
@@ -334,19 +344,30 @@ __global__ void __launch_bounds__(256, 1)
 	}
 	cp_commit();
 	if constexpr (D == 64) {
-		/* Kᵀ: element (d, key j) in panel j/64, row d, column j%64 */
-		for (int c = tid; c < BC * 8; c += 256) {
-			const int j = c >> 3, ch = c & 7;
-			uint4 x = make_uint4(0u, 0u, 0u, 0u);
+		/* Kᵀ: element (d, key j) in panel j/64, row d, column j%64. A
+		 * warp's lanes take 32 keys of one 8-column chunk, so that their
+		 * stores fall in distinct banks (two lanes a word). */
+		constexpr int NL = BC * 8 / 256;
+		uint4 x[NL];
+#pragma unroll
+		for (int l = 0; l < NL; l++) {
+			const int c = tid + l * 256, j = c % BC, ch = c / BC;
+			x[l] = make_uint4(0u, 0u, 0u, 0u);
 			if (k0 + j < T)
-				x = *(const uint4 *)(k + koff + (int64_t)(k0 + j) * ldk + ch * 8);
-			const bf16 *e = (const bf16 *)&x;
+				x[l] = *(const uint4 *)(k + koff + (int64_t)(k0 + j) * ldk + ch * 8);
+		}
+#pragma unroll
+		for (int l = 0; l < NL; l++) {
+			const int c = tid + l * 256, j = c % BC, ch = c / BC;
+			const bf16 *e = (const bf16 *)&x[l];
 			unsigned char *p = sm + SM::KT + (j >> 6) * 8192 + (j & 7) * 2;
 #pragma unroll
 			for (int u = 0; u < 8; u++)
 				*(bf16 *)(p + sw128(ch * 8 + u, (j & 63) >> 3)) = e[u];
 		}
 	}
+	if (tid < BR)
+		sL[tid] = lse_staged(l0);
 
 	/* this thread's keys (rows of Sᵀ, dK, dV): j_lo and j_hi = j_lo + 8;
 	 * the warpgroup's first key kw0 */
@@ -379,8 +400,9 @@ __global__ void __launch_bounds__(256, 1)
 		pos = jr >= jb ? jr - jb : jr - jb + nkb;
 		cnt = sem + 1 + (((int64_t)b * H + t.h) * nqa + t.qi) * NW + warp;
 	};
-	/* lane 0's last read of a counter; the tile whose part this warp
-	 * stored last and has still to count (relv: there is one) */
+	/* lane 0's last read of a counter (relaxed: acquired by the fence
+	 * when the part is due); the tile whose part this warp stored last
+	 * and has still to count (relv: there is one) */
 	int seen = 0;
 	Tile relt = {0, 0};
 	bool relv = false;
@@ -389,7 +411,7 @@ __global__ void __launch_bounds__(256, 1)
 		int *cnt;
 		tile_of(t, i0, pos, nc, cnt);
 		if (lane == 0 && pos > 0)
-			seen = ld_acquire(cnt);
+			seen = ld_relaxed(cnt);
 	};
 	/* when iteration it's part is due: wait for the parts before this
 	 * block's, then fetch their sum */
@@ -400,7 +422,8 @@ __global__ void __launch_bounds__(256, 1)
 		const int64_t off = (int64_t)b * T * ldq + (int64_t)t.h * D + n0;
 		if (lane == 0 && pos > 0) {
 			while (seen < pos)
-				seen = ld_acquire(cnt);
+				seen = ld_relaxed(cnt);
+			fence_acquire();
 		}
 		__syncwarp();
 		if constexpr (D == 64) {
@@ -438,27 +461,36 @@ __global__ void __launch_bounds__(256, 1)
 		int *cnt;
 		tile_of(t, i0, pos, nc, cnt);
 		const int64_t off = (int64_t)b * T * ldq + (int64_t)t.h * D + n0 + t2;
+		/* the sum of row half hf, column group n */
+		auto sum = [&](int hf, int n) {
+			float2 w;
+			if constexpr (D == 64) {
+				w = make_float2(wsum[n][2 * hf], wsum[n][2 * hf + 1]);
+			} else {
+				const int r = (lane >> 2) + 8 * hf, c = n * 8 + t2;
+				w = pos > 0 ? *(const float2 *)(sm + (wp - base) + wchunk(r, c >> 2) +
+								(c & 3) * 4) :
+					      make_float2(0.f, 0.f);
+			}
+			return make_float2(acc[n][2 * hf] + w.x, acc[n][2 * hf + 1] + w.y);
+		};
+		/* (the test of the block's place outside the loops over the
+		 * columns, which the compiler does not hoist) */
 #pragma unroll
 		for (int hf = 0; hf < 2; hf++) {
 			const int i = i0 + 8 * hf;
 			if (i >= T)
 				continue;
+			const int64_t oi = off + i * ldq;
+			if (pos < nc - 1) {
 #pragma unroll
-			for (int n = 0; n < NQ / 8; n++) {
-				float2 w;
-				if constexpr (D == 64) {
-					w = make_float2(wsum[n][2 * hf], wsum[n][2 * hf + 1]);
-				} else {
-					const int r = (lane >> 2) + 8 * hf, c = n * 8 + t2;
-					w = pos > 0 ? *(const float2 *)(sm + (wp - base) + wchunk(r, c >> 2) +
-									(c & 3) * 4) :
-						      make_float2(0.f, 0.f);
-				}
-				const float2 x = make_float2(acc[n][2 * hf] + w.x, acc[n][2 * hf + 1] + w.y);
-				const int64_t o = off + i * ldq + n * 8;
-				if (pos < nc - 1) {
-					__stcg((float2 *)(dqw + o), x);
-				} else {
+				for (int n = 0; n < NQ / 8; n++)
+					__stcg((float2 *)(dqw + oi + n * 8), sum(hf, n));
+			} else {
+#pragma unroll
+				for (int n = 0; n < NQ / 8; n++) {
+					const float2 x = sum(hf, n);
+					const int64_t o = oi + n * 8;
 					uint32_t u;
 					if constexpr (D == 64)
 						u = dold[n][hf];
@@ -483,7 +515,7 @@ __global__ void __launch_bounds__(256, 1)
 			int i0, pos, nc;
 			int *cnt;
 			tile_of(relt, i0, pos, nc, cnt);
-			fence_acq_rel();
+			fence_release();
 			red_relaxed(cnt);
 		}
 		relv = false;
@@ -637,14 +669,22 @@ __global__ void __launch_bounds__(256, 1)
 	 * so that the tensor cores have it to do while the exponentials are
 	 * computed, and the dV and dK products are waited for only with the
 	 * next iteration's Sᵀ, so that the barrier does not drain the tensor
-	 * cores; Pᵀ and dSᵀ (their A operands) live until then. At D 128
+	 * cores; Pᵀ and dSᵀ (their A operands) live until then. The ordered
+	 * sum's fences come where the tensor cores have work queued: the
+	 * count of the part stored in the last iteration is raised past the
+	 * products' issue (its memory barrier waits for those stores); then
+	 * the part due now is fetched, and the counter of the tile whose part
+	 * is due in the next iteration read (relaxed: nothing waits for it
+	 * before the next iteration; the block before this one in the tile's
+	 * order, two iterations ahead on the walk and started no later, has
+	 * raised it at the same point of its iteration). At D 128
 	 * (registers allow no more) the dQ part goes after dK, once Sᵀ and
 	 * dPᵀ are dead, and the iteration waits for all its products. */
 	uint32_t pp[BR / 8][2], ds[BR / 8][2];
 	/* the tiles of iterations it - 1, it and it + 1 */
 	Tile tp = {0, 0}, tc = tile_at(0);
 	for (int it = 0; it < nit; it++) {
-		const Tile tn = it + 1 < nit ? tile_at(it + 1) : tc;
+		const Tile tn = it + 1 < nit ? tile_next(tc) : tc;
 		const int q0 = tc.qi * BR, st = it % NST, sb = it & 1;
 		/* Past the barrier iteration it's tiles have landed (and Kᵀ is
 		 * written), iteration it - 1's dSᵀ is in, and every warp is done
@@ -652,8 +692,9 @@ __global__ void __launch_bounds__(256, 1)
 		cp_wait<0>();
 		fence_async_smem();
 		__syncthreads();
-		/* lse of the next tile now, staged at the end of the iteration */
-		const float lnext = tid < BR && it + 1 < nit ? lse_raw(tn, tid) : 0.f;
+		/* lse of the next tile into its stage (lnx: this thread's) */
+		const bool lnx = tid < BR && it + 1 < nit;
+		float *const sLn = sL + ((it + 1) % NST) * BR;
 		const uint32_t so = st * BR * 128 * PN;
 		const uint64_t cQ = dmove(dQk, so), cO = dmove(dOk, so);
 		const uint64_t cQn = dmove(dQn, so), cOn = dmove(dOn, so);
@@ -661,17 +702,19 @@ __global__ void __launch_bounds__(256, 1)
 		float s[BR / 8][4], dp[BR / 8][4];
 		if constexpr (D == 64) {
 			float acc[NQ / 8][4];
-			if (dqw)
-				dq_release();
 			wg_fence();
 			if (dqw && it > 0)
 				dq_issue(acc, sb ^ 1);
 			sdp_issue(s, dp, cQ, cO);
 			if (dqw) {
+				dq_release();
 				if (it > 0)
 					dq_fetch(tp);
 				dq_poll(tc);
 			}
+			/* (read past the dq sum's fences, which wait for every
+			 * load in flight) */
+			const float lnext = lnx ? lse_raw(tn, tid) : 0.f;
 			if (it + 1 < nit)
 				load_q(tn, (it + 1) % NST);
 			cp_commit();
@@ -689,6 +732,8 @@ __global__ void __launch_bounds__(256, 1)
 			dv_issue(pp, cOn);
 			if (dqw && it > 0)
 				dq_out(tp, acc);
+			if (lnx)
+				sLn[tid] = lse_staged(lnext);
 			wg_wait<1>();
 			keep(dp);
 			ds_of(s, dp, ds, cD);
@@ -697,6 +742,7 @@ __global__ void __launch_bounds__(256, 1)
 			if (dqw)
 				ds_store(ds, sb);
 		} else {
+			const float lnext = lnx ? lse_raw(tn, tid) : 0.f;
 			wg_fence();
 			sdp_issue(s, dp, cQ, cO);
 			if (dqw)
@@ -734,9 +780,9 @@ __global__ void __launch_bounds__(256, 1)
 			keep(ak);
 			keep(pp);
 			keep(ds);
+			if (lnx)
+				sLn[tid] = lse_staged(lnext);
 		}
-		if (tid < BR && it + 1 < nit)
-			sL[((it + 1) % NST) * BR + tid] = lse_staged(lnext);
 		tp = tc;
 		tc = tn;
 	}
