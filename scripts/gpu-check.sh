@@ -32,8 +32,9 @@
 #   TESTS       which binaries (default: every $BUILD/tests/test_cuda*);
 #               NAME:CASE runs only that Check case of it (CK_RUN_CASE)
 #   SAN_SPLIT   binaries whose cases the sanitizer phases run as jobs of
-#               their own, NAME=CASE,CASE... (default: the three slowest
-#               under racecheck, test_cuda_decode, _path and _train; "" for none)
+#               their own, NAME=CASE,CASE... (default: the four slowest
+#               under racecheck, test_cuda_decode, _ops, _path and _train;
+#               "" for none)
 #   JOBS        how many binaries of a phase run at once (default 1)
 #   SAN_GPU     if set, CUDA_VISIBLE_DEVICES for the sanitizer phases
 #   TIMEOUT     seconds for one binary in the run phase (default 240)
@@ -101,6 +102,7 @@ if [ -z "${TESTS:-}" ]; then
 fi
 [ -n "$TESTS" ] || { say "no GPU test binary in $BUILD/tests"; exit 2; }
 SAN_SPLIT=${SAN_SPLIT-"test_cuda_decode=decode,graph,batch,mixer
+test_cuda_ops=ops,cross_entropy,fused,optim,training
 test_cuda_path=op_f32,op_bf16,op_bf16_fp32,deterministic,decode
 test_cuda_train=bf16,bf16_accum,f32,f32_accum,fallback_dropout,fallback_wait,bad_ids_eager,bad_ids_graph"}
 # split_tests: $TESTS with each binary named in SAN_SPLIT replaced by its cases
