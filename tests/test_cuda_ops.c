@@ -1006,7 +1006,11 @@ START_TEST(test_tuned)
 			run_tuned(sh[0], sh[1], sh[2], dt, 1, res[0]);
 			ck_assert_int_eq(unsetenv("LMK_CUBLASLT_TUNE"), 0);
 			run_tuned(sh[0], sh[1], sh[2], dt, 1, res[1]);
-			run_tuned(sh[0], sh[1], sh[2], dt, 0, res[2]);
+			/* the CPU's reference only up to 2048 rows: beyond, its
+			 * products (about 8 a run) would take most of the case */
+			int cpu = sh[0] <= 2048;
+			if (cpu)
+				run_tuned(sh[0], sh[1], sh[2], dt, 0, res[2]);
 			ocase o = {.op = "tuned linear", .nin = 2, .ndim = {2, 2},
 				   .shape = {{sh[0], sh[1]}, {sh[2], sh[1]}}, .param = {0, 1}};
 			for (int k = 0; k < TU_N; k++) {
@@ -1016,11 +1020,12 @@ START_TEST(test_tuned)
 				ck_assert_msg(nd == 0, "%s: %s: %zu of %lld elements differ from the "
 					      "untuned product's", case_str(&o, dt), what[k], nd,
 					      (long long)n[k]);
-				check_close(what[k], &o, dt, res[1][k], res[2][k], n[k],
-					    k < TU_DX ? 0 : PRIOR_SCALE,
-					    k < TU_DX ? &worst_fwd[b] : &worst_grad[b]);
+				if (cpu)
+					check_close(what[k], &o, dt, res[1][k], res[2][k], n[k],
+						    k < TU_DX ? 0 : PRIOR_SCALE,
+						    k < TU_DX ? &worst_fwd[b] : &worst_grad[b]);
 			}
-			for (int d = 0; d < 3; d++)
+			for (int d = 0; d < 2 + cpu; d++)
 				for (int k = 0; k < TU_N; k++)
 					free(res[d][k]);
 		}
