@@ -14,21 +14,7 @@
  * falls back to cublasGemmEx with the same types, and the bias to a kernel.
  * db is a deterministic column sum (common.cuh). A forward of at most
  * LMK_GEMV_MAX_ROWS rows (decoding) goes to gemv.cu instead: a cuBLASLt
- * call costs more than streaming such a product's weights takes.
- * Algorithm choice (tune below): the heuristic's first pick is not always
- * the fastest of its list (bench/gemm_gpu.cu: at the 110M model's shapes
- * others of the same split-K were up to 25% faster, with the same output
- * bits). So the first product of each descriptor (beta 0 or not is part
- * of it), outside a graph capture and when large enough (TUNE_MIN_MACS),
- * runs the pick and up to TUNE_ALGOS - 1 other candidates on its real
- * data, keeps those of the pick's split-K and reduction scheme whose
- * output hashes to the pick's bits, times them, and caches the fastest;
- * the product's output is then computed again by the one chosen (from a
- * copy of D saved first when the product accumulates into it). Results
- * are thus the pick's bits, and the same from run to run whichever
- * candidate wins. LMK_CUBLASLT_TUNE=0 in the environment turns it off (the
- * pick alone, as before). */
-#include <stdlib.h>
+ * call costs more than streaming such a product's weights takes. */
 #include <string.h>
 
 #include "common.cuh"
@@ -58,137 +44,6 @@ static int align_of(const void *p)
 
 #define NO_EPILOGUE 1
 
-/* Candidates asked of the heuristic; the largest D saved for a trial of
- * a product that accumulates into it (beyond it: the pick alone); the
- * fewest multiply-adds (m n k) of a product worth trials: the trials cost
- * about 30 of its calls once, which a short product (a prompt's prefill of
- * a new length) would feel and hardly gain from. */
-#define TUNE_ALGOS 8
-#define TUNE_SAVE_MAX ((size_t)256 << 20)
-#define TUNE_MIN_MACS 4294967296.0
-
-/* *h += a sum over the 16-bit words of p, each times an odd key of its
- * position: integers, so any order of adding gives the same value. */
-__global__ void tune_hash(unsigned long long *h, const uint16_t *w, int64_t n)
-{
-	unsigned long long s = 0;
-	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-	     i += (int64_t)gridDim.x * blockDim.x)
-		s += (unsigned long long)w[i] * (0x9e3779b97f4a7c15ULL ^ (2 * (uint64_t)i + 1));
-	atomicAdd(h, s);
-}
-
-struct tune_run {
-	cublasLtHandle_t lt;
-	cublasLtMatmulDesc_t op;
-	cublasLtMatrixLayout_t la, lb, lc, ld;
-	const void *A, *B, *C;
-	void *D;
-	float beta;
-	void *ws;
-	size_t ws_bytes;
-	cudaStream_t st;
-};
-
-static bool tune_call(const tune_run &r, const cublasLtMatmulAlgo_t *algo)
-{
-	const float alpha = 1.0f;
-	return cublasLtMatmul(r.lt, r.op, &alpha, r.A, r.la, r.B, r.lb, &r.beta, r.C, r.lc, r.D, r.ld,
-			      algo, r.ws, r.ws_bytes, r.st) == CUBLAS_STATUS_SUCCESS;
-}
-
-static int algo_cfg(const cublasLtMatmulAlgo_t *a, cublasLtMatmulAlgoConfigAttributes_t at)
-{
-	uint32_t v = 0; /* SPLITK_NUM is int32, REDUCTION_SCHEME uint32 */
-	size_t got;
-	if (cublasLtMatmulAlgoConfigGetAttribute(a, at, &v, sizeof v, &got) !=
-	    CUBLAS_STATUS_SUCCESS)
-		return -1;
-	return (int)v;
-}
-
-/* The candidates of a product whose pick is *best (run on r's data):
- * *best becomes the fastest of those giving the pick's bits. D's bytes
- * (dbytes) are saved first and put back after each trial when the product
- * accumulates into them (acc); on return D holds what it held on entry
- * (acc) or the output of a candidate with the pick's bits. Any failure
- * leaves *best the pick. Nothing is recorded as an error. */
-static void tune(lmk_cuda_backend *b, const tune_run &r, bool acc, size_t dbytes,
-		 const cublasLtMatmulHeuristicResult_t *cand, int ncand, cublasLtMatmulAlgo_t *best)
-{
-	void *save = NULL;
-	unsigned long long *hd = NULL, h0 = 0, h;
-	cudaEvent_t e0 = NULL, e1 = NULL;
-	const cublasLtMatmulAlgo_t pick = *best;
-	const int sk = algo_cfg(&pick, CUBLASLT_ALGO_CONFIG_SPLITK_NUM);
-	const int red = algo_cfg(&pick, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME);
-	float tbest = 0;
-	if ((acc && dbytes > TUNE_SAVE_MAX) || dbytes % 2)
-		return;
-	if (cudaMalloc((void **)&hd, sizeof *hd) != cudaSuccess ||
-	    (acc && cudaMalloc(&save, dbytes) != cudaSuccess) ||
-	    cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess ||
-	    (acc && cudaMemcpyAsync(save, r.D, dbytes, cudaMemcpyDeviceToDevice, r.st) != cudaSuccess))
-		goto done;
-	/* the pick first (i = -1), then the others */
-	for (int i = -1; i < ncand; i++) {
-		const cublasLtMatmulAlgo_t *a = i < 0 ? &pick : &cand[i].algo;
-		if (i >= 0 && (cand[i].state != CUBLAS_STATUS_SUCCESS ||
-			       !memcmp(a, &pick, sizeof pick) ||
-			       algo_cfg(a, CUBLASLT_ALGO_CONFIG_SPLITK_NUM) != sk ||
-			       algo_cfg(a, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME) != red))
-			continue;
-		if (acc && cudaMemcpyAsync(r.D, save, dbytes, cudaMemcpyDeviceToDevice, r.st) !=
-				   cudaSuccess)
-			goto done;
-		if (!tune_call(r, a) || cudaMemsetAsync(hd, 0, sizeof *hd, r.st) != cudaSuccess)
-			goto skip;
-		tune_hash<<<1024, 256, 0, r.st>>>(hd, (const uint16_t *)r.D, (int64_t)(dbytes / 2));
-		if (cudaGetLastError() != cudaSuccess ||
-		    cudaMemcpyAsync(&h, hd, sizeof h, cudaMemcpyDeviceToHost, r.st) != cudaSuccess ||
-		    cudaStreamSynchronize(r.st) != cudaSuccess)
-			goto done;
-		if (i < 0)
-			h0 = h;
-		else if (h != h0)
-			continue; /* other bits: never chosen */
-		/* three calls in a row, timed */
-		{
-			bool ok = cudaEventRecord(e0, r.st) == cudaSuccess;
-			for (int k = 0; k < 3 && ok; k++)
-				ok = tune_call(r, a);
-			float ms;
-			if (!ok || cudaEventRecord(e1, r.st) != cudaSuccess ||
-			    cudaEventSynchronize(e1) != cudaSuccess ||
-			    cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess)
-				goto skip;
-			if (i < 0 || ms < tbest) {
-				tbest = ms;
-				*best = *a;
-			}
-		}
-		continue;
-	skip:
-		if (i < 0)
-			goto done; /* the pick itself failed here: no tuning */
-		(void)cudaGetLastError();
-	}
-done:
-	(void)cudaGetLastError();
-	/* D as on entry for the caller's run of *best (an accumulation), or
-	 * already a candidate's output (the pick's bits) */
-	if (acc && save)
-		cudaMemcpyAsync(r.D, save, dbytes, cudaMemcpyDeviceToDevice, r.st);
-	cudaStreamSynchronize(r.st);
-	if (e0)
-		cudaEventDestroy(e0);
-	if (e1)
-		cudaEventDestroy(e1);
-	cudaFree(save);
-	cudaFree(hd);
-	(void)cudaGetLastError();
-}
-
 /* D (m x n, ldd) = op(A) op(B) + beta C, + bias (m) when bias is given; C
  * is D itself when NULL, else a matrix of D's type and layout. A, B in abt;
  * D in ddt; column-major. @return : 0, NO_EPILOGUE when a bias or a C was
@@ -204,8 +59,7 @@ static int matmul(lmk_cuda_backend *b, lmk_dtype abt, lmk_dtype ddt, int ta, int
 	cublasLtMatmulPreference_t pref = NULL;
 	cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
 	cudaDataType_t at = cuda_type(abt), dtt = cuda_type(ddt);
-	/* beta 0 or not in the key too: the tuned choice is checked on one */
-	int epi = (bias ? 1 : 0) | (C ? 2 : 0) | (beta != 0.0f ? 4 : 0);
+	int epi = (bias ? 1 : 0) | (C ? 2 : 0);
 	int align = align_of(A);
 	if (align_of(B) < align)
 		align = align_of(B);
@@ -244,13 +98,8 @@ static int matmul(lmk_cuda_backend *b, lmk_dtype abt, lmk_dtype ddt, int ta, int
 	LT(cublasLtMatrixLayoutCreate(&ld, dtt, m, n, ldd));
 	if (hit->ok < 0) {
 		uint32_t al = (uint32_t)align;
-		cublasLtMatmulHeuristicResult_t res, cand[TUNE_ALGOS];
-		int found = 0, ncand = 0;
-		cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-		const char *tv = getenv("LMK_CUBLASLT_TUNE");
-		/* no trials (they wait for the device) while a graph records */
-		bool capturing = cudaStreamIsCapturing(b->stream, &cs) != cudaSuccess ||
-				 cs != cudaStreamCaptureStatusNone;
+		cublasLtMatmulHeuristicResult_t res;
+		int found = 0;
 		LT(cublasLtMatmulPreferenceCreate(&pref));
 		LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
 							&b->lt_ws_bytes, sizeof b->lt_ws_bytes));
@@ -269,28 +118,6 @@ static int matmul(lmk_cuda_backend *b, lmk_dtype abt, lmk_dtype ddt, int ta, int
 			hit->ok = 1;
 		} else {
 			hit->ok = 0;
-		}
-		if (hit->ok == 1 && !capturing && !(tv && !strcmp(tv, "0")) &&
-		    (double)m * n * k >= TUNE_MIN_MACS &&
-		    cublasLtMatmulAlgoGetHeuristic(b->blaslt, op, la, lb, ld, ld, pref, TUNE_ALGOS,
-						   cand, &ncand) == CUBLAS_STATUS_SUCCESS &&
-		    ncand > 1) {
-			tune_run r = {b->blaslt, op, la, lb, ld, ld, A, B, C ? C : D, D, beta,
-				      b->lt_ws, b->lt_ws_bytes, b->stream};
-			bool acc = beta != 0.0f && (!C || C == D);
-			size_t dbytes = (size_t)ldd * (size_t)n * (ddt == LMK_F32 ? 4 : 2);
-			tune(b, r, acc, dbytes, cand, ncand, &hit->algo);
-		}
-		if (capturing) { /* the pick, asked again after the capture */
-			res.algo = hit->algo;
-			int ok = hit->ok;
-			hit->ok = -1;
-			if (ok == 1 && cublasLtMatmul(b->blaslt, op, &alpha, A, la, B, lb, &beta,
-						      C ? C : D, ld, D, ld, &res.algo, b->lt_ws,
-						      b->lt_ws_bytes, b->stream) == CUBLAS_STATUS_SUCCESS)
-				goto done;
-			if (ok == 1)
-				hit->ok = 0;
 		}
 	}
 	if (hit->ok == 1) {

@@ -102,7 +102,7 @@ if [ -z "${TESTS:-}" ]; then
 fi
 [ -n "$TESTS" ] || { say "no GPU test binary in $BUILD/tests"; exit 2; }
 SAN_SPLIT=${SAN_SPLIT-"test_cuda_decode=decode,graph,batch,mixer
-test_cuda_ops=ops,cross_entropy,fused,tune,optim,training
+test_cuda_ops=ops,cross_entropy,fused,optim,training
 test_cuda_path=op_f32,op_bf16,op_bf16_fp32,deterministic,decode
 test_cuda_train=bf16,bf16_accum,f32,f32_accum,fallback_dropout,fallback_wait,bad_ids_eager,bad_ids_graph"}
 # split_tests: $TESTS with each binary named in SAN_SPLIT replaced by its cases

@@ -21,8 +21,6 @@
  * lmk_linear_cat, whose weights must be adjacent parameters, has a table
  * of its own (run_linear_cat); it and swiglu_cat make the Check case
  * "fused"; cross-entropy is the case "cross_entropy", the other ops "ops".
- * The Check case "tune": linear.cu's tuned cuBLASLt algorithms give the
- * bits of the heuristic's pick (run_tuned).
  *
  * LMK_TEST_SMALL=1 (for compute-sanitizer runs) keeps the shapes under 100k
  * elements and trains a one-layer model for 2 steps (each check, 2 runs for
@@ -895,151 +893,6 @@ START_TEST(test_linear_cat)
 }
 END_TEST
 
-/* ------------------------------------------------------ cuBLASLt tuning */
-
-/* linear.cu's tuned algorithm choice must give the heuristic's pick's bits:
- * the same products in a context that tunes and in one that does not
- * (LMK_CUBLASLT_TUNE=0, read at each descriptor's first product), compared
- * bit for bit: lmk_linear's forward (beta 0), its dx and dw added into
- * priors (beta 1), linear_add's forward (C apart from D) and dx assigned
- * (an op's output: beta 0); then the tuned ones against the CPU. Shapes
- * (N, IC, OC): odd, and the 110M model's, where the tuner finds faster
- * candidates (bench/gemm_gpu.cu). */
-enum { TU_Y, TU_Z, TU_DX, TU_DW, TU_DX3, TU_N };
-
-static void run_tuned(int64_t N, int64_t IC, int64_t OC, lmk_dtype dt, int dev, float **res)
-{
-	const int bf = dt == LMK_BF16;
-	lmk_rng rng;
-	lmk_rng_init(&rng, g_seed * 31u + (uint64_t)(N * 7 + IC * 3 + OC) * 2 + (uint64_t)bf);
-	float *xh = malloc(sizeof(float) * (size_t)(N * IC)), *wh = malloc(sizeof(float) * (size_t)(OC * IC));
-	float *rh = malloc(sizeof(float) * (size_t)(N * OC)), *dh = malloc(sizeof(float) * (size_t)(N * OC));
-	float *px = malloc(sizeof(float) * (size_t)(N * IC)), *pw = malloc(sizeof(float) * (size_t)(OC * IC));
-	for (int64_t i = 0; i < N * IC; i++) {
-		xh[i] = nonzero_uniform(&rng, 1.0f);
-		px[i] = nonzero_uniform(&rng, PRIOR_SCALE);
-	}
-	for (int64_t i = 0; i < OC * IC; i++) {
-		wh[i] = nonzero_uniform(&rng, 1.0f);
-		pw[i] = nonzero_uniform(&rng, PRIOR_SCALE);
-	}
-	for (int64_t i = 0; i < N * OC; i++) {
-		rh[i] = nonzero_uniform(&rng, 1.0f);
-		dh[i] = nonzero_uniform(&rng, 1.0f);
-	}
-	if (bf) {
-		round_bf16(xh, N * IC);
-		round_bf16(wh, OC * IC);
-		round_bf16(rh, N * OC);
-		round_bf16(dh, N * OC);
-		round_bf16(px, N * IC);
-	}
-	lmk_ctx c;
-	lmk_params ps;
-	if (dev)
-		ck_assert_int_eq(lmk_ctx_init_ex(&c, LMK_DEV_CUDA, 0, dt), 0);
-	else
-		ck_assert_int_eq(lmk_ctx_init(&c, LMK_DEV_CPU), 0);
-	lmk_params_init(&ps, 1);
-	ck_assert_int_eq(lmk_params_add(&ps, "w", 2, (int64_t[]){OC, IC}), 0);
-	ck_assert_int_eq(lmk_params_alloc(&ps), 0);
-	memcpy(ps.data, wh, sizeof(float) * (size_t)(OC * IC));
-	if (dev)
-		ck_assert_int_eq(lmk_params_to_device(&ps, &c), 0);
-	lmk_tensor *w = &ps.t[0];
-	ck_assert_int_eq(lmk_tensor_write_f32(&c, w, 1, pw), 0);
-	lmk_tensor *x = lmk_tensor_new(&c, dev ? dt : LMK_F32, 2, (int64_t[]){N, IC}, 1);
-	lmk_tensor *r = lmk_tensor_new(&c, dev ? dt : LMK_F32, 2, (int64_t[]){N, OC}, 0);
-	ck_assert(x && r);
-	ck_assert_int_eq(lmk_tensor_write_f32(&c, x, 0, xh), 0);
-	ck_assert_int_eq(lmk_tensor_write_f32(&c, x, 1, px), 0);
-	ck_assert_int_eq(lmk_tensor_write_f32(&c, r, 0, rh), 0);
-	lmk_tensor *dg = lmk_tensor_upload(&c, LMK_F32, 1, (int64_t[]){N * OC}, dh);
-	ck_assert_ptr_nonnull(dg);
-	int64_t n[TU_N] = {N * OC, N * OC, N * IC, OC * IC, N * IC};
-	for (int k = 0; k < TU_N; k++)
-		res[k] = malloc(sizeof(float) * (size_t)n[k]);
-	/* y = x wᵀ, then dx and dw added into the priors */
-	lmk_tensor *y = lmk_linear(&c, x, w, NULL);
-	ck_assert_msg(y != NULL, "%s", lmk_errmsg());
-	ck_assert_int_eq(lmk_tensor_read_f32(&c, y, 0, res[TU_Y]), 0);
-	ck_assert_msg(lmk_backward_from(&c, y, dg->data) == 0, "%s", lmk_errmsg());
-	ck_assert_int_eq(lmk_tensor_read_f32(&c, x, 1, res[TU_DX]), 0);
-	/* z = r + x wᵀ, and dx assigned into a copy's unwritten gradient
-	 * (dw adds once more; this backward replays y's node too, as every
-	 * context does) */
-	lmk_tensor *x3 = lmk_scale(&c, x, 1.0f);
-	lmk_tensor *z = lmk_linear_add(&c, x3, w, NULL, r);
-	ck_assert_msg(z != NULL, "%s", lmk_errmsg());
-	ck_assert_int_eq(lmk_tensor_read_f32(&c, z, 0, res[TU_Z]), 0);
-	ck_assert_msg(lmk_backward_from(&c, z, dg->data) == 0, "%s", lmk_errmsg());
-	ck_assert_int_eq(lmk_tensor_read_f32(&c, x3, 1, res[TU_DX3]), 0);
-	ck_assert_int_eq(lmk_tensor_read_f32(&c, w, 1, res[TU_DW]), 0);
-	lmk_params_free(&ps);
-	lmk_ctx_free(&c);
-	free(xh);
-	free(wh);
-	free(rh);
-	free(dh);
-	free(px);
-	free(pw);
-}
-
-START_TEST(test_tuned)
-{
-	/* (N, IC, OC, F32 too): the longest sums in F32 stay at 2048 terms,
-	 * within its 1e-5 of the CPU */
-	static const int64_t tab[][4] = {{33, 67, 257, 1},   {257, 768, 67, 1},
-					 {1024, 768, 768, 1}, {2048, 768, 4096, 1},
-					 {8192, 768, 4096, 0}, {32768, 768, 768, 0}};
-	static const char *const what[TU_N] = {"forward", "linear_add forward", "dx added",
-					       "dw added", "dx assigned"};
-	const int64_t *sh;
-	worst_fwd[0] = worst_fwd[1] = worst_grad[0] = worst_grad[1] = 0;
-	for (size_t t = 0; t < sizeof tab / sizeof tab[0]; t++) {
-		sh = tab[t];
-		if (g_small && sh[0] * sh[1] > 100000)
-			continue;
-		for (int b = !sh[3]; b < 2; b++) {
-			lmk_dtype dt = b ? LMK_BF16 : LMK_F32;
-			float *res[3][TU_N]; /* untuned, tuned, CPU */
-			int64_t n[TU_N] = {sh[0] * sh[2], sh[0] * sh[2], sh[0] * sh[1], sh[1] * sh[2],
-					   sh[0] * sh[1]};
-			ck_assert_int_eq(setenv("LMK_CUBLASLT_TUNE", "0", 1), 0);
-			run_tuned(sh[0], sh[1], sh[2], dt, 1, res[0]);
-			ck_assert_int_eq(unsetenv("LMK_CUBLASLT_TUNE"), 0);
-			run_tuned(sh[0], sh[1], sh[2], dt, 1, res[1]);
-			/* the CPU's reference only up to 2048 rows: beyond, its
-			 * products (about 8 a run) would take most of the case */
-			int cpu = sh[0] <= 2048;
-			if (cpu)
-				run_tuned(sh[0], sh[1], sh[2], dt, 0, res[2]);
-			ocase o = {.op = "tuned linear", .nin = 2, .ndim = {2, 2},
-				   .shape = {{sh[0], sh[1]}, {sh[2], sh[1]}}, .param = {0, 1}};
-			for (int k = 0; k < TU_N; k++) {
-				size_t nd = 0;
-				for (int64_t i = 0; i < n[k]; i++)
-					nd += memcmp(&res[0][k][i], &res[1][k][i], sizeof(float)) != 0;
-				ck_assert_msg(nd == 0, "%s: %s: %zu of %lld elements differ from the "
-					      "untuned product's", case_str(&o, dt), what[k], nd,
-					      (long long)n[k]);
-				if (cpu)
-					check_close(what[k], &o, dt, res[1][k], res[2][k], n[k],
-						    k < TU_DX ? 0 : PRIOR_SCALE,
-						    k < TU_DX ? &worst_fwd[b] : &worst_grad[b]);
-			}
-			for (int d = 0; d < 2 + cpu; d++)
-				for (int k = 0; k < TU_N; k++)
-					free(res[d][k]);
-		}
-	}
-	printf("test_cuda_ops: tuned linear: the untuned products' bits; against the CPU: F32 "
-	       "forward %.1e, gradients %.1e | BF16 forward %.1e, gradients %.1e\n",
-	       worst_fwd[0], worst_grad[0], worst_fwd[1], worst_grad[1]);
-	fflush(stdout);
-}
-END_TEST
-
 /* ------------------------------------------------------ AdamW, grad norm */
 
 static const struct { int ndim; int64_t shape[2]; } pshapes[] = {
@@ -1373,9 +1226,6 @@ int main(void)
 	tcase_add_loop_test(tf, test_op, NOPS - 1, NOPS);
 	tcase_add_test(tf, test_linear_cat);
 	suite_add_tcase(su, tf);
-	TCase *tu = tcase_create("tune");
-	tcase_add_test(tu, test_tuned);
-	suite_add_tcase(su, tu);
 	TCase *to = tcase_create("optim");
 	tcase_add_test(to, test_adamw);
 	tcase_add_test(to, test_grad_norm);
