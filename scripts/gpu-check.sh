@@ -27,8 +27,9 @@
 #               run, memcheck, racecheck: each test binary; step:
 #               tests/gpu-step-same.sh; train: scripts/gpu-train-check.sh;
 #               dp: scripts/gpu-dp-check.sh (PERF=0); bench:
-#               bench/train_gpu.sh and bench/attention.sh --reps 5 (their
-#               tables in bench.log; they fail only when ours fails)
+#               bench/train_gpu.sh, bench/attention.sh --reps 5 and
+#               bench/decode_gpu.sh (their tables in bench.log; they fail
+#               only when ours fails)
 #   TESTS       which binaries (default: every $BUILD/tests/test_cuda*);
 #               NAME:CASE runs only that Check case of it (CK_RUN_CASE)
 #   SAN_SPLIT   binaries whose cases the sanitizer phases run as jobs of
@@ -253,6 +254,7 @@ for phase in $PHASES; do
 	bench)
 		script bench train_gpu env BUILD="$BUILD" OUT="$LOGDIR/train-gpu" bench/train_gpu.sh
 		script bench attention env BUILD="$BUILD" bench/attention.sh --reps 5
+		script bench decode_gpu env BUILD="$BUILD" OUT="$LOGDIR/decode-gpu" bench/decode_gpu.sh
 		continue
 		;;
 	*) say "unknown phase $phase"; result "$phase" - FAIL 0; continue ;;
