@@ -59,6 +59,8 @@ FUZZ_SRC  = $(wildcard fuzz/fuzz_*.c)
 BENCH_SRC = $(wildcard bench/*.c)
 # GPU benchmarks written in CUDA (nvcc), built only when CUDA is.
 BENCH_CU  = $(if $(filter 1,$(CUDA)),$(wildcard bench/*.cu))
+# the two whose option checks tests/cli/bench-gpu-args.sh runs (no GPU needed)
+BENCH_ARGS = $(if $(filter 1,$(CUDA)),$(B)/bench/bw_gpu $(B)/bench/gemm_gpu)
 MANS      = $(wildcard man/*.[0-9])
 
 .PHONY: all demo deps bench check check-unit check-cli check-interop check-man fuzz install clean
@@ -110,13 +112,13 @@ bench: $(BENCH_SRC:bench/%.c=$(B)/bench/%) $(BENCH_CU:bench/%.cu=$(B)/bench/%)
 # then the man pages. Each test reads ../shared/data when it needs data.
 # The groups run one after the other (even under -j) so that their reports
 # do not interleave; each group's binaries are built in parallel first.
-check: $(TESTS) $(BINS)
+check: $(TESTS) $(BINS) $(BENCH_ARGS)
 	@$(MAKE) --no-print-directory -j1 check-unit check-cli check-interop check-man
 
 check-unit: $(TESTS) $(BINS)
 	@scripts/run-tests.sh unit $(TESTS)
 
-check-cli: $(BINS)
+check-cli: $(BINS) $(BENCH_ARGS)
 	@scripts/run-tests.sh cli $(wildcard tests/cli/*.sh)
 
 check-interop: $(BINS)

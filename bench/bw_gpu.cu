@@ -36,16 +36,8 @@ extern "C" {
 #include "backend.h"
 #include "cuda.h"
 #include "ops_cuda.h"
-
-#define CK(x)                                                                                \
-	do {                                                                                 \
-		cudaError_t e_ = (x);                                                        \
-		if (e_ != cudaSuccess) {                                                     \
-			fprintf(stderr, "bw_gpu: %s:%d: %s: %s\n", __FILE__, __LINE__, #x,    \
-				cudaGetErrorString(e_));                                     \
-			exit(1);                                                             \
-		}                                                                            \
-	} while (0)
+#define BENCH "bw_gpu"
+#include "bench_gpu.cuh"
 
 #define OK(x)                                                                                \
 	do {                                                                                 \
@@ -55,27 +47,6 @@ extern "C" {
 		}                                                                            \
 	} while (0)
 
-static __device__ uint32_t mix(uint32_t x)
-{
-	x ^= x >> 16;
-	x *= 0x7feb352dU;
-	x ^= x >> 15;
-	x *= 0x846ca68bU;
-	x ^= x >> 16;
-	return x;
-}
-
-/* p[i] = lo + (hi - lo) u, u in [0, 1) from a hash of (seed, i) */
-__global__ void fill_bf16(__nv_bfloat16 *p, int64_t n, uint32_t seed, float lo, float hi)
-{
-	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-	     i += (int64_t)gridDim.x * blockDim.x) {
-		float u = (float)(mix((uint32_t)i * 2654435761U ^ seed ^ (uint32_t)(i >> 32)) >> 8) *
-			  (1.0f / 16777216.0f);
-		p[i] = __float2bfloat16_rn(lo + (hi - lo) * u);
-	}
-}
-
 __global__ void fill_targets(int32_t *t, int64_t n, int32_t V)
 {
 	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
@@ -83,34 +54,10 @@ __global__ void fill_targets(int32_t *t, int64_t n, int32_t V)
 		t[i] = (int32_t)(mix((uint32_t)i ^ 0x5bd1e995U) % (uint32_t)V);
 }
 
-__global__ void hash_words(unsigned long long *h, const uint32_t *w, int64_t n)
-{
-	unsigned long long s = 0;
-	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-	     i += (int64_t)gridDim.x * blockDim.x)
-		s += (unsigned long long)w[i] * (0x9e3779b97f4a7c15ULL ^ (2 * (uint64_t)i + 1));
-	atomicAdd(h, s); /* integers: any order gives the same sum */
-}
-
-static unsigned long long *g_h;
-
-/* The hash of the bytes (a multiple of 4) at p, added to *acc. */
+/* The hash of the bytes at p, added to *acc. */
 static void hash_add(cudaStream_t st, unsigned long long *acc, const void *p, size_t bytes)
 {
-	unsigned long long h = 0;
-	CK(cudaMemsetAsync(g_h, 0, sizeof h, st));
-	hash_words<<<1024, 256, 0, st>>>(g_h, (const uint32_t *)p, (int64_t)(bytes / 4));
-	CK(cudaGetLastError());
-	CK(cudaMemcpyAsync(&h, g_h, sizeof h, cudaMemcpyDeviceToHost, st));
-	CK(cudaStreamSynchronize(st));
-	*acc = *acc * 31 + h;
-}
-
-static void *dalloc(size_t bytes)
-{
-	void *p;
-	CK(cudaMalloc(&p, bytes));
-	return p;
+	*acc = *acc * 31 + hash_of(st, p, bytes);
 }
 
 static int reps = 20;
@@ -187,7 +134,6 @@ int main(int argc, char **argv)
 	cudaStream_t st = ((lmk_cuda_backend *)be)->stream;
 	const int64_t B = 32, T = 1024, N = B * T, C = 768, H = 12, D = 64, V = 32768;
 	const lmk_dtype dt = LMK_BF16;
-	g_h = (unsigned long long *)dalloc(sizeof *g_h);
 	printf("bw_gpu: N %lld C %lld H %lld D %lld V %lld bf16, %d calls in a row, median of 5\n",
 	       (long long)N, (long long)C, (long long)H, (long long)D, (long long)V, reps);
 
@@ -198,7 +144,7 @@ int main(int argc, char **argv)
 		float *loss = (float *)dalloc(4), *lse = (float *)dalloc((size_t)N * 4);
 		float *rowloss = (float *)dalloc((size_t)N * 4);
 		int64_t *count = (int64_t *)dalloc(8);
-		fill_bf16<<<4096, 256, 0, st>>>(x, N * V, 1, -6.0f, 6.0f);
+		fill_uniform<<<4096, 256, 0, st>>>(x, N * V, 1, -6.0f, 6.0f);
 		fill_targets<<<256, 256, 0, st>>>(tg, N, (int32_t)V);
 		CK(cudaGetLastError());
 		double us = time_us(st, [&] {
@@ -224,9 +170,9 @@ int main(int argc, char **argv)
 	__nv_bfloat16 *dy = (__nv_bfloat16 *)dalloc(act), *dx = (__nv_bfloat16 *)dalloc(act);
 	__nv_bfloat16 *w = (__nv_bfloat16 *)dalloc((size_t)C * 2);
 	float *rstd = (float *)dalloc((size_t)N * 4), *dw = (float *)dalloc((size_t)C * 4);
-	fill_bf16<<<4096, 256, 0, st>>>(x, N * C, 2, -2.0f, 2.0f);
-	fill_bf16<<<4096, 256, 0, st>>>(dy, N * C, 3, -1.0f, 1.0f);
-	fill_bf16<<<16, 256, 0, st>>>(w, C, 4, 0.5f, 1.5f);
+	fill_uniform<<<4096, 256, 0, st>>>(x, N * C, 2, -2.0f, 2.0f);
+	fill_uniform<<<4096, 256, 0, st>>>(dy, N * C, 3, -1.0f, 1.0f);
+	fill_uniform<<<16, 256, 0, st>>>(w, C, 4, 0.5f, 1.5f);
 	CK(cudaGetLastError());
 
 	if (want("rmsnorm_fwd")) {
@@ -247,7 +193,7 @@ int main(int argc, char **argv)
 						     x, w, rstd, N, C, 2));
 		});
 		unsigned long long h = 0;
-		fill_bf16<<<4096, 256, 0, st>>>(dx, N * C, 5, -1.0f, 1.0f);
+		fill_uniform<<<4096, 256, 0, st>>>(dx, N * C, 5, -1.0f, 1.0f);
 		OK(lmk_cuda_rmsnorm_backward(be, dt, lmk_gbuf{dx, dt}, lmk_gbuf{dw, LMK_F32}, dy, x, w,
 					     rstd, N, C, 2));
 		hash_add(st, &h, dx, act);

@@ -41,16 +41,8 @@ extern "C" {
 }
 #include "backend.h"
 #include "cuda.h"
-
-#define CK(x)                                                                                \
-	do {                                                                                 \
-		cudaError_t e_ = (x);                                                        \
-		if (e_ != cudaSuccess) {                                                     \
-			fprintf(stderr, "gemm_gpu: %s:%d: %s: %s\n", __FILE__, __LINE__, #x,  \
-				cudaGetErrorString(e_));                                     \
-			exit(1);                                                             \
-		}                                                                            \
-	} while (0)
+#define BENCH "gemm_gpu"
+#include "bench_gpu.cuh"
 
 #define LT(x)                                                                                \
 	do {                                                                                 \
@@ -61,57 +53,6 @@ extern "C" {
 			exit(1);                                                             \
 		}                                                                            \
 	} while (0)
-
-static __device__ uint32_t mix(uint32_t x)
-{
-	x ^= x >> 16;
-	x *= 0x7feb352dU;
-	x ^= x >> 15;
-	x *= 0x846ca68bU;
-	x ^= x >> 16;
-	return x;
-}
-
-/* p[i] uniform in [-1, 1) from a hash of (seed, i), bf16 or float32 */
-template <class T> __global__ void fill(T *p, int64_t n, uint32_t seed)
-{
-	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-	     i += (int64_t)gridDim.x * blockDim.x) {
-		float u = (float)(mix((uint32_t)i * 2654435761U ^ seed ^ (uint32_t)(i >> 32)) >> 8) *
-			  (1.0f / 16777216.0f);
-		p[i] = (T)(2.0f * u - 1.0f);
-	}
-}
-
-__global__ void hash_words(unsigned long long *h, const uint32_t *w, int64_t n)
-{
-	unsigned long long s = 0;
-	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-	     i += (int64_t)gridDim.x * blockDim.x)
-		s += (unsigned long long)w[i] * (0x9e3779b97f4a7c15ULL ^ (2 * (uint64_t)i + 1));
-	atomicAdd(h, s); /* integers: any order gives the same sum */
-}
-
-static unsigned long long *g_h;
-
-/* The hash of the bytes (a multiple of 4) at p. */
-static unsigned long long hash_of(cudaStream_t st, const void *p, size_t bytes)
-{
-	unsigned long long h = 0;
-	CK(cudaMemsetAsync(g_h, 0, sizeof h, st));
-	hash_words<<<1024, 256, 0, st>>>(g_h, (const uint32_t *)p, (int64_t)(bytes / 4));
-	CK(cudaGetLastError());
-	CK(cudaMemcpyAsync(&h, g_h, sizeof h, cudaMemcpyDeviceToHost, st));
-	CK(cudaStreamSynchronize(st));
-	return h;
-}
-
-static void *dalloc(size_t bytes)
-{
-	void *p;
-	CK(cudaMalloc(&p, bytes));
-	return p;
-}
 
 /* The largest power of two (up to 256) dividing the address, as linear.cu */
 static uint32_t align_of(const void *p)
@@ -225,7 +166,6 @@ int main(int argc, char **argv)
 	}
 	lmk_cuda_backend *b = (lmk_cuda_backend *)be;
 	cudaStream_t st = b->stream;
-	g_h = (unsigned long long *)dalloc(sizeof *g_h);
 	printf("gemm_gpu: N %d C %d F %d (gate and up: %d) V %d, bf16 A B, fp32 accumulate; "
 	       "workspace %zu bytes; %d calls in a row, median of 3; up to %d algorithms\n",
 	       N, C, F, F2, V, b->lt_ws_bytes, reps, nalgos);
@@ -242,14 +182,14 @@ int main(int argc, char **argv)
 		__nv_bfloat16 *A = (__nv_bfloat16 *)dalloc(na * 2), *B = (__nv_bfloat16 *)dalloc(nb * 2);
 		void *D = dalloc(dbytes), *D0 = dalloc(dbytes);
 		__nv_bfloat16 *Cs = sh.sep_c ? (__nv_bfloat16 *)dalloc(nd * 2) : NULL;
-		fill<<<4096, 256, 0, st>>>(A, (int64_t)na, 11u + (uint32_t)s);
-		fill<<<4096, 256, 0, st>>>(B, (int64_t)nb, 23u + (uint32_t)s);
+		fill_uniform<<<4096, 256, 0, st>>>(A, (int64_t)na, 11u + (uint32_t)s, -1.0f, 1.0f);
+		fill_uniform<<<4096, 256, 0, st>>>(B, (int64_t)nb, 23u + (uint32_t)s, -1.0f, 1.0f);
 		if (sh.d32)
-			fill<<<4096, 256, 0, st>>>((float *)D0, (int64_t)nd, 37u);
+			fill_uniform<<<4096, 256, 0, st>>>((float *)D0, (int64_t)nd, 37u, -1.0f, 1.0f);
 		else
-			fill<<<4096, 256, 0, st>>>((__nv_bfloat16 *)D0, (int64_t)nd, 37u);
+			fill_uniform<<<4096, 256, 0, st>>>((__nv_bfloat16 *)D0, (int64_t)nd, 37u, -1.0f, 1.0f);
 		if (Cs)
-			fill<<<4096, 256, 0, st>>>(Cs, (int64_t)nd, 41u);
+			fill_uniform<<<4096, 256, 0, st>>>(Cs, (int64_t)nd, 41u, -1.0f, 1.0f);
 		CK(cudaGetLastError());
 
 		cublasLtMatmulDesc_t op;
@@ -361,7 +301,6 @@ int main(int argc, char **argv)
 	}
 	printf("\nthe products of a step: rank 0 %.2f ms, the best of each %.2f ms\n",
 	       step_first * 1e-3, step_best * 1e-3);
-	CK(cudaFree(g_h));
 	lmk_cuda_free(be);
 	return 0;
 }
